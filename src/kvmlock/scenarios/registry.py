@@ -1,0 +1,67 @@
+"""The catalogue of named scenarios that ``kvmlock verify`` runs.
+
+A scenario is one rule or hazard of KVM's locking design in one variant: ``correct`` (the design
+as documented, which must explore clean) or ``broken`` (a variant the document or its history
+describes, which the tools must catch). Its body is called afresh for every explored execution,
+builds its own model objects, spawns tasks and checks its invariant with plain ``assert``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+VARIANTS = ("correct", "broken")
+#: What a run of the scenario must end with: "pass" (no failure, space explored as bounded) or
+#: the kind of failure the explorer must report.
+EXPECTS = ("pass", "deadlock", "assertion", "lockdep", "exception", "hang")
+
+
+@dataclass
+class Scenario:
+    name: str  # dotted: "<rule>.<variant-detail>", e.g. "fast_pf.aba.broken"
+    rule: str  # the rule or hazard in one line, in the project's words
+    variant: str  # "correct" | "broken"
+    expect: str  # one of EXPECTS
+    body: Callable[[], None]
+    invariant: str = ""  # the DESIGN.md invariant the body asserts, in words
+    strategy: str = "dpor"
+    options: dict[str, Any] = field(default_factory=dict)  # passed to explore.check()
+    lockdep_kind: str | None = None  # for expect="lockdep": the Report.kind that must appear
+    tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"scenario {self.name}: variant must be one of {VARIANTS}")
+        if self.expect not in EXPECTS:
+            raise ValueError(f"scenario {self.name}: expect must be one of {EXPECTS}")
+
+
+SCENARIOS: dict[str, Scenario] = {}
+
+
+def scenario(
+    name: str,
+    *,
+    rule: str,
+    variant: str,
+    expect: str,
+    invariant: str = "",
+    strategy: str = "dpor",
+    lockdep_kind: str | None = None,
+    tags: tuple[str, ...] = (),
+    **options: Any,
+) -> Callable[[Callable[[], None]], Callable[[], None]]:
+    """Register the decorated body as a scenario; ``options`` go to ``explore.check``."""
+
+    def register(body: Callable[[], None]) -> Callable[[], None]:
+        if name in SCENARIOS:
+            raise ValueError(f"scenario {name!r} is registered twice")
+        SCENARIOS[name] = Scenario(
+            name, rule, variant, expect, body, invariant, strategy, dict(options),
+            lockdep_kind, tags,
+        )
+        return body
+
+    return register
