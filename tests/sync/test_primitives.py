@@ -1,0 +1,284 @@
+"""The primitives block and wake as their kernel namesakes do, on real threads."""
+
+import threading
+import time
+
+import pytest
+
+import kvmlock
+from kvmlock.sync import (
+    SRCU,
+    Atomic64,
+    CpuHotplugLock,
+    Mutex,
+    RawSpinLock,
+    RCUWait,
+    RWLock,
+    RWSemaphore,
+    SpinLock,
+)
+
+SHORT = 0.05
+
+
+def eventually(pred, timeout=5.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.001)
+    return False
+
+
+@pytest.mark.parametrize("cls", [Mutex, SpinLock, RawSpinLock])
+def test_exclusive_lock_serialises_a_racy_increment(cls):
+    lock = cls("counter_lock")
+    box = [0]
+
+    def work():
+        for _ in range(200):
+            with lock:
+                v = box[0]
+                time.sleep(0)  # invite a switch inside the critical section
+                box[0] = v + 1
+
+    ts = [kvmlock.spawn(work) for _ in range(4)]
+    for t in ts:
+        t.join()
+    assert box[0] == 800
+
+
+def test_trylock_fails_while_another_thread_holds_it():
+    m = Mutex("m")
+    held, release = threading.Event(), threading.Event()
+
+    def owner():
+        with m:
+            held.set()
+            release.wait(5)
+
+    t = kvmlock.spawn(owner)
+    assert held.wait(5)
+    assert m.trylock() is False
+    assert m.locked()
+    release.set()
+    t.join()
+    assert m.trylock() is True
+    m.unlock()
+    assert not m.locked()
+
+
+@pytest.mark.parametrize("bad", [-1, 8, 1.5, "1", True])
+def test_subclass_outside_0_to_7_is_a_clear_error(bad):
+    m = Mutex("m")
+    with pytest.raises(ValueError, match=r"0\.\.7"):
+        m.lock(subclass=bad)
+    with pytest.raises(ValueError, match=r"0\.\.7"):
+        m.nested(bad)
+    assert not m.locked()
+
+
+def test_nested_form_takes_and_releases():
+    m = Mutex("m")
+    with m.nested(3):
+        assert m.locked()
+    assert not m.locked()
+
+
+@pytest.mark.parametrize("bad", ["", None, 3])
+def test_name_must_name_a_class(bad):
+    with pytest.raises(TypeError, match="name"):
+        Mutex(bad)
+
+
+def test_double_unlock_leaves_the_lock_usable():
+    m = Mutex("m")
+    m.lock()
+    m.unlock()
+    m.unlock()  # reported by lockdep as a bad unlock, not a crash
+    assert m.trylock()
+    m.unlock()
+
+
+def test_rwlock_readers_share_and_writer_excludes():
+    rw = RWLock("rw")
+    inside = []
+    gate = threading.Event()
+
+    def reader():
+        with rw.read():
+            inside.append(1)
+            gate.wait(5)
+
+    rs = [kvmlock.spawn(reader) for _ in range(2)]
+    assert eventually(lambda: len(inside) == 2)  # both readers in at once
+    got = threading.Event()
+    w = kvmlock.spawn(lambda: (rw.write_lock(), got.set(), rw.write_unlock()))
+    time.sleep(SHORT)
+    assert not got.is_set()  # the writer waits for the readers
+    gate.set()
+    for r in rs:
+        r.join()
+    w.join()
+    assert got.is_set()
+
+
+def test_rwlock_reader_recurses_past_a_waiting_writer():
+    rw = RWLock("rw")
+    rw.read_lock()
+    writer_waiting = threading.Event()
+
+    def writer():
+        writer_waiting.set()
+        with rw.write():
+            pass
+
+    w = kvmlock.spawn(writer)
+    assert writer_waiting.wait(5)
+    time.sleep(SHORT)
+    rw.read_lock()  # recursive read: gets in although a writer waits
+    rw.read_unlock()
+    rw.read_unlock()
+    w.join()
+
+
+def test_rwsem_waiting_writer_blocks_new_readers():
+    sem = RWSemaphore("sem")
+    sem.down_read()
+    order = []
+    w = kvmlock.spawn(lambda: (sem.down_write(), order.append("w"), sem.up_write()))
+    assert eventually(lambda: sem._waiting == 1)
+    r = kvmlock.spawn(lambda: (sem.down_read(), order.append("r"), sem.up_read()))
+    time.sleep(SHORT)
+    assert order == []  # the new reader queues behind the waiting writer
+    assert sem.down_read_trylock() is False
+    sem.up_read()
+    w.join()
+    r.join()
+    assert order == ["w", "r"]
+
+
+def test_rwsem_trylocks():
+    sem = RWSemaphore("sem")
+    assert sem.down_write_trylock()
+    assert not sem.down_read_trylock()
+    sem.up_write()
+    assert sem.down_read_trylock() and sem.down_read_trylock()
+    assert not sem.down_write_trylock()
+    sem.up_read()
+    sem.up_read()
+
+
+def test_cpu_hotplug_lock_is_a_non_recursive_rwsem():
+    h = CpuHotplugLock()
+    assert h.name == "cpu_hotplug_lock"
+    h.cpus_read_lock()
+    h.cpus_read_unlock()
+    with h.write():
+        assert not h.cpus_read_trylock()
+
+
+def test_srcu_synchronize_waits_for_earlier_readers_only():
+    s = SRCU("s")
+    idx = s.read_lock()
+    done = threading.Event()
+    t = kvmlock.spawn(lambda: (s.synchronize(), done.set()))
+    time.sleep(SHORT)
+    assert not done.is_set()
+    late = None
+    assert eventually(lambda: s._epoch == idx + 1)
+    late = s.read_lock()  # entered after the grace period began: not waited for
+    s.read_unlock(idx)
+    t.join()
+    assert done.is_set()
+    s.read_unlock(late)
+
+
+def test_srcu_nested_read_sides_and_context_manager():
+    s = SRCU("s")
+    with s.read():
+        with s.read():
+            pass
+    s.synchronize()  # nothing to wait for
+
+
+def test_srcu_unlock_with_a_wrong_index_is_a_clear_error():
+    s = SRCU("s")
+    i = s.read_lock()
+    with pytest.raises(ValueError, match="index"):
+        s.read_unlock(i + 7)
+    s.read_unlock(i)
+    with pytest.raises(ValueError):
+        s.read_unlock(i)
+
+
+def test_call_srcu_runs_after_a_grace_period():
+    s = SRCU("s")
+    ran = []
+    i = s.read_lock()
+    s.call_srcu(lambda: ran.append(1))
+    assert ran == []
+    s.read_unlock(i)
+    s.barrier()
+    assert ran == [1]
+    with pytest.raises(TypeError):
+        s.call_srcu(3)
+
+
+def test_rcuwait_sleeps_until_woken():
+    w = RCUWait("w")
+    state = {"ready": False}
+    done = threading.Event()
+    t = kvmlock.spawn(lambda: (w.wait(lambda: state["ready"]), done.set()))
+    assert eventually(w.has_sleeper)
+    state["ready"] = True
+    time.sleep(SHORT)
+    assert not done.is_set()  # a state change alone does not wake it
+    assert w.wake_up() is True
+    t.join()
+    assert done.is_set()
+    assert w.wake_up() is False
+
+
+def test_atomic64_operations():
+    a = Atomic64(0b1100)
+    assert a.cmpxchg(0b1100, 7) == 0b1100 and a.load() == 7
+    assert a.cmpxchg(1, 9) == 7 and a.load() == 7
+    assert a.xchg(0b1010) == 7
+    assert a.fetch_or(0b0101) == 0b1010 and a.load() == 0b1111
+    assert a.fetch_and(0b0110) == 0b1111 and a.load() == 0b0110
+    assert a.fetch_add(-7) == 6 and a.load() == (1 << 64) - 1
+    a.store(3)
+    assert a.peek() == 3
+
+
+@pytest.mark.parametrize("bad", [-1, 1 << 64, 2.0, None])
+def test_atomic64_rejects_non_u64(bad):
+    a = Atomic64(1)
+    with pytest.raises(ValueError, match="64-bit"):
+        a.store(bad)
+    assert a.load() == 1
+
+
+def test_atomic64_cmpxchg_loop_is_lossless_on_threads():
+    a = Atomic64(0)
+
+    def inc():
+        for _ in range(500):
+            while True:
+                v = a.load()
+                if a.cmpxchg(v, v + 1) == v:
+                    break
+
+    ts = [kvmlock.spawn(inc) for _ in range(4)]
+    for t in ts:
+        t.join()
+    assert a.load() == 2000
+
+
+def test_spawn_join_reraises_the_thread_exception():
+    def boom():
+        raise KeyError("x")
+
+    with pytest.raises(KeyError):
+        kvmlock.spawn(boom).join()
