@@ -1,0 +1,334 @@
+"""The host machine: the global half of KVM's locking.
+
+One :class:`Machine` is one host kernel with KVM loaded. It owns what is global in KVM:
+
+* ``kvm_lock`` (a mutex) guarding the list of VMs, and -- in the design locking.rst describes
+  first -- also ``kvm_usage_count`` and turning hardware virtualization on and off per CPU;
+* optionally (``usage_lock=True``, the newer kernels' design) a separate ``kvm_usage_lock``
+  taking over the usage count and hardware enabling, so ``kvm_lock`` guards only the VM list;
+* ``cpu_hotplug_lock`` with CPU online/offline callbacks: hot-plugging a CPU runs KVM's
+  callback with the hotplug lock held for write, so everything KVM takes inside that callback is
+  ordered *inside* the hotplug lock -- the reason ``cpus_read_lock`` is taken outside
+  ``kvm_lock`` and never the other way round;
+* ``vendor_module_lock``, serialising the load of a vendor module (see :mod:`kvmlock.kvm.vendor`);
+* per CPU: whether hardware virtualization is enabled, whether the CPU is online, and the
+  ``wakeup_vcpus_on_cpu_lock`` raw spinlock with its list of blocked vCPUs waiting for a
+  posted-interrupt wakeup (see :mod:`kvmlock.kvm.posted_intr`).
+
+Hardware invariant (checked by :meth:`Machine.check_hardware`): whenever the machine is quiet,
+a CPU has virtualization enabled exactly when it is online and at least one VM exists. Creating
+a VM must not race with a CPU going down in a way that leaves an offline CPU enabled, nor with
+one coming up in a way that leaves an online CPU disabled.
+
+The plain per-CPU state (online bit, enabled bit) is shared between tasks, so each read and
+write of it is a visible operation for the explorer (:meth:`_point`), as an IPI or a hotplug
+step would be on real hardware.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from kvmlock import runtime
+from kvmlock.sync import CpuHotplugLock, Mutex, RawSpinLock
+
+if TYPE_CHECKING:
+    from kvmlock.kvm.vm import VM
+
+__all__ = ["HardwareEnableError", "Machine", "PerCpu"]
+
+
+class HardwareEnableError(RuntimeError):
+    """Virtualization could not be turned on (on some CPU); nothing was left half-enabled."""
+
+
+@dataclass(eq=False)
+class PerCpu:
+    """What KVM keeps per physical CPU."""
+
+    cpu: int
+    online: bool = True
+    hardware_enabled: bool = False
+    #: ``wakeup_vcpus_on_cpu_lock``: one lock class for all CPUs, as in the kernel's per-CPU var.
+    wakeup_lock: RawSpinLock = field(default=None)  # type: ignore[assignment]
+    #: ``wakeup_vcpus_on_cpu``: vCPUs blocked on this CPU that a posted interrupt must wake.
+    wakeup_list: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.wakeup_lock is None:
+            self.wakeup_lock = RawSpinLock("wakeup_vcpus_on_cpu_lock")
+
+
+class Machine:
+    """A host with ``nr_cpus`` CPUs and KVM loaded.
+
+    ``usage_lock`` picks the design: ``False`` -- ``kvm_lock`` guards the usage count and
+    hardware enabling, taken inside ``cpus_read_lock`` and inside the hotplug callbacks; ``True``
+    -- ``kvm_usage_lock`` does, taken outside ``cpus_read_lock``, and the hotplug callbacks are
+    only installed while the count is non-zero (so they take no KVM lock at all).
+
+    ``enable_blocks_hotplug=False`` is a deliberately broken variant: hardware is enabled for
+    the first VM without holding ``cpus_read_lock``, so a CPU can go offline half-way through.
+    ``fail_enable_on`` names CPUs whose virtualization enable fails (for the error paths).
+    """
+
+    def __init__(
+        self,
+        nr_cpus: int = 2,
+        *,
+        usage_lock: bool = False,
+        enable_blocks_hotplug: bool = True,
+        fail_enable_on: tuple[int, ...] | frozenset[int] = (),
+        offline: tuple[int, ...] | frozenset[int] = (),
+    ) -> None:
+        if not isinstance(nr_cpus, int) or isinstance(nr_cpus, bool) or not 1 <= nr_cpus <= 64:
+            raise ValueError(f"Machine: nr_cpus must be an integer in 1..64, got {nr_cpus!r}")
+        for what, cpus in (("fail_enable_on", fail_enable_on), ("offline", offline)):
+            bad = [c for c in cpus if not isinstance(c, int) or not 0 <= c < nr_cpus]
+            if bad:
+                raise ValueError(f"Machine: {what} names CPUs that do not exist: {bad} "
+                                 f"(this machine has CPUs 0..{nr_cpus - 1})")
+        if 0 in offline:
+            raise ValueError("Machine: CPU 0 is the boot CPU and cannot start offline")
+        self.nr_cpus = nr_cpus
+        self.usage_lock_design = bool(usage_lock)
+        self.enable_blocks_hotplug = bool(enable_blocks_hotplug)
+        self.fail_enable_on = frozenset(fail_enable_on)
+        self._rt = runtime.RT
+
+        self.kvm_lock = Mutex("kvm_lock")
+        self.kvm_usage_lock: Mutex | None = Mutex("kvm_usage_lock") if usage_lock else None
+        self.cpu_hotplug_lock = CpuHotplugLock()
+        self.vendor_module_lock = Mutex("vendor_module_lock")
+
+        self.vm_list: list[VM] = []
+        self.kvm_usage_count = 0
+        #: newer design: KVM's hotplug callbacks are registered only while VMs exist.
+        self.hotplug_callbacks_installed = not usage_lock
+        self.cpus = [PerCpu(c, online=c not in offline) for c in range(nr_cpus)]
+        #: the loaded vendor module's name (kvm_intel / kvm_amd), see kvmlock.kvm.vendor.
+        self.vendor: str | None = None
+        self.events: list[str] = []  # a short log for humans: "cpu1 offline", "enable cpu0" ...
+
+    # ------------------------------------------------------------------ plain shared state
+
+    def _point(self, pc: PerCpu, kind: str, write: bool) -> None:
+        self._rt.point(pc, kind, write)
+
+    def _cpu(self, cpu: int) -> PerCpu:
+        if not isinstance(cpu, int) or isinstance(cpu, bool) or not 0 <= cpu < self.nr_cpus:
+            raise ValueError(f"no CPU {cpu!r} on this machine (CPUs 0..{self.nr_cpus - 1})")
+        return self.cpus[cpu]
+
+    def online_cpus(self) -> list[int]:
+        """The online mask as read now; each CPU's bit is read as a separate step."""
+        out = []
+        for pc in self.cpus:
+            self._point(pc, "read online", False)
+            if pc.online:
+                out.append(pc.cpu)
+        return out
+
+    # ------------------------------------------------------------------ per-CPU enable
+
+    def _enable_cpu(self, cpu: int) -> bool:
+        """``hardware_enable_nolock`` on one CPU: idempotent; False when the CPU refuses."""
+        pc = self.cpus[cpu]
+        self._point(pc, "hardware_enable", True)
+        if pc.hardware_enabled:
+            return True
+        if cpu in self.fail_enable_on:
+            self.events.append(f"enable cpu{cpu} failed")
+            return False
+        pc.hardware_enabled = True
+        self.events.append(f"enable cpu{cpu}")
+        return True
+
+    def _disable_cpu(self, cpu: int) -> None:
+        pc = self.cpus[cpu]
+        self._point(pc, "hardware_disable", True)
+        if pc.hardware_enabled:
+            pc.hardware_enabled = False
+            self.events.append(f"disable cpu{cpu}")
+
+    def _enable_online_cpus(self) -> None:
+        """``on_each_cpu(hardware_enable)``; on any failure every CPU is turned back off."""
+        failed = [cpu for cpu in self.online_cpus() if not self._enable_cpu(cpu)]
+        if failed:
+            for cpu in range(self.nr_cpus):
+                self._disable_cpu(cpu)
+            raise HardwareEnableError(
+                f"enabling virtualization failed on CPU(s) {failed}; no CPU was left enabled")
+
+    def _disable_all_cpus(self) -> None:
+        for cpu in self.online_cpus():
+            self._disable_cpu(cpu)
+
+    # ------------------------------------------------------------------ usage count
+
+    def hardware_enable_all(self) -> None:
+        """Count one more VM; the first one turns virtualization on, on every online CPU.
+
+        Old design: ``cpus_read_lock`` then ``kvm_lock``, so no CPU can come or go while the
+        online mask is walked and the count changes. New design: ``kvm_usage_lock`` then
+        ``cpus_read_lock`` (installing the hotplug callbacks is what takes it).
+        """
+        if self.kvm_usage_lock is not None:
+            with self.kvm_usage_lock:
+                self.kvm_usage_count += 1
+                if self.kvm_usage_count != 1:
+                    return
+                try:
+                    with self.cpu_hotplug_lock.read():
+                        self.hotplug_callbacks_installed = True
+                        self._enable_online_cpus()
+                except HardwareEnableError:
+                    self.hotplug_callbacks_installed = False
+                    self.kvm_usage_count -= 1
+                    raise
+            return
+        if self.enable_blocks_hotplug:
+            self.cpu_hotplug_lock.cpus_read_lock()
+        try:
+            with self.kvm_lock:
+                self.kvm_usage_count += 1
+                if self.kvm_usage_count == 1:
+                    try:
+                        self._enable_online_cpus()
+                    except HardwareEnableError:
+                        self.kvm_usage_count -= 1
+                        raise
+        finally:
+            if self.enable_blocks_hotplug:
+                self.cpu_hotplug_lock.cpus_read_unlock()
+
+    def hardware_disable_all(self) -> None:
+        """Count one VM less; the last one turns virtualization off everywhere."""
+        if self.kvm_usage_lock is not None:
+            with self.kvm_usage_lock:
+                self._check_count()
+                self.kvm_usage_count -= 1
+                if self.kvm_usage_count == 0:
+                    with self.cpu_hotplug_lock.read():
+                        self.hotplug_callbacks_installed = False
+                        self._disable_all_cpus()
+            return
+        if self.enable_blocks_hotplug:
+            self.cpu_hotplug_lock.cpus_read_lock()
+        try:
+            with self.kvm_lock:
+                self._check_count()
+                self.kvm_usage_count -= 1
+                if self.kvm_usage_count == 0:
+                    self._disable_all_cpus()
+        finally:
+            if self.enable_blocks_hotplug:
+                self.cpu_hotplug_lock.cpus_read_unlock()
+
+    def _check_count(self) -> None:
+        if self.kvm_usage_count <= 0:
+            raise RuntimeError("hardware_disable_all without a matching hardware_enable_all "
+                               "(kvm_usage_count is already 0)")
+
+    # ------------------------------------------------------------------ CPU hotplug
+
+    def _online_callback(self, cpu: int) -> bool:
+        """KVM's CPU-online callback; runs with ``cpu_hotplug_lock`` held for write."""
+        if self.kvm_usage_lock is not None:
+            # Installed only while VMs exist, and (un)installing takes cpus_read_lock, which
+            # our caller's write hold excludes: the flag is stable here without a KVM lock.
+            return self._enable_cpu(cpu) if self.hotplug_callbacks_installed else True
+        with self.kvm_lock:
+            return self._enable_cpu(cpu) if self.kvm_usage_count else True
+
+    def _offline_callback(self, cpu: int) -> None:
+        if self.kvm_usage_lock is not None:
+            if self.hotplug_callbacks_installed:
+                self._disable_cpu(cpu)
+            return
+        with self.kvm_lock:
+            if self.kvm_usage_count:
+                self._disable_cpu(cpu)
+
+    def cpu_up(self, cpu: int) -> bool:
+        """Bring a CPU online; False (CPU left offline) when KVM cannot enable it for its VMs."""
+        pc = self._cpu(cpu)
+        with self.cpu_hotplug_lock.write():
+            self._point(pc, "set online", True)
+            if pc.online:
+                return True
+            pc.online = True  # the CPU is in the online mask before the ONLINE callbacks run
+            self.events.append(f"cpu{cpu} online")
+            if self._online_callback(cpu):
+                return True
+            self._point(pc, "rollback online", True)
+            pc.online = False
+            self.events.append(f"cpu{cpu} online aborted")
+            return False
+
+    def cpu_down(self, cpu: int) -> None:
+        """Take a CPU offline: KVM's callback turns its virtualization off first."""
+        pc = self._cpu(cpu)
+        if cpu == 0:
+            raise ValueError("CPU 0 is the boot CPU of this model and cannot go offline")
+        with self.cpu_hotplug_lock.write():
+            self._point(pc, "read online", False)
+            if not pc.online:
+                return
+            self._offline_callback(cpu)
+            self._point(pc, "clear online", True)
+            pc.online = False
+            self.events.append(f"cpu{cpu} offline")
+
+    def cpufreq_notifier(self) -> int:
+        """A frequency change: the kvmclock notifier walks ``vm_list`` under ``kvm_lock``.
+
+        It is called with ``cpus_read_lock`` held (e.g. when boost is toggled), one more place
+        that puts the hotplug lock outside ``kvm_lock``. Returns how many VMs were told.
+        """
+        with self.cpu_hotplug_lock.read(), self.kvm_lock:
+            return len(self.vm_list)
+
+    # ------------------------------------------------------------------ VMs
+
+    def create_vm(self, **opts: Any) -> VM:
+        """``KVM_CREATE_VM``: build the VM, enable hardware, then publish it on ``vm_list``."""
+        from kvmlock.kvm.vm import VM
+
+        vm = VM(self, **opts)
+        self.hardware_enable_all()
+        with self.kvm_lock:
+            self.vm_list.append(vm)
+        return vm
+
+    def destroy_vm(self, vm: VM) -> None:
+        """Unpublish the VM, then drop its hold on hardware virtualization."""
+        with self.kvm_lock:
+            try:
+                self.vm_list.remove(vm)
+            except ValueError:
+                raise ValueError(f"destroy_vm: {vm!r} is not on this machine's vm_list "
+                                 f"(already destroyed, or created elsewhere)") from None
+        self.hardware_disable_all()
+
+    # ------------------------------------------------------------------ invariant
+
+    def check_hardware(self) -> None:
+        """Assert the hardware invariant; call it when no enable/disable/hotplug is in flight."""
+        want_on = self.kvm_usage_count > 0
+        wrong = [
+            f"cpu{pc.cpu}: online={pc.online} enabled={pc.hardware_enabled}"
+            for pc in self.cpus
+            if pc.hardware_enabled != (pc.online and want_on)
+        ]
+        assert not wrong, (
+            f"hardware virtualization state disagrees with kvm_usage_count={self.kvm_usage_count}"
+            f": {'; '.join(wrong)} (events: {', '.join(self.events)})"
+        )
+        assert self.kvm_usage_count >= 0, "kvm_usage_count went negative"
+
+    def __repr__(self) -> str:
+        design = "kvm_usage_lock" if self.kvm_usage_lock is not None else "kvm_lock"
+        return (f"<Machine cpus={self.nr_cpus} design={design} vms={len(self.vm_list)} "
+                f"usage={self.kvm_usage_count}>")
