@@ -1,0 +1,92 @@
+"""A virtual CPU: its mutex, its TLB and the "guest mode" handshake a TLB flush relies on.
+
+A remote TLB flush in KVM is an IPI that every vCPU running guest code must acknowledge; the
+flush is complete only when no vCPU can still be using a translation it had cached. The model
+keeps that promise with :meth:`VCPU.enter_guest` / :meth:`VCPU.exit_guest` and
+:meth:`VCPU.flush_tlb`: a flush waits until the vCPU is outside guest mode, then empties the
+TLB. A guest access (TLB lookup plus the memory access itself) happens entirely inside guest
+mode, so it is either finished before the flush completes or sees the emptied TLB.
+
+This is hardware, not a lock: it never appears in lockdep's graph and never sleeps (the flush
+spins, as the kernel's does, so it may be issued with ``mmu_lock`` held).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from kvmlock import runtime
+from kvmlock.sync import Mutex
+
+if TYPE_CHECKING:
+    from kvmlock.kvm.vm import VM
+
+__all__ = ["VCPU", "TlbEntry"]
+
+
+class TlbEntry:
+    """One cached translation: guest page ``va`` -> host ``pfn``, writable or not."""
+
+    __slots__ = ("pfn", "writable")
+
+    def __init__(self, pfn: int, writable: bool) -> None:
+        self.pfn = pfn
+        self.writable = writable
+
+    def __repr__(self) -> str:
+        return f"TlbEntry(pfn={self.pfn}, {'rw' if self.writable else 'ro'})"
+
+
+class VCPU:
+    """``struct kvm_vcpu``: ``mutex`` serialises its ioctls; ``tlb`` is its private cache."""
+
+    def __init__(self, vm: VM, vcpu_id: int) -> None:
+        if not isinstance(vcpu_id, int) or vcpu_id < 0:
+            raise ValueError(f"vCPU id must be a non-negative integer, got {vcpu_id!r}")
+        self.vm = vm
+        self.id = vcpu_id
+        self.vcpu_id = vcpu_id
+        self.mutex = Mutex("vcpu->mutex")
+        #: guest page -> cached translation. Read only in guest mode, emptied only outside it.
+        self.tlb: dict[int, TlbEntry] = {}
+        self.in_guest = False
+        self._cpu = runtime.RT.waitq(self)
+        #: the physical CPU the vCPU last ran on (posted-interrupt wakeup lists use it).
+        self.cpu = 0
+        self.blocked = False
+        #: counters for the workload's throughput report.
+        self.stats: dict[str, int] = {
+            "fast_pf": 0, "slow_pf": 0, "spurious_pf": 0, "retry_pf": 0,
+            "reads": 0, "writes": 0, "tlb_hits": 0,
+        }
+        self.arch: dict[str, Any] = {}
+
+    # -------------------------------------------------------------- guest mode
+
+    def enter_guest(self) -> None:
+        """VM entry: from here until :meth:`exit_guest` the vCPU may use its TLB."""
+        cpu = self._cpu
+        with cpu:
+            cpu.point("vm_entry")
+            self.in_guest = True
+
+    def exit_guest(self) -> None:
+        """VM exit: acknowledges any pending flush."""
+        cpu = self._cpu
+        with cpu:
+            cpu.point("vm_exit")
+            self.in_guest = False
+            cpu.notify_all()
+
+    def _outside_guest(self) -> bool:
+        return not self.in_guest
+
+    def flush_tlb(self) -> None:
+        """Remote flush of this vCPU: wait for it to leave guest mode, then drop its TLB."""
+        cpu = self._cpu
+        with cpu:
+            cpu.wait_for(self._outside_guest, "tlb_flush")
+            self.tlb.clear()
+
+    def __repr__(self) -> str:
+        return f"<VCPU {self.vm.name}/{self.id}>"

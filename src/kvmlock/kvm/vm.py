@@ -1,0 +1,130 @@
+"""``struct kvm``: one virtual machine and every per-VM lock of KVM's locking design.
+
+Locks are named with the canonical class names (``"kvm->slots_lock"`` ...), so all VMs share
+one lock class per field, as in the kernel, and lockdep's graph can be checked against
+locking.rst. Building a VM takes no lock at all: the global side (``kvm_lock``, hardware
+enabling) belongs to :class:`kvmlock.kvm.machine.Machine`, which publishes the VM afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+from kvmlock.kvm.vcpu import VCPU
+from kvmlock.sync import SRCU, Mutex, RawSpinLock, RCUWait, RWLock, SpinLock
+
+if TYPE_CHECKING:
+    from kvmlock.kvm.machine import Machine
+
+__all__ = ["Hazards", "VM"]
+
+
+@dataclass(frozen=True)
+class Hazards:
+    """Switches that re-enable a bug the design documents, one per hazard.
+
+    Every switch is off in the correct model; a *broken* scenario turns one on and the tools
+    must catch it.
+    """
+
+    #: fast page fault also fixes SPTEs of indirect shadow pages (gfn->pfn ABA loses a gfn).
+    fast_pf_indirect: bool = False
+    #: the old volatility rule: a read-only, Accessed SPTE is updated with a plain store even
+    #: when the fast path may make it writable meanwhile (a Dirty bit set by hardware is lost).
+    nonatomic_volatile_clear: bool = False
+    #: ``mmu_spte_update`` does not ask for a TLB flush when it removes the W bit.
+    skip_tlb_flush_on_wrprot: bool = False
+    #: memslot updates are fenced from MMU notifiers by an rwsem held from invalidate start to
+    #: end, instead of the open-coded count + rcuwait.
+    notifier_uses_rwsem: bool = False
+    #: the MMU notifier takes ``kvm->slots_lock`` (forbidden: memslot updaters wait for it).
+    notifier_takes_slots_lock: bool = False
+    #: aging an A/D-disabled writable SPTE forgets to pass its dirty state to the page.
+    access_track_drops_dirty: bool = False
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def enabled(self) -> list[str]:
+        return [n for n in self.names() if getattr(self, n)]
+
+
+def _hazards(value: Hazards | dict[str, bool] | None) -> Hazards:
+    if value is None:
+        return Hazards()
+    if isinstance(value, Hazards):
+        return value
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(Hazards.names()))
+        if unknown:
+            raise ValueError(f"unknown hazard(s) {unknown}; known: {Hazards.names()}")
+        return Hazards(**value)
+    raise TypeError(f"hazards must be a Hazards, a dict or None, got {type(value).__name__}")
+
+
+class VM:
+    """One VM. ``machine`` may be ``None`` for a VM used on its own (scenarios, tests).
+
+    Options: ``nr_vcpus``; ``hazards`` (a :class:`Hazards` or a dict of its fields).
+    """
+
+    def __init__(
+        self,
+        machine: Machine | None = None,
+        *,
+        name: str = "vm0",
+        nr_vcpus: int = 1,
+        hazards: Hazards | dict[str, bool] | None = None,
+        **options: Any,
+    ) -> None:
+        if not isinstance(nr_vcpus, int) or isinstance(nr_vcpus, bool) or nr_vcpus < 0:
+            raise ValueError(f"nr_vcpus must be a non-negative integer, got {nr_vcpus!r}")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"VM name must be a non-empty string, got {name!r}")
+        self.machine = machine
+        self.name = name
+        self.hazards = _hazards(hazards)
+        self.options = dict(options)
+
+        # -- per-VM locks, named as the kernel's fields
+        self.lock = Mutex("kvm->lock")
+        self.slots_lock = Mutex("kvm->slots_lock")
+        self.slots_arch_lock = Mutex("kvm->slots_arch_lock")
+        self.irq_lock = Mutex("kvm->irq_lock")
+        self.srcu = SRCU("kvm->srcu")
+        self.mmu_lock = RWLock("kvm->mmu_lock")
+        self.tdp_mmu_pages_lock = SpinLock("kvm->arch.tdp_mmu_pages_lock")
+        self.mmu_unsync_pages_lock = SpinLock("kvm->arch.mmu_unsync_pages_lock")
+        self.mn_invalidate_lock = SpinLock("kvm->mn_invalidate_lock")
+        self.tsc_write_lock = RawSpinLock("kvm->arch.tsc_write_lock")
+        self.hv_lock = Mutex("kvm->arch.hyperv.hv_lock")
+        self.xen_lock = Mutex("kvm->arch.xen.xen_lock")
+
+        # -- memslot update vs MMU notifier (guarded by mn_invalidate_lock)
+        self.mn_active_invalidate_count = 0
+        self.mn_memslots_update_rcuwait = RCUWait("kvm->mn_memslots_update_rcuwait")
+
+        # -- slow-path retry state (written under mmu_lock held for write)
+        self.mmu_invalidate_seq = 0
+        self.mmu_invalidate_in_progress = 0
+        self.mmu_invalidate_range_start = 0
+        self.mmu_invalidate_range_end = 0
+
+        # -- x86 TSC state (under tsc_write_lock)
+        self.arch: dict[str, Any] = {}
+
+        self.vcpus: list[VCPU] = [VCPU(self, i) for i in range(nr_vcpus)]
+        self.online_vcpus = nr_vcpus
+
+    def create_vcpu(self) -> VCPU:
+        """``KVM_CREATE_VCPU``: a new vCPU, published under ``kvm->lock`` as the kernel does."""
+        with self.lock:
+            vcpu = VCPU(self, len(self.vcpus))
+            self.vcpus.append(vcpu)
+            self.online_vcpus = len(self.vcpus)
+        return vcpu
+
+    def __repr__(self) -> str:
+        return f"<VM {self.name} vcpus={len(self.vcpus)}>"
