@@ -1,0 +1,54 @@
+"""Hyper-V emulation's partition-wide state, guarded by ``kvm->arch.hyperv.hv_lock``.
+
+Some Hyper-V MSRs belong to a vCPU (its SynIC, its timers) and some to the whole partition
+(guest OS id, hypercall page, reference TSC page). A write to a partition-wide MSR comes from
+one vCPU -- a guest WRMSR exit during KVM_RUN, or KVM_SET_MSRS from userspace -- so it runs
+with that vCPU's ``vcpu->mutex`` held, and it must not race with the same write from another
+vCPU: ``hv_lock`` serialises them. That is the documented order ``vcpu->mutex`` outside
+``hv_lock``; nothing is taken inside ``hv_lock``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["PARTITION_MSRS", "HyperV"]
+
+#: Partition-wide Hyper-V MSRs (names as in the TLFS); everything else is per vCPU here.
+PARTITION_MSRS = frozenset({
+    "HV_X64_MSR_GUEST_OS_ID", "HV_X64_MSR_HYPERCALL", "HV_X64_MSR_REFERENCE_TSC",
+    "HV_X64_MSR_TSC_EMULATION_CONTROL", "HV_X64_MSR_CRASH_CTL",
+})
+
+
+class HyperV:
+    """The Hyper-V state of one VM; ``vm.hv_lock`` is the VM's own lock object."""
+
+    def __init__(self, vm: Any) -> None:
+        lock = getattr(vm, "hv_lock", None)
+        if lock is None:
+            raise TypeError(f"HyperV needs a VM with an hv_lock, got {vm!r}")
+        self.vm = vm
+        self.lock = lock
+        self.partition: dict[str, int] = {}
+        self.per_vcpu: dict[tuple[int, str], int] = {}
+
+    def set_msr(self, vcpu: Any, msr: str, value: int) -> None:
+        """WRMSR from ``vcpu`` (its mutex held). Partition-wide MSRs go under ``hv_lock``."""
+        if not isinstance(msr, str) or not msr.startswith("HV_X64_MSR_"):
+            raise ValueError(f"not a Hyper-V MSR name: {msr!r}")
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"{msr}: value must be a non-negative integer, got {value!r}")
+        vcpu.mutex.assert_held()
+        if msr in PARTITION_MSRS:
+            with self.lock:
+                self.partition[msr] = value
+        else:
+            self.per_vcpu[(vcpu.id, msr)] = value
+
+    def get_msr(self, vcpu: Any, msr: str) -> int:
+        vcpu.mutex.assert_held()
+        if msr in PARTITION_MSRS:
+            with self.lock:
+                return self.partition.get(msr, 0)
+        return self.per_vcpu.get((vcpu.id, msr), 0)

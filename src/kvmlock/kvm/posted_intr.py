@@ -1,0 +1,121 @@
+"""Posted interrupts and the wakeup of blocked vCPUs (VT-d / VMX posted interrupts).
+
+A device interrupt for a guest is *posted*: the IOMMU sets the vector's bit in the vCPU's
+posted-interrupt descriptor (PIR), sets the descriptor's ON ("outstanding notification") bit and,
+if ON was clear, sends the notification vector named in the descriptor to the CPU the vCPU was
+last on. While the vCPU runs, that vector makes the CPU inject the interrupt directly. While the
+vCPU is *blocked* (halted, scheduled out), there is nobody to inject it: so before blocking the
+vCPU puts itself on its CPU's ``wakeup_vcpus_on_cpu`` list (under the per-CPU raw spinlock
+``wakeup_vcpus_on_cpu_lock``) and switches the notification vector to the *wakeup* vector, whose
+handler walks that list and wakes every vCPU with ON set.
+
+The order matters (the classic lost wakeup): the vCPU must publish itself (list + wakeup vector)
+*before* its last check for a pending interrupt. An interrupt posted between a check and the
+publication would otherwise be notified with the old vector, reach nobody, and leave the vCPU
+asleep with an interrupt pending. ``check_first=True`` in :meth:`PostedVcpu.block` is that broken
+order.
+
+The lock is a leaf and a raw spinlock: the handler runs in hard interrupt context.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvmlock.kvm.machine import Machine
+from kvmlock.sync import Atomic64, RCUWait
+
+__all__ = ["PostedVcpu", "post_interrupt", "wakeup_handler"]
+
+#: descriptor control word: bit 0 ON, bit 1 SN (suppress), bit 8 set = wakeup vector selected
+PI_ON = 1 << 0
+PI_SN = 1 << 1
+PI_NV_WAKEUP = 1 << 8
+
+
+class PostedVcpu:
+    """A vCPU's posted-interrupt side: its descriptor, its CPU and its sleep."""
+
+    def __init__(self, machine: Machine, vcpu: Any, cpu: int = 0) -> None:
+        if not isinstance(machine, Machine):
+            raise TypeError(f"PostedVcpu needs a Machine, got {type(machine).__name__}")
+        machine._cpu(cpu)  # validates the CPU number
+        self.machine = machine
+        self.vcpu = vcpu
+        self.cpu = cpu
+        self.control = Atomic64(0, name="pi_desc.control")
+        self.pir = Atomic64(0, name="pi_desc.pir")
+        self.wait = RCUWait("vcpu->wait")
+        self.kicks = 0  # wakeups delivered by the handler
+        self.delivered: set[int] = set()
+
+    def __repr__(self) -> str:
+        return f"<PostedVcpu {getattr(self.vcpu, 'id', self.vcpu)} cpu{self.cpu}>"
+
+    def _pending(self) -> bool:
+        # read inside RCUWait.wait's own visible step: no extra scheduling point
+        return bool(self.control._v & PI_ON)  # noqa: SLF001
+
+    def _set_vector(self, wakeup: bool) -> int:
+        """Switch the notification vector atomically (a cmpxchg loop, as hardware reads it)."""
+        while True:
+            old = self.control.load()
+            new = (old | PI_NV_WAKEUP) if wakeup else (old & ~PI_NV_WAKEUP)
+            if self.control.cmpxchg(old, new) == old:
+                return new
+
+    def block(self, *, check_first: bool = False) -> None:
+        """Halt until an interrupt is pending, then run again and take the interrupts.
+
+        ``check_first`` is the broken order: look for a pending interrupt, then publish the
+        wakeup, then sleep until kicked -- an interrupt posted in between is never noticed.
+        """
+        pc = self.machine.cpus[self.cpu]
+        if check_first:
+            if self.control.load() & PI_ON:
+                self._deliver()
+                return
+        with pc.wakeup_lock:
+            pc.wakeup_list.append(self)
+        self._set_vector(True)
+        if check_first:
+            self.wait.wait(lambda: self.kicks > 0)
+        else:
+            self.wait.wait(lambda: self._pending() or self.kicks > 0)
+        with pc.wakeup_lock:
+            pc.wakeup_list.remove(self)
+        self._set_vector(False)
+        self._deliver()
+
+    def _deliver(self) -> None:
+        """Back in the guest: the CPU syncs PIR into the virtual APIC and clears ON."""
+        self.control.fetch_and(~PI_ON & ((1 << 64) - 1))
+        bits = self.pir.xchg(0)
+        self.delivered |= {v for v in range(64) if bits >> v & 1}
+
+
+def wakeup_handler(machine: Machine, cpu: int) -> int:
+    """The wakeup vector's handler on ``cpu``: wake every listed vCPU with ON set."""
+    pc = machine._cpu(cpu)
+    woken = 0
+    with pc.wakeup_lock:
+        for pv in list(pc.wakeup_list):
+            if pv.control.load() & PI_ON:
+                pv.kicks += 1
+                pv.wait.wake_up()
+                woken += 1
+    return woken
+
+
+def post_interrupt(pv: PostedVcpu, vector: int) -> None:
+    """The IOMMU posts ``vector`` to ``pv``; notifies its CPU when ON was clear."""
+    if not isinstance(vector, int) or not 0 <= vector < 64:
+        raise ValueError(f"posted vector must be in 0..63 in this model, got {vector!r}")
+    pv.pir.fetch_or(1 << vector)
+    old = pv.control.fetch_or(PI_ON)
+    if old & (PI_ON | PI_SN):
+        return  # a notification is already on its way, or notifications are suppressed
+    if old & PI_NV_WAKEUP:
+        wakeup_handler(pv.machine, pv.cpu)
+    # else: the posted-interrupt vector reaches a CPU where the vCPU is not running: the
+    # interrupt stays in the PIR, to be found by the vCPU's own check for pending work.

@@ -1,0 +1,98 @@
+"""TSC synchronisation across a VM's vCPUs, under the raw ``tsc_write_lock``.
+
+When userspace writes a vCPU's TSC, KVM decides whether the write is an attempt to keep the
+vCPUs' TSCs in step (the value is zero, or it is within a second of what the previous write
+would have grown to by now). If so, the vCPU joins the current "generation" and reuses its
+offset exactly, so all of them tick together; otherwise the write opens a new generation.
+
+The decision reads and then updates the per-VM ``last_tsc_*`` / ``cur_tsc_*`` fields: it must be
+one indivisible step, or two vCPUs written at the same moment can both open "the next"
+generation with different offsets. The kernel makes it indivisible with ``tsc_write_lock``, a
+raw spinlock (the offset update must not be preempted), taken with ``vcpu->mutex`` held and with
+nothing taken inside it: a leaf.
+
+:class:`TscSync` holds that per-VM state beside the VM (the VM object owns the lock itself).
+``locked=False`` is the broken variant without the lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kvmlock import runtime
+
+__all__ = ["TscSync", "VcpuTsc"]
+
+NSEC_PER_SEC = 1_000_000_000
+
+
+@dataclass
+class VcpuTsc:
+    offset: int = 0
+    generation: int = -1
+
+
+class TscSync:
+    """The TSC bookkeeping of one VM (``kvm_arch``'s last/cur TSC fields)."""
+
+    def __init__(self, vm: Any, *, tsc_khz: int = 1_000_000, locked: bool = True) -> None:
+        lock = getattr(vm, "tsc_write_lock", None)
+        if lock is None:
+            raise TypeError(f"TscSync needs a VM with a tsc_write_lock, got {vm!r}")
+        if not isinstance(tsc_khz, int) or tsc_khz <= 0:
+            raise ValueError(f"tsc_khz must be a positive integer, got {tsc_khz!r}")
+        self.vm = vm
+        self.lock = lock
+        self.tsc_khz = tsc_khz
+        self.locked = locked
+        self._rt = runtime.RT
+        self.last_tsc_write = 0
+        self.last_tsc_nsec = 0
+        self.cur_generation = 0
+        self.cur_offset = 0
+        self.vcpus: dict[int, VcpuTsc] = {}
+
+    def _ticks(self, ns: int) -> int:
+        return ns * self.tsc_khz // 1_000_000
+
+    def write(self, vcpu: Any, data: int, now_ns: int) -> VcpuTsc:
+        """Userspace sets ``vcpu``'s TSC to ``data`` at host time ``now_ns`` (vcpu->mutex held)."""
+        if not isinstance(data, int) or data < 0 or not isinstance(now_ns, int) or now_ns < 0:
+            raise ValueError(f"TSC write needs non-negative integers, got data={data!r} "
+                             f"now_ns={now_ns!r}")
+        vcpu.mutex.assert_held()
+        if self.locked:
+            with self.lock:
+                return self._synchronize(vcpu.id, data, now_ns)
+        return self._synchronize(vcpu.id, data, now_ns)
+
+    def _synchronize(self, vcpu_id: int, data: int, now_ns: int) -> VcpuTsc:
+        # Read everything, then write everything: the two halves are one step only under the
+        # lock (in C the generation bump is a load, an add and a store, too).
+        offset = data - self._ticks(now_ns)
+        self._rt.point(self, "read last_tsc", False)
+        gen, cur_offset = self.cur_generation, self.cur_offset
+        expected = self.last_tsc_write + self._ticks(now_ns - self.last_tsc_nsec)
+        synchronizing = gen > 0 and (data == 0 or abs(data - expected) < self._ticks(NSEC_PER_SEC))
+        self._rt.point(self, "write last_tsc", True)
+        if synchronizing:
+            offset = cur_offset
+        else:
+            gen += 1
+            self.cur_generation = gen
+            self.cur_offset = offset
+        self.last_tsc_write = data
+        self.last_tsc_nsec = now_ns
+        state = self.vcpus.setdefault(vcpu_id, VcpuTsc())
+        state.offset = offset
+        state.generation = gen
+        return state
+
+    def check(self) -> None:
+        """Invariant: vCPUs of one generation share one offset (their TSCs tick together)."""
+        by_gen: dict[int, set[int]] = {}
+        for st in self.vcpus.values():
+            by_gen.setdefault(st.generation, set()).add(st.offset)
+        split = {g: sorted(o) for g, o in by_gen.items() if len(o) > 1}
+        assert not split, f"vCPUs of one TSC generation have different offsets: {split}"

@@ -1,0 +1,53 @@
+"""Xen emulation's VM-wide state, guarded by ``kvm->arch.xen.xen_lock``.
+
+Xen HVM guests share VM-wide state with the host (the shared-info page, the upcall vector,
+the hypercall page). It is set both through VM ioctls (no vCPU involved) and through vCPU
+ioctls (that vCPU's ``vcpu->mutex`` held), so ``xen_lock`` is ordered inside ``vcpu->mutex``
+and is otherwise a leaf. It exists as a lock of its own rather than reusing ``kvm->lock``
+because these paths run inside ``kvm->srcu`` read sections, where ``kvm->lock`` must not be
+taken (``synchronize_srcu`` is called under ``kvm->lock``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ATTRS", "Xen"]
+
+ATTRS = frozenset({"long_mode", "shared_info", "upcall_vector", "vcpu_info", "vcpu_time_info",
+                   "runstate", "timer"})
+VM_ATTRS = frozenset({"long_mode", "shared_info", "upcall_vector"})
+
+
+class Xen:
+    """The Xen state of one VM; ``vm.xen_lock`` is the VM's own lock object."""
+
+    def __init__(self, vm: Any) -> None:
+        lock = getattr(vm, "xen_lock", None)
+        if lock is None:
+            raise TypeError(f"Xen needs a VM with a xen_lock, got {vm!r}")
+        self.vm = vm
+        self.lock = lock
+        self.attrs: dict[str, int] = {}
+        self.vcpu_attrs: dict[tuple[int, str], int] = {}
+
+    @staticmethod
+    def _check(attr: str, allowed: frozenset[str], value: int) -> None:
+        if attr not in allowed:
+            raise ValueError(f"unknown Xen attribute {attr!r}; expected one of {sorted(allowed)}")
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"Xen attribute {attr}: value must be a non-negative integer, "
+                             f"got {value!r}")
+
+    def hvm_set_attr(self, attr: str, value: int) -> None:
+        """``KVM_XEN_HVM_SET_ATTR``: a VM ioctl, so only ``xen_lock``."""
+        self._check(attr, VM_ATTRS, value)
+        with self.lock:
+            self.attrs[attr] = value
+
+    def vcpu_set_attr(self, vcpu: Any, attr: str, value: int) -> None:
+        """``KVM_XEN_VCPU_SET_ATTR``: a vCPU ioctl, ``vcpu->mutex`` held outside ``xen_lock``."""
+        self._check(attr, ATTRS - VM_ATTRS, value)
+        vcpu.mutex.assert_held()
+        with self.lock:
+            self.vcpu_attrs[(vcpu.id, attr)] = value
