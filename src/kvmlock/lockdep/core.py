@@ -1,0 +1,559 @@
+"""The validator's engine: per-task held-lock stacks, the chain cache and validation.
+
+Hot path. A held-lock stack entry carries the chain-cache node of the chain it ends, and the
+cache is a trie keyed by (class, read, trylock) ids, so an acquire whose chain was seen before
+is one dict lookup plus a list append, with no lock taken: the first time a chain is seen
+(a miss) it is validated under the graph lock and added to the trie. Releasing the most recent
+lock is a compare and a pop. Everything else (out-of-order release, reports) is the slow path.
+"""
+
+from __future__ import annotations
+
+import _thread
+import sys
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from kvmlock import runtime as _rt
+from kvmlock.lockdep.graph import DepGraph, Link, LockClass, dep_bit, find_strong_path, path_edges
+from kvmlock.lockdep.report import Edge, HeldLock, Report
+from kvmlock.lockdep.where import user_site
+
+KINDS = frozenset(
+    {"mutex", "spinlock", "raw_spinlock", "rwlock", "rwsem", "percpu_rwsem", "srcu", "pseudo",
+     "threading"}
+)
+#: Locks that spin: holding one, a task must not sleep (rwlock_t is a spinning lock too).
+SPINNING = frozenset({"spinlock", "raw_spinlock", "rwlock"})
+#: Locks whose (blocking) acquire may sleep.
+SLEEPING = frozenset({"mutex", "rwsem", "percpu_rwsem"})
+MODES = ("warn", "raise", "collect")
+
+_WHERE = -1  # key of a chain node's "first seen at" entry (real keys are >= 0)
+_SYNC = 6  # low bits of a chain-node key for synchronize(); acquires use read*2 + trylock
+
+
+class LockdepError(RuntimeError):
+    """Raised by the offending lock operation in "raise" mode; ``.report`` has the details."""
+
+    def __init__(self, report: Report) -> None:
+        super().__init__(str(report))
+        self.report = report
+
+
+class Limits:
+    """Table sizes; crossing one prints one message and switches validation off."""
+
+    __slots__ = ("max_classes", "max_edges", "max_chains", "max_depth")
+
+    def __init__(self) -> None:
+        self.max_classes = 8192
+        self.max_edges = 32768
+        self.max_chains = 65536
+        self.max_depth = 48
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+LIMITS = Limits()
+
+
+class State:
+    """Everything lockdep knows in one world: classes, graph, chain cache, reports, mode."""
+
+    def __init__(self, mode: str = "warn") -> None:
+        self.on = True
+        self.mode = mode
+        self.lock = _thread.allocate_lock()  # the graph lock: chain-cache misses only
+        self.classes: dict[tuple[object, int], LockClass] = {}
+        self.nedges = 0
+        self.nchains = 0
+        self.root: dict[int, Any] = {}
+        self.reports: list[Report] = []
+        self.seen: set[tuple] = set()
+        self.overflow: str | None = None
+
+    def klass(self, key: object, name: str, kind: str, subclass: int) -> LockClass:
+        k = (key, subclass)
+        cls = self.classes.get(k)
+        if cls is None:
+            with self.lock:
+                cls = self.classes.get(k)
+                if cls is None:
+                    cls = LockClass(name, kind, key, subclass, len(self.classes))
+                    self.classes[k] = cls
+                    if len(self.classes) > LIMITS.max_classes:
+                        _overflow(self, "lock classes", "max_classes")
+        return cls
+
+
+class _Held(list):
+    """A task's held-lock stack: entries ``(map, class, read, trylock, chain_node)``."""
+
+    __slots__ = ("__weakref__", "lax")
+
+
+_state = State()
+_stacks: dict[int, weakref.ref] = {}  # id -> weak ref of every task's stack (reset clears them)
+
+
+def _new_stack() -> _Held:
+    st = _Held()
+    st.lax = None
+    _rt.current_task().lockdep = st
+    k = id(st)
+    _stacks[k] = weakref.ref(st, lambda _r, k=k: _stacks.pop(k, None))
+    return st
+
+
+def _task_name() -> str:
+    name = getattr(_rt.current_task(), "name", None)
+    return str(name) if name else threading.current_thread().name
+
+
+def _held_locks(held: list) -> list[HeldLock]:
+    return [HeldLock(e[1].name, e[2], e[4].get(_WHERE, "")) for e in held]
+
+
+def _overflow(S: State, what: str, param: str) -> None:
+    if S.on:
+        S.on = False
+        S.overflow = what
+        sys.stderr.write(
+            f"kvmlock.lockdep: too many {what} (limit {getattr(LIMITS, param)}); lock validation"
+            f" is now OFF for the rest of this run. Raise the limit with"
+            f" kvmlock.lockdep.configure({param}=...).\n"
+        )
+
+
+def _note(S: State, key: tuple, report: Report, found: list[Report]) -> None:
+    """Record a report unless this problem was already reported (caller holds S.lock)."""
+    if key not in S.seen:
+        S.seen.add(key)
+        S.reports.append(report)
+        found.append(report)
+
+
+def _emit(S: State, found: list[Report]) -> None:
+    """Tell the user (outside the graph lock): print, raise or stay silent per mode."""
+    for r in found:
+        if S.mode == "warn":
+            sys.stderr.write(str(r))
+        elif S.mode == "raise":
+            raise LockdepError(r)
+
+
+def _report(S: State, key: tuple, report: Report) -> None:
+    found: list[Report] = []
+    with S.lock:
+        _note(S, key, report, found)
+    _emit(S, found)
+
+
+# --------------------------------------------------------------------------- the lock map
+
+
+class LockMap:
+    """The validator's view of one lock instance; its name (or key) names its class.
+
+    Primitives call :meth:`acquire` *before* blocking on the real lock, so an inversion is
+    reported before it can hang the program, and :meth:`release` when they let go.
+    """
+
+    __slots__ = ("name", "kind", "key", "_st", "_cls", "_subs", "__weakref__")
+
+    def __init__(self, name: str, kind: str, key: object | None = None) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"LockMap name must be a str, got {type(name).__name__}")
+        if not name:
+            raise ValueError("LockMap name must not be empty: it names the lock class")
+        if kind not in KINDS:
+            raise ValueError(f"unknown lock kind {kind!r}; expected one of {sorted(KINDS)}")
+        self.name = name
+        self.kind = kind
+        self.key = name if key is None else key
+        self._st: State | None = None
+        self._cls: LockClass | None = None
+        self._subs: list[LockClass | None] = []
+
+    def __repr__(self) -> str:
+        return f"<LockMap {self.name} ({self.kind})>"
+
+    def _bind(self, S: State, subclass: int) -> LockClass:
+        if subclass.__class__ is not int or not 0 <= subclass <= 7:
+            raise ValueError(f"lock subclass must be an int in 0..7, got {subclass!r}")
+        if self._st is not S:
+            self._cls = S.klass(self.key, self.name, self.kind, 0)
+            self._subs = [self._cls] + [None] * 7
+            self._st = S
+        cls = self._subs[subclass]
+        if cls is None:
+            cls = self._subs[subclass] = S.klass(self.key, self.name, self.kind, subclass)
+        return cls
+
+    def acquire(self, subclass: int = 0, read: int = 0, trylock: bool = False) -> None:
+        """Validate and record taking this lock (read: 0 exclusive, 1 shared, 2 recursive)."""
+        S = _state
+        if not S.on:
+            return
+        held = _rt.current_task().lockdep
+        if held is None:
+            held = _new_stack()
+        if subclass or self._st is not S:
+            cls = self._bind(S, subclass)
+        else:
+            cls = self._cls
+        hid = cls.hid + read + read + trylock
+        node = (held[-1][4] if held else S.root).get(hid)
+        if node is None:
+            node = _miss(S, held, self, cls, read, trylock, hid, None)
+            if node is None:
+                return
+        held.append((self, cls, read, trylock, node))
+
+    def release(self) -> None:
+        """Record letting go of this lock; releasing one not held is reported."""
+        S = _state
+        if not S.on:
+            return
+        held = _rt.current_task().lockdep
+        if held and held[-1][0] is self:
+            held.pop()
+            return
+        _release_slow(S, held, self)
+
+    def sync(self) -> None:
+        """synchronize_srcu(): validate an exclusive acquire of this map without holding it."""
+        S = _state
+        if not S.on:
+            return
+        held = _rt.current_task().lockdep
+        if held is None:
+            held = _new_stack()
+        cls = self._bind(S, 0)
+        hid = cls.hid + _SYNC
+        if (held[-1][4] if held else S.root).get(hid) is None:
+            _miss(S, held, self, cls, 0, False, hid, None, sync=True)
+
+    def assert_held(self) -> None:
+        """lockdep_assert_held(): report "not_held" unless the current task holds this lock."""
+        S = _state
+        if not S.on:
+            return
+        held = _rt.current_task().lockdep or ()
+        for e in held:
+            if e[0] is self:
+                return
+        cls = self._bind(S, 0)
+        _report(S, ("not_held", cls.name), Report(
+            "not_held", lock=cls.name, task=_task_name(), where=user_site(),
+            held_locks=_held_locks(list(held)),
+        ))
+
+    def is_held(self) -> bool:
+        """Whether the current task holds this lock (lockdep_is_held)."""
+        held = _rt.current_task().lockdep or ()
+        return any(e[0] is self for e in held)
+
+    def __enter__(self) -> LockMap:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# --------------------------------------------------------------------------- slow paths
+
+
+def _miss(
+    S: State, held: _Held, m: LockMap, cls: LockClass, read: int, trylock: bool, hid: int,
+    where: str | None, sync: bool = False,
+) -> dict | None:
+    """First sighting of this chain: validate it under the graph lock and cache it."""
+    if read not in (0, 1, 2):
+        raise ValueError(f"read must be 0 (exclusive), 1 (shared) or 2 (recursive), got {read!r}")
+    if where is None:
+        where = user_site()
+    found: list[Report] = []
+    with S.lock:
+        if not S.on:
+            return None
+        parent = held[-1][4] if held else S.root
+        node = parent.get(hid)
+        if node is not None:
+            return node
+        if len(held) + 1 > LIMITS.max_depth:
+            _overflow(S, "locks held at once (depth)", "max_depth")
+            return None
+        if not trylock:
+            _validate(S, held, m, cls, read, where, found, sync)
+        if S.nchains >= LIMITS.max_chains:
+            _overflow(S, "lock chains", "max_chains")
+            return None
+        node = {_WHERE: where}
+        parent[hid] = node
+        S.nchains += 1
+    _emit(S, found)
+    return node
+
+
+def _validate(
+    S: State, held: _Held, m: LockMap, cls: LockClass, read: int, where: str,
+    found: list[Report], sync: bool,
+) -> None:
+    task = _task_name()
+    if sync or m.kind in SLEEPING:
+        for e in held:
+            if e[0].kind in SPINNING:
+                what = f"synchronize({cls.name})" if sync else f"lock({cls.name})"
+                _note(S, ("sleep_in_atomic", e[1].name, cls.name), Report(
+                    "sleep_in_atomic", lock=cls.name, held=e[1].name, held_read=e[2],
+                    task=task, where=where, what=what, held_locks=_held_locks(held),
+                ), found)
+                break
+    # Taking a class already held deadlocks on itself, unless both are reads and the new
+    # one is a recursive read (rwlock_t readers, SRCU read sides).
+    for e in held:
+        if e[1] is cls and not (read == 2 and e[2]):
+            _note(S, ("recursive", cls.name), Report(
+                "recursive", lock=cls.name, held=cls.name, lock_read=read, held_read=e[2],
+                task=task, where=where, held_locks=_held_locks(held),
+            ), found)
+            return
+    # Link from the held locks: the top one, and below it through trylocks (a lock taken
+    # normally already linked itself to everything under it).
+    for i in range(len(held) - 1, -1, -1):
+        e = held[i]
+        if e[1] is not cls:
+            _link(S, held, e, cls, read, where, found, task)
+        if not e[3]:
+            break
+
+
+def _link(
+    S: State, held: _Held, prev: tuple, nxt: LockClass, read: int, where: str,
+    found: list[Report], task: str,
+) -> None:
+    p: LockClass = prev[1]
+    pr: int = prev[2]
+    link = p.after.get(nxt)
+    if link is not None and link.dep & dep_bit(pr, read):
+        link.sites.setdefault((pr, read), where)
+        return
+    path = find_strong_path(nxt, read == 2, p, pr == 0)
+    if path is not None:
+        chain = path_edges(path, read == 2) + [Edge(p.name, nxt.name, pr, read, where)]
+        names = frozenset(e.src for e in chain)
+        _note(S, ("circular", names), Report(
+            "circular", lock=nxt.name, held=p.name, lock_read=read, held_read=pr, task=task,
+            where=where, chain=chain, held_locks=_held_locks(held),
+        ), found)
+        return
+    if link is None:
+        if S.nedges >= LIMITS.max_edges:
+            _overflow(S, "lock dependencies (edges)", "max_edges")
+            return
+        link = p.after[nxt] = Link(p, nxt)
+        S.nedges += 1
+    link.add(pr, read, where)
+
+
+def _push(S: State, held: _Held, m: LockMap, cls: LockClass, read: int, trylock: bool,
+          where: str | None) -> None:
+    hid = cls.hid + read + read + trylock
+    node = (held[-1][4] if held else S.root).get(hid)
+    if node is None:
+        node = _miss(S, held, m, cls, read, trylock, hid, where)
+        if node is None:
+            return
+    held.append((m, cls, read, trylock, node))
+
+
+def _release_slow(S: State, held: _Held | None, m: LockMap) -> None:
+    if held is None:
+        held = _new_stack()
+    for i in range(len(held) - 1, -1, -1):
+        if held[i][0] is m:
+            break
+    else:
+        lax = held.lax
+        if lax:
+            for j, x in enumerate(lax):
+                if x is m:
+                    del lax[j]
+                    return
+        cls = m._bind(S, 0)
+        _report(S, ("bad_unlock", cls.name), Report(
+            "bad_unlock", lock=cls.name, task=_task_name(), where=user_site(),
+            held_locks=_held_locks(held),
+        ))
+        return
+    # Out of order: drop it, then take the ones above again so their chains (and the
+    # dependencies they imply without the dropped lock) are validated, as the kernel does.
+    tail = held[i + 1:]
+    del held[i:]
+    for e in tail:
+        _push(S, held, e[0], e[1], e[2], e[3], e[4].get(_WHERE))
+
+
+def forget(m: LockMap, held: _Held) -> bool:
+    """Drop ``m`` from another task's stack (a plain lock released by a thread that does not
+    hold it, as threading.Lock allows); True when it was there."""
+    for i in range(len(held) - 1, -1, -1):
+        if held[i][0] is m:
+            try:
+                del held[i]
+            except IndexError:
+                return False
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------- module API
+
+
+def might_sleep(what: str = "might_sleep") -> None:
+    """Report "sleep_in_atomic" when the current task holds a spinning lock."""
+    S = _state
+    if not S.on:
+        return
+    held = _rt.current_task().lockdep
+    if not held:
+        return
+    for e in held:
+        if e[0].kind in SPINNING:
+            _report(S, ("sleep_in_atomic", e[1].name, what), Report(
+                "sleep_in_atomic", held=e[1].name, held_read=e[2], task=_task_name(),
+                where=user_site(), what=what, held_locks=_held_locks(held),
+            ))
+            return
+
+
+def task_exit() -> None:
+    """End of a task: report "held_at_exit" for locks still held, then forget them."""
+    S = _state
+    t = _rt.current_task()
+    held = t.lockdep
+    if not held:
+        return
+    if S.on:
+        names = tuple(e[1].name for e in held)
+        _report(S, ("held_at_exit", names), Report(
+            "held_at_exit", lock=names[-1], task=_task_name(), where=user_site(),
+            held_locks=_held_locks(held),
+        ))
+    held.clear()
+
+
+def held_locks() -> list[HeldLock]:
+    """What the current task holds, innermost last (debug_show_held_locks)."""
+    return _held_locks(list(_rt.current_task().lockdep or ()))
+
+
+def reports() -> list[Report]:
+    """Every distinct problem found so far in the current state, oldest first."""
+    return list(_state.reports)
+
+
+def _clear_stacks() -> None:
+    # Locks held now will be released later; let those releases pass silently.
+    for ref in list(_stacks.values()):
+        st = ref()
+        if st:
+            st.lax = (st.lax or []) + [e[0] for e in st]
+            st.clear()
+
+
+def reset() -> None:
+    """Forget everything: classes, dependencies, chains, reports; held stacks are cleared."""
+    global _state
+    _state = State(_state.mode)
+    _clear_stacks()
+
+
+def set_mode(mode: str) -> None:
+    """"warn": print each problem once; "raise": raise LockdepError; "collect": stay silent."""
+    if mode not in MODES:
+        raise ValueError(f"lockdep mode must be one of {MODES}, got {mode!r}")
+    _state.mode = mode
+
+
+def get_mode() -> str:
+    return _state.mode
+
+
+def enable() -> None:
+    """Switch validation back on (held stacks restart empty)."""
+    if not _state.on:
+        _clear_stacks()
+        _state.on = True
+        _state.overflow = None
+
+
+def disable() -> None:
+    """Switch validation off: lock operations cost one flag test."""
+    _state.on = False
+
+
+def enabled() -> bool:
+    return _state.on
+
+
+def configure(**limits: int) -> dict[str, int]:
+    """Set table limits (max_classes, max_edges, max_chains, max_depth); returns them all."""
+    for name, value in limits.items():
+        if name not in Limits.__slots__:
+            raise ValueError(f"unknown lockdep limit {name!r}; known: {list(Limits.__slots__)}")
+        if value.__class__ is not int or value < 1:
+            raise ValueError(f"lockdep limit {name} must be a positive int, got {value!r}")
+    for name, value in limits.items():
+        setattr(LIMITS, name, value)
+    return LIMITS.as_dict()
+
+
+def stats() -> dict[str, Any]:
+    """Sizes of the tables: how much validation work a run created."""
+    S = _state
+    return {"classes": len(S.classes), "edges": S.nedges, "chains": S.nchains,
+            "reports": len(S.reports), "enabled": S.on}
+
+
+def graph() -> DepGraph:
+    """A snapshot of the dependency graph (one Edge per recorded kind of each link)."""
+    S = _state
+    with S.lock:
+        classes = list(S.classes.values())
+        g = DepGraph({c.name: c.kind for c in classes})
+        for c in classes:
+            for link in list(c.after.values()):
+                for (sr, dr), where in list(link.sites.items()):
+                    g.edges.append(Edge(c.name, link.dst.name, sr, dr, where))
+    return g
+
+
+@contextmanager
+def isolated(mode: str = "collect") -> Iterator[State]:
+    """A fresh private lockdep state for the block (graph, chains, reports), then the old one.
+
+    The explorer runs each execution inside one so executions cannot see each other's
+    dependencies; read :func:`reports` before leaving. The current task's held stack is set
+    aside too. Not meant for use while other OS threads are validating locks.
+    """
+    global _state
+    if mode not in MODES:
+        raise ValueError(f"lockdep mode must be one of {MODES}, got {mode!r}")
+    prev = _state
+    t = _rt.current_task()
+    saved = t.lockdep
+    t.lockdep = None
+    _state = st = State(mode)
+    try:
+        yield st
+    finally:
+        _state = prev
+        t.lockdep = saved

@@ -1,0 +1,233 @@
+"""Reports: what lockdep found, as data (``Report``, JSON) and as a kernel-style splat.
+
+The text follows the layout Linux readers know -- banner, the lock being taken and the one
+held, the dependency chain in reverse order with where each link was made, the "possible
+unsafe locking scenario" table and the held locks -- so a splat from kvmlock reads like one
+from the kernel, while ``Report`` keeps every piece as a field for tools.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+KINDS = ("circular", "recursive", "bad_unlock", "held_at_exit", "sleep_in_atomic", "not_held")
+
+TITLES = {
+    "circular": "WARNING: possible circular locking dependency detected",
+    "recursive": "WARNING: possible recursive locking detected",
+    "bad_unlock": "WARNING: bad unlock balance detected!",
+    "held_at_exit": "WARNING: task is exiting with locks still held!",
+    "sleep_in_atomic": "BUG: sleeping function called from invalid context",
+    "not_held": "WARNING: lock is not held where it is asserted to be held",
+}
+
+_READ_NAMES = {0: "", 1: "read", 2: "recursive read"}
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One dependency: ``dst`` was acquired while ``src`` was held, first at ``where``.
+
+    ``src_read``/``dst_read`` are lockdep's read values: 0 exclusive, 1 shared (non-recursive
+    reader), 2 recursive reader.
+    """
+
+    src: str
+    dst: str
+    src_read: int = 0
+    dst_read: int = 0
+    where: str = ""
+
+    @property
+    def kind(self) -> str:
+        """Lockdep's name for the dependency: E/S for how src is held, R/N for dst."""
+        return ("S" if self.src_read else "E") + ("R" if self.dst_read == 2 else "N")
+
+
+@dataclass(frozen=True)
+class HeldLock:
+    """A lock the task held when the report was made, and where its chain was first seen."""
+
+    name: str
+    read: int = 0
+    where: str = ""
+
+
+@dataclass
+class Report:
+    """One distinct problem found by lockdep.
+
+    ``lock`` is the lock being acquired/released/asserted, ``held`` the held lock it conflicts
+    with, ``chain`` the dependency edges that close the cycle (for "circular", in cycle order
+    ending with the new edge), ``held_locks`` what the task held, ``where`` the user code line.
+    """
+
+    kind: str
+    lock: str | None = None
+    held: str | None = None
+    task: str = ""
+    where: str = ""
+    chain: list[Edge] = field(default_factory=list)
+    held_locks: list[HeldLock] = field(default_factory=list)
+    lock_read: int = 0
+    held_read: int = 0
+    what: str = ""
+
+    @property
+    def title(self) -> str:
+        return TITLES[self.kind]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["title"] = self.title
+        return d
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The report as JSON, for tools that consume findings (CI annotations, dashboards)."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @property
+    def json(self) -> str:
+        return self.to_json()
+
+    def __str__(self) -> str:
+        return _RENDER[self.kind](self)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _banner(title: str) -> list[str]:
+    bar = "=" * len(title)
+    return ["", bar, title, "-" * len(title)]
+
+
+def _lock_line(name: str | None, read: int = 0, where: str = "") -> str:
+    mode = f", {_READ_NAMES[read]}" if read else ""
+    at = f", at: {where}" if where else ""
+    return f" ({name}){mode}{at}"
+
+
+def _op(name: str, read: int) -> str:
+    return f"{'r' if read else ''}lock({name});"
+
+
+def _held_section(r: Report) -> list[str]:
+    if not r.held_locks:
+        return [f"no locks held by {r.task}."]
+    n = len(r.held_locks)
+    out = [f"{n} lock{'s' if n > 1 else ''} held by {r.task}:"]
+    for i, h in enumerate(r.held_locks):
+        out.append(f" #{i}:" + _lock_line(h.name, h.read, h.where))
+    return out
+
+
+def _render_circular(r: Report) -> str:
+    chain = r.chain
+    new = chain[-1]  # held -> lock (the dependency being added)
+    path = chain[:-1]  # lock -> ... -> held (the dependency that already exists)
+    out = _banner(r.title)
+    out += [f"{r.task} is trying to acquire lock:", _lock_line(r.lock, r.lock_read, r.where), ""]
+    out += ["but task is already holding lock:", _lock_line(r.held, r.held_read), ""]
+    out += ["which lock already depends on the new lock.", "", ""]
+    out += ["the existing dependency chain (in reverse order) is:"]
+    for depth in range(len(path), 0, -1):
+        e = path[depth - 1]
+        out += ["", f"-> #{depth} ({e.dst}):", f"       {e.where}   [{e.src} -({e.kind})-> {e.dst}]"]
+    out += ["", f"-> #0 ({new.dst}):", f"       {new.where}   [{new.src} -({new.kind})-> {new.dst}]"]
+    out += ["", "other info that might help us debug this:", ""]
+    # CPU0 holds `held` and wants `lock`; CPU1 came along the existing path and holds the lock
+    # just before `held` on it, wanting `held`.
+    parent = path[-1].src if path else new.dst
+    if len(path) > 1:
+        names = [path[0].src] + [e.dst for e in path]
+        out += ["Chain exists of:", "  " + " --> ".join(names), ""]
+    par_read = path[-1].src_read if path else r.lock_read
+    pad = " " * 31
+    out += [
+        " Possible unsafe locking scenario:",
+        "",
+        "       CPU0                    CPU1",
+        "       ----                    ----",
+        "  " + _op(r.held or "?", r.held_read),
+        pad + _op(parent, par_read),
+        pad + _op(r.held or "?", path[-1].dst_read if path else r.held_read),
+        "  " + _op(r.lock or "?", r.lock_read),
+        "",
+        " *** DEADLOCK ***",
+        "",
+    ]
+    out += _held_section(r)
+    return "\n".join(out) + "\n"
+
+
+def _render_recursive(r: Report) -> str:
+    out = _banner(r.title)
+    out += [f"{r.task} is trying to acquire lock:", _lock_line(r.lock, r.lock_read, r.where), ""]
+    out += ["but task is already holding lock:", _lock_line(r.held, r.held_read), ""]
+    out += [
+        "other info that might help us debug this:",
+        " Possible unsafe locking scenario:",
+        "",
+        "       CPU0",
+        "       ----",
+        "  " + _op(r.held or "?", r.held_read),
+        "  " + _op(r.lock or "?", r.lock_read),
+        "",
+        " *** DEADLOCK ***",
+        "",
+        " May be due to missing lock nesting notation",
+        "",
+    ]
+    out += _held_section(r)
+    return "\n".join(out) + "\n"
+
+
+def _render_bad_unlock(r: Report) -> str:
+    out = _banner(r.title)
+    out += [
+        f"{r.task} is trying to release lock ({r.lock}) at:",
+        f"{r.where}",
+        "but there are no more locks to release!",
+        "",
+        "other info that might help us debug this:",
+    ]
+    out += _held_section(r)
+    return "\n".join(out) + "\n"
+
+
+def _render_held_at_exit(r: Report) -> str:
+    out = _banner(r.title)
+    out += [f"{r.task} is exiting at {r.where} while holding locks.", ""]
+    out += _held_section(r)
+    return "\n".join(out) + "\n"
+
+
+def _render_sleep(r: Report) -> str:
+    out = _banner(r.title)
+    out += [
+        f"{r.what} may sleep, called at: {r.where}",
+        f"but {r.task} holds a spinning lock ({r.held}): sleeping there can deadlock the CPU.",
+        "",
+    ]
+    out += _held_section(r)
+    return "\n".join(out) + "\n"
+
+
+def _render_not_held(r: Report) -> str:
+    out = _banner(r.title)
+    out += [f"{r.task} asserts that it holds ({r.lock}) at: {r.where}", "but it does not.", ""]
+    out += _held_section(r)
+    return "\n".join(out) + "\n"
+
+
+_RENDER = {
+    "circular": _render_circular,
+    "recursive": _render_recursive,
+    "bad_unlock": _render_bad_unlock,
+    "held_at_exit": _render_held_at_exit,
+    "sleep_in_atomic": _render_sleep,
+    "not_held": _render_not_held,
+}

@@ -1,0 +1,232 @@
+"""Validate a plain threading program: ``threading.Lock``/``RLock`` made into checked locks.
+
+While instrumentation is on, ``threading.Lock()`` and ``threading.RLock()`` return wrappers
+that report to lockdep. Each creation site (file:line) is one lock class, as each static
+initialisation site is one class in the kernel: all locks made by the same line order the same
+way. Locks made inside threading.py (a ``Condition()``'s RLock, say) are named after the user
+line that asked for them; locks made by kvmlock itself stay raw, since its primitives report
+on their own. ``RLock`` re-entry is not recursive locking. A ``Lock`` released by a thread
+other than its taker (legal for threading.Lock) is dropped from the taker's stack silently.
+"""
+
+from __future__ import annotations
+
+import _thread
+import os
+import sys
+import threading
+from typing import Any
+
+from kvmlock import runtime as _rt
+from kvmlock.lockdep import core
+from kvmlock.lockdep.where import _internal, short_path
+
+_ORIG_LOCK = threading.Lock
+_ORIG_RLOCK = threading.RLock
+_THREADING_FILE = os.path.abspath(threading.__file__)
+_get_ident = _thread.get_ident
+_depth = 0
+_maps: dict[tuple[str, str, int], core.LockMap] = {}
+
+
+def _site() -> tuple[str, int] | None:
+    """Creation site for a new lock, or None when kvmlock itself is creating it."""
+    f = sys._getframe(2)
+    while f is not None:
+        fn = f.f_code.co_filename
+        if os.path.abspath(fn) == _THREADING_FILE:
+            f = f.f_back
+            continue
+        if _internal(fn):
+            return None
+        return fn, f.f_lineno
+    return None
+
+
+def _map_for(what: str, site: tuple[str, int]) -> core.LockMap:
+    key = (what, site[0], site[1])
+    m = _maps.get(key)
+    if m is None:
+        m = _maps[key] = core.LockMap(f"{short_path(site[0])}:{site[1]}", "threading", key)
+    return m
+
+
+class CheckedLock:
+    """A ``threading.Lock`` that reports every acquire and release to lockdep."""
+
+    __slots__ = ("_lock", "_map", "_owner", "__weakref__")
+
+    def __init__(self, lockmap: core.LockMap) -> None:
+        self._lock = _ORIG_LOCK()
+        self._map = lockmap
+        self._owner: Any = None
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if blocking and timeout < 0:
+            self._map.acquire()  # validate before we can block forever
+            try:
+                self._lock.acquire()
+            except BaseException:
+                self._map.release()
+                raise
+        else:
+            if not self._lock.acquire(blocking, timeout):
+                return False
+            self._map.acquire(trylock=True)  # bounded waits cannot deadlock: no new edges
+        self._owner = _rt.current_task().lockdep
+        return True
+
+    __enter__ = acquire
+
+    def release(self) -> None:
+        owner = self._owner
+        self._owner = None
+        if owner is not None and owner is not _rt.current_task().lockdep:
+            core.forget(self._map, owner)  # released by another thread: a signal, not a bug
+        else:
+            self._map.release()
+        self._lock.release()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def _at_fork_reinit(self) -> None:
+        self._lock._at_fork_reinit()
+        self._owner = None
+
+    def __repr__(self) -> str:
+        state = "locked" if self._lock.locked() else "unlocked"
+        return f"<kvmlock CheckedLock {self._map.name} {state}>"
+
+
+class CheckedRLock:
+    """A ``threading.RLock`` whose first acquire (not its re-entries) goes to lockdep."""
+
+    __slots__ = ("_lock", "_map", "_holder", "_count", "__weakref__")
+
+    def __init__(self, lockmap: core.LockMap) -> None:
+        self._lock = _ORIG_RLOCK()
+        self._map = lockmap
+        self._holder: int | None = None
+        self._count = 0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        me = _get_ident()
+        if self._holder == me:
+            self._lock.acquire()
+            self._count += 1
+            return True
+        if blocking and timeout < 0:
+            self._map.acquire()
+            try:
+                self._lock.acquire()
+            except BaseException:
+                self._map.release()
+                raise
+        else:
+            if not self._lock.acquire(blocking, timeout):
+                return False
+            self._map.acquire(trylock=True)
+        self._holder = me
+        self._count = 1
+        return True
+
+    __enter__ = acquire
+
+    def release(self) -> None:
+        if self._holder != _get_ident():
+            raise RuntimeError("cannot release un-acquired lock")
+        self._count -= 1
+        if self._count == 0:
+            self._holder = None
+            self._map.release()
+        self._lock.release()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    # Condition support: wait() drops every level of the RLock and takes them back after.
+    def _is_owned(self) -> bool:
+        return self._holder == _get_ident()
+
+    def _release_save(self) -> tuple[Any, int]:
+        count = self._count
+        self._count = 0
+        self._holder = None
+        self._map.release()
+        return self._lock._release_save(), count
+
+    def _acquire_restore(self, saved: tuple[Any, int]) -> None:
+        state, count = saved
+        self._map.acquire()
+        self._lock._acquire_restore(state)
+        self._holder = _get_ident()
+        self._count = count
+
+    def _at_fork_reinit(self) -> None:
+        self._lock._at_fork_reinit()
+        self._holder = None
+        self._count = 0
+
+    def __repr__(self) -> str:
+        return f"<kvmlock CheckedRLock {self._map.name} count={self._count}>"
+
+
+def _lock_factory() -> Any:
+    site = _site()
+    if site is None:
+        return _ORIG_LOCK()
+    return CheckedLock(_map_for("Lock", site))
+
+
+def _rlock_factory(*args: Any, **kwargs: Any) -> Any:
+    site = _site()
+    if site is None:
+        return _ORIG_RLOCK(*args, **kwargs)
+    return CheckedRLock(_map_for("RLock", site))
+
+
+class Instrumentation:
+    """Handle returned by :func:`instrument_threading`; ``stop()`` or leaving ``with`` undoes it."""
+
+    def __init__(self) -> None:
+        global _depth
+        self._active = True
+        if _depth == 0:
+            threading.Lock = _lock_factory  # type: ignore[misc, assignment]
+            threading.RLock = _rlock_factory  # type: ignore[misc, assignment]
+        _depth += 1
+
+    def stop(self) -> None:
+        global _depth
+        if not self._active:
+            return
+        self._active = False
+        _depth -= 1
+        if _depth == 0:
+            threading.Lock = _ORIG_LOCK  # type: ignore[misc]
+            threading.RLock = _ORIG_RLOCK  # type: ignore[misc]
+
+    def __enter__(self) -> Instrumentation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def instrument_threading() -> Instrumentation:
+    """Make ``threading.Lock()``/``RLock()`` created from now on validated by lockdep.
+
+    Use as a call (undo with ``.stop()``) or as ``with instrument_threading(): ...``. Locks
+    created before, or through names imported earlier (``from threading import Lock``), stay
+    plain.
+    """
+    return Instrumentation()
+
+
+def threading_instrumented() -> bool:
+    """Whether ``threading.Lock()`` currently returns validated locks."""
+    return _depth > 0

@@ -1,0 +1,57 @@
+"""Find the line of *user* code behind a lock operation.
+
+A report that points into kvmlock's own wrappers tells the reader nothing, so the frames of the
+primitives, the validator, the runtime and the standard library's locking helpers are skipped
+and the first frame outside them is named as ``file:line``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+
+_PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SKIP_DIRS = tuple(os.path.join(_PKG, d) + os.sep for d in ("sync", "explore"))
+_LOCKDEP_DIR = os.path.join(_PKG, "lockdep") + os.sep
+_KEEP = {os.path.join(_LOCKDEP_DIR, "selftest.py")}
+_SKIP_FILES = {
+    os.path.join(_PKG, "runtime.py"),
+    os.path.abspath(threading.__file__),
+    os.path.abspath(contextlib.__file__),
+}
+_internal_cache: dict[str, bool] = {}
+
+
+def _internal(filename: str) -> bool:
+    hit = _internal_cache.get(filename)
+    if hit is None:
+        path = os.path.abspath(filename)
+        hit = (
+            path.startswith(_SKIP_DIRS)
+            or (path.startswith(_LOCKDEP_DIR) and path not in _KEEP)
+            or path in _SKIP_FILES
+        )
+        _internal_cache[filename] = hit
+    return hit
+
+
+def short_path(filename: str) -> str:
+    """A path relative to the working directory when the file is under it, else as given."""
+    try:
+        rel = os.path.relpath(filename)
+    except ValueError:
+        return filename
+    return filename if rel.startswith("..") else rel
+
+
+def user_site(skip: int = 1) -> str:
+    """``file:line`` of the innermost frame that is not kvmlock or stdlib locking machinery."""
+    f = sys._getframe(skip)
+    while f is not None:
+        code = f.f_code
+        if not _internal(code.co_filename):
+            return f"{short_path(code.co_filename)}:{f.f_lineno}"
+        f = f.f_back
+    return "<unknown>"
