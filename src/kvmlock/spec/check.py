@@ -1,0 +1,200 @@
+"""Check a dependency graph against a document's rules: held, violated or not exercised.
+
+A rule is only as good as the run that exercised it, so every result says which: *held* means
+the run did what the rule is about (the documented nesting was seen) and never the forbidden
+thing; *not exercised* means the run never came near it, which is not the same as conforming.
+A violation names the offending dependency path and the file:line in the user's code where each
+step was first seen, so the finding can be acted on without re-running anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvmlock.spec.graphview import Edge, GraphView, view
+from kvmlock.spec.model import RefEntry, Rule, Spec, Unread
+from kvmlock.spec.names import kind_of
+
+HELD, VIOLATED, NOT_EXERCISED, UNCHECKED = "held", "violated", "not exercised", "unchecked"
+
+
+@dataclass
+class RuleResult:
+    rule: Rule
+    status: str
+    path: list[Edge] = field(default_factory=list)  # offending path, or the evidence it held
+    detail: str = ""
+
+    @property
+    def where(self) -> str:
+        return ", ".join(e.where for e in self.path if e.where)
+
+
+@dataclass
+class TypeResult:
+    entry: RefEntry
+    actual: str | None  # the kind lockdep recorded, None if the run never built the lock
+    status: str
+
+
+@dataclass
+class Conformance:
+    """The verdict of one document against one graph."""
+
+    source: str
+    results: list[RuleResult] = field(default_factory=list)
+    types: list[TypeResult] = field(default_factory=list)
+    undocumented: list[tuple[str, str]] = field(default_factory=list)  # (class, kind)
+    not_understood: list[Unread] = field(default_factory=list)
+    arch: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """No rule violated and every documented lock the run built has its documented kind."""
+        return not self.violations and all(t.status != VIOLATED for t in self.types)
+
+    @property
+    def violations(self) -> list[RuleResult]:
+        return [r for r in self.results if r.status == VIOLATED]
+
+    def counts(self) -> dict[str, int]:
+        out = {HELD: 0, VIOLATED: 0, NOT_EXERCISED: 0, UNCHECKED: 0}
+        for r in self.results:
+            out[r.status] += 1
+        return out
+
+    def render(self, width: int = 120) -> str:
+        """The conformance table as plain text (rich tables, no colour)."""
+        from kvmlock.spec.render import render_conformance
+
+        return render_conformance(self, width=width)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "ok": self.ok,
+            "rules": [
+                {
+                    "rule": r.rule.describe(),
+                    "kind": r.rule.kind,
+                    "line": r.rule.line,
+                    "status": r.status,
+                    "path": [e.show() for e in r.path],
+                    "where": [e.where for e in r.path],
+                    "detail": r.detail,
+                }
+                for r in self.results
+            ],
+            "types": [
+                {"lock": t.entry.name, "documented": list(t.entry.kinds), "actual": t.actual,
+                 "status": t.status}
+                for t in self.types
+            ],
+            "undocumented": [{"lock": n, "kind": k} for n, k in self.undocumented],
+            "not_understood": [{"line": u.line, "text": u.text} for u in self.not_understood],
+        }
+
+
+def check(spec: Spec, graph: Any, *, arch: str | None = None) -> Conformance:
+    """Check ``graph`` (a lockdep ``DepGraph``, a saved graph or its path) against ``spec``.
+
+    ``arch`` limits the check to rules for that architecture plus the general ones; by default
+    every rule applies (the model is x86).
+    """
+    if not isinstance(spec, Spec):
+        raise TypeError(f"check() needs a Spec from spec.load(), not {type(spec).__name__}")
+    g = view(graph)
+    declared = spec.declared_kinds()
+    conf = Conformance(source=spec.source, not_understood=list(spec.not_understood), arch=arch)
+    for rule in spec.rules:
+        if arch and rule.arch and rule.arch != arch:
+            continue
+        conf.results.append(_check_rule(rule, g, declared))
+    for entry in spec.reference:
+        actual = g.classes.get(entry.name)
+        if actual is None:
+            status = NOT_EXERCISED
+        else:
+            status = HELD if actual in entry.kinds else VIOLATED
+        conf.types.append(TypeResult(entry, actual, status))
+    documented = set(spec.locks())
+    conf.undocumented = sorted((n, k) for n, k in g.classes.items() if n not in documented)
+    return conf
+
+
+def _is_write(e: Edge) -> bool:
+    return e.dst_read == 0
+
+
+def _check_rule(rule: Rule, g: GraphView, declared: dict[str, tuple[str, ...]]) -> RuleResult:
+    k = rule.kind
+    if k == "order":
+        bad = g.path_between(rule.inner, rule.outer)
+        if bad:
+            return RuleResult(rule, VIOLATED, bad, f"{rule.inner} is held when taking {rule.outer}")
+        seen = g.path_between(rule.outer, rule.inner)
+        return RuleResult(rule, HELD, seen) if seen else RuleResult(rule, NOT_EXERCISED)
+    if k == "forbidden":
+        bad = g.path_between(rule.outer, rule.inner)
+        if bad:
+            return RuleResult(rule, VIOLATED, bad, f"{rule.inner} is taken inside {rule.outer}")
+        return _exercised(rule, g, rule.outer)
+    if k == "srcu_sync_inside":
+        reads = [e for e in g.out(rule.srcu) if e.src_read != 0]
+        bad = g.path(reads, rule.outer)
+        if bad:
+            return RuleResult(
+                rule, VIOLATED, bad,
+                f"{rule.outer} is taken inside a {rule.srcu} read-side critical section",
+            )
+        seen = g.path_between(rule.outer, rule.srcu, _is_write)
+        return RuleResult(rule, HELD, seen) if seen else RuleResult(rule, NOT_EXERCISED)
+    if k == "srcu_read_ok":
+        bad = g.path_between(rule.inner, rule.srcu, _is_write)
+        if bad:
+            return RuleResult(
+                rule, VIOLATED, bad, f"synchronize_srcu({rule.srcu}) is called under {rule.inner}"
+            )
+        reads = [e for e in g.out(rule.srcu) if e.src_read != 0]
+        seen = g.path(reads, rule.inner)
+        return RuleResult(rule, HELD, seen) if seen else RuleResult(rule, NOT_EXERCISED)
+    if k == "leaf":
+        for e in g.out(rule.outer):
+            dst_kind = g.classes.get(e.dst) or kind_of(e.dst, declared)
+            if dst_kind not in ("srcu", "pseudo"):
+                return RuleResult(rule, VIOLATED, [e], f"{e.dst} is taken inside {rule.outer}")
+        return _exercised(rule, g, rule.outer)
+    if k == "type":
+        actual = g.classes.get(rule.outer)
+        if actual is None:
+            return RuleResult(rule, NOT_EXERCISED)
+        if actual in rule.types:
+            return RuleResult(rule, HELD, detail=f"lockdep kind {actual}")
+        return RuleResult(rule, VIOLATED, detail=f"the run's {rule.outer} is a {actual}")
+    if k == "requires":
+        return _check_requires(rule, g)
+    raise ValueError(f"unknown rule kind {k!r}")
+
+
+def _exercised(rule: Rule, g: GraphView, name: str) -> RuleResult:
+    used = name in g.classes or any(e.dst == name or e.src == name for e in g.edges)
+    return RuleResult(rule, HELD) if used else RuleResult(rule, NOT_EXERCISED)
+
+
+def _check_requires(rule: Rule, g: GraphView) -> RuleResult:
+    """"inner cannot be taken without holding outer": needs the held-lock chains of the run."""
+    if g.chains is None:
+        return RuleResult(
+            rule, UNCHECKED,
+            detail="the graph records no held-lock chains; only the order part is checked",
+        )
+    exercised = False
+    for chain in g.chains:
+        if chain and chain[-1] == rule.inner:
+            if rule.outer not in chain[:-1]:
+                held = ", ".join(chain[:-1]) or "nothing"
+                return RuleResult(rule, VIOLATED,
+                                  detail=f"{rule.inner} taken holding {held}")
+            exercised = True
+    return RuleResult(rule, HELD if exercised else NOT_EXERCISED)

@@ -1,0 +1,140 @@
+"""Contradictions inside a document, found without running anything.
+
+A locking document is edited by many hands over many releases; a new bullet can quietly reverse
+an old one (one kernel release listed "A outside B" and "B outside A" at the same time). No run
+of any program can conform to such a document, so these are worth reporting before checking code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvmlock.spec.model import Rule, Spec
+
+
+@dataclass
+class Finding:
+    kind: str  # "cycle" | "leaf" | "srcu" | "forbidden" | "type"
+    message: str
+    lines: tuple[int, ...]
+
+
+def lint(spec: Spec) -> list[Finding]:
+    """Every contradiction between the document's own rules, in a stable order."""
+    return _cycles(spec) + _leaf(spec) + _srcu(spec) + _forbidden(spec) + _types(spec)
+
+
+def _nesting_edges(spec: Spec) -> dict[str, list[tuple[str, Rule]]]:
+    """outer -> [(inner, rule)]: every nesting the document declares, SRCU read/sync included.
+
+    SRCU's synchronize enters the SRCU node (``A -> S``) and its read side leaves it
+    (``S -> B``), so a cycle through it is the classic "sync under A, A inside the read side".
+    """
+    out: dict[str, list[tuple[str, Rule]]] = {}
+    for r in spec.rules:
+        if r.kind == "order":
+            out.setdefault(r.outer, []).append((r.inner, r))
+        elif r.kind == "srcu_sync_inside":
+            out.setdefault(r.outer, []).append((r.srcu, r))
+        elif r.kind == "srcu_read_ok":
+            out.setdefault(r.srcu, []).append((r.inner, r))
+    return out
+
+
+def _cycles(spec: Spec) -> list[Finding]:
+    adj = _nesting_edges(spec)
+    found: list[Finding] = []
+    reported: set[frozenset[str]] = set()
+    for start in sorted(adj):
+        # DFS for a path back to start; report each distinct cycle (as a node set) once
+        stack: list[tuple[str, list[tuple[str, Rule]]]] = [(start, [])]
+        visited: set[str] = set()
+        while stack:
+            node, trail = stack.pop()
+            for nxt, rule in adj.get(node, []):
+                step = [*trail, (nxt, rule)]
+                if nxt == start:
+                    nodes = frozenset([start] + [n for n, _ in step])
+                    if nodes not in reported:
+                        reported.add(nodes)
+                        chain = " -> ".join([start] + [n for n, _ in step])
+                        found.append(Finding(
+                            "cycle",
+                            f"declared orders form a cycle: {chain}",
+                            tuple(sorted({r.line for _, r in step})),
+                        ))
+                elif nxt not in visited:
+                    visited.add(nxt)
+                    stack.append((nxt, step))
+    return found
+
+
+def _leaf(spec: Spec) -> list[Finding]:
+    leaves = {r.outer: r for r in spec.rules if r.kind == "leaf" and not r.note}
+    out: list[Finding] = []
+    for r in spec.rules:
+        if r.kind in ("order", "requires", "srcu_sync_inside") and r.outer in leaves:
+            inner = r.srcu if r.kind == "srcu_sync_inside" else r.inner
+            out.append(Finding(
+                "leaf",
+                f"{r.outer} is declared a leaf (line {leaves[r.outer].line}) but line {r.line} "
+                f"nests {inner} inside it",
+                (leaves[r.outer].line, r.line),
+            ))
+    return out
+
+
+def _srcu(spec: Spec) -> list[Finding]:
+    sync = {(r.outer, r.srcu): r for r in spec.rules if r.kind == "srcu_sync_inside"}
+    out: list[Finding] = []
+    for r in spec.rules:
+        if r.kind == "srcu_read_ok" and (r.inner, r.srcu) in sync:
+            s = sync[(r.inner, r.srcu)]
+            out.append(Finding(
+                "srcu",
+                f"line {s.line} calls synchronize_srcu({r.srcu}) inside {r.inner}, but line "
+                f"{r.line} lets {r.inner} be taken inside its read side",
+                (s.line, r.line),
+            ))
+    return out
+
+
+def _forbidden(spec: Spec) -> list[Finding]:
+    orders = {(r.outer, r.inner): r for r in spec.rules if r.kind == "order"}
+    out: list[Finding] = []
+    for r in spec.rules:
+        if r.kind == "forbidden" and (r.outer, r.inner) in orders:
+            o = orders[(r.outer, r.inner)]
+            out.append(Finding(
+                "forbidden",
+                f"line {o.line} takes {r.inner} inside {r.outer}, line {r.line} forbids it",
+                (o.line, r.line),
+            ))
+    return out
+
+
+def _types(spec: Spec) -> list[Finding]:
+    out: list[Finding] = []
+    for r in spec.rules:
+        if r.kind != "type":
+            continue
+        e = spec.ref(r.outer)
+        if e is not None and not set(r.types) & set(e.kinds):
+            out.append(Finding(
+                "type",
+                f"line {r.line} says {r.outer} is a {'/'.join(r.types)}, its Reference entry "
+                f"(line {e.line}) says {e.type_text}",
+                (r.line, e.line),
+            ))
+    return out
+
+
+def undeclared(spec: Spec) -> list[str]:
+    """Locks the rules name that have no Reference entry (a gap, not a contradiction)."""
+    refs = {e.name for e in spec.reference}
+    names: list[str] = []
+    for r in spec.rules:
+        for n in (r.outer, r.inner, r.srcu):
+            if n and n not in refs and n not in names:
+                names.append(n)
+    return names

@@ -1,0 +1,161 @@
+"""Text out: the tables ``kvmlock spec`` prints, and the Reference section written from the model.
+
+Rendering lives apart from reading and checking so the data (``Spec``, ``Conformance``) stays
+usable by tools, and so the Reference writer can be diffed against a real document.
+"""
+
+from __future__ import annotations
+
+import io
+import textwrap
+from collections.abc import Iterable
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from kvmlock.spec.check import HELD, NOT_EXERCISED, UNCHECKED, VIOLATED, Conformance
+from kvmlock.spec.lint import Finding, undeclared
+from kvmlock.spec.model import Spec
+from kvmlock.spec.names import KIND_TYPES
+
+_STYLE = {HELD: "green", VIOLATED: "bold red", NOT_EXERCISED: "yellow", UNCHECKED: "cyan"}
+
+
+def _text(renderables: Iterable[Any], width: int, color: bool = False) -> str:
+    buf = io.StringIO()
+    con = Console(file=buf, width=width, force_terminal=color, color_system=None if not color
+                  else "auto", highlight=False)
+    for r in renderables:
+        con.print(r)
+    return buf.getvalue()
+
+
+def spec_tables(spec: Spec) -> list[Any]:
+    rules = Table(title=f"Rules read from {spec.source}", title_justify="left")
+    for col in ("line", "kind", "rule", "arch", "note"):
+        rules.add_column(col, overflow="fold")
+    for r in spec.rules:
+        rules.add_row(str(r.line), r.kind, r.describe(), r.arch or "any", r.note)
+    ref = Table(title="Reference", title_justify="left")
+    for col in ("line", "lock", "type", "lockdep kind", "arch", "protects"):
+        ref.add_column(col, overflow="fold")
+    for e in spec.reference:
+        ref.add_row(str(e.line), e.name, e.type_text, " or ".join(e.kinds), e.arch,
+                    "; ".join(e.protects))
+    out: list[Any] = [rules, ref]
+    if spec.not_understood:
+        nu = Table(title="Not understood (sentences in a rules section matching no rule form)",
+                   title_justify="left")
+        nu.add_column("line")
+        nu.add_column("sentence", overflow="fold")
+        for u in spec.not_understood:
+            nu.add_row(str(u.line), u.text)
+        out.append(nu)
+    return out
+
+
+def render_spec(spec: Spec, width: int = 120) -> str:
+    return _text(spec_tables(spec), width)
+
+
+def conformance_tables(conf: Conformance) -> list[Any]:
+    t = Table(title=f"Conformance to {conf.source}", title_justify="left")
+    for col in ("line", "rule", "status", "edge (offending, or the evidence)", "where"):
+        t.add_column(col, overflow="fold")
+    for r in conf.results:
+        edge = " => ".join(e.show() for e in r.path) or r.detail
+        where = "\n".join(e.where for e in r.path if e.where)
+        t.add_row(str(r.rule.line), r.rule.describe(),
+                  f"[{_STYLE[r.status]}]{r.status}[/]", edge, where)
+    types = Table(title="Types (Reference entry vs the run's lock)", title_justify="left")
+    for col in ("lock", "documented", "run", "status"):
+        types.add_column(col)
+    for tr in conf.types:
+        types.add_row(tr.entry.name, tr.entry.type_text, tr.actual or "-",
+                      f"[{_STYLE[tr.status]}]{tr.status}[/]")
+    out: list[Any] = [t, types]
+    if conf.undocumented:
+        u = Table(title="Locks in the run that the document does not mention",
+                  title_justify="left")
+        u.add_column("lock")
+        u.add_column("kind")
+        for name, kind in conf.undocumented:
+            u.add_row(name, kind)
+        out.append(u)
+    if conf.not_understood:
+        nu = Table(title="Sentences not understood (not checked)", title_justify="left")
+        nu.add_column("line")
+        nu.add_column("sentence", overflow="fold")
+        for s in conf.not_understood:
+            nu.add_row(str(s.line), s.text)
+        out.append(nu)
+    c = conf.counts()
+    bad_types = sum(1 for tr in conf.types if tr.status == VIOLATED)
+    out.append(
+        f"{'OK' if conf.ok else 'VIOLATED'}: {c[HELD]} held, {c[VIOLATED]} violated, "
+        f"{c[NOT_EXERCISED]} not exercised, {c[UNCHECKED]} unchecked; "
+        f"{bad_types} type mismatch(es); {len(conf.undocumented)} undocumented lock(s)"
+    )
+    return out
+
+
+def render_conformance(conf: Conformance, width: int = 120) -> str:
+    return _text(conformance_tables(conf), width)
+
+
+def lint_tables(spec: Spec, findings: list[Finding]) -> list[Any]:
+    out: list[Any] = []
+    if findings:
+        t = Table(title=f"Contradictions in {spec.source}", title_justify="left")
+        for col in ("kind", "lines", "finding"):
+            t.add_column(col, overflow="fold")
+        for f in findings:
+            t.add_row(f.kind, ", ".join(map(str, f.lines)), f.message)
+        out.append(t)
+    gaps = undeclared(spec)
+    if gaps:
+        out.append("Named in rules but without a Reference entry: " + ", ".join(gaps))
+    for w in spec.warnings:
+        out.append(f"reStructuredText warning: {w}")
+    if spec.not_understood:
+        out.append(f"{len(spec.not_understood)} sentence(s) not understood "
+                   "(see `kvmlock spec show`)")
+    out.append(f"{len(findings)} contradiction(s)" if findings else "no contradictions")
+    return out
+
+
+# --------------------------------------------------------------------------- Reference writer
+
+
+def render_reference(locks: Iterable[Any] | None = None) -> str:
+    """The Reference section, in locking.rst's layout, from the model's own lock declarations.
+
+    ``locks`` defaults to :data:`kvmlock.kvm.reference.LOCKS`; each item needs ``name``,
+    ``type``, ``arch``, ``protects`` (a string or a sequence) and ``comment``.
+    """
+    if locks is None:
+        try:
+            from kvmlock.kvm.reference import LOCKS
+        except ImportError as exc:  # the model is optional for the reader itself
+            raise RuntimeError(f"the model's lock declarations are not available: {exc}") from None
+        locks = LOCKS
+    lines = ["Reference", "---------", ""]
+    for d in locks:
+        head = f"``{d.name}``"
+        lines += [head, "^" * len(head), ""]
+        typ = d.type if d.type in KIND_TYPES.values() else KIND_TYPES.get(d.type, d.type)
+        lines.append(f":Type:         {typ}")
+        lines.append(f":Arch:         {d.arch or 'any'}")
+        prot = [d.protects] if isinstance(d.protects, str) else list(d.protects)
+        if len(prot) == 1:
+            lines.append(f":Protects:     {prot[0]}")
+        elif prot:
+            lines.append(f":Protects:     - {prot[0]}")
+            lines += [f"               - {p}" for p in prot[1:]]
+        if d.comment:
+            wrapped = textwrap.wrap(" ".join(d.comment.split()), width=63)
+            lines.append(f":Comment:      {wrapped[0]}")
+            lines += [" " * 15 + w for w in wrapped[1:]]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,279 @@
+"""The rule sentences of a locking.rst-style document, recognised one sentence at a time.
+
+The document states its rules in a handful of recurring English forms, and they drifted between
+kernel releases (the SRCU rule was even turned around). Each form below is one regular
+expression over a single, already extracted sentence; the document's structure (sections, lists,
+literal blocks) is handled by :mod:`kvmlock.spec.reader` with docutils, never here.
+
+A sentence may be two clauses joined by ", therefore" or ", so": the second clause is the rule,
+the first its justification (it is read as a rule too when it is one). Clauses joined by ";" must
+each be understood. "It", "they" and "these locks" refer to the locks of the previous rule.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from kvmlock.spec.model import Rule
+from kvmlock.spec.names import looks_like_name, normalise, parse_type
+
+_I = re.IGNORECASE
+_NOT = r"(?:cannot|can ?not|must not|must never|may not|should not)"
+_A = r"(?:an? |the )?"
+
+_ORDER = re.compile(
+    r"^(?P<x>.+?) (?:is|are) (?:always )?taken outside(?: of)? (?P<ys>.+?)"
+    r"(?:, (?P<note>(?:though|although|but|e\.g\.|for example)\b.*))?$",
+    _I,
+)
+_INSIDE = re.compile(
+    r"^(?P<xs>.+?) (?:is|are) (?:always )?taken inside(?: of)? (?P<z>.+?)"
+    rf"(?:,? and {_NOT} be taken without (?:already )?holding (?P<z2>.+?))?$",
+    _I,
+)
+_MUST_ALSO = re.compile(
+    r"^(?:the )?critical sections? (?:for|of) (?P<xs>.+?) must (?:also )?take (?P<z>.+?)$", _I
+)
+_MUST_NOT_TAKE = re.compile(rf"^(?P<x>.+?) {_NOT} take (?:either )?(?P<ys>.+?)$", _I)
+_NOT_INSIDE = re.compile(
+    rf"^(?P<xs>.+?) {_NOT} be taken inside {_A}(?P<y>.+?)(?P<rs> read-side)?"
+    r"(?: critical sections?)?$",
+    _I,
+)
+_SYNC_INSIDE = re.compile(
+    r"^synchronize_srcu\((?P<s>[^)]*)\) is (?:always )?called inside "
+    rf"(?:{_A}critical sections? (?:for|of) (?P<as>.+?)|{_A}(?P<a>.+?) critical sections?)$",
+    _I,
+)
+_NO_SYNC = re.compile(
+    rf"^synchronize_srcu\((?P<s>[^)]*)\) {_NOT} be called (?:inside|under|while holding) "
+    rf"{_A}(?P<x>.+?)(?: critical sections?)?$",
+    _I,
+)
+_RELEASED = re.compile(
+    r"^(?:instead,? )?(?P<y>.+?) (?:instead )?is released before the call to "
+    r"synchronize_srcu\((?P<s>[^)]*)\)"
+    r"(?:,? and (?:therefore )?can (?:therefore )?be taken inside an? (?P<s2>.+?) "
+    r"read-side critical section(?:, .*)?)?$",
+    _I,
+)
+_READ_OK = re.compile(
+    r"^(?P<y>.+?) can (?:therefore |thus )?be taken inside an? (?P<s>.+?) read-side critical "
+    r"section(?:, (?:for example|e\.g\.|such as)\b.*)?$",
+    _I,
+)
+_LEAF_REST = re.compile(
+    r"^(?:everything|every lock) else is a leaf"
+    r"(?:: no other lock is taken inside (?:the|their|its) critical sections?)?$"
+    r"|^no other lock is taken inside (?:the|their) critical sections?$",
+    _I,
+)
+_LEAF = re.compile(
+    r"^(?P<x>.+?) is a leaf(?: lock)?"
+    r"(?:: no (?:other )?lock is taken inside (?:it|its critical sections?))?$",
+    _I,
+)
+_TYPE = re.compile(
+    r"^(?P<x>.+?) is an? (?P<t>rwlock_t|rwlock|mutex|spinlock_t|spinlock|raw spinlock|"
+    r"raw_spinlock_t|rw_semaphore|srcu_struct|srcu)$",
+    _I,
+)
+_EXAMPLE = re.compile(
+    r"^(?:that is, |for example, |i\.e\., )?the following (?:is|would be) "
+    r"(?:broken|wrong|correct|fine|ok|allowed|a deadlock)$",
+    _I,
+)
+_PRONOUNS = {"it", "they", "these locks", "this lock", "these", "both", "both locks"}
+
+
+@dataclass
+class Context:
+    """What the surrounding document tells a sentence: arch sub-list, SRCU sub-list, pronouns."""
+
+    is_srcu: Callable[[str], bool]
+    default_srcu: str = ""
+    arch: str = ""
+    srcu: str = ""
+    last: list[str] = field(default_factory=list)
+
+    def copy(self) -> Context:
+        return replace(self, last=list(self.last))
+
+
+# --------------------------------------------------------------------------- text
+
+
+def clean(text: str) -> str:
+    """One line, the document's ``_emphasis_`` underscores dropped, asides in parentheses cut."""
+    t = " ".join(text.split())
+    t = re.sub(r"(?<![\w>.:])_(\w+?)_(?!\w)", r"\1", t)
+    t = re.sub(r"(?<![\w>.:])\*(\w+?)\*(?!\w)", r"\1", t)
+    t = re.sub(r" \([^()]*\)", "", t)  # " (typically with read_lock ...)"; keeps "f()" calls
+    return t.strip()
+
+
+_ABBREV = re.compile(r"\b(e\.g|i\.e|etc|vs|cf)\.", _I)
+
+
+def split_sentences(text: str) -> list[tuple[int, str]]:
+    """Sentences of a paragraph with the line offset (within the paragraph) each starts on."""
+    guarded = _ABBREV.sub(lambda m: m.group(0).replace(".", "\x00"), text)
+    out: list[tuple[int, str]] = []
+    pos = 0
+    for m in re.finditer(r"[.!?](?=\s+|$)", guarded):
+        chunk = guarded[pos : m.end()]
+        if chunk.strip():
+            lead = len(chunk) - len(chunk.lstrip())
+            out.append((guarded.count("\n", 0, pos + lead), chunk.strip().replace("\x00", ".")))
+        pos = m.end()
+    rest = guarded[pos:]
+    if rest.strip():
+        lead = len(rest) - len(rest.lstrip())
+        out.append((guarded.count("\n", 0, pos + lead), rest.strip().replace("\x00", ".")))
+    return out
+
+
+def _names(text: str, ctx: Context) -> list[str] | None:
+    """A list of lock names ("A, B and C", "either A or B"), normalised; None if not names."""
+    t = text.strip().strip(",")
+    if t.lower() in _PRONOUNS:
+        return list(ctx.last) or None
+    t = re.sub(r"^(?:either|both|the locks?) ", "", t, flags=_I)
+    parts = [p for p in re.split(r",\s*(?:and\s+|or\s+)?|\s+and\s+|\s+or\s+", t) if p.strip()]
+    if not parts or not all(looks_like_name(p) for p in parts):
+        return None
+    return [normalise(p) for p in parts]
+
+
+def _name(text: str, ctx: Context) -> str | None:
+    got = _names(text, ctx)
+    return got[0] if got and len(got) == 1 else None
+
+
+def _srcu(arg: str | None, ctx: Context) -> str | None:
+    if arg and arg.strip():
+        n = _name(arg, ctx)
+        return n if n and ctx.is_srcu(n) else None
+    return ctx.srcu or ctx.default_srcu or None
+
+
+# --------------------------------------------------------------------------- one clause
+
+
+def _clause(c: str, ctx: Context) -> list[Rule] | None:
+    """The rules one clause states, [] for a recognised non-rule, None if not understood."""
+    if _EXAMPLE.match(c):
+        return []
+    if _LEAF_REST.match(c):
+        return [Rule("leaf", "*", note="everything else is a leaf")]
+    if m := _SYNC_INSIDE.match(c):
+        s = _srcu(m["s"], ctx)
+        locks = _names(m["as"] or m["a"], ctx)
+        if not s or not locks:
+            return None
+        return [Rule("srcu_sync_inside", a, srcu=s) for a in locks]
+    if m := _NO_SYNC.match(c):
+        s, x = _srcu(m["s"], ctx), _name(m["x"], ctx)
+        return [Rule("srcu_read_ok", s, inner=x, srcu=s)] if s and x else None
+    if m := _RELEASED.match(c):
+        s = _srcu(m["s"] or m["s2"], ctx)
+        y = _name(m["y"], ctx)
+        return [Rule("srcu_read_ok", s, inner=y, srcu=s)] if s and y else None
+    if m := _READ_OK.match(c):
+        s, y = _srcu(m["s"], ctx), _name(m["y"], ctx)
+        return [Rule("srcu_read_ok", s, inner=y, srcu=s)] if s and y else None
+    if m := _ORDER.match(c):
+        x, ys = _name(m["x"], ctx), _names(m["ys"], ctx)
+        if not x or not ys:
+            return None
+        note = (m["note"] or "").strip()
+        return [Rule("order", x, inner=y, note=note) for y in ys]
+    if m := _INSIDE.match(c):
+        xs, z = _names(m["xs"], ctx), _name(m["z"], ctx)
+        if not xs or not z:
+            return None
+        if ctx.is_srcu(z):
+            return [Rule("srcu_read_ok", z, inner=x, srcu=z) for x in xs]
+        rules = [Rule("order", z, inner=x, note_subject=x) for x in xs]
+        if m["z2"] is not None:
+            if _name(m["z2"], ctx) != z:
+                return None
+            rules += [Rule("requires", z, inner=x) for x in xs]
+        return rules
+    if m := _MUST_ALSO.match(c):
+        xs, z = _names(m["xs"], ctx), _name(m["z"], ctx)
+        if not xs or not z:
+            return None
+        return [Rule("order", z, inner=x, note_subject=x) for x in xs] + [
+            Rule("requires", z, inner=x) for x in xs
+        ]
+    if m := _NOT_INSIDE.match(c):
+        xs, y = _names(m["xs"], ctx), _name(m["y"], ctx)
+        if not xs or not y:
+            return None
+        if m["rs"] or ctx.is_srcu(y):
+            if not ctx.is_srcu(y):
+                return None
+            return [Rule("srcu_sync_inside", x, srcu=y) for x in xs]
+        return [Rule("forbidden", y, inner=x) for x in xs]
+    if m := _MUST_NOT_TAKE.match(c):
+        x, ys = _name(m["x"], ctx), _names(m["ys"], ctx)
+        if not x or not ys:
+            return None
+        return [Rule("forbidden", x, inner=y) for y in ys]
+    if m := _LEAF.match(c):
+        x = _name(m["x"], ctx)
+        return [Rule("leaf", x)] if x else None
+    if m := _TYPE.match(c):
+        x = _name(m["x"], ctx)
+        kinds = parse_type(m["t"])
+        return [Rule("type", x, types=kinds)] if x and kinds else None
+    return None
+
+
+def _subjects(rules: list[Rule]) -> list[str]:
+    """The locks a later "it"/"these locks" refers to: the grammatical subjects of the clause."""
+    out: list[str] = []
+    for r in rules:
+        if r.kind in ("srcu_read_ok", "requires"):
+            n = r.inner
+        elif r.kind == "order":
+            n = r.note_subject or r.outer
+        else:
+            n = r.outer
+        if n and n != "*" and n not in out:
+            out.append(n)
+    return out
+
+
+def read_sentence(sentence: str, ctx: Context, line: int) -> list[Rule] | None:
+    """Rules stated by one sentence (``[]``: a recognised non-rule), or None if not understood.
+
+    Updates ``ctx.last`` so the next sentence can say "it".
+    """
+    text = clean(sentence).rstrip(".").rstrip(":").strip()
+    if not text:
+        return []
+    rules: list[Rule] = []
+    for part in [p for p in re.split(r";\s+", text) if p.strip()]:
+        pieces = re.split(r", (?:therefore|so|thus|hence),? (?=\S)", part, maxsplit=1)
+        if len(pieces) == 2:
+            first = _clause(pieces[0], ctx)
+            if first:
+                ctx.last = _subjects(first) or ctx.last
+            second = _clause(pieces[1], ctx)
+            if second is None:
+                return None
+            got = (first or []) + second
+        else:
+            one = _clause(part, ctx)
+            if one is None:
+                return None
+            got = one
+        if got:
+            ctx.last = _subjects(got) or ctx.last
+        rules += got
+    return [replace(r, arch=r.arch or ctx.arch, line=line, text=" ".join(sentence.split()))
+            for r in rules]
