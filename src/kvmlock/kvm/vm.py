@@ -11,8 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+from kvmlock.kvm.host import Host
+from kvmlock.kvm.memslots import Memslots, RcuPointer, set_memory_region
+from kvmlock.kvm.mmu.shadow import MMU
+from kvmlock.kvm.mmu_notifier import KvmMmuNotifier
 from kvmlock.kvm.vcpu import VCPU
-from kvmlock.sync import SRCU, Mutex, RawSpinLock, RCUWait, RWLock, SpinLock
+from kvmlock.sync import SRCU, Atomic64, Mutex, RawSpinLock, RCUWait, RWLock, SpinLock
 
 if TYPE_CHECKING:
     from kvmlock.kvm.machine import Machine
@@ -67,7 +71,12 @@ def _hazards(value: Hazards | dict[str, bool] | None) -> Hazards:
 class VM:
     """One VM. ``machine`` may be ``None`` for a VM used on its own (scenarios, tests).
 
-    Options: ``nr_vcpus``; ``hazards`` (a :class:`Hazards` or a dict of its fields).
+    Options: ``nr_vcpus``; ``hazards`` (a :class:`Hazards` or a dict of its fields);
+    ``nr_pages`` -- size of the guest address space in pages; ``host`` -- the
+    :class:`~kvmlock.kvm.host.Host` whose memory backs the guest (default: a host with
+    ``host_pages`` frames, ``nr_pages`` of address space); ``tdp`` -- two-dimensional paging
+    (direct shadow pages) or shadow paging (indirect ones); ``ad_disabled`` -- SPTEs without
+    Accessed/Dirty bits, aged by access tracking.
     """
 
     def __init__(
@@ -77,6 +86,11 @@ class VM:
         name: str = "vm0",
         nr_vcpus: int = 1,
         hazards: Hazards | dict[str, bool] | None = None,
+        nr_pages: int = 16,
+        host: Host | None = None,
+        host_pages: int | None = None,
+        tdp: bool = True,
+        ad_disabled: bool = False,
         **options: Any,
     ) -> None:
         if not isinstance(nr_vcpus, int) or isinstance(nr_vcpus, bool) or nr_vcpus < 0:
@@ -107,13 +121,27 @@ class VM:
         self.mn_memslots_update_rcuwait = RCUWait("kvm->mn_memslots_update_rcuwait")
 
         # -- slow-path retry state (written under mmu_lock held for write)
-        self.mmu_invalidate_seq = 0
+        self.mmu_invalidate_seq = Atomic64(0, name="kvm->mmu_invalidate_seq")
         self.mmu_invalidate_in_progress = 0
         self.mmu_invalidate_range_start = 0
         self.mmu_invalidate_range_end = 0
 
         # -- x86 TSC state (under tsc_write_lock)
         self.arch: dict[str, Any] = {}
+
+        # -- memory: host, memslots (swapped under the protocol in memslots.py), MMU
+        if host is None:
+            host = Host(nr_pages if host_pages is None else host_pages, nr_pages)
+        elif not isinstance(host, Host):
+            raise TypeError(f"host must be a kvmlock.kvm.host.Host, got {type(host).__name__}")
+        self.host = host
+        self.memslots = RcuPointer(Memslots())
+        self.mmu = MMU(self, nr_pages, tdp=bool(tdp), ad_disabled=bool(ad_disabled))
+        self.notifier = KvmMmuNotifier(self)
+        host.register(self.notifier)
+        self.stats: dict[str, int] = {
+            "tlb_flushes": 0, "harvests": 0, "invalidations": 0, "memslot_updates": 0,
+        }
 
         self.vcpus: list[VCPU] = [VCPU(self, i) for i in range(nr_vcpus)]
         self.online_vcpus = nr_vcpus
@@ -125,6 +153,12 @@ class VM:
             self.vcpus.append(vcpu)
             self.online_vcpus = len(self.vcpus)
         return vcpu
+
+    def set_memory_region(self, slot_id: int, **kw: int) -> str:
+        """``KVM_SET_USER_MEMORY_REGION`` (see :func:`kvmlock.kvm.memslots.set_memory_region`)."""
+        change = set_memory_region(self, slot_id, **kw)
+        self.stats["memslot_updates"] += 1
+        return change
 
     def __repr__(self) -> str:
         return f"<VM {self.name} vcpus={len(self.vcpus)}>"

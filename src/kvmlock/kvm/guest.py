@@ -1,0 +1,113 @@
+"""The guest side: a vCPU's "hardware" reading and writing guest memory.
+
+An access first looks in the vCPU's TLB; on a miss the CPU walks the SPTE, sets Accessed (and
+Dirty on a write) in it atomically, as EPT hardware does, caches the translation and performs
+the access. If the SPTE does not allow the access the CPU exits to KVM with a fault, KVM fixes
+it (:func:`kvmlock.kvm.mmu.page_fault.page_fault`) and the access is retried. Everything from
+the TLB lookup to the memory access happens in guest mode, so a TLB flush either waits for it
+or hides the stale translation from it (see :mod:`kvmlock.kvm.vcpu`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kvmlock.kvm.mmu import spte as S
+from kvmlock.kvm.mmu.page_fault import GUEST_FAULT, MMIO, page_fault
+from kvmlock.kvm.mmu.tlb import flush_remote_tlbs
+from kvmlock.kvm.vcpu import TlbEntry
+
+if TYPE_CHECKING:
+    from kvmlock.kvm.vcpu import VCPU
+    from kvmlock.kvm.vm import VM
+
+__all__ = ["GuestFault", "guest_read", "guest_write", "set_gpte"]
+
+_FAULT = object()
+MAX_FAULTS = 64
+
+
+class GuestFault(Exception):
+    """The access cannot complete: no memslot backs it (MMIO) or the guest did not map it."""
+
+
+def _hw_access(vcpu: VCPU, va: int, write: bool, value: int) -> object:
+    """One attempt in guest mode; returns the value read, None for a write, or _FAULT."""
+    vm = vcpu.vm
+    e = vcpu.tlb.get(va)
+    if e is not None and (e.writable or not write):
+        vcpu.stats["tlb_hits"] += 1
+        page = vm.host.pages[e.pfn]
+    else:
+        sptep = vm.mmu.sptep(va)
+        if sptep is None:
+            return _FAULT
+        while True:
+            cur = sptep.load()
+            if not S.hw_allows(cur, write):
+                vcpu.tlb.pop(va, None)
+                return _FAULT
+            if not S.ad_enabled(cur):
+                break
+            want = cur | S.ACCESSED | (S.DIRTY if write else 0)
+            if want == cur or sptep.cmpxchg(cur, want) == cur:
+                break
+        vcpu.tlb[va] = TlbEntry(S.pfn_of(cur), S.is_writable(cur))
+        page = vm.host.pages[S.pfn_of(cur)]
+    if write:
+        page.data.store(value)
+        return None
+    return page.data.load()
+
+
+def _access(vcpu: VCPU, va: int, write: bool, value: int = 0) -> int | None:
+    vcpu.vm.mmu.check_va(va)
+    if write and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise ValueError(f"guest_write: value must be a non-negative integer, got {value!r}")
+    for _ in range(MAX_FAULTS):
+        vcpu.enter_guest()
+        try:
+            r = _hw_access(vcpu, va, write, value)
+        finally:
+            vcpu.exit_guest()
+        if r is not _FAULT:
+            vcpu.stats["writes" if write else "reads"] += 1
+            return r  # type: ignore[return-value]
+        res = page_fault(vcpu, va, write)
+        if res in (MMIO, GUEST_FAULT):
+            raise GuestFault(f"{vcpu!r}: {'write' if write else 'read'} of guest page {va} "
+                             f"is not backed by memory ({res})")
+    raise GuestFault(f"{vcpu!r}: guest page {va} still faults after {MAX_FAULTS} attempts")
+
+
+def guest_read(vcpu: VCPU, va: int) -> int:
+    """The guest on ``vcpu`` reads guest page ``va``."""
+    r = _access(vcpu, va, False)
+    assert r is not None
+    return r
+
+
+def guest_write(vcpu: VCPU, va: int, value: int) -> None:
+    """The guest on ``vcpu`` writes ``value`` to guest page ``va``."""
+    _access(vcpu, va, True, value)
+
+
+def set_gpte(vm: VM, va: int, gfn: int | None) -> None:
+    """Shadow paging: the guest points ``va`` at ``gfn`` (None: unmaps it) in its page table.
+
+    Guest page tables are write-protected while shadowed, so the write traps to KVM, which
+    updates the entry and drops the now-stale SPTE under ``mmu_lock`` (as kvm_mmu_pte_write).
+    """
+    mmu = vm.mmu
+    if mmu.tdp:
+        raise ValueError("set_gpte: the VM uses TDP; guest page tables are not shadowed")
+    mmu.check_va(va)
+    if gfn is not None and (not isinstance(gfn, int) or gfn < 0):
+        raise ValueError(f"set_gpte: gfn must be a non-negative integer or None, got {gfn!r}")
+    mmu.load()
+    sp, i = mmu.walk(va)  # type: ignore[misc]
+    with vm.mmu_lock.write():
+        mmu.gpt[va].store(0 if gfn is None else gfn + 1)
+        mmu.mark_unsync(sp)
+        if mmu.drop_spte(sp, i):
+            flush_remote_tlbs(vm)

@@ -1,0 +1,230 @@
+"""The host side of guest memory: host pages, the host's page table, swap, and the notifier hook.
+
+Guest memory is ordinary host memory. Each guest-visible page lives at a host virtual page
+(``hva``) that the host maps to a physical page frame (``pfn``) on demand. The host may take a
+page away at any time -- swap it out, write it back if it is dirty, and give the frame to
+someone else -- but it tells KVM first through the MMU notifier, and KVM must drop its own
+mappings (SPTEs) of that frame before the frame is reused. That reuse is what makes a stale
+mapping dangerous: a late write through it lands in somebody else's page.
+
+The host's own bookkeeping (which hva maps which pfn, the free list, the swap area) is guarded
+by one monitor from the runtime, the way the kernel's page table lock and page lock would be.
+It is not a KVM lock, so it takes no part in lockdep's graph. The page contents and the page
+flags are :class:`~kvmlock.sync.Atomic64` because guest hardware and KVM touch them without
+any host lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+from kvmlock import lockdep, runtime
+from kvmlock.sync import Atomic64
+
+__all__ = ["Host", "HostPage", "MmuNotifierOps", "PG_ACCESSED", "PG_DIRTY"]
+
+PG_DIRTY = 1
+PG_ACCESSED = 2
+
+
+class MmuNotifierOps(Protocol):
+    def invalidate_range_start(self, start: int, end: int) -> Any: ...
+    def invalidate_range_end(self, start: int, end: int, token: Any) -> None: ...
+    def clear_flush_young(self, start: int, end: int) -> bool: ...
+
+
+class HostPage:
+    """A physical page: its contents (one word is enough for the model) and PG_* flags."""
+
+    __slots__ = ("pfn", "data", "flags", "hva")
+
+    def __init__(self, pfn: int) -> None:
+        self.pfn = pfn
+        self.data = Atomic64(0, name=f"page{pfn}.data")
+        self.flags = Atomic64(0, name=f"page{pfn}.flags")
+        self.hva: int | None = None
+
+    def __repr__(self) -> str:
+        return f"<HostPage pfn={self.pfn} hva={self.hva} data={self.data.peek()}>"
+
+
+class Host:
+    """``nr_pages`` physical frames backing an address space of ``nr_hva`` host pages.
+
+    With fewer frames than pages, faulting one page in may need another swapped out first
+    (:meth:`fault_in` reclaims directly, like an allocation under memory pressure).
+    """
+
+    def __init__(self, nr_pages: int = 16, nr_hva: int | None = None) -> None:
+        if not isinstance(nr_pages, int) or nr_pages < 1:
+            raise ValueError(f"a host needs at least one page frame, got nr_pages={nr_pages!r}")
+        nr_hva = nr_pages if nr_hva is None else nr_hva
+        if not isinstance(nr_hva, int) or nr_hva < 1:
+            raise ValueError(f"nr_hva must be a positive integer, got {nr_hva!r}")
+        self.nr_hva = nr_hva
+        self.pages = [HostPage(pfn) for pfn in range(nr_pages)]
+        # Most recently freed first: a freed frame is the next one handed out, which is what
+        # makes ABA on a pfn easy to reach (and is also what real allocators tend to do).
+        self._free = list(range(nr_pages - 1, -1, -1))
+        self._ptes: dict[int, int] = {}
+        self._busy: set[int] = set()
+        self._backing: dict[int, int] = {}
+        self._mm = runtime.RT.waitq(self)
+        self.notifiers: list[MmuNotifierOps] = []
+        #: the kernel's lockdep map held around every invalidate_range_start callback, and
+        #: taken (as might_lock) by any allocation that could reclaim memory.
+        self.mn_map = lockdep.LockMap("mmu_notifier_invalidate_range_start", "pseudo")
+        self.stats = {"swap_out": 0, "swap_in": 0, "writeback": 0}
+
+    # ---------------------------------------------------------------- helpers
+
+    def _check_hva(self, hva: int) -> int:
+        if not isinstance(hva, int) or isinstance(hva, bool) or not 0 <= hva < self.nr_hva:
+            raise ValueError(f"hva {hva!r} is outside the host address space [0, {self.nr_hva})")
+        return hva
+
+    def register(self, notifier: MmuNotifierOps) -> None:
+        """``mmu_notifier_register``: the host will tell ``notifier`` before unmapping."""
+        self.notifiers.append(notifier)
+
+    def pfn_of(self, hva: int) -> int | None:
+        """Who backs ``hva`` right now (no visible operation: for checks after the run)."""
+        return self._ptes.get(self._check_hva(hva))
+
+    # ---------------------------------------------------------------- faulting in
+
+    def fault_in(self, hva: int) -> int:
+        """``hva_to_pfn``: the frame backing ``hva``, swapping it in if needed. May sleep."""
+        self._check_hva(hva)
+        lockdep.might_sleep("hva_to_pfn")
+        mm = self._mm
+        while True:
+            with mm:
+                mm.wait_for(lambda: hva not in self._busy, "hva_to_pfn")
+                pfn = self._ptes.get(hva)
+                if pfn is not None:
+                    return pfn
+                if self._free:
+                    pfn = self._free.pop()
+                    self._busy.add(hva)
+                    value = self._backing.get(hva, 0)
+                    break
+            self.reclaim_one(avoid=hva)
+        page = self.pages[pfn]
+        page.data.store(value)
+        page.flags.store(0)
+        with mm:
+            mm.point("set_pte")
+            self._ptes[hva] = pfn
+            page.hva = hva
+            self._busy.discard(hva)
+            self.stats["swap_in"] += 1
+            mm.notify_all()
+        return pfn
+
+    @contextmanager
+    def pinned(self, hva: int) -> Iterator[HostPage]:
+        """``get_user_pages`` + ``put_page``: the page stays mapped while the body runs."""
+        self._check_hva(hva)
+        mm = self._mm
+        while True:
+            pfn = self.fault_in(hva)
+            with mm:
+                mm.wait_for(lambda: hva not in self._busy, "pin")
+                if self._ptes.get(hva) == pfn:
+                    self._busy.add(hva)
+                    break
+        try:
+            yield self.pages[pfn]
+        finally:
+            with mm:
+                mm.point("unpin")
+                self._busy.discard(hva)
+                mm.notify_all()
+
+    def read(self, hva: int) -> int:
+        """What the owner of the address space reads at ``hva`` (e.g. migration copying)."""
+        with self.pinned(hva) as page:
+            return page.data.load()
+
+    # ---------------------------------------------------------------- reclaim
+
+    def might_reclaim(self) -> None:
+        """An allocation that may enter reclaim: lockdep learns that it can reach notifiers."""
+        with self.mn_map:
+            pass
+
+    def reclaim_one(self, avoid: int | None = None) -> bool:
+        """Direct reclaim: swap out one mapped page (not ``avoid``); False if none could go."""
+        with self._mm:
+            self._mm.point("pick_victim", False)
+            victims = [h for h in sorted(self._ptes) if h != avoid and h not in self._busy]
+        for hva in victims:
+            if self.swap_out(hva):
+                return True
+        return False
+
+    def swap_out(self, hva: int) -> bool:
+        """Unmap ``hva``, write the page back if dirty and free the frame for reuse.
+
+        The notifier's invalidate_range_start runs before the host PTE is cleared and its
+        _end after, so KVM has dropped every SPTE of the frame -- and propagated the Dirty bits
+        those SPTEs held -- before the host looks at the page's dirty flag.
+        """
+        self._check_hva(hva)
+        mm = self._mm
+        with mm:
+            mm.wait_for(lambda: hva not in self._busy, "swap_out")
+            pfn = self._ptes.get(hva)
+            if pfn is None:
+                return False
+            self._busy.add(hva)
+        tokens = []
+        for n in self.notifiers:
+            with self.mn_map:
+                tokens.append(n.invalidate_range_start(hva, hva + 1))
+        with mm:
+            mm.point("ptep_clear_flush")
+            del self._ptes[hva]
+        page = self.pages[pfn]
+        flags = page.flags.xchg(0)
+        data = page.data.load() if flags & PG_DIRTY else None
+        for n, token in zip(self.notifiers, tokens, strict=True):
+            n.invalidate_range_end(hva, hva + 1, token)
+        with mm:
+            mm.point("free_page")
+            if data is not None:
+                self._backing[hva] = data
+                self.stats["writeback"] += 1
+            page.hva = None
+            self._free.append(pfn)
+            self._busy.discard(hva)
+            self.stats["swap_out"] += 1
+            mm.notify_all()
+        return True
+
+    def age(self, hva: int) -> bool:
+        """``page_referenced``: ask the notifiers whether ``hva`` was used since last asked."""
+        self._check_hva(hva)
+        young = False
+        for n in self.notifiers:
+            young |= bool(n.clear_flush_young(hva, hva + 1))
+        return young
+
+    # ---------------------------------------------------------------- page flags
+
+    def set_page_dirty(self, pfn: int) -> None:
+        """``kvm_set_pfn_dirty``: the page must be written back before its frame is reused."""
+        self.pages[pfn].flags.fetch_or(PG_DIRTY)
+
+    def set_page_accessed(self, pfn: int) -> None:
+        self.pages[pfn].flags.fetch_or(PG_ACCESSED)
+
+    def contents(self, hva: int) -> int:
+        """The current value at ``hva`` wherever it is (no visible operation: for checks)."""
+        pfn = self._ptes.get(self._check_hva(hva))
+        if pfn is not None:
+            return self.pages[pfn].data.peek()
+        return self._backing.get(hva, 0)

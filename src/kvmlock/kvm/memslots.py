@@ -1,0 +1,247 @@
+"""Memslots: which guest frames (gfns) are backed by which host pages, and how that changes.
+
+The active memslots array is immutable and published through an RCU-style pointer: readers
+(page faults, MMU notifiers) look it up inside ``kvm->srcu``'s read side and may keep using the
+array they saw; an update builds a new array and swaps the pointer. The swap protocol follows
+kvm_main.c (facts only):
+
+1. the caller holds ``kvm->slots_lock``; the update takes ``kvm->slots_arch_lock``;
+2. before the swap it waits, under ``kvm->mn_invalidate_lock``, until no MMU-notifier
+   invalidation is active (``mn_active_invalidate_count == 0``), sleeping on
+   ``kvm->mn_memslots_update_rcuwait`` with the spinlock dropped -- so that each
+   invalidate_range_start and its _end see the same array;
+3. it swaps, drops ``slots_arch_lock`` and waits for an SRCU grace period, after which no
+   reader can still use the old array.
+
+Deleting or moving a slot first publishes a copy marked *invalid* (new faults on it stop), zaps
+its SPTEs, then publishes the final array.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from kvmlock import runtime
+from kvmlock.sync import Atomic64, RWSemaphore
+
+if TYPE_CHECKING:
+    from kvmlock.kvm.vm import VM
+
+__all__ = ["LOG_DIRTY_PAGES", "Memslot", "Memslots", "RcuPointer", "set_memory_region"]
+
+#: KVM_MEM_LOG_DIRTY_PAGES
+LOG_DIRTY_PAGES = 1
+
+
+@dataclass(frozen=True, eq=False)
+class Memslot:
+    """gfns ``[base_gfn, base_gfn + npages)`` backed by hvas ``[hva, hva + npages)``."""
+
+    id: int
+    base_gfn: int
+    npages: int
+    hva: int
+    flags: int = 0
+    invalid: bool = False
+    #: one Atomic64 per 64 gfns; shared by every copy of the slot (as the kernel shares it)
+    dirty_bitmap: tuple[Atomic64, ...] | None = None
+
+    @property
+    def logging(self) -> bool:
+        return bool(self.flags & LOG_DIRTY_PAGES) and self.dirty_bitmap is not None
+
+    def has_gfn(self, gfn: int) -> bool:
+        return self.base_gfn <= gfn < self.base_gfn + self.npages
+
+    def gfn_to_hva(self, gfn: int) -> int:
+        return self.hva + (gfn - self.base_gfn)
+
+    def hva_range_to_gfns(self, start: int, end: int) -> tuple[int, int] | None:
+        """The gfns of this slot whose hvas fall in ``[start, end)``, or None."""
+        lo = max(start, self.hva)
+        hi = min(end, self.hva + self.npages)
+        if lo >= hi:
+            return None
+        return self.base_gfn + (lo - self.hva), self.base_gfn + (hi - self.hva)
+
+    def mark_dirty(self, gfn: int) -> None:
+        """``mark_page_dirty_in_slot``: set the gfn's bit in the dirty bitmap (atomically)."""
+        if self.dirty_bitmap is None or not self.flags & LOG_DIRTY_PAGES:
+            return
+        rel = gfn - self.base_gfn
+        self.dirty_bitmap[rel // 64].fetch_or(1 << (rel % 64))
+
+
+class Memslots:
+    """One immutable generation of the memslots array."""
+
+    __slots__ = ("slots", "generation")
+
+    def __init__(self, slots: tuple[Memslot, ...] = (), generation: int = 0) -> None:
+        self.slots = tuple(sorted(slots, key=lambda s: s.base_gfn))
+        self.generation = generation
+
+    def lookup(self, gfn: int) -> Memslot | None:
+        for s in self.slots:
+            if s.has_gfn(gfn):
+                return s
+        return None
+
+    def by_id(self, slot_id: int) -> Memslot | None:
+        for s in self.slots:
+            if s.id == slot_id:
+                return s
+        return None
+
+    def overlapping(self, start: int, end: int) -> list[tuple[Memslot, int, int]]:
+        """Slots whose hvas meet ``[start, end)``, with the gfn range that does."""
+        out = []
+        for s in self.slots:
+            r = s.hva_range_to_gfns(start, end)
+            if r is not None:
+                out.append((s, r[0], r[1]))
+        return out
+
+    def with_slot(self, slot: Memslot | None, drop: int | None = None) -> Memslots:
+        keep = [s for s in self.slots if s.id != drop and (slot is None or s.id != slot.id)]
+        if slot is not None:
+            keep.append(slot)
+        return Memslots(tuple(keep), self.generation + 1)
+
+    def __repr__(self) -> str:
+        return f"<Memslots gen={self.generation} {[s.id for s in self.slots]}>"
+
+
+class RcuPointer:
+    """``rcu_assign_pointer`` / ``srcu_dereference`` of one pointer, each a visible step."""
+
+    __slots__ = ("_v", "_wq")
+
+    def __init__(self, value: Any) -> None:
+        self._v = value
+        self._wq = runtime.RT.waitq(self)
+
+    def load(self) -> Any:
+        wq = self._wq
+        with wq:
+            wq.point("srcu_dereference", False)
+            return self._v
+
+    def store(self, value: Any) -> None:
+        wq = self._wq
+        with wq:
+            wq.point("rcu_assign_pointer")
+            self._v = value
+
+    def peek(self) -> Any:
+        return self._v
+
+
+# ------------------------------------------------------------------------- updates
+
+CREATE, DELETE, MOVE, FLAGS_ONLY = "create", "delete", "move", "flags"
+
+
+def _swap_active_memslots(vm: VM, new: Memslots) -> None:
+    """Publish ``new``: wait out active invalidations, swap, drop slots_arch_lock, sync SRCU."""
+    if vm.hazards.notifier_uses_rwsem:
+        rw = _notifier_rwsem(vm)
+        rw.down_write()
+        vm.memslots.store(new)
+        rw.up_write()
+    else:
+        lock = vm.mn_invalidate_lock
+        lock.lock()
+        while vm.mn_active_invalidate_count:
+            lock.unlock()
+            vm.mn_memslots_update_rcuwait.wait(lambda: vm.mn_active_invalidate_count == 0)
+            lock.lock()
+        vm.memslots.store(new)
+        lock.unlock()
+    vm.slots_arch_lock.unlock()
+    vm.srcu.synchronize()
+
+
+def _notifier_rwsem(vm: VM) -> RWSemaphore:
+    """The historical fence (an rwsem read-held from invalidate start to end); broken variant."""
+    rw = getattr(vm, "mmu_notifier_slots_lock", None)
+    if rw is None:
+        rw = RWSemaphore("kvm->mmu_notifier_slots_lock")
+        vm.mmu_notifier_slots_lock = rw
+    return rw
+
+
+def set_memory_region(
+    vm: VM,
+    slot_id: int,
+    *,
+    base_gfn: int = 0,
+    npages: int = 0,
+    hva: int = 0,
+    flags: int = 0,
+) -> str:
+    """``KVM_SET_USER_MEMORY_REGION``: create, delete (``npages=0``), move or re-flag a slot.
+
+    Returns which change it was. Bad arguments raise ``ValueError`` before any lock is taken.
+    """
+    for what, v in (("slot_id", slot_id), ("base_gfn", base_gfn), ("npages", npages),
+                    ("hva", hva), ("flags", flags)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"set_memory_region: {what} must be a non-negative integer, got {v!r}")
+    if flags & ~LOG_DIRTY_PAGES:
+        raise ValueError(f"set_memory_region: unknown flags {flags:#x} (only LOG_DIRTY_PAGES=1)")
+    if npages and vm.host is not None and hva + npages > vm.host.nr_hva:
+        raise ValueError(f"set_memory_region: hvas [{hva}, {hva + npages}) exceed the host's "
+                         f"{vm.host.nr_hva} pages")
+    with vm.slots_lock:
+        cur: Memslots = vm.memslots.peek()  # stable: only slots_lock holders swap it
+        old = cur.by_id(slot_id)
+        if npages == 0:
+            if old is None:
+                raise ValueError(f"set_memory_region: slot {slot_id} does not exist")
+            change, new = DELETE, None
+        else:
+            for s in cur.slots:
+                if s.id != slot_id and s.base_gfn < base_gfn + npages and \
+                        base_gfn < s.base_gfn + s.npages:
+                    raise ValueError(f"set_memory_region: gfns [{base_gfn}, {base_gfn + npages})"
+                                     f" overlap slot {s.id}")
+            if old is None:
+                change = CREATE
+            elif (old.base_gfn, old.npages, old.hva) == (base_gfn, npages, hva):
+                change = FLAGS_ONLY
+            elif old.npages == npages and old.hva == hva:
+                change = MOVE
+            else:
+                raise ValueError("set_memory_region: a slot can only be moved or re-flagged; "
+                                 "delete it first to resize it")
+            bitmap = old.dirty_bitmap if old is not None and old.npages == npages else None
+            if flags & LOG_DIRTY_PAGES and bitmap is None:
+                bitmap = tuple(Atomic64(0, name=f"slot{slot_id}.dirty[{i}]")
+                               for i in range((npages + 63) // 64))
+            new = Memslot(slot_id, base_gfn, npages, hva, flags, False, bitmap)
+        if vm.host is not None:
+            vm.host.might_reclaim()  # the new array is allocated with slots_lock held
+        _set_memslot(vm, old, new, change)
+    return change
+
+
+def _set_memslot(vm: VM, old: Memslot | None, new: Memslot | None, change: str) -> None:
+    from kvmlock.kvm.mmu.dirty_log import slot_remove_write_access
+    from kvmlock.kvm.mmu.shadow import zap_gfn_range
+
+    vm.slots_arch_lock.lock()
+    cur: Memslots = vm.memslots.peek()
+    if change in (DELETE, MOVE):
+        assert old is not None
+        _swap_active_memslots(vm, cur.with_slot(replace(old, invalid=True)))
+        vm.slots_arch_lock.lock()
+        cur = vm.memslots.peek()
+        zap_gfn_range(vm, old.base_gfn, old.base_gfn + old.npages)
+    final = cur.with_slot(new, drop=old.id if old is not None else None)
+    _swap_active_memslots(vm, final)
+    # commit: turning dirty logging on write-protects the slot so the next write is seen
+    if new is not None and new.logging and not (old is not None and old.logging
+                                                 and change == FLAGS_ONLY):
+        slot_remove_write_access(vm, new)

@@ -1,0 +1,48 @@
+"""Access tracking: how the host learns which guest pages are in use.
+
+The host ages a page through the MMU notifier's ``clear_flush_young``. With A/D bits the SPTE's
+Accessed bit is simply cleared. Without them (``ad_disabled``) the SPTE is hidden from the CPU
+-- its R/W/X bits cleared, R and X saved in high bits -- so the next access faults and the fast
+page fault restores it. W is not saved: it comes back only on a write, so a write after aging
+is seen. Because an A/D-disabled SPTE that is writable counts as dirty, aging must pass that
+dirty state to the page before taking W away, or a later swap-out would throw the data away.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kvmlock.kvm.mmu import spte as S
+from kvmlock.kvm.mmu.update import spte_update_no_track
+
+if TYPE_CHECKING:
+    from kvmlock.kvm.vm import VM
+
+__all__ = ["age_gfn_range"]
+
+
+def _age_spte(vm: VM, sptep) -> bool:
+    cur = sptep.load()
+    if not S.is_present(cur) or not S.is_accessed(cur):
+        return False
+    if S.ad_enabled(cur):
+        sptep.fetch_and(~S.ACCESSED & (2**64 - 1))
+    else:
+        # judge dirtiness on the value really replaced: the fast path may set W meanwhile
+        old = spte_update_no_track(vm, sptep, S.mark_for_access_track(cur))
+        if S.is_writable(old) and not vm.hazards.access_track_drops_dirty:
+            vm.host.set_page_dirty(S.pfn_of(old))
+    return True
+
+
+def age_gfn_range(vm: VM, start: int, end: int) -> bool:
+    """``kvm_age_gfn``: age every SPTE of the gfns; True if any had been accessed.
+
+    The caller holds ``mmu_lock`` and flushes TLBs if this returns True.
+    """
+    vm.mmu_lock.assert_held()
+    young = False
+    for gfn in range(start, end):
+        for sp, i in list(vm.mmu.rmap.get(gfn, ())):
+            young |= _age_spte(vm, sp.sptes[i])
+    return young

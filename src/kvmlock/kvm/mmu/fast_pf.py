@@ -1,0 +1,67 @@
+"""The fast page fault: fix an SPTE with one cmpxchg, without taking ``mmu_lock``.
+
+Two kinds of fault are fixed this way (facts from arch/x86/kvm/mmu/mmu.c, own code):
+
+* a write to an SPTE that is read-only only because KVM write-protected it for dirty logging
+  (W clear, MMU-writable and Host-writable set): set W and log the gfn as dirty;
+* an access to an SPTE hidden for access tracking: restore the saved R/X bits (and W too, but
+  only if the access is a write and the SPTE is MMU-writable).
+
+The cmpxchg only proves the SPTE's *bits* did not change since they were read, not that the
+SPTE still stands for the same gfn. For a direct shadow page the gfn of an entry never changes,
+so that is enough. For an indirect one the guest may have re-pointed the entry at another gfn
+whose frame happens to be the same recycled pfn (the gfn->pfn ABA problem) -- the fix would then
+log the old gfn and the write to the new one would be lost. Hence: direct pages only, unless
+the ``fast_pf_indirect`` hazard re-enables the bug.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kvmlock.kvm.mmu import spte as S
+
+if TYPE_CHECKING:
+    from kvmlock.kvm.memslots import Memslots
+    from kvmlock.kvm.vcpu import VCPU
+
+__all__ = ["FIXED", "GO_SLOW", "SPURIOUS", "fast_page_fault"]
+
+FIXED = "fixed"
+SPURIOUS = "spurious"
+GO_SLOW = "slow"
+MAX_RETRIES = 4
+
+
+def fast_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
+    """Try to fix the fault on ``va`` locklessly; ``GO_SLOW`` hands it to the slow path."""
+    vm = vcpu.vm
+    loc = vm.mmu.walk(va)
+    if loc is None:
+        return GO_SLOW
+    sp, i = loc
+    if not sp.direct and not vm.hazards.fast_pf_indirect:
+        return GO_SLOW
+    sptep = sp.sptes[i]
+    for _ in range(MAX_RETRIES):
+        old = sptep.load()
+        if not S.is_present(old):
+            return GO_SLOW
+        if S.hw_allows(old, write):
+            return SPURIOUS  # someone else fixed it meanwhile
+        new = old
+        if S.is_access_track(new):
+            new = S.restore_access_track(new)
+        if write and S.is_mmu_writable(new):
+            new |= S.W
+        if new == old or not S.hw_allows(new, write):
+            return GO_SLOW
+        gfn = sp.gfn_at(i)  # read before the cmpxchg: the ABA window for indirect pages
+        if sptep.cmpxchg(old, new) != old:
+            continue
+        if S.is_writable(new) and not S.is_writable(old):
+            slot = slots.lookup(gfn)
+            if slot is not None:
+                slot.mark_dirty(gfn)
+        return FIXED
+    return GO_SLOW

@@ -1,0 +1,106 @@
+"""The page fault handler: the fast path first, then the slow path under ``mmu_lock``.
+
+The slow path finds the host page outside any spinlock (it may sleep to swap the page in), then
+takes ``mmu_lock`` and installs the SPTE -- unless an MMU-notifier invalidation ran or is still
+running for that address since the fault began, in which case the pfn it found may already be
+gone and the fault is retried (``mmu_invalidate_seq`` / ``mmu_invalidate_in_progress``).
+The whole fault runs inside ``kvm->srcu``'s read side, which keeps the memslots array alive.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kvmlock.kvm.mmu import spte as S
+from kvmlock.kvm.mmu.fast_pf import FIXED, SPURIOUS, fast_page_fault
+from kvmlock.kvm.mmu.tlb import flush_remote_tlbs
+from kvmlock.kvm.mmu.update import spte_set, spte_update
+
+if TYPE_CHECKING:
+    from kvmlock.kvm.memslots import Memslots
+    from kvmlock.kvm.vcpu import VCPU
+    from kvmlock.kvm.vm import VM
+
+__all__ = ["FIXED", "GUEST_FAULT", "MMIO", "RETRY", "SPURIOUS", "page_fault"]
+
+RETRY = "retry"
+MMIO = "mmio"
+GUEST_FAULT = "guest_fault"
+
+
+def invalidate_retry(vm: VM, mmu_seq: int, hva: int) -> bool:
+    """``mmu_invalidate_retry_hva``: must a fault that began at ``mmu_seq`` start over?"""
+    vm.mmu_lock.assert_held()
+    if vm.mmu_invalidate_in_progress and \
+            vm.mmu_invalidate_range_start <= hva < vm.mmu_invalidate_range_end:
+        return True
+    return vm.mmu_invalidate_seq.load() != mmu_seq
+
+
+def page_fault(vcpu: VCPU, va: int, write: bool) -> str:
+    """Handle an EPT violation / shadow page fault on guest page ``va``."""
+    vm = vcpu.vm
+    vm.mmu.check_va(va)
+    idx = vm.srcu.read_lock()
+    try:
+        slots: Memslots = vm.memslots.load()
+        if vm.mmu.tdp or vm.hazards.fast_pf_indirect:
+            r = fast_page_fault(vcpu, va, write, slots)
+            if r == FIXED:
+                vcpu.stats["fast_pf"] += 1
+                return r
+            if r == SPURIOUS:
+                vcpu.stats["spurious_pf"] += 1
+                return r
+        r = _slow_page_fault(vcpu, va, write, slots)
+        vcpu.stats["retry_pf" if r == RETRY else "slow_pf"] += 1
+        return r
+    finally:
+        vm.srcu.read_unlock(idx)
+
+
+def _slow_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
+    vm = vcpu.vm
+    mmu = vm.mmu
+    gfn = mmu.guest_translate(va)
+    if gfn is None:
+        return GUEST_FAULT
+    slot = slots.lookup(gfn)
+    if slot is None or slot.invalid:
+        return MMIO
+    hva = slot.gfn_to_hva(gfn)
+    mmu_seq = vm.mmu_invalidate_seq.load()
+    pfn = vm.host.fault_in(hva)
+    mmu.load()
+    loc = mmu.walk(va)
+    assert loc is not None
+    sp, i = loc
+    sptep = sp.sptes[i]
+    with vm.mmu_lock.write():
+        if invalidate_retry(vm, mmu_seq, hva):
+            return RETRY
+        if not mmu.tdp and mmu.guest_translate(va) != gfn:
+            return RETRY  # the guest re-pointed its page table meanwhile
+        # with dirty logging on, only a write fault gets a writable SPTE: a read fault leaves
+        # the page write-protected so that its first write is seen (by the fast path)
+        writable = write or not slot.logging
+        new = S.make(pfn, writable=writable, accessed=True, dirty=writable,
+                     ad_disabled=mmu.ad_disabled)
+        old = sptep.load()
+        flush = False
+        if S.is_present(old):
+            if S.pfn_of(old) != pfn or sp.gfn_at(i) != gfn:
+                mmu.drop_spte(sp, i)
+                flush = True
+                spte_set(sptep, new)
+            elif not S.hw_allows(old, write):
+                flush = spte_update(vm, sptep, new | (old & (S.ACCESSED | S.DIRTY)))
+        else:
+            spte_set(sptep, new)
+        mmu.rmap_add(gfn, sp, i)
+        if writable:
+            slot.mark_dirty(gfn)
+        if flush:
+            flush_remote_tlbs(vm)
+    return FIXED
+

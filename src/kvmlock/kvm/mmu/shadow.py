@@ -1,0 +1,183 @@
+"""Shadow pages, the reverse map, and the guest page table shadow paging follows.
+
+The model keeps one level of leaf shadow pages, ``SP_ENTRIES`` SPTEs each, indexed by the
+guest page number ``va`` the vCPU accesses. With TDP (two-dimensional paging) ``va`` *is* the
+gfn and every shadow page is *direct*: entry ``i`` of a direct page always maps the same gfn.
+Without TDP the guest's own page table (``gpt``) translates ``va`` to a gfn and KVM shadows that
+composite translation in *indirect* shadow pages, whose entry ``i`` maps whatever gfn the guest
+pointed ``va`` at when the SPTE was installed -- it can change. That difference is why the fast
+page fault only handles direct pages (the gfn->pfn ABA hazard).
+
+Shadow pages are created under ``mmu_lock`` held for write and linked on the VM's page list
+under ``tdp_mmu_pages_lock``; marking a page unsync takes ``mmu_unsync_pages_lock``. Both of
+those locks may only be taken with ``mmu_lock`` held, which :meth:`MMU.link_page` and
+:meth:`MMU.mark_unsync` assert (a lockdep "not held" report otherwise). Shadow pages are never
+freed, so the lockless walk may read the page list without a lock.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kvmlock.kvm.mmu import spte as S
+from kvmlock.kvm.mmu.tlb import flush_remote_tlbs
+from kvmlock.kvm.mmu.update import spte_clear_track_bits
+from kvmlock.sync import Atomic64
+
+if TYPE_CHECKING:
+    from kvmlock.kvm.vm import VM
+
+__all__ = ["MMU", "SP_ENTRIES", "ShadowPage", "unmap_gfn_range", "zap_gfn_range"]
+
+SP_ENTRIES = 8
+
+
+class ShadowPage:
+    """One leaf page table of SPTEs; ``direct`` pages map fixed gfns."""
+
+    __slots__ = ("index", "direct", "sptes", "gfns", "unsync")
+
+    def __init__(self, index: int, direct: bool) -> None:
+        self.index = index
+        self.direct = direct
+        base = index * SP_ENTRIES
+        self.sptes = [Atomic64(0, name=f"spte[{base + i}]") for i in range(SP_ENTRIES)]
+        #: indirect pages: the gfn each SPTE was installed for (-1: none); under mmu_lock
+        self.gfns = [base + i if direct else -1 for i in range(SP_ENTRIES)]
+        self.unsync = False
+
+    def gfn_at(self, i: int) -> int:
+        """``kvm_mmu_page_get_gfn``: fixed for direct pages, recorded at install otherwise."""
+        return self.index * SP_ENTRIES + i if self.direct else self.gfns[i]
+
+    def __repr__(self) -> str:
+        return f"<SP {'direct' if self.direct else 'indirect'} #{self.index}>"
+
+
+class MMU:
+    """The VM's shadow page tables for a guest address space of ``nr_va`` pages."""
+
+    def __init__(self, vm: VM, nr_va: int, *, tdp: bool = True, ad_disabled: bool = False):
+        if not isinstance(nr_va, int) or nr_va < 1:
+            raise ValueError(f"the guest address space needs at least one page, got {nr_va!r}")
+        self.vm = vm
+        self.nr_va = nr_va
+        self.tdp = tdp
+        self.ad_disabled = ad_disabled
+        nsp = (nr_va + SP_ENTRIES - 1) // SP_ENTRIES
+        #: region -> shadow page; filled by load() under mmu_lock, read locklessly afterwards
+        self.pages: list[ShadowPage | None] = [None] * nsp
+        self.page_list: list[ShadowPage] = []  # under tdp_mmu_pages_lock
+        self.unsync_count = 0  # under mmu_unsync_pages_lock
+        #: gfn -> {(sp, i)}: which SPTEs map it; under mmu_lock
+        self.rmap: dict[int, set[tuple[ShadowPage, int]]] = {}
+        #: shadow paging only: the guest's page table, va -> gfn + 1 (0: not present)
+        self.gpt = [] if tdp else [Atomic64(0, name=f"gpte[{v}]") for v in range(nr_va)]
+        self.loaded = False
+
+    # ----------------------------------------------------------- construction
+
+    def load(self) -> None:
+        """``kvm_mmu_load``: build the shadow pages (once), under ``mmu_lock`` for write."""
+        if self.loaded:
+            return
+        vm = self.vm
+        with vm.mmu_lock.write():
+            if not self.loaded:
+                for idx in range(len(self.pages)):
+                    sp = ShadowPage(idx, direct=self.tdp)
+                    self.link_page(sp)
+                    self.pages[idx] = sp
+                self.loaded = True
+
+    def link_page(self, sp: ShadowPage) -> None:
+        """Account a new shadow page on the VM's list (needs ``mmu_lock``)."""
+        vm = self.vm
+        vm.mmu_lock.assert_held()
+        with vm.tdp_mmu_pages_lock:
+            self.page_list.append(sp)
+
+    def mark_unsync(self, sp: ShadowPage) -> None:
+        """Let the guest write a shadowed page table without trapping (needs ``mmu_lock``)."""
+        vm = self.vm
+        vm.mmu_lock.assert_held()
+        with vm.mmu_unsync_pages_lock:
+            if not sp.unsync:
+                sp.unsync = True
+                self.unsync_count += 1
+
+    # ----------------------------------------------------------- lookups
+
+    def check_va(self, va: int) -> int:
+        if not isinstance(va, int) or isinstance(va, bool) or not 0 <= va < self.nr_va:
+            raise ValueError(f"guest page {va!r} is outside the guest address space "
+                             f"[0, {self.nr_va})")
+        return va
+
+    def walk(self, va: int) -> tuple[ShadowPage, int] | None:
+        """The lockless shadow walk: the leaf shadow page and index for ``va``, if built."""
+        sp = self.pages[va // SP_ENTRIES]
+        if sp is None:
+            return None
+        return sp, va % SP_ENTRIES
+
+    def sptep(self, va: int) -> Atomic64 | None:
+        loc = self.walk(va)
+        return None if loc is None else loc[0].sptes[loc[1]]
+
+    def guest_translate(self, va: int) -> int | None:
+        """The guest's own translation of ``va`` to a gfn (identity with TDP)."""
+        if self.tdp:
+            return va
+        g = self.gpt[va].load()
+        return g - 1 if g else None
+
+    # ----------------------------------------------------------- rmap (mmu_lock held)
+
+    def rmap_add(self, gfn: int, sp: ShadowPage, i: int) -> None:
+        self.rmap.setdefault(gfn, set()).add((sp, i))
+        if not sp.direct:
+            sp.gfns[i] = gfn
+
+    def rmap_remove(self, sp: ShadowPage, i: int) -> None:
+        gfn = sp.gfn_at(i)
+        if gfn < 0:
+            return
+        entries = self.rmap.get(gfn)
+        if entries is not None:
+            entries.discard((sp, i))
+            if not entries:
+                del self.rmap[gfn]
+        if not sp.direct:
+            sp.gfns[i] = -1
+
+    def drop_spte(self, sp: ShadowPage, i: int) -> bool:
+        """Zap one SPTE (mmu_lock held for write); True if something was mapped."""
+        old = spte_clear_track_bits(self.vm, sp.sptes[i])
+        if S.is_present(old):
+            self.rmap_remove(sp, i)
+            return True
+        return False
+
+
+def unmap_gfn_range(vm: VM, start: int, end: int) -> bool:
+    """``kvm_unmap_gfn_range``: drop every SPTE mapping a gfn in ``[start, end)``.
+
+    The caller holds ``mmu_lock`` for write and flushes TLBs when this returns True.
+    """
+    vm.mmu_lock.assert_held()
+    mmu = vm.mmu
+    zapped = False
+    for gfn in range(start, end):
+        for sp, i in list(mmu.rmap.get(gfn, ())):
+            zapped |= mmu.drop_spte(sp, i)
+    return zapped
+
+
+def zap_gfn_range(vm: VM, start: int, end: int) -> bool:
+    """Take ``mmu_lock``, drop the range's SPTEs and flush if anything was mapped."""
+    with vm.mmu_lock.write():
+        zapped = unmap_gfn_range(vm, start, end)
+        if zapped:
+            flush_remote_tlbs(vm)
+    return zapped

@@ -1,0 +1,143 @@
+"""KVM's MMU notifier: how the host's unmapping of guest memory reaches the SPTEs.
+
+``invalidate_range_start`` (facts from kvm_main.c, own code):
+
+1. count the invalidation as active (``mn_active_invalidate_count``, under
+   ``kvm->mn_invalidate_lock``) -- a memslot update waits for the count to drop to zero;
+2. inside ``kvm->srcu``'s read side, find the memslots overlapping the range; only if there is
+   one, take ``mmu_lock`` for write, begin an invalidation (``mmu_invalidate_in_progress`` and
+   the range, which make concurrent slow faults retry) and zap the SPTEs, flushing TLBs.
+
+``invalidate_range_end`` walks the same memslots again, ends the invalidation (bumping
+``mmu_invalidate_seq``) and drops the active count, waking the memslot updater at zero.
+
+Start and end must see the same memslots array, or the in-progress count would be left
+unbalanced; the model checks that for every pair. The notifier never takes ``slots_lock`` or
+``slots_arch_lock``: the memslot updater holds them while it waits for this path to finish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from kvmlock.kvm.mmu.access_track import age_gfn_range
+from kvmlock.kvm.mmu.shadow import unmap_gfn_range
+from kvmlock.kvm.mmu.tlb import flush_remote_tlbs
+
+if TYPE_CHECKING:
+    from kvmlock.kvm.memslots import Memslot, Memslots
+    from kvmlock.kvm.vm import VM
+
+__all__ = ["KvmMmuNotifier"]
+
+Handler = Callable[["VM", "Memslot", int, int], bool]
+
+
+class KvmMmuNotifier:
+    """The notifier a VM registers with its host."""
+
+    def __init__(self, vm: VM) -> None:
+        self.vm = vm
+
+    # ------------------------------------------------------------ the range walk
+
+    def _handle_range(
+        self,
+        start: int,
+        end: int,
+        on_lock: Callable[[], None] | None,
+        handler: Handler | None,
+        flush: bool,
+    ) -> tuple[Memslots, bool]:
+        """``kvm_handle_hva_range``: returns the memslots seen and the handlers' verdict."""
+        vm = self.vm
+        idx = vm.srcu.read_lock()
+        try:
+            slots: Memslots = vm.memslots.load()
+            locked = False
+            ret = False
+            try:
+                for slot, gstart, gend in slots.overlapping(start, end):
+                    if not locked:
+                        vm.mmu_lock.write_lock()
+                        locked = True
+                        if on_lock is not None:
+                            on_lock()
+                    if handler is not None:
+                        ret |= handler(vm, slot, gstart, gend)
+                if flush and ret:
+                    flush_remote_tlbs(vm)
+            finally:
+                if locked:
+                    vm.mmu_lock.write_unlock()
+            return slots, ret
+        finally:
+            vm.srcu.read_unlock(idx)
+
+    # ------------------------------------------------------------ invalidate
+
+    def invalidate_range_start(self, start: int, end: int) -> Memslots:
+        vm = self.vm
+        if vm.hazards.notifier_uses_rwsem:
+            from kvmlock.kvm.memslots import _notifier_rwsem
+
+            _notifier_rwsem(vm).down_read()
+        else:
+            with vm.mn_invalidate_lock:
+                vm.mn_active_invalidate_count += 1
+        if vm.hazards.notifier_takes_slots_lock:
+            with vm.slots_lock:  # forbidden: see the module docstring
+                pass
+
+        def begin() -> None:
+            vm.mmu_invalidate_in_progress += 1
+            if vm.mmu_invalidate_in_progress == 1:
+                vm.mmu_invalidate_range_start, vm.mmu_invalidate_range_end = start, end
+            else:
+                vm.mmu_invalidate_range_start = min(vm.mmu_invalidate_range_start, start)
+                vm.mmu_invalidate_range_end = max(vm.mmu_invalidate_range_end, end)
+
+        slots, _ = self._handle_range(start, end, begin, _unmap, flush=True)
+        vm.stats["invalidations"] += 1
+        return slots
+
+    def invalidate_range_end(self, start: int, end: int, token: Memslots) -> None:
+        vm = self.vm
+
+        def finish() -> None:
+            vm.mmu_invalidate_seq.fetch_add(1)
+            vm.mmu_invalidate_in_progress -= 1
+            assert vm.mmu_invalidate_in_progress >= 0, (
+                "mmu_invalidate_in_progress went negative: an invalidate_range_end found a "
+                "memslot its _start did not")
+
+        slots, _ = self._handle_range(start, end, finish, None, flush=False)
+        assert slots is token, (
+            f"invalidate_range_start saw {token!r} but invalidate_range_end saw {slots!r}: the "
+            "memslots changed in the middle of an invalidation")
+        if vm.hazards.notifier_uses_rwsem:
+            from kvmlock.kvm.memslots import _notifier_rwsem
+
+            _notifier_rwsem(vm).up_read()
+            return
+        with vm.mn_invalidate_lock:
+            assert vm.mn_active_invalidate_count > 0, "mn_active_invalidate_count underflow"
+            vm.mn_active_invalidate_count -= 1
+            wake = vm.mn_active_invalidate_count == 0
+        if wake:
+            vm.mn_memslots_update_rcuwait.wake_up()
+
+    # ------------------------------------------------------------ aging
+
+    def clear_flush_young(self, start: int, end: int) -> bool:
+        _, young = self._handle_range(start, end, None, _age, flush=True)
+        return young
+
+
+def _unmap(vm: VM, slot: Memslot, gstart: int, gend: int) -> bool:
+    return unmap_gfn_range(vm, gstart, gend)
+
+
+def _age(vm: VM, slot: Memslot, gstart: int, gend: int) -> bool:
+    return age_gfn_range(vm, gstart, gend)
