@@ -1,0 +1,154 @@
+"""The platform side: hardware enabling vs CPU hotplug, posted-interrupt wakeups, TSC sync.
+
+* Hardware enabling. The first VM turns virtualization on for every online CPU; a CPU that
+  comes online later is enabled by KVM's hotplug callback, one that goes offline is disabled by
+  it. Walking the online mask and bumping ``kvm_usage_count`` must be one step against hotplug,
+  which is why it runs under ``cpus_read_lock``: without it a CPU can be enabled by the walk
+  right after its offline callback ran, and go offline with virtualization still on.
+* Posted-interrupt wakeups: a blocking vCPU publishes itself on its CPU's wakeup list *before*
+  its last look for pending interrupts, or an interrupt posted in between is never delivered.
+* TSC synchronisation: the read-decide-write of the per-VM TSC generation is one step under
+  ``tsc_write_lock``; without it two vCPUs written together end up in one generation with two
+  different offsets.
+"""
+
+from __future__ import annotations
+
+from kvmlock.kvm.machine import HardwareEnableError, Machine
+from kvmlock.kvm.posted_intr import PostedVcpu, post_interrupt
+from kvmlock.kvm.tsc import TscSync
+from kvmlock.kvm.vm import VM
+from kvmlock.scenarios.orders import together
+from kvmlock.scenarios.registry import scenario
+
+__all__: list[str] = []
+
+_HW_INVARIANT = ("once quiet, a CPU has virtualization on exactly when it is online and a VM "
+                 "exists")
+
+
+# ---------------------------------------------------------------------- hardware enable
+
+@scenario("hardware.enable_vs_hotplug.correct", variant="correct", expect="pass",
+          rule="hardware enable/disable runs under cpus_read_lock, racing CPU hotplug",
+          invariant=_HW_INVARIANT, max_runs=2000)
+def enable_vs_hotplug_correct() -> None:
+    m = Machine(2)
+    together(m.create_vm, lambda: (m.cpu_down(1), m.cpu_up(1)),
+             names=["KVM_CREATE_VM", "cpu hotplug"])
+    m.check_hardware()
+
+
+@scenario("hardware.enable_vs_hotplug.broken", variant="broken", expect="assertion",
+          rule="hardware enabled for the first VM without cpus_read_lock, racing CPU offline",
+          invariant=_HW_INVARIANT, max_runs=2000)
+def enable_vs_hotplug_broken() -> None:
+    m = Machine(2, enable_blocks_hotplug=False)
+    together(m.create_vm, lambda: m.cpu_down(1), names=["KVM_CREATE_VM", "cpu hotplug"])
+    m.check_hardware()
+
+
+@scenario("hardware.create_destroy_vs_hotplug.correct", variant="correct", expect="pass",
+          rule="VM create/destroy racing CPU offline/online (kvm_lock design)",
+          invariant=_HW_INVARIANT, max_runs=2000)
+def create_destroy_vs_hotplug() -> None:
+    m = Machine(2)
+    together(lambda: m.destroy_vm(m.create_vm()), lambda: (m.cpu_down(1), m.cpu_up(1)),
+             names=["VM lifetime", "cpu hotplug"])
+    m.check_hardware()
+    assert m.kvm_usage_count == 0 and not m.vm_list, "the VM's usage count leaked"
+
+
+@scenario("hardware.usage_lock.correct", variant="correct", expect="pass",
+          rule="kvm_usage_lock design: hotplug callbacks installed only while VMs exist",
+          invariant=_HW_INVARIANT, max_runs=2000)
+def usage_lock_design() -> None:
+    m = Machine(2, usage_lock=True)
+    vms: list[VM] = []
+    together(lambda: vms.append(m.create_vm()), lambda: (m.cpu_down(1), m.cpu_up(1)),
+             names=["KVM_CREATE_VM", "cpu hotplug"])
+    m.check_hardware()
+    m.destroy_vm(vms[0])
+    m.check_hardware()
+
+
+@scenario("hardware.enable_failure.correct", variant="correct", expect="pass",
+          rule="a CPU that cannot enable virtualization: VM creation or CPU online fails cleanly",
+          invariant="either the VM exists and the bad CPU stayed offline, or creation failed "
+                    "and nothing is left enabled", max_runs=2000)
+def enable_failure() -> None:
+    m = Machine(2, fail_enable_on=(1,), offline=(1,))
+    created: list[object] = []
+    onlined: list[bool] = []
+
+    def create() -> None:
+        try:
+            created.append(m.create_vm())
+        except HardwareEnableError:
+            pass
+
+    together(create, lambda: onlined.append(m.cpu_up(1)), names=["KVM_CREATE_VM", "cpu online"])
+    m.check_hardware()
+    if created:
+        assert onlined == [False] and not m.cpus[1].online, (
+            "a CPU that cannot run VMs came online while a VM exists")
+    else:
+        assert onlined == [True] and m.kvm_usage_count == 0, "failed creation left state behind"
+
+
+# ---------------------------------------------------------------------- posted interrupts
+
+def _posted(check_first: bool) -> None:
+    m = Machine(2)
+    vm = VM(m, nr_vcpus=1)
+    pv = PostedVcpu(m, vm.vcpus[0], cpu=1)
+    together(lambda: pv.block(check_first=check_first), lambda: post_interrupt(pv, 3),
+             names=["vcpu0 (halt)", "IOMMU"])
+    assert pv.delivered == {3}, f"posted vector 3 not delivered: {pv.delivered}"
+    assert not m.cpus[1].wakeup_list, "the vCPU stayed on the wakeup list after running"
+
+
+@scenario("posted_intr.wakeup.correct", variant="correct", expect="pass",
+          rule="a blocking vCPU joins wakeup_vcpus_on_cpu before its last pending check",
+          invariant="a posted interrupt always wakes the halted vCPU and is delivered",
+          max_runs=2000)
+def posted_wakeup_correct() -> None:
+    _posted(check_first=False)
+
+
+@scenario("posted_intr.wakeup.broken", variant="broken", expect="deadlock",
+          rule="a blocking vCPU checks for pending interrupts before joining the wakeup list",
+          invariant="the interrupt posted in between is never noticed: the vCPU sleeps forever",
+          max_runs=2000)
+def posted_wakeup_broken() -> None:
+    _posted(check_first=True)
+
+
+# ---------------------------------------------------------------------- TSC
+
+def _tsc(locked: bool) -> None:
+    vm = VM(None, nr_vcpus=2)
+    tsc = TscSync(vm, locked=locked)
+
+    def write(i: int) -> None:
+        vcpu = vm.vcpus[i]
+        with vcpu.mutex:
+            # the same guest TSC, a few microseconds apart: meant to be synchronised
+            tsc.write(vcpu, 5_000_000 + 3_000 * i, 5_000_000 + 3_000 * i + 7 * i)
+
+    together(lambda: write(0), lambda: write(1), names=["vcpu0 ioctl", "vcpu1 ioctl"])
+    tsc.check()
+
+
+@scenario("tsc.synchronize.correct", variant="correct", expect="pass",
+          rule="TSC writes are matched into one generation under the raw tsc_write_lock",
+          invariant="vCPUs of one TSC generation share one offset", max_runs=500)
+def tsc_correct() -> None:
+    _tsc(True)
+
+
+@scenario("tsc.synchronize.broken", variant="broken", expect="assertion",
+          rule="TSC writes matched without tsc_write_lock",
+          invariant="vCPUs of one TSC generation share one offset", max_runs=500)
+def tsc_broken() -> None:
+    _tsc(False)
