@@ -12,7 +12,6 @@ from __future__ import annotations
 import _thread
 import sys
 import threading
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -69,45 +68,58 @@ class State:
         self.on = True
         self.mode = mode
         self.lock = _thread.allocate_lock()  # the graph lock: chain-cache misses only
-        self.classes: dict[tuple[object, int], LockClass] = {}
+        self.classes: dict[LockClass, str] = {}  # classes used in this state -> kind
+        self.after: dict[LockClass, dict[LockClass, Link]] = {}  # the dependency graph
         self.nedges = 0
         self.nchains = 0
         self.root: dict[int, Any] = {}
         self.reports: list[Report] = []
         self.seen: set[tuple] = set()
         self.overflow: str | None = None
+        self.header = (None, self.root)  # element 0 of every held stack of this state
+        self.stacks: dict[int, list] = {}  # every task stack made under this state, by id
+        self.lax: dict[int, list] = {}  # stack id -> locks dropped by a restart, yet to release
 
-    def klass(self, key: object, name: str, kind: str, subclass: int) -> LockClass:
-        k = (key, subclass)
-        cls = self.classes.get(k)
-        if cls is None:
-            with self.lock:
-                cls = self.classes.get(k)
-                if cls is None:
-                    cls = LockClass(name, kind, key, subclass, len(self.classes))
-                    self.classes[k] = cls
-                    if len(self.classes) > LIMITS.max_classes:
-                        _overflow(self, "lock classes", "max_classes")
-        return cls
-
-
-class _Held(list):
-    """A task's held-lock stack: entries ``(map, class, read, trylock, chain_node)``."""
-
-    __slots__ = ("__weakref__", "lax")
 
 
 _state = State()
-_stacks: dict[int, weakref.ref] = {}  # id -> weak ref of every task's stack (reset clears them)
+
+# Classes are global (a name means the same class in every state); graphs are per state.
+_CLASSES: dict[tuple[object, int], LockClass] = {}
+_CLASSES_LOCK = _thread.allocate_lock()
 
 
-def _new_stack() -> _Held:
-    st = _Held()
-    st.lax = None
-    _rt.current_task().lockdep = st
-    k = id(st)
-    _stacks[k] = weakref.ref(st, lambda _r, k=k: _stacks.pop(k, None))
-    return st
+def _klass(key: object, name: str, kind: str, subclass: int) -> LockClass:
+    k = (key, subclass)
+    cls = _CLASSES.get(k)
+    if cls is None:
+        with _CLASSES_LOCK:
+            cls = _CLASSES.get(k)
+            if cls is None:
+                cls = _CLASSES[k] = LockClass(name, kind, key, subclass, len(_CLASSES))
+    return cls
+
+
+# A task's held-lock stack is a plain list (the fastest container to index and append to):
+# element 0 is its state's header ``(None, root-of-chain-trie)``, then one ``(map, node)`` per
+# held lock, where ``node`` is the chain-cache node of the chain ending with that lock. A
+# node's ``_INFO`` entry says what the lock is: ``(class, read, trylock, first-seen-where)``.
+_INFO = -1  # real chain-node keys (class id * 8 + read * 2 + trylock) are >= 0
+_SYNC = 6  # low bits of the chain-node key of a synchronize()
+
+_THREADS = _rt.THREADS
+_TLS = _rt.THREADS._tls
+
+
+def _stack() -> list:
+    """The current task's held stack (created on first use and registered with the state)."""
+    t = _TLS if _rt.RT is _THREADS else _rt.current_task()
+    held = t.lockdep
+    if held is None:
+        S = _state
+        held = t.lockdep = [S.header]
+        S.stacks[id(held)] = held
+    return held
 
 
 def _task_name() -> str:
@@ -115,8 +127,17 @@ def _task_name() -> str:
     return str(name) if name else threading.current_thread().name
 
 
+def _info(entry: tuple) -> tuple:
+    """(class, read, trylock, where) of a held entry."""
+    return entry[1][_INFO]
+
+
 def _held_locks(held: list) -> list[HeldLock]:
-    return [HeldLock(e[1].name, e[2], e[4].get(_WHERE, "")) for e in held]
+    out = []
+    for e in held[1:]:
+        cls, read, _try, where = e[1][_INFO]
+        out.append(HeldLock(cls.name, read, where))
+    return out
 
 
 def _overflow(S: State, what: str, param: str) -> None:
@@ -164,7 +185,7 @@ class LockMap:
     reported before it can hang the program, and :meth:`release` when they let go.
     """
 
-    __slots__ = ("name", "kind", "key", "_st", "_cls", "_subs", "__weakref__")
+    __slots__ = ("name", "kind", "key", "_cls", "_hid", "_subs", "__weakref__")
 
     def __init__(self, name: str, kind: str, key: object | None = None) -> None:
         if not isinstance(name, str):
@@ -176,67 +197,61 @@ class LockMap:
         self.name = name
         self.kind = kind
         self.key = name if key is None else key
-        self._st: State | None = None
-        self._cls: LockClass | None = None
-        self._subs: list[LockClass | None] = []
+        self._cls = _klass(self.key, name, kind, 0)
+        self._hid = self._cls.hid
+        self._subs: list[LockClass | None] | None = None
 
     def __repr__(self) -> str:
         return f"<LockMap {self.name} ({self.kind})>"
 
-    def _bind(self, S: State, subclass: int) -> LockClass:
+    def _sub(self, subclass: int) -> LockClass:
         if subclass.__class__ is not int or not 0 <= subclass <= 7:
             raise ValueError(f"lock subclass must be an int in 0..7, got {subclass!r}")
-        if self._st is not S:
-            self._cls = S.klass(self.key, self.name, self.kind, 0)
-            self._subs = [self._cls] + [None] * 7
-            self._st = S
-        cls = self._subs[subclass]
+        subs = self._subs
+        if subs is None:
+            subs = self._subs = [self._cls] + [None] * 7
+        cls = subs[subclass]
         if cls is None:
-            cls = self._subs[subclass] = S.klass(self.key, self.name, self.kind, subclass)
+            cls = subs[subclass] = _klass(self.key, self.name, self.kind, subclass)
         return cls
 
     def acquire(self, subclass: int = 0, read: int = 0, trylock: bool = False) -> None:
         """Validate and record taking this lock (read: 0 exclusive, 1 shared, 2 recursive)."""
         S = _state
-        if not S.on:
-            return
-        held = _rt.current_task().lockdep
-        if held is None:
-            held = _new_stack()
-        if subclass or self._st is not S:
-            cls = self._bind(S, subclass)
-        else:
-            cls = self._cls
-        hid = cls.hid + read + read + trylock
-        node = (held[-1][4] if held else S.root).get(hid)
-        if node is None:
-            node = _miss(S, held, self, cls, read, trylock, hid, None)
-            if node is None:
+        if S.on:
+            held = (_TLS if _rt.RT is _THREADS else _rt.current_task()).lockdep
+            if held is None:
+                held = _stack()
+            if subclass or read or trylock:
+                _push(S, held, self, self._sub(subclass) if subclass else self._cls, read,
+                      trylock, None)
                 return
-        held.append((self, cls, read, trylock, node))
+            node = held[-1][1].get(self._hid)
+            if node is None:
+                node = _miss(S, held, self, self._cls, 0, False, self._hid, None)
+                if node is None:
+                    return
+            held.append((self, node))
 
     def release(self) -> None:
         """Record letting go of this lock; releasing one not held is reported."""
         S = _state
-        if not S.on:
-            return
-        held = _rt.current_task().lockdep
-        if held and held[-1][0] is self:
-            held.pop()
-            return
-        _release_slow(S, held, self)
+        if S.on:
+            held = (_TLS if _rt.RT is _THREADS else _rt.current_task()).lockdep
+            if held is not None and held[-1][0] is self:
+                held.pop()
+                return
+            _release_slow(S, self)
 
     def sync(self) -> None:
         """synchronize_srcu(): validate an exclusive acquire of this map without holding it."""
         S = _state
         if not S.on:
             return
-        held = _rt.current_task().lockdep
-        if held is None:
-            held = _new_stack()
-        cls = self._bind(S, 0)
+        held = _stack()
+        cls = self._cls
         hid = cls.hid + _SYNC
-        if (held[-1][4] if held else S.root).get(hid) is None:
+        if held[-1][1].get(hid) is None:
             _miss(S, held, self, cls, 0, False, hid, None, sync=True)
 
     def assert_held(self) -> None:
@@ -244,20 +259,19 @@ class LockMap:
         S = _state
         if not S.on:
             return
-        held = _rt.current_task().lockdep or ()
+        held = _stack()
         for e in held:
             if e[0] is self:
                 return
-        cls = self._bind(S, 0)
+        cls = self._cls
         _report(S, ("not_held", cls.name), Report(
             "not_held", lock=cls.name, task=_task_name(), where=user_site(),
-            held_locks=_held_locks(list(held)),
+            held_locks=_held_locks(held),
         ))
 
     def is_held(self) -> bool:
         """Whether the current task holds this lock (lockdep_is_held)."""
-        held = _rt.current_task().lockdep or ()
-        return any(e[0] is self for e in held)
+        return any(e[0] is self for e in _stack())
 
     def __enter__(self) -> LockMap:
         self.acquire()
@@ -270,24 +284,42 @@ class LockMap:
 # --------------------------------------------------------------------------- slow paths
 
 
+def _push(S: State, held: list, m: LockMap, cls: LockClass, read: int, trylock: bool,
+          where: str | None) -> None:
+    hid = cls.hid + read + read + trylock
+    node = held[-1][1].get(hid)
+    if node is None:
+        node = _miss(S, held, m, cls, read, trylock, hid, where)
+        if node is None:
+            return
+    held.append((m, node))
+
+
 def _miss(
-    S: State, held: _Held, m: LockMap, cls: LockClass, read: int, trylock: bool, hid: int,
+    S: State, held: list, m: LockMap, cls: LockClass, read: int, trylock: bool, hid: int,
     where: str | None, sync: bool = False,
 ) -> dict | None:
     """First sighting of this chain: validate it under the graph lock and cache it."""
     if read not in (0, 1, 2):
         raise ValueError(f"read must be 0 (exclusive), 1 (shared) or 2 (recursive), got {read!r}")
+    if held[0] is not S.header:
+        _restart(S, held)  # a stack left from before reset()/enable()
     if where is None:
         where = user_site()
     found: list[Report] = []
     with S.lock:
         if not S.on:
             return None
-        parent = held[-1][4] if held else S.root
+        parent = held[-1][1]
         node = parent.get(hid)
         if node is not None:
             return node
-        if len(held) + 1 > LIMITS.max_depth:
+        if cls not in S.classes:
+            S.classes[cls] = m.kind
+            if len(S.classes) > LIMITS.max_classes:
+                _overflow(S, "lock classes", "max_classes")
+                return None
+        if len(held) > LIMITS.max_depth:
             _overflow(S, "locks held at once (depth)", "max_depth")
             return None
         if not trylock:
@@ -295,7 +327,7 @@ def _miss(
         if S.nchains >= LIMITS.max_chains:
             _overflow(S, "lock chains", "max_chains")
             return None
-        node = {_WHERE: where}
+        node = {_INFO: (cls, read, trylock, where)}
         parent[hid] = node
         S.nchains += 1
     _emit(S, found)
@@ -303,91 +335,84 @@ def _miss(
 
 
 def _validate(
-    S: State, held: _Held, m: LockMap, cls: LockClass, read: int, where: str,
+    S: State, held: list, m: LockMap, cls: LockClass, read: int, where: str,
     found: list[Report], sync: bool,
 ) -> None:
     task = _task_name()
+    entries = held[1:]
     if sync or m.kind in SLEEPING:
-        for e in held:
+        for e in entries:
             if e[0].kind in SPINNING:
+                hcls, hread, _t, _w = _info(e)
                 what = f"synchronize({cls.name})" if sync else f"lock({cls.name})"
-                _note(S, ("sleep_in_atomic", e[1].name, cls.name), Report(
-                    "sleep_in_atomic", lock=cls.name, held=e[1].name, held_read=e[2],
+                _note(S, ("sleep_in_atomic", hcls.name, where), Report(
+                    "sleep_in_atomic", lock=cls.name, held=hcls.name, held_read=hread,
                     task=task, where=where, what=what, held_locks=_held_locks(held),
                 ), found)
                 break
     # Taking a class already held deadlocks on itself, unless both are reads and the new
     # one is a recursive read (rwlock_t readers, SRCU read sides).
-    for e in held:
-        if e[1] is cls and not (read == 2 and e[2]):
+    for e in entries:
+        hcls, hread, _t, hwhere = _info(e)
+        if hcls is cls and not (read == 2 and hread):
             _note(S, ("recursive", cls.name), Report(
-                "recursive", lock=cls.name, held=cls.name, lock_read=read, held_read=e[2],
-                task=task, where=where, held_locks=_held_locks(held),
+                "recursive", lock=cls.name, held=cls.name, lock_read=read, held_read=hread,
+                held_where=hwhere, task=task, where=where, held_locks=_held_locks(held),
             ), found)
             return
     # Link from the held locks: the top one, and below it through trylocks (a lock taken
     # normally already linked itself to everything under it).
-    for i in range(len(held) - 1, -1, -1):
-        e = held[i]
-        if e[1] is not cls:
-            _link(S, held, e, cls, read, where, found, task)
-        if not e[3]:
+    for e in reversed(entries):
+        hcls, hread, htry, hwhere = _info(e)
+        if hcls is not cls:
+            _link(S, held, hcls, hread, hwhere, cls, read, where, found, task)
+        if not htry:
             break
 
 
 def _link(
-    S: State, held: _Held, prev: tuple, nxt: LockClass, read: int, where: str,
-    found: list[Report], task: str,
+    S: State, held: list, p: LockClass, pr: int, pwhere: str, nxt: LockClass, read: int,
+    where: str, found: list[Report], task: str,
 ) -> None:
-    p: LockClass = prev[1]
-    pr: int = prev[2]
-    link = p.after.get(nxt)
+    after = S.after.get(p)
+    link = after.get(nxt) if after else None
     if link is not None and link.dep & dep_bit(pr, read):
         link.sites.setdefault((pr, read), where)
         return
-    path = find_strong_path(nxt, read == 2, p, pr == 0)
+    path = find_strong_path(S.after, nxt, read == 2, p, pr == 0)
     if path is not None:
         chain = path_edges(path, read == 2) + [Edge(p.name, nxt.name, pr, read, where)]
         names = frozenset(e.src for e in chain)
         _note(S, ("circular", names), Report(
             "circular", lock=nxt.name, held=p.name, lock_read=read, held_read=pr, task=task,
-            where=where, chain=chain, held_locks=_held_locks(held),
+            where=where, held_where=pwhere, chain=chain, held_locks=_held_locks(held),
         ), found)
         return
     if link is None:
         if S.nedges >= LIMITS.max_edges:
             _overflow(S, "lock dependencies (edges)", "max_edges")
             return
-        link = p.after[nxt] = Link(p, nxt)
+        link = Link(p, nxt)
+        S.after.setdefault(p, {})[nxt] = link
         S.nedges += 1
     link.add(pr, read, where)
 
 
-def _push(S: State, held: _Held, m: LockMap, cls: LockClass, read: int, trylock: bool,
-          where: str | None) -> None:
-    hid = cls.hid + read + read + trylock
-    node = (held[-1][4] if held else S.root).get(hid)
-    if node is None:
-        node = _miss(S, held, m, cls, read, trylock, hid, where)
-        if node is None:
-            return
-    held.append((m, cls, read, trylock, node))
-
-
-def _release_slow(S: State, held: _Held | None, m: LockMap) -> None:
-    if held is None:
-        held = _new_stack()
-    for i in range(len(held) - 1, -1, -1):
+def _release_slow(S: State, m: LockMap) -> None:
+    held = _stack()
+    if held[0] is not S.header:
+        _restart(S, held)
+    for i in range(len(held) - 1, 0, -1):
         if held[i][0] is m:
             break
     else:
-        lax = held.lax
+        lax = S.lax.get(id(held))
         if lax:
             for j, x in enumerate(lax):
                 if x is m:
                     del lax[j]
                     return
-        cls = m._bind(S, 0)
+        cls = m._cls
         _report(S, ("bad_unlock", cls.name), Report(
             "bad_unlock", lock=cls.name, task=_task_name(), where=user_site(),
             held_locks=_held_locks(held),
@@ -398,13 +423,14 @@ def _release_slow(S: State, held: _Held | None, m: LockMap) -> None:
     tail = held[i + 1:]
     del held[i:]
     for e in tail:
-        _push(S, held, e[0], e[1], e[2], e[3], e[4].get(_WHERE))
+        cls, read, trylock, where = _info(e)
+        _push(S, held, e[0], cls, read, trylock, where)
 
 
-def forget(m: LockMap, held: _Held) -> bool:
+def forget(m: LockMap, held: list) -> bool:
     """Drop ``m`` from another task's stack (a plain lock released by a thread that does not
     hold it, as threading.Lock allows); True when it was there."""
-    for i in range(len(held) - 1, -1, -1):
+    for i in range(len(held) - 1, 0, -1):
         if held[i][0] is m:
             try:
                 del held[i]
@@ -412,6 +438,14 @@ def forget(m: LockMap, held: _Held) -> bool:
                 return False
             return True
     return False
+
+
+def _restart(S: State, held: list) -> None:
+    """Adopt a stack from an earlier state: its locks will be released later; let that pass."""
+    S.lax[id(held)] = S.lax.get(id(held), []) + [e[0] for e in held[1:]]
+    del held[1:]
+    held[0] = S.header
+    S.stacks[id(held)] = held
 
 
 # --------------------------------------------------------------------------- module API
@@ -422,37 +456,40 @@ def might_sleep(what: str = "might_sleep") -> None:
     S = _state
     if not S.on:
         return
-    held = _rt.current_task().lockdep
-    if not held:
-        return
-    for e in held:
+    held = _stack()
+    for e in held[1:]:
         if e[0].kind in SPINNING:
-            _report(S, ("sleep_in_atomic", e[1].name, what), Report(
-                "sleep_in_atomic", held=e[1].name, held_read=e[2], task=_task_name(),
-                where=user_site(), what=what, held_locks=_held_locks(held),
+            hcls, hread, _t, _w = _info(e)
+            where = user_site()
+            _report(S, ("sleep_in_atomic", hcls.name, where), Report(
+                "sleep_in_atomic", held=hcls.name, held_read=hread, task=_task_name(),
+                where=where, what=what, held_locks=_held_locks(held),
             ))
             return
 
 
 def task_exit() -> None:
-    """End of a task: report "held_at_exit" for locks still held, then forget them."""
+    """End of a task: report "held_at_exit" for locks still held, then forget the stack."""
     S = _state
     t = _rt.current_task()
     held = t.lockdep
-    if not held:
+    if held is None:
         return
-    if S.on:
-        names = tuple(e[1].name for e in held)
+    if len(held) > 1 and S.on and held[0] is S.header:
+        names = tuple(_info(e)[0].name for e in held[1:])
         _report(S, ("held_at_exit", names), Report(
             "held_at_exit", lock=names[-1], task=_task_name(), where=user_site(),
             held_locks=_held_locks(held),
         ))
-    held.clear()
+    del held[1:]
+    S.stacks.pop(id(held), None)
+    S.lax.pop(id(held), None)
+    t.lockdep = None
 
 
 def held_locks() -> list[HeldLock]:
     """What the current task holds, innermost last (debug_show_held_locks)."""
-    return _held_locks(list(_rt.current_task().lockdep or ()))
+    return _held_locks(_stack())
 
 
 def reports() -> list[Report]:
@@ -460,20 +497,14 @@ def reports() -> list[Report]:
     return list(_state.reports)
 
 
-def _clear_stacks() -> None:
-    # Locks held now will be released later; let those releases pass silently.
-    for ref in list(_stacks.values()):
-        st = ref()
-        if st:
-            st.lax = (st.lax or []) + [e[0] for e in st]
-            st.clear()
-
-
 def reset() -> None:
-    """Forget everything: classes, dependencies, chains, reports; held stacks are cleared."""
+    """Forget everything: classes, dependencies, chains, reports. Locks held now are dropped
+    from their stacks (their later release passes silently)."""
     global _state
-    _state = State(_state.mode)
-    _clear_stacks()
+    old = _state
+    _state = new = State(old.mode)
+    for st in list(old.stacks.values()):
+        _restart(new, st)
 
 
 def set_mode(mode: str) -> None:
@@ -489,10 +520,13 @@ def get_mode() -> str:
 
 def enable() -> None:
     """Switch validation back on (held stacks restart empty)."""
-    if not _state.on:
-        _clear_stacks()
-        _state.on = True
-        _state.overflow = None
+    S = _state
+    if not S.on:
+        S.header = (None, S.root)  # stacks from before are restarted on their next miss
+        for st in list(S.stacks.values()):
+            _restart(S, st)
+        S.on = True
+        S.overflow = None
 
 
 def disable() -> None:
@@ -527,10 +561,9 @@ def graph() -> DepGraph:
     """A snapshot of the dependency graph (one Edge per recorded kind of each link)."""
     S = _state
     with S.lock:
-        classes = list(S.classes.values())
-        g = DepGraph({c.name: c.kind for c in classes})
-        for c in classes:
-            for link in list(c.after.values()):
+        g = DepGraph({c.name: kind for c, kind in S.classes.items()})
+        for c, links in list(S.after.items()):
+            for link in list(links.values()):
                 for (sr, dr), where in list(link.sites.items()):
                     g.edges.append(Edge(c.name, link.dst.name, sr, dr, where))
     return g

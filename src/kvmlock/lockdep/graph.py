@@ -32,7 +32,7 @@ def dep_bit(src_read: int, dst_read: int) -> int:
 class LockClass:
     """What ordering is about: every lock built with the same key (and subclass) is one class."""
 
-    __slots__ = ("name", "kind", "key", "subclass", "hid", "after")
+    __slots__ = ("name", "kind", "key", "subclass", "hid")
 
     def __init__(self, name: str, kind: str, key: object, subclass: int, index: int) -> None:
         self.name = name if subclass == 0 else f"{name}/{subclass}"
@@ -40,7 +40,6 @@ class LockClass:
         self.key = key
         self.subclass = subclass
         self.hid = index * 8  # low bits: read*2 + trylock, 6 = sync; see core.py
-        self.after: dict[LockClass, Link] = {}
 
     def __repr__(self) -> str:
         return f"<lock class {self.name}>"
@@ -72,7 +71,11 @@ class Link:
         return Edge(self.src.name, self.dst.name, best[1], best[2], best[3])
 
 
+_EMPTY: dict = {}
+
+
 def find_strong_path(
+    after: dict[LockClass, dict[LockClass, Link]],
     start: LockClass, start_recursive: bool, target: LockClass, target_exclusive: bool
 ) -> list[Link] | None:
     """Breadth-first search for a strong path ``start -> ... -> target``.
@@ -89,7 +92,7 @@ def find_strong_path(
     while queue:
         node = queue.popleft()
         cls, only_r = node
-        for dst, link in cls.after.items():
+        for dst, link in after.get(cls, _EMPTY).items():
             dep = link.dep & ~_S_MASK if only_r else link.dep
             if not dep:
                 continue

@@ -73,6 +73,7 @@ class Report:
     held_locks: list[HeldLock] = field(default_factory=list)
     lock_read: int = 0
     held_read: int = 0
+    held_where: str = ""
     what: str = ""
 
     @property
@@ -130,13 +131,13 @@ def _render_circular(r: Report) -> str:
     path = chain[:-1]  # lock -> ... -> held (the dependency that already exists)
     out = _banner(r.title)
     out += [f"{r.task} is trying to acquire lock:", _lock_line(r.lock, r.lock_read, r.where), ""]
-    out += ["but task is already holding lock:", _lock_line(r.held, r.held_read), ""]
+    out += ["but task is already holding lock:", _lock_line(r.held, r.held_read, r.held_where), ""]
     out += ["which lock already depends on the new lock.", "", ""]
     out += ["the existing dependency chain (in reverse order) is:"]
-    for depth in range(len(path), 0, -1):
-        e = path[depth - 1]
-        out += ["", f"-> #{depth} ({e.dst}):", f"       {e.where}   [{e.src} -({e.kind})-> {e.dst}]"]
-    out += ["", f"-> #0 ({new.dst}):", f"       {new.where}   [{new.src} -({new.kind})-> {new.dst}]"]
+    for depth in range(len(path), -1, -1):
+        e = path[depth - 1] if depth else new
+        link = f"[{e.src} -({e.kind})-> {e.dst}]"
+        out += ["", f"-> #{depth} ({e.dst}):", f"       {e.where}   {link}"]
     out += ["", "other info that might help us debug this:", ""]
     # CPU0 holds `held` and wants `lock`; CPU1 came along the existing path and holds the lock
     # just before `held` on it, wanting `held`.
@@ -166,7 +167,7 @@ def _render_circular(r: Report) -> str:
 def _render_recursive(r: Report) -> str:
     out = _banner(r.title)
     out += [f"{r.task} is trying to acquire lock:", _lock_line(r.lock, r.lock_read, r.where), ""]
-    out += ["but task is already holding lock:", _lock_line(r.held, r.held_read), ""]
+    out += ["but task is already holding lock:", _lock_line(r.held, r.held_read, r.held_where), ""]
     out += [
         "other info that might help us debug this:",
         " Possible unsafe locking scenario:",
