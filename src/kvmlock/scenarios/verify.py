@@ -1,0 +1,293 @@
+"""``kvmlock verify``: explore every scenario and say whether each met its expectation.
+
+A *correct* scenario must explore clean: no deadlock, no failed invariant, no lockdep report,
+over the whole schedule space or over the bound it declares (the bound is printed, so a bounded
+"pass" is never mistaken for a proof). A *broken* scenario must be *caught*, and caught for the
+right reason: the failure's kind must be the one the scenario expects (and, for lockdep, the
+report kind too) -- a broken variant that fails some other way is itself a failed expectation.
+
+:func:`collect_graph` is the other job: run every correct scenario once on real threads (plus a
+short real-thread workload when the model provides one) under one isolated lockdep, and return
+the dependency graph -- what ``kvmlock spec`` checks a document against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import fnmatch
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvmlock import lockdep
+from kvmlock.scenarios.registry import SCENARIOS, Scenario
+
+__all__ = ["Outcome", "collect_graph", "main", "run_scenario", "select"]
+
+#: bounds applied when a scenario does not set its own (keeps `kvmlock verify` to minutes).
+DEFAULT_OPTIONS: dict[str, Any] = {"max_runs": 1000, "max_steps": 5000, "timeout": 60.0}
+
+
+def _load_all() -> dict[str, str]:
+    """Import every scenario module; returns the ones that failed to import."""
+    import kvmlock.scenarios as pkg
+
+    return dict(pkg.MISSING)
+
+
+@dataclass
+class Outcome:
+    """What one scenario's exploration came to."""
+
+    scenario: Scenario
+    met: bool
+    result: str  # short human verdict: "pass", "caught: lockdep circular", "MISSED", ...
+    runs: int = 0
+    exhausted: bool = False
+    seconds: float = 0.0
+    bound: str = ""
+    failure: Any = None  # the explorer's failure object (first one), if any
+    failures: list[Any] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.scenario.name
+
+
+def _failure_lockdep_kinds(f: Any) -> set[str]:
+    """The lockdep report kinds a failure carries, whatever shape the explorer gives it."""
+    kinds: set[str] = set()
+    for attr in ("report", "reports", "lockdep"):
+        v = getattr(f, attr, None)
+        if v is None:
+            continue
+        for r in v if isinstance(v, list | tuple) else [v]:
+            k = getattr(r, "kind", None)
+            if isinstance(k, str):
+                kinds.add(k)
+    for attr in ("lockdep_kind", "subkind", "detail"):
+        v = getattr(f, attr, None)
+        if isinstance(v, str):
+            kinds.add(v)
+    return kinds
+
+
+def _matches(sc: Scenario, f: Any) -> bool:
+    if getattr(f, "kind", None) != sc.expect:
+        return False
+    if sc.expect == "lockdep" and sc.lockdep_kind:
+        kinds = _failure_lockdep_kinds(f)
+        if kinds:
+            return sc.lockdep_kind in kinds
+        return sc.lockdep_kind in str(getattr(f, "message", ""))
+    return True
+
+
+def _describe(f: Any) -> str:
+    kind = getattr(f, "kind", "?")
+    extra = sorted(_failure_lockdep_kinds(f)) if kind == "lockdep" else []
+    return f"{kind} {' '.join(extra)}".strip()
+
+
+def _bound(opts: dict[str, Any], exhausted: bool) -> str:
+    parts = [f"{k}={opts[k]}" for k in ("preemption_bound", "max_runs", "max_steps")
+             if opts.get(k) is not None]
+    return ("exhaustive; " if exhausted else "bounded; ") + ", ".join(parts)
+
+
+def run_scenario(sc: Scenario, *, timeout: float | None = None) -> Outcome:
+    """Explore ``sc`` with its strategy and bounds; judge the result against its expectation."""
+    from kvmlock import explore
+
+    opts = {**DEFAULT_OPTIONS, **sc.options}
+    if timeout is not None:
+        opts["timeout"] = timeout
+    broken = sc.expect != "pass"
+    opts.setdefault("stop_on_first", True)
+    t0 = time.perf_counter()
+    try:
+        res = explore.check(sc.body, strategy=sc.strategy, **opts)
+    except Exception as exc:  # a crash of the explorer on this body is a failed expectation
+        return Outcome(sc, False, "ERROR", seconds=time.perf_counter() - t0,
+                       bound=_bound(opts, False), error=f"{type(exc).__name__}: {exc}")
+    secs = time.perf_counter() - t0
+    failures = list(getattr(res, "failures", []) or [])
+    runs = int(getattr(res, "runs", 0))
+    exhausted = bool(getattr(res, "exhausted", False))
+    bound = _bound(opts, exhausted)
+    if not broken:
+        if failures:
+            f = failures[0]
+            return Outcome(sc, False, f"FAILED: {_describe(f)}", runs, exhausted, secs, bound,
+                           f, failures)
+        return Outcome(sc, True, "pass" if exhausted else "pass (bounded)", runs, exhausted,
+                       secs, bound)
+    hit = next((f for f in failures if _matches(sc, f)), None)
+    if hit is not None:
+        return Outcome(sc, True, f"caught: {_describe(hit)}", runs, exhausted, secs, bound,
+                       hit, failures)
+    if failures:
+        return Outcome(sc, False, f"WRONG FAILURE: {_describe(failures[0])} (expected "
+                       f"{sc.expect} {sc.lockdep_kind or ''})".rstrip() + ")", runs, exhausted,
+                       secs, bound, failures[0], failures)
+    return Outcome(sc, False, "MISSED: no failure found", runs, exhausted, secs, bound)
+
+
+def select(names: Iterable[str]) -> list[Scenario]:
+    """Scenarios by exact name, dotted prefix (``srcu`` -> ``srcu.*``) or glob pattern.
+
+    An unknown name is a :class:`ValueError` listing the closest registered names.
+    """
+    names = list(names)
+    if not names:
+        return list(SCENARIOS.values())
+    chosen: dict[str, Scenario] = {}
+    for n in names:
+        if not isinstance(n, str) or not n:
+            raise ValueError(f"scenario name must be a non-empty string, got {n!r}")
+        hits = [s for k, s in SCENARIOS.items()
+                if k == n or k.startswith(n + ".") or fnmatch.fnmatchcase(k, n)]
+        if not hits:
+            close = difflib.get_close_matches(n, list(SCENARIOS), n=5, cutoff=0.4)
+            hint = f"; did you mean: {', '.join(close)}" if close else ""
+            raise ValueError(f"no scenario named {n!r}{hint} "
+                             f"(`kvmlock verify --list` shows all {len(SCENARIOS)})")
+        for s in hits:
+            chosen.setdefault(s.name, s)
+    return list(chosen.values())
+
+
+def collect_graph(*, workload_seconds: float = 0.5) -> lockdep.DepGraph:
+    """Run each correct scenario once on real threads (and a short workload); return the graph.
+
+    One isolated lockdep sees everything, so the graph holds every dependency the correct
+    model makes. A correct body that fails on threads is re-raised: the graph of a model that
+    does not work would be a graph of the wrong thing.
+    """
+    _load_all()
+    with lockdep.isolated():
+        for sc in SCENARIOS.values():
+            if sc.variant != "correct" or sc.expect != "pass":
+                continue
+            try:
+                sc.body()
+            except AssertionError as exc:
+                raise RuntimeError(f"correct scenario {sc.name} failed on real threads: "
+                                   f"{exc}") from exc
+        try:
+            from kvmlock.kvm.workload import run_workload
+        except ImportError:
+            run_workload = None
+        if run_workload is not None and workload_seconds > 0:
+            run_workload(vcpus=2, seconds=workload_seconds, quiet=True)
+        return lockdep.graph()
+
+
+# ---------------------------------------------------------------------- output
+
+def _table(outcomes: Sequence[Outcome]) -> Any:
+    from rich.table import Table
+
+    t = Table(title="kvmlock verify", title_justify="left", show_lines=False)
+    for col, kw in (("scenario", {"no_wrap": True}), ("rule", {"overflow": "fold"}),
+                    ("variant", {}), ("strategy", {}), ("executions", {"justify": "right"}),
+                    ("result", {}), ("time", {"justify": "right"}), ("bound", {})):
+        t.add_column(col, **kw)
+    for o in outcomes:
+        colour = "green" if o.met else "bold red"
+        t.add_row(o.name, o.scenario.rule, o.scenario.variant, o.scenario.strategy,
+                  str(o.runs), f"[{colour}]{o.result}[/]", f"{o.seconds:.2f}s", o.bound)
+    return t
+
+
+def _trace(o: Outcome, console: Any) -> None:
+    f = o.failure
+    if f is None:
+        return
+    console.rule(f"{o.name}: {o.result}")
+    console.print(f"rule: {o.scenario.rule}", highlight=False)
+    if o.scenario.invariant:
+        console.print(f"invariant: {o.scenario.invariant}", highlight=False)
+    schedule = getattr(f, "schedule", None)
+    if schedule is not None:
+        console.print(f"schedule: {schedule}", highlight=False)
+    table = getattr(f, "trace_table", None)
+    if callable(table):
+        console.print(table(), highlight=False, markup=False)
+    message = getattr(f, "message", "")
+    if message:
+        console.print(str(message), highlight=False, markup=False)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kvmlock verify",
+        description="Explore every scenario of the KVM locking model: correct variants must "
+                    "explore clean, broken variants must be caught for the right reason.")
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help="scenario names, dotted prefixes (srcu, order.leaves) or globs")
+    p.add_argument("--trace", action="store_true",
+                   help="print each caught or failing scenario's interleaving and report")
+    p.add_argument("--spec", metavar="DOC",
+                   help="also check the model's lock graph against a locking.rst-style DOC")
+    p.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds allowed per scenario (default: the scenario's own bound)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``kvmlock verify``; 0 when every expectation is met."""
+    from rich.console import Console
+
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    console = Console()
+    missing = _load_all()
+    for mod, why in missing.items():
+        console.print(f"[bold red]scenario module {mod} did not load:[/] {why}")
+    if args.list:
+        for s in SCENARIOS.values():
+            console.print(f"{s.name:55} {s.variant:8} expect={s.expect:10} {s.rule}",
+                          highlight=False, markup=False)
+        return 1 if missing else 0
+    try:
+        chosen = select(args.names)
+    except ValueError as exc:
+        console.print(f"kvmlock verify: {exc}", highlight=False, markup=False)
+        return 2
+    t0 = time.perf_counter()
+    outcomes = []
+    for sc in chosen:
+        outcomes.append(run_scenario(sc, timeout=args.timeout))
+    console.print(_table(outcomes))
+    bad = [o for o in outcomes if not o.met]
+    for o in bad:
+        if o.error:
+            console.print(f"[bold red]{o.name}[/]: {o.error}", highlight=False)
+    if args.trace:
+        for o in outcomes:
+            if o.failure is not None:
+                _trace(o, console)
+    status = 0 if not bad and not missing else 1
+    console.print(f"{len(outcomes) - len(bad)}/{len(outcomes)} expectations met in "
+                  f"{time.perf_counter() - t0:.1f}s", highlight=False)
+    if args.spec:
+        try:
+            from kvmlock.spec import conformance
+
+            conf = conformance(args.spec)
+        except (OSError, ValueError, RuntimeError) as exc:
+            console.print(f"kvmlock verify --spec: {exc}", highlight=False, markup=False)
+            return 2
+        console.print(conf.render(), highlight=False, markup=False)
+        if not conf.ok:
+            status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
