@@ -8,8 +8,14 @@ SRCU class and ``synchronize`` an exclusive acquire of it.
 
 ``kvm->slots_arch_lock`` is the exception the design makes on purpose: the memslot updater drops
 it before ``synchronize``, so a reader may take it (e.g. while handling a VM exit).
-``call_srcu`` is the way out when a grace period is needed under ``kvm->lock``: it waits for
-nothing.
+
+Older versions of the document said the opposite for ``kvm->lock``: taken *inside* the read
+side, with ``call_srcu`` instead of ``synchronize`` under it. That rule contradicts the same
+document's orders -- ``kvm->lock`` is outside ``kvm->slots_lock``, and the memslot update
+synchronizes under ``kvm->slots_lock`` -- which closes the three-lock cycle
+``kvm->srcu -> kvm->lock -> kvm->slots_lock -> kvm->srcu``. lockdep finds it from four tasks
+each of which is fine on its own (``srcu.old_rule_kvm_lock_in_reader.broken``); newer versions
+of the document forbid ``kvm->lock`` inside the read side, as the correct variant here does.
 
 The correct variants also check what SRCU is for: a reader never uses a memslots array that
 the updater has already freed.
@@ -120,23 +126,57 @@ def slots_lock_in_reader() -> None:
              names=["memslot updater", "vcpu0"])
 
 
-@scenario("srcu.kvm_lock_call_srcu.correct", variant="correct", expect="pass",
-          rule="kvm->lock may be taken inside kvm->srcu when the updater uses call_srcu",
-          invariant="no reader uses freed memslots; the deferred free runs after a grace period",
+@scenario("srcu.kvm_lock_outside_reader.correct", variant="correct", expect="pass",
+          rule="kvm->lock is taken outside the kvm->srcu read side; synchronize may run under it",
+          invariant="no reader uses freed memslots; the call_srcu free runs after a grace period",
           **_BOUND)
-def kvm_lock_call_srcu() -> None:
+def kvm_lock_outside_reader() -> None:
     vm = VM(None, nr_vcpus=1)
     slots = _Memslots()
 
-    def vm_ioctl() -> None:
+    def vm_ioctl_sync() -> None:
+        with vm.lock:
+            old = slots.publish()
+            vm.srcu.synchronize()
+            old.free()
+
+    def vm_ioctl_deferred() -> None:
         with vm.lock:
             old = slots.publish()
             vm.srcu.call_srcu(old.free)
 
-    together(vm_ioctl, lambda: _reader(vm, slots, vm.lock), names=["vm ioctl", "vcpu0"])
+    def vm_ioctl_reader() -> None:
+        with vm.lock:
+            _reader(vm, slots, None)
+
+    together(vm_ioctl_sync, vm_ioctl_deferred, vm_ioctl_reader,
+             names=["vm ioctl (sync)", "vm ioctl (call_srcu)", "vm ioctl (reader)"])
     vm.srcu.barrier()
-    assert slots.arrays[0].freed, "call_srcu's callback never ran after srcu_barrier"
+    assert all(a.freed for a in slots.arrays[:-1]), "a deferred free never ran after srcu_barrier"
     _graph_ok()
+
+
+@scenario("srcu.old_rule_kvm_lock_in_reader.broken", variant="broken", expect="lockdep",
+          lockdep_kind="circular",
+          rule="older rule: kvm->lock inside kvm->srcu, with call_srcu (not synchronize) under "
+               "kvm->lock -- but kvm->lock is outside slots_lock, which synchronizes",
+          invariant="lockdep reports kvm->srcu -> kvm->lock -> kvm->slots_lock -> kvm->srcu",
+          **_BOUND)
+def old_rule_kvm_lock_in_reader() -> None:
+    vm = VM(None, nr_vcpus=1)
+    slots = _Memslots()
+
+    def vm_ioctl() -> None:
+        with vm.lock, vm.slots_lock:
+            pass
+
+    def deferred_under_kvm_lock() -> None:
+        with vm.lock:
+            vm.srcu.call_srcu(slots.publish().free)
+
+    together(lambda: _update_memslots(vm, slots), vm_ioctl, deferred_under_kvm_lock,
+             lambda: _reader(vm, slots, vm.lock),
+             names=["memslot updater", "vm ioctl", "vm ioctl (call_srcu)", "vcpu0"])
 
 
 @scenario("srcu.kvm_lock_in_reader.broken", variant="broken", expect="lockdep",
