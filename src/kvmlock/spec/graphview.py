@@ -193,3 +193,75 @@ def load_graph(path: str | os.PathLike[str]) -> GraphView:
         return view(data)
     except (ValueError, TypeError) as exc:
         raise SpecError(f"{p}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- live snapshot
+
+
+def snapshot() -> GraphView:
+    """The current lockdep graph, completed from lockdep's chain cache.
+
+    ``lockdep.graph()`` holds the dependencies lockdep accepted. Two facts the checker needs live
+    only in the chain cache, read here: which locks were held *together* at an acquire (for "X
+    cannot be taken without holding Z"), and the dependencies lockdep refused to add because
+    they closed a cycle it reported -- exactly the edges that break a documented order. Take
+    the snapshot inside the same ``lockdep.isolated()`` block as the run.
+    """
+    from kvmlock import lockdep
+
+    base = view(lockdep.graph())
+    walked = _walk_chain_cache()
+    if walked is None:
+        return base
+    chains, extra = walked
+    edges = {(e.src, e.dst, e.src_read, e.dst_read): e for e in base.edges}
+    for e in extra:
+        edges.setdefault((e.src, e.dst, e.src_read, e.dst_read), e)
+    return GraphView(base.classes, list(edges.values()), chains)
+
+
+def _walk_chain_cache() -> tuple[list[tuple[str, ...]], list[Edge]] | None:
+    """Chains (outermost lock first) and top-of-stack edges from lockdep's chain-cache trie.
+
+    Each trie node is keyed ``class id * 8 + read * 2 + trylock`` (low bits 6: a synchronize)
+    and says what it is under the negative key: ``(class, read, trylock, where)``. Returns None
+    when the cache is not laid out like that, so a changed lockdep degrades to "unchecked"
+    rather than to wrong answers.
+    """
+    try:
+        from kvmlock.lockdep import core
+
+        state = core._state
+        guard, root = state.lock, state.root
+        info_key = getattr(core, "_INFO", getattr(core, "_WHERE", -1))
+        sync_bits = int(getattr(core, "_SYNC", 6))
+    except (ImportError, AttributeError):
+        return None
+    chains: list[tuple[str, ...]] = []
+    edges: list[Edge] = []
+    with guard:
+        todo: list[tuple[dict, tuple[tuple[str, int, bool], ...]]] = [(root, ())]
+        while todo:
+            node, trail = todo.pop()
+            for hid, child in list(node.items()):
+                if not isinstance(hid, int) or hid < 0 or not isinstance(child, dict):
+                    continue
+                info = child.get(info_key)
+                if not (isinstance(info, tuple) and len(info) == 4):
+                    return None
+                cls, read, trylock, where = info
+                name = strip_subclass(str(getattr(cls, "name", cls)))
+                sync = hid % 8 == sync_bits
+                # like lockdep: link from the top held lock, and below it through trylocks
+                for held_name, held_read, held_try in reversed(trail):
+                    if held_name != name:
+                        edges.append(Edge(held_name, name, held_read, 0 if sync else int(read),
+                                          str(where or "")))
+                    if not held_try:
+                        break
+                if sync:
+                    continue  # synchronize_srcu is validated like an acquire but never held
+                step = (*trail, (name, int(read), bool(trylock)))
+                chains.append(tuple(n for n, _, _ in step))
+                todo.append((child, step))
+    return chains, edges

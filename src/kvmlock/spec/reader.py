@@ -113,6 +113,7 @@ def _doctree(text: str, source: str) -> nodes.document:
         "file_insertion_enabled": False,
         "raw_enabled": False,
         "input_encoding": "unicode",
+        "doctitle_xform": False,  # a lone heading would otherwise become the subtitle
     }
     try:
         return docutils.core.publish_doctree(
@@ -158,6 +159,14 @@ def _read_reference(sec: nodes.section, spec: Spec) -> None:
     for child in sec.children[1:]:
         if isinstance(child, nodes.section):
             spec.reference.append(_entry(child, spec.source, spec.warnings))
+        elif isinstance(child, nodes.paragraph) and re.search(
+            r"^([\^=~\-`'\"+*#:.])\1{2,}$", child.astext(), re.M
+        ):
+            raise SpecError(
+                "this looks like a ``lock`` heading whose underline is shorter than its title",
+                _line(child),
+                spec.source,
+            )
         elif isinstance(child, nodes.field_list):
             raise SpecError(
                 "a field list in the Reference section must follow a ``lock`` heading "
@@ -173,7 +182,7 @@ def _read_reference(sec: nodes.section, spec: Spec) -> None:
 
 def _entry(sec: nodes.section, source: str, warnings: list[str]) -> RefEntry:
     spelled = _title(sec).strip()
-    line = _line(sec[0]) if sec.children else 0
+    line = max(1, _line(sec[0]) - 1) if sec.children else 0  # docutils gives the underline
     fields: dict[str, tuple[nodes.field, nodes.field_body]] = {}
     for fl in sec.findall(nodes.field_list):
         for f in fl.children:
