@@ -1,0 +1,44 @@
+"""kvmlock.explore: run the same code under every interleaving that matters.
+
+``check(body, strategy=...)`` calls ``body`` once per execution under a deterministic
+scheduler. Tasks started with ``kvmlock.spawn`` inside it are cooperative greenlets that stop
+at every visible operation (each lock, atomic, SRCU and rcuwait operation, spawn, join and
+:func:`yield_point`), and the strategy decides which one goes on. Deadlocks, failed asserts,
+exceptions, lockdep reports and runaway executions are reported with a replayable schedule
+and a CPU0 | CPU1 | ... trace table. See docs/explore.md.
+"""
+
+from __future__ import annotations
+
+from kvmlock import runtime as _runtime
+from kvmlock.explore.engine import STRATEGIES, check, replay
+from kvmlock.explore.result import Failure, Result
+from kvmlock.explore.runtime import SHARED, SimRuntime
+from kvmlock.explore.schedule import decode, encode
+
+
+def yield_point(label: str = "", obj: object = None, write: bool = True) -> None:
+    """A visible operation for plain shared state the primitives do not see.
+
+    Put one before each read or write of shared plain Python state so the explorer may
+    interleave there. ``obj`` names what is touched (default: one object standing for all
+    plain shared state) and ``write=False`` marks a read, so partial-order reduction knows two
+    reads commute. Outside an exploration it does nothing.
+    """
+    rt = _runtime.RT
+    if isinstance(rt, SimRuntime):
+        rt.visible(rt.current, rt.key(SHARED if obj is None else obj), "yield_point",  # type: ignore[arg-type]
+                   bool(write), None, label or getattr(obj, "name", None) or "shared", 0, None)
+
+
+__all__ = [
+    "STRATEGIES",
+    "Failure",
+    "Result",
+    "SimRuntime",
+    "check",
+    "decode",
+    "encode",
+    "replay",
+    "yield_point",
+]

@@ -1,0 +1,340 @@
+"""Driving explorations: one execution at a time, failures classified, shrunk and explained."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kvmlock import runtime as _runtime
+from kvmlock.explore import schedule as _schedule
+from kvmlock.explore import trace as _trace
+from kvmlock.explore.progress import Progress
+from kvmlock.explore.result import Failure, Result
+from kvmlock.explore.runtime import SimCell, SimRuntime, SimWaitQueue, Task
+from kvmlock.explore.strategies.base import Replay, Strategy
+from kvmlock.explore.strategies.dfs import DFS
+from kvmlock.explore.strategies.dpor import DPOR
+from kvmlock.explore.strategies.sampling import PCT, RandomWalk
+
+STRATEGIES = ("dfs", "dpor", "pct", "random")
+
+
+def _lockdep() -> Any:
+    try:
+        from kvmlock import lockdep
+    except ImportError:
+        return None
+    if not (hasattr(lockdep, "isolated") and hasattr(lockdep, "reports")):
+        return None
+    return lockdep
+
+
+class Execution:
+    """What one execution left behind, captured before its parked tasks were unwound."""
+
+    def __init__(self, rt: SimRuntime) -> None:
+        self.rt = rt
+        self.reports: list[Any] = []
+        self.kind: str | None = None
+        self.message = ""
+        self.task = ""
+        self.where = ""
+        self.final: list[tuple[int, str]] = []
+
+    @property
+    def choices(self) -> list[int]:
+        return self.rt.choices
+
+    def signature(self) -> tuple:
+        """What makes two failures "the same" for shrinking."""
+        if self.kind in ("assertion", "exception"):
+            return (self.kind, type(self.rt.exc).__name__)
+        if self.kind == "lockdep":
+            return (self.kind, getattr(self.reports[0], "kind", ""))
+        return (self.kind,)
+
+
+def _holds(t: Task, rt: SimRuntime) -> list[str]:
+    """Locks ``t`` holds: lockdep's view (covers rwsems and SRCU) or else the lock cells."""
+    names: list[str] = []
+    ld = _lockdep()
+    if ld is not None and hasattr(ld, "held_locks"):
+        saved = rt.current
+        rt.current = t
+        try:
+            for h in ld.held_locks():
+                name = getattr(h, "name", None) or str(h)
+                read = getattr(h, "read", 0)
+                names.append(f"{name} (read)" if read else name)
+        except Exception:  # noqa: BLE001 - a description must not fail the report
+            names = []
+        finally:
+            rt.current = saved
+    if names and names[-1].removesuffix(" (read)") == t.p_label and not (
+        isinstance(t.p_wq, SimCell) and t.p_wq.holder is t
+    ):
+        names.pop()  # lockdep records a lock before blocking on it: that one is awaited
+    if not names:
+        names = [c.label for c in rt.cells if c.holder is t]
+    return names
+
+
+def _waiting_on(t: Task) -> str:
+    wq = t.p_wq
+    if isinstance(wq, SimCell):
+        h = wq.holder
+        return f"{t.p_kind} {t.p_label}" + (f" (held by task {h.tid} {h.name})" if h else "")
+    if isinstance(wq, SimWaitQueue):
+        return f"{t.p_kind} {t.p_label} ({wq.owner!r})"
+    if isinstance(wq, Task):
+        return f"join {wq.name} (task {wq.tid}, still running)"
+    return f"{t.p_kind} {t.p_label}"
+
+
+def _describe(ex: Execution, lockdep_on: bool, max_steps: int) -> None:
+    rt = ex.rt
+    out = rt.outcome
+    if out == "exception":
+        exc = rt.exc
+        t = rt.failed_task
+        ex.kind = "assertion" if isinstance(exc, AssertionError) else "exception"
+        ex.task = t.name if t else ""
+        ex.where = rt.exc_where[0]
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        src = f"\n    {rt.exc_where[1]}" if rt.exc_where[1] else ""
+        ex.message = (f"{text}\n  in task {t.tid if t else '?'} ({ex.task}) at "
+                      f"{ex.where or '?'}{src}")
+        if t is not None:
+            ex.final = [(t.tid, text)]
+    elif out in ("deadlock", "hang"):
+        lines = []
+        for t in rt.live:
+            held = _holds(t, rt)
+            hs = f"; holds {', '.join(held)}" if held else ""
+            what = "waits for" if out == "deadlock" else "next"
+            lines.append(f"  task {t.tid} ({t.name}) {what}: {_waiting_on(t)}{hs}")
+            ex.final.append((t.tid, ("blocked: " if out == "deadlock" else "next: ")
+                             + f"{t.p_kind} {t.p_label}"))
+        ex.kind = out
+        if out == "deadlock":
+            ex.message = "every live task is blocked:\n" + "\n".join(lines)
+        else:
+            ex.message = (f"no end after max_steps={max_steps} visible operations (livelock, "
+                          f"endless spinning or an unbounded loop):\n" + "\n".join(lines))
+    if ex.reports and lockdep_on:
+        if ex.kind is None:
+            ex.kind = "lockdep"
+            r = ex.reports[0]
+            ex.task = getattr(r, "task", "")
+            ex.where = getattr(r, "where", "")
+            ex.message = "\n".join(str(r) for r in ex.reports)
+            names = [t.name for t in rt.tasks]
+            if ex.task in names:
+                ex.final = [(names.index(ex.task), f"lockdep: {getattr(r, 'kind', '')}")]
+        else:
+            ex.message += "\nlockdep also reported:\n" + "\n".join(str(r) for r in ex.reports)
+
+
+def execute(body: Callable[[], Any], strategy: Strategy, max_steps: int,
+            lockdep_on: bool = True, tracing: bool = False) -> Execution | None:
+    """Run one execution of ``body`` chosen by ``strategy``; None when it has no more."""
+    rt = SimRuntime(strategy.choose, max_steps, tracing)
+    if not strategy.begin(rt):
+        return None
+    ex = Execution(rt)
+    ld = _lockdep()
+    ctx = ld.isolated() if ld is not None else contextlib.nullcontext()
+    with ctx:
+        prev = _runtime.install(rt)
+        try:
+            rt.run(body)
+            if ld is not None:
+                ex.reports = list(ld.reports())
+            _describe(ex, lockdep_on, max_steps)
+        finally:
+            if rt.outcome is not None:
+                rt.kill()
+            _runtime.install(prev)
+    strategy.end(rt)
+    if rt.outcome == "error":
+        raise ValueError(str(rt.exc)) from None
+    return ex
+
+
+def _make(strategy: str, seed: int, preemption_bound: int | None, depth: int) -> Strategy:
+    if strategy == "dfs":
+        return DFS(preemption_bound)
+    if strategy == "dpor":
+        return DPOR(preemption_bound)  # type: ignore[return-value]
+    if strategy == "pct":
+        return PCT(seed, depth)
+    if strategy == "random":
+        return RandomWalk(seed)
+    raise ValueError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+
+
+def _check_int(name: str, v: object, lo: int, allow_none: bool = True) -> None:
+    if v is None and allow_none:
+        return
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}" + (" or None" if allow_none else "")
+                         + f", got {v!r}")
+
+
+def _check_body(body: object) -> None:
+    if not callable(body):
+        raise TypeError(f"the body to explore must be callable with no arguments, got {body!r}")
+    if isinstance(_runtime.RT, SimRuntime):
+        raise RuntimeError("explore.check/replay cannot be called inside an explored execution")
+
+
+def _failure(body: Callable[[], Any], ex: Execution, max_steps: int, lockdep_on: bool,
+             shrunk_from: tuple[int, int] | None = None) -> Failure:
+    choices = list(ex.choices)
+    names = [t.name for t in ex.rt.tasks]
+
+    def render() -> str:
+        tr = execute(body, Replay(choices), max_steps, lockdep_on, tracing=True)
+        assert tr is not None
+        title = f"{ex.kind}: schedule {_schedule.encode(choices)}"
+        return _trace.render([t.name for t in tr.rt.tasks] or names, tr.rt.trace, tr.final,
+                             title)
+
+    return Failure(
+        kind=ex.kind or "", schedule=_schedule.encode(choices), message=ex.message,
+        task=ex.task, where=ex.where, steps=len(choices), preemptions=len(ex.rt.preempt_steps),
+        lockdep_reports=list(ex.reports), exception=ex.rt.exc, shrunk_from=shrunk_from,
+        _render=render,
+    )
+
+
+def _shrink(body: Callable[[], Any], ex: Execution, max_steps: int, lockdep_on: bool,
+            budget: int) -> Execution:
+    sig = ex.signature()
+    keep: dict[str, Execution] = {}
+
+    def trial(cand: list[int]) -> tuple[bool, list[int], list[int]]:
+        tex = execute(body, Replay(cand, strict=False), max_steps, lockdep_on)
+        assert tex is not None
+        if tex.kind is None or tex.signature() != sig:
+            return False, tex.choices, tex.rt.preempt_steps
+        keep[_schedule.encode(tex.choices)] = tex
+        return True, tex.choices, tex.rt.preempt_steps
+
+    best, _pre, _used = _schedule.shrink(list(ex.choices), list(ex.rt.preempt_steps), trial,
+                                         budget)
+    return keep.get(_schedule.encode(best), ex)
+
+
+def check(
+    body: Callable[[], Any],
+    strategy: str = "dpor",
+    *,
+    max_runs: int | None = None,
+    max_steps: int = 10_000,
+    timeout: float | None = None,
+    seed: int = 0,
+    preemption_bound: int | None = None,
+    stop_on_first: bool = True,
+    depth: int = 3,
+    lockdep: bool = True,
+    shrink: bool = True,
+    shrink_budget: int = 200,
+    progress: bool | None = None,
+) -> Result:
+    """Run ``body`` under many schedules and report failures.
+
+    ``body`` is called afresh for every execution and builds its own objects; its tasks are
+    started with ``kvmlock.spawn`` and it checks invariants with plain ``assert``. Sampling
+    strategies ("pct", "random") run ``max_runs`` executions (default 1000); exhaustive ones
+    ("dfs", "dpor") run until the space is exhausted unless ``max_runs`` or ``timeout`` stops
+    them first. ``lockdep=False`` ignores lockdep reports (they are still collected).
+    """
+    _check_body(body)
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    _check_int("max_runs", max_runs, 1)
+    _check_int("max_steps", max_steps, 1, allow_none=False)
+    _check_int("preemption_bound", preemption_bound, 0)
+    _check_int("seed", seed, 0, allow_none=False)
+    _check_int("depth", depth, 1, allow_none=False)
+    _check_int("shrink_budget", shrink_budget, 0, allow_none=False)
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+    if strategy in ("pct", "random") and max_runs is None:
+        max_runs = 1000
+    if strategy in ("pct", "random") and preemption_bound is not None:
+        raise ValueError(f"preemption_bound applies to dfs and dpor, not {strategy!r}")
+
+    strat = _make(strategy, seed, preemption_bound, depth)
+    res = Result(strategy=strategy, preemption_bound=preemption_bound)
+    prog = Progress(f"explore[{strategy}]", progress)
+    seen: set[tuple] = set()
+    t0 = time.perf_counter()
+    try:
+        while True:
+            if max_runs is not None and res.runs >= max_runs:
+                res.stopped = "max_runs"
+                if strat.exhaustive and not strat.begin(SimRuntime(strat.choose)):
+                    res.exhausted = True
+                break
+            if timeout is not None and time.perf_counter() - t0 > timeout:
+                res.stopped = "timeout"
+                break
+            ex = execute(body, strat, max_steps, lockdep)
+            if ex is None:
+                res.exhausted = True
+                res.stopped = "exhausted"
+                break
+            if ex.rt.outcome == "pruned":
+                res.pruned += 1
+                continue
+            res.runs += 1
+            res.steps += ex.rt.nsteps
+            prog.tick(res.runs, strat.distinct())
+            if ex.kind is None:
+                continue
+            key = (ex.signature(), ex.where)
+            if key in seen:
+                continue
+            seen.add(key)
+            before = (len(ex.rt.preempt_steps), len(ex.choices))
+            if shrink and shrink_budget:
+                ex = _shrink(body, ex, max_steps, lockdep, shrink_budget)
+            res.failures.append(_failure(body, ex, max_steps, lockdep, before))
+            if stop_on_first:
+                res.stopped = "failure"
+                break
+    finally:
+        prog.close()
+    res.elapsed = time.perf_counter() - t0
+    res.distinct = strat.distinct()
+    if strat.exhaustive and res.distinct is None:
+        res.distinct = res.runs
+    return res
+
+
+def replay(body: Callable[[], Any], schedule: str | list[int], *, max_steps: int = 10_000,
+           lockdep: bool = True) -> Result:
+    """Run the one execution ``schedule`` describes; the Result holds its failure, if any.
+
+    After the schedule's last entry the execution continues without preemptions, so a prefix
+    is a valid schedule too. A schedule naming a task that cannot run at that step is an error
+    (ValueError): it belongs to another body, or the body is not deterministic.
+    """
+    _check_body(body)
+    _check_int("max_steps", max_steps, 1, allow_none=False)
+    choices = _schedule.decode(schedule)
+    t0 = time.perf_counter()
+    ex = execute(body, Replay(choices), max_steps, lockdep)
+    assert ex is not None
+    res = Result(strategy="replay", runs=1, exhausted=True, stopped="replay",
+                 steps=ex.rt.nsteps)
+    if ex.rt.outcome == "pruned":  # pragma: no cover - replay never prunes
+        raise RuntimeError("replay pruned its own execution")
+    if ex.kind is not None:
+        res.failures.append(_failure(body, ex, max_steps, lockdep))
+    res.elapsed = time.perf_counter() - t0
+    return res

@@ -1,0 +1,406 @@
+"""The explorer's runtime: model code runs as greenlet tasks that stop at every visible operation.
+
+A *visible operation* is a step another task could observe: a lock cell acquire/release, a
+wait-queue ``wait_for``/``point``, ``Runtime.point`` (atomics, ``yield_point``), spawn and join.
+Each task runs until it reaches its next visible operation and records it as *pending*; the
+scheduler then picks which task's pending operation executes next. Code between two visible
+operations runs without interruption, so a schedule is a list of task ids, one per visible
+operation, whatever the Python version or bytecode.
+
+The decision is taken in the greenlet of the task that just stopped, and when that same task
+goes on no greenlet switch happens at all: that is what keeps an execution cheap. A pending
+operation carries an *enabled* predicate (``wait_for``'s condition, "the cell is free" for a
+blocking acquire), so a task is never scheduled only to find its lock taken; when no live task
+is enabled the execution is a deadlock.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from greenlet import GreenletExit, getcurrent, greenlet
+
+from kvmlock import runtime as _rt
+
+#: Returned to the hub by a task that ends the execution early (failure, deadlock, hang).
+_ABORT = object()
+
+#: Acquire flavours a pending operation may carry (partial-order reduction treats them apart).
+ACQ_NONE, ACQ_LOCK, ACQ_TRY, ACQ_RELEASE = 0, 1, 2, 3
+
+_PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: Frames in these places are the library's, not the user's, when locating a source line.
+_INTERNAL = tuple(
+    os.path.join(_PKG, p) for p in ("sync", "runtime.py", "explore", "lockdep")
+)
+
+
+class ReplayMismatch(Exception):
+    """A schedule asked for a task that is not enabled at that step."""
+
+
+def user_frame(frame: Any) -> Any:
+    """The first frame outside kvmlock's primitives, runtime, explorer and lockdep."""
+    f = frame
+    while f is not None:
+        fn = f.f_code.co_filename
+        if not fn.startswith(_INTERNAL) and not fn.startswith("<frozen"):
+            if os.path.basename(os.path.dirname(fn)) != "greenlet":
+                return f
+        f = f.f_back
+    return None
+
+
+def where_of(frame: Any) -> tuple[str, str]:
+    """``("file.py:12", "source text")`` of the user's frame, for trace tables."""
+    import linecache
+
+    f = user_frame(frame)
+    if f is None:
+        return "", ""
+    fn = f.f_code.co_filename
+    line = f.f_lineno
+    text = linecache.getline(fn, line).strip()
+    return f"{os.path.basename(fn)}:{line}", text
+
+
+class Task:
+    """One explored task; also the object ``runtime.current_task()`` returns inside it."""
+
+    __slots__ = (
+        "tid", "name", "g", "fn", "args", "parent", "lockdep", "done", "starting",
+        "p_obj", "p_kind", "p_write", "p_pred", "p_label", "p_acq", "p_where", "p_wq",
+        "try_ok",
+    )
+
+    def __init__(self, tid: int, name: str, fn: Callable[..., Any], args: tuple,
+                 parent: Task | None) -> None:
+        self.tid = tid
+        self.name = name
+        self.fn = fn
+        self.args = args
+        self.parent = parent
+        self.lockdep: Any = None
+        self.done = False
+        self.starting = parent is not None
+        self.g: Any = None
+        self.p_obj: int | None = None
+        self.p_kind = "start"
+        self.p_write = False
+        self.p_pred: Callable[[], bool] | None = None
+        self.p_label = ""
+        self.p_acq = ACQ_NONE
+        self.p_where: tuple[str, str] = ("", "")
+        self.p_wq: Any = None
+        self.try_ok = False
+
+    def __repr__(self) -> str:
+        return f"<task {self.tid} {self.name}>"
+
+
+class SimCell:
+    """A binary lock whose every call is a visible operation; contention parks the task."""
+
+    __slots__ = ("rt", "key", "label", "holder", "acq_step")
+
+    def __init__(self, rt: SimRuntime, key: int, label: str) -> None:
+        self.rt = rt
+        self.key = key
+        self.label = label
+        self.holder: Task | None = None
+        self.acq_step = -1
+
+    def _free(self) -> bool:
+        return self.holder is None
+
+    def acquire(self, blocking: bool = True) -> bool:
+        rt = self.rt
+        t = rt.current
+        if blocking:
+            rt.visible(t, self.key, "lock", True, self._free, self.label, ACQ_LOCK, self)
+        else:
+            rt.visible(t, self.key, "trylock", True, None, self.label, ACQ_TRY, self)
+            if self.holder is not None:
+                t.try_ok = False
+                return False
+            t.try_ok = True
+        self.holder = t
+        self.acq_step = rt.nsteps - 1
+        return True
+
+    def release(self) -> None:
+        if self.holder is None:
+            raise RuntimeError(f"release of unlocked lock {self.label!r}")
+        rt = self.rt
+        rt.visible(rt.current, self.key, "unlock", True, None, self.label, ACQ_RELEASE, self)
+        self.holder = None
+
+    def locked(self) -> bool:
+        return self.holder is not None
+
+
+class SimWaitQueue:
+    """A monitor whose ``with`` is free: a task cannot be preempted between visible steps."""
+
+    __slots__ = ("rt", "key", "label", "owner")
+
+    def __init__(self, rt: SimRuntime, key: int, label: str, owner: object) -> None:
+        self.rt = rt
+        self.key = key
+        self.label = label
+        self.owner = owner
+
+    def __enter__(self) -> SimWaitQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def wait_for(self, pred: Callable[[], bool], kind: str, write: bool = True) -> None:
+        rt = self.rt
+        rt.visible(rt.current, self.key, kind, write, pred, self.label, ACQ_NONE, self)
+
+    def point(self, kind: str, write: bool = True) -> None:
+        rt = self.rt
+        rt.visible(rt.current, self.key, kind, write, None, self.label, ACQ_NONE, self)
+
+    def notify_all(self) -> None:
+        return None
+
+
+class SimHandle:
+    """What ``kvmlock.spawn`` returns inside an execution; ``join`` is a visible operation."""
+
+    __slots__ = ("task", "rt", "name")
+
+    def __init__(self, task: Task, rt: SimRuntime) -> None:
+        self.task = task
+        self.rt = rt
+        self.name = task.name
+
+    def _ended(self) -> bool:
+        return self.task.done
+
+    def join(self, timeout: float | None = None) -> None:
+        rt = self.rt
+        rt.visible(rt.current, None, "join", False, self._ended, self.task.name, ACQ_NONE,
+                   self.task)
+
+
+def _label_of(owner: object) -> str:
+    name = getattr(owner, "name", None)
+    return name if isinstance(name, str) and name else type(owner).__name__
+
+
+class _Shared:
+    """The owner of ``yield_point()`` operations: one object standing for plain shared state."""
+
+    name = "shared"
+
+
+SHARED = _Shared()
+
+#: Chooser signature: (enabled tasks in id order, task that just stopped) -> task to run.
+Chooser = Callable[[list[Task], Task], Task]
+
+
+class SimRuntime:
+    """Runs one execution of a body under a chooser; see the module docstring."""
+
+    name = "explore"
+
+    def __init__(self, choose: Chooser, max_steps: int = 10_000, tracing: bool = False) -> None:
+        self.choose = choose
+        self.max_steps = max_steps
+        self.tracing = tracing
+        self.tasks: list[Task] = []
+        self.live: list[Task] = []
+        self.current: Task | None = None
+        self.nsteps = 0
+        self.choices: list[int] = []
+        self.preempt_steps: list[int] = []  # steps where a runnable task was switched away
+        self.trace: list[tuple[int, str, str, tuple[str, str]]] = []
+        self.keys: dict[int, int] = {}
+        self._owners: list[object] = []
+        self.cells: list[SimCell] = []
+        self.outcome: str | None = None  # None | "deadlock" | "hang" | "exception" | "error"
+        self.failed_task: Task | None = None
+        self.exc: BaseException | None = None
+        self.exc_where: tuple[str, str] = ("", "")
+        self.blocked: list[Task] = []
+        self.aborting = False
+        self.hub: Any = None
+
+    # ------------------------------------------------------------------ runtime contract
+    def key(self, owner: object) -> int:
+        """A small id per owner, in creation order, so keys agree between re-executions."""
+        k = self.keys.get(id(owner))
+        if k is None:
+            k = self.keys[id(owner)] = len(self._owners)
+            self._owners.append(owner)
+        return k
+
+    def lock_cell(self, owner: object, label: str) -> SimCell:
+        c = SimCell(self, self.key(owner), label or _label_of(owner))
+        self.cells.append(c)
+        return c
+
+    def waitq(self, owner: object) -> SimWaitQueue:
+        return SimWaitQueue(self, self.key(owner), _label_of(owner), owner)
+
+    def current_task(self) -> Any:
+        return self.current
+
+    def point(self, owner: object, kind: str, write: bool = True) -> None:
+        self.visible(self.current, self.key(owner), kind, write, None, _label_of(owner),
+                     ACQ_NONE, None)
+
+    def spawn(self, fn: Callable[..., Any], args: tuple = (), name: str | None = None) -> SimHandle:
+        if not callable(fn):
+            raise TypeError(f"spawn: {fn!r} is not callable")
+        parent = self.current
+        tid = len(self.tasks)
+        tname = name or getattr(fn, "__name__", None) or f"task{tid}"
+        self.visible(parent, None, "spawn", False, None, tname, ACQ_NONE, None)
+        t = self._new_task(fn, tuple(args), tname, parent)
+        # Run the child up to its first visible operation, then come back here.
+        self.current = t
+        t.g.switch()
+        return SimHandle(t, self)
+
+    # ------------------------------------------------------------------ scheduling
+    def _new_task(self, fn: Callable[..., Any], args: tuple, name: str,
+                  parent: Task | None) -> Task:
+        t = Task(len(self.tasks), name, fn, args, parent)
+        t.g = greenlet(lambda: self._task_main(t), parent=self.hub)
+        self.tasks.append(t)
+        self.live.append(t)
+        return t
+
+    def visible(self, t: Task, obj: int | None, kind: str, write: bool,
+                pred: Callable[[], bool] | None, label: str, acq: int, wq: Any) -> None:
+        """Stop ``t`` at a visible operation; return when the scheduler lets it execute."""
+        if self.aborting:
+            raise GreenletExit
+        t.p_obj = obj
+        t.p_kind = kind
+        t.p_write = write
+        t.p_pred = pred
+        t.p_label = label
+        t.p_acq = acq
+        t.p_wq = wq
+        if self.tracing:
+            t.p_where = where_of(sys._getframe(1))
+        if t.starting:
+            t.starting = False
+            p = t.parent
+            self.current = p
+            p.g.switch()  # type: ignore[union-attr]
+            return
+        nxt = self._pick(t)
+        if nxt is not t:
+            self.current = nxt
+            nxt.g.switch()
+
+    def _pick(self, cur: Task) -> Task:
+        enabled = [t for t in self.live if t.p_pred is None or t.p_pred()]
+        if not enabled:
+            self.blocked = list(self.live)
+            self._abort("deadlock")
+        n = self.nsteps
+        if n >= self.max_steps:
+            self._abort("hang")
+        try:
+            nxt = self.choose(enabled, cur)
+        except ReplayMismatch as e:
+            self.exc = e
+            self._abort("error")
+        if nxt is None:
+            self._abort("pruned")
+        if nxt is not cur and not cur.done and cur in enabled:
+            self.preempt_steps.append(n)
+        self.nsteps = n + 1
+        self.choices.append(nxt.tid)
+        if self.tracing:
+            self.trace.append((nxt.tid, nxt.p_kind, nxt.p_label, nxt.p_where))
+        return nxt
+
+    def _abort(self, outcome: str) -> None:
+        self.outcome = outcome
+        self.hub.switch(_ABORT)
+        raise GreenletExit  # not reached: the hub throws GreenletExit into this task
+
+    def _task_main(self, t: Task) -> Any:
+        try:
+            t.fn(*t.args)
+            for hook in _rt.task_exit_hooks:
+                hook()
+        except GreenletExit:
+            return None
+        except BaseException as exc:  # the execution's failure
+            self.exc = exc
+            self.failed_task = t
+            self.exc_where = _exc_where(exc)
+            self.outcome = "exception"
+            return _ABORT
+        t.done = True
+        self.live.remove(t)
+        if t.starting:  # ended before its first visible operation: back to the spawner
+            t.starting = False
+            self.current = t.parent
+            return t.parent.g  # type: ignore[union-attr]
+        if not self.live:
+            return None
+        try:
+            nxt = self._pick(t)
+        except GreenletExit:
+            return None
+        self.current = nxt
+        return nxt.g
+
+    # ------------------------------------------------------------------ one execution
+    def run(self, body: Callable[[], Any]) -> None:
+        """Execute ``body`` as task 0 to its end or to the first failure.
+
+        After a failure the other tasks stay parked, so their state can be described; the
+        caller then unwinds them with :meth:`kill`.
+        """
+        self.hub = getcurrent()
+        t0 = self._new_task(body, (), "main", None)
+        self.current = t0
+        r = t0.g.switch()
+        while r is not None and r is not _ABORT:
+            r = r.switch()
+
+    def kill(self) -> None:
+        """Unwind every unfinished task so its ``finally`` blocks do not linger."""
+        self.aborting = True
+        for t in self.tasks:
+            g = t.g
+            if g is not None and not g.dead and bool(g):
+                self.current = t
+                try:
+                    g.throw(GreenletExit)
+                except BaseException:  # noqa: BLE001 - a dying task's noise is not a finding
+                    pass
+        self.current = None
+
+
+def _exc_where(exc: BaseException) -> tuple[str, str]:
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        fn = tb.tb_frame.f_code.co_filename
+        if not fn.startswith(_INTERNAL):
+            last = tb
+        tb = tb.tb_next
+    if last is None:
+        return "", ""
+    import linecache
+
+    fn = last.tb_frame.f_code.co_filename
+    line = last.tb_lineno
+    return f"{os.path.basename(fn)}:{line}", linecache.getline(fn, line).strip()

@@ -1,0 +1,63 @@
+"""Exhaustive search, fewest preemptions first (CHESS's iterative context bounding).
+
+Every execution is identified by its schedule. A run follows a prefix and then never preempts;
+each point where it could have chosen differently becomes a new prefix, filed under the number
+of preemptions it costs. Prefixes with fewer preemptions run first, so the simplest failing
+interleavings come out first, and a ``preemption_bound`` simply stops filing costlier ones
+(Musuvathi and Qadeer, PLDI 2007). Each schedule is run exactly once: a run only files
+alternatives beyond its own prefix, so the prefixes form a tree.
+"""
+
+from __future__ import annotations
+
+from kvmlock.explore.runtime import SimRuntime, Task
+from kvmlock.explore.strategies.base import Strategy
+
+
+class DFS(Strategy):
+    name = "dfs"
+    exhaustive = True
+
+    def __init__(self, preemption_bound: int | None = None) -> None:
+        self.bound = preemption_bound
+        self.levels: list[list[tuple[int, ...]]] = [[()]]
+        self.prefix: tuple[int, ...] = ()
+        self.rt: SimRuntime | None = None
+        self.pre = 0
+
+    def begin(self, rt: SimRuntime) -> bool:
+        for level in self.levels:
+            if level:
+                self.prefix = level.pop()
+                self.rt = rt
+                self.pre = 0
+                return True
+        return False
+
+    def choose(self, enabled: list[Task], cur: Task) -> Task:
+        rt = self.rt
+        n = rt.nsteps  # type: ignore[union-attr]
+        can_continue = cur in enabled
+        prefix = self.prefix
+        if n < len(prefix):
+            want = prefix[n]
+            for t in enabled:
+                if t.tid == want:
+                    if can_continue and t is not cur:
+                        self.pre += 1
+                    return t
+            raise RuntimeError(f"dfs: prefix step {n} names task {want}, which cannot run "
+                               f"(the body is not deterministic)")
+        d = cur if can_continue else enabled[0]
+        if len(enabled) > 1:
+            base = rt.choices  # type: ignore[union-attr]
+            for t in enabled:
+                if t is d:
+                    continue
+                cost = self.pre + (1 if can_continue else 0)
+                if self.bound is not None and cost > self.bound:
+                    continue
+                while len(self.levels) <= cost:
+                    self.levels.append([])
+                self.levels[cost].append((*base, t.tid))
+        return d

@@ -1,0 +1,316 @@
+"""Source-set DPOR with sleep sets (Abdulla, Aronis, Jonsson, Sagonas, POPL 2014).
+
+Two executions that differ only in the order of *independent* operations (different objects,
+or two reads of one object) are the same Mazurkiewicz trace and need not both run. After each
+execution every newly executed event ``e`` is checked for *races*: an earlier event ``e'`` of
+another task, dependent with ``e``, and not already ordered before ``e`` by happens-before
+through some other event. For each race the state before ``e'`` must also try the events that
+can lead to ``e`` running first (the *initials* of ``notdep(e').e``); one of them is added to
+that state's backtrack set unless one is there already (source sets). Sleep sets keep a task
+that was already explored from a state asleep until something dependent runs, so no two
+complete executions are equivalent: the number of complete executions is the number of traces.
+
+Blocking needs care, because an operation that is disabled cannot be moved earlier:
+
+* a lock acquire races with the *previous acquire* of the same lock, not with the release
+  that enabled it (moving it before the release is impossible, moving it before the other
+  task's acquire is what gives the other order of the critical sections);
+* a ``wait_for`` that was disabled at some point also races with the event that disabled it
+  (or, if it was disabled from the start, with the last write of its object before it);
+* spawn and join are independent of everything and carry happens-before (child after spawn,
+  joiner after the child's last event).
+
+``preemption_bound`` prunes: branches needing more preemptions are not explored, so
+"exhausted" then means "exhausted within the bound".
+"""
+
+from __future__ import annotations
+
+from kvmlock.explore.runtime import ACQ_LOCK, ACQ_TRY, SimRuntime, Task
+
+# An operation as partial-order reduction sees it: (object key | None, writes?)
+Op = tuple
+
+
+class _Node:
+    """One state on the current exploration path."""
+
+    __slots__ = ("choice", "done", "backtrack", "sleep", "ops", "enabled", "cur", "pre")
+
+    def __init__(self) -> None:
+        self.choice = -1
+        self.done: set[int] = set()
+        self.backtrack: set[int] = set()
+        self.sleep: dict[int, Op] = {}
+        self.ops: dict[int, Op] = {}
+        self.enabled: list[int] = []
+        self.cur = -1  # the task that stopped at this state (-1: it ended)
+        self.pre = 0  # preemptions before this state
+
+
+def _independent(a: Op, b: Op) -> bool:
+    return a[0] is None or b[0] is None or a[0] != b[0] or (not a[1] and not b[1])
+
+
+class DPOR:
+    name = "dpor"
+    exhaustive = True
+
+    def __init__(self, preemption_bound: int | None = None) -> None:
+        self.bound = preemption_bound
+        self.stack: list[_Node] = []
+        self.branch = 0
+        self.first = True
+        self.rt: SimRuntime | None = None
+        self.blocked_runs = 0  # runs cut short because every runnable task was asleep
+        self._reset_run()
+
+    # ------------------------------------------------------------------ per-run bookkeeping
+    def _reset_run(self) -> None:
+        self.width = 8
+        self.ev_tid: list[int] = []
+        self.ev_local: list[int] = []
+        self.ev_clock: list[list[int]] = []
+        self.clock: dict[int, list[int]] = {0: [0] * self.width}
+        self.count: dict[int, int] = {}
+        self.last_write: dict[int, int] = {}
+        self.reads: dict[int, list[int]] = {}
+        self.last_acq: dict[int, int] = {}
+        self.blocker: dict[int, int] = {}
+        self.was_enabled: dict[int, bool] = {}
+        self.pending: tuple | None = None
+        self.processed = 0
+
+    def begin(self, rt: SimRuntime) -> bool:
+        if self.first:
+            self.first = False
+        elif not self._next_branch():
+            return False
+        self.rt = rt
+        self._reset_run()
+        return True
+
+    def _grow(self, tid: int) -> None:
+        while tid >= self.width:
+            extra = [0] * self.width
+            self.width *= 2
+            for c in self.ev_clock:
+                c.extend(extra)
+            for c in self.clock.values():
+                c.extend(extra)
+
+    # ------------------------------------------------------------------ events and races
+    def _process(self, tid: int, obj: int | None, write: bool, acq: int, kind: str,
+                 extra: object) -> None:
+        """Account for the event just executed: its clock, its races, last-access maps."""
+        i = self.processed
+        self.processed = i + 1
+        clock = self.clock[tid]
+        local = self.count.get(tid, 0) + 1
+        self.count[tid] = local
+        ev_tid = self.ev_tid
+        ev_local = self.ev_local
+        ev_clock = self.ev_clock
+        analyze = i >= self.branch
+        races: list[int] = []
+
+        def unordered(j: int) -> bool:
+            return ev_tid[j] != tid and clock[ev_tid[j]] < ev_local[j]
+
+        merge: list[int] = []
+        if obj is not None:
+            lw = self.last_write.get(obj)
+            rs = self.reads.get(obj)
+            acquired = acq == ACQ_LOCK or (acq == ACQ_TRY and self.rt.tasks[tid].try_ok)
+            if acquired:
+                la = self.last_acq.get(obj)
+                if analyze and la is not None and unordered(la):
+                    races.append(la)
+            if write:
+                if rs:
+                    merge.extend(rs)
+                    if analyze and not acquired:
+                        races.extend(r for r in rs if unordered(r))
+                elif lw is not None:
+                    merge.append(lw)
+                    if analyze and not acquired and unordered(lw):
+                        races.append(lw)
+            elif lw is not None:
+                merge.append(lw)
+                if analyze and unordered(lw):
+                    races.append(lw)
+            b = self.blocker.pop(tid, None)
+            if analyze and b is not None and unordered(b) and b not in races:
+                races.append(b)
+            if acquired:
+                self.last_acq[obj] = i
+            if write:
+                self.last_write[obj] = i
+                self.reads[obj] = []
+            else:
+                self.reads.setdefault(obj, []).append(i)
+        elif kind == "join":
+            child = extra.tid  # type: ignore[attr-defined]
+            merge_clock = self.clock.get(child)
+            if merge_clock is not None:
+                self._join_into(tid, merge_clock)
+                clock = self.clock[tid]
+
+        new = clock[:]
+        for j in merge:
+            c = ev_clock[j]
+            new = [a if a > b else b for a, b in zip(new, c)]
+        new[tid] = local
+        self.clock[tid] = new
+        ev_tid.append(tid)
+        ev_local.append(local)
+        ev_clock.append(new)
+        if kind == "spawn" and obj is None:
+            child = len(self.rt.tasks) - 1  # type: ignore[union-attr]
+            self._grow(child)
+            new = self.clock[tid]
+            self.clock[child] = new[:]
+        for j in races:
+            self._reverse(j, i)
+
+    def _join_into(self, tid: int, other: list[int]) -> None:
+        mine = self.clock[tid]
+        self.clock[tid] = [a if a > b else b for a, b in zip(mine, other)]
+
+    def _reverse(self, j: int, i: int) -> None:
+        """Race (j, i): make the state before ``j`` also start something leading to ``i``."""
+        ev_tid = self.ev_tid
+        ev_local = self.ev_local
+        ev_clock = self.ev_clock
+        p = ev_tid[j]
+        k = ev_local[j]
+        first: dict[int, int] = {}
+        initials: list[int] = []
+        for x in range(j + 1, i + 1):
+            c = ev_clock[x]
+            if x != i and c[p] >= k:
+                continue  # happens after e': stays after it
+            q = ev_tid[x]
+            if q in first:
+                continue
+            if all(c[r] < lo for r, lo in first.items()):
+                initials.append(q)
+            first[q] = ev_local[x]
+        if not initials:
+            return
+        node = self.stack[j]
+        if any(q in node.backtrack or q in node.done for q in initials):
+            return
+        e_tid = ev_tid[i]
+        awake = [q for q in initials if q not in node.sleep]
+        pick = e_tid if e_tid in awake else (min(awake) if awake else min(initials))
+        node.backtrack.add(pick)
+
+    # ------------------------------------------------------------------ scheduling
+    def choose(self, enabled: list[Task], cur: Task) -> Task | None:
+        rt = self.rt
+        n = rt.nsteps  # type: ignore[union-attr]
+        pend = self.pending
+        if pend is not None:
+            self._process(*pend)
+            self.pending = None
+        # note which disabled operations got disabled, and by what
+        en_ids = {t.tid for t in enabled}
+        was = self.was_enabled
+        for t in rt.live:  # type: ignore[union-attr]
+            tid = t.tid
+            on = tid in en_ids
+            if not on and t.p_obj is not None:
+                if was.get(tid) and n > 0:
+                    self.blocker[tid] = n - 1  # the event just executed disabled it
+                elif tid not in self.blocker:
+                    cell = t.p_wq
+                    if t.p_acq == ACQ_LOCK and cell is not None and cell.acq_step >= 0:
+                        self.blocker[tid] = cell.acq_step
+                    else:
+                        lw = self.last_write.get(t.p_obj)
+                        if lw is not None:
+                            self.blocker[tid] = lw
+            was[tid] = on
+
+        stack = self.stack
+        if n < len(stack):
+            node = stack[n]
+            want = node.choice
+            for t in enabled:
+                if t.tid == want:
+                    return self._take(t)
+            raise RuntimeError(f"dpor: step {n} names task {want}, which cannot run "
+                               f"(the body is not deterministic)")
+        node = _Node()
+        node.enabled = [t.tid for t in enabled]
+        node.ops = {t.tid: (t.p_obj, t.p_write) for t in enabled}
+        node.cur = cur.tid if cur in enabled else -1
+        if n:
+            parent = stack[n - 1]
+            node.pre = parent.pre + (
+                1 if parent.cur >= 0 and parent.choice != parent.cur else 0)
+            ev = parent.ops[parent.choice]
+            sleep = {}
+            for q, op in parent.sleep.items():
+                if q != parent.choice and _independent(op, ev):
+                    sleep[q] = op
+            for q in parent.done:
+                if q != parent.choice and q not in sleep and q in parent.ops:
+                    op = parent.ops[q]
+                    if _independent(op, ev):
+                        sleep[q] = op
+            node.sleep = sleep
+        cand = [t for t in enabled if t.tid not in node.sleep]
+        if self.bound is not None and node.cur >= 0 and node.pre >= self.bound:
+            cand = [t for t in cand if t.tid == node.cur]
+        stack.append(node)
+        if not cand:
+            self.blocked_runs += 1
+            return None
+        pick = cur if cur in cand else cand[0]
+        node.choice = pick.tid
+        node.done.add(pick.tid)
+        node.backtrack.add(pick.tid)
+        return self._take(pick)
+
+    def _take(self, t: Task) -> Task:
+        self.pending = (t.tid, t.p_obj, t.p_write, t.p_acq, t.p_kind, t.p_wq)
+        self.was_enabled[t.tid] = False  # its next pending operation is a new one
+        return t
+
+    def end(self, rt: SimRuntime) -> None:
+        if self.pending is not None:
+            self._process(*self.pending)
+            self.pending = None
+        # a run cut short at a fresh node leaves that node without a choice
+        if self.stack and self.stack[-1].choice < 0:
+            self.stack.pop()
+
+    def _next_branch(self) -> bool:
+        stack = self.stack
+        for j in range(len(stack) - 1, -1, -1):
+            node = stack[j]
+            cands = node.backtrack - node.done
+            if cands:
+                ok = []
+                for q in sorted(cands):
+                    if q in node.sleep or q not in node.ops:
+                        node.done.add(q)  # asleep or not runnable here: covered elsewhere
+                        continue
+                    if (self.bound is not None and node.cur >= 0 and q != node.cur
+                            and node.pre + 1 > self.bound):
+                        node.done.add(q)
+                        continue
+                    ok.append(q)
+                if ok:
+                    q = ok[0]
+                    node.done.add(q)
+                    node.choice = q
+                    del stack[j + 1:]
+                    self.branch = j
+                    return True
+        return False
+
+    def distinct(self) -> int | None:
+        return None
