@@ -1,0 +1,157 @@
+"""The machine's global side on real threads: usage count, hardware enabling, CPU hotplug."""
+
+import threading
+
+import pytest
+
+from kvmlock import lockdep
+from kvmlock.kvm.machine import HardwareEnableError, Machine
+
+
+def edges() -> set[tuple[str, str]]:
+    return {(e.src, e.dst) for e in lockdep.graph().edges}
+
+
+@pytest.mark.parametrize("usage_lock", [False, True])
+def test_first_vm_enables_every_online_cpu_and_last_disables(usage_lock):
+    m = Machine(3, usage_lock=usage_lock, offline=(2,))
+    a = m.create_vm(name="a")
+    b = m.create_vm(name="b")
+    assert [pc.hardware_enabled for pc in m.cpus] == [True, True, False]
+    assert m.kvm_usage_count == 2 and m.vm_list == [a, b]
+    m.destroy_vm(a)
+    assert m.cpus[0].hardware_enabled, "one VM left: hardware must stay on"
+    m.destroy_vm(b)
+    assert [pc.hardware_enabled for pc in m.cpus] == [False, False, False]
+    m.check_hardware()
+    assert lockdep.reports() == []
+
+
+@pytest.mark.parametrize("usage_lock", [False, True])
+def test_hotplug_callbacks_follow_the_usage_count(usage_lock):
+    m = Machine(2, usage_lock=usage_lock)
+    m.cpu_down(1)
+    m.cpu_up(1)
+    assert not m.cpus[1].hardware_enabled, "no VM: onlining must not enable"
+    vm = m.create_vm()
+    m.cpu_down(1)
+    assert not m.cpus[1].hardware_enabled and not m.cpus[1].online
+    m.check_hardware()
+    assert m.cpu_up(1) is True
+    assert m.cpus[1].hardware_enabled
+    m.check_hardware()
+    m.destroy_vm(vm)
+    m.check_hardware()
+    assert lockdep.reports() == []
+
+
+def test_old_design_orders_hotplug_outside_kvm_lock():
+    m = Machine(2)
+    vm = m.create_vm()
+    m.cpu_down(1)
+    m.destroy_vm(vm)
+    got = edges()
+    assert ("cpu_hotplug_lock", "kvm_lock") in got
+    assert ("kvm_lock", "cpu_hotplug_lock") not in got
+
+
+def test_usage_lock_design_orders_usage_lock_outside_hotplug_and_callbacks_take_no_kvm_lock():
+    m = Machine(2, usage_lock=True)
+    vm = m.create_vm()
+    m.cpu_down(1)
+    m.cpu_up(1)
+    m.destroy_vm(vm)
+    got = edges()
+    assert ("kvm_usage_lock", "cpu_hotplug_lock") in got
+    assert not any(src == "cpu_hotplug_lock" for src, _ in got), got
+
+
+def test_enable_failure_rolls_back_and_blocks_onlining_a_bad_cpu():
+    m = Machine(2, fail_enable_on=(1,))
+    with pytest.raises(HardwareEnableError, match=r"CPU\(s\) \[1\]"):
+        m.create_vm()
+    assert m.kvm_usage_count == 0 and m.vm_list == []
+    m.check_hardware()
+
+    m2 = Machine(2, fail_enable_on=(1,), offline=(1,))
+    vm = m2.create_vm()
+    assert m2.cpu_up(1) is False, "a CPU that cannot run the VM must not come online"
+    assert not m2.cpus[1].online
+    m2.check_hardware()
+    m2.destroy_vm(vm)
+    assert m2.cpu_up(1) is True, "without VMs the CPU may come online"
+
+
+def test_check_hardware_catches_an_offline_cpu_left_enabled_but_not_a_consistent_state():
+    m = Machine(2)
+    vm = m.create_vm()
+    m.check_hardware()  # near miss: consistent, silent
+    m.cpu_down(1)
+    m.cpus[1].hardware_enabled = True  # what the unguarded enable race produces
+    with pytest.raises(AssertionError, match="cpu1: online=False enabled=True"):
+        m.check_hardware()
+    m.cpus[1].hardware_enabled = False
+    m.destroy_vm(vm)
+    m.cpus[0].hardware_enabled = True  # enabled with no VM
+    with pytest.raises(AssertionError, match="kvm_usage_count=0"):
+        m.check_hardware()
+
+
+def test_threads_creating_vms_while_a_cpu_toggles_keep_the_invariant():
+    m = Machine(3)
+    stop = threading.Event()
+
+    def hotplug():
+        while not stop.is_set():
+            m.cpu_down(2)
+            m.cpu_up(2)
+
+    def vms():
+        for _ in range(150):
+            m.destroy_vm(m.create_vm())
+
+    t = threading.Thread(target=hotplug)
+    t.start()
+    workers = [threading.Thread(target=vms) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    stop.set()
+    t.join()
+    m.check_hardware()
+    assert m.kvm_usage_count == 0
+    assert lockdep.reports() == []
+
+
+def test_cpufreq_notifier_walks_vm_list_inside_the_hotplug_lock():
+    m = Machine(2)
+    m.create_vm()
+    assert m.cpufreq_notifier() == 1
+    assert ("cpu_hotplug_lock", "kvm_lock") in edges()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"nr_cpus": 0}, "nr_cpus must be an integer in 1..64"),
+    ({"nr_cpus": "2"}, "nr_cpus must be an integer"),
+    ({"nr_cpus": 2, "offline": (5,)}, r"offline names CPUs that do not exist: \[5\]"),
+    ({"nr_cpus": 2, "offline": (0,)}, "boot CPU"),
+    ({"nr_cpus": 2, "fail_enable_on": (-1,)}, "fail_enable_on names CPUs"),
+])
+def test_bad_machine_arguments_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Machine(**kwargs)
+
+
+def test_bad_operations_are_named():
+    m = Machine(2)
+    with pytest.raises(ValueError, match="no CPU 7"):
+        m.cpu_up(7)
+    with pytest.raises(ValueError, match="boot CPU"):
+        m.cpu_down(0)
+    with pytest.raises(RuntimeError, match="without a matching hardware_enable_all"):
+        m.hardware_disable_all()
+    vm = m.create_vm()
+    m.destroy_vm(vm)
+    with pytest.raises(ValueError, match="not on this machine's vm_list"):
+        m.destroy_vm(vm)

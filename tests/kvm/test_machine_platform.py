@@ -1,0 +1,125 @@
+"""TSC synchronisation, posted-interrupt wakeups, Hyper-V and Xen locks, on real threads."""
+
+import threading
+
+import pytest
+
+from kvmlock import lockdep
+from kvmlock.kvm.hyperv import HyperV
+from kvmlock.kvm.machine import Machine
+from kvmlock.kvm.posted_intr import PostedVcpu, post_interrupt, wakeup_handler
+from kvmlock.kvm.tsc import TscSync
+from kvmlock.kvm.vm import VM
+from kvmlock.kvm.xen import Xen
+
+
+def edges() -> set[tuple[str, str]]:
+    return {(e.src, e.dst) for e in lockdep.graph().edges}
+
+
+# ---------------------------------------------------------------- TSC
+
+def test_tsc_writes_close_in_time_join_one_generation_far_ones_open_a_new_one():
+    vm = VM(None, nr_vcpus=3)
+    tsc = TscSync(vm)
+    v0, v1, v2 = vm.vcpus
+    with v0.mutex:
+        a = tsc.write(v0, 1_000_000, 1_000_000)
+    with v1.mutex:
+        b = tsc.write(v1, 1_000_500, 1_000_000 + 507)  # 7 ticks off: synchronising
+    with v2.mutex:
+        c = tsc.write(v2, 99_000_000_000, 2_000_000)  # far away: a new generation
+    assert a.generation == b.generation == 1 and a.offset == b.offset
+    assert c.generation == 2 and c.offset != a.offset
+    tsc.check()
+    assert ("vcpu->mutex", "kvm->arch.tsc_write_lock") in edges()
+    assert lockdep.reports() == []
+
+
+def test_tsc_check_catches_split_generation_but_not_a_matched_one():
+    vm = VM(None, nr_vcpus=2)
+    tsc = TscSync(vm)
+    with vm.vcpus[0].mutex:
+        tsc.write(vm.vcpus[0], 10, 10)
+    tsc.check()
+    tsc.vcpus[1] = type(tsc.vcpus[0])(offset=tsc.vcpus[0].offset + 5, generation=1)
+    with pytest.raises(AssertionError, match="different offsets"):
+        tsc.check()
+
+
+def test_tsc_write_without_vcpu_mutex_is_reported_and_bad_values_rejected():
+    vm = VM(None, nr_vcpus=1)
+    tsc = TscSync(vm)
+    tsc.write(vm.vcpus[0], 5, 5)
+    assert [r.kind for r in lockdep.reports()] == ["not_held"]
+    with pytest.raises(ValueError, match="non-negative integers"):
+        tsc.write(vm.vcpus[0], -1, 5)
+    with pytest.raises(TypeError, match="tsc_write_lock"):
+        TscSync(object())
+
+
+# ---------------------------------------------------------------- posted interrupts
+
+def test_posted_interrupt_wakes_a_halted_vcpu_on_threads():
+    m = Machine(2)
+    vm = VM(m, nr_vcpus=1)
+    for _ in range(30):
+        pv = PostedVcpu(m, vm.vcpus[0], cpu=1)
+        t = threading.Thread(target=pv.block)
+        t.start()
+        post_interrupt(pv, 9)
+        t.join(5)
+        assert not t.is_alive(), "the halted vCPU was never woken"
+        assert pv.delivered == {9}
+        assert m.cpus[1].wakeup_list == []
+    assert lockdep.reports() == []
+
+
+def test_wakeup_handler_wakes_only_vcpus_with_an_outstanding_notification():
+    m = Machine(1)
+    vm = VM(m, nr_vcpus=2)
+    a, b = PostedVcpu(m, vm.vcpus[0]), PostedVcpu(m, vm.vcpus[1])
+    m.cpus[0].wakeup_list.extend([a, b])
+    a.pir.fetch_or(1 << 4)
+    a.control.fetch_or(1)  # ON
+    assert wakeup_handler(m, 0) == 1
+    assert a.kicks == 1 and b.kicks == 0
+
+
+def test_posted_interrupt_bad_input():
+    m = Machine(1)
+    vm = VM(m, nr_vcpus=1)
+    with pytest.raises(ValueError, match="no CPU 3"):
+        PostedVcpu(m, vm.vcpus[0], cpu=3)
+    pv = PostedVcpu(m, vm.vcpus[0])
+    with pytest.raises(ValueError, match="0..63"):
+        post_interrupt(pv, 64)
+
+
+# ---------------------------------------------------------------- Hyper-V and Xen
+
+def test_hyperv_partition_msrs_go_under_hv_lock_inside_vcpu_mutex():
+    vm = VM(None, nr_vcpus=1)
+    hv = HyperV(vm)
+    v = vm.vcpus[0]
+    with v.mutex:
+        hv.set_msr(v, "HV_X64_MSR_HYPERCALL", 3)
+        hv.set_msr(v, "HV_X64_MSR_SCONTROL", 1)  # per vCPU: no hv_lock
+        assert hv.get_msr(v, "HV_X64_MSR_HYPERCALL") == 3
+    assert edges() == {("vcpu->mutex", "kvm->arch.hyperv.hv_lock")}
+    assert lockdep.reports() == []
+    with pytest.raises(ValueError, match="not a Hyper-V MSR"):
+        hv.set_msr(v, "IA32_TSC", 1)
+
+
+def test_xen_vm_attr_takes_only_xen_lock_vcpu_attr_nests_it_in_vcpu_mutex():
+    vm = VM(None, nr_vcpus=1)
+    xen = Xen(vm)
+    xen.hvm_set_attr("shared_info", 1)
+    assert edges() == set()
+    with vm.vcpus[0].mutex:
+        xen.vcpu_set_attr(vm.vcpus[0], "runstate", 2)
+    assert edges() == {("vcpu->mutex", "kvm->arch.xen.xen_lock")}
+    with pytest.raises(ValueError, match="unknown Xen attribute 'runstate'"):
+        xen.hvm_set_attr("runstate", 1)
+    assert lockdep.reports() == []
