@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["GuestFault", "guest_read", "guest_write", "set_gpte"]
 
 _FAULT = object()
-MAX_FAULTS = 64
+MAX_FAULTS = 10_000
 
 
 class GuestFault(Exception):

@@ -77,6 +77,8 @@ class Host:
         #: taken (as might_lock) by any allocation that could reclaim memory.
         self.mn_map = lockdep.LockMap("mmu_notifier_invalidate_range_start", "pseudo")
         self.stats = {"swap_out": 0, "swap_in": 0, "writeback": 0}
+        #: swap-out under memory pressure reclaims one more page inside its invalidation
+        self.reclaim_nested = True
 
     # ---------------------------------------------------------------- helpers
 
@@ -156,17 +158,17 @@ class Host:
         with self.mn_map:
             pass
 
-    def reclaim_one(self, avoid: int | None = None) -> bool:
+    def reclaim_one(self, avoid: int | None = None, *, nested: bool = False) -> bool:
         """Direct reclaim: swap out one mapped page (not ``avoid``); False if none could go."""
         with self._mm:
             self._mm.point("pick_victim", False)
             victims = [h for h in sorted(self._ptes) if h != avoid and h not in self._busy]
         for hva in victims:
-            if self.swap_out(hva):
+            if self.swap_out(hva, nested=nested):
                 return True
         return False
 
-    def swap_out(self, hva: int) -> bool:
+    def swap_out(self, hva: int, *, nested: bool = False) -> bool:
         """Unmap ``hva``, write the page back if dirty and free the frame for reuse.
 
         The notifier's invalidate_range_start runs before the host PTE is cleared and its
@@ -188,6 +190,12 @@ class Host:
         with mm:
             mm.point("ptep_clear_flush")
             del self._ptes[hva]
+            short = not self._free
+        # Writing the page to swap needs memory too: with no frame free this reclaims another
+        # page -- a nested invalidation while this one is still active.
+        self.might_reclaim()
+        if short and self.reclaim_nested and not nested:
+            self.reclaim_one(avoid=hva, nested=True)
         page = self.pages[pfn]
         flags = page.flags.xchg(0)
         data = page.data.load() if flags & PG_DIRTY else None

@@ -153,7 +153,7 @@ def _swap_active_memslots(vm: VM, new: Memslots) -> None:
     else:
         lock = vm.mn_invalidate_lock
         lock.lock()
-        while vm.mn_active_invalidate_count:
+        while vm.mn_active_invalidate_count and not vm.hazards.swap_without_waiting:
             lock.unlock()
             vm.mn_memslots_update_rcuwait.wait(lambda: vm.mn_active_invalidate_count == 0)
             lock.lock()
@@ -235,10 +235,14 @@ def _set_memslot(vm: VM, old: Memslot | None, new: Memslot | None, change: str) 
     cur: Memslots = vm.memslots.peek()
     if change in (DELETE, MOVE):
         assert old is not None
+        if vm.hazards.delete_zaps_before_sync:
+            # broken: a fault that loaded the old array can still install an SPTE after this
+            zap_gfn_range(vm, old.base_gfn, old.base_gfn + old.npages)
         _swap_active_memslots(vm, cur.with_slot(replace(old, invalid=True)))
         vm.slots_arch_lock.lock()
         cur = vm.memslots.peek()
-        zap_gfn_range(vm, old.base_gfn, old.base_gfn + old.npages)
+        if not vm.hazards.delete_zaps_before_sync:
+            zap_gfn_range(vm, old.base_gfn, old.base_gfn + old.npages)
     final = cur.with_slot(new, drop=old.id if old is not None else None)
     _swap_active_memslots(vm, final)
     # commit: turning dirty logging on write-protects the slot so the next write is seen

@@ -46,6 +46,10 @@ class Hazards:
     notifier_takes_slots_lock: bool = False
     #: aging an A/D-disabled writable SPTE forgets to pass its dirty state to the page.
     access_track_drops_dirty: bool = False
+    #: a memslot update swaps the array without waiting for active MMU-notifier invalidations.
+    swap_without_waiting: bool = False
+    #: deleting a memslot zaps its SPTEs before the SRCU grace period that retires the slot.
+    delete_zaps_before_sync: bool = False
 
     @classmethod
     def names(cls) -> list[str]:

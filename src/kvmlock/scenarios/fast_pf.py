@@ -1,0 +1,162 @@
+"""The three hazards of the fast page fault (locking.rst, "Fast page fault"), each in a correct
+and a broken variant.
+
+* ``fast_pf.aba``: the fast path fixes an SPTE of an *indirect* shadow page. Between its read of
+  the SPTE and its cmpxchg, the host swaps the page out and reuses the frame for another gfn the
+  guest has re-pointed the same guest page at; the cmpxchg succeeds on identical bits and logs
+  the old gfn, so the write to the new gfn never reaches the dirty log.
+* ``fast_pf.dirty_bit``: the zap on swap-out clears a read-only, Accessed SPTE with a plain
+  load and store, as if it could not change; the fast path makes it writable and the CPU sets
+  Dirty in between, the store throws that Dirty bit away, and swap-out drops the guest's data.
+* ``fast_pf.tlb_flush``: write-protecting a writable SPTE for dirty logging does not flush the
+  TLB; the guest keeps writing through its cached writable translation and those writes are
+  never logged, so the migration destination misses them.
+
+Each body checks the DESIGN.md invariant end to end: the migration copy equals the source after
+a final harvest (dirty log complete), or the guest reads back what it wrote after swap-out
+(Dirty bit propagated before the SPTE was dropped).
+"""
+
+from __future__ import annotations
+
+import kvmlock
+from kvmlock.kvm.guest import guest_read, guest_write, set_gpte
+from kvmlock.kvm.memslots import LOG_DIRTY_PAGES
+from kvmlock.kvm.mmu.dirty_log import MigrationCopy
+from kvmlock.kvm.vm import VM
+from kvmlock.scenarios.registry import scenario
+
+__all__: list[str] = []
+
+#: every body here is a handful of visible steps per task; these bounds keep dpor in seconds
+_BOUND = {"max_runs": 3000, "preemption_bound": 3}
+
+
+def _run(*fns) -> None:
+    tasks = [kvmlock.spawn(fn, name=fn.__name__) for fn in fns]
+    for t in tasks:
+        t.join()
+
+
+def _assert_log_complete(mig: MigrationCopy) -> None:
+    mig.round()
+    bad = mig.mismatches()
+    assert not bad, "dirty log lost a write: " + ", ".join(
+        f"gfn {g} holds {src} but the migrated copy has {dst}" for g, src, dst in bad)
+
+
+# --------------------------------------------------------------------------- gfn->pfn ABA
+
+
+def _aba(broken: bool) -> None:
+    # Shadow paging: guest page 0 -> gfn 1; gfns 0..3 live at hvas 0..3; 3 host frames.
+    vm = VM(nr_vcpus=2, nr_pages=4, host_pages=3, tdp=False,
+            hazards={"fast_pf_indirect": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0, flags=LOG_DIRTY_PAGES)
+    set_gpte(vm, 0, 1)
+    v0, v1 = vm.vcpus
+    guest_read(v0, 0)  # read fault with logging on: SPTE read-only but MMU-writable
+    mig = MigrationCopy(vm, 0)  # guest memory starts zeroed: the destination too
+
+    def vcpu0_writes() -> None:
+        guest_write(v0, 0, 7)
+
+    def host_and_guest() -> None:
+        vm.host.swap_out(1)  # gfn 1's frame is freed...
+        set_gpte(vm, 0, 2)  # ...the guest re-points page 0 at gfn 2...
+        guest_read(v1, 0)  # ...whose fault gets the recycled frame: same pfn, same bits
+
+    _run(vcpu0_writes, host_and_guest)
+    _assert_log_complete(mig)
+
+
+@scenario("fast_pf.aba.correct", rule="fast page fault only on direct shadow pages (gfn->pfn ABA)",
+          variant="correct", expect="pass",
+          invariant="dirty log complete: every guest write reaches the migrated copy", **_BOUND)
+def aba_correct() -> None:
+    _aba(False)
+
+
+@scenario("fast_pf.aba.broken",
+          rule="fast page fault on an indirect shadow page logs the gfn it saw, not the one mapped",
+          variant="broken", expect="assertion",
+          invariant="dirty log complete: every guest write reaches the migrated copy", **_BOUND)
+def aba_broken() -> None:
+    _aba(True)
+
+
+# --------------------------------------------------------------------------- Dirty bit
+
+
+def _dirty_bit(broken: bool) -> None:
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2,
+            hazards={"nonatomic_volatile_clear": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0, flags=LOG_DIRTY_PAGES)
+    (v0,) = vm.vcpus
+    guest_read(v0, 0)  # SPTE: read-only, Accessed, MMU-writable -- volatile
+
+    def vcpu0_writes() -> None:
+        guest_write(v0, 0, 5)  # fast path sets W, the CPU sets Dirty
+
+    def swapper() -> None:
+        vm.host.swap_out(0)  # zaps the SPTE; writes the page back only if it is dirty
+
+    _run(vcpu0_writes, swapper)
+    got = guest_read(v0, 0)
+    assert got == 5, (f"the guest wrote 5 but reads {got} after swap-out: the Dirty bit was "
+                      "lost when the SPTE was dropped, so the page was not written back")
+
+
+@scenario("fast_pf.dirty_bit.correct",
+          rule="an SPTE the fast path may change is updated atomically (Dirty bit kept)",
+          variant="correct", expect="pass",
+          invariant="Dirty bit propagated to the page before the SPTE is dropped", **_BOUND)
+def dirty_bit_correct() -> None:
+    _dirty_bit(False)
+
+
+@scenario("fast_pf.dirty_bit.broken",
+          rule="read-only Accessed SPTE cleared with a plain store: the Dirty bit is lost",
+          variant="broken", expect="assertion",
+          invariant="Dirty bit propagated to the page before the SPTE is dropped", **_BOUND)
+def dirty_bit_broken() -> None:
+    _dirty_bit(True)
+
+
+# --------------------------------------------------------------------------- TLB flush
+
+
+def _tlb_flush(broken: bool) -> None:
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2,
+            hazards={"skip_tlb_flush_on_wrprot": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0, flags=LOG_DIRTY_PAGES)
+    (v0,) = vm.vcpus
+    mig = MigrationCopy(vm, 0)
+    guest_write(v0, 0, 1)  # writable SPTE, cached writable in the TLB
+
+    def vcpu0_writes() -> None:
+        guest_write(v0, 0, 2)
+
+    def harvester() -> None:
+        mig.round()  # harvest, write-protect, flush (or not), copy
+
+    _run(vcpu0_writes, harvester)
+    _assert_log_complete(mig)
+
+
+@scenario("fast_pf.tlb_flush.correct",
+          rule="writable -> read-only SPTE change flushes TLBs", variant="correct",
+          expect="pass",
+          invariant="no write through a stale writable translation after wrprot + flush",
+          **_BOUND)
+def tlb_flush_correct() -> None:
+    _tlb_flush(False)
+
+
+@scenario("fast_pf.tlb_flush.broken",
+          rule="write-protect without TLB flush: writes through the stale TLB go unlogged",
+          variant="broken", expect="assertion",
+          invariant="no write through a stale writable translation after wrprot + flush",
+          **_BOUND)
+def tlb_flush_broken() -> None:
+    _tlb_flush(True)

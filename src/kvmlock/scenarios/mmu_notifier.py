@@ -1,0 +1,87 @@
+"""MMU notifier vs memslot update (locking.rst: ``mn_active_invalidate_count``,
+``mn_memslots_update_rcuwait``; "MMU notifiers must not take slots_lock or slots_arch_lock").
+
+Each invalidate_range_start and its _end must see the same memslots array. The design fences
+memslot updates with an open-coded count plus an rcuwait: the updater, holding ``slots_lock``
+and ``slots_arch_lock``, sleeps until no invalidation is active.
+
+* ``mmu_notifier.memslot_update.correct`` -- swap-out (with a nested reclaim inside its
+  invalidation) races a memslot update; start/end always agree, nothing deadlocks.
+* ``mmu_notifier.no_wait.broken`` -- the updater does not wait: an invalidation's _end sees a
+  different array than its _start (assertion in the notifier).
+* ``mmu_notifier.rwsem.broken`` -- the historical fence, an rwsem read-held from start to end:
+  a reclaim nested inside an invalidation takes the read side again, behind a waiting writer.
+  lockdep reports the cycle through the notifier's pseudo-lock, as the kernel did.
+* ``mmu_notifier.slots_lock.broken`` -- the notifier takes ``slots_lock``, which the updater
+  holds while it waits for that very notifier: lockdep reports the cycle.
+"""
+
+from __future__ import annotations
+
+import kvmlock
+from kvmlock.kvm.guest import guest_write
+from kvmlock.kvm.memslots import LOG_DIRTY_PAGES
+from kvmlock.kvm.vm import VM
+from kvmlock.scenarios.registry import scenario
+
+__all__: list[str] = []
+
+_BOUND = {"max_runs": 3000, "preemption_bound": 2}
+
+
+def _notifier_vs_update(hazard: str | None, *, nested: bool) -> None:
+    # Two frames for two hvas: swap-out finds no free frame and reclaims the other page
+    # inside its own invalidation (when ``nested``).
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2,
+            hazards={hazard: True} if hazard else None)
+    vm.host.reclaim_nested = nested
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    (v0,) = vm.vcpus
+    guest_write(v0, 0, 1)
+    guest_write(v0, 1, 2)
+
+    def swapper() -> None:
+        vm.host.swap_out(0)
+
+    def memslot_updater() -> None:
+        vm.set_memory_region(0, base_gfn=0, npages=2, hva=0, flags=LOG_DIRTY_PAGES)
+
+    tasks = [kvmlock.spawn(swapper, name="swapper"),
+             kvmlock.spawn(memslot_updater, name="memslot_updater")]
+    for t in tasks:
+        t.join()
+    assert vm.mmu_invalidate_in_progress == 0, "an invalidation never ended"
+    assert vm.mn_active_invalidate_count == 0, "mn_active_invalidate_count did not drop to 0"
+
+
+_INV = "invalidate start and end see the same memslots; updates wait for active invalidations"
+
+
+@scenario("mmu_notifier.memslot_update.correct",
+          rule="memslot update waits for active invalidations (count + rcuwait)",
+          variant="correct", expect="pass", invariant=_INV, **_BOUND)
+def notifier_correct() -> None:
+    _notifier_vs_update(None, nested=True)
+
+
+@scenario("mmu_notifier.no_wait.broken",
+          rule="memslot update swaps the array while an invalidation is active",
+          variant="broken", expect="assertion", invariant=_INV, **_BOUND)
+def notifier_no_wait() -> None:
+    _notifier_vs_update("swap_without_waiting", nested=False)
+
+
+@scenario("mmu_notifier.rwsem.broken",
+          rule="an rwsem held from invalidate start to end fences memslot updates",
+          variant="broken", expect="lockdep", lockdep_kind="circular", invariant=_INV, **_BOUND)
+def notifier_rwsem() -> None:
+    _notifier_vs_update("notifier_uses_rwsem", nested=True)
+
+
+@scenario("mmu_notifier.slots_lock.broken",
+          rule="MMU notifier takes kvm->slots_lock (the updater holds it while waiting)",
+          variant="broken", expect="lockdep", lockdep_kind="circular",
+          invariant="the MMU notifier path takes neither slots_lock nor slots_arch_lock",
+          **_BOUND)
+def notifier_slots_lock() -> None:
+    _notifier_vs_update("notifier_takes_slots_lock", nested=False)
