@@ -477,10 +477,14 @@ def task_exit() -> None:
         return
     if len(held) > 1 and S.on and held[0] is S.header:
         names = tuple(_info(e)[0].name for e in held[1:])
-        _report(S, ("held_at_exit", names), Report(
-            "held_at_exit", lock=names[-1], task=_task_name(), where=user_site(),
-            held_locks=_held_locks(held),
-        ))
+        found: list[Report] = []
+        with S.lock:
+            _note(S, ("held_at_exit", names), Report(
+                "held_at_exit", lock=names[-1], task=_task_name(), where=user_site(),
+                held_locks=_held_locks(held),
+            ), found)
+        if found and S.mode == "warn":  # never raise here: the task is already ending
+            sys.stderr.write(str(found[0]))
     del held[1:]
     S.stacks.pop(id(held), None)
     S.lax.pop(id(held), None)
