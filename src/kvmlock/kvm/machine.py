@@ -21,7 +21,7 @@ a VM must not race with a CPU going down in a way that leaves an offline CPU ena
 one coming up in a way that leaves an online CPU disabled.
 
 The plain per-CPU state (online bit, enabled bit) is shared between tasks, so each read and
-write of it is a visible operation for the explorer (:meth:`_point`), as an IPI or a hotplug
+write of it is a visible operation for the explorer (``runtime.point``), as an IPI or a hotplug
 step would be on real hardware.
 """
 
@@ -54,6 +54,11 @@ class PerCpu:
     wakeup_lock: RawSpinLock = field(default=None)  # type: ignore[assignment]
     #: ``wakeup_vcpus_on_cpu``: vCPUs blocked on this CPU that a posted interrupt must wake.
     wakeup_list: list[Any] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """How trace tables name this CPU's state."""
+        return f"cpu{self.cpu}"
 
     def __post_init__(self) -> None:
         if self.wakeup_lock is None:
@@ -113,9 +118,6 @@ class Machine:
 
     # ------------------------------------------------------------------ plain shared state
 
-    def _point(self, pc: PerCpu, kind: str, write: bool) -> None:
-        self._rt.point(pc, kind, write)
-
     def _cpu(self, cpu: int) -> PerCpu:
         if not isinstance(cpu, int) or isinstance(cpu, bool) or not 0 <= cpu < self.nr_cpus:
             raise ValueError(f"no CPU {cpu!r} on this machine (CPUs 0..{self.nr_cpus - 1})")
@@ -125,7 +127,7 @@ class Machine:
         """The online mask as read now; each CPU's bit is read as a separate step."""
         out = []
         for pc in self.cpus:
-            self._point(pc, "read online", False)
+            self._rt.point(pc, "read online", False)
             if pc.online:
                 out.append(pc.cpu)
         return out
@@ -135,7 +137,7 @@ class Machine:
     def _enable_cpu(self, cpu: int) -> bool:
         """``hardware_enable_nolock`` on one CPU: idempotent; False when the CPU refuses."""
         pc = self.cpus[cpu]
-        self._point(pc, "hardware_enable", True)
+        self._rt.point(pc, "hardware_enable", True)
         if pc.hardware_enabled:
             return True
         if cpu in self.fail_enable_on:
@@ -147,7 +149,7 @@ class Machine:
 
     def _disable_cpu(self, cpu: int) -> None:
         pc = self.cpus[cpu]
-        self._point(pc, "hardware_disable", True)
+        self._rt.point(pc, "hardware_disable", True)
         if pc.hardware_enabled:
             pc.hardware_enabled = False
             self.events.append(f"disable cpu{cpu}")
@@ -255,14 +257,14 @@ class Machine:
         """Bring a CPU online; False (CPU left offline) when KVM cannot enable it for its VMs."""
         pc = self._cpu(cpu)
         with self.cpu_hotplug_lock.write():
-            self._point(pc, "set online", True)
+            self._rt.point(pc, "set online", True)
             if pc.online:
                 return True
             pc.online = True  # the CPU is in the online mask before the ONLINE callbacks run
             self.events.append(f"cpu{cpu} online")
             if self._online_callback(cpu):
                 return True
-            self._point(pc, "rollback online", True)
+            self._rt.point(pc, "rollback online", True)
             pc.online = False
             self.events.append(f"cpu{cpu} online aborted")
             return False
@@ -273,11 +275,11 @@ class Machine:
         if cpu == 0:
             raise ValueError("CPU 0 is the boot CPU of this model and cannot go offline")
         with self.cpu_hotplug_lock.write():
-            self._point(pc, "read online", False)
+            self._rt.point(pc, "read online", False)
             if not pc.online:
                 return
             self._offline_callback(cpu)
-            self._point(pc, "clear online", True)
+            self._rt.point(pc, "clear online", True)
             pc.online = False
             self.events.append(f"cpu{cpu} offline")
 

@@ -61,7 +61,7 @@ class Outcome:
 def _failure_lockdep_kinds(f: Any) -> set[str]:
     """The lockdep report kinds a failure carries, whatever shape the explorer gives it."""
     kinds: set[str] = set()
-    for attr in ("report", "reports", "lockdep"):
+    for attr in ("lockdep_reports", "report", "reports"):
         v = getattr(f, attr, None)
         if v is None:
             continue
@@ -93,10 +93,20 @@ def _describe(f: Any) -> str:
     return f"{kind} {' '.join(extra)}".strip()
 
 
-def _bound(opts: dict[str, Any], exhausted: bool) -> str:
-    parts = [f"{k}={opts[k]}" for k in ("preemption_bound", "max_runs", "max_steps")
-             if opts.get(k) is not None]
-    return ("exhaustive; " if exhausted else "bounded; ") + ", ".join(parts)
+def _bound(opts: dict[str, Any], res: Any) -> str:
+    """How far the exploration went, in words: the bound is part of the verdict."""
+    pb = opts.get("preemption_bound")
+    within = f" (preemption bound {pb})" if pb is not None else ""
+    stopped = getattr(res, "stopped", "") if res is not None else ""
+    if res is not None and getattr(res, "exhausted", False):
+        return "exhaustive" + within
+    if stopped == "failure":
+        return "stopped at first failure"
+    if stopped == "max_runs":
+        return f"bounded: max_runs={opts.get('max_runs')}{within}"
+    if stopped == "timeout":
+        return f"bounded: timeout={opts.get('timeout')}s{within}"
+    return f"bounded: {stopped or 'not exhausted'}{within}"
 
 
 def run_scenario(sc: Scenario, *, timeout: float | None = None) -> Outcome:
@@ -108,17 +118,18 @@ def run_scenario(sc: Scenario, *, timeout: float | None = None) -> Outcome:
         opts["timeout"] = timeout
     broken = sc.expect != "pass"
     opts.setdefault("stop_on_first", True)
+    opts.setdefault("progress", False)
     t0 = time.perf_counter()
     try:
         res = explore.check(sc.body, strategy=sc.strategy, **opts)
     except Exception as exc:  # a crash of the explorer on this body is a failed expectation
         return Outcome(sc, False, "ERROR", seconds=time.perf_counter() - t0,
-                       bound=_bound(opts, False), error=f"{type(exc).__name__}: {exc}")
+                       bound=_bound(opts, None), error=f"{type(exc).__name__}: {exc}")
     secs = time.perf_counter() - t0
     failures = list(getattr(res, "failures", []) or [])
     runs = int(getattr(res, "runs", 0))
     exhausted = bool(getattr(res, "exhausted", False))
-    bound = _bound(opts, exhausted)
+    bound = _bound(opts, res)
     if not broken:
         if failures:
             f = failures[0]
@@ -193,14 +204,15 @@ def _table(outcomes: Sequence[Outcome]) -> Any:
     from rich.table import Table
 
     t = Table(title="kvmlock verify", title_justify="left", show_lines=False)
-    for col, kw in (("scenario", {"no_wrap": True}), ("rule", {"overflow": "fold"}),
-                    ("variant", {}), ("strategy", {}), ("executions", {"justify": "right"}),
+    t.add_column("rule", overflow="fold", ratio=1, min_width=40)
+    for col, kw in (("variant", {}), ("strategy", {}), ("executions", {"justify": "right"}),
                     ("result", {}), ("time", {"justify": "right"}), ("bound", {})):
-        t.add_column(col, **kw)
+        t.add_column(col, no_wrap=True, **kw)
     for o in outcomes:
         colour = "green" if o.met else "bold red"
-        t.add_row(o.name, o.scenario.rule, o.scenario.variant, o.scenario.strategy,
-                  str(o.runs), f"[{colour}]{o.result}[/]", f"{o.seconds:.2f}s", o.bound)
+        t.add_row(f"[bold]{o.name}[/]\n[dim]{o.scenario.rule}[/]", o.scenario.variant,
+                  o.scenario.strategy, str(o.runs), f"[{colour}]{o.result}[/]",
+                  f"{o.seconds:.2f}s", o.bound)
     return t
 
 
@@ -246,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 150))  # logs and CI: do not squeeze
     missing = _load_all()
     for mod, why in missing.items():
         console.print(f"[bold red]scenario module {mod} did not load:[/] {why}")
