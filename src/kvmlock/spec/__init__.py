@@ -18,7 +18,7 @@ import os
 from typing import Any
 
 from kvmlock.spec.check import Conformance, RuleResult, TypeResult, check
-from kvmlock.spec.graphview import Edge, GraphView, load_graph, save_graph, view
+from kvmlock.spec.graphview import Edge, GraphView, load_graph, save_graph, snapshot, view
 from kvmlock.spec.lint import Finding, lint
 from kvmlock.spec.model import RefEntry, Rule, Spec, SpecError, Unread
 from kvmlock.spec.names import normalise
@@ -48,6 +48,7 @@ __all__ = [
     "parse",
     "render_reference",
     "save_graph",
+    "snapshot",
     "view",
 ]
 
@@ -57,7 +58,15 @@ class ModelUnavailable(RuntimeError):
 
 
 def model_graph() -> Any:
-    """The dependency graph of the KVM model's correct scenarios and workload, run once."""
+    """The dependency graph of the KVM model's correct scenarios and workload, run once.
+
+    ``kvmlock.scenarios.verify.collect_graph`` runs the model and returns ``lockdep.graph()``
+    from inside its isolated lockdep state. That snapshot lacks the held-lock chains the
+    "cannot be taken without holding" rules need, so while it runs, ``lockdep.graph`` is
+    answered by :func:`snapshot` (the same graph plus the chain cache). If the runner stops
+    calling ``lockdep.graph()`` this degrades to a plain graph: those rules then show as
+    unchecked, never as held.
+    """
     try:
         from kvmlock.scenarios.verify import collect_graph
     except ImportError as exc:
@@ -66,7 +75,14 @@ def model_graph() -> Any:
             f"kvmlock.scenarios.verify.collect_graph is not available ({exc}); "
             "pass a graph instead (spec check DOC --graph saved.json)"
         ) from None
-    return collect_graph()
+    from kvmlock import lockdep
+
+    plain = lockdep.graph
+    lockdep.graph = snapshot  # type: ignore[assignment]
+    try:
+        return collect_graph()
+    finally:
+        lockdep.graph = plain  # type: ignore[assignment]
 
 
 def conformance(doc_path: str | os.PathLike[str], graph: Any = None) -> Conformance:

@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    con = Console(highlight=False)
+    # a pipe or a file gets wide tables (rich would fold them to 80 columns)
+    con = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     try:
         if args.cmd == "render":
             text = render_reference()

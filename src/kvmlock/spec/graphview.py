@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kvmlock.lockdep import graph as _lockdep_graph  # bound now: model_graph() swaps the name
 from kvmlock.spec.model import SpecError
 from kvmlock.spec.names import strip_subclass
 
@@ -207,9 +208,7 @@ def snapshot() -> GraphView:
     they closed a cycle it reported -- exactly the edges that break a documented order. Take
     the snapshot inside the same ``lockdep.isolated()`` block as the run.
     """
-    from kvmlock import lockdep
-
-    base = view(lockdep.graph())
+    base = view(_lockdep_graph())
     walked = _walk_chain_cache()
     if walked is None:
         return base

@@ -25,7 +25,7 @@ _A = r"(?:an? |the )?"
 
 _ORDER = re.compile(
     r"^(?P<x>.+?) (?:is|are) (?:always )?taken outside(?: of)? (?P<ys>.+?)"
-    r"(?:, (?P<note>(?:though|although|but|e\.g\.|for example)\b.*))?$",
+    r"(?:, (?P<note>(?:though|although|but|because|since|when|e\.g\.|for example)(?=\s).*))?$",
     _I,
 )
 _INSIDE = re.compile(
