@@ -76,6 +76,7 @@ class State:
         self.reports: list[Report] = []
         self.seen: set[tuple] = set()
         self.overflow: str | None = None
+        self.off_token: object = None  # new object each time validation is switched off
         self.header = (None, self.root)  # element 0 of every held stack of this state
         self.stacks: dict[int, list] = {}  # every task stack made under this state, by id
         self.lax: dict[int, list] = {}  # stack id -> locks dropped by a restart, yet to release
@@ -142,6 +143,7 @@ def _held_locks(held: list) -> list[HeldLock]:
 
 def _overflow(S: State, what: str, param: str) -> None:
     if S.on:
+        S.off_token = object()
         S.on = False
         S.overflow = what
         sys.stderr.write(
@@ -185,7 +187,7 @@ class LockMap:
     reported before it can hang the program, and :meth:`release` when they let go.
     """
 
-    __slots__ = ("name", "kind", "key", "_cls", "_hid", "_subs", "__weakref__")
+    __slots__ = ("name", "kind", "key", "_cls", "_hid", "_subs", "_off", "__weakref__")
 
     def __init__(self, name: str, kind: str, key: object | None = None) -> None:
         if not isinstance(name, str):
@@ -200,6 +202,7 @@ class LockMap:
         self._cls = _klass(self.key, name, kind, 0)
         self._hid = self._cls.hid
         self._subs: list[LockClass | None] | None = None
+        self._off: object = None  # the state's off-token when last taken with validation off
 
     def __repr__(self) -> str:
         return f"<LockMap {self.name} ({self.kind})>"
@@ -232,6 +235,8 @@ class LockMap:
                 if node is None:
                     return
             held.append((self, node))
+        else:
+            self._off = S.off_token
 
     def release(self) -> None:
         """Record letting go of this lock; releasing one not held is reported."""
@@ -406,6 +411,9 @@ def _release_slow(S: State, m: LockMap) -> None:
         if held[i][0] is m:
             break
     else:
+        if m._off is not None and m._off is S.off_token:
+            m._off = None  # taken while validation was off: nothing to match it against
+            return
         lax = S.lax.get(id(held))
         if lax:
             for j, x in enumerate(lax):
@@ -535,7 +543,9 @@ def enable() -> None:
 
 def disable() -> None:
     """Switch validation off: lock operations cost one flag test."""
-    _state.on = False
+    if _state.on:
+        _state.off_token = object()
+        _state.on = False
 
 
 def enabled() -> bool:

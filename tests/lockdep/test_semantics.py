@@ -1,0 +1,235 @@
+"""The dependency rules themselves, driven through LockMap as the primitives drive it."""
+
+import pytest
+
+from kvmlock import lockdep
+from kvmlock.lockdep import LockMap
+
+
+def take(m, read=0, subclass=0):
+    m.acquire(subclass=subclass, read=read)
+
+
+def pair(a, ra, b, rb):
+    take(a, ra)
+    take(b, rb)
+    b.release()
+    a.release()
+
+
+def kinds():
+    return [r.kind for r in lockdep.reports()]
+
+
+@pytest.mark.parametrize(
+    "first,second,caught",
+    [
+        # (read of A, read of B) in A->B, then (read of B, read of A) in B->A
+        ((0, 0), (0, 0), True),  # EN + EN
+        ((2, 0), (0, 2), False),  # A -(SN)-> B, B -(ER)-> A: weak at A (arrive R, leave S)
+        ((2, 0), (0, 0), True),  # A -(SN)-> B, B -(EN)-> A
+        ((1, 0), (0, 1), True),  # rwsem reader: -(SN)-> and -(EN)-> are both non-recursive
+        ((2, 2), (2, 2), False),  # all recursive readers never wait for each other
+        ((0, 2), (0, 2), True),  # A -(ER)-> B, B -(ER)-> A: each leaves its lock exclusively
+        ((0, 2), (2, 0), False),  # A -(ER)-> B, B -(SN)-> A: both sides only read B, weak at B
+    ],
+)
+def test_two_lock_cycles_follow_strong_path_rule(first, second, caught):
+    a, b = LockMap("A", "rwlock"), LockMap("B", "rwlock")
+    pair(a, first[0], b, first[1])
+    pair(b, second[0], a, second[1])
+    assert (kinds() == ["circular"]) is caught, kinds()
+
+
+def test_weak_junction_inside_a_longer_cycle_is_not_a_deadlock():
+    a, b, c = (LockMap(n, "rwlock") for n in "ABC")
+    pair(a, 0, b, 2)  # A -(ER)-> B
+    pair(b, 1, c, 0)  # B -(SN)-> C : arriving at B as recursive reader then leaving shared: weak
+    pair(c, 0, a, 0)  # C -(EN)-> A closes A->B->C->A
+    assert kinds() == []
+
+
+def test_same_cycle_with_strong_junction_is_caught():
+    a, b, c = (LockMap(n, "rwlock") for n in "ABC")
+    pair(a, 0, b, 2)  # A -(ER)-> B
+    pair(b, 0, c, 0)  # B -(EN)-> C : leaves B exclusively, strong
+    pair(c, 0, a, 0)
+    assert kinds() == ["circular"]
+    r = lockdep.reports()[0]
+    assert [e.kind for e in r.chain] == ["ER", "EN", "EN"] or len(r.chain) == 3
+
+
+def test_search_prefers_non_recursive_arrival_over_a_shorter_recursive_one():
+    # Two routes from A to C: A -(ER)-> C directly (arrives recursive) and A -(EN)-> B -(EN)-> C
+    # (arrives non-recursive). C -(SN)-> A then needs the non-recursive arrival to be strong.
+    a, b, c = (LockMap(n, "rwlock") for n in "ABC")
+    pair(a, 0, c, 2)
+    pair(a, 0, b, 0)
+    pair(b, 0, c, 0)
+    pair(c, 1, a, 0)
+    assert kinds() == ["circular"]
+
+
+def test_cycle_reported_once_and_not_added_to_graph():
+    a, b = LockMap("A", "mutex"), LockMap("B", "mutex")
+    pair(a, 0, b, 0)
+    pair(b, 0, a, 0)
+    pair(b, 0, a, 0)
+    assert kinds() == ["circular"]
+    g = lockdep.graph()
+    assert g.has_edge("A", "B") and not g.has_edge("B", "A")
+
+
+def test_edges_come_from_top_of_stack_only_through_trylocks():
+    a, b, c = (LockMap(n, "mutex") for n in "ABC")
+    a.acquire()
+    b.acquire(trylock=True)
+    c.acquire()
+    for m in (c, b, a):
+        m.release()
+    g = lockdep.graph()
+    assert g.has_edge("B", "C") and g.has_edge("A", "C")  # below a trylock: linked too
+    assert not g.has_edge("A", "B")  # a trylock adds no dependency into itself
+    a.acquire()
+    b.acquire()
+    c.acquire()
+    for m in (c, b, a):
+        m.release()
+    g = lockdep.graph()
+    assert g.has_edge("A", "B") and g.has_edge("B", "C")
+
+
+def test_subclass_is_its_own_class_and_validated():
+    x1, x2 = LockMap("X", "mutex"), LockMap("X", "mutex")
+    take(x1)
+    take(x2, subclass=1)
+    x2.release()
+    x1.release()
+    assert kinds() == []
+    assert "X/1" in lockdep.graph().classes
+    take(x2, subclass=1)
+    take(x1)  # X/1 -> X inverts the nesting just recorded
+    x1.release()
+    x2.release()
+    assert kinds() == ["circular"]
+
+
+def test_bad_subclass_and_read_values_are_clear_errors():
+    m = LockMap("M", "mutex")
+    with pytest.raises(ValueError, match="0..7"):
+        m.acquire(subclass=8)
+    with pytest.raises(ValueError, match="read must be"):
+        m.acquire(read=5)
+    with pytest.raises(ValueError, match="unknown lock kind"):
+        LockMap("M", "semaphore")
+    with pytest.raises(TypeError, match="must be a str"):
+        LockMap(3, "mutex")
+    with pytest.raises(ValueError, match="must not be empty"):
+        LockMap("", "mutex")
+
+
+def test_out_of_order_release_keeps_stack_and_revalidates():
+    a, b, c = (LockMap(n, "mutex") for n in "ABC")
+    a.acquire()
+    b.acquire()
+    c.acquire()
+    b.release()
+    assert [h.name for h in lockdep.held_locks()] == ["A", "C"]
+    assert lockdep.graph().has_edge("A", "C")  # C re-taken on top of A, as the kernel does
+    c.release()
+    a.release()
+    assert lockdep.held_locks() == [] and kinds() == []
+
+
+def test_chain_cache_hit_skips_validation_and_graph_lock():
+    from kvmlock.lockdep import core
+
+    a, b = LockMap("A", "mutex"), LockMap("B", "mutex")
+    pair(a, 0, b, 0)
+    before = lockdep.stats()
+
+    class CountingLock:
+        def __init__(self, inner):
+            self.inner, self.n = inner, 0
+
+        def __enter__(self):
+            self.n += 1
+            return self.inner.__enter__()
+
+        def __exit__(self, *exc):
+            return self.inner.__exit__(*exc)
+
+    counting = CountingLock(core._state.lock)
+    core._state.lock = counting
+    for _ in range(100):
+        pair(a, 0, b, 0)
+    assert counting.n == 0
+    assert lockdep.stats() == before
+    c = LockMap("C", "mutex")
+    pair(a, 0, c, 0)  # a new chain: validated under the graph lock
+    assert counting.n >= 1
+
+
+def test_disable_and_enable():
+    a, b = LockMap("A", "mutex"), LockMap("B", "mutex")
+    lockdep.disable()
+    pair(a, 0, b, 0)
+    pair(b, 0, a, 0)
+    assert kinds() == [] and lockdep.stats()["edges"] == 0
+    a.acquire()
+    lockdep.enable()
+    a.release()  # taken while off: its release passes silently
+    pair(a, 0, b, 0)
+    pair(b, 0, a, 0)
+    assert kinds() == ["circular"]
+
+
+def test_reset_while_holding_then_release_is_silent():
+    a = LockMap("A", "mutex")
+    a.acquire()
+    lockdep.reset()
+    lockdep.set_mode("collect")
+    a.release()
+    assert kinds() == []
+    a.release()  # but a second release is a real bad unlock
+    assert kinds() == ["bad_unlock"]
+
+
+def test_isolated_gives_fresh_state_and_restores():
+    a, b = LockMap("A", "mutex"), LockMap("B", "mutex")
+    a.acquire()
+    pair_outer_stack = [h.name for h in lockdep.held_locks()]
+    with lockdep.isolated() as st:
+        assert lockdep.held_locks() == [] and lockdep.get_mode() == "collect"
+        pair(a, 0, b, 0)
+        pair(b, 0, a, 0)
+        assert [r.kind for r in lockdep.reports()] == ["circular"] == [r.kind for r in st.reports]
+    assert [h.name for h in lockdep.held_locks()] == pair_outer_stack
+    a.release()
+    assert kinds() == [] and not lockdep.graph().has_edge("A", "B")
+
+
+def test_sync_validates_without_holding():
+    s = LockMap("srcu", "srcu")
+    m = LockMap("L", "mutex")
+    m.acquire()
+    s.sync()
+    assert [h.name for h in lockdep.held_locks()] == ["L"]
+    m.release()
+    assert lockdep.graph().has_edge("L", "srcu")
+    s.acquire(read=2)
+    s.acquire(read=2)  # nested read side of the same SRCU: fine
+    m.acquire()
+    assert kinds() == ["circular"]
+
+
+def test_pseudo_lock_context_manager():
+    section = LockMap("mmu_notifier_invalidate_range_start", "pseudo")
+    m = LockMap("M", "mutex")
+    with section:
+        with m:
+            pass
+    with m:
+        with section:
+            pass
+    assert kinds() == ["circular"]
