@@ -110,16 +110,24 @@ def _describe(ex: Execution, lockdep_on: bool, max_steps: int) -> None:
             ex.final = [(t.tid, text)]
     elif out in ("deadlock", "hang"):
         lines = []
+        spun = any(t.spinning for t in rt.live)
         for t in rt.live:
             held = _holds(t, rt)
             hs = f"; holds {', '.join(held)}" if held else ""
-            what = "waits for" if out == "deadlock" else "next"
+            if t.spinning:
+                what, note = "spins on", "spins: "
+            elif out == "deadlock" or spun:
+                what, note = "waits for", "blocked: "
+            else:
+                what, note = "next", "next: "
             lines.append(f"  task {t.tid} ({t.name}) {what}: {_waiting_on(t)}{hs}")
-            ex.final.append((t.tid, ("blocked: " if out == "deadlock" else "next: ")
-                             + f"{t.p_kind} {t.p_label}"))
+            ex.final.append((t.tid, note + f"{t.p_kind} {t.p_label}"))
         ex.kind = out
         if out == "deadlock":
             ex.message = "every live task is blocked:\n" + "\n".join(lines)
+        elif spun:
+            ex.message = ("livelock: tasks spin re-reading state that no other task can "
+                          "change any more (the rest are blocked):\n" + "\n".join(lines))
         else:
             ex.message = (f"no end after max_steps={max_steps} visible operations (livelock, "
                           f"endless spinning or an unbounded loop):\n" + "\n".join(lines))

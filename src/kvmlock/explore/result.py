@@ -83,7 +83,8 @@ class Result:
     def headline(self) -> str:
         bound = (f" within preemption bound {self.preemption_bound}"
                  if self.preemption_bound is not None else "")
-        cover = "exhausted" + bound if self.exhausted else f"not exhausted (stopped: {self.stopped})"
+        cover = ("exhausted" + bound if self.exhausted
+                 else f"not exhausted (stopped: {self.stopped})")
         extra = f", {self.pruned} pruned" if self.pruned else ""
         distinct = f", {self.distinct} distinct" if self.distinct is not None else ""
         verdict = "ok" if self.ok else f"{len(self.failures)} failure(s)"

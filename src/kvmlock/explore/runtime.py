@@ -73,7 +73,7 @@ class Task:
     __slots__ = (
         "tid", "name", "g", "fn", "args", "parent", "lockdep", "done", "starting",
         "p_obj", "p_kind", "p_write", "p_pred", "p_label", "p_acq", "p_where", "p_wq",
-        "try_ok",
+        "try_ok", "spin", "spinning",
     )
 
     def __init__(self, tid: int, name: str, fn: Callable[..., Any], args: tuple,
@@ -96,6 +96,9 @@ class Task:
         self.p_where: tuple[str, str] = ("", "")
         self.p_wq: Any = None
         self.try_ok = False
+        # spin detection: object key -> (writes to it when last read, program point of read)
+        self.spin: dict[int, tuple[int, Any]] = {}
+        self.spinning = False
 
     def __repr__(self) -> str:
         return f"<task {self.tid} {self.name}>"
@@ -232,6 +235,8 @@ class SimRuntime:
         self.exc_where: tuple[str, str] = ("", "")
         self.blocked: list[Task] = []
         self.aborting = False
+        self.spin_detect = True
+        self.wcount: dict[int, int] = {}  # object key -> writes executed on it
         self.hub: Any = None
 
     # ------------------------------------------------------------------ runtime contract
@@ -294,22 +299,58 @@ class SimRuntime:
         t.p_wq = wq
         if self.tracing:
             t.p_where = where_of(sys._getframe(1))
+        point = None
+        if not write and obj is not None and self.spin_detect:
+            point = (kind, _point(sys._getframe(1)))
+            seen = t.spin.get(obj)
+            if seen is not None and seen[1] == point and self._unchanged(t.spin):
+                # Back at the same read with nothing it read changed since: a spin-wait
+                # iteration that cannot make progress. Park it until something changes.
+                t.p_pred = self._changed_pred(t.spin, pred)
+                t.spinning = True
         if t.starting:
             t.starting = False
             p = t.parent
             self.current = p
             p.g.switch()  # type: ignore[union-attr]
-            return
-        nxt = self._pick(t)
-        if nxt is not t:
-            self.current = nxt
-            nxt.g.switch()
+        else:
+            nxt = self._pick(t)
+            if nxt is not t:
+                self.current = nxt
+                nxt.g.switch()
+        # the operation executes now
+        if obj is not None:
+            wc = self.wcount
+            if write:
+                wc[obj] = wc.get(obj, 0) + 1
+                if t.spin:
+                    t.spin.clear()
+            elif point is not None:
+                t.spin[obj] = (wc.get(obj, 0), point)
+                t.spinning = False
+
+    def _unchanged(self, seen: dict[int, tuple[int, Any]]) -> bool:
+        wc = self.wcount
+        return all(wc.get(k, 0) == n for k, (n, _p) in seen.items())
+
+    def _changed_pred(self, seen: dict[int, tuple[int, Any]],
+                      pred: Callable[[], bool] | None) -> Callable[[], bool]:
+        wc = self.wcount
+        counts = [(k, n) for k, (n, _p) in seen.items()]
+
+        def changed() -> bool:
+            for k, n in counts:
+                if wc.get(k, 0) != n:
+                    return pred is None or pred()
+            return False
+
+        return changed
 
     def _pick(self, cur: Task) -> Task:
         enabled = [t for t in self.live if t.p_pred is None or t.p_pred()]
         if not enabled:
             self.blocked = list(self.live)
-            self._abort("deadlock")
+            self._abort("hang" if any(t.spinning for t in self.live) else "deadlock")
         n = self.nsteps
         if n >= self.max_steps:
             self._abort("hang")
@@ -387,6 +428,24 @@ class SimRuntime:
                 except BaseException:  # noqa: BLE001 - a dying task's noise is not a finding
                     pass
         self.current = None
+
+
+_CODE_INTERNAL: dict[Any, bool] = {}
+
+
+def _point(frame: Any) -> Any:
+    """The user's program point (code object, line) that led to this operation."""
+    f = frame
+    cache = _CODE_INTERNAL
+    while f is not None:
+        code = f.f_code
+        internal = cache.get(code)
+        if internal is None:
+            internal = cache[code] = code.co_filename.startswith(_INTERNAL)
+        if not internal:
+            return (code, f.f_lineno)
+        f = f.f_back
+    return None
 
 
 def _exc_where(exc: BaseException) -> tuple[str, str]:

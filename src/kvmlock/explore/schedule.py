@@ -91,7 +91,7 @@ def shrink(choices: list[int], preempt_steps: list[int], trial: Trial,
         bl = blocks(best)
         pos = 0
         starts = []
-        for t, n in bl:
+        for _t, n in bl:
             starts.append((pos, n))
             pos += n
         for start, n in reversed(starts[1:]):

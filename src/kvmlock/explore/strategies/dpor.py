@@ -126,14 +126,17 @@ class DPOR:
                 la = self.last_acq.get(obj)
                 if analyze and la is not None and unordered(la):
                     races.append(la)
+            # A blocking acquire cannot move before the release that let it in (it would be
+            # disabled there); a trylock can, and then fails: that race is real.
+            generic = acq != ACQ_LOCK
             if write:
                 if rs:
                     merge.extend(rs)
-                    if analyze and not acquired:
+                    if analyze and generic:
                         races.extend(r for r in rs if unordered(r))
                 elif lw is not None:
                     merge.append(lw)
-                    if analyze and not acquired and unordered(lw):
+                    if analyze and generic and unordered(lw) and lw not in races:
                         races.append(lw)
             elif lw is not None:
                 merge.append(lw)
@@ -159,7 +162,7 @@ class DPOR:
         new = clock[:]
         for j in merge:
             c = ev_clock[j]
-            new = [a if a > b else b for a, b in zip(new, c)]
+            new = [a if a > b else b for a, b in zip(new, c, strict=True)]
         new[tid] = local
         self.clock[tid] = new
         ev_tid.append(tid)
@@ -175,7 +178,7 @@ class DPOR:
 
     def _join_into(self, tid: int, other: list[int]) -> None:
         mine = self.clock[tid]
-        self.clock[tid] = [a if a > b else b for a, b in zip(mine, other)]
+        self.clock[tid] = [a if a > b else b for a, b in zip(mine, other, strict=True)]
 
     def _reverse(self, j: int, i: int) -> None:
         """Race (j, i): make the state before ``j`` also start something leading to ``i``."""

@@ -1,0 +1,130 @@
+"""Small concurrent programs the explorer tests share (each a body factory)."""
+
+from __future__ import annotations
+
+from kvmlock import spawn
+from kvmlock.sync import Atomic64, Mutex, RWLock, RWSemaphore
+
+
+def abba(same_order: bool = False):
+    def body():
+        a, b = Mutex("a"), Mutex("b")
+
+        def t1():
+            with a:
+                with b:
+                    pass
+
+        def t2():
+            first, second = (a, b) if same_order else (b, a)
+            with first:
+                with second:
+                    pass
+
+        ts = [spawn(t1), spawn(t2)]
+        for t in ts:
+            t.join()
+
+    return body
+
+
+def counter(n: int, k: int, log: list | None = None):
+    """N tasks each doing K increments of one counter under one mutex."""
+
+    def body():
+        m = Mutex("counter_lock")
+        c = [0]
+        order: list[int] = []
+
+        def worker(i: int):
+            for _ in range(k):
+                with m:
+                    c[0] += 1
+                    order.append(i)
+
+        ts = [spawn(worker, i) for i in range(n)]
+        for t in ts:
+            t.join()
+        assert c[0] == n * k
+        if log is not None:
+            log.append(tuple(order))
+
+    return body
+
+
+def disjoint():
+    def body():
+        a, b = Mutex("a"), Mutex("b")
+
+        def t(m):
+            with m:
+                pass
+
+        ts = [spawn(t, a), spawn(t, b)]
+        for h in ts:
+            h.join()
+
+    return body
+
+
+def lost_update(fix: str | None = None):
+    """Two increments of an atomic: racy load/store, or fixed with cmpxchg retry or a lock."""
+
+    def body():
+        x = Atomic64(0, name="x")
+        m = Mutex("x_lock")
+
+        def inc():
+            if fix == "cmpxchg":
+                while True:
+                    v = x.load()
+                    if x.cmpxchg(v, v + 1) == v:
+                        break
+            elif fix == "lock":
+                with m:
+                    v = x.load()
+                    x.store(v + 1)
+            else:
+                v = x.load()
+                x.store(v + 1)
+
+        ts = [spawn(inc), spawn(inc)]
+        for t in ts:
+            t.join()
+        assert x.peek() == 2, f"lost update: x = {x.peek()}"
+
+    return body
+
+
+def rwsem_fairness(recursive: bool):
+    """A reads S then wants X; B wants to write S; C holds X and wants to read S.
+
+    With an rw_semaphore the queued writer B shuts C out while A waits for C: a deadlock.
+    With a recursive-read rwlock_t, C's read gets in past the waiting writer.
+    """
+
+    def body():
+        s = RWLock("S") if recursive else RWSemaphore("S")
+        x = Mutex("X")
+        rd = s.read
+        wr = s.write
+
+        def a():
+            with rd():
+                with x:
+                    pass
+
+        def b():
+            with wr():
+                pass
+
+        def c():
+            with x:
+                with rd():
+                    pass
+
+        ts = [spawn(a), spawn(b), spawn(c)]
+        for t in ts:
+            t.join()
+
+    return body
