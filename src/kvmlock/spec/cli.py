@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -42,8 +43,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    # a pipe or a file gets wide tables (rich would fold them to 80 columns)
-    con = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    # a pipe or a file gets wide tables (rich would fold them to 80 columns) unless COLUMNS says
+    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+    con = Console(highlight=False, width=width)
     try:
         if args.cmd == "render":
             text = render_reference()

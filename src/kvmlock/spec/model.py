@@ -76,7 +76,8 @@ class Rule:
         if k == "leaf":
             return f"{self.outer} is a leaf"
         if k == "type":
-            return f"{self.outer} is a {' or '.join(self.types)}"
+            kinds = " or ".join(self.types)
+            return f"{self.outer} is {'an' if kinds[0] in 'aeiour' else 'a'} {kinds}"
         return f"{k} {self.outer} {self.inner}"
 
 

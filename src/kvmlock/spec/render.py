@@ -11,13 +11,20 @@ import textwrap
 from collections.abc import Iterable
 from typing import Any
 
+from rich import box
 from rich.console import Console
-from rich.table import Table
+from rich.table import Table as _RichTable
 
 from kvmlock.spec.check import HELD, NOT_EXERCISED, UNCHECKED, VIOLATED, Conformance
 from kvmlock.spec.lint import Finding, undeclared
 from kvmlock.spec.model import Spec
 from kvmlock.spec.names import KIND_TYPES
+
+
+def Table(**kw: Any) -> _RichTable:  # noqa: N802 - reads like the rich class it builds
+    """Compact tables: they end up pasted into terminals, docs and CI logs."""
+    return _RichTable(box=box.SIMPLE_HEAD, title_justify="left", **kw)
+
 
 _STYLE = {HELD: "green", VIOLATED: "bold red", NOT_EXERCISED: "yellow", UNCHECKED: "cyan"}
 
@@ -32,12 +39,12 @@ def _text(renderables: Iterable[Any], width: int, color: bool = False) -> str:
 
 
 def spec_tables(spec: Spec) -> list[Any]:
-    rules = Table(title=f"Rules read from {spec.source}", title_justify="left")
+    rules = Table(title=f"Rules read from {spec.source}")
     for col in ("line", "kind", "rule", "arch", "note"):
         rules.add_column(col, overflow="fold")
     for r in spec.rules:
         rules.add_row(str(r.line), r.kind, r.describe(), r.arch or "any", r.note)
-    ref = Table(title="Reference", title_justify="left")
+    ref = Table(title="Reference")
     for col in ("line", "lock", "type", "lockdep kind", "arch", "protects"):
         ref.add_column(col, overflow="fold")
     for e in spec.reference:
@@ -45,8 +52,7 @@ def spec_tables(spec: Spec) -> list[Any]:
                     "; ".join(e.protects))
     out: list[Any] = [rules, ref]
     if spec.not_understood:
-        nu = Table(title="Not understood (sentences in a rules section matching no rule form)",
-                   title_justify="left")
+        nu = Table(title="Not understood (sentences in a rules section matching no rule form)")
         nu.add_column("line")
         nu.add_column("sentence", overflow="fold")
         for u in spec.not_understood:
@@ -60,7 +66,7 @@ def render_spec(spec: Spec, width: int = 120) -> str:
 
 
 def conformance_tables(conf: Conformance) -> list[Any]:
-    t = Table(title=f"Conformance to {conf.source}", title_justify="left")
+    t = Table(title=f"Conformance to {conf.source}")
     for col in ("line", "rule", "status", "edge (offending, or the evidence)", "where"):
         t.add_column(col, overflow="fold")
     for r in conf.results:
@@ -68,7 +74,7 @@ def conformance_tables(conf: Conformance) -> list[Any]:
         where = "\n".join(e.where for e in r.path if e.where)
         t.add_row(str(r.rule.line), r.rule.describe(),
                   f"[{_STYLE[r.status]}]{r.status}[/]", edge, where)
-    types = Table(title="Types (Reference entry vs the run's lock)", title_justify="left")
+    types = Table(title="Types (Reference entry vs the run's lock)")
     for col in ("lock", "documented", "run", "status"):
         types.add_column(col)
     for tr in conf.types:
@@ -76,15 +82,14 @@ def conformance_tables(conf: Conformance) -> list[Any]:
                       f"[{_STYLE[tr.status]}]{tr.status}[/]")
     out: list[Any] = [t, types]
     if conf.undocumented:
-        u = Table(title="Locks in the run that the document does not mention",
-                  title_justify="left")
+        u = Table(title="Locks in the run that the document does not mention")
         u.add_column("lock")
         u.add_column("kind")
         for name, kind in conf.undocumented:
             u.add_row(name, kind)
         out.append(u)
     if conf.not_understood:
-        nu = Table(title="Sentences not understood (not checked)", title_justify="left")
+        nu = Table(title="Sentences not understood (not checked)")
         nu.add_column("line")
         nu.add_column("sentence", overflow="fold")
         for s in conf.not_understood:
@@ -107,7 +112,7 @@ def render_conformance(conf: Conformance, width: int = 120) -> str:
 def lint_tables(spec: Spec, findings: list[Finding]) -> list[Any]:
     out: list[Any] = []
     if findings:
-        t = Table(title=f"Contradictions in {spec.source}", title_justify="left")
+        t = Table(title=f"Contradictions in {spec.source}")
         for col in ("kind", "lines", "finding"):
             t.add_column(col, overflow="fold")
         for f in findings:
