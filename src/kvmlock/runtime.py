@@ -98,7 +98,14 @@ class _TaskState(threading.local):
 
     def __init__(self) -> None:
         self.lockdep: Any = None
-        self.name = threading.current_thread().name
+        self._ident = threading.get_ident()
+
+    @property
+    def name(self) -> str:
+        # Looked up lazily and without threading.current_thread(): a lock taken while a thread
+        # is still starting would otherwise register a bogus "Dummy" thread for it.
+        t = threading._active.get(self._ident)  # type: ignore[attr-defined]
+        return t.name if t is not None else f"thread-{self._ident}"
 
 
 class _ThreadHandle:
