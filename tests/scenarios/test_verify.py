@@ -1,0 +1,145 @@
+"""`kvmlock verify`: selection, verdicts (met, missed, wrong failure), exit codes, the graph."""
+
+import pytest
+
+import kvmlock.scenarios  # noqa: F401
+from kvmlock import lockdep
+from kvmlock.scenarios import verify
+from kvmlock.scenarios.orders import check_leaves, check_orders
+from kvmlock.scenarios.registry import SCENARIOS, Scenario
+from kvmlock.sync import Mutex
+
+
+@pytest.fixture
+def temp_scenarios():
+    added = []
+
+    def add(name, body, **kw):
+        kw.setdefault("rule", "test-only")
+        SCENARIOS[name] = Scenario(name=name, body=body, **kw)
+        added.append(name)
+        return SCENARIOS[name]
+
+    yield add
+    for n in added:
+        SCENARIOS.pop(n, None)
+
+
+def _inversion():
+    a, b = Mutex("test.A"), Mutex("test.B")
+    with a, b:
+        pass
+    with b, a:
+        pass
+
+
+def _fine():
+    a, b = Mutex("test.A"), Mutex("test.B")
+    with a, b:
+        pass
+
+
+def _bad_assert():
+    raise AssertionError("invariant broken")
+
+
+def test_broken_variant_that_is_not_caught_is_a_missed_expectation(temp_scenarios):
+    sc = temp_scenarios("zz.fine.broken", _fine, variant="broken", expect="lockdep",
+                        lockdep_kind="circular")
+    out = verify.run_scenario(sc)
+    assert not out.met and out.result.startswith("MISSED")
+
+
+def test_broken_variant_caught_for_the_wrong_reason_is_not_met(temp_scenarios):
+    sc = temp_scenarios("zz.assert.broken", _bad_assert, variant="broken", expect="lockdep",
+                        lockdep_kind="circular")
+    out = verify.run_scenario(sc)
+    assert not out.met and out.result.startswith("WRONG FAILURE: assertion")
+    sc2 = temp_scenarios("zz.inv.broken", _inversion, variant="broken", expect="lockdep",
+                         lockdep_kind="sleep_in_atomic")
+    out2 = verify.run_scenario(sc2)
+    assert not out2.met, "a circular report must not satisfy an expected sleep_in_atomic"
+    sc3 = temp_scenarios("zz.inv2.broken", _inversion, variant="broken", expect="lockdep",
+                         lockdep_kind="circular")
+    assert verify.run_scenario(sc3).met
+
+
+def test_correct_variant_with_a_failure_is_not_met(temp_scenarios):
+    sc = temp_scenarios("zz.inv.correct", _inversion, variant="correct", expect="pass")
+    out = verify.run_scenario(sc)
+    assert not out.met and out.result == "FAILED: lockdep circular"
+    ok = temp_scenarios("zz.fine.correct", _fine, variant="correct", expect="pass")
+    out = verify.run_scenario(ok)
+    assert out.met and out.bound == "exhaustive"
+
+
+def test_main_exit_codes_and_table(temp_scenarios, capsys):
+    assert verify.main(["srcu.slots_lock_in_reader.broken", "order.leaves.correct"]) == 0
+    text = capsys.readouterr().out
+    assert "caught: lockdep circular" in text and "exhaustive" in text
+    assert "2/2 expectations met" in text
+    temp_scenarios("zz.inv.correct", _inversion, variant="correct", expect="pass")
+    assert verify.main(["zz.inv.correct"]) == 1
+    assert "0/1 expectations met" in capsys.readouterr().out
+
+
+def test_unknown_name_lists_close_matches(capsys):
+    assert verify.main(["srcu.slots_lock_in_readr.broken"]) == 2
+    out = capsys.readouterr().out
+    assert "no scenario named 'srcu.slots_lock_in_readr.broken'" in out
+    assert "srcu.slots_lock_in_reader.broken" in out
+
+
+def test_select_by_prefix_and_glob():
+    names = [s.name for s in verify.select(["vendor"])]
+    assert names == ["vendor.second_module_refused.correct", "vendor.init_under_kvm_lock.broken"]
+    assert {s.name for s in verify.select(["tsc.*.broken"])} == {"tsc.synchronize.broken"}
+    assert len(verify.select([])) == len(SCENARIOS)
+
+
+def test_trace_prints_the_interleaving_and_the_splat(capsys):
+    assert verify.main(["vendor.init_under_kvm_lock.broken", "--trace"]) == 0
+    out = capsys.readouterr().out
+    assert "CPU1 (modprobe kvm_intel)" in out and "CPU2 (cpu hotplug)" in out
+    assert "possible circular locking dependency" in out
+    assert "kvm_lock" in out and "cpu_hotplug_lock" in out
+
+
+def test_spec_with_a_missing_document_is_a_clear_error(capsys, tmp_path):
+    assert verify.main(["tsc.synchronize.correct", "--spec", str(tmp_path / "nope.rst")]) == 2
+    assert "nope.rst" in capsys.readouterr().out
+
+
+def test_collect_graph_has_the_documented_orders_and_nothing_against_them():
+    g = verify.collect_graph(workload_seconds=0)
+    got = {(e.src, e.dst) for e in g.edges}
+    for pair in [("cpu_hotplug_lock", "kvm_lock"), ("kvm_usage_lock", "cpu_hotplug_lock"),
+                 ("kvm->lock", "vcpu->mutex"), ("kvm->slots_lock", "kvm->srcu"),
+                 ("vcpu->mutex", "kvm->arch.hyperv.hv_lock"),
+                 ("kvm->srcu", "kvm->slots_arch_lock"),
+                 ("kvm->mmu_lock", "kvm->arch.tdp_mmu_pages_lock")]:
+        assert pair in got, pair
+    check_orders(g)
+    check_leaves(g)
+    assert lockdep.reports() == []  # collect_graph ran isolated: nothing leaks out
+
+
+class _G:
+    def __init__(self, *pairs):
+        self.edges = [lockdep.Edge(a, b, 0, 0, "here:1") for a, b in pairs]
+
+
+def test_check_orders_catches_an_implied_inversion_and_passes_unrelated_edges():
+    with pytest.raises(AssertionError, match="vcpu->mutex -> kvm->lock"):
+        check_orders(_G(("vcpu->mutex", "kvm->lock")))
+    # transitively implied: kvm->lock outside vcpu->mutex outside hv_lock
+    with pytest.raises(AssertionError, match="hv_lock -> kvm->lock"):
+        check_orders(_G(("kvm->arch.hyperv.hv_lock", "kvm->lock")))
+    check_orders(_G(("kvm->lock", "vcpu->mutex"), ("vcpu->mutex/1", "kvm->arch.xen.xen_lock"),
+                    ("kvm->srcu", "kvm->slots_arch_lock")))
+
+
+def test_check_leaves_catches_an_edge_out_of_a_leaf_but_not_into_one():
+    with pytest.raises(AssertionError, match="kvm->lock taken inside leaf kvm->irq_lock"):
+        check_leaves(_G(("kvm->irq_lock", "kvm->lock")))
+    check_leaves(_G(("kvm->slots_lock", "kvm->irq_lock"), ("vcpu->mutex", "kvm_lock")))
