@@ -251,3 +251,14 @@ def free_before_grace_period() -> None:
             old.free()  # no synchronize_srcu
 
     together(hasty_update, lambda: _reader(vm, slots, None), names=["memslot updater", "vcpu0"])
+
+
+@scenario("srcu.slots_lock_in_reader.deadlock", variant="broken", expect="deadlock",
+          rule="kvm->slots_lock inside the read side, with lockdep off: the explorer finds the "
+               "hang itself (synchronize waits for the reader, the reader for slots_lock)",
+          invariant="all tasks blocked", lockdep=False, **_BOUND)
+def slots_lock_in_reader_deadlock() -> None:
+    vm = VM(None, nr_vcpus=1)
+    slots = _Memslots()
+    together(lambda: _update_memslots(vm, slots), lambda: _reader(vm, slots, vm.slots_lock),
+             names=["memslot updater", "vcpu0"])

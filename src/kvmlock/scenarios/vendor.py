@@ -62,3 +62,29 @@ def init_under_kvm_lock() -> None:
     results: dict[str, int] = {}
     together(lambda: _loader(m, "kvm_intel", results, "kvm_lock"), lambda: m.cpu_down(1),
              names=["modprobe kvm_intel", "cpu hotplug"])
+
+
+@scenario("vendor.init_under_kvm_lock_cpufreq.broken", variant="broken", expect="lockdep",
+          lockdep_kind="circular",
+          rule="vendor init under kvm_lock while a cpufreq notifier walks vm_list under "
+               "cpus_read_lock",
+          invariant="lockdep reports kvm_lock -> cpu_hotplug_lock -> kvm_lock (two readers "
+                    "of the hotplug lock still deadlock once a writer queues)", max_runs=200)
+def init_under_kvm_lock_cpufreq() -> None:
+    m = Machine(2)
+    results: dict[str, int] = {}
+    together(lambda: _loader(m, "kvm_intel", results, "kvm_lock"), m.cpufreq_notifier,
+             names=["modprobe kvm_intel", "cpufreq boost"])
+
+
+@scenario("vendor.init_under_kvm_lock.deadlock", variant="broken", expect="deadlock",
+          rule="the same, with lockdep off: the explorer finds the real three-task deadlock "
+               "(reader, queued hotplug writer, kvm_lock holder waiting to read)",
+          invariant="all tasks blocked: the cycle is not just lockdep's theory",
+          lockdep=False, max_runs=5000)
+def init_under_kvm_lock_deadlock() -> None:
+    m = Machine(2)
+    results: dict[str, int] = {}
+    together(lambda: _loader(m, "kvm_intel", results, "kvm_lock"), m.cpufreq_notifier,
+             lambda: m.cpu_down(1),
+             names=["modprobe kvm_intel", "cpufreq boost", "cpu hotplug"])
