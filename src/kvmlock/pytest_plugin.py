@@ -1,8 +1,68 @@
-"""pytest plugin: ``--lockdep`` validates the locks of the code under test (work in progress)."""
+"""pytest plugin: ``pytest --lockdep`` runs the suite under kvmlock's lock validator.
+
+With the option, ``threading.Lock``/``RLock`` created during the session are validated
+(see :func:`kvmlock.lockdep.instrument_threading`) along with every kvmlock.sync primitive,
+and a test during which lockdep found a new problem fails with the report. The dependency
+graph is kept across tests, as the kernel keeps it across a boot: test A taking X then Y and
+test B taking Y then X is the inversion, found in test B. Without the option the plugin only
+registers it, so a normal run pays nothing.
+"""
 
 from __future__ import annotations
 
+from typing import Any
 
-def pytest_addoption(parser) -> None:  # type: ignore[no-untyped-def]
-    parser.addoption("--lockdep", action="store_true", default=False,
-                     help="validate threading locks with kvmlock.lockdep")
+import pytest
+
+_STATE_KEY = pytest.StashKey[dict]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("kvmlock")
+    group.addoption(
+        "--lockdep",
+        action="store_true",
+        default=False,
+        help="validate lock ordering (threading locks and kvmlock.sync) and fail tests "
+        "that produce a lockdep report",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.getoption("lockdep", False):
+        return
+    from kvmlock import lockdep
+
+    config.stash[_STATE_KEY] = {
+        "instr": lockdep.instrument_threading(),
+        "mode": lockdep.get_mode(),
+    }
+    lockdep.set_mode("collect")
+    config.pluginmanager.register(_LockdepChecker(), "kvmlock-lockdep-checker")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    st = config.stash.get(_STATE_KEY, None)
+    if st is None:
+        return
+    from kvmlock import lockdep
+
+    st["instr"].stop()
+    lockdep.set_mode(st["mode"])
+
+
+class _LockdepChecker:
+    """Registered only under ``--lockdep``: compares the report list around each test."""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Any:
+        from kvmlock import lockdep
+
+        before = {id(r) for r in lockdep.reports()}
+        result = yield
+        new = [r for r in lockdep.reports() if id(r) not in before]
+        if new:
+            text = "\n".join(str(r) for r in new)
+            pytest.fail(f"lockdep found {len(new)} problem(s) during this test:\n{text}",
+                        pytrace=False)
+        return result

@@ -1,12 +1,13 @@
 """Validate a plain threading program: ``threading.Lock``/``RLock`` made into checked locks.
 
 While instrumentation is on, ``threading.Lock()`` and ``threading.RLock()`` return wrappers
-that report to lockdep. Each creation site (file:line) is one lock class, as each static
-initialisation site is one class in the kernel: all locks made by the same line order the same
-way. Locks made inside threading.py (a ``Condition()``'s RLock, say) are named after the user
-line that asked for them; locks made by kvmlock itself stay raw, since its primitives report
-on their own. ``RLock`` re-entry is not recursive locking. A ``Lock`` released by a thread
-other than its taker (legal for threading.Lock) is dropped from the taker's stack silently.
+that report to lockdep. Each creation site is one lock class, as each static initialisation
+site is one class in the kernel: all locks made by the same call order the same way. The site
+is file:line, plus the column, so two calls on one line make two classes. Locks made inside
+threading.py (a ``Condition()``'s RLock, say) are named after the user line that asked for
+them; locks made by kvmlock itself stay raw, since its primitives report on their own.
+``RLock`` re-entry is not recursive locking. A ``Lock`` released by a thread other than its
+taker (legal for threading.Lock) is dropped from the taker's stack silently.
 """
 
 from __future__ import annotations
@@ -26,10 +27,23 @@ _ORIG_RLOCK = threading.RLock
 _THREADING_FILE = os.path.abspath(threading.__file__)
 _get_ident = _thread.get_ident
 _depth = 0
-_maps: dict[tuple[str, str, int], core.LockMap] = {}
+_maps: dict[tuple, core.LockMap] = {}
 
 
-def _site() -> tuple[str, int] | None:
+def _column(f: Any) -> int | None:
+    """1-based column of the call being made in frame ``f`` (two locks made on one line by
+    two calls are two classes; one call made in a loop is one class)."""
+    try:
+        positions = f.f_code.co_positions()
+        for _ in range(f.f_lasti // 2):
+            next(positions)
+        col = next(positions)[2]
+    except (StopIteration, AttributeError):
+        return None
+    return None if col is None else col + 1
+
+
+def _site() -> tuple[str, int, int | None] | None:
     """Creation site for a new lock, or None when kvmlock itself is creating it."""
     f = sys._getframe(2)
     while f is not None:
@@ -39,15 +53,16 @@ def _site() -> tuple[str, int] | None:
             continue
         if _internal(fn):
             return None
-        return fn, f.f_lineno
+        return fn, f.f_lineno, _column(f)
     return None
 
 
-def _map_for(what: str, site: tuple[str, int]) -> core.LockMap:
-    key = (what, site[0], site[1])
+def _map_for(what: str, site: tuple[str, int, int | None]) -> core.LockMap:
+    key = (what, *site)
     m = _maps.get(key)
     if m is None:
-        m = _maps[key] = core.LockMap(f"{short_path(site[0])}:{site[1]}", "threading", key)
+        name = f"{short_path(site[0])}:{site[1]}" + (f":{site[2]}" if site[2] else "")
+        m = _maps[key] = core.LockMap(name, "threading", key)
     return m
 
 

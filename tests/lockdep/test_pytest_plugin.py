@@ -1,0 +1,72 @@
+"""``pytest --lockdep`` fails a test that produced a lockdep report; without it, nothing."""
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+ABBA_TESTS = """
+import threading
+
+A = None
+B = None
+
+
+def setup_module():
+    global A, B
+    A = threading.Lock()
+    B = threading.Lock()
+
+
+def test_takes_a_then_b():
+    with A:
+        with B:
+            pass
+
+
+def test_takes_b_then_a():
+    with B:
+        with A:
+            pass
+
+
+def test_unrelated():
+    assert True
+"""
+
+CLEAN_TESTS = """
+import threading
+
+
+def test_same_order_twice():
+    a, b = threading.Lock(), threading.Lock()
+    for _ in range(2):
+        with a:
+            with b:
+                pass
+"""
+
+
+@pytest.fixture
+def run(pytester):
+    def go(source, *args):
+        pytester.makepyfile(test_user=source)
+        return pytester.runpytest_subprocess(*args)  # the plugin loads by entry point
+
+    return go
+
+
+def test_lockdep_option_fails_the_inverting_test(run):
+    result = run(ABBA_TESTS, "--lockdep")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines([
+        "*test_takes_b_then_a*",
+        "*possible circular locking dependency detected*",
+    ])
+
+
+def test_without_option_nothing_happens(run):
+    run(ABBA_TESTS).assert_outcomes(passed=3)
+
+
+def test_clean_suite_passes_under_lockdep(run):
+    run(CLEAN_TESTS, "--lockdep").assert_outcomes(passed=1)
