@@ -26,7 +26,7 @@ from kvmlock.scenarios.registry import scenario
 
 __all__: list[str] = []
 
-_BOUND = {"max_runs": 3000, "preemption_bound": 2}
+_BOUND = {"strategy": "dfs", "preemption_bound": 2, "max_runs": 20000}
 
 
 def _notifier_vs_update(hazard: str | None, *, nested: bool) -> None:
@@ -84,4 +84,27 @@ def notifier_rwsem() -> None:
           invariant="the MMU notifier path takes neither slots_lock nor slots_arch_lock",
           **_BOUND)
 def notifier_slots_lock() -> None:
+    _notifier_vs_update("notifier_takes_slots_lock", nested=False)
+
+
+# The same two designs with lockdep switched off: the explorer must then find the deadlock
+# itself, as a hung machine would. With the rwsem, the reclaim nested in the swapper's
+# invalidation blocks on the read side behind the waiting updater, which waits for the
+# swapper's first read. With slots_lock, the notifier (already counted active) blocks on the
+# lock the updater holds while it sleeps until no invalidation is active.
+
+
+@scenario("mmu_notifier.rwsem.deadlock.broken",
+          rule="the rwsem fence deadlocks: nested reader behind a waiting memslot writer",
+          variant="broken", expect="deadlock", invariant=_INV, lockdep=False, **_BOUND)
+def notifier_rwsem_deadlock() -> None:
+    _notifier_vs_update("notifier_uses_rwsem", nested=True)
+
+
+@scenario("mmu_notifier.slots_lock.deadlock.broken",
+          rule="a notifier taking slots_lock deadlocks with the waiting memslot updater",
+          variant="broken", expect="deadlock",
+          invariant="the MMU notifier path takes neither slots_lock nor slots_arch_lock",
+          lockdep=False, **_BOUND)
+def notifier_slots_lock_deadlock() -> None:
     _notifier_vs_update("notifier_takes_slots_lock", nested=False)
