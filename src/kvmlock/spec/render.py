@@ -67,8 +67,9 @@ def render_spec(spec: Spec, width: int = 120) -> str:
 
 def conformance_tables(conf: Conformance) -> list[Any]:
     t = Table(title=f"Conformance to {conf.source}")
-    for col in ("line", "rule", "status", "edge (offending, or the evidence)", "where"):
+    for col in ("line", "rule", "status", "edge (offending, or the evidence)"):
         t.add_column(col, overflow="fold")
+    t.add_column("where", no_wrap=True)  # file:line must stay copyable
     for r in conf.results:
         edge = " => ".join(e.show() for e in r.path) or r.detail
         where = "\n".join(e.where for e in r.path if e.where)
