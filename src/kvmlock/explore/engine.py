@@ -126,8 +126,9 @@ def _describe(ex: Execution, lockdep_on: bool, max_steps: int) -> None:
         if out == "deadlock":
             ex.message = "every live task is blocked:\n" + "\n".join(lines)
         elif spun:
-            ex.message = ("livelock: tasks spin re-reading state that no other task can "
-                          "change any more (the rest are blocked):\n" + "\n".join(lines))
+            ex.message = (f"no end after max_steps={max_steps} visible operations: tasks "
+                          f"spin re-reading state that nothing changes (livelock):\n"
+                          + "\n".join(lines))
         else:
             ex.message = (f"no end after max_steps={max_steps} visible operations (livelock, "
                           f"endless spinning or an unbounded loop):\n" + "\n".join(lines))

@@ -73,7 +73,7 @@ class Task:
     __slots__ = (
         "tid", "name", "g", "fn", "args", "parent", "lockdep", "done", "starting",
         "p_obj", "p_kind", "p_write", "p_pred", "p_label", "p_acq", "p_where", "p_wq",
-        "try_ok", "spin", "spinning",
+        "try_ok", "spin", "spinning", "spin_counts",
     )
 
     def __init__(self, tid: int, name: str, fn: Callable[..., Any], args: tuple,
@@ -99,6 +99,7 @@ class Task:
         # spin detection: object key -> (writes to it when last read, program point of read)
         self.spin: dict[int, tuple[int, Any]] = {}
         self.spinning = False
+        self.spin_counts: list[tuple[int, int]] = []
 
     def __repr__(self) -> str:
         return f"<task {self.tid} {self.name}>"
@@ -305,8 +306,9 @@ class SimRuntime:
             seen = t.spin.get(obj)
             if seen is not None and seen[1] == point and self._unchanged(t.spin):
                 # Back at the same read with nothing it read changed since: a spin-wait
-                # iteration that cannot make progress. Park it until something changes.
-                t.p_pred = self._changed_pred(t.spin, pred)
+                # iteration that cannot make progress. It yields: it runs again only when
+                # something it read changes, or when nothing else can run.
+                t.spin_counts = [(k, n) for k, (n, _p) in t.spin.items()]
                 t.spinning = True
         if t.starting:
             t.starting = False
@@ -333,24 +335,27 @@ class SimRuntime:
         wc = self.wcount
         return all(wc.get(k, 0) == n for k, (n, _p) in seen.items())
 
-    def _changed_pred(self, seen: dict[int, tuple[int, Any]],
-                      pred: Callable[[], bool] | None) -> Callable[[], bool]:
-        wc = self.wcount
-        counts = [(k, n) for k, (n, _p) in seen.items()]
-
-        def changed() -> bool:
-            for k, n in counts:
-                if wc.get(k, 0) != n:
-                    return pred is None or pred()
-            return False
-
-        return changed
-
     def _pick(self, cur: Task) -> Task:
-        enabled = [t for t in self.live if t.p_pred is None or t.p_pred()]
+        enabled = []
+        spinners = None
+        for t in self.live:
+            p = t.p_pred
+            if p is not None and not p():
+                continue
+            if t.spinning:
+                wc = self.wcount
+                if all(wc.get(k, 0) == n for k, n in t.spin_counts):
+                    if spinners is None:
+                        spinners = [t]
+                    else:
+                        spinners.append(t)
+                    continue
+            enabled.append(t)
         if not enabled:
-            self.blocked = list(self.live)
-            self._abort("hang" if any(t.spinning for t in self.live) else "deadlock")
+            if spinners is None:
+                self.blocked = list(self.live)
+                self._abort("deadlock")
+            enabled = spinners
         n = self.nsteps
         if n >= self.max_steps:
             self._abort("hang")

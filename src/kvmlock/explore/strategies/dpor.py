@@ -75,6 +75,8 @@ class DPOR:
         self.count: dict[int, int] = {}
         self.last_write: dict[int, int] = {}
         self.reads: dict[int, list[int]] = {}
+        self.hist: dict[int, list[int]] = {}  # object key -> its events, in order
+        self.ev_write: list[bool] = []
         self.last_acq: dict[int, int] = {}
         self.blocker: dict[int, int] = {}
         self.was_enabled: dict[int, bool] = {}
@@ -101,7 +103,7 @@ class DPOR:
 
     # ------------------------------------------------------------------ events and races
     def _process(self, tid: int, obj: int | None, write: bool, acq: int, kind: str,
-                 extra: object) -> None:
+                 extra: object, blocking: bool = False) -> None:
         """Account for the event just executed: its clock, its races, last-access maps."""
         i = self.processed
         self.processed = i + 1
@@ -145,6 +147,24 @@ class DPOR:
             b = self.blocker.pop(tid, None)
             if analyze and b is not None and unordered(b) and b not in races:
                 races.append(b)
+            hist = self.hist.setdefault(obj, [])
+            if analyze and blocking and acq != ACQ_LOCK:
+                # A wait whose reversal with the last write is infeasible (it would be
+                # disabled there) must also try going before earlier conflicting writes.
+                ev_write = self.ev_write
+                for j in reversed(hist[-64:]):
+                    if ev_tid[j] == tid:
+                        if ev_write[j]:
+                            break
+                        continue
+                    if not write and not ev_write[j]:
+                        continue
+                    if unordered(j):
+                        if j not in races:
+                            races.append(j)
+                    elif ev_write[j]:
+                        break
+            hist.append(i)
             if acquired:
                 self.last_acq[obj] = i
             if write:
@@ -166,6 +186,7 @@ class DPOR:
         new[tid] = local
         self.clock[tid] = new
         ev_tid.append(tid)
+        self.ev_write.append(write)
         ev_local.append(local)
         ev_clock.append(new)
         if kind == "spawn" and obj is None:
@@ -278,7 +299,8 @@ class DPOR:
         return self._take(pick)
 
     def _take(self, t: Task) -> Task:
-        self.pending = (t.tid, t.p_obj, t.p_write, t.p_acq, t.p_kind, t.p_wq)
+        self.pending = (t.tid, t.p_obj, t.p_write, t.p_acq, t.p_kind, t.p_wq,
+                        t.p_pred is not None)
         self.was_enabled[t.tid] = False  # its next pending operation is a new one
         return t
 
