@@ -92,7 +92,9 @@ def test_unknown_name_lists_close_matches(capsys):
 
 def test_select_by_prefix_and_glob():
     names = [s.name for s in verify.select(["vendor"])]
-    assert names == ["vendor.second_module_refused.correct", "vendor.init_under_kvm_lock.broken"]
+    assert names[:2] == ["vendor.second_module_refused.correct",
+                         "vendor.init_under_kvm_lock.broken"]
+    assert all(n.startswith("vendor.") for n in names)
     assert {s.name for s in verify.select(["tsc.*.broken"])} == {"tsc.synchronize.broken"}
     assert len(verify.select([])) == len(SCENARIOS)
 

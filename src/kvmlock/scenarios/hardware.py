@@ -152,3 +152,32 @@ def tsc_correct() -> None:
           invariant="vCPUs of one TSC generation share one offset", max_runs=500)
 def tsc_broken() -> None:
     _tsc(False)
+
+
+@scenario("hardware.many_vms_two_hotplugs.correct", variant="correct", expect="pass",
+          rule="two VM lifetimes racing two CPUs going offline and back (kvm_lock design)",
+          invariant=_HW_INVARIANT + "; the usage count returns to zero",
+          preemption_bound=2, max_runs=10000, timeout=120.0)
+def many_vms_two_hotplugs() -> None:
+    m = Machine(3)
+    together(lambda: m.destroy_vm(m.create_vm(name="a")),
+             lambda: m.destroy_vm(m.create_vm(name="b")),
+             lambda: (m.cpu_down(1), m.cpu_up(1)),
+             lambda: (m.cpu_down(2), m.cpu_up(2)),
+             names=["VM a", "VM b", "hotplug cpu1", "hotplug cpu2"])
+    m.check_hardware()
+    assert m.kvm_usage_count == 0 and not m.vm_list, "a VM's usage count leaked"
+
+
+@scenario("posted_intr.two_vcpus_one_cpu.correct", variant="correct", expect="pass",
+          rule="two vCPUs halted on one CPU's wakeup list; interrupts posted to both",
+          invariant="each halted vCPU is woken and gets exactly its own vector",
+          max_runs=3000, timeout=60.0)
+def posted_two_vcpus() -> None:
+    m = Machine(2)
+    vm = VM(m, nr_vcpus=2)
+    a, b = (PostedVcpu(m, v, cpu=1) for v in vm.vcpus)
+    together(a.block, b.block, lambda: (post_interrupt(a, 3), post_interrupt(b, 7)),
+             names=["vcpu0 (halt)", "vcpu1 (halt)", "IOMMU"])
+    assert a.delivered == {3} and b.delivered == {7}, (a.delivered, b.delivered)
+    assert not m.cpus[1].wakeup_list
