@@ -376,3 +376,23 @@ def test_check_rejects_wrong_arguments() -> None:
         spec.check("doc.rst", lockdep.DepGraph())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="DepGraph"):
         spec.check(DOC, 42)
+
+
+def test_arch_filter_skips_other_architectures_rules() -> None:
+    doc = spec.parse(
+        "T\n=\n\nAcquisition Orders\n------------------\n\n"
+        "- kvm->lock is taken outside vcpu->mutex\n\nOn x86:\n\n"
+        "- vcpu->mutex is taken outside kvm->arch.hyperv.hv_lock\n"
+    )
+
+    def body(k: Locks) -> None:
+        hv = Mutex("kvm->arch.hyperv.hv_lock")
+        with hv:
+            with k.vcpu_mutex:
+                pass
+
+    g = run(body)
+    assert not spec.check(doc, g).ok
+    assert not spec.check(doc, g, arch="x86").ok
+    only_general = spec.check(doc, g, arch="arm64")
+    assert only_general.ok and [r.rule.arch for r in only_general.results] == [""]

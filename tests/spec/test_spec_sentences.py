@@ -101,6 +101,7 @@ def test_taken_inside_srcu_therefore_no_synchronize() -> None:
 
 
 def test_released_before_synchronize_two_sentence_form() -> None:
+    # the first sentence names no SRCU: the only one the rules mention is meant
     d = spec.parse(rules_doc(
         "kvm->slots_arch_lock instead is released before the call to\n"
         "  ``synchronize_srcu()``.  It _can_ therefore be taken inside a\n"
@@ -191,3 +192,17 @@ def test_prose_outside_rules_sections_is_not_read() -> None:
 )
 def test_alias_table(spelled: str, canonical: str) -> None:
     assert spec.normalise(spelled) == canonical
+
+
+def test_bare_synchronize_srcu_means_the_srcu_the_document_named() -> None:
+    d = spec.parse(rules_doc(
+        "``synchronize_srcu(&dev->srcu)`` is called inside critical sections for dev->lock.",
+        "dev->cfg_lock instead is released before the call to ``synchronize_srcu()``.",
+    ))
+    assert kinds(d, "srcu_read_ok") == [("dev->srcu", "dev->cfg_lock", "dev->srcu")]
+
+
+def test_bare_synchronize_srcu_with_no_srcu_in_sight_is_not_understood() -> None:
+    d = spec.parse(rules_doc(
+        "dev->cfg_lock instead is released before the call to ``synchronize_srcu()``."))
+    assert not d.rules and len(d.not_understood) == 1

@@ -164,7 +164,7 @@ def kind_of(name: str, declared: dict[str, tuple[str, ...]] | None = None) -> st
         return declared[name][0]
     if name in KNOWN_CLASSES:
         return KNOWN_CLASSES[name]
-    if name.endswith("srcu"):
+    if re.search(r"(?:->|\.|::)srcu$", name):  # a struct's srcu field, not synchronize_srcu
         return "srcu"
     return None
 

@@ -19,13 +19,14 @@ import docutils.utils
 from docutils import nodes
 
 from kvmlock.spec.model import RefEntry, Rule, Spec, SpecError, Unread
-from kvmlock.spec.names import TYPE_KINDS, kind_of, normalise, parse_type
+from kvmlock.spec.names import NAME_RE, TYPE_KINDS, kind_of, normalise, parse_type
 from kvmlock.spec.sentences import Context, read_sentence, split_sentences
 
 _RULES_TITLE = re.compile(r"acquisition orders?|lock(?:ing)? orders?|ordering rules", re.I)
 _REF_TITLE = re.compile(r"^reference\b", re.I)
 _NUMBERING = re.compile(r"^\s*\d+(?:\.\d+)*[.)]?\s+")
 _KNOWN_FIELDS = ("type", "arch", "protects", "comment")
+_NAME_TOKEN = re.compile(NAME_RE)
 
 
 def load(doc: str | os.PathLike[str], *, source: str | None = None) -> Spec:
@@ -87,7 +88,13 @@ def parse(text: str, *, source: str = "<text>") -> Spec:
     def is_srcu(name: str) -> bool:
         return kind_of(name, declared) == "srcu"
 
-    ctx = Context(is_srcu=is_srcu, default_srcu=srcus[0] if len(srcus) == 1 else "kvm->srcu")
+    if not srcus:  # no Reference entry: the one SRCU the rules mention, if there is just one
+        for sec in rules_secs:
+            for m in _NAME_TOKEN.finditer(sec.astext()):
+                n = normalise(m.group(0))
+                if is_srcu(n) and n not in srcus:
+                    srcus.append(n)
+    ctx = Context(is_srcu=is_srcu, default_srcu=srcus[0] if len(srcus) == 1 else "")
     leaf_sentence: Rule | None = None
     for sec in rules_secs:
         for rule in _walk(list(sec.children[1:]), ctx, spec, source):

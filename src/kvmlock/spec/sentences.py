@@ -97,6 +97,9 @@ class Context:
     arch: str = ""
     srcu: str = ""
     last: list[str] = field(default_factory=list)
+    #: SRCUs named so far anywhere in the document (shared by every copy of the context), so a
+    #: bare "synchronize_srcu()" in a later item means the one the document was talking about
+    named_srcu: list[str] = field(default_factory=list)
 
     def copy(self) -> Context:
         return replace(self, last=list(self.last))
@@ -153,10 +156,16 @@ def _name(text: str, ctx: Context) -> str | None:
 
 
 def _srcu(arg: str | None, ctx: Context) -> str | None:
+    """The SRCU a clause is about: named in it, else the sub-list's, else the last one named."""
     if arg and arg.strip():
         n = _name(arg, ctx)
-        return n if n and ctx.is_srcu(n) else None
-    return ctx.srcu or ctx.default_srcu or None
+        if not n or not ctx.is_srcu(n):
+            return None
+        if n in ctx.named_srcu:
+            ctx.named_srcu.remove(n)
+        ctx.named_srcu.append(n)
+        return n
+    return ctx.srcu or (ctx.named_srcu[-1] if ctx.named_srcu else "") or ctx.default_srcu or None
 
 
 # --------------------------------------------------------------------------- one clause
