@@ -233,3 +233,14 @@ def test_pseudo_lock_context_manager():
         with section:
             pass
     assert kinds() == ["circular"]
+
+
+def test_refused_edges_and_chains_are_exposed():
+    a, b = LockMap("A", "mutex"), LockMap("B", "mutex")
+    pair(a, 0, b, 0)
+    pair(b, 0, a, 0)
+    g = lockdep.graph()
+    assert [(e.src, e.dst) for e in g.refused] == [("B", "A")]
+    assert lockdep.DepGraph.from_json(g.to_json()).refused == g.refused
+    got = {tuple(h.name for h in c) for c in lockdep.chains()}
+    assert got == {("A",), ("A", "B"), ("B",), ("B", "A")}

@@ -15,6 +15,7 @@ from kvmlock.lockdep.core import (
     LIMITS,
     LockdepError,
     LockMap,
+    chains,
     configure,
     disable,
     enable,
@@ -36,7 +37,7 @@ from kvmlock.lockdep.threading_instr import instrument_threading, threading_inst
 
 __all__ = [
     "KINDS", "LIMITS", "DepGraph", "Edge", "HeldLock", "LockMap", "LockdepError", "Report",
-    "configure", "disable", "enable", "enabled", "get_mode", "graph", "held_locks",
+    "chains", "configure", "disable", "enable", "enabled", "get_mode", "graph", "held_locks",
     "instrument_threading", "isolated", "might_sleep", "reports", "reset", "set_mode", "stats",
     "task_exit", "threading_instrumented",
 ]

@@ -74,6 +74,7 @@ class State:
         self.nchains = 0
         self.root: dict[int, Any] = {}
         self.reports: list[Report] = []
+        self.refused: dict[tuple, Edge] = {}  # dependencies not added because they closed a cycle
         self.seen: set[tuple] = set()
         self.overflow: str | None = None
         self.off_token: object = None  # new object each time validation is switched off
@@ -386,7 +387,9 @@ def _link(
         return
     path = find_strong_path(S.after, nxt, read == 2, p, pr == 0)
     if path is not None:
-        chain = path_edges(path, read == 2) + [Edge(p.name, nxt.name, pr, read, where)]
+        new = Edge(p.name, nxt.name, pr, read, where)
+        S.refused.setdefault((p.name, nxt.name, pr, read), new)
+        chain = path_edges(path, read == 2) + [new]
         names = frozenset(e.src for e in chain)
         _note(S, ("circular", names), Report(
             "circular", lock=nxt.name, held=p.name, lock_read=read, held_read=pr, task=task,
@@ -580,7 +583,27 @@ def graph() -> DepGraph:
             for link in list(links.values()):
                 for (sr, dr), where in list(link.sites.items()):
                     g.edges.append(Edge(c.name, link.dst.name, sr, dr, where))
+        g.refused = list(S.refused.values())
     return g
+
+
+def chains() -> list[tuple[HeldLock, ...]]:
+    """Every distinct chain of held locks validated so far (outermost first): which locks
+    were held together when each lock was taken. synchronize() checks are not chains."""
+    S = _state
+    out: list[tuple[HeldLock, ...]] = []
+    with S.lock:
+        todo: list[tuple[dict, tuple[HeldLock, ...]]] = [(S.root, ())]
+        while todo:
+            node, trail = todo.pop()
+            for hid, child in list(node.items()):
+                if hid < 0 or hid % 8 == _SYNC:
+                    continue
+                cls, read, _trylock, where = child[_INFO]
+                step = (*trail, HeldLock(cls.name, read, where))
+                out.append(step)
+                todo.append((child, step))
+    return out
 
 
 @contextmanager

@@ -127,14 +127,20 @@ def path_edges(path: list[Link], start_recursive: bool) -> list[Edge]:
 
 @dataclass
 class DepGraph:
-    """A snapshot of the graph for tools (kvmlock.spec): class kinds and every dependency."""
+    """A snapshot of the graph for tools (kvmlock.spec): class kinds and every dependency.
+
+    ``refused`` holds the dependencies that closed a cycle: lockdep reported them instead of
+    adding them, and they are exactly what breaks a documented order.
+    """
 
     classes: dict[str, str] = field(default_factory=dict)
     edges: list[Edge] = field(default_factory=list)
+    refused: list[Edge] = field(default_factory=list)
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(
-            {"classes": self.classes, "edges": [asdict(e) for e in self.edges]}, indent=indent
+            {"classes": self.classes, "edges": [asdict(e) for e in self.edges],
+             "refused": [asdict(e) for e in self.refused]}, indent=indent
         )
 
     @classmethod
@@ -148,13 +154,15 @@ class DepGraph:
             raise ValueError("DepGraph.from_json: expected an object with 'classes' and 'edges'")
         if not isinstance(data["classes"], dict) or not isinstance(data["edges"], list):
             raise ValueError("DepGraph.from_json: 'classes' must be an object, 'edges' a list")
-        edges = []
-        for i, e in enumerate(data["edges"]):
-            try:
-                edges.append(Edge(**e))
-            except TypeError as exc:
-                raise ValueError(f"DepGraph.from_json: edge #{i} is malformed: {exc}") from None
-        return cls(dict(data["classes"]), edges)
+        lists: dict[str, list[Edge]] = {"edges": [], "refused": []}
+        for part, out in lists.items():
+            for i, e in enumerate(data.get(part, [])):
+                try:
+                    out.append(Edge(**e))
+                except TypeError as exc:
+                    raise ValueError(
+                        f"DepGraph.from_json: {part[:-1]} #{i} is malformed: {exc}") from None
+        return cls(dict(data["classes"]), lists["edges"], lists["refused"])
 
     def successors(self, name: str) -> set[str]:
         return {e.dst for e in self.edges if e.src == name}

@@ -463,7 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    ap = argparse.ArgumentParser(prog="kvmlock selftest", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="kvmlock selftest",
+        description="lockdep's locking self-test: patterns x lock kinds, each with a near-miss")
     ap.add_argument("-v", "--verbose", action="store_true", help="print the splat of a wrong cell")
     args = ap.parse_args(argv)
 
