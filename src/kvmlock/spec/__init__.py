@@ -18,7 +18,15 @@ import os
 from typing import Any
 
 from kvmlock.spec.check import Conformance, RuleResult, TypeResult, check
-from kvmlock.spec.graphview import Edge, GraphView, load_graph, save_graph, snapshot, view
+from kvmlock.spec.graphview import (
+    Edge,
+    GraphView,
+    load_graph,
+    merge,
+    save_graph,
+    snapshot,
+    view,
+)
 from kvmlock.spec.lint import Finding, lint
 from kvmlock.spec.model import RefEntry, Rule, Spec, SpecError, Unread
 from kvmlock.spec.names import normalise
@@ -43,6 +51,7 @@ __all__ = [
     "lint",
     "load",
     "load_graph",
+    "merge",
     "model_graph",
     "normalise",
     "parse",

@@ -264,3 +264,27 @@ def _walk_chain_cache() -> tuple[list[tuple[str, ...]], list[Edge]] | None:
                 chains.append(tuple(n for n, _, _ in step))
                 todo.append((child, step))
     return chains, edges
+
+
+def merge(*graphs: Any) -> GraphView:
+    """One graph from several runs (each explored execution has its own lockdep state).
+
+    Classes, edges and chains are united; an edge keeps the file:line of the first graph that
+    has it. Chains are kept only if every graph has them, so a merged graph never claims to know
+    held-together locks for a run it cannot see.
+    """
+    classes: dict[str, str] = {}
+    edges: dict[tuple[str, str, int, int], Edge] = {}
+    chains: dict[tuple[str, ...], None] | None = {}
+    for raw in graphs:
+        g = view(raw)
+        for name, kind in g.classes.items():
+            classes.setdefault(name, kind)
+        for e in g.edges:
+            edges.setdefault((e.src, e.dst, e.src_read, e.dst_read), e)
+        if chains is not None and g.chains is not None:
+            for c in g.chains:
+                chains.setdefault(c, None)
+        else:
+            chains = None
+    return GraphView(classes, list(edges.values()), None if chains is None else list(chains))
