@@ -65,3 +65,17 @@ def test_consistent_documents_have_no_contradictions(docs: Path) -> None:
     d = spec.parse(rules_doc("kvm->lock is taken outside vcpu->mutex",
                              "kvm->lock is taken outside vcpu->mutex and kvm->irq_lock"))
     assert spec.lint(d) == []
+
+
+def test_near_misses_of_each_lint_check() -> None:
+    d = spec.parse(rules_doc(
+        "kvm->irq_lock is a leaf",
+        "kvm->lock is taken outside kvm->irq_lock",  # nests the leaf, does not nest in it
+        "MMU notifiers must not take kvm->slots_lock",
+        "kvm->slots_lock is taken outside kvm->slots_arch_lock",  # unrelated to the notifier
+        "``synchronize_srcu(&kvm->srcu)`` is called inside critical sections for kvm->lock.",
+        "kvm->slots_arch_lock can be taken inside a kvm->srcu read-side critical section.",
+        "kvm->mmu_lock is an rwlock",
+        reference="``kvm->mmu_lock``\n^^^^^^^^^^^^^^^^^\n\n:Type: spinlock_t or rwlock_t\n",
+    ))
+    assert spec.lint(d) == []
