@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import fnmatch
+import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -96,7 +97,7 @@ def _describe(f: Any) -> str:
 def _bound(opts: dict[str, Any], res: Any) -> str:
     """How far the exploration went, in words: the bound is part of the verdict."""
     pb = opts.get("preemption_bound")
-    within = f" (preemption bound {pb})" if pb is not None else ""
+    within = f" within {pb} preemptions" if pb is not None else ""
     stopped = getattr(res, "stopped", "") if res is not None else ""
     if res is not None and getattr(res, "exhausted", False):
         return "exhaustive" + within
@@ -204,15 +205,17 @@ def _table(outcomes: Sequence[Outcome]) -> Any:
     from rich.table import Table
 
     t = Table(title="kvmlock verify", title_justify="left", show_lines=False)
-    t.add_column("rule", overflow="fold", ratio=1, min_width=40)
+    t.add_column("rule", overflow="fold", ratio=3, min_width=30)
     for col, kw in (("variant", {}), ("strategy", {}), ("executions", {"justify": "right"}),
-                    ("result", {}), ("time", {"justify": "right"}), ("bound", {})):
+                    ("time", {"justify": "right"})):
         t.add_column(col, no_wrap=True, **kw)
+    t.add_column("result", ratio=1, min_width=12)
+    t.add_column("bound", ratio=1, min_width=12)
     for o in outcomes:
         colour = "green" if o.met else "bold red"
         t.add_row(f"[bold]{o.name}[/]\n[dim]{o.scenario.rule}[/]", o.scenario.variant,
-                  o.scenario.strategy, str(o.runs), f"[{colour}]{o.result}[/]",
-                  f"{o.seconds:.2f}s", o.bound)
+                  o.scenario.strategy, str(o.runs), f"{o.seconds:.2f}s",
+                  f"[{colour}]{o.result}[/]", o.bound)
     return t
 
 
@@ -258,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     console = Console()
-    if not console.is_terminal:
+    if not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(width=max(console.width, 150))  # logs and CI: do not squeeze
     missing = _load_all()
     for mod, why in missing.items():
