@@ -1,0 +1,171 @@
+"""Fault paths, SPTE updates, dirty logging and access tracking on real threads."""
+
+import pytest
+
+from kvmlock import lockdep
+from kvmlock.kvm.guest import GuestFault, guest_read, guest_write, set_gpte
+from kvmlock.kvm.host import PG_DIRTY
+from kvmlock.kvm.memslots import LOG_DIRTY_PAGES
+from kvmlock.kvm.mmu import spte as S
+from kvmlock.kvm.mmu.dirty_log import MigrationCopy, get_dirty_log
+from kvmlock.kvm.mmu.update import spte_clear_track_bits, spte_update
+from kvmlock.kvm.vm import VM
+
+
+def logged_vm(**kw):
+    vm = VM(nr_vcpus=1, nr_pages=4, **kw)
+    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0, flags=LOG_DIRTY_PAGES)
+    return vm, vm.vcpus[0]
+
+
+def test_read_then_write_under_logging_takes_the_fast_path_and_logs():
+    vm, v = logged_vm()
+    assert guest_read(v, 1) == 0
+    ro = vm.mmu.sptep(1).peek()
+    assert not S.is_writable(ro) and S.is_mmu_writable(ro), "read fault: write-protected"
+    guest_write(v, 1, 42)
+    assert v.stats["fast_pf"] == 1 and v.stats["slow_pf"] == 1
+    assert S.is_writable(vm.mmu.sptep(1).peek())
+    assert vm.mmu.sptep(1).peek() & S.DIRTY, "the CPU set Dirty on the write"
+    assert get_dirty_log(vm, 0) == [1]
+    assert guest_read(v, 1) == 42
+    assert lockdep.reports() == []
+
+
+def test_fast_path_refuses_indirect_shadow_pages_unless_the_hazard_is_on():
+    for hazard, fast in ((False, 0), (True, 1)):
+        vm = VM(nr_vcpus=1, nr_pages=4, tdp=False, hazards={"fast_pf_indirect": hazard})
+        vm.set_memory_region(0, base_gfn=0, npages=4, hva=0, flags=LOG_DIRTY_PAGES)
+        set_gpte(vm, 0, 2)
+        v = vm.vcpus[0]
+        guest_read(v, 0)
+        guest_write(v, 0, 9)
+        assert v.stats["fast_pf"] == fast
+        assert get_dirty_log(vm, 0) == [2]
+        assert vm.host.contents(2) == 9
+
+
+def test_shadow_paging_unmapped_guest_page_is_a_guest_fault():
+    vm = VM(nr_vcpus=1, nr_pages=4, tdp=False)
+    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0)
+    with pytest.raises(GuestFault, match="guest_fault"):
+        guest_read(vm.vcpus[0], 3)
+
+
+def test_spte_update_asks_for_flush_when_w_goes_away_and_propagates_dirty():
+    vm, v = logged_vm()
+    guest_write(v, 0, 1)
+    sptep = vm.mmu.sptep(0)
+    cur = sptep.peek()
+    # near miss: an update that keeps W and the A/D bits needs no flush
+    with vm.mmu_lock.write():
+        assert spte_update(vm, sptep, cur) is False
+    with vm.mmu_lock.write():
+        assert spte_update(vm, sptep, cur & ~S.W) is True
+    pfn = S.pfn_of(cur)
+    with vm.mmu_lock.write():
+        spte_clear_track_bits(vm, sptep)
+    assert vm.host.pages[pfn].flags.peek() & PG_DIRTY
+
+
+def test_skip_flush_hazard_silences_the_flush_request():
+    vm, v = logged_vm(hazards={"skip_tlb_flush_on_wrprot": True})
+    guest_write(v, 0, 1)
+    sptep = vm.mmu.sptep(0)
+    with vm.mmu_lock.write():
+        assert spte_update(vm, sptep, sptep.peek() & ~S.W) is False
+
+
+def test_harvest_write_protects_flushes_and_relogs_the_next_write():
+    vm, v = logged_vm()
+    mig = MigrationCopy(vm, 0)
+    guest_write(v, 2, 5)
+    assert 2 in v.tlb and v.tlb[2].writable
+    assert mig.round() == [2]
+    assert v.tlb == {}, "write-protection flushed the TLB"
+    assert not S.is_writable(vm.mmu.sptep(2).peek())
+    guest_write(v, 2, 6)
+    assert mig.round() == [2]
+    assert mig.mismatches() == []
+
+
+def test_stale_tlb_write_goes_unlogged_when_the_flush_is_skipped():
+    vm, v = logged_vm(hazards={"skip_tlb_flush_on_wrprot": True})
+    mig = MigrationCopy(vm, 0)
+    guest_write(v, 2, 5)
+    mig.round()
+    guest_write(v, 2, 6)  # through the stale writable TLB entry
+    assert mig.round() == []
+    assert mig.mismatches() == [(2, 6, 5)]
+
+
+def test_dirty_log_errors_name_the_problem():
+    vm = VM(nr_vcpus=1, nr_pages=4)
+    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0)
+    with pytest.raises(ValueError, match="does not have dirty logging on"):
+        get_dirty_log(vm, 0)
+    with pytest.raises(ValueError, match="slot 3 does not exist"):
+        get_dirty_log(vm, 3)
+
+
+def test_access_tracking_round_trip():
+    vm = VM(nr_vcpus=1, nr_pages=2, ad_disabled=True)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    v = vm.vcpus[0]
+    guest_write(v, 0, 3)
+    assert vm.host.age(0) is True
+    assert S.is_access_track(vm.mmu.sptep(0).peek())
+    assert vm.host.pages[vm.host.pfn_of(0)].flags.peek() & PG_DIRTY, "W's dirtiness kept"
+    assert vm.host.age(0) is False, "not used since: not young"
+    assert guest_read(v, 0) == 3
+    after_read = vm.mmu.sptep(0).peek()
+    assert not S.is_access_track(after_read) and not S.is_writable(after_read)
+    assert v.stats["fast_pf"] == 1, "the fast path restored the tracked SPTE"
+    guest_write(v, 0, 4)
+    assert S.is_writable(vm.mmu.sptep(0).peek())
+
+
+def test_swap_out_writes_back_dirty_pages_and_swap_in_restores_them():
+    vm = VM(nr_vcpus=1, nr_pages=4, host_pages=2)
+    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0)
+    v = vm.vcpus[0]
+    for va in range(4):
+        guest_write(v, va, 10 + va)
+    assert vm.host.stats["swap_out"] >= 2, "two frames for four pages: reclaim happened"
+    assert [guest_read(v, va) for va in range(4)] == [10, 11, 12, 13]
+    assert lockdep.reports() == []
+
+
+def test_mmu_subordinate_locks_need_mmu_lock():
+    vm = VM(nr_vcpus=1, nr_pages=8)
+    from kvmlock.kvm.mmu.shadow import ShadowPage
+
+    sp = ShadowPage(0, direct=True)
+    for call in (vm.mmu.link_page, vm.mmu.mark_unsync):
+        call(sp)
+        bad = [r.lock for r in lockdep.reports() if r.kind == "not_held"]
+        assert bad == ["kvm->mmu_lock"], call.__name__
+        lockdep.reset()
+    with vm.mmu_lock.write():  # near miss: the same calls with mmu_lock held
+        vm.mmu.link_page(sp)
+        vm.mmu.mark_unsync(sp)
+    assert lockdep.reports() == []
+
+
+def test_bad_inputs_are_clear_errors():
+    vm = VM(nr_vcpus=1, nr_pages=4)
+    with pytest.raises(ValueError, match="overlap slot 0"):
+        vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+        vm.set_memory_region(1, base_gfn=1, npages=2, hva=2)
+    with pytest.raises(ValueError, match="unknown flags"):
+        vm.set_memory_region(2, base_gfn=2, npages=1, hva=2, flags=8)
+    with pytest.raises(ValueError, match="exceed the host"):
+        vm.set_memory_region(2, base_gfn=2, npages=9, hva=2)
+    with pytest.raises(ValueError, match="outside the guest address space"):
+        guest_read(vm.vcpus[0], 99)
+    with pytest.raises(ValueError, match="non-negative integer"):
+        guest_write(vm.vcpus[0], 0, -1)
+    with pytest.raises(ValueError, match="unknown hazard"):
+        VM(hazards={"no_such_bug": True})
+    with pytest.raises(GuestFault, match="not backed"):
+        guest_read(vm.vcpus[0], 3)
