@@ -95,19 +95,19 @@ def _describe(f: Any) -> str:
 
 
 def _bound(opts: dict[str, Any], res: Any) -> str:
-    """How far the exploration went, in words: the bound is part of the verdict."""
+    """How far the exploration went, in a few words: the bound is part of the verdict."""
     pb = opts.get("preemption_bound")
-    within = f" within {pb} preemptions" if pb is not None else ""
+    within = f", pb<={pb}" if pb is not None else ""
     stopped = getattr(res, "stopped", "") if res is not None else ""
     if res is not None and getattr(res, "exhausted", False):
         return "exhaustive" + within
     if stopped == "failure":
-        return "stopped at first failure"
+        return "first failure"
     if stopped == "max_runs":
-        return f"bounded: max_runs={opts.get('max_runs')}{within}"
+        return f"max_runs={opts.get('max_runs')}{within}"
     if stopped == "timeout":
-        return f"bounded: timeout={opts.get('timeout')}s{within}"
-    return f"bounded: {stopped or 'not exhausted'}{within}"
+        return f"timeout={opts.get('timeout')}s{within}"
+    return f"{stopped or 'not exhausted'}{within}"
 
 
 def run_scenario(sc: Scenario, *, timeout: float | None = None) -> Outcome:
@@ -204,13 +204,14 @@ def collect_graph(*, workload_seconds: float = 0.5) -> lockdep.DepGraph:
 def _table(outcomes: Sequence[Outcome]) -> Any:
     from rich.table import Table
 
-    t = Table(title="kvmlock verify", title_justify="left", show_lines=False)
-    t.add_column("rule", overflow="fold", ratio=3, min_width=30)
+    t = Table(title="kvmlock verify", title_justify="left", show_lines=False,
+              caption="pb<=N: every schedule with at most N preemptions was explored",
+              caption_justify="left")
+    widest = max((len(o.name) for o in outcomes), default=20)
+    t.add_column("rule", overflow="fold", min_width=min(widest, 60))
     for col, kw in (("variant", {}), ("strategy", {}), ("executions", {"justify": "right"}),
-                    ("time", {"justify": "right"})):
+                    ("time", {"justify": "right"}), ("result", {}), ("bound", {})):
         t.add_column(col, no_wrap=True, **kw)
-    t.add_column("result", ratio=1, min_width=12)
-    t.add_column("bound", ratio=1, min_width=12)
     for o in outcomes:
         colour = "green" if o.met else "bold red"
         t.add_row(f"[bold]{o.name}[/]\n[dim]{o.scenario.rule}[/]", o.scenario.variant,
