@@ -150,3 +150,19 @@ def test_kvmlock_primitives_stay_raw_under_instrumentation():
     with lockdep.instrument_threading():
         m = Mutex("m")
     assert type(m._cell).__name__ == "lock"
+
+
+def test_class_names_follow_the_assignment():
+    with lockdep.instrument_threading():
+        a, b = make_pair()
+        pair = [threading.Lock(), threading.Lock()]
+    with a:
+        with b:
+            with pair[0]:
+                with pair[1]:
+                    pass
+    names = set(lockdep.graph().classes)
+    assert any(n.startswith("a@") and "test_instrument.py:" in n for n in names)
+    assert any(n.startswith("b@") for n in names)
+    # two calls on one line: named by line and column, and still two classes
+    assert len([n for n in names if "@" not in n]) == 2 and lockdep.reports() == []

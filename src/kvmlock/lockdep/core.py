@@ -85,6 +85,12 @@ class State:
 
 
 _state = State()
+_ON = True  # mirrors _state.on, read by the hot path as a plain global
+
+
+def _sync_on() -> None:
+    global _ON
+    _ON = _state.on
 
 # Classes are global (a name means the same class in every state); graphs are per state.
 _CLASSES: dict[tuple[object, int], LockClass] = {}
@@ -147,6 +153,7 @@ def _overflow(S: State, what: str, param: str) -> None:
         S.off_token = object()
         S.on = False
         S.overflow = what
+        _sync_on()
         sys.stderr.write(
             f"kvmlock.lockdep: too many {what} (limit {getattr(LIMITS, param)}); lock validation"
             f" is now OFF for the rest of this run. Raise the limit with"
@@ -221,33 +228,31 @@ class LockMap:
 
     def acquire(self, subclass: int = 0, read: int = 0, trylock: bool = False) -> None:
         """Validate and record taking this lock (read: 0 exclusive, 1 shared, 2 recursive)."""
-        S = _state
-        if S.on:
+        if _ON:
             held = (_TLS if _rt.RT is _THREADS else _rt.current_task()).lockdep
-            if held is None:
-                held = _stack()
-            if subclass or read or trylock:
-                _push(S, held, self, self._sub(subclass) if subclass else self._cls, read,
-                      trylock, None)
+            if subclass or read or trylock or held is None:
+                _acquire(self, held, subclass, read, trylock)
                 return
             node = held[-1][1].get(self._hid)
             if node is None:
-                node = _miss(S, held, self, self._cls, 0, False, self._hid, None)
+                node = _miss(_state, held, self, self._cls, 0, False, self._hid, None)
                 if node is None:
                     return
             held.append((self, node))
         else:
-            self._off = S.off_token
+            self._off = _state.off_token
 
     def release(self) -> None:
         """Record letting go of this lock; releasing one not held is reported."""
-        S = _state
-        if S.on:
+        if _ON:
             held = (_TLS if _rt.RT is _THREADS else _rt.current_task()).lockdep
-            if held is not None and held[-1][0] is self:
-                held.pop()
-                return
-            _release_slow(S, self)
+            try:
+                if held[-1][0] is self:
+                    held.pop()
+                    return
+            except TypeError:  # no stack yet: this task never took a lock
+                pass
+            _release_slow(_state, self)
 
     def sync(self) -> None:
         """synchronize_srcu(): validate an exclusive acquire of this map without holding it."""
@@ -288,6 +293,12 @@ class LockMap:
 
 
 # --------------------------------------------------------------------------- slow paths
+
+
+def _acquire(m: LockMap, held: list | None, subclass: int, read: int, trylock: bool) -> None:
+    if held is None:
+        held = _stack()
+    _push(_state, held, m, m._sub(subclass) if subclass else m._cls, read, trylock, None)
 
 
 def _push(S: State, held: list, m: LockMap, cls: LockClass, read: int, trylock: bool,
@@ -518,6 +529,7 @@ def reset() -> None:
     global _state
     old = _state
     _state = new = State(old.mode)
+    _sync_on()
     for st in list(old.stacks.values()):
         _restart(new, st)
 
@@ -542,6 +554,7 @@ def enable() -> None:
             _restart(S, st)
         S.on = True
         S.overflow = None
+        _sync_on()
 
 
 def disable() -> None:
@@ -549,6 +562,7 @@ def disable() -> None:
     if _state.on:
         _state.off_token = object()
         _state.on = False
+        _sync_on()
 
 
 def enabled() -> bool:
@@ -622,8 +636,10 @@ def isolated(mode: str = "collect") -> Iterator[State]:
     saved = t.lockdep
     t.lockdep = None
     _state = st = State(mode)
+    _sync_on()
     try:
         yield st
     finally:
         _state = prev
+        _sync_on()
         t.lockdep = saved

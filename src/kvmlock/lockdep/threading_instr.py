@@ -13,7 +13,9 @@ taker (legal for threading.Lock) is dropped from the taker's stack silently.
 from __future__ import annotations
 
 import _thread
+import linecache
 import os
+import re
 import sys
 import threading
 from typing import Any
@@ -57,12 +59,26 @@ def _site() -> tuple[str, int, int | None] | None:
     return None
 
 
+_TARGET = re.compile(r"^\s*([A-Za-z_][\w.]*(?:\[[^\]=]*\])?)\s*(?::[^=]*)?=(?!=)")
+
+
+def _class_name(site: tuple[str, int, int | None]) -> str:
+    """``stock_lock@shop.py:7`` when the line assigns the new lock to one name (the way the
+    kernel names a class after its lock's expression), else ``shop.py:7:15``."""
+    fn, line, col = site
+    where = f"{short_path(fn)}:{line}"
+    text = linecache.getline(fn, line)
+    m = _TARGET.match(text)
+    if m and text.count("Lock(") == 1:
+        return f"{m.group(1)}@{where}"
+    return where + (f":{col}" if col else "")
+
+
 def _map_for(what: str, site: tuple[str, int, int | None]) -> core.LockMap:
     key = (what, *site)
     m = _maps.get(key)
     if m is None:
-        name = f"{short_path(site[0])}:{site[1]}" + (f":{site[2]}" if site[2] else "")
-        m = _maps[key] = core.LockMap(name, "threading", key)
+        m = _maps[key] = core.LockMap(_class_name(site), "threading", key)
     return m
 
 
