@@ -35,7 +35,7 @@ Op = tuple
 class _Node:
     """One state on the current exploration path."""
 
-    __slots__ = ("choice", "done", "backtrack", "sleep", "ops", "enabled", "cur", "pre")
+    __slots__ = ("choice", "done", "backtrack", "sleep", "ops", "enabled", "cur", "pre", "snap")
 
     def __init__(self) -> None:
         self.choice = -1
@@ -46,6 +46,7 @@ class _Node:
         self.enabled: list[int] = []
         self.cur = -1  # the task that stopped at this state (-1: it ended)
         self.pre = 0  # preemptions before this state
+        self.snap: tuple[dict, dict] = ({}, {})  # blocker/was-enabled maps at this state
 
 
 def _independent(a: Op, b: Op) -> bool:
@@ -66,40 +67,79 @@ class DPOR:
         self._reset_run()
 
     # ------------------------------------------------------------------ per-run bookkeeping
+    # Events of the current path persist across runs: a run that branches at depth j reuses
+    # the clocks of events 0..j-1 and only rebuilds the cheap last-access maps from them.
     def _reset_run(self) -> None:
         self.width = 8
         self.ev_tid: list[int] = []
         self.ev_local: list[int] = []
         self.ev_clock: list[list[int]] = []
+        self.ev_write: list[bool] = []
+        self.ev_obj: list[int | None] = []
+        self.ev_acq: list[bool] = []
+        self.ev_child: list[int] = []
+        self._rebuild(0)
+
+    def _rebuild(self, upto: int) -> None:
+        for arr in (self.ev_tid, self.ev_local, self.ev_clock, self.ev_write, self.ev_obj,
+                    self.ev_acq, self.ev_child):
+            del arr[upto:]
         self.clock: dict[int, list[int]] = {0: [0] * self.width}
         self.count: dict[int, int] = {}
         self.last_write: dict[int, int] = {}
         self.reads: dict[int, list[int]] = {}
         self.hist: dict[int, list[int]] = {}  # object key -> its events, in order
-        self.ev_write: list[bool] = []
         self.last_acq: dict[int, int] = {}
         self.blocker: dict[int, int] = {}
         self.was_enabled: dict[int, bool] = {}
         self.pending: tuple | None = None
-        self.processed = 0
+        self.processed = upto
+        clock, count = self.clock, self.count
+        hist, last_acq, last_write, reads = self.hist, self.last_acq, self.last_write, self.reads
+        ev_tid, ev_clock, ev_local = self.ev_tid, self.ev_clock, self.ev_local
+        ev_obj, ev_acq, ev_write, ev_child = self.ev_obj, self.ev_acq, self.ev_write, self.ev_child
+        for i in range(upto):
+            tid = ev_tid[i]
+            c = ev_clock[i]
+            clock[tid] = c
+            count[tid] = ev_local[i]
+            ch = ev_child[i]
+            if ch >= 0:
+                clock[ch] = c[:]
+            o = ev_obj[i]
+            if o is not None:
+                hist.setdefault(o, []).append(i)
+                if ev_acq[i]:
+                    last_acq[o] = i
+                if ev_write[i]:
+                    last_write[o] = i
+                    reads[o] = []
+                else:
+                    reads.setdefault(o, []).append(i)
 
     def begin(self, rt: SimRuntime) -> bool:
+        self.rt = rt
         if self.first:
             self.first = False
+            self._reset_run()
         elif not self._next_branch():
             return False
-        self.rt = rt
-        self._reset_run()
+        else:
+            self._rebuild(self.branch)
         return True
 
     def _grow(self, tid: int) -> None:
         while tid >= self.width:
             extra = [0] * self.width
             self.width *= 2
+            done = set()
             for c in self.ev_clock:
                 c.extend(extra)
+                done.add(id(c))
             for c in self.clock.values():
-                c.extend(extra)
+                if id(c) not in done:
+                    c.extend(extra)
+                    done.add(id(c))
 
     # ------------------------------------------------------------------ events and races
     def _process(self, tid: int, obj: int | None, write: bool, acq: int, kind: str,
@@ -120,6 +160,7 @@ class DPOR:
             return ev_tid[j] != tid and clock[ev_tid[j]] < ev_local[j]
 
         merge: list[int] = []
+        acquired = False
         if obj is not None:
             lw = self.last_write.get(obj)
             rs = self.reads.get(obj)
@@ -187,6 +228,8 @@ class DPOR:
         self.clock[tid] = new
         ev_tid.append(tid)
         self.ev_write.append(write)
+        self.ev_obj.append(obj)
+        self.ev_acq.append(obj is not None and acquired)
         ev_local.append(local)
         ev_clock.append(new)
         if kind == "spawn" and obj is None:
@@ -194,6 +237,9 @@ class DPOR:
             self._grow(child)
             new = self.clock[tid]
             self.clock[child] = new[:]
+            self.ev_child.append(child)
+        else:
+            self.ev_child.append(-1)
         for j in races:
             self._reverse(j, i)
 
@@ -234,6 +280,21 @@ class DPOR:
     def choose(self, enabled: list[Task], cur: Task) -> Task | None:
         rt = self.rt
         n = rt.nsteps  # type: ignore[union-attr]
+        stack = self.stack
+        if n <= self.branch and n < len(stack):
+            # replaying the known prefix: its events are already accounted for
+            node = stack[n]
+            if n == self.branch:
+                self.blocker = dict(node.snap[0])
+                self.was_enabled = dict(node.snap[1])
+            want = node.choice
+            for t in enabled:
+                if t.tid == want:
+                    if n == self.branch:
+                        return self._take(t)
+                    return t
+            raise RuntimeError(f"dpor: step {n} names task {want}, which cannot run "
+                               f"(the body is not deterministic)")
         pend = self.pending
         if pend is not None:
             self._process(*pend)
@@ -257,16 +318,8 @@ class DPOR:
                             self.blocker[tid] = lw
             was[tid] = on
 
-        stack = self.stack
-        if n < len(stack):
-            node = stack[n]
-            want = node.choice
-            for t in enabled:
-                if t.tid == want:
-                    return self._take(t)
-            raise RuntimeError(f"dpor: step {n} names task {want}, which cannot run "
-                               f"(the body is not deterministic)")
         node = _Node()
+        node.snap = (dict(self.blocker), dict(was))
         node.enabled = [t.tid for t in enabled]
         node.ops = {t.tid: (t.p_obj, t.p_write) for t in enabled}
         node.cur = cur.tid if cur in enabled else -1
