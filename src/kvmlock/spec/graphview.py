@@ -177,10 +177,12 @@ def to_json(graph: Any) -> dict[str, Any]:
 
 
 def save_graph(graph: Any, path: str | os.PathLike[str]) -> None:
+    """Keep a run's graph so documents can be checked later without re-running anything."""
     Path(path).write_text(json.dumps(to_json(graph), indent=1) + "\n", encoding="utf-8")
 
 
 def load_graph(path: str | os.PathLike[str]) -> GraphView:
+    """Read a graph saved by :func:`save_graph` or ``DepGraph.to_json()``; errors name it."""
     p = Path(path)
     try:
         data = json.loads(p.read_text(encoding="utf-8"))

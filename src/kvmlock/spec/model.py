@@ -115,12 +115,14 @@ class Spec:
     has_leaf_rule: bool = False
 
     def ref(self, name: str) -> RefEntry | None:
+        """The Reference entry of a lockdep class (any spelling the heading used)."""
         for e in self.reference:
             if e.name == name:
                 return e
         return None
 
     def declared_kinds(self) -> dict[str, tuple[str, ...]]:
+        """What the document itself says each lock is; it outranks the model's table."""
         return {e.name: e.kinds for e in self.reference}
 
     def locks(self) -> list[str]:

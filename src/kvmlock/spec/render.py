@@ -62,6 +62,7 @@ def spec_tables(spec: Spec) -> list[Any]:
 
 
 def render_spec(spec: Spec, width: int = 120) -> str:
+    """What ``kvmlock spec show`` prints, as plain text (for tools and tests)."""
     return _text(spec_tables(spec), width)
 
 
@@ -107,6 +108,7 @@ def conformance_tables(conf: Conformance) -> list[Any]:
 
 
 def render_conformance(conf: Conformance, width: int = 120) -> str:
+    """What ``kvmlock spec check`` prints, as plain text (``kvmlock verify --spec`` shows it)."""
     return _text(conformance_tables(conf), width)
 
 
