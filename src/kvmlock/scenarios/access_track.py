@@ -18,7 +18,7 @@ from kvmlock.scenarios.registry import scenario
 
 __all__: list[str] = []
 
-_BOUND = {"strategy": "dfs", "preemption_bound": 3, "max_runs": 20000}
+_BOUND = {"strategy": "dpor", "max_runs": 20000}
 
 
 def _access_track(broken: bool) -> None:

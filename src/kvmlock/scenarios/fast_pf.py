@@ -28,10 +28,9 @@ from kvmlock.scenarios.registry import scenario
 
 __all__: list[str] = []
 
-#: Exhaustive search up to a preemption bound (printed by ``kvmlock verify``): the ABA body has
-#: the most steps, so it gets bound 2; both hazards need at most 2 preemptions to show.
-_HEAVY = {"strategy": "dfs", "preemption_bound": 2, "max_runs": 20000}
-_LIGHT = {"strategy": "dfs", "preemption_bound": 3, "max_runs": 20000}
+#: DPOR explores every inequivalent interleaving with no preemption bound; max_runs is only a
+#: safety net (the largest body, ABA, needs about 2,300 executions).
+_BOUND = {"strategy": "dpor", "max_runs": 20000}
 
 
 def _run(*fns) -> None:
@@ -74,7 +73,7 @@ def _aba(broken: bool) -> None:
 
 @scenario("fast_pf.aba.correct", rule="fast page fault only on direct shadow pages (gfn->pfn ABA)",
           variant="correct", expect="pass",
-          invariant="dirty log complete: every guest write reaches the migrated copy", **_HEAVY)
+          invariant="dirty log complete: every guest write reaches the migrated copy", **_BOUND)
 def aba_correct() -> None:
     _aba(False)
 
@@ -82,7 +81,7 @@ def aba_correct() -> None:
 @scenario("fast_pf.aba.broken",
           rule="fast page fault on an indirect shadow page logs the gfn it saw, not the one mapped",
           variant="broken", expect="assertion",
-          invariant="dirty log complete: every guest write reaches the migrated copy", **_HEAVY)
+          invariant="dirty log complete: every guest write reaches the migrated copy", **_BOUND)
 def aba_broken() -> None:
     _aba(True)
 
@@ -112,7 +111,7 @@ def _dirty_bit(broken: bool) -> None:
 @scenario("fast_pf.dirty_bit.correct",
           rule="an SPTE the fast path may change is updated atomically (Dirty bit kept)",
           variant="correct", expect="pass",
-          invariant="Dirty bit propagated to the page before the SPTE is dropped", **_LIGHT)
+          invariant="Dirty bit propagated to the page before the SPTE is dropped", **_BOUND)
 def dirty_bit_correct() -> None:
     _dirty_bit(False)
 
@@ -120,7 +119,7 @@ def dirty_bit_correct() -> None:
 @scenario("fast_pf.dirty_bit.broken",
           rule="read-only Accessed SPTE cleared with a plain store: the Dirty bit is lost",
           variant="broken", expect="assertion",
-          invariant="Dirty bit propagated to the page before the SPTE is dropped", **_LIGHT)
+          invariant="Dirty bit propagated to the page before the SPTE is dropped", **_BOUND)
 def dirty_bit_broken() -> None:
     _dirty_bit(True)
 
@@ -150,7 +149,7 @@ def _tlb_flush(broken: bool) -> None:
           rule="writable -> read-only SPTE change flushes TLBs", variant="correct",
           expect="pass",
           invariant="no write through a stale writable translation after wrprot + flush",
-          **_LIGHT)
+          **_BOUND)
 def tlb_flush_correct() -> None:
     _tlb_flush(False)
 
@@ -159,6 +158,6 @@ def tlb_flush_correct() -> None:
           rule="write-protect without TLB flush: writes through the stale TLB go unlogged",
           variant="broken", expect="assertion",
           invariant="no write through a stale writable translation after wrprot + flush",
-          **_LIGHT)
+          **_BOUND)
 def tlb_flush_broken() -> None:
     _tlb_flush(True)

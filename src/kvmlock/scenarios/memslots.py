@@ -19,7 +19,7 @@ from kvmlock.scenarios.registry import scenario
 
 __all__: list[str] = []
 
-_BOUND = {"strategy": "dfs", "preemption_bound": 2, "max_runs": 20000}
+_BOUND = {"strategy": "dpor", "max_runs": 20000}
 
 
 def _delete_vs_fault(broken: bool) -> None:

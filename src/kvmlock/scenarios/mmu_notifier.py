@@ -26,7 +26,7 @@ from kvmlock.scenarios.registry import scenario
 
 __all__: list[str] = []
 
-_BOUND = {"strategy": "dfs", "preemption_bound": 2, "max_runs": 20000}
+_BOUND = {"strategy": "dpor", "max_runs": 20000}
 
 
 def _notifier_vs_update(hazard: str | None, *, nested: bool) -> None:
