@@ -145,7 +145,10 @@ class VM:
         host.register(self.notifier)
         self.stats: dict[str, int] = {
             "tlb_flushes": 0, "harvests": 0, "invalidations": 0, "memslot_updates": 0,
+            "fast_pf_wrong_gfn": 0,
         }
+        #: invariant violations the model itself noticed (see mmu/fast_pf.py)
+        self.audit: list[str] = []
 
         self.vcpus: list[VCPU] = [VCPU(self, i) for i in range(nr_vcpus)]
         self.online_vcpus = nr_vcpus

@@ -230,6 +230,7 @@ def run_workload(
                 if got != want:
                     violations.append(f"vcpu{v.id} wrote {want} to guest page {va} but reads "
                                       f"{got}")
+        violations += vm.audit[:20]
         mig.round()
         violations += [f"dirty log lost gfn {g}: source {s}, migrated copy {d}"
                        for g, s, d in mig.mismatches()]

@@ -68,6 +68,7 @@ def _aba(broken: bool) -> None:
         guest_read(v1, 0)  # ...whose fault gets the recycled frame: same pfn, same bits
 
     _run(vcpu0_writes, host_and_guest)
+    assert not vm.audit, vm.audit[0]
     _assert_log_complete(mig)
 
 

@@ -59,6 +59,13 @@ def fast_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
         gfn = sp.gfn_at(i)  # read before the cmpxchg: the ABA window for indirect pages
         if sptep.cmpxchg(old, new) != old:
             continue
+        # Audit (no visible step, so it is atomic with the cmpxchg under the explorer): the
+        # gfn this fix is about must be the gfn the SPTE maps now. Never true for direct pages.
+        mapped = sp.gfn_at(i)
+        if mapped != gfn:
+            vm.stats["fast_pf_wrong_gfn"] += 1
+            vm.audit.append(f"fast page fault fixed the SPTE of guest page {va} for gfn {gfn}, "
+                            f"but when the cmpxchg landed it mapped gfn {mapped}")
         if S.is_writable(new) and not S.is_writable(old):
             slot = slots.lookup(gfn)
             if slot is not None:
