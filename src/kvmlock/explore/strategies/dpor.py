@@ -300,9 +300,15 @@ class DPOR:
             self._process(*pend)
             self.pending = None
         # note which disabled operations got disabled, and by what
-        en_ids = {t.tid for t in enabled}
         was = self.was_enabled
-        for t in rt.live:  # type: ignore[union-attr]
+        live = rt.live  # type: ignore[union-attr]
+        if len(live) == len(enabled):
+            for t in enabled:
+                was[t.tid] = True
+            live = ()
+        else:
+            en_ids = {t.tid for t in enabled}
+        for t in live:
             tid = t.tid
             on = tid in en_ids
             if not on and t.p_obj is not None:
