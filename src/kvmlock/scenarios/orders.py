@@ -274,6 +274,52 @@ _pair("vcpu_mutex_xen_lock", "vcpu->mutex", "kvm->arch.xen.xen_lock",
       lambda vm: (vm.vcpus[0].mutex, vm.xen_lock), _xen_write)
 
 
+# ---------------------------------------------------------------------- vCPU planes
+
+def _planes() -> tuple[Any, Any]:
+    """One vCPU id in plane 0 and plane 1: two ``vcpu->mutex`` instances of one class."""
+    from kvmlock.kvm.vcpu import VCPU
+
+    vm = _vm()
+    return vm.vcpus[0], VCPU(vm, 0)
+
+
+def _plane0_then_plane1(p0: Any, p1: Any) -> Callable[[], None]:
+    def take() -> None:
+        with p0.mutex, p1.mutex.nested(1):
+            pass
+    return take
+
+
+@scenario("order.vcpu_mutex_planes.correct", variant="correct", expect="pass",
+          rule="vcpu->mutex of plane 0 is taken outside vcpu->mutex of the same id in another "
+               "plane (annotated as a nesting subclass)",
+          invariant="plane 0 always first; lockdep sees one class nested by annotation", **_BOUND)
+def vcpu_mutex_planes_correct() -> None:
+    p0, p1 = _planes()
+    together(_plane0_then_plane1(p0, p1), _plane0_then_plane1(p0, p1))
+    _check_graph()
+
+
+@scenario("order.vcpu_mutex_planes.broken", variant="broken", expect="lockdep",
+          lockdep_kind="recursive",
+          rule="two planes' vcpu->mutex nested without the subclass annotation",
+          invariant="lockdep reports possible recursive locking of vcpu->mutex", **_BOUND)
+def vcpu_mutex_planes_unannotated() -> None:
+    p0, p1 = _planes()
+    with p0.mutex, p1.mutex:
+        pass
+
+
+@scenario("order.vcpu_mutex_planes.inverted", variant="broken", expect="deadlock",
+          rule="plane 1 taken outside plane 0 behind the same annotation: lockdep sees one "
+               "consistent order of classes, the explorer sees the deadlock",
+          invariant="all tasks blocked: an annotation cannot make an inversion safe", **_BOUND)
+def vcpu_mutex_planes_inverted() -> None:
+    p0, p1 = _planes()
+    together(_plane0_then_plane1(p0, p1), _plane0_then_plane1(p1, p0))
+
+
 # ---------------------------------------------------------------------- mmu_lock sub-locks
 
 def _mmu_pair(name: str, inner: str) -> None:
