@@ -166,3 +166,22 @@ def test_class_names_follow_the_assignment():
     assert any(n.startswith("b@") for n in names)
     # two calls on one line: named by line and column, and still two classes
     assert len([n for n in names if "@" not in n]) == 2 and lockdep.reports() == []
+
+
+def test_plain_thread_ending_with_a_lock_held_is_reported():
+    with lockdep.instrument_threading():
+        leaked = threading.Lock()
+        th = threading.Thread(target=leaked.acquire, name="leaker")
+        th.start()
+        th.join()
+        fine = threading.Lock()
+
+        def tidy():
+            with fine:
+                pass
+
+        th2 = threading.Thread(target=tidy)
+        th2.start()
+        th2.join()
+    (r,) = lockdep.reports()
+    assert r.kind == "held_at_exit" and r.task == "leaker" and r.lock.startswith("leaked@")

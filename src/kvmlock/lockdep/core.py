@@ -169,10 +169,11 @@ def _note(S: State, key: tuple, report: Report, found: list[Report]) -> None:
         found.append(report)
 
 
-def _emit(S: State, found: list[Report]) -> None:
-    """Tell the user (outside the graph lock): print, raise or stay silent per mode."""
+def _emit(S: State, found: list[Report], may_raise: bool = True) -> None:
+    """Tell the user (outside the graph lock): print, raise or stay silent per mode. Where
+    raising would leave a real lock in a wrong state (a release), raise mode prints instead."""
     for r in found:
-        if S.mode == "warn":
+        if S.mode == "warn" or (S.mode == "raise" and not may_raise):
             sys.stderr.write(str(r))
         elif S.mode == "raise":
             raise LockdepError(r)
@@ -302,11 +303,11 @@ def _acquire(m: LockMap, held: list | None, subclass: int, read: int, trylock: b
 
 
 def _push(S: State, held: list, m: LockMap, cls: LockClass, read: int, trylock: bool,
-          where: str | None) -> None:
+          where: str | None, may_raise: bool = True) -> None:
     hid = cls.hid + read + read + trylock
     node = held[-1][1].get(hid)
     if node is None:
-        node = _miss(S, held, m, cls, read, trylock, hid, where)
+        node = _miss(S, held, m, cls, read, trylock, hid, where, may_raise=may_raise)
         if node is None:
             return
     held.append((m, node))
@@ -314,7 +315,7 @@ def _push(S: State, held: list, m: LockMap, cls: LockClass, read: int, trylock: 
 
 def _miss(
     S: State, held: list, m: LockMap, cls: LockClass, read: int, trylock: bool, hid: int,
-    where: str | None, sync: bool = False,
+    where: str | None, sync: bool = False, may_raise: bool = True,
 ) -> dict | None:
     """First sighting of this chain: validate it under the graph lock and cache it."""
     if read not in (0, 1, 2):
@@ -347,7 +348,7 @@ def _miss(
         node = {_INFO: (cls, read, trylock, where)}
         parent[hid] = node
         S.nchains += 1
-    _emit(S, found)
+    _emit(S, found, may_raise)
     return node
 
 
@@ -446,7 +447,7 @@ def _release_slow(S: State, m: LockMap) -> None:
     del held[i:]
     for e in tail:
         cls, read, trylock, where = _info(e)
-        _push(S, held, e[0], cls, read, trylock, where)
+        _push(S, held, e[0], cls, read, trylock, where, may_raise=False)
 
 
 def forget(m: LockMap, held: list) -> bool:
@@ -490,7 +491,7 @@ def might_sleep(what: str = "might_sleep") -> None:
             return
 
 
-def task_exit() -> None:
+def task_exit(task_name: str | None = None) -> None:
     """End of a task: report "held_at_exit" for locks still held, then forget the stack."""
     S = _state
     t = _rt.current_task()
@@ -502,7 +503,7 @@ def task_exit() -> None:
         found: list[Report] = []
         with S.lock:
             _note(S, ("held_at_exit", names), Report(
-                "held_at_exit", lock=names[-1], task=_task_name(), where=user_site(),
+                "held_at_exit", lock=names[-1], task=task_name or _task_name(), where=user_site(),
                 held_locks=_held_locks(held),
             ), found)
         if found and S.mode == "warn":  # never raise here: the task is already ending

@@ -7,7 +7,8 @@ is file:line, plus the column, so two calls on one line make two classes. Locks 
 threading.py (a ``Condition()``'s RLock, say) are named after the user line that asked for
 them; locks made by kvmlock itself stay raw, since its primitives report on their own.
 ``RLock`` re-entry is not recursive locking. A ``Lock`` released by a thread other than its
-taker (legal for threading.Lock) is dropped from the taker's stack silently.
+taker (legal for threading.Lock) is dropped from the taker's stack silently. Threads started
+while instrumentation is on are checked for locks still held when they end.
 """
 
 from __future__ import annotations
@@ -220,6 +221,17 @@ def _rlock_factory(*args: Any, **kwargs: Any) -> Any:
     return CheckedRLock(_map_for("RLock", site))
 
 
+_ORIG_BOOTSTRAP = threading.Thread._bootstrap_inner  # type: ignore[attr-defined]
+
+
+def _bootstrap_inner(self: threading.Thread) -> None:
+    """Every thread's last act: lockdep's end-of-task check (locks still held)."""
+    try:
+        _ORIG_BOOTSTRAP(self)
+    finally:
+        core.task_exit(self.name)  # by now the thread is no longer listed under its name
+
+
 class Instrumentation:
     """Handle returned by :func:`instrument_threading`; ``stop()`` or leaving ``with`` undoes it."""
 
@@ -229,6 +241,7 @@ class Instrumentation:
         if _depth == 0:
             threading.Lock = _lock_factory  # type: ignore[misc, assignment]
             threading.RLock = _rlock_factory  # type: ignore[misc, assignment]
+            threading.Thread._bootstrap_inner = _bootstrap_inner  # type: ignore[attr-defined]
         _depth += 1
 
     def stop(self) -> None:
@@ -240,6 +253,7 @@ class Instrumentation:
         if _depth == 0:
             threading.Lock = _ORIG_LOCK  # type: ignore[misc]
             threading.RLock = _ORIG_RLOCK  # type: ignore[misc]
+            threading.Thread._bootstrap_inner = _ORIG_BOOTSTRAP  # type: ignore[attr-defined]
 
     def __enter__(self) -> Instrumentation:
         return self
