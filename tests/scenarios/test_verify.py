@@ -145,3 +145,24 @@ def test_check_leaves_catches_an_edge_out_of_a_leaf_but_not_into_one():
     with pytest.raises(AssertionError, match="kvm->lock taken inside leaf kvm->irq_lock"):
         check_leaves(_G(("kvm->irq_lock", "kvm->lock")))
     check_leaves(_G(("kvm->slots_lock", "kvm->irq_lock"), ("vcpu->mutex", "kvm_lock")))
+
+
+def test_json_records_and_strategy_override(capsys):
+    import json
+
+    assert verify.main(["tsc", "--json", "--strategy", "dfs"]) == 0
+    recs = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in recs] == ["tsc.synchronize.correct", "tsc.synchronize.broken"]
+    assert all(r["strategy"] == "dfs" and r["met"] for r in recs)
+    assert recs[0]["failure"] is None
+    # dfs does not reduce: it runs out of the scenario's max_runs before exhausting, and says so
+    assert recs[0]["exhausted"] is False and recs[0]["bound"] == "max_runs=500"
+    assert recs[0]["result"] == "pass (bounded)"
+    assert recs[1]["failure"]["kind"] == "assertion" and recs[1]["failure"]["schedule"]
+
+
+def test_wrong_failure_says_what_was_expected(temp_scenarios):
+    sc = temp_scenarios("zz.assert2.broken", _bad_assert, variant="broken", expect="lockdep",
+                        lockdep_kind="circular")
+    out = verify.run_scenario(sc)
+    assert out.result == "WRONG FAILURE: assertion (expected lockdep circular)"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import fnmatch
+import json
 import os
 import sys
 import time
@@ -53,10 +54,28 @@ class Outcome:
     failure: Any = None  # the explorer's failure object (first one), if any
     failures: list[Any] = field(default_factory=list)
     error: str = ""
+    strategy: str = ""
 
     @property
     def name(self) -> str:
         return self.scenario.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain record for tools (``kvmlock verify --json``)."""
+        sc = self.scenario
+        f = self.failure
+        return {
+            "name": sc.name, "rule": sc.rule, "variant": sc.variant, "expect": sc.expect,
+            "lockdep_kind": sc.lockdep_kind, "invariant": sc.invariant,
+            "strategy": self.strategy or sc.strategy, "met": self.met, "result": self.result,
+            "executions": self.runs, "exhausted": self.exhausted,
+            "seconds": round(self.seconds, 4), "bound": self.bound, "error": self.error,
+            "failure": None if f is None else {
+                "kind": getattr(f, "kind", None), "schedule": getattr(f, "schedule", None),
+                "message": str(getattr(f, "message", "")),
+                "lockdep_kinds": sorted(_failure_lockdep_kinds(f)),
+            },
+        }
 
 
 def _failure_lockdep_kinds(f: Any) -> set[str]:
@@ -110,28 +129,41 @@ def _bound(opts: dict[str, Any], res: Any) -> str:
     return f"{stopped or 'not exhausted'}{within}"
 
 
-def run_scenario(sc: Scenario, *, timeout: float | None = None) -> Outcome:
-    """Explore ``sc`` with its strategy and bounds; judge the result against its expectation."""
+def run_scenario(sc: Scenario, *, timeout: float | None = None,
+                 strategy: str | None = None) -> Outcome:
+    """Explore ``sc`` with its strategy and bounds; judge the result against its expectation.
+
+    ``strategy`` overrides the scenario's own (e.g. "dfs" to cross-check a DPOR verdict);
+    ``timeout`` caps the seconds spent on it.
+    """
     from kvmlock import explore
 
     opts = {**DEFAULT_OPTIONS, **sc.options}
     if timeout is not None:
         opts["timeout"] = timeout
-    broken = sc.expect != "pass"
+    strat = strategy or sc.strategy
+    if strat in ("pct", "random"):
+        opts.pop("preemption_bound", None)
     opts.setdefault("stop_on_first", True)
     opts.setdefault("progress", False)
     t0 = time.perf_counter()
     try:
-        res = explore.check(sc.body, strategy=sc.strategy, **opts)
+        res = explore.check(sc.body, strategy=strat, **opts)
     except Exception as exc:  # a crash of the explorer on this body is a failed expectation
         return Outcome(sc, False, "ERROR", seconds=time.perf_counter() - t0,
-                       bound=_bound(opts, None), error=f"{type(exc).__name__}: {exc}")
-    secs = time.perf_counter() - t0
+                       bound=_bound(opts, None), error=f"{type(exc).__name__}: {exc}",
+                       strategy=strat)
+    out = _judge(sc, res, opts, time.perf_counter() - t0)
+    out.strategy = strat
+    return out
+
+
+def _judge(sc: Scenario, res: Any, opts: dict[str, Any], secs: float) -> Outcome:
     failures = list(getattr(res, "failures", []) or [])
     runs = int(getattr(res, "runs", 0))
     exhausted = bool(getattr(res, "exhausted", False))
     bound = _bound(opts, res)
-    if not broken:
+    if sc.expect == "pass":
         if failures:
             f = failures[0]
             return Outcome(sc, False, f"FAILED: {_describe(f)}", runs, exhausted, secs, bound,
@@ -142,11 +174,11 @@ def run_scenario(sc: Scenario, *, timeout: float | None = None) -> Outcome:
     if hit is not None:
         return Outcome(sc, True, f"caught: {_describe(hit)}", runs, exhausted, secs, bound,
                        hit, failures)
+    wanted = " ".join(x for x in (sc.expect, sc.lockdep_kind) if x)
     if failures:
-        return Outcome(sc, False, f"WRONG FAILURE: {_describe(failures[0])} (expected "
-                       f"{sc.expect} {sc.lockdep_kind or ''})".rstrip() + ")", runs, exhausted,
-                       secs, bound, failures[0], failures)
-    return Outcome(sc, False, "MISSED: no failure found", runs, exhausted, secs, bound)
+        return Outcome(sc, False, f"WRONG FAILURE: {_describe(failures[0])} (expected {wanted})",
+                       runs, exhausted, secs, bound, failures[0], failures)
+    return Outcome(sc, False, f"MISSED: no {wanted} found", runs, exhausted, secs, bound)
 
 
 def select(names: Iterable[str]) -> list[Scenario]:
@@ -215,7 +247,7 @@ def _table(outcomes: Sequence[Outcome]) -> Any:
     for o in outcomes:
         colour = "green" if o.met else "bold red"
         t.add_row(f"[bold]{o.name}[/]\n[dim]{o.scenario.rule}[/]", o.scenario.variant,
-                  o.scenario.strategy, str(o.runs), f"{o.seconds:.2f}s",
+                  o.strategy or o.scenario.strategy, str(o.runs), f"{o.seconds:.2f}s",
                   f"[{colour}]{o.result}[/]", o.bound)
     return t
 
@@ -253,6 +285,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds allowed per scenario (default: the scenario's own bound)")
+    p.add_argument("--strategy", choices=("dpor", "dfs", "pct", "random"), default=None,
+                   help="explore every chosen scenario with this strategy instead of its own")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON record per scenario instead of the table")
     return p
 
 
@@ -280,9 +316,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     outcomes = []
     for sc in chosen:
-        outcomes.append(run_scenario(sc, timeout=args.timeout))
-    console.print(_table(outcomes))
+        outcomes.append(run_scenario(sc, timeout=args.timeout, strategy=args.strategy))
     bad = [o for o in outcomes if not o.met]
+    if args.json:
+        print(json.dumps([o.to_dict() for o in outcomes], indent=2))
+        return 0 if not bad and not missing else 1
+    console.print(_table(outcomes))
     for o in bad:
         if o.error:
             console.print(f"[bold red]{o.name}[/]: {o.error}", highlight=False)
