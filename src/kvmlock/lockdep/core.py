@@ -503,7 +503,7 @@ def task_exit(task_name: str | None = None) -> None:
         found: list[Report] = []
         with S.lock:
             _note(S, ("held_at_exit", names), Report(
-                "held_at_exit", lock=names[-1], task=task_name or _task_name(), where=user_site(),
+                "held_at_exit", lock=names[-1], task=task_name or _task_name(),
                 held_locks=_held_locks(held),
             ), found)
         if found and S.mode == "warn":  # never raise here: the task is already ending

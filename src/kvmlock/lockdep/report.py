@@ -201,7 +201,8 @@ def _render_bad_unlock(r: Report) -> str:
 
 def _render_held_at_exit(r: Report) -> str:
     out = _banner(r.title)
-    out += [f"{r.task} is exiting at {r.where} while holding locks.", ""]
+    at = f" at {r.where}" if r.where else ""
+    out += [f"{r.task} is exiting{at} while holding locks; nobody will ever release them.", ""]
     out += _held_section(r)
     return "\n".join(out) + "\n"
 
