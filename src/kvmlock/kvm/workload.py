@@ -3,7 +3,8 @@
 Threads, all sharing one VM on one host machine:
 
 * one thread per vCPU, in ``KVM_RUN`` (holding ``vcpu->mutex``), writing and reading guest
-  memory: each vCPU owns some pages and remembers what it last wrote to each;
+  memory: each vCPU owns some pages and remembers what it last wrote to each; between runs it
+  also does vCPU ioctls that reach the leaf locks (TSC write, Hyper-V partition MSR);
 * a dirty-log harvester feeding a live-migration copy of the logged memslot;
 * a swapper that unmaps host pages through the MMU notifier and reuses the frames, and ages
   pages (clear_flush_young);
@@ -30,8 +31,10 @@ from typing import Any
 import kvmlock
 from kvmlock import lockdep
 from kvmlock.kvm.guest import GuestFault, guest_read, guest_write
+from kvmlock.kvm.hyperv import HyperV
 from kvmlock.kvm.memslots import LOG_DIRTY_PAGES
 from kvmlock.kvm.mmu.dirty_log import MigrationCopy
+from kvmlock.kvm.tsc import TscSync
 from kvmlock.kvm.vm import VM
 
 __all__ = ["WorkloadResult", "main", "run_workload"]
@@ -72,6 +75,7 @@ class WorkloadResult:
             f"  swap-outs        {c.get('swap_out', 0):>8}  ({c.get('writeback', 0)} written "
             f"back, {c.get('aged', 0)} pages aged)",
             f"  memslot updates  {c.get('memslot_updates', 0):>8}",
+            f"  vCPU ioctls      {c.get('ioctls', 0):>8}  (TSC writes, Hyper-V MSRs)",
             f"  CPU hotplug      {c.get('hotplug', 0):>8}",
             f"  TLB flushes      {c.get('tlb_flushes', 0):>8}",
             f"  lock classes     {len(self.lock_classes):>8}  dependency edges {self.edges}",
@@ -130,8 +134,10 @@ def run_workload(
     mig = MigrationCopy(vm, 0)
     stop = threading.Event()
     errors: list[str] = []
-    counters = {"aged": 0, "hotplug": 0, "copied": 0}
+    counters = {"aged": 0, "hotplug": 0, "copied": 0, "ioctls": 0}
     owned = {v.id: list(range(v.id, pages, vcpus)) for v in vm.vcpus}
+    tsc = TscSync(vm)
+    hv = HyperV(vm)
     last: dict[int, dict[int, int]] = {v.id: {} for v in vm.vcpus}
 
     def guard(fn):
@@ -162,6 +168,10 @@ def run_workload(
                             guest_read(vcpu, pages + rng.randrange(_EXTRA_PAGES))
                         except GuestFault:
                             pass  # the updater's slot is absent right now: an MMIO exit
+            with vcpu.mutex:  # vCPU ioctls: KVM_SET_MSRS (TSC, Hyper-V partition MSR)
+                tsc.write(vcpu, n, time.monotonic_ns())
+                hv.set_msr(vcpu, "HV_X64_MSR_GUEST_OS_ID", n)
+                counters["ioctls"] += 2
             time.sleep(0)
 
     @guard
