@@ -121,7 +121,8 @@ def _describe(ex: Execution, lockdep_on: bool, max_steps: int) -> None:
             else:
                 what, note = "next", "next: "
             lines.append(f"  task {t.tid} ({t.name}) {what}: {_waiting_on(t)}{hs}")
-            ex.final.append((t.tid, note + f"{t.p_kind} {t.p_label}"))
+            src = f"\n  {t.p_where[1]}  [{t.p_where[0]}]" if t.p_where[0] else ""
+            ex.final.append((t.tid, note + f"{t.p_kind} {t.p_label}{src}"))
         ex.kind = out
         if out == "deadlock":
             ex.message = "every live task is blocked:\n" + "\n".join(lines)

@@ -72,8 +72,9 @@ def shrink(choices: list[int], preempt_steps: list[int], trial: Trial,
            budget: int = 200) -> tuple[list[int], list[int], int]:
     """Minimise a failing schedule: fewer preemptions first, then fewer steps.
 
-    Candidates are cut at a preemption (the rest runs without preempting) or have one block of
-    a task's consecutive operations removed (that task runs those operations later). A
+    Candidates are cut at a preemption (the rest runs without preempting), or move one block
+    of a task's consecutive operations to join that task's previous or next block (one
+    context switch fewer), or drop a block (the task runs those operations later). A
     candidate is kept only if running it fails the same way, and what is returned is the
     schedule that run actually made -- so the result always reproduces the failure. Returns
     ``(choices, preempt_steps, trials used)``.
@@ -87,16 +88,7 @@ def shrink(choices: list[int], preempt_steps: list[int], trial: Trial,
     improved = True
     while improved and used < budget:
         improved = False
-        cands: list[list[int]] = [best[:i] for i in best_pre]
-        bl = blocks(best)
-        pos = 0
-        starts = []
-        for _t, n in bl:
-            starts.append((pos, n))
-            pos += n
-        for start, n in reversed(starts[1:]):
-            cands.append(best[:start] + best[start + n:])
-        for cand in cands:
+        for cand in _candidates(best, best_pre):
             if used >= budget:
                 break
             used += 1
@@ -106,3 +98,34 @@ def shrink(choices: list[int], preempt_steps: list[int], trial: Trial,
                 improved = True
                 break
     return best, best_pre, used
+
+
+def _candidates(best: list[int], pre: list[int]) -> list[list[int]]:
+    out: list[list[int]] = [best[:i] for i in pre]
+    bl = blocks(best)
+    starts: list[int] = []
+    pos = 0
+    for _t, n in bl:
+        starts.append(pos)
+        pos += n
+
+    def without(k: int) -> list[tuple[int, int]]:
+        return bl[:k] + bl[k + 1:]
+
+    def flat(bs: list[tuple[int, int]]) -> list[int]:
+        return [t for t, n in bs for _ in range(n)]
+
+    for k in range(len(bl) - 1, 0, -1):
+        t, n = bl[k]
+        prev = next((j for j in range(k - 1, -1, -1) if bl[j][0] == t), None)
+        if prev is not None:  # run this block right after the task's previous one
+            bs = without(k)
+            bs.insert(prev + 1, (t, n))
+            out.append(flat(bs))
+        nxt = next((j for j in range(k + 1, len(bl)) if bl[j][0] == t), None)
+        if nxt is not None:  # or just before its next one
+            bs = without(k)
+            bs.insert(nxt - 1, (t, n))
+            out.append(flat(bs))
+        out.append(best[:starts[k]] + best[starts[k] + n:])
+    return out
