@@ -261,3 +261,35 @@ def test_out_of_order_release_never_raises_in_raise_mode(capsys):
     c.release()
     assert lockdep.held_locks() == []
     lockdep.set_mode("collect")
+
+
+def test_lock_taken_during_validation_on_same_thread_does_not_hang(monkeypatch):
+    # A finalizer run by the garbage collector in the middle of validation may take a lock.
+    # It must not wait for the graph lock its own thread holds.
+    import threading
+
+    from kvmlock.lockdep import core
+
+    inner = LockMap("taken.by.finalizer", "mutex")
+    real_name = core._task_name
+
+    def name_with_side_effect():
+        inner.acquire()
+        inner.release()
+        lockdep.graph()
+        return real_name()
+
+    monkeypatch.setattr(core, "_task_name", name_with_side_effect)
+    a = LockMap("A", "mutex")
+    done = threading.Event()
+
+    def run():
+        a.acquire()
+        a.release()
+        done.set()
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    assert done.wait(10), "validation hung on its own graph lock"
+    monkeypatch.setattr(core, "_task_name", real_name)
+    assert kinds() == []

@@ -10,6 +10,7 @@ lock is a compare and a pop. Everything else (out-of-order release, reports) is 
 from __future__ import annotations
 
 import _thread
+import contextlib
 import sys
 import threading
 from collections.abc import Iterator
@@ -68,6 +69,7 @@ class State:
         self.on = True
         self.mode = mode
         self.lock = _thread.allocate_lock()  # the graph lock: chain-cache misses only
+        self.owner = 0  # thread ident inside the graph lock (re-entry guard, see _miss)
         self.classes: dict[LockClass, str] = {}  # classes used in this state -> kind
         self.after: dict[LockClass, dict[LockClass, Link]] = {}  # the dependency graph
         self.nedges = 0
@@ -115,6 +117,7 @@ def _klass(key: object, name: str, kind: str, subclass: int) -> LockClass:
 _INFO = -1  # real chain-node keys (class id * 8 + read * 2 + trylock) are >= 0
 _SYNC = 6  # low bits of the chain-node key of a synchronize()
 
+_get_ident = _thread.get_ident
 _THREADS = _rt.THREADS
 _TLS = _rt.THREADS._tls
 
@@ -179,10 +182,36 @@ def _emit(S: State, found: list[Report], may_raise: bool = True) -> None:
             raise LockdepError(r)
 
 
+class _GraphLock:
+    """The graph lock, remembering its holder. Code that runs in the middle of validation on
+    the same thread (a finalizer run by the garbage collector that takes a lock, say) must not
+    wait for the graph lock its own thread holds: that would hang the watched program."""
+
+    __slots__ = ("S",)
+
+    def __init__(self, S: State) -> None:
+        self.S = S
+
+    def __enter__(self) -> None:
+        self.S.lock.__enter__()
+        self.S.owner = _get_ident()
+
+    def __exit__(self, *exc: object) -> None:
+        self.S.owner = 0
+        self.S.lock.__exit__(*exc)
+
+
+def _reentered(S: State) -> bool:
+    return S.owner == _get_ident()
+
+
 def _report(S: State, key: tuple, report: Report) -> None:
     found: list[Report] = []
-    with S.lock:
-        _note(S, key, report, found)
+    if _reentered(S):
+        _note(S, key, report, found)  # this thread already holds the graph lock
+    else:
+        with _GraphLock(S):
+            _note(S, key, report, found)
     _emit(S, found)
 
 
@@ -324,8 +353,10 @@ def _miss(
         _restart(S, held)  # a stack left from before reset()/enable()
     if where is None:
         where = user_site()
+    if _reentered(S):  # taken from inside validation on this thread: track it, check nothing
+        return {_INFO: (cls, read, trylock, where)}
     found: list[Report] = []
-    with S.lock:
+    with _GraphLock(S):
         if not S.on:
             return None
         parent = held[-1][1]
@@ -501,7 +532,7 @@ def task_exit(task_name: str | None = None) -> None:
     if len(held) > 1 and S.on and held[0] is S.header:
         names = tuple(_info(e)[0].name for e in held[1:])
         found: list[Report] = []
-        with S.lock:
+        with _GraphLock(S):
             _note(S, ("held_at_exit", names), Report(
                 "held_at_exit", lock=names[-1], task=task_name or _task_name(),
                 held_locks=_held_locks(held),
@@ -592,7 +623,7 @@ def stats() -> dict[str, Any]:
 def graph() -> DepGraph:
     """A snapshot of the dependency graph (one Edge per recorded kind of each link)."""
     S = _state
-    with S.lock:
+    with contextlib.nullcontext() if _reentered(S) else _GraphLock(S):
         g = DepGraph({c.name: kind for c, kind in S.classes.items()})
         for c, links in list(S.after.items()):
             for link in list(links.values()):
@@ -607,7 +638,7 @@ def chains() -> list[tuple[HeldLock, ...]]:
     were held together when each lock was taken. synchronize() checks are not chains."""
     S = _state
     out: list[tuple[HeldLock, ...]] = []
-    with S.lock:
+    with contextlib.nullcontext() if _reentered(S) else _GraphLock(S):
         todo: list[tuple[dict, tuple[HeldLock, ...]]] = [(S.root, ())]
         while todo:
             node, trail = todo.pop()
