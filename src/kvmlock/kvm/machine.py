@@ -27,6 +27,7 @@ step would be on real hardware.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -73,8 +74,9 @@ class Machine:
     -- ``kvm_usage_lock`` does, taken outside ``cpus_read_lock``, and the hotplug callbacks are
     only installed while the count is non-zero (so they take no KVM lock at all).
 
-    ``enable_blocks_hotplug=False`` is a deliberately broken variant: hardware is enabled for
-    the first VM without holding ``cpus_read_lock``, so a CPU can go offline half-way through.
+    ``enable_blocks_hotplug=False`` is a deliberately broken variant (either design): hardware
+    is enabled for the first VM without holding ``cpus_read_lock``, so a CPU can go offline
+    half-way through.
     ``fail_enable_on`` names CPUs whose virtualization enable fails (for the error paths).
     """
 
@@ -169,6 +171,10 @@ class Machine:
 
     # ------------------------------------------------------------------ usage count
 
+    def _hotplug_read(self) -> AbstractContextManager[object]:
+        """``cpus_read_lock`` around enabling -- or nothing, in the broken variant."""
+        return self.cpu_hotplug_lock.read() if self.enable_blocks_hotplug else nullcontext()
+
     def hardware_enable_all(self) -> None:
         """Count one more VM; the first one turns virtualization on, on every online CPU.
 
@@ -182,7 +188,7 @@ class Machine:
                 if self.kvm_usage_count != 1:
                     return
                 try:
-                    with self.cpu_hotplug_lock.read():
+                    with self._hotplug_read():
                         self.hotplug_callbacks_installed = True
                         self._enable_online_cpus()
                 except HardwareEnableError:
@@ -190,20 +196,14 @@ class Machine:
                     self.kvm_usage_count -= 1
                     raise
             return
-        if self.enable_blocks_hotplug:
-            self.cpu_hotplug_lock.cpus_read_lock()
-        try:
-            with self.kvm_lock:
-                self.kvm_usage_count += 1
-                if self.kvm_usage_count == 1:
-                    try:
-                        self._enable_online_cpus()
-                    except HardwareEnableError:
-                        self.kvm_usage_count -= 1
-                        raise
-        finally:
-            if self.enable_blocks_hotplug:
-                self.cpu_hotplug_lock.cpus_read_unlock()
+        with self._hotplug_read(), self.kvm_lock:
+            self.kvm_usage_count += 1
+            if self.kvm_usage_count == 1:
+                try:
+                    self._enable_online_cpus()
+                except HardwareEnableError:
+                    self.kvm_usage_count -= 1
+                    raise
 
     def hardware_disable_all(self) -> None:
         """Count one VM less; the last one turns virtualization off everywhere."""
@@ -212,21 +212,15 @@ class Machine:
                 self._check_count()
                 self.kvm_usage_count -= 1
                 if self.kvm_usage_count == 0:
-                    with self.cpu_hotplug_lock.read():
+                    with self._hotplug_read():
                         self.hotplug_callbacks_installed = False
                         self._disable_all_cpus()
             return
-        if self.enable_blocks_hotplug:
-            self.cpu_hotplug_lock.cpus_read_lock()
-        try:
-            with self.kvm_lock:
-                self._check_count()
-                self.kvm_usage_count -= 1
-                if self.kvm_usage_count == 0:
-                    self._disable_all_cpus()
-        finally:
-            if self.enable_blocks_hotplug:
-                self.cpu_hotplug_lock.cpus_read_unlock()
+        with self._hotplug_read(), self.kvm_lock:
+            self._check_count()
+            self.kvm_usage_count -= 1
+            if self.kvm_usage_count == 0:
+                self._disable_all_cpus()
 
     def _check_count(self) -> None:
         if self.kvm_usage_count <= 0:

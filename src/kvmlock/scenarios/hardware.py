@@ -181,3 +181,13 @@ def posted_two_vcpus() -> None:
              names=["vcpu0 (halt)", "vcpu1 (halt)", "IOMMU"])
     assert a.delivered == {3} and b.delivered == {7}, (a.delivered, b.delivered)
     assert not m.cpus[1].wakeup_list
+
+
+@scenario("hardware.usage_lock.broken", variant="broken", expect="assertion",
+          rule="kvm_usage_lock design, but callbacks installed and CPUs enabled without "
+               "cpus_read_lock, racing CPU offline",
+          invariant=_HW_INVARIANT, max_runs=2000)
+def usage_lock_design_broken() -> None:
+    m = Machine(2, usage_lock=True, enable_blocks_hotplug=False)
+    together(m.create_vm, lambda: m.cpu_down(1), names=["KVM_CREATE_VM", "cpu hotplug"])
+    m.check_hardware()
