@@ -166,3 +166,18 @@ def test_wrong_failure_says_what_was_expected(temp_scenarios):
                         lockdep_kind="circular")
     out = verify.run_scenario(sc)
     assert out.result == "WRONG FAILURE: assertion (expected lockdep circular)"
+
+
+def test_collect_graph_refuses_a_correct_body_that_hangs_or_fails(temp_scenarios):
+    import threading
+
+    gate = threading.Event()
+    temp_scenarios("zz.hang.correct", lambda: gate.wait(5), variant="correct", expect="pass")
+    with pytest.raises(RuntimeError, match=r"zz.hang.correct did not finish within 0.2s"):
+        verify.collect_graph(workload_seconds=0, limit=0.2)
+    gate.set()
+    SCENARIOS.pop("zz.hang.correct")
+    temp_scenarios("zz.bad.correct", _bad_assert, variant="correct", expect="pass")
+    with pytest.raises(RuntimeError, match="zz.bad.correct failed on real threads: "
+                                           "AssertionError: invariant broken"):
+        verify.collect_graph(workload_seconds=0)

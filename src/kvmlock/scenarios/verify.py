@@ -19,6 +19,7 @@ import fnmatch
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -205,23 +206,41 @@ def select(names: Iterable[str]) -> list[Scenario]:
     return list(chosen.values())
 
 
-def collect_graph(*, workload_seconds: float = 0.5) -> lockdep.DepGraph:
+def _run_on_thread(sc: Scenario, limit: float) -> None:
+    """Run a scenario body on a real thread; a body that does not finish is an error, not a hang."""
+    box: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            sc.body()
+        except BaseException as exc:  # handed back to the caller below
+            box.append(exc)
+
+    t = threading.Thread(target=run, name=sc.name, daemon=True)
+    t.start()
+    t.join(limit)
+    if t.is_alive():
+        raise RuntimeError(f"correct scenario {sc.name} did not finish within {limit:g}s on "
+                           f"real threads (left running as a daemon thread)")
+    if box:
+        exc = box[0]
+        raise RuntimeError(f"correct scenario {sc.name} failed on real threads: "
+                           f"{type(exc).__name__}: {exc}") from exc
+
+
+def collect_graph(*, workload_seconds: float = 0.5, limit: float = 30.0) -> lockdep.DepGraph:
     """Run each correct scenario once on real threads (and a short workload); return the graph.
 
     One isolated lockdep sees everything, so the graph holds every dependency the correct
-    model makes. A correct body that fails on threads is re-raised: the graph of a model that
-    does not work would be a graph of the wrong thing.
+    model makes. A correct body that fails (or does not finish within ``limit`` seconds) on
+    threads raises RuntimeError: the graph of a model that does not work would be a graph of
+    the wrong thing.
     """
     _load_all()
     with lockdep.isolated():
         for sc in SCENARIOS.values():
-            if sc.variant != "correct" or sc.expect != "pass":
-                continue
-            try:
-                sc.body()
-            except AssertionError as exc:
-                raise RuntimeError(f"correct scenario {sc.name} failed on real threads: "
-                                   f"{exc}") from exc
+            if sc.variant == "correct" and sc.expect == "pass":
+                _run_on_thread(sc, limit)
         try:
             from kvmlock.kvm.workload import run_workload
         except ImportError:
