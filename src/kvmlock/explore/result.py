@@ -88,6 +88,8 @@ class Result:
         extra = f", {self.pruned} pruned" if self.pruned else ""
         distinct = f", {self.distinct} distinct" if self.distinct is not None else ""
         verdict = "ok" if self.ok else f"{len(self.failures)} failure(s)"
+        if self.stopped == "replay":
+            return f"explore[replay]: {verdict}; 1 schedule replayed, {self.steps} steps"
         return (f"explore[{self.strategy}]: {verdict}; {self.runs} runs{distinct}{extra}, "
                 f"{cover}, {self.elapsed:.2f}s ({self.rate():,.0f} runs/s)")
 
