@@ -293,3 +293,26 @@ def test_lock_taken_during_validation_on_same_thread_does_not_hang(monkeypatch):
     assert done.wait(10), "validation hung on its own graph lock"
     monkeypatch.setattr(core, "_task_name", real_name)
     assert kinds() == []
+
+
+def test_nest_lock_allows_many_of_one_class_under_it():
+    kvm_lock = LockMap("kvm->lock", "mutex")
+    vcpus = [LockMap("vcpu->mutex", "mutex") for _ in range(3)]
+    kvm_lock.acquire()
+    for v in vcpus:
+        v.acquire_nest(kvm_lock)
+    for v in reversed(vcpus):
+        v.release()
+    kvm_lock.release()
+    assert kinds() == []
+    assert lockdep.graph().has_edge("kvm->lock", "vcpu->mutex")
+
+
+def test_nest_lock_not_held_is_still_recursive_locking():
+    kvm_lock = LockMap("kvm->lock", "mutex")
+    v1, v2 = LockMap("vcpu->mutex", "mutex"), LockMap("vcpu->mutex", "mutex")
+    v1.acquire_nest(kvm_lock)
+    v2.acquire_nest(kvm_lock)
+    assert kinds() == ["recursive"]
+    with pytest.raises(TypeError, match="nest_lock must be a LockMap"):
+        v1.acquire_nest("kvm->lock")

@@ -32,9 +32,6 @@ SPINNING = frozenset({"spinlock", "raw_spinlock", "rwlock"})
 SLEEPING = frozenset({"mutex", "rwsem", "percpu_rwsem"})
 MODES = ("warn", "raise", "collect")
 
-_WHERE = -1  # key of a chain node's "first seen at" entry (real keys are >= 0)
-_SYNC = 6  # low bits of a chain-node key for synchronize(); acquires use read*2 + trylock
-
 
 class LockdepError(RuntimeError):
     """Raised by the offending lock operation in "raise" mode; ``.report`` has the details."""
@@ -116,6 +113,7 @@ def _klass(key: object, name: str, kind: str, subclass: int) -> LockClass:
 # node's ``_INFO`` entry says what the lock is: ``(class, read, trylock, first-seen-where)``.
 _INFO = -1  # real chain-node keys (class id * 8 + read * 2 + trylock) are >= 0
 _SYNC = 6  # low bits of the chain-node key of a synchronize()
+_NEST = 7  # low bits of the chain-node key of an acquire under a nest lock
 
 _get_ident = _thread.get_ident
 _THREADS = _rt.THREADS
@@ -284,6 +282,26 @@ class LockMap:
                 pass
             _release_slow(_state, self)
 
+    def acquire_nest(self, nest_lock: LockMap, subclass: int = 0) -> None:
+        """mutex_lock_nest_lock(): take this lock exclusively while ``nest_lock`` is held, which
+        makes taking many locks of this one class legal in any order (as KVM takes every
+        vcpu->mutex under kvm->lock). Without ``nest_lock`` held it is a plain acquire."""
+        if not isinstance(nest_lock, LockMap):
+            raise TypeError(f"nest_lock must be a LockMap, got {type(nest_lock).__name__}")
+        if not _ON:
+            self._off = _state.off_token
+            return
+        S = _state
+        held = _stack()
+        cls = self._sub(subclass) if subclass else self._cls
+        hid = cls.hid + _NEST
+        node = held[-1][1].get(hid)
+        if node is None:
+            node = _miss(S, held, self, cls, 0, False, hid, None, nest=nest_lock)
+            if node is None:
+                return
+        held.append((self, node))
+
     def sync(self) -> None:
         """synchronize_srcu(): validate an exclusive acquire of this map without holding it."""
         S = _state
@@ -345,6 +363,7 @@ def _push(S: State, held: list, m: LockMap, cls: LockClass, read: int, trylock: 
 def _miss(
     S: State, held: list, m: LockMap, cls: LockClass, read: int, trylock: bool, hid: int,
     where: str | None, sync: bool = False, may_raise: bool = True,
+    nest: LockMap | None = None,
 ) -> dict | None:
     """First sighting of this chain: validate it under the graph lock and cache it."""
     if read not in (0, 1, 2):
@@ -372,7 +391,7 @@ def _miss(
             _overflow(S, "locks held at once (depth)", "max_depth")
             return None
         if not trylock:
-            _validate(S, held, m, cls, read, where, found, sync)
+            _validate(S, held, m, cls, read, where, found, sync, nest)
         if S.nchains >= LIMITS.max_chains:
             _overflow(S, "lock chains", "max_chains")
             return None
@@ -385,7 +404,7 @@ def _miss(
 
 def _validate(
     S: State, held: list, m: LockMap, cls: LockClass, read: int, where: str,
-    found: list[Report], sync: bool,
+    found: list[Report], sync: bool, nest: LockMap | None = None,
 ) -> None:
     task = _task_name()
     entries = held[1:]
@@ -401,9 +420,14 @@ def _validate(
                 break
     # Taking a class already held deadlocks on itself, unless both are reads and the new
     # one is a recursive read (rwlock_t readers, SRCU read sides).
+    nest_held = False
     for e in entries:
+        if nest is not None and e[0] is nest:
+            nest_held = True
         hcls, hread, _t, hwhere = _info(e)
         if hcls is cls and not (read == 2 and hread):
+            if nest_held:
+                return  # serialized by the held nest lock: no deadlock, nothing new to link
             _note(S, ("recursive", cls.name), Report(
                 "recursive", lock=cls.name, held=cls.name, lock_read=read, held_read=hread,
                 held_where=hwhere, task=task, where=where, held_locks=_held_locks(held),
