@@ -183,3 +183,45 @@ def test_lock_held_by_other_blocks_and_trylock_fails():
     res = explore.check(body, strategy="dpor")
     assert res.ok and res.exhausted
     assert set(seen) == {"got", "busy"}
+
+
+def test_lock_held_at_task_exit_is_a_lockdep_failure():
+    def body():
+        m = Mutex("leaky")
+
+        def leak():
+            m.lock()
+
+        spawn(leak).join()
+
+    res = explore.check(body, strategy="dpor")
+    assert res.failure is not None and res.failure.kind == "lockdep"
+    assert any(r.kind == "held_at_exit" for r in res.failure.lockdep_reports)
+
+
+def test_released_before_exit_is_clean():
+    def body():
+        m = Mutex("tidy")
+
+        def tidy():
+            m.lock()
+            m.unlock()
+
+        spawn(tidy).join()
+
+    assert explore.check(body, strategy="dpor").ok
+
+
+def test_ctrl_c_in_a_task_stops_the_exploration():
+    def body():
+        def stop():
+            Atomic64(0).load()
+            raise KeyboardInterrupt
+
+        spawn(stop).join()
+
+    with pytest.raises(KeyboardInterrupt):
+        explore.check(body, strategy="dfs")
+    from kvmlock import runtime
+
+    assert not isinstance(runtime.RT, explore.SimRuntime)

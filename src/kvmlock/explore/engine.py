@@ -167,6 +167,8 @@ def execute(body: Callable[[], Any], strategy: Strategy, max_steps: int,
             if rt.outcome is not None:
                 rt.kill()
             _runtime.install(prev)
+    if rt.outcome == "interrupt":
+        raise rt.exc  # type: ignore[misc]
     strategy.end(rt)
     if rt.outcome == "error":
         raise ValueError(str(rt.exc)) from None

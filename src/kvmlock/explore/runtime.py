@@ -386,6 +386,10 @@ class SimRuntime:
                 hook()
         except GreenletExit:
             return None
+        except (KeyboardInterrupt, SystemExit) as exc:  # the user stops the exploration
+            self.exc = exc
+            self.outcome = "interrupt"
+            return _ABORT
         except BaseException as exc:  # the execution's failure
             self.exc = exc
             self.failed_task = t
