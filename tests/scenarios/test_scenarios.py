@@ -43,3 +43,12 @@ def test_each_documented_order_has_a_correct_and_an_inverted_scenario():
         short_outer = outer.replace("cpu_hotplug_lock", "cpus_read_lock()")
         assert f"{short_outer} is taken outside" in rules or f"{inner} is taken inside" in rules, (
             outer, inner)
+
+
+def test_every_scenario_states_its_rule_and_invariant_and_lockdep_kind():
+    for name, sc in SCENARIOS.items():
+        assert sc.rule.strip(), f"{name}: no rule"
+        assert sc.invariant.strip(), f"{name}: no invariant stated"
+        if sc.expect == "lockdep":
+            assert sc.lockdep_kind, f"{name}: a lockdep expectation must name the report kind"
+        assert (sc.variant == "correct") == (sc.expect == "pass"), name
