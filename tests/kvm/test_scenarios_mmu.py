@@ -6,7 +6,7 @@ import pytest
 from kvmlock import explore
 from kvmlock.scenarios import SCENARIOS
 
-MINE = ("fast_pf.", "access_track.", "mmu_notifier.", "memslots.")
+MINE = ("fast_pf.", "access_track.", "mmu_notifier.", "memslots.", "tdp_mmu.")
 NAMES = sorted(n for n in SCENARIOS if n.startswith(MINE))
 
 
@@ -15,7 +15,7 @@ def test_every_hazard_has_both_variants():
     for n in NAMES:
         rules.setdefault(n.split(".")[0], set()).add(SCENARIOS[n].variant)
     assert rules == {k: {"correct", "broken"} for k in
-                     ("fast_pf", "access_track", "mmu_notifier", "memslots")}
+                     ("fast_pf", "access_track", "mmu_notifier", "memslots", "tdp_mmu")}
     assert len([n for n in NAMES if n.startswith("fast_pf.")]) == 6
 
 

@@ -50,6 +50,9 @@ class Hazards:
     swap_without_waiting: bool = False
     #: deleting a memslot zaps its SPTEs before the SRCU grace period that retires the slot.
     delete_zaps_before_sync: bool = False
+    #: TDP faults (mmu_lock held only for read) link new shadow pages without
+    #: ``tdp_mmu_pages_lock``: two faults can both build the same page.
+    tdp_link_without_pages_lock: bool = False
 
     @classmethod
     def names(cls) -> list[str]:

@@ -241,6 +241,10 @@ def run_workload(
                     violations.append(f"vcpu{v.id} wrote {want} to guest page {va} but reads "
                                       f"{got}")
         violations += vm.audit[:20]
+        try:
+            vm.mmu.check_pages()
+        except AssertionError as exc:
+            violations.append(str(exc))
         mig.round()
         violations += [f"dirty log lost gfn {g}: source {s}, migrated copy {d}"
                        for g, s, d in mig.mismatches()]

@@ -12,6 +12,10 @@ and a broken variant.
   TLB; the guest keeps writing through its cached writable translation and those writes are
   never logged, so the migration destination misses them.
 
+Also here, because it is about faults too: ``tdp_mmu.pages_lock`` -- TDP faults hold
+``mmu_lock`` only for read, so two of them may build the same shadow page at once;
+``tdp_mmu_pages_lock`` makes one of them win.
+
 Each body checks the DESIGN.md invariant end to end: the migration copy equals the source after
 a final harvest (dirty log complete), or the guest reads back what it wrote after swap-out
 (Dirty bit propagated before the SPTE was dropped).
@@ -162,3 +166,40 @@ def tlb_flush_correct() -> None:
           **_BOUND)
 def tlb_flush_broken() -> None:
     _tlb_flush(True)
+
+
+# --------------------------------------------------------------------------- TDP MMU
+
+
+def _tdp_parallel_faults(broken: bool) -> None:
+    vm = VM(nr_vcpus=2, nr_pages=2, host_pages=2,
+            hazards={"tdp_link_without_pages_lock": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0, flags=LOG_DIRTY_PAGES)
+    v0, v1 = vm.vcpus
+    mig = MigrationCopy(vm, 0)
+
+    def vcpu0_writes() -> None:
+        guest_write(v0, 0, 3)
+
+    def vcpu1_writes() -> None:
+        guest_write(v1, 1, 4)
+
+    _run(vcpu0_writes, vcpu1_writes)
+    vm.mmu.check_pages()
+    _assert_log_complete(mig)
+
+
+@scenario("tdp_mmu.pages_lock.correct",
+          rule="TDP faults under read-mode mmu_lock link shadow pages under tdp_mmu_pages_lock",
+          variant="correct", expect="pass",
+          invariant="each shadow page linked once and reachable; dirty log complete", **_BOUND)
+def tdp_pages_lock_correct() -> None:
+    _tdp_parallel_faults(False)
+
+
+@scenario("tdp_mmu.pages_lock.broken",
+          rule="TDP faults link shadow pages with only the read-mode mmu_lock held",
+          variant="broken", expect="assertion",
+          invariant="each shadow page linked once and reachable; dirty log complete", **_BOUND)
+def tdp_pages_lock_broken() -> None:
+    _tdp_parallel_faults(True)

@@ -26,7 +26,6 @@ def _delete_vs_fault(broken: bool) -> None:
     vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2,
             hazards={"delete_zaps_before_sync": broken})
     vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
-    vm.mmu.load()
     (v0,) = vm.vcpus
 
     def vcpu0_reads() -> None:
@@ -42,7 +41,8 @@ def _delete_vs_fault(broken: bool) -> None:
              kvmlock.spawn(deleter, name="deleter")]
     for t in tasks:
         t.join()
-    left = [va for va in range(2) if S.is_present(vm.mmu.sptep(va).peek())]
+    left = [va for va in range(2)
+            if (p := vm.mmu.sptep(va)) is not None and S.is_present(p.peek())]
     assert not left, (f"memslot 0 was deleted but SPTEs still map guest pages {left}: a fault "
                       "that saw the old memslots installed them after the zap")
 

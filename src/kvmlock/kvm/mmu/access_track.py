@@ -43,6 +43,6 @@ def age_gfn_range(vm: VM, start: int, end: int) -> bool:
     vm.mmu_lock.assert_held()
     young = False
     for gfn in range(start, end):
-        for sp, i in list(vm.mmu.rmap.get(gfn, ())):
+        for sp, i in vm.mmu.gfn_sptes(gfn):
             young |= _age_spte(vm, sp.sptes[i])
     return young

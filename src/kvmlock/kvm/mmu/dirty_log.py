@@ -30,7 +30,7 @@ def write_protect_gfn(vm: VM, gfn: int) -> bool:
     """``rmap_write_protect``: clear W on every SPTE of ``gfn``; True if TLBs need a flush."""
     vm.mmu_lock.assert_held()
     flush = False
-    for sp, i in list(vm.mmu.rmap.get(gfn, ())):
+    for sp, i in vm.mmu.gfn_sptes(gfn):
         sptep = sp.sptes[i]
         cur = sptep.load()
         if S.is_writable(cur):

@@ -8,8 +8,10 @@ composite translation in *indirect* shadow pages, whose entry ``i`` maps whateve
 pointed ``va`` at when the SPTE was installed -- it can change. That difference is why the fast
 page fault only handles direct pages (the gfn->pfn ABA hazard).
 
-Shadow pages are created under ``mmu_lock`` held for write and linked on the VM's page list
-under ``tdp_mmu_pages_lock``; marking a page unsync takes ``mmu_unsync_pages_lock``. Both of
+Shadow paging builds its pages under ``mmu_lock`` held for write; the TDP MMU builds them in
+faults that hold ``mmu_lock`` only for read, so linking a page on the VM's list (and into the
+table) is serialised by ``tdp_mmu_pages_lock``; marking a page unsync takes
+``mmu_unsync_pages_lock``. Both of
 those locks may only be taken with ``mmu_lock`` held, which :meth:`MMU.link_page` and
 :meth:`MMU.mark_unsync` assert (a lockdep "not held" report otherwise). Shadow pages are never
 freed, so the lockless walk may read the page list without a lock.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from kvmlock import runtime
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.tlb import flush_remote_tlbs
 from kvmlock.kvm.mmu.update import spte_clear_track_bits
@@ -78,14 +81,16 @@ class MMU:
     # ----------------------------------------------------------- construction
 
     def load(self) -> None:
-        """``kvm_mmu_load``: build the shadow pages (once), under ``mmu_lock`` for write."""
-        if self.loaded:
+        """``kvm_mmu_load``. Shadow paging builds its pages here, under ``mmu_lock`` for write;
+        the TDP MMU builds them on demand in faults (:meth:`ensure_page`)."""
+        if self.loaded or self.tdp:
+            self.loaded = True
             return
         vm = self.vm
         with vm.mmu_lock.write():
             if not self.loaded:
                 for idx in range(len(self.pages)):
-                    sp = ShadowPage(idx, direct=self.tdp)
+                    sp = ShadowPage(idx, direct=False)
                     self.link_page(sp)
                     self.pages[idx] = sp
                 self.loaded = True
@@ -96,6 +101,51 @@ class MMU:
         vm.mmu_lock.assert_held()
         with vm.tdp_mmu_pages_lock:
             self.page_list.append(sp)
+
+    def ensure_page(self, va: int) -> tuple[ShadowPage, int]:
+        """The leaf page for ``va``, built if missing. ``mmu_lock`` is held -- for *read* by a
+        TDP fault, so two faults may race to build it: ``tdp_mmu_pages_lock`` decides."""
+        vm = self.vm
+        vm.mmu_lock.assert_held()
+        idx = va // SP_ENTRIES
+        if vm.hazards.tdp_link_without_pages_lock:
+            return self._link_unlocked(idx), va % SP_ENTRIES
+        sp = self.pages[idx]
+        if sp is None:
+            with vm.tdp_mmu_pages_lock:
+                sp = self.pages[idx]
+                if sp is None:
+                    sp = ShadowPage(idx, direct=self.tdp)
+                    self.page_list.append(sp)
+                    self.pages[idx] = sp
+        return sp, va % SP_ENTRIES
+
+    def _link_unlocked(self, idx: int) -> ShadowPage:
+        """The broken variant: check and link with only the read-mode ``mmu_lock`` held.
+
+        The check and the link are separate steps (as a list_add racing another is), so two
+        faults can both find the slot empty and both link a page.
+        """
+        rt = runtime.RT
+        rt.point(self.pages, "check tdp_mmu_pages", False)
+        sp = self.pages[idx]
+        if sp is None:
+            sp = ShadowPage(idx, direct=self.tdp)
+            rt.point(self.pages, "link tdp_mmu_pages", True)
+            self.page_list.append(sp)
+            self.pages[idx] = sp
+        return sp
+
+    def check_pages(self) -> None:
+        """Assert the page accounting: every built page linked once, and still reachable."""
+        seen: dict[int, int] = {}
+        for sp in self.page_list:
+            seen[sp.index] = seen.get(sp.index, 0) + 1
+        twice = sorted(i for i, n in seen.items() if n > 1)
+        assert not twice, (f"shadow page(s) for region {twice} were built and linked twice: "
+                           "one of them is unreachable and its SPTEs are never zapped")
+        lost = [sp for sp in self.page_list if self.pages[sp.index] is not sp]
+        assert not lost, f"linked shadow pages no longer reachable: {lost}"
 
     def mark_unsync(self, sp: ShadowPage) -> None:
         """Let the guest write a shadowed page table without trapping (needs ``mmu_lock``)."""
@@ -132,14 +182,27 @@ class MMU:
         g = self.gpt[va].load()
         return g - 1 if g else None
 
-    # ----------------------------------------------------------- rmap (mmu_lock held)
+    # ----------------------------------------------------------- gfn -> SPTEs (mmu_lock held)
+
+    def gfn_sptes(self, gfn: int) -> list[tuple[ShadowPage, int]]:
+        """Every SPTE that may map ``gfn``: the one fixed slot with TDP, the rmap otherwise."""
+        if self.tdp:
+            if not 0 <= gfn < self.nr_va:
+                return []
+            sp = self.pages[gfn // SP_ENTRIES]
+            return [] if sp is None else [(sp, gfn % SP_ENTRIES)]
+        return list(self.rmap.get(gfn, ()))
 
     def rmap_add(self, gfn: int, sp: ShadowPage, i: int) -> None:
+        """Indirect pages only (mmu_lock held for write); direct ones need no reverse map."""
+        if sp.direct:
+            return
         self.rmap.setdefault(gfn, set()).add((sp, i))
-        if not sp.direct:
-            sp.gfns[i] = gfn
+        sp.gfns[i] = gfn
 
     def rmap_remove(self, sp: ShadowPage, i: int) -> None:
+        if sp.direct:
+            return
         gfn = sp.gfn_at(i)
         if gfn < 0:
             return
@@ -148,8 +211,7 @@ class MMU:
             entries.discard((sp, i))
             if not entries:
                 del self.rmap[gfn]
-        if not sp.direct:
-            sp.gfns[i] = -1
+        sp.gfns[i] = -1
 
     def drop_spte(self, sp: ShadowPage, i: int) -> bool:
         """Zap one SPTE (mmu_lock held for write); True if something was mapped."""
@@ -169,7 +231,7 @@ def unmap_gfn_range(vm: VM, start: int, end: int) -> bool:
     mmu = vm.mmu
     zapped = False
     for gfn in range(start, end):
-        for sp, i in list(mmu.rmap.get(gfn, ())):
+        for sp, i in mmu.gfn_sptes(gfn):
             zapped |= mmu.drop_spte(sp, i)
     return zapped
 
