@@ -290,6 +290,16 @@ def _trace(o: Outcome, console: Any) -> None:
         console.print(str(message), highlight=False, markup=False)
 
 
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return v
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kvmlock verify",
@@ -302,7 +312,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", metavar="DOC",
                    help="also check the model's lock graph against a locking.rst-style DOC")
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
-    p.add_argument("--timeout", type=float, default=None,
+    p.add_argument("--timeout", type=_seconds, default=None,
                    help="seconds allowed per scenario (default: the scenario's own bound)")
     p.add_argument("--strategy", choices=("dpor", "dfs", "pct", "random"), default=None,
                    help="explore every chosen scenario with this strategy instead of its own")
@@ -324,8 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[bold red]scenario module {mod} did not load:[/] {why}")
     if args.list:
         for s in SCENARIOS.values():
-            console.print(f"{s.name:55} {s.variant:8} expect={s.expect:10} {s.rule}",
-                          highlight=False, markup=False)
+            print(f"{s.name:55} {s.variant:8} expect={s.expect:10} {s.rule}")
         return 1 if missing else 0
     try:
         chosen = select(args.names)
