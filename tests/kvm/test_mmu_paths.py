@@ -169,3 +169,19 @@ def test_bad_inputs_are_clear_errors():
         VM(hazards={"no_such_bug": True})
     with pytest.raises(GuestFault, match="not backed"):
         guest_read(vm.vcpus[0], 3)
+
+
+def test_tdp_fault_holds_mmu_lock_for_read_and_builds_pages_under_pages_lock():
+    vm = VM(nr_vcpus=1, nr_pages=4)
+    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0)
+    guest_write(vm.vcpus[0], 2, 1)
+    edges = {(e.src, e.dst, e.src_read) for e in lockdep.graph().edges}
+    assert ("kvm->mmu_lock", "kvm->arch.tdp_mmu_pages_lock", 2) in edges, edges
+    assert len(vm.mmu.page_list) == 1
+    vm.mmu.check_pages()
+    # shadow paging builds its pages with mmu_lock held for write instead
+    sh = VM(nr_vcpus=1, nr_pages=4, tdp=False)
+    sh.set_memory_region(0, base_gfn=0, npages=4, hva=0)
+    set_gpte(sh, 0, 1)
+    edges = {(e.src, e.dst, e.src_read) for e in lockdep.graph().edges}
+    assert ("kvm->mmu_lock", "kvm->arch.tdp_mmu_pages_lock", 0) in edges
