@@ -77,10 +77,6 @@ class State:
         self.seen: set[tuple] = set()
         self.overflow: str | None = None
         self.off_token: object = None  # new object each time validation is switched off
-        self.header = (None, self.root)  # element 0 of every held stack of this state
-        self.stacks: dict[int, list] = {}  # every task stack made under this state, by id
-        self.lax: dict[int, list] = {}  # stack id -> locks dropped by a restart, yet to release
-
 
 
 _state = State()
@@ -90,6 +86,7 @@ _ON = True  # mirrors _state.on, read by the hot path as a plain global
 def _sync_on() -> None:
     global _ON
     _ON = _state.on
+
 
 # Classes are global (a name means the same class in every state); graphs are per state.
 _CLASSES: dict[tuple[object, int], LockClass] = {}
@@ -108,9 +105,11 @@ def _klass(key: object, name: str, kind: str, subclass: int) -> LockClass:
 
 
 # A task's held-lock stack is a plain list (the fastest container to index and append to):
-# element 0 is its state's header ``(None, root-of-chain-trie)``, then one ``(map, node)`` per
-# held lock, where ``node`` is the chain-cache node of the chain ending with that lock. A
-# node's ``_INFO`` entry says what the lock is: ``(class, read, trylock, first-seen-where)``.
+# element 0 is a header ``[None, root of the state's chain trie, locks to release quietly]``,
+# then one ``(map, node)`` per held lock, where ``node`` is the chain-cache node of the chain
+# ending with that lock. A node's ``_INFO`` entry says what the lock is: ``(class, read,
+# trylock, first-seen-where)``. When the trie is replaced (reset, enable) the old one is
+# emptied, so a stack from before misses on its next acquire and is restarted there.
 _INFO = -1  # real chain-node keys (class id * 8 + read * 2 + trylock) are >= 0
 _SYNC = 6  # low bits of the chain-node key of a synchronize()
 _NEST = 7  # low bits of the chain-node key of an acquire under a nest lock
@@ -124,10 +123,11 @@ def _stack() -> list:
     """The current task's held stack (created on first use and registered with the state)."""
     t = _TLS if _rt.RT is _THREADS else _rt.current_task()
     held = t.lockdep
+    S = _state
     if held is None:
-        S = _state
-        held = t.lockdep = [S.header]
-        S.stacks[id(held)] = held
+        held = t.lockdep = [[None, S.root, None]]
+    elif held[0][1] is not S.root:
+        _restart(S, held)  # a stack left from before reset()/enable()
     return held
 
 
@@ -368,7 +368,7 @@ def _miss(
     """First sighting of this chain: validate it under the graph lock and cache it."""
     if read not in (0, 1, 2):
         raise ValueError(f"read must be 0 (exclusive), 1 (shared) or 2 (recursive), got {read!r}")
-    if held[0] is not S.header:
+    if held[0][1] is not S.root:
         _restart(S, held)  # a stack left from before reset()/enable()
     if where is None:
         where = user_site()
@@ -475,7 +475,7 @@ def _link(
 
 def _release_slow(S: State, m: LockMap) -> None:
     held = _stack()
-    if held[0] is not S.header:
+    if held[0][1] is not S.root:
         _restart(S, held)
     for i in range(len(held) - 1, 0, -1):
         if held[i][0] is m:
@@ -484,7 +484,7 @@ def _release_slow(S: State, m: LockMap) -> None:
         if m._off is not None and m._off is S.off_token:
             m._off = None  # taken while validation was off: nothing to match it against
             return
-        lax = S.lax.get(id(held))
+        lax = held[0][2]
         if lax:
             for j, x in enumerate(lax):
                 if x is m:
@@ -520,10 +520,9 @@ def forget(m: LockMap, held: list) -> bool:
 
 def _restart(S: State, held: list) -> None:
     """Adopt a stack from an earlier state: its locks will be released later; let that pass."""
-    S.lax[id(held)] = S.lax.get(id(held), []) + [e[0] for e in held[1:]]
+    lax = (held[0][2] or []) + [e[0] for e in held[1:]]
     del held[1:]
-    held[0] = S.header
-    S.stacks[id(held)] = held
+    held[0] = [None, S.root, lax]
 
 
 # --------------------------------------------------------------------------- module API
@@ -553,7 +552,7 @@ def task_exit(task_name: str | None = None) -> None:
     held = t.lockdep
     if held is None:
         return
-    if len(held) > 1 and S.on and held[0] is S.header:
+    if len(held) > 1 and S.on and held[0][1] is S.root:
         names = tuple(_info(e)[0].name for e in held[1:])
         found: list[Report] = []
         with _GraphLock(S):
@@ -564,8 +563,6 @@ def task_exit(task_name: str | None = None) -> None:
         if found and S.mode == "warn":  # never raise here: the task is already ending
             sys.stderr.write(str(found[0]))
     del held[1:]
-    S.stacks.pop(id(held), None)
-    S.lax.pop(id(held), None)
     t.lockdep = None
 
 
@@ -579,15 +576,24 @@ def reports() -> list[Report]:
     return list(_state.reports)
 
 
+def _wipe(root: dict) -> None:
+    """Empty a retired chain trie, so stacks still pointing into it miss and restart."""
+    todo = [root]
+    while todo:
+        node = todo.pop()
+        for hid in [k for k in node if k >= 0]:
+            todo.append(node.pop(hid))
+
+
 def reset() -> None:
     """Forget everything: classes, dependencies, chains, reports. Locks held now are dropped
     from their stacks (their later release passes silently)."""
     global _state
     old = _state
-    _state = new = State(old.mode)
+    _state = State(old.mode)
     _sync_on()
-    for st in list(old.stacks.values()):
-        _restart(new, st)
+    with _GraphLock(old):
+        _wipe(old.root)
 
 
 def set_mode(mode: str) -> None:
@@ -598,6 +604,7 @@ def set_mode(mode: str) -> None:
 
 
 def get_mode() -> str:
+    """The current mode: "warn", "raise" or "collect"."""
     return _state.mode
 
 
@@ -605,9 +612,9 @@ def enable() -> None:
     """Switch validation back on (held stacks restart empty)."""
     S = _state
     if not S.on:
-        S.header = (None, S.root)  # stacks from before are restarted on their next miss
-        for st in list(S.stacks.values()):
-            _restart(S, st)
+        with _GraphLock(S):  # stacks from before are restarted on their next miss
+            old, S.root, S.nchains = S.root, {}, 0
+            _wipe(old)
         S.on = True
         S.overflow = None
         _sync_on()
@@ -622,6 +629,7 @@ def disable() -> None:
 
 
 def enabled() -> bool:
+    """Whether validation is on (off after disable() or a table overflow)."""
     return _state.on
 
 
