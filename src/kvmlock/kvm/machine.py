@@ -286,6 +286,38 @@ class Machine:
         with self.cpu_hotplug_lock.read(), self.kvm_lock:
             return len(self.vm_list)
 
+    def static_key_update(self) -> None:
+        """Patch a static key (e.g. a vCPU changing its local APIC base during KVM_RUN).
+
+        Code patching holds ``cpus_read_lock``, wherever it is called from -- including inside
+        a ``kvm->srcu`` read side, which puts ``kvm->srcu`` outside the hotplug lock.
+        """
+        with self.cpu_hotplug_lock.read():
+            pass
+
+    def update_nx_huge_pages(self, *, hold_kvm_lock: bool = False) -> int:
+        """A write of the NX-huge-pages parameter: zap every VM's MMU under its ``slots_lock``.
+
+        The walk of ``vm_list`` needs ``kvm_lock``; the zap needs each VM's ``slots_lock``.
+        Taking ``slots_lock`` with ``kvm_lock`` held (``hold_kvm_lock=True``, what kernels did
+        until 2025) puts ``kvm_lock`` outside ``slots_lock``, which closes a four-lock cycle
+        with the memslot update, the cpufreq notifier and a static-key patch under SRCU. The
+        fix keeps ``kvm_lock`` a leaf: take a reference to each VM under it, drop it, then
+        lock each VM. Returns how many VMs were zapped.
+        """
+        if hold_kvm_lock:
+            with self.kvm_lock:
+                for vm in self.vm_list:
+                    with vm.slots_lock:
+                        pass
+                return len(self.vm_list)
+        with self.kvm_lock:
+            vms = list(self.vm_list)  # kvm_get_kvm() on each: they stay valid after unlock
+        for vm in vms:
+            with vm.slots_lock:
+                pass
+        return len(vms)
+
     # ------------------------------------------------------------------ VMs
 
     def create_vm(self, **opts: Any) -> VM:

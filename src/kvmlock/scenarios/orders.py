@@ -274,6 +274,63 @@ _pair("vcpu_mutex_xen_lock", "vcpu->mutex", "kvm->arch.xen.xen_lock",
       lambda vm: (vm.vcpus[0].mutex, vm.xen_lock), _xen_write)
 
 
+# ---------------------------------------------------------------------- kvm_lock stays a leaf
+
+def _four_paths(hold_kvm_lock: bool, hotplug: bool = False) -> None:
+    """The four paths of the 2025 report: each fine alone, deadlocking together.
+
+    ``hotplug`` adds a CPU going offline: its queued write of the hotplug lock is what makes
+    the static-key patch's *read* of it actually wait, turning the cycle into a real hang.
+    """
+    m = Machine(2)
+    vm = m.create_vm(nr_vcpus=1)
+
+    def set_memory_region() -> None:
+        with vm.slots_lock:
+            vm.srcu.synchronize()
+
+    def kvm_run() -> None:
+        with vm.srcu.read():
+            m.static_key_update()
+
+    tasks = [set_memory_region, lambda: m.update_nx_huge_pages(hold_kvm_lock=hold_kvm_lock),
+             m.cpufreq_notifier, kvm_run]
+    names = ["KVM_SET_USER_MEMORY_REGION", "nx_huge_pages write", "cpufreq notifier", "KVM_RUN"]
+    if hotplug:
+        tasks.append(lambda: m.cpu_down(1))
+        names.append("cpu hotplug")
+    together(*tasks, names=names)
+
+
+@scenario("order.kvm_lock_leaf.correct", variant="correct", expect="pass",
+          rule="kvm_lock is a leaf: walkers of vm_list take a reference and drop kvm_lock "
+               "before taking a VM's slots_lock",
+          invariant="no cycle through kvm_lock; every dependency follows the documented orders",
+          max_runs=3000, timeout=60.0)
+def kvm_lock_leaf_correct() -> None:
+    _four_paths(hold_kvm_lock=False)
+    _check_graph()
+
+
+@scenario("order.kvm_lock_leaf.broken", variant="broken", expect="lockdep",
+          lockdep_kind="circular",
+          rule="slots_lock taken under kvm_lock while walking vm_list (NX huge pages), with a "
+               "memslot update, a cpufreq notifier and a static-key patch under kvm->srcu",
+          invariant="lockdep reports the four-lock cycle kvm_lock -> kvm->slots_lock -> "
+                    "kvm->srcu -> cpu_hotplug_lock -> kvm_lock", max_runs=400)
+def kvm_lock_leaf_broken() -> None:
+    _four_paths(hold_kvm_lock=True)
+
+
+@scenario("order.kvm_lock_leaf.deadlock", variant="broken", expect="deadlock",
+          rule="the same four paths plus a CPU going offline, lockdep off: the explorer finds "
+               "the five-task hang itself",
+          invariant="all tasks blocked: the cycle lockdep reports is a real deadlock",
+          lockdep=False, max_runs=5000, timeout=60.0)
+def kvm_lock_leaf_deadlock() -> None:
+    _four_paths(hold_kvm_lock=True, hotplug=True)
+
+
 # ---------------------------------------------------------------------- vCPU planes
 
 def _planes() -> tuple[Any, Any]:
