@@ -48,7 +48,9 @@ ORDERS: tuple[tuple[str, str], ...] = (
     ("kvm->mmu_lock", "kvm->arch.mmu_unsync_pages_lock"),
 )
 
-#: Locks with nothing taken inside them ("everything else is a leaf").
+#: Locks with nothing taken inside them ("everything else is a leaf"). ``kvm_lock`` is one:
+#: the hotplug lock is outside it, so anything sleeping inside it risks a cycle through
+#: ``cpu_hotplug_lock`` (see ``order.kvm_lock_leaf.*``).
 LEAVES: frozenset[str] = frozenset({
     "kvm_lock",
     "kvm->irq_lock",
