@@ -258,12 +258,16 @@ class LockMap:
         """Validate and record taking this lock (read: 0 exclusive, 1 shared, 2 recursive)."""
         if _ON:
             held = (_TLS if _rt.RT is _THREADS else _rt.current_task()).lockdep
-            if subclass or read or trylock or held is None:
+            if subclass or held is None:
                 _acquire(self, held, subclass, read, trylock)
                 return
-            node = held[-1][1].get(self._hid)
+            hid = self._hid + read + read + trylock if read or trylock else self._hid
+            try:
+                node = held[-1][1][hid]
+            except KeyError:  # first time this chain is seen (validated outside the handler,
+                node = None  # so a report raised from it carries no KeyError context)
             if node is None:
-                node = _miss(_state, held, self, self._cls, 0, False, self._hid, None)
+                node = _miss(_state, held, self, self._cls, read, trylock, hid, None)
                 if node is None:
                     return
             held.append((self, node))
