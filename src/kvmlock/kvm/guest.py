@@ -93,10 +93,11 @@ def guest_write(vcpu: VCPU, va: int, value: int) -> None:
 
 
 def set_gpte(vm: VM, va: int, gfn: int | None) -> None:
-    """Shadow paging: the guest points ``va`` at ``gfn`` (None: unmaps it) in its page table.
+    """Shadow paging: the guest points ``va`` at ``gfn`` (None: unmaps it) and flushes it.
 
-    Guest page tables are write-protected while shadowed, so the write traps to KVM, which
-    updates the entry and drops the now-stale SPTE under ``mmu_lock`` (as kvm_mmu_pte_write).
+    The write leaves the shadow page out of date (*unsync*, recorded under
+    ``mmu_unsync_pages_lock``); the guest's INVLPG that follows makes KVM sync it -- here by
+    dropping the stale SPTE -- and flush, all under ``mmu_lock`` held for write.
     """
     mmu = vm.mmu
     if mmu.tdp:
@@ -109,5 +110,7 @@ def set_gpte(vm: VM, va: int, gfn: int | None) -> None:
     with vm.mmu_lock.write():
         mmu.gpt[va].store(0 if gfn is None else gfn + 1)
         mmu.mark_unsync(sp)
-        if mmu.drop_spte(sp, i):
+        zapped = mmu.drop_spte(sp, i)
+        mmu.mark_synced(sp)
+        if zapped:
             flush_remote_tlbs(vm)

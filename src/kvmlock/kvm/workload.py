@@ -40,6 +40,7 @@ from kvmlock.kvm.vm import VM
 __all__ = ["WorkloadResult", "main", "run_workload"]
 
 _EXTRA_PAGES = 4  # the memslot the updater keeps creating, moving and deleting
+_EXTRA_BASES = (0, _EXTRA_PAGES)  # where (past the logged slot) it may sit
 
 
 @dataclass
@@ -119,7 +120,7 @@ def run_workload(
     ``lockdep.isolated()`` for a private one).
     """
     _check_args(vcpus, seconds, pages)
-    nr_va = pages + _EXTRA_PAGES
+    nr_va = pages + 2 * _EXTRA_PAGES
     frames = host_pages if host_pages is not None else max(vcpus + 2, (pages * 3) // 4)
     machine = None
     if hotplug:
@@ -165,7 +166,7 @@ def run_workload(
                     guest_read(vcpu, rng.randrange(pages))
                     if rng.random() < 0.05:
                         try:
-                            guest_read(vcpu, pages + rng.randrange(_EXTRA_PAGES))
+                            guest_read(vcpu, pages + rng.randrange(2 * _EXTRA_PAGES))
                         except GuestFault:
                             pass  # the updater's slot is absent right now: an MMIO exit
             with vcpu.mutex:  # vCPU ioctls: KVM_SET_MSRS (TSC, Hyper-V partition MSR)
@@ -184,7 +185,7 @@ def run_workload(
     def swapper() -> None:
         rng = random.Random(seed + 7)
         while not stop.is_set():
-            hva = rng.randrange(pages + _EXTRA_PAGES)
+            hva = rng.randrange(pages + _EXTRA_PAGES)  # the hvas both slots use
             if rng.random() < 0.3:
                 counters["aged"] += 1
                 vm.host.age(hva)
@@ -197,12 +198,13 @@ def run_workload(
         rng = random.Random(seed + 11)
         present = False
         while not stop.is_set():
+            base = pages + rng.choice(_EXTRA_BASES)  # same base: re-flag; other base: move
             if not present:
-                vm.set_memory_region(1, base_gfn=pages, npages=_EXTRA_PAGES, hva=pages)
-            elif rng.random() < 0.5:
+                vm.set_memory_region(1, base_gfn=base, npages=_EXTRA_PAGES, hva=pages)
+            elif rng.random() < 0.3:
                 vm.set_memory_region(1, npages=0)
             else:
-                vm.set_memory_region(1, base_gfn=pages, npages=_EXTRA_PAGES, hva=pages,
+                vm.set_memory_region(1, base_gfn=base, npages=_EXTRA_PAGES, hva=pages,
                                      flags=rng.choice((0, LOG_DIRTY_PAGES)))
             present = vm.memslots.peek().by_id(1) is not None
             time.sleep(0.005)

@@ -148,13 +148,22 @@ class MMU:
         assert not lost, f"linked shadow pages no longer reachable: {lost}"
 
     def mark_unsync(self, sp: ShadowPage) -> None:
-        """Let the guest write a shadowed page table without trapping (needs ``mmu_lock``)."""
+        """The guest changed the table ``sp`` shadows: it is out of date (needs ``mmu_lock``)."""
         vm = self.vm
         vm.mmu_lock.assert_held()
         with vm.mmu_unsync_pages_lock:
             if not sp.unsync:
                 sp.unsync = True
                 self.unsync_count += 1
+
+    def mark_synced(self, sp: ShadowPage) -> None:
+        """``sp`` matches the guest's table again (needs ``mmu_lock``)."""
+        vm = self.vm
+        vm.mmu_lock.assert_held()
+        with vm.mmu_unsync_pages_lock:
+            if sp.unsync:
+                sp.unsync = False
+                self.unsync_count -= 1
 
     # ----------------------------------------------------------- lookups
 
