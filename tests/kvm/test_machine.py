@@ -66,14 +66,17 @@ def test_usage_lock_design_orders_usage_lock_outside_hotplug_and_callbacks_take_
     assert not any(src == "cpu_hotplug_lock" for src, _ in got), got
 
 
-def test_enable_failure_rolls_back_and_blocks_onlining_a_bad_cpu():
-    m = Machine(2, fail_enable_on=(1,))
+@pytest.mark.parametrize("usage_lock", [False, True])
+def test_enable_failure_rolls_back_and_blocks_onlining_a_bad_cpu(usage_lock):
+    m = Machine(2, fail_enable_on=(1,), usage_lock=usage_lock)
     with pytest.raises(HardwareEnableError, match=r"CPU\(s\) \[1\]"):
         m.create_vm()
     assert m.kvm_usage_count == 0 and m.vm_list == []
     m.check_hardware()
 
-    m2 = Machine(2, fail_enable_on=(1,), offline=(1,))
+    assert m.hotplug_callbacks_installed is (not usage_lock)
+
+    m2 = Machine(2, fail_enable_on=(1,), offline=(1,), usage_lock=usage_lock)
     vm = m2.create_vm()
     assert m2.cpu_up(1) is False, "a CPU that cannot run the VM must not come online"
     assert not m2.cpus[1].online
