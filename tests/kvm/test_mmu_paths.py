@@ -185,3 +185,18 @@ def test_tdp_fault_holds_mmu_lock_for_read_and_builds_pages_under_pages_lock():
     set_gpte(sh, 0, 1)
     edges = {(e.src, e.dst, e.src_read) for e in lockdep.graph().edges}
     assert ("kvm->mmu_lock", "kvm->arch.tdp_mmu_pages_lock", 0) in edges
+
+
+def test_host_refuses_bad_addresses_and_sizes():
+    from kvmlock.kvm.host import Host
+
+    with pytest.raises(ValueError, match="at least one page frame"):
+        Host(nr_pages=0)
+    h = Host(nr_pages=2, nr_hva=4)
+    with pytest.raises(ValueError, match="outside the host address space"):
+        h.fault_in(4)
+    with pytest.raises(ValueError, match="outside the host address space"):
+        h.swap_out(-1)
+    assert h.swap_out(0) is False, "nothing mapped there: nothing to swap"
+    with pytest.raises(TypeError, match="kvmlock.kvm.host.Host"):
+        VM(host=object())
