@@ -316,3 +316,14 @@ def test_nest_lock_not_held_is_still_recursive_locking():
     assert kinds() == ["recursive"]
     with pytest.raises(TypeError, match="nest_lock must be a LockMap"):
         v1.acquire_nest("kvm->lock")
+
+
+def test_reported_chain_names_the_kinds_that_make_it_strong():
+    a, b, c = (LockMap(n, "rwlock") for n in "ABC")
+    pair(a, 0, b, 2)  # A -(ER)-> B
+    pair(b, 1, c, 0)  # B -(SN)-> C: would be weak after arriving at B as recursive reader
+    pair(b, 0, c, 0)  # B -(EN)-> C: the strong one
+    pair(c, 0, a, 0)
+    (r,) = lockdep.reports()
+    assert [(e.src, e.dst, e.kind) for e in r.chain] == [
+        ("A", "B", "ER"), ("B", "C", "EN"), ("C", "A", "EN")]

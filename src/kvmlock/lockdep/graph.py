@@ -64,7 +64,8 @@ class Link:
         """An :class:`Edge` for this link, picking the recorded kind a path actually used."""
         best = None
         for (sr, dr), where in self.sites.items():
-            score = ((dr != 2) == want_n) * 2 + (want_e is None or (sr == 0) == want_e)
+            # leaving through an exclusive hold when required outranks preferring -(*N)->
+            score = (want_e is None or (sr == 0) == want_e) * 2 + ((dr != 2) == want_n)
             if best is None or score > best[0]:
                 best = (score, sr, dr, where)
         assert best is not None
