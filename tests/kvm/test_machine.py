@@ -146,6 +146,11 @@ def test_bad_machine_arguments_are_named(kwargs, match):
         Machine(**kwargs)
 
 
+def test_a_single_cpu_number_instead_of_a_collection_is_a_type_error():
+    with pytest.raises(TypeError, match="offline must be a collection of CPU numbers, got 1"):
+        Machine(2, offline=1)
+
+
 def test_bad_operations_are_named():
     m = Machine(2)
     with pytest.raises(ValueError, match="no CPU 7"):

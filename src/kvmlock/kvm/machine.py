@@ -92,6 +92,9 @@ class Machine:
         if not isinstance(nr_cpus, int) or isinstance(nr_cpus, bool) or not 1 <= nr_cpus <= 64:
             raise ValueError(f"Machine: nr_cpus must be an integer in 1..64, got {nr_cpus!r}")
         for what, cpus in (("fail_enable_on", fail_enable_on), ("offline", offline)):
+            if isinstance(cpus, int | str) or not hasattr(cpus, "__iter__"):
+                raise TypeError(f"Machine: {what} must be a collection of CPU numbers, "
+                                f"got {cpus!r}")
             bad = [c for c in cpus if not isinstance(c, int) or not 0 <= c < nr_cpus]
             if bad:
                 raise ValueError(f"Machine: {what} names CPUs that do not exist: {bad} "
@@ -120,7 +123,8 @@ class Machine:
 
     # ------------------------------------------------------------------ plain shared state
 
-    def _cpu(self, cpu: int) -> PerCpu:
+    def percpu(self, cpu: int) -> PerCpu:
+        """CPU ``cpu``'s state; a clear error for a CPU the machine does not have."""
         if not isinstance(cpu, int) or isinstance(cpu, bool) or not 0 <= cpu < self.nr_cpus:
             raise ValueError(f"no CPU {cpu!r} on this machine (CPUs 0..{self.nr_cpus - 1})")
         return self.cpus[cpu]
@@ -249,7 +253,7 @@ class Machine:
 
     def cpu_up(self, cpu: int) -> bool:
         """Bring a CPU online; False (CPU left offline) when KVM cannot enable it for its VMs."""
-        pc = self._cpu(cpu)
+        pc = self.percpu(cpu)
         with self.cpu_hotplug_lock.write():
             self._rt.point(pc, "set online", True)
             if pc.online:
@@ -265,7 +269,7 @@ class Machine:
 
     def cpu_down(self, cpu: int) -> None:
         """Take a CPU offline: KVM's callback turns its virtualization off first."""
-        pc = self._cpu(cpu)
+        pc = self.percpu(cpu)
         if cpu == 0:
             raise ValueError("CPU 0 is the boot CPU of this model and cannot go offline")
         with self.cpu_hotplug_lock.write():

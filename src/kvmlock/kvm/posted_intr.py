@@ -39,7 +39,7 @@ class PostedVcpu:
     def __init__(self, machine: Machine, vcpu: Any, cpu: int = 0) -> None:
         if not isinstance(machine, Machine):
             raise TypeError(f"PostedVcpu needs a Machine, got {type(machine).__name__}")
-        machine._cpu(cpu)  # validates the CPU number
+        machine.percpu(cpu)  # validates the CPU number
         self.machine = machine
         self.vcpu = vcpu
         self.cpu = cpu
@@ -96,7 +96,7 @@ class PostedVcpu:
 
 def wakeup_handler(machine: Machine, cpu: int) -> int:
     """The wakeup vector's handler on ``cpu``: wake every listed vCPU with ON set."""
-    pc = machine._cpu(cpu)
+    pc = machine.percpu(cpu)
     woken = 0
     with pc.wakeup_lock:
         for pv in list(pc.wakeup_list):
