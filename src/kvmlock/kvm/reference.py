@@ -153,8 +153,8 @@ LOCKS: list[LockDecl] = [
     LockDecl(
         "kvm->arch.xen.xen_lock", "mutex", "x86",
         ("VM-wide Xen state (shared info, upcall vector)",),
-        "Inside vcpu->mutex; separate from kvm->lock because its users run inside kvm->srcu "
-        "read sections.",
+        "Inside vcpu->mutex; a lock of its own so that paths inside a kvm->srcu read side "
+        "need not take kvm->lock.",
     ),
 ]
 

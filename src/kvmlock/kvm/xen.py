@@ -3,9 +3,10 @@
 Xen HVM guests share VM-wide state with the host (the shared-info page, the upcall vector,
 the hypercall page). It is set both through VM ioctls (no vCPU involved) and through vCPU
 ioctls (that vCPU's ``vcpu->mutex`` held), so ``xen_lock`` is ordered inside ``vcpu->mutex``
-and is otherwise a leaf. It exists as a lock of its own rather than reusing ``kvm->lock``
-because these paths run inside ``kvm->srcu`` read sections, where ``kvm->lock`` must not be
-taken (``synchronize_srcu`` is called under ``kvm->lock``).
+and is otherwise a leaf. Being a lock of its own rather than ``kvm->lock`` matters: some of
+these paths run inside ``kvm->srcu`` read sections, where ``kvm->lock`` must not be taken
+(``synchronize_srcu`` may be called under ``kvm->lock``), while nothing waits for a grace
+period under ``xen_lock``.
 """
 
 from __future__ import annotations
