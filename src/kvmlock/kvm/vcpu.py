@@ -57,7 +57,7 @@ class VCPU:
         #: counters for the workload's throughput report.
         self.stats: dict[str, int] = {
             "fast_pf": 0, "slow_pf": 0, "spurious_pf": 0, "retry_pf": 0,
-            "reads": 0, "writes": 0, "tlb_hits": 0,
+            "reads": 0, "writes": 0, "tlb_hits": 0, "ioctls": 0,
         }
         self.arch: dict[str, Any] = {}
 

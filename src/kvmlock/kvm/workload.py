@@ -135,7 +135,7 @@ def run_workload(
     mig = MigrationCopy(vm, 0)
     stop = threading.Event()
     errors: list[str] = []
-    counters = {"aged": 0, "hotplug": 0, "copied": 0, "ioctls": 0}
+    counters = {"aged": 0, "hotplug": 0, "copied": 0}  # each written by one thread only
     owned = {v.id: list(range(v.id, pages, vcpus)) for v in vm.vcpus}
     tsc = TscSync(vm)
     hv = HyperV(vm)
@@ -172,7 +172,7 @@ def run_workload(
             with vcpu.mutex:  # vCPU ioctls: KVM_SET_MSRS (TSC, Hyper-V partition MSR)
                 tsc.write(vcpu, n, time.monotonic_ns())
                 hv.set_msr(vcpu, "HV_X64_MSR_GUEST_OS_ID", n)
-                counters["ioctls"] += 2
+                vcpu.stats["ioctls"] += 2
             time.sleep(0)
 
     @guard
