@@ -32,3 +32,17 @@ def test_scenario_meets_its_expectation(name):
         assert res.failure.kind == sc.expect, res.failure
         if sc.lockdep_kind:
             assert sc.lockdep_kind in str(res.failure.message), res.failure.message
+
+
+@pytest.mark.parametrize("name", ["fast_pf.dirty_bit", "fast_pf.tlb_flush", "access_track",
+                                  "memslots.delete"])
+def test_bounded_dfs_agrees_with_dpor(name):
+    """A second, independent search: plain DFS up to 2 preemptions must agree with DPOR --
+    clean on the correct variant, a failure of the same kind on the broken one."""
+    correct = SCENARIOS[f"{name}.correct"]
+    broken = next(SCENARIOS[n] for n in NAMES if n.startswith(name + ".") and
+                  SCENARIOS[n].variant == "broken")
+    ok = explore.check(correct.body, strategy="dfs", preemption_bound=2, max_runs=20000)
+    assert ok.ok and ok.exhausted, ok.failure
+    bad = explore.check(broken.body, strategy="dfs", preemption_bound=2, max_runs=20000)
+    assert not bad.ok and bad.failure.kind == broken.expect
