@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer iterations (CI smoke run)")
     args = ap.parse_args(argv)
     n, reps = (20_000, 3) if args.quick else (50_000, 9)
-    per_thread = 2_000 if args.quick else 10_000
+    per_thread = 2_000 if args.quick else 5_000
 
     lockdep.set_mode("collect")
     plain, bare_w, m = threading.Lock(), BareWrapper(), Mutex("bench.m")
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     cached1, cached4 = best["cached1"], best["cached4"]
     first = first_chain_ns(2_000 if not args.quick else 500)
     on_tput = off_tput = 0.0
-    for _ in range(3):  # interleaved rounds, best of each, as above
+    for _ in range(5):  # interleaved rounds, best of each, as above
         on_tput = max(on_tput, contended_ops_per_s(8, per_thread, True))
         off_tput = max(off_tput, contended_ops_per_s(8, per_thread, False))
 
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:46}{ns:10.0f}{ratio:9.2f}")
     print()
     print(f"8 threads contended (outer per-thread lock + one shared mutex), {per_thread}/thread,"
-          " best of 3 rounds:")
+          " best of 5 rounds:")
     print(f"  validation on : {on_tput:12,.0f} ops/s")
     print(f"  validation off: {off_tput:12,.0f} ops/s")
     print(f"  on/off ratio  : {on_tput / off_tput:12.2f}   (target >= 0.33)")

@@ -51,18 +51,47 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     lockdep.set_mode(st["mode"])
 
 
+_SEEN_KEY = pytest.StashKey[set]()
+
+
 class _LockdepChecker:
-    """Registered only under ``--lockdep``: compares the report list around each test."""
+    """Registered only under ``--lockdep``: a test fails when lockdep reported something new
+    during its setup or call; a report made during teardown makes the test an error."""
+
+    @staticmethod
+    def _new(item: pytest.Item) -> list:
+        from kvmlock import lockdep
+
+        seen = item.stash.setdefault(_SEEN_KEY, set())
+        new = [r for r in lockdep.reports() if id(r) not in seen]
+        seen.update(id(r) for r in new)
+        return new
+
+    @staticmethod
+    def _fail(new: list, phase: str) -> None:
+        text = "\n".join(str(r) for r in new)
+        pytest.fail(f"lockdep found {len(new)} problem(s) during this test's {phase}:\n{text}",
+                    pytrace=False)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Any:
+        from kvmlock import lockdep
+
+        item.stash[_SEEN_KEY] = {id(r) for r in lockdep.reports()}
+        return (yield)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Any:
-        from kvmlock import lockdep
-
-        before = {id(r) for r in lockdep.reports()}
         result = yield
-        new = [r for r in lockdep.reports() if id(r) not in before]
+        new = self._new(item)
         if new:
-            text = "\n".join(str(r) for r in new)
-            pytest.fail(f"lockdep found {len(new)} problem(s) during this test:\n{text}",
-                        pytrace=False)
+            self._fail(new, "setup or call")
+        return result
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Any:
+        result = yield
+        new = self._new(item)
+        if new:
+            self._fail(new, "teardown")
         return result

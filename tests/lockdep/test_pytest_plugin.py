@@ -68,5 +68,36 @@ def test_without_option_nothing_happens(run):
     run(ABBA_TESTS).assert_outcomes(passed=3)
 
 
+FIXTURE_TESTS = """
+import threading
+
+import pytest
+
+A = threading.Lock()
+B = threading.Lock()
+
+
+@pytest.fixture
+def inverted():
+    with A:
+        with B:
+            pass
+    yield
+    with B:
+        with A:  # the inversion happens in teardown
+            pass
+
+
+def test_uses_fixture(inverted):
+    pass
+"""
+
+
+def test_report_made_in_teardown_is_an_error(run):
+    result = run(FIXTURE_TESTS, "--lockdep")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*during this test's teardown*"])
+
+
 def test_clean_suite_passes_under_lockdep(run):
     run(CLEAN_TESTS, "--lockdep").assert_outcomes(passed=1)
