@@ -113,7 +113,10 @@ class Host:
                     self._busy.add(hva)
                     value = self._backing.get(hva, 0)
                     break
-            self.reclaim_one(avoid=hva)
+            if not self.reclaim_one(avoid=hva):
+                # every mapped page is being swapped or pinned: sleep until a frame is freed
+                with mm:
+                    mm.wait_for(lambda: bool(self._free) or hva in self._ptes, "wait_free")
         page = self.pages[pfn]
         page.data.store(value)
         page.flags.store(0)
