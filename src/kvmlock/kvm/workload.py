@@ -141,6 +141,8 @@ def run_workload(
     hv = HyperV(vm)
     last: dict[int, dict[int, int]] = {v.id: {} for v in vm.vcpus}
 
+    finished: list[str] = []
+
     def guard(fn):
         def run(*a: Any) -> None:
             try:
@@ -148,6 +150,8 @@ def run_workload(
             except Exception as exc:  # recorded as a violation, never lost in a thread
                 errors.append(f"{fn.__name__}: {type(exc).__name__}: {exc}")
                 stop.set()
+            finally:
+                finished.append(fn.__name__)
         run.__name__ = fn.__name__
         return run
 
@@ -229,12 +233,18 @@ def run_workload(
     t0 = time.perf_counter()
     stop.wait(seconds)
     stop.set()
+    deadline = time.monotonic() + 30
     for t in threads:
-        t.join(timeout=30)
+        t.join(timeout=max(0.0, deadline - time.monotonic()))
     elapsed = time.perf_counter() - t0
 
     violations = list(errors)
-    if not errors:
+    if len(finished) < len(threads):
+        # Never hang the caller: a thread stuck for 30 s is reported, and the end-of-run
+        # checks (which would need its locks) are skipped.
+        violations.append(f"{len(threads) - len(finished)} thread(s) did not stop within 30 s "
+                          f"after the run ended (a deadlock?)")
+    elif not errors:
         # The guest is stopped: every vCPU reads back its own pages.
         for v in vm.vcpus:
             for va, want in sorted(last[v.id].items()):
