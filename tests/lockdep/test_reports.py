@@ -229,8 +229,12 @@ def test_srcu_report_through_primitives():
         with slots:
             pass
     (r,) = lockdep.reports()
-    assert r.kind == "circular" and {r.lock, r.held} == {"kvm->srcu", "kvm->slots_lock"}
-    assert "rlock(kvm->srcu)" in str(r) or "lock(kvm->srcu)" in str(r)
+    assert r.kind == "circular" and (r.lock, r.held) == ("kvm->slots_lock", "kvm->srcu")
+    text = str(r)
+    assert "  rlock(kvm->srcu);" in text and "sync(kvm->srcu);" in text
+    assert "kvm->slots_lock -(EN)-> kvm->srcu, synchronize]" in text
+    (e,) = [e for e in lockdep.graph().edges if e.dst == "kvm->srcu"]
+    assert e.sync and e.src == "kvm->slots_lock" and e.dst_read == 0
 
 
 def test_depgraph_json_round_trip_and_errors():

@@ -442,23 +442,23 @@ def _validate(
     for e in reversed(entries):
         hcls, hread, htry, hwhere = _info(e)
         if hcls is not cls:
-            _link(S, held, hcls, hread, hwhere, cls, read, where, found, task)
+            _link(S, held, hcls, hread, hwhere, cls, read, where, found, task, sync)
         if not htry:
             break
 
 
 def _link(
     S: State, held: list, p: LockClass, pr: int, pwhere: str, nxt: LockClass, read: int,
-    where: str, found: list[Report], task: str,
+    where: str, found: list[Report], task: str, sync: bool = False,
 ) -> None:
     after = S.after.get(p)
     link = after.get(nxt) if after else None
     if link is not None and link.dep & dep_bit(pr, read):
-        link.sites.setdefault((pr, read), where)
+        link.sites.setdefault((pr, -1 if sync else read), where)
         return
     path = find_strong_path(S.after, nxt, read == 2, p, pr == 0)
     if path is not None:
-        new = Edge(p.name, nxt.name, pr, read, where)
+        new = Edge(p.name, nxt.name, pr, read, where, sync)
         S.refused.setdefault((p.name, nxt.name, pr, read), new)
         chain = path_edges(path, read == 2) + [new]
         names = frozenset(e.src for e in chain)
@@ -474,7 +474,7 @@ def _link(
         link = Link(p, nxt)
         S.after.setdefault(p, {})[nxt] = link
         S.nedges += 1
-    link.add(pr, read, where)
+    link.add(pr, read, where, sync)
 
 
 def _release_slow(S: State, m: LockMap) -> None:
@@ -664,7 +664,7 @@ def graph() -> DepGraph:
         for c, links in list(S.after.items()):
             for link in list(links.values()):
                 for (sr, dr), where in list(link.sites.items()):
-                    g.edges.append(Edge(c.name, link.dst.name, sr, dr, where))
+                    g.edges.append(Edge(c.name, link.dst.name, sr, max(dr, 0), where, dr < 0))
         g.refused = list(S.refused.values())
     return g
 

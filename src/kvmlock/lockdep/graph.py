@@ -54,22 +54,24 @@ class Link:
         self.src = src
         self.dst = dst
         self.dep = 0
-        self.sites: dict[tuple[int, int], str] = {}  # (src_read, dst_read) -> first "file:line"
+        # (src_read, dst_read) -> first "file:line"; dst_read -1 marks a synchronize()
+        self.sites: dict[tuple[int, int], str] = {}
 
-    def add(self, src_read: int, dst_read: int, where: str) -> None:
+    def add(self, src_read: int, dst_read: int, where: str, sync: bool = False) -> None:
         self.dep |= dep_bit(src_read, dst_read)
-        self.sites.setdefault((src_read, dst_read), where)
+        self.sites.setdefault((src_read, -1 if sync else dst_read), where)
 
     def edge(self, want_n: bool, want_e: bool | None = None) -> Edge:
         """An :class:`Edge` for this link, picking the recorded kind a path actually used."""
         best = None
-        for (sr, dr), where in self.sites.items():
+        for (sr, key_dr), where in self.sites.items():
+            dr = max(key_dr, 0)
             # leaving through an exclusive hold when required outranks preferring -(*N)->
             score = (want_e is None or (sr == 0) == want_e) * 2 + ((dr != 2) == want_n)
             if best is None or score > best[0]:
-                best = (score, sr, dr, where)
+                best = (score, sr, dr, where, key_dr == -1)
         assert best is not None
-        return Edge(self.src.name, self.dst.name, best[1], best[2], best[3])
+        return Edge(self.src.name, self.dst.name, best[1], best[2], best[3], best[4])
 
 
 _EMPTY: dict = {}

@@ -39,6 +39,7 @@ class Edge:
     src_read: int = 0
     dst_read: int = 0
     where: str = ""
+    sync: bool = False  # dst was a synchronize() (SRCU grace period), not a hold
 
     @property
     def kind(self) -> str:
@@ -111,7 +112,9 @@ def _lock_line(name: str | None, read: int = 0, where: str = "") -> str:
     return f" ({name}){mode}{at}"
 
 
-def _op(name: str, read: int) -> str:
+def _op(name: str, read: int, sync: bool = False) -> str:
+    if sync:
+        return f"sync({name});"
     return f"{'r' if read else ''}lock({name});"
 
 
@@ -136,7 +139,7 @@ def _render_circular(r: Report) -> str:
     out += ["the existing dependency chain (in reverse order) is:"]
     for depth in range(len(path), -1, -1):
         e = path[depth - 1] if depth else new
-        link = f"[{e.src} -({e.kind})-> {e.dst}]"
+        link = f"[{e.src} -({e.kind})-> {e.dst}{', synchronize' if e.sync else ''}]"
         out += ["", f"-> #{depth} ({e.dst}):", f"       {e.where}   {link}"]
     out += ["", "other info that might help us debug this:", ""]
     # CPU0 holds `held` and wants `lock`; CPU1 came along the existing path and holds the lock
@@ -154,8 +157,9 @@ def _render_circular(r: Report) -> str:
         "       ----                    ----",
         "  " + _op(r.held or "?", r.held_read),
         pad + _op(parent, par_read),
-        pad + _op(r.held or "?", path[-1].dst_read if path else r.held_read),
-        "  " + _op(r.lock or "?", r.lock_read),
+        pad + (_op(r.held or "?", path[-1].dst_read, path[-1].sync) if path
+               else _op(r.held or "?", r.held_read)),
+        "  " + _op(r.lock or "?", r.lock_read, new.sync),
         "",
         " *** DEADLOCK ***",
         "",
