@@ -116,9 +116,10 @@ class Memslots:
 class RcuPointer:
     """``rcu_assign_pointer`` / ``srcu_dereference`` of one pointer, each a visible step."""
 
-    __slots__ = ("_v", "_wq")
+    __slots__ = ("_v", "_wq", "name")
 
-    def __init__(self, value: Any) -> None:
+    def __init__(self, value: Any, name: str = "kvm->memslots") -> None:
+        self.name = name
         self._v = value
         self._wq = runtime.RT.waitq(self)
 

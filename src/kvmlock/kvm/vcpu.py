@@ -46,6 +46,7 @@ class VCPU:
         self.vm = vm
         self.id = vcpu_id
         self.vcpu_id = vcpu_id
+        self.name = f"vcpu{vcpu_id}"  # how traces name this CPU's guest-mode steps
         self.mutex = Mutex("vcpu->mutex")
         #: guest page -> cached translation. Read only in guest mode, emptied only outside it.
         self.tlb: dict[int, TlbEntry] = {}
