@@ -64,3 +64,34 @@ def test_concurrent_inversion_is_reported_exactly_once():
 
     run_threads(8, work)
     assert [r.kind for r in lockdep.reports()] == ["circular"]
+
+
+def test_graph_and_chains_can_be_read_while_threads_validate():
+    locks = [Mutex(f"R{i}") for i in range(6)]
+    stop = threading.Event()
+    seen = []
+
+    def reader():
+        while not stop.is_set():
+            g = lockdep.graph()
+            seen.append((len(g.edges), len(lockdep.chains()), lockdep.stats()["edges"]))
+
+    def work(i):
+        rng = random.Random(100 + i)
+        for _ in range(200):
+            chosen = sorted(rng.sample(range(6), 3))
+            for k in chosen:
+                locks[k].lock()
+            for k in reversed(chosen):
+                locks[k].unlock()
+
+    r = threading.Thread(target=reader)
+    r.start()
+    try:
+        run_threads(6, work)
+    finally:
+        stop.set()
+        r.join(30)
+    assert seen and lockdep.reports() == []
+    edges = [s[0] for s in seen]
+    assert edges == sorted(edges)  # the graph only grows, and every snapshot was consistent
