@@ -37,13 +37,20 @@ def _internal(filename: str) -> bool:
     return hit
 
 
+_short_cache: dict[tuple[str, str], str] = {}
+
+
 def short_path(filename: str) -> str:
     """A path relative to the working directory when the file is under it, else as given."""
-    try:
-        rel = os.path.relpath(filename)
-    except ValueError:
-        return filename
-    return filename if rel.startswith("..") else rel
+    cwd = os.getcwd()
+    hit = _short_cache.get((cwd, filename))
+    if hit is None:
+        try:
+            rel = os.path.relpath(filename, cwd)
+        except ValueError:
+            rel = ".."
+        hit = _short_cache[(cwd, filename)] = filename if rel.startswith("..") else rel
+    return hit
 
 
 def user_site(skip: int = 1) -> str:
