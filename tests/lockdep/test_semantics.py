@@ -126,6 +126,8 @@ def test_bad_subclass_and_read_values_are_clear_errors():
         LockMap(3, "mutex")
     with pytest.raises(ValueError, match="must not be empty"):
         LockMap("", "mutex")
+    with pytest.raises(TypeError, match="must be hashable"):
+        LockMap("M", "mutex", key=["not", "hashable"])
 
 
 def test_out_of_order_release_keeps_stack_and_revalidates():

@@ -235,6 +235,12 @@ class LockMap:
         self.name = name
         self.kind = kind
         self.key = name if key is None else key
+        try:
+            hash(self.key)
+        except TypeError:
+            raise TypeError(
+                f"LockMap key must be hashable (it identifies the lock class), got "
+                f"{type(key).__name__}") from None
         self._cls = _klass(self.key, name, kind, 0)
         self._hid = self._cls.hid
         self._subs: list[LockClass | None] | None = None
