@@ -104,10 +104,11 @@ def contended_ops_per_s(threads: int, per_thread: int, validate: bool) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer iterations (CI smoke run)")
+    ap.add_argument("--quick", action="store_true",
+                    help="a few iterations: checks that the script runs; figures mean little")
     args = ap.parse_args(argv)
-    n, reps = (20_000, 3) if args.quick else (50_000, 9)
-    per_thread = 2_000 if args.quick else 5_000
+    n, reps = (2_000, 2) if args.quick else (50_000, 9)
+    per_thread = 200 if args.quick else 5_000
 
     lockdep.set_mode("collect")
     plain, bare_w, m = threading.Lock(), BareWrapper(), Mutex("bench.m")
@@ -128,9 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         lockdep.enable()
     raw, bare, off = best["raw"], best["bare"], best["off"]
     cached1, cached4 = best["cached1"], best["cached4"]
-    first = first_chain_ns(2_000 if not args.quick else 500)
+    first = first_chain_ns(2_000 if not args.quick else 100)
     on_tput = off_tput = 0.0
-    for _ in range(5):  # interleaved rounds, best of each, as above
+    for _ in range(2 if args.quick else 5):  # interleaved rounds, best of each, as above
         on_tput = max(on_tput, contended_ops_per_s(8, per_thread, True))
         off_tput = max(off_tput, contended_ops_per_s(8, per_thread, False))
 
