@@ -329,3 +329,21 @@ def test_reported_chain_names_the_kinds_that_make_it_strong():
     (r,) = lockdep.reports()
     assert [(e.src, e.dst, e.kind) for e in r.chain] == [
         ("A", "B", "ER"), ("B", "C", "EN"), ("C", "A", "EN")]
+
+
+def test_lock_fast_path_behaves_like_acquire():
+    a, b = LockMap("A", "mutex"), LockMap("B", "mutex")
+    a.lock()  # first ever: no stack yet, then a chain miss
+    b.lock()
+    b.release()
+    a.release()
+    b.lock()
+    a.lock()  # the inversion, found through the fast entry point too
+    a.release()
+    b.release()
+    assert kinds() == ["circular"] and lockdep.held_locks() == []
+    lockdep.disable()
+    a.lock()
+    lockdep.enable()
+    a.release()  # taken while off: silent
+    assert kinds() == ["circular"]

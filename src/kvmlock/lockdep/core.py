@@ -280,6 +280,22 @@ class LockMap:
         else:
             self._off = _state.off_token
 
+    def lock(self) -> None:
+        """``acquire()`` for the common case (exclusive, no subclass, not a trylock), with
+        fewer branches: the primitives' ``with`` blocks call this one."""
+        if _ON:
+            held = (_TLS if _rt.RT is _THREADS else _rt.current_task()).lockdep
+            try:
+                node = held[-1][1][self._hid]
+            except (KeyError, TypeError):  # a chain not seen yet, or no stack yet
+                node = None
+            if node is None:
+                self.acquire()
+            else:
+                held.append((self, node))
+        else:
+            self._off = _state.off_token
+
     def release(self) -> None:
         """Record letting go of this lock; releasing one not held is reported."""
         if _ON:
