@@ -270,10 +270,10 @@ def test_lock_taken_during_validation_on_same_thread_does_not_hang(monkeypatch):
     # It must not wait for the graph lock its own thread holds.
     import threading
 
-    from kvmlock.lockdep import core
+    from kvmlock.lockdep import validate
 
     inner = LockMap("taken.by.finalizer", "mutex")
-    real_name = core._task_name
+    real_name = validate._task_name
 
     def name_with_side_effect():
         inner.acquire()
@@ -281,7 +281,7 @@ def test_lock_taken_during_validation_on_same_thread_does_not_hang(monkeypatch):
         lockdep.graph()
         return real_name()
 
-    monkeypatch.setattr(core, "_task_name", name_with_side_effect)
+    monkeypatch.setattr(validate, "_task_name", name_with_side_effect)
     a = LockMap("A", "mutex")
     done = threading.Event()
 
@@ -293,7 +293,7 @@ def test_lock_taken_during_validation_on_same_thread_does_not_hang(monkeypatch):
     th = threading.Thread(target=run, daemon=True)
     th.start()
     assert done.wait(10), "validation hung on its own graph lock"
-    monkeypatch.setattr(core, "_task_name", real_name)
+    monkeypatch.setattr(validate, "_task_name", real_name)
     assert kinds() == []
 
 

@@ -10,11 +10,7 @@ spinning lock and a failed ``assert_held``. See docs/lockdep.md.
 from __future__ import annotations
 
 from kvmlock import runtime as _rt
-from kvmlock.lockdep.core import (
-    KINDS,
-    LIMITS,
-    LockdepError,
-    LockMap,
+from kvmlock.lockdep.api import (
     chains,
     configure,
     disable,
@@ -31,8 +27,10 @@ from kvmlock.lockdep.core import (
     stats,
     task_exit,
 )
+from kvmlock.lockdep.core import LockMap
 from kvmlock.lockdep.graph import DepGraph
 from kvmlock.lockdep.report import Edge, HeldLock, Report
+from kvmlock.lockdep.state import KINDS, LIMITS, LockdepError
 from kvmlock.lockdep.threading_instr import instrument_threading, threading_instrumented
 
 __all__ = [

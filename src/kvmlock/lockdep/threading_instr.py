@@ -22,7 +22,7 @@ import threading
 from typing import Any
 
 from kvmlock import runtime as _rt
-from kvmlock.lockdep import core
+from kvmlock.lockdep import api, core
 from kvmlock.lockdep.where import _internal, short_path
 
 _ORIG_LOCK = threading.Lock
@@ -229,7 +229,7 @@ def _bootstrap_inner(self: threading.Thread) -> None:
     try:
         _ORIG_BOOTSTRAP(self)
     finally:
-        core.task_exit(self.name)  # by now the thread is no longer listed under its name
+        api.task_exit(self.name)  # by now the thread is no longer listed under its name
 
 
 class Instrumentation:

@@ -1,0 +1,202 @@
+"""The module-level API: reports, modes, limits, isolation, graph snapshots, task end."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from kvmlock import runtime as _rt
+from kvmlock.lockdep import core
+from kvmlock.lockdep.graph import DepGraph
+from kvmlock.lockdep.report import Edge, HeldLock, Report
+from kvmlock.lockdep.state import (
+    _INFO,
+    _SYNC,
+    LIMITS,
+    MODES,
+    SPINNING,
+    Limits,
+    State,
+    _GraphLock,
+    _held_locks,
+    _info,
+    _note,
+    _reentered,
+    _report,
+    _task_name,
+)
+from kvmlock.lockdep.validate import _wipe
+from kvmlock.lockdep.where import user_site
+
+
+def might_sleep(what: str = "might_sleep") -> None:
+    """Report "sleep_in_atomic" when the current task holds a spinning lock."""
+    S = core._state
+    if not S.on:
+        return
+    held = core._stack()
+    for e in held[1:]:
+        if e[0].kind in SPINNING:
+            hcls, hread, _t, _w = _info(e)
+            where = user_site()
+            _report(S, ("sleep_in_atomic", hcls.name, where), Report(
+                "sleep_in_atomic", held=hcls.name, held_read=hread, task=_task_name(),
+                where=where, what=what, held_locks=_held_locks(held),
+            ))
+            return
+
+
+def task_exit(task_name: str | None = None) -> None:
+    """End of a task: report "held_at_exit" for locks still held, then forget the stack."""
+    S = core._state
+    t = _rt.current_task()
+    held = t.lockdep
+    if held is None:
+        return
+    if len(held) > 1 and S.on and held[0][1] is S.root:
+        names = tuple(_info(e)[0].name for e in held[1:])
+        found: list[Report] = []
+        with _GraphLock(S):
+            _note(S, ("held_at_exit", names), Report(
+                "held_at_exit", lock=names[-1], task=task_name or _task_name(),
+                held_locks=_held_locks(held),
+            ), found)
+        if found and S.mode == "warn":  # never raise here: the task is already ending
+            sys.stderr.write(str(found[0]))
+    del held[1:]
+    t.lockdep = None
+
+
+def held_locks() -> list[HeldLock]:
+    """What the current task holds, innermost last (debug_show_held_locks)."""
+    return _held_locks(core._stack())
+
+
+def reports() -> list[Report]:
+    """Every distinct problem found so far in the current state, oldest first."""
+    return list(core._state.reports)
+
+
+def reset() -> None:
+    """Forget everything: classes, dependencies, chains, reports. Locks held now are dropped
+    from their stacks (their later release passes silently)."""
+    old = core._state
+    core._state = State(old.mode)
+    core._sync_on()
+    with _GraphLock(old):
+        _wipe(old.root)
+
+
+def set_mode(mode: str) -> None:
+    """"warn": print each problem once; "raise": raise LockdepError; "collect": stay silent."""
+    if mode not in MODES:
+        raise ValueError(f"lockdep mode must be one of {MODES}, got {mode!r}")
+    core._state.mode = mode
+
+
+def get_mode() -> str:
+    """The current mode: "warn", "raise" or "collect"."""
+    return core._state.mode
+
+
+def enable() -> None:
+    """Switch validation back on (held stacks restart empty)."""
+    S = core._state
+    if not S.on:
+        with _GraphLock(S):  # stacks from before are restarted on their next miss
+            old, S.root, S.nchains = S.root, {}, 0
+            _wipe(old)
+        S.on = True
+        S.overflow = None
+        core._sync_on()
+
+
+def disable() -> None:
+    """Switch validation off: lock operations cost one flag test."""
+    if core._state.on:
+        core._state.off_token = object()
+        core._state.on = False
+        core._sync_on()
+
+
+def enabled() -> bool:
+    """Whether validation is on (off after disable() or a table overflow)."""
+    return core._state.on
+
+
+def configure(**limits: int) -> dict[str, int]:
+    """Set table limits (max_classes, max_edges, max_chains, max_depth); returns them all."""
+    for name, value in limits.items():
+        if name not in Limits.__slots__:
+            raise ValueError(f"unknown lockdep limit {name!r}; known: {list(Limits.__slots__)}")
+        if value.__class__ is not int or value < 1:
+            raise ValueError(f"lockdep limit {name} must be a positive int, got {value!r}")
+    for name, value in limits.items():
+        setattr(LIMITS, name, value)
+    return LIMITS.as_dict()
+
+
+def stats() -> dict[str, Any]:
+    """Sizes of the tables: how much validation work a run created."""
+    S = core._state
+    return {"classes": len(S.classes), "edges": S.nedges, "chains": S.nchains,
+            "reports": len(S.reports), "enabled": S.on}
+
+
+def graph() -> DepGraph:
+    """A snapshot of the dependency graph (one Edge per recorded kind of each link)."""
+    S = core._state
+    with contextlib.nullcontext() if _reentered(S) else _GraphLock(S):
+        g = DepGraph({c.name: kind for c, kind in S.classes.items()})
+        for c, links in list(S.after.items()):
+            for link in list(links.values()):
+                for (sr, dr), where in list(link.sites.items()):
+                    g.edges.append(Edge(c.name, link.dst.name, sr, max(dr, 0), where, dr < 0))
+        g.refused = list(S.refused.values())
+    return g
+
+
+def chains() -> list[tuple[HeldLock, ...]]:
+    """Every distinct chain of held locks validated so far (outermost first): which locks
+    were held together when each lock was taken. synchronize() checks are not chains."""
+    S = core._state
+    out: list[tuple[HeldLock, ...]] = []
+    with contextlib.nullcontext() if _reentered(S) else _GraphLock(S):
+        todo: list[tuple[dict, tuple[HeldLock, ...]]] = [(S.root, ())]
+        while todo:
+            node, trail = todo.pop()
+            for hid, child in list(node.items()):
+                if hid < 0 or hid % 8 == _SYNC:
+                    continue
+                cls, read, _trylock, where = child[_INFO]
+                step = (*trail, HeldLock(cls.name, read, where))
+                out.append(step)
+                todo.append((child, step))
+    return out
+
+
+@contextmanager
+def isolated(mode: str = "collect") -> Iterator[State]:
+    """A fresh private lockdep state for the block (graph, chains, reports), then the old one.
+
+    The explorer runs each execution inside one so executions cannot see each other's
+    dependencies; read :func:`reports` before leaving. The current task's held stack is set
+    aside too. Not meant for use while other OS threads are validating locks.
+    """
+    if mode not in MODES:
+        raise ValueError(f"lockdep mode must be one of {MODES}, got {mode!r}")
+    prev = core._state
+    t = _rt.current_task()
+    saved = t.lockdep
+    t.lockdep = None
+    core._state = st = State(mode)
+    core._sync_on()
+    try:
+        yield st
+    finally:
+        core._state = prev
+        core._sync_on()
+        t.lockdep = saved

@@ -1,0 +1,178 @@
+"""Lockdep's shared state: limits, the per-world State, lock classes, recording reports.
+
+A ``State`` is one world's worth of knowledge (graph, chain cache, reports, mode); the explorer
+gives each execution its own. Lock classes are global: a name is the same class everywhere.
+"""
+
+from __future__ import annotations
+
+import _thread
+import sys
+import threading
+from typing import Any
+
+from kvmlock import runtime as _rt
+from kvmlock.lockdep.graph import Link, LockClass
+from kvmlock.lockdep.report import Edge, HeldLock, Report
+
+KINDS = frozenset(
+    {"mutex", "spinlock", "raw_spinlock", "rwlock", "rwsem", "percpu_rwsem", "srcu", "pseudo",
+     "threading"}
+)
+#: Locks that spin: holding one, a task must not sleep (rwlock_t is a spinning lock too).
+SPINNING = frozenset({"spinlock", "raw_spinlock", "rwlock"})
+#: Locks whose (blocking) acquire may sleep.
+SLEEPING = frozenset({"mutex", "rwsem", "percpu_rwsem"})
+MODES = ("warn", "raise", "collect")
+
+
+class LockdepError(RuntimeError):
+    """Raised by the offending lock operation in "raise" mode; ``.report`` has the details."""
+
+    def __init__(self, report: Report) -> None:
+        super().__init__(str(report))
+        self.report = report
+
+
+class Limits:
+    """Table sizes; crossing one prints one message and switches validation off."""
+
+    __slots__ = ("max_classes", "max_edges", "max_chains", "max_depth")
+
+    def __init__(self) -> None:
+        self.max_classes = 8192
+        self.max_edges = 32768
+        self.max_chains = 65536
+        self.max_depth = 48
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+LIMITS = Limits()
+
+
+class State:
+    """Everything lockdep knows in one world: classes, graph, chain cache, reports, mode."""
+
+    def __init__(self, mode: str = "warn") -> None:
+        self.on = True
+        self.mode = mode
+        self.lock = _thread.allocate_lock()  # the graph lock: chain-cache misses only
+        self.owner = 0  # thread ident inside the graph lock (re-entry guard, see _miss)
+        self.classes: dict[LockClass, str] = {}  # classes used in this state -> kind
+        self.after: dict[LockClass, dict[LockClass, Link]] = {}  # the dependency graph
+        self.nedges = 0
+        self.nchains = 0
+        self.root: dict[int, Any] = {}
+        self.reports: list[Report] = []
+        self.refused: dict[tuple, Edge] = {}  # dependencies not added because they closed a cycle
+        self.seen: set[tuple] = set()
+        self.overflow: str | None = None
+        self.off_token: object = None  # new object each time validation is switched off
+
+
+# Classes are global (a name means the same class in every state); graphs are per state.
+_CLASSES: dict[tuple[object, int], LockClass] = {}
+_CLASSES_LOCK = _thread.allocate_lock()
+
+
+def _klass(key: object, name: str, kind: str, subclass: int) -> LockClass:
+    k = (key, subclass)
+    cls = _CLASSES.get(k)
+    if cls is None:
+        with _CLASSES_LOCK:
+            cls = _CLASSES.get(k)
+            if cls is None:
+                cls = _CLASSES[k] = LockClass(name, kind, key, subclass, len(_CLASSES))
+    return cls
+
+
+_INFO = -1  # a chain node's (class, read, trylock, where); real keys are >= 0
+_SYNC = 6  # low bits of the chain-node key of a synchronize()
+_NEST = 7  # low bits of the chain-node key of an acquire under a nest lock
+_get_ident = _thread.get_ident
+
+
+def _task_name() -> str:
+    name = getattr(_rt.current_task(), "name", None)
+    return str(name) if name else threading.current_thread().name
+
+
+def _info(entry: tuple) -> tuple:
+    """(class, read, trylock, where) of a held entry."""
+    return entry[1][_INFO]
+
+
+def _held_locks(held: list) -> list[HeldLock]:
+    out = []
+    for e in held[1:]:
+        cls, read, _try, where = e[1][_INFO]
+        out.append(HeldLock(cls.name, read, where))
+    return out
+
+
+def _overflow(S: State, what: str, param: str) -> None:
+    if S.on:
+        S.off_token = object()
+        S.on = False
+        S.overflow = what
+        from kvmlock.lockdep import core  # the hot path reads a mirror of the on-flag
+
+        core._sync_on()
+        sys.stderr.write(
+            f"kvmlock.lockdep: too many {what} (limit {getattr(LIMITS, param)}); lock validation"
+            f" is now OFF for the rest of this run. Raise the limit with"
+            f" kvmlock.lockdep.configure({param}=...).\n"
+        )
+
+
+def _note(S: State, key: tuple, report: Report, found: list[Report]) -> None:
+    """Record a report unless this problem was already reported (caller holds S.lock)."""
+    if key not in S.seen:
+        S.seen.add(key)
+        S.reports.append(report)
+        found.append(report)
+
+
+def _emit(S: State, found: list[Report], may_raise: bool = True) -> None:
+    """Tell the user (outside the graph lock): print, raise or stay silent per mode. Where
+    raising would leave a real lock in a wrong state (a release), raise mode prints instead."""
+    for r in found:
+        if S.mode == "warn" or (S.mode == "raise" and not may_raise):
+            sys.stderr.write(str(r))
+        elif S.mode == "raise":
+            raise LockdepError(r)
+
+
+class _GraphLock:
+    """The graph lock, remembering its holder. Code that runs in the middle of validation on
+    the same thread (a finalizer run by the garbage collector that takes a lock, say) must not
+    wait for the graph lock its own thread holds: that would hang the watched program."""
+
+    __slots__ = ("S",)
+
+    def __init__(self, S: State) -> None:
+        self.S = S
+
+    def __enter__(self) -> None:
+        self.S.lock.__enter__()
+        self.S.owner = _get_ident()
+
+    def __exit__(self, *exc: object) -> None:
+        self.S.owner = 0
+        self.S.lock.__exit__(*exc)
+
+
+def _reentered(S: State) -> bool:
+    return S.owner == _get_ident()
+
+
+def _report(S: State, key: tuple, report: Report) -> None:
+    found: list[Report] = []
+    if _reentered(S):
+        _note(S, key, report, found)  # this thread already holds the graph lock
+    else:
+        with _GraphLock(S):
+            _note(S, key, report, found)
+    _emit(S, found)
