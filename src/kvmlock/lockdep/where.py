@@ -15,7 +15,7 @@ import threading
 _PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SKIP_DIRS = tuple(os.path.join(_PKG, d) + os.sep for d in ("sync", "explore"))
 _LOCKDEP_DIR = os.path.join(_PKG, "lockdep") + os.sep
-_KEEP = {os.path.join(_LOCKDEP_DIR, "selftest.py")}
+_KEEP = {os.path.join(_LOCKDEP_DIR, f) for f in ("selftest.py", "selftest_cases.py")}
 _SKIP_FILES = {
     os.path.join(_PKG, "runtime.py"),
     os.path.abspath(threading.__file__),
