@@ -43,8 +43,10 @@ def _sync_on() -> None:
 # ending with that lock. A node's ``_INFO`` entry says what the lock is: ``(class, read,
 # trylock, first-seen-where)``. When the trie is replaced (reset, enable) the old one is
 # emptied, so a stack from before misses on its next acquire and is restarted there.
-_THREADS = _rt.THREADS
-_TLS = _rt.THREADS._tls
+# In the threads world the task object is the runtime's thread-local, read directly (a call to
+# runtime.current_task() costs as much again); any other runtime is asked through the module.
+_TLS = getattr(_rt.THREADS, "_tls", None)
+_THREADS = _rt.THREADS if _TLS is not None and _rt.THREADS.current_task() is _TLS else object()
 
 
 def _stack() -> list:
