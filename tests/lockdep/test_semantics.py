@@ -267,34 +267,37 @@ def test_out_of_order_release_never_raises_in_raise_mode(capsys):
 
 def test_lock_taken_during_validation_on_same_thread_does_not_hang(monkeypatch):
     # A finalizer run by the garbage collector in the middle of validation may take a lock.
-    # It must not wait for the graph lock its own thread holds.
+    # It must not wait for the graph lock its own thread holds. Building a report runs under
+    # the graph lock, so the side effect is hooked there.
     import threading
 
     from kvmlock.lockdep import validate
 
     inner = LockMap("taken.by.finalizer", "mutex")
     real_name = validate._task_name
+    calls = []
 
     def name_with_side_effect():
+        calls.append(1)
         inner.acquire()
         inner.release()
         lockdep.graph()
         return real_name()
 
+    a, b = LockMap("A", "mutex"), LockMap("B", "mutex")
+    pair(a, 0, b, 0)
     monkeypatch.setattr(validate, "_task_name", name_with_side_effect)
-    a = LockMap("A", "mutex")
     done = threading.Event()
 
     def run():
-        a.acquire()
-        a.release()
+        pair(b, 0, a, 0)  # the inversion: its report is built under the graph lock
         done.set()
 
     th = threading.Thread(target=run, daemon=True)
     th.start()
     assert done.wait(10), "validation hung on its own graph lock"
     monkeypatch.setattr(validate, "_task_name", real_name)
-    assert kinds() == []
+    assert calls and kinds() == ["circular"]
 
 
 def test_nest_lock_allows_many_of_one_class_under_it():

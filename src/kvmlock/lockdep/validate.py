@@ -78,7 +78,6 @@ def _validate(
     S: State, held: list, m: LockMap, cls: LockClass, read: int, where: str,
     found: list[Report], sync: bool, nest: LockMap | None = None,
 ) -> None:
-    task = _task_name()
     entries = held[1:]
     if sync or m.kind in SLEEPING:
         for e in entries:
@@ -87,7 +86,7 @@ def _validate(
                 what = f"synchronize({cls.name})" if sync else f"lock({cls.name})"
                 _note(S, ("sleep_in_atomic", hcls.name, where), Report(
                     "sleep_in_atomic", lock=cls.name, held=hcls.name, held_read=hread,
-                    task=task, where=where, what=what, held_locks=_held_locks(held),
+                    task=_task_name(), where=where, what=what, held_locks=_held_locks(held),
                 ), found)
                 break
     # Taking a class already held deadlocks on itself, unless both are reads and the new
@@ -102,7 +101,7 @@ def _validate(
                 return  # serialized by the held nest lock: no deadlock, nothing new to link
             _note(S, ("recursive", cls.name), Report(
                 "recursive", lock=cls.name, held=cls.name, lock_read=read, held_read=hread,
-                held_where=hwhere, task=task, where=where, held_locks=_held_locks(held),
+                held_where=hwhere, task=_task_name(), where=where, held_locks=_held_locks(held),
             ), found)
             return
     # Link from the held locks: the top one, and below it through trylocks (a lock taken
@@ -110,14 +109,14 @@ def _validate(
     for e in reversed(entries):
         hcls, hread, htry, hwhere = _info(e)
         if hcls is not cls:
-            _link(S, held, hcls, hread, hwhere, cls, read, where, found, task, sync)
+            _link(S, held, hcls, hread, hwhere, cls, read, where, found, sync)
         if not htry:
             break
 
 
 def _link(
     S: State, held: list, p: LockClass, pr: int, pwhere: str, nxt: LockClass, read: int,
-    where: str, found: list[Report], task: str, sync: bool = False,
+    where: str, found: list[Report], sync: bool = False,
 ) -> None:
     after = S.after.get(p)
     link = after.get(nxt) if after else None
@@ -131,7 +130,8 @@ def _link(
         chain = path_edges(path, read == 2) + [new]
         names = frozenset(e.src for e in chain)
         _note(S, ("circular", names), Report(
-            "circular", lock=nxt.name, held=p.name, lock_read=read, held_read=pr, task=task,
+            "circular", lock=nxt.name, held=p.name, lock_read=read, held_read=pr,
+            task=_task_name(),
             where=where, held_where=pwhere, chain=chain, held_locks=_held_locks(held),
         ), found)
         return
