@@ -88,7 +88,7 @@ def _program(seed: int):
                 ("add", rng.randrange(2)), ("cas", rng.randrange(2)),
                 ("locked", rng.randrange(2), rng.randrange(2)),
                 ("trylock", rng.randrange(2)), ("rread", 0), ("rwrite", 0),
-                ("sread", 0), ("swrite", 0),
+                ("sread", 0), ("swrite", 0), ("nested", 0, 1), ("nested", 1, 0),
             ]))
         scripts.append(ops)
 
@@ -115,6 +115,10 @@ def _program(seed: int):
                     with ms[op[1]]:
                         seen[i].append(xs[op[2]].load())
                         xs[op[2]].store(v)
+                elif op[0] == "nested":  # both orders appear: ABBA deadlocks are possible
+                    with ms[op[1]]:
+                        with ms[op[2]]:
+                            seen[i].append(xs[0].fetch_add(1))
                 elif op[0] == "trylock":
                     if ms[op[1]].trylock():
                         seen[i].append(-1)
@@ -138,15 +142,18 @@ def _program(seed: int):
     return body
 
 
-@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("seed", range(50))
 def test_dpor_sees_every_outcome_dfs_sees(seed):
     prog = _program(seed)
     by_dfs: set = set()
     by_dpor: set = set()
-    dfs = explore.check(lambda: prog(by_dfs), strategy="dfs", lockdep=False, max_runs=3000)
-    dpor = explore.check(lambda: prog(by_dpor), strategy="dpor", lockdep=False)
-    assert dpor.exhausted and dpor.ok and dfs.ok
+    opts = {"lockdep": False, "stop_on_first": False, "shrink": False}
+    dfs = explore.check(lambda: prog(by_dfs), strategy="dfs", max_runs=3000, **opts)
+    dpor = explore.check(lambda: prog(by_dpor), strategy="dpor", **opts)
+    assert dpor.exhausted
     assert by_dfs <= by_dpor  # even a partial dfs only finds outcomes dpor found
+    assert dfs.kinds() <= dpor.kinds()  # ... and only kinds of failure dpor found
     if dfs.exhausted:
         assert by_dpor == by_dfs
+        assert dpor.kinds() == dfs.kinds()
         assert dpor.runs <= dfs.runs

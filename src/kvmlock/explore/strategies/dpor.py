@@ -367,9 +367,65 @@ class DPOR:
         if self.pending is not None:
             self._process(*self.pending)
             self.pending = None
+        if rt.outcome is not None and rt.outcome != "pruned":
+            # Cut short (deadlock, failure, hang): the operations the live tasks were about
+            # to do never ran, so their races would otherwise never be looked at.
+            for t in list(rt.live):
+                if t.p_obj is not None and not t.starting:
+                    self._pending_races(t)
         # a run cut short at a fresh node leaves that node without a choice
         if self.stack and self.stack[-1].choice < 0:
             self.stack.pop()
+
+    def _pending_races(self, t: Task) -> None:
+        tid = t.tid
+        clock = self.clock.get(tid)
+        if clock is None:
+            return
+        ev_tid, ev_local, ev_write = self.ev_tid, self.ev_local, self.ev_write
+        obj, write, acq = t.p_obj, t.p_write, t.p_acq
+
+        def unordered(j: int) -> bool:
+            return ev_tid[j] != tid and clock[ev_tid[j]] < ev_local[j]
+
+        races: list[int] = []
+        if acq in (ACQ_LOCK, ACQ_TRY):
+            la = self.last_acq.get(obj)  # type: ignore[arg-type]
+            if la is not None and unordered(la):
+                races.append(la)
+        hist = self.hist.get(obj, [])  # type: ignore[arg-type]
+        if acq != ACQ_LOCK:
+            for j in reversed(hist[-64:]):
+                if ev_tid[j] == tid:
+                    if ev_write[j]:
+                        break
+                    continue
+                if not write and not ev_write[j]:
+                    continue
+                if unordered(j):
+                    if j not in races:
+                        races.append(j)
+                elif ev_write[j]:
+                    break
+        b = self.blocker.get(tid)
+        if b is not None and unordered(b) and b not in races:
+            races.append(b)
+        if not races:
+            return
+        i = len(ev_tid)
+        local = self.count.get(tid, 0) + 1
+        c = clock[:]
+        c[tid] = local
+        ev_tid.append(tid)
+        ev_local.append(local)
+        self.ev_clock.append(c)
+        try:
+            for j in races:
+                self._reverse(j, i)
+        finally:
+            ev_tid.pop()
+            ev_local.pop()
+            self.ev_clock.pop()
 
     def _next_branch(self) -> bool:
         stack = self.stack
