@@ -33,8 +33,15 @@ _ON = True  # mirrors _state.on, read by the hot path as a plain global
 
 
 def _sync_on() -> None:
+    """Mirror the current state's on-flag into the hot path (a global and LockMap's methods)."""
     global _ON
-    _ON = _state.on
+    _ON = on = _state.on
+    if on:
+        LockMap.acquire, LockMap.lock, LockMap.release = (
+            LockMap._acquire_on, LockMap._lock_on, LockMap._release_on)
+    else:
+        LockMap.acquire, LockMap.lock, LockMap.release = (
+            LockMap._acquire_off, LockMap._lock_off, LockMap._release_off)
 
 
 # A task's held-lock stack is a plain list (the fastest container to index and append to):
@@ -105,53 +112,63 @@ class LockMap:
             cls = subs[subclass] = _klass(self.key, self.name, self.kind, subclass)
         return cls
 
-    def acquire(self, subclass: int = 0, read: int = 0, trylock: bool = False) -> None:
-        """Validate and record taking this lock (read: 0 exclusive, 1 shared, 2 recursive)."""
-        if _ON:
-            held = (_TLS if _rt.RT is _THREADS else _rt.current_task()).lockdep
-            if subclass or held is None:
-                _acquire(self, held, subclass, read, trylock)
-                return
-            hid = self._hid + read + read + trylock if read or trylock else self._hid
-            try:
-                node = held[-1][1][hid]
-            except KeyError:  # first time this chain is seen (validated outside the handler,
-                node = None  # so a report raised from it carries no KeyError context)
-            if node is None:
-                node = _miss(_state, held, self, self._cls, read, trylock, hid, None)
-                if node is None:
-                    return
-            held.append((self, node))
-        else:
-            self._off = _state.off_token
+    # acquire/lock/release are bound to their "on" or "off" bodies by _sync_on() whenever
+    # validation is switched, so the hot path does not test a flag on every call.
 
-    def lock(self) -> None:
+    def _acquire_on(self, subclass: int = 0, read: int = 0, trylock: bool = False) -> None:
+        """Validate and record taking this lock (read: 0 exclusive, 1 shared, 2 recursive)."""
+        held = (_TLS if _rt.RT is _THREADS else _rt.current_task()).lockdep
+        if subclass or held is None:
+            _acquire(self, held, subclass, read, trylock)
+            return
+        hid = self._hid + read + read + trylock if read or trylock else self._hid
+        try:
+            node = held[-1][1][hid]
+        except KeyError:  # first time this chain is seen (validated outside the handler,
+            node = None  # so a report raised from it carries no KeyError context)
+        if node is None:
+            node = _miss(_state, held, self, self._cls, read, trylock, hid, None)
+            if node is None:
+                return
+        held.append((self, node))
+
+    def _lock_on(self) -> None:
         """``acquire()`` for the common case (exclusive, no subclass, not a trylock), with
         fewer branches: the primitives' ``with`` blocks call this one."""
-        if _ON:
-            held = (_TLS if _rt.RT is _THREADS else _rt.current_task()).lockdep
-            try:
-                node = held[-1][1][self._hid]
-            except (KeyError, TypeError):  # a chain not seen yet, or no stack yet
-                node = None
-            if node is None:
-                self.acquire()
-            else:
-                held.append((self, node))
+        held = (_TLS if _rt.RT is _THREADS else _rt.current_task()).lockdep
+        try:
+            node = held[-1][1][self._hid]
+        except (KeyError, TypeError):  # a chain not seen yet, or no stack yet
+            node = None
+        if node is None:
+            self._acquire_on()
         else:
-            self._off = _state.off_token
+            held.append((self, node))
 
-    def release(self) -> None:
+    def _release_on(self) -> None:
         """Record letting go of this lock; releasing one not held is reported."""
-        if _ON:
-            held = (_TLS if _rt.RT is _THREADS else _rt.current_task()).lockdep
-            try:
-                if held[-1][0] is self:
-                    held.pop()
-                    return
-            except TypeError:  # no stack yet: this task never took a lock
-                pass
-            _release_slow(_state, self)
+        held = (_TLS if _rt.RT is _THREADS else _rt.current_task()).lockdep
+        try:
+            if held[-1][0] is self:
+                held.pop()
+                return
+        except TypeError:  # no stack yet: this task never took a lock
+            pass
+        _release_slow(_state, self)
+
+    def _acquire_off(self, subclass: int = 0, read: int = 0, trylock: bool = False) -> None:
+        """Validation is off: only remember that this lock was taken unvalidated."""
+        self._off = _state.off_token
+
+    def _lock_off(self) -> None:
+        self._off = _state.off_token
+
+    def _release_off(self) -> None:
+        return None
+
+    acquire = _acquire_on
+    lock = _lock_on
+    release = _release_on
 
     def acquire_nest(self, nest_lock: LockMap, subclass: int = 0) -> None:
         """mutex_lock_nest_lock(): take this lock exclusively while ``nest_lock`` is held, which
@@ -232,6 +249,8 @@ def _push(S: State, held: list, m: LockMap, cls: LockClass, read: int, trylock: 
 
 
 def _release_slow(S: State, m: LockMap) -> None:
+    if not S.on:  # switched off while this release was on its way
+        return
     held = _stack()
     if held[0][1] is not S.root:
         _restart(S, held)
