@@ -35,7 +35,10 @@ _ON = True  # mirrors _state.on, read by the hot path as a plain global
 def _sync_on() -> None:
     """Mirror the current state's on-flag into the hot path (a global and LockMap's methods)."""
     global _ON
-    _ON = on = _state.on
+    on = _state.on
+    if on is _ON and LockMap.acquire is (LockMap._acquire_on if on else LockMap._acquire_off):
+        return  # unchanged: leave the class alone (rebinding resets CPython's method caches)
+    _ON = on
     if on:
         LockMap.acquire, LockMap.lock, LockMap.release = (
             LockMap._acquire_on, LockMap._lock_on, LockMap._release_on)
