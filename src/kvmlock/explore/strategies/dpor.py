@@ -26,10 +26,13 @@ Blocking needs care, because an operation that is disabled cannot be moved earli
 
 from __future__ import annotations
 
-from kvmlock.explore.runtime import ACQ_LOCK, ACQ_TRY, SimRuntime, Task
+from kvmlock.explore.runtime import ACQ_LOCK, ACQ_NONE, ACQ_TRY, SimRuntime, Task
 
 # An operation as partial-order reduction sees it: (object key | None, writes?)
 Op = tuple
+
+
+_EMPTY: tuple[dict, dict] = ({}, {})
 
 
 class _Node:
@@ -46,7 +49,7 @@ class _Node:
         self.enabled: list[int] = []
         self.cur = -1  # the task that stopped at this state (-1: it ended)
         self.pre = 0  # preemptions before this state
-        self.snap: tuple[dict, dict] = ({}, {})  # blocker/was-enabled maps at this state
+        self.snap: tuple[dict, dict] = _EMPTY  # blocker/was-enabled maps at this state
 
 
 def _independent(a: Op, b: Op) -> bool:
@@ -222,6 +225,8 @@ class DPOR:
 
         new = clock[:]
         for j in merge:
+            if clock[ev_tid[j]] >= ev_local[j]:
+                continue  # already happens-before: its whole past is in the clock
             c = ev_clock[j]
             new = [a if a > b else b for a, b in zip(new, c, strict=True)]
         new[tid] = local
@@ -299,33 +304,27 @@ class DPOR:
         if pend is not None:
             self._process(*pend)
             self.pending = None
-        # note which disabled operations got disabled, and by what
+        # note which waits got disabled, and by what (lock acquires race with the previous
+        # acquire instead, which covers them)
         was = self.was_enabled
-        live = rt.live  # type: ignore[union-attr]
-        if len(live) == len(enabled):
-            for t in enabled:
-                was[t.tid] = True
-            live = ()
-        else:
-            en_ids = {t.tid for t in enabled}
-        for t in live:
+        blocker = self.blocker
+        for t in rt.live:  # type: ignore[union-attr]
+            if t.p_pred is None or t.p_acq != ACQ_NONE or t.p_obj is None:
+                continue
             tid = t.tid
-            on = tid in en_ids
-            if not on and t.p_obj is not None:
+            on = t in enabled
+            if not on:
                 if was.get(tid) and n > 0:
-                    self.blocker[tid] = n - 1  # the event just executed disabled it
-                elif tid not in self.blocker:
-                    cell = t.p_wq
-                    if t.p_acq == ACQ_LOCK and cell is not None and cell.acq_step >= 0:
-                        self.blocker[tid] = cell.acq_step
-                    else:
-                        lw = self.last_write.get(t.p_obj)
-                        if lw is not None:
-                            self.blocker[tid] = lw
+                    blocker[tid] = n - 1  # the event just executed disabled it
+                elif tid not in blocker:
+                    lw = self.last_write.get(t.p_obj)
+                    if lw is not None:
+                        blocker[tid] = lw
             was[tid] = on
 
         node = _Node()
-        node.snap = (dict(self.blocker), dict(was))
+        if blocker or was:
+            node.snap = (dict(blocker), dict(was))
         node.enabled = [t.tid for t in enabled]
         node.ops = {t.tid: (t.p_obj, t.p_write) for t in enabled}
         node.cur = cur.tid if cur in enabled else -1
@@ -360,7 +359,9 @@ class DPOR:
     def _take(self, t: Task) -> Task:
         self.pending = (t.tid, t.p_obj, t.p_write, t.p_acq, t.p_kind, t.p_wq,
                         t.p_pred is not None)
-        self.was_enabled[t.tid] = False  # its next pending operation is a new one
+        was = self.was_enabled
+        if was:
+            was.pop(t.tid, None)  # its next pending operation is a new one
         return t
 
     def end(self, rt: SimRuntime) -> None:
