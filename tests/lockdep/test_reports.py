@@ -249,3 +249,45 @@ def test_depgraph_json_round_trip_and_errors():
         lockdep.DepGraph.from_json("[]")
     with pytest.raises(ValueError, match="edge #0"):
         lockdep.DepGraph.from_json('{"classes": {}, "edges": [{"bogus": 1}]}')
+
+
+@pytest.fixture
+def raw_nesting():
+    lockdep.prove_raw_nesting(True)
+    yield
+    lockdep.prove_raw_nesting(False)
+
+
+def test_spinlock_under_raw_spinlock_is_invalid_wait_context(raw_nesting):
+    from kvmlock.sync import RawSpinLock
+
+    raw, spin = RawSpinLock("pi_wakeup_lock"), SpinLock("kvm->mmu_lock.spin")
+    with raw:
+        with spin:
+            pass
+    (r,) = lockdep.reports()
+    assert r.kind == "wait_context" and (r.lock, r.held) == ("kvm->mmu_lock.spin", "pi_wakeup_lock")
+    assert "BUG: Invalid wait context" in str(r) and HERE in r.where
+
+
+def test_raw_under_spinlock_and_raw_under_raw_are_fine(raw_nesting):
+    from kvmlock.sync import RawSpinLock
+
+    raw1, raw2, spin = RawSpinLock("r1"), RawSpinLock("r2"), SpinLock("s")
+    with spin:
+        with raw1:
+            with raw2:
+                pass
+    assert lockdep.reports() == []
+
+
+def test_raw_nesting_is_off_by_default():
+    from kvmlock.sync import RawSpinLock
+
+    raw, spin = RawSpinLock("r"), SpinLock("s")
+    with raw:
+        with spin:
+            pass
+    assert lockdep.reports() == []
+    with pytest.raises(TypeError, match="bool"):
+        lockdep.prove_raw_nesting("yes")

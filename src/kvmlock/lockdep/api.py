@@ -17,6 +17,7 @@ from kvmlock.lockdep.state import (
     _SYNC,
     LIMITS,
     MODES,
+    OPTIONS,
     SPINNING,
     Limits,
     State,
@@ -125,6 +126,15 @@ def disable() -> None:
 def enabled() -> bool:
     """Whether validation is on (off after disable() or a table overflow)."""
     return core._state.on
+
+
+def prove_raw_nesting(on: bool = True) -> None:
+    """Also report "wait_context": a spinlock_t or rwlock_t taken under a raw spinlock, which
+    sleeps on PREEMPT_RT (the kernel's CONFIG_PROVE_RAW_LOCK_NESTING). Off by default; set it
+    before the run, since chains already validated are not checked again."""
+    if not isinstance(on, bool):
+        raise TypeError(f"prove_raw_nesting takes a bool, got {type(on).__name__}")
+    OPTIONS["raw_nesting"] = on
 
 
 def configure(**limits: int) -> dict[str, int]:

@@ -12,7 +12,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-KINDS = ("circular", "recursive", "bad_unlock", "held_at_exit", "sleep_in_atomic", "not_held")
+KINDS = ("circular", "recursive", "bad_unlock", "held_at_exit", "sleep_in_atomic", "not_held",
+         "wait_context")
 
 TITLES = {
     "circular": "WARNING: possible circular locking dependency detected",
@@ -21,6 +22,7 @@ TITLES = {
     "held_at_exit": "WARNING: task is exiting with locks still held!",
     "sleep_in_atomic": "BUG: sleeping function called from invalid context",
     "not_held": "WARNING: lock is not held where it is asserted to be held",
+    "wait_context": "BUG: Invalid wait context",
 }
 
 _READ_NAMES = {0: "", 1: "read", 2: "recursive read"}
@@ -229,6 +231,22 @@ def _render_not_held(r: Report) -> str:
     return "\n".join(out) + "\n"
 
 
+def _render_wait_context(r: Report) -> str:
+    out = _banner(r.title)
+    out += [
+        f"{r.task} is trying to lock:",
+        _lock_line(r.lock, r.lock_read, r.where),
+        "while holding a raw spinlock:",
+        _lock_line(r.held, r.held_read),
+        "",
+        "On PREEMPT_RT a spinlock_t or rwlock_t is a sleeping lock, and a raw spinlock's",
+        "critical section must not sleep.",
+        "",
+    ]
+    out += _held_section(r)
+    return "\n".join(out) + "\n"
+
+
 _RENDER = {
     "circular": _render_circular,
     "recursive": _render_recursive,
@@ -236,4 +254,5 @@ _RENDER = {
     "held_at_exit": _render_held_at_exit,
     "sleep_in_atomic": _render_sleep,
     "not_held": _render_not_held,
+    "wait_context": _render_wait_context,
 }

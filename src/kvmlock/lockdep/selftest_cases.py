@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kvmlock import lockdep
 from kvmlock.runtime import spawn
 from kvmlock.sync import SRCU, Mutex, RawSpinLock, RWLock, RWSemaphore, SpinLock
 
@@ -345,6 +346,21 @@ def _trylock_abba(try_second: bool) -> Callable[[], None]:
     return run
 
 
+def _raw_nesting(spin_inside_raw: bool) -> Callable[[], None]:
+    def run() -> None:
+        raw, spin = RawSpinLock("selftest.rt.raw"), SpinLock("selftest.rt.spin")
+        outer, inner = (raw, spin) if spin_inside_raw else (spin, raw)
+        lockdep.prove_raw_nesting(True)
+        try:
+            with outer:
+                with inner:
+                    pass
+        finally:
+            lockdep.prove_raw_nesting(False)
+
+    return run
+
+
 # --------------------------------------------------------------------------- the table
 
 
@@ -411,6 +427,8 @@ def build_cases() -> list[Case]:
              _sleep_in("rsem", "raw"), "down_read inside a raw spinlock"),
         Case("sleep in atomic", "rlock+sync", _sleep_in("rlock", "sync"), "sleep_in_atomic",
              _sleep_in("mutex", "sync"), "synchronize_srcu inside read_lock(rwlock_t)"),
+        Case("raw lock nesting (RT)", "raw+spin", _raw_nesting(True), "wait_context",
+             _raw_nesting(False), "spinlock_t inside raw_spinlock_t sleeps on PREEMPT_RT"),
         Case("held at exit", "mutex", _exit_holding(False), "held_at_exit",
              _exit_holding(True), "a task ends holding a mutex"),
         Case("assert held", "mutex", _assert_held(False), "not_held", _assert_held(True),

@@ -23,6 +23,10 @@ KINDS = frozenset(
 SPINNING = frozenset({"spinlock", "raw_spinlock", "rwlock"})
 #: Locks whose (blocking) acquire may sleep.
 SLEEPING = frozenset({"mutex", "rwsem", "percpu_rwsem"})
+#: Locks that become sleeping locks on PREEMPT_RT (checked under a raw spinlock when
+#: OPTIONS["raw_nesting"] is on, as CONFIG_PROVE_RAW_LOCK_NESTING does).
+RT_SLEEPING = frozenset({"spinlock", "rwlock"})
+OPTIONS = {"raw_nesting": False}
 MODES = ("warn", "raise", "collect")
 
 

@@ -14,6 +14,8 @@ from kvmlock.lockdep.report import Edge, Report
 from kvmlock.lockdep.state import (
     _INFO,
     LIMITS,
+    OPTIONS,
+    RT_SLEEPING,
     SLEEPING,
     SPINNING,
     State,
@@ -87,6 +89,16 @@ def _validate(
                 _note(S, ("sleep_in_atomic", hcls.name, where), Report(
                     "sleep_in_atomic", lock=cls.name, held=hcls.name, held_read=hread,
                     task=_task_name(), where=where, what=what, held_locks=_held_locks(held),
+                ), found)
+                break
+    if OPTIONS["raw_nesting"] and m.kind in RT_SLEEPING:
+        for e in entries:
+            if e[0].kind == "raw_spinlock":
+                hcls, hread, _t, _w = _info(e)
+                _note(S, ("wait_context", hcls.name, cls.name), Report(
+                    "wait_context", lock=cls.name, held=hcls.name, held_read=hread,
+                    lock_read=read, task=_task_name(), where=where,
+                    held_locks=_held_locks(held),
                 ), found)
                 break
     # Taking a class already held deadlocks on itself, unless both are reads and the new
