@@ -35,9 +35,10 @@ from kvmlock.lockdep.where import user_site
 
 def might_sleep(what: str = "might_sleep") -> None:
     """Report "sleep_in_atomic" when the current task holds a spinning lock."""
+    held = (core._TLS if _rt.RT is core._THREADS else _rt.current_task()).lockdep
+    if held is None or len(held) < 2 or not core._ON:
+        return  # nothing held: the common case, decided without touching the state
     S = core._state
-    if not S.on:
-        return
     held = core._stack()
     for e in held[1:]:
         if e[0].kind in SPINNING:
