@@ -23,7 +23,7 @@ class _Exclusive:
 
     # The hot path: validation first (a deadlock is reported before it can hang), then block.
     def __enter__(self) -> _Exclusive:
-        self._map.acquire()
+        self._map.lock()
         self._cell.acquire()
         return self
 
@@ -37,8 +37,17 @@ class _Exclusive:
     def lock(self, subclass: int = 0) -> None:
         """Take the lock; ``subclass`` > 0 is the nesting annotation (``mutex_lock_nested``)."""
         if subclass:
-            check_subclass(subclass)
-        self._map.acquire(subclass)
+            self._map.acquire(check_subclass(subclass))
+        else:
+            self._map.lock()
+        self._cell.acquire()
+
+    def lock_nest(self, nest_lock: _Exclusive) -> None:
+        """``mutex_lock_nest_lock``: many locks of this class may be taken in any order while
+        ``nest_lock`` is held (KVM takes every ``vcpu->mutex`` under ``kvm->lock`` this way)."""
+        if not isinstance(nest_lock, _Exclusive):
+            raise TypeError(f"lock_nest: nest_lock must be a Mutex/SpinLock, got {nest_lock!r}")
+        self._map.acquire_nest(nest_lock._map)
         self._cell.acquire()
 
     unlock = __exit__

@@ -1,8 +1,13 @@
-"""``rwlock_t``: many readers or one writer, readers recursive.
+"""``rwlock_t``: many readers or one writer.
 
-A reader gets in whenever no writer *holds* the lock, even if a writer is waiting; that is what
-makes a reader recursive (it may nest inside another reader of the same lock without deadlock),
-and it is why lockdep gives rwlock readers the recursive-read edge kind.
+By default a reader gets in whenever no writer *holds* the lock, even if a writer is waiting;
+that is what makes a reader recursive (it may nest inside another reader of the same lock
+without deadlock), and it is why lockdep gives rwlock readers the recursive-read edge kind.
+
+``queued=True`` models x86's queued rwlock as seen from process context: a waiting writer shuts
+new readers out, so readers are *not* recursive and lockdep records them as plain shared
+readers (the kernel's ``read_lock_is_recursive()`` is false there; only interrupt-context
+readers jump the queue).
 """
 
 from __future__ import annotations
@@ -14,26 +19,34 @@ from kvmlock.sync._common import Section, check_name
 class RWLock:
     KIND = "rwlock"
 
-    __slots__ = ("name", "_map", "_wq", "_readers", "_writer", "__weakref__")
+    __slots__ = ("name", "queued", "_map", "_wq", "_readers", "_writer", "_waiting",
+                 "_read_kind", "_may_read", "__weakref__")
 
-    def __init__(self, name: str, *, key: object | None = None) -> None:
+    def __init__(self, name: str, *, key: object | None = None, queued: bool = False) -> None:
         self.name = check_name(name, type(self).__name__)
+        self.queued = bool(queued)
         self._map = lockdep.LockMap(name, self.KIND, key)
         self._wq = runtime.RT.waitq(self)
         self._readers = 0
         self._writer = False
+        self._waiting = 0  # writers queued; they hold readers back only when queued=True
+        self._read_kind = 1 if queued else 2
+        self._may_read = self._no_writer_queued if queued else self._no_writer
 
     def _no_writer(self) -> bool:
         return not self._writer
+
+    def _no_writer_queued(self) -> bool:
+        return not self._writer and not self._waiting
 
     def _free(self) -> bool:
         return not self._writer and not self._readers
 
     def read_lock(self) -> None:
-        self._map.acquire(0, 2)
+        self._map.acquire(0, self._read_kind)
         wq = self._wq
         with wq:
-            wq.wait_for(self._no_writer, "read_lock", False)
+            wq.wait_for(self._may_read, "read_lock", False)
             self._readers += 1
 
     def read_unlock(self) -> None:
@@ -49,7 +62,14 @@ class RWLock:
         self._map.acquire(0, 0)
         wq = self._wq
         with wq:
-            wq.wait_for(self._free, "write_lock")
+            wq.point("write_lock")
+            if self._free():
+                self._writer = True
+                return
+            self._waiting += 1
+        with wq:
+            wq.wait_for(self._free, "write_lock:wait")
+            self._waiting -= 1
             self._writer = True
 
     def write_unlock(self) -> None:
@@ -65,10 +85,10 @@ class RWLock:
         wq = self._wq
         with wq:
             wq.point("read_trylock", False)
-            if self._writer:
+            if not self._may_read():
                 return False
             self._readers += 1
-        self._map.acquire(0, 2, True)
+        self._map.acquire(0, self._read_kind, True)
         return True
 
     def write_trylock(self) -> bool:
