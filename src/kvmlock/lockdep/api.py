@@ -167,6 +167,7 @@ def graph() -> DepGraph:
                 for (sr, dr), where in list(link.sites.items()):
                     g.edges.append(Edge(c.name, link.dst.name, sr, max(dr, 0), where, dr < 0))
         g.refused = list(S.refused.values())
+    g.chains = [tuple(h.name for h in chain) for chain in chains()]
     return g
 
 

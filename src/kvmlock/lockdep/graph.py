@@ -133,18 +133,22 @@ class DepGraph:
     """A snapshot of the graph for tools (kvmlock.spec): class kinds and every dependency.
 
     ``refused`` holds the dependencies that closed a cycle: lockdep reported them instead of
-    adding them, and they are exactly what breaks a documented order.
+    adding them, and they are exactly what breaks a documented order. ``chains`` lists which
+    classes were held together when a lock was taken (outermost first); ``None`` means unknown
+    (a graph saved without them), which is different from "no lock was ever nested".
     """
 
     classes: dict[str, str] = field(default_factory=dict)
     edges: list[Edge] = field(default_factory=list)
     refused: list[Edge] = field(default_factory=list)
+    chains: list[tuple[str, ...]] | None = None
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(
-            {"classes": self.classes, "edges": [asdict(e) for e in self.edges],
-             "refused": [asdict(e) for e in self.refused]}, indent=indent
-        )
+        data: dict[str, Any] = {"classes": self.classes, "edges": [asdict(e) for e in self.edges],
+                                "refused": [asdict(e) for e in self.refused]}
+        if self.chains is not None:
+            data["chains"] = [list(c) for c in self.chains]
+        return json.dumps(data, indent=indent)
 
     @classmethod
     def from_json(cls, text: str) -> DepGraph:
@@ -165,7 +169,14 @@ class DepGraph:
                 except TypeError as exc:
                     raise ValueError(
                         f"DepGraph.from_json: {part[:-1]} #{i} is malformed: {exc}") from None
-        return cls(dict(data["classes"]), lists["edges"], lists["refused"])
+        chains = data.get("chains")
+        if chains is not None and not (
+            isinstance(chains, list)
+            and all(isinstance(c, list) and all(isinstance(n, str) for n in c) for c in chains)
+        ):
+            raise ValueError("DepGraph.from_json: 'chains' must be a list of lists of class names")
+        return cls(dict(data["classes"]), lists["edges"], lists["refused"],
+                   None if chains is None else [tuple(c) for c in chains])
 
     def successors(self, name: str) -> set[str]:
         return {e.dst for e in self.edges if e.src == name}

@@ -70,11 +70,7 @@ def model_graph() -> Any:
     """The dependency graph of the KVM model's correct scenarios and workload, run once.
 
     ``kvmlock.scenarios.verify.collect_graph`` runs the model and returns ``lockdep.graph()``
-    from inside its isolated lockdep state. That snapshot lacks the held-lock chains the
-    "cannot be taken without holding" rules need, so while it runs, ``lockdep.graph`` is
-    answered by :func:`snapshot` (the same graph plus the chain cache). If the runner stops
-    calling ``lockdep.graph()`` this degrades to a plain graph: those rules then show as
-    unchecked, never as held.
+    from inside its isolated lockdep state, refused edges and held-lock chains included.
     """
     try:
         from kvmlock.scenarios.verify import collect_graph
@@ -84,14 +80,7 @@ def model_graph() -> Any:
             f"kvmlock.scenarios.verify.collect_graph is not available ({exc}); "
             "pass a graph instead (spec check DOC --graph saved.json)"
         ) from None
-    from kvmlock import lockdep
-
-    plain = lockdep.graph
-    lockdep.graph = snapshot  # type: ignore[assignment]
-    try:
-        return collect_graph()
-    finally:
-        lockdep.graph = plain  # type: ignore[assignment]
+    return collect_graph()
 
 
 def conformance(doc_path: str | os.PathLike[str], graph: Any = None) -> Conformance:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kvmlock.lockdep import graph as _lockdep_graph  # bound now: model_graph() swaps the name
+from kvmlock.lockdep import graph as _lockdep_graph
 from kvmlock.spec.model import SpecError
 from kvmlock.spec.names import strip_subclass
 
@@ -102,11 +102,13 @@ def view(graph: Any) -> GraphView:
         return load_graph(graph)
     if isinstance(graph, dict):
         raw_classes, raw_edges, raw_chains = (
-            graph.get("classes"), graph.get("edges"), graph.get("chains")
+            graph.get("classes"), [*(graph.get("edges") or ()), *(graph.get("refused") or ())],
+            graph.get("chains"),
         )
     elif hasattr(graph, "classes") and hasattr(graph, "edges"):
-        raw_classes, raw_edges = graph.classes, graph.edges
-        raw_chains = getattr(graph, "chains", None)
+        raw_classes, raw_chains = graph.classes, getattr(graph, "chains", None)
+        # a refused dependency was still taken by the program: it is evidence like any other
+        raw_edges = [*graph.edges, *getattr(graph, "refused", ())]
     else:
         raise TypeError(
             "expected a lockdep DepGraph (kvmlock.lockdep.graph()), a saved graph or its path, "
@@ -202,70 +204,14 @@ def load_graph(path: str | os.PathLike[str]) -> GraphView:
 
 
 def snapshot() -> GraphView:
-    """The current lockdep graph, completed from lockdep's chain cache.
+    """The current lockdep graph as the checker sees it.
 
-    ``lockdep.graph()`` holds the dependencies lockdep accepted. Two facts the checker needs live
-    only in the chain cache, read here: which locks were held *together* at an acquire (for "X
-    cannot be taken without holding Z"), and the dependencies lockdep refused to add because
-    they closed a cycle it reported -- exactly the edges that break a documented order. Take
-    the snapshot inside the same ``lockdep.isolated()`` block as the run.
+    Take it inside the same ``lockdep.isolated()`` block as the run: besides the dependencies
+    lockdep accepted it carries the ones lockdep *refused* because they closed a cycle it
+    reported (exactly the edges that break a documented order) and the held-lock chains that
+    "cannot be taken without holding" rules need.
     """
-    base = view(_lockdep_graph())
-    walked = _walk_chain_cache()
-    if walked is None:
-        return base
-    chains, extra = walked
-    edges = {(e.src, e.dst, e.src_read, e.dst_read): e for e in base.edges}
-    for e in extra:
-        edges.setdefault((e.src, e.dst, e.src_read, e.dst_read), e)
-    return GraphView(base.classes, list(edges.values()), chains)
-
-
-def _walk_chain_cache() -> tuple[list[tuple[str, ...]], list[Edge]] | None:
-    """Chains (outermost lock first) and top-of-stack edges from lockdep's chain-cache trie.
-
-    Each trie node is keyed ``class id * 8 + read * 2 + trylock`` (low bits 6: a synchronize)
-    and says what it is under the negative key: ``(class, read, trylock, where)``. Returns None
-    when the cache is not laid out like that, so a changed lockdep degrades to "unchecked"
-    rather than to wrong answers.
-    """
-    try:
-        from kvmlock.lockdep import core
-
-        state = core._state
-        guard, root = state.lock, state.root
-        info_key = getattr(core, "_INFO", getattr(core, "_WHERE", -1))
-        sync_bits = int(getattr(core, "_SYNC", 6))
-    except (ImportError, AttributeError):
-        return None
-    chains: list[tuple[str, ...]] = []
-    edges: list[Edge] = []
-    with guard:
-        todo: list[tuple[dict, tuple[tuple[str, int, bool], ...]]] = [(root, ())]
-        while todo:
-            node, trail = todo.pop()
-            for hid, child in list(node.items()):
-                if not isinstance(hid, int) or hid < 0 or not isinstance(child, dict):
-                    continue
-                info = child.get(info_key)
-                if not (isinstance(info, tuple) and len(info) == 4):
-                    return None
-                cls, read, trylock, where = info
-                name = strip_subclass(str(getattr(cls, "name", cls)))
-                sync = hid % 8 == sync_bits
-                # like lockdep: link from the top held lock, and below it through trylocks
-                for held_name, held_read, held_try in reversed(trail):
-                    if held_name != name:
-                        edges.append(Edge(held_name, name, held_read, 0 if sync else int(read),
-                                          str(where or "")))
-                    if not held_try:
-                        break
-                if sync:
-                    continue  # synchronize_srcu is validated like an acquire but never held
-                step = (*trail, (name, int(read), bool(trylock)))
-                chains.append(tuple(n for n, _, _ in step))
-                todo.append((child, step))
-    return chains, edges
+    return view(_lockdep_graph())
 
 
 def merge(*graphs: Any) -> GraphView:
