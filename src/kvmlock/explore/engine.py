@@ -150,7 +150,7 @@ def _describe(ex: Execution, lockdep_on: bool, max_steps: int) -> None:
 def execute(body: Callable[[], Any], strategy: Strategy, max_steps: int,
             lockdep_on: bool = True, tracing: bool = False) -> Execution | None:
     """Run one execution of ``body`` chosen by ``strategy``; None when it has no more."""
-    rt = SimRuntime(strategy.choose, max_steps, tracing)
+    rt = SimRuntime(strategy.choose, max_steps, tracing, getattr(strategy, "forced", None))
     if not strategy.begin(rt):
         return None
     ex = Execution(rt)

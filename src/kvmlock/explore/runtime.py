@@ -216,8 +216,11 @@ class SimRuntime:
 
     name = "explore"
 
-    def __init__(self, choose: Chooser, max_steps: int = 10_000, tracing: bool = False) -> None:
+    def __init__(self, choose: Chooser, max_steps: int = 10_000, tracing: bool = False,
+                 forced: Callable[[int], int | None] | None = None) -> None:
         self.choose = choose
+        #: optional: step -> task id the strategy already knows it wants (a replayed prefix)
+        self.forced = forced
         self.max_steps = max_steps
         self.tracing = tracing
         self.tasks: list[Task] = []
@@ -335,7 +338,32 @@ class SimRuntime:
         wc = self.wcount
         return all(wc.get(k, 0) == n for k, (n, _p) in seen.items())
 
+    def _forced_pick(self, cur: Task, want: int) -> Task:
+        """Replaying a known prefix: check only the chosen task (and ``cur``, to count
+        preemptions) instead of evaluating every task's enabling condition."""
+        n = self.nsteps
+        tasks = self.tasks
+        nxt = tasks[want] if want < len(tasks) else None
+        if nxt is None or nxt.done or nxt.starting or (
+                nxt.p_pred is not None and not nxt.p_pred()):
+            raise RuntimeError(f"explore: step {n} of a replayed prefix names task {want}, "
+                               f"which cannot run (the body is not deterministic)")
+        if nxt is not cur and not cur.done:
+            p = cur.p_pred
+            if p is None or p():
+                self.preempt_steps.append(n)
+        self.nsteps = n + 1
+        self.choices.append(want)
+        if self.tracing:
+            self.trace.append((want, nxt.p_kind, nxt.p_label, nxt.p_where))
+        return nxt
+
     def _pick(self, cur: Task) -> Task:
+        forced = self.forced
+        if forced is not None:
+            want = forced(self.nsteps)
+            if want is not None and self.nsteps < self.max_steps:
+                return self._forced_pick(cur, want)
         enabled = []
         spinners = None
         for t in self.live:

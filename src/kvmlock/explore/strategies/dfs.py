@@ -34,6 +34,10 @@ class DFS(Strategy):
                 return True
         return False
 
+    def forced(self, n: int) -> int | None:
+        prefix = self.prefix
+        return prefix[n] if n < len(prefix) else None
+
     def choose(self, enabled: list[Task], cur: Task) -> Task:
         rt = self.rt
         n = rt.nsteps  # type: ignore[union-attr]
@@ -54,7 +58,7 @@ class DFS(Strategy):
             for t in enabled:
                 if t is d:
                     continue
-                cost = self.pre + (1 if can_continue else 0)
+                cost = len(rt.preempt_steps) + (1 if can_continue else 0)  # type: ignore[union-attr]
                 if self.bound is not None and cost > self.bound:
                     continue
                 while len(self.levels) <= cost:

@@ -282,6 +282,10 @@ class DPOR:
         node.backtrack.add(pick)
 
     # ------------------------------------------------------------------ scheduling
+    def forced(self, n: int) -> int | None:
+        """Steps before the branch point replay the stack's choices, no questions asked."""
+        return self.stack[n].choice if n < self.branch else None
+
     def choose(self, enabled: list[Task], cur: Task) -> Task | None:
         rt = self.rt
         n = rt.nsteps  # type: ignore[union-attr]
