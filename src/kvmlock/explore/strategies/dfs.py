@@ -23,14 +23,12 @@ class DFS(Strategy):
         self.levels: list[list[tuple[int, ...]]] = [[()]]
         self.prefix: tuple[int, ...] = ()
         self.rt: SimRuntime | None = None
-        self.pre = 0
 
     def begin(self, rt: SimRuntime) -> bool:
         for level in self.levels:
             if level:
                 self.prefix = level.pop()
                 self.rt = rt
-                self.pre = 0
                 return True
         return False
 
@@ -47,8 +45,6 @@ class DFS(Strategy):
             want = prefix[n]
             for t in enabled:
                 if t.tid == want:
-                    if can_continue and t is not cur:
-                        self.pre += 1
                     return t
             raise RuntimeError(f"dfs: prefix step {n} names task {want}, which cannot run "
                                f"(the body is not deterministic)")
