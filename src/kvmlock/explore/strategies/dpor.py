@@ -38,7 +38,7 @@ _EMPTY: tuple[dict, dict] = ({}, {})
 class _Node:
     """One state on the current exploration path."""
 
-    __slots__ = ("choice", "done", "backtrack", "sleep", "ops", "enabled", "cur", "pre", "snap")
+    __slots__ = ("choice", "done", "backtrack", "sleep", "ops", "cur", "pre", "snap")
 
     def __init__(self) -> None:
         self.choice = -1
@@ -46,7 +46,6 @@ class _Node:
         self.backtrack: set[int] = set()
         self.sleep: dict[int, Op] = {}
         self.ops: dict[int, Op] = {}
-        self.enabled: list[int] = []
         self.cur = -1  # the task that stopped at this state (-1: it ended)
         self.pre = 0  # preemptions before this state
         self.snap: tuple[dict, dict] = _EMPTY  # blocker/was-enabled maps at this state
@@ -159,12 +158,13 @@ class DPOR:
         analyze = i >= self.branch
         races: list[int] = []
 
-        def unordered(j: int) -> bool:
-            return ev_tid[j] != tid and clock[ev_tid[j]] < ev_local[j]
-
         merge: list[int] = []
         acquired = False
         if obj is not None:
+
+            def unordered(j: int) -> bool:
+                return ev_tid[j] != tid and clock[ev_tid[j]] < ev_local[j]
+
             lw = self.last_write.get(obj)
             rs = self.reads.get(obj)
             acquired = acq == ACQ_LOCK or (acq == ACQ_TRY and self.rt.tasks[tid].try_ok)
@@ -329,7 +329,6 @@ class DPOR:
         node = _Node()
         if blocker or was:
             node.snap = (dict(blocker), dict(was))
-        node.enabled = [t.tid for t in enabled]
         node.ops = {t.tid: (t.p_obj, t.p_write) for t in enabled}
         node.cur = cur.tid if cur in enabled else -1
         if n:
