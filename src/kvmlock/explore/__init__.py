@@ -13,7 +13,7 @@ from __future__ import annotations
 from kvmlock import runtime as _runtime
 from kvmlock.explore.engine import STRATEGIES, check, replay
 from kvmlock.explore.result import Failure, Result
-from kvmlock.explore.runtime import SHARED, SimRuntime
+from kvmlock.explore.runtime import ACQ_NONE, SHARED, SimRuntime
 from kvmlock.explore.schedule import decode, encode
 
 
@@ -27,8 +27,9 @@ def yield_point(label: str = "", obj: object = None, write: bool = True) -> None
     """
     rt = _runtime.RT
     if isinstance(rt, SimRuntime):
-        rt.visible(rt.current, rt.key(SHARED if obj is None else obj), "yield_point",  # type: ignore[arg-type]
-                   bool(write), None, label or getattr(obj, "name", None) or "shared", 0, None)
+        target = SHARED if obj is None else obj
+        rt.visible(rt.current, rt.key(target), "yield_point", bool(write), None,  # type: ignore[arg-type]
+                   label or getattr(obj, "name", None) or "shared", ACQ_NONE, None)
 
 
 __all__ = [

@@ -179,7 +179,7 @@ def _make(strategy: str, seed: int, preemption_bound: int | None, depth: int) ->
     if strategy == "dfs":
         return DFS(preemption_bound)
     if strategy == "dpor":
-        return DPOR(preemption_bound)  # type: ignore[return-value]
+        return DPOR(preemption_bound)
     if strategy == "pct":
         return PCT(seed, depth)
     if strategy == "random":

@@ -27,6 +27,7 @@ Blocking needs care, because an operation that is disabled cannot be moved earli
 from __future__ import annotations
 
 from kvmlock.explore.runtime import ACQ_LOCK, ACQ_NONE, ACQ_TRY, SimRuntime, Task
+from kvmlock.explore.strategies.base import Strategy
 
 # An operation as partial-order reduction sees it: (object key | None, writes?)
 Op = tuple
@@ -55,7 +56,7 @@ def _independent(a: Op, b: Op) -> bool:
     return a[0] is None or b[0] is None or a[0] != b[0] or (not a[1] and not b[1])
 
 
-class DPOR:
+class DPOR(Strategy):
     name = "dpor"
     exhaustive = True
 
