@@ -216,3 +216,19 @@ def test_progress_is_silent_off_a_terminal_and_shows_on_one():
 def test_exhaustive_check_reports_progress_nothing_when_captured(capsys):
     explore.check(counter(2, 2), strategy="dfs")
     assert capsys.readouterr().err == ""
+
+
+def test_trace_of_a_runaway_execution_is_cut_in_the_middle():
+    def body():
+        x = Atomic64(0, name="x")
+
+        def runaway():
+            while True:
+                x.fetch_add(1)
+
+        spawn(runaway).join()
+
+    res = explore.check(body, strategy="dfs", max_steps=1000)
+    table = res.failure.trace_table()
+    assert "steps not shown" in table
+    assert table.count("fetch_add x") < 300

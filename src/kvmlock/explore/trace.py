@@ -13,6 +13,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+#: Rows shown from the start and the end of a very long execution.
+HEAD, TAIL = 40, 160
+
 
 def render(names: Sequence[str], rows: Sequence[tuple[int, str, str, tuple[str, str]]],
            final: Sequence[tuple[int, str]] = (), title: str = "", width: int = 120) -> str:
@@ -23,7 +26,15 @@ def render(names: Sequence[str], rows: Sequence[tuple[int, str, str, tuple[str, 
     for tid, name in enumerate(names):
         table.add_column(f"CPU{tid} ({name})", overflow="fold")
     ncols = len(names)
+    keep = set(range(len(rows)))
+    if len(rows) > HEAD + TAIL + 1:  # a runaway execution: its start and how it ends
+        keep = set(range(HEAD)) | set(range(len(rows) - TAIL, len(rows)))
     for step, (tid, kind, label, (where, src)) in enumerate(rows):
+        if step not in keep:
+            if step == HEAD:
+                table.add_row("...", *([f"({len(rows) - HEAD - TAIL} steps not shown)"]
+                                       + [""] * (ncols - 1)))
+            continue
         cells: list[Text | str] = [""] * ncols
         t = Text(f"{kind} {label}".strip())
         if where:
