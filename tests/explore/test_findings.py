@@ -225,3 +225,14 @@ def test_ctrl_c_in_a_task_stops_the_exploration():
     from kvmlock import runtime
 
     assert not isinstance(runtime.RT, explore.SimRuntime)
+
+
+def test_pct_depth_matters():
+    from .programs import lost_update as lu
+
+    # depth 1 = no priority change: a task runs until it blocks, so no lost update
+    shallow = explore.check(lu(), strategy="pct", depth=1, max_runs=200, seed=1)
+    assert shallow.ok and not shallow.exhausted
+    # depth 2 = one change point: enough for a bug that needs one preemption
+    deep = explore.check(lu(), strategy="pct", depth=2, max_runs=200, seed=1)
+    assert deep.failure is not None and deep.failure.kind == "assertion"
