@@ -437,7 +437,9 @@ class SimRuntime:
         except GreenletExit:
             return None
         self.current = nxt
-        return nxt.g
+        # End by resuming the next task directly: a finished greenlet returns to its parent.
+        t.g.parent = nxt.g
+        return None
 
     # ------------------------------------------------------------------ one execution
     def run(self, body: Callable[[], Any]) -> None:
