@@ -39,14 +39,15 @@ _EMPTY: tuple[dict, dict] = ({}, {})
 class _Node:
     """One state on the current exploration path."""
 
-    __slots__ = ("choice", "done", "backtrack", "sleep", "ops", "cur", "pre", "snap")
+    __slots__ = ("choice", "done", "backtrack", "sleep", "ops", "enabled", "cur", "pre", "snap")
 
     def __init__(self) -> None:
         self.choice = -1
         self.done: set[int] = set()
         self.backtrack: set[int] = set()
         self.sleep: dict[int, Op] = {}
-        self.ops: dict[int, Op] = {}
+        self.ops: dict[int, Op] = {}  # the operation of each task explored from here
+        self.enabled: list[Task] = []
         self.cur = -1  # the task that stopped at this state (-1: it ended)
         self.pre = 0  # preemptions before this state
         self.snap: tuple[dict, dict] = _EMPTY  # blocker/was-enabled maps at this state
@@ -156,55 +157,54 @@ class DPOR(Strategy):
         ev_tid = self.ev_tid
         ev_local = self.ev_local
         ev_clock = self.ev_clock
-        analyze = i >= self.branch
         races: list[int] = []
-
-        merge: list[int] = []
+        new = clock[:]
         acquired = False
+        child = -1
         if obj is not None:
-
-            def unordered(j: int) -> bool:
-                return ev_tid[j] != tid and clock[ev_tid[j]] < ev_local[j]
-
+            analyze = i >= self.branch
             lw = self.last_write.get(obj)
             rs = self.reads.get(obj)
             acquired = acq == ACQ_LOCK or (acq == ACQ_TRY and self.rt.tasks[tid].try_ok)
-            if acquired:
+            if analyze and acquired:
                 la = self.last_acq.get(obj)
-                if analyze and la is not None and unordered(la):
-                    races.append(la)
+                if la is not None:
+                    q = ev_tid[la]
+                    if q != tid and clock[q] < ev_local[la]:
+                        races.append(la)
             # A blocking acquire cannot move before the release that let it in (it would be
             # disabled there); a trylock can, and then fails: that race is real.
-            generic = acq != ACQ_LOCK
-            if write:
-                if rs:
-                    merge.extend(rs)
-                    if analyze and generic:
-                        races.extend(r for r in rs if unordered(r))
-                elif lw is not None:
-                    merge.append(lw)
-                    if analyze and generic and unordered(lw) and lw not in races:
-                        races.append(lw)
-            elif lw is not None:
-                merge.append(lw)
-                if analyze and unordered(lw):
-                    races.append(lw)
-            b = self.blocker.pop(tid, None)
-            if analyze and b is not None and unordered(b) and b not in races:
-                races.append(b)
-            hist = self.hist.setdefault(obj, [])
+            generic = analyze and acq != ACQ_LOCK
+            merge = rs if (write and rs) else ((lw,) if lw is not None else ())
+            for j in merge:
+                q = ev_tid[j]
+                if clock[q] >= ev_local[j]:
+                    continue  # already happens-before: its whole past is in the clock
+                if q != tid and (generic or (not write and analyze)) and j not in races:
+                    races.append(j)
+                c = ev_clock[j]
+                new = [a if a > b else b for a, b in zip(new, c, strict=True)]
+            b = self.blocker.pop(tid, None) if self.blocker else None
+            if analyze and b is not None and b not in races:
+                q = ev_tid[b]
+                if q != tid and clock[q] < ev_local[b]:
+                    races.append(b)
+            hist = self.hist.get(obj)
+            if hist is None:
+                hist = self.hist[obj] = []
             if analyze and blocking and acq != ACQ_LOCK:
                 # A wait whose reversal with the last write is infeasible (it would be
                 # disabled there) must also try going before earlier conflicting writes.
                 ev_write = self.ev_write
                 for j in reversed(hist[-64:]):
-                    if ev_tid[j] == tid:
+                    q = ev_tid[j]
+                    if q == tid:
                         if ev_write[j]:
                             break
                         continue
                     if not write and not ev_write[j]:
                         continue
-                    if unordered(j):
+                    if clock[q] < ev_local[j]:
                         if j not in races:
                             races.append(j)
                     elif ev_write[j]:
@@ -215,37 +215,29 @@ class DPOR(Strategy):
             if write:
                 self.last_write[obj] = i
                 self.reads[obj] = []
+            elif rs is None:
+                self.reads[obj] = [i]
             else:
-                self.reads.setdefault(obj, []).append(i)
+                rs.append(i)
         elif kind == "join":
-            child = extra.tid  # type: ignore[attr-defined]
-            merge_clock = self.clock.get(child)
-            if merge_clock is not None:
-                self._join_into(tid, merge_clock)
-                clock = self.clock[tid]
-
-        new = clock[:]
-        for j in merge:
-            if clock[ev_tid[j]] >= ev_local[j]:
-                continue  # already happens-before: its whole past is in the clock
-            c = ev_clock[j]
-            new = [a if a > b else b for a, b in zip(new, c, strict=True)]
+            other = self.clock.get(extra.tid)  # type: ignore[attr-defined]
+            if other is not None:
+                new = [a if a > b else b for a, b in zip(new, other, strict=True)]
+        elif kind == "spawn":
+            child = len(self.rt.tasks) - 1  # type: ignore[union-attr]
         new[tid] = local
         self.clock[tid] = new
         ev_tid.append(tid)
         self.ev_write.append(write)
         self.ev_obj.append(obj)
-        self.ev_acq.append(obj is not None and acquired)
+        self.ev_acq.append(acquired)
         ev_local.append(local)
         ev_clock.append(new)
-        if kind == "spawn" and obj is None:
-            child = len(self.rt.tasks) - 1  # type: ignore[union-attr]
-            self._grow(child)
-            new = self.clock[tid]
-            self.clock[child] = new[:]
-            self.ev_child.append(child)
-        else:
-            self.ev_child.append(-1)
+        self.ev_child.append(child)
+        if child >= 0:
+            if child >= self.width:
+                self._grow(child)
+            self.clock[child] = self.clock[tid][:]
         for j in races:
             self._reverse(j, i)
 
@@ -301,6 +293,7 @@ class DPOR(Strategy):
             for t in enabled:
                 if t.tid == want:
                     if n == self.branch:
+                        node.ops[want] = (t.p_obj, t.p_write)
                         return self._take(t)
                     return t
             raise RuntimeError(f"dpor: step {n} names task {want}, which cannot run "
@@ -330,7 +323,7 @@ class DPOR(Strategy):
         node = _Node()
         if blocker or was:
             node.snap = (dict(blocker), dict(was))
-        node.ops = {t.tid: (t.p_obj, t.p_write) for t in enabled}
+        node.enabled = enabled
         node.cur = cur.tid if cur in enabled else -1
         if n:
             parent = stack[n - 1]
@@ -355,6 +348,7 @@ class DPOR(Strategy):
             self.blocked_runs += 1
             return None
         pick = cur if cur in cand else cand[0]
+        node.ops[pick.tid] = (pick.p_obj, pick.p_write)
         node.choice = pick.tid
         node.done.add(pick.tid)
         node.backtrack.add(pick.tid)
@@ -440,7 +434,7 @@ class DPOR(Strategy):
             if cands:
                 ok = []
                 for q in sorted(cands):
-                    if q in node.sleep or q not in node.ops:
+                    if q in node.sleep or all(t.tid != q for t in node.enabled):
                         node.done.add(q)  # asleep or not runnable here: covered elsewhere
                         continue
                     if (self.bound is not None and node.cur >= 0 and q != node.cur
