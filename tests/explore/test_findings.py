@@ -236,3 +236,26 @@ def test_pct_depth_matters():
     # depth 2 = one change point: enough for a bug that needs one preemption
     deep = explore.check(lu(), strategy="pct", depth=2, max_runs=200, seed=1)
     assert deep.failure is not None and deep.failure.kind == "assertion"
+
+
+def test_spin_detection_can_be_turned_off():
+    def body():
+        flag = Atomic64(0, name="flag")
+
+        def waiter():
+            while not flag.load():
+                pass
+
+        def setter():
+            flag.store(1)
+
+        ts = [spawn(waiter), spawn(setter)]
+        for t in ts:
+            t.join()
+
+    # without the rule the waiter may spin until the step budget runs out
+    off = explore.check(body, strategy="dfs", max_steps=100, spin_detection=False)
+    assert off.failure is not None and off.failure.kind == "hang"
+    again = explore.replay(body, off.failure.schedule, max_steps=100, spin_detection=False)
+    assert again.failure.kind == "hang"
+    assert explore.check(body, strategy="dfs", max_steps=100).ok

@@ -148,9 +148,11 @@ def _describe(ex: Execution, lockdep_on: bool, max_steps: int) -> None:
 
 
 def execute(body: Callable[[], Any], strategy: Strategy, max_steps: int,
-            lockdep_on: bool = True, tracing: bool = False) -> Execution | None:
+            lockdep_on: bool = True, tracing: bool = False,
+            spin: bool = True) -> Execution | None:
     """Run one execution of ``body`` chosen by ``strategy``; None when it has no more."""
     rt = SimRuntime(strategy.choose, max_steps, tracing, getattr(strategy, "forced", None))
+    rt.spin_detect = spin
     if not strategy.begin(rt):
         return None
     ex = Execution(rt)
@@ -203,12 +205,12 @@ def _check_body(body: object) -> None:
 
 
 def _failure(body: Callable[[], Any], ex: Execution, max_steps: int, lockdep_on: bool,
-             shrunk_from: tuple[int, int] | None = None) -> Failure:
+             shrunk_from: tuple[int, int] | None = None, spin: bool = True) -> Failure:
     choices = list(ex.choices)
     names = [t.name for t in ex.rt.tasks]
 
     def render() -> str:
-        tr = execute(body, Replay(choices), max_steps, lockdep_on, tracing=True)
+        tr = execute(body, Replay(choices), max_steps, lockdep_on, tracing=True, spin=spin)
         assert tr is not None
         title = f"{ex.kind}: schedule {_schedule.encode(choices)}"
         return _trace.render([t.name for t in tr.rt.tasks] or names, tr.rt.trace, tr.final,
@@ -223,12 +225,12 @@ def _failure(body: Callable[[], Any], ex: Execution, max_steps: int, lockdep_on:
 
 
 def _shrink(body: Callable[[], Any], ex: Execution, max_steps: int, lockdep_on: bool,
-            budget: int) -> Execution:
+            budget: int, spin: bool = True) -> Execution:
     sig = ex.signature()
     keep: dict[str, Execution] = {}
 
     def trial(cand: list[int]) -> tuple[bool, list[int], list[int]]:
-        tex = execute(body, Replay(cand, strict=False), max_steps, lockdep_on)
+        tex = execute(body, Replay(cand, strict=False), max_steps, lockdep_on, spin=spin)
         assert tex is not None
         if tex.kind is None or tex.signature() != sig:
             return False, tex.choices, tex.rt.preempt_steps
@@ -255,6 +257,7 @@ def check(
     shrink: bool = True,
     shrink_budget: int = 200,
     progress: bool | None = None,
+    spin_detection: bool = True,
 ) -> Result:
     """Run ``body`` under many schedules and report failures.
 
@@ -263,6 +266,8 @@ def check(
     strategies ("pct", "random") run ``max_runs`` executions (default 1000); exhaustive ones
     ("dfs", "dpor") run until the space is exhausted unless ``max_runs`` or ``timeout`` stops
     them first. ``lockdep=False`` ignores lockdep reports (they are still collected).
+    ``spin_detection=False`` turns off the rule that makes a task re-reading unchanged state
+    yield to the others (replay such failures with the same setting).
     """
     _check_body(body)
     if not isinstance(strategy, str) or strategy not in STRATEGIES:
@@ -295,7 +300,7 @@ def check(
             if timeout is not None and time.perf_counter() - t0 > timeout:
                 res.stopped = "timeout"
                 break
-            ex = execute(body, strat, max_steps, lockdep)
+            ex = execute(body, strat, max_steps, lockdep, spin=spin_detection)
             if ex is None:
                 res.exhausted = True
                 res.stopped = "exhausted"
@@ -314,8 +319,8 @@ def check(
             seen.add(key)
             before = (len(ex.rt.preempt_steps), len(ex.choices))
             if shrink and shrink_budget:
-                ex = _shrink(body, ex, max_steps, lockdep, shrink_budget)
-            res.failures.append(_failure(body, ex, max_steps, lockdep, before))
+                ex = _shrink(body, ex, max_steps, lockdep, shrink_budget, spin_detection)
+            res.failures.append(_failure(body, ex, max_steps, lockdep, before, spin_detection))
             if stop_on_first:
                 res.stopped = "failure"
                 break
@@ -329,7 +334,7 @@ def check(
 
 
 def replay(body: Callable[[], Any], schedule: str | list[int], *, max_steps: int = 10_000,
-           lockdep: bool = True) -> Result:
+           lockdep: bool = True, spin_detection: bool = True) -> Result:
     """Run the one execution ``schedule`` describes; the Result holds its failure, if any.
 
     After the schedule's last entry the execution continues without preemptions, so a prefix
@@ -340,13 +345,13 @@ def replay(body: Callable[[], Any], schedule: str | list[int], *, max_steps: int
     _check_int("max_steps", max_steps, 1, allow_none=False)
     choices = _schedule.decode(schedule)
     t0 = time.perf_counter()
-    ex = execute(body, Replay(choices), max_steps, lockdep)
+    ex = execute(body, Replay(choices), max_steps, lockdep, spin=spin_detection)
     assert ex is not None
     res = Result(strategy="replay", runs=1, exhausted=True, stopped="replay",
                  steps=ex.rt.nsteps)
     if ex.rt.outcome == "pruned":  # pragma: no cover - replay never prunes
         raise RuntimeError("replay pruned its own execution")
     if ex.kind is not None:
-        res.failures.append(_failure(body, ex, max_steps, lockdep))
+        res.failures.append(_failure(body, ex, max_steps, lockdep, spin=spin_detection))
     res.elapsed = time.perf_counter() - t0
     return res
