@@ -207,8 +207,9 @@ class _Shared:
 
 SHARED = _Shared()
 
-#: Chooser signature: (enabled tasks in id order, task that just stopped) -> task to run.
-Chooser = Callable[[list[Task], Task], Task]
+#: Chooser signature: (enabled tasks in id order, task that just stopped) -> task to run, or
+#: None to abandon the execution (partial-order reduction found it redundant).
+Chooser = Callable[[list[Task], Task], "Task | None"]
 
 
 class SimRuntime:
@@ -233,7 +234,9 @@ class SimRuntime:
         self.keys: dict[int, int] = {}
         self._owners: list[object] = []
         self.cells: list[SimCell] = []
-        self.outcome: str | None = None  # None | "deadlock" | "hang" | "exception" | "error"
+        # None (ran to the end) | "deadlock" | "hang" | "exception" | "pruned" (the strategy
+        # gave up on it) | "error" (a replayed schedule did not fit) | "interrupt" (Ctrl-C)
+        self.outcome: str | None = None
         self.failed_task: Task | None = None
         self.exc: BaseException | None = None
         self.exc_where: tuple[str, str] = ("", "")
