@@ -232,3 +232,26 @@ def test_trace_of_a_runaway_execution_is_cut_in_the_middle():
     table = res.failure.trace_table()
     assert "steps not shown" in table
     assert table.count("fetch_add x") < 300
+
+
+def test_trace_table_folds_the_setup_before_the_first_spawn():
+    def body():
+        x = Atomic64(0, name="x")
+        for _ in range(5):
+            x.fetch_add(1)  # setup: only main exists, nothing can interleave yet
+
+        def bump():
+            v = x.load()
+            x.store(v + 1)
+
+        ts = [spawn(bump), spawn(bump)]
+        for t in ts:
+            t.join()
+        assert x.peek() == 7
+
+    res = explore.check(body, strategy="dpor", lockdep=False)
+    folded = res.failure.trace_table()
+    assert "0-4" in folded and "(5 setup" in folded  # one row stands for steps 0..4
+    assert "fetch_add x" not in folded and "load x" in folded
+    full = res.failure.trace_table(setup=True)
+    assert full.count("fetch_add x") == 5 and "(5 setup" not in full

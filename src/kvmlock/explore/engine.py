@@ -209,12 +209,12 @@ def _failure(body: Callable[[], Any], ex: Execution, max_steps: int, lockdep_on:
     choices = list(ex.choices)
     names = [t.name for t in ex.rt.tasks]
 
-    def render() -> str:
+    def render(setup: bool) -> str:
         tr = execute(body, Replay(choices), max_steps, lockdep_on, tracing=True, spin=spin)
         assert tr is not None
         title = f"{ex.kind}: schedule {_schedule.encode(choices)}"
         return _trace.render([t.name for t in tr.rt.tasks] or names, tr.rt.trace, tr.final,
-                             title)
+                             title, setup=setup)
 
     return Failure(
         kind=ex.kind or "", schedule=_schedule.encode(choices), message=ex.message,

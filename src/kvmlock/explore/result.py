@@ -28,12 +28,18 @@ class Failure:
     lockdep_reports: list[Any] = field(default_factory=list)
     exception: BaseException | None = None
     shrunk_from: tuple[int, int] | None = None  # (preemptions, steps) before shrinking
-    _render: Callable[[], str] | None = field(default=None, repr=False, compare=False)
+    _render: Callable[[bool], str] | None = field(default=None, repr=False, compare=False)
     _table: str | None = field(default=None, repr=False, compare=False)
 
-    def trace_table(self) -> str:
+    def trace_table(self, setup: bool = False) -> str:
+        """The failing execution as a CPU table; ``setup=True`` also lists, step by step, what
+        the first task did before it started the others (folded into one row otherwise)."""
+        if self._render is None:
+            return "(no trace available)\n"
+        if setup:
+            return self._render(True)
         if self._table is None:
-            self._table = self._render() if self._render else "(no trace available)\n"
+            self._table = self._render(False)
         return self._table
 
     def summary(self) -> str:

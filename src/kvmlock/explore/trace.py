@@ -17,22 +17,40 @@ from rich.text import Text
 HEAD, TAIL = 40, 160
 
 
+def setup_length(rows: Sequence[tuple[int, str, str, tuple[str, str]]]) -> int:
+    """How many leading rows the first task ran before it started any other task.
+
+    Those steps build the objects the race is about; no other task exists yet, so nothing can
+    interleave with them. locking.rst's tables begin where the tasks do, and so does ours.
+    """
+    for step, (tid, kind, _label, _where) in enumerate(rows):
+        if tid != 0 or kind == "spawn":
+            return step
+    return 0
+
+
 def render(names: Sequence[str], rows: Sequence[tuple[int, str, str, tuple[str, str]]],
-           final: Sequence[tuple[int, str]] = (), title: str = "", width: int = 120) -> str:
+           final: Sequence[tuple[int, str]] = (), title: str = "", width: int = 120,
+           setup: bool = False) -> str:
     """Plain-text table. ``rows`` are ``(task, kind, object, (file:line, source))``;
-    ``final`` adds a last row of per-task notes (what a deadlocked task waits for, an error)."""
+    ``final`` adds a last row of per-task notes (what a deadlocked task waits for, an error).
+    Unless ``setup`` is true, the single-task prefix before the first spawn is one row."""
     table = Table(title=title or None, show_lines=False, expand=False, pad_edge=False)
     table.add_column("#", justify="right", no_wrap=True)
     for tid, name in enumerate(names):
         table.add_column(f"CPU{tid} ({name})", overflow="fold")
     ncols = len(names)
-    keep = set(range(len(rows)))
-    if len(rows) > HEAD + TAIL + 1:  # a runaway execution: its start and how it ends
-        keep = set(range(HEAD)) | set(range(len(rows) - TAIL, len(rows)))
+    first = 0 if setup else setup_length(rows)
+    if first:
+        table.add_row(f"0-{first - 1}", *([f"({first} setup steps before the first spawn)"]
+                                          + [""] * (ncols - 1)))
+    keep = set(range(first, len(rows)))
+    if len(rows) - first > HEAD + TAIL + 1:  # a runaway execution: its start and how it ends
+        keep = set(range(first, first + HEAD)) | set(range(len(rows) - TAIL, len(rows)))
     for step, (tid, kind, label, (where, src)) in enumerate(rows):
         if step not in keep:
-            if step == HEAD:
-                table.add_row("...", *([f"({len(rows) - HEAD - TAIL} steps not shown)"]
+            if step == first + HEAD:
+                table.add_row("...", *([f"({len(rows) - HEAD - TAIL - first} steps not shown)"]
                                        + [""] * (ncols - 1)))
             continue
         cells: list[Text | str] = [""] * ncols
