@@ -51,13 +51,13 @@ class ReadWriteLock:
             self._readers += 1
 
     def read_unlock(self) -> None:
-        self._map.release()
         wq = self._wq
         with wq:
             wq.point(self.OPS[1], False)
             if self._readers:
                 self._readers -= 1
                 wq.notify_all()
+        self._map.release()  # after the real unlock, as for Mutex
 
     def write_lock(self) -> None:
         if self.SLEEPS:
@@ -82,13 +82,13 @@ class ReadWriteLock:
             self._writer = True
 
     def write_unlock(self) -> None:
-        self._map.release()
         wq = self._wq
         with wq:
             wq.point(self.OPS[3])
             if self._writer:
                 self._writer = False
                 wq.notify_all()
+        self._map.release()
 
     def read_trylock(self) -> bool:
         wq = self._wq
