@@ -252,17 +252,25 @@ def collect_graph(*, workload_seconds: float = 0.5, limit: float = 30.0) -> lock
 
 # ---------------------------------------------------------------------- output
 
-def _table(outcomes: Sequence[Outcome]) -> Any:
+def _table(outcomes: Sequence[Outcome], width: int = 150) -> Any:
+    from rich import box
     from rich.table import Table
 
+    narrow = width < 120  # an ordinary terminal: no vertical rules, so every column fits
     t = Table(title="kvmlock verify", title_justify="left", show_lines=False,
               caption="pb<=N: every schedule with at most N preemptions was explored",
-              caption_justify="left")
+              caption_justify="left", box=box.SIMPLE_HEAD if narrow else box.HEAVY_HEAD,
+              pad_edge=not narrow, collapse_padding=narrow)
     widest = max((len(o.name) for o in outcomes), default=20)
-    t.add_column("rule", overflow="fold", min_width=min(widest, 60))
-    for col, kw in (("variant", {}), ("strategy", {}), ("executions", {"justify": "right"}),
-                    ("time", {"justify": "right"}), ("result", {}), ("bound", {})):
-        t.add_column(col, no_wrap=True, **kw)
+    # The rule column takes what is left and never shrinks below a readable width; the
+    # free-text columns fold, so a narrow terminal wraps cells instead of dropping a column.
+    floor = 30 if not narrow else 22 if width >= 95 else 14
+    t.add_column("rule", overflow="fold", min_width=min(widest, floor))
+    for col, kw in (("variant", {"no_wrap": True}), ("strategy", {"no_wrap": True}),
+                    ("executions", {"justify": "right", "no_wrap": True}),
+                    ("time", {"justify": "right", "no_wrap": True}),
+                    ("result", {"overflow": "fold"}), ("bound", {"overflow": "fold"})):
+        t.add_column(col, **kw)
     for o in outcomes:
         colour = "green" if o.met else "bold red"
         t.add_row(f"[bold]{o.name}[/]\n[dim]{o.scenario.rule}[/]", o.scenario.variant,
@@ -349,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps([o.to_dict() for o in outcomes], indent=2))
         return 0 if not bad and not missing else 1
-    console.print(_table(outcomes))
+    console.print(_table(outcomes, console.width))
     for o in bad:
         if o.error:
             console.print(f"[bold red]{o.name}[/]: {o.error}", highlight=False)
