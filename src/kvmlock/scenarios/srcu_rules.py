@@ -23,6 +23,7 @@ the updater has already freed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from kvmlock import runtime
@@ -96,6 +97,18 @@ def _update_memslots(vm: VM, slots: _Memslots) -> None:
         old.free()
 
 
+def _sync_update(vm: VM, slots: _Memslots, lock: Any) -> Callable[[], None]:
+    """An ioctl that swaps the memslots and waits for a grace period while holding ``lock``."""
+
+    def update() -> None:
+        with lock:
+            old = slots.publish()
+            vm.srcu.synchronize()
+            old.free()
+
+    return update
+
+
 def _graph_ok() -> None:
     from kvmlock import lockdep
 
@@ -134,11 +147,7 @@ def kvm_lock_outside_reader() -> None:
     vm = VM(None, nr_vcpus=1)
     slots = _Memslots()
 
-    def vm_ioctl_sync() -> None:
-        with vm.lock:
-            old = slots.publish()
-            vm.srcu.synchronize()
-            old.free()
+    vm_ioctl_sync = _sync_update(vm, slots, vm.lock)
 
     def vm_ioctl_deferred() -> None:
         with vm.lock:
@@ -187,11 +196,7 @@ def kvm_lock_in_reader() -> None:
     vm = VM(None, nr_vcpus=1)
     slots = _Memslots()
 
-    def vm_ioctl() -> None:
-        with vm.lock:
-            old = slots.publish()
-            vm.srcu.synchronize()
-            old.free()
+    vm_ioctl = _sync_update(vm, slots, vm.lock)
 
     together(vm_ioctl, lambda: _reader(vm, slots, vm.lock), names=["vm ioctl", "vcpu0"])
 
@@ -204,11 +209,7 @@ def vcpu_mutex_outside_reader() -> None:
     vcpu = vm.vcpus[0]
     slots = _Memslots()
 
-    def vcpu_ioctl_sync() -> None:
-        with vcpu.mutex:
-            old = slots.publish()
-            vm.srcu.synchronize()
-            old.free()
+    vcpu_ioctl_sync = _sync_update(vm, slots, vcpu.mutex)
 
     def kvm_run() -> None:
         with vcpu.mutex:
@@ -227,11 +228,7 @@ def vcpu_mutex_in_reader() -> None:
     vcpu = vm.vcpus[0]
     slots = _Memslots()
 
-    def vcpu_ioctl_sync() -> None:
-        with vcpu.mutex:
-            old = slots.publish()
-            vm.srcu.synchronize()
-            old.free()
+    vcpu_ioctl_sync = _sync_update(vm, slots, vcpu.mutex)
 
     together(vcpu_ioctl_sync, lambda: _reader(vm, slots, vcpu.mutex),
              names=["vcpu ioctl", "vcpu0"])
