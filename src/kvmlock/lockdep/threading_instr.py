@@ -83,6 +83,26 @@ def _map_for(what: str, site: tuple[str, int, int | None]) -> core.LockMap:
     return m
 
 
+def _validated_acquire(lockmap: core.LockMap, lock: Any, blocking: bool, timeout: float) -> bool:
+    """Take ``lock`` the way ``threading`` callers ask for it, telling lockdep.
+
+    An unbounded wait is validated *before* it can block forever; a trylock or a bounded wait
+    cannot deadlock, so it is recorded only once it succeeded and adds no dependency.
+    """
+    if blocking and timeout < 0:
+        lockmap.acquire()
+        try:
+            lock.acquire()
+        except BaseException:
+            lockmap.release()
+            raise
+        return True
+    if not lock.acquire(blocking, timeout):
+        return False
+    lockmap.acquire(trylock=True)
+    return True
+
+
 class CheckedLock:
     """A ``threading.Lock`` that reports every acquire and release to lockdep."""
 
@@ -94,17 +114,8 @@ class CheckedLock:
         self._owner: Any = None
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        if blocking and timeout < 0:
-            self._map.acquire()  # validate before we can block forever
-            try:
-                self._lock.acquire()
-            except BaseException:
-                self._map.release()
-                raise
-        else:
-            if not self._lock.acquire(blocking, timeout):
-                return False
-            self._map.acquire(trylock=True)  # bounded waits cannot deadlock: no new edges
+        if not _validated_acquire(self._map, self._lock, blocking, timeout):
+            return False
         self._owner = _rt.current_task().lockdep
         return True
 
@@ -151,17 +162,8 @@ class CheckedRLock:
             self._lock.acquire()
             self._count += 1
             return True
-        if blocking and timeout < 0:
-            self._map.acquire()
-            try:
-                self._lock.acquire()
-            except BaseException:
-                self._map.release()
-                raise
-        else:
-            if not self._lock.acquire(blocking, timeout):
-                return False
-            self._map.acquire(trylock=True)
+        if not _validated_acquire(self._map, self._lock, blocking, timeout):
+            return False
         self._holder = me
         self._count = 1
         return True
