@@ -5,6 +5,7 @@ import pytest
 
 from kvmlock import explore
 from kvmlock.scenarios import SCENARIOS
+from kvmlock.scenarios.verify import run_scenario
 
 MINE = ("fast_pf.", "access_track.", "mmu_notifier.", "memslots.", "tdp_mmu.")
 NAMES = sorted(n for n in SCENARIOS if n.startswith(MINE))
@@ -22,16 +23,18 @@ def test_every_hazard_has_both_variants():
 @pytest.mark.parametrize("name", NAMES)
 def test_scenario_meets_its_expectation(name):
     sc = SCENARIOS[name]
-    res = explore.check(sc.body, strategy=sc.strategy, **sc.options)
+    out = run_scenario(sc, timeout=60)  # the path `kvmlock verify` takes
+    assert out.met, f"{name}: {out.result} ({out.bound}){out.error}"
     if sc.expect == "pass":
-        assert res.ok, res.failure and res.failure.trace_table()
-        assert res.exhausted, f"{name}: {res.runs} runs did not exhaust the bounded space"
-        assert res.runs > 1, "a race scenario with a single interleaving explores nothing"
+        assert out.failure is None, out.failure and out.failure.trace_table()
+        assert out.exhausted, f"{name}: {out.runs} runs did not exhaust the bounded space"
+        assert out.runs > 1, "a race scenario with a single interleaving explores nothing"
     else:
-        assert not res.ok, f"{name}: the broken variant was not caught in {res.runs} runs"
-        assert res.failure.kind == sc.expect, res.failure
+        assert out.failure is not None, f"{name}: not caught in {out.runs} runs"
+        assert out.failure.kind == sc.expect, out.failure
+        assert out.failure.schedule, "a caught failure must come with a replayable schedule"
         if sc.lockdep_kind:
-            assert sc.lockdep_kind in str(res.failure.message), res.failure.message
+            assert sc.lockdep_kind in str(out.failure.message), out.failure.message
 
 
 @pytest.mark.parametrize("name", ["fast_pf.dirty_bit", "fast_pf.tlb_flush", "access_track",
