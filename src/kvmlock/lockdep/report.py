@@ -130,13 +130,24 @@ def _held_section(r: Report) -> list[str]:
     return out
 
 
+def _acquiring(r: Report) -> list[str]:
+    """The two blocks every ordering splat opens with: the lock wanted, the lock held."""
+    return [f"{r.task} is trying to acquire lock:", _lock_line(r.lock, r.lock_read, r.where), "",
+            "but task is already holding lock:", _lock_line(r.held, r.held_read, r.held_where),
+            ""]
+
+
+def _finish(out: list[str], r: Report) -> str:
+    """Close a splat the kernel's way: what the task holds right now."""
+    return "\n".join(out + _held_section(r)) + "\n"
+
+
 def _render_circular(r: Report) -> str:
     chain = r.chain
     new = chain[-1]  # held -> lock (the dependency being added)
     path = chain[:-1]  # lock -> ... -> held (the dependency that already exists)
     out = _banner(r.title)
-    out += [f"{r.task} is trying to acquire lock:", _lock_line(r.lock, r.lock_read, r.where), ""]
-    out += ["but task is already holding lock:", _lock_line(r.held, r.held_read, r.held_where), ""]
+    out += _acquiring(r)
     out += ["which lock already depends on the new lock.", "", ""]
     out += ["the existing dependency chain (in reverse order) is:"]
     for depth in range(len(path), -1, -1):
@@ -166,14 +177,12 @@ def _render_circular(r: Report) -> str:
         " *** DEADLOCK ***",
         "",
     ]
-    out += _held_section(r)
-    return "\n".join(out) + "\n"
+    return _finish(out, r)
 
 
 def _render_recursive(r: Report) -> str:
     out = _banner(r.title)
-    out += [f"{r.task} is trying to acquire lock:", _lock_line(r.lock, r.lock_read, r.where), ""]
-    out += ["but task is already holding lock:", _lock_line(r.held, r.held_read, r.held_where), ""]
+    out += _acquiring(r)
     out += [
         "other info that might help us debug this:",
         " Possible unsafe locking scenario:",
@@ -188,8 +197,7 @@ def _render_recursive(r: Report) -> str:
         " May be due to missing lock nesting notation",
         "",
     ]
-    out += _held_section(r)
-    return "\n".join(out) + "\n"
+    return _finish(out, r)
 
 
 def _render_bad_unlock(r: Report) -> str:
@@ -201,16 +209,14 @@ def _render_bad_unlock(r: Report) -> str:
         "",
         "other info that might help us debug this:",
     ]
-    out += _held_section(r)
-    return "\n".join(out) + "\n"
+    return _finish(out, r)
 
 
 def _render_held_at_exit(r: Report) -> str:
     out = _banner(r.title)
     at = f" at {r.where}" if r.where else ""
     out += [f"{r.task} is exiting{at} while holding locks; nobody will ever release them.", ""]
-    out += _held_section(r)
-    return "\n".join(out) + "\n"
+    return _finish(out, r)
 
 
 def _render_sleep(r: Report) -> str:
@@ -220,15 +226,13 @@ def _render_sleep(r: Report) -> str:
         f"but {r.task} holds a spinning lock ({r.held}): sleeping there can deadlock the CPU.",
         "",
     ]
-    out += _held_section(r)
-    return "\n".join(out) + "\n"
+    return _finish(out, r)
 
 
 def _render_not_held(r: Report) -> str:
     out = _banner(r.title)
     out += [f"{r.task} asserts that it holds ({r.lock}) at: {r.where}", "but it does not.", ""]
-    out += _held_section(r)
-    return "\n".join(out) + "\n"
+    return _finish(out, r)
 
 
 def _render_wait_context(r: Report) -> str:
@@ -243,8 +247,7 @@ def _render_wait_context(r: Report) -> str:
         "critical section must not sleep.",
         "",
     ]
-    out += _held_section(r)
-    return "\n".join(out) + "\n"
+    return _finish(out, r)
 
 
 _RENDER = {
