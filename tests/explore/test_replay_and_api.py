@@ -255,3 +255,53 @@ def test_trace_table_folds_the_setup_before_the_first_spawn():
     assert "fetch_add x" not in folded and "load x" in folded
     full = res.failure.trace_table(setup=True)
     assert full.count("fetch_add x") == 5 and "(5 setup" not in full
+
+
+def test_parked_tasks_are_unwound_and_nothing_of_an_execution_lingers():
+    """Task greenlets are pooled across executions: a deadlocked execution's tasks still run
+    their ``finally`` blocks, and once check() returns no execution's objects stay alive."""
+    import gc
+    import weakref
+
+    unwound: list[str] = []
+    made: list[weakref.ref] = []
+
+    class Payload:
+        pass
+
+    def body():
+        a, b = Mutex("a"), Mutex("b")
+        p = Payload()
+        made.append(weakref.ref(p))
+
+        def t(x, y, name, payload):
+            try:
+                with x:
+                    with y:
+                        pass
+            finally:
+                unwound.append(name)
+
+        hs = [spawn(t, a, b, "ab", p), spawn(t, b, a, "ba", p)]
+        for h in hs:
+            h.join()
+
+    res = explore.check(body, lockdep=False, shrink=False, stop_on_first=False)
+    assert any(f.kind == "deadlock" for f in res.failures)
+    # every execution ran both tasks' finally blocks, deadlocked or not
+    assert unwound.count("ab") == unwound.count("ba") == len(made)
+    del res  # a failure keeps its execution, to render its trace table
+    gc.collect()
+    assert made and all(r() is None for r in made)
+
+
+def test_explore_runs_in_a_thread_other_than_the_first():
+    """Pooled task greenlets belong to the thread that made them; another thread gets its own."""
+    import threading
+
+    out: list[object] = [explore.check(counter(2, 2), stop_on_first=False)]
+    th = threading.Thread(target=lambda: out.append(explore.check(counter(2, 2),
+                                                                  stop_on_first=False)))
+    th.start()
+    th.join()
+    assert [r.runs for r in out] == [6, 6]

@@ -8,7 +8,9 @@ operations runs without interruption, so a schedule is a list of task ids, one p
 operation, whatever the Python version or bytecode.
 
 The decision is taken in the greenlet of the task that just stopped, and when that same task
-goes on no greenlet switch happens at all: that is what keeps an execution cheap. A pending
+goes on no greenlet switch happens at all: that is what keeps an execution cheap. Tasks run on
+pooled greenlets that outlive them: a greenlet's first start costs more than a dozen switches
+(it gets its own frame stack), and an exploration starts a few tasks in every execution. A pending
 operation carries an *enabled* predicate (``wait_for``'s condition, "the cell is free" for a
 blocking acquire), so a task is never scheduled only to find its lock taken; when no live task
 is enabled the execution is a deadlock.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -73,7 +76,7 @@ class Task:
     __slots__ = (
         "tid", "name", "g", "fn", "args", "parent", "lockdep", "done", "starting",
         "p_obj", "p_kind", "p_write", "p_pred", "p_label", "p_acq", "p_where", "p_wq",
-        "try_ok", "spin", "spinning", "spin_counts",
+        "try_ok", "spin", "spinning", "spin_counts", "active",
     )
 
     def __init__(self, tid: int, name: str, fn: Callable[..., Any], args: tuple,
@@ -87,6 +90,7 @@ class Task:
         self.done = False
         self.starting = parent is not None
         self.g: Any = None
+        self.active = False  # its greenlet is inside it (started, not yet unwound or ended)
         self.p_obj: int | None = None
         self.p_kind = "start"
         self.p_write = False
@@ -245,6 +249,7 @@ class SimRuntime:
         self.spin_detect = True
         self.wcount: dict[int, int] = {}  # object key -> writes executed on it
         self.hub: Any = None
+        self.pool: list[Any] = []
 
     # ------------------------------------------------------------------ runtime contract
     def key(self, owner: object) -> int:
@@ -280,14 +285,22 @@ class SimRuntime:
         t = self._new_task(fn, tuple(args), tname, parent)
         # Run the child up to its first visible operation, then come back here.
         self.current = t
-        t.g.switch()
+        t.g.switch(self, t)
         return SimHandle(t, self)
 
     # ------------------------------------------------------------------ scheduling
     def _new_task(self, fn: Callable[..., Any], args: tuple, name: str,
                   parent: Task | None) -> Task:
         t = Task(len(self.tasks), name, fn, args, parent)
-        t.g = greenlet(lambda: self._task_main(t), parent=self.hub)
+        pool = self.pool
+        if pool:
+            g = pool.pop()
+            if g.parent is not self.hub:
+                g.parent = self.hub
+        else:
+            g = greenlet(_worker_main, parent=self.hub)
+            g.switch(getcurrent())  # parks at once, waiting for its first task
+        t.g = g
         self.tasks.append(t)
         self.live.append(t)
         return t
@@ -410,39 +423,46 @@ class SimRuntime:
         self.hub.switch(_ABORT)
         raise GreenletExit  # not reached: the hub throws GreenletExit into this task
 
-    def _task_main(self, t: Task) -> Any:
+    def _task_main(self, t: Task) -> tuple[Any, Any]:
+        """Run task ``t``; returns the greenlet to resume next and the value to give it."""
+        t.active = True
         try:
             t.fn(*t.args)
             for hook in _rt.task_exit_hooks:
                 hook()
         except GreenletExit:
-            return None
+            t.active = False
+            return self.hub, None
         except (KeyboardInterrupt, SystemExit) as exc:  # the user stops the exploration
             self.exc = exc
             self.outcome = "interrupt"
-            return _ABORT
+            t.active = False
+            return self.hub, _ABORT
         except BaseException as exc:  # the execution's failure
             self.exc = exc
             self.failed_task = t
             self.exc_where = _exc_where(exc)
             self.outcome = "exception"
-            return _ABORT
+            t.active = False
+            return self.hub, _ABORT
         t.done = True
         self.live.remove(t)
         if t.starting:  # ended before its first visible operation: back to the spawner
             t.starting = False
+            t.active = False
             self.current = t.parent
-            return t.parent.g  # type: ignore[union-attr]
+            return t.parent.g, None  # type: ignore[union-attr]
         if not self.live:
-            return None
+            t.active = False
+            return self.hub, None
         try:
             nxt = self._pick(t)
         except GreenletExit:
-            return None
+            t.active = False
+            return self.hub, None
         self.current = nxt
-        # End by resuming the next task directly: a finished greenlet returns to its parent.
-        t.g.parent = nxt.g
-        return None
+        t.active = False
+        return nxt.g, None
 
     # ------------------------------------------------------------------ one execution
     def run(self, body: Callable[[], Any]) -> None:
@@ -452,24 +472,54 @@ class SimRuntime:
         caller then unwinds them with :meth:`kill`.
         """
         self.hub = getcurrent()
+        self.pool = _pool()
         t0 = self._new_task(body, (), "main", None)
         self.current = t0
-        r = t0.g.switch()
-        while r is not None and r is not _ABORT:
-            r = r.switch()
+        t0.g.switch(self, t0)
 
     def kill(self) -> None:
         """Unwind every unfinished task so its ``finally`` blocks do not linger."""
         self.aborting = True
         for t in self.tasks:
-            g = t.g
-            if g is not None and not g.dead and bool(g):
+            if t.active:
                 self.current = t
                 try:
-                    g.throw(GreenletExit)
+                    t.g.throw(GreenletExit)
                 except BaseException:  # noqa: BLE001 - a dying task's noise is not a finding
                     pass
         self.current = None
+
+
+#: Idle task greenlets of each OS thread (a greenlet can only run in the thread it was made in).
+_POOLS = threading.local()
+_POOL_MAX = 256
+
+
+def _pool() -> list[Any]:
+    pool = getattr(_POOLS, "pool", None)
+    if pool is None:
+        pool = _POOLS.pool = []
+    return pool
+
+
+def _worker_main(creator: Any) -> Any:
+    """A pooled greenlet: runs one task, parks in the pool, runs the next one it is given.
+
+    Tasks arrive by ``switch(rt, task)``, never as the greenlet's start arguments: those stay
+    referenced for the greenlet's whole life, and would keep a finished execution alive.
+    """
+    me = getcurrent()
+    rt, t = creator.switch()
+    creator = None
+    while True:
+        pool = rt.pool
+        target, value = rt._task_main(t)
+        rt = t = None  # type: ignore[assignment]  # keep nothing of a finished execution alive
+        if len(pool) >= _POOL_MAX:
+            me.parent = target  # retire: a finished greenlet resumes its parent
+            return value
+        pool.append(me)
+        rt, t = target.switch(value)
 
 
 _CODE_INTERNAL: dict[Any, bool] = {}
