@@ -21,14 +21,22 @@ from kvmlock.explore.strategies.sampling import PCT, RandomWalk
 STRATEGIES = ("dfs", "dpor", "pct", "random")
 
 
+_LOCKDEP: list[Any] = []
+
+
 def _lockdep() -> Any:
-    try:
-        from kvmlock import lockdep
-    except ImportError:
-        return None
-    if not (hasattr(lockdep, "isolated") and hasattr(lockdep, "reports")):
-        return None
-    return lockdep
+    """kvmlock.lockdep, or None if it cannot be used; looked up once (once per execution adds
+    up to a measurable share of a small exploration)."""
+    if not _LOCKDEP:
+        try:
+            from kvmlock import lockdep
+        except ImportError:
+            lockdep = None
+        if lockdep is not None and not (hasattr(lockdep, "isolated")
+                                        and hasattr(lockdep, "reports")):
+            lockdep = None
+        _LOCKDEP.append(lockdep)
+    return _LOCKDEP[0]
 
 
 class Execution:
@@ -151,7 +159,7 @@ def execute(body: Callable[[], Any], strategy: Strategy, max_steps: int,
             lockdep_on: bool = True, tracing: bool = False,
             spin: bool = True) -> Execution | None:
     """Run one execution of ``body`` chosen by ``strategy``; None when it has no more."""
-    rt = SimRuntime(strategy.choose, max_steps, tracing, getattr(strategy, "forced", None))
+    rt = SimRuntime(strategy.choose, max_steps, tracing)
     rt.spin_detect = spin
     if not strategy.begin(rt):
         return None

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from greenlet import GreenletExit, getcurrent, greenlet
@@ -221,11 +221,11 @@ class SimRuntime:
 
     name = "explore"
 
-    def __init__(self, choose: Chooser, max_steps: int = 10_000, tracing: bool = False,
-                 forced: Callable[[int], int | None] | None = None) -> None:
+    def __init__(self, choose: Chooser, max_steps: int = 10_000, tracing: bool = False) -> None:
         self.choose = choose
-        #: optional: step -> task id the strategy already knows it wants (a replayed prefix)
-        self.forced = forced
+        #: task ids a strategy already knows it wants for the first steps (a replayed
+        #: prefix); set by its ``begin``. These steps skip the chooser and its bookkeeping.
+        self.prefix: Sequence[int] = ()
         self.max_steps = max_steps
         self.tracing = tracing
         self.tasks: list[Task] = []
@@ -375,11 +375,9 @@ class SimRuntime:
         return nxt
 
     def _pick(self, cur: Task) -> Task:
-        forced = self.forced
-        if forced is not None:
-            want = forced(self.nsteps)
-            if want is not None and self.nsteps < self.max_steps:
-                return self._forced_pick(cur, want)
+        n = self.nsteps
+        if n < len(self.prefix) and n < self.max_steps:
+            return self._forced_pick(cur, self.prefix[n])
         enabled = []
         spinners = None
         for t in self.live:

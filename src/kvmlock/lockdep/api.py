@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from kvmlock import runtime as _rt
@@ -190,25 +188,32 @@ def chains() -> list[tuple[HeldLock, ...]]:
     return out
 
 
-@contextmanager
-def isolated(mode: str = "collect") -> Iterator[State]:
+class isolated:  # noqa: N801 - used like the function it replaced: ``with isolated():``
     """A fresh private lockdep state for the block (graph, chains, reports), then the old one.
 
     The explorer runs each execution inside one so executions cannot see each other's
     dependencies; read :func:`reports` before leaving. The current task's held stack is set
-    aside too. Not meant for use while other OS threads are validating locks.
+    aside too. Not meant for use while other OS threads are validating locks. A class rather
+    than a generator: the explorer enters one per execution, thousands per second.
     """
-    if mode not in MODES:
-        raise ValueError(f"lockdep mode must be one of {MODES}, got {mode!r}")
-    prev = core._state
-    t = _rt.current_task()
-    saved = t.lockdep
-    t.lockdep = None
-    core._state = st = State(mode)
-    core._sync_on()
-    try:
-        yield st
-    finally:
-        core._state = prev
+
+    __slots__ = ("mode", "prev", "task", "saved")
+
+    def __init__(self, mode: str = "collect") -> None:
+        if mode not in MODES:
+            raise ValueError(f"lockdep mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+
+    def __enter__(self) -> State:
+        self.prev = core._state
+        t = self.task = _rt.current_task()
+        self.saved = t.lockdep
+        t.lockdep = None
+        core._state = st = State(self.mode)
         core._sync_on()
-        t.lockdep = saved
+        return st
+
+    def __exit__(self, *exc: object) -> None:
+        core._state = self.prev
+        core._sync_on()
+        self.task.lockdep = self.saved

@@ -8,7 +8,8 @@ from kvmlock.explore.runtime import ReplayMismatch, SimRuntime, Task
 class Strategy:
     """Decides every scheduling point of an execution and which execution comes next.
 
-    ``begin`` prepares the next execution (False when the space is exhausted), ``choose`` is
+    ``begin`` prepares the next execution (False when the space is exhausted) and may set
+    ``rt.prefix``, the task ids of steps it already knows (they skip ``choose``), ``choose`` is
     called at every state of it, ``end`` sees the finished runtime. ``exhaustive`` strategies
     can prove the absence of failures (within their bounds); sampling ones cannot.
     """

@@ -27,14 +27,10 @@ class DFS(Strategy):
     def begin(self, rt: SimRuntime) -> bool:
         for level in self.levels:
             if level:
-                self.prefix = level.pop()
+                self.prefix = rt.prefix = level.pop()
                 self.rt = rt
                 return True
         return False
-
-    def forced(self, n: int) -> int | None:
-        prefix = self.prefix
-        return prefix[n] if n < len(prefix) else None
 
     def choose(self, enabled: list[Task], cur: Task) -> Task:
         rt = self.rt

@@ -34,6 +34,7 @@ Op = tuple
 
 
 _EMPTY: tuple[dict, dict] = ({}, {})
+_NO_SLEEP: dict[int, Op] = {}
 
 
 class _Node:
@@ -43,9 +44,9 @@ class _Node:
 
     def __init__(self) -> None:
         self.choice = -1
-        self.done: set[int] = set()
-        self.backtrack: set[int] = set()
-        self.sleep: dict[int, Op] = {}
+        self.done: set[int]  # set by choose(), with the task it picks
+        self.backtrack: set[int]
+        self.sleep: dict[int, Op] = _NO_SLEEP  # shared while empty: never mutated in place
         self.ops: dict[int, Op] = {}  # the operation of each task explored from here
         self.enabled: list[Task] = []
         self.cur = -1  # the task that stopped at this state (-1: it ended)
@@ -74,7 +75,7 @@ class DPOR(Strategy):
     # Events of the current path persist across runs: a run that branches at depth j reuses
     # the clocks of events 0..j-1 and only rebuilds the cheap last-access maps from them.
     def _reset_run(self) -> None:
-        self.width = 8
+        self.width = 4  # grows (doubling) as tasks are spawned
         self.ev_tid: list[int] = []
         self.ev_local: list[int] = []
         self.ev_clock: list[list[int]] = []
@@ -130,6 +131,8 @@ class DPOR(Strategy):
             return False
         else:
             self._rebuild(self.branch)
+        # steps before the branch point replay the stack's choices, no questions asked
+        rt.prefix = [node.choice for node in self.stack[:self.branch]]
         return True
 
     def _grow(self, tid: int) -> None:
@@ -275,10 +278,6 @@ class DPOR(Strategy):
         node.backtrack.add(pick)
 
     # ------------------------------------------------------------------ scheduling
-    def forced(self, n: int) -> int | None:
-        """Steps before the branch point replay the stack's choices, no questions asked."""
-        return self.stack[n].choice if n < self.branch else None
-
     def choose(self, enabled: list[Task], cur: Task) -> Task | None:
         rt = self.rt
         n = rt.nsteps  # type: ignore[union-attr]
@@ -324,34 +323,44 @@ class DPOR(Strategy):
         if blocker or was:
             node.snap = (dict(blocker), dict(was))
         node.enabled = enabled
-        node.cur = cur.tid if cur in enabled else -1
+        node.cur = cur_tid = cur.tid if cur in enabled else -1
+        sleep = _NO_SLEEP
         if n:
             parent = stack[n - 1]
-            node.pre = parent.pre + (
-                1 if parent.cur >= 0 and parent.choice != parent.cur else 0)
-            ev = parent.ops[parent.choice]
-            sleep = {}
-            for q, op in parent.sleep.items():
-                if q != parent.choice and _independent(op, ev):
-                    sleep[q] = op
-            for q in parent.done:
-                if q != parent.choice and q not in sleep and q in parent.ops:
-                    op = parent.ops[q]
-                    if _independent(op, ev):
+            pc = parent.choice
+            pcur = parent.cur
+            node.pre = parent.pre + 1 if pcur >= 0 and pc != pcur else parent.pre
+            psleep = parent.sleep
+            pdone = parent.done
+            if psleep or len(pdone) > 1:  # else: nothing to carry over (done holds pc alone)
+                ev = parent.ops[pc]
+                sleep = {}
+                for q, op in psleep.items():
+                    if q != pc and _independent(op, ev):
                         sleep[q] = op
-            node.sleep = sleep
-        cand = [t for t in enabled if t.tid not in node.sleep]
-        if self.bound is not None and node.cur >= 0 and node.pre >= self.bound:
-            cand = [t for t in cand if t.tid == node.cur]
+                pops = parent.ops
+                for q in pdone:
+                    if q != pc and q not in sleep and q in pops:
+                        op = pops[q]
+                        if _independent(op, ev):
+                            sleep[q] = op
+                if sleep:
+                    node.sleep = sleep
+        cand = [t for t in enabled if t.tid not in sleep] if sleep else enabled
+        if self.bound is not None and cur_tid >= 0 and node.pre >= self.bound:
+            cand = [t for t in cand if t.tid == cur_tid]
         stack.append(node)
         if not cand:
+            node.done = set()
+            node.backtrack = set()
             self.blocked_runs += 1
             return None
         pick = cur if cur in cand else cand[0]
-        node.ops[pick.tid] = (pick.p_obj, pick.p_write)
-        node.choice = pick.tid
-        node.done.add(pick.tid)
-        node.backtrack.add(pick.tid)
+        tid = pick.tid
+        node.ops[tid] = (pick.p_obj, pick.p_write)
+        node.choice = tid
+        node.done = {tid}
+        node.backtrack = {tid}
         return self._take(pick)
 
     def _take(self, t: Task) -> Task:
