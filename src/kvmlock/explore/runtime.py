@@ -250,6 +250,8 @@ class SimRuntime:
         self.wcount: dict[int, int] = {}  # object key -> writes executed on it
         self.hub: Any = None
         self.pool: list[Any] = []
+        #: tasks stopped at a wait_for (a condition, not a lock), in the order they got there
+        self.waiting: dict[Task, None] = {}
 
     # ------------------------------------------------------------------ runtime contract
     def key(self, owner: object) -> int:
@@ -319,6 +321,9 @@ class SimRuntime:
         t.p_wq = wq
         if self.tracing:
             t.p_where = where_of(sys._getframe(1))
+        waits = pred is not None and acq == ACQ_NONE and obj is not None
+        if waits:  # a wait_for: partial-order reduction tracks what disables it
+            self.waiting[t] = None
         point = None
         if not write and obj is not None and self.spin_detect:
             point = (kind, _point(sys._getframe(1)))
@@ -340,6 +345,8 @@ class SimRuntime:
                 self.current = nxt
                 nxt.g.switch()
         # the operation executes now
+        if waits:
+            del self.waiting[t]
         if obj is not None:
             wc = self.wcount
             if write:

@@ -26,7 +26,7 @@ Blocking needs care, because an operation that is disabled cannot be moved earli
 
 from __future__ import annotations
 
-from kvmlock.explore.runtime import ACQ_LOCK, ACQ_NONE, ACQ_TRY, SimRuntime, Task
+from kvmlock.explore.runtime import ACQ_LOCK, ACQ_TRY, SimRuntime, Task
 from kvmlock.explore.strategies.base import Strategy
 
 # An operation as partial-order reduction sees it: (object key | None, writes?)
@@ -80,17 +80,15 @@ class DPOR(Strategy):
         self.ev_local: list[int] = []
         self.ev_clock: list[list[int]] = []
         self.ev_write: list[bool] = []
-        self.ev_obj: list[int | None] = []
-        self.ev_acq: list[bool] = []
-        self.ev_child: list[int] = []
+        # (object key | None, acquired it?, spawned task | -1): read only by _rebuild
+        self.ev_more: list[tuple[int | None, bool, int]] = []
         self._rebuild(0)
 
     def _rebuild(self, upto: int) -> None:
-        for arr in (self.ev_tid, self.ev_local, self.ev_clock, self.ev_write, self.ev_obj,
-                    self.ev_acq, self.ev_child):
+        for arr in (self.ev_tid, self.ev_local, self.ev_clock, self.ev_write, self.ev_more):
             del arr[upto:]
+        # task -> its vector clock; its own entry counts its events (the next one's number - 1)
         self.clock: dict[int, list[int]] = {0: [0] * self.width}
-        self.count: dict[int, int] = {}
         self.last_write: dict[int, int] = {}
         self.reads: dict[int, list[int]] = {}
         self.hist: dict[int, list[int]] = {}  # object key -> its events, in order
@@ -98,23 +96,19 @@ class DPOR(Strategy):
         self.blocker: dict[int, int] = {}
         self.was_enabled: dict[int, bool] = {}
         self.pending: tuple | None = None
-        self.processed = upto
-        clock, count = self.clock, self.count
+        clock = self.clock
         hist, last_acq, last_write, reads = self.hist, self.last_acq, self.last_write, self.reads
-        ev_tid, ev_clock, ev_local = self.ev_tid, self.ev_clock, self.ev_local
-        ev_obj, ev_acq, ev_write, ev_child = self.ev_obj, self.ev_acq, self.ev_write, self.ev_child
+        ev_tid, ev_clock, ev_more = self.ev_tid, self.ev_clock, self.ev_more
+        ev_write = self.ev_write
         for i in range(upto):
-            tid = ev_tid[i]
             c = ev_clock[i]
-            clock[tid] = c
-            count[tid] = ev_local[i]
-            ch = ev_child[i]
+            clock[ev_tid[i]] = c
+            o, acquired, ch = ev_more[i]
             if ch >= 0:
                 clock[ch] = c[:]
-            o = ev_obj[i]
             if o is not None:
                 hist.setdefault(o, []).append(i)
-                if ev_acq[i]:
+                if acquired:
                     last_acq[o] = i
                 if ev_write[i]:
                     last_write[o] = i
@@ -152,12 +146,10 @@ class DPOR(Strategy):
     def _process(self, tid: int, obj: int | None, write: bool, acq: int, kind: str,
                  extra: object, blocking: bool = False) -> None:
         """Account for the event just executed: its clock, its races, last-access maps."""
-        i = self.processed
-        self.processed = i + 1
-        clock = self.clock[tid]
-        local = self.count.get(tid, 0) + 1
-        self.count[tid] = local
         ev_tid = self.ev_tid
+        i = len(ev_tid)
+        clock = self.clock[tid]
+        local = clock[tid] + 1
         ev_local = self.ev_local
         ev_clock = self.ev_clock
         races: list[int] = []
@@ -232,11 +224,9 @@ class DPOR(Strategy):
         self.clock[tid] = new
         ev_tid.append(tid)
         self.ev_write.append(write)
-        self.ev_obj.append(obj)
-        self.ev_acq.append(acquired)
         ev_local.append(local)
         ev_clock.append(new)
-        self.ev_child.append(child)
+        self.ev_more.append((obj, acquired, child))
         if child >= 0:
             if child >= self.width:
                 self._grow(child)
@@ -305,9 +295,7 @@ class DPOR(Strategy):
         # acquire instead, which covers them)
         was = self.was_enabled
         blocker = self.blocker
-        for t in rt.live:  # type: ignore[union-attr]
-            if t.p_pred is None or t.p_acq != ACQ_NONE or t.p_obj is None:
-                continue
+        for t in rt.waiting:  # type: ignore[union-attr]
             tid = t.tid
             on = t in enabled
             if not on:
@@ -421,7 +409,7 @@ class DPOR(Strategy):
         if not races:
             return
         i = len(ev_tid)
-        local = self.count.get(tid, 0) + 1
+        local = clock[tid] + 1
         c = clock[:]
         c[tid] = local
         ev_tid.append(tid)
