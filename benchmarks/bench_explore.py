@@ -9,8 +9,12 @@ Two programs, each explored to exhaustion by both tools in this one process:
 frontrun is run twice: with its defaults (preemption bound 2, I/O detection on), and fully
 exhaustive (no preemption bound, I/O detection off, its fastest setting). kvmlock runs with
 lockdep validating every acquire, as it does by default, and without shrinking (the benchmark
-counts explorations, not failure reports). Printed: executions, seconds, executions per
-second, and kvmlock's rate as a multiple of frontrun's.
+counts explorations, not failure reports).
+
+The machine is shared and noisy, so the tools take turns: each round times every tool once, one
+after the other, and the figures are medians over the rounds. Printed per tool: executions per
+exploration, median executions per second, and kvmlock's rate as a multiple of the tool's
+(the median over rounds of the ratio measured within one round, and its range).
 
     pip install -e '.[bench]'      # frontrun==0.7.0
     python benchmarks/bench_explore.py
@@ -18,9 +22,11 @@ second, and kvmlock's rate as a multiple of frontrun's.
 
 from __future__ import annotations
 
+import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from kvmlock import explore, spawn
 from kvmlock.sync import Atomic64, Mutex
@@ -55,14 +61,13 @@ def lost_update_body() -> None:
     assert x.peek() == 2
 
 
-#: A tiny space is explored this many times over (by both tools alike), so that one timed
-#: stretch lasts long enough for the shared machine's noise not to dominate its rate.
-REPEAT = {"counter 3x3": 1, "lost update": 500}
+#: Rounds, and explorations per turn of (kvmlock, frontrun). The lost-update space is tiny, so
+#: each turn explores it many times over, enough for a turn to last about half a second.
+ROUNDS = {"counter 3x3": 3, "lost update": 7}
+PER_ROUND = {"counter 3x3": (1, 1), "lost update": (1500, 70)}
 
 
 def run_kvmlock(body, repeat: int) -> tuple[int, float]:
-    if repeat > 1:  # one untimed warm-up exploration, as for frontrun
-        explore.check(body, strategy="dpor", stop_on_first=False, shrink=False, progress=False)
     t0 = time.perf_counter()
     runs = 0
     for _ in range(repeat):
@@ -96,7 +101,7 @@ def _inc(s: _Word) -> None:
     s.v = v + 1
 
 
-def run_frontrun(which: str, exhaustive: bool, repeat: int) -> tuple[int, float]:
+def frontrun_runner(which: str, exhaustive: bool) -> Callable[[int], tuple[int, float]]:
     import frontrun
 
     kw: dict = {"stop_on_first": False, "reproduce_on_failure": 0}
@@ -104,56 +109,69 @@ def run_frontrun(which: str, exhaustive: bool, repeat: int) -> tuple[int, float]
         kw.update(preemption_bound=None, detect_io=False)
 
     def once():
-        if which == "counter":
+        if which == "counter 3x3":
             return frontrun.explore(setup=_Counter, workers=_counter_worker, count=3,
                                     invariant=lambda s: s.v == 9, **kw)
         return frontrun.explore(setup=_Word, workers=_inc, count=2,
                                 invariant=lambda s: s.v == 2, **kw)
 
-    if which != "counter":
-        once()  # untimed warm-up, as for kvmlock (the counter space is too slow to repeat)
-    t0 = time.perf_counter()
-    runs = 0
-    for _ in range(repeat):
-        runs += once().num_explored
-    return runs, time.perf_counter() - t0
+    def run(repeat: int) -> tuple[int, float]:
+        t0 = time.perf_counter()
+        runs = 0
+        for _ in range(repeat):
+            runs += once().num_explored
+        return runs, time.perf_counter() - t0
+
+    return run
 
 
-def main() -> int:
-    rows = []
-    ours = {}
-    for name, body in (("counter 3x3", counter_body), ("lost update", lost_update_body)):
-        n, dt = run_kvmlock(body, REPEAT[name])
-        ours[name] = (n, dt)
-        rows.append((name, "kvmlock dpor", n, dt))
+def _tools(name: str, body) -> dict[str, Callable[[int], tuple[int, float]]]:
+    tools: dict[str, Callable[[int], tuple[int, float]]] = {
+        "kvmlock dpor": lambda k: run_kvmlock(body, k)}
     try:
         from frontrun._cooperative import patch_locks
     except ImportError:
-        print("frontrun is not installed (pip install -e '.[bench]'): kvmlock figures only\n")
-        theirs = {}
-    else:
-        patch_locks()  # what the frontrun CLI does before running a test
-        theirs = {}
-        for name, which in (("counter 3x3", "counter"), ("lost update", "lost")):
-            for exhaustive, label in ((False, "frontrun dpor (defaults)"),
-                                      (True, "frontrun dpor (exhaustive)")):
-                n, dt = run_frontrun(which, exhaustive, REPEAT[name])
-                theirs[(name, label)] = (n, dt)
-                rows.append((name, label, n, dt))
+        return tools
+    patch_locks()  # what the frontrun CLI does before running a test
+    tools["frontrun dpor (defaults)"] = frontrun_runner(name, exhaustive=False)
+    tools["frontrun dpor (exhaustive)"] = frontrun_runner(name, exhaustive=True)
+    return tools
 
-    print("executions are per exploration; a small space is explored repeatedly "
-          f"({', '.join(f'{k} x{v}' for k, v in REPEAT.items())}) and timed in total\n")
-    print(f"{'program':<12} {'explorer':<28} {'executions':>10} {'seconds':>8} "
-          f"{'exec/s':>9} {'kvmlock speedup':>16}")
-    for name, tool, n, dt in rows:
-        n_one = n // REPEAT[name]
-        rate = n / dt if dt else float("inf")
-        if tool.startswith("frontrun"):
-            on, odt = ours[name]
-            speed = f"{(on / odt) / rate:,.1f}x"
-        else:
+
+def main() -> int:
+    programs = (("counter 3x3", counter_body), ("lost update", lost_update_body))
+    have_frontrun = True
+    print(f"{'program':<12} {'explorer':<28} {'executions':>10} {'exec/s':>9} "
+          f"{'kvmlock speedup (range)':>24}")
+    for name, body in programs:
+        tools = _tools(name, body)
+        have_frontrun = have_frontrun and len(tools) > 1
+        k_ours, k_theirs = PER_ROUND[name]
+        if name == "lost update":  # untimed warm-up of every tool
+            for run in tools.values():
+                run(1)
+        execs: dict[str, int] = {}
+        rates: dict[str, list[float]] = {t: [] for t in tools}
+        for _ in range(ROUNDS[name]):
+            for tool, run in tools.items():
+                k = k_ours if tool == "kvmlock dpor" else k_theirs
+                n, dt = run(k)
+                execs[tool] = n // k
+                rates[tool].append(n / dt)
+        ours = rates["kvmlock dpor"]
+        for tool in tools:
+            rate = statistics.median(rates[tool])
             speed = ""
-        print(f"{name:<12} {tool:<28} {n_one:>10} {dt:>8.2f} {rate:>9,.0f} {speed:>16}")
+            if tool != "kvmlock dpor":
+                ratios = [a / b for a, b in zip(ours, rates[tool], strict=True)]
+                speed = (f"{statistics.median(ratios):,.1f}x ({min(ratios):,.1f}-"
+                         f"{max(ratios):,.1f})")
+            print(f"{name:<12} {tool:<28} {execs[tool]:>10} {rate:>9,.0f} {speed:>24}")
+    print("\nmedians over rounds in which every tool takes one turn; explorations per turn "
+          "(kvmlock, frontrun): " + ", ".join(f"{n}: {ROUNDS[n]} rounds of {PER_ROUND[n]}"
+                                              for n in ROUNDS))
+    if not have_frontrun:
+        print("frontrun is not installed (pip install -e '.[bench]'): kvmlock figures only")
     return 0
 
 
