@@ -185,3 +185,17 @@ def test_plain_thread_ending_with_a_lock_held_is_reported():
         th2.join()
     (r,) = lockdep.reports()
     assert r.kind == "held_at_exit" and r.task == "leaker" and r.lock.startswith("leaked@")
+
+
+def test_isinstance_against_threading_lock_still_works():
+    """From Python 3.13 on threading.Lock is a class programs may test against; while
+    instrumented it must still accept plain and validated locks (and nothing else)."""
+    import _thread
+
+    with lockdep.instrument_threading():
+        mine = threading.Lock()
+        assert isinstance(mine, threading.Lock)
+        assert isinstance(_thread.allocate_lock(), threading.Lock)
+        assert not isinstance(threading.RLock(), threading.Lock)
+        assert not isinstance(object(), threading.Lock)
+        assert issubclass(type(mine), threading.Lock)

@@ -209,11 +209,27 @@ class CheckedRLock:
         return f"<kvmlock CheckedRLock {self._map.name} count={self._count}>"
 
 
-def _lock_factory() -> Any:
-    site = _site()
-    if site is None:
-        return _ORIG_LOCK()
-    return CheckedLock(_map_for("Lock", site))
+class _LockClass(type):
+    """The type of the stand-in for ``threading.Lock``: calling it makes a lock (validated, or
+    raw when kvmlock itself asks), and ``isinstance(x, threading.Lock)`` keeps working for
+    plain and validated locks alike -- from Python 3.13 on ``threading.Lock`` is a class that
+    programs may test against."""
+
+    def __call__(cls) -> Any:
+        site = _site()
+        if site is None:
+            return _ORIG_LOCK()
+        return CheckedLock(_map_for("Lock", site))
+
+    def __instancecheck__(cls, obj: object) -> bool:
+        return isinstance(obj, (CheckedLock, _thread.LockType))
+
+    def __subclasscheck__(cls, sub: type) -> bool:
+        return issubclass(sub, (CheckedLock, _thread.LockType))
+
+
+class _lock_factory(metaclass=_LockClass):  # noqa: N801 - stands in for threading.Lock
+    """``threading.Lock`` while instrumentation is on."""
 
 
 def _rlock_factory(*args: Any, **kwargs: Any) -> Any:
