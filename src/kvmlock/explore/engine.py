@@ -174,8 +174,9 @@ def execute(body: Callable[[], Any], strategy: Strategy, max_steps: int,
                 ex.reports = list(ld.reports())
             _describe(ex, lockdep_on, max_steps)
         finally:
-            if rt.outcome is not None:
-                rt.kill()
+            # After a failure the parked tasks are unwound here; any other way out (an error
+            # or Ctrl-C in the engine itself) must not leave tasks inside pooled greenlets.
+            rt.kill()
             _runtime.install(prev)
     if rt.outcome == "interrupt":
         raise rt.exc  # type: ignore[misc]

@@ -484,6 +484,8 @@ class SimRuntime:
 
     def kill(self) -> None:
         """Unwind every unfinished task so its ``finally`` blocks do not linger."""
+        if not any(t.active for t in self.tasks):
+            return
         self.aborting = True
         for t in self.tasks:
             if t.active:
