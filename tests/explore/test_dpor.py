@@ -157,3 +157,35 @@ def test_dpor_sees_every_outcome_dfs_sees(seed):
         assert by_dpor == by_dfs
         assert dpor.kinds() == dfs.kinds()
         assert dpor.runs <= dfs.runs
+
+
+def test_wakeup_trees_leave_no_run_to_prune():
+    """r reads y, and reads x only if y was still 0. Three traces: r sees q's store (x never
+    read), or not, with p's store to x before or after r's read of x. Source sets alone run
+    a fourth execution that the sleep sets cut short (p's store is asleep at the state where
+    it would be needed); following the wakeup sequence avoids it."""
+    seen: set = set()
+
+    def body():
+        x, y = Atomic64(0, name="x"), Atomic64(0, name="y")
+        got = []
+
+        def p():
+            x.store(1)
+
+        def q():
+            y.store(1)
+
+        def r():
+            got.append(y.load())
+            if got[0] == 0:
+                got.append(x.load())
+
+        ts = [spawn(p), spawn(q), spawn(r)]
+        for t in ts:
+            t.join()
+        seen.add(tuple(got))
+
+    res = explore.check(body, stop_on_first=False)
+    assert res.exhausted and res.runs == 3 and res.pruned == 0
+    assert seen == {(1,), (0, 0), (0, 1)}

@@ -1,14 +1,17 @@
-"""Source-set DPOR with sleep sets (Abdulla, Aronis, Jonsson, Sagonas, POPL 2014).
+"""DPOR with sleep sets and wakeup trees (Abdulla, Aronis, Jonsson, Sagonas, POPL 2014).
 
 Two executions that differ only in the order of *independent* operations (different objects,
 or two reads of one object) are the same Mazurkiewicz trace and need not both run. After each
 execution every newly executed event ``e`` is checked for *races*: an earlier event ``e'`` of
 another task, dependent with ``e``, and not already ordered before ``e`` by happens-before
-through some other event. For each race the state before ``e'`` must also try the events that
-can lead to ``e`` running first (the *initials* of ``notdep(e').e``); one of them is added to
-that state's backtrack set unless one is there already (source sets). Sleep sets keep a task
-that was already explored from a state asleep until something dependent runs, so no two
-complete executions are equivalent: the number of complete executions is the number of traces.
+through some other event. For each race the state before ``e'`` must also explore ``e`` going
+first: the *wakeup sequence* ``notdep(e').e`` (the events after ``e'`` that do not happen
+after it, then ``e``) goes into that state's wakeup tree, unless a task asleep there, or a
+branch already in the tree, starts an equivalent execution. The next execution follows the
+deepest unexplored branch step by step, so it reaches the reversed race without choices that
+the sleep sets would have to cut short. Sleep sets keep a task that was already explored from a
+state asleep until something dependent runs, so no two complete executions are equivalent: the
+number of complete executions is the number of traces.
 
 Blocking needs care, because an operation that is disabled cannot be moved earlier:
 
@@ -16,12 +19,19 @@ Blocking needs care, because an operation that is disabled cannot be moved earli
   that enabled it (moving it before the release is impossible, moving it before the other
   task's acquire is what gives the other order of the critical sections);
 * a ``wait_for`` that was disabled at some point also races with the event that disabled it
-  (or, if it was disabled from the start, with the last write of its object before it);
+  (or, if it was disabled from the start, with the last write of its object before it), and
+  not with the event that enabled it;
 * spawn and join are independent of everything and carry happens-before (child after spawn,
   joiner after the child's last event).
 
+A wait whose condition only held because of an event it never saw disabled (a reader arriving
+after a writer's unlock, say) can still get a race with that event whose reversal cannot run:
+the branch then finds its task disabled, continues freely, and may end with every runnable
+task asleep. Such runs are cut short and counted as ``pruned``; they are the only waste.
+
 ``preemption_bound`` prunes: branches needing more preemptions are not explored, so
-"exhausted" then means "exhausted within the bound".
+"exhausted" then means "exhausted within the bound". Under a bound only the first step of a
+wakeup sequence is followed.
 """
 
 from __future__ import annotations
@@ -33,25 +43,27 @@ from kvmlock.explore.strategies.base import Strategy
 Op = tuple
 
 
-_EMPTY: tuple[dict, dict] = ({}, {})
+_EMPTY: tuple[dict, dict, dict] = ({}, {}, {})
 _NO_SLEEP: dict[int, Op] = {}
 
 
 class _Node:
     """One state on the current exploration path."""
 
-    __slots__ = ("choice", "done", "backtrack", "sleep", "ops", "enabled", "cur", "pre", "snap")
+    __slots__ = ("choice", "done", "wut", "sleep", "ops", "enabled", "cur", "pre", "snap")
 
     def __init__(self) -> None:
         self.choice = -1
         self.done: set[int]  # set by choose(), with the task it picks
-        self.backtrack: set[int]
+        # the wakeup tree: [task, op, children] entries, leftmost first; the current choice's
+        # entry stays in it until its exploration is over
+        self.wut: list[list]
         self.sleep: dict[int, Op] = _NO_SLEEP  # shared while empty: never mutated in place
         self.ops: dict[int, Op] = {}  # the operation of each task explored from here
         self.enabled: list[Task] = []
         self.cur = -1  # the task that stopped at this state (-1: it ended)
         self.pre = 0  # preemptions before this state
-        self.snap: tuple[dict, dict] = _EMPTY  # blocker/was-enabled maps at this state
+        self.snap: tuple[dict, dict, dict] = _EMPTY  # blocker/was-enabled/enabler maps here
 
 
 def _independent(a: Op, b: Op) -> bool:
@@ -69,6 +81,8 @@ class DPOR(Strategy):
         self.first = True
         self.rt: SimRuntime | None = None
         self.blocked_runs = 0  # runs cut short because every runnable task was asleep
+        self.guide: list[list] | None = None  # wakeup subtree for the state after the branch
+        self.pend_op: Op = (None, False)  # the op of a pending (never executed) racing event
         self._reset_run()
 
     # ------------------------------------------------------------------ per-run bookkeeping
@@ -95,6 +109,7 @@ class DPOR(Strategy):
         self.last_acq: dict[int, int] = {}
         self.blocker: dict[int, int] = {}
         self.was_enabled: dict[int, bool] = {}
+        self.enabler: dict[int, int] = {}  # waiting task -> the event that last enabled it
         self.pending: tuple | None = None
         clock = self.clock
         hist, last_acq, last_write, reads = self.hist, self.last_acq, self.last_write, self.reads
@@ -169,13 +184,17 @@ class DPOR(Strategy):
                         races.append(la)
             # A blocking acquire cannot move before the release that let it in (it would be
             # disabled there); a trylock can, and then fails: that race is real.
+            # Likewise a wait cannot move before the event that enabled it: it was disabled
+            # just before that event, and nothing else wrote its object since.
             generic = analyze and acq != ACQ_LOCK
+            en = self.enabler.pop(tid, -1) if (blocking and self.enabler) else -1
             merge = rs if (write and rs) else ((lw,) if lw is not None else ())
             for j in merge:
                 q = ev_tid[j]
                 if clock[q] >= ev_local[j]:
                     continue  # already happens-before: its whole past is in the clock
-                if q != tid and (generic or (not write and analyze)) and j not in races:
+                if (q != tid and (generic or (not write and analyze)) and j not in races
+                        and j != en):
                     races.append(j)
                 c = ev_clock[j]
                 new = [a if a > b else b for a, b in zip(new, c, strict=True)]
@@ -200,7 +219,7 @@ class DPOR(Strategy):
                     if not write and not ev_write[j]:
                         continue
                     if clock[q] < ev_local[j]:
-                        if j not in races:
+                        if j not in races and j != en:
                             races.append(j)
                     elif ev_write[j]:
                         break
@@ -238,34 +257,80 @@ class DPOR(Strategy):
         mine = self.clock[tid]
         self.clock[tid] = [a if a > b else b for a, b in zip(mine, other, strict=True)]
 
-    def _reverse(self, j: int, i: int) -> None:
-        """Race (j, i): make the state before ``j`` also start something leading to ``i``."""
+    def _op(self, x: int) -> Op:
+        return (self.ev_more[x][0], self.ev_write[x]) if x < len(self.ev_more) else self.pend_op
+
+    def _weak_initial(self, q: int, op: Op, seq: list[int]) -> bool:
+        """Can task ``q`` (next operation ``op``) go first in some reordering of ``seq`` (event
+        indices of this run) that is equivalent to it followed by more events?"""
         ev_tid = self.ev_tid
-        ev_local = self.ev_local
+        for k, y in enumerate(seq):
+            if ev_tid[y] == q:
+                cy = self.ev_clock[y]
+                ev_local = self.ev_local
+                # no earlier event of seq happens before q's first one
+                return all(cy[ev_tid[x]] < ev_local[x] for x in seq[:k])
+        obj, write = op
+        if obj is None:
+            return True  # spawn, join: independent of everything
+        ev_more, ev_write = self.ev_more, self.ev_write
+        last = len(ev_more)
+        for x in reversed(seq):  # the racing event is last: a conflict shows up early
+            if x < last:
+                if ev_more[x][0] == obj and (write or ev_write[x]):
+                    return False
+            else:
+                o, w = self.pend_op
+                if o == obj and (write or w):
+                    return False
+        return True
+
+    def _reverse(self, j: int, i: int) -> None:
+        """Race (j, i): the state before ``j`` must also explore ``i`` going first.
+
+        The wakeup sequence is ``notdep(j).i``: the events after ``j`` that do not happen
+        after it, then ``i``. It is dropped when a task asleep (or already explored) at that
+        state could start an equivalent execution, and otherwise inserted into the state's
+        wakeup tree, unless the tree already holds an equivalent branch (Abdulla et al.,
+        POPL 2014, optimal DPOR).
+        """
+        ev_tid = self.ev_tid
         ev_clock = self.ev_clock
         p = ev_tid[j]
-        k = ev_local[j]
-        first: dict[int, int] = {}
-        initials: list[int] = []
-        for x in range(j + 1, i + 1):
-            c = ev_clock[x]
-            if x != i and c[p] >= k:
-                continue  # happens after e': stays after it
-            q = ev_tid[x]
-            if q in first:
-                continue
-            if all(c[r] < lo for r, lo in first.items()):
-                initials.append(q)
-            first[q] = ev_local[x]
-        if not initials:
-            return
+        k = self.ev_local[j]
+        seq = [x for x in range(j + 1, i) if ev_clock[x][p] < k]
+        seq.append(i)
         node = self.stack[j]
-        if any(q in node.backtrack or q in node.done for q in initials):
-            return
-        e_tid = ev_tid[i]
-        awake = [q for q in initials if q not in node.sleep]
-        pick = e_tid if e_tid in awake else (min(awake) if awake else min(initials))
-        node.backtrack.add(pick)
+        for q, op in node.sleep.items():
+            if self._weak_initial(q, op, seq):
+                return
+        ops = node.ops
+        for q in node.done:
+            if q != node.choice and q in ops and self._weak_initial(q, ops[q], seq):
+                return
+        children = node.wut
+        while True:
+            for entry in children:
+                # the task that did j cannot go first: j and i race, so they conflict (or j
+                # disabled i), whatever their operations say
+                if entry[0] != p and self._weak_initial(entry[0], entry[1], seq):
+                    if not entry[2]:
+                        return  # a leaf: an equivalent branch is (being) explored
+                    q = entry[0]
+                    for n, x in enumerate(seq):
+                        if ev_tid[x] == q:
+                            del seq[n]
+                            break
+                    if not seq:
+                        return
+                    children = entry[2]
+                    break
+            else:
+                for x in seq:  # a new rightmost branch
+                    entry = [ev_tid[x], self._op(x), []]
+                    children.append(entry)
+                    children = entry[2]
+                return
 
     # ------------------------------------------------------------------ scheduling
     def choose(self, enabled: list[Task], cur: Task) -> Task | None:
@@ -278,6 +343,7 @@ class DPOR(Strategy):
             if n == self.branch:
                 self.blocker = dict(node.snap[0])
                 self.was_enabled = dict(node.snap[1])
+                self.enabler = dict(node.snap[2])
             want = node.choice
             for t in enabled:
                 if t.tid == want:
@@ -305,11 +371,13 @@ class DPOR(Strategy):
                     lw = self.last_write.get(t.p_obj)
                     if lw is not None:
                         blocker[tid] = lw
+            elif was.get(tid) is False and n > 0:
+                self.enabler[tid] = n - 1  # ... or enabled it
             was[tid] = on
 
         node = _Node()
         if blocker or was:
-            node.snap = (dict(blocker), dict(was))
+            node.snap = (dict(blocker), dict(was), dict(self.enabler))
         node.enabled = enabled
         node.cur = cur_tid = cur.tid if cur in enabled else -1
         sleep = _NO_SLEEP
@@ -338,17 +406,35 @@ class DPOR(Strategy):
         if self.bound is not None and cur_tid >= 0 and node.pre >= self.bound:
             cand = [t for t in cand if t.tid == cur_tid]
         stack.append(node)
-        if not cand:
-            node.done = set()
-            node.backtrack = set()
-            self.blocked_runs += 1
-            return None
-        pick = cur if cur in cand else cand[0]
+        # Following a wakeup tree: the subtree of the branch taken at the state before is this
+        # state's tree, and its leftmost entry that can run here is taken.
+        wut = self.guide
+        pick = None
+        if wut:
+            self.guide = None
+            for entry in wut:
+                for t in cand:
+                    if t.tid == entry[0]:
+                        pick = t
+                        self.guide = entry[2]
+                        break
+                if pick is not None:
+                    break
+        else:
+            wut = []
+        if pick is None:
+            if not cand:
+                node.done = set()
+                node.wut = wut
+                self.blocked_runs += 1
+                return None
+            pick = cur if cur in cand else cand[0]
+            wut.append([pick.tid, (pick.p_obj, pick.p_write), []])
         tid = pick.tid
         node.ops[tid] = (pick.p_obj, pick.p_write)
         node.choice = tid
         node.done = {tid}
-        node.backtrack = {tid}
+        node.wut = wut
         return self._take(pick)
 
     def _take(self, t: Task) -> Task:
@@ -415,6 +501,7 @@ class DPOR(Strategy):
         ev_tid.append(tid)
         ev_local.append(local)
         self.ev_clock.append(c)
+        self.pend_op = (obj, write)
         try:
             for j in races:
                 self._reverse(j, i)
@@ -424,28 +511,33 @@ class DPOR(Strategy):
             self.ev_clock.pop()
 
     def _next_branch(self) -> bool:
+        """The deepest state whose wakeup tree has a branch left: run that branch next."""
         stack = self.stack
+        bound = self.bound
         for j in range(len(stack) - 1, -1, -1):
             node = stack[j]
-            cands = node.backtrack - node.done
-            if cands:
-                ok = []
-                for q in sorted(cands):
-                    if q in node.sleep or all(t.tid != q for t in node.enabled):
-                        node.done.add(q)  # asleep or not runnable here: covered elsewhere
-                        continue
-                    if (self.bound is not None and node.cur >= 0 and q != node.cur
-                            and node.pre + 1 > self.bound):
-                        node.done.add(q)
-                        continue
-                    ok.append(q)
-                if ok:
-                    q = ok[0]
+            wut = node.wut
+            choice = node.choice
+            for n, entry in enumerate(wut):
+                if entry[0] == choice:
+                    del wut[n]  # its exploration is over
+                    break
+            while wut:
+                entry = wut[0]
+                q = entry[0]
+                if (q in node.done or q in node.sleep
+                        or all(t.tid != q for t in node.enabled)
+                        or (bound is not None and node.cur >= 0 and q != node.cur
+                            and node.pre + 1 > bound)):
+                    del wut[0]  # asleep, explored or not runnable here, or over the bound
                     node.done.add(q)
-                    node.choice = q
-                    del stack[j + 1:]
-                    self.branch = j
-                    return True
+                    continue
+                node.done.add(q)
+                node.choice = q
+                del stack[j + 1:]
+                self.branch = j
+                self.guide = entry[2] if bound is None else None
+                return True
         return False
 
     def distinct(self) -> int | None:
