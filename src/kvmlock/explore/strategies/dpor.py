@@ -429,9 +429,12 @@ class DPOR(Strategy):
                 self.blocked_runs += 1
                 return None
             pick = cur if cur in cand else cand[0]
-            wut.append([pick.tid, (pick.p_obj, pick.p_write), []])
+            op = (pick.p_obj, pick.p_write)
+            wut.append([pick.tid, op, []])
+        else:
+            op = (pick.p_obj, pick.p_write)
         tid = pick.tid
-        node.ops[tid] = (pick.p_obj, pick.p_write)
+        node.ops[tid] = op
         node.choice = tid
         node.done = {tid}
         node.wut = wut
@@ -518,6 +521,8 @@ class DPOR(Strategy):
             node = stack[j]
             wut = node.wut
             choice = node.choice
+            if len(wut) == 1 and wut[0][0] == choice:
+                continue  # nothing else to explore here (the usual case)
             for n, entry in enumerate(wut):
                 if entry[0] == choice:
                     del wut[n]  # its exploration is over
