@@ -253,10 +253,6 @@ class DPOR(Strategy):
         for j in races:
             self._reverse(j, i)
 
-    def _join_into(self, tid: int, other: list[int]) -> None:
-        mine = self.clock[tid]
-        self.clock[tid] = [a if a > b else b for a, b in zip(mine, other, strict=True)]
-
     def _op(self, x: int) -> Op:
         return (self.ev_more[x][0], self.ev_write[x]) if x < len(self.ev_more) else self.pend_op
 
