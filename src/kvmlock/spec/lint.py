@@ -24,9 +24,7 @@ def lint(spec: Spec) -> list[Finding]:
     """Every contradiction between the document's own rules, in a stable order."""
     srcu = _srcu(spec)
     # "sync under A" plus "A inside the read side" is also a two-step cycle; say it once
-    both_ways = {frozenset((r.inner, r.srcu)) for r in spec.rules if r.kind == "srcu_read_ok"
-                 and any(s.outer == r.inner and s.srcu == r.srcu for s in spec.rules
-                         if s.kind == "srcu_sync_inside")}
+    both_ways = {f.nodes for f in srcu}
     cycles = [f for f in _cycles(spec) if f.nodes not in both_ways]
     return cycles + _leaf(spec) + srcu + _forbidden(spec) + _types(spec)
 
@@ -103,6 +101,7 @@ def _srcu(spec: Spec) -> list[Finding]:
                 f"line {s.line} calls synchronize_srcu({r.srcu}) inside {r.inner}, but line "
                 f"{r.line} lets {r.inner} be taken inside its read side",
                 (s.line, r.line),
+                frozenset((r.inner, r.srcu)),
             ))
     return out
 
@@ -140,9 +139,4 @@ def _types(spec: Spec) -> list[Finding]:
 def undeclared(spec: Spec) -> list[str]:
     """Locks the rules name that have no Reference entry (a gap, not a contradiction)."""
     refs = {e.name for e in spec.reference}
-    names: list[str] = []
-    for r in spec.rules:
-        for n in (r.outer, r.inner, r.srcu):
-            if n and n not in refs and n not in names:
-                names.append(n)
-    return names
+    return [n for n in spec.locks() if n not in refs]
