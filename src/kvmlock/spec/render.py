@@ -17,7 +17,7 @@ from rich.table import Table as _RichTable
 
 from kvmlock.spec.check import HELD, NOT_EXERCISED, UNCHECKED, VIOLATED, Conformance
 from kvmlock.spec.lint import Finding, undeclared
-from kvmlock.spec.model import Spec
+from kvmlock.spec.model import Spec, Unread
 from kvmlock.spec.names import KIND_TYPES
 
 
@@ -38,6 +38,15 @@ def _text(renderables: Iterable[Any], width: int, color: bool = False) -> str:
     return buf.getvalue()
 
 
+def _unread_table(title: str, unread: Iterable[Unread]) -> _RichTable:
+    nu = Table(title=title)
+    nu.add_column("line")
+    nu.add_column("sentence", overflow="fold")
+    for u in unread:
+        nu.add_row(str(u.line), u.text)
+    return nu
+
+
 def spec_tables(spec: Spec) -> list[Any]:
     rules = Table(title=f"Rules read from {spec.source}")
     for col in ("line", "kind", "rule", "arch", "note"):
@@ -52,12 +61,10 @@ def spec_tables(spec: Spec) -> list[Any]:
                     "; ".join(e.protects))
     out: list[Any] = [rules, ref]
     if spec.not_understood:
-        nu = Table(title="Not understood (sentences in a rules section matching no rule form)")
-        nu.add_column("line")
-        nu.add_column("sentence", overflow="fold")
-        for u in spec.not_understood:
-            nu.add_row(str(u.line), u.text)
-        out.append(nu)
+        out.append(_unread_table(
+            "Not understood (sentences in a rules section matching no rule form)",
+            spec.not_understood,
+        ))
     return out
 
 
@@ -91,12 +98,7 @@ def conformance_tables(conf: Conformance) -> list[Any]:
             u.add_row(name, kind)
         out.append(u)
     if conf.not_understood:
-        nu = Table(title="Sentences not understood (not checked)")
-        nu.add_column("line")
-        nu.add_column("sentence", overflow="fold")
-        for s in conf.not_understood:
-            nu.add_row(str(s.line), s.text)
-        out.append(nu)
+        out.append(_unread_table("Sentences not understood (not checked)", conf.not_understood))
     c = conf.counts()
     bad_types = sum(1 for tr in conf.types if tr.status == VIOLATED)
     out.append(
