@@ -14,7 +14,7 @@ from typing import Any
 
 from kvmlock.spec.graphview import Edge, GraphView, view
 from kvmlock.spec.model import RefEntry, Rule, Spec, Unread
-from kvmlock.spec.names import kind_of
+from kvmlock.spec.names import SPECIAL_KINDS, kind_of
 
 HELD, VIOLATED, NOT_EXERCISED, UNCHECKED = "held", "violated", "not exercised", "unchecked"
 
@@ -127,6 +127,11 @@ def _is_write(e: Edge) -> bool:
     return e.dst_read == 0
 
 
+def _read_side(g: GraphView, srcu: str) -> list[Edge]:
+    """The steps that leave ``srcu`` as a reader: locks taken inside its read side."""
+    return [e for e in g.out(srcu) if e.src_read != 0]
+
+
 def _check_rule(rule: Rule, g: GraphView, declared: dict[str, tuple[str, ...]]) -> RuleResult:
     k = rule.kind
     if k == "order":
@@ -141,8 +146,7 @@ def _check_rule(rule: Rule, g: GraphView, declared: dict[str, tuple[str, ...]]) 
             return RuleResult(rule, VIOLATED, bad, f"{rule.inner} is taken inside {rule.outer}")
         return _exercised(rule, g, rule.outer)
     if k == "srcu_sync_inside":
-        reads = [e for e in g.out(rule.srcu) if e.src_read != 0]
-        bad = g.path(reads, rule.outer)
+        bad = g.path(_read_side(g, rule.srcu), rule.outer)
         if bad:
             return RuleResult(
                 rule, VIOLATED, bad,
@@ -156,13 +160,12 @@ def _check_rule(rule: Rule, g: GraphView, declared: dict[str, tuple[str, ...]]) 
             return RuleResult(
                 rule, VIOLATED, bad, f"synchronize_srcu({rule.srcu}) is called under {rule.inner}"
             )
-        reads = [e for e in g.out(rule.srcu) if e.src_read != 0]
-        seen = g.path(reads, rule.inner)
+        seen = g.path(_read_side(g, rule.srcu), rule.inner)
         return RuleResult(rule, HELD, seen) if seen else RuleResult(rule, NOT_EXERCISED)
     if k == "leaf":
         for e in g.out(rule.outer):
             dst_kind = g.classes.get(e.dst) or kind_of(e.dst, declared)
-            if dst_kind not in ("srcu", "pseudo"):
+            if dst_kind not in SPECIAL_KINDS:
                 return RuleResult(rule, VIOLATED, [e], f"{e.dst} is taken inside {rule.outer}")
         return _exercised(rule, g, rule.outer)
     if k == "type":

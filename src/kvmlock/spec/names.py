@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import re
 
-#: lockdep kinds (LockMap ``kind`` strings) that are locks in the document's sense.
-LOCK_KINDS = ("mutex", "spinlock", "raw_spinlock", "rwlock", "rwsem", "percpu_rwsem")
 #: Kinds that take part in lock order only through the document's explicit rules; they are never
 #: "leaves" and an edge into them does not break a leaf.
 SPECIAL_KINDS = ("srcu", "pseudo")

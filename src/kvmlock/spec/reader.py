@@ -15,11 +15,10 @@ import re
 from pathlib import Path
 
 import docutils.core
-import docutils.utils
 from docutils import nodes
 
 from kvmlock.spec.model import RefEntry, Rule, Spec, SpecError, Unread
-from kvmlock.spec.names import NAME_RE, TYPE_KINDS, kind_of, normalise, parse_type
+from kvmlock.spec.names import NAME_RE, SPECIAL_KINDS, TYPE_KINDS, kind_of, normalise, parse_type
 from kvmlock.spec.sentences import Context, read_sentence, split_sentences
 
 _RULES_TITLE = re.compile(r"acquisition orders?|lock(?:ing)? orders?|ordering rules", re.I)
@@ -97,7 +96,7 @@ def parse(text: str, *, source: str = "<text>") -> Spec:
     ctx = Context(is_srcu=is_srcu, default_srcu=srcus[0] if len(srcus) == 1 else "")
     leaf_sentence: Rule | None = None
     for sec in rules_secs:
-        for rule in _walk(list(sec.children[1:]), ctx, spec, source):
+        for rule in _walk(list(sec.children[1:]), ctx, spec):
             if rule.kind == "leaf" and rule.outer == "*":
                 leaf_sentence = leaf_sentence or rule
                 continue
@@ -241,7 +240,7 @@ def _entry(sec: nodes.section, source: str, warnings: list[str]) -> RefEntry:
 _ARCH_HEADER = re.compile(r"^(?:on|for) (x86|arm64|s390|powerpc|riscv|mips|loongarch)\b", re.I)
 
 
-def _walk(children: list[nodes.Node], ctx: Context, spec: Spec, source: str) -> list[Rule]:
+def _walk(children: list[nodes.Node], ctx: Context, spec: Spec) -> list[Rule]:
     """Rules in document order; a header sentence ("On x86:") scopes the siblings after it."""
     out: list[Rule] = []
     base = (ctx.arch, ctx.srcu)
@@ -254,18 +253,18 @@ def _walk(children: list[nodes.Node], ctx: Context, spec: Spec, source: str) -> 
             out += _paragraph(child, ctx, spec)
         elif isinstance(child, nodes.bullet_list | nodes.enumerated_list):
             for item in child.children:
-                out += _walk(list(item.children), ctx.copy(), spec, source)
+                out += _walk(list(item.children), ctx.copy(), spec)
         elif isinstance(child, nodes.section):
             sub = ctx.copy()
             _header(_title(child), sub)
-            out += _walk(list(child.children[1:]), sub, spec, source)
+            out += _walk(list(child.children[1:]), sub, spec)
         elif isinstance(child, nodes.block_quote | nodes.note | nodes.admonition):
-            out += _walk(list(child.children), ctx.copy(), spec, source)
+            out += _walk(list(child.children), ctx.copy(), spec)
         elif isinstance(child, nodes.definition_list):
             for item in child.children:
                 sub = ctx.copy()
                 _header(item[0].astext(), sub)
-                out += _walk(list(item[1].children) if len(item) > 1 else [], sub, spec, source)
+                out += _walk(list(item[1].children) if len(item) > 1 else [], sub, spec)
         # literal blocks are code examples, comments and system messages carry no rules
     return out
 
@@ -326,7 +325,7 @@ def _leaves(spec: Spec, sentence: Rule) -> list[Rule]:
     for name in spec.locks():
         if name in outer or name in explicit:
             continue
-        if kind_of(name, declared) in ("srcu", "pseudo"):
+        if kind_of(name, declared) in SPECIAL_KINDS:
             continue
         out.append(Rule("leaf", name, note="everything else is a leaf", arch=sentence.arch,
                         line=sentence.line, text=sentence.text))
