@@ -21,29 +21,19 @@ class DFS(Strategy):
     def __init__(self, preemption_bound: int | None = None) -> None:
         self.bound = preemption_bound
         self.levels: list[list[tuple[int, ...]]] = [[()]]
-        self.prefix: tuple[int, ...] = ()
         self.rt: SimRuntime | None = None
 
     def begin(self, rt: SimRuntime) -> bool:
         for level in self.levels:
             if level:
-                self.prefix = rt.prefix = level.pop()
+                rt.prefix = level.pop()
                 self.rt = rt
                 return True
         return False
 
     def choose(self, enabled: list[Task], cur: Task) -> Task:
         rt = self.rt
-        n = rt.nsteps  # type: ignore[union-attr]
-        can_continue = cur in enabled
-        prefix = self.prefix
-        if n < len(prefix):
-            want = prefix[n]
-            for t in enabled:
-                if t.tid == want:
-                    return t
-            raise RuntimeError(f"dfs: prefix step {n} names task {want}, which cannot run "
-                               f"(the body is not deterministic)")
+        can_continue = cur in enabled  # (the prefix's steps never get here: rt.prefix)
         d = cur if can_continue else enabled[0]
         if len(enabled) > 1:
             base = rt.choices  # type: ignore[union-attr]

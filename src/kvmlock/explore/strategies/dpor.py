@@ -80,9 +80,7 @@ class DPOR(Strategy):
         self.branch = 0
         self.first = True
         self.rt: SimRuntime | None = None
-        self.blocked_runs = 0  # runs cut short because every runnable task was asleep
         self.guide: list[list] | None = None  # wakeup subtree for the state after the branch
-        self.pend_op: Op = (None, False)  # the op of a pending (never executed) racing event
         self._reset_run()
 
     # ------------------------------------------------------------------ per-run bookkeeping
@@ -254,7 +252,7 @@ class DPOR(Strategy):
             self._reverse(j, i)
 
     def _op(self, x: int) -> Op:
-        return (self.ev_more[x][0], self.ev_write[x]) if x < len(self.ev_more) else self.pend_op
+        return (self.ev_more[x][0], self.ev_write[x])
 
     def _weak_initial(self, q: int, op: Op, seq: list[int]) -> bool:
         """Can task ``q`` (next operation ``op``) go first in some reordering of ``seq`` (event
@@ -270,15 +268,9 @@ class DPOR(Strategy):
         if obj is None:
             return True  # spawn, join: independent of everything
         ev_more, ev_write = self.ev_more, self.ev_write
-        last = len(ev_more)
-        for x in reversed(seq):  # the racing event is last: a conflict shows up early
-            if x < last:
-                if ev_more[x][0] == obj and (write or ev_write[x]):
-                    return False
-            else:
-                o, w = self.pend_op
-                if o == obj and (write or w):
-                    return False
+        for x in reversed(seq):  # _independent, inlined; the racing event is last, so a
+            if ev_more[x][0] == obj and (write or ev_write[x]):  # conflict shows up early
+                return False
         return True
 
     def _reverse(self, j: int, i: int) -> None:
@@ -333,20 +325,17 @@ class DPOR(Strategy):
         rt = self.rt
         n = rt.nsteps  # type: ignore[union-attr]
         stack = self.stack
-        if n <= self.branch and n < len(stack):
-            # replaying the known prefix: its events are already accounted for
+        if n == self.branch and n < len(stack):
+            # the branch point (the steps before it are the runtime's prefix): take the branch
             node = stack[n]
-            if n == self.branch:
-                self.blocker = dict(node.snap[0])
-                self.was_enabled = dict(node.snap[1])
-                self.enabler = dict(node.snap[2])
+            self.blocker = dict(node.snap[0])
+            self.was_enabled = dict(node.snap[1])
+            self.enabler = dict(node.snap[2])
             want = node.choice
             for t in enabled:
                 if t.tid == want:
-                    if n == self.branch:
-                        node.ops[want] = (t.p_obj, t.p_write)
-                        return self._take(t)
-                    return t
+                    node.ops[want] = (t.p_obj, t.p_write)
+                    return self._take(t)
             raise RuntimeError(f"dpor: step {n} names task {want}, which cannot run "
                                f"(the body is not deterministic)")
         pend = self.pending
@@ -422,7 +411,6 @@ class DPOR(Strategy):
             if not cand:
                 node.done = set()
                 node.wut = wut
-                self.blocked_runs += 1
                 return None
             pick = cur if cur in cand else cand[0]
             op = (pick.p_obj, pick.p_write)
@@ -493,21 +481,20 @@ class DPOR(Strategy):
             races.append(b)
         if not races:
             return
+        # a provisional event record for the operation, so races see it like any other
         i = len(ev_tid)
         local = clock[tid] + 1
         c = clock[:]
         c[tid] = local
-        ev_tid.append(tid)
-        ev_local.append(local)
-        self.ev_clock.append(c)
-        self.pend_op = (obj, write)
+        arrays = (ev_tid, ev_local, self.ev_clock, ev_write, self.ev_more)
+        for arr, v in zip(arrays, (tid, local, c, write, (obj, False, -1)), strict=True):
+            arr.append(v)
         try:
             for j in races:
                 self._reverse(j, i)
         finally:
-            ev_tid.pop()
-            ev_local.pop()
-            self.ev_clock.pop()
+            for arr in arrays:
+                arr.pop()
 
     def _next_branch(self) -> bool:
         """The deepest state whose wakeup tree has a branch left: run that branch next."""
