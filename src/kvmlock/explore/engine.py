@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
 
+from kvmlock import lockdep as _lockdep
 from kvmlock import runtime as _runtime
 from kvmlock.explore import schedule as _schedule
 from kvmlock.explore import trace as _trace
@@ -19,24 +19,6 @@ from kvmlock.explore.strategies.dpor import DPOR
 from kvmlock.explore.strategies.sampling import PCT, RandomWalk
 
 STRATEGIES = ("dfs", "dpor", "pct", "random")
-
-
-_LOCKDEP: list[Any] = []
-
-
-def _lockdep() -> Any:
-    """kvmlock.lockdep, or None if it cannot be used; looked up once (once per execution adds
-    up to a measurable share of a small exploration)."""
-    if not _LOCKDEP:
-        try:
-            from kvmlock import lockdep
-        except ImportError:
-            lockdep = None
-        if lockdep is not None and not (hasattr(lockdep, "isolated")
-                                        and hasattr(lockdep, "reports")):
-            lockdep = None
-        _LOCKDEP.append(lockdep)
-    return _LOCKDEP[0]
 
 
 class Execution:
@@ -66,20 +48,14 @@ class Execution:
 
 def _holds(t: Task, rt: SimRuntime) -> list[str]:
     """Locks ``t`` holds: lockdep's view (covers rwsems and SRCU) or else the lock cells."""
-    names: list[str] = []
-    ld = _lockdep()
-    if ld is not None and hasattr(ld, "held_locks"):
-        saved = rt.current
-        rt.current = t
-        try:
-            for h in ld.held_locks():
-                name = getattr(h, "name", None) or str(h)
-                read = getattr(h, "read", 0)
-                names.append(f"{name} (read)" if read else name)
-        except Exception:  # noqa: BLE001 - a description must not fail the report
-            names = []
-        finally:
-            rt.current = saved
+    saved = rt.current
+    rt.current = t
+    try:
+        names = [f"{h.name} (read)" if h.read else h.name for h in _lockdep.held_locks()]
+    except Exception:  # noqa: BLE001 - a description must not fail the report
+        names = []
+    finally:
+        rt.current = saved
     if names and names[-1].removesuffix(" (read)") == t.p_label and not (
         isinstance(t.p_wq, SimCell) and t.p_wq.holder is t
     ):
@@ -164,14 +140,11 @@ def execute(body: Callable[[], Any], strategy: Strategy, max_steps: int,
     if not strategy.begin(rt):
         return None
     ex = Execution(rt)
-    ld = _lockdep()
-    ctx = ld.isolated() if ld is not None else contextlib.nullcontext()
-    with ctx:
+    with _lockdep.isolated():
         prev = _runtime.install(rt)
         try:
             rt.run(body)
-            if ld is not None:
-                ex.reports = list(ld.reports())
+            ex.reports = list(_lockdep.reports())
             _describe(ex, lockdep_on, max_steps)
         finally:
             # After a failure the parked tasks are unwound here; any other way out (an error
