@@ -112,14 +112,13 @@ class Task:
 class SimCell:
     """A binary lock whose every call is a visible operation; contention parks the task."""
 
-    __slots__ = ("rt", "key", "label", "holder", "acq_step")
+    __slots__ = ("rt", "key", "label", "holder")
 
     def __init__(self, rt: SimRuntime, key: int, label: str) -> None:
         self.rt = rt
         self.key = key
         self.label = label
         self.holder: Task | None = None
-        self.acq_step = -1
 
     def _free(self) -> bool:
         return self.holder is None
@@ -136,7 +135,6 @@ class SimCell:
                 return False
             t.try_ok = True
         self.holder = t
-        self.acq_step = rt.nsteps - 1
         return True
 
     def release(self) -> None:
@@ -244,7 +242,6 @@ class SimRuntime:
         self.failed_task: Task | None = None
         self.exc: BaseException | None = None
         self.exc_where: tuple[str, str] = ("", "")
-        self.blocked: list[Task] = []
         self.aborting = False
         self.spin_detect = True
         self.wcount: dict[int, int] = {}  # object key -> writes executed on it
@@ -402,7 +399,6 @@ class SimRuntime:
             enabled.append(t)
         if not enabled:
             if spinners is None:
-                self.blocked = list(self.live)
                 self._abort("deadlock")
             enabled = spinners
         n = self.nsteps
