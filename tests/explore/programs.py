@@ -128,3 +128,24 @@ def rwsem_fairness(recursive: bool):
             t.join()
 
     return body
+
+
+def spin_until_set(waiter_first: bool):
+    """One task spins reading a flag until the other sets it."""
+
+    def body():
+        flag = Atomic64(0, name="flag")
+
+        def waiter():
+            while not flag.load():
+                pass
+
+        def setter():
+            flag.store(1)
+
+        order = (waiter, setter) if waiter_first else (setter, waiter)
+        ts = [spawn(f) for f in order]
+        for t in ts:
+            t.join()
+
+    return body

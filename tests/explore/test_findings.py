@@ -7,7 +7,7 @@ import pytest
 from kvmlock import explore, spawn
 from kvmlock.sync import Atomic64, Mutex
 
-from .programs import abba, lost_update, rwsem_fairness
+from .programs import abba, lost_update, rwsem_fairness, spin_until_set
 
 
 @pytest.mark.parametrize("strategy", ["dfs", "dpor"])
@@ -131,19 +131,7 @@ def test_unbounded_loop_hits_max_steps():
 
 
 def test_spin_that_ends_is_not_a_hang():
-    def body():
-        flag = Atomic64(0, name="flag")
-
-        def waiter():
-            while not flag.load():
-                pass
-
-        def setter():
-            flag.store(1)
-
-        ts = [spawn(setter), spawn(waiter)]
-        for t in ts:
-            t.join()
+    body = spin_until_set(waiter_first=False)
 
     # without a preemption bound: a spinner yields while another task can run, so the
     # exhaustive search stays finite
@@ -239,19 +227,7 @@ def test_pct_depth_matters():
 
 
 def test_spin_detection_can_be_turned_off():
-    def body():
-        flag = Atomic64(0, name="flag")
-
-        def waiter():
-            while not flag.load():
-                pass
-
-        def setter():
-            flag.store(1)
-
-        ts = [spawn(waiter), spawn(setter)]
-        for t in ts:
-            t.join()
+    body = spin_until_set(waiter_first=True)
 
     # without the rule the waiter may spin until the step budget runs out
     off = explore.check(body, strategy="dfs", max_steps=100, spin_detection=False)
