@@ -17,6 +17,7 @@ from kvmlock.lockdep.state import (  # noqa: F401 - _SYNC and _INFO are read by 
     _NEST,
     _SYNC,
     KINDS,
+    MAX_SUBCLASSES,
     LockdepError,
     State,
     _held_locks,
@@ -24,6 +25,7 @@ from kvmlock.lockdep.state import (  # noqa: F401 - _SYNC and _INFO are read by 
     _klass,
     _report,
     _task_name,
+    check_subclass,
 )
 from kvmlock.lockdep.validate import _miss, _restart
 from kvmlock.lockdep.where import user_site
@@ -105,11 +107,10 @@ class LockMap:
         return f"<LockMap {self.name} ({self.kind})>"
 
     def _sub(self, subclass: int) -> LockClass:
-        if subclass.__class__ is not int or not 0 <= subclass <= 7:
-            raise ValueError(f"lock subclass must be an int in 0..7, got {subclass!r}")
+        check_subclass(subclass)
         subs = self._subs
         if subs is None:
-            subs = self._subs = [self._cls] + [None] * 7
+            subs = self._subs = [self._cls] + [None] * (MAX_SUBCLASSES - 1)
         cls = subs[subclass]
         if cls is None:
             cls = subs[subclass] = _klass(self.key, self.name, self.kind, subclass)
@@ -254,9 +255,7 @@ def _push(S: State, held: list, m: LockMap, cls: LockClass, read: int, trylock: 
 def _release_slow(S: State, m: LockMap) -> None:
     if not S.on:  # switched off while this release was on its way
         return
-    held = _stack()
-    if held[0][1] is not S.root:
-        _restart(S, held)
+    held = _stack()  # restarted already if left from an earlier state
     for i in range(len(held) - 1, 0, -1):
         if held[i][0] is m:
             break

@@ -28,6 +28,19 @@ SLEEPING = frozenset({"mutex", "rwsem", "percpu_rwsem"})
 RT_SLEEPING = frozenset({"spinlock", "rwlock"})
 OPTIONS = {"raw_nesting": False}
 MODES = ("warn", "raise", "collect")
+#: lockdep keeps 8 subclasses per class, as the kernel does (MAX_LOCKDEP_SUBCLASSES).
+MAX_SUBCLASSES = 8
+
+
+def check_subclass(subclass: object) -> int:
+    """A nesting subclass is an int in 0..MAX_SUBCLASSES-1 (an IntEnum member too; a bool
+    is not one)."""
+    if not isinstance(subclass, int) or isinstance(subclass, bool) or not (
+            0 <= subclass < MAX_SUBCLASSES):
+        raise ValueError(
+            f"lock subclass must be an integer in 0..{MAX_SUBCLASSES - 1}, got {subclass!r}"
+        )
+    return subclass
 
 
 class LockdepError(RuntimeError):

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-#: lockdep keeps 8 subclasses per class, as the kernel does (MAX_LOCKDEP_SUBCLASSES).
-MAX_SUBCLASSES = 8
+from kvmlock.lockdep.state import check_subclass
 
 
 def check_name(name: object, what: str) -> str:
@@ -12,16 +11,6 @@ def check_name(name: object, what: str) -> str:
         raise TypeError(f"{what}: the name must be a non-empty string naming the lock class, "
                         f"got {name!r}")
     return name
-
-
-def check_subclass(subclass: object) -> int:
-    if not isinstance(subclass, int) or isinstance(subclass, bool) or not (
-        0 <= subclass < MAX_SUBCLASSES
-    ):
-        raise ValueError(
-            f"lock subclass must be an integer in 0..{MAX_SUBCLASSES - 1}, got {subclass!r}"
-        )
-    return subclass
 
 
 class Nested:
