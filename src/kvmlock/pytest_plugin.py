@@ -59,16 +59,15 @@ class _LockdepChecker:
     during its setup or call; a report made during teardown makes the test an error."""
 
     @staticmethod
-    def _new(item: pytest.Item) -> list:
+    def _check(item: pytest.Item, phase: str) -> None:
+        """Fail the test when lockdep reported something not seen by an earlier check."""
         from kvmlock import lockdep
 
         seen = item.stash.setdefault(_SEEN_KEY, set())
         new = [r for r in lockdep.reports() if id(r) not in seen]
+        if not new:
+            return
         seen.update(id(r) for r in new)
-        return new
-
-    @staticmethod
-    def _fail(new: list, phase: str) -> None:
         text = "\n".join(str(r) for r in new)
         pytest.fail(f"lockdep found {len(new)} problem(s) during this test's {phase}:\n{text}",
                     pytrace=False)
@@ -83,15 +82,11 @@ class _LockdepChecker:
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Any:
         result = yield
-        new = self._new(item)
-        if new:
-            self._fail(new, "setup or call")
+        self._check(item, "setup or call")
         return result
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> Any:
         result = yield
-        new = self._new(item)
-        if new:
-            self._fail(new, "teardown")
+        self._check(item, "teardown")
         return result
