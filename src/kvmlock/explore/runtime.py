@@ -167,7 +167,11 @@ class SimWaitQueue:
 
     def wait_for(self, pred: Callable[[], bool], kind: str, write: bool = True) -> None:
         rt = self.rt
-        rt.visible(rt.current, self.key, kind, write, pred, self.label, ACQ_NONE, self)
+        t = rt.current
+        waiting = rt.waiting  # partial-order reduction tracks what disables a waiting task
+        waiting[t] = None
+        rt.visible(t, self.key, kind, write, pred, self.label, ACQ_NONE, self)
+        del waiting[t]
 
     def point(self, kind: str, write: bool = True) -> None:
         rt = self.rt
@@ -318,9 +322,6 @@ class SimRuntime:
         t.p_wq = wq
         if self.tracing:
             t.p_where = where_of(sys._getframe(1))
-        waits = pred is not None and acq == ACQ_NONE and obj is not None
-        if waits:  # a wait_for: partial-order reduction tracks what disables it
-            self.waiting[t] = None
         point = None
         if not write and obj is not None and self.spin_detect:
             point = (kind, _point(sys._getframe(1)))
@@ -342,8 +343,6 @@ class SimRuntime:
                 self.current = nxt
                 nxt.g.switch()
         # the operation executes now
-        if waits:
-            del self.waiting[t]
         if obj is not None:
             wc = self.wcount
             if write:
