@@ -12,7 +12,7 @@ dependency graph of their own execution:
 * :func:`check_orders` -- no dependency contradicts a documented order (or a chain of them);
 * :func:`check_leaves` -- no lock outside the documented orders has anything taken inside it.
 
-:func:`together` (spawn tasks, join them) is shared by the other scenario modules.
+:func:`together` (spawn tasks, join them) and :func:`check_graph` serve the other modules too.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from kvmlock.kvm.vm import VM
 from kvmlock.kvm.xen import Xen
 from kvmlock.scenarios.registry import scenario
 
-__all__ = ["LEAVES", "ORDERS", "check_leaves", "check_orders", "together"]
+__all__ = ["LEAVES", "ORDERS", "check_graph", "check_leaves", "check_orders", "together"]
 
 #: (outer, inner): the documented acquisition orders, canonical class names.
 ORDERS: tuple[tuple[str, str], ...] = (
@@ -128,7 +128,7 @@ def _nested(outer: Any, inner: Any) -> Callable[[], None]:
     return take
 
 
-def _check_graph() -> None:
+def check_graph() -> None:
     g = lockdep.graph()
     check_orders(g)
     check_leaves(g)
@@ -147,7 +147,7 @@ def hotplug_kvm_lock_correct() -> None:
     m = Machine(2)
     together(lambda: m.destroy_vm(m.create_vm()), lambda: m.cpu_down(1), m.cpufreq_notifier)
     m.check_hardware()
-    _check_graph()
+    check_graph()
 
 
 @scenario("order.hotplug_kvm_lock.broken", variant="broken", expect="lockdep",
@@ -172,7 +172,7 @@ def usage_lock_hotplug_correct() -> None:
     m = Machine(2, usage_lock=True)
     together(lambda: m.destroy_vm(m.create_vm()), lambda: m.cpu_down(1))
     m.check_hardware()
-    _check_graph()
+    check_graph()
 
 
 @scenario("order.usage_lock_hotplug.broken", variant="broken", expect="lockdep",
@@ -210,7 +210,7 @@ def _pair(name: str, outer: str, inner: str, rule: str,
         if extra is not None:
             tasks.append(extra(vm))
         together(*tasks)
-        _check_graph()
+        check_graph()
 
     def broken() -> None:
         vm = _vm()
@@ -311,7 +311,7 @@ def _four_paths(hold_kvm_lock: bool, hotplug: bool = False) -> None:
           max_runs=3000, timeout=60.0)
 def kvm_lock_leaf_correct() -> None:
     _four_paths(hold_kvm_lock=False)
-    _check_graph()
+    check_graph()
 
 
 @scenario("order.kvm_lock_leaf.broken", variant="broken", expect="lockdep",
@@ -357,7 +357,7 @@ def _plane0_then_plane1(p0: Any, p1: Any) -> Callable[[], None]:
 def vcpu_mutex_planes_correct() -> None:
     p0, p1 = _planes()
     together(_plane0_then_plane1(p0, p1), _plane0_then_plane1(p0, p1))
-    _check_graph()
+    check_graph()
 
 
 @scenario("order.vcpu_mutex_planes.broken", variant="broken", expect="lockdep",
@@ -387,7 +387,7 @@ def _mmu_pair(name: str, inner: str) -> None:
     def correct() -> None:
         vm = _vm()
         together(_mmu_read_side(vm, inner), _nested(vm.mmu_lock.write(), getattr(vm, inner)))
-        _check_graph()
+        check_graph()
 
     def broken() -> None:
         vm = _vm()
@@ -457,7 +457,7 @@ def leaves_correct() -> None:
     together(vcpu0, host, pv.block, names=["vcpu0", "host", "vcpu1"])
     assert pv.delivered == {5}, f"posted vector lost: delivered {pv.delivered}"
     tsc.check()
-    _check_graph()
+    check_graph()
 
 
 @scenario("order.leaves.hv_lock_nests.broken", variant="broken", expect="assertion",
@@ -468,7 +468,7 @@ def leaves_hv_lock_nests_broken() -> None:
     vcpu = vm.vcpus[0]
     with vcpu.mutex, vm.hv_lock, vm.irq_lock:
         pass
-    _check_graph()
+    check_graph()
 
 
 @scenario("order.leaves.tsc_write_lock_sleeps.broken", variant="broken", expect="lockdep",

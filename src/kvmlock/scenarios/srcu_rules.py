@@ -28,7 +28,7 @@ from typing import Any
 
 from kvmlock import runtime
 from kvmlock.kvm.vm import VM
-from kvmlock.scenarios.orders import check_leaves, check_orders, together
+from kvmlock.scenarios.orders import check_graph, together
 from kvmlock.scenarios.registry import scenario
 from kvmlock.sync import Atomic64
 
@@ -109,23 +109,20 @@ def _sync_update(vm: VM, slots: _Memslots, lock: Any) -> Callable[[], None]:
     return update
 
 
-def _graph_ok() -> None:
-    from kvmlock import lockdep
-
-    g = lockdep.graph()
-    check_orders(g)
-    check_leaves(g)
+def _update_vs_reader(inner: str) -> None:
+    """The memslot updater racing a vCPU whose read side takes the VM's lock ``inner``."""
+    vm = VM(None, nr_vcpus=1)
+    slots = _Memslots()
+    together(lambda: _update_memslots(vm, slots), lambda: _reader(vm, slots, getattr(vm, inner)),
+             names=["memslot updater", "vcpu0"])
 
 
 @scenario("srcu.slots_arch_lock_in_reader.correct", variant="correct", expect="pass",
           rule="kvm->slots_arch_lock may be taken inside a kvm->srcu read side",
           invariant="no reader uses freed memslots; no cycle through kvm->srcu", **_BOUND)
 def slots_arch_lock_in_reader() -> None:
-    vm = VM(None, nr_vcpus=1)
-    slots = _Memslots()
-    together(lambda: _update_memslots(vm, slots), lambda: _reader(vm, slots, vm.slots_arch_lock),
-             names=["memslot updater", "vcpu0"])
-    _graph_ok()
+    _update_vs_reader("slots_arch_lock")
+    check_graph()
 
 
 @scenario("srcu.slots_lock_in_reader.broken", variant="broken", expect="lockdep",
@@ -133,10 +130,7 @@ def slots_arch_lock_in_reader() -> None:
           rule="kvm->slots_lock taken inside a kvm->srcu read side",
           invariant="lockdep reports kvm->slots_lock -> kvm->srcu -> kvm->slots_lock", **_BOUND)
 def slots_lock_in_reader() -> None:
-    vm = VM(None, nr_vcpus=1)
-    slots = _Memslots()
-    together(lambda: _update_memslots(vm, slots), lambda: _reader(vm, slots, vm.slots_lock),
-             names=["memslot updater", "vcpu0"])
+    _update_vs_reader("slots_lock")
 
 
 @scenario("srcu.kvm_lock_outside_reader.correct", variant="correct", expect="pass",
@@ -162,7 +156,7 @@ def kvm_lock_outside_reader() -> None:
              names=["vm ioctl (sync)", "vm ioctl (call_srcu)", "vm ioctl (reader)"])
     vm.srcu.barrier()
     assert all(a.freed for a in slots.arrays[:-1]), "a deferred free never ran after srcu_barrier"
-    _graph_ok()
+    check_graph()
 
 
 @scenario("srcu.old_rule_kvm_lock_in_reader.broken", variant="broken", expect="lockdep",
@@ -216,7 +210,7 @@ def vcpu_mutex_outside_reader() -> None:
             _reader(vm, slots, None)
 
     together(vcpu_ioctl_sync, kvm_run, names=["vcpu ioctl", "KVM_RUN"])
-    _graph_ok()
+    check_graph()
 
 
 @scenario("srcu.vcpu_mutex_in_reader.broken", variant="broken", expect="lockdep",
@@ -255,7 +249,4 @@ def free_before_grace_period() -> None:
                "hang itself (synchronize waits for the reader, the reader for slots_lock)",
           invariant="all tasks blocked", lockdep=False, **_BOUND)
 def slots_lock_in_reader_deadlock() -> None:
-    vm = VM(None, nr_vcpus=1)
-    slots = _Memslots()
-    together(lambda: _update_memslots(vm, slots), lambda: _reader(vm, slots, vm.slots_lock),
-             names=["memslot updater", "vcpu0"])
+    _update_vs_reader("slots_lock")
