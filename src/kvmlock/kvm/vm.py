@@ -58,9 +58,6 @@ class Hazards:
     def names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
 
-    def enabled(self) -> list[str]:
-        return [n for n in self.names() if getattr(self, n)]
-
 
 def _hazards(value: Hazards | dict[str, bool] | None) -> Hazards:
     if value is None:
@@ -133,9 +130,6 @@ class VM:
         self.mmu_invalidate_range_start = 0
         self.mmu_invalidate_range_end = 0
 
-        # -- x86 TSC state (under tsc_write_lock)
-        self.arch: dict[str, Any] = {}
-
         # -- memory: host, memslots (swapped under the protocol in memslots.py), MMU
         if host is None:
             host = Host(nr_pages if host_pages is None else host_pages, nr_pages)
@@ -154,14 +148,12 @@ class VM:
         self.audit: list[str] = []
 
         self.vcpus: list[VCPU] = [VCPU(self, i) for i in range(nr_vcpus)]
-        self.online_vcpus = nr_vcpus
 
     def create_vcpu(self) -> VCPU:
         """``KVM_CREATE_VCPU``: a new vCPU, published under ``kvm->lock`` as the kernel does."""
         with self.lock:
             vcpu = VCPU(self, len(self.vcpus))
             self.vcpus.append(vcpu)
-            self.online_vcpus = len(self.vcpus)
         return vcpu
 
     def set_memory_region(self, slot_id: int, **kw: int) -> str:

@@ -89,13 +89,6 @@ class MigrationCopy:
             raise ValueError(f"MigrationCopy: slot {self.slot_id} does not exist")
         return slot
 
-    def copy_all(self) -> None:
-        """The first pass: copy every page of the slot."""
-        slot = self._slot()
-        for gfn in range(slot.base_gfn, slot.base_gfn + slot.npages):
-            self.dest[gfn] = self.vm.host.read(slot.gfn_to_hva(gfn))
-            self.copied += 1
-
     def round(self) -> list[int]:
         """Harvest the log and copy what it names; returns those gfns."""
         gfns = get_dirty_log(self.vm, self.slot_id)
