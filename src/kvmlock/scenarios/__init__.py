@@ -20,10 +20,4 @@ from kvmlock.scenarios import (  # noqa: F401  (imported to register their scena
 )
 from kvmlock.scenarios.registry import SCENARIOS, Scenario, scenario
 
-MODULES = ("fast_pf", "access_track", "mmu_notifier", "memslots",
-           "srcu_rules", "orders", "vendor", "hardware")
-
-#: kept for callers that report modules that failed to load; with plain imports it stays empty.
-MISSING: dict[str, str] = {}
-
-__all__ = ["MISSING", "MODULES", "SCENARIOS", "Scenario", "scenario"]
+__all__ = ["SCENARIOS", "Scenario", "scenario"]
