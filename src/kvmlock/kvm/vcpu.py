@@ -13,7 +13,7 @@ spins, as the kernel's does, so it may be issued with ``mmu_lock`` held).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kvmlock import runtime
 from kvmlock.sync import Mutex
@@ -45,22 +45,17 @@ class VCPU:
             raise ValueError(f"vCPU id must be a non-negative integer, got {vcpu_id!r}")
         self.vm = vm
         self.id = vcpu_id
-        self.vcpu_id = vcpu_id
         self.name = f"vcpu{vcpu_id}"  # how traces name this CPU's guest-mode steps
         self.mutex = Mutex("vcpu->mutex")
         #: guest page -> cached translation. Read only in guest mode, emptied only outside it.
         self.tlb: dict[int, TlbEntry] = {}
         self.in_guest = False
         self._cpu = runtime.RT.waitq(self)
-        #: the physical CPU the vCPU last ran on (posted-interrupt wakeup lists use it).
-        self.cpu = 0
-        self.blocked = False
         #: counters for the workload's throughput report.
         self.stats: dict[str, int] = {
             "fast_pf": 0, "slow_pf": 0, "spurious_pf": 0, "retry_pf": 0,
             "reads": 0, "writes": 0, "tlb_hits": 0, "ioctls": 0,
         }
-        self.arch: dict[str, Any] = {}
 
     # -------------------------------------------------------------- guest mode
 

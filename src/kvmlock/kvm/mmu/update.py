@@ -67,11 +67,7 @@ def spte_clear_track_bits(vm: VM, sptep: Atomic64) -> int:
 
     Returns the value dropped. The caller flushes TLBs before the page may be reused.
     """
-    old = sptep.load()
-    if not S.is_present(old) or not _volatile(vm, old):
-        sptep.store(0)
-    else:
-        old = sptep.xchg(0)
+    old = spte_update_no_track(vm, sptep, 0)
     if not S.is_present(old):
         return old
     pfn = S.pfn_of(old)
