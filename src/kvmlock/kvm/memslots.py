@@ -20,15 +20,15 @@ its SPTEs, then publishes the final array.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from kvmlock import runtime
+from kvmlock import lockdep
 from kvmlock.sync import Atomic64, RWSemaphore
 
 if TYPE_CHECKING:
     from kvmlock.kvm.vm import VM
 
-__all__ = ["LOG_DIRTY_PAGES", "Memslot", "Memslots", "RcuPointer", "set_memory_region"]
+__all__ = ["LOG_DIRTY_PAGES", "Memslot", "Memslots", "active_memslots", "set_memory_region"]
 
 #: KVM_MEM_LOG_DIRTY_PAGES
 LOG_DIRTY_PAGES = 1
@@ -113,30 +113,10 @@ class Memslots:
         return f"<Memslots gen={self.generation} {[s.id for s in self.slots]}>"
 
 
-class RcuPointer:
-    """``rcu_assign_pointer`` / ``srcu_dereference`` of one pointer, each a visible step."""
-
-    __slots__ = ("_v", "_wq", "name")
-
-    def __init__(self, value: Any, name: str = "kvm->memslots") -> None:
-        self.name = name
-        self._v = value
-        self._wq = runtime.RT.waitq(self)
-
-    def load(self) -> Any:
-        wq = self._wq
-        with wq:
-            wq.point("srcu_dereference", False)
-            return self._v
-
-    def store(self, value: Any) -> None:
-        wq = self._wq
-        with wq:
-            wq.point("rcu_assign_pointer")
-            self._v = value
-
-    def peek(self) -> Any:
-        return self._v
+def active_memslots(vm: VM) -> Memslots:
+    """``kvm_memslots()``: the active array, read inside the ``kvm->srcu`` read side or by a
+    ``slots_lock`` holder (the only tasks that swap it)."""
+    return vm.memslots.srcu_dereference_check(vm.srcu, lockdep.is_held(vm.slots_lock))
 
 
 # ------------------------------------------------------------------------- updates
@@ -149,7 +129,7 @@ def _swap_active_memslots(vm: VM, new: Memslots) -> None:
     if vm.hazards.notifier_uses_rwsem:
         rw = _notifier_rwsem(vm)
         rw.down_write()
-        vm.memslots.store(new)
+        vm.memslots.assign(new)
         rw.up_write()
     else:
         lock = vm.mn_invalidate_lock
@@ -158,7 +138,7 @@ def _swap_active_memslots(vm: VM, new: Memslots) -> None:
             lock.unlock()
             vm.mn_memslots_update_rcuwait.wait(lambda: vm.mn_active_invalidate_count == 0)
             lock.lock()
-        vm.memslots.store(new)
+        vm.memslots.assign(new)
         lock.unlock()
     vm.slots_arch_lock.unlock()
     vm.srcu.synchronize()
@@ -196,7 +176,7 @@ def set_memory_region(
         raise ValueError(f"set_memory_region: hvas [{hva}, {hva + npages}) exceed the host's "
                          f"{vm.host.nr_hva} pages")
     with vm.slots_lock:
-        cur: Memslots = vm.memslots.peek()  # stable: only slots_lock holders swap it
+        cur = active_memslots(vm)  # stable: only slots_lock holders swap it
         old = cur.by_id(slot_id)
         if npages == 0:
             if old is None:
@@ -233,7 +213,7 @@ def _set_memslot(vm: VM, old: Memslot | None, new: Memslot | None, change: str) 
     from kvmlock.kvm.mmu.shadow import zap_gfn_range
 
     vm.slots_arch_lock.lock()
-    cur: Memslots = vm.memslots.peek()
+    cur = active_memslots(vm)
     if change in (DELETE, MOVE):
         assert old is not None
         if vm.hazards.delete_zaps_before_sync:
@@ -241,7 +221,7 @@ def _set_memslot(vm: VM, old: Memslot | None, new: Memslot | None, change: str) 
             zap_gfn_range(vm, old.base_gfn, old.base_gfn + old.npages)
         _swap_active_memslots(vm, cur.with_slot(replace(old, invalid=True)))
         vm.slots_arch_lock.lock()
-        cur = vm.memslots.peek()
+        cur = active_memslots(vm)
         if not vm.hazards.delete_zaps_before_sync:
             zap_gfn_range(vm, old.base_gfn, old.base_gfn + old.npages)
     final = cur.with_slot(new, drop=old.id if old is not None else None)

@@ -54,7 +54,7 @@ class KvmMmuNotifier:
         vm = self.vm
         idx = vm.srcu.read_lock()
         try:
-            slots: Memslots = vm.memslots.load()
+            slots: Memslots = vm.memslots.srcu_dereference(vm.srcu)
             locked = False
             ret = False
             try:

@@ -12,11 +12,20 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from kvmlock.kvm.host import Host
-from kvmlock.kvm.memslots import Memslots, RcuPointer, set_memory_region
+from kvmlock.kvm.memslots import Memslots, set_memory_region
 from kvmlock.kvm.mmu.shadow import MMU
 from kvmlock.kvm.mmu_notifier import KvmMmuNotifier
 from kvmlock.kvm.vcpu import VCPU
-from kvmlock.sync import SRCU, Atomic64, Mutex, RawSpinLock, RCUWait, RWLock, SpinLock
+from kvmlock.sync import (
+    SRCU,
+    Atomic64,
+    Mutex,
+    RawSpinLock,
+    RcuPointer,
+    RCUWait,
+    RWLock,
+    SpinLock,
+)
 
 if TYPE_CHECKING:
     from kvmlock.kvm.machine import Machine
@@ -136,7 +145,7 @@ class VM:
         elif not isinstance(host, Host):
             raise TypeError(f"host must be a kvmlock.kvm.host.Host, got {type(host).__name__}")
         self.host = host
-        self.memslots = RcuPointer(Memslots())
+        self.memslots = RcuPointer(Memslots(), name="kvm->memslots")
         self.mmu = MMU(self, nr_pages, tdp=bool(tdp), ad_disabled=bool(ad_disabled))
         self.notifier = KvmMmuNotifier(self)
         host.register(self.notifier)

@@ -210,7 +210,7 @@ def run_workload(
             else:
                 vm.set_memory_region(1, base_gfn=base, npages=_EXTRA_PAGES, hva=pages,
                                      flags=rng.choice((0, LOG_DIRTY_PAGES)))
-            present = vm.memslots.peek().by_id(1) is not None
+            present = vm.memslots.access_pointer().by_id(1) is not None
             time.sleep(0.005)
 
     @guard

@@ -30,6 +30,7 @@ from kvmlock.lockdep.api import (
 )
 from kvmlock.lockdep.core import LockMap
 from kvmlock.lockdep.graph import DepGraph
+from kvmlock.lockdep.protect import is_held, rcu_read_lock_held
 from kvmlock.lockdep.report import Edge, HeldLock, Report
 from kvmlock.lockdep.state import KINDS, LIMITS, LockdepError
 from kvmlock.lockdep.threading_instr import instrument_threading, threading_instrumented
@@ -37,8 +38,9 @@ from kvmlock.lockdep.threading_instr import instrument_threading, threading_inst
 __all__ = [
     "KINDS", "LIMITS", "DepGraph", "Edge", "HeldLock", "LockMap", "LockdepError", "Report",
     "chains", "configure", "disable", "enable", "enabled", "get_mode", "graph", "held_locks",
-    "instrument_threading", "isolated", "might_sleep", "prove_raw_nesting", "reports", "reset",
-    "set_mode", "stats", "task_exit", "threading_instrumented",
+    "instrument_threading", "is_held", "isolated", "might_sleep", "prove_raw_nesting",
+    "rcu_read_lock_held", "reports", "reset", "set_mode", "stats", "task_exit",
+    "threading_instrumented",
 ]
 
 if task_exit not in _rt.task_exit_hooks:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 KINDS = ("circular", "recursive", "bad_unlock", "held_at_exit", "sleep_in_atomic", "not_held",
-         "wait_context")
+         "wait_context", "suspicious_rcu", "unguarded")
 
 TITLES = {
     "circular": "WARNING: possible circular locking dependency detected",
@@ -23,6 +23,8 @@ TITLES = {
     "sleep_in_atomic": "BUG: sleeping function called from invalid context",
     "not_held": "WARNING: lock is not held where it is asserted to be held",
     "wait_context": "BUG: Invalid wait context",
+    "suspicious_rcu": "WARNING: suspicious RCU usage",
+    "unguarded": "WARNING: lock-protected data accessed without its lock",
 }
 
 _READ_NAMES = {0: "", 1: "read", 2: "recursive read"}
@@ -65,6 +67,8 @@ class Report:
     ``lock`` is the lock being acquired/released/asserted, ``held`` the held lock it conflicts
     with, ``chain`` the dependency edges that close the cycle (for "circular", in cycle order
     ending with the new edge), ``held_locks`` what the task held, ``where`` the user code line.
+    For the data reports, ``data`` names the protected pointer or field, ``lock`` what protects
+    it, ``held`` the read side that would also do, and ``what`` the accessor or access.
     """
 
     kind: str
@@ -78,6 +82,7 @@ class Report:
     held_read: int = 0
     held_where: str = ""
     what: str = ""
+    data: str = ""
 
     @property
     def title(self) -> str:
@@ -250,6 +255,34 @@ def _render_wait_context(r: Report) -> str:
     return _finish(out, r)
 
 
+def _render_suspicious_rcu(r: Report) -> str:
+    out = _banner(r.title)
+    out += [f"{r.where} suspicious {r.what} usage!", "",
+            "other info that might help us debug this:", ""]
+    if r.lock:
+        out.append(f"{r.data} is read outside a ({r.lock}) read-side critical section, and the "
+                   f"update-side condition is false.")
+    else:
+        out.append(f"{r.data} is read on its update side, but the update-side condition is "
+                   f"false.")
+    out.append("")
+    return _finish(out, r)
+
+
+def _render_unguarded(r: Report) -> str:
+    out = _banner(r.title)
+    verb = "writes" if r.what == "write" else "reads"
+    also = f" (or for reading, inside ({r.held}))" if r.held else ""
+    out += [f"{r.task} {verb} {r.data} at: {r.where}",
+            f"which is protected by ({r.lock}){also},"]
+    if r.held_read:
+        out.append(f"but the task holds ({r.lock}) only for read.")
+    else:
+        out.append("but the task does not hold it.")
+    out += ["", "other info that might help us debug this:"]
+    return _finish(out, r)
+
+
 _RENDER = {
     "circular": _render_circular,
     "recursive": _render_recursive,
@@ -258,4 +291,6 @@ _RENDER = {
     "sleep_in_atomic": _render_sleep,
     "not_held": _render_not_held,
     "wait_context": _render_wait_context,
+    "suspicious_rcu": _render_suspicious_rcu,
+    "unguarded": _render_unguarded,
 }

@@ -4,10 +4,16 @@ Each primitive has one implementation; the active runtime (real threads, or the 
 tasks) decides how it blocks and wakes, and lockdep validates every acquire before it can block.
 A primitive's name is its lock class: all instances built with one name are one class to lockdep,
 as all ``vcpu->mutex`` are one class in the kernel.
+
+What a lock protects is declared too: ``RcuPointer`` for pointers published to RCU/SRCU readers,
+``guarded_by``/``Guarded`` for data a lock guards; lockdep reports every access without the
+protection.
 """
 
 from kvmlock.sync.atomic import Atomic64
+from kvmlock.sync.guarded import Guarded, guarded_by
 from kvmlock.sync.mutex import Mutex, RawSpinLock, SpinLock
+from kvmlock.sync.rcu import RcuPointer, rcu_read_lock, rcu_read_unlock
 from kvmlock.sync.rcuwait import RCUWait
 from kvmlock.sync.rwlock import RWLock
 from kvmlock.sync.rwsem import CpuHotplugLock, RWSemaphore
@@ -16,11 +22,16 @@ from kvmlock.sync.srcu import SRCU
 __all__ = [
     "Atomic64",
     "CpuHotplugLock",
+    "Guarded",
     "Mutex",
     "RCUWait",
     "RWLock",
     "RWSemaphore",
     "RawSpinLock",
     "SRCU",
+    "RcuPointer",
     "SpinLock",
+    "guarded_by",
+    "rcu_read_lock",
+    "rcu_read_unlock",
 ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from kvmlock.kvm.memslots import active_memslots
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.tlb import flush_remote_tlbs
 from kvmlock.kvm.mmu.update import spte_update
@@ -51,7 +52,7 @@ def slot_remove_write_access(vm: VM, slot: Memslot) -> None:
 def get_dirty_log(vm: VM, slot_id: int) -> list[int]:
     """``KVM_GET_DIRTY_LOG``: the gfns written since the last call, now write-protected."""
     with vm.slots_lock:
-        slot = vm.memslots.peek().by_id(slot_id)
+        slot = active_memslots(vm).by_id(slot_id)
         if slot is None:
             raise ValueError(f"get_dirty_log: slot {slot_id} does not exist")
         if not slot.logging:
@@ -84,7 +85,8 @@ class MigrationCopy:
         self.copied = 0
 
     def _slot(self) -> Memslot:
-        slot = self.vm.memslots.peek().by_id(self.slot_id)
+        # the migration tool's own view (user space), not a kernel reader
+        slot = self.vm.memslots.access_pointer().by_id(self.slot_id)
         if slot is None:
             raise ValueError(f"MigrationCopy: slot {self.slot_id} does not exist")
         return slot

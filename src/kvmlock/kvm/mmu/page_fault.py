@@ -44,7 +44,7 @@ def page_fault(vcpu: VCPU, va: int, write: bool) -> str:
     vm.mmu.check_va(va)
     idx = vm.srcu.read_lock()
     try:
-        slots: Memslots = vm.memslots.load()
+        slots: Memslots = vm.memslots.srcu_dereference(vm.srcu)
         if vm.mmu.tdp or vm.hazards.fast_pf_indirect:
             r = fast_page_fault(vcpu, va, write, slots)
             if r == FIXED:

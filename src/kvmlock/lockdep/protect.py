@@ -1,0 +1,119 @@
+"""What a lock protects: "is this lock held here?", and the two reports about protected data.
+
+The kernel checks the data side of locking with the same held-lock stacks it validates orders
+with: ``lockdep_is_held()`` answers whether the current task holds a lock, ``rcu_dereference_check``
+and friends print "suspicious RCU usage" when a protected pointer is read outside its read side
+without the update-side condition. This module is that half: :func:`is_held` (any kvmlock
+primitive, a ``LockMap``, a ``threading`` lock made under instrumentation), the RCU read side
+that ``kvmlock.sync.rcu_read_lock()`` enters, and the reports ``suspicious_rcu`` and
+``unguarded`` that ``kvmlock.sync``'s protected pointers and guarded fields make.
+
+With validation off every lock counts as held (as the kernel's ``lockdep_is_held`` does once
+``debug_locks`` is off): a check that cannot know stays silent rather than raise a false alarm.
+"""
+
+from __future__ import annotations
+
+from kvmlock import runtime as _rt
+from kvmlock.lockdep import core
+from kvmlock.lockdep.report import Report
+from kvmlock.lockdep.state import _INFO, _held_locks, _report, _task_name
+from kvmlock.lockdep.where import user_site
+
+#: The RCU read side (``rcu_read_lock``): a recursive read of one pseudo-lock, as in the kernel,
+#: so it shows among a task's held locks in every report.
+RCU_READ_LOCK = core.LockMap("rcu_read_lock", "pseudo")
+
+
+def _held_stack() -> list | None:
+    """The current task's held stack, or None when it never took a lock."""
+    held = (core._TLS if _rt.RT is core._THREADS else _rt.current_task()).lockdep
+    if held is not None and held[0][1] is not core._state.root:
+        held = core._stack()  # left from before reset()/enable(): restarted (emptied) here
+    return held
+
+
+def lock_map(lock: object) -> core.LockMap | None:
+    """The lockdep map behind ``lock`` (a kvmlock primitive, a checked threading lock, or a
+    ``LockMap`` itself); None for a lock lockdep does not see."""
+    if isinstance(lock, core.LockMap):
+        return lock
+    m = getattr(lock, "_map", None)
+    return m if isinstance(m, core.LockMap) else None
+
+
+def held_read(lock: object) -> int | None:
+    """How the current task holds ``lock``: None (not held), 0 (exclusively), 1 or 2 (for
+    read). With validation off, 0: whatever the task does is taken as allowed."""
+    if not core._ON:
+        return 0
+    m = lock_map(lock)
+    if m is None:
+        return 0 if _plain_held(lock) else None
+    held = _held_stack()
+    if held is None:
+        return None
+    for i in range(len(held) - 1, 0, -1):
+        e = held[i]
+        if e[0] is m:
+            return e[1][_INFO][1]  # the chain node: (class, read, trylock, where)
+    return None
+
+
+def check_lock(lock: object) -> None:
+    """A clear TypeError, up front, for something that is not a lock lockdep can ask about."""
+    if lock_map(lock) is None and not callable(getattr(lock, "_is_owned", None)) and \
+            not callable(getattr(lock, "locked", None)):
+        raise TypeError(f"{lock!r} is not a lock (a kvmlock primitive, a threading lock or a "
+                        f"LockMap)")
+
+
+def _plain_held(lock: object) -> bool:
+    """A ``threading`` lock lockdep does not track (made before instrumentation): an RLock
+    knows its owner; a plain Lock only whether anyone holds it, the best that can be said."""
+    owned = getattr(lock, "_is_owned", None)
+    if callable(owned):
+        return bool(owned())
+    check_lock(lock)
+    return bool(lock.locked())  # type: ignore[attr-defined]
+
+
+def is_held(lock: object) -> bool:
+    """``lockdep_is_held()``: whether the current task holds ``lock``, in any mode.
+
+    The usual ``cond`` of ``srcu_dereference_check`` / ``dereference_protected``.
+    """
+    return held_read(lock) is not None
+
+
+def rcu_read_lock_held() -> bool:
+    """Whether the current task is inside an RCU read-side critical section."""
+    return held_read(RCU_READ_LOCK) is not None
+
+
+def suspicious_rcu(data: str, api: str, read_side: str) -> None:
+    """Report a protected pointer read outside its read side, the condition false.
+
+    ``data`` names the pointer, ``api`` the accessor (``srcu_dereference_check()``), and
+    ``read_side`` the lock whose read side was missing ("" for ``rcu_dereference_protected``,
+    which has none). Reported once per pointer and call site, as the kernel warns once per site.
+    """
+    where = user_site()
+    _report(core._state, ("suspicious_rcu", data, where), Report(
+        "suspicious_rcu", lock=read_side or None, task=_task_name(), where=where, what=api,
+        data=data, held_locks=_held_locks(core._stack()),
+    ))
+
+
+def unguarded(data: str, lock: str, access: str, read_side: str = "", how: int | None = None,
+              ) -> None:
+    """Report an access to lock-protected data without the protection.
+
+    ``access`` is "read" or "write"; ``read_side`` the lock whose read side would also have
+    allowed a read; ``how`` what the task held of ``lock`` (1 or 2: only its read side).
+    """
+    where = user_site()
+    _report(core._state, ("unguarded", data, access, where), Report(
+        "unguarded", lock=lock, held=read_side or None, task=_task_name(), where=where,
+        what=access, data=data, held_read=how or 0, held_locks=_held_locks(core._stack()),
+    ))

@@ -1,0 +1,160 @@
+"""Data a lock protects, checked on every access: ``guarded_by`` fields and ``Guarded`` cells.
+
+Clang's ``GUARDED_BY`` and Rust's ``Mutex<T>`` make "this field is protected by that lock" part
+of the program; here it is checked at run time with lockdep's held-lock stacks, so it works for
+every kind of lock lockdep sees -- kvmlock primitives, and ``threading`` locks made under
+``kvmlock lockdep`` -- in real threads and under the explorer alike. An access without the
+protection is a report of kind ``unguarded`` naming the field, the lock, the access site and
+what the task held.
+
+A protection is one of:
+
+* any access needs the lock (the default);
+* writes need the lock, reads need the lock *or* a named read side (``read_side=``: an SRCU,
+  or ``"rcu_read_lock"``) -- data published to readers;
+* writes need the lock and reads are free (``writes_only=True``) -- data read locklessly on
+  purpose, as the kernel's ``READ_ONCE`` readers do.
+
+A write needs the lock held exclusively: a reader-writer lock held for read guards reads only.
+The first assignment of a field initialises it and is not checked (an object is built before
+anyone else can see it), nor is an access made while the lock itself is not built yet.
+"""
+
+from __future__ import annotations
+
+from operator import attrgetter
+from typing import Any, Generic, TypeVar
+
+from kvmlock.lockdep.protect import RCU_READ_LOCK, check_lock, held_read, lock_map, unguarded
+from kvmlock.lockdep.where import user_site
+
+__all__ = ["Guarded", "guarded_by"]
+
+T = TypeVar("T")
+
+
+def _lock_name(lock: object) -> str:
+    m = lock_map(lock)
+    return m.name if m is not None else getattr(lock, "name", None) or repr(lock)
+
+
+def _check(data: str, lock: object, read_side: object, write: bool) -> None:
+    """Report ``data``'s access unless the task holds what protects it."""
+    how = held_read(lock)
+    if how == 0 or (how is not None and not write):
+        return
+    if not write and read_side is not None and held_read(read_side) is not None:
+        return
+    side = "" if read_side is None or write else _lock_name(read_side)
+    unguarded(data, _lock_name(lock), "write" if write else "read", side, how)
+
+
+def _read_side(value: object) -> object:
+    return RCU_READ_LOCK if value == "rcu_read_lock" else value
+
+
+class guarded_by:  # noqa: N801 - reads as the annotation it is: ``x = guarded_by("lock")``
+    """A field of a class protected by the lock at attribute ``lock`` of the same object.
+
+    ``lock`` and ``read_side`` are attribute paths (``"vm.slots_lock"`` follows ``self.vm``);
+    ``read_side`` may also be ``"rcu_read_lock"``. The value lives in the instance's
+    ``__dict__`` under the field's name, so the class needs one.
+    """
+
+    __slots__ = ("lock", "read_side", "writes_only", "field", "data", "_lock", "_side")
+
+    def __init__(self, lock: str, *, read_side: str | None = None,
+                 writes_only: bool = False) -> None:
+        if not isinstance(lock, str) or not lock:
+            raise TypeError(f"guarded_by: name the lock attribute as a string, got {lock!r}")
+        if read_side is not None and (not isinstance(read_side, str) or not read_side):
+            raise TypeError(f"guarded_by: read_side must be an attribute name or "
+                            f"'rcu_read_lock', got {read_side!r}")
+        if read_side is not None and writes_only:
+            raise ValueError("guarded_by: writes_only already leaves reads free; drop read_side")
+        self.lock = lock
+        self.read_side = read_side
+        self.writes_only = bool(writes_only)
+        self.field = self.data = ""
+        self._lock = attrgetter(lock)
+        self._side = None if read_side is None or read_side == "rcu_read_lock" else \
+            attrgetter(read_side)
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        if not any(k is not object and ("__slots__" not in vars(k) or "__dict__" in k.__slots__)
+                   for k in owner.__mro__):
+            raise TypeError(f"guarded_by on {owner.__name__}.{name}: the class has __slots__ and "
+                            f"no __dict__ to keep the value in")
+        self.field = name
+        self.data = f"{owner.__name__}.{name}"
+
+    def _guard(self, obj: object, write: bool) -> None:
+        try:
+            lock = self._lock(obj)
+            side = None if self.read_side is None else (
+                RCU_READ_LOCK if self._side is None else self._side(obj))
+        except AttributeError:
+            return  # the lock is not built yet: the object is still being constructed
+        _check(self.data, lock, side, write)
+
+    def __get__(self, obj: object, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        try:
+            value = obj.__dict__[self.field]
+        except KeyError:
+            raise AttributeError(f"{type(obj).__name__!r} object has no attribute "
+                                 f"{self.field!r} (guarded by {self.lock}, not set yet)") from None
+        if not self.writes_only:
+            self._guard(obj, False)
+        return value
+
+    def __set__(self, obj: object, value: Any) -> None:
+        d = obj.__dict__
+        if self.field in d:
+            self._guard(obj, True)
+        d[self.field] = value
+
+    def __delete__(self, obj: object) -> None:
+        self._guard(obj, True)
+        try:
+            del obj.__dict__[self.field]
+        except KeyError:
+            raise AttributeError(self.field) from None
+
+    def __repr__(self) -> str:
+        return f"<guarded_by {self.lock} for {self.data or '?'}>"
+
+
+class Guarded(Generic[T]):
+    """A standalone value protected by ``lock``: read with :meth:`get` (or ``.value``), write
+    with :meth:`set`. ``read_side`` (a lock, an SRCU, or ``"rcu_read_lock"``) also allows reads;
+    ``writes_only`` leaves reads free. ``name`` is what reports call it (by default, where it
+    was made)."""
+
+    __slots__ = ("_value", "lock", "read_side", "writes_only", "name")
+
+    def __init__(self, value: T, lock: object, *, read_side: object = None,
+                 writes_only: bool = False, name: str | None = None) -> None:
+        check_lock(lock)
+        if read_side not in (None, "rcu_read_lock"):
+            check_lock(read_side)
+        self._value = value
+        self.lock = lock
+        self.read_side = _read_side(read_side)
+        self.writes_only = bool(writes_only)
+        self.name = name or f"guarded value made at {user_site()}"
+
+    def get(self) -> T:
+        if not self.writes_only:
+            _check(self.name, self.lock, self.read_side, False)
+        return self._value
+
+    def set(self, value: T) -> None:
+        _check(self.name, self.lock, None, True)
+        self._value = value
+
+    value = property(get, set)
+
+    def __repr__(self) -> str:
+        return f"<Guarded {self.name} by {_lock_name(self.lock)}>"

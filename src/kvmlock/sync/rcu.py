@@ -1,0 +1,125 @@
+"""RCU-protected pointers and the RCU read side, checked the way the kernel checks them.
+
+A protected pointer may be read in two places: inside its read side (``rcu_read_lock`` or an
+SRCU read lock), where the reader may keep what it saw until it leaves; or on the update side,
+where the updaters' lock keeps the pointer from changing. Each accessor states which one it is
+in, and under lockdep a read that is in neither -- outside the read side, the update-side
+condition false -- is reported as "suspicious RCU usage" (kind ``suspicious_rcu``), once per
+pointer and call site.
+
+``cond`` is what the kernel's ``c`` argument is: usually ``lockdep.is_held(lock)``, or a
+callable evaluated only when the read side is not held.
+
+Under the explorer, publishing and reading the pointer are visible operations (two readers
+commute, a reader and :meth:`RcuPointer.assign` do not); ``dereference_protected`` is not,
+since its condition excludes every concurrent writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from kvmlock import lockdep, runtime
+from kvmlock.lockdep.protect import RCU_READ_LOCK, held_read, suspicious_rcu
+
+__all__ = ["RcuPointer", "rcu_read_lock", "rcu_read_unlock"]
+
+Cond = bool | Callable[[], object]
+
+
+class _ReadSection:
+    """What ``rcu_read_lock()`` returns: already inside; leaving a ``with`` block unlocks."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        rcu_read_unlock()
+
+
+_SECTION = _ReadSection()
+
+
+def rcu_read_lock() -> _ReadSection:
+    """Enter an RCU read-side critical section (nests); ``rcu_read_unlock()`` leaves it.
+
+    Also usable as ``with rcu_read_lock(): ...``. The section is a recursive read of the
+    ``rcu_read_lock`` pseudo-lock, so it shows among the held locks of every report.
+    """
+    RCU_READ_LOCK.acquire(0, 2)
+    return _SECTION
+
+
+def rcu_read_unlock() -> None:
+    RCU_READ_LOCK.release()
+
+
+def _true(cond: Cond) -> bool:
+    return bool(cond() if callable(cond) else cond)
+
+
+class RcuPointer:
+    """``__rcu`` pointer: published with :meth:`assign`, read with a checked dereference.
+
+    ``name`` is what reports call the pointer (``"kvm->memslots"``).
+    """
+
+    __slots__ = ("name", "_v", "_wq")
+
+    def __init__(self, value: Any = None, name: str = "rcu pointer") -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"RcuPointer: the name must be a non-empty string, got {name!r}")
+        self.name = name
+        self._v = value
+        self._wq = runtime.RT.waitq(self)
+
+    def assign(self, value: Any) -> None:
+        """``rcu_assign_pointer``: publish ``value``; readers from now on see it."""
+        wq = self._wq
+        with wq:
+            wq.point("rcu_assign_pointer")
+            self._v = value
+
+    def _load(self, label: str) -> Any:
+        wq = self._wq
+        with wq:
+            wq.point(label, False)
+            return self._v
+
+    def srcu_dereference_check(self, srcu: Any, cond: Cond) -> Any:
+        """Read inside ``srcu``'s read side, or where ``cond`` holds (the update side)."""
+        if held_read(srcu) is None and not _true(cond):
+            suspicious_rcu(self.name, "srcu_dereference_check()", srcu.name)
+        return self._load("srcu_dereference")
+
+    def srcu_dereference(self, srcu: Any) -> Any:
+        """Read inside ``srcu``'s read side (``srcu_dereference``)."""
+        if held_read(srcu) is None:
+            suspicious_rcu(self.name, "srcu_dereference_check()", srcu.name)
+        return self._load("srcu_dereference")
+
+    def rcu_dereference_check(self, cond: Cond) -> Any:
+        """Read inside ``rcu_read_lock()``, or where ``cond`` holds."""
+        if held_read(RCU_READ_LOCK) is None and not _true(cond):
+            suspicious_rcu(self.name, "rcu_dereference_check()", RCU_READ_LOCK.name)
+        return self._load("rcu_dereference")
+
+    def rcu_dereference(self) -> Any:
+        """Read inside ``rcu_read_lock()`` (``rcu_dereference``)."""
+        return self.rcu_dereference_check(False)
+
+    def dereference_protected(self, cond: Cond) -> Any:
+        """``rcu_dereference_protected``: an update-side read; ``cond`` must hold."""
+        if not _true(cond) and lockdep.enabled():
+            suspicious_rcu(self.name, "rcu_dereference_protected()", "")
+        return self._v
+
+    def access_pointer(self) -> Any:
+        """``rcu_access_pointer``: the value, unchecked, for comparing or testing it only."""
+        return self._v
+
+    def __repr__(self) -> str:
+        return f"<RcuPointer {self.name} -> {self._v!r}>"
