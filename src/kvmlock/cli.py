@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("kvmlock.kvm.workload", "boot the KVM model on real threads under lockdep"),
     "selftest": ("kvmlock.lockdep.selftest", "lockdep's locking self-test table"),
     "spec": ("kvmlock.spec.cli", "read a locking.rst-style document; check the model against it"),
+    "splat": ("kvmlock.splat.cli", "read kernel lockdep reports; judge them against a document"),
     "lockdep": ("kvmlock.script", "run a Python script with its threading locks validated"),
 }
 

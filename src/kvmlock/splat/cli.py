@@ -1,0 +1,91 @@
+"""``kvmlock splat``: read kernel lockdep reports; judge them against a document; explore them.
+
+Exit codes: 0 read (and nothing violated or deadlocked), 1 a dependency violates the document or
+the explorer reproduced a deadlock, 2 the input could not be used, 3 no report in the input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from kvmlock import spec as _spec
+from kvmlock.splat.judge import judge, spelling
+from kvmlock.splat.parse import read_log
+from kvmlock.splat.program import explore_splat
+from kvmlock.splat.render import render, to_dict
+
+#: a kernel log larger than this is not a splat someone pasted; refuse instead of crawling
+MAX_BYTES = 64 * 1024 * 1024
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kvmlock splat",
+        description="Read lockdep reports from a kernel log, a mail or a commit message.",
+    )
+    p.add_argument("file", nargs="?", default="-", help="the log (default: standard input)")
+    p.add_argument("--json", action="store_true", help="print the reading as JSON")
+    p.add_argument("--doc", help="judge every dependency against this locking document")
+    p.add_argument("--explore", action="store_true",
+                   help="run the chain as a program under the explorer (lock kinds from --doc)")
+    p.add_argument("--stacks", action="store_true", help="print each chain link's stack")
+    return p
+
+
+def _read(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read(MAX_BYTES + 1)
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"no such file: {path!r}")
+    if p.stat().st_size > MAX_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_BYTES // 2**20} MiB; cut the log around "
+                         "the report")
+    return p.read_bytes().decode("utf-8", "replace")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        text = _read(args.file)
+        if len(text) > MAX_BYTES:
+            raise ValueError(f"input larger than {MAX_BYTES // 2**20} MiB")
+        doc = _spec.load(args.doc) if args.doc else None
+    except (ValueError, OSError, _spec.SpecError) as exc:
+        print(f"kvmlock splat: error: {exc}", file=sys.stderr)
+        return 2
+    splats = read_log(text)
+    spell = spelling(doc)
+    source = "standard input" if args.file == "-" else args.file
+    if not splats:
+        if args.json:
+            print(json.dumps({"count": 0, "reports": [], "kind": None, "acquiring": None,
+                              "holding": [], "violations": []}, indent=1))
+        print(f"kvmlock splat: no lockdep report found in {source}", file=sys.stderr)
+        return 3
+    failed = False
+    objs, texts = [], []
+    declared = doc.declared_kinds() if doc else {}
+    for sp in splats:
+        deps = judge(sp, doc) if doc else sp.dependencies()
+        outcome = explore_splat(sp, declared) if args.explore else None
+        failed |= any(d.verdict == "violated" for d in deps)
+        failed |= bool(outcome and outcome.deadlock)
+        objs.append(to_dict(sp, deps, spell, outcome))
+        texts.append(render(sp, deps, spell, outcome, stacks=args.stacks, judged=doc is not None))
+    if args.json:
+        top = dict(objs[0])
+        top.update({"count": len(objs), "reports": objs})
+        if doc is not None:
+            top["document"] = doc.source
+        print(json.dumps(top, indent=1))
+    else:
+        head = f"{len(splats)} report(s) in {source}"
+        if doc is not None:
+            head += f", judged against {doc.source}"
+        print(head + "\n")
+        print("\n\n".join(texts))
+    return 1 if failed else 0

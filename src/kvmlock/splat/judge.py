@@ -1,0 +1,67 @@
+"""Each dependency of a report, judged against a locking document's rules.
+
+A dependency is one edge of lockdep's graph, so the checker that judges a whole run
+(:func:`kvmlock.spec.check`) judges it too, on a graph of that one edge: a rule it breaks makes
+it *violated*, a rule whose documented nesting it is makes it *conforms*, and an edge no rule
+speaks of is *undocumented*. The same splat can get different verdicts from two versions of a
+document, as the kernel's SRCU rule did when it was turned around.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from kvmlock.spec.check import HELD, VIOLATED, check
+from kvmlock.spec.graphview import Edge, GraphView
+from kvmlock.spec.model import Spec
+from kvmlock.spec.names import NAME_RE, kind_of, normalise
+from kvmlock.splat.report import Dependency, Splat
+
+VIOLATED_, CONFORMS, UNDOCUMENTED = "violated", "conforms", "undocumented"
+
+#: how locking.rst itself names a lock when no document is given
+DEFAULT_SPELLING = {"cpu_hotplug_lock": "cpus_read_lock()"}
+
+
+def spelling(spec: Spec | None) -> Callable[[str], str]:
+    """lockdep class -> the name as the document writes it (its rules first, then Reference)."""
+    table: dict[str, str] = {}
+    if spec is not None:
+        texts = [r.text for r in spec.rules] + [e.spelled for e in spec.reference]
+        for text in texts:
+            for m in re.finditer(NAME_RE, text.replace("`", "")):
+                word = m.group(0).lstrip("&")
+                if "->" not in word and "::" not in word and "." not in word \
+                        and not word.endswith("()") and "_" not in word:
+                    continue  # plain English words are not lock names
+                table.setdefault(normalise(word), word)
+
+    def spell(name: str) -> str:
+        return table.get(name) or DEFAULT_SPELLING.get(name, name)
+
+    return spell
+
+
+def judge(splat: Splat, spec: Spec) -> list[Dependency]:
+    """The report's dependencies with ``verdict`` and ``rules`` filled in from ``spec``."""
+    declared = spec.declared_kinds()
+    deps = splat.dependencies()
+    for dep in deps:
+        if dep.src == dep.dst:
+            dep.verdict = UNDOCUMENTED  # two locks of one class: rules are about classes
+            continue
+        classes = {n: k for n in (dep.src, dep.dst) if (k := kind_of(n, declared))}
+        g = GraphView(classes, [Edge(dep.src, dep.dst, dep.src_read, dep.dst_read, dep.where)])
+        conf = check(spec, g)
+        bad = [r for r in conf.results if r.status == VIOLATED]
+        good = [r for r in conf.results if r.status == HELD and r.path]
+        if bad:
+            dep.verdict = VIOLATED_
+            dep.rules = [(r.rule.describe(), r.rule.line) for r in bad]
+        elif good:
+            dep.verdict = CONFORMS
+            dep.rules = [(r.rule.describe(), r.rule.line) for r in good]
+        else:
+            dep.verdict = UNDOCUMENTED
+    return deps

@@ -1,0 +1,159 @@
+"""Reading lockdep reports in every form they are found in, and nothing that only looks like one."""
+
+from __future__ import annotations
+
+import pytest
+from splat_helpers import text
+
+from kvmlock.splat import KINDS, decode_usage, decode_wait, read_log
+from kvmlock.splat.text import kernel_lines
+
+# fixture -> (kind, task, acquiring, holding (all of them), dependencies)
+EXPECTED = {
+    "s390_tod_clock.dmesg": ("circular", "qemu-system-s39/14220", "kvm->lock",
+                             ["vcpu->mutex", "kvm->srcu"],
+                             [("kvm->lock", "vcpu->mutex"), ("vcpu->mutex", "kvm->lock")]),
+    "xen_srcu_qp.eml": ("circular", "xen_shinfo_test/2938", "kvm->lock",
+                        ["vcpu->mutex", "kvm->srcu"],
+                        [("kvm->lock", "kvm->srcu"), ("kvm->srcu", "kvm->lock")]),
+    "vendor_module_lock.commit": ("circular", "stable/251833", "kvm_lock", ["cpu_hotplug_lock"],
+                                  [("kvm_lock", "cpu_hotplug_lock"),
+                                   ("cpu_hotplug_lock", "kvm_lock")]),
+    "nx_huge_pages.commit": ("circular", "tee/35048", "kvm->slots_lock", ["kvm_lock"],
+                             [("kvm->slots_lock", "kvm->srcu"), ("kvm->srcu", "cpu_hotplug_lock"),
+                              ("cpu_hotplug_lock", "kvm_lock"), ("kvm_lock", "kvm->slots_lock")]),
+    "sev_recursive.eml": ("recursive", "syz-executor.6/4919", "kvm->lock", ["kvm->lock"],
+                          [("kvm->lock", "kvm->lock")]),
+    "gpc_bad_unlock.dmesg": ("bad_unlock", "kvm_clock_test/5856", "gpc->refresh_lock",
+                             ["vcpu->mutex", "kvm->srcu"], []),
+    "gfn_to_memslot_rcu.syzbot": ("suspicious_rcu", "syz.0.17/5871", None, ["kvm->lock"], []),
+    "arm64_invalid_wait.dmesg": ("invalid_wait", "qemu-system-aar/3598",
+                                 "mmu->fault_ranges_mutex",
+                                 ["vcpu->mutex", "kvm->srcu", "kvm->mmu_lock", "rcu_read_lock"],
+                                 []),
+    "s390_invalid_wait_wrapped.eml": ("invalid_wait", "CPU 0/KVM/4263",
+                                      "vcpu->arch.local_int.lock",
+                                      ["vcpu->mutex", "kvm->srcu", "kvm->arch.float_int.lock"],
+                                      []),
+    "pvclock_irq_inversion.syzbot": ("irq_inversion", "syz-executor859/8381",
+                                     "kvm->arch.pvclock_gtod_sync_lock", ["rq->lock"],
+                                     [("rq->lock", "kvm->arch.pvclock_gtod_sync_lock")]),
+    "amd_iommu_hardirq.txt": ("irq_safe_unsafe", "cc1/145047", "dev_data->dte_lock",
+                              ["domain->lock"], [("domain->lock", "dev_data->dte_lock")]),
+    "padata_inconsistent.eml": ("inconsistent", "syz-executor.0/26715", "padata_works_lock",
+                                [], []),
+    "cifs_held_at_exit.eml": ("held_at_exit", "fsstress/504233", None,
+                              ["sb->s_type->i_mutex_key"], []),
+    "pds_vfio_sleeping.dmesg": ("sleeping", "bash/2817", None, [], []),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_each_fixture_is_read(name: str) -> None:
+    kind, task, acquiring, holding, deps = EXPECTED[name]
+    [sp] = read_log(text(name))
+    assert sp.kind == kind
+    assert sp.task == task
+    assert (sp.acquiring.name if sp.acquiring else None) == acquiring
+    assert [r.name for r in sp.holding] == holding
+    assert [(d.src, d.dst) for d in sp.dependencies()] == deps
+    assert not sp.problems
+
+
+def test_every_kind_has_a_fixture() -> None:
+    assert {k.id for k in KINDS} == {e[0] for e in EXPECTED.values()}
+
+
+def test_not_a_report_yields_nothing() -> None:
+    """MAX_LOCK_DEPTH output, a bot's list of titles, a subject line: no report at all."""
+    assert read_log(text("max_lock_depth.nearmiss")) == []
+    assert read_log("lockdep said possible circular locking dependency detected here") == []
+    assert read_log("WARNING: possible circular locking dependency detected in kvm_foo\n") == []
+
+
+def test_bot_subject_lines_are_not_reports() -> None:
+    [sp] = read_log(text("gfn_to_memslot_rcu.syzbot"))
+    assert sp.details[0].endswith("suspicious rcu_dereference_check() usage!")
+
+
+def test_sync_link_is_marked() -> None:
+    [sp] = read_log(text("xen_srcu_qp.eml"))
+    link = {lk.index: lk for lk in sp.chain}
+    assert link[1].lock.sync and link[1].where.startswith("kvm_create_vm")
+    assert not link[0].lock.sync
+    [nx] = read_log(text("nx_huge_pages.commit"))
+    assert {lk.index: lk.lock.sync for lk in nx.chain} == {3: False, 2: False, 1: True, 0: False}
+    assert {lk.index: lk.lock.read for lk in nx.chain}[2] == 1  # cpus_read_lock
+
+
+def test_quoted_printable_is_decoded() -> None:
+    lines = kernel_lines(text("xen_srcu_qp.eml"))
+    assert any("kvm_xen_set_evtchn.part.0+0x6d/0x170" in s for s in lines)
+    assert not any("=3D" in s for s in lines)
+    # near miss: an equals sign in an ordinary log is left alone
+    assert kernel_lines("rcu_scheduler_active = 2, debug_locks = 1") == [
+        "rcu_scheduler_active = 2, debug_locks = 1"]
+
+
+def test_timestamps_caller_ids_and_quoting_do_not_change_the_reading() -> None:
+    plain = read_log(text("vendor_module_lock.commit"))[0]
+    raw = text("vendor_module_lock.commit").splitlines()
+    stamped = "\n".join(f"[  12.{i:06d}][ T7781] {s}" for i, s in enumerate(raw))
+    quoted = "\n".join(f"> > {s}" for s in raw)
+    syslog = "#012".join(raw)
+    syslog = "Dec  1 10:00:00 host kernel: " + syslog
+    for form in (stamped, quoted, syslog):
+        [sp] = read_log(form)
+        assert (sp.kind, sp.task, sp.acquiring.name, sp.held.name) == (
+            plain.kind, plain.task, plain.acquiring.name, plain.held.name)
+        assert [(d.src, d.dst) for d in sp.dependencies()] == [
+            (d.src, d.dst) for d in plain.dependencies()]
+
+
+def test_one_line_form_from_a_commit_message() -> None:
+    flat = " ".join(s.strip() for s in text("s390_tod_clock.dmesg").splitlines()
+                    if not s.startswith("#"))
+    flat = "The fix is for this: " + " ".join(
+        p for p in flat.split(" ") if not p.startswith("[") and not p.endswith("]"))
+    [sp] = read_log(flat)
+    assert (sp.kind, sp.acquiring.name, sp.held.name) == ("circular", "kvm->lock", "vcpu->mutex")
+    assert [(d.src, d.dst) for d in sp.dependencies()] == [
+        ("kvm->lock", "vcpu->mutex"), ("vcpu->mutex", "kvm->lock")]
+
+
+def test_several_reports_in_one_log() -> None:
+    log = "\n".join([text("gpc_bad_unlock.dmesg"), "[  130.0] unrelated line",
+                     text("s390_tod_clock.dmesg"), text("gfn_to_memslot_rcu.syzbot")])
+    assert [sp.kind for sp in read_log(log)] == ["bad_unlock", "circular", "suspicious_rcu"]
+
+
+def test_a_report_cut_short_says_so() -> None:
+    cut = text("xen_srcu_qp.eml").split("-> #0")[0]
+    [sp] = read_log(cut)
+    assert sp.problems and "incomplete" in sp.problems[0]
+    [whole] = read_log(text("xen_srcu_qp.eml"))
+    assert whole.problems == []
+
+
+def test_usage_bits_and_wait_types_are_decoded() -> None:
+    assert decode_usage("+.+.") == {"hardirq": "irqs enabled", "hardirq-read": "unused",
+                                    "softirq": "irqs enabled", "softirq-read": "unused"}
+    assert decode_usage("-.-.")["hardirq"] == "in irq"
+    assert decode_usage("+.?.")["softirq"] == "in irq and with irqs enabled"
+    assert decode_wait("3:3", four_levels=False) == "inner sleep (mutex, rwsem)"
+    assert decode_wait("3:3", four_levels=True).startswith("inner config")
+    assert decode_wait("1:2", four_levels=True) == "inner free (RCU), outer spin (raw_spinlock_t)"
+    [old] = read_log(text("xen_srcu_qp.eml"))
+    [new] = read_log(text("s390_invalid_wait_wrapped.eml"))
+    assert not old.four_level_waits and new.four_level_waits
+
+
+def test_lockdep_names_become_document_classes() -> None:
+    from kvmlock.splat.report import lock_class
+
+    assert lock_class("&kvm->lock/1") == "kvm->lock"
+    assert lock_class("&(kvm)->mmu_lock") == "kvm->mmu_lock"
+    assert lock_class("&(&kvm->mmu_lock)->rlock") == "kvm->mmu_lock"
+    assert lock_class("cpu_hotplug_lock.rw_sem") == "cpu_hotplug_lock"
+    assert lock_class("&mm->mmap_sem#2") == "mm->mmap_sem"
+    assert lock_class("&kvm->arch.mmu_lock") == "kvm->mmu_lock"
