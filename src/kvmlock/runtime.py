@@ -22,8 +22,10 @@ hidden behind the small interface below, so model code runs unchanged in both:
     both worlds. ``write=False`` marks an operation that commutes with other reads of the same
     owner (the explorer's partial-order reduction uses it).
 
-``current_task()``
-    An object private to the running task, where lockdep keeps its held-lock stack.
+``current``
+    The running task's private object, where lockdep keeps its held-lock stack; ``None``
+    means "the calling OS thread's own" (the threads world keeps it in a thread-local).
+    ``current_task()`` returns the object in both cases.
 
 ``spawn(fn, args, name)``
     Start a task; the handle has ``join()``.
@@ -31,14 +33,20 @@ hidden behind the small interface below, so model code runs unchanged in both:
 ``point(owner, kind, write)``
     A visible operation that never blocks (atomic load/store, ``yield_point``).
 
-The active runtime is a module global swapped by :func:`install`; primitives read it when they
-are built, so a primitive belongs to the world it was created in.
+A *world* is a runtime plus lockdep's state for it (:class:`World`). The world in force is found
+through one context variable, so it is private to an OS thread, an asyncio task or a greenlet:
+an exploration running in one thread has its own world and never sees, nor disturbs, real
+threads using kvmlock beside it, and several explorations can run in threads at once. A thread
+started with :func:`spawn` inherits its spawner's world; any other thread starts in the shared
+threads world (:data:`THREADS_WORLD`). Primitives read the runtime when they are built
+(``runtime.RT``), so a primitive belongs to the world it was created in.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from contextvars import ContextVar, Token
 from typing import Any, Protocol
 
 
@@ -63,6 +71,7 @@ class Handle(Protocol):
 
 class Runtime(Protocol):
     name: str
+    current: Any  # the running task's object, or None for "the calling OS thread's own"
 
     def lock_cell(self, owner: object, label: str) -> LockCell: ...
     def waitq(self, owner: object) -> WaitQueue: ...
@@ -129,6 +138,7 @@ class ThreadRuntime:
 
     def __init__(self) -> None:
         self._tls = _TaskState()
+        self.current = None  # each OS thread is its own task: current_task() is a thread-local
 
     def lock_cell(self, owner: object, label: str) -> LockCell:
         return threading.Lock()
@@ -141,8 +151,10 @@ class ThreadRuntime:
 
     def spawn(self, fn: Callable[..., Any], args: tuple = (), name: str | None = None) -> Handle:
         box: list[BaseException] = []
+        world = _WORLD.get()
 
         def run() -> None:
+            _WORLD.set(world)  # the child lives in its spawner's world
             try:
                 fn(*args)
             except BaseException as exc:  # handed to join()
@@ -159,29 +171,70 @@ class ThreadRuntime:
         return None
 
 
-# --------------------------------------------------------------------------- switching
+# --------------------------------------------------------------------------- worlds
 
 #: Called at the end of every spawned task (both worlds), e.g. lockdep's held-at-exit check.
 task_exit_hooks: list[Callable[[], None]] = []
 
+
+class World:
+    """A runtime and lockdep's state for it: everything a primitive needs to know where it runs.
+
+    Made by whoever opens a world (the explorer, once per exploration; ``lockdep.isolated``)
+    and entered with :func:`enter`. ``lockdep`` is lockdep's ``State``, opaque here.
+    """
+
+    __slots__ = ("rt", "lockdep", "__weakref__")
+
+    def __init__(self, rt: Runtime, lockdep: Any = None) -> None:
+        self.rt = rt
+        self.lockdep = lockdep
+
+    def __repr__(self) -> str:
+        return f"<World {self.rt.name}>"
+
+
 THREADS = ThreadRuntime()
-RT: Runtime = THREADS
+#: The world of real threads that no one placed elsewhere (lockdep gives it its state).
+THREADS_WORLD = World(THREADS)
+_WORLD: ContextVar[World] = ContextVar("kvmlock.world", default=THREADS_WORLD)
+
+#: The world in force here (the hot path calls it: a bound C method, no Python frame).
+world: Callable[[], World] = _WORLD.get
+
+
+def enter(w: World) -> Token:
+    """Make ``w`` the world of the calling context; :func:`leave` with the token restores."""
+    if not isinstance(w, World):
+        raise TypeError(f"enter: expected a World, got {type(w).__name__}")
+    return _WORLD.set(w)
+
+
+def leave(token: Token) -> None:
+    """Return to the world in force before the matching :func:`enter`."""
+    _WORLD.reset(token)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RT":  # the active runtime, read when a primitive is built
+        return _WORLD.get().rt
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def current_task() -> Any:
-    """The running task's private state object (rebound by :func:`install` for speed)."""
-    return THREADS._tls
+    """The running task's private state object."""
+    return _WORLD.get().rt.current or THREADS._tls
 
 
 def install(rt: Runtime) -> Runtime:
-    """Make ``rt`` the active runtime; returns the previous one so callers can restore it."""
-    global RT, current_task
-    prev = RT
-    RT = rt
-    current_task = rt.current_task
-    return prev
+    """Run ``rt`` in the calling context (keeping lockdep's state); returns the previous
+    runtime, so a caller can restore it. Prefer :func:`enter` with a :class:`World`."""
+    prev = _WORLD.get()
+    _WORLD.set(THREADS_WORLD if rt is THREADS and prev.lockdep is THREADS_WORLD.lockdep
+               else World(rt, prev.lockdep))
+    return prev.rt
 
 
 def spawn(fn: Callable[..., Any], *args: Any, name: str | None = None) -> Handle:
     """Start ``fn(*args)`` as a task of the active world: a real thread, or an explored task."""
-    return RT.spawn(fn, args, name)
+    return _WORLD.get().rt.spawn(fn, args, name)

@@ -161,8 +161,8 @@ def test_chain_cache_hit_skips_validation_and_graph_lock():
         def __exit__(self, *exc):
             return self.inner.__exit__(*exc)
 
-    counting = CountingLock(core._state.lock)
-    core._state.lock = counting
+    counting = CountingLock(core._state().lock)
+    core._state().lock = counting
     for _ in range(100):
         pair(a, 0, b, 0)
     assert counting.n == 0
@@ -350,3 +350,41 @@ def test_lock_fast_path_behaves_like_acquire():
     lockdep.enable()
     a.release()  # taken while off: silent
     assert kinds() == ["circular"]
+
+
+@pytest.mark.parametrize("back_on", ["enable", "reset"])
+def test_validation_resumes_on_a_stack_that_took_locks_while_off(back_on):
+    """While off, acquires land on a sink trie; once on again, a stack that sat there restarts
+    and is validated (a sink that kept answering would silently switch this stack off)."""
+    a, b = LockMap("A", "mutex"), LockMap("B", "mutex")
+    lockdep.disable()
+    pair(a, 0, b, 0)
+    a.acquire()
+    assert lockdep.held_locks() == []  # nothing is tracked while off
+    getattr(lockdep, back_on)()
+    lockdep.set_mode("collect")
+    a.release()  # taken while off: passes silently
+    pair(a, 0, b, 0)
+    pair(b, 0, a, 0)
+    assert kinds() == ["circular"]
+
+
+def test_switching_validation_off_in_one_world_leaves_another_on():
+    a, b = LockMap("A", "mutex"), LockMap("B", "mutex")
+    lockdep.disable()
+    with lockdep.isolated():
+        pair(a, 0, b, 0)
+        pair(b, 0, a, 0)
+        assert kinds() == ["circular"]
+    pair(a, 0, b, 0)
+    pair(b, 0, a, 0)
+    assert kinds() == [] and not lockdep.enabled()
+
+
+def test_tables_read_while_off_are_empty_and_finite():
+    a, b = LockMap("A", "mutex"), LockMap("B", "mutex")
+    pair(a, 0, b, 0)
+    lockdep.disable()
+    pair(a, 0, b, 0)
+    assert lockdep.chains() == [] and lockdep.graph().chains == []
+    assert lockdep.graph().has_edge("A", "B")  # the graph itself is kept

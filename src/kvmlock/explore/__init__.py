@@ -25,7 +25,7 @@ def yield_point(label: str = "", obj: object = None, write: bool = True) -> None
     plain shared state) and ``write=False`` marks a read, so partial-order reduction knows two
     reads commute. Outside an exploration it does nothing.
     """
-    rt = _runtime.RT
+    rt = _runtime.world().rt
     if isinstance(rt, SimRuntime):
         target = SHARED if obj is None else obj
         rt.visible(rt.current, rt.key(target), "yield_point", bool(write), None,  # type: ignore[arg-type]

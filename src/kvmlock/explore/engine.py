@@ -140,17 +140,17 @@ def execute(body: Callable[[], Any], strategy: Strategy, max_steps: int,
     if not strategy.begin(rt):
         return None
     ex = Execution(rt)
-    with _lockdep.isolated():
-        prev = _runtime.install(rt)
-        try:
-            rt.run(body)
-            ex.reports = list(_lockdep.reports())
-            _describe(ex, lockdep_on, max_steps)
-        finally:
-            # After a failure the parked tasks are unwound here; any other way out (an error
-            # or Ctrl-C in the engine itself) must not leave tasks inside pooled greenlets.
-            rt.kill()
-            _runtime.install(prev)
+    world = _lockdep.new_world(rt)
+    token = _runtime.enter(world)
+    try:
+        rt.run(body, world)
+        ex.reports = list(world.lockdep.reports)
+        _describe(ex, lockdep_on, max_steps)
+    finally:
+        # After a failure the parked tasks are unwound here; any other way out (an error
+        # or Ctrl-C in the engine itself) must not leave tasks inside pooled greenlets.
+        rt.kill()
+        _runtime.leave(token)
     if rt.outcome == "interrupt":
         raise rt.exc  # type: ignore[misc]
     strategy.end(rt)
@@ -182,7 +182,7 @@ def _check_int(name: str, v: object, lo: int, allow_none: bool = True) -> None:
 def _check_body(body: object) -> None:
     if not callable(body):
         raise TypeError(f"the body to explore must be callable with no arguments, got {body!r}")
-    if isinstance(_runtime.RT, SimRuntime):
+    if isinstance(_runtime.world().rt, SimRuntime):
         raise RuntimeError("explore.check/replay cannot be called inside an explored execution")
 
 

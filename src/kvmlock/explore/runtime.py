@@ -251,6 +251,8 @@ class SimRuntime:
         self.wcount: dict[int, int] = {}  # object key -> writes executed on it
         self.hub: Any = None
         self.pool: list[Any] = []
+        #: the world the tasks run in (this runtime and a lockdep state), set by ``run``
+        self.world: _rt.World | None = None
         #: tasks stopped at a wait_for (a condition, not a lock), in the order they got there
         self.waiting: dict[Task, None] = {}
 
@@ -465,12 +467,14 @@ class SimRuntime:
         return nxt.g, None
 
     # ------------------------------------------------------------------ one execution
-    def run(self, body: Callable[[], Any]) -> None:
-        """Execute ``body`` as task 0 to its end or to the first failure.
+    def run(self, body: Callable[[], Any], world: _rt.World) -> None:
+        """Execute ``body`` as task 0 to its end or to the first failure, in ``world`` (whose
+        runtime is this one; the caller has entered it too).
 
         After a failure the other tasks stay parked, so their state can be described; the
         caller then unwinds them with :meth:`kill`.
         """
+        self.world = world
         self.hub = getcurrent()
         self.pool = _pool()
         t0 = self._new_task(body, (), "main", None)
@@ -514,9 +518,11 @@ def _worker_main(creator: Any) -> Any:
     rt, t = creator.switch()
     creator = None
     while True:
+        _rt.enter(rt.world)  # each greenlet has its own context: enter the task's world
         pool = rt.pool
         target, value = rt._task_main(t)
         rt = t = None  # type: ignore[assignment]  # keep nothing of a finished execution alive
+        _rt.enter(_rt.THREADS_WORLD)  # nor its world, through this greenlet's context
         if len(pool) >= _POOL_MAX:
             me.parent = target  # retire: a finished greenlet resumes its parent
             return value

@@ -21,6 +21,7 @@ from kvmlock.lockdep.api import (
     held_locks,
     isolated,
     might_sleep,
+    new_world,
     prove_raw_nesting,
     reports,
     reset,
@@ -38,9 +39,9 @@ from kvmlock.lockdep.threading_instr import instrument_threading, threading_inst
 __all__ = [
     "KINDS", "LIMITS", "DepGraph", "Edge", "HeldLock", "LockMap", "LockdepError", "Report",
     "chains", "configure", "disable", "enable", "enabled", "get_mode", "graph", "held_locks",
-    "instrument_threading", "is_held", "isolated", "might_sleep", "prove_raw_nesting",
-    "rcu_read_lock_held", "reports", "reset", "set_mode", "stats", "task_exit",
-    "threading_instrumented",
+    "instrument_threading", "is_held", "isolated", "might_sleep", "new_world",
+    "prove_raw_nesting", "rcu_read_lock_held", "reports", "reset", "set_mode", "stats",
+    "task_exit", "threading_instrumented",
 ]
 
 if task_exit not in _rt.task_exit_hooks:

@@ -26,18 +26,22 @@ from kvmlock.lockdep.state import (
     _reentered,
     _report,
     _task_name,
+    _wipe,
+    switch_off,
 )
-from kvmlock.lockdep.validate import _wipe
 from kvmlock.lockdep.where import user_site
 
 
 def might_sleep(what: str = "might_sleep") -> None:
     """Report "sleep_in_atomic" when the current task holds a spinning lock."""
-    held = (core._TLS if _rt.RT is core._THREADS else _rt.current_task()).lockdep
-    if held is None or len(held) < 2 or not core._ON:
+    w = _rt.world()
+    held = (w.rt.current or core._TLS).lockdep
+    if held is None or len(held) < 2:
         return  # nothing held: the common case, decided without touching the state
-    S = core._state
-    held = core._stack()
+    S = w.lockdep
+    if not S.on:
+        return
+    held = core._stack(S)
     for e in held[1:]:
         if e[0].kind in SPINNING:
             hcls, hread, _t, _w = _info(e)
@@ -51,7 +55,7 @@ def might_sleep(what: str = "might_sleep") -> None:
 
 def task_exit(task_name: str | None = None) -> None:
     """End of a task: report "held_at_exit" for locks still held, then forget the stack."""
-    S = core._state
+    S = core._state()
     t = _rt.current_task()
     held = t.lockdep
     if held is None:
@@ -71,21 +75,23 @@ def task_exit(task_name: str | None = None) -> None:
 
 
 def held_locks() -> list[HeldLock]:
-    """What the current task holds, innermost last (debug_show_held_locks)."""
-    return _held_locks(core._stack())
+    """What the current task holds, innermost last (debug_show_held_locks); nothing is
+    tracked while validation is off."""
+    S = core._state()
+    return _held_locks(core._stack(S)) if S.on else []
 
 
 def reports() -> list[Report]:
     """Every distinct problem found so far in the current state, oldest first."""
-    return list(core._state.reports)
+    return list(core._state().reports)
 
 
 def reset() -> None:
     """Forget everything: classes, dependencies, chains, reports. Locks held now are dropped
     from their stacks (their later release passes silently)."""
-    old = core._state
-    core._state = State(old.mode)
-    core._sync_on()
+    w = _rt.world()
+    old = w.lockdep
+    w.lockdep = State(old.mode)
     with _GraphLock(old):
         _wipe(old.root)
 
@@ -94,37 +100,37 @@ def set_mode(mode: str) -> None:
     """"warn": print each problem once; "raise": raise LockdepError; "collect": stay silent."""
     if mode not in MODES:
         raise ValueError(f"lockdep mode must be one of {MODES}, got {mode!r}")
-    core._state.mode = mode
+    core._state().mode = mode
 
 
 def get_mode() -> str:
     """The current mode: "warn", "raise" or "collect"."""
-    return core._state.mode
+    return core._state().mode
 
 
 def enable() -> None:
     """Switch validation back on (held stacks restart empty)."""
-    S = core._state
+    S = core._state()
     if not S.on:
         with _GraphLock(S):  # stacks from before are restarted on their next miss
             old, S.root, S.nchains = S.root, {}, 0
             _wipe(old)
         S.on = True
         S.overflow = None
-        core._sync_on()
 
 
 def disable() -> None:
-    """Switch validation off: lock operations cost one flag test."""
-    if core._state.on:
-        core._state.off_token = object()
-        core._state.on = False
-        core._sync_on()
+    """Switch validation off: the chain cache is emptied, so every acquire misses it and the
+    miss path, seeing the flag, only notes that the lock was taken unvalidated."""
+    S = core._state()
+    if S.on:
+        with _GraphLock(S):
+            switch_off(S)
 
 
 def enabled() -> bool:
     """Whether validation is on (off after disable() or a table overflow)."""
-    return core._state.on
+    return core._state().on
 
 
 def prove_raw_nesting(on: bool = True) -> None:
@@ -150,14 +156,14 @@ def configure(**limits: int) -> dict[str, int]:
 
 def stats() -> dict[str, Any]:
     """Sizes of the tables: how much validation work a run created."""
-    S = core._state
+    S = core._state()
     return {"classes": len(S.classes), "edges": S.nedges, "chains": S.nchains,
             "reports": len(S.reports), "enabled": S.on}
 
 
 def graph() -> DepGraph:
     """A snapshot of the dependency graph (one Edge per recorded kind of each link)."""
-    S = core._state
+    S = core._state()
     with contextlib.nullcontext() if _reentered(S) else _GraphLock(S):
         g = DepGraph({c.name: kind for c, kind in S.classes.items()})
         for c, links in list(S.after.items()):
@@ -172,8 +178,10 @@ def graph() -> DepGraph:
 def chains() -> list[tuple[HeldLock, ...]]:
     """Every distinct chain of held locks validated so far (outermost first): which locks
     were held together when each lock was taken. synchronize() checks are not chains."""
-    S = core._state
+    S = core._state()
     out: list[tuple[HeldLock, ...]] = []
+    if not S.on:
+        return out  # switching off emptied the chain cache (its trie is a sink now)
     with contextlib.nullcontext() if _reentered(S) else _GraphLock(S):
         todo: list[tuple[dict, tuple[HeldLock, ...]]] = [(S.root, ())]
         while todo:
@@ -188,16 +196,23 @@ def chains() -> list[tuple[HeldLock, ...]]:
     return out
 
 
+def new_world(rt: Any, mode: str = "collect") -> _rt.World:
+    """A world for ``rt`` with a fresh lockdep state of its own (graph, chains, reports)."""
+    if mode not in MODES:
+        raise ValueError(f"lockdep mode must be one of {MODES}, got {mode!r}")
+    return _rt.World(rt, State(mode))
+
+
 class isolated:  # noqa: N801 - used like the function it replaced: ``with isolated():``
     """A fresh private lockdep state for the block (graph, chains, reports), then the old one.
 
-    The explorer runs each execution inside one so executions cannot see each other's
-    dependencies; read :func:`reports` before leaving. The current task's held stack is set
-    aside too. Not meant for use while other OS threads are validating locks. A class rather
-    than a generator: the explorer enters one per execution, thousands per second.
+    The block runs in a world of its own (same runtime, new lockdep state), entered in the
+    calling context only: other threads keep theirs, and threads started inside with
+    ``kvmlock.spawn`` inherit it. Read :func:`reports` before leaving. The current task's held
+    stack is set aside too.
     """
 
-    __slots__ = ("mode", "prev", "task", "saved")
+    __slots__ = ("mode", "token", "task", "saved")
 
     def __init__(self, mode: str = "collect") -> None:
         if mode not in MODES:
@@ -205,15 +220,13 @@ class isolated:  # noqa: N801 - used like the function it replaced: ``with isola
         self.mode = mode
 
     def __enter__(self) -> State:
-        self.prev = core._state
+        w = new_world(_rt.world().rt, self.mode)
         t = self.task = _rt.current_task()
         self.saved = t.lockdep
         t.lockdep = None
-        core._state = st = State(self.mode)
-        core._sync_on()
-        return st
+        self.token = _rt.enter(w)
+        return w.lockdep
 
     def __exit__(self, *exc: object) -> None:
-        core._state = self.prev
-        core._sync_on()
+        _rt.leave(self.token)
         self.task.lockdep = self.saved

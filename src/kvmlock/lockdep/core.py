@@ -30,23 +30,15 @@ from kvmlock.lockdep.state import (  # noqa: F401 - _SYNC and _INFO are read by 
 from kvmlock.lockdep.validate import _miss, _restart
 from kvmlock.lockdep.where import user_site
 
-_state = State()
-_ON = True  # mirrors _state.on, read by the hot path as a plain global
+# The state of the world in force: the world object carries it (see kvmlock.runtime).
+_rt.THREADS_WORLD.lockdep = State()
+_world = _rt.world
+_TLS = _rt.THREADS._tls
 
 
-def _sync_on() -> None:
-    """Mirror the current state's on-flag into the hot path (a global and LockMap's methods)."""
-    global _ON
-    on = _state.on
-    if on is _ON and LockMap.acquire is (LockMap._acquire_on if on else LockMap._acquire_off):
-        return  # unchanged: leave the class alone (rebinding resets CPython's method caches)
-    _ON = on
-    if on:
-        LockMap.acquire, LockMap.lock, LockMap.release = (
-            LockMap._acquire_on, LockMap._lock_on, LockMap._release_on)
-    else:
-        LockMap.acquire, LockMap.lock, LockMap.release = (
-            LockMap._acquire_off, LockMap._lock_off, LockMap._release_off)
+def _state() -> State:
+    """lockdep's state in the world in force."""
+    return _world().lockdep
 
 
 # A task's held-lock stack is a plain list (the fastest container to index and append to):
@@ -55,21 +47,22 @@ def _sync_on() -> None:
 # ending with that lock. A node's ``_INFO`` entry says what the lock is: ``(class, read,
 # trylock, first-seen-where)``. When the trie is replaced (reset, enable) the old one is
 # emptied, so a stack from before misses on its next acquire and is restarted there.
-# In the threads world the task object is the runtime's thread-local, read directly (a call to
-# runtime.current_task() costs as much again); any other runtime is asked through the module.
-_TLS = getattr(_rt.THREADS, "_tls", None)
-_THREADS = _rt.THREADS if _TLS is not None and _rt.THREADS.current_task() is _TLS else object()
+# The task object is the runtime's ``current`` (an explored task), or else the calling
+# thread's thread-local, read directly (a call to runtime.current_task() costs as much again).
+# While validation is off the trie is a sink (state._Sink): the cached path never tests it.
 
 
-def _stack() -> list:
+def _stack(S: State | None = None) -> list:
     """The current task's held stack (created on first use and registered with the state)."""
-    t = _TLS if _rt.RT is _THREADS else _rt.current_task()
+    w = _world()
+    t = w.rt.current or _TLS
     held = t.lockdep
-    S = _state
+    if S is None:
+        S = w.lockdep
     if held is None:
         held = t.lockdep = [[None, S.root, None]]
     elif held[0][1] is not S.root:
-        _restart(S, held)  # a stack left from before reset()/enable()
+        _restart(S, held)  # a stack left from before reset()/enable(), or another world's
     return held
 
 
@@ -116,14 +109,12 @@ class LockMap:
             cls = subs[subclass] = _klass(self.key, self.name, self.kind, subclass)
         return cls
 
-    # acquire/lock/release are bound to their "on" or "off" bodies by _sync_on() whenever
-    # validation is switched, so the hot path does not test a flag on every call.
-
-    def _acquire_on(self, subclass: int = 0, read: int = 0, trylock: bool = False) -> None:
+    def acquire(self, subclass: int = 0, read: int = 0, trylock: bool = False) -> None:
         """Validate and record taking this lock (read: 0 exclusive, 1 shared, 2 recursive)."""
-        held = (_TLS if _rt.RT is _THREADS else _rt.current_task()).lockdep
+        w = _world()
+        held = (w.rt.current or _TLS).lockdep
         if subclass or held is None:
-            _acquire(self, held, subclass, read, trylock)
+            _acquire(self, w.lockdep, subclass, read, trylock)
             return
         hid = self._hid + read + read + trylock if read or trylock else self._hid
         try:
@@ -131,48 +122,41 @@ class LockMap:
         except KeyError:  # first time this chain is seen (validated outside the handler,
             node = None  # so a report raised from it carries no KeyError context)
         if node is None:
-            node = _miss(_state, held, self, self._cls, read, trylock, hid, None)
+            S = w.lockdep
+            if not S.on:  # a stack from before the switch: restart it on the sink
+                self._off = S.off_token
+                held = _stack(S)
+                held.append((self, S.root))
+                return
+            node = _miss(S, held, self, self._cls, read, trylock, hid, None)
             if node is None:
                 return
         held.append((self, node))
 
-    def _lock_on(self) -> None:
+    def lock(self) -> None:
         """``acquire()`` for the common case (exclusive, no subclass, not a trylock), with
         fewer branches: the primitives' ``with`` blocks call this one."""
-        held = (_TLS if _rt.RT is _THREADS else _rt.current_task()).lockdep
+        held = (_world().rt.current or _TLS).lockdep
         try:
             node = held[-1][1][self._hid]
         except (KeyError, TypeError):  # a chain not seen yet, or no stack yet
             node = None
         if node is None:
-            self._acquire_on()
+            self.acquire()
         else:
             held.append((self, node))
 
-    def _release_on(self) -> None:
+    def release(self) -> None:
         """Record letting go of this lock; releasing one not held is reported."""
-        held = (_TLS if _rt.RT is _THREADS else _rt.current_task()).lockdep
+        w = _world()
+        held = (w.rt.current or _TLS).lockdep
         try:
             if held[-1][0] is self:
                 held.pop()
                 return
         except TypeError:  # no stack yet: this task never took a lock
             pass
-        _release_slow(_state, self)
-
-    def _acquire_off(self, subclass: int = 0, read: int = 0, trylock: bool = False) -> None:
-        """Validation is off: only remember that this lock was taken unvalidated."""
-        self._off = _state.off_token
-
-    def _lock_off(self) -> None:
-        self._off = _state.off_token
-
-    def _release_off(self) -> None:
-        return None
-
-    acquire = _acquire_on
-    lock = _lock_on
-    release = _release_on
+        _release_slow(w.lockdep, self)
 
     def acquire_nest(self, nest_lock: LockMap, subclass: int = 0) -> None:
         """mutex_lock_nest_lock(): take this lock exclusively while ``nest_lock`` is held, which
@@ -180,11 +164,11 @@ class LockMap:
         vcpu->mutex under kvm->lock). Without ``nest_lock`` held it is a plain acquire."""
         if not isinstance(nest_lock, LockMap):
             raise TypeError(f"nest_lock must be a LockMap, got {type(nest_lock).__name__}")
-        if not _ON:
-            self._off = _state.off_token
+        S = _state()
+        if not S.on:
+            self._off = S.off_token
             return
-        S = _state
-        held = _stack()
+        held = _stack(S)
         cls = self._sub(subclass) if subclass else self._cls
         hid = cls.hid + _NEST
         node = held[-1][1].get(hid)
@@ -196,10 +180,10 @@ class LockMap:
 
     def sync(self) -> None:
         """synchronize_srcu(): validate an exclusive acquire of this map without holding it."""
-        S = _state
+        S = _state()
         if not S.on:
             return
-        held = _stack()
+        held = _stack(S)
         cls = self._cls
         hid = cls.hid + _SYNC
         if held[-1][1].get(hid) is None:
@@ -207,10 +191,10 @@ class LockMap:
 
     def assert_held(self) -> None:
         """lockdep_assert_held(): report "not_held" unless the current task holds this lock."""
-        S = _state
+        S = _state()
         if not S.on:
             return
-        held = _stack()
+        held = _stack(S)
         for e in held:
             if e[0] is self:
                 return
@@ -235,10 +219,12 @@ class LockMap:
 # --------------------------------------------------------------------------- slow paths
 
 
-def _acquire(m: LockMap, held: list | None, subclass: int, read: int, trylock: bool) -> None:
-    if held is None:
-        held = _stack()
-    _push(_state, held, m, m._sub(subclass) if subclass else m._cls, read, trylock, None)
+def _acquire(m: LockMap, S: State, subclass: int, read: int, trylock: bool) -> None:
+    cls = m._sub(subclass) if subclass else m._cls  # a bad subclass is an error even when off
+    if not S.on:
+        m._off = S.off_token
+        return
+    _push(S, _stack(S), m, cls, read, trylock, None)
 
 
 def _push(S: State, held: list, m: LockMap, cls: LockClass, read: int, trylock: bool,
@@ -253,9 +239,14 @@ def _push(S: State, held: list, m: LockMap, cls: LockClass, read: int, trylock: 
 
 
 def _release_slow(S: State, m: LockMap) -> None:
-    if not S.on:  # switched off while this release was on its way
+    if not S.on:  # out of order, or taken before the switch: drop it quietly
+        held = _stack(S)
+        for i in range(len(held) - 1, 0, -1):
+            if held[i][0] is m:
+                del held[i]
+                break
         return
-    held = _stack()  # restarted already if left from an earlier state
+    held = _stack(S)  # restarted already if left from an earlier state
     for i in range(len(held) - 1, 0, -1):
         if held[i][0] is m:
             break

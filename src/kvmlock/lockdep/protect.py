@@ -27,9 +27,10 @@ RCU_READ_LOCK = core.LockMap("rcu_read_lock", "pseudo")
 
 def _held_stack() -> list | None:
     """The current task's held stack, or None when it never took a lock."""
-    held = (core._TLS if _rt.RT is core._THREADS else _rt.current_task()).lockdep
-    if held is not None and held[0][1] is not core._state.root:
-        held = core._stack()  # left from before reset()/enable(): restarted (emptied) here
+    w = _rt.world()
+    held = (w.rt.current or core._TLS).lockdep
+    if held is not None and held[0][1] is not w.lockdep.root:
+        held = core._stack(w.lockdep)  # left from before reset()/enable(): restarted here
     return held
 
 
@@ -45,7 +46,7 @@ def lock_map(lock: object) -> core.LockMap | None:
 def held_read(lock: object) -> int | None:
     """How the current task holds ``lock``: None (not held), 0 (exclusively), 1 or 2 (for
     read). With validation off, 0: whatever the task does is taken as allowed."""
-    if not core._ON:
+    if not core._state().on:
         return 0
     m = lock_map(lock)
     if m is None:
@@ -99,7 +100,7 @@ def suspicious_rcu(data: str, api: str, read_side: str) -> None:
     which has none). Reported once per pointer and call site, as the kernel warns once per site.
     """
     where = user_site()
-    _report(core._state, ("suspicious_rcu", data, where), Report(
+    _report(core._state(), ("suspicious_rcu", data, where), Report(
         "suspicious_rcu", lock=read_side or None, task=_task_name(), where=where, what=api,
         data=data, held_locks=_held_locks(core._stack()),
     ))
@@ -113,7 +114,7 @@ def unguarded(data: str, lock: str, access: str, read_side: str = "", how: int |
     allowed a read; ``how`` what the task held of ``lock`` (1 or 2: only its read side).
     """
     where = user_site()
-    _report(core._state, ("unguarded", data, access, where), Report(
+    _report(core._state(), ("unguarded", data, access, where), Report(
         "unguarded", lock=lock, held=read_side or None, task=_task_name(), where=where,
         what=access, data=data, held_read=how or 0, held_locks=_held_locks(core._stack()),
     ))

@@ -129,14 +129,51 @@ def _held_locks(held: list) -> list[HeldLock]:
     return out
 
 
+def _wipe(root: dict) -> None:
+    """Empty a retired chain trie, so stacks still pointing into it miss and restart."""
+    if isinstance(root, _Sink):
+        root.live = False
+        root.clear()
+        return
+    todo = [root]
+    while todo:
+        node = todo.pop()
+        for hid in [k for k in node if k >= 0]:
+            todo.append(node.pop(hid))
+
+
+class _Sink(dict):
+    """The chain trie while validation is off: every chain is "seen", and leads back here.
+
+    The cached path never tests the on-flag; with this root every acquire hits, pushes a
+    no-op entry and is popped by its release, so switching off costs nothing per operation.
+    """
+
+    __slots__ = ("live",)
+
+    def __init__(self) -> None:
+        self.live = True  # until retired: then every lookup misses, like a wiped trie
+
+    def __missing__(self, key: int) -> _Sink:
+        if self.live:
+            self[key] = self  # the next lookup of this key is a plain dict hit
+            return self
+        raise KeyError(key)
+
+
+def switch_off(S: State) -> None:
+    """Validation off (caller holds the graph lock): the chain cache becomes a sink, so stacks
+    from before restart on their next miss and new acquires are no-ops."""
+    S.off_token = object()
+    S.on = False
+    old, S.root, S.nchains = S.root, _Sink(), 0
+    _wipe(old)
+
+
 def _overflow(S: State, what: str, param: str) -> None:
     if S.on:
-        S.off_token = object()
-        S.on = False
+        switch_off(S)
         S.overflow = what
-        from kvmlock.lockdep import core  # the hot path reads a mirror of the on-flag
-
-        core._sync_on()
         sys.stderr.write(
             f"kvmlock.lockdep: too many {what} (limit {getattr(LIMITS, param)}); lock validation"
             f" is now OFF for the rest of this run. Raise the limit with"

@@ -66,6 +66,8 @@ def _miss(
             return None
         if not trylock:
             _validate(S, held, m, cls, read, where, found, sync, nest)
+            if not S.on:
+                return None  # a table overflowed while validating
         if S.nchains >= LIMITS.max_chains:
             _overflow(S, "lock chains", "max_chains")
             return None
@@ -162,12 +164,3 @@ def _restart(S: State, held: list) -> None:
     lax = (held[0][2] or []) + [e[0] for e in held[1:]]
     del held[1:]
     held[0] = [None, S.root, lax]
-
-
-def _wipe(root: dict) -> None:
-    """Empty a retired chain trie, so stacks still pointing into it miss and restart."""
-    todo = [root]
-    while todo:
-        node = todo.pop()
-        for hid in [k for k in node if k >= 0]:
-            todo.append(node.pop(hid))

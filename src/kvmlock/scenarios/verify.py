@@ -14,6 +14,7 @@ the dependency graph -- what ``kvmlock spec`` checks a document against.
 from __future__ import annotations
 
 import argparse
+import contextvars
 import difflib
 import fnmatch
 import json
@@ -193,7 +194,9 @@ def _run_on_thread(sc: Scenario, limit: float) -> None:
         except BaseException as exc:  # handed back to the caller below
             box.append(exc)
 
-    t = threading.Thread(target=run, name=sc.name, daemon=True)
+    # in the caller's (isolated) lockdep world: a thread's own context starts empty
+    t = threading.Thread(target=contextvars.copy_context().run, args=(run,), name=sc.name,
+                         daemon=True)
     t.start()
     t.join(limit)
     if t.is_alive():
