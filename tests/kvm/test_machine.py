@@ -6,6 +6,7 @@ import pytest
 
 from kvmlock import lockdep
 from kvmlock.kvm.machine import HardwareEnableError, Machine
+from kvmlock.sync import peek
 
 
 def edges() -> set[tuple[str, str]]:
@@ -18,7 +19,7 @@ def test_first_vm_enables_every_online_cpu_and_last_disables(usage_lock):
     a = m.create_vm(name="a")
     b = m.create_vm(name="b")
     assert [pc.hardware_enabled for pc in m.cpus] == [True, True, False]
-    assert m.kvm_usage_count == 2 and m.vm_list == [a, b]
+    assert peek(m, "kvm_usage_count") == 2 and peek(m, "vm_list") == [a, b]
     m.destroy_vm(a)
     assert m.cpus[0].hardware_enabled, "one VM left: hardware must stay on"
     m.destroy_vm(b)
@@ -71,7 +72,7 @@ def test_enable_failure_rolls_back_and_blocks_onlining_a_bad_cpu(usage_lock):
     m = Machine(2, fail_enable_on=(1,), usage_lock=usage_lock)
     with pytest.raises(HardwareEnableError, match=r"CPU\(s\) \[1\]"):
         m.create_vm()
-    assert m.kvm_usage_count == 0 and m.vm_list == []
+    assert peek(m, "kvm_usage_count") == 0 and peek(m, "vm_list") == []
     m.check_hardware()
 
     assert m.hotplug_callbacks_installed is (not usage_lock)
@@ -123,7 +124,7 @@ def test_threads_creating_vms_while_a_cpu_toggles_keep_the_invariant():
     stop.set()
     t.join()
     m.check_hardware()
-    assert m.kvm_usage_count == 0
+    assert peek(m, "kvm_usage_count") == 0
     assert lockdep.reports() == []
 
 

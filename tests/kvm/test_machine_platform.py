@@ -11,6 +11,7 @@ from kvmlock.kvm.posted_intr import PostedVcpu, post_interrupt, wakeup_handler
 from kvmlock.kvm.tsc import TscSync
 from kvmlock.kvm.vm import VM
 from kvmlock.kvm.xen import Xen
+from kvmlock.sync import peek
 
 
 def edges() -> set[tuple[str, str]]:
@@ -71,7 +72,7 @@ def test_posted_interrupt_wakes_a_halted_vcpu_on_threads():
         t.join(5)
         assert not t.is_alive(), "the halted vCPU was never woken"
         assert pv.delivered == {9}
-        assert m.cpus[1].wakeup_list == []
+        assert peek(m.cpus[1], "wakeup_vcpus_on_cpu") == []
     assert lockdep.reports() == []
 
 
@@ -79,7 +80,8 @@ def test_wakeup_handler_wakes_only_vcpus_with_an_outstanding_notification():
     m = Machine(1)
     vm = VM(m, nr_vcpus=2)
     a, b = PostedVcpu(m, vm.vcpus[0]), PostedVcpu(m, vm.vcpus[1])
-    m.cpus[0].wakeup_list.extend([a, b])
+    with m.cpus[0].wakeup_lock:
+        m.cpus[0].wakeup_vcpus_on_cpu.extend([a, b])
     a.pir.fetch_or(1 << 4)
     a.control.fetch_or(1)  # ON
     assert wakeup_handler(m, 0) == 1

@@ -12,6 +12,7 @@ from kvmlock.kvm.memslots import LOG_DIRTY_PAGES
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.page_fault import invalidate_retry
 from kvmlock.kvm.vm import VM
+from kvmlock.sync import peek
 
 
 def vm_with_page(**kw):
@@ -25,14 +26,14 @@ def test_invalidation_counts_zaps_and_bumps_the_sequence():
     vm = vm_with_page()
     seq = vm.mmu_invalidate_seq.peek()
     token = vm.notifier.invalidate_range_start(1, 2)
-    assert vm.mn_active_invalidate_count == 1 and vm.mmu_invalidate_in_progress == 1
+    assert peek(vm, "mn_active_invalidate_count") == 1 and vm.mmu_invalidate_in_progress == 1
     assert not S.is_present(vm.mmu.sptep(1).peek()), "the SPTE was zapped"
     assert vm.vcpus[0].tlb == {}, "and the TLB flushed"
     with vm.mmu_lock.write():
         assert invalidate_retry(vm, seq, 1), "a fault on the range must retry"
         assert not invalidate_retry(vm, seq, 3), "near miss: other hvas, same sequence"
     vm.notifier.invalidate_range_end(1, 2, token)
-    assert vm.mn_active_invalidate_count == 0 and vm.mmu_invalidate_in_progress == 0
+    assert peek(vm, "mn_active_invalidate_count") == 0 and vm.mmu_invalidate_in_progress == 0
     assert vm.mmu_invalidate_seq.peek() == seq + 1
     with vm.mmu_lock.write():
         assert invalidate_retry(vm, seq, 3), "a fault that began before must retry"

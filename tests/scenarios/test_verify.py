@@ -158,7 +158,8 @@ def test_json_records_and_strategy_override(capsys):
     # dfs does not reduce: it runs out of the scenario's max_runs before exhausting, and says so
     assert recs[0]["exhausted"] is False and recs[0]["bound"] == "max_runs=500"
     assert recs[0]["result"] == "pass (bounded)"
-    assert recs[1]["failure"]["kind"] == "assertion" and recs[1]["failure"]["schedule"]
+    assert recs[1]["failure"]["kind"] == "lockdep" and recs[1]["failure"]["schedule"]
+    assert recs[1]["failure"]["lockdep_kinds"] == ["unguarded"]
 
 
 def test_wrong_failure_says_what_was_expected(temp_scenarios):

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kvmlock import runtime
-from kvmlock.sync import CpuHotplugLock, Mutex, RawSpinLock
+from kvmlock.sync import CpuHotplugLock, Mutex, RawSpinLock, guarded_by, peek
 
 if TYPE_CHECKING:
     from kvmlock.kvm.vm import VM
@@ -54,7 +54,7 @@ class PerCpu:
     #: ``wakeup_vcpus_on_cpu_lock``: one lock class for all CPUs, as in the kernel's per-CPU var.
     wakeup_lock: RawSpinLock = field(default=None)  # type: ignore[assignment]
     #: ``wakeup_vcpus_on_cpu``: vCPUs blocked on this CPU that a posted interrupt must wake.
-    wakeup_list: list[Any] = field(default_factory=list)
+    wakeup_vcpus_on_cpu = guarded_by("wakeup_lock")
 
     @property
     def name(self) -> str:
@@ -64,6 +64,7 @@ class PerCpu:
     def __post_init__(self) -> None:
         if self.wakeup_lock is None:
             self.wakeup_lock = RawSpinLock("wakeup_vcpus_on_cpu_lock")
+        self.wakeup_vcpus_on_cpu: list[Any] = []
 
 
 class Machine:
@@ -79,6 +80,11 @@ class Machine:
     half-way through.
     ``fail_enable_on`` names CPUs whose virtualization enable fails (for the error paths).
     """
+
+    #: the VMs, published and unpublished under ``kvm_lock``
+    vm_list = guarded_by("kvm_lock")
+    #: VMs using hardware virtualization; guarded by whichever lock the design gives it
+    kvm_usage_count = guarded_by("usage_lock")
 
     def __init__(
         self,
@@ -120,6 +126,12 @@ class Machine:
         #: the loaded vendor module's name (kvm_intel / kvm_amd), see kvmlock.kvm.vendor.
         self.vendor: str | None = None
         self.events: list[str] = []  # a short log for humans: "cpu1 offline", "enable cpu0" ...
+
+    @property
+    def usage_lock(self) -> Mutex:
+        """The lock that guards ``kvm_usage_count``: ``kvm_usage_lock``, or ``kvm_lock`` in the
+        older design."""
+        return self.kvm_lock if self.kvm_usage_lock is None else self.kvm_usage_lock
 
     # ------------------------------------------------------------------ plain shared state
 
@@ -348,19 +360,20 @@ class Machine:
 
     def check_hardware(self) -> None:
         """Assert the hardware invariant; call it when no enable/disable/hotplug is in flight."""
-        want_on = self.kvm_usage_count > 0
+        count = peek(self, "kvm_usage_count")
+        want_on = count > 0
         wrong = [
             f"cpu{pc.cpu}: online={pc.online} enabled={pc.hardware_enabled}"
             for pc in self.cpus
             if pc.hardware_enabled != (pc.online and want_on)
         ]
         assert not wrong, (
-            f"hardware virtualization state disagrees with kvm_usage_count={self.kvm_usage_count}"
+            f"hardware virtualization state disagrees with kvm_usage_count={count}"
             f": {'; '.join(wrong)} (events: {', '.join(self.events)})"
         )
-        assert self.kvm_usage_count >= 0, "kvm_usage_count went negative"
+        assert count >= 0, "kvm_usage_count went negative"
 
     def __repr__(self) -> str:
         design = "kvm_usage_lock" if self.kvm_usage_lock is not None else "kvm_lock"
-        return (f"<Machine cpus={self.nr_cpus} design={design} vms={len(self.vm_list)} "
-                f"usage={self.kvm_usage_count}>")
+        return (f"<Machine cpus={self.nr_cpus} design={design} "
+                f"vms={len(peek(self, 'vm_list'))} usage={peek(self, 'kvm_usage_count')}>")

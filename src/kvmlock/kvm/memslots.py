@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from kvmlock import lockdep
-from kvmlock.sync import Atomic64, RWSemaphore
+from kvmlock.sync import Atomic64, RWSemaphore, peek
 
 if TYPE_CHECKING:
     from kvmlock.kvm.vm import VM
@@ -136,7 +136,9 @@ def _swap_active_memslots(vm: VM, new: Memslots) -> None:
         lock.lock()
         while vm.mn_active_invalidate_count and not vm.hazards.swap_without_waiting:
             lock.unlock()
-            vm.mn_memslots_update_rcuwait.wait(lambda: vm.mn_active_invalidate_count == 0)
+            # the wake-up condition; the loop re-reads the count under the lock
+            vm.mn_memslots_update_rcuwait.wait(
+                lambda: peek(vm, "mn_active_invalidate_count") == 0)
             lock.lock()
         vm.memslots.assign(new)
         lock.unlock()

@@ -76,14 +76,14 @@ class PostedVcpu:
                 self._deliver()
                 return
         with pc.wakeup_lock:
-            pc.wakeup_list.append(self)
+            pc.wakeup_vcpus_on_cpu.append(self)
         self._set_vector(True)
         if check_first:
             self.wait.wait(lambda: self.kicks > 0)
         else:
             self.wait.wait(lambda: self._pending() or self.kicks > 0)
         with pc.wakeup_lock:
-            pc.wakeup_list.remove(self)
+            pc.wakeup_vcpus_on_cpu.remove(self)
         self._set_vector(False)
         self._deliver()
 
@@ -99,7 +99,7 @@ def wakeup_handler(machine: Machine, cpu: int) -> int:
     pc = machine.percpu(cpu)
     woken = 0
     with pc.wakeup_lock:
-        for pv in list(pc.wakeup_list):
+        for pv in list(pc.wakeup_vcpus_on_cpu):
             if pv.control.load() & PI_ON:
                 pv.kicks += 1
                 pv.wait.wake_up()

@@ -12,7 +12,9 @@ raw spinlock (the offset update must not be preempted), taken with ``vcpu->mutex
 nothing taken inside it: a leaf.
 
 :class:`TscSync` holds that per-VM state beside the VM (the VM object owns the lock itself).
-``locked=False`` is the broken variant without the lock.
+Those fields are declared guarded by the lock, so ``locked=False`` -- the broken variant
+without it -- is reported by lockdep at the first unguarded access, whether or not the
+schedule went on to split a generation.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvmlock import runtime
+from kvmlock.sync import guarded_by
 
 __all__ = ["TscSync", "VcpuTsc"]
 
@@ -35,6 +38,11 @@ class VcpuTsc:
 
 class TscSync:
     """The TSC bookkeeping of one VM (``kvm_arch``'s last/cur TSC fields)."""
+
+    last_tsc_write = guarded_by("lock")
+    last_tsc_nsec = guarded_by("lock")
+    cur_generation = guarded_by("lock")
+    cur_offset = guarded_by("lock")
 
     def __init__(self, vm: Any, *, tsc_khz: int = 1_000_000, locked: bool = True) -> None:
         lock = getattr(vm, "tsc_write_lock", None)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 
 from kvmlock.kvm.machine import Machine
-from kvmlock.sync import Mutex
+from kvmlock.sync import Mutex, peek
 
 __all__ = ["VENDOR_MODULES", "VendorModuleError", "vendor_exit", "vendor_init"]
 
@@ -81,8 +81,11 @@ def vendor_exit(machine: Machine, name: str, *,
             raise VendorModuleError(
                 f"{name}: not the loaded vendor module (loaded: {machine.vendor!r})",
                 errno.ENOENT)
-        if machine.kvm_usage_count:
+        # Stands for the module's reference count, which every VM holds and the module loader
+        # reads on its own (atomically, not under a KVM lock): so the count is peeked at here.
+        users = peek(machine, "kvm_usage_count")
+        if users:
             raise VendorModuleError(
-                f"{name}: {machine.kvm_usage_count} VM(s) still use it (EBUSY)", errno.EBUSY)
+                f"{name}: {users} VM(s) still use it (EBUSY)", errno.EBUSY)
         with machine.cpu_hotplug_lock.read():
             machine.vendor = None

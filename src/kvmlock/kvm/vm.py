@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from kvmlock.kvm.host import Host
+from kvmlock.kvm.iobus import IoBus
 from kvmlock.kvm.memslots import Memslots, set_memory_region
 from kvmlock.kvm.mmu.shadow import MMU
 from kvmlock.kvm.mmu_notifier import KvmMmuNotifier
@@ -25,6 +26,7 @@ from kvmlock.sync import (
     RCUWait,
     RWLock,
     SpinLock,
+    guarded_by,
 )
 
 if TYPE_CHECKING:
@@ -92,6 +94,9 @@ class VM:
     Accessed/Dirty bits, aged by access tracking.
     """
 
+    #: invalidations in flight that began on the current memslots; a memslot update waits for 0
+    mn_active_invalidate_count = guarded_by("mn_invalidate_lock")
+
     def __init__(
         self,
         machine: Machine | None = None,
@@ -130,7 +135,7 @@ class VM:
         self.xen_lock = Mutex("kvm->arch.xen.xen_lock")
 
         # -- memslot update vs MMU notifier (guarded by mn_invalidate_lock)
-        self.mn_active_invalidate_count = 0
+        self.mn_active_invalidate_count = 0  # guarded: see the class attribute
         self.mn_memslots_update_rcuwait = RCUWait("kvm->mn_memslots_update_rcuwait")
 
         # -- slow-path retry state (written under mmu_lock held for write)
@@ -146,6 +151,7 @@ class VM:
             raise TypeError(f"host must be a kvmlock.kvm.host.Host, got {type(host).__name__}")
         self.host = host
         self.memslots = RcuPointer(Memslots(), name="kvm->memslots")
+        self.buses = RcuPointer(IoBus(), name="kvm->buses")
         self.mmu = MMU(self, nr_pages, tdp=bool(tdp), ad_disabled=bool(ad_disabled))
         self.notifier = KvmMmuNotifier(self)
         host.register(self.notifier)

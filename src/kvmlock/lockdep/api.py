@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from dataclasses import replace
 from typing import Any
 
 from kvmlock import runtime as _rt
@@ -171,6 +172,8 @@ def graph() -> DepGraph:
                 for (sr, dr), where in list(link.sites.items()):
                     g.edges.append(Edge(c.name, link.dst.name, sr, max(dr, 0), where, dr < 0))
         g.refused = list(S.refused.values())
+        g.protected = [replace(p, violations=list(p.violations), updates=list(p.updates))
+                       for p in S.protected.values()]
     g.chains = [tuple(h.name for h in chain) for chain in chains()]
     return g
 

@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from kvmlock.lockdep.report import Edge
+from kvmlock.lockdep.report import Edge, ProtectedData
 
 DEP_SR = 1  # src shared, dst recursive reader
 DEP_ER = 2  # src exclusive, dst recursive reader
@@ -136,18 +136,22 @@ class DepGraph:
     adding them, and they are exactly what breaks a documented order. ``chains`` lists which
     classes were held together when a lock was taken (outermost first); ``None`` means unknown
     (a graph saved without them), which is different from "no lock was ever nested".
+    ``protected`` lists the protected data the run accessed (guarded fields, RCU pointers).
     """
 
     classes: dict[str, str] = field(default_factory=dict)
     edges: list[Edge] = field(default_factory=list)
     refused: list[Edge] = field(default_factory=list)
     chains: list[tuple[str, ...]] | None = None
+    protected: list[ProtectedData] = field(default_factory=list)
 
     def to_json(self, indent: int | None = 2) -> str:
         data: dict[str, Any] = {"classes": self.classes, "edges": [asdict(e) for e in self.edges],
                                 "refused": [asdict(e) for e in self.refused]}
         if self.chains is not None:
             data["chains"] = [list(c) for c in self.chains]
+        if self.protected:
+            data["protected"] = [asdict(p) for p in self.protected]
         return json.dumps(data, indent=indent)
 
     @classmethod
@@ -176,10 +180,26 @@ class DepGraph:
         ):
             raise ValueError("DepGraph.from_json: 'chains' must be a list of lists of class names")
         return cls(dict(data["classes"]), lists["edges"], lists["refused"],
-                   None if chains is None else [tuple(c) for c in chains])
+                   None if chains is None else [tuple(c) for c in chains],
+                   protected_from_json(data.get("protected") or []))
 
     def successors(self, name: str) -> set[str]:
         return {e.dst for e in self.edges if e.src == name}
 
     def has_edge(self, src: str, dst: str) -> bool:
         return any(e.src == src and e.dst == dst for e in self.edges)
+
+
+def protected_from_json(items: Any) -> list[ProtectedData]:
+    """Rebuild the ``protected`` list of a saved graph; ValueError names a malformed entry."""
+    out = []
+    if not isinstance(items, list):
+        raise ValueError("graph 'protected' must be a list")
+    for i, p in enumerate(items):
+        try:
+            d = dict(p)
+            d["updates"] = [(tuple(held), str(where)) for held, where in d.get("updates", [])]
+            out.append(ProtectedData(**d))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"graph 'protected' #{i} is malformed: {exc}") from None
+    return out

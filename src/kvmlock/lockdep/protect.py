@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from kvmlock import runtime as _rt
 from kvmlock.lockdep import core
-from kvmlock.lockdep.report import Report
-from kvmlock.lockdep.state import _INFO, _held_locks, _report, _task_name
+from kvmlock.lockdep.report import ProtectedData, Report
+from kvmlock.lockdep.state import _INFO, _held_locks, _info, _report, _task_name
 from kvmlock.lockdep.where import user_site
 
 #: The RCU read side (``rcu_read_lock``): a recursive read of one pseudo-lock, as in the kernel,
@@ -92,6 +92,37 @@ def rcu_read_lock_held() -> bool:
     return held_read(RCU_READ_LOCK) is not None
 
 
+def record(kind: str, name: str, lock: str, read_side: str = "") -> ProtectedData:
+    """The current state's record of one protected datum, made on its first checked access.
+
+    Guarded data is one datum per (name, lock); an RCU pointer one per name, ``lock`` being
+    the read side its readers use. Callers keep the record until the state changes, so a
+    checked access pays for this once per run, not once per access.
+    """
+    key = (kind, name, "" if kind == "rcu" else lock)
+    table = core._state().protected
+    p = table.get(key)
+    if p is None:
+        p = table.setdefault(key, ProtectedData(name, kind, lock, read_side, user_site()))
+    elif not p.lock and lock:
+        p.lock = lock
+    return p
+
+
+def published(name: str) -> None:
+    """An RCU pointer was published: remember which locks its update side held."""
+    held = core._stack()
+    names = tuple(sorted({_info(e)[0].name for e in held[1:]}))
+    p = record("rcu", name, "")
+    if all(h != names for h, _w in p.updates):
+        p.updates.append((names, user_site()))
+
+
+def _violated(p: ProtectedData, where: str) -> None:
+    if where not in p.violations:
+        p.violations.append(where)
+
+
 def suspicious_rcu(data: str, api: str, read_side: str) -> None:
     """Report a protected pointer read outside its read side, the condition false.
 
@@ -100,6 +131,7 @@ def suspicious_rcu(data: str, api: str, read_side: str) -> None:
     which has none). Reported once per pointer and call site, as the kernel warns once per site.
     """
     where = user_site()
+    _violated(record("rcu", data, read_side), where)
     _report(core._state(), ("suspicious_rcu", data, where), Report(
         "suspicious_rcu", lock=read_side or None, task=_task_name(), where=where, what=api,
         data=data, held_locks=_held_locks(core._stack()),
@@ -114,6 +146,7 @@ def unguarded(data: str, lock: str, access: str, read_side: str = "", how: int |
     allowed a read; ``how`` what the task held of ``lock`` (1 or 2: only its read side).
     """
     where = user_site()
+    _violated(record("guarded", data, lock, read_side), where)
     _report(core._state(), ("unguarded", data, access, where), Report(
         "unguarded", lock=lock, held=read_side or None, task=_task_name(), where=where,
         what=access, data=data, held_read=how or 0, held_locks=_held_locks(core._stack()),

@@ -61,6 +61,27 @@ class HeldLock:
 
 
 @dataclass
+class ProtectedData:
+    """Data a lock protects, as a run used it: a guarded field or cell, or an RCU pointer.
+
+    ``lock`` is what protects it (for an RCU pointer: its read side, ``rcu_read_lock`` or an
+    SRCU), ``read_side`` a lock whose read side also allows reads of a guarded field, ``where``
+    its first checked access and ``violations`` the file:line of every access reported.
+    ``updates`` (RCU pointers) lists, per distinct set of locks held when the pointer was
+    published, those lock classes and where that first happened: the update side as the run
+    really took it, for checking a document's "L protects updates of P".
+    """
+
+    name: str
+    kind: str  # "guarded" | "rcu"
+    lock: str
+    read_side: str = ""
+    where: str = ""
+    violations: list[str] = field(default_factory=list)
+    updates: list[tuple[tuple[str, ...], str]] = field(default_factory=list)
+
+
+@dataclass
 class Report:
     """One distinct problem found by lockdep.
 

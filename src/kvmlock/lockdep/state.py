@@ -13,7 +13,7 @@ from typing import Any
 
 from kvmlock import runtime as _rt
 from kvmlock.lockdep.graph import Link, LockClass
-from kvmlock.lockdep.report import Edge, HeldLock, Report
+from kvmlock.lockdep.report import Edge, HeldLock, ProtectedData, Report
 
 KINDS = frozenset(
     {"mutex", "spinlock", "raw_spinlock", "rwlock", "rwsem", "percpu_rwsem", "srcu", "pseudo",
@@ -84,6 +84,7 @@ class State:
         self.root: dict[int, Any] = {}
         self.reports: list[Report] = []
         self.refused: dict[tuple, Edge] = {}  # dependencies not added because they closed a cycle
+        self.protected: dict[tuple[str, str, str], ProtectedData] = {}  # (kind, name, lock)
         self.seen: set[tuple] = set()
         self.overflow: str | None = None
         self.off_token: object = None  # new object each time validation is switched off

@@ -20,6 +20,7 @@ from kvmlock.kvm.tsc import TscSync
 from kvmlock.kvm.vm import VM
 from kvmlock.scenarios.orders import together
 from kvmlock.scenarios.registry import scenario
+from kvmlock.sync import peek
 
 __all__: list[str] = []
 
@@ -56,7 +57,8 @@ def create_destroy_vs_hotplug() -> None:
     together(lambda: m.destroy_vm(m.create_vm()), lambda: (m.cpu_down(1), m.cpu_up(1)),
              names=["VM lifetime", "cpu hotplug"])
     m.check_hardware()
-    assert m.kvm_usage_count == 0 and not m.vm_list, "the VM's usage count leaked"
+    assert peek(m, "kvm_usage_count") == 0 and not peek(m, "vm_list"), \
+        "the VM's usage count leaked"
 
 
 @scenario("hardware.usage_lock.correct", variant="correct", expect="pass",
@@ -93,7 +95,8 @@ def enable_failure() -> None:
         assert onlined == [False] and not m.cpus[1].online, (
             "a CPU that cannot run VMs came online while a VM exists")
     else:
-        assert onlined == [True] and m.kvm_usage_count == 0, "failed creation left state behind"
+        assert onlined == [True] and peek(m, "kvm_usage_count") == 0, \
+            "failed creation left state behind"
 
 
 # ---------------------------------------------------------------------- posted interrupts
@@ -105,7 +108,8 @@ def _posted(check_first: bool) -> None:
     together(lambda: pv.block(check_first=check_first), lambda: post_interrupt(pv, 3),
              names=["vcpu0 (halt)", "IOMMU"])
     assert pv.delivered == {3}, f"posted vector 3 not delivered: {pv.delivered}"
-    assert not m.cpus[1].wakeup_list, "the vCPU stayed on the wakeup list after running"
+    assert not peek(m.cpus[1], "wakeup_vcpus_on_cpu"), \
+        "the vCPU stayed on the wakeup list after running"
 
 
 @scenario("posted_intr.wakeup.correct", variant="correct", expect="pass",
@@ -147,8 +151,8 @@ def tsc_correct() -> None:
     _tsc(True)
 
 
-@scenario("tsc.synchronize.broken", variant="broken", expect="assertion",
-          rule="TSC writes matched without tsc_write_lock",
+@scenario("tsc.synchronize.broken", variant="broken", expect="lockdep",
+          lockdep_kind="unguarded", rule="TSC writes matched without tsc_write_lock",
           invariant="vCPUs of one TSC generation share one offset", max_runs=500)
 def tsc_broken() -> None:
     _tsc(False)
@@ -166,7 +170,8 @@ def many_vms_two_hotplugs() -> None:
              lambda: (m.cpu_down(2), m.cpu_up(2)),
              names=["VM a", "VM b", "hotplug cpu1", "hotplug cpu2"])
     m.check_hardware()
-    assert m.kvm_usage_count == 0 and not m.vm_list, "a VM's usage count leaked"
+    assert peek(m, "kvm_usage_count") == 0 and not peek(m, "vm_list"), \
+        "a VM's usage count leaked"
 
 
 @scenario("posted_intr.two_vcpus_one_cpu.correct", variant="correct", expect="pass",
@@ -180,7 +185,7 @@ def posted_two_vcpus() -> None:
     together(a.block, b.block, lambda: (post_interrupt(a, 3), post_interrupt(b, 7)),
              names=["vcpu0 (halt)", "vcpu1 (halt)", "IOMMU"])
     assert a.delivered == {3} and b.delivered == {7}, (a.delivered, b.delivered)
-    assert not m.cpus[1].wakeup_list
+    assert not peek(m.cpus[1], "wakeup_vcpus_on_cpu")
 
 
 @scenario("hardware.usage_lock.broken", variant="broken", expect="assertion",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import kvmlock
 from kvmlock.kvm.guest import GuestFault, guest_read
+from kvmlock.kvm.iobus import Doorbell, io_bus_register_dev, io_bus_unregister_dev, mmio_write
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.vm import VM
 from kvmlock.scenarios.registry import scenario
@@ -59,3 +60,37 @@ def delete_correct() -> None:
           expect="assertion", invariant="a deleted memslot leaves no SPTE behind", **_BOUND)
 def delete_broken() -> None:
     _delete_vs_fault(True)
+
+
+# ---------------------------------------------------------------------- I/O buses
+
+def _unregister_vs_mmio() -> None:
+    vm = VM(nr_vcpus=1, nr_pages=1, host_pages=1)
+    bell = Doorbell(0x1000)
+    with vm.slots_lock:
+        io_bus_register_dev(vm, bell)
+    (v0,) = vm.vcpus
+
+    landed: list[bool] = []
+
+    def vcpu0_mmio() -> None:
+        landed.append(mmio_write(v0, 0x1000, 1))
+
+    def unregister() -> None:
+        with vm.slots_lock:
+            io_bus_unregister_dev(vm, bell)
+
+    tasks = [kvmlock.spawn(vcpu0_mmio, name="vcpu0_mmio"),
+             kvmlock.spawn(unregister, name="unregister")]
+    for t in tasks:
+        t.join()
+    assert bell.writes == ([1] if landed == [True] else []), "an MMIO write went astray"
+
+
+@scenario("iobus.unregister.correct",
+          rule="kvm->buses: MMIO looks devices up under kvm->srcu; (un)registering holds "
+               "slots_lock and waits for a grace period before freeing",
+          variant="correct", expect="pass",
+          invariant="no device is written after its unregistration freed it", **_BOUND)
+def iobus_unregister_correct() -> None:
+    _unregister_vs_mmio()

@@ -25,10 +25,18 @@ from __future__ import annotations
 from operator import attrgetter
 from typing import Any, Generic, TypeVar
 
-from kvmlock.lockdep.protect import RCU_READ_LOCK, check_lock, held_read, lock_map, unguarded
+from kvmlock.lockdep import core
+from kvmlock.lockdep.protect import (
+    RCU_READ_LOCK,
+    check_lock,
+    held_read,
+    lock_map,
+    record,
+    unguarded,
+)
 from kvmlock.lockdep.where import user_site
 
-__all__ = ["Guarded", "guarded_by"]
+__all__ = ["Guarded", "guarded_by", "peek"]
 
 T = TypeVar("T")
 
@@ -40,13 +48,19 @@ def _lock_name(lock: object) -> str:
 
 def _check(data: str, lock: object, read_side: object, write: bool) -> None:
     """Report ``data``'s access unless the task holds what protects it."""
+    S = core._state()
+    if not S.on:
+        return
+    name = _lock_name(lock)
+    if ("guarded", data, name) not in S.protected:
+        record("guarded", data, name, "" if read_side is None else _lock_name(read_side))
     how = held_read(lock)
     if how == 0 or (how is not None and not write):
         return
     if not write and read_side is not None and held_read(read_side) is not None:
         return
     side = "" if read_side is None or write else _lock_name(read_side)
-    unguarded(data, _lock_name(lock), "write" if write else "read", side, how)
+    unguarded(data, name, "write" if write else "read", side, how)
 
 
 def _read_side(value: object) -> object:
@@ -124,6 +138,19 @@ class guarded_by:  # noqa: N801 - reads as the annotation it is: ``x = guarded_b
 
     def __repr__(self) -> str:
         return f"<guarded_by {self.lock} for {self.data or '?'}>"
+
+
+def peek(obj: object, field: str) -> Any:
+    """A guarded field's value read without the check.
+
+    For what stands outside the program: an invariant a test asserts once every task has
+    finished, or a wait condition the scheduler evaluates as the wake-up that the waiter then
+    re-checks under the lock. Program code reads through the attribute.
+    """
+    desc = getattr(type(obj), field, None)
+    if not isinstance(desc, guarded_by):
+        raise TypeError(f"peek: {type(obj).__name__}.{field} is not a guarded_by field")
+    return obj.__dict__[field]
 
 
 class Guarded(Generic[T]):

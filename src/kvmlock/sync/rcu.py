@@ -21,7 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 from kvmlock import lockdep, runtime
-from kvmlock.lockdep.protect import RCU_READ_LOCK, held_read, suspicious_rcu
+from kvmlock.lockdep import core
+from kvmlock.lockdep.protect import RCU_READ_LOCK, held_read, published, record, suspicious_rcu
 
 __all__ = ["RcuPointer", "rcu_read_lock", "rcu_read_unlock"]
 
@@ -78,10 +79,17 @@ class RcuPointer:
 
     def assign(self, value: Any) -> None:
         """``rcu_assign_pointer``: publish ``value``; readers from now on see it."""
+        if core._state().on:
+            published(self.name)
         wq = self._wq
         with wq:
             wq.point("rcu_assign_pointer")
             self._v = value
+
+    def _seen(self, read_side: str) -> None:
+        S = core._state()
+        if S.on and ("rcu", self.name, "") not in S.protected:
+            record("rcu", self.name, read_side)
 
     def _load(self, label: str) -> Any:
         wq = self._wq
@@ -91,18 +99,21 @@ class RcuPointer:
 
     def srcu_dereference_check(self, srcu: Any, cond: Cond) -> Any:
         """Read inside ``srcu``'s read side, or where ``cond`` holds (the update side)."""
+        self._seen(srcu.name)
         if held_read(srcu) is None and not _true(cond):
             suspicious_rcu(self.name, "srcu_dereference_check()", srcu.name)
         return self._load("srcu_dereference")
 
     def srcu_dereference(self, srcu: Any) -> Any:
         """Read inside ``srcu``'s read side (``srcu_dereference``)."""
+        self._seen(srcu.name)
         if held_read(srcu) is None:
             suspicious_rcu(self.name, "srcu_dereference_check()", srcu.name)
         return self._load("srcu_dereference")
 
     def rcu_dereference_check(self, cond: Cond) -> Any:
         """Read inside ``rcu_read_lock()``, or where ``cond`` holds."""
+        self._seen(RCU_READ_LOCK.name)
         if held_read(RCU_READ_LOCK) is None and not _true(cond):
             suspicious_rcu(self.name, "rcu_dereference_check()", RCU_READ_LOCK.name)
         return self._load("rcu_dereference")

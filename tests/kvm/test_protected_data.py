@@ -1,0 +1,115 @@
+"""The model declares what its locks protect, and every declaration is checked.
+
+For each one: the model's own paths stay silent (they hold the lock, or the read side), and an
+access that leaves the lock out is reported, naming the field and the lock.
+"""
+
+from __future__ import annotations
+
+from kvmlock import lockdep
+from kvmlock.kvm.iobus import Doorbell, io_bus_register_dev, mmio_write
+from kvmlock.kvm.machine import Machine
+from kvmlock.kvm.memslots import active_memslots
+from kvmlock.kvm.mmu.page_fault import page_fault
+from kvmlock.kvm.posted_intr import PostedVcpu, post_interrupt, wakeup_handler
+from kvmlock.kvm.tsc import TscSync
+from kvmlock.kvm.vm import VM
+
+
+def found() -> list[tuple[str, str, str]]:
+    return [(r.kind, r.data, r.lock or "") for r in lockdep.reports()]
+
+
+def test_machine_paths_hold_their_locks():
+    for usage_lock in (False, True):
+        m = Machine(2, usage_lock=usage_lock)
+        vm = m.create_vm()
+        m.cpufreq_notifier()
+        m.update_nx_huge_pages()
+        m.cpu_down(1)
+        m.cpu_up(1)
+        m.destroy_vm(vm)
+        m.check_hardware()
+    assert lockdep.reports() == []
+    kinds = {(p.name, p.lock) for p in lockdep.graph().protected}
+    assert ("Machine.vm_list", "kvm_lock") in kinds
+    assert ("Machine.kvm_usage_count", "kvm_usage_lock") in kinds
+    assert ("Machine.kvm_usage_count", "kvm_lock") in kinds  # the older design's guard
+
+
+def test_vm_list_without_kvm_lock():
+    m = Machine(1)
+    m.vm_list.append(VM(m))
+    assert found() == [("unguarded", "Machine.vm_list", "kvm_lock")]
+
+
+def test_usage_count_without_its_lock():
+    m = Machine(1, usage_lock=True)
+    with m.kvm_lock:  # the older design's lock is not the one that guards it here
+        m.kvm_usage_count += 1
+    assert found() == [("unguarded", "Machine.kvm_usage_count", "kvm_usage_lock")] * 2
+
+
+def test_wakeup_list():
+    m = Machine(2)
+    vm = m.create_vm(nr_vcpus=1)
+    pv = PostedVcpu(m, vm.vcpus[0], cpu=1)
+    post_interrupt(pv, 3)
+    wakeup_handler(m, 1)
+    assert lockdep.reports() == []
+    m.cpus[1].wakeup_vcpus_on_cpu.append(pv)
+    assert found() == [("unguarded", "PerCpu.wakeup_vcpus_on_cpu", "wakeup_vcpus_on_cpu_lock")]
+
+
+def test_tsc_state():
+    vm = VM(None, nr_vcpus=1)
+    (vcpu,) = vm.vcpus
+    with vcpu.mutex:
+        TscSync(vm).write(vcpu, 100, 100)
+    assert lockdep.reports() == []
+    with vcpu.mutex:
+        TscSync(vm, locked=False).write(vcpu, 100, 100)
+    assert {d for _k, d, _l in found()} == {
+        "TscSync.cur_generation", "TscSync.cur_offset", "TscSync.last_tsc_write",
+        "TscSync.last_tsc_nsec"}
+    assert {lock for _k, _d, lock in found()} == {"kvm->arch.tsc_write_lock"}
+
+
+def test_mn_active_invalidate_count():
+    vm = VM(None, nr_pages=2, host_pages=2)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    token = vm.notifier.invalidate_range_start(0, 1)
+    vm.notifier.invalidate_range_end(0, 1, token)
+    assert lockdep.reports() == []
+    vm.mn_active_invalidate_count += 1
+    assert found() == [("unguarded", "VM.mn_active_invalidate_count",
+                        "kvm->mn_invalidate_lock")] * 2
+
+
+def test_memslots_read_side_and_update_side():
+    vm = VM(None, nr_vcpus=1, nr_pages=2, host_pages=2)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)  # update side: slots_lock held
+    page_fault(vm.vcpus[0], 0, False)  # read side: kvm->srcu
+    with vm.slots_lock:
+        active_memslots(vm)
+    assert lockdep.reports() == []
+    active_memslots(vm)  # neither: a fault done outside the read side
+    assert found() == [("suspicious_rcu", "kvm->memslots", "kvm->srcu")]
+    (rcu,) = [p for p in lockdep.graph().protected if p.name == "kvm->memslots"]
+    assert rcu.lock == "kvm->srcu" and len(rcu.violations) == 1
+    # every publication held slots_lock (and slots_arch_lock): the update side of the run
+    assert {held for held, _w in rcu.updates} == {
+        ("kvm->mn_invalidate_lock", "kvm->slots_arch_lock", "kvm->slots_lock")}
+
+
+def test_buses():
+    vm = VM(None, nr_vcpus=1)
+    bell = Doorbell(0x10)
+    with vm.slots_lock:
+        io_bus_register_dev(vm, bell)
+    assert mmio_write(vm.vcpus[0], 0x10, 7) and bell.writes == [7]
+    assert lockdep.reports() == []
+    io_bus_register_dev(vm, Doorbell(0x20))  # without slots_lock
+    assert found() == [("suspicious_rcu", "kvm->buses", "kvm->srcu")]
+    (p,) = [p for p in lockdep.graph().protected if p.name == "kvm->buses"]
+    assert {held for held, _w in p.updates} == {("kvm->slots_lock",), ()}
