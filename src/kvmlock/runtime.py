@@ -107,6 +107,7 @@ class _TaskState(threading.local):
 
     def __init__(self) -> None:
         self.lockdep: Any = None
+        self.irq = 0  # interrupt state bits (kvmlock.irq): this thread is its own CPU
         self._ident = threading.get_ident()
 
     @property

@@ -30,7 +30,8 @@ def test_circular_splat_reads_like_the_kernel():
     assert "is trying to acquire lock:\n (kvm->lock)" in text
     assert "but task is already holding lock:\n (vcpu->mutex)" in text
     assert "the existing dependency chain (in reverse order) is:" in text
-    assert "-> #1 (vcpu->mutex):" in text and "-> #0 (kvm->lock):" in text
+    # each lock with its usage characters (held with interrupts on) and wait type (sleeps)
+    assert "-> #1 (vcpu->mutex){+.+.}-{3:3}:" in text and "-> #0 (kvm->lock){+.+.}-{3:3}:" in text
     assert " Possible unsafe locking scenario:" in text and "*** DEADLOCK ***" in text
     assert "  lock(vcpu->mutex);\n" + " " * 31 + "lock(kvm->lock);" in text
     # every location is a line of this file, not of kvmlock
@@ -60,7 +61,7 @@ def test_longer_chain_prints_chain_exists_of():
                 pass
     (r,) = lockdep.reports()
     assert "Chain exists of:\n  A --> B --> C" in str(r)
-    assert len(r.chain) == 3 and "-> #2 (C):" in str(r)
+    assert len(r.chain) == 3 and "-> #2 (C){+.+.}-{3:3}:" in str(r)
 
 
 def test_recursive_splat():
@@ -249,13 +250,6 @@ def test_depgraph_json_round_trip_and_errors():
         lockdep.DepGraph.from_json("[]")
     with pytest.raises(ValueError, match="edge #0"):
         lockdep.DepGraph.from_json('{"classes": {}, "edges": [{"bogus": 1}]}')
-
-
-@pytest.fixture
-def raw_nesting():
-    lockdep.prove_raw_nesting(True)
-    yield
-    lockdep.prove_raw_nesting(False)
 
 
 def test_spinlock_under_raw_spinlock_is_invalid_wait_context(raw_nesting):

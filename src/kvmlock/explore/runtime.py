@@ -74,7 +74,7 @@ class Task:
     """One explored task; also the object ``runtime.current_task()`` returns inside it."""
 
     __slots__ = (
-        "tid", "name", "g", "fn", "args", "parent", "lockdep", "done", "starting",
+        "tid", "name", "g", "fn", "args", "parent", "lockdep", "irq", "done", "starting",
         "p_obj", "p_kind", "p_write", "p_pred", "p_label", "p_acq", "p_where", "p_wq",
         "try_ok", "spin", "spinning", "spin_counts", "active",
     )
@@ -87,6 +87,7 @@ class Task:
         self.args = args
         self.parent = parent
         self.lockdep: Any = None
+        self.irq = 0  # interrupt state bits (kvmlock.irq)
         self.done = False
         self.starting = parent is not None
         self.g: Any = None

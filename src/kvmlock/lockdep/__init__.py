@@ -30,6 +30,7 @@ from kvmlock.lockdep.api import (
     task_exit,
 )
 from kvmlock.lockdep.core import LockMap
+from kvmlock.lockdep.core import irq_changed as irq_state_changed
 from kvmlock.lockdep.graph import DepGraph
 from kvmlock.lockdep.protect import is_held, rcu_read_lock_held
 from kvmlock.lockdep.report import Edge, HeldLock, Report
@@ -39,9 +40,9 @@ from kvmlock.lockdep.threading_instr import instrument_threading, threading_inst
 __all__ = [
     "KINDS", "LIMITS", "DepGraph", "Edge", "HeldLock", "LockMap", "LockdepError", "Report",
     "chains", "configure", "disable", "enable", "enabled", "get_mode", "graph", "held_locks",
-    "instrument_threading", "is_held", "isolated", "might_sleep", "new_world",
-    "prove_raw_nesting", "rcu_read_lock_held", "reports", "reset", "set_mode", "stats",
-    "task_exit", "threading_instrumented",
+    "instrument_threading", "irq_state_changed", "is_held", "isolated", "might_sleep",
+    "new_world", "prove_raw_nesting", "rcu_read_lock_held", "reports", "reset", "set_mode",
+    "stats", "task_exit", "threading_instrumented",
 ]
 
 if task_exit not in _rt.task_exit_hooks:

@@ -20,38 +20,42 @@ from kvmlock.lockdep.state import (
     SPINNING,
     Limits,
     State,
+    _emit,
     _GraphLock,
     _held_locks,
+    _held_state,
     _info,
+    _lock_entries,
     _note,
     _reentered,
-    _report,
     _task_name,
     _wipe,
     switch_off,
 )
+from kvmlock.lockdep.usage import ATOMIC
+from kvmlock.lockdep.validate import _check_sleep, _contexts
 from kvmlock.lockdep.where import user_site
 
 
 def might_sleep(what: str = "might_sleep") -> None:
-    """Report "sleep_in_atomic" when the current task holds a spinning lock."""
+    """Report "sleep_in_atomic" when the current task holds a spinning lock or runs where it
+    may not sleep (an interrupt handler, interrupts or bottom halves off, non-blockable)."""
     w = _rt.world()
     held = (w.rt.current or core._TLS).lockdep
     if held is None or len(held) < 2:
-        return  # nothing held: the common case, decided without touching the state
+        return  # nothing held, process context: the common case, decided without the state
     S = w.lockdep
     if not S.on:
         return
     held = core._stack(S)
-    for e in held[1:]:
-        if e[0].kind in SPINNING:
-            hcls, hread, _t, _w = _info(e)
-            where = user_site()
-            _report(S, ("sleep_in_atomic", hcls.name, where), Report(
-                "sleep_in_atomic", held=hcls.name, held_read=hread, task=_task_name(),
-                where=where, what=what, held_locks=_held_locks(held),
-            ))
-            return
+    state = _held_state(held)
+    if not state & ATOMIC and not any(e[0].kind in SPINNING for e in held[1:]):
+        return
+    found: list[Report] = []
+    where = user_site()
+    with contextlib.nullcontext() if _reentered(S) else _GraphLock(S):
+        _check_sleep(S, held, _contexts(held), state, None, what, where, found)
+    _emit(S, found)
 
 
 def task_exit(task_name: str | None = None) -> None:
@@ -61,8 +65,9 @@ def task_exit(task_name: str | None = None) -> None:
     held = t.lockdep
     if held is None:
         return
-    if len(held) > 1 and S.on and held[0][1] is S.root:
-        names = tuple(_info(e)[0].name for e in held[1:])
+    locks = _lock_entries(held)
+    if locks and S.on and held[0][1] is S.root:
+        names = tuple(_info(e)[0].name for e in locks)
         found: list[Report] = []
         with _GraphLock(S):
             _note(S, ("held_at_exit", names), Report(
@@ -190,6 +195,9 @@ def chains() -> list[tuple[HeldLock, ...]]:
         while todo:
             node, trail = todo.pop()
             for hid, child in list(node.items()):
+                if hid < -1:  # an interrupt-state mark: its chains go on from here
+                    todo.append((child, trail))
+                    continue
                 if hid < 0 or hid % 8 == _SYNC:
                     continue
                 cls, read, _trylock, where = child[_INFO]

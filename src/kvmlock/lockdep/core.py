@@ -16,6 +16,7 @@ from kvmlock.lockdep.state import (  # noqa: F401 - _SYNC and _INFO are read by 
     _INFO,
     _NEST,
     _SYNC,
+    IRQ_MARK,
     KINDS,
     MAX_SUBCLASSES,
     LockdepError,
@@ -27,7 +28,7 @@ from kvmlock.lockdep.state import (  # noqa: F401 - _SYNC and _INFO are read by 
     _task_name,
     check_subclass,
 )
-from kvmlock.lockdep.validate import _miss, _restart
+from kvmlock.lockdep.validate import _miss, _restart, settle
 from kvmlock.lockdep.where import user_site
 
 # The state of the world in force: the world object carries it (see kvmlock.runtime).
@@ -45,8 +46,11 @@ def _state() -> State:
 # element 0 is a header ``[None, root of the state's chain trie, locks to release quietly]``,
 # then one ``(map, node)`` per held lock, where ``node`` is the chain-cache node of the chain
 # ending with that lock. A node's ``_INFO`` entry says what the lock is: ``(class, read,
-# trylock, first-seen-where)``. When the trie is replaced (reset, enable) the old one is
-# emptied, so a stack from before misses on its next acquire and is restarted there.
+# trylock, first-seen-where)``. Where the task's interrupt state changed (kvmlock.irq) the
+# stack holds a mark ``(IRQ_MARK, node)`` instead, whose node is the chain's child for that
+# state: chains taken in different states are different chains, found by the same lookup.
+# When the trie is replaced (reset, enable) the old one is emptied, so a stack from before
+# misses on its next acquire and is restarted there.
 # The task object is the runtime's ``current`` (an explored task), or else the calling
 # thread's thread-local, read directly (a call to runtime.current_task() costs as much again).
 # While validation is off the trie is a sink (state._Sink): the cached path never tests it.
@@ -61,9 +65,20 @@ def _stack(S: State | None = None) -> list:
         S = w.lockdep
     if held is None:
         held = t.lockdep = [[None, S.root, None]]
+        state = getattr(t, "irq", 0)
+        if state:
+            settle(S, held, state)
     elif held[0][1] is not S.root:
         _restart(S, held)  # a stack left from before reset()/enable(), or another world's
     return held
+
+
+def irq_changed(state: int) -> None:
+    """The current task's interrupt state is now ``state``: mark its held stack so what it
+    takes from here is validated (and cached) as taken in that state."""
+    S = _world().lockdep
+    if S.on:
+        settle(S, _stack(S), state)
 
 
 class LockMap:
@@ -272,7 +287,10 @@ def _release_slow(S: State, m: LockMap) -> None:
     del held[i:]
     for e in tail:
         cls, read, trylock, where = _info(e)
-        _push(S, held, e[0], cls, read, trylock, where, may_raise=False)
+        if e[0] is IRQ_MARK:
+            settle(S, held, read, where)  # a mark's info carries its state where read is
+        else:
+            _push(S, held, e[0], cls, read, trylock, where, may_raise=False)
 
 
 def forget(m: LockMap, held: list) -> bool:

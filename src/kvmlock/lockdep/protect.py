@@ -17,7 +17,7 @@ from __future__ import annotations
 from kvmlock import runtime as _rt
 from kvmlock.lockdep import core
 from kvmlock.lockdep.report import ProtectedData, Report
-from kvmlock.lockdep.state import _INFO, _held_locks, _info, _report, _task_name
+from kvmlock.lockdep.state import _INFO, _held_locks, _info, _lock_entries, _report, _task_name
 from kvmlock.lockdep.where import user_site
 
 #: The RCU read side (``rcu_read_lock``): a recursive read of one pseudo-lock, as in the kernel,
@@ -112,7 +112,7 @@ def record(kind: str, name: str, lock: str, read_side: str = "") -> ProtectedDat
 def published(name: str) -> None:
     """An RCU pointer was published: remember which locks its update side held."""
     held = core._stack()
-    names = tuple(sorted({_info(e)[0].name for e in held[1:]}))
+    names = tuple(sorted({_info(e)[0].name for e in _lock_entries(held)}))
     p = record("rcu", name, "")
     if all(h != names for h, _w in p.updates):
         p.updates.append((names, user_site()))

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 KINDS = ("circular", "recursive", "bad_unlock", "held_at_exit", "sleep_in_atomic", "not_held",
-         "wait_context", "suspicious_rcu", "unguarded")
+         "wait_context", "suspicious_rcu", "unguarded", "inconsistent", "irq_safe_unsafe",
+         "irq_inversion")
 
 TITLES = {
     "circular": "WARNING: possible circular locking dependency detected",
@@ -25,6 +26,9 @@ TITLES = {
     "wait_context": "BUG: Invalid wait context",
     "suspicious_rcu": "WARNING: suspicious RCU usage",
     "unguarded": "WARNING: lock-protected data accessed without its lock",
+    "inconsistent": "WARNING: inconsistent lock state",
+    "irq_safe_unsafe": "WARNING: {irq}-safe -> {irq}-unsafe lock order detected",
+    "irq_inversion": "WARNING: possible irq lock inversion dependency detected",
 }
 
 _READ_NAMES = {0: "", 1: "read", 2: "recursive read"}
@@ -104,10 +108,25 @@ class Report:
     held_where: str = ""
     what: str = ""
     data: str = ""
+    #: the interrupt context that made a sleep invalid ("hard-IRQ context", ...)
+    context: str = ""
+    #: interrupt reports: the irq-safe and irq-unsafe classes, where each became so
+    safe: str | None = None
+    unsafe: str | None = None
+    safe_where: str = ""
+    unsafe_where: str = ""
+    #: usage bits in conflict, e.g. "IN-HARDIRQ-W" (registered at usage_where) -> "HARDIRQ-ON-W"
+    usage_from: str = ""
+    usage_to: str = ""
+    usage_where: str = ""
+    irq_class: str = ""  # "HARDIRQ", "SOFTIRQ", "HARDIRQ-READ"...
+    irq_state: str = ""  # the task's [HC..:SC..:HE..:SE..] when it happened
+    #: each lock named in the report -> its usage characters and wait type, "{+.+.}-{3:3}"
+    annotations: dict[str, str] = field(default_factory=dict)
 
     @property
     def title(self) -> str:
-        return TITLES[self.kind]
+        return TITLES[self.kind].format(irq=self.irq_class.split("-")[0])
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -134,10 +153,10 @@ def _banner(title: str) -> list[str]:
     return ["", bar, title, "-" * len(title)]
 
 
-def _lock_line(name: str | None, read: int = 0, where: str = "") -> str:
+def _lock_line(r: Report, name: str | None, read: int = 0, where: str = "") -> str:
     mode = f", {_READ_NAMES[read]}" if read else ""
     at = f", at: {where}" if where else ""
-    return f" ({name}){mode}{at}"
+    return f" ({name}){r.annotations.get(name or '', '')}{mode}{at}"
 
 
 def _op(name: str, read: int, sync: bool = False) -> str:
@@ -152,15 +171,15 @@ def _held_section(r: Report) -> list[str]:
     n = len(r.held_locks)
     out = [f"{n} lock{'s' if n > 1 else ''} held by {r.task}:"]
     for i, h in enumerate(r.held_locks):
-        out.append(f" #{i}:" + _lock_line(h.name, h.read, h.where))
+        out.append(f" #{i}:" + _lock_line(r, h.name, h.read, h.where))
     return out
 
 
 def _acquiring(r: Report) -> list[str]:
     """The two blocks every ordering splat opens with: the lock wanted, the lock held."""
-    return [f"{r.task} is trying to acquire lock:", _lock_line(r.lock, r.lock_read, r.where), "",
-            "but task is already holding lock:", _lock_line(r.held, r.held_read, r.held_where),
-            ""]
+    return [f"{r.task} is trying to acquire lock:", _lock_line(r, r.lock, r.lock_read, r.where),
+            "", "but task is already holding lock:",
+            _lock_line(r, r.held, r.held_read, r.held_where), ""]
 
 
 def _finish(out: list[str], r: Report) -> str:
@@ -179,7 +198,8 @@ def _render_circular(r: Report) -> str:
     for depth in range(len(path), -1, -1):
         e = path[depth - 1] if depth else new
         link = f"[{e.src} -({e.kind})-> {e.dst}{', synchronize' if e.sync else ''}]"
-        out += ["", f"-> #{depth} ({e.dst}):", f"       {e.where}   {link}"]
+        out += ["", f"-> #{depth} ({e.dst}){r.annotations.get(e.dst, '')}:",
+                f"       {e.where}   {link}"]
     out += ["", "other info that might help us debug this:", ""]
     # CPU0 holds `held` and wants `lock`; CPU1 came along the existing path and holds the lock
     # just before `held` on it, wanting `held`.
@@ -247,11 +267,13 @@ def _render_held_at_exit(r: Report) -> str:
 
 def _render_sleep(r: Report) -> str:
     out = _banner(r.title)
-    out += [
-        f"{r.what} may sleep, called at: {r.where}",
-        f"but {r.task} holds a spinning lock ({r.held}): sleeping there can deadlock the CPU.",
-        "",
-    ]
+    out += [f"{r.what} may sleep, called at: {r.where}"]
+    if r.held:
+        out.append(f"but {r.task} holds a spinning lock ({r.held}): sleeping there can "
+                   "deadlock the CPU.")
+    else:
+        out.append(f"but {r.task} runs in {r.context} {r.irq_state}: it must not sleep there.")
+    out.append("")
     return _finish(out, r)
 
 
@@ -265,12 +287,18 @@ def _render_wait_context(r: Report) -> str:
     out = _banner(r.title)
     out += [
         f"{r.task} is trying to lock:",
-        _lock_line(r.lock, r.lock_read, r.where),
-        "while holding a raw spinlock:",
-        _lock_line(r.held, r.held_read),
+        _lock_line(r, r.lock, r.lock_read, r.where),
+    ]
+    if r.held:
+        out += ["while holding a lock that may not wait that long:",
+                _lock_line(r, r.held, r.held_read)]
+    else:
+        out += [f"in {r.context}, which may only spin."]
+    out += [
         "",
-        "On PREEMPT_RT a spinlock_t or rwlock_t is a sleeping lock, and a raw spinlock's",
-        "critical section must not sleep.",
+        "The numbers are wait types (outer:inner): 2 spins, 3 sleeps on PREEMPT_RT (spinlock_t,",
+        "rwlock_t), 4 sleeps (mutex, rw_semaphore). Nothing may wait longer than what it is",
+        "nested in allows.",
         "",
     ]
     return _finish(out, r)
@@ -304,6 +332,122 @@ def _render_unguarded(r: Report) -> str:
     return _finish(out, r)
 
 
+def _render_inconsistent(r: Report) -> str:
+    out = _banner(r.title)
+    name = r.lock or "?"
+    out += [
+        f"inconsistent {{{r.usage_from}}} -> {{{r.usage_to}}} usage.",
+        f"{r.task} {r.irq_state} takes:",
+        _lock_line(r, name, r.lock_read, r.where),
+        f"{{{r.usage_from}}} state was registered at:",
+        f"  {r.usage_where}",
+        "",
+        "other info that might help us debug this:",
+        " Possible unsafe locking scenario:",
+        "",
+        "       CPU0",
+        "       ----",
+        "  " + _op(name, r.lock_read),
+        "  <Interrupt>",
+        "    " + _op(name, r.lock_read),
+        "",
+        " *** DEADLOCK ***",
+        "",
+    ]
+    return _finish(out, r)
+
+
+def _chain_lines(r: Report) -> list[str]:
+    out = []
+    for e in r.chain:
+        out.append(f"  [{e.src} -({e.kind})-> {e.dst}]   {e.where}")
+    return out
+
+
+def _irq_scenario(r: Report, middle: str | None) -> list[str]:
+    """CPU1 takes the safe lock with interrupts off and goes on to the unsafe one; CPU0 holds
+    the unsafe one with interrupts on and is interrupted by a handler wanting the safe one."""
+    safe, unsafe = r.safe or "?", r.unsafe or "?"
+    irq = r.irq_class.split("-")[0]
+    off = "local_irq_disable();" if irq == "HARDIRQ" else "local_bh_disable();"
+    pad = " " * 31
+    out = []
+    if middle and middle not in (safe, unsafe):
+        out += ["Chain exists of:", f"  {safe} --> {middle} --> {unsafe}", ""]
+    out += [
+        " Possible interrupt unsafe locking scenario:",
+        "",
+        "       CPU0                    CPU1",
+        "       ----                    ----",
+        f"  lock({unsafe});",
+        pad + off,
+        pad + f"lock({safe});",
+    ]
+    if middle and middle not in (safe, unsafe):
+        out.append(pad + f"lock({middle});")
+    out += [pad + f"lock({unsafe});", "  <Interrupt>", f"    lock({safe});", "",
+            " *** DEADLOCK ***", ""]
+    return out
+
+
+def _render_irq_safe_unsafe(r: Report) -> str:
+    out = _banner(r.title)
+    irq = r.irq_class.split("-")[0]
+    out += [
+        f"{r.task} {r.irq_state} is trying to acquire:",
+        _lock_line(r, r.lock, r.lock_read, r.where),
+        "",
+        "and this task is already holding:",
+        _lock_line(r, r.held, r.held_read, r.held_where),
+        "which would create a new lock dependency:",
+        f" ({r.held}){r.annotations.get(r.held or '', '')} -> "
+        f"({r.lock}){r.annotations.get(r.lock or '', '')}",
+        "",
+        f"but this new dependency connects a {irq}-irq-safe lock:",
+        _lock_line(r, r.safe),
+        f"... which became {irq}-irq-safe ({{{r.usage_from}}}) at:",
+        f"  {r.safe_where}",
+        "",
+        f"to a {irq}-irq-unsafe lock:",
+        _lock_line(r, r.unsafe),
+        f"... which became {irq}-irq-unsafe ({{{r.usage_to}}}) at:",
+        f"  {r.unsafe_where}",
+        "",
+        "the dependencies from the safe lock to the unsafe one:",
+        *_chain_lines(r),
+        "",
+        "other info that might help us debug this:",
+        "",
+    ]
+    middle = r.held if r.held != r.safe else r.lock
+    out += _irq_scenario(r, middle)
+    return _finish(out, r)
+
+
+def _render_irq_inversion(r: Report) -> str:
+    out = _banner(r.title)
+    forwards = r.lock == r.safe
+    out += [
+        f"{r.task} {r.irq_state} just changed the state of lock:",
+        _lock_line(r, r.lock, r.lock_read, r.where),
+        (f"but this lock took another, {r.irq_class}-unsafe lock in the past:" if forwards
+         else f"but this lock was taken by another, {r.irq_class}-safe lock in the past:"),
+        _lock_line(r, r.held),
+        f"({{{r.usage_from}}} registered at: {r.usage_where})",
+        "",
+        "and interrupts could create inverse lock ordering between them.",
+        "",
+        "the dependencies from the safe lock to the unsafe one:",
+        *_chain_lines(r),
+        "",
+        "other info that might help us debug this:",
+        "",
+    ]
+    middle = r.chain[0].dst if r.chain else None
+    out += _irq_scenario(r, middle)
+    return _finish(out, r)
+
+
 _RENDER = {
     "circular": _render_circular,
     "recursive": _render_recursive,
@@ -314,4 +458,7 @@ _RENDER = {
     "wait_context": _render_wait_context,
     "suspicious_rcu": _render_suspicious_rcu,
     "unguarded": _render_unguarded,
+    "inconsistent": _render_inconsistent,
+    "irq_safe_unsafe": _render_irq_safe_unsafe,
+    "irq_inversion": _render_irq_inversion,
 }

@@ -14,7 +14,14 @@ import argparse
 from collections.abc import Callable
 
 from kvmlock import lockdep
-from kvmlock.lockdep.selftest_cases import CASES, KINDS, PATTERNS, Case
+from kvmlock.lockdep.selftest_cases import (
+    CASES,
+    IRQ_COLUMNS,
+    IRQ_ROWS,
+    KINDS,
+    PATTERNS,
+    Case,
+)
 
 __all__ = ["CASES", "Case", "check", "judge", "main", "run_case"]
 
@@ -71,6 +78,18 @@ def main(argv: list[str] | None = None) -> int:
         by_col = {c.column: c for c in CASES if c.row == row}
         grid.add_row(row, *(cell(by_col[col]) for col in cols))
     console.print(grid)
+
+    irq_grid = Table(title="lockdep self-test: interrupt usage (hard/soft IRQ, write/read "
+                     "in the handler; near-miss: the interrupt off)")
+    irq_grid.add_column("pattern")
+    irq_grid.add_column("expect")
+    for col in IRQ_COLUMNS:
+        irq_grid.add_column(col.column, justify="center")
+    for row, _steps, expect, _why in IRQ_ROWS:
+        by_col = {c.column: c for c in CASES if c.row == row}
+        irq_grid.add_row(row, expect, *(cell(by_col[col.column]) for col in IRQ_COLUMNS))
+        rows.append(row)
+    console.print(irq_grid)
 
     other = Table(title="lockdep self-test: read/write mixes, SRCU, other reports")
     for name in ("case", "lock", "expect", "result", "why"):

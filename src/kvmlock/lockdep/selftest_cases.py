@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kvmlock import lockdep
+from kvmlock import irq, lockdep
 from kvmlock.runtime import spawn
 from kvmlock.sync import SRCU, Mutex, RawSpinLock, RWLock, RWSemaphore, SpinLock
 
@@ -361,6 +361,132 @@ def _raw_nesting(spin_inside_raw: bool) -> Callable[[], None]:
     return run
 
 
+# --------------------------------------------------------------------------- interrupts
+
+
+@dataclass(frozen=True)
+class IrqColumn:
+    """One interrupt flavour crossed with one access mode: how the handler takes a lock, how
+    process context takes it with the interrupt on, and with it off."""
+
+    column: str
+    context: Callable[[], object]  # the handler's context manager
+    make: Callable[[str], object]
+    handler: Callable[[object], object]  # -> context manager taking the lock in the handler
+    on: Callable[[object], object]  # ... in process context, interrupt enabled
+    off: Callable[[object], object]  # ... in process context, interrupt disabled
+
+
+IRQ_COLUMNS = [
+    IrqColumn("hard W", irq.hardirq, SpinLock, lambda lk: lk, lambda lk: lk,
+              lambda lk: lk.irqsave()),
+    IrqColumn("hard R", irq.hardirq, RWLock, lambda lk: lk.read(), lambda lk: lk.write(),
+              lambda lk: lk.write_irqsave()),
+    IrqColumn("soft W", irq.softirq, SpinLock, lambda lk: lk, lambda lk: lk,
+              lambda lk: lk.bh()),
+    IrqColumn("soft R", irq.softirq, RWLock, lambda lk: lk.read(), lambda lk: lk.write(),
+              lambda lk: lk.write().bh()),
+]
+
+
+def _irq_steps(col: IrqColumn, steps: str, near: bool) -> Callable[[], None]:
+    """Steps separated by spaces: ``hA`` A in the handler, ``pA`` A in process context with
+    the interrupt on, ``oA`` with it off, ``oA>pB`` B inside A. The near-miss turns every
+    ``p`` step on a lock marked by a trailing ``!`` into an ``o`` step (``pB!``)."""
+
+    def run() -> None:
+        tag = f"selftest.irq.{col.column.replace(' ', '')}.{steps.replace(' ', '_')}"
+        locks: dict[str, object] = {}
+
+        def lk(n: str) -> object:
+            if n not in locks:
+                locks[n] = col.make(f"{tag}.{n}")
+            return locks[n]
+
+        def section(step: str) -> object:
+            how, name = step[0], step[1]
+            if step.endswith("!"):
+                how = "o" if near else "p"
+            if how == "h":
+                return col.handler(lk(name))
+            return (col.on if how == "p" else col.off)(lk(name))
+
+        for step in steps.split():
+            parts = step.split(">")
+            ctx = col.context() if parts[0][0] == "h" else None
+            try:
+                with section(parts[0]):  # type: ignore[attr-defined]
+                    if len(parts) > 1:
+                        with section(parts[1]):  # type: ignore[attr-defined]
+                            pass
+            finally:
+                if ctx is not None:
+                    ctx.__exit__(None, None, None)  # type: ignore[attr-defined]
+
+    return run
+
+
+#: Interrupt rows: (row, steps, expected report, what the near-miss changes).
+IRQ_ROWS = [
+    ("safe A, then A irq-on", "hA pA!", "inconsistent", "A taken with the interrupt off"),
+    ("A irq-on, then safe A", "pA! hA", "inconsistent", "A taken with the interrupt off"),
+    ("safe A -> unsafe B", "hA pB! oA>pB", "irq_safe_unsafe", "B only with it off"),
+    ("A -> B, unsafe B, safe A", "oA>pB pB! hA", "irq_inversion", "B only with it off"),
+    ("A -> B, safe A, unsafe B", "oA>pB hA pB!", "irq_inversion", "B only with it off"),
+]
+
+
+def _irq_sleep(context: Callable[[], object], in_context: bool, make: str) -> Callable[[], None]:
+    def run() -> None:
+        if make == "mutex":
+            lk: object = Mutex("selftest.irq.sleep.mutex")
+        else:
+            lk = RWSemaphore("selftest.irq.sleep.rwsem").read()
+        if in_context:
+            with context():  # type: ignore[attr-defined]
+                with lk:  # type: ignore[attr-defined]
+                    pass
+        else:
+            with lk:  # type: ignore[attr-defined]
+                pass
+
+    return run
+
+
+def _irq_read_recursion() -> None:
+    """rwlock_t readers in a handler and with interrupts on cannot deadlock: readers in
+    interrupt context never wait for other readers."""
+    rw = RWLock("selftest.irq.rr")
+    with rw.read():
+        pass
+    with irq.hardirq():
+        with rw.read():
+            pass
+
+
+def irq_cases() -> list[Case]:
+    cases = []
+    for row, steps, expect, near_why in IRQ_ROWS:
+        for col in IRQ_COLUMNS:
+            cases.append(Case(row, col.column, _irq_steps(col, steps, False), expect,
+                              _irq_steps(col, steps, True), "near-miss: " + near_why))
+    for col, ctx in (("hard", irq.hardirq), ("soft", irq.softirq)):
+        for what in ("mutex", "rwsem"):
+            cases.append(Case(f"sleep in {col}irq", what, _irq_sleep(ctx, True, what),
+                              "sleep_in_atomic", _irq_sleep(ctx, False, what),
+                              "near-miss: the same outside the handler"))
+    for label, ctx in (("irqs off", irq.local_irq_save), ("bh off", irq.local_bh_disable),
+                       ("non-blockable", irq.nonblocking)):
+        cases.append(Case(f"sleep with {label}", "mutex", _irq_sleep(ctx, True, "mutex"),
+                          "sleep_in_atomic", _irq_sleep(ctx, False, "mutex"),
+                          "a mutex where the task may not sleep"))
+    cases += [
+        Case("hardirq read recursion", "rlock", _irq_read_recursion, None, _irq_read_recursion,
+             "readers in a handler and with interrupts on never wait for each other"),
+    ]
+    return cases
+
+
 # --------------------------------------------------------------------------- the table
 
 
@@ -443,7 +569,7 @@ def build_cases() -> list[Case]:
         Case("out-of-order then C->A", "mutex", _out_of_order_then_inversion, "circular",
              _out_of_order, "the re-validated chain still knows A before C"),
     ]
-    return cases
+    return cases + irq_cases()
 
 
 CASES = build_cases()

@@ -23,9 +23,7 @@ KINDS = frozenset(
 SPINNING = frozenset({"spinlock", "raw_spinlock", "rwlock"})
 #: Locks whose (blocking) acquire may sleep.
 SLEEPING = frozenset({"mutex", "rwsem", "percpu_rwsem"})
-#: Locks that become sleeping locks on PREEMPT_RT (checked under a raw spinlock when
-#: OPTIONS["raw_nesting"] is on, as CONFIG_PROVE_RAW_LOCK_NESTING does).
-RT_SLEEPING = frozenset({"spinlock", "rwlock"})
+#: raw_nesting: check wait types (lockdep/usage.py), as CONFIG_PROVE_RAW_LOCK_NESTING does
 OPTIONS = {"raw_nesting": False}
 MODES = ("warn", "raise", "collect")
 #: lockdep keeps 8 subclasses per class, as the kernel does (MAX_LOCKDEP_SUBCLASSES).
@@ -88,6 +86,9 @@ class State:
         self.seen: set[tuple] = set()
         self.overflow: str | None = None
         self.off_token: object = None  # new object each time validation is switched off
+        self.before: dict[LockClass, dict[LockClass, Link]] = {}  # the graph, reversed
+        self.usage: dict[LockClass, int] = {}  # irq usage bits per class (lockdep/usage.py)
+        self.usage_where: dict[tuple[LockClass, int], str] = {}  # where each bit was first set
 
 
 # Classes are global (a name means the same class in every state); graphs are per state.
@@ -122,9 +123,43 @@ def _info(entry: tuple) -> tuple:
     return entry[1][_INFO]
 
 
+class _IrqMark:
+    """What a held stack holds where the task's interrupt state changed (see core.py): its
+    chain node's info is ``(None, state, False, where)``, its key in the parent ``-2 - state``."""
+
+    __slots__ = ()
+    kind = "irq"
+    name = "<irq state>"
+
+    def __repr__(self) -> str:
+        return "<irq state mark>"
+
+
+IRQ_MARK = _IrqMark()
+
+
+def mark_key(state: int) -> int:
+    """The chain-trie key of the mark for interrupt state ``state`` (never a lock's key)."""
+    return -2 - state
+
+
+def _lock_entries(held: list) -> list[tuple]:
+    """The held locks of a stack, outermost first, without its interrupt-state marks."""
+    return [e for e in held[1:] if e[0] is not IRQ_MARK]
+
+
+def _held_state(held: list) -> int:
+    """The interrupt state a held stack's chain was validated in (its last mark, else 0)."""
+    for i in range(len(held) - 1, 0, -1):
+        e = held[i]
+        if e[0] is IRQ_MARK:
+            return e[1][_INFO][1]
+    return 0
+
+
 def _held_locks(held: list) -> list[HeldLock]:
     out = []
-    for e in held[1:]:
+    for e in _lock_entries(held):
         cls, read, _try, where = e[1][_INFO]
         out.append(HeldLock(cls.name, read, where))
     return out
@@ -139,7 +174,7 @@ def _wipe(root: dict) -> None:
     todo = [root]
     while todo:
         node = todo.pop()
-        for hid in [k for k in node if k >= 0]:
+        for hid in [k for k in node if k != _INFO]:  # locks' keys and interrupt marks'
             todo.append(node.pop(hid))
 
 
@@ -186,6 +221,9 @@ def _note(S: State, key: tuple, report: Report, found: list[Report]) -> None:
     """Record a report unless this problem was already reported (caller holds S.lock)."""
     if key not in S.seen:
         S.seen.add(key)
+        from kvmlock.lockdep.usage import annotate
+
+        annotate(S, report)
         S.reports.append(report)
         found.append(report)
 

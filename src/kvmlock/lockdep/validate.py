@@ -9,24 +9,28 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from kvmlock import runtime as _rt
+from kvmlock.lockdep import usage as U
 from kvmlock.lockdep.graph import Link, LockClass, dep_bit, find_strong_path, path_edges
 from kvmlock.lockdep.report import Edge, Report
 from kvmlock.lockdep.state import (
     _INFO,
+    IRQ_MARK,
     LIMITS,
     OPTIONS,
-    RT_SLEEPING,
     SLEEPING,
     SPINNING,
     State,
     _emit,
     _GraphLock,
     _held_locks,
+    _held_state,
     _info,
     _note,
     _overflow,
     _reentered,
     _task_name,
+    mark_key,
 )
 from kvmlock.lockdep.where import user_site
 
@@ -68,6 +72,8 @@ def _miss(
             _validate(S, held, m, cls, read, where, found, sync, nest)
             if not S.on:
                 return None  # a table overflowed while validating
+        else:
+            U.mark_acquire(S, held, cls, read, True, False, _held_state(held), where, found)
         if S.nchains >= LIMITS.max_chains:
             _overflow(S, "lock chains", "max_chains")
             return None
@@ -78,35 +84,36 @@ def _miss(
     return node
 
 
+def _contexts(held: list) -> list[tuple[tuple, int]]:
+    """Each held lock with the interrupt state it was taken in, outermost first."""
+    out = []
+    state = 0
+    for e in held[1:]:
+        if e[0] is IRQ_MARK:
+            state = e[1][_INFO][1]
+        else:
+            out.append((e, state))
+    return out
+
+
 def _validate(
     S: State, held: list, m: LockMap, cls: LockClass, read: int, where: str,
     found: list[Report], sync: bool, nest: LockMap | None = None,
 ) -> None:
-    entries = held[1:]
+    state = _held_state(held)
+    entries = _contexts(held)
+    # Usage first, as the kernel marks it before validating the chain: a handler that takes a
+    # lock its CPU holds is an inconsistent lock state before it is a recursive acquire.
+    U.mark_acquire(S, held, cls, read, False, sync, state, where, found)
     if sync or m.kind in SLEEPING:
-        for e in entries:
-            if e[0].kind in SPINNING:
-                hcls, hread, _t, _w = _info(e)
-                what = f"synchronize({cls.name})" if sync else f"lock({cls.name})"
-                _note(S, ("sleep_in_atomic", hcls.name, where), Report(
-                    "sleep_in_atomic", lock=cls.name, held=hcls.name, held_read=hread,
-                    task=_task_name(), where=where, what=what, held_locks=_held_locks(held),
-                ), found)
-                break
-    if OPTIONS["raw_nesting"] and m.kind in RT_SLEEPING:
-        for e in entries:
-            if e[0].kind == "raw_spinlock":
-                hcls, hread, _t, _w = _info(e)
-                _note(S, ("wait_context", hcls.name, cls.name), Report(
-                    "wait_context", lock=cls.name, held=hcls.name, held_read=hread,
-                    lock_read=read, task=_task_name(), where=where,
-                    held_locks=_held_locks(held),
-                ), found)
-                break
+        _check_sleep(S, held, entries, state, cls.name,
+                     f"synchronize({cls.name})" if sync else f"lock({cls.name})", where, found)
+    if OPTIONS["raw_nesting"] and not sync:
+        _check_wait_context(S, held, entries, state, m, cls, read, where, found)
     # Taking a class already held deadlocks on itself, unless both are reads and the new
     # one is a recursive read (rwlock_t readers, SRCU read sides).
     nest_held = False
-    for e in entries:
+    for e, _st in entries:
         if nest is not None and e[0] is nest:
             nest_held = True
         hcls, hread, _t, hwhere = _info(e)
@@ -119,18 +126,73 @@ def _validate(
             ), found)
             return
     # Link from the held locks: the top one, and below it through trylocks (a lock taken
-    # normally already linked itself to everything under it).
-    for e in reversed(entries):
+    # normally already linked itself to everything under it). An interrupt handler's locks
+    # do not depend on those of the code it interrupted: the chain stops at the context change.
+    ctx = state & U.CONTEXT
+    for e, st in reversed(entries):
+        if st & U.CONTEXT != ctx:
+            break
         hcls, hread, htry, hwhere = _info(e)
         if hcls is not cls:
-            _link(S, held, hcls, hread, hwhere, cls, read, where, found, sync)
+            _link(S, held, hcls, hread, hwhere, cls, read, where, found, sync, state)
         if not htry:
             break
 
 
+def _check_sleep(S: State, held: list, entries: list, state: int, name: str | None, what: str,
+                 where: str, found: list[Report]) -> None:
+    """Sleeping under a spinning lock, or in a context that may not sleep."""
+    for e, _st in entries:
+        if e[0].kind in SPINNING:
+            hcls, hread, _t, _w = _info(e)
+            _note(S, ("sleep_in_atomic", hcls.name, where), Report(
+                "sleep_in_atomic", lock=name, held=hcls.name, held_read=hread,
+                task=_task_name(), where=where, what=what, held_locks=_held_locks(held),
+            ), found)
+            return
+    if state & U.ATOMIC:
+        context = U.describe_state(state)
+        _note(S, ("sleep_in_atomic", context, where), Report(
+            "sleep_in_atomic", lock=name, task=_task_name(), where=where, what=what,
+            context=context, irq_state=U.state_flags(state), held_locks=_held_locks(held),
+        ), found)
+
+
+def _check_wait_context(S: State, held: list, entries: list, state: int, m: LockMap,
+                        cls: LockClass, read: int, where: str, found: list[Report]) -> None:
+    """PREEMPT_RT's rule: nothing may wait longer than the locks held in its context (and
+    a hard-IRQ handler) allow -- a spinlock_t sleeps there, a raw spinlock never does."""
+    outer = U.wait_type(m.kind)
+    if not outer:
+        return
+    ctx = state & U.CONTEXT
+    limit = U.context_wait(state)
+    worst = None
+    for e, st in entries:
+        if st & U.CONTEXT != ctx:
+            continue
+        w = U.wait_type(e[0].kind)
+        if w and w < limit:
+            limit, worst = w, e
+    if outer <= limit:
+        return
+    if worst is None:
+        _note(S, ("wait_context", U.describe_state(state), cls.name), Report(
+            "wait_context", lock=cls.name, lock_read=read, task=_task_name(), where=where,
+            context=U.describe_state(state), irq_state=U.state_flags(state),
+            held_locks=_held_locks(held),
+        ), found)
+        return
+    hcls, hread, _t, _w = _info(worst)
+    _note(S, ("wait_context", hcls.name, cls.name), Report(
+        "wait_context", lock=cls.name, held=hcls.name, held_read=hread,
+        lock_read=read, task=_task_name(), where=where, held_locks=_held_locks(held),
+    ), found)
+
+
 def _link(
     S: State, held: list, p: LockClass, pr: int, pwhere: str, nxt: LockClass, read: int,
-    where: str, found: list[Report], sync: bool = False,
+    where: str, found: list[Report], sync: bool = False, state: int = 0,
 ) -> None:
     after = S.after.get(p)
     link = after.get(nxt) if after else None
@@ -149,18 +211,63 @@ def _link(
             where=where, held_where=pwhere, chain=chain, held_locks=_held_locks(held),
         ), found)
         return
+    if S.usage and not sync:
+        U.check_dependency(S, held, p, pr, pwhere, nxt, read, where, state, found)
     if link is None:
         if S.nedges >= LIMITS.max_edges:
             _overflow(S, "lock dependencies (edges)", "max_edges")
             return
         link = Link(p, nxt)
         S.after.setdefault(p, {})[nxt] = link
+        S.before.setdefault(nxt, {})[p] = link
         S.nedges += 1
     link.add(pr, read, where, sync)
 
 
 def _restart(S: State, held: list) -> None:
     """Adopt a stack from an earlier state: its locks will be released later; let that pass."""
-    lax = (held[0][2] or []) + [e[0] for e in held[1:]]
+    lax = (held[0][2] or []) + [e[0] for e in held[1:] if e[0] is not IRQ_MARK]
     del held[1:]
     held[0] = [None, S.root, lax]
+    state = getattr(_rt.current_task(), "irq", 0)
+    if state:
+        settle(S, held, state)
+
+
+def settle(S: State, held: list, state: int, where: str | None = None) -> None:
+    """Make the top of ``held`` say the task now runs in interrupt state ``state``: replace
+    a mark on top, or push one, so the chains validated from here are those of this state
+    (the chain cache keeps states apart, and the common case pays nothing for them)."""
+    if held[-1][0] is IRQ_MARK:
+        held.pop()
+    if _held_state(held) == state:
+        return
+    parent = held[-1][1]
+    key = mark_key(state)
+    node = parent.get(key)
+    if node is None:
+        node = _mark_miss(S, held, state, key, where)
+        if node is None:
+            return
+    held.append((IRQ_MARK, node))
+
+
+def _mark_miss(S: State, held: list, state: int, key: int, where: str | None) -> dict | None:
+    """First time this chain changes to ``state``: locks held when interrupts come back on
+    are now held with them enabled."""
+    if where is None:
+        where = user_site()
+    if _reentered(S):
+        return {_INFO: (None, state, False, where)}
+    found: list[Report] = []
+    with _GraphLock(S):
+        if not S.on:
+            return None
+        parent = held[-1][1]
+        node = parent.get(key)
+        if node is not None:
+            return node
+        U.mark_held(S, held, _held_state(held), state, where, found)
+        node = parent[key] = {_INFO: (None, state, False, where)}
+    _emit(S, found)
+    return node

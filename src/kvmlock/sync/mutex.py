@@ -8,7 +8,7 @@ critical section is reported, and sleeping while holding a spinlock is too.
 from __future__ import annotations
 
 from kvmlock import lockdep, runtime
-from kvmlock.sync._common import Nested, check_name, check_subclass
+from kvmlock.sync._common import Nested, add_irq_forms, check_name, check_subclass
 
 
 class _Exclusive:
@@ -83,13 +83,18 @@ class Mutex(_Exclusive):
     __slots__ = ()
 
 
+@add_irq_forms
 class SpinLock(_Exclusive):
-    """``spinlock_t``: its critical section must not sleep."""
+    """``spinlock_t``: its critical section must not sleep. ``with sl.irqsave():``,
+    ``sl.irq()``, ``sl.bh()`` and ``flags = sl.lock_irqsave(); sl.unlock_irqrestore(flags)``
+    (``lock_irq``, ``lock_bh``...) take it with interrupts (bottom halves) off, as a lock
+    also taken by a handler must be."""
 
     KIND = "spinlock"
     __slots__ = ()
 
 
+@add_irq_forms
 class RawSpinLock(_Exclusive):
     """``raw_spinlock_t``: a spinlock that stays spinning even on PREEMPT_RT."""
 

@@ -12,10 +12,20 @@ readers jump the queue).
 
 from __future__ import annotations
 
+from kvmlock.sync._common import add_irq_forms
 from kvmlock.sync._rw import ReadWriteLock
 
 
 class RWLock(ReadWriteLock):
+    """``rwlock_t``. The kernel's interrupt-disabling forms: ``with rw.read_irqsave():``,
+    ``read_irq()``, ``read_bh()`` and ``write_...`` alike (also ``rw.read().irqsave()``), and
+    ``flags = rw.read_lock_irqsave(); rw.read_unlock_irqrestore(flags)``,
+    ``read_lock_irq``/``read_unlock_irq``, ``write_lock_bh``/``write_unlock_bh``..."""
+
     KIND = "rwlock"
     SLEEPS = False
     __slots__ = ()
+
+
+add_irq_forms(RWLock, "read_lock", "read_unlock", "read_")
+add_irq_forms(RWLock, "write_lock", "write_unlock", "write_")
