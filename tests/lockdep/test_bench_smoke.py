@@ -16,6 +16,7 @@ def test_benchmark_quick_run_prints_all_figures(capsys):
     out = capsys.readouterr().out
     for label in ("threading.Lock, with", "bare Python wrapper, with",
                   "cached chain depth 1", "cached chain depth 4", "first-time chain",
-                  "validation on", "validation off", "on/off ratio"):
+                  "validation on", "validation off", "on/off ratio", "plain attribute",
+                  "guarded_by field", "Guarded.get()", "RcuPointer.srcu_dereference"):
         assert label in out
     assert lockdep.enabled() and lockdep.reports() == []

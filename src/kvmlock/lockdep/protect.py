@@ -25,40 +25,48 @@ from kvmlock.lockdep.where import user_site
 RCU_READ_LOCK = core.LockMap("rcu_read_lock", "pseudo")
 
 
-def _held_stack() -> list | None:
-    """The current task's held stack, or None when it never took a lock."""
-    w = _rt.world()
-    held = (w.rt.current or core._TLS).lockdep
-    if held is not None and held[0][1] is not w.lockdep.root:
-        held = core._stack(w.lockdep)  # left from before reset()/enable(): restarted here
-    return held
+_world = _rt.world
+_LockMap = core.LockMap
+_TLS = core._TLS
 
 
 def lock_map(lock: object) -> core.LockMap | None:
     """The lockdep map behind ``lock`` (a kvmlock primitive, a checked threading lock, or a
     ``LockMap`` itself); None for a lock lockdep does not see."""
-    if isinstance(lock, core.LockMap):
-        return lock
-    m = getattr(lock, "_map", None)
-    return m if isinstance(m, core.LockMap) else None
+    if lock.__class__ is _LockMap:
+        return lock  # type: ignore[return-value]
+    m = getattr(lock, "_map", lock)
+    return m if isinstance(m, _LockMap) else None
+
+
+def read_of(w: _rt.World, m: core.LockMap) -> int | None:
+    """How the current task of world ``w`` holds map ``m``: None (not held), 0 (exclusively),
+    1 or 2 (for read). The caller has checked that validation is on."""
+    held = (w.rt.current or _TLS).lockdep
+    if held is None:
+        return None
+    S = w.lockdep
+    if held[0][1] is not S.root:
+        held = core._stack(S)  # left from before reset()/enable(): restarted (emptied) here
+    i = len(held) - 1
+    while i:
+        e = held[i]
+        if e[0] is m:
+            return e[1][_INFO][1]  # the chain node: (class, read, trylock, where)
+        i -= 1
+    return None
 
 
 def held_read(lock: object) -> int | None:
     """How the current task holds ``lock``: None (not held), 0 (exclusively), 1 or 2 (for
     read). With validation off, 0: whatever the task does is taken as allowed."""
-    if not core._state().on:
+    w = _world()
+    if not w.lockdep.on:
         return 0
     m = lock_map(lock)
     if m is None:
         return 0 if _plain_held(lock) else None
-    held = _held_stack()
-    if held is None:
-        return None
-    for i in range(len(held) - 1, 0, -1):
-        e = held[i]
-        if e[0] is m:
-            return e[1][_INFO][1]  # the chain node: (class, read, trylock, where)
-    return None
+    return read_of(w, m)
 
 
 def check_lock(lock: object) -> None:
@@ -100,7 +108,7 @@ def record(kind: str, name: str, lock: str, read_side: str = "") -> ProtectedDat
     checked access pays for this once per run, not once per access.
     """
     key = (kind, name, "" if kind == "rcu" else lock)
-    table = core._state().protected
+    table = _world().lockdep.protected
     p = table.get(key)
     if p is None:
         p = table.setdefault(key, ProtectedData(name, kind, lock, read_side, user_site()))

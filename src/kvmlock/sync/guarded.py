@@ -25,16 +25,17 @@ from __future__ import annotations
 from operator import attrgetter
 from typing import Any, Generic, TypeVar
 
-from kvmlock.lockdep import core
 from kvmlock.lockdep.protect import (
     RCU_READ_LOCK,
     check_lock,
     held_read,
     lock_map,
+    read_of,
     record,
     unguarded,
 )
 from kvmlock.lockdep.where import user_site
+from kvmlock.runtime import world as _world
 
 __all__ = ["Guarded", "guarded_by", "peek"]
 
@@ -46,28 +47,48 @@ def _lock_name(lock: object) -> str:
     return m.name if m is not None else getattr(lock, "name", None) or repr(lock)
 
 
-def _check(data: str, lock: object, read_side: object, write: bool) -> None:
-    """Report ``data``'s access unless the task holds what protects it."""
-    S = core._state()
-    if not S.on:
-        return
-    name = _lock_name(lock)
-    if ("guarded", data, name) not in S.protected:
-        record("guarded", data, name, "" if read_side is None else _lock_name(read_side))
-    how = held_read(lock)
-    if how == 0 or (how is not None and not write):
-        return
-    if not write and read_side is not None and held_read(read_side) is not None:
-        return
-    side = "" if read_side is None or write else _lock_name(read_side)
-    unguarded(data, name, "write" if write else "read", side, how)
+class _Seen:
+    """What a guard remembers so a checked access pays nothing to be counted: the lockdep
+    state (and the lock's map) its data was last recorded in."""
+
+    __slots__ = ("data", "_seen_state", "_seen_map")
+
+    def __init__(self) -> None:
+        self.data = ""
+        self._seen_state: object = None
+        self._seen_map: object = None
+
+    def _read_side(self, src: object) -> object:
+        """The read side that also allows reads (None: none), given the accessed object."""
+        raise NotImplementedError
+
+    def _check(self, lock: object, src: object, write: bool) -> None:
+        """Report the access unless the task holds what protects the data."""
+        w = _world()
+        S = w.lockdep
+        if not S.on:
+            return
+        m = lock_map(lock)
+        if self._seen_state is not S or self._seen_map is not m:
+            side = self._read_side(src)
+            record("guarded", self.data, _lock_name(lock),
+                   "" if side is None else _lock_name(side))
+            self._seen_state, self._seen_map = S, m
+        how = read_of(w, m) if m is not None else held_read(lock)
+        if how == 0 or (how is not None and not write):
+            return
+        read_side = self._read_side(src)
+        if not write and read_side is not None and held_read(read_side) is not None:
+            return
+        side = "" if read_side is None or write else _lock_name(read_side)
+        unguarded(self.data, _lock_name(lock), "write" if write else "read", side, how)
 
 
-def _read_side(value: object) -> object:
+def _rcu_or(value: object) -> object:
     return RCU_READ_LOCK if value == "rcu_read_lock" else value
 
 
-class guarded_by:  # noqa: N801 - reads as the annotation it is: ``x = guarded_by("lock")``
+class guarded_by(_Seen):  # noqa: N801 - reads as the annotation it is: ``x = guarded_by(...)``
     """A field of a class protected by the lock at attribute ``lock`` of the same object.
 
     ``lock`` and ``read_side`` are attribute paths (``"vm.slots_lock"`` follows ``self.vm``);
@@ -75,7 +96,7 @@ class guarded_by:  # noqa: N801 - reads as the annotation it is: ``x = guarded_b
     ``__dict__`` under the field's name, so the class needs one.
     """
 
-    __slots__ = ("lock", "read_side", "writes_only", "field", "data", "_lock", "_side")
+    __slots__ = ("lock", "read_side", "writes_only", "field", "_lock", "_side")
 
     def __init__(self, lock: str, *, read_side: str | None = None,
                  writes_only: bool = False) -> None:
@@ -86,10 +107,11 @@ class guarded_by:  # noqa: N801 - reads as the annotation it is: ``x = guarded_b
                             f"'rcu_read_lock', got {read_side!r}")
         if read_side is not None and writes_only:
             raise ValueError("guarded_by: writes_only already leaves reads free; drop read_side")
+        super().__init__()
         self.lock = lock
         self.read_side = read_side
         self.writes_only = bool(writes_only)
-        self.field = self.data = ""
+        self.field = ""
         self._lock = attrgetter(lock)
         self._side = None if read_side is None or read_side == "rcu_read_lock" else \
             attrgetter(read_side)
@@ -102,14 +124,22 @@ class guarded_by:  # noqa: N801 - reads as the annotation it is: ``x = guarded_b
         self.field = name
         self.data = f"{owner.__name__}.{name}"
 
+    def _read_side(self, src: object) -> object:
+        if self.read_side is None:
+            return None
+        if self._side is None:
+            return RCU_READ_LOCK
+        try:
+            return self._side(src)
+        except AttributeError:
+            return None  # not built yet: only the lock itself guards the field
+
     def _guard(self, obj: object, write: bool) -> None:
         try:
             lock = self._lock(obj)
-            side = None if self.read_side is None else (
-                RCU_READ_LOCK if self._side is None else self._side(obj))
         except AttributeError:
             return  # the lock is not built yet: the object is still being constructed
-        _check(self.data, lock, side, write)
+        self._check(lock, obj, write)
 
     def __get__(self, obj: object, owner: type | None = None) -> Any:
         if obj is None:
@@ -153,35 +183,44 @@ def peek(obj: object, field: str) -> Any:
     return obj.__dict__[field]
 
 
-class Guarded(Generic[T]):
+class Guarded(_Seen, Generic[T]):
     """A standalone value protected by ``lock``: read with :meth:`get` (or ``.value``), write
     with :meth:`set`. ``read_side`` (a lock, an SRCU, or ``"rcu_read_lock"``) also allows reads;
     ``writes_only`` leaves reads free. ``name`` is what reports call it (by default, where it
     was made)."""
 
-    __slots__ = ("_value", "lock", "read_side", "writes_only", "name")
+    __slots__ = ("_value", "lock", "read_side", "writes_only")
 
     def __init__(self, value: T, lock: object, *, read_side: object = None,
                  writes_only: bool = False, name: str | None = None) -> None:
         check_lock(lock)
         if read_side not in (None, "rcu_read_lock"):
             check_lock(read_side)
+        super().__init__()
         self._value = value
         self.lock = lock
-        self.read_side = _read_side(read_side)
+        self.read_side = _rcu_or(read_side)
         self.writes_only = bool(writes_only)
-        self.name = name or f"guarded value made at {user_site()}"
+        self.data = name or f"guarded value made at {user_site()}"
 
     def get(self) -> T:
         if not self.writes_only:
-            _check(self.name, self.lock, self.read_side, False)
+            self._check(self.lock, None, False)
         return self._value
 
     def set(self, value: T) -> None:
-        _check(self.name, self.lock, None, True)
+        self._check(self.lock, None, True)
         self._value = value
+
+    def _read_side(self, src: object) -> object:
+        return self.read_side
 
     value = property(get, set)
 
+    @property
+    def name(self) -> str:
+        """What reports call the value."""
+        return self.data
+
     def __repr__(self) -> str:
-        return f"<Guarded {self.name} by {_lock_name(self.lock)}>"
+        return f"<Guarded {self.data} by {_lock_name(self.lock)}>"

@@ -20,9 +20,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from kvmlock import lockdep, runtime
-from kvmlock.lockdep import core
-from kvmlock.lockdep.protect import RCU_READ_LOCK, held_read, published, record, suspicious_rcu
+from kvmlock import runtime
+from kvmlock.lockdep.protect import (
+    RCU_READ_LOCK,
+    lock_map,
+    published,
+    read_of,
+    record,
+    suspicious_rcu,
+)
+from kvmlock.runtime import world as _world
 
 __all__ = ["RcuPointer", "rcu_read_lock", "rcu_read_unlock"]
 
@@ -68,7 +75,7 @@ class RcuPointer:
     ``name`` is what reports call the pointer (``"kvm->memslots"``).
     """
 
-    __slots__ = ("name", "_v", "_wq")
+    __slots__ = ("name", "_v", "_wq", "_seen")
 
     def __init__(self, value: Any = None, name: str = "rcu pointer") -> None:
         if not isinstance(name, str) or not name:
@@ -76,20 +83,16 @@ class RcuPointer:
         self.name = name
         self._v = value
         self._wq = runtime.RT.waitq(self)
+        self._seen: object = None  # the lockdep state this pointer was last recorded in
 
     def assign(self, value: Any) -> None:
         """``rcu_assign_pointer``: publish ``value``; readers from now on see it."""
-        if core._state().on:
+        if _world().lockdep.on:
             published(self.name)
         wq = self._wq
         with wq:
             wq.point("rcu_assign_pointer")
             self._v = value
-
-    def _seen(self, read_side: str) -> None:
-        S = core._state()
-        if S.on and ("rcu", self.name, "") not in S.protected:
-            record("rcu", self.name, read_side)
 
     def _load(self, label: str) -> Any:
         wq = self._wq
@@ -97,25 +100,34 @@ class RcuPointer:
             wq.point(label, False)
             return self._v
 
+    def _read_side_held(self, side: Any, cond: Cond, api: str) -> None:
+        """Report unless the task is inside ``side``'s read side or ``cond`` holds."""
+        w = _world()
+        S = w.lockdep
+        if not S.on:
+            return
+        m = lock_map(side)
+        if m is None:
+            raise TypeError(f"{api}: {side!r} is not an SRCU or the RCU read side")
+        if self._seen is not S:
+            record("rcu", self.name, m.name)
+            self._seen = S
+        if read_of(w, m) is None and not _true(cond):
+            suspicious_rcu(self.name, api, m.name)
+
     def srcu_dereference_check(self, srcu: Any, cond: Cond) -> Any:
         """Read inside ``srcu``'s read side, or where ``cond`` holds (the update side)."""
-        self._seen(srcu.name)
-        if held_read(srcu) is None and not _true(cond):
-            suspicious_rcu(self.name, "srcu_dereference_check()", srcu.name)
+        self._read_side_held(srcu, cond, "srcu_dereference_check()")
         return self._load("srcu_dereference")
 
     def srcu_dereference(self, srcu: Any) -> Any:
         """Read inside ``srcu``'s read side (``srcu_dereference``)."""
-        self._seen(srcu.name)
-        if held_read(srcu) is None:
-            suspicious_rcu(self.name, "srcu_dereference_check()", srcu.name)
+        self._read_side_held(srcu, False, "srcu_dereference_check()")
         return self._load("srcu_dereference")
 
     def rcu_dereference_check(self, cond: Cond) -> Any:
         """Read inside ``rcu_read_lock()``, or where ``cond`` holds."""
-        self._seen(RCU_READ_LOCK.name)
-        if held_read(RCU_READ_LOCK) is None and not _true(cond):
-            suspicious_rcu(self.name, "rcu_dereference_check()", RCU_READ_LOCK.name)
+        self._read_side_held(RCU_READ_LOCK, cond, "rcu_dereference_check()")
         return self._load("rcu_dereference")
 
     def rcu_dereference(self) -> Any:
@@ -124,7 +136,7 @@ class RcuPointer:
 
     def dereference_protected(self, cond: Cond) -> Any:
         """``rcu_dereference_protected``: an update-side read; ``cond`` must hold."""
-        if not _true(cond) and lockdep.enabled():
+        if not _true(cond) and _world().lockdep.on:
             suspicious_rcu(self.name, "rcu_dereference_protected()", "")
         return self._v
 
