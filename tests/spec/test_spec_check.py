@@ -313,10 +313,14 @@ def test_undocumented_locks_are_listed() -> None:
     assert ("driver->private_lock", "mutex") in conf.undocumented
 
 
-def test_empty_run_exercises_nothing_and_is_ok() -> None:
+def test_empty_run_exercises_nothing_and_cannot_pass_what_it_cannot_check() -> None:
     conf = spec.check(DOC, lockdep.DepGraph())
-    assert conf.ok
     assert {r.status for r in conf.results} <= {"not exercised", "unchecked"}
+    # no violation, but the "requires" rules need held-lock chains this graph lacks
+    assert not conf.violations and not conf.complete and not conf.ok
+    assert all("could not be checked" in why for why in conf.incomplete)
+    with_chains = spec.check(DOC, spec.view({"classes": {}, "edges": [], "chains": []}))
+    assert with_chains.ok and with_chains.complete
 
 
 def test_nested_subclass_is_not_a_self_dependency() -> None:

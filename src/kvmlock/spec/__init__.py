@@ -8,8 +8,9 @@ release to release. This package makes such a document executable::
     conf = spec.check(rules, lockdep.graph()) # held / violated / not exercised, per rule
     print(conf.render()); assert conf.ok
 
-``spec.lint(rules)`` finds contradictions inside the document itself, and
-``spec.conformance(path)`` checks the KVM model's own run against a document.
+``spec.lint(rules)`` finds contradictions inside the document itself,
+``spec.conformance(path)`` checks the KVM model's own run against a document, and
+``spec.diff(old, new)`` says what changed between two versions of one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 from typing import Any
 
 from kvmlock.spec.check import Conformance, RuleResult, TypeResult, check
+from kvmlock.spec.diff import SpecDiff, diff
 from kvmlock.spec.graphview import (
     Edge,
     GraphView,
@@ -43,11 +45,13 @@ __all__ = [
     "Rule",
     "RuleResult",
     "Spec",
+    "SpecDiff",
     "SpecError",
     "TypeResult",
     "Unread",
     "check",
     "conformance",
+    "diff",
     "lint",
     "load",
     "load_graph",

@@ -17,6 +17,8 @@ from kvmlock.spec.model import RefEntry, Rule, Spec, Unread
 from kvmlock.spec.names import SPECIAL_KINDS, kind_of
 
 HELD, VIOLATED, NOT_EXERCISED, UNCHECKED = "held", "violated", "not exercised", "unchecked"
+#: a violation the user has accepted, with a reason (``--accept``): shown, not failed on
+ACCEPTED = "accepted"
 
 
 @dataclass
@@ -25,6 +27,7 @@ class RuleResult:
     status: str
     path: list[Edge] = field(default_factory=list)  # offending path, or the evidence it held
     detail: str = ""
+    accepted: str = ""  # the reason a known violation was accepted
 
     @property
     def where(self) -> str:
@@ -36,6 +39,7 @@ class TypeResult:
     entry: RefEntry
     actual: str | None  # the kind lockdep recorded, None if the run never built the lock
     status: str
+    accepted: str = ""
 
 
 @dataclass
@@ -48,18 +52,28 @@ class Conformance:
     undocumented: list[tuple[str, str]] = field(default_factory=list)  # (class, kind)
     not_understood: list[Unread] = field(default_factory=list)
     arch: str | None = None
+    #: why the verdict cannot be OK even without a violation (see ``Spec.incomplete``)
+    incomplete: list[str] = field(default_factory=list)
+    #: for a kernel's graph: dependencies between documented locks that no rule speaks of
+    unmentioned: list[Edge] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.incomplete
 
     @property
     def ok(self) -> bool:
-        """No rule violated and every documented lock the run built has its documented kind."""
-        return not self.violations and all(t.status != VIOLATED for t in self.types)
+        """No rule violated, every documented lock the run built has its documented kind, and
+        the whole document was read: what could not be read is never reported as conforming."""
+        return (not self.violations and all(t.status != VIOLATED for t in self.types)
+                and self.complete)
 
     @property
     def violations(self) -> list[RuleResult]:
         return [r for r in self.results if r.status == VIOLATED]
 
     def counts(self) -> dict[str, int]:
-        out = {HELD: 0, VIOLATED: 0, NOT_EXERCISED: 0, UNCHECKED: 0}
+        out = {HELD: 0, VIOLATED: 0, NOT_EXERCISED: 0, UNCHECKED: 0, ACCEPTED: 0}
         for r in self.results:
             out[r.status] += 1
         return out
@@ -74,6 +88,9 @@ class Conformance:
         return {
             "source": self.source,
             "ok": self.ok,
+            "complete": self.complete,
+            "incomplete": list(self.incomplete),
+            "counts": self.counts(),
             "rules": [
                 {
                     "rule": r.rule.describe(),
@@ -83,16 +100,19 @@ class Conformance:
                     "path": [e.show() for e in r.path],
                     "where": [e.where for e in r.path],
                     "detail": r.detail,
+                    "accepted": r.accepted or None,
                 }
                 for r in self.results
             ],
             "types": [
                 {"lock": t.entry.name, "documented": list(t.entry.kinds), "actual": t.actual,
-                 "status": t.status}
+                 "status": t.status, "accepted": t.accepted or None}
                 for t in self.types
             ],
             "undocumented": [{"lock": n, "kind": k} for n, k in self.undocumented],
-            "not_understood": [{"line": u.line, "text": u.text} for u in self.not_understood],
+            "unmentioned_dependencies": [e.show() for e in self.unmentioned],
+            "not_understood": [{"line": u.line, "text": u.text, "rule_like": bool(u.names)}
+                               for u in self.not_understood],
         }
 
 
@@ -106,15 +126,23 @@ def check(spec: Spec, graph: Any, *, arch: str | None = None) -> Conformance:
         raise TypeError(f"check() needs a Spec from spec.load(), not {type(spec).__name__}")
     g = view(graph)
     declared = spec.declared_kinds()
-    conf = Conformance(source=spec.source, not_understood=list(spec.not_understood), arch=arch)
+    conf = Conformance(source=spec.source, not_understood=list(spec.not_understood), arch=arch,
+                       incomplete=spec.incomplete())
     for rule in spec.rules:
         if arch and rule.arch and rule.arch != arch:
             continue
-        conf.results.append(_check_rule(rule, g, declared))
+        res = _check_rule(rule, g, declared)
+        conf.results.append(res)
+        if res.status == UNCHECKED and rule.kind != "same_class":
+            # a rule the graph cannot decide is not a rule that held
+            conf.incomplete.append(f"line {rule.line}: '{rule.describe()}' could not be checked "
+                                   f"on this graph ({res.detail})")
     for entry in spec.reference:
         actual = g.classes.get(entry.name)
         if actual is None:
             status = NOT_EXERCISED
+        elif actual == UNKNOWN_KIND:
+            status = UNCHECKED
         else:
             status = HELD if actual in entry.kinds else VIOLATED
         conf.types.append(TypeResult(entry, actual, status))
@@ -123,8 +151,21 @@ def check(spec: Spec, graph: Any, *, arch: str | None = None) -> Conformance:
     return conf
 
 
+#: the kind of a class whose kind the graph does not know (a /proc/lockdep dump)
+UNKNOWN_KIND = "?"
+
+
+def _known(kind: str | None) -> str | None:
+    return None if kind == UNKNOWN_KIND else kind
+
+
 def _is_write(e: Edge) -> bool:
     return e.dst_read == 0
+
+
+def _maybe_write(e: Edge) -> bool:
+    """An acquisition whose mode the graph does not record (``dst_read`` -1)."""
+    return e.dst_read == -1
 
 
 def _read_side(g: GraphView, srcu: str) -> list[Edge]:
@@ -153,6 +194,8 @@ def _check_rule(rule: Rule, g: GraphView, declared: dict[str, tuple[str, ...]]) 
                 f"{rule.outer} is taken inside a {rule.srcu} read-side critical section",
             )
         seen = g.path_between(rule.outer, rule.srcu, _is_write)
+        if not seen and g.path_between(rule.outer, rule.srcu, _maybe_write):
+            return RuleResult(rule, UNCHECKED, detail=_UNKNOWN_MODE)
         return RuleResult(rule, HELD, seen) if seen else RuleResult(rule, NOT_EXERCISED)
     if k == "srcu_read_ok":
         bad = g.path_between(rule.inner, rule.srcu, _is_write)
@@ -160,11 +203,13 @@ def _check_rule(rule: Rule, g: GraphView, declared: dict[str, tuple[str, ...]]) 
             return RuleResult(
                 rule, VIOLATED, bad, f"synchronize_srcu({rule.srcu}) is called under {rule.inner}"
             )
+        if g.path_between(rule.inner, rule.srcu, _maybe_write):
+            return RuleResult(rule, UNCHECKED, detail=_UNKNOWN_MODE)
         seen = g.path(_read_side(g, rule.srcu), rule.inner)
         return RuleResult(rule, HELD, seen) if seen else RuleResult(rule, NOT_EXERCISED)
     if k == "leaf":
         for e in g.out(rule.outer):
-            dst_kind = g.classes.get(e.dst) or kind_of(e.dst, declared)
+            dst_kind = _known(g.classes.get(e.dst)) or kind_of(e.dst, declared)
             if dst_kind not in SPECIAL_KINDS:
                 return RuleResult(rule, VIOLATED, [e], f"{e.dst} is taken inside {rule.outer}")
         return _exercised(rule, g, rule.outer)
@@ -172,12 +217,20 @@ def _check_rule(rule: Rule, g: GraphView, declared: dict[str, tuple[str, ...]]) 
         actual = g.classes.get(rule.outer)
         if actual is None:
             return RuleResult(rule, NOT_EXERCISED)
+        if actual == UNKNOWN_KIND:
+            return RuleResult(rule, UNCHECKED, detail="the graph does not record lock kinds")
         if actual in rule.types:
             return RuleResult(rule, HELD, detail=f"lockdep kind {actual}")
         return RuleResult(rule, VIOLATED, detail=f"the run's {rule.outer} is a {actual}")
     if k == "requires":
         return _check_requires(rule, g)
+    if k == "same_class":
+        return RuleResult(rule, UNCHECKED, detail="a class graph folds both locks into one node")
     raise ValueError(f"unknown rule kind {k!r}")
+
+
+_UNKNOWN_MODE = ("the graph does not say whether the SRCU was entered as a reader or "
+                 "synchronized (a /proc/lockdep dump records no dependency modes)")
 
 
 def _exercised(rule: Rule, g: GraphView, name: str) -> RuleResult:

@@ -1,7 +1,8 @@
-"""``kvmlock spec``: show, lint and check locking.rst-style documents, render the Reference.
+"""``kvmlock spec``: show, lint, check and diff locking.rst-style documents; render the Reference.
 
-Exit codes: 0 fine, 1 a violation or a contradiction was found, 2 the input could not be used
-(missing file, malformed document, no model to run).
+Exit codes: 0 fine; 1 a violation or a contradiction was found; 2 the verdict is incomplete (the
+document has no rules, or rule-like sentences were not understood, or a rule could not be checked
+on the graph) or the input could not be used (missing file, malformed document, no model to run).
 """
 
 from __future__ import annotations
@@ -11,11 +12,23 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from kvmlock import spec as _spec
-from kvmlock.spec.render import conformance_tables, lint_tables, render_reference, spec_tables
+from kvmlock.spec.accept import apply as _accept
+from kvmlock.spec.accept import load_waivers
+from kvmlock.spec.diff import diff as _diff
+from kvmlock.spec.render import (
+    conformance_tables,
+    diff_tables,
+    lint_tables,
+    render_reference,
+    spec_tables,
+)
+
+OK, FAILED, INCOMPLETE = 0, 1, 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,16 +42,66 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("lint", help="report contradictions inside DOC")
     s.add_argument("doc")
     s = sub.add_parser(
-        "check", help="check the KVM model's run (or a saved graph) against DOC"
+        "check", help="check the KVM model's run, a saved graph or a kernel's dump against DOC"
     )
     s.add_argument("doc")
     s.add_argument("--graph", help="a saved dependency graph (JSON) instead of running the model")
+    s.add_argument("--proc-lockdep", metavar="FILE",
+                   help="a /proc/lockdep dump: check a running kernel's graph")
+    s.add_argument("--chains", metavar="FILE",
+                   help="with --proc-lockdep: the matching /proc/lockdep_chains dump")
+    s.add_argument("--accept", metavar="FILE",
+                   help="known violations, one 'A -> B: reason' a line; fail only on new ones")
     s.add_argument("--save-graph", metavar="FILE", help="also save the graph that was checked")
     s.add_argument("--arch", help="only rules for this architecture (plus general ones)")
     s.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    s = sub.add_parser("diff", help="the rule changes between two versions of a document")
+    s.add_argument("old")
+    s.add_argument("new")
+    s.add_argument("--graph", help="also show how each change's verdict moves on this graph")
+    s.add_argument("--json", action="store_true", help="print the changes as JSON")
     s = sub.add_parser("render", help="write the Reference section from the model's locks")
     s.add_argument("-o", "--output", help="file to write (default: standard output)")
     return p
+
+
+def _graph(args: argparse.Namespace) -> Any:
+    if args.proc_lockdep:
+        from kvmlock.spec.procfs import load_proc
+
+        return load_proc(args.proc_lockdep, args.chains)
+    if args.chains:
+        raise _spec.SpecError("--chains goes with --proc-lockdep")
+    return _spec.load_graph(args.graph) if args.graph else _spec.model_graph()
+
+
+def _check(args: argparse.Namespace, con: Console) -> int:
+    doc = _spec.load(args.doc)
+    waivers = load_waivers(args.accept) if args.accept else []
+    graph = _graph(args)
+    if args.save_graph:
+        _spec.save_graph(graph, args.save_graph)
+    conf = _spec.check(doc, graph, arch=args.arch)
+    unused = _accept(conf, waivers) if waivers else []
+    if args.proc_lockdep:
+        from kvmlock.spec.edges import UNDOCUMENTED, judge_edge
+
+        g = _spec.view(graph)
+        documented = set(doc.locks())
+        conf.unmentioned = [e for e in g.edges if e.src in documented and e.dst in documented
+                            and judge_edge(doc, e)[0] == UNDOCUMENTED]
+    if args.json:
+        out = conf.to_dict()
+        out["unused_accepts"] = [{"line": w.line, "what": w.what} for w in unused]
+        sys.stdout.write(json.dumps(out, indent=1) + "\n")
+    else:
+        for t in conformance_tables(conf):
+            con.print(t)
+        for w in unused:
+            con.print(f"note: accepted violation at line {w.line} ({w.what}) matched nothing")
+    if conf.violations or any(t.status == "violated" for t in conf.types):
+        return FAILED
+    return OK if conf.ok else INCOMPLETE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,27 +117,30 @@ def main(argv: list[str] | None = None) -> int:
                 con.print(f"wrote {args.output}")
             else:
                 sys.stdout.write(text)
-            return 0
+            return OK
+        if args.cmd == "check":
+            return _check(args, con)
+        if args.cmd == "diff":
+            d = _diff(_spec.load(args.old), _spec.load(args.new),
+                      _spec.load_graph(args.graph) if args.graph else None)
+            if args.json:
+                sys.stdout.write(json.dumps(d.to_dict(), indent=1) + "\n")
+            else:
+                for t in diff_tables(d):
+                    con.print(t)
+            return OK
         doc = _spec.load(args.doc)
         if args.cmd == "show":
             for t in spec_tables(doc):
                 con.print(t)
-            return 0
-        if args.cmd == "lint":
-            findings = _spec.lint(doc)
-            for t in lint_tables(doc, findings):
-                con.print(t)
-            return 1 if findings else 0
-        graph = _spec.load_graph(args.graph) if args.graph else _spec.model_graph()
-        if args.save_graph:
-            _spec.save_graph(graph, args.save_graph)
-        conf = _spec.check(doc, graph, arch=args.arch)
-        if args.json:
-            sys.stdout.write(json.dumps(conf.to_dict(), indent=1) + "\n")
-        else:
-            for t in conformance_tables(conf):
-                con.print(t)
-        return 0 if conf.ok else 1
-    except (_spec.SpecError, _spec.ModelUnavailable, RuntimeError) as exc:
+            return OK if not doc.incomplete() else INCOMPLETE
+        findings = _spec.lint(doc)
+        for t in lint_tables(doc, findings):
+            con.print(t)
+        return FAILED if findings else (OK if not doc.incomplete() else INCOMPLETE)
+    except (_spec.SpecError, _spec.ModelUnavailable, RuntimeError, ValueError) as exc:
+        if getattr(args, "json", False):
+            sys.stdout.write(json.dumps({"ok": False, "complete": False, "error": str(exc)},
+                                        indent=1) + "\n")
         Console(stderr=True, highlight=False).print(f"kvmlock spec: error: {exc}", markup=False)
-        return 2
+        return INCOMPLETE

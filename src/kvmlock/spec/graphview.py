@@ -30,7 +30,8 @@ from kvmlock.spec.names import strip_subclass
 class Edge:
     """``src`` was held (as ``src_read``) when ``dst`` was acquired (as ``dst_read``).
 
-    read: 0 exclusive, 1 shared, 2 recursive shared. ``where`` is the user's file:line.
+    read: 0 exclusive, 1 shared, 2 recursive shared, -1 not recorded (a /proc/lockdep dump).
+    ``where`` is the user's file:line.
     """
 
     src: str
@@ -80,12 +81,13 @@ class GraphView:
             e, trail = queue.popleft()
             if e.dst == goal and (last_ok is None or last_ok(e)):
                 return list(trail)
-            state = (e.dst, e.dst_read == 2)
+            recursive = e.dst_read in (2, -1)  # -1: mode unknown, may have been a reader
+            state = (e.dst, recursive)
             if state in seen:
                 continue
             seen.add(state)
             for nxt in self.out(e.dst):
-                if e.dst_read == 2 and nxt.src_read != 0:
+                if recursive and nxt.src_read != 0:
                     continue  # -(*R)-> -(S*)-> : not a strong path
                 queue.append((nxt, (*trail, nxt)))
         return None

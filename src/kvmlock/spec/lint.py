@@ -46,32 +46,88 @@ def _nesting_edges(spec: Spec) -> dict[str, list[tuple[str, Rule]]]:
     return out
 
 
+def _sccs(adj: dict[str, list[tuple[str, Rule]]]) -> list[list[str]]:
+    """Strongly connected components (Tarjan, iterative): linear in rules, whatever the size."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on: set[str] = set()
+    stack: list[str] = []
+    out: list[list[str]] = []
+    counter = 0
+    for root in sorted(adj):
+        if root in index:
+            continue
+        work = [(root, 0)]
+        while work:
+            node, i = work.pop()
+            if i == 0:
+                index[node] = low[node] = counter
+                counter += 1
+                stack.append(node)
+                on.add(node)
+            succ = adj.get(node, [])
+            if i < len(succ):
+                work.append((node, i + 1))
+                nxt = succ[i][0]
+                if nxt not in index:
+                    work.append((nxt, 0))
+                elif nxt in on:
+                    low[node] = min(low[node], index[nxt])
+                continue
+            if low[node] == index[node]:
+                comp = []
+                while True:
+                    n = stack.pop()
+                    on.discard(n)
+                    comp.append(n)
+                    if n == node:
+                        break
+                out.append(comp)
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+    return out
+
+
 def _cycles(spec: Spec) -> list[Finding]:
+    """One cycle per knot of declared orders: a shortest way back to its first lock."""
     adj = _nesting_edges(spec)
     found: list[Finding] = []
-    reported: set[frozenset[str]] = set()
-    for start in sorted(adj):
-        # DFS for a path back to start; report each distinct cycle (as a node set) once
-        stack: list[tuple[str, list[tuple[str, Rule]]]] = [(start, [])]
-        visited: set[str] = set()
-        while stack:
-            node, trail = stack.pop()
+    for comp in _sccs(adj):
+        members = set(comp)
+        start = min(comp)
+        self_loop = [r for n, r in adj.get(start, []) if n == start]
+        if len(comp) == 1 and not self_loop:
+            continue
+        # BFS inside the component from start back to start
+        prev: dict[str, tuple[str, Rule]] = {}
+        queue = [start]
+        back: tuple[str, Rule] | None = None
+        for node in queue:
             for nxt, rule in adj.get(node, []):
-                step = [*trail, (nxt, rule)]
                 if nxt == start:
-                    nodes = frozenset([start] + [n for n, _ in step])
-                    if nodes not in reported:
-                        reported.add(nodes)
-                        chain = " -> ".join([start] + [n for n, _ in step])
-                        found.append(Finding(
-                            "cycle",
-                            f"declared orders form a cycle: {chain}",
-                            tuple(sorted({r.line for _, r in step})),
-                            nodes,
-                        ))
-                elif nxt not in visited:
-                    visited.add(nxt)
-                    stack.append((nxt, step))
+                    back = (node, rule)
+                    break
+                if nxt in members and nxt not in prev:
+                    prev[nxt] = (node, rule)
+                    queue.append(nxt)
+            if back:
+                break
+        assert back is not None  # a strongly connected component has a cycle through start
+        steps = [(start, back[1])]
+        node = back[0]
+        while node != start:
+            p, rule = prev[node]
+            steps.append((node, rule))
+            node = p
+        steps.reverse()
+        names = [start] + [n for n, _ in steps]
+        found.append(Finding(
+            "cycle",
+            "declared orders form a cycle: " + " -> ".join(names),
+            tuple(sorted({r.line for _, r in steps})),
+            frozenset(names),
+        ))
     return found
 
 

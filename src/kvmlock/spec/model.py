@@ -23,6 +23,10 @@ RULE_KINDS = {
     ),
     "leaf": "no lock is taken inside outer",
     "type": "the lock is of the stated kind",
+    "same_class": (
+        "two locks of one class may nest, as the qualifier says which goes outside (a class "
+        "graph folds them into one node, so this cannot be checked there)"
+    ),
 }
 
 
@@ -75,10 +79,32 @@ class Rule:
                     f"synchronize_srcu is not called under it")
         if k == "leaf":
             return f"{self.outer} is a leaf"
+        if k == "same_class":
+            return f"{self.outer} may nest in itself ({self.note})"
         if k == "type":
             kinds = " or ".join(self.types)
             return f"{self.outer} is {'an' if kinds[0] in 'aeiour' else 'a'} {kinds}"
         return f"{k} {self.outer} {self.inner}"
+
+
+    def breaks(self) -> str:
+        """The dependency this rule makes a violation (what ``spec diff`` says a change means)."""
+        k = self.kind
+        if k == "order":
+            return f"{self.inner} -> {self.outer} (taking {self.outer} while holding {self.inner})"
+        if k == "forbidden":
+            return f"{self.outer} -> {self.inner}"
+        if k == "requires":
+            return f"taking {self.inner} without holding {self.outer}"
+        if k == "srcu_sync_inside":
+            return f"{self.srcu}(read) -> {self.outer} ({self.outer} inside the read side)"
+        if k == "srcu_read_ok":
+            return f"{self.inner} -> {self.srcu}(synchronize) (synchronize_srcu under it)"
+        if k == "leaf":
+            return f"{self.outer} -> any lock"
+        if k == "type":
+            return f"{self.outer} built as anything but {' or '.join(self.types)}"
+        return "nothing a class graph can show"
 
 
 @dataclass
@@ -97,10 +123,15 @@ class RefEntry:
 
 @dataclass
 class Unread:
-    """A sentence of a rules section that matched no rule form; shown, never dropped."""
+    """A sentence of a rules section that matched no rule form; shown, never dropped.
+
+    ``names`` are the locks that make it look like a rule (two or more, with an ordering word):
+    a document with such a sentence cannot be called conforming, whatever the rest says.
+    """
 
     text: str
     line: int
+    names: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -113,6 +144,17 @@ class Spec:
     warnings: list[str] = field(default_factory=list)
     source: str = ""
     has_leaf_rule: bool = False
+
+    def incomplete(self) -> list[str]:
+        """Why a verdict on this document cannot be OK: no rules, or rule-like text not read."""
+        out = []
+        if not any(r.kind != "type" for r in self.rules):
+            out.append("no rules were read: no rules section states a rule in a known form")
+        for u in self.not_understood:
+            if u.names:
+                out.append(f"line {u.line}: a sentence about {' and '.join(u.names[:3])} "
+                           "looks like a rule but was not understood")
+        return out
 
     def ref(self, name: str) -> RefEntry | None:
         """The Reference entry of a lockdep class (any spelling the heading used)."""

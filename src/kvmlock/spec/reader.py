@@ -17,9 +17,18 @@ from pathlib import Path
 import docutils.core
 from docutils import nodes
 
+from kvmlock.spec.layout import restore
 from kvmlock.spec.model import RefEntry, Rule, Spec, SpecError, Unread
-from kvmlock.spec.names import NAME_RE, SPECIAL_KINDS, TYPE_KINDS, kind_of, normalise, parse_type
-from kvmlock.spec.sentences import Context, read_sentence, split_sentences
+from kvmlock.spec.names import (
+    KNOWN_CLASSES,
+    NAME_RE,
+    SPECIAL_KINDS,
+    TYPE_KINDS,
+    kind_of,
+    normalise,
+    parse_type,
+)
+from kvmlock.spec.sentences import Context, read_sentence, rule_like, split_sentences
 
 _RULES_TITLE = re.compile(r"acquisition orders?|lock(?:ing)? orders?|ordering rules", re.I)
 _REF_TITLE = re.compile(r"^reference\b", re.I)
@@ -28,18 +37,28 @@ _KNOWN_FIELDS = ("type", "arch", "protects", "comment")
 _NAME_TOKEN = re.compile(NAME_RE)
 
 
+#: A locking document is a few hundred lines; anything this large is not one, and reading it
+#: would only make the user wait for an answer that cannot be right.
+MAX_BYTES = 4 * 1024 * 1024
+
+
 def load(doc: str | os.PathLike[str], *, source: str | None = None) -> Spec:
     """Read a document given as a path or as its text.
 
     A string containing a newline is the document's text; any other string or path names a file.
     Raises :class:`SpecError` (a ``ValueError``) naming the line for a document that is not valid
-    reStructuredText or whose Reference section is malformed.
+    reStructuredText or whose Reference section is malformed, and for a file too large to be a
+    locking document.
     """
     if isinstance(doc, os.PathLike) or (isinstance(doc, str) and "\n" not in doc):
         path = Path(doc)
         if not path.is_file():
             raise SpecError(f"no such document: {str(path)!r}")
         try:
+            size = path.stat().st_size
+            if size > MAX_BYTES:
+                raise SpecError(f"{str(path)!r} is {size // 1024} KiB; a locking document is "
+                                f"at most {MAX_BYTES // 1024} KiB")
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise SpecError(f"cannot read {str(path)!r}: {exc}") from None
@@ -50,19 +69,41 @@ def load(doc: str | os.PathLike[str], *, source: str | None = None) -> Spec:
 
 
 def parse(text: str, *, source: str = "<text>") -> Spec:
-    """Read the document's text (see :func:`load`)."""
+    """Read the document's text (see :func:`load`).
+
+    The layout is repaired first (:mod:`kvmlock.spec.layout`: blame views, lost or tab
+    indentation); line numbers in the result are those of ``text``.
+    """
     if not isinstance(text, str):
         raise TypeError(f"document text must be str, not {type(text).__name__}")
+    if len(text) > MAX_BYTES:
+        raise SpecError(f"the document is {len(text) // 1024} KiB; a locking document is at most "
+                        f"{MAX_BYTES // 1024} KiB", None, source)
+    fixed, numbers = restore(text)
+
+    def orig(line: int | None) -> int | None:
+        if not line:
+            return line
+        return numbers[line - 1] if 0 < line <= len(numbers) else line
+
+    try:
+        spec = _parse(fixed, source)
+    except SpecError as exc:
+        raise SpecError(exc.message, orig(exc.line), exc.source) from None
+    for r in spec.rules:
+        object.__setattr__(r, "line", orig(r.line) or 0)
+    for e in spec.reference:
+        e.line = orig(e.line) or 0
+    for u in spec.not_understood:
+        u.line = orig(u.line) or 0
+    spec.warnings = [re.sub(r"^line (\d+)", lambda m: f"line {orig(int(m.group(1)))}", w)
+                     for w in spec.warnings]
+    return spec
+
+
+def _parse(text: str, source: str) -> Spec:
     tree = _doctree(text, source)
     spec = Spec(source=source)
-    for msg in tree.findall(nodes.system_message):
-        level, line = msg["level"], msg.get("line")
-        body = msg.children[0].astext() if msg.children else msg.astext()
-        if level >= 3:
-            raise SpecError(f"not valid reStructuredText: {body}", line, source)
-        if level == 2:
-            spec.warnings.append(f"line {line}: {body}")
-
     rules_secs: list[nodes.section] = []
     ref_secs: list[nodes.section] = []
     for sec in tree.findall(nodes.section):
@@ -71,6 +112,14 @@ def parse(text: str, *, source: str = "<text>") -> Spec:
             ref_secs.append(sec)
         elif _RULES_TITLE.search(title) and not any(_inside(sec, r) for r in rules_secs):
             rules_secs.append(sec)
+    for msg in tree.findall(nodes.system_message):
+        level, line = msg["level"], msg.get("line")
+        body = msg.children[0].astext() if msg.children else msg.astext()
+        read = any(_inside(msg, sec) for sec in rules_secs + ref_secs)
+        if level >= 3 and (read or not (rules_secs or ref_secs)):
+            raise SpecError(f"not valid reStructuredText: {body}", line, source)
+        if level >= 2:
+            spec.warnings.append(f"line {line}: {body}")
     if not rules_secs and not ref_secs:
         raise SpecError(
             "found neither an 'Acquisition Orders' section nor a 'Reference' section; "
@@ -102,6 +151,9 @@ def parse(text: str, *, source: str = "<text>") -> Spec:
                 continue
             spec.rules.append(rule)
     spec.rules = _dedupe(spec.rules)
+    known = set(spec.locks()) | set(KNOWN_CLASSES)
+    for u in spec.not_understood:
+        u.names = rule_like(u.text, known)
     if leaf_sentence is not None:
         spec.has_leaf_rule = True
         spec.rules += _leaves(spec, leaf_sentence)

@@ -15,7 +15,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table as _RichTable
 
-from kvmlock.spec.check import HELD, NOT_EXERCISED, UNCHECKED, VIOLATED, Conformance
+from kvmlock.spec.check import ACCEPTED, HELD, NOT_EXERCISED, UNCHECKED, VIOLATED, Conformance
 from kvmlock.spec.lint import Finding, undeclared
 from kvmlock.spec.model import Spec, Unread
 from kvmlock.spec.names import KIND_TYPES
@@ -26,7 +26,8 @@ def Table(**kw: Any) -> _RichTable:  # noqa: N802 - reads like the rich class it
     return _RichTable(box=box.SIMPLE_HEAD, title_justify="left", **kw)
 
 
-_STYLE = {HELD: "green", VIOLATED: "bold red", NOT_EXERCISED: "yellow", UNCHECKED: "cyan"}
+_STYLE = {HELD: "green", VIOLATED: "bold red", NOT_EXERCISED: "yellow", UNCHECKED: "cyan",
+          ACCEPTED: "magenta"}
 
 
 def _text(renderables: Iterable[Any], width: int, color: bool = False) -> str:
@@ -65,6 +66,8 @@ def spec_tables(spec: Spec) -> list[Any]:
             "Not understood (sentences in a rules section matching no rule form)",
             spec.not_understood,
         ))
+    for why in spec.incomplete():
+        out.append(f"incomplete: {why}")
     return out
 
 
@@ -97,14 +100,35 @@ def conformance_tables(conf: Conformance) -> list[Any]:
         for name, kind in conf.undocumented:
             u.add_row(name, kind)
         out.append(u)
+    if conf.unmentioned:
+        um = Table(title="Dependencies between documented locks that no rule mentions")
+        um.add_column("dependency")
+        for e in conf.unmentioned:
+            um.add_row(e.show())
+        out.append(um)
+    accepted = [(f"line {r.rule.line}: {r.rule.describe()}", r.accepted)
+                for r in conf.results if r.status == ACCEPTED]
+    accepted += [(f"type of {t.entry.name}", t.accepted) for t in conf.types
+                 if t.status == ACCEPTED]
+    if accepted:
+        a = Table(title="Accepted violations (known, with a reason; not failed on)")
+        a.add_column("violation", overflow="fold")
+        a.add_column("reason", overflow="fold")
+        for what, why in accepted:
+            a.add_row(what, why)
+        out.append(a)
     if conf.not_understood:
         out.append(_unread_table("Sentences not understood (not checked)", conf.not_understood))
     c = conf.counts()
     bad_types = sum(1 for tr in conf.types if tr.status == VIOLATED)
+    for why in conf.incomplete:
+        out.append(f"incomplete: {why}")
+    verdict = "OK" if conf.ok else ("VIOLATED" if conf.violations or bad_types else "INCOMPLETE")
     out.append(
-        f"{'OK' if conf.ok else 'VIOLATED'}: {c[HELD]} held, {c[VIOLATED]} violated, "
-        f"{c[NOT_EXERCISED]} not exercised, {c[UNCHECKED]} unchecked; "
-        f"{bad_types} type mismatch(es); {len(conf.undocumented)} undocumented lock(s)"
+        f"{verdict}: {c[HELD]} held, {c[VIOLATED]} violated, "
+        f"{c[NOT_EXERCISED]} not exercised, {c[UNCHECKED]} unchecked, {c[ACCEPTED]} accepted; "
+        f"{bad_types} type mismatch(es); {len(conf.undocumented)} undocumented lock(s); "
+        f"{len(conf.not_understood)} sentence(s) not understood"
     )
     return out
 
@@ -112,6 +136,23 @@ def conformance_tables(conf: Conformance) -> list[Any]:
 def render_conformance(conf: Conformance, width: int = 120) -> str:
     """What ``kvmlock spec check`` prints, as plain text (``kvmlock verify --spec`` shows it)."""
     return _text(conformance_tables(conf), width)
+
+
+def diff_tables(d: Any) -> list[Any]:
+    """``kvmlock spec diff``: one row per rule change, with what it means for a graph."""
+    t = Table(title=f"Rule changes from {d.old.source} to {d.new.source}")
+    for col in ("change", "old rule (line)", "new rule (line)", "what it means for a graph"):
+        t.add_column(col, overflow="fold")
+    graph = any(c.verdicts for c in d.changes)
+    if graph:
+        t.add_column("on the graph: old -> new")
+    for c in d.changes:
+        row = [c.kind, f"{c.old.describe()} ({c.old.line})" if c.old else "",
+               f"{c.new.describe()} ({c.new.line})" if c.new else "", c.meaning]
+        if graph:
+            row.append(" -> ".join(c.verdicts) if c.verdicts else "")
+        t.add_row(*row)
+    return [t, f"{len(d.changes)} rule change(s)"]
 
 
 def lint_tables(spec: Spec, findings: list[Finding]) -> list[Any]:

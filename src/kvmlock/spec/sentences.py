@@ -17,14 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from kvmlock.spec.model import Rule
-from kvmlock.spec.names import looks_like_name, normalise, parse_type
+from kvmlock.spec.names import NAME_RE, looks_like_name, normalise, parse_type
 
 _I = re.IGNORECASE
 _NOT = r"(?:cannot|can ?not|must not|must never|may not|should not)"
 _A = r"(?:an? |the )?"
 
 _ORDER = re.compile(
-    r"^(?P<x>.+?) (?:is|are) (?:always )?taken outside(?: of)? (?P<ys>.+?)"
+    r"^(?P<x>.+?) (?:is|are|can|can be|may be) (?:always )?taken outside(?: of)? (?P<ys>.+?)"
     r"(?:, (?P<note>(?:though|although|but|because|since|when|e\.g\.|for example)(?=\s).*))?$",
     _I,
 )
@@ -85,6 +85,34 @@ _EXAMPLE = re.compile(
     r"(?:broken|wrong|correct|fine|ok|allowed|a deadlock)$",
     _I,
 )
+_TAKE = r"(?:acquired|taken|locked|grabbed)"
+_BEFORE = re.compile(
+    rf"^(?P<x>.+?) (?:(?:must|should|has to|needs to) )?(?:always )?(?:be |is |are )?{_TAKE} "
+    r"(?P<when>before|after) (?P<ys>.+?)$",
+    _I,
+)
+_NESTS = re.compile(
+    r"^(?P<xs>.+?) (?:(?:always )?nests?|(?:is|are) (?:always )?nested) (?:inside|within|under|in)"
+    r" (?P<z>.+?)$",
+    _I,
+)
+_UNDER = re.compile(
+    rf"^(?P<xs>.+?) (?:is|are) (?:always |only )?{_TAKE} (?:under|while holding|with) "
+    r"(?P<z>.+?)(?: held)?$",
+    _I,
+)
+_NOT_UNDER = re.compile(
+    rf"^(?P<xs>.+?) {_NOT} be {_TAKE} (?:under|while holding|with) (?P<y>.+?)(?: held)?$", _I
+)
+_TAKING = re.compile(
+    r"^taking (?P<x>.+?) outside(?: of)? (?P<y>.+?) is (?P<how>problematic, despite that being "
+    r"the official ordering|allowed|fine|correct|forbidden|not allowed|broken|wrong)"
+    r"(?:, (?:as|because|since)\b.*)?$",
+    _I,
+)
+_ARROW = re.compile(r"\s+-+>\s+")
+_LEAD = re.compile(r"^(?P<lead>(?:when|if|while|for|on) [^,]{1,60}), (?P<rest>\S.*)$", _I)
+_QUALIFIED = re.compile(r"^(?P<n>\S+) (?P<q>(?:for|of|in|on) .+)$", _I)
 _PRONOUNS = {"it", "they", "these locks", "this lock", "these", "both", "both locks"}
 
 
@@ -193,12 +221,45 @@ def _clause(c: str, ctx: Context) -> list[Rule] | None:
     if m := _READ_OK.match(c):
         s, y = _srcu(m["s"], ctx), _name(m["y"], ctx)
         return [Rule("srcu_read_ok", s, inner=y, srcu=s)] if s and y else None
+    if len(parts := _ARROW.split(c)) > 1:
+        names = [_name(p, ctx) for p in parts]
+        if not all(names):
+            return None
+        return [Rule("order", a, inner=b) for a, b in zip(names, names[1:], strict=False)]
+    if m := _TAKING.match(c):
+        x, y = _name(m["x"], ctx), _name(m["y"], ctx)
+        if not x or not y:
+            return None
+        if re.match(r"forbidden|not allowed|broken|wrong", m["how"], _I):
+            return [Rule("forbidden", x, inner=y)]
+        return [Rule("order", x, inner=y, note=m["how"].split(",")[0])]
+    if m := _BEFORE.match(c):
+        x, ys = _name(m["x"], ctx), _names(m["ys"], ctx)
+        if not x or not ys:
+            return None
+        if m["when"].lower() == "after":
+            return [Rule("order", y, inner=x, note_subject=x) for y in ys]
+        return [Rule("order", x, inner=y) for y in ys]
     if m := _ORDER.match(c):
         x, ys = _name(m["x"], ctx), _names(m["ys"], ctx)
+        if not x and not ys and (same := _same_class(m["x"], m["ys"], ctx)):
+            return [same]
         if not x or not ys:
             return None
         note = (m["note"] or "").strip()
         return [Rule("order", x, inner=y, note=note) for y in ys]
+    if m := _NESTS.match(c) or _UNDER.match(c):
+        xs, z = _names(m["xs"], ctx), _name(m["z"], ctx)
+        if not xs or not z:
+            return None
+        if ctx.is_srcu(z):
+            return [Rule("srcu_read_ok", z, inner=x, srcu=z) for x in xs]
+        return [Rule("order", z, inner=x, note_subject=x) for x in xs]
+    if m := _NOT_UNDER.match(c):
+        xs, y = _names(m["xs"], ctx), _name(m["y"], ctx)
+        if not xs or not y:
+            return None
+        return [Rule("forbidden", y, inner=x) for x in xs]
     if m := _INSIDE.match(c):
         xs, z = _names(m["xs"], ctx), _name(m["z"], ctx)
         if not xs or not z:
@@ -242,6 +303,43 @@ def _clause(c: str, ctx: Context) -> list[Rule] | None:
     return None
 
 
+def _same_class(x: str, y: str, ctx: Context) -> Rule | None:
+    """"vcpu->mutex for plane 0 can be taken outside vcpu->mutex for another plane": one class
+    nested in itself, the qualifiers saying which instance goes outside."""
+    mx, my = _QUALIFIED.match(x.strip()), _QUALIFIED.match(y.strip())
+    if not mx or not my:
+        return None
+    a, b = _name(mx["n"], ctx), _name(my["n"], ctx)
+    if not a or a != b:
+        return None
+    return Rule("same_class", a, inner=a, note=f"{mx['q']} outside {my['q']}")
+
+
+_ORDERING = re.compile(
+    r"\b(?:before|after|outside|inside|nest(?:s|ed|ing)?|under|hold(?:s|ing)?|held|"
+    r"tak(?:e|es|en|ing)|acquir(?:e|es|ed|ing)|grab(?:s|bed|bing)?|order(?:s|ed|ing)?|then|"
+    r"within|first|while)\b|\s-+>\s",
+    _I,
+)
+_LOCKISH = re.compile(r"(?:_lock|->lock|mutex|->srcu|\.srcu|_sem|rwsem|spinlock|rwlock)$")
+
+
+def rule_like(sentence: str, known: set[str]) -> list[str]:
+    """The lock names that make a sentence look like a rule (two of them and an ordering word),
+    or [] if it does not; such a sentence must be read, or the verdict is incomplete."""
+    text = clean(sentence)
+    if not _ORDERING.search(text):
+        return []
+    names: list[str] = []
+    for m in re.finditer(NAME_RE, text.replace("`", "")):
+        word = m.group(0)
+        n = normalise(word)
+        if n in known or _LOCKISH.search(n) or n != word.lstrip("&").rstrip("()"):
+            if n not in names:
+                names.append(n)
+    return names if len(names) >= 2 else []
+
+
 def _subjects(rules: list[Rule]) -> list[str]:
     """The locks a later "it"/"these locks" refers to: the grammatical subjects of the clause."""
     out: list[str] = []
@@ -278,6 +376,10 @@ def read_sentence(sentence: str, ctx: Context, line: int) -> list[Rule] | None:
             got = (first or []) + second
         else:
             one = _clause(part, ctx)
+            if one is None and (lead := _LEAD.match(part)):
+                one = _clause(lead["rest"], ctx)
+                if one:
+                    one = [replace(r, note=r.note or lead["lead"]) for r in one]
             if one is None:
                 return None
             got = one

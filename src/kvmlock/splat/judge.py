@@ -12,13 +12,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from kvmlock.spec.check import HELD, VIOLATED, check
-from kvmlock.spec.graphview import Edge, GraphView
+from kvmlock.spec.edges import judge_edge
+from kvmlock.spec.graphview import Edge
 from kvmlock.spec.model import Spec
-from kvmlock.spec.names import NAME_RE, kind_of, normalise
+from kvmlock.spec.names import NAME_RE, normalise
 from kvmlock.splat.report import Dependency, Splat
-
-VIOLATED_, CONFORMS, UNDOCUMENTED = "violated", "conforms", "undocumented"
 
 #: how locking.rst itself names a lock when no document is given
 DEFAULT_SPELLING = {"cpu_hotplug_lock": "cpus_read_lock()"}
@@ -45,23 +43,9 @@ def spelling(spec: Spec | None) -> Callable[[str], str]:
 
 def judge(splat: Splat, spec: Spec) -> list[Dependency]:
     """The report's dependencies with ``verdict`` and ``rules`` filled in from ``spec``."""
-    declared = spec.declared_kinds()
     deps = splat.dependencies()
     for dep in deps:
-        if dep.src == dep.dst:
-            dep.verdict = UNDOCUMENTED  # two locks of one class: rules are about classes
-            continue
-        classes = {n: k for n in (dep.src, dep.dst) if (k := kind_of(n, declared))}
-        g = GraphView(classes, [Edge(dep.src, dep.dst, dep.src_read, dep.dst_read, dep.where)])
-        conf = check(spec, g)
-        bad = [r for r in conf.results if r.status == VIOLATED]
-        good = [r for r in conf.results if r.status == HELD and r.path]
-        if bad:
-            dep.verdict = VIOLATED_
-            dep.rules = [(r.rule.describe(), r.rule.line) for r in bad]
-        elif good:
-            dep.verdict = CONFORMS
-            dep.rules = [(r.rule.describe(), r.rule.line) for r in good]
-        else:
-            dep.verdict = UNDOCUMENTED
+        edge = Edge(dep.src, dep.dst, dep.src_read, dep.dst_read, dep.where)
+        dep.verdict, results = judge_edge(spec, edge)
+        dep.rules = [(r.rule.describe(), r.rule.line) for r in results]
     return deps
