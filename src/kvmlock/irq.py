@@ -20,6 +20,9 @@ kernel's do. A spinlock's ``irqsave()``/``irq()``/``bh()`` variants are built on
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from kvmlock import lockdep, runtime
 from kvmlock.lockdep.usage import (
     HARDIRQ,
@@ -32,7 +35,7 @@ from kvmlock.lockdep.usage import (
 
 __all__ = [
     "HARDIRQ", "HARDIRQS_OFF", "NONBLOCK", "SOFTIRQ", "SOFTIRQS_OFF", "BhDisabled", "Flags",
-    "hardirq",
+    "hardirq", "inject",
     "in_atomic", "in_hardirq", "in_interrupt", "in_softirq", "irqs_disabled", "local_bh_disable",
     "local_bh_enable", "local_irq_disable", "local_irq_enable", "local_irq_restore",
     "local_irq_save", "nonblocking", "softirq", "state", "describe_state",
@@ -172,6 +175,35 @@ def local_bh_enable(token: BhDisabled | None = None) -> None:
     if cur < _BH_UNIT and not cur & SOFTIRQ:
         cur &= ~SOFTIRQS_OFF
     _set(t, cur)
+
+
+def inject(handler: Callable[..., Any], *args: Any, cpu: Any = None, name: str | None = None,
+           soft: bool = False) -> runtime.Handle:
+    """An interrupt: ``handler(*args)`` runs once in hard-IRQ context (soft-IRQ with
+    ``soft=True``) on the CPU of ``cpu`` (a handle from ``kvmlock.spawn``; default: the
+    caller's). Returns a handle whose ``join()`` waits for the handler.
+
+    Under ``kvmlock.explore`` it fires at a moment the exploration chooses: between two
+    visible operations of that CPU's task while its interrupts (bottom halves) are enabled --
+    never inside an irqs-off or irqsave region -- or after the task ended. The task waits
+    while the handler runs, so a handler spinning on a lock its CPU holds deadlocks as it does
+    in the kernel. With real threads a running thread cannot be interrupted: the handler
+    runs at once, in a thread of its own (another CPU), in interrupt context.
+    """
+    if not callable(handler):
+        raise TypeError(f"inject: the handler must be callable, got {handler!r}")
+    rt = runtime.world().rt
+    if hasattr(rt, "inject"):
+        victim = getattr(cpu, "task", None) if cpu is not None else None
+        if cpu is not None and victim is None:
+            raise TypeError(f"inject: cpu must be a handle returned by kvmlock.spawn, got {cpu!r}")
+        return rt.inject(handler, args, victim, name, soft)
+
+    def run() -> None:
+        with softirq() if soft else hardirq():
+            handler(*args)
+
+    return runtime.spawn(run, name=name or f"irq {getattr(handler, '__name__', 'handler')}")
 
 
 def irqs_disabled() -> bool:

@@ -98,6 +98,12 @@ def _describe(ex: Execution, lockdep_on: bool, max_steps: int) -> None:
         for t in rt.live:
             held = _holds(t, rt)
             hs = f"; holds {', '.join(held)}" if held else ""
+            if t.irq_by is not None:
+                h = t.irq_by
+                lines.append(f"  task {t.tid} ({t.name}) is interrupted by task {h.tid} "
+                             f"({h.name}), which must return first{hs}")
+                ex.final.append((t.tid, f"interrupted by {h.name}"))
+                continue
             if t.spinning:
                 what, note = "spins on", "spins: "
             elif out == "deadlock" or spun:
@@ -195,8 +201,9 @@ def _failure(body: Callable[[], Any], ex: Execution, max_steps: int, lockdep_on:
         tr = execute(body, Replay(choices), max_steps, lockdep_on, tracing=True, spin=spin)
         assert tr is not None
         title = f"{ex.kind}: schedule {_schedule.encode(choices)}"
+        merge = {t.tid: t.victim.tid for t in tr.rt.tasks if t.victim is not None}
         return _trace.render([t.name for t in tr.rt.tasks] or names, tr.rt.trace, tr.final,
-                             title, setup=setup)
+                             title, setup=setup, merge=merge)
 
     return Failure(
         kind=ex.kind or "", schedule=_schedule.encode(choices), message=ex.message,
@@ -283,6 +290,15 @@ def check(
                 res.stopped = "timeout"
                 break
             ex = execute(body, strat, max_steps, lockdep, spin=spin_detection)
+            if ex is not None and ex.rt.irqs and isinstance(strat, DPOR):
+                # When an interrupt fires changes what every operation of the interrupted task
+                # does next, which no (object, read/write) dependency expresses: explore the
+                # body with exhaustive DFS instead, from the start.
+                strat = DFS(preemption_bound)
+                res = Result(strategy="dfs", preemption_bound=preemption_bound,
+                             note="interrupts: dfs instead of dpor")
+                seen.clear()
+                continue
             if ex is None:
                 res.exhausted = True
                 res.stopped = "exhausted"

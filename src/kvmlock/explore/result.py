@@ -71,6 +71,7 @@ class Result:
     stopped: str = ""  # "exhausted" | "failure" | "max_runs" | "timeout" | "replay"
     preemption_bound: int | None = None
     steps: int = 0
+    note: str = ""  # why the exploration ran otherwise than asked (interrupts: dfs for dpor)
 
     @property
     def ok(self) -> bool:
@@ -96,8 +97,9 @@ class Result:
         verdict = "ok" if self.ok else f"{len(self.failures)} failure(s)"
         if self.stopped == "replay":
             return f"explore[replay]: {verdict}; 1 schedule replayed, {self.steps} steps"
+        note = f" [{self.note}]" if self.note else ""
         return (f"explore[{self.strategy}]: {verdict}; {self.runs} runs{distinct}{extra}, "
-                f"{cover}, {self.elapsed:.2f}s ({self.rate():,.0f} runs/s)")
+                f"{cover}, {self.elapsed:.2f}s ({self.rate():,.0f} runs/s){note}")
 
     def __str__(self) -> str:
         out = [self.headline()]

@@ -37,7 +37,7 @@ ACQ_NONE, ACQ_LOCK, ACQ_TRY, ACQ_RELEASE = 0, 1, 2, 3
 _PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Frames in these places are the library's, not the user's, when locating a source line.
 _INTERNAL = tuple(
-    os.path.join(_PKG, p) for p in ("sync", "runtime.py", "explore", "lockdep")
+    os.path.join(_PKG, p) for p in ("sync", "runtime.py", "irq.py", "explore", "lockdep")
 )
 
 
@@ -74,7 +74,8 @@ class Task:
     """One explored task; also the object ``runtime.current_task()`` returns inside it."""
 
     __slots__ = (
-        "tid", "name", "g", "fn", "args", "parent", "lockdep", "irq", "done", "starting",
+        "tid", "name", "g", "fn", "args", "parent", "lockdep", "irq", "victim", "irq_by",
+        "done", "starting",
         "p_obj", "p_kind", "p_write", "p_pred", "p_label", "p_acq", "p_where", "p_wq",
         "try_ok", "spin", "spinning", "spin_counts", "active",
     )
@@ -88,6 +89,8 @@ class Task:
         self.parent = parent
         self.lockdep: Any = None
         self.irq = 0  # interrupt state bits (kvmlock.irq)
+        self.victim: Task | None = None  # an interrupt: the task whose CPU it interrupts
+        self.irq_by: Task | None = None  # the interrupt running on this task's CPU now
         self.done = False
         self.starting = parent is not None
         self.g: Any = None
@@ -256,6 +259,7 @@ class SimRuntime:
         self.world: _rt.World | None = None
         #: tasks stopped at a wait_for (a condition, not a lock), in the order they got there
         self.waiting: dict[Task, None] = {}
+        self.irqs = False  # an interrupt was injected (partial-order reduction cannot judge it)
 
     # ------------------------------------------------------------------ runtime contract
     def key(self, owner: object) -> int:
@@ -290,6 +294,26 @@ class SimRuntime:
         self.visible(parent, None, "spawn", False, None, tname, ACQ_NONE, None)
         t = self._new_task(fn, tuple(args), tname, parent)
         # Run the child up to its first visible operation, then come back here.
+        self.current = t
+        t.g.switch(self, t)
+        return SimHandle(t, self)
+
+    def inject(self, fn: Callable[..., Any], args: tuple, victim: Task | None, name: str | None,
+               soft: bool = False) -> SimHandle:
+        """An interrupt on ``victim``'s CPU: a task whose first operation, "irq", is enabled
+        only while that CPU may be interrupted (its task's interrupts are on and no handler
+        runs there, or the task has ended), so *when* it fires is a scheduling choice like any
+        other. Once it fires the victim stops until ``fn(*args)`` returns, in hard-IRQ (or
+        soft-IRQ) context."""
+        if not callable(fn):
+            raise TypeError(f"inject: {fn!r} is not callable")
+        parent = self.current
+        victim = victim or parent
+        tname = name or f"irq {getattr(fn, '__name__', 'handler')}"
+        self.visible(parent, None, "spawn", False, None, tname, ACQ_NONE, None)
+        t = self._new_task(_irq_main, (self, fn, tuple(args), victim, soft), tname, parent)
+        t.victim = victim
+        self.irqs = True
         self.current = t
         t.g.switch(self, t)
         return SimHandle(t, self)
@@ -495,6 +519,37 @@ class SimRuntime:
                 except BaseException:  # noqa: BLE001 - a dying task's noise is not a finding
                     pass
         self.current = None
+
+
+def _interrupted() -> bool:
+    """The pending-operation condition of a task whose CPU runs an interrupt handler."""
+    return False
+
+
+def _irq_main(rt: SimRuntime, fn: Callable[..., Any], args: tuple, victim: Task,
+              soft: bool) -> None:
+    """The body of an injected interrupt (see :meth:`SimRuntime.inject`)."""
+    from kvmlock import irq
+
+    me = rt.current
+    off = irq.SOFTIRQS_OFF | irq.HARDIRQS_OFF if soft else irq.HARDIRQS_OFF
+
+    def can_fire() -> bool:
+        return victim.done or (victim.irq_by is None and not victim.starting
+                               and not victim.irq & off)
+
+    rt.visible(me, None, "irq", True, can_fire, "<Interrupt>", ACQ_NONE, None)
+    interrupts = not victim.done
+    if interrupts:
+        victim.irq_by = me
+        saved, victim.p_pred = victim.p_pred, _interrupted
+    try:
+        with irq.softirq() if soft else irq.hardirq():
+            fn(*args)
+    finally:
+        if interrupts:
+            victim.irq_by = None
+            victim.p_pred = saved
 
 
 #: Idle task greenlets of each OS thread (a greenlet can only run in the thread it was made in).

@@ -31,15 +31,29 @@ def setup_length(rows: Sequence[tuple[int, str, str, tuple[str, str]]]) -> int:
 
 def render(names: Sequence[str], rows: Sequence[tuple[int, str, str, tuple[str, str]]],
            final: Sequence[tuple[int, str]] = (), title: str = "", width: int = 120,
-           setup: bool = False) -> str:
+           setup: bool = False, merge: dict[int, int] | None = None) -> str:
     """Plain-text table. ``rows`` are ``(task, kind, object, (file:line, source))``;
     ``final`` adds a last row of per-task notes (what a deadlocked task waits for, an error).
-    Unless ``setup`` is true, the single-task prefix before the first spawn is one row."""
+    Unless ``setup`` is true, the single-task prefix before the first spawn is one row.
+    ``merge`` maps an interrupt's task to the task it interrupts: its rows go in that CPU's
+    column, marked as the handler's, as locking.rst draws an ``<Interrupt>``."""
+    merge = merge or {}
+
+    def home(tid: int) -> int:
+        seen = set()
+        while tid in merge and tid not in seen:
+            seen.add(tid)
+            tid = merge[tid]
+        return tid
+
+    shown = [tid for tid in range(len(names)) if tid not in merge]
+    col = {tid: i for i, tid in enumerate(shown)}
+    col.update({tid: col[home(tid)] for tid in merge if home(tid) in col})
     table = Table(title=title or None, show_lines=False, expand=False, pad_edge=False)
     table.add_column("#", justify="right", no_wrap=True)
-    for tid, name in enumerate(names):
-        table.add_column(f"CPU{tid} ({name})", overflow="fold")
-    ncols = len(names)
+    for tid in shown:
+        table.add_column(f"CPU{tid} ({names[tid]})", overflow="fold")
+    ncols = len(shown)
     first = 0 if setup else setup_length(rows)
     if first:
         table.add_row(f"0-{first - 1}", *([f"({first} setup steps before the first spawn)"]
@@ -54,17 +68,22 @@ def render(names: Sequence[str], rows: Sequence[tuple[int, str, str, tuple[str, 
                                        + [""] * (ncols - 1)))
             continue
         cells: list[Text | str] = [""] * ncols
-        t = Text(f"{kind} {label}".strip())
+        if tid in merge:
+            text = (f"<Interrupt> {names[tid]}" if kind == "irq"
+                    else f"  {names[tid]}: {kind} {label}".rstrip())
+        else:
+            text = f"{kind} {label}".strip()
+        t = Text(text)
         if where:
             t.append(f"\n  {src}" if src else "")
             t.append(f"  [{where}]", style="dim")
-        cells[tid] = t
+        cells[col[tid]] = t
         table.add_row(str(step), *cells)
     if final:
-        cells = [""] * ncols
+        notes: list[list[str]] = [[] for _ in range(ncols)]
         for tid, note in final:
-            cells[tid] = Text(note, style="bold")
-        table.add_row("", *cells)
+            notes[col[tid]].append(note if tid not in merge else f"{names[tid]}: {note}")
+        table.add_row("", *(Text("\n".join(n), style="bold") for n in notes))
     buf = io.StringIO()
     console = Console(file=buf, width=max(60, width), color_system=None, force_terminal=False,
                       legacy_windows=False)

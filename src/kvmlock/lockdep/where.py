@@ -18,6 +18,7 @@ _LOCKDEP_DIR = os.path.join(_PKG, "lockdep") + os.sep
 _KEEP = {os.path.join(_LOCKDEP_DIR, f) for f in ("selftest.py", "selftest_cases.py")}
 _SKIP_FILES = {
     os.path.join(_PKG, "runtime.py"),
+    os.path.join(_PKG, "irq.py"),
     os.path.abspath(threading.__file__),
     os.path.abspath(contextlib.__file__),
 }
