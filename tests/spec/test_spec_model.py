@@ -60,3 +60,26 @@ def test_conformance_entry_point(docs: Path) -> None:
         conf = spec.conformance(docs / "current.rst")
     assert conf.ok
     assert "Conformance to" in conf.render()
+
+
+def test_every_protects_item_has_a_status_and_each_unexercised_one_a_reason(
+    docs: Path, model_graph: spec.GraphView
+) -> None:
+    for name in ("current.rst", "older.rst"):
+        doc = spec.load(docs / name)
+        conf = spec.check(doc, model_graph)
+        items = [(e.name, p) for e in doc.reference for p in e.protects]
+        assert [(r.entry.name, r.item) for r in conf.protects] == items
+        for r in conf.protects:
+            assert r.status in ("held", "violated", "not exercised")
+            assert r.detail, f"{r.describe()}: {r.status} without a reason"
+            assert r.status != "violated", r.detail
+    current = spec.check(spec.load(docs / "current.rst"), model_graph)
+    held = {(r.entry.name, r.item.split(",")[0]) for r in current.protects
+            if r.status == "held"}
+    assert {("kvm_lock", "vm_list"), ("kvm_usage_lock", "kvm_usage_count"),
+            ("kvm->mn_invalidate_lock", "mn_active_invalidate_count"),
+            ("kvm->srcu", "kvm->memslots"), ("kvm->srcu", "kvm->buses"),
+            ("wakeup_vcpus_on_cpu_lock", "wakeup_vcpus_on_cpu")} <= held
+    assert any(r.entry.name == "kvm->arch.tsc_write_lock" and r.status == "held"
+               for r in current.protects)

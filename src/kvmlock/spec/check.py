@@ -15,6 +15,7 @@ from typing import Any
 from kvmlock.spec.graphview import Edge, GraphView, view
 from kvmlock.spec.model import RefEntry, Rule, Spec, Unread
 from kvmlock.spec.names import SPECIAL_KINDS, kind_of
+from kvmlock.spec.protects import ProtectsResult, check_protects
 
 HELD, VIOLATED, NOT_EXERCISED, UNCHECKED = "held", "violated", "not exercised", "unchecked"
 #: a violation the user has accepted, with a reason (``--accept``): shown, not failed on
@@ -49,6 +50,7 @@ class Conformance:
     source: str
     results: list[RuleResult] = field(default_factory=list)
     types: list[TypeResult] = field(default_factory=list)
+    protects: list[ProtectsResult] = field(default_factory=list)
     undocumented: list[tuple[str, str]] = field(default_factory=list)  # (class, kind)
     not_understood: list[Unread] = field(default_factory=list)
     arch: str | None = None
@@ -63,10 +65,11 @@ class Conformance:
 
     @property
     def ok(self) -> bool:
-        """No rule violated, every documented lock the run built has its documented kind, and
-        the whole document was read: what could not be read is never reported as conforming."""
+        """No rule or Protects item violated, every documented lock the run built has its
+        documented kind, and the whole document was read: what could not be read is never
+        reported as conforming."""
         return (not self.violations and all(t.status != VIOLATED for t in self.types)
-                and self.complete)
+                and all(p.status != VIOLATED for p in self.protects) and self.complete)
 
     @property
     def violations(self) -> list[RuleResult]:
@@ -74,7 +77,7 @@ class Conformance:
 
     def counts(self) -> dict[str, int]:
         out = {HELD: 0, VIOLATED: 0, NOT_EXERCISED: 0, UNCHECKED: 0, ACCEPTED: 0}
-        for r in self.results:
+        for r in [*self.results, *self.protects]:
             out[r.status] += 1
         return out
 
@@ -108,6 +111,11 @@ class Conformance:
                 {"lock": t.entry.name, "documented": list(t.entry.kinds), "actual": t.actual,
                  "status": t.status, "accepted": t.accepted or None}
                 for t in self.types
+            ],
+            "protects": [
+                {"lock": p.entry.name, "line": p.entry.line, "protects": p.item,
+                 "status": p.status, "data": p.data, "detail": p.detail, "where": p.where}
+                for p in self.protects
             ],
             "undocumented": [{"lock": n, "kind": k} for n, k in self.undocumented],
             "unmentioned_dependencies": [e.show() for e in self.unmentioned],
@@ -146,6 +154,7 @@ def check(spec: Spec, graph: Any, *, arch: str | None = None) -> Conformance:
         else:
             status = HELD if actual in entry.kinds else VIOLATED
         conf.types.append(TypeResult(entry, actual, status))
+    conf.protects = check_protects(spec.reference, g.protected)
     documented = set(spec.locks())
     conf.undocumented = sorted((n, k) for n, k in g.classes.items() if n not in documented)
     return conf

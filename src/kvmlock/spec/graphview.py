@@ -17,11 +17,12 @@ import json
 import os
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from kvmlock.lockdep import graph as _lockdep_graph
+from kvmlock.lockdep.graph import protected_from_json
 from kvmlock.spec.model import SpecError
 from kvmlock.spec.names import strip_subclass
 
@@ -54,6 +55,8 @@ class GraphView:
     edges: list[Edge] = field(default_factory=list)
     #: held-lock stacks seen at acquire time (outermost first), when the graph records them
     chains: list[tuple[str, ...]] | None = None
+    #: protected data the run accessed (lockdep ProtectedData); None: the graph does not say
+    protected: list[Any] | None = None
 
     def __post_init__(self) -> None:
         self._out: dict[str, list[Edge]] = {}
@@ -107,8 +110,11 @@ def view(graph: Any) -> GraphView:
             graph.get("classes"), [*(graph.get("edges") or ()), *(graph.get("refused") or ())],
             graph.get("chains"),
         )
+        raw_protected = graph.get("protected")
+        protected = None if raw_protected is None else protected_from_json(raw_protected)
     elif hasattr(graph, "classes") and hasattr(graph, "edges"):
         raw_classes, raw_chains = graph.classes, getattr(graph, "chains", None)
+        protected = getattr(graph, "protected", None)
         # a refused dependency was still taken by the program: it is evidence like any other
         raw_edges = [*graph.edges, *getattr(graph, "refused", ())]
     else:
@@ -130,7 +136,8 @@ def view(graph: Any) -> GraphView:
     chains = None
     if raw_chains is not None:
         chains = [tuple(strip_subclass(_chain_name(x)) for x in c) for c in raw_chains]
-    return GraphView(classes, list(edges.values()), chains)
+    return GraphView(classes, list(edges.values()), chains,
+                     None if protected is None else list(protected))
 
 
 def _chain_name(x: Any) -> str:
@@ -177,6 +184,8 @@ def to_json(graph: Any) -> dict[str, Any]:
     }
     if g.chains is not None:
         data["chains"] = [list(c) for c in g.chains]
+    if g.protected is not None:
+        data["protected"] = [asdict(p) for p in g.protected]
     return data
 
 
@@ -226,8 +235,11 @@ def merge(*graphs: Any) -> GraphView:
     classes: dict[str, str] = {}
     edges: dict[tuple[str, str, int, int], Edge] = {}
     chains: dict[tuple[str, ...], None] | None = {}
+    protected: dict[tuple[str, str, str], Any] | None = None
     for raw in graphs:
         g = view(raw)
+        if g.protected is not None:
+            protected = _merge_protected(protected or {}, g.protected)
         for name, kind in g.classes.items():
             classes.setdefault(name, kind)
         for e in g.edges:
@@ -237,4 +249,21 @@ def merge(*graphs: Any) -> GraphView:
                 chains.setdefault(c, None)
         else:
             chains = None
-    return GraphView(classes, list(edges.values()), None if chains is None else list(chains))
+    return GraphView(classes, list(edges.values()), None if chains is None else list(chains),
+                     None if protected is None else list(protected.values()))
+
+
+def _merge_protected(into: dict[tuple[str, str, str], Any], more: Iterable[Any],
+                     ) -> dict[tuple[str, str, str], Any]:
+    """Unite protected-data records: one per datum, violations and update sides joined."""
+    for p in more:
+        key = (p.kind, p.name, "" if p.kind == "rcu" else p.lock)
+        have = into.get(key)
+        if have is None:
+            into[key] = replace(p, violations=list(p.violations), updates=list(p.updates))
+            continue
+        have.lock = have.lock or p.lock
+        have.violations += [w for w in p.violations if w not in have.violations]
+        seen = {h for h, _w in have.updates}
+        have.updates += [(h, w) for h, w in p.updates if h not in seen]
+    return into

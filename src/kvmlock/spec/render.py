@@ -86,6 +86,9 @@ def conformance_tables(conf: Conformance) -> list[Any]:
         where = "\n".join(e.where for e in r.path if e.where)
         t.add_row(str(r.rule.line), r.rule.describe(),
                   f"[{_STYLE[r.status]}]{r.status}[/]", edge, where)
+    for p in conf.protects:
+        t.add_row(str(p.entry.line), p.describe(), f"[{_STYLE[p.status]}]{p.status}[/]",
+                  p.detail, "\n".join(p.where))
     types = Table(title="Types (Reference entry vs the run's lock)")
     for col in ("lock", "documented", "run", "status"):
         types.add_column(col)
