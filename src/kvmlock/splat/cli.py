@@ -15,6 +15,7 @@ from kvmlock import spec as _spec
 from kvmlock.splat.judge import judge, spelling
 from kvmlock.splat.parse import read_log
 from kvmlock.splat.program import explore_splat
+from kvmlock.splat.rcu import judge_rcu, surroundings
 from kvmlock.splat.render import render, to_dict
 
 #: a kernel log larger than this is not a splat someone pasted; refuse instead of crawling
@@ -69,13 +70,21 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     objs, texts = [], []
     declared = doc.declared_kinds() if doc else {}
-    for sp in splats:
+    around = surroundings(text)
+    for sp, lines in zip(splats, around, strict=True):
         deps = judge(sp, doc) if doc else sp.dependencies()
         outcome = explore_splat(sp, declared) if args.explore else None
+        rcu = judge_rcu(sp, lines, doc) if sp.kind == "suspicious_rcu" else None
         failed |= any(d.verdict == "violated" for d in deps)
         failed |= bool(outcome and outcome.deadlock)
-        objs.append(to_dict(sp, deps, spell, outcome))
-        texts.append(render(sp, deps, spell, outcome, stacks=args.stacks, judged=doc is not None))
+        failed |= bool(rcu and rcu.verdict == "violated")
+        obj = to_dict(sp, deps, spell, outcome)
+        txt = render(sp, deps, spell, outcome, stacks=args.stacks, judged=doc is not None)
+        if rcu is not None:
+            obj["protected_data"] = rcu.to_dict()
+            txt += "\n" + rcu.render(spell)
+        objs.append(obj)
+        texts.append(txt)
     if args.json:
         top = dict(objs[0])
         top.update({"count": len(objs), "reports": objs})
