@@ -48,7 +48,7 @@ class LockClass:
 class Link:
     """All dependencies from one class to another, with where each kind was first made."""
 
-    __slots__ = ("src", "dst", "dep", "sites")
+    __slots__ = ("src", "dst", "dep", "sites", "stacks")
 
     def __init__(self, src: LockClass, dst: LockClass) -> None:
         self.src = src
@@ -56,10 +56,15 @@ class Link:
         self.dep = 0
         # (src_read, dst_read) -> first "file:line"; dst_read -1 marks a synchronize()
         self.sites: dict[tuple[int, int], str] = {}
+        self.stacks: dict[tuple[int, int], tuple[str, ...]] = {}  # same keys: the call path
 
-    def add(self, src_read: int, dst_read: int, where: str, sync: bool = False) -> None:
+    def add(self, src_read: int, dst_read: int, where: str, sync: bool = False,
+            stack: tuple[str, ...] = ()) -> None:
         self.dep |= dep_bit(src_read, dst_read)
-        self.sites.setdefault((src_read, -1 if sync else dst_read), where)
+        key = (src_read, -1 if sync else dst_read)
+        if key not in self.sites:
+            self.sites[key] = where
+            self.stacks[key] = stack
 
     def edge(self, want_n: bool, want_e: bool | None = None) -> Edge:
         """An :class:`Edge` for this link, picking the recorded kind a path actually used."""
@@ -69,9 +74,9 @@ class Link:
             # leaving through an exclusive hold when required outranks preferring -(*N)->
             score = (want_e is None or (sr == 0) == want_e) * 2 + ((dr != 2) == want_n)
             if best is None or score > best[0]:
-                best = (score, sr, dr, where, key_dr == -1)
+                best = (score, sr, dr, where, key_dr == -1, self.stacks.get((sr, key_dr), ()))
         assert best is not None
-        return Edge(self.src.name, self.dst.name, best[1], best[2], best[3], best[4])
+        return Edge(self.src.name, self.dst.name, *best[1:])
 
 
 _EMPTY: dict = {}
@@ -169,6 +174,8 @@ class DepGraph:
         for part, out in lists.items():
             for i, e in enumerate(data.get(part, [])):
                 try:
+                    if isinstance(e, dict) and isinstance(e.get("stack"), list):
+                        e = {**e, "stack": tuple(e["stack"])}  # JSON has no tuples
                     out.append(Edge(**e))
                 except TypeError as exc:
                     raise ValueError(

@@ -48,6 +48,7 @@ class Edge:
     dst_read: int = 0
     where: str = ""
     sync: bool = False  # dst was a synchronize() (SRCU grace period), not a hold
+    stack: tuple[str, ...] = ()  # user frames (innermost first) where it was first made
 
     @property
     def kind(self) -> str:
@@ -193,13 +194,16 @@ def _render_circular(r: Report) -> str:
     path = chain[:-1]  # lock -> ... -> held (the dependency that already exists)
     out = _banner(r.title)
     out += _acquiring(r)
+    out += [r.what, ""] if r.what else []
     out += ["which lock already depends on the new lock.", "", ""]
     out += ["the existing dependency chain (in reverse order) is:"]
     for depth in range(len(path), -1, -1):
         e = path[depth - 1] if depth else new
         link = f"[{e.src} -({e.kind})-> {e.dst}{', synchronize' if e.sync else ''}]"
+        first, *calls = e.stack or (e.where,)  # the call path that made it, innermost first
         out += ["", f"-> #{depth} ({e.dst}){r.annotations.get(e.dst, '')}:",
-                f"       {e.where}   {link}"]
+                f"       {first}   {link}"]
+        out += [f"       {frame}" for frame in calls]
     out += ["", "other info that might help us debug this:", ""]
     # CPU0 holds `held` and wants `lock`; CPU1 came along the existing path and holds the lock
     # just before `held` on it, wanting `held`.

@@ -58,7 +58,7 @@ class Limits:
         self.max_classes = 8192
         self.max_edges = 32768
         self.max_chains = 65536
-        self.max_depth = 48
+        self.max_depth = 1024  # the kernel's 48 is too few: wait() on 60 futures holds 60
 
     def as_dict(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -85,6 +85,7 @@ class State:
         self.protected: dict[tuple[str, str, str], ProtectedData] = {}  # (kind, name, lock)
         self.seen: set[tuple] = set()
         self.overflow: str | None = None
+        self.inst: dict[int, Any] = {}  # instance-level orders (see instances.py)
         self.off_token: object = None  # new object each time validation is switched off
         self.before: dict[LockClass, dict[LockClass, Link]] = {}  # the graph, reversed
         self.usage: dict[LockClass, int] = {}  # irq usage bits per class (lockdep/usage.py)

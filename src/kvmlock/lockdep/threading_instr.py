@@ -1,54 +1,49 @@
 """Validate a plain threading program: ``threading.Lock``/``RLock`` made into checked locks.
 
 While instrumentation is on, ``threading.Lock()`` and ``threading.RLock()`` return wrappers
-that report to lockdep. Each creation site is one lock class, as each static initialisation
-site is one class in the kernel: all locks made by the same call order the same way. The site
-is file:line, plus the column, so two calls on one line make two classes. Locks made inside
-threading.py (a ``Condition()``'s RLock, say) are named after the user line that asked for
+that report to lockdep and otherwise behave as the real locks do, observably: the same
+results, errors, timeouts, repr, pickling refusal and the private methods the standard
+library calls (``_is_owned``, ``_release_save``, ``_acquire_restore``, ``_recursion_count``,
+``_at_fork_reinit``). Each creation site is one lock class (see :mod:`.naming`); locks made
+inside threading.py (a ``Condition()``'s RLock, say) belong to the user line that asked for
 them; locks made by kvmlock itself stay raw, since its primitives report on their own.
-``RLock`` re-entry is not recursive locking. A ``Lock`` released by a thread other than its
-taker (legal for threading.Lock) is dropped from the taker's stack silently. Threads started
-while instrumentation is on are checked for locks still held when they end.
+
+Each lock has its own LockMap, so lockdep can tell two locks of one class apart: nesting
+different instances of one class is validated instance by instance (see validate.py).
+``RLock`` re-entry is not recursive locking. A ``Lock`` is also a signal: a thread other than
+its taker may release it, and a thread that blocks on a lock it took itself is waiting for
+such a release -- lockdep reports that as recursive locking only if no release comes within
+``SIGNAL_WAIT`` seconds and the class was never seen used as a signal. Threads started while
+instrumentation is on are checked for locks still held when they end.
 """
 
 from __future__ import annotations
 
 import _thread
-import linecache
 import os
-import re
 import sys
 import threading
 from typing import Any
 
 from kvmlock import runtime as _rt
 from kvmlock.lockdep import api, core
-from kvmlock.lockdep.where import _internal, short_path
+from kvmlock.lockdep.naming import class_name, site_key, site_of
+from kvmlock.lockdep.where import _internal
 
 _ORIG_LOCK = threading.Lock
 _ORIG_RLOCK = threading.RLock
 _THREADING_FILE = os.path.abspath(threading.__file__)
 _get_ident = _thread.get_ident
 _depth = 0
-_maps: dict[tuple, core.LockMap] = {}
+#: How long a thread blocked on a Lock it holds itself waits for another thread's release
+#: before lockdep calls it a self-deadlock.
+SIGNAL_WAIT = 2.0
+_signal_classes: set[tuple] = set()  # keys of Lock classes seen released by a non-taker
 
 
-def _column(f: Any) -> int | None:
-    """1-based column of the call being made in frame ``f`` (two locks made on one line by
-    two calls are two classes; one call made in a loop is one class)."""
-    try:
-        positions = f.f_code.co_positions()
-        for _ in range(f.f_lasti // 2):
-            next(positions)
-        col = next(positions)[2]
-    except (StopIteration, AttributeError):
-        return None
-    return None if col is None else col + 1
-
-
-def _site() -> tuple[str, int, int | None] | None:
+def _site(depth: int = 2) -> Any:
     """Creation site for a new lock, or None when kvmlock itself is creating it."""
-    f = sys._getframe(2)
+    f = sys._getframe(depth)
     while f is not None:
         fn = f.f_code.co_filename
         if os.path.abspath(fn) == _THREADING_FILE:
@@ -56,40 +51,27 @@ def _site() -> tuple[str, int, int | None] | None:
             continue
         if _internal(fn):
             return None
-        return fn, f.f_lineno, _column(f)
+        return site_of(f)
     return None
 
 
-_TARGET = re.compile(r"^\s*([A-Za-z_][\w.]*(?:\[[^\]=]*\])?)\s*(?::[^=]*)?=(?!=)")
+def _new_map(what: str, site: Any) -> core.LockMap:
+    key = site_key(what, site)
+    return core.LockMap(class_name(key, site), "threading", key)
 
 
-def _class_name(site: tuple[str, int, int | None]) -> str:
-    """``stock_lock@shop.py:7`` when the line assigns the new lock to one name (the way the
-    kernel names a class after its lock's expression), else ``shop.py:7:15``."""
-    fn, line, col = site
-    where = f"{short_path(fn)}:{line}"
-    text = linecache.getline(fn, line)
-    m = _TARGET.match(text)
-    if m and text.count("Lock(") == 1:
-        return f"{m.group(1)}@{where}"
-    return where + (f":{col}" if col else "")
+def _held() -> Any:
+    return _rt.current_task().lockdep
 
 
-def _map_for(what: str, site: tuple[str, int, int | None]) -> core.LockMap:
-    key = (what, *site)
-    m = _maps.get(key)
-    if m is None:
-        m = _maps[key] = core.LockMap(_class_name(site), "threading", key)
-    return m
-
-
-def _validated_acquire(lockmap: core.LockMap, lock: Any, blocking: bool, timeout: float) -> bool:
+def _validated_acquire(lockmap: core.LockMap, lock: Any, blocking: Any, timeout: Any) -> bool:
     """Take ``lock`` the way ``threading`` callers ask for it, telling lockdep.
 
     An unbounded wait is validated *before* it can block forever; a trylock or a bounded wait
-    cannot deadlock, so it is recorded only once it succeeded and adds no dependency.
+    cannot deadlock, so it is recorded only once it succeeded and adds no dependency. The
+    arguments go to the real lock unchanged, so bad ones raise what they raise there.
     """
-    if blocking and timeout < 0:
+    if blocking and timeout == -1 and timeout.__class__ in (int, float):
         lockmap.acquire()
         try:
             lock.acquire()
@@ -103,72 +85,142 @@ def _validated_acquire(lockmap: core.LockMap, lock: Any, blocking: bool, timeout
     return True
 
 
+def _drop(lockmap: core.LockMap, owner: Any) -> None:
+    """Take a lock off the stack it was pushed on, from whichever thread this runs in."""
+    if owner is _held():
+        lockmap.release()
+    else:
+        core.forget(lockmap, owner)
+
+
+def _cannot_create(cls: type) -> TypeError:
+    return TypeError(f"cannot create '{cls.__module__}.{cls.__name__}' instances")
+
+
 class CheckedLock:
     """A ``threading.Lock`` that reports every acquire and release to lockdep."""
 
     __slots__ = ("_lock", "_map", "_owner", "__weakref__")
 
-    def __init__(self, lockmap: core.LockMap) -> None:
+    def __new__(cls, *args: object, **kwargs: object) -> CheckedLock:
+        raise _cannot_create(cls)  # as type(threading.Lock())() does
+
+    @classmethod
+    def _make(cls, lockmap: core.LockMap) -> CheckedLock:
+        self = object.__new__(cls)
         self._lock = _ORIG_LOCK()
         self._map = lockmap
-        self._owner: Any = None
+        self._owner = None  # the held stack this lock was pushed on
+        return self
 
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+    def acquire(self, blocking: Any = True, timeout: Any = -1) -> bool:
+        owner = self._owner
+        if owner is not None and blocking and timeout == -1 and owner is _held():
+            return self._wait_for_signal()
         if not _validated_acquire(self._map, self._lock, blocking, timeout):
             return False
-        self._owner = _rt.current_task().lockdep
+        self._owner = _held()
         return True
 
-    __enter__ = acquire
+    def _wait_for_signal(self) -> bool:
+        """This thread blocks on a lock it holds: only another thread's release can free
+        it (a signal). Give that release a moment before calling it a self-deadlock."""
+        m = self._map
+        if not self._lock.acquire(True, SIGNAL_WAIT):
+            if m.key not in _signal_classes:
+                m.acquire()  # still stuck: the recursive-locking report, then wait for real
+                try:
+                    self._lock.acquire()
+                except BaseException:
+                    m.release()
+                    raise
+                self._owner = _held()
+                return True
+            self._lock.acquire()
+        _signal_classes.add(m.key)
+        m.acquire()  # released by another thread (which dropped the old hold): a new hold
+        self._owner = _held()
+        return True
+
+    def __enter__(self, *args: object) -> bool:
+        return self.acquire()
 
     def release(self) -> None:
+        if not self._lock.locked():
+            self._lock.release()  # raises the RuntimeError a plain lock raises
         owner = self._owner
         self._owner = None
-        if owner is not None and owner is not _rt.current_task().lockdep:
-            core.forget(self._map, owner)  # released by another thread: a signal, not a bug
-        else:
-            self._map.release()
+        if owner is not None:
+            if owner is not _held():
+                _signal_classes.add(self._map.key)
+            _drop(self._map, owner)
         self._lock.release()
 
     def __exit__(self, *exc: object) -> None:
         self.release()
 
+    acquire_lock = acquire
+    release_lock = release
+
     def locked(self) -> bool:
         return self._lock.locked()
 
+    locked_lock = locked
+
     def _at_fork_reinit(self) -> None:
-        self._lock._at_fork_reinit()
+        owner = self._owner
         self._owner = None
+        if owner is not None:
+            core.forget(self._map, owner)
+        self._lock._at_fork_reinit()
+
+    def __del__(self) -> None:
+        owner = self._owner
+        if owner is not None:  # collected while held: no release will ever come
+            core.forget(self._map, owner)
+
+    def __reduce_ex__(self, protocol: object) -> Any:
+        raise TypeError("cannot pickle '_thread.lock' object")
 
     def __repr__(self) -> str:
         state = "locked" if self._lock.locked() else "unlocked"
-        return f"<kvmlock CheckedLock {self._map.name} {state}>"
+        return f"<{state} _thread.lock object at {hex(id(self))}>"
 
 
 class CheckedRLock:
     """A ``threading.RLock`` whose first acquire (not its re-entries) goes to lockdep."""
 
-    __slots__ = ("_lock", "_map", "_holder", "_count", "__weakref__")
+    __slots__ = ("_lock", "_map", "_holder", "_count", "_owner", "__weakref__")
 
-    def __init__(self, lockmap: core.LockMap) -> None:
+    def __new__(cls, *args: object, **kwargs: object) -> Any:
+        return _make_rlock(args, kwargs, 3)  # type(threading.RLock())() is a new RLock
+
+    @classmethod
+    def _make(cls, lockmap: core.LockMap) -> CheckedRLock:
+        self = object.__new__(cls)
         self._lock = _ORIG_RLOCK()
         self._map = lockmap
         self._holder: int | None = None
         self._count = 0
+        self._owner = None
+        return self
 
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+    def acquire(self, blocking: Any = True, timeout: Any = -1) -> bool:
         me = _get_ident()
         if self._holder == me:
-            self._lock.acquire()
+            if not self._lock.acquire(blocking, timeout):  # same arguments, same errors
+                return False
             self._count += 1
             return True
         if not _validated_acquire(self._map, self._lock, blocking, timeout):
             return False
         self._holder = me
         self._count = 1
+        self._owner = _held()
         return True
 
-    __enter__ = acquire
+    def __enter__(self, *args: object) -> bool:
+        return self.acquire()
 
     def release(self) -> None:
         if self._holder != _get_ident():
@@ -176,7 +228,9 @@ class CheckedRLock:
         self._count -= 1
         if self._count == 0:
             self._holder = None
-            self._map.release()
+            owner, self._owner = self._owner, None
+            if owner is not None:
+                _drop(self._map, owner)
         self._lock.release()
 
     def __exit__(self, *exc: object) -> None:
@@ -186,27 +240,53 @@ class CheckedRLock:
     def _is_owned(self) -> bool:
         return self._holder == _get_ident()
 
+    def _recursion_count(self) -> int:
+        return self._count if self._holder == _get_ident() else 0
+
     def _release_save(self) -> tuple[Any, int]:
+        if self._holder != _get_ident():
+            raise RuntimeError("cannot release un-acquired lock")
         count = self._count
         self._count = 0
         self._holder = None
-        self._map.release()
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            _drop(self._map, owner)
         return self._lock._release_save(), count
 
     def _acquire_restore(self, saved: tuple[Any, int]) -> None:
         state, count = saved
         self._map.acquire()
-        self._lock._acquire_restore(state)
+        try:
+            self._lock._acquire_restore(state)
+        except BaseException:
+            self._map.release()
+            raise
         self._holder = _get_ident()
         self._count = count
+        self._owner = _held()
 
     def _at_fork_reinit(self) -> None:
+        owner = self._owner
+        self._owner = None
+        if owner is not None:
+            core.forget(self._map, owner)
         self._lock._at_fork_reinit()
         self._holder = None
         self._count = 0
 
+    def __del__(self) -> None:
+        owner = self._owner
+        if owner is not None:
+            core.forget(self._map, owner)
+
+    def __reduce_ex__(self, protocol: object) -> Any:
+        raise TypeError("cannot pickle '_thread.RLock' object")
+
     def __repr__(self) -> str:
-        return f"<kvmlock CheckedRLock {self._map.name} count={self._count}>"
+        state = "locked" if self._count else "unlocked"
+        return (f"<{state} _thread.RLock object owner={self._holder or 0} "
+                f"count={self._count} at {hex(id(self))}>")
 
 
 class _LockClass(type):
@@ -215,11 +295,11 @@ class _LockClass(type):
     plain and validated locks alike -- from Python 3.13 on ``threading.Lock`` is a class that
     programs may test against."""
 
-    def __call__(cls) -> Any:
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         site = _site()
-        if site is None:
-            return _ORIG_LOCK()
-        return CheckedLock(_map_for("Lock", site))
+        if site is None or args or kwargs:
+            return _ORIG_LOCK(*args, **kwargs)
+        return CheckedLock._make(_new_map("Lock", site))
 
     def __instancecheck__(cls, obj: object) -> bool:
         return isinstance(obj, (CheckedLock, _thread.LockType))
@@ -233,10 +313,24 @@ class _lock_factory(metaclass=_LockClass):  # noqa: N801 - stands in for threadi
 
 
 def _rlock_factory(*args: Any, **kwargs: Any) -> Any:
-    site = _site()
-    if site is None:
-        return _ORIG_RLOCK(*args, **kwargs)
-    return CheckedRLock(_map_for("RLock", site))
+    return _make_rlock(args, kwargs, 3)
+
+
+def _make_rlock(args: tuple, kwargs: dict, depth: int) -> Any:
+    site = _site(depth)
+    if site is None or args or kwargs:
+        return _ORIG_RLOCK(*args, **kwargs)  # (bad arguments raise what they raise there)
+    return CheckedRLock._make(_new_map("RLock", site))
+
+
+# Stand-ins carry the replaced objects' names, so code that inspects threading (its __all__,
+# help(), pickling by reference) sees what it would see without instrumentation.
+for _fake, _real in ((_lock_factory, _ORIG_LOCK), (_rlock_factory, _ORIG_RLOCK)):
+    for _attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+        try:
+            setattr(_fake, _attr, getattr(_real, _attr))
+        except (AttributeError, TypeError):
+            pass
 
 
 _ORIG_BOOTSTRAP = threading.Thread._bootstrap_inner  # type: ignore[attr-defined]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from kvmlock import runtime as _rt
 from kvmlock.lockdep import usage as U
 from kvmlock.lockdep.graph import Link, LockClass, dep_bit, find_strong_path, path_edges
+from kvmlock.lockdep.instances import instance_order
 from kvmlock.lockdep.report import Edge, Report
 from kvmlock.lockdep.state import (
     _INFO,
@@ -32,7 +33,7 @@ from kvmlock.lockdep.state import (
     _task_name,
     mark_key,
 )
-from kvmlock.lockdep.where import user_site
+from kvmlock.lockdep.where import user_site, user_stack
 
 if TYPE_CHECKING:
     from kvmlock.lockdep.core import LockMap
@@ -69,17 +70,19 @@ def _miss(
             _overflow(S, "locks held at once (depth)", "max_depth")
             return None
         if not trylock:
-            _validate(S, held, m, cls, read, where, found, sync, nest)
+            by_instance = _validate(S, held, m, cls, read, where, found, sync, nest)
             if not S.on:
                 return None  # a table overflowed while validating
         else:
             U.mark_acquire(S, held, cls, read, True, False, _held_state(held), where, found)
-        if S.nchains >= LIMITS.max_chains:
-            _overflow(S, "lock chains", "max_chains")
-            return None
+            by_instance = m.kind == "threading" and any(_info(e)[0] is cls for e in held[1:])
         node = {_INFO: (cls, read, trylock, where)}
-        parent[hid] = node
-        S.nchains += 1
+        if not by_instance:  # (instance-level chains are checked every time: not cached)
+            if S.nchains >= LIMITS.max_chains:
+                _overflow(S, "lock chains", "max_chains")
+                return None
+            parent[hid] = node
+            S.nchains += 1
     _emit(S, found, may_raise)
     return node
 
@@ -99,7 +102,9 @@ def _contexts(held: list) -> list[tuple[tuple, int]]:
 def _validate(
     S: State, held: list, m: LockMap, cls: LockClass, read: int, where: str,
     found: list[Report], sync: bool, nest: LockMap | None = None,
-) -> None:
+) -> bool:
+    """Validate taking ``m``; True when the chain was checked instance by instance (a plain
+    threading lock nested under another lock of its class), so it must not be cached."""
     state = _held_state(held)
     entries = _contexts(held)
     # Usage first, as the kernel marks it before validating the chain: a handler that takes a
@@ -112,19 +117,27 @@ def _validate(
         _check_wait_context(S, held, entries, state, m, cls, read, where, found)
     # Taking a class already held deadlocks on itself, unless both are reads and the new
     # one is a recursive read (rwlock_t readers, SRCU read sides).
+    # Plain threading locks of one class (one creation site) are told apart: nesting two
+    # different instances is an instance-level order, checked like a class-level one.
     nest_held = False
+    same: list = []
     for e, _st in entries:
         if nest is not None and e[0] is nest:
             nest_held = True
         hcls, hread, _t, hwhere = _info(e)
         if hcls is cls and not (read == 2 and hread):
             if nest_held:
-                return  # serialized by the held nest lock: no deadlock, nothing new to link
+                return False  # serialized by the held nest lock: no deadlock, nothing to link
+            if m.kind == "threading" and e[0] is not m:
+                same.append(e)
+                continue
             _note(S, ("recursive", cls.name), Report(
                 "recursive", lock=cls.name, held=cls.name, lock_read=read, held_read=hread,
                 held_where=hwhere, task=_task_name(), where=where, held_locks=_held_locks(held),
             ), found)
-            return
+            return m.kind == "threading"
+    if same:
+        instance_order(S, held, same, m, read, where, found)
     # Link from the held locks: the top one, and below it through trylocks (a lock taken
     # normally already linked itself to everything under it). An interrupt handler's locks
     # do not depend on those of the code it interrupted: the chain stops at the context change.
@@ -137,6 +150,7 @@ def _validate(
             _link(S, held, hcls, hread, hwhere, cls, read, where, found, sync, state)
         if not htry:
             break
+    return bool(same)
 
 
 def _check_sleep(S: State, held: list, entries: list, state: int, name: str | None, what: str,
@@ -200,8 +214,9 @@ def _link(
         link.sites.setdefault((pr, -1 if sync else read), where)
         return
     path = find_strong_path(S.after, nxt, read == 2, p, pr == 0)
+    stack = user_stack()
     if path is not None:
-        new = Edge(p.name, nxt.name, pr, read, where, sync)
+        new = Edge(p.name, nxt.name, pr, read, where, sync, stack)
         S.refused.setdefault((p.name, nxt.name, pr, read), new)
         chain = path_edges(path, read == 2) + [new]
         names = frozenset(e.src for e in chain)
@@ -221,7 +236,7 @@ def _link(
         S.after.setdefault(p, {})[nxt] = link
         S.before.setdefault(nxt, {})[p] = link
         S.nedges += 1
-    link.add(pr, read, where, sync)
+    link.add(pr, read, where, sync, stack)
 
 
 def _restart(S: State, held: list) -> None:

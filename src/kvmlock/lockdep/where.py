@@ -63,3 +63,16 @@ def user_site(skip: int = 1) -> str:
             return f"{short_path(code.co_filename)}:{f.f_lineno}"
         f = f.f_back
     return "<unknown>"
+
+
+def user_stack(skip: int = 1, limit: int = 4) -> tuple[str, ...]:
+    """The innermost ``limit`` user frames, innermost first, as ``file:line in function``:
+    the call path that made a dependency, as the kernel's stack under each chain entry."""
+    out: list[str] = []
+    f = sys._getframe(skip)
+    while f is not None and len(out) < limit:
+        code = f.f_code
+        if not _internal(code.co_filename):
+            out.append(f"{short_path(code.co_filename)}:{f.f_lineno} in {code.co_name}")
+        f = f.f_back
+    return tuple(out)
