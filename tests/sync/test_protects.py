@@ -459,7 +459,7 @@ def test_plain_threading_locks_guard_data_under_kvmlock_lockdep(tmp_path):
     p = run_script(tmp_path, "return shop.stock")
     assert p.returncode == 1 and "done" in p.stdout
     assert "peek reads Shop.stock at: shop.py:26" in p.stderr
-    assert "protected by (self.lock@shop.py:10)" in p.stderr
+    assert "protected by (Shop.lock)" in p.stderr
     reports = json.loads((tmp_path / "r.json").read_text())
     assert [(r["kind"], r["data"]) for r in reports] == [("unguarded", "Shop.stock")]
 
