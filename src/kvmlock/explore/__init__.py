@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from kvmlock import runtime as _runtime
 from kvmlock.explore.engine import STRATEGIES, check, replay
+from kvmlock.explore.parallel import WorkerCrashed
 from kvmlock.explore.result import Failure, Result
 from kvmlock.explore.runtime import ACQ_NONE, SHARED, SimRuntime
 from kvmlock.explore.schedule import decode, encode
@@ -37,6 +38,7 @@ __all__ = [
     "Failure",
     "Result",
     "SimRuntime",
+    "WorkerCrashed",
     "check",
     "decode",
     "encode",

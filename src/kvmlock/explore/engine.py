@@ -8,6 +8,7 @@ from typing import Any
 
 from kvmlock import lockdep as _lockdep
 from kvmlock import runtime as _runtime
+from kvmlock.explore import parallel as _parallel
 from kvmlock.explore import schedule as _schedule
 from kvmlock.explore import trace as _trace
 from kvmlock.explore.progress import Progress
@@ -247,6 +248,8 @@ def check(
     shrink_budget: int = 200,
     progress: bool | None = None,
     spin_detection: bool = True,
+    workers: int = 1,
+    backend: str = "process",
 ) -> Result:
     """Run ``body`` under many schedules and report failures.
 
@@ -257,6 +260,13 @@ def check(
     them first. ``lockdep=False`` ignores lockdep reports (they are still collected).
     ``spin_detection=False`` turns off the rule that makes a task re-reading unchanged state
     yield to the others (replay such failures with the same setting).
+
+    ``workers`` > 1 splits an exhaustive exploration ("dfs", "dpor") across that many worker
+    processes by subtree; ``backend="ray"`` runs the workers as actors of the Ray cluster
+    ``ray.init`` joined (a local instance when none is). The executions are the same
+    Mazurkiewicz traces (dpor) or schedules (dfs) as the sequential run's, and each failure is
+    replayed in this process before it is reported. A worker that dies raises
+    ``explore.WorkerCrashed``.
     """
     _check_body(body)
     if not isinstance(strategy, str) or strategy not in STRATEGIES:
@@ -274,6 +284,22 @@ def check(
     if strategy in ("pct", "random") and preemption_bound is not None:
         raise ValueError(f"preemption_bound applies to dfs and dpor, not {strategy!r}")
 
+    _check_int("workers", workers, 1, allow_none=False)
+    if backend not in _parallel.BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: choose one of "
+                         f"{', '.join(_parallel.BACKENDS)}")
+    if workers > 1 or backend != "process":
+        if strategy not in ("dfs", "dpor"):
+            raise ValueError(f"workers/backend split an exhaustive exploration (dfs, dpor), "
+                             f"not {strategy!r}")
+        if strategy == "dpor" and preemption_bound is not None:
+            raise ValueError("a parallel dpor exploration takes no preemption_bound "
+                             "(use strategy='dfs' for a bounded parallel search)")
+        return _check_parallel(body, strategy, workers, backend, max_runs=max_runs,
+                               max_steps=max_steps, timeout=timeout, stop_on_first=stop_on_first,
+                               lockdep=lockdep, shrink=shrink, shrink_budget=shrink_budget,
+                               progress=progress, spin=spin_detection,
+                               preemption_bound=preemption_bound)
     strat = _make(strategy, seed, preemption_bound, depth)
     res = Result(strategy=strategy, preemption_bound=preemption_bound)
     prog = Progress(f"explore[{strategy}]", progress)
@@ -328,6 +354,43 @@ def check(
     res.distinct = strat.distinct()
     if strat.exhaustive and res.distinct is None:
         res.distinct = res.runs
+    return res
+
+
+def _check_parallel(body: Callable[[], Any], strategy: str, workers: int, backend: str, *,
+                    max_runs: int | None, max_steps: int, timeout: float | None,
+                    stop_on_first: bool, lockdep: bool, shrink: bool, shrink_budget: int,
+                    progress: bool | None, spin: bool, preemption_bound: int | None) -> Result:
+    res = Result(strategy=strategy, preemption_bound=preemption_bound, workers=workers,
+                 backend=backend)
+    opts = _parallel.Options(strategy, max_steps, lockdep, spin,
+                             budget=0.5 if backend == "ray" else 0.1,
+                             preemption_bound=preemption_bound)
+    prog = Progress(f"explore[{strategy} x{workers}]", progress)
+    t0 = time.perf_counter()
+    try:
+        out = _parallel.explore(body, strategy, workers, backend, opts, max_runs=max_runs,
+                                timeout=timeout, stop_on_first=stop_on_first,
+                                tick=lambda runs: prog.tick(runs, runs))
+    finally:
+        prog.close()
+    res.runs, res.pruned, res.steps = out.runs, out.pruned, out.steps
+    res.exhausted, res.stopped = out.exhausted, out.stopped
+    res.distinct = res.runs
+    for key, choices in out.failures:
+        # found by a worker, replayed here: what is reported is known to replay
+        ex = execute(body, Replay(choices), max_steps, lockdep, spin=spin)
+        if ex is None or ex.kind is None or (ex.signature(), ex.where) != key:
+            raise RuntimeError(f"explore: a worker's failing schedule {_schedule.encode(choices)}"
+                               f" does not fail the same way here (the body is not "
+                               f"deterministic): {key} vs {ex and (ex.signature(), ex.where)}")
+        before = (len(ex.rt.preempt_steps), len(ex.choices))
+        if shrink and shrink_budget:
+            ex = _shrink(body, ex, max_steps, lockdep, shrink_budget, spin)
+        res.failures.append(_failure(body, ex, max_steps, lockdep, before, spin))
+        if stop_on_first:
+            break
+    res.elapsed = time.perf_counter() - t0
     return res
 
 

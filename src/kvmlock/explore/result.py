@@ -72,6 +72,8 @@ class Result:
     preemption_bound: int | None = None
     steps: int = 0
     note: str = ""  # why the exploration ran otherwise than asked (interrupts: dfs for dpor)
+    workers: int = 1
+    backend: str = "process"
 
     @property
     def ok(self) -> bool:

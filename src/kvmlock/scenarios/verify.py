@@ -109,11 +109,14 @@ def _bound(opts: dict[str, Any], res: Any) -> str:
 
 
 def run_scenario(sc: Scenario, *, timeout: float | None = None,
-                 strategy: str | None = None) -> Outcome:
+                 strategy: str | None = None, workers: int = 1,
+                 backend: str = "process") -> Outcome:
     """Explore ``sc`` with its strategy and bounds; judge the result against its expectation.
 
     ``strategy`` overrides the scenario's own (e.g. "dfs" to cross-check a DPOR verdict);
-    ``timeout`` caps the seconds spent on it.
+    ``timeout`` caps the seconds spent on it. ``workers``/``backend`` split its exploration
+    (see ``explore.check``); a search that cannot be split (sampling, or DPOR under a
+    preemption bound) runs in this process.
     """
     from kvmlock import explore
 
@@ -125,6 +128,8 @@ def run_scenario(sc: Scenario, *, timeout: float | None = None,
         opts.pop("preemption_bound", None)
     opts.setdefault("stop_on_first", True)
     opts.setdefault("progress", False)
+    if strat == "dfs" or (strat == "dpor" and opts.get("preemption_bound") is None):
+        opts.update(workers=workers, backend=backend)
     t0 = time.perf_counter()
     try:
         res = explore.check(sc.body, strategy=strat, **opts)
@@ -305,7 +310,23 @@ def _parser() -> argparse.ArgumentParser:
                    help="explore every chosen scenario with this strategy instead of its own")
     p.add_argument("--json", action="store_true",
                    help="print one JSON record per scenario instead of the table")
+    p.add_argument("-j", "--jobs", type=_jobs, default=None, metavar="N",
+                   help="split each exhaustive exploration across N worker processes")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the workers as actors of the Ray cluster at ADDRESS ('auto': the "
+                        "one started on this node; none given: a local instance); -j sets "
+                        "how many (default: the cluster's CPUs)")
     return p
+
+
+def _jobs(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"-j wants a positive number of workers, got {text!r}")
+    return n
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -325,10 +346,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         console.print(f"kvmlock verify: {exc}", highlight=False, markup=False)
         return 2
+    workers, backend = args.jobs or 1, "process"
+    if args.ray is not None:
+        from kvmlock.explore import ray_backend
+
+        try:
+            ray = ray_backend.connect(args.ray or None)
+        except Exception as exc:  # noqa: BLE001 - no Ray, or no cluster at that address
+            console.print(f"kvmlock verify --ray: {type(exc).__name__}: {exc}",
+                          highlight=False, markup=False)
+            return 2
+        workers, backend = args.jobs or int(ray.cluster_resources().get("CPU", 1)), "ray"
     t0 = time.perf_counter()
     outcomes = []
     for sc in chosen:
-        outcomes.append(run_scenario(sc, timeout=args.timeout, strategy=args.strategy))
+        outcomes.append(run_scenario(sc, timeout=args.timeout, strategy=args.strategy,
+                                     workers=workers, backend=backend))
     bad = [o for o in outcomes if not o.met]
     if args.json:
         print(json.dumps([o.to_dict() for o in outcomes], indent=2))

@@ -47,3 +47,18 @@ class DFS(Strategy):
                     self.levels.append([])
                 self.levels[cost].append((*base, t.tid))
         return d
+
+    def subtree(self, prefix: tuple[int, ...]) -> DFS:
+        """Explore only the schedules that start with ``prefix`` (parallel exploration)."""
+        self.levels = [[tuple(prefix)]]
+        return self
+
+    def donate(self) -> list[tuple[int, ...]]:
+        """Give away half of the prefixes filed but not run yet, the shortest (the largest
+        subtrees) first; each is run by exactly one explorer, so no schedule runs twice."""
+        pending = sorted((p for level in self.levels for p in level), key=len)
+        give = pending[:len(pending) // 2]
+        if give:
+            keep = set(pending[len(give):])
+            self.levels = [[p for p in level if p in keep] for level in self.levels]
+        return give

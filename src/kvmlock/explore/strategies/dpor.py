@@ -36,7 +36,7 @@ wakeup sequence is followed.
 
 from __future__ import annotations
 
-from kvmlock.explore.runtime import ACQ_LOCK, ACQ_TRY, SimRuntime, Task
+from kvmlock.explore.runtime import ACQ_LOCK, ACQ_TRY, ReplayMismatch, SimRuntime, Task
 from kvmlock.explore.strategies.base import Strategy
 
 # An operation as partial-order reduction sees it: (object key | None, writes?)
@@ -70,6 +70,40 @@ def _independent(a: Op, b: Op) -> bool:
     return a[0] is None or b[0] is None or a[0] != b[0] or (not a[1] and not b[1])
 
 
+# A wakeup sequence handed between explorers: its events, each ``(task, the task's event
+# number, vector clock, object key | None, writes?)``.
+Event = tuple
+
+
+def source_branch(seq: list[Event], have: set[int] | dict, enabled: set[int]) -> list | None:
+    """The source-set rule (Abdulla et al., POPL 2014, Algorithm 1) for the wakeup sequence
+    ``seq`` at a state whose branches (started, queued, or asleep there) are ``have``: None
+    when one of them is an *initial* of ``seq`` (its first event there has nothing of ``seq``
+    before it), so exploring that branch covers the reversal (or did: a sleeping one); else a
+    new branch: the first initial that can run at that state goes first, the rest of ``seq``
+    after it as its wakeup subtree."""
+    firsts: set[int] = set()
+    pick = -1
+    for k, (tid, _local, cy, _obj, _w) in enumerate(seq):
+        if tid in firsts:
+            continue
+        firsts.add(tid)
+        if all(cy[x[0]] < x[1] for x in seq[:k]):
+            if tid in have:
+                return None
+            if pick < 0 and tid in enabled:
+                pick = k
+    if pick < 0:
+        return None  # none can run there: nothing to add, as the sequential search drops it
+    out: list = []
+    children = out
+    for tid, _l, _c, obj, write in [seq[pick]] + seq[:pick] + seq[pick + 1:]:
+        entry = [tid, (obj, write), []]
+        children.append(entry)
+        children = entry[2]
+    return out[0]
+
+
 class DPOR(Strategy):
     name = "dpor"
     exhaustive = True
@@ -81,7 +115,36 @@ class DPOR(Strategy):
         self.first = True
         self.rt: SimRuntime | None = None
         self.guide: list[list] | None = None  # wakeup subtree for the state after the branch
+        # Exploring one subtree (parallel exploration): the steps of ``forced`` lead to its
+        # root state, whose sleep set is ``root_sleep``; states above ``root`` belong to the
+        # coordinator, and races that reverse there are handed to it (``upper``) instead.
+        self.forced: tuple[int, ...] = ()
+        self.source = False  # source sets instead of wakeup trees (see subtree)
+        self.root = 0
+        self.root_sleep: dict[int, Op] = {}
+        self.upper: list[tuple] = []
         self._reset_run()
+
+    def subtree(self, forced: tuple[int, ...], sleep: dict[int, Op],
+                guide: list[list] | None) -> DPOR:
+        """Explore only the subtree reached by the steps ``forced``, whose root state has the
+        sleep set ``sleep`` and follows the wakeup subtree ``guide`` first.
+
+        A subtree's explorer decides every state with the source-set rule
+        (:func:`source_branch`) instead of wakeup trees: a state's branches then depend on no
+        order between them, so subtrees explored at the same time, and races decided by the
+        coordinator after a sibling already started, still give every trace (source sets are
+        sound for any order of exploration), and sleep sets still keep any two complete
+        executions apart. The price is some runs that a sleep set cuts short (``pruned``)."""
+        self.source = True
+        self.forced = tuple(forced)
+        self.root = len(self.forced)
+        self.root_sleep = dict(sleep)
+        self.guide = guide or None
+        # races of the path's events were analyzed where they ran, except the last one's:
+        # it is this subtree's branch (as after a backtrack in the sequential search)
+        self.branch = max(self.root - 1, 0)
+        return self
 
     # ------------------------------------------------------------------ per-run bookkeeping
     # Events of the current path persist across runs: a run that branches at depth j reuses
@@ -288,6 +351,18 @@ class DPOR(Strategy):
         k = self.ev_local[j]
         seq = [x for x in range(j + 1, i) if ev_clock[x][p] < k]
         seq.append(i)
+        if self.source:
+            evs = [(ev_tid[x], self.ev_local[x], tuple(ev_clock[x]), self.ev_more[x][0],
+                    self.ev_write[x]) for x in seq]
+            if j < self.root:  # a state of the coordinator's: it decides there
+                self.upper.append((tuple(n.choice for n in self.stack[:j]), evs))
+                return
+            node = self.stack[j]
+            entry = source_branch(evs, node.done.union(node.sleep, (e[0] for e in node.wut)),
+                                  {t.tid for t in node.enabled})
+            if entry is not None:
+                node.wut.append(entry)
+            return
         node = self.stack[j]
         for q, op in node.sleep.items():
             if self._weak_initial(q, op, seq):
@@ -387,6 +462,17 @@ class DPOR(Strategy):
                             sleep[q] = op
                 if sleep:
                     node.sleep = sleep
+        if n < self.root:  # on the way to the subtree's root: no choice, no sleep set
+            want = self.forced[n]
+            for t in enabled:
+                if t.tid == want:
+                    return self._pick_forced(node, t)
+            raise ReplayMismatch(f"dpor: step {n} of a subtree's path names task {want}, "
+                                 f"which cannot run (the body is not deterministic)")
+        if n == self.root and self.root:
+            sleep = self.root_sleep
+            if sleep:
+                node.sleep = sleep
         cand = [t for t in enabled if t.tid not in sleep] if sleep else enabled
         if self.bound is not None and cur_tid >= 0 and node.pre >= self.bound:
             cand = [t for t in cand if t.tid == cur_tid]
@@ -424,6 +510,15 @@ class DPOR(Strategy):
         node.wut = wut
         return self._take(pick)
 
+    def _pick_forced(self, node: _Node, t: Task) -> Task:
+        op = (t.p_obj, t.p_write)
+        node.ops[t.tid] = op
+        node.choice = t.tid
+        node.done = {t.tid}
+        node.wut = [[t.tid, op, []]]
+        self.stack.append(node)
+        return self._take(t)
+
     def _take(self, t: Task) -> Task:
         self.pending = (t.tid, t.p_obj, t.p_write, t.p_acq, t.p_kind, t.p_wq,
                         t.p_pred is not None)
@@ -436,9 +531,11 @@ class DPOR(Strategy):
         if self.pending is not None:
             self._process(*self.pending)
             self.pending = None
-        if rt.outcome is not None and rt.outcome != "pruned":
+        if rt.outcome is not None and (rt.outcome != "pruned" or self.source):
             # Cut short (deadlock, failure, hang): the operations the live tasks were about
-            # to do never ran, so their races would otherwise never be looked at.
+            # to do never ran, so their races would otherwise never be looked at. Source sets
+            # need this of a run a sleep set cut short too: a blocked task's acquire there may
+            # race with the holder's, and no other run need meet that race.
             for t in list(rt.live):
                 if t.p_obj is not None and not t.starting:
                     self._pending_races(t)
@@ -500,7 +597,7 @@ class DPOR(Strategy):
         """The deepest state whose wakeup tree has a branch left: run that branch next."""
         stack = self.stack
         bound = self.bound
-        for j in range(len(stack) - 1, -1, -1):
+        for j in range(len(stack) - 1, self.root - 1, -1):
             node = stack[j]
             wut = node.wut
             choice = node.choice
@@ -527,6 +624,34 @@ class DPOR(Strategy):
                 self.guide = entry[2] if bound is None else None
                 return True
         return False
+
+    def donate(self) -> tuple[list[tuple], list[tuple]]:
+        """Give the coordinator the shallowest state with unexplored branches, and the states
+        above it: they become its states (``root`` moves below them). Returns the states, each
+        ``(path, sleep, done, enabled tasks)``, and the branches, each ``(path, task, op,
+        wakeup subtree)``."""
+        stack = self.stack
+        for k in range(self.root, len(stack)):
+            node = stack[k]
+            rest = [e for e in node.wut if e[0] != node.choice]
+            if not rest:
+                continue
+            give = [e for e in rest if not (
+                e[0] in node.done or e[0] in node.sleep
+                or all(t.tid != e[0] for t in node.enabled))]  # asleep, explored, not runnable
+            node.wut = [e for e in node.wut if e[0] == node.choice]
+            if not give:
+                continue
+            states = []
+            for d in range(self.root, k + 1):
+                n = stack[d]
+                path = tuple(x.choice for x in stack[:d])
+                done = {q: n.ops[q] for q in n.done if q in n.ops}
+                states.append((path, dict(n.sleep), done, {t.tid for t in n.enabled}))
+            path = tuple(x.choice for x in stack[:k])
+            self.root = k + 1
+            return states, [(path, e[0], e[1], e[2]) for e in give]
+        return [], []
 
     def distinct(self) -> int | None:
         return None

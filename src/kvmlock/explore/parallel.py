@@ -1,0 +1,385 @@
+"""One exhaustive exploration split across worker processes (or Ray actors) by subtree.
+
+The search tree of DFS or DPOR is cut into subtrees, each explored by one worker. A worker
+that runs dry gets a subtree from the queue; when the queue is empty, a busy worker is asked to
+give some away (work stealing), and answers after its current step.
+
+* **DFS** files every alternative as a schedule prefix; a prefix names its whole subtree, and
+  prefixes form a tree, so handing prefixes out runs every schedule exactly once.
+* **DPOR**: every state is decided by the source-set rule (Abdulla et al., POPL 2014,
+  Algorithm 1): a race's reversal becomes a new branch unless a task that already has a
+  branch there could start it (an *initial* of the wakeup sequence). A worker owns the states
+  of its subtree; the states above it belong to the coordinator, which decides the races sent
+  to it the same way. That rule does not depend on the order in which a state's branches are
+  explored, which is what lets siblings run at the same time; every state's branches enter
+  its sleep set in the order they start, so no two complete executions are equivalent. The
+  complete executions are one per Mazurkiewicz trace, the count of the sequential (optimal)
+  search; runs cut short by a sleep set are counted as pruned.
+
+The coordinator is the calling process. It keeps counts, stops on the first failure when
+asked to, and re-runs each failure's schedule itself before reporting it, so a failure found by
+a worker is known to replay. A worker that dies makes the whole exploration fail with
+:class:`WorkerCrashed`: a result is never silently partial.
+"""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvmlock.explore.strategies.dfs import DFS
+from kvmlock.explore.strategies.dpor import DPOR, Event, Op, _independent, source_branch
+
+#: "inline" runs the workers in turn in the calling process, for testing the scheme
+BACKENDS = ("process", "ray", "inline")
+
+
+class WorkerCrashed(RuntimeError):
+    """A worker process or actor ended without answering: the exploration is incomplete."""
+
+
+# ---------------------------------------------------------------------------- worker side
+
+
+@dataclass
+class Options:
+    strategy: str
+    max_steps: int
+    lockdep: bool
+    spin: bool
+    budget: float  # seconds of exploring per step before answering the coordinator
+    preemption_bound: int | None = None  # dfs only
+
+
+@dataclass
+class Reply:
+    runs: int = 0
+    pruned: int = 0
+    steps: int = 0
+    failures: list[tuple[tuple, list[int]]] = field(default_factory=list)  # (key, choices)
+    upper: list[tuple] = field(default_factory=list)  # DPOR races reversing above the subtree
+    states: list[tuple] = field(default_factory=list)  # DPOR states handed to the coordinator
+    branches: list[tuple] = field(default_factory=list)  # subtrees handed over
+    idle: bool = False
+    error: str = ""
+
+
+class Worker:
+    """Explores the subtrees it is given, a step (a time budget) at a time."""
+
+    def __init__(self, body: Callable[[], Any], opts: Options) -> None:
+        self.body = body
+        self.opts = opts
+        self.strat: DFS | DPOR | None = None
+        self.seen: set[tuple] = set()
+
+    def step(self, item: tuple | None, donate: bool) -> Reply:
+        try:
+            return self._step(item, donate)
+        except BaseException:  # noqa: BLE001 - the coordinator reports it
+            return Reply(error=traceback.format_exc())
+
+    def _step(self, item: tuple | None, donate: bool) -> Reply:
+        from kvmlock.explore.engine import execute
+
+        o = self.opts
+        out = Reply()
+        if item is not None:
+            if item[0] == "dfs":
+                self.strat = DFS(o.preemption_bound).subtree(item[1])
+            else:
+                self.strat = DPOR().subtree(item[1], item[2], item[3])
+        strat = self.strat
+        deadline = time.perf_counter() + o.budget
+        while strat is not None:
+            ex = execute(self.body, strat, o.max_steps, o.lockdep, spin=o.spin)
+            if isinstance(strat, DPOR) and strat.upper:
+                out.upper.extend(strat.upper)
+                strat.upper = []
+            if ex is None:
+                self.strat = strat = None
+                break
+            if ex.rt.outcome == "pruned":
+                out.pruned += 1
+            else:
+                out.runs += 1
+                out.steps += ex.rt.nsteps
+                if ex.kind is not None:
+                    key = (ex.signature(), ex.where)
+                    if key not in self.seen:
+                        self.seen.add(key)
+                        out.failures.append((key, list(ex.choices)))
+            if donate or time.perf_counter() > deadline:
+                break
+        if strat is None:
+            out.idle = True
+        elif donate:
+            if isinstance(strat, DPOR):
+                out.states, out.branches = strat.donate()
+            else:
+                out.branches = [("dfs", p) for p in strat.donate()]
+        return out
+
+
+# ---------------------------------------------------------------------------- coordinator
+
+
+class _Upper:
+    """A DPOR state above every worker's subtree: its sleep set, the branches started from it
+    (task -> operation), those queued, and the tasks that can run there."""
+
+    __slots__ = ("sleep", "done", "queued", "enabled")
+
+    def __init__(self, sleep: dict[int, Op], done: dict[int, Op], enabled: set[int]) -> None:
+        self.sleep = sleep
+        self.done = done
+        self.queued: set[int] = set()
+        self.enabled = enabled
+
+
+class Coordinator:
+    """The queue of subtrees and the DPOR states above them; see the module docstring."""
+
+    def __init__(self, strategy: str) -> None:
+        self.strategy = strategy
+        self.queue: collections.deque[tuple] = collections.deque()
+        self.upper: dict[tuple[int, ...], _Upper] = {}
+        if strategy == "dfs":
+            self.queue.append(("dfs", ()))
+        else:
+            self.queue.append(("dpor", (), 0, None, None))
+
+    def next_item(self) -> tuple:
+        """The next subtree to hand out (the oldest: the largest)."""
+        it = self.queue.popleft()
+        if it[0] == "dfs":
+            return it
+        _kind, path, q, op_q, guide = it
+        if not path and op_q is None:
+            return ("dpor", (), {}, None)  # the whole tree
+        node = self.upper[path]
+        sleep = {t: op for t, op in node.sleep.items() if t != q and _independent(op, op_q)}
+        for t, op in node.done.items():
+            if t != q and t not in sleep and _independent(op, op_q):
+                sleep[t] = op
+        node.done[q] = op_q
+        node.queued.discard(q)
+        return ("dpor", (*path, q), sleep, guide)
+
+    def merge(self, r: Reply) -> None:
+        for path, sleep, done, enabled in r.states:
+            self.upper[path] = _Upper(sleep, done, enabled)
+        for b in r.branches:
+            if b[0] == "dfs":
+                self.queue.append(b)
+            else:
+                path, q, op, guide = b
+                self.upper[path].queued.add(q)
+                self.queue.append(("dpor", path, q, op, guide))
+        for path, seq in r.upper:
+            self._offer(path, seq)
+
+    def _offer(self, path: tuple[int, ...], seq: list[Event]) -> None:
+        node = self.upper[path]
+        entry = source_branch(seq, node.done.keys() | node.queued | node.sleep.keys(),
+                              node.enabled)
+        if entry is not None:
+            node.queued.add(entry[0])
+            self.queue.append(("dpor", path, entry[0], entry[1], entry[2]))
+
+
+# ---------------------------------------------------------------------------- transports
+
+
+class _Processes:
+    """Workers as forked processes (the body needs no pickling), one pipe each."""
+
+    def __init__(self, n: int, body: Callable[[], Any], opts: Options) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self.conns = []
+        self.procs = []
+        for _ in range(n):
+            a, b = ctx.Pipe()
+            p = ctx.Process(target=_serve, args=(b, body, opts), daemon=True)
+            p.start()
+            b.close()
+            self.conns.append(a)
+            self.procs.append(p)
+
+    def send(self, i: int, item: tuple | None, donate: bool) -> None:
+        try:
+            self.conns[i].send((item, donate))
+        except (BrokenPipeError, ConnectionResetError, EOFError):
+            self._dead(i)
+
+    def recv_any(self) -> list[tuple[int, Reply]]:
+        ready = multiprocessing.connection.wait(self.conns)
+        out = []
+        for c in ready:
+            i = self.conns.index(c)
+            try:
+                out.append((i, c.recv()))
+            except (EOFError, ConnectionResetError, OSError):
+                self._dead(i)
+        return out
+
+    def _dead(self, i: int) -> None:
+        p = self.procs[i]
+        p.join(1)
+        raise WorkerCrashed(f"explore: worker {i} (pid {p.pid}) died (exit code "
+                            f"{p.exitcode}); the exploration is incomplete")
+
+    def close(self) -> None:
+        for c in self.conns:
+            try:
+                c.send(None)
+            except OSError:
+                pass
+            c.close()
+        for p in self.procs:
+            p.join(2)
+            if p.is_alive():
+                p.kill()
+                p.join(2)
+
+
+def _serve(conn: Any, body: Callable[[], Any], opts: Options) -> None:
+    from kvmlock.explore import runtime as sim
+
+    sim._POOLS.pool = []  # the parent's parked greenlets are not this process's
+    w = Worker(body, opts)
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            break
+        if msg is None:
+            break
+        conn.send(w.step(*msg))
+    conn.close()
+    os._exit(0)  # skip the parent's atexit handlers (pytest's, Ray's) in the fork
+
+
+class _Inline:
+    """Workers that take turns in this process, each giving work away after every execution:
+    the most splitting and stealing there can be, deterministic, for testing the scheme."""
+
+    def __init__(self, n: int, body: Callable[[], Any], opts: Options) -> None:
+        self.workers = [Worker(body, opts) for _ in range(n)]
+        self.pending: collections.deque[tuple[int, tuple | None]] = collections.deque()
+
+    def send(self, i: int, item: tuple | None, donate: bool) -> None:
+        self.pending.append((i, item))
+
+    def recv_any(self) -> list[tuple[int, Reply]]:
+        i, item = self.pending.popleft()
+        return [(i, self.workers[i].step(item, True))]
+
+    def close(self) -> None:
+        return None
+
+
+class _Ray:
+    """Workers as Ray actors on the cluster ``ray.init`` connected to."""
+
+    def __init__(self, n: int, body: Callable[[], Any], opts: Options) -> None:
+        from kvmlock.explore import ray_backend
+
+        self.ray, self.actors = ray_backend.start(n, body, opts)
+        self.pending: dict[Any, int] = {}
+
+    def send(self, i: int, item: tuple | None, donate: bool) -> None:
+        self.pending[self.actors[i].step.remote(item, donate)] = i
+
+    def recv_any(self) -> list[tuple[int, Reply]]:
+        ray = self.ray
+        ready, _ = ray.wait(list(self.pending), num_returns=1)
+        out = []
+        for ref in ready:
+            i = self.pending.pop(ref)
+            try:
+                out.append((i, ray.get(ref)))
+            except ray.exceptions.RayError as exc:
+                raise WorkerCrashed(f"explore: Ray worker {i} failed ({type(exc).__name__}); "
+                                    f"the exploration is incomplete") from None
+        return out
+
+    def close(self) -> None:
+        for a in self.actors:
+            try:
+                self.ray.kill(a)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Outcome:
+    runs: int = 0
+    pruned: int = 0
+    steps: int = 0
+    failures: list[tuple[tuple, list[int]]] = field(default_factory=list)
+    exhausted: bool = False
+    stopped: str = ""
+
+
+def explore(body: Callable[[], Any], strategy: str, workers: int, backend: str,
+            opts: Options, *, max_runs: int | None, timeout: float | None,
+            stop_on_first: bool, tick: Callable[[int], None] | None = None) -> Outcome:
+    """Run the exploration on ``workers`` workers; see the module docstring."""
+    coord = Coordinator(strategy)
+    transport = {"ray": _Ray, "inline": _Inline}.get(backend, _Processes)
+    pool = transport(workers, body, opts)
+    out = Outcome()
+    seen: set[tuple] = set()
+    busy: set[int] = set()
+    idle = list(range(workers))
+    t0 = time.perf_counter()
+    try:
+        while True:
+            while idle and coord.queue:
+                i = idle.pop(0)
+                pool.send(i, coord.next_item(), False)
+                busy.add(i)
+            if not busy:
+                out.exhausted = True
+                out.stopped = "exhausted"
+                break
+            for i, r in pool.recv_any():
+                if r.error:
+                    raise WorkerCrashed(f"explore: worker {i} failed:\n{r.error}")
+                out.runs += r.runs
+                out.pruned += r.pruned
+                out.steps += r.steps
+                for key, choices in r.failures:
+                    if key not in seen:
+                        seen.add(key)
+                        out.failures.append((key, choices))
+                coord.merge(r)
+                if r.idle:
+                    busy.discard(i)
+                    idle.append(i)
+                else:
+                    pool.send(i, None, bool(idle) and not coord.queue)
+            if tick is not None:
+                tick(out.runs)
+            if stop_on_first and out.failures:
+                out.stopped = "failure"
+                break
+            if max_runs is not None and out.runs >= max_runs:
+                out.stopped = "max_runs"
+                break
+            if timeout is not None and time.perf_counter() - t0 > timeout:
+                out.stopped = "timeout"
+                break
+    finally:
+        pool.close()
+    return out
