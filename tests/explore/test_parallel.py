@@ -134,3 +134,12 @@ def test_an_error_inside_a_worker_is_reported_with_its_traceback():
 def test_bad_parallel_arguments_are_clear_errors(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
         explore.check(counter(2, 1), **kwargs)
+
+
+def test_interrupts_make_a_parallel_dpor_a_parallel_dfs_as_sequentially():
+    from .test_interrupts import _dev
+
+    seq = explore.check(_dev(True), **OPTS)
+    par = explore.check(_dev(True), workers=2, **OPTS)
+    assert seq.strategy == par.strategy == "dfs" and "interrupts" in par.headline()
+    assert par.exhausted and par.runs == seq.runs and keys(par) == keys(seq)

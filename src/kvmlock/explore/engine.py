@@ -372,6 +372,12 @@ def _check_parallel(body: Callable[[], Any], strategy: str, workers: int, backen
         out = _parallel.explore(body, strategy, workers, backend, opts, max_runs=max_runs,
                                 timeout=timeout, stop_on_first=stop_on_first,
                                 tick=lambda runs: prog.tick(runs, runs))
+        if out.stopped == "irqs":  # as check() does: interrupts make it a dfs exploration
+            res.strategy, res.note = "dfs", "interrupts: dfs instead of dpor"
+            opts.strategy = "dfs"
+            out = _parallel.explore(body, "dfs", workers, backend, opts, max_runs=max_runs,
+                                    timeout=timeout, stop_on_first=stop_on_first,
+                                    tick=lambda runs: prog.tick(runs, runs))
     finally:
         prog.close()
     res.runs, res.pruned, res.steps = out.runs, out.pruned, out.steps

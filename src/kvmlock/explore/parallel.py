@@ -68,6 +68,7 @@ class Reply:
     branches: list[tuple] = field(default_factory=list)  # subtrees handed over
     idle: bool = False
     error: str = ""
+    irqs: bool = False  # DPOR met an interrupt: the exploration must be redone with DFS
 
 
 class Worker:
@@ -99,6 +100,10 @@ class Worker:
         deadline = time.perf_counter() + o.budget
         while strat is not None:
             ex = execute(self.body, strat, o.max_steps, o.lockdep, spin=o.spin)
+            if ex is not None and ex.rt.irqs and isinstance(strat, DPOR):
+                out.irqs = True  # (see engine.check: no dependency expresses an interrupt)
+                self.strat = None
+                return out
             if isinstance(strat, DPOR) and strat.upper:
                 out.upper.extend(strat.upper)
                 strat.upper = []
@@ -356,6 +361,9 @@ def explore(body: Callable[[], Any], strategy: str, workers: int, backend: str,
             for i, r in pool.recv_any():
                 if r.error:
                     raise WorkerCrashed(f"explore: worker {i} failed:\n{r.error}")
+                if r.irqs:
+                    out.stopped = "irqs"
+                    return out
                 out.runs += r.runs
                 out.pruned += r.pruned
                 out.steps += r.steps
