@@ -1,59 +1,60 @@
-"""The lock reference cannot drift from the model: every lock built is declared, kind-exact."""
+"""The model's locking document cannot drift from the model: one source for every lock fact."""
 
 import pytest
 
-from kvmlock import sync
-from kvmlock.kvm.machine import Machine
-from kvmlock.kvm.reference import KIND_OF_TYPE, LOCKS, LockDecl, by_name
-
-LOCK_TYPES = (sync.Mutex, sync.SpinLock, sync.RawSpinLock, sync.RWLock, sync.RWSemaphore,
-              sync.SRCU)
+from kvmlock import spec
+from kvmlock.kvm.locks import model_doc_text, model_locks
+from kvmlock.spec.design import model_spec, render_model_doc
 
 
-def built_locks() -> dict[str, str]:
-    """Every lock object the model builds: Machine, its per-CPU state, a VM and its vCPUs."""
-    m = Machine(2, usage_lock=True)
-    vm = m.create_vm(nr_vcpus=2)
-    objs = [*vars(m).values(), *(v for pc in m.cpus for v in vars(pc).values()),
-            *vars(vm).values(), *(v for vc in vm.vcpus for v in vars(vc).values())]
-    return {o.name: o.KIND for o in objs if isinstance(o, LOCK_TYPES)}
+def test_the_shipped_document_is_what_render_writes_from_the_model():
+    assert render_model_doc() == model_doc_text()
 
 
-def test_every_lock_the_model_builds_is_declared_with_its_kind():
-    built = built_locks()
-    assert len(built) >= 17, built
-    for name, kind in built.items():
-        decl = by_name(name)
-        assert decl.kind == kind, f"{name}: declared {decl.type} ({decl.kind}), built {kind}"
+def test_every_lock_the_model_builds_is_documented_with_its_kind_and_nothing_else():
+    built = model_locks()
+    assert len(built) >= 18, built
+    doc = model_spec()
+    assert sorted(e.name for e in doc.reference) == sorted(built)
+    for e in doc.reference:
+        assert e.kinds == (built[e.name],), e.name
+        assert e.protects and all(p for p in e.protects), f"{e.name}: say what it protects"
+        assert e.comment, f"{e.name}: say why it is this kind of lock"
 
 
-def test_every_declared_lock_exists_in_the_model():
-    built = built_locks()
-    missing = [d.name for d in LOCKS if d.name not in built]
-    assert missing == [], missing
+def test_render_catches_a_kind_the_model_changed_and_a_lock_it_added_or_dropped():
+    built = model_locks()
+    changed = {**built, "kvm->arch.tsc_write_lock": "spinlock"}
+    out = render_model_doc(changed)
+    assert out != model_doc_text()
+    assert spec.parse(out).ref("kvm->arch.tsc_write_lock").kinds == ("spinlock",)
+    added = render_model_doc({**built, "kvm->arch.config_lock": "mutex"})
+    assert "``kvm->arch.config_lock``" in added and "not documented" in added
+    dropped = dict(built)
+    del dropped["kvm->arch.xen.xen_lock"]
+    assert "xen_lock``\n" not in render_model_doc(dropped)
 
 
-def test_declarations_are_complete_and_unique():
-    names = [d.name for d in LOCKS]
-    assert len(names) == len(set(names))
-    for d in LOCKS:
-        assert d.protects and all(isinstance(p, str) and p for p in d.protects), d.name
-        assert d.comment, f"{d.name}: say why it is this kind of lock"
-        assert d.arch in ("any", "x86") or d.arch.startswith("any ("), d.arch
+def test_the_model_document_has_no_contradiction_and_reads_completely():
+    doc = model_spec()
+    assert spec.lint(doc) == []
+    assert doc.not_understood == []
+    assert doc.has_leaf_rule
 
 
-def test_detector_catches_a_wrong_kind_and_passes_the_right_one():
-    right = LockDecl("kvm->lock", "mutex", "any", ("x",), "y")
-    wrong = LockDecl("kvm->lock", "spinlock_t", "any", ("x",), "y")
-    assert right.kind == built_locks()["kvm->lock"]
-    assert wrong.kind != built_locks()["kvm->lock"]
+def test_kvm_lock_is_not_a_leaf_but_tsc_write_lock_is():
+    doc = model_spec()
+    leaves = {r.outer for r in doc.rules if r.kind == "leaf"}
+    orders = {(r.outer, r.inner) for r in doc.rules if r.kind == "order"}
+    assert "kvm_lock" not in leaves
+    assert ("kvm_lock", "kvm->arch.tsc_write_lock") in orders
+    assert "kvm->arch.tsc_write_lock" in leaves
+    forbidden = {(r.outer, r.inner) for r in doc.rules if r.kind == "forbidden"}
+    assert ("kvm_lock", "kvm->slots_lock") in forbidden
 
 
-def test_bad_declarations_and_lookups_are_named():
-    with pytest.raises(ValueError, match="type 'semaphore' is not one of"):
-        LockDecl("x", "semaphore", "any", ("y",))
-    with pytest.raises(TypeError, match="protects must be a tuple"):
-        LockDecl("x", "mutex", "any", ["y"])  # type: ignore[arg-type]
-    with pytest.raises(KeyError, match="no lock named 'kvm->big_lock'.*kvm_lock"):
-        by_name("kvm->big_lock")
-    assert set(KIND_OF_TYPE.values()) >= {"mutex", "spinlock", "raw_spinlock", "rwlock", "srcu"}
+@pytest.mark.parametrize("name", ["kvm->lock", "vcpu->mutex", "kvm->srcu"])
+def test_known_kinds_for_documents_without_a_reference_come_from_the_model_document(name):
+    from kvmlock.spec.names import kind_of
+
+    assert kind_of(name) == model_locks()[name]

@@ -5,7 +5,7 @@ import pytest
 import kvmlock.scenarios  # noqa: F401
 from kvmlock import lockdep
 from kvmlock.scenarios import verify
-from kvmlock.scenarios.orders import check_leaves, check_orders
+from kvmlock.scenarios.orders import check_graph
 from kvmlock.scenarios.registry import SCENARIOS, Scenario
 from kvmlock.sync import Mutex
 
@@ -74,7 +74,7 @@ def test_correct_variant_with_a_failure_is_not_met(temp_scenarios):
 
 
 def test_main_exit_codes_and_table(temp_scenarios, capsys):
-    assert verify.main(["srcu.slots_lock_in_reader.broken", "order.leaves.correct"]) == 0
+    assert verify.main(["srcu.kvm_lock_in_reader.broken", "order.leaves.correct"]) == 0
     text = capsys.readouterr().out
     assert "caught: lockdep circular" in text and "exhaustive" in text
     assert "2/2 expectations met" in text
@@ -119,32 +119,57 @@ def test_collect_graph_has_the_documented_orders_and_nothing_against_them():
                  ("kvm->lock", "vcpu->mutex"), ("kvm->slots_lock", "kvm->srcu"),
                  ("vcpu->mutex", "kvm->arch.hyperv.hv_lock"),
                  ("kvm->srcu", "kvm->slots_arch_lock"),
+                 ("kvm_lock", "kvm->arch.tsc_write_lock"),
+                 ("kvm->slots_lock", "kvm->irq_lock"),
                  ("kvm->mmu_lock", "kvm->arch.tdp_mmu_pages_lock")]:
         assert pair in got, pair
-    check_orders(g)
-    check_leaves(g)
+    check_graph(g)
     assert lockdep.reports() == []  # collect_graph ran isolated: nothing leaks out
 
 
 class _G:
-    def __init__(self, *pairs):
+    def __init__(self, *pairs, classes=None):
         self.edges = [lockdep.Edge(a, b, 0, 0, "here:1") for a, b in pairs]
+        self.classes = classes or {}
 
 
-def test_check_orders_catches_an_implied_inversion_and_passes_unrelated_edges():
-    with pytest.raises(AssertionError, match="vcpu->mutex -> kvm->lock"):
-        check_orders(_G(("vcpu->mutex", "kvm->lock")))
-    # transitively implied: kvm->lock outside vcpu->mutex outside hv_lock
-    with pytest.raises(AssertionError, match="hv_lock -> kvm->lock"):
-        check_orders(_G(("kvm->arch.hyperv.hv_lock", "kvm->lock")))
-    check_orders(_G(("kvm->lock", "vcpu->mutex"), ("vcpu->mutex/1", "kvm->arch.xen.xen_lock"),
-                    ("kvm->srcu", "kvm->slots_arch_lock")))
+def test_check_graph_catches_an_implied_inversion_and_passes_unrelated_edges():
+    with pytest.raises(AssertionError, match="kvm->lock is taken outside vcpu->mutex"):
+        check_graph(_G(("vcpu->mutex", "kvm->lock")))
+    # transitively implied: kvm->lock outside vcpu->mutex outside hv_lock -- and hv_lock is a
+    # leaf, so the edge out of it is reported too
+    with pytest.raises(AssertionError, match="kvm->lock is taken outside "
+                                             "kvm->arch.hyperv.hv_lock \\(implied"):
+        check_graph(_G(("kvm->arch.hyperv.hv_lock", "kvm->lock")))
+    check_graph(_G(("kvm->lock", "vcpu->mutex"), ("vcpu->mutex/1", "kvm->arch.xen.xen_lock"),
+                   ("kvm->srcu", "kvm->slots_arch_lock")))
 
 
-def test_check_leaves_catches_an_edge_out_of_a_leaf_but_not_into_one():
-    with pytest.raises(AssertionError, match="kvm->lock taken inside leaf kvm->irq_lock"):
-        check_leaves(_G(("kvm->irq_lock", "kvm->lock")))
-    check_leaves(_G(("kvm->slots_lock", "kvm->irq_lock"), ("vcpu->mutex", "kvm_lock")))
+def test_check_graph_catches_an_edge_out_of_a_leaf_but_not_into_one():
+    with pytest.raises(AssertionError, match="kvm->irq_lock is a leaf.*kvm->lock is taken"):
+        check_graph(_G(("kvm->irq_lock", "kvm->lock")))
+    check_graph(_G(("kvm->slots_lock", "kvm->irq_lock"), ("vcpu->mutex", "kvm_lock")))
+
+
+def test_kvm_lock_may_take_tsc_write_lock_but_not_slots_lock():
+    check_graph(_G(("kvm_lock", "kvm->arch.tsc_write_lock")))
+    with pytest.raises(AssertionError, match="kvm_lock must not take kvm->slots_lock"):
+        check_graph(_G(("kvm_lock", "kvm->slots_lock")))
+
+
+def test_check_graph_catches_a_wrong_kind_and_an_undocumented_lock():
+    with pytest.raises(AssertionError, match="tsc_write_lock is documented as raw_spinlock_t"):
+        check_graph(_G(classes={"kvm->arch.tsc_write_lock": "spinlock"}))
+    with pytest.raises(AssertionError, match="kvm->big_lock \\(mutex\\) is not in the model"):
+        check_graph(_G(classes={"kvm->big_lock": "mutex"}))
+    check_graph(_G(classes={"kvm->arch.tsc_write_lock": "raw_spinlock"}))
+
+
+def test_check_graph_requires_what_it_is_told_was_exercised():
+    order = ("order", "kvm->lock", "vcpu->mutex")
+    check_graph(_G(("kvm->lock", "vcpu->mutex")), exercised=[order])
+    with pytest.raises(AssertionError, match="was not exercised by the run"):
+        check_graph(_G(("kvm->lock", "kvm->slots_lock")), exercised=[order])
 
 
 def test_json_records_and_strategy_override(capsys):

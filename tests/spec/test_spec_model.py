@@ -3,7 +3,8 @@
 The model follows today's design (synchronize_srcu under kvm->lock, vcpu->mutex and
 kvm->slots_lock; kvm->lock never inside the read side). It must conform to a document stating
 that, and be reported against the older document, which let kvm->lock nest inside the read side
-and so forbade synchronize_srcu under kvm->lock.
+and so forbade synchronize_srcu under kvm->lock. Both documents call kvm_lock a leaf, which the
+kernel (and so the model) does not follow: that violation is expected and named.
 """
 
 from __future__ import annotations
@@ -27,9 +28,20 @@ def model_graph() -> spec.GraphView:
         return spec.model_graph()
 
 
-def test_model_conforms_to_the_current_rules(docs: Path, model_graph: spec.GraphView) -> None:
+def _kvm_lock_leaf(r: spec.RuleResult) -> bool:
+    """The one rule of the current document the kernel itself breaks: the Hyper-V clock
+    notifier takes the raw tsc_write_lock under kvm_lock, so kvm_lock is no leaf."""
+    return (r.rule.kind, r.rule.outer) == ("leaf", "kvm_lock") and [
+        (e.src, e.dst) for e in r.path] == [("kvm_lock", "kvm->arch.tsc_write_lock")]
+
+
+def test_model_conforms_to_the_current_rules_but_kvm_lock_is_no_leaf(
+    docs: Path, model_graph: spec.GraphView
+) -> None:
     conf = spec.check(spec.load(docs / "current.rst"), model_graph)
-    assert conf.ok, conf.render()
+    [bad] = conf.violations
+    assert _kvm_lock_leaf(bad), conf.render()
+    assert "machine.py" in bad.where  # where the notifier takes it
     srcu = {r.rule.outer: r.status for r in conf.results if r.rule.kind == "srcu_sync_inside"}
     assert srcu == {"kvm->lock": "held", "vcpu->mutex": "held", "kvm->slots_lock": "held"}
     # every Reference entry the model builds has the documented kind
@@ -39,7 +51,7 @@ def test_model_conforms_to_the_current_rules(docs: Path, model_graph: spec.Graph
 def test_model_violates_the_older_srcu_rule(docs: Path, model_graph: spec.GraphView) -> None:
     conf = spec.check(spec.load(docs / "older.rst"), model_graph)
     assert not conf.ok
-    [bad] = conf.violations
+    [bad] = [r for r in conf.violations if not _kvm_lock_leaf(r)]
     assert (bad.rule.kind, bad.rule.inner) == ("srcu_read_ok", "kvm->lock")
     [edge] = bad.path
     assert (edge.src, edge.dst, edge.dst_read) == ("kvm->lock", "kvm->srcu", 0)
@@ -58,7 +70,7 @@ def test_conformance_entry_point(docs: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         conf = spec.conformance(docs / "current.rst")
-    assert conf.ok
+    assert [_kvm_lock_leaf(r) for r in conf.violations] == [True]
     assert "Conformance to" in conf.render()
 
 
@@ -83,3 +95,19 @@ def test_every_protects_item_has_a_status_and_each_unexercised_one_a_reason(
             ("wakeup_vcpus_on_cpu_lock", "wakeup_vcpus_on_cpu")} <= held
     assert any(r.entry.name == "kvm->arch.tsc_write_lock" and r.status == "held"
                for r in current.protects)
+
+
+def test_model_conforms_to_its_own_document(model_graph: spec.GraphView) -> None:
+    conf = spec.check(spec.model_spec(), model_graph)
+    assert conf.ok and not conf.undocumented, conf.render()
+    not_held = [r.rule.describe() for r in conf.results if r.status != "held"]
+    assert not_held == [], not_held
+
+
+def test_comparing_the_current_document_with_the_models(docs: Path) -> None:
+    cmp = spec.compare(spec.load(docs / "current.rst"))
+    ours = {r.describe() for r in cmp.only_ours}
+    assert "kvm_lock is taken outside kvm->arch.tsc_write_lock" in ours
+    assert {r.describe() for r in cmp.only_theirs} == {"kvm_lock is a leaf"}
+    assert [k[0] for k in cmp.kinds] == ["kvm->mmu_lock"]
+    assert spec.compare(spec.model_spec()).same

@@ -32,6 +32,7 @@ class HyperV:
         self.lock = lock
         self.partition: dict[str, int] = {}
         self.per_vcpu: dict[tuple[int, str], int] = {}
+        self.eventfds: set[int] = set()
 
     def set_msr(self, vcpu: Any, msr: str, value: int) -> None:
         """WRMSR from ``vcpu`` (its mutex held). Partition-wide MSRs go under ``hv_lock``."""
@@ -45,6 +46,17 @@ class HyperV:
                 self.partition[msr] = value
         else:
             self.per_vcpu[(vcpu.id, msr)] = value
+
+    def eventfd_assign(self, conn_id: int) -> None:
+        """``KVM_HYPERV_EVENTFD``: a VM ioctl binding a connection id, under ``hv_lock``."""
+        if not isinstance(conn_id, int) or conn_id < 0:
+            raise ValueError(f"conn_id must be a non-negative integer, got {conn_id!r}")
+        with self.lock:
+            if self.vm.hazards.hv_lock_locks_vcpus:
+                for vcpu in self.vm.vcpus:  # broken: vcpu->mutex is ordered outside hv_lock
+                    with vcpu.mutex:
+                        pass
+            self.eventfds.add(conn_id)
 
     def get_msr(self, vcpu: Any, msr: str) -> int:
         vcpu.mutex.assert_held()

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kvmlock import runtime
+from kvmlock.kvm.hazards import Hazards, as_hazards
 from kvmlock.sync import CpuHotplugLock, Mutex, RawSpinLock, guarded_by, peek
 
 if TYPE_CHECKING:
@@ -94,6 +95,7 @@ class Machine:
         enable_blocks_hotplug: bool = True,
         fail_enable_on: tuple[int, ...] | frozenset[int] = (),
         offline: tuple[int, ...] | frozenset[int] = (),
+        hazards: Hazards | dict[str, bool] | None = None,
     ) -> None:
         if not isinstance(nr_cpus, int) or isinstance(nr_cpus, bool) or not 1 <= nr_cpus <= 64:
             raise ValueError(f"Machine: nr_cpus must be an integer in 1..64, got {nr_cpus!r}")
@@ -108,6 +110,8 @@ class Machine:
         if 0 in offline:
             raise ValueError("Machine: CPU 0 is the boot CPU and cannot start offline")
         self.nr_cpus = nr_cpus
+        #: the model's hazard switches; VMs created here inherit them
+        self.hazards = as_hazards(hazards)
         self.usage_lock_design = bool(usage_lock)
         self.enable_blocks_hotplug = bool(enable_blocks_hotplug)
         self.fail_enable_on = frozenset(fail_enable_on)
@@ -199,6 +203,9 @@ class Machine:
         ``cpus_read_lock`` (installing the hotplug callbacks is what takes it).
         """
         if self.kvm_usage_lock is not None:
+            if self.hazards.usage_lock_inside_hotplug:
+                with self.cpu_hotplug_lock.read(), self.kvm_usage_lock:  # broken order
+                    pass
             with self.kvm_usage_lock:
                 self.kvm_usage_count += 1
                 if self.kvm_usage_count != 1:
@@ -299,7 +306,25 @@ class Machine:
         It is called with ``cpus_read_lock`` held (e.g. when boost is toggled), one more place
         that puts the hotplug lock outside ``kvm_lock``. Returns how many VMs were told.
         """
+        if self.hazards.cpufreq_hotplug_inside_kvm_lock:
+            with self.kvm_lock, self.cpu_hotplug_lock.read():  # broken order
+                return len(self.vm_list)
         with self.cpu_hotplug_lock.read(), self.kvm_lock:
+            return len(self.vm_list)
+
+    def hyperv_tsc_notifier(self) -> int:
+        """The Hyper-V clock notifier (the host's TSC page changed): update every VM's clock.
+
+        It walks ``vm_list`` under ``kvm_lock`` and, for each VM, stops its clock updates with
+        the raw ``tsc_write_lock`` held while the reference TSC page is rewritten -- so
+        ``kvm_lock`` is *not* a leaf: ``tsc_write_lock`` nests inside it, and nothing nests
+        inside that. Returns how many VMs were updated.
+        """
+        with self.kvm_lock:
+            for vm in self.vm_list:
+                with vm.tsc_write_lock:
+                    self._rt.point(vm, "update reference TSC page", True)
+                    vm.hv_tsc_page_updates += 1
             return len(self.vm_list)
 
     def static_key_update(self) -> None:
@@ -340,6 +365,7 @@ class Machine:
         """``KVM_CREATE_VM``: build the VM, enable hardware, then publish it on ``vm_list``."""
         from kvmlock.kvm.vm import VM
 
+        opts.setdefault("hazards", self.hazards)
         vm = VM(self, **opts)
         self.hardware_enable_all()
         with self.kvm_lock:

@@ -19,16 +19,18 @@ its SPTEs, then publishes the final array.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
-from kvmlock import lockdep
+from kvmlock import lockdep, runtime
 from kvmlock.sync import Atomic64, RWSemaphore, peek
 
 if TYPE_CHECKING:
     from kvmlock.kvm.vm import VM
+    from kvmlock.sync import RcuPointer
 
-__all__ = ["LOG_DIRTY_PAGES", "Memslot", "Memslots", "active_memslots", "set_memory_region"]
+__all__ = ["LOG_DIRTY_PAGES", "Memslot", "Memslots", "MsrFilter", "Retired", "SlotArch",
+           "active_memslots", "retire", "set_memory_region"]
 
 #: KVM_MEM_LOG_DIRTY_PAGES
 LOG_DIRTY_PAGES = 1
@@ -46,6 +48,8 @@ class Memslot:
     invalid: bool = False
     #: one Atomic64 per 64 gfns; shared by every copy of the slot (as the kernel shares it)
     dirty_bitmap: tuple[Atomic64, ...] | None = None
+    #: ``kvm_arch_memory_slot``: shared by every copy of the slot, changed under slots_arch_lock
+    arch: SlotArch = field(default_factory=lambda: SlotArch())
 
     @property
     def logging(self) -> bool:
@@ -73,16 +77,82 @@ class Memslot:
         self.dirty_bitmap[rel // 64].fetch_or(1 << (rel % 64))
 
 
-class Memslots:
+class SlotArch:
+    """The arch part of a memslot: its reverse maps, allocated by the first shadow root.
+
+    The rmaps are allocated lazily (the TDP MMU needs none until a shadow root exists), from
+    inside a ``kvm->srcu`` read side, so ``slots_arch_lock`` is what orders the allocation with
+    a memslot update copying the slot: a slot created after the allocation must get its rmaps
+    at creation, one created before it must be seen by the allocation.
+    """
+
+    __slots__ = ("rmaps",)
+
+    def __init__(self) -> None:
+        self.rmaps = Atomic64(0, name="slot->arch.rmap")
+
+
+class Retired:
+    """Something readers reach through an :class:`RcuPointer` inside ``kvm->srcu``'s read side:
+    the updater frees it once a grace period has passed; a use after that is a use-after-free."""
+
+    __slots__ = ("freed",)
+    what = "object"
+
+    def __init__(self) -> None:
+        self.freed = False
+
+    def live(self) -> None:
+        """A reader's use of it: a visible step, asserting it was not freed (the model's KASAN)."""
+        runtime.RT.point(self, f"use {self.what}", False)
+        self.check_live()
+
+    def check_live(self) -> None:
+        assert not self.freed, f"{self!r}: {self.what} used after it was freed"
+
+    def free(self) -> None:
+        """``kfree`` once no reader can hold it (a visible step a reader's use races with)."""
+        runtime.RT.point(self, f"free {self.what}", True)
+        self.freed = True
+
+
+def retire(vm: VM, pointer: RcuPointer, new: Retired, holding: Any) -> None:
+    """Publish ``new`` through ``pointer``, wait for a grace period, free the old object;
+    the caller holds the lock ``holding`` that serialises updates of the pointer."""
+    old: Retired = pointer.dereference_protected(lockdep.is_held(holding))
+    pointer.assign(new)
+    if not vm.hazards.free_before_grace_period:
+        vm.srcu.synchronize()
+    old.free()
+
+
+class MsrFilter(Retired):
+    """``kvm->arch.msr_filter``: which MSRs the guest may access, one immutable copy."""
+
+    __slots__ = ("denied",)
+    what = "MSR filter"
+
+    def __init__(self, denied: frozenset[str] = frozenset()) -> None:
+        super().__init__()
+        self.denied = denied
+
+    def __repr__(self) -> str:
+        return f"<MsrFilter denies {sorted(self.denied)}>"
+
+
+class Memslots(Retired):
     """One immutable generation of the memslots array."""
 
     __slots__ = ("slots", "generation")
+    what = "memslots array"
 
     def __init__(self, slots: tuple[Memslot, ...] = (), generation: int = 0) -> None:
+        super().__init__()
         self.slots = tuple(sorted(slots, key=lambda s: s.base_gfn))
         self.generation = generation
 
     def lookup(self, gfn: int) -> Memslot | None:
+        self.check_live()
         for s in self.slots:
             if s.has_gfn(gfn):
                 return s
@@ -96,6 +166,7 @@ class Memslots:
 
     def overlapping(self, start: int, end: int) -> list[tuple[Memslot, int, int]]:
         """Slots whose hvas meet ``[start, end)``, with the gfn range that does."""
+        self.check_live()
         out = []
         for s in self.slots:
             r = s.hva_range_to_gfns(start, end)
@@ -125,7 +196,9 @@ CREATE, DELETE, MOVE, FLAGS_ONLY = "create", "delete", "move", "flags"
 
 
 def _swap_active_memslots(vm: VM, new: Memslots) -> None:
-    """Publish ``new``: wait out active invalidations, swap, drop slots_arch_lock, sync SRCU."""
+    """Publish ``new``: wait out active invalidations, swap, drop slots_arch_lock, sync SRCU,
+    and free the old array."""
+    old: Memslots = active_memslots(vm)  # stable: only slots_lock holders swap it
     if vm.hazards.notifier_uses_rwsem:
         rw = _notifier_rwsem(vm)
         rw.down_write()
@@ -142,8 +215,14 @@ def _swap_active_memslots(vm: VM, new: Memslots) -> None:
             lock.lock()
         vm.memslots.assign(new)
         lock.unlock()
-    vm.slots_arch_lock.unlock()
-    vm.srcu.synchronize()
+    if vm.hazards.slots_arch_lock_across_sync:
+        vm.srcu.synchronize()  # broken: a reader taking slots_arch_lock waits for us, we for it
+        vm.slots_arch_lock.unlock()
+    else:
+        vm.slots_arch_lock.unlock()
+        if not vm.hazards.free_before_grace_period:
+            vm.srcu.synchronize()
+    old.free()  # the old array is reused for the next update
 
 
 def _notifier_rwsem(vm: VM) -> RWSemaphore:
@@ -203,9 +282,14 @@ def set_memory_region(
             if flags & LOG_DIRTY_PAGES and bitmap is None:
                 bitmap = tuple(Atomic64(0, name=f"slot{slot_id}.dirty[{i}]")
                                for i in range((npages + 63) // 64))
-            new = Memslot(slot_id, base_gfn, npages, hva, flags, False, bitmap)
+            arch = old.arch if change == FLAGS_ONLY and old is not None else SlotArch()
+            new = Memslot(slot_id, base_gfn, npages, hva, flags, False, bitmap, arch)
         if vm.host is not None:
             vm.host.might_reclaim()  # the new array is allocated with slots_lock held
+        if vm.hazards.memslot_update_locks_vcpus and change == CREATE:
+            for vcpu in vm.vcpus:  # broken: vcpu->mutex is ordered outside slots_lock
+                with vcpu.mutex:
+                    pass
         _set_memslot(vm, old, new, change)
     return change
 
@@ -216,6 +300,13 @@ def _set_memslot(vm: VM, old: Memslot | None, new: Memslot | None, change: str) 
 
     vm.slots_arch_lock.lock()
     cur = active_memslots(vm)
+    if new is not None and change == CREATE:
+        if vm.hazards.memslot_commit_locks_vcpus:
+            for vcpu in vm.vcpus:  # broken: vcpu->mutex is ordered outside slots_arch_lock
+                with vcpu.mutex:
+                    pass
+        if vm.shadow_root_allocated.load():
+            new.arch.rmaps.store(1)  # kvm_alloc_memslot_metadata: rmaps needed from the start
     if change in (DELETE, MOVE):
         assert old is not None
         if vm.hazards.delete_zaps_before_sync:

@@ -85,6 +85,9 @@ class KvmMmuNotifier:
             _notifier_rwsem(vm).down_read()
         else:
             with vm.mn_invalidate_lock:
+                if vm.hazards.notifier_takes_slots_arch_lock:
+                    with vm.slots_arch_lock:  # forbidden, and a mutex inside a spinlock
+                        pass
                 vm.mn_active_invalidate_count += 1
         if vm.hazards.notifier_takes_slots_lock:
             with vm.slots_lock:  # forbidden: see the module docstring

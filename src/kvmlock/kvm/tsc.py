@@ -8,7 +8,8 @@ offset exactly, so all of them tick together; otherwise the write opens a new ge
 The decision reads and then updates the per-VM ``last_tsc_*`` / ``cur_tsc_*`` fields: it must be
 one indivisible step, or two vCPUs written at the same moment can both open "the next"
 generation with different offsets. The kernel makes it indivisible with ``tsc_write_lock``, a
-raw spinlock (the offset update must not be preempted), taken with ``vcpu->mutex`` held and with
+raw spinlock (the offset update must not be preempted), taken with ``vcpu->mutex`` held -- or with
+``kvm_lock`` held, by the Hyper-V clock notifier (:meth:`Machine.hyperv_tsc_notifier`) -- and with
 nothing taken inside it: a leaf.
 
 :class:`TscSync` holds that per-VM state beside the VM (the VM object owns the lock itself).
@@ -72,6 +73,10 @@ class TscSync:
         vcpu.mutex.assert_held()
         if self.locked:
             with self.lock:
+                machine = getattr(self.vm, "machine", None)
+                if self.vm.hazards.tsc_write_walks_vm_list and machine is not None:
+                    with machine.kvm_lock:  # broken: kvm_lock is outside tsc_write_lock
+                        pass
                 return self._synchronize(vcpu.id, data, now_ns)
         return self._synchronize(vcpu.id, data, now_ns)
 

@@ -49,6 +49,10 @@ class VCPU:
         self.mutex = Mutex("vcpu->mutex")
         #: guest page -> cached translation. Read only in guest mode, emptied only outside it.
         self.tlb: dict[int, TlbEntry] = {}
+        #: vCPU state set by ioctls (the model's stand-in for registers and CPUID); vcpu->mutex
+        self.config: dict[str, int] = {}
+        #: the index of the vCPU's kvm->srcu read side while it runs (KVM_RUN), else None
+        self.srcu_idx: int | None = None
         self.in_guest = False
         self._cpu = runtime.RT.waitq(self)
         #: counters for the workload's throughput report.

@@ -59,6 +59,9 @@ def vendor_init(machine: Machine, name: str, *,
     """
     _check_name(name)
     lock = _serializer(machine, serialize_with)
+    if machine.hazards.vendor_lock_inside_hotplug:
+        with machine.cpu_hotplug_lock.read(), lock:  # broken: the lock is outside the hotplug one
+            pass
     with lock:
         if machine.vendor is not None:
             raise VendorModuleError(

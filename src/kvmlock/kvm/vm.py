@@ -8,12 +8,12 @@ enabling) belongs to :class:`kvmlock.kvm.machine.Machine`, which publishes the V
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+from kvmlock.kvm.hazards import Hazards, as_hazards
 from kvmlock.kvm.host import Host
 from kvmlock.kvm.iobus import IoBus
-from kvmlock.kvm.memslots import Memslots, set_memory_region
+from kvmlock.kvm.memslots import Memslots, MsrFilter, set_memory_region
 from kvmlock.kvm.mmu.shadow import MMU
 from kvmlock.kvm.mmu_notifier import KvmMmuNotifier
 from kvmlock.kvm.vcpu import VCPU
@@ -33,54 +33,6 @@ if TYPE_CHECKING:
     from kvmlock.kvm.machine import Machine
 
 __all__ = ["Hazards", "VM"]
-
-
-@dataclass(frozen=True)
-class Hazards:
-    """Switches that re-enable a bug the design documents, one per hazard.
-
-    Every switch is off in the correct model; a *broken* scenario turns one on and the tools
-    must catch it.
-    """
-
-    #: fast page fault also fixes SPTEs of indirect shadow pages (gfn->pfn ABA loses a gfn).
-    fast_pf_indirect: bool = False
-    #: the old volatility rule: a read-only, Accessed SPTE is updated with a plain store even
-    #: when the fast path may make it writable meanwhile (a Dirty bit set by hardware is lost).
-    nonatomic_volatile_clear: bool = False
-    #: ``mmu_spte_update`` does not ask for a TLB flush when it removes the W bit.
-    skip_tlb_flush_on_wrprot: bool = False
-    #: memslot updates are fenced from MMU notifiers by an rwsem held from invalidate start to
-    #: end, instead of the open-coded count + rcuwait.
-    notifier_uses_rwsem: bool = False
-    #: the MMU notifier takes ``kvm->slots_lock`` (forbidden: memslot updaters wait for it).
-    notifier_takes_slots_lock: bool = False
-    #: aging an A/D-disabled writable SPTE forgets to pass its dirty state to the page.
-    access_track_drops_dirty: bool = False
-    #: a memslot update swaps the array without waiting for active MMU-notifier invalidations.
-    swap_without_waiting: bool = False
-    #: deleting a memslot zaps its SPTEs before the SRCU grace period that retires the slot.
-    delete_zaps_before_sync: bool = False
-    #: TDP faults (mmu_lock held only for read) link new shadow pages without
-    #: ``tdp_mmu_pages_lock``: two faults can both build the same page.
-    tdp_link_without_pages_lock: bool = False
-
-    @classmethod
-    def names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-
-def _hazards(value: Hazards | dict[str, bool] | None) -> Hazards:
-    if value is None:
-        return Hazards()
-    if isinstance(value, Hazards):
-        return value
-    if isinstance(value, dict):
-        unknown = sorted(set(value) - set(Hazards.names()))
-        if unknown:
-            raise ValueError(f"unknown hazard(s) {unknown}; known: {Hazards.names()}")
-        return Hazards(**value)
-    raise TypeError(f"hazards must be a Hazards, a dict or None, got {type(value).__name__}")
 
 
 class VM:
@@ -117,7 +69,7 @@ class VM:
             raise ValueError(f"VM name must be a non-empty string, got {name!r}")
         self.machine = machine
         self.name = name
-        self.hazards = _hazards(hazards)
+        self.hazards = as_hazards(hazards)
         self.options = dict(options)
 
         # -- per-VM locks, named as the kernel's fields
@@ -143,6 +95,15 @@ class VM:
         self.mmu_invalidate_in_progress = 0
         self.mmu_invalidate_range_start = 0
         self.mmu_invalidate_range_end = 0
+
+        # -- read by vCPUs inside kvm->srcu, replaced by VM ioctls (see ioctls.py)
+        self.msr_filter = RcuPointer(MsrFilter(), name="kvm->arch.msr_filter")
+        self.irq_routing: tuple[str, ...] = ()  # under irq_lock
+        self.irq_ack_notifiers: list[str] = []  # under irq_lock
+        #: set once the first shadow root allocated every memslot's rmaps (slots_arch_lock)
+        self.shadow_root_allocated = Atomic64(0, name="kvm->arch.shadow_root_allocated")
+        #: how many times the Hyper-V clock notifier updated the reference TSC page
+        self.hv_tsc_page_updates = 0  # under tsc_write_lock
 
         # -- memory: host, memslots (swapped under the protocol in memslots.py), MMU
         if host is None:

@@ -44,6 +44,10 @@ class Xen:
         """``KVM_XEN_HVM_SET_ATTR``: a VM ioctl, so only ``xen_lock``."""
         self._check(attr, VM_ATTRS, value)
         with self.lock:
+            if self.vm.hazards.xen_lock_locks_vcpus:
+                for vcpu in self.vm.vcpus:  # broken: vcpu->mutex is outside xen_lock
+                    with vcpu.mutex:
+                        pass
             self.attrs[attr] = value
 
     def vcpu_set_attr(self, vcpu: Any, attr: str, value: int) -> None:

@@ -1,109 +1,84 @@
-"""Section 1 of locking.rst as scenarios: every acquisition order, and "everything else is a leaf".
+"""The acquisition orders of the model's locking document, as scenarios through its real paths.
 
-For each documented order "A is taken outside B" there is a *correct* scenario, in which two
-tasks take the pair the documented way through the model's real code paths (plus, where the
-model has one, a path taking only one of them), and a *broken* one in which the second task
-inverts the pair. lockdep must report the inversion as a circular dependency whichever way the
-explorer interleaves the two tasks -- a lock-order bug needs no unlucky timing to be found.
+The rules come from one place, ``kvmlock/kvm/locking.rst`` (read by
+:func:`kvmlock.spec.design.model_spec`); this module only says which of the model's real code
+paths take each documented pair, and how each path's order is broken:
 
-Two graph checks state the section as code, and the correct scenarios run them on the
-dependency graph of their own execution:
+* ``order.<outer>.<inner>.correct`` runs the paths concurrently and then checks the run's lock
+  graph against the *whole* document (:func:`check_graph`: orders, leaves, SRCU rules, lock
+  kinds, no undocumented lock). It also requires that the pair's own rule was exercised -- the
+  paths really took ``outer`` outside ``inner`` -- so it cannot pass by taking nothing.
+* ``order.<outer>.<inner>.broken`` runs the same paths with the :class:`Hazards` switch that
+  inverts the order inside one of them (a focused inverted body where the order is an
+  assertion of the MMU's helpers), and lockdep or the graph check must catch it.
 
-* :func:`check_orders` -- no dependency contradicts a documented order (or a chain of them);
-* :func:`check_leaves` -- no lock outside the documented orders has anything taken inside it.
+An order rule the document gains without a path here becomes a correct scenario that fails,
+saying so: the document can never state an order that nothing checks.
 
 :func:`together` (spawn tasks, join them) and :func:`check_graph` serve the other modules too.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import kvmlock
 from kvmlock import lockdep
+from kvmlock.kvm import ioctls
+from kvmlock.kvm.guest import GuestFault, guest_write, set_gpte
+from kvmlock.kvm.hazards import Hazards
 from kvmlock.kvm.hyperv import HyperV
+from kvmlock.kvm.iobus import mmio_write
 from kvmlock.kvm.machine import Machine
+from kvmlock.kvm.mmu.page_fault import page_fault
+from kvmlock.kvm.mmu.shadow import check_rmaps, zap_gfn_range
 from kvmlock.kvm.posted_intr import PostedVcpu, post_interrupt
 from kvmlock.kvm.tsc import TscSync
+from kvmlock.kvm.vendor import VendorModuleError, vendor_init
 from kvmlock.kvm.vm import VM
 from kvmlock.kvm.xen import Xen
 from kvmlock.scenarios.registry import scenario
+from kvmlock.spec import check as spec_check
+from kvmlock.spec.check import HELD
+from kvmlock.spec.design import model_spec, order_rules
 
-__all__ = ["LEAVES", "ORDERS", "check_graph", "check_leaves", "check_orders", "together"]
-
-#: (outer, inner): the documented acquisition orders, canonical class names.
-ORDERS: tuple[tuple[str, str], ...] = (
-    ("cpu_hotplug_lock", "kvm_lock"),
-    ("kvm_usage_lock", "cpu_hotplug_lock"),
-    ("vendor_module_lock", "cpu_hotplug_lock"),
-    ("kvm->lock", "vcpu->mutex"),
-    ("kvm->lock", "kvm->slots_lock"),
-    ("kvm->lock", "kvm->irq_lock"),
-    ("kvm->slots_lock", "kvm->irq_lock"),
-    ("kvm->slots_lock", "kvm->slots_arch_lock"),
-    ("vcpu->mutex", "kvm->arch.hyperv.hv_lock"),
-    ("vcpu->mutex", "kvm->arch.xen.xen_lock"),
-    ("kvm->mmu_lock", "kvm->arch.tdp_mmu_pages_lock"),
-    ("kvm->mmu_lock", "kvm->arch.mmu_unsync_pages_lock"),
-)
-
-#: Locks with nothing taken inside them ("everything else is a leaf"). ``kvm_lock`` is one:
-#: the hotplug lock is outside it, so anything sleeping inside it risks a cycle through
-#: ``cpu_hotplug_lock`` (see ``order.kvm_lock_leaf.*``).
-LEAVES: frozenset[str] = frozenset({
-    "kvm_lock",
-    "kvm->irq_lock",
-    "kvm->arch.hyperv.hv_lock",
-    "kvm->arch.xen.xen_lock",
-    "kvm->arch.tdp_mmu_pages_lock",
-    "kvm->arch.mmu_unsync_pages_lock",
-    "kvm->mn_invalidate_lock",
-    "kvm->arch.tsc_write_lock",
-    "wakeup_vcpus_on_cpu_lock",
-})
+__all__ = ["PATHS", "OrderPaths", "check_graph", "together"]
 
 
-def _base(cls: str) -> str:
-    """``vcpu->mutex/1`` (a nesting subclass) orders like ``vcpu->mutex``."""
-    return cls.split("/", 1)[0]
+def check_graph(graph: Any = None, *, exercised: Iterable[tuple[str, str, str]] = ()) -> None:
+    """Assert the run's lock graph conforms to the model's locking document.
+
+    Every rule of the document (orders and their chains, leaves, SRCU rules, lock kinds) is
+    checked by :func:`kvmlock.spec.check`, and every lock in the run must be documented.
+    ``exercised`` names rules ``(kind, outer, inner)`` the run must have *held*, not merely not
+    violated (for SRCU rules ``outer`` is the lock, ``inner`` the SRCU).
+    """
+    doc = model_spec()
+    conf = spec_check(doc, lockdep.graph() if graph is None else graph)
+    bad = [f"{r.rule.describe()} (locking.rst:{r.rule.line}): {r.detail}"
+           f"{' via ' + ' => '.join(e.show() for e in r.path) if r.path else ''}"
+           f"{' at ' + r.where if r.where else ''}" for r in conf.violations]
+    bad += [f"{t.entry.name} is documented as {t.entry.type_text} but the run built a {t.actual}"
+            for t in conf.types if t.status == "violated"]
+    bad += [f"{name} ({kind}) is not in the model's locking document"
+            for name, kind in conf.undocumented]
+    assert not bad, "the run breaks the model's locking document: " + "; ".join(bad)
+    status = {_key(r.rule): r.status for r in conf.results}
+    for key in exercised:
+        assert status.get(key) == HELD, (
+            f"rule {' '.join(key)} was not exercised by the run "
+            f"(status: {status.get(key, 'no such rule in the document')})")
 
 
-def _closure(orders: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-    after: dict[str, set[str]] = {}
-    for a, b in orders:
-        after.setdefault(a, set()).add(b)
-    out: set[tuple[str, str]] = set()
-    for a in list(after):
-        stack, seen = [a], set()
-        while stack:
-            for b in after.get(stack.pop(), ()):
-                if b not in seen:
-                    seen.add(b)
-                    stack.append(b)
-        out |= {(a, b) for b in seen}
-    return out
-
-
-_IMPLIED = _closure(ORDERS)
-
-
-def check_orders(graph: lockdep.DepGraph | Any) -> None:
-    """Assert no dependency in ``graph`` runs against a documented order (or chain of them)."""
-    bad = sorted({
-        f"{e.src} -> {e.dst} (documented: {_base(e.dst)} outside {_base(e.src)}; at {e.where})"
-        for e in graph.edges
-        if (_base(e.dst), _base(e.src)) in _IMPLIED
-    })
-    assert not bad, "acquisition order inverted: " + "; ".join(bad)
-
-
-def check_leaves(graph: lockdep.DepGraph | Any, leaves: Iterable[str] = LEAVES) -> None:
-    """Assert nothing is taken inside a leaf lock (an edge leaving a leaf class)."""
-    leaves = set(leaves)
-    bad = sorted({f"{e.dst} taken inside leaf {e.src} (at {e.where})"
-                  for e in graph.edges if _base(e.src) in leaves})
-    assert not bad, "a leaf lock is not a leaf: " + "; ".join(bad)
+def _key(rule: Any) -> tuple[str, str, str]:
+    if rule.kind == "srcu_read_ok":
+        return (rule.kind, rule.inner, rule.srcu)
+    if rule.kind == "srcu_sync_inside":
+        return (rule.kind, rule.outer, rule.srcu)
+    return (rule.kind, rule.outer, rule.inner)
 
 
 def together(*tasks: Callable[[], object], names: Iterable[str] | None = None) -> None:
@@ -114,169 +89,371 @@ def together(*tasks: Callable[[], object], names: Iterable[str] | None = None) -
         h.join()
 
 
-def _inverted(outer: Any, inner: Any) -> Callable[[], None]:
-    def take() -> None:
-        with inner, outer:
-            pass
-    return take
-
-
-def _nested(outer: Any, inner: Any) -> Callable[[], None]:
-    def take() -> None:
-        with outer, inner:
-            pass
-    return take
-
-
-def check_graph() -> None:
-    g = lockdep.graph()
-    check_orders(g)
-    check_leaves(g)
-
-
-# ---------------------------------------------------------------------- global locks
+# ---------------------------------------------------------------------- the real paths per order
 
 _BOUND = {"max_runs": 400}
 
-
-@scenario("order.hotplug_kvm_lock.correct", variant="correct", expect="pass",
-          rule="cpus_read_lock() is taken outside kvm_lock",
-          invariant="every dependency follows the documented orders; leaves stay leaves",
-          **_BOUND)
-def hotplug_kvm_lock_correct() -> None:
-    m = Machine(2)
-    together(lambda: m.destroy_vm(m.create_vm()), lambda: m.cpu_down(1), m.cpufreq_notifier)
-    m.check_hardware()
-    check_graph()
-
-
-@scenario("order.hotplug_kvm_lock.broken", variant="broken", expect="lockdep",
-          lockdep_kind="circular",
-          rule="cpus_read_lock() taken inside kvm_lock (walking vm_list into a hotplug read)",
-          invariant="lockdep reports kvm_lock -> cpu_hotplug_lock -> kvm_lock", **_BOUND)
-def hotplug_kvm_lock_broken() -> None:
-    m = Machine(2)
-
-    def walk_vm_list_then_hotplug() -> None:
-        with m.kvm_lock, m.cpu_hotplug_lock.read():
-            pass
-
-    together(lambda: m.cpu_down(1), walk_vm_list_then_hotplug)
-
-
-@scenario("order.usage_lock_hotplug.correct", variant="correct", expect="pass",
-          rule="kvm_usage_lock is taken outside cpus_read_lock()",
-          invariant="every dependency follows the documented orders; hardware state consistent",
-          **_BOUND)
-def usage_lock_hotplug_correct() -> None:
-    m = Machine(2, usage_lock=True)
-    together(lambda: m.destroy_vm(m.create_vm()), lambda: m.cpu_down(1))
-    m.check_hardware()
-    check_graph()
-
-
-@scenario("order.usage_lock_hotplug.broken", variant="broken", expect="lockdep",
-          lockdep_kind="circular",
-          rule="kvm_usage_lock taken inside the hotplug lock (an online callback locking it)",
-          invariant="lockdep reports kvm_usage_lock -> cpu_hotplug_lock -> kvm_usage_lock",
-          **_BOUND)
-def usage_lock_hotplug_broken() -> None:
-    m = Machine(2, usage_lock=True)
-    usage = m.kvm_usage_lock
-    assert usage is not None
-
-    def online_callback_taking_usage_lock() -> None:
-        with m.cpu_hotplug_lock.write(), usage:
-            pass
-
-    together(lambda: m.destroy_vm(m.create_vm()), online_callback_taking_usage_lock)
-
-
-# ---------------------------------------------------------------------- per-VM mutexes
 
 def _vm() -> VM:
     return VM(None, nr_vcpus=1)
 
 
-def _pair(name: str, outer: str, inner: str, rule: str,
-          get: Callable[[VM], tuple[Any, Any]],
-          extra: Callable[[VM], Callable[[], None]] | None = None) -> None:
-    """Register the correct/broken pair for the documented order ``outer`` outside ``inner``."""
-
-    def correct() -> None:
-        vm = _vm()
-        o, i = get(vm)
-        tasks = [_nested(o, i), _nested(o, i)]
-        if extra is not None:
-            tasks.append(extra(vm))
-        together(*tasks)
-        check_graph()
-
-    def broken() -> None:
-        vm = _vm()
-        o, i = get(vm)
-        together(_nested(o, i), _inverted(o, i))
-
-    correct.__name__ = correct.__qualname__ = f"{name}_correct"
-    broken.__name__ = broken.__qualname__ = f"{name}_broken"
-    scenario(f"order.{name}.correct", variant="correct", expect="pass", rule=rule,
-             invariant=f"{outer} is always taken outside {inner}", **_BOUND)(correct)
-    scenario(f"order.{name}.broken", variant="broken", expect="lockdep",
-             lockdep_kind="circular", rule=f"{inner} taken outside {outer} (inverted)",
-             invariant=f"lockdep reports {outer} -> {inner} -> {outer}", **_BOUND)(broken)
+#: A run: the tasks (name -> body) and the check of what they did, once all have finished.
+Run = tuple[dict[str, Callable[[], object]], Callable[[], None]]
 
 
-def _hv_write(vm: VM) -> Callable[[], None]:
+@dataclass(frozen=True)
+class OrderPaths:
+    """The model's paths that take one documented pair, and how one of them inverts it.
+
+    ``build(hazards)`` makes fresh model objects and returns the tasks; ``hazard`` names the
+    :class:`Hazards` switch that inverts the order inside a path (the broken variant runs the
+    same tasks with it on), or ``inverted`` is a focused body taking the pair the wrong way.
+    """
+
+    build: Callable[[Hazards], Run]
+    what: str  # the real paths, in words
+    hazard: str = ""
+    inverted: Callable[[], None] | None = None
+    broken_rule: str = ""
+    lockdep_kind: str = "circular"
+    max_runs: int = 400
+
+
+def _nothing() -> None:
+    pass
+
+
+def _hotplug_kvm_lock(h: Hazards) -> Run:
+    m = Machine(2, hazards=h)
+    return ({"create+destroy VM": lambda: m.destroy_vm(m.create_vm()),
+             "cpu hotplug": lambda: m.cpu_down(1), "cpufreq notifier": m.cpufreq_notifier},
+            m.check_hardware)
+
+
+def _usage_lock_hotplug(h: Hazards) -> Run:
+    m = Machine(2, usage_lock=True, hazards=h)
+    return ({"create+destroy VM": lambda: m.destroy_vm(m.create_vm()),
+             "cpu hotplug": lambda: m.cpu_down(1)}, m.check_hardware)
+
+
+def _vendor_hotplug(h: Hazards) -> Run:
+    m = Machine(2, hazards=h)
+
+    def load(name: str) -> Callable[[], None]:
+        def modprobe() -> None:
+            try:
+                vendor_init(m, name)
+            except VendorModuleError:
+                pass  # the other vendor won: EEXIST
+        return modprobe
+
+    def one_loaded() -> None:
+        assert m.vendor in ("kvm_intel", "kvm_amd"), f"no vendor module loaded: {m.vendor}"
+
+    return ({"modprobe kvm_intel": load("kvm_intel"), "modprobe kvm_amd": load("kvm_amd"),
+             "cpu hotplug": lambda: m.cpu_down(1)}, one_loaded)
+
+
+def _kvm_lock_tsc(h: Hazards) -> Run:
+    m = Machine(2, hazards=h)
+    vm = m.create_vm(nr_vcpus=1)
+    tsc = TscSync(vm)
+
+    def set_tsc() -> None:
+        vcpu = vm.vcpus[0]
+        with vcpu.mutex:
+            tsc.write(vcpu, 0, 1000)
+
+    def after() -> None:
+        tsc.check()
+        assert vm.hv_tsc_page_updates == 1, "the Hyper-V notifier missed the VM"
+
+    return ({"hyperv clock notifier": m.hyperv_tsc_notifier, "vcpu0 KVM_SET_TSC": set_tsc,
+             "cpufreq notifier": m.cpufreq_notifier}, after)
+
+
+def _kvm_lock_vcpu_mutex(h: Hazards) -> Run:
+    vm = VM(None, nr_vcpus=2, hazards=h)
+    v0, v1 = vm.vcpus
+    return ({"VM ioctl (all vCPUs)": lambda: ioctls.set_vcpus_config(vm, "tsc_khz", 1),
+             "vcpu0 ioctl": lambda: ioctls.vcpu_set_config(v0, "cpuid", 1),
+             "vcpu1 ioctl": lambda: ioctls.vcpu_set_config(v1, "cpuid", 2)},
+            lambda: ioctls.check_vcpus_config(vm, "tsc_khz"))
+
+
+def _irqchip(h: Hazards, *, with_routing: bool) -> Run:
+    vm = VM(None, nr_vcpus=1, hazards=h)
+    second: dict[str, Callable[[], object]] = (
+        {"KVM_SET_GSI_ROUTING": lambda: ioctls.set_gsi_routing(vm, ("ioapic",))}
+        if with_routing else
+        {"KVM_IOEVENTFD": lambda: ioctls.assign_ioeventfd(vm, 0x1000)})
+
+    def after() -> None:
+        devices = ioctls.bus_devices(vm)
+        assert {"pic", "ioapic"} <= set(devices), f"irqchip devices missing: {devices}"
+        assert vm.irq_routing, "no interrupt routes installed"
+
+    return ({"KVM_CREATE_IRQCHIP": lambda: ioctls.create_irqchip(vm), **second,
+             "vcpu0 PIO exit": lambda: _pio_exit(vm.vcpus[0])}, after)
+
+
+def _pio_exit(vcpu: Any) -> None:
+    """A vCPU's port I/O exit to the PIC, inside KVM_RUN (it reads the bus under kvm->srcu)."""
+    ioctls.kvm_run(vcpu, lambda v: mmio_write(v, ioctls.PIC, 1))
+
+
+def _pit(h: Hazards) -> Run:
+    vm = VM(None, nr_vcpus=1, hazards=h)
+
+    def after() -> None:
+        assert vm.irq_ack_notifiers == ["pit"] and "pit" in ioctls.bus_devices(vm)
+
+    return ({"KVM_CREATE_PIT2": lambda: ioctls.create_pit(vm),
+             "KVM_SET_GSI_ROUTING": lambda: ioctls.set_gsi_routing(vm, ("pit",))}, after)
+
+
+def _apic_access_vm(h: Hazards, **kw: Any) -> VM:
+    vm = VM(None, nr_vcpus=2, nr_pages=4, host_pages=4, hazards=h, **kw)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    vm.set_memory_region(ioctls.APIC_ACCESS_SLOT, base_gfn=3, npages=1, hva=3)
+    return vm
+
+
+def _vcpu_mutex_memslots(h: Hazards) -> Run:
+    vm = _apic_access_vm(h)
+    v0, v1 = vm.vcpus
+
+    def after() -> None:
+        assert vm.memslots.access_pointer().by_id(ioctls.APIC_ACCESS_SLOT) is None
+
+    return ({"vcpu0 KVM_RUN (APICv inhibited)":
+             lambda: ioctls.kvm_run(v0, ioctls.inhibit_apic_access_page),
+             "vcpu1 KVM_RUN (ioctl)": lambda: ioctls.vcpu_set_config(v1, "cpuid", 1),
+             "KVM_SET_USER_MEMORY_REGION": lambda: vm.set_memory_region(1, base_gfn=2, npages=1,
+                                                                        hva=2)}, after)
+
+
+def _shadow_vm(h: Hazards) -> VM:
+    vm = VM(None, nr_vcpus=1, nr_pages=4, host_pages=4, tdp=False, hazards=h)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    return vm
+
+
+def _fault(vcpu: Any, va: int) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            ioctls.kvm_run(vcpu, lambda v: guest_write(v, va, 1))
+        except GuestFault:
+            pass  # the guest touched memory no memslot backs: an MMIO exit
+    return run
+
+
+def _slots_arch_lock(h: Hazards) -> Run:
+    vm = _shadow_vm(h)
+    vm.mmu.gpt[0].store(1)  # the guest maps page 0 to gfn 0, before any shadow root exists
+    return ({"vcpu0 KVM_RUN (first shadow root)": _fault(vm.vcpus[0], 0),
+             "KVM_SET_USER_MEMORY_REGION": lambda: vm.set_memory_region(1, base_gfn=2, npages=1,
+                                                                        hva=2)},
+            lambda: check_rmaps(vm))
+
+
+def _mn_invalidate(h: Hazards) -> Run:
+    vm = VM(None, nr_vcpus=1, nr_pages=2, host_pages=2, hazards=h)
+    vm.set_memory_region(0, base_gfn=0, npages=1, hva=0)
+    vm.host.fault_in(0)
+    return ({"KVM_SET_USER_MEMORY_REGION": lambda: vm.set_memory_region(1, base_gfn=1, npages=1,
+                                                                        hva=1),
+             "host reclaim": lambda: vm.host.swap_out(0)}, _nothing)
+
+
+def _vcpus_msr(h: Hazards, *, xen: bool) -> Run:
+    vm = VM(None, nr_vcpus=2, hazards=h)
+    v0, v1 = vm.vcpus
+    if xen:
+        x = Xen(vm)
+
+        def vcpu0() -> None:
+            with v0.mutex:
+                x.vcpu_set_attr(v0, "vcpu_info", 1)
+
+        return ({"vcpu0 KVM_XEN_VCPU_SET_ATTR": vcpu0,
+                 "KVM_XEN_HVM_SET_ATTR": lambda: x.hvm_set_attr("upcall_vector", 3)},
+                lambda: None)
     hv = HyperV(vm)
 
-    def vcpu_wrmsr() -> None:
-        vcpu = vm.vcpus[0]
-        with vcpu.mutex:
-            hv.set_msr(vcpu, "HV_X64_MSR_REFERENCE_TSC", 1)
-    return vcpu_wrmsr
+    def wrmsr(vcpu: Any, msr: str) -> Callable[[], None]:
+        def run() -> None:
+            with vcpu.mutex:
+                hv.set_msr(vcpu, msr, 1)
+        return run
+
+    return ({"vcpu0 WRMSR": wrmsr(v0, "HV_X64_MSR_REFERENCE_TSC"),
+             "vcpu1 WRMSR": wrmsr(v1, "HV_X64_MSR_GUEST_OS_ID"),
+             "KVM_HYPERV_EVENTFD": lambda: hv.eventfd_assign(1)},
+            lambda: None)
 
 
-def _xen_write(vm: VM) -> Callable[[], None]:
-    xen = Xen(vm)
-
-    def vcpu_set_attr() -> None:
-        vcpu = vm.vcpus[0]
-        with vcpu.mutex:
-            xen.vcpu_set_attr(vcpu, "vcpu_info", 1)
-    return vcpu_set_attr
-
-
-def _mmu_read_side(vm: VM, inner: str) -> Callable[[], None]:
-    def fault_under_read_lock() -> None:
-        with vm.mmu_lock.read(), getattr(vm, inner):
-            pass
-    return fault_under_read_lock
+def _tdp_faults(h: Hazards) -> Run:
+    vm = VM(None, nr_vcpus=2, nr_pages=2, host_pages=2, hazards=h)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    v0, v1 = vm.vcpus
+    return ({"vcpu0 TDP fault": lambda: page_fault(v0, 0, True),
+             "vcpu1 TDP fault": lambda: page_fault(v1, 1, False),
+             "zap": lambda: zap_gfn_range(vm, 0, 2)}, vm.mmu.check_pages)
 
 
-_pair("kvm_lock_vcpu_mutex", "kvm->lock", "vcpu->mutex",
-      "kvm->lock is taken outside vcpu->mutex",
-      lambda vm: (vm.lock, vm.vcpus[0].mutex), _hv_write)
-_pair("kvm_lock_slots_lock", "kvm->lock", "kvm->slots_lock",
-      "kvm->lock is taken outside kvm->slots_lock",
-      lambda vm: (vm.lock, vm.slots_lock))
-_pair("kvm_lock_irq_lock", "kvm->lock", "kvm->irq_lock",
-      "kvm->lock is taken outside kvm->irq_lock",
-      lambda vm: (vm.lock, vm.irq_lock))
-_pair("slots_lock_irq_lock", "kvm->slots_lock", "kvm->irq_lock",
-      "kvm->slots_lock is taken outside kvm->irq_lock",
-      lambda vm: (vm.slots_lock, vm.irq_lock))
-_pair("slots_lock_slots_arch_lock", "kvm->slots_lock", "kvm->slots_arch_lock",
-      "kvm->slots_lock is taken outside kvm->slots_arch_lock",
-      lambda vm: (vm.slots_lock, vm.slots_arch_lock))
-_pair("vcpu_mutex_hv_lock", "vcpu->mutex", "kvm->arch.hyperv.hv_lock",
-      "vcpu->mutex is taken outside kvm->arch.hyperv.hv_lock",
-      lambda vm: (vm.vcpus[0].mutex, vm.hv_lock), _hv_write)
-_pair("vcpu_mutex_xen_lock", "vcpu->mutex", "kvm->arch.xen.xen_lock",
-      "vcpu->mutex is taken outside kvm->arch.xen.xen_lock",
-      lambda vm: (vm.vcpus[0].mutex, vm.xen_lock), _xen_write)
+def _shadow_unsync(h: Hazards) -> Run:
+    vm = _shadow_vm(h)
+    return ({"guest INVLPG": lambda: set_gpte(vm, 0, 1),
+             "vcpu0 shadow fault": lambda: page_fault(vm.vcpus[0], 1, False)}, _nothing)
 
 
-# ---------------------------------------------------------------------- kvm_lock stays a leaf
+def _mmu_inverted(inner: str) -> Callable[[], None]:
+    def take() -> None:
+        vm = VM(None, nr_vcpus=1)
+        sub = getattr(vm, inner)
+        together(lambda: _sub_under_read(vm, sub), lambda: _write_under_sub(vm, sub),
+                 names=["TDP fault", "inverted"])
+    return take
+
+
+def _sub_under_read(vm: VM, sub: Any) -> None:
+    with vm.mmu_lock.read(), sub:
+        pass
+
+
+def _write_under_sub(vm: VM, sub: Any) -> None:
+    with sub, vm.mmu_lock.write():
+        pass
+
+
+#: (outer, inner) of every order rule in the model's document -> the paths that take it.
+PATHS: dict[tuple[str, str], OrderPaths] = {
+    ("cpu_hotplug_lock", "kvm_lock"): OrderPaths(
+        _hotplug_kvm_lock, "VM create/destroy, CPU offline and the cpufreq notifier",
+        "cpufreq_hotplug_inside_kvm_lock",
+        broken_rule="the cpufreq notifier takes cpus_read_lock inside kvm_lock"),
+    ("kvm_usage_lock", "cpu_hotplug_lock"): OrderPaths(
+        _usage_lock_hotplug, "VM create/destroy and CPU offline (kvm_usage_lock design)",
+        "usage_lock_inside_hotplug",
+        broken_rule="enabling virtualization takes kvm_usage_lock inside cpus_read_lock"),
+    ("vendor_module_lock", "cpu_hotplug_lock"): OrderPaths(
+        _vendor_hotplug, "two vendor modules loading while a CPU goes offline",
+        "vendor_lock_inside_hotplug",
+        broken_rule="vendor init takes vendor_module_lock inside cpus_read_lock"),
+    ("kvm_lock", "kvm->arch.tsc_write_lock"): OrderPaths(
+        _kvm_lock_tsc, "the Hyper-V clock notifier, a vCPU's TSC write, the cpufreq notifier",
+        "tsc_write_walks_vm_list", lockdep_kind="sleep_in_atomic",
+        broken_rule="a TSC write walks vm_list (kvm_lock) under the raw tsc_write_lock"),
+    ("kvm->lock", "vcpu->mutex"): OrderPaths(
+        _kvm_lock_vcpu_mutex, "a VM ioctl locking every vCPU, and two vCPU ioctls",
+        "vcpu_ioctl_takes_kvm_lock", broken_rule="a vCPU ioctl takes kvm->lock"),
+    ("kvm->lock", "kvm->slots_lock"): OrderPaths(
+        lambda h: _irqchip(h, with_routing=False),
+        "KVM_CREATE_IRQCHIP, KVM_IOEVENTFD and a PIO exit reading the bus",
+        "ioeventfd_takes_kvm_lock", broken_rule="KVM_IOEVENTFD takes kvm->lock under slots_lock"),
+    ("kvm->lock", "kvm->irq_lock"): OrderPaths(
+        lambda h: _irqchip(h, with_routing=True),
+        "KVM_CREATE_IRQCHIP, KVM_SET_GSI_ROUTING and a PIO exit reading the bus",
+        "routing_takes_kvm_lock", broken_rule="KVM_SET_GSI_ROUTING takes kvm->lock under irq_lock"),
+    ("vcpu->mutex", "kvm->slots_lock"): OrderPaths(
+        _vcpu_mutex_memslots,
+        "KVM_RUN deleting the APIC-access memslot, a vCPU ioctl, a memslot create",
+        "memslot_update_locks_vcpus",
+        broken_rule="a memslot create locks every vCPU under slots_lock"),
+    ("vcpu->mutex", "kvm->slots_arch_lock"): OrderPaths(
+        _vcpu_mutex_memslots,
+        "KVM_RUN deleting the APIC-access memslot, a vCPU ioctl, a memslot create",
+        "memslot_commit_locks_vcpus",
+        broken_rule="a memslot create locks every vCPU under slots_arch_lock"),
+    ("kvm->slots_lock", "kvm->irq_lock"): OrderPaths(
+        _pit, "KVM_CREATE_PIT2 and KVM_SET_GSI_ROUTING", "pit_slots_lock_inside_irq_lock",
+        broken_rule="the PIT registers its I/O device with irq_lock held"),
+    ("kvm->slots_lock", "kvm->slots_arch_lock"): OrderPaths(
+        _slots_arch_lock, "a memslot create racing the first shadow root (KVM_RUN)",
+        "root_alloc_takes_slots_lock",
+        broken_rule="the first shadow root takes slots_lock under slots_arch_lock"),
+    ("kvm->slots_arch_lock", "kvm->mn_invalidate_lock"): OrderPaths(
+        _mn_invalidate, "a memslot create racing a host reclaim (MMU notifier)",
+        "notifier_takes_slots_arch_lock", lockdep_kind="sleep_in_atomic",
+        broken_rule="invalidate_range_start takes slots_arch_lock under mn_invalidate_lock"),
+    ("vcpu->mutex", "kvm->arch.hyperv.hv_lock"): OrderPaths(
+        lambda h: _vcpus_msr(h, xen=False),
+        "two vCPUs writing partition-wide Hyper-V MSRs, and KVM_HYPERV_EVENTFD",
+        "hv_lock_locks_vcpus", broken_rule="KVM_HYPERV_EVENTFD locks every vCPU under hv_lock"),
+    ("vcpu->mutex", "kvm->arch.xen.xen_lock"): OrderPaths(
+        lambda h: _vcpus_msr(h, xen=True), "a vCPU and a VM Xen attribute write",
+        "xen_lock_locks_vcpus", broken_rule="a VM-wide Xen attribute write locks every vCPU"),
+    ("kvm->mmu_lock", "kvm->arch.tdp_mmu_pages_lock"): OrderPaths(
+        _tdp_faults, "two TDP faults building shadow pages (mmu_lock read) and a zap",
+        inverted=_mmu_inverted("tdp_mmu_pages_lock"),
+        broken_rule="tdp_mmu_pages_lock taken outside mmu_lock"),
+    ("kvm->mmu_lock", "kvm->arch.mmu_unsync_pages_lock"): OrderPaths(
+        _shadow_unsync, "a guest page-table change (unsync/sync) and a shadow fault",
+        inverted=_mmu_inverted("mmu_unsync_pages_lock"),
+        broken_rule="mmu_unsync_pages_lock taken outside mmu_lock"),
+}
+
+
+def _slug(name: str) -> str:
+    """A lock's part of a scenario name: ``kvm->lock`` is ``vm_lock`` (``kvm_lock`` is global)."""
+    special = {"kvm->lock": "vm_lock", "vcpu->mutex": "vcpu_mutex"}
+    return special.get(name) or re.sub(r"^kvm->(?:arch\.(?:hyperv\.|xen\.)?)?", "", name)
+
+
+def _run(build: Callable[[Hazards], Run], hazards: Hazards) -> None:
+    tasks, after = build(hazards)
+    together(*tasks.values(), names=list(tasks))
+    after()
+
+
+def _register(outer: str, inner: str, line: int) -> None:
+    name = f"order.{_slug(outer)}.{_slug(inner)}"
+    paths = PATHS.get((outer, inner))
+    rule = f"{outer} is taken outside {inner} (locking.rst:{line})"
+    if paths is None:
+        def unexercised() -> None:
+            raise AssertionError(f"the document orders {outer} outside {inner}, but no model "
+                                 "path takes them (add one to scenarios.orders.PATHS)")
+        scenario(f"{name}.correct", variant="correct", expect="pass", rule=rule,
+                 invariant="a model path takes the pair", max_runs=1)(unexercised)
+        return
+
+    def correct() -> None:
+        _run(paths.build, Hazards())
+        check_graph(exercised=[("order", outer, inner)])
+
+    correct.__name__ = correct.__qualname__ = f"{name.replace('.', '_')}_correct"
+    scenario(f"{name}.correct", variant="correct", expect="pass", rule=rule,
+             invariant=f"through {paths.what}: the run conforms to the model's document and "
+                       f"takes {outer} outside {inner}", max_runs=paths.max_runs)(correct)
+    if paths.hazard:
+        hazard = Hazards(**{paths.hazard: True})
+
+        def broken() -> None:
+            _run(paths.build, hazard)
+
+        what = f"the same paths with hazard {paths.hazard}"
+    else:
+        assert paths.inverted is not None
+        broken = paths.inverted
+        what = "a focused body taking the pair the other way"
+    broken.__name__ = broken.__qualname__ = f"{name.replace('.', '_')}_broken"
+    scenario(f"{name}.broken", variant="broken", expect="lockdep",
+             lockdep_kind=paths.lockdep_kind, rule=paths.broken_rule,
+             invariant=f"{what}: lockdep reports {paths.lockdep_kind}",
+             max_runs=paths.max_runs)(broken)
+
+
+for _rule in order_rules():
+    _register(_rule.outer, _rule.inner, _rule.line)
+
+# ---------------------------------------------------------------------- walking vm_list
+
+# kvm_lock is not a leaf (the raw tsc_write_lock nests inside it), but nothing that can wait for
+# the hotplug lock or for an SRCU grace period may: the document says "kvm_lock must not take
+# kvm->slots_lock", and these scenarios show why.
 
 def _four_paths(hold_kvm_lock: bool, hotplug: bool = False) -> None:
     """The four paths of the 2025 report: each fine alone, deadlocking together.
@@ -304,32 +481,32 @@ def _four_paths(hold_kvm_lock: bool, hotplug: bool = False) -> None:
     together(*tasks, names=names)
 
 
-@scenario("order.kvm_lock_leaf.correct", variant="correct", expect="pass",
-          rule="kvm_lock is a leaf: walkers of vm_list take a reference and drop kvm_lock "
-               "before taking a VM's slots_lock",
-          invariant="no cycle through kvm_lock; every dependency follows the documented orders",
+@scenario("order.kvm_lock_walk.correct", variant="correct", expect="pass",
+          rule="kvm_lock must not take kvm->slots_lock: walkers of vm_list take a reference "
+               "and drop kvm_lock before taking a VM's slots_lock",
+          invariant="no cycle through kvm_lock; the run conforms to the model's document",
           max_runs=3000, timeout=60.0)
-def kvm_lock_leaf_correct() -> None:
+def kvm_lock_walk_correct() -> None:
     _four_paths(hold_kvm_lock=False)
     check_graph()
 
 
-@scenario("order.kvm_lock_leaf.broken", variant="broken", expect="lockdep",
+@scenario("order.kvm_lock_walk.broken", variant="broken", expect="lockdep",
           lockdep_kind="circular",
           rule="slots_lock taken under kvm_lock while walking vm_list (NX huge pages), with a "
                "memslot update, a cpufreq notifier and a static-key patch under kvm->srcu",
           invariant="lockdep reports the four-lock cycle kvm_lock -> kvm->slots_lock -> "
                     "kvm->srcu -> cpu_hotplug_lock -> kvm_lock", max_runs=400)
-def kvm_lock_leaf_broken() -> None:
+def kvm_lock_walk_broken() -> None:
     _four_paths(hold_kvm_lock=True)
 
 
-@scenario("order.kvm_lock_leaf.deadlock", variant="broken", expect="deadlock",
+@scenario("order.kvm_lock_walk.deadlock", variant="broken", expect="deadlock",
           rule="the same four paths plus a CPU going offline, lockdep off: the explorer finds "
                "the five-task hang itself",
           invariant="all tasks blocked: the cycle lockdep reports is a real deadlock",
           lockdep=False, max_runs=5000, timeout=60.0)
-def kvm_lock_leaf_deadlock() -> None:
+def kvm_lock_walk_deadlock() -> None:
     _four_paths(hold_kvm_lock=True, hotplug=True)
 
 
@@ -379,51 +556,6 @@ def vcpu_mutex_planes_inverted() -> None:
     together(_plane0_then_plane1(p0, p1), _plane0_then_plane1(p1, p0))
 
 
-# ---------------------------------------------------------------------- mmu_lock sub-locks
-
-def _mmu_pair(name: str, inner: str) -> None:
-    cls = f"kvm->arch.{inner}"
-
-    def correct() -> None:
-        vm = _vm()
-        together(_mmu_read_side(vm, inner), _nested(vm.mmu_lock.write(), getattr(vm, inner)))
-        check_graph()
-
-    def broken() -> None:
-        vm = _vm()
-        together(_mmu_read_side(vm, inner), _inverted(vm.mmu_lock.write(), getattr(vm, inner)))
-
-    def without_mmu_lock() -> None:
-        vm = _vm()
-        with_lock_held(vm, inner)
-
-    correct.__name__ = f"{name}_correct"
-    broken.__name__ = f"{name}_broken"
-    without_mmu_lock.__name__ = f"{name}_without_mmu_lock"
-    scenario(f"order.{name}.correct", variant="correct", expect="pass",
-             rule=f"{cls} is taken inside kvm->mmu_lock (read or write)",
-             invariant=f"kvm->mmu_lock is always outside {cls}", **_BOUND)(correct)
-    scenario(f"order.{name}.broken", variant="broken", expect="lockdep",
-             lockdep_kind="circular", rule=f"{cls} taken outside kvm->mmu_lock (inverted)",
-             invariant=f"lockdep reports kvm->mmu_lock -> {cls} -> kvm->mmu_lock",
-             **_BOUND)(broken)
-    scenario(f"order.{name}.without_mmu_lock", variant="broken", expect="lockdep",
-             lockdep_kind="not_held", rule=f"{cls} taken without kvm->mmu_lock held",
-             invariant="the helper's lockdep_assert_held(mmu_lock) reports it",
-             **_BOUND)(without_mmu_lock)
-
-
-def with_lock_held(vm: VM, inner: str) -> None:
-    """Take an mmu_lock sub-lock the way MMU code does: asserting ``mmu_lock`` is held first."""
-    vm.mmu_lock.assert_held()
-    with getattr(vm, inner):
-        pass
-
-
-_mmu_pair("mmu_lock_tdp_mmu_pages_lock", "tdp_mmu_pages_lock")
-_mmu_pair("mmu_lock_mmu_unsync_pages_lock", "mmu_unsync_pages_lock")
-
-
 # ---------------------------------------------------------------------- everything else is a leaf
 
 @scenario("order.leaves.correct", variant="correct", expect="pass",
@@ -432,7 +564,9 @@ _mmu_pair("mmu_lock_mmu_unsync_pages_lock", "mmu_unsync_pages_lock")
           max_runs=300)
 def leaves_correct() -> None:
     m = Machine(2)
-    vm = m.create_vm(nr_vcpus=2)
+    vm = m.create_vm(nr_vcpus=2, nr_pages=2, host_pages=2)
+    vm.set_memory_region(0, base_gfn=0, npages=1, hva=0)
+    vm.host.fault_in(0)
     tsc = TscSync(vm)
     hv, xen = HyperV(vm), Xen(vm)
     pv = PostedVcpu(m, vm.vcpus[1], cpu=1)
@@ -443,26 +577,31 @@ def leaves_correct() -> None:
             tsc.write(vcpu, 0, 1000)
             hv.set_msr(vcpu, "HV_X64_MSR_GUEST_OS_ID", 7)
             xen.vcpu_set_attr(vcpu, "runstate", 1)
-        with vm.mn_invalidate_lock:
-            vm.mn_active_invalidate_count += 1
-        with vm.mn_invalidate_lock:
-            vm.mn_active_invalidate_count -= 1
+        vm.host.swap_out(0)  # the MMU notifier: mn_invalidate_lock
 
     def host() -> None:
         xen.hvm_set_attr("upcall_vector", 3)
         post_interrupt(pv, 5)
-        with vm.slots_lock, vm.irq_lock:
-            pass
+        ioctls.create_pit(vm)  # irq_lock inside slots_lock
+        m.hyperv_tsc_notifier()  # tsc_write_lock inside kvm_lock
 
     together(vcpu0, host, pv.block, names=["vcpu0", "host", "vcpu1"])
     assert pv.delivered == {5}, f"posted vector lost: delivered {pv.delivered}"
     tsc.check()
+    doc = model_spec()
+    # the MMU's sub-locks ("only with mmu_lock held") are taken by order.mmu_lock.* instead
+    mmu_only = {r.inner for r in doc.rules if r.kind == "requires"}
+    leaves = [r.outer for r in doc.rules if r.kind == "leaf" and r.outer not in mmu_only]
     check_graph()
+    conf = spec_check(doc, lockdep.graph())
+    idle = [r.rule.outer for r in conf.results
+            if r.rule.kind == "leaf" and r.rule.outer in leaves and r.status != HELD]
+    assert leaves and not idle, f"leaf locks no path took: {idle}"
 
 
 @scenario("order.leaves.hv_lock_nests.broken", variant="broken", expect="assertion",
           rule="a leaf lock with another lock taken inside it (kvm->irq_lock under hv_lock)",
-          invariant="check_leaves finds the edge leaving kvm->arch.hyperv.hv_lock", max_runs=50)
+          invariant="check_graph finds the edge leaving kvm->arch.hyperv.hv_lock", max_runs=50)
 def leaves_hv_lock_nests_broken() -> None:
     vm = _vm()
     vcpu = vm.vcpus[0]

@@ -1,24 +1,26 @@
-"""The SRCU rules of locking.rst: which locks may be taken inside a ``kvm->srcu`` read side.
+"""The SRCU rules of the model's document: which locks a ``kvm->srcu`` read side may take.
 
-``synchronize_srcu(&kvm->srcu)`` waits for every reader. It is called with ``kvm->slots_lock``
-held (publishing new memslots), and may be called under ``kvm->lock`` and ``vcpu->mutex``. So a
-reader that takes one of those locks can wait for a task that waits for the reader: a deadlock
-lockdep sees as the cycle ``L -> kvm->srcu -> L``, with the read side a recursive read of the
-SRCU class and ``synchronize`` an exclusive acquire of it.
+``synchronize_srcu(&kvm->srcu)`` waits for every reader. The model calls it where the kernel
+does: publishing memslots (under ``kvm->slots_lock``), publishing an I/O bus during
+``KVM_CREATE_IRQCHIP`` and a new MSR filter (under ``kvm->lock``), and deleting the APIC-access
+memslot during KVM_RUN (under ``vcpu->mutex``). A reader that takes one of those locks can wait
+for a task that waits for the reader: the cycle ``L -> kvm->srcu -> L`` lockdep reports, with
+the read side a recursive read of the SRCU class and ``synchronize`` an exclusive acquire of it.
 
-``kvm->slots_arch_lock`` is the exception the design makes on purpose: the memslot updater drops
-it before ``synchronize``, so a reader may take it (e.g. while handling a VM exit).
+``kvm->slots_arch_lock`` is the exception made on purpose: the memslot updater drops it before
+``synchronize``, so a reader may take it -- the first shadow root does, to allocate the reverse
+maps of every memslot from inside KVM_RUN.
 
 Older versions of the document said the opposite for ``kvm->lock``: taken *inside* the read
 side, with ``call_srcu`` instead of ``synchronize`` under it. That rule contradicts the same
 document's orders -- ``kvm->lock`` is outside ``kvm->slots_lock``, and the memslot update
 synchronizes under ``kvm->slots_lock`` -- which closes the three-lock cycle
-``kvm->srcu -> kvm->lock -> kvm->slots_lock -> kvm->srcu``. lockdep finds it from four tasks
-each of which is fine on its own (``srcu.old_rule_kvm_lock_in_reader.broken``); newer versions
-of the document forbid ``kvm->lock`` inside the read side, as the correct variant here does.
+``kvm->srcu -> kvm->lock -> kvm->slots_lock -> kvm->srcu``.
 
-The correct variants also check what SRCU is for: a reader never uses a memslots array that
-the updater has already freed.
+Every correct variant runs the model's real paths and checks what SRCU is for: no reader uses a
+memslots array, I/O bus or MSR filter that was already freed (each is poisoned when freed and
+asserts it is live when read), and the run conforms to the whole document, with the variant's
+own rule exercised.
 """
 
 from __future__ import annotations
@@ -26,137 +28,178 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from kvmlock import runtime
+from kvmlock.kvm import ioctls
+from kvmlock.kvm.guest import GuestFault, guest_read, guest_write
+from kvmlock.kvm.iobus import mmio_write
+from kvmlock.kvm.mmu.shadow import check_rmaps
 from kvmlock.kvm.vm import VM
 from kvmlock.scenarios.orders import check_graph, together
 from kvmlock.scenarios.registry import scenario
-from kvmlock.sync import Atomic64
 
 __all__: list[str] = []
 
 _BOUND = {"max_runs": 500}
+_SRCU = "kvm->srcu"
 
 
-class _Slots:
-    """A memslots array: ``freed`` once the updater reclaims it after a grace period.
-
-    Using and freeing it are visible steps on the array, so the explorer can put a free between
-    a reader's load of the pointer and its use of what it loaded.
-    """
-
-    def __init__(self, generation: int) -> None:
-        self.generation = generation
-        self.freed = False
-        self._rt = runtime.RT
-
-    def use(self) -> None:
-        self._rt.point(self, "read memslots", False)
-        assert not self.freed, f"memslots generation {self.generation} used after it was freed"
-
-    def free(self) -> None:
-        self._rt.point(self, "free memslots", True)
-        self.freed = True
+def _create_slot(vm: VM, slot: int, gfn: int) -> Callable[[], None]:
+    def create() -> None:
+        vm.set_memory_region(slot, base_gfn=gfn, npages=1, hva=gfn)
+    return create
 
 
-class _Memslots:
-    """The ``kvm->memslots`` pointer: readers load it inside the read side."""
-
-    def __init__(self) -> None:
-        self.arrays = [_Slots(0)]
-        self.ptr = Atomic64(0, name="kvm->memslots")
-
-    def current(self) -> _Slots:
-        return self.arrays[self.ptr.load()]
-
-    def publish(self) -> _Slots:
-        old = self.current()
-        self.arrays.append(_Slots(len(self.arrays)))
-        self.ptr.store(len(self.arrays) - 1)
-        return old
+def _run(vcpu: Any, *exits: Callable[[Any], object]) -> Callable[[], None]:
+    """KVM_RUN handling ``exits``; a guest access no memslot backs is an MMIO exit, fine here."""
+    def run() -> None:
+        try:
+            ioctls.kvm_run(vcpu, *exits)
+        except GuestFault:
+            pass
+    return run
 
 
-def _reader(vm: VM, slots: _Memslots, inner: Any | None) -> None:
-    """A vCPU handling an exit: memslots read inside ``kvm->srcu``, maybe with a lock inside."""
-    idx = vm.srcu.read_lock()
-    try:
-        s = slots.current()
-        if inner is not None:
-            with inner:
-                pass
-        s.use()
-    finally:
-        vm.srcu.read_unlock(idx)
+# ---------------------------------------------------------------------- slots_arch_lock
 
-
-def _update_memslots(vm: VM, slots: _Memslots) -> None:
-    """The updater's protocol: slots_lock, slots_arch_lock around the swap, drop, synchronize."""
-    with vm.slots_lock:
-        with vm.slots_arch_lock:
-            old = slots.publish()
-        vm.srcu.synchronize()
-        old.free()
-
-
-def _sync_update(vm: VM, slots: _Memslots, lock: Any) -> Callable[[], None]:
-    """An ioctl that swaps the memslots and waits for a grace period while holding ``lock``."""
-
-    def update() -> None:
-        with lock:
-            old = slots.publish()
-            vm.srcu.synchronize()
-            old.free()
-
-    return update
-
-
-def _update_vs_reader(inner: str) -> None:
-    """The memslot updater racing a vCPU whose read side takes the VM's lock ``inner``."""
-    vm = VM(None, nr_vcpus=1)
-    slots = _Memslots()
-    together(lambda: _update_memslots(vm, slots), lambda: _reader(vm, slots, getattr(vm, inner)),
-             names=["memslot updater", "vcpu0"])
+def _first_root_vs_create(hazards: dict[str, bool]) -> None:
+    """The first shadow root (KVM_RUN, inside kvm->srcu) racing a memslot create."""
+    vm = VM(None, nr_vcpus=1, nr_pages=4, host_pages=4, tdp=False, hazards=hazards)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    for va in (0, 2):  # the guest's own page table, before any shadow root exists
+        vm.mmu.gpt[va].store(va + 1)
+    together(_run(vm.vcpus[0], lambda v: guest_write(v, 0, 1), lambda v: guest_read(v, 2)),
+             _create_slot(vm, 1, 2), names=["vcpu0 KVM_RUN", "KVM_SET_USER_MEMORY_REGION"])
+    check_rmaps(vm)
 
 
 @scenario("srcu.slots_arch_lock_in_reader.correct", variant="correct", expect="pass",
-          rule="kvm->slots_arch_lock may be taken inside a kvm->srcu read side",
-          invariant="no reader uses freed memslots; no cycle through kvm->srcu", **_BOUND)
+          rule="kvm->slots_arch_lock may be taken inside a kvm->srcu read side: the first "
+               "shadow root allocates rmaps under it while a memslot is created",
+          invariant="every memslot has rmaps once a root exists; no freed memslots used; the "
+                    "run conforms to the document with this SRCU rule exercised", **_BOUND)
 def slots_arch_lock_in_reader() -> None:
-    _update_vs_reader("slots_arch_lock")
-    check_graph()
+    _first_root_vs_create({})
+    check_graph(exercised=[("srcu_read_ok", "kvm->slots_arch_lock", _SRCU)])
 
 
-@scenario("srcu.slots_lock_in_reader.broken", variant="broken", expect="lockdep",
+@scenario("srcu.slots_arch_lock_across_sync.broken", variant="broken", expect="lockdep",
           lockdep_kind="circular",
-          rule="kvm->slots_lock taken inside a kvm->srcu read side",
-          invariant="lockdep reports kvm->slots_lock -> kvm->srcu -> kvm->slots_lock", **_BOUND)
+          rule="the memslot update drops slots_arch_lock after synchronize_srcu, not before",
+          invariant="lockdep reports kvm->slots_arch_lock -> kvm->srcu -> kvm->slots_arch_lock",
+          **_BOUND)
+def slots_arch_lock_across_sync() -> None:
+    _first_root_vs_create({"slots_arch_lock_across_sync": True})
+
+
+@scenario("srcu.slots_arch_lock_across_sync.deadlock", variant="broken", expect="deadlock",
+          rule="the same, lockdep off: the updater waits for the vCPU's read side, the vCPU for "
+               "slots_arch_lock",
+          invariant="all tasks blocked", lockdep=False, **_BOUND)
+def slots_arch_lock_across_sync_deadlock() -> None:
+    _first_root_vs_create({"slots_arch_lock_across_sync": True})
+
+
+@scenario("srcu.root_alloc_without_slots_arch_lock.broken", variant="broken", expect="assertion",
+          rule="the first shadow root allocates rmaps without slots_arch_lock",
+          invariant="a memslot created meanwhile is left without rmaps", max_runs=2000)
+def root_alloc_without_slots_arch_lock() -> None:
+    _first_root_vs_create({"root_alloc_without_slots_arch_lock": True})
+
+
+# ---------------------------------------------------------------------- slots_lock, vcpu->mutex
+
+def _apic_access_vs_faults(hazards: dict[str, bool], *, vcpu1: str = "fault") -> None:
+    """KVM_RUN deleting the APIC-access memslot (synchronize under vcpu->mutex), racing
+    another vCPU's KVM_RUN faulting on memory (its own read side) and a vCPU ioctl."""
+    vm = VM(None, nr_vcpus=2, nr_pages=4, host_pages=4, hazards=hazards)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    vm.set_memory_region(ioctls.APIC_ACCESS_SLOT, base_gfn=3, npages=1, hva=3)
+    v0, v1 = vm.vcpus
+    if vcpu1 == "fault":
+        other, name = _run(v1, lambda v: guest_write(v, 1, 1)), "vcpu1 KVM_RUN"
+    else:  # broken: work inside a read side that locks a vCPU
+        def locks_vcpu0() -> None:
+            with vm.srcu.read(), v0.mutex:
+                pass
+        other, name = locks_vcpu0, "irqfd work (kvm->srcu read)"
+    together(_run(v0, ioctls.inhibit_apic_access_page), other,
+             names=["vcpu0 KVM_RUN (APICv inhibited)", name])
+    assert vm.memslots.access_pointer().by_id(ioctls.APIC_ACCESS_SLOT) is None
+
+
+@scenario("srcu.vcpu_mutex_outside_reader.correct", variant="correct", expect="pass",
+          rule="vcpu->mutex is taken outside the kvm->srcu read side; KVM_RUN leaves its read "
+               "side to delete the APIC-access memslot, which synchronizes under vcpu->mutex",
+          invariant="no freed memslots used; the run conforms to the document with "
+                    "synchronize under vcpu->mutex and slots_lock exercised", **_BOUND)
+def vcpu_mutex_outside_reader() -> None:
+    _apic_access_vs_faults({})
+    check_graph(exercised=[("srcu_sync_inside", "vcpu->mutex", _SRCU),
+                           ("srcu_sync_inside", "kvm->slots_lock", _SRCU)])
+
+
+@scenario("srcu.slots_lock_in_reader.broken", variant="broken", expect="deadlock",
+          rule="KVM_RUN deletes the APIC-access memslot without leaving its kvm->srcu read side",
+          invariant="the vCPU's synchronize_srcu waits for its own read side (lockdep also "
+                    "reports kvm->srcu -> kvm->slots_lock -> kvm->srcu)", **_BOUND)
 def slots_lock_in_reader() -> None:
-    _update_vs_reader("slots_lock")
+    _apic_access_vs_faults({"apic_access_delete_under_srcu": True})
+
+
+@scenario("srcu.slots_lock_in_reader.deadlock", variant="broken", expect="deadlock",
+          rule="the same, lockdep off: the explorer finds the hang by itself",
+          invariant="all tasks blocked", lockdep=False, **_BOUND)
+def slots_lock_in_reader_deadlock() -> None:
+    _apic_access_vs_faults({"apic_access_delete_under_srcu": True})
+
+
+@scenario("srcu.vcpu_mutex_in_reader.broken", variant="broken", expect="lockdep",
+          lockdep_kind="circular",
+          rule="an exit handler takes another vCPU's vcpu->mutex inside its kvm->srcu read side",
+          invariant="lockdep reports vcpu->mutex -> kvm->srcu -> vcpu->mutex", **_BOUND)
+def vcpu_mutex_in_reader() -> None:
+    _apic_access_vs_faults({}, vcpu1="locks vcpu0")
+
+
+# ---------------------------------------------------------------------- kvm->lock
+
+def _vm_ioctls_vs_exits(reader_takes_kvm_lock: bool = False,
+                        hazards: dict[str, bool] | None = None) -> VM:
+    """KVM_CREATE_IRQCHIP and KVM_X86_SET_MSR_FILTER (both synchronize under kvm->lock)
+    racing a vCPU whose exits read the I/O bus and the MSR filter inside kvm->srcu."""
+    vm = VM(None, nr_vcpus=1, hazards=hazards)
+
+    def exits(v: Any) -> None:
+        ioctls.msr_exit(v, "MSR_IA32_TSC")
+        if reader_takes_kvm_lock:
+            with vm.lock:  # broken: kvm->lock inside the read side
+                pass
+        mmio_write(v, ioctls.PIC, 1)
+
+    together(lambda: ioctls.create_irqchip(vm),
+             lambda: ioctls.set_msr_filter(vm, frozenset({"MSR_IA32_TSC"})),
+             _run(vm.vcpus[0], exits),
+             names=["KVM_CREATE_IRQCHIP", "KVM_X86_SET_MSR_FILTER", "vcpu0 KVM_RUN"])
+    return vm
 
 
 @scenario("srcu.kvm_lock_outside_reader.correct", variant="correct", expect="pass",
-          rule="kvm->lock is taken outside the kvm->srcu read side; synchronize may run under it",
-          invariant="no reader uses freed memslots; the call_srcu free runs after a grace period",
-          **_BOUND)
+          rule="kvm->lock is taken outside the kvm->srcu read side; KVM_CREATE_IRQCHIP and "
+               "KVM_X86_SET_MSR_FILTER synchronize under it",
+          invariant="no freed I/O bus or MSR filter read by an exit; the run conforms to the "
+                    "document with synchronize under kvm->lock exercised", **_BOUND)
 def kvm_lock_outside_reader() -> None:
-    vm = VM(None, nr_vcpus=1)
-    slots = _Memslots()
+    vm = _vm_ioctls_vs_exits()
+    assert vm.msr_filter.access_pointer().denied == {"MSR_IA32_TSC"}
+    check_graph(exercised=[("srcu_sync_inside", "kvm->lock", _SRCU)])
 
-    vm_ioctl_sync = _sync_update(vm, slots, vm.lock)
 
-    def vm_ioctl_deferred() -> None:
-        with vm.lock:
-            old = slots.publish()
-            vm.srcu.call_srcu(old.free)
-
-    def vm_ioctl_reader() -> None:
-        with vm.lock:
-            _reader(vm, slots, None)
-
-    together(vm_ioctl_sync, vm_ioctl_deferred, vm_ioctl_reader,
-             names=["vm ioctl (sync)", "vm ioctl (call_srcu)", "vm ioctl (reader)"])
-    vm.srcu.barrier()
-    assert all(a.freed for a in slots.arrays[:-1]), "a deferred free never ran after srcu_barrier"
-    check_graph()
+@scenario("srcu.kvm_lock_in_reader.broken", variant="broken", expect="lockdep",
+          lockdep_kind="circular",
+          rule="an exit handler takes kvm->lock inside its kvm->srcu read side, while VM "
+               "ioctls synchronize under kvm->lock",
+          invariant="lockdep reports kvm->lock -> kvm->srcu -> kvm->lock", **_BOUND)
+def kvm_lock_in_reader() -> None:
+    _vm_ioctls_vs_exits(reader_takes_kvm_lock=True)
 
 
 @scenario("srcu.old_rule_kvm_lock_in_reader.broken", variant="broken", expect="lockdep",
@@ -166,87 +209,24 @@ def kvm_lock_outside_reader() -> None:
           invariant="lockdep reports kvm->srcu -> kvm->lock -> kvm->slots_lock -> kvm->srcu",
           **_BOUND)
 def old_rule_kvm_lock_in_reader() -> None:
-    vm = VM(None, nr_vcpus=1)
-    slots = _Memslots()
+    vm = VM(None, nr_vcpus=1, nr_pages=2, host_pages=2)
 
-    def vm_ioctl() -> None:
-        with vm.lock, vm.slots_lock:
+    def exit_under_kvm_lock(v: Any) -> None:
+        with vm.lock:  # what the older document allowed
             pass
 
-    def deferred_under_kvm_lock() -> None:
-        with vm.lock:
-            vm.srcu.call_srcu(slots.publish().free)
-
-    together(lambda: _update_memslots(vm, slots), vm_ioctl, deferred_under_kvm_lock,
-             lambda: _reader(vm, slots, vm.lock),
-             names=["memslot updater", "vm ioctl", "vm ioctl (call_srcu)", "vcpu0"])
+    together(_create_slot(vm, 0, 0), lambda: ioctls.create_pit(vm),
+             _run(vm.vcpus[0], exit_under_kvm_lock),
+             names=["KVM_SET_USER_MEMORY_REGION", "KVM_CREATE_PIT2", "vcpu0 KVM_RUN"])
 
 
-@scenario("srcu.kvm_lock_in_reader.broken", variant="broken", expect="lockdep",
-          lockdep_kind="circular",
-          rule="synchronize_srcu under kvm->lock while a reader takes kvm->lock",
-          invariant="lockdep reports kvm->lock -> kvm->srcu -> kvm->lock", **_BOUND)
-def kvm_lock_in_reader() -> None:
-    vm = VM(None, nr_vcpus=1)
-    slots = _Memslots()
-
-    vm_ioctl = _sync_update(vm, slots, vm.lock)
-
-    together(vm_ioctl, lambda: _reader(vm, slots, vm.lock), names=["vm ioctl", "vcpu0"])
-
-
-@scenario("srcu.vcpu_mutex_outside_reader.correct", variant="correct", expect="pass",
-          rule="vcpu->mutex is taken outside the kvm->srcu read side (KVM_RUN)",
-          invariant="no reader uses freed memslots; no cycle through kvm->srcu", **_BOUND)
-def vcpu_mutex_outside_reader() -> None:
-    vm = VM(None, nr_vcpus=1)
-    vcpu = vm.vcpus[0]
-    slots = _Memslots()
-
-    vcpu_ioctl_sync = _sync_update(vm, slots, vcpu.mutex)
-
-    def kvm_run() -> None:
-        with vcpu.mutex:
-            _reader(vm, slots, None)
-
-    together(vcpu_ioctl_sync, kvm_run, names=["vcpu ioctl", "KVM_RUN"])
-    check_graph()
-
-
-@scenario("srcu.vcpu_mutex_in_reader.broken", variant="broken", expect="lockdep",
-          lockdep_kind="circular",
-          rule="vcpu->mutex taken inside a kvm->srcu read side",
-          invariant="lockdep reports vcpu->mutex -> kvm->srcu -> vcpu->mutex", **_BOUND)
-def vcpu_mutex_in_reader() -> None:
-    vm = VM(None, nr_vcpus=1)
-    vcpu = vm.vcpus[0]
-    slots = _Memslots()
-
-    vcpu_ioctl_sync = _sync_update(vm, slots, vcpu.mutex)
-
-    together(vcpu_ioctl_sync, lambda: _reader(vm, slots, vcpu.mutex),
-             names=["vcpu ioctl", "vcpu0"])
-
+# ---------------------------------------------------------------------- the grace period
 
 @scenario("srcu.free_before_grace_period.broken", variant="broken", expect="assertion",
           rule="old memslots freed without waiting for a grace period",
-          invariant="a reader inside kvm->srcu uses the freed array", **_BOUND)
+          invariant="a fault inside kvm->srcu uses the freed (poisoned) array", **_BOUND)
 def free_before_grace_period() -> None:
-    vm = VM(None, nr_vcpus=1)
-    slots = _Memslots()
-
-    def hasty_update() -> None:
-        with vm.slots_lock:
-            with vm.slots_arch_lock:
-                old = slots.publish()
-            old.free()  # no synchronize_srcu
-
-    together(hasty_update, lambda: _reader(vm, slots, None), names=["memslot updater", "vcpu0"])
-
-
-@scenario("srcu.slots_lock_in_reader.deadlock", variant="broken", expect="deadlock",
-          rule="kvm->slots_lock inside the read side, with lockdep off: the explorer finds the "
-               "hang itself (synchronize waits for the reader, the reader for slots_lock)",
-          invariant="all tasks blocked", lockdep=False, **_BOUND)
-def slots_lock_in_reader_deadlock() -> None:
-    _update_vs_reader("slots_lock")
+    vm = VM(None, nr_vcpus=1, nr_pages=2, host_pages=2, hazards={"free_before_grace_period": True})
+    vm.set_memory_region(0, base_gfn=0, npages=1, hva=0)
+    together(_run(vm.vcpus[0], lambda v: guest_read(v, 0)), _create_slot(vm, 1, 1),
+             names=["vcpu0 KVM_RUN", "KVM_SET_USER_MEMORY_REGION"])

@@ -11,6 +11,8 @@ release to release. This package makes such a document executable::
 ``spec.lint(rules)`` finds contradictions inside the document itself,
 ``spec.conformance(path)`` checks the KVM model's own run against a document, and
 ``spec.diff(old, new)`` says what changed between two versions of one.
+``spec.model_spec()`` is the model's own locking document (``kvmlock/kvm/locking.rst``), the one
+source of the rules its scenarios check; ``kvmlock spec check DOC`` diffs DOC against it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 from typing import Any
 
 from kvmlock.spec.check import Conformance, RuleResult, TypeResult, check
+from kvmlock.spec.design import model_spec
 from kvmlock.spec.diff import SpecDiff, diff
 from kvmlock.spec.graphview import (
     Edge,
@@ -57,6 +60,7 @@ __all__ = [
     "load_graph",
     "merge",
     "model_graph",
+    "model_spec",
     "normalise",
     "parse",
     "render_reference",

@@ -145,6 +145,11 @@ def check(spec: Spec, graph: Any, *, arch: str | None = None) -> Conformance:
             # a rule the graph cannot decide is not a rule that held
             conf.incomplete.append(f"line {rule.line}: '{rule.describe()}' could not be checked "
                                    f"on this graph ({res.detail})")
+    for rule in implied_orders(spec, arch):
+        bad = g.path_between(rule.inner, rule.outer)
+        if bad:  # an implied order is reported only when broken: it adds no evidence otherwise
+            conf.results.append(RuleResult(rule, VIOLATED, bad,
+                                           f"{rule.inner} is held when taking {rule.outer}"))
     for entry in spec.reference:
         actual = g.classes.get(entry.name)
         if actual is None:
@@ -166,6 +171,37 @@ UNKNOWN_KIND = "?"
 
 def _known(kind: str | None) -> str | None:
     return None if kind == UNKNOWN_KIND else kind
+
+
+def implied_orders(spec: Spec, arch: str | None = None) -> list[Rule]:
+    """Orders the document states only as a chain ("A outside B", "B outside C": A outside C).
+
+    A run that takes A inside C breaks the chain even if it never takes B: the check needs the
+    document's closure, not only the graph's paths.
+    """
+    after: dict[str, list[Rule]] = {}
+    stated = set()
+    for r in spec.rules:
+        if r.kind == "order" and not (arch and r.arch and r.arch != arch):
+            after.setdefault(r.outer, []).append(r)
+            stated.add((r.outer, r.inner))
+    out: list[Rule] = []
+    for start in after:
+        seen: dict[str, list[Rule]] = {}
+        stack = [(r.inner, [r]) for r in after[start]]
+        while stack:
+            node, via = stack.pop()
+            if node in seen or node == start:
+                continue
+            seen[node] = via
+            stack += [(r.inner, [*via, r]) for r in after.get(node, ())]
+        for node, via in seen.items():
+            if len(via) > 1 and (start, node) not in stated:
+                lines = ", ".join(str(r.line) for r in via)
+                out.append(Rule("order", start, inner=node, note=f"implied by lines {lines}",
+                                arch=next((r.arch for r in via if r.arch), ""),
+                                line=via[0].line, text=f"(implied by lines {lines})"))
+    return out
 
 
 def _is_write(e: Edge) -> bool:

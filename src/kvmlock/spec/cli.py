@@ -19,12 +19,12 @@ from rich.console import Console
 from kvmlock import spec as _spec
 from kvmlock.spec.accept import apply as _accept
 from kvmlock.spec.accept import load_waivers
+from kvmlock.spec.design import render_model_doc
 from kvmlock.spec.diff import diff as _diff
 from kvmlock.spec.render import (
     conformance_tables,
     diff_tables,
     lint_tables,
-    render_reference,
     spec_tables,
 )
 
@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("new")
     s.add_argument("--graph", help="also show how each change's verdict moves on this graph")
     s.add_argument("--json", action="store_true", help="print the changes as JSON")
-    s = sub.add_parser("render", help="write the Reference section from the model's locks")
+    s = sub.add_parser("render", help="write the model's locking document, its Reference "
+                                      "section regenerated from the locks the model builds")
     s.add_argument("-o", "--output", help="file to write (default: standard output)")
     return p
 
@@ -90,11 +91,21 @@ def _check(args: argparse.Namespace, con: Console) -> int:
         documented = set(doc.locks())
         conf.unmentioned = [e for e in g.edges if e.src in documented and e.dst in documented
                             and judge_edge(doc, e)[0] == UNDOCUMENTED]
+    # the model's own run: its own document is the other half of the comparison
+    model = not (args.graph or args.proc_lockdep)
+    d = _diff(doc, _spec.model_spec(), graph) if model else None
     if args.json:
         out = conf.to_dict()
         out["unused_accepts"] = [{"line": w.line, "what": w.what} for w in unused]
+        if d is not None:
+            out["model_document"] = d.to_dict()
         sys.stdout.write(json.dumps(out, indent=1) + "\n")
     else:
+        if d is not None:
+            con.print(f"Rules that differ from {doc.source} to the model's own document "
+                      f"({d.new.source}), with each one's verdict on the model's run:")
+            for t in diff_tables(d):
+                con.print(t)
         for t in conformance_tables(conf):
             con.print(t)
         for w in unused:
@@ -111,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     con = Console(highlight=False, width=width)
     try:
         if args.cmd == "render":
-            text = render_reference()
+            text = render_model_doc()
             if args.output:
                 Path(args.output).write_text(text, encoding="utf-8")
                 con.print(f"wrote {args.output}")

@@ -66,7 +66,8 @@ class Rule:
         """The rule in one line of the project's own words."""
         k = self.kind
         if k == "order":
-            return f"{self.outer} is taken outside {self.inner}"
+            implied = f" ({self.note})" if self.note.startswith("implied by") else ""
+            return f"{self.outer} is taken outside {self.inner}{implied}"
         if k == "forbidden":
             return f"{self.outer} must not take {self.inner}"
         if k == "requires":

@@ -29,29 +29,30 @@ import re
 #: "leaves" and an edge into them does not break a leaf.
 SPECIAL_KINDS = ("srcu", "pseudo")
 
-#: The lockdep class names the KVM model uses, with their kinds. A document that has no Reference
-#: entry for one of these still gets the right kind (needed to tell an SRCU from a lock).
-KNOWN_CLASSES: dict[str, str] = {
-    "kvm_lock": "mutex",
-    "kvm_usage_lock": "mutex",
-    "cpu_hotplug_lock": "percpu_rwsem",
-    "vendor_module_lock": "mutex",
-    "wakeup_vcpus_on_cpu_lock": "raw_spinlock",
-    "kvm->lock": "mutex",
-    "kvm->slots_lock": "mutex",
-    "kvm->slots_arch_lock": "mutex",
-    "kvm->irq_lock": "mutex",
-    "kvm->srcu": "srcu",
-    "kvm->mmu_lock": "rwlock",
-    "kvm->arch.tdp_mmu_pages_lock": "spinlock",
-    "kvm->arch.mmu_unsync_pages_lock": "spinlock",
-    "kvm->mn_invalidate_lock": "spinlock",
-    "kvm->arch.tsc_write_lock": "raw_spinlock",
-    "kvm->arch.hyperv.hv_lock": "mutex",
-    "kvm->arch.xen.xen_lock": "mutex",
-    "vcpu->mutex": "mutex",
-    "mmu_notifier_invalidate_range_start": "pseudo",
-}
+#: The MMU notifier's section is a pseudo-lock of the model's, never a Reference entry.
+_PSEUDO_CLASSES = {"mmu_notifier_invalidate_range_start": "pseudo"}
+_known: dict[str, str] | None = None
+_loading = False
+
+
+def known_classes() -> dict[str, str]:
+    """The lockdep classes the KVM model uses, with their kinds, read from the Reference of the
+    model's own locking document: a document without a Reference entry for one of them still
+    gets the right kind (needed to tell an SRCU from a lock)."""
+    global _known, _loading
+    if _known is None:
+        if _loading:  # reading the model's document itself: its own Reference decides
+            return _PSEUDO_CLASSES
+        _loading = True
+        try:
+            from kvmlock.spec.design import model_spec
+
+            ref = model_spec().reference
+            _known = {e.name: e.kinds[0] for e in ref if len(e.kinds) == 1} | _PSEUDO_CLASSES
+        finally:
+            _loading = False
+    return _known
+
 
 ALIASES: dict[str, str] = {
     "cpus_read_lock": "cpu_hotplug_lock",
@@ -160,8 +161,9 @@ def kind_of(name: str, declared: dict[str, tuple[str, ...]] | None = None) -> st
     """A lock's kind: from the document's own Reference if declared, else the model's table."""
     if declared and name in declared and len(declared[name]) == 1:
         return declared[name][0]
-    if name in KNOWN_CLASSES:
-        return KNOWN_CLASSES[name]
+    known = known_classes()
+    if name in known:
+        return known[name]
     if re.search(r"(?:->|\.|::)srcu$", name):  # a struct's srcu field, not synchronize_srcu
         return "srcu"
     return None

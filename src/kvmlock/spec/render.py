@@ -6,6 +6,7 @@ usable by tools, and so the Reference writer can be diffed against a real docume
 
 from __future__ import annotations
 
+import functools
 import io
 import textwrap
 from collections.abc import Iterable
@@ -183,33 +184,54 @@ def lint_tables(spec: Spec, findings: list[Finding]) -> list[Any]:
 
 
 def render_reference(locks: Iterable[Any] | None = None) -> str:
-    """The Reference section, in locking.rst's layout, from the model's own lock declarations.
+    """A Reference section in locking.rst's layout.
 
-    ``locks`` defaults to :data:`kvmlock.kvm.reference.LOCKS`; each item needs ``name``,
-    ``type``, ``arch``, ``protects`` (a string or a sequence) and ``comment``.
+    ``locks`` defaults to the KVM model's: every lock it builds, with the kind the code gives it
+    and the prose of the model's own document (see :func:`kvmlock.spec.design.render_model_doc`).
+    Otherwise each item needs ``name``, ``type`` (a C type or a lockdep kind), ``arch``,
+    ``protects`` (a string or a sequence) and ``comment``.
     """
     if locks is None:
-        try:
-            from kvmlock.kvm.reference import LOCKS
-        except ImportError as exc:  # the model is optional for the reader itself
-            raise RuntimeError(f"the model's lock declarations are not available: {exc}") from None
-        locks = LOCKS
-    lines = ["Reference", "---------", ""]
-    for d in locks:
-        head = f"``{d.name}``"
-        lines += [head, "^" * len(head), ""]
-        typ = d.type if d.type in KIND_TYPES.values() else KIND_TYPES.get(d.type, d.type)
-        lines.append(f":Type:         {typ}")
-        lines.append(f":Arch:         {d.arch or 'any'}")
-        prot = [d.protects] if isinstance(d.protects, str) else list(d.protects)
-        if len(prot) == 1:
-            lines.append(f":Protects:     {prot[0]}")
-        elif prot:
-            lines.append(f":Protects:     - {prot[0]}")
-            lines += [f"               - {p}" for p in prot[1:]]
-        if d.comment:
-            wrapped = textwrap.wrap(" ".join(d.comment.split()), width=63)
-            lines.append(f":Comment:      {wrapped[0]}")
-            lines += [" " * 15 + w for w in wrapped[1:]]
-        lines.append("")
-    return "\n".join(lines)
+        from kvmlock.spec.design import model_locks, model_spec
+
+        built = model_locks()
+        doc = model_spec()
+        entries = [e for e in doc.reference if e.name in built]
+        body = reference_entries(entries, built)
+    else:
+        body = "\n".join(line for d in locks
+                          for line in _entry_lines(d.name, d.type, d.arch, d.protects, d.comment))
+    return "Reference\n---------\n\n" + body
+
+
+def reference_entries(entries: Iterable[Any], kinds: dict[str, str]) -> str:
+    """Reference entries (``RefEntry``-like: name, arch, protects, comment), typed by ``kinds``."""
+    out: list[str] = []
+    for e in entries:
+        out += _entry_lines(e.name, kinds[e.name], e.arch, e.protects, e.comment)
+    return "\n".join(out)
+
+
+def _entry_lines(name: str, typ: str, arch: str, protects: Any, comment: str) -> list[str]:
+    head = f"``{name}``"
+    lines = [head, "^" * len(head), ""]
+    typ = typ if typ in KIND_TYPES.values() else KIND_TYPES.get(typ, typ)
+    lines.append(f":Type:         {typ}")
+    lines.append(f":Arch:         {arch or 'any'}")
+    prot = [protects] if isinstance(protects, str) else list(protects)
+    wrap = functools.partial(textwrap.wrap, width=63)
+    if len(prot) == 1:
+        w = wrap(" ".join(prot[0].split()))
+        lines.append(f":Protects:     {w[0]}")
+        lines += [" " * 15 + x for x in w[1:]]
+    elif prot:
+        for i, p in enumerate(prot):
+            w = wrap(" ".join(p.split()), width=61)
+            lines.append((":Protects:     - " if i == 0 else " " * 15 + "- ") + w[0])
+            lines += [" " * 17 + x for x in w[1:]]
+    if comment:
+        w = wrap(" ".join(comment.split()))
+        lines.append(f":Comment:      {w[0]}")
+        lines += [" " * 15 + x for x in w[1:]]
+    lines.append("")
+    return lines

@@ -77,6 +77,7 @@ def _slow_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
     writable = write or not slot.logging
     new = S.make(pfn, writable=writable, accessed=True, dirty=writable,
                  ad_disabled=mmu.ad_disabled)
+    slots.live()  # the fault keeps using what it looked up (slot, its bitmap and arch data)
     if mmu.tdp:
         return _tdp_map(vm, va, gfn, slot, hva, mmu_seq, pfn, write, new)
     return _shadow_map(vm, va, gfn, slot, hva, mmu_seq, pfn, write, new)
@@ -134,6 +135,8 @@ def _shadow_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int
                 flush = spte_update(vm, sptep, new | (old & (S.ACCESSED | S.DIRTY)))
         else:
             spte_set(sptep, new)
+        assert slot.arch.rmaps.peek(), (f"memslot {slot.id} has no rmaps: the rmap walk of a "
+                                        "shadow root dereferences NULL")
         mmu.rmap_add(gfn, sp, i)
         if S.is_writable(new):
             slot.mark_dirty(gfn)

@@ -30,7 +30,8 @@ from kvmlock.sync import Atomic64
 if TYPE_CHECKING:
     from kvmlock.kvm.vm import VM
 
-__all__ = ["MMU", "SP_ENTRIES", "ShadowPage", "unmap_gfn_range", "zap_gfn_range"]
+__all__ = ["MMU", "SP_ENTRIES", "ShadowPage", "check_rmaps", "first_shadow_root_alloc",
+           "unmap_gfn_range", "zap_gfn_range"]
 
 SP_ENTRIES = 8
 
@@ -87,6 +88,7 @@ class MMU:
             self.loaded = True
             return
         vm = self.vm
+        first_shadow_root_alloc(vm)
         with vm.mmu_lock.write():
             if not self.loaded:
                 for idx in range(len(self.pages)):
@@ -229,6 +231,44 @@ class MMU:
             self.rmap_remove(sp, i)
             return True
         return False
+
+
+def first_shadow_root_alloc(vm: VM) -> None:
+    """``mmu_first_shadow_root_alloc``: give every memslot its rmaps before the first shadow root.
+
+    Runs in KVM_RUN, inside ``kvm->srcu``'s read side, so it may not take ``slots_lock`` (a
+    memslot update synchronizes under it) -- ``slots_arch_lock`` is the lock made for this: a
+    memslot update holds it from reading the memslots until the new array is installed, so a
+    slot is either seen here or created knowing the root exists.
+    """
+    if vm.shadow_root_allocated.load():
+        return
+    h = vm.hazards
+    lock = None if h.root_alloc_without_slots_arch_lock else vm.slots_arch_lock
+    if lock is not None:
+        lock.lock()
+    try:
+        if h.root_alloc_takes_slots_lock:
+            with vm.slots_lock:  # broken: slots_lock is ordered outside slots_arch_lock
+                pass
+        if vm.shadow_root_allocated.load():
+            return
+        for slot in vm.memslots.srcu_dereference(vm.srcu).slots:
+            slot.arch.rmaps.store(1)
+        vm.shadow_root_allocated.store(1)
+    finally:
+        if lock is not None:
+            lock.unlock()
+
+
+def check_rmaps(vm: VM) -> None:
+    """Invariant: once a shadow root exists, every memslot in the active array has its rmaps
+    (a slot without them would be dereferenced as NULL by the next rmap walk)."""
+    if not vm.shadow_root_allocated.peek():
+        return
+    missing = [s.id for s in vm.memslots.access_pointer().slots if not s.arch.rmaps.peek()]
+    assert not missing, (f"memslot(s) {missing} have no rmaps although a shadow root exists: "
+                         "the first root's allocation missed a slot being created")
 
 
 def unmap_gfn_range(vm: VM, start: int, end: int) -> bool:

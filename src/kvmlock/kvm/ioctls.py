@@ -1,0 +1,209 @@
+"""VM and vCPU ioctls whose lock nesting is part of KVM's design (facts from kvm_main.c, x86.c).
+
+Each function is one kernel path, reduced to its locks and the shared state they guard:
+
+* :func:`set_vcpus_config` -- a VM ioctl that changes every vCPU's state while none of them
+  runs: ``kvm->lock``, then each ``vcpu->mutex`` (``kvm_lock_all_vcpus``; SEV intra-host
+  migration and arm64's counter offset do this). ``kvm->lock`` is outside ``vcpu->mutex``.
+* :func:`vcpu_set_config` -- a vCPU ioctl: ``vcpu->mutex`` only.
+* :func:`create_irqchip` -- ``KVM_CREATE_IRQCHIP``: under ``kvm->lock`` it registers the PIC and
+  IOAPIC on the I/O bus (``kvm->slots_lock``; :mod:`kvmlock.kvm.iobus` publishes the new bus
+  and waits for ``synchronize_srcu``) and installs the default routes (``kvm->irq_lock``). So
+  ``synchronize_srcu`` runs under ``kvm->lock`` and ``kvm->slots_lock``.
+* :func:`set_gsi_routing` (``kvm->irq_lock``) and :func:`assign_ioeventfd` (``kvm->slots_lock``)
+  -- the same updates made directly by userspace, without ``kvm->lock``.
+* :func:`create_pit` -- the PIT: its I/O device is registered under ``kvm->slots_lock`` and,
+  still under it, its interrupt ack notifier under ``kvm->irq_lock`` -- the uncommon path that
+  holds both.
+* :func:`set_msr_filter` -- ``KVM_X86_SET_MSR_FILTER``: publishes a new filter and frees the
+  old one after ``synchronize_srcu``, all under ``kvm->lock``. vCPUs read the filter inside
+  ``kvm->srcu`` (:func:`msr_exit`), so ``kvm->lock`` must never be taken inside the read side.
+* :func:`inhibit_apic_access_page` -- during KVM_RUN (``vcpu->mutex`` held, inside the vCPU's
+  ``kvm->srcu`` read side) the APIC-access memslot is deleted once APICv is inhibited. A memslot
+  update synchronizes SRCU, so the vCPU leaves its read side first and re-enters it after:
+  ``synchronize_srcu`` under ``vcpu->mutex``, never inside the read side.
+
+Each weakened form is a :class:`~kvmlock.kvm.hazards.Hazards` switch read right here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from kvmlock.kvm.iobus import Doorbell, io_bus_register_dev
+from kvmlock.kvm.memslots import MsrFilter, active_memslots, retire
+
+if TYPE_CHECKING:
+    from kvmlock.kvm.vcpu import VCPU
+    from kvmlock.kvm.vm import VM
+
+__all__ = ["APIC_ACCESS_SLOT", "assign_ioeventfd", "check_vcpus_config", "create_irqchip",
+           "create_pit", "inhibit_apic_access_page", "bus_devices", "kvm_run", "msr_exit",
+           "set_gsi_routing", "set_msr_filter", "set_vcpus_config", "vcpu_set_config"]
+
+#: the memslot id KVM reserves for the APIC-access page (a private slot in the kernel)
+APIC_ACCESS_SLOT = 509
+
+
+# ----------------------------------------------------------------------------- vCPU state
+
+
+def set_vcpus_config(vm: VM, key: str, value: int) -> None:
+    """A VM ioctl that sets ``key`` on every vCPU while none runs (``kvm_lock_all_vcpus``)."""
+    with vm.lock:
+        vcpus = list(vm.vcpus)
+        for vcpu in vcpus:
+            vcpu.mutex.lock_nest(vm.lock)
+        try:
+            for vcpu in vcpus:
+                vcpu.config[key] = value
+        finally:
+            for vcpu in reversed(vcpus):
+                vcpu.mutex.unlock()
+
+
+def vcpu_set_config(vcpu: VCPU, key: str, value: int) -> None:
+    """A vCPU ioctl setting ``key`` on one vCPU (``vcpu->mutex`` held for the ioctl)."""
+    vm = vcpu.vm
+    with vcpu.mutex:
+        if vm.hazards.vcpu_ioctl_takes_kvm_lock:
+            with vm.lock:  # broken: kvm->lock is ordered outside vcpu->mutex
+                vcpu.config[key] = value
+        else:
+            vcpu.config[key] = value
+
+
+def check_vcpus_config(vm: VM, key: str) -> None:
+    """Invariant after a VM-wide change raced vCPU ioctls: no vCPU lacks the key."""
+    missing = [v.id for v in vm.vcpus if key not in v.config]
+    assert not missing, f"vCPU(s) {missing} never got {key!r}"
+
+
+# ----------------------------------------------------------------------------- irqchip
+
+
+#: where the model's in-kernel devices sit on the I/O bus
+PIC, IOAPIC, PIT = 0x20, 0xFEC00000, 0x40
+
+
+def _io_bus_register(vm: VM, addr: int, name: str) -> None:
+    """Register an in-kernel device (``kvm_io_bus_register_dev``; slots_lock held)."""
+    vm.slots_lock.assert_held()
+    io_bus_register_dev(vm, Doorbell(addr, name))
+
+
+def _set_irq_routing(vm: VM, routes: tuple[str, ...], *, from_ioctl: bool = False) -> None:
+    """``kvm_set_irq_routing``: swap the routing table under ``kvm->irq_lock``."""
+    with vm.irq_lock:
+        if from_ioctl and vm.hazards.routing_takes_kvm_lock:
+            with vm.lock:  # broken: kvm->lock is ordered outside kvm->irq_lock
+                pass
+        vm.irq_routing = routes
+
+
+def set_gsi_routing(vm: VM, routes: tuple[str, ...]) -> None:
+    """``KVM_SET_GSI_ROUTING``: userspace replaces the routes (``kvm->irq_lock`` only)."""
+    _set_irq_routing(vm, tuple(routes), from_ioctl=True)
+
+
+def assign_ioeventfd(vm: VM, addr: int, name: str = "ioeventfd") -> None:
+    """``KVM_IOEVENTFD``: an eventfd device on the I/O bus (``kvm->slots_lock`` only)."""
+    with vm.slots_lock:
+        if vm.hazards.ioeventfd_takes_kvm_lock:
+            with vm.lock:  # broken: kvm->lock is ordered outside kvm->slots_lock
+                pass
+        _io_bus_register(vm, addr, name)
+
+
+def create_irqchip(vm: VM) -> None:
+    """``KVM_CREATE_IRQCHIP``: PIC and IOAPIC on the I/O bus, then the default routes."""
+    with vm.lock:
+        if vm.irq_routing:
+            raise ValueError("KVM_CREATE_IRQCHIP: the VM already has an irqchip (EEXIST)")
+        with vm.slots_lock:
+            _io_bus_register(vm, PIC, "pic")
+            _io_bus_register(vm, IOAPIC, "ioapic")
+        _set_irq_routing(vm, ("pic", "ioapic"))
+
+
+def create_pit(vm: VM) -> None:
+    """``KVM_CREATE_PIT2``: the PIT's I/O device, and its ack notifier registered with it."""
+    with vm.lock:
+        if vm.hazards.pit_slots_lock_inside_irq_lock:
+            with vm.irq_lock, vm.slots_lock:  # broken: slots_lock is outside irq_lock
+                pass
+        with vm.slots_lock:
+            _io_bus_register(vm, PIT, "pit")
+            with vm.irq_lock:
+                vm.irq_ack_notifiers.append("pit")
+
+
+def bus_devices(vm: VM) -> list[str]:
+    """The names of the devices on the I/O bus now (for checks after a run)."""
+    return [d.name for d in vm.buses.access_pointer().devs]
+
+
+# ----------------------------------------------------------------------------- MSR filter
+
+
+def set_msr_filter(vm: VM, denied: frozenset[str]) -> None:
+    """``KVM_X86_SET_MSR_FILTER``: publish, wait a grace period, free -- under ``kvm->lock``."""
+    with vm.lock:
+        retire(vm, vm.msr_filter, MsrFilter(frozenset(denied)), vm.lock)
+
+
+def msr_exit(vcpu: VCPU, msr: str) -> bool:
+    """An RDMSR/WRMSR exit: is ``msr`` allowed? Reads the filter inside ``kvm->srcu``."""
+    vm = vcpu.vm
+    with vm.srcu.read():
+        f: MsrFilter = vm.msr_filter.srcu_dereference(vm.srcu)
+        f.live()
+        return msr not in f.denied
+
+
+# ----------------------------------------------------------------------------- KVM_RUN
+
+
+def kvm_run(vcpu: VCPU, *exits: Callable[[VCPU], object]) -> None:
+    """``KVM_RUN``: ``vcpu->mutex`` held, the vCPU inside ``kvm->srcu``'s read side while it
+    handles each exit (its index kept in ``vcpu.srcu_idx``, as ``kvm_vcpu_srcu_read_lock``)."""
+    vm = vcpu.vm
+    with vcpu.mutex:
+        vcpu.srcu_idx = vm.srcu.read_lock()
+        try:
+            for handle in exits:
+                handle(vcpu)
+        finally:
+            vm.srcu.read_unlock(vcpu.srcu_idx)
+            vcpu.srcu_idx = None
+
+
+# ----------------------------------------------------------------------------- APIC access page
+
+
+def inhibit_apic_access_page(vcpu: VCPU) -> bool:
+    """KVM_RUN, APICv inhibited: delete the APIC-access memslot (False if already gone).
+
+    Called with ``vcpu->mutex`` held and inside the vCPU's ``kvm->srcu`` read side (whose
+    index the caller passes through ``vcpu.srcu_idx``); a memslot update synchronizes SRCU, so
+    the read side is left around it.
+    """
+    vm = vcpu.vm
+    vcpu.mutex.assert_held()
+    if active_memslots(vm).by_id(APIC_ACCESS_SLOT) is None:
+        return False
+    keep = vm.hazards.apic_access_delete_under_srcu
+    if not keep:
+        vm.srcu.read_unlock(vcpu.srcu_idx)
+    try:
+        if vm.memslots.access_pointer().by_id(APIC_ACCESS_SLOT) is None:
+            return False  # another vCPU deleted it meanwhile
+        try:
+            vm.set_memory_region(APIC_ACCESS_SLOT, npages=0)
+        except ValueError:
+            return False  # deleted by another vCPU between the check and slots_lock
+        return True
+    finally:
+        if not keep:
+            vcpu.srcu_idx = vm.srcu.read_lock()
