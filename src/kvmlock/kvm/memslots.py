@@ -86,25 +86,41 @@ class SlotArch:
     at creation, one created before it must be seen by the allocation.
     """
 
-    __slots__ = ("rmaps",)
+    __slots__ = ("_rmaps",)
 
     def __init__(self) -> None:
-        self.rmaps = Atomic64(0, name="slot->arch.rmap")
+        self._rmaps = False
+
+    @property
+    def rmaps(self) -> bool:
+        """Whether the reverse maps are allocated (a visible read: the allocation races)."""
+        runtime.RT.point(self, "read slot->arch.rmap", False)
+        return self._rmaps
+
+    def alloc_rmaps(self) -> None:
+        """``memslot_rmap_alloc`` (a visible write)."""
+        runtime.RT.point(self, "alloc slot->arch.rmap", True)
+        self._rmaps = True
+
+    def has_rmaps(self) -> bool:
+        """For checks after a run: no scheduling point."""
+        return self._rmaps
 
 
 class Retired:
     """Something readers reach through an :class:`RcuPointer` inside ``kvm->srcu``'s read side:
     the updater frees it once a grace period has passed; a use after that is a use-after-free."""
 
-    __slots__ = ("freed",)
+    __slots__ = ("freed", "_wq")
     what = "object"
 
     def __init__(self) -> None:
         self.freed = False
+        self._wq = runtime.RT.waitq(self)
 
     def live(self) -> None:
         """A reader's use of it: a visible step, asserting it was not freed (the model's KASAN)."""
-        runtime.RT.point(self, f"use {self.what}", False)
+        self._wq.point(f"use {self.what}", False)
         self.check_live()
 
     def check_live(self) -> None:
@@ -112,7 +128,7 @@ class Retired:
 
     def free(self) -> None:
         """``kfree`` once no reader can hold it (a visible step a reader's use races with)."""
-        runtime.RT.point(self, f"free {self.what}", True)
+        self._wq.point(f"free {self.what}", True)
         self.freed = True
 
 
@@ -198,7 +214,8 @@ CREATE, DELETE, MOVE, FLAGS_ONLY = "create", "delete", "move", "flags"
 def _swap_active_memslots(vm: VM, new: Memslots) -> None:
     """Publish ``new``: wait out active invalidations, swap, drop slots_arch_lock, sync SRCU,
     and free the old array."""
-    old: Memslots = active_memslots(vm)  # stable: only slots_lock holders swap it
+    # the array being replaced; stable here, only slots_lock holders swap it
+    old: Memslots = vm.memslots.dereference_protected(lockdep.is_held(vm.slots_lock))
     if vm.hazards.notifier_uses_rwsem:
         rw = _notifier_rwsem(vm)
         rw.down_write()
@@ -306,7 +323,7 @@ def _set_memslot(vm: VM, old: Memslot | None, new: Memslot | None, change: str) 
                 with vcpu.mutex:
                     pass
         if vm.shadow_root_allocated.load():
-            new.arch.rmaps.store(1)  # kvm_alloc_memslot_metadata: rmaps needed from the start
+            new.arch.alloc_rmaps()  # kvm_alloc_memslot_metadata: rmaps needed from the start
     if change in (DELETE, MOVE):
         assert old is not None
         if vm.hazards.delete_zaps_before_sync:

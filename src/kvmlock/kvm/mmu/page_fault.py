@@ -135,7 +135,7 @@ def _shadow_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int
                 flush = spte_update(vm, sptep, new | (old & (S.ACCESSED | S.DIRTY)))
         else:
             spte_set(sptep, new)
-        assert slot.arch.rmaps.peek(), (f"memslot {slot.id} has no rmaps: the rmap walk of a "
+        assert slot.arch.has_rmaps(), (f"memslot {slot.id} has no rmaps: the rmap walk of a "
                                         "shadow root dereferences NULL")
         mmu.rmap_add(gfn, sp, i)
         if S.is_writable(new):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kvmlock import runtime
+from kvmlock import lockdep, runtime
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.tlb import flush_remote_tlbs
 from kvmlock.kvm.mmu.update import spte_clear_track_bits
@@ -253,8 +253,11 @@ def first_shadow_root_alloc(vm: VM) -> None:
                 pass
         if vm.shadow_root_allocated.load():
             return
-        for slot in vm.memslots.srcu_dereference(vm.srcu).slots:
-            slot.arch.rmaps.store(1)
+        # kvm_memslots(): inside kvm->srcu from KVM_RUN; set_gpte builds the root outside it,
+        # where slots_arch_lock keeps the array from changing
+        slots = vm.memslots.srcu_dereference_check(vm.srcu, lockdep.is_held(vm.slots_arch_lock))
+        for slot in slots.slots:
+            slot.arch.alloc_rmaps()
         vm.shadow_root_allocated.store(1)
     finally:
         if lock is not None:
@@ -266,7 +269,7 @@ def check_rmaps(vm: VM) -> None:
     (a slot without them would be dereferenced as NULL by the next rmap walk)."""
     if not vm.shadow_root_allocated.peek():
         return
-    missing = [s.id for s in vm.memslots.access_pointer().slots if not s.arch.rmaps.peek()]
+    missing = [s.id for s in vm.memslots.access_pointer().slots if not s.arch.has_rmaps()]
     assert not missing, (f"memslot(s) {missing} have no rmaps although a shadow root exists: "
                          "the first root's allocation missed a slot being created")
 
