@@ -20,11 +20,11 @@ from docutils import nodes
 from kvmlock.spec.layout import restore
 from kvmlock.spec.model import RefEntry, Rule, Spec, SpecError, Unread
 from kvmlock.spec.names import (
-    KNOWN_CLASSES,
     NAME_RE,
     SPECIAL_KINDS,
     TYPE_KINDS,
     kind_of,
+    known_classes,
     normalise,
     parse_type,
 )
@@ -151,7 +151,7 @@ def _parse(text: str, source: str) -> Spec:
                 continue
             spec.rules.append(rule)
     spec.rules = _dedupe(spec.rules)
-    known = set(spec.locks()) | set(KNOWN_CLASSES)
+    known = set(spec.locks()) | set(known_classes())
     for u in spec.not_understood:
         u.names = rule_like(u.text, known)
     if leaf_sentence is not None:
