@@ -1,6 +1,7 @@
 """``kvmlock lockdep SCRIPT`` validates an unmodified threading program from one run."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -63,9 +64,143 @@ def test_script_exit_status_is_kept_when_clean(tmp_path):
     assert p.returncode == 3
 
 
-@pytest.mark.parametrize("args", [[], ["/no/such/script.py"]])
-def test_bad_invocation_is_a_clear_error(args):
-    p = subprocess.run([sys.executable, "-m", "kvmlock.cli", "lockdep", *args],
-                       capture_output=True, text=True, timeout=60)
-    assert p.returncode == 2
-    assert "kvmlock lockdep:" in p.stderr and "Traceback" not in p.stderr
+def lockdep_cli(*args, cwd=None, timeout=60):
+    return subprocess.run([sys.executable, "-m", "kvmlock.cli", "lockdep", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def test_bad_invocation_is_a_clear_error(tmp_path):
+    """Each bad input: one line naming the problem, its own status, before any work."""
+    good = tmp_path / "good.py"
+    good.write_text("print('ran')\n")
+    bad_syntax = tmp_path / "bad.py"
+    bad_syntax.write_text("def f(:\n")
+    binary = tmp_path / "bin.py"
+    binary.write_bytes(b"\x7fELF\x00\x01\x02")
+    unreadable = tmp_path / "secret.py"
+    unreadable.write_text("print('x')\n")
+    unreadable.chmod(0)
+    cases = [
+        ([], 2, "name a script"),
+        (["/no/such/script.py"], 3, "no such script"),
+        ([bad_syntax], 4, "not valid Python"),
+        ([binary], 4, "not Python source"),
+        (["-m", "no_such_module_xyz"], 5, "no module named no_such_module_xyz"),
+        (["--json", tmp_path / "no" / "dir" / "r.json", good], 6, "cannot write --json"),
+    ]
+    if os.geteuid() != 0:  # root reads anything
+        cases.append(([unreadable], 3, "cannot read"))
+    for args, status, words in cases:
+        p = lockdep_cli(*args)
+        assert p.returncode == status, (args, p.stderr)
+        assert words in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert "ran" not in p.stdout
+
+
+def test_module_arguments_pass_through_as_with_python_m(tmp_path):
+    (tmp_path / "echo_args.py").write_text("import sys\nprint(sys.argv[1:])\n")
+    p = lockdep_cli("-m", "echo_args", "-v", "--json", "x", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "['-v', '--json', 'x']"
+    p = lockdep_cli("--quiet", tmp_path / "echo_args.py", "-m", "y")
+    assert p.stdout.strip() == "['-m', 'y']"
+
+
+INVERT = """
+import threading
+a = threading.Lock()
+b = threading.Lock()
+def ab():
+    with a:
+        with b:
+            pass
+def ba():
+    with b:
+        with a:
+            pass
+"""
+
+
+def run_inverting(tmp_path, body, *opts):
+    """Run INVERT's two functions plus ``body`` under ``kvmlock lockdep``."""
+    script = tmp_path / "prog.py"
+    script.write_text(INVERT + body)
+    return lockdep_cli(*opts, script)
+
+
+def test_a_raising_script_still_gets_its_summary(tmp_path):
+    p = run_inverting(tmp_path, "ab(); ba()\nraise KeyError('boom')\n",
+                      "--json", tmp_path / "r.json")
+    assert p.returncode == 1
+    assert "KeyError: 'boom'" in p.stderr and "prog.py" in p.stderr
+    assert "1 report(s)" in p.stderr and "runpy" not in p.stderr
+    assert [r["kind"] for r in json.loads((tmp_path / "r.json").read_text())] == ["circular"]
+
+
+@pytest.mark.parametrize("code, status, printed", [("'bye now'", 1, "bye now"), ("7", 7, None),
+                                                   ("None", 0, None)])
+def test_sys_exit_message_and_status_are_kept(tmp_path, code, status, printed):
+    script = tmp_path / "leave.py"
+    script.write_text(f"import sys\nsys.exit({code})\n")
+    p = lockdep_cli(script)
+    assert p.returncode == status
+    assert "0 report(s)" in p.stderr
+    if printed:
+        assert p.stderr.splitlines()[0] == printed
+
+
+def test_sys_exit_zero_after_a_report_is_still_a_failure(tmp_path):
+    p = run_inverting(tmp_path, "ab(); ba()\nimport sys\nsys.exit(0)\n")
+    assert p.returncode == 1 and "1 report(s)" in p.stderr
+
+
+def test_os_exit_loses_no_report_in_the_json(tmp_path):
+    p = run_inverting(tmp_path, "ab(); ba()\nimport os\nos._exit(0)\n",
+                      "--json", tmp_path / "r.json")
+    assert p.returncode == 0  # os._exit ends the process before any summary
+    assert [r["kind"] for r in json.loads((tmp_path / "r.json").read_text())] == ["circular"]
+
+
+def test_a_non_daemon_thread_reporting_after_the_body_is_counted(tmp_path):
+    p = run_inverting(tmp_path, "ab()\nimport time\ndef later():\n    time.sleep(0.3)\n"
+                      "    ba()\nthreading.Thread(target=later).start()\n")
+    assert p.returncode == 1
+    assert "1 report(s)" in p.stderr
+    assert p.stderr.index("circular locking") < p.stderr.index("1 report(s)")
+
+
+def test_an_atexit_handler_runs_before_the_summary(tmp_path):
+    p = run_inverting(tmp_path, "ab()\nimport atexit\natexit.register(ba)\n")
+    assert p.returncode == 1 and "1 report(s)" in p.stderr
+
+
+def test_a_forked_child_reports_reach_the_summary(tmp_path):
+    p = run_inverting(tmp_path, "ab()\nimport os\npid = os.fork()\nif pid == 0:\n"
+                      "    ba()\n    os._exit(0)\nos.waitpid(pid, 0)\n",
+                      "--quiet", "--json", tmp_path / "r.json")
+    assert p.returncode == 1, p.stderr
+    assert "1 report(s) (1 in child processes)" in p.stderr
+    assert [r["kind"] for r in json.loads((tmp_path / "r.json").read_text())] == ["circular"]
+
+
+def test_a_clean_fork_with_logging_is_silent(tmp_path):
+    """logging reinitialises its locks in the child (_at_fork_reinit): no report there."""
+    script = tmp_path / "forklog.py"
+    script.write_text("import logging, os, threading\nlogging.basicConfig()\n"
+                      "log = logging.getLogger('x')\nlog.warning('parent')\npid = os.fork()\n"
+                      "if pid == 0:\n    log.warning('child')\n    os._exit(0)\n"
+                      "os.waitpid(pid, 0)\n")
+    p = lockdep_cli(script)
+    assert p.returncode == 0, p.stderr
+    assert "0 report(s)" in p.stderr
+
+
+def test_validation_switched_off_makes_the_verdict_incomplete(tmp_path):
+    script = tmp_path / "many.py"
+    script.write_text("import threading\nfrom kvmlock import lockdep\n"
+                      "lockdep.configure(max_depth=4)\n"
+                      "locks = [threading.Lock() for _ in range(8)]\n"
+                      "for lk in locks: lk.acquire()\n")
+    p = lockdep_cli(script)
+    assert p.returncode == 1
+    assert "verdict is incomplete" in p.stderr and "0 report(s)" in p.stderr

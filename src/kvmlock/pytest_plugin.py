@@ -28,8 +28,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    if not config.getoption("lockdep", False):
+def _start(config: pytest.Config) -> None:
+    if _STATE_KEY in config.stash:
         return
     from kvmlock import lockdep
 
@@ -38,6 +38,21 @@ def pytest_configure(config: pytest.Config) -> None:
         "mode": lockdep.get_mode(),
     }
     lockdep.set_mode("collect")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser,
+                                  args: list[str]) -> None:
+    """Start before conftest.py files are imported: the locks they make are validated too."""
+    ns = getattr(early_config, "known_args_namespace", None)
+    if getattr(ns, "lockdep", False):
+        _start(early_config)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.getoption("lockdep", False):
+        return
+    _start(config)
     config.pluginmanager.register(_LockdepChecker(), "kvmlock-lockdep-checker")
 
 

@@ -406,3 +406,50 @@ def test_isinstance_against_threading_lock_still_works():
         assert not isinstance(threading.RLock(), threading.Lock)
         assert not isinstance(object(), threading.Lock)
         assert issubclass(type(mine), threading.Lock)
+
+
+def test_a_child_forked_while_another_thread_validates_can_still_validate():
+    """The fork happens while another thread is inside validation (holding the graph lock):
+    the child must not wait forever for a lock whose holder does not exist there."""
+    import os
+    import time
+
+    from kvmlock.lockdep import core
+
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork")
+    with lockdep.instrument_threading():
+        a, b = make_pair()
+    S = core._state()
+    inside, leave = threading.Event(), threading.Event()
+
+    def validating():
+        with S.lock:  # as a thread in the middle of a chain-cache miss
+            inside.set()
+            leave.wait()
+
+    th = threading.Thread(target=validating)
+    th.start()
+    inside.wait()
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            with a:
+                with b:  # a new chain: needs the graph lock
+                    status = 0
+        finally:
+            os._exit(status)
+    leave.set()
+    th.join()
+    deadline = time.monotonic() + 10
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung on the graph lock")
+        time.sleep(0.02)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -101,3 +101,35 @@ def test_report_made_in_teardown_is_an_error(run):
 
 def test_clean_suite_passes_under_lockdep(run):
     run(CLEAN_TESTS, "--lockdep").assert_outcomes(passed=1)
+
+
+CONFTEST = """
+import threading
+
+A = threading.Lock()  # made while conftest.py loads
+B = threading.Lock()
+"""
+
+CONFTEST_TESTS = """
+from conftest import A, B
+
+
+def test_a_then_b():
+    with A:
+        with B:
+            pass
+
+
+def test_b_then_a():
+    with B:
+        with A:
+            pass
+"""
+
+
+def test_locks_made_by_conftest_are_validated(pytester):
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_user=CONFTEST_TESTS)
+    result = pytester.runpytest_subprocess("--lockdep")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*test_b_then_a*", "*circular locking dependency*"])

@@ -9,6 +9,8 @@ lock is a compare and a pop. Validation lives in validate.py, the module API in 
 
 from __future__ import annotations
 
+import os
+
 from kvmlock import runtime as _rt
 from kvmlock.lockdep.graph import LockClass
 from kvmlock.lockdep.report import Report
@@ -304,3 +306,19 @@ def forget(m: LockMap, held: list) -> bool:
                 return False
             return True
     return False
+
+
+def _after_fork_in_child() -> None:
+    """Only the forking thread lives on in a child process: a graph or class-table lock that
+    another thread held at the fork would never be released there, so start them afresh."""
+    from kvmlock.lockdep import naming, state
+
+    S = _rt.THREADS_WORLD.lockdep
+    S.lock._at_fork_reinit()
+    S.owner = 0
+    state._CLASSES_LOCK._at_fork_reinit()
+    naming._names_lock._at_fork_reinit()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -227,6 +227,16 @@ def _note(S: State, key: tuple, report: Report, found: list[Report]) -> None:
         annotate(S, report)
         S.reports.append(report)
         found.append(report)
+        for hook in REPORT_HOOKS:
+            try:
+                hook(report)
+            except Exception:  # noqa: BLE001 - a sink failing must not break the program
+                pass
+
+
+#: Called with every new report as it is recorded (``kvmlock lockdep`` journals them there,
+#: so a process that ends by ``os._exit`` loses none).
+REPORT_HOOKS: list = []
 
 
 def _emit(S: State, found: list[Report], may_raise: bool = True) -> None:

@@ -21,6 +21,8 @@ _SKIP_FILES = {
     os.path.join(_PKG, "irq.py"),
     os.path.abspath(threading.__file__),
     os.path.abspath(contextlib.__file__),
+    os.path.join(_PKG, "script.py"),  # kvmlock lockdep's runner
+    os.path.join(_PKG, "cli.py"),
 }
 _internal_cache: dict[str, bool] = {}
 
@@ -30,7 +32,8 @@ def _internal(filename: str) -> bool:
     if hit is None:
         path = os.path.abspath(filename)
         hit = (
-            path.startswith(_SKIP_DIRS)
+            filename.startswith("<frozen ")  # runpy and importlib, running the program
+            or path.startswith(_SKIP_DIRS)
             or (path.startswith(_LOCKDEP_DIR) and path not in _KEEP)
             or path in _SKIP_FILES
         )
