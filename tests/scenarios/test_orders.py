@@ -24,6 +24,16 @@ def test_every_order_of_the_document_has_paths_and_both_variants():
         assert SCENARIOS[f"{name}.broken"].variant == "broken"
 
 
+def test_every_requires_rule_has_a_helper_that_asserts_it():
+    from kvmlock.spec.design import model_spec
+
+    inner = [r.inner for r in model_spec().rules if r.kind == "requires"]
+    assert inner and set(inner) == set(orders.REQUIRES_PATHS)
+    for name in inner:
+        sc = SCENARIOS[f"order.mmu_lock.{orders._slug(name)}.without_mmu_lock"]
+        assert sc.lockdep_kind == "not_held"
+
+
 def _sequential_graph(pair, hazards):
     """The paths run one after the other (no race, so no deadlock), lockdep collecting."""
     with lockdep.isolated():

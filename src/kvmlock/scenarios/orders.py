@@ -449,6 +449,42 @@ def _register(outer: str, inner: str, line: int) -> None:
 for _rule in order_rules():
     _register(_rule.outer, _rule.inner, _rule.line)
 
+
+# ---------------------------------------------------------------------- "only with mmu_lock held"
+
+def _link_without_mmu_lock() -> None:
+    from kvmlock.kvm.mmu.shadow import ShadowPage
+
+    vm = VM(None, nr_vcpus=1, tdp=False)
+    vm.mmu.link_page(ShadowPage(0, direct=False))
+
+
+def _unsync_without_mmu_lock() -> None:
+    from kvmlock.kvm.mmu.shadow import ShadowPage
+
+    vm = VM(None, nr_vcpus=1, tdp=False)
+    vm.mmu.mark_unsync(ShadowPage(0, direct=False))
+
+
+#: inner lock of a "requires" rule -> the MMU helper that takes it, called without mmu_lock
+REQUIRES_PATHS: dict[str, tuple[str, Callable[[], None]]] = {
+    "kvm->arch.tdp_mmu_pages_lock": ("MMU.link_page", _link_without_mmu_lock),
+    "kvm->arch.mmu_unsync_pages_lock": ("MMU.mark_unsync", _unsync_without_mmu_lock),
+}
+
+
+def _register_requires(outer: str, inner: str, line: int) -> None:
+    helper, body = REQUIRES_PATHS[inner]
+    name = f"order.{_slug(outer)}.{_slug(inner)}.without_{_slug(outer)}"
+    scenario(name, variant="broken", expect="lockdep", lockdep_kind="not_held",
+             rule=f"{inner} taken without {outer} held (locking.rst:{line}), by {helper}",
+             invariant=f"{helper}'s lockdep_assert_held({outer}) reports it", max_runs=50)(body)
+
+
+for _rule in model_spec().rules:
+    if _rule.kind == "requires":
+        _register_requires(_rule.outer, _rule.inner, _rule.line)
+
 # ---------------------------------------------------------------------- walking vm_list
 
 # kvm_lock is not a leaf (the raw tsc_write_lock nests inside it), but nothing that can wait for
