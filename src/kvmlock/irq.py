@@ -30,6 +30,7 @@ from kvmlock.lockdep.usage import (
     NONBLOCK,
     SOFTIRQ,
     SOFTIRQS_OFF,
+    SPIN_IRQS_OFF,
     describe_state,
 )
 
@@ -91,9 +92,12 @@ class Flags:
         return f"<irq flags {self.prev:#x}/{self.mask:#x}{' restored' if self.done else ''}>"
 
 
+_OFF = HARDIRQS_OFF | SPIN_IRQS_OFF  # the bits that say how interrupts are off
+
+
 def hardirq() -> Flags:
     """Run the body as a hard-interrupt handler on this CPU (interrupts are off inside)."""
-    return Flags(HARDIRQ | HARDIRQS_OFF, HARDIRQ | HARDIRQS_OFF)
+    return Flags(HARDIRQ | _OFF, HARDIRQ | HARDIRQS_OFF)
 
 
 def softirq() -> Flags:
@@ -108,7 +112,16 @@ def nonblocking() -> Flags:
 
 def local_irq_save() -> Flags:
     """Disable interrupts on this CPU; the result restores the previous setting."""
-    return Flags(HARDIRQS_OFF, HARDIRQS_OFF)
+    return Flags(_OFF, HARDIRQS_OFF)
+
+
+def spin_irq_save() -> Flags:
+    """What a spinlock_t's (rwlock_t's) ``_irqsave`` does to interrupts: off, as
+    ``local_irq_save`` -- except on PREEMPT_RT, where the lock sleeps and they stay on, so
+    lockdep's wait-context check (raw-lock nesting) does not count them off."""
+    if state() & HARDIRQS_OFF:
+        return Flags(0, 0)  # already off (for real or not): nothing changes
+    return Flags(_OFF, _OFF)
 
 
 def local_irq_restore(flags: Flags) -> None:
@@ -121,7 +134,15 @@ def local_irq_restore(flags: Flags) -> None:
 def local_irq_disable() -> None:
     """Disable interrupts (unconditionally re-enabled by ``local_irq_enable``)."""
     t = runtime.current_task()
-    _set(t, getattr(t, "irq", 0) | HARDIRQS_OFF)
+    _set(t, (getattr(t, "irq", 0) & ~SPIN_IRQS_OFF) | HARDIRQS_OFF)
+
+
+def spin_irq_disable() -> None:
+    """``spin_lock_irq``'s half of :func:`local_irq_disable` (see :func:`spin_irq_save`)."""
+    t = runtime.current_task()
+    cur = getattr(t, "irq", 0)
+    if not cur & HARDIRQS_OFF:
+        _set(t, cur | _OFF)
 
 
 def local_irq_enable() -> None:
@@ -130,7 +151,7 @@ def local_irq_enable() -> None:
     cur = getattr(t, "irq", 0)
     if cur & HARDIRQ:
         raise RuntimeError("local_irq_enable() inside a hard-IRQ handler")
-    _set(t, cur & ~HARDIRQS_OFF)
+    _set(t, cur & ~_OFF)
 
 
 class BhDisabled:

@@ -472,3 +472,38 @@ def test_wait_types_print_per_kind(raw_nesting):
     # without raw-lock nesting, spinlock_t is a plain spinning lock (2) and sleep is 3
     assert (r.annotations["t.wt.sl"], r.annotations["t.wt.m"]) == ("{+.+.}-{2:2}",
                                                                    "{+.+.}-{3:3}")
+
+
+def test_irqs_disabled_by_hand_allow_only_spinning_on_rt(raw_nesting):
+    sl, raw, rw = SpinLock("t.rt.sl"), RawSpinLock("t.rt.raw"), RWLock("t.rt.rw")
+    # the lock's own _irqsave forms are fine: on PREEMPT_RT they leave interrupts on
+    for section in (sl.irqsave(), sl.irq(), rw.write_irqsave(), rw.read().irqsave(),
+                    raw.irqsave()):
+        with section:
+            pass
+    with raw.irqsave():
+        with irq.local_irq_save():
+            pass
+    with irq.local_irq_save():
+        with raw:  # a raw spinlock never sleeps
+            pass
+    assert kinds() == []
+    with irq.local_irq_save():  # raw_spin_lock_irqsave's half, then a spinlock_t
+        with sl:
+            pass
+    (r,) = lockdep.reports()
+    assert r.kind == "wait_context" and r.context == "interrupts disabled"
+    lockdep.reset()
+    with sl.irqsave():
+        with irq.local_irq_save():  # now off for real, also on PREEMPT_RT
+            with rw.read():
+                pass
+    assert kinds() == ["wait_context"]
+
+
+def test_irqs_disabled_by_hand_are_fine_without_raw_nesting():
+    sl = SpinLock("t.rt.sl2")
+    with irq.local_irq_save():
+        with sl:
+            pass
+    assert kinds() == []

@@ -30,8 +30,9 @@ PG_ACCESSED = 2
 
 
 class MmuNotifierOps(Protocol):
-    def invalidate_range_start(self, start: int, end: int) -> Any: ...
-    def invalidate_range_end(self, start: int, end: int, token: Any) -> None: ...
+    def invalidate_range_start(self, start: int, end: int, blockable: bool = True) -> Any: ...
+    def invalidate_range_end(self, start: int, end: int, token: Any,
+                             blockable: bool = True) -> None: ...
     def clear_flush_young(self, start: int, end: int) -> bool: ...
 
 
@@ -172,12 +173,13 @@ class Host:
                 return True
         return False
 
-    def swap_out(self, hva: int, *, nested: bool = False) -> bool:
+    def swap_out(self, hva: int, *, nested: bool = False, blockable: bool = True) -> bool:
         """Unmap ``hva``, write the page back if dirty and free the frame for reuse.
 
         The notifier's invalidate_range_start runs before the host PTE is cleared and its
         _end after, so KVM has dropped every SPTE of the frame -- and propagated the Dirty bits
-        those SPTEs held -- before the host looks at the page's dirty flag.
+        those SPTEs held -- before the host looks at the page's dirty flag. ``blockable=False``
+        is the OOM reaper's unmapping: the notifiers are told they may not sleep.
         """
         self._check_hva(hva)
         mm = self._mm
@@ -190,7 +192,7 @@ class Host:
         tokens = []
         for n in self.notifiers:
             with self.mn_map:
-                tokens.append(n.invalidate_range_start(hva, hva + 1))
+                tokens.append(n.invalidate_range_start(hva, hva + 1, blockable))
         with mm:
             mm.point("ptep_clear_flush")
             del self._ptes[hva]
@@ -204,7 +206,7 @@ class Host:
         flags = page.flags.xchg(0)
         data = page.data.load() if flags & PG_DIRTY else None
         for n, token in zip(self.notifiers, tokens, strict=True):
-            n.invalidate_range_end(hva, hva + 1, token)
+            n.invalidate_range_end(hva, hva + 1, token, blockable)
         with mm:
             mm.point("free_page")
             if data is not None:

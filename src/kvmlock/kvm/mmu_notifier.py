@@ -14,13 +14,21 @@
 Start and end must see the same memslots array, or the in-progress count would be left
 unbalanced; the model checks that for every pair. The notifier never takes ``slots_lock`` or
 ``slots_arch_lock``: the memslot updater holds them while it waits for this path to finish.
+
+An invalidation may be *non-blockable* (``blockable=False``: the OOM reaper unmapping a dying
+task's memory must not wait for anything that could need memory): then both halves run in a
+``kvmlock.irq.nonblocking()`` section, where sleeping is a bug. That is why every lock on this
+path spins -- ``mn_invalidate_lock`` is a spinlock_t and ``mmu_lock`` an rwlock_t -- and why
+the SRCU read side, which never sleeps, is the only protection of the memslots here.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from kvmlock import irq
 from kvmlock.kvm.mmu.access_track import age_gfn_range
 from kvmlock.kvm.mmu.shadow import unmap_gfn_range
 from kvmlock.kvm.mmu.tlb import flush_remote_tlbs
@@ -77,7 +85,16 @@ class KvmMmuNotifier:
 
     # ------------------------------------------------------------ invalidate
 
-    def invalidate_range_start(self, start: int, end: int) -> Memslots:
+    def invalidate_range_start(self, start: int, end: int, blockable: bool = True) -> Memslots:
+        with _context(blockable):
+            return self._start(start, end)
+
+    def invalidate_range_end(self, start: int, end: int, token: Memslots,
+                             blockable: bool = True) -> None:
+        with _context(blockable):
+            self._end(start, end, token)
+
+    def _start(self, start: int, end: int) -> Memslots:
         vm = self.vm
         if vm.hazards.notifier_uses_rwsem:
             from kvmlock.kvm.memslots import _notifier_rwsem
@@ -105,7 +122,7 @@ class KvmMmuNotifier:
         vm.stats["invalidations"] += 1
         return slots
 
-    def invalidate_range_end(self, start: int, end: int, token: Memslots) -> None:
+    def _end(self, start: int, end: int, token: Memslots) -> None:
         vm = self.vm
 
         def finish() -> None:
@@ -136,6 +153,11 @@ class KvmMmuNotifier:
     def clear_flush_young(self, start: int, end: int) -> bool:
         _, young = self._handle_range(start, end, None, _age, flush=True)
         return young
+
+
+def _context(blockable: bool) -> Any:
+    """Where an invalidation runs: anywhere, or (``blockable=False``) where it may not sleep."""
+    return contextlib.nullcontext() if blockable else irq.nonblocking()
 
 
 def _unmap(vm: VM, slot: Memslot, gstart: int, gend: int) -> bool:

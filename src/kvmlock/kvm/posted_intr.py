@@ -15,17 +15,25 @@ publication would otherwise be notified with the old vector, reach nobody, and l
 asleep with an interrupt pending. ``check_first=True`` in :meth:`PostedVcpu.block` is that broken
 order.
 
-The lock is a leaf and a raw spinlock: the handler runs in hard interrupt context.
+The lock is a leaf and a raw spinlock: the handler runs in hard interrupt context on the CPU the
+vector was sent to (:func:`send_wakeup_vector`), so everybody else takes it with interrupts off
+(``raw_spin_lock_irqsave``; in this model ``with irq.local_irq_save(), lock:``, which is what
+that macro does) -- or the handler could interrupt a holder on its own CPU and spin forever.
+It is per CPU because a vCPU is listed on the CPU it blocked on, and may wake up and run on
+another: it then takes itself off the *old* CPU's list (``vmx_vcpu_pi_load``), and blocks later
+on the new one's (``block(resume_on=...)``).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
+from kvmlock import irq
 from kvmlock.kvm.machine import Machine
 from kvmlock.sync import Atomic64, RCUWait
 
-__all__ = ["PostedVcpu", "post_interrupt", "wakeup_handler"]
+__all__ = ["PostedVcpu", "post_interrupt", "send_wakeup_vector", "wakeup_handler"]
 
 #: descriptor control word: bit 0 ON, bit 1 SN (suppress), bit 8 set = wakeup vector selected
 PI_ON = 1 << 0
@@ -36,11 +44,15 @@ PI_NV_WAKEUP = 1 << 8
 class PostedVcpu:
     """A vCPU's posted-interrupt side: its descriptor, its CPU and its sleep."""
 
-    def __init__(self, machine: Machine, vcpu: Any, cpu: int = 0) -> None:
+    def __init__(self, machine: Machine, vcpu: Any, cpu: int = 0, *,
+                 irqsave: bool = True) -> None:
+        """``irqsave=False`` is a broken variant: the vCPU changes its CPU's wakeup list with
+        interrupts on, where the wakeup handler can interrupt it and spin on the lock."""
         if not isinstance(machine, Machine):
             raise TypeError(f"PostedVcpu needs a Machine, got {type(machine).__name__}")
         machine.percpu(cpu)  # validates the CPU number
         self.machine = machine
+        self.irqsave = irqsave
         self.vcpu = vcpu
         self.cpu = cpu
         self.control = Atomic64(0, name="pi_desc.control")
@@ -64,28 +76,37 @@ class PostedVcpu:
             if self.control.cmpxchg(old, new) == old:
                 return new
 
-    def block(self, *, check_first: bool = False) -> None:
-        """Halt until an interrupt is pending, then run again and take the interrupts.
+    def block(self, *, check_first: bool = False, resume_on: int | None = None) -> None:
+        """Halt until an interrupt is pending, then run again (on CPU ``resume_on``, default
+        the same one) and take the interrupts.
 
         ``check_first`` is the broken order: look for a pending interrupt, then publish the
         wakeup, then sleep until kicked -- an interrupt posted in between is never noticed.
         """
         pc = self.machine.cpus[self.cpu]
+        if resume_on is not None:
+            self.machine.percpu(resume_on)  # validates the CPU number
         if check_first:
             if self.control.load() & PI_ON:
                 self._deliver()
                 return
-        with pc.wakeup_lock:
+        with self._irqs_off(), pc.wakeup_lock:  # pi_enable_wakeup_handler
             pc.wakeup_vcpus_on_cpu.append(self)
         self._set_vector(True)
         if check_first:
             self.wait.wait(lambda: self.kicks > 0)
         else:
             self.wait.wait(lambda: self._pending() or self.kicks > 0)
-        with pc.wakeup_lock:
+        # vmx_vcpu_pi_load, wherever the vCPU runs next: off the list of the CPU it blocked on
+        with self._irqs_off(), pc.wakeup_lock:
             pc.wakeup_vcpus_on_cpu.remove(self)
+        if resume_on is not None:
+            self.cpu = resume_on
         self._set_vector(False)
         self._deliver()
+
+    def _irqs_off(self) -> Any:
+        return irq.local_irq_save() if self.irqsave else contextlib.nullcontext()
 
     def _deliver(self) -> None:
         """Back in the guest: the CPU syncs PIR into the virtual APIC and clears ON."""
@@ -95,7 +116,8 @@ class PostedVcpu:
 
 
 def wakeup_handler(machine: Machine, cpu: int) -> int:
-    """The wakeup vector's handler on ``cpu``: wake every listed vCPU with ON set."""
+    """The wakeup vector's handler on ``cpu``: wake every listed vCPU with ON set. It runs in
+    hard-IRQ context (see :func:`send_wakeup_vector`), so it takes the raw lock plainly."""
     pc = machine.percpu(cpu)
     woken = 0
     with pc.wakeup_lock:
@@ -116,6 +138,13 @@ def post_interrupt(pv: PostedVcpu, vector: int) -> None:
     if old & (PI_ON | PI_SN):
         return  # a notification is already on its way, or notifications are suppressed
     if old & PI_NV_WAKEUP:
-        wakeup_handler(pv.machine, pv.cpu)
+        send_wakeup_vector(pv.machine, pv.cpu)
     # else: the posted-interrupt vector reaches a CPU where the vCPU is not running: the
     # interrupt stays in the PIR, to be found by the vCPU's own check for pending work.
+
+
+def send_wakeup_vector(machine: Machine, cpu: int) -> int:
+    """The wakeup vector arrives at ``cpu``: :func:`wakeup_handler` runs there as a hard
+    interrupt (the caller stands for that CPU while it does)."""
+    with irq.hardirq():
+        return wakeup_handler(machine, cpu)

@@ -8,9 +8,11 @@ offset exactly, so all of them tick together; otherwise the write opens a new ge
 The decision reads and then updates the per-VM ``last_tsc_*`` / ``cur_tsc_*`` fields: it must be
 one indivisible step, or two vCPUs written at the same moment can both open "the next"
 generation with different offsets. The kernel makes it indivisible with ``tsc_write_lock``, a
-raw spinlock (the offset update must not be preempted), taken with ``vcpu->mutex`` held -- or with
-``kvm_lock`` held, by the Hyper-V clock notifier (:meth:`Machine.hyperv_tsc_notifier`) -- and with
-nothing taken inside it: a leaf.
+            with irq.local_irq_save(), self.lock:  # raw_spin_lock_irqsave
+                machine = getattr(self.vm, "machine", None)
+                if self.vm.hazards.tsc_write_walks_vm_list and machine is not None:
+                    with machine.kvm_lock:  # broken: kvm_lock is outside tsc_write_lock
+                        pass
 
 :class:`TscSync` holds that per-VM state beside the VM (the VM object owns the lock itself).
 Those fields are declared guarded by the lock, so ``locked=False`` -- the broken variant
@@ -23,10 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kvmlock import runtime
-from kvmlock.sync import guarded_by
+from kvmlock import irq, runtime
+from kvmlock.sync import Atomic64, RawSpinLock, guarded_by
 
-__all__ = ["TscSync", "VcpuTsc"]
+__all__ = ["KvmClock", "TscSync", "VcpuTsc"]
 
 NSEC_PER_SEC = 1_000_000_000
 
@@ -72,7 +74,7 @@ class TscSync:
                              f"now_ns={now_ns!r}")
         vcpu.mutex.assert_held()
         if self.locked:
-            with self.lock:
+            with irq.local_irq_save(), self.lock:  # raw_spin_lock_irqsave
                 machine = getattr(self.vm, "machine", None)
                 if self.vm.hazards.tsc_write_walks_vm_list and machine is not None:
                     with machine.kvm_lock:  # broken: kvm_lock is outside tsc_write_lock
@@ -109,3 +111,58 @@ class TscSync:
             by_gen.setdefault(st.generation, set()).add(st.offset)
         split = {g: sorted(o) for g, o in by_gen.items() if len(o) > 1}
         assert not split, f"vCPUs of one TSC generation have different offsets: {split}"
+
+
+class KvmClock:
+    """The host-clock notifiers KVM registers, in the contexts the kernel calls them in.
+
+    * ``pvclock_gtod_notify``: the timekeeping core calls it on every clock update -- from the
+      timer tick, a hard interrupt, with its own raw lock (``tk_core.lock``) held. It may not
+      take ``kvm_lock`` (a mutex) there, so it only queues work (:meth:`tick`); the work
+      (:meth:`run_work`) walks ``vm_list`` under ``kvm_lock`` in process context and asks every
+      vCPU for a master-clock update. ``lock_in_notifier=True`` is the broken shortcut that
+      takes ``kvm_lock`` in the notifier itself.
+    * ``kvmclock_cpufreq_notifier``: cpufreq's transition notifier runs in process context
+      (an SRCU notifier chain, with ``cpus_read_lock`` held) and walks ``vm_list`` under
+      ``kvm_lock`` (:meth:`Machine.cpufreq_notifier`); the new frequency itself reaches the CPU
+      by an IPI, ``tsc_khz_changed``, which runs there as a hard interrupt and takes no lock.
+    """
+
+    def __init__(self, machine: Any, *, lock_in_notifier: bool = False) -> None:
+        self.machine = machine
+        self.lock_in_notifier = lock_in_notifier
+        self.timekeeper_lock = RawSpinLock("tk_core.lock")
+        self.work_pending = Atomic64(0, name="pvclock_gtod_work")
+        self.cpu_tsc_khz = [Atomic64(0, name=f"cpu_tsc_khz[{c}]")
+                            for c in range(len(machine.cpus))]
+        self.updates: dict[int, int] = {}  # id(VM) -> master-clock update requests made
+
+    def tick(self) -> None:
+        """A timer tick updates the clock: the notifier runs in hard-IRQ context."""
+        with irq.hardirq(), self.timekeeper_lock:
+            self.pvclock_gtod_notify()
+
+    def pvclock_gtod_notify(self) -> None:
+        if self.lock_in_notifier:
+            with self.machine.kvm_lock:  # broken: a mutex in a hard interrupt
+                self._request_updates()
+            return
+        self.work_pending.store(1)  # queue_work(): the walk needs kvm_lock, so it is deferred
+
+    def run_work(self) -> None:
+        """The deferred work (a kworker, process context)."""
+        if self.work_pending.xchg(0):
+            with self.machine.kvm_lock:
+                self._request_updates()
+
+    def _request_updates(self) -> None:
+        for vm in self.machine.vm_list:
+            self.updates[id(vm)] = self.updates.get(id(vm), 0) + 1
+
+    def cpufreq_change(self, cpu: int, khz: int) -> int:
+        """A frequency transition on ``cpu``: the notifier, then the IPI to that CPU."""
+        self.machine.percpu(cpu)  # validates the CPU number
+        told = self.machine.cpufreq_notifier()
+        with irq.hardirq():  # smp_call_function_single(cpu, tsc_khz_changed)
+            self.cpu_tsc_khz[cpu].store(khz)
+        return told

@@ -42,6 +42,9 @@ SOFTIRQ = 2  # running a soft-IRQ (bottom half)
 HARDIRQS_OFF = 4  # local_irq_disable/save (always set inside a hard-IRQ handler)
 SOFTIRQS_OFF = 8  # local_bh_disable (always set inside a soft-IRQ)
 NONBLOCK = 16  # may not sleep, without being an interrupt (a non-blockable MMU notifier)
+#: With HARDIRQS_OFF: interrupts are off only through a spinlock_t's or rwlock_t's own
+#: ``_irq``/``_irqsave`` form, which on PREEMPT_RT leaves them on (the lock sleeps there).
+SPIN_IRQS_OFF = 32
 CONTEXT = HARDIRQ | SOFTIRQ
 #: States in which sleeping is a bug.
 ATOMIC = HARDIRQ | SOFTIRQ | HARDIRQS_OFF | SOFTIRQS_OFF | NONBLOCK
@@ -136,8 +139,9 @@ def wait_type(kind: str) -> int:
 
 def context_wait(state: int) -> int:
     """The most a lock may wait in a context: a hard-IRQ handler only spins (on PREEMPT_RT it
-    is not threaded for raw handlers), soft-IRQs are threaded there, tasks may sleep."""
-    if state & HARDIRQ:
+    is not threaded for raw handlers), and so does code that disabled interrupts itself
+    (local_irq_save, a raw spinlock's _irqsave); soft-IRQs are threaded there, tasks sleep."""
+    if state & HARDIRQ or (state & HARDIRQS_OFF and not state & SPIN_IRQS_OFF):
         return WAIT_SPIN
     if state & SOFTIRQ:
         return wait_value("config")
@@ -146,7 +150,7 @@ def context_wait(state: int) -> int:
 
 def annotation(S: State, cls: LockClass) -> str:
     """``{+.+.}-{3:3}``: a class's usage characters and its wait types (outer:inner)."""
-    w = wait_type(cls.kind)
+    w = wait_type(S.classes.get(cls, cls.kind))  # the kind it was first taken as, here
     return f"{{{usage_chars(S.usage.get(cls, 0))}}}-{{{w}:{w}}}"
 
 

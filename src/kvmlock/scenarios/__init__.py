@@ -12,6 +12,7 @@ from kvmlock.scenarios import (  # noqa: F401  (imported to register their scena
     access_track,
     fast_pf,
     hardware,
+    interrupts,
     memslots,
     mmu_notifier,
     orders,

@@ -14,6 +14,7 @@ the dependency graph -- what ``kvmlock spec`` checks a document against.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import contextvars
 import difflib
 import fnmatch
@@ -22,11 +23,12 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from kvmlock import lockdep
+from kvmlock.lockdep import state as _ld_state
 from kvmlock.scenarios.registry import SCENARIOS, Scenario
 
 __all__ = ["Outcome", "collect_graph", "main", "run_scenario", "select"]
@@ -108,6 +110,19 @@ def _bound(opts: dict[str, Any], res: Any) -> str:
     return f"{stopped or 'not exhausted'}{within}"
 
 
+@contextlib.contextmanager
+def _wait_types() -> Iterator[None]:
+    """The model is checked as PREEMPT_RT would run it: lockdep's wait-context check is on (a
+    spinlock_t or sleeping lock under a raw spinlock, in a hard-IRQ handler or with interrupts
+    disabled by hand is reported)."""
+    was = _ld_state.OPTIONS["raw_nesting"]
+    lockdep.prove_raw_nesting(True)
+    try:
+        yield
+    finally:
+        lockdep.prove_raw_nesting(was)
+
+
 def run_scenario(sc: Scenario, *, timeout: float | None = None,
                  strategy: str | None = None, workers: int = 1,
                  backend: str = "process") -> Outcome:
@@ -132,7 +147,8 @@ def run_scenario(sc: Scenario, *, timeout: float | None = None,
         opts.update(workers=workers, backend=backend)
     t0 = time.perf_counter()
     try:
-        res = explore.check(sc.body, strategy=strat, **opts)
+        with _wait_types():
+            res = explore.check(sc.body, strategy=strat, **opts)
     except Exception as exc:  # a crash of the explorer on this body is a failed expectation
         return Outcome(sc, False, "ERROR", seconds=time.perf_counter() - t0,
                        bound=_bound(opts, None), error=f"{type(exc).__name__}: {exc}",

@@ -37,7 +37,8 @@ class Nested:
 class Section:
     """A context manager made of a lock and an unlock call (``with rw.read():``); its
     ``irqsave()``, ``irq()`` and ``bh()`` are the same section with interrupts (or bottom
-    halves) off, as ``read_lock_irqsave`` and friends."""
+    halves) off, as ``read_lock_irqsave`` and friends (of an rwlock_t: a lock that sleeps on
+    PREEMPT_RT)."""
 
     __slots__ = ("_enter", "_exit")
 
@@ -52,22 +53,23 @@ class Section:
         self._exit()
 
     def irqsave(self) -> IrqSection:
-        return IrqSection(self._enter, self._exit, "irqsave")
+        return IrqSection(self._enter, self._exit, "irqsave", True)
 
     def irq(self) -> IrqSection:
-        return IrqSection(self._enter, self._exit, "irq")
+        return IrqSection(self._enter, self._exit, "irq", True)
 
     def bh(self) -> IrqSection:
-        return IrqSection(self._enter, self._exit, "bh")
+        return IrqSection(self._enter, self._exit, "bh", True)
 
 
-def irq_off(how: str) -> Any:
+def irq_off(how: str, rt_sleeps: bool = False) -> Any:
     """Switch off what ``how`` names: "irqsave" (returns the flags to restore), "irq"
-    (re-enabled unconditionally after), "bh" (bottom halves)."""
+    (re-enabled unconditionally after), "bh" (bottom halves). ``rt_sleeps``: for a lock that
+    sleeps on PREEMPT_RT (spinlock_t, rwlock_t), whose _irq forms leave interrupts on there."""
     if how == "irqsave":
-        return irq.local_irq_save()
+        return irq.spin_irq_save() if rt_sleeps else irq.local_irq_save()
     if how == "irq":
-        irq.local_irq_disable()
+        (irq.spin_irq_disable if rt_sleeps else irq.local_irq_disable)()
         return None
     if how == "bh":
         return irq.local_bh_disable()
@@ -89,16 +91,18 @@ class IrqSection:
     back. ``irq()`` re-enables them unconditionally (spin_unlock_irq), ``bh()`` is for bottom
     halves."""
 
-    __slots__ = ("_lock", "_unlock", "_how", "_flags")
+    __slots__ = ("_lock", "_unlock", "_how", "_flags", "_rt")
 
-    def __init__(self, lock: Callable[[], None], unlock: Callable[[], None], how: str) -> None:
+    def __init__(self, lock: Callable[[], None], unlock: Callable[[], None], how: str,
+                 rt_sleeps: bool = False) -> None:
         self._lock = lock
         self._unlock = unlock
         self._how = how
+        self._rt = rt_sleeps
         self._flags: Any = None
 
     def __enter__(self) -> IrqSection:
-        flags = irq_off(self._how)
+        flags = irq_off(self._how, self._rt)
         try:
             self._lock()
         except BaseException:
@@ -115,23 +119,26 @@ class IrqSection:
             irq_on(self._how, flags)
 
 
-def add_irq_forms(cls: type, lock: str = "lock", unlock: str = "unlock", prefix: str = "") -> type:
+def add_irq_forms(cls: type, lock: str = "lock", unlock: str = "unlock", prefix: str = "",
+                  rt_sleeps: bool | None = None) -> type:
     """Give a spinning lock the kernel's interrupt-disabling forms of ``lock``/``unlock``:
     the sections ``{prefix}irqsave()``, ``{prefix}irq()``, ``{prefix}bh()`` and the function
     forms ``{lock}_irqsave() -> flags``/``{unlock}_irqrestore(flags)``, ``{lock}_irq()``/
     ``{unlock}_irq()``, ``{lock}_bh()``/``{unlock}_bh()``. Interrupts go off before the lock
-    and come back after the unlock, as in the kernel."""
+    and come back after the unlock, as in the kernel. ``rt_sleeps`` (default: the class's
+    ``KIND`` is spinlock or rwlock) marks the lock as one that sleeps on PREEMPT_RT."""
+    rt = getattr(cls, "KIND", "") in ("spinlock", "rwlock") if rt_sleeps is None else rt_sleeps
 
     def section(how: str) -> Callable[[Any], IrqSection]:
         def make(self: Any) -> IrqSection:
-            return IrqSection(getattr(self, lock), getattr(self, unlock), how)
+            return IrqSection(getattr(self, lock), getattr(self, unlock), how, rt)
         make.__name__ = f"{prefix}{how}"
         make.__doc__ = f"``with x.{prefix}{how}():`` -- {lock}_{how} ... {unlock}"
         return make
 
     def take(how: str) -> Callable[[Any], Any]:
         def fn(self: Any) -> Any:
-            flags = irq_off(how)
+            flags = irq_off(how, rt)
             getattr(self, lock)()
             return flags
         fn.__name__ = f"{lock}_{how}"

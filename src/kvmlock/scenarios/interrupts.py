@@ -1,0 +1,204 @@
+"""Locks taken from interrupt or non-blockable context, and what their kind must therefore be.
+
+* ``wakeup_vcpus_on_cpu_lock`` is taken by the posted-interrupt wakeup handler, a hard
+  interrupt on the CPU the vector was sent to. Everybody else takes it with interrupts off;
+  it is a raw spinlock (a hard interrupt may only spin, also on PREEMPT_RT), and per CPU,
+  because a vCPU that blocked on one CPU can resume on another and leave the first one's list.
+* ``tsc_write_lock`` is taken with interrupts off (``raw_spin_lock_irqsave``): the TSC read and
+  the offset computed from it must not be split. With interrupts off only a spinning lock may
+  be taken, so it is raw -- a spinlock_t sleeps on PREEMPT_RT, a mutex always may.
+* The MMU notifier's invalidations can be non-blockable (the OOM reaper): every lock on that
+  path spins, ``mn_invalidate_lock`` included.
+* The host-clock notifiers: the timekeeping one runs in the timer tick (hard interrupt, under
+  the timekeeper's raw lock) and defers its walk of ``vm_list`` to a work item, because that
+  walk takes ``kvm_lock``, a mutex; the cpufreq one runs in process context.
+
+Each broken variant changes one lock's kind or drops one ``irqsave``, as a careless patch
+would, and lockdep must report it: a sleeping lock where sleeping is forbidden
+(``sleep_in_atomic``), a spinlock_t where only spinning is allowed on PREEMPT_RT
+(``wait_context``), a lock the handler takes held with interrupts on (``inconsistent``).
+"""
+
+from __future__ import annotations
+
+from kvmlock.kvm.guest import guest_write
+from kvmlock.kvm.machine import Machine
+from kvmlock.kvm.memslots import LOG_DIRTY_PAGES
+from kvmlock.kvm.posted_intr import PostedVcpu, post_interrupt
+from kvmlock.kvm.tsc import KvmClock, TscSync
+from kvmlock.kvm.vm import VM
+from kvmlock.scenarios.orders import together
+from kvmlock.scenarios.registry import scenario
+from kvmlock.sync import Mutex, SpinLock, peek
+
+__all__: list[str] = []
+
+_NO_SLEEP_IRQ = "nothing sleeps in a hard interrupt"
+_NO_SLEEP_OFF = "nothing sleeps with interrupts off"
+_NO_SLEEP_NONBLOCK = "nothing sleeps in a non-blockable invalidation"
+_ONLY_SPIN = ("where interrupts are off or a hard interrupt runs, only locks that spin on "
+              "PREEMPT_RT too (raw spinlocks) are taken")
+_NO_SELF_IRQ = ("a lock its handler takes is never held with that interrupt enabled on the "
+                "handler's CPU")
+
+
+# ---------------------------------------------------------------------- posted interrupts
+
+def _wakeup(machine: Machine, *, irqsave: bool = True, migrate: bool = False) -> None:
+    """vcpu0 halts on CPU 1 (and resumes on CPU 0 when ``migrate``), vcpu1 halts on CPU 0;
+    the IOMMU posts one interrupt to each: the wakeup handler runs on CPU 1, then CPU 0."""
+    vm = VM(machine, nr_vcpus=2)
+    a = PostedVcpu(machine, vm.vcpus[0], cpu=1, irqsave=irqsave)
+    b = PostedVcpu(machine, vm.vcpus[1], cpu=0, irqsave=irqsave)
+    together(lambda: a.block(resume_on=0 if migrate else None), b.block,
+             lambda: (post_interrupt(a, 3), post_interrupt(b, 7)),
+             names=["vcpu0 (halt)", "vcpu1 (halt)", "IOMMU"])
+    assert a.delivered == {3} and b.delivered == {7}, (a.delivered, b.delivered)
+    assert a.cpu == (0 if migrate else 1), "vcpu0 did not move to the CPU it resumed on"
+    for c in machine.cpus:
+        assert not peek(c, "wakeup_vcpus_on_cpu"), f"a vCPU stayed on cpu{c.cpu}'s wakeup list"
+
+
+@scenario("posted_intr.migrate.correct", variant="correct", expect="pass",
+          rule="a vCPU woken from one CPU's wakeup list resumes on another and leaves the first "
+               "list under that CPU's lock, irqs off; the handler runs in hard-IRQ context",
+          invariant="every halted vCPU is woken with its own vector; no list keeps a vCPU",
+          max_runs=3000, timeout=60.0)
+def wakeup_migrate() -> None:
+    _wakeup(Machine(2), migrate=True)
+
+
+@scenario("posted_intr.wakeup_lock_mutex.broken", variant="broken", expect="lockdep",
+          lockdep_kind="sleep_in_atomic",
+          rule="wakeup_vcpus_on_cpu_lock made a mutex: the wakeup handler would sleep in a "
+               "hard interrupt", invariant=_NO_SLEEP_IRQ, max_runs=200)
+def wakeup_lock_mutex() -> None:
+    m = Machine(2)
+    for c in m.cpus:
+        c.wakeup_lock = Mutex("wakeup_vcpus_on_cpu_lock")
+    _wakeup(m)
+
+
+@scenario("posted_intr.wakeup_lock_spinlock_t.broken", variant="broken", expect="lockdep",
+          lockdep_kind="wait_context",
+          rule="wakeup_vcpus_on_cpu_lock made a spinlock_t: it sleeps on PREEMPT_RT, where a "
+               "hard interrupt may only spin", invariant=_ONLY_SPIN, max_runs=200)
+def wakeup_lock_spinlock() -> None:
+    m = Machine(2)
+    for c in m.cpus:
+        c.wakeup_lock = SpinLock("wakeup_vcpus_on_cpu_lock")
+    _wakeup(m)
+
+
+@scenario("posted_intr.wakeup_no_irqsave.broken", variant="broken", expect="lockdep",
+          lockdep_kind="inconsistent",
+          rule="the vCPU changes its wakeup list without disabling interrupts: the wakeup "
+               "handler can interrupt it on its own CPU and spin on the lock it holds",
+          invariant=_NO_SELF_IRQ, max_runs=200)
+def wakeup_no_irqsave() -> None:
+    _wakeup(Machine(2), irqsave=False)
+
+
+# ---------------------------------------------------------------------- TSC
+
+def _tsc(make_lock: type | None = None) -> None:
+    vm = VM(None, nr_vcpus=2)
+    if make_lock is not None:
+        vm.tsc_write_lock = make_lock("kvm->arch.tsc_write_lock")
+    tsc = TscSync(vm)
+
+    def write(i: int) -> None:
+        vcpu = vm.vcpus[i]
+        with vcpu.mutex:
+            tsc.write(vcpu, 5_000_000 + 3_000 * i, 5_000_000 + 3_000 * i + 7 * i)
+
+    together(lambda: write(0), lambda: write(1), names=["vcpu0 ioctl", "vcpu1 ioctl"])
+    tsc.check()
+
+
+@scenario("tsc.write_lock_mutex.broken", variant="broken", expect="lockdep",
+          lockdep_kind="sleep_in_atomic",
+          rule="tsc_write_lock made a mutex: taken with interrupts off, it may sleep there",
+          invariant=_NO_SLEEP_OFF, max_runs=100)
+def tsc_write_lock_mutex() -> None:
+    _tsc(Mutex)
+
+
+@scenario("tsc.write_lock_spinlock_t.broken", variant="broken", expect="lockdep",
+          lockdep_kind="wait_context",
+          rule="tsc_write_lock made a spinlock_t: with interrupts off it sleeps on PREEMPT_RT",
+          invariant=_ONLY_SPIN, max_runs=100)
+def tsc_write_lock_spinlock() -> None:
+    _tsc(SpinLock)
+
+
+# ---------------------------------------------------------------------- MMU notifier
+
+def _oom_reap(mutex: bool) -> None:
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2)
+    if mutex:
+        vm.mn_invalidate_lock = Mutex("kvm->mn_invalidate_lock")
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    (v0,) = vm.vcpus
+    guest_write(v0, 0, 1)
+
+    def reaper() -> None:
+        vm.host.swap_out(0, blockable=False)
+
+    def memslot_updater() -> None:
+        vm.set_memory_region(0, base_gfn=0, npages=2, hva=0, flags=LOG_DIRTY_PAGES)
+
+    together(reaper, memslot_updater, names=["oom_reaper", "memslot_updater"])
+    assert vm.mmu_invalidate_in_progress == 0, "an invalidation never ended"
+    assert peek(vm, "mn_active_invalidate_count") == 0
+
+
+@scenario("mmu_notifier.nonblocking.correct", variant="correct", expect="pass",
+          rule="a non-blockable invalidation (the OOM reaper) racing a memslot update: nothing "
+               "on the notifier path sleeps",
+          invariant="the invalidation ends and the update waits for it; nothing slept",
+          max_runs=5000, timeout=60.0)
+def oom_reap_correct() -> None:
+    _oom_reap(False)
+
+
+@scenario("mmu_notifier.nonblocking_mutex.broken", variant="broken", expect="lockdep",
+          lockdep_kind="sleep_in_atomic",
+          rule="mn_invalidate_lock made a mutex: a non-blockable invalidation would sleep",
+          invariant=_NO_SLEEP_NONBLOCK, max_runs=100)
+def oom_reap_mutex() -> None:
+    _oom_reap(True)
+
+
+# ---------------------------------------------------------------------- host clocks
+
+def _clocks(lock_in_notifier: bool) -> None:
+    m = Machine(2)
+    clock = KvmClock(m, lock_in_notifier=lock_in_notifier)
+    vms: list[VM] = []
+
+    def timekeeping() -> None:
+        clock.tick()
+        clock.run_work()
+
+    together(lambda: vms.append(m.create_vm()), timekeeping,
+             lambda: clock.cpufreq_change(1, 2_000_000),
+             names=["KVM_CREATE_VM", "timer tick + kworker", "cpufreq"])
+    assert clock.cpu_tsc_khz[1].peek() == 2_000_000, "the new frequency never reached cpu1"
+
+
+@scenario("kvmclock.notifiers.correct", variant="correct", expect="pass",
+          rule="the timekeeping notifier runs in the timer tick and defers its kvm_lock walk "
+               "to a work item; the cpufreq notifier walks vm_list in process context",
+          invariant="nothing sleeps in the tick; the new frequency reaches its CPU",
+          max_runs=5000, timeout=60.0)
+def clocks_correct() -> None:
+    _clocks(False)
+
+
+@scenario("kvmclock.gtod_notifier_takes_kvm_lock.broken", variant="broken", expect="lockdep",
+          lockdep_kind="sleep_in_atomic",
+          rule="the timekeeping notifier takes kvm_lock itself, in the timer tick",
+          invariant=_NO_SLEEP_IRQ, max_runs=100)
+def clocks_broken() -> None:
+    _clocks(True)
