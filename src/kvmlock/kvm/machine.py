@@ -121,6 +121,8 @@ class Machine:
         self.kvm_usage_lock: Mutex | None = Mutex("kvm_usage_lock") if usage_lock else None
         self.cpu_hotplug_lock = CpuHotplugLock()
         self.vendor_module_lock = Mutex("vendor_module_lock")
+        #: the timekeeping core's lock, held in the timer tick (see kvmlock.kvm.tsc.KvmClock)
+        self.timekeeper_lock = RawSpinLock("tk_core.lock")
 
         self.vm_list: list[VM] = []
         self.kvm_usage_count = 0

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvmlock import irq, runtime
-from kvmlock.sync import Atomic64, RawSpinLock, guarded_by
+from kvmlock.sync import Atomic64, guarded_by
 
 __all__ = ["KvmClock", "TscSync", "VcpuTsc"]
 
@@ -131,7 +131,7 @@ class KvmClock:
     def __init__(self, machine: Any, *, lock_in_notifier: bool = False) -> None:
         self.machine = machine
         self.lock_in_notifier = lock_in_notifier
-        self.timekeeper_lock = RawSpinLock("tk_core.lock")
+        self.timekeeper_lock = machine.timekeeper_lock
         self.work_pending = Atomic64(0, name="pvclock_gtod_work")
         self.cpu_tsc_khz = [Atomic64(0, name=f"cpu_tsc_khz[{c}]")
                             for c in range(len(machine.cpus))]

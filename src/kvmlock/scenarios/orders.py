@@ -36,7 +36,7 @@ from kvmlock.kvm.machine import Machine
 from kvmlock.kvm.mmu.page_fault import page_fault
 from kvmlock.kvm.mmu.shadow import check_rmaps, zap_gfn_range
 from kvmlock.kvm.posted_intr import PostedVcpu, post_interrupt
-from kvmlock.kvm.tsc import TscSync
+from kvmlock.kvm.tsc import KvmClock, TscSync
 from kvmlock.kvm.vendor import VendorModuleError, vendor_init
 from kvmlock.kvm.vm import VM
 from kvmlock.kvm.xen import Xen
@@ -606,6 +606,7 @@ def leaves_correct() -> None:
     tsc = TscSync(vm)
     hv, xen = HyperV(vm), Xen(vm)
     pv = PostedVcpu(m, vm.vcpus[1], cpu=1)
+    clock = KvmClock(m)
 
     def vcpu0() -> None:
         vcpu = vm.vcpus[0]
@@ -620,6 +621,7 @@ def leaves_correct() -> None:
         post_interrupt(pv, 5)
         ioctls.create_pit(vm)  # irq_lock inside slots_lock
         m.hyperv_tsc_notifier()  # tsc_write_lock inside kvm_lock
+        clock.tick()  # tk_core.lock, in the timer tick
 
     together(vcpu0, host, pv.block, names=["vcpu0", "host", "vcpu1"])
     assert pv.delivered == {5}, f"posted vector lost: delivered {pv.delivered}"
