@@ -166,6 +166,24 @@ def test_git_blame_prefixes_are_removed() -> None:
     assert [r.key for r in spec.parse(blamed).rules] == [r.key for r in spec.parse(clean).rules]
 
 
+def test_web_blame_table_with_commits_and_line_numbers() -> None:
+    clean = (DOCS / "current.rst").read_text()
+    table = "\n".join(f"{'0bf50497f03b' if i % 3 else 'a1b2c3d4e5f6'}\t{i}\t{s}"
+                      for i, s in enumerate(clean.splitlines(), 1))
+    assert [r.key for r in spec.parse(table).rules] == [r.key for r in spec.parse(clean).rules]
+
+
+def test_line_numbers_and_authors_between_the_lines() -> None:
+    clean = (DOCS / "current.rst").read_text()
+    out = []
+    for i, s in enumerate(clean.splitlines(), 1):
+        if i % 9 == 1:
+            out += ["Jane Doe", "Documentation: KVM: rework the rules", "Jan 5, 2023"]
+        out += [str(i), s.lstrip()]
+    b = spec.parse("\n".join(out))
+    assert [r.key for r in b.rules] == [r.key for r in spec.parse(clean).rules]
+
+
 def test_a_document_that_mentions_dates_keeps_its_lines() -> None:
     text = rules_doc("kvm->lock is taken outside vcpu->mutex",
                      "kvm->lock is taken outside kvm->irq_lock") + "\n2023-01-05\n\n"

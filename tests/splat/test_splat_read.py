@@ -157,3 +157,29 @@ def test_lockdep_names_become_document_classes() -> None:
     assert lock_class("cpu_hotplug_lock.rw_sem") == "cpu_hotplug_lock"
     assert lock_class("&mm->mmap_sem#2") == "mm->mmap_sem"
     assert lock_class("&kvm->arch.mmu_lock") == "kvm->mmu_lock"
+
+
+def test_kvmlock_reads_its_own_lockdep_reports() -> None:
+    """kvmlock's lockdep prints the kernel's layout: the same reader gives the same facts."""
+    from kvmlock import lockdep, spawn
+    from kvmlock.sync import Mutex
+
+    with lockdep.isolated():
+        kvm_lock, vcpu_mutex = Mutex("kvm->lock"), Mutex("vcpu->mutex")
+
+        def ioctl() -> None:
+            with kvm_lock, vcpu_mutex:
+                pass
+
+        def run() -> None:
+            with vcpu_mutex, kvm_lock:
+                pass
+
+        spawn(ioctl).join()
+        spawn(run).join()
+        [report] = lockdep.reports()
+    [sp] = read_log(str(report))
+    assert (sp.kind, sp.acquiring.name, [r.name for r in sp.holding]) == (
+        "circular", "kvm->lock", ["vcpu->mutex"])
+    assert [(d.src, d.dst) for d in sp.dependencies()] == [
+        ("kvm->lock", "vcpu->mutex"), ("vcpu->mutex", "kvm->lock")]

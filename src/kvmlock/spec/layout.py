@@ -29,6 +29,9 @@ _DATE = re.compile(
     re.I,
 )
 _HASH = re.compile(r"^[0-9a-f]{7,40}$")
+#: web blame tables copied as text: "commit<TAB>line<TAB>text"
+_HASH_PREFIX = re.compile(r"^\^?[0-9a-f]{7,40}(?:\t| +)(?:\d{1,5}(?:\t| ))?(?P<text>.*)$")
+_LINENO = re.compile(r"^\s*\d{1,5}\s*$")
 _SUBJECT = re.compile(
     r"^(?:[\w./+-]+: )+\S|^Merge (?:tag|branch|remote)|^Revert \"|^Documentation/\S+:"
 )
@@ -46,15 +49,19 @@ def _is_meta(line: str) -> bool:
 
 def strip_blame(lines: list[str]) -> tuple[list[str], list[int]]:
     """Drop a blame view's commit, author and date lines; keep each kept line's number."""
-    if sum(1 for s in lines if _GIT_BLAME.match(s)) > len(lines) // 2:
-        out = [(m["text"] if (m := _GIT_BLAME.match(s)) else s) for s in lines]
-        return out, list(range(1, len(lines) + 1))
+    for prefix in (_GIT_BLAME, _HASH_PREFIX):
+        if sum(1 for s in lines if prefix.match(s)) > len(lines) // 2:
+            out = [(m["text"] if (m := prefix.match(s)) else s) for s in lines]
+            return out, list(range(1, len(lines) + 1))
+    numbers = [i for i, s in enumerate(lines) if _LINENO.match(s)]
+    values = [int(lines[i]) for i in numbers]
+    numbered = len(numbers) > len(lines) // 4 and values == sorted(values)
     dates = [i for i, s in enumerate(lines) if _is_meta(s)]
-    if len(dates) < 3:  # a document that merely mentions a date or two
+    if len(dates) < 3 and not numbered:  # a document that merely mentions a date or two
         return lines, list(range(1, len(lines) + 1))
-    drop = set(dates)
+    drop = set(dates) | (set(numbers) if numbered else set())
     for i in dates:
-        for j in (i - 1, i - 2, i + 1):
+        for j in (i - 1, i - 2, i - 3, i + 1):
             if 0 <= j < len(lines) and j not in drop:
                 s = lines[j].strip()
                 if s and not _STRUCTURE.match(s) and (_SUBJECT.match(s) or _AUTHOR.match(s)):

@@ -22,7 +22,7 @@ LOCK_RE = re.compile(
     r"(?:,? at: (?P<at>.*))?"
 )
 _TASK = re.compile(
-    r"^\s*(?P<task>\S.*?/\d+)(?: \[(?:[^\[\]]|\[[^\]]*\])*\])? (?:is trying to acquire"
+    r"^\s*(?P<task>\S.*?)(?: \[(?:[^\[\]]|\[[^\]]*\])*\])? (?:is trying to acquire"
     r"|is trying to lock|is trying to release|just changed the state|is leaving the kernel"
     r"|takes:|still has)"
 )
@@ -44,7 +44,8 @@ _LOCKING = re.compile(
     r"|spin_lock|_*might_|lock_acquire|__lock|do_raw_|queued_|rt_)"
 )
 _STACK_LINE = re.compile(r"^\s+(?:\?\s*)?(?:\[<[0-9a-f]+>\]\s*)?[\w.]+\+0x[0-9a-f]+/0x[0-9a-f]+"
-                         r"|^\s+(?:\?\s*)?[\w.]+ \(\S+:\d+\)|^\s+0x[0-9a-f]+\s*$")
+                         r"|^\s+(?:\?\s*)?[\w.]+ \(\S+:\d+\)|^\s+0x[0-9a-f]+\s*$"
+                         r"|^\s+\S+\.py:\d+(?:\s|$)|^\s+<\w+>:\d+(?:\s|$)")
 _SECTION_END = re.compile(
     r"other info that might|Possible (?:interrupt )?unsafe|stack backtrace|-> #\d+|"
     r"(?:\d+|no) locks? held by|\*\*\* DEADLOCK|the shortest dependencies|which lock already"
