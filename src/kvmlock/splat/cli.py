@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     around = surroundings(text)
     for sp, lines in zip(splats, around, strict=True):
         deps = judge(sp, doc) if doc else sp.dependencies()
-        outcome = explore_splat(sp, declared) if args.explore else None
+        outcome = explore_splat(sp, declared, spell=spell) if args.explore else None
         rcu = judge_rcu(sp, lines, doc) if sp.kind == "suspicious_rcu" else None
         failed |= any(d.verdict == "violated" for d in deps)
         failed |= bool(outcome and outcome.deadlock)

@@ -10,9 +10,12 @@ readers take part in a real deadlock. rwlock_t and SRCU readers never wait for e
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+import keyword
+import linecache
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from kvmlock import explore, spawn
@@ -65,34 +68,111 @@ def lock_kind(name: str, declared: dict[str, tuple[str, ...]], ref: LockRef | No
 def _cycle(splat: Splat) -> list[Dependency]:
     deps = splat.dependencies()
     if splat.kind == "recursive":
-        # one lock class, two instances taken in opposite orders by two tasks
-        return [d for d in deps] * 2
+        # one lock class, two instances (two VMs' kvm->lock) taken in opposite orders
+        return deps * 2
     return deps
 
 
-def _enter(obj: Any, kind: str, read: int, sync: bool) -> contextlib.AbstractContextManager:
+#: the kernel call that takes a lock of each kind: (for a read, for a write)
+_CALLS = {
+    "mutex": ("mutex_lock", "mutex_lock"),
+    "spinlock": ("spin_lock", "spin_lock"),
+    "raw_spinlock": ("raw_spin_lock", "raw_spin_lock"),
+    "rwlock": ("read_lock", "write_lock"),
+    "rwsem": ("down_read", "down_write"),
+    "percpu_rwsem": ("percpu_down_read", "percpu_down_write"),
+    "srcu": ("srcu_read_lock", "synchronize_srcu"),
+}
+
+
+#: what each call does to a kvmlock primitive (the generated program's vocabulary)
+_ACTIONS: dict[str, Callable[[Any], Any]] = {
+    "mutex_lock": lambda o: o, "spin_lock": lambda o: o, "raw_spin_lock": lambda o: o,
+    "read_lock": lambda o: o.read(), "write_lock": lambda o: o.write(),
+    "down_read": lambda o: o.read(), "down_write": lambda o: o.write(),
+    "percpu_down_read": lambda o: o.read(), "percpu_down_write": lambda o: o.write(),
+    "srcu_read_lock": lambda o: o.read(), "synchronize_srcu": SRCU.synchronize,
+}
+
+
+def _call(kind: str, read: int, sync: bool) -> str:
+    on_read, on_write = _CALLS[kind]
     if kind == "srcu":
-        if sync or read == 0:
-            return _synchronize(obj)
-        return obj.read()
-    if kind in ("rwlock", "rwsem", "percpu_rwsem"):
-        return obj.read() if read else obj.write()
-    return obj
+        return on_write if sync or read == 0 else on_read
+    return on_read if read else on_write
 
 
-@contextlib.contextmanager
-def _synchronize(srcu: Any) -> Iterator[None]:
-    srcu.synchronize()
-    yield
+def _expr(name: str) -> str:
+    """``kvm->arch.tdp_mmu_pages_lock`` -> ``kvm.arch.tdp_mmu_pages_lock``, a valid expression."""
+    parts = [re.sub(r"\W", "_", p) or "_" for p in re.split(r"->|\.|::", name)]
+    parts = [f"_{p}" if p[0].isdigit() or keyword.iskeyword(p) else p for p in parts]
+    return ".".join(parts)
 
 
-def _why_not(deps: list[Dependency], kinds: dict[str, str]) -> str:
+def _program(deps: list[Dependency], kinds: dict[str, str], recursive: bool,
+             writers: list[str]) -> tuple[str, dict[str, str]]:
+    """Python source for the chain (one task per dependency) and each lock's expression."""
+    names = list(dict.fromkeys([n for d in deps for n in (d.src, d.dst)]))
+    exprs = {n: _expr(n) for n in names}
+    lines: list[str] = []
+    spawns: list[str] = []
+    for i, d in enumerate(deps):
+        a, b = exprs[d.src], exprs[d.dst]
+        if recursive and i % 2:
+            a, b = f"other_vm.{a}", b
+        elif recursive:
+            b = f"other_vm.{b}"
+        inner = _call(kinds[d.dst], d.dst_read, d.sync)
+        lines += [f"def task_{i}():",
+                  f"    with {_call(kinds[d.src], d.src_read, False)}({a}):",
+                  # a synchronize holds nothing: it is a call, not a critical section
+                  f"        {inner}({b})" if inner == "synchronize_srcu" else
+                  f"        with {inner}({b}):\n            pass", ""]
+        label = f"{d.origin} {d.where.split('+')[0].split(' ')[0]}".strip()
+        spawns.append(f"spawn(task_{i}, name={label!r})")
+    for j, n in enumerate(writers):
+        lines += [f"def writer_{j}():", f"    with {_CALLS[kinds[n]][1]}({exprs[n]}):",
+                  "        pass", ""]
+        spawns.append(f"spawn(writer_{j}, name={('writer of ' + n)!r})")
+    lines += ["def main():", "    tasks = [", *[f"        {s}," for s in spawns], "    ]",
+              "    for t in tasks:", "        t.join()", ""]
+    return "\n".join(lines), exprs
+
+
+def _tree(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``[("kvm.lock", o), ("kvm.arch.x", p)]`` -> {"kvm": namespace(lock=o, arch=...)}."""
+    root: dict[str, Any] = {}
+    for expr, value in pairs:
+        *path, leaf = expr.split(".")
+        node = root
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+
+    def build(d: dict[str, Any]) -> Any:
+        return SimpleNamespace(**{k: build(v) if isinstance(v, dict) else v
+                                  for k, v in d.items()})
+
+    return {k: build(v) if isinstance(v, dict) else v for k, v in root.items()}
+
+
+def _namespace(exprs: dict[str, str], objs: dict[tuple[str, str], Any]) -> dict[str, Any]:
+    """The generated program's globals: the calls, ``spawn`` and a tree of lock objects (and a
+    second VM's, for a report about two locks of one class)."""
+    ns: dict[str, Any] = {"spawn": spawn, **_ACTIONS}
+    ns.update(_tree([(e, objs[("", n)]) for n, e in exprs.items()]))
+    ns["other_vm"] = SimpleNamespace(**_tree([(e, objs[("other", n)])
+                                              for n, e in exprs.items()]))
+    return ns
+
+
+def _why_not(deps: list[Dependency], kinds: dict[str, str], spell: Callable[[str], str]) -> str:
     """Where the cycle has no wait: a lock whose holder and waiter do not exclude each other."""
     reasons = []
     n = len(deps)
     for i, d in enumerate(deps):
         nxt = deps[(i + 1) % n]  # holds d.dst while taking the next lock
-        lock, kind = d.dst, kinds.get(d.dst, "mutex")
+        lock, kind = spell(d.dst), kinds.get(d.dst, "mutex")
         waiter_read, holder_read = d.dst_read or 0, nxt.src_read or 0
         if kind == "srcu" and (waiter_read or not d.sync):
             reasons.append(f"{lock}: {_READERS_SHARE['srcu']} (the task taking it is a reader)")
@@ -104,8 +184,11 @@ def _why_not(deps: list[Dependency], kinds: dict[str, str]) -> str:
 
 
 def explore_splat(splat: Splat, declared: dict[str, tuple[str, ...]] | None = None,
-                  timeout: float = 30.0) -> Outcome:
-    """Explore every interleaving of the chain's tasks (DPOR) and say whether one deadlocks."""
+                  timeout: float = 30.0, spell: Callable[[str], str] = str) -> Outcome:
+    """Explore every interleaving of the chain's tasks (DPOR) and say whether one deadlocks.
+
+    ``declared`` are the document's Reference kinds; ``spell`` names locks as it does.
+    """
     declared = declared or {}
     deps = _cycle(splat)
     if not deps:
@@ -120,29 +203,16 @@ def explore_splat(splat: Splat, declared: dict[str, tuple[str, ...]] | None = No
                and any(d.dst == n and d.dst_read for d in deps)
                and any(d.src == n and d.src_read for d in deps)]
 
+    source, exprs = _program(deps, kinds, recursive, writers)
+    filename = "<splat>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    code = compile(source, filename, "exec")
+
     def body() -> None:
-        if recursive:
-            objs = {0: _BUILD[kinds[names[0]]](names[0]), 1: _BUILD[kinds[names[0]]](names[0])}
-        else:
-            objs = {n: _BUILD[kinds[n]](n) for n in names}
-        tasks = []
-        for i, d in enumerate(deps):
-            a, b = (objs[i % 2], objs[(i + 1) % 2]) if recursive else (objs[d.src], objs[d.dst])
-
-            def run(a: Any = a, b: Any = b, d: Dependency = d) -> None:
-                with _enter(a, kinds[d.src], d.src_read, False):
-                    with _enter(b, kinds[d.dst], d.dst_read, d.sync):
-                        pass
-
-            label = f"{d.origin} {d.where.split('+')[0].split(' ')[0]}".strip()
-            tasks.append(spawn(run, name=label))
-        for n in writers:
-            def write(o: Any = objs[n]) -> None:
-                with o.write():
-                    pass
-            tasks.append(spawn(write, name=f"writer of {n}"))
-        for t in tasks:
-            t.join()
+        objs = {(p, n): _BUILD[kinds[n]](n) for n in names for p in ("", "other")}
+        ns = _namespace(exprs, objs)
+        exec(code, ns)
+        ns["main"]()
 
     res = explore.check(body, "dpor", lockdep=False, timeout=timeout, stop_on_first=True)
     f = res.failure
@@ -155,4 +225,4 @@ def explore_splat(splat: Splat, declared: dict[str, tuple[str, ...]] | None = No
         return Outcome(False, "inconclusive: the explorer stopped before covering every "
                        f"interleaving ({res.stopped})", "", "", res.headline(), kinds,
                        complete=False)
-    return Outcome(False, _why_not(deps, kinds), "", "", res.headline(), kinds)
+    return Outcome(False, _why_not(deps, kinds, spell), "", "", res.headline(), kinds)
