@@ -345,7 +345,8 @@ class Machine:
         Taking ``slots_lock`` with ``kvm_lock`` held (``hold_kvm_lock=True``, what kernels did
         until 2025) puts ``kvm_lock`` outside ``slots_lock``, which closes a four-lock cycle
         with the memslot update, the cpufreq notifier and a static-key patch under SRCU. The
-        fix keeps ``kvm_lock`` a leaf: take a reference to each VM under it, drop it, then
+        fix keeps ``slots_lock`` out from under ``kvm_lock`` (the model's document: "kvm_lock
+        must not take kvm->slots_lock"): take a reference to each VM under it, drop it, then
         lock each VM. Returns how many VMs were zapped.
         """
         if hold_kvm_lock:
