@@ -343,3 +343,20 @@ def test_a_dump_that_is_not_one_is_refused() -> None:
         read_proc_lockdep("hello world\n")
     with pytest.raises(spec.SpecError, match="no lock classes"):
         read_proc_lockdep("all lock classes:\n")
+
+
+def test_name_field_reference_layout() -> None:
+    ref = (":Name:\t\tkvm_lock\n:Type:\t\tmutex\n:Arch:\t\tany\n:Protects:\t- vm_list\n"
+           "\t\t- the usage count\n\n:Name:\t\tkvm->srcu\n:Type:\t\tsrcu lock\n:Arch:\t\tany\n\n"
+           "``vendor_module_lock``\n^^^^^^^^^^^^^^^^^^^^^^\n:Type:\t\tmutex\n")
+    d = spec.parse(rules_doc("kvm->lock is taken outside vcpu->mutex", reference=ref))
+    assert [(e.name, e.kinds) for e in d.reference] == [
+        ("kvm_lock", ("mutex",)), ("kvm->srcu", ("srcu",)), ("vendor_module_lock", ("mutex",))]
+    assert d.reference[0].protects == ["vm_list", "the usage count"]
+
+
+def test_an_architecture_lead_scopes_the_sentence() -> None:
+    d = spec.parse(rules_doc("On x86, vcpu->mutex is taken outside kvm->arch.hyperv.hv_lock."))
+    [r] = d.rules
+    assert (r.outer, r.inner, r.arch) == ("vcpu->mutex", "kvm->arch.hyperv.hv_lock", "x86")
+    assert spec.check(d, graph(("kvm->arch.hyperv.hv_lock", "vcpu->mutex")), arch="arm64").ok

@@ -106,3 +106,27 @@ def test_cli_text_and_explore(capsys) -> None:
     assert rc == 1
     assert "kvm->lock -> kvm->srcu (synchronize)  [#1]  VIOLATED" in got
     assert "DEADLOCK reproduced" in got
+
+
+def test_a_document_read_in_part_cannot_clear_a_splat(capsys) -> None:
+    prose = str(DOCS / "prose.rst")
+    assert main([str(FIXTURES / "s390_tod_clock.dmesg"), "--doc", prose, "--json"]) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["violations"] == [] and out["complete"] is False
+    assert out["document_incomplete"]
+
+
+def test_names_follow_the_documents_spelling(tmp_path) -> None:
+    from kvmlock.splat import spelling
+
+    doc = spec.parse("Acquisition Orders\n------------------\n\n"
+                     "- kvm->arch.mmu_lock is taken outside kvm->arch.tdp_mmu_pages_lock\n\n"
+                     "Reference\n---------\n\n``kvm->mmu_lock``\n^^^^^^^^^^^^^^^^^\n\n"
+                     ":Type: rwlock_t\n")
+    spell = spelling(doc)
+    assert spell("kvm->mmu_lock") == "kvm->mmu_lock"  # lockdep's own spelling, the doc uses it
+    assert spell("kvm->arch.tdp_mmu_pages_lock") == "kvm->arch.tdp_mmu_pages_lock"
+    assert spell("cpu_hotplug_lock") == "cpus_read_lock()"  # as locking.rst writes it
+    assert spelling(spec.parse("Acquisition Orders\n------------------\n\n"
+                               "- cpus_read_lock() is taken outside kvm_lock\n"))(
+        "cpu_hotplug_lock") == "cpus_read_lock()"

@@ -130,13 +130,13 @@ def repair_indentation(lines: list[str]) -> list[str]:
     return out
 
 
-_OLD_FIELD = re.compile(r"^(Name|Type|Arch|Protects|Comment):\s+(\S.*)$")
+_OLD_FIELD = re.compile(r"^:?(Name|Type|Arch|Protects|Comment):\s+(\S.*)$")
 
 
 def old_reference(lines: list[str], numbers: list[int]) -> tuple[list[str], list[int]]:
-    """The first releases' Reference ("Name: kvm_lock" / "Type: ..." records) as headings and
-    field lists, the layout every later release uses."""
-    if sum(1 for s in lines if s.startswith("Name:")) < 2:
+    """The earlier releases' Reference ("Name: kvm_lock" records, then ":Name: kvm_lock" field
+    lists) as headings and field lists, the layout later releases use."""
+    if sum(1 for s in lines if re.match(r"^:?Name:\s", s)) < 2:
         return lines, numbers
     out: list[str] = []
     nums: list[int] = []

@@ -28,7 +28,7 @@ from kvmlock.spec.names import (
     normalise,
     parse_type,
 )
-from kvmlock.spec.sentences import Context, read_sentence, rule_like, split_sentences
+from kvmlock.spec.sentences import ARCH_LEAD, Context, read_sentence, rule_like, split_sentences
 
 _RULES_TITLE = re.compile(r"acquisition orders?|lock(?:ing)? orders?|ordering rules", re.I)
 _REF_TITLE = re.compile(r"^reference\b", re.I)
@@ -289,7 +289,6 @@ def _entry(sec: nodes.section, source: str, warnings: list[str]) -> RefEntry:
 # --------------------------------------------------------------------------- rules
 
 
-_ARCH_HEADER = re.compile(r"^(?:on|for) (x86|arm64|s390|powerpc|riscv|mips|loongarch)\b", re.I)
 
 
 def _walk(children: list[nodes.Node], ctx: Context, spec: Spec) -> list[Rule]:
@@ -333,7 +332,7 @@ def _is_header(par: nodes.paragraph) -> bool:
 def _header(text: str, ctx: Context) -> None:
     """A line that introduces a sub-list: sets (or clears) its arch and SRCU scope."""
     t = " ".join(text.split()).rstrip(":")
-    m = _ARCH_HEADER.match(t)
+    m = ARCH_LEAD.match(t)
     ctx.arch = m.group(1).lower() if m else ""
     ctx.srcu = ctx.default_srcu if "srcu" in t.lower() else ""
 

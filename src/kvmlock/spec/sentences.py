@@ -111,6 +111,8 @@ _TAKING = re.compile(
     _I,
 )
 _ARROW = re.compile(r"\s+-+>\s+")
+#: "On x86:" heads a sub-list, "On x86, ..." leads a sentence: rules for that architecture only
+ARCH_LEAD = re.compile(r"^(?:on|for) (x86|arm64|s390|powerpc|riscv|mips|loongarch)\b", re.I)
 _LEAD = re.compile(r"^(?P<lead>(?:when|if|while|for|on) [^,]{1,60}), (?P<rest>\S.*)$", _I)
 _QUALIFIED = re.compile(r"^(?P<n>\S+) (?P<q>(?:for|of|in|on) .+)$", _I)
 _PRONOUNS = {"it", "they", "these locks", "this lock", "these", "both", "both locks"}
@@ -379,7 +381,9 @@ def read_sentence(sentence: str, ctx: Context, line: int) -> list[Rule] | None:
             if one is None and (lead := _LEAD.match(part)):
                 one = _clause(lead["rest"], ctx)
                 if one:
-                    one = [replace(r, note=r.note or lead["lead"]) for r in one]
+                    arch = m.group(1).lower() if (m := ARCH_LEAD.match(lead["lead"])) else ""
+                    one = [replace(r, note=r.note or lead["lead"], arch=r.arch or arch)
+                           for r in one]
             if one is None:
                 return None
             got = one

@@ -1,7 +1,8 @@
 """``kvmlock splat``: read kernel lockdep reports; judge them against a document; explore them.
 
 Exit codes: 0 read (and nothing violated or deadlocked), 1 a dependency violates the document or
-the explorer reproduced a deadlock, 2 the input could not be used, 3 no report in the input.
+the explorer reproduced a deadlock, 2 the input could not be used or the document could not be
+read whole (so "nothing violated" would be a guess), 3 no report in the input.
 """
 
 from __future__ import annotations
@@ -85,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
             txt += "\n" + rcu.render(spell)
         objs.append(obj)
         texts.append(txt)
+    # what the document failed to say matters for the lock-order facts a report states
+    ordered = any(sp.dependencies() for sp in splats)
+    unread = doc.incomplete() if doc is not None and ordered else []
+    for obj in objs:
+        obj["document_incomplete"] = unread
+        obj["complete"] = obj["complete"] and not unread
     if args.json:
         top = dict(objs[0])
         top.update({"count": len(objs), "reports": objs})
@@ -97,4 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             head += f", judged against {doc.source}"
         print(head + "\n")
         print("\n\n".join(texts))
-    return 1 if failed else 0
+        for why in unread:
+            print(f"document incomplete: {why}")
+    if failed:
+        return 1
+    return 2 if unread else 0

@@ -23,8 +23,13 @@ DEFAULT_SPELLING = {"cpu_hotplug_lock": "cpus_read_lock()"}
 
 
 def spelling(spec: Spec | None) -> Callable[[str], str]:
-    """lockdep class -> the name as the document writes it (its rules first, then Reference)."""
-    table: dict[str, str] = {}
+    """lockdep class -> the name as the document writes it.
+
+    A document may write one lock several ways (its rules say ``kvm->arch.mmu_lock``, its
+    Reference ``kvm->mmu_lock``): the way lockdep prints it wins when the document uses it too,
+    else the rules' first spelling, else the Reference's.
+    """
+    table: dict[str, list[str]] = {}
     if spec is not None:
         texts = [r.text for r in spec.rules] + [e.spelled for e in spec.reference]
         for text in texts:
@@ -33,10 +38,13 @@ def spelling(spec: Spec | None) -> Callable[[str], str]:
                 if "->" not in word and "::" not in word and "." not in word \
                         and not word.endswith("()") and "_" not in word:
                     continue  # plain English words are not lock names
-                table.setdefault(normalise(word), word)
+                table.setdefault(normalise(word), []).append(word)
 
     def spell(name: str) -> str:
-        return table.get(name) or DEFAULT_SPELLING.get(name, name)
+        words = table.get(name)
+        if not words:
+            return DEFAULT_SPELLING.get(name, name)
+        return name if name in words else words[0]
 
     return spell
 
