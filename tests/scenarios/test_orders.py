@@ -6,7 +6,7 @@ import pytest
 
 import kvmlock.scenarios  # noqa: F401  (registers every scenario)
 from kvmlock import explore, lockdep
-from kvmlock.kvm.hazards import Hazards
+from kvmlock.kvm.mutants import Hazards, applied, hazards_of
 from kvmlock.scenarios import orders, srcu_rules
 from kvmlock.scenarios.orders import PATHS, check_graph
 from kvmlock.scenarios.registry import SCENARIOS
@@ -51,7 +51,7 @@ def test_the_document_check_fails_when_the_path_inverts_its_order(pair):
     check_graph(_sequential_graph(pair, Hazards()), exercised=[("order", *pair)])
     # the same paths with the order inverted inside one of them: the document check alone
     # (no race, no cycle needed) names the rule
-    inverted = _sequential_graph(pair, Hazards(**{paths.hazard: True}))
+    inverted = _sequential_graph(pair, hazards_of({paths.hazard: True}))
     rule = re.escape(f"{pair[0]} is taken outside {pair[1]}")
     with pytest.raises(AssertionError, match=rule):
         check_graph(inverted)
@@ -85,12 +85,7 @@ def test_kvm_lock_srcu_scenario_passes_with_its_grace_period():
     ("srcu.slots_arch_lock_in_reader.correct", "root_alloc_without_slots_arch_lock", "assertion"),
     ("srcu.vcpu_mutex_outside_reader.correct", "apic_access_delete_under_srcu", "deadlock"),
 ])
-def test_srcu_correct_scenarios_fail_with_their_protection_removed(name, hazard, kind,
-                                                                   monkeypatch):
-    real = Hazards.__init__
-
-    def weakened(self, **kw):
-        real(self, **{hazard: True, **kw})
-    monkeypatch.setattr(Hazards, "__init__", weakened)
-    out = run_scenario(SCENARIOS[name])
+def test_srcu_correct_scenarios_fail_with_their_protection_removed(name, hazard, kind):
+    with applied(hazard):
+        out = run_scenario(SCENARIOS[name])
     assert not out.met and out.failure.kind == kind, out.result

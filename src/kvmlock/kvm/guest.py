@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.page_fault import GUEST_FAULT, MMIO, page_fault
 from kvmlock.kvm.mmu.tlb import flush_remote_tlbs
+from kvmlock.kvm.mutants import mutant
 from kvmlock.kvm.vcpu import TlbEntry
 
 if TYPE_CHECKING:
@@ -22,6 +23,13 @@ if TYPE_CHECKING:
     from kvmlock.kvm.vm import VM
 
 __all__ = ["GuestFault", "guest_read", "guest_write", "set_gpte"]
+
+GPTE_NO_FLUSH = mutant(
+    "gpte_no_flush", removes="the TLB flush after syncing a changed guest page table",
+    breaks="shadow paging: after a guest page-table change no vCPU uses the old translation")
+GPTE_NO_ZAP = mutant(
+    "gpte_no_zap", removes="dropping the SPTE of a changed guest page-table entry (sync)",
+    breaks="shadow paging: an SPTE never outlives the guest PTE it shadows")
 
 _FAULT = object()
 MAX_FAULTS = 10_000
@@ -37,11 +45,12 @@ def _hw_access(vcpu: VCPU, va: int, write: bool, value: int) -> object:
     e = vcpu.tlb.get(va)
     if e is not None and (e.writable or not write):
         vcpu.stats["tlb_hits"] += 1
-        page = vm.host.pages[e.pfn]
     else:
-        sptep = vm.mmu.sptep(va)
-        if sptep is None:
+        loc = vm.mmu.walk(va)
+        if loc is None:
             return _FAULT
+        sp, i = loc
+        sptep = sp.sptes[i]
         while True:
             cur = sptep.load()
             if not S.hw_allows(cur, write):
@@ -52,8 +61,17 @@ def _hw_access(vcpu: VCPU, va: int, write: bool, value: int) -> object:
             want = cur | S.ACCESSED | (S.DIRTY if write else 0)
             if want == cur or sptep.cmpxchg(cur, want) == cur:
                 break
-        vcpu.tlb[va] = TlbEntry(S.pfn_of(cur), S.is_writable(cur))
-        page = vm.host.pages[S.pfn_of(cur)]
+        slot = vm.memslots.access_pointer().lookup(sp.gfn_at(i))
+        hva = slot.gfn_to_hva(sp.gfn_at(i)) if slot is not None else None
+        e = vcpu.tlb[va] = TlbEntry(S.pfn_of(cur), S.is_writable(cur), hva)
+    page = vm.host.pages[e.pfn]
+    # Consequences, checked where the hardware acts: the frame must still be the one the host
+    # maps for the page this translation was made for, not freed (poisoned) or reused.
+    assert e.hva is None or page.hva == e.hva, (
+        f"{vcpu!r} {'wrote' if write else 'read'} guest page {va} through a translation to "
+        f"frame {e.pfn}, which the host has " + (
+            "freed" if page.hva is None else f"reused for hva {page.hva}") +
+        f" (it was hva {e.hva}'s): a stale mapping outlived the page")
     if write:
         page.data.store(value)
         return None
@@ -110,7 +128,7 @@ def set_gpte(vm: VM, va: int, gfn: int | None) -> None:
     with vm.mmu_lock.write():
         mmu.gpt[va].store(0 if gfn is None else gfn + 1)
         mmu.mark_unsync(sp)
-        zapped = mmu.drop_spte(sp, i)
+        zapped = GPTE_NO_ZAP not in vm.hazards and mmu.drop_spte(sp, i)
         mmu.mark_synced(sp)
-        if zapped:
+        if zapped and GPTE_NO_FLUSH not in vm.hazards:
             flush_remote_tlbs(vm)

@@ -27,6 +27,8 @@ __all__ = ["Host", "HostPage", "MmuNotifierOps", "PG_ACCESSED", "PG_DIRTY"]
 
 PG_DIRTY = 1
 PG_ACCESSED = 2
+#: what a freed frame holds until it is reused: a stale reader sees this, not the old data
+POISON = 0xDEAD_BEEF
 
 
 class MmuNotifierOps(Protocol):
@@ -49,6 +51,10 @@ class HostPage:
 
     def __repr__(self) -> str:
         return f"<HostPage pfn={self.pfn} hva={self.hva} data={self.data.peek()}>"
+
+    def poison(self) -> None:
+        """The frame was freed: its old contents are gone (no visible step: the host's own)."""
+        self.data._v = POISON  # noqa: SLF001 - the page owns its word
 
 
 class Host:
@@ -81,6 +87,9 @@ class Host:
         self.stats = {"swap_out": 0, "swap_in": 0, "writeback": 0}
         #: swap-out under memory pressure reclaims one more page inside its invalidation
         self.reclaim_nested = True
+        #: the lockless lookup (GUP-fast) may return a page that is being unmapped; off by
+        #: default because it multiplies the interleavings of every fault racing a swap-out
+        self.gup_fast = False
 
     # ---------------------------------------------------------------- helpers
 
@@ -106,7 +115,10 @@ class Host:
         mm = self._mm
         while True:
             with mm:
-                mm.wait_for(lambda: hva not in self._busy, "hva_to_pfn")
+                # With ``gup_fast`` a page still mapped is found even while it is being
+                # unmapped (the lockless lookup) -- why a fault checks invalidations in progress.
+                mm.wait_for(lambda: hva not in self._busy or (self.gup_fast and hva in self._ptes),
+                            "hva_to_pfn")
                 pfn = self._ptes.get(hva)
                 if pfn is not None:
                     return pfn
@@ -213,6 +225,7 @@ class Host:
                 self._backing[hva] = data
                 self.stats["writeback"] += 1
             page.hva = None
+            page.poison()
             self._free.append(pfn)
             self._busy.discard(hva)
             self.stats["swap_out"] += 1
@@ -220,9 +233,16 @@ class Host:
         return True
 
     def age(self, hva: int) -> bool:
-        """``page_referenced``: ask the notifiers whether ``hva`` was used since last asked."""
+        """``page_referenced``: was ``hva`` used since last asked? The page's own referenced
+        flag (set when KVM dropped an Accessed SPTE) and the notifiers' answer both count."""
         self._check_hva(hva)
         young = False
+        with self._mm:
+            self._mm.point("page_referenced", False)
+            pfn = self._ptes.get(hva)
+        if pfn is not None:
+            young = bool(self.pages[pfn].flags.fetch_and(~PG_ACCESSED & (2**64 - 1))
+                         & PG_ACCESSED)
         for n in self.notifiers:
             young |= bool(n.clear_flush_young(hva, hva + 1))
         return young

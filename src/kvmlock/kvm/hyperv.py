@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from kvmlock.kvm.mutants import mutant
+
 __all__ = ["PARTITION_MSRS", "HyperV"]
+
+HV_LOCK_LOCKS_VCPUS = mutant(
+    "hv_lock_locks_vcpus",
+    removes="(adds) every vcpu->mutex taken under hv_lock by KVM_HYPERV_EVENTFD",
+    breaks="vcpu->mutex is taken outside kvm->arch.hyperv.hv_lock")
 
 #: Partition-wide Hyper-V MSRs (names as in the TLFS); everything else is per vCPU here.
 PARTITION_MSRS = frozenset({

@@ -23,7 +23,7 @@ Each function is one kernel path, reduced to its locks and the shared state they
   update synchronizes SRCU, so the vCPU leaves its read side first and re-enters it after:
   ``synchronize_srcu`` under ``vcpu->mutex``, never inside the read side.
 
-Each weakened form is a :class:`~kvmlock.kvm.hazards.Hazards` switch read right here.
+Each weakened form is a mutant (:mod:`kvmlock.kvm.mutants`) declared and read right here.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from kvmlock.kvm.iobus import Doorbell, io_bus_register_dev
 from kvmlock.kvm.memslots import MsrFilter, active_memslots, retire
+from kvmlock.kvm.mutants import mutant
 
 if TYPE_CHECKING:
     from kvmlock.kvm.vcpu import VCPU
@@ -41,6 +42,26 @@ if TYPE_CHECKING:
 __all__ = ["APIC_ACCESS_SLOT", "assign_ioeventfd", "check_vcpus_config", "create_irqchip",
            "create_pit", "inhibit_apic_access_page", "bus_devices", "kvm_run", "msr_exit",
            "set_gsi_routing", "set_msr_filter", "set_vcpus_config", "vcpu_set_config"]
+
+VCPU_IOCTL_TAKES_KVM_LOCK = mutant(
+    "vcpu_ioctl_takes_kvm_lock",
+    removes="(adds) kvm->lock taken inside vcpu->mutex by a vCPU ioctl",
+    breaks="kvm->lock is taken outside vcpu->mutex")
+ROUTING_TAKES_KVM_LOCK = mutant(
+    "routing_takes_kvm_lock",
+    removes="(adds) kvm->lock taken under irq_lock by KVM_SET_GSI_ROUTING",
+    breaks="kvm->lock is taken outside kvm->irq_lock")
+IOEVENTFD_TAKES_KVM_LOCK = mutant(
+    "ioeventfd_takes_kvm_lock", removes="(adds) kvm->lock taken under slots_lock by KVM_IOEVENTFD",
+    breaks="kvm->lock is taken outside kvm->slots_lock")
+PIT_SLOTS_LOCK_INSIDE_IRQ_LOCK = mutant(
+    "pit_slots_lock_inside_irq_lock",
+    removes="(adds) slots_lock taken under irq_lock when the PIT registers its device",
+    breaks="kvm->slots_lock is taken outside kvm->irq_lock")
+APIC_ACCESS_DELETE_UNDER_SRCU = mutant(
+    "apic_access_delete_under_srcu",
+    removes="leaving the kvm->srcu read side before KVM_RUN deletes the APIC-access memslot",
+    breaks="synchronize_srcu(&kvm->srcu) is never called inside its own read side")
 
 #: the memslot id KVM reserves for the APIC-access page (a private slot in the kernel)
 APIC_ACCESS_SLOT = 509

@@ -32,13 +32,36 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kvmlock import runtime
-from kvmlock.kvm.hazards import Hazards, as_hazards
+from kvmlock.kvm.mutants import Hazards, hazards_of, mutant, unless
 from kvmlock.sync import CpuHotplugLock, Mutex, RawSpinLock, guarded_by, peek
 
 if TYPE_CHECKING:
     from kvmlock.kvm.vm import VM
 
 __all__ = ["HardwareEnableError", "Machine", "PerCpu"]
+
+
+USAGE_WITHOUT_LOCK = mutant(
+    "usage_without_lock", removes="kvm_usage_lock (new design) / kvm_lock (old design) around "
+    "kvm_usage_count and hardware enabling",
+    breaks="kvm_usage_count and hardware enable/disable are protected by kvm_usage_lock "
+           "(kvm_lock in the old design)")
+CALLBACK_WITHOUT_KVM_LOCK = mutant(
+    "callback_without_kvm_lock", removes="kvm_lock in the old design's CPU hotplug callbacks",
+    breaks="kvm_lock protects kvm_usage_count: the hotplug callbacks read it under kvm_lock")
+ENABLE_WITHOUT_HOTPLUG_LOCK = mutant(
+    "enable_without_hotplug_lock", removes="cpus_read_lock around enabling/disabling hardware",
+    breaks="hardware enable/disable walks the online CPUs with CPU hotplug disabled")
+
+
+USAGE_LOCK_INSIDE_HOTPLUG = mutant(
+    "usage_lock_inside_hotplug",
+    removes="(adds) kvm_usage_lock taken inside cpus_read_lock when enabling",
+    breaks="kvm_usage_lock is taken outside cpus_read_lock")
+CPUFREQ_HOTPLUG_INSIDE_KVM_LOCK = mutant(
+    "cpufreq_hotplug_inside_kvm_lock",
+    removes="(adds) cpus_read_lock taken inside kvm_lock by the cpufreq notifier",
+    breaks="cpus_read_lock is taken outside kvm_lock")
 
 
 class HardwareEnableError(RuntimeError):
@@ -95,7 +118,7 @@ class Machine:
         enable_blocks_hotplug: bool = True,
         fail_enable_on: tuple[int, ...] | frozenset[int] = (),
         offline: tuple[int, ...] | frozenset[int] = (),
-        hazards: Hazards | dict[str, bool] | None = None,
+        hazards: Hazards | dict[str, bool] | set[str] | None = None,
     ) -> None:
         if not isinstance(nr_cpus, int) or isinstance(nr_cpus, bool) or not 1 <= nr_cpus <= 64:
             raise ValueError(f"Machine: nr_cpus must be an integer in 1..64, got {nr_cpus!r}")
@@ -110,10 +133,11 @@ class Machine:
         if 0 in offline:
             raise ValueError("Machine: CPU 0 is the boot CPU and cannot start offline")
         self.nr_cpus = nr_cpus
-        #: the model's hazard switches; VMs created here inherit them
-        self.hazards = as_hazards(hazards)
+        #: the model's mutants (weakened protections); VMs created here inherit them
+        self.hazards = hazards_of(hazards)
         self.usage_lock_design = bool(usage_lock)
-        self.enable_blocks_hotplug = bool(enable_blocks_hotplug)
+        self.enable_blocks_hotplug = bool(enable_blocks_hotplug) and \
+            ENABLE_WITHOUT_HOTPLUG_LOCK not in self.hazards
         self.fail_enable_on = frozenset(fail_enable_on)
         self._rt = runtime.RT
 
@@ -193,6 +217,16 @@ class Machine:
 
     # ------------------------------------------------------------------ usage count
 
+    def _usage(self) -> int:
+        """Read ``kvm_usage_count`` (guarded: lockdep reports a read without its lock)."""
+        self._rt.point(self, "read kvm_usage_count", False)
+        return self.kvm_usage_count
+
+    def _set_usage(self, n: int) -> None:
+        """Write it back: a separate step, so two updaters without the lock lose one."""
+        self._rt.point(self, "write kvm_usage_count", True)
+        self.kvm_usage_count = n
+
     def _hotplug_read(self) -> AbstractContextManager[object]:
         """``cpus_read_lock`` around enabling -- or nothing, in the broken variant."""
         return self.cpu_hotplug_lock.read() if self.enable_blocks_hotplug else nullcontext()
@@ -204,13 +238,15 @@ class Machine:
         online mask is walked and the count changes. New design: ``kvm_usage_lock`` then
         ``cpus_read_lock`` (installing the hotplug callbacks is what takes it).
         """
+        locked = unless(USAGE_WITHOUT_LOCK, self.hazards, self.usage_lock)
         if self.kvm_usage_lock is not None:
             if self.hazards.usage_lock_inside_hotplug:
                 with self.cpu_hotplug_lock.read(), self.kvm_usage_lock:  # broken order
                     pass
-            with self.kvm_usage_lock:
-                self.kvm_usage_count += 1
-                if self.kvm_usage_count != 1:
+            with locked:
+                n = self._usage() + 1
+                self._set_usage(n)
+                if n != 1:
                     return
                 try:
                     with self._hotplug_read():
@@ -218,39 +254,43 @@ class Machine:
                         self._enable_online_cpus()
                 except HardwareEnableError:
                     self.hotplug_callbacks_installed = False
-                    self.kvm_usage_count -= 1
+                    self._set_usage(self._usage() - 1)
                     raise
             return
-        with self._hotplug_read(), self.kvm_lock:
-            self.kvm_usage_count += 1
-            if self.kvm_usage_count == 1:
+        with self._hotplug_read(), locked:
+            n = self._usage() + 1
+            self._set_usage(n)
+            if n == 1:
                 try:
                     self._enable_online_cpus()
                 except HardwareEnableError:
-                    self.kvm_usage_count -= 1
+                    self._set_usage(self._usage() - 1)
                     raise
 
     def hardware_disable_all(self) -> None:
         """Count one VM less; the last one turns virtualization off everywhere."""
+        locked = unless(USAGE_WITHOUT_LOCK, self.hazards, self.usage_lock)
         if self.kvm_usage_lock is not None:
-            with self.kvm_usage_lock:
-                self._check_count()
-                self.kvm_usage_count -= 1
-                if self.kvm_usage_count == 0:
+            with locked:
+                n = self._check_count() - 1
+                self._set_usage(n)
+                if n == 0:
                     with self._hotplug_read():
                         self.hotplug_callbacks_installed = False
                         self._disable_all_cpus()
             return
-        with self._hotplug_read(), self.kvm_lock:
-            self._check_count()
-            self.kvm_usage_count -= 1
-            if self.kvm_usage_count == 0:
+        with self._hotplug_read(), locked:
+            n = self._check_count() - 1
+            self._set_usage(n)
+            if n == 0:
                 self._disable_all_cpus()
 
-    def _check_count(self) -> None:
-        if self.kvm_usage_count <= 0:
+    def _check_count(self) -> int:
+        n = self._usage()
+        if n <= 0:
             raise RuntimeError("hardware_disable_all without a matching hardware_enable_all "
                                "(kvm_usage_count is already 0)")
+        return n
 
     # ------------------------------------------------------------------ CPU hotplug
 
@@ -260,16 +300,16 @@ class Machine:
             # Installed only while VMs exist, and (un)installing takes cpus_read_lock, which
             # our caller's write hold excludes: the flag is stable here without a KVM lock.
             return self._enable_cpu(cpu) if self.hotplug_callbacks_installed else True
-        with self.kvm_lock:
-            return self._enable_cpu(cpu) if self.kvm_usage_count else True
+        with unless(CALLBACK_WITHOUT_KVM_LOCK, self.hazards, self.kvm_lock):
+            return self._enable_cpu(cpu) if self._usage() else True
 
     def _offline_callback(self, cpu: int) -> None:
         if self.kvm_usage_lock is not None:
             if self.hotplug_callbacks_installed:
                 self._disable_cpu(cpu)
             return
-        with self.kvm_lock:
-            if self.kvm_usage_count:
+        with unless(CALLBACK_WITHOUT_KVM_LOCK, self.hazards, self.kvm_lock):
+            if self._usage():
                 self._disable_cpu(cpu)
 
     def cpu_up(self, cpu: int) -> bool:

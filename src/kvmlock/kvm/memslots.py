@@ -23,17 +23,49 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from kvmlock import lockdep, runtime
+from kvmlock.kvm.mutants import mutant
 from kvmlock.sync import Atomic64, RWSemaphore, peek
 
 if TYPE_CHECKING:
     from kvmlock.kvm.vm import VM
     from kvmlock.sync import RcuPointer
 
-__all__ = ["LOG_DIRTY_PAGES", "Memslot", "Memslots", "MsrFilter", "Retired", "SlotArch",
-           "active_memslots", "retire", "set_memory_region"]
+__all__ = ["LOG_DIRTY_PAGES", "READONLY", "Memslot", "Memslots", "MsrFilter", "Retired",
+           "SlotArch", "active_memslots", "retire", "set_memory_region"]
 
 #: KVM_MEM_LOG_DIRTY_PAGES
 LOG_DIRTY_PAGES = 1
+#: KVM_MEM_READONLY: the guest may read the slot; a write exits to userspace (ROM, flash)
+READONLY = 2
+
+MARK_DIRTY_NONATOMIC = mutant(
+    "mark_dirty_nonatomic", removes="the atomic set_bit of mark_page_dirty (load, then store)",
+    breaks="dirty logging: two vCPUs logging gfns of one bitmap word both keep their bit")
+SWAP_WITHOUT_WAITING = mutant(
+    "swap_without_waiting", removes="the memslot update's wait for active invalidations",
+    breaks="invalidate_range_start and _end see the same memslots (mn_active_invalidate_count)")
+NOTIFIER_USES_RWSEM = mutant(
+    "notifier_uses_rwsem", removes="the open-coded count + rcuwait fence (an rwsem instead)",
+    breaks="a reclaim nested in an invalidation must not block behind a memslot update")
+DELETE_ZAPS_BEFORE_SYNC = mutant(
+    "delete_zaps_before_sync", removes="the SRCU grace period between invalidating and zapping",
+    breaks="a deleted memslot's SPTEs are zapped only after every reader of the old array left")
+FREE_BEFORE_GRACE_PERIOD = mutant(
+    "free_before_grace_period", removes="synchronize_srcu before freeing an old memslots "
+    "array, I/O bus or MSR filter",
+    breaks="kvm->srcu: what readers reached is freed only after a grace period")
+SLOTS_ARCH_LOCK_ACROSS_SYNC = mutant(
+    "slots_arch_lock_across_sync", removes="dropping slots_arch_lock before synchronize_srcu",
+    breaks="slots_arch_lock is taken inside kvm->srcu readers, so it is never held across "
+           "synchronize_srcu")
+MEMSLOT_UPDATE_LOCKS_VCPUS = mutant(
+    "memslot_update_locks_vcpus", removes="(adds) every vcpu->mutex taken under slots_lock by "
+    "a memslot create",
+    breaks="vcpu->mutex is taken outside kvm->slots_lock")
+MEMSLOT_COMMIT_LOCKS_VCPUS = mutant(
+    "memslot_commit_locks_vcpus", removes="(adds) every vcpu->mutex taken under "
+    "slots_arch_lock by a memslot create",
+    breaks="vcpu->mutex is taken outside kvm->slots_arch_lock")
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,6 +82,10 @@ class Memslot:
     dirty_bitmap: tuple[Atomic64, ...] | None = None
     #: ``kvm_arch_memory_slot``: shared by every copy of the slot, changed under slots_arch_lock
     arch: SlotArch = field(default_factory=lambda: SlotArch())
+
+    @property
+    def readonly(self) -> bool:
+        return bool(self.flags & READONLY)
 
     @property
     def logging(self) -> bool:
@@ -69,12 +105,16 @@ class Memslot:
             return None
         return self.base_gfn + (lo - self.hva), self.base_gfn + (hi - self.hva)
 
-    def mark_dirty(self, gfn: int) -> None:
+    def mark_dirty(self, gfn: int, hazards: frozenset[str] = frozenset()) -> None:
         """``mark_page_dirty_in_slot``: set the gfn's bit in the dirty bitmap (atomically)."""
         if self.dirty_bitmap is None or not self.flags & LOG_DIRTY_PAGES:
             return
         rel = gfn - self.base_gfn
-        self.dirty_bitmap[rel // 64].fetch_or(1 << (rel % 64))
+        word = self.dirty_bitmap[rel // 64]
+        if MARK_DIRTY_NONATOMIC in hazards:
+            word.store(word.load() | 1 << (rel % 64))
+        else:
+            word.fetch_or(1 << (rel % 64))
 
 
 class SlotArch:
@@ -216,7 +256,7 @@ def _swap_active_memslots(vm: VM, new: Memslots) -> None:
     and free the old array."""
     # the array being replaced; stable here, only slots_lock holders swap it
     old: Memslots = vm.memslots.dereference_protected(lockdep.is_held(vm.slots_lock))
-    if vm.hazards.notifier_uses_rwsem:
+    if NOTIFIER_USES_RWSEM in vm.hazards:
         rw = _notifier_rwsem(vm)
         rw.down_write()
         vm.memslots.assign(new)
@@ -224,7 +264,7 @@ def _swap_active_memslots(vm: VM, new: Memslots) -> None:
     else:
         lock = vm.mn_invalidate_lock
         lock.lock()
-        while vm.mn_active_invalidate_count and not vm.hazards.swap_without_waiting:
+        while vm.mn_active_invalidate_count and SWAP_WITHOUT_WAITING not in vm.hazards:
             lock.unlock()
             # the wake-up condition; the loop re-reads the count under the lock
             vm.mn_memslots_update_rcuwait.wait(
@@ -232,12 +272,12 @@ def _swap_active_memslots(vm: VM, new: Memslots) -> None:
             lock.lock()
         vm.memslots.assign(new)
         lock.unlock()
-    if vm.hazards.slots_arch_lock_across_sync:
+    if SLOTS_ARCH_LOCK_ACROSS_SYNC in vm.hazards:
         vm.srcu.synchronize()  # broken: a reader taking slots_arch_lock waits for us, we for it
         vm.slots_arch_lock.unlock()
     else:
         vm.slots_arch_lock.unlock()
-        if not vm.hazards.free_before_grace_period:
+        if FREE_BEFORE_GRACE_PERIOD not in vm.hazards:
             vm.srcu.synchronize()
     old.free()  # the old array is reused for the next update
 
@@ -268,8 +308,9 @@ def set_memory_region(
                     ("hva", hva), ("flags", flags)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ValueError(f"set_memory_region: {what} must be a non-negative integer, got {v!r}")
-    if flags & ~LOG_DIRTY_PAGES:
-        raise ValueError(f"set_memory_region: unknown flags {flags:#x} (only LOG_DIRTY_PAGES=1)")
+    if flags & ~(LOG_DIRTY_PAGES | READONLY):
+        raise ValueError(f"set_memory_region: unknown flags {flags:#x} "
+                         f"(LOG_DIRTY_PAGES=1, READONLY=2)")
     if npages and vm.host is not None and hva + npages > vm.host.nr_hva:
         raise ValueError(f"set_memory_region: hvas [{hva}, {hva + npages}) exceed the host's "
                          f"{vm.host.nr_hva} pages")
@@ -326,13 +367,13 @@ def _set_memslot(vm: VM, old: Memslot | None, new: Memslot | None, change: str) 
             new.arch.alloc_rmaps()  # kvm_alloc_memslot_metadata: rmaps needed from the start
     if change in (DELETE, MOVE):
         assert old is not None
-        if vm.hazards.delete_zaps_before_sync:
+        if DELETE_ZAPS_BEFORE_SYNC in vm.hazards:
             # broken: a fault that loaded the old array can still install an SPTE after this
             zap_gfn_range(vm, old.base_gfn, old.base_gfn + old.npages)
         _swap_active_memslots(vm, cur.with_slot(replace(old, invalid=True)))
         vm.slots_arch_lock.lock()
         cur = active_memslots(vm)
-        if not vm.hazards.delete_zaps_before_sync:
+        if DELETE_ZAPS_BEFORE_SYNC not in vm.hazards:
             zap_gfn_range(vm, old.base_gfn, old.base_gfn + old.npages)
     final = cur.with_slot(new, drop=old.id if old is not None else None)
     _swap_active_memslots(vm, final)

@@ -29,9 +29,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kvmlock import irq
+from kvmlock import runtime
+from kvmlock.kvm.memslots import NOTIFIER_USES_RWSEM, _notifier_rwsem
 from kvmlock.kvm.mmu.access_track import age_gfn_range
 from kvmlock.kvm.mmu.shadow import unmap_gfn_range
 from kvmlock.kvm.mmu.tlb import flush_remote_tlbs
+from kvmlock.kvm.mutants import mutant, unless
 
 if TYPE_CHECKING:
     from kvmlock.kvm.memslots import Memslot, Memslots
@@ -40,6 +43,46 @@ if TYPE_CHECKING:
 __all__ = ["KvmMmuNotifier"]
 
 Handler = Callable[["VM", "Memslot", int, int], bool]
+
+NOTIFIER_TAKES_SLOTS_LOCK = mutant(
+    "notifier_takes_slots_lock", removes="(adds) kvm->slots_lock taken by the MMU notifier",
+    breaks="MMU notifiers must not take slots_lock or slots_arch_lock")
+NOTIFIER_TAKES_SLOTS_ARCH_LOCK = mutant(
+    "notifier_takes_slots_arch_lock", removes="(adds) slots_arch_lock taken by "
+    "invalidate_range_start under mn_invalidate_lock",
+    breaks="MMU notifiers must not take slots_lock or slots_arch_lock")
+NOTIFIER_NO_ZAP = mutant(
+    "notifier_no_zap", removes="the zap of SPTEs in invalidate_range_start",
+    breaks="KVM drops its mappings of a host page before the host frees it")
+NOTIFIER_NO_FLUSH = mutant(
+    "notifier_no_flush", removes="the TLB flush after the notifier zapped or aged SPTEs",
+    breaks="clear_flush_young / invalidate: no vCPU keeps a translation the SPTE no longer has")
+NOTIFIER_READ_LOCK = mutant(
+    "notifier_read_lock", removes="write mode of mmu_lock in the MMU notifier (read instead)",
+    breaks="invalidation state (mmu_invalidate_in_progress) and zaps change under mmu_lock "
+           "held for write")
+MN_COUNT_WITHOUT_LOCK = mutant(
+    "mn_count_without_lock", removes="kvm->mn_invalidate_lock around mn_active_invalidate_count",
+    breaks="mn_active_invalidate_count is changed only under mn_invalidate_lock")
+NOTIFIER_NO_WAKEUP = mutant(
+    "notifier_no_wakeup", removes="the rcuwait wake-up when the last invalidation ends",
+    breaks="the memslot updater sleeping on mn_memslots_update_rcuwait is woken at zero")
+NO_SEQ_BUMP = mutant(
+    "no_seq_bump", removes="the mmu_invalidate_seq increment in invalidate_range_end",
+    breaks="a fault that began before an invalidation sees the sequence move and retries")
+
+
+def _add(obj: object, field: str, delta: int) -> int:
+    """``obj.field += delta`` as the load and store it is: returns the new value.
+
+    Two visible steps, so a path that forgets its lock can lose an update, as C would.
+    """
+    rt = runtime.RT
+    rt.point(obj, f"read {field}", False)
+    n = getattr(obj, field) + delta
+    rt.point(obj, f"write {field}", True)
+    setattr(obj, field, n)
+    return n
 
 
 class KvmMmuNotifier:
@@ -66,18 +109,24 @@ class KvmMmuNotifier:
             locked = False
             ret = False
             try:
+                read = NOTIFIER_READ_LOCK in vm.hazards
                 for slot, gstart, gend in slots.overlapping(start, end):
                     if not locked:
-                        vm.mmu_lock.write_lock()
+                        if read:
+                            vm.mmu_lock.read_lock()
+                        else:
+                            vm.mmu_lock.write_lock()
                         locked = True
                         if on_lock is not None:
                             on_lock()
                     if handler is not None:
                         ret |= handler(vm, slot, gstart, gend)
-                if flush and ret:
+                if flush and ret and NOTIFIER_NO_FLUSH not in vm.hazards:
                     flush_remote_tlbs(vm)
             finally:
-                if locked:
+                if locked and read:
+                    vm.mmu_lock.read_unlock()
+                elif locked:
                     vm.mmu_lock.write_unlock()
             return slots, ret
         finally:
@@ -96,29 +145,27 @@ class KvmMmuNotifier:
 
     def _start(self, start: int, end: int) -> Memslots:
         vm = self.vm
-        if vm.hazards.notifier_uses_rwsem:
-            from kvmlock.kvm.memslots import _notifier_rwsem
-
+        if NOTIFIER_USES_RWSEM in vm.hazards:
             _notifier_rwsem(vm).down_read()
         else:
-            with vm.mn_invalidate_lock:
-                if vm.hazards.notifier_takes_slots_arch_lock:
+            with unless(MN_COUNT_WITHOUT_LOCK, vm.hazards, vm.mn_invalidate_lock):
+                if NOTIFIER_TAKES_SLOTS_ARCH_LOCK in vm.hazards:
                     with vm.slots_arch_lock:  # forbidden, and a mutex inside a spinlock
                         pass
-                vm.mn_active_invalidate_count += 1
-        if vm.hazards.notifier_takes_slots_lock:
+                _add(vm, "mn_active_invalidate_count", 1)
+        if NOTIFIER_TAKES_SLOTS_LOCK in vm.hazards:
             with vm.slots_lock:  # forbidden: see the module docstring
                 pass
 
         def begin() -> None:
-            vm.mmu_invalidate_in_progress += 1
-            if vm.mmu_invalidate_in_progress == 1:
+            if _add(vm, "mmu_invalidate_in_progress", 1) == 1:
                 vm.mmu_invalidate_range_start, vm.mmu_invalidate_range_end = start, end
             else:
                 vm.mmu_invalidate_range_start = min(vm.mmu_invalidate_range_start, start)
                 vm.mmu_invalidate_range_end = max(vm.mmu_invalidate_range_end, end)
 
-        slots, _ = self._handle_range(start, end, begin, _unmap, flush=True)
+        zap = None if NOTIFIER_NO_ZAP in vm.hazards else _unmap
+        slots, _ = self._handle_range(start, end, begin, zap, flush=True)
         vm.stats["invalidations"] += 1
         return slots
 
@@ -126,26 +173,25 @@ class KvmMmuNotifier:
         vm = self.vm
 
         def finish() -> None:
-            vm.mmu_invalidate_seq.fetch_add(1)
-            vm.mmu_invalidate_in_progress -= 1
-            assert vm.mmu_invalidate_in_progress >= 0, (
+            if NO_SEQ_BUMP not in vm.hazards:
+                vm.mmu_invalidate_seq.fetch_add(1)
+            assert _add(vm, "mmu_invalidate_in_progress", -1) >= 0, (
                 "mmu_invalidate_in_progress went negative: an invalidate_range_end found a "
                 "memslot its _start did not")
 
         slots, _ = self._handle_range(start, end, finish, None, flush=False)
+        with vm.invalidate_wq:
+            vm.invalidate_wq.notify_all()
         assert slots is token, (
             f"invalidate_range_start saw {token!r} but invalidate_range_end saw {slots!r}: the "
             "memslots changed in the middle of an invalidation")
-        if vm.hazards.notifier_uses_rwsem:
-            from kvmlock.kvm.memslots import _notifier_rwsem
-
+        if NOTIFIER_USES_RWSEM in vm.hazards:
             _notifier_rwsem(vm).up_read()
             return
-        with vm.mn_invalidate_lock:
-            assert vm.mn_active_invalidate_count > 0, "mn_active_invalidate_count underflow"
-            vm.mn_active_invalidate_count -= 1
-            wake = vm.mn_active_invalidate_count == 0
-        if wake:
+        with unless(MN_COUNT_WITHOUT_LOCK, vm.hazards, vm.mn_invalidate_lock):
+            left = _add(vm, "mn_active_invalidate_count", -1)
+            assert left >= 0, "mn_active_invalidate_count underflow"
+        if left == 0 and NOTIFIER_NO_WAKEUP not in vm.hazards:
             vm.mn_memslots_update_rcuwait.wake_up()
 
     # ------------------------------------------------------------ aging

@@ -9,11 +9,14 @@ vCPU puts itself on its CPU's ``wakeup_vcpus_on_cpu`` list (under the per-CPU ra
 ``wakeup_vcpus_on_cpu_lock``) and switches the notification vector to the *wakeup* vector, whose
 handler walks that list and wakes every vCPU with ON set.
 
-The order matters (the classic lost wakeup): the vCPU must publish itself (list + wakeup vector)
-*before* its last check for a pending interrupt. An interrupt posted between a check and the
-publication would otherwise be notified with the old vector, reach nobody, and leave the vCPU
-asleep with an interrupt pending. ``check_first=True`` in :meth:`PostedVcpu.block` is that broken
-order.
+Blocking is two steps, as in the kernel. First ``kvm_vcpu_block`` looks for a pending
+interrupt (ON set) and does not sleep if there is one. Only then, on its way off the CPU
+(``vmx_vcpu_pi_put``), does the vCPU join the wakeup list and switch the notification vector to
+the wakeup vector. An interrupt posted between that first look and the switch is notified with
+the *old* vector and reaches nobody -- so the switch must re-check ON *in the value it
+exchanged* (one atomic step with the switch), and if ON is set, send itself the wakeup vector
+(a self-IPI), whose handler finds the vCPU on the list and wakes it. Without that re-check, or
+with ON read apart from the exchange, the vCPU sleeps for ever with an interrupt pending.
 
 The lock is a leaf and a raw spinlock: the handler runs in hard interrupt context on the CPU the
 vector was sent to (:func:`send_wakeup_vector`), so everybody else takes it with interrupts off
@@ -29,8 +32,9 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from kvmlock import irq
-from kvmlock.kvm.machine import Machine
+from kvmlock import irq, runtime
+from kvmlock.kvm.machine import Machine, PerCpu
+from kvmlock.kvm.mutants import mutant, unless
 from kvmlock.sync import Atomic64, RCUWait
 
 __all__ = ["PostedVcpu", "post_interrupt", "send_wakeup_vector", "wakeup_handler"]
@@ -39,6 +43,35 @@ __all__ = ["PostedVcpu", "post_interrupt", "send_wakeup_vector", "wakeup_handler
 PI_ON = 1 << 0
 PI_SN = 1 << 1
 PI_NV_WAKEUP = 1 << 8
+
+PI_NO_ON_RECHECK = mutant(
+    "pi_no_on_recheck", removes="the re-check of ON after switching to the wakeup vector "
+    "(and its self-IPI)",
+    breaks="an interrupt posted before the switch to the wakeup vector still wakes the vCPU")
+PI_ON_READ_APART = mutant(
+    "pi_on_read_apart", removes="reading ON in the value the vector switch exchanged (read "
+    "before the cmpxchg instead)",
+    breaks="ON is re-checked atomically with the switch to the wakeup vector")
+PI_VECTOR_PLAIN_STORE = mutant(
+    "pi_vector_plain_store", removes="the cmpxchg loop that switches the notification vector "
+    "(load, then store)",
+    breaks="the IOMMU sets ON at any time: switching the vector must not erase it")
+PI_LIST_WITHOUT_LOCK = mutant(
+    "pi_list_without_lock", removes="wakeup_vcpus_on_cpu_lock around the per-CPU wakeup list",
+    breaks="wakeup_vcpus_on_cpu is changed and walked only under wakeup_vcpus_on_cpu_lock")
+PI_HANDLER_WITHOUT_LOCK = mutant(
+    "pi_handler_without_lock", removes="wakeup_vcpus_on_cpu_lock in the wakeup handler",
+    breaks="wakeup_vcpus_on_cpu is walked only under wakeup_vcpus_on_cpu_lock")
+
+
+def _list_update(pc: PerCpu, change: Any) -> None:
+    """Replace the CPU's wakeup list after reading it: two visible steps, as list_add's stores
+    are, so an updater without the lock can lose another's entry."""
+    rt = runtime.RT
+    rt.point(pc, "read wakeup list", False)
+    new = change(list(pc.wakeup_vcpus_on_cpu))
+    rt.point(pc, "write wakeup list", True)
+    pc.wakeup_vcpus_on_cpu = new
 
 
 class PostedVcpu:
@@ -64,42 +97,42 @@ class PostedVcpu:
     def __repr__(self) -> str:
         return f"<PostedVcpu {getattr(self.vcpu, 'id', self.vcpu)} cpu{self.cpu}>"
 
-    def _pending(self) -> bool:
-        # read inside RCUWait.wait's own visible step: no extra scheduling point
-        return bool(self.control._v & PI_ON)  # noqa: SLF001
-
     def _set_vector(self, wakeup: bool) -> int:
-        """Switch the notification vector atomically (a cmpxchg loop, as hardware reads it)."""
+        """Switch the notification vector; returns the value written (ON as it was then)."""
+        hz = self.machine.hazards
         while True:
             old = self.control.load()
             new = (old | PI_NV_WAKEUP) if wakeup else (old & ~PI_NV_WAKEUP)
+            if PI_VECTOR_PLAIN_STORE in hz:
+                self.control.store(new)
+                return new
             if self.control.cmpxchg(old, new) == old:
                 return new
 
-    def block(self, *, check_first: bool = False, resume_on: int | None = None) -> None:
+    def block(self, *, resume_on: int | None = None) -> None:
         """Halt until an interrupt is pending, then run again (on CPU ``resume_on``, default
-        the same one) and take the interrupts.
-
-        ``check_first`` is the broken order: look for a pending interrupt, then publish the
-        wakeup, then sleep until kicked -- an interrupt posted in between is never noticed.
-        """
+        the same one) and take the interrupts."""
+        hz = self.machine.hazards
         pc = self.machine.cpus[self.cpu]
         if resume_on is not None:
             self.machine.percpu(resume_on)  # validates the CPU number
-        if check_first:
-            if self.control.load() & PI_ON:
-                self._deliver()
-                return
-        with self._irqs_off(), pc.wakeup_lock:  # pi_enable_wakeup_handler
-            pc.wakeup_vcpus_on_cpu.append(self)
-        self._set_vector(True)
-        if check_first:
-            self.wait.wait(lambda: self.kicks > 0)
-        else:
-            self.wait.wait(lambda: self._pending() or self.kicks > 0)
+        # kvm_vcpu_block's check: with an interrupt already pending the vCPU does not sleep
+        if self.control.load() & PI_ON:
+            self._deliver()
+            return
+        # vmx_vcpu_pi_put (pi_enable_wakeup_handler): join the wakeup list, switch to the
+        # wakeup vector, re-check ON in the value the switch exchanged
+        with self._irqs_off(), unless(PI_LIST_WITHOUT_LOCK, hz, pc.wakeup_lock):
+            _list_update(pc, lambda lst: [*lst, self])
+        early = self.control.load() if PI_ON_READ_APART in hz else None
+        new = self._set_vector(True)
+        on = (early if early is not None else new) & PI_ON
+        if on and PI_NO_ON_RECHECK not in hz:
+            send_wakeup_vector(self.machine, self.cpu)  # the self-IPI
+        self.wait.wait(lambda: self.kicks > 0)  # schedule(): until the handler wakes us
         # vmx_vcpu_pi_load, wherever the vCPU runs next: off the list of the CPU it blocked on
-        with self._irqs_off(), pc.wakeup_lock:
-            pc.wakeup_vcpus_on_cpu.remove(self)
+        with self._irqs_off(), unless(PI_LIST_WITHOUT_LOCK, hz, pc.wakeup_lock):
+            _list_update(pc, lambda lst: [v for v in lst if v is not self])
         if resume_on is not None:
             self.cpu = resume_on
         self._set_vector(False)
@@ -120,7 +153,8 @@ def wakeup_handler(machine: Machine, cpu: int) -> int:
     hard-IRQ context (see :func:`send_wakeup_vector`), so it takes the raw lock plainly."""
     pc = machine.percpu(cpu)
     woken = 0
-    with pc.wakeup_lock:
+    with unless(PI_HANDLER_WITHOUT_LOCK, machine.hazards, pc.wakeup_lock):
+        runtime.RT.point(pc, "read wakeup list", False)
         for pv in list(pc.wakeup_vcpus_on_cpu):
             if pv.control.load() & PI_ON:
                 pv.kicks += 1

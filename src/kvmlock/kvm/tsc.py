@@ -26,11 +26,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvmlock import irq, runtime
+from kvmlock.kvm.mutants import mutant
 from kvmlock.sync import Atomic64, guarded_by
 
 __all__ = ["KvmClock", "TscSync", "VcpuTsc"]
 
 NSEC_PER_SEC = 1_000_000_000
+
+TSC_WRITE_WALKS_VM_LIST = mutant(
+    "tsc_write_walks_vm_list", removes="(adds) kvm_lock taken under the raw tsc_write_lock by "
+    "a TSC write",
+    breaks="kvm_lock is taken outside tsc_write_lock (the Hyper-V clock notifier's order)")
+TSC_WITHOUT_LOCK = mutant(
+    "tsc_without_lock", removes="tsc_write_lock around matching a TSC write to a generation",
+    breaks="kvm->arch.tsc_write_lock makes the TSC generation's read-decide-write one step")
 
 
 @dataclass
@@ -73,7 +82,7 @@ class TscSync:
             raise ValueError(f"TSC write needs non-negative integers, got data={data!r} "
                              f"now_ns={now_ns!r}")
         vcpu.mutex.assert_held()
-        if self.locked:
+        if self.locked and TSC_WITHOUT_LOCK not in self.vm.hazards:
             with irq.local_irq_save(), self.lock:  # raw_spin_lock_irqsave
                 machine = getattr(self.vm, "machine", None)
                 if self.vm.hazards.tsc_write_walks_vm_list and machine is not None:

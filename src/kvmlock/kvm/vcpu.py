@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kvmlock import runtime
+from kvmlock.kvm.mutants import mutant
 from kvmlock.sync import Mutex
 
 if TYPE_CHECKING:
@@ -24,14 +25,24 @@ if TYPE_CHECKING:
 __all__ = ["VCPU", "TlbEntry"]
 
 
+FLUSH_NO_WAIT = mutant(
+    "flush_no_wait", removes="the remote flush's wait for each vCPU to leave guest mode",
+    breaks="kvm_flush_remote_tlbs returns only when no vCPU can use an old translation")
+
+
 class TlbEntry:
-    """One cached translation: guest page ``va`` -> host ``pfn``, writable or not."""
+    """One cached translation: guest page ``va`` -> host ``pfn``, writable or not.
 
-    __slots__ = ("pfn", "writable")
+    ``hva`` is the host page the frame belonged to when the translation was cached (None when
+    no memslot named it): a frame that changes owner while cached is a use after free.
+    """
 
-    def __init__(self, pfn: int, writable: bool) -> None:
+    __slots__ = ("pfn", "writable", "hva")
+
+    def __init__(self, pfn: int, writable: bool, hva: int | None = None) -> None:
         self.pfn = pfn
         self.writable = writable
+        self.hva = hva
 
     def __repr__(self) -> str:
         return f"TlbEntry(pfn={self.pfn}, {'rw' if self.writable else 'ro'})"
@@ -85,7 +96,10 @@ class VCPU:
         """Remote flush of this vCPU: wait for it to leave guest mode, then drop its TLB."""
         cpu = self._cpu
         with cpu:
-            cpu.wait_for(self._outside_guest, "tlb_flush")
+            if FLUSH_NO_WAIT in self.vm.hazards:
+                cpu.point("tlb_flush")
+            else:
+                cpu.wait_for(self._outside_guest, "tlb_flush")
             self.tlb.clear()
 
     def __repr__(self) -> str:

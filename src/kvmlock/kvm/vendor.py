@@ -17,9 +17,15 @@ from __future__ import annotations
 import errno
 
 from kvmlock.kvm.machine import Machine
+from kvmlock.kvm.mutants import mutant
 from kvmlock.sync import Mutex, peek
 
 __all__ = ["VENDOR_MODULES", "VendorModuleError", "vendor_exit", "vendor_init"]
+
+VENDOR_LOCK_INSIDE_HOTPLUG = mutant(
+    "vendor_lock_inside_hotplug",
+    removes="(adds) vendor_module_lock taken inside cpus_read_lock by vendor init",
+    breaks="vendor_module_lock is taken outside cpus_read_lock")
 
 VENDOR_MODULES = ("kvm_intel", "kvm_amd")
 SERIALIZERS = ("vendor_module_lock", "kvm_lock")

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kvmlock.kvm.hazards import Hazards, as_hazards
+from kvmlock import runtime
 from kvmlock.kvm.host import Host
 from kvmlock.kvm.iobus import IoBus
 from kvmlock.kvm.memslots import Memslots, MsrFilter, set_memory_region
 from kvmlock.kvm.mmu.shadow import MMU
 from kvmlock.kvm.mmu_notifier import KvmMmuNotifier
+from kvmlock.kvm.mutants import Hazards, hazards_of
 from kvmlock.kvm.vcpu import VCPU
 from kvmlock.sync import (
     SRCU,
@@ -27,6 +28,7 @@ from kvmlock.sync import (
     RWLock,
     SpinLock,
     guarded_by,
+    peek,
 )
 
 if TYPE_CHECKING:
@@ -38,7 +40,8 @@ __all__ = ["Hazards", "VM"]
 class VM:
     """One VM. ``machine`` may be ``None`` for a VM used on its own (scenarios, tests).
 
-    Options: ``nr_vcpus``; ``hazards`` (a :class:`Hazards` or a dict of its fields);
+    Options: ``nr_vcpus``; ``hazards`` -- the mutants (weakened protections, see
+    :mod:`kvmlock.kvm.mutants`) this VM runs with, as names or a dict of on/off switches;
     ``nr_pages`` -- size of the guest address space in pages; ``host`` -- the
     :class:`~kvmlock.kvm.host.Host` whose memory backs the guest (default: a host with
     ``host_pages`` frames, ``nr_pages`` of address space); ``tdp`` -- two-dimensional paging
@@ -55,7 +58,7 @@ class VM:
         *,
         name: str = "vm0",
         nr_vcpus: int = 1,
-        hazards: Hazards | dict[str, bool] | None = None,
+        hazards: Hazards | dict[str, bool] | set[str] | None = None,
         nr_pages: int = 16,
         host: Host | None = None,
         host_pages: int | None = None,
@@ -69,7 +72,7 @@ class VM:
             raise ValueError(f"VM name must be a non-empty string, got {name!r}")
         self.machine = machine
         self.name = name
-        self.hazards = as_hazards(hazards)
+        self.hazards = hazards_of(hazards)
         self.options = dict(options)
 
         # -- per-VM locks, named as the kernel's fields
@@ -95,6 +98,9 @@ class VM:
         self.mmu_invalidate_in_progress = 0
         self.mmu_invalidate_range_start = 0
         self.mmu_invalidate_range_end = 0
+        #: where a retried fault waits for the invalidation it ran into to end: the explorer's
+        #: stand-in for time passing (a fault retried at once could spin for ever)
+        self.invalidate_wq = runtime.RT.waitq(self)
 
         # -- read by vCPUs inside kvm->srcu, replaced by VM ioctls (see ioctls.py)
         self.msr_filter = RcuPointer(MsrFilter(), name="kvm->arch.msr_filter")
@@ -137,6 +143,24 @@ class VM:
         change = set_memory_region(self, slot_id, **kw)
         self.stats["memslot_updates"] += 1
         return change
+
+    def check(self) -> None:
+        """Assert what must hold once the VM is quiet (every task joined).
+
+        What the model noticed on its way (:attr:`audit`), shadow-page accounting, every SPTE
+        against the host's page table (:meth:`~kvmlock.kvm.mmu.shadow.MMU.check_mappings`),
+        and no invalidation left counted as active.
+        """
+        assert not self.audit, self.audit[0]
+        self.mmu.check_pages()
+        self.mmu.check_mappings()
+        assert self.mmu_invalidate_in_progress == 0, (
+            f"mmu_invalidate_in_progress is {self.mmu_invalidate_in_progress} with no "
+            "invalidation running: an update was lost")
+        active = peek(self, "mn_active_invalidate_count")
+        assert active == 0, (
+            f"mn_active_invalidate_count is {active} with no invalidation running: an update "
+            "was lost")
 
     def __repr__(self) -> str:
         return f"<VM {self.name} vcpus={len(self.vcpus)}>"

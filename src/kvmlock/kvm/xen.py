@@ -13,7 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from kvmlock.kvm.mutants import mutant
+
 __all__ = ["ATTRS", "Xen"]
+
+XEN_LOCK_LOCKS_VCPUS = mutant(
+    "xen_lock_locks_vcpus",
+    removes="(adds) every vcpu->mutex taken under xen_lock by a VM-wide Xen attribute write",
+    breaks="vcpu->mutex is taken outside kvm->arch.xen.xen_lock")
 
 ATTRS = frozenset({"long_mode", "shared_info", "upcall_vector", "vcpu_info", "vcpu_time_info",
                    "runstate", "timer"})

@@ -11,7 +11,8 @@ variant forgets to pass that dirty state on when aging removes W.
 from __future__ import annotations
 
 import kvmlock
-from kvmlock.kvm.guest import guest_read, guest_write
+from kvmlock.kvm.guest import GuestFault, guest_read, guest_write
+from kvmlock.kvm.memslots import LOG_DIRTY_PAGES, READONLY
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.vm import VM
 from kvmlock.scenarios.registry import scenario
@@ -45,6 +46,7 @@ def _access_track(broken: bool) -> None:
     spte = vm.mmu.sptep(0).peek()
     assert S.is_present(spte) and not S.is_writable(spte), (
         f"after aging and a read the SPTE is {S.describe(spte)}: W may come back only on a write")
+    vm.check()
     vm.host.swap_out(0)
     got = guest_read(v0, 0)
     assert got == 1, (f"the guest wrote 1 but reads {got} after swap-out: aging dropped the "
@@ -55,7 +57,7 @@ def _access_track(broken: bool) -> None:
           rule="access tracking: restore R/X on fault, W only on write, no lost Accessed/Dirty",
           variant="correct", expect="pass",
           invariant="Dirty state reaches the page before W is taken away; W only on a write",
-          **_BOUND)
+          catches=("access_track_drops_dirty",), **_BOUND)
 def access_track_correct() -> None:
     _access_track(False)
 
@@ -67,3 +69,113 @@ def access_track_correct() -> None:
           **_BOUND)
 def access_track_broken() -> None:
     _access_track(True)
+
+
+def _race_then_swap(vm: VM, first, second, value: int) -> None:
+    tasks = [kvmlock.spawn(first, name=first.__name__),
+             kvmlock.spawn(second, name=second.__name__)]
+    for t in tasks:
+        t.join()
+    vm.check()
+    vm.host.swap_out(0)
+    got = guest_read(vm.vcpus[0], 0)
+    assert got == value, (f"the guest wrote {value} but reads {got:#x} after swap-out: the "
+                          "dirty state of an SPTE was lost when it was replaced")
+
+
+@scenario("access_track.read_vs_zap.correct",
+          rule="an access-tracked SPTE is volatile: a zap replaces it atomically while the "
+               "fast path restores it",
+          variant="correct", expect="pass",
+          invariant="Accessed reaches the page before the SPTE is dropped: a page read after "
+                    "aging is reported young",
+          catches=("access_track_not_volatile",), **_BOUND)
+def read_vs_zap() -> None:
+    # A read-only memslot: the SPTE is not MMU-writable, so only access tracking makes it
+    # volatile. The zap is the slot's deletion, which keeps the page (unlike a swap-out).
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2, ad_disabled=True)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0, flags=READONLY)
+    (v0,) = vm.vcpus
+    guest_read(v0, 0)
+    vm.host.age(0)  # hidden from the CPU: the next read faults into the fast path
+    seen: list[int] = []
+
+    def vcpu0_reads() -> None:
+        try:
+            seen.append(guest_read(v0, 0))
+        except GuestFault:
+            pass  # the slot was already gone
+
+    def deleter() -> None:
+        vm.set_memory_region(0, npages=0)
+
+    tasks = [kvmlock.spawn(vcpu0_reads, name="vcpu0_reads"),
+             kvmlock.spawn(deleter, name="deleter")]
+    for t in tasks:
+        t.join()
+    vm.check()
+    if seen:
+        assert vm.host.age(0), ("the guest read the page after it was aged, but the page was "
+                                "reported not young: the zap lost the restored SPTE's Accessed")
+
+
+@scenario("access_track.write_vs_age.correct",
+          rule="aging a read-only, MMU-writable A/D-disabled SPTE exchanges it atomically "
+               "while the fast path makes it writable",
+          variant="correct", expect="pass",
+          invariant="Dirty (W without A/D bits) reaches the page before aging takes W away",
+          catches=("age_plain_store",), **_BOUND)
+def write_vs_age() -> None:
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2, ad_disabled=True)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0, flags=LOG_DIRTY_PAGES)
+    (v0,) = vm.vcpus
+    guest_read(v0, 0)  # logging: read-only but MMU-writable
+
+    def vcpu0_writes() -> None:
+        guest_write(v0, 0, 5)
+
+    def host_ages() -> None:
+        vm.host.age(0)
+
+    _race_then_swap(vm, vcpu0_writes, host_ages, 5)
+
+
+@scenario("access_track.dirty_vs_age.correct",
+          rule="clearing Accessed (A/D bits on) is an atomic and-not: the CPU may set Dirty "
+               "meanwhile",
+          variant="correct", expect="pass",
+          invariant="Dirty set by the CPU reaches the page before the SPTE is dropped",
+          catches=("age_clear_nonatomic",), **_BOUND)
+def dirty_vs_age() -> None:
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0, flags=LOG_DIRTY_PAGES)
+    (v0,) = vm.vcpus
+    guest_read(v0, 0)  # read-only, MMU-writable, Accessed: the write sets W, then the CPU D
+
+    def vcpu0_writes() -> None:
+        guest_write(v0, 0, 7)
+
+    def host_ages() -> None:
+        vm.host.age(0)
+
+    _race_then_swap(vm, vcpu0_writes, host_ages, 7)
+
+
+@scenario("aging.young.correct",
+          rule="aging flushes TLBs, and a dropped SPTE passes Accessed to the page",
+          variant="correct", expect="pass",
+          invariant="a page the guest used since it was last aged is reported young",
+          catches=("notifier_no_flush", "no_ad_propagation"))
+def young() -> None:
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    (v0,) = vm.vcpus
+    guest_read(v0, 0)
+    assert vm.host.age(0), "a page the guest had just read was reported not young"
+    guest_read(v0, 0)  # must walk the SPTE again, setting Accessed
+    assert vm.host.age(0), ("the guest read the page after it was aged, but it was reported "
+                            "not young: aging left a translation the CPU keeps using")
+    guest_read(v0, 0)
+    vm.set_memory_region(0, npages=0)  # deleting the slot drops the SPTE
+    assert vm.host.age(0), ("the guest read the page, then its SPTE was dropped, but the page "
+                            "was reported not young: Accessed did not reach the page")

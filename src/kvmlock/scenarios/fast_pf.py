@@ -28,6 +28,7 @@ from kvmlock.kvm.guest import guest_read, guest_write, set_gpte
 from kvmlock.kvm.memslots import LOG_DIRTY_PAGES
 from kvmlock.kvm.mmu.dirty_log import MigrationCopy
 from kvmlock.kvm.vm import VM
+from kvmlock.scenarios.orders import together
 from kvmlock.scenarios.registry import scenario
 
 __all__: list[str] = []
@@ -72,12 +73,12 @@ def _aba(broken: bool) -> None:
         guest_read(v1, 0)  # ...whose fault gets the recycled frame: same pfn, same bits
 
     _run(vcpu0_writes, host_and_guest)
-    assert not vm.audit, vm.audit[0]
+    vm.check()
     _assert_log_complete(mig)
 
 
 @scenario("fast_pf.aba.correct", rule="fast page fault only on direct shadow pages (gfn->pfn ABA)",
-          variant="correct", expect="pass",
+          variant="correct", expect="pass", catches=("fast_pf_indirect",),
           invariant="dirty log complete: every guest write reaches the migrated copy", **_BOUND)
 def aba_correct() -> None:
     _aba(False)
@@ -108,6 +109,7 @@ def _dirty_bit(broken: bool) -> None:
         vm.host.swap_out(0)  # zaps the SPTE; writes the page back only if it is dirty
 
     _run(vcpu0_writes, swapper)
+    vm.check()
     got = guest_read(v0, 0)
     assert got == 5, (f"the guest wrote 5 but reads {got} after swap-out: the Dirty bit was "
                       "lost when the SPTE was dropped, so the page was not written back")
@@ -116,6 +118,7 @@ def _dirty_bit(broken: bool) -> None:
 @scenario("fast_pf.dirty_bit.correct",
           rule="an SPTE the fast path may change is updated atomically (Dirty bit kept)",
           variant="correct", expect="pass",
+          catches=("nonatomic_volatile_clear", "no_ad_propagation", "notifier_no_zap"),
           invariant="Dirty bit propagated to the page before the SPTE is dropped", **_BOUND)
 def dirty_bit_correct() -> None:
     _dirty_bit(False)
@@ -147,12 +150,15 @@ def _tlb_flush(broken: bool) -> None:
         mig.round()  # harvest, write-protect, flush (or not), copy
 
     _run(vcpu0_writes, harvester)
+    vm.check()
     _assert_log_complete(mig)
 
 
 @scenario("fast_pf.tlb_flush.correct",
           rule="writable -> read-only SPTE change flushes TLBs", variant="correct",
           expect="pass",
+          catches=("skip_tlb_flush_on_wrprot", "harvest_no_flush", "flush_no_wait",
+                   "fast_pf_no_mark_dirty", "wrprot_keeps_w", "harvest_without_mmu_lock"),
           invariant="no write through a stale writable translation after wrprot + flush",
           **_BOUND)
 def tlb_flush_correct() -> None:
@@ -185,13 +191,13 @@ def _tdp_parallel_faults(broken: bool) -> None:
         guest_write(v1, 1, 4)
 
     _run(vcpu0_writes, vcpu1_writes)
-    vm.mmu.check_pages()
+    vm.check()
     _assert_log_complete(mig)
 
 
 @scenario("tdp_mmu.pages_lock.correct",
           rule="TDP faults under read-mode mmu_lock link shadow pages under tdp_mmu_pages_lock",
-          variant="correct", expect="pass",
+          variant="correct", expect="pass", catches=("tdp_link_without_pages_lock",),
           invariant="each shadow page linked once and reachable; dirty log complete", **_BOUND)
 def tdp_pages_lock_correct() -> None:
     _tdp_parallel_faults(False)
@@ -203,3 +209,63 @@ def tdp_pages_lock_correct() -> None:
           invariant="each shadow page linked once and reachable; dirty log complete", **_BOUND)
 def tdp_pages_lock_broken() -> None:
     _tdp_parallel_faults(True)
+
+
+# --------------------------------------------------------------------------- scale: 3 actors
+
+
+@scenario("fast_pf.zap_race.correct",
+          rule="two vCPUs fast-fault one write-protected SPTE while swap-out zaps it",
+          variant="correct", expect="pass",
+          invariant="every present SPTE maps the host's current frame; no access to a freed "
+                    "frame; the last write survives swap-out",
+          catches=("fast_pf_plain_store",), strategy="dpor", max_runs=20000,
+          preemption_bound=3)
+def zap_race_correct() -> None:
+    vm = VM(nr_vcpus=2, nr_pages=2, host_pages=2)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0, flags=LOG_DIRTY_PAGES)
+    v0, v1 = vm.vcpus
+    guest_read(v0, 0)  # read-only, MMU-writable: both writes take the fast path
+    together(lambda: guest_write(v0, 0, 1), lambda: guest_write(v1, 0, 2),
+             lambda: vm.host.swap_out(0), names=["vcpu0 writes", "vcpu1 writes", "swap-out"])
+    vm.check()
+    got = guest_read(v0, 0)
+    assert got in (1, 2), f"the guests wrote 1 and 2 but page 0 reads {got:#x}"
+
+
+@scenario("dirty_log.harvest_two_writers.correct",
+          rule="KVM_GET_DIRTY_LOG (xchg of each word, write-protect, flush) racing two writers",
+          variant="correct", expect="pass",
+          invariant="dirty log complete: every guest write reaches the migrated copy",
+          catches=("harvest_load_store", "mark_dirty_nonatomic"), **_BOUND)
+def harvest_two_writers() -> None:
+    vm = VM(nr_vcpus=2, nr_pages=2, host_pages=2)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0, flags=LOG_DIRTY_PAGES)
+    v0, v1 = vm.vcpus
+    guest_read(v0, 0)
+    guest_read(v1, 1)  # both read-only: each write sets its bit in the same bitmap word
+    mig = MigrationCopy(vm, 0)
+    together(lambda: guest_write(v0, 0, 3), lambda: guest_write(v1, 1, 4), mig.round,
+             names=["vcpu0 writes", "vcpu1 writes", "KVM_GET_DIRTY_LOG"])
+    vm.check()
+    _assert_log_complete(mig)
+
+
+@scenario("tdp_mmu.install_race.correct",
+          rule="two TDP faults on one gfn under read-mode mmu_lock install by cmpxchg",
+          variant="correct", expect="pass",
+          invariant="Dirty bit propagated before the SPTE is dropped: the write survives swap-out",
+          catches=("tdp_plain_store", "slow_pf_no_mark_dirty"), **_BOUND)
+def tdp_install_race() -> None:
+    vm = VM(nr_vcpus=2, nr_pages=2, host_pages=2)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0, flags=LOG_DIRTY_PAGES)
+    v0, v1 = vm.vcpus
+    mig = MigrationCopy(vm, 0)
+    together(lambda: guest_read(v0, 0), lambda: guest_write(v1, 0, 6),
+             names=["vcpu0 reads", "vcpu1 writes"])
+    vm.check()
+    _assert_log_complete(mig)
+    vm.host.swap_out(0)
+    got = guest_read(v0, 0)
+    assert got == 6, (f"the guest wrote 6 but reads {got:#x} after swap-out: a fault's install "
+                      "overwrote the SPTE that held the Dirty bit")

@@ -5,8 +5,10 @@
   it. Walking the online mask and bumping ``kvm_usage_count`` must be one step against hotplug,
   which is why it runs under ``cpus_read_lock``: without it a CPU can be enabled by the walk
   right after its offline callback ran, and go offline with virtualization still on.
-* Posted-interrupt wakeups: a blocking vCPU publishes itself on its CPU's wakeup list *before*
-  its last look for pending interrupts, or an interrupt posted in between is never delivered.
+* Posted-interrupt wakeups: a blocking vCPU that found no interrupt pending joins its CPU's
+  wakeup list and switches to the wakeup vector; that switch re-checks ON in the value it
+  exchanged and sends itself the wakeup vector if set, or an interrupt posted in between is
+  never delivered.
 * TSC synchronisation: the read-decide-write of the per-VM TSC generation is one step under
   ``tsc_write_lock``; without it two vCPUs written together end up in one generation with two
   different offsets.
@@ -101,31 +103,32 @@ def enable_failure() -> None:
 
 # ---------------------------------------------------------------------- posted interrupts
 
-def _posted(check_first: bool) -> None:
-    m = Machine(2)
+def _posted(hazard: str | None) -> None:
+    m = Machine(2, hazards={hazard} if hazard else None)
     vm = VM(m, nr_vcpus=1)
     pv = PostedVcpu(m, vm.vcpus[0], cpu=1)
-    together(lambda: pv.block(check_first=check_first), lambda: post_interrupt(pv, 3),
-             names=["vcpu0 (halt)", "IOMMU"])
+    together(pv.block, lambda: post_interrupt(pv, 3), names=["vcpu0 (halt)", "IOMMU"])
     assert pv.delivered == {3}, f"posted vector 3 not delivered: {pv.delivered}"
     assert not peek(m.cpus[1], "wakeup_vcpus_on_cpu"), \
         "the vCPU stayed on the wakeup list after running"
 
 
 @scenario("posted_intr.wakeup.correct", variant="correct", expect="pass",
-          rule="a blocking vCPU joins wakeup_vcpus_on_cpu before its last pending check",
+          rule="switching to the wakeup vector re-checks ON in the exchanged value (self-IPI)",
           invariant="a posted interrupt always wakes the halted vCPU and is delivered",
+          catches=("pi_no_on_recheck", "pi_on_read_apart", "pi_vector_plain_store"),
           max_runs=2000)
 def posted_wakeup_correct() -> None:
-    _posted(check_first=False)
+    _posted(None)
 
 
 @scenario("posted_intr.wakeup.broken", variant="broken", expect="deadlock",
-          rule="a blocking vCPU checks for pending interrupts before joining the wakeup list",
+          rule="switching to the wakeup vector without re-checking ON: an interrupt posted "
+               "between the pending check and the switch is never delivered",
           invariant="the interrupt posted in between is never noticed: the vCPU sleeps forever",
           max_runs=2000)
 def posted_wakeup_broken() -> None:
-    _posted(check_first=True)
+    _posted("pi_no_on_recheck")
 
 
 # ---------------------------------------------------------------------- TSC
@@ -145,6 +148,7 @@ def _tsc(locked: bool) -> None:
 
 
 @scenario("tsc.synchronize.correct", variant="correct", expect="pass",
+          catches=("tsc_without_lock",),
           rule="TSC writes are matched into one generation under the raw tsc_write_lock",
           invariant="vCPUs of one TSC generation share one offset", max_runs=500)
 def tsc_correct() -> None:
@@ -177,6 +181,7 @@ def many_vms_two_hotplugs() -> None:
 @scenario("posted_intr.two_vcpus_one_cpu.correct", variant="correct", expect="pass",
           rule="two vCPUs halted on one CPU's wakeup list; interrupts posted to both",
           invariant="each halted vCPU is woken and gets exactly its own vector",
+          catches=("pi_list_without_lock", "pi_handler_without_lock"),
           max_runs=3000, timeout=60.0)
 def posted_two_vcpus() -> None:
     m = Machine(2)
@@ -196,3 +201,37 @@ def usage_lock_design_broken() -> None:
     m = Machine(2, usage_lock=True, enable_blocks_hotplug=False)
     together(m.create_vm, lambda: m.cpu_down(1), names=["KVM_CREATE_VM", "cpu hotplug"])
     m.check_hardware()
+
+
+def _two_creators(usage_lock: bool) -> None:
+    m = Machine(2, usage_lock=usage_lock)
+    vms: list[VM] = []
+    together(lambda: vms.append(m.create_vm(name="a")), lambda: vms.append(m.create_vm(name="b")),
+             lambda: m.cpu_down(1), names=["KVM_CREATE_VM a", "KVM_CREATE_VM b", "cpu offline"])
+    m.check_hardware()
+    assert peek(m, "kvm_usage_count") == 2, (
+        f"two VMs exist but kvm_usage_count is {peek(m, 'kvm_usage_count')}: an update was lost")
+    m.destroy_vm(vms[0])
+    m.check_hardware()  # the other VM still needs virtualization on
+    m.destroy_vm(vms[1])
+    m.check_hardware()
+
+
+_TWO = dict(variant="correct", expect="pass",
+            invariant=_HW_INVARIANT + "; kvm_usage_count counts every VM (no lost update)",
+            preemption_bound=2, max_runs=20000)
+
+
+@scenario("hardware.two_creators.usage_lock.correct",
+          rule="two VM creators under kvm_usage_lock, racing a CPU going offline",
+          catches=("usage_without_lock", "enable_without_hotplug_lock"), **_TWO)
+def two_creators_usage_lock() -> None:
+    _two_creators(True)
+
+
+@scenario("hardware.two_creators.kvm_lock.correct",
+          rule="two VM creators under cpus_read_lock + kvm_lock, racing a CPU going offline",
+          catches=("usage_without_lock", "callback_without_kvm_lock",
+                   "enable_without_hotplug_lock"), **_TWO)
+def two_creators_kvm_lock() -> None:
+    _two_creators(False)

@@ -19,11 +19,10 @@ and ``slots_arch_lock``, sleeps until no invalidation is active.
 from __future__ import annotations
 
 import kvmlock
-from kvmlock.kvm.guest import guest_write
+from kvmlock.kvm.guest import guest_read, guest_write
 from kvmlock.kvm.memslots import LOG_DIRTY_PAGES
 from kvmlock.kvm.vm import VM
 from kvmlock.scenarios.registry import scenario
-from kvmlock.sync import peek
 
 __all__: list[str] = []
 
@@ -51,9 +50,7 @@ def _notifier_vs_update(hazard: str | None, *, nested: bool) -> None:
              kvmlock.spawn(memslot_updater, name="memslot_updater")]
     for t in tasks:
         t.join()
-    assert vm.mmu_invalidate_in_progress == 0, "an invalidation never ended"
-    assert peek(vm, "mn_active_invalidate_count") == 0, \
-        "mn_active_invalidate_count did not drop to 0"
+    vm.check()
 
 
 _INV = "invalidate start and end see the same memslots; updates wait for active invalidations"
@@ -61,7 +58,9 @@ _INV = "invalidate start and end see the same memslots; updates wait for active 
 
 @scenario("mmu_notifier.memslot_update.correct",
           rule="memslot update waits for active invalidations (count + rcuwait)",
-          variant="correct", expect="pass", invariant=_INV, **_BOUND)
+          variant="correct", expect="pass", invariant=_INV,
+          catches=("swap_without_waiting", "notifier_uses_rwsem", "notifier_takes_slots_lock",
+                   "notifier_no_wakeup"), **_BOUND)
 def notifier_correct() -> None:
     _notifier_vs_update(None, nested=True)
 
@@ -110,3 +109,53 @@ def notifier_rwsem_deadlock() -> None:
           lockdep=False, **_BOUND)
 def notifier_slots_lock_deadlock() -> None:
     _notifier_vs_update("notifier_takes_slots_lock", nested=False)
+
+
+# Scale and the slow path's retry protocol.
+
+
+@scenario("mmu_notifier.two_invalidations_vs_update.correct",
+          rule="two invalidations (swap-outs of two pages) racing a memslot update",
+          variant="correct", expect="pass",
+          invariant=_INV + "; the invalidation counters come back to zero (no lost update)",
+          catches=("mn_count_without_lock", "notifier_read_lock"),
+          strategy="dpor", max_runs=20000, preemption_bound=2)
+def two_invalidations_vs_update() -> None:
+    vm = VM(nr_vcpus=1, nr_pages=3, host_pages=3)
+    vm.host.reclaim_nested = False
+    vm.set_memory_region(0, base_gfn=0, npages=3, hva=0)
+    (v0,) = vm.vcpus
+    guest_write(v0, 0, 1)
+    guest_write(v0, 1, 2)
+    tasks = [kvmlock.spawn(lambda: vm.host.swap_out(0), name="swap_out(0)"),
+             kvmlock.spawn(lambda: vm.host.swap_out(1), name="swap_out(1)"),
+             kvmlock.spawn(lambda: vm.set_memory_region(0, base_gfn=0, npages=3, hva=0,
+                                                        flags=LOG_DIRTY_PAGES),
+                           name="memslot_updater")]
+    for t in tasks:
+        t.join()
+    vm.check()
+    assert (guest_read(v0, 0), guest_read(v0, 1)) == (1, 2), "swap-out lost guest data"
+
+
+@scenario("page_fault.vs_invalidate.correct",
+          rule="a slow fault racing swap-out of its page retries (mmu_invalidate_seq / "
+               "in_progress), sampling the sequence before looking the page up",
+          variant="correct", expect="pass",
+          invariant="every present SPTE maps the host's current frame; no access to a freed "
+                    "frame; the write survives swap-out",
+          catches=("no_invalidate_retry", "no_in_progress_check", "seq_after_fault_in",
+                   "no_seq_bump"), **_BOUND)
+def fault_vs_invalidate() -> None:
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2)
+    vm.host.gup_fast = True  # the page can be found while it is being unmapped
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    (v0,) = vm.vcpus
+    vm.host.fault_in(0)  # mapped by the host, not yet by KVM: the vCPU takes the slow path
+    tasks = [kvmlock.spawn(lambda: guest_write(v0, 0, 5), name="vcpu0_writes"),
+             kvmlock.spawn(lambda: vm.host.swap_out(0), name="swapper")]
+    for t in tasks:
+        t.join()
+    vm.check()
+    got = guest_read(v0, 0)
+    assert got == 5, f"the guest wrote 5 but reads {got:#x} after swap-out"

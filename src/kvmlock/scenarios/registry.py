@@ -30,6 +30,9 @@ class Scenario:
     options: dict[str, Any] = field(default_factory=dict)  # passed to explore.check()
     lockdep_kind: str | None = None  # for expect="lockdep": the Report.kind that must appear
     tags: tuple[str, ...] = ()
+    #: mutants (see kvmlock.kvm.mutants) this correct scenario is written to catch: tried
+    #: first by ``kvmlock verify --mutants``, and each must make it fail
+    catches: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -51,6 +54,7 @@ def scenario(
     strategy: str = "dpor",
     lockdep_kind: str | None = None,
     tags: tuple[str, ...] = (),
+    catches: tuple[str, ...] = (),
     **options: Any,
 ) -> Callable[[Callable[[], None]], Callable[[], None]]:
     """Register the decorated body as a scenario; ``options`` go to ``explore.check``."""
@@ -60,7 +64,7 @@ def scenario(
             raise ValueError(f"scenario {name!r} is registered twice")
         SCENARIOS[name] = Scenario(
             name, rule, variant, expect, body, invariant, strategy, dict(options),
-            lockdep_kind, tags,
+            lockdep_kind, tags, tuple(catches),
         )
         return body
 

@@ -75,7 +75,9 @@ def _first_root_vs_create(hazards: dict[str, bool]) -> None:
           rule="kvm->slots_arch_lock may be taken inside a kvm->srcu read side: the first "
                "shadow root allocates rmaps under it while a memslot is created",
           invariant="every memslot has rmaps once a root exists; no freed memslots used; the "
-                    "run conforms to the document with this SRCU rule exercised", **_BOUND)
+                    "run conforms to the document with this SRCU rule exercised", **_BOUND,
+          catches=("slots_arch_lock_across_sync", "root_alloc_without_slots_arch_lock",
+                   "root_alloc_takes_slots_lock"))
 def slots_arch_lock_in_reader() -> None:
     _first_root_vs_create({})
     check_graph(exercised=[("srcu_read_ok", "kvm->slots_arch_lock", _SRCU)])
@@ -130,7 +132,8 @@ def _apic_access_vs_faults(hazards: dict[str, bool], *, vcpu1: str = "fault") ->
           rule="vcpu->mutex is taken outside the kvm->srcu read side; KVM_RUN leaves its read "
                "side to delete the APIC-access memslot, which synchronizes under vcpu->mutex",
           invariant="no freed memslots used; the run conforms to the document with "
-                    "synchronize under vcpu->mutex and slots_lock exercised", **_BOUND)
+                    "synchronize under vcpu->mutex and slots_lock exercised", **_BOUND,
+          catches=("apic_access_delete_under_srcu",))
 def vcpu_mutex_outside_reader() -> None:
     _apic_access_vs_faults({})
     check_graph(exercised=[("srcu_sync_inside", "vcpu->mutex", _SRCU),
@@ -186,7 +189,8 @@ def _vm_ioctls_vs_exits(reader_takes_kvm_lock: bool = False,
           rule="kvm->lock is taken outside the kvm->srcu read side; KVM_CREATE_IRQCHIP and "
                "KVM_X86_SET_MSR_FILTER synchronize under it",
           invariant="no freed I/O bus or MSR filter read by an exit; the run conforms to the "
-                    "document with synchronize under kvm->lock exercised", **_BOUND)
+                    "document with synchronize under kvm->lock exercised", **_BOUND,
+          catches=("free_before_grace_period",))
 def kvm_lock_outside_reader() -> None:
     vm = _vm_ioctls_vs_exits()
     assert vm.msr_filter.access_pointer().denied == {"MSR_IA32_TSC"}

@@ -332,6 +332,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="run the workers as actors of the Ray cluster at ADDRESS ('auto': the "
                         "one started on this node; none given: a local instance); -j sets "
                         "how many (default: the cluster's CPUs)")
+    p.add_argument("--mutants", action="store_true",
+                   help="apply each mutant of the model (one weakened protection) in turn and "
+                        "require a correct scenario to fail; NAMEs then select mutants")
     return p
 
 
@@ -345,6 +348,31 @@ def _jobs(text: str) -> int:
     return n
 
 
+def _mutants_main(args: argparse.Namespace, console: Any) -> int:
+    """``--mutants``: the catalogue's table; 1 when a mutant is missed by every scenario."""
+    from kvmlock.scenarios import mutation
+
+    try:
+        chosen = mutation.select_mutants(args.names)
+    except ValueError as exc:
+        console.print(f"kvmlock verify: {exc}", highlight=False, markup=False)
+        return 2
+    if args.list:
+        for m in chosen:
+            state = f"pending: {m.pending}" if m.pending else m.where
+            print(f"{m.name:32} {m.removes}  [{state}]")
+        return 0
+    t0 = time.perf_counter()
+    verdicts = mutation.hunt_all(chosen, timeout=args.timeout)
+    missed = [v for v in verdicts if v.status == "MISSED"]
+    if args.json:
+        print(json.dumps([v.to_dict() for v in verdicts], indent=2))
+    else:
+        console.print(mutation.table(verdicts, console.width))
+        console.print(mutation.summary(verdicts, time.perf_counter() - t0), highlight=False)
+    return 1 if missed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``kvmlock verify``; 0 when every expectation is met."""
     from rich.console import Console
@@ -353,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(width=max(console.width, 150))  # logs and CI: do not squeeze
+    if args.mutants:
+        return _mutants_main(args, console)
     if args.list:
         for s in SCENARIOS.values():
             print(f"{s.name:55} {s.variant:8} expect={s.expect:10} {s.rule}")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.update import spte_update_no_track
+from kvmlock.kvm.mutants import mutant
 
 if TYPE_CHECKING:
     from kvmlock.kvm.vm import VM
@@ -21,16 +22,34 @@ if TYPE_CHECKING:
 __all__ = ["age_gfn_range"]
 
 
+ACCESS_TRACK_DROPS_DIRTY = mutant(
+    "access_track_drops_dirty", removes="marking the page dirty when aging takes W away",
+    breaks="an A/D-disabled writable SPTE is dirty: aging passes that on to the page")
+AGE_PLAIN_STORE = mutant(
+    "age_plain_store", removes="the atomic update when aging an A/D-disabled SPTE",
+    breaks="aging replaces a volatile SPTE atomically and judges the value it replaced")
+AGE_CLEAR_NONATOMIC = mutant(
+    "age_clear_nonatomic", removes="the atomic clear of Accessed (load, then store)",
+    breaks="the CPU sets Dirty in the SPTE without mmu_lock: clearing Accessed must keep it")
+
+
 def _age_spte(vm: VM, sptep) -> bool:
     cur = sptep.load()
     if not S.is_present(cur) or not S.is_accessed(cur):
         return False
     if S.ad_enabled(cur):
-        sptep.fetch_and(~S.ACCESSED & (2**64 - 1))
+        if AGE_CLEAR_NONATOMIC in vm.hazards:
+            sptep.store(sptep.load() & ~S.ACCESSED)
+        else:
+            sptep.fetch_and(~S.ACCESSED & (2**64 - 1))
     else:
         # judge dirtiness on the value really replaced: the fast path may set W meanwhile
-        old = spte_update_no_track(vm, sptep, S.mark_for_access_track(cur))
-        if S.is_writable(old) and not vm.hazards.access_track_drops_dirty:
+        if AGE_PLAIN_STORE in vm.hazards:
+            sptep.store(S.mark_for_access_track(cur))
+            old = cur
+        else:
+            old = spte_update_no_track(vm, sptep, S.mark_for_access_track(cur))
+        if S.is_writable(old) and ACCESS_TRACK_DROPS_DIRTY not in vm.hazards:
             vm.host.set_page_dirty(S.pfn_of(old))
     return True
 

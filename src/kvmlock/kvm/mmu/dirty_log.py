@@ -19,6 +19,7 @@ from kvmlock.kvm.memslots import active_memslots
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.tlb import flush_remote_tlbs
 from kvmlock.kvm.mmu.update import spte_update
+from kvmlock.kvm.mutants import mutant, unless
 
 if TYPE_CHECKING:
     from kvmlock.kvm.memslots import Memslot
@@ -27,10 +28,26 @@ if TYPE_CHECKING:
 __all__ = ["MigrationCopy", "get_dirty_log", "slot_remove_write_access", "write_protect_gfn"]
 
 
+HARVEST_LOAD_STORE = mutant(
+    "harvest_load_store", removes="the harvest's xchg of each bitmap word (load, then store 0)",
+    breaks="dirty logging: a bit set between the harvest's read and its clear is not lost")
+HARVEST_NO_FLUSH = mutant(
+    "harvest_no_flush", removes="the TLB flush after the harvest write-protected SPTEs",
+    breaks="KVM_GET_DIRTY_LOG flushes before returning, so later writes fault and are logged")
+HARVEST_WITHOUT_MMU_LOCK = mutant(
+    "harvest_without_mmu_lock", removes="mmu_lock around the harvest's write-protection",
+    breaks="SPTEs are write-protected with mmu_lock held")
+WRPROT_KEEPS_W = mutant(
+    "wrprot_keeps_w", removes="the write-protection of harvested gfns",
+    breaks="dirty logging: after a harvest the next write to the gfn faults and is logged")
+
+
 def write_protect_gfn(vm: VM, gfn: int) -> bool:
     """``rmap_write_protect``: clear W on every SPTE of ``gfn``; True if TLBs need a flush."""
     vm.mmu_lock.assert_held()
     flush = False
+    if WRPROT_KEEPS_W in vm.hazards:
+        return False
     for sp, i in vm.mmu.gfn_sptes(gfn):
         sptep = sp.sptes[i]
         cur = sptep.load()
@@ -59,17 +76,21 @@ def get_dirty_log(vm: VM, slot_id: int) -> list[int]:
             raise ValueError(f"get_dirty_log: slot {slot_id} does not have dirty logging on")
         dirty: list[int] = []
         flush = False
-        with vm.mmu_lock.write():
+        with unless(HARVEST_WITHOUT_MMU_LOCK, vm.hazards, vm.mmu_lock.write()):
             for w, word in enumerate(slot.dirty_bitmap or ()):
                 if not word.load():
                     continue
-                mask = word.xchg(0)
+                if HARVEST_LOAD_STORE in vm.hazards:
+                    mask = word.load()
+                    word.store(0)
+                else:
+                    mask = word.xchg(0)
                 for bit in range(64):
                     if mask >> bit & 1:
                         gfn = slot.base_gfn + w * 64 + bit
                         dirty.append(gfn)
                         flush |= write_protect_gfn(vm, gfn)
-        if flush:
+        if flush and HARVEST_NO_FLUSH not in vm.hazards:
             flush_remote_tlbs(vm)
     vm.stats["harvests"] += 1
     return dirty

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kvmlock.kvm.mmu import spte as S
+from kvmlock.kvm.mutants import mutant
 
 if TYPE_CHECKING:
     from kvmlock.kvm.memslots import Memslots
@@ -32,6 +33,20 @@ SPURIOUS = "spurious"
 GO_SLOW = "slow"
 MAX_RETRIES = 4
 
+FAST_PF_INDIRECT = mutant(
+    "fast_pf_indirect", removes="the fast path's restriction to direct shadow pages",
+    breaks="fast page fault: gfn->pfn ABA on indirect pages loses a dirty gfn")
+FAST_PF_PLAIN_STORE = mutant(
+    "fast_pf_plain_store", removes="the fast path's cmpxchg (load, compare, then store)",
+    breaks="fast page fault: the SPTE is fixed with cmpxchg, so a zap in between wins")
+FAST_PF_IGNORE_MMU_WRITABLE = mutant(
+    "fast_pf_ignore_mmu_writable", removes="the fast path's MMU-writable test before setting W",
+    breaks="fast page fault: only an SPTE with Host-writable and MMU-writable set may be made "
+           "writable locklessly")
+FAST_PF_NO_MARK_DIRTY = mutant(
+    "fast_pf_no_mark_dirty", removes="the fast path's mark_page_dirty after setting W",
+    breaks="dirty logging: the first write after write-protection is logged")
+
 
 def fast_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
     """Try to fix the fault on ``va`` locklessly; ``GO_SLOW`` hands it to the slow path."""
@@ -40,7 +55,7 @@ def fast_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
     if loc is None:
         return GO_SLOW
     sp, i = loc
-    if not sp.direct and not vm.hazards.fast_pf_indirect:
+    if not sp.direct and FAST_PF_INDIRECT not in vm.hazards:
         return GO_SLOW
     sptep = sp.sptes[i]
     for _ in range(MAX_RETRIES):
@@ -52,12 +67,16 @@ def fast_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
         new = old
         if S.is_access_track(new):
             new = S.restore_access_track(new)
-        if write and S.is_mmu_writable(new):
+        if write and (S.is_mmu_writable(new) or FAST_PF_IGNORE_MMU_WRITABLE in vm.hazards):
             new |= S.W
         if new == old or not S.hw_allows(new, write):
             return GO_SLOW
         gfn = sp.gfn_at(i)  # read before the cmpxchg: the ABA window for indirect pages
-        if sptep.cmpxchg(old, new) != old:
+        if FAST_PF_PLAIN_STORE in vm.hazards:
+            if sptep.load() != old:
+                continue
+            sptep.store(new)
+        elif sptep.cmpxchg(old, new) != old:
             continue
         # Audit (no visible step, so it is atomic with the cmpxchg under the explorer): the
         # gfn this fix is about must be the gfn the SPTE maps now. Never true for direct pages.
@@ -66,9 +85,10 @@ def fast_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
             vm.stats["fast_pf_wrong_gfn"] += 1
             vm.audit.append(f"fast page fault fixed the SPTE of guest page {va} for gfn {gfn}, "
                             f"but when the cmpxchg landed it mapped gfn {mapped}")
-        if S.is_writable(new) and not S.is_writable(old):
+        if S.is_writable(new) and not S.is_writable(old) and \
+                FAST_PF_NO_MARK_DIRTY not in vm.hazards:
             slot = slots.lookup(gfn)
             if slot is not None:
-                slot.mark_dirty(gfn)
+                slot.mark_dirty(gfn, vm.hazards)
         return FIXED
     return GO_SLOW

@@ -13,9 +13,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kvmlock.kvm.mmu import spte as S
-from kvmlock.kvm.mmu.fast_pf import FIXED, SPURIOUS, fast_page_fault
+from kvmlock.kvm.mmu.fast_pf import FAST_PF_INDIRECT, FIXED, SPURIOUS, fast_page_fault
 from kvmlock.kvm.mmu.tlb import flush_remote_tlbs
 from kvmlock.kvm.mmu.update import spte_set, spte_update
+from kvmlock.kvm.mutants import mutant
 
 if TYPE_CHECKING:
     from kvmlock.kvm.memslots import Memslot, Memslots
@@ -28,11 +29,43 @@ RETRY = "retry"
 MMIO = "mmio"
 GUEST_FAULT = "guest_fault"
 
+NO_INVALIDATE_RETRY = mutant(
+    "no_invalidate_retry", removes="the slow path's mmu_invalidate_seq/in_progress retry check",
+    breaks="a fault racing an MMU-notifier invalidation must retry, or it maps a freed page")
+NO_IN_PROGRESS_CHECK = mutant(
+    "no_in_progress_check", removes="the retry check's mmu_invalidate_in_progress test",
+    breaks="a fault that found the page between invalidate_range_start and _end must retry")
+SEQ_AFTER_FAULT_IN = mutant(
+    "seq_after_fault_in", removes="reading mmu_invalidate_seq before looking up the page",
+    breaks="mmu_invalidate_seq is sampled before hva_to_pfn, or a whole invalidation between "
+           "the two goes unseen")
+TDP_PLAIN_STORE = mutant(
+    "tdp_plain_store", removes="the TDP fault's cmpxchg install (load, then store)",
+    breaks="under read-mode mmu_lock SPTEs change only by cmpxchg: another fault's SPTE and "
+           "its Dirty bit are not overwritten")
+SLOW_PF_NO_MARK_DIRTY = mutant(
+    "slow_pf_no_mark_dirty", removes="mark_page_dirty when the slow path maps a page writable",
+    breaks="dirty logging: a writable SPTE is only installed together with its dirty bit")
+NO_GPTE_RECHECK = mutant(
+    "no_gpte_recheck", removes="the shadow fault's re-check of the guest PTE under mmu_lock",
+    breaks="shadow paging: a guest page-table change between walk and install is retried")
+SHADOW_FAULT_READ_LOCK = mutant(
+    "shadow_fault_read_lock", removes="write mode of mmu_lock in the shadow MMU fault",
+    breaks="the shadow MMU changes rmaps and indirect pages only with mmu_lock held for write")
+PAGE_FAULT_NO_SRCU = mutant(
+    "page_fault_no_srcu", removes="the page fault's kvm->srcu read side",
+    breaks="memslots are used inside kvm->srcu, so a memslot update waits for the fault")
+READONLY_SLOT_WRITABLE = mutant(
+    "readonly_slot_writable", removes="the read-only memslot test of a write fault",
+    breaks="a read-only memslot is never mapped writable (Host-writable clear)")
+
 
 def invalidate_retry(vm: VM, mmu_seq: int, hva: int) -> bool:
     """``mmu_invalidate_retry_hva``: must a fault that began at ``mmu_seq`` start over?"""
     vm.mmu_lock.assert_held()
-    if vm.mmu_invalidate_in_progress and \
+    if NO_INVALIDATE_RETRY in vm.hazards:
+        return False
+    if vm.mmu_invalidate_in_progress and NO_IN_PROGRESS_CHECK not in vm.hazards and \
             vm.mmu_invalidate_range_start <= hva < vm.mmu_invalidate_range_end:
         return True
     return vm.mmu_invalidate_seq.load() != mmu_seq
@@ -42,22 +75,25 @@ def page_fault(vcpu: VCPU, va: int, write: bool) -> str:
     """Handle an EPT violation / shadow page fault on guest page ``va``."""
     vm = vcpu.vm
     vm.mmu.check_va(va)
-    idx = vm.srcu.read_lock()
+    nosrcu = PAGE_FAULT_NO_SRCU in vm.hazards
+    idx = None if nosrcu else vm.srcu.read_lock()
     try:
         slots: Memslots = vm.memslots.srcu_dereference(vm.srcu)
-        if vm.mmu.tdp or vm.hazards.fast_pf_indirect:
+        if vm.mmu.tdp or FAST_PF_INDIRECT in vm.hazards:
             r = fast_page_fault(vcpu, va, write, slots)
-            if r == FIXED:
-                vcpu.stats["fast_pf"] += 1
-                return r
-            if r == SPURIOUS:
-                vcpu.stats["spurious_pf"] += 1
+            if r in (FIXED, SPURIOUS):
+                vcpu.stats["fast_pf" if r == FIXED else "spurious_pf"] += 1
                 return r
         r = _slow_page_fault(vcpu, va, write, slots)
         vcpu.stats["retry_pf" if r == RETRY else "slow_pf"] += 1
-        return r
     finally:
-        vm.srcu.read_unlock(idx)
+        if not nosrcu:
+            vm.srcu.read_unlock(idx)
+    if r == RETRY:
+        wq = vm.invalidate_wq
+        with wq:
+            wq.wait_for(lambda: not vm.mmu_invalidate_in_progress, "retry after invalidation")
+    return r
 
 
 def _slow_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
@@ -69,14 +105,20 @@ def _slow_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
     slot = slots.lookup(gfn)
     if slot is None or slot.invalid:
         return MMIO
+    host_writable = not slot.readonly or READONLY_SLOT_WRITABLE in vm.hazards
+    if write and not host_writable:
+        return MMIO  # a write to ROM exits to userspace for emulation
     hva = slot.gfn_to_hva(gfn)
-    mmu_seq = vm.mmu_invalidate_seq.load()
+    late = SEQ_AFTER_FAULT_IN in vm.hazards
+    mmu_seq = 0 if late else vm.mmu_invalidate_seq.load()
     pfn = vm.host.fault_in(hva)
+    if late:
+        mmu_seq = vm.mmu_invalidate_seq.load()
     # with dirty logging on, only a write fault gets a writable SPTE: a read fault leaves the
     # page write-protected so that its first write is seen (by the fast path)
-    writable = write or not slot.logging
-    new = S.make(pfn, writable=writable, accessed=True, dirty=writable,
-                 ad_disabled=mmu.ad_disabled)
+    writable = host_writable and (write or not slot.logging)
+    new = S.make(pfn, writable=writable, host_writable=host_writable, accessed=True,
+                 dirty=writable, ad_disabled=mmu.ad_disabled)
     slots.live()  # the fault keeps using what it looked up (slot, its bitmap and arch data)
     if mmu.tdp:
         return _tdp_map(vm, va, gfn, slot, hva, mmu_seq, pfn, write, new)
@@ -103,10 +145,12 @@ def _tdp_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int, p
             if S.hw_allows(old, write):
                 return FIXED  # fixed by someone else meanwhile
             new |= old & (S.ACCESSED | S.DIRTY)
-        if sptep.cmpxchg(old, new) != old:
+        if TDP_PLAIN_STORE in vm.hazards:
+            sptep.store(new)
+        elif sptep.cmpxchg(old, new) != old:
             return RETRY
-        if S.is_writable(new):
-            slot.mark_dirty(gfn)
+        if S.is_writable(new) and SLOW_PF_NO_MARK_DIRTY not in vm.hazards:
+            slot.mark_dirty(gfn, vm.hazards)
     return FIXED
 
 
@@ -119,10 +163,11 @@ def _shadow_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int
     assert loc is not None
     sp, i = loc
     sptep = sp.sptes[i]
-    with vm.mmu_lock.write():
+    mode = vm.mmu_lock.read() if SHADOW_FAULT_READ_LOCK in vm.hazards else vm.mmu_lock.write()
+    with mode:
         if invalidate_retry(vm, mmu_seq, hva):
             return RETRY
-        if mmu.guest_translate(va) != gfn:
+        if mmu.guest_translate(va) != gfn and NO_GPTE_RECHECK not in vm.hazards:
             return RETRY  # the guest re-pointed its page table meanwhile
         old = sptep.load()
         flush = False
@@ -138,8 +183,8 @@ def _shadow_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int
         assert slot.arch.has_rmaps(), (f"memslot {slot.id} has no rmaps: the rmap walk of a "
                                         "shadow root dereferences NULL")
         mmu.rmap_add(gfn, sp, i)
-        if S.is_writable(new):
-            slot.mark_dirty(gfn)
+        if S.is_writable(new) and SLOW_PF_NO_MARK_DIRTY not in vm.hazards:
+            slot.mark_dirty(gfn, vm.hazards)
         if flush:
             flush_remote_tlbs(vm)
     return FIXED

@@ -19,13 +19,15 @@ freed, so the lockless walk may read the page list without a lock.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kvmlock import lockdep, runtime
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.tlb import flush_remote_tlbs
 from kvmlock.kvm.mmu.update import spte_clear_track_bits
-from kvmlock.sync import Atomic64
+from kvmlock.kvm.mutants import mutant, unless
+from kvmlock.sync import Atomic64, guarded_by, peek
 
 if TYPE_CHECKING:
     from kvmlock.kvm.vm import VM
@@ -34,6 +36,24 @@ __all__ = ["MMU", "SP_ENTRIES", "ShadowPage", "check_rmaps", "first_shadow_root_
            "unmap_gfn_range", "zap_gfn_range"]
 
 SP_ENTRIES = 8
+
+TDP_LINK_WITHOUT_PAGES_LOCK = mutant(
+    "tdp_link_without_pages_lock", removes="tdp_mmu_pages_lock around linking a new shadow page",
+    breaks="TDP faults under read-mode mmu_lock link shadow pages under tdp_mmu_pages_lock")
+UNSYNC_WITHOUT_LOCK = mutant(
+    "unsync_without_lock", removes="mmu_unsync_pages_lock around the unsync accounting",
+    breaks="kvm->arch.mmu_unsync_pages_lock serialises marking shadow pages unsync")
+ROOT_ALLOC_TAKES_SLOTS_LOCK = mutant(
+    "root_alloc_takes_slots_lock", removes="(adds) slots_lock taken under slots_arch_lock by "
+    "the first shadow root's allocation",
+    breaks="slots_lock is taken outside slots_arch_lock, and never inside kvm->srcu")
+ROOT_ALLOC_WITHOUT_SLOTS_ARCH_LOCK = mutant(
+    "root_alloc_without_slots_arch_lock", removes="slots_arch_lock around the first shadow "
+    "root's rmap allocation",
+    breaks="slots_arch_lock orders the rmap allocation with a memslot being created")
+ZAP_NO_FLUSH = mutant(
+    "zap_no_flush", removes="the remote TLB flush after zapping SPTEs (kvm_zap_gfn_range)",
+    breaks="a zapped SPTE's frame is reused only after every vCPU dropped its translation")
 
 
 class ShadowPage:
@@ -61,6 +81,9 @@ class ShadowPage:
 class MMU:
     """The VM's shadow page tables for a guest address space of ``nr_va`` pages."""
 
+    #: how many shadow pages are unsync (``kvm->arch.mmu_unsync_pages_lock`` protects it)
+    unsync_count = guarded_by("vm.mmu_unsync_pages_lock")
+
     def __init__(self, vm: VM, nr_va: int, *, tdp: bool = True, ad_disabled: bool = False):
         if not isinstance(nr_va, int) or nr_va < 1:
             raise ValueError(f"the guest address space needs at least one page, got {nr_va!r}")
@@ -73,8 +96,8 @@ class MMU:
         self.pages: list[ShadowPage | None] = [None] * nsp
         self.page_list: list[ShadowPage] = []  # under tdp_mmu_pages_lock
         self.unsync_count = 0  # under mmu_unsync_pages_lock
-        #: gfn -> {(sp, i)}: which SPTEs map it; under mmu_lock
-        self.rmap: dict[int, set[tuple[ShadowPage, int]]] = {}
+        #: gfn -> {(sp, i)}: which SPTEs map it; under mmu_lock held for write
+        self.rmap: dict[int, frozenset[tuple[ShadowPage, int]]] = {}
         #: shadow paging only: the guest's page table, va -> gfn + 1 (0: not present)
         self.gpt = [] if tdp else [Atomic64(0, name=f"gpte[{v}]") for v in range(nr_va)]
         self.loaded = False
@@ -110,7 +133,7 @@ class MMU:
         vm = self.vm
         vm.mmu_lock.assert_held()
         idx = va // SP_ENTRIES
-        if vm.hazards.tdp_link_without_pages_lock:
+        if TDP_LINK_WITHOUT_PAGES_LOCK in vm.hazards:
             return self._link_unlocked(idx), va % SP_ENTRIES
         sp = self.pages[idx]
         if sp is None:
@@ -149,23 +172,73 @@ class MMU:
         lost = [sp for sp in self.page_list if self.pages[sp.index] is not sp]
         assert not lost, f"linked shadow pages no longer reachable: {lost}"
 
+    def check_mappings(self) -> None:
+        """Assert the consequences, once the VM is quiet (no visible steps: after the run).
+
+        Every present SPTE maps the frame the host maps *now* for the gfn it stands for (and,
+        with shadow paging, that gfn is the one the guest's page table names); a writable SPTE
+        is on a writable memslot and in the rmap of its gfn, so the next zap finds it; the
+        unsync count matches the pages marked unsync.
+        """
+        vm = self.vm
+        slots = vm.memslots.access_pointer()
+        bad: list[str] = []
+        for sp in (p for p in self.pages if p is not None):
+            for i, sptep in enumerate(sp.sptes):
+                v = sptep.peek()
+                if not S.is_present(v):
+                    continue
+                va, gfn = sp.index * SP_ENTRIES + i, sp.gfn_at(i)
+                what = f"SPTE of guest page {va} ({S.describe(v)}, gfn {gfn})"
+                if not self.tdp:
+                    g = self.gpt[va].peek()
+                    if g - 1 != gfn:
+                        bad.append(f"{what}: the guest maps that page to "
+                                   f"{'nothing' if not g else f'gfn {g - 1}'}")
+                    if (sp, i) not in self.rmap.get(gfn, ()):
+                        bad.append(f"{what}: missing from gfn {gfn}'s rmap (a zap cannot "
+                                   "find it)")
+                slot = slots.lookup(gfn)
+                if slot is None or slot.invalid:
+                    bad.append(f"{what}: no memslot backs gfn {gfn}")
+                    continue
+                host_pfn = vm.host.pfn_of(slot.gfn_to_hva(gfn))
+                if host_pfn != S.pfn_of(v):
+                    bad.append(f"{what}: the host maps hva {slot.gfn_to_hva(gfn)} to "
+                               f"{'no frame' if host_pfn is None else f'frame {host_pfn}'}")
+                if S.is_writable(v) and slot.readonly:
+                    bad.append(f"{what}: writable on a read-only memslot")
+        unsync = sum(1 for p in self.pages if p is not None and p.unsync)
+        if unsync != peek(self, "unsync_count"):
+            bad.append(f"unsync_count is {peek(self, 'unsync_count')} but {unsync} page(s) "
+                       "are unsync")
+        assert not bad, "mapping invariant broken: " + "; ".join(bad)
+
     def mark_unsync(self, sp: ShadowPage) -> None:
         """The guest changed the table ``sp`` shadows: it is out of date (needs ``mmu_lock``)."""
         vm = self.vm
         vm.mmu_lock.assert_held()
-        with vm.mmu_unsync_pages_lock:
+        with unless(UNSYNC_WITHOUT_LOCK, vm.hazards, vm.mmu_unsync_pages_lock):
             if not sp.unsync:
                 sp.unsync = True
-                self.unsync_count += 1
+                self._count_unsync(+1)
 
     def mark_synced(self, sp: ShadowPage) -> None:
         """``sp`` matches the guest's table again (needs ``mmu_lock``)."""
         vm = self.vm
         vm.mmu_lock.assert_held()
-        with vm.mmu_unsync_pages_lock:
+        with unless(UNSYNC_WITHOUT_LOCK, vm.hazards, vm.mmu_unsync_pages_lock):
             if sp.unsync:
                 sp.unsync = False
-                self.unsync_count -= 1
+                self._count_unsync(-1)
+
+    def _count_unsync(self, delta: int) -> None:
+        """``unsync_count += delta`` as the load and store it is, so a missing lock loses one."""
+        rt = runtime.RT
+        rt.point(self, "read unsync_count", False)
+        n = self.unsync_count
+        rt.point(self, "write unsync_count", True)
+        self.unsync_count = n + delta
 
     # ----------------------------------------------------------- lookups
 
@@ -208,8 +281,20 @@ class MMU:
         """Indirect pages only (mmu_lock held for write); direct ones need no reverse map."""
         if sp.direct:
             return
-        self.rmap.setdefault(gfn, set()).add((sp, i))
+        self._rmap_update(gfn, lambda e: e | {(sp, i)})
         sp.gfns[i] = gfn
+
+    def _rmap_update(self, gfn: int, change: Callable[[frozenset], frozenset]) -> None:
+        """Read one gfn's rmap, then store its new value: two visible steps, as the kernel's
+        list update is two stores, so a writer without the lock can lose another's entry."""
+        rt = runtime.RT
+        rt.point(self.rmap, "read rmap", False)
+        entries = change(self.rmap.get(gfn, frozenset()))
+        rt.point(self.rmap, "write rmap", True)
+        if entries:
+            self.rmap[gfn] = entries
+        else:
+            self.rmap.pop(gfn, None)
 
     def rmap_remove(self, sp: ShadowPage, i: int) -> None:
         if sp.direct:
@@ -217,11 +302,7 @@ class MMU:
         gfn = sp.gfn_at(i)
         if gfn < 0:
             return
-        entries = self.rmap.get(gfn)
-        if entries is not None:
-            entries.discard((sp, i))
-            if not entries:
-                del self.rmap[gfn]
+        self._rmap_update(gfn, lambda e: e - {(sp, i)})
         sp.gfns[i] = -1
 
     def drop_spte(self, sp: ShadowPage, i: int) -> bool:
@@ -292,6 +373,6 @@ def zap_gfn_range(vm: VM, start: int, end: int) -> bool:
     """Take ``mmu_lock``, drop the range's SPTEs and flush if anything was mapped."""
     with vm.mmu_lock.write():
         zapped = unmap_gfn_range(vm, start, end)
-        if zapped:
+        if zapped and ZAP_NO_FLUSH not in vm.hazards:
             flush_remote_tlbs(vm)
     return zapped

@@ -60,9 +60,13 @@ def make(
     ad_disabled: bool = False,
     executable: bool = True,
 ) -> int:
-    """Build a present leaf SPTE for ``pfn``; W needs both writable bits, as in the kernel."""
+    """Build a present leaf SPTE for ``pfn``; W needs both writable bits, as in the kernel.
+
+    A page the host maps read-only is never MMU-writable either: nothing may make it writable.
+    """
     if not isinstance(pfn, int) or pfn < 0 or pfn >= (1 << 40):
         raise ValueError(f"pfn must be an integer in [0, 2**40), got {pfn!r}")
+    mmu_writable = mmu_writable and host_writable
     if writable and not (host_writable and mmu_writable):
         raise ValueError("a writable SPTE must be both Host-writable and MMU-writable")
     v = MMU_PRESENT | R | (pfn << PFN_SHIFT)

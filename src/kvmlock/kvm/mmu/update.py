@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kvmlock.kvm.mmu import spte as S
+from kvmlock.kvm.mutants import mutant
 from kvmlock.sync import Atomic64
 
 if TYPE_CHECKING:
@@ -20,8 +21,26 @@ if TYPE_CHECKING:
 __all__ = ["spte_clear_track_bits", "spte_set", "spte_update", "spte_update_no_track"]
 
 
+NONATOMIC_VOLATILE_CLEAR = mutant(
+    "nonatomic_volatile_clear", removes="xchg for a read-only SPTE the fast path may make "
+    "writable (the rule from before the fast page fault)",
+    breaks="fast page fault, Dirty bit tracking: a volatile SPTE is replaced atomically")
+ACCESS_TRACK_NOT_VOLATILE = mutant(
+    "access_track_not_volatile", removes="counting an access-tracked SPTE as volatile",
+    breaks="the fast path restores an access-tracked SPTE locklessly, so it is replaced "
+           "atomically")
+SKIP_TLB_FLUSH_ON_WRPROT = mutant(
+    "skip_tlb_flush_on_wrprot", removes="the TLB flush when W leaves an MMU-writable SPTE",
+    breaks="fast page fault, TLB flush: write-protection is complete only after a flush")
+NO_AD_PROPAGATION = mutant(
+    "no_ad_propagation", removes="passing Accessed/Dirty to the page when an SPTE is dropped",
+    breaks="Accessed and Dirty reach the page (kvm_set_pfn_accessed/dirty) before the SPTE goes")
+
+
 def _volatile(vm: VM, value: int) -> bool:
-    return S.has_volatile_bits(value, old_rule=vm.hazards.nonatomic_volatile_clear)
+    if ACCESS_TRACK_NOT_VOLATILE in vm.hazards and S.is_access_track(value):
+        return False
+    return S.has_volatile_bits(value, old_rule=NONATOMIC_VOLATILE_CLEAR in vm.hazards)
 
 
 def spte_set(sptep: Atomic64, new: int) -> None:
@@ -50,7 +69,7 @@ def spte_update(vm: VM, sptep: Atomic64, new: int) -> bool:
         return False
     flush = False
     if S.is_mmu_writable(old) and not S.is_writable(new) and \
-            not vm.hazards.skip_tlb_flush_on_wrprot:
+            SKIP_TLB_FLUSH_ON_WRPROT not in vm.hazards:
         flush = True
     pfn = S.pfn_of(old)
     if S.is_accessed(old) and not S.is_accessed(new):
@@ -68,7 +87,7 @@ def spte_clear_track_bits(vm: VM, sptep: Atomic64) -> int:
     Returns the value dropped. The caller flushes TLBs before the page may be reused.
     """
     old = spte_update_no_track(vm, sptep, 0)
-    if not S.is_present(old):
+    if not S.is_present(old) or NO_AD_PROPAGATION in vm.hazards:
         return old
     pfn = S.pfn_of(old)
     if S.is_accessed(old):

@@ -1,0 +1,80 @@
+"""Shadow paging: KVM follows the guest's own page table, so the guest can change what an SPTE
+stands for (locking.rst: the shadow MMU changes its pages and rmaps under ``mmu_lock`` held for
+write; a fault re-checks the guest PTE it walked before installing).
+
+* ``shadow.gpte_race`` -- a fault walks the guest PTE while the guest re-points it: the fault
+  must see the change under ``mmu_lock`` and retry, and the guest's sync (drop the SPTE, flush
+  TLBs) must leave no vCPU reading the old page.
+* ``shadow.rmap_race`` -- two vCPUs fault two guest pages that map the same gfn at once; both
+  SPTEs must land in that gfn's rmap, or the swap-out that zaps through it misses one.
+
+The invariant is the consequence: every present SPTE maps the frame the host maps for the gfn
+the guest's page table names now, and is in that gfn's rmap (:meth:`VM.check`).
+"""
+
+from __future__ import annotations
+
+import kvmlock
+from kvmlock.kvm.guest import guest_read, guest_write, set_gpte
+from kvmlock.kvm.vm import VM
+from kvmlock.scenarios.registry import scenario
+
+__all__: list[str] = []
+
+_BOUND = {"strategy": "dpor", "max_runs": 20000}
+_INV = ("every present SPTE maps the host's frame for the gfn the guest's page table names, "
+        "and is in that gfn's rmap")
+
+
+def _run(*named) -> None:
+    tasks = [kvmlock.spawn(fn, name=name) for name, fn in named]
+    for t in tasks:
+        t.join()
+
+
+def _shadow_vm() -> VM:
+    vm = VM(nr_vcpus=2, nr_pages=4, host_pages=4, tdp=False)
+    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0)
+    return vm
+
+
+@scenario("shadow.gpte_race.correct",
+          rule="a shadow fault re-checks the guest PTE under mmu_lock; the guest's page-table "
+               "sync drops the SPTE and flushes TLBs",
+          variant="correct", expect="pass", invariant=_INV + "; reads see the new page",
+          catches=("no_gpte_recheck", "gpte_no_zap", "gpte_no_flush"), **_BOUND)
+def gpte_race() -> None:
+    vm = _shadow_vm()
+    v0, v1 = vm.vcpus
+    set_gpte(vm, 0, 1)
+    set_gpte(vm, 1, 2)
+    guest_write(v0, 0, 11)  # gfn 1 holds 11 (and vcpu0 caches page 0 -> gfn 1)
+    guest_write(v0, 1, 22)  # gfn 2 holds 22
+    set_gpte(vm, 2, 1)
+    _run(("vcpu1_reads_page2", lambda: guest_read(v1, 2)),
+         ("guest_repoints_page2", lambda: set_gpte(vm, 2, 2)))
+    vm.check()
+    got = guest_read(v1, 2)
+    assert got == 22, f"page 2 now maps gfn 2 (holding 22) but the guest reads {got}"
+    set_gpte(vm, 0, 2)  # vcpu0 still has page 0 -> gfn 1 in its TLB
+    got = guest_read(v0, 0)
+    assert got == 22, (f"page 0 now maps gfn 2 (holding 22) but vcpu0 reads {got}: it used a "
+                       "translation the page-table sync should have flushed")
+
+
+@scenario("shadow.rmap_race.correct",
+          rule="two shadow faults on one gfn update its rmap under mmu_lock held for write",
+          variant="correct", expect="pass", invariant=_INV + "; swap-out zaps every mapping",
+          catches=("shadow_fault_read_lock", "unsync_without_lock"), **_BOUND)
+def rmap_race() -> None:
+    vm = _shadow_vm()
+    v0, v1 = vm.vcpus
+    set_gpte(vm, 0, 1)
+    set_gpte(vm, 1, 1)  # two guest pages, one gfn
+    _run(("vcpu0_reads_page0", lambda: guest_read(v0, 0)),
+         ("vcpu1_writes_page1", lambda: guest_write(v1, 1, 5)))
+    vm.check()
+    vm.host.swap_out(1)  # gfn 1's frame goes: both SPTEs must go first
+    vm.check()
+    got = guest_read(v0, 0), guest_read(v1, 1)
+    assert got == (5, 5), f"both pages map gfn 1, which holds 5, but the guests read {got}"
