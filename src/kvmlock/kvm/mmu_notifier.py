@@ -28,8 +28,7 @@ import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from kvmlock import irq
-from kvmlock import runtime
+from kvmlock import irq, runtime
 from kvmlock.kvm.memslots import NOTIFIER_USES_RWSEM, _notifier_rwsem
 from kvmlock.kvm.mmu.access_track import age_gfn_range
 from kvmlock.kvm.mmu.shadow import unmap_gfn_range

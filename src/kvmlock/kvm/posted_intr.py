@@ -118,6 +118,8 @@ class PostedVcpu:
             self.machine.percpu(resume_on)  # validates the CPU number
         # kvm_vcpu_block's check: with an interrupt already pending the vCPU does not sleep
         if self.control.load() & PI_ON:
+            if resume_on is not None:
+                self.cpu = resume_on
             self._deliver()
             return
         # vmx_vcpu_pi_put (pi_enable_wakeup_handler): join the wakeup list, switch to the

@@ -35,7 +35,7 @@ from kvmlock.kvm.machine import Machine
 from kvmlock.kvm.mmu.page_fault import page_fault
 from kvmlock.kvm.mmu.shadow import check_rmaps, zap_gfn_range
 from kvmlock.kvm.mutants import Hazards, hazards_of
-from kvmlock.kvm.posted_intr import PostedVcpu, post_interrupt, wakeup_handler
+from kvmlock.kvm.posted_intr import PostedVcpu, post_interrupt, send_wakeup_vector
 from kvmlock.kvm.tsc import KvmClock, TscSync
 from kvmlock.kvm.vendor import VendorModuleError, vendor_init
 from kvmlock.kvm.vm import VM
@@ -610,7 +610,7 @@ def leaves_correct() -> None:
     clock = KvmClock(m)
     # a wakeup-vector interrupt with nobody blocked yet takes wakeup_vcpus_on_cpu_lock, which
     # the blocking vCPU below skips when the interrupt is already pending
-    wakeup_handler(m, 1)
+    send_wakeup_vector(m, 1)
 
     def vcpu0() -> None:
         vcpu = vm.vcpus[0]
