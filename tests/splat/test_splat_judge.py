@@ -98,6 +98,10 @@ def test_explore_on_a_report_without_an_order() -> None:
     [sp] = read_log(text("gfn_to_memslot_rcu.syzbot"))
     out = explore_splat(sp)
     assert not out.deadlock and "no lock order" in out.explanation
+    # an interrupt-order report is not claimed safe: it is said not to be explored
+    [irq] = read_log(text("amd_iommu_hardirq.txt"))
+    out = explore_splat(irq)
+    assert not out.deadlock and not out.complete and "not explored" in out.explanation
 
 
 def test_cli_text_and_explore(capsys) -> None:

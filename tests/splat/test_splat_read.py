@@ -183,3 +183,40 @@ def test_kvmlock_reads_its_own_lockdep_reports() -> None:
         "circular", "kvm->lock", ["vcpu->mutex"])
     assert [(d.src, d.dst) for d in sp.dependencies()] == [
         ("kvm->lock", "vcpu->mutex"), ("vcpu->mutex", "kvm->lock")]
+
+
+@pytest.mark.parametrize("kind", [k.id for k in KINDS])
+def test_each_kind_named_in_passing_is_not_a_report(kind: str) -> None:
+    """The kind's own headline is read (each fixture above); its title in prose, in a bot's
+    subject or in a list of titles is not."""
+    k = next(k for k in KINDS if k.id == kind)
+    title = k.title.pattern.split("|")[0].replace("(?:", "").replace(")?", "").replace(")", "")
+    title = title.replace("\\", "")
+    for line in (f"WARNING: {title} in kvm_vm_ioctl", f"Fixes a {title} seen on s390",
+                 f"<3> 335     Yes   {title} in sync_timeline_debug_remove"):
+        assert read_log(line + "\n") == [], line
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda s: "\n".join(f"[  12.{i:06d}] {x}" for i, x in enumerate(s.splitlines())),  # dmesg
+    lambda s: "\n".join(f"[  12.{i:06d}][ T4919] {x}" for i, x in enumerate(s.splitlines())),
+    lambda s: "\n".join(f"> {x}" for x in s.splitlines()),  # mail quoting
+    lambda s: "Content-Transfer-Encoding: quoted-printable\n\n" + s.replace("=", "=3D"),
+    lambda s: " ".join(s.split()),  # flattened into a commit message
+], ids=["dmesg", "caller-id", "quoted", "quoted-printable", "one-line"])
+def test_each_input_form_without_a_report_yields_nothing(wrap) -> None:
+    """Kernel log noise around lockdep, in every transport: a splat-like log with no report."""
+    noise = ("kvm: disabled by bios\n"
+             "1 lock held by qemu-kvm/11664:\n"
+             " #0: ffff800086de5ba0 (&kvm->lock){+.+.}-{3:3}, at: kvm_vm_ioctl+0x174/0x5b0\n"
+             "INFO: lockdep is turned off.\n"
+             "rcu_scheduler_active = 2, debug_locks = 1\n")
+    assert read_log(wrap(noise)) == []
+    # and the same transport around a real report reads it
+    report = "\n".join(x for x in text("vendor_module_lock.commit").splitlines()
+                       if not x.startswith("#"))
+    [sp] = read_log(wrap(report))
+    assert (sp.kind, sp.acquiring.name, sp.held.name) == (
+        "circular", "kvm_lock", "cpu_hotplug_lock")
+    assert [(d.src, d.dst) for d in sp.dependencies()] == [
+        ("kvm_lock", "cpu_hotplug_lock"), ("cpu_hotplug_lock", "kvm_lock")]

@@ -1,8 +1,9 @@
 """``kvmlock splat``: read kernel lockdep reports; judge them against a document; explore them.
 
 Exit codes: 0 read (and nothing violated or deadlocked), 1 a dependency violates the document or
-the explorer reproduced a deadlock, 2 the input could not be used or the document could not be
-read whole (so "nothing violated" would be a guess), 3 no report in the input.
+the explorer reproduced a deadlock, 2 the input could not be used, or the document could not be
+read whole or the explorer could not settle the chain (so "nothing found" would be a guess), 3 no
+report in the input.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                               "holding": [], "violations": []}, indent=1))
         print(f"kvmlock splat: no lockdep report found in {source}", file=sys.stderr)
         return 3
-    failed = False
+    failed = unexplored = False
     objs, texts = [], []
     declared = doc.declared_kinds() if doc else {}
     around = surroundings(text)
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         rcu = judge_rcu(sp, lines, doc) if sp.kind == "suspicious_rcu" else None
         failed |= any(d.verdict == "violated" for d in deps)
         failed |= bool(outcome and outcome.deadlock)
+        unexplored |= bool(outcome and not outcome.complete)
         failed |= bool(rcu and rcu.verdict == "violated")
         obj = to_dict(sp, deps, spell, outcome)
         txt = render(sp, deps, spell, outcome, stacks=args.stacks, judged=doc is not None)
@@ -108,4 +110,4 @@ def main(argv: list[str] | None = None) -> int:
             print(f"document incomplete: {why}")
     if failed:
         return 1
-    return 2 if unread else 0
+    return 2 if unread or unexplored else 0

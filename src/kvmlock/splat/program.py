@@ -190,6 +190,10 @@ def explore_splat(splat: Splat, declared: dict[str, tuple[str, ...]] | None = No
     ``declared`` are the document's Reference kinds; ``spell`` names locks as it does.
     """
     declared = declared or {}
+    if splat.kind in ("irq_inversion", "irq_safe_unsafe"):
+        return Outcome(False, f"a {splat.kind} report deadlocks through an interrupt taken on the "
+                       "CPU that holds the lock; its chain is not run as tasks (not explored)",
+                       complete=False)
     deps = _cycle(splat)
     if not deps:
         return Outcome(False, f"a {splat.kind} report states no lock order to explore",
