@@ -123,6 +123,17 @@ def test_saved_and_merged_graphs_keep_the_records(tmp_path):
     assert results(both)[("big_lock", "counter")].status == "held"
 
 
+def test_a_pointer_published_but_never_read_says_so():
+    with lockdep.isolated():
+        o = Obj()
+        with o.upd:
+            o.table.assign({1: 1})
+        g = lockdep.graph()
+    r = results(g)[("table_srcu", "obj->table")]
+    assert r.status == "not exercised"
+    assert r.detail == "obj->table was published in the run but never read inside a read side"
+
+
 def test_a_graph_without_records_says_so():
     r = results({"classes": {}, "edges": []})
     assert {x.status for x in r.values()} == {"not exercised"}

@@ -96,6 +96,8 @@ def _judge(entry: RefEntry, item: str, protected: list[Any] | None) -> ProtectsR
                             f"update side")
             else:
                 held.append(f"every access of {p.name} held it")
+        elif p.kind == "rcu" and not p.lock and "update" not in " ".join(ws):
+            idle.append(f"{p.name} was published in the run but never read inside a read side")
         elif p.kind == "rcu" and "update" not in " ".join(ws):
             idle.append(f"{p.name} is read under {p.lock}; the item does not speak of its "
                         f"updates")
