@@ -124,7 +124,10 @@ def _set_irq_routing(vm: VM, routes: tuple[str, ...], *, from_ioctl: bool = Fals
 
 
 def set_gsi_routing(vm: VM, routes: tuple[str, ...]) -> None:
-    """``KVM_SET_GSI_ROUTING``: userspace replaces the routes (``kvm->irq_lock`` only)."""
+    """``KVM_SET_GSI_ROUTING``: userspace replaces the routes (``kvm->irq_lock`` only); refused
+    with ``EINVAL`` (a ValueError) before the VM has an in-kernel irqchip."""
+    if not vm.irqchip.load():
+        raise ValueError("KVM_SET_GSI_ROUTING: the VM has no in-kernel irqchip (EINVAL)")
     _set_irq_routing(vm, tuple(routes), from_ioctl=True)
 
 
@@ -140,12 +143,13 @@ def assign_ioeventfd(vm: VM, addr: int, name: str = "ioeventfd") -> None:
 def create_irqchip(vm: VM) -> None:
     """``KVM_CREATE_IRQCHIP``: PIC and IOAPIC on the I/O bus, then the default routes."""
     with vm.lock:
-        if vm.irq_routing:
+        if vm.irqchip.load():
             raise ValueError("KVM_CREATE_IRQCHIP: the VM already has an irqchip (EEXIST)")
         with vm.slots_lock:
             _io_bus_register(vm, PIC, "pic")
             _io_bus_register(vm, IOAPIC, "ioapic")
         _set_irq_routing(vm, ("pic", "ioapic"))
+        vm.irqchip.store(1)  # smp_wmb(); irqchip_mode = KVM_IRQCHIP_KERNEL
 
 
 def create_pit(vm: VM) -> None:

@@ -105,6 +105,8 @@ class VM:
         # -- read by vCPUs inside kvm->srcu, replaced by VM ioctls (see ioctls.py)
         self.msr_filter = RcuPointer(MsrFilter(), name="kvm->arch.msr_filter")
         self.irq_routing: tuple[str, ...] = ()  # under irq_lock
+        #: irqchip_in_kernel(): set last by KVM_CREATE_IRQCHIP (under kvm->lock), read unlocked
+        self.irqchip = Atomic64(0, name="kvm->arch.irqchip_mode")
         self.irq_ack_notifiers: list[str] = []  # under irq_lock
         #: set once the first shadow root allocated every memslot's rmaps (slots_arch_lock)
         self.shadow_root_allocated = Atomic64(0, name="kvm->arch.shadow_root_allocated")
