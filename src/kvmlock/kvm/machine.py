@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kvmlock import runtime
-from kvmlock.kvm.mutants import Hazards, hazards_of, mutant, unless
-from kvmlock.sync import CpuHotplugLock, Mutex, RawSpinLock, guarded_by, peek
+from kvmlock.kvm.mutants import Hazards, hazards_of, lock_kind, mutant, unless
+from kvmlock.sync import CpuHotplugLock, Mutex, RawSpinLock, SpinLock, guarded_by, peek
 
 if TYPE_CHECKING:
     from kvmlock.kvm.vm import VM
@@ -62,6 +62,19 @@ CPUFREQ_HOTPLUG_INSIDE_KVM_LOCK = mutant(
     "cpufreq_hotplug_inside_kvm_lock",
     removes="(adds) cpus_read_lock taken inside kvm_lock by the cpufreq notifier",
     breaks="cpus_read_lock is taken outside kvm_lock")
+
+
+KVM_LOCK_SPINLOCK = mutant(
+    "kvm_lock_spinlock", removes="the sleeping kind of kvm_lock (made a spinlock_t)",
+    breaks="kvm_lock is a mutex: what runs under it (hardware enabling, notifier walks) "
+           "may sleep")
+WAKEUP_LOCK_SPINLOCK_T = mutant(
+    "wakeup_lock_spinlock_t",
+    removes="the raw kind of wakeup_vcpus_on_cpu_lock (made a spinlock_t)",
+    breaks="wakeup_vcpus_on_cpu_lock is a raw spinlock: a hard interrupt takes it")
+WAKEUP_LOCK_MUTEX = mutant(
+    "wakeup_lock_mutex", removes="the spinning kind of wakeup_vcpus_on_cpu_lock (made a mutex)",
+    breaks="wakeup_vcpus_on_cpu_lock is a raw spinlock: a hard interrupt takes it")
 
 
 class HardwareEnableError(RuntimeError):
@@ -141,7 +154,7 @@ class Machine:
         self.fail_enable_on = frozenset(fail_enable_on)
         self._rt = runtime.RT
 
-        self.kvm_lock = Mutex("kvm_lock")
+        self.kvm_lock = lock_kind(self.hazards, Mutex, (KVM_LOCK_SPINLOCK, SpinLock))("kvm_lock")
         self.kvm_usage_lock: Mutex | None = Mutex("kvm_usage_lock") if usage_lock else None
         self.cpu_hotplug_lock = CpuHotplugLock()
         self.vendor_module_lock = Mutex("vendor_module_lock")
@@ -152,7 +165,11 @@ class Machine:
         self.kvm_usage_count = 0
         #: newer design: KVM's hotplug callbacks are registered only while VMs exist.
         self.hotplug_callbacks_installed = not usage_lock
-        self.cpus = [PerCpu(c, online=c not in offline) for c in range(nr_cpus)]
+        wakeup = lock_kind(self.hazards, RawSpinLock, (WAKEUP_LOCK_SPINLOCK_T, SpinLock),
+                           (WAKEUP_LOCK_MUTEX, Mutex))
+        self.cpus = [PerCpu(c, online=c not in offline,
+                            wakeup_lock=wakeup("wakeup_vcpus_on_cpu_lock"))
+                     for c in range(nr_cpus)]
         #: the loaded vendor module's name (kvm_intel / kvm_amd), see kvmlock.kvm.vendor.
         self.vendor: str | None = None
         self.events: list[str] = []  # a short log for humans: "cpu1 offline", "enable cpu0" ...

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CATALOGUE", "Hazards", "Mutant", "applied", "hazards_of", "mutant", "unless"]
+__all__ = ["CATALOGUE", "Hazards", "Mutant", "applied", "hazards_of", "lock_kind", "mutant",
+           "unless"]
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,14 @@ def applied(*names: str | Mutant) -> Iterator[None]:
         yield
     finally:
         _APPLIED = before
+
+
+def lock_kind(hazards: Hazards, default: type, *changes: tuple[Mutant, type]) -> type:
+    """The class a lock is built with: ``default``, or another kind a mutant changes it to."""
+    for m, kind in changes:
+        if m in hazards:
+            return kind
+    return default
 
 
 def unless(m: Mutant, hazards: Hazards, lock: Any) -> AbstractContextManager[Any]:

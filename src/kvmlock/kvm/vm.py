@@ -16,7 +16,7 @@ from kvmlock.kvm.iobus import IoBus
 from kvmlock.kvm.memslots import Memslots, MsrFilter, set_memory_region
 from kvmlock.kvm.mmu.shadow import MMU
 from kvmlock.kvm.mmu_notifier import KvmMmuNotifier
-from kvmlock.kvm.mutants import Hazards, hazards_of
+from kvmlock.kvm.mutants import Hazards, hazards_of, lock_kind, mutant
 from kvmlock.kvm.vcpu import VCPU
 from kvmlock.sync import (
     SRCU,
@@ -26,6 +26,7 @@ from kvmlock.sync import (
     RcuPointer,
     RCUWait,
     RWLock,
+    RWSemaphore,
     SpinLock,
     guarded_by,
     peek,
@@ -35,6 +36,32 @@ if TYPE_CHECKING:
     from kvmlock.kvm.machine import Machine
 
 __all__ = ["Hazards", "VM"]
+
+VM_LOCK_SPINLOCK = mutant(
+    "vm_lock_spinlock", removes="the sleeping kind of kvm->lock (made a spinlock_t)",
+    breaks="kvm->lock is a mutex: vcpu->mutex, slots_lock and synchronize_srcu nest inside it")
+SLOTS_LOCK_SPINLOCK = mutant(
+    "slots_lock_spinlock", removes="the sleeping kind of kvm->slots_lock (made a spinlock_t)",
+    breaks="kvm->slots_lock is a mutex: a memslot update sleeps in synchronize_srcu under it")
+MMU_LOCK_RWSEM = mutant(
+    "mmu_lock_rwsem", removes="the spinning kind of kvm->mmu_lock (made an rw_semaphore)",
+    breaks="kvm->mmu_lock is an rwlock_t: non-blockable invalidations take it")
+TDP_PAGES_LOCK_MUTEX = mutant(
+    "tdp_pages_lock_mutex", removes="the spinning kind of tdp_mmu_pages_lock (made a mutex)",
+    breaks="tdp_mmu_pages_lock is a spinlock, taken with mmu_lock (an rwlock_t) held")
+UNSYNC_LOCK_MUTEX = mutant(
+    "unsync_lock_mutex", removes="the spinning kind of mmu_unsync_pages_lock (made a mutex)",
+    breaks="mmu_unsync_pages_lock is a spinlock, taken with mmu_lock (an rwlock_t) held")
+MN_INVALIDATE_LOCK_MUTEX = mutant(
+    "mn_invalidate_lock_mutex", removes="the spinning kind of mn_invalidate_lock (made a mutex)",
+    breaks="mn_invalidate_lock is a spinlock: non-blockable invalidations take it")
+TSC_WRITE_LOCK_SPINLOCK_T = mutant(
+    "tsc_write_lock_spinlock_t",
+    removes="the raw kind of tsc_write_lock (made a spinlock_t, which sleeps on PREEMPT_RT)",
+    breaks="tsc_write_lock is a raw spinlock, taken with interrupts off")
+TSC_WRITE_LOCK_MUTEX = mutant(
+    "tsc_write_lock_mutex", removes="the spinning kind of tsc_write_lock (made a mutex)",
+    breaks="tsc_write_lock is a raw spinlock, taken with interrupts off")
 
 
 class VM:
@@ -76,16 +103,23 @@ class VM:
         self.options = dict(options)
 
         # -- per-VM locks, named as the kernel's fields
-        self.lock = Mutex("kvm->lock")
-        self.slots_lock = Mutex("kvm->slots_lock")
+        hz = self.hazards
+        self.lock = lock_kind(hz, Mutex, (VM_LOCK_SPINLOCK, SpinLock))("kvm->lock")
+        self.slots_lock = lock_kind(hz, Mutex, (SLOTS_LOCK_SPINLOCK, SpinLock))(
+            "kvm->slots_lock")
         self.slots_arch_lock = Mutex("kvm->slots_arch_lock")
         self.irq_lock = Mutex("kvm->irq_lock")
         self.srcu = SRCU("kvm->srcu")
-        self.mmu_lock = RWLock("kvm->mmu_lock")
-        self.tdp_mmu_pages_lock = SpinLock("kvm->arch.tdp_mmu_pages_lock")
-        self.mmu_unsync_pages_lock = SpinLock("kvm->arch.mmu_unsync_pages_lock")
-        self.mn_invalidate_lock = SpinLock("kvm->mn_invalidate_lock")
-        self.tsc_write_lock = RawSpinLock("kvm->arch.tsc_write_lock")
+        self.mmu_lock = lock_kind(hz, RWLock, (MMU_LOCK_RWSEM, RWSemaphore))("kvm->mmu_lock")
+        self.tdp_mmu_pages_lock = lock_kind(hz, SpinLock, (TDP_PAGES_LOCK_MUTEX, Mutex))(
+            "kvm->arch.tdp_mmu_pages_lock")
+        self.mmu_unsync_pages_lock = lock_kind(hz, SpinLock, (UNSYNC_LOCK_MUTEX, Mutex))(
+            "kvm->arch.mmu_unsync_pages_lock")
+        self.mn_invalidate_lock = lock_kind(hz, SpinLock, (MN_INVALIDATE_LOCK_MUTEX, Mutex))(
+            "kvm->mn_invalidate_lock")
+        self.tsc_write_lock = lock_kind(hz, RawSpinLock, (TSC_WRITE_LOCK_SPINLOCK_T, SpinLock),
+                                        (TSC_WRITE_LOCK_MUTEX, Mutex))(
+            "kvm->arch.tsc_write_lock")
         self.hv_lock = Mutex("kvm->arch.hyperv.hv_lock")
         self.xen_lock = Mutex("kvm->arch.xen.xen_lock")
 

@@ -148,7 +148,7 @@ def _tsc(locked: bool) -> None:
 
 
 @scenario("tsc.synchronize.correct", variant="correct", expect="pass",
-          catches=("tsc_without_lock",),
+          catches=("tsc_without_lock", "tsc_write_lock_spinlock_t", "tsc_write_lock_mutex"),
           rule="TSC writes are matched into one generation under the raw tsc_write_lock",
           invariant="vCPUs of one TSC generation share one offset", max_runs=500)
 def tsc_correct() -> None:

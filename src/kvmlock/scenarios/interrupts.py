@@ -63,7 +63,8 @@ def _wakeup(machine: Machine, *, irqsave: bool = True, migrate: bool = False) ->
           rule="a vCPU woken from one CPU's wakeup list resumes on another and leaves the first "
                "list under that CPU's lock, irqs off; the handler runs in hard-IRQ context",
           invariant="every halted vCPU is woken with its own vector; no list keeps a vCPU",
-          max_runs=3000, timeout=60.0)
+          max_runs=3000, timeout=60.0,
+          catches=("wakeup_lock_spinlock_t", "wakeup_lock_mutex"))
 def wakeup_migrate() -> None:
     _wakeup(Machine(2), migrate=True)
 
@@ -157,7 +158,8 @@ def _oom_reap(mutex: bool) -> None:
           rule="a non-blockable invalidation (the OOM reaper) racing a memslot update: nothing "
                "on the notifier path sleeps",
           invariant="the invalidation ends and the update waits for it; nothing slept",
-          max_runs=5000, timeout=60.0)
+          max_runs=5000, timeout=60.0,
+          catches=("mn_invalidate_lock_mutex", "mmu_lock_rwsem"))
 def oom_reap_correct() -> None:
     _oom_reap(False)
 

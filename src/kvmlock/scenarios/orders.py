@@ -417,6 +417,13 @@ def _run(build: Callable[[Hazards], Run], hazards: Hazards) -> None:
     after()
 
 
+#: lock-kind mutants whose change the document's kind check sees first on these paths
+_KIND_MUTANTS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("cpu_hotplug_lock", "kvm_lock"): ("kvm_lock_spinlock",),
+    ("kvm->lock", "vcpu->mutex"): ("vm_lock_spinlock",),
+}
+
+
 def _register(outer: str, inner: str, line: int) -> None:
     name = f"order.{_slug(outer)}.{_slug(inner)}"
     paths = PATHS.get((outer, inner))
@@ -437,7 +444,8 @@ def _register(outer: str, inner: str, line: int) -> None:
     scenario(f"{name}.correct", variant="correct", expect="pass", rule=rule,
              invariant=f"through {paths.what}: the run conforms to the model's document and "
                        f"takes {outer} outside {inner}", max_runs=paths.max_runs,
-             catches=(paths.hazard,) if paths.hazard else ())(correct)
+             catches=((paths.hazard,) if paths.hazard else ())
+             + _KIND_MUTANTS.get((outer, inner), ()))(correct)
     if paths.hazard:
         hazard = hazards_of({paths.hazard: True})
 

@@ -65,7 +65,7 @@ def gpte_race() -> None:
 @scenario("shadow.rmap_race.correct",
           rule="two shadow faults on one gfn update its rmap under mmu_lock held for write",
           variant="correct", expect="pass", invariant=_INV + "; swap-out zaps every mapping",
-          catches=("shadow_fault_read_lock", "unsync_without_lock"), **_BOUND)
+          catches=("shadow_fault_read_lock", "unsync_without_lock", "unsync_lock_mutex"), **_BOUND)
 def rmap_race() -> None:
     vm = _shadow_vm()
     v0, v1 = vm.vcpus
