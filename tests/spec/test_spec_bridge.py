@@ -360,3 +360,14 @@ def test_an_architecture_lead_scopes_the_sentence() -> None:
     [r] = d.rules
     assert (r.outer, r.inner, r.arch) == ("vcpu->mutex", "kvm->arch.hyperv.hv_lock", "x86")
     assert spec.check(d, graph(("kvm->arch.hyperv.hv_lock", "vcpu->mutex")), arch="arm64").ok
+
+
+def test_struct_members_count_as_lock_names_in_unread_rules() -> None:
+    d = spec.parse(rules_doc("dev->a is taken outside dev->b",
+                             "Whoever holds dev->cfg may go on to grab dev->queue."))
+    assert [u.names for u in d.not_understood] == [["dev->cfg", "dev->queue"]]
+    assert d.incomplete()
+    # near miss: a field and a function, no ordering word
+    d = spec.parse(rules_doc("dev->a is taken outside dev->b",
+                             "dev->count ensures that start() and end() use one array."))
+    assert d.not_understood and not d.incomplete()

@@ -336,7 +336,8 @@ def rule_like(sentence: str, known: set[str]) -> list[str]:
     for m in re.finditer(NAME_RE, text.replace("`", "")):
         word = m.group(0)
         n = normalise(word)
-        if n in known or _LOCKISH.search(n) or n != word.lstrip("&").rstrip("()"):
+        member = "->" in word or "::" in word  # a struct member: what locks usually are
+        if n in known or member or _LOCKISH.search(n) or n != word.lstrip("&").rstrip("()"):
             if n not in names:
                 names.append(n)
     return names if len(names) >= 2 else []

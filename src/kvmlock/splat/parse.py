@@ -67,7 +67,8 @@ def _lock(line: str) -> LockRef | None:
     m = LOCK_RE.search(line)
     if not m:
         return None
-    ref = LockRef(m["name"], m["usage"] or "", m["wait"] or "", (m["at"] or "").strip())
+    at = re.sub(r"^\[<[0-9a-f]+>\]\s*", "", (m["at"] or "").strip())
+    ref = LockRef(m["name"], m["usage"] or "", m["wait"] or "", at)
     _mode(ref, [ref.at])
     return ref
 
