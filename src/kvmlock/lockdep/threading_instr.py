@@ -351,6 +351,9 @@ class Instrumentation:
         global _depth
         self._active = True
         if _depth == 0:
+            from kvmlock.lockdep import asyncio_instr  # (imports asyncio with plain locks)
+
+            asyncio_instr.patch()
             threading.Lock = _lock_factory  # type: ignore[misc, assignment]
             threading.RLock = _rlock_factory  # type: ignore[misc, assignment]
             threading.Thread._bootstrap_inner = _bootstrap_inner  # type: ignore[attr-defined]
@@ -363,6 +366,9 @@ class Instrumentation:
         self._active = False
         _depth -= 1
         if _depth == 0:
+            from kvmlock.lockdep import asyncio_instr
+
+            asyncio_instr.unpatch()
             threading.Lock = _ORIG_LOCK  # type: ignore[misc]
             threading.RLock = _ORIG_RLOCK  # type: ignore[misc]
             threading.Thread._bootstrap_inner = _ORIG_BOOTSTRAP  # type: ignore[attr-defined]
@@ -375,7 +381,8 @@ class Instrumentation:
 
 
 def instrument_threading() -> Instrumentation:
-    """Make ``threading.Lock()``/``RLock()`` created from now on validated by lockdep.
+    """Make ``threading.Lock()``/``RLock()`` (and ``asyncio.Lock``, ``Condition``, binary
+    ``Semaphore``) created from now on validated by lockdep.
 
     Use as a call (undo with ``.stop()``) or as ``with instrument_threading(): ...``. Locks
     created before, or through names imported earlier (``from threading import Lock``), stay

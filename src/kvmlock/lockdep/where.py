@@ -21,10 +21,15 @@ _SKIP_FILES = {
     os.path.join(_PKG, "irq.py"),
     os.path.abspath(threading.__file__),
     os.path.abspath(contextlib.__file__),
+    *(os.path.join(os.path.dirname(os.path.abspath(threading.__file__)), "asyncio", f)
+      for f in ("locks.py", "events.py", "base_events.py", "tasks.py", "runners.py")),
     os.path.join(_PKG, "script.py"),  # kvmlock lockdep's runner
     os.path.join(_PKG, "cli.py"),
 }
 _internal_cache: dict[str, bool] = {}
+_BOTTOM = {"<frozen runpy>",
+           os.path.join(os.path.dirname(os.path.abspath(threading.__file__)), "asyncio",
+                        "events.py")}
 
 
 def _internal(filename: str) -> bool:
@@ -75,6 +80,8 @@ def user_stack(skip: int = 1, limit: int = 4) -> tuple[str, ...]:
     f = sys._getframe(skip)
     while f is not None and len(out) < limit:
         code = f.f_code
+        if code.co_filename in _BOTTOM:
+            break  # an event loop running a task, or runpy running the program: nothing above
         if not _internal(code.co_filename):
             out.append(f"{short_path(code.co_filename)}:{f.f_lineno} in {code.co_name}")
         f = f.f_back

@@ -1,0 +1,255 @@
+"""Validate asyncio programs: ``asyncio.Lock``, ``Condition`` and binary ``Semaphore`` across tasks.
+
+Tasks on one thread interleave at every ``await``, so two tasks taking two asyncio locks in
+opposite orders deadlock exactly as two threads do -- and, as with threads, lockdep reports the
+inversion from one run that did not hang. Each asyncio task gets its own held-lock stack: a lock
+operation runs in a lockdep world whose current task is that asyncio task (the graph, the
+report format and the near-miss rules are the thread world's own). Lock classes are creation
+sites named as for threading locks (:mod:`.naming`), validated instance by instance within a
+class.
+
+Awaiting a task is a wait-for dependency. Every task holds a pseudo-lock of its class (its
+coroutine's qualified name) for its whole life, so what it takes depends on it; a task that
+awaits another while holding a lock records ``lock -> task``. A task that takes a lock which
+its awaiter holds while awaiting it closes the cycle, and is reported: the awaiter waits for
+the task, the task waits for the lock. A task ending with asyncio locks held is
+``held_at_exit``. Counting semaphores (initial value above 1) and Events are not validated:
+they are not mutual exclusion, and who will release or set them is not known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.locks
+import os
+import sys
+import weakref
+from typing import Any
+
+from kvmlock import runtime as _rt
+from kvmlock.lockdep import api, core
+from kvmlock.lockdep.naming import class_name, site_key, site_of
+from kvmlock.lockdep.where import _internal
+
+_ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__)) + os.sep
+_ORIG = {"Lock": asyncio.Lock, "Semaphore": asyncio.Semaphore}
+_ORIG_CREATE_TASK = asyncio.BaseEventLoop.create_task
+
+
+class _TaskState:
+    """lockdep's per-task scratch space for one asyncio task (what a runtime's task is)."""
+
+    __slots__ = ("lockdep", "name", "irq", "task_map", "rt", "watched", "__weakref__")
+
+    def __init__(self, task: asyncio.Task) -> None:
+        coro = task.get_coro()
+        qual = getattr(coro, "__qualname__", None) or type(coro).__qualname__
+        self.lockdep: Any = None
+        self.irq = 0
+        self.name = f"{task.get_name()} ({getattr(coro, '__name__', qual)})"
+        label = "task:" + qual.replace("<locals>.", "")
+        self.task_map = core.LockMap(label, "threading", ("asyncio.Task", qual))
+        self.rt = _TaskRuntime(self)
+        self.watched = False
+
+
+class _TaskRuntime:
+    """The thread world's runtime, except that the running task is one asyncio task."""
+
+    __slots__ = ("current",)
+    name = "asyncio"
+
+    def __init__(self, current: _TaskState) -> None:
+        self.current = current
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(_rt.THREADS, attr)
+
+
+_STATES: weakref.WeakKeyDictionary[asyncio.Task, _TaskState] = weakref.WeakKeyDictionary()
+
+
+def _state_for(task: asyncio.Task) -> _TaskState:
+    st = _STATES.get(task)
+    if st is None:
+        st = _STATES[task] = _TaskState(task)
+    if not st.watched:
+        st.watched = True
+        task.add_done_callback(_task_done)
+    return st
+
+
+def _current() -> _TaskState | None:
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running loop: plain synchronous code
+        return None
+    return None if task is None else _state_for(task)
+
+
+def _enter(st: _TaskState | None) -> Any:
+    """Enter ``st``'s lockdep world (None: stay in the calling thread's)."""
+    if st is None:
+        return None
+    token = _rt.enter(_rt.World(st.rt, _rt.world().lockdep))
+    if st.lockdep is None:
+        st.task_map.acquire(trylock=True)  # the task's own class, held for its whole life
+    return token
+
+
+def _leave(token: Any) -> None:
+    if token is not None:
+        _rt.leave(token)
+
+
+def _task_done(task: asyncio.Task) -> None:
+    st = _STATES.get(task)
+    if st is None or st.lockdep is None:
+        return
+    token = _rt.enter(_rt.World(st.rt, _rt.world().lockdep))
+    try:
+        held = st.lockdep
+        if len(held) > 1 and held[1][0] is st.task_map:
+            del held[1]  # not a lock the task forgot: its own class
+        api.task_exit(st.name)
+    finally:
+        _rt.leave(token)
+
+
+def _site() -> Any:
+    """The user line creating a lock (a Condition() making its Lock: the line that asked)."""
+    f = sys._getframe(1)
+    while f is not None and (f.f_code.co_filename.startswith(_ASYNCIO_DIR)
+                             or _internal(f.f_code.co_filename)):
+        f = f.f_back
+    return None if f is None else site_of(f)
+
+
+class _Checked:
+    """What a validated asyncio lock adds: its LockMap and the stack its hold is on."""
+
+    _ld: core.LockMap | None = None
+    _ld_owner: Any = None
+
+    def _ld_init(self, what: str) -> None:
+        site = _site()
+        if site is not None:
+            key = site_key(what, site)
+            self._ld = core.LockMap(class_name(key, site), "threading", key)
+
+    async def _ld_acquire(self, acquire: Any) -> bool:
+        m = self._ld
+        if m is None:
+            return await acquire()
+        st = _current()
+        token = _enter(st)
+        try:
+            m.acquire()  # validated before it can wait
+        finally:
+            _leave(token)
+        try:
+            await acquire()
+        except BaseException:
+            token = _enter(st)
+            try:
+                m.release()
+            finally:
+                _leave(token)
+            raise
+        self._ld_owner = (st.lockdep if st is not None else _rt.current_task().lockdep)
+        return True
+
+    def _ld_release(self) -> None:
+        m, owner = self._ld, self._ld_owner
+        if m is None or owner is None:
+            return
+        self._ld_owner = None
+        st = _current()
+        token = _enter(st)
+        try:
+            if owner is _rt.current_task().lockdep:
+                m.release()
+            else:
+                core.forget(m, owner)  # released by another task: a hand-off
+        finally:
+            _leave(token)
+
+
+class CheckedAsyncLock(_Checked, asyncio.Lock):
+    """``asyncio.Lock`` reporting to lockdep."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ld_init("asyncio.Lock")
+
+    async def acquire(self) -> bool:
+        return await self._ld_acquire(super().acquire)
+
+    def release(self) -> None:
+        if not self.locked():
+            super().release()  # raises as a plain asyncio.Lock does
+        self._ld_release()
+        super().release()
+
+
+class CheckedAsyncSemaphore(_Checked, asyncio.Semaphore):
+    """``asyncio.Semaphore``; one of initial value 1 is a lock and reports to lockdep."""
+
+    def __init__(self, value: int = 1, *args: Any, **kwargs: Any) -> None:
+        super().__init__(value, *args, **kwargs)
+        if value == 1:
+            self._ld_init("asyncio.Semaphore")
+
+    async def acquire(self) -> bool:
+        return await self._ld_acquire(super().acquire)
+
+    def release(self) -> None:
+        self._ld_release()
+        super().release()
+
+
+class _WatchedTask(asyncio.Task):
+    """A task whose awaiting is a wait-for dependency (see the module docstring)."""
+
+    def __await__(self) -> Any:
+        if not self.done() and not self.cancelling():  # (a cancelled task will not wait)
+            _awaiting(self)
+        return super().__await__()
+
+    __iter__ = __await__
+
+
+def _awaiting(task: asyncio.Task) -> None:
+    me = _current()
+    if me is None or me.lockdep is None or len(me.lockdep) <= 2:
+        return  # nothing held but the awaiter's own class: no lock waits on the task
+    target = _state_for(task).task_map
+    token = _enter(me)
+    try:
+        target.sync()
+    finally:
+        _leave(token)
+
+
+def _create_task(self: asyncio.AbstractEventLoop, coro: Any, *, name: Any = None,
+                 context: Any = None) -> asyncio.Task:
+    if getattr(self, "_task_factory", None) is not None:
+        return _ORIG_CREATE_TASK(self, coro, name=name, context=context)  # type: ignore
+    self._check_closed()  # type: ignore[attr-defined]
+    task = _WatchedTask(coro, loop=self, name=name, context=context)
+    _state_for(task)  # its end is checked before anyone awaiting it resumes
+    if task._source_traceback:  # type: ignore[attr-defined]
+        del task._source_traceback[-1]  # type: ignore[attr-defined]
+    return task
+
+
+def patch() -> None:
+    asyncio.Lock = asyncio.locks.Lock = CheckedAsyncLock  # type: ignore[misc]
+    asyncio.Semaphore = asyncio.locks.Semaphore = CheckedAsyncSemaphore  # type: ignore[misc]
+    asyncio.BaseEventLoop.create_task = _create_task  # type: ignore[method-assign]
+
+
+def unpatch() -> None:
+    asyncio.Lock = asyncio.locks.Lock = _ORIG["Lock"]  # type: ignore[misc]
+    asyncio.Semaphore = asyncio.locks.Semaphore = _ORIG["Semaphore"]  # type: ignore[misc]
+    asyncio.BaseEventLoop.create_task = _ORIG_CREATE_TASK  # type: ignore[method-assign]
