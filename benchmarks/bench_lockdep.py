@@ -17,7 +17,7 @@ import threading
 import time
 
 from kvmlock import lockdep
-from kvmlock.sync import SRCU, Guarded, Mutex, RcuPointer, guarded_by
+from kvmlock.sync import SRCU, Guarded, Mutex, RcuPointer, SpinLock, guarded_by
 
 
 class BareWrapper:
@@ -163,18 +163,21 @@ def main(argv: list[str] | None = None) -> int:
     lockdep.set_mode("collect")
     plain, bare_w, m = threading.Lock(), BareWrapper(), Mutex("bench.m")
     outer = [Mutex(f"bench.o{i}") for i in range(3)]
-    with m:  # see each chain once, so the timed loops all hit the chain cache
+    spin = SpinLock("bench.s")
+    irqsave = spin.irqsave()  # interrupts off around the lock: two state changes per with
+    with m, irqsave:  # see each chain once, so the timed loops all hit the chain cache
         pass
     ns_nested(outer, m, 1, 1)
     tables = lockdep.stats()  # what the loops validate (each enable() below restarts chains)
     # Interleave the variants round by round and keep each one's best round, so a burst of
     # load from elsewhere on the machine hits all of them alike instead of skewing one ratio.
-    best = dict.fromkeys(("raw", "bare", "off", "cached1", "cached4"), float("inf"))
+    best = dict.fromkeys(("raw", "bare", "off", "cached1", "cached4", "irqsave"), float("inf"))
     for _ in range(reps):
         best["raw"] = min(best["raw"], ns_per_with(plain, n, 1))
         best["bare"] = min(best["bare"], ns_per_with(bare_w, n, 1))
         best["cached1"] = min(best["cached1"], ns_per_with(m, n, 1))
         best["cached4"] = min(best["cached4"], ns_nested(outer, m, n, 1))
+        best["irqsave"] = min(best["irqsave"], ns_per_with(irqsave, n, 1))
         lockdep.disable()
         best["off"] = min(best["off"], ns_per_with(m, n, 1))
         lockdep.enable()
@@ -196,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         ("sync.Mutex, lockdep off", off, off / bare),
         ("sync.Mutex, validated, cached chain depth 1", cached1, cached1 / bare),
         ("sync.Mutex, validated, cached chain depth 4", cached4, cached4 / bare),
+        ("sync.SpinLock.irqsave(), validated, cached", best["irqsave"], best["irqsave"] / bare),
         ("first-time chain (validate + cache)", first, first / bare),
     ]
     print(f"python {sys.version.split()[0]}, {n} iterations per round, best of {reps} rounds")

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kvmlock import lockdep, runtime
+from kvmlock.lockdep.state import IRQ_BITS
 from kvmlock.lockdep.usage import (
     HARDIRQ,
     HARDIRQS_OFF,
@@ -44,8 +45,8 @@ __all__ = [
 
 
 #: A task's ``irq`` holds the state bits below this, and its bottom-half disable depth above.
-_BH_UNIT = 0x100
-_BITS = _BH_UNIT - 1
+_BITS = IRQ_BITS
+_BH_UNIT = _BITS + 1
 
 
 def state() -> int:
@@ -58,7 +59,7 @@ def _set(t: object, new: int) -> None:
     if old != new:
         t.irq = new  # type: ignore[attr-defined]
         if (old ^ new) & _BITS:
-            lockdep.irq_state_changed(new & _BITS)
+            lockdep.irq_state_changed(old & _BITS, new & _BITS)
 
 
 class Flags:

@@ -29,6 +29,7 @@ from kvmlock.lockdep.state import (  # noqa: F401 - _SYNC and _INFO are read by 
     _report,
     _task_name,
     check_subclass,
+    task_irq,
 )
 from kvmlock.lockdep.validate import _miss, _restart, settle
 from kvmlock.lockdep.where import user_site
@@ -67,7 +68,7 @@ def _stack(S: State | None = None) -> list:
         S = w.lockdep
     if held is None:
         held = t.lockdep = [[None, S.root, None]]
-        state = getattr(t, "irq", 0)
+        state = task_irq(t)
         if state:
             settle(S, held, state)
     elif held[0][1] is not S.root:
@@ -75,12 +76,30 @@ def _stack(S: State | None = None) -> list:
     return held
 
 
-def irq_changed(state: int) -> None:
-    """The current task's interrupt state is now ``state``: mark its held stack so what it
-    takes from here is validated (and cached) as taken in that state."""
-    S = _world().lockdep
-    if S.on:
-        settle(S, _stack(S), state)
+def irq_changed(old: int, new: int) -> None:
+    """The current task's interrupt state went from ``old`` to ``new``: mark its held stack
+    so what it takes from here is validated (and cached) as taken in that state. The usual
+    pair -- interrupts off, then back as they were -- is a lookup and an append, then a pop."""
+    w = _world()
+    S = w.lockdep
+    if not S.on:
+        return
+    held = (w.rt.current or _TLS).lockdep
+    if held is None or held[0][1] is not S.root:
+        _stack(S)  # made or restarted here, already marked with the task's state
+        return
+    top = held[-1]
+    if top[0] is IRQ_MARK:
+        held.pop()  # a mark on top is replaced, not stacked
+        old = top[2]
+        top = held[-1]
+    if new == old:
+        return
+    node = top[1].get(-2 - new)
+    if node is None:
+        settle(S, held, new)  # first time this chain changes to this state: validate
+        return
+    held.append((IRQ_MARK, node, old))
 
 
 class LockMap:

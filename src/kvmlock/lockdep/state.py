@@ -125,8 +125,9 @@ def _info(entry: tuple) -> tuple:
 
 
 class _IrqMark:
-    """What a held stack holds where the task's interrupt state changed (see core.py): its
-    chain node's info is ``(None, state, False, where)``, its key in the parent ``-2 - state``."""
+    """What a held stack holds where the task's interrupt state changed (see core.py): the
+    entry is ``(IRQ_MARK, node, state before)``, the node's info ``(None, state, False,
+    where)`` and its key in the parent ``-2 - state``."""
 
     __slots__ = ()
     kind = "irq"
@@ -137,6 +138,16 @@ class _IrqMark:
 
 
 IRQ_MARK = _IrqMark()
+
+
+#: A task's ``irq`` attribute holds its interrupt state in these bits (kvmlock.irq keeps the
+#: bottom-half disable depth above them).
+IRQ_BITS = 0xFF
+
+
+def task_irq(t: object) -> int:
+    """The interrupt state of task object ``t`` (0: process context, all enabled)."""
+    return getattr(t, "irq", 0) & IRQ_BITS
 
 
 def mark_key(state: int) -> int:

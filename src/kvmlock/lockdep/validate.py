@@ -32,6 +32,7 @@ from kvmlock.lockdep.state import (
     _reentered,
     _task_name,
     mark_key,
+    task_irq,
 )
 from kvmlock.lockdep.where import user_site, user_stack
 
@@ -244,7 +245,7 @@ def _restart(S: State, held: list) -> None:
     lax = (held[0][2] or []) + [e[0] for e in held[1:] if e[0] is not IRQ_MARK]
     del held[1:]
     held[0] = [None, S.root, lax]
-    state = getattr(_rt.current_task(), "irq", 0)
+    state = task_irq(_rt.current_task())
     if state:
         settle(S, held, state)
 
@@ -255,7 +256,8 @@ def settle(S: State, held: list, state: int, where: str | None = None) -> None:
     (the chain cache keeps states apart, and the common case pays nothing for them)."""
     if held[-1][0] is IRQ_MARK:
         held.pop()
-    if _held_state(held) == state:
+    base = _held_state(held)
+    if base == state:
         return
     parent = held[-1][1]
     key = mark_key(state)
@@ -264,7 +266,7 @@ def settle(S: State, held: list, state: int, where: str | None = None) -> None:
         node = _mark_miss(S, held, state, key, where)
         if node is None:
             return
-    held.append((IRQ_MARK, node))
+    held.append((IRQ_MARK, node, base))
 
 
 def _mark_miss(S: State, held: list, state: int, key: int, where: str | None) -> dict | None:
