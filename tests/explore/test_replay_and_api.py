@@ -310,10 +310,13 @@ def test_explore_runs_in_a_thread_other_than_the_first():
 def test_a_full_greenlet_pool_retires_the_extra_greenlets(monkeypatch):
     """Past the pool's size a finished task's greenlet ends instead of parking; the explored
     results are the same."""
+    import types
+
     from kvmlock.explore import runtime as sim
 
     monkeypatch.setattr(sim, "_POOL_MAX", 1)
-    monkeypatch.setattr(sim._POOLS, "pool", [])
+    # the exploration runs in a worker thread: one pool object that thread will use
+    monkeypatch.setattr(sim, "_POOLS", types.SimpleNamespace(pool=[]))
     res = explore.check(counter(3, 1), stop_on_first=False)
     assert res.ok and res.exhausted and res.runs == 6
     assert len(sim._pool()) == 1

@@ -8,7 +8,10 @@ from typing import Any
 
 from kvmlock import lockdep as _lockdep
 from kvmlock import runtime as _runtime
+from kvmlock.explore import guard as _guard
+from kvmlock.explore import memtrace as _memtrace
 from kvmlock.explore import parallel as _parallel
+from kvmlock.explore import pythreads as _pythreads
 from kvmlock.explore import schedule as _schedule
 from kvmlock.explore import trace as _trace
 from kvmlock.explore.progress import Progress
@@ -140,7 +143,7 @@ def _describe(ex: Execution, lockdep_on: bool, max_steps: int) -> None:
 
 def execute(body: Callable[[], Any], strategy: Strategy, max_steps: int,
             lockdep_on: bool = True, tracing: bool = False,
-            spin: bool = True) -> Execution | None:
+            spin: bool = True, memory: bool = False) -> Execution | None:
     """Run one execution of ``body`` chosen by ``strategy``; None when it has no more."""
     rt = SimRuntime(strategy.choose, max_steps, tracing)
     rt.spin_detect = spin
@@ -149,7 +152,11 @@ def execute(body: Callable[[], Any], strategy: Strategy, max_steps: int,
     ex = Execution(rt)
     world = _lockdep.new_world(rt)
     token = _runtime.enter(world)
+    bound = _pythreads.Binding(rt)
+    tracer = None
     try:
+        if memory:
+            tracer = _memtrace.Tracer(rt)
         rt.run(body, world)
         ex.reports = list(world.lockdep.reports)
         _describe(ex, lockdep_on, max_steps)
@@ -157,6 +164,9 @@ def execute(body: Callable[[], Any], strategy: Strategy, max_steps: int,
         # After a failure the parked tasks are unwound here; any other way out (an error
         # or Ctrl-C in the engine itself) must not leave tasks inside pooled greenlets.
         rt.kill()
+        if tracer is not None:
+            tracer.close()
+        bound.close()
         _runtime.leave(token)
     if rt.outcome == "interrupt":
         raise rt.exc  # type: ignore[misc]
@@ -186,6 +196,11 @@ def _check_int(name: str, v: object, lo: int, allow_none: bool = True) -> None:
                          + f", got {v!r}")
 
 
+def _check_seconds(name: str, v: object) -> None:
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
+        raise ValueError(f"{name} must be a positive number of seconds or None, got {v!r}")
+
+
 def _check_body(body: object) -> None:
     if not callable(body):
         raise TypeError(f"the body to explore must be callable with no arguments, got {body!r}")
@@ -194,12 +209,15 @@ def _check_body(body: object) -> None:
 
 
 def _failure(body: Callable[[], Any], ex: Execution, max_steps: int, lockdep_on: bool,
-             shrunk_from: tuple[int, int] | None = None, spin: bool = True) -> Failure:
+             shrunk_from: tuple[int, int] | None = None, spin: bool = True,
+             memory: bool = False) -> Failure:
     choices = list(ex.choices)
     names = [t.name for t in ex.rt.tasks]
 
     def render(setup: bool) -> str:
-        tr = execute(body, Replay(choices), max_steps, lockdep_on, tracing=True, spin=spin)
+        with _pythreads.Substitution(body):  # the table is drawn later, on demand
+            tr = execute(body, Replay(choices), max_steps, lockdep_on, tracing=True, spin=spin,
+                         memory=memory)
         assert tr is not None
         title = f"{ex.kind}: schedule {_schedule.encode(choices)}"
         merge = {t.tid: t.victim.tid for t in tr.rt.tasks if t.victim is not None}
@@ -215,12 +233,13 @@ def _failure(body: Callable[[], Any], ex: Execution, max_steps: int, lockdep_on:
 
 
 def _shrink(body: Callable[[], Any], ex: Execution, max_steps: int, lockdep_on: bool,
-            budget: int, spin: bool = True) -> Execution:
+            budget: int, spin: bool = True, memory: bool = False) -> Execution:
     sig = ex.signature()
     keep: dict[str, Execution] = {}
 
     def trial(cand: list[int]) -> tuple[bool, list[int], list[int]]:
-        tex = execute(body, Replay(cand, strict=False), max_steps, lockdep_on, spin=spin)
+        tex = execute(body, Replay(cand, strict=False), max_steps, lockdep_on, spin=spin,
+                      memory=memory)
         assert tex is not None
         if tex.kind is None or tex.signature() != sig:
             return False, tex.choices, tex.rt.preempt_steps
@@ -250,6 +269,8 @@ def check(
     spin_detection: bool = True,
     workers: int = 1,
     backend: str = "process",
+    memory: bool = False,
+    stall: float | None = 10.0,
 ) -> Result:
     """Run ``body`` under many schedules and report failures.
 
@@ -259,7 +280,14 @@ def check(
     ("dfs", "dpor") run until the space is exhausted unless ``max_runs`` or ``timeout`` stops
     them first. ``lockdep=False`` ignores lockdep reports (they are still collected).
     ``spin_detection=False`` turns off the rule that makes a task re-reading unchanged state
-    yield to the others (replay such failures with the same setting).
+    yield to the others (replay such failures with the same setting). ``memory=True`` makes
+    every load and store of the program's own data (attributes, subscripts, globals, closure
+    variables) a visible operation, for races on plain Python data; replay its failures with
+    ``memory=True`` too. An execution that makes no visible operation for ``stall`` seconds
+    (blocked in a call the explorer does not control, or looping over plain data) ends the
+    check with a "blocked" or "hang" failure naming the place; ``timeout`` bounds the whole
+    check, even when an execution never returns.
+
 
     ``workers`` > 1 splits an exhaustive exploration ("dfs", "dpor") across that many worker
     processes by subtree; ``backend="ray"`` runs the workers as actors of the Ray cluster
@@ -277,8 +305,10 @@ def check(
     _check_int("seed", seed, 0, allow_none=False)
     _check_int("depth", depth, 1, allow_none=False)
     _check_int("shrink_budget", shrink_budget, 0, allow_none=False)
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+    _check_seconds("timeout", timeout)
+    _check_seconds("stall", stall)
+    if memory:
+        _memtrace.selftest()
     if strategy in ("pct", "random") and max_runs is None:
         max_runs = 1000
     if strategy in ("pct", "random") and preemption_bound is not None:
@@ -299,13 +329,15 @@ def check(
                                max_steps=max_steps, timeout=timeout, stop_on_first=stop_on_first,
                                lockdep=lockdep, shrink=shrink, shrink_budget=shrink_budget,
                                progress=progress, spin=spin_detection,
-                               preemption_bound=preemption_bound)
+                               preemption_bound=preemption_bound, memory=memory)
     strat = _make(strategy, seed, preemption_bound, depth)
     res = Result(strategy=strategy, preemption_bound=preemption_bound)
     prog = Progress(f"explore[{strategy}]", progress)
     seen: set[tuple] = set()
     t0 = time.perf_counter()
-    try:
+
+    def explore_all() -> None:
+        nonlocal res, strat
         while True:
             if max_runs is not None and res.runs >= max_runs:
                 res.stopped = "max_runs"
@@ -315,7 +347,7 @@ def check(
             if timeout is not None and time.perf_counter() - t0 > timeout:
                 res.stopped = "timeout"
                 break
-            ex = execute(body, strat, max_steps, lockdep, spin=spin_detection)
+            ex = execute(body, strat, max_steps, lockdep, spin=spin_detection, memory=memory)
             if ex is not None and ex.rt.irqs and isinstance(strat, DPOR):
                 # When an interrupt fires changes what every operation of the interrupted task
                 # does next, which no (object, read/write) dependency expresses: explore the
@@ -332,6 +364,8 @@ def check(
             if ex.rt.outcome == "pruned":
                 res.pruned += 1
                 continue
+            if isinstance(ex.rt.exc, _guard.Interrupted):
+                raise ex.rt.exc
             res.runs += 1
             res.steps += ex.rt.nsteps
             prog.tick(res.runs, strat.distinct())
@@ -343,13 +377,16 @@ def check(
             seen.add(key)
             before = (len(ex.rt.preempt_steps), len(ex.choices))
             if shrink and shrink_budget:
-                ex = _shrink(body, ex, max_steps, lockdep, shrink_budget, spin_detection)
-            res.failures.append(_failure(body, ex, max_steps, lockdep, before, spin_detection))
+                ex = _shrink(body, ex, max_steps, lockdep, shrink_budget, spin_detection,
+                             memory)
+            res.failures.append(_failure(body, ex, max_steps, lockdep, before, spin_detection,
+                                         memory))
             if stop_on_first:
                 res.stopped = "failure"
                 break
-    finally:
-        prog.close()
+
+    _guarded(explore_all, body, lambda: res, timeout, stall)
+    prog.close()
     res.elapsed = time.perf_counter() - t0
     res.distinct = strat.distinct()
     if strat.exhaustive and res.distinct is None:
@@ -360,12 +397,13 @@ def check(
 def _check_parallel(body: Callable[[], Any], strategy: str, workers: int, backend: str, *,
                     max_runs: int | None, max_steps: int, timeout: float | None,
                     stop_on_first: bool, lockdep: bool, shrink: bool, shrink_budget: int,
-                    progress: bool | None, spin: bool, preemption_bound: int | None) -> Result:
+                    progress: bool | None, spin: bool, preemption_bound: int | None,
+                    memory: bool = False) -> Result:
     res = Result(strategy=strategy, preemption_bound=preemption_bound, workers=workers,
                  backend=backend)
     opts = _parallel.Options(strategy, max_steps, lockdep, spin,
                              budget=0.5 if backend == "ray" else 0.1,
-                             preemption_bound=preemption_bound)
+                             preemption_bound=preemption_bound, memory=memory)
     prog = Progress(f"explore[{strategy} x{workers}]", progress)
     t0 = time.perf_counter()
     try:
@@ -385,23 +423,54 @@ def _check_parallel(body: Callable[[], Any], strategy: str, workers: int, backen
     res.distinct = res.runs
     for key, choices in out.failures:
         # found by a worker, replayed here: what is reported is known to replay
-        ex = execute(body, Replay(choices), max_steps, lockdep, spin=spin)
+        with _pythreads.Substitution(body):
+            ex = execute(body, Replay(choices), max_steps, lockdep, spin=spin, memory=memory)
         if ex is None or ex.kind is None or (ex.signature(), ex.where) != key:
             raise RuntimeError(f"explore: a worker's failing schedule {_schedule.encode(choices)}"
                                f" does not fail the same way here (the body is not "
                                f"deterministic): {key} vs {ex and (ex.signature(), ex.where)}")
         before = (len(ex.rt.preempt_steps), len(ex.choices))
         if shrink and shrink_budget:
-            ex = _shrink(body, ex, max_steps, lockdep, shrink_budget, spin)
-        res.failures.append(_failure(body, ex, max_steps, lockdep, before, spin))
+            with _pythreads.Substitution(body):
+                ex = _shrink(body, ex, max_steps, lockdep, shrink_budget, spin, memory)
+        res.failures.append(_failure(body, ex, max_steps, lockdep, before, spin, memory))
         if stop_on_first:
             break
     res.elapsed = time.perf_counter() - t0
     return res
 
 
+def _guarded(job: Callable[[], None], body: Callable[[], Any], result: Callable[[], Result],
+             timeout: float | None, stall: float | None) -> None:
+    """Run ``job`` with threading replaced, in a watched worker (see guard.py); an execution
+    stuck outside the explorer's control or never reaching a visible operation ends the
+    check with a failure saying where, and running out of time ends it as "timeout"."""
+    with _pythreads.Substitution(body):
+        try:
+            _guard.run(job, timeout=timeout, stall=stall)
+            return
+        except _guard.Blocked as b:
+            res = result()
+            res.failures.append(Failure(kind="blocked", schedule=b.schedule, message=str(b),
+                                        where=b.where))
+            res.stopped = "blocked"
+        except _guard.Interrupted as i:
+            res = result()
+            if i.reason == "timeout":
+                res.stopped = "timeout"
+                res.exhausted = False
+            else:
+                res.failures.append(Failure(
+                    kind="hang", schedule="", where=i.where,
+                    message=f"no visible operation for {stall}s: the execution runs Python "
+                            f"code that never reaches one ({i.what}); a loop over plain data "
+                            f"needs memory=True or a yield_point()"))
+                res.stopped = "hang"
+
+
 def replay(body: Callable[[], Any], schedule: str | list[int], *, max_steps: int = 10_000,
-           lockdep: bool = True, spin_detection: bool = True) -> Result:
+           lockdep: bool = True, spin_detection: bool = True, memory: bool = False,
+           timeout: float | None = None, stall: float | None = 10.0) -> Result:
     """Run the one execution ``schedule`` describes; the Result holds its failure, if any.
 
     After the schedule's last entry the execution continues without preemptions, so a prefix
@@ -410,15 +479,25 @@ def replay(body: Callable[[], Any], schedule: str | list[int], *, max_steps: int
     """
     _check_body(body)
     _check_int("max_steps", max_steps, 1, allow_none=False)
+    _check_seconds("timeout", timeout)
+    _check_seconds("stall", stall)
+    if memory:
+        _memtrace.selftest()
     choices = _schedule.decode(schedule)
     t0 = time.perf_counter()
-    ex = execute(body, Replay(choices), max_steps, lockdep, spin=spin_detection)
-    assert ex is not None
-    res = Result(strategy="replay", runs=1, exhausted=True, stopped="replay",
-                 steps=ex.rt.nsteps)
-    if ex.rt.outcome == "pruned":  # pragma: no cover - replay never prunes
-        raise RuntimeError("replay pruned its own execution")
-    if ex.kind is not None:
-        res.failures.append(_failure(body, ex, max_steps, lockdep, spin=spin_detection))
+    res = Result(strategy="replay", runs=1, exhausted=True, stopped="replay")
+
+    def one() -> None:
+        ex = execute(body, Replay(choices), max_steps, lockdep, spin=spin_detection,
+                     memory=memory)
+        assert ex is not None
+        if isinstance(ex.rt.exc, _guard.Interrupted):
+            raise ex.rt.exc
+        res.steps = ex.rt.nsteps
+        if ex.kind is not None:
+            res.failures.append(_failure(body, ex, max_steps, lockdep, spin=spin_detection,
+                                         memory=memory))
+
+    _guarded(one, body, lambda: res, timeout, stall)
     res.elapsed = time.perf_counter() - t0
     return res

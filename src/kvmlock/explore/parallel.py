@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvmlock.explore.pythreads import Substitution
 from kvmlock.explore.strategies.dfs import DFS
 from kvmlock.explore.strategies.dpor import DPOR, Event, Op, _independent, source_branch
 
@@ -55,6 +56,7 @@ class Options:
     spin: bool
     budget: float  # seconds of exploring per step before answering the coordinator
     preemption_bound: int | None = None  # dfs only
+    memory: bool = False  # data loads and stores as visible operations
 
 
 @dataclass
@@ -98,8 +100,13 @@ class Worker:
                 self.strat = DPOR().subtree(item[1], item[2], item[3])
         strat = self.strat
         deadline = time.perf_counter() + o.budget
+        with Substitution(self.body):  # plain threading code runs explored here too
+            return self._explore(strat, o, out, deadline, donate, execute)
+
+    def _explore(self, strat: Any, o: Options, out: Reply, deadline: float, donate: bool,
+                 execute: Callable[..., Any]) -> Reply:
         while strat is not None:
-            ex = execute(self.body, strat, o.max_steps, o.lockdep, spin=o.spin)
+            ex = execute(self.body, strat, o.max_steps, o.lockdep, spin=o.spin, memory=o.memory)
             if ex is not None and ex.rt.irqs and isinstance(strat, DPOR):
                 out.irqs = True  # (see engine.check: no dependency expresses an interrupt)
                 self.strat = None

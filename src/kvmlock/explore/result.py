@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("deadlock", "assertion", "exception", "lockdep", "hang")
+KINDS = ("deadlock", "assertion", "exception", "lockdep", "hang", "blocked")
 
 
 @dataclass

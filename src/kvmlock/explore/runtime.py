@@ -36,8 +36,11 @@ ACQ_NONE, ACQ_LOCK, ACQ_TRY, ACQ_RELEASE = 0, 1, 2, 3
 
 _PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Frames in these places are the library's, not the user's, when locating a source line.
+_STDLIB = os.path.dirname(os.path.abspath(threading.__file__))
 _INTERNAL = tuple(
     os.path.join(_PKG, p) for p in ("sync", "runtime.py", "irq.py", "explore", "lockdep")
+) + tuple(  # the standard library's threading layers, which plain threading programs go through
+    os.path.join(_STDLIB, p) for p in ("threading.py", "queue.py", "concurrent" + os.sep)
 )
 
 

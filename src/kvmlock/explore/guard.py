@@ -1,0 +1,215 @@
+"""Never hung: an exploration runs in a worker thread that the caller watches.
+
+An explored body may block on something the explorer does not run: a lock made before the
+exploration or by a C extension, a socket, a pipe, a subprocess, a real thread started outside.
+Every explored task shares one OS thread, so such a wait can never end, and it happens inside
+C where no Python-level check can interrupt it. The caller's thread therefore only watches: the
+exploration runs in a worker thread (one per calling thread, reused, so its pooled greenlets
+stay warm), and the watcher samples it.
+
+* If the current execution makes no visible operation for ``stall`` seconds, or runs past the
+  ``timeout``, the watcher looks at the worker's innermost frame. When that frame has not moved
+  and the thread uses no CPU, the worker is blocked in a call the explorer does not control:
+  the check ends with a ``blocked`` failure that names the call and its source line, and the
+  worker is abandoned (it is a daemon thread; if its wait ever ends it unwinds at its next
+  visible operation). Otherwise the worker is running Python code that never reaches a visible
+  operation (a busy loop over plain data, say): it is interrupted by an asynchronous exception.
+* ``timeout`` is honoured either way: the check returns at most about ``timeout`` seconds (plus
+  one sampling period) after it began, with what it covered.
+"""
+
+from __future__ import annotations
+
+import _thread
+import ctypes
+import linecache
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kvmlock.explore import pythreads as _pythreads
+from kvmlock.explore.memtrace import _user_file
+
+_allocate = _thread.allocate_lock
+_POLL = 0.05
+
+
+class Interrupted(BaseException):
+    """Raised inside the worker to stop an execution that ran out of time or never yields;
+    the caller then gets one with ``reason`` ("timeout" or "stall"), ``what`` and ``where``."""
+
+    def __init__(self, reason: str = "", what: str = "", where: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.what = what
+        self.where = where
+
+
+class Blocked(Exception):
+    """The worker is stuck in a call the explorer does not control; ``where`` names it."""
+
+    def __init__(self, message: str, where: str, schedule: str = "") -> None:
+        super().__init__(message)
+        self.where = where
+        self.schedule = schedule
+
+
+class _Worker:
+    __slots__ = ("thread", "go", "done", "job", "result", "abandoned")
+
+    def __init__(self) -> None:
+        self.go = _allocate()
+        self.go.acquire()
+        self.done = _allocate()
+        self.done.acquire()
+        self.job: Callable[[], Any] | None = None
+        self.result: tuple[bool, Any] = (False, None)
+        self.abandoned = False
+        self.thread = threading.Thread(target=self._loop, name="kvmlock-explore", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        try:
+            self._serve()
+        except Interrupted:
+            pass  # a stop that arrived outside its job: this worker is retired anyway
+
+    def _serve(self) -> None:
+        while not self.abandoned:
+            self.go.acquire()
+            if self.abandoned:
+                return
+            job = self.job
+            self.job = None
+            try:
+                self.result = (True, job())  # type: ignore[misc]
+            except BaseException as exc:  # handed to the caller
+                self.result = (False, exc)
+            finally:
+                job = None
+                _pythreads.unbind_thread()  # whatever an interrupted execution left behind
+                self.done.release()
+
+
+_workers = threading.local()
+
+
+def _cpu(ident: int) -> float | None:
+    try:
+        return time.clock_gettime(time.pthread_getcpuclockid(ident))
+    except (AttributeError, OSError, OverflowError):
+        return None
+
+
+def _describe(frame: Any) -> tuple[str, str]:
+    """("what it is doing", "file:line") for the worker's innermost frame."""
+    if frame is None:
+        return "a call", "?"
+    code = frame.f_code
+    here = f"{os.path.basename(code.co_filename)}:{frame.f_lineno}"
+    text = linecache.getline(code.co_filename, frame.f_lineno).strip()
+    what = f"`{text}` in {code.co_name}() at {here}"
+    uf = frame
+    while uf is not None and not _user_file(uf.f_code.co_filename):
+        uf = uf.f_back
+    where = here
+    if uf is not None and uf is not frame:
+        ucode = uf.f_code
+        where = f"{os.path.basename(ucode.co_filename)}:{uf.f_lineno}"
+        utext = linecache.getline(ucode.co_filename, uf.f_lineno).strip()
+        what += f", called from `{utext}` at {where}"
+    return what, where
+
+
+def _interrupt(ident: int) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(Interrupted))
+
+
+def run(job: Callable[[], Any], *, timeout: float | None, stall: float | None) -> Any:
+    """Run ``job`` in this thread's worker and return its result, watching it as above.
+
+    Raises :class:`Blocked` when the worker is stuck in an uncontrolled call, and
+    :class:`Interrupted` (with ``.reason`` "timeout" or "stall") when it had to be stopped.
+    """
+    w: _Worker | None = getattr(_workers, "w", None)
+    if w is None or w.abandoned or not w.thread.is_alive():
+        w = _workers.w = _Worker()
+    w.job = job
+    t0 = time.monotonic()
+    w.go.release()
+    ident = w.thread.ident
+    assert ident is not None
+    progress: tuple = ()
+    since = t0
+    fsig: tuple = ()
+    moved = False  # the innermost frame changed since the last visible operation
+    cpu_since = _cpu(ident)
+    why: tuple[str, str, str] | None = None
+    interrupted_at = 0.0
+    try:
+        while not w.done.acquire(timeout=_POLL):
+            now = time.monotonic()
+            rt = _pythreads.running(ident)
+            frame = sys._current_frames().get(ident)
+            cpu = _cpu(ident)
+            fprev, fsig = fsig, (id(frame), frame.f_lasti if frame is not None else -1)
+            now_progress = (id(rt), rt.nsteps if rt is not None else -1)
+            if now_progress != progress:
+                progress, since, cpu_since, moved = now_progress, now, cpu, False
+            elif fsig != fprev:
+                moved = True
+            if why is not None:
+                if now - interrupted_at > 1.0:  # it did not come back: blocked after all
+                    _abandon(w, rt)
+                    raise Blocked(*_blocked(frame, rt))
+                continue
+            late = timeout is not None and now - t0 > timeout
+            quiet = stall is not None and now - since > stall
+            if not (late or quiet):
+                continue
+            # Blocked: the same instruction all along, and (where the OS tells) almost no CPU
+            # used meanwhile; a loop of Python code moves and burns CPU even on a busy machine.
+            idle = cpu is None or cpu_since is None or cpu - cpu_since < 0.02 * (now - since)
+            if not moved and idle and now - since >= 2 * _POLL:
+                _abandon(w, rt)
+                raise Blocked(*_blocked(frame, rt))
+            what, where = _describe(frame)
+            why = ("timeout" if late else "stall", what, where)
+            # The stop may land after the job has ended, so this worker serves no other job:
+            # it ends once this one is over, and the next check gets a fresh one.
+            _abandon(w, None)
+            _interrupt(ident)
+            interrupted_at = now
+    except KeyboardInterrupt:
+        _abandon(w, _pythreads.running(ident))
+        raise
+    ok, value = w.result
+    w.result = (False, None)
+    if why is not None:
+        raise Interrupted(*why)
+    if ok:
+        return value
+    raise value
+
+
+def _blocked(frame: Any, rt: Any) -> tuple[str, str, str]:
+    what, where = _describe(frame)
+    from kvmlock.explore.schedule import encode
+
+    schedule = encode(list(rt.choices)) if rt is not None else ""
+    return (f"blocked in an operation the explorer does not control: {what} (a lock, socket, "
+            f"pipe, subprocess or thread made outside the exploration, which nothing explored "
+            f"can wake)", where, schedule)
+
+
+def _abandon(w: _Worker, rt: Any) -> None:
+    w.abandoned = True
+    if rt is not None:
+        rt.aborting = True  # its next visible operation unwinds the execution
+    _workers.w = None
+
+
+__all__ = ["Blocked", "Interrupted", "run"]

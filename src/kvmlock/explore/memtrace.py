@@ -1,0 +1,362 @@
+"""``memory=True``: loads and stores of the program's own data become visible operations.
+
+A lost update on a plain list, dict or object has no lock operation to stop at, so the explorer
+needs the data accesses themselves. The interpreter's per-opcode tracing (``sys.settrace`` with
+``f_trace_opcodes``) stops before every instruction of the user's code (code outside the
+standard library, installed packages and kvmlock; those frames are never traced), and these
+instructions become visible operations:
+
+===========================================  ===============================================
+instruction                                  location, access
+===========================================  ===============================================
+``LOAD_ATTR``/``STORE_ATTR``/``DELETE_ATTR``  (object, attribute name), read/write
+``BINARY_SUBSCR``/``STORE_SUBSCR``/...       the container, read/write
+``LOAD_METHOD`` on a list/dict/set/deque     the container: write for mutating methods
+``CONTAINS_OP``                              the container, read
+``LOAD_GLOBAL``/``STORE_GLOBAL``             (module globals, name), read/write
+``LOAD_DEREF``/``STORE_DEREF``               the closure cell, read/write
+===========================================  ===============================================
+
+Reads of names bound to functions, classes and modules are left out: they are code, not data.
+A subscript's location is the whole container (``d[1]`` and ``d[2]`` are one location): coarser
+than needed, never missing a conflict. Two reads of one location commute, so partial-order
+reduction does not multiply executions for data that is only read.
+
+The operands sit on the interpreter's value stack, which Python does not expose; they are read
+from the frame's memory with ``ctypes`` at the layout of CPython 3.11 to 3.13 (the stack pointer
+is stored in the frame while a trace function runs). A self-test at first use checks the layout
+on a probe function; where it does not hold, ``memory=True`` refuses with a clear error instead
+of guessing. Switching tasks from inside the trace function needs the thread's "inside a trace
+function" counter put back as it was outside it, so the task switched to is traced too; that
+counter is adjusted the same way, and checked by the same self-test.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dis
+import os
+import sys
+import sysconfig
+from collections import deque
+from typing import Any
+
+from kvmlock.explore.runtime import ACQ_NONE, SimRuntime
+
+_PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PATHS = sysconfig.get_paths()
+_SKIP = tuple(sorted({
+    os.path.abspath(p) + os.sep
+    for k in ("stdlib", "platstdlib", "purelib", "platlib") if (p := _PATHS.get(k))
+} | {_PKG + os.sep}))
+
+_VP = ctypes.c_void_p
+_FRAME_F_FRAME = 24  # PyFrameObject: ob_refcnt, ob_type, f_back, f_frame
+_IFRAME_STACKTOP = 64  # _PyInterpreterFrame: eight pointers, then int stacktop
+_IFRAME_LOCALSPLUS = 72
+_TS_TRACING = 44  # PyThreadState (3.11): ..., recursion_headroom, tracing, tracing_what, cframe
+_TS_CFRAME = 56
+
+_MUTATING = frozenset((
+    "append", "extend", "insert", "pop", "remove", "clear", "sort", "reverse", "update",
+    "setdefault", "popitem", "add", "discard", "difference_update", "intersection_update",
+    "symmetric_difference_update", "appendleft", "extendleft", "popleft", "rotate", "__setitem__",
+    "__delitem__", "__iadd__",
+))
+_CONTAINERS = (list, dict, set, deque, bytearray)
+_CODEISH = (type(sys), type, type(len), type(_MUTATING.__contains__))
+_SLOT = type(_CONTAINERS.__class__.__dict__["__doc__"]) if False else type(
+    type("_S", (), {"__slots__": ("x",)}).__dict__["x"])  # member descriptor of a __slots__ entry
+
+# per code object: {instruction offset: (kind, argument)}; kinds below
+_A_LOAD, _A_STORE, _A_DEL, _S_LOAD, _S_STORE, _METHOD, _CONTAINS, _G_LOAD, _G_STORE, \
+    _C_LOAD, _C_STORE, _READ1, _READ2, _BINOP, _CALL = range(15)
+_KINDS = {
+    "LOAD_ATTR": _A_LOAD, "STORE_ATTR": _A_STORE, "DELETE_ATTR": _A_DEL,
+    "BINARY_SUBSCR": _S_LOAD, "STORE_SUBSCR": _S_STORE, "DELETE_SUBSCR": _S_STORE,
+    "LOAD_METHOD": _METHOD, "CONTAINS_OP": _CONTAINS,
+    "LOAD_GLOBAL": _G_LOAD, "STORE_GLOBAL": _G_STORE, "DELETE_GLOBAL": _G_STORE,
+    "LOAD_DEREF": _C_LOAD, "STORE_DEREF": _C_STORE, "DELETE_DEREF": _C_STORE,
+    "LOAD_CLASSDEREF": _C_LOAD,
+    "GET_ITER": _READ1, "UNPACK_SEQUENCE": _READ1, "FORMAT_VALUE": _READ1,
+    "COMPARE_OP": _READ2, "BINARY_OP": _BINOP, "CALL": _CALL,
+}
+#: Builtins that only read the containers they are given; any other call into code that is
+#: not traced (C functions, the standard library) counts as writing them.
+_READERS = frozenset(
+    id(f) for f in (len, sum, min, max, sorted, list, tuple, set, frozenset, dict, any, all,
+                    enumerate, iter, str, repr, print, bool, reversed, zip, map, filter, format,
+                    isinstance, hash, id, type, bytes, next))
+_INPLACE = frozenset(i for i, (name, _sym) in enumerate(getattr(dis, "_nb_ops", ()))
+                     if name.startswith("NB_INPLACE"))
+_code_ops: dict[Any, dict[int, tuple[int, Any]] | None] = {}
+_user_cache: dict[str, bool] = {}
+
+
+def _user_file(fn: str) -> bool:
+    hit = _user_cache.get(fn)
+    if hit is None:
+        hit = _user_cache[fn] = not (
+            fn.startswith("<frozen") or os.path.abspath(fn).startswith(_SKIP)
+            or "greenlet" in os.path.basename(os.path.dirname(fn)))
+    return hit
+
+
+def _ops(code: Any) -> dict[int, tuple[int, Any]] | None:
+    ops = _code_ops.get(code, False)
+    if ops is not False:
+        return ops  # type: ignore[return-value]
+    table: dict[int, tuple[int, Any]] = {}
+    if _user_file(code.co_filename):
+        for ins in dis.get_instructions(code):
+            k = _KINDS.get(ins.opname)
+            if k is None:
+                continue
+            if k == _BINOP:
+                table[ins.offset] = (k, ins.arg in _INPLACE)
+            elif k in (_C_LOAD, _C_STORE):
+                table[ins.offset] = (k, (ins.arg, ins.argval))
+            else:
+                table[ins.offset] = (k, ins.argval)
+    ops = _code_ops[code] = table or None
+    return ops
+
+
+def _stack(frame: Any, depth: int) -> Any:
+    """The value ``depth`` entries below the top of ``frame``'s value stack (1 = top)."""
+    iframe = _VP.from_address(id(frame) + _FRAME_F_FRAME).value
+    top = ctypes.c_int.from_address(iframe + _IFRAME_STACKTOP).value
+    p = _VP.from_address(iframe + _IFRAME_LOCALSPLUS + 8 * (top - depth)).value
+    return None if p is None else ctypes.cast(p, ctypes.py_object).value
+
+
+def _slot(frame: Any, i: int) -> Any:
+    """Local slot ``i`` of ``frame`` (a closure cell for LOAD_DEREF's argument)."""
+    iframe = _VP.from_address(id(frame) + _FRAME_F_FRAME).value
+    p = _VP.from_address(iframe + _IFRAME_LOCALSPLUS + 8 * i).value
+    return ctypes.cast(p, ctypes.py_object).value
+
+
+class _Loc:
+    """A traced location: what the trace table names and the explorer keys it by."""
+
+    __slots__ = ("obj", "name")
+
+    def __init__(self, obj: object, name: str) -> None:
+        self.obj = obj  # kept alive so its id is not reused within the execution
+        self.name = name
+
+
+class Tracer:
+    """Per-opcode tracing of one execution; ``close()`` puts the previous trace function back."""
+
+    def __init__(self, rt: SimRuntime) -> None:
+        selftest()
+        self.rt = rt
+        self.locs: dict[tuple[int, Any], tuple[int, str]] = {}
+        self.ops = 0
+        self._prev = sys.gettrace()
+        self._ts = _tstate()
+        sys.settrace(self._call)
+
+    def close(self) -> None:
+        sys.settrace(self._prev)
+
+    # ------------------------------------------------------------------ trace functions
+    def _call(self, frame: Any, event: str, arg: Any) -> Any:
+        ops = _ops(frame.f_code)
+        if ops is None:
+            return None
+        frame.f_trace_lines = False
+        frame.f_trace_opcodes = True
+        return self._opcode
+
+    def _opcode(self, frame: Any, event: str, arg: Any) -> Any:
+        if event != "opcode":
+            return self._opcode
+        op = _code_ops[frame.f_code].get(frame.f_lasti)  # type: ignore[union-attr]
+        if op is None:
+            return self._opcode
+        kind, a = op
+        if kind == _A_LOAD:
+            obj = _stack(frame, 1)
+            if isinstance(obj, _CODEISH):
+                return self._opcode
+            d = getattr(obj, "__dict__", None)
+            if type(d) is dict and a in d:
+                v = d[a]
+            elif isinstance(getattr(type(obj), a, None), _SLOT):
+                v = None
+            else:
+                return self._opcode  # a method, a class attribute, a property: code
+            if isinstance(v, _CODEISH) or callable(v):
+                return self._opcode
+            self._access(obj, a, False, f"{type(obj).__name__}.{a}")
+        elif kind in (_A_STORE, _A_DEL):
+            obj = _stack(frame, 1)
+            if isinstance(obj, _CODEISH):
+                return self._opcode
+            self._access(obj, a, True, f"{type(obj).__name__}.{a}")
+        elif kind in (_S_LOAD, _S_STORE):
+            c = _stack(frame, 2)
+            self._access(c, None, kind == _S_STORE, f"{type(c).__name__}[]")
+        elif kind == _METHOD:
+            c = _stack(frame, 1)
+            if isinstance(c, _CONTAINERS):
+                self._access(c, None, a in _MUTATING, f"{type(c).__name__}.{a}()")
+        elif kind == _CONTAINS:
+            c = _stack(frame, 1)
+            if isinstance(c, _CONTAINERS):
+                self._access(c, None, False, f"in {type(c).__name__}")
+        elif kind == _READ1:
+            c = _stack(frame, 1)
+            if isinstance(c, _CONTAINERS):
+                self._access(c, None, False, f"{type(c).__name__} contents")
+        elif kind == _READ2 or kind == _BINOP:
+            x, y = _stack(frame, 2), _stack(frame, 1)
+            if isinstance(x, _CONTAINERS):
+                self._access(x, None, kind == _BINOP and a, f"{type(x).__name__} contents")
+            if isinstance(y, _CONTAINERS) and y is not x:
+                self._access(y, None, False, f"{type(y).__name__} contents")
+        elif kind == _CALL:
+            self._call_args(frame, a)
+        elif kind == _G_LOAD:
+            g = frame.f_globals
+            v = g.get(a, g)
+            if v is g or isinstance(v, _CODEISH) or callable(v):
+                return self._opcode  # a builtin, function, class or module
+            self._access(g, a, False, a)
+        elif kind == _G_STORE:
+            self._access(frame.f_globals, a, True, a)
+        else:  # closure cells
+            i, name = a
+            cell = _slot(frame, i)
+            if kind == _C_LOAD:
+                try:
+                    v = cell.cell_contents
+                except ValueError:
+                    v = None
+                if isinstance(v, _CODEISH) or callable(v):
+                    return self._opcode
+            self._access(cell, None, kind == _C_STORE, name)
+        return self._opcode
+
+    def _call_args(self, frame: Any, argc: int) -> None:
+        """Containers handed to code that is not traced: read by a known reader, else
+        possibly written."""
+        args = [_stack(frame, i) for i in range(1, argc + 2)]
+        meth = _stack(frame, argc + 2)  # a method and its self, or NULL and a callable
+        fn = args.pop() if meth is None else meth
+        conts = [c for c in args if isinstance(c, _CONTAINERS)]
+        if not conts:
+            return
+        code = getattr(fn, "__code__", None)
+        if code is not None and _user_file(code.co_filename):
+            return  # user code: its own accesses are traced
+        write = id(fn) not in _READERS
+        name = getattr(fn, "__name__", "call")
+        seen: set[int] = set()
+        for c in conts:
+            if id(c) not in seen:
+                seen.add(id(c))
+                self._access(c, None, write, f"{name}({type(c).__name__})")
+
+    def _access(self, obj: object, name: Any, write: bool, label: str) -> None:
+        rt = self.rt
+        t = rt.current
+        if t is None or rt.aborting:
+            return
+        k = (id(obj), name)
+        got = self.locs.get(k)
+        if got is None:
+            got = self.locs[k] = (rt.key(_Loc(obj, name)), label)
+        self.ops += 1
+        ts = self._ts
+        # Outside the trace function's "tracing" state while the task may be switched away,
+        # so the task that runs next is traced; back in it before returning to the interpreter.
+        ts.tracing -= 1
+        ts.cframe.contents.use_tracing = 255
+        try:
+            rt.visible(t, got[0], "store" if write else "load", write, None, got[1],
+                       ACQ_NONE, None)
+        finally:
+            ts = self._ts
+            ts.tracing += 1
+            ts.cframe.contents.use_tracing = 0
+
+
+class _CFrame(ctypes.Structure):
+    _fields_ = [("use_tracing", ctypes.c_uint8)]
+
+
+class _TState(ctypes.Structure):
+    _fields_ = [("_pad", ctypes.c_char * _TS_TRACING), ("tracing", ctypes.c_int),
+                ("tracing_what", ctypes.c_int), ("_pad2", ctypes.c_char * 4),
+                ("cframe", ctypes.POINTER(_CFrame))]
+
+
+def _tstate() -> _TState:
+    get = ctypes.pythonapi.PyThreadState_Get
+    get.restype = ctypes.c_void_p
+    return _TState.from_address(get())
+
+
+_checked: str | None = None  # None: not yet; "": fine; else why memory tracing cannot work
+
+
+class MemoryTracingUnsupported(RuntimeError):
+    """memory=True cannot read operands on this Python build."""
+
+
+def selftest() -> None:
+    """Check the frame and thread-state layout on a probe before trusting it."""
+    global _checked
+    if _checked is None:
+        _checked = _probe()
+    if _checked:
+        raise MemoryTracingUnsupported(
+            f"explore(memory=True) is not supported on Python "
+            f"{sys.version.split()[0]} ({sys.implementation.name}): {_checked}")
+
+
+def _probe() -> str:
+    if sys.implementation.name != "cpython" or not (3, 11) <= sys.version_info[:2] <= (3, 11):
+        return "its frame layout is not the one this tracer reads (CPython 3.11 is)"
+    seen: list[Any] = []
+
+    class Box:
+        pass
+
+    box = Box()
+    ts = _tstate()
+    if ctypes.c_int.from_address(ctypes.addressof(ts) + 36).value != sys.getrecursionlimit():
+        return "the thread state layout differs"
+
+    def probe(b: Any) -> None:
+        b.field = 7
+
+    def local(frame: Any, event: str, arg: Any) -> Any:
+        if event == "opcode":
+            op = (_ops(frame.f_code) or {}).get(frame.f_lasti)
+            if op is not None and op[0] == _A_STORE:
+                seen.append((_stack(frame, 1), _stack(frame, 2), ts.tracing))
+        return local
+
+    def call(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code is probe.__code__:
+            frame.f_trace_opcodes = True
+            return local
+        return None
+
+    _user_cache[probe.__code__.co_filename] = True
+    old = sys.gettrace()
+    sys.settrace(call)
+    try:
+        probe(box)
+    finally:
+        sys.settrace(old)
+        _user_cache.pop(probe.__code__.co_filename, None)
+        _code_ops.pop(probe.__code__, None)
+    if seen != [(box, 7, 1)]:
+        return "reading the value stack gave unexpected values"
+    return ""

@@ -1,0 +1,586 @@
+"""Plain ``threading`` code under the explorer, unmodified.
+
+While an exploration runs, the names a threading program reaches for are replaced by explored
+equivalents: ``threading.Lock``/``RLock`` (and the lock ``Condition`` makes its waiters of),
+``Thread.start``/``join``/``is_alive``, ``current_thread``/``get_ident``, ``local``,
+``time.sleep``, ``queue.SimpleQueue`` and the lock ``ThreadPoolExecutor`` shares between pools.
+``Condition``, ``Semaphore``, ``BoundedSemaphore``, ``Event``, ``Barrier``, ``Timer``, the
+``queue`` classes and ``concurrent.futures`` are written in Python on top of those, so they
+follow without being replaced themselves.
+
+The replacements are process-wide attributes, so each one first asks whether the calling OS
+thread is exploring; any other thread gets what was there before (the real lock, or lockdep's
+validated one). They are installed for the length of one ``check``/``replay`` and taken out on
+every way out. Names a program bound before the exploration (``from threading import Lock``)
+are swapped in the body's module for the same span.
+
+A lock acquire or release is one visible operation, exactly as for a ``kvmlock.sync.Mutex``,
+and lockdep names each lock class after its creation site the way ``kvmlock lockdep`` does.
+A wait with a timeout may time out: it is modelled as a trylock, so the strategy explores both
+"the lock came in time" and "it did not". ``time.sleep`` is a read-only visible operation: a
+task polling in a sleep loop yields to the others (spin detection) instead of spinning forever.
+"""
+
+from __future__ import annotations
+
+import _thread
+import itertools
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kvmlock.explore.runtime import ACQ_NONE, ACQ_TRY, SimCell, SimRuntime, Task
+from kvmlock.lockdep import core as _core
+from kvmlock.lockdep import threading_instr as _instr
+
+#: The explored runtime of the calling OS thread, while it runs an execution.
+_bound = threading.local()
+
+
+def current_rt() -> SimRuntime | None:
+    """The explored runtime of the calling OS thread, or None outside an execution."""
+    return getattr(_bound, "rt", None)
+
+
+class _Sleep:
+    """The object every ``time.sleep`` reads: sleeps commute with each other and with all else."""
+
+    name = "sleep"
+
+
+_SLEEP = _Sleep()
+
+
+# --------------------------------------------------------------------------- locks
+class ExploredCell:
+    """``threading``'s lock protocol (``acquire(blocking, timeout)``) on an explorer cell."""
+
+    __slots__ = ("_cell",)
+
+    def __init__(self, rt: SimRuntime, owner: object, label: str) -> None:
+        self._cell: SimCell = rt.lock_cell(owner, label)
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        cell = self._cell
+        if blocking and (timeout is None or timeout < 0):
+            return cell.acquire(True)
+        # A bounded wait ends either way: taken now, or timed out. Both are explored.
+        rt = cell.rt
+        t = rt.current
+        rt.visible(t, cell.key, "trylock", True, None, cell.label, ACQ_TRY, cell)
+        if cell.holder is not None:
+            t.try_ok = False
+            if timeout is not None and timeout > 0:
+                _states(rt)["clock"] += timeout  # the wait ran out: its time passed
+            return False
+        t.try_ok = True
+        cell.holder = t
+        return True
+
+    __enter__ = acquire
+
+    def release(self) -> None:
+        self._cell.release()
+
+    def __exit__(self, *exc: object) -> None:
+        self._cell.release()
+
+    def locked(self) -> bool:
+        return self._cell.holder is not None
+
+    def _at_fork_reinit(self) -> None:
+        self._cell.holder = None
+
+    def __repr__(self) -> str:
+        return f"<explored lock {self._cell.label}>"
+
+
+class ExploredLock(_instr.CheckedLock):
+    """``threading.Lock()`` inside an exploration: lockdep's checked lock on an explorer cell."""
+
+    __slots__ = ()
+
+    def _is_owned(self) -> bool:
+        # Condition asks this of its lock; answering without a trylock keeps the trace short.
+        return self._lock._cell.holder is _cur()
+
+    def __repr__(self) -> str:
+        return f"<explored Lock {self._map.name} {'locked' if self.locked() else 'unlocked'}>"
+
+
+class ExploredRLock:
+    """``threading.RLock()`` inside an exploration; re-entry is counted, not a lock operation."""
+
+    __slots__ = ("_lock", "_map", "_owner", "_count", "__weakref__")
+
+    def __init__(self, lock: ExploredCell, lockmap: _core.LockMap | None) -> None:
+        self._lock = lock
+        self._map = lockmap
+        self._owner: Task | None = None
+        self._count = 0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        me = _cur()
+        if self._owner is me:
+            self._count += 1
+            return True
+        if self._map is None:
+            if not self._lock.acquire(blocking, timeout):
+                return False
+        elif not _instr._validated_acquire(self._map, self._lock, blocking, timeout):
+            return False
+        self._owner = me
+        self._count = 1
+        return True
+
+    __enter__ = acquire
+
+    def release(self) -> None:
+        if self._owner is not _cur():
+            raise RuntimeError("cannot release un-acquired lock")
+        self._count -= 1
+        if self._count == 0:
+            self._owner = None
+            if self._map is not None:
+                self._map.release()
+            self._lock.release()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _is_owned(self) -> bool:
+        return self._owner is _cur()
+
+    def _release_save(self) -> tuple[Task | None, int]:
+        saved = (self._owner, self._count)
+        self._count = 0
+        self._owner = None
+        if self._map is not None:
+            self._map.release()
+        self._lock.release()
+        return saved
+
+    def _acquire_restore(self, saved: tuple[Task | None, int]) -> None:
+        if self._map is None:
+            self._lock.acquire()
+        else:
+            _instr._validated_acquire(self._map, self._lock, True, -1)
+        self._owner, self._count = saved
+
+    def _at_fork_reinit(self) -> None:
+        self._owner = None
+        self._count = 0
+
+    def __repr__(self) -> str:
+        name = self._map.name if self._map is not None else "RLock"
+        return f"<explored RLock {name} count={self._count}>"
+
+
+def _cur() -> Task | None:
+    rt = current_rt()
+    return rt.current if rt is not None else None
+
+
+def _make_lock(prev: Callable[[], Any]) -> Callable[[], Any]:
+    class _LockType(type):
+        def __call__(cls) -> Any:
+            rt = current_rt()
+            if rt is None:
+                return prev()
+            site = _instr._site()
+            if site is None:
+                return prev()
+            lock = ExploredLock(_instr._map_for("Lock", site))
+            lock._lock = ExploredCell(rt, lock, lock._map.name)
+            return lock
+
+        def __instancecheck__(cls, obj: object) -> bool:
+            return isinstance(obj, (ExploredLock, _instr.CheckedLock, _thread.LockType))
+
+    class Lock(metaclass=_LockType):  # noqa: D401 - stands in for threading.Lock
+        """``threading.Lock``: explored inside an exploration, the previous one elsewhere."""
+
+    return Lock
+
+
+def _make_rlock(prev: Callable[..., Any]) -> Callable[..., Any]:
+    def RLock(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 - stands in for threading.RLock
+        rt = current_rt()
+        if rt is None:
+            return prev(*args, **kwargs)
+        site = _instr._site()
+        m = _instr._map_for("RLock", site) if site is not None else None
+        r = ExploredRLock(None, m)  # type: ignore[arg-type]
+        r._lock = ExploredCell(rt, r, m.name if m is not None else "RLock")
+        return r
+
+    return RLock
+
+
+def _make_allocate(prev: Callable[[], Any]) -> Callable[[], Any]:
+    def allocate_lock() -> Any:
+        """A bare lock (Condition's waiter handshake): explored, and not a lockdep class."""
+        rt = current_rt()
+        if rt is None:
+            return prev()
+        c = ExploredCell.__new__(ExploredCell)
+        c._cell = rt.lock_cell(c, "condition waiter")
+        return c
+
+    return allocate_lock
+
+
+# --------------------------------------------------------------------------- threads
+def _thread_start(self: threading.Thread) -> None:
+    rt = current_rt()
+    if rt is None or getattr(self, "_kvmlock_rt", rt) is not rt:
+        return _ORIG_THREAD["start"](self)
+    if not self._initialized:  # type: ignore[attr-defined]
+        raise RuntimeError("thread.__init__() not called")
+    if getattr(self, "_kvmlock_task", None) is not None:
+        raise RuntimeError("threads can only be started once")
+    self._kvmlock_rt = rt  # type: ignore[attr-defined]
+    ident = 1_000_000 + len(rt.tasks)
+    self._ident = ident  # type: ignore[attr-defined]
+    self._native_id = ident  # type: ignore[attr-defined]
+    self._started._flag = True  # type: ignore[attr-defined]  # no visible operation for it
+
+    def run() -> None:
+        _states(rt)["threads"][id(rt.current)] = self
+        try:
+            self.run()
+        finally:
+            self._is_stopped = True  # type: ignore[attr-defined]
+            try:
+                del self._target, self._args, self._kwargs  # type: ignore[attr-defined]
+            except AttributeError:
+                pass
+
+    h = rt.spawn(run, (), self.name)
+    self._kvmlock_task = h.task  # type: ignore[attr-defined]
+
+
+def _thread_join(self: threading.Thread, timeout: float | None = None) -> None:
+    rt = current_rt()
+    task = getattr(self, "_kvmlock_task", None)
+    if rt is None or task is None or self._kvmlock_rt is not rt:  # type: ignore[attr-defined]
+        return _ORIG_THREAD["join"](self, timeout)
+    if task is rt.current:
+        raise RuntimeError("cannot join current thread")
+    if timeout is None:
+        rt.visible(rt.current, None, "join", False, lambda: task.done, task.name, ACQ_NONE,
+                   task)
+    else:  # may return before the thread ends; both outcomes are explored
+        rt.visible(rt.current, None, "join", False, None, task.name, ACQ_NONE, None)
+
+
+def _thread_is_alive(self: threading.Thread) -> bool:
+    rt = current_rt()
+    task = getattr(self, "_kvmlock_task", None)
+    if rt is None or task is None or self._kvmlock_rt is not rt:  # type: ignore[attr-defined]
+        return _ORIG_THREAD["is_alive"](self)
+    return not task.done
+
+
+class _MainTask(threading.Thread):
+    """What ``current_thread()`` names the body's own task."""
+
+    def __init__(self, ident: int) -> None:
+        super().__init__(name="MainThread", daemon=False)
+        self._ident = ident
+        self._started._flag = True  # type: ignore[attr-defined]
+
+
+def _states(rt: SimRuntime) -> dict[str, Any]:
+    """What the replacements keep per execution: threads by task, thread-name counter, clock."""
+    st = getattr(rt, "_pythreads", None)
+    if st is None:
+        st = rt._pythreads = {"threads": {}, "names": itertools.count(1), "clock": 0.0}  # type: ignore[attr-defined]
+    return st
+
+
+def _make_current_thread(prev: Callable[[], Any]) -> Callable[[], Any]:
+    def current_thread() -> Any:
+        rt = current_rt()
+        if rt is None:
+            return prev()
+        threads = _states(rt)["threads"]
+        t = threads.get(id(rt.current))
+        if t is None:
+            t = threads[id(rt.current)] = _MainTask(1_000_000 + rt.current.tid)
+        return t
+
+    return current_thread
+
+
+def _make_get_ident(prev: Callable[[], int]) -> Callable[[], int]:
+    def get_ident() -> int:
+        rt = current_rt()
+        if rt is None:
+            return prev()
+        return 1_000_000 + rt.current.tid
+
+    return get_ident
+
+
+def _make_sleep(prev: Callable[[float], None]) -> Callable[[float], None]:
+    def sleep(secs: float) -> None:
+        rt = current_rt()
+        if rt is None:
+            return prev(secs)
+        if secs < 0:
+            raise ValueError("sleep length must be non-negative")
+        _states(rt)["clock"] += secs
+        rt.visible(rt.current, rt.key(_SLEEP), "sleep", False, None, "sleep", ACQ_NONE, None)
+
+    return sleep
+
+
+def _make_clock(prev: Callable[[], float]) -> Callable[[], float]:
+    def monotonic() -> float:
+        """The clock timed waits read: virtual inside an exploration, where a wait that times
+        out, or a sleep, moves it on by its length."""
+        rt = current_rt()
+        if rt is None:
+            return prev()
+        return _states(rt)["clock"]
+
+    return monotonic
+
+
+def _make_newname(prev: Callable[[str], str]) -> Callable[[str], str]:
+    def _newname(template: str = "Thread-%d") -> str:
+        rt = current_rt()
+        if rt is None:
+            return prev(template)
+        # counted per execution, so names agree between a failure and its replay
+        return template % next(_states(rt)["names"])
+
+    return _newname
+
+
+class ExploredLocal:
+    """``threading.local()`` made inside an exploration: one attribute dict per task."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        rt = current_rt()
+        if rt is None:
+            return _ORIG["local"](*args, **kwargs) if cls is ExploredLocal else \
+                super().__new__(cls)
+        self = super().__new__(cls)
+        object.__setattr__(self, "_kvmlock_dicts", {})
+        object.__setattr__(self, "_kvmlock_init", (args, kwargs))
+        return self
+
+    def _kvmlock_dict(self) -> dict:
+        dicts = object.__getattribute__(self, "_kvmlock_dicts")
+        t = _cur()
+        d = dicts.get(id(t))
+        if d is None:
+            d = dicts[id(t)] = {}
+            args, kwargs = object.__getattribute__(self, "_kvmlock_init")
+            init = type(self).__init__
+            if init is not object.__init__ and dicts.get("_in_init") is None:
+                dicts["_in_init"] = True
+                try:
+                    init(self, *args, **kwargs)
+                finally:
+                    del dicts["_in_init"]
+        return d
+
+    def __getattribute__(self, name: str) -> Any:
+        if name.startswith("_kvmlock") or name in ("__class__", "__dict__"):
+            if name == "__dict__":
+                return object.__getattribute__(self, "_kvmlock_dict")()
+            return object.__getattribute__(self, name)
+        d = object.__getattribute__(self, "_kvmlock_dict")()
+        if name in d:
+            return d[name]
+        return object.__getattribute__(self, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__getattribute__(self, "_kvmlock_dict")()[name] = value
+
+    def __delattr__(self, name: str) -> None:
+        try:
+            del object.__getattribute__(self, "_kvmlock_dict")()[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+# --------------------------------------------------------------------------- installing
+_ORIG: dict[str, Any] = {"Lock": threading.Lock, "local": threading.local}
+_ORIG_THREAD: dict[str, Any] = {
+    "start": threading.Thread.start,
+    "join": threading.Thread.join,
+    "is_alive": threading.Thread.is_alive,
+}
+_depth = 0
+_saved: list[tuple[Any, str, Any, Any]] = []  # (namespace, name, before, ours)
+_install_lock = threading.Lock()
+
+
+def _targets() -> list[tuple[Any, str, Callable[[Any], Any]]]:
+    """(namespace, attribute, maker(previous value) -> replacement)."""
+    import concurrent.futures.thread as cft
+
+    return [
+        (threading, "Lock", _make_lock),
+        (threading, "RLock", _make_rlock),
+        (threading, "_allocate_lock", _make_allocate),
+        (threading, "current_thread", _make_current_thread),
+        (threading, "currentThread", _make_current_thread),
+        (threading, "get_ident", _make_get_ident),
+        (threading, "local", lambda prev: ExploredLocal),
+        (time, "sleep", _make_sleep),
+        (threading, "_time", _make_clock),
+        (queue, "time", _make_clock),
+        (threading, "_newname", _make_newname),
+        (queue, "SimpleQueue", lambda prev: queue._PySimpleQueue),  # type: ignore[attr-defined]
+        (cft, "_global_shutdown_lock", lambda prev: _SharedLock(prev)),
+        (threading.Thread, "start", lambda prev: _thread_start),
+        (threading.Thread, "join", lambda prev: _thread_join),
+        (threading.Thread, "is_alive", lambda prev: _thread_is_alive),
+    ]
+
+
+class _SharedLock:
+    """A lock that lives longer than one exploration (a module's): explored per execution."""
+
+    def __init__(self, prev: Any) -> None:
+        self._prev = prev
+        self._per: dict[int, tuple[SimRuntime, Any]] = {}
+
+    def _get(self) -> Any:
+        rt = current_rt()
+        if rt is None:
+            return self._prev
+        got = self._per.get(id(rt))
+        if got is None or got[0] is not rt:
+            lock = ExploredCell(rt, self, "module lock")
+            self._per = {id(rt): (rt, lock)}
+            return lock
+        return got[1]
+
+    def acquire(self, *a: Any, **k: Any) -> bool:
+        return self._get().acquire(*a, **k)
+
+    def release(self) -> None:
+        self._get().release()
+
+    def __enter__(self) -> bool:
+        return self._get().acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._get().release()
+
+    def locked(self) -> bool:
+        return self._get().locked()
+
+    def _at_fork_reinit(self) -> None:
+        self._prev._at_fork_reinit()
+
+
+def _rebinds(module_globals: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """Names in the body's module bound to a replaced object (``from threading import Lock``)."""
+    if not module_globals:
+        return []
+    table = {id(before): ours for (_ns, _n, before, ours) in _saved if callable(before)}
+    return [(name, table[id(v)]) for name, v in list(module_globals.items())
+            if id(v) in table and v is not table[id(v)]]
+
+
+class Substitution:
+    """Threading replaced for one exploration; ``close()`` (or leaving ``with``) undoes it."""
+
+    def __init__(self, body: Callable[..., Any] | None = None) -> None:
+        global _depth
+        with _install_lock:
+            if _depth == 0:
+                for ns, name, make in _targets():
+                    before = ns.__dict__[name] if isinstance(ns, type) else getattr(ns, name)
+                    ours = make(before)
+                    _saved.append((ns, name, before, ours))
+                    setattr(ns, name, ours)
+            _depth += 1
+        self._open = True
+        g = getattr(body, "__globals__", None)
+        self._globals = g
+        self._renamed = _rebinds(g)
+        self._old = [(n, g[n]) for n, _v in self._renamed] if g is not None else []
+        for n, v in self._renamed:
+            g[n] = v  # type: ignore[index]
+
+    def close(self) -> None:
+        global _depth
+        if not self._open:
+            return
+        self._open = False
+        g = self._globals
+        for n, v in self._old:
+            g[n] = v  # type: ignore[index]
+        with _install_lock:
+            _depth -= 1
+            if _depth == 0:
+                for ns, name, before, ours in reversed(_saved):
+                    now = ns.__dict__.get(name) if isinstance(ns, type) else getattr(ns, name)
+                    if now is ours:  # else someone replaced it since: theirs stays
+                        setattr(ns, name, before)
+                _saved.clear()
+
+    def __enter__(self) -> Substitution:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_running: dict[int, SimRuntime] = {}  # OS thread ident -> the execution it runs (for watchers)
+
+
+def running(ident: int) -> SimRuntime | None:
+    """The execution OS thread ``ident`` is running, if any."""
+    return _running.get(ident)
+
+
+def unbind_thread() -> None:
+    """The calling OS thread runs no execution any more (cleanup after an interruption)."""
+    _bound.rt = None
+    _running.pop(_thread.get_ident(), None)
+
+
+class Binding:
+    """The calling OS thread runs ``rt`` until ``close()``: replacements answer for it."""
+
+    __slots__ = ("_prev", "_rt")
+
+    def __init__(self, rt: SimRuntime) -> None:
+        self._prev = getattr(_bound, "rt", None)
+        self._rt = rt
+        _bound.rt = rt
+        _running[_thread.get_ident()] = rt
+
+    def close(self) -> None:
+        _bound.rt = self._prev
+        # ThreadPoolExecutor lists its threads for the interpreter's exit; explored ones are
+        # over with their execution and must not be woken then.
+        cft = sys.modules.get("concurrent.futures.thread")
+        if cft is not None and cft._threads_queues:
+            for t in list(cft._threads_queues):
+                if getattr(t, "_kvmlock_rt", None) is self._rt:
+                    cft._threads_queues.pop(t, None)
+        if self._prev is None:
+            _running.pop(_thread.get_ident(), None)
+        else:
+            _running[_thread.get_ident()] = self._prev
+
+
+def substituted() -> bool:
+    """Whether the threading replacements are installed (by some exploration) right now."""
+    return _depth > 0
+
+
+__all__ = ["Binding", "Substitution", "current_rt", "substituted"]

@@ -1,0 +1,142 @@
+"""memory=True: loads and stores of plain Python data as visible operations."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import pytest
+
+from kvmlock import explore
+from kvmlock.explore import memtrace
+
+from . import threadprogs
+
+TOTAL = 0
+
+
+def _two(fn):
+    threadprogs.run_all(fn, fn)
+
+
+def test_lost_update_on_a_dict_item_is_found_and_the_locked_one_is_clean():
+    def body(locked):
+        def run():
+            d = {"n": 0}
+            lock = threading.Lock()
+
+            def inc():
+                if locked:
+                    lock.acquire()
+                d["n"] += 1
+                if locked:
+                    lock.release()
+
+            _two(inc)
+            assert d["n"] == 2
+
+        return run
+
+    res = explore.check(body(False), memory=True)
+    assert res.failure is not None and res.failure.kind == "assertion"
+    assert "store dict[]" in res.failure.trace_table()
+    res = explore.check(body(True), memory=True, stop_on_first=False)
+    assert res.ok and res.exhausted
+
+
+def test_lost_update_on_a_global_and_on_a_closure_variable():
+    def on_global():
+        global TOTAL
+        TOTAL = 0
+
+        def inc():
+            global TOTAL
+            TOTAL += 1
+
+        _two(inc)
+        assert TOTAL == 2
+
+    def on_cell():
+        n = 0
+
+        def inc():
+            nonlocal n
+            n += 1
+
+        _two(inc)
+        assert n == 2
+
+    for body in (on_global, on_cell):
+        res = explore.check(body, memory=True)
+        assert res.failure is not None and res.failure.kind == "assertion", body
+
+
+def test_check_then_act_on_a_list_is_found():
+    def body():
+        seen: list[int] = []
+
+        def add():
+            if 1 not in seen:
+                seen.append(1)
+
+        _two(add)
+        assert seen == [1], seen
+
+    res = explore.check(body, memory=True)
+    assert res.failure is not None and res.failure.kind == "assertion"
+
+
+def test_reads_commute_so_a_read_mostly_program_stays_one_trace():
+    """Three threads reading shared data many times, writing only their own slot: no two of
+    their operations conflict, so DPOR runs one execution, not the interleavings."""
+
+    def body():
+        config = {"a": 1, "b": 2}
+        out = [0, 0, 0]
+
+        def reader(i):
+            total = 0
+            for _ in range(5):
+                total += config["a"] + config["b"]
+            out[i] = total  # one write each, to a list only the parent reads afterwards
+
+        ts = [threading.Thread(target=reader, args=(i,)) for i in range(3)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert out == [15, 15, 15]
+
+    res = explore.check(body, memory=True, stop_on_first=False)
+    assert res.ok and res.exhausted
+    # the writes to ``out`` conflict with each other (one container): 3! orders at most
+    assert res.runs <= 6 and res.steps > 30
+
+
+def test_a_value_handed_to_untraced_code_counts_as_written():
+    def body():
+        items = [3, 1, 2]
+
+        def sorter():
+            items.sort()
+
+        def reader():
+            assert items[0] in (1, 3)
+            assert items == [3, 1, 2] or items == [1, 2, 3], items
+
+        threadprogs.run_all(sorter, reader)
+
+    res = explore.check(body, memory=True, stop_on_first=False)
+    assert res.ok and res.runs >= 2  # the sort and the reads were ordered both ways
+
+
+def test_tracing_is_removed_after_the_exploration():
+    before = sys.gettrace()
+    explore.check(threadprogs.lost_update(), memory=True)
+    assert sys.gettrace() is before
+
+
+def test_an_unsupported_interpreter_is_refused_with_a_clear_error(monkeypatch):
+    monkeypatch.setattr(memtrace, "_checked", "its frame layout is not the one this tracer reads")
+    with pytest.raises(memtrace.MemoryTracingUnsupported, match=r"memory=True\) is not supported"):
+        explore.check(threadprogs.lost_update(), memory=True)

@@ -1,0 +1,382 @@
+"""Unmodified threading programs under the explorer: each finding caught, each near-miss clean."""
+
+from __future__ import annotations
+
+import _thread
+import concurrent.futures
+import queue
+import threading
+import time
+
+import pytest
+
+from kvmlock import explore, lockdep
+from kvmlock.explore import pythreads
+
+from . import programs, threadprogs
+
+
+def test_threading_abba_is_reported_by_lockdep_and_as_a_deadlock():
+    res = explore.check(threadprogs.abba(), strategy="dpor")
+    assert res.failure is not None and res.failure.kind == "lockdep"
+    assert res.failure.lockdep_reports[0].kind == "circular"
+    res = explore.check(threadprogs.abba(), strategy="dpor", lockdep=False)
+    assert res.failure is not None and res.failure.kind == "deadlock"
+    assert "every live task is blocked" in res.failure.message
+
+
+def test_threading_locks_taken_in_one_order_are_clean_and_exhausted():
+    res = explore.check(threadprogs.abba(broken=False), strategy="dpor")
+    assert res.ok and res.exhausted and res.runs == 2
+
+
+@pytest.mark.parametrize("strategy", ["dpor", "dfs"])
+def test_threading_locked_counter_has_the_counts_of_the_kvmlock_sync_version(strategy):
+    plain = explore.check(threadprogs.locked_counter(2, 2), strategy=strategy,
+                          stop_on_first=False)
+    sync = explore.check(programs.counter(2, 2), strategy=strategy, stop_on_first=False)
+    assert plain.ok and sync.ok and plain.exhausted and sync.exhausted
+    assert plain.runs == sync.runs and plain.steps == sync.steps
+    if strategy == "dpor":
+        assert plain.runs == 6  # 4!/(2!2!) orders of the critical sections
+
+
+def test_threading_locked_counter_3x3_has_exactly_1680_traces():
+    res = explore.check(threadprogs.locked_counter(3, 3), strategy="dpor", stop_on_first=False)
+    assert res.ok and res.exhausted and res.runs == 1680  # 9!/(3!)^3
+
+
+def test_a_lock_class_bound_before_the_exploration_is_explored_too():
+    """``from threading import Lock`` at import time: the name in the body's module is
+    swapped for the exploration and put back."""
+    res = explore.check(threadprogs.locked_counter(2, 2, imported=True), stop_on_first=False)
+    assert res.ok and res.runs == 6
+    assert threadprogs.ImportedLock is _thread.allocate_lock
+
+
+def test_lost_update_on_plain_attributes_needs_memory_and_is_then_found():
+    assert explore.check(threadprogs.lost_update(), memory=False).ok  # invisible without it
+    res = explore.check(threadprogs.lost_update(), memory=True)
+    assert res.failure is not None and res.failure.kind == "assertion"
+    table = res.failure.trace_table()
+    assert "store Account.balance" in table and "load Account.balance" in table
+
+
+def test_lost_update_under_a_lock_is_clean_with_memory():
+    res = explore.check(threadprogs.lost_update(locked=True), memory=True)
+    assert res.ok and res.exhausted
+
+
+def test_queue_pipeline_is_clean_and_the_polling_consumer_is_caught():
+    res = explore.check(threadprogs.pipeline(), strategy="dpor")
+    assert res.ok and res.exhausted and res.runs > 1
+    res = explore.check(threadprogs.pipeline(broken=True), strategy="dpor")
+    assert res.failure is not None and res.failure.kind == "assertion"
+
+
+def test_lost_wakeup_on_a_condition_is_a_deadlock_and_the_loop_under_the_lock_is_clean():
+    res = explore.check(threadprogs.lost_wakeup(), strategy="dpor")
+    assert res.failure is not None and res.failure.kind == "deadlock"
+    assert "condition waiter" in res.failure.message
+    res = explore.check(threadprogs.lost_wakeup(broken=False), strategy="dpor")
+    assert res.ok and res.exhausted
+
+
+def _originals():
+    return (threading.Lock, threading.RLock, threading._allocate_lock, threading.get_ident,
+            threading.current_thread, threading.local, threading.Thread.start,
+            threading.Thread.join, threading.Thread.is_alive, time.sleep, queue.SimpleQueue,
+            threading._time, queue.time, threading._newname)
+
+
+def test_threading_is_restored_after_every_way_out():
+    before = _originals()
+    explore.check(threadprogs.locked_counter(2, 1))
+    assert _originals() == before
+    explore.check(threadprogs.abba())  # a failure
+    assert _originals() == before
+
+    def raises_at_once():
+        threading.Lock()
+        raise KeyError("boom")
+
+    res = explore.check(raises_at_once)
+    assert res.failure is not None and res.failure.kind == "exception"
+    assert _originals() == before
+    with pytest.raises(ValueError):
+        explore.replay(threadprogs.abba(), "5")  # not a schedule of this body
+    assert _originals() == before
+    res = explore.replay(threadprogs.abba(), explore.check(threadprogs.abba()).failure.schedule)
+    assert res.failure is not None
+    res.failure.trace_table()  # drawn later, on demand: substituted again, then restored
+    assert _originals() == before
+    assert not pythreads.substituted()
+
+
+def test_other_os_threads_get_real_threading_during_an_exploration():
+    seen: list[object] = []
+    stop = threading.Event()
+    started = threading.Event()
+
+    def outsider():
+        started.set()
+        while not stop.is_set():
+            seen.append(type(threading.Lock()))
+            seen.append(threading.get_ident() == _thread.get_ident())
+            time.sleep(0)
+
+    th = threading.Thread(target=outsider)
+    th.start()
+    started.wait()
+    try:
+        res = explore.check(threadprogs.locked_counter(3, 3), stop_on_first=False)
+    finally:
+        stop.set()
+        th.join()
+    assert res.ok and res.runs == 1680
+    assert seen and set(seen) <= {_thread.LockType, True}
+
+
+def test_lockdep_names_threading_lock_classes_as_kvmlock_lockdep_does():
+    """The same ABBA program, once on real threads under instrument_threading (it may or may
+    not interleave, lockdep reports the inversion either way) and once explored: the same
+    report, naming the same two classes."""
+    body = threadprogs.abba()
+    with lockdep.instrument_threading():
+        body()
+    real = [(r.kind, r.lock, r.held) for r in lockdep.reports()]
+    res = explore.check(body)
+    assert res.failure is not None and res.failure.kind == "lockdep"
+    rep = res.failure.lockdep_reports[0]
+    assert real == [(rep.kind, rep.lock, rep.held)]
+    assert rep.lock.startswith("a@") and rep.held.startswith("b@")
+
+
+# --------------------------------------------------------------------------- more of threading
+def _sem_body(bound: int, broken: bool):
+    def body():
+        sem = threading.Semaphore(bound)
+        inside = {"n": 0, "max": 0}
+        lock = threading.Lock()
+
+        def w():
+            if broken:
+                sem.release()  # a stray release: lets a third thread in
+            with sem:
+                with lock:
+                    inside["n"] += 1
+                    inside["max"] = max(inside["max"], inside["n"])
+                with lock:
+                    inside["n"] -= 1
+
+        threadprogs.run_all(w, w, w)
+        assert inside["max"] <= bound, inside
+
+    return body
+
+
+def test_semaphore_bounds_the_section_and_an_extra_release_is_caught():
+    assert explore.check(_sem_body(2, broken=False)).ok
+    res = explore.check(_sem_body(2, broken=True))
+    assert res.failure is not None and res.failure.kind == "assertion"
+
+
+def test_bounded_semaphore_over_release_raises():
+    def body():
+        s = threading.BoundedSemaphore(1)
+
+        def w():
+            s.acquire()
+            s.release()
+            s.release()
+
+        threadprogs.run_all(w)
+
+    res = explore.check(body)
+    assert res.failure is not None and "ValueError" in res.failure.message
+
+
+def _event_body(broken: bool):
+    def body():
+        ev = threading.Event()
+        data: list[int] = []
+
+        def producer():
+            if broken:
+                ev.set()
+                data.append(1)
+            else:
+                data.append(1)
+                ev.set()
+
+        def consumer():
+            ev.wait()
+            with threading.Lock():  # a visible step between the wait and the read
+                pass
+            assert data == [1], data
+
+        threadprogs.run_all(producer, consumer)
+
+    return body
+
+
+def test_event_publishes_after_set_and_set_before_publishing_is_caught():
+    assert explore.check(_event_body(False), memory=True).ok
+    res = explore.check(_event_body(True), memory=True)
+    assert res.failure is not None and res.failure.kind == "assertion"
+
+
+def test_barrier_rlock_local_and_thread_identity():
+    def body():
+        barrier = threading.Barrier(2)
+        r = threading.RLock()
+        loc = threading.local()
+        names: dict[int, str] = {}
+
+        def w(i):
+            loc.i = i
+            with r:
+                with r:  # re-entry is not a second acquire
+                    names[threading.get_ident()] = threading.current_thread().name
+            barrier.wait()
+            assert loc.i == i
+
+        ts = [threading.Thread(target=w, args=(i,)) for i in range(2)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert not any(t.is_alive() for t in ts)
+        assert sorted(names.values()) == ["Thread-1 (w)", "Thread-2 (w)"]
+
+    res = explore.check(body, stop_on_first=False)
+    assert res.ok and res.exhausted and res.runs > 1
+
+
+def test_barrier_with_a_missing_party_deadlocks():
+    def body():
+        barrier = threading.Barrier(3)
+        threadprogs.run_all(barrier.wait, barrier.wait)
+
+    res = explore.check(body)
+    assert res.failure is not None and res.failure.kind == "deadlock"
+
+
+def test_timer_fires_or_is_cancelled_and_both_orders_are_explored():
+    def body():
+        fired: list[int] = []
+        t = threading.Timer(5.0, lambda: fired.append(1))
+        t.start()
+        t.cancel()
+        t.join()
+        assert not fired, "the timer fired after cancel()"
+
+    def fine():
+        fired: list[int] = []
+        t = threading.Timer(5.0, lambda: fired.append(1))
+        t.start()
+        t.join()
+        assert fired == [1]
+
+    assert explore.check(fine).ok
+    res = explore.check(body)
+    # cancel() may come after the interval ran out: the timer fired first
+    assert res.failure is not None and res.failure.kind == "assertion"
+
+
+@pytest.mark.parametrize("make", [queue.Queue, queue.LifoQueue, queue.PriorityQueue,
+                                  queue.SimpleQueue])
+def test_queue_classes_hand_items_over(make):
+    def body():
+        q = make()
+        got: list[int] = []
+
+        def prod():
+            for i in (1, 2):
+                q.put(i)
+
+        def cons():
+            for _ in range(2):
+                got.append(q.get())
+
+        threadprogs.run_all(prod, cons)
+        assert sorted(got) == [1, 2]
+
+    res = explore.check(body, stop_on_first=False)
+    assert res.ok and res.exhausted
+
+
+def test_queue_get_with_timeout_runs_on_a_virtual_clock():
+    def body():
+        q: queue.Queue = queue.Queue()
+        try:
+            q.get(timeout=30)  # nobody puts: times out at once on the explorer's clock
+        except queue.Empty:
+            return
+        raise AssertionError("unreachable")
+
+    t0 = time.monotonic()
+    res = explore.check(body)
+    assert res.ok and time.monotonic() - t0 < 5
+
+
+def test_thread_pool_executor_runs_explored():
+    def fine():
+        counter = {"n": 0}
+        lock = threading.Lock()
+
+        def job():
+            with lock:
+                counter["n"] += 1
+            return 1
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            futs = [pool.submit(job) for _ in range(2)]
+            assert sum(f.result() for f in futs) == 2
+        assert counter["n"] == 2
+
+    res = explore.check(fine, max_runs=200)
+    assert res.ok and res.runs > 1
+
+    def racy():
+        counter = {"n": 0}
+
+        def job():
+            counter["n"] = counter["n"] + 1
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            for _ in range(2):
+                pool.submit(job)
+        assert counter["n"] == 2, counter
+
+    res = explore.check(racy, memory=True, max_runs=2000)
+    assert res.failure is not None and res.failure.kind == "assertion"
+
+
+def test_a_thread_that_raises_fails_the_execution():
+    def body():
+        def bad():
+            raise RuntimeError("worker died")
+
+        threadprogs.run_all(bad)
+
+    res = explore.check(body)
+    assert res.failure is not None and "worker died" in res.failure.message
+
+
+def test_sleep_polling_loop_yields_instead_of_spinning():
+    def body():
+        flag = {"set": False}
+
+        def setter():
+            time.sleep(0.5)
+            flag["set"] = True
+
+        t = threading.Thread(target=setter)
+        t.start()
+        while not flag["set"]:
+            time.sleep(0.01)
+        t.join()
+
+    res = explore.check(body, stop_on_first=False)
+    assert res.ok and res.exhausted

@@ -1,0 +1,146 @@
+"""Never silently wrong, never hung: blocking on what the explorer does not run, and timeouts."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from kvmlock import explore
+
+from . import threadprogs
+
+MADE_AT_IMPORT = threading.Lock()  # not made inside an exploration: the explorer cannot run it
+
+
+def _two_threads_on(lock_factory):
+    def body():
+        lock = lock_factory()
+
+        def w():
+            with lock:
+                time.sleep(0)  # a visible operation while holding it
+
+        threadprogs.run_all(w, w)
+
+    return body
+
+
+def test_a_lock_made_outside_the_exploration_blocks_and_is_named():
+    t0 = time.monotonic()
+    res = explore.check(_two_threads_on(lambda: MADE_AT_IMPORT), stall=0.5)
+    assert time.monotonic() - t0 < 10
+    f = res.failure
+    assert f is not None and f.kind == "blocked" and not res.ok and res.stopped == "blocked"
+    assert "with lock:" in f.message and "test_uncontrolled.py" in f.where
+    assert "does not control" in f.message
+    assert not MADE_AT_IMPORT.locked() or True  # the abandoned execution may still hold it
+
+
+def test_the_same_program_with_its_lock_made_inside_is_clean():
+    res = explore.check(_two_threads_on(lambda: threading.Lock()), stall=0.5)
+    assert res.ok and res.exhausted
+
+
+def test_a_socket_read_with_nothing_to_read_blocks_and_one_with_data_does_not():
+    def body(send_first: bool):
+        def run():
+            a, b = socket.socketpair()
+            try:
+                if send_first:
+                    b.sendall(b"x")
+                assert a.recv(1) == b"x"
+            finally:
+                a.close()
+                b.close()
+
+        return run
+
+    res = explore.check(body(False), stall=0.5)
+    assert res.failure is not None and res.failure.kind == "blocked"
+    assert "a.recv(1)" in res.failure.message
+    assert explore.check(body(True), stall=0.5).ok
+
+
+def test_a_subprocess_that_does_not_end_blocks_and_one_that_ends_does_not():
+    def body(seconds: float):
+        def run():
+            subprocess.run([sys.executable, "-c", f"import time; time.sleep({seconds})"],
+                           check=True)
+
+        return run
+
+    res = explore.check(body(30), stall=1.0, max_runs=1)
+    assert res.failure is not None and res.failure.kind == "blocked"
+    assert "subprocess.run" in res.failure.message
+    assert explore.check(body(0), stall=5.0, max_runs=1).ok
+
+
+def test_waiting_for_a_real_thread_started_outside_is_blocked():
+    done = threading.Event()  # made before the exploration: a real event
+    real = threading.Thread(target=lambda: done.wait(60))
+    real.start()
+    try:
+        res = explore.check(lambda: real.join(), stall=0.5)
+        assert res.failure is not None and res.failure.kind == "blocked"
+        assert "real.join()" in res.failure.message
+    finally:
+        done.set()
+        real.join()
+    assert explore.check(lambda: real.join(), stall=0.5).ok  # it has ended: join returns
+
+
+def test_timeout_is_honoured_when_an_execution_blocks():
+    t0 = time.monotonic()
+    res = explore.check(_two_threads_on(lambda: MADE_AT_IMPORT), timeout=0.3, stall=None)
+    assert time.monotonic() - t0 < 3
+    assert res.failure is not None and res.failure.kind == "blocked" and not res.ok
+
+
+def _busy(flag_visible: bool):
+    def body():
+        flag = {"set": False}
+        lock = threading.Lock()
+
+        def setter():
+            with lock:
+                pass
+            flag["set"] = True
+
+        t = threading.Thread(target=setter)
+        t.start()
+        while not flag["set"]:  # nothing visible in this loop unless memory=True
+            pass
+        t.join()
+
+    return body
+
+
+def test_timeout_is_honoured_when_an_execution_never_reaches_a_visible_operation():
+    t0 = time.monotonic()
+    res = explore.check(_busy(False), timeout=0.3, stall=None)
+    assert time.monotonic() - t0 < 3
+    assert res.stopped == "timeout" and not res.exhausted
+
+
+def test_a_loop_without_visible_operations_is_a_hang_and_with_memory_it_is_explored():
+    res = explore.check(_busy(False), stall=0.5)
+    assert res.failure is not None and res.failure.kind == "hang"
+    assert "while not flag" in res.failure.message and "memory=True" in res.failure.message
+    res = explore.check(_busy(True), stall=0.5, memory=True)
+    assert res.ok and res.exhausted
+
+
+def test_the_next_check_after_a_blocked_one_runs_normally():
+    explore.check(_two_threads_on(lambda: MADE_AT_IMPORT), stall=0.3)
+    res = explore.check(threadprogs.locked_counter(2, 2), stop_on_first=False)
+    assert res.ok and res.runs == 6
+
+
+def test_timeout_with_a_long_search_stops_it_and_says_so():
+    res = explore.check(threadprogs.locked_counter(3, 3), strategy="dfs", timeout=0.2)
+    assert res.ok and not res.exhausted and res.stopped == "timeout"
+    res = explore.check(threadprogs.locked_counter(2, 2), strategy="dfs", timeout=60)
+    assert res.ok and res.exhausted
