@@ -144,3 +144,16 @@ def test_timeout_with_a_long_search_stops_it_and_says_so():
     assert res.ok and not res.exhausted and res.stopped == "timeout"
     res = explore.check(threadprogs.locked_counter(2, 2), strategy="dfs", timeout=60)
     assert res.ok and res.exhausted
+
+
+def test_an_interrupted_check_leaves_no_stop_pending_for_later_ones():
+    """Stopping a worker that never yields must not leave the interpreter's pending-stop flag
+    set: later checks, per-opcode tracing included, run as before."""
+    for _ in range(3):
+        res = explore.check(_busy(False), timeout=0.1, stall=None)
+        assert res.stopped == "timeout"
+        res = explore.check(threadprogs.locked_counter(2, 2), timeout=0.06)  # ends as it stops
+    t0 = time.monotonic()
+    res = explore.check(threadprogs.lost_update(), memory=True, stall=5)
+    assert res.failure is not None and res.failure.kind == "assertion"
+    assert time.monotonic() - t0 < 5

@@ -58,24 +58,34 @@ class Blocked(Exception):
 
 
 class _Worker:
-    __slots__ = ("thread", "go", "done", "job", "result", "abandoned")
+    __slots__ = ("thread", "go", "done", "sent", "job", "result", "abandoned", "interrupting")
 
     def __init__(self) -> None:
         self.go = _allocate()
         self.go.acquire()
         self.done = _allocate()
         self.done.acquire()
+        self.sent = _allocate()
+        self.sent.acquire()
         self.job: Callable[[], Any] | None = None
         self.result: tuple[bool, Any] = (False, None)
         self.abandoned = False
+        self.interrupting = False
         self.thread = threading.Thread(target=self._loop, name="kvmlock-explore", daemon=True)
         self.thread.start()
 
     def _loop(self) -> None:
         try:
             self._serve()
+            if self.interrupting:
+                # The stop was sent after the job ended: take it here, before this thread ends.
+                # A pending one never taken would leave the interpreter's "asynchronous
+                # exception pending" flag set, which slows every thread and stalls tracing.
+                self.sent.acquire()
+                for _ in range(100_000):
+                    pass
         except Interrupted:
-            pass  # a stop that arrived outside its job: this worker is retired anyway
+            pass
 
     def _serve(self) -> None:
         while not self.abandoned:
@@ -124,6 +134,30 @@ def _describe(frame: Any) -> tuple[str, str]:
     return what, where
 
 
+def _take_pending_stop() -> None:
+    """A stop sent to a thread stuck in C stays pending, and with it the interpreter-wide flag
+    that makes every thread look for one (and stalls per-opcode tracing). A throwaway thread
+    given a stop of its own, and taking it, clears that flag; the stuck thread still gets its
+    stop if it ever runs Python code again."""
+
+    def sink() -> None:
+        try:
+            ready.release()
+            for _ in range(10_000_000):
+                pass
+        except Interrupted:
+            pass
+
+    ready = _allocate()
+    ready.acquire()
+    t = threading.Thread(target=sink, daemon=True)
+    t.start()
+    ready.acquire()
+    assert t.ident is not None
+    _interrupt(t.ident)
+    t.join(5)
+
+
 def _interrupt(ident: int) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(Interrupted))
 
@@ -164,6 +198,7 @@ def run(job: Callable[[], Any], *, timeout: float | None, stall: float | None) -
             if why is not None:
                 if now - interrupted_at > 1.0:  # it did not come back: blocked after all
                     _abandon(w, rt)
+                    _take_pending_stop()
                     raise Blocked(*_blocked(frame, rt))
                 continue
             late = timeout is not None and now - t0 > timeout
@@ -181,7 +216,10 @@ def run(job: Callable[[], Any], *, timeout: float | None, stall: float | None) -
             # The stop may land after the job has ended, so this worker serves no other job:
             # it ends once this one is over, and the next check gets a fresh one.
             _abandon(w, None)
+            w.interrupting = True
             _interrupt(ident)
+            w.sent.release()
+            w.go.release()  # if it is already waiting for a next job: wake it to take the stop
             interrupted_at = now
     except KeyboardInterrupt:
         _abandon(w, _pythreads.running(ident))
