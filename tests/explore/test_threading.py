@@ -149,7 +149,7 @@ def test_lockdep_names_threading_lock_classes_as_kvmlock_lockdep_does():
     assert res.failure is not None and res.failure.kind == "lockdep"
     rep = res.failure.lockdep_reports[0]
     assert real == [(rep.kind, rep.lock, rep.held)]
-    assert rep.lock.startswith("a@") and rep.held.startswith("b@")
+    assert rep.lock.endswith(".a") and rep.held.endswith(".b")
 
 
 # --------------------------------------------------------------------------- more of threading
@@ -380,3 +380,10 @@ def test_sleep_polling_loop_yields_instead_of_spinning():
 
     res = explore.check(body, stop_on_first=False)
     assert res.ok and res.exhausted
+
+
+def test_parallel_workers_explore_plain_threading_too():
+    res = explore.check(threadprogs.locked_counter(2, 2), workers=2, stop_on_first=False)
+    assert res.ok and res.exhausted and res.runs == 6
+    res = explore.check(threadprogs.lost_update(), workers=2, memory=True)
+    assert res.failure is not None and res.failure.kind == "assertion"

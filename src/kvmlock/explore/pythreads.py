@@ -193,7 +193,7 @@ def _make_lock(prev: Callable[[], Any]) -> Callable[[], Any]:
             site = _instr._site()
             if site is None:
                 return prev()
-            lock = ExploredLock(_instr._map_for("Lock", site))
+            lock = ExploredLock._make(_instr._new_map("Lock", site))
             lock._lock = ExploredCell(rt, lock, lock._map.name)
             return lock
 
@@ -212,7 +212,7 @@ def _make_rlock(prev: Callable[..., Any]) -> Callable[..., Any]:
         if rt is None:
             return prev(*args, **kwargs)
         site = _instr._site()
-        m = _instr._map_for("RLock", site) if site is not None else None
+        m = _instr._new_map("RLock", site) if site is not None else None
         r = ExploredRLock(None, m)  # type: ignore[arg-type]
         r._lock = ExploredCell(rt, r, m.name if m is not None else "RLock")
         return r
