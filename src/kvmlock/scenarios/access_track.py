@@ -14,6 +14,7 @@ import kvmlock
 from kvmlock.kvm.guest import GuestFault, guest_read, guest_write
 from kvmlock.kvm.memslots import LOG_DIRTY_PAGES, READONLY
 from kvmlock.kvm.mmu import spte as S
+from kvmlock.kvm.mmu.dirty_log import MigrationCopy
 from kvmlock.kvm.vm import VM
 from kvmlock.scenarios.registry import scenario
 
@@ -180,3 +181,22 @@ def young() -> None:
     vm.set_memory_region(0, npages=0)  # deleting the slot drops the SPTE
     assert vm.host.age(0), ("the guest read the page, then its SPTE was dropped, but the page "
                             "was reported not young: Accessed did not reach the page")
+
+
+@scenario("dirty_log.ad_disabled_harvest.correct",
+          rule="without A/D bits W is the dirty bit: write-protecting for a harvest passes the "
+               "dirty state to the page first",
+          variant="correct", expect="pass",
+          invariant="dirty log complete, and the write survives a later swap-out",
+          catches=("wrprot_drops_dirty",), **_BOUND)
+def ad_disabled_harvest() -> None:
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2, ad_disabled=True)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0, flags=LOG_DIRTY_PAGES)
+    (v0,) = vm.vcpus
+    mig = MigrationCopy(vm, 0)
+    guest_write(v0, 0, 1)  # writable: W says dirty
+
+    def vcpu0_writes() -> None:
+        guest_write(v0, 0, 2)
+
+    _race_then_swap(vm, vcpu0_writes, mig.round, 2)

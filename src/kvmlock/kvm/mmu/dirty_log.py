@@ -42,6 +42,14 @@ WRPROT_KEEPS_W = mutant(
     breaks="dirty logging: after a harvest the next write to the gfn faults and is logged")
 
 
+LOGGING_NO_WRPROT = mutant(
+    "logging_no_wrprot", removes="write-protecting the slot when dirty logging is turned on",
+    breaks="dirty logging: from the moment it is on, every first write to a page faults")
+LOGGING_WRPROT_NO_FLUSH = mutant(
+    "logging_wrprot_no_flush", removes="the TLB flush after write-protecting a slot for logging",
+    breaks="dirty logging: no vCPU keeps a writable translation once logging is on")
+
+
 def write_protect_gfn(vm: VM, gfn: int) -> bool:
     """``rmap_write_protect``: clear W on every SPTE of ``gfn``; True if TLBs need a flush."""
     vm.mmu_lock.assert_held()
@@ -58,11 +66,13 @@ def write_protect_gfn(vm: VM, gfn: int) -> bool:
 
 def slot_remove_write_access(vm: VM, slot: Memslot) -> None:
     """Logging was turned on: write-protect the whole slot, then flush if needed."""
+    if LOGGING_NO_WRPROT in vm.hazards:
+        return
     with vm.mmu_lock.write():
         flush = False
         for gfn in range(slot.base_gfn, slot.base_gfn + slot.npages):
             flush |= write_protect_gfn(vm, gfn)
-        if flush:
+        if flush and LOGGING_WRPROT_NO_FLUSH not in vm.hazards:
             flush_remote_tlbs(vm)
 
 

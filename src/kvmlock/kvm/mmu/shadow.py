@@ -83,6 +83,8 @@ class MMU:
 
     #: how many shadow pages are unsync (``kvm->arch.mmu_unsync_pages_lock`` protects it)
     unsync_count = guarded_by("vm.mmu_unsync_pages_lock")
+    #: every shadow page built, in order (``kvm->arch.tdp_mmu_pages_lock`` protects the list)
+    page_list = guarded_by("vm.tdp_mmu_pages_lock")
 
     def __init__(self, vm: VM, nr_va: int, *, tdp: bool = True, ad_disabled: bool = False):
         if not isinstance(nr_va, int) or nr_va < 1:
@@ -94,7 +96,7 @@ class MMU:
         nsp = (nr_va + SP_ENTRIES - 1) // SP_ENTRIES
         #: region -> shadow page; filled by load() under mmu_lock, read locklessly afterwards
         self.pages: list[ShadowPage | None] = [None] * nsp
-        self.page_list: list[ShadowPage] = []  # under tdp_mmu_pages_lock
+        self.page_list: list[ShadowPage] = []
         self.unsync_count = 0  # under mmu_unsync_pages_lock
         #: gfn -> {(sp, i)}: which SPTEs map it; under mmu_lock held for write
         self.rmap: dict[int, frozenset[tuple[ShadowPage, int]]] = {}
@@ -164,12 +166,13 @@ class MMU:
     def check_pages(self) -> None:
         """Assert the page accounting: every built page linked once, and still reachable."""
         seen: dict[int, int] = {}
-        for sp in self.page_list:
+        built = peek(self, "page_list")
+        for sp in built:
             seen[sp.index] = seen.get(sp.index, 0) + 1
         twice = sorted(i for i, n in seen.items() if n > 1)
         assert not twice, (f"shadow page(s) for region {twice} were built and linked twice: "
                            "one of them is unreachable and its SPTEs are never zapped")
-        lost = [sp for sp in self.page_list if self.pages[sp.index] is not sp]
+        lost = [sp for sp in built if self.pages[sp.index] is not sp]
         assert not lost, f"linked shadow pages no longer reachable: {lost}"
 
     def check_mappings(self) -> None:

@@ -32,6 +32,10 @@ ACCESS_TRACK_NOT_VOLATILE = mutant(
 SKIP_TLB_FLUSH_ON_WRPROT = mutant(
     "skip_tlb_flush_on_wrprot", removes="the TLB flush when W leaves an MMU-writable SPTE",
     breaks="fast page fault, TLB flush: write-protection is complete only after a flush")
+WRPROT_DROPS_DIRTY = mutant(
+    "wrprot_drops_dirty", removes="marking the page dirty when an update clears its SPTE's "
+    "dirty state (W of an A/D-disabled SPTE)",
+    breaks="Dirty reaches the page before the SPTE stops saying so (kvm_set_pfn_dirty)")
 NO_AD_PROPAGATION = mutant(
     "no_ad_propagation", removes="passing Accessed/Dirty to the page when an SPTE is dropped",
     breaks="Accessed and Dirty reach the page (kvm_set_pfn_accessed/dirty) before the SPTE goes")
@@ -77,7 +81,8 @@ def spte_update(vm: VM, sptep: Atomic64, new: int) -> bool:
         vm.host.set_page_accessed(pfn)
     if S.is_dirty(old) and not S.is_dirty(new):
         flush = True
-        vm.host.set_page_dirty(pfn)
+        if WRPROT_DROPS_DIRTY not in vm.hazards:
+            vm.host.set_page_dirty(pfn)
     return flush
 
 
