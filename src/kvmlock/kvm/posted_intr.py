@@ -59,6 +59,11 @@ PI_VECTOR_PLAIN_STORE = mutant(
 PI_LIST_WITHOUT_LOCK = mutant(
     "pi_list_without_lock", removes="wakeup_vcpus_on_cpu_lock around the per-CPU wakeup list",
     breaks="wakeup_vcpus_on_cpu is changed and walked only under wakeup_vcpus_on_cpu_lock")
+PI_LIST_IRQS_ON = mutant(
+    "pi_list_irqs_on", removes="interrupts disabled around the vCPU's wakeup-list updates "
+    "(raw_spin_lock_irqsave made raw_spin_lock)",
+    breaks="the wakeup handler takes wakeup_vcpus_on_cpu_lock in hard-IRQ context, so it is "
+           "only ever held with interrupts off")
 PI_HANDLER_WITHOUT_LOCK = mutant(
     "pi_handler_without_lock", removes="wakeup_vcpus_on_cpu_lock in the wakeup handler",
     breaks="wakeup_vcpus_on_cpu is walked only under wakeup_vcpus_on_cpu_lock")
@@ -77,15 +82,11 @@ def _list_update(pc: PerCpu, change: Any) -> None:
 class PostedVcpu:
     """A vCPU's posted-interrupt side: its descriptor, its CPU and its sleep."""
 
-    def __init__(self, machine: Machine, vcpu: Any, cpu: int = 0, *,
-                 irqsave: bool = True) -> None:
-        """``irqsave=False`` is a broken variant: the vCPU changes its CPU's wakeup list with
-        interrupts on, where the wakeup handler can interrupt it and spin on the lock."""
+    def __init__(self, machine: Machine, vcpu: Any, cpu: int = 0) -> None:
         if not isinstance(machine, Machine):
             raise TypeError(f"PostedVcpu needs a Machine, got {type(machine).__name__}")
         machine.percpu(cpu)  # validates the CPU number
         self.machine = machine
-        self.irqsave = irqsave
         self.vcpu = vcpu
         self.cpu = cpu
         self.control = Atomic64(0, name="pi_desc.control")
@@ -141,7 +142,10 @@ class PostedVcpu:
         self._deliver()
 
     def _irqs_off(self) -> Any:
-        return irq.local_irq_save() if self.irqsave else contextlib.nullcontext()
+        """raw_spin_lock_irqsave's first half: interrupts off on this CPU."""
+        if PI_LIST_IRQS_ON in self.machine.hazards:
+            return contextlib.nullcontext()
+        return irq.local_irq_save()
 
     def _deliver(self) -> None:
         """Back in the guest: the CPU syncs PIR into the virtual APIC and clears ON."""

@@ -122,6 +122,13 @@ class TscSync:
         assert not split, f"vCPUs of one TSC generation have different offsets: {split}"
 
 
+GTOD_NOTIFIER_TAKES_KVM_LOCK = mutant(
+    "gtod_notifier_takes_kvm_lock", removes="the deferral of the timekeeping notifier's "
+    "vm_list walk to a work item (the notifier takes kvm_lock itself)",
+    breaks="the timekeeping notifier runs in the timer tick, where kvm_lock (a mutex) may not "
+           "be taken")
+
+
 class KvmClock:
     """The host-clock notifiers KVM registers, in the contexts the kernel calls them in.
 
@@ -129,17 +136,15 @@ class KvmClock:
       timer tick, a hard interrupt, with its own raw lock (``tk_core.lock``) held. It may not
       take ``kvm_lock`` (a mutex) there, so it only queues work (:meth:`tick`); the work
       (:meth:`run_work`) walks ``vm_list`` under ``kvm_lock`` in process context and asks every
-      vCPU for a master-clock update. ``lock_in_notifier=True`` is the broken shortcut that
-      takes ``kvm_lock`` in the notifier itself.
+      vCPU for a master-clock update.
     * ``kvmclock_cpufreq_notifier``: cpufreq's transition notifier runs in process context
       (an SRCU notifier chain, with ``cpus_read_lock`` held) and walks ``vm_list`` under
       ``kvm_lock`` (:meth:`Machine.cpufreq_notifier`); the new frequency itself reaches the CPU
       by an IPI, ``tsc_khz_changed``, which runs there as a hard interrupt and takes no lock.
     """
 
-    def __init__(self, machine: Any, *, lock_in_notifier: bool = False) -> None:
+    def __init__(self, machine: Any) -> None:
         self.machine = machine
-        self.lock_in_notifier = lock_in_notifier
         self.timekeeper_lock = machine.timekeeper_lock
         self.work_pending = Atomic64(0, name="pvclock_gtod_work")
         self.cpu_tsc_khz = [Atomic64(0, name=f"cpu_tsc_khz[{c}]")
@@ -152,8 +157,8 @@ class KvmClock:
             self.pvclock_gtod_notify()
 
     def pvclock_gtod_notify(self) -> None:
-        if self.lock_in_notifier:
-            with self.machine.kvm_lock:  # broken: a mutex in a hard interrupt
+        if GTOD_NOTIFIER_TAKES_KVM_LOCK in self.machine.hazards:
+            with self.machine.kvm_lock:  # a mutex in a hard interrupt
                 self._request_updates()
             return
         self.work_pending.store(1)  # queue_work(): the walk needs kvm_lock, so it is deferred

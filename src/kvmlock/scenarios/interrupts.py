@@ -29,7 +29,7 @@ from kvmlock.kvm.tsc import KvmClock, TscSync
 from kvmlock.kvm.vm import VM
 from kvmlock.scenarios.orders import together
 from kvmlock.scenarios.registry import scenario
-from kvmlock.sync import Mutex, SpinLock, peek
+from kvmlock.sync import peek
 
 __all__: list[str] = []
 
@@ -44,12 +44,12 @@ _NO_SELF_IRQ = ("a lock its handler takes is never held with that interrupt enab
 
 # ---------------------------------------------------------------------- posted interrupts
 
-def _wakeup(machine: Machine, *, irqsave: bool = True, migrate: bool = False) -> None:
+def _wakeup(machine: Machine, *, migrate: bool = False) -> None:
     """vcpu0 halts on CPU 1 (and resumes on CPU 0 when ``migrate``), vcpu1 halts on CPU 0;
     the IOMMU posts one interrupt to each: the wakeup handler runs on CPU 1, then CPU 0."""
     vm = VM(machine, nr_vcpus=2)
-    a = PostedVcpu(machine, vm.vcpus[0], cpu=1, irqsave=irqsave)
-    b = PostedVcpu(machine, vm.vcpus[1], cpu=0, irqsave=irqsave)
+    a = PostedVcpu(machine, vm.vcpus[0], cpu=1)
+    b = PostedVcpu(machine, vm.vcpus[1], cpu=0)
     together(lambda: a.block(resume_on=0 if migrate else None), b.block,
              lambda: (post_interrupt(a, 3), post_interrupt(b, 7)),
              names=["vcpu0 (halt)", "vcpu1 (halt)", "IOMMU"])
@@ -64,7 +64,7 @@ def _wakeup(machine: Machine, *, irqsave: bool = True, migrate: bool = False) ->
                "list under that CPU's lock, irqs off; the handler runs in hard-IRQ context",
           invariant="every halted vCPU is woken with its own vector; no list keeps a vCPU",
           max_runs=3000, timeout=60.0,
-          catches=("wakeup_lock_spinlock_t", "wakeup_lock_mutex"))
+          catches=("wakeup_lock_spinlock_t", "wakeup_lock_mutex", "pi_list_irqs_on"))
 def wakeup_migrate() -> None:
     _wakeup(Machine(2), migrate=True)
 
@@ -74,10 +74,7 @@ def wakeup_migrate() -> None:
           rule="wakeup_vcpus_on_cpu_lock made a mutex: the wakeup handler would sleep in a "
                "hard interrupt", invariant=_NO_SLEEP_IRQ, max_runs=200)
 def wakeup_lock_mutex() -> None:
-    m = Machine(2)
-    for c in m.cpus:
-        c.wakeup_lock = Mutex("wakeup_vcpus_on_cpu_lock")
-    _wakeup(m)
+    _wakeup(Machine(2, hazards={"wakeup_lock_mutex"}))
 
 
 @scenario("posted_intr.wakeup_lock_spinlock_t.broken", variant="broken", expect="lockdep",
@@ -85,10 +82,7 @@ def wakeup_lock_mutex() -> None:
           rule="wakeup_vcpus_on_cpu_lock made a spinlock_t: it sleeps on PREEMPT_RT, where a "
                "hard interrupt may only spin", invariant=_ONLY_SPIN, max_runs=200)
 def wakeup_lock_spinlock() -> None:
-    m = Machine(2)
-    for c in m.cpus:
-        c.wakeup_lock = SpinLock("wakeup_vcpus_on_cpu_lock")
-    _wakeup(m)
+    _wakeup(Machine(2, hazards={"wakeup_lock_spinlock_t"}))
 
 
 @scenario("posted_intr.wakeup_no_irqsave.broken", variant="broken", expect="lockdep",
@@ -97,15 +91,13 @@ def wakeup_lock_spinlock() -> None:
                "handler can interrupt it on its own CPU and spin on the lock it holds",
           invariant=_NO_SELF_IRQ, max_runs=200)
 def wakeup_no_irqsave() -> None:
-    _wakeup(Machine(2), irqsave=False)
+    _wakeup(Machine(2, hazards={"pi_list_irqs_on"}))
 
 
 # ---------------------------------------------------------------------- TSC
 
-def _tsc(make_lock: type | None = None) -> None:
-    vm = VM(None, nr_vcpus=2)
-    if make_lock is not None:
-        vm.tsc_write_lock = make_lock("kvm->arch.tsc_write_lock")
+def _tsc(mutant: str) -> None:
+    vm = VM(None, nr_vcpus=2, hazards={mutant})
     tsc = TscSync(vm)
 
     def write(i: int) -> None:
@@ -122,7 +114,7 @@ def _tsc(make_lock: type | None = None) -> None:
           rule="tsc_write_lock made a mutex: taken with interrupts off, it may sleep there",
           invariant=_NO_SLEEP_OFF, max_runs=100)
 def tsc_write_lock_mutex() -> None:
-    _tsc(Mutex)
+    _tsc("tsc_write_lock_mutex")
 
 
 @scenario("tsc.write_lock_spinlock_t.broken", variant="broken", expect="lockdep",
@@ -130,15 +122,14 @@ def tsc_write_lock_mutex() -> None:
           rule="tsc_write_lock made a spinlock_t: with interrupts off it sleeps on PREEMPT_RT",
           invariant=_ONLY_SPIN, max_runs=100)
 def tsc_write_lock_spinlock() -> None:
-    _tsc(SpinLock)
+    _tsc("tsc_write_lock_spinlock_t")
 
 
 # ---------------------------------------------------------------------- MMU notifier
 
 def _oom_reap(mutex: bool) -> None:
-    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2)
-    if mutex:
-        vm.mn_invalidate_lock = Mutex("kvm->mn_invalidate_lock")
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2,
+            hazards={"mn_invalidate_lock_mutex"} if mutex else None)
     vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
     (v0,) = vm.vcpus
     guest_write(v0, 0, 1)
@@ -175,8 +166,8 @@ def oom_reap_mutex() -> None:
 # ---------------------------------------------------------------------- host clocks
 
 def _clocks(lock_in_notifier: bool) -> None:
-    m = Machine(2)
-    clock = KvmClock(m, lock_in_notifier=lock_in_notifier)
+    m = Machine(2, hazards={"gtod_notifier_takes_kvm_lock"} if lock_in_notifier else None)
+    clock = KvmClock(m)
     vms: list[VM] = []
 
     def timekeeping() -> None:
@@ -193,7 +184,7 @@ def _clocks(lock_in_notifier: bool) -> None:
           rule="the timekeeping notifier runs in the timer tick and defers its kvm_lock walk "
                "to a work item; the cpufreq notifier walks vm_list in process context",
           invariant="nothing sleeps in the tick; the new frequency reaches its CPU",
-          max_runs=5000, timeout=60.0)
+          max_runs=5000, timeout=60.0, catches=("gtod_notifier_takes_kvm_lock",))
 def clocks_correct() -> None:
     _clocks(False)
 
