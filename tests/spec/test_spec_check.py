@@ -400,3 +400,28 @@ def test_arch_filter_skips_other_architectures_rules() -> None:
     assert not spec.check(doc, g, arch="x86").ok
     only_general = spec.check(doc, g, arch="arm64")
     assert only_general.ok and [r.rule.arch for r in only_general.results] == [""]
+
+
+def test_an_order_implied_by_a_chain_is_checked_only_when_broken() -> None:
+    doc = spec.parse(rules_doc("kvm->lock is taken outside vcpu->mutex",
+                               "vcpu->mutex is taken outside kvm->arch.hyperv.hv_lock"),
+                     source="chain.rst")
+    from kvmlock.spec.check import implied_orders
+
+    [implied] = implied_orders(doc)
+    assert (implied.outer, implied.inner) == ("kvm->lock", "kvm->arch.hyperv.hv_lock")
+    assert "implied by lines" in implied.describe()
+    with lockdep.isolated():
+        hv, kvm = Mutex("kvm->arch.hyperv.hv_lock"), Mutex("kvm->lock")
+        with hv, kvm:  # never through vcpu->mutex: only the chain forbids it
+            pass
+        bad = spec.check(doc, snapshot())
+    [v] = bad.violations
+    assert v.rule.key == implied.key and [(e.src, e.dst) for e in v.path] == [
+        ("kvm->arch.hyperv.hv_lock", "kvm->lock")]
+    with lockdep.isolated():
+        hv, kvm = Mutex("kvm->arch.hyperv.hv_lock"), Mutex("kvm->lock")
+        with kvm, hv:  # the chain's own direction: nothing extra is reported
+            pass
+        good = spec.check(doc, snapshot())
+    assert good.violations == [] and all(r.rule.key != implied.key for r in good.results)
