@@ -77,7 +77,7 @@ def _how(out: Any) -> str:
     kind = out.result.removeprefix("FAILED: ")
     msg = str(getattr(f, "message", "") or "").strip().splitlines()
     first = next((line.strip() for line in msg if any(c.isalpha() for c in line)), "")
-    first = first.removeprefix("AssertionError: ")
+    first = first.removeprefix("AssertionError: ").rstrip(":")
     if len(first) > 110:
         first = first[:107] + "..."
     return f"{kind}: {first}" if first else kind
