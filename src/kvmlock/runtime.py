@@ -84,19 +84,52 @@ class Runtime(Protocol):
 
 
 class _ThreadWaitQueue:
-    """A condition variable; ``point`` is free because real threads need no scheduling points."""
+    """A condition variable that serves its waiters first come, first served.
 
-    __slots__ = ("_cond", "__enter__", "__exit__", "notify_all")
+    A task whose condition holds goes on at once only if no task waiting longer could go on
+    too; otherwise it queues behind them. So a writer that lets go of an rwlock and takes it
+    again at once cannot starve the readers that were already waiting (the kernel's queued
+    rwlock and rwsem hand off to waiting readers the same way), while a task whose condition
+    holds never waits behind one whose condition does not. ``point`` is free: real threads
+    need no scheduling points.
+    """
+
+    __slots__ = ("_cond", "__enter__", "__exit__", "notify_all", "_queue")
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self.__enter__ = self._cond.__enter__
         self.__exit__ = self._cond.__exit__
         self.notify_all = self._cond.notify_all
+        self._queue: list[list[Callable[[], bool]]] = []  # waiting tasks' conditions, oldest first
+
+    def _older_can_go(self, until: object = None) -> bool:
+        for entry in self._queue:
+            if entry is until:
+                return False
+            if entry[0]():
+                return True
+        return False
+
+    def busy(self) -> bool:
+        """Whether a waiting task could go on now (one arriving should queue behind it)."""
+        return bool(self._queue) and self._older_can_go()
 
     def wait_for(self, pred: Callable[[], bool], kind: str, write: bool = True) -> None:
-        if not pred():
-            self._cond.wait_for(pred)
+        if pred() and not (self._queue and self._older_can_go()):
+            return
+        entry = [pred]
+        self._queue.append(entry)
+        try:
+            while True:
+                if pred():
+                    if not self._older_can_go(entry):
+                        break
+                    self._cond.notify_all()  # (so the older one that can go is awake)
+                self._cond.wait()
+        finally:
+            self._queue.remove(entry)
+            self._cond.notify_all()  # the ones behind us look again
 
     def point(self, kind: str, write: bool = True) -> None:
         return None

@@ -333,3 +333,34 @@ def test_queued_rwlock_readers_are_not_recursive_for_lockdep(queued, caught):
         with a.read():
             pass
     assert [r.kind for r in lockdep.reports()] == (["circular"] if caught else [])
+
+
+def test_a_writer_taking_the_lock_again_lets_the_waiting_reader_in_first():
+    """Readers already waiting are served before a writer that unlocks and locks again at
+    once (the hand-off of the kernel's queued rwlock and rwsem); without it, writers that
+    re-take the lock in a loop starve every reader."""
+    import threading
+    import time
+
+    from kvmlock.sync import RWLock, RWSemaphore
+
+    for rw in (RWLock("fair.rwlock"), RWSemaphore("fair.rwsem")):
+        got = []
+
+        def reader(rw=rw, got=got):
+            rw.read_lock()
+            got.append("read")
+            rw.read_unlock()
+
+        rw.write_lock()
+        th = threading.Thread(target=reader)
+        th.start()
+        deadline = time.monotonic() + 10
+        while not rw._wq._queue and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert rw._wq._queue, "the reader never started waiting"
+        rw.write_unlock()
+        rw.write_lock()  # must queue behind the reader that was waiting
+        assert got == ["read"], type(rw).__name__
+        rw.write_unlock()
+        th.join()

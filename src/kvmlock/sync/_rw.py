@@ -18,7 +18,7 @@ class ReadWriteLock:
     OPS = ("read_lock", "read_unlock", "write_lock", "write_unlock")
 
     __slots__ = ("name", "queued", "_map", "_wq", "_readers", "_writer", "_waiting",
-                 "_read_kind", "_may_read", "__weakref__")
+                 "_read_kind", "_may_read", "_fair", "_wqueued", "_wgone", "__weakref__")
 
     def __init__(self, name: str, *, key: object | None = None, queued: bool = False) -> None:
         self.name = check_name(name, type(self).__name__)
@@ -31,6 +31,11 @@ class ReadWriteLock:
         # lockdep read kinds: 1 shared (a queued writer can stall it), 2 recursive shared
         self._read_kind = 1 if queued else 2
         self._may_read = self._no_writer_queued if queued else self._no_writer
+        # On real threads a queued writer holds back only the readers that came after it
+        # (the kernel's hand-off): writers queued so far, and those of them that got the lock.
+        self._fair = queued and runtime.RT.name == "threads"
+        self._wqueued = 0
+        self._wgone = 0
 
     def _no_writer(self) -> bool:
         return not self._writer
@@ -47,7 +52,11 @@ class ReadWriteLock:
         self._map.acquire(0, self._read_kind)
         wq = self._wq
         with wq:
-            wq.wait_for(self._may_read, self.OPS[0], False)
+            if self._fair:
+                ahead = self._wqueued
+                wq.wait_for(lambda: not self._writer and self._wgone >= ahead, self.OPS[0], False)
+            else:
+                wq.wait_for(self._may_read, self.OPS[0], False)
             self._readers += 1
 
     def read_unlock(self) -> None:
@@ -72,13 +81,15 @@ class ReadWriteLock:
             return
         with wq:
             wq.point(self.OPS[2])
-            if self._free():
+            if self._free() and not (self._fair and wq.busy()):
                 self._writer = True
                 return
             self._waiting += 1  # from here on new readers queue behind us
+            self._wqueued += 1
         with wq:
             wq.wait_for(self._free, self.OPS[2] + ":wait")
             self._waiting -= 1
+            self._wgone += 1
             self._writer = True
 
     def write_unlock(self) -> None:
