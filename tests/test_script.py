@@ -204,3 +204,40 @@ def test_validation_switched_off_makes_the_verdict_incomplete(tmp_path):
     p = lockdep_cli(script)
     assert p.returncode == 1
     assert "verdict is incomplete" in p.stderr and "0 report(s)" in p.stderr
+
+
+LOGGING_DEADLOCK = """
+import logging
+import logging.config
+import os
+import tempfile
+
+path = os.path.join(tempfile.mkdtemp(), "x.log")
+handler = logging.FileHandler(path)
+logging.getLogger("app").addHandler(handler)
+handler.close()  # the handler's lock, then logging's module lock
+logging.config.dictConfig({"version": 1, "handlers": {"f": {
+    "class": "logging.FileHandler", "filename": path}}, "root": {"handlers": ["f"]}})
+logging.config.dictConfig({"version": 1})  # the module lock held while closing handlers
+print("done")
+"""
+
+
+def test_logging_file_handler_close_against_dict_config_is_found(tmp_path):
+    """CPython's known deadlock between FileHandler.close() and dictConfig(), from one run."""
+    script = tmp_path / "logdl.py"
+    script.write_text(LOGGING_DEADLOCK)
+    p = lockdep_cli("--json", tmp_path / "r.json", script)
+    assert p.returncode == 1 and "done" in p.stdout, p.stderr
+    (r,) = json.loads((tmp_path / "r.json").read_text())
+    assert r["kind"] == "circular"
+    assert {r["lock"].split("@")[0], r["held"].split("@")[0]} == {"Handler.lock", "_lock"}
+    frames = " ".join(f for e in r["chain"] for f in e["stack"])
+    assert " in close" in frames and " in configure" in frames
+
+
+def test_dict_config_alone_is_silent(tmp_path):
+    script = tmp_path / "logok.py"
+    script.write_text(LOGGING_DEADLOCK.replace("handler.close()", "pass"))
+    p = lockdep_cli(script)
+    assert p.returncode == 0 and "0 report(s)" in p.stderr, p.stderr

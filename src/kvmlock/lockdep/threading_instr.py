@@ -351,12 +351,14 @@ class Instrumentation:
         global _depth
         self._active = True
         if _depth == 0:
-            from kvmlock.lockdep import asyncio_instr  # (imports asyncio with plain locks)
-
-            asyncio_instr.patch()
             threading.Lock = _lock_factory  # type: ignore[misc, assignment]
             threading.RLock = _rlock_factory  # type: ignore[misc, assignment]
             threading.Thread._bootstrap_inner = _bootstrap_inner  # type: ignore[attr-defined]
+            # Only now: importing asyncio imports logging, whose module lock must be validated
+            # (it is one side of logging's FileHandler.close() / dictConfig() inversion).
+            from kvmlock.lockdep import asyncio_instr
+
+            asyncio_instr.patch()
         _depth += 1
 
     def stop(self) -> None:
