@@ -71,6 +71,7 @@ class Reply:
     idle: bool = False
     error: str = ""
     irqs: bool = False  # DPOR met an interrupt: the exploration must be redone with DFS
+    busy: float = 0.0  # seconds the worker spent on this step
 
 
 class Worker:
@@ -83,10 +84,13 @@ class Worker:
         self.seen: set[tuple] = set()
 
     def step(self, item: tuple | None, donate: bool) -> Reply:
+        t0 = time.perf_counter()
         try:
-            return self._step(item, donate)
+            out = self._step(item, donate)
         except BaseException:  # noqa: BLE001 - the coordinator reports it
             return Reply(error=traceback.format_exc())
+        out.busy = time.perf_counter() - t0
+        return out
 
     def _step(self, item: tuple | None, donate: bool) -> Reply:
         from kvmlock.explore.engine import execute
@@ -341,6 +345,12 @@ class Outcome:
     failures: list[tuple[tuple, list[int]]] = field(default_factory=list)
     exhausted: bool = False
     stopped: str = ""
+    # what the overheads are made of (benchmarks/bench_parallel.py models them)
+    busy: float = 0.0  # seconds of exploring, summed over the workers
+    messages: int = 0  # replies the coordinator handled
+    handed: int = 0  # subtrees handed out
+    coordinator: float = 0.0  # seconds the coordinator spent deciding (not waiting)
+    started: float = 0.0  # seconds until every worker was ready to take work
 
 
 def explore(body: Callable[[], Any], strategy: str, workers: int, backend: str,
@@ -349,23 +359,28 @@ def explore(body: Callable[[], Any], strategy: str, workers: int, backend: str,
     """Run the exploration on ``workers`` workers; see the module docstring."""
     coord = Coordinator(strategy)
     transport = {"ray": _Ray, "inline": _Inline}.get(backend, _Processes)
+    t0 = time.perf_counter()
     pool = transport(workers, body, opts)
-    out = Outcome()
+    out = Outcome(started=time.perf_counter() - t0)
     seen: set[tuple] = set()
     busy: set[int] = set()
     idle = list(range(workers))
-    t0 = time.perf_counter()
     try:
         while True:
             while idle and coord.queue:
                 i = idle.pop(0)
                 pool.send(i, coord.next_item(), False)
+                out.handed += 1
                 busy.add(i)
             if not busy:
                 out.exhausted = True
                 out.stopped = "exhausted"
                 break
-            for i, r in pool.recv_any():
+            replies = pool.recv_any()
+            t1 = time.perf_counter()
+            for i, r in replies:
+                out.messages += 1
+                out.busy += r.busy
                 if r.error:
                     raise WorkerCrashed(f"explore: worker {i} failed:\n{r.error}")
                 if r.irqs:
@@ -384,6 +399,7 @@ def explore(body: Callable[[], Any], strategy: str, workers: int, backend: str,
                     idle.append(i)
                 else:
                     pool.send(i, None, bool(idle) and not coord.queue)
+            out.coordinator += time.perf_counter() - t1
             if tick is not None:
                 tick(out.runs)
             if stop_on_first and out.failures:
