@@ -18,6 +18,7 @@ and the figures are the medians; the speedup is the median of the per-round rati
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -105,8 +106,14 @@ def switch_pair_ns(n: int = 200_000) -> float:
     return best
 
 
-def model(body: Callable[[], None], seq_s: float) -> None:
-    """Measure the overheads of a 2-worker run and project larger machines from them."""
+def model(body: Callable[[], None]) -> None:
+    """Measure the overheads of a 2-worker run and project larger machines from them.
+
+    Work is CPU time (time.process_time), so what the machine's other processes take is
+    not counted as the exploration's."""
+    c0 = time.process_time()
+    explore.check(body, strategy="dpor", shrink=False)
+    seq_s = time.process_time() - c0
     opts = parallel.Options("dpor", 10_000, True, True, budget=0.1)
     t0 = time.perf_counter()
     out = parallel.explore(body, "dpor", 2, "process", opts, max_runs=None, timeout=None,
@@ -115,26 +122,30 @@ def model(body: Callable[[], None], seq_s: float) -> None:
     inflation = out.busy / seq_s  # work the split adds (prefix replays, pruned runs, messages)
     per_msg = out.coordinator / max(out.messages, 1)
     print("Overheads of the 2-worker 3x4 run (the model's inputs):")
-    print(f"  worker time summed {out.busy:.2f}s for {seq_s:.2f}s of sequential work: "
+    print(f"  worker CPU time summed {out.busy:.2f}s for {seq_s:.2f}s of sequential CPU time: "
           f"inflation f = {inflation:.2f}")
     print(f"  start-up (fork) {out.started * 1e3:.1f} ms for 2 workers; {out.messages} replies, "
           f"{out.handed} subtrees handed out; coordinator {per_msg * 1e6:.0f} us per reply "
           f"({out.coordinator:.3f}s in all, {out.coordinator / wall:.1%} of the wall time)")
+    print(f"  so 2 otherwise idle cores would give {2 / inflation:.2f}x (2 / f)")
     print(f"  wall {wall:.2f}s against the ideal {out.busy / 2:.2f}s (summed work / 2): "
-          f"{wall / (out.busy / 2):.2f}x (cores shared with the coordinator and the machine)")
-    # T(N) = start-up growing with N + the inflated work shared by N + the coordinator's
-    # replies, which come every budget seconds from each worker and are served one at a time.
+          f"{wall / (out.busy / 2):.2f}x (the cores are shared with the coordinator and the "
+          f"machine's other processes)")
+    # T(N) = start-up (workers are started one after the other) + ramp-up (work spreads by
+    # stealing, at most doubling the busy workers every budget seconds) + the inflated work
+    # shared by N, slowed by the coordinator if its replies (one per worker per budget
+    # seconds, served one at a time) keep its core busy.
     start_per_worker = out.started / 2
-    print("Projection, one core per worker, f and the per-reply cost as measured:")
+    print(f"Projection for this program, one core per worker, f, start-up and the per-reply "
+          f"cost as measured, budget {opts.budget}s:")
     for n in (8, 32, 64):
         work = seq_s * inflation / n
-        replies_per_s = n / opts.budget
-        coord_load = replies_per_s * per_msg  # fraction of the coordinator's core it takes
-        t = start_per_worker * n + work / max(1.0 - coord_load, 1e-9) if coord_load < 1 else \
-            float("inf")
-        speed = seq_s / t if t != float("inf") else 0.0
-        print(f"  {n:3} cores: ~{speed:5.1f}x  (work {work:.2f}s + start-up "
-              f"{start_per_worker * n:.2f}s; coordinator busy {coord_load:.0%})")
+        ramp = opts.budget * math.ceil(math.log2(n))
+        coord_load = n / opts.budget * per_msg  # fraction of the coordinator's core
+        t = start_per_worker * n + ramp + work / max(1.0 - coord_load, 0.01)
+        print(f"  {n:3} cores: ~{seq_s / t:5.1f}x  (work {work:.2f}s + start-up "
+              f"{start_per_worker * n:.2f}s + ramp-up {ramp:.1f}s; coordinator busy "
+              f"{coord_load:.0%}); larger explorations amortize the start-up and ramp-up")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{per_step / switch:.1f} greenlet switch pairs ({switch:.0f} ns each)")
 
     if not args.quick:
-        model(programs[0][1], rows[0]["seq"])
+        model(programs[0][1])
 
     if not args.no_ray:
         try:

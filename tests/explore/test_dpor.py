@@ -189,3 +189,45 @@ def test_wakeup_trees_leave_no_run_to_prune():
     res = explore.check(body, stop_on_first=False)
     assert res.exhausted and res.runs == 3 and res.pruned == 0
     assert seen == {(1,), (0, 0), (0, 1)}
+
+
+def _readers_and_a_writer(sections: int, seen: set):
+    """R takes the rwsem's read side ``sections`` times; W writes a flag under the write side
+    once. Each trace is where W's section falls among R's: R's sum of flags tells which."""
+
+    def body():
+        s = RWSemaphore("S")
+        flag = [0]
+        got: list[int] = []
+
+        def w():
+            with s.write():
+                flag[0] = 1
+
+        def r():
+            for _ in range(sections):
+                with s.read():
+                    got.append(flag[0])
+
+        ts = [spawn(r), spawn(w)]
+        for t in ts:
+            t.join()
+        seen.add(sum(got))
+
+    return body
+
+
+def test_races_further_back_than_64_accesses_are_all_explored():
+    """80 accesses of S by R lie between W's first and last possible places; there is no
+    window on how far back a race is looked for, so every one of them is explored."""
+    seen: set = set()
+    res = explore.check(_readers_and_a_writer(40, seen), stop_on_first=False)
+    assert res.ok and res.exhausted
+    assert seen == set(range(41))  # W before R's first section, ..., after its last
+    # W can also queue for the write side while R is inside a section: 2 * 40 + 1 traces
+    assert res.runs == 81
+    small: set = set()
+    by_dfs: set = set()
+    d = explore.check(_readers_and_a_writer(3, small), stop_on_first=False)
+    f = explore.check(_readers_and_a_writer(3, by_dfs), strategy="dfs", stop_on_first=False)
+    assert d.runs == 7 and small == by_dfs == set(range(4)) and f.exhausted

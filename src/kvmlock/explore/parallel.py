@@ -71,7 +71,7 @@ class Reply:
     idle: bool = False
     error: str = ""
     irqs: bool = False  # DPOR met an interrupt: the exploration must be redone with DFS
-    busy: float = 0.0  # seconds the worker spent on this step
+    busy: float = 0.0  # CPU seconds the worker spent on this step
 
 
 class Worker:
@@ -84,12 +84,12 @@ class Worker:
         self.seen: set[tuple] = set()
 
     def step(self, item: tuple | None, donate: bool) -> Reply:
-        t0 = time.perf_counter()
+        t0 = time.process_time()  # CPU time: what other processes take is not the work's
         try:
             out = self._step(item, donate)
         except BaseException:  # noqa: BLE001 - the coordinator reports it
             return Reply(error=traceback.format_exc())
-        out.busy = time.perf_counter() - t0
+        out.busy = time.process_time() - t0
         return out
 
     def _step(self, item: tuple | None, donate: bool) -> Reply:
@@ -346,10 +346,10 @@ class Outcome:
     exhausted: bool = False
     stopped: str = ""
     # what the overheads are made of (benchmarks/bench_parallel.py models them)
-    busy: float = 0.0  # seconds of exploring, summed over the workers
+    busy: float = 0.0  # CPU seconds of exploring, summed over the workers
     messages: int = 0  # replies the coordinator handled
     handed: int = 0  # subtrees handed out
-    coordinator: float = 0.0  # seconds the coordinator spent deciding (not waiting)
+    coordinator: float = 0.0  # CPU seconds the coordinator spent deciding (not waiting)
     started: float = 0.0  # seconds until every worker was ready to take work
 
 
@@ -377,7 +377,7 @@ def explore(body: Callable[[], Any], strategy: str, workers: int, backend: str,
                 out.stopped = "exhausted"
                 break
             replies = pool.recv_any()
-            t1 = time.perf_counter()
+            t1 = time.process_time()
             for i, r in replies:
                 out.messages += 1
                 out.busy += r.busy
@@ -399,7 +399,7 @@ def explore(body: Callable[[], Any], strategy: str, workers: int, backend: str,
                     idle.append(i)
                 else:
                     pool.send(i, None, bool(idle) and not coord.queue)
-            out.coordinator += time.perf_counter() - t1
+            out.coordinator += time.process_time() - t1
             if tick is not None:
                 tick(out.runs)
             if stop_on_first and out.failures:

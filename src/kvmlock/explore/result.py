@@ -100,6 +100,9 @@ class Result:
         if self.stopped == "replay":
             return f"explore[replay]: {verdict}; 1 schedule replayed, {self.steps} steps"
         note = f" [{self.note}]" if self.note else ""
+        if self.workers > 1 or self.backend != "process":
+            on = " Ray" if self.backend == "ray" else ""
+            note += f" [{self.workers}{on} workers]"
         return (f"explore[{self.strategy}]: {verdict}; {self.runs} runs{distinct}{extra}, "
                 f"{cover}, {self.elapsed:.2f}s ({self.rate():,.0f} runs/s){note}")
 

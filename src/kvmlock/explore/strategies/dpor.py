@@ -269,9 +269,11 @@ class DPOR(Strategy):
                 hist = self.hist[obj] = []
             if analyze and blocking and acq != ACQ_LOCK:
                 # A wait whose reversal with the last write is infeasible (it would be
-                # disabled there) must also try going before earlier conflicting writes.
+                # disabled there) must also try going before earlier conflicting writes. The
+                # scan has no window: it ends at the task's own last write, or at the first
+                # write already ordered before it (everything earlier is ordered too).
                 ev_write = self.ev_write
-                for j in reversed(hist[-64:]):
+                for j in reversed(hist):
                     q = ev_tid[j]
                     if q == tid:
                         if ev_write[j]:
@@ -561,7 +563,7 @@ class DPOR(Strategy):
                 races.append(la)
         hist = self.hist.get(obj, [])  # type: ignore[arg-type]
         if acq != ACQ_LOCK:
-            for j in reversed(hist[-64:]):
+            for j in reversed(hist):
                 if ev_tid[j] == tid:
                     if ev_write[j]:
                         break
