@@ -37,9 +37,28 @@ def start(n: int, body: Callable[[], Any], opts: Any) -> tuple[Any, list[Any]]:
     cpus = ray.cluster_resources().get("CPU", 0)
     if cpus < n:
         raise ValueError(f"explore: {n} Ray workers need {n} CPUs, the cluster has {cpus:g}")
-    mod = sys.modules.get(getattr(body, "__module__", "") or "")
-    if mod is not None and not mod.__name__.startswith("kvmlock") and mod.__name__ != "__main__":
-        # the body's own module may not be importable on the cluster's nodes: ship its code
+    for mod in _local_modules(body):
+        # the user's own modules may not be importable on the cluster's nodes: ship their code
         ray.cloudpickle.register_pickle_by_value(mod)
     actor = ray.remote(num_cpus=1)(Worker)
     return ray, [actor.remote(body, opts) for _ in range(n)]
+
+
+def _local_modules(body: Callable[[], Any]) -> list[Any]:
+    """The body's module and every module loaded from under the working directory (the
+    project's own code and tests, not installed packages nor kvmlock)."""
+    import os
+
+    here = os.path.abspath(os.getcwd()) + os.sep
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    out = []
+    for name, mod in list(sys.modules.items()):
+        f = getattr(mod, "__file__", None)
+        if name == "__main__" or not f:
+            continue
+        f = os.path.abspath(f)
+        mine = name == getattr(body, "__module__", None)
+        if (mine or f.startswith(here)) and not f.startswith(pkg) and \
+                "site-packages" not in f and not name.startswith("kvmlock"):
+            out.append(mod)
+    return out
