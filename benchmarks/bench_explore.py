@@ -16,12 +16,22 @@ after the other, and the figures are medians over the rounds. Printed per tool: 
 exploration, median executions per second, and kvmlock's rate as a multiple of the tool's
 (the median over rounds of the ratio measured within one round, and its range).
 
+A second table runs unmodified threading programs, the same code for both tools (frontrun's
+home ground): a lost update on a plain attribute (kvmlock with ``memory=True``), the locked
+counter 3x3 with ``threading.Lock``, three dining philosophers to the first failure (kvmlock
+with lockdep off, so the explorer itself must reach the deadlock), and a producer/consumer
+pipeline through a bounded ``queue.Queue``. Each tool explores each program once per round;
+printed are executions, exec/s, what the exploration ended with, and the speedup. Last, the
+cost memory=True adds per traced operation.
+
     pip install -e '.[bench]'      # frontrun==0.7.0
     python benchmarks/bench_explore.py
 """
 
 from __future__ import annotations
 
+import gc
+import queue
 import statistics
 import sys
 import threading
@@ -116,11 +126,17 @@ def frontrun_runner(which: str, exhaustive: bool) -> Callable[[int], tuple[int, 
                                 invariant=lambda s: s.v == 2, **kw)
 
     def run(repeat: int) -> tuple[int, float]:
-        t0 = time.perf_counter()
-        runs = 0
-        for _ in range(repeat):
-            runs += once().num_explored
-        return runs, time.perf_counter() - t0
+        from frontrun._cooperative import patch_locks, unpatch_locks
+
+        patch_locks()  # what the frontrun CLI does before running a test (undone after)
+        try:
+            t0 = time.perf_counter()
+            runs = 0
+            for _ in range(repeat):
+                runs += once().num_explored
+            return runs, time.perf_counter() - t0
+        finally:
+            unpatch_locks()
 
     return run
 
@@ -129,10 +145,9 @@ def _tools(name: str, body) -> dict[str, Callable[[int], tuple[int, float]]]:
     tools: dict[str, Callable[[int], tuple[int, float]]] = {
         "kvmlock dpor": lambda k: run_kvmlock(body, k)}
     try:
-        from frontrun._cooperative import patch_locks
+        import frontrun  # noqa: F401
     except ImportError:
         return tools
-    patch_locks()  # what the frontrun CLI does before running a test
     tools["frontrun dpor (defaults)"] = frontrun_runner(name, exhaustive=False)
     tools["frontrun dpor (exhaustive)"] = frontrun_runner(name, exhaustive=True)
     return tools
@@ -175,5 +190,195 @@ def main() -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- plain threading
+# The same unmodified threading code for both tools: a setup making the shared state, worker
+# functions taking it, and an invariant over it. frontrun runs the workers as its threads;
+# kvmlock explores a body that starts them as threading.Threads, joins them and asserts.
+class _Table:
+    """Three dining philosophers, each taking its left fork, then its right one."""
+
+    def __init__(self, n: int = 3) -> None:
+        self.forks = [threading.Lock() for _ in range(n)]
+        self.seat = threading.Lock()
+        self.n = n
+        self.next = 0
+        self.ate = 0
+
+
+def _philosopher(t: _Table) -> None:
+    with t.seat:
+        i = t.next
+        t.next += 1
+    with t.forks[i]:
+        with t.forks[(i + 1) % t.n]:
+            t.ate += 1
+
+
+class _Pipe:
+    def __init__(self) -> None:
+        self.q: queue.Queue = queue.Queue(maxsize=1)
+        self.out: list[int] = []
+
+
+def _producer(p: _Pipe) -> None:
+    for i in range(3):
+        p.q.put(i)
+    p.q.put(None)
+
+
+def _consumer(p: _Pipe) -> None:
+    while True:
+        v = p.q.get()
+        if v is None:
+            return
+        p.out.append(v)
+
+
+#: name -> (setup, workers, invariant, stop at the first failure?, kvmlock options)
+PLAIN: dict[str, tuple] = {
+    "lost update": (_Word, [_inc, _inc], lambda s: s.v == 2, False, {"memory": True}),
+    "counter 3x3": (_Counter, [_counter_worker] * 3, lambda s: s.v == 9, False, {}),
+    "philosophers": (_Table, [_philosopher] * 3, lambda t: t.ate == 3, True,
+                     {"lockdep": False}),
+    "pipeline": (_Pipe, [_producer, _consumer], lambda p: p.out == [0, 1, 2], False, {}),
+}
+
+
+def plain_body(setup, workers, invariant) -> Callable[[], None]:
+    def body() -> None:
+        state = setup()
+        ts = [threading.Thread(target=w, args=(state,)) for w in workers]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert invariant(state)
+
+    return body
+
+
+def plain_tools(name: str) -> dict[str, Callable[[], tuple[int, float, str]]]:
+    """Each tool explores the program once: (executions, seconds, outcome)."""
+    setup, workers, invariant, first, opts = PLAIN[name]
+    body = plain_body(setup, workers, invariant)
+
+    def ours() -> tuple[int, float, str]:
+        t0 = time.perf_counter()
+        res = explore.check(body, strategy="dpor", stop_on_first=first, shrink=False,
+                            progress=False, **opts)
+        dt = time.perf_counter() - t0
+        what = res.failure.kind if res.failure else ("exhausted" if res.exhausted else "?")
+        return res.runs, dt, what
+
+    tools = {"kvmlock dpor": ours}
+    try:
+        import frontrun
+        from frontrun._cooperative import patch_locks, unpatch_locks
+    except ImportError:
+        return tools
+
+    def theirs(exhaustive: bool) -> Callable[[], tuple[int, float, str]]:
+        kw: dict = {"stop_on_first": first, "reproduce_on_failure": 0}
+        if exhaustive:
+            kw.update(preemption_bound=None, detect_io=False)
+
+        def run() -> tuple[int, float, str]:
+            patch_locks()  # what the frontrun CLI does before running a test (undone after)
+            try:
+                t0 = time.perf_counter()
+                r = frontrun.explore(setup=setup, workers=list(workers), invariant=invariant,
+                                     **kw)
+                dt = time.perf_counter() - t0
+            finally:
+                unpatch_locks()
+            text = (getattr(r, "explanation", "") or "")
+            what = ("inconclusive" if "inconclusive" in text
+                    else "found" if not r.property_holds else "exhausted")
+            return r.num_explored, dt, what
+
+        return run
+
+    tools["frontrun dpor (defaults)"] = theirs(False)
+    tools["frontrun dpor (exhaustive)"] = theirs(True)
+    return tools
+
+
+def memory_cost() -> tuple[float, int]:
+    """Microseconds memory=True adds per traced operation: two threads, each updating its own
+    object and dict (no conflicts, so one execution), timed with and without tracing."""
+
+    class Box:
+        def __init__(self) -> None:
+            self.v = 0
+
+    def work() -> None:
+        b = Box()
+        d = {"k": 0}
+        for _ in range(1000):
+            b.v = b.v + 1
+            d["k"] += 1
+
+    def body() -> None:
+        ts = [threading.Thread(target=work) for _ in range(2)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+
+    def timed(memory: bool) -> tuple[float, int]:
+        best = float("inf")
+        steps = 0
+        for _ in range(5):
+            t0 = time.perf_counter()
+            res = explore.check(body, memory=memory, progress=False)
+            best = min(best, time.perf_counter() - t0)
+            assert res.ok and res.runs == 1
+            steps = res.steps
+        return best, steps
+
+    plain, base = timed(False)
+    traced, steps = timed(True)
+    return (traced - plain) / (steps - base) * 1e6, steps - base
+
+
+def plain_main(rounds: int = 3) -> None:
+    print("\nunmodified threading programs (the same code for both tools; "
+          "lost update with memory=True, philosophers to the first failure)")
+    print(f"{'program':<13} {'explorer':<28} {'executions':>10} {'exec/s':>9} "
+          f"{'outcome':>12} {'kvmlock speedup (range)':>24}")
+    for name in PLAIN:
+        tools = plain_tools(name)
+        for run in tools.values():  # untimed warm-up
+            run()
+            gc.collect()
+        out: dict[str, tuple[int, str]] = {}
+        rates: dict[str, list[float]] = {t: [] for t in tools}
+        for _ in range(rounds):
+            for tool, run in tools.items():
+                n, dt, what = run()
+                # what one tool left for the garbage collector (an abandoned execution's locks)
+                # is collected before the next one runs, not inside its traced threads
+                gc.collect()
+                out[tool] = (n, what)
+                rates[tool].append(n / dt)
+        ours = rates["kvmlock dpor"]
+        for tool in tools:
+            n, what = out[tool]
+            speed = ""
+            if what == "inconclusive":
+                speed = "no result to compare"
+            elif tool != "kvmlock dpor":
+                ratios = [a / b for a, b in zip(ours, rates[tool], strict=True)]
+                speed = (f"{statistics.median(ratios):,.1f}x ({min(ratios):,.1f}-"
+                         f"{max(ratios):,.1f})")
+            print(f"{name:<13} {tool:<28} {n:>10} {statistics.median(rates[tool]):>9,.0f} "
+                  f"{what:>12} {speed:>24}")
+    us, ops = memory_cost()
+    print(f"\nmemory=True costs {us:.1f} us per traced operation ({ops} operations, two "
+          f"threads)")
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
+    plain_main()
+    sys.exit(0)

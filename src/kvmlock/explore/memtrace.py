@@ -41,6 +41,9 @@ import sysconfig
 from collections import deque
 from typing import Any
 
+import greenlet
+from greenlet import getcurrent
+
 from kvmlock.explore.runtime import ACQ_NONE, SimRuntime
 
 _PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -155,12 +158,37 @@ class Tracer:
         self.rt = rt
         self.locs: dict[tuple[int, Any], tuple[int, str]] = {}
         self.ops = 0
-        self._prev = sys.gettrace()
         self._ts = _tstate()
+        self._parked: set[Any] = set()  # greenlets stopped inside the trace function
+        self._prev = sys.gettrace()
+        self._prev_switch = greenlet.gettrace()
+        greenlet.settrace(self._switched)
         sys.settrace(self._call)
 
     def close(self) -> None:
+        greenlet.settrace(self._prev_switch)
+        ts = self._ts
+        ts.tracing = 0  # (the hub runs outside any trace function)
         sys.settrace(self._prev)
+
+    def _switched(self, event: str, args: tuple) -> None:
+        """A task was switched to: the thread's tracing state becomes the one it stopped in.
+
+        One thread state serves every greenlet. A task stopped inside the trace function (at
+        a data access) expects the "inside a trace function" state, which also keeps the
+        scheduler it runs untraced; any other task expects tracing on, so that its code is
+        traced from its first instruction.
+        """
+        ts = self._ts
+        parked = self._parked
+        origin, target = args
+        # greenlet calls this hook as a trace function: "inside" it by some count, which it
+        # takes back (and recomputes whether to trace) when the hook returns
+        guard = ts.tracing - (origin in parked)
+        ts.tracing = guard + (target in parked)
+        prev = self._prev_switch
+        if prev is not None:
+            prev(event, args)
 
     # ------------------------------------------------------------------ trace functions
     def _call(self, frame: Any, event: str, arg: Any) -> Any:
@@ -271,18 +299,16 @@ class Tracer:
         if got is None:
             got = self.locs[k] = (rt.key(_Loc(obj, name)), label)
         self.ops += 1
-        ts = self._ts
-        # Outside the trace function's "tracing" state while the task may be switched away,
-        # so the task that runs next is traced; back in it before returning to the interpreter.
-        ts.tracing -= 1
-        ts.cframe.contents.use_tracing = 255
+        if len(rt.live) < 2:
+            return  # no other task could run in between: not a scheduling point
+        me = getcurrent()
+        parked = self._parked
+        parked.add(me)  # see _switched
         try:
             rt.visible(t, got[0], "store" if write else "load", write, None, got[1],
                        ACQ_NONE, None)
         finally:
-            ts = self._ts
-            ts.tracing += 1
-            ts.cframe.contents.use_tracing = 0
+            parked.discard(me)
 
 
 class _CFrame(ctypes.Structure):

@@ -35,6 +35,8 @@ from typing import Any
 from kvmlock.explore.runtime import ACQ_NONE, ACQ_TRY, SimCell, SimRuntime, Task
 from kvmlock.lockdep import core as _core
 from kvmlock.lockdep import threading_instr as _instr
+from kvmlock.lockdep.naming import site_of
+from kvmlock.lockdep.where import _internal
 
 #: The explored runtime of the calling OS thread, while it runs an execution.
 _bound = threading.local()
@@ -179,6 +181,26 @@ class ExploredRLock:
         return f"<explored RLock {name} count={self._count}>"
 
 
+_THREADING_FILE = threading.__file__
+_sites: dict[tuple, Any] = {}  # (code, instruction) of the creating call -> its lockdep site
+
+
+def _site() -> Any:
+    """lockdep's creation site of the lock being made (as ``kvmlock lockdep`` names it), or
+    None when kvmlock itself makes it; remembered per calling instruction, since working out
+    a call's column is costly and every execution makes its locks again."""
+    f = sys._getframe(2)
+    while f is not None and f.f_code.co_filename == _THREADING_FILE:
+        f = f.f_back
+    if f is None:
+        return None
+    key = (f.f_code, f.f_lasti)
+    site = _sites.get(key, _sites)
+    if site is _sites:
+        site = _sites[key] = None if _internal(f.f_code.co_filename) else site_of(f)
+    return site
+
+
 def _cur() -> Task | None:
     rt = current_rt()
     return rt.current if rt is not None else None
@@ -190,7 +212,7 @@ def _make_lock(prev: Callable[[], Any]) -> Callable[[], Any]:
             rt = current_rt()
             if rt is None:
                 return prev()
-            site = _instr._site()
+            site = _site()
             if site is None:
                 return prev()
             lock = ExploredLock._make(_instr._new_map("Lock", site))
@@ -211,7 +233,7 @@ def _make_rlock(prev: Callable[..., Any]) -> Callable[..., Any]:
         rt = current_rt()
         if rt is None:
             return prev(*args, **kwargs)
-        site = _instr._site()
+        site = _site()
         m = _instr._new_map("RLock", site) if site is not None else None
         r = ExploredRLock(None, m)  # type: ignore[arg-type]
         r._lock = ExploredCell(rt, r, m.name if m is not None else "RLock")
@@ -285,13 +307,29 @@ def _thread_is_alive(self: threading.Thread) -> bool:
     return not task.done
 
 
-class _MainTask(threading.Thread):
-    """What ``current_thread()`` names the body's own task."""
+class _Started:
+    """The ``_started`` event of a thread that is running: always set."""
 
-    def __init__(self, ident: int) -> None:
-        super().__init__(name="MainThread", daemon=False)
+    @staticmethod
+    def is_set() -> bool:
+        return True
+
+
+class _MainTask(threading.Thread):
+    """What ``current_thread()`` names the body's own task (made without Thread.__init__,
+    whose Event would cost an explored lock in every execution)."""
+
+    def __init__(self, ident: int) -> None:  # noqa: D107 - deliberately not calling super
+        self._name = "MainThread"
         self._ident = ident
-        self._started._flag = True  # type: ignore[attr-defined]
+        self._native_id = ident
+        self._daemonic = False
+        self._initialized = True
+        self._started = _Started()  # type: ignore[assignment]
+        self._is_stopped = False
+        self._target = None
+        self._args = ()
+        self._kwargs = {}
 
 
 def _states(rt: SimRuntime) -> dict[str, Any]:
