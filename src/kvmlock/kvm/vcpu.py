@@ -13,6 +13,8 @@ spins, as the kernel's does, so it may be issued with ``mmu_lock`` held).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from kvmlock import runtime
@@ -65,6 +67,8 @@ class VCPU:
         #: the index of the vCPU's kvm->srcu read side while it runs (KVM_RUN), else None
         self.srcu_idx: int | None = None
         self.in_guest = False
+        #: inside a lockless walk of shadow pages (the TDP MMU's RCU read side)
+        self.reading_spt = False
         self._cpu = runtime.RT.waitq(self)
         #: counters for the workload's throughput report.
         self.stats: dict[str, int] = {
@@ -91,6 +95,32 @@ class VCPU:
 
     def _outside_guest(self) -> bool:
         return not self.in_guest
+
+    def _not_walking(self) -> bool:
+        return not self.reading_spt
+
+    @contextmanager
+    def lockless_walk(self) -> Iterator[None]:
+        """``kvm_tdp_mmu_walk_lockless_begin/end``: the vCPU walks shadow pages without
+        ``mmu_lock`` inside an RCU read side, and a shadow page is freed only after a grace
+        period (:meth:`wait_lockless_walk`), so no page it may still use is freed under it."""
+        cpu = self._cpu
+        with cpu:
+            cpu.point("walk_shadow_page_lockless_begin")
+            self.reading_spt = True
+        try:
+            yield
+        finally:
+            with cpu:
+                cpu.point("walk_shadow_page_lockless_end")
+                self.reading_spt = False
+                cpu.notify_all()
+
+    def wait_lockless_walk(self) -> None:
+        """The grace period, as this vCPU sees it: wait until it is in no lockless walk."""
+        cpu = self._cpu
+        with cpu:
+            cpu.wait_for(self._not_walking, "synchronize_rcu")
 
     def flush_tlb(self) -> None:
         """Remote flush of this vCPU: wait for it to leave guest mode, then drop its TLB."""

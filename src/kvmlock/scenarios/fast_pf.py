@@ -292,3 +292,23 @@ def logging_enable() -> None:
     guest_write(v0, 0, 3)  # must fault and be logged
     vm.check()
     _assert_log_complete(mig)
+
+
+@scenario("fast_pf.zap_all_race.correct",
+          rule="two vCPUs fast-fault one SPTE while its shadow page is zapped and freed "
+               "(the lockless walk holds off the free)",
+          variant="correct", expect="pass",
+          invariant="no SPTE of a freed shadow page is changed; every present SPTE maps the "
+                    "host's frame; the last write survives",
+          catches=("lockless_walk_unprotected", "free_pages_no_grace_period"), strategy="dpor",
+          max_runs=20000, preemption_bound=3)
+def zap_all_race() -> None:
+    vm = VM(nr_vcpus=2, nr_pages=2, host_pages=2)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0, flags=LOG_DIRTY_PAGES)
+    v0, v1 = vm.vcpus
+    guest_read(v0, 0)  # read-only, MMU-writable: both writes take the fast path
+    together(lambda: guest_write(v0, 0, 1), lambda: guest_write(v1, 0, 2),
+             vm.mmu.zap_all, names=["vcpu0 writes", "vcpu1 writes", "kvm_mmu_zap_all"])
+    vm.check()
+    got = guest_read(v0, 0)
+    assert got in (1, 2), f"the guests wrote 1 and 2 but page 0 reads {got:#x}"

@@ -43,6 +43,10 @@ FAST_PF_IGNORE_MMU_WRITABLE = mutant(
     "fast_pf_ignore_mmu_writable", removes="the fast path's MMU-writable test before setting W",
     breaks="fast page fault: only an SPTE with Host-writable and MMU-writable set may be made "
            "writable locklessly")
+LOCKLESS_WALK_UNPROTECTED = mutant(
+    "lockless_walk_unprotected",
+    removes="the lockless walk's RCU read side (kvm_tdp_mmu_walk_lockless_begin/end)",
+    breaks="a shadow page is freed only after every lockless walker that may use it is done")
 FAST_PF_NO_MARK_DIRTY = mutant(
     "fast_pf_no_mark_dirty", removes="the fast path's mark_page_dirty after setting W",
     breaks="dirty logging: the first write after write-protection is logged")
@@ -50,6 +54,15 @@ FAST_PF_NO_MARK_DIRTY = mutant(
 
 def fast_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
     """Try to fix the fault on ``va`` locklessly; ``GO_SLOW`` hands it to the slow path."""
+    # The TDP MMU frees its pages after an RCU grace period, and its lockless walk is an RCU
+    # read side; the model frees no page of the shadow MMU, so only TDP walks need one.
+    if not vcpu.vm.mmu.tdp or LOCKLESS_WALK_UNPROTECTED in vcpu.vm.hazards:
+        return _fast_page_fault(vcpu, va, write, slots)
+    with vcpu.lockless_walk():
+        return _fast_page_fault(vcpu, va, write, slots)
+
+
+def _fast_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
     vm = vcpu.vm
     loc = vm.mmu.walk(va)
     if loc is None:
@@ -60,6 +73,10 @@ def fast_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
     sptep = sp.sptes[i]
     for _ in range(MAX_RETRIES):
         old = sptep.load()
+        # the model's KASAN, checked with the load: the page must not have been freed under us
+        assert not sp.freed, (
+            f"{vcpu!r}'s fast page fault read an SPTE of shadow page {sp.index} after it was "
+            "freed: the lockless walk outlived the page")
         if not S.is_present(old):
             return GO_SLOW
         if S.hw_allows(old, write):

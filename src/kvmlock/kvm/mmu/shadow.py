@@ -51,6 +51,10 @@ ROOT_ALLOC_WITHOUT_SLOTS_ARCH_LOCK = mutant(
     "root_alloc_without_slots_arch_lock", removes="slots_arch_lock around the first shadow "
     "root's rmap allocation",
     breaks="slots_arch_lock orders the rmap allocation with a memslot being created")
+FREE_PAGES_NO_GRACE_PERIOD = mutant(
+    "free_pages_no_grace_period",
+    removes="the RCU grace period between unlinking and freeing shadow pages",
+    breaks="a shadow page is freed only after every lockless walker that may use it is done")
 ZAP_NO_FLUSH = mutant(
     "zap_no_flush", removes="the remote TLB flush after zapping SPTEs (kvm_zap_gfn_range)",
     breaks="a zapped SPTE's frame is reused only after every vCPU dropped its translation")
@@ -59,7 +63,7 @@ ZAP_NO_FLUSH = mutant(
 class ShadowPage:
     """One leaf page table of SPTEs; ``direct`` pages map fixed gfns."""
 
-    __slots__ = ("index", "direct", "sptes", "gfns", "unsync")
+    __slots__ = ("index", "direct", "sptes", "gfns", "unsync", "freed")
 
     def __init__(self, index: int, direct: bool) -> None:
         self.index = index
@@ -69,6 +73,8 @@ class ShadowPage:
         #: indirect pages: the gfn each SPTE was installed for (-1: none); under mmu_lock
         self.gfns = [base + i if direct else -1 for i in range(SP_ENTRIES)]
         self.unsync = False
+        #: set once the page is freed (the model's KASAN: a use after that is a bug)
+        self.freed = False
 
     def gfn_at(self, i: int) -> int:
         """``kvm_mmu_page_get_gfn``: fixed for direct pages, recorded at install otherwise."""
@@ -174,6 +180,38 @@ class MMU:
                            "one of them is unreachable and its SPTEs are never zapped")
         lost = [sp for sp in built if self.pages[sp.index] is not sp]
         assert not lost, f"linked shadow pages no longer reachable: {lost}"
+
+    def zap_all(self) -> int:
+        """``kvm_mmu_zap_all`` (TDP): drop every SPTE and free every shadow page.
+
+        The pages are unlinked under ``mmu_lock`` and TLBs flushed; they are freed only after a
+        grace period (every vCPU out of its lockless walk, the TDP MMU's RCU read side): a fast
+        page fault that found a page before it was unlinked is done with it by then. Returns
+        how many pages were freed.
+        """
+        if not self.tdp:
+            raise ValueError("zap_all: this model frees shadow pages of the TDP MMU only")
+        vm = self.vm
+        with vm.mmu_lock.write():
+            gone = []
+            for idx, sp in enumerate(self.pages):
+                if sp is None:
+                    continue
+                for i in range(SP_ENTRIES):
+                    self.drop_spte(sp, i)
+                runtime.RT.point(self.pages, "unlink shadow page", True)
+                self.pages[idx] = None
+                with vm.tdp_mmu_pages_lock:
+                    self.page_list = [p for p in self.page_list if p is not sp]
+                gone.append(sp)
+            if gone:
+                flush_remote_tlbs(vm)
+        if gone and FREE_PAGES_NO_GRACE_PERIOD not in vm.hazards:
+            for vcpu in vm.vcpus:  # call_rcu: the free runs after a grace period
+                vcpu.wait_lockless_walk()
+        for sp in gone:
+            sp.freed = True
+        return len(gone)
 
     def check_mappings(self) -> None:
         """Assert the consequences, once the VM is quiet (no visible steps: after the run).
