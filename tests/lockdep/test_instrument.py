@@ -453,3 +453,25 @@ def test_a_child_forked_while_another_thread_validates_can_still_validate():
             pytest.fail("the forked child hung on the graph lock")
         time.sleep(0.02)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_plain_thread_ending_with_a_kvmlock_mutex_held_is_reported():
+    """No instrumentation, no kvmlock.spawn: a plain threading.Thread is still checked."""
+    from kvmlock.sync import Mutex
+
+    m = Mutex("leaked.mutex")
+    fine = Mutex("fine.mutex")
+    assert not lockdep.threading_instrumented()
+    th = threading.Thread(target=m.lock, name="plain-leaker")
+    th.start()
+    th.join()
+
+    def tidy():
+        with fine:
+            pass
+
+    th2 = threading.Thread(target=tidy)
+    th2.start()
+    th2.join()
+    (r,) = lockdep.reports()
+    assert r.kind == "held_at_exit" and r.task == "plain-leaker" and r.lock == "leaked.mutex"

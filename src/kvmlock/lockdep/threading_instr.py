@@ -344,6 +344,14 @@ def _bootstrap_inner(self: threading.Thread) -> None:
         api.task_exit(self.name)  # by now the thread is no longer listed under its name
 
 
+# Installed once, for good: a thread however it uses kvmlock (its primitives, or instrumented
+# threading locks) is checked for locks still held when it ends. A thread that took none pays
+# one attribute test.
+if not getattr(threading.Thread._bootstrap_inner, "_kvmlock", False):  # type: ignore[attr-defined]
+    _bootstrap_inner._kvmlock = True  # type: ignore[attr-defined]
+    threading.Thread._bootstrap_inner = _bootstrap_inner  # type: ignore[attr-defined]
+
+
 class Instrumentation:
     """Handle returned by :func:`instrument_threading`; ``stop()`` or leaving ``with`` undoes it."""
 
@@ -353,7 +361,6 @@ class Instrumentation:
         if _depth == 0:
             threading.Lock = _lock_factory  # type: ignore[misc, assignment]
             threading.RLock = _rlock_factory  # type: ignore[misc, assignment]
-            threading.Thread._bootstrap_inner = _bootstrap_inner  # type: ignore[attr-defined]
             # Only now: importing asyncio imports logging, whose module lock must be validated
             # (it is one side of logging's FileHandler.close() / dictConfig() inversion).
             from kvmlock.lockdep import asyncio_instr
@@ -373,7 +380,6 @@ class Instrumentation:
             asyncio_instr.unpatch()
             threading.Lock = _ORIG_LOCK  # type: ignore[misc]
             threading.RLock = _ORIG_RLOCK  # type: ignore[misc]
-            threading.Thread._bootstrap_inner = _ORIG_BOOTSTRAP  # type: ignore[attr-defined]
 
     def __enter__(self) -> Instrumentation:
         return self
