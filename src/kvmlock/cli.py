@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "spec": ("kvmlock.spec.cli", "read a locking.rst-style document; check the model against it"),
     "splat": ("kvmlock.splat.cli", "read kernel lockdep reports; judge them against a document"),
     "lockdep": ("kvmlock.script", "run a Python script with its threading locks validated"),
+    "explore": ("kvmlock.explore.cli", "run a test or function (FILE::NAME) under the explorer"),
 }
 
 

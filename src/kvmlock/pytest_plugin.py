@@ -50,6 +50,10 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "explore(strategy='dpor', max_runs=None, memory=False, ...): run the test "
+        "under kvmlock's schedule explorer (keyword arguments go to explore.check); a failure "
+        "shows the trace table and the command that replays it")
     if not config.getoption("lockdep", False):
         return
     _start(config)
@@ -105,3 +109,25 @@ class _LockdepChecker:
         result = yield
         self._check(item, "teardown")
         return result
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Any:
+    """``@pytest.mark.explore(...)``: the test body is explored instead of run once. Its
+    fixtures are made once and shared by every execution."""
+    mark = pyfuncitem.get_closest_marker("explore")
+    if mark is None:
+        return None
+    from kvmlock import explore
+    from kvmlock.explore.cli import replay_command
+
+    fn = pyfuncitem.obj
+    names = pyfuncitem._fixtureinfo.argnames
+    kwargs = {n: pyfuncitem.funcargs[n] for n in names}
+    res = explore.check(lambda: fn(**kwargs), *mark.args, **mark.kwargs)
+    if res.failures:
+        f = res.failures[0]
+        target = f"{pyfuncitem.path}::{pyfuncitem.name}"
+        how = replay_command(target, f.schedule, bool(mark.kwargs.get("memory")))
+        pytest.fail(f"{res.headline()}\n{f}\nreplay: {how}", pytrace=False)
+    return True
