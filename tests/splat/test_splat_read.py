@@ -155,6 +155,7 @@ def test_lockdep_names_become_document_classes() -> None:
     assert lock_class("&(kvm)->mmu_lock") == "kvm->mmu_lock"
     assert lock_class("&(&kvm->mmu_lock)->rlock") == "kvm->mmu_lock"
     assert lock_class("cpu_hotplug_lock.rw_sem") == "cpu_hotplug_lock"
+    assert lock_class("cpu_hotplug.lock") == "cpu_hotplug_lock"
     assert lock_class("&mm->mmap_sem#2") == "mm->mmap_sem"
     assert lock_class("&kvm->arch.mmu_lock") == "kvm->mmu_lock"
 

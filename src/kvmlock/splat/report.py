@@ -71,6 +71,8 @@ def lock_class(raw: str) -> str:
         n = m.group(1)
     n = re.sub(r"\((&?\w+)\)", r"\1", n).lstrip("&")
     n = re.sub(r"\.(?:rw_sem|rss|rw)$", "", n)
+    if n in ("cpu_hotplug.lock", "cpu_hotplug.dep_map"):  # before 4.13 the class had this name
+        n = "cpu_hotplug_lock"
     return normalise(n)
 
 
