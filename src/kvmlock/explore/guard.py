@@ -35,6 +35,10 @@ from kvmlock.explore.memtrace import _user_file
 
 _allocate = _thread.allocate_lock
 _POLL = 0.05
+#: How long a stopped worker may take to take its stop before it counts as blocked after all: a
+#: busy loop on a loaded machine can wait seconds for its time slice, and calling it blocked
+#: would be a false verdict.
+_GRACE = 5.0
 
 
 class Interrupted(BaseException):
@@ -196,7 +200,7 @@ def run(job: Callable[[], Any], *, timeout: float | None, stall: float | None) -
             elif fsig != fprev:
                 moved = True
             if why is not None:
-                if now - interrupted_at > 1.0:  # it did not come back: blocked after all
+                if now - interrupted_at > _GRACE:  # it did not come back: blocked after all
                     _abandon(w, rt)
                     _take_pending_stop()
                     raise Blocked(*_blocked(frame, rt))
