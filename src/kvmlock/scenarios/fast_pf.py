@@ -253,6 +253,26 @@ def harvest_two_writers() -> None:
     _assert_log_complete(mig)
 
 
+@scenario("dirty_log.harvest_flush_any.correct",
+          rule="KVM_GET_DIRTY_LOG flushes when any harvested gfn was write-protected, even if "
+               "a later gfn in the word needed no flush",
+          variant="correct", expect="pass",
+          invariant="dirty log complete: every guest write reaches the migrated copy",
+          catches=("harvest_flush_last_gfn", "harvest_no_flush"), **_BOUND)
+def harvest_flush_any() -> None:
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0, flags=LOG_DIRTY_PAGES)
+    (v0,) = vm.vcpus
+    guest_write(v0, 1, 1)  # gfn 1 logged...
+    vm.host.swap_out(1)  # ...and its SPTE zapped: harvesting it write-protects nothing
+    guest_write(v0, 0, 2)  # gfn 0 logged, writable and cached writable in vcpu0's TLB
+    mig = MigrationCopy(vm, 0)
+    together(mig.round, lambda: guest_write(v0, 0, 3),
+             names=["KVM_GET_DIRTY_LOG", "vcpu0 writes"])
+    vm.check()
+    _assert_log_complete(mig)
+
+
 @scenario("tdp_mmu.install_race.correct",
           rule="two TDP faults on one gfn under read-mode mmu_lock install by cmpxchg",
           variant="correct", expect="pass",

@@ -34,6 +34,11 @@ HARVEST_LOAD_STORE = mutant(
 HARVEST_NO_FLUSH = mutant(
     "harvest_no_flush", removes="the TLB flush after the harvest write-protected SPTEs",
     breaks="KVM_GET_DIRTY_LOG flushes before returning, so later writes fault and are logged")
+HARVEST_FLUSH_LAST_GFN = mutant(
+    "harvest_flush_last_gfn", removes="the harvest's flush decision gathered over every gfn "
+    "(only the last gfn's write-protection counts)",
+    breaks="KVM_GET_DIRTY_LOG flushes if any harvested gfn lost W, or a vCPU keeps writing "
+           "through the translation it cached")
 HARVEST_WITHOUT_MMU_LOCK = mutant(
     "harvest_without_mmu_lock", removes="mmu_lock around the harvest's write-protection",
     breaks="SPTEs are write-protected with mmu_lock held")
@@ -99,7 +104,8 @@ def get_dirty_log(vm: VM, slot_id: int) -> list[int]:
                     if mask >> bit & 1:
                         gfn = slot.base_gfn + w * 64 + bit
                         dirty.append(gfn)
-                        flush |= write_protect_gfn(vm, gfn)
+                        wp = write_protect_gfn(vm, gfn)
+                        flush = wp if HARVEST_FLUSH_LAST_GFN in vm.hazards else flush or wp
         if flush and HARVEST_NO_FLUSH not in vm.hazards:
             flush_remote_tlbs(vm)
     vm.stats["harvests"] += 1
