@@ -6,6 +6,8 @@ access that leaves the lock out is reported, naming the field and the lock.
 
 from __future__ import annotations
 
+import pytest
+
 from kvmlock import lockdep
 from kvmlock.kvm.iobus import Doorbell, io_bus_register_dev, mmio_write
 from kvmlock.kvm.machine import Machine
@@ -113,3 +115,36 @@ def test_buses():
     assert found() == [("suspicious_rcu", "kvm->buses", "kvm->srcu")]
     (p,) = [p for p in lockdep.graph().protected if p.name == "kvm->buses"]
     assert {held for held, _w in p.updates} == {("kvm->slots_lock",), ()}
+
+
+#: each declaration's lock removed (a mutant of the catalogue) -> the report that must catch it
+DECLARATION_MUTANTS = {
+    "vm_list_without_kvm_lock": "unguarded",
+    "usage_without_lock": "unguarded",
+    "callback_without_kvm_lock": "unguarded",
+    "pi_list_without_lock": "unguarded",
+    "pi_handler_without_lock": "unguarded",
+    "tsc_without_lock": "unguarded",
+    "mn_count_without_lock": "unguarded",
+    "page_fault_no_srcu": "suspicious_rcu",
+    "memslot_update_without_slots_lock": "suspicious_rcu",
+    "mmio_without_srcu": "suspicious_rcu",
+    "bus_update_without_slots_lock": "suspicious_rcu",
+}
+
+
+@pytest.mark.parametrize(("name", "kind"), sorted(DECLARATION_MUTANTS.items()))
+def test_each_declaration_catches_its_lock_removed(name, kind):
+    import kvmlock.scenarios  # noqa: F401 - registers the scenarios
+    from kvmlock.kvm.mutants import applied
+    from kvmlock.scenarios import verify
+    from kvmlock.scenarios.registry import SCENARIOS
+
+    written_for = [s for s in SCENARIOS.values() if name in s.catches]
+    assert written_for, f"no scenario names {name} in catches="
+    for sc in written_for:
+        assert verify.run_scenario(sc, timeout=60).failure is None  # the correct model passes
+        with applied(name):
+            out = verify.run_scenario(sc, timeout=60)
+        assert out.failure is not None and out.failure.kind == "lockdep", (sc.name, out.result)
+        assert kind in {r.kind for r in out.failure.lockdep_reports}, (sc.name, out.result)

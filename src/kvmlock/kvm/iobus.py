@@ -16,12 +16,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kvmlock import lockdep, runtime
+from kvmlock.kvm.mutants import mutant
 
 if TYPE_CHECKING:
     from kvmlock.kvm.vcpu import VCPU
     from kvmlock.kvm.vm import VM
 
 __all__ = ["Doorbell", "IoBus", "io_bus_register_dev", "io_bus_unregister_dev", "mmio_write"]
+
+MMIO_WITHOUT_SRCU = mutant(
+    "mmio_without_srcu", removes="the kvm->srcu read side around a vCPU's MMIO bus lookup",
+    breaks="kvm->srcu protects kvm->buses: a bus is freed only after its readers left")
 
 
 class Doorbell:
@@ -97,12 +102,18 @@ def mmio_write(vcpu: VCPU, addr: int, value: int) -> bool:
     ``kvm->srcu`` read side; False when no in-kernel device claims it (an exit to user space).
     """
     vm = vcpu.vm
+    if MMIO_WITHOUT_SRCU in vm.hazards:
+        return _bus_write(vm, addr, value)
     idx = vm.srcu.read_lock()
     try:
-        dev = vm.buses.srcu_dereference(vm.srcu).find(addr)
-        if dev is None:
-            return False
-        dev.write(value)
-        return True
+        return _bus_write(vm, addr, value)
     finally:
         vm.srcu.read_unlock(idx)
+
+
+def _bus_write(vm: VM, addr: int, value: int) -> bool:
+    dev = vm.buses.srcu_dereference(vm.srcu).find(addr)
+    if dev is None:
+        return False
+    dev.write(value)
+    return True

@@ -31,9 +31,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from kvmlock.kvm.iobus import Doorbell, io_bus_register_dev
+from kvmlock import lockdep
+from kvmlock.kvm.iobus import Doorbell, io_bus_register_dev, io_bus_unregister_dev
 from kvmlock.kvm.memslots import MsrFilter, active_memslots, retire
-from kvmlock.kvm.mutants import mutant
+from kvmlock.kvm.mutants import mutant, unless
 
 if TYPE_CHECKING:
     from kvmlock.kvm.vcpu import VCPU
@@ -58,6 +59,10 @@ PIT_SLOTS_LOCK_INSIDE_IRQ_LOCK = mutant(
     "pit_slots_lock_inside_irq_lock",
     removes="(adds) slots_lock taken under irq_lock when the PIT registers its device",
     breaks="kvm->slots_lock is taken outside kvm->irq_lock")
+BUS_UPDATE_WITHOUT_SLOTS_LOCK = mutant(
+    "bus_update_without_slots_lock", removes="kvm->slots_lock around registering devices on "
+    "the I/O bus (KVM_IOEVENTFD assign and deassign, KVM_CREATE_IRQCHIP)",
+    breaks="kvm->slots_lock protects kvm->buses updates")
 APIC_ACCESS_DELETE_UNDER_SRCU = mutant(
     "apic_access_delete_under_srcu",
     removes="leaving the kvm->srcu read side before KVM_RUN deletes the APIC-access memslot",
@@ -133,11 +138,22 @@ def set_gsi_routing(vm: VM, routes: tuple[str, ...]) -> None:
 
 def assign_ioeventfd(vm: VM, addr: int, name: str = "ioeventfd") -> None:
     """``KVM_IOEVENTFD``: an eventfd device on the I/O bus (``kvm->slots_lock`` only)."""
-    with vm.slots_lock:
+    with unless(BUS_UPDATE_WITHOUT_SLOTS_LOCK, vm.hazards, vm.slots_lock):
         if vm.hazards.ioeventfd_takes_kvm_lock:
             with vm.lock:  # broken: kvm->lock is ordered outside kvm->slots_lock
                 pass
         _io_bus_register(vm, addr, name)
+
+
+def deassign_ioeventfd(vm: VM, addr: int) -> None:
+    """``KVM_IOEVENTFD`` with ``KVM_IOEVENTFD_FLAG_DEASSIGN``: the device leaves the bus and is
+    freed after a grace period (``kvm->slots_lock`` held throughout)."""
+    with unless(BUS_UPDATE_WITHOUT_SLOTS_LOCK, vm.hazards, vm.slots_lock):
+        bus = vm.buses.srcu_dereference_check(vm.srcu, lockdep.is_held(vm.slots_lock))
+        dev = bus.find(addr)
+        if dev is None:
+            raise ValueError(f"KVM_IOEVENTFD deassign: nothing at {addr:#x} (ENOENT)")
+        io_bus_unregister_dev(vm, dev)
 
 
 def create_irqchip(vm: VM) -> None:
@@ -145,7 +161,7 @@ def create_irqchip(vm: VM) -> None:
     with vm.lock:
         if vm.irqchip.load():
             raise ValueError("KVM_CREATE_IRQCHIP: the VM already has an irqchip (EEXIST)")
-        with vm.slots_lock:
+        with unless(BUS_UPDATE_WITHOUT_SLOTS_LOCK, vm.hazards, vm.slots_lock):
             _io_bus_register(vm, PIC, "pic")
             _io_bus_register(vm, IOAPIC, "ioapic")
         _set_irq_routing(vm, ("pic", "ioapic"))

@@ -46,6 +46,9 @@ USAGE_WITHOUT_LOCK = mutant(
     "kvm_usage_count and hardware enabling",
     breaks="kvm_usage_count and hardware enable/disable are protected by kvm_usage_lock "
            "(kvm_lock in the old design)")
+VM_LIST_WITHOUT_KVM_LOCK = mutant(
+    "vm_list_without_kvm_lock", removes="kvm_lock around publishing and unpublishing a VM on "
+    "vm_list", breaks="kvm_lock protects vm_list")
 CALLBACK_WITHOUT_KVM_LOCK = mutant(
     "callback_without_kvm_lock", removes="kvm_lock in the old design's CPU hotplug callbacks",
     breaks="kvm_lock protects kvm_usage_count: the hotplug callbacks read it under kvm_lock")
@@ -428,13 +431,13 @@ class Machine:
         opts.setdefault("hazards", self.hazards)
         vm = VM(self, **opts)
         self.hardware_enable_all()
-        with self.kvm_lock:
+        with unless(VM_LIST_WITHOUT_KVM_LOCK, self.hazards, self.kvm_lock):
             self.vm_list.append(vm)
         return vm
 
     def destroy_vm(self, vm: VM) -> None:
         """Unpublish the VM, then drop its hold on hardware virtualization."""
-        with self.kvm_lock:
+        with unless(VM_LIST_WITHOUT_KVM_LOCK, self.hazards, self.kvm_lock):
             try:
                 self.vm_list.remove(vm)
             except ValueError:

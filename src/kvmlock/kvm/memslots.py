@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from kvmlock import lockdep, runtime
-from kvmlock.kvm.mutants import mutant
+from kvmlock.kvm.mutants import mutant, unless
 from kvmlock.sync import Atomic64, RWSemaphore, peek
 
 if TYPE_CHECKING:
@@ -66,6 +66,9 @@ MEMSLOT_COMMIT_LOCKS_VCPUS = mutant(
     "memslot_commit_locks_vcpus", removes="(adds) every vcpu->mutex taken under "
     "slots_arch_lock by a memslot create",
     breaks="vcpu->mutex is taken outside kvm->slots_arch_lock")
+MEMSLOT_UPDATE_WITHOUT_SLOTS_LOCK = mutant(
+    "memslot_update_without_slots_lock", removes="kvm->slots_lock around a memslot update",
+    breaks="kvm->slots_lock protects memslot updates (the update side of kvm->memslots)")
 
 
 @dataclass(frozen=True, eq=False)
@@ -314,7 +317,7 @@ def set_memory_region(
     if npages and vm.host is not None and hva + npages > vm.host.nr_hva:
         raise ValueError(f"set_memory_region: hvas [{hva}, {hva + npages}) exceed the host's "
                          f"{vm.host.nr_hva} pages")
-    with vm.slots_lock:
+    with unless(MEMSLOT_UPDATE_WITHOUT_SLOTS_LOCK, vm.hazards, vm.slots_lock):
         cur = active_memslots(vm)  # stable: only slots_lock holders swap it
         old = cur.by_id(slot_id)
         if npages == 0:
