@@ -149,3 +149,26 @@ def spin_until_set(waiter_first: bool):
             t.join()
 
     return body
+
+
+def reread_then_store(seen: set, loads: int = 2):
+    """A writer that loads one atomic ``loads`` times from the same line (no write between,
+    not a spin wait: a bounded loop) and then stores it, beside a reader of it; ``seen``
+    collects the reader's values, so both 0 and 1 must turn up."""
+
+    def body():
+        x = Atomic64(0, name="x")
+
+        def reader():
+            seen.add(x.load())
+
+        def writer():
+            for _ in range(loads):
+                x.load()
+            x.store(1)
+
+        ts = [spawn(reader), spawn(writer)]
+        for t in ts:
+            t.join()
+
+    return body

@@ -7,7 +7,7 @@ import pytest
 from kvmlock import explore, spawn
 from kvmlock.sync import Atomic64, Mutex
 
-from .programs import abba, lost_update, rwsem_fairness, spin_until_set
+from .programs import abba, lost_update, reread_then_store, rwsem_fairness, spin_until_set
 
 
 @pytest.mark.parametrize("strategy", ["dfs", "dpor"])
@@ -235,3 +235,17 @@ def test_spin_detection_can_be_turned_off():
     again = explore.replay(body, off.failure.schedule, max_steps=100, spin_detection=False)
     assert again.failure.kind == "hang"
     assert explore.check(body, strategy="dfs", max_steps=100).ok
+
+
+@pytest.mark.parametrize("loads", [2, 3])
+@pytest.mark.parametrize("strategy", ["dfs", "dpor"])
+def test_bounded_reread_is_not_taken_for_a_spin_wait(strategy, loads):
+    seen: set = set()
+    res = explore.check(reread_then_store(seen, loads), strategy=strategy, max_steps=200)
+    assert res.ok and res.exhausted, str(res)
+    # the reader sees the store in some interleaving, as it does with spin detection off
+    off: set = set()
+    explore.check(reread_then_store(off, loads), strategy="dfs", max_steps=200,
+                  spin_detection=False)
+    assert off == {0, 1}
+    assert seen == off

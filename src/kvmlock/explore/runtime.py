@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from greenlet import GreenletExit, getcurrent, greenlet
@@ -107,8 +107,9 @@ class Task:
         self.p_where: tuple[str, str] = ("", "")
         self.p_wq: Any = None
         self.try_ok = False
-        # spin detection: object key -> (writes to it when last read, program point of read)
-        self.spin: dict[int, tuple[int, Any]] = {}
+        # spin detection: object key -> (writes to it when last read, program point of the
+        # read, the task's frames' state there if it was a re-read, else None)
+        self.spin: dict[int, tuple[int, Any, Any]] = {}
         self.spinning = False
         self.spin_counts: list[tuple[int, int]] = []
 
@@ -352,16 +353,21 @@ class SimRuntime:
         t.p_wq = wq
         if self.tracing:
             t.p_where = where_of(sys._getframe(1))
-        point = None
+        point = snap = None
         if not write and obj is not None and self.spin_detect:
             point = (kind, _point(sys._getframe(1)))
             seen = t.spin.get(obj)
             if seen is not None and seen[1] == point and self._unchanged(t.spin):
-                # Back at the same read with nothing it read changed since: a spin-wait
-                # iteration that cannot make progress. It yields: it runs again only when
+                # Back at the same read with nothing it read changed since. A spin-wait
+                # iteration that cannot make progress only if the task's own state came back
+                # too: its frames' locals as at the previous such re-read (a bounded loop's
+                # counter moves on; it must not be parked, or what it does next is never
+                # ordered before the others). A spinner yields: it runs again only when
                 # something it read changes, or when nothing else can run.
-                t.spin_counts = [(k, n) for k, (n, _p) in t.spin.items()]
-                t.spinning = True
+                snap = _frames_state(sys._getframe(1))
+                if seen[2] is not None and _same_state(seen[2], snap):
+                    t.spin_counts = [(k, v[0]) for k, v in t.spin.items()]
+                    t.spinning = True
         if t.starting:
             t.starting = False
             p = t.parent
@@ -380,12 +386,12 @@ class SimRuntime:
                 if t.spin:
                     t.spin.clear()
             elif point is not None:
-                t.spin[obj] = (wc.get(obj, 0), point)
+                t.spin[obj] = (wc.get(obj, 0), point, snap)
                 t.spinning = False
 
-    def _unchanged(self, seen: dict[int, tuple[int, Any]]) -> bool:
+    def _unchanged(self, seen: dict[int, tuple[int, Any, Any]]) -> bool:
         wc = self.wcount
-        return all(wc.get(k, 0) == n for k, (n, _p) in seen.items())
+        return all(wc.get(k, 0) == v[0] for k, v in seen.items())
 
     def _forced_pick(self, cur: Task, want: int) -> Task:
         """Replaying a known prefix: check only the chosen task (and ``cur``, to count
@@ -592,8 +598,8 @@ def _worker_main(creator: Any) -> Any:
 _CODE_INTERNAL: dict[Any, bool] = {}
 
 
-def _point(frame: Any) -> Any:
-    """The user's program point (code object, line) that led to this operation."""
+def _user_frames(frame: Any) -> Iterator[Any]:
+    """The frames outside kvmlock's own layers, innermost first."""
     f = frame
     cache = _CODE_INTERNAL
     while f is not None:
@@ -602,9 +608,42 @@ def _point(frame: Any) -> Any:
         if internal is None:
             internal = cache[code] = code.co_filename.startswith(_INTERNAL)
         if not internal:
-            return (code, f.f_lineno)
+            yield f
         f = f.f_back
+
+
+def _point(frame: Any) -> Any:
+    """The user's program point (code object, line) that led to this operation."""
+    for f in _user_frames(frame):
+        return (f.f_code, f.f_lineno)
     return None
+
+
+_SCALARS = (int, float, str, bytes, bool, type(None))
+
+
+def _frames_state(frame: Any) -> list[tuple[Any, int, tuple, tuple]]:
+    """What a task's user frames hold at a read: code, line, local names and values (the
+    values kept, so an identity cannot be reused by a new object while compared)."""
+    out = []
+    for f in _user_frames(frame):
+        loc = f.f_locals
+        out.append((f.f_code, f.f_lineno, tuple(loc), tuple(loc.values())))
+    return out
+
+
+def _same_state(a: list, b: list) -> bool:
+    """The same frames at the same lines, each local the same object (or an equal number or
+    string: arithmetic makes new ones)."""
+    if len(a) != len(b):
+        return False
+    for (ca, la, ka, va), (cb, lb, kb, vb) in zip(a, b, strict=True):
+        if ca is not cb or la != lb or ka != kb:
+            return False
+        for x, y in zip(va, vb, strict=True):
+            if x is not y and not (type(x) is type(y) and type(x) in _SCALARS and x == y):
+                return False
+    return True
 
 
 def _exc_where(exc: BaseException) -> tuple[str, str]:

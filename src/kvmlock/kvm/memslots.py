@@ -258,7 +258,7 @@ def _swap_active_memslots(vm: VM, new: Memslots) -> None:
     """Publish ``new``: wait out active invalidations, swap, drop slots_arch_lock, sync SRCU,
     and free the old array."""
     # the array being replaced; stable here, only slots_lock holders swap it
-    old: Memslots = vm.memslots.dereference_protected(lockdep.is_held(vm.slots_lock))
+    old: Memslots = active_memslots(vm)
     if NOTIFIER_USES_RWSEM in vm.hazards:
         rw = _notifier_rwsem(vm)
         rw.down_write()
