@@ -49,7 +49,8 @@ def test_reference_fields_multiline_and_bullets(docs: Path) -> None:
     arch_lock = d.ref("kvm->slots_arch_lock")
     assert arch_lock is not None and arch_lock.arch.startswith("any")
     assert arch_lock.protects == [
-        "arch-specific memslot fields that change inside a kvm->srcu read-side critical section."
+        "memslot fields private to the architecture, written while kvm->srcu readers may be "
+        "running."
     ]
     tsc = d.ref("kvm->arch.tsc_write_lock")  # spelled kvm_arch::tsc_write_lock in the heading
     assert tsc is not None and tsc.spelled == "kvm_arch::tsc_write_lock"
