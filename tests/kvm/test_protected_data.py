@@ -112,8 +112,10 @@ def test_buses():
     assert mmio_write(vm.vcpus[0], 0x10, 7) and bell.writes == [7]
     assert lockdep.reports() == []
     io_bus_register_dev(vm, Doorbell(0x20))  # without slots_lock
-    assert found() == [("suspicious_rcu", "kvm->buses", "kvm->srcu")]
-    (p,) = [p for p in lockdep.graph().protected if p.name == "kvm->buses"]
+    # the read of the old bus, then its publication: kvm->slots_lock is the declared update side
+    assert found() == [("suspicious_rcu", "kvm->buses", "kvm->srcu"),
+                       ("unguarded", "kvm->buses", "kvm->slots_lock")]
+    (p,) = [p for p in lockdep.graph().protected if p.name == "kvm->buses" and p.kind == "rcu"]
     assert {held for held, _w in p.updates} == {("kvm->slots_lock",), ()}
 
 

@@ -58,3 +58,102 @@ def test_known_kinds_for_documents_without_a_reference_come_from_the_model_docum
     from kvmlock.spec.names import kind_of
 
     assert kind_of(name) == model_locks()[name]
+
+
+# --------------------------------------------------------------------------- Protects fields
+
+
+def _protects(text: str, lock: str) -> list[str]:
+    entry = spec.parse(text).ref(lock)
+    return entry.protects if entry is not None else []
+
+
+def test_protects_fields_list_every_declaration_of_the_model_under_its_lock():
+    from kvmlock.kvm.locks import model_protects
+
+    declared = model_protects()
+    assert {p.declared for p in declared} == {"guarded_by", "read side", "update side"}
+    doc = model_spec()
+    for p in declared:
+        items = doc.ref(p.lock).protects
+        assert any(i == p.item or i.startswith(p.item + ": ") for i in items), (p, items)
+    # kvm->srcu protects the pointers' reads; slots_lock and kvm->lock their updates
+    assert doc.ref("kvm->srcu").protects == ["kvm->arch.msr_filter", "kvm->memslots",
+                                             "kvm->buses"]
+    assert doc.ref("kvm->slots_lock").protects == ["kvm->memslots updates",
+                                                   "kvm->buses updates"]
+
+
+def test_every_guarded_field_of_the_model_is_found_by_the_declaration_walk():
+    """A field declared on a class the walk never reaches would be missing from the render."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import kvmlock.kvm
+    from kvmlock.kvm.locks import model_protects
+    from kvmlock.sync import guarded_by
+
+    fields = set()
+    for mod in pkgutil.walk_packages(kvmlock.kvm.__path__, "kvmlock.kvm."):
+        for _name, klass in inspect.getmembers(importlib.import_module(mod.name),
+                                               inspect.isclass):
+            if klass.__module__ == mod.name:
+                fields |= {d.data for d in vars(klass).values() if isinstance(d, guarded_by)}
+    assert len(fields) >= 9, fields
+    assert fields <= {p.data for p in model_protects()}
+
+
+def test_a_declaration_moved_to_another_lock_moves_its_protects_line(monkeypatch):
+    from kvmlock.kvm.machine import Machine
+    from kvmlock.sync import guarded_by
+
+    before = render_model_doc()
+    assert "vm_list" in _protects(before, "kvm_lock")
+    moved = guarded_by("usage_lock")
+    moved.__set_name__(Machine, "vm_list")
+    monkeypatch.setattr(Machine, "vm_list", moved)
+    after = render_model_doc()
+    assert after != model_doc_text()
+    assert "vm_list" not in _protects(after, "kvm_lock")
+    assert {"kvm_usage_count", "vm_list"} <= set(_protects(after, "kvm_usage_lock"))
+
+
+def test_a_declaration_removed_or_an_rcu_side_changed_shows_in_the_render(monkeypatch):
+    from kvmlock.kvm import vm as vm_mod
+    from kvmlock.kvm.machine import Machine
+    from kvmlock.sync import RcuPointer
+
+    monkeypatch.delattr(Machine, "vm_list")  # a plain attribute now: nothing declares it
+    out = render_model_doc()
+    assert out != model_doc_text()
+    assert "vm_list" not in _protects(out, "kvm_lock")
+
+    monkeypatch.undo()
+
+    class Unlocked(RcuPointer):  # the bus published without naming its update side
+        __slots__ = ()
+
+        def __init__(self, value, name="", **kw):
+            if name == "kvm->buses":
+                kw.pop("update_side")
+            super().__init__(value, name, **kw)
+
+    monkeypatch.setattr(vm_mod, "RcuPointer", Unlocked)
+    out = render_model_doc()
+    assert _protects(out, "kvm->slots_lock") == ["kvm->memslots updates"]
+    assert "kvm->buses" in _protects(out, "kvm->srcu")
+
+
+def test_a_document_item_naming_declared_data_under_another_lock_is_not_kept():
+    from kvmlock.spec.design import protects_of
+    from kvmlock.spec.model import RefEntry
+
+    declared = {"kvm_lock": ["vm_list"], "kvm->srcu": ["kvm->memslots"]}
+    entry = RefEntry("kvm->irq_lock", "kvm->irq_lock", "mutex", ("mutex",),
+                     protects=["vm_list", "interrupt routing", "kvm->memslots: the array",
+                               "stale_field: gone", "the timekeeper"])
+    assert protects_of(entry, declared) == ["interrupt routing", "the timekeeper"]
+    mine = RefEntry("kvm_lock", "kvm_lock", "mutex", ("mutex",),
+                    protects=["vm_list: every VM", "the set of VMs"])
+    assert protects_of(mine, declared) == ["vm_list: every VM", "the set of VMs"]

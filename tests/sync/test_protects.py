@@ -191,6 +191,37 @@ def test_bad_pointer_name():
         RcuPointer(1, name="")
 
 
+def test_declared_update_side_is_checked_at_every_publication():
+    srcu, lock = SRCU("t.srcu"), RWLock("t.update")
+    p = RcuPointer(1, name="t->table", read_side=srcu, update_side=lock)
+    with lock.write():
+        p.assign(2)  # near miss: the update side held
+    assert lockdep.reports() == []
+    with lock.read():
+        p.assign(3)  # held for read only: other updaters run beside it
+    site = next_line()
+    p.assign(4)
+    r1, r2 = lockdep.reports()
+    assert (r1.kind, r1.data, r1.lock, r1.what, r1.held_read) == (
+        "unguarded", "t->table", "t.update", "write", 2)
+    assert (r2.kind, r2.held_read) == ("unguarded", 0) and r2.where.endswith(site)
+    assert "writes t->table at:" in str(r2) and "protected by (t.update)" in str(r2)
+    with srcu.read():
+        assert p.srcu_dereference(srcu) == 4
+    assert len(lockdep.reports()) == 2
+    undeclared = RcuPointer(1, name="t->free")  # nothing declared: publishing is unchecked
+    undeclared.assign(2)
+    assert len(lockdep.reports()) == 2
+
+
+def test_bad_pointer_declarations():
+    with pytest.raises(TypeError, match="read_side must be an SRCU"):
+        RcuPointer(1, name="t->p", read_side=object())
+    with pytest.raises(TypeError, match="is not a lock"):
+        RcuPointer(1, name="t->p", update_side="t.lock")
+    assert RcuPointer(1, name="t->p", read_side="rcu_read_lock").read_side is not None
+
+
 # ------------------------------------------------------------------------- guarded data
 
 

@@ -1,18 +1,25 @@
-"""Every lock the model builds, as lockdep sees it: the facts ``kvmlock spec render`` writes.
+"""Every lock the model builds and the data each one protects: what ``kvmlock spec render`` writes.
 
-The model's locking document (``locking.rst`` beside this module) says what each lock is; this
-module asks the model itself, by building one machine with a VM and reading the lock objects it
-made. The two are compared by a test and rendered by ``kvmlock spec render``, so the document
-cannot name a lock the model lacks, miss one it builds, or give one the wrong kind.
+The model's locking document (``locking.rst`` beside this module) says what each lock is and
+what it protects; this module asks the model itself, by building one machine with a VM and
+reading the lock objects it made and the protected-data declarations (``guarded_by`` fields,
+``Guarded`` cells, ``RcuPointer`` read and update sides) of every object reachable from them.
+The two are compared by a test and rendered by ``kvmlock spec render``, so the document cannot
+name a lock the model lacks, miss one it builds, give one the wrong kind, or say a lock
+protects data the model guards with another.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 from kvmlock import sync
+from kvmlock.lockdep.protect import lock_name
 
-__all__ = ["MODEL_DOC", "model_doc_text", "model_locks"]
+__all__ = ["MODEL_DOC", "Protection", "model_doc_text", "model_locks", "model_protects"]
 
 #: The model's locking design, shipped as package data beside this module.
 MODEL_DOC = "locking.rst"
@@ -29,15 +36,100 @@ def model_doc_text() -> str:
 def model_locks() -> dict[str, str]:
     """``{lock class: lockdep kind}`` for every lock a machine, its CPUs, a VM and its vCPUs
     build, in construction order (the newer ``kvm_usage_lock`` design, so that lock exists)."""
+    out: dict[str, str] = {}
+    for o in _model_objects():
+        if isinstance(o, _LOCK_TYPES):
+            out.setdefault(o.name, o.KIND)
+    return out
+
+
+@dataclass(frozen=True)
+class Protection:
+    """One Protects item the model declares: ``lock`` (a lock class) protects ``item``.
+
+    ``item`` is the datum's name as the document writes it (a field's own name, a cell's or
+    an RCU pointer's name; ``"<pointer> updates"`` for an RCU pointer's update side), ``data``
+    the name its reports use (``Machine.vm_list``) and ``declared`` how: ``guarded_by``,
+    ``Guarded``, ``read side`` or ``update side``.
+    """
+
+    lock: str
+    item: str
+    data: str
+    declared: str
+
+
+def model_protects() -> list[Protection]:
+    """What every protected-data declaration of the model says its lock protects, in the order
+    the model's objects are found (the machine first, then a VM and what it owns)."""
+    out: list[Protection] = []
+    for o in _model_objects():
+        for p in _declared(o):
+            if p not in out:
+                out.append(p)
+    return out
+
+
+def _declared(o: Any) -> Iterator[Protection]:
+    seen: set[str] = set()
+    for klass in type(o).__mro__:
+        for field, attr in vars(klass).items():
+            if isinstance(attr, sync.guarded_by) and field not in seen:
+                seen.add(field)
+                yield Protection(lock_name(attr._lock(o)), field, attr.data, "guarded_by")
+    if isinstance(o, sync.Guarded):
+        yield Protection(lock_name(o.lock), o.name, o.name, "Guarded")
+    elif isinstance(o, sync.RcuPointer):
+        if o.read_side is not None:
+            yield Protection(lock_name(o.read_side), o.name, o.name, "read side")
+        if o.update_side is not None:
+            yield Protection(lock_name(o.update_side), f"{o.name} updates", o.name,
+                             "update side")
+
+
+def _model_objects() -> list[Any]:
+    """A machine, its CPUs, a VM with a vCPU and its TSC state (the newer ``kvm_usage_lock``
+    design, so that lock exists), and every model object reachable from them, each once."""
     from kvmlock.kvm.machine import Machine
+    from kvmlock.kvm.tsc import TscSync
     from kvmlock.kvm.vm import VM
 
     m = Machine(2, usage_lock=True)
     vm = VM(m, nr_vcpus=1)
-    objs = [*vars(m).values(), *(v for pc in m.cpus for v in vars(pc).values()),
-            *vars(vm).values(), *(v for vc in vm.vcpus for v in vars(vc).values())]
-    out: dict[str, str] = {}
-    for o in objs:
-        if isinstance(o, _LOCK_TYPES):
-            out.setdefault(o.name, o.KIND)
+    out: list[Any] = []
+    seen: set[int] = set()
+    todo: list[Any] = [m, vm, TscSync(vm)]
+    while todo:
+        o = todo.pop(0)
+        if id(o) in seen:
+            continue
+        seen.add(id(o))
+        out.append(o)
+        if isinstance(o, (list, tuple, set, frozenset)):
+            todo += [v for v in o if _modelled(v)]
+        elif isinstance(o, dict):
+            todo += [v for v in o.values() if _modelled(v)]
+        elif not isinstance(o, _LOCK_TYPES + (sync.RcuPointer, sync.Guarded)):
+            todo += [v for v in _fields(o) if _modelled(v)]
     return out
+
+
+def _modelled(v: Any) -> bool:
+    """Worth looking inside: a model object, a lock, protected data, or a container of them."""
+    if isinstance(v, (list, tuple, set, frozenset, dict, sync.RcuPointer, sync.Guarded)):
+        return True
+    mod = type(v).__module__
+    return mod.startswith("kvmlock.kvm") or mod.startswith("kvmlock.sync")
+
+
+def _fields(o: Any) -> list[Any]:
+    vals = list(getattr(o, "__dict__", {}).values())
+    for klass in type(o).__mro__:
+        for name in getattr(klass, "__slots__", ()):
+            if name in ("__dict__", "__weakref__"):
+                continue
+            try:
+                vals.append(getattr(o, name))
+            except AttributeError:
+                pass
+    return vals

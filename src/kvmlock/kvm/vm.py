@@ -137,7 +137,8 @@ class VM:
         self.invalidate_wq = runtime.RT.waitq(self)
 
         # -- read by vCPUs inside kvm->srcu, replaced by VM ioctls (see ioctls.py)
-        self.msr_filter = RcuPointer(MsrFilter(), name="kvm->arch.msr_filter")
+        self.msr_filter = RcuPointer(MsrFilter(), name="kvm->arch.msr_filter",
+                                     read_side=self.srcu, update_side=self.lock)
         self.irq_routing: tuple[str, ...] = ()  # under irq_lock
         #: irqchip_in_kernel(): set last by KVM_CREATE_IRQCHIP (under kvm->lock), read unlocked
         self.irqchip = Atomic64(0, name="kvm->arch.irqchip_mode")
@@ -153,8 +154,10 @@ class VM:
         elif not isinstance(host, Host):
             raise TypeError(f"host must be a kvmlock.kvm.host.Host, got {type(host).__name__}")
         self.host = host
-        self.memslots = RcuPointer(Memslots(), name="kvm->memslots")
-        self.buses = RcuPointer(IoBus(), name="kvm->buses")
+        self.memslots = RcuPointer(Memslots(), name="kvm->memslots", read_side=self.srcu,
+                                   update_side=self.slots_lock)
+        self.buses = RcuPointer(IoBus(), name="kvm->buses", read_side=self.srcu,
+                                update_side=self.slots_lock)
         self.mmu = MMU(self, nr_pages, tdp=bool(tdp), ad_disabled=bool(ad_disabled))
         self.notifier = KvmMmuNotifier(self)
         host.register(self.notifier)

@@ -39,6 +39,12 @@ def lock_map(lock: object) -> core.LockMap | None:
     return m if isinstance(m, _LockMap) else None
 
 
+def lock_name(lock: object) -> str:
+    """The class name reports give ``lock``."""
+    m = lock_map(lock)
+    return m.name if m is not None else getattr(lock, "name", None) or repr(lock)
+
+
 def read_of(w: _rt.World, m: core.LockMap) -> int | None:
     """How the current task of world ``w`` holds map ``m``: None (not held), 0 (exclusively),
     1 or 2 (for read). The caller has checked that validation is on."""

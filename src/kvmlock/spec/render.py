@@ -186,18 +186,17 @@ def lint_tables(spec: Spec, findings: list[Finding]) -> list[Any]:
 def render_reference(locks: Iterable[Any] | None = None) -> str:
     """A Reference section in locking.rst's layout.
 
-    ``locks`` defaults to the KVM model's: every lock it builds, with the kind the code gives it
-    and the prose of the model's own document (see :func:`kvmlock.spec.design.render_model_doc`).
-    Otherwise each item needs ``name``, ``type`` (a C type or a lockdep kind), ``arch``,
-    ``protects`` (a string or a sequence) and ``comment``.
+    ``locks`` defaults to the KVM model's: the Reference section of
+    :func:`kvmlock.spec.design.render_model_doc` (kinds and the Protects items naming data
+    from the code, the rest from the model's own document). Otherwise each item needs
+    ``name``, ``type`` (a C type or a lockdep kind), ``arch``, ``protects`` (a string or a
+    sequence) and ``comment``.
     """
     if locks is None:
-        from kvmlock.spec.design import model_locks, model_spec
+        from kvmlock.spec.design import render_model_doc
 
-        built = model_locks()
-        doc = model_spec()
-        entries = [e for e in doc.reference if e.name in built]
-        body = reference_entries(entries, built)
+        text = render_model_doc()
+        body = text[text.index("``", text.index("Reference\n")):]
     else:
         body = "\n".join(line for d in locks
                           for line in _entry_lines(d.name, d.type, d.arch, d.protects, d.comment))

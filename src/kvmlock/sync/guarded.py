@@ -30,6 +30,7 @@ from kvmlock.lockdep.protect import (
     check_lock,
     held_read,
     lock_map,
+    lock_name,
     read_of,
     record,
     unguarded,
@@ -40,11 +41,6 @@ from kvmlock.runtime import world as _world
 __all__ = ["Guarded", "guarded_by", "peek"]
 
 T = TypeVar("T")
-
-
-def _lock_name(lock: object) -> str:
-    m = lock_map(lock)
-    return m.name if m is not None else getattr(lock, "name", None) or repr(lock)
 
 
 class _Seen:
@@ -71,8 +67,8 @@ class _Seen:
         m = lock_map(lock)
         if self._seen_state is not S or self._seen_map is not m:
             side = self._read_side(src)
-            record("guarded", self.data, _lock_name(lock),
-                   "" if side is None else _lock_name(side))
+            record("guarded", self.data, lock_name(lock),
+                   "" if side is None else lock_name(side))
             self._seen_state, self._seen_map = S, m
         how = read_of(w, m) if m is not None else held_read(lock)
         if how == 0 or (how is not None and not write):
@@ -80,8 +76,8 @@ class _Seen:
         read_side = self._read_side(src)
         if not write and read_side is not None and held_read(read_side) is not None:
             return
-        side = "" if read_side is None or write else _lock_name(read_side)
-        unguarded(self.data, _lock_name(lock), "write" if write else "read", side, how)
+        side = "" if read_side is None or write else lock_name(read_side)
+        unguarded(self.data, lock_name(lock), "write" if write else "read", side, how)
 
 
 def _rcu_or(value: object) -> object:
@@ -223,4 +219,4 @@ class Guarded(_Seen, Generic[T]):
         return self.data
 
     def __repr__(self) -> str:
-        return f"<Guarded {self.data} by {_lock_name(self.lock)}>"
+        return f"<Guarded {self.data} by {lock_name(self.lock)}>"

@@ -23,11 +23,15 @@ from typing import Any
 from kvmlock import runtime
 from kvmlock.lockdep.protect import (
     RCU_READ_LOCK,
+    check_lock,
+    held_read,
     lock_map,
+    lock_name,
     published,
     read_of,
     record,
     suspicious_rcu,
+    unguarded,
 )
 from kvmlock.runtime import world as _world
 
@@ -72,15 +76,29 @@ def _true(cond: Cond) -> bool:
 class RcuPointer:
     """``__rcu`` pointer: published with :meth:`assign`, read with a checked dereference.
 
-    ``name`` is what reports call the pointer (``"kvm->memslots"``).
+    ``name`` is what reports call the pointer (``"kvm->memslots"``). ``read_side`` (an SRCU, or
+    ``"rcu_read_lock"``) and ``update_side`` (the lock that serialises its updaters) declare
+    what protects it, as a locking document's Reference states it: ``kvmlock spec render``
+    writes the Protects lines from them. A declared update side is also checked: a publication
+    without it held is a report of kind ``unguarded``.
     """
 
-    __slots__ = ("name", "_v", "_wq", "_seen")
+    __slots__ = ("name", "read_side", "update_side", "_v", "_wq", "_seen")
 
-    def __init__(self, value: Any = None, name: str = "rcu pointer") -> None:
+    def __init__(self, value: Any = None, name: str = "rcu pointer", *,
+                 read_side: Any = None, update_side: Any = None) -> None:
         if not isinstance(name, str) or not name:
             raise TypeError(f"RcuPointer: the name must be a non-empty string, got {name!r}")
+        if read_side == "rcu_read_lock":
+            read_side = RCU_READ_LOCK
+        if read_side is not None and lock_map(read_side) is None:
+            raise TypeError(f"RcuPointer {name}: read_side must be an SRCU or 'rcu_read_lock', "
+                            f"got {read_side!r}")
+        if update_side is not None:
+            check_lock(update_side)
         self.name = name
+        self.read_side = read_side
+        self.update_side = update_side
         self._v = value
         self._wq = runtime.RT.waitq(self)
         self._seen: object = None  # the lockdep state this pointer was last recorded in
@@ -89,6 +107,9 @@ class RcuPointer:
         """``rcu_assign_pointer``: publish ``value``; readers from now on see it."""
         if _world().lockdep.on:
             published(self.name)
+            up = self.update_side
+            if up is not None and held_read(up) != 0:
+                unguarded(self.name, lock_name(up), "write", how=held_read(up))
         wq = self._wq
         with wq:
             wq.point("rcu_assign_pointer")
