@@ -10,6 +10,8 @@ registers it, so a normal run pays nothing.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 import pytest
@@ -124,7 +126,10 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Any:
     fn = pyfuncitem.obj
     names = pyfuncitem._fixtureinfo.argnames
     kwargs = {n: pyfuncitem.funcargs[n] for n in names}
-    res = explore.check(lambda: fn(**kwargs), *mark.args, **mark.kwargs)
+    # an async test stays an async function, so it runs on the explorer's event loop
+    body = functools.partial(fn, **kwargs) if inspect.iscoroutinefunction(fn) else \
+        (lambda: fn(**kwargs))
+    res = explore.check(body, *mark.args, **mark.kwargs)
     if res.failures:
         f = res.failures[0]
         target = f"{pyfuncitem.path}::{pyfuncitem.name}"

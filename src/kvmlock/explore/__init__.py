@@ -5,13 +5,14 @@ scheduler. Tasks started with ``kvmlock.spawn`` inside it are cooperative greenl
 at every visible operation (each lock, atomic, SRCU and rcuwait operation, spawn, join and
 :func:`yield_point`), and the strategy decides which one goes on. Deadlocks, failed asserts,
 exceptions, lockdep reports and runaway executions are reported with a replayable schedule
-and a CPU0 | CPU1 | ... trace table. See docs/explore.md.
+and a CPU0 | CPU1 | ... trace table. An async function is explored on a deterministic event
+loop whose asyncio tasks are the explored tasks (``check_async``). See docs/explore.md.
 """
 
 from __future__ import annotations
 
 from kvmlock import runtime as _runtime
-from kvmlock.explore.engine import STRATEGIES, check, replay
+from kvmlock.explore.engine import STRATEGIES, check, check_async, replay
 from kvmlock.explore.parallel import WorkerCrashed
 from kvmlock.explore.result import Failure, Result
 from kvmlock.explore.runtime import ACQ_NONE, SHARED, SimRuntime
@@ -40,6 +41,7 @@ __all__ = [
     "SimRuntime",
     "WorkerCrashed",
     "check",
+    "check_async",
     "decode",
     "encode",
     "replay",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any
@@ -201,6 +202,15 @@ def _check_seconds(name: str, v: object) -> None:
         raise ValueError(f"{name} must be a positive number of seconds or None, got {v!r}")
 
 
+def _async(body: Any) -> Any:
+    """An async function runs on the explorer's event loop (see asyncio_loop.py)."""
+    if inspect.iscoroutinefunction(body):
+        from kvmlock.explore.asyncio_loop import AsyncBody
+
+        return AsyncBody(body)
+    return body
+
+
 def _check_body(body: object) -> None:
     if not callable(body):
         raise TypeError(f"the body to explore must be callable with no arguments, got {body!r}")
@@ -297,6 +307,7 @@ def check(
     ``explore.WorkerCrashed``.
     """
     _check_body(body)
+    body = _async(body)
     if not isinstance(strategy, str) or strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
     _check_int("max_runs", max_runs, 1)
@@ -394,6 +405,15 @@ def check(
     return res
 
 
+def check_async(coro_fn: Callable[[], Any], strategy: str = "dpor", **options: Any) -> Result:
+    """``check`` for an async function: ``coro_fn()`` runs on a deterministic event loop once
+    per execution, each of its asyncio tasks an explored task, and the strategy chooses which
+    ready task takes its next step (see asyncio_loop.py). Takes ``check``'s options."""
+    if not inspect.iscoroutinefunction(coro_fn):
+        raise TypeError(f"check_async needs an async function (async def), got {coro_fn!r}")
+    return check(coro_fn, strategy, **options)
+
+
 def _check_parallel(body: Callable[[], Any], strategy: str, workers: int, backend: str, *,
                     max_runs: int | None, max_steps: int, timeout: float | None,
                     stop_on_first: bool, lockdep: bool, shrink: bool, shrink_budget: int,
@@ -478,6 +498,7 @@ def replay(body: Callable[[], Any], schedule: str | list[int], *, max_steps: int
     (ValueError): it belongs to another body, or the body is not deterministic.
     """
     _check_body(body)
+    body = _async(body)
     _check_int("max_steps", max_steps, 1, allow_none=False)
     _check_seconds("timeout", timeout)
     _check_seconds("stall", stall)

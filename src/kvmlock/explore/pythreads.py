@@ -465,7 +465,8 @@ def _targets() -> list[tuple[Any, str, Callable[[Any], Any]]]:
     """(namespace, attribute, maker(previous value) -> replacement)."""
     import concurrent.futures.thread as cft
 
-    return [
+    aio = sys.modules.get("kvmlock.explore.asyncio_loop")  # asyncio's, once an async body ran
+    return (aio.targets() if aio is not None else []) + [
         (threading, "Lock", _make_lock),
         (threading, "RLock", _make_rlock),
         (threading, "_allocate_lock", _make_allocate),

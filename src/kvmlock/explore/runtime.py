@@ -40,7 +40,8 @@ _STDLIB = os.path.dirname(os.path.abspath(threading.__file__))
 _INTERNAL = tuple(
     os.path.join(_PKG, p) for p in ("sync", "runtime.py", "irq.py", "explore", "lockdep")
 ) + tuple(  # the standard library's threading layers, which plain threading programs go through
-    os.path.join(_STDLIB, p) for p in ("threading.py", "queue.py", "concurrent" + os.sep)
+    os.path.join(_STDLIB, p)
+    for p in ("threading.py", "queue.py", "concurrent" + os.sep, "asyncio" + os.sep)
 )
 
 
@@ -351,8 +352,9 @@ class SimRuntime:
         t.p_label = label
         t.p_acq = acq
         t.p_wq = wq
-        if self.tracing:
-            t.p_where = where_of(sys._getframe(1))
+        if self.tracing:  # (an asyncio task's wait says where its coroutine stopped)
+            w = getattr(wq, "where_now", None)
+            t.p_where = w() if w is not None else where_of(sys._getframe(1))
         point = snap = None
         if not write and obj is not None and self.spin_detect:
             point = (kind, _point(sys._getframe(1)))
