@@ -15,12 +15,31 @@ hidden behind the small interface below, so model code runs unchanged in both:
         with wq:                          # threads: the monitor's lock; explorer: nothing
             wq.wait_for(pred, "down_read")  # visible op: park until pred() holds
             ...mutate state...
-            wq.notify_all()               # threads: wake sleepers; explorer: nothing
+            wq.notify_all()               # threads: wake pollers to look again; explorer: nothing
 
     Inside one ``with wq:`` block there is at most one visible operation (``wait_for`` or
     ``point``) and it comes first, so the block's mutation is atomic with that operation in
     both worlds. ``write=False`` marks an operation that commutes with other reads of the same
     owner (the explorer's partial-order reduction uses it).
+
+    ``wait_for`` is a wait that *polls*: the task goes on as soon as ``pred()`` holds, woken or
+    not (lock acquisition, a grace period, a spin on a flag). A primitive that really sleeps on
+    a queue until someone wakes it (rcuwait, a wait queue, a completion) uses the kernel's
+    protocol instead::
+
+        with wq:
+            wq.point("prepare_to_wait")   # visible op on the queue...
+            ticket = wq.ticket()          # ...with which "I am about to sleep" is atomic
+            if cond(): ...                # the waiter's own check, after the ticket
+        with wq:
+            wq.sleep(ticket, "schedule")  # visible op: runs on only after a wake_up() that
+                                          # came after the ticket; the condition may be false
+        with wq:
+            wq.point("wake_up")
+            wq.wake_up()                  # wakes every sleeper; with none, it is lost
+
+    A wake-up before the ticket does not count (it is lost), and a woken sleeper is not told
+    why: code that does not re-check its condition after ``sleep`` runs with it false.
 
 ``current``
     The running task's private object, where lockdep keeps its held-lock stack; ``None``
@@ -61,6 +80,9 @@ class WaitQueue(Protocol):
     def wait_for(self, pred: Callable[[], bool], kind: str, write: bool = True) -> None: ...
     def point(self, kind: str, write: bool = True) -> None: ...
     def notify_all(self) -> None: ...
+    def ticket(self) -> int: ...
+    def sleep(self, ticket: int, kind: str) -> None: ...
+    def wake_up(self) -> None: ...
 
 
 class Handle(Protocol):
@@ -94,7 +116,7 @@ class _ThreadWaitQueue:
     need no scheduling points.
     """
 
-    __slots__ = ("_cond", "__enter__", "__exit__", "notify_all", "_queue")
+    __slots__ = ("_cond", "__enter__", "__exit__", "notify_all", "_queue", "_wakes")
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
@@ -102,6 +124,7 @@ class _ThreadWaitQueue:
         self.__exit__ = self._cond.__exit__
         self.notify_all = self._cond.notify_all
         self._queue: list[list[Callable[[], bool]]] = []  # waiting tasks' conditions, oldest first
+        self._wakes = 0  # wake_up() calls so far: a sleeper's ticket is the count it saw
 
     def _older_can_go(self, until: object = None) -> bool:
         for entry in self._queue:
@@ -133,6 +156,18 @@ class _ThreadWaitQueue:
 
     def point(self, kind: str, write: bool = True) -> None:
         return None
+
+    def ticket(self) -> int:
+        return self._wakes
+
+    def sleep(self, ticket: int, kind: str) -> None:
+        """Sleep until a wake-up newer than ``ticket`` (at once if one came already)."""
+        while self._wakes == ticket:
+            self._cond.wait()
+
+    def wake_up(self) -> None:
+        self._wakes += 1
+        self._cond.notify_all()
 
 
 class _TaskState(threading.local):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kvmlock import spawn
+from kvmlock import explore, spawn
 from kvmlock.sync import Atomic64, Mutex, RWLock, RWSemaphore
 
 
@@ -172,3 +172,21 @@ def reread_then_store(seen: set, loads: int = 2):
             t.join()
 
     return body
+
+
+def assert_dpor_agrees_with_dfs(prog) -> None:
+    """``prog(out)`` adds each execution's outcome to ``out``: the outcomes (and kinds of
+    failure) under DPOR must be those under plain exhaustive DFS -- DPOR that skipped a trace
+    would miss one sooner or later; this is the soundness check."""
+    by_dfs: set = set()
+    by_dpor: set = set()
+    opts = {"lockdep": False, "stop_on_first": False, "shrink": False}
+    dfs = explore.check(lambda: prog(by_dfs), strategy="dfs", max_runs=3000, **opts)
+    dpor = explore.check(lambda: prog(by_dpor), strategy="dpor", **opts)
+    assert dpor.exhausted
+    assert by_dfs <= by_dpor  # even a partial dfs only finds outcomes dpor found
+    assert dfs.kinds() <= dpor.kinds()  # ... and only kinds of failure dpor found
+    if dfs.exhausted:
+        assert by_dpor == by_dfs
+        assert dpor.kinds() == dfs.kinds()
+        assert dpor.runs <= dfs.runs

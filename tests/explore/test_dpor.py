@@ -10,7 +10,7 @@ import pytest
 from kvmlock import explore, spawn
 from kvmlock.sync import Atomic64, Mutex, RWLock, RWSemaphore
 
-from .programs import counter, disjoint
+from .programs import assert_dpor_agrees_with_dfs, counter, disjoint
 
 
 @pytest.mark.parametrize("n,k", [(2, 2), (2, 3), (3, 2), (3, 3)])
@@ -144,19 +144,7 @@ def _program(seed: int):
 
 @pytest.mark.parametrize("seed", range(50))
 def test_dpor_sees_every_outcome_dfs_sees(seed):
-    prog = _program(seed)
-    by_dfs: set = set()
-    by_dpor: set = set()
-    opts = {"lockdep": False, "stop_on_first": False, "shrink": False}
-    dfs = explore.check(lambda: prog(by_dfs), strategy="dfs", max_runs=3000, **opts)
-    dpor = explore.check(lambda: prog(by_dpor), strategy="dpor", **opts)
-    assert dpor.exhausted
-    assert by_dfs <= by_dpor  # even a partial dfs only finds outcomes dpor found
-    assert dfs.kinds() <= dpor.kinds()  # ... and only kinds of failure dpor found
-    if dfs.exhausted:
-        assert by_dpor == by_dfs
-        assert dpor.kinds() == dfs.kinds()
-        assert dpor.runs <= dfs.runs
+    assert_dpor_agrees_with_dfs(_program(seed))
 
 
 def test_wakeup_trees_leave_no_run_to_prune():

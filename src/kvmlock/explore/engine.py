@@ -76,6 +76,9 @@ def _waiting_on(t: Task) -> str:
         h = wq.holder
         return f"{t.p_kind} {t.p_label}" + (f" (held by task {h.tid} {h.name})" if h else "")
     if isinstance(wq, SimWaitQueue):
+        if t in wq.sleepers:
+            return (f"{t.p_kind} {t.p_label} ({wq.owner!r}): asleep, and no wake-up came "
+                    f"after it went to sleep")
         return f"{t.p_kind} {t.p_label} ({wq.owner!r})"
     if isinstance(wq, Task):
         return f"join {wq.name} (task {wq.tid}, still running)"
@@ -120,7 +123,10 @@ def _describe(ex: Execution, lockdep_on: bool, max_steps: int) -> None:
             ex.final.append((t.tid, note + f"{t.p_kind} {t.p_label}{src}"))
         ex.kind = out
         if out == "deadlock":
-            ex.message = "every live task is blocked:\n" + "\n".join(lines)
+            asleep = any(isinstance(t.p_wq, SimWaitQueue) and t in t.p_wq.sleepers
+                         for t in rt.live)
+            lost = " (a lost wake-up: a sleeper nobody will wake)" if asleep else ""
+            ex.message = f"every live task is blocked{lost}:\n" + "\n".join(lines)
         elif spun:
             ex.message = (f"no end after max_steps={max_steps} visible operations: tasks "
                           f"spin re-reading state that nothing changes (livelock):\n"

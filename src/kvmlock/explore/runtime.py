@@ -158,15 +158,26 @@ class SimCell:
 
 
 class SimWaitQueue:
-    """A monitor whose ``with`` is free: a task cannot be preempted between visible steps."""
+    """A monitor whose ``with`` is free: a task cannot be preempted between visible steps.
 
-    __slots__ = ("rt", "key", "label", "owner")
+    ``wait_for`` polls: its task is enabled whenever its condition holds. ``sleep`` is the
+    kernel's sleep on a wait queue: its task is enabled only once a ``wake_up`` of this queue
+    came after its ticket, whatever the condition says then, and a wake-up with nobody
+    asleep is lost -- so a forgotten wake-up leaves the sleeper blocked (reported as a lost
+    wake-up), and a sleeper that does not re-check its condition after waking runs on with
+    it false. Ticket, sleep and wake-up are each atomic with a visible write of the queue's
+    key, so partial-order reduction orders every wake-up against every sleeper's ticket.
+    """
+
+    __slots__ = ("rt", "key", "label", "owner", "wakes", "sleepers")
 
     def __init__(self, rt: SimRuntime, key: int, label: str, owner: object) -> None:
         self.rt = rt
         self.key = key
         self.label = label
         self.owner = owner
+        self.wakes = 0  # wake-ups so far; a ticket is the count its sleeper saw
+        self.sleepers: dict[Task, int] = {}  # task asleep here -> its ticket
 
     def __enter__(self) -> SimWaitQueue:
         return self
@@ -187,7 +198,35 @@ class SimWaitQueue:
         rt.visible(rt.current, self.key, kind, write, None, self.label, ACQ_NONE, self)
 
     def notify_all(self) -> None:
-        return None
+        return None  # polling waits look at their condition at every step anyway
+
+    def _atomic_with_own_write(self, kind: str) -> None:
+        """Unless the running task's last visible operation wrote this queue (then what
+        follows is atomic with it: no task ran since), make ``kind`` one."""
+        t = self.rt.current
+        if t.p_obj != self.key or not t.p_write:
+            self.rt.visible(t, self.key, kind, True, None, self.label, ACQ_NONE, self)
+
+    def ticket(self) -> int:
+        self._atomic_with_own_write("set_current_state")
+        return self.wakes
+
+    def sleep(self, ticket: int, kind: str) -> None:
+        rt = self.rt
+        t = rt.current
+
+        def woken() -> bool:
+            return self.wakes != ticket
+
+        rt.waiting[t] = None
+        self.sleepers[t] = ticket
+        rt.visible(t, self.key, kind, True, woken, self.label, ACQ_NONE, self)
+        del rt.waiting[t]
+        del self.sleepers[t]
+
+    def wake_up(self) -> None:
+        self._atomic_with_own_write("wake_up")
+        self.wakes += 1
 
 
 class SimHandle:

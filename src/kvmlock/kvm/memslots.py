@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvmlock import lockdep, runtime
 from kvmlock.kvm.mutants import mutant, unless
-from kvmlock.sync import Atomic64, RWSemaphore, peek
+from kvmlock.sync import Atomic64, RWSemaphore
 
 if TYPE_CHECKING:
     from kvmlock.kvm.vm import VM
@@ -44,6 +44,11 @@ MARK_DIRTY_NONATOMIC = mutant(
 SWAP_WITHOUT_WAITING = mutant(
     "swap_without_waiting", removes="the memslot update's wait for active invalidations",
     breaks="invalidate_range_start and _end see the same memslots (mn_active_invalidate_count)")
+SWAP_RECHECK_ONCE = mutant(
+    "swap_recheck_once", removes="the memslot update's re-check of mn_active_invalidate_count "
+    "after each wake-up (its while loop made an if)",
+    breaks="a memslot update swaps only while no invalidation is active: the one that "
+           "starts between the wake-up and the lock is waited for too")
 NOTIFIER_USES_RWSEM = mutant(
     "notifier_uses_rwsem", removes="the open-coded count + rcuwait fence (an rwsem instead)",
     breaks="a reclaim nested in an invalidation must not block behind a memslot update")
@@ -266,13 +271,19 @@ def _swap_active_memslots(vm: VM, new: Memslots) -> None:
         rw.up_write()
     else:
         lock = vm.mn_invalidate_lock
+        w = vm.mn_memslots_update_rcuwait
         lock.lock()
+        w.prepare()
         while vm.mn_active_invalidate_count and SWAP_WITHOUT_WAITING not in vm.hazards:
+            # the count is read under the lock its decrement takes, and the sleep state is
+            # set before the lock is dropped: the wake-up at zero cannot come too early
+            state = w.set_current_state()
             lock.unlock()
-            # the wake-up condition; the loop re-reads the count under the lock
-            vm.mn_memslots_update_rcuwait.wait(
-                lambda: peek(vm, "mn_active_invalidate_count") == 0)
+            w.schedule(state)
             lock.lock()
+            if SWAP_RECHECK_ONCE in vm.hazards:
+                break  # broken: woken, it goes on without looking at the count again
+        w.finish()
         vm.memslots.assign(new)
         lock.unlock()
     if SLOTS_ARCH_LOCK_ACROSS_SYNC in vm.hazards:

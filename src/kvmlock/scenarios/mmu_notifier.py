@@ -14,6 +14,10 @@ and ``slots_arch_lock``, sleeps until no invalidation is active.
   lockdep reports the cycle through the notifier's pseudo-lock, as the kernel did.
 * ``mmu_notifier.slots_lock.broken`` -- the notifier takes ``slots_lock``, which the updater
   holds while it waits for that very notifier: lockdep reports the cycle.
+* ``mmu_notifier.two_invalidations_vs_update.correct`` / ``.recheck_once.broken`` -- two
+  swap-outs race the update. The updater sleeps until a wake-up, not until the count is zero:
+  woken when the first invalidation ends, it must re-read the count under the lock, because
+  the second may have started meanwhile (its ``while`` made an ``if`` swaps under it).
 """
 
 from __future__ import annotations
@@ -118,10 +122,23 @@ def notifier_slots_lock_deadlock() -> None:
           rule="two invalidations (swap-outs of two pages) racing a memslot update",
           variant="correct", expect="pass",
           invariant=_INV + "; the invalidation counters come back to zero (no lost update)",
-          catches=("mn_count_without_lock", "notifier_read_lock"),
+          catches=("mn_count_without_lock", "notifier_read_lock", "swap_recheck_once"),
           strategy="dpor", max_runs=20000, preemption_bound=2)
 def two_invalidations_vs_update() -> None:
-    vm = VM(nr_vcpus=1, nr_pages=3, host_pages=3)
+    _two_invalidations(None)
+
+
+@scenario("mmu_notifier.recheck_once.broken",
+          rule="the memslot update, woken at zero, swaps without re-reading the count: an "
+               "invalidation that started after the wake-up is still active",
+          variant="broken", expect="assertion", invariant=_INV,
+          strategy="dpor", max_runs=20000, preemption_bound=2)
+def two_invalidations_recheck_once() -> None:
+    _two_invalidations("swap_recheck_once")
+
+
+def _two_invalidations(hazard: str | None) -> None:
+    vm = VM(nr_vcpus=1, nr_pages=3, host_pages=3, hazards={hazard: True} if hazard else None)
     vm.host.reclaim_nested = False
     vm.set_memory_region(0, base_gfn=0, npages=3, hva=0)
     (v0,) = vm.vcpus

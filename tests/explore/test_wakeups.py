@@ -1,0 +1,270 @@
+"""Sleeping on a wait queue has the kernel's semantics in both worlds: a sleeper runs on only
+after a wake-up that came after it got ready to sleep; a wake-up with nobody asleep is lost;
+a woken sleeper is not told its condition holds."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+
+from kvmlock import explore, runtime, spawn
+from kvmlock.sync import Atomic64, Mutex, RCUWait
+
+from .programs import assert_dpor_agrees_with_dfs
+
+
+class _Flag:
+    """A queue and a flag: the smallest waker/sleeper pair, written with the raw protocol."""
+
+    name = "flag"
+
+    def __init__(self) -> None:
+        self.wq = runtime.RT.waitq(self)
+        self.value = 0
+
+    def wait_for_value(self, want: int, *, recheck: bool, ticket_first: bool) -> None:
+        wq = self.wq
+        while True:
+            with wq:
+                wq.point("prepare_to_wait")
+                if ticket_first:
+                    ticket = wq.ticket()
+                if self.value >= want:
+                    return
+            if not ticket_first:  # broken: ready to sleep only after the check
+                with wq:
+                    wq.point("set_current_state")
+                    ticket = wq.ticket()
+            with wq:
+                wq.sleep(ticket, "schedule")
+            if not recheck:
+                return
+
+    def bump(self, *, wake: bool = True) -> None:
+        wq = self.wq
+        with wq:
+            wq.point("bump")
+            self.value += 1
+            if wake:
+                wq.wake_up()
+
+
+def _sleeper_and_waker(*, recheck=True, ticket_first=True, wake=True, bumps=1, want=1):
+    def body():
+        f = _Flag()
+
+        def sleeper():
+            f.wait_for_value(want, recheck=recheck, ticket_first=ticket_first)
+            assert f.value >= want, f"woke with value {f.value} < {want}"
+
+        def waker():
+            for _ in range(bumps):
+                f.bump(wake=wake)
+
+        ts = [spawn(sleeper, name="sleeper"), spawn(waker, name="waker")]
+        for t in ts:
+            t.join()
+
+    return body
+
+
+@pytest.mark.parametrize("strategy", ["dpor", "dfs"])
+def test_correct_protocol_never_hangs(strategy):
+    res = explore.check(_sleeper_and_waker(bumps=2, want=2), strategy=strategy)
+    assert res.ok and res.exhausted, res.failure
+
+
+@pytest.mark.parametrize("strategy", ["dpor", "dfs"])
+def test_missing_wake_up_is_a_lost_wake_up(strategy):
+    res = explore.check(_sleeper_and_waker(wake=False), strategy=strategy)
+    assert res.failure is not None and res.failure.kind == "deadlock"
+    assert "a lost wake-up" in res.failure.message
+    assert "asleep, and no wake-up came after it went to sleep" in res.failure.message
+    # the trace table shows the sleep
+    assert "schedule" in res.failure.trace_table()
+
+
+@pytest.mark.parametrize("strategy", ["dpor", "dfs"])
+def test_wake_up_before_the_ticket_is_lost(strategy):
+    """Checking the condition before getting ready to sleep: the wake-up can fall between."""
+    res = explore.check(_sleeper_and_waker(ticket_first=False), strategy=strategy)
+    assert res.failure is not None and res.failure.kind == "deadlock"
+    assert "a lost wake-up" in res.failure.message
+
+
+@pytest.mark.parametrize("strategy", ["dpor", "dfs"])
+def test_woken_sleeper_without_recheck_runs_with_its_condition_false(strategy):
+    # woken by the first of two bumps, it wanted two
+    res = explore.check(_sleeper_and_waker(recheck=False, bumps=2, want=2), strategy=strategy)
+    assert res.failure is not None and res.failure.kind == "assertion"
+    assert "woke with value 1 < 2" in res.failure.message
+
+
+def test_polling_wait_needs_no_wake_up():
+    """wait_for keeps its polling meaning (locks, grace periods): no wake-up is needed."""
+    def body():
+        f = _Flag()
+
+        def poller():
+            with f.wq:
+                f.wq.wait_for(lambda: f.value > 0, "poll")
+
+        t = spawn(poller)
+        f.bump(wake=False)
+        t.join()
+
+    res = explore.check(body, strategy="dpor")
+    assert res.ok and res.exhausted
+
+
+# --------------------------------------------------------------------- rcuwait, open-coded
+
+
+def _open_coded(recheck: bool):
+    """kvm_swap_active_memslots' shape: count read under a lock, dropped to sleep."""
+    def body():
+        lock = Mutex("count_lock")
+        w = RCUWait("updater")
+        count = [0]
+        swapped_while_active = []
+
+        def invalidator():
+            for _ in range(2):
+                with lock:
+                    count[0] += 1
+                with lock:
+                    count[0] -= 1
+                    zero = count[0] == 0
+                if zero:
+                    w.wake_up()
+
+        def updater():
+            lock.lock()
+            w.prepare()
+            while count[0]:
+                state = w.set_current_state()
+                lock.unlock()
+                w.schedule(state)
+                lock.lock()
+                if not recheck:
+                    break
+            w.finish()
+            swapped_while_active.append(count[0])
+            lock.unlock()
+
+        ts = [spawn(invalidator), spawn(updater)]
+        for t in ts:
+            t.join()
+        assert swapped_while_active == [0], f"swapped with {swapped_while_active[0]} active"
+
+    return body
+
+
+def test_open_coded_rcuwait_loop_passes_and_its_if_variant_fails():
+    ok = explore.check(_open_coded(True), strategy="dpor")
+    assert ok.ok and ok.exhausted
+    bad = explore.check(_open_coded(False), strategy="dpor")
+    assert bad.failure is not None and "swapped with 1 active" in bad.failure.message
+
+
+# --------------------------------------------------------------------- real threads
+
+SHORT = 0.05
+
+
+def test_threads_sleep_returns_after_a_later_wake_up_only():
+    class Owner:
+        name = "q"
+
+    wq = runtime.THREADS.waitq(Owner())
+    with wq:
+        wq.wake_up()  # nobody asleep: lost
+        ticket = wq.ticket()
+    woke = threading.Event()
+
+    def sleeper():
+        with wq:
+            wq.sleep(ticket, "schedule")
+        woke.set()
+
+    t = threading.Thread(target=sleeper, daemon=True)
+    t.start()
+    time.sleep(SHORT)
+    assert not woke.is_set()  # the earlier wake-up does not count
+    with wq:
+        wq.notify_all()  # a polling waiter's nudge is no wake-up
+    time.sleep(SHORT)
+    assert not woke.is_set()
+    with wq:
+        wq.wake_up()
+    t.join(5)
+    assert woke.is_set()
+
+
+def test_threads_wake_up_between_ticket_and_sleep_is_not_lost():
+    class Owner:
+        name = "q"
+
+    wq = runtime.THREADS.waitq(Owner())
+    with wq:
+        ticket = wq.ticket()
+    with wq:
+        wq.wake_up()
+    with wq:
+        wq.sleep(ticket, "schedule")  # returns at once
+
+
+def test_threads_rcuwait_schedule_does_not_recheck():
+    w = RCUWait("w")
+    w.prepare()
+    state = w.set_current_state()
+    w.wake_up()
+    w.schedule(state)  # woken: returns although nothing changed
+    w.finish()
+    assert not w.has_sleeper()
+
+
+# --------------------------------------------------------------------- DPOR vs DFS
+
+
+def _program(seed: int):
+    """Random tasks over two atomics and a queue whose sleepers wait for a counter."""
+    rng = random.Random(seed)
+    scripts = []
+    for _ in range(rng.choice([2, 2, 3])):
+        scripts.append([rng.choice([("load", rng.randrange(2)), ("store", rng.randrange(2)),
+                                    ("bump", rng.random() < 0.8), ("wait", rng.randint(1, 2)),
+                                    ("waitif", 1)])
+                        for _ in range(rng.randint(1, 3))])
+
+    def body(out: set):
+        xs = [Atomic64(0, name=f"x{i}") for i in range(2)]
+        f = _Flag()
+        seen: list[list[int]] = [[] for _ in scripts]
+
+        def task(i: int):
+            for n, op in enumerate(scripts[i]):
+                if op[0] == "load":
+                    seen[i].append(xs[op[1]].load())
+                elif op[0] == "store":
+                    xs[op[1]].store(10 * i + n + 1)
+                elif op[0] == "bump":
+                    f.bump(wake=op[1])
+                else:
+                    f.wait_for_value(op[1], recheck=op[0] == "wait", ticket_first=True)
+                    seen[i].append(f.value)
+
+        ts = [spawn(task, i) for i in range(len(scripts))]
+        for t in ts:
+            t.join()
+        out.add((tuple(x.peek() for x in xs), f.value, tuple(map(tuple, seen))))
+
+    return body
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_dpor_sees_every_outcome_dfs_sees_with_sleeps(seed):
+    assert_dpor_agrees_with_dfs(_program(seed))
