@@ -132,6 +132,8 @@ DECLARATION_MUTANTS = {
     "memslot_update_without_slots_lock": "suspicious_rcu",
     "mmio_without_srcu": "suspicious_rcu",
     "bus_update_without_slots_lock": "suspicious_rcu",
+    "msr_exit_without_srcu": "suspicious_rcu",
+    "msr_filter_update_without_kvm_lock": "unguarded",
 }
 
 

@@ -138,3 +138,50 @@ def test_a_graph_without_records_says_so():
     r = results({"classes": {}, "edges": []})
     assert {x.status for x in r.values()} == {"not exercised"}
     assert {x.detail for x in r.values()} == {"the graph carries no protected-data records"}
+
+
+def test_update_is_a_word_of_the_item_not_a_substring():
+    """"updater" or "..._update_rcuwait" do not make an item about a pointer's publications."""
+    doc = DOC.replace("- the weather", "- the obj->table updater's registration")
+    conf = spec.check(spec.parse(doc, source="doc.rst"), run())
+    r = {(x.entry.name, x.item): x for x in conf.protects}
+    near = r[("big_lock", "the obj->table updater's registration")]
+    assert near.status == "not exercised", near  # not judged by the table's publications
+    assert near.detail == "obj->table is read under table_srcu; the item does not speak of its " \
+        "updates"
+
+
+def test_stated_reasons_replace_the_matchers_for_items_left_not_exercised():
+    reasons = {("big_lock", "the weather"): "the program keeps no weather",
+               ("big_lock", "counter"): "never used: the item is held"}
+    conf = spec.check(spec.parse(DOC, source="doc.rst"), run(), reasons=reasons)
+    r = {(x.entry.name, x.item): x for x in conf.protects}
+    assert r[("big_lock", "the weather")].detail == "the program keeps no weather"
+    assert r[("big_lock", "counter")].status == "held"
+    assert r[("big_lock", "counter")].detail == "every access of Obj.counter held it"
+
+
+def test_the_model_document_every_protects_item_has_a_status_and_a_reason():
+    """`kvmlock spec check` on the model's own document and run: each Protects item is held,
+    or not exercised for a reason the model states (kvm.locks.UNDECLARED), never for none."""
+    from importlib import resources
+
+    from kvmlock.kvm.locks import UNDECLARED, model_protects
+    from kvmlock.spec.design import model_spec
+
+    conf = spec.conformance(str(resources.files("kvmlock.kvm") / "locking.rst"))
+    doc = model_spec()
+    items = [(e.name, i) for e in doc.reference for i in e.protects]
+    assert [(p.entry.name, p.item) for p in conf.protects] == items
+    statuses = {(p.entry.name, p.item): p for p in conf.protects}
+    assert {p.status for p in conf.protects} == {"held", "not exercised"}
+    left = {k for k, p in statuses.items() if p.status == "not exercised"}
+    assert left == set(UNDECLARED), "each item left not exercised needs a stated reason, and " \
+        "each stated reason an item"
+    for k in left:
+        assert statuses[k].detail == UNDECLARED[k]
+    # every declaration of the model is an item the run held
+    declared = {(p.lock, p.item) for p in model_protects()}
+    held = {(lock, item.split(": ")[0]) for (lock, item), p in statuses.items()
+            if p.status == "held"}
+    assert declared <= held, declared - held

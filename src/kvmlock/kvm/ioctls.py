@@ -63,6 +63,13 @@ BUS_UPDATE_WITHOUT_SLOTS_LOCK = mutant(
     "bus_update_without_slots_lock", removes="kvm->slots_lock around registering devices on "
     "the I/O bus (KVM_IOEVENTFD assign and deassign, KVM_CREATE_IRQCHIP)",
     breaks="kvm->slots_lock protects kvm->buses updates")
+MSR_EXIT_WITHOUT_SRCU = mutant(
+    "msr_exit_without_srcu", removes="the kvm->srcu read side around an MSR exit's filter lookup",
+    breaks="kvm->srcu protects kvm->arch.msr_filter: a filter is freed only after its readers "
+           "left")
+MSR_FILTER_WITHOUT_KVM_LOCK = mutant(
+    "msr_filter_update_without_kvm_lock", removes="kvm->lock around KVM_X86_SET_MSR_FILTER's "
+    "publication of a new filter", breaks="kvm->lock protects kvm->arch.msr_filter updates")
 APIC_ACCESS_DELETE_UNDER_SRCU = mutant(
     "apic_access_delete_under_srcu",
     removes="leaving the kvm->srcu read side before KVM_RUN deletes the APIC-access memslot",
@@ -190,14 +197,14 @@ def bus_devices(vm: VM) -> list[str]:
 
 def set_msr_filter(vm: VM, denied: frozenset[str]) -> None:
     """``KVM_X86_SET_MSR_FILTER``: publish, wait a grace period, free -- under ``kvm->lock``."""
-    with vm.lock:
+    with unless(MSR_FILTER_WITHOUT_KVM_LOCK, vm.hazards, vm.lock):
         retire(vm, vm.msr_filter, MsrFilter(frozenset(denied)), vm.lock)
 
 
 def msr_exit(vcpu: VCPU, msr: str) -> bool:
     """An RDMSR/WRMSR exit: is ``msr`` allowed? Reads the filter inside ``kvm->srcu``."""
     vm = vcpu.vm
-    with vm.srcu.read():
+    with unless(MSR_EXIT_WITHOUT_SRCU, vm.hazards, vm.srcu.read()):
         f: MsrFilter = vm.msr_filter.srcu_dereference(vm.srcu)
         f.live()
         return msr not in f.denied

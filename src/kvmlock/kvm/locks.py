@@ -19,7 +19,8 @@ from typing import Any
 from kvmlock import sync
 from kvmlock.lockdep.protect import lock_name
 
-__all__ = ["MODEL_DOC", "Protection", "model_doc_text", "model_locks", "model_protects"]
+__all__ = ["MODEL_DOC", "UNDECLARED", "Protection", "model_doc_text", "model_locks",
+           "model_protects"]
 
 #: The model's locking design, shipped as package data beside this module.
 MODEL_DOC = "locking.rst"
@@ -57,6 +58,71 @@ class Protection:
     item: str
     data: str
     declared: str
+
+
+#: The Protects items of the model's document that name no datum the model declares, each with
+#: why it is not checked as data and what checks it instead. ``kvmlock spec check`` on the
+#: model's run gives these reasons for the items it cannot find data for; a test keeps the
+#: keys equal to the document's undeclared items, so none is "not exercised" without one.
+UNDECLARED: dict[tuple[str, str], str] = {
+    ("cpu_hotplug_lock", "the set of online CPUs"):
+        "a code path, not declared data: cpu_up/cpu_down change a CPU's online flag with the "
+        "lock held for write; the hardware.* scenarios check what it protects (virtualization "
+        "on exactly on the online CPUs while VMs exist)",
+    ("tk_core.lock", "the timekeeper"):
+        "not KVM's data: the model keeps no timekeeper, only the lock the timer tick holds "
+        "around KVM's notifier (its order and context are checked)",
+    ("kvm_usage_lock", "turning hardware virtualization on and off"):
+        "a code path, not declared data: per-CPU enabling runs under this lock or from the "
+        "hotplug callbacks; Machine.check_hardware and the hardware.* scenarios check it",
+    ("vendor_module_lock", "loading a vendor module (kvm_intel or kvm_amd)"):
+        "a code path: it serialises vendor module set-up, which keeps no shared data in the "
+        "model; its order against cpus_read_lock is checked",
+    ("kvm->lock", "other VM-wide configuration changed by VM ioctls (vCPU creation, irqchip, "
+                  "...)"):
+        "not one datum: vCPU creation and the irqchip's mode are published to lockless "
+        "readers (vcpus list, Atomic64 irqchip_mode); the order.* and srcu.* scenarios check "
+        "the ioctls that take it",
+    ("vcpu->mutex", "one vCPU's state against concurrent vCPU ioctls"):
+        "not declared data: the order.kvm_lock_vcpu_mutex scenarios check a VM ioctl's "
+        "changes to every vCPU's state against concurrent vCPU ioctls (check_vcpus_config)",
+    ("kvm->slots_arch_lock", "arch-specific memslot fields changed inside a kvm->srcu read side "
+                             "(the reverse maps the first shadow root allocates)"):
+        "the model allocates no per-slot reverse maps: the first shadow root's allocation is "
+        "an Atomic64 flag set under this lock, checked by the srcu.* scenarios and the "
+        "root_alloc_without_slots_arch_lock mutant",
+    ("kvm->irq_lock", "interrupt routing"):
+        "not declared data: the routing table is replaced under this lock by "
+        "KVM_SET_GSI_ROUTING and KVM_CREATE_IRQCHIP, whose orders the order.slots_lock.irq_lock "
+        "scenarios check",
+    ("kvm->mmu_lock", "shadow pages"):
+        "not declared data: shadow pages are also read locklessly (the fast page fault's "
+        "walk, a read side of its own); the mmu.* and fast_pf.* scenarios check the MMU's "
+        "invariants (VM.check) instead",
+    ("kvm->mmu_lock", "SPTEs (except fixes made by the fast page fault)"):
+        "SPTEs are Atomic64 cells changed by cmpxchg, under the lock and by the lockless fast "
+        "path alike; the fast_pf.* and dirty-log scenarios check each SPTE against the host "
+        "and guest page tables",
+    ("kvm->arch.mmu_unsync_pages_lock", "marking shadow pages unsync under a read-held "
+                                        "mmu_lock"):
+        "a code path: the data it changes is unsync_count, declared and checked above",
+    ("kvm->mn_invalidate_lock", "the memslot updater's registration as the waiter of "
+                                "mn_memslots_update_rcuwait"):
+        "the model's RCUWait registers and wakes its waiter inside one primitive, so there "
+        "is no field to guard; the mmu_notifier.* scenarios check that an update waits for "
+        "every invalidation",
+    ("kvm->arch.tsc_write_lock", "the reference TSC page"):
+        "not declared data: the Hyper-V clock notifier's rewrite is counted in "
+        "hv_tsc_page_updates under this lock, checked by the order.kvm_lock.tsc_write_lock "
+        "scenarios",
+    ("kvm->arch.hyperv.hv_lock", "partition-wide Hyper-V state (guest OS id, hypercall page, "
+                                 "reference TSC page)"):
+        "not declared data: HyperV is built by the scenarios that use it; the "
+        "order.vcpu_mutex.hv_lock scenarios check the writes that take it",
+    ("kvm->arch.xen.xen_lock", "VM-wide Xen state (shared info, upcall vector)"):
+        "not declared data: Xen is built by the scenarios that use it; the "
+        "order.vcpu_mutex.xen_lock scenarios check the writes that take it",
+}
 
 
 def model_protects() -> list[Protection]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import kvmlock
 from kvmlock.kvm.guest import GuestFault, guest_read, guest_write
 from kvmlock.kvm.iobus import mmio_write
-from kvmlock.kvm.ioctls import assign_ioeventfd, deassign_ioeventfd
+from kvmlock.kvm.ioctls import assign_ioeventfd, deassign_ioeventfd, msr_exit, set_msr_filter
 from kvmlock.kvm.memslots import READONLY
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.vm import VM
@@ -131,3 +131,23 @@ def readonly_correct() -> None:
           catches=("mmio_without_srcu", "bus_update_without_slots_lock"), **_BOUND)
 def iobus_unregister_correct() -> None:
     _unregister_vs_mmio()
+
+
+@scenario("msr_filter.update.correct",
+          rule="kvm->arch.msr_filter: an MSR exit reads it under kvm->srcu; "
+               "KVM_X86_SET_MSR_FILTER publishes a new one under kvm->lock and frees the old "
+               "one after a grace period",
+          variant="correct", expect="pass",
+          invariant="no exit reads a freed filter; an exit sees the old filter or the new one",
+          catches=("msr_exit_without_srcu", "msr_filter_update_without_kvm_lock"), **_BOUND)
+def msr_filter_update_correct() -> None:
+    vm = VM(nr_vcpus=1, nr_pages=1, host_pages=1)
+    (v0,) = vm.vcpus
+    allowed: list[bool] = []
+    tasks = [kvmlock.spawn(lambda: allowed.append(msr_exit(v0, "MSR_IA32_TSC")),
+                           name="vcpu0_rdmsr"),
+             kvmlock.spawn(lambda: set_msr_filter(vm, frozenset({"MSR_IA32_TSC"})),
+                           name="KVM_X86_SET_MSR_FILTER")]
+    for t in tasks:
+        t.join()
+    assert len(allowed) == 1 and vm.msr_filter.access_pointer().denied == {"MSR_IA32_TSC"}

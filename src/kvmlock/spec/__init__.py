@@ -94,4 +94,8 @@ def model_graph() -> Any:
 def conformance(doc_path: str | os.PathLike[str], graph: Any = None) -> Conformance:
     """Check ``graph`` -- by default the KVM model's own run -- against the document."""
     spec = load(doc_path)
-    return check(spec, model_graph() if graph is None else graph)
+    if graph is not None:
+        return check(spec, graph)
+    from kvmlock.spec.design import model_undeclared
+
+    return check(spec, model_graph(), reasons=model_undeclared())

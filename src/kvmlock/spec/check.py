@@ -124,11 +124,13 @@ class Conformance:
         }
 
 
-def check(spec: Spec, graph: Any, *, arch: str | None = None) -> Conformance:
+def check(spec: Spec, graph: Any, *, arch: str | None = None,
+          reasons: dict[tuple[str, str], str] | None = None) -> Conformance:
     """Check ``graph`` (a lockdep ``DepGraph``, a saved graph or its path) against ``spec``.
 
     ``arch`` limits the check to rules for that architecture plus the general ones; by default
-    every rule applies (the model is x86).
+    every rule applies (the model is x86). ``reasons`` says, per ``(lock, Protects item)``, why
+    the program declares no data for that item (see :func:`check_protects`).
     """
     if not isinstance(spec, Spec):
         raise TypeError(f"check() needs a Spec from spec.load(), not {type(spec).__name__}")
@@ -159,7 +161,7 @@ def check(spec: Spec, graph: Any, *, arch: str | None = None) -> Conformance:
         else:
             status = HELD if actual in entry.kinds else VIOLATED
         conf.types.append(TypeResult(entry, actual, status))
-    conf.protects = check_protects(spec.reference, g.protected)
+    conf.protects = check_protects(spec.reference, g.protected, reasons)
     documented = set(spec.locks())
     conf.undocumented = sorted((n, k) for n, k in g.classes.items() if n not in documented)
     return conf

@@ -23,8 +23,8 @@ import re
 from kvmlock.spec.model import RefEntry, Rule, Spec
 from kvmlock.spec.reader import parse
 
-__all__ = ["model_doc_text", "model_locks", "model_protects", "model_spec", "order_rules",
-           "protects_of", "render_model_doc"]
+__all__ = ["model_doc_text", "model_locks", "model_protects", "model_spec", "model_undeclared",
+           "order_rules", "protects_of", "render_model_doc"]
 
 #: How the model's document is named in verdicts.
 SOURCE = "kvmlock/kvm/locking.rst"
@@ -58,6 +58,13 @@ def _names(item: str, datum: str) -> bool:
     """``item`` is the document's line for ``datum``: the datum's name alone, or followed by
     ``": "`` and what it is (``"page_list: the TDP MMU's pages"``)."""
     return item == datum or item.startswith(datum + ": ")
+
+
+def model_undeclared() -> dict[tuple[str, str], str]:
+    """Why the model declares no data for some Protects items: ``{(lock, item): reason}``."""
+    from kvmlock.kvm.locks import UNDECLARED
+
+    return dict(UNDECLARED)
 
 
 def protects_of(entry: RefEntry, declared: dict[str, list[str]]) -> list[str]:

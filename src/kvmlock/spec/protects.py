@@ -64,12 +64,22 @@ def short(name: str) -> str:
 
 
 def check_protects(reference: list[RefEntry], protected: list[Any] | None,
+                   reasons: dict[tuple[str, str], str] | None = None,
                    ) -> list[ProtectsResult]:
-    """Judge every Protects item of ``reference`` against the run's ``protected`` data."""
+    """Judge every Protects item of ``reference`` against the run's ``protected`` data.
+
+    ``reasons`` maps ``(lock, item)`` to why the program does not declare that item as data
+    (the KVM model states its own); an item left *not exercised* says that reason instead of
+    the one the matching found.
+    """
     out = []
     for entry in reference:
         for item in entry.protects:
-            out.append(_judge(entry, item, protected))
+            r = _judge(entry, item, protected)
+            why = (reasons or {}).get((entry.name, item))
+            if why and r.status == NOT_EXERCISED:
+                r.detail = why
+            out.append(r)
     return out
 
 
@@ -96,9 +106,9 @@ def _judge(entry: RefEntry, item: str, protected: list[Any] | None) -> ProtectsR
                             f"update side")
             else:
                 held.append(f"every access of {p.name} held it")
-        elif p.kind == "rcu" and not p.lock and "update" not in " ".join(ws):
+        elif p.kind == "rcu" and not p.lock and "update" not in ws:
             idle.append(f"{p.name} was published in the run but never read inside a read side")
-        elif p.kind == "rcu" and "update" not in " ".join(ws):
+        elif p.kind == "rcu" and "update" not in ws:
             idle.append(f"{p.name} is read under {p.lock}; the item does not speak of its "
                         f"updates")
         elif p.kind == "rcu":  # the entry is the pointer's update side
