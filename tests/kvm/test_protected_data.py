@@ -134,6 +134,10 @@ DECLARATION_MUTANTS = {
     "bus_update_without_slots_lock": "suspicious_rcu",
     "msr_exit_without_srcu": "suspicious_rcu",
     "msr_filter_update_without_kvm_lock": "unguarded",
+    "hv_msr_without_hv_lock": "unguarded",
+    "xen_attr_without_xen_lock": "unguarded",
+    "routing_without_irq_lock": "unguarded",
+    "vcpu_ioctl_without_vcpu_mutex": "unguarded",
 }
 
 

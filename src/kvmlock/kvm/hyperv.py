@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvmlock.kvm.mutants import mutant
+from kvmlock.kvm.mutants import mutant, unless
+from kvmlock.sync import guarded_by
 
 __all__ = ["PARTITION_MSRS", "HyperV"]
 
@@ -20,6 +21,10 @@ HV_LOCK_LOCKS_VCPUS = mutant(
     "hv_lock_locks_vcpus",
     removes="(adds) every vcpu->mutex taken under hv_lock by KVM_HYPERV_EVENTFD",
     breaks="vcpu->mutex is taken outside kvm->arch.hyperv.hv_lock")
+
+HV_MSR_WITHOUT_HV_LOCK = mutant(
+    "hv_msr_without_hv_lock", removes="hv_lock around a partition-wide Hyper-V MSR write",
+    breaks="kvm->arch.hyperv.hv_lock protects the partition-wide Hyper-V state")
 
 #: Partition-wide Hyper-V MSRs (names as in the TLFS); everything else is per vCPU here.
 PARTITION_MSRS = frozenset({
@@ -30,6 +35,11 @@ PARTITION_MSRS = frozenset({
 
 class HyperV:
     """The Hyper-V state of one VM; ``vm.hv_lock`` is the VM's own lock object."""
+
+    #: the partition-wide MSRs' values
+    partition = guarded_by("lock")
+    #: the connection ids KVM_HYPERV_EVENTFD bound
+    eventfds = guarded_by("lock")
 
     def __init__(self, vm: Any) -> None:
         lock = getattr(vm, "hv_lock", None)
@@ -49,7 +59,7 @@ class HyperV:
             raise ValueError(f"{msr}: value must be a non-negative integer, got {value!r}")
         vcpu.mutex.assert_held()
         if msr in PARTITION_MSRS:
-            with self.lock:
+            with unless(HV_MSR_WITHOUT_HV_LOCK, self.vm.hazards, self.lock):
                 self.partition[msr] = value
         else:
             self.per_vcpu[(vcpu.id, msr)] = value

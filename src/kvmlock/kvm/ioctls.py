@@ -35,6 +35,7 @@ from kvmlock import lockdep
 from kvmlock.kvm.iobus import Doorbell, io_bus_register_dev, io_bus_unregister_dev
 from kvmlock.kvm.memslots import MsrFilter, active_memslots, retire
 from kvmlock.kvm.mutants import mutant, unless
+from kvmlock.sync import peek
 
 if TYPE_CHECKING:
     from kvmlock.kvm.vcpu import VCPU
@@ -70,6 +71,12 @@ MSR_EXIT_WITHOUT_SRCU = mutant(
 MSR_FILTER_WITHOUT_KVM_LOCK = mutant(
     "msr_filter_update_without_kvm_lock", removes="kvm->lock around KVM_X86_SET_MSR_FILTER's "
     "publication of a new filter", breaks="kvm->lock protects kvm->arch.msr_filter updates")
+ROUTING_WITHOUT_IRQ_LOCK = mutant(
+    "routing_without_irq_lock", removes="kvm->irq_lock around replacing the interrupt routing "
+    "table", breaks="kvm->irq_lock protects the interrupt routing")
+VCPU_IOCTL_WITHOUT_VCPU_MUTEX = mutant(
+    "vcpu_ioctl_without_vcpu_mutex", removes="vcpu->mutex around a vCPU ioctl's change to the "
+    "vCPU's state", breaks="vcpu->mutex protects one vCPU's state against concurrent ioctls")
 APIC_ACCESS_DELETE_UNDER_SRCU = mutant(
     "apic_access_delete_under_srcu",
     removes="leaving the kvm->srcu read side before KVM_RUN deletes the APIC-access memslot",
@@ -99,7 +106,7 @@ def set_vcpus_config(vm: VM, key: str, value: int) -> None:
 def vcpu_set_config(vcpu: VCPU, key: str, value: int) -> None:
     """A vCPU ioctl setting ``key`` on one vCPU (``vcpu->mutex`` held for the ioctl)."""
     vm = vcpu.vm
-    with vcpu.mutex:
+    with unless(VCPU_IOCTL_WITHOUT_VCPU_MUTEX, vm.hazards, vcpu.mutex):
         if vm.hazards.vcpu_ioctl_takes_kvm_lock:
             with vm.lock:  # broken: kvm->lock is ordered outside vcpu->mutex
                 vcpu.config[key] = value
@@ -109,7 +116,7 @@ def vcpu_set_config(vcpu: VCPU, key: str, value: int) -> None:
 
 def check_vcpus_config(vm: VM, key: str) -> None:
     """Invariant after a VM-wide change raced vCPU ioctls: no vCPU lacks the key."""
-    missing = [v.id for v in vm.vcpus if key not in v.config]
+    missing = [v.id for v in vm.vcpus if key not in peek(v, "config")]
     assert not missing, f"vCPU(s) {missing} never got {key!r}"
 
 
@@ -128,7 +135,7 @@ def _io_bus_register(vm: VM, addr: int, name: str) -> None:
 
 def _set_irq_routing(vm: VM, routes: tuple[str, ...], *, from_ioctl: bool = False) -> None:
     """``kvm_set_irq_routing``: swap the routing table under ``kvm->irq_lock``."""
-    with vm.irq_lock:
+    with unless(ROUTING_WITHOUT_IRQ_LOCK, vm.hazards, vm.irq_lock):
         if from_ioctl and vm.hazards.routing_takes_kvm_lock:
             with vm.lock:  # broken: kvm->lock is ordered outside kvm->irq_lock
                 pass

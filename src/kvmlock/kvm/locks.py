@@ -83,18 +83,11 @@ UNDECLARED: dict[tuple[str, str], str] = {
         "not one datum: vCPU creation and the irqchip's mode are published to lockless "
         "readers (vcpus list, Atomic64 irqchip_mode); the order.* and srcu.* scenarios check "
         "the ioctls that take it",
-    ("vcpu->mutex", "one vCPU's state against concurrent vCPU ioctls"):
-        "not declared data: the order.kvm_lock_vcpu_mutex scenarios check a VM ioctl's "
-        "changes to every vCPU's state against concurrent vCPU ioctls (check_vcpus_config)",
     ("kvm->slots_arch_lock", "arch-specific memslot fields changed inside a kvm->srcu read side "
                              "(the reverse maps the first shadow root allocates)"):
         "the model allocates no per-slot reverse maps: the first shadow root's allocation is "
         "an Atomic64 flag set under this lock, checked by the srcu.* scenarios and the "
         "root_alloc_without_slots_arch_lock mutant",
-    ("kvm->irq_lock", "interrupt routing"):
-        "not declared data: the routing table is replaced under this lock by "
-        "KVM_SET_GSI_ROUTING and KVM_CREATE_IRQCHIP, whose orders the order.slots_lock.irq_lock "
-        "scenarios check",
     ("kvm->mmu_lock", "shadow pages"):
         "not declared data: shadow pages are also read locklessly (the fast page fault's "
         "walk, a read side of its own); the mmu.* and fast_pf.* scenarios check the MMU's "
@@ -115,13 +108,6 @@ UNDECLARED: dict[tuple[str, str], str] = {
         "not declared data: the Hyper-V clock notifier's rewrite is counted in "
         "hv_tsc_page_updates under this lock, checked by the order.kvm_lock.tsc_write_lock "
         "scenarios",
-    ("kvm->arch.hyperv.hv_lock", "partition-wide Hyper-V state (guest OS id, hypercall page, "
-                                 "reference TSC page)"):
-        "not declared data: HyperV is built by the scenarios that use it; the "
-        "order.vcpu_mutex.hv_lock scenarios check the writes that take it",
-    ("kvm->arch.xen.xen_lock", "VM-wide Xen state (shared info, upcall vector)"):
-        "not declared data: Xen is built by the scenarios that use it; the "
-        "order.vcpu_mutex.xen_lock scenarios check the writes that take it",
 }
 
 
@@ -154,17 +140,20 @@ def _declared(o: Any) -> Iterator[Protection]:
 
 
 def _model_objects() -> list[Any]:
-    """A machine, its CPUs, a VM with a vCPU and its TSC state (the newer ``kvm_usage_lock``
-    design, so that lock exists), and every model object reachable from them, each once."""
+    """A machine, its CPUs, a VM with a vCPU, its TSC, Hyper-V and Xen state (the newer
+    ``kvm_usage_lock`` design, so that lock exists), and every model object reachable from
+    them, each once."""
+    from kvmlock.kvm.hyperv import HyperV
     from kvmlock.kvm.machine import Machine
     from kvmlock.kvm.tsc import TscSync
     from kvmlock.kvm.vm import VM
+    from kvmlock.kvm.xen import Xen
 
     m = Machine(2, usage_lock=True)
     vm = VM(m, nr_vcpus=1)
     out: list[Any] = []
     seen: set[int] = set()
-    todo: list[Any] = [m, vm, TscSync(vm)]
+    todo: list[Any] = [m, vm, TscSync(vm), HyperV(vm), Xen(vm)]
     while todo:
         o = todo.pop(0)
         if id(o) in seen:

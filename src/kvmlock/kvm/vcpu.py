@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from kvmlock import runtime
 from kvmlock.kvm.mutants import mutant
-from kvmlock.sync import Mutex
+from kvmlock.sync import Mutex, guarded_by
 
 if TYPE_CHECKING:
     from kvmlock.kvm.vm import VM
@@ -53,6 +53,9 @@ class TlbEntry:
 class VCPU:
     """``struct kvm_vcpu``: ``mutex`` serialises its ioctls; ``tlb`` is its private cache."""
 
+    #: vCPU state set by ioctls (the model's stand-in for registers and CPUID)
+    config = guarded_by("mutex")
+
     def __init__(self, vm: VM, vcpu_id: int) -> None:
         if not isinstance(vcpu_id, int) or vcpu_id < 0:
             raise ValueError(f"vCPU id must be a non-negative integer, got {vcpu_id!r}")
@@ -62,8 +65,7 @@ class VCPU:
         self.mutex = Mutex("vcpu->mutex")
         #: guest page -> cached translation. Read only in guest mode, emptied only outside it.
         self.tlb: dict[int, TlbEntry] = {}
-        #: vCPU state set by ioctls (the model's stand-in for registers and CPUID); vcpu->mutex
-        self.config: dict[str, int] = {}
+        self.config: dict[str, int] = {}  # guarded: see the class attribute
         #: the index of the vCPU's kvm->srcu read side while it runs (KVM_RUN), else None
         self.srcu_idx: int | None = None
         self.in_guest = False

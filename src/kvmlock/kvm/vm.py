@@ -78,6 +78,10 @@ class VM:
 
     #: invalidations in flight that began on the current memslots; a memslot update waits for 0
     mn_active_invalidate_count = guarded_by("mn_invalidate_lock")
+    #: the interrupt routing table, replaced by KVM_SET_GSI_ROUTING and KVM_CREATE_IRQCHIP
+    irq_routing = guarded_by("irq_lock")
+    #: the irqchip's ack notifiers (the PIT registers one)
+    irq_ack_notifiers = guarded_by("irq_lock")
 
     def __init__(
         self,
@@ -139,10 +143,10 @@ class VM:
         # -- read by vCPUs inside kvm->srcu, replaced by VM ioctls (see ioctls.py)
         self.msr_filter = RcuPointer(MsrFilter(), name="kvm->arch.msr_filter",
                                      read_side=self.srcu, update_side=self.lock)
-        self.irq_routing: tuple[str, ...] = ()  # under irq_lock
+        self.irq_routing: tuple[str, ...] = ()  # guarded: see the class attribute
         #: irqchip_in_kernel(): set last by KVM_CREATE_IRQCHIP (under kvm->lock), read unlocked
         self.irqchip = Atomic64(0, name="kvm->arch.irqchip_mode")
-        self.irq_ack_notifiers: list[str] = []  # under irq_lock
+        self.irq_ack_notifiers: list[str] = []  # guarded: see the class attribute
         #: set once the first shadow root allocated every memslot's rmaps (slots_arch_lock)
         self.shadow_root_allocated = Atomic64(0, name="kvm->arch.shadow_root_allocated")
         #: how many times the Hyper-V clock notifier updated the reference TSC page

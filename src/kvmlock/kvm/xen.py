@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvmlock.kvm.mutants import mutant
+from kvmlock.kvm.mutants import mutant, unless
+from kvmlock.sync import guarded_by
 
 __all__ = ["ATTRS", "Xen"]
 
@@ -22,6 +23,10 @@ XEN_LOCK_LOCKS_VCPUS = mutant(
     removes="(adds) every vcpu->mutex taken under xen_lock by a VM-wide Xen attribute write",
     breaks="vcpu->mutex is taken outside kvm->arch.xen.xen_lock")
 
+XEN_ATTR_WITHOUT_XEN_LOCK = mutant(
+    "xen_attr_without_xen_lock", removes="xen_lock around KVM_XEN_HVM_SET_ATTR's write",
+    breaks="kvm->arch.xen.xen_lock protects the VM-wide Xen state")
+
 ATTRS = frozenset({"long_mode", "shared_info", "upcall_vector", "vcpu_info", "vcpu_time_info",
                    "runstate", "timer"})
 VM_ATTRS = frozenset({"long_mode", "shared_info", "upcall_vector"})
@@ -29,6 +34,11 @@ VM_ATTRS = frozenset({"long_mode", "shared_info", "upcall_vector"})
 
 class Xen:
     """The Xen state of one VM; ``vm.xen_lock`` is the VM's own lock object."""
+
+    #: VM-wide attributes (shared info, upcall vector, long mode)
+    attrs = guarded_by("lock")
+    #: each vCPU's attributes (vcpu_info, runstate, timer), set by its vCPU ioctls
+    vcpu_attrs = guarded_by("lock")
 
     def __init__(self, vm: Any) -> None:
         lock = getattr(vm, "xen_lock", None)
@@ -50,7 +60,7 @@ class Xen:
     def hvm_set_attr(self, attr: str, value: int) -> None:
         """``KVM_XEN_HVM_SET_ATTR``: a VM ioctl, so only ``xen_lock``."""
         self._check(attr, VM_ATTRS, value)
-        with self.lock:
+        with unless(XEN_ATTR_WITHOUT_XEN_LOCK, self.vm.hazards, self.lock):
             if self.vm.hazards.xen_lock_locks_vcpus:
                 for vcpu in self.vm.vcpus:  # broken: vcpu->mutex is outside xen_lock
                     with vcpu.mutex:

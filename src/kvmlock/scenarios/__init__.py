@@ -3,7 +3,7 @@
 Importing this package registers every scenario in :data:`registry.SCENARIOS`. The MMU side
 (fast page fault, access tracking, MMU notifier, memslots) and the platform side (SRCU rules,
 acquisition orders and leaves, vendor modules, hardware enabling, posted interrupts, TSC) live
-in one module each.
+in one module each; so do the races on the data the Reference says each lock protects.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from kvmlock.scenarios import (  # noqa: F401  (imported to register their scena
     memslots,
     mmu_notifier,
     orders,
+    protected,
     shadow,
     srcu_rules,
     vendor,

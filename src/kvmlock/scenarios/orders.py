@@ -44,6 +44,7 @@ from kvmlock.scenarios.registry import scenario
 from kvmlock.spec import check as spec_check
 from kvmlock.spec.check import HELD
 from kvmlock.spec.design import model_spec, order_rules
+from kvmlock.sync import peek
 
 __all__ = ["PATHS", "OrderPaths", "check_graph", "together"]
 
@@ -192,7 +193,7 @@ def _irqchip(h: Hazards, *, with_routing: bool) -> Run:
     def after() -> None:
         devices = ioctls.bus_devices(vm)
         assert {"pic", "ioapic"} <= set(devices), f"irqchip devices missing: {devices}"
-        assert vm.irq_routing, "no interrupt routes installed"
+        assert peek(vm, "irq_routing"), "no interrupt routes installed"
 
     return ({"KVM_CREATE_IRQCHIP": lambda: ioctls.create_irqchip(vm), **second,
              "vcpu0 PIO exit": lambda: _pio_exit(vm.vcpus[0])}, after)
@@ -216,7 +217,7 @@ def _pit(h: Hazards) -> Run:
     ioctls.create_irqchip(vm)
 
     def after() -> None:
-        assert vm.irq_ack_notifiers == ["pit"] and "pit" in ioctls.bus_devices(vm)
+        assert peek(vm, "irq_ack_notifiers") == ["pit"] and "pit" in ioctls.bus_devices(vm)
 
     return ({"KVM_CREATE_PIT2": lambda: ioctls.create_pit(vm),
              "KVM_SET_GSI_ROUTING": lambda: ioctls.set_gsi_routing(vm, ("pit",))}, after)

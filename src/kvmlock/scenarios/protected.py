@@ -1,0 +1,102 @@
+"""Data the Reference says a lock protects, changed by racing ioctls with that lock held.
+
+Each scenario runs the model's own paths that write one declared datum (``guarded_by`` in the
+model) from two tasks at once. The correct model holds the lock at every access, so lockdep
+stays silent and the result is one of the writes; the mutant that leaves the lock out of one
+path is reported at the first unguarded access (kind ``unguarded``), whatever the schedule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import kvmlock
+from kvmlock.kvm import ioctls
+from kvmlock.kvm.hyperv import HyperV
+from kvmlock.kvm.vm import VM
+from kvmlock.kvm.xen import Xen
+from kvmlock.scenarios.registry import scenario
+from kvmlock.sync import peek
+
+__all__: list[str] = []
+
+_BOUND = {"strategy": "dpor", "max_runs": 20000}
+
+
+def _race(**tasks: Callable[[], object]) -> None:
+    started = [kvmlock.spawn(fn, name=name) for name, fn in tasks.items()]
+    for t in started:
+        t.join()
+
+
+@scenario("protected.hyperv_partition.correct",
+          rule="kvm->arch.hyperv.hv_lock protects the partition-wide Hyper-V MSRs and the "
+               "eventfd bindings: two vCPUs' WRMSRs and KVM_HYPERV_EVENTFD",
+          variant="correct", expect="pass",
+          invariant="the guest OS id is one of the values written; the eventfd is bound",
+          catches=("hv_msr_without_hv_lock",), **_BOUND)
+def hyperv_partition_correct() -> None:
+    vm = VM(None, nr_vcpus=2)
+    hv = HyperV(vm)
+
+    def wrmsr(i: int) -> Callable[[], None]:
+        def run() -> None:
+            with vm.vcpus[i].mutex:
+                hv.set_msr(vm.vcpus[i], "HV_X64_MSR_GUEST_OS_ID", i + 1)
+        return run
+
+    _race(vcpu0_wrmsr=wrmsr(0), vcpu1_wrmsr=wrmsr(1),
+          KVM_HYPERV_EVENTFD=lambda: hv.eventfd_assign(7))
+    assert peek(hv, "partition")["HV_X64_MSR_GUEST_OS_ID"] in (1, 2)
+    assert peek(hv, "eventfds") == {7}
+
+
+@scenario("protected.xen_state.correct",
+          rule="kvm->arch.xen.xen_lock protects the VM-wide Xen state: a VM ioctl and a vCPU "
+               "ioctl set attributes at once",
+          variant="correct", expect="pass",
+          invariant="both attributes are set",
+          catches=("xen_attr_without_xen_lock",), **_BOUND)
+def xen_state_correct() -> None:
+    vm = VM(None, nr_vcpus=1)
+    xen = Xen(vm)
+    v0 = vm.vcpus[0]
+
+    def vcpu0() -> None:
+        with v0.mutex:
+            xen.vcpu_set_attr(v0, "runstate", 1)
+
+    _race(vcpu0_set_attr=vcpu0, KVM_XEN_HVM_SET_ATTR=lambda: xen.hvm_set_attr("upcall_vector", 3))
+    assert peek(xen, "attrs") == {"upcall_vector": 3}
+    assert peek(xen, "vcpu_attrs") == {(0, "runstate"): 1}
+
+
+@scenario("protected.irq_routing.correct",
+          rule="kvm->irq_lock protects the interrupt routing and the ack notifiers: two "
+               "KVM_SET_GSI_ROUTING calls and KVM_CREATE_PIT2",
+          variant="correct", expect="pass",
+          invariant="the routing table is one of the two written; the PIT's ack notifier is "
+                    "registered",
+          catches=("routing_without_irq_lock",), **_BOUND)
+def irq_routing_correct() -> None:
+    vm = VM(None, nr_vcpus=1)
+    ioctls.create_irqchip(vm)
+    _race(routes_ioapic=lambda: ioctls.set_gsi_routing(vm, ("ioapic",)),
+          routes_pic=lambda: ioctls.set_gsi_routing(vm, ("pic",)),
+          KVM_CREATE_PIT2=lambda: ioctls.create_pit(vm))
+    assert peek(vm, "irq_routing") in (("ioapic",), ("pic",))
+    assert peek(vm, "irq_ack_notifiers") == ["pit"]
+
+
+@scenario("protected.vcpu_state.correct",
+          rule="vcpu->mutex protects one vCPU's state: a VM ioctl that locks every vCPU races "
+               "a vCPU ioctl",
+          variant="correct", expect="pass",
+          invariant="every vCPU got the VM-wide setting, and vcpu0 its own",
+          catches=("vcpu_ioctl_without_vcpu_mutex",), **_BOUND)
+def vcpu_state_correct() -> None:
+    vm = VM(None, nr_vcpus=2)
+    _race(vm_ioctl=lambda: ioctls.set_vcpus_config(vm, "tsc_khz", 1),
+          vcpu0_ioctl=lambda: ioctls.vcpu_set_config(vm.vcpus[0], "cpuid", 2))
+    ioctls.check_vcpus_config(vm, "tsc_khz")
+    assert peek(vm.vcpus[0], "config")["cpuid"] == 2
