@@ -101,9 +101,10 @@ UNDECLARED: dict[tuple[str, str], str] = {
         "a code path: the data it changes is unsync_count, declared and checked above",
     ("kvm->mn_invalidate_lock", "the memslot updater's registration as the waiter of "
                                 "mn_memslots_update_rcuwait"):
-        "the model's RCUWait registers and wakes its waiter inside one primitive, so there "
-        "is no field to guard; the mmu_notifier.* scenarios check that an update waits for "
-        "every invalidation",
+        "a code path: the updater registers (prepare, finish) with the lock held, and the "
+        "waiter it records lives inside the RCUWait primitive, not in a model field; the "
+        "mmu_notifier.* scenarios check that an update waits for every invalidation "
+        "(mutants swap_without_waiting, swap_recheck_once)",
     ("kvm->arch.tsc_write_lock", "the reference TSC page"):
         "not declared data: the Hyper-V clock notifier's rewrite is counted in "
         "hv_tsc_page_updates under this lock, checked by the order.kvm_lock.tsc_write_lock "
