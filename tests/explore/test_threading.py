@@ -82,6 +82,15 @@ def test_lost_wakeup_on_a_condition_is_a_deadlock_and_the_loop_under_the_lock_is
     assert res.ok and res.exhausted
 
 
+def test_condition_waiter_must_recheck_after_a_notify():
+    """A notify wakes a Condition waiter; it does not make the waiter's condition true."""
+    res = explore.check(threadprogs.recheck_after_wait(loop=False), strategy="dpor")
+    assert res.failure is not None and res.failure.kind == "assertion"
+    assert "woke with 1 item(s)" in res.failure.message
+    res = explore.check(threadprogs.recheck_after_wait(loop=True), strategy="dpor")
+    assert res.ok and res.exhausted
+
+
 def _originals():
     return (threading.Lock, threading.RLock, threading._allocate_lock, threading.get_ident,
             threading.current_thread, threading.local, threading.Thread.start,

@@ -136,3 +136,31 @@ def lost_wakeup(broken: bool = True):
         run_all(waiter, notifier)
 
     return body
+
+
+def recheck_after_wait(loop: bool):
+    """A waiter needs two items; the producer notifies after each. Re-checking in a ``while``
+    loop is correct; an ``if`` goes on after the first notify with one item."""
+
+    def body():
+        cond = threading.Condition()
+        items: list[int] = []
+
+        def waiter():
+            with cond:
+                if loop:
+                    while len(items) < 2:
+                        cond.wait()
+                elif len(items) < 2:
+                    cond.wait()
+                assert len(items) >= 2, f"woke with {len(items)} item(s)"
+
+        def producer():
+            for i in range(2):
+                with cond:
+                    items.append(i)
+                    cond.notify()
+
+        run_all(waiter, producer)
+
+    return body

@@ -77,8 +77,8 @@ def _waiting_on(t: Task) -> str:
         return f"{t.p_kind} {t.p_label}" + (f" (held by task {h.tid} {h.name})" if h else "")
     if isinstance(wq, SimWaitQueue):
         if t in wq.sleepers:
-            return (f"{t.p_kind} {t.p_label} ({wq.owner!r}): asleep, and no wake-up came "
-                    f"after it went to sleep")
+            return (f"{t.p_kind} {t.p_label} ({wq.owner!r}), and no wake-up came after it "
+                    f"went to sleep")
         return f"{t.p_kind} {t.p_label} ({wq.owner!r})"
     if isinstance(wq, Task):
         return f"join {wq.name} (task {wq.tid}, still running)"
@@ -114,6 +114,8 @@ def _describe(ex: Execution, lockdep_on: bool, max_steps: int) -> None:
                 continue
             if t.spinning:
                 what, note = "spins on", "spins: "
+            elif isinstance(t.p_wq, SimWaitQueue) and t in t.p_wq.sleepers:
+                what, note = "sleeps in", "asleep: "
             elif out == "deadlock" or spun:
                 what, note = "waits for", "blocked: "
             else:
@@ -124,7 +126,7 @@ def _describe(ex: Execution, lockdep_on: bool, max_steps: int) -> None:
         ex.kind = out
         if out == "deadlock":
             asleep = any(isinstance(t.p_wq, SimWaitQueue) and t in t.p_wq.sleepers
-                         for t in rt.live)
+                         for t in rt.live if not t.spinning)
             lost = " (a lost wake-up: a sleeper nobody will wake)" if asleep else ""
             ex.message = f"every live task is blocked{lost}:\n" + "\n".join(lines)
         elif spun:

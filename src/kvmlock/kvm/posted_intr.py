@@ -56,6 +56,14 @@ PI_VECTOR_PLAIN_STORE = mutant(
     "pi_vector_plain_store", removes="the cmpxchg loop that switches the notification vector "
     "(load, then store)",
     breaks="the IOMMU sets ON at any time: switching the vector must not erase it")
+PI_PIR_BEFORE_ON = mutant(
+    "pi_pir_before_on", removes="clearing ON before the vCPU takes the PIR (the PIR taken "
+    "first, ON cleared after)",
+    breaks="an interrupt posted while the vCPU takes the PIR leaves ON set, so it is noticed")
+PI_HANDLER_NO_WAKE = mutant(
+    "pi_handler_no_wake", removes="the wake-up of a listed vCPU with ON set by the wakeup "
+    "handler (kvm_vcpu_wake_up)",
+    breaks="a posted interrupt always wakes the halted vCPU")
 PI_LIST_WITHOUT_LOCK = mutant(
     "pi_list_without_lock", removes="wakeup_vcpus_on_cpu_lock around the per-CPU wakeup list",
     breaks="wakeup_vcpus_on_cpu is changed and walked only under wakeup_vcpus_on_cpu_lock")
@@ -117,6 +125,7 @@ class PostedVcpu:
         pc = self.machine.cpus[self.cpu]
         if resume_on is not None:
             self.machine.percpu(resume_on)  # validates the CPU number
+        kicks = self.kicks  # (a wake-up of an earlier block does not end this one)
         # kvm_vcpu_block's check: with an interrupt already pending the vCPU does not sleep
         if self.control.load() & PI_ON:
             if resume_on is not None:
@@ -132,7 +141,7 @@ class PostedVcpu:
         on = (early if early is not None else new) & PI_ON
         if on and PI_NO_ON_RECHECK not in hz:
             send_wakeup_vector(self.machine, self.cpu)  # the self-IPI
-        self.wait.wait(lambda: self.kicks > 0)  # schedule(): until the handler wakes us
+        self.wait.wait(lambda: self.kicks > kicks)  # schedule(): until the handler wakes us
         # vmx_vcpu_pi_load, wherever the vCPU runs next: off the list of the CPU it blocked on
         with self._irqs_off(), unless(PI_LIST_WITHOUT_LOCK, hz, pc.wakeup_lock):
             _list_update(pc, lambda lst: [v for v in lst if v is not self])
@@ -148,9 +157,19 @@ class PostedVcpu:
         return irq.local_irq_save()
 
     def _deliver(self) -> None:
-        """Back in the guest: the CPU syncs PIR into the virtual APIC and clears ON."""
-        self.control.fetch_and(~PI_ON & ((1 << 64) - 1))
-        bits = self.pir.xchg(0)
+        """Back in the guest: the CPU clears ON, then takes the PIR into the virtual APIC.
+
+        In that order (vmx_sync_pir_to_irr): a poster sets its PIR bit, then ON, and notifies
+        only if ON was clear. A bit set after the PIR was taken then finds ON clear (and
+        notifies) or sets it again for the next pending check. Taking the PIR first, a bit
+        set in between finds ON still set, sends nothing, and is stranded when ON is cleared:
+        pending in the PIR with nothing pointing at it."""
+        if PI_PIR_BEFORE_ON in self.machine.hazards:
+            bits = self.pir.xchg(0)
+            self.control.fetch_and(~PI_ON & ((1 << 64) - 1))
+        else:
+            self.control.fetch_and(~PI_ON & ((1 << 64) - 1))
+            bits = self.pir.xchg(0)
         self.delivered |= {v for v in range(64) if bits >> v & 1}
 
 
@@ -164,7 +183,8 @@ def wakeup_handler(machine: Machine, cpu: int) -> int:
         for pv in list(pc.wakeup_vcpus_on_cpu):
             if pv.control.load() & PI_ON:
                 pv.kicks += 1
-                pv.wait.wake_up()
+                if PI_HANDLER_NO_WAKE not in machine.hazards:
+                    pv.wait.wake_up()
                 woken += 1
     return woken
 

@@ -8,7 +8,8 @@
 * Posted-interrupt wakeups: a blocking vCPU that found no interrupt pending joins its CPU's
   wakeup list and switches to the wakeup vector; that switch re-checks ON in the value it
   exchanged and sends itself the wakeup vector if set, or an interrupt posted in between is
-  never delivered.
+  never delivered. Back in the guest the vCPU clears ON before it takes the PIR, or a vector
+  posted in between is stranded in the PIR with ON clear.
 * TSC synchronisation: the read-decide-write of the per-VM TSC generation is one step under
   ``tsc_write_lock``; without it two vCPUs written together end up in one generation with two
   different offsets.
@@ -116,7 +117,8 @@ def _posted(hazard: str | None) -> None:
 @scenario("posted_intr.wakeup.correct", variant="correct", expect="pass",
           rule="switching to the wakeup vector re-checks ON in the exchanged value (self-IPI)",
           invariant="a posted interrupt always wakes the halted vCPU and is delivered",
-          catches=("pi_no_on_recheck", "pi_on_read_apart", "pi_vector_plain_store"),
+          catches=("pi_no_on_recheck", "pi_on_read_apart", "pi_vector_plain_store",
+                   "pi_handler_no_wake"),
           max_runs=2000)
 def posted_wakeup_correct() -> None:
     _posted(None)
@@ -129,6 +131,42 @@ def posted_wakeup_correct() -> None:
           max_runs=2000)
 def posted_wakeup_broken() -> None:
     _posted("pi_no_on_recheck")
+
+
+def _posted_twice(hazard: str | None) -> None:
+    """The guest halts until it has both vectors; the IOMMU posts one, then the other, so the
+    second can land while the vCPU is taking the first out of the PIR."""
+    m = Machine(2, hazards={hazard} if hazard else None)
+    vm = VM(m, nr_vcpus=1)
+    pv = PostedVcpu(m, vm.vcpus[0], cpu=1)
+
+    def guest() -> None:
+        while pv.delivered != {3, 7}:
+            pv.block()
+
+    together(guest, lambda: (post_interrupt(pv, 3), post_interrupt(pv, 7)),
+             names=["vcpu0 (halt loop)", "IOMMU"])
+    assert not peek(m.cpus[1], "wakeup_vcpus_on_cpu"), \
+        "the vCPU stayed on the wakeup list after running"
+
+
+@scenario("posted_intr.sync_pir.correct", variant="correct", expect="pass",
+          rule="the vCPU clears ON before it takes the PIR (vmx_sync_pir_to_irr)",
+          invariant="an interrupt posted while the vCPU takes the PIR is still noticed: the "
+                    "halted vCPU gets both vectors",
+          catches=("pi_pir_before_on",), max_runs=2000)
+def posted_sync_pir_correct() -> None:
+    _posted_twice(None)
+
+
+@scenario("posted_intr.sync_pir.broken", variant="broken", expect="deadlock",
+          rule="the vCPU takes the PIR, then clears ON: a vector posted in between finds ON "
+               "set, notifies nobody, and is left in the PIR with ON clear",
+          invariant="the stranded vector is never noticed: the vCPU halts for ever (a sleeper "
+                    "nobody wakes)",
+          max_runs=2000)
+def posted_sync_pir_broken() -> None:
+    _posted_twice("pi_pir_before_on")
 
 
 # ---------------------------------------------------------------------- TSC
