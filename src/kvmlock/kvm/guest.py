@@ -19,6 +19,7 @@ from kvmlock.kvm.mutants import mutant
 from kvmlock.kvm.vcpu import TlbEntry
 
 if TYPE_CHECKING:
+    from kvmlock.kvm.mmu.shadow import ShadowPage
     from kvmlock.kvm.vcpu import VCPU
     from kvmlock.kvm.vm import VM
 
@@ -30,6 +31,11 @@ GPTE_NO_FLUSH = mutant(
 GPTE_NO_ZAP = mutant(
     "gpte_no_zap", removes="dropping the SPTE of a changed guest page-table entry (sync)",
     breaks="shadow paging: an SPTE never outlives the guest PTE it shadows")
+
+SYNC_TAKES_UNSYNC_LOCK_FIRST = mutant(
+    "sync_takes_unsync_lock_first", removes="(adds) the INVLPG sync takes "
+    "mmu_unsync_pages_lock before mmu_lock, to read the page's unsync state first",
+    breaks="kvm->mmu_lock is taken outside kvm->arch.mmu_unsync_pages_lock")
 
 _FAULT = object()
 MAX_FAULTS = 10_000
@@ -125,10 +131,24 @@ def set_gpte(vm: VM, va: int, gfn: int | None) -> None:
         raise ValueError(f"set_gpte: gfn must be a non-negative integer or None, got {gfn!r}")
     mmu.load()
     sp, i = mmu.walk(va)  # type: ignore[misc]
+    inverted = SYNC_TAKES_UNSYNC_LOCK_FIRST in vm.hazards
     with vm.mmu_lock.write():
         mmu.gpt[va].store(0 if gfn is None else gfn + 1)
         mmu.mark_unsync(sp)
-        zapped = GPTE_NO_ZAP not in vm.hazards and mmu.drop_spte(sp, i)
-        mmu.mark_synced(sp)
-        if zapped and GPTE_NO_FLUSH not in vm.hazards:
-            flush_remote_tlbs(vm)
+        if not inverted:
+            _sync_gpte(vm, sp, i)
+            mmu.mark_synced(sp)
+    if inverted:
+        # broken: mmu_unsync_pages_lock held from before mmu_lock (mark_unsync nests it inside)
+        with vm.mmu_unsync_pages_lock, vm.mmu_lock.write():
+            _sync_gpte(vm, sp, i)
+            if sp.unsync:
+                sp.unsync = False
+                mmu._count_unsync(-1)  # noqa: SLF001 - mark_synced, its lock already held
+
+
+def _sync_gpte(vm: VM, sp: ShadowPage, i: int) -> None:
+    """The INVLPG's sync of one changed entry: drop its SPTE and flush (``mmu_lock`` held)."""
+    zapped = GPTE_NO_ZAP not in vm.hazards and vm.mmu.drop_spte(sp, i)
+    if zapped and GPTE_NO_FLUSH not in vm.hazards:
+        flush_remote_tlbs(vm)

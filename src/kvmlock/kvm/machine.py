@@ -57,6 +57,10 @@ ENABLE_WITHOUT_HOTPLUG_LOCK = mutant(
     breaks="hardware enable/disable walks the online CPUs with CPU hotplug disabled")
 
 
+NX_WALK_HOLDS_KVM_LOCK = mutant(
+    "nx_walk_holds_kvm_lock", removes="dropping kvm_lock before the NX-huge-pages write locks "
+    "each VM's slots_lock (it zaps every VM with kvm_lock held)",
+    breaks="kvm_lock must not take kvm->slots_lock")
 USAGE_LOCK_INSIDE_HOTPLUG = mutant(
     "usage_lock_inside_hotplug",
     removes="(adds) kvm_usage_lock taken inside cpus_read_lock when enabling",
@@ -398,18 +402,19 @@ class Machine:
         with self.cpu_hotplug_lock.read():
             pass
 
-    def update_nx_huge_pages(self, *, hold_kvm_lock: bool = False) -> int:
+    def update_nx_huge_pages(self) -> int:
         """A write of the NX-huge-pages parameter: zap every VM's MMU under its ``slots_lock``.
 
         The walk of ``vm_list`` needs ``kvm_lock``; the zap needs each VM's ``slots_lock``.
-        Taking ``slots_lock`` with ``kvm_lock`` held (``hold_kvm_lock=True``, what kernels did
-        until 2025) puts ``kvm_lock`` outside ``slots_lock``, which closes a four-lock cycle
-        with the memslot update, the cpufreq notifier and a static-key patch under SRCU. The
+        Taking ``slots_lock`` with ``kvm_lock`` held (mutant ``nx_walk_holds_kvm_lock``, what
+        kernels did until 2025) puts ``kvm_lock`` outside ``slots_lock``, which closes a
+        four-lock cycle with the memslot update, the cpufreq notifier and a static-key patch
+        under SRCU. The
         fix keeps ``slots_lock`` out from under ``kvm_lock`` (the model's document: "kvm_lock
         must not take kvm->slots_lock"): take a reference to each VM under it, drop it, then
         lock each VM. Returns how many VMs were zapped.
         """
-        if hold_kvm_lock:
+        if NX_WALK_HOLDS_KVM_LOCK in self.hazards:
             with self.kvm_lock:
                 for vm in self.vm_list:
                     with vm.slots_lock:

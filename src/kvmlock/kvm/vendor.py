@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 
 from kvmlock.kvm.machine import Machine
-from kvmlock.kvm.mutants import mutant
+from kvmlock.kvm.mutants import mutant, unless
 from kvmlock.sync import Mutex, peek
 
 __all__ = ["VENDOR_MODULES", "VendorModuleError", "vendor_exit", "vendor_init"]
@@ -26,6 +26,11 @@ VENDOR_LOCK_INSIDE_HOTPLUG = mutant(
     "vendor_lock_inside_hotplug",
     removes="(adds) vendor_module_lock taken inside cpus_read_lock by vendor init",
     breaks="vendor_module_lock is taken outside cpus_read_lock")
+
+VENDOR_INIT_WITHOUT_LOCK = mutant(
+    "vendor_init_without_lock", removes="vendor_module_lock around loading a vendor module",
+    breaks="vendor_module_lock makes a vendor module's check-and-install one step: a second "
+           "module is refused")
 
 VENDOR_MODULES = ("kvm_intel", "kvm_amd")
 SERIALIZERS = ("vendor_module_lock", "kvm_lock")
@@ -68,7 +73,7 @@ def vendor_init(machine: Machine, name: str, *,
     if machine.hazards.vendor_lock_inside_hotplug:
         with machine.cpu_hotplug_lock.read(), lock:  # broken: the lock is outside the hotplug one
             pass
-    with lock:
+    with unless(VENDOR_INIT_WITHOUT_LOCK, machine.hazards, lock):
         if machine.vendor is not None:
             raise VendorModuleError(
                 f"{name}: vendor module {machine.vendor!r} is already loaded (EEXIST); "

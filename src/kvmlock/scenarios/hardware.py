@@ -33,28 +33,30 @@ _HW_INVARIANT = ("once quiet, a CPU has virtualization on exactly when it is onl
 
 # ---------------------------------------------------------------------- hardware enable
 
-@scenario("hardware.enable_vs_hotplug.correct", variant="correct", expect="pass",
-          rule="hardware enable/disable runs under cpus_read_lock, racing CPU hotplug",
-          invariant=_HW_INVARIANT, max_runs=2000)
-def enable_vs_hotplug_correct() -> None:
-    m = Machine(2)
-    together(m.create_vm, lambda: (m.cpu_down(1), m.cpu_up(1)),
-             names=["KVM_CREATE_VM", "cpu hotplug"])
+def _create_vs_offline(**machine: object) -> None:
+    m = Machine(2, **machine)  # type: ignore[arg-type]
+    together(m.create_vm, lambda: m.cpu_down(1), names=["KVM_CREATE_VM", "cpu hotplug"])
     m.check_hardware()
+
+
+@scenario("hardware.enable_vs_hotplug.correct", variant="correct", expect="pass",
+          rule="hardware enable/disable runs under cpus_read_lock, racing CPU offline",
+          invariant=_HW_INVARIANT, catches=("enable_without_hotplug_lock",), max_runs=2000)
+def enable_vs_hotplug_correct() -> None:
+    _create_vs_offline()
 
 
 @scenario("hardware.enable_vs_hotplug.broken", variant="broken", expect="assertion",
           rule="hardware enabled for the first VM without cpus_read_lock, racing CPU offline",
           invariant=_HW_INVARIANT, max_runs=2000)
 def enable_vs_hotplug_broken() -> None:
-    m = Machine(2, enable_blocks_hotplug=False)
-    together(m.create_vm, lambda: m.cpu_down(1), names=["KVM_CREATE_VM", "cpu hotplug"])
-    m.check_hardware()
+    _create_vs_offline(hazards={"enable_without_hotplug_lock"})
 
 
 @scenario("hardware.create_destroy_vs_hotplug.correct", variant="correct", expect="pass",
           rule="VM create/destroy racing CPU offline/online (kvm_lock design)",
-          invariant=_HW_INVARIANT, max_runs=2000)
+          invariant=_HW_INVARIANT,
+          catches=("enable_without_hotplug_lock", "callback_without_kvm_lock"), max_runs=2000)
 def create_destroy_vs_hotplug() -> None:
     m = Machine(2)
     together(lambda: m.destroy_vm(m.create_vm()), lambda: (m.cpu_down(1), m.cpu_up(1)),
@@ -66,7 +68,8 @@ def create_destroy_vs_hotplug() -> None:
 
 @scenario("hardware.usage_lock.correct", variant="correct", expect="pass",
           rule="kvm_usage_lock design: hotplug callbacks installed only while VMs exist",
-          invariant=_HW_INVARIANT, max_runs=2000)
+          invariant=_HW_INVARIANT, catches=("usage_lock_inside_hotplug", "usage_without_lock"),
+          max_runs=2000)
 def usage_lock_design() -> None:
     m = Machine(2, usage_lock=True)
     vms: list[VM] = []
@@ -80,7 +83,8 @@ def usage_lock_design() -> None:
 @scenario("hardware.enable_failure.correct", variant="correct", expect="pass",
           rule="a CPU that cannot enable virtualization: VM creation or CPU online fails cleanly",
           invariant="either the VM exists and the bad CPU stayed offline, or creation failed "
-                    "and nothing is left enabled", max_runs=2000)
+                    "and nothing is left enabled",
+          catches=("callback_without_kvm_lock", "usage_without_lock"), max_runs=2000)
 def enable_failure() -> None:
     m = Machine(2, fail_enable_on=(1,), offline=(1,))
     created: list[object] = []
@@ -203,6 +207,7 @@ def tsc_broken() -> None:
 @scenario("hardware.many_vms_two_hotplugs.correct", variant="correct", expect="pass",
           rule="two VM lifetimes racing two CPUs going offline and back (kvm_lock design)",
           invariant=_HW_INVARIANT + "; the usage count returns to zero",
+          catches=("callback_without_kvm_lock", "usage_without_lock"),
           preemption_bound=2, max_runs=10000, timeout=120.0)
 def many_vms_two_hotplugs() -> None:
     m = Machine(3)
@@ -236,9 +241,7 @@ def posted_two_vcpus() -> None:
                "cpus_read_lock, racing CPU offline",
           invariant=_HW_INVARIANT, max_runs=2000)
 def usage_lock_design_broken() -> None:
-    m = Machine(2, usage_lock=True, enable_blocks_hotplug=False)
-    together(m.create_vm, lambda: m.cpu_down(1), names=["KVM_CREATE_VM", "cpu hotplug"])
-    m.check_hardware()
+    _create_vs_offline(usage_lock=True, hazards={"enable_without_hotplug_lock"})
 
 
 def _two_creators(usage_lock: bool) -> None:

@@ -33,8 +33,9 @@ from kvmlock.kvm.hyperv import HyperV
 from kvmlock.kvm.iobus import mmio_write
 from kvmlock.kvm.machine import Machine
 from kvmlock.kvm.mmu.page_fault import page_fault
-from kvmlock.kvm.mmu.shadow import check_rmaps, zap_gfn_range
+from kvmlock.kvm.mmu.shadow import check_rmaps
 from kvmlock.kvm.mutants import Hazards, hazards_of
+from kvmlock.kvm.planes import PlaneVcpu, plane_vcpu_set_config, run_in_plane
 from kvmlock.kvm.posted_intr import PostedVcpu, post_interrupt, send_wakeup_vector
 from kvmlock.kvm.tsc import KvmClock, TscSync
 from kvmlock.kvm.vendor import VendorModuleError, vendor_init
@@ -108,14 +109,13 @@ class OrderPaths:
     """The model's paths that take one documented pair, and how one of them inverts it.
 
     ``build(hazards)`` makes fresh model objects and returns the tasks; ``hazard`` names the
-    :class:`Hazards` switch that inverts the order inside a path (the broken variant runs the
-    same tasks with it on), or ``inverted`` is a focused body taking the pair the wrong way.
+    mutant (:mod:`kvmlock.kvm.mutants`) that inverts the order inside one of those paths: the
+    broken variant runs the same tasks with it applied, and the correct variant must catch it.
     """
 
     build: Callable[[Hazards], Run]
     what: str  # the real paths, in words
-    hazard: str = ""
-    inverted: Callable[[], None] | None = None
+    hazard: str
     broken_rule: str = ""
     lockdep_kind: str = "circular"
     max_runs: int = 400
@@ -310,32 +310,13 @@ def _tdp_faults(h: Hazards) -> Run:
     v0, v1 = vm.vcpus
     return ({"vcpu0 TDP fault": lambda: page_fault(v0, 0, True),
              "vcpu1 TDP fault": lambda: page_fault(v1, 1, False),
-             "zap": lambda: zap_gfn_range(vm, 0, 2)}, vm.mmu.check_pages)
+             "zap all": vm.mmu.zap_all}, vm.mmu.check_pages)
 
 
 def _shadow_unsync(h: Hazards) -> Run:
     vm = _shadow_vm(h)
     return ({"guest INVLPG": lambda: set_gpte(vm, 0, 1),
              "vcpu0 shadow fault": lambda: page_fault(vm.vcpus[0], 1, False)}, _nothing)
-
-
-def _mmu_inverted(inner: str) -> Callable[[], None]:
-    def take() -> None:
-        vm = VM(None, nr_vcpus=1)
-        sub = getattr(vm, inner)
-        together(lambda: _sub_under_read(vm, sub), lambda: _write_under_sub(vm, sub),
-                 names=["TDP fault", "inverted"])
-    return take
-
-
-def _sub_under_read(vm: VM, sub: Any) -> None:
-    with vm.mmu_lock.read(), sub:
-        pass
-
-
-def _write_under_sub(vm: VM, sub: Any) -> None:
-    with sub, vm.mmu_lock.write():
-        pass
 
 
 #: (outer, inner) of every order rule in the model's document -> the paths that take it.
@@ -396,13 +377,13 @@ PATHS: dict[tuple[str, str], OrderPaths] = {
         lambda h: _vcpus_msr(h, xen=True), "a vCPU and a VM Xen attribute write",
         "xen_lock_locks_vcpus", broken_rule="a VM-wide Xen attribute write locks every vCPU"),
     ("kvm->mmu_lock", "kvm->arch.tdp_mmu_pages_lock"): OrderPaths(
-        _tdp_faults, "two TDP faults building shadow pages (mmu_lock read) and a zap",
-        inverted=_mmu_inverted("tdp_mmu_pages_lock"),
-        broken_rule="tdp_mmu_pages_lock taken outside mmu_lock"),
+        _tdp_faults, "two TDP faults building shadow pages (mmu_lock read) and a zap of all",
+        "pages_lock_outside_mmu_lock",
+        broken_rule="zap_all holds tdp_mmu_pages_lock from before mmu_lock"),
     ("kvm->mmu_lock", "kvm->arch.mmu_unsync_pages_lock"): OrderPaths(
         _shadow_unsync, "a guest page-table change (unsync/sync) and a shadow fault",
-        inverted=_mmu_inverted("mmu_unsync_pages_lock"),
-        broken_rule="mmu_unsync_pages_lock taken outside mmu_lock"),
+        "sync_takes_unsync_lock_first",
+        broken_rule="the INVLPG sync takes mmu_unsync_pages_lock before mmu_lock"),
 }
 
 
@@ -445,19 +426,13 @@ def _register(outer: str, inner: str, line: int) -> None:
     scenario(f"{name}.correct", variant="correct", expect="pass", rule=rule,
              invariant=f"through {paths.what}: the run conforms to the model's document and "
                        f"takes {outer} outside {inner}", max_runs=paths.max_runs,
-             catches=((paths.hazard,) if paths.hazard else ())
-             + _KIND_MUTANTS.get((outer, inner), ()))(correct)
-    if paths.hazard:
-        hazard = hazards_of({paths.hazard: True})
+             catches=(paths.hazard, *_KIND_MUTANTS.get((outer, inner), ())))(correct)
+    hazard = hazards_of({paths.hazard: True})
 
-        def broken() -> None:
-            _run(paths.build, hazard)
+    def broken() -> None:
+        _run(paths.build, hazard)
 
-        what = f"the same paths with hazard {paths.hazard}"
-    else:
-        assert paths.inverted is not None
-        broken = paths.inverted
-        what = "a focused body taking the pair the other way"
+    what = f"the same paths with mutant {paths.hazard}"
     broken.__name__ = broken.__qualname__ = f"{name.replace('.', '_')}_broken"
     scenario(f"{name}.broken", variant="broken", expect="lockdep",
              lockdep_kind=paths.lockdep_kind, rule=paths.broken_rule,
@@ -516,7 +491,7 @@ def _four_paths(hold_kvm_lock: bool, hotplug: bool = False) -> None:
     ``hotplug`` adds a CPU going offline: its queued write of the hotplug lock is what makes
     the static-key patch's *read* of it actually wait, turning the cycle into a real hang.
     """
-    m = Machine(2)
+    m = Machine(2, hazards={"nx_walk_holds_kvm_lock"} if hold_kvm_lock else None)
     vm = m.create_vm(nr_vcpus=1)
 
     def set_memory_region() -> None:
@@ -527,7 +502,7 @@ def _four_paths(hold_kvm_lock: bool, hotplug: bool = False) -> None:
         with vm.srcu.read():
             m.static_key_update()
 
-    tasks = [set_memory_region, lambda: m.update_nx_huge_pages(hold_kvm_lock=hold_kvm_lock),
+    tasks = [set_memory_region, m.update_nx_huge_pages,
              m.cpufreq_notifier, kvm_run]
     names = ["KVM_SET_USER_MEMORY_REGION", "nx_huge_pages write", "cpufreq notifier", "KVM_RUN"]
     if hotplug:
@@ -540,7 +515,7 @@ def _four_paths(hold_kvm_lock: bool, hotplug: bool = False) -> None:
           rule="kvm_lock must not take kvm->slots_lock: walkers of vm_list take a reference "
                "and drop kvm_lock before taking a VM's slots_lock",
           invariant="no cycle through kvm_lock; the run conforms to the model's document",
-          max_runs=3000, timeout=60.0)
+          catches=("nx_walk_holds_kvm_lock",), max_runs=3000, timeout=60.0)
 def kvm_lock_walk_correct() -> None:
     _four_paths(hold_kvm_lock=False)
     check_graph()
@@ -567,48 +542,51 @@ def kvm_lock_walk_deadlock() -> None:
 
 # ---------------------------------------------------------------------- vCPU planes
 
-def _planes() -> tuple[Any, Any]:
-    """One vCPU id in plane 0 and plane 1: two ``vcpu->mutex`` instances of one class."""
-    from kvmlock.kvm.vcpu import VCPU
+def _planes(hazards: Hazards) -> Run:
+    """vCPU 0 in planes 0 and 1: KVM_RUN on plane 0 entering plane 1, and a plane-1 ioctl."""
+    vm = VM(None, nr_vcpus=1, hazards=hazards)
+    p1 = PlaneVcpu(vm.vcpus[0], 1)
 
-    vm = _vm()
-    return vm.vcpus[0], VCPU(vm, 0)
+    def after() -> None:
+        assert p1.config == {"cpuid": 1, "exits": 1}, f"plane-1 vCPU state: {p1.config}"
+        assert vm.vcpus[0].config.get("plane1.cpuid") == 1, "plane 0 missed the plane-1 change"
 
+    def exit_in_plane1(v: Any) -> None:
+        v.config["exits"] = v.config.get("exits", 0) + 1
 
-def _plane0_then_plane1(p0: Any, p1: Any) -> Callable[[], None]:
-    def take() -> None:
-        with p0.mutex, p1.mutex.nested(1):
-            pass
-    return take
+    return ({"vcpu0 KVM_RUN (plane 1)": lambda: run_in_plane(p1, exit_in_plane1),
+             "plane-1 vcpu0 ioctl": lambda: plane_vcpu_set_config(p1, "cpuid", 1)}, after)
 
 
 @scenario("order.vcpu_mutex_planes.correct", variant="correct", expect="pass",
           rule="vcpu->mutex of plane 0 is taken outside vcpu->mutex of the same id in another "
                "plane (annotated as a nesting subclass)",
-          invariant="plane 0 always first; lockdep sees one class nested by annotation", **_BOUND)
+          invariant="through KVM_RUN switching into plane 1 and a plane-1 vCPU ioctl: plane 0 "
+                    "always first, the second behind its subclass; the run conforms to the "
+                    "model's document",
+          catches=("plane_mutex_unannotated", "plane_ioctl_locks_own_first"), **_BOUND)
 def vcpu_mutex_planes_correct() -> None:
-    p0, p1 = _planes()
-    together(_plane0_then_plane1(p0, p1), _plane0_then_plane1(p0, p1))
+    _run(_planes, Hazards())
     check_graph()
 
 
 @scenario("order.vcpu_mutex_planes.broken", variant="broken", expect="lockdep",
           lockdep_kind="recursive",
           rule="two planes' vcpu->mutex nested without the subclass annotation",
-          invariant="lockdep reports possible recursive locking of vcpu->mutex", **_BOUND)
+          invariant="the same paths with mutant plane_mutex_unannotated: lockdep reports "
+                    "possible recursive locking of vcpu->mutex", **_BOUND)
 def vcpu_mutex_planes_unannotated() -> None:
-    p0, p1 = _planes()
-    with p0.mutex, p1.mutex:
-        pass
+    _run(_planes, hazards_of({"plane_mutex_unannotated": True}))
 
 
 @scenario("order.vcpu_mutex_planes.inverted", variant="broken", expect="deadlock",
-          rule="plane 1 taken outside plane 0 behind the same annotation: lockdep sees one "
-               "consistent order of classes, the explorer sees the deadlock",
-          invariant="all tasks blocked: an annotation cannot make an inversion safe", **_BOUND)
+          rule="a plane-1 ioctl locks its own vcpu->mutex, then plane 0's behind the same "
+               "annotation: lockdep sees one consistent order of classes, the explorer sees "
+               "the deadlock",
+          invariant="the same paths with mutant plane_ioctl_locks_own_first: all tasks "
+                    "blocked, an annotation cannot make an inversion safe", **_BOUND)
 def vcpu_mutex_planes_inverted() -> None:
-    p0, p1 = _planes()
-    together(_plane0_then_plane1(p0, p1), _plane0_then_plane1(p1, p0))
+    _run(_planes, hazards_of({"plane_ioctl_locks_own_first": True}))
 
 
 # ---------------------------------------------------------------------- everything else is a leaf
@@ -616,7 +594,8 @@ def vcpu_mutex_planes_inverted() -> None:
 @scenario("order.leaves.correct", variant="correct", expect="pass",
           rule="everything else is a leaf: nothing is taken inside the other locks",
           invariant="no dependency leaves a leaf lock; no dependency inverts a documented order",
-          max_runs=1000)
+          catches=("xen_lock_locks_vcpus", "tsc_write_walks_vm_list", "pi_list_irqs_on",
+                   "gtod_notifier_takes_kvm_lock", "tsc_write_lock_mutex"), max_runs=1000)
 def leaves_correct() -> None:
     m = Machine(2)
     vm = m.create_vm(nr_vcpus=2, nr_pages=2, host_pages=2)

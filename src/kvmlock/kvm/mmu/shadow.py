@@ -20,6 +20,7 @@ freed, so the lockless walk may read the page list without a lock.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 from kvmlock import lockdep, runtime
@@ -55,6 +56,10 @@ FREE_PAGES_NO_GRACE_PERIOD = mutant(
     "free_pages_no_grace_period",
     removes="the RCU grace period between unlinking and freeing shadow pages",
     breaks="a shadow page is freed only after every lockless walker that may use it is done")
+PAGES_LOCK_OUTSIDE_MMU_LOCK = mutant(
+    "pages_lock_outside_mmu_lock", removes="(adds) zap_all takes tdp_mmu_pages_lock before "
+    "mmu_lock, to hold the page list while it zaps",
+    breaks="kvm->mmu_lock is taken outside kvm->arch.tdp_mmu_pages_lock")
 ZAP_NO_FLUSH = mutant(
     "zap_no_flush", removes="the remote TLB flush after zapping SPTEs (kvm_zap_gfn_range)",
     breaks="a zapped SPTE's frame is reused only after every vCPU dropped its translation")
@@ -192,7 +197,9 @@ class MMU:
         if not self.tdp:
             raise ValueError("zap_all: this model frees shadow pages of the TDP MMU only")
         vm = self.vm
-        with vm.mmu_lock.write():
+        # broken: the page list's lock held from before mmu_lock (faults nest it inside)
+        inverted = PAGES_LOCK_OUTSIDE_MMU_LOCK in vm.hazards
+        with vm.tdp_mmu_pages_lock if inverted else nullcontext(), vm.mmu_lock.write():
             gone = []
             for idx, sp in enumerate(self.pages):
                 if sp is None:
@@ -201,7 +208,7 @@ class MMU:
                     self.drop_spte(sp, i)
                 runtime.RT.point(self.pages, "unlink shadow page", True)
                 self.pages[idx] = None
-                with vm.tdp_mmu_pages_lock:
+                with nullcontext() if inverted else vm.tdp_mmu_pages_lock:
                     self.page_list = [p for p in self.page_list if p is not sp]
                 gone.append(sp)
             if gone:
