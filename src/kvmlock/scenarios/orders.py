@@ -548,8 +548,10 @@ def _planes(hazards: Hazards) -> Run:
     p1 = PlaneVcpu(vm.vcpus[0], 1)
 
     def after() -> None:
-        assert p1.config == {"cpuid": 1, "exits": 1}, f"plane-1 vCPU state: {p1.config}"
-        assert vm.vcpus[0].config.get("plane1.cpuid") == 1, "plane 0 missed the plane-1 change"
+        state = peek(p1, "config")
+        assert state == {"cpuid": 1, "exits": 1}, f"plane-1 vCPU state: {state}"
+        assert peek(vm.vcpus[0], "config").get("plane1.cpuid") == 1, \
+            "plane 0 missed the plane-1 change"
 
     def exit_in_plane1(v: Any) -> None:
         v.config["exits"] = v.config.get("exits", 0) + 1
