@@ -4,8 +4,9 @@ Run: ``python benchmarks/bench_lockdep.py [--quick]``. Every figure and ratio co
 one run (best of a few repeats), so the ratios compare like with like on the same machine.
 Targets: validated cached acquire+release <= 3x a bare Python wrapper around threading.Lock;
 8-thread contended throughput with validation >= 1/3 of without. Also measured (no target):
-what one checked access of protected data costs -- a ``guarded_by`` field, a ``Guarded`` cell
-and an ``RcuPointer`` read -- next to a plain attribute read, all made with the protection held.
+what one checked access of protected data costs -- a ``guarded_by`` field, a ``Guarded`` cell,
+an ``RcuPointer`` read and publication (with and without a declared update side) -- next to a
+plain attribute read, all made with the protection held.
 """
 
 from __future__ import annotations
@@ -98,15 +99,19 @@ def ns_per_read(read, n: int) -> float:
 
 
 def protected_reads(n: int, reps: int) -> dict[str, float]:
-    """ns per read of protected data with its protection held, best of ``reps``."""
+    """ns per access of protected data with its protection held, best of ``reps``."""
     plain, checked = Plain(), Checked()
     cell = Guarded(0, checked.lock, name="bench cell")
     srcu, ptr = SRCU("bench.srcu"), RcuPointer(0, name="bench->ptr")
+    upd = Mutex("bench.update_side")
+    declared = RcuPointer(0, name="bench->declared", read_side=srcu, update_side=upd)
     reads = {
         "plain attribute": (plain.lock, lambda: plain.value),
         "guarded_by field": (checked.lock, lambda: checked.value),
         "Guarded.get()": (checked.lock, cell.get),
         "RcuPointer.srcu_dereference": (srcu.read(), lambda: ptr.srcu_dereference(srcu)),
+        "RcuPointer.assign, no update side declared": (upd, lambda: ptr.assign(1)),
+        "RcuPointer.assign, update_side declared": (upd, lambda: declared.assign(1)),
     }
     best = dict.fromkeys(reads, float("inf"))
     for _ in range(reps):
@@ -208,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:46}{ns:10.0f}{ratio:9.2f}")
     print()
     base = data["plain attribute"]
-    print(f"{'read with its protection held':46}{'ns/read':>10}{'x plain':>9}")
+    print(f"{'access with its protection held':46}{'ns/op':>10}{'x plain':>9}")
     for label, ns in data.items():
         print(f"{label:46}{ns:10.0f}{ns / base:9.2f}")
     print()

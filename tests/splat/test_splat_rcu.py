@@ -79,3 +79,15 @@ def test_unknown_data_or_no_document_is_never_a_verdict():
     assert v.data is None and v.verdict == "unjudged" and "unknown" in v.detail
     _sp, v = _judged("gfn_to_memslot_rcu.syzbot", None)
     assert v.verdict == "unjudged" and v.data == "kvm->memslots"
+
+
+def test_the_models_own_document_judges_a_kernel_memslots_read_without_kvm_srcu():
+    """The shipped document's Protects lines, written from the model's declarations, judge a
+    kernel report: kvm->memslots read holding kvm->lock (not kvm->srcu, nor slots_lock)."""
+    from kvmlock.spec.design import model_spec
+
+    _sp, v = _judged("gfn_to_memslot_rcu.syzbot", model_spec())
+    assert (v.data, v.verdict) == ("kvm->memslots", "violated")
+    assert sorted(v.protected_by) == ["kvm->slots_lock", "kvm->srcu"]
+    _sp, v = _judged("handmade_buses_slots_lock.txt", model_spec())
+    assert (v.data, v.verdict) == ("kvm->buses", "conforms")
