@@ -26,6 +26,10 @@ HV_MSR_WITHOUT_HV_LOCK = mutant(
     "hv_msr_without_hv_lock", removes="hv_lock around a partition-wide Hyper-V MSR write",
     breaks="kvm->arch.hyperv.hv_lock protects the partition-wide Hyper-V state")
 
+HV_EVENTFD_WITHOUT_HV_LOCK = mutant(
+    "hv_eventfd_without_hv_lock", removes="hv_lock around KVM_HYPERV_EVENTFD's binding",
+    breaks="kvm->arch.hyperv.hv_lock protects the eventfd bindings")
+
 #: Partition-wide Hyper-V MSRs (names as in the TLFS); everything else is per vCPU here.
 PARTITION_MSRS = frozenset({
     "HV_X64_MSR_GUEST_OS_ID", "HV_X64_MSR_HYPERCALL", "HV_X64_MSR_REFERENCE_TSC",
@@ -68,7 +72,7 @@ class HyperV:
         """``KVM_HYPERV_EVENTFD``: a VM ioctl binding a connection id, under ``hv_lock``."""
         if not isinstance(conn_id, int) or conn_id < 0:
             raise ValueError(f"conn_id must be a non-negative integer, got {conn_id!r}")
-        with self.lock:
+        with unless(HV_EVENTFD_WITHOUT_HV_LOCK, self.vm.hazards, self.lock):
             if self.vm.hazards.hv_lock_locks_vcpus:
                 for vcpu in self.vm.vcpus:  # broken: vcpu->mutex is ordered outside hv_lock
                     with vcpu.mutex:

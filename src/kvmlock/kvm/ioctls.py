@@ -74,6 +74,9 @@ MSR_FILTER_WITHOUT_KVM_LOCK = mutant(
 ROUTING_WITHOUT_IRQ_LOCK = mutant(
     "routing_without_irq_lock", removes="kvm->irq_lock around replacing the interrupt routing "
     "table", breaks="kvm->irq_lock protects the interrupt routing")
+ACK_NOTIFIER_WITHOUT_IRQ_LOCK = mutant(
+    "ack_notifier_without_irq_lock", removes="kvm->irq_lock around registering the PIT's ack "
+    "notifier", breaks="kvm->irq_lock protects the irqchip's ack notifiers")
 VCPU_IOCTL_WITHOUT_VCPU_MUTEX = mutant(
     "vcpu_ioctl_without_vcpu_mutex", removes="vcpu->mutex around a vCPU ioctl's change to the "
     "vCPU's state", breaks="vcpu->mutex protects one vCPU's state against concurrent ioctls")
@@ -190,7 +193,7 @@ def create_pit(vm: VM) -> None:
                 pass
         with vm.slots_lock:
             _io_bus_register(vm, PIT, "pit")
-            with vm.irq_lock:
+            with unless(ACK_NOTIFIER_WITHOUT_IRQ_LOCK, vm.hazards, vm.irq_lock):
                 vm.irq_ack_notifiers.append("pit")
 
 

@@ -27,6 +27,10 @@ XEN_ATTR_WITHOUT_XEN_LOCK = mutant(
     "xen_attr_without_xen_lock", removes="xen_lock around KVM_XEN_HVM_SET_ATTR's write",
     breaks="kvm->arch.xen.xen_lock protects the VM-wide Xen state")
 
+XEN_VCPU_ATTR_WITHOUT_XEN_LOCK = mutant(
+    "xen_vcpu_attr_without_xen_lock", removes="xen_lock around KVM_XEN_VCPU_SET_ATTR's write",
+    breaks="kvm->arch.xen.xen_lock protects each vCPU's Xen attributes")
+
 ATTRS = frozenset({"long_mode", "shared_info", "upcall_vector", "vcpu_info", "vcpu_time_info",
                    "runstate", "timer"})
 VM_ATTRS = frozenset({"long_mode", "shared_info", "upcall_vector"})
@@ -71,5 +75,5 @@ class Xen:
         """``KVM_XEN_VCPU_SET_ATTR``: a vCPU ioctl, ``vcpu->mutex`` held outside ``xen_lock``."""
         self._check(attr, ATTRS - VM_ATTRS, value)
         vcpu.mutex.assert_held()
-        with self.lock:
+        with unless(XEN_VCPU_ATTR_WITHOUT_XEN_LOCK, self.vm.hazards, self.lock):
             self.vcpu_attrs[(vcpu.id, attr)] = value

@@ -34,7 +34,7 @@ def _race(**tasks: Callable[[], object]) -> None:
                "eventfd bindings: two vCPUs' WRMSRs and KVM_HYPERV_EVENTFD",
           variant="correct", expect="pass",
           invariant="the guest OS id is one of the values written; the eventfd is bound",
-          catches=("hv_msr_without_hv_lock",), **_BOUND)
+          catches=("hv_msr_without_hv_lock", "hv_eventfd_without_hv_lock"), **_BOUND)
 def hyperv_partition_correct() -> None:
     vm = VM(None, nr_vcpus=2)
     hv = HyperV(vm)
@@ -56,7 +56,7 @@ def hyperv_partition_correct() -> None:
                "ioctl set attributes at once",
           variant="correct", expect="pass",
           invariant="both attributes are set",
-          catches=("xen_attr_without_xen_lock",), **_BOUND)
+          catches=("xen_attr_without_xen_lock", "xen_vcpu_attr_without_xen_lock"), **_BOUND)
 def xen_state_correct() -> None:
     vm = VM(None, nr_vcpus=1)
     xen = Xen(vm)
@@ -77,7 +77,7 @@ def xen_state_correct() -> None:
           variant="correct", expect="pass",
           invariant="the routing table is one of the two written; the PIT's ack notifier is "
                     "registered",
-          catches=("routing_without_irq_lock",), **_BOUND)
+          catches=("routing_without_irq_lock", "ack_notifier_without_irq_lock"), **_BOUND)
 def irq_routing_correct() -> None:
     vm = VM(None, nr_vcpus=1)
     ioctls.create_irqchip(vm)
