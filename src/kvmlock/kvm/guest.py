@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kvmlock.kvm.mmu import spte as S
-from kvmlock.kvm.mmu.page_fault import GUEST_FAULT, MMIO, page_fault
+from kvmlock.kvm.mmu.page_fault import EMULATE, GUEST_FAULT, MMIO, page_fault
+from kvmlock.kvm.mmu.page_track import check_hw_write, emulate_write
 from kvmlock.kvm.mmu.tlb import flush_remote_tlbs
 from kvmlock.kvm.mutants import mutant
 from kvmlock.kvm.vcpu import TlbEntry
@@ -67,9 +68,10 @@ def _hw_access(vcpu: VCPU, va: int, write: bool, value: int) -> object:
             want = cur | S.ACCESSED | (S.DIRTY if write else 0)
             if want == cur or sptep.cmpxchg(cur, want) == cur:
                 break
-        slot = vm.memslots.access_pointer().lookup(sp.gfn_at(i))
-        hva = slot.gfn_to_hva(sp.gfn_at(i)) if slot is not None else None
-        e = vcpu.tlb[va] = TlbEntry(S.pfn_of(cur), S.is_writable(cur), hva)
+        gfn = sp.gfn_at(i)
+        slot = vm.memslots.access_pointer().lookup(gfn)
+        hva = slot.gfn_to_hva(gfn) if slot is not None else None
+        e = vcpu.tlb[va] = TlbEntry(S.pfn_of(cur), S.is_writable(cur), hva, gfn)
     page = vm.host.pages[e.pfn]
     # Consequences, checked where the hardware acts: the frame must still be the one the host
     # maps for the page this translation was made for, not freed (poisoned) or reused.
@@ -79,6 +81,7 @@ def _hw_access(vcpu: VCPU, va: int, write: bool, value: int) -> object:
             "freed" if page.hva is None else f"reused for hva {page.hva}") +
         f" (it was hva {e.hva}'s): a stale mapping outlived the page")
     if write:
+        check_hw_write(vcpu, va, e.gfn)
         page.data.store(value)
         return None
     return page.data.load()
@@ -98,6 +101,12 @@ def _access(vcpu: VCPU, va: int, write: bool, value: int = 0) -> int | None:
             vcpu.stats["writes" if write else "reads"] += 1
             return r  # type: ignore[return-value]
         res = page_fault(vcpu, va, write)
+        if res == EMULATE:
+            gfn = vcpu.vm.mmu.guest_translate(va)
+            if gfn is not None:  # else the guest unmapped it meanwhile: fault again
+                emulate_write(vcpu, gfn, value)
+                vcpu.stats["writes"] += 1
+                return None
         if res in (MMIO, GUEST_FAULT):
             raise GuestFault(f"{vcpu!r}: {'write' if write else 'read'} of guest page {va} "
                              f"is not backed by memory ({res})")

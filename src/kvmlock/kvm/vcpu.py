@@ -37,14 +37,17 @@ class TlbEntry:
 
     ``hva`` is the host page the frame belonged to when the translation was cached (None when
     no memslot named it): a frame that changes owner while cached is a use after free.
+    ``gfn`` is the guest frame it translates to (what the write-tracking check looks at).
     """
 
-    __slots__ = ("pfn", "writable", "hva")
+    __slots__ = ("pfn", "writable", "hva", "gfn")
 
-    def __init__(self, pfn: int, writable: bool, hva: int | None = None) -> None:
+    def __init__(self, pfn: int, writable: bool, hva: int | None = None,
+                 gfn: int | None = None) -> None:
         self.pfn = pfn
         self.writable = writable
         self.hva = hva
+        self.gfn = gfn
 
     def __repr__(self) -> str:
         return f"TlbEntry(pfn={self.pfn}, {'rw' if self.writable else 'ro'})"

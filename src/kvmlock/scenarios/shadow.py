@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import kvmlock
 from kvmlock.kvm.guest import guest_read, guest_write, set_gpte
+from kvmlock.kvm.memslots import LOG_DIRTY_PAGES
+from kvmlock.kvm.mmu.page_track import shadow_guest_table
+from kvmlock.kvm.mmu.shadow import check_rmaps
 from kvmlock.kvm.vm import VM
 from kvmlock.scenarios.registry import scenario
 
@@ -78,3 +81,62 @@ def rmap_race() -> None:
     vm.check()
     got = guest_read(v0, 0), guest_read(v1, 1)
     assert got == (5, 5), f"both pages map gfn 1, which holds 5, but the guests read {got}"
+
+
+# --------------------------------------------------------------------------- write tracking
+
+_WRPROT_INV = ("no vCPU writes a shadowed guest page table through a writable translation once "
+               "its write-protection is relied on; no SPTE of it is writable or MMU-writable; "
+               "the writes the guest made are all in memory (emulated)")
+
+
+@scenario("shadow.wrprot.correct",
+          rule="a newly shadowed guest page table loses W and MMU-writable under mmu_lock, with "
+               "a flush before it is relied on; faults then never make it writable",
+          variant="correct", expect="pass", invariant=_WRPROT_INV,
+          catches=("shadowed_wrprot_no_flush", "shadowed_wrprot_without_mmu_lock",
+                   "shadowed_wrprot_keeps_mmu_writable", "tracked_gfn_mapped_writable",
+                   "fast_pf_ignore_mmu_writable", "fast_pf_plain_store",
+                   "skip_tlb_flush_on_wrprot"), **_BOUND)
+def wrprot_race() -> None:
+    # TDP with dirty logging on, so a read fault maps gfn 1 read-only but MMU-writable: the
+    # fast path may make it writable. vcpu1 enters a nested guest whose page table lives at
+    # gfn 1, so KVM starts shadowing gfn 1 while vcpu0 (the nested guest's hypervisor) uses it.
+    vm = VM(nr_vcpus=2, nr_pages=2, host_pages=2)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0, flags=LOG_DIRTY_PAGES)
+    v0, v1 = vm.vcpus
+
+    def hypervisor_reads_then_writes() -> None:
+        guest_read(v0, 1)
+        guest_write(v0, 1, 5)
+
+    _run(("vcpu0_reads_then_writes_gfn1", hypervisor_reads_then_writes),
+         ("vcpu1_shadows_gfn1", lambda: shadow_guest_table(v1, 1)))
+    guest_write(v0, 1, 6)  # vcpu0 may still cache gfn 1 writable: it must not
+    vm.check()
+    assert vm.host.contents(1) == 6, (
+        f"the guest's last write to gfn 1 was 6 but memory holds {vm.host.contents(1)}")
+
+
+# --------------------------------------------------------------------------- first shadow root
+
+
+@scenario("shadow.first_root.correct",
+          rule="the first shadow root gives every memslot its rmaps under slots_arch_lock, and "
+               "only then sets shadow_root_allocated (store-release; readers load-acquire)",
+          variant="correct", expect="pass",
+          invariant="a vCPU that sees shadow_root_allocated finds its memslot's rmaps; every "
+                    "memslot has rmaps once a root exists",
+          catches=("root_flag_before_rmaps",), **_BOUND)
+def first_root() -> None:
+    # two vCPUs enter KVM_RUN on a VM with no shadow root yet: both want to build it, and the
+    # one that finds it built goes straight on to a fault that adds rmap entries
+    vm = VM(nr_vcpus=2, nr_pages=2, host_pages=2, tdp=False)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    for va in (0, 1):  # the guest's own page table (va -> gfn va), before any shadow root
+        vm.mmu.gpt[va].store(va + 1)
+    v0, v1 = vm.vcpus
+    _run(("vcpu0_reads_page0", lambda: guest_read(v0, 0)),
+         ("vcpu1_reads_page1", lambda: guest_read(v1, 1)))
+    check_rmaps(vm)
+    vm.check()

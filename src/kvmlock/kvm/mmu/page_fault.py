@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.fast_pf import FAST_PF_INDIRECT, FIXED, SPURIOUS, fast_page_fault
+from kvmlock.kvm.mmu.page_track import tracked_spte
 from kvmlock.kvm.mmu.tlb import flush_remote_tlbs
 from kvmlock.kvm.mmu.update import spte_set, spte_update
 from kvmlock.kvm.mutants import mutant
@@ -23,9 +24,11 @@ if TYPE_CHECKING:
     from kvmlock.kvm.vcpu import VCPU
     from kvmlock.kvm.vm import VM
 
-__all__ = ["FIXED", "GUEST_FAULT", "MMIO", "RETRY", "SPURIOUS", "page_fault"]
+__all__ = ["EMULATE", "FIXED", "GUEST_FAULT", "MMIO", "RETRY", "SPURIOUS", "page_fault"]
 
 RETRY = "retry"
+#: the write hit a write-tracked gfn (a shadowed guest page table): KVM emulates it
+EMULATE = "emulate"
 MMIO = "mmio"
 GUEST_FAULT = "guest_fault"
 
@@ -137,6 +140,7 @@ def _tdp_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int, p
         if invalidate_retry(vm, mmu_seq, hva):
             return RETRY
         sp, i = mmu.ensure_page(va)
+        new = tracked_spte(vm, gfn, new)
         sptep = sp.sptes[i]
         old = sptep.load()
         if S.is_present(old):
@@ -151,7 +155,7 @@ def _tdp_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int, p
             return RETRY
         if S.is_writable(new) and SLOW_PF_NO_MARK_DIRTY not in vm.hazards:
             slot.mark_dirty(gfn, vm.hazards)
-    return FIXED
+    return EMULATE if write and not S.is_writable(new) else FIXED
 
 
 def _shadow_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int, pfn: int,
@@ -169,6 +173,7 @@ def _shadow_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int
             return RETRY
         if mmu.guest_translate(va) != gfn and NO_GPTE_RECHECK not in vm.hazards:
             return RETRY  # the guest re-pointed its page table meanwhile
+        new = tracked_spte(vm, gfn, new)
         old = sptep.load()
         flush = False
         if S.is_present(old):
@@ -180,11 +185,11 @@ def _shadow_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int
                 flush = spte_update(vm, sptep, new | (old & (S.ACCESSED | S.DIRTY)))
         else:
             spte_set(sptep, new)
-        assert slot.arch.has_rmaps(), (f"memslot {slot.id} has no rmaps: the rmap walk of a "
+        assert slot.arch.rmaps, (f"memslot {slot.id} has no rmaps: the rmap walk of a "
                                         "shadow root dereferences NULL")
         mmu.rmap_add(gfn, sp, i)
         if S.is_writable(new) and SLOW_PF_NO_MARK_DIRTY not in vm.hazards:
             slot.mark_dirty(gfn, vm.hazards)
         if flush:
             flush_remote_tlbs(vm)
-    return FIXED
+    return EMULATE if write and not S.is_writable(new) else FIXED

@@ -52,6 +52,11 @@ ROOT_ALLOC_WITHOUT_SLOTS_ARCH_LOCK = mutant(
     "root_alloc_without_slots_arch_lock", removes="slots_arch_lock around the first shadow "
     "root's rmap allocation",
     breaks="slots_arch_lock orders the rmap allocation with a memslot being created")
+ROOT_FLAG_BEFORE_RMAPS = mutant(
+    "root_flag_before_rmaps", removes="setting shadow_root_allocated only once every memslot "
+    "has its rmaps (the flag published first)",
+    breaks="a vCPU that sees shadow_root_allocated (smp_load_acquire) finds every memslot's "
+           "rmaps allocated")
 FREE_PAGES_NO_GRACE_PERIOD = mutant(
     "free_pages_no_grace_period",
     removes="the RCU grace period between unlinking and freeing shadow pages",
@@ -114,6 +119,11 @@ class MMU:
         #: shadow paging only: the guest's page table, va -> gfn + 1 (0: not present)
         self.gpt = [] if tdp else [Atomic64(0, name=f"gpte[{v}]") for v in range(nr_va)]
         self.loaded = False
+        #: gfn -> how many shadow pages shadow the guest page table there (``gfn_write_track``,
+        #: changed under mmu_lock held for write; see :mod:`kvmlock.kvm.mmu.page_track`)
+        self.write_track: dict[int, int] = {}
+        #: gfns whose write-protection is complete and relied on (the model's audit, no lock)
+        self.wrprot_relied: set[int] = set()
 
     # ----------------------------------------------------------- construction
 
@@ -225,8 +235,9 @@ class MMU:
 
         Every present SPTE maps the frame the host maps *now* for the gfn it stands for (and,
         with shadow paging, that gfn is the one the guest's page table names); a writable SPTE
-        is on a writable memslot and in the rmap of its gfn, so the next zap finds it; the
-        unsync count matches the pages marked unsync.
+        is on a writable memslot and in the rmap of its gfn, so the next zap finds it; no SPTE
+        of a write-tracked gfn has W or MMU-writable; the unsync count matches the pages marked
+        unsync.
         """
         vm = self.vm
         slots = vm.memslots.access_pointer()
@@ -256,6 +267,9 @@ class MMU:
                                f"{'no frame' if host_pfn is None else f'frame {host_pfn}'}")
                 if S.is_writable(v) and slot.readonly:
                     bad.append(f"{what}: writable on a read-only memslot")
+                if v & (S.W | S.MMU_WRITABLE) and self.write_track.get(gfn, 0):
+                    bad.append(f"{what}: writable or MMU-writable, but gfn {gfn} holds a "
+                               "shadowed guest page table")
         unsync = sum(1 for p in self.pages if p is not None and p.unsync)
         if unsync != peek(self, "unsync_count"):
             bad.append(f"unsync_count is {peek(self, 'unsync_count')} but {unsync} page(s) "
@@ -369,8 +383,13 @@ def first_shadow_root_alloc(vm: VM) -> None:
     memslot update synchronizes under it) -- ``slots_arch_lock`` is the lock made for this: a
     memslot update holds it from reading the memslots until the new array is installed, so a
     slot is either seen here or created knowing the root exists.
+
+    The flag is published last (``smp_store_release``) and read first (``smp_load_acquire``):
+    a vCPU that finds it set skips all of this and goes on to use the rmaps at once, so they
+    must all exist before it is set. (The model's memory is sequentially consistent, so the
+    release/acquire pair is plain program order here; its mutant moves the store.)
     """
-    if vm.shadow_root_allocated.load():
+    if vm.shadow_root_allocated.load():  # smp_load_acquire: rmaps exist if this is set
         return
     h = vm.hazards
     lock = None if h.root_alloc_without_slots_arch_lock else vm.slots_arch_lock
@@ -385,9 +404,13 @@ def first_shadow_root_alloc(vm: VM) -> None:
         # kvm_memslots(): inside kvm->srcu from KVM_RUN; set_gpte builds the root outside it,
         # where slots_arch_lock keeps the array from changing
         slots = vm.memslots.srcu_dereference_check(vm.srcu, lockdep.is_held(vm.slots_arch_lock))
+        early = ROOT_FLAG_BEFORE_RMAPS in h
+        if early:
+            vm.shadow_root_allocated.store(1)
         for slot in slots.slots:
             slot.arch.alloc_rmaps()
-        vm.shadow_root_allocated.store(1)
+        if not early:  # smp_store_release: the rmaps are visible before the flag
+            vm.shadow_root_allocated.store(1)
     finally:
         if lock is not None:
             lock.unlock()

@@ -1,0 +1,150 @@
+"""Write tracking: a guest page table KVM shadows is write-protected, so KVM sees every change.
+
+When KVM builds a shadow page for a guest page table (with shadow paging, or for the page
+tables a nested guest's hypervisor keeps in its memory), the shadow page is only as good as
+KVM's knowledge of that table. So the table's gfn is *write-tracked* (facts from
+arch/x86/kvm/mmu/mmu.c ``account_shadowed`` and page_track.c, in our own code):
+
+* with ``mmu_lock`` held for write (and inside ``kvm->srcu``) the gfn's track count goes up,
+  every SPTE that maps the gfn loses W *and* MMU-writable, and TLBs are flushed before the lock
+  is dropped -- from then on the write-protection is relied on;
+* a fault that wants to write a tracked gfn installs its SPTE without W and MMU-writable (the
+  slow path's ``mmu_try_to_unsync_pages`` refuses), and the write is emulated: KVM performs it
+  and updates its shadow pages (:func:`emulate_write`);
+* the lockless fast page fault may set W only on an MMU-writable SPTE, which is why clearing
+  MMU-writable (not just W, as dirty logging does) is what keeps it out.
+
+A guest write that reaches a tracked gfn through a writable translation bypasses all of this:
+the shadow pages go stale without KVM knowing. The guest side checks it on every write
+(:func:`check_hw_write`). The model keeps tracked gfns tracked (no unsync pages, no untracking
+when the shadow page goes away).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kvmlock import runtime
+from kvmlock.kvm.mmu import spte as S
+from kvmlock.kvm.mmu.tlb import flush_remote_tlbs
+from kvmlock.kvm.mmu.update import spte_update
+from kvmlock.kvm.mutants import mutant, unless
+
+if TYPE_CHECKING:
+    from kvmlock.kvm.vcpu import VCPU
+    from kvmlock.kvm.vm import VM
+
+__all__ = ["account_shadowed", "check_hw_write", "emulate_write", "is_write_tracked",
+           "shadow_guest_table", "tracked_spte", "write_protect_shadowed"]
+
+WRPROT_SHADOWED_NO_FLUSH = mutant(
+    "shadowed_wrprot_no_flush",
+    removes="the TLB flush after write-protecting a newly shadowed guest page table",
+    breaks="shadow paging: once a guest page table is shadowed no vCPU writes it through a "
+           "translation it cached before")
+WRPROT_SHADOWED_WITHOUT_MMU_LOCK = mutant(
+    "shadowed_wrprot_without_mmu_lock",
+    removes="mmu_lock (write) around tracking and write-protecting a shadowed gfn",
+    breaks="write tracking changes under mmu_lock held for write, so a fault cannot test the "
+           "gfn, lose the CPU, and install a writable SPTE after the write-protection")
+WRPROT_KEEPS_MMU_WRITABLE = mutant(
+    "shadowed_wrprot_keeps_mmu_writable",
+    removes="clearing MMU-writable when write-protecting a shadowed gfn (only W, as dirty "
+            "logging does)",
+    breaks="fast page fault: KVM's own write-protection clears MMU-writable, so the lockless "
+           "path cannot undo it")
+TRACKED_GFN_MAPPED_WRITABLE = mutant(
+    "tracked_gfn_mapped_writable",
+    removes="the slow path's write-tracking test (mmu_try_to_unsync_pages)",
+    breaks="a write-tracked gfn is never mapped writable: its writes are emulated")
+
+
+def is_write_tracked(vm: VM, gfn: int) -> bool:
+    """``kvm_gfn_is_write_tracked``: a visible read, so a change without the lock can race."""
+    mmu = vm.mmu
+    runtime.RT.point(mmu.write_track, "read gfn_write_track", False)
+    return mmu.write_track.get(gfn, 0) > 0
+
+
+def tracked_spte(vm: VM, gfn: int, new: int) -> int:
+    """The SPTE a fault installs for ``gfn`` (mmu_lock held): without W and MMU-writable if the
+    gfn is write-tracked."""
+    vm.mmu_lock.assert_held()
+    if TRACKED_GFN_MAPPED_WRITABLE in vm.hazards or not is_write_tracked(vm, gfn):
+        return new
+    return new & ~(S.W | S.MMU_WRITABLE | S.DIRTY)
+
+
+def write_protect_shadowed(vm: VM, gfn: int) -> bool:
+    """``kvm_mmu_slot_gfn_write_protect`` for a shadowed gfn: W and MMU-writable leave every
+    SPTE that maps it (rmap or TDP walk); True when TLBs need a flush."""
+    vm.mmu_lock.assert_held()
+    clear = S.W if WRPROT_KEEPS_MMU_WRITABLE in vm.hazards else S.W | S.MMU_WRITABLE
+    flush = False
+    for sp, i in vm.mmu.gfn_sptes(gfn):
+        sptep = sp.sptes[i]
+        cur = sptep.load()
+        if S.is_present(cur) and cur & clear:
+            flush |= spte_update(vm, sptep, cur & ~clear)
+    return flush
+
+
+def account_shadowed(vm: VM, gfn: int) -> None:
+    """A shadow page now shadows the guest page table at ``gfn``: track it, write-protect it.
+
+    Called with ``kvm->srcu`` held (the gfn's memslot must stay). Once this returns, no vCPU
+    can write the table without KVM seeing it.
+    """
+    mmu = vm.mmu
+    with unless(WRPROT_SHADOWED_WITHOUT_MMU_LOCK, vm.hazards, vm.mmu_lock.write()):
+        rt = runtime.RT
+        rt.point(mmu.write_track, "read gfn_write_track", False)
+        n = mmu.write_track.get(gfn, 0)
+        rt.point(mmu.write_track, "write gfn_write_track", True)
+        mmu.write_track[gfn] = n + 1
+        flush = write_protect_shadowed(vm, gfn)
+        if flush and WRPROT_SHADOWED_NO_FLUSH not in vm.hazards:
+            flush_remote_tlbs(vm)
+        mmu.wrprot_relied.add(gfn)  # from here on the protection is relied on (audit only)
+
+
+def shadow_guest_table(vcpu: VCPU, gfn: int) -> None:
+    """``vcpu`` starts shadowing the guest page table at ``gfn`` -- e.g. its first fault in a
+    nested guest, whose hypervisor keeps that guest's page tables in its own memory.
+
+    Inside ``kvm->srcu`` (KVM_RUN): the first shadow root gives every memslot its rmaps, then
+    the shadow page for the table is built and the gfn accounted as shadowed.
+    """
+    from kvmlock.kvm.mmu.shadow import first_shadow_root_alloc
+
+    vm = vcpu.vm
+    vm.mmu.check_va(gfn)
+    with vm.srcu.read():
+        first_shadow_root_alloc(vm)
+        account_shadowed(vm, gfn)
+
+
+def emulate_write(vcpu: VCPU, gfn: int, value: int) -> None:
+    """The write fault on a tracked gfn is emulated: KVM writes guest memory itself
+    (``kvm_vcpu_write_guest``, inside ``kvm->srcu``), logs it, and updates its shadow pages
+    (``kvm_mmu_track_write``; the model counts it, as its guest tables hold no entries here).
+    """
+    vm = vcpu.vm
+    with vm.srcu.read():
+        slot = vm.memslots.srcu_dereference(vm.srcu).lookup(gfn)
+        if slot is None or slot.invalid or slot.readonly:
+            raise ValueError(f"emulated write to gfn {gfn}, which no writable memslot backs")
+        with vm.host.pinned(slot.gfn_to_hva(gfn)) as page:
+            page.data.store(value)
+        slot.mark_dirty(gfn, vm.hazards)
+    vm.stats["emulated_writes"] += 1
+
+
+def check_hw_write(vcpu: VCPU, va: int, gfn: int | None) -> None:
+    """The invariant, where the CPU writes: never to a gfn whose write-protection is relied on
+    (no visible step: an audit of the model, atomic with the write)."""
+    if gfn is not None and gfn in vcpu.vm.mmu.wrprot_relied:
+        raise AssertionError(
+            f"{vcpu!r} wrote guest page {va} (gfn {gfn}) through a writable translation, but "
+            f"gfn {gfn} holds a shadowed guest page table: the write bypassed KVM and its "
+            "shadow pages are stale")

@@ -1,0 +1,115 @@
+"""Write tracking of shadowed guest page tables, and the first shadow root's rmaps: what
+MMU-writable decides, the invariants that see a bypassed write-protection, and the races."""
+
+import dataclasses
+
+import pytest
+
+from kvmlock import lockdep
+from kvmlock.kvm.guest import guest_read, guest_write, set_gpte
+from kvmlock.kvm.memslots import LOG_DIRTY_PAGES
+from kvmlock.kvm.mmu import spte as S
+from kvmlock.kvm.mmu.page_track import account_shadowed, shadow_guest_table
+from kvmlock.kvm.mutants import applied
+from kvmlock.kvm.vm import VM
+from kvmlock.scenarios import verify
+from kvmlock.scenarios.registry import SCENARIOS
+
+
+def logged_vm(**kw):
+    vm = VM(nr_vcpus=2, nr_pages=2, host_pages=2, **kw)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0, flags=LOG_DIRTY_PAGES)
+    return vm, vm.vcpus[0]
+
+
+def test_dirty_logging_keeps_mmu_writable_so_the_fast_path_fixes_the_write():
+    # the near miss of fast_pf_ignore_mmu_writable: W clear but MMU-writable set is the fast
+    # path's job, and the write reaches memory through the hardware
+    vm, v = logged_vm()
+    guest_read(v, 1)
+    guest_write(v, 1, 7)
+    assert v.stats["fast_pf"] == 1 and vm.stats["emulated_writes"] == 0
+    vm.check()
+    assert vm.host.contents(1) == 7
+
+
+def test_shadowing_clears_w_and_mmu_writable_and_the_next_write_is_emulated():
+    vm, v = logged_vm()
+    guest_write(v, 1, 1)  # read, then fast-path write: gfn 1 is writable and cached
+    assert S.is_writable(vm.mmu.sptep(1).peek()) and v.tlb[1].writable
+    flushes = vm.stats["tlb_flushes"]
+    shadow_guest_table(vm.vcpus[1], 1)
+    spte = vm.mmu.sptep(1).peek()
+    assert S.is_present(spte) and not spte & (S.W | S.MMU_WRITABLE), S.describe(spte)
+    assert S.is_host_writable(spte), "the host still maps the page writable"
+    assert vm.stats["tlb_flushes"] == flushes + 1 and not v.tlb, "flushed before relied on"
+    assert vm.shadow_root_allocated.peek() == 1, "the first shadow root allocated the rmaps"
+    fast = v.stats["fast_pf"]
+    guest_write(v, 1, 2)
+    assert v.stats["fast_pf"] == fast, "the fast path may not set W without MMU-writable"
+    assert vm.stats["emulated_writes"] == 1 and vm.host.contents(1) == 2
+    assert not S.is_writable(vm.mmu.sptep(1).peek())
+    guest_read(v, 0)
+    guest_write(v, 0, 3)  # near miss: the other gfn is not tracked and stays fast
+    assert v.stats["fast_pf"] == fast + 1
+    vm.check()
+    assert lockdep.reports() == []
+
+
+def test_shadow_paging_write_protects_every_guest_page_mapping_the_gfn_through_the_rmap():
+    vm = VM(nr_vcpus=1, nr_pages=4, tdp=False)
+    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0)
+    v = vm.vcpus[0]
+    set_gpte(vm, 0, 2)
+    set_gpte(vm, 1, 2)  # two guest pages, one gfn
+    set_gpte(vm, 3, 3)
+    for va in (0, 1, 3):
+        guest_write(v, va, 5)
+    with vm.srcu.read():
+        account_shadowed(vm, 2)
+    for va in (0, 1):
+        assert not vm.mmu.sptep(va).peek() & (S.W | S.MMU_WRITABLE), va
+    assert S.is_writable(vm.mmu.sptep(3).peek()), "a gfn not shadowed keeps W"
+    guest_write(v, 1, 8)
+    assert vm.stats["emulated_writes"] == 1 and guest_read(v, 0) == 8
+    vm.check()
+
+
+def test_the_invariants_see_a_bypassed_write_protection():
+    # broken: no flush, so vcpu0 keeps its writable translation and writes the shadowed table
+    with applied("shadowed_wrprot_no_flush"):
+        vm, v = logged_vm()
+    guest_write(v, 1, 1)
+    shadow_guest_table(vm.vcpus[1], 1)
+    with pytest.raises(AssertionError, match="gfn 1 holds a shadowed guest page table"):
+        guest_write(v, 1, 2)
+    # broken: only W cleared; the end-of-run check sees the MMU-writable SPTE
+    with applied("shadowed_wrprot_keeps_mmu_writable"):
+        vm, v = logged_vm()
+    guest_read(v, 1)
+    shadow_guest_table(vm.vcpus[1], 1)
+    with pytest.raises(AssertionError, match="MMU-writable, but gfn 1 holds a shadowed"):
+        vm.check()
+
+
+def test_write_protect_without_mmu_lock_is_a_real_race_not_only_a_lockdep_report():
+    sc = SCENARIOS["shadow.wrprot.correct"]
+    quiet = dataclasses.replace(sc, options={**sc.options, "lockdep": False})
+    assert verify.run_scenario(quiet).met, "correct model, lockdep off: still clean"
+    with applied("shadowed_wrprot_without_mmu_lock"):
+        out = verify.run_scenario(quiet)
+    assert out.failure is not None
+    assert "holds a shadowed guest page table" in str(out.failure.message)
+
+
+def test_first_root_flag_before_rmaps_is_caught_only_by_the_race():
+    # sequentially the early flag does no harm: only another vCPU seeing it in between does
+    with applied("root_flag_before_rmaps"):
+        vm = VM(nr_vcpus=2, nr_pages=2, host_pages=2, tdp=False)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    set_gpte(vm, 0, 0)
+    guest_read(vm.vcpus[1], 0)
+    vm.check()
+    with applied("root_flag_before_rmaps"):
+        out = verify.run_scenario(SCENARIOS["shadow.first_root.correct"])
+    assert out.failure is not None and "has no rmaps" in str(out.failure.message)
