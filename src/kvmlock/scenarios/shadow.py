@@ -17,6 +17,7 @@ from __future__ import annotations
 import kvmlock
 from kvmlock.kvm.guest import guest_read, guest_write, set_gpte
 from kvmlock.kvm.memslots import LOG_DIRTY_PAGES
+from kvmlock.kvm.mmu.dirty_log import get_dirty_log
 from kvmlock.kvm.mmu.page_track import shadow_guest_table
 from kvmlock.kvm.mmu.shadow import check_rmaps
 from kvmlock.kvm.vm import VM
@@ -96,6 +97,7 @@ _WRPROT_INV = ("no vCPU writes a shadowed guest page table through a writable tr
           variant="correct", expect="pass", invariant=_WRPROT_INV,
           catches=("shadowed_wrprot_no_flush", "shadowed_wrprot_without_mmu_lock",
                    "shadowed_wrprot_keeps_mmu_writable", "tracked_gfn_mapped_writable",
+                   "emulated_write_not_logged", "emulated_write_without_srcu",
                    "fast_pf_ignore_mmu_writable", "fast_pf_plain_store",
                    "skip_tlb_flush_on_wrprot"), **_BOUND)
 def wrprot_race() -> None:
@@ -112,10 +114,12 @@ def wrprot_race() -> None:
 
     _run(("vcpu0_reads_then_writes_gfn1", hypervisor_reads_then_writes),
          ("vcpu1_shadows_gfn1", lambda: shadow_guest_table(v1, 1)))
+    assert get_dirty_log(vm, 0) == [1], "the guest wrote gfn 1: the log must say so"
     guest_write(v0, 1, 6)  # vcpu0 may still cache gfn 1 writable: it must not
     vm.check()
     assert vm.host.contents(1) == 6, (
         f"the guest's last write to gfn 1 was 6 but memory holds {vm.host.contents(1)}")
+    assert get_dirty_log(vm, 0) == [1], "the emulated write of gfn 1 is missing from the log"
 
 
 # --------------------------------------------------------------------------- first shadow root

@@ -53,6 +53,12 @@ WRPROT_KEEPS_MMU_WRITABLE = mutant(
             "logging does)",
     breaks="fast page fault: KVM's own write-protection clears MMU-writable, so the lockless "
            "path cannot undo it")
+EMULATED_WRITE_NOT_LOGGED = mutant(
+    "emulated_write_not_logged", removes="marking the gfn dirty when KVM emulates a guest write",
+    breaks="dirty logging: every guest write reaches the log, the ones KVM performs too")
+EMULATED_WRITE_WITHOUT_SRCU = mutant(
+    "emulated_write_without_srcu", removes="the emulated write's kvm->srcu read side",
+    breaks="memslots are used inside kvm->srcu, so a memslot update waits for the write")
 TRACKED_GFN_MAPPED_WRITABLE = mutant(
     "tracked_gfn_mapped_writable",
     removes="the slow path's write-tracking test (mmu_try_to_unsync_pages)",
@@ -130,13 +136,16 @@ def emulate_write(vcpu: VCPU, gfn: int, value: int) -> None:
     (``kvm_mmu_track_write``; the model counts it, as its guest tables hold no entries here).
     """
     vm = vcpu.vm
-    with vm.srcu.read():
-        slot = vm.memslots.srcu_dereference(vm.srcu).lookup(gfn)
+    with unless(EMULATED_WRITE_WITHOUT_SRCU, vm.hazards, vm.srcu.read()):
+        slots = vm.memslots.srcu_dereference(vm.srcu)
+        slot = slots.lookup(gfn)
         if slot is None or slot.invalid or slot.readonly:
             raise ValueError(f"emulated write to gfn {gfn}, which no writable memslot backs")
         with vm.host.pinned(slot.gfn_to_hva(gfn)) as page:
             page.data.store(value)
-        slot.mark_dirty(gfn, vm.hazards)
+        slots.live()  # the slot and its dirty bitmap are used until here
+        if EMULATED_WRITE_NOT_LOGGED not in vm.hazards:
+            slot.mark_dirty(gfn, vm.hazards)
     vm.stats["emulated_writes"] += 1
 
 
