@@ -4,9 +4,11 @@
   interrupt on the CPU the vector was sent to. Everybody else takes it with interrupts off;
   it is a raw spinlock (a hard interrupt may only spin, also on PREEMPT_RT), and per CPU,
   because a vCPU that blocked on one CPU can resume on another and leave the first one's list.
-* ``tsc_write_lock`` is taken with interrupts off (``raw_spin_lock_irqsave``): the TSC read and
-  the offset computed from it must not be split. With interrupts off only a spinning lock may
-  be taken, so it is raw -- a spinlock_t sleeps on PREEMPT_RT, a mutex always may.
+* ``tsc_write_lock`` is taken with interrupts off (``raw_spin_lock_irqsave``) so that the host
+  TSC read and the clock read the offset is computed from are not split by an interrupt. With
+  interrupts off only a spinning lock may be taken, so it is raw -- a spinlock_t sleeps on
+  PREEMPT_RT, a mutex always may. No interrupt handler takes it, so dropping the irqsave is a
+  loss of precision, not a lock bug: no scenario can catch it, and it is not a mutant.
 * The MMU notifier's invalidations can be non-blockable (the OOM reaper): every lock on that
   path spins, ``mn_invalidate_lock`` included.
 * The host-clock notifiers: the timekeeping one runs in the timer tick (hard interrupt, under
