@@ -61,6 +61,11 @@ NX_WALK_HOLDS_KVM_LOCK = mutant(
     "nx_walk_holds_kvm_lock", removes="dropping kvm_lock before the NX-huge-pages write locks "
     "each VM's slots_lock (it zaps every VM with kvm_lock held)",
     breaks="kvm_lock must not take kvm->slots_lock")
+ENABLE_AFTER_USAGE_UNLOCK = mutant(
+    "enable_after_usage_unlock", removes="holding kvm_usage_lock until the first VM's "
+    "hardware enabling is done (the count is bumped under it, the enabling runs after)",
+    breaks="a VM creation returns only once virtualization is on: a second creator that sees "
+           "the count already non-zero must not get ahead of the first one's enabling")
 USAGE_LOCK_INSIDE_HOTPLUG = mutant(
     "usage_lock_inside_hotplug",
     removes="(adds) kvm_usage_lock taken inside cpus_read_lock when enabling",
@@ -267,19 +272,18 @@ class Machine:
             if self.hazards.usage_lock_inside_hotplug:
                 with self.cpu_hotplug_lock.read(), self.kvm_usage_lock:  # broken order
                     pass
+            if ENABLE_AFTER_USAGE_UNLOCK in self.hazards:
+                with locked:  # broken: the enabling below runs after the lock is dropped
+                    n = self._usage() + 1
+                    self._set_usage(n)
+                if n == 1:
+                    self._first_enable()
+                return
             with locked:
                 n = self._usage() + 1
                 self._set_usage(n)
-                if n != 1:
-                    return
-                try:
-                    with self._hotplug_read():
-                        self.hotplug_callbacks_installed = True
-                        self._enable_online_cpus()
-                except HardwareEnableError:
-                    self.hotplug_callbacks_installed = False
-                    self._set_usage(self._usage() - 1)
-                    raise
+                if n == 1:
+                    self._first_enable()
             return
         with self._hotplug_read(), locked:
             n = self._usage() + 1
@@ -290,6 +294,34 @@ class Machine:
                 except HardwareEnableError:
                     self._set_usage(self._usage() - 1)
                     raise
+
+    def _first_enable(self) -> None:
+        """New design: the first VM installs the hotplug callbacks and enables every CPU."""
+        try:
+            with self._hotplug_read():
+                self.hotplug_callbacks_installed = True
+                self._enable_online_cpus()
+        except HardwareEnableError:
+            self.hotplug_callbacks_installed = False
+            self._set_usage(self._usage() - 1)
+            raise
+
+    def run_vcpu_on(self, cpu: int) -> bool:
+        """A vCPU of a live VM enters guest mode on ``cpu`` (pinned online while it does).
+
+        VMLAUNCH/VMRUN on a CPU with virtualization off faults, so this asserts it is on;
+        False when the CPU is offline (the vCPU would run elsewhere).
+        """
+        with self.cpu_hotplug_lock.read():
+            pc = self.cpus[cpu]
+            self._rt.point(pc, "vmentry", False)
+            if not pc.online:
+                return False
+            assert pc.hardware_enabled, (
+                f"a vCPU entered guest mode on cpu{cpu} with virtualization off: its VM's "
+                f"creation returned before the hardware was enabled (events: "
+                f"{', '.join(self.events) or 'none'})")
+            return True
 
     def hardware_disable_all(self) -> None:
         """Count one VM less; the last one turns virtualization off everywhere."""

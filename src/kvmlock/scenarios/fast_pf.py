@@ -320,7 +320,8 @@ def logging_enable() -> None:
           variant="correct", expect="pass",
           invariant="no SPTE of a freed shadow page is changed; every present SPTE maps the "
                     "host's frame; the last write survives",
-          catches=("lockless_walk_unprotected", "free_pages_no_grace_period"), strategy="dpor",
+          catches=("lockless_walk_one_flag", "lockless_walk_unprotected",
+                   "free_pages_no_grace_period"), strategy="dpor",
           max_runs=20000, preemption_bound=3)
 def zap_all_race() -> None:
     vm = VM(nr_vcpus=2, nr_pages=2, host_pages=2)

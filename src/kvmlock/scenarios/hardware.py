@@ -247,7 +247,12 @@ def usage_lock_design_broken() -> None:
 def _two_creators(usage_lock: bool) -> None:
     m = Machine(2, usage_lock=usage_lock)
     vms: list[VM] = []
-    together(lambda: vms.append(m.create_vm(name="a")), lambda: vms.append(m.create_vm(name="b")),
+
+    def create_and_run(name: str) -> None:
+        vms.append(m.create_vm(name=name))
+        m.run_vcpu_on(0)  # KVM_RUN right after KVM_CREATE_VM returned
+
+    together(lambda: create_and_run("a"), lambda: create_and_run("b"),
              lambda: m.cpu_down(1), names=["KVM_CREATE_VM a", "KVM_CREATE_VM b", "cpu offline"])
     m.check_hardware()
     assert peek(m, "kvm_usage_count") == 2, (
@@ -265,8 +270,8 @@ _TWO = dict(variant="correct", expect="pass",
 
 @scenario("hardware.two_creators.usage_lock.correct",
           rule="two VM creators under kvm_usage_lock, racing a CPU going offline",
-          catches=("usage_without_lock", "enable_without_hotplug_lock",
-                   "vm_list_without_kvm_lock"), **_TWO)
+          catches=("enable_after_usage_unlock", "usage_without_lock",
+                   "enable_without_hotplug_lock", "vm_list_without_kvm_lock"), **_TWO)
 def two_creators_usage_lock() -> None:
     _two_creators(True)
 

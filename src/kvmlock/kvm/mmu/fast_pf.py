@@ -47,6 +47,11 @@ LOCKLESS_WALK_UNPROTECTED = mutant(
     "lockless_walk_unprotected",
     removes="the lockless walk's RCU read side (kvm_tdp_mmu_walk_lockless_begin/end)",
     breaks="a shadow page is freed only after every lockless walker that may use it is done")
+LOCKLESS_WALK_ONE_FLAG = mutant(
+    "lockless_walk_one_flag", removes="the per-vCPU record of a lockless walk (every vCPU "
+    "records its walk in one VM-wide flag, the first vCPU's)",
+    breaks="the grace period waits for every vCPU's walk: one walker ending must not hide "
+           "another still in progress")
 FAST_PF_NO_MARK_DIRTY = mutant(
     "fast_pf_no_mark_dirty", removes="the fast path's mark_page_dirty after setting W",
     breaks="dirty logging: the first write after write-protection is logged")
@@ -58,7 +63,9 @@ def fast_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
     # read side; the model frees no page of the shadow MMU, so only TDP walks need one.
     if not vcpu.vm.mmu.tdp or LOCKLESS_WALK_UNPROTECTED in vcpu.vm.hazards:
         return _fast_page_fault(vcpu, va, write, slots)
-    with vcpu.lockless_walk():
+    # broken: one flag for the VM, so the first walker to finish clears it for all
+    walker = vcpu.vm.vcpus[0] if LOCKLESS_WALK_ONE_FLAG in vcpu.vm.hazards else vcpu
+    with walker.lockless_walk():
         return _fast_page_fault(vcpu, va, write, slots)
 
 
