@@ -105,10 +105,6 @@ UNDECLARED: dict[tuple[str, str], str] = {
         "waiter it records lives inside the RCUWait primitive, not in a model field; the "
         "mmu_notifier.* scenarios check that an update waits for every invalidation "
         "(mutants swap_without_waiting, swap_recheck_once)",
-    ("kvm->arch.tsc_write_lock", "the reference TSC page"):
-        "not declared data: the Hyper-V clock notifier's rewrite is counted in "
-        "hv_tsc_page_updates under this lock, checked by the order.kvm_lock.tsc_write_lock "
-        "scenarios",
 }
 
 

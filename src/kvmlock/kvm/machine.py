@@ -76,6 +76,10 @@ CPUFREQ_HOTPLUG_INSIDE_KVM_LOCK = mutant(
     breaks="cpus_read_lock is taken outside kvm_lock")
 
 
+HV_TSC_PAGE_WITHOUT_TSC_WRITE_LOCK = mutant(
+    "hv_tsc_page_without_tsc_write_lock", removes="tsc_write_lock around the Hyper-V clock "
+    "notifier's rewrite of a VM's reference TSC page",
+    breaks="kvm->arch.tsc_write_lock protects the reference TSC page")
 KVM_LOCK_SPINLOCK = mutant(
     "kvm_lock_spinlock", removes="the sleeping kind of kvm_lock (made a spinlock_t)",
     breaks="kvm_lock is a mutex: what runs under it (hardware enabling, notifier walks) "
@@ -420,7 +424,7 @@ class Machine:
         """
         with self.kvm_lock:
             for vm in self.vm_list:
-                with vm.tsc_write_lock:
+                with unless(HV_TSC_PAGE_WITHOUT_TSC_WRITE_LOCK, vm.hazards, vm.tsc_write_lock):
                     self._rt.point(vm, "update reference TSC page", True)
                     vm.hv_tsc_page_updates += 1
             return len(self.vm_list)

@@ -82,6 +82,8 @@ class VM:
     irq_routing = guarded_by("irq_lock")
     #: the irqchip's ack notifiers (the PIT registers one)
     irq_ack_notifiers = guarded_by("irq_lock")
+    #: how many times the Hyper-V clock notifier rewrote the reference TSC page
+    hv_tsc_page_updates = guarded_by("tsc_write_lock")
 
     def __init__(
         self,
@@ -149,8 +151,7 @@ class VM:
         self.irq_ack_notifiers: list[str] = []  # guarded: see the class attribute
         #: set once the first shadow root allocated every memslot's rmaps (slots_arch_lock)
         self.shadow_root_allocated = Atomic64(0, name="kvm->arch.shadow_root_allocated")
-        #: how many times the Hyper-V clock notifier updated the reference TSC page
-        self.hv_tsc_page_updates = 0  # under tsc_write_lock
+        self.hv_tsc_page_updates = 0  # guarded: see the class attribute
 
         # -- memory: host, memslots (swapped under the protocol in memslots.py), MMU
         if host is None:

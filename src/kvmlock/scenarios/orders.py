@@ -168,7 +168,7 @@ def _kvm_lock_tsc(h: Hazards) -> Run:
 
     def after() -> None:
         tsc.check()
-        assert vm.hv_tsc_page_updates == 1, "the Hyper-V notifier missed the VM"
+        assert peek(vm, "hv_tsc_page_updates") == 1, "the Hyper-V notifier missed the VM"
 
     return ({"hyperv clock notifier": m.hyperv_tsc_notifier, "vcpu0 KVM_SET_TSC": set_tsc,
              "cpufreq notifier": m.cpufreq_notifier}, after)

@@ -13,6 +13,8 @@ from collections.abc import Callable
 import kvmlock
 from kvmlock.kvm import ioctls
 from kvmlock.kvm.hyperv import HyperV
+from kvmlock.kvm.machine import Machine
+from kvmlock.kvm.tsc import TscSync
 from kvmlock.kvm.vm import VM
 from kvmlock.kvm.xen import Xen
 from kvmlock.scenarios.registry import scenario
@@ -100,3 +102,25 @@ def vcpu_state_correct() -> None:
           vcpu0_ioctl=lambda: ioctls.vcpu_set_config(vm.vcpus[0], "cpuid", 2))
     ioctls.check_vcpus_config(vm, "tsc_khz")
     assert peek(vm.vcpus[0], "config")["cpuid"] == 2
+
+
+@scenario("protected.reference_tsc_page.correct",
+          rule="kvm->arch.tsc_write_lock protects the reference TSC page: the Hyper-V clock "
+               "notifier rewrites it while a vCPU's TSC write takes the same lock",
+          variant="correct", expect="pass",
+          invariant="the notifier rewrote the VM's page once; vCPUs of one TSC generation "
+                    "share one offset",
+          catches=("hv_tsc_page_without_tsc_write_lock",), **_BOUND)
+def reference_tsc_page_correct() -> None:
+    m = Machine(2)
+    vm = m.create_vm(nr_vcpus=1)
+    tsc = TscSync(vm)
+    v0 = vm.vcpus[0]
+
+    def set_tsc() -> None:
+        with v0.mutex:
+            tsc.write(v0, 0, 1000)
+
+    _race(hyperv_clock_notifier=m.hyperv_tsc_notifier, vcpu0_KVM_SET_TSC=set_tsc)
+    assert peek(vm, "hv_tsc_page_updates") == 1
+    tsc.check()
