@@ -404,7 +404,8 @@ def check(
                 res.stopped = "failure"
                 break
 
-    _guarded(explore_all, body, lambda: res, timeout, stall)
+    _guarded(explore_all, body, lambda: res, timeout, stall, max_steps, lockdep,
+             spin_detection, memory)
     prog.close()
     res.elapsed = time.perf_counter() - t0
     res.distinct = strat.distinct()
@@ -468,19 +469,73 @@ def _check_parallel(body: Callable[[], Any], strategy: str, workers: int, backen
     return res
 
 
+class _UpTo(Replay):
+    """Replay the steps before the last of ``schedule``, then stop the execution: the last
+    step is where it got stuck, so it is drawn from its task's pending operation instead."""
+
+    def choose(self, enabled: list[Task], cur: Task) -> Task | None:
+        if self.step >= len(self.schedule):
+            return None
+        return super().choose(enabled, cur)
+
+
+def _stuck_render(body: Callable[[], Any], schedule: str, note: str, max_steps: int,
+                  lockdep_on: bool, spin: bool, memory: bool,
+                  stall: float | None) -> Callable[[bool], str]:
+    """The trace table of an execution that was stopped inside a step (blocked in a call the
+    explorer does not control, or never reaching a visible operation): its steps up to the
+    one that got stuck, and what that task was doing."""
+    choices = _schedule.decode(schedule)
+
+    def render(setup: bool) -> str:
+        names, rows, tid, text = ["main"], [], 0, note
+        tr = None
+        if choices:  # (else it got stuck before its first visible operation)
+            def again() -> Execution | None:
+                return execute(body, _UpTo(choices[:-1], strict=False), max_steps, lockdep_on,
+                               tracing=True, spin=spin, memory=memory)
+
+            # The steps before the stuck one may get stuck too (on a lock the abandoned
+            # execution still holds, say): re-run them watched, and do without them then.
+            with _pythreads.Substitution(body):
+                try:
+                    tr = _guard.run(again, timeout=None, stall=stall)
+                except (_guard.Blocked, _guard.Interrupted):
+                    text += "\n(its steps could not be drawn: re-running them got stuck too)"
+        if tr is not None:
+            rt = tr.rt
+            names = [t.name for t in rt.tasks]
+            rows = list(rt.trace)
+            tid = choices[-1]
+            if tid < len(rt.tasks):
+                t = rt.tasks[tid]
+                rows.append((tid, t.p_kind, t.p_label, t.p_where))
+            else:
+                tid = 0
+        return _trace.render(names, rows, [(tid, text)],
+                             f"{note.split(':')[0]}: schedule {schedule}", setup=setup)
+
+    return render
+
+
 def _guarded(job: Callable[[], None], body: Callable[[], Any], result: Callable[[], Result],
-             timeout: float | None, stall: float | None) -> None:
+             timeout: float | None, stall: float | None, max_steps: int = 10_000,
+             lockdep_on: bool = True, spin: bool = True, memory: bool = False) -> None:
     """Run ``job`` with threading replaced, in a watched worker (see guard.py); an execution
     stuck outside the explorer's control or never reaching a visible operation ends the
-    check with a failure saying where, and running out of time ends it as "timeout"."""
+    check with a failure saying where, with its steps so far as schedule and trace table,
+    and running out of time ends it as "timeout"."""
     with _pythreads.Substitution(body):
         try:
             _guard.run(job, timeout=timeout, stall=stall)
             return
         except _guard.Blocked as b:
             res = result()
-            res.failures.append(Failure(kind="blocked", schedule=b.schedule, message=str(b),
-                                        where=b.where))
+            res.failures.append(Failure(
+                kind="blocked", schedule=b.schedule, message=str(b), where=b.where,
+                steps=len(_schedule.decode(b.schedule)),
+                _render=_stuck_render(body, b.schedule, f"blocked: {b.what}", max_steps,
+                                      lockdep_on, spin, memory, stall)))
             res.stopped = "blocked"
         except _guard.Interrupted as i:
             res = result()
@@ -489,10 +544,13 @@ def _guarded(job: Callable[[], None], body: Callable[[], Any], result: Callable[
                 res.exhausted = False
             else:
                 res.failures.append(Failure(
-                    kind="hang", schedule="", where=i.where,
+                    kind="hang", schedule=i.schedule, where=i.where,
+                    steps=len(_schedule.decode(i.schedule)),
                     message=f"no visible operation for {stall}s: the execution runs Python "
                             f"code that never reaches one ({i.what}); a loop over plain data "
-                            f"needs memory=True or a yield_point()"))
+                            f"needs memory=True or a yield_point()",
+                    _render=_stuck_render(body, i.schedule, f"hang: {i.what}", max_steps,
+                                          lockdep_on, spin, memory, stall)))
                 res.stopped = "hang"
 
 
@@ -527,6 +585,7 @@ def replay(body: Callable[[], Any], schedule: str | list[int], *, max_steps: int
             res.failures.append(_failure(body, ex, max_steps, lockdep, spin=spin_detection,
                                          memory=memory))
 
-    _guarded(one, body, lambda: res, timeout, stall)
+    _guarded(one, body, lambda: res, timeout, stall, max_steps, lockdep, spin_detection,
+             memory)
     res.elapsed = time.perf_counter() - t0
     return res

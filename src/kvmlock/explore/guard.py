@@ -45,20 +45,23 @@ class Interrupted(BaseException):
     """Raised inside the worker to stop an execution that ran out of time or never yields;
     the caller then gets one with ``reason`` ("timeout" or "stall"), ``what`` and ``where``."""
 
-    def __init__(self, reason: str = "", what: str = "", where: str = "") -> None:
+    def __init__(self, reason: str = "", what: str = "", where: str = "",
+                 schedule: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
         self.what = what
         self.where = where
+        self.schedule = schedule  # the steps the stopped execution had taken
 
 
 class Blocked(Exception):
     """The worker is stuck in a call the explorer does not control; ``where`` names it."""
 
-    def __init__(self, message: str, where: str, schedule: str = "") -> None:
+    def __init__(self, message: str, where: str, schedule: str = "", what: str = "") -> None:
         super().__init__(message)
         self.where = where
         self.schedule = schedule
+        self.what = what  # the call, with its source line
 
 
 class _Worker:
@@ -216,7 +219,7 @@ def run(job: Callable[[], Any], *, timeout: float | None, stall: float | None) -
                 _abandon(w, rt)
                 raise Blocked(*_blocked(frame, rt))
             what, where = _describe(frame)
-            why = ("timeout" if late else "stall", what, where)
+            why = ("timeout" if late else "stall", what, where, _schedule(rt))
             # The stop may land after the job has ended, so this worker serves no other job:
             # it ends once this one is over, and the next check gets a fresh one.
             _abandon(w, None)
@@ -237,14 +240,18 @@ def run(job: Callable[[], Any], *, timeout: float | None, stall: float | None) -
     raise value
 
 
-def _blocked(frame: Any, rt: Any) -> tuple[str, str, str]:
-    what, where = _describe(frame)
+def _schedule(rt: Any) -> str:
     from kvmlock.explore.schedule import encode
 
-    schedule = encode(list(rt.choices)) if rt is not None else ""
+    return encode(list(rt.choices)) if rt is not None else ""
+
+
+def _blocked(frame: Any, rt: Any) -> tuple[str, str, str, str]:
+    what, where = _describe(frame)
+    schedule = _schedule(rt)
     return (f"blocked in an operation the explorer does not control: {what} (a lock, socket, "
             f"pipe, subprocess or thread made outside the exploration, which nothing explored "
-            f"can wake)", where, schedule)
+            f"can wake)", where, schedule, what)
 
 
 def _abandon(w: _Worker, rt: Any) -> None:
