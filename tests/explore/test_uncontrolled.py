@@ -159,49 +159,22 @@ def test_an_interrupted_check_leaves_no_stop_pending_for_later_ones():
     assert time.monotonic() - t0 < 5
 
 
-def _steps_then_a_socket_read():
-    lock = threading.Lock()
-    # (the stuck frame keeps its socket: one freed under a stuck read would wake it as the
-    # interpreter exits)
-    sockets = socket.socketpair()
-
-    def w():
-        with lock:
-            time.sleep(0)
-        sockets[0].recv(1)
-
-    threadprogs.run_all(w, w)
-
-
-def _steps_then_plain_spinning():
-    lock = threading.Lock()
-
-    def w():
-        with lock:
-            time.sleep(0)
-        n = 0
-        while n >= 0:
-            n += 1
-
-    threadprogs.run_all(w, w)
-
-
 def test_blocked_and_hang_failures_have_a_trace_table_and_replay():
-    res = explore.check(_steps_then_a_socket_read, stall=0.5)
+    res = explore.check(threadprogs.steps_then_a_socket_read, stall=0.5)
     f = res.failure
     assert f is not None and f.kind == "blocked" and f.steps > 3
     table = f.trace_table()
     assert "CPU1 (Thread-1 (w))" in table and "lock " in table and "sleep" in table
     assert "blocked: `sockets[0].recv(1)`" in table
-    again = explore.replay(_steps_then_a_socket_read, f.schedule, stall=0.5)
+    again = explore.replay(threadprogs.steps_then_a_socket_read, f.schedule, stall=0.5)
     assert again.failure is not None and again.failure.kind == "blocked"
     assert again.failure.schedule == f.schedule
 
-    res = explore.check(_steps_then_plain_spinning, stall=0.5)
+    res = explore.check(threadprogs.steps_then_plain_spinning, stall=0.5)
     f = res.failure
     assert f is not None and f.kind == "hang" and f.steps > 3
     table = f.trace_table()
     assert "CPU1 (Thread-1 (w))" in table and "unlock " in table
-    assert "hang: `" in table and "test_uncontrolled.py:18" in table
+    assert "hang: `" in table and "threadprogs.py:" in table
     # the near-miss: the same steps without the endless loop are clean
     assert explore.check(_two_threads_on(lambda: threading.Lock()), stall=0.5).ok

@@ -5,7 +5,9 @@ with the bug."""
 from __future__ import annotations
 
 import queue
+import socket
 import threading
+import time
 from threading import Lock as ImportedLock  # bound before any exploration: must still work
 
 
@@ -164,3 +166,32 @@ def recheck_after_wait(loop: bool):
         run_all(waiter, producer)
 
     return body
+
+
+def steps_then_a_socket_read():
+    """Two threads take a lock, then read a socket nothing is ever sent to (blocks for real)."""
+    lock = threading.Lock()
+    # (the stuck frame keeps its socket: one freed under a stuck read would wake it as the
+    # interpreter exits)
+    sockets = socket.socketpair()
+
+    def w():
+        with lock:
+            time.sleep(0)
+        sockets[0].recv(1)
+
+    run_all(w, w)
+
+
+def steps_then_plain_spinning():
+    """Two threads take a lock, then loop over a local forever (no visible operation)."""
+    lock = threading.Lock()
+
+    def w():
+        with lock:
+            time.sleep(0)
+        n = 0
+        while n >= 0:
+            n += 1
+
+    run_all(w, w)

@@ -82,12 +82,14 @@ def _refuse(op: str) -> Callable[..., Any]:
 
 
 class _Driver:
-    """What one explored task knows of its asyncio task: where its coroutine stopped."""
+    """What one explored task knows of its asyncio task: where its coroutine stopped, and
+    what it waits for there (with who holds the lock, for a deadlock's description)."""
 
-    __slots__ = ("atask",)
+    __slots__ = ("atask", "waiting_on")
 
     def __init__(self, atask: asyncio.Task) -> None:
         self.atask = atask
+        self.waiting_on = ""
 
     def where_now(self) -> tuple[str, str]:
         """The user's line the task's coroutine is suspended at (for the trace table)."""
@@ -239,35 +241,39 @@ class ExploredLoop(asyncio.BaseEventLoop):
                 return True
         return atask is not None and bool(self._scheduled)  # type: ignore[attr-defined]
 
-    def _awaits(self, atask: asyncio.Task, first: bool) -> tuple[str, str]:
-        """The operation a task stopped at: what it awaits, in the trace's words."""
+    def _awaits(self, atask: asyncio.Task, first: bool) -> tuple[str, str, str]:
+        """The operation a task stopped at: what it awaits, in the trace's words, and who
+        holds it when it is a lock."""
         if first:
-            return "start", ""
+            return "start", "", ""
         fut = atask._fut_waiter  # type: ignore[attr-defined]
         if fut is None:
-            return "yield", ""
+            return "yield", "", ""
         origin = self._origins.pop(id(fut), None)
         if origin is not None and origin[2] is fut:
             kind, what, _f = origin
             if kind == "sleep":
-                return "sleep", f"{what:g}" if isinstance(what, (int, float)) else ""
-            return kind, self._label(what)
+                return "sleep", f"{what:g}" if isinstance(what, (int, float)) else "", ""
+            return kind, self._label(what), self._holder(what)
         if type(fut).__name__ == "_GatheringFuture":
-            return "await", "gather"
+            return "await", "gather", ""
         if isinstance(fut, asyncio.Task):
             t = self._explored.get(fut)
-            return "await", f"{t.name} (task {t.tid})" if t is not None else fut.get_name()
-        return "await", type(fut).__name__
+            return "await", f"{t.name} (task {t.tid})" if t is not None else fut.get_name(), ""
+        return "await", type(fut).__name__, ""
 
-    def _label(self, obj: Any) -> str:
+    @staticmethod
+    def _label(obj: Any) -> str:
         m = getattr(obj, "_ld", None)
-        name = m.name if m is not None else type(obj).__name__
-        owner = getattr(obj, "_ld_owner", None)
+        return m.name if m is not None else type(obj).__name__
+
+    def _holder(self, obj: Any) -> str:
+        owner = getattr(obj, "_ld_owner", None)  # a checked lock's holder's held stack
         if owner is not None:
             for t in self._explored.values():
                 if t.lockdep is owner:
-                    return f"{name} (held by task {t.tid} {t.name})"
-        return name
+                    return f" (held by task {t.tid} {t.name})"
+        return ""
 
     def _drive(self, atask: asyncio.Task) -> None:
         """The explored task of ``atask``: before each step, stop until the strategy picks it."""
@@ -283,7 +289,8 @@ class ExploredLoop(asyncio.BaseEventLoop):
         waiting = rt.waiting
         spin = self._spin
         while True:
-            kind, label = self._awaits(atask, first)
+            kind, label, holder = self._awaits(atask, first)
+            box.waiting_on = f"{kind} {label}{holder}"
             first = False
             waiting[me] = None  # a wait: partial-order reduction tracks what enables it
             try:

@@ -56,7 +56,9 @@ def _holds(t: Task, rt: SimRuntime) -> list[str]:
     saved = rt.current
     rt.current = t
     try:
-        names = [f"{h.name} (read)" if h.read else h.name for h in _lockdep.held_locks()]
+        # (an asyncio task's own class, which lockdep holds for its whole life, is no lock)
+        names = [f"{h.name} (read)" if h.read else h.name for h in _lockdep.held_locks()
+                 if not h.name.startswith("task:")]
     except Exception:  # noqa: BLE001 - a description must not fail the report
         names = []
     finally:
@@ -72,6 +74,9 @@ def _holds(t: Task, rt: SimRuntime) -> list[str]:
 
 def _waiting_on(t: Task) -> str:
     wq = t.p_wq
+    told = getattr(wq, "waiting_on", None)  # (an asyncio task says what it awaits itself)
+    if told:
+        return told
     if isinstance(wq, SimCell):
         h = wq.holder
         return f"{t.p_kind} {t.p_label}" + (f" (held by task {h.tid} {h.name})" if h else "")
@@ -348,7 +353,7 @@ def check(
                                max_steps=max_steps, timeout=timeout, stop_on_first=stop_on_first,
                                lockdep=lockdep, shrink=shrink, shrink_budget=shrink_budget,
                                progress=progress, spin=spin_detection,
-                               preemption_bound=preemption_bound, memory=memory)
+                               preemption_bound=preemption_bound, memory=memory, stall=stall)
     strat = _make(strategy, seed, preemption_bound, depth)
     res = Result(strategy=strategy, preemption_bound=preemption_bound)
     prog = Progress(f"explore[{strategy}]", progress)
@@ -427,12 +432,12 @@ def _check_parallel(body: Callable[[], Any], strategy: str, workers: int, backen
                     max_runs: int | None, max_steps: int, timeout: float | None,
                     stop_on_first: bool, lockdep: bool, shrink: bool, shrink_budget: int,
                     progress: bool | None, spin: bool, preemption_bound: int | None,
-                    memory: bool = False) -> Result:
+                    memory: bool = False, stall: float | None = 10.0) -> Result:
     res = Result(strategy=strategy, preemption_bound=preemption_bound, workers=workers,
                  backend=backend)
     opts = _parallel.Options(strategy, max_steps, lockdep, spin,
                              budget=0.5 if backend == "ray" else 0.1,
-                             preemption_bound=preemption_bound, memory=memory)
+                             preemption_bound=preemption_bound, memory=memory, stall=stall)
     prog = Progress(f"explore[{strategy} x{workers}]", progress)
     t0 = time.perf_counter()
     try:
@@ -450,6 +455,11 @@ def _check_parallel(body: Callable[[], Any], strategy: str, workers: int, backen
     res.runs, res.pruned, res.steps = out.runs, out.pruned, out.steps
     res.exhausted, res.stopped = out.exhausted, out.stopped
     res.distinct = res.runs
+    if out.stuck is not None:  # a worker's execution got stuck; its steps are drawn here
+        res.failures.append(_stuck_failure(body, out.stuck, max_steps, lockdep, spin, memory,
+                                           stall))
+        res.elapsed = time.perf_counter() - t0
+        return res
     for key, choices in out.failures:
         # found by a worker, replayed here: what is reported is known to replay
         with _pythreads.Substitution(body):
@@ -531,11 +541,9 @@ def _guarded(job: Callable[[], None], body: Callable[[], Any], result: Callable[
             return
         except _guard.Blocked as b:
             res = result()
-            res.failures.append(Failure(
-                kind="blocked", schedule=b.schedule, message=str(b), where=b.where,
-                steps=len(_schedule.decode(b.schedule)),
-                _render=_stuck_render(body, b.schedule, f"blocked: {b.what}", max_steps,
-                                      lockdep_on, spin, memory, stall)))
+            res.failures.append(_stuck_failure(body, ("blocked", str(b), b.where, b.schedule,
+                                                      b.what), max_steps, lockdep_on, spin,
+                                               memory, stall))
             res.stopped = "blocked"
         except _guard.Interrupted as i:
             res = result()
@@ -543,15 +551,26 @@ def _guarded(job: Callable[[], None], body: Callable[[], Any], result: Callable[
                 res.stopped = "timeout"
                 res.exhausted = False
             else:
-                res.failures.append(Failure(
-                    kind="hang", schedule=i.schedule, where=i.where,
-                    steps=len(_schedule.decode(i.schedule)),
-                    message=f"no visible operation for {stall}s: the execution runs Python "
-                            f"code that never reaches one ({i.what}); a loop over plain data "
-                            f"needs memory=True or a yield_point()",
-                    _render=_stuck_render(body, i.schedule, f"hang: {i.what}", max_steps,
-                                          lockdep_on, spin, memory, stall)))
+                res.failures.append(_stuck_failure(body, ("hang", i.what, i.where, i.schedule,
+                                                          i.what), max_steps, lockdep_on, spin,
+                                                   memory, stall))
                 res.stopped = "hang"
+
+
+def _stuck_failure(body: Callable[[], Any], stuck: tuple[str, str, str, str, str],
+                   max_steps: int, lockdep_on: bool, spin: bool, memory: bool,
+                   stall: float | None) -> Failure:
+    """The failure of an execution the watcher stopped: ``stuck`` is (kind, message or what
+    it ran, where, schedule so far, what it was doing)."""
+    kind, message, where, schedule, what = stuck
+    if kind == "hang":
+        message = (f"no visible operation for {stall}s: the execution runs Python code that "
+                   f"never reaches one ({message}); a loop over plain data needs memory=True "
+                   f"or a yield_point()")
+    return Failure(kind=kind, schedule=schedule, message=message, where=where,
+                   steps=len(_schedule.decode(schedule)),
+                   _render=_stuck_render(body, schedule, f"{kind}: {what}", max_steps,
+                                         lockdep_on, spin, memory, stall))
 
 
 def replay(body: Callable[[], Any], schedule: str | list[int], *, max_steps: int = 10_000,

@@ -57,6 +57,8 @@ class Options:
     budget: float  # seconds of exploring per step before answering the coordinator
     preemption_bound: int | None = None  # dfs only
     memory: bool = False  # data loads and stores as visible operations
+    stall: float | None = 10.0  # seconds without a visible operation before a worker's
+    # execution counts as stuck (see guard.py)
 
 
 @dataclass
@@ -70,6 +72,8 @@ class Reply:
     branches: list[tuple] = field(default_factory=list)  # subtrees handed over
     idle: bool = False
     error: str = ""
+    # an execution got stuck: ("blocked" | "hang", message, where, schedule, what)
+    stuck: tuple[str, str, str, str, str] | None = None
     irqs: bool = False  # DPOR met an interrupt: the exploration must be redone with DFS
     busy: float = 0.0  # CPU seconds the worker spent on this step
 
@@ -84,9 +88,24 @@ class Worker:
         self.seen: set[tuple] = set()
 
     def step(self, item: tuple | None, donate: bool) -> Reply:
+        from kvmlock.explore import guard
+
         t0 = time.process_time()  # CPU time: what other processes take is not the work's
         try:
-            out = self._step(item, donate)
+            # watched as a sequential check is: an execution stuck in a call the explorer
+            # does not control, or never reaching a visible operation, is reported, not
+            # waited for
+            # (threading is replaced here, outside the watched job: a job abandoned
+            # stuck must not leave it replaced)
+            with Substitution(self.body):  # plain threading code runs explored here too
+                out = guard.run(lambda: self._step(item, donate), timeout=None,
+                                stall=self.opts.stall)
+        except guard.Blocked as b:
+            self.strat = None
+            return Reply(stuck=("blocked", str(b), b.where, b.schedule, b.what))
+        except guard.Interrupted as i:
+            self.strat = None
+            return Reply(stuck=("hang", i.what, i.where, i.schedule, i.what))
         except BaseException:  # noqa: BLE001 - the coordinator reports it
             return Reply(error=traceback.format_exc())
         out.busy = time.process_time() - t0
@@ -104,13 +123,16 @@ class Worker:
                 self.strat = DPOR().subtree(item[1], item[2], item[3])
         strat = self.strat
         deadline = time.perf_counter() + o.budget
-        with Substitution(self.body):  # plain threading code runs explored here too
-            return self._explore(strat, o, out, deadline, donate, execute)
+        return self._explore(strat, o, out, deadline, donate, execute)
 
     def _explore(self, strat: Any, o: Options, out: Reply, deadline: float, donate: bool,
                  execute: Callable[..., Any]) -> Reply:
+        from kvmlock.explore.guard import Interrupted
+
         while strat is not None:
             ex = execute(self.body, strat, o.max_steps, o.lockdep, spin=o.spin, memory=o.memory)
+            if ex is not None and isinstance(ex.rt.exc, Interrupted):
+                raise ex.rt.exc  # stopped by the watcher: not the body's failure
             if ex is not None and ex.rt.irqs and isinstance(strat, DPOR):
                 out.irqs = True  # (see engine.check: no dependency expresses an interrupt)
                 self.strat = None
@@ -234,8 +256,8 @@ class _Processes:
         except (BrokenPipeError, ConnectionResetError, EOFError):
             self._dead(i)
 
-    def recv_any(self) -> list[tuple[int, Reply]]:
-        ready = multiprocessing.connection.wait(self.conns)
+    def recv_any(self, timeout: float | None = None) -> list[tuple[int, Reply]]:
+        ready = multiprocessing.connection.wait(self.conns, timeout)
         out = []
         for c in ready:
             i = self.conns.index(c)
@@ -293,7 +315,7 @@ class _Inline:
     def send(self, i: int, item: tuple | None, donate: bool) -> None:
         self.pending.append((i, item))
 
-    def recv_any(self) -> list[tuple[int, Reply]]:
+    def recv_any(self, timeout: float | None = None) -> list[tuple[int, Reply]]:
         i, item = self.pending.popleft()
         return [(i, self.workers[i].step(item, True))]
 
@@ -313,9 +335,9 @@ class _Ray:
     def send(self, i: int, item: tuple | None, donate: bool) -> None:
         self.pending[self.actors[i].step.remote(item, donate)] = i
 
-    def recv_any(self) -> list[tuple[int, Reply]]:
+    def recv_any(self, timeout: float | None = None) -> list[tuple[int, Reply]]:
         ray = self.ray
-        ready, _ = ray.wait(list(self.pending), num_returns=1)
+        ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=timeout)
         out = []
         for ref in ready:
             i = self.pending.pop(ref)
@@ -351,6 +373,7 @@ class Outcome:
     handed: int = 0  # subtrees handed out
     coordinator: float = 0.0  # CPU seconds the coordinator spent deciding (not waiting)
     started: float = 0.0  # seconds until every worker was ready to take work
+    stuck: tuple[str, str, str, str, str] | None = None  # see Reply.stuck
 
 
 def explore(body: Callable[[], Any], strategy: str, workers: int, backend: str,
@@ -376,13 +399,19 @@ def explore(body: Callable[[], Any], strategy: str, workers: int, backend: str,
                 out.exhausted = True
                 out.stopped = "exhausted"
                 break
-            replies = pool.recv_any()
+            # (a worker stuck for good answers within its stall; the timeout is kept here)
+            left = None if timeout is None else max(0.0, t0 + timeout - time.perf_counter())
+            replies = pool.recv_any(None if left is None else left + 0.05)
             t1 = time.process_time()
             for i, r in replies:
                 out.messages += 1
                 out.busy += r.busy
                 if r.error:
                     raise WorkerCrashed(f"explore: worker {i} failed:\n{r.error}")
+                if r.stuck is not None:
+                    out.stuck = r.stuck
+                    out.stopped = r.stuck[0]
+                    return out
                 if r.irqs:
                     out.stopped = "irqs"
                     return out

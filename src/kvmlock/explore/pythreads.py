@@ -182,6 +182,7 @@ class ExploredRLock:
 
 
 _THREADING_FILE = threading.__file__
+_THREAD_INIT = threading.Thread.__init__.__code__
 _sites: dict[tuple, Any] = {}  # (code, instruction) of the creating call -> its lockdep site
 
 
@@ -212,6 +213,11 @@ def _make_lock(prev: Callable[[], Any]) -> Callable[[], Any]:
             rt = current_rt()
             if rt is None:
                 return prev()
+            if sys._getframe(2).f_code is _THREAD_INIT:
+                # the Event every Thread makes for its start: an explored thread's start sets
+                # it without a lock operation and nothing explored waits on it, so a real
+                # lock does (an explored one cost a cell and a lockdep class per thread)
+                return _thread.allocate_lock()
             site = _site()
             if site is None:
                 return prev()
