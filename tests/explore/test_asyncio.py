@@ -230,3 +230,20 @@ def test_marker_explores_async_tests(pytester):
     text = res.stdout.str()
     assert "FAILED test_user.py::test_racy" in text
     assert "CPU1 (_withdraw)" in text and "replay: kvmlock explore" in text
+
+
+def test_a_plain_test_calling_asyncio_run_is_explored_too():
+    real_run = asyncio.run
+
+    def test_sync():
+        asyncio.run(p.check_then_act())
+
+    def test_sync_locked():
+        asyncio.run(p.check_then_act_locked())
+
+    res = explore.check(test_sync, "dpor", stop_on_first=False)
+    assert res.runs == 6 and res.failures[0].kind == "assertion"
+    ok = explore.check(test_sync_locked, "dfs")
+    assert ok.ok and ok.exhausted and ok.runs == 4
+    assert asyncio.run is real_run and asyncio.runners.run is real_run
+    asyncio.run(p.check_then_act_locked())  # a real loop again outside

@@ -459,21 +459,42 @@ class AsyncBody:
         coro = self.coro_fn()
         if not inspect.iscoroutine(coro):
             raise TypeError(f"{self.__name__}() must return a coroutine, got {coro!r}")
-        loop = ExploredLoop(rt)
-        prev = _events._get_running_loop()
-        _events._set_running_loop(loop)
-        done = False
-        try:
-            result = loop.run_main(coro)
-            done = True
-            return result
-        finally:
-            _events._set_running_loop(prev)
-            if done:
-                loop.close()
+        return run_explored(rt, coro)
 
     def __repr__(self) -> str:
         return f"<async body {self.__name__}>"
+
+
+def run_explored(rt: SimRuntime, coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run ``coro`` on a fresh explored loop in the calling explored task, as ``asyncio.run``
+    would on a real one."""
+    loop = ExploredLoop(rt)
+    prev = _events._get_running_loop()
+    _events._set_running_loop(loop)
+    done = False
+    try:
+        result = loop.run_main(coro)
+        done = True
+        return result
+    finally:
+        _events._set_running_loop(prev)
+        if done:
+            loop.close()
+
+
+def _make_run(prev: Callable[..., Any]) -> Callable[..., Any]:
+    def run(main: Any, *, debug: bool | None = None) -> Any:
+        """``asyncio.run`` inside an exploration (a plain test that runs its coroutine
+        itself): on the explorer's loop, so its tasks are explored too."""
+        rt = _runtime.world().rt
+        if not isinstance(rt, SimRuntime) or not _explored_thread() or \
+                _events._get_running_loop() is not None:
+            return prev(main, debug=debug)
+        if not inspect.iscoroutine(main):
+            raise ValueError(f"a coroutine was expected, got {main!r}")
+        return run_explored(rt, main)
+
+    return run
 
 
 def wrap(body: Any) -> Any:
@@ -510,7 +531,10 @@ def _checked(prev: type, checked: type) -> type:
 
 def targets() -> list[tuple[Any, str, Callable[[Any], Any]]]:
     """What an exploration replaces in asyncio (see :class:`pythreads.Substitution`)."""
-    out: list[tuple[Any, str, Callable[[Any], Any]]] = []
+    import asyncio.runners
+
+    out: list[tuple[Any, str, Callable[[Any], Any]]] = [
+        (asyncio, "run", _make_run), (asyncio.runners, "run", _make_run)]
     for name, checked in (("Lock", _ainstr.CheckedAsyncLock),
                           ("Semaphore", _ainstr.CheckedAsyncSemaphore)):
         for ns in (asyncio, asyncio.locks):

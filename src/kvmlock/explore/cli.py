@@ -1,7 +1,8 @@
 """``kvmlock explore FILE::FUNCTION``: a test or a script's function under the explorer.
 
 The function is called with no arguments, afresh for every execution, exactly as
-``explore.check`` calls a body: a plain threading test runs as it is. The exit status is 0
+``explore.check`` calls a body: a plain threading test runs as it is, and an ``async def``
+one on the explorer's event loop (each asyncio task explored). The exit status is 0
 when the exploration found nothing, 1 when it found a failure (printed with its trace table
 and the command that replays it), 2 for bad input.
 """

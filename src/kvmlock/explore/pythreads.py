@@ -471,7 +471,9 @@ def _targets() -> list[tuple[Any, str, Callable[[Any], Any]]]:
     """(namespace, attribute, maker(previous value) -> replacement)."""
     import concurrent.futures.thread as cft
 
-    aio = sys.modules.get("kvmlock.explore.asyncio_loop")  # asyncio's, once an async body ran
+    aio = None
+    if "asyncio" in sys.modules:  # asyncio's too, once something imported it
+        from kvmlock.explore import asyncio_loop as aio
     return (aio.targets() if aio is not None else []) + [
         (threading, "Lock", _make_lock),
         (threading, "RLock", _make_rlock),
