@@ -475,3 +475,32 @@ def test_plain_thread_ending_with_a_kvmlock_mutex_held_is_reported():
     th2.join()
     (r,) = lockdep.reports()
     assert r.kind == "held_at_exit" and r.task == "plain-leaker" and r.lock == "leaked.mutex"
+
+
+def test_logging_module_lock_is_adopted_and_given_back():
+    import logging
+
+    from kvmlock.lockdep.threading_instr import CheckedRLock
+
+    raw = logging._lock
+    assert type(raw) is not CheckedRLock  # made when logging was imported, long ago
+    with lockdep.instrument_threading():
+        checked = logging._lock
+        assert isinstance(checked, CheckedRLock) and checked._lock is raw  # one real lock
+        with checked:
+            assert raw._is_owned()  # so a thread holding the raw one still excludes us
+            assert [h.name for h in lockdep.held_locks()] == ["_lock"]
+        raw.acquire()  # taken through the raw lock (fetched before the swap) ...
+        checked.release()  # ... and released through the adopted one: still fine
+        assert not raw._is_owned()
+    assert logging._lock is raw
+
+
+def test_a_module_lock_held_at_instrumentation_is_left_alone():
+    import logging
+
+    raw = logging._lock
+    with raw:
+        with lockdep.instrument_threading():
+            assert logging._lock is raw  # nobody could tell lockdep of its release
+    assert lockdep.reports() == []

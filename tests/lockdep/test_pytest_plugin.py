@@ -133,3 +133,40 @@ def test_locks_made_by_conftest_are_validated(pytester):
     result = pytester.runpytest_subprocess("--lockdep")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*test_b_then_a*", "*circular locking dependency*"])
+
+
+LOGGING_TESTS = """
+import logging
+import logging.config
+
+
+def test_dictconfig_closes_a_handler(tmp_path):
+    logging.getLogger().addHandler(logging.FileHandler(tmp_path / "a.log"))
+    logging.config.dictConfig({"version": 1})  # module lock, then each old handler's lock
+
+
+def test_closing_a_file_handler(tmp_path):
+    h = logging.FileHandler(tmp_path / "b.log")
+    logging.getLogger("x").addHandler(h)
+    logging.getLogger("x").warning("hello")
+    h.close()  # the handler's lock, then the module lock
+"""
+
+
+def test_logging_module_lock_made_before_the_session_is_validated(run):
+    # pytest imports logging long before any plugin starts, so logging's module lock exists
+    # before instrumentation: it is adopted, and the FileHandler.close() / dictConfig()
+    # inversion is found as under `kvmlock lockdep`.
+    result = run(LOGGING_TESTS, "--lockdep")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*test_closing_a_file_handler*",
+                                 "*possible circular locking dependency detected*",
+                                 "*(_lock)*"])
+
+
+def test_logging_in_one_order_stays_silent(run):
+    # near-miss: handlers closed and messages logged, but no dictConfig() under the module lock
+    only_close = LOGGING_TESTS.split("def test_dictconfig")[0] + "def test_closing" + \
+        LOGGING_TESTS.split("def test_closing")[1]
+    run(only_close + only_close.replace("test_closing", "test_closing_again"),
+        "--lockdep").assert_outcomes(passed=2)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import _thread
 import os
+import re
 import sys
 import threading
 from typing import Any
@@ -196,9 +197,10 @@ class CheckedRLock:
         return _make_rlock(args, kwargs, 3)  # type(threading.RLock())() is a new RLock
 
     @classmethod
-    def _make(cls, lockmap: core.LockMap) -> CheckedRLock:
+    def _make(cls, lockmap: core.LockMap, lock: Any = None) -> CheckedRLock:
+        """A new checked RLock; ``lock``: the raw RLock to wrap (an adopted module lock)."""
         self = object.__new__(cls)
-        self._lock = _ORIG_RLOCK()
+        self._lock = _ORIG_RLOCK() if lock is None else lock
         self._map = lockmap
         self._holder: int | None = None
         self._count = 0
@@ -224,6 +226,9 @@ class CheckedRLock:
 
     def release(self) -> None:
         if self._holder != _get_ident():
+            if self._lock._is_owned():  # an adopted lock taken through its raw self before
+                self._lock.release()  # the swap (see adopt_module_locks): let it go as such
+                return
             raise RuntimeError("cannot release un-acquired lock")
         self._count -= 1
         if self._count == 0:
@@ -352,6 +357,58 @@ if not getattr(threading.Thread._bootstrap_inner, "_kvmlock", False):  # type: i
     threading.Thread._bootstrap_inner = _bootstrap_inner  # type: ignore[attr-defined]
 
 
+#: Module locks the standard library makes at import, before instrumentation can see them,
+#: that take part in real deadlocks: logging's module lock is one side of the inversion
+#: between ``FileHandler.close()`` and ``dictConfig()``. ``(module, attribute)``.
+ADOPTED = (("logging", "_lock"),)
+_adopted: list[tuple[Any, str, Any, CheckedRLock]] = []
+_RAW_RLOCK_TYPE = type(_ORIG_RLOCK())
+
+
+def _module_site(mod: Any, attr: str) -> Any:
+    """The creation site of ``mod.attr`` read off the module's source: the line assigning it
+    a lock, as the site a lock made there under instrumentation would have had."""
+    import linecache
+
+    fn = getattr(mod, "__file__", None)
+    if not fn:
+        return None
+    pat = re.compile(rf"^{re.escape(attr)}\s*=\s*((?:\w+\.)*R?Lock)\s*\(")
+    for i, line in enumerate(linecache.getlines(fn), 1):
+        m = pat.match(line)
+        if m:
+            return fn, i, m.start(1) + 1, "<module>"
+    return None
+
+
+def adopt_module_locks() -> None:
+    """Validate the module locks of :data:`ADOPTED` that already exist: each becomes a checked
+    RLock wrapping the very same raw lock (so mutual exclusion is unchanged, even with a thread
+    that fetched the raw one just before), of the class its creation line would have had.
+    One held right now is left alone: nobody could tell lockdep of its release."""
+    for modname, attr in ADOPTED:
+        mod = sys.modules.get(modname)
+        raw = getattr(mod, attr, None)
+        if type(raw) is not _RAW_RLOCK_TYPE or not raw.acquire(False):
+            continue
+        try:
+            site = _module_site(mod, attr)
+            if raw._recursion_count() != 1 or site is None:
+                continue  # this thread holds it itself, or its line cannot be found
+            checked = CheckedRLock._make(_new_map("RLock", site), raw)
+            setattr(mod, attr, checked)
+            _adopted.append((mod, attr, raw, checked))
+        finally:
+            raw.release()
+
+
+def _give_back_module_locks() -> None:
+    while _adopted:
+        mod, attr, raw, checked = _adopted.pop()
+        if getattr(mod, attr, None) is checked:
+            setattr(mod, attr, raw)
+
+
 class Instrumentation:
     """Handle returned by :func:`instrument_threading`; ``stop()`` or leaving ``with`` undoes it."""
 
@@ -366,6 +423,7 @@ class Instrumentation:
             from kvmlock.lockdep import asyncio_instr
 
             asyncio_instr.patch()
+            adopt_module_locks()
         _depth += 1
 
     def stop(self) -> None:
@@ -378,6 +436,7 @@ class Instrumentation:
             from kvmlock.lockdep import asyncio_instr
 
             asyncio_instr.unpatch()
+            _give_back_module_locks()
             threading.Lock = _ORIG_LOCK  # type: ignore[misc]
             threading.RLock = _ORIG_RLOCK  # type: ignore[misc]
 
