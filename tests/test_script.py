@@ -241,3 +241,51 @@ def test_dict_config_alone_is_silent(tmp_path):
     script.write_text(LOGGING_DEADLOCK.replace("handler.close()", "pass"))
     p = lockdep_cli(script)
     assert p.returncode == 0 and "0 report(s)" in p.stderr, p.stderr
+
+
+DAEMON = """
+import threading
+import time
+
+held = threading.Lock()
+busy = threading.Lock()
+started = threading.Event()
+
+
+def holder():
+    with held:
+        started.set()
+        time.sleep(60)  # still inside when the program ends
+
+
+def waiter():
+    with busy:  # blocks: main holds it
+        pass
+
+
+threading.Thread(target=holder, daemon=True).start()
+started.wait()
+busy.acquire()
+threading.Thread(target=waiter, daemon=True).start()
+time.sleep(0.2)
+"""
+
+
+def test_a_daemon_thread_holding_a_lock_at_the_end_is_reported(tmp_path):
+    script = tmp_path / "daemon.py"
+    script.write_text(DAEMON)
+    p = lockdep_cli("--json", tmp_path / "r.json", script)
+    assert p.returncode == 1 and "1 report(s)" in p.stderr, p.stderr
+    (r,) = json.loads((tmp_path / "r.json").read_text())
+    assert r["kind"] == "held_at_exit" and r["lock"] == "held"
+    assert r["task"] == "Thread-1 (holder) (still running when the process ends)"
+
+
+def test_daemon_threads_waiting_or_idle_at_the_end_are_silent(tmp_path):
+    # near-miss: one daemon thread blocked acquiring a lock (it does not hold it), one idle
+    script = tmp_path / "idle.py"
+    script.write_text(DAEMON.replace(
+        "        started.set()\n        time.sleep(60)", "        pass\n    started.set()\n"
+        "    time.sleep(60)"))
+    p = lockdep_cli(script)
+    assert p.returncode == 0 and "0 report(s)" in p.stderr, p.stderr

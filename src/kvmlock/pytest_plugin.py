@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 from typing import Any
 
 import pytest
@@ -59,7 +60,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not config.getoption("lockdep", False):
         return
     _start(config)
-    config.pluginmanager.register(_LockdepChecker(), "kvmlock-lockdep-checker")
+    config.pluginmanager.register(_LockdepChecker(config), "kvmlock-lockdep-checker")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -73,22 +74,42 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 _SEEN_KEY = pytest.StashKey[set]()
+_XDIST_KEY = "kvmlock_lockdep"
 
 
 class _LockdepChecker:
     """Registered only under ``--lockdep``: a test fails when lockdep reported something new
-    during its setup or call; a report made during teardown makes the test an error."""
+    during its setup or call; a report made during teardown makes the test an error.
 
-    @staticmethod
-    def _check(item: pytest.Item, phase: str) -> None:
+    What no test can answer for is reported at the end of the session, which then fails:
+    reports made between tests, threads still running with locks held, and under
+    pytest-xdist the inversions that only the workers' graphs together show (each worker
+    sends its graph to the controller, which merges them, see :mod:`kvmlock.lockdep.merge`).
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.claimed: set[int] = set()  # ids of reports a test answered for
+        self.origins: dict = {}  # (id(link), kind) -> the test that made that dependency
+        self.nedges = 0
+        self.parts: list[tuple[str, dict]] = []  # workers' graphs (xdist controller)
+        self.late: list[str] = []  # session-level findings, as text
+
+    def _check(self, item: pytest.Item, phase: str) -> None:
         """Fail the test when lockdep reported something not seen by an earlier check."""
         from kvmlock import lockdep
+        from kvmlock.lockdep import core, merge
 
+        S = core._state()
+        if S.nedges != self.nedges:  # the dependencies this test made, for merged reports
+            self.nedges = S.nedges
+            merge.origins_of(S, self.origins, item.nodeid)
         seen = item.stash.setdefault(_SEEN_KEY, set())
         new = [r for r in lockdep.reports() if id(r) not in seen]
         if not new:
             return
         seen.update(id(r) for r in new)
+        self.claimed.update(id(r) for r in new)
         text = "\n".join(str(r) for r in new)
         pytest.fail(f"lockdep found {len(new)} problem(s) during this test's {phase}:\n{text}",
                     pytrace=False)
@@ -111,6 +132,46 @@ class _LockdepChecker:
         result = yield
         self._check(item, "teardown")
         return result
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """xdist controller: a worker finished; keep its graph and its late findings."""
+        out = getattr(node, "workeroutput", None) or {}
+        data = out.get(_XDIST_KEY)
+        if data:
+            part = json.loads(data)
+            label = str(out.get("workerid", getattr(node, "gateway", None) and node.gateway.id))
+            self.parts.append((label, part))
+            self.late.extend(f"[{label}] {text}" for text in part["late"])
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        from kvmlock import lockdep
+        from kvmlock.lockdep import core, merge
+
+        lockdep.check_live_threads("still running when the session ends")
+        late = [str(r) for r in lockdep.reports() if id(r) not in self.claimed]
+        worker = getattr(self.config, "workeroutput", None)
+        if worker is not None:  # an xdist worker: the controller reports for it
+            worker[_XDIST_KEY] = json.dumps({**merge.export(core._state(), self.origins),
+                                             "late": late})
+            return
+        self.late.extend(late)
+        if self.parts:
+            self.parts.sort(key=lambda p: p[0])
+            self.late.extend(str(r) for r in merge.merge(self.parts))
+        if self.late and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.late:
+            return
+        tr = terminalreporter
+        tr.section("lockdep: found outside any test", sep="=", red=True)
+        tr.write_line(f"{len(self.late)} problem(s) no single test answers for "
+                      "(made between tests, at the session's end, or across xdist workers):")
+        for text in self.late:
+            tr.write(text)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -229,6 +229,7 @@ def _run(module: str | None, script: str | None, args: list[str]) -> int:
     try:
         threading._shutdown()  # type: ignore[attr-defined]
         atexit._run_exitfuncs()
+        lockdep.check_live_threads()  # daemon threads holding locks as the process ends
     except SystemExit as exc:
         status = status or _exit_status(exc)
     finally:

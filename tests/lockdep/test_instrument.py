@@ -1,6 +1,7 @@
 """Plain threading programs: instrumented Lock/RLock are validated by creation site."""
 
 import threading
+import time
 
 import pytest
 
@@ -504,3 +505,50 @@ def test_a_module_lock_held_at_instrumentation_is_left_alone():
         with lockdep.instrument_threading():
             assert logging._lock is raw  # nobody could tell lockdep of its release
     assert lockdep.reports() == []
+
+
+@pytest.mark.parametrize("leak", [True, False])
+def test_a_thread_started_by_start_new_thread_is_checked_at_its_end(leak):
+    import _thread
+
+    from kvmlock.sync import Mutex
+
+    with lockdep.instrument_threading():
+        plain = threading.Lock()
+    m = Mutex("raw_thread_mutex")
+    done = threading.Event()
+
+    def body(n, *, tidy):
+        plain.acquire()
+        m.lock()
+        if tidy:
+            m.unlock()
+            plain.release()
+        done.set()
+
+    _thread.start_new_thread(body, (1,), {"tidy": not leak})
+    assert done.wait(5)
+    for _ in range(100):  # the end-of-thread check runs just after body returns
+        if not leak or lockdep.reports():
+            break
+        time.sleep(0.01)
+    time.sleep(0.05)
+    if leak:
+        (r,) = lockdep.reports()
+        assert r.kind == "held_at_exit" and r.task.endswith("body")
+        assert [h.name for h in r.held_locks] == [
+            "test_a_thread_started_by_start_new_thread_is_checked_at_its_end.plain",
+            "raw_thread_mutex"]
+    else:
+        assert lockdep.reports() == []
+
+
+def test_start_new_thread_keeps_its_errors():
+    import _thread
+
+    with pytest.raises(TypeError, match="first arg must be callable"):
+        _thread.start_new_thread(1, ())
+    with pytest.raises(TypeError, match="2nd arg must be a tuple"):
+        _thread.start_new_thread(print, [])
+    with pytest.raises(TypeError, match="optional 3rd arg must be a dictionary"):
+        _thread.start_new_thread(print, (), [])

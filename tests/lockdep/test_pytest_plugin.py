@@ -170,3 +170,101 @@ def test_logging_in_one_order_stays_silent(run):
         LOGGING_TESTS.split("def test_closing")[1]
     run(only_close + only_close.replace("test_closing", "test_closing_again"),
         "--lockdep").assert_outcomes(passed=2)
+
+
+XDIST_FIRST = """
+import threading
+import time
+
+import shared
+
+
+def test_a_then_b():
+    with shared.A:
+        with shared.B:
+            time.sleep(0.3)
+"""
+
+XDIST_SECOND = """
+import time
+
+import shared
+
+
+def test_b_then_a():
+    with shared.B:
+        with shared.A:
+            time.sleep(0.3)
+"""
+
+SHARED = """
+import threading
+
+A = threading.Lock()
+B = threading.Lock()
+"""
+
+
+def run_xdist(pytester, first, second):
+    pytest.importorskip("xdist")
+    pytester.makepyfile(shared=SHARED, test_first=first, test_second=second)
+    # loadfile: each file is one unit of work, and the two workers start with one each
+    return pytester.runpytest_subprocess("--lockdep", "-n", "2", "--dist", "loadfile")
+
+
+def test_inversion_split_across_xdist_workers_is_reported(pytester):
+    result = run_xdist(pytester, XDIST_FIRST, XDIST_SECOND)
+    result.assert_outcomes(passed=2)  # no worker saw both orders ...
+    assert result.ret == pytest.ExitCode.TESTS_FAILED  # ... the merged graph did
+    result.stdout.fnmatch_lines([
+        "*lockdep: found outside any test*",
+        "*possible circular locking dependency detected*",
+        "*made by #0: gw* (test_*.py::test_*), #1: gw* (test_*.py::test_*)*",
+    ])
+    made_by = [line for line in result.outlines if "made by #0" in line][0]
+    assert "gw0" in made_by and "gw1" in made_by
+    assert "test_first.py::test_a_then_b" in made_by and "test_second.py::test_b_then_a" in made_by
+
+
+def test_one_order_across_xdist_workers_is_silent(pytester):
+    result = run_xdist(pytester, XDIST_FIRST, XDIST_FIRST.replace("test_a_then_b", "test_again"))
+    result.assert_outcomes(passed=2)
+    assert result.ret == pytest.ExitCode.OK
+    assert "lockdep" not in result.stdout.str()
+
+
+def test_an_inversion_inside_one_xdist_worker_is_reported_once(pytester):
+    result = run_xdist(pytester, XDIST_FIRST + XDIST_SECOND.split("import shared")[1], "")
+    result.assert_outcomes(passed=1, failed=1)  # the worker's own test fails, as without -n
+    body = result.stdout.str().split("short test summary info")[0]
+    assert body.count("possible circular locking dependency detected") == 1
+
+
+LEAKING_THREAD = """
+import threading
+
+lock = threading.Lock()
+started = threading.Event()
+
+
+def hold_forever():
+    lock.acquire()
+    started.set()
+    threading.Event().wait()
+
+
+def test_starts_a_thread_that_keeps_a_lock():
+    threading.Thread(target=hold_forever, daemon=True, name="keeper").start()
+    started.wait()
+"""
+
+
+def test_a_thread_holding_a_lock_when_the_session_ends_fails_the_session(run):
+    result = run(LEAKING_THREAD, "--lockdep")
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines([
+        "*lockdep: found outside any test*",
+        "*task is exiting with locks still held*",
+        "*keeper (still running when the session ends)*",
+    ])

@@ -12,6 +12,7 @@ from __future__ import annotations
 from kvmlock import runtime as _rt
 from kvmlock.lockdep.api import (
     chains,
+    check_live_threads,
     configure,
     disable,
     enable,
@@ -39,7 +40,8 @@ from kvmlock.lockdep.threading_instr import instrument_threading, threading_inst
 
 __all__ = [
     "KINDS", "LIMITS", "DepGraph", "Edge", "HeldLock", "LockMap", "LockdepError", "Report",
-    "chains", "configure", "disable", "enable", "enabled", "get_mode", "graph", "held_locks",
+    "chains", "check_live_threads", "configure", "disable", "enable", "enabled", "get_mode",
+    "graph", "held_locks",
     "instrument_threading", "irq_state_changed", "is_held", "isolated", "might_sleep",
     "new_world", "prove_raw_nesting", "rcu_read_lock_held", "reports", "reset", "set_mode",
     "stats", "task_exit", "threading_instrumented",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+import threading
 from dataclasses import replace
 from typing import Any
 
@@ -78,6 +80,54 @@ def task_exit(task_name: str | None = None) -> None:
             sys.stderr.write(str(found[0]))
     del held[1:]
     t.lockdep = None
+    if t is core._TLS:
+        core.LIVE.pop(core._get_ident(), None)
+
+
+#: Where a thread blocked acquiring a lock waits (kvmlock's primitives and runtime, the
+#: threading wrappers): the top entry of its stack is then the lock it waits for (validated
+#: before blocking), not one it holds.
+_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(core.__file__)))
+_WAITING_IN = (os.path.join(_PKG_DIR, "sync") + os.sep, os.path.abspath(_rt.__file__),
+               os.path.join(_PKG_DIR, "lockdep", "threading_instr.py"))
+
+
+def check_live_threads(why: str = "still running when the process ends") -> list[Report]:
+    """The process is ending: report "held_at_exit" for every other thread still running with
+    locks held (a daemon thread, one started by ``_thread.start_new_thread``). Nobody will
+    release them, and whatever needs them during shutdown -- an atexit handler, a finalizer,
+    logging's flush -- waits forever. A thread blocked acquiring a lock is not holding it."""
+    S = _rt.THREADS_WORLD.lockdep
+    if not S.on:
+        return []
+    me = core._get_ident()
+    frames = sys._current_frames()
+    found: list[Report] = []
+    for ident, held in list(core.LIVE.items()):
+        f = frames.get(ident)
+        if ident == me or f is None or held[0][1] is not S.root:
+            continue
+        locks = _lock_entries(held)
+        if locks and os.path.abspath(f.f_code.co_filename).startswith(_WAITING_IN):
+            locks = locks[:-1]
+        if not locks:
+            continue
+        names = tuple(_info(e)[0].name for e in locks)
+        th = threading._active.get(ident)  # type: ignore[attr-defined]
+        task = f"{th.name if th is not None else STARTED.get(ident, f'thread {ident}')} ({why})"
+        with _GraphLock(S):
+            _note(S, ("held_at_exit", names, "live"), Report(
+                "held_at_exit", lock=names[-1], task=task,
+                held_locks=_held_locks([held[0], *locks]),
+            ), found)
+    if S.mode == "warn":
+        for r in found:
+            sys.stderr.write(str(r))
+    return found
+
+
+#: thread ident -> the function a ``_thread.start_new_thread`` thread runs (its name in reports)
+STARTED: dict[int, str] = {}
 
 
 def held_locks() -> list[HeldLock]:

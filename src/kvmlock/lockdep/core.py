@@ -9,6 +9,7 @@ lock is a compare and a pop. Validation lives in validate.py, the module API in 
 
 from __future__ import annotations
 
+import _thread
 import os
 
 from kvmlock import runtime as _rt
@@ -38,6 +39,10 @@ from kvmlock.lockdep.where import user_site
 _rt.THREADS_WORLD.lockdep = State()
 _world = _rt.world
 _TLS = _rt.THREADS._tls
+_get_ident = _thread.get_ident
+#: thread ident -> that OS thread's held stack, for the threads that ever took a lock: a thread
+#: still running when the process ends is checked for locks held (api.check_live_threads).
+LIVE: dict[int, list] = {}
 
 
 def _state() -> State:
@@ -68,6 +73,8 @@ def _stack(S: State | None = None) -> list:
         S = w.lockdep
     if held is None:
         held = t.lockdep = [[None, S.root, None]]
+        if t is _TLS:
+            LIVE[_get_ident()] = held
         state = task_irq(t)
         if state:
             settle(S, held, state)

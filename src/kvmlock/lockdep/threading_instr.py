@@ -409,6 +409,47 @@ def _give_back_module_locks() -> None:
             setattr(mod, attr, raw)
 
 
+_ORIG_START_NEW_THREAD = _thread.start_new_thread
+
+
+class _ThreadBody:
+    """What a ``_thread.start_new_thread`` thread runs: the function, then lockdep's end-of-task
+    check. Its repr is the function's, so an exception the thread dies of is reported as
+    "Exception ignored in thread started by: <the function>", as without kvmlock."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        fn = self.fn
+        me = _get_ident()
+        api.STARTED[me] = getattr(fn, "__qualname__", None) or repr(fn)
+        try:
+            fn(*args, **kwargs)
+        finally:
+            api.task_exit(api.STARTED.pop(me, None))
+
+    def __repr__(self) -> str:
+        return repr(self.fn)
+
+
+def _start_new_thread(function: Any, args: Any, kwargs: Any = None) -> int:
+    """``_thread.start_new_thread``, checked for locks still held when the thread ends."""
+    if not callable(function) or not isinstance(args, tuple) or not (
+            kwargs is None or isinstance(kwargs, dict)):
+        return _ORIG_START_NEW_THREAD(function, args, *(() if kwargs is None else (kwargs,)))
+    return _ORIG_START_NEW_THREAD(_ThreadBody(function), args, kwargs or {})
+
+
+# Also for good: threads started without threading (``threading`` keeps its own reference to
+# the original, so its threads are not wrapped twice).
+if getattr(_thread.start_new_thread, "__name__", "") != "_start_new_thread":
+    _start_new_thread.__doc__ = _ORIG_START_NEW_THREAD.__doc__
+    _thread.start_new_thread = _thread.start_new = _start_new_thread  # type: ignore[assignment]
+
+
 class Instrumentation:
     """Handle returned by :func:`instrument_threading`; ``stop()`` or leaving ``with`` undoes it."""
 
