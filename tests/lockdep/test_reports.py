@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from kvmlock import lockdep, spawn
-from kvmlock.sync import SRCU, Mutex, SpinLock
+from kvmlock.sync import SRCU, Mutex, RWSemaphore, SpinLock
 
 HERE = "test_reports.py"
 
@@ -285,3 +285,62 @@ def test_raw_nesting_is_off_by_default():
     assert lockdep.reports() == []
     with pytest.raises(TypeError, match="bool"):
         lockdep.prove_raw_nesting("yes")
+
+
+def _line_of(fn, text):
+    """The line number of the line in ``fn``'s source containing ``text``."""
+    import inspect
+
+    lines, first = inspect.getsourcelines(fn)
+    (i,) = [i for i, line in enumerate(lines) if text in line]
+    return first + i
+
+
+def _take_in_two_places(a, c, take):
+    """``first`` sees the chain [a] first; ``second`` takes ``a`` from the chain cache, then
+    closes a -> c -> a, so its report lists ``a`` as held."""
+
+    def first():
+        with take(a):  # first sight of the chain [a]
+            pass
+
+    def inverts():
+        with take(c):
+            with take(a):  # c -> a
+                pass
+
+    def second():
+        with take(a):  # a cached chain, taken here
+            with take(c):
+                pass
+
+    first()
+    inverts()
+    second()
+    (r,) = lockdep.reports()
+    assert r.kind == "circular"
+    return r, {name: _line_of(fn, text) for name, fn, text in (
+        ("first", first, "first sight"), ("inverts", inverts, "c -> a"),
+        ("second", second, "a cached chain"))}
+
+
+def _threading_pair():
+    with lockdep.instrument_threading():
+        a = threading.Lock()
+        c = threading.Lock()
+    return a, c
+
+
+@pytest.mark.parametrize("pair, take", [
+    (lambda: (Mutex("held_at.a"), Mutex("held_at.c")), lambda m: m),
+    (lambda: (RWSemaphore("held_at.a"), RWSemaphore("held_at.c")), lambda s: s.read()),
+    (_threading_pair, lambda lk: lk),
+], ids=["mutex", "rwsem-read", "threading"])
+def test_a_held_lock_is_shown_where_it_was_taken_not_where_its_chain_was_first_seen(pair, take):
+    r, line = _take_in_two_places(*pair(), take)
+    here = f"test_reports.py:{line['second']}"
+    assert r.held_where.endswith(here) and r.held_locks[0].where.endswith(here)
+    assert f"{here}\n" in str(r)  # the "at:" of the held lock
+    assert f"test_reports.py:{line['first']}" not in str(r)  # where [a] was first seen
+    # a dependency still says where it was made: c -> a in inverts()
+    assert r.chain[0].where.endswith(f"test_reports.py:{line['inverts']}")

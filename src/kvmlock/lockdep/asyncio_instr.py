@@ -8,13 +8,21 @@ report format and the near-miss rules are the thread world's own). Lock classes 
 sites named as for threading locks (:mod:`.naming`), validated instance by instance within a
 class.
 
-Awaiting a task is a wait-for dependency. Every task holds a pseudo-lock of its class (its
-coroutine's qualified name) for its whole life, so what it takes depends on it; a task that
-awaits another while holding a lock records ``lock -> task``. A task that takes a lock which
-its awaiter holds while awaiting it closes the cycle, and is reported: the awaiter waits for
-the task, the task waits for the lock. A task ending with asyncio locks held is
-``held_at_exit``. Counting semaphores (initial value above 1) and Events are not validated:
-they are not mutual exclusion, and who will release or set them is not known.
+Awaiting a task is a wait-for dependency: ``await task``, ``asyncio.gather()``,
+``asyncio.wait()`` for all of its tasks and ``asyncio.wait_for(task, None)``. Every task holds
+a pseudo-lock of its class (its coroutine's qualified name) for its whole life, so what it
+takes depends on it; a task that awaits another while holding a lock records ``lock -> task``.
+A task that takes a lock which its awaiter holds while awaiting it closes the cycle, and is
+reported: the awaiter waits for the task, the task waits for the lock. A wait with a timeout,
+or for the first of several, adds nothing: it cannot hang on one task.
+
+Waiting for an ``asyncio.Event`` is one too: a task waiting for it while holding a lock records
+``lock -> event``, and a task setting it while holding a lock records ``event -> lock`` (the
+setter needed that lock to get there). Each Event creation site is one class.
+
+A task ending with asyncio locks held is ``held_at_exit``. Counting semaphores (initial value
+above 1) are not validated: they are not mutual exclusion, and who will release them is not
+known.
 """
 
 from __future__ import annotations
@@ -27,13 +35,16 @@ import weakref
 from typing import Any
 
 from kvmlock import runtime as _rt
-from kvmlock.lockdep import api, core
+from kvmlock.lockdep import api, core, validate
 from kvmlock.lockdep.naming import class_name, site_key, site_of
+from kvmlock.lockdep.state import IRQ_MARK
 from kvmlock.lockdep.where import _internal
 
 _ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__)) + os.sep
-_ORIG = {"Lock": asyncio.Lock, "Semaphore": asyncio.Semaphore}
+_ORIG = {"Lock": asyncio.Lock, "Semaphore": asyncio.Semaphore, "Event": asyncio.Event}
 _ORIG_CREATE_TASK = asyncio.BaseEventLoop.create_task
+_ORIG_GATHERING = asyncio.tasks._GatheringFuture  # type: ignore[attr-defined]
+_ORIG_WAIT = asyncio.tasks.wait
 
 
 class _TaskState:
@@ -208,6 +219,93 @@ class CheckedAsyncSemaphore(_Checked, asyncio.Semaphore):
         super().release()
 
 
+class CheckedAsyncEvent(asyncio.Event):
+    """``asyncio.Event`` as a wait-for dependency: a task that waits for it while holding locks
+    depends on it, and setting it while holding locks makes it depend on them (see
+    :func:`kvmlock.lockdep.validate.wakes`): a waiter holding a lock its setter needs first is
+    a deadlock, reported from one run whichever side came first. Each creation site is one
+    class, named as a lock made there would be."""
+
+    _ld: core.LockMap | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        site = _site()
+        if site is not None:
+            key = site_key("asyncio.Event", site)
+            self._ld = core.LockMap(class_name(key, site), "threading", key)
+
+    async def wait(self) -> bool:
+        m = self._ld
+        if m is not None and not self.is_set():
+            st = _current()
+            entries = _lock_entries_of(st)
+            if entries:
+                token = _enter(st)
+                try:
+                    m.sync()  # validated before it can wait
+                finally:
+                    _leave(token)
+        return await super().wait()
+
+    def set(self) -> None:
+        m = self._ld
+        if m is not None:
+            st = _current()
+            entries = _lock_entries_of(st)
+            if entries:
+                token = _enter(st)
+                try:
+                    validate.wakes(core._state(), _rt.current_task().lockdep, m, entries)
+                finally:
+                    _leave(token)
+        super().set()
+
+
+def _lock_entries_of(st: _TaskState | None) -> list[tuple]:
+    """The locks the running task (``st``, or the calling thread's own when None) holds, less
+    tasks' own classes: what a wait in it would keep held."""
+    held = st.lockdep if st is not None else _rt.current_task().lockdep
+    if held is None:
+        return []
+    return [e for e in held[1:] if e[0] is not IRQ_MARK and not _task_class(e[0])]
+
+
+def _task_class(m: Any) -> bool:
+    key = m.key
+    return key.__class__ is tuple and key[:1] == ("asyncio.Task",)
+
+
+class _WatchedGathering(_ORIG_GATHERING):  # type: ignore[misc, valid-type]
+    """What ``asyncio.gather()`` returns: awaiting it awaits every child task."""
+
+    def __await__(self) -> Any:
+        if not self.done():
+            for child in self._children:
+                if isinstance(child, asyncio.Task) and not child.done():
+                    _awaiting(child)
+        return super().__await__()
+
+    __iter__ = __await__
+
+
+async def _wait(fs: Any, *, timeout: Any = None,
+                return_when: str = asyncio.ALL_COMPLETED) -> Any:
+    """``asyncio.wait()``: waiting, without a timeout, for all of its tasks awaits each. (A
+    wait with a timeout cannot hang, and one for the first of several waits for any one.)"""
+    if (timeout is None and return_when == asyncio.ALL_COMPLETED
+            and not (asyncio.isfuture(fs) or asyncio.iscoroutine(fs)) and fs):
+        fs = set(fs)
+        for f in fs:
+            if isinstance(f, asyncio.Task) and not f.done():
+                _awaiting(f)
+    return await _ORIG_WAIT(fs, timeout=timeout, return_when=return_when)
+
+
+_wait.__doc__ = _ORIG_WAIT.__doc__
+_wait.__name__ = _wait.__qualname__ = "wait"
+
+
 class _WatchedTask(asyncio.Task):
     """A task whose awaiting is a wait-for dependency (see the module docstring)."""
 
@@ -246,10 +344,16 @@ def _create_task(self: asyncio.AbstractEventLoop, coro: Any, *, name: Any = None
 def patch() -> None:
     asyncio.Lock = asyncio.locks.Lock = CheckedAsyncLock  # type: ignore[misc]
     asyncio.Semaphore = asyncio.locks.Semaphore = CheckedAsyncSemaphore  # type: ignore[misc]
+    asyncio.Event = asyncio.locks.Event = CheckedAsyncEvent  # type: ignore[misc]
     asyncio.BaseEventLoop.create_task = _create_task  # type: ignore[method-assign]
+    asyncio.tasks._GatheringFuture = _WatchedGathering  # type: ignore[attr-defined]
+    asyncio.wait = asyncio.tasks.wait = _wait  # type: ignore[assignment]
 
 
 def unpatch() -> None:
     asyncio.Lock = asyncio.locks.Lock = _ORIG["Lock"]  # type: ignore[misc]
     asyncio.Semaphore = asyncio.locks.Semaphore = _ORIG["Semaphore"]  # type: ignore[misc]
+    asyncio.Event = asyncio.locks.Event = _ORIG["Event"]  # type: ignore[misc]
     asyncio.BaseEventLoop.create_task = _ORIG_CREATE_TASK  # type: ignore[method-assign]
+    asyncio.tasks._GatheringFuture = _ORIG_GATHERING  # type: ignore[attr-defined]
+    asyncio.wait = asyncio.tasks.wait = _ORIG_WAIT  # type: ignore[assignment]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import _thread
 import os
+import sys
 
 from kvmlock import runtime as _rt
 from kvmlock.lockdep.graph import LockClass
@@ -33,13 +34,15 @@ from kvmlock.lockdep.state import (  # noqa: F401 - _SYNC and _INFO are read by 
     task_irq,
 )
 from kvmlock.lockdep.validate import _miss, _restart, settle
-from kvmlock.lockdep.where import user_site
+from kvmlock.lockdep.where import NOWHERE, user_site
+from kvmlock.lockdep.where import taken_here as _taken_here
 
 # The state of the world in force: the world object carries it (see kvmlock.runtime).
 _rt.THREADS_WORLD.lockdep = State()
 _world = _rt.world
 _TLS = _rt.THREADS._tls
 _get_ident = _thread.get_ident
+_getframe = sys._getframe
 #: thread ident -> that OS thread's held stack, for the threads that ever took a lock: a thread
 #: still running when the process ends is checked for locks held (api.check_live_threads).
 LIVE: dict[int, list] = {}
@@ -174,7 +177,7 @@ class LockMap:
             node = _miss(S, held, self, self._cls, read, trylock, hid, None)
             if node is None:
                 return
-        held.append((self, node))
+        held.append((self, node, *_taken_here()))
 
     def lock(self) -> None:
         """``acquire()`` for the common case (exclusive, no subclass, not a trylock), with
@@ -186,8 +189,15 @@ class LockMap:
             node = None
         if node is None:
             self.acquire()
-        else:
-            held.append((self, node))
+            return
+        # where it is taken (see where.taken_here), as cheaply as can be: the caller of the
+        # primitive calling this, two frames up
+        try:
+            f = _getframe(2)
+        except ValueError:  # called from the bottom of the stack
+            held.append((self, node, None, -1))
+            return
+        held.append((self, node, f, f.f_lasti))
 
     def release(self) -> None:
         """Record letting go of this lock; releasing one not held is reported."""
@@ -219,7 +229,7 @@ class LockMap:
             node = _miss(S, held, self, cls, 0, False, hid, None, nest=nest_lock)
             if node is None:
                 return
-        held.append((self, node))
+        held.append((self, node, *_taken_here()))
 
     def sync(self) -> None:
         """synchronize_srcu(): validate an exclusive acquire of this map without holding it."""
@@ -267,18 +277,18 @@ def _acquire(m: LockMap, S: State, subclass: int, read: int, trylock: bool) -> N
     if not S.on:
         m._off = S.off_token
         return
-    _push(S, _stack(S), m, cls, read, trylock, None)
+    _push(S, _stack(S), m, cls, read, trylock, None, _taken_here())
 
 
 def _push(S: State, held: list, m: LockMap, cls: LockClass, read: int, trylock: bool,
-          where: str | None, may_raise: bool = True) -> None:
+          where: str | None, at: tuple, may_raise: bool = True) -> None:
     hid = cls.hid + read + read + trylock
     node = held[-1][1].get(hid)
     if node is None:
         node = _miss(S, held, m, cls, read, trylock, hid, where, may_raise=may_raise)
         if node is None:
             return
-    held.append((m, node))
+    held.append((m, node, *at))
 
 
 def _release_slow(S: State, m: LockMap) -> None:
@@ -318,7 +328,8 @@ def _release_slow(S: State, m: LockMap) -> None:
         if e[0] is IRQ_MARK:
             settle(S, held, read, where)  # a mark's info carries its state where read is
         else:
-            _push(S, held, e[0], cls, read, trylock, where, may_raise=False)
+            _push(S, held, e[0], cls, read, trylock, where, e[2:4] if len(e) > 3 else NOWHERE,
+                  may_raise=False)
 
 
 def forget(m: LockMap, held: list) -> bool:

@@ -19,7 +19,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from kvmlock.lockdep.report import Edge, Report
-from kvmlock.lockdep.state import State, _held_locks, _info, _note, _task_name
+from kvmlock.lockdep.state import State, _at, _held_locks, _info, _note, _task_name
 from kvmlock.lockdep.where import user_stack
 
 if TYPE_CHECKING:
@@ -105,9 +105,9 @@ def instance_order(S: State, held: list, same: list, m: LockMap, read: int, wher
             continue
         chain = [Edge(_label(s), _label(d), 0, 0, w, False, st) for s, d, w, st in path]
         chain.append(Edge(_label(a), _label(m), 0, read, where, False, stack))
-        _hcls, hread, _t, hwhere = _info(e)
+        hread = _info(e)[1]
         _note(S, ("circular", "instance", m.name, frozenset(c.where for c in chain)), Report(
             "circular", lock=_label(m), held=_label(a), lock_read=read, held_read=hread,
-            task=_task_name(), where=where, held_where=hwhere, chain=chain,
+            task=_task_name(), where=where, held_where=_at(e), chain=chain,
             held_locks=_held_locks(held), what=_NOTE,
         ), found)

@@ -58,7 +58,7 @@ class Edge:
 
 @dataclass(frozen=True)
 class HeldLock:
-    """A lock the task held when the report was made, and where its chain was first seen."""
+    """A lock the task held when the report was made, and where the task took it."""
 
     name: str
     read: int = 0

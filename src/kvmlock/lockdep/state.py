@@ -14,6 +14,7 @@ from typing import Any
 from kvmlock import runtime as _rt
 from kvmlock.lockdep.graph import Link, LockClass
 from kvmlock.lockdep.report import Edge, HeldLock, ProtectedData, Report
+from kvmlock.lockdep.where import taken_at
 
 KINDS = frozenset(
     {"mutex", "spinlock", "raw_spinlock", "rwlock", "rwsem", "percpu_rwsem", "srcu", "pseudo",
@@ -169,11 +170,18 @@ def _held_state(held: list) -> int:
     return 0
 
 
+def _at(e: tuple) -> str:
+    """Where the held lock of entry ``e`` was taken: its own acquisition site, recorded by
+    every acquire (where.taken_here), else where its chain was first seen."""
+    at = taken_at(e[2], e[3]) if len(e) > 3 else None
+    return at if at is not None else str(e[1][_INFO][3])
+
+
 def _held_locks(held: list) -> list[HeldLock]:
     out = []
     for e in _lock_entries(held):
-        cls, read, _try, where = e[1][_INFO]
-        out.append(HeldLock(cls.name, read, where))
+        cls, read, _try, _where = e[1][_INFO]
+        out.append(HeldLock(cls.name, read, _at(e)))
     return out
 
 

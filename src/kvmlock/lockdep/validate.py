@@ -7,6 +7,7 @@ breadth-first search for a strong cycle it would close.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 from kvmlock import runtime as _rt
@@ -22,6 +23,7 @@ from kvmlock.lockdep.state import (
     SLEEPING,
     SPINNING,
     State,
+    _at,
     _emit,
     _GraphLock,
     _held_locks,
@@ -88,6 +90,29 @@ def _miss(
     return node
 
 
+def wakes(S: State, held: list, m: LockMap, entries: list[tuple]) -> None:
+    """``m`` (an event) is being set by a task that holds ``entries`` (of its stack ``held``):
+    whoever waits for ``m`` also waits for each of those locks, which the setter needed to get
+    this far. So each is a dependency ``m -> lock``, validated as every new dependency is: a
+    waiter that holds one of them while it waits closes a cycle."""
+    if not entries:
+        return
+    where = user_site()
+    found: list[Report] = []
+    with contextlib.nullcontext() if _reentered(S) else _GraphLock(S):
+        if not S.on:
+            return
+        cls = m._cls
+        S.classes.setdefault(cls, m.kind)
+        for e in entries:
+            hcls, hread, _t, _w = _info(e)
+            if hcls is not cls:
+                _link(S, held, cls, 0, where, hcls, hread, where, found, what=(
+                    f"({cls.name}) is an event this task is setting while it holds "
+                    f"({hcls.name}): whoever waits for the event waits for that lock too."))
+    _emit(S, found)
+
+
 def _contexts(held: list) -> list[tuple[tuple, int]]:
     """Each held lock with the interrupt state it was taken in, outermost first."""
     out = []
@@ -134,7 +159,7 @@ def _validate(
                 continue
             _note(S, ("recursive", cls.name), Report(
                 "recursive", lock=cls.name, held=cls.name, lock_read=read, held_read=hread,
-                held_where=hwhere, task=_task_name(), where=where, held_locks=_held_locks(held),
+                held_where=_at(e), task=_task_name(), where=where, held_locks=_held_locks(held),
             ), found)
             return m.kind == "threading"
     if same:
@@ -146,9 +171,9 @@ def _validate(
     for e, st in reversed(entries):
         if st & U.CONTEXT != ctx:
             break
-        hcls, hread, htry, hwhere = _info(e)
+        hcls, hread, htry, _hwhere = _info(e)
         if hcls is not cls:
-            _link(S, held, hcls, hread, hwhere, cls, read, where, found, sync, state)
+            _link(S, held, hcls, hread, _at(e), cls, read, where, found, sync, state)
         if not htry:
             break
     return bool(same)
@@ -207,7 +232,7 @@ def _check_wait_context(S: State, held: list, entries: list, state: int, m: Lock
 
 def _link(
     S: State, held: list, p: LockClass, pr: int, pwhere: str, nxt: LockClass, read: int,
-    where: str, found: list[Report], sync: bool = False, state: int = 0,
+    where: str, found: list[Report], sync: bool = False, state: int = 0, what: str = "",
 ) -> None:
     after = S.after.get(p)
     link = after.get(nxt) if after else None
@@ -225,6 +250,7 @@ def _link(
             "circular", lock=nxt.name, held=p.name, lock_read=read, held_read=pr,
             task=_task_name(),
             where=where, held_where=pwhere, chain=chain, held_locks=_held_locks(held),
+            what=what,
         ), found)
         return
     if S.usage and not sync:

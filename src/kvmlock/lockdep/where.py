@@ -11,6 +11,9 @@ import contextlib
 import os
 import sys
 import threading
+from typing import Any
+
+_getframe = sys._getframe
 
 _PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SKIP_DIRS = tuple(os.path.join(_PKG, d) + os.sep for d in ("sync", "explore"))
@@ -71,6 +74,51 @@ def user_site(skip: int = 1) -> str:
             return f"{short_path(code.co_filename)}:{f.f_lineno}"
         f = f.f_back
     return "<unknown>"
+
+
+NOWHERE = (None, -1)
+
+
+def taken_here(skip: int = 2) -> tuple:
+    """Where a lock is being taken, as every acquire records it (the kernel's ``acquire_ip``):
+    the innermost user frame's code object and instruction offset -- no line lookup and no
+    text, which :func:`taken_at` makes only when a report lists the lock among those held.
+
+    The cached path of ``LockMap.lock()`` records the same pair with the frame itself in place
+    of its code (one attribute load fewer): the frame that called the primitive, which the held
+    entry keeps until the lock is released."""
+    try:
+        f = _getframe(skip)
+    except ValueError:  # the stack is not that deep
+        return NOWHERE
+    cache = _internal_cache
+    while f is not None:
+        code = f.f_code
+        hit = cache.get(code.co_filename)
+        if hit is None:
+            hit = _internal(code.co_filename)
+        if not hit:
+            return code, f.f_lasti
+        f = f.f_back
+    return NOWHERE
+
+
+def taken_at(code: Any, lasti: int) -> str | None:
+    """``file:line`` of a place recorded as :func:`taken_here` does (``code`` may be the frame
+    running it), or None when there is none or it is kvmlock's own."""
+    if code is None:
+        return None
+    if not hasattr(code, "co_lines"):
+        code = code.f_code
+    if _internal(code.co_filename):
+        return None
+    line = code.co_firstlineno
+    for start, end, ln in code.co_lines():
+        if start <= lasti < end:
+            if ln is not None:
+                line = ln
+            break
+    return f"{short_path(code.co_filename)}:{line}"
 
 
 def user_stack(skip: int = 1, limit: int = 4) -> tuple[str, ...]:
