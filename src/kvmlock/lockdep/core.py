@@ -155,12 +155,15 @@ class LockMap:
             cls = subs[subclass] = _klass(self.key, self.name, self.kind, subclass)
         return cls
 
-    def acquire(self, subclass: int = 0, read: int = 0, trylock: bool = False) -> None:
-        """Validate and record taking this lock (read: 0 exclusive, 1 shared, 2 recursive)."""
+    def acquire(self, subclass: int = 0, read: int = 0, trylock: bool = False,
+                at: tuple | None = None) -> None:
+        """Validate and record taking this lock (read: 0 exclusive, 1 shared, 2 recursive).
+        ``at``: where the user takes it, when the caller found that already (see
+        where.taken_here)."""
         w = _world()
         held = (w.rt.current or _TLS).lockdep
         if subclass or held is None:
-            _acquire(self, w.lockdep, subclass, read, trylock)
+            _acquire(self, w.lockdep, subclass, read, trylock, at)
             return
         hid = self._hid + read + read + trylock if read or trylock else self._hid
         try:
@@ -177,7 +180,8 @@ class LockMap:
             node = _miss(S, held, self, self._cls, read, trylock, hid, None)
             if node is None:
                 return
-        held.append((self, node, *_taken_here()))
+        code, lasti = _taken_here() if at is None else at
+        held.append((self, node, code, lasti))
 
     def lock(self) -> None:
         """``acquire()`` for the common case (exclusive, no subclass, not a trylock), with
@@ -272,12 +276,13 @@ class LockMap:
 # --------------------------------------------------------------------------- slow paths
 
 
-def _acquire(m: LockMap, S: State, subclass: int, read: int, trylock: bool) -> None:
+def _acquire(m: LockMap, S: State, subclass: int, read: int, trylock: bool,
+             at: tuple | None = None) -> None:
     cls = m._sub(subclass) if subclass else m._cls  # a bad subclass is an error even when off
     if not S.on:
         m._off = S.off_token
         return
-    _push(S, _stack(S), m, cls, read, trylock, None, _taken_here())
+    _push(S, _stack(S), m, cls, read, trylock, None, _taken_here() if at is None else at)
 
 
 def _push(S: State, held: list, m: LockMap, cls: LockClass, read: int, trylock: bool,

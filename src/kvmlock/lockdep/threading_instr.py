@@ -29,7 +29,7 @@ from typing import Any
 from kvmlock import runtime as _rt
 from kvmlock.lockdep import api, core
 from kvmlock.lockdep.naming import class_name, site_key, site_of
-from kvmlock.lockdep.where import _internal
+from kvmlock.lockdep.where import _internal, taken_here
 
 _ORIG_LOCK = threading.Lock
 _ORIG_RLOCK = threading.RLock
@@ -73,7 +73,7 @@ def _validated_acquire(lockmap: core.LockMap, lock: Any, blocking: Any, timeout:
     arguments go to the real lock unchanged, so bad ones raise what they raise there.
     """
     if blocking and timeout == -1 and timeout.__class__ in (int, float):
-        lockmap.acquire()
+        lockmap.acquire(0, 0, False, taken_here(3))  # (the caller of the lock's acquire)
         try:
             lock.acquire()
         except BaseException:
@@ -82,7 +82,7 @@ def _validated_acquire(lockmap: core.LockMap, lock: Any, blocking: Any, timeout:
         return True
     if not lock.acquire(blocking, timeout):
         return False
-    lockmap.acquire(trylock=True)
+    lockmap.acquire(0, 0, True, taken_here(3))
     return True
 
 
@@ -143,8 +143,7 @@ class CheckedLock:
         self._owner = _held()
         return True
 
-    def __enter__(self, *args: object) -> bool:
-        return self.acquire()
+    __enter__ = acquire  # (as on a real lock, where __enter__ takes acquire's arguments)
 
     def release(self) -> None:
         if not self._lock.locked():
@@ -221,8 +220,7 @@ class CheckedRLock:
         self._owner = _held()
         return True
 
-    def __enter__(self, *args: object) -> bool:
-        return self.acquire()
+    __enter__ = acquire
 
     def release(self) -> None:
         if self._holder != _get_ident():
