@@ -268,3 +268,10 @@ def test_a_thread_holding_a_lock_when_the_session_ends_fails_the_session(run):
         "*task is exiting with locks still held*",
         "*keeper (still running when the session ends)*",
     ])
+
+
+def test_a_dependency_call_path_stops_at_the_test(run):
+    result = run(ABBA_TESTS, "--lockdep")
+    out = result.stdout.str()
+    assert " in test_takes_a_then_b" in out and " in test_takes_b_then_a" in out
+    assert "pluggy/" not in out and "pytest_pyfunc_call" not in out  # pytest's own frames

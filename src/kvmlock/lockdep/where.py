@@ -30,6 +30,7 @@ _SKIP_FILES = {
     os.path.join(_PKG, "cli.py"),
 }
 _internal_cache: dict[str, bool] = {}
+_PYTEST_CALL = os.path.join("_pytest", "python.py")  # pytest_pyfunc_call runs each test
 _BOTTOM = {"<frozen runpy>",
            os.path.join(os.path.dirname(os.path.abspath(threading.__file__)), "asyncio",
                         "events.py")}
@@ -128,8 +129,9 @@ def user_stack(skip: int = 1, limit: int = 4) -> tuple[str, ...]:
     f = sys._getframe(skip)
     while f is not None and len(out) < limit:
         code = f.f_code
-        if code.co_filename in _BOTTOM:
-            break  # an event loop running a task, or runpy running the program: nothing above
+        if code.co_filename in _BOTTOM or code.co_filename.endswith(_PYTEST_CALL):
+            break  # an event loop running a task, runpy running the program, pytest calling a
+            # test: nothing above is the user's
         if not _internal(code.co_filename):
             out.append(f"{short_path(code.co_filename)}:{f.f_lineno} in {code.co_name}")
         f = f.f_back
