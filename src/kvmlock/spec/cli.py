@@ -61,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--graph", help="also show how each change's verdict moves on this graph")
     s.add_argument("--json", action="store_true", help="print the changes as JSON")
     s = sub.add_parser("render", help="write the model's locking document, its Reference "
-                                      "section regenerated from the locks the model builds")
+                                      "section regenerated from the locks the model builds and "
+                                      "the data it declares each one protects")
     s.add_argument("-o", "--output", help="file to write (default: standard output)")
     return p
 
