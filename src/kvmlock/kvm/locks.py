@@ -11,6 +11,7 @@ protects data the model guards with another.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -150,9 +151,9 @@ def _model_objects() -> list[Any]:
     vm = VM(m, nr_vcpus=1)
     out: list[Any] = []
     seen: set[int] = set()
-    todo: list[Any] = [m, vm, TscSync(vm), HyperV(vm), Xen(vm)]
+    todo: deque[Any] = deque([m, vm, TscSync(vm), HyperV(vm), Xen(vm)])
     while todo:
-        o = todo.pop(0)
+        o = todo.popleft()
         if id(o) in seen:
             continue
         seen.add(id(o))
