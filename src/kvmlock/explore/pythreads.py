@@ -464,6 +464,7 @@ _ORIG_THREAD: dict[str, Any] = {
 }
 _depth = 0
 _saved: list[tuple[Any, str, Any, Any]] = []  # (namespace, name, before, ours)
+_made: dict[tuple[int, str], tuple[Any, Any]] = {}  # (id(namespace), name) -> (before, ours)
 _install_lock = threading.Lock()
 
 
@@ -549,7 +550,14 @@ class Substitution:
             if _depth == 0:
                 for ns, name, make in _targets():
                     before = ns.__dict__[name] if isinstance(ns, type) else getattr(ns, name)
-                    ours = make(before)
+                    # a replacement made for the same previous object is made once: making
+                    # them (classes, closures) cost more than a small check's executions
+                    made = _made.get((id(ns), name))
+                    if made is not None and made[0] is before:
+                        ours = made[1]
+                    else:
+                        ours = make(before)
+                        _made[(id(ns), name)] = (before, ours)
                     _saved.append((ns, name, before, ours))
                     setattr(ns, name, ours)
             _depth += 1
