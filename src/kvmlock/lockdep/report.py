@@ -32,6 +32,8 @@ TITLES = {
 }
 
 _READ_NAMES = {0: "", 1: "read", 2: "recursive read"}
+#: Report fields naming a code line: captured as file and line, text once in a report.
+_SITE_FIELDS = ("where", "held_where", "safe_where", "unsafe_where", "usage_where")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,13 @@ class Edge:
     sync: bool = False  # dst was a synchronize() (SRCU grace period), not a hold
     stack: tuple[str, ...] = ()  # user frames (innermost first) where it was first made
 
+    def __post_init__(self) -> None:
+        # lockdep captures sites as file and line (lockdep/where.py): text from here on
+        if not isinstance(self.where, str):
+            object.__setattr__(self, "where", str(self.where))
+        if not isinstance(self.stack, tuple):
+            object.__setattr__(self, "stack", tuple(self.stack))
+
     @property
     def kind(self) -> str:
         """Lockdep's name for the dependency: E/S for how src is held, R/N for dst."""
@@ -63,6 +72,10 @@ class HeldLock:
     name: str
     read: int = 0
     where: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.where, str):
+            object.__setattr__(self, "where", str(self.where))
 
 
 @dataclass
@@ -124,6 +137,12 @@ class Report:
     irq_state: str = ""  # the task's [HC..:SC..:HE..:SE..] when it happened
     #: each lock named in the report -> its usage characters and wait type, "{+.+.}-{3:3}"
     annotations: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in _SITE_FIELDS:
+            v = getattr(self, name)
+            if not isinstance(v, str):
+                setattr(self, name, str(v))
 
     @property
     def title(self) -> str:

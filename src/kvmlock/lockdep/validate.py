@@ -36,7 +36,7 @@ from kvmlock.lockdep.state import (
     mark_key,
     task_irq,
 )
-from kvmlock.lockdep.where import user_site, user_stack
+from kvmlock.lockdep.where import site, user_site, user_stack
 
 if TYPE_CHECKING:
     from kvmlock.lockdep.core import LockMap
@@ -53,7 +53,7 @@ def _miss(
     if held[0][1] is not S.root:
         _restart(S, held)  # a stack left from before reset()/enable()
     if where is None:
-        where = user_site()
+        where = site()
     if _reentered(S):  # taken from inside validation on this thread: track it, check nothing
         return {_INFO: (cls, read, trylock, where)}
     found: list[Report] = []
@@ -299,7 +299,7 @@ def _mark_miss(S: State, held: list, state: int, key: int, where: str | None) ->
     """First time this chain changes to ``state``: locks held when interrupts come back on
     are now held with them enabled."""
     if where is None:
-        where = user_site()
+        where = site()
     if _reentered(S):
         return {_INFO: (None, state, False, where)}
     found: list[Report] = []

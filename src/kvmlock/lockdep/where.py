@@ -66,15 +66,51 @@ def short_path(filename: str) -> str:
     return hit
 
 
+class Site:
+    """A user code line as captured on a chain-cache miss: the file and line only. It becomes
+    ``file:line`` (relative to the working directory) when a report, a held-lock list or a
+    graph snapshot needs the text, so a miss makes no system call and formats nothing."""
+
+    __slots__ = ("file", "line")
+
+    def __init__(self, file: str, line: int) -> None:
+        self.file = file
+        self.line = line
+
+    def __str__(self) -> str:
+        return f"{short_path(self.file)}:{self.line}"
+
+    __repr__ = __str__
+
+    def __eq__(self, other: object) -> bool:
+        return str(self) == str(other)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+
+UNKNOWN = "<unknown>"
+
+
+def site(skip: int = 1) -> Site | str:
+    """The innermost frame that is not kvmlock or stdlib locking machinery, as a :class:`Site`
+    (formatted when it is read as text)."""
+    f = sys._getframe(skip)
+    cache = _internal_cache
+    while f is not None:
+        fn = f.f_code.co_filename
+        hit = cache.get(fn)
+        if hit is None:
+            hit = _internal(fn)
+        if not hit:
+            return Site(fn, f.f_lineno)
+        f = f.f_back
+    return UNKNOWN
+
+
 def user_site(skip: int = 1) -> str:
     """``file:line`` of the innermost frame that is not kvmlock or stdlib locking machinery."""
-    f = sys._getframe(skip)
-    while f is not None:
-        code = f.f_code
-        if not _internal(code.co_filename):
-            return f"{short_path(code.co_filename)}:{f.f_lineno}"
-        f = f.f_back
-    return "<unknown>"
+    return str(site(skip + 1))
 
 
 NOWHERE = (None, -1)
@@ -122,17 +158,47 @@ def taken_at(code: Any, lasti: int) -> str | None:
     return f"{short_path(code.co_filename)}:{line}"
 
 
-def user_stack(skip: int = 1, limit: int = 4) -> tuple[str, ...]:
-    """The innermost ``limit`` user frames, innermost first, as ``file:line in function``:
-    the call path that made a dependency, as the kernel's stack under each chain entry."""
-    out: list[str] = []
+class Stack:
+    """User frames as captured (file, line, function), innermost first; iterating gives the
+    ``file:line in function`` texts, formatted then (see :class:`Site`)."""
+
+    __slots__ = ("frames",)
+
+    def __init__(self, frames: tuple[tuple[str, int, str], ...]) -> None:
+        self.frames = frames
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return (f"{short_path(fn)}:{line} in {name}" for fn, line, name in self.frames)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __bool__(self) -> bool:
+        return bool(self.frames)
+
+    def __eq__(self, other: object) -> bool:
+        return tuple(self) == tuple(other)  # type: ignore[arg-type]
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+
+def user_stack(skip: int = 1, limit: int = 4) -> Stack:
+    """The innermost ``limit`` user frames, innermost first: the call path that made a
+    dependency, as the kernel's stack under each chain entry (text when iterated)."""
+    out: list[tuple[str, int, str]] = []
     f = sys._getframe(skip)
+    cache = _internal_cache
     while f is not None and len(out) < limit:
         code = f.f_code
-        if code.co_filename in _BOTTOM or code.co_filename.endswith(_PYTEST_CALL):
+        fn = code.co_filename
+        if fn in _BOTTOM or fn.endswith(_PYTEST_CALL):
             break  # an event loop running a task, runpy running the program, pytest calling a
             # test: nothing above is the user's
-        if not _internal(code.co_filename):
-            out.append(f"{short_path(code.co_filename)}:{f.f_lineno} in {code.co_name}")
+        hit = cache.get(fn)
+        if hit is None:
+            hit = _internal(fn)
+        if not hit:
+            out.append((fn, f.f_lineno, code.co_name))
         f = f.f_back
-    return tuple(out)
+    return Stack(tuple(out))
