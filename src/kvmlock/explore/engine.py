@@ -157,14 +157,16 @@ def _describe(ex: Execution, lockdep_on: bool, max_steps: int) -> None:
 
 def execute(body: Callable[[], Any], strategy: Strategy, max_steps: int,
             lockdep_on: bool = True, tracing: bool = False,
-            spin: bool = True, memory: bool = False) -> Execution | None:
-    """Run one execution of ``body`` chosen by ``strategy``; None when it has no more."""
+            spin: bool = True, memory: bool = False,
+            memo: _lockdep.Memo | None = None) -> Execution | None:
+    """Run one execution of ``body`` chosen by ``strategy``; None when it has no more.
+    ``memo``: lockdep's chain memory of the exploration (one per exploration and process)."""
     rt = SimRuntime(strategy.choose, max_steps, tracing)
     rt.spin_detect = spin
     if not strategy.begin(rt):
         return None
     ex = Execution(rt)
-    world = _lockdep.new_world(rt)
+    world = _lockdep.new_world(rt, memo=memo)
     token = _runtime.enter(world)
     bound = _pythreads.Binding(rt)
     tracer = None
@@ -358,6 +360,7 @@ def check(
     res = Result(strategy=strategy, preemption_bound=preemption_bound)
     prog = Progress(f"explore[{strategy}]", progress)
     seen: set[tuple] = set()
+    memo = _lockdep.Memo()
     t0 = time.perf_counter()
 
     def explore_all() -> None:
@@ -371,7 +374,8 @@ def check(
             if timeout is not None and time.perf_counter() - t0 > timeout:
                 res.stopped = "timeout"
                 break
-            ex = execute(body, strat, max_steps, lockdep, spin=spin_detection, memory=memory)
+            ex = execute(body, strat, max_steps, lockdep, spin=spin_detection, memory=memory,
+                         memo=memo)
             if ex is not None and ex.rt.irqs and isinstance(strat, DPOR):
                 # When an interrupt fires changes what every operation of the interrupted task
                 # does next, which no (object, read/write) dependency expresses: explore the

@@ -86,6 +86,7 @@ class Worker:
         self.opts = opts
         self.strat: DFS | DPOR | None = None
         self.seen: set[tuple] = set()
+        self.memo: Any = None  # lockdep's chain memory, for every subtree this worker explores
 
     def step(self, item: tuple | None, donate: bool) -> Reply:
         from kvmlock.explore import guard
@@ -129,8 +130,13 @@ class Worker:
                  execute: Callable[..., Any]) -> Reply:
         from kvmlock.explore.guard import Interrupted
 
+        if self.memo is None:
+            from kvmlock.lockdep import Memo
+
+            self.memo = Memo()
         while strat is not None:
-            ex = execute(self.body, strat, o.max_steps, o.lockdep, spin=o.spin, memory=o.memory)
+            ex = execute(self.body, strat, o.max_steps, o.lockdep, spin=o.spin, memory=o.memory,
+                         memo=self.memo)
             if ex is not None and isinstance(ex.rt.exc, Interrupted):
                 raise ex.rt.exc  # stopped by the watcher: not the body's failure
             if ex is not None and ex.rt.irqs and isinstance(strat, DPOR):

@@ -33,13 +33,14 @@ from kvmlock.lockdep.api import (
 from kvmlock.lockdep.core import LockMap
 from kvmlock.lockdep.core import irq_changed as irq_state_changed
 from kvmlock.lockdep.graph import DepGraph
+from kvmlock.lockdep.memo import Memo
 from kvmlock.lockdep.protect import is_held, rcu_read_lock_held
 from kvmlock.lockdep.report import Edge, HeldLock, Report
 from kvmlock.lockdep.state import KINDS, LIMITS, LockdepError
 from kvmlock.lockdep.threading_instr import instrument_threading, threading_instrumented
 
 __all__ = [
-    "KINDS", "LIMITS", "DepGraph", "Edge", "HeldLock", "LockMap", "LockdepError", "Report",
+    "KINDS", "LIMITS", "DepGraph", "Edge", "HeldLock", "LockMap", "LockdepError", "Memo", "Report",
     "chains", "check_live_threads", "configure", "disable", "enable", "enabled", "get_mode",
     "graph", "held_locks",
     "instrument_threading", "irq_state_changed", "is_held", "isolated", "might_sleep",

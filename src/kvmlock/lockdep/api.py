@@ -12,6 +12,7 @@ from typing import Any
 from kvmlock import runtime as _rt
 from kvmlock.lockdep import core
 from kvmlock.lockdep.graph import DepGraph
+from kvmlock.lockdep.memo import Memo
 from kvmlock.lockdep.report import Edge, HeldLock, Report
 from kvmlock.lockdep.state import (
     _INFO,
@@ -257,11 +258,18 @@ def chains() -> list[tuple[HeldLock, ...]]:
     return out
 
 
-def new_world(rt: Any, mode: str = "collect") -> _rt.World:
-    """A world for ``rt`` with a fresh lockdep state of its own (graph, chains, reports)."""
+def new_world(rt: Any, mode: str = "collect", memo: Memo | None = None) -> _rt.World:
+    """A world for ``rt`` with a fresh lockdep state of its own (graph, chains, reports).
+
+    ``memo``: the chain memory of the exploration this world's execution belongs to (see
+    lockdep/memo.py); the state then skips validating chains the exploration already
+    validated, with the same reports, graph and chains as without it."""
     if mode not in MODES:
         raise ValueError(f"lockdep mode must be one of {MODES}, got {mode!r}")
-    return _rt.World(rt, State(mode))
+    S = State(mode)
+    if memo is not None:
+        memo.attach(S)
+    return _rt.World(rt, S)
 
 
 class isolated:  # noqa: N801 - used like the function it replaced: ``with isolated():``

@@ -91,6 +91,12 @@ class State:
         self.before: dict[LockClass, dict[LockClass, Link]] = {}  # the graph, reversed
         self.usage: dict[LockClass, int] = {}  # irq usage bits per class (lockdep/usage.py)
         self.usage_where: dict[tuple[LockClass, int], str] = {}  # where each bit was first set
+        # The exploration's chain memory (lockdep/memo.py), if any: trie node id -> (node,
+        # memo entry), and the union state's own flags.
+        self.memo: Any = None
+        self.memo_at: dict[int, tuple[dict, Any]] = {}
+        self.shadow = False  # the union state of a memo: its reports reach no one
+        self.record: list | None = None  # effects of the validation under way (memo)
 
 
 # Classes are global (a name means the same class in every state); graphs are per state.
@@ -227,7 +233,9 @@ def switch_off(S: State) -> None:
 
 
 def _overflow(S: State, what: str, param: str) -> None:
-    if S.on:
+    if S.on and S.shadow:
+        switch_off(S)  # a memo's union: the memo stops, nobody is told
+    elif S.on:
         switch_off(S)
         S.overflow = what
         sys.stderr.write(
@@ -241,6 +249,9 @@ def _note(S: State, key: tuple, report: Report, found: list[Report]) -> None:
     """Record a report unless this problem was already reported (caller holds S.lock)."""
     if key not in S.seen:
         S.seen.add(key)
+        if S.shadow:
+            found.append(report)
+            return
         from kvmlock.lockdep.usage import annotate
 
         annotate(S, report)

@@ -235,6 +235,8 @@ def mark(S: State, held: list, cls: LockClass, bit: int, read: int, state: int, 
     """Set one usage bit of ``cls`` (taken with ``read``), reporting what it makes possible."""
     from kvmlock.lockdep.state import _note
 
+    if S.record is not None:
+        S.record.append((cls, bit))
     usage = S.usage.get(cls, 0)
     if usage >> bit & 1:
         return

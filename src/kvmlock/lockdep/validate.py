@@ -8,9 +8,10 @@ breadth-first search for a strong cycle it would close.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kvmlock import runtime as _rt
+from kvmlock.lockdep import memo
 from kvmlock.lockdep import usage as U
 from kvmlock.lockdep.graph import Link, LockClass, dep_bit, find_strong_path, path_edges
 from kvmlock.lockdep.instances import instance_order
@@ -64,6 +65,11 @@ def _miss(
         node = parent.get(hid)
         if node is not None:
             return node
+        mem = S.memo
+        if mem is not None and mem.clean and nest is None:
+            node = _remembered(S, held, m, cls, read, trylock, hid, where, parent)
+            if node is not None:
+                return node
         if cls not in S.classes:
             S.classes[cls] = m.kind
             if len(S.classes) > LIMITS.max_classes:
@@ -72,13 +78,9 @@ def _miss(
         if len(held) > LIMITS.max_depth:
             _overflow(S, "locks held at once (depth)", "max_depth")
             return None
-        if not trylock:
-            by_instance = _validate(S, held, m, cls, read, where, found, sync, nest)
-            if not S.on:
-                return None  # a table overflowed while validating
-        else:
-            U.mark_acquire(S, held, cls, read, True, False, _held_state(held), where, found)
-            by_instance = m.kind == "threading" and any(_info(e)[0] is cls for e in held[1:])
+        by_instance = _check(S, held, m, cls, read, trylock, where, found, sync, nest)
+        if not S.on:
+            return None  # a table overflowed while validating
         node = {_INFO: (cls, read, trylock, where)}
         if not by_instance:  # (instance-level chains are checked every time: not cached)
             if S.nchains >= LIMITS.max_chains:
@@ -86,6 +88,9 @@ def _miss(
                 return None
             parent[hid] = node
             S.nchains += 1
+        if mem is not None and mem.clean:
+            _learn(S, held, m, cls, read, trylock, hid, where, sync, nest, parent,
+                   None if by_instance else node)
     _emit(S, found, may_raise)
     return node
 
@@ -104,13 +109,78 @@ def wakes(S: State, held: list, m: LockMap, entries: list[tuple]) -> None:
             return
         cls = m._cls
         S.classes.setdefault(cls, m.kind)
-        for e in entries:
-            hcls, hread, _t, _w = _info(e)
-            if hcls is not cls:
-                _link(S, held, cls, 0, where, hcls, hread, where, found, what=(
-                    f"({cls.name}) is an event this task is setting while it holds "
-                    f"({hcls.name}): whoever waits for the event waits for that lock too."))
+        _event_links(S, held, cls, entries, where, found)
+        mem = S.memo
+        if mem is not None and mem.clean:  # the memo's union must have every dependency too
+            union, seen = mem.union, []
+            union.classes.setdefault(cls, m.kind)
+            _event_links(union, held, cls, entries, where, seen)
+            if seen or not union.on:
+                mem.clean = False
     _emit(S, found)
+
+
+def _event_links(S: State, held: list, cls: LockClass, entries: list[tuple], where: str,
+                 found: list[Report]) -> None:
+    for e in entries:
+        hcls, hread, _t, _w = _info(e)
+        if hcls is not cls:
+            _link(S, held, cls, 0, where, hcls, hread, where, found, what=(
+                f"({cls.name}) is an event this task is setting while it holds "
+                f"({hcls.name}): whoever waits for the event waits for that lock too."))
+
+
+def _check(S: State, held: list, m: LockMap, cls: LockClass, read: int, trylock: bool,
+           where: Any, found: list[Report], sync: bool, nest: LockMap | None) -> bool:
+    """Validate taking ``m`` in ``S``; True when the chain must not be cached (see
+    :func:`_validate`)."""
+    if not trylock:
+        return _validate(S, held, m, cls, read, where, found, sync, nest)
+    U.mark_acquire(S, held, cls, read, True, False, _held_state(held), where, found)
+    return m.kind == "threading" and any(_info(e)[0] is cls for e in held[1:])
+
+
+def _remembered(S: State, held: list, m: LockMap, cls: LockClass, read: int, trylock: bool,
+                hid: int, where: Any, parent: dict) -> dict | None:
+    """The exploration already validated this chain: apply what that did (lockdep/memo.py)."""
+    at = memo.entry_at(S, parent)
+    entry = at.children.get(hid) if at is not None else None
+    if entry is None or entry.kinds != memo.kinds_of(held, m):
+        return None
+    node = memo.apply(S, held, m, cls, read, trylock, hid, where, entry)
+    if node is not None:
+        S.memo.hits += 1
+    return node
+
+
+def _learn(S: State, held: list, m: LockMap, cls: LockClass, read: int, trylock: bool,
+           hid: int, where: Any, sync: bool, nest: LockMap | None, parent: dict,
+           node: dict | None) -> None:
+    """Validate the chain just validated in ``S`` in the memo's union state too, recording
+    its effects; remember it unless that found a problem (which turns the memo off)."""
+    mem = S.memo
+    mem.misses += 1
+    union = mem.union
+    found: list[Report] = []
+    if cls not in union.classes:
+        union.classes[cls] = m.kind
+    union.record = effects = []
+    try:
+        _check(union, held, m, cls, read, trylock, where, found, sync, nest)
+    finally:
+        union.record = None
+    if found or not union.on:
+        mem.clean = False
+        return
+    if node is None or nest is not None:
+        return  # checked instance by instance: validated each time, never remembered
+    at = memo.entry_at(S, parent)
+    if at is None:
+        return
+    entry = at.children.get(hid)
+    if entry is None:
+        entry = at.children[hid] = memo.Entry(memo.kinds_of(held, m), effects)
+    S.memo_at[id(node)] = (node, entry)
 
 
 def _contexts(held: list) -> list[tuple[tuple, int]]:
@@ -234,6 +304,8 @@ def _link(
     S: State, held: list, p: LockClass, pr: int, pwhere: str, nxt: LockClass, read: int,
     where: str, found: list[Report], sync: bool = False, state: int = 0, what: str = "",
 ) -> None:
+    if S.record is not None:
+        S.record.append((p, pr, nxt, read, sync))
     after = S.after.get(p)
     link = after.get(nxt) if after else None
     if link is not None and link.dep & dep_bit(pr, read):
@@ -253,7 +325,7 @@ def _link(
             what=what,
         ), found)
         return
-    if S.usage and not sync:
+    if S.usage and (not sync or S.shadow):  # (a memo's union checks sync links too)
         U.check_dependency(S, held, p, pr, pwhere, nxt, read, where, state, found)
     if link is None:
         if S.nedges >= LIMITS.max_edges:
@@ -295,6 +367,24 @@ def settle(S: State, held: list, state: int, where: str | None = None) -> None:
     held.append((IRQ_MARK, node, base))
 
 
+def _learn_mark(S: State, held: list, state: int, key: int, where: Any, parent: dict,
+                node: dict) -> None:
+    """An interrupt-state change, as validated in ``S``, in the memo's union state too (its
+    effects are applied there each time: it is never remembered, only what follows it)."""
+    mem = S.memo
+    found: list[Report] = []
+    U.mark_held(mem.union, held, _held_state(held), state, where, found)
+    if found:
+        mem.clean = False
+        return
+    at = memo.entry_at(S, parent)
+    if at is not None:
+        entry = at.children.get(key)
+        if entry is None:
+            entry = at.children[key] = memo.Entry(None, [])
+        S.memo_at[id(node)] = (node, entry)
+
+
 def _mark_miss(S: State, held: list, state: int, key: int, where: str | None) -> dict | None:
     """First time this chain changes to ``state``: locks held when interrupts come back on
     are now held with them enabled."""
@@ -312,5 +402,8 @@ def _mark_miss(S: State, held: list, state: int, key: int, where: str | None) ->
             return node
         U.mark_held(S, held, _held_state(held), state, where, found)
         node = parent[key] = {_INFO: (None, state, False, where)}
+        mem = S.memo
+        if mem is not None and mem.clean:
+            _learn_mark(S, held, state, key, where, parent, node)
     _emit(S, found)
     return node
