@@ -381,6 +381,47 @@ def test_switching_validation_off_in_one_world_leaves_another_on():
     assert kinds() == [] and not lockdep.enabled()
 
 
+def test_with_blocks_while_validation_is_off_somewhere():
+    """While some world's validation is off, LockMap.lock/release look at the state first
+    (an off with-block then skips the bookkeeping); the worlds still on validate as before,
+    and once no state is off the methods test nothing again."""
+    from kvmlock.sync import Mutex
+
+    a, b = Mutex("off.A"), Mutex("off.B")
+    fast = LockMap.lock
+    a.lock()  # taken while on, released while off: silently
+    lockdep.disable()
+    assert LockMap.lock is not fast
+    a.unlock()
+    with a, b:
+        pass
+    with b, a:
+        pass
+    assert kinds() == [] and lockdep.held_locks() == []
+    with lockdep.isolated():
+        with a, b:
+            pass
+        with b, a:
+            pass
+        assert kinds() == ["circular"]
+    a.lock()
+    lockdep.enable()
+    assert LockMap.lock is fast
+    a.unlock()  # taken while off: silently
+    with b, a:
+        pass
+    assert kinds() == []
+    with a, b:
+        pass
+    assert kinds() == ["circular"]
+    lockdep.disable()
+    lockdep.reset()  # the state that was off is gone with it
+    import gc
+
+    gc.collect()
+    assert LockMap.lock is fast
+
+
 def test_tables_read_while_off_are_empty_and_finite():
     a, b = LockMap("A", "mutex"), LockMap("B", "mutex")
     pair(a, 0, b, 0)

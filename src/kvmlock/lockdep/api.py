@@ -33,6 +33,7 @@ from kvmlock.lockdep.state import (
     _reentered,
     _task_name,
     _wipe,
+    mark_off,
     switch_off,
 )
 from kvmlock.lockdep.usage import ATOMIC
@@ -174,6 +175,7 @@ def enable() -> None:
             _wipe(old)
         S.on = True
         S.overflow = None
+        mark_off(S, False)
 
 
 def disable() -> None:

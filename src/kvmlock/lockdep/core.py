@@ -19,10 +19,12 @@ from kvmlock.lockdep.report import Report
 from kvmlock.lockdep.state import (  # noqa: F401 - _SYNC and _INFO are read by kvmlock.spec
     _INFO,
     _NEST,
+    _OFF,
     _SYNC,
     IRQ_MARK,
     KINDS,
     MAX_SUBCLASSES,
+    OFF_CHANGED,
     LockdepError,
     State,
     _held_locks,
@@ -215,6 +217,28 @@ class LockMap:
             pass
         _release_slow(w.lockdep, self)
 
+    # While some state has validation off (state._OFF), lock/release are these: a look at
+    # the state first, so that a with-block there skips the bookkeeping.
+    _lock_fast = lock
+    _release_fast = release
+
+    def _lock_checked(self) -> None:
+        S = _world().lockdep
+        if S.on:
+            self._lock_fast()
+        else:
+            self._off = S.off_token
+
+    def _release_checked(self) -> None:
+        w = _world()
+        S = w.lockdep
+        if S.on:
+            self._release_fast()
+            return
+        held = (w.rt.current or _TLS).lockdep
+        if held is not None and len(held) > 1:  # taken before validation went off
+            _release_slow(S, self)
+
     def acquire_nest(self, nest_lock: LockMap, subclass: int = 0) -> None:
         """mutex_lock_nest_lock(): take this lock exclusively while ``nest_lock`` is held, which
         makes taking many locks of this one class legal in any order (as KVM takes every
@@ -361,6 +385,16 @@ def _after_fork_in_child() -> None:
     state._CLASSES_LOCK._at_fork_reinit()
     naming._names_lock._at_fork_reinit()
 
+
+def _off_changed() -> None:
+    """Some state's validation went off, or the last one came back on (see LockMap.lock)."""
+    if _OFF:
+        LockMap.lock, LockMap.release = LockMap._lock_checked, LockMap._release_checked
+    else:
+        LockMap.lock, LockMap.release = LockMap._lock_fast, LockMap._release_fast
+
+
+OFF_CHANGED.append(_off_changed)
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)

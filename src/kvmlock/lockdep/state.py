@@ -9,6 +9,7 @@ from __future__ import annotations
 import _thread
 import sys
 import threading
+import weakref
 from typing import Any
 
 from kvmlock import runtime as _rt
@@ -223,6 +224,34 @@ class _Sink(dict):
         raise KeyError(key)
 
 
+#: States whose validation is off, by id. While there is one, LockMap's hot path looks at the
+#: state first, so that an acquire there costs next to nothing; while there is none it tests
+#: no flag (core.py rebinds the methods through OFF_CHANGED).
+_OFF: dict[int, Any] = {}
+OFF_CHANGED: list[Any] = []
+
+
+def _off_changed() -> None:
+    for hook in OFF_CHANGED:
+        hook()
+
+
+def mark_off(S: State, off: bool) -> None:
+    """Record that validation in ``S`` went off (or back on); a state that goes away off is
+    forgotten with it."""
+    k = id(S)
+    if off and k not in _OFF:
+        def gone(ref: Any, k: int = k) -> None:
+            if _OFF.get(k) is ref:
+                del _OFF[k]
+                _off_changed()
+
+        _OFF[k] = weakref.ref(S, gone)
+        _off_changed()
+    elif not off and _OFF.pop(k, None) is not None:
+        _off_changed()
+
+
 def switch_off(S: State) -> None:
     """Validation off (caller holds the graph lock): the chain cache becomes a sink, so stacks
     from before restart on their next miss and new acquires are no-ops."""
@@ -230,6 +259,8 @@ def switch_off(S: State) -> None:
     S.on = False
     old, S.root, S.nchains = S.root, _Sink(), 0
     _wipe(old)
+    if not S.shadow:
+        mark_off(S, True)
 
 
 def _overflow(S: State, what: str, param: str) -> None:
