@@ -55,36 +55,44 @@ def scenario(name: str) -> Callable[[], None]:
     return SCENARIOS[name].body
 
 
-def timed(body: Callable[[], None], **kw) -> tuple[float, explore.Result]:
-    t0 = time.perf_counter()
+def timed(body: Callable[[], None], **kw) -> tuple[float, float, explore.Result]:
+    """Wall seconds, CPU seconds (this process's: the sequential exploration's) and result."""
+    t0, c0 = time.perf_counter(), time.process_time()
     res = explore.check(body, strategy="dpor", shrink=False, **kw)
-    dt = time.perf_counter() - t0
+    dt, dc = time.perf_counter() - t0, time.process_time() - c0
     assert res.ok and res.exhausted, res.headline()
-    return dt, res
+    return dt, dc, res
 
 
 def compare(label: str, body: Callable[[], None], rounds: int, **par) -> dict:
-    seq_t, par_t, ratios = [], [], []
+    """Sequential against 2 workers, ``rounds`` pairs back to back. Two ratios: wall time,
+    and sequential CPU time over the busiest worker's CPU time -- what 2 otherwise idle cores
+    would give, which the machine's other load does not distort."""
+    seq_t, par_t, ratios, cpu_ratios = [], [], [], []
     for _ in range(rounds):
-        ts, rs = timed(body)
-        tp, rp = timed(body, workers=2, **par)
+        ts, cs, rs = timed(body)
+        tp, _cp, rp = timed(body, workers=2, **par)
         assert rp.runs == rs.runs, (label, rp.runs, rs.runs)
         seq_t.append(ts)
         par_t.append(tp)
         ratios.append(ts / tp)
+        cpu_ratios.append(cs / max(rp.worker_cpu))
     return {"label": label, "traces": rs.runs, "par_runs": rp.runs, "pruned": rp.pruned,
             "seq": statistics.median(seq_t), "par": statistics.median(par_t),
             "speedup": statistics.median(ratios), "lo": min(ratios), "hi": max(ratios),
-            "steps": rs.steps}
+            "cpu": statistics.median(cpu_ratios), "steps": rs.steps}
 
 
 def table(rows: list[dict], title: str) -> None:
     print(title)
     print(f"  {'program':28}{'traces':>8}{'2w runs':>9}{'pruned':>8}{'seq s':>9}{'2w s':>9}"
-          f"{'speedup':>9}  rounds")
+          f"{'speedup':>9}  {'rounds':9}{'CPU ratio':>10}")
     for r in rows:
         print(f"  {r['label']:28}{r['traces']:8,}{r['par_runs']:9,}{r['pruned']:8,}"
-              f"{r['seq']:9.2f}{r['par']:9.2f}{r['speedup']:8.2f}x  {r['lo']:.2f}-{r['hi']:.2f}")
+              f"{r['seq']:9.2f}{r['par']:9.2f}{r['speedup']:8.2f}x  "
+              f"{r['lo']:.2f}-{r['hi']:.2f}{r['cpu']:9.2f}x")
+    print("  (speedup: wall time, median of the rounds; CPU ratio: sequential CPU time over the"
+          " busiest worker's)")
 
 
 def switch_pair_ns(n: int = 200_000) -> float:

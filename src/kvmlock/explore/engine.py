@@ -457,6 +457,7 @@ def _check_parallel(body: Callable[[], Any], strategy: str, workers: int, backen
     finally:
         prog.close()
     res.runs, res.pruned, res.steps = out.runs, out.pruned, out.steps
+    res.worker_cpu = list(out.per_worker)
     res.exhausted, res.stopped = out.exhausted, out.stopped
     res.distinct = res.runs
     if out.stuck is not None:  # a worker's execution got stuck; its steps are drawn here

@@ -375,6 +375,7 @@ class Outcome:
     stopped: str = ""
     # what the overheads are made of (benchmarks/bench_parallel.py models them)
     busy: float = 0.0  # CPU seconds of exploring, summed over the workers
+    per_worker: list[float] = field(default_factory=list)  # the same, worker by worker
     messages: int = 0  # replies the coordinator handled
     handed: int = 0  # subtrees handed out
     coordinator: float = 0.0  # CPU seconds the coordinator spent deciding (not waiting)
@@ -390,7 +391,7 @@ def explore(body: Callable[[], Any], strategy: str, workers: int, backend: str,
     transport = {"ray": _Ray, "inline": _Inline}.get(backend, _Processes)
     t0 = time.perf_counter()
     pool = transport(workers, body, opts)
-    out = Outcome(started=time.perf_counter() - t0)
+    out = Outcome(started=time.perf_counter() - t0, per_worker=[0.0] * workers)
     seen: set[tuple] = set()
     busy: set[int] = set()
     idle = list(range(workers))
@@ -412,6 +413,7 @@ def explore(body: Callable[[], Any], strategy: str, workers: int, backend: str,
             for i, r in replies:
                 out.messages += 1
                 out.busy += r.busy
+                out.per_worker[i] += r.busy
                 if r.error:
                     raise WorkerCrashed(f"explore: worker {i} failed:\n{r.error}")
                 if r.stuck is not None:

@@ -74,6 +74,9 @@ class Result:
     note: str = ""  # why the exploration ran otherwise than asked (interrupts: dfs for dpor)
     workers: int = 1
     backend: str = "process"
+    #: CPU seconds each worker spent exploring (parallel runs): unlike wall time, what the
+    #: machine's other processes take does not count in it
+    worker_cpu: list[float] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
