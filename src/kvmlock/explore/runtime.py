@@ -654,9 +654,18 @@ def _user_frames(frame: Any) -> Iterator[Any]:
 
 
 def _point(frame: Any) -> Any:
-    """The user's program point (code object, line) that led to this operation."""
-    for f in _user_frames(frame):
-        return (f.f_code, f.f_lineno)
+    """The user's program point (code object, line) that led to this operation (every read
+    asks: a plain loop, not the generator)."""
+    f = frame
+    cache = _CODE_INTERNAL
+    while f is not None:
+        code = f.f_code
+        internal = cache.get(code)
+        if internal is None:
+            internal = cache[code] = code.co_filename.startswith(_INTERNAL)
+        if not internal:
+            return (code, f.f_lineno)
+        f = f.f_back
     return None
 
 

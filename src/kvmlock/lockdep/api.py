@@ -64,11 +64,14 @@ def might_sleep(what: str = "might_sleep") -> None:
 
 def task_exit(task_name: str | None = None) -> None:
     """End of a task: report "held_at_exit" for locks still held, then forget the stack."""
-    S = core._state()
     t = _rt.current_task()
     held = t.lockdep
     if held is None:
         return
+    if len(held) == 1:  # nothing held: the common end
+        t.lockdep = None
+        return
+    S = core._state()
     locks = _lock_entries(held)
     if locks and S.on and held[0][1] is S.root:
         names = tuple(_info(e)[0].name for e in locks)

@@ -164,9 +164,15 @@ class LockMap:
         where.taken_here)."""
         w = _world()
         held = (w.rt.current or _TLS).lockdep
-        if subclass or held is None:
+        if subclass:
             _acquire(self, w.lockdep, subclass, read, trylock, at)
             return
+        if held is None:  # the task's first lock: its stack starts here
+            S = w.lockdep
+            if not S.on:
+                self._off = S.off_token
+                return
+            held = _stack(S)
         hid = self._hid + read + read + trylock if read or trylock else self._hid
         try:
             node = held[-1][1][hid]
