@@ -1,5 +1,7 @@
 """The dependency rules themselves, driven through LockMap as the primitives drive it."""
 
+import sys
+
 import pytest
 
 from kvmlock import lockdep
@@ -404,6 +406,9 @@ def test_with_blocks_while_validation_is_off_somewhere():
         with b, a:
             pass
         assert kinds() == ["circular"]
+        with a:  # where a held lock was taken is still the caller's line
+            (held,) = lockdep.held_locks()
+            assert held.where.endswith(f"test_semantics.py:{sys._getframe().f_lineno - 2}")
     a.lock()
     lockdep.enable()
     assert LockMap.lock is fast

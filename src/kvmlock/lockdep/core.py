@@ -230,8 +230,8 @@ class LockMap:
 
     def _lock_checked(self) -> None:
         S = _world().lockdep
-        if S.on:
-            self._lock_fast()
+        if S.on:  # (lock() finds its taker by depth: this frame would be in the way)
+            self.acquire(at=_taken_here())
         else:
             self._off = S.off_token
 

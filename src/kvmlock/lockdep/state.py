@@ -242,7 +242,7 @@ def mark_off(S: State, off: bool) -> None:
     k = id(S)
     if off and k not in _OFF:
         def gone(ref: Any, k: int = k) -> None:
-            if _OFF.get(k) is ref:
+            if _OFF.get(k) is ref and not sys.is_finalizing():  # (modules go away then)
                 del _OFF[k]
                 _off_changed()
 
