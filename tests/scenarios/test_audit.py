@@ -66,3 +66,53 @@ def test_nesting_pairs_of_one_class_or_under_mmu_lock_fail_through_their_real_pa
     with applied(mutant):
         out = run_scenario(SCENARIOS[scenario], timeout=60)
     assert out.failure is not None and out.failure.kind in kind, out.result
+
+
+#: every rule of the model's document that is not an acquisition order -> a mutant that breaks
+#: it inside a real path (each is named in some correct scenario's catches=, so
+#: test_mutants.py runs it and requires the failure)
+RULE_MUTANTS = {
+    ("forbidden", "kvm_lock", "kvm->slots_lock"): "nx_walk_holds_kvm_lock",
+    ("forbidden", "mmu_notifier_invalidate_range_start", "kvm->slots_lock"):
+        "notifier_takes_slots_lock",
+    ("forbidden", "mmu_notifier_invalidate_range_start", "kvm->slots_arch_lock"):
+        "notifier_takes_slots_arch_lock",
+    ("srcu_sync_inside", "kvm->lock", ""): "msr_exit_takes_kvm_lock",
+    ("srcu_sync_inside", "vcpu->mutex", ""): "run_srcu_before_vcpu_mutex",
+    ("srcu_sync_inside", "kvm->slots_lock", ""): "root_alloc_takes_slots_lock",
+    ("srcu_read_ok", "kvm->srcu", "kvm->slots_arch_lock"): "slots_arch_lock_across_sync",
+    ("type", "kvm->mmu_lock", ""): "mmu_lock_rwsem",
+    ("leaf", "tk_core.lock", ""): "gtod_notifier_takes_kvm_lock",
+    ("leaf", "kvm->irq_lock", ""): "pit_slots_lock_inside_irq_lock",
+    ("leaf", "kvm->arch.tdp_mmu_pages_lock", ""): "pages_lock_outside_mmu_lock",
+    ("leaf", "kvm->arch.mmu_unsync_pages_lock", ""): "sync_takes_unsync_lock_first",
+    ("leaf", "kvm->mn_invalidate_lock", ""): "notifier_takes_slots_arch_lock",
+    ("leaf", "kvm->arch.tsc_write_lock", ""): "tsc_write_walks_vm_list",
+    ("leaf", "kvm->arch.hyperv.hv_lock", ""): "hv_lock_locks_vcpus",
+    ("leaf", "kvm->arch.xen.xen_lock", ""): "xen_lock_locks_vcpus",
+}
+#: rules broken only by a focused broken scenario, not yet by a mutant of a real path
+FOCUSED_ONLY = {
+    ("requires", "kvm->mmu_lock", "kvm->arch.tdp_mmu_pages_lock"):
+        "order.mmu_lock.tdp_mmu_pages_lock.without_mmu_lock",
+    ("requires", "kvm->mmu_lock", "kvm->arch.mmu_unsync_pages_lock"):
+        "order.mmu_lock.mmu_unsync_pages_lock.without_mmu_lock",
+    ("leaf", "wakeup_vcpus_on_cpu_lock", ""): None,
+}
+
+
+def _rule_key(rule):
+    return (rule.kind, rule.outer, rule.inner)
+
+
+def test_every_other_rule_of_the_document_is_broken_by_a_caught_mutant():
+    from kvmlock.spec.design import model_spec
+
+    rules = {_rule_key(r) for r in model_spec().rules if r.kind != "order"}
+    assert rules == set(RULE_MUTANTS) | set(FOCUSED_ONLY), (
+        rules ^ (set(RULE_MUTANTS) | set(FOCUSED_ONLY)))
+    named = {m for s in SCENARIOS.values() if s.variant == "correct" for m in s.catches}
+    for rule, name in RULE_MUTANTS.items():
+        assert name in CATALOGUE and name in named, (rule, name)
+    for rule, scen in FOCUSED_ONLY.items():
+        assert scen is None or SCENARIOS[scen].variant == "broken", rule

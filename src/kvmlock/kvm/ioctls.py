@@ -85,6 +85,17 @@ APIC_ACCESS_DELETE_UNDER_SRCU = mutant(
     removes="leaving the kvm->srcu read side before KVM_RUN deletes the APIC-access memslot",
     breaks="synchronize_srcu(&kvm->srcu) is never called inside its own read side")
 
+MSR_EXIT_TAKES_KVM_LOCK = mutant(
+    "msr_exit_takes_kvm_lock", removes="(adds) the MSR exit reads the filter under kvm->lock, "
+    "inside its kvm->srcu read side",
+    breaks="kvm->lock is never taken inside a kvm->srcu read side: synchronize_srcu runs "
+           "under it")
+RUN_SRCU_BEFORE_VCPU_MUTEX = mutant(
+    "run_srcu_before_vcpu_mutex", removes="(adds) KVM_RUN enters kvm->srcu's read side before "
+    "it locks vcpu->mutex",
+    breaks="vcpu->mutex is never taken inside a kvm->srcu read side: synchronize_srcu runs "
+           "under it")
+
 #: the memslot id KVM reserves for the APIC-access page (a private slot in the kernel)
 APIC_ACCESS_SLOT = 509
 
@@ -215,6 +226,9 @@ def msr_exit(vcpu: VCPU, msr: str) -> bool:
     """An RDMSR/WRMSR exit: is ``msr`` allowed? Reads the filter inside ``kvm->srcu``."""
     vm = vcpu.vm
     with unless(MSR_EXIT_WITHOUT_SRCU, vm.hazards, vm.srcu.read()):
+        if MSR_EXIT_TAKES_KVM_LOCK in vm.hazards:
+            with vm.lock:  # broken: kvm->lock inside the read side
+                pass
         f: MsrFilter = vm.msr_filter.srcu_dereference(vm.srcu)
         f.live()
         return msr not in f.denied
@@ -227,8 +241,9 @@ def kvm_run(vcpu: VCPU, *exits: Callable[[VCPU], object]) -> None:
     """``KVM_RUN``: ``vcpu->mutex`` held, the vCPU inside ``kvm->srcu``'s read side while it
     handles each exit (its index kept in ``vcpu.srcu_idx``, as ``kvm_vcpu_srcu_read_lock``)."""
     vm = vcpu.vm
-    with vcpu.mutex:
-        vcpu.srcu_idx = vm.srcu.read_lock()
+    early = vm.srcu.read_lock() if RUN_SRCU_BEFORE_VCPU_MUTEX in vm.hazards else None
+    with vcpu.mutex:  # broken when ``early``: vcpu->mutex taken inside the read side
+        vcpu.srcu_idx = vm.srcu.read_lock() if early is None else early
         try:
             for handle in exits:
                 handle(vcpu)
