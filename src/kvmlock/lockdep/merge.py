@@ -47,7 +47,7 @@ def export(S: State, origins: dict[tuple[int, tuple[int, int]], str] | None = No
         for c, after in list(S.after.items()):
             for link in list(after.values()):
                 for k, where in list(link.sites.items()):
-                    links.append((class_id(c), class_id(link.dst), k[0], k[1], where,
+                    links.append((class_id(c), class_id(link.dst), k[0], k[1], str(where),
                                   list(link.stacks.get(k, ())), origins.get((id(link), k), "")))
         cycles = [sorted({e.src for e in r.chain}) for r in S.reports if r.kind == "circular"
                   and not r.lock.endswith("]")]  # (instance-level cycles stay in-process)
