@@ -14,9 +14,11 @@ from __future__ import annotations
 from kvmlock import runtime as _runtime
 from kvmlock.explore.engine import STRATEGIES, check, check_async, replay
 from kvmlock.explore.parallel import WorkerCrashed
+from kvmlock.explore.records import Finished, Pending, Plan
 from kvmlock.explore.result import Failure, Result
 from kvmlock.explore.runtime import ACQ_NONE, SHARED, SimRuntime
 from kvmlock.explore.schedule import decode, encode
+from kvmlock.explore.strategies.base import Strategy
 
 
 def yield_point(label: str = "", obj: object = None, write: bool = True) -> None:
@@ -37,8 +39,12 @@ def yield_point(label: str = "", obj: object = None, write: bool = True) -> None
 __all__ = [
     "STRATEGIES",
     "Failure",
+    "Finished",
+    "Pending",
+    "Plan",
     "Result",
     "SimRuntime",
+    "Strategy",
     "WorkerCrashed",
     "check",
     "check_async",

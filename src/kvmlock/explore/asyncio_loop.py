@@ -49,7 +49,7 @@ from typing import Any
 from greenlet import GreenletExit
 
 from kvmlock import runtime as _runtime
-from kvmlock.explore.runtime import ACQ_NONE, SimRuntime, Task, _same_state
+from kvmlock.explore.runtime import ACQ_NONE, ACQ_WAIT, SimRuntime, Task, _same_state
 from kvmlock.lockdep import asyncio_instr as _ainstr
 from kvmlock.lockdep.where import _internal
 
@@ -286,17 +286,13 @@ class ExploredLoop(asyncio.BaseEventLoop):
             return self._can_step(atask, me, q)
 
         first = True
-        waiting = rt.waiting
         spin = self._spin
         while True:
             kind, label, holder = self._awaits(atask, first)
             box.waiting_on = f"{kind} {label}{holder}"
             first = False
-            waiting[me] = None  # a wait: partial-order reduction tracks what enables it
-            try:
-                rt.visible(me, self._key, kind, True, ready, label, ACQ_NONE, box)
-            finally:
-                waiting.pop(me, None)
+            # a wait (ACQ_WAIT): partial-order reduction tracks what enables it
+            rt.visible(me, self._key, kind, True, ready, label, ACQ_WAIT, box)
             h = q.popleft()
             self._busy = True
             self._nstep += 1

@@ -16,6 +16,7 @@ from kvmlock.explore import pythreads as _pythreads
 from kvmlock.explore import schedule as _schedule
 from kvmlock.explore import trace as _trace
 from kvmlock.explore.progress import Progress
+from kvmlock.explore.records import Pending
 from kvmlock.explore.result import Failure, Result
 from kvmlock.explore.runtime import SimCell, SimRuntime, SimWaitQueue, Task
 from kvmlock.explore.strategies.base import Replay, Strategy
@@ -30,7 +31,7 @@ class Execution:
     """What one execution left behind, captured before its parked tasks were unwound."""
 
     def __init__(self, rt: SimRuntime) -> None:
-        self.rt = rt
+        self.rt = rt  # read while the execution is described, and by its trace table
         self.reports: list[Any] = []
         self.kind: str | None = None
         self.message = ""
@@ -42,10 +43,31 @@ class Execution:
     def choices(self) -> list[int]:
         return self.rt.choices
 
+    @property
+    def preempt_steps(self) -> list[int]:
+        return self.rt.preempt_steps
+
+    @property
+    def outcome(self) -> str | None:
+        return self.rt.outcome
+
+    @property
+    def exc(self) -> BaseException | None:
+        return self.rt.exc
+
+    @property
+    def steps(self) -> int:
+        return self.rt.nsteps
+
+    @property
+    def irqs(self) -> bool:
+        """An interrupt was injected (no dependency between operations expresses when)."""
+        return any(t.victim is not None for t in self.rt.tasks)
+
     def signature(self) -> tuple:
         """What makes two failures "the same" for shrinking."""
         if self.kind in ("assertion", "exception"):
-            return (self.kind, type(self.rt.exc).__name__)
+            return (self.kind, type(self.exc).__name__)
         if self.kind == "lockdep":
             return (self.kind, getattr(self.reports[0], "kind", ""))
         return (self.kind,)
@@ -63,13 +85,21 @@ def _holds(t: Task, rt: SimRuntime) -> list[str]:
         names = []
     finally:
         rt.current = saved
-    if names and names[-1].removesuffix(" (read)") == t.p_label and not (
+    if names and names[-1].removesuffix(" (read)") == _label(t) and not (
         isinstance(t.p_wq, SimCell) and t.p_wq.holder is t
     ):
         names.pop()  # lockdep records a lock before blocking on it: that one is awaited
     if not names:
         names = [c.label for c in rt.cells if c.holder is t]
     return names
+
+
+def _kind(t: Task) -> str:
+    return t.op.kind if t.op is not None else "start"
+
+
+def _label(t: Task) -> str:
+    return t.op.label if t.op is not None else ""
 
 
 def _waiting_on(t: Task) -> str:
@@ -79,15 +109,15 @@ def _waiting_on(t: Task) -> str:
         return told
     if isinstance(wq, SimCell):
         h = wq.holder
-        return f"{t.p_kind} {t.p_label}" + (f" (held by task {h.tid} {h.name})" if h else "")
+        return f"{_kind(t)} {_label(t)}" + (f" (held by task {h.tid} {h.name})" if h else "")
     if isinstance(wq, SimWaitQueue):
         if t in wq.sleepers:
-            return (f"{t.p_kind} {t.p_label} ({wq.owner!r}), and no wake-up came after it "
+            return (f"{_kind(t)} {_label(t)} ({wq.owner!r}), and no wake-up came after it "
                     f"went to sleep")
-        return f"{t.p_kind} {t.p_label} ({wq.owner!r})"
+        return f"{_kind(t)} {_label(t)} ({wq.owner!r})"
     if isinstance(wq, Task):
         return f"join {wq.name} (task {wq.tid}, still running)"
-    return f"{t.p_kind} {t.p_label}"
+    return f"{_kind(t)} {_label(t)}"
 
 
 def _describe(ex: Execution, lockdep_on: bool, max_steps: int) -> None:
@@ -127,7 +157,7 @@ def _describe(ex: Execution, lockdep_on: bool, max_steps: int) -> None:
                 what, note = "next", "next: "
             lines.append(f"  task {t.tid} ({t.name}) {what}: {_waiting_on(t)}{hs}")
             src = f"\n  {t.p_where[1]}  [{t.p_where[0]}]" if t.p_where[0] else ""
-            ex.final.append((t.tid, note + f"{t.p_kind} {t.p_label}{src}"))
+            ex.final.append((t.tid, note + f"{_kind(t)} {_label(t)}{src}"))
         ex.kind = out
         if out == "deadlock":
             asleep = any(isinstance(t.p_wq, SimWaitQueue) and t in t.p_wq.sleepers
@@ -161,10 +191,11 @@ def execute(body: Callable[[], Any], strategy: Strategy, max_steps: int,
             memo: _lockdep.Memo | None = None) -> Execution | None:
     """Run one execution of ``body`` chosen by ``strategy``; None when it has no more.
     ``memo``: lockdep's chain memory of the exploration (one per exploration and process)."""
-    rt = SimRuntime(strategy.choose, max_steps, tracing)
-    rt.spin_detect = spin
-    if not strategy.begin(rt):
+    plan = strategy.begin()
+    if plan is None:
         return None
+    rt = SimRuntime(strategy, plan, max_steps, tracing)
+    rt.spin_detect = spin
     ex = Execution(rt)
     world = _lockdep.new_world(rt, memo=memo)
     token = _runtime.enter(world)
@@ -186,7 +217,7 @@ def execute(body: Callable[[], Any], strategy: Strategy, max_steps: int,
         _runtime.leave(token)
     if rt.outcome == "interrupt":
         raise rt.exc  # type: ignore[misc]
-    strategy.end(rt)
+    rt.finish()
     if rt.outcome == "error":
         raise ValueError(str(rt.exc)) from None
     return ex
@@ -251,8 +282,8 @@ def _failure(body: Callable[[], Any], ex: Execution, max_steps: int, lockdep_on:
 
     return Failure(
         kind=ex.kind or "", schedule=_schedule.encode(choices), message=ex.message,
-        task=ex.task, where=ex.where, steps=len(choices), preemptions=len(ex.rt.preempt_steps),
-        lockdep_reports=list(ex.reports), exception=ex.rt.exc, shrunk_from=shrunk_from,
+        task=ex.task, where=ex.where, steps=len(choices), preemptions=len(ex.preempt_steps),
+        lockdep_reports=list(ex.reports), exception=ex.exc, shrunk_from=shrunk_from,
         _render=render,
     )
 
@@ -267,18 +298,18 @@ def _shrink(body: Callable[[], Any], ex: Execution, max_steps: int, lockdep_on: 
                       memory=memory)
         assert tex is not None
         if tex.kind is None or tex.signature() != sig:
-            return False, tex.choices, tex.rt.preempt_steps
+            return False, tex.choices, tex.preempt_steps
         keep[_schedule.encode(tex.choices)] = tex
-        return True, tex.choices, tex.rt.preempt_steps
+        return True, tex.choices, tex.preempt_steps
 
-    best, _pre, _used = _schedule.shrink(list(ex.choices), list(ex.rt.preempt_steps), trial,
+    best, _pre, _used = _schedule.shrink(list(ex.choices), list(ex.preempt_steps), trial,
                                          budget)
     return keep.get(_schedule.encode(best), ex)
 
 
 def check(
     body: Callable[[], Any],
-    strategy: str = "dpor",
+    strategy: str | Strategy = "dpor",
     *,
     max_runs: int | None = None,
     max_steps: int = 10_000,
@@ -314,6 +345,10 @@ def check(
     check, even when an execution never returns.
 
 
+    ``strategy`` may also be a :class:`~kvmlock.explore.Strategy` object, made afresh for the
+    check (see docs/explore.md, "Writing a strategy"); it runs until its ``begin`` has no next
+    execution, ``max_runs`` (default 1000 unless it is ``exhaustive``) or ``timeout``.
+
     ``workers`` > 1 splits an exhaustive exploration ("dfs", "dpor") across that many worker
     processes by subtree; ``backend="ray"`` runs the workers as actors of the Ray cluster
     ``ray.init`` joined (a local instance when none is). The executions are the same
@@ -323,8 +358,20 @@ def check(
     """
     _check_body(body)
     body = _async(body)
-    if not isinstance(strategy, str) or strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    custom = strategy if isinstance(strategy, Strategy) else None
+    if custom is not None:
+        strategy = custom.name
+        if preemption_bound is not None:
+            raise ValueError("preemption_bound is a setting of the built-in dfs and dpor; a "
+                             "strategy object bounds its own search")
+        if workers > 1 or backend != "process":
+            raise ValueError("workers/backend split the built-in dfs and dpor explorations, "
+                             "not a strategy object")
+        if not custom.exhaustive and max_runs is None:
+            max_runs = 1000
+    elif not isinstance(strategy, str) or strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)} "
+                         f"or pass a kvmlock.explore.Strategy")
     _check_int("max_runs", max_runs, 1)
     _check_int("max_steps", max_steps, 1, allow_none=False)
     _check_int("preemption_bound", preemption_bound, 0)
@@ -356,7 +403,7 @@ def check(
                                lockdep=lockdep, shrink=shrink, shrink_budget=shrink_budget,
                                progress=progress, spin=spin_detection,
                                preemption_bound=preemption_bound, memory=memory, stall=stall)
-    strat = _make(strategy, seed, preemption_bound, depth)
+    strat = custom or _make(strategy, seed, preemption_bound, depth)
     res = Result(strategy=strategy, preemption_bound=preemption_bound)
     prog = Progress(f"explore[{strategy}]", progress)
     seen: set[tuple] = set()
@@ -368,7 +415,7 @@ def check(
         while True:
             if max_runs is not None and res.runs >= max_runs:
                 res.stopped = "max_runs"
-                if strat.exhaustive and not strat.begin(SimRuntime(strat.choose)):
+                if strat.exhaustive and strat.begin() is None:
                     res.exhausted = True
                 break
             if timeout is not None and time.perf_counter() - t0 > timeout:
@@ -376,7 +423,7 @@ def check(
                 break
             ex = execute(body, strat, max_steps, lockdep, spin=spin_detection, memory=memory,
                          memo=memo)
-            if ex is not None and ex.rt.irqs and isinstance(strat, DPOR):
+            if ex is not None and isinstance(strat, DPOR) and ex.irqs:
                 # When an interrupt fires changes what every operation of the interrupted task
                 # does next, which no (object, read/write) dependency expresses: explore the
                 # body with exhaustive DFS instead, from the start.
@@ -385,17 +432,17 @@ def check(
                              note="interrupts: dfs instead of dpor")
                 seen.clear()
                 continue
-            if ex is None:
-                res.exhausted = True
-                res.stopped = "exhausted"
+            if ex is None:  # the strategy has no next execution
+                res.exhausted = strat.exhaustive  # (a sampling one's plan ran out: no proof)
+                res.stopped = "exhausted" if strat.exhaustive else "done"
                 break
-            if ex.rt.outcome == "pruned":
+            if ex.outcome == "pruned":
                 res.pruned += 1
                 continue
-            if isinstance(ex.rt.exc, _guard.Interrupted):
-                raise ex.rt.exc
+            if isinstance(ex.exc, _guard.Interrupted):
+                raise ex.exc
             res.runs += 1
-            res.steps += ex.rt.nsteps
+            res.steps += ex.steps
             prog.tick(res.runs, strat.distinct())
             if ex.kind is None:
                 continue
@@ -403,7 +450,7 @@ def check(
             if key in seen:
                 continue
             seen.add(key)
-            before = (len(ex.rt.preempt_steps), len(ex.choices))
+            before = (len(ex.preempt_steps), len(ex.choices))
             if shrink and shrink_budget:
                 ex = _shrink(body, ex, max_steps, lockdep, shrink_budget, spin_detection,
                              memory)
@@ -473,7 +520,7 @@ def _check_parallel(body: Callable[[], Any], strategy: str, workers: int, backen
             raise RuntimeError(f"explore: a worker's failing schedule {_schedule.encode(choices)}"
                                f" does not fail the same way here (the body is not "
                                f"deterministic): {key} vs {ex and (ex.signature(), ex.where)}")
-        before = (len(ex.rt.preempt_steps), len(ex.choices))
+        before = (len(ex.preempt_steps), len(ex.choices))
         if shrink and shrink_budget:
             with _pythreads.Substitution(body):
                 ex = _shrink(body, ex, max_steps, lockdep, shrink_budget, spin, memory)
@@ -488,10 +535,9 @@ class _UpTo(Replay):
     """Replay the steps before the last of ``schedule``, then stop the execution: the last
     step is where it got stuck, so it is drawn from its task's pending operation instead."""
 
-    def choose(self, enabled: list[Task], cur: Task) -> Task | None:
-        if self.step >= len(self.schedule):
-            return None
-        return super().choose(enabled, cur)
+    def choose(self, step: int, current: Pending, enabled: tuple[Pending, ...],
+               blocked: tuple[Pending, ...]) -> int | None:
+        return None  # (the runtime replayed the schedule: this is the step after it)
 
 
 def _stuck_render(body: Callable[[], Any], schedule: str, note: str, max_steps: int,
@@ -524,7 +570,7 @@ def _stuck_render(body: Callable[[], Any], schedule: str, note: str, max_steps: 
             tid = choices[-1]
             if tid < len(rt.tasks):
                 t = rt.tasks[tid]
-                rows.append((tid, t.p_kind, t.p_label, t.p_where))
+                rows.append((tid, _kind(t), _label(t), t.p_where))
             else:
                 tid = 0
         return _trace.render(names, rows, [(tid, text)],
@@ -602,9 +648,9 @@ def replay(body: Callable[[], Any], schedule: str | list[int], *, max_steps: int
         ex = execute(body, Replay(choices), max_steps, lockdep, spin=spin_detection,
                      memory=memory)
         assert ex is not None
-        if isinstance(ex.rt.exc, _guard.Interrupted):
-            raise ex.rt.exc
-        res.steps = ex.rt.nsteps
+        if isinstance(ex.exc, _guard.Interrupted):
+            raise ex.exc
+        res.steps = ex.steps
         if ex.kind is not None:
             res.failures.append(_failure(body, ex, max_steps, lockdep, spin=spin_detection,
                                          memory=memory))

@@ -119,7 +119,7 @@ class Worker:
         out = Reply()
         if item is not None:
             if item[0] == "dfs":
-                self.strat = DFS(o.preemption_bound).subtree(item[1])
+                self.strat = DFS(o.preemption_bound).subtree(item[1], item[2])
             else:
                 self.strat = DPOR().subtree(item[1], item[2], item[3])
         strat = self.strat
@@ -137,9 +137,9 @@ class Worker:
         while strat is not None:
             ex = execute(self.body, strat, o.max_steps, o.lockdep, spin=o.spin, memory=o.memory,
                          memo=self.memo)
-            if ex is not None and isinstance(ex.rt.exc, Interrupted):
-                raise ex.rt.exc  # stopped by the watcher: not the body's failure
-            if ex is not None and ex.rt.irqs and isinstance(strat, DPOR):
+            if ex is not None and isinstance(ex.exc, Interrupted):
+                raise ex.exc  # stopped by the watcher: not the body's failure
+            if ex is not None and isinstance(strat, DPOR) and ex.irqs:
                 out.irqs = True  # (see engine.check: no dependency expresses an interrupt)
                 self.strat = None
                 return out
@@ -149,11 +149,11 @@ class Worker:
             if ex is None:
                 self.strat = strat = None
                 break
-            if ex.rt.outcome == "pruned":
+            if ex.outcome == "pruned":
                 out.pruned += 1
             else:
                 out.runs += 1
-                out.steps += ex.rt.nsteps
+                out.steps += ex.steps
                 if ex.kind is not None:
                     key = (ex.signature(), ex.where)
                     if key not in self.seen:
@@ -167,7 +167,7 @@ class Worker:
             if isinstance(strat, DPOR):
                 out.states, out.branches = strat.donate()
             else:
-                out.branches = [("dfs", p) for p in strat.donate()]
+                out.branches = [("dfs", p, cost) for p, cost in strat.donate()]
         return out
 
 
@@ -195,7 +195,7 @@ class Coordinator:
         self.queue: collections.deque[tuple] = collections.deque()
         self.upper: dict[tuple[int, ...], _Upper] = {}
         if strategy == "dfs":
-            self.queue.append(("dfs", ()))
+            self.queue.append(("dfs", (), 0))
         else:
             self.queue.append(("dpor", (), 0, None, None))
 

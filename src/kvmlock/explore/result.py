@@ -68,7 +68,9 @@ class Result:
     pruned: int = 0
     distinct: int | None = None
     elapsed: float = 0.0
-    stopped: str = ""  # "exhausted" | "failure" | "max_runs" | "timeout" | "replay"
+    # "exhausted" | "failure" | "max_runs" | "timeout" | "replay" | "done" (a sampling
+    # strategy object planned no further execution)
+    stopped: str = ""
     preemption_bound: int | None = None
     steps: int = 0
     note: str = ""  # why the exploration ran otherwise than asked (interrupts: dfs for dpor)

@@ -27,12 +27,28 @@ from typing import Any
 from greenlet import GreenletExit, getcurrent, greenlet
 
 from kvmlock import runtime as _rt
+from kvmlock.explore.records import (
+    ACQ_LOCK,
+    ACQ_NONE,
+    ACQ_RELEASE,
+    ACQ_TRY,
+    ACQ_WAIT,
+    LENIENT,
+    STRICT,
+    Finished,
+    Pending,
+    Plan,
+    ReplayMismatch,
+    _made,
+    _record,
+    pending,
+)
+
+_new = tuple.__new__
 
 #: Returned to the hub by a task that ends the execution early (failure, deadlock, hang).
 _ABORT = object()
 
-#: Acquire flavours a pending operation may carry (partial-order reduction treats them apart).
-ACQ_NONE, ACQ_LOCK, ACQ_TRY, ACQ_RELEASE = 0, 1, 2, 3
 
 _PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Frames in these places are the library's, not the user's, when locating a source line.
@@ -43,10 +59,6 @@ _INTERNAL = tuple(
     os.path.join(_STDLIB, p)
     for p in ("threading.py", "queue.py", "concurrent" + os.sep, "asyncio" + os.sep)
 )
-
-
-class ReplayMismatch(Exception):
-    """A schedule asked for a task that is not enabled at that step."""
 
 
 def user_frame(frame: Any) -> Any:
@@ -79,9 +91,8 @@ class Task:
 
     __slots__ = (
         "tid", "name", "g", "fn", "args", "parent", "lockdep", "irq", "victim", "irq_by",
-        "done", "starting",
-        "p_obj", "p_kind", "p_write", "p_pred", "p_label", "p_acq", "p_where", "p_wq",
-        "try_ok", "spin", "spinning", "spin_counts", "active",
+        "done", "starting", "op", "p_pred", "p_where", "p_wq", "try_ok",
+        "spin", "spinning", "spin_counts", "active",
     )
 
     def __init__(self, tid: int, name: str, fn: Callable[..., Any], args: tuple,
@@ -99,12 +110,9 @@ class Task:
         self.starting = parent is not None
         self.g: Any = None
         self.active = False  # its greenlet is inside it (started, not yet unwound or ended)
-        self.p_obj: int | None = None
-        self.p_kind = "start"
-        self.p_write = False
+        #: the visible operation it stopped at (None until it reaches its first)
+        self.op: Pending | None = None
         self.p_pred: Callable[[], bool] | None = None
-        self.p_label = ""
-        self.p_acq = ACQ_NONE
         self.p_where: tuple[str, str] = ("", "")
         self.p_wq: Any = None
         self.try_ok = False
@@ -118,27 +126,46 @@ class Task:
         return f"<task {self.tid} {self.name}>"
 
 
+_cell_ops: dict[tuple[int, int, str], tuple[Pending, Pending, Pending]] = {}
+
+
 class SimCell:
     """A binary lock whose every call is a visible operation; contention parks the task."""
 
-    __slots__ = ("rt", "key", "label", "holder")
+    __slots__ = ("rt", "key", "label", "holder", "ops")
 
     def __init__(self, rt: SimRuntime, key: int, label: str) -> None:
         self.rt = rt
         self.key = key
         self.label = label
         self.holder: Task | None = None
+        self.ops: dict[int, tuple[Pending, Pending, Pending]] = {}  # task -> its operations
 
     def _free(self) -> bool:
         return self.holder is None
 
+    def _ops(self, t: Task) -> tuple[Pending, Pending, Pending]:
+        """Task ``t``'s lock, trylock and unlock records (shared between executions)."""
+        k, lb, tid = self.key, self.label, t.tid
+        o = _cell_ops.get((tid, k, lb))
+        if o is None:
+            if len(_cell_ops) >= 1 << 16:
+                _cell_ops.clear()
+            o = _cell_ops[tid, k, lb] = (
+                pending(tid, k, "lock", True, lb, ACQ_LOCK, True),
+                pending(tid, k, "trylock", True, lb, ACQ_TRY, False),
+                pending(tid, k, "unlock", True, lb, ACQ_RELEASE, False))
+        self.ops[tid] = o
+        return o
+
     def acquire(self, blocking: bool = True) -> bool:
         rt = self.rt
         t = rt.current
+        ops = self.ops.get(t.tid) or self._ops(t)
         if blocking:
-            rt.visible(t, self.key, "lock", True, self._free, self.label, ACQ_LOCK, self)
+            rt.stop(t, ops[0], self._free, self)
         else:
-            rt.visible(t, self.key, "trylock", True, None, self.label, ACQ_TRY, self)
+            rt.stop(t, ops[1], None, self)
             if self.holder is not None:
                 t.try_ok = False
                 return False
@@ -150,7 +177,8 @@ class SimCell:
         if self.holder is None:
             raise RuntimeError(f"release of unlocked lock {self.label!r}")
         rt = self.rt
-        rt.visible(rt.current, self.key, "unlock", True, None, self.label, ACQ_RELEASE, self)
+        t = rt.current
+        rt.stop(t, (self.ops.get(t.tid) or self._ops(t))[2], None, self)
         self.holder = None
 
     def locked(self) -> bool:
@@ -188,14 +216,14 @@ class SimWaitQueue:
     def wait_for(self, pred: Callable[[], bool], kind: str, write: bool = True) -> None:
         rt = self.rt
         t = rt.current
-        waiting = rt.waiting  # partial-order reduction tracks what disables a waiting task
-        waiting[t] = None
-        rt.visible(t, self.key, kind, write, pred, self.label, ACQ_NONE, self)
-        del waiting[t]
+        key = (t.tid, self.key, write, kind, self.label, ACQ_WAIT, True, -1)
+        rt.stop(t, _made.get(key) or _record(key), pred, self)
 
     def point(self, kind: str, write: bool = True) -> None:
         rt = self.rt
-        rt.visible(rt.current, self.key, kind, write, None, self.label, ACQ_NONE, self)
+        t = rt.current
+        key = (t.tid, self.key, write, kind, self.label, ACQ_NONE, False, -1)
+        rt.stop(t, _made.get(key) or _record(key), None, self)
 
     def notify_all(self) -> None:
         return None  # polling waits look at their condition at every step anyway
@@ -204,7 +232,8 @@ class SimWaitQueue:
         """Unless the running task's last visible operation wrote this queue (then what
         follows is atomic with it: no task ran since), make ``kind`` one."""
         t = self.rt.current
-        if t.p_obj != self.key or not t.p_write:
+        op = t.op
+        if op is None or op.obj != self.key or not op.write:
             self.rt.visible(t, self.key, kind, True, None, self.label, ACQ_NONE, self)
 
     def ticket(self) -> int:
@@ -218,10 +247,8 @@ class SimWaitQueue:
         def woken() -> bool:
             return self.wakes != ticket
 
-        rt.waiting[t] = None
         self.sleepers[t] = ticket
-        rt.visible(t, self.key, kind, True, woken, self.label, ACQ_NONE, self)
-        del rt.waiting[t]
+        rt.visible(t, self.key, kind, True, woken, self.label, ACQ_WAIT, self)
         del self.sleepers[t]
 
     def wake_up(self) -> None:
@@ -261,21 +288,39 @@ class _Shared:
 
 SHARED = _Shared()
 
-#: Chooser signature: (enabled tasks in id order, task that just stopped) -> task to run, or
-#: None to abandon the execution (partial-order reduction found it redundant).
-Chooser = Callable[[list[Task], Task], "Task | None"]
+_NO_PLAN = Plan()
 
 
 class SimRuntime:
-    """Runs one execution of a body under a chooser; see the module docstring."""
+    """Runs one execution of a body under a strategy; see the module docstring."""
 
     name = "explore"
 
-    def __init__(self, choose: Chooser, max_steps: int = 10_000, tracing: bool = False) -> None:
-        self.choose = choose
-        #: task ids a strategy already knows it wants for the first steps (a replayed
-        #: prefix); set by its ``begin``. These steps skip the chooser and its bookkeeping.
-        self.prefix: Sequence[int] = ()
+    # Slots: the scheduler reads these at every step, and an instance dict with this many
+    # keys would not get CPython's fast attribute access (``__dict__`` takes any others).
+    __slots__ = (
+        "strategy", "choose", "tell", "prefix", "check", "report_from", "nprefix", "max_steps",
+        "tracing", "tasks", "live", "current", "nsteps", "choices", "preempt_steps", "trace",
+        "keys", "_owners", "cells", "outcome", "failed_task", "exc", "exc_where", "aborting",
+        "spin_detect", "wcount", "hub", "pool", "world", "last", "last_op",
+        "__dict__", "__weakref__",
+    )
+
+    def __init__(self, strategy: Any, plan: Plan = _NO_PLAN, max_steps: int = 10_000,
+                 tracing: bool = False) -> None:
+        self.strategy = strategy
+        self.choose = strategy.choose
+        # told of each executed step, unless the strategy does not listen
+        tell = getattr(type(strategy), "executed", None)
+        self.tell = None if tell is None or getattr(tell, "quiet", False) else strategy.executed
+        #: task ids the strategy wants for the first steps (see records.Plan): they are
+        #: replayed without asking it, checked as ``plan.check`` says
+        self.prefix: Sequence[int] = plan.prefix
+        self.check = plan.check
+        self.report_from = len(plan.prefix) if plan.report_from is None else plan.report_from
+        if self.tell is None:
+            self.report_from = 1 << 62  # nobody listens
+        self.nprefix = min(len(plan.prefix), max_steps)  # (a step past max_steps ends it)
         self.max_steps = max_steps
         self.tracing = tracing
         self.tasks: list[Task] = []
@@ -296,14 +341,15 @@ class SimRuntime:
         self.exc_where: tuple[str, str] = ("", "")
         self.aborting = False
         self.spin_detect = True
-        self.wcount: dict[int, int] = {}  # object key -> writes executed on it
+        #: object key -> writes executed on it since a spin-wait first read it (only such
+        #: reads compare counts, and only with later counts of the same object)
+        self.wcount: dict[int, int] = {}
         self.hub: Any = None
         self.pool: list[Any] = []
         #: the world the tasks run in (this runtime and a lockdep state), set by ``run``
         self.world: _rt.World | None = None
-        #: tasks stopped at a wait_for (a condition, not a lock), in the order they got there
-        self.waiting: dict[Task, None] = {}
-        self.irqs = False  # an interrupt was injected (partial-order reduction cannot judge it)
+        self.last: Task | None = None  # chose last, not yet reported to the strategy
+        self.last_op: Pending | None = None
 
     # ------------------------------------------------------------------ runtime contract
     def key(self, owner: object) -> int:
@@ -326,8 +372,9 @@ class SimRuntime:
         return self.current
 
     def point(self, owner: object, kind: str, write: bool = True) -> None:
-        self.visible(self.current, self.key(owner), kind, write, None, _label_of(owner),
-                     ACQ_NONE, None)
+        t = self.current
+        key = (t.tid, self.key(owner), write, kind, _label_of(owner), ACQ_NONE, False, -1)
+        self.stop(t, _made.get(key) or _record(key), None, None)
 
     def spawn(self, fn: Callable[..., Any], args: tuple = (), name: str | None = None) -> SimHandle:
         if not callable(fn):
@@ -357,7 +404,6 @@ class SimRuntime:
         self.visible(parent, None, "spawn", False, None, tname, ACQ_NONE, None)
         t = self._new_task(_irq_main, (self, fn, tuple(args), victim, soft), tname, parent)
         t.victim = victim
-        self.irqs = True
         self.current = t
         t.g.switch(self, t)
         return SimHandle(t, self)
@@ -381,22 +427,29 @@ class SimRuntime:
 
     def visible(self, t: Task, obj: int | None, kind: str, write: bool,
                 pred: Callable[[], bool] | None, label: str, acq: int, wq: Any) -> None:
-        """Stop ``t`` at a visible operation; return when the scheduler lets it execute."""
+        """Stop ``t`` at a visible operation; return when the scheduler lets it execute.
+
+        ``wq`` is what the operation waits on, for describing a deadlock (a join's is the
+        task joined)."""
+        key = (t.tid, obj, write, kind, label, acq, pred is not None,
+               wq.tid if kind == "join" and wq is not None else -1)
+        self.stop(t, _made.get(key) or _record(key), pred, wq)
+
+    def stop(self, t: Task, op: Pending, pred: Callable[[], bool] | None, wq: Any) -> None:
+        """:meth:`visible` with the operation's record made (primitives keep theirs)."""
         if self.aborting:
             raise GreenletExit
-        t.p_obj = obj
-        t.p_kind = kind
-        t.p_write = write
+        t.op = op
         t.p_pred = pred
-        t.p_label = label
-        t.p_acq = acq
         t.p_wq = wq
         if self.tracing:  # (an asyncio task's wait says where its coroutine stopped)
             w = getattr(wq, "where_now", None)
             t.p_where = w() if w is not None else where_of(sys._getframe(1))
+        obj = op[1]
+        write = op[2]
         point = snap = None
         if not write and obj is not None and self.spin_detect:
-            point = (kind, _point(sys._getframe(1)))
+            point = (op[3], _point(sys._getframe(1)))
             seen = t.spin.get(obj)
             if seen is not None and seen[1] == point and self._unchanged(t.spin):
                 # Back at the same read with nothing it read changed since. A spin-wait
@@ -423,77 +476,172 @@ class SimRuntime:
         if obj is not None:
             wc = self.wcount
             if write:
-                wc[obj] = wc.get(obj, 0) + 1
+                if obj in wc:
+                    wc[obj] += 1
                 if t.spin:
                     t.spin.clear()
             elif point is not None:
-                t.spin[obj] = (wc.get(obj, 0), point, snap)
+                t.spin[obj] = (wc.setdefault(obj, 0), point, snap)
                 t.spinning = False
 
     def _unchanged(self, seen: dict[int, tuple[int, Any, Any]]) -> bool:
         wc = self.wcount
         return all(wc.get(k, 0) == v[0] for k, v in seen.items())
 
-    def _forced_pick(self, cur: Task, want: int) -> Task:
-        """Replaying a known prefix: check only the chosen task (and ``cur``, to count
-        preemptions) instead of evaluating every task's enabling condition."""
+    def _stuck(self, t: Task) -> bool:
+        """A spinner none of whose reads has changed: it runs only when nothing else can."""
+        wc = self.wcount
+        return all(wc.get(k, 0) == c for k, c in t.spin_counts)
+
+    # The one replay path. A step of the plan's prefix is checked cheaply when it can be
+    # (the task named can run, and is no parked spinner: then it is among the runnable tasks
+    # whatever the others' state), and otherwise against the whole runnable set, as a step
+    # the strategy chooses would be; either way preemptions count the same, so a prefix
+    # replays exactly what the execution that recorded it did.
+    def _replayed(self, cur: Task, want: int) -> Task:
+        """Step ``nsteps`` of the plan's prefix, task ``want``'s."""
         n = self.nsteps
         tasks = self.tasks
-        nxt = tasks[want] if want < len(tasks) else None
-        if nxt is None or nxt.done or nxt.starting or (
-                nxt.p_pred is not None and not nxt.p_pred()):
-            raise RuntimeError(f"explore: step {n} of a replayed prefix names task {want}, "
-                               f"which cannot run (the body is not deterministic)")
-        if nxt is not cur and not cur.done:
-            p = cur.p_pred
-            if p is None or p():
+        try:
+            nxt = tasks[want]
+        except IndexError:
+            nxt = None
+        if (nxt is not None and not nxt.done and not nxt.starting
+                and ((p := nxt.p_pred) is None or p())
+                and not (nxt.spinning and self._stuck(nxt))):
+            # it can run and is no parked spinner: it is among the runnable tasks whatever
+            # the others' state, so only ``cur`` need be looked at, to count a preemption
+            if nxt is not cur and not cur.done:
+                p = cur.p_pred
+                if (p is None or p()) and not (cur.spinning and self._stuck(cur)):
+                    self.preempt_steps.append(n)
+        else:
+            enabled = self._runnable()[0]
+            cur_on = cur.op in enabled
+            want = self._unfit(n, want, cur, cur_on, enabled)
+            nxt = tasks[want]
+            if nxt is not cur and cur_on:
                 self.preempt_steps.append(n)
         self.nsteps = n + 1
         self.choices.append(want)
         if self.tracing:
-            self.trace.append((want, nxt.p_kind, nxt.p_label, nxt.p_where))
+            op = nxt.op
+            self.trace.append((want, op.kind, op.label, nxt.p_where))  # type: ignore[union-attr]
+        if n >= self.report_from:
+            self.last = nxt
+            self.last_op = nxt.op
         return nxt
+
+    def _unfit(self, n: int, want: int, cur: Task, cur_on: bool,
+               enabled: tuple[Pending, ...]) -> int:
+        """A prefix step whose task is not plainly runnable: it may still be (a parked spinner
+        when all spin); if not, a candidate schedule takes the default choice instead, and any
+        other prefix is an error."""
+        for op in enabled:
+            if op.tid == want:
+                return want
+        if self.check == LENIENT:
+            return cur.tid if cur_on else enabled[0].tid
+        if self.check == STRICT:
+            msg = (f"schedule step {n}: task {want} cannot run here (runnable tasks: "
+                   f"{', '.join(str(op.tid) for op in enabled)}); the schedule does not "
+                   f"belong to this body, or the body is not deterministic")
+        else:
+            msg = (f"explore: step {n} of a replayed prefix names task {want}, which cannot "
+                   f"run (the body is not deterministic)")
+        self.exc = ReplayMismatch(msg)
+        self._abort("error")
+        raise AssertionError  # not reached
 
     def _pick(self, cur: Task) -> Task:
         n = self.nsteps
-        if n < len(self.prefix) and n < self.max_steps:
-            return self._forced_pick(cur, self.prefix[n])
+        if self.last is not None:
+            self._report()
+        if n < self.nprefix:
+            return self._replayed(cur, self.prefix[n])
+        enabled, blocked = self._runnable()
+        if n >= self.max_steps:
+            self._abort("hang")
+        current = cur.op  # (of a task that ended: its last, which is not in ``enabled``)
+        try:
+            tid = self.choose(n, current, enabled, blocked)
+        except ReplayMismatch as e:
+            self.exc = e
+            self._abort("error")
+        try:
+            nxt = self.tasks[tid]
+        except (IndexError, TypeError):
+            nxt = None
+        if nxt is cur:
+            if current not in enabled:
+                self._unchosen(n, tid, enabled)
+        else:
+            if nxt is None or nxt.op not in enabled:
+                self._unchosen(n, tid, enabled)
+            if current in enabled:
+                self.preempt_steps.append(n)
+        self.nsteps = n + 1
+        self.choices.append(nxt.tid)
+        if self.tracing:
+            op = nxt.op
+            self.trace.append((nxt.tid, op.kind, op.label, nxt.p_where))  # type: ignore[union-attr]
+        if n >= self.report_from:
+            self.last = nxt
+            self.last_op = nxt.op
+        return nxt
+
+    def _unchosen(self, n: int, tid: Any, enabled: tuple[Pending, ...]) -> None:
+        """A strategy's answer that is no task that can run: it gave up (None), or erred."""
+        if tid is None:
+            self._abort("pruned")
+        self.exc = ValueError(f"explore: strategy {getattr(self.strategy, 'name', '?')} chose "
+                              f"task {tid!r} at step {n}, which cannot run there (runnable "
+                              f"tasks: {', '.join(str(o.tid) for o in enabled)})")
+        self._abort("error")
+
+    def _runnable(self) -> tuple[tuple[Pending, ...], tuple[Pending, ...]]:
+        """The pending operations that can execute now, and the others'. A spinner whose
+        reads all came back unchanged runs only when nothing else can; no task at all that
+        can run is a deadlock."""
         enabled = []
+        blocked: tuple[Pending, ...] = ()
         spinners = None
         for t in self.live:
             p = t.p_pred
             if p is not None and not p():
+                blocked += (t.op,)  # type: ignore[assignment]
                 continue
-            if t.spinning:
-                wc = self.wcount
-                if all(wc.get(k, 0) == n for k, n in t.spin_counts):
-                    if spinners is None:
-                        spinners = [t]
-                    else:
-                        spinners.append(t)
-                    continue
-            enabled.append(t)
+            if t.spinning and self._stuck(t):  # (the condition just evaluated may set it)
+                if spinners is None:
+                    spinners = [t.op]
+                else:
+                    spinners.append(t.op)
+                continue
+            enabled.append(t.op)
         if not enabled:
             if spinners is None:
                 self._abort("deadlock")
-            enabled = spinners
-        n = self.nsteps
-        if n >= self.max_steps:
-            self._abort("hang")
-        try:
-            nxt = self.choose(enabled, cur)
-        except ReplayMismatch as e:
-            self.exc = e
-            self._abort("error")
-        if nxt is None:
-            self._abort("pruned")
-        if nxt is not cur and not cur.done and cur in enabled:
-            self.preempt_steps.append(n)
-        self.nsteps = n + 1
-        self.choices.append(nxt.tid)
-        if self.tracing:
-            self.trace.append((nxt.tid, nxt.p_kind, nxt.p_label, nxt.p_where))
-        return nxt
+            return tuple(spinners), blocked  # type: ignore[arg-type]
+        if spinners is not None:
+            blocked += tuple(spinners)  # type: ignore[arg-type]
+        return tuple(enabled), blocked  # type: ignore[arg-type]
+
+    def _report(self) -> None:
+        t = self.last
+        op = self.last_op
+        self.last = None
+        fl = op[5]  # (op.flavour, op.kind: indexing is cheaper, and this runs at every step)
+        self.tell(self.nsteps - 1, op, fl == ACQ_LOCK or (fl == ACQ_TRY and t.try_ok),  # type: ignore
+                  len(self.tasks) - 1 if op[3] == "spawn" else -1)
+
+    def finish(self) -> Finished:
+        """The execution is over: tell the strategy its last step and how it ended."""
+        if self.last is not None:
+            self._report()
+        run = _new(Finished, (self.outcome, tuple(self.choices), tuple(
+            [t.op for t in self.live if t.op is not None and not t.starting])))
+        self.strategy.end(run)
+        return run
 
     def _abort(self, outcome: str) -> None:
         self.outcome = outcome

@@ -36,21 +36,30 @@ wakeup sequence is followed.
 
 from __future__ import annotations
 
-from kvmlock.explore.runtime import ACQ_LOCK, ACQ_TRY, ReplayMismatch, SimRuntime, Task
+from kvmlock.explore.records import (
+    ACQ_LOCK,
+    ACQ_TRY,
+    ACQ_WAIT,
+    Finished,
+    Pending,
+    Plan,
+    ReplayMismatch,
+)
 from kvmlock.explore.strategies.base import Strategy
 
 # An operation as partial-order reduction sees it: (object key | None, writes?)
 Op = tuple
 
 
-_EMPTY: tuple[dict, dict, dict] = ({}, {}, {})
+_EMPTY: tuple[dict, dict] = ({}, {})
 _NO_SLEEP: dict[int, Op] = {}
 
 
 class _Node:
     """One state on the current exploration path."""
 
-    __slots__ = ("choice", "done", "wut", "sleep", "ops", "enabled", "cur", "pre", "snap")
+    __slots__ = ("choice", "done", "wut", "sleep", "ops", "enabled", "waits", "cur", "pre",
+                 "snap")
 
     def __init__(self) -> None:
         self.choice = -1
@@ -60,10 +69,11 @@ class _Node:
         self.wut: list[list]
         self.sleep: dict[int, Op] = _NO_SLEEP  # shared while empty: never mutated in place
         self.ops: dict[int, Op] = {}  # the operation of each task explored from here
-        self.enabled: list[Task] = []
+        self.enabled: tuple[Pending, ...] = ()
         self.cur = -1  # the task that stopped at this state (-1: it ended)
         self.pre = 0  # preemptions before this state
-        self.snap: tuple[dict, dict, dict] = _EMPTY  # blocker/was-enabled/enabler maps here
+        self.waits: tuple[Pending, ...] = ()  # the waits disabled here
+        self.snap: tuple[dict, dict] = _EMPTY  # the blocker and enabler maps here
 
 
 def _independent(a: Op, b: Op) -> bool:
@@ -113,7 +123,6 @@ class DPOR(Strategy):
         self.stack: list[_Node] = []
         self.branch = 0
         self.first = True
-        self.rt: SimRuntime | None = None
         self.guide: list[list] | None = None  # wakeup subtree for the state after the branch
         # Exploring one subtree (parallel exploration): the steps of ``forced`` lead to its
         # root state, whose sleep set is ``root_sleep``; states above ``root`` belong to the
@@ -169,9 +178,7 @@ class DPOR(Strategy):
         self.hist: dict[int, list[int]] = {}  # object key -> its events, in order
         self.last_acq: dict[int, int] = {}
         self.blocker: dict[int, int] = {}
-        self.was_enabled: dict[int, bool] = {}
         self.enabler: dict[int, int] = {}  # waiting task -> the event that last enabled it
-        self.pending: tuple | None = None
         clock = self.clock
         hist, last_acq, last_write, reads = self.hist, self.last_acq, self.last_write, self.reads
         ev_tid, ev_clock, ev_more = self.ev_tid, self.ev_clock, self.ev_more
@@ -192,18 +199,16 @@ class DPOR(Strategy):
                 else:
                     reads.setdefault(o, []).append(i)
 
-    def begin(self, rt: SimRuntime) -> bool:
-        self.rt = rt
+    def begin(self) -> Plan | None:
         if self.first:
             self.first = False
             self._reset_run()
         elif not self._next_branch():
-            return False
+            return None
         else:
             self._rebuild(self.branch)
         # steps before the branch point replay the stack's choices, no questions asked
-        rt.prefix = [node.choice for node in self.stack[:self.branch]]
-        return True
+        return Plan(tuple([node.choice for node in self.stack[:self.branch]]))
 
     def _grow(self, tid: int) -> None:
         while tid >= self.width:
@@ -219,9 +224,9 @@ class DPOR(Strategy):
                     done.add(id(c))
 
     # ------------------------------------------------------------------ events and races
-    def _process(self, tid: int, obj: int | None, write: bool, acq: int, kind: str,
-                 extra: object, blocking: bool = False) -> None:
+    def executed(self, step: int, op: Pending, acquired: bool, child: int) -> None:
         """Account for the event just executed: its clock, its races, last-access maps."""
+        tid, obj, write, kind, _label, acq, blocking, target = op
         ev_tid = self.ev_tid
         i = len(ev_tid)
         clock = self.clock[tid]
@@ -230,13 +235,10 @@ class DPOR(Strategy):
         ev_clock = self.ev_clock
         races: list[int] = []
         new = clock[:]
-        acquired = False
-        child = -1
         if obj is not None:
             analyze = i >= self.branch
             lw = self.last_write.get(obj)
             rs = self.reads.get(obj)
-            acquired = acq == ACQ_LOCK or (acq == ACQ_TRY and self.rt.tasks[tid].try_ok)
             if analyze and acquired:
                 la = self.last_acq.get(obj)
                 if la is not None:
@@ -297,11 +299,9 @@ class DPOR(Strategy):
             else:
                 rs.append(i)
         elif kind == "join":
-            other = self.clock.get(extra.tid)  # type: ignore[attr-defined]
+            other = self.clock.get(target)
             if other is not None:
                 new = [a if a > b else b for a, b in zip(new, other, strict=True)]
-        elif kind == "spawn":
-            child = len(self.rt.tasks) - 1  # type: ignore[union-attr]
         new[tid] = local
         self.clock[tid] = new
         ev_tid.append(tid)
@@ -398,54 +398,58 @@ class DPOR(Strategy):
                 return
 
     # ------------------------------------------------------------------ scheduling
-    def choose(self, enabled: list[Task], cur: Task) -> Task | None:
-        rt = self.rt
-        n = rt.nsteps  # type: ignore[union-attr]
+    def choose(self, step: int, current: Pending, enabled: tuple[Pending, ...],
+               blocked: tuple[Pending, ...]) -> int | None:
+        n = step
         stack = self.stack
         if n == self.branch and n < len(stack):
-            # the branch point (the steps before it are the runtime's prefix): take the branch
+            # the branch point (the steps before it are the plan's prefix): take the branch
             node = stack[n]
             self.blocker = dict(node.snap[0])
-            self.was_enabled = dict(node.snap[1])
-            self.enabler = dict(node.snap[2])
+            self.enabler = dict(node.snap[1])
             want = node.choice
-            for t in enabled:
-                if t.tid == want:
-                    node.ops[want] = (t.p_obj, t.p_write)
-                    return self._take(t)
-            raise RuntimeError(f"dpor: step {n} names task {want}, which cannot run "
-                               f"(the body is not deterministic)")
-        pend = self.pending
-        if pend is not None:
-            self._process(*pend)
-            self.pending = None
+            for op in enabled:
+                if op.tid == want:
+                    node.ops[want] = (op.obj, op.write)
+                    return self._take(op)
+            raise ReplayMismatch(f"dpor: step {n} names task {want}, which cannot run "
+                                 f"(the body is not deterministic)")
         # note which waits got disabled, and by what (lock acquires race with the previous
-        # acquire instead, which covers them)
-        was = self.was_enabled
+        # acquire instead, which covers them), or enabled: a wait pending in the state before
+        # too (its task is not the one that just ran) and enabled (disabled) there
         blocker = self.blocker
-        for t in rt.waiting:  # type: ignore[union-attr]
-            tid = t.tid
-            on = t in enabled
-            if not on:
-                if was.get(tid) and n > 0:
-                    blocker[tid] = n - 1  # the event just executed disabled it
-                elif tid not in blocker:
-                    lw = self.last_write.get(t.p_obj)
-                    if lw is not None:
-                        blocker[tid] = lw
-            elif was.get(tid) is False and n > 0:
-                self.enabler[tid] = n - 1  # ... or enabled it
-            was[tid] = on
-
-        node = _Node()
-        if blocker or was:
-            node.snap = (dict(blocker), dict(was), dict(self.enabler))
-        node.enabled = enabled
-        node.cur = cur_tid = cur.tid if cur in enabled else -1
-        sleep = _NO_SLEEP
         if n:
             parent = stack[n - 1]
             pc = parent.choice
+            before = parent.enabled
+            for op in parent.waits:
+                if op[0] != pc and op in enabled:
+                    self.enabler[op[0]] = n - 1  # the event just executed enabled it
+        else:
+            parent = None
+            pc = -1
+            before = ()
+        waits: tuple[Pending, ...] = ()
+        for op in blocked:
+            if op[5] == ACQ_WAIT:  # (op.flavour: an index is cheaper, and this runs a lot)
+                waits += (op,)
+                tid = op[0]
+                if tid != pc and op in before:
+                    blocker[tid] = n - 1  # ... or disabled it
+                elif tid not in blocker:
+                    lw = self.last_write.get(op[1])  # type: ignore[arg-type]
+                    if lw is not None:
+                        blocker[tid] = lw
+
+        node = _Node()
+        if blocker or self.enabler:
+            node.snap = (dict(blocker), dict(self.enabler))
+        node.enabled = enabled
+        node.waits = waits
+        cur_on = current in enabled
+        node.cur = cur_tid = current.tid if cur_on else -1  # type: ignore[union-attr]
+        sleep = _NO_SLEEP
+        if parent is not None:
             pcur = parent.cur
             node.pre = parent.pre + 1 if pcur >= 0 and pc != pcur else parent.pre
             psleep = parent.sleep
@@ -466,18 +470,18 @@ class DPOR(Strategy):
                     node.sleep = sleep
         if n < self.root:  # on the way to the subtree's root: no choice, no sleep set
             want = self.forced[n]
-            for t in enabled:
-                if t.tid == want:
-                    return self._pick_forced(node, t)
+            for op in enabled:
+                if op.tid == want:
+                    return self._pick_forced(node, op)
             raise ReplayMismatch(f"dpor: step {n} of a subtree's path names task {want}, "
                                  f"which cannot run (the body is not deterministic)")
         if n == self.root and self.root:
             sleep = self.root_sleep
             if sleep:
                 node.sleep = sleep
-        cand = [t for t in enabled if t.tid not in sleep] if sleep else enabled
+        cand = [op for op in enabled if op.tid not in sleep] if sleep else enabled
         if self.bound is not None and cur_tid >= 0 and node.pre >= self.bound:
-            cand = [t for t in cand if t.tid == cur_tid]
+            cand = [op for op in cand if op.tid == cur_tid]
         stack.append(node)
         # Following a wakeup tree: the subtree of the branch taken at the state before is this
         # state's tree, and its leftmost entry that can run here is taken.
@@ -486,9 +490,9 @@ class DPOR(Strategy):
         if wut:
             self.guide = None
             for entry in wut:
-                for t in cand:
-                    if t.tid == entry[0]:
-                        pick = t
+                for op in cand:
+                    if op.tid == entry[0]:
+                        pick = op
                         self.guide = entry[2]
                         break
                 if pick is not None:
@@ -500,20 +504,20 @@ class DPOR(Strategy):
                 node.done = set()
                 node.wut = wut
                 return None
-            pick = cur if cur in cand else cand[0]
-            op = (pick.p_obj, pick.p_write)
-            wut.append([pick.tid, op, []])
+            pick = current if cur_on and current in cand else cand[0]
+            op = (pick.obj, pick.write)  # type: ignore[union-attr]
+            wut.append([pick.tid, op, []])  # type: ignore[union-attr]
         else:
-            op = (pick.p_obj, pick.p_write)
-        tid = pick.tid
+            op = (pick.obj, pick.write)
+        tid = pick.tid  # type: ignore[union-attr]
         node.ops[tid] = op
         node.choice = tid
         node.done = {tid}
         node.wut = wut
-        return self._take(pick)
+        return self._take(pick)  # type: ignore[arg-type]
 
-    def _pick_forced(self, node: _Node, t: Task) -> Task:
-        op = (t.p_obj, t.p_write)
+    def _pick_forced(self, node: _Node, t: Pending) -> int:
+        op = (t.obj, t.write)
         node.ops[t.tid] = op
         node.choice = t.tid
         node.done = {t.tid}
@@ -521,37 +525,29 @@ class DPOR(Strategy):
         self.stack.append(node)
         return self._take(t)
 
-    def _take(self, t: Task) -> Task:
-        self.pending = (t.tid, t.p_obj, t.p_write, t.p_acq, t.p_kind, t.p_wq,
-                        t.p_pred is not None)
-        was = self.was_enabled
-        if was:
-            was.pop(t.tid, None)  # its next pending operation is a new one
-        return t
+    def _take(self, t: Pending) -> int:
+        return t.tid
 
-    def end(self, rt: SimRuntime) -> None:
-        if self.pending is not None:
-            self._process(*self.pending)
-            self.pending = None
-        if rt.outcome is not None and (rt.outcome != "pruned" or self.source):
+    def end(self, run: Finished) -> None:
+        if run.outcome is not None and (run.outcome != "pruned" or self.source):
             # Cut short (deadlock, failure, hang): the operations the live tasks were about
             # to do never ran, so their races would otherwise never be looked at. Source sets
             # need this of a run a sleep set cut short too: a blocked task's acquire there may
             # race with the holder's, and no other run need meet that race.
-            for t in list(rt.live):
-                if t.p_obj is not None and not t.starting:
-                    self._pending_races(t)
+            for op in run.pending:
+                if op.obj is not None:
+                    self._pending_races(op)
         # a run cut short at a fresh node leaves that node without a choice
         if self.stack and self.stack[-1].choice < 0:
             self.stack.pop()
 
-    def _pending_races(self, t: Task) -> None:
+    def _pending_races(self, t: Pending) -> None:
         tid = t.tid
         clock = self.clock.get(tid)
         if clock is None:
             return
         ev_tid, ev_local, ev_write = self.ev_tid, self.ev_local, self.ev_write
-        obj, write, acq = t.p_obj, t.p_write, t.p_acq
+        obj, write, acq = t.obj, t.write, t.flavour
 
         def unordered(j: int) -> bool:
             return ev_tid[j] != tid and clock[ev_tid[j]] < ev_local[j]

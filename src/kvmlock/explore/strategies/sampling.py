@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import random
 
-from kvmlock.explore.runtime import SimRuntime, Task
+from kvmlock.explore.records import Finished, Pending, Plan
 from kvmlock.explore.strategies.base import Strategy
+
+_FREE = Plan()  # no prefix: every step is chosen
 
 
 class _Sampler(Strategy):
@@ -22,13 +24,13 @@ class _Sampler(Strategy):
         self.seen: set[int] = set()
         self.rng = random.Random(0)
 
-    def begin(self, rt: SimRuntime) -> bool:
+    def begin(self) -> Plan | None:
         self.rng = random.Random(f"{self.name}:{self.seed}:{self.run}")
         self.run += 1
-        return True
+        return _FREE
 
-    def end(self, rt: SimRuntime) -> None:
-        self.seen.add(hash(tuple(rt.choices)))
+    def end(self, run: Finished) -> None:
+        self.seen.add(hash(run.schedule))
 
     def distinct(self) -> int:
         return len(self.seen)
@@ -39,10 +41,11 @@ class RandomWalk(_Sampler):
 
     name = "random"
 
-    def choose(self, enabled: list[Task], cur: Task) -> Task:
+    def choose(self, step: int, current: Pending, enabled: tuple[Pending, ...],
+               blocked: tuple[Pending, ...]) -> int:
         if len(enabled) == 1:
-            return enabled[0]
-        return enabled[self.rng.randrange(len(enabled))]
+            return enabled[0].tid
+        return enabled[self.rng.randrange(len(enabled))].tid
 
 
 class PCT(_Sampler):
@@ -64,31 +67,30 @@ class PCT(_Sampler):
         self.k = 16
         self.prio: dict[int, float] = {}
         self.changes: dict[int, int] = {}
-        self.rt: SimRuntime | None = None
 
-    def begin(self, rt: SimRuntime) -> bool:
-        super().begin(rt)
-        self.rt = rt
+    def begin(self) -> Plan | None:
+        plan = super().begin()
         self.prio = {}
         rng = self.rng
         n = min(self.depth - 1, self.k)
         points = rng.sample(range(1, self.k + 1), n) if n > 0 else []
         self.changes = {p: i for i, p in enumerate(sorted(points))}
-        return True
+        return plan
 
-    def end(self, rt: SimRuntime) -> None:
-        super().end(rt)
-        if rt.nsteps > self.k:
-            self.k = rt.nsteps
+    def end(self, run: Finished) -> None:
+        super().end(run)
+        if len(run.schedule) > self.k:
+            self.k = len(run.schedule)
 
-    def choose(self, enabled: list[Task], cur: Task) -> Task:
+    def choose(self, step: int, current: Pending, enabled: tuple[Pending, ...],
+               blocked: tuple[Pending, ...]) -> int:
         prio = self.prio
         rng = self.rng
-        for t in enabled:
-            if t.tid not in prio:
-                prio[t.tid] = self.depth + rng.random()
-        n = self.rt.nsteps  # type: ignore[union-attr]
-        i = self.changes.get(n)
-        if i is not None and cur.tid in prio:
-            prio[cur.tid] = float(i)
-        return max(enabled, key=lambda t: prio[t.tid])
+        for op in enabled:
+            if op.tid not in prio:
+                prio[op.tid] = self.depth + rng.random()
+        i = self.changes.get(step)
+        # the running task drops, whether it can go on or not (an ended one no longer runs)
+        if i is not None and current.tid in prio:
+            prio[current.tid] = float(i)
+        return max(enabled, key=lambda op: prio[op.tid]).tid
