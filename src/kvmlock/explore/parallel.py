@@ -121,7 +121,7 @@ class Worker:
             if item[0] == "dfs":
                 self.strat = DFS(o.preemption_bound).subtree(item[1], item[2])
             else:
-                self.strat = DPOR().subtree(item[1], item[2], item[3])
+                self.strat = DPOR().subtree(item[1], item[2], item[3], item[4])
         strat = self.strat
         deadline = time.perf_counter() + o.budget
         return self._explore(strat, o, out, deadline, donate, execute)
@@ -176,15 +176,17 @@ class Worker:
 
 class _Upper:
     """A DPOR state above every worker's subtree: its sleep set, the branches started from it
-    (task -> operation), those queued, and the tasks that can run there."""
+    (task -> operation), those queued, the tasks that can run there, and its waits' maps."""
 
-    __slots__ = ("sleep", "done", "queued", "enabled")
+    __slots__ = ("sleep", "done", "queued", "enabled", "snap")
 
-    def __init__(self, sleep: dict[int, Op], done: dict[int, Op], enabled: set[int]) -> None:
+    def __init__(self, sleep: dict[int, Op], done: dict[int, Op], enabled: set[int],
+                 snap: tuple[dict, dict]) -> None:
         self.sleep = sleep
         self.done = done
         self.queued: set[int] = set()
         self.enabled = enabled
+        self.snap = snap
 
 
 class Coordinator:
@@ -206,7 +208,7 @@ class Coordinator:
             return it
         _kind, path, q, op_q, guide = it
         if not path and op_q is None:
-            return ("dpor", (), {}, None)  # the whole tree
+            return ("dpor", (), {}, None, ({}, {}))  # the whole tree
         node = self.upper[path]
         sleep = {t: op for t, op in node.sleep.items() if t != q and _independent(op, op_q)}
         for t, op in node.done.items():
@@ -214,11 +216,11 @@ class Coordinator:
                 sleep[t] = op
         node.done[q] = op_q
         node.queued.discard(q)
-        return ("dpor", (*path, q), sleep, guide)
+        return ("dpor", (*path, q), sleep, guide, node.snap)
 
     def merge(self, r: Reply) -> None:
-        for path, sleep, done, enabled in r.states:
-            self.upper[path] = _Upper(sleep, done, enabled)
+        for path, sleep, done, enabled, snap in r.states:
+            self.upper[path] = _Upper(sleep, done, enabled, snap)
         for b in r.branches:
             if b[0] == "dfs":
                 self.queue.append(b)

@@ -76,6 +76,18 @@ class _Node:
         self.snap: tuple[dict, dict] = _EMPTY  # the blocker and enabler maps here
 
 
+_PATH: set[int] = set()  # the ``done`` of a path state never run by this explorer
+
+
+def _placeholder(choice: int) -> _Node:
+    """A state on the way to a subtree's root: only its choice is known, and matters."""
+    node = _Node()
+    node.choice = choice
+    node.done = _PATH
+    node.wut = [[choice, None, []]]
+    return node
+
+
 def _independent(a: Op, b: Op) -> bool:
     return a[0] is None or b[0] is None or a[0] != b[0] or (not a[1] and not b[1])
 
@@ -124,10 +136,9 @@ class DPOR(Strategy):
         self.branch = 0
         self.first = True
         self.guide: list[list] | None = None  # wakeup subtree for the state after the branch
-        # Exploring one subtree (parallel exploration): the steps of ``forced`` lead to its
-        # root state, whose sleep set is ``root_sleep``; states above ``root`` belong to the
-        # coordinator, and races that reverse there are handed to it (``upper``) instead.
-        self.forced: tuple[int, ...] = ()
+        # Exploring one subtree (parallel exploration): the ``root`` first states belong to
+        # the coordinator (races that reverse there are handed to it: ``upper``); the state
+        # the last of them leads to, the subtree's root, has the sleep set ``root_sleep``.
         self.source = False  # source sets instead of wakeup trees (see subtree)
         self.root = 0
         self.root_sleep: dict[int, Op] = {}
@@ -135,9 +146,15 @@ class DPOR(Strategy):
         self._reset_run()
 
     def subtree(self, forced: tuple[int, ...], sleep: dict[int, Op],
-                guide: list[list] | None) -> DPOR:
+                guide: list[list] | None, snap: tuple[dict, dict] = _EMPTY) -> DPOR:
         """Explore only the subtree reached by the steps ``forced``, whose root state has the
-        sleep set ``sleep`` and follows the wakeup subtree ``guide`` first.
+        sleep set ``sleep`` and follows the wakeup subtree ``guide`` first; ``snap`` is the
+        blocker and enabler maps of the state where the last of ``forced`` is taken.
+
+        The path is replayed as a backtrack of the sequential search is: the plan's prefix
+        leads to the state before the subtree's branch, whose maps come from ``snap``, and the
+        branch is taken there; the path's events are told from the first step on, so their
+        clocks are known (their races were analyzed by whoever explored them).
 
         A subtree's explorer decides every state with the source-set rule
         (:func:`source_branch`) instead of wakeup trees: a state's branches then depend on no
@@ -146,10 +163,13 @@ class DPOR(Strategy):
         sound for any order of exploration), and sleep sets still keep any two complete
         executions apart. The price is some runs that a sleep set cuts short (``pruned``)."""
         self.source = True
-        self.forced = tuple(forced)
-        self.root = len(self.forced)
+        self.root = len(forced)
         self.root_sleep = dict(sleep)
         self.guide = guide or None
+        # the path's states, as placeholders: the coordinator's (only their choices matter)
+        self.stack = [_placeholder(q) for q in forced]
+        if forced:
+            self.stack[-1].snap = snap
         # races of the path's events were analyzed where they ran, except the last one's:
         # it is this subtree's branch (as after a backtrack in the sequential search)
         self.branch = max(self.root - 1, 0)
@@ -200,14 +220,15 @@ class DPOR(Strategy):
                     reads.setdefault(o, []).append(i)
 
     def begin(self) -> Plan | None:
+        # steps before the branch point replay the stack's choices, no questions asked
         if self.first:
             self.first = False
             self._reset_run()
-        elif not self._next_branch():
+            # (a subtree's path: its events' clocks are needed, so they are told too)
+            return Plan(tuple([node.choice for node in self.stack[:self.branch]]), 0)
+        if not self._next_branch():
             return None
-        else:
-            self._rebuild(self.branch)
-        # steps before the branch point replay the stack's choices, no questions asked
+        self._rebuild(self.branch)
         return Plan(tuple([node.choice for node in self.stack[:self.branch]]))
 
     def _grow(self, tid: int) -> None:
@@ -407,6 +428,10 @@ class DPOR(Strategy):
             node = stack[n]
             self.blocker = dict(node.snap[0])
             self.enabler = dict(node.snap[1])
+            if node.done is _PATH:  # a subtree's branch, never run here: now it has a state
+                node.enabled = enabled
+                node.waits = tuple([op for op in blocked if op[5] == ACQ_WAIT])
+                node.done = {node.choice}
             want = node.choice
             for op in enabled:
                 if op.tid == want:
@@ -468,13 +493,6 @@ class DPOR(Strategy):
                             sleep[q] = op
                 if sleep:
                     node.sleep = sleep
-        if n < self.root:  # on the way to the subtree's root: no choice, no sleep set
-            want = self.forced[n]
-            for op in enabled:
-                if op.tid == want:
-                    return self._pick_forced(node, op)
-            raise ReplayMismatch(f"dpor: step {n} of a subtree's path names task {want}, "
-                                 f"which cannot run (the body is not deterministic)")
         if n == self.root and self.root:
             sleep = self.root_sleep
             if sleep:
@@ -515,15 +533,6 @@ class DPOR(Strategy):
         node.done = {tid}
         node.wut = wut
         return self._take(pick)  # type: ignore[arg-type]
-
-    def _pick_forced(self, node: _Node, t: Pending) -> int:
-        op = (t.obj, t.write)
-        node.ops[t.tid] = op
-        node.choice = t.tid
-        node.done = {t.tid}
-        node.wut = [[t.tid, op, []]]
-        self.stack.append(node)
-        return self._take(t)
 
     def _take(self, t: Pending) -> int:
         return t.tid
@@ -626,8 +635,8 @@ class DPOR(Strategy):
     def donate(self) -> tuple[list[tuple], list[tuple]]:
         """Give the coordinator the shallowest state with unexplored branches, and the states
         above it: they become its states (``root`` moves below them). Returns the states, each
-        ``(path, sleep, done, enabled tasks)``, and the branches, each ``(path, task, op,
-        wakeup subtree)``."""
+        ``(path, sleep, done, enabled tasks, blocker and enabler maps)``, and the branches,
+        each ``(path, task, op, wakeup subtree)``."""
         stack = self.stack
         for k in range(self.root, len(stack)):
             node = stack[k]
@@ -645,7 +654,7 @@ class DPOR(Strategy):
                 n = stack[d]
                 path = tuple(x.choice for x in stack[:d])
                 done = {q: n.ops[q] for q in n.done if q in n.ops}
-                states.append((path, dict(n.sleep), done, {t.tid for t in n.enabled}))
+                states.append((path, dict(n.sleep), done, {t.tid for t in n.enabled}, n.snap))
             path = tuple(x.choice for x in stack[:k])
             self.root = k + 1
             return states, [(path, e[0], e[1], e[2]) for e in give]
