@@ -66,6 +66,10 @@ MN_COUNT_WITHOUT_LOCK = mutant(
 NOTIFIER_NO_WAKEUP = mutant(
     "notifier_no_wakeup", removes="the rcuwait wake-up when the last invalidation ends",
     breaks="the memslot updater sleeping on mn_memslots_update_rcuwait is woken at zero")
+RANGE_NOT_WIDENED = mutant(
+    "range_not_widened", removes="widening the invalidated range to cover every active "
+    "invalidation (a nested one keeps only the first's range)",
+    breaks="a fault on any page of an active invalidation retries, however many are active")
 NO_SEQ_BUMP = mutant(
     "no_seq_bump", removes="the mmu_invalidate_seq increment in invalidate_range_end",
     breaks="a fault that began before an invalidation sees the sequence move and retries")
@@ -159,7 +163,7 @@ class KvmMmuNotifier:
         def begin() -> None:
             if _add(vm, "mmu_invalidate_in_progress", 1) == 1:
                 vm.mmu_invalidate_range_start, vm.mmu_invalidate_range_end = start, end
-            else:
+            elif RANGE_NOT_WIDENED not in vm.hazards:
                 vm.mmu_invalidate_range_start = min(vm.mmu_invalidate_range_start, start)
                 vm.mmu_invalidate_range_end = max(vm.mmu_invalidate_range_end, end)
 

@@ -176,3 +176,29 @@ def fault_vs_invalidate() -> None:
     vm.check()
     got = guest_read(v0, 0)
     assert got == 5, f"the guest wrote 5 but reads {got:#x} after swap-out"
+
+
+@scenario("page_fault.vs_two_invalidations.correct",
+          rule="a slow fault retries while any invalidation covering its page is active: with "
+               "two active, the in-progress range covers both",
+          variant="correct", expect="pass",
+          invariant="every present SPTE maps the host's current frame; no access to a freed "
+                    "frame; the write survives both swap-outs",
+          catches=("range_not_widened",), strategy="dpor", max_runs=20000, preemption_bound=2)
+def fault_vs_two_invalidations() -> None:
+    # swap-out of page 0 is active when the vCPU looks page 1 up; swap-out of page 1 starts
+    # before the fault takes mmu_lock. Only the widened range makes the fault retry: the
+    # sequence has not moved yet, and page 1 is outside the first invalidation's range.
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    (v0,) = vm.vcpus
+    guest_write(v0, 0, 1)
+    vm.host.fault_in(1)  # mapped by the host, not yet by KVM: the vCPU takes the slow path
+    tasks = [kvmlock.spawn(lambda: vm.host.swap_out(0), name="swap_out(0)"),
+             kvmlock.spawn(lambda: guest_write(v0, 1, 5), name="vcpu0_writes"),
+             kvmlock.spawn(lambda: vm.host.swap_out(1), name="swap_out(1)")]
+    for t in tasks:
+        t.join()
+    vm.check()
+    got = (guest_read(v0, 0), guest_read(v0, 1))
+    assert got == (1, 5), f"the guest wrote (1, 5) but reads {got} after the swap-outs"
