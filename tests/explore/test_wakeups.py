@@ -214,8 +214,15 @@ def test_threads_wake_up_between_ticket_and_sleep_is_not_lost():
         ticket = wq.ticket()
     with wq:
         wq.wake_up()
-    with wq:
-        wq.sleep(ticket, "schedule")  # returns at once
+
+    def sleeper():
+        with wq:
+            wq.sleep(ticket, "schedule")  # returns at once
+
+    t = threading.Thread(target=sleeper, daemon=True)
+    t.start()
+    t.join(5)
+    assert not t.is_alive(), "the wake-up after the ticket was lost"
 
 
 def test_threads_rcuwait_schedule_does_not_recheck():
@@ -223,7 +230,10 @@ def test_threads_rcuwait_schedule_does_not_recheck():
     w.prepare()
     state = w.set_current_state()
     w.wake_up()
-    w.schedule(state)  # woken: returns although nothing changed
+    t = threading.Thread(target=w.schedule, args=(state,), daemon=True)
+    t.start()
+    t.join(5)  # woken: returns although nothing changed
+    assert not t.is_alive(), "the wake-up after set_current_state was lost"
     w.finish()
     assert not w.has_sleeper()
 
@@ -269,3 +279,45 @@ def _program(seed: int):
 @pytest.mark.parametrize("seed", range(40))
 def test_dpor_sees_every_outcome_dfs_sees_with_sleeps(seed):
     assert_dpor_agrees_with_dfs(_program(seed))
+
+
+def test_threads_open_coded_rcuwait_loop_under_contention():
+    """The memslot swap's loop on real threads: it never goes on with an invalidation active,
+    and no wake-up is lost (every round ends)."""
+    lock = Mutex("t.count_lock")
+    w = RCUWait("t.updater")
+    count = [0]
+    bad: list[int] = []
+    rounds = 300
+
+    def invalidator():
+        for _ in range(rounds):
+            with lock:
+                count[0] += 1
+            with lock:
+                count[0] -= 1
+                zero = count[0] == 0
+            if zero:
+                w.wake_up()
+
+    def updater():
+        for _ in range(rounds):
+            lock.lock()
+            w.prepare()
+            while count[0]:
+                state = w.set_current_state()
+                lock.unlock()
+                w.schedule(state)
+                lock.lock()
+            w.finish()
+            if count[0]:
+                bad.append(count[0])
+            lock.unlock()
+
+    ts = [threading.Thread(target=f, daemon=True) for f in (invalidator, invalidator, updater)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)
+    assert not any(t.is_alive() for t in ts), "a wake-up was lost: a thread still sleeps"
+    assert bad == []
