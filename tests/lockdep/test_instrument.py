@@ -552,3 +552,28 @@ def test_start_new_thread_keeps_its_errors():
         _thread.start_new_thread(print, [])
     with pytest.raises(TypeError, match="optional 3rd arg must be a dictionary"):
         _thread.start_new_thread(print, (), [])
+
+
+def test_a_thread_ending_with_a_lock_handed_between_threads_is_silent():
+    # CPython's lock_tests.test_reacquire: a thread takes a Lock, another releases it, the
+    # first takes it again and ends; the Lock is a signal, owned by nobody
+    import _thread
+
+    with lockdep.instrument_threading():
+        lock = threading.Lock()
+    phase, done = [], threading.Event()
+
+    def f():
+        lock.acquire()
+        phase.append(1)
+        lock.acquire()  # waits for the main thread's release
+        phase.append(2)
+        done.set()
+
+    _thread.start_new_thread(f, ())
+    while not phase:
+        time.sleep(0.001)
+    lock.release()
+    assert done.wait(5)
+    time.sleep(0.05)
+    assert lockdep.reports() == []

@@ -30,6 +30,7 @@ from kvmlock.lockdep.state import (
     _info,
     _lock_entries,
     _note,
+    _owned,
     _reentered,
     _task_name,
     _wipe,
@@ -70,16 +71,18 @@ def task_exit(task_name: str | None = None) -> None:
         return
     if len(held) == 1:  # nothing held: the common end
         t.lockdep = None
+        if t is core._TLS:
+            core.LIVE.pop(core._get_ident(), None)
         return
     S = core._state()
-    locks = _lock_entries(held)
+    locks = _owned(_lock_entries(held))
     if locks and S.on and held[0][1] is S.root:
         names = tuple(_info(e)[0].name for e in locks)
         found: list[Report] = []
         with _GraphLock(S):
             _note(S, ("held_at_exit", names), Report(
                 "held_at_exit", lock=names[-1], task=task_name or _task_name(),
-                held_locks=_held_locks(held),
+                held_locks=_held_locks([held[0], *locks]),
             ), found)
         if found and S.mode == "warn":  # never raise here: the task is already ending
             sys.stderr.write(str(found[0]))
@@ -115,6 +118,7 @@ def check_live_threads(why: str = "still running when the process ends") -> list
         locks = _lock_entries(held)
         if locks and os.path.abspath(f.f_code.co_filename).startswith(_WAITING_IN):
             locks = locks[:-1]
+        locks = _owned(locks)
         if not locks:
             continue
         names = tuple(_info(e)[0].name for e in locks)

@@ -184,6 +184,17 @@ def _at(e: tuple) -> str:
     return at if at is not None else str(e[1][_INFO][3])
 
 
+#: Keys of plain ``threading.Lock`` classes seen released by a thread that did not take them:
+#: locks handed between threads, signals. Nobody owns one, so a thread may end with one locked
+#: for another thread to release: that is no ``held_at_exit``.
+SIGNAL_CLASSES: set = set()
+
+
+def _owned(entries: list[tuple]) -> list[tuple]:
+    """The held entries a task ending now would leave locked for good (not signals)."""
+    return [e for e in entries if e[0].key not in SIGNAL_CLASSES]
+
+
 def _held_locks(held: list) -> list[HeldLock]:
     out = []
     for e in _lock_entries(held):

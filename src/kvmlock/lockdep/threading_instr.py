@@ -29,6 +29,7 @@ from typing import Any
 from kvmlock import runtime as _rt
 from kvmlock.lockdep import api, core
 from kvmlock.lockdep.naming import class_name, site_key, site_of
+from kvmlock.lockdep.state import SIGNAL_CLASSES
 from kvmlock.lockdep.where import _internal, taken_here
 
 _ORIG_LOCK = threading.Lock
@@ -39,7 +40,7 @@ _depth = 0
 #: How long a thread blocked on a Lock it holds itself waits for another thread's release
 #: before lockdep calls it a self-deadlock.
 SIGNAL_WAIT = 2.0
-_signal_classes: set[tuple] = set()  # keys of Lock classes seen released by a non-taker
+_signal_classes = SIGNAL_CLASSES  # keys of Lock classes seen released by a non-taker
 
 
 def _site(depth: int = 2) -> Any:
