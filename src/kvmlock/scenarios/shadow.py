@@ -127,6 +127,54 @@ def wrprot_race() -> None:
     assert get_dirty_log(vm, 0) == [1], "the emulated write of gfn 1 is missing from the log"
 
 
+def _wrprot_dirty(broken: bool) -> None:
+    # TDP: the guest writes gfn 1 (its SPTE is writable and Dirty; the page itself is not yet
+    # marked dirty), then gfn 1 becomes a shadowed guest page table: W and MMU-writable go, D
+    # stays. The next write faults, and the fault rebuilds the SPTE without W (the write is
+    # emulated). Meanwhile the host swaps gfn 1 out and reads it back, as a VMM copying guest
+    # memory would: the first write must survive, so the rebuilt SPTE must keep D.
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2, hazards={"tdp_fault_drops_ad": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    (v0,) = vm.vcpus
+    guest_write(v0, 1, 1)
+    shadow_guest_table(v0, 1)
+    seen: list[int] = []
+
+    def host_swaps_out_and_reads() -> None:
+        vm.host.swap_out(1)
+        seen.append(vm.host.read(1))
+
+    _run(("vcpu0_writes_gfn1", lambda: guest_write(v0, 1, 2)),
+         ("host_swaps_out_and_reads_gfn1", host_swaps_out_and_reads))
+    vm.check()
+    assert seen[0] in (1, 2), (
+        f"the guest wrote 1 to gfn 1, then 2, but the host read back {seen[0]} after swapping "
+        "it out: the write's Dirty bit was lost, so the page was never written back")
+    assert vm.host.contents(1) == 2, (
+        f"the guest's last write to gfn 1 was 2 but memory holds {vm.host.contents(1)}")
+
+
+_DIRTY_INV = ("Dirty bit propagated to the page before the SPTE is dropped: no guest write is "
+              "lost when the host swaps the page out")
+
+
+@scenario("shadow.wrprot_dirty.correct",
+          rule="a TDP fault that rebuilds a present SPTE (a shadowed gfn's, without W) keeps "
+               "its Accessed and Dirty bits",
+          variant="correct", expect="pass", invariant=_DIRTY_INV,
+          catches=("tdp_fault_drops_ad",), **_BOUND)
+def wrprot_dirty_correct() -> None:
+    _wrprot_dirty(False)
+
+
+@scenario("shadow.wrprot_dirty.broken",
+          rule="a TDP fault rebuilds a shadowed gfn's SPTE without its Dirty bit: swap-out "
+               "skips the write-back",
+          variant="broken", expect="assertion", invariant=_DIRTY_INV, **_BOUND)
+def wrprot_dirty_broken() -> None:
+    _wrprot_dirty(True)
+
+
 # --------------------------------------------------------------------------- first shadow root
 
 

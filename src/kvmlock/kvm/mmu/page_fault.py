@@ -58,6 +58,11 @@ SHADOW_FAULT_READ_LOCK = mutant(
 PAGE_FAULT_NO_SRCU = mutant(
     "page_fault_no_srcu", removes="the page fault's kvm->srcu read side",
     breaks="memslots are used inside kvm->srcu, so a memslot update waits for the fault")
+TDP_FAULT_DROPS_AD = mutant(
+    "tdp_fault_drops_ad", removes="keeping the old Accessed/Dirty bits when a TDP fault "
+    "replaces a present SPTE of the same page",
+    breaks="Dirty bit: a Dirty bit set by a guest write through an SPTE reaches the page "
+           "before the SPTE stops saying so, or swap-out skips the write-back")
 READONLY_SLOT_WRITABLE = mutant(
     "readonly_slot_writable", removes="the read-only memslot test of a write fault",
     breaks="a read-only memslot is never mapped writable (Host-writable clear)")
@@ -148,7 +153,11 @@ def _tdp_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int, p
                 return RETRY  # only an invalidation changes the pfn, and it zaps first
             if S.hw_allows(old, write):
                 return FIXED  # fixed by someone else meanwhile
-            new |= old & (S.ACCESSED | S.DIRTY)
+            # A replaced SPTE's Dirty bit is the only record of writes made through it (the
+            # page is marked dirty when the SPTE is dropped): keep it, e.g. when a write-tracked
+            # gfn's read-only SPTE is rebuilt without W and D.
+            if TDP_FAULT_DROPS_AD not in vm.hazards:
+                new |= old & (S.ACCESSED | S.DIRTY)
         if TDP_PLAIN_STORE in vm.hazards:
             sptep.store(new)
         elif sptep.cmpxchg(old, new) != old:

@@ -132,7 +132,8 @@ def shadow_guest_table(vcpu: VCPU, gfn: int) -> None:
 
 def emulate_write(vcpu: VCPU, gfn: int, value: int) -> None:
     """The write fault on a tracked gfn is emulated: KVM writes guest memory itself
-    (``kvm_vcpu_write_guest``, inside ``kvm->srcu``), logs it, and updates its shadow pages
+    (``kvm_vcpu_write_guest``, inside ``kvm->srcu``, through the host mapping, which marks the
+    host page dirty), logs it, and updates its shadow pages
     (``kvm_mmu_track_write``; the model counts it, as its guest tables hold no entries here).
     """
     vm = vcpu.vm
@@ -143,6 +144,9 @@ def emulate_write(vcpu: VCPU, gfn: int, value: int) -> None:
             raise ValueError(f"emulated write to gfn {gfn}, which no writable memslot backs")
         with vm.host.pinned(slot.gfn_to_hva(gfn)) as page:
             page.data.store(value)
+            # the write goes through the host's own mapping, whose dirty bit gets the page
+            # written back on swap-out (no SPTE says so)
+            vm.host.set_page_dirty(page.pfn)
         slots.live()  # the slot and its dirty bitmap are used until here
         if EMULATED_WRITE_NOT_LOGGED not in vm.hazards:
             slot.mark_dirty(gfn, vm.hazards)
