@@ -140,3 +140,41 @@ def test_an_unsupported_interpreter_is_refused_with_a_clear_error(monkeypatch):
     monkeypatch.setattr(memtrace, "_checked", "its frame layout is not the one this tracer reads")
     with pytest.raises(memtrace.MemoryTracingUnsupported, match=r"memory=True\) is not supported"):
         explore.check(threadprogs.lost_update(), memory=True)
+
+
+def test_tracing_resumes_after_a_lock_operation_and_the_scheduler_is_not_traced(monkeypatch):
+    """The scheduler runs untraced at every visible operation (a lock, a start, a join), and
+    the task's own code is traced again once it goes on: an unlocked update right after a
+    locked section is still a lost update, and the same update inside the section is not."""
+    called: set[str] = set()
+    real = memtrace.Tracer._call
+
+    def spy(self, frame, event, arg):
+        called.add(frame.f_code.co_name)
+        return real(self, frame, event, arg)
+
+    monkeypatch.setattr(memtrace.Tracer, "_call", spy)
+
+    def body(inside):
+        def run():
+            box = {"n": 0}
+            lock = threading.Lock()
+
+            def inc():
+                with lock:
+                    if inside:
+                        box["n"] += 1
+                if not inside:
+                    box["n"] += 1
+
+            _two(inc)
+            assert box["n"] == 2, box
+
+        return run
+
+    res = explore.check(body(False), memory=True)
+    assert res.failure is not None and res.failure.kind == "assertion"
+    assert "_pick" not in called and "choose" not in called  # (the scheduler's own calls)
+    assert "inc" in called
+    ok = explore.check(body(True), memory=True, stop_on_first=False)
+    assert ok.ok and ok.exhausted and ok.runs == 2

@@ -398,3 +398,32 @@ def test_parallel_workers_explore_plain_threading_too():
     assert res.ok and res.exhausted and res.runs == 6
     res = explore.check(threadprogs.lost_update(), workers=2, memory=True)
     assert res.failure is not None and res.failure.kind == "assertion"
+
+
+def test_with_lockdep_off_a_threading_deadlock_still_names_the_locks_each_task_holds():
+    """lockdep=False explores threading locks without validating them: the same executions
+    as with lockdep, no lockdep findings, and a deadlock message that names what each
+    blocked task holds."""
+    res = explore.check(threadprogs.abba(), strategy="dpor", lockdep=False)
+    f = res.failure
+    assert f is not None and f.kind == "deadlock" and f.lockdep_reports == []
+    blocked = [ln for ln in f.message.splitlines() if "waits for: lock" in ln]
+    assert len(blocked) == 2
+    assert all("; holds " in ln for ln in blocked), f.message
+    held = sorted(ln.split("; holds ")[1] for ln in blocked)
+    waited = sorted(ln.split("waits for: lock ")[1].split(" (held by")[0] for ln in blocked)
+    assert held == waited == ["abba.body.a", "abba.body.b"], f.message  # a cycle
+    on = explore.check(threadprogs.abba(), strategy="dpor", lockdep=False,
+                       stop_on_first=False)
+    assert [x.kind for x in on.failures] == ["deadlock"]
+
+
+def test_with_lockdep_off_threading_programs_keep_their_counts_and_clean_ones_stay_clean():
+    for strategy in ("dpor", "dfs"):
+        off = explore.check(threadprogs.locked_counter(2, 2), strategy=strategy,
+                            stop_on_first=False, lockdep=False)
+        on = explore.check(threadprogs.locked_counter(2, 2), strategy=strategy,
+                           stop_on_first=False)
+        assert off.ok and off.exhausted and (off.runs, off.steps) == (on.runs, on.steps)
+    clean = explore.check(threadprogs.abba(broken=False), strategy="dpor", lockdep=False)
+    assert clean.ok and clean.exhausted and clean.runs == 2

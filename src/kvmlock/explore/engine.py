@@ -199,7 +199,7 @@ def execute(body: Callable[[], Any], strategy: Strategy, max_steps: int,
     ex = Execution(rt)
     world = _lockdep.new_world(rt, memo=memo)
     token = _runtime.enter(world)
-    bound = _pythreads.Binding(rt)
+    bound = _pythreads.Binding(rt, lockdep_on)
     tracer = None
     try:
         if memory:
@@ -334,7 +334,9 @@ def check(
     started with ``kvmlock.spawn`` and it checks invariants with plain ``assert``. Sampling
     strategies ("pct", "random") run ``max_runs`` executions (default 1000); exhaustive ones
     ("dfs", "dpor") run until the space is exhausted unless ``max_runs`` or ``timeout`` stops
-    them first. ``lockdep=False`` ignores lockdep reports (they are still collected).
+    them first. ``lockdep=False`` ignores lockdep reports (they are still collected for
+    kvmlock.sync primitives; plain ``threading`` locks are then not validated at all, and a
+    deadlock names the locks each task holds all the same).
     ``spin_detection=False`` turns off the rule that makes a task re-reading unchanged state
     yield to the others (replay such failures with the same setting). ``memory=True`` makes
     every load and store of the program's own data (attributes, subscripts, globals, closure

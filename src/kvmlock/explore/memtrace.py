@@ -125,19 +125,33 @@ def _ops(code: Any) -> dict[int, tuple[int, Any]] | None:
     return ops
 
 
+_PO = ctypes.py_object
+_INT = ctypes.c_int
+
+
+def _top(frame: Any) -> int:
+    """The address just above the top of ``frame``'s value stack."""
+    iframe = _VP.from_address(id(frame) + _FRAME_F_FRAME).value
+    return iframe + _IFRAME_LOCALSPLUS + 8 * _INT.from_address(iframe + _IFRAME_STACKTOP).value
+
+
+def _value(addr: int) -> Any:
+    """The object a stack or local slot at ``addr`` refers to (None for an empty slot)."""
+    try:
+        return _PO.from_address(addr).value
+    except ValueError:  # NULL
+        return None
+
+
 def _stack(frame: Any, depth: int) -> Any:
     """The value ``depth`` entries below the top of ``frame``'s value stack (1 = top)."""
-    iframe = _VP.from_address(id(frame) + _FRAME_F_FRAME).value
-    top = ctypes.c_int.from_address(iframe + _IFRAME_STACKTOP).value
-    p = _VP.from_address(iframe + _IFRAME_LOCALSPLUS + 8 * (top - depth)).value
-    return None if p is None else ctypes.cast(p, ctypes.py_object).value
+    return _value(_top(frame) - 8 * depth)
 
 
 def _slot(frame: Any, i: int) -> Any:
     """Local slot ``i`` of ``frame`` (a closure cell for LOAD_DEREF's argument)."""
     iframe = _VP.from_address(id(frame) + _FRAME_F_FRAME).value
-    p = _VP.from_address(iframe + _IFRAME_LOCALSPLUS + 8 * i).value
-    return ctypes.cast(p, ctypes.py_object).value
+    return _value(iframe + _IFRAME_LOCALSPLUS + 8 * i)
 
 
 class _Loc:
@@ -162,8 +176,47 @@ class Tracer:
         self._parked: set[Any] = set()  # greenlets stopped inside the trace function
         self._prev = sys.gettrace()
         self._prev_switch = greenlet.gettrace()
+        self._untraced_stops(rt)
+        self._op = self._opcode  # (one bound method, returned by every opcode event)
         greenlet.settrace(self._switched)
         sys.settrace(self._call)
+
+    def _untraced_stops(self, rt: SimRuntime) -> None:
+        """The scheduler runs untraced at every visible operation, not only at data accesses.
+
+        A thread start, a join, a lock operation or a task's end reaches the scheduler from
+        traced code; there the interpreter would trace every call of the scheduler's (to find
+        it is not the user's) and run its code unspecialised. The task is parked for the
+        length of its stop instead, as at a data access (see _switched)."""
+        ts = self._ts
+        parked = self._parked
+        enter, leave, tsp = _ENTER_TRACING, _LEAVE_TRACING, ctypes.addressof(ts)
+        stop, pick = rt.stop, rt._pick
+
+        def untraced_stop(t: Any, op: Any, pred: Any, wq: Any) -> None:
+            if ts.tracing:  # inside the trace function already (a data access)
+                stop(t, op, pred, wq)
+                return
+            me = getcurrent()
+            parked.add(me)
+            enter(tsp)
+            try:
+                stop(t, op, pred, wq)
+            finally:
+                parked.discard(me)
+                leave(tsp)
+
+        def untraced_pick(cur: Any) -> Any:  # (a task's end; it switches nowhere itself)
+            if ts.tracing:
+                return pick(cur)
+            enter(tsp)
+            try:
+                return pick(cur)
+            finally:
+                leave(tsp)
+
+        rt.stop = untraced_stop  # type: ignore[method-assign]
+        rt._pick = untraced_pick  # type: ignore[method-assign]
 
     def close(self) -> None:
         greenlet.settrace(self._prev_switch)
@@ -192,38 +245,40 @@ class Tracer:
 
     # ------------------------------------------------------------------ trace functions
     def _call(self, frame: Any, event: str, arg: Any) -> Any:
-        ops = _ops(frame.f_code)
+        ops = _code_ops.get(frame.f_code, False)
         if ops is None:
+            return None
+        if ops is False and _ops(frame.f_code) is None:
             return None
         frame.f_trace_lines = False
         frame.f_trace_opcodes = True
-        return self._opcode
+        return self._op
 
     def _opcode(self, frame: Any, event: str, arg: Any) -> Any:
         if event != "opcode":
-            return self._opcode
+            return self._op
         op = _code_ops[frame.f_code].get(frame.f_lasti)  # type: ignore[union-attr]
         if op is None:
-            return self._opcode
+            return self._op
         kind, a = op
         if kind == _A_LOAD:
             obj = _stack(frame, 1)
             if isinstance(obj, _CODEISH):
-                return self._opcode
+                return self._op
             d = getattr(obj, "__dict__", None)
             if type(d) is dict and a in d:
                 v = d[a]
             elif isinstance(getattr(type(obj), a, None), _SLOT):
                 v = None
             else:
-                return self._opcode  # a method, a class attribute, a property: code
+                return self._op  # a method, a class attribute, a property: code
             if isinstance(v, _CODEISH) or callable(v):
-                return self._opcode
+                return self._op
             self._access(obj, a, False, f"{type(obj).__name__}.{a}")
         elif kind in (_A_STORE, _A_DEL):
             obj = _stack(frame, 1)
             if isinstance(obj, _CODEISH):
-                return self._opcode
+                return self._op
             self._access(obj, a, True, f"{type(obj).__name__}.{a}")
         elif kind in (_S_LOAD, _S_STORE):
             c = _stack(frame, 2)
@@ -241,7 +296,8 @@ class Tracer:
             if isinstance(c, _CONTAINERS):
                 self._access(c, None, False, f"{type(c).__name__} contents")
         elif kind == _READ2 or kind == _BINOP:
-            x, y = _stack(frame, 2), _stack(frame, 1)
+            top = _top(frame)
+            x, y = _value(top - 16), _value(top - 8)
             if isinstance(x, _CONTAINERS):
                 self._access(x, None, kind == _BINOP and a, f"{type(x).__name__} contents")
             if isinstance(y, _CONTAINERS) and y is not x:
@@ -252,7 +308,7 @@ class Tracer:
             g = frame.f_globals
             v = g.get(a, g)
             if v is g or isinstance(v, _CODEISH) or callable(v):
-                return self._opcode  # a builtin, function, class or module
+                return self._op  # a builtin, function, class or module
             self._access(g, a, False, a)
         elif kind == _G_STORE:
             self._access(frame.f_globals, a, True, a)
@@ -265,15 +321,16 @@ class Tracer:
                 except ValueError:
                     v = None
                 if isinstance(v, _CODEISH) or callable(v):
-                    return self._opcode
+                    return self._op
             self._access(cell, None, kind == _C_STORE, name)
-        return self._opcode
+        return self._op
 
     def _call_args(self, frame: Any, argc: int) -> None:
         """Containers handed to code that is not traced: read by a known reader, else
         possibly written."""
-        args = [_stack(frame, i) for i in range(1, argc + 2)]
-        meth = _stack(frame, argc + 2)  # a method and its self, or NULL and a callable
+        top = _top(frame)
+        args = [_value(top - 8 * i) for i in range(1, argc + 2)]
+        meth = _value(top - 8 * (argc + 2))  # a method and its self, or NULL and a callable
         fn = args.pop() if meth is None else meth
         conts = [c for c in args if isinstance(c, _CONTAINERS)]
         if not conts:
@@ -319,6 +376,14 @@ class _TState(ctypes.Structure):
     _fields_ = [("_pad", ctypes.c_char * _TS_TRACING), ("tracing", ctypes.c_int),
                 ("tracing_what", ctypes.c_int), ("_pad2", ctypes.c_char * 4),
                 ("cframe", ctypes.POINTER(_CFrame))]
+
+
+_ENTER_TRACING = ctypes.pythonapi.PyThreadState_EnterTracing
+_ENTER_TRACING.argtypes = (ctypes.c_void_p,)
+_ENTER_TRACING.restype = None
+_LEAVE_TRACING = ctypes.pythonapi.PyThreadState_LeaveTracing
+_LEAVE_TRACING.argtypes = (ctypes.c_void_p,)
+_LEAVE_TRACING.restype = None
 
 
 def _tstate() -> _TState:

@@ -35,7 +35,7 @@ from typing import Any
 from kvmlock.explore.runtime import ACQ_NONE, ACQ_TRY, SimCell, SimRuntime, Task
 from kvmlock.lockdep import core as _core
 from kvmlock.lockdep import threading_instr as _instr
-from kvmlock.lockdep.naming import site_of
+from kvmlock.lockdep.naming import class_name, site_key, site_of
 from kvmlock.lockdep.where import _internal
 
 #: The explored runtime of the calling OS thread, while it runs an execution.
@@ -111,6 +111,23 @@ class ExploredLock(_instr.CheckedLock):
 
     def __repr__(self) -> str:
         return f"<explored Lock {self._map.name} {'locked' if self.locked() else 'unlocked'}>"
+
+
+class PlainExploredLock(ExploredCell):
+    """``threading.Lock()`` in an exploration with lockdep off: the explorer's cell alone.
+
+    Nothing would read what lockdep found, and validating every acquire anyway was most of
+    what a lock operation cost; a deadlock still names the locks each task holds (from the
+    cells' holders)."""
+
+    __slots__ = ("__weakref__",)
+
+    def _is_owned(self) -> bool:
+        return self._cell.holder is _cur()
+
+    def __repr__(self) -> str:
+        return (f"<explored Lock {self._cell.label} "
+                f"{'locked' if self._cell.holder is not None else 'unlocked'}>")
 
 
 class ExploredRLock:
@@ -202,6 +219,16 @@ def _site() -> Any:
     return site
 
 
+def _plain_name(what: str, site: Any) -> str:
+    """The lockdep class name a lock made at ``site`` has, without making its class."""
+    return class_name(site_key(what, site), site)
+
+
+def _validating(rt: SimRuntime) -> bool:
+    """Whether lockdep's findings count in this execution (``check(lockdep=...)``)."""
+    return not getattr(rt, "_kvmlock_plain", False)
+
+
 def _cur() -> Task | None:
     rt = current_rt()
     return rt.current if rt is not None else None
@@ -221,12 +248,17 @@ def _make_lock(prev: Callable[[], Any]) -> Callable[[], Any]:
             site = _site()
             if site is None:
                 return prev()
+            if not _validating(rt):
+                plain = PlainExploredLock.__new__(PlainExploredLock)
+                plain._cell = rt.lock_cell(plain, _plain_name("Lock", site))
+                return plain
             lock = ExploredLock._make(_instr._new_map("Lock", site))
             lock._lock = ExploredCell(rt, lock, lock._map.name)
             return lock
 
         def __instancecheck__(cls, obj: object) -> bool:
-            return isinstance(obj, (ExploredLock, _instr.CheckedLock, _thread.LockType))
+            return isinstance(obj, (ExploredLock, PlainExploredLock, _instr.CheckedLock,
+                                    _thread.LockType))
 
     class Lock(metaclass=_LockType):  # noqa: D401 - stands in for threading.Lock
         """``threading.Lock``: explored inside an exploration, the previous one elsewhere."""
@@ -240,9 +272,15 @@ def _make_rlock(prev: Callable[..., Any]) -> Callable[..., Any]:
         if rt is None:
             return prev(*args, **kwargs)
         site = _site()
-        m = _instr._new_map("RLock", site) if site is not None else None
+        if site is None:
+            m, name = None, "RLock"
+        elif not _validating(rt):
+            m, name = None, _plain_name("RLock", site)
+        else:
+            m = _instr._new_map("RLock", site)
+            name = m.name
         r = ExploredRLock(None, m)  # type: ignore[arg-type]
-        r._lock = ExploredCell(rt, r, m.name if m is not None else "RLock")
+        r._lock = ExploredCell(rt, r, name)
         return r
 
     return RLock
@@ -612,9 +650,11 @@ class Binding:
 
     __slots__ = ("_prev", "_rt")
 
-    def __init__(self, rt: SimRuntime) -> None:
+    def __init__(self, rt: SimRuntime, lockdep: bool = True) -> None:
         self._prev = getattr(_bound, "rt", None)
         self._rt = rt
+        if not lockdep:
+            rt._kvmlock_plain = True  # type: ignore[attr-defined]  # see PlainExploredLock
         _bound.rt = rt
         _running[_thread.get_ident()] = rt
 
