@@ -219,3 +219,51 @@ def test_races_further_back_than_64_accesses_are_all_explored():
     d = explore.check(_readers_and_a_writer(3, small), stop_on_first=False)
     f = explore.check(_readers_and_a_writer(3, by_dfs), strategy="dfs", stop_on_first=False)
     assert d.runs == 7 and small == by_dfs == set(range(4)) and f.exhausted
+
+
+def _reader_behind_a_long_write_section(tries: int, seen: set):
+    """W holds S's write side across ``tries`` failing read_trylocks of its own (reads of S);
+    R does two accesses of other objects, then takes S's read side and reads the flag W sets.
+    R's read can go before W's section (flag 0) or after it (flag 1)."""
+
+    def body():
+        s = RWSemaphore("S")
+        xs = [Atomic64(0, name="x0"), Atomic64(0, name="x1")]
+        flag = [0]
+        got: list[int] = []
+
+        def w():
+            with s.write():
+                for _ in range(tries):
+                    assert not s.read_trylock()
+                flag[0] = 1
+
+        def r():
+            xs[0].load()
+            xs[1].cmpxchg(0, 5)
+            with s.read():
+                got.append(flag[0])
+
+        ts = [spawn(w), spawn(r)]
+        for t in ts:
+            t.join()
+        seen.add(tuple(got))
+
+    return body
+
+
+def test_a_wait_races_with_a_write_more_than_64_accesses_back():
+    """R's read wait, disabled by W's section, must race with W's write_lock although 70 reads
+    of S lie between that write and the write_unlock that let R in: the scan for a wait's
+    earlier conflicting writes has no window (one of the last 64 accesses would lose the
+    order where R reads first)."""
+    by_dfs: set = set()
+    small = explore.check(_reader_behind_a_long_write_section(3, by_dfs), strategy="dfs",
+                          stop_on_first=False, lockdep=False)
+    assert small.exhausted and by_dfs == {(0,), (1,)}
+    for tries in (3, 70):
+        seen: set = set()
+        res = explore.check(_reader_behind_a_long_write_section(tries, seen),
+                            stop_on_first=False, lockdep=False)
+        assert res.ok and res.exhausted
+        assert seen == by_dfs, tries

@@ -35,7 +35,9 @@ from typing import Any
 
 from kvmlock.explore.pythreads import Substitution
 from kvmlock.explore.strategies.dfs import DFS
-from kvmlock.explore.strategies.dpor import DPOR, Event, Op, _independent, source_branch
+from kvmlock.explore.strategies.dpor import DPOR
+from kvmlock.explore.strategies.events import Event, Op, independent
+from kvmlock.explore.strategies.wakeup import source_branch
 
 #: "inline" runs the workers in turn in the calling process, for testing the scheme
 BACKENDS = ("process", "ray", "inline")
@@ -210,9 +212,9 @@ class Coordinator:
         if not path and op_q is None:
             return ("dpor", (), {}, None, ({}, {}))  # the whole tree
         node = self.upper[path]
-        sleep = {t: op for t, op in node.sleep.items() if t != q and _independent(op, op_q)}
+        sleep = {t: op for t, op in node.sleep.items() if t != q and independent(op, op_q)}
         for t, op in node.done.items():
-            if t != q and t not in sleep and _independent(op, op_q):
+            if t != q and t not in sleep and independent(op, op_q):
                 sleep[t] = op
         node.done[q] = op_q
         node.queued.discard(q)
