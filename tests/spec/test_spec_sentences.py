@@ -206,3 +206,23 @@ def test_bare_synchronize_srcu_with_no_srcu_in_sight_is_not_understood() -> None
     d = spec.parse(rules_doc(
         "dev->cfg_lock instead is released before the call to ``synchronize_srcu()``."))
     assert not d.rules and len(d.not_understood) == 1
+
+
+@pytest.mark.parametrize("sentence", [
+    "kvm->irq_lock is acquired after kvm->slots_lock, though few paths hold both",
+    "kvm->irq_lock nests inside kvm->slots_lock, because both guard routing state",
+    "kvm->irq_lock is taken under kvm->slots_lock, e.g. when routes change",
+])
+def test_any_order_form_with_a_remark_after_it(sentence: str) -> None:
+    d = spec.parse(rules_doc(sentence))
+    [r] = d.rules
+    assert (r.kind, r.outer, r.inner) == ("order", "kvm->slots_lock", "kvm->irq_lock")
+    assert r.note and not d.not_understood
+
+
+def test_a_remark_that_names_a_lock_is_not_dropped() -> None:
+    """Near miss: the trailing clause could add a condition about another lock, so the
+    sentence stays unread (and the verdict incomplete) rather than half read."""
+    d = spec.parse(rules_doc(
+        "kvm->irq_lock is acquired after kvm->slots_lock, but never while holding kvm->lock"))
+    assert d.rules == [] and d.incomplete()

@@ -58,6 +58,13 @@ class SpecDiff:
                 "changes": [c.to_dict() for c in self.changes]}
 
 
+def _means(when: str, r: Rule) -> str:
+    if edge := r.breaks():
+        return f"{when} a violation: {edge}"
+    return (f"{when} said, but no lock graph can show it: one lock class nested in itself "
+            "(lockdep checks the nesting annotation)")
+
+
 def diff(old: Spec, new: Spec, graph: Any = None) -> SpecDiff:
     """The rule changes from ``old`` to ``new``; with ``graph``, each one's verdict on it."""
     before = {r.key: r for r in old.rules}
@@ -73,13 +80,13 @@ def diff(old: Spec, new: Spec, graph: Any = None) -> SpecDiff:
             paired |= {key, opp}
             out.changes.append(Change(
                 "reversed", r, n,
-                f"now a violation: {n.breaks()}; no longer a violation: {r.breaks()}"))
+                f"{_means('now', n)}; {_means('no longer', r)}"))
     for key, r in before.items():
         if key not in after and key not in paired:
-            out.changes.append(Change("removed", r, None, f"no longer a violation: {r.breaks()}"))
+            out.changes.append(Change("removed", r, None, _means("no longer", r)))
     for key, r in after.items():
         if key not in before and key not in paired:
-            out.changes.append(Change("added", None, r, f"now a violation: {r.breaks()}"))
+            out.changes.append(Change("added", None, r, _means("now", r)))
     if graph is not None:
         _verdicts(out, check(old, graph), check(new, graph))
     return out

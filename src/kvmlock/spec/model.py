@@ -105,7 +105,7 @@ class Rule:
             return f"{self.outer} -> any lock"
         if k == "type":
             return f"{self.outer} built as anything but {' or '.join(self.types)}"
-        return "nothing a class graph can show"
+        return ""  # one class nested in itself: no edge of a class graph
 
 
 @dataclass

@@ -114,6 +114,11 @@ _ARROW = re.compile(r"\s+-+>\s+")
 #: "On x86:" heads a sub-list, "On x86, ..." leads a sentence: rules for that architecture only
 ARCH_LEAD = re.compile(r"^(?:on|for) (x86|arm64|s390|powerpc|riscv|mips|loongarch)\b", re.I)
 _LEAD = re.compile(r"^(?P<lead>(?:when|if|while|for|on) [^,]{1,60}), (?P<rest>\S.*)$", _I)
+_TAIL = re.compile(
+    r"^(?P<head>.+?), (?P<note>(?:(?:though|although|but|because|since|as|when|while|unless|"
+    r"even|for example)\b|e\.g\.).*)$",
+    _I,
+)
 _QUALIFIED = re.compile(r"^(?P<n>\S+) (?P<q>(?:for|of|in|on) .+)$", _I)
 _PRONOUNS = {"it", "they", "these locks", "this lock", "these", "both", "both locks"}
 
@@ -332,6 +337,12 @@ def rule_like(sentence: str, known: set[str]) -> list[str]:
     text = clean(sentence)
     if not _ORDERING.search(text):
         return []
+    names = lock_names(text, known)
+    return names if len(names) >= 2 else []
+
+
+def lock_names(text: str, known: set[str]) -> list[str]:
+    """The words of ``text`` that name locks: known ones, struct members, ``*_lock``-like."""
     names: list[str] = []
     for m in re.finditer(NAME_RE, text.replace("`", "")):
         word = m.group(0)
@@ -340,7 +351,7 @@ def rule_like(sentence: str, known: set[str]) -> list[str]:
         if n in known or member or _LOCKISH.search(n) or n != word.lstrip("&").rstrip("()"):
             if n not in names:
                 names.append(n)
-    return names if len(names) >= 2 else []
+    return names
 
 
 def _subjects(rules: list[Rule]) -> list[str]:
@@ -379,6 +390,11 @@ def read_sentence(sentence: str, ctx: Context, line: int) -> list[Rule] | None:
             got = (first or []) + second
         else:
             one = _clause(part, ctx)
+            if one is None and (tail := _TAIL.match(part)) and not lock_names(tail["note"], set()):
+                # "X is acquired after Y, though few paths hold both": the rule, and a remark
+                # that names no lock (one that does could add a condition; it stays unread)
+                one = _clause(tail["head"], ctx)
+                one = one and [replace(r, note=r.note or tail["note"]) for r in one]
             if one is None and (lead := _LEAD.match(part)):
                 one = _clause(lead["rest"], ctx)
                 if one:
