@@ -78,8 +78,8 @@ def test_render_writes_the_models_document(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["show", "/nonexistent/locking.rst"], "no such document"),
-    (["check", "README-missing.rst"], "no such document"),
+    (["show", "/nonexistent/locking.rst"], "no such locking document"),
+    (["check", "README-missing.rst"], "no such locking document"),
 ])
 def test_errors_exit_2_with_a_message(argv: list[str], message: str,
                                       capsys: pytest.CaptureFixture[str]) -> None:

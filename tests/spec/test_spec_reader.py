@@ -118,11 +118,14 @@ def test_unknown_field_is_a_warning_not_silence() -> None:
 
 
 def test_load_errors_are_clear(tmp_path: Path) -> None:
-    with pytest.raises(spec.SpecError, match="no such document"):
+    with pytest.raises(spec.SpecError, match="no such locking document"):
         spec.load(tmp_path / "missing.rst")
     with pytest.raises(TypeError, match="path or the document's text"):
         spec.load(42)  # type: ignore[arg-type]
     bad = tmp_path / "bad.rst"
     bad.write_bytes(b"\xff\xfe\x00bad")
-    with pytest.raises(spec.SpecError, match="cannot read"):
+    with pytest.raises(spec.SpecError, match="binary data"):
+        spec.load(bad)
+    bad.write_bytes(b"- caf\xe9 is a leaf\n")
+    with pytest.raises(spec.SpecError, match="not UTF-8 text"):
         spec.load(bad)

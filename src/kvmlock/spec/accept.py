@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvmlock.spec.check import ACCEPTED, VIOLATED, Conformance
+from kvmlock.spec.inputs import read_text
 from kvmlock.spec.model import SpecError
 from kvmlock.spec.names import normalise
 
@@ -35,17 +36,14 @@ class Waiver:
     used: bool = False
 
 
+#: a list of known violations, one a line: a few KiB at most
+MAX_BYTES = 4 * 1024 * 1024
 _LINE = re.compile(r"^(?P<what>.+?)\s*:\s+(?P<why>\S.*)$")
 
 
 def load_waivers(path: str | os.PathLike[str]) -> list[Waiver]:
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"no such accept file: {str(p)!r}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"cannot read {str(p)!r}: {exc}") from None
+    text = read_text(p, "accept file", MAX_BYTES)
     out: list[Waiver] = []
     for n, raw in enumerate(text.splitlines(), 1):
         s = raw.strip()

@@ -156,5 +156,6 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "json", False):
             sys.stdout.write(json.dumps({"ok": False, "complete": False, "error": str(exc)},
                                         indent=1) + "\n")
-        Console(stderr=True, highlight=False).print(f"kvmlock spec: error: {exc}", markup=False)
+        # one line, whatever the terminal's width or the message's own line breaks
+        print("kvmlock spec: error: " + " ".join(str(exc).split()), file=sys.stderr)
         return INCOMPLETE

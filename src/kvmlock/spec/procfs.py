@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 from kvmlock.spec.check import UNKNOWN_KIND
 from kvmlock.spec.graphview import Edge, GraphView, view
+from kvmlock.spec.inputs import read_text
 from kvmlock.spec.model import SpecError
 from kvmlock.spec.names import kind_of
 from kvmlock.splat.report import lock_class
@@ -33,15 +33,7 @@ MAX_BYTES = 256 * 1024 * 1024
 
 
 def _text(path: str | os.PathLike[str], what: str) -> str:
-    p = Path(path)
-    try:
-        if p.stat().st_size > MAX_BYTES:
-            raise SpecError(f"{p}: larger than {MAX_BYTES // 2**20} MiB, not a {what} dump")
-        return p.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        raise SpecError(f"no such {what} dump: {str(p)!r}") from None
-    except OSError as exc:
-        raise SpecError(f"cannot read {str(p)!r}: {exc}") from None
+    return read_text(path, f"{what} dump", MAX_BYTES, lenient=True)
 
 
 def _name(raw: str) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 import docutils.core
 from docutils import nodes
 
+from kvmlock.spec.inputs import read_text
 from kvmlock.spec.layout import restore
 from kvmlock.spec.model import RefEntry, Rule, Spec, SpecError, Unread
 from kvmlock.spec.names import (
@@ -52,16 +53,7 @@ def load(doc: str | os.PathLike[str], *, source: str | None = None) -> Spec:
     """
     if isinstance(doc, os.PathLike) or (isinstance(doc, str) and "\n" not in doc):
         path = Path(doc)
-        if not path.is_file():
-            raise SpecError(f"no such document: {str(path)!r}")
-        try:
-            size = path.stat().st_size
-            if size > MAX_BYTES:
-                raise SpecError(f"{str(path)!r} is {size // 1024} KiB; a locking document is "
-                                f"at most {MAX_BYTES // 1024} KiB")
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SpecError(f"cannot read {str(path)!r}: {exc}") from None
+        text = read_text(path, "locking document", MAX_BYTES)
         return parse(text, source=source or str(path))
     if isinstance(doc, str):
         return parse(doc, source=source or "<text>")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from kvmlock import spec as _spec
+from kvmlock.spec.inputs import decode, read_text
 from kvmlock.splat.judge import judge, spelling
 from kvmlock.splat.parse import read_log
 from kvmlock.splat.program import explore_splat
@@ -40,25 +40,23 @@ def _parser() -> argparse.ArgumentParser:
 
 def _read(path: str) -> str:
     if path == "-":
-        return sys.stdin.read(MAX_BYTES + 1)
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"no such file: {path!r}")
-    if p.stat().st_size > MAX_BYTES:
-        raise ValueError(f"{path}: larger than {MAX_BYTES // 2**20} MiB; cut the log around "
-                         "the report")
-    return p.read_bytes().decode("utf-8", "replace")
+        raw = getattr(sys.stdin, "buffer", None)  # a text stream (tests, embedding) has none
+        data = raw.read(MAX_BYTES + 1) if raw else sys.stdin.read(MAX_BYTES + 1).encode()
+        if len(data) > MAX_BYTES:
+            raise _spec.SpecError(f"standard input is over {MAX_BYTES // 2**20} MiB; cut the "
+                                  "log around the report")
+        return decode(data, "standard input", "kernel log", lenient=True)
+    return read_text(path, "kernel log", MAX_BYTES, lenient=True,
+                     why_limit="cut the log around the report")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         text = _read(args.file)
-        if len(text) > MAX_BYTES:
-            raise ValueError(f"input larger than {MAX_BYTES // 2**20} MiB")
         doc = _spec.load(args.doc) if args.doc else None
     except (ValueError, OSError, _spec.SpecError) as exc:
-        print(f"kvmlock splat: error: {exc}", file=sys.stderr)
+        print("kvmlock splat: error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
     splats = read_log(text)
     spell = spelling(doc)
@@ -67,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps({"count": 0, "reports": [], "kind": None, "acquiring": None,
                               "holding": [], "violations": []}, indent=1))
-        print(f"kvmlock splat: no lockdep report found in {source}", file=sys.stderr)
+        empty = "" if text.strip() else " (it is empty)"
+        print(f"kvmlock splat: no lockdep report found in {source}{empty}", file=sys.stderr)
         return 3
     failed = unexplored = False
     objs, texts = [], []

@@ -221,7 +221,14 @@ def explore_splat(splat: Splat, declared: dict[str, tuple[str, ...]] | None = No
     res = explore.check(body, "dpor", lockdep=False, timeout=timeout, stop_on_first=True)
     f = res.failure
     if f is not None and f.kind == "deadlock":
-        return Outcome(True, f.message, f.trace_table(), f.schedule, res.headline(), kinds)
+        message = f.message
+        if recursive:
+            lock = spell(deps[0].dst)
+            message += (f"\n(assumed: two instances of {lock}, say two VMs', taken in opposite "
+                        "orders by two tasks; lockdep cannot tell instances of one class apart, "
+                        "so if the code orders them -- a flag, an address order -- the report is "
+                        "a false positive that wants a nesting annotation)")
+        return Outcome(True, message, f.trace_table(), f.schedule, res.headline(), kinds)
     if f is not None:
         return Outcome(False, f"the program failed otherwise: {f.summary()}", f.trace_table(),
                        f.schedule, res.headline(), kinds, complete=False)
