@@ -47,7 +47,7 @@ def main() -> None:
         print(f"  {len(s.rules):>6} rules  {t:7.3f} s  {per:6.2f} us/rule  "
               f"({per / base:.2f}x the per-rule cost at 1,001 rules)")
     print("read (docutils parse + rules)")
-    for n in (100, 1_000):
+    for n in (100, 1_000, 10_000):
         text = document(n)
         t = best(lambda text=text: spec.parse(text), 1)
         print(f"  {n:>6} rules  {t:7.3f} s")
