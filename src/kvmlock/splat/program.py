@@ -6,6 +6,9 @@ the document's Reference gives them, so the same chain can deadlock under one do
 under another. A read-write semaphore whose two uses in the cycle are both reads gets one more
 task, a writer: readers of an rw_semaphore queue behind a waiting writer, which is how two
 readers take part in a real deadlock. rwlock_t and SRCU readers never wait for each other.
+
+An interrupt-order report has no chain to run: its program is lockdep's unsafe scenario, with an
+interrupt injected on the CPU that holds the irq-unsafe lock.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from kvmlock import explore, spawn
+from kvmlock import explore, irq, spawn
 from kvmlock.spec.names import kind_of
 from kvmlock.splat.report import Dependency, LockRef, Splat
 from kvmlock.sync import SRCU, Mutex, RawSpinLock, RWLock, RWSemaphore, SpinLock
@@ -139,6 +142,58 @@ def _program(deps: list[Dependency], kinds: dict[str, str], recursive: bool,
     return "\n".join(lines), exprs
 
 
+_IRQ_KINDS = ("irq_inversion", "irq_safe_unsafe")
+#: locks an interrupt handler may take: they spin, never sleep
+_SPINNING = ("spinlock", "raw_spinlock", "rwlock")
+
+
+def _soft(splat: Splat, safe: LockRef | None) -> bool:
+    """Whether the report is about soft interrupts: its title says so, or the irq-safe lock
+    was used only in softirq context (``{.-..}``: the hardirq bit unused)."""
+    if "SOFTIRQ" in splat.title:
+        return True
+    usage = safe.usage if safe is not None else ""
+    return len(usage) >= 3 and usage[0] not in "-?" and usage[2] in "-?"
+
+
+def _irq_program(d: Dependency, kinds: dict[str, str], soft: bool) -> tuple[str, dict[str, str]]:
+    """Lockdep's unsafe scenario as a program: CPU0 holds the irq-unsafe lock with interrupts
+    on; CPU1 turns them off, takes the irq-safe lock, then the unsafe one; an interrupt on CPU0
+    takes the irq-safe lock."""
+    exprs = {n: _expr(n) for n in (d.src, d.dst)}
+    safe, unsafe = exprs[d.src], exprs[d.dst]
+    take_safe = _call(kinds[d.src], d.src_read, False)
+    take_unsafe = _call(kinds[d.dst], d.dst_read, False)
+    off = "local_bh_disable" if soft else "local_irq_save"
+    what = "softirq" if soft else "interrupt"
+    source = "\n".join([
+        "def unsafe_holder():",
+        f"    with {take_unsafe}({unsafe}):",
+        "        pass",
+        "",
+        "def safe_then_unsafe():",
+        f"    with {off}():",
+        f"        with {take_safe}({safe}):",
+        f"            with {take_unsafe}({unsafe}):",
+        "                pass",
+        "",
+        f"def {what}_handler():",
+        f"    with {take_safe}({safe}):",
+        "        pass",
+        "",
+        "def main():",
+        f"    cpu0 = spawn(unsafe_holder, name={'takes ' + d.dst!r})",
+        f"    cpu1 = spawn(safe_then_unsafe, name={'takes ' + d.src + ' then ' + d.dst!r})",
+        f"    irq = inject({what}_handler, cpu=cpu0, name={what + ' taking ' + d.src!r},"
+        f" soft={soft})",
+        "    cpu0.join()",
+        "    cpu1.join()",
+        "    irq.join()",
+        "",
+    ])
+    return source, exprs
+
+
 def _tree(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """``[("kvm.lock", o), ("kvm.arch.x", p)]`` -> {"kvm": namespace(lock=o, arch=...)}."""
     root: dict[str, Any] = {}
@@ -159,7 +214,9 @@ def _tree(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _namespace(exprs: dict[str, str], objs: dict[tuple[str, str], Any]) -> dict[str, Any]:
     """The generated program's globals: the calls, ``spawn`` and a tree of lock objects (and a
     second VM's, for a report about two locks of one class)."""
-    ns: dict[str, Any] = {"spawn": spawn, **_ACTIONS}
+    ns: dict[str, Any] = {"spawn": spawn, "inject": irq.inject, **_ACTIONS,
+                          "local_irq_save": irq.local_irq_save,
+                          "local_bh_disable": irq.local_bh_disable}
     ns.update(_tree([(e, objs[("", n)]) for n, e in exprs.items()]))
     ns["other_vm"] = SimpleNamespace(**_tree([(e, objs[("other", n)])
                                               for n, e in exprs.items()]))
@@ -190,11 +247,7 @@ def explore_splat(splat: Splat, declared: dict[str, tuple[str, ...]] | None = No
     ``declared`` are the document's Reference kinds; ``spell`` names locks as it does.
     """
     declared = declared or {}
-    if splat.kind in ("irq_inversion", "irq_safe_unsafe"):
-        return Outcome(False, f"a {splat.kind} report deadlocks through an interrupt taken on the "
-                       "CPU that holds the lock; its chain is not run as tasks (not explored)",
-                       complete=False)
-    deps = _cycle(splat)
+    deps = splat.dependencies() if splat.kind in _IRQ_KINDS else _cycle(splat)
     if not deps:
         return Outcome(False, f"a {splat.kind} report states no lock order to explore",
                        complete=True)
@@ -207,7 +260,17 @@ def explore_splat(splat: Splat, declared: dict[str, tuple[str, ...]] | None = No
                and any(d.dst == n and d.dst_read for d in deps)
                and any(d.src == n and d.src_read for d in deps)]
 
-    source, exprs = _program(deps, kinds, recursive, writers)
+    if splat.kind in _IRQ_KINDS:
+        sleeping = [n for n in names if kinds[n] not in _SPINNING]
+        if len(deps) != 1 or sleeping:
+            why = (f"{', '.join(map(spell, sleeping))} would sleep in an interrupt handler"
+                   if sleeping else "the report states more than one dependency")
+            return Outcome(False, f"a {splat.kind} report deadlocks through an interrupt on the "
+                           f"CPU that holds the lock; not explored: {why}", kinds=kinds,
+                           complete=False)
+        source, exprs = _irq_program(deps[0], kinds, _soft(splat, refs.get(deps[0].src)))
+    else:
+        source, exprs = _program(deps, kinds, recursive, writers)
     filename = "<splat>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     code = compile(source, filename, "exec")
