@@ -120,10 +120,14 @@ def test_released_before_synchronize_one_sentence_form() -> None:
     assert kinds(d, "srcu_read_ok") == [("kvm->srcu", "kvm->slots_arch_lock", "kvm->srcu")]
 
 
-def test_everything_else_is_a_leaf() -> None:
+@pytest.mark.parametrize("prose", [
+    "Everything else is a leaf: no other lock is taken inside the critical\nsections.\n",
+    "All other locks are leaves.\n", "Every other lock is a leaf.\n",
+])
+def test_everything_else_is_a_leaf(prose: str) -> None:
     d = spec.parse(rules_doc(
         "kvm->lock is taken outside vcpu->mutex",
-        prose="Everything else is a leaf: no other lock is taken inside the critical\nsections.\n",
+        prose=prose,
         reference="``kvm_lock``\n^^^^^^^^^^^^\n\n:Type: mutex\n",
     ))
     leaves = sorted(r.outer for r in d.rules if r.kind == "leaf")

@@ -67,7 +67,8 @@ _READ_OK = re.compile(
 _LEAF_REST = re.compile(
     r"^(?:everything|every lock) else is a leaf"
     r"(?:: no other lock is taken inside (?:the|their|its) critical sections?)?$"
-    r"|^no other lock is taken inside (?:the|their) critical sections?$",
+    r"|^no other lock is taken inside (?:the|their) critical sections?$"
+    r"|^(?:all )?other locks are leaves$|^every other lock is a leaf$",
     _I,
 )
 _LEAF = re.compile(
