@@ -20,9 +20,11 @@ A second table runs unmodified threading programs, the same code for both tools 
 home ground): a lost update on a plain attribute (kvmlock with ``memory=True``), the locked
 counter 3x3 with ``threading.Lock``, three dining philosophers to the first failure (kvmlock
 with lockdep off, so the explorer itself must reach the deadlock), and a producer/consumer
-pipeline through a bounded ``queue.Queue``. Each tool explores each program once per round;
-printed are executions, exec/s, what the exploration ended with, and the speedup. Last, the
-cost memory=True adds per traced operation.
+pipeline through a bounded ``queue.Queue``. In each round every tool takes a turn of about
+0.4 s, exploring the program again and again; printed are executions per exploration, exec/s,
+what the exploration ended with, the speedup (wall time) and the ratio of executions per CPU
+second (the process's CPU time, all its threads: what other load on the machine does not
+distort). Last, the cost memory=True adds per traced operation.
 
     pip install -e '.[bench]'      # frontrun==0.7.0
     python benchmarks/bench_explore.py
@@ -257,18 +259,18 @@ def plain_body(setup, workers, invariant) -> Callable[[], None]:
     return body
 
 
-def plain_tools(name: str) -> dict[str, Callable[[], tuple[int, float, str]]]:
-    """Each tool explores the program once: (executions, seconds, outcome)."""
+def plain_tools(name: str) -> dict[str, Callable[[], tuple[int, float, float, str]]]:
+    """Each tool explores the program once: (executions, seconds, CPU seconds, outcome)."""
     setup, workers, invariant, first, opts = PLAIN[name]
     body = plain_body(setup, workers, invariant)
 
-    def ours() -> tuple[int, float, str]:
-        t0 = time.perf_counter()
+    def ours() -> tuple[int, float, float, str]:
+        c0, t0 = time.process_time(), time.perf_counter()
         res = explore.check(body, strategy="dpor", stop_on_first=first, shrink=False,
                             progress=False, **opts)
-        dt = time.perf_counter() - t0
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
         what = res.failure.kind if res.failure else ("exhausted" if res.exhausted else "?")
-        return res.runs, dt, what
+        return res.runs, dt, dc, what
 
     tools = {"kvmlock dpor": ours}
     try:
@@ -277,30 +279,47 @@ def plain_tools(name: str) -> dict[str, Callable[[], tuple[int, float, str]]]:
     except ImportError:
         return tools
 
-    def theirs(exhaustive: bool) -> Callable[[], tuple[int, float, str]]:
+    def theirs(exhaustive: bool) -> Callable[[], tuple[int, float, float, str]]:
         kw: dict = {"stop_on_first": first, "reproduce_on_failure": 0}
         if exhaustive:
             kw.update(preemption_bound=None, detect_io=False)
 
-        def run() -> tuple[int, float, str]:
+        def run() -> tuple[int, float, float, str]:
             patch_locks()  # what the frontrun CLI does before running a test (undone after)
             try:
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 r = frontrun.explore(setup=setup, workers=list(workers), invariant=invariant,
                                      **kw)
-                dt = time.perf_counter() - t0
+                dt, dc = time.perf_counter() - t0, time.process_time() - c0
             finally:
                 unpatch_locks()
             text = (getattr(r, "explanation", "") or "")
             what = ("inconclusive" if "inconclusive" in text
                     else "found" if not r.property_holds else "exhausted")
-            return r.num_explored, dt, what
+            return r.num_explored, dt, dc, what
 
         return run
 
     tools["frontrun dpor (defaults)"] = theirs(False)
     tools["frontrun dpor (exhaustive)"] = theirs(True)
     return tools
+
+
+def _turn(run: Callable[[], tuple[int, float, float, str]],
+          budget: float) -> tuple[int, int, float, float, str]:
+    """Explore the program again and again for about ``budget`` seconds (at least once):
+    (explorations, executions, seconds, CPU seconds, outcome). A turn of one exploration of
+    a few milliseconds would measure the machine's other load more than the tool."""
+    k = n = 0
+    dt = dc = 0.0
+    what = ""
+    while k == 0 or (dt < budget and what != "inconclusive"):
+        runs, t, c, what = run()
+        # what one exploration left for the garbage collector (an abandoned execution's
+        # locks) is collected before the next one, not inside its traced threads
+        gc.collect()
+        k, n, dt, dc = k + 1, n + runs, dt + t, dc + c
+    return k, n, dt, dc, what
 
 
 def memory_cost() -> tuple[float, int]:
@@ -341,11 +360,11 @@ def memory_cost() -> tuple[float, int]:
     return (traced - plain) / (steps - base) * 1e6, steps - base
 
 
-def plain_main(rounds: int = 3) -> None:
+def plain_main(rounds: int = 5, budget: float = 0.4) -> None:
     print("\nunmodified threading programs (the same code for both tools; "
           "lost update with memory=True, philosophers to the first failure)")
     print(f"{'program':<13} {'explorer':<28} {'executions':>10} {'exec/s':>9} "
-          f"{'outcome':>12} {'kvmlock speedup (range)':>24}")
+          f"{'outcome':>12} {'speedup (range)':>17} {'CPU speedup':>12}")
     for name in PLAIN:
         tools = plain_tools(name)
         for run in tools.values():  # untimed warm-up
@@ -353,28 +372,32 @@ def plain_main(rounds: int = 3) -> None:
             gc.collect()
         out: dict[str, tuple[int, str]] = {}
         rates: dict[str, list[float]] = {t: [] for t in tools}
+        cpu: dict[str, list[float]] = {t: [] for t in tools}
         for _ in range(rounds):
             for tool, run in tools.items():
-                n, dt, what = run()
-                # what one tool left for the garbage collector (an abandoned execution's locks)
-                # is collected before the next one runs, not inside its traced threads
-                gc.collect()
-                out[tool] = (n, what)
+                k, n, dt, dc, what = _turn(run, budget)
+                out[tool] = (n // k, what)
                 rates[tool].append(n / dt)
-        ours = rates["kvmlock dpor"]
+                cpu[tool].append(n / dc if dc > 0 else float("nan"))
+        ours, ours_cpu = rates["kvmlock dpor"], cpu["kvmlock dpor"]
         for tool in tools:
             n, what = out[tool]
-            speed = ""
+            speed = cspeed = ""
             if what == "inconclusive":
-                speed = "no result to compare"
+                speed = "no result"
             elif tool != "kvmlock dpor":
                 ratios = [a / b for a, b in zip(ours, rates[tool], strict=True)]
                 speed = (f"{statistics.median(ratios):,.1f}x ({min(ratios):,.1f}-"
                          f"{max(ratios):,.1f})")
+                cspeed = f"{statistics.median(ours_cpu) / statistics.median(cpu[tool]):,.1f}x"
             print(f"{name:<13} {tool:<28} {n:>10} {statistics.median(rates[tool]):>9,.0f} "
-                  f"{what:>12} {speed:>24}")
+                  f"{what:>12} {speed:>17} {cspeed:>12}")
+    print(f"\nmedians over {rounds} rounds; in each round every tool takes one turn of about "
+          f"{budget}s, exploring the program again and again (speedup: the median of the "
+          f"ratios of exec/s within a round; CPU speedup: the ratio of executions per CPU "
+          f"second, which the machine's other load does not distort)")
     us, ops = memory_cost()
-    print(f"\nmemory=True costs {us:.1f} us per traced operation ({ops} operations, two "
+    print(f"memory=True costs {us:.1f} us per traced operation ({ops} operations, two "
           f"threads)")
 
 

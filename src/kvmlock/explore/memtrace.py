@@ -191,7 +191,7 @@ class Tracer:
         ts = self._ts
         parked = self._parked
         enter, leave, tsp = _ENTER_TRACING, _LEAVE_TRACING, ctypes.addressof(ts)
-        stop, pick = rt.stop, rt._pick
+        stop, pick, spawn = rt.stop, rt._pick, rt.spawn
 
         def untraced_stop(t: Any, op: Any, pred: Any, wq: Any) -> None:
             if ts.tracing:  # inside the trace function already (a data access)
@@ -202,6 +202,18 @@ class Tracer:
             enter(tsp)
             try:
                 stop(t, op, pred, wq)
+            finally:
+                parked.discard(me)
+                leave(tsp)
+
+        def untraced_spawn(fn: Any, args: tuple = (), name: str | None = None) -> Any:
+            if ts.tracing:
+                return spawn(fn, args, name)
+            me = getcurrent()
+            parked.add(me)  # (the child starts traced: it is not parked)
+            enter(tsp)
+            try:
+                return spawn(fn, args, name)
             finally:
                 parked.discard(me)
                 leave(tsp)
@@ -217,6 +229,7 @@ class Tracer:
 
         rt.stop = untraced_stop  # type: ignore[method-assign]
         rt._pick = untraced_pick  # type: ignore[method-assign]
+        rt.spawn = untraced_spawn  # type: ignore[method-assign]
 
     def close(self) -> None:
         greenlet.settrace(self._prev_switch)
