@@ -78,6 +78,17 @@ def test_cli_bad_targets_are_one_line_errors(tmp_path, capsys):
     assert cli.main([f"{f}::x", "--replay", "zz"]) == 2
 
 
+def test_cli_a_function_that_needs_arguments_is_bad_input_not_a_finding(tmp_path, capsys):
+    """A test taking fixtures cannot be called with none: that is no failure of the program."""
+    f = tmp_path / "t.py"
+    f.write_text("def test_fx(tmp_path, n=1):\n    pass\n\ndef test_plain(n=1):\n    pass\n")
+    assert cli.main([f"{f}::test_fx"]) == 2
+    err = capsys.readouterr().err
+    assert "takes arguments (tmp_path)" in err and "@pytest.mark.explore" in err
+    assert len(err.strip().splitlines()) == 1
+    assert cli.main([f"{f}::test_plain"]) == 0  # defaults only: it runs
+
+
 def test_marker_fails_the_racy_test_with_the_trace_and_passes_the_locked_one(pytester):
     pytester.makepyfile(test_user=PROGRAM)
     res = pytester.runpytest("-p", "no:cacheprovider")

@@ -122,6 +122,46 @@ def test_threading_is_restored_after_every_way_out():
     assert not pythreads.substituted()
 
 
+def test_threading_is_restored_when_a_check_is_stopped_from_outside():
+    """Blocked in a call the explorer does not run, stopped at the timeout, a hang, Ctrl-C:
+    each ends the check with threading as it was."""
+    before = _originals()
+    held = _thread.allocate_lock()  # a real lock, held here: the body can never take it
+    held.acquire()
+
+    def blocked():
+        with threading.Lock():
+            held.acquire()
+
+    def spins():
+        threading.Lock()
+        while True:
+            pass
+
+    def interrupted():
+        threading.Lock()
+        raise KeyboardInterrupt
+
+    try:
+        res = explore.check(blocked, stall=0.3)
+        assert res.failure is not None and res.failure.kind == "blocked"
+        assert _originals() == before and not pythreads.substituted()
+        res = explore.replay(blocked, "", timeout=0.3, stall=None)
+        assert res.failure is not None and res.failure.kind == "blocked"
+        assert _originals() == before and not pythreads.substituted()
+    finally:
+        held.release()  # the abandoned executions wake and unwind
+    res = explore.check(spins, stall=0.3)
+    assert res.failure is not None and res.failure.kind == "hang"
+    assert _originals() == before and not pythreads.substituted()
+    res = explore.check(spins, timeout=0.3, stall=None)
+    assert res.stopped == "timeout" and not res.exhausted
+    assert _originals() == before and not pythreads.substituted()
+    with pytest.raises(KeyboardInterrupt):
+        explore.check(interrupted)
+    assert _originals() == before and not pythreads.substituted()
+
+
 def test_other_os_threads_get_real_threading_during_an_exploration():
     seen: list[object] = []
     stop = threading.Event()

@@ -8,6 +8,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from kvmlock import explore
 
 from . import threadprogs
@@ -178,3 +180,27 @@ def test_blocked_and_hang_failures_have_a_trace_table_and_replay():
     assert "hang: `" in table and "threadprogs.py:" in table
     # the near-miss: the same steps without the endless loop are clean
     assert explore.check(_two_threads_on(lambda: threading.Lock()), stall=0.5).ok
+
+
+EXIT_SCRIPT = '''
+import socket, sys
+from kvmlock import explore
+a, b = socket.socketpair()
+res = explore.check(lambda: a.recv(1), stall=0.3)
+print(res.failure.kind, flush=True)
+if sys.argv[1] == "close":
+    b.close()  # the abandoned worker's recv returns as the interpreter goes down
+else:
+    del a, b  # freed while the interpreter finalizes: the same, a little later
+sys.exit(3)
+'''
+
+
+@pytest.mark.parametrize("how", ["close", "del"])
+def test_an_abandoned_worker_woken_at_interpreter_exit_does_not_crash_it(tmp_path, how):
+    script = tmp_path / "exits.py"
+    script.write_text(EXIT_SCRIPT)
+    for _ in range(2):
+        p = subprocess.run([sys.executable, str(script), how], capture_output=True, text=True,
+                           timeout=60)
+        assert (p.returncode, p.stdout) == (3, "blocked\n"), p.stderr[-2000:]

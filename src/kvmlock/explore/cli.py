@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import os
 import shlex
 import sys
@@ -48,7 +49,22 @@ def load(target: str) -> Callable[[], Any]:
             obj = obj()
     if not callable(obj):
         raise _BadInput(f"{target} is not callable")
+    needs = _required(obj)
+    if needs:
+        raise _BadInput(f"{target} takes arguments ({', '.join(needs)}) and the explorer calls "
+                        f"it with none; a test that needs pytest fixtures runs under "
+                        f"@pytest.mark.explore instead")
     return obj
+
+
+def _required(fn: Any) -> list[str]:
+    """The parameters ``fn`` cannot be called without."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # (a builtin without a signature: let the call decide)
+        return []
+    return [n for n, p in sig.parameters.items() if p.default is p.empty
+            and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def replay_command(target: str, schedule: str, memory: bool) -> str:

@@ -21,6 +21,7 @@ stay warm), and the watcher samples it.
 from __future__ import annotations
 
 import _thread
+import atexit
 import ctypes
 import linecache
 import os
@@ -259,6 +260,69 @@ def _abandon(w: _Worker, rt: Any) -> None:
     if rt is not None:
         rt.aborting = True  # its next visible operation unwinds the execution
     _workers.w = None
+    _ABANDONED[:] = [x for x in _ABANDONED if x.thread.is_alive()] + [w]
+
+
+# ----------------------------------------------------------------------- at interpreter exit
+#: Workers left blocked in a call the explorer does not control.
+_ABANDONED: list[_Worker] = []
+
+
+class _SigAction(ctypes.Structure):
+    """glibc's ``struct sigaction`` (Linux)."""
+
+    _fields_ = [("handler", ctypes.c_void_p), ("mask", ctypes.c_ulong * 16),
+                ("flags", ctypes.c_int), ("restorer", ctypes.c_void_p)]
+
+
+def _parking_signal() -> int | None:
+    """A real-time signal whose handler is libc's ``pause()`` with every signal blocked: a
+    thread it is sent to stops inside the handler for good, never returning to Python."""
+    import signal
+
+    if not sys.platform.startswith("linux") or not hasattr(signal, "SIGRTMAX"):
+        return None
+    sig = int(signal.SIGRTMAX) - 2
+    if signal.getsignal(sig) not in (signal.SIG_DFL, None):
+        return None  # the program uses it
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        act = _SigAction()
+        act.handler = ctypes.cast(libc.pause, ctypes.c_void_p).value
+        for i in range(16):
+            act.mask[i] = ~0 & ((1 << 64) - 1)
+        if libc.sigaction(sig, ctypes.byref(act), None) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return sig
+
+
+def _park_abandoned() -> None:
+    """At exit, stop for good every worker still blocked where it was abandoned.
+
+    Interpreter finalization frees what such a call waits on (a socket's peer, say), so the
+    call may return just then. CPython 3.11 makes a daemon thread that comes back while the
+    interpreter finalizes exit on the spot, unwinding its C stack; the worker's stack holds
+    greenlet frames whose clean-ups then free objects without the GIL, racing the
+    finalizing thread (a crash at exit). A worker parked in a signal handler never comes
+    back, and the process ends around it."""
+    stuck = [w for w in _ABANDONED if w.thread.is_alive() and w.thread.ident is not None]
+    if not stuck:
+        return
+    import signal
+
+    sig = _parking_signal()
+    if sig is None:
+        return
+    for w in stuck:
+        try:
+            signal.pthread_kill(w.thread.ident, sig)  # type: ignore[arg-type]
+        except (OSError, ValueError):
+            pass  # it ended meanwhile
+
+
+atexit.register(_park_abandoned)
 
 
 __all__ = ["Blocked", "Interrupted", "run"]
