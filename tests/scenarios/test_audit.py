@@ -87,9 +87,10 @@ RULE_MUTANTS = {
     ("leaf", "kvm->arch.tdp_mmu_pages_lock", ""): "pages_lock_outside_mmu_lock",
     ("leaf", "kvm->arch.mmu_unsync_pages_lock", ""): "sync_takes_unsync_lock_first",
     ("leaf", "kvm->mn_invalidate_lock", ""): "notifier_takes_slots_arch_lock",
-    ("leaf", "kvm->arch.tsc_write_lock", ""): "tsc_write_walks_vm_list",
-    ("leaf", "kvm->arch.hyperv.hv_lock", ""): "hv_lock_locks_vcpus",
+    ("leaf", "kvm->arch.tsc_write_lock", ""): "set_clock_hv_request_under_tsc_lock",
+    ("leaf", "kvm->arch.hyperv.hv_lock", ""): "hv_ref_tsc_update_under_hv_lock",
     ("leaf", "kvm->arch.xen.xen_lock", ""): "xen_lock_locks_vcpus",
+    ("leaf", "wakeup_vcpus_on_cpu_lock", ""): "pi_load_nests_wakeup_locks",
 }
 #: rules broken only by a focused broken scenario, not yet by a mutant of a real path
 FOCUSED_ONLY = {
@@ -97,7 +98,6 @@ FOCUSED_ONLY = {
         "order.mmu_lock.tdp_mmu_pages_lock.without_mmu_lock",
     ("requires", "kvm->mmu_lock", "kvm->arch.mmu_unsync_pages_lock"):
         "order.mmu_lock.mmu_unsync_pages_lock.without_mmu_lock",
-    ("leaf", "wakeup_vcpus_on_cpu_lock", ""): None,
 }
 
 

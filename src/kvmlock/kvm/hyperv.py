@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kvmlock import irq
 from kvmlock.kvm.mutants import mutant, unless
 from kvmlock.sync import guarded_by
 
@@ -29,6 +30,18 @@ HV_MSR_WITHOUT_HV_LOCK = mutant(
 HV_EVENTFD_WITHOUT_HV_LOCK = mutant(
     "hv_eventfd_without_hv_lock", removes="hv_lock around KVM_HYPERV_EVENTFD's binding",
     breaks="kvm->arch.hyperv.hv_lock protects the eventfd bindings")
+
+HV_REF_TSC_UPDATE_UNDER_HV_LOCK = mutant(
+    "hv_ref_tsc_update_under_hv_lock", removes="(adds) the reference-TSC MSR write rewriting "
+    "the TSC page itself, under hv_lock (the pvclock update's tsc_write_lock inside it), "
+    "instead of requesting a master-clock update the vCPU makes on its next entry",
+    breaks="kvm->arch.hyperv.hv_lock is a leaf")
+
+#: the reference TSC page's state (kvm_hv's hv_tsc_page_status, simplified), kept with the
+#: partition-wide state under this key
+TSC_PAGE_STATUS = "tsc_page_status"
+TSC_PAGE_UNSET, TSC_PAGE_GUEST_CHANGED, TSC_PAGE_SET, TSC_PAGE_HOST_CHANGED = (
+    "unset", "guest changed", "set", "host changed")
 
 #: Partition-wide Hyper-V MSRs (names as in the TLFS); everything else is per vCPU here.
 PARTITION_MSRS = frozenset({
@@ -54,6 +67,8 @@ class HyperV:
         self.partition: dict[str, int] = {}
         self.per_vcpu: dict[tuple[int, str], int] = {}
         self.eventfds: set[int] = set()
+        #: vCPUs asked for a master-clock update (KVM_REQ_MASTERCLOCK_UPDATE)
+        self.masterclock_requests: set[int] = set()
 
     def set_msr(self, vcpu: Any, msr: str, value: int) -> None:
         """WRMSR from ``vcpu`` (its mutex held). Partition-wide MSRs go under ``hv_lock``."""
@@ -65,8 +80,32 @@ class HyperV:
         if msr in PARTITION_MSRS:
             with unless(HV_MSR_WITHOUT_HV_LOCK, self.vm.hazards, self.lock):
                 self.partition[msr] = value
+                if msr == "HV_X64_MSR_REFERENCE_TSC":
+                    self._reference_tsc_changed(vcpu, value)
         else:
             self.per_vcpu[(vcpu.id, msr)] = value
+
+    def _reference_tsc_changed(self, vcpu: Any, value: int) -> None:
+        """The guest moved or enabled its reference TSC page (hv_lock held): the page is
+        rewritten by the next master-clock update, which the vCPU is asked to make on its way
+        back into the guest (``KVM_REQ_MASTERCLOCK_UPDATE``) -- not here, because that update
+        takes the raw ``tsc_write_lock`` and ``hv_lock`` is a leaf."""
+        self.partition[TSC_PAGE_STATUS] = TSC_PAGE_GUEST_CHANGED if value & 1 else TSC_PAGE_UNSET
+        if HV_REF_TSC_UPDATE_UNDER_HV_LOCK in self.vm.hazards:
+            with irq.local_irq_save(), self.vm.tsc_write_lock:  # broken: inside hv_lock
+                self.vm.hv_tsc_page_updates += 1
+            self.partition[TSC_PAGE_STATUS] = TSC_PAGE_SET
+            return
+        self.masterclock_requests.add(vcpu.id)  # kvm_make_request(): an atomic bit
+
+    def request_tsc_page_update(self) -> None:
+        """``kvm_hv_request_tsc_page_update``: the host clock changed (``KVM_SET_CLOCK``), so
+        a page the guest set up must be rewritten; under ``hv_lock``, before the pvclock
+        update begins (that one holds the raw ``tsc_write_lock``, where a mutex may not be
+        taken)."""
+        with self.lock:
+            if self.partition.get(TSC_PAGE_STATUS) == TSC_PAGE_SET:
+                self.partition[TSC_PAGE_STATUS] = TSC_PAGE_HOST_CHANGED
 
     def eventfd_assign(self, conn_id: int) -> None:
         """``KVM_HYPERV_EVENTFD``: a VM ioctl binding a connection id, under ``hv_lock``."""

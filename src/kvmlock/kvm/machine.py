@@ -91,6 +91,13 @@ WAKEUP_LOCK_SPINLOCK_T = mutant(
 WAKEUP_LOCK_MUTEX = mutant(
     "wakeup_lock_mutex", removes="the spinning kind of wakeup_vcpus_on_cpu_lock (made a mutex)",
     breaks="wakeup_vcpus_on_cpu_lock is a raw spinlock: a hard interrupt takes it")
+TK_CORE_LOCK_MUTEX = mutant(
+    "tk_core_lock_mutex", removes="the spinning kind of tk_core.lock (made a mutex)",
+    breaks="tk_core.lock is a raw spinlock: the timer tick, a hard interrupt, holds it")
+TK_CORE_LOCK_SPINLOCK_T = mutant(
+    "tk_core_lock_spinlock_t", removes="the raw kind of tk_core.lock (made a spinlock_t, "
+    "which sleeps on PREEMPT_RT)",
+    breaks="tk_core.lock is a raw spinlock: the timer tick, a hard interrupt, holds it")
 
 
 class HardwareEnableError(RuntimeError):
@@ -175,7 +182,8 @@ class Machine:
         self.cpu_hotplug_lock = CpuHotplugLock()
         self.vendor_module_lock = Mutex("vendor_module_lock")
         #: the timekeeping core's lock, held in the timer tick (see kvmlock.kvm.tsc.KvmClock)
-        self.timekeeper_lock = RawSpinLock("tk_core.lock")
+        self.timekeeper_lock = lock_kind(self.hazards, RawSpinLock, (TK_CORE_LOCK_MUTEX, Mutex),
+                                         (TK_CORE_LOCK_SPINLOCK_T, SpinLock))("tk_core.lock")
 
         self.vm_list: list[VM] = []
         self.kvm_usage_count = 0

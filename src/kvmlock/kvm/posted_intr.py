@@ -72,6 +72,11 @@ PI_LIST_IRQS_ON = mutant(
     "(raw_spin_lock_irqsave made raw_spin_lock)",
     breaks="the wakeup handler takes wakeup_vcpus_on_cpu_lock in hard-IRQ context, so it is "
            "only ever held with interrupts off")
+PI_LOAD_NESTS_WAKEUP_LOCKS = mutant(
+    "pi_load_nests_wakeup_locks", removes="(adds) the new CPU's wakeup_vcpus_on_cpu_lock held "
+    "while a vCPU that moved takes itself off the old CPU's list (to move the entry in one go)",
+    breaks="wakeup_vcpus_on_cpu_lock is a leaf: two vCPUs moving between two CPUs in opposite "
+           "directions would each hold one CPU's lock and spin on the other's")
 PI_HANDLER_WITHOUT_LOCK = mutant(
     "pi_handler_without_lock", removes="wakeup_vcpus_on_cpu_lock in the wakeup handler",
     breaks="wakeup_vcpus_on_cpu is walked only under wakeup_vcpus_on_cpu_lock")
@@ -143,7 +148,10 @@ class PostedVcpu:
             send_wakeup_vector(self.machine, self.cpu)  # the self-IPI
         self.wait.wait(lambda: self.kicks > kicks)  # schedule(): until the handler wakes us
         # vmx_vcpu_pi_load, wherever the vCPU runs next: off the list of the CPU it blocked on
-        with self._irqs_off(), unless(PI_LIST_WITHOUT_LOCK, hz, pc.wakeup_lock):
+        moved = resume_on is not None and resume_on != self.cpu
+        nested = (self.machine.cpus[resume_on].wakeup_lock
+                  if moved and PI_LOAD_NESTS_WAKEUP_LOCKS in hz else contextlib.nullcontext())
+        with self._irqs_off(), nested, unless(PI_LIST_WITHOUT_LOCK, hz, pc.wakeup_lock):
             _list_update(pc, lambda lst: [v for v in lst if v is not self])
         if resume_on is not None:
             self.cpu = resume_on

@@ -22,6 +22,7 @@ schedule went on to split a generation.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,8 +39,18 @@ TSC_WRITE_WALKS_VM_LIST = mutant(
     "a TSC write",
     breaks="kvm_lock is taken outside tsc_write_lock (the Hyper-V clock notifier's order)")
 TSC_WITHOUT_LOCK = mutant(
-    "tsc_without_lock", removes="tsc_write_lock around matching a TSC write to a generation",
-    breaks="kvm->arch.tsc_write_lock makes the TSC generation's read-decide-write one step")
+    "tsc_without_lock", removes="tsc_write_lock around matching a TSC write to a generation "
+    "and around KVM_SET_CLOCK's pvclock update",
+    breaks="kvm->arch.tsc_write_lock makes the TSC generation's read-decide-write one step, "
+           "and guards the VM's clock offset")
+
+
+SET_CLOCK_HV_REQUEST_UNDER_TSC_LOCK = mutant(
+    "set_clock_hv_request_under_tsc_lock", removes="(adds) KVM_SET_CLOCK asking Hyper-V to "
+    "rewrite its TSC page (hv_lock, a mutex) after the pvclock update began, under the raw "
+    "tsc_write_lock with interrupts off, instead of before it",
+    breaks="kvm->arch.tsc_write_lock is a leaf, raw and held with interrupts off: nothing that "
+           "sleeps is taken inside it")
 
 
 @dataclass
@@ -55,6 +66,8 @@ class TscSync:
     last_tsc_nsec = guarded_by("lock")
     cur_generation = guarded_by("lock")
     cur_offset = guarded_by("lock")
+    #: kvmclock_offset: the VM's clock minus the host's (written inside a pvclock update)
+    kvmclock_offset = guarded_by("lock")
 
     def __init__(self, vm: Any, *, tsc_khz: int = 1_000_000, locked: bool = True) -> None:
         lock = getattr(vm, "tsc_write_lock", None)
@@ -71,6 +84,7 @@ class TscSync:
         self.last_tsc_nsec = 0
         self.cur_generation = 0
         self.cur_offset = 0
+        self.kvmclock_offset = 0
         self.vcpus: dict[int, VcpuTsc] = {}
 
     def _ticks(self, ns: int) -> int:
@@ -90,6 +104,27 @@ class TscSync:
                         pass
                 return self._synchronize(vcpu.id, data, now_ns)
         return self._synchronize(vcpu.id, data, now_ns)
+
+    def set_clock(self, clock_ns: int, now_ns: int, hv: Any = None) -> None:
+        """``KVM_SET_CLOCK``: the VM's clock reads ``clock_ns`` at host time ``now_ns``.
+
+        As ``kvm_vm_ioctl_set_clock`` does it: first ask Hyper-V (``hv``, if the VM has it) to
+        rewrite its reference TSC page (under ``hv_lock``, a mutex), then begin the pvclock
+        update -- ``tsc_write_lock`` with interrupts off, which also stops guest entries --
+        and move the clock inside it.
+        """
+        if not isinstance(clock_ns, int) or not isinstance(now_ns, int) or now_ns < 0:
+            raise ValueError(f"KVM_SET_CLOCK needs integers, got clock_ns={clock_ns!r} "
+                             f"now_ns={now_ns!r}")
+        late = SET_CLOCK_HV_REQUEST_UNDER_TSC_LOCK in self.vm.hazards
+        if hv is not None and not late:
+            hv.request_tsc_page_update()
+        locked = self.locked and TSC_WITHOUT_LOCK not in self.vm.hazards
+        with irq.local_irq_save(), self.lock if locked else contextlib.nullcontext():
+            # (that is __kvm_start_pvclock_update)
+            if hv is not None and late:
+                hv.request_tsc_page_update()  # broken: a mutex under a raw lock, irqs off
+            self.kvmclock_offset = clock_ns - now_ns
 
     def _synchronize(self, vcpu_id: int, data: int, now_ns: int) -> VcpuTsc:
         # Read everything, then write everything: the two halves are one step only under the

@@ -185,8 +185,10 @@ def _tsc(locked: bool) -> None:
             # the same guest TSC, a few microseconds apart: meant to be synchronised
             tsc.write(vcpu, 5_000_000 + 3_000 * i, 5_000_000 + 3_000 * i + 7 * i)
 
-    together(lambda: write(0), lambda: write(1), names=["vcpu0 ioctl", "vcpu1 ioctl"])
+    together(lambda: write(0), lambda: write(1), lambda: tsc.set_clock(9_000, 2_000),
+             names=["vcpu0 ioctl", "vcpu1 ioctl", "KVM_SET_CLOCK"])
     tsc.check()
+    assert peek(tsc, "kvmclock_offset") == 7_000, "KVM_SET_CLOCK's clock move was lost"
 
 
 @scenario("tsc.synchronize.correct", variant="correct", expect="pass",

@@ -4,11 +4,23 @@
   interrupt on the CPU the vector was sent to. Everybody else takes it with interrupts off;
   it is a raw spinlock (a hard interrupt may only spin, also on PREEMPT_RT), and per CPU,
   because a vCPU that blocked on one CPU can resume on another and leave the first one's list.
-* ``tsc_write_lock`` is taken with interrupts off (``raw_spin_lock_irqsave``) so that the host
-  TSC read and the clock read the offset is computed from are not split by an interrupt. With
-  interrupts off only a spinning lock may be taken, so it is raw -- a spinlock_t sleeps on
-  PREEMPT_RT, a mutex always may. No interrupt handler takes it, so dropping the irqsave is a
-  loss of precision, not a lock bug: no scenario can catch it, and it is not a mutant.
+* ``tsc_write_lock`` is taken with interrupts off (``raw_spin_lock_irqsave`` in the TSC write,
+  ``raw_spin_lock_irq`` when a pvclock update begins) so that the host TSC read and the clock
+  read the offset is computed from are not split by an interrupt. With interrupts off only a
+  spinning lock may be taken, so it is raw -- a spinlock_t sleeps on PREEMPT_RT, a mutex
+  always may (mutants ``tsc_write_lock_spinlock_t``, ``tsc_write_lock_mutex``). Dropping the
+  irqsave is a loss of precision, not a lock bug, and is not a mutant, because nothing in
+  interrupt context takes the lock or reads what it protects: the hrtimer callbacks KVM arms
+  (the Xen timer, Hyper-V's synthetic timers) only mark a timer pending and kick the vCPU;
+  the timekeeping notifier, in the timer tick, writes the host's own clock copy under its own
+  seqcount and defers the walk of the VMs to a work item; the Hyper-V clock notifier runs
+  from a work item; and every reader of the pvclock seqcount the lock's holder writes
+  (``kvm_guest_time_update``, ``get_kvmclock``, ``kvm_get_wall_clock_epoch``) runs in process
+  context with preemption off. An interrupt arriving inside the section therefore cannot
+  spin on the lock nor on the seqcount, and no model of it could fail.
+* ``tk_core.lock``, the timekeeper's raw lock, is held by the timer tick around the
+  timekeeping notifier; made a mutex or a spinlock_t it is caught there. Its process-context
+  takers (settimeofday and the like) are not in the model, so it has no irqsave to drop.
 * The MMU notifier's invalidations can be non-blockable (the OOM reaper): every lock on that
   path spins, ``mn_invalidate_lock`` included.
 * The host-clock notifiers: the timekeeping one runs in the timer tick (hard interrupt, under
@@ -46,17 +58,20 @@ _NO_SELF_IRQ = ("a lock its handler takes is never held with that interrupt enab
 
 # ---------------------------------------------------------------------- posted interrupts
 
-def _wakeup(machine: Machine, *, migrate: bool = False) -> None:
-    """vcpu0 halts on CPU 1 (and resumes on CPU 0 when ``migrate``), vcpu1 halts on CPU 0;
-    the IOMMU posts one interrupt to each: the wakeup handler runs on CPU 1, then CPU 0."""
+def _wakeup(machine: Machine, *, migrate: bool = False, crossed: bool = False) -> None:
+    """vcpu0 halts on CPU 1 (and resumes on CPU 0 when ``migrate``), vcpu1 halts on CPU 0
+    (and resumes on CPU 1 when ``crossed``); the IOMMU posts one interrupt to each: the
+    wakeup handler runs on CPU 1, then CPU 0."""
     vm = VM(machine, nr_vcpus=2)
     a = PostedVcpu(machine, vm.vcpus[0], cpu=1)
     b = PostedVcpu(machine, vm.vcpus[1], cpu=0)
-    together(lambda: a.block(resume_on=0 if migrate else None), b.block,
+    together(lambda: a.block(resume_on=0 if migrate else None),
+             lambda: b.block(resume_on=1 if crossed else None),
              lambda: (post_interrupt(a, 3), post_interrupt(b, 7)),
              names=["vcpu0 (halt)", "vcpu1 (halt)", "IOMMU"])
     assert a.delivered == {3} and b.delivered == {7}, (a.delivered, b.delivered)
     assert a.cpu == (0 if migrate else 1), "vcpu0 did not move to the CPU it resumed on"
+    assert b.cpu == (1 if crossed else 0), "vcpu1 did not move to the CPU it resumed on"
     for c in machine.cpus:
         assert not peek(c, "wakeup_vcpus_on_cpu"), f"a vCPU stayed on cpu{c.cpu}'s wakeup list"
 
@@ -66,9 +81,29 @@ def _wakeup(machine: Machine, *, migrate: bool = False) -> None:
                "list under that CPU's lock, irqs off; the handler runs in hard-IRQ context",
           invariant="every halted vCPU is woken with its own vector; no list keeps a vCPU",
           max_runs=3000, timeout=60.0,
-          catches=("wakeup_lock_spinlock_t", "wakeup_lock_mutex", "pi_list_irqs_on"))
+          catches=("wakeup_lock_spinlock_t", "wakeup_lock_mutex", "pi_list_irqs_on",
+                   "pi_load_nests_wakeup_locks"))
 def wakeup_migrate() -> None:
     _wakeup(Machine(2), migrate=True)
+
+
+@scenario("posted_intr.nested_wakeup_locks.broken", variant="broken", expect="lockdep",
+          lockdep_kind="recursive",
+          rule="a vCPU resuming on another CPU takes itself off the old CPU's wakeup list with "
+               "the new CPU's wakeup_vcpus_on_cpu_lock held too: a leaf with a lock inside it",
+          invariant="wakeup_vcpus_on_cpu_lock is a leaf: lockdep reports one CPU's lock taken "
+                    "inside another's (one class, no nesting annotation)", max_runs=200)
+def wakeup_nested_locks() -> None:
+    _wakeup(Machine(2, hazards={"pi_load_nests_wakeup_locks"}), migrate=True)
+
+
+@scenario("posted_intr.nested_wakeup_locks.deadlock", variant="broken", expect="deadlock",
+          rule="the same nesting, lockdep off, with two vCPUs moving between CPUs 0 and 1 in "
+               "opposite directions",
+          invariant="all tasks blocked: each vCPU holds one CPU's wakeup lock and spins on the "
+                    "other's", lockdep=False, max_runs=3000, timeout=60.0)
+def wakeup_nested_locks_deadlock() -> None:
+    _wakeup(Machine(2, hazards={"pi_load_nests_wakeup_locks"}), migrate=True, crossed=True)
 
 
 @scenario("posted_intr.wakeup_lock_mutex.broken", variant="broken", expect="lockdep",
@@ -186,7 +221,8 @@ def _clocks(lock_in_notifier: bool) -> None:
           rule="the timekeeping notifier runs in the timer tick and defers its kvm_lock walk "
                "to a work item; the cpufreq notifier walks vm_list in process context",
           invariant="nothing sleeps in the tick; the new frequency reaches its CPU",
-          max_runs=5000, timeout=60.0, catches=("gtod_notifier_takes_kvm_lock",))
+          max_runs=5000, timeout=60.0,
+          catches=("gtod_notifier_takes_kvm_lock", "tk_core_lock_mutex", "tk_core_lock_spinlock_t"))
 def clocks_correct() -> None:
     _clocks(False)
 

@@ -96,10 +96,6 @@ def together(*tasks: Callable[[], object], names: Iterable[str] | None = None) -
 _BOUND = {"max_runs": 400}
 
 
-def _vm() -> VM:
-    return VM(None, nr_vcpus=1)
-
-
 #: A run: the tasks (name -> body) and the check of what they did, once all have finished.
 Run = tuple[dict[str, Callable[[], object]], Callable[[], None]]
 
@@ -399,10 +395,12 @@ def _run(build: Callable[[Hazards], Run], hazards: Hazards) -> None:
     after()
 
 
-#: lock-kind mutants whose change the document's kind check sees first on these paths
-_KIND_MUTANTS: dict[tuple[str, str], tuple[str, ...]] = {
+#: other mutants these paths catch first: lock kinds the document's kind check sees, a leaf
+#: the document's leaf check sees left
+_ALSO_CATCHES: dict[tuple[str, str], tuple[str, ...]] = {
     ("cpu_hotplug_lock", "kvm_lock"): ("kvm_lock_spinlock",),
     ("kvm->lock", "vcpu->mutex"): ("vm_lock_spinlock",),
+    ("vcpu->mutex", "kvm->arch.hyperv.hv_lock"): ("hv_ref_tsc_update_under_hv_lock",),
 }
 
 
@@ -426,7 +424,7 @@ def _register(outer: str, inner: str, line: int) -> None:
     scenario(f"{name}.correct", variant="correct", expect="pass", rule=rule,
              invariant=f"through {paths.what}: the run conforms to the model's document and "
                        f"takes {outer} outside {inner}", max_runs=paths.max_runs,
-             catches=(paths.hazard, *_KIND_MUTANTS.get((outer, inner), ())))(correct)
+             catches=(paths.hazard, *_ALSO_CATCHES.get((outer, inner), ())))(correct)
     hazard = hazards_of({paths.hazard: True})
 
     def broken() -> None:
@@ -597,7 +595,8 @@ def vcpu_mutex_planes_inverted() -> None:
           rule="everything else is a leaf: nothing is taken inside the other locks",
           invariant="no dependency leaves a leaf lock; no dependency inverts a documented order",
           catches=("xen_lock_locks_vcpus", "tsc_write_walks_vm_list", "pi_list_irqs_on",
-                   "gtod_notifier_takes_kvm_lock", "tsc_write_lock_mutex"), max_runs=1000)
+                   "gtod_notifier_takes_kvm_lock", "tsc_write_lock_mutex",
+                   "set_clock_hv_request_under_tsc_lock"), max_runs=1000)
 def leaves_correct() -> None:
     m = Machine(2)
     vm = m.create_vm(nr_vcpus=2, nr_pages=2, host_pages=2)
@@ -624,6 +623,7 @@ def leaves_correct() -> None:
         post_interrupt(pv, 5)
         ioctls.create_pit(vm)  # irq_lock inside slots_lock
         m.hyperv_tsc_notifier()  # tsc_write_lock inside kvm_lock
+        tsc.set_clock(9_000, 2_000, hv=hv)  # KVM_SET_CLOCK: hv_lock, then tsc_write_lock
         clock.tick()  # tk_core.lock, in the timer tick
 
     together(vcpu0, host, pv.block, names=["vcpu0", "host", "vcpu1"])
@@ -641,22 +641,26 @@ def leaves_correct() -> None:
 
 
 @scenario("order.leaves.hv_lock_nests.broken", variant="broken", expect="assertion",
-          rule="a leaf lock with another lock taken inside it (kvm->irq_lock under hv_lock)",
-          invariant="check_graph finds the edge leaving kvm->arch.hyperv.hv_lock", max_runs=50)
+          rule="a leaf lock with another lock taken inside it: the reference-TSC MSR write "
+               "rewrites the TSC page under hv_lock (tsc_write_lock inside it)",
+          invariant="through two vCPUs' Hyper-V MSR writes and KVM_HYPERV_EVENTFD with mutant "
+                    "hv_ref_tsc_update_under_hv_lock: check_graph finds the edge leaving "
+                    "kvm->arch.hyperv.hv_lock", max_runs=50)
 def leaves_hv_lock_nests_broken() -> None:
-    vm = _vm()
-    vcpu = vm.vcpus[0]
-    with vcpu.mutex, vm.hv_lock, vm.irq_lock:
-        pass
+    _run(lambda h: _vcpus_msr(h, xen=False), hazards_of({"hv_ref_tsc_update_under_hv_lock"}))
     check_graph()
 
 
 @scenario("order.leaves.tsc_write_lock_sleeps.broken", variant="broken", expect="lockdep",
           lockdep_kind="sleep_in_atomic",
-          rule="a sleeping lock taken inside the raw tsc_write_lock",
-          invariant="lockdep reports the mutex acquired in atomic context", max_runs=50)
+          rule="a sleeping lock taken inside the raw tsc_write_lock: KVM_SET_CLOCK asks Hyper-V "
+               "for a TSC page rewrite (hv_lock, a mutex) inside the pvclock update",
+          invariant="through KVM_SET_CLOCK with mutant set_clock_hv_request_under_tsc_lock: "
+                    "lockdep reports the mutex acquired with interrupts off under a raw "
+                    "spinlock", max_runs=50)
 def leaves_tsc_write_lock_sleeps_broken() -> None:
-    vm = _vm()
-    vcpu = vm.vcpus[0]
-    with vcpu.mutex, vm.tsc_write_lock, vm.hv_lock:
-        pass
+    vm = VM(None, nr_vcpus=1, hazards={"set_clock_hv_request_under_tsc_lock"})
+    hv = HyperV(vm)
+    with vm.vcpus[0].mutex:
+        hv.set_msr(vm.vcpus[0], "HV_X64_MSR_REFERENCE_TSC", 1)
+    together(lambda: TscSync(vm).set_clock(9_000, 2_000, hv=hv), names=["KVM_SET_CLOCK"])
