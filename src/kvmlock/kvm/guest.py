@@ -33,6 +33,10 @@ GPTE_NO_ZAP = mutant(
     "gpte_no_zap", removes="dropping the SPTE of a changed guest page-table entry (sync)",
     breaks="shadow paging: an SPTE never outlives the guest PTE it shadows")
 
+UNSYNC_BEFORE_MMU_LOCK = mutant(
+    "unsync_before_mmu_lock", removes="mmu_lock around marking the changed table's shadow "
+    "page unsync (marked before the lock is taken)",
+    breaks="kvm->arch.mmu_unsync_pages_lock is only ever taken with kvm->mmu_lock held")
 SYNC_TAKES_UNSYNC_LOCK_FIRST = mutant(
     "sync_takes_unsync_lock_first", removes="(adds) the INVLPG sync takes "
     "mmu_unsync_pages_lock before mmu_lock, to read the page's unsync state first",
@@ -141,9 +145,13 @@ def set_gpte(vm: VM, va: int, gfn: int | None) -> None:
     mmu.load()
     sp, i = mmu.walk(va)  # type: ignore[misc]
     inverted = SYNC_TAKES_UNSYNC_LOCK_FIRST in vm.hazards
+    early = UNSYNC_BEFORE_MMU_LOCK in vm.hazards
+    if early:
+        mmu.mark_unsync(sp)  # broken: mmu_lock is not held yet
     with vm.mmu_lock.write():
         mmu.gpt[va].store(0 if gfn is None else gfn + 1)
-        mmu.mark_unsync(sp)
+        if not early:
+            mmu.mark_unsync(sp)
         if not inverted:
             _sync_gpte(vm, sp, i)
             mmu.mark_synced(sp)

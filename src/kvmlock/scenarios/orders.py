@@ -9,8 +9,10 @@ paths take each documented pair, and how each path's order is broken:
   kinds, no undocumented lock). It also requires that the pair's own rule was exercised -- the
   paths really took ``outer`` outside ``inner`` -- so it cannot pass by taking nothing.
 * ``order.<outer>.<inner>.broken`` runs the same paths with the :class:`Hazards` switch that
-  inverts the order inside one of them (a focused inverted body where the order is an
-  assertion of the MMU's helpers), and lockdep or the graph check must catch it.
+  inverts the order inside one of them, and lockdep or the graph check must catch it.
+* ``order.<outer>.<inner>.without_<outer>`` (the "only with mmu_lock held" rules) runs them
+  with the mutant that takes ``inner`` without ``outer`` inside one of them, and the MMU
+  helper's ``lockdep_assert_held`` must report it.
 
 An order rule the document gains without a path here becomes a correct scenario that fails,
 saying so: the document can never state an order that nothing checks.
@@ -395,12 +397,15 @@ def _run(build: Callable[[Hazards], Run], hazards: Hazards) -> None:
     after()
 
 
-#: other mutants these paths catch first: lock kinds the document's kind check sees, a leaf
-#: the document's leaf check sees left
+#: other mutants these paths catch: lock kinds the document's kind check sees, a leaf the
+#: document's leaf check sees left, a lock taken without the one it requires
 _ALSO_CATCHES: dict[tuple[str, str], tuple[str, ...]] = {
     ("cpu_hotplug_lock", "kvm_lock"): ("kvm_lock_spinlock",),
     ("kvm->lock", "vcpu->mutex"): ("vm_lock_spinlock",),
     ("vcpu->mutex", "kvm->arch.hyperv.hv_lock"): ("hv_ref_tsc_update_under_hv_lock",),
+    # the "only with mmu_lock held" rules of the same pairs (REQUIRES_PATHS below)
+    ("kvm->mmu_lock", "kvm->arch.tdp_mmu_pages_lock"): ("unlink_page_at_free",),
+    ("kvm->mmu_lock", "kvm->arch.mmu_unsync_pages_lock"): ("unsync_before_mmu_lock",),
 }
 
 
@@ -444,33 +449,32 @@ for _rule in order_rules():
 
 # ---------------------------------------------------------------------- "only with mmu_lock held"
 
-def _link_without_mmu_lock() -> None:
-    from kvmlock.kvm.mmu.shadow import ShadowPage
-
-    vm = VM(None, nr_vcpus=1, tdp=False)
-    vm.mmu.link_page(ShadowPage(0, direct=False))
-
-
-def _unsync_without_mmu_lock() -> None:
-    from kvmlock.kvm.mmu.shadow import ShadowPage
-
-    vm = VM(None, nr_vcpus=1, tdp=False)
-    vm.mmu.mark_unsync(ShadowPage(0, direct=False))
-
-
-#: inner lock of a "requires" rule -> the MMU helper that takes it, called without mmu_lock
-REQUIRES_PATHS: dict[str, tuple[str, Callable[[], None]]] = {
-    "kvm->arch.tdp_mmu_pages_lock": ("MMU.link_page", _link_without_mmu_lock),
-    "kvm->arch.mmu_unsync_pages_lock": ("MMU.mark_unsync", _unsync_without_mmu_lock),
+#: inner lock of a "requires" rule -> the order's real paths, the mutant that takes the lock
+#: without mmu_lock inside one of them, and where
+REQUIRES_PATHS: dict[str, tuple[Callable[[Hazards], Run], str, str]] = {
+    "kvm->arch.tdp_mmu_pages_lock": (
+        _tdp_faults, "unlink_page_at_free",
+        "zap_all's RCU callback takes each freed page off the page list"),
+    "kvm->arch.mmu_unsync_pages_lock": (
+        _shadow_unsync, "unsync_before_mmu_lock",
+        "the guest page-table change marks its shadow page unsync before taking mmu_lock"),
 }
 
 
 def _register_requires(outer: str, inner: str, line: int) -> None:
-    helper, body = REQUIRES_PATHS[inner]
-    name = f"order.{_slug(outer)}.{_slug(inner)}.without_{_slug(outer)}"
-    scenario(name, variant="broken", expect="lockdep", lockdep_kind="not_held",
-             rule=f"{inner} taken without {outer} held (locking.rst:{line}), by {helper}",
-             invariant=f"{helper}'s lockdep_assert_held({outer}) reports it", max_runs=50)(body)
+    build, hazard, where = REQUIRES_PATHS[inner]
+    order = f"order.{_slug(outer)}.{_slug(inner)}"
+    hazards = hazards_of({hazard: True})
+
+    def broken() -> None:
+        _run(build, hazards)
+
+    broken.__name__ = broken.__qualname__ = f"{order.replace('.', '_')}_without_{_slug(outer)}"
+    scenario(f"{order}.without_{_slug(outer)}", variant="broken", expect="lockdep",
+             lockdep_kind="not_held",
+             rule=f"{inner} taken without {outer} held (locking.rst:{line}): {where}",
+             invariant=f"the paths of {order}.correct with mutant {hazard}: the MMU helper's "
+                       f"lockdep_assert_held({outer}) reports it", max_runs=50)(broken)
 
 
 for _rule in model_spec().rules:

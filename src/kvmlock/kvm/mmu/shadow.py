@@ -23,7 +23,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
-from kvmlock import lockdep, runtime
+from kvmlock import irq, lockdep, runtime
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.tlb import flush_remote_tlbs
 from kvmlock.kvm.mmu.update import spte_clear_track_bits
@@ -65,6 +65,10 @@ PAGES_LOCK_OUTSIDE_MMU_LOCK = mutant(
     "pages_lock_outside_mmu_lock", removes="(adds) zap_all takes tdp_mmu_pages_lock before "
     "mmu_lock, to hold the page list while it zaps",
     breaks="kvm->mmu_lock is taken outside kvm->arch.tdp_mmu_pages_lock")
+UNLINK_PAGE_AT_FREE = mutant(
+    "unlink_page_at_free", removes="mmu_lock around taking a zapped page off the TDP MMU's "
+    "page list (it leaves the list in the RCU callback that frees it, in softirq context)",
+    breaks="kvm->arch.tdp_mmu_pages_lock is only ever taken with kvm->mmu_lock held")
 ZAP_NO_FLUSH = mutant(
     "zap_no_flush", removes="the remote TLB flush after zapping SPTEs (kvm_zap_gfn_range)",
     breaks="a zapped SPTE's frame is reused only after every vCPU dropped its translation")
@@ -209,6 +213,7 @@ class MMU:
         vm = self.vm
         # broken: the page list's lock held from before mmu_lock (faults nest it inside)
         inverted = PAGES_LOCK_OUTSIDE_MMU_LOCK in vm.hazards
+        late = UNLINK_PAGE_AT_FREE in vm.hazards
         with vm.tdp_mmu_pages_lock if inverted else nullcontext(), vm.mmu_lock.write():
             gone = []
             for idx, sp in enumerate(self.pages):
@@ -218,8 +223,10 @@ class MMU:
                     self.drop_spte(sp, i)
                 runtime.RT.point(self.pages, "unlink shadow page", True)
                 self.pages[idx] = None
-                with nullcontext() if inverted else vm.tdp_mmu_pages_lock:
+                if inverted:
                     self.page_list = [p for p in self.page_list if p is not sp]
+                elif not late:
+                    self.unlink_page(sp)
                 gone.append(sp)
             if gone:
                 flush_remote_tlbs(vm)
@@ -227,8 +234,18 @@ class MMU:
             for vcpu in vm.vcpus:  # call_rcu: the free runs after a grace period
                 vcpu.wait_lockless_walk()
         for sp in gone:
-            sp.freed = True
+            with irq.softirq():  # the RCU callback that frees the page
+                if late:
+                    self.unlink_page(sp)  # broken: mmu_lock is long dropped
+                sp.freed = True
         return len(gone)
+
+    def unlink_page(self, sp: ShadowPage) -> None:
+        """Take a zapped page off the VM's list (needs ``mmu_lock``, as :meth:`link_page`)."""
+        vm = self.vm
+        vm.mmu_lock.assert_held()
+        with vm.tdp_mmu_pages_lock:
+            self.page_list = [p for p in self.page_list if p is not sp]
 
     def check_mappings(self) -> None:
         """Assert the consequences, once the VM is quiet (no visible steps: after the run).
