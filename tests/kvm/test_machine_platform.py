@@ -114,6 +114,39 @@ def test_hyperv_partition_msrs_go_under_hv_lock_inside_vcpu_mutex():
         hv.set_msr(v, "IA32_TSC", 1)
 
 
+def test_set_clock_asks_hyperv_before_the_pvclock_update_and_moves_the_clock_inside_it():
+    vm = VM(None, nr_vcpus=1)
+    hv, tsc = HyperV(vm), TscSync(vm)
+    v = vm.vcpus[0]
+    with v.mutex:
+        hv.set_msr(v, "HV_X64_MSR_REFERENCE_TSC", 1)
+    # the MSR write asks the vCPU for a master-clock update; it rewrites no page itself
+    assert peek(hv, "partition")["tsc_page_status"] == "guest changed"
+    assert hv.masterclock_requests == {0} and peek(vm, "hv_tsc_page_updates") == 0
+    with hv.lock:
+        hv.partition["tsc_page_status"] = "set"  # as the vCPU's update leaves it
+    tsc.set_clock(9_000, 2_000, hv=hv)
+    assert peek(tsc, "kvmclock_offset") == 7_000
+    assert peek(hv, "partition")["tsc_page_status"] == "host changed"
+    assert lockdep.reports() == []
+    assert ("kvm->arch.tsc_write_lock", "kvm->arch.hyperv.hv_lock") not in edges()
+    with pytest.raises(ValueError, match="KVM_SET_CLOCK needs integers"):
+        tsc.set_clock(1, -1)
+
+
+def test_hyperv_tsc_mutants_nest_a_lock_inside_a_leaf():
+    vm = VM(None, nr_vcpus=1, hazards={"set_clock_hv_request_under_tsc_lock"})
+    TscSync(vm).set_clock(9_000, 2_000, hv=HyperV(vm))
+    assert {r.kind for r in lockdep.reports()} >= {"sleep_in_atomic"}
+    lockdep.reset()
+    vm = VM(None, nr_vcpus=1, hazards={"hv_ref_tsc_update_under_hv_lock"})
+    hv = HyperV(vm)
+    with vm.vcpus[0].mutex:
+        hv.set_msr(vm.vcpus[0], "HV_X64_MSR_REFERENCE_TSC", 1)
+    assert ("kvm->arch.hyperv.hv_lock", "kvm->arch.tsc_write_lock") in edges()
+    assert peek(vm, "hv_tsc_page_updates") == 1 and not hv.masterclock_requests
+
+
 def test_xen_vm_attr_takes_only_xen_lock_vcpu_attr_nests_it_in_vcpu_mutex():
     vm = VM(None, nr_vcpus=1)
     xen = Xen(vm)
