@@ -205,7 +205,7 @@ def run(job: Callable[[], Any], *, timeout: float | None, stall: float | None) -
                 moved = True
             if why is not None:
                 if now - interrupted_at > _GRACE:  # it did not come back: blocked after all
-                    _abandon(w, rt)
+                    _abandon(w, rt, blocked=True)
                     _take_pending_stop()
                     raise Blocked(*_blocked(frame, rt))
                 continue
@@ -217,7 +217,7 @@ def run(job: Callable[[], Any], *, timeout: float | None, stall: float | None) -
             # used meanwhile; a loop of Python code moves and burns CPU even on a busy machine.
             idle = cpu is None or cpu_since is None or cpu - cpu_since < 0.02 * (now - since)
             if not moved and idle and now - since >= 2 * _POLL:
-                _abandon(w, rt)
+                _abandon(w, rt, blocked=True)
                 raise Blocked(*_blocked(frame, rt))
             what, where = _describe(frame)
             why = ("timeout" if late else "stall", what, where, _schedule(rt))
@@ -255,12 +255,13 @@ def _blocked(frame: Any, rt: Any) -> tuple[str, str, str, str]:
             f"can wake)", where, schedule, what)
 
 
-def _abandon(w: _Worker, rt: Any) -> None:
+def _abandon(w: _Worker, rt: Any, blocked: bool = False) -> None:
     w.abandoned = True
     if rt is not None:
         rt.aborting = True  # its next visible operation unwinds the execution
     _workers.w = None
-    _ABANDONED[:] = [x for x in _ABANDONED if x.thread.is_alive()] + [w]
+    if blocked:  # (one that was stopped runs Python code and ends by itself)
+        _ABANDONED[:] = [x for x in _ABANDONED if x.thread.is_alive()] + [w]
 
 
 # ----------------------------------------------------------------------- at interpreter exit
