@@ -67,7 +67,8 @@ def test_same_order_in_many_tasks_and_conditions_stay_silent():
 
 
 def test_awaiting_a_task_that_needs_a_lock_you_hold_is_reported():
-    """Reported before the await can hang: raise mode raises it at the await."""
+    """Reported when the awaited task asks for the lock, before it can wait: raise mode
+    raises it in the task, and so at the await."""
     async def main():
         lock = asyncio.Lock()
 
@@ -75,17 +76,44 @@ def test_awaiting_a_task_that_needs_a_lock_you_hold_is_reported():
             async with lock:
                 pass
 
-        await asyncio.create_task(needs_lock())  # taking the lock: task -> lock
+        await asyncio.create_task(needs_lock())  # nothing held: fine
         await lock.acquire()
         t = asyncio.create_task(needs_lock())
         with pytest.raises(lockdep.LockdepError):
             await t  # would wait forever: t waits for the lock this task holds
         lock.release()
+
+    lockdep.set_mode("raise")
+    assert run(main) == ["circular"]
+    text = str(lockdep.reports()[0])
+    assert "task:" in text and "synchronize" in text and " in needs_lock" in text
+
+
+def test_awaiting_a_task_that_took_a_lock_you_hold_is_reported_at_the_await():
+    """The task took the lock before it was awaited (and will again): the await is the
+    report, before it can hang."""
+    async def main():
+        lock = asyncio.Lock()
+        go = asyncio.Event()
+
+        async def takes_twice():
+            async with lock:
+                pass
+            await go.wait()
+            async with lock:
+                pass
+
+        t = asyncio.create_task(takes_twice())
+        await asyncio.sleep(0)  # t took the lock once and waits for `go`
+        async with lock:
+            with pytest.raises(lockdep.LockdepError):
+                await t
+        go.set()
         await t
 
     lockdep.set_mode("raise")
     assert run(main) == ["circular"]
-    assert "task:" in str(lockdep.reports()[0])
+    assert " in takes_twice" in str(lockdep.reports()[0])
 
 
 def test_awaiting_a_task_without_a_shared_lock_is_silent():
@@ -221,16 +249,20 @@ def test_awaits_in_one_order_stay_silent(wait):
 
 @pytest.mark.parametrize("wait", WAYS[1:], ids=[w.__name__ for w in WAYS[1:]])
 def test_awaiting_through_gather_wait_or_wait_for_a_task_needing_your_lock_is_caught(wait):
-    """Reported before the wait can hang: raise mode raises it there."""
+    """Reported when the task asks for the lock, before it can wait: raise mode raises it
+    in the task (which gather and wait_for pass on, and asyncio.wait keeps in the task)."""
     async def main():
         lock = asyncio.Lock()
-        await asyncio.create_task(takes(lock))  # the role: a `takes` task takes the lock
+        await asyncio.create_task(takes(lock))  # nothing held: fine
         async with lock:
-            with pytest.raises(lockdep.LockdepError):
+            try:
                 await wait(takes(lock))
+            except lockdep.LockdepError:
+                pass
 
     lockdep.set_mode("raise")
     assert run(main) == ["circular"]
+    assert " in takes" in str(lockdep.reports()[0])
 
 
 def test_bounded_or_first_completed_waits_add_no_dependency():
@@ -322,3 +354,236 @@ def test_events_set_and_waited_without_a_shared_lock_stay_silent():
         await t
 
     assert run(main) == []
+
+
+class Node:
+    def __init__(self, *children):
+        self.lock = asyncio.Lock()  # one creation site: every node's lock is one class
+        self.children = children
+
+
+async def walk(node, seen):
+    """A recursive tree walk: the parent's lock is held while its children's walks (tasks of
+    this same coroutine, taking their own nodes' locks of the same class) are gathered."""
+    async with node.lock:
+        seen.append(node)
+        await asyncio.gather(*(walk(c, seen) for c in node.children))
+
+
+async def walk_tasks(node, seen):
+    async with node.lock:
+        seen.append(node)
+        for c in node.children:
+            await asyncio.create_task(walk_tasks(c, seen))
+
+
+@pytest.mark.parametrize("walker", [walk, walk_tasks])
+def test_a_tree_walk_holding_the_parent_while_awaiting_children_is_silent(walker):
+    """Same coroutine, same lock class, different locks, always parent before child: a
+    consistent instance order, like nesting the locks directly."""
+    async def main():
+        tree = Node(Node(Node(), Node()), Node(Node()))
+        for _ in range(2):
+            seen = []
+            await walker(tree, seen)
+            assert len(seen) == 6
+        async with tree.lock:  # the same order taken directly too
+            async with tree.children[0].lock:
+                pass
+
+    assert run(main) == []
+
+
+async def visit(node):
+    async with node.lock:
+        await asyncio.sleep(0)
+
+
+async def hold_then_visit(held, other):
+    async with held.lock:
+        await asyncio.create_task(visit(other))
+
+
+def test_two_locks_of_one_class_ordered_both_ways_through_awaited_tasks_are_reported():
+    """Holding x while awaiting a task that takes y, then holding y while awaiting one that
+    takes x: the tasks' instance-level ABBA, with both call paths."""
+    async def main():
+        x, y = Node(), Node()
+        await hold_then_visit(x, y)
+        await hold_then_visit(y, x)
+
+    assert run(main) == ["circular"]
+    r = lockdep.reports()[0]
+    text = str(r)
+    assert "awaited tasks" in text
+    assert r.lock.startswith("test_asyncio.Node.lock[") or "Node.lock[" in r.lock
+    wheres = [e.where for e in r.chain]
+    assert len(r.chain) == 4 and sum(e.sync for e in r.chain) == 2  # two awaits, two takes
+    assert len({w for w in wheres}) == 2  # the await line and the take line, each twice
+    assert sum("hold_then_visit" in "".join(e.stack) for e in r.chain) == 2
+
+
+def test_the_inversion_through_tasks_is_found_from_the_awaiting_side_too():
+    """The task took its lock before it was awaited: the await makes the closing order."""
+    async def main():
+        x, y = Node(), Node()
+        await hold_then_visit(x, y)  # x -> y
+        go = asyncio.Event()
+
+        async def visit_then_wait(node):
+            async with node.lock:
+                pass
+            await go.wait()
+
+        t = asyncio.create_task(visit_then_wait(x))
+        await asyncio.sleep(0)  # it took x (and let it go)
+        async with y.lock:
+            go.set()
+            await t  # y -> (the task that takes x) -> x
+
+    assert run(main) == ["circular"]
+    assert "awaited tasks" in str(lockdep.reports()[0])
+
+
+def test_tasks_of_one_coroutine_inverting_two_locks_of_two_classes_are_reported():
+    """One helper coroutine takes whichever lock it is given: holding ``a`` while awaiting it
+    on ``b``, then ``b`` while awaiting it on ``a`` is an ABBA through two of its tasks."""
+    async def main():
+        a = asyncio.Lock()
+        b = asyncio.Lock()
+        async with a:
+            await asyncio.create_task(takes(b))
+        async with b:
+            await asyncio.create_task(takes(a))
+
+    assert run(main) == ["circular"]
+    assert "awaited tasks" in str(lockdep.reports()[0])
+
+
+def test_one_helper_coroutine_given_different_locks_in_one_order_is_silent():
+    async def main():
+        a = asyncio.Lock()
+        b = asyncio.Lock()
+        await asyncio.create_task(takes(b))  # a task of `takes` took b ...
+        async with b:
+            await asyncio.create_task(takes(a))  # ... which is held while another takes a
+        async with b:
+            await asyncio.create_task(takes(a))
+
+    assert run(main) == []
+
+
+def test_instance_orders_through_tasks_and_direct_nesting_are_one_order():
+    async def main():
+        x, y = Node(), Node()
+        await hold_then_visit(x, y)  # x -> y, through a task
+        async with y.lock:
+            async with x.lock:  # y -> x, directly
+                pass
+
+    assert run(main) == ["circular"]
+
+
+def test_a_chain_of_instances_in_one_direction_is_silent():
+    """x before y, y before z: a linked list walked in order, never backwards."""
+    async def main():
+        x, y, z = Node(), Node(), Node()
+        await hold_then_visit(x, y)
+        await hold_then_visit(y, z)
+        await hold_then_visit(x, z)
+        async with x.lock:
+            async with z.lock:
+                pass
+
+    assert run(main) == []
+
+
+async def worker(lock):
+    async with lock:
+        pass
+
+
+def test_a_longer_cycle_behind_a_lock_and_task_class_linked_both_ways_is_still_reported():
+    """The task class and lock class b's class linked both ways (judged by instance) must not
+    hide a cycle of classes through a third: a worker takes b, b's holder takes a, a's
+    holder awaits a worker."""
+    async def main():
+        a = asyncio.Lock()
+        b = asyncio.Lock()
+        c = asyncio.Lock()
+        async with b:
+            await asyncio.create_task(worker(c))  # b -> task:worker
+        async with b:
+            async with a:  # b -> a
+                pass
+        async with a:
+            await asyncio.create_task(worker(c))  # a -> task:worker
+        await asyncio.create_task(worker(b))  # task:worker -> b: closes worker -> b -> a
+
+    assert run(main) == ["circular"]
+    names = {e.src.rsplit(".", 1)[-1] for e in lockdep.reports()[0].chain}
+    assert names == {"task:worker", "a", "b"}
+
+
+async def maybe_visit(node, take):
+    if take:
+        async with node.lock:
+            pass
+
+
+def exported(main):
+    from kvmlock.lockdep import core, merge
+
+    lockdep.reset()
+    lockdep.set_mode("collect")
+    assert run(main) == []
+    return merge.export(core._state())
+
+
+def test_merged_graphs_leave_a_lock_and_task_class_linked_both_ways_to_instances():
+    """Merging processes' graphs (pytest-xdist) judges classes only: a lock class and a task
+    class linked both ways, one way in each process, is the tree walk's shape, not a cycle --
+    while a cycle through the task class and another lock class is still found."""
+    from kvmlock.lockdep import merge
+
+    async def awaits_under_node():
+        async with Node().lock:
+            await asyncio.create_task(maybe_visit(Node(), False))  # Node.lock -> task
+
+    async def task_takes_node():
+        await asyncio.create_task(maybe_visit(Node(), True))  # task -> Node.lock
+
+    parts = [("gw0", exported(awaits_under_node)), ("gw1", exported(task_takes_node))]
+    assert all(p["links"] for _, p in parts)
+    assert merge.merge(parts) == []
+
+    def other():
+        return asyncio.Lock()  # one creation site: one class in every process
+
+    async def node_then_other():
+        async with Node().lock:
+            async with other():
+                pass
+
+    async def other_awaits():
+        async with other():
+            await asyncio.create_task(maybe_visit(Node(), False))  # other -> task
+
+    parts = [("gw0", exported(node_then_other)), ("gw1", exported(other_awaits)),
+             ("gw2", exported(task_takes_node))]  # Node.lock -> other -> task -> Node.lock
+    assert [r.kind for r in merge.merge(parts)] == ["circular"]
+
+
+@pytest.mark.parametrize("invert", [False, True])
+def test_the_tree_walk_example_under_kvmlock_lockdep(invert):
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    p = subprocess.run([sys.executable, "-m", "kvmlock.cli", "lockdep", "examples/async_tree.py",
+                        *(["--invert"] if invert else [])],
+                       cwd=root, capture_output=True, text=True, timeout=120)
+    assert "walked root a c leaf b" in p.stdout
+    assert p.returncode == int(invert), p.stderr
+    assert p.stderr.count("WARNING") == int(invert)

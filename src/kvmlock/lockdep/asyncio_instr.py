@@ -12,9 +12,11 @@ Awaiting a task is a wait-for dependency: ``await task``, ``asyncio.gather()``,
 ``asyncio.wait()`` for all of its tasks and ``asyncio.wait_for(task, None)``. Every task holds
 a pseudo-lock of its class (its coroutine's qualified name) for its whole life, so what it
 takes depends on it; a task that awaits another while holding a lock records ``lock -> task``.
-A task that takes a lock which its awaiter holds while awaiting it closes the cycle, and is
-reported: the awaiter waits for the task, the task waits for the lock. A wait with a timeout,
-or for the first of several, adds nothing: it cannot hang on one task.
+A lock held while a task is awaited and a lock that task takes first are ordered instance by
+instance (:mod:`.instances`): tasks of one coroutine taking locks of one class, as a recursive
+tree walk does, are fine in one consistent order, and the very lock held while awaiting the
+task that takes it is reported. A wait with a timeout, or for the first of several, adds
+nothing: it cannot hang on one task.
 
 Waiting for an ``asyncio.Event`` is one too: a task waiting for it while holding a lock records
 ``lock -> event``, and a task setting it while holding a lock records ``event -> lock`` (the
@@ -35,10 +37,11 @@ import weakref
 from typing import Any
 
 from kvmlock import runtime as _rt
-from kvmlock.lockdep import api, core, validate
+from kvmlock.lockdep import api, core, instances, validate
+from kvmlock.lockdep.graph import TASK_KEY, is_task_class
 from kvmlock.lockdep.naming import class_name, site_key, site_of
-from kvmlock.lockdep.state import IRQ_MARK
-from kvmlock.lockdep.where import _internal
+from kvmlock.lockdep.state import IRQ_MARK, _emit, _GraphLock, _reentered
+from kvmlock.lockdep.where import _internal, user_site, user_stack
 
 _ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__)) + os.sep
 _ORIG = {"Lock": asyncio.Lock, "Semaphore": asyncio.Semaphore, "Event": asyncio.Event}
@@ -50,7 +53,8 @@ _ORIG_WAIT = asyncio.tasks.wait
 class _TaskState:
     """lockdep's per-task scratch space for one asyncio task (what a runtime's task is)."""
 
-    __slots__ = ("lockdep", "name", "irq", "task_map", "rt", "watched", "__weakref__")
+    __slots__ = ("lockdep", "name", "irq", "task_map", "rt", "watched", "under", "took",
+                 "__weakref__")
 
     def __init__(self, task: asyncio.Task) -> None:
         coro = task.get_coro()
@@ -59,9 +63,12 @@ class _TaskState:
         self.irq = 0
         self.name = f"{task.get_name()} ({getattr(coro, '__name__', qual)})"
         label = "task:" + qual.replace("<locals>.", "")
-        self.task_map = core.LockMap(label, "threading", ("asyncio.Task", qual))
+        self.task_map = core.LockMap(label, "threading", (TASK_KEY, qual))
         self.rt = _TaskRuntime(self)
         self.watched = False
+        # the locks held by tasks awaiting this one, and those it took first (instances.py)
+        self.under: list[tuple] = []
+        self.took: list[tuple] = []
 
 
 class _TaskRuntime:
@@ -155,6 +162,10 @@ class _Checked:
         st = _current()
         token = _enter(st)
         try:
+            if st is not None:
+                held = st.lockdep
+                if held is not None and len(held) == 2 and held[1][0] is st.task_map:
+                    _by_instance(instances.task_takes, held, st, m)  # its first lock
             m.acquire()  # validated before it can wait
         finally:
             _leave(token)
@@ -272,8 +283,7 @@ def _lock_entries_of(st: _TaskState | None) -> list[tuple]:
 
 
 def _task_class(m: Any) -> bool:
-    key = m.key
-    return key.__class__ is tuple and key[:1] == ("asyncio.Task",)
+    return m is not IRQ_MARK and is_task_class(m._cls)
 
 
 class _WatchedGathering(_ORIG_GATHERING):  # type: ignore[misc, valid-type]
@@ -321,12 +331,28 @@ def _awaiting(task: asyncio.Task) -> None:
     me = _current()
     if me is None or me.lockdep is None or len(me.lockdep) <= 2:
         return  # nothing held but the awaiter's own class: no lock waits on the task
-    target = _state_for(task).task_map
+    target = _state_for(task)
     token = _enter(me)
     try:
-        target.sync()
+        held = me.lockdep
+        if not _task_class(held[-1][0]):
+            _by_instance(instances.task_awaited, held, target)
+        target.task_map.sync()
     finally:
         _leave(token)
+
+
+def _by_instance(check: Any, held: list, st: _TaskState, *lock: Any) -> None:
+    """Run one of instances.py's checks of an awaited task (``st``) in the running task's
+    world: under the graph lock, every time (a chain cache cannot tell instances apart)."""
+    S = core._state()
+    if not S.on or _reentered(S):
+        return
+    found: list = []
+    where, stack = user_site(2), user_stack(2)
+    with _GraphLock(S):
+        check(S, held, st.task_map, st.under, st.took, *lock, where, stack, found)
+    _emit(S, found)
 
 
 def _create_task(self: asyncio.AbstractEventLoop, coro: Any, *, name: Any = None,

@@ -84,7 +84,8 @@ _EMPTY: dict = {}
 
 def find_strong_path(
     after: dict[LockClass, dict[LockClass, Link]],
-    start: LockClass, start_recursive: bool, target: LockClass, target_exclusive: bool
+    start: LockClass, start_recursive: bool, target: LockClass, target_exclusive: bool,
+    skip: Link | None = None,
 ) -> list[Link] | None:
     """Breadth-first search for a strong path ``start -> ... -> target``.
 
@@ -93,6 +94,7 @@ def find_strong_path(
     lock is held exclusively, so any arrival at it conflicts; otherwise the path must arrive
     through a non-recursive (-(*N)->) link. The search state is (class, arrived-as-recursive),
     which is exact: arriving non-recursively dominates, so each class is expanded at most twice.
+    ``skip``: a link the path may not use.
     """
     root = (start, start_recursive)
     parent: dict[tuple[LockClass, bool], tuple[tuple[LockClass, bool], Link] | None] = {root: None}
@@ -101,6 +103,8 @@ def find_strong_path(
         node = queue.popleft()
         cls, only_r = node
         for dst, link in after.get(cls, _EMPTY).items():
+            if link is skip:
+                continue
             dep = link.dep & ~_S_MASK if only_r else link.dep
             if not dep:
                 continue
@@ -120,6 +124,33 @@ def find_strong_path(
             parent[state] = (node, link)
             queue.append(state)
     return None
+
+
+TASK_KEY = "asyncio.Task"  # the first item of an asyncio task class's key: (TASK_KEY, qualname)
+
+
+def is_task_class(cls: LockClass) -> bool:
+    """Whether ``cls`` is the pseudo-lock class of asyncio tasks of one coroutine function (in
+    this process, or as a class id exported by another, see merge.class_id)."""
+    key = cls.key
+    if key.__class__ is tuple:
+        return key[:1] == (TASK_KEY,)
+    return key.__class__ is str and key.startswith(f'[["{TASK_KEY}"')
+
+
+def find_cycle_path(
+    after: dict[LockClass, dict[LockClass, Link]],
+    start: LockClass, start_recursive: bool, target: LockClass, target_exclusive: bool,
+) -> list[Link] | None:
+    """:func:`find_strong_path` for a new dependency ``target -> start``, except that a lock
+    class and a task class linked both ways directly are no cycle here: a task awaited with a
+    lock of that class held, and a task of the class taking one of it first, are judged lock
+    by lock (lockdep/instances.py), as nested locks of one class are."""
+    path = find_strong_path(after, start, start_recursive, target, target_exclusive)
+    if path is not None and len(path) == 1 and is_task_class(start) != is_task_class(target):
+        path = find_strong_path(after, start, start_recursive, target, target_exclusive,
+                                skip=path[0])
+    return path
 
 
 def path_edges(path: list[Link], start_recursive: bool) -> list[Edge]:

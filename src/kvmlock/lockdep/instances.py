@@ -29,14 +29,20 @@ _NOTE = ("Both locks are of one class (one creation site) but are different lock
          "is an order between instances, taken both ways.")
 
 
+#: One step of an instance order as a report shows it: (src label, dst label, where, call
+#: path, whether dst was waited for rather than taken). A direct nesting is one step; an order
+#: made through an awaited task is two (the lock held -> the task, the task -> its lock).
+Step = tuple[str, str, str, tuple[str, ...], bool]
+
+
 class _Node:
-    """One lock's outgoing instance orders: id(next lock) -> (ref, where, stack)."""
+    """One lock's outgoing instance orders: id(next lock) -> (ref, steps)."""
 
     __slots__ = ("ref", "out")
 
     def __init__(self, ref: weakref.ref) -> None:
         self.ref = ref
-        self.out: dict[int, tuple[weakref.ref, str, tuple[str, ...]]] = {}
+        self.out: dict[int, tuple[weakref.ref, tuple[Step, ...]]] = {}
 
 
 def _node(S: State, m: LockMap) -> _Node:
@@ -55,32 +61,33 @@ def _node(S: State, m: LockMap) -> _Node:
     return n
 
 
-def _label(m: Any) -> str:
+def label(m: Any) -> str:
+    """A lock (or task) instance as a report names it: its class and its address."""
     return f"{m.name}[{hex(id(m))}]"
 
 
-def _path(S: State, start: LockMap, target: LockMap) -> list[tuple[Any, Any, str, tuple]] | None:
-    """A chain of recorded instance orders ``start -> ... -> target``, or None."""
-    parent: dict[int, tuple[int, Any, Any, str, tuple] | None] = {id(start): None}
+def _path(S: State, start: LockMap, target: LockMap) -> list[Step] | None:
+    """The steps of a chain of recorded instance orders ``start -> ... -> target``, or None."""
+    parent: dict[int, tuple[int, tuple[Step, ...]] | None] = {id(start): None}
     queue = deque([start])
     while queue:
         cur = queue.popleft()
         n = S.inst.get(id(cur))
         if n is None:
             continue
-        for k, (ref, where, stack) in list(n.out.items()):
+        for k, (ref, steps) in list(n.out.items()):
             nxt = ref()
             if nxt is None or k in parent:
                 continue
-            parent[k] = (id(cur), cur, nxt, where, stack)
+            parent[k] = (id(cur), steps)
             if nxt is target:
-                steps = []
+                out: list[Step] = []
                 back = parent[k]
                 while back is not None:
-                    pk, src, dst, w, st = back
-                    steps.append((src, dst, w, st))
+                    pk, st = back
+                    out[:0] = st
                     back = parent[pk]
-                return steps[::-1]
+                return out
             queue.append(nxt)
     return None
 
@@ -92,22 +99,115 @@ def instance_order(S: State, held: list, same: list, m: LockMap, read: int, wher
     stack: tuple[str, ...] | None = None
     for e in same:
         a = e[0]
-        na = _node(S, a)
-        known = na.out.get(id(m))
-        if known is not None and known[0]() is m:
+        if _known(S, a, m):
             continue
         if stack is None:
             stack = user_stack()
-        path = _path(S, m, a)
-        if path is None:
-            _node(S, m)
-            na.out[id(m)] = (weakref.ref(m), where, stack)
-            continue
-        chain = [Edge(_label(s), _label(d), 0, 0, w, False, st) for s, d, w, st in path]
-        chain.append(Edge(_label(a), _label(m), 0, read, where, False, stack))
-        hread = _info(e)[1]
-        _note(S, ("circular", "instance", m.name, frozenset(c.where for c in chain)), Report(
-            "circular", lock=_label(m), held=_label(a), lock_read=read, held_read=hread,
-            task=_task_name(), where=where, held_where=_at(e), chain=chain,
-            held_locks=_held_locks(held), what=_NOTE,
-        ), found)
+        order(S, held, a, m, _at(e), ((label(a), label(m), where, stack, False),), found,
+              read=read, hread=_info(e)[1])
+
+
+def _class_of(label: str) -> str:
+    return label.rsplit("[", 1)[0]
+
+
+def _known(S: State, a: Any, m: Any) -> bool:
+    n = S.inst.get(id(a))
+    known = n.out.get(id(m)) if n is not None and n.ref() is a else None
+    return known is not None and known[0]() is m
+
+
+def order(S: State, held: list, a: Any, m: Any, held_where: str, steps: tuple[Step, ...],
+          found: list[Report], now: int = -1, read: int = 0, hread: int = 0,
+          what: str = _NOTE) -> None:
+    """Record the instance order ``a -> m`` made by ``steps`` (``steps[now]`` is being made
+    by the running task), or report the cycle it closes with the orders already recorded
+    (caller holds S.lock)."""
+    if _known(S, a, m):
+        return
+    path = _path(S, m, a)
+    if path is None:
+        _node(S, m)
+        _node(S, a).out[id(m)] = (weakref.ref(m), steps)
+        return
+    now %= len(steps)
+    names = [_class_of(st[0]) for st in (*path, *steps)]
+    if len(set(names)) == len(names):
+        return  # a cycle of distinct classes: the class graph reports it (validate._link)
+    # the cycle, ending with the step being made: a report reads "taking the last link's
+    # destination while holding its source, which already depends on it"
+    cyc = [*steps[now + 1:], *path, *steps[:now + 1]]
+    chain = [Edge(s, d, 0, 0, w, sync, st) for s, d, w, st, sync in cyc]
+    new = chain[-1]
+    chain[-1] = Edge(new.src, new.dst, hread, read, new.where, new.sync, new.stack)
+    _note(S, ("circular", "instance", m.name, frozenset(c.where for c in chain)), Report(
+        "circular", lock=new.dst, held=new.src, lock_read=read, held_read=hread,
+        task=_task_name(), where=new.where, held_where=held_where, chain=chain,
+        held_locks=_held_locks(held), what=what,
+    ), found)
+
+
+# Awaited tasks. A task holds a pseudo-lock of its class (its coroutine function) for its whole
+# life, so awaiting it with a lock held orders that lock before the task's class, and the locks
+# the task takes first after it. When the held lock and a lock the task takes first are of one
+# class -- a recursive tree walk holding a parent node's lock while it gathers its children's
+# walks -- the class graph sees that class on both sides of the task class, a cycle of two
+# (which graph.find_cycle_path leaves alone). Such a pair is judged here instead, instance by
+# instance, as same-class nesting is: the very lock held while awaiting the task that takes it
+# is a deadlock; two different locks are an instance order (held lock -> the awaited task ->
+# its lock), checked together with the direct nestings. So is a lock of another class, since
+# tasks of one coroutine holding ``a`` for ``b`` and ``b`` for ``a`` meet in the class graph
+# as two such pairs, not as a cycle; a cycle of distinct classes is left to the class graph.
+
+_TASK_NOTE = ("Locks ordered through awaited tasks (a lock held while a task is awaited, "
+              "before the lock that task takes) in both directions; tasks of one coroutine "
+              "are told apart here, as are locks of one creation site.")
+_SAME_NOTE = ("The task awaited while this lock is held takes it: the awaiter waits for the "
+              "task, the task for the lock.")
+
+
+def _same(S: State, held: list, lock: Any, tmap: Any, took: tuple, awaited: tuple,
+          taking: bool, held_where: str, found: list[Report]) -> None:
+    """Report that ``lock`` is held while the task of pseudo-lock ``tmap`` is awaited, and
+    taken by that task; ``taking``: the task is taking it now (else: being awaited now)."""
+    tname = label(tmap)
+    to_task = Edge(lock.name, tname, 0, 0, awaited[0], True, awaited[1])
+    to_lock = Edge(tname, lock.name, 0, 0, took[0], False, took[1])
+    chain, new = ([to_task, to_lock], to_lock) if taking else ([to_lock, to_task], to_task)
+    _note(S, ("circular", "task", lock.name, tmap._cls.name), Report(
+        "circular", lock=new.dst, held=new.src, task=_task_name(), where=new.where,
+        held_where=held_where, chain=chain, held_locks=_held_locks(held), what=_SAME_NOTE,
+    ), found)
+
+
+def task_takes(S: State, held: list, tmap: Any, awaited_under: list, took: list, m: LockMap,
+               where: str, stack: tuple, found: list[Report]) -> None:
+    """The running task (pseudo-lock ``tmap``, awaited so far by tasks holding
+    ``awaited_under``) takes ``m`` while holding nothing else (caller holds S.lock)."""
+    for href, hwhere, hstack, h_at in awaited_under:
+        h = href()
+        if h is m:
+            _same(S, held, m, tmap, (where, stack), (hwhere, hstack), True, h_at, found)
+        elif h is not None:
+            order(S, held, h, m, _at(held[-1]), (
+                (label(h), label(tmap), hwhere, hstack, True),
+                (label(tmap), label(m), where, stack, False)), found, what=_TASK_NOTE)
+    took.append((weakref.ref(m), where, stack))
+
+
+def task_awaited(S: State, held: list, tmap: Any, awaited_under: list, took: list,
+                 where: str, stack: tuple, found: list[Report]) -> None:
+    """The running task, holding the top lock of ``held``, awaits the task of pseudo-lock
+    ``tmap`` (which took ``took`` first so far) (caller holds S.lock)."""
+    e = held[-1]
+    h = e[0]
+    for mref, mwhere, mstack in took:
+        m = mref()
+        if m is h:
+            _same(S, held, h, tmap, (mwhere, mstack), (where, stack), False, _at(e), found)
+        elif m is not None:
+            order(S, held, h, m, _at(e), (
+                (label(h), label(tmap), where, stack, True),
+                (label(tmap), label(m), mwhere, mstack, False)), found, now=0,
+                what=_TASK_NOTE)
+    awaited_under.append((weakref.ref(h), where, stack, _at(e)))

@@ -18,7 +18,7 @@ import contextlib
 import json
 from typing import Any
 
-from kvmlock.lockdep.graph import Link, LockClass, dep_bit, find_strong_path, path_edges
+from kvmlock.lockdep.graph import Link, LockClass, dep_bit, find_cycle_path, path_edges
 from kvmlock.lockdep.report import Edge, HeldLock, Report
 from kvmlock.lockdep.state import State, _GraphLock, _reentered
 
@@ -87,7 +87,7 @@ def merge(parts: list[tuple[str, dict[str, Any]]]) -> list[Report]:
             link = after.get(p, {}).get(n)
             if link is not None and link.dep & dep_bit(sr, read):
                 continue
-            path = find_strong_path(after, n, read == 2, p, sr == 0)
+            path = find_cycle_path(after, n, read == 2, p, sr == 0)
             if path is None:
                 if link is None:
                     link = after.setdefault(p, {})[n] = Link(p, n)

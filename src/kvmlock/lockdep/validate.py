@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from kvmlock import runtime as _rt
 from kvmlock.lockdep import memo
 from kvmlock.lockdep import usage as U
-from kvmlock.lockdep.graph import Link, LockClass, dep_bit, find_strong_path, path_edges
+from kvmlock.lockdep.graph import Link, LockClass, dep_bit, find_cycle_path, path_edges
 from kvmlock.lockdep.instances import instance_order
 from kvmlock.lockdep.report import Edge, Report
 from kvmlock.lockdep.state import (
@@ -311,7 +311,7 @@ def _link(
     if link is not None and link.dep & dep_bit(pr, read):
         link.sites.setdefault((pr, -1 if sync else read), where)
         return
-    path = find_strong_path(S.after, nxt, read == 2, p, pr == 0)
+    path = find_cycle_path(S.after, nxt, read == 2, p, pr == 0)
     stack = user_stack()
     if path is not None:
         new = Edge(p.name, nxt.name, pr, read, where, sync, stack)
