@@ -97,6 +97,52 @@ def test_bad_invocation_is_a_clear_error(tmp_path):
         assert "ran" not in p.stdout
 
 
+def kvmlock_command(*args, cwd):
+    """The installed ``kvmlock`` command itself (not ``python -m``, which puts the current
+    directory on the path for the program)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "kvmlock")
+    if not os.path.exists(exe):
+        pytest.skip("no kvmlock command next to this interpreter")
+    return subprocess.run([exe, "lockdep", *map(str, args)], capture_output=True, text=True,
+                          timeout=60, cwd=cwd)
+
+
+def test_a_module_in_the_current_directory_runs_as_with_python_m(tmp_path):
+    (tmp_path / "tool").mkdir()
+    (tmp_path / "tool" / "__init__.py").write_text("")
+    (tmp_path / "tool" / "__main__.py").write_text("import sys\nprint('tool', sys.argv[1:])\n")
+    (tmp_path / "one.py").write_text("print('one')\n")
+    p = kvmlock_command("-m", "tool", "-v", cwd=tmp_path)
+    assert (p.returncode, p.stdout.strip()) == (0, "tool ['-v']"), p.stderr
+    p = kvmlock_command("-m", "one", cwd=tmp_path)
+    assert (p.returncode, p.stdout.strip()) == (0, "one"), p.stderr
+    p = kvmlock_command("-m", "two", cwd=tmp_path)  # near-miss: still not found
+    assert p.returncode == 5 and "no module named two" in p.stderr
+
+
+def test_a_module_that_cannot_run_is_a_one_line_error_before_it_starts(tmp_path):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "__init__.py").write_text("print('ran')\ndef f(:\n")
+    (tmp_path / "nomain").mkdir()
+    (tmp_path / "nomain" / "__init__.py").write_text("")
+    (tmp_path / "badmod.py").write_text("print('ran')\ndef f(:\n")
+    (tmp_path / "fine").mkdir()
+    (tmp_path / "fine" / "__init__.py").write_text("")
+    (tmp_path / "fine" / "__main__.py").write_text("print('fine')\n")
+    for args, status, words in [
+        (["-m", "broken"], 4, "broken/__init__.py is not valid Python"),
+        (["-m", "broken.sub"], 4, "broken/__init__.py is not valid Python"),
+        (["-m", "badmod"], 4, "badmod.py is not valid Python"),
+        (["-m", "nomain"], 5, "nomain is a package without a __main__ module"),
+    ]:
+        p = lockdep_cli(*args, cwd=tmp_path)
+        assert p.returncode == status, (args, p.stderr)
+        assert words in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert "ran" not in p.stdout
+    p = lockdep_cli("-m", "fine", cwd=tmp_path)  # near-miss: a package with a __main__
+    assert (p.returncode, p.stdout.strip()) == (0, "fine"), p.stderr
+
+
 def test_module_arguments_pass_through_as_with_python_m(tmp_path):
     (tmp_path / "echo_args.py").write_text("import sys\nprint(sys.argv[1:])\n")
     p = lockdep_cli("-m", "echo_args", "-v", "--json", "x", cwd=tmp_path)

@@ -88,33 +88,53 @@ def _check_script(path: str) -> None:
         return
     if not os.path.isfile(path):
         raise _Fail(NO_SCRIPT, f"no such script: {path}")
+    _check_source(path, path)
+
+
+def _check_source(path: str, shown: str) -> None:
+    """A file that must be Python source the program can run: readable, not binary, valid."""
     try:
         with open(path, "rb") as fh:
             source = fh.read()
     except OSError as exc:
-        raise _Fail(NO_SCRIPT, f"cannot read {path}: {exc.strerror or exc}") from None
+        raise _Fail(NO_SCRIPT, f"cannot read {shown}: {exc.strerror or exc}") from None
     if source.startswith(b"PK\x03\x04"):
         return  # a zip application: runpy runs its __main__.py
     if b"\x00" in source:
-        raise _Fail(NOT_PYTHON, f"{path} is not Python source (a binary file)")
+        raise _Fail(NOT_PYTHON, f"{shown} is not Python source (a binary file)")
     try:
         compile(source, path, "exec", dont_inherit=True)
     except SyntaxError as exc:
-        raise _Fail(NOT_PYTHON, f"{path} is not valid Python: {exc.msg} (line {exc.lineno})"
+        raise _Fail(NOT_PYTHON, f"{shown} is not valid Python: {exc.msg} (line {exc.lineno})"
                     ) from None
     except ValueError as exc:  # null bytes: a binary file
-        raise _Fail(NOT_PYTHON, f"{path} is not Python source: {exc}") from None
+        raise _Fail(NOT_PYTHON, f"{shown} is not Python source: {exc}") from None
 
 
 def _check_module(name: str) -> None:
+    """Find ``name`` as ``python -m`` would (the current directory first on the path), and
+    check its source; its parent packages are imported, as python -m imports them."""
+    sys.path.insert(0, os.getcwd())
     try:
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.submodule_search_locations is not None:
-            spec = importlib.util.find_spec(name + ".__main__")
+            main = importlib.util.find_spec(name + ".__main__")
+            if main is None:
+                raise _Fail(NO_MODULE, f"{name} is a package without a __main__ module: "
+                            "it cannot be run")
+            spec = main
+    except SyntaxError as exc:  # a parent package's own source
+        where = os.path.relpath(exc.filename) if exc.filename else name
+        raise _Fail(NOT_PYTHON, f"{where} is not valid Python: {exc.msg} (line {exc.lineno})"
+                    ) from None
     except (ImportError, ValueError) as exc:
         raise _Fail(NO_MODULE, f"cannot find module {name}: {exc}") from None
+    finally:
+        del sys.path[0]
     if spec is None:
         raise _Fail(NO_MODULE, f"no module named {name}")
+    if spec.has_location and spec.origin and spec.origin.endswith(".py"):
+        _check_source(spec.origin, os.path.relpath(spec.origin))
 
 
 def _check_json(path: str) -> None:

@@ -9,8 +9,10 @@ from kvmlock import lockdep
 
 
 def run(main):
+    """Run ``main`` validated; a wait that lockdep failed to catch fails after 30 s instead of
+    hanging (the bound is the outer task's own: ``main``'s awaits stay unbounded)."""
     with lockdep.instrument_threading():
-        asyncio.run(main())
+        asyncio.run(asyncio.wait_for(main(), 30))
     return [r.kind for r in lockdep.reports()]
 
 
@@ -232,7 +234,12 @@ async def by_wait_for(coro):
     await asyncio.wait_for(asyncio.create_task(coro), None)
 
 
-WAYS = [by_await, by_gather, by_wait, by_wait_for]
+async def by_taskgroup(coro):
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(coro)
+
+
+WAYS = [by_await, by_gather, by_wait, by_wait_for, by_taskgroup]
 
 
 @pytest.mark.parametrize("wait", WAYS, ids=[w.__name__ for w in WAYS])
@@ -250,14 +257,15 @@ def test_awaits_in_one_order_stay_silent(wait):
 @pytest.mark.parametrize("wait", WAYS[1:], ids=[w.__name__ for w in WAYS[1:]])
 def test_awaiting_through_gather_wait_or_wait_for_a_task_needing_your_lock_is_caught(wait):
     """Reported when the task asks for the lock, before it can wait: raise mode raises it
-    in the task (which gather and wait_for pass on, and asyncio.wait keeps in the task)."""
+    in the task (which gather, wait_for and TaskGroup pass on, and asyncio.wait keeps in the
+    task)."""
     async def main():
         lock = asyncio.Lock()
         await asyncio.create_task(takes(lock))  # nothing held: fine
         async with lock:
             try:
                 await wait(takes(lock))
-            except lockdep.LockdepError:
+            except (lockdep.LockdepError, ExceptionGroup):  # (a TaskGroup groups it)
                 pass
 
     lockdep.set_mode("raise")
@@ -277,6 +285,13 @@ def test_bounded_or_first_completed_waits_add_no_dependency():
                                          return_when=asyncio.FIRST_COMPLETED)
             assert t not in done
             await asyncio.wait([t], timeout=0.01)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.01):
+                    await asyncio.shield(t)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.01):
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(takes(lock))
         await t
 
     assert run(main) == []
@@ -587,3 +602,17 @@ def test_the_tree_walk_example_under_kvmlock_lockdep(invert):
     assert "walked root a c leaf b" in p.stdout
     assert p.returncode == int(invert), p.stderr
     assert p.stderr.count("WARNING") == int(invert)
+
+
+def test_an_await_in_a_timeout_block_without_a_deadline_is_a_wait():
+    async def main():
+        lock = asyncio.Lock()
+        async with lock:
+            async with asyncio.timeout(None):  # never fires: the await can hang
+                try:
+                    await asyncio.create_task(takes(lock))
+                except lockdep.LockdepError:
+                    pass
+
+    lockdep.set_mode("raise")
+    assert run(main) == ["circular"]

@@ -9,14 +9,15 @@ sites named as for threading locks (:mod:`.naming`), validated instance by insta
 class.
 
 Awaiting a task is a wait-for dependency: ``await task``, ``asyncio.gather()``,
-``asyncio.wait()`` for all of its tasks and ``asyncio.wait_for(task, None)``. Every task holds
+``asyncio.wait()`` for all of its tasks, ``asyncio.wait_for(task, None)`` and leaving an
+``asyncio.TaskGroup`` (which waits for all of its tasks). Every task holds
 a pseudo-lock of its class (its coroutine's qualified name) for its whole life, so what it
 takes depends on it; a task that awaits another while holding a lock records ``lock -> task``.
 A lock held while a task is awaited and a lock that task takes first are ordered instance by
 instance (:mod:`.instances`): tasks of one coroutine taking locks of one class, as a recursive
 tree walk does, are fine in one consistent order, and the very lock held while awaiting the
-task that takes it is reported. A wait with a timeout, or for the first of several, adds
-nothing: it cannot hang on one task.
+task that takes it is reported. A wait with a timeout (an ``asyncio.timeout()`` block with a
+deadline too), or for the first of several, adds nothing: it cannot hang on one task.
 
 Waiting for an ``asyncio.Event`` is one too: a task waiting for it while holding a lock records
 ``lock -> event``, and a task setting it while holding a lock records ``event -> lock`` (the
@@ -48,13 +49,15 @@ _ORIG = {"Lock": asyncio.Lock, "Semaphore": asyncio.Semaphore, "Event": asyncio.
 _ORIG_CREATE_TASK = asyncio.BaseEventLoop.create_task
 _ORIG_GATHERING = asyncio.tasks._GatheringFuture  # type: ignore[attr-defined]
 _ORIG_WAIT = asyncio.tasks.wait
+_ORIG_TG_EXIT = asyncio.TaskGroup.__aexit__
+_ORIG_TIMEOUT = (asyncio.timeouts.Timeout.__aenter__, asyncio.timeouts.Timeout.__aexit__)
 
 
 class _TaskState:
     """lockdep's per-task scratch space for one asyncio task (what a runtime's task is)."""
 
     __slots__ = ("lockdep", "name", "irq", "task_map", "rt", "watched", "under", "took",
-                 "__weakref__")
+                 "timeouts", "__weakref__")
 
     def __init__(self, task: asyncio.Task) -> None:
         coro = task.get_coro()
@@ -69,6 +72,7 @@ class _TaskState:
         # the locks held by tasks awaiting this one, and those it took first (instances.py)
         self.under: list[tuple] = []
         self.took: list[tuple] = []
+        self.timeouts: list[Any] = []  # the asyncio.timeout() blocks it is in
 
 
 class _TaskRuntime:
@@ -327,10 +331,37 @@ class _WatchedTask(asyncio.Task):
     __iter__ = __await__
 
 
+async def _taskgroup_exit(self: asyncio.TaskGroup, et: Any, exc: Any, tb: Any) -> Any:
+    """Leaving a TaskGroup normally waits for all of its tasks, as gather() does. (Leaving it
+    with an exception cancels them first.)"""
+    if et is None:
+        for t in list(self._tasks):  # type: ignore[attr-defined]
+            if not t.done():
+                _awaiting(t)
+    return await _ORIG_TG_EXIT(self, et, exc, tb)
+
+
+async def _timeout_enter(self: Any) -> Any:
+    out = await _ORIG_TIMEOUT[0](self)
+    st = _current()
+    if st is not None:
+        st.timeouts.append(self)
+    return out
+
+
+async def _timeout_exit(self: Any, et: Any, exc: Any, tb: Any) -> Any:
+    st = _current()
+    if st is not None and self in st.timeouts:
+        st.timeouts.remove(self)
+    return await _ORIG_TIMEOUT[1](self, et, exc, tb)
+
+
 def _awaiting(task: asyncio.Task) -> None:
     me = _current()
     if me is None or me.lockdep is None or len(me.lockdep) <= 2:
         return  # nothing held but the awaiter's own class: no lock waits on the task
+    if any(t.when() is not None for t in me.timeouts):
+        return  # inside an asyncio.timeout() block with a deadline: a bounded wait
     target = _state_for(task)
     token = _enter(me)
     try:
@@ -374,6 +405,9 @@ def patch() -> None:
     asyncio.BaseEventLoop.create_task = _create_task  # type: ignore[method-assign]
     asyncio.tasks._GatheringFuture = _WatchedGathering  # type: ignore[attr-defined]
     asyncio.wait = asyncio.tasks.wait = _wait  # type: ignore[assignment]
+    asyncio.TaskGroup.__aexit__ = _taskgroup_exit  # type: ignore[method-assign]
+    asyncio.timeouts.Timeout.__aenter__ = _timeout_enter  # type: ignore[method-assign]
+    asyncio.timeouts.Timeout.__aexit__ = _timeout_exit  # type: ignore[method-assign]
 
 
 def unpatch() -> None:
@@ -383,3 +417,6 @@ def unpatch() -> None:
     asyncio.BaseEventLoop.create_task = _ORIG_CREATE_TASK  # type: ignore[method-assign]
     asyncio.tasks._GatheringFuture = _ORIG_GATHERING  # type: ignore[attr-defined]
     asyncio.wait = asyncio.tasks.wait = _ORIG_WAIT  # type: ignore[assignment]
+    asyncio.TaskGroup.__aexit__ = _ORIG_TG_EXIT  # type: ignore[method-assign]
+    asyncio.timeouts.Timeout.__aenter__ = _ORIG_TIMEOUT[0]  # type: ignore[method-assign]
+    asyncio.timeouts.Timeout.__aexit__ = _ORIG_TIMEOUT[1]  # type: ignore[method-assign]
