@@ -616,3 +616,26 @@ def test_an_await_in_a_timeout_block_without_a_deadline_is_a_wait():
 
     lockdep.set_mode("raise")
     assert run(main) == ["circular"]
+
+
+def test_a_task_taking_its_lock_in_a_loop_is_recorded_once():
+    """What a task took first is kept per lock, not per acquire: a long-lived worker does not
+    grow it (and the walk after it still orders by instance)."""
+    from kvmlock.lockdep import asyncio_instr
+
+    async def main():
+        lock = asyncio.Lock()
+        other = asyncio.Lock()
+
+        async def worker():
+            for _ in range(500):
+                async with lock:
+                    await asyncio.sleep(0)
+            async with other:
+                pass
+            return asyncio_instr._STATES[asyncio.current_task()].took
+
+        took = await asyncio.create_task(worker())
+        assert len(took) == 2
+
+    assert run(main) == []

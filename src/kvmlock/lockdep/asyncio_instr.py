@@ -71,7 +71,7 @@ class _TaskState:
         self.watched = False
         # the locks held by tasks awaiting this one, and those it took first (instances.py)
         self.under: list[tuple] = []
-        self.took: list[tuple] = []
+        self.took: dict[int, tuple] = {}  # id(lock) -> (ref, where, call path)
         self.timeouts: list[Any] = []  # the asyncio.timeout() blocks it is in
 
 
@@ -169,7 +169,9 @@ class _Checked:
             if st is not None:
                 held = st.lockdep
                 if held is not None and len(held) == 2 and held[1][0] is st.task_map:
-                    _by_instance(instances.task_takes, held, st, m)  # its first lock
+                    known = st.took.get(id(m))  # (a task taking one lock in a loop: once)
+                    if st.under or known is None or known[0]() is not m:
+                        _by_instance(instances.task_takes, held, st, m)  # its first lock
             m.acquire()  # validated before it can wait
         finally:
             _leave(token)

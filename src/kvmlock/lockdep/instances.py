@@ -180,7 +180,7 @@ def _same(S: State, held: list, lock: Any, tmap: Any, took: tuple, awaited: tupl
     ), found)
 
 
-def task_takes(S: State, held: list, tmap: Any, awaited_under: list, took: list, m: LockMap,
+def task_takes(S: State, held: list, tmap: Any, awaited_under: list, took: dict, m: LockMap,
                where: str, stack: tuple, found: list[Report]) -> None:
     """The running task (pseudo-lock ``tmap``, awaited so far by tasks holding
     ``awaited_under``) takes ``m`` while holding nothing else (caller holds S.lock)."""
@@ -192,16 +192,16 @@ def task_takes(S: State, held: list, tmap: Any, awaited_under: list, took: list,
             order(S, held, h, m, _at(held[-1]), (
                 (label(h), label(tmap), hwhere, hstack, True),
                 (label(tmap), label(m), where, stack, False)), found, what=_TASK_NOTE)
-    took.append((weakref.ref(m), where, stack))
+    took[id(m)] = (weakref.ref(m), where, stack)
 
 
-def task_awaited(S: State, held: list, tmap: Any, awaited_under: list, took: list,
+def task_awaited(S: State, held: list, tmap: Any, awaited_under: list, took: dict,
                  where: str, stack: tuple, found: list[Report]) -> None:
     """The running task, holding the top lock of ``held``, awaits the task of pseudo-lock
     ``tmap`` (which took ``took`` first so far) (caller holds S.lock)."""
     e = held[-1]
     h = e[0]
-    for mref, mwhere, mstack in took:
+    for mref, mwhere, mstack in list(took.values()):
         m = mref()
         if m is h:
             _same(S, held, h, tmap, (mwhere, mstack), (where, stack), False, _at(e), found)

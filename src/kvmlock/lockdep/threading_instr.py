@@ -95,8 +95,9 @@ def _drop(lockmap: core.LockMap, owner: Any) -> None:
         core.forget(lockmap, owner)
 
 
-def _cannot_create(cls: type) -> TypeError:
-    return TypeError(f"cannot create '{cls.__module__}.{cls.__name__}' instances")
+def _cannot_create(real: type) -> TypeError:
+    """The error of ``type(lock)()``, naming the type the program thinks it has."""
+    return TypeError(f"cannot create '{real.__module__}.{real.__name__}' instances")
 
 
 class CheckedLock:
@@ -105,7 +106,7 @@ class CheckedLock:
     __slots__ = ("_lock", "_map", "_owner", "__weakref__")
 
     def __new__(cls, *args: object, **kwargs: object) -> CheckedLock:
-        raise _cannot_create(cls)  # as type(threading.Lock())() does
+        raise _cannot_create(type(_ORIG_LOCK()))  # as type(threading.Lock())() does
 
     @classmethod
     def _make(cls, lockmap: core.LockMap) -> CheckedLock:
