@@ -94,3 +94,14 @@ def test_unreadable_file(tmp_path, capsys) -> None:
     p.chmod(0)
     assert splat_main([str(p)]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_part_of_a_report_is_no_report_and_says_why(capsys) -> None:
+    """A commit message quoting only chain links: no report is invented from it, and the
+    message says what is missing (an empty file or plain prose gets no such hint)."""
+    assert splat_main([str(FIXTURES / "vgic_chain_only.commit")]) == 3
+    err = capsys.readouterr().err
+    assert "dependency-chain links without the report's headline" in err
+    assert err.count("\n") == 1
+    assert splat_main([str(FIXTURES / "max_lock_depth.nearmiss")]) == 3
+    assert "chain links" not in capsys.readouterr().err

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
 from kvmlock import spec as _spec
@@ -50,6 +51,20 @@ def _read(path: str) -> str:
                      why_limit="cut the log around the report")
 
 
+#: a dependency-chain link of a report, "-> #1 (&kvm->srcu){.+.+}-{0:0}:"
+_LINK = re.compile(r"-> #\d+ \(\S+\)\{")
+
+
+def _why_none(text: str) -> str:
+    """What the user may have pasted instead of a report."""
+    if not text.strip():
+        return " (it is empty)"
+    if _LINK.search(text):
+        return (" (it holds dependency-chain links without the report's headline and locks, as "
+                "a commit message quoting part of a report does; give the whole report)")
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
@@ -65,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps({"count": 0, "reports": [], "kind": None, "acquiring": None,
                               "holding": [], "violations": []}, indent=1))
-        empty = "" if text.strip() else " (it is empty)"
-        print(f"kvmlock splat: no lockdep report found in {source}{empty}", file=sys.stderr)
+        print(f"kvmlock splat: no lockdep report found in {source}{_why_none(text)}",
+              file=sys.stderr)
         return 3
     failed = unexplored = False
     objs, texts = [], []
