@@ -639,3 +639,49 @@ def test_a_task_taking_its_lock_in_a_loop_is_recorded_once():
         assert len(took) == 2
 
     assert run(main) == []
+
+
+async def gathers(coro):
+    """A task that holds nothing and awaits another: whoever awaits it waits for that one."""
+    await asyncio.gather(coro)
+
+
+def test_awaiting_through_a_task_that_holds_nothing_a_task_needing_your_lock_is_caught():
+    async def main():
+        lock = asyncio.Lock()
+        async with lock:
+            try:
+                await asyncio.create_task(gathers(gathers(takes(lock))))  # would hang
+            except lockdep.LockdepError:
+                pass
+
+    lockdep.set_mode("raise")
+    assert run(main) == ["circular"]
+    text = str(lockdep.reports()[0])
+    assert "task:gathers" in text and " in takes" in text
+
+
+def test_an_inversion_through_tasks_that_hold_nothing_is_reported():
+    async def main():
+        x, y = Node(), Node()
+        async with x.lock:
+            await asyncio.create_task(gathers(visit(y)))  # x -> y
+        async with y.lock:
+            await asyncio.create_task(gathers(gathers(visit(x))))  # y -> x
+
+    assert run(main) == ["circular"]
+
+
+def test_a_tree_walk_through_tasks_that_hold_nothing_is_silent():
+    async def walk_via(node):
+        async with node.lock:
+            await asyncio.gather(*(gathers(walk_via(c)) for c in node.children))
+
+    async def main():
+        tree = Node(Node(Node(), Node()), Node(Node()))
+        for _ in range(2):
+            await asyncio.create_task(walk_via(tree))
+        async with Node().lock:  # a lock held while awaiting a task that takes another
+            await asyncio.create_task(gathers(takes(asyncio.Lock())))
+
+    assert run(main) == []

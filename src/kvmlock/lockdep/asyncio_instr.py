@@ -360,10 +360,19 @@ async def _timeout_exit(self: Any, et: Any, exc: Any, tb: Any) -> Any:
 
 def _awaiting(task: asyncio.Task) -> None:
     me = _current()
-    if me is None or me.lockdep is None or len(me.lockdep) <= 2:
-        return  # nothing held but the awaiter's own class: no lock waits on the task
+    if me is None:
+        return
     if any(t.when() is not None for t in me.timeouts):
         return  # inside an asyncio.timeout() block with a deadline: a bounded wait
+    if me.lockdep is None or len(me.lockdep) <= 2:  # nothing held: no class dependency,
+        if me.under:  # but whoever waits for this task while holding a lock waits for that one
+            target = _state_for(task)
+            token = _enter(me)
+            try:
+                _by_instance(instances.task_awaited, me.lockdep, target, me.task_map, me.under)
+            finally:
+                _leave(token)
+        return
     target = _state_for(task)
     token = _enter(me)
     try:
@@ -375,7 +384,7 @@ def _awaiting(task: asyncio.Task) -> None:
         _leave(token)
 
 
-def _by_instance(check: Any, held: list, st: _TaskState, *lock: Any) -> None:
+def _by_instance(check: Any, held: list, st: _TaskState, *more: Any) -> None:
     """Run one of instances.py's checks of an awaited task (``st``) in the running task's
     world: under the graph lock, every time (a chain cache cannot tell instances apart)."""
     S = core._state()
@@ -384,7 +393,10 @@ def _by_instance(check: Any, held: list, st: _TaskState, *lock: Any) -> None:
     found: list = []
     where, stack = user_site(2), user_stack(2)
     with _GraphLock(S):
-        check(S, held, st.task_map, st.under, st.took, *lock, where, stack, found)
+        if check is instances.task_takes:
+            check(S, held, st.task_map, st.under, st.took, *more, where, stack, found)
+        else:
+            check(S, held, st.task_map, st.under, st.took, where, stack, found, *more)
     _emit(S, found)
 
 

@@ -111,6 +111,22 @@ def _class_of(label: str) -> str:
     return label.rsplit("[", 1)[0]
 
 
+def _is_task(name: str) -> bool:
+    return name.startswith("task:")
+
+
+def _class_graph_reports(names: list[str], steps: tuple[Step, ...]) -> bool:
+    """Whether the class graph finds this cycle itself (validate._link): its classes are
+    distinct, each step is a dependency the class graph has (a task awaiting another while
+    holding no lock makes none), and it is not a lock class and a task class linked both ways
+    (graph.find_cycle_path leaves those to this module)."""
+    if len(set(names)) != len(names):
+        return False
+    if any(_is_task(_class_of(s)) and _is_task(_class_of(d)) for s, d, *_ in steps):
+        return False
+    return not (len(names) == 2 and _is_task(names[0]) != _is_task(names[1]))
+
+
 def _known(S: State, a: Any, m: Any) -> bool:
     n = S.inst.get(id(a))
     known = n.out.get(id(m)) if n is not None and n.ref() is a else None
@@ -123,24 +139,29 @@ def order(S: State, held: list, a: Any, m: Any, held_where: str, steps: tuple[St
     """Record the instance order ``a -> m`` made by ``steps`` (``steps[now]`` is being made
     by the running task), or report the cycle it closes with the orders already recorded
     (caller holds S.lock)."""
-    if _known(S, a, m):
+    if a is m:  # the very lock: the cycle closes here
+        path: list[Step] | None = []
+        what = _SAME_NOTE
+    elif _known(S, a, m):
         return
-    path = _path(S, m, a)
+    else:
+        path = _path(S, m, a)
     if path is None:
         _node(S, m)
         _node(S, a).out[id(m)] = (weakref.ref(m), steps)
         return
     now %= len(steps)
     names = [_class_of(st[0]) for st in (*path, *steps)]
-    if len(set(names)) == len(names):
-        return  # a cycle of distinct classes: the class graph reports it (validate._link)
+    if _class_graph_reports(names, (*path, *steps)):
+        return
     # the cycle, ending with the step being made: a report reads "taking the last link's
     # destination while holding its source, which already depends on it"
     cyc = [*steps[now + 1:], *path, *steps[:now + 1]]
     chain = [Edge(s, d, 0, 0, w, sync, st) for s, d, w, st, sync in cyc]
     new = chain[-1]
     chain[-1] = Edge(new.src, new.dst, hread, read, new.where, new.sync, new.stack)
-    _note(S, ("circular", "instance", m.name, frozenset(c.where for c in chain)), Report(
+    _note(S, ("circular", "instance", m.name, frozenset(c.where for c in chain)
+              if a is not m else frozenset(names)), Report(
         "circular", lock=new.dst, held=new.src, lock_read=read, held_read=hread,
         task=_task_name(), where=new.where, held_where=held_where, chain=chain,
         held_locks=_held_locks(held), what=what,
@@ -166,48 +187,44 @@ _SAME_NOTE = ("The task awaited while this lock is held takes it: the awaiter wa
               "task, the task for the lock.")
 
 
-def _same(S: State, held: list, lock: Any, tmap: Any, took: tuple, awaited: tuple,
-          taking: bool, held_where: str, found: list[Report]) -> None:
-    """Report that ``lock`` is held while the task of pseudo-lock ``tmap`` is awaited, and
-    taken by that task; ``taking``: the task is taking it now (else: being awaited now)."""
-    tname = label(tmap)
-    to_task = Edge(lock.name, tname, 0, 0, awaited[0], True, awaited[1])
-    to_lock = Edge(tname, lock.name, 0, 0, took[0], False, took[1])
-    chain, new = ([to_task, to_lock], to_lock) if taking else ([to_lock, to_task], to_task)
-    _note(S, ("circular", "task", lock.name, tmap._cls.name), Report(
-        "circular", lock=new.dst, held=new.src, task=_task_name(), where=new.where,
-        held_where=held_where, chain=chain, held_locks=_held_locks(held), what=_SAME_NOTE,
-    ), found)
+#: What a task's awaiters hold: (the lock, the steps from it to the task -- the await, or a
+#: chain of awaits through tasks that held nothing themselves -- where it was taken).
+Under = tuple[Any, tuple[Step, ...], str]
 
 
-def task_takes(S: State, held: list, tmap: Any, awaited_under: list, took: dict, m: LockMap,
-               where: str, stack: tuple, found: list[Report]) -> None:
+def task_takes(S: State, held: list, tmap: Any, awaited_under: list[Under], took: dict,
+               m: LockMap, where: str, stack: tuple, found: list[Report]) -> None:
     """The running task (pseudo-lock ``tmap``, awaited so far by tasks holding
     ``awaited_under``) takes ``m`` while holding nothing else (caller holds S.lock)."""
-    for href, hwhere, hstack, h_at in awaited_under:
+    take = (label(tmap), label(m), where, stack, False)
+    for href, to_task, _h_at in awaited_under:
         h = href()
-        if h is m:
-            _same(S, held, m, tmap, (where, stack), (hwhere, hstack), True, h_at, found)
-        elif h is not None:
-            order(S, held, h, m, _at(held[-1]), (
-                (label(h), label(tmap), hwhere, hstack, True),
-                (label(tmap), label(m), where, stack, False)), found, what=_TASK_NOTE)
+        if h is not None:
+            order(S, held, h, m, _at(held[-1]), (*to_task, take), found, what=_TASK_NOTE)
     took[id(m)] = (weakref.ref(m), where, stack)
 
 
-def task_awaited(S: State, held: list, tmap: Any, awaited_under: list, took: dict,
-                 where: str, stack: tuple, found: list[Report]) -> None:
-    """The running task, holding the top lock of ``held``, awaits the task of pseudo-lock
-    ``tmap`` (which took ``took`` first so far) (caller holds S.lock)."""
-    e = held[-1]
-    h = e[0]
-    for mref, mwhere, mstack in list(took.values()):
-        m = mref()
-        if m is h:
-            _same(S, held, h, tmap, (mwhere, mstack), (where, stack), False, _at(e), found)
-        elif m is not None:
-            order(S, held, h, m, _at(e), (
-                (label(h), label(tmap), where, stack, True),
-                (label(tmap), label(m), mwhere, mstack, False)), found, now=0,
-                what=_TASK_NOTE)
-    awaited_under.append((weakref.ref(h), where, stack, _at(e)))
+def task_awaited(S: State, held: list, tmap: Any, awaited_under: list[Under], took: dict,
+                 where: str, stack: tuple, found: list[Report], via: Any = None,
+                 via_under: list[Under] = ()) -> None:  # type: ignore[assignment]
+    """The running task awaits the task of pseudo-lock ``tmap`` (which took ``took`` first so
+    far), holding the top lock of ``held``; or, with ``via`` (its own pseudo-lock), holding
+    nothing, while awaited by tasks holding ``via_under``, which now wait for that task too
+    (caller holds S.lock)."""
+    if via is None:
+        e = held[-1]
+        new = [(weakref.ref(e[0]), ((label(e[0]), label(tmap), where, stack, True),), _at(e))]
+    else:
+        hop = (label(via), label(tmap), where, stack, True)
+        new = [(ref, (*steps, hop), h_at) for ref, steps, h_at in via_under]
+    for ref, steps, h_at in new:
+        h = ref()
+        if h is None or any(u[0] is ref and len(u[1]) <= len(steps) for u in awaited_under):
+            continue
+        for mref, mwhere, mstack in list(took.values()):
+            m = mref()
+            if m is not None:
+                order(S, held, h, m, _at(held[-1]), (*steps, (label(tmap), label(m), mwhere,
+                                                                mstack, False)),
+                      found, now=len(steps) - 1, what=_TASK_NOTE)
+        awaited_under.append((ref, steps, h_at))
