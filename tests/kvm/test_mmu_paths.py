@@ -3,7 +3,7 @@
 import pytest
 
 from kvmlock import lockdep
-from kvmlock.kvm.guest import GuestFault, guest_read, guest_write, set_gpte
+from kvmlock.kvm.guest import GuestFault, guest_read, guest_write, set_gpte, write_gpte
 from kvmlock.kvm.host import PG_DIRTY
 from kvmlock.kvm.memslots import LOG_DIRTY_PAGES
 from kvmlock.kvm.mmu import spte as S
@@ -43,6 +43,46 @@ def test_fast_path_refuses_indirect_shadow_pages_unless_the_hazard_is_on():
         assert v.stats["fast_pf"] == fast
         assert get_dirty_log(vm, 0) == [2]
         assert vm.host.contents(2) == 9
+
+
+def test_guest_pte_store_exits_once_then_the_page_is_unsync_and_the_store_plain():
+    vm = VM(nr_vcpus=1, nr_pages=4, tdp=False)
+    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0)
+    v = vm.vcpus[0]
+    set_gpte(vm, 0, 1)
+    guest_write(v, 0, 5)
+    sp = vm.mmu.pages[0]
+    assert not sp.unsync and not sp.gpt_writable, "set_gpte leaves the page in sync"
+    write_gpte(v, 1, 2)  # the table is write-protected: this store exits, the page goes unsync
+    assert sp.unsync and sp.gpt_writable and vm.mmu.unsync_count == 1
+    write_gpte(v, 0, 2)  # a plain store now: the SPTE still maps gfn 1, which is allowed
+    assert sp.unsync and S.pfn_of(vm.mmu.sptep(0).peek()) == vm.host.pfn_of(1)
+    vm.check()  # an unsync page may lag behind the guest's table
+    guest_write(v, 0, 6)  # SPTE writable: the stale translation still works until a flush
+    assert vm.host.contents(1) == 6
+    set_gpte(vm, 0, 2)  # the guest's INVLPG syncs this entry; the page stays unsync
+    assert sp.unsync and not S.is_present(vm.mmu.sptep(0).peek())
+    assert guest_read(v, 0) == 0 and vm.host.contents(2) == 0
+    vm.check()
+    with pytest.raises(ValueError, match="write_gpte: gfn must be"):
+        write_gpte(v, 0, -1)
+    tdp = VM(nr_vcpus=1, nr_pages=4)
+    with pytest.raises(ValueError, match="write_gpte: the VM uses TDP"):
+        write_gpte(tdp.vcpus[0], 0, 1)
+
+
+def test_only_an_unsync_page_may_lag_behind_the_guest_table():
+    """Near miss of the exemption: the same stale SPTE in a page that is in sync is reported."""
+    vm = VM(nr_vcpus=1, nr_pages=4, tdp=False)
+    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0)
+    set_gpte(vm, 0, 1)
+    guest_read(vm.vcpus[0], 0)
+    vm.mmu.gpt[0].store(3)  # page 0 -> gfn 2 behind KVM's back, the page still in sync
+    with pytest.raises(AssertionError, match="the guest maps that page to gfn 2"):
+        vm.check()
+    vm.mmu.pages[0].unsync = True
+    vm.mmu.unsync_count = 1
+    vm.check()
 
 
 def test_shadow_paging_unmapped_guest_page_is_a_guest_fault():

@@ -9,6 +9,7 @@ from kvmlock import lockdep
 from kvmlock.kvm.guest import guest_read, guest_write, set_gpte
 from kvmlock.kvm.memslots import LOG_DIRTY_PAGES
 from kvmlock.kvm.mmu import spte as S
+from kvmlock.kvm.mmu.page_fault import page_fault
 from kvmlock.kvm.mmu.page_track import account_shadowed, shadow_guest_table
 from kvmlock.kvm.mutants import applied
 from kvmlock.kvm.vm import VM
@@ -54,6 +55,34 @@ def test_shadowing_clears_w_and_mmu_writable_and_the_next_write_is_emulated():
     assert v.stats["fast_pf"] == fast + 1
     vm.check()
     assert lockdep.reports() == []
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_a_tracked_gfns_rebuilt_spte_keeps_dirty_so_swap_out_writes_the_page_back(broken):
+    # the guest writes gfn 1 through its SPTE (D set there only), gfn 1 becomes shadowed, and
+    # the next write's fault rebuilds the SPTE without W: D must stay, or the swap-out (here
+    # before the emulated write, as the fault could be preempted) drops the first write
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2, hazards={"tdp_fault_drops_ad": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    v = vm.vcpus[0]
+    guest_write(v, 1, 1)
+    shadow_guest_table(v, 1)
+    assert vm.mmu.sptep(1).peek() & S.DIRTY
+    assert page_fault(v, 1, True) == "emulate"
+    assert bool(vm.mmu.sptep(1).peek() & S.DIRTY) is not broken
+    vm.host.swap_out(1)
+    assert vm.host.read(1) == (0 if broken else 1)
+
+
+def test_an_emulated_write_marks_the_host_page_dirty():
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    v = vm.vcpus[0]
+    shadow_guest_table(v, 1)
+    guest_write(v, 1, 4)  # no SPTE of gfn 1 is writable or Dirty: KVM writes it itself
+    assert vm.stats["emulated_writes"] == 1 and not vm.mmu.sptep(1).peek() & S.DIRTY
+    vm.host.swap_out(1)
+    assert vm.host.read(1) == 4, "the write through the host mapping reached the swap copy"
 
 
 def test_shadow_paging_write_protects_every_guest_page_mapping_the_gfn_through_the_rmap():

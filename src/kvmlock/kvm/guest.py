@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from kvmlock import runtime
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.page_fault import EMULATE, GUEST_FAULT, MMIO, page_fault
 from kvmlock.kvm.mmu.page_track import check_hw_write, emulate_write
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from kvmlock.kvm.vcpu import VCPU
     from kvmlock.kvm.vm import VM
 
-__all__ = ["GuestFault", "guest_read", "guest_write", "set_gpte"]
+__all__ = ["GuestFault", "guest_read", "guest_write", "set_gpte", "write_gpte"]
 
 GPTE_NO_FLUSH = mutant(
     "gpte_no_flush", removes="the TLB flush after syncing a changed guest page table",
@@ -129,32 +130,45 @@ def guest_write(vcpu: VCPU, va: int, value: int) -> None:
     _access(vcpu, va, True, value)
 
 
+def _gpte_target(vm: VM, va: int, gfn: int | None, who: str) -> ShadowPage:
+    """Check a guest page-table change's arguments; the shadow page that shadows ``va``."""
+    mmu = vm.mmu
+    if mmu.tdp:
+        raise ValueError(f"{who}: the VM uses TDP; guest page tables are not shadowed")
+    mmu.check_va(va)
+    if gfn is not None and (not isinstance(gfn, int) or isinstance(gfn, bool) or gfn < 0):
+        raise ValueError(f"{who}: gfn must be a non-negative integer or None, got {gfn!r}")
+    mmu.load()
+    loc = mmu.walk(va)
+    assert loc is not None
+    return loc[0]
+
+
 def set_gpte(vm: VM, va: int, gfn: int | None) -> None:
     """Shadow paging: the guest points ``va`` at ``gfn`` (None: unmaps it) and flushes it.
 
     The write leaves the shadow page out of date (*unsync*, recorded under
     ``mmu_unsync_pages_lock``); the guest's INVLPG that follows makes KVM sync it -- here by
-    dropping the stale SPTE -- and flush, all under ``mmu_lock`` held for write.
+    dropping the stale SPTE -- and flush, all under ``mmu_lock`` held for write. A page that
+    was unsync already (:func:`write_gpte`) stays so: the INVLPG syncs this entry only.
     """
     mmu = vm.mmu
-    if mmu.tdp:
-        raise ValueError("set_gpte: the VM uses TDP; guest page tables are not shadowed")
-    mmu.check_va(va)
-    if gfn is not None and (not isinstance(gfn, int) or gfn < 0):
-        raise ValueError(f"set_gpte: gfn must be a non-negative integer or None, got {gfn!r}")
-    mmu.load()
-    sp, i = mmu.walk(va)  # type: ignore[misc]
+    sp = _gpte_target(vm, va, gfn, "set_gpte")
+    i = va % len(sp.sptes)
     inverted = SYNC_TAKES_UNSYNC_LOCK_FIRST in vm.hazards
     early = UNSYNC_BEFORE_MMU_LOCK in vm.hazards
     if early:
+        was_unsync = sp.unsync
         mmu.mark_unsync(sp)  # broken: mmu_lock is not held yet
     with vm.mmu_lock.write():
         mmu.gpt[va].store(0 if gfn is None else gfn + 1)
         if not early:
+            was_unsync = sp.unsync
             mmu.mark_unsync(sp)
         if not inverted:
             _sync_gpte(vm, sp, i)
-            mmu.mark_synced(sp)
+            if not was_unsync:
+                mmu.mark_synced(sp)
     if inverted:
         # broken: mmu_unsync_pages_lock held from before mmu_lock (mark_unsync nests it inside)
         with vm.mmu_unsync_pages_lock, vm.mmu_lock.write():
@@ -162,6 +176,37 @@ def set_gpte(vm: VM, va: int, gfn: int | None) -> None:
             if sp.unsync:
                 sp.unsync = False
                 mmu._count_unsync(-1)  # noqa: SLF001 - mark_synced, its lock already held
+
+
+def write_gpte(vcpu: VCPU, va: int, gfn: int | None) -> None:
+    """Shadow paging: the guest on ``vcpu`` stores a new entry for ``va`` in its page table,
+    and flushes nothing yet.
+
+    While its shadow page is in sync the table is write-protected, so the store exits; KVM
+    lets the page go *unsync* (``mmu_try_to_unsync_pages``: ``mmu_lock`` for write, the page
+    marked under ``mmu_unsync_pages_lock``), makes the table writable to the guest, and the
+    store is retried. From then on the guest changes that table with plain stores, no exit:
+    the shadow page's SPTEs keep mapping what the entries named before, until a fault on the
+    changed page installs the new translation over the old one (:mod:`page_fault`) or the
+    guest's flush syncs the page. The store itself is a guest-mode access, so a remote TLB
+    flush waits for it.
+    """
+    vm = vcpu.vm
+    sp = _gpte_target(vm, va, gfn, "write_gpte")
+    rt = runtime.RT
+    while True:
+        vcpu.enter_guest()
+        try:
+            rt.point(sp, "read guest table mapping", False)
+            if sp.gpt_writable:
+                vm.mmu.gpt[va].store(0 if gfn is None else gfn + 1)
+                return
+        finally:
+            vcpu.exit_guest()
+        with vm.srcu.read(), vm.mmu_lock.write():  # the write-protection fault on the table
+            vm.mmu.mark_unsync(sp)
+            rt.point(sp, "map guest table writable", True)
+            sp.gpt_writable = True
 
 
 def _sync_gpte(vm: VM, sp: ShadowPage, i: int) -> None:

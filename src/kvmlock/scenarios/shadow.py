@@ -7,6 +7,9 @@ write; a fault re-checks the guest PTE it walked before installing).
   TLBs) must leave no vCPU reading the old page.
 * ``shadow.rmap_race`` -- two vCPUs fault two guest pages that map the same gfn at once; both
   SPTEs must land in that gfn's rmap, or the swap-out that zaps through it misses one.
+* ``shadow.unsync_repoint`` -- the guest re-points a PTE of an unsync page (no exit) and writes
+  through it; the fault installs the new page over the old SPTE and flushes, while the host
+  swaps the old page out and another vCPU reads through what it had cached.
 
 The invariant is the consequence: every present SPTE maps the frame the host maps for the gfn
 the guest's page table names now, and is in that gfn's rmap (:meth:`VM.check`).
@@ -18,7 +21,7 @@ from collections.abc import Callable
 
 import kvmlock
 from kvmlock.kvm import ioctls
-from kvmlock.kvm.guest import GuestFault, guest_read, guest_write, set_gpte
+from kvmlock.kvm.guest import GuestFault, guest_read, guest_write, set_gpte, write_gpte
 from kvmlock.kvm.memslots import LOG_DIRTY_PAGES
 from kvmlock.kvm.mmu.dirty_log import get_dirty_log
 from kvmlock.kvm.mmu.page_track import shadow_guest_table
@@ -87,6 +90,59 @@ def rmap_race() -> None:
     vm.check()
     got = guest_read(v0, 0), guest_read(v1, 1)
     assert got == (5, 5), f"both pages map gfn 1, which holds 5, but the guests read {got}"
+
+
+def _unsync_repoint(broken: bool) -> None:
+    # Dirty logging on, so a read fault maps read-only and a write faults. Page 0 -> gfn 1,
+    # which vcpu1 has read (its TLB caches page 0 -> gfn 1's frame). The guest already changed
+    # page 3's entry of the same table, so the shadow page is unsync and the table writable:
+    # re-pointing page 0 at gfn 2 is a plain store, and vcpu0's write then faults and replaces
+    # the present SPTE (gfn 1's frame) with gfn 2's, dropping it from gfn 1's rmap.
+    vm = VM(nr_vcpus=2, nr_pages=4, host_pages=4, tdp=False,
+            hazards={"shadow_remap_no_flush": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0, flags=LOG_DIRTY_PAGES)
+    v0, v1 = vm.vcpus
+    set_gpte(vm, 0, 1)
+    guest_read(v1, 0)
+    set_gpte(vm, 1, 2)
+    guest_read(v0, 1)  # gfn 2 is in memory: the fault below need not swap it in
+    write_gpte(v0, 3, 3)  # exits once: the page goes unsync, its table writable
+    assert vm.mmu.pages[0].unsync and vm.mmu.pages[0].gpt_writable
+
+    def guest_repoints_and_writes() -> None:
+        write_gpte(v0, 0, 2)
+        guest_write(v0, 0, 7)
+
+    def host_swaps_gfn1_vcpu1_reads() -> None:
+        vm.host.swap_out(1)  # gfn 1's frame is freed: whatever still maps it must be gone
+        guest_read(v1, 0)
+
+    _run(("vcpu0_repoints_page0_and_writes", guest_repoints_and_writes),
+         ("host_swaps_gfn1_then_vcpu1_reads_page0", host_swaps_gfn1_vcpu1_reads))
+    vm.check()
+    assert vm.host.contents(2) == 7, (
+        f"the guest wrote 7 through page 0 -> gfn 2 but gfn 2 holds {vm.host.contents(2)}")
+
+
+_UNSYNC_INV = ("no vCPU reads or writes a frame the host freed (a stale translation outlived "
+               "its SPTE); every SPTE of a synced page maps what the guest's table names")
+
+
+@scenario("shadow.unsync_repoint.correct",
+          rule="a shadow fault that replaces a present SPTE with another page's (the guest "
+               "re-pointed a PTE of an unsync page, no exit) flushes remote TLBs",
+          variant="correct", expect="pass", invariant=_UNSYNC_INV,
+          catches=("shadow_remap_no_flush",), **_BOUND)
+def unsync_repoint_correct() -> None:
+    _unsync_repoint(False)
+
+
+@scenario("shadow.unsync_repoint.broken",
+          rule="the shadow fault replaces the SPTE without a flush: the old page leaves its "
+               "rmap, its swap-out flushes nothing, vcpu1 reads the freed frame",
+          variant="broken", expect="assertion", invariant=_UNSYNC_INV, **_BOUND)
+def unsync_repoint_broken() -> None:
+    _unsync_repoint(True)
 
 
 # --------------------------------------------------------------------------- write tracking

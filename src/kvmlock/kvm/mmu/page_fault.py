@@ -55,6 +55,11 @@ NO_GPTE_RECHECK = mutant(
 SHADOW_FAULT_READ_LOCK = mutant(
     "shadow_fault_read_lock", removes="write mode of mmu_lock in the shadow MMU fault",
     breaks="the shadow MMU changes rmaps and indirect pages only with mmu_lock held for write")
+SHADOW_REMAP_NO_FLUSH = mutant(
+    "shadow_remap_no_flush", removes="the remote TLB flush after a shadow fault replaced a "
+    "present SPTE that mapped another page (a guest PTE re-pointed in an unsync page)",
+    breaks="TLB: a translation outlives no SPTE -- the old gfn's rmap no longer has the "
+           "SPTE, so its swap-out flushes nothing and a vCPU reads the freed frame")
 PAGE_FAULT_NO_SRCU = mutant(
     "page_fault_no_srcu", removes="the page fault's kvm->srcu read side",
     breaks="memslots are used inside kvm->srcu, so a memslot update waits for the fault")
@@ -187,8 +192,10 @@ def _shadow_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int
         flush = False
         if S.is_present(old):
             if S.pfn_of(old) != pfn or sp.gfn_at(i) != gfn:
+                # the guest re-pointed its PTE without an exit (unsync page): the old page
+                # leaves its gfn's rmap here, so no later zap of that gfn would flush for it
                 mmu.drop_spte(sp, i)
-                flush = True
+                flush = SHADOW_REMAP_NO_FLUSH not in vm.hazards
                 spte_set(sptep, new)
             elif not S.hw_allows(old, write):
                 flush = spte_update(vm, sptep, new | (old & (S.ACCESSED | S.DIRTY)))

@@ -16,8 +16,9 @@ arch/x86/kvm/mmu/mmu.c ``account_shadowed`` and page_track.c, in our own code):
 
 A guest write that reaches a tracked gfn through a writable translation bypasses all of this:
 the shadow pages go stale without KVM knowing. The guest side checks it on every write
-(:func:`check_hw_write`). The model keeps tracked gfns tracked (no unsync pages, no untracking
-when the shadow page goes away).
+(:func:`check_hw_write`). The model keeps tracked gfns tracked (they never go unsync, unlike
+the leaf tables of :func:`kvmlock.kvm.guest.write_gpte`; no untracking when the shadow page
+goes away).
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ ZAP_NO_FLUSH = mutant(
 class ShadowPage:
     """One leaf page table of SPTEs; ``direct`` pages map fixed gfns."""
 
-    __slots__ = ("index", "direct", "sptes", "gfns", "unsync", "freed")
+    __slots__ = ("index", "direct", "sptes", "gfns", "unsync", "gpt_writable", "freed")
 
     def __init__(self, index: int, direct: bool) -> None:
         self.index = index
@@ -87,6 +87,10 @@ class ShadowPage:
         #: indirect pages: the gfn each SPTE was installed for (-1: none); under mmu_lock
         self.gfns = [base + i if direct else -1 for i in range(SP_ENTRIES)]
         self.unsync = False
+        #: the guest may store to the page table this page shadows without an exit: KVM made
+        #: its own mapping of that table writable when the page went unsync (the model's guest
+        #: table has no gfn, so this flag stands for that mapping; see guest.write_gpte)
+        self.gpt_writable = False
         #: set once the page is freed (the model's KASAN: a use after that is a bug)
         self.freed = False
 
@@ -254,7 +258,8 @@ class MMU:
         with shadow paging, that gfn is the one the guest's page table names); a writable SPTE
         is on a writable memslot and in the rmap of its gfn, so the next zap finds it; no SPTE
         of a write-tracked gfn has W or MMU-writable; the unsync count matches the pages marked
-        unsync.
+        unsync. Only an *unsync* page may still map what the guest's table named before the
+        guest changed it (the guest has not flushed that change yet).
         """
         vm = self.vm
         slots = vm.memslots.access_pointer()
@@ -268,7 +273,7 @@ class MMU:
                 what = f"SPTE of guest page {va} ({S.describe(v)}, gfn {gfn})"
                 if not self.tdp:
                     g = self.gpt[va].peek()
-                    if g - 1 != gfn:
+                    if g - 1 != gfn and not sp.unsync:
                         bad.append(f"{what}: the guest maps that page to "
                                    f"{'nothing' if not g else f'gfn {g - 1}'}")
                     if (sp, i) not in self.rmap.get(gfn, ()):
