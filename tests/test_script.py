@@ -143,6 +143,18 @@ def test_a_module_that_cannot_run_is_a_one_line_error_before_it_starts(tmp_path)
     assert (p.returncode, p.stdout.strip()) == (0, "fine"), p.stderr
 
 
+def test_the_script_sees_itself_as_under_python(tmp_path):
+    """``__file__`` of the main script is absolute (python 3.9+), ``sys.argv[0]`` as given."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "where.py").write_text(
+        "import os, sys\nprint(os.path.isabs(__file__), sys.argv[0], __name__)\n")
+    p = lockdep_cli("sub/where.py", cwd=tmp_path)
+    plain = subprocess.run([sys.executable, "sub/where.py"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=60)
+    assert plain.stdout.strip() == "True sub/where.py __main__"
+    assert p.stdout.strip() == plain.stdout.strip(), p.stderr
+
+
 def test_module_arguments_pass_through_as_with_python_m(tmp_path):
     (tmp_path / "echo_args.py").write_text("import sys\nprint(sys.argv[1:])\n")
     p = lockdep_cli("-m", "echo_args", "-v", "--json", "x", cwd=tmp_path)

@@ -221,6 +221,25 @@ def _exit_status(exc: SystemExit) -> int:
     return 1
 
 
+def _run_main_file(script: str) -> None:
+    """runpy.run_path, with python's view of its main script: ``__file__`` absolute (python
+    3.9+), ``sys.argv[0]`` as given (run_path would set it to the path it ran)."""
+    modified = getattr(runpy, "_ModifiedArgv0", None)
+    if modified is None:
+        runpy.run_path(script, run_name="__main__")
+        return
+
+    class _GivenArgv0(modified):  # type: ignore[misc, valid-type]
+        def __init__(self, _value: Any) -> None:
+            super().__init__(script)
+
+    runpy._ModifiedArgv0 = _GivenArgv0  # type: ignore[attr-defined]
+    try:
+        runpy.run_path(os.path.abspath(script), run_name="__main__")
+    finally:
+        runpy._ModifiedArgv0 = modified  # type: ignore[attr-defined]
+
+
 def _run(module: str | None, script: str | None, args: list[str]) -> int:
     """Run the program to its real end (threads joined, atexit run); its exit status."""
     status = 0
@@ -233,9 +252,11 @@ def _run(module: str | None, script: str | None, args: list[str]) -> int:
         else:
             assert script is not None
             sys.argv = [script, *args]
-            if not os.path.isdir(script):
+            if os.path.isdir(script):
+                runpy.run_path(script, run_name="__main__")
+            else:
                 sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-            runpy.run_path(script, run_name="__main__")
+                _run_main_file(script)
     except SystemExit as exc:
         status = _exit_status(exc)
     except KeyboardInterrupt as exc:

@@ -685,3 +685,16 @@ def test_a_tree_walk_through_tasks_that_hold_nothing_is_silent():
             await asyncio.create_task(gathers(takes(asyncio.Lock())))
 
     assert run(main) == []
+
+
+def test_an_event_already_set_when_waited_under_a_lock_its_setter_needs_is_reported():
+    """This run set it first; another day the waiter, holding the lock, comes first."""
+    async def main():
+        lock = asyncio.Lock()
+        ev = make_event()
+        async with lock:
+            ev.set()  # set holding the lock
+        async with lock:
+            await ev.wait()  # already set: no wait today
+
+    assert run(main) == ["circular"]

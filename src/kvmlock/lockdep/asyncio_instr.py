@@ -254,7 +254,7 @@ class CheckedAsyncEvent(asyncio.Event):
 
     async def wait(self) -> bool:
         m = self._ld
-        if m is not None and not self.is_set():
+        if m is not None:  # (set already or not: on another day the wait comes first)
             st = _current()
             entries = _lock_entries_of(st)
             if entries:
