@@ -358,6 +358,56 @@ def test_inversion_through_recursive_readers_is_not_strong():
     assert kinds() == ["irq_safe_unsafe"]
 
 
+@pytest.mark.parametrize("order", ["link last", "link first"])
+def test_a_lock_read_on_the_path_is_judged_by_its_writers(order):
+    # rw is read in a handler (read-safe) and read on the way to B (unsafe): the handler's
+    # reader gets in beside the holder's, so there is no deadlock, whichever comes last...
+    rw, b = RWLock(f"t.rdp.rw.{order}"), SpinLock(f"t.rdp.B.{order}")
+
+    def link(write: bool) -> None:
+        with rw.write_irqsave() if write else rw.read_irqsave():
+            with b:
+                pass
+
+    def usage() -> None:
+        with irq.hardirq():
+            with rw.read():
+                pass
+        with b:
+            pass
+
+    if order == "link last":
+        usage()
+        link(False)
+    else:
+        link(False)
+        usage()
+    assert kinds() == []
+    link(True)  # ...but written on the way to B, the handler's reader waits for the writer
+    assert kinds() == ["irq_safe_unsafe"]
+    r = lockdep.reports()[0]
+    assert (r.safe, r.unsafe, r.usage_from, r.usage_to) == (
+        f"t.rdp.rw.{order}", f"t.rdp.B.{order}", "IN-HARDIRQ-R", "HARDIRQ-ON-W")
+
+
+def test_rcu_read_lock_in_a_handler_and_around_an_irq_unsafe_lock_is_fine():
+    from kvmlock.sync import rcu_read_lock
+
+    b = SpinLock("t.rcu.B")
+    with irq.hardirq():
+        with rcu_read_lock():
+            pass
+    with rcu_read_lock():
+        with b:  # rcu_read_lock -> B, B taken with interrupts on
+            pass
+    with b:
+        pass
+    with irq.softirq():
+        with rcu_read_lock():
+            pass
+    assert kinds() == []
+
+
 # --------------------------------------------------------------------------- sleeping
 
 

@@ -464,6 +464,34 @@ def _irq_read_recursion() -> None:
             pass
 
 
+def _irq_reader_link(order: str, write: bool) -> Callable[[], None]:
+    """An rwlock_t A read in a handler (read-safe), the dependency A -> B with A written or
+    read (interrupts off), and B held with interrupts on (unsafe), the link first or last.
+    Written, a handler's reader waits for the writer, who waits for B: a deadlock. Read, the
+    handler's reader gets in beside the other reader: none."""
+
+    def run() -> None:
+        tag = f"selftest.irq.readlink.{order}.{'w' if write else 'r'}"
+        a, b = RWLock(f"{tag}.A"), SpinLock(f"{tag}.B")
+
+        def link() -> None:
+            with a.write_irqsave() if write else a.read_irqsave():
+                with b:
+                    pass
+
+        def usage() -> None:
+            with irq.hardirq():
+                with a.read():
+                    pass
+            with b:
+                pass
+
+        for step in ((usage, link) if order == "link last" else (link, usage)):
+            step()
+
+    return run
+
+
 def irq_cases() -> list[Case]:
     cases = []
     for row, steps, expect, near_why in IRQ_ROWS:
@@ -483,6 +511,12 @@ def irq_cases() -> list[Case]:
     cases += [
         Case("hardirq read recursion", "rlock", _irq_read_recursion, None, _irq_read_recursion,
              "readers in a handler and with interrupts on never wait for each other"),
+        Case("read-safe A, A -> unsafe B", "rlock", _irq_reader_link("link last", True),
+             "irq_safe_unsafe", _irq_reader_link("link last", False),
+             "near-miss: A only read on the way to B"),
+        Case("A -> B, read-safe A, unsafe B", "rlock", _irq_reader_link("link first", True),
+             "irq_inversion", _irq_reader_link("link first", False),
+             "near-miss: A only read on the way to B"),
     ]
     return cases
 

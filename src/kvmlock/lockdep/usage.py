@@ -173,10 +173,13 @@ def annotate(S: State, r: Report) -> None:
 _E_MASK = DEP_ER | DEP_EN
 
 
-def search(S: State, start: LockClass, flag: bool, match: Callable[[LockClass], bool],
-           forwards: bool, include_start: bool = True) -> tuple[LockClass, list[Link]] | None:
+def search(S: State, start: LockClass, flag: bool, match: Callable[[LockClass, bool], bool],
+           forwards: bool, include_start: bool = True
+           ) -> tuple[LockClass, list[Link], bool] | None:
     """The nearest class matching ``match`` joined to ``start`` by a strong path (``start``
-    too, with ``include_start``), and the path's links in dependency order.
+    too, with ``include_start``), the path's links in dependency order, and the node's flag.
+    ``match`` is given the flag too: a class on the path only as a reader is judged by its
+    write usage alone (see :func:`_has`).
 
     Forwards, a node is (class, arrived as a recursive reader), ``flag`` saying so of
     ``start``: such a class may only be left through links where it was held exclusively.
@@ -184,8 +187,8 @@ def search(S: State, start: LockClass, flag: bool, match: Callable[[LockClass], 
     such a class may only have been arrived at through a non-recursive link. Arriving
     non-recursively (leaving exclusively) dominates, so each class is expanded at most twice.
     """
-    if include_start and match(start):
-        return start, []
+    if include_start and match(start, flag):
+        return start, [], flag
     adj = S.after if forwards else S.before
     root = (start, flag)
     parent: dict = {root: None}
@@ -204,7 +207,7 @@ def search(S: State, start: LockClass, flag: bool, match: Callable[[LockClass], 
             if state in parent or (nflag and (other, False) in parent):
                 continue
             parent[state] = (node, link)
-            if match(other):
+            if match(other, nflag):
                 path: list[Link] = []
                 back = parent[state]
                 while back is not None:
@@ -213,7 +216,7 @@ def search(S: State, start: LockClass, flag: bool, match: Callable[[LockClass], 
                     back = parent[prev]
                 if forwards:
                     path.reverse()
-                return other, path
+                return other, path, nflag
             queue.append(state)
     return None
 
@@ -222,9 +225,22 @@ def _edges(path: list[Link]) -> list[Edge]:
     return [link.edge(True) for link in path]
 
 
-def _has(S: State, mask: int) -> Callable[[LockClass], bool]:
-    usage = S.usage
-    return lambda c: bool(usage.get(c, 0) & mask)
+#: The usage bits about writers (USED_IN_x and ENABLED_x without _READ).
+WRITE_BITS = 0b01010101
+
+
+def usage_seen(S: State, cls: LockClass, only_read: bool) -> int:
+    """A class's usage as a search node sees it. Reached only as a reader on the path (arrived
+    as a recursive reader forwards, left as a reader backwards), its reader usage does not
+    count: a reader in a handler and a reader holding it elsewhere never wait for each other,
+    so only how it is written can close the interrupt's cycle (rcu_read_lock, an rwlock_t read
+    on both sides). This is lockdep's ``only_xr`` rule."""
+    usage = S.usage.get(cls, 0)
+    return usage & WRITE_BITS if only_read else usage
+
+
+def _has(S: State, mask: int) -> Callable[[LockClass, bool], bool]:
+    return lambda c, only_read: bool(usage_seen(S, c, only_read) & mask)
 
 
 # ---------------------------------------------------------------- marking
@@ -259,13 +275,13 @@ def mark(S: State, held: list, cls: LockClass, bit: int, read: int, state: int, 
         hit = search(S, cls, read != 0, _has(S, mask), False, False)
         if hit is None:
             return
-        other, path = hit
+        other, path, _xr = hit
         safe, unsafe, chain = other, cls, _edges(path)
     else:  # now irq-safe: does it reach an irq-unsafe class?
         hit = search(S, cls, read == 2, _has(S, mask), True, False)
         if hit is None:
             return
-        other, path = hit
+        other, path, _xr = hit
         safe, unsafe, chain = cls, other, _edges(path)
     obit = excl if S.usage.get(other, 0) >> excl & 1 else excl | 1
     _note(S, ("irq_inversion", safe.name, unsafe.name, bit >> 2), Report(
@@ -320,13 +336,12 @@ def check_dependency(S: State, held: list, prev: LockClass, pr: int, pwhere: str
     an irq-unsafe one (next or after it)."""
     from kvmlock.lockdep.state import _note
 
-    usage = S.usage
     # Step 1: every USED_IN bit found backwards from prev (a search that matches nothing).
     acc = 0
 
-    def gather(c: LockClass) -> bool:
+    def gather(c: LockClass, only_read: bool) -> bool:
         nonlocal acc
-        acc |= usage.get(c, 0) & USED_IN_ALL
+        acc |= usage_seen(S, c, only_read) & USED_IN_ALL
         return False
 
     search(S, prev, pr != 0, gather, False)
@@ -336,14 +351,15 @@ def check_dependency(S: State, held: list, prev: LockClass, pr: int, pwhere: str
     hit = search(S, nxt, read == 2, _has(S, exclusive_mask(acc)), True)
     if hit is None:
         return
-    unsafe, fpath = hit
+    unsafe, fpath, uxr = hit
+    ubits = usage_seen(S, unsafe, uxr)
     # Step 3: the safe class behind prev that this unsafe class conflicts with.
-    back = exclusive_mask(usage.get(unsafe, 0) & ENABLED_ALL) & USED_IN_ALL
+    back = exclusive_mask(ubits & ENABLED_ALL) & USED_IN_ALL
     bhit = search(S, prev, pr != 0, _has(S, back), False)
     if bhit is None:  # pragma: no cover - step 1 found such a class
         return
-    safe, bpath = bhit
-    sbits, ubits = usage.get(safe, 0), usage.get(unsafe, 0)
+    safe, bpath, sxr = bhit
+    sbits = usage_seen(S, safe, sxr)
     sbit = next(b for b in range(8) if sbits >> b & 1 and b in (0, 1, 4, 5)
                 and any(ubits >> x & 1 for x in range(8) if exclusive_mask(1 << b) >> x & 1))
     ubit = next(x for x in range(8) if ubits >> x & 1 and exclusive_mask(1 << sbit) >> x & 1)
