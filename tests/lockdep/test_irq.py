@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 
 from kvmlock import irq, lockdep
-from kvmlock.sync import SRCU, Mutex, RawSpinLock, RCUWait, RWLock, RWSemaphore, SpinLock
+from kvmlock.sync import (
+    SRCU,
+    CpuHotplugLock,
+    Mutex,
+    RawSpinLock,
+    RCUWait,
+    RWLock,
+    RWSemaphore,
+    SpinLock,
+    rcu_read_lock,
+)
 
 
 def kinds() -> list[str]:
@@ -391,8 +401,6 @@ def test_a_lock_read_on_the_path_is_judged_by_its_writers(order):
 
 
 def test_rcu_read_lock_in_a_handler_and_around_an_irq_unsafe_lock_is_fine():
-    from kvmlock.sync import rcu_read_lock
-
     b = SpinLock("t.rcu.B")
     with irq.hardirq():
         with rcu_read_lock():
@@ -444,6 +452,29 @@ def test_sleep_in_atomic_contexts(ctx, sleeper):
         assert r.held == "t.sleep.sl"
     else:
         assert r.context and r.context in str(r)
+
+
+@pytest.mark.parametrize("sleeper", ["mutex", "rwsem", "srcu", "rcuwait"])
+def test_sleeping_in_an_rcu_read_side_critical_section(sleeper):
+    sl, s, m, sem = SpinLock("t.rcusl.sl"), SRCU("t.rcusl.srcu"), Mutex("t.rcusl.m"), \
+        RWSemaphore("t.rcusl.sem")
+
+    def take(lock: object) -> None:
+        with lock:  # type: ignore[attr-defined]
+            pass
+
+    sleepers = {"mutex": lambda: take(m), "rwsem": lambda: take(sem.read()),
+                "srcu": s.synchronize, "rcuwait": lambda: RCUWait("t.rcusl.w").wait(lambda: True)}
+    with rcu_read_lock():  # near-miss: what never sleeps is fine inside
+        with sl, s.read():
+            pass
+    sleepers[sleeper]()  # ...and so is sleeping after rcu_read_unlock()
+    assert kinds() == []
+    with rcu_read_lock():
+        sleepers[sleeper]()
+    (r,) = lockdep.reports()
+    assert r.kind == "sleep_in_atomic" and r.context == "an RCU read-side critical section"
+    assert "runs in an RCU read-side critical section" in str(r)
 
 
 # --------------------------------------------------------------------------- contexts apart
@@ -522,6 +553,37 @@ def test_wait_types_print_per_kind(raw_nesting):
     # without raw-lock nesting, spinlock_t is a plain spinning lock (2) and sleep is 3
     assert (r.annotations["t.wt.sl"], r.annotations["t.wt.m"]) == ("{+.+.}-{2:2}",
                                                                    "{+.+.}-{3:3}")
+
+
+def test_wait_types_of_the_rcu_read_side_and_unchecked_kinds(raw_nesting):
+    # as the kernel prints them: rcu_read_lock never waits (1) and allows inside what a
+    # spinlock_t allows; it is acquired unchecked, so it has no usage; percpu_rw_semaphore
+    # and SRCU maps carry no wait type (0)
+    sl, m, s, hp = SpinLock("t.wr.sl"), Mutex("t.wr.m"), SRCU("t.wr.srcu"), \
+        CpuHotplugLock("t.wr.hp")
+    with irq.hardirq():
+        with rcu_read_lock():
+            pass
+    with hp.read(), s.read(), rcu_read_lock():
+        with sl:  # spinlock_t (3) inside rcu_read_lock (inner 3): fine on PREEMPT_RT
+            pass
+    assert kinds() == []
+    with rcu_read_lock():
+        with m:  # a mutex (4) is not
+            pass
+    assert set(kinds()) == {"wait_context", "sleep_in_atomic"}
+    r = next(r for r in lockdep.reports() if r.kind == "wait_context")
+    assert r.held == "rcu_read_lock"
+    assert r.annotations["rcu_read_lock"] == "{....}-{1:3}"
+    assert r.annotations["t.wr.m"] == "{+.+.}-{4:4}"
+    lockdep.reset()
+    lockdep.prove_raw_nesting(False)
+    with hp.read(), s.read(), rcu_read_lock():
+        with m:
+            pass
+    (r,) = lockdep.reports()
+    assert r.annotations == {"rcu_read_lock": "{....}-{1:2}", "t.wr.srcu": "{.+.+}-{0:0}",
+                             "t.wr.hp": "{.+.+}-{0:0}", "t.wr.m": "{+.+.}-{3:3}"}
 
 
 def test_irqs_disabled_by_hand_allow_only_spinning_on_rt(raw_nesting):

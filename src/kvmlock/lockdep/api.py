@@ -20,6 +20,7 @@ from kvmlock.lockdep.state import (
     LIMITS,
     MODES,
     OPTIONS,
+    RCU,
     SPINNING,
     Limits,
     State,
@@ -54,7 +55,8 @@ def might_sleep(what: str = "might_sleep") -> None:
         return
     held = core._stack(S)
     state = _held_state(held)
-    if not state & ATOMIC and not any(e[0].kind in SPINNING for e in held[1:]):
+    if not state & ATOMIC and not any(e[0].kind in SPINNING or e[0].kind == RCU
+                                      for e in held[1:]):
         return
     found: list[Report] = []
     where = user_site()

@@ -22,7 +22,7 @@ from kvmlock.lockdep.where import user_site
 
 #: The RCU read side (``rcu_read_lock``): a recursive read of one pseudo-lock, as in the kernel,
 #: so it shows among a task's held locks in every report.
-RCU_READ_LOCK = core.LockMap("rcu_read_lock", "pseudo")
+RCU_READ_LOCK = core.LockMap("rcu_read_lock", "rcu")
 
 
 _world = _rt.world

@@ -319,9 +319,10 @@ def _render_wait_context(r: Report) -> str:
         out += [f"in {r.context}, which may only spin."]
     out += [
         "",
-        "The numbers are wait types (outer:inner): 2 spins, 3 sleeps on PREEMPT_RT (spinlock_t,",
-        "rwlock_t), 4 sleeps (mutex, rw_semaphore). Nothing may wait longer than what it is",
-        "nested in allows.",
+        "The numbers are wait types (outer: how long taking it waits, inner: how long what is",
+        "taken inside may wait): 1 never waits (rcu_read_lock), 2 spins, 3 sleeps on",
+        "PREEMPT_RT (spinlock_t, rwlock_t), 4 sleeps (mutex, rw_semaphore). Nothing may wait",
+        "longer than what it is nested in allows.",
         "",
     ]
     return _finish(out, r)

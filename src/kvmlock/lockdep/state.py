@@ -19,8 +19,11 @@ from kvmlock.lockdep.where import taken_at
 
 KINDS = frozenset(
     {"mutex", "spinlock", "raw_spinlock", "rwlock", "rwsem", "percpu_rwsem", "srcu", "pseudo",
-     "threading"}
+     "rcu", "threading"}
 )
+#: The RCU read side's kind: never waits, nothing inside it may sleep, and (as the kernel
+#: acquires it without checks) it gathers no interrupt usage.
+RCU = "rcu"
 #: Locks that spin: holding one, a task must not sleep (rwlock_t is a spinning lock too).
 SPINNING = frozenset({"spinlock", "raw_spinlock", "rwlock"})
 #: Locks whose (blocking) acquire may sleep.

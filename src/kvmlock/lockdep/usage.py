@@ -31,6 +31,7 @@ from kvmlock.lockdep.state import (
     _INFO,
     IRQ_MARK,
     OPTIONS,
+    RCU,
     State,
     _held_locks,
     _task_name,
@@ -116,14 +117,21 @@ def usage_chars(usage: int) -> str:
 
 # ---------------------------------------------------------------- wait types
 WAIT_INV, WAIT_FREE, WAIT_SPIN = 0, 1, 2
-_OUTER = {"raw_spinlock": "spin", "spinlock": "config", "rwlock": "config", "mutex": "sleep",
-          "rwsem": "sleep", "percpu_rwsem": "sleep"}
+#: A kind's (outer, inner) waits: how long taking it may wait, and how long what is taken
+#: inside it may. They differ only for the RCU read side, which never waits itself but
+#: allows inside only what a spinlock_t allows. SRCU, percpu_rw_semaphore, pseudo-locks and
+#: threading locks are not checked (0), as the kernel initialises their maps.
+_WAITS = {"raw_spinlock": ("spin", "spin"), "spinlock": ("config", "config"),
+          "rwlock": ("config", "config"), "mutex": ("sleep", "sleep"),
+          "rwsem": ("sleep", "sleep"), "rcu": ("free", "config")}
 
 
 def wait_value(what: str) -> int:
-    """The kernel's numbering: spin 2, config (a lock that sleeps on PREEMPT_RT) 3 and sleep 4
-    when raw-lock nesting is proved, else config is spin (2) and sleep 3."""
+    """The kernel's numbering: free 1, spin 2, config (a lock that sleeps on PREEMPT_RT) 3 and
+    sleep 4 when raw-lock nesting is proved, else config is spin (2) and sleep 3."""
     rt = OPTIONS["raw_nesting"]
+    if what == "free":
+        return WAIT_FREE
     if what == "spin":
         return WAIT_SPIN
     if what == "config":
@@ -131,10 +139,11 @@ def wait_value(what: str) -> int:
     return 4 if rt else 3
 
 
-def wait_type(kind: str) -> int:
-    """A lock kind's wait type; 0 (not checked) for SRCU, pseudo-locks and threading locks."""
-    what = _OUTER.get(kind)
-    return WAIT_INV if what is None else wait_value(what)
+def wait_types(kind: str) -> tuple[int, int]:
+    """A lock kind's (outer, inner) wait types; (0, 0), not checked, for the kinds above."""
+    waits = _WAITS.get(kind)
+    return (WAIT_INV, WAIT_INV) if waits is None else (wait_value(waits[0]),
+                                                        wait_value(waits[1]))
 
 
 def context_wait(state: int) -> int:
@@ -150,8 +159,8 @@ def context_wait(state: int) -> int:
 
 def annotation(S: State, cls: LockClass) -> str:
     """``{+.+.}-{3:3}``: a class's usage characters and its wait types (outer:inner)."""
-    w = wait_type(S.classes.get(cls, cls.kind))  # the kind it was first taken as, here
-    return f"{{{usage_chars(S.usage.get(cls, 0))}}}-{{{w}:{w}}}"
+    outer, inner = wait_types(S.classes.get(cls, cls.kind))  # the kind first taken as, here
+    return f"{{{usage_chars(S.usage.get(cls, 0))}}}-{{{outer}:{inner}}}"
 
 
 def annotate(S: State, r: Report) -> None:
@@ -296,7 +305,10 @@ def mark(S: State, held: list, cls: LockClass, bit: int, read: int, state: int, 
 def mark_acquire(S: State, held: list, cls: LockClass, read: int, trylock: bool, sync: bool,
                  state: int, where: str, found: list[Report]) -> None:
     """The usage an acquire in ``state`` gives its class (a trylock cannot be the one that
-    waits, so it never makes a class irq-safe; a synchronize() holds nothing)."""
+    waits, so it never makes a class irq-safe; a synchronize() holds nothing). The RCU read
+    side gathers none: it never waits, so no interrupt can deadlock on it."""
+    if cls.kind == RCU:
+        return
     r = 1 if read else 0
     if not trylock:
         if state & HARDIRQ:
@@ -325,6 +337,8 @@ def mark_held(S: State, held: list, old: int, new: int, where: str,
         if e[0] is IRQ_MARK:
             continue
         cls, read, _t, _w = e[1][_INFO]
+        if cls.kind == RCU:
+            continue
         for b in bits:
             mark(S, held, cls, b + (1 if read else 0), read, new, where, found)
 

@@ -21,6 +21,7 @@ from kvmlock.lockdep.state import (
     IRQ_MARK,
     LIMITS,
     OPTIONS,
+    RCU,
     SLEEPING,
     SPINNING,
     State,
@@ -251,7 +252,9 @@ def _validate(
 
 def _check_sleep(S: State, held: list, entries: list, state: int, name: str | None, what: str,
                  where: str, found: list[Report]) -> None:
-    """Sleeping under a spinning lock, or in a context that may not sleep."""
+    """Sleeping under a spinning lock, in an RCU read-side critical section, or in a context
+    that may not sleep."""
+    in_rcu = False
     for e, _st in entries:
         if e[0].kind in SPINNING:
             hcls, hread, _t, _w = _info(e)
@@ -260,8 +263,10 @@ def _check_sleep(S: State, held: list, entries: list, state: int, name: str | No
                 task=_task_name(), where=where, what=what, held_locks=_held_locks(held),
             ), found)
             return
-    if state & U.ATOMIC:
-        context = U.describe_state(state)
+        in_rcu = in_rcu or e[0].kind == RCU
+    if state & U.ATOMIC or in_rcu:
+        context = U.describe_state(state) if state & U.ATOMIC else \
+            "an RCU read-side critical section"
         _note(S, ("sleep_in_atomic", context, where), Report(
             "sleep_in_atomic", lock=name, task=_task_name(), where=where, what=what,
             context=context, irq_state=U.state_flags(state), held_locks=_held_locks(held),
@@ -272,8 +277,8 @@ def _check_wait_context(S: State, held: list, entries: list, state: int, m: Lock
                         cls: LockClass, read: int, where: str, found: list[Report]) -> None:
     """PREEMPT_RT's rule: nothing may wait longer than the locks held in its context (and
     a hard-IRQ handler) allow -- a spinlock_t sleeps there, a raw spinlock never does."""
-    outer = U.wait_type(m.kind)
-    if not outer:
+    outer, inner = U.wait_types(m.kind)
+    if not inner:
         return
     ctx = state & U.CONTEXT
     limit = U.context_wait(state)
@@ -281,7 +286,7 @@ def _check_wait_context(S: State, held: list, entries: list, state: int, m: Lock
     for e, st in entries:
         if st & U.CONTEXT != ctx:
             continue
-        w = U.wait_type(e[0].kind)
+        w = U.wait_types(e[0].kind)[1]
         if w and w < limit:
             limit, worst = w, e
     if outer <= limit:

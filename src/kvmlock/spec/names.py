@@ -27,7 +27,7 @@ import re
 
 #: Kinds that take part in lock order only through the document's explicit rules; they are never
 #: "leaves" and an edge into them does not break a leaf.
-SPECIAL_KINDS = ("srcu", "pseudo")
+SPECIAL_KINDS = ("srcu", "pseudo", "rcu")
 
 #: The MMU notifier's section is a pseudo-lock of the model's, never a Reference entry.
 _PSEUDO_CLASSES = {"mmu_notifier_invalidate_range_start": "pseudo"}
