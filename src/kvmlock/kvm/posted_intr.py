@@ -19,7 +19,8 @@ exchanged* (one atomic step with the switch), and if ON is set, send itself the 
 with ON read apart from the exchange, the vCPU sleeps for ever with an interrupt pending.
 
 The lock is a leaf and a raw spinlock: the handler runs in hard interrupt context on the CPU the
-vector was sent to (:func:`send_wakeup_vector`), so everybody else takes it with interrupts off
+vector was sent to (:func:`send_wakeup_vector`; given the task running there, as an interrupt
+of that task), so everybody else takes it with interrupts off
 (``raw_spin_lock_irqsave``; in this model ``with irq.local_irq_save(), lock:``, which is what
 that macro does) -- or the handler could interrupt a holder on its own CPU and spin forever.
 It is per CPU because a vCPU is listed on the CPU it blocked on, and may wake up and run on
@@ -197,22 +198,36 @@ def wakeup_handler(machine: Machine, cpu: int) -> int:
     return woken
 
 
-def post_interrupt(pv: PostedVcpu, vector: int) -> None:
-    """The IOMMU posts ``vector`` to ``pv``; notifies its CPU when ON was clear."""
+def post_interrupt(pv: PostedVcpu, vector: int, *, running: Any = None) -> runtime.Handle | None:
+    """The IOMMU posts ``vector`` to ``pv``; notifies its CPU when ON was clear. ``running``:
+    see :func:`send_wakeup_vector` (the handle of the wakeup interrupt, if one was sent as
+    an interrupt of that task, is returned)."""
     if not isinstance(vector, int) or not 0 <= vector < 64:
         raise ValueError(f"posted vector must be in 0..63 in this model, got {vector!r}")
     pv.pir.fetch_or(1 << vector)
     old = pv.control.fetch_or(PI_ON)
     if old & (PI_ON | PI_SN):
-        return  # a notification is already on its way, or notifications are suppressed
+        return None  # a notification is already on its way, or notifications are suppressed
     if old & PI_NV_WAKEUP:
+        if running is not None:
+            return send_wakeup_vector(pv.machine, pv.cpu, running=running)
         send_wakeup_vector(pv.machine, pv.cpu)
     # else: the posted-interrupt vector reaches a CPU where the vCPU is not running: the
     # interrupt stays in the PIR, to be found by the vCPU's own check for pending work.
+    return None
 
 
-def send_wakeup_vector(machine: Machine, cpu: int) -> int:
+def send_wakeup_vector(machine: Machine, cpu: int, *, running: Any = None) -> Any:
     """The wakeup vector arrives at ``cpu``: :func:`wakeup_handler` runs there as a hard
-    interrupt (the caller stands for that CPU while it does)."""
+    interrupt. By default the caller stands for that CPU while it does, and the number of
+    vCPUs woken is returned. With ``running``, the ``kvmlock.spawn`` handle of the task that
+    runs on that CPU, it is an interrupt of that task instead (``kvmlock.irq.inject``): it
+    fires whenever that task has interrupts on -- under the explorer, at a moment the
+    exploration chooses -- and its handle is returned; a task of that CPU changing the
+    wakeup list with interrupts on can then be interrupted by it, and the handler spins on
+    the lock its own CPU holds."""
+    if running is not None:
+        return irq.inject(wakeup_handler, machine, cpu, cpu=running,
+                          name=f"wakeup vector cpu{cpu}")
     with irq.hardirq():
         return wakeup_handler(machine, cpu)
