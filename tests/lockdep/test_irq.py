@@ -22,6 +22,36 @@ def kinds() -> list[str]:
     return [r.kind for r in lockdep.reports()]
 
 
+#: The ways of taking a spinlock with interrupts off: its irqsave and irq forms, the function
+#: forms, and a plain lock inside local_irq_save() / local_irq_disable().
+OFF_FORMS = ["irqsave", "irq", "function", "local_irq_save", "local_irq_disable"]
+
+
+def _take(lk: SpinLock, off: str | None) -> None:
+    """Take ``lk`` and let it go, with interrupts on (``off`` None) or off the way named."""
+    if off is None:
+        with lk:
+            pass
+    elif off == "irqsave":
+        with lk.irqsave():
+            pass
+    elif off == "irq":
+        with lk.irq():
+            pass
+    elif off == "function":
+        flags = lk.lock_irqsave()
+        lk.unlock_irqrestore(flags)
+    elif off == "local_irq_save":
+        with irq.local_irq_save():
+            with lk:
+                pass
+    else:
+        irq.local_irq_disable()
+        with lk:
+            pass
+        irq.local_irq_enable()
+
+
 # --------------------------------------------------------------------------- contexts
 
 
@@ -131,25 +161,13 @@ def test_inconsistent_handler_then_irqs_on():
     assert "test_irq.py" in r.usage_where
 
 
-@pytest.mark.parametrize("off", ["irqsave", "irq", "function", "local_irq_save"])
+@pytest.mark.parametrize("off", OFF_FORMS)
 def test_inconsistent_near_miss_interrupts_off(off):
     lk = SpinLock("t.inc.B")
     with irq.hardirq():
         with lk:
             pass
-    if off == "irqsave":
-        with lk.irqsave():
-            pass
-    elif off == "irq":
-        with lk.irq():
-            pass
-    elif off == "function":
-        flags = lk.lock_irqsave()
-        lk.unlock_irqrestore(flags)
-    else:
-        with irq.local_irq_save():
-            with lk:
-                pass
+    _take(lk, off)
     assert kinds() == []
 
 
@@ -233,24 +251,19 @@ def test_cached_chain_in_one_state_does_not_hide_another():
 # --------------------------------------------------------------------------- safe -> unsafe
 
 
-def _safe_unsafe(b_off: bool) -> None:
+def _safe_unsafe(b_off: str | None) -> None:
     a, b = SpinLock("t.su.A"), SpinLock("t.su.B")
     with irq.hardirq():
         with a:
             pass  # A is hardirq-safe
-    if b_off:
-        with b.irqsave():
-            pass
-    else:
-        with b:
-            pass  # B is hardirq-unsafe
+    _take(b, b_off)  # with interrupts on: B is hardirq-unsafe
     with a.irqsave():
         with b:  # A -> B joins them
             pass
 
 
 def test_irq_safe_to_unsafe_order():
-    _safe_unsafe(False)
+    _safe_unsafe(None)
     (r,) = lockdep.reports()
     assert r.kind == "irq_safe_unsafe" and (r.safe, r.unsafe) == ("t.su.A", "t.su.B")
     text = str(r)
@@ -261,8 +274,9 @@ def test_irq_safe_to_unsafe_order():
     assert r.irq_class == "HARDIRQ"
 
 
-def test_irq_safe_to_unsafe_near_miss():
-    _safe_unsafe(True)
+@pytest.mark.parametrize("off", OFF_FORMS)
+def test_irq_safe_to_unsafe_near_miss(off):
+    _safe_unsafe(off)
     assert kinds() == []
 
 
@@ -305,15 +319,14 @@ def test_softirq_safe_to_unsafe_and_its_bh_near_miss():
 # --------------------------------------------------------------------------- inversion
 
 
-def _inversion(order: str, b_off: bool) -> None:
+def _inversion(order: str, b_off: str | None) -> None:
     a, b = SpinLock("t.inv.A"), SpinLock("t.inv.B")
     with a.irqsave():
         with b:  # A -> B, before either has an irq usage
             pass
 
     def unsafe_b() -> None:
-        with b.irqsave() if b_off else b:
-            pass
+        _take(b, b_off)
 
     def safe_a() -> None:
         with irq.hardirq():
@@ -326,7 +339,7 @@ def _inversion(order: str, b_off: bool) -> None:
 
 @pytest.mark.parametrize("order", ["forwards", "backwards"])
 def test_irq_inversion_found_from_either_end(order):
-    _inversion(order, False)
+    _inversion(order, None)
     (r,) = lockdep.reports()
     assert r.kind == "irq_inversion" and (r.safe, r.unsafe) == ("t.inv.A", "t.inv.B")
     text = str(r)
@@ -338,9 +351,10 @@ def test_irq_inversion_found_from_either_end(order):
     assert "and interrupts could create inverse lock ordering between them." in text
 
 
+@pytest.mark.parametrize("off", OFF_FORMS)
 @pytest.mark.parametrize("order", ["forwards", "backwards"])
-def test_irq_inversion_near_miss(order):
-    _inversion(order, True)
+def test_irq_inversion_near_miss(order, off):
+    _inversion(order, off)
     assert kinds() == []
 
 
