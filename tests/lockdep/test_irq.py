@@ -358,6 +358,31 @@ def test_irq_inversion_near_miss(order, off):
     assert kinds() == []
 
 
+@pytest.mark.parametrize("order", ["forwards", "backwards"])
+def test_irq_inversion_through_a_middle_lock(order):
+    # A -> M -> B already in the graph; then B becomes unsafe and A safe (the search from A
+    # goes forwards through M), or A safe and then B unsafe (from B backwards through M)
+    a, m, b = (SpinLock(f"t.inv3.{n}.{order}") for n in "AMB")
+    with a.irqsave():
+        with m:
+            pass
+    with m.irqsave():
+        with b:
+            pass
+    steps = [lambda: _take(b, None), lambda: _take_in_handler(a)]
+    for step in steps if order == "forwards" else reversed(steps):
+        step()
+    (r,) = lockdep.reports()
+    assert r.kind == "irq_inversion" and (r.safe, r.unsafe) == (a.name, b.name)
+    assert [(e.src, e.dst) for e in r.chain] == [(a.name, m.name), (m.name, b.name)]
+
+
+def _take_in_handler(lk: SpinLock) -> None:
+    with irq.hardirq():
+        with lk:
+            pass
+
+
 def test_inversion_through_recursive_readers_is_not_strong():
     # A -> rw (read, recursive) and rw (read) -> B: a path that enters rw as a recursive
     # reader and leaves it as a reader is not a deadlock, for interrupts as for cycles.
