@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kvmlock.explore.records import ACQ_NONE, pending
+from kvmlock.explore.records import ACQ_LOCK, ACQ_NONE, ACQ_RELEASE, pending
 from kvmlock.explore.strategies.events import Events, independent
 from kvmlock.explore.strategies.wakeup import State, covered, insert, weak_initial
 
@@ -70,15 +70,46 @@ def test_notdep_keeps_what_does_not_happen_after_the_first_event():
     assert ev.notdep(1, 5) == [2, 5]
 
 
-def test_rebuild_keeps_the_clocks_of_the_prefix():
+def test_rewind_keeps_the_clocks_of_the_prefix():
     ev, _ = _path()
     before = [c[:] for c in ev.clock[:4]]
-    ev.rebuild(4)
+    ev.rewind(4)
     assert len(ev) == 4 and ev.clock == before
     assert ev.last_write == {X: 3}
     # the next event is numbered and ordered as on the original path
     assert ev.record(_access(1, Y, False), False, -1, True) == []
     assert ev.local[-1] == 2 and not ev.happens_before(3, 4)
+
+
+def _maps(ev: Events) -> tuple:
+    return (ev.task_clock, ev.last_write, {o: r for o, r in ev.reads.items() if r},
+            {o: h for o, h in ev.hist.items() if h}, ev.last_acq)
+
+
+def test_rewind_leaves_what_recording_the_prefix_alone_leaves():
+    """Undoing a suffix puts every last-access map back as it was after the prefix, at every
+    depth, including a spawn, a join, lock acquires and a read after a write."""
+    ops = [
+        (_spawn(0), False, 1),
+        (_spawn(0), False, 2),
+        (pending(1, X, "lock", True, "m", ACQ_LOCK, True), True, -1),
+        (_access(2, Y, False), False, -1),
+        (pending(1, X, "unlock", True, "m", ACQ_RELEASE, False), False, -1),
+        (_access(1, Y, True), False, -1),
+        (pending(2, X, "lock", True, "m", ACQ_LOCK, True), True, -1),
+        (_access(2, Y, False), False, -1),
+        (pending(0, None, "join", False, "task", ACQ_NONE, True, 1), False, -1),
+    ]
+    for depth in range(len(ops) + 1):
+        fresh = Events()
+        for op, acquired, child in ops[:depth]:
+            fresh.record(op, acquired, child, True)
+        full = Events()
+        for op, acquired, child in ops:
+            full.record(op, acquired, child, True)
+        full.rewind(depth)
+        assert _maps(full) == _maps(fresh), depth
+        assert full.clock == fresh.clock and full.tid == fresh.tid
 
 
 def test_weak_initials():

@@ -555,8 +555,13 @@ class SimRuntime:
 
     def _pick(self, cur: Task) -> Task:
         n = self.nsteps
-        if self.last is not None:
-            self._report()
+        t = self.last
+        if t is not None:  # _report, inlined: this runs at every step
+            op = self.last_op
+            self.last = None
+            fl = op[5]  # type: ignore[index]
+            self.tell(n - 1, op, fl == ACQ_LOCK or (fl == ACQ_TRY and t.try_ok),  # type: ignore
+                      len(self.tasks) - 1 if op[3] == "spawn" else -1)  # type: ignore[index]
         if n < self.nprefix:
             return self._replayed(cur, self.prefix[n])
         enabled, blocked = self._runnable()

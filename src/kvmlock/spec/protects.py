@@ -19,6 +19,7 @@ or what is named is protected by another lock in the run, or it was never publis
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,12 +53,16 @@ def _fold(word: str) -> str:
     return w[:-1] if len(w) > 3 and w.endswith("s") else w
 
 
-def words(item: str) -> set[str]:
+# Both are asked again for the same few strings by every check of a run's graph (a scenario
+# checks it once per execution): remembered, they cost a dict look-up.
+@functools.lru_cache(maxsize=4096)
+def words(item: str) -> frozenset[str]:
     """The item's words, folded; ``kvm_arch::{a,b}`` counts as ``a`` and ``b``."""
     text = _BRACES.sub(lambda m: " ".join(m.group(2).split(",")), item)
-    return {_fold(w) for w in _WORD.findall(text)}
+    return frozenset(_fold(w) for w in _WORD.findall(text))
 
 
+@functools.lru_cache(maxsize=4096)
 def short(name: str) -> str:
     """A datum's own name: ``Machine.vm_list`` -> ``vm_list``, ``kvm->buses`` -> ``buse``."""
     return _fold(re.split(r"->|::|\.", name)[-1])

@@ -100,12 +100,12 @@ class DPOR(Strategy):
         # steps before the branch point replay the stack's choices, no questions asked
         if self.first:
             self.first = False
-            self.ev.rebuild(0)
+            self.ev.rewind(0)
             # (a subtree's path: its events' clocks are needed, so they are told too)
             return Plan(tuple([node.choice for node in self.stack[:self.branch]]), 0)
         if not self._next_branch():
             return None
-        self.ev.rebuild(self.branch)
+        self.ev.rewind(self.branch)
         return Plan(tuple([node.choice for node in self.stack[:self.branch]]))
 
     # ------------------------------------------------------------------ events and races
@@ -157,7 +157,7 @@ class DPOR(Strategy):
             for op in enabled:
                 if op.tid == want:
                     node.ops[want] = (op.obj, op.write)
-                    return self._take(op)
+                    return want
             raise ReplayMismatch(f"dpor: step {n} names task {want}, which cannot run "
                                  f"(the body is not deterministic)")
         # note which waits got disabled, and by what (lock acquires race with the previous
@@ -189,40 +189,37 @@ class DPOR(Strategy):
                     if lw is not None:
                         blocker[tid] = lw
 
-        node = State()
-        if blocker or enabler:
-            node.snap = (dict(blocker), dict(enabler))
-        node.enabled = enabled
-        node.waits = waits
         cur_on = current in enabled
-        node.cur = cur_tid = current.tid if cur_on else -1  # type: ignore[union-attr]
+        cur_tid = current.tid if cur_on else -1  # type: ignore[union-attr]
         sleep = NO_SLEEP
         if parent is not None:
             pcur = parent.cur
-            node.pre = parent.pre + 1 if pcur >= 0 and pc != pcur else parent.pre
+            pre = parent.pre + 1 if pcur >= 0 and pc != pcur else parent.pre
             psleep = parent.sleep
             pdone = parent.done
             if psleep or len(pdone) > 1:  # else: nothing to carry over (done holds pc alone)
-                last = parent.ops[pc]
+                pops = parent.ops
+                last = pops[pc]
                 sleep = {}
                 for q, op in psleep.items():
                     if q != pc and independent(op, last):
                         sleep[q] = op
-                pops = parent.ops
                 for q in pdone:
                     if q != pc and q not in sleep and q in pops:
                         op = pops[q]
                         if independent(op, last):
                             sleep[q] = op
-                if sleep:
-                    node.sleep = sleep
-        if n == self.root and self.root:
+                if not sleep:
+                    sleep = NO_SLEEP
+        else:
+            pre = 0
+        if n == self.root and self.root and self.root_sleep:
             sleep = self.root_sleep
-            if sleep:
-                node.sleep = sleep
-        cand = [op for op in enabled if op.tid not in sleep] if sleep else enabled
-        if self.bound is not None and cur_tid >= 0 and node.pre >= self.bound:
-            cand = [op for op in cand if op.tid == cur_tid]
+        node = State(enabled, waits, cur_tid, pre, sleep,
+                     (dict(blocker), dict(enabler)) if blocker or enabler else _EMPTY)
+        cand = [op for op in enabled if op[0] not in sleep] if sleep else enabled
+        if self.bound is not None and cur_tid >= 0 and pre >= self.bound:
+            cand = [op for op in cand if op[0] == cur_tid]
         stack.append(node)
         # Following a wakeup tree: the subtree of the branch taken at the state before is this
         # state's tree, and its leftmost entry that can run here is taken.
@@ -232,7 +229,7 @@ class DPOR(Strategy):
             self.guide = None
             for entry in wut:
                 for op in cand:
-                    if op.tid == entry[0]:
+                    if op[0] == entry[0]:
                         pick = op
                         self.guide = entry[2]
                         break
@@ -246,19 +243,17 @@ class DPOR(Strategy):
                 node.wut = wut
                 return None
             pick = current if cur_on and current in cand else cand[0]
-            op = (pick.obj, pick.write)  # type: ignore[union-attr]
-            wut.append([pick.tid, op, []])  # type: ignore[union-attr]
+            tid = pick[0]
+            op = (pick[1], pick[2])
+            wut.append([tid, op, []])
         else:
-            op = (pick.obj, pick.write)
-        tid = pick.tid  # type: ignore[union-attr]
+            tid = pick[0]
+            op = (pick[1], pick[2])
         node.ops[tid] = op
         node.choice = tid
         node.done = {tid}
         node.wut = wut
-        return self._take(pick)  # type: ignore[arg-type]
-
-    def _take(self, t: Pending) -> int:
-        return t.tid
+        return tid
 
     def end(self, run: Finished) -> None:
         if run.outcome is not None and (run.outcome != "pruned" or self.source):

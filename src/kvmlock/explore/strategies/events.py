@@ -57,48 +57,62 @@ class Events:
         self.local: list[int] = []  # its number within its task, from 1
         self.clock: list[list[int]] = []  # its vector clock
         self.write: list[bool] = []
-        # (object key | None, acquired it?, spawned task | -1): read by rebuild and op
-        self.more: list[tuple[int | None, bool, int]] = []
-        self.rebuild(0)
+        # (object key | None, acquired it?, spawned task | -1, then what recording the event
+        # replaced, for rewind: the task's clock before it, and the object's last write,
+        # reads since, and last acquire before it)
+        self.more: list[tuple] = []
+        self.rewind(0)
 
     def __len__(self) -> int:
         return len(self.tid)
 
-    def rebuild(self, upto: int) -> None:
-        """Keep the first ``upto`` events (a backtrack to that depth) and remake the maps of
-        last accesses from them; the events' clocks stay as they were."""
-        for arr in (self.tid, self.local, self.clock, self.write, self.more):
-            del arr[upto:]
-        # task -> its vector clock now; its own entry counts its events
-        self.task_clock: dict[int, list[int]] = {0: [0] * self.width}
-        self.last_write: dict[int, int] = {}
-        self.reads: dict[int, list[int]] = {}  # object key -> its reads since the last write
-        self.hist: dict[int, list[int]] = {}  # object key -> its events, in order
-        self.last_acq: dict[int, int] = {}
+    def rewind(self, upto: int) -> None:
+        """Keep the first ``upto`` events (a backtrack to that depth): the maps of last
+        accesses are put back as they were after event ``upto - 1`` by undoing the later
+        events, newest first, so a backtrack costs what the abandoned suffix cost, not the
+        kept prefix. The blocker and enabler maps start empty (the branch's state has them)."""
         self.blocker: dict[int, int] = {}  # waiting task -> the event that disabled it
         self.enabler: dict[int, int] = {}  # waiting task -> the event that last enabled it
-        task_clock = self.task_clock
+        if not upto:
+            for arr in (self.tid, self.local, self.clock, self.write, self.more):
+                arr.clear()
+            # task -> its vector clock now; its own entry counts its events
+            self.task_clock: dict[int, list[int]] = {0: [0] * self.width}
+            self.last_write: dict[int, int] = {}
+            self.reads: dict[int, list[int]] = {}  # object key -> reads since its last write
+            self.hist: dict[int, list[int]] = {}  # object key -> its events, in order
+            self.last_acq: dict[int, int] = {}
+            return
+        task_clock, ev_tid = self.task_clock, self.tid
         hist, last_acq, last_write, reads = self.hist, self.last_acq, self.last_write, self.reads
-        ev_tid, ev_clock, ev_more, ev_write = self.tid, self.clock, self.more, self.write
-        for i in range(upto):
-            c = ev_clock[i]
-            task_clock[ev_tid[i]] = c
-            o, acquired, ch = ev_more[i]
+        ev_write, ev_more = self.write, self.more
+        for i in range(len(ev_tid) - 1, upto - 1, -1):
+            o, acquired, ch, back, lw, rs, la = ev_more[i]
             if ch >= 0:
-                task_clock[ch] = c[:]
+                del task_clock[ch]
+            task_clock[ev_tid[i]] = back
             if o is not None:
-                hist.setdefault(o, []).append(i)
+                hist[o].pop()
                 if acquired:
-                    last_acq[o] = i
+                    if la is None:
+                        del last_acq[o]
+                    else:
+                        last_acq[o] = la
                 if ev_write[i]:
-                    last_write[o] = i
-                    reads[o] = []
+                    if lw is None:
+                        del last_write[o]
+                    else:
+                        last_write[o] = lw
+                    if rs:  # (the write replaced its reads only when there were some)
+                        reads[o] = rs
                 else:
-                    reads.setdefault(o, []).append(i)
+                    reads[o].pop()
+        for arr in (ev_tid, self.local, self.clock, ev_write, ev_more):
+            del arr[upto:]
 
     def grow(self, tid: int) -> None:
-        """Widen every clock to hold task ``tid`` (clocks may be shared between a task and
-        its last event: each is widened once)."""
+        """Widen every clock to hold task ``tid`` (clocks are shared between a task, its last
+        event and the undo records: each is widened once)."""
         while tid >= self.width:
             extra = [0] * self.width
             self.width *= 2
@@ -106,7 +120,7 @@ class Events:
             for c in self.clock:
                 c.extend(extra)
                 done.add(id(c))
-            for c in self.task_clock.values():
+            for c in (*self.task_clock.values(), *[m[3] for m in self.more]):
                 if id(c) not in done:
                     c.extend(extra)
                     done.add(id(c))
@@ -147,12 +161,12 @@ class Events:
         ev_local = self.local
         ev_clock = self.clock
         races: list[int] = []
-        new = clock[:]
+        new = None
         if obj is not None:
             lw = self.last_write.get(obj)
             rs = self.reads.get(obj)
+            la = self.last_acq.get(obj)
             if analyze and acquired:
-                la = self.last_acq.get(obj)
                 if la is not None:
                     q = ev_tid[la]
                     if q != tid and clock[q] < ev_local[la]:
@@ -169,8 +183,8 @@ class Events:
                 if (q != tid and (generic or (not write and analyze)) and j not in races
                         and j != en):
                     races.append(j)
-                c = ev_clock[j]
-                new = [a if a > b else b for a, b in zip(new, c, strict=True)]
+                new = [a if a > b else b
+                       for a, b in zip(clock if new is None else new, ev_clock[j], strict=True)]
             b = self.blocker.pop(tid, None) if self.blocker else None
             if analyze and b is not None and b not in races:
                 q = ev_tid[b]
@@ -186,22 +200,26 @@ class Events:
                 self.last_acq[obj] = i
             if write:
                 self.last_write[obj] = i
-                self.reads[obj] = []
+                if rs:
+                    self.reads[obj] = []
             elif rs is None:
                 self.reads[obj] = [i]
             else:
                 rs.append(i)
-        elif kind == "join":
-            other = self.task_clock.get(target)
-            if other is not None:
-                new = [a if a > b else b for a, b in zip(new, other, strict=True)]
+            more = (obj, acquired, child, clock, lw, rs, la)
+        else:
+            if kind == "join" and (other := self.task_clock.get(target)) is not None:
+                new = [a if a > b else b for a, b in zip(clock, other, strict=True)]
+            more = (None, acquired, child, clock, None, None, None)
+        if new is None:
+            new = clock[:]
         new[tid] = local
         self.task_clock[tid] = new
         ev_tid.append(tid)
         self.write.append(write)
         ev_local.append(local)
         ev_clock.append(new)
-        self.more.append((obj, acquired, child))
+        self.more.append(more)
         if child >= 0:
             if child >= self.width:
                 self.grow(child)
@@ -264,7 +282,7 @@ class Events:
         self.local.append(local)
         self.clock.append(c)
         self.write.append(t.write)
-        self.more.append((t.obj, False, -1))
+        self.more.append((t.obj, False, -1, clock, None, None, None))
         return len(self.tid) - 1
 
     def pop(self) -> None:

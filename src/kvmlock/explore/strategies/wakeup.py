@@ -40,18 +40,20 @@ class State:
     __slots__ = ("choice", "done", "wut", "sleep", "ops", "enabled", "waits", "cur", "pre",
                  "snap")
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: tuple[Pending, ...] = (), waits: tuple[Pending, ...] = (),
+                 cur: int = -1, pre: int = 0, sleep: dict[int, Op] | None = None,
+                 snap: tuple[dict, dict] | None = None) -> None:
         self.choice = -1  # the task taken from here on the current path
         self.done: set[int]  # tasks taken from here so far (set with the first choice)
         # the wakeup tree; the current choice's branch stays in it until its exploration ends
         self.wut: list[Branch]
-        self.sleep: dict[int, Op] = NO_SLEEP
         self.ops: dict[int, Op] = {}  # the operation of each task explored from here
-        self.enabled: tuple[Pending, ...] = ()
-        self.cur = -1  # the task that stopped at this state (-1: it ended)
-        self.pre = 0  # preemptions before this state
-        self.waits: tuple[Pending, ...] = ()  # the waits disabled here
-        self.snap: tuple[dict, dict] = _EMPTY  # the blocker and enabler maps here
+        self.enabled = enabled
+        self.waits = waits  # the waits disabled here
+        self.cur = cur  # the task that stopped at this state (-1: it ended)
+        self.pre = pre  # preemptions before this state
+        self.sleep = NO_SLEEP if sleep is None else sleep
+        self.snap = _EMPTY if snap is None else snap  # the blocker and enabler maps here
 
     def left(self, q: int, bound: int | None) -> bool:
         """Task ``q`` is still worth starting from here: not explored, not asleep, runnable,
