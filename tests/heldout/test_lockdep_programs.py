@@ -830,3 +830,44 @@ def test_pytest_lockdep_consistent_order_passes(tmp_path):
     proc = run_pytest_lockdep(tmp_path, "with shared_lock:\n        with other:\n            pass")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 passed" in proc.stdout
+
+
+# --------------------------------------------------------------------------- Lock vs RLock re-entry
+
+
+def test_rlock_reentry_silent(tmp_path):
+    src = """
+    import threading
+
+    rl = threading.RLock()
+
+    def nested(depth):
+        with rl:
+            if depth:
+                nested(depth - 1)
+
+    ts = [threading.Thread(target=nested, args=(3,)) for _ in range(3)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    """
+    assert_clean(*run_lockdep(tmp_path, src))
+
+
+def test_lock_taken_twice_by_one_thread_with_no_release_reported(tmp_path):
+    # must catch (the twin of the signal case): nobody will ever release it
+    src = """
+    import threading
+    import time
+
+    lk = threading.Lock()
+
+    def stuck():
+        lk.acquire()
+        lk.acquire()          # waits for a release that never comes
+
+    threading.Thread(target=stuck, daemon=True).start()
+    time.sleep(3.0)           # longer than lockdep's wait for a signalling release
+    """
+    assert_reported(*run_lockdep(tmp_path, src), ["held_at_exit", "recursive"])
