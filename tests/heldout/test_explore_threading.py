@@ -73,7 +73,7 @@ def test_abba_lockdep_reports_from_first_execution():
     # deadlock, but it takes both orders, so lockdep reports a cycle from that one run.
     res = explore.check(abba_body, strategy="dpor", lockdep=True)
     assert not res.ok
-    assert res.kinds() == {"lockdep"} or set(res.kinds()) == {"lockdep"}
+    assert set(res.kinds()) == {"lockdep"}
     assert res.runs == 1
     kinds = {r.kind for r in res.failure.lockdep_reports}
     assert kinds == {"circular"}
@@ -636,7 +636,6 @@ def real_threading_works():
     t.start()
     t.join()
     assert out and out[0] != threading.get_ident()
-    assert threading.current_thread() is threading.main_thread() or True
 
 
 def test_threading_restored_after_ok_failure_and_exception():

@@ -819,3 +819,75 @@ def test_explorer_interrupt_on_another_cpu_waits_but_lockdep_still_warns():
     res = explore.check(driver("plain", cpu="main"), lockdep=True)
     assert set(res.kinds()) == {"lockdep"}
     assert {r.kind for r in res.failure.lockdep_reports} == {"inconsistent"}
+
+
+# --------------------------------------------------------------------------- usage characters
+
+
+def abba(a, b, ctx):
+    with ctx():
+        with a:
+            with b:
+                pass
+    with ctx():
+        with b:
+            with a:
+                pass
+
+
+@pytest.mark.parametrize(
+    "ctx,chars",
+    [
+        (irq.hardirq, "{-...}"),           # taken only inside a hard-IRQ handler
+        (irq.local_irq_save, "{....}"),    # only ever with every interrupt off
+    ],
+    ids=["in-hardirq", "irqs-off"],
+)
+def test_usage_characters_in_a_circular_splat(ctx, chars):
+    def case():
+        abba(SpinLock("uc.a"), SpinLock("uc.b"), ctx)
+
+    (r,) = reports_of(case)
+    assert r.kind == "circular"
+    text = str(r)
+    assert f"(uc.a){chars}-{{2:2}}" in text and f"(uc.b){chars}-{{2:2}}" in text
+
+
+def test_usage_characters_plain_process_context():
+    import contextlib
+
+    def case():
+        abba(SpinLock("uc.a"), SpinLock("uc.b"), contextlib.nullcontext)
+
+    (r,) = reports_of(case)
+    assert "(uc.a){+.+.}-{2:2}" in str(r)
+
+
+# --------------------------------------------------------------------------- every interrupt fires
+
+
+def test_interrupt_fires_in_every_execution():
+    runs: list[list[str]] = []
+
+    def body():
+        seen: list[str] = []
+        runs.append(seen)
+        lock = SpinLock("fire.lock")
+
+        def handler():
+            with lock:
+                seen.append("fired")
+
+        def worker():
+            with lock.irqsave():
+                pass
+
+        t = spawn(worker)
+        irq.inject(handler, cpu=t, name="fire_irq")
+        t.join()
+
+    # dfs asked for directly (dpor would restart as dfs after its first execution)
+    res = explore.check(body, strategy="dfs", lockdep=True)
+    assert res.ok and res.exhausted
+    assert len(runs) == res.runs >= 2
+    assert all(seen == ["fired"] for seen in runs)

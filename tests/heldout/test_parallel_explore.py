@@ -152,3 +152,54 @@ def test_ray_backend_same_trace_count():
     finally:
         if started:
             ray.shutdown()
+
+
+def test_exploration_beside_a_real_kvmlock_thread():
+    from kvmlock import lockdep
+
+    stop = threading.Event()
+    seen_reports: list = []
+
+    def hammer():
+        with lockdep.isolated():
+            a, b = Mutex("real->a"), Mutex("real->b")
+            while not stop.is_set():
+                with a:
+                    with b:
+                        pass
+            seen_reports.extend(lockdep.reports())
+
+    t = threading.Thread(target=hammer)
+    t.start()
+    try:
+        res = explore.check(sync_counter(2, 3), strategy="dpor")
+        bad = explore.check(abba, strategy="dpor", lockdep=False)
+    finally:
+        stop.set()
+        t.join()
+    assert res.ok and res.exhausted and res.runs == 20
+    assert set(bad.kinds()) == {"deadlock"}
+    assert seen_reports == []
+
+
+def test_two_explorations_in_threads_at_once():
+    out: dict = {}
+
+    def run(name, fn):
+        out[name] = fn()
+
+    ts = [
+        threading.Thread(target=run, args=("counter", lambda: explore.check(
+            sync_counter(3, 2), strategy="dpor"))),
+        threading.Thread(target=run, args=("abba", lambda: explore.check(
+            abba, strategy="dpor", lockdep=False))),
+        threading.Thread(target=run, args=("tcounter", lambda: explore.check(
+            threading_counter(2, 3), strategy="dpor"))),
+    ]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert out["counter"].ok and out["counter"].exhausted and out["counter"].runs == 90
+    assert out["tcounter"].ok and out["tcounter"].exhausted and out["tcounter"].runs == 20
+    assert set(out["abba"].kinds()) == {"deadlock"}
