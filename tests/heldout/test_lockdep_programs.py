@@ -93,22 +93,24 @@ def worker(k):
             transfer(a, b, 1)
 
 ts = [threading.Thread(target=worker, args=(k,)) for k in range(3)]
-for t in ts:
-    t.start()
-for t in ts:
-    t.join()
+{run}
 assert sum(a.balance for a in accounts) == 500
 """
+
+CONCURRENT = "for t in ts:\n    t.start()\nfor t in ts:\n    t.join()"
+# one after the other: this run cannot hang, although the orders it takes can
+ONE_BY_ONE = "for t in ts:\n    t.start()\n    t.join()"
 
 
 def test_same_class_locks_in_sorted_order_silent(tmp_path):
     src = ACCOUNTS.replace("{order}", "first, second = sorted((a, b), key=lambda x: x.n)")
+    src = src.replace("{run}", CONCURRENT)
     assert_clean(*run_lockdep(tmp_path, src))
 
 
 def test_same_class_instances_in_both_orders_reported(tmp_path):
     # must catch: transfer(a, b) and transfer(b, a) take two Account locks both ways
-    src = ACCOUNTS.replace("{order}", "first, second = a, b")
+    src = ACCOUNTS.replace("{order}", "first, second = a, b").replace("{run}", ONE_BY_ONE)
     assert_reported(*run_lockdep(tmp_path, src), ["circular"])
 
 
