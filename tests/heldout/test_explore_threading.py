@@ -1086,3 +1086,173 @@ def test_explored_lock_as_a_signal():
 
     res = explore.check(body, strategy="dpor", lockdep=True)
     assert res.ok and res.exhausted, str(res)
+
+
+# ------------------------------------------------------------------------ subclasses, timed waits
+
+
+def subclass_body(locked):
+    def body():
+        box = Box()
+        lock = threading.Lock()
+
+        class Adder(threading.Thread):
+            def run(self):
+                if locked:
+                    with lock:
+                        box.v += 1
+                else:
+                    box.v += 1
+
+        ts = [Adder(), Adder()]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert box.v == 2
+
+    return body
+
+
+def test_thread_subclass_lost_update():
+    res = explore.check(subclass_body(False), strategy="dpor", memory=True)
+    assert set(res.kinds()) == {"assertion"}
+
+
+def test_thread_subclass_locked():
+    res = explore.check(subclass_body(True), strategy="dpor", memory=True)
+    assert res.ok and res.exhausted and res.runs == 2
+
+
+def test_join_with_timeout_both_outcomes():
+    outcomes = set()
+
+    def body():
+        ev = threading.Event()
+        t = threading.Thread(target=ev.wait)
+        t.start()
+        t.join(timeout=0.5)
+        outcomes.add(t.is_alive())  # still waiting: the join timed out
+        ev.set()
+        t.join()
+
+    res = explore.check(body, strategy="dpor")
+    assert res.ok and res.exhausted
+    assert outcomes == {True}
+
+
+def test_event_wait_timeout_both_outcomes():
+    outcomes = set()
+
+    def body():
+        ev = threading.Event()
+        t = threading.Thread(target=ev.set)
+        t.start()
+        outcomes.add(ev.wait(timeout=1.0))
+        t.join()
+
+    res = explore.check(body, strategy="dpor")
+    assert res.ok and res.exhausted
+    assert outcomes == {True, False}
+
+
+def test_local_subclass_inside_body():
+    def body():
+        class Ctx(threading.local):
+            def __init__(self):
+                self.items = []
+
+        ctx = Ctx()
+        out = {}
+
+        def w(name):
+            ctx.items.append(name)
+            out[name] = list(ctx.items)
+
+        ts = [threading.Thread(target=w, args=(n,)) for n in "ab"]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert out == {"a": ["a"], "b": ["b"]}
+        assert ctx.items == []
+
+    res = explore.check(body, strategy="dpor")
+    assert res.ok and res.exhausted, str(res)
+
+
+def test_lifo_and_priority_queues():
+    def body():
+        lq, pq = queue.LifoQueue(), queue.PriorityQueue()
+        for i in (1, 2, 3):
+            lq.put(i)
+        for i in (3, 1, 2):
+            pq.put(i)
+        got = []
+
+        def consumer():
+            got.append([lq.get() for _ in range(3)])
+            got.append([pq.get() for _ in range(3)])
+
+        t = threading.Thread(target=consumer)
+        t.start()
+        t.join()
+        assert got == [[3, 2, 1], [1, 2, 3]]
+
+    res = explore.check(body, strategy="dpor")
+    assert res.ok and res.exhausted, str(res)
+
+
+def test_daemon_thread_flag():
+    def body():
+        out = []
+        t = threading.Thread(target=lambda: out.append(threading.current_thread().daemon),
+                             daemon=True)
+        t.start()
+        t.join()
+        assert out == [True]
+
+    res = explore.check(body, strategy="dpor")
+    assert res.ok and res.exhausted, str(res)
+
+
+def test_futures_as_completed_explored():
+    cf = concurrent.futures
+
+    def body():
+        with cf.ThreadPoolExecutor(max_workers=2) as ex:
+            fs = [ex.submit(pow, 2, i) for i in range(3)]
+            assert sorted(f.result() for f in cf.as_completed(fs)) == [1, 2, 4]
+
+    res = explore.check(body, strategy="random", max_runs=20, timeout=60)
+    assert res.ok, str(res)
+
+
+def simple_queue_body(extra_get):
+    def body():
+        q = queue.SimpleQueue()
+        got = []
+
+        def producer():
+            for i in range(2):
+                q.put(i)
+
+        def consumer():
+            for _ in range(2 + extra_get):
+                got.append(q.get())
+
+        run_threads(producer, consumer)
+        assert got == [0, 1]
+
+    return body
+
+
+def test_simple_queue_pipeline_clean():
+    res = explore.check(simple_queue_body(0), strategy="dpor", lockdep=False)
+    assert res.ok and res.exhausted
+    assert res.runs >= 2  # the consumer may find it empty or not
+
+
+def test_simple_queue_get_with_nothing_left_deadlocks():
+    res = explore.check(simple_queue_body(1), strategy="dpor", lockdep=False)
+    assert set(res.kinds()) == {"deadlock"}

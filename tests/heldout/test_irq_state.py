@@ -130,6 +130,28 @@ def c_trylock_in_hardirq_then_on():
     plain(a)
 
 
+def c_unlock_irq_turns_interrupts_on():
+    # spin_unlock_irq enables interrupts whatever they were before: b is then taken with
+    # them on, inside what the code meant to be an irqs-off region
+    a, b = SpinLock("ui.a"), SpinLock("ui.b")
+    in_hardirq(b)
+    with irq.local_irq_save():
+        with a.irq():
+            pass
+        with b:
+            pass
+
+
+def c_unlock_irqrestore_keeps_them_off():
+    a, b = SpinLock("ui.a"), SpinLock("ui.b")
+    in_hardirq(b)
+    with irq.local_irq_save():
+        with a.irqsave():
+            pass
+        with b:
+            pass
+
+
 def c_raw_hard_then_on():
     a = RawSpinLock("h.raw")
     in_hardirq(a)
@@ -321,6 +343,8 @@ INCONSISTENT = [
     (c_held_across_irq_enable, ["inconsistent"]),
     (c_released_before_irq_enable, []),
     (c_trylock_in_hardirq_then_on, []),
+    (c_unlock_irq_turns_interrupts_on, ["inconsistent"]),
+    (c_unlock_irqrestore_keeps_them_off, []),
     (c_raw_hard_then_on, ["inconsistent"]),
     (c_raw_hard_then_irqsave, []),
     (c_across_threads, ["inconsistent"]),
@@ -689,6 +713,14 @@ def c_near_spin_inside_mutex():
             pass
 
 
+def c_near_mutex_trylock_under_spin():
+    # a trylock never sleeps
+    s, m = SpinLock("sl.s"), Mutex("sl.m")
+    with s:
+        assert m.trylock()
+        m.unlock()
+
+
 def c_near_rwsem_and_srcu_in_process():
     sem, s = RWSemaphore("sl.sem"), SRCU("sl.srcu")
     with sem.read():
@@ -714,6 +746,7 @@ SLEEP = [
     (c_near_spin_in_hardirq, []),
     (c_near_spin_inside_mutex, []),
     (c_near_rwsem_and_srcu_in_process, []),
+    (c_near_mutex_trylock_under_spin, []),
 ]
 
 
