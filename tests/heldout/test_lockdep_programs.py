@@ -891,9 +891,6 @@ print("no hang")
 """
 
 
-@pytest.mark.xfail(strict=True, reason="a wait on an asyncio.Event that is already set records "
-                   "no lock -> event dependency, so this setter-under-lock / waiter-under-lock "
-                   "cycle is missed (0 reports, status 0)")
 def test_asyncio_event_set_under_lock_and_waited_under_lock_reported(tmp_path):
     # restocker first would hold stock while waiting for an event that only a holder of
     # stock can set: a deadlock on another day, whichever side this run met first
