@@ -907,9 +907,6 @@ def test_asyncio_event_set_holding_nothing_silent(tmp_path):
     assert_clean(proc, reports)
 
 
-@pytest.mark.xfail(strict=True, reason="under kvmlock lockdep the script's __file__ is the path "
-                   "as given (relative), while python 3.9+ makes the main script's __file__ "
-                   "absolute")
 def test_script_file_absolute_as_python_gives_it(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "where.py").write_text(
