@@ -333,3 +333,21 @@ def zap_all_race() -> None:
     vm.check()
     got = guest_read(v0, 0)
     assert got in (1, 2), f"the guests wrote 1 and 2 but page 0 reads {got:#x}"
+
+
+@scenario("fast_pf.zap_all_flush.correct",
+          rule="kvm_mmu_zap_all flushes remote TLBs before the pages go: a later swap-out "
+               "finds no SPTE, so nothing else would flush",
+          variant="correct", expect="pass",
+          invariant="no vCPU reaches a freed frame through a cached translation",
+          catches=("zap_all_no_flush",), **_BOUND)
+def zap_all_flush() -> None:
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    (v0,) = vm.vcpus
+    together(lambda: guest_write(v0, 0, 1), vm.mmu.zap_all,
+             names=["vcpu0 writes", "kvm_mmu_zap_all"])
+    vm.host.swap_out(0)  # its notifier finds no SPTE to zap, so it flushes nothing
+    got = guest_read(v0, 0)
+    assert got == 1, f"the guest wrote 1 but page 0 reads {got:#x} after zap_all and swap-out"
+    vm.check()

@@ -72,6 +72,10 @@ UNLINK_PAGE_AT_FREE = mutant(
 ZAP_NO_FLUSH = mutant(
     "zap_no_flush", removes="the remote TLB flush after zapping SPTEs (kvm_zap_gfn_range)",
     breaks="a zapped SPTE's frame is reused only after every vCPU dropped its translation")
+ZAP_ALL_NO_FLUSH = mutant(
+    "zap_all_no_flush", removes="the remote TLB flush after kvm_mmu_zap_all drops every SPTE",
+    breaks="once no SPTE maps a frame, no vCPU's TLB does (a later notifier finds nothing "
+           "to flush)")
 
 
 class ShadowPage:
@@ -232,7 +236,7 @@ class MMU:
                 elif not late:
                     self.unlink_page(sp)
                 gone.append(sp)
-            if gone:
+            if gone and ZAP_ALL_NO_FLUSH not in vm.hazards:
                 flush_remote_tlbs(vm)
         if gone and FREE_PAGES_NO_GRACE_PERIOD not in vm.hazards:
             for vcpu in vm.vcpus:  # call_rcu: the free runs after a grace period
