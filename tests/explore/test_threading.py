@@ -467,3 +467,32 @@ def test_with_lockdep_off_threading_programs_keep_their_counts_and_clean_ones_st
         assert off.ok and off.exhausted and (off.runs, off.steps) == (on.runs, on.steps)
     clean = explore.check(threadprogs.abba(broken=False), strategy="dpor", lockdep=False)
     assert clean.ok and clean.exhausted and clean.runs == 2
+
+
+@pytest.mark.parametrize("lockdep_on", [True, False])
+def test_explored_locks_check_acquire_arguments_as_cpython_does(lockdep_on):
+    """Bad arguments raise the real lock's errors; the bounded forms a program may use still
+    work (and an RLock's re-entry checks them too). A non-owner sees a recursion count of 0."""
+    seen: list[object] = []
+
+    def body():
+        lk, rl = threading.Lock(), threading.RLock()
+        for lock in (lk, rl):
+            for args, kw in (((), {"timeout": -5}), ((False, 1), {})):
+                with pytest.raises(ValueError):
+                    lock.acquire(*args, **kw)
+            assert lock.acquire(True, 0.5) and lock.acquire(False) is (lock is rl)
+            if lock is rl:
+                with pytest.raises(ValueError):  # re-entry checks the arguments first
+                    rl.acquire(timeout=-2)
+                rl.release()
+            lock.release()
+        with rl:
+            t = threading.Thread(target=lambda: seen.append(rl._recursion_count()))
+            t.start()
+            t.join()
+            seen.append(rl._recursion_count())
+
+    res = explore.check(body, strategy="dpor", lockdep=lockdep_on)
+    assert res.ok and res.exhausted, str(res)
+    assert seen[-2:] == [0, 1]

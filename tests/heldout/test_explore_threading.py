@@ -858,8 +858,6 @@ def test_condition_on_rlock_held_twice_releases_all_levels():
     assert res.ok and res.exhausted, str(res)
 
 
-@pytest.mark.xfail(strict=True, reason="the explored RLock has no _recursion_count(), which "
-                   "CPython's RLock has and multiprocessing calls: AttributeError")
 def test_explored_rlock_recursion_count():
     def body():
         rl = threading.RLock()
@@ -1047,12 +1045,8 @@ def _rlock_release_by_other_thread():
 
 PARITY = [
     pytest.param(_release_unlocked, id="release_unlocked"),
-    pytest.param(_negative_timeout, id="negative_timeout", marks=pytest.mark.xfail(
-        strict=True, reason="explored Lock.acquire(timeout=-5) acquires instead of raising "
-        "ValueError")),
-    pytest.param(_timeout_with_nonblocking, id="timeout_with_nonblocking", marks=pytest.mark.xfail(
-        strict=True, reason="explored Lock.acquire(False, 1) is a trylock instead of raising "
-        "ValueError (timeout with a non-blocking call)")),
+    pytest.param(_negative_timeout, id="negative_timeout"),
+    pytest.param(_timeout_with_nonblocking, id="timeout_with_nonblocking"),
     pytest.param(_pickle_lock, id="pickle_lock"),
     pytest.param(_trylock_results, id="trylock_results"),
     pytest.param(_rlock_release_unacquired, id="rlock_release_unacquired"),

@@ -57,6 +57,17 @@ _SLEEP = _Sleep()
 
 
 # --------------------------------------------------------------------------- locks
+def _check_acquire_args(blocking: object, timeout: object) -> None:
+    """Refuse what a real lock's ``acquire`` refuses, with its words: a program that passes a
+    bad timeout must fail the same way explored as it does when run."""
+    if timeout is None or timeout == -1:
+        return
+    if not blocking:
+        raise ValueError("can't specify a timeout for a non-blocking call")
+    if timeout < 0:  # type: ignore[operator]
+        raise ValueError("timeout value must be positive")
+
+
 class ExploredCell:
     """``threading``'s lock protocol (``acquire(blocking, timeout)``) on an explorer cell."""
 
@@ -67,8 +78,9 @@ class ExploredCell:
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         cell = self._cell
-        if blocking and (timeout is None or timeout < 0):
+        if blocking and (timeout is None or timeout == -1):
             return cell.acquire(True)
+        _check_acquire_args(blocking, timeout)
         # A bounded wait ends either way: taken now, or timed out. Both are explored.
         rt = cell.rt
         t = rt.current
@@ -144,6 +156,8 @@ class ExploredRLock:
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         me = _cur()
         if self._owner is me:
+            if timeout != -1:
+                _check_acquire_args(blocking, timeout)  # checked before re-entry, as CPython does
             self._count += 1
             return True
         if self._map is None:
@@ -172,6 +186,10 @@ class ExploredRLock:
 
     def _is_owned(self) -> bool:
         return self._owner is _cur()
+
+    def _recursion_count(self) -> int:
+        # multiprocessing asks this of an RLock; a thread that does not own it sees 0
+        return self._count if self._owner is _cur() else 0
 
     def _release_save(self) -> tuple[Task | None, int]:
         saved = (self._owner, self._count)
