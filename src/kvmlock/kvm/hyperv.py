@@ -27,6 +27,10 @@ HV_MSR_WITHOUT_HV_LOCK = mutant(
     "hv_msr_without_hv_lock", removes="hv_lock around a partition-wide Hyper-V MSR write",
     breaks="kvm->arch.hyperv.hv_lock protects the partition-wide Hyper-V state")
 
+HV_MSR_READ_WITHOUT_HV_LOCK = mutant(
+    "hv_msr_read_without_hv_lock", removes="hv_lock around a partition-wide Hyper-V MSR read",
+    breaks="kvm->arch.hyperv.hv_lock protects the partition-wide Hyper-V state")
+
 HV_EVENTFD_WITHOUT_HV_LOCK = mutant(
     "hv_eventfd_without_hv_lock", removes="hv_lock around KVM_HYPERV_EVENTFD's binding",
     breaks="kvm->arch.hyperv.hv_lock protects the eventfd bindings")
@@ -119,8 +123,10 @@ class HyperV:
             self.eventfds.add(conn_id)
 
     def get_msr(self, vcpu: Any, msr: str) -> int:
+        """RDMSR from ``vcpu`` (its mutex held). A partition-wide MSR is read under
+        ``hv_lock`` too: another vCPU may be writing it."""
         vcpu.mutex.assert_held()
         if msr in PARTITION_MSRS:
-            with self.lock:
+            with unless(HV_MSR_READ_WITHOUT_HV_LOCK, self.vm.hazards, self.lock):
                 return self.partition.get(msr, 0)
         return self.per_vcpu.get((vcpu.id, msr), 0)

@@ -33,22 +33,31 @@ def _race(**tasks: Callable[[], object]) -> None:
 
 @scenario("protected.hyperv_partition.correct",
           rule="kvm->arch.hyperv.hv_lock protects the partition-wide Hyper-V MSRs and the "
-               "eventfd bindings: two vCPUs' WRMSRs and KVM_HYPERV_EVENTFD",
+               "eventfd bindings: two vCPUs' WRMSRs (vcpu1 reading the MSR back) and "
+               "KVM_HYPERV_EVENTFD",
           variant="correct", expect="pass",
-          invariant="the guest OS id is one of the values written; the eventfd is bound",
-          catches=("hv_msr_without_hv_lock", "hv_eventfd_without_hv_lock"), **_BOUND)
+          invariant="the guest OS id is one of the values written, and vcpu1 reads one of "
+                    "them; the eventfd is bound",
+          catches=("hv_msr_without_hv_lock", "hv_msr_read_without_hv_lock",
+                   "hv_eventfd_without_hv_lock"), **_BOUND)
 def hyperv_partition_correct() -> None:
     vm = VM(None, nr_vcpus=2)
     hv = HyperV(vm)
+
+    read: list[int] = []
 
     def wrmsr(i: int) -> Callable[[], None]:
         def run() -> None:
             with vm.vcpus[i].mutex:
                 hv.set_msr(vm.vcpus[i], "HV_X64_MSR_GUEST_OS_ID", i + 1)
+            if i:
+                with vm.vcpus[i].mutex:  # a later RDMSR exit, while vcpu0 may be writing
+                    read.append(hv.get_msr(vm.vcpus[i], "HV_X64_MSR_GUEST_OS_ID"))
         return run
 
     _race(vcpu0_wrmsr=wrmsr(0), vcpu1_wrmsr=wrmsr(1),
           KVM_HYPERV_EVENTFD=lambda: hv.eventfd_assign(7))
+    assert read and read[0] in (1, 2)
     assert peek(hv, "partition")["HV_X64_MSR_GUEST_OS_ID"] in (1, 2)
     assert peek(hv, "eventfds") == {7}
 
