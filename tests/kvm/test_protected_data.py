@@ -139,6 +139,8 @@ DECLARATION_MUTANTS: dict[str, set[tuple[str, str]]] = {
     "msr_exit_without_srcu": {(SUS, "kvm->arch.msr_filter")},
     "msr_filter_update_without_kvm_lock": {(UNG, "kvm->arch.msr_filter")},
     "hv_msr_without_hv_lock": {(UNG, "HyperV.partition")},
+    "hv_msr_read_without_hv_lock": {(UNG, "HyperV.partition")},
+    "create_vcpu_without_kvm_lock": {(UNG, "VM.created_vcpus")},
     "hv_eventfd_without_hv_lock": {(UNG, "HyperV.eventfds")},
     "xen_attr_without_xen_lock": {(UNG, "Xen.attrs")},
     "xen_vcpu_attr_without_xen_lock": {(UNG, "Xen.vcpu_attrs")},

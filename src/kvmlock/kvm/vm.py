@@ -16,7 +16,7 @@ from kvmlock.kvm.iobus import IoBus
 from kvmlock.kvm.memslots import Memslots, MsrFilter, set_memory_region
 from kvmlock.kvm.mmu.shadow import MMU
 from kvmlock.kvm.mmu_notifier import KvmMmuNotifier
-from kvmlock.kvm.mutants import Hazards, hazards_of, lock_kind, mutant
+from kvmlock.kvm.mutants import Hazards, hazards_of, lock_kind, mutant, unless
 from kvmlock.kvm.vcpu import VCPU
 from kvmlock.sync import (
     SRCU,
@@ -36,6 +36,11 @@ if TYPE_CHECKING:
     from kvmlock.kvm.machine import Machine
 
 __all__ = ["Hazards", "VM"]
+
+CREATE_VCPU_WITHOUT_KVM_LOCK = mutant(
+    "create_vcpu_without_kvm_lock", removes="kvm->lock around KVM_CREATE_VCPU's count and "
+    "publication of the new vCPU",
+    breaks="kvm->lock protects the VM-wide configuration VM ioctls change (vCPU creation)")
 
 VM_LOCK_SPINLOCK = mutant(
     "vm_lock_spinlock", removes="the sleeping kind of kvm->lock (made a spinlock_t)",
@@ -84,6 +89,8 @@ class VM:
     irq_ack_notifiers = guarded_by("irq_lock")
     #: how many times the Hyper-V clock notifier rewrote the reference TSC page
     hv_tsc_page_updates = guarded_by("tsc_write_lock")
+    #: how many vCPUs KVM_CREATE_VCPU made: the next one's id and its place in ``vcpus``
+    created_vcpus = guarded_by("lock")
 
     def __init__(
         self,
@@ -174,11 +181,14 @@ class VM:
         self.audit: list[str] = []
 
         self.vcpus: list[VCPU] = [VCPU(self, i) for i in range(nr_vcpus)]
+        self.created_vcpus = nr_vcpus  # guarded: see the class attribute
 
     def create_vcpu(self) -> VCPU:
         """``KVM_CREATE_VCPU``: a new vCPU, published under ``kvm->lock`` as the kernel does."""
-        with self.lock:
-            vcpu = VCPU(self, len(self.vcpus))
+        with unless(CREATE_VCPU_WITHOUT_KVM_LOCK, self.hazards, self.lock):
+            vcpu_id = self.created_vcpus
+            self.created_vcpus = vcpu_id + 1
+            vcpu = VCPU(self, vcpu_id)
             self.vcpus.append(vcpu)
         return vcpu
 

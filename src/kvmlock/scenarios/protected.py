@@ -133,3 +133,15 @@ def reference_tsc_page_correct() -> None:
     _race(hyperv_clock_notifier=m.hyperv_tsc_notifier, vcpu0_KVM_SET_TSC=set_tsc)
     assert peek(vm, "hv_tsc_page_updates") == 1
     tsc.check()
+
+
+@scenario("protected.vcpu_creation.correct",
+          rule="kvm->lock protects vCPU creation: two KVM_CREATE_VCPU calls at once",
+          variant="correct", expect="pass",
+          invariant="each new vCPU got its own id, and the VM counts both",
+          catches=("create_vcpu_without_kvm_lock",), **_BOUND)
+def vcpu_creation_correct() -> None:
+    vm = VM(None, nr_vcpus=1)
+    _race(create_vcpu_a=vm.create_vcpu, create_vcpu_b=vm.create_vcpu)
+    assert sorted(v.id for v in vm.vcpus) == [0, 1, 2]
+    assert peek(vm, "created_vcpus") == 3
