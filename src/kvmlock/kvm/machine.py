@@ -31,7 +31,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kvmlock import runtime
+from kvmlock import irq, runtime
 from kvmlock.kvm.mutants import Hazards, hazards_of, lock_kind, mutant, unless
 from kvmlock.sync import CpuHotplugLock, Mutex, RawSpinLock, SpinLock, guarded_by, peek
 
@@ -426,13 +426,16 @@ class Machine:
         """The Hyper-V clock notifier (the host's TSC page changed): update every VM's clock.
 
         It walks ``vm_list`` under ``kvm_lock`` and, for each VM, stops its clock updates with
-        the raw ``tsc_write_lock`` held while the reference TSC page is rewritten -- so
-        ``kvm_lock`` is *not* a leaf: ``tsc_write_lock`` nests inside it, and nothing nests
-        inside that. Returns how many VMs were updated.
+        interrupts off and the raw ``tsc_write_lock`` held while the reference TSC page is
+        rewritten -- so ``kvm_lock`` is *not* a leaf: ``tsc_write_lock`` nests inside it, and
+        nothing nests inside that. Returns how many VMs were updated.
         """
         with self.kvm_lock:
             for vm in self.vm_list:
-                with unless(HV_TSC_PAGE_WITHOUT_TSC_WRITE_LOCK, vm.hazards, vm.tsc_write_lock):
+                # __kvm_start_pvclock_update: raw_spin_lock_irq, interrupts off (guest entries
+                # stopped) before the lock is taken
+                with irq.local_irq_save(), unless(HV_TSC_PAGE_WITHOUT_TSC_WRITE_LOCK,
+                                                  vm.hazards, vm.tsc_write_lock):
                     self._rt.point(vm, "update reference TSC page", True)
                     vm.hv_tsc_page_updates += 1
             return len(self.vm_list)
