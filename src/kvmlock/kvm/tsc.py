@@ -163,6 +163,12 @@ GTOD_NOTIFIER_TAKES_KVM_LOCK = mutant(
     breaks="the timekeeping notifier runs in the timer tick, where kvm_lock (a mutex) may not "
            "be taken")
 
+KVMCLOCK_WORK_CLEARS_PENDING_LATE = mutant(
+    "kvmclock_work_clears_pending_late", removes="the clearing of the work's pending flag "
+    "before the vm_list walk (the workqueue does it before calling the work function); "
+    "cleared after the walk instead",
+    breaks="a clock update the timer tick queues while the work walks vm_list is not lost")
+
 
 class KvmClock:
     """The host-clock notifiers KVM registers, in the contexts the kernel calls them in.
@@ -200,6 +206,14 @@ class KvmClock:
 
     def run_work(self) -> None:
         """The deferred work (a kworker, process context)."""
+        if KVMCLOCK_WORK_CLEARS_PENDING_LATE in self.machine.hazards:
+            if self.work_pending.load():
+                with self.machine.kvm_lock:
+                    self._request_updates()
+                self.work_pending.store(0)  # broken: a tick queued during the walk is lost
+            return
+        # process_one_work clears PENDING before the function runs: a tick from now on
+        # queues the work again, and that run sees every VM created before it
         if self.work_pending.xchg(0):
             with self.machine.kvm_lock:
                 self._request_updates()

@@ -227,6 +227,28 @@ def clocks_correct() -> None:
     _clocks(False)
 
 
+@scenario("kvmclock.work_requeue.correct", variant="correct", expect="pass",
+          rule="the clock-update work clears its pending flag before walking vm_list, so a "
+               "tick during the walk queues it again",
+          invariant="once the pending work has run, a VM on vm_list at the last tick got a "
+                    "master-clock update request",
+          max_runs=5000, catches=("kvmclock_work_clears_pending_late",))
+def clock_work_requeue_correct() -> None:
+    m = Machine(1)
+    clock = KvmClock(m)
+    clock.tick()  # a first clock update: the work is queued
+    vms: list[VM] = []
+
+    def create_then_tick() -> None:
+        vms.append(m.create_vm())
+        clock.tick()
+
+    together(clock.run_work, create_then_tick, names=["kworker", "KVM_CREATE_VM + timer tick"])
+    clock.run_work()  # the work the second tick queued, if it is still pending
+    assert clock.updates.get(id(vms[0]), 0) >= 1, \
+        "a VM created before the last tick never got a master-clock update request"
+
+
 @scenario("kvmclock.gtod_notifier_takes_kvm_lock.broken", variant="broken", expect="lockdep",
           lockdep_kind="sleep_in_atomic",
           rule="the timekeeping notifier takes kvm_lock itself, in the timer tick",
