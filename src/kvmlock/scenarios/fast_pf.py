@@ -197,7 +197,8 @@ def _tdp_parallel_faults(broken: bool) -> None:
 
 @scenario("tdp_mmu.pages_lock.correct",
           rule="TDP faults under read-mode mmu_lock link shadow pages under tdp_mmu_pages_lock",
-          variant="correct", expect="pass", catches=("tdp_link_without_pages_lock",),
+          variant="correct", expect="pass",
+          catches=("tdp_link_without_pages_lock", "tdp_link_no_recheck"),
           invariant="each shadow page linked once and reachable; dirty log complete", **_BOUND)
 def tdp_pages_lock_correct() -> None:
     _tdp_parallel_faults(False)

@@ -41,6 +41,10 @@ SP_ENTRIES = 8
 TDP_LINK_WITHOUT_PAGES_LOCK = mutant(
     "tdp_link_without_pages_lock", removes="tdp_mmu_pages_lock around linking a new shadow page",
     breaks="TDP faults under read-mode mmu_lock link shadow pages under tdp_mmu_pages_lock")
+TDP_LINK_NO_RECHECK = mutant(
+    "tdp_link_no_recheck", removes="the re-check of the slot under tdp_mmu_pages_lock (a fault "
+    "that found it empty links a page even if another fault linked one meanwhile)",
+    breaks="TDP faults under read-mode mmu_lock link shadow pages under tdp_mmu_pages_lock")
 UNSYNC_WITHOUT_LOCK = mutant(
     "unsync_without_lock", removes="mmu_unsync_pages_lock around the unsync accounting",
     breaks="kvm->arch.mmu_unsync_pages_lock serialises marking shadow pages unsync")
@@ -170,12 +174,16 @@ class MMU:
         idx = va // SP_ENTRIES
         if TDP_LINK_WITHOUT_PAGES_LOCK in vm.hazards:
             return self._link_unlocked(idx), va % SP_ENTRIES
+        rt = runtime.RT
+        if self.tdp:  # mmu_lock held for read: another fault may link the page meanwhile
+            rt.point(self.pages, "check tdp_mmu_pages", False)
         sp = self.pages[idx]
         if sp is None:
             with vm.tdp_mmu_pages_lock:
-                sp = self.pages[idx]
+                sp = None if TDP_LINK_NO_RECHECK in vm.hazards else self.pages[idx]
                 if sp is None:
                     sp = ShadowPage(idx, direct=self.tdp)
+                    rt.point(self.pages, "link tdp_mmu_pages", True)
                     self.page_list.append(sp)
                     self.pages[idx] = sp
         return sp, va % SP_ENTRIES
