@@ -744,3 +744,69 @@ def test_rule_like_statement_is_never_dropped(tmp_path, files, form):
         assert code == 2 and out["complete"] is False
         assert any("vcpu->mutex" in json.dumps(u) for u in out["not_understood"])
     assert not any(name.startswith("must ") for name in read)
+
+
+# ---------------------------------------------------------------------------------------------
+# More input forms of the circular report, and a report whose chain is missing.
+# ---------------------------------------------------------------------------------------------
+
+def syslog(text: str) -> str:
+    return "".join(
+        f"Dec  1 10:00:{i % 60:02d} myhost kernel: [  100.{i:06d}] {line}\n"
+        for i, line in enumerate(text.splitlines())
+    )
+
+
+def nested_quote(text: str) -> str:
+    return "".join(f"> > {line}\n" for line in text.splitlines())
+
+
+def relative_stamps(text: str) -> str:
+    return "".join(f"[  +0.{i:06d}] {line}\n" for i, line in enumerate(text.splitlines()))
+
+
+@pytest.mark.parametrize("form", [syslog, nested_quote, relative_stamps])
+def test_other_log_forms(tmp_path, logs, form):
+    # Expected: the same reading and verdict as the bare report.
+    log = tmp_path / "form.log"
+    log.write_text(form(CIRCULAR))
+    code, out = run_json("splat", log, "--doc", logs["doc.rst"])
+    assert (out["kind"], out["acquiring"], out["holding"]) == (
+        "circular", "kvm->slots_lock", ["kvm->lock"]
+    )
+    assert out["violations"] == ["kvm->lock -> kvm->slots_lock"]
+    assert out["complete"] is True
+    assert code == 1
+
+
+HEAD_ONLY = CIRCULAR.split("the existing dependency chain")[0]
+
+
+def test_flattened_into_a_commit_message(tmp_path):
+    # Expected: a report's head flattened onto one line of a commit message is still read.
+    msg = tmp_path / "fix.commit"
+    flat = " ".join(line.strip() for line in HEAD_ONLY.splitlines() if line.strip())
+    msg.write_text(
+        f"KVM: fix the memslot lock order\n\nLockdep said:\n\n  {flat}\n\nSigned-off-by: A\n"
+    )
+    _, out = run_json("splat", msg)
+    assert (out["kind"], out["acquiring"], out["holding"]) == (
+        "circular", "kvm->slots_lock", ["kvm->lock"]
+    )
+    assert out["complete"] is False
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a circular report without its chain but with both locks names the new dependency "
+    "kvm->lock -> kvm->slots_lock; it is not judged: violations [], exit 0 (observed)",
+)
+def test_new_dependency_is_judged_without_the_chain(tmp_path, logs):
+    # Expected: held -> acquiring is the report's new dependency (docs/splat.md), which the
+    # document forbids: listed as a violation, exit 1, and complete false since the chain is gone.
+    log = tmp_path / "head.txt"
+    log.write_text(HEAD_ONLY)
+    code, out = run_json("splat", log, "--doc", logs["doc.rst"])
+    assert out["complete"] is False
+    assert out["violations"] == ["kvm->lock -> kvm->slots_lock"]
+    assert code == 1
