@@ -254,7 +254,7 @@ def test_checked_locks_behave_like_plain_ones(make):
     plain = getattr(threading, make)()
     with lockdep.instrument_threading():
         checked = getattr(threading, make)()
-    assert type(checked).__name__ != type(plain).__name__  # really instrumented
+    assert type(checked) is not type(plain)  # really instrumented
     for lk in (plain, checked):
         shape = re.sub(r"0x[0-9a-f]+", "X", repr(lk))
         if lk is plain:
@@ -577,3 +577,17 @@ def test_a_thread_ending_with_a_lock_handed_between_threads_is_silent():
     assert done.wait(5)
     time.sleep(0.05)
     assert lockdep.reports() == []
+
+
+def test_the_instrumented_lock_type_is_named_as_the_real_one():
+    """CPython's test_threading checks type(lock)() against a message built from
+    type(lock).__module__ and __name__; both must match the error the type raises."""
+    real = type(threading.Lock())
+    with lockdep.instrument_threading():
+        lk = threading.Lock()
+        tp = type(lk)
+        assert tp is not real
+        with pytest.raises(TypeError) as got:
+            tp()
+    assert (tp.__module__, tp.__name__) == (real.__module__, real.__name__)
+    assert str(got.value) == f"cannot create '{tp.__module__}.{tp.__name__}' instances"

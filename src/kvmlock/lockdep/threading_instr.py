@@ -329,7 +329,11 @@ def _make_rlock(args: tuple, kwargs: dict, depth: int) -> Any:
 
 
 # Stand-ins carry the replaced objects' names, so code that inspects threading (its __all__,
-# help(), pickling by reference) sees what it would see without instrumentation.
+# help(), pickling by reference) sees what it would see without instrumentation. The
+# instrumented lock's type is named as the real one too: CPython's own tests build the
+# expected "cannot create" message from type(lock).__module__ and __name__.
+CheckedLock.__module__ = type(_ORIG_LOCK()).__module__
+CheckedLock.__name__ = CheckedLock.__qualname__ = type(_ORIG_LOCK()).__name__
 for _fake, _real in ((_lock_factory, _ORIG_LOCK), (_rlock_factory, _ORIG_RLOCK)):
     for _attr in ("__module__", "__name__", "__qualname__", "__doc__"):
         try:
