@@ -55,7 +55,8 @@ def _hw_access(vcpu: VCPU, va: int, write: bool, value: int) -> object:
     """One attempt in guest mode; returns the value read, None for a write, or _FAULT."""
     vm = vcpu.vm
     e = vcpu.tlb.get(va)
-    if e is not None and (e.writable or not write):
+    # a write through a cached entry needs W *and* Dirty in it; without Dirty the CPU walks
+    if e is not None and (not write or (e.writable and e.dirty)):
         vcpu.stats["tlb_hits"] += 1
     else:
         loc = vm.mmu.walk(va)
@@ -69,14 +70,20 @@ def _hw_access(vcpu: VCPU, va: int, write: bool, value: int) -> object:
                 vcpu.tlb.pop(va, None)
                 return _FAULT
             if not S.ad_enabled(cur):
+                seen = cur
                 break
-            want = cur | S.ACCESSED | (S.DIRTY if write else 0)
-            if want == cur or sptep.cmpxchg(cur, want) == cur:
+            seen = cur | S.ACCESSED | (S.DIRTY if write else 0)
+            if seen == cur or sptep.cmpxchg(cur, seen) == cur:
                 break
         gfn = sp.gfn_at(i)
         slot = vm.memslots.access_pointer().lookup(gfn)
         hva = slot.gfn_to_hva(gfn) if slot is not None else None
-        e = vcpu.tlb[va] = TlbEntry(S.pfn_of(cur), S.is_writable(cur), hva, gfn)
+        e = vcpu.tlb[va] = TlbEntry(S.pfn_of(cur), S.is_writable(cur), hva, gfn,
+                                    S.is_dirty(seen))
+        if vm.mmu.pml and slot is not None and seen & ~cur & S.DIRTY:
+            # PML: setting Dirty logs the page (the CPU's buffer, drained into the bitmap at
+            # each exit, and the harvest kicks every vCPU out first: in the model, at once)
+            slot.mark_dirty(gfn, vm.hazards)
     page = vm.host.pages[e.pfn]
     # Consequences, checked where the hardware acts: the frame must still be the one the host
     # maps for the page this translation was made for, not freed (poisoned) or reused.

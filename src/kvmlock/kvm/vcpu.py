@@ -38,19 +38,24 @@ class TlbEntry:
     ``hva`` is the host page the frame belonged to when the translation was cached (None when
     no memslot named it): a frame that changes owner while cached is a use after free.
     ``gfn`` is the guest frame it translates to (what the write-tracking check looks at).
+    ``dirty`` is the SPTE's Dirty bit as cached: the CPU writes through an entry that has it
+    without touching the SPTE, and walks the SPTE to set Dirty only when the entry lacks it --
+    so Dirty cleared in the SPTE stays unseen until the entry is flushed.
     """
 
-    __slots__ = ("pfn", "writable", "hva", "gfn")
+    __slots__ = ("pfn", "writable", "hva", "gfn", "dirty")
 
     def __init__(self, pfn: int, writable: bool, hva: int | None = None,
-                 gfn: int | None = None) -> None:
+                 gfn: int | None = None, dirty: bool = True) -> None:
         self.pfn = pfn
         self.writable = writable
         self.hva = hva
         self.gfn = gfn
+        self.dirty = dirty
 
     def __repr__(self) -> str:
-        return f"TlbEntry(pfn={self.pfn}, {'rw' if self.writable else 'ro'})"
+        return (f"TlbEntry(pfn={self.pfn}, {'rw' if self.writable else 'ro'}"
+                f"{', dirty' if self.dirty else ''})")
 
 
 class VCPU:

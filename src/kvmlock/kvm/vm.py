@@ -78,7 +78,8 @@ class VM:
     :class:`~kvmlock.kvm.host.Host` whose memory backs the guest (default: a host with
     ``host_pages`` frames, ``nr_pages`` of address space); ``tdp`` -- two-dimensional paging
     (direct shadow pages) or shadow paging (indirect ones); ``ad_disabled`` -- SPTEs without
-    Accessed/Dirty bits, aged by access tracking.
+    Accessed/Dirty bits, aged by access tracking; ``pml`` -- dirty logging by the CPU's
+    Dirty bits (Page Modification Logging) instead of write-protection (needs A/D bits).
     """
 
     #: invalidations in flight that began on the current memslots; a memslot update waits for 0
@@ -104,6 +105,7 @@ class VM:
         host_pages: int | None = None,
         tdp: bool = True,
         ad_disabled: bool = False,
+        pml: bool = False,
         **options: Any,
     ) -> None:
         if not isinstance(nr_vcpus, int) or isinstance(nr_vcpus, bool) or nr_vcpus < 0:
@@ -170,7 +172,11 @@ class VM:
                                    update_side=self.slots_lock)
         self.buses = RcuPointer(IoBus(), name="kvm->buses", read_side=self.srcu,
                                 update_side=self.slots_lock)
-        self.mmu = MMU(self, nr_pages, tdp=bool(tdp), ad_disabled=bool(ad_disabled))
+        if pml and ad_disabled:
+            raise ValueError("pml=True needs Accessed/Dirty bits: the CPU logs a page when it "
+                             "sets Dirty, and ad_disabled SPTEs have none")
+        self.mmu = MMU(self, nr_pages, tdp=bool(tdp), ad_disabled=bool(ad_disabled),
+                       pml=bool(pml))
         self.notifier = KvmMmuNotifier(self)
         host.register(self.notifier)
         self.stats: dict[str, int] = {

@@ -16,6 +16,7 @@ from kvmlock.scenarios import (  # noqa: F401  (imported to register their scena
     memslots,
     mmu_notifier,
     orders,
+    pml,
     protected,
     shadow,
     srcu_rules,

@@ -7,12 +7,21 @@ each bitmap word with zero, write-protects the gfns it found, and flushes TLBs w
 write-protection said so. Without that flush a vCPU could keep writing through a writable
 translation it had cached, and those writes would never reach the log.
 
+With Page Modification Logging (``VM(pml=True)``, Intel's PML) the CPU logs instead: when it
+sets an SPTE's Dirty bit it records the page, and KVM moves those records into the bitmap.
+Logging then needs no fault, so turning it on and harvesting *clear Dirty* rather than W
+(``kvm_mmu_slot_leaf_clear_dirty``, ``kvm_mmu_clear_dirty_pt_masked``), each clear passing the
+Dirty state to the page and asking for a flush (:func:`~kvmlock.kvm.mmu.update.spte_update`).
+The flush is what makes the clear effective: a TLB that still caches the translation with Dirty
+set lets the CPU write without setting Dirty again, and such a write is never logged.
+
 :class:`MigrationCopy` is the user of the log, and the log's invariant in executable form: a
 destination that copies every harvested page must, after a final harvest, equal the source.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kvmlock.kvm.memslots import active_memslots
@@ -25,7 +34,8 @@ if TYPE_CHECKING:
     from kvmlock.kvm.memslots import Memslot
     from kvmlock.kvm.vm import VM
 
-__all__ = ["MigrationCopy", "get_dirty_log", "slot_remove_write_access", "write_protect_gfn"]
+__all__ = ["MigrationCopy", "clear_dirty_gfn", "get_dirty_log", "slot_remove_write_access",
+           "write_protect_gfn"]
 
 
 HARVEST_LOAD_STORE = mutant(
@@ -42,6 +52,11 @@ HARVEST_FLUSH_LAST_GFN = mutant(
 HARVEST_WITHOUT_MMU_LOCK = mutant(
     "harvest_without_mmu_lock", removes="mmu_lock around the harvest's write-protection",
     breaks="SPTEs are write-protected with mmu_lock held")
+HARVEST_FLUSH_BEFORE_PROTECT = mutant(
+    "harvest_flush_before_protect", removes="the order of the harvest's flush (done before "
+    "the SPTEs of the harvested gfns lose Dirty or W, not after)",
+    breaks="KVM_GET_DIRTY_LOG flushes after protecting: a translation cached between a flush "
+           "and the clear would outlive the harvest")
 WRPROT_KEEPS_W = mutant(
     "wrprot_keeps_w", removes="the write-protection of harvested gfns",
     breaks="dirty logging: after a harvest the next write to the gfn faults and is logged")
@@ -55,34 +70,59 @@ LOGGING_WRPROT_NO_FLUSH = mutant(
     breaks="dirty logging: no vCPU keeps a writable translation once logging is on")
 
 
-def write_protect_gfn(vm: VM, gfn: int) -> bool:
-    """``rmap_write_protect``: clear W on every SPTE of ``gfn``; True if TLBs need a flush."""
+def _update_gfn_sptes(vm: VM, gfn: int, change: Callable[[int], int | None]) -> bool:
+    """Replace every present SPTE of ``gfn`` by ``change(spte)`` (None: leave it) through
+    ``spte_update``; True if TLBs need a flush."""
     vm.mmu_lock.assert_held()
     flush = False
-    if WRPROT_KEEPS_W in vm.hazards:
-        return False
     for sp, i in vm.mmu.gfn_sptes(gfn):
         sptep = sp.sptes[i]
         cur = sptep.load()
-        if S.is_writable(cur):
-            flush |= spte_update(vm, sptep, cur & ~S.W)
+        new = change(cur) if S.is_present(cur) else None
+        if new is not None:
+            flush |= spte_update(vm, sptep, new)
     return flush
 
 
+def write_protect_gfn(vm: VM, gfn: int) -> bool:
+    """``rmap_write_protect``: clear W on every SPTE of ``gfn``; True if TLBs need a flush."""
+    vm.mmu_lock.assert_held()
+    if WRPROT_KEEPS_W in vm.hazards:
+        return False
+    return _update_gfn_sptes(vm, gfn, lambda cur: cur & ~S.W if S.is_writable(cur) else None)
+
+
+def clear_dirty_gfn(vm: VM, gfn: int) -> bool:
+    """``__rmap_clear_dirty`` (PML): clear Dirty on every SPTE of ``gfn``, so the CPU's next
+    write sets it again and is logged; True if TLBs need a flush.
+
+    Every SPTE is updated, Dirty or not: the CPU may be setting it right now, and the update's
+    exchange (the SPTE is volatile while writable and clean) is what catches that.
+    """
+    return _update_gfn_sptes(vm, gfn, lambda cur: cur & ~S.DIRTY)
+
+
+def _protect_gfn(vm: VM, gfn: int) -> bool:
+    """Make the next write to ``gfn`` reach the log: clear Dirty (PML) or W."""
+    return clear_dirty_gfn(vm, gfn) if vm.mmu.pml else write_protect_gfn(vm, gfn)
+
+
 def slot_remove_write_access(vm: VM, slot: Memslot) -> None:
-    """Logging was turned on: write-protect the whole slot, then flush if needed."""
+    """Logging was turned on: write-protect the whole slot (PML: clear Dirty), then flush if
+    needed."""
     if LOGGING_NO_WRPROT in vm.hazards:
         return
     with vm.mmu_lock.write():
         flush = False
         for gfn in range(slot.base_gfn, slot.base_gfn + slot.npages):
-            flush |= write_protect_gfn(vm, gfn)
+            flush |= _protect_gfn(vm, gfn)
         if flush and LOGGING_WRPROT_NO_FLUSH not in vm.hazards:
             flush_remote_tlbs(vm)
 
 
 def get_dirty_log(vm: VM, slot_id: int) -> list[int]:
-    """``KVM_GET_DIRTY_LOG``: the gfns written since the last call, now write-protected."""
+    """``KVM_GET_DIRTY_LOG``: the gfns written since the last call, now write-protected
+    (PML: their Dirty bits cleared), with TLBs flushed before it returns."""
     with vm.slots_lock:
         slot = active_memslots(vm).by_id(slot_id)
         if slot is None:
@@ -91,10 +131,13 @@ def get_dirty_log(vm: VM, slot_id: int) -> list[int]:
             raise ValueError(f"get_dirty_log: slot {slot_id} does not have dirty logging on")
         dirty: list[int] = []
         flush = False
+        early = HARVEST_FLUSH_BEFORE_PROTECT in vm.hazards
         with unless(HARVEST_WITHOUT_MMU_LOCK, vm.hazards, vm.mmu_lock.write()):
             for w, word in enumerate(slot.dirty_bitmap or ()):
                 if not word.load():
                     continue
+                if early:
+                    flush_remote_tlbs(vm)  # broken: before the SPTEs are protected
                 if HARVEST_LOAD_STORE in vm.hazards:
                     mask = word.load()
                     word.store(0)
@@ -104,9 +147,9 @@ def get_dirty_log(vm: VM, slot_id: int) -> list[int]:
                     if mask >> bit & 1:
                         gfn = slot.base_gfn + w * 64 + bit
                         dirty.append(gfn)
-                        wp = write_protect_gfn(vm, gfn)
+                        wp = _protect_gfn(vm, gfn)
                         flush = wp if HARVEST_FLUSH_LAST_GFN in vm.hazards else flush or wp
-        if flush and HARVEST_NO_FLUSH not in vm.hazards:
+        if flush and not early and HARVEST_NO_FLUSH not in vm.hazards:
             flush_remote_tlbs(vm)
     vm.stats["harvests"] += 1
     return dirty

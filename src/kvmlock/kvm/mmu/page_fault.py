@@ -128,8 +128,9 @@ def _slow_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
     if late:
         mmu_seq = vm.mmu_invalidate_seq.load()
     # with dirty logging on, only a write fault gets a writable SPTE: a read fault leaves the
-    # page write-protected so that its first write is seen (by the fast path)
-    writable = host_writable and (write or not slot.logging)
+    # page write-protected so that its first write is seen (by the fast path). With PML the
+    # CPU sees writes itself: every writable SPTE is built with Dirty set and logged at once.
+    writable = host_writable and (write or not slot.logging or mmu.pml)
     new = S.make(pfn, writable=writable, host_writable=host_writable, accessed=True,
                  dirty=writable, ad_disabled=mmu.ad_disabled)
     slots.live()  # the fault keeps using what it looked up (slot, its bitmap and arch data)

@@ -118,13 +118,16 @@ class MMU:
     #: every shadow page built, in order (``kvm->arch.tdp_mmu_pages_lock`` protects the list)
     page_list = guarded_by("vm.tdp_mmu_pages_lock")
 
-    def __init__(self, vm: VM, nr_va: int, *, tdp: bool = True, ad_disabled: bool = False):
+    def __init__(self, vm: VM, nr_va: int, *, tdp: bool = True, ad_disabled: bool = False,
+                 pml: bool = False):
         if not isinstance(nr_va, int) or nr_va < 1:
             raise ValueError(f"the guest address space needs at least one page, got {nr_va!r}")
         self.vm = vm
         self.nr_va = nr_va
         self.tdp = tdp
         self.ad_disabled = ad_disabled
+        #: dirty logging clears Dirty (not W) and the CPU logs each page it sets Dirty on
+        self.pml = pml
         nsp = (nr_va + SP_ENTRIES - 1) // SP_ENTRIES
         #: region -> shadow page; filled by load() under mmu_lock, read locklessly afterwards
         self.pages: list[ShadowPage | None] = [None] * nsp

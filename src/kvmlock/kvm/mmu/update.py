@@ -36,6 +36,15 @@ WRPROT_DROPS_DIRTY = mutant(
     "wrprot_drops_dirty", removes="marking the page dirty when an update clears its SPTE's "
     "dirty state (W of an A/D-disabled SPTE)",
     breaks="Dirty reaches the page before the SPTE stops saying so (kvm_set_pfn_dirty)")
+DIRTY_CLEAR_NO_FLUSH = mutant(
+    "dirty_clear_no_flush", removes="the TLB flush when an update clears an SPTE's Dirty bit",
+    breaks="dirty logging by Dirty bits (PML): a CPU whose TLB caches the translation with "
+           "Dirty writes without setting Dirty again, so the write is never logged")
+CLEAN_SPTE_PLAIN_STORE = mutant(
+    "clean_spte_plain_store", removes="xchg for a writable SPTE whose Dirty bit is clear "
+    "(replaced with a plain store, as if the CPU could not set Dirty meanwhile)",
+    breaks="a volatile SPTE is replaced atomically: a Dirty bit the CPU sets while mmu_lock is "
+           "held is passed on, not overwritten")
 NO_AD_PROPAGATION = mutant(
     "no_ad_propagation", removes="passing Accessed/Dirty to the page when an SPTE is dropped",
     breaks="Accessed and Dirty reach the page (kvm_set_pfn_accessed/dirty) before the SPTE goes")
@@ -44,6 +53,8 @@ NO_AD_PROPAGATION = mutant(
 def _volatile(vm: VM, value: int) -> bool:
     if ACCESS_TRACK_NOT_VOLATILE in vm.hazards and S.is_access_track(value):
         return False
+    if CLEAN_SPTE_PLAIN_STORE in vm.hazards and S.ad_enabled(value) and S.is_writable(value):
+        value |= S.DIRTY  # broken: judged as if Dirty were already set
     return S.has_volatile_bits(value, old_rule=NONATOMIC_VOLATILE_CLEAR in vm.hazards)
 
 
@@ -80,7 +91,7 @@ def spte_update(vm: VM, sptep: Atomic64, new: int) -> bool:
         flush = True
         vm.host.set_page_accessed(pfn)
     if S.is_dirty(old) and not S.is_dirty(new):
-        flush = True
+        flush = flush or DIRTY_CLEAR_NO_FLUSH not in vm.hazards
         if WRPROT_DROPS_DIRTY not in vm.hazards:
             vm.host.set_page_dirty(pfn)
     return flush
