@@ -16,6 +16,7 @@ from kvmlock import runtime
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.page_fault import EMULATE, GUEST_FAULT, MMIO, page_fault
 from kvmlock.kvm.mmu.page_track import check_hw_write, emulate_write
+from kvmlock.kvm.mmu.sync import sync_roots
 from kvmlock.kvm.mmu.tlb import flush_remote_tlbs
 from kvmlock.kvm.mutants import mutant
 from kvmlock.kvm.vcpu import TlbEntry
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from kvmlock.kvm.vcpu import VCPU
     from kvmlock.kvm.vm import VM
 
-__all__ = ["GuestFault", "guest_read", "guest_write", "set_gpte", "write_gpte"]
+__all__ = ["GuestFault", "guest_read", "guest_write", "load_cr3", "set_gpte", "write_gpte"]
 
 GPTE_NO_FLUSH = mutant(
     "gpte_no_flush", removes="the TLB flush after syncing a changed guest page table",
@@ -214,6 +215,20 @@ def write_gpte(vcpu: VCPU, va: int, gfn: int | None) -> None:
             vm.mmu.mark_unsync(sp)
             rt.point(sp, "map guest table writable", True)
             sp.gpt_writable = True
+
+
+def load_cr3(vcpu: VCPU) -> None:
+    """Shadow paging: the guest on ``vcpu`` loads CR3, flushing its own translations.
+
+    Before the vCPU runs the guest again KVM syncs every unsync shadow page (KVM_REQ_MMU_SYNC,
+    :func:`kvmlock.kvm.mmu.sync.sync_roots`) and flushes the vCPU's TLB. Other vCPUs keep
+    what they cached until their own guest flushes (or KVM's remote flushes) drop it.
+    """
+    vm = vcpu.vm
+    if vm.mmu.tdp:
+        raise ValueError("load_cr3: the VM uses TDP; guest page tables are not shadowed")
+    sync_roots(vcpu)
+    vcpu.flush_tlb()
 
 
 def _sync_gpte(vm: VM, sp: ShadowPage, i: int) -> None:

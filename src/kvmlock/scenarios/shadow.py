@@ -21,7 +21,14 @@ from collections.abc import Callable
 
 import kvmlock
 from kvmlock.kvm import ioctls
-from kvmlock.kvm.guest import GuestFault, guest_read, guest_write, set_gpte, write_gpte
+from kvmlock.kvm.guest import (
+    GuestFault,
+    guest_read,
+    guest_write,
+    load_cr3,
+    set_gpte,
+    write_gpte,
+)
 from kvmlock.kvm.memslots import LOG_DIRTY_PAGES
 from kvmlock.kvm.mmu.dirty_log import get_dirty_log
 from kvmlock.kvm.mmu.page_track import shadow_guest_table
@@ -143,6 +150,72 @@ def unsync_repoint_correct() -> None:
           variant="broken", expect="assertion", invariant=_UNSYNC_INV, **_BOUND)
 def unsync_repoint_broken() -> None:
     _unsync_repoint(True)
+
+
+def _sync_roots(broken: bool) -> None:
+    # Pages 0 and 1 -> gfn 1 (holding 11), page 2 -> gfn 2 (holding 22); vcpu1 has read page 0,
+    # so its TLB caches page 0 -> gfn 1. The guest re-points page 0 at gfn 2 with a plain store
+    # (its first store to the table exits and the page goes unsync). Then vcpu0 loads CR3: the
+    # sync drops page 0's SPTE, which takes it out of gfn 1's rmap -- while vcpu1 reads page 0,
+    # the host swaps gfn 1 out, and vcpu1 reads page 0 again and faults page 1 (gfn 1 again:
+    # its SPTE joins that rmap).
+    vm = VM(nr_vcpus=2, nr_pages=4, host_pages=4, tdp=False, hazards={"sync_no_flush": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0)
+    v0, v1 = vm.vcpus
+    for va, gfn in ((0, 1), (1, 1), (2, 2)):
+        set_gpte(vm, va, gfn)
+    guest_write(v0, 0, 11)
+    guest_write(v0, 2, 22)
+    guest_read(v1, 0)
+    write_gpte(v0, 0, 2)
+    assert vm.mmu.pages[0].unsync
+    seen: list[int] = []
+
+    def vcpu1_reads_host_swaps_gfn1() -> None:
+        # the first read may re-cache page 0 -> gfn 1 while the sync runs (before it drops
+        # the SPTE): the sync's own flush must take it away before gfn 1's frame is freed
+        seen.append(guest_read(v1, 0))
+        vm.host.swap_out(1)
+        seen.append(guest_read(v1, 0))
+        seen.append(guest_read(v1, 1))
+
+    _run(("vcpu0_loads_cr3", lambda: load_cr3(v0)),
+         ("vcpu1_reads_host_swaps_gfn1_vcpu1_reads", vcpu1_reads_host_swaps_gfn1))
+    vm.check()
+    assert seen[0] in (11, 22) and seen[1:] == [22, 11], (
+        f"vcpu1 read {seen} from pages 0 (gfn 1, then gfn 2), 0 (gfn 2) and 1 (gfn 1)")
+    vm.host.swap_out(1)  # every SPTE of gfn 1 must be in its rmap, or this leaves one behind
+    assert guest_read(v1, 1) == 11, "gfn 1 was written back and swapped in: it holds 11"
+    # The page is sync again, so its table is write-protected: the guest's next change exits,
+    # marks it unsync, and the next CR3 load drops the SPTE it makes stale.
+    write_gpte(v0, 0, 3)
+    load_cr3(v0)
+    got = guest_read(v0, 0)
+    assert got == 0, (f"the guest pointed page 0 at gfn 3 (holding 0) and loaded CR3, but vcpu0 "
+                      f"reads {got}: the shadow page kept the old translation")
+    vm.check()
+
+
+_SYNC_INV = ("no vCPU reaches a frame the host freed; after a CR3 load every SPTE maps what "
+             "the guest's table names, and reads see it; every SPTE is in its gfn's rmap")
+
+
+@scenario("shadow.sync_roots.correct",
+          rule="the sync of unsync pages at a CR3 load write-protects the guest tables, drops "
+               "the SPTEs that no longer match and flushes, all under mmu_lock held for write",
+          variant="correct", expect="pass", invariant=_SYNC_INV,
+          catches=("sync_no_flush", "sync_keeps_table_writable", "sync_without_mmu_lock"),
+          **_BOUND)
+def sync_roots_correct() -> None:
+    _sync_roots(False)
+
+
+@scenario("shadow.sync_roots.broken",
+          rule="the sync drops a stale SPTE without a flush: its gfn's swap-out finds nothing "
+               "to zap or flush, and vcpu1 reads the freed frame through its TLB",
+          variant="broken", expect="assertion", invariant=_SYNC_INV, **_BOUND)
+def sync_roots_broken() -> None:
+    _sync_roots(True)
 
 
 # --------------------------------------------------------------------------- write tracking

@@ -1,0 +1,98 @@
+"""The resync of unsync shadow pages when the guest loads CR3 (``kvm_mmu_sync_roots``).
+
+An unsync shadow page lags behind the guest page table it shadows: the guest stores to that
+table without an exit and flushes nothing yet (:func:`kvmlock.kvm.guest.write_gpte`). When the
+guest does flush -- a CR3 load, or KVM_REQ_MMU_SYNC -- KVM brings every unsync page of the root
+up to date before the vCPU runs again (facts from arch/x86/kvm/mmu/mmu.c ``mmu_sync_children``
+and ``kvm_sync_page``, in our own code), all with ``mmu_lock`` held for write:
+
+1. the guest tables are write-protected again, and if any was writable TLBs are flushed: from
+   here no vCPU can change one without an exit that marks its page unsync again, and none is
+   still in the middle of a store through the old mapping;
+2. each page is marked sync, and each SPTE is checked against the guest PTE read *now*: one
+   that no longer matches is dropped (the next access faults and maps what the guest named);
+3. if an SPTE was dropped, TLBs are flushed before ``mmu_lock`` is released. The dropped SPTE's
+   gfn has left its rmap, so nothing else would flush for it: when the host later frees that
+   page, a vCPU that still caches the translation would reach the freed frame.
+
+The order of 1 and 2 matters as much as each step: a table read before it is protected may be
+changed after the read, and nothing would mark the page unsync again.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kvmlock import runtime
+from kvmlock.kvm.mmu import spte as S
+from kvmlock.kvm.mmu.tlb import flush_remote_tlbs
+from kvmlock.kvm.mutants import mutant, unless
+
+if TYPE_CHECKING:
+    from kvmlock.kvm.mmu.shadow import ShadowPage
+    from kvmlock.kvm.vcpu import VCPU
+    from kvmlock.kvm.vm import VM
+
+__all__ = ["sync_roots"]
+
+SYNC_KEEPS_TABLE_WRITABLE = mutant(
+    "sync_keeps_table_writable", removes="write-protecting the guest page table again when "
+    "its shadow page is marked sync",
+    breaks="shadow paging: a page marked sync is write-protected, so the guest's next change "
+           "to its table exits and marks it unsync (or the next CR3 load skips it and the "
+           "stale SPTE stays)")
+SYNC_NO_FLUSH = mutant(
+    "sync_no_flush", removes="the remote TLB flush after the sync of unsync pages dropped "
+    "SPTEs",
+    breaks="TLB: a translation outlives no SPTE -- the dropped SPTE's gfn leaves its rmap, so "
+           "its swap-out flushes nothing and a vCPU reads the freed frame")
+SYNC_WITHOUT_MMU_LOCK = mutant(
+    "sync_without_mmu_lock", removes="mmu_lock (held for write) around the sync of unsync "
+    "pages",
+    breaks="the shadow MMU changes rmaps and shadow pages only with mmu_lock held for write, "
+           "so a fault adding an SPTE to a gfn's rmap does not lose it to the sync's removal")
+
+
+def _sync_spte(vm: VM, sp: ShadowPage, i: int) -> bool:
+    """``sync_spte``: drop entry ``i`` of ``sp`` if the guest PTE now names another gfn;
+    True if an SPTE was dropped."""
+    mmu = vm.mmu
+    if not S.is_present(sp.sptes[i].load()):
+        return False
+    va = sp.index * len(sp.sptes) + i
+    if mmu.guest_translate(va) == sp.gfn_at(i):
+        return False
+    return mmu.drop_spte(sp, i)
+
+
+def sync_roots(vcpu: VCPU) -> None:
+    """``kvm_mmu_sync_roots``: bring every unsync shadow page in line with the guest's tables.
+
+    Runs in KVM_RUN (inside ``kvm->srcu``) before the vCPU enters the guest.
+    """
+    vm = vcpu.vm
+    mmu = vm.mmu
+    if mmu.tdp:
+        return
+    mmu.load()
+    rt = runtime.RT
+    h = vm.hazards
+    with vm.srcu.read(), unless(SYNC_WITHOUT_MMU_LOCK, h, vm.mmu_lock.write()):
+        pages = [sp for sp in mmu.pages if sp is not None and sp.unsync]
+        protected = False
+        for sp in pages:
+            if SYNC_KEEPS_TABLE_WRITABLE in h:
+                continue
+            rt.point(sp, "write-protect guest table", True)
+            protected |= sp.gpt_writable
+            sp.gpt_writable = False
+        if protected:
+            flush_remote_tlbs(vm)
+        flush = False
+        for sp in pages:
+            mmu.mark_synced(sp)
+            for i in range(len(sp.sptes)):
+                flush |= _sync_spte(vm, sp, i)
+        if flush and SYNC_NO_FLUSH not in h:
+            flush_remote_tlbs(vm)
+    vm.stats["mmu_syncs"] += 1

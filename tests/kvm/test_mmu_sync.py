@@ -1,0 +1,96 @@
+"""The resync of unsync shadow pages at a CR3 load: what each of its steps does, and that
+removing one is seen as a consequence (stale translation, freed frame, lost rmap entry)."""
+
+import dataclasses
+
+import pytest
+
+from kvmlock.kvm.guest import guest_read, guest_write, load_cr3, set_gpte, write_gpte
+from kvmlock.kvm.mmu import spte as S
+from kvmlock.kvm.mutants import applied
+from kvmlock.kvm.vm import VM
+from kvmlock.scenarios import verify
+from kvmlock.scenarios.registry import SCENARIOS
+
+
+def shadow_vm(**kw):
+    vm = VM(nr_vcpus=2, nr_pages=4, host_pages=4, tdp=False, **kw)
+    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0)
+    return vm, vm.vcpus
+
+
+def test_load_cr3_syncs_drops_stale_sptes_and_write_protects_the_table():
+    vm, (v0, v1) = shadow_vm()
+    set_gpte(vm, 0, 1)
+    set_gpte(vm, 1, 2)
+    guest_write(v0, 0, 11)
+    guest_write(v0, 1, 22)
+    write_gpte(v0, 0, 2)  # exits once: unsync, table writable; the SPTE still maps gfn 1
+    sp = vm.mmu.pages[0]
+    assert sp.unsync and sp.gpt_writable and vm.mmu.unsync_count == 1
+    assert guest_read(v0, 0) == 11, "until the guest flushes, the old translation may be used"
+    flushes = vm.stats["tlb_flushes"]
+    load_cr3(v0)
+    assert not sp.unsync and not sp.gpt_writable and vm.mmu.unsync_count == 0
+    assert not S.is_present(vm.mmu.sptep(0).peek()), "the stale SPTE is dropped"
+    assert S.is_present(vm.mmu.sptep(1).peek()), "near miss: a matching SPTE is kept"
+    # one flush for the table's write-protection, one for the dropped SPTE
+    assert vm.stats["tlb_flushes"] == flushes + 2 and vm.stats["mmu_syncs"] == 1
+    assert 1 not in vm.mmu.rmap, "the dropped SPTE left gfn 1's rmap"
+    assert guest_read(v0, 0) == 22
+    vm.check()
+    write_gpte(v0, 1, 3)  # the table is write-protected again: this store exits
+    assert sp.unsync and sp.gpt_writable
+
+
+def test_a_sync_with_nothing_stale_drops_nothing_and_flushes_only_for_the_table():
+    vm, (v0, _) = shadow_vm()
+    set_gpte(vm, 0, 1)
+    guest_read(v0, 0)
+    write_gpte(v0, 2, 3)  # another entry of the same table: page 0's SPTE stays right
+    flushes = vm.stats["tlb_flushes"]
+    load_cr3(v0)
+    assert S.is_present(vm.mmu.sptep(0).peek()) and not vm.mmu.pages[0].unsync
+    assert vm.stats["tlb_flushes"] == flushes + 1
+    load_cr3(v0)  # nothing unsync: nothing to protect, drop or flush
+    assert vm.stats["tlb_flushes"] == flushes + 1
+
+
+def test_load_cr3_needs_shadow_paging():
+    with pytest.raises(ValueError, match="uses TDP"):
+        load_cr3(VM(nr_vcpus=1).vcpus[0])
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_a_sync_that_keeps_the_table_writable_misses_the_next_change(broken):
+    # sequentially, no race needed: the page is marked sync but the guest's next store to its
+    # table does not exit, so the next CR3 load finds nothing to sync
+    vm, (v0, _) = shadow_vm(hazards={"sync_keeps_table_writable": broken})
+    set_gpte(vm, 0, 1)
+    set_gpte(vm, 1, 2)
+    guest_write(v0, 1, 22)
+    write_gpte(v0, 0, 2)
+    load_cr3(v0)
+    assert guest_read(v0, 0) == 22
+    write_gpte(v0, 0, 3)  # gfn 3 holds 0
+    assert vm.mmu.pages[0].unsync != broken, "the store exits only if the table is protected"
+    load_cr3(v0)
+    got = guest_read(v0, 0)
+    if not broken:
+        assert got == 0
+        vm.check()
+        return
+    assert got == 22, "the stale SPTE still maps gfn 2"
+    with pytest.raises(AssertionError, match="the guest maps that page to gfn 3"):
+        vm.check()
+
+
+def test_sync_without_mmu_lock_is_a_real_race_not_only_a_lockdep_report():
+    sc = SCENARIOS["shadow.sync_roots.correct"]
+    quiet = dataclasses.replace(sc, options={**sc.options, "lockdep": False})
+    assert verify.run_scenario(quiet).met, "correct model, lockdep off: still clean"
+    with applied("sync_without_mmu_lock"):
+        out = verify.run_scenario(quiet)
+    assert out.failure is not None and out.failure.kind == "assertion", out.result
+    msg = str(out.failure.message)
+    assert "rmap" in msg or "freed" in msg, msg
