@@ -714,24 +714,9 @@ DROPPED_FORMS = {
     "line-block": "| vcpu->mutex must be acquired before kvm->lock.\n",
     "field-list": ":Order: vcpu->mutex must be acquired before kvm->lock.\n",
 }
-DROPPED_NOW = {
-    "literal-diagram": "a lock-order diagram in a literal block of the orders section is dropped "
-    "silently: OK, exit 0, no rule and nothing listed unread",
-    "definition-list": 'a definition list term is lost: read as the rule "must is taken outside '
-    'kvm->lock" (a lock named "must", not exercised): OK, exit 0',
-    "line-block": "a line block in the orders section is dropped silently: OK, exit 0",
-    "field-list": "a field in the orders section is dropped silently: OK, exit 0",
-}
 
 
-@pytest.mark.parametrize(
-    "form",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=DROPPED_NOW[name]))
-        if name in DROPPED_NOW else name
-        for name in DROPPED_FORMS
-    ],
-)
+@pytest.mark.parametrize("form", list(DROPPED_FORMS))
 def test_rule_like_statement_is_never_dropped(tmp_path, files, form):
     doc = tmp_path / "form.rst"
     doc.write_text(ORDERS_HEAD + DROPPED_FORMS[form])

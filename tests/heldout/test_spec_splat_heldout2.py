@@ -240,9 +240,6 @@ UNUSUAL = {
     "prose_paragraph": "Whoever needs both must grab kvm->slots_lock first and kvm->lock second.\n",
     "note_admonition": ".. note:: kvm->slots_lock is taken outside kvm->lock.\n",
     "definition_list": "Memory slots\n    kvm->slots_lock is taken outside kvm->lock.\n",
-}
-
-UNUSUAL_DROPPED = {
     "grid_table": (
         "+----------------------------------------------+-----------+\n"
         "| rule                                         | how often |\n"
@@ -256,28 +253,13 @@ UNUSUAL_DROPPED = {
 }
 
 
-def _unusual(form: str) -> pytest.ParameterSet:
-    if form not in UNUSUAL_DROPPED:
-        return pytest.param(form)
-    return pytest.param(form, marks=pytest.mark.xfail(
-        strict=True,
-        reason=f"a rule sentence in a {form.replace('_', ' ')} inside the Acquisition Orders "
-        "section is dropped silently: exit 0, \"ok\": true, nothing in not_understood",
-    ))
-
-
-@pytest.mark.parametrize("form", [_unusual(f) for f in sorted({**UNUSUAL, **UNUSUAL_DROPPED})])
+@pytest.mark.parametrize("form", sorted(UNUSUAL))
 def test_unusual_form_is_read_or_reported_unread(tmp_path, dump, form):
-    text = document({**UNUSUAL, **UNUSUAL_DROPPED}[form])
+    text = document(UNUSUAL[form])
     p, j = check_doc(tmp_path, dump, text)
     assert_never_false_ok(p, j, line_of(text, "kvm->slots_lock"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a rule-like sentence in a section whose title is not like 'Acquisition Orders' "
-    "('When two VM locks meet') is ignored without a word: exit 0, \"ok\": true",
-)
 def test_rule_in_a_section_with_an_unusual_title_is_never_dropped(tmp_path, dump):
     extra = (
         "\n2. When two VM locks meet\n"

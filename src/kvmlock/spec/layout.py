@@ -95,6 +95,8 @@ def repair_indentation(lines: list[str]) -> list[str]:
         indent = len(line) - len(line.lstrip())
         if literal is not None and (indent >= literal or (blank and not started)
                                     or (started and not blank)):
+            if not started and indent > literal - 4:
+                literal = indent  # indented as it should be: keep the drawing's own indents
             if indent < literal:
                 line = " " * literal + s  # the block lost its indentation
             out.append(line)

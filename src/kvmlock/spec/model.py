@@ -133,6 +133,13 @@ class Unread:
     text: str
     line: int
     names: list[str] = field(default_factory=list)
+    #: the construct it is in when not a plain paragraph ("comment", "literal block", ...)
+    where: str = ""
+    #: text that is listed only when it looks like a rule (a code example, a table cell): most
+    #: such text states nothing, but a rule in it must not be lost
+    quiet: bool = False
+    #: why it makes the verdict incomplete, when that is not "looks like a rule"
+    reason: str = ""
 
 
 @dataclass
@@ -152,8 +159,11 @@ class Spec:
         if not any(r.kind != "type" for r in self.rules):
             out.append("no rules were read: no rules section states a rule in a known form")
         for u in self.not_understood:
-            if u.names:
-                out.append(f"line {u.line}: a sentence about {' and '.join(u.names[:3])} "
+            if u.reason:
+                out.append(f"line {u.line}: {u.reason}")
+            elif u.names:
+                where = f" ({u.where})" if u.where else ""
+                out.append(f"line {u.line}: a sentence about {' and '.join(u.names[:3])}{where} "
                            "looks like a rule but was not understood")
         return out
 

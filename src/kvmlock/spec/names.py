@@ -97,10 +97,17 @@ def normalise(name: str) -> str:
     return ALIASES.get(n.lower() if " " in n else n, n)
 
 
+#: what makes an identifier a lock rather than an English word: a struct member, a call, an
+#: underscore ("kvm_lock"); "must" in "must be acquired before kvm->lock" is not a lock
+_LOCK_SHAPE = re.compile(r"->|\.|::|\(\)|_")
+
+
 def looks_like_name(text: str) -> bool:
     """Whether ``text`` can be a lock name (so a rule regex did not capture half a sentence)."""
     t = " ".join(text.replace("`", "").split())
-    return bool(_NAME_FULL.match(t)) or t.lower() in ALIASES
+    if t.lower() in ALIASES:
+        return True
+    return bool(_NAME_FULL.match(t)) and bool(_LOCK_SHAPE.search(t))
 
 
 # --------------------------------------------------------------------------- types

@@ -17,6 +17,7 @@ from pathlib import Path
 import docutils.core
 from docutils import nodes
 
+from kvmlock.spec.blocks import Walker, line_of, title_of
 from kvmlock.spec.inputs import read_text
 from kvmlock.spec.layout import restore
 from kvmlock.spec.model import RefEntry, Rule, Spec, SpecError, Unread
@@ -29,9 +30,11 @@ from kvmlock.spec.names import (
     normalise,
     parse_type,
 )
-from kvmlock.spec.sentences import ARCH_LEAD, Context, read_sentence, rule_like, split_sentences
+from kvmlock.spec.sentences import Context, read_sentence, rule_like, split_sentences
 
-_RULES_TITLE = re.compile(r"acquisition orders?|lock(?:ing)? orders?|ordering rules", re.I)
+_RULES_TITLE = re.compile(
+    r"acquisition orders?|lock(?:ing)? orders?|ordering rules|(?:lock|locking|mutex) nesting"
+    r"|nesting (?:rules|orders?)|lock(?:ing)? hierarch|lock(?:ing)? rules", re.I)
 _REF_TITLE = re.compile(r"^reference\b", re.I)
 _NUMBERING = re.compile(r"^\s*\d+(?:\.\d+)*[.)]?\s+")
 _KNOWN_FIELDS = ("type", "arch", "protects", "comment")
@@ -98,11 +101,19 @@ def _parse(text: str, source: str) -> Spec:
     spec = Spec(source=source)
     rules_secs: list[nodes.section] = []
     ref_secs: list[nodes.section] = []
+    titled: list[nodes.section] = []
     for sec in tree.findall(nodes.section):
-        title = _NUMBERING.sub("", _title(sec))
+        title = _NUMBERING.sub("", title_of(sec))
         if _REF_TITLE.search(title):
             ref_secs.append(sec)
-        elif _RULES_TITLE.search(title) and not any(_inside(sec, r) for r in rules_secs):
+        elif _RULES_TITLE.search(title):
+            titled.append(sec)
+    # a document's own title may say "lock rules" too: a section holding the Reference is the
+    # whole document, not its rules
+    for sec in titled:
+        if any(_inside(r, sec) for r in ref_secs):
+            continue
+        if not any(_inside(sec, r) for r in rules_secs):
             rules_secs.append(sec)
     for msg in tree.findall(nodes.system_message):
         level, line = msg["level"], msg.get("line")
@@ -136,16 +147,21 @@ def _parse(text: str, source: str) -> Spec:
                     srcus.append(n)
     ctx = Context(is_srcu=is_srcu, default_srcu=srcus[0] if len(srcus) == 1 else "")
     leaf_sentence: Rule | None = None
+    walker = Walker(spec)
     for sec in rules_secs:
-        for rule in _walk(list(sec.children[1:]), ctx, spec):
+        walker.seen.add(id(sec[0]))
+        for rule in walker.walk(list(sec.children[1:]), ctx):
             if rule.kind == "leaf" and rule.outer == "*":
                 leaf_sentence = leaf_sentence or rule
                 continue
             spec.rules.append(rule)
+        walker.unvisited(sec)
     spec.rules = _dedupe(spec.rules)
+    _rules_elsewhere(tree, rules_secs + ref_secs, ctx, spec)
     known = set(spec.locks()) | set(known_classes())
     for u in spec.not_understood:
-        u.names = rule_like(u.text, known)
+        u.names = u.names or rule_like(u.text, known)
+    spec.not_understood = [u for u in spec.not_understood if u.names or not u.quiet]
     if leaf_sentence is not None:
         spec.has_leaf_rule = True
         spec.rules += _leaves(spec, leaf_sentence)
@@ -174,10 +190,6 @@ def _doctree(text: str, source: str) -> nodes.document:
         raise SpecError(f"not valid reStructuredText: {exc}", line, source) from None
 
 
-def _title(sec: nodes.section) -> str:
-    return sec[0].astext() if sec.children and isinstance(sec[0], nodes.title) else ""
-
-
 def _inside(node: nodes.Node, ancestor: nodes.Node) -> bool:
     p = node.parent
     while p is not None:
@@ -185,21 +197,6 @@ def _inside(node: nodes.Node, ancestor: nodes.Node) -> bool:
             return True
         p = p.parent
     return False
-
-
-def _line(node: nodes.Node) -> int:
-    """The line a node starts on (docutils leaves it unset on some containers)."""
-    n: nodes.Node | None = node
-    while n is not None:
-        if getattr(n, "line", None):
-            return int(n.line)
-        n = n.children[0] if isinstance(n, nodes.Element) and n.children else None
-    p = node.parent
-    while p is not None:
-        if getattr(p, "line", None):
-            return int(p.line)
-        p = p.parent
-    return 0
 
 
 # --------------------------------------------------------------------------- Reference
@@ -214,14 +211,14 @@ def _read_reference(sec: nodes.section, spec: Spec) -> None:
         ):
             raise SpecError(
                 "this looks like a ``lock`` heading whose underline is shorter than its title",
-                _line(child),
+                line_of(child),
                 spec.source,
             )
         elif isinstance(child, nodes.field_list):
             raise SpecError(
                 "a field list in the Reference section must follow a ``lock`` heading "
                 "(is the heading's underline shorter than its title?)",
-                _line(child),
+                line_of(child),
                 spec.source,
             )
     names = [e.name for e in spec.reference]
@@ -231,8 +228,8 @@ def _read_reference(sec: nodes.section, spec: Spec) -> None:
 
 
 def _entry(sec: nodes.section, source: str, warnings: list[str]) -> RefEntry:
-    spelled = _title(sec).strip()
-    line = max(1, _line(sec[0]) - 1) if sec.children else 0  # docutils gives the underline
+    spelled = title_of(sec).strip()
+    line = max(1, line_of(sec[0]) - 1) if sec.children else 0  # docutils gives the underline
     fields: dict[str, tuple[nodes.field, nodes.field_body]] = {}
     for fl in sec.findall(nodes.field_list):
         for f in fl.children:
@@ -241,7 +238,7 @@ def _entry(sec: nodes.section, source: str, warnings: list[str]) -> RefEntry:
                 if fname not in _KNOWN_FIELDS:
                     expected = ", ".join(f":{k.title()}:" for k in _KNOWN_FIELDS)
                     warnings.append(
-                        f"line {_line(f)}: Reference entry ``{spelled}`` has a field "
+                        f"line {line_of(f)}: Reference entry ``{spelled}`` has a field "
                         f":{f[0].astext()}: that is not one of {expected}; ignored"
                     )
                     continue
@@ -255,7 +252,7 @@ def _entry(sec: nodes.section, source: str, warnings: list[str]) -> RefEntry:
         known = ", ".join(sorted({k for k in TYPE_KINDS if "_" in k or " " not in k}))
         raise SpecError(
             f"Reference entry ``{spelled}``: unknown lock type {type_text!r} (known: {known})",
-            _line(tfield),
+            line_of(tfield),
             source,
         )
     protects: list[str] = []
@@ -281,66 +278,35 @@ def _entry(sec: nodes.section, source: str, warnings: list[str]) -> RefEntry:
 # --------------------------------------------------------------------------- rules
 
 
+def _rules_elsewhere(tree: nodes.document, read: list[nodes.section], ctx: Context,
+                     spec: Spec) -> None:
+    """A sentence outside the rules sections that reads as a rule: listed, never checked.
 
-
-def _walk(children: list[nodes.Node], ctx: Context, spec: Spec) -> list[Rule]:
-    """Rules in document order; a header sentence ("On x86:") scopes the siblings after it."""
-    out: list[Rule] = []
-    base = (ctx.arch, ctx.srcu)
-    for child in children:
-        if isinstance(child, nodes.paragraph):
-            if _is_header(child):
-                _header(child.astext(), ctx)
-                continue
-            ctx.arch, ctx.srcu = base  # a header scopes the list after it, not later prose
-            out += _paragraph(child, ctx, spec)
-        elif isinstance(child, nodes.bullet_list | nodes.enumerated_list):
-            for item in child.children:
-                out += _walk(list(item.children), ctx.copy(), spec)
-        elif isinstance(child, nodes.section):
-            sub = ctx.copy()
-            _header(_title(child), sub)
-            out += _walk(list(child.children[1:]), sub, spec)
-        elif isinstance(child, nodes.block_quote | nodes.note | nodes.admonition):
-            out += _walk(list(child.children), ctx.copy(), spec)
-        elif isinstance(child, nodes.definition_list):
-            for item in child.children:
-                sub = ctx.copy()
-                _header(item[0].astext(), sub)
-                out += _walk(list(item[1].children) if len(item) > 1 else [], sub, spec)
-        # literal blocks are code examples, comments and system messages carry no rules
-    return out
-
-
-def _is_header(par: nodes.paragraph) -> bool:
-    """A one-sentence paragraph ending in a colon that states no rule ("On x86:")."""
-    sentences = split_sentences(par.astext())
-    if len(sentences) != 1 or not sentences[0][1].rstrip().endswith(":"):
-        return False
-    probe = Context(is_srcu=lambda n: False)
-    return read_sentence(sentences[0][1], probe, 0) in (None, [])
-
-
-def _header(text: str, ctx: Context) -> None:
-    """A line that introduces a sub-list: sets (or clears) its arch and SRCU scope."""
-    t = " ".join(text.split()).rstrip(":")
-    m = ARCH_LEAD.match(t)
-    ctx.arch = m.group(1).lower() if m else ""
-    ctx.srcu = ctx.default_srcu if "srcu" in t.lower() else ""
-
-
-def _paragraph(par: nodes.paragraph, ctx: Context, spec: Spec) -> list[Rule]:
-    base = _line(par)
-    out: list[Rule] = []
-    for offset, sentence in split_sentences(par.astext()):
-        line = base + offset
-        got = read_sentence(sentence, ctx, line)
-        if got is None and sentence.rstrip().endswith(":"):
-            continue  # introduces what follows ("the cases are as follows:"), states nothing
-        if got is None:
-            spec.not_understood.append(Unread(" ".join(sentence.split()), line))
+    The reader takes rules only from the sections titled as such; one stated in another section
+    (an "Exceptions" or "Overview" section, or before the first heading) would otherwise be
+    dropped without a word while the verdict says the document was read.
+    """
+    for par in tree.findall(nodes.paragraph):
+        if any(par is s or _inside(par, s) for s in read):
             continue
-        out += got
+        base = line_of(par)
+        for offset, sentence in split_sentences(par.astext()):
+            got = read_sentence(sentence, ctx.copy(), base + offset) or []
+            names = [n for r in got if r.kind != "type" for n in (r.outer, r.inner, r.srcu)
+                     if n and n != "*"]
+            if names:
+                sec = next((p for p in _ancestors(par) if isinstance(p, nodes.section)), None)
+                where = f"in section '{title_of(sec)}', not a rules section" if sec else \
+                    "outside every section"
+                spec.not_understood.append(Unread(" ".join(sentence.split()), base + offset,
+                                                  list(dict.fromkeys(names)), where=where))
+
+
+def _ancestors(node: nodes.Node) -> list[nodes.Node]:
+    out, p = [], node.parent
+    while p is not None:
+        out.append(p)
+        p = p.parent
     return out
 
 

@@ -120,6 +120,8 @@ _TAIL = re.compile(
     r"even|for example)\b|e\.g\.).*)$",
     _I,
 )
+#: "kvm->lock: outside vcpu->mutex", a lock and what is said of it
+_LABEL = re.compile(rf"^(?P<x>{NAME_RE}):\s+(?P<rest>\S.*)$")
 _QUALIFIED = re.compile(r"^(?P<n>\S+) (?P<q>(?:for|of|in|on) .+)$", _I)
 _PRONOUNS = {"it", "they", "these locks", "this lock", "these", "both", "both locks"}
 
@@ -133,6 +135,9 @@ class Context:
     arch: str = ""
     srcu: str = ""
     last: list[str] = field(default_factory=list)
+    #: the lock a definition list's term or a field's name names: its body's sentences may
+    #: leave it out ("vcpu->mutex" over "must be acquired before kvm->lock")
+    subject: str = ""
     #: SRCUs named so far anywhere in the document (shared by every copy of the context), so a
     #: bare "synchronize_srcu()" in a later item means the one the document was talking about
     named_srcu: list[str] = field(default_factory=list)
@@ -311,6 +316,16 @@ def _clause(c: str, ctx: Context) -> list[Rule] | None:
     return None
 
 
+def with_subject(x: str, rest: str, ctx: Context) -> list[Rule] | None:
+    """What ``rest`` says of the lock ``x`` when it leaves ``x`` out: "must be acquired before
+    Y" (a definition of the term ``x``) or "outside Y" (after "x:")."""
+    for text in (f"{x} {rest}", f"{x} is taken {rest}"):
+        got = _clause(text, ctx)
+        if got is not None:
+            return got
+    return None
+
+
 def _same_class(x: str, y: str, ctx: Context) -> Rule | None:
     """"vcpu->mutex for plane 0 can be taken outside vcpu->mutex for another plane": one class
     nested in itself, the qualifiers saying which instance goes outside."""
@@ -326,7 +341,7 @@ def _same_class(x: str, y: str, ctx: Context) -> Rule | None:
 _ORDERING = re.compile(
     r"\b(?:before|after|outside|inside|nest(?:s|ed|ing)?|under|hold(?:s|ing)?|held|"
     r"tak(?:e|es|en|ing)|acquir(?:e|es|ed|ing)|grab(?:s|bed|bing)?|order(?:s|ed|ing)?|then|"
-    r"within|first|while)\b|\s-+>\s",
+    r"within|first|while|outer|inner)\b|\s-+>\s",
     _I,
 )
 _LOCKISH = re.compile(r"(?:_lock|->lock|mutex|->srcu|\.srcu|_sem|rwsem|spinlock|rwlock)$")
@@ -339,7 +354,12 @@ def rule_like(sentence: str, known: set[str]) -> list[str]:
     if not _ORDERING.search(text):
         return []
     names = lock_names(text, known)
+    if len(names) == 1 and (m := _PRONOUN_LEAD.match(text)):
+        names.insert(0, m.group(1).lower())  # "It must be taken before kvm->lock"
     return names if len(names) >= 2 else []
+
+
+_PRONOUN_LEAD = re.compile(r"^(it|they|these locks|this lock|both locks|both)\b", _I)
 
 
 def lock_names(text: str, known: set[str]) -> list[str]:
@@ -396,6 +416,8 @@ def read_sentence(sentence: str, ctx: Context, line: int) -> list[Rule] | None:
                 # that names no lock (one that does could add a condition; it stays unread)
                 one = _clause(tail["head"], ctx)
                 one = one and [replace(r, note=r.note or tail["note"]) for r in one]
+            if one is None and (lab := _LABEL.match(part)) and looks_like_name(lab["x"]):
+                one = with_subject(normalise(lab["x"]), lab["rest"], ctx)
             if one is None and (lead := _LEAD.match(part)):
                 one = _clause(lead["rest"], ctx)
                 if one:
