@@ -679,11 +679,6 @@ def test_report_cut_short_reads_as_incomplete(tmp_path):
     assert out["problems"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a report cut before its held lock, judged with --doc, prints INCOMPLETE and "
-    '"complete": false with no violation, but exits 0 (the OK status) instead of 2',
-)
 def test_report_cut_short_judged_against_a_document_is_not_ok(tmp_path, logs):
     # Expected: with the held lock and the chain missing, the new dependency (which the whole
     # report shows to violate the document) cannot be judged: the verdict is a guess, exit 2.
@@ -781,11 +776,6 @@ def test_flattened_into_a_commit_message(tmp_path):
     assert out["complete"] is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a circular report without its chain but with both locks names the new dependency "
-    "kvm->lock -> kvm->slots_lock; it is not judged: violations [], exit 0 (observed)",
-)
 def test_new_dependency_is_judged_without_the_chain(tmp_path, logs):
     # Expected: held -> acquiring is the report's new dependency (docs/splat.md), which the
     # document forbids: listed as a violation, exit 1, and complete false since the chain is gone.

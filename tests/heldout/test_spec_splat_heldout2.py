@@ -1285,12 +1285,6 @@ def test_truncated_report_says_incomplete(tmp_path):
     assert r["complete"] is False and r.get("problems"), r
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a circular report cut before its dependency chain, judged with --doc, exits 0 "
-    "('nothing violated') with complete: false, although the full report breaks the document "
-    "at the chain link it lost (docs/splat.md: exit 2 when the answer would be a guess)",
-)
 def test_truncated_report_against_a_document_is_not_a_clean_verdict(tmp_path):
     # The full report's chain link (kvm->lock -> vcpu->mutex) breaks this document; cut
     # before the chain, only the new dependency (which conforms) is left to judge.

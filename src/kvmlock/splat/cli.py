@@ -83,34 +83,39 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kvmlock splat: no lockdep report found in {source}{_why_none(text)}",
               file=sys.stderr)
         return 3
-    failed = unexplored = False
+    failed = False
     objs, texts = [], []
     declared = doc.declared_kinds() if doc else {}
     around = surroundings(text)
+    # what the document failed to say matters for the lock-order facts a report states
+    ordered = any(sp.dependencies() for sp in splats)
+    unread = doc.incomplete() if doc is not None and ordered else []
     for sp, lines in zip(splats, around, strict=True):
         deps = judge(sp, doc) if doc else sp.dependencies()
         outcome = explore_splat(sp, declared, spell=spell) if args.explore else None
         rcu = judge_rcu(sp, lines, doc) if sp.kind == "suspicious_rcu" else None
+        if rcu is not None and rcu.data is None and doc is not None:
+            sp.problems.append("the report does not say which protected pointer it read (no "
+                               "accessor in it or around it), so it was not judged")
         failed |= any(d.verdict == "violated" for d in deps)
         failed |= bool(outcome and outcome.deadlock)
-        unexplored |= bool(outcome and not outcome.complete)
         failed |= bool(rcu and rcu.verdict == "violated")
         obj = to_dict(sp, deps, spell, outcome)
         txt = render(sp, deps, spell, outcome, stacks=args.stacks, judged=doc is not None)
         if rcu is not None:
             obj["protected_data"] = rcu.to_dict()
             txt += "\n" + rcu.render(spell)
+        # one verdict for words, JSON and exit status: a report read whole, judged against a
+        # document read whole, and (with --explore) explored to the end
+        obj["document_incomplete"] = unread
+        obj["complete"] = not sp.problems and not unread and (outcome is None or outcome.complete)
         objs.append(obj)
         texts.append(txt)
-    # what the document failed to say matters for the lock-order facts a report states
-    ordered = any(sp.dependencies() for sp in splats)
-    unread = doc.incomplete() if doc is not None and ordered else []
-    for obj in objs:
-        obj["document_incomplete"] = unread
-        obj["complete"] = obj["complete"] and not unread
+    complete = all(obj["complete"] for obj in objs)
     if args.json:
         top = dict(objs[0])
-        top.update({"count": len(objs), "reports": objs})
+        top.update({"count": len(objs), "reports": objs, "complete": complete,
+                    "violations": list(dict.fromkeys(v for o in objs for v in o["violations"]))})
         if doc is not None:
             top["document"] = doc.source
         print(json.dumps(top, indent=1))
@@ -124,4 +129,4 @@ def main(argv: list[str] | None = None) -> int:
             print(f"document incomplete: {why}")
     if failed:
         return 1
-    return 2 if unread or unexplored else 0
+    return 0 if complete else 2
