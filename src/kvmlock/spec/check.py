@@ -147,6 +147,13 @@ def check(spec: Spec, graph: Any, *, arch: str | None = None,
             # a rule the graph cannot decide is not a rule that held
             conf.incomplete.append(f"line {rule.line}: '{rule.describe()}' could not be checked "
                                    f"on this graph ({res.detail})")
+    judged = [r for r in conf.results if r.rule.kind not in ("type", "same_class")]
+    if judged and not any(r.status in (HELD, VIOLATED) for r in judged):
+        # every rule "not exercised" (or unchecked): the graph never came near the document's
+        # locks (another program, or another spelling of the names), so nothing was checked
+        conf.incomplete.append(f"none of the {len(judged)} rule(s) was exercised by the graph: "
+                               "it never takes the document's locks in the orders the rules "
+                               "speak of, so nothing was checked")
     for rule in implied_orders(spec, arch):
         bad = g.path_between(rule.inner, rule.outer)
         if bad:  # an implied order is reported only when broken: it adds no evidence otherwise
