@@ -1,9 +1,7 @@
 """``kvmlock splat``: read kernel lockdep reports; judge them against a document; explore them.
 
-Exit codes: 0 read (and nothing violated or deadlocked), 1 a dependency violates the document or
-the explorer reproduced a deadlock, 2 the input could not be used, or the document could not be
-read whole or the explorer could not settle the chain (so "nothing found" would be a guess), 3 no
-report in the input.
+Exit codes are :data:`EXIT_STATUS` (shown by ``--help``); 2 means "no verdict to trust" as it
+does for ``kvmlock spec`` (see :mod:`kvmlock.spec.cli` for why one status serves both causes).
 """
 
 from __future__ import annotations
@@ -21,6 +19,16 @@ from kvmlock.splat.program import explore_splat
 from kvmlock.splat.rcu import judge_rcu, surroundings
 from kvmlock.splat.render import render, to_dict
 
+EXIT_STATUS = """\
+exit status:
+  0  every report read whole; nothing violates --doc; --explore found no deadlock
+  1  a dependency violates --doc, or --explore reproduced a deadlock
+  2  no verdict to trust: a report cut short, a document not read whole, an exploration that
+     did not finish, a suspicious-RCU report that does not say what it read (--json:
+     "complete": false, with "problems" and "document_incomplete"), or the input could not be
+     used (one line on standard error; --json: "error")
+  3  no lockdep report in the input"""
+
 #: a kernel log larger than this is not a splat someone pasted; refuse instead of crawling
 MAX_BYTES = 64 * 1024 * 1024
 
@@ -29,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kvmlock splat",
         description="Read lockdep reports from a kernel log, a mail or a commit message.",
+        epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("file", nargs="?", default="-", help="the log (default: standard input)")
     p.add_argument("--json", action="store_true", help="print the reading as JSON")
@@ -71,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         text = _read(args.file)
         doc = _spec.load(args.doc) if args.doc else None
     except (ValueError, OSError, _spec.SpecError) as exc:
+        if args.json:
+            print(json.dumps({"complete": False, "error": str(exc)}, indent=1))
         print("kvmlock splat: error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
     splats = read_log(text)
