@@ -93,3 +93,82 @@ def test_malformed_document_exit_2_names_the_line(tmp_path: Path,
     p.write_text("T\n=\n\nReference\n---------\n\n``kvm_lock``\n^^^^^^^^^^^^\n\n:Arch: any\n")
     assert main(["show", str(p)]) == 2
     assert f"{p}:7:" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- exit statuses
+
+
+def _graph(tmp_path: Path, *edges: tuple[str, str]) -> Path:
+    path = tmp_path / "g.json"
+    spec.save_graph(spec.view({"classes": {n: "mutex" for e in edges for n in e},
+                               "edges": [list(e) for e in edges]}), path)
+    return path
+
+
+ONE_RULE = "Acquisition orders\n------------------\n\n- kvm->lock is taken outside vcpu->mutex\n"
+
+
+def test_a_graph_that_exercises_no_rule_is_incomplete(tmp_path: Path, capsys) -> None:
+    doc = tmp_path / "d.rst"
+    doc.write_text(ONE_RULE)
+    g = _graph(tmp_path, ("foo->lock", "bar->lock"))
+    assert main(["check", str(doc), "--graph", str(g)]) == 2
+    assert "INCOMPLETE" in capsys.readouterr().out
+    assert main(["check", str(doc), "--graph", str(g), "--json"]) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] is False and out["complete"] is False and "error" not in out
+    # near miss: the same document on a graph that takes the two locks in order is OK
+    g = _graph(tmp_path, ("kvm->lock", "vcpu->mutex"))
+    assert main(["check", str(doc), "--graph", str(g)]) == 0
+    assert "OK: 1 held" in capsys.readouterr().out
+
+
+def test_bad_input_and_incomplete_share_status_2_but_not_the_json(tmp_path: Path,
+                                                                  capsys) -> None:
+    assert main(["check", str(tmp_path / "missing.rst"), "--json"]) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert "error" in out and out["complete"] is False
+    prose = tmp_path / "p.rst"
+    prose.write_text("Acquisition orders\n------------------\n\nWhoever holds kvm->lock may "
+                     "grab vcpu->mutex.\n")
+    assert main(["check", str(prose), "--graph", str(_graph(tmp_path, ("a_lock", "b_lock"))),
+                 "--json"]) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert "error" not in out and out["incomplete"]
+
+
+def test_help_lists_the_exit_statuses(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    got = capsys.readouterr().out
+    for status in ("0  OK", "1  a rule is violated", "2  no verdict to trust"):
+        assert status in got
+
+
+def test_a_stale_accept_is_reported(tmp_path: Path, capsys) -> None:
+    doc = tmp_path / "d.rst"
+    doc.write_text(ONE_RULE)
+    acc = tmp_path / "known.txt"
+    acc.write_text("vcpu->mutex -> kvm->lock: fixed since, kept by mistake\n")
+    g = _graph(tmp_path, ("kvm->lock", "vcpu->mutex"))
+    assert main(["check", str(doc), "--graph", str(g), "--accept", str(acc)]) == 0
+    assert "stale accept: line 1 of" in capsys.readouterr().out
+    # near miss: while the violation still occurs the accept is used, not stale
+    g = _graph(tmp_path, ("vcpu->mutex", "kvm->lock"))
+    assert main(["check", str(doc), "--graph", str(g), "--accept", str(acc)]) == 0
+    assert "stale accept" not in capsys.readouterr().out
+
+
+def test_diff_of_a_document_read_in_part_is_incomplete(tmp_path: Path, docs: Path,
+                                                       capsys) -> None:
+    assert main(["diff", str(docs / "older.rst"), str(docs / "current.rst")]) == 0
+    capsys.readouterr()
+    # the changed rule is in a sentence the reader cannot follow: "0 rule changes" would lie
+    old, new = tmp_path / "old.rst", tmp_path / "new.rst"
+    old.write_text(ONE_RULE + "\n- Whoever holds kvm->lock may grab kvm->slots_lock.\n")
+    new.write_text(ONE_RULE + "\n- Whoever holds kvm->slots_lock may grab kvm->lock.\n")
+    assert main(["diff", str(old), str(new)]) == 2
+    out = capsys.readouterr().out
+    assert "0 rule change(s)" in out and "incomplete: " in out
+    assert main(["diff", str(old), str(new), "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["complete"] is False

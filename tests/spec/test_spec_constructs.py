@@ -176,3 +176,47 @@ def test_diagram_lines() -> None:
     assert [(r.outer, r.inner, r.line) for r in rules] == [
         ("kvm->lock", "vcpu->mutex", 10), ("vcpu->mutex", "kvm->slots_lock", 11)]
     assert rest == [(12, "mutex_lock(&kvm->lock);"), (13, "kvm_lock")]
+
+
+# --------------------------------------------------------------------------- outside the rules
+
+
+def test_a_rule_in_another_section_is_listed_not_dropped() -> None:
+    doc = spec.load(HEAD + "Exceptions\n----------\n\n"
+                    "Fast paths are lockless.  vcpu->mutex is taken outside kvm->lock.\n")
+    assert RULE not in {r.describe() for r in doc.rules}
+    [why] = doc.incomplete()
+    assert "in section 'Exceptions', not a rules section" in why
+
+
+def test_prose_and_reference_comments_outside_the_rules_stay_complete() -> None:
+    # near miss: an "Exception" section of prose, and a Reference comment stating an order (as
+    # the kernel's vendor_module_lock entry does): neither is a rule the reader skipped
+    doc = spec.load(HEAD + "Exception\n---------\n\nThe fast page fault runs outside the "
+                    "mmu_lock and uses cmpxchg.\n\nReference\n---------\n\n``kvm_lock``\n"
+                    "^^^^^^^^^^^^\n\n:Type: mutex\n:Comment: cpu_hotplug_lock is taken outside "
+                    "of kvm_lock.\n")
+    assert not doc.incomplete(), doc.incomplete()
+
+
+def test_a_title_saying_lock_rules_over_the_reference_is_not_the_rules_section() -> None:
+    text = ("Lock rules of my VMM\n====================\n\n" + HEAD.replace("-" * 18, "-" * 18)
+            + "Reference\n---------\n\n``kvm->lock``\n^^^^^^^^^^^^^\n\n:Type: mutex\n"
+            ":Comment: Taken by ioctls.\n")
+    doc = spec.load(text)
+    assert [r.describe() for r in doc.rules] == ["kvm->slots_lock is taken outside kvm->lock"]
+    assert doc.not_understood == [] and not doc.incomplete()
+
+
+def test_other_rules_section_titles_are_read() -> None:
+    doc = spec.load("Lock nesting\n------------\n\n- " + SENTENCE + "\n")
+    assert RULE in {r.describe() for r in doc.rules}
+
+
+def test_a_pronoun_without_antecedent_counts_as_a_lock() -> None:
+    doc = spec.load("Acquisition orders\n------------------\n\nIt must be acquired before "
+                    "kvm->lock.\n")
+    assert any("kvm->lock" in why for why in doc.incomplete())
+    # near miss: "it" in a sentence naming no lock states no order
+    ok = spec.load(HEAD + "It is held for a long time.\n")
+    assert not ok.incomplete()

@@ -1,8 +1,9 @@
 """``kvmlock spec``: show, lint, check and diff locking.rst-style documents; render the Reference.
 
-Exit codes: 0 fine; 1 a violation or a contradiction was found; 2 the verdict is incomplete (the
-document has no rules, or rule-like sentences were not understood, or a rule could not be checked
-on the graph) or the input could not be used (missing file, malformed document, no model to run).
+Exit codes are :data:`EXIT_STATUS` (shown by ``--help``). 2 stands for both "incomplete" and "the
+input could not be used" on purpose: either way there is no verdict to trust, which is what a
+gate needs to know, and 2 is what argparse already returns for a bad command line; ``--json``
+tells them apart (``"error"`` for unusable input, ``"incomplete"`` reasons otherwise).
 """
 
 from __future__ import annotations
@@ -30,11 +31,21 @@ from kvmlock.spec.render import (
 
 OK, FAILED, INCOMPLETE = 0, 1, 2
 
+EXIT_STATUS = """\
+exit status:
+  0  OK: the whole document was read, the graph exercised its rules, nothing is violated
+  1  a rule is violated (or, for lint, a contradiction found)
+  2  no verdict to trust: the verdict is incomplete (rules or rule-like sentences not read, a
+     rule that could not be decided, a graph that exercised no rule; --json: "complete": false
+     and the "incomplete" reasons), or the input could not be used (one line on standard
+     error; --json: "error")"""
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kvmlock spec",
         description="Read a locking.rst-style document and check a lock graph against it.",
+        epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("show", help="print the rules and the Reference table read from DOC")
@@ -107,12 +118,13 @@ def _check(args: argparse.Namespace, con: Console) -> int:
         if d is not None:
             con.print(f"Rules that differ from {doc.source} to the model's own document "
                       f"({d.new.source}), with each one's verdict on the model's run:")
-            for t in diff_tables(d):
+            for t in diff_tables(d, reasons=False):
                 con.print(t)
         for t in conformance_tables(conf):
             con.print(t)
         for w in unused:
-            con.print(f"note: accepted violation at line {w.line} ({w.what}) matched nothing")
+            con.print(f"stale accept: line {w.line} of {args.accept} ({w.what}) matches no "
+                      "violation any more; remove it, or it will hide the next one")
     if conf.violations or any(t.status == "violated" for t in conf.types):
         return FAILED
     return OK if conf.ok else INCOMPLETE
@@ -142,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 for t in diff_tables(d):
                     con.print(t)
-            return OK
+            return INCOMPLETE if d.incomplete else OK
         doc = _spec.load(args.doc)
         if args.cmd == "show":
             for t in spec_tables(doc):

@@ -53,8 +53,14 @@ class SpecDiff:
     new: Spec
     changes: list[Change] = field(default_factory=list)
 
+    @property
+    def incomplete(self) -> list[str]:
+        """Why the list of changes may be short: a version not read whole hides its changes."""
+        return [f"{d.source}: {why}" for d in (self.old, self.new) for why in d.incomplete()]
+
     def to_dict(self) -> dict[str, Any]:
         return {"old": self.old.source, "new": self.new.source,
+                "complete": not self.incomplete, "incomplete": self.incomplete,
                 "changes": [c.to_dict() for c in self.changes]}
 
 

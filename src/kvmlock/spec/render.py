@@ -142,8 +142,9 @@ def render_conformance(conf: Conformance, width: int = 120) -> str:
     return _text(conformance_tables(conf), width)
 
 
-def diff_tables(d: Any) -> list[Any]:
-    """``kvmlock spec diff``: one row per rule change, with what it means for a graph."""
+def diff_tables(d: Any, reasons: bool = True) -> list[Any]:
+    """``kvmlock spec diff``: one row per rule change, with what it means for a graph; and,
+    unless ``reasons`` is false (the caller says them already), why the list may be short."""
     t = Table(title=f"Rule changes from {d.old.source} to {d.new.source}")
     for col in ("change", "old rule (line)", "new rule (line)", "what it means for a graph"):
         t.add_column(col, overflow="fold")
@@ -156,7 +157,9 @@ def diff_tables(d: Any) -> list[Any]:
         if graph:
             row.append(" -> ".join(c.verdicts) if c.verdicts else "")
         t.add_row(*row)
-    return [t, f"{len(d.changes)} rule change(s)"]
+    out: list[Any] = [t, f"{len(d.changes)} rule change(s)"]
+    out += [f"incomplete: {why}" for why in d.incomplete] if reasons else []
+    return out
 
 
 def lint_tables(spec: Spec, findings: list[Finding]) -> list[Any]:
