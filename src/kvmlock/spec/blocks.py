@@ -32,9 +32,10 @@ from kvmlock.spec.sentences import (
 _CODE = (nodes.literal_block, nodes.doctest_block, nodes.math_block)
 #: an arrow in a diagram: "A -> B", "A --> B", "A => B", "A → B"
 _ARROW = re.compile(r"\s+(?:-+>|=+>|→)\s+")
-#: one line of a diagram: tree drawing, an arrow from the line above it, then names and arrows
+#: one line of a diagram: indentation and the rails of outer branches ("|   "), a branch from
+#: the line above ("`-> "), then names and arrows
 _DIAGRAM_LINE = re.compile(
-    r"^(?P<indent>\s*)(?P<branch>[|`+\\│├└]*[-─=]*(?:>|→)\s+)?(?P<body>.*?)\s*$")
+    r"^(?P<indent>\s*(?:[|│]\s+)*)(?P<branch>[|`+\\│├└]*[-─=]*(?:>|→)\s+)?(?P<body>.*?)\s*$")
 _CONNECTOR = re.compile(r"^[\s|│:]*$")
 #: lists whose items are a label and a body: the label's node types, then the body's
 _Kinds = tuple[type[nodes.Element], ...]
@@ -62,6 +63,12 @@ def line_of(node: nodes.Node) -> int:
 
 def title_of(sec: nodes.Element) -> str:
     return sec[0].astext() if sec.children and isinstance(sec[0], nodes.title) else ""
+
+
+def construct(node: nodes.Node) -> str:
+    """The construct a piece of text is in, as the verdict names it ("in a comment")."""
+    name = node.tagname.replace("_", " ")
+    return f"in {'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def header(text: str, ctx: Context) -> None:
@@ -176,21 +183,20 @@ class Walker:
             lines = list(node.findall(nodes.line))
             self.seen.update(id(n) for n in lines)
             return self.sentences("\n".join(n.astext() for n in lines), line_of(node), ctx,
-                                  "line block")
+                                  construct(node))
         if isinstance(node, _CODE):
             return self.code(node, ctx)
         if isinstance(node, nodes.comment | nodes.substitution_definition):
             # hidden from the reader of the document: never a rule, but a rule-like one is listed
             self.seen.add(id(node))
-            where = "comment" if isinstance(node, nodes.comment) else "substitution definition"
-            self.listed(node.astext(), line_of(node), where)
+            self.listed(node.astext(), line_of(node), construct(node))
             return []
         if isinstance(node, nodes.table):
             return self.table(node, ctx)
         if isinstance(node, nodes.title):  # of an admonition, a topic, a sidebar
             return self.label(node, [], ctx)
         if isinstance(node, nodes.TextElement):  # titles, rubrics, captions, attributions
-            return self.text_node(node, ctx, node.tagname.replace("_", " "), quiet=True)
+            return self.text_node(node, ctx, construct(node), quiet=True)
         if isinstance(node, nodes.Element):  # block quotes, admonitions, containers, topics
             return self.walk(list(node.children), ctx.copy())
         return []
@@ -203,11 +209,11 @@ class Walker:
             source = block.astext()
             if m := re.match(r"\.\.\s+include::\s*(\S+)", source):
                 self.spec.not_understood.append(Unread(
-                    source, line_of(msg), [m.group(1)], where="include",
+                    source, line_of(msg), [m.group(1)], where="in an include directive",
                     reason=f"the included file {m.group(1)} is not read, so no rule in it "
                            "was checked"))
             else:
-                self.unread(source, line_of(msg), "a directive that was not run", quiet=True)
+                self.unread(source, line_of(msg), "in a directive that was not run", quiet=True)
         return []
 
     def label(self, head: nodes.Element, body: list[nodes.Node], ctx: Context,
@@ -227,7 +233,7 @@ class Walker:
             if got:
                 out += got
             elif got is None:
-                self.unread(t, line_of(head), head.tagname.replace("_", " "), quiet=True)
+                self.unread(t, line_of(head), construct(head), quiet=True)
             header(t, ctx)
         parts: list[nodes.Node] = []
         for child in body:
@@ -238,13 +244,12 @@ class Walker:
     def code(self, node: nodes.Element, ctx: Context) -> list[Rule]:
         """A literal block: an arrow diagram is read; the rest is tested for rule-like text."""
         self.seen.add(id(node))
-        where = node.tagname.replace("_", " ")
         start = line_of(node)
         rules, rest = diagram(node.astext(), ctx, start)
         if rest:
             # the lines that are not a diagram, as one text: a diagram drawn over several lines
             # that the reader cannot follow still has its arrows and names together
-            self.listed("\n".join(text for _, text in rest), rest[0][0], where)
+            self.listed("\n".join(text for _, text in rest), rest[0][0], construct(node))
         return rules
 
     def table(self, node: nodes.table, ctx: Context) -> list[Rule]:
@@ -252,7 +257,7 @@ class Walker:
         "outer", ``vcpu->mutex`` under "inner") is tested as a whole, with its header."""
         out: list[Rule] = []
         for title in (c for c in node.children if isinstance(c, nodes.title)):
-            out += self.text_node(title, ctx, "table title", quiet=True)
+            out += self.text_node(title, ctx, "in a table title", quiet=True)
         rows = list(node.findall(nodes.row))
         heads = [r for r in rows if isinstance(r.parent, nodes.thead)] or rows[:1]
         head = [" ".join(e.astext().split()) for r in heads for e in r.children]
@@ -269,7 +274,7 @@ class Walker:
                 cells = [" ".join(e.astext().split()) for e in row.children]
                 pairs = [f"{h}: {c}" if h else c
                          for h, c in zip(head + [""] * len(cells), cells, strict=False)]
-                self.unread("; ".join(pairs), line_of(row), "table row", quiet=True)
+                self.unread("; ".join(pairs), line_of(row), "in a table row", quiet=True)
         return out
 
     # ------------------------------------------------------------------ the last pass
@@ -294,33 +299,36 @@ class Walker:
         for owner in owners.values():
             self.seen.add(id(owner))
             before = len(self.spec.not_understood)
-            self.unread(owner.astext(), line_of(owner), f"{owner.tagname} not read", quiet=True)
+            self.unread(owner.astext(), line_of(owner), f"{construct(owner)} no reader handled",
+                        quiet=True)
             self.missed += self.spec.not_understood[before:]
 
 
 def diagram(text: str, ctx: Context, start: int) -> tuple[list[Rule], list[tuple[int, str]]]:
     """An arrow diagram's orders, and the lines that are not part of one (with their lines).
 
-    ``A -> B -> C`` on one line is two orders; a line starting with an arrow (``-> B``,
-    ``|-> B``, ``` `-> B```) hangs from the last lock of the nearest line above it that is
-    indented less. Every name must be a lock name, or the line is not a diagram line.
+    ``A -> B -> C`` on one line is two orders. A line that starts with an arrow (``-> B``,
+    ``|-> B``, ``` `-> B```) is a branch: it hangs from the lock drawn above it, the rightmost
+    one that starts at or left of the branch, on the nearest line that has one. Every name must
+    be a lock name, or the line is not a diagram line.
     """
     rules: list[Rule] = []
     rest: list[tuple[int, str]] = []
-    above: list[tuple[int, str]] = []  # (indent, last lock) of the diagram lines so far
+    drawn: list[list[tuple[int, str]]] = []  # per diagram line: (column, lock) of its names
     lone: dict[str, tuple[int, str]] = {}  # a line naming one lock: a diagram's root, or not
     for offset, raw in enumerate(text.split("\n")):
-        line = start + offset
+        line, raw = start + offset, raw.expandtabs(8)
         if _CONNECTOR.match(raw):
             continue
-        m = _DIAGRAM_LINE.match(raw.expandtabs(8))
+        m = _DIAGRAM_LINE.match(raw)
         body = m["body"] if m else ""
         parts = _ARROW.split(body) if body else []
         names = [normalise(p) if looks_like_name(p) else "" for p in parts]
-        indent = len(m["indent"]) if m else 0
-        while above and above[-1][0] >= indent:
-            above.pop()
-        parent = above[-1][1] if m and m["branch"] and above else ""
+        parent = ""
+        if m and m["branch"]:
+            col = len(m["indent"])
+            parent = next((max(left)[1] for row in reversed(drawn)
+                           if (left := [(c, n) for c, n in row if c <= col])), "")
         if not m or not names or not all(names) or (m["branch"] and not parent):
             rest.append((line, raw.strip()))
             continue
@@ -330,5 +338,11 @@ def diagram(text: str, ctx: Context, start: int) -> tuple[list[Rule], list[tuple
             lone[chain[0]] = (line, raw.strip())
         rules += [Rule("order", a, inner=b, arch=ctx.arch, line=line, text=raw.strip())
                   for a, b in zip(chain, chain[1:], strict=False)]
-        above.append((indent, names[-1]))
+        at = m.start("body")
+        cols = []
+        for p, n in zip(parts, names, strict=True):
+            at = raw.index(p, at)
+            cols.append((at, n))
+            at += len(p)
+        drawn.append(cols)
     return rules, sorted(rest + list(lone.values()))

@@ -133,7 +133,8 @@ class Unread:
     text: str
     line: int
     names: list[str] = field(default_factory=list)
-    #: the construct it is in when not a plain paragraph ("comment", "literal block", ...)
+    #: where it is when not in a plain paragraph of a rules section ("in a comment", "in section
+    #: 'Exceptions', not a rules section")
     where: str = ""
     #: text that is listed only when it looks like a rule (a code example, a table cell): most
     #: such text states nothing, but a rule in it must not be lost
