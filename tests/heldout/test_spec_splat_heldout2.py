@@ -1200,13 +1200,6 @@ def test_sleeping_in_invalid_context_quoted_with_caller_ids(tmp_path):
     assert "mm/mempool.c:381" in json.dumps(j)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a full suspicious-RCU report whose headline carries the bot's title "
-    "('WARNING: suspicious RCU usage in kvm_vcpu_gfn_to_memslot', as upstream commit "
-    "95d848dc7e63 quotes it) followed by the kernel's body (file:line 'suspicious "
-    "rcu_dereference_check() usage!', '1 lock held by ...') gives 'no lockdep report found', exit 3",
-)
 def test_suspicious_rcu_with_the_bots_title_as_headline_is_read(tmp_path):
     p, j = splat(tmp_path, KVM_RCU_MEMSLOTS, name="commit.txt")
     assert p.returncode == 0 and j["kind"] == "suspicious_rcu"
@@ -1246,12 +1239,6 @@ def test_several_reports_in_one_log_are_read_in_order(tmp_path):
     assert p.returncode == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="one-line form of a held-at-exit report: the lock in '1 lock held by ...: #0: ... "
-    "(&sb->s_type->i_mutex_key#9)' is read as `acquiring`, `holding` is [] and complete is "
-    "true (the multi-line form of the same kind lists it under holding)",
-)
 def test_one_line_form_in_a_commit_message(tmp_path):
     p, j = splat(tmp_path, AFS_ONE_LINE, name="commit.txt")
     assert j["kind"] == "held_at_exit", j

@@ -229,3 +229,35 @@ def test_each_input_form_without_a_report_yields_nothing(wrap, copies: int) -> N
         assert [(d.src, d.dst) for d in sp.dependencies()] == [
             ("kvm_lock", "cpu_hotplug_lock"), ("cpu_hotplug_lock", "kvm_lock")]
         assert not sp.problems
+
+
+_RCU_BODY = (
+    "6.12.0 #3 Not tainted\n"
+    "-----------------------------\n"
+    "include/linux/kvm_host.h:1062 suspicious rcu_dereference_check() usage!\n"
+    "\nother info that might help us debug this:\n\n"
+    "1 lock held by qemu/100:\n"
+    " #0: ff1100002f4b00b0 (&vcpu->mutex){+.+.}-{3:3}, at: kvm_vcpu_ioctl+0x1d5/0x1590\n"
+)
+
+
+def test_a_bots_title_heads_a_report_only_when_the_kernels_report_follows() -> None:
+    title = "WARNING: suspicious RCU usage in kvm_vcpu_gfn_to_memslot\n"
+    [sp] = read_log(title + _RCU_BODY)
+    assert sp.kind == "suspicious_rcu" and [r.name for r in sp.holding] == ["vcpu->mutex"]
+    # near-miss: the same title followed by a bot's prose, not the kernel's report
+    assert read_log(title + "syzbot found the following issue on:\n\nHEAD commit: 1234\n") == []
+
+
+def test_one_line_form_keeps_one_lock_per_held_index() -> None:
+    held = ("#0: ffff888071cffc00 (&sb->s_type->i_mutex_key#9){++++}-{4:4}, at: inode_lock "
+            "include/linux/fs.h:818 [inline] #0: ffff888071cffc00 (&sb->s_type->i_mutex_key#9)"
+            "{++++}-{4:4}, at: afs_write+0x2bb/0x14e0 fs/afs/a.c:388 #1: ffff888071cffd00 "
+            "(&vcpu->mutex){+.+.}-{3:3}, at: kvm_vcpu_ioctl+0x1d5/0x1590")
+    line = ("WARNING: lock held when returning to user space! 6.13.0 #0 Not tainted "
+            "------------------------------------------------ syz/5823 is leaving the kernel "
+            f"with locks still held! 2 locks held by syz/5823: {held}\n")
+    [sp] = read_log(line)
+    assert [(r.name, r.at.split("+")[0]) for r in sp.holding] == [
+        ("sb->s_type->i_mutex_key", "afs_write"), ("vcpu->mutex", "kvm_vcpu_ioctl")]
+    assert sp.acquiring is None and not sp.problems

@@ -52,11 +52,16 @@ BY_ID = {k.id: k for k in KINDS}
 _HEAD = re.compile(r"^[\s\[]*(?:WARNING|BUG|INFO): ")
 
 
-def kind_of_title(line: str) -> Kind | None:
+_TAINT = re.compile(r"\s#\d+\s+(?:Not tainted|Tainted:)|^\s*(?:Not tainted|Tainted:)")
+
+
+def kind_of_title(line: str, after: list[str] | tuple[str, ...] = ()) -> Kind | None:
     """The kind a report's headline names, or None for any other line.
 
-    The kernel's headline is the whole line: "WARNING: suspicious RCU usage in f" is a bot's
-    subject naming a report, not the report (only might_sleep adds "at FILE:LINE").
+    The kernel's headline is the whole line: "WARNING: suspicious RCU usage in f" alone is a
+    bot's subject naming a report, not the report (only might_sleep adds "at FILE:LINE"). A
+    bot's title does head the kernel's report when a commit quotes the bot, so it counts when
+    the kernel's next line, its version and taint, follows (``after``: the lines after it).
     """
     if not _HEAD.match(line):
         return None
@@ -67,4 +72,17 @@ def kind_of_title(line: str) -> Kind | None:
         rest = line[m.end():].strip(" !]")
         if not rest or (k.id == "sleeping" and rest.startswith("at ")):
             return k
+        if rest.startswith("in ") and any(_TAINT.search(a) for a in after[:2]):
+            return k
     return None
+
+
+def report_starts(lines: list[str]) -> list[tuple[int, Kind]]:
+    """Where each report of a log (its kernel lines) starts, and its kind."""
+    out = []
+    for i, line in enumerate(lines):
+        if _HEAD.match(line):
+            after = [a for a in lines[i + 1:i + 4] if a.strip()]
+            if k := kind_of_title(line, after):
+                out.append((i, k))
+    return out

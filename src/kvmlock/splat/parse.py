@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from kvmlock.spec.names import kind_of
-from kvmlock.splat.kinds import kind_of_title
+from kvmlock.splat.kinds import report_starts
 from kvmlock.splat.report import Link, LockRef, Splat
 from kvmlock.splat.text import kernel_lines
 
@@ -28,7 +28,7 @@ _TASK = re.compile(
 )
 _LINK = re.compile(rf"^\s*-> #(?P<n>\d+) \((?P<name>{_NAME})\)")
 _HELD_HEAD = re.compile(r"^\s*(?:\d+|no) locks? held by (?P<task>.+?):?\s*$")
-_HELD_ITEM = re.compile(r"^\s*#\d+: ")
+_HELD_ITEM = re.compile(r"^\s*#(?P<n>\d+): ")
 _RELEASE = re.compile(rf"is trying to release lock \((?P<name>{_NAME})\)")
 _SLEEP_TASK = re.compile(r"\bpid: (?P<pid>\d+), name: (?P<name>.+?)\s*$")
 _SYNC = re.compile(r"\b(?:lock_sync|__?synchronize_srcu\w*|synchronize_rcu\w*)\b")
@@ -55,7 +55,7 @@ _SECTION_END = re.compile(
 def read_log(text: str) -> list[Splat]:
     """Every report in ``text``, in order (an empty list when there is none)."""
     lines = kernel_lines(text)
-    starts = [(i, k) for i, line in enumerate(lines) if (k := kind_of_title(line))]
+    starts = report_starts(lines)
     out: list[Splat] = []
     for n, (i, kind) in enumerate(starts):
         end = starts[n + 1][0] if n + 1 < len(starts) else len(lines)
@@ -98,6 +98,7 @@ def _report(lines: list[str], start: int, end: int, kind: str) -> Splat:
     want = ""  # what the next lock line is: "acquiring" | "held" | "other"
     link: Link | None = None
     in_held = in_scenario = False
+    held_seen: dict[str, int] = {}
     i = start + 1
     while i < end:
         line = lines[i]
@@ -129,9 +130,8 @@ def _report(lines: list[str], start: int, end: int, kind: str) -> Splat:
             sp.chain.append(link)
             continue
         if in_held:
-            if _HELD_ITEM.match(line) and (ref := _lock(line)):
-                if not any(r.raw == ref.raw and r.at == ref.at for r in sp.held_list):
-                    sp.held_list.append(ref)
+            if (m := _HELD_ITEM.match(line)) and (ref := _lock(line)):
+                _add_held(sp, held_seen, m["n"], ref)
                 continue
             if s == "":
                 continue
@@ -205,6 +205,19 @@ def _report(lines: list[str], start: int, end: int, kind: str) -> Splat:
             sp.details.insert(0, f"might sleep at {m.group(1)}")
     _check(sp)
     return sp
+
+
+def _add_held(sp: Splat, seen: dict[str, int], index: str, ref: LockRef) -> None:
+    """One held lock per index: a bot prints "#0:" again for each inlined frame of the taker."""
+    at = seen.get(index)
+    if at is not None and sp.held_list[at].raw == ref.raw:
+        if "[inline]" in sp.held_list[at].at and ref.at:
+            sp.held_list[at] = ref
+        return
+    if any(r.raw == ref.raw and r.at == ref.at for r in sp.held_list):
+        return
+    seen[index] = len(sp.held_list)
+    sp.held_list.append(ref)
 
 
 def _task(line: str) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 from kvmlock.spec.model import Spec
 from kvmlock.spec.protects import short, words
-from kvmlock.splat.kinds import kind_of_title
+from kvmlock.splat.kinds import report_starts
 from kvmlock.splat.report import Splat
 from kvmlock.splat.text import kernel_lines
 
@@ -70,7 +70,7 @@ def surroundings(text: str) -> list[list[str]]:
     """For each report of ``text`` (as :func:`~kvmlock.splat.read_log` finds them), the lines
     that may name what it read: its own lines first, then those before it, nearest first."""
     lines = kernel_lines(text)
-    starts = [i for i, line in enumerate(lines) if kind_of_title(line)]
+    starts = [i for i, _ in report_starts(lines)]
     out = []
     for n, i in enumerate(starts):
         end = starts[n + 1] if n + 1 < len(starts) else len(lines)

@@ -28,8 +28,10 @@ _BREAKS = re.compile(
     r"dependency chain|-> #\d+ \(|other info that might|Possible unsafe locking|Possible interrupt"
     r"|\*\*\* DEADLOCK|\d+ locks? held by|no locks held by|#\d+: [0-9a-f]{8,16} \(|stack backtrace"
     r"|but there are no more locks|and this task is already holding|which would create a new lock"
-    r"|but this new dependency|CPU0\s|lock\(|\[<[0-9a-f]+>\]|context-\{|[0-9a-f]{8,16} \("
+    r"|but this new dependency|CPU0\s|lock\(|\[<[0-9a-f]+>\]|context-\{"
     r"|[\w.]+\+0x[0-9a-f]+/0x|\S+ #\d+ (?:Not tainted|Tainted))"
+    # a lock's address starts a line, except after a held-lock index ("#0: ffff... (")
+    r"|(?<!#\d:)(?<!#\d\d:)\s+(?=[0-9a-f]{8,16} \()"
 )
 
 
