@@ -94,3 +94,24 @@ def test_sync_without_mmu_lock_is_a_real_race_not_only_a_lockdep_report():
     assert out.failure is not None and out.failure.kind == "assertion", out.result
     msg = str(out.failure.message)
     assert "rmap" in msg or "freed" in msg, msg
+
+
+@pytest.mark.parametrize("mutant", ["sync_wrprot_no_flush", "sync_reads_before_wrprot"])
+def test_the_protect_flush_and_order_matter_only_for_a_store_racing_the_sync(mutant):
+    # near miss: with the guest's store done before the CR3 load, neither the flush after the
+    # table's write-protection nor the order of protecting and reading changes anything
+    vm, (v0, v1) = shadow_vm(hazards={mutant})
+    set_gpte(vm, 0, 1)
+    set_gpte(vm, 1, 2)
+    guest_write(v0, 0, 11)
+    guest_write(v0, 1, 22)
+    write_gpte(v1, 3, 3)
+    write_gpte(v1, 0, 2)
+    load_cr3(v0)
+    load_cr3(v1)
+    assert guest_read(v1, 0) == 22
+    vm.check()
+    # the race the scenario explores is what catches them
+    with applied(mutant):
+        out = verify.run_scenario(SCENARIOS["shadow.sync_vs_store.correct"])
+    assert out.failure is not None and "reads 11" in str(out.failure.message)

@@ -218,6 +218,35 @@ def sync_roots_broken() -> None:
     _sync_roots(True)
 
 
+@scenario("shadow.sync_vs_store.correct",
+          rule="the sync write-protects a writable guest table and flushes before it reads "
+               "the table: a store racing it lands before the read or exits and marks the page "
+               "unsync again",
+          variant="correct", expect="pass",
+          invariant="after the storing vCPU's own CR3 load it reads the page its table names; "
+                    "a page marked sync matches the guest's table",
+          catches=("sync_wrprot_no_flush", "sync_reads_before_wrprot",
+                   "sync_keeps_table_writable"), **_BOUND)
+def sync_vs_store() -> None:
+    # Page 0 -> gfn 1 (holding 11), page 1 -> gfn 2 (holding 22); the guest already changed
+    # another entry of the table, so the page is unsync and the table writable. vcpu0 loads
+    # CR3 while vcpu1's guest re-points page 0 at gfn 2 with a plain store, then flushes.
+    vm = _shadow_vm()
+    v0, v1 = vm.vcpus
+    set_gpte(vm, 0, 1)
+    set_gpte(vm, 1, 2)
+    guest_write(v0, 0, 11)
+    guest_write(v0, 1, 22)
+    write_gpte(v1, 3, 3)
+    _run(("vcpu0_loads_cr3", lambda: load_cr3(v0)),
+         ("vcpu1_repoints_page0", lambda: write_gpte(v1, 0, 2)))
+    load_cr3(v1)
+    got = guest_read(v1, 0)
+    assert got == 22, (f"vcpu1 pointed page 0 at gfn 2 (holding 22) and loaded CR3, but reads "
+                       f"{got}: the sync read the table while the store could still land")
+    vm.check()
+
+
 # --------------------------------------------------------------------------- write tracking
 
 _WRPROT_INV = ("no vCPU writes a shadowed guest page table through a writable translation once "

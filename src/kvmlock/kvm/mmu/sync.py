@@ -41,6 +41,16 @@ SYNC_KEEPS_TABLE_WRITABLE = mutant(
     breaks="shadow paging: a page marked sync is write-protected, so the guest's next change "
            "to its table exits and marks it unsync (or the next CR3 load skips it and the "
            "stale SPTE stays)")
+SYNC_WRPROT_NO_FLUSH = mutant(
+    "sync_wrprot_no_flush", removes="the TLB flush after the sync write-protected a guest page "
+    "table that was writable",
+    breaks="shadow paging: a guest table is relied on as write-protected only once no vCPU "
+           "can still be storing through its old mapping")
+SYNC_READS_BEFORE_WRPROT = mutant(
+    "sync_reads_before_wrprot", removes="the order of the sync (the guest PTEs read before "
+    "the table is write-protected again)",
+    breaks="shadow paging: the sync reads a guest table only once the guest cannot change it "
+           "without an exit that marks the page unsync again")
 SYNC_NO_FLUSH = mutant(
     "sync_no_flush", removes="the remote TLB flush after the sync of unsync pages dropped "
     "SPTEs",
@@ -65,6 +75,22 @@ def _sync_spte(vm: VM, sp: ShadowPage, i: int) -> bool:
     return mmu.drop_spte(sp, i)
 
 
+def _write_protect_tables(vm: VM, pages: list[ShadowPage]) -> None:
+    """Step 1: the guest tables of ``pages`` are write-protected again, then TLBs flushed if
+    one of them was writable (the flush waits for every vCPU to leave guest mode, so none is
+    half-way through a store it began with the table still writable)."""
+    if SYNC_KEEPS_TABLE_WRITABLE in vm.hazards:
+        return
+    rt = runtime.RT
+    protected = False
+    for sp in pages:
+        rt.point(sp, "write-protect guest table", True)
+        protected |= sp.gpt_writable
+        sp.gpt_writable = False
+    if protected and SYNC_WRPROT_NO_FLUSH not in vm.hazards:
+        flush_remote_tlbs(vm)
+
+
 def sync_roots(vcpu: VCPU) -> None:
     """``kvm_mmu_sync_roots``: bring every unsync shadow page in line with the guest's tables.
 
@@ -75,24 +101,19 @@ def sync_roots(vcpu: VCPU) -> None:
     if mmu.tdp:
         return
     mmu.load()
-    rt = runtime.RT
     h = vm.hazards
+    late = SYNC_READS_BEFORE_WRPROT in h
     with vm.srcu.read(), unless(SYNC_WITHOUT_MMU_LOCK, h, vm.mmu_lock.write()):
         pages = [sp for sp in mmu.pages if sp is not None and sp.unsync]
-        protected = False
-        for sp in pages:
-            if SYNC_KEEPS_TABLE_WRITABLE in h:
-                continue
-            rt.point(sp, "write-protect guest table", True)
-            protected |= sp.gpt_writable
-            sp.gpt_writable = False
-        if protected:
-            flush_remote_tlbs(vm)
+        if not late:
+            _write_protect_tables(vm, pages)
         flush = False
         for sp in pages:
             mmu.mark_synced(sp)
             for i in range(len(sp.sptes)):
                 flush |= _sync_spte(vm, sp, i)
+        if late:
+            _write_protect_tables(vm, pages)  # broken: the table was read while writable
         if flush and SYNC_NO_FLUSH not in h:
             flush_remote_tlbs(vm)
     vm.stats["mmu_syncs"] += 1
