@@ -142,3 +142,27 @@ def test_first_root_flag_before_rmaps_is_caught_only_by_the_race():
     with applied("root_flag_before_rmaps"):
         out = verify.run_scenario(SCENARIOS["shadow.first_root.correct"])
     assert out.failure is not None and "has no rmaps" in str(out.failure.message)
+
+
+def test_a_slot_moved_after_the_first_root_gets_its_rmaps_and_is_mapped_through_them():
+    # a moved slot is new metadata indexed by its new gfns, allocated like a created one
+    vm = VM(nr_vcpus=1, nr_pages=16, tdp=False)
+    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0)
+    vm.set_memory_region(1, base_gfn=4, npages=4, hva=4)
+    set_gpte(vm, 0, 1)
+    guest_write(vm.vcpus[0], 0, 7)  # the first shadow root allocates every slot's rmaps
+    assert vm.set_memory_region(1, base_gfn=8, npages=4, hva=4) == "move"
+    vm.check()
+    set_gpte(vm, 2, 9)
+    guest_write(vm.vcpus[0], 2, 5)
+    vm.check()
+    assert vm.host.contents(4 + 1) == 5
+
+
+def test_a_slot_moved_before_any_shadow_root_stays_without_rmaps():
+    # the near miss: the TDP MMU and a VM with no shadow root yet need no rmaps
+    vm = VM(nr_vcpus=1, nr_pages=16, tdp=False)
+    vm.set_memory_region(1, base_gfn=4, npages=4, hva=4)
+    vm.set_memory_region(1, base_gfn=8, npages=4, hva=4)
+    assert not vm.memslots.access_pointer().by_id(1).arch.has_rmaps()
+    vm.check()

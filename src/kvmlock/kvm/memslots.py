@@ -377,8 +377,6 @@ def _set_memslot(vm: VM, old: Memslot | None, new: Memslot | None, change: str) 
             for vcpu in vm.vcpus:  # broken: vcpu->mutex is ordered outside slots_arch_lock
                 with vcpu.mutex:
                     pass
-        if vm.shadow_root_allocated.load():
-            new.arch.alloc_rmaps()  # kvm_alloc_memslot_metadata: rmaps needed from the start
     if change in (DELETE, MOVE):
         assert old is not None
         if DELETE_ZAPS_BEFORE_SYNC in vm.hazards:
@@ -389,6 +387,11 @@ def _set_memslot(vm: VM, old: Memslot | None, new: Memslot | None, change: str) 
         cur = active_memslots(vm)
         if DELETE_ZAPS_BEFORE_SYNC not in vm.hazards:
             zap_gfn_range(vm, old.base_gfn, old.base_gfn + old.npages)
+    # kvm_arch_prepare_memory_region: a created or moved slot gets fresh metadata (a moved
+    # slot's rmaps are indexed by its new gfns), so once a shadow root exists it needs its
+    # rmaps before it is published; slots_arch_lock keeps the first root's allocation out
+    if new is not None and change in (CREATE, MOVE) and vm.shadow_root_allocated.load():
+        new.arch.alloc_rmaps()
     final = cur.with_slot(new, drop=old.id if old is not None else None)
     _swap_active_memslots(vm, final)
     # commit: turning dirty logging on write-protects the slot so the next write is seen
