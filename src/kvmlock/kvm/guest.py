@@ -201,7 +201,7 @@ def write_gpte(vcpu: VCPU, va: int, gfn: int | None) -> None:
     """
     vm = vcpu.vm
     sp = _gpte_target(vm, va, gfn, "write_gpte")
-    rt = runtime.RT
+    rt = runtime.active()
     while True:
         vcpu.enter_guest()
         try:

@@ -79,7 +79,7 @@ class Host:
         self._busy: set[int] = set()
         self._backing: dict[int, int] = {}
         self.name = "host mm"  # set before the monitor: traces name its steps by it
-        self._mm = runtime.RT.waitq(self)
+        self._mm = runtime.active().waitq(self)
         self.notifiers: list[MmuNotifierOps] = []
         #: the kernel's lockdep map held around every invalidate_range_start callback, and
         #: taken (as might_lock) by any allocation that could reclaim memory.

@@ -41,13 +41,13 @@ class Doorbell:
         self.freed = False
 
     def write(self, value: int) -> None:
-        runtime.RT.point(self, "doorbell write", True)
+        runtime.active().point(self, "doorbell write", True)
         assert not self.freed, (f"{self.name} at {self.addr:#x} was written after it was "
                                 f"unregistered and freed")
         self.writes.append(value)
 
     def free(self) -> None:
-        runtime.RT.point(self, "free device", True)
+        runtime.active().point(self, "free device", True)
         self.freed = True
 
     def __repr__(self) -> str:

@@ -175,7 +175,7 @@ class Machine:
         self.enable_blocks_hotplug = bool(enable_blocks_hotplug) and \
             ENABLE_WITHOUT_HOTPLUG_LOCK not in self.hazards
         self.fail_enable_on = frozenset(fail_enable_on)
-        self._rt = runtime.RT
+        self._rt = runtime.active()
 
         self.kvm_lock = lock_kind(self.hazards, Mutex, (KVM_LOCK_SPINLOCK, SpinLock))("kvm_lock")
         self.kvm_usage_lock: Mutex | None = Mutex("kvm_usage_lock") if usage_lock else None

@@ -142,12 +142,12 @@ class SlotArch:
     @property
     def rmaps(self) -> bool:
         """Whether the reverse maps are allocated (a visible read: the allocation races)."""
-        runtime.RT.point(self, "read slot->arch.rmap", False)
+        runtime.active().point(self, "read slot->arch.rmap", False)
         return self._rmaps
 
     def alloc_rmaps(self) -> None:
         """``memslot_rmap_alloc`` (a visible write)."""
-        runtime.RT.point(self, "alloc slot->arch.rmap", True)
+        runtime.active().point(self, "alloc slot->arch.rmap", True)
         self._rmaps = True
 
     def has_rmaps(self) -> bool:
@@ -164,7 +164,7 @@ class Retired:
 
     def __init__(self) -> None:
         self.freed = False
-        self._wq = runtime.RT.waitq(self)
+        self._wq = runtime.active().waitq(self)
 
     def live(self) -> None:
         """A reader's use of it: a visible step, asserting it was not freed (the model's KASAN)."""

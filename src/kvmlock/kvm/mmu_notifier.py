@@ -80,7 +80,7 @@ def _add(obj: object, field: str, delta: int) -> int:
 
     Two visible steps, so a path that forgets its lock can lose an update, as C would.
     """
-    rt = runtime.RT
+    rt = runtime.active()
     rt.point(obj, f"read {field}", False)
     n = getattr(obj, field) + delta
     rt.point(obj, f"write {field}", True)

@@ -86,7 +86,7 @@ PI_HANDLER_WITHOUT_LOCK = mutant(
 def _list_update(pc: PerCpu, change: Any) -> None:
     """Replace the CPU's wakeup list after reading it: two visible steps, as list_add's stores
     are, so an updater without the lock can lose another's entry."""
-    rt = runtime.RT
+    rt = runtime.active()
     rt.point(pc, "read wakeup list", False)
     new = change(list(pc.wakeup_vcpus_on_cpu))
     rt.point(pc, "write wakeup list", True)
@@ -188,7 +188,7 @@ def wakeup_handler(machine: Machine, cpu: int) -> int:
     pc = machine.percpu(cpu)
     woken = 0
     with unless(PI_HANDLER_WITHOUT_LOCK, machine.hazards, pc.wakeup_lock):
-        runtime.RT.point(pc, "read wakeup list", False)
+        runtime.active().point(pc, "read wakeup list", False)
         for pv in list(pc.wakeup_vcpus_on_cpu):
             if pv.control.load() & PI_ON:
                 pv.kicks += 1

@@ -79,7 +79,7 @@ class TscSync:
         self.lock = lock
         self.tsc_khz = tsc_khz
         self.locked = locked
-        self._rt = runtime.RT
+        self._rt = runtime.active()
         self.last_tsc_write = 0
         self.last_tsc_nsec = 0
         self.cur_generation = 0

@@ -79,7 +79,7 @@ class VCPU:
         self.in_guest = False
         #: inside a lockless walk of shadow pages (the TDP MMU's RCU read side)
         self.reading_spt = False
-        self._cpu = runtime.RT.waitq(self)
+        self._cpu = runtime.active().waitq(self)
         #: counters for the workload's throughput report.
         self.stats: dict[str, int] = {
             "fast_pf": 0, "slow_pf": 0, "spurious_pf": 0, "retry_pf": 0,

@@ -149,7 +149,7 @@ class VM:
         self.mmu_invalidate_range_end = 0
         #: where a retried fault waits for the invalidation it ran into to end: the explorer's
         #: stand-in for time passing (a fault retried at once could spin for ever)
-        self.invalidate_wq = runtime.RT.waitq(self)
+        self.invalidate_wq = runtime.active().waitq(self)
 
         # -- read by vCPUs inside kvm->srcu, replaced by VM ioctls (see ioctls.py)
         self.msr_filter = RcuPointer(MsrFilter(), name="kvm->arch.msr_filter",

@@ -24,7 +24,7 @@ class ReadWriteLock:
         self.name = check_name(name, type(self).__name__)
         self.queued = bool(queued)
         self._map = lockdep.LockMap(name, self.KIND, key)
-        self._wq = runtime.RT.waitq(self)
+        self._wq = runtime.active().waitq(self)
         self._readers = 0
         self._writer = False
         self._waiting = 0  # writers queued; they hold new readers back only when queued
@@ -33,7 +33,7 @@ class ReadWriteLock:
         self._may_read = self._no_writer_queued if queued else self._no_writer
         # On real threads a queued writer holds back only the readers that came after it
         # (the kernel's hand-off): writers queued so far, and those of them that got the lock.
-        self._fair = queued and runtime.RT.name == "threads"
+        self._fair = queued and runtime.active().name == "threads"
         self._wqueued = 0
         self._wgone = 0
 

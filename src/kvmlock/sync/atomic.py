@@ -24,7 +24,7 @@ class Atomic64:
     def __init__(self, value: int = 0, *, name: str = "atomic64") -> None:
         self.name = name
         self._v = _u64(value, "__init__")
-        self._wq = runtime.RT.waitq(self)
+        self._wq = runtime.active().waitq(self)
 
     def load(self) -> int:
         # A plain read of one attribute is already indivisible on threads; only the explorer

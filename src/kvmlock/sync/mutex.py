@@ -19,7 +19,7 @@ class _Exclusive:
     def __init__(self, name: str, *, key: object | None = None) -> None:
         self.name = check_name(name, type(self).__name__)
         self._map = lockdep.LockMap(name, self.KIND, key)
-        self._cell = runtime.RT.lock_cell(self, name)
+        self._cell = runtime.active().lock_cell(self, name)
 
     # The hot path: validation first (a deadlock is reported before it can hang), then block.
     def __enter__(self) -> _Exclusive:

@@ -100,7 +100,7 @@ class RcuPointer:
         self.read_side = read_side
         self.update_side = update_side
         self._v = value
-        self._wq = runtime.RT.waitq(self)
+        self._wq = runtime.active().waitq(self)
         self._seen: object = None  # the lockdep state this pointer was last recorded in
 
     def assign(self, value: Any) -> None:

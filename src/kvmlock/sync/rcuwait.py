@@ -33,7 +33,7 @@ class RCUWait:
 
     def __init__(self, name: str = "rcuwait") -> None:
         self.name = check_name(name, "RCUWait")
-        self._wq = runtime.RT.waitq(self)
+        self._wq = runtime.active().waitq(self)
         self._waiting = False
 
     def wait(self, condition: Callable[[], bool]) -> None:

@@ -26,7 +26,7 @@ class SRCU:
     def __init__(self, name: str, *, key: object | None = None) -> None:
         self.name = check_name(name, type(self).__name__)
         self._map = lockdep.LockMap(name, self.KIND, key)
-        self._wq = runtime.RT.waitq(self)
+        self._wq = runtime.active().waitq(self)
         self._epoch = 0
         self._readers: dict[int, int] = {}  # epoch -> readers still inside
         self._callbacks: list[tuple[int, Callable[[], object]]] = []

@@ -69,7 +69,7 @@ TRACKED_GFN_MAPPED_WRITABLE = mutant(
 def is_write_tracked(vm: VM, gfn: int) -> bool:
     """``kvm_gfn_is_write_tracked``: a visible read, so a change without the lock can race."""
     mmu = vm.mmu
-    runtime.RT.point(mmu.write_track, "read gfn_write_track", False)
+    runtime.active().point(mmu.write_track, "read gfn_write_track", False)
     return mmu.write_track.get(gfn, 0) > 0
 
 
@@ -104,7 +104,7 @@ def account_shadowed(vm: VM, gfn: int) -> None:
     """
     mmu = vm.mmu
     with unless(WRPROT_SHADOWED_WITHOUT_MMU_LOCK, vm.hazards, vm.mmu_lock.write()):
-        rt = runtime.RT
+        rt = runtime.active()
         rt.point(mmu.write_track, "read gfn_write_track", False)
         n = mmu.write_track.get(gfn, 0)
         rt.point(mmu.write_track, "write gfn_write_track", True)

@@ -177,7 +177,7 @@ class MMU:
         idx = va // SP_ENTRIES
         if TDP_LINK_WITHOUT_PAGES_LOCK in vm.hazards:
             return self._link_unlocked(idx), va % SP_ENTRIES
-        rt = runtime.RT
+        rt = runtime.active()
         if self.tdp:  # mmu_lock held for read: another fault may link the page meanwhile
             rt.point(self.pages, "check tdp_mmu_pages", False)
         sp = self.pages[idx]
@@ -197,7 +197,7 @@ class MMU:
         The check and the link are separate steps (as a list_add racing another is), so two
         faults can both find the slot empty and both link a page.
         """
-        rt = runtime.RT
+        rt = runtime.active()
         rt.point(self.pages, "check tdp_mmu_pages", False)
         sp = self.pages[idx]
         if sp is None:
@@ -240,7 +240,7 @@ class MMU:
                     continue
                 for i in range(SP_ENTRIES):
                     self.drop_spte(sp, i)
-                runtime.RT.point(self.pages, "unlink shadow page", True)
+                runtime.active().point(self.pages, "unlink shadow page", True)
                 self.pages[idx] = None
                 if inverted:
                     self.page_list = [p for p in self.page_list if p is not sp]
@@ -333,7 +333,7 @@ class MMU:
 
     def _count_unsync(self, delta: int) -> None:
         """``unsync_count += delta`` as the load and store it is, so a missing lock loses one."""
-        rt = runtime.RT
+        rt = runtime.active()
         rt.point(self, "read unsync_count", False)
         n = self.unsync_count
         rt.point(self, "write unsync_count", True)
@@ -386,7 +386,7 @@ class MMU:
     def _rmap_update(self, gfn: int, change: Callable[[frozenset], frozenset]) -> None:
         """Read one gfn's rmap, then store its new value: two visible steps, as the kernel's
         list update is two stores, so a writer without the lock can lose another's entry."""
-        rt = runtime.RT
+        rt = runtime.active()
         rt.point(self.rmap, "read rmap", False)
         entries = change(self.rmap.get(gfn, frozenset()))
         rt.point(self.rmap, "write rmap", True)

@@ -81,7 +81,7 @@ def _write_protect_tables(vm: VM, pages: list[ShadowPage]) -> None:
     half-way through a store it began with the table still writable)."""
     if SYNC_KEEPS_TABLE_WRITABLE in vm.hazards:
         return
-    rt = runtime.RT
+    rt = runtime.active()
     protected = False
     for sp in pages:
         rt.point(sp, "write-protect guest table", True)
