@@ -18,6 +18,7 @@ from kvmlock.kvm.ioctls import assign_ioeventfd, deassign_ioeventfd, msr_exit, s
 from kvmlock.kvm.memslots import READONLY
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.vm import VM
+from kvmlock.scenarios.orders import together
 from kvmlock.scenarios.registry import scenario
 
 __all__: list[str] = []
@@ -71,6 +72,31 @@ def delete_correct() -> None:
           expect="assertion", invariant="a deleted memslot leaves no SPTE behind", **_BOUND)
 def delete_broken() -> None:
     _delete_vs_fault(True)
+
+
+@scenario("memslots.delete_vs_reclaim.correct",
+          rule="kvm_zap_gfn_range flushes remote TLBs before it releases mmu_lock: once the "
+               "SPTE is gone, a notifier for the same page finds nothing and flushes nothing",
+          variant="correct", expect="pass",
+          invariant="no vCPU reaches a freed frame through a cached translation",
+          catches=("zap_flush_after_unlock", "zap_no_flush"), strategy="dpor", max_runs=2000,
+          preemption_bound=1)
+def delete_vs_reclaim() -> None:
+    vm = VM(nr_vcpus=1, nr_pages=1, host_pages=1)
+    vm.set_memory_region(0, base_gfn=0, npages=1, hva=0)
+    (v0,) = vm.vcpus
+    guest_write(v0, 0, 1)  # the vCPU's TLB caches the translation
+
+    def reclaim_then_read() -> None:
+        vm.host.swap_out(0)  # frees the frame once its notifier has run
+        try:
+            guest_read(v0, 0)
+        except GuestFault:
+            pass  # the slot is gone: an MMIO exit
+
+    together(lambda: vm.set_memory_region(0, npages=0), reclaim_then_read,
+             names=["delete slot", "reclaim, vcpu0 reads"])
+    vm.check()
 
 
 # ---------------------------------------------------------------------- I/O buses

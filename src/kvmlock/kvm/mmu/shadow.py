@@ -76,6 +76,11 @@ UNLINK_PAGE_AT_FREE = mutant(
 ZAP_NO_FLUSH = mutant(
     "zap_no_flush", removes="the remote TLB flush after zapping SPTEs (kvm_zap_gfn_range)",
     breaks="a zapped SPTE's frame is reused only after every vCPU dropped its translation")
+ZAP_FLUSH_AFTER_UNLOCK = mutant(
+    "zap_flush_after_unlock", removes="flushing remote TLBs before kvm_zap_gfn_range releases "
+    "mmu_lock (the flush moved after write_unlock)",
+    breaks="once mmu_lock is dropped with the SPTE gone, a notifier finds nothing to flush and "
+           "the host frees the frame a vCPU's TLB still maps")
 ZAP_ALL_NO_FLUSH = mutant(
     "zap_all_no_flush", removes="the remote TLB flush after kvm_mmu_zap_all drops every SPTE",
     breaks="once no SPTE maps a frame, no vCPU's TLB does (a later notifier finds nothing "
@@ -479,8 +484,11 @@ def unmap_gfn_range(vm: VM, start: int, end: int) -> bool:
 
 def zap_gfn_range(vm: VM, start: int, end: int) -> bool:
     """Take ``mmu_lock``, drop the range's SPTEs and flush if anything was mapped."""
+    late = ZAP_FLUSH_AFTER_UNLOCK in vm.hazards
     with vm.mmu_lock.write():
         zapped = unmap_gfn_range(vm, start, end)
-        if zapped and ZAP_NO_FLUSH not in vm.hazards:
+        if zapped and ZAP_NO_FLUSH not in vm.hazards and not late:
             flush_remote_tlbs(vm)
+    if zapped and late:
+        flush_remote_tlbs(vm)  # broken: the SPTE is gone, the translation is not yet
     return zapped
