@@ -152,6 +152,33 @@ def unsync_repoint_broken() -> None:
     _unsync_repoint(True)
 
 
+@scenario("shadow.remap_dirty.correct",
+          rule="a shadow fault that replaces a present SPTE with another page's passes the "
+               "old SPTE's Dirty bit to the old page first (drop_spte)",
+          variant="correct", expect="pass",
+          invariant="a page the guest wrote is written back when the host swaps it out",
+          catches=("shadow_remap_drops_ad",), **_BOUND)
+def remap_dirty() -> None:
+    # Page 0 -> gfn 1, written (W|D); a harvest write-protects it and keeps Dirty in the SPTE
+    # (the page's own dirty flag is only set when an SPTE is dropped or aged). The guest
+    # re-points page 0 at gfn 2 in its unsync table and writes: the fault replaces the SPTE,
+    # and gfn 1's swap-out must still write back what the guest wrote there.
+    vm = VM(nr_vcpus=1, nr_pages=4, host_pages=4, tdp=False)
+    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0, flags=LOG_DIRTY_PAGES)
+    (v0,) = vm.vcpus
+    set_gpte(vm, 0, 1)
+    guest_write(v0, 0, 42)
+    get_dirty_log(vm, 0)
+    write_gpte(v0, 3, 3)  # exits once: the page goes unsync, its table writable
+    write_gpte(v0, 0, 2)
+    guest_write(v0, 0, 7)
+    vm.host.swap_out(1)
+    vm.check()
+    got = vm.host.contents(1)
+    assert got == 42, (f"the guest wrote 42 to gfn 1 but after its swap-out it holds {got}: "
+                       "the replaced SPTE's Dirty bit never reached the page")
+
+
 def _sync_roots(broken: bool) -> None:
     # Pages 0 and 1 -> gfn 1 (holding 11), page 2 -> gfn 2 (holding 22); vcpu1 has read page 0,
     # so its TLB caches page 0 -> gfn 1. The guest re-points page 0 at gfn 2 with a plain store

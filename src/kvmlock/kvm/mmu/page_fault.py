@@ -60,6 +60,12 @@ SHADOW_REMAP_NO_FLUSH = mutant(
     "present SPTE that mapped another page (a guest PTE re-pointed in an unsync page)",
     breaks="TLB: a translation outlives no SPTE -- the old gfn's rmap no longer has the "
            "SPTE, so its swap-out flushes nothing and a vCPU reads the freed frame")
+SHADOW_REMAP_DROPS_AD = mutant(
+    "shadow_remap_drops_ad", removes="passing the old page's Accessed/Dirty on when a shadow "
+    "fault replaces a present SPTE of another page (mmu_spte_clear_no_track instead of "
+    "drop_spte's clear_track_bits)",
+    breaks="Dirty bit: a guest write through an SPTE reaches the page before the SPTE is "
+           "dropped, or the old page's swap-out skips the write-back")
 PAGE_FAULT_NO_SRCU = mutant(
     "page_fault_no_srcu", removes="the page fault's kvm->srcu read side",
     breaks="memslots are used inside kvm->srcu, so a memslot update waits for the fault")
@@ -195,7 +201,11 @@ def _shadow_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int
             if S.pfn_of(old) != pfn or sp.gfn_at(i) != gfn:
                 # the guest re-pointed its PTE without an exit (unsync page): the old page
                 # leaves its gfn's rmap here, so no later zap of that gfn would flush for it
-                mmu.drop_spte(sp, i)
+                if SHADOW_REMAP_DROPS_AD in vm.hazards:
+                    sptep.store(0)  # broken: the old page's Dirty bit goes with the SPTE
+                    mmu.rmap_remove(sp, i)
+                else:
+                    mmu.drop_spte(sp, i)
                 flush = SHADOW_REMAP_NO_FLUSH not in vm.hazards
                 spte_set(sptep, new)
             elif not S.hw_allows(old, write):
