@@ -240,3 +240,22 @@ def test_host_refuses_bad_addresses_and_sizes():
     assert h.swap_out(0) is False, "nothing mapped there: nothing to swap"
     with pytest.raises(TypeError, match="kvmlock.kvm.host.Host"):
         VM(host=object())
+
+
+def test_turning_logging_off_frees_the_bitmap_and_on_again_gets_a_fresh_one():
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0, flags=LOG_DIRTY_PAGES)
+    first = vm.memslots.access_pointer().by_id(0).dirty_bitmap
+    vm.set_memory_region(0, base_gfn=1, npages=2, hva=0, flags=LOG_DIRTY_PAGES)  # a move
+    assert vm.memslots.access_pointer().by_id(0).dirty_bitmap is first and not first.freed
+    vm.set_memory_region(0, base_gfn=1, npages=2, hva=0)
+    assert first.freed and vm.memslots.access_pointer().by_id(0).dirty_bitmap is None
+    with pytest.raises(ValueError, match="does not have dirty logging on"):
+        get_dirty_log(vm, 0)
+    vm.set_memory_region(0, base_gfn=1, npages=2, hva=0, flags=LOG_DIRTY_PAGES)
+    again = vm.memslots.access_pointer().by_id(0).dirty_bitmap
+    assert again is not first and not again.freed
+    guest_write(vm.vcpus[0], 1, 5)
+    assert get_dirty_log(vm, 0) == [1]
+    vm.set_memory_region(0, npages=0)
+    assert again.freed

@@ -19,6 +19,7 @@ its SPTEs, then publishes the final array.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -30,8 +31,8 @@ if TYPE_CHECKING:
     from kvmlock.kvm.vm import VM
     from kvmlock.sync import RcuPointer
 
-__all__ = ["LOG_DIRTY_PAGES", "READONLY", "Memslot", "Memslots", "MsrFilter", "Retired",
-           "SlotArch", "active_memslots", "retire", "set_memory_region"]
+__all__ = ["LOG_DIRTY_PAGES", "READONLY", "DirtyBitmap", "Memslot", "Memslots", "MsrFilter",
+           "Retired", "SlotArch", "active_memslots", "retire", "set_memory_region"]
 
 #: KVM_MEM_LOG_DIRTY_PAGES
 LOG_DIRTY_PAGES = 1
@@ -87,7 +88,7 @@ class Memslot:
     flags: int = 0
     invalid: bool = False
     #: one Atomic64 per 64 gfns; shared by every copy of the slot (as the kernel shares it)
-    dirty_bitmap: tuple[Atomic64, ...] | None = None
+    dirty_bitmap: DirtyBitmap | None = None
     #: ``kvm_arch_memory_slot``: shared by every copy of the slot, changed under slots_arch_lock
     arch: SlotArch = field(default_factory=lambda: SlotArch())
 
@@ -118,6 +119,7 @@ class Memslot:
         if self.dirty_bitmap is None or not self.flags & LOG_DIRTY_PAGES:
             return
         rel = gfn - self.base_gfn
+        self.dirty_bitmap.check_live()  # inside kvm->srcu: freed only after a grace period
         word = self.dirty_bitmap[rel // 64]
         if MARK_DIRTY_NONATOMIC in hazards:
             word.store(word.load() | 1 << (rel % 64))
@@ -202,6 +204,33 @@ class MsrFilter(Retired):
 
     def __repr__(self) -> str:
         return f"<MsrFilter denies {sorted(self.denied)}>"
+
+
+class DirtyBitmap(Retired):
+    """A slot's dirty bitmap (one Atomic64 per 64 gfns). Turning logging off or deleting the
+    slot frees it once a grace period has passed; ``KVM_GET_DIRTY_LOG`` is no SRCU reader and
+    relies on ``kvm->slots_lock`` instead, so a harvest without it can touch a freed bitmap."""
+
+    __slots__ = ("slot_id", "words")
+    what = "dirty bitmap"
+
+    def __init__(self, slot_id: int, npages: int) -> None:
+        super().__init__()
+        self.slot_id = slot_id
+        self.words = tuple(Atomic64(0, name=f"slot{slot_id}.dirty[{i}]")
+                           for i in range((npages + 63) // 64))
+
+    def __getitem__(self, i: int) -> Atomic64:
+        return self.words[i]
+
+    def __iter__(self) -> Iterator[Atomic64]:
+        return iter(self.words)
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def __repr__(self) -> str:
+        return f"<slot {self.slot_id}'s dirty bitmap>"
 
 
 class Memslots(Retired):
@@ -350,10 +379,12 @@ def set_memory_region(
             else:
                 raise ValueError("set_memory_region: a slot can only be moved or re-flagged; "
                                  "delete it first to resize it")
-            bitmap = old.dirty_bitmap if old is not None and old.npages == npages else None
-            if flags & LOG_DIRTY_PAGES and bitmap is None:
-                bitmap = tuple(Atomic64(0, name=f"slot{slot_id}.dirty[{i}]")
-                               for i in range((npages + 63) // 64))
+            # kvm_prepare_memory_region: logging keeps the bitmap it has, or gets one
+            bitmap = None
+            if flags & LOG_DIRTY_PAGES:
+                bitmap = old.dirty_bitmap if old is not None else None
+                if bitmap is None:
+                    bitmap = DirtyBitmap(slot_id, npages)
             arch = old.arch if change == FLAGS_ONLY and old is not None else SlotArch()
             new = Memslot(slot_id, base_gfn, npages, hva, flags, False, bitmap, arch)
         if vm.host is not None:
@@ -363,6 +394,11 @@ def set_memory_region(
                 with vcpu.mutex:
                     pass
         _set_memslot(vm, old, new, change)
+        # kvm_commit_memory_region / kvm_free_memslot: a bitmap the new slot does not carry
+        # goes, after the grace period the swap waited for
+        if old is not None and old.dirty_bitmap is not None and \
+                (new is None or new.dirty_bitmap is not old.dirty_bitmap):
+            old.dirty_bitmap.free()
     return change
 
 

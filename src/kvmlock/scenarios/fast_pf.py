@@ -26,7 +26,7 @@ from __future__ import annotations
 import kvmlock
 from kvmlock.kvm.guest import guest_read, guest_write, set_gpte
 from kvmlock.kvm.memslots import LOG_DIRTY_PAGES
-from kvmlock.kvm.mmu.dirty_log import MigrationCopy
+from kvmlock.kvm.mmu.dirty_log import MigrationCopy, get_dirty_log
 from kvmlock.kvm.vm import VM
 from kvmlock.scenarios.orders import together
 from kvmlock.scenarios.registry import scenario
@@ -313,6 +313,30 @@ def logging_enable() -> None:
     guest_write(v0, 0, 3)  # must fault and be logged
     vm.check()
     _assert_log_complete(mig)
+
+
+def _harvest_if_logging(vm: VM) -> None:
+    try:
+        get_dirty_log(vm, 0)
+    except ValueError:
+        pass  # logging was already off: the ioctl fails
+
+
+@scenario("dirty_log.disable_vs_harvest.correct",
+          rule="KVM_GET_DIRTY_LOG holds kvm->slots_lock: turning logging off frees the slot's "
+               "dirty bitmap (after a grace period the harvest, no kvm->srcu reader, does not "
+               "hold off)",
+          variant="correct", expect="pass",
+          invariant="no harvest reads a dirty bitmap after it was freed",
+          catches=("harvest_without_slots_lock",), **_BOUND)
+def logging_disable_vs_harvest() -> None:
+    vm = VM(nr_vcpus=1, nr_pages=1, host_pages=1)
+    vm.set_memory_region(0, base_gfn=0, npages=1, hva=0, flags=LOG_DIRTY_PAGES)
+    guest_write(vm.vcpus[0], 0, 1)  # logged
+    together(lambda: _harvest_if_logging(vm),
+             lambda: vm.set_memory_region(0, base_gfn=0, npages=1, hva=0),
+             names=["KVM_GET_DIRTY_LOG", "KVM_SET_USER_MEMORY_REGION (no log)"])
+    vm.check()
 
 
 @scenario("fast_pf.zap_all_race.correct",

@@ -38,6 +38,11 @@ __all__ = ["MigrationCopy", "clear_dirty_gfn", "get_dirty_log", "slot_remove_wri
            "write_protect_gfn"]
 
 
+HARVEST_WITHOUT_SLOTS_LOCK = mutant(
+    "harvest_without_slots_lock", removes="kvm->slots_lock around KVM_GET_DIRTY_LOG (and the "
+    "lockdep-checked memslots lookup with it)",
+    breaks="kvm->slots_lock: the harvest is no kvm->srcu reader, so only slots_lock keeps a "
+           "memslot update from freeing the bitmap it reads")
 HARVEST_LOAD_STORE = mutant(
     "harvest_load_store", removes="the harvest's xchg of each bitmap word (load, then store 0)",
     breaks="dirty logging: a bit set between the harvest's read and its clear is not lost")
@@ -123,8 +128,10 @@ def slot_remove_write_access(vm: VM, slot: Memslot) -> None:
 def get_dirty_log(vm: VM, slot_id: int) -> list[int]:
     """``KVM_GET_DIRTY_LOG``: the gfns written since the last call, now write-protected
     (PML: their Dirty bits cleared), with TLBs flushed before it returns."""
-    with vm.slots_lock:
-        slot = active_memslots(vm).by_id(slot_id)
+    unlocked = HARVEST_WITHOUT_SLOTS_LOCK in vm.hazards
+    with unless(HARVEST_WITHOUT_SLOTS_LOCK, vm.hazards, vm.slots_lock):
+        # broken: the unchecked lookup, so that lockdep has nothing to say
+        slot = (vm.memslots.access_pointer() if unlocked else active_memslots(vm)).by_id(slot_id)
         if slot is None:
             raise ValueError(f"get_dirty_log: slot {slot_id} does not exist")
         if not slot.logging:
@@ -132,8 +139,12 @@ def get_dirty_log(vm: VM, slot_id: int) -> list[int]:
         dirty: list[int] = []
         flush = False
         early = HARVEST_FLUSH_BEFORE_PROTECT in vm.hazards
+        bitmap = slot.dirty_bitmap
+        assert bitmap is not None  # slot.logging
         with unless(HARVEST_WITHOUT_MMU_LOCK, vm.hazards, vm.mmu_lock.write()):
-            for w, word in enumerate(slot.dirty_bitmap or ()):
+            bitmap.live()
+            for w, word in enumerate(bitmap):
+                bitmap.check_live()
                 if not word.load():
                     continue
                 if early:
