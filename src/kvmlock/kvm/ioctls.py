@@ -10,8 +10,12 @@ Each function is one kernel path, reduced to its locks and the shared state they
   IOAPIC on the I/O bus (``kvm->slots_lock``; :mod:`kvmlock.kvm.iobus` publishes the new bus
   and waits for ``synchronize_srcu``) and installs the default routes (``kvm->irq_lock``). So
   ``synchronize_srcu`` runs under ``kvm->lock`` and ``kvm->slots_lock``.
+  ``irqchip_in_kernel()`` becomes true last (``smp_wmb``): paths that test it without
+  ``kvm->lock`` rely on finding the devices and the routes once it is true.
 * :func:`set_gsi_routing` (``kvm->irq_lock``) and :func:`assign_ioeventfd` (``kvm->slots_lock``)
   -- the same updates made directly by userspace, without ``kvm->lock``.
+* :func:`irq_line` -- ``KVM_IRQ_LINE``: userspace raises an interrupt line; refused until
+  ``irqchip_in_kernel()``, then delivered through the routing table to the PIC or IOAPIC.
 * :func:`create_pit` -- the PIT: its I/O device is registered under ``kvm->slots_lock`` and,
   still under it, its interrupt ack notifier under ``kvm->irq_lock`` -- the uncommon path that
   holds both.
@@ -42,7 +46,8 @@ if TYPE_CHECKING:
     from kvmlock.kvm.vm import VM
 
 __all__ = ["APIC_ACCESS_SLOT", "assign_ioeventfd", "check_vcpus_config", "create_irqchip",
-           "create_pit", "inhibit_apic_access_page", "bus_devices", "kvm_run", "msr_exit",
+           "create_pit", "inhibit_apic_access_page", "bus_devices", "irq_line", "kvm_run",
+           "msr_exit",
            "set_gsi_routing", "set_msr_filter", "set_vcpus_config", "vcpu_set_config"]
 
 VCPU_IOCTL_TAKES_KVM_LOCK = mutant(
@@ -77,6 +82,11 @@ ROUTING_WITHOUT_IRQ_LOCK = mutant(
 ACK_NOTIFIER_WITHOUT_IRQ_LOCK = mutant(
     "ack_notifier_without_irq_lock", removes="kvm->irq_lock around registering the PIT's ack "
     "notifier", breaks="kvm->irq_lock protects the irqchip's ack notifiers")
+IRQCHIP_MODE_BEFORE_DEVICES = mutant(
+    "irqchip_mode_before_devices", removes="KVM_CREATE_IRQCHIP setting irqchip_mode last (after "
+    "the PIC, the IOAPIC and the default routes, behind smp_wmb): it is set first",
+    breaks="a path that finds irqchip_in_kernel() true without kvm->lock finds the routing "
+           "table and the PIC/IOAPIC, and routes it installs are not replaced by the defaults")
 VCPU_IOCTL_WITHOUT_VCPU_MUTEX = mutant(
     "vcpu_ioctl_without_vcpu_mutex", removes="vcpu->mutex around a vCPU ioctl's change to the "
     "vCPU's state", breaks="vcpu->mutex protects one vCPU's state against concurrent ioctls")
@@ -189,11 +199,41 @@ def create_irqchip(vm: VM) -> None:
     with vm.lock:
         if vm.irqchip.load():
             raise ValueError("KVM_CREATE_IRQCHIP: the VM already has an irqchip (EEXIST)")
+        early = IRQCHIP_MODE_BEFORE_DEVICES in vm.hazards
+        if early:
+            vm.irqchip.store(1)  # broken: unlocked readers may see it before what it stands for
         with unless(BUS_UPDATE_WITHOUT_SLOTS_LOCK, vm.hazards, vm.slots_lock):
             _io_bus_register(vm, PIC, "pic")
             _io_bus_register(vm, IOAPIC, "ioapic")
         _set_irq_routing(vm, ("pic", "ioapic"))
-        vm.irqchip.store(1)  # smp_wmb(); irqchip_mode = KVM_IRQCHIP_KERNEL
+        if not early:
+            vm.irqchip.store(1)  # smp_wmb(); irqchip_mode = KVM_IRQCHIP_KERNEL
+
+
+def irq_line(vm: VM, level: int) -> list[str]:
+    """``KVM_IRQ_LINE``: raise the line; returns the devices it reached.
+
+    ``irqchip_in_kernel()`` is tested without ``kvm->lock`` (ENXIO, a ValueError, before
+    KVM_CREATE_IRQCHIP). Once it is true the routing table and its devices must exist: an empty
+    table loses the interrupt, a route to a device not yet created is the kernel's NULL
+    dereference of ``kvm->arch.vpic``. The kernel reads the table inside ``kvm->irq_srcu``; the
+    model, which has no ``irq_srcu``, reads it on its update side (``kvm->irq_lock``), which
+    answers the same question: is the table written before the mode says it is.
+    """
+    if not vm.irqchip.load():  # irqchip_in_kernel(): smp_rmb() after reading the mode
+        raise ValueError("KVM_IRQ_LINE: the VM has no in-kernel irqchip (ENXIO)")
+    with vm.irq_lock:
+        routes = vm.irq_routing
+    assert routes, ("KVM_IRQ_LINE found irqchip_in_kernel() true but no routing table: the "
+                    "interrupt is lost")
+    with vm.srcu.read():
+        bus = vm.buses.srcu_dereference(vm.srcu)
+        for name in routes:
+            dev = next((d for d in bus.devs if d.name == name), None)
+            assert dev is not None, (f"KVM_IRQ_LINE found irqchip_in_kernel() true and a route "
+                                     f"to the {name}, but no {name} exists (NULL dereference)")
+            dev.write(level)
+    return list(routes)
 
 
 def create_pit(vm: VM) -> None:

@@ -4,6 +4,10 @@ Each scenario runs the model's own paths that write one declared datum (``guarde
 model) from two tasks at once. The correct model holds the lock at every access, so lockdep
 stays silent and the result is one of the writes; the mutant that leaves the lock out of one
 path is reported at the first unguarded access (kind ``unguarded``), whatever the schedule.
+
+``protected.irqchip_publish`` is the other side of one such datum: ``kvm->lock`` serialises
+KVM_CREATE_IRQCHIP, but the paths that only *test* ``irqchip_in_kernel()`` take no lock, so what
+they may rely on is decided by the order in which the ioctl publishes its parts.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from kvmlock.kvm.machine import Machine
 from kvmlock.kvm.tsc import TscSync
 from kvmlock.kvm.vm import VM
 from kvmlock.kvm.xen import Xen
+from kvmlock.scenarios.orders import try_gsi_routing
 from kvmlock.scenarios.registry import scenario
 from kvmlock.sync import peek
 
@@ -97,6 +102,44 @@ def irq_routing_correct() -> None:
           KVM_CREATE_PIT2=lambda: ioctls.create_pit(vm))
     assert peek(vm, "irq_routing") in (("ioapic",), ("pic",))
     assert peek(vm, "irq_ack_notifiers") == ["pit"]
+
+
+@scenario("protected.irqchip_publish.correct",
+          rule="KVM_CREATE_IRQCHIP sets irqchip_mode last (kvm->lock held): KVM_SET_GSI_ROUTING "
+               "and KVM_IRQ_LINE, which test it without kvm->lock, race it",
+          variant="correct", expect="pass",
+          invariant="a path that finds irqchip_in_kernel() true finds the routing table and the "
+                    "PIC/IOAPIC on the bus; routes KVM_SET_GSI_ROUTING installs are final",
+          catches=("irqchip_mode_before_devices",), **_BOUND)
+def irqchip_publish_correct() -> None:
+    irqchip_publish()
+
+
+def irqchip_publish(*, routing: bool = True, line: bool = True) -> None:
+    """KVM_CREATE_IRQCHIP racing KVM_SET_GSI_ROUTING (``routing``) and KVM_IRQ_LINE
+    (``line``), then the checks; ``irq_line`` asserts its own part where it runs."""
+    vm = VM(None, nr_vcpus=0)  # x86 refuses KVM_CREATE_IRQCHIP once a vCPU exists
+    routed: list[bool] = []
+
+    def irq_line() -> None:
+        try:
+            ioctls.irq_line(vm, 1)
+        except ValueError:
+            pass  # ENXIO: no irqchip yet
+
+    tasks: dict[str, Callable[[], object]] = {
+        "KVM_CREATE_IRQCHIP": lambda: ioctls.create_irqchip(vm)}
+    if routing:
+        tasks["KVM_SET_GSI_ROUTING"] = lambda: routed.append(try_gsi_routing(vm, ("ioapic",)))
+    if line:
+        tasks["KVM_IRQ_LINE"] = irq_line
+    _race(**tasks)
+    ours = bool(routed and routed[0])
+    want = ("ioapic",) if ours else ("pic", "ioapic")
+    got = peek(vm, "irq_routing")
+    why = ": the defaults replaced the routes KVM_SET_GSI_ROUTING set" if ours else ""
+    assert got == want, f"the routing table is {got}, not {want}{why}"
+    assert {"pic", "ioapic"} <= set(ioctls.bus_devices(vm))
 
 
 @scenario("protected.vcpu_state.correct",
