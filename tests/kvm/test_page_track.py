@@ -166,3 +166,51 @@ def test_a_slot_moved_before_any_shadow_root_stays_without_rmaps():
     vm.set_memory_region(1, base_gfn=8, npages=4, hva=4)
     assert not vm.memslots.access_pointer().by_id(1).arch.has_rmaps()
     vm.check()
+# ------------------------------------------------------------------ the count lives in the slot
+
+
+def _two_slots():
+    vm = VM(nr_vcpus=1, nr_pages=3, host_pages=3)
+    vm.set_memory_region(0, base_gfn=0, npages=1, hva=0)
+    vm.set_memory_region(1, base_gfn=1, npages=1, hva=1)
+    return vm, vm.vcpus[0]
+
+
+def test_the_write_track_count_lives_in_the_slot_and_goes_with_a_delete_or_move():
+    vm, v = _two_slots()
+    assert shadow_guest_table(v, 1)
+    slot = vm.memslots.access_pointer().lookup(1)
+    assert slot.arch.peek_write_track(1) == 1
+    # near miss: a flags-only change keeps the arch part, so the gfn stays tracked
+    vm.set_memory_region(1, base_gfn=1, npages=1, hva=1, flags=LOG_DIRTY_PAGES)
+    kept = vm.memslots.access_pointer().lookup(1)
+    assert kept.arch is slot.arch and not slot.arch.freed
+    assert page_fault(v, 1, True) == "emulate", "a tracked gfn is never mapped writable"
+    # a move frees it once the grace period is over: a late user is a use-after-free
+    vm.set_memory_region(1, base_gfn=2, npages=1, hva=1)
+    assert slot.arch.freed and vm.memslots.access_pointer().lookup(2).arch.peek_write_track(2) == 0
+    with pytest.raises(AssertionError, match="memslot arch data .* used after it was freed"):
+        slot.arch.write_track(1)
+    # shadowing a gfn no memslot backs any more shadows nothing
+    assert not shadow_guest_table(v, 1)
+    vm.check()
+    assert lockdep.reports() == []
+
+
+@pytest.mark.parametrize("change", ["delete", "move"])
+def test_shadowing_without_kvm_run_s_read_side_uses_freed_memslots(change):
+    from kvmlock import explore
+    from kvmlock.scenarios.memslots import shadowed_table_vs_update
+
+    def body():
+        shadowed_table_vs_update(change)
+
+    ok = explore.check(body, max_runs=2000)
+    assert ok.ok and ok.exhausted, ok.headline()
+    with applied("shadow_table_without_srcu"):
+        seen = explore.check(body, max_runs=2000)
+        bad = explore.check(body, max_runs=2000, lockdep=False)
+    assert seen.failure is not None and seen.failure.kind == "lockdep", seen.headline()
+    assert "suspicious RCU usage" in seen.failure.message
+    assert bad.failure is not None and bad.failure.kind == "assertion", bad.headline()
+    assert "memslots array used after it was freed" in bad.failure.message

@@ -127,36 +127,6 @@ class Memslot:
             word.fetch_or(1 << (rel % 64))
 
 
-class SlotArch:
-    """The arch part of a memslot: its reverse maps, allocated by the first shadow root.
-
-    The rmaps are allocated lazily (the TDP MMU needs none until a shadow root exists), from
-    inside a ``kvm->srcu`` read side, so ``slots_arch_lock`` is what orders the allocation with
-    a memslot update copying the slot: a slot created after the allocation must get its rmaps
-    at creation, one created before it must be seen by the allocation.
-    """
-
-    __slots__ = ("_rmaps",)
-
-    def __init__(self) -> None:
-        self._rmaps = False
-
-    @property
-    def rmaps(self) -> bool:
-        """Whether the reverse maps are allocated (a visible read: the allocation races)."""
-        runtime.active().point(self, "read slot->arch.rmap", False)
-        return self._rmaps
-
-    def alloc_rmaps(self) -> None:
-        """``memslot_rmap_alloc`` (a visible write)."""
-        runtime.active().point(self, "alloc slot->arch.rmap", True)
-        self._rmaps = True
-
-    def has_rmaps(self) -> bool:
-        """For checks after a run: no scheduling point."""
-        return self._rmaps
-
-
 class Retired:
     """Something readers reach through an :class:`RcuPointer` inside ``kvm->srcu``'s read side:
     the updater frees it once a grace period has passed; a use after that is a use-after-free."""
@@ -180,6 +150,64 @@ class Retired:
         """``kfree`` once no reader can hold it (a visible step a reader's use races with)."""
         self._wq.point(f"free {self.what}", True)
         self.freed = True
+
+
+class SlotArch(Retired):
+    """The arch part of a memslot (``kvm_arch_memory_slot``): its reverse maps, allocated by the
+    first shadow root, and its write-track counts.
+
+    The rmaps are allocated lazily (the TDP MMU needs none until a shadow root exists), from
+    inside a ``kvm->srcu`` read side, so ``slots_arch_lock`` is what orders the allocation with
+    a memslot update copying the slot: a slot created after the allocation must get its rmaps
+    at creation, one created before it must be seen by the allocation.
+
+    The write-track count of a gfn (``gfn_write_track``) lives here too, so whoever changes it
+    found the slot in a memslots array and must stay inside ``kvm->srcu`` until done: deleting
+    or moving the slot frees this part (``kvm_arch_free_memslot``) once the grace period after
+    the final swap is over.
+    """
+
+    __slots__ = ("_rmaps", "_write_track")
+    what = "memslot arch data (rmaps, write tracking)"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rmaps = False
+        self._write_track: dict[int, int] = {}
+
+    @property
+    def rmaps(self) -> bool:
+        """Whether the reverse maps are allocated (a visible read: the allocation races)."""
+        runtime.active().point(self, "read slot->arch.rmap", False)
+        self.check_live()
+        return self._rmaps
+
+    def alloc_rmaps(self) -> None:
+        """``memslot_rmap_alloc`` (a visible write)."""
+        runtime.active().point(self, "alloc slot->arch.rmap", True)
+        self.check_live()
+        self._rmaps = True
+
+    def has_rmaps(self) -> bool:
+        """For checks after a run: no scheduling point."""
+        return self._rmaps
+
+    def write_track(self, gfn: int) -> int:
+        """The gfn's write-track count (a visible read: an unlocked change races it)."""
+        runtime.active().point(self, "read gfn_write_track", False)
+        self.check_live()
+        return self._write_track.get(gfn, 0)
+
+    def set_write_track(self, gfn: int, n: int) -> None:
+        """Store the gfn's count (a visible write; the caller read it first, so the change is
+        a read-modify-write that only ``mmu_lock`` makes atomic)."""
+        runtime.active().point(self, "write gfn_write_track", True)
+        self.check_live()
+        self._write_track[gfn] = n
+
+    def peek_write_track(self, gfn: int) -> int:
+        """For checks: no scheduling point."""
+        return self._write_track.get(gfn, 0)
 
 
 def retire(vm: VM, pointer: RcuPointer, new: Retired, holding: Any) -> None:
@@ -430,6 +458,9 @@ def _set_memslot(vm: VM, old: Memslot | None, new: Memslot | None, change: str) 
         new.arch.alloc_rmaps()
     final = cur.with_slot(new, drop=old.id if old is not None else None)
     _swap_active_memslots(vm, final)
+    if change in (DELETE, MOVE):
+        assert old is not None
+        old.arch.free()  # kvm_arch_free_memslot: after the grace period the swap waited for
     # commit: turning dirty logging on write-protects the slot so the next write is seen
     if new is not None and new.logging and not (old is not None and old.logging
                                                  and change == FLAGS_ONLY):

@@ -7,6 +7,11 @@ fault that could still see the old array has finished), and only then zaps the s
 invariant: once the deletion returns, no SPTE maps a gfn of the deleted slot. The broken
 variant zaps before the grace period, and a fault that had loaded the old array installs an
 SPTE after the zap.
+
+``memslots.shadowed_table_delete`` is the same protocol seen from a vCPU that does not fault
+but starts shadowing a guest page table: the gfn's write-track count lives in its memslot, which
+the deletion frees after the grace period, so the vCPU looks the slot up and raises the count
+inside KVM_RUN's read side.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from kvmlock.kvm.iobus import mmio_write
 from kvmlock.kvm.ioctls import assign_ioeventfd, deassign_ioeventfd, msr_exit, set_msr_filter
 from kvmlock.kvm.memslots import READONLY
 from kvmlock.kvm.mmu import spte as S
+from kvmlock.kvm.mmu.page_track import shadow_guest_table
 from kvmlock.kvm.vm import VM
 from kvmlock.scenarios.orders import together
 from kvmlock.scenarios.registry import scenario
@@ -97,6 +103,32 @@ def delete_vs_reclaim() -> None:
     together(lambda: vm.set_memory_region(0, npages=0), reclaim_then_read,
              names=["delete slot", "reclaim, vcpu0 reads"])
     vm.check()
+
+
+def shadowed_table_vs_update(change: str) -> None:
+    """vcpu0 shadows the guest page table at gfn 1 (the first shadow root, then the count)
+    while userspace deletes or moves gfn 1's memslot."""
+    vm = VM(nr_vcpus=1, nr_pages=3, host_pages=3)
+    vm.set_memory_region(0, base_gfn=0, npages=1, hva=0)
+    vm.set_memory_region(1, base_gfn=1, npages=1, hva=1)
+    (v0,) = vm.vcpus
+    kw = {"npages": 0} if change == "delete" else {"base_gfn": 2, "npages": 1, "hva": 1}
+    tasks = [kvmlock.spawn(lambda: shadow_guest_table(v0, 1), name="vcpu0_shadows_gfn1"),
+             kvmlock.spawn(lambda: vm.set_memory_region(1, **kw), name=f"{change}_slot1")]
+    for t in tasks:
+        t.join()
+    vm.check()
+
+
+@scenario("memslots.shadowed_table_delete.correct",
+          rule="a vCPU raises a shadowed gfn's write-track count, kept in its memslot, inside "
+               "KVM_RUN's kvm->srcu read side while the memslot is deleted",
+          variant="correct", expect="pass",
+          invariant="no memslot's arch data (rmaps, write-track counts) is used after the "
+                    "deletion freed it",
+          catches=("shadow_table_without_srcu",), **_BOUND)
+def shadowed_table_delete() -> None:
+    shadowed_table_vs_update("delete")
 
 
 # ---------------------------------------------------------------------- I/O buses

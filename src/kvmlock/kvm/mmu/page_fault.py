@@ -157,7 +157,7 @@ def _tdp_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int, p
         if invalidate_retry(vm, mmu_seq, hva):
             return RETRY
         sp, i = mmu.ensure_page(va)
-        new = tracked_spte(vm, gfn, new)
+        new = tracked_spte(vm, slot, gfn, new)
         sptep = sp.sptes[i]
         old = sptep.load()
         if S.is_present(old):
@@ -194,7 +194,7 @@ def _shadow_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int
             return RETRY
         if mmu.guest_translate(va) != gfn and NO_GPTE_RECHECK not in vm.hazards:
             return RETRY  # the guest re-pointed its page table meanwhile
-        new = tracked_spte(vm, gfn, new)
+        new = tracked_spte(vm, slot, gfn, new)
         old = sptep.load()
         flush = False
         if S.is_present(old):

@@ -7,7 +7,10 @@ arch/x86/kvm/mmu/mmu.c ``account_shadowed`` and page_track.c, in our own code):
 
 * with ``mmu_lock`` held for write (and inside ``kvm->srcu``) the gfn's track count goes up,
   every SPTE that maps the gfn loses W *and* MMU-writable, and TLBs are flushed before the lock
-  is dropped -- from then on the write-protection is relied on;
+  is dropped -- from then on the write-protection is relied on. The count lives in the gfn's
+  memslot (its arch part), looked up in the memslots array read inside ``kvm->srcu``: a
+  memslot delete or move frees that part once the grace period is over, so the read side must
+  last until the count is changed;
 * a fault that wants to write a tracked gfn installs its SPTE without W and MMU-writable (the
   slow path's ``mmu_try_to_unsync_pages`` refuses), and the write is emulated: KVM performs it
   and updates its shadow pages (:func:`emulate_write`);
@@ -18,20 +21,21 @@ A guest write that reaches a tracked gfn through a writable translation bypasses
 the shadow pages go stale without KVM knowing. The guest side checks it on every write
 (:func:`check_hw_write`). The model keeps tracked gfns tracked (they never go unsync, unlike
 the leaf tables of :func:`kvmlock.kvm.guest.write_gpte`; no untracking when the shadow page
-goes away).
+goes away; a deleted or moved slot's counts go with its arch part).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kvmlock import runtime
+from kvmlock import lockdep
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.tlb import flush_remote_tlbs
 from kvmlock.kvm.mmu.update import spte_update
 from kvmlock.kvm.mutants import mutant, unless
 
 if TYPE_CHECKING:
+    from kvmlock.kvm.memslots import Memslot
     from kvmlock.kvm.vcpu import VCPU
     from kvmlock.kvm.vm import VM
 
@@ -60,24 +64,27 @@ EMULATED_WRITE_NOT_LOGGED = mutant(
 EMULATED_WRITE_WITHOUT_SRCU = mutant(
     "emulated_write_without_srcu", removes="the emulated write's kvm->srcu read side",
     breaks="memslots are used inside kvm->srcu, so a memslot update waits for the write")
+SHADOW_TABLE_WITHOUT_SRCU = mutant(
+    "shadow_table_without_srcu", removes="KVM_RUN's kvm->srcu read side around building the "
+    "first shadow root and accounting a shadowed guest page table",
+    breaks="kvm->srcu protects kvm->memslots: the memslot whose write-track count is raised "
+           "is freed (deleted or moved) only after its readers left")
 TRACKED_GFN_MAPPED_WRITABLE = mutant(
     "tracked_gfn_mapped_writable",
     removes="the slow path's write-tracking test (mmu_try_to_unsync_pages)",
     breaks="a write-tracked gfn is never mapped writable: its writes are emulated")
 
 
-def is_write_tracked(vm: VM, gfn: int) -> bool:
+def is_write_tracked(slot: Memslot, gfn: int) -> bool:
     """``kvm_gfn_is_write_tracked``: a visible read, so a change without the lock can race."""
-    mmu = vm.mmu
-    runtime.active().point(mmu.write_track, "read gfn_write_track", False)
-    return mmu.write_track.get(gfn, 0) > 0
+    return slot.arch.write_track(gfn) > 0
 
 
-def tracked_spte(vm: VM, gfn: int, new: int) -> int:
-    """The SPTE a fault installs for ``gfn`` (mmu_lock held): without W and MMU-writable if the
-    gfn is write-tracked."""
+def tracked_spte(vm: VM, slot: Memslot, gfn: int, new: int) -> int:
+    """The SPTE a fault installs for ``gfn`` of ``slot`` (mmu_lock held): without W and
+    MMU-writable if the gfn is write-tracked."""
     vm.mmu_lock.assert_held()
-    if TRACKED_GFN_MAPPED_WRITABLE in vm.hazards or not is_write_tracked(vm, gfn):
+    if TRACKED_GFN_MAPPED_WRITABLE in vm.hazards or not is_write_tracked(slot, gfn):
         return new
     return new & ~(S.W | S.MMU_WRITABLE | S.DIRTY)
 
@@ -96,39 +103,44 @@ def write_protect_shadowed(vm: VM, gfn: int) -> bool:
     return flush
 
 
-def account_shadowed(vm: VM, gfn: int) -> None:
+def account_shadowed(vm: VM, gfn: int) -> bool:
     """A shadow page now shadows the guest page table at ``gfn``: track it, write-protect it.
 
-    Called with ``kvm->srcu`` held (the gfn's memslot must stay). Once this returns, no vCPU
-    can write the table without KVM seeing it.
+    Called inside ``kvm->srcu`` (``kvm_memslots`` -- the gfn's memslot holds the count, and
+    must stay). Once this returns True, no vCPU can write the table without KVM seeing it;
+    False if no usable memslot backs the gfn (deleted, or being deleted): the guest's page
+    walk fails there, and nothing is shadowed.
     """
     mmu = vm.mmu
     with unless(WRPROT_SHADOWED_WITHOUT_MMU_LOCK, vm.hazards, vm.mmu_lock.write()):
-        rt = runtime.active()
-        rt.point(mmu.write_track, "read gfn_write_track", False)
-        n = mmu.write_track.get(gfn, 0)
-        rt.point(mmu.write_track, "write gfn_write_track", True)
-        mmu.write_track[gfn] = n + 1
-        flush = write_protect_shadowed(vm, gfn)
+        slots = vm.memslots.srcu_dereference_check(vm.srcu, lockdep.is_held(vm.slots_lock))
+        slots.live()  # __gfn_to_memslot walks the array it read
+        slot = slots.lookup(gfn)
+        if slot is None or slot.invalid:
+            return False
+        slot.arch.set_write_track(gfn, slot.arch.write_track(gfn) + 1)
+        flush = write_protect_shadowed(vm, gfn)  # kvm_mmu_slot_gfn_write_protect(slot)
         if flush and WRPROT_SHADOWED_NO_FLUSH not in vm.hazards:
             flush_remote_tlbs(vm)
         mmu.wrprot_relied.add(gfn)  # from here on the protection is relied on (audit only)
+    return True
 
 
-def shadow_guest_table(vcpu: VCPU, gfn: int) -> None:
+def shadow_guest_table(vcpu: VCPU, gfn: int) -> bool:
     """``vcpu`` starts shadowing the guest page table at ``gfn`` -- e.g. its first fault in a
     nested guest, whose hypervisor keeps that guest's page tables in its own memory.
 
     Inside ``kvm->srcu`` (KVM_RUN): the first shadow root gives every memslot its rmaps, then
-    the shadow page for the table is built and the gfn accounted as shadowed.
+    the shadow page for the table is built and the gfn accounted as shadowed (False if no
+    memslot backs it).
     """
     from kvmlock.kvm.mmu.shadow import first_shadow_root_alloc
 
     vm = vcpu.vm
     vm.mmu.check_va(gfn)
-    with vm.srcu.read():
+    with unless(SHADOW_TABLE_WITHOUT_SRCU, vm.hazards, vm.srcu.read()):
         first_shadow_root_alloc(vm)
-        account_shadowed(vm, gfn)
+        return account_shadowed(vm, gfn)
 
 
 def emulate_write(vcpu: VCPU, gfn: int, value: int) -> None:

@@ -143,9 +143,6 @@ class MMU:
         #: shadow paging only: the guest's page table, va -> gfn + 1 (0: not present)
         self.gpt = [] if tdp else [Atomic64(0, name=f"gpte[{v}]") for v in range(nr_va)]
         self.loaded = False
-        #: gfn -> how many shadow pages shadow the guest page table there (``gfn_write_track``,
-        #: changed under mmu_lock held for write; see :mod:`kvmlock.kvm.mmu.page_track`)
-        self.write_track: dict[int, int] = {}
         #: gfns whose write-protection is complete and relied on (the model's audit, no lock)
         self.wrprot_relied: set[int] = set()
 
@@ -309,7 +306,7 @@ class MMU:
                                f"{'no frame' if host_pfn is None else f'frame {host_pfn}'}")
                 if S.is_writable(v) and slot.readonly:
                     bad.append(f"{what}: writable on a read-only memslot")
-                if v & (S.W | S.MMU_WRITABLE) and self.write_track.get(gfn, 0):
+                if v & (S.W | S.MMU_WRITABLE) and slot.arch.peek_write_track(gfn):
                     bad.append(f"{what}: writable or MMU-writable, but gfn {gfn} holds a "
                                "shadowed guest page table")
         unsync = sum(1 for p in self.pages if p is not None and p.unsync)
