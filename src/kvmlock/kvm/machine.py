@@ -70,6 +70,13 @@ USAGE_LOCK_INSIDE_HOTPLUG = mutant(
     "usage_lock_inside_hotplug",
     removes="(adds) kvm_usage_lock taken inside cpus_read_lock when enabling",
     breaks="kvm_usage_lock is taken outside cpus_read_lock")
+CALLBACKS_REMOVED_APART = mutant(
+    "callbacks_removed_apart", removes="removing the hotplug callbacks in the same "
+    "cpus_read_lock section that disables the online CPUs (the last VM disables them in one "
+    "section and uninstalls the callbacks in a second)",
+    breaks="kvm_usage_lock design: the last VM's teardown is one step against CPU hotplug; a "
+           "CPU coming online between the two sections is enabled by the still-installed "
+           "callback and stays enabled with kvm_usage_count 0")
 CPUFREQ_HOTPLUG_INSIDE_KVM_LOCK = mutant(
     "cpufreq_hotplug_inside_kvm_lock",
     removes="(adds) cpus_read_lock taken inside kvm_lock by the cpufreq notifier",
@@ -342,7 +349,12 @@ class Machine:
             with locked:
                 n = self._check_count() - 1
                 self._set_usage(n)
-                if n == 0:
+                if n == 0 and CALLBACKS_REMOVED_APART in self.hazards:
+                    with self._hotplug_read():
+                        self._disable_all_cpus()
+                    with self._hotplug_read():
+                        self.hotplug_callbacks_installed = False
+                elif n == 0:
                     with self._hotplug_read():
                         self.hotplug_callbacks_installed = False
                         self._disable_all_cpus()

@@ -80,6 +80,18 @@ def usage_lock_design() -> None:
     m.check_hardware()
 
 
+@scenario("hardware.last_destroy_vs_online.correct", variant="correct", expect="pass",
+          rule="kvm_usage_lock design: the last VM disables every CPU and removes the hotplug "
+               "callbacks in one cpus_read_lock section, racing a CPU coming online",
+          invariant=_HW_INVARIANT, catches=("callbacks_removed_apart",), max_runs=200)
+def last_destroy_vs_online() -> None:
+    m = Machine(2, usage_lock=True, offline=(1,))
+    vm = m.create_vm()
+    together(lambda: m.destroy_vm(vm), lambda: m.cpu_up(1),
+             names=["last VM destroyed", "cpu online"])
+    m.check_hardware()
+
+
 @scenario("hardware.enable_failure.correct", variant="correct", expect="pass",
           rule="a CPU that cannot enable virtualization: VM creation or CPU online fails cleanly",
           invariant="either the VM exists and the bad CPU stayed offline, or creation failed "
