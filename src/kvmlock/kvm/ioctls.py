@@ -87,6 +87,11 @@ IRQCHIP_MODE_BEFORE_DEVICES = mutant(
     "the PIC, the IOAPIC and the default routes, behind smp_wmb): it is set first",
     breaks="a path that finds irqchip_in_kernel() true without kvm->lock finds the routing "
            "table and the PIC/IOAPIC, and routes it installs are not replaced by the defaults")
+IRQCHIP_EEXIST_CHECK_UNLOCKED = mutant(
+    "irqchip_eexist_check_unlocked", removes="KVM_CREATE_IRQCHIP testing irqchip_in_kernel() "
+    "(EEXIST) under kvm->lock: it is tested before the lock is taken",
+    breaks="kvm->lock serialises KVM_CREATE_IRQCHIP: the check that no irqchip exists and its "
+           "creation are one step, so a second creator gets EEXIST, not a second PIC")
 VCPU_IOCTL_WITHOUT_VCPU_MUTEX = mutant(
     "vcpu_ioctl_without_vcpu_mutex", removes="vcpu->mutex around a vCPU ioctl's change to the "
     "vCPU's state", breaks="vcpu->mutex protects one vCPU's state against concurrent ioctls")
@@ -196,8 +201,11 @@ def deassign_ioeventfd(vm: VM, addr: int) -> None:
 
 def create_irqchip(vm: VM) -> None:
     """``KVM_CREATE_IRQCHIP``: PIC and IOAPIC on the I/O bus, then the default routes."""
+    unlocked_check = IRQCHIP_EEXIST_CHECK_UNLOCKED in vm.hazards
+    if unlocked_check and vm.irqchip.load():  # broken: another creator may be past it too
+        raise ValueError("KVM_CREATE_IRQCHIP: the VM already has an irqchip (EEXIST)")
     with vm.lock:
-        if vm.irqchip.load():
+        if not unlocked_check and vm.irqchip.load():
             raise ValueError("KVM_CREATE_IRQCHIP: the VM already has an irqchip (EEXIST)")
         early = IRQCHIP_MODE_BEFORE_DEVICES in vm.hazards
         if early:

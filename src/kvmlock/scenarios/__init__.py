@@ -13,6 +13,7 @@ from kvmlock.scenarios import (  # noqa: F401  (imported to register their scena
     fast_pf,
     hardware,
     interrupts,
+    irqchip,
     memslots,
     mmu_notifier,
     orders,
