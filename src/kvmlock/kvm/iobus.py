@@ -7,8 +7,11 @@ pointer (facts from kvm_main.c): a vCPU looks the device up inside the ``kvm->sr
 side (``srcu_dereference_check`` with ``slots_lock`` held), publishes a copy with the change and
 waits for a grace period before the old bus -- and an unregistered device -- may be freed.
 
-The invariant: a device is only written while it is registered or within the grace period
-that its unregistration waits for; after ``unregister`` returns, nobody writes it.
+The invariants: a device is only written while it is registered or within the grace period
+that its unregistration waits for; after ``unregister`` returns, nobody writes it. And no
+lookup reads a freed bus: every update frees the bus it replaced (``kfree(bus)``) once the
+grace period is over, so a registration that skipped the wait frees a bus a vCPU may still be
+searching.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kvmlock import lockdep, runtime
+from kvmlock.kvm.memslots import Retired
 from kvmlock.kvm.mutants import mutant
 
 if TYPE_CHECKING:
@@ -27,6 +31,11 @@ __all__ = ["Doorbell", "IoBus", "io_bus_register_dev", "io_bus_unregister_dev", 
 MMIO_WITHOUT_SRCU = mutant(
     "mmio_without_srcu", removes="the kvm->srcu read side around a vCPU's MMIO bus lookup",
     breaks="kvm->srcu protects kvm->buses: a bus is freed only after its readers left")
+BUS_REGISTER_NO_GRACE_PERIOD = mutant(
+    "bus_register_no_grace_period", removes="synchronize_srcu_expedited between publishing "
+    "the bus with a new device and freeing the old bus (kvm_io_bus_register_dev)",
+    breaks="kvm->srcu protects kvm->buses: the bus a registration replaced is freed only "
+           "after the readers that may hold it left")
 
 
 class Doorbell:
@@ -54,12 +63,14 @@ class Doorbell:
         return f"<Doorbell {self.name} @{self.addr:#x}>"
 
 
-class IoBus:
+class IoBus(Retired):
     """One immutable generation of the MMIO bus: address -> device."""
 
     __slots__ = ("devs",)
+    what = "I/O bus"
 
     def __init__(self, devs: tuple[Doorbell, ...] = ()) -> None:
+        super().__init__()
         self.devs = devs
 
     def find(self, addr: int) -> Doorbell | None:
@@ -82,8 +93,8 @@ def io_bus_register_dev(vm: VM, dev: Doorbell) -> None:
     bus = _get_bus(vm)
     if bus.find(dev.addr) is not None:
         raise ValueError(f"io_bus_register_dev: address {dev.addr:#x} is taken")
-    vm.buses.assign(IoBus((*bus.devs, dev)))
-    vm.srcu.synchronize()  # synchronize_srcu_expedited: the old bus is freed after it
+    _replace_bus(vm, bus, IoBus((*bus.devs, dev)),
+                 wait=BUS_REGISTER_NO_GRACE_PERIOD not in vm.hazards)
 
 
 def io_bus_unregister_dev(vm: VM, dev: Doorbell) -> None:
@@ -92,9 +103,17 @@ def io_bus_unregister_dev(vm: VM, dev: Doorbell) -> None:
     bus = _get_bus(vm)
     if dev not in bus.devs:
         raise ValueError(f"io_bus_unregister_dev: {dev!r} is not registered")
-    vm.buses.assign(IoBus(tuple(d for d in bus.devs if d is not dev)))
-    vm.srcu.synchronize()
+    _replace_bus(vm, bus, IoBus(tuple(d for d in bus.devs if d is not dev)))
     dev.free()
+
+
+def _replace_bus(vm: VM, old: IoBus, new: IoBus, *, wait: bool = True) -> None:
+    """Publish ``new``, wait for the readers of ``old`` (``synchronize_srcu_expedited``), free
+    ``old``; the caller read ``old`` on the update side. ``wait=False`` is the mutant's skip."""
+    vm.buses.assign(new)
+    if wait and not vm.hazards.free_before_grace_period:
+        vm.srcu.synchronize()
+    old.free()
 
 
 def mmio_write(vcpu: VCPU, addr: int, value: int) -> bool:
@@ -112,7 +131,9 @@ def mmio_write(vcpu: VCPU, addr: int, value: int) -> bool:
 
 
 def _bus_write(vm: VM, addr: int, value: int) -> bool:
-    dev = vm.buses.srcu_dereference(vm.srcu).find(addr)
+    bus = vm.buses.srcu_dereference(vm.srcu)
+    bus.live()
+    dev = bus.find(addr)
     if dev is None:
         return False
     dev.write(value)

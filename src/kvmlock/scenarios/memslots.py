@@ -133,7 +133,9 @@ def shadowed_table_delete() -> None:
 
 # ---------------------------------------------------------------------- I/O buses
 
-def _unregister_vs_mmio() -> None:
+def _bus_update_vs_mmio(update: str) -> None:
+    """vCPU 0 writes the doorbell at 0x1000 while KVM_IOEVENTFD deassigns it or registers
+    a second device (``update``: "deassign" or "assign")."""
     vm = VM(nr_vcpus=1, nr_pages=1, host_pages=1)
     assign_ioeventfd(vm, 0x1000, "doorbell")
     (bell,) = vm.buses.access_pointer().devs
@@ -143,11 +145,20 @@ def _unregister_vs_mmio() -> None:
     def vcpu0_mmio() -> None:
         landed.append(mmio_write(v0, 0x1000, 1))
 
+    def ioctl() -> None:
+        if update == "deassign":
+            deassign_ioeventfd(vm, 0x1000)
+        else:
+            assign_ioeventfd(vm, 0x2000, "second")
+
     tasks = [kvmlock.spawn(vcpu0_mmio, name="vcpu0_mmio"),
-             kvmlock.spawn(lambda: deassign_ioeventfd(vm, 0x1000), name="deassign")]
+             kvmlock.spawn(ioctl, name=f"KVM_IOEVENTFD {update}")]
     for t in tasks:
         t.join()
-    assert bell.writes == ([1] if landed == [True] else []), "an MMIO write went astray"
+    if update == "deassign":
+        assert bell.writes == ([1] if landed == [True] else []), "an MMIO write went astray"
+    else:
+        assert landed == [True] and bell.writes == [1], "the MMIO write missed its device"
 
 
 def _rom_write(vm: VM, vcpu) -> bool:
@@ -188,7 +199,17 @@ def readonly_correct() -> None:
           invariant="no device is written after its unregistration freed it",
           catches=("mmio_without_srcu", "bus_update_without_slots_lock"), **_BOUND)
 def iobus_unregister_correct() -> None:
-    _unregister_vs_mmio()
+    _bus_update_vs_mmio("deassign")
+
+
+@scenario("iobus.register.correct",
+          rule="kvm->buses: a registration publishes the new bus and frees the old one only "
+               "after a grace period, while a vCPU's MMIO lookup walks it inside kvm->srcu",
+          variant="correct", expect="pass",
+          invariant="no MMIO lookup reads a freed bus; the write reaches the registered device",
+          catches=("bus_register_no_grace_period",), **_BOUND)
+def iobus_register_correct() -> None:
+    _bus_update_vs_mmio("assign")
 
 
 @scenario("msr_filter.update.correct",
