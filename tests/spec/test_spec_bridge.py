@@ -333,6 +333,22 @@ def test_proc_lockdep_cli_reports_unmentioned_dependencies(tmp_path: Path, capsy
     assert main(["check", str(doc), "--chains", str(dump)]) == 2  # --chains needs the dump
 
 
+def test_an_empty_chains_dump_is_refused(tmp_path: Path, capsys) -> None:
+    # a dump with dependencies but no chains would turn every "only with X held" rule from
+    # unchecked into merely not exercised: refused, with the reason
+    dump, chains = tmp_path / "lockdep", tmp_path / "lockdep_chains"
+    dump.write_text(PROC)
+    chains.write_text("")
+    doc = tmp_path / "d.rst"
+    doc.write_text(rules_doc("kvm->lock is taken outside vcpu->mutex"))
+    assert main(["check", str(doc), "--proc-lockdep", str(dump), "--chains", str(chains)]) == 2
+    assert "no lock chains found" in capsys.readouterr().err
+    # near miss: a real chains dump is read
+    chains.write_text(write_proc_chains(graph(("kvm->lock", "vcpu->mutex"),
+                                              chains=[["kvm->lock", "vcpu->mutex"]])))
+    assert main(["check", str(doc), "--proc-lockdep", str(dump), "--chains", str(chains)]) == 0
+
+
 def test_model_graph_round_trips_through_kernel_dumps() -> None:
     model = spec.model_graph()
     g = read_proc_lockdep(write_proc_lockdep(model))

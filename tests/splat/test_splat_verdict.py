@@ -15,6 +15,7 @@ import pytest
 from splat_helpers import DOCS, FIXTURES, text
 
 from kvmlock import spec
+from kvmlock.splat import read_log
 from kvmlock.splat.cli import main
 
 NEWEST = DOCS / "versions" / "newest.rst"
@@ -100,3 +101,17 @@ def test_help_lists_the_exit_statuses(capsys) -> None:
     for status in ("0  every report read whole", "1  a dependency violates", "2  no verdict",
                    "3  no lockdep report"):
         assert status in got
+
+
+@pytest.mark.parametrize("name", ["pvclock_irq_inversion.syzbot", "amd_iommu_hardirq.txt"])
+def test_an_irq_report_cut_anywhere_keeps_its_pair_or_says_it_is_cut(name) -> None:
+    # the report states one dependency (the irq-safe lock -> the irq-unsafe one); a cut that
+    # loses it must say the reading is incomplete, never pass as a report with nothing to judge
+    lines = text(name).splitlines(keepends=True)
+    [whole] = read_log("".join(lines))
+    pair = [(d.src, d.dst) for d in whole.dependencies()]
+    assert len(pair) == 1 and not whole.problems
+    for k in range(len(lines)):
+        for sp in read_log("".join(lines[:k])):
+            got = [(d.src, d.dst) for d in sp.dependencies()]
+            assert got == pair or sp.problems, (k, got)

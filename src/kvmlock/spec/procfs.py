@@ -98,8 +98,14 @@ def load_proc(lockdep: str | os.PathLike[str],
               chains: str | os.PathLike[str] | None = None) -> GraphView:
     g = read_proc_lockdep(_text(lockdep, "/proc/lockdep"), str(lockdep))
     if chains is not None:
-        g = GraphView(g.classes, g.edges,
-                      read_proc_chains(_text(chains, "/proc/lockdep_chains"), str(chains)))
+        held = read_proc_chains(_text(chains, "/proc/lockdep_chains"), str(chains))
+        if not held and g.edges:
+            # a kernel that recorded dependencies recorded the chains they came from: an empty
+            # dump would make every "only taken with X held" rule look merely not exercised
+            raise SpecError(f"no lock chains found, though {lockdep} has {len(g.edges)} "
+                            "dependencies; is this a /proc/lockdep_chains dump?", None,
+                            str(chains))
+        g = GraphView(g.classes, g.edges, held)
     return g
 
 

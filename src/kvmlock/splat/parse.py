@@ -259,6 +259,8 @@ def _check(sp: Splat) -> None:
         sp.problems.append("the lock being acquired (or released) was not found")
     if sp.kind in ("circular", "recursive", "irq_safe_unsafe") and sp.held is None:
         sp.problems.append("the lock already held was not found")
+    if sp.kind == "irq_inversion" and sp.acquiring is not None and not sp.extra:
+        sp.problems.append("the other lock of the inversion was not found")
     if sp.kind == "circular" and not sp.chain:
         sp.problems.append("the dependency chain was not found")
     if sp.kind == "circular" and sp.chain:

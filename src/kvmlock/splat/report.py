@@ -172,10 +172,10 @@ class Splat:
             deps.append(Dependency(held.name, self.acquiring.name, _holder_read(held),
                                    self.acquiring.read, "new", self.acquiring.at,
                                    self.acquiring.sync))
-        elif self.kind in ("circular", "recursive") and self.acquiring is not None \
-                and self.held is not None:
-            # a circular report without its chain (cut short, or quoted in a commit message)
-            # still names its new dependency: held -> acquiring
+        elif self.kind in ("circular", "recursive", "irq_safe_unsafe") and not self.extra \
+                and self.acquiring is not None and self.held is not None:
+            # a report without its chain or its printed pair (cut short, or quoted in a commit
+            # message) still names its new dependency: held -> acquiring
             deps.append(Dependency(self.held.name, self.acquiring.name, _holder_read(self.held),
                                    self.acquiring.read, "new", self.acquiring.at))
         for a, b in self.extra:
