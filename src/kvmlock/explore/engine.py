@@ -207,7 +207,7 @@ def execute(body: Callable[[], Any], strategy: Strategy, max_steps: int,
         try:
             if memory:
                 tracer = _memtrace.Tracer(rt)
-            rt.run(body, world)
+            rt.run(body if tracer is None else tracer.task(body), world)
             ex.reports = list(world.lockdep.reports)
             _describe(ex, lockdep_on, max_steps)
         finally:

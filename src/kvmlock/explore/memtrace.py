@@ -44,7 +44,8 @@ from typing import Any
 import greenlet
 from greenlet import getcurrent
 
-from kvmlock.explore.runtime import ACQ_NONE, SimRuntime
+from kvmlock.explore.records import ACQ_NONE, pending
+from kvmlock.explore.runtime import SimRuntime
 
 _PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PATHS = sysconfig.get_paths()
@@ -68,8 +69,7 @@ _MUTATING = frozenset((
 ))
 _CONTAINERS = (list, dict, set, deque, bytearray)
 _CODEISH = (type(sys), type, type(len), type(_MUTATING.__contains__))
-_SLOT = type(_CONTAINERS.__class__.__dict__["__doc__"]) if False else type(
-    type("_S", (), {"__slots__": ("x",)}).__dict__["x"])  # member descriptor of a __slots__ entry
+_SLOT = type(type("_S", (), {"__slots__": ("x",)}).__dict__["x"])  # a __slots__ entry's descriptor
 
 # per code object: {instruction offset: (kind, argument)}; kinds below
 _A_LOAD, _A_STORE, _A_DEL, _S_LOAD, _S_STORE, _METHOD, _CONTAINS, _G_LOAD, _G_STORE, \
@@ -92,7 +92,12 @@ _READERS = frozenset(
                     isinstance, hash, id, type, bytes, next))
 _INPLACE = frozenset(i for i, (name, _sym) in enumerate(getattr(dis, "_nb_ops", ()))
                      if name.startswith("NB_INPLACE"))
-_code_ops: dict[Any, dict[int, tuple[int, Any]] | None] = {}
+#: id(code) -> {instruction offset: (kind, argument)}, or None for code that is not traced.
+#: Keyed by id (a code object's hash is recomputed from its fields at every lookup); the code
+#: objects are kept in ``_codes`` so an id is not reused while it is a key.
+_code_ops: dict[int, dict[int, tuple[int, Any]] | None] = {}
+_codes: list[Any] = []
+_CODES_MAX = 1 << 16  # (code made afresh by every execution, e.g. by exec, is not kept forever)
 _user_cache: dict[str, bool] = {}
 
 
@@ -106,7 +111,7 @@ def _user_file(fn: str) -> bool:
 
 
 def _ops(code: Any) -> dict[int, tuple[int, Any]] | None:
-    ops = _code_ops.get(code, False)
+    ops = _code_ops.get(id(code), False)
     if ops is not False:
         return ops  # type: ignore[return-value]
     table: dict[int, tuple[int, Any]] = {}
@@ -121,37 +126,43 @@ def _ops(code: Any) -> dict[int, tuple[int, Any]] | None:
                 table[ins.offset] = (k, (ins.arg, ins.argval))
             else:
                 table[ins.offset] = (k, ins.argval)
-    ops = _code_ops[code] = table or None
+    _codes.append(code)
+    ops = _code_ops[id(code)] = table or None
     return ops
 
 
-_PO = ctypes.py_object
-_INT = ctypes.c_int
+#: The process's memory as 8-byte words, 4-byte ints and object pointers, indexed by address
+#: divided by the item's size: a frame's fields are read with an index where ``from_address``
+#: would make a ctypes object per read (every traced instruction reads two or three).
+_WORD = (ctypes.c_size_t * (sys.maxsize // 8)).from_address(0)
+_INT32 = (ctypes.c_int * (sys.maxsize // 4)).from_address(0)
+_OBJ = (ctypes.py_object * (sys.maxsize // 8)).from_address(0)
+_LOCALSPLUS_WORD = _IFRAME_LOCALSPLUS // 8
 
 
 def _top(frame: Any) -> int:
-    """The address just above the top of ``frame``'s value stack."""
-    iframe = _VP.from_address(id(frame) + _FRAME_F_FRAME).value
-    return iframe + _IFRAME_LOCALSPLUS + 8 * _INT.from_address(iframe + _IFRAME_STACKTOP).value
+    """The index in ``_OBJ`` just above the top of ``frame``'s value stack."""
+    iframe = _WORD[(id(frame) + _FRAME_F_FRAME) >> 3]
+    return (iframe >> 3) + _LOCALSPLUS_WORD + _INT32[(iframe + _IFRAME_STACKTOP) >> 2]
 
 
-def _value(addr: int) -> Any:
-    """The object a stack or local slot at ``addr`` refers to (None for an empty slot)."""
+def _value(i: int) -> Any:
+    """The object a stack or local slot (an ``_OBJ`` index) refers to; None for an empty one."""
     try:
-        return _PO.from_address(addr).value
+        return _OBJ[i]
     except ValueError:  # NULL
         return None
 
 
 def _stack(frame: Any, depth: int) -> Any:
     """The value ``depth`` entries below the top of ``frame``'s value stack (1 = top)."""
-    return _value(_top(frame) - 8 * depth)
+    return _value(_top(frame) - depth)
 
 
 def _slot(frame: Any, i: int) -> Any:
     """Local slot ``i`` of ``frame`` (a closure cell for LOAD_DEREF's argument)."""
-    iframe = _VP.from_address(id(frame) + _FRAME_F_FRAME).value
-    return _value(iframe + _IFRAME_LOCALSPLUS + 8 * i)
+    iframe = _WORD[(id(frame) + _FRAME_F_FRAME) >> 3]
+    return _value((iframe >> 3) + _LOCALSPLUS_WORD + i)
 
 
 class _Loc:
@@ -164,34 +175,73 @@ class _Loc:
         self.name = name
 
 
+# How a location's label is made from its object's type name and an argument, on its first
+# access (labels are for trace tables; most accesses are to a location already seen).
+_L_ATTR, _L_ITEM, _L_METHOD, _L_IN, _L_CONTENTS, _L_CALL, _L_NAME = (
+    "{0}.{1}", "{0}[]", "{0}.{1}()", "in {0}", "{0} contents", "{1}({0})", "{1}")
+
+
 class Tracer:
     """Per-opcode tracing of one execution; ``close()`` puts the previous trace function back."""
 
     def __init__(self, rt: SimRuntime) -> None:
         selftest()
+        if len(_codes) > _CODES_MAX:  # (between executions: no frame is traced now)
+            _codes.clear()
+            _code_ops.clear()
         self.rt = rt
-        self.locs: dict[tuple[int, Any], tuple[int, str]] = {}
+        #: (id(object), name) -> [location key, label, {tid: load record}, {tid: store record}]
+        self.locs: dict[tuple[int, Any], list[Any]] = {}
         self.ops = 0
-        self._ts = _tstate()
+        self._fns: dict[int, Any] = {}  # id(code) -> its frames' trace function
+        ts = self._ts = _tstate()
+        self._tsp = ctypes.addressof(ts)
         self._parked: set[Any] = set()  # greenlets stopped inside the trace function
+        self._user: set[Any] = set()  # task greenlets running the task's own code
+        self._machine: set[Any] = set()  # task greenlets (known to be)
+        self._hub = getcurrent()
         self._prev = sys.gettrace()
         self._prev_switch = greenlet.gettrace()
+        self._stop = rt.stop
         self._untraced_stops(rt)
-        self._op = self._opcode  # (one bound method, returned by every opcode event)
         greenlet.settrace(self._switched)
         sys.settrace(self._call)
+        # The explorer's own code (this greenlet, the hub, and each task's greenlet outside
+        # the task's function) runs as if inside a trace function: no call of its is traced.
+        _ENTER_TRACING(self._tsp)
+
+    def task(self, fn: Any) -> Any:
+        """``fn`` as an explored task's function: traced while it runs, and only then (the
+        explorer's code around it, which starts and ends the task, is not)."""
+        if not callable(fn):
+            return fn  # (for the runtime to refuse)
+        user, tsp = self._user, self._tsp
+
+        def task(*args: Any) -> Any:  # (named as fn, for the runtime to name the task)
+            me = getcurrent()
+            user.add(me)
+            _LEAVE_TRACING(tsp)
+            try:
+                return fn(*args)
+            finally:
+                _ENTER_TRACING(tsp)
+                user.discard(me)
+
+        task.__name__ = getattr(fn, "__name__", "")
+        return task
 
     def _untraced_stops(self, rt: SimRuntime) -> None:
         """The scheduler runs untraced at every visible operation, not only at data accesses.
 
-        A thread start, a join, a lock operation or a task's end reaches the scheduler from
-        traced code; there the interpreter would trace every call of the scheduler's (to find
-        it is not the user's) and run its code unspecialised. The task is parked for the
-        length of its stop instead, as at a data access (see _switched)."""
+        A thread start, a join or a lock operation reaches the scheduler from traced code;
+        there the interpreter would trace every call of the scheduler's (to find it is not the
+        user's) and run its code unspecialised. The task is parked for the length of its stop
+        instead, as at a data access (see _switched); a task started or an interrupt injected
+        runs its function traced (see task)."""
         ts = self._ts
         parked = self._parked
-        enter, leave, tsp = _ENTER_TRACING, _LEAVE_TRACING, ctypes.addressof(ts)
-        stop, pick, spawn = rt.stop, rt._pick, rt.spawn
+        enter, leave, tsp = _ENTER_TRACING, _LEAVE_TRACING, self._tsp
+        stop, spawn, inject, task = rt.stop, rt.spawn, rt.inject, self.task
 
         def untraced_stop(t: Any, op: Any, pred: Any, wq: Any) -> None:
             if ts.tracing:  # inside the trace function already (a data access)
@@ -208,28 +258,33 @@ class Tracer:
 
         def untraced_spawn(fn: Any, args: tuple = (), name: str | None = None) -> Any:
             if ts.tracing:
-                return spawn(fn, args, name)
+                return spawn(task(fn), args, name)
             me = getcurrent()
-            parked.add(me)  # (the child starts traced: it is not parked)
+            parked.add(me)
             enter(tsp)
             try:
-                return spawn(fn, args, name)
+                return spawn(task(fn), args, name)
             finally:
                 parked.discard(me)
                 leave(tsp)
 
-        def untraced_pick(cur: Any) -> Any:  # (a task's end; it switches nowhere itself)
+        def untraced_inject(fn: Any, args: tuple, victim: Any, name: str | None,
+                            soft: bool = False) -> Any:
+            name = name or f"irq {getattr(fn, '__name__', 'handler')}"
             if ts.tracing:
-                return pick(cur)
+                return inject(task(fn), args, victim, name, soft)
+            me = getcurrent()
+            parked.add(me)
             enter(tsp)
             try:
-                return pick(cur)
+                return inject(task(fn), args, victim, name, soft)
             finally:
+                parked.discard(me)
                 leave(tsp)
 
         rt.stop = untraced_stop  # type: ignore[method-assign]
-        rt._pick = untraced_pick  # type: ignore[method-assign]
         rt.spawn = untraced_spawn  # type: ignore[method-assign]
+        rt.inject = untraced_inject  # type: ignore[method-assign]
 
     def close(self) -> None:
         greenlet.settrace(self._prev_switch)
@@ -238,147 +293,190 @@ class Tracer:
         sys.settrace(self._prev)
 
     def _switched(self, event: str, args: tuple) -> None:
-        """A task was switched to: the thread's tracing state becomes the one it stopped in.
+        """A greenlet was switched to: the thread's tracing state becomes the one it left.
 
-        One thread state serves every greenlet. A task stopped inside the trace function (at
-        a data access) expects the "inside a trace function" state, which also keeps the
-        scheduler it runs untraced; any other task expects tracing on, so that its code is
-        traced from its first instruction.
+        One thread state serves every greenlet. The hub, a task's greenlet outside the task's
+        function (starting, ending, pooled) and a task stopped inside the trace function (at a
+        data access) or at an operation run "inside a trace function", which keeps the
+        explorer's code untraced; a task running its own code (or a greenlet that code made)
+        runs traced.
         """
-        ts = self._ts
-        parked = self._parked
         origin, target = args
         # greenlet calls this hook as a trace function: "inside" it by some count, which it
         # takes back (and recomputes whether to trace) when the hook returns
-        guard = ts.tracing - (origin in parked)
-        ts.tracing = guard + (target in parked)
+        ts = self._ts
+        ts.tracing = ts.tracing - self._outside(origin) + self._outside(target)
         prev = self._prev_switch
         if prev is not None:
             prev(event, args)
 
+    def _outside(self, g: Any) -> int:
+        """1 if greenlet ``g`` runs (or stopped) outside traced code, else 0."""
+        if g in self._parked:
+            return 1
+        if g in self._user:
+            return 0
+        if g in self._machine:
+            return 1
+        if g is self._hub or g.parent is self._hub:  # a task's greenlet, seen first
+            self._machine.add(g)  # (a pooled one that retires gets another parent)
+            return 1
+        return 0  # a greenlet the program made
+
     # ------------------------------------------------------------------ trace functions
     def _call(self, frame: Any, event: str, arg: Any) -> Any:
-        ops = _code_ops.get(frame.f_code, False)
-        if ops is None:
-            return None
-        if ops is False and _ops(frame.f_code) is None:
-            return None
+        """Every new frame: the user's code gets its per-code trace function, with opcode
+        events and no line events; any other code (the standard library, installed packages,
+        kvmlock) is not traced at all."""
+        code = frame.f_code
+        if _code_ops.get(id(code), _MISS) is None:
+            return None  # (most calls: code known not to be the user's)
+        fn = self._fns.get(id(code))
+        if fn is None:
+            fn = self._fns[id(code)] = self._frame_tracer(code)
+            if fn is None:
+                return None
         frame.f_trace_lines = False
         frame.f_trace_opcodes = True
-        return self._op
+        return fn
 
-    def _opcode(self, frame: Any, event: str, arg: Any) -> Any:
-        if event != "opcode":
-            return self._op
-        op = _code_ops[frame.f_code].get(frame.f_lasti)  # type: ignore[union-attr]
-        if op is None:
-            return self._op
+    def _frame_tracer(self, code: Any) -> Any:
+        """The trace function of ``code``'s frames: its instruction table bound in, so an
+        instruction that touches no data costs one lookup (returning None keeps a frame's
+        trace function)."""
+        table = _ops(code)
+        if table is None:
+            return None
+        get = table.get
+        on_op = self._on_op
+
+        def opcode(frame: Any, event: str, arg: Any) -> None:
+            op = get(frame.f_lasti)
+            if op is not None and event == "opcode":
+                on_op(frame, op)
+
+        return opcode
+
+    def _on_op(self, frame: Any, op: tuple[int, Any]) -> None:
         kind, a = op
+        iframe = _WORD[(id(frame) + _FRAME_F_FRAME) >> 3]
+        base = (iframe >> 3) + _LOCALSPLUS_WORD
+        top = base + _INT32[(iframe + _IFRAME_STACKTOP) >> 2]  # (just above the stack's top)
+        access = self._access
         if kind == _A_LOAD:
-            obj = _stack(frame, 1)
+            obj = _OBJ[top - 1]
             if isinstance(obj, _CODEISH):
-                return self._op
+                return
             d = getattr(obj, "__dict__", None)
             if type(d) is dict and a in d:
                 v = d[a]
             elif isinstance(getattr(type(obj), a, None), _SLOT):
                 v = None
             else:
-                return self._op  # a method, a class attribute, a property: code
+                return  # a method, a class attribute, a property: code
             if isinstance(v, _CODEISH) or callable(v):
-                return self._op
-            self._access(obj, a, False, f"{type(obj).__name__}.{a}")
-        elif kind in (_A_STORE, _A_DEL):
-            obj = _stack(frame, 1)
+                return
+            access(obj, a, False, _L_ATTR, a)
+        elif kind == _A_STORE or kind == _A_DEL:
+            obj = _OBJ[top - 1]
             if isinstance(obj, _CODEISH):
-                return self._op
-            self._access(obj, a, True, f"{type(obj).__name__}.{a}")
-        elif kind in (_S_LOAD, _S_STORE):
-            c = _stack(frame, 2)
-            self._access(c, None, kind == _S_STORE, f"{type(c).__name__}[]")
+                return
+            access(obj, a, True, _L_ATTR, a)
+        elif kind == _S_LOAD or kind == _S_STORE:
+            access(_OBJ[top - 2], None, kind == _S_STORE, _L_ITEM, None)
         elif kind == _METHOD:
-            c = _stack(frame, 1)
+            c = _OBJ[top - 1]
             if isinstance(c, _CONTAINERS):
-                self._access(c, None, a in _MUTATING, f"{type(c).__name__}.{a}()")
+                access(c, None, a in _MUTATING, _L_METHOD, a)
         elif kind == _CONTAINS:
-            c = _stack(frame, 1)
+            c = _OBJ[top - 1]
             if isinstance(c, _CONTAINERS):
-                self._access(c, None, False, f"in {type(c).__name__}")
+                access(c, None, False, _L_IN, None)
         elif kind == _READ1:
-            c = _stack(frame, 1)
+            c = _OBJ[top - 1]
             if isinstance(c, _CONTAINERS):
-                self._access(c, None, False, f"{type(c).__name__} contents")
+                access(c, None, False, _L_CONTENTS, None)
         elif kind == _READ2 or kind == _BINOP:
-            top = _top(frame)
-            x, y = _value(top - 16), _value(top - 8)
+            x, y = _OBJ[top - 2], _OBJ[top - 1]
             if isinstance(x, _CONTAINERS):
-                self._access(x, None, kind == _BINOP and a, f"{type(x).__name__} contents")
+                access(x, None, kind == _BINOP and a, _L_CONTENTS, None)
             if isinstance(y, _CONTAINERS) and y is not x:
-                self._access(y, None, False, f"{type(y).__name__} contents")
+                access(y, None, False, _L_CONTENTS, None)
         elif kind == _CALL:
-            self._call_args(frame, a)
+            self._call_args(top, a)
         elif kind == _G_LOAD:
             g = frame.f_globals
             v = g.get(a, g)
             if v is g or isinstance(v, _CODEISH) or callable(v):
-                return self._op  # a builtin, function, class or module
-            self._access(g, a, False, a)
+                return  # a builtin, function, class or module
+            access(g, a, False, _L_NAME, a)
         elif kind == _G_STORE:
-            self._access(frame.f_globals, a, True, a)
+            access(frame.f_globals, a, True, _L_NAME, a)
         else:  # closure cells
             i, name = a
-            cell = _slot(frame, i)
+            cell = _value(base + i)
             if kind == _C_LOAD:
                 try:
                     v = cell.cell_contents
                 except ValueError:
                     v = None
                 if isinstance(v, _CODEISH) or callable(v):
-                    return self._op
-            self._access(cell, None, kind == _C_STORE, name)
-        return self._op
+                    return
+            access(cell, None, kind == _C_STORE, _L_NAME, name)
 
-    def _call_args(self, frame: Any, argc: int) -> None:
+    def _call_args(self, top: int, argc: int) -> None:
         """Containers handed to code that is not traced: read by a known reader, else
-        possibly written."""
-        top = _top(frame)
-        args = [_value(top - 8 * i) for i in range(1, argc + 2)]
-        meth = _value(top - 8 * (argc + 2))  # a method and its self, or NULL and a callable
-        fn = args.pop() if meth is None else meth
-        conts = [c for c in args if isinstance(c, _CONTAINERS)]
-        if not conts:
+        possibly written. (The stack holds a method and its self, or NULL and a callable,
+        then the arguments; ``top`` is the index just above them.)"""
+        conts = None
+        meth = _value(top - argc - 2)
+        last = top - argc - (1 if meth is None else 2)  # (the callable is no argument)
+        for i in range(top - 1, last, -1):  # innermost first, as the stack is read
+            c = _value(i)
+            if isinstance(c, _CONTAINERS):
+                if conts is None:
+                    conts = [c]
+                elif all(c is not x for x in conts):
+                    conts.append(c)
+        if conts is None:
             return
+        fn = _value(top - argc - 1) if meth is None else meth
         code = getattr(fn, "__code__", None)
         if code is not None and _user_file(code.co_filename):
             return  # user code: its own accesses are traced
         write = id(fn) not in _READERS
         name = getattr(fn, "__name__", "call")
-        seen: set[int] = set()
         for c in conts:
-            if id(c) not in seen:
-                seen.add(id(c))
-                self._access(c, None, write, f"{name}({type(c).__name__})")
+            self._access(c, None, write, _L_CALL, name)
 
-    def _access(self, obj: object, name: Any, write: bool, label: str) -> None:
+    def _access(self, obj: object, name: Any, write: bool, fmt: str, arg: Any) -> None:
         rt = self.rt
         t = rt.current
         if t is None or rt.aborting:
             return
         k = (id(obj), name)
-        got = self.locs.get(k)
-        if got is None:
-            got = self.locs[k] = (rt.key(_Loc(obj, name)), label)
+        loc = self.locs.get(k)
+        if loc is None:
+            loc = self.locs[k] = [rt.key(_Loc(obj, name)), fmt.format(type(obj).__name__, arg),
+                                  {}, {}]
         self.ops += 1
         if len(rt.live) < 2:
             return  # no other task could run in between: not a scheduling point
+        made = loc[3 if write else 2]
+        op = made.get(t.tid)
+        if op is None:
+            op = made[t.tid] = pending(t.tid, loc[0], "store" if write else "load", write,
+                                       loc[1], ACQ_NONE, False)
         me = getcurrent()
         parked = self._parked
         parked.add(me)  # see _switched
         try:
-            rt.visible(t, got[0], "store" if write else "load", write, None, got[1],
-                       ACQ_NONE, None)
+            self._stop(t, op, None, None)
         finally:
             parked.discard(me)
+
+
+_MISS = object()
 
 
 class _CFrame(ctypes.Structure):
@@ -399,10 +497,19 @@ _LEAVE_TRACING.argtypes = (ctypes.c_void_p,)
 _LEAVE_TRACING.restype = None
 
 
+_THREAD_STATE = ctypes.pythonapi.PyThreadState_Get
+_THREAD_STATE.restype = ctypes.c_void_p
+_tstates: dict[int, _TState] = {}
+
+
 def _tstate() -> _TState:
-    get = ctypes.pythonapi.PyThreadState_Get
-    get.restype = ctypes.c_void_p
-    return _TState.from_address(get())
+    """This thread's state (one view per state's address; an exploration makes a tracer
+    per execution)."""
+    addr = _THREAD_STATE()
+    ts = _tstates.get(addr)
+    if ts is None:
+        ts = _tstates[addr] = _TState.from_address(addr)
+    return ts
 
 
 _checked: str | None = None  # None: not yet; "": fine; else why memory tracing cannot work
@@ -460,7 +567,8 @@ def _probe() -> str:
     finally:
         sys.settrace(old)
         _user_cache.pop(probe.__code__.co_filename, None)
-        _code_ops.pop(probe.__code__, None)
+        if _code_ops.pop(id(probe.__code__), False) is not False:
+            _codes.remove(probe.__code__)
     if seen != [(box, 7, 1)]:
         return "reading the value stack gave unexpected values"
     return ""
