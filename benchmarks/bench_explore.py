@@ -33,6 +33,7 @@ distort). Last, the cost memory=True adds per traced operation.
 from __future__ import annotations
 
 import gc
+import os
 import queue
 import statistics
 import sys
@@ -236,6 +237,12 @@ def _consumer(p: _Pipe) -> None:
         p.out.append(v)
 
 
+class _Unbounded(_Pipe):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = queue.Queue()
+
+
 #: name -> (setup, workers, invariant, stop at the first failure?, kvmlock options)
 PLAIN: dict[str, tuple] = {
     "lost update": (_Word, [_inc, _inc], lambda s: s.v == 2, False, {"memory": True}),
@@ -243,6 +250,8 @@ PLAIN: dict[str, tuple] = {
     "philosophers": (_Table, [_philosopher] * 3, lambda t: t.ate == 3, True,
                      {"lockdep": False}),
     "pipeline": (_Pipe, [_producer, _consumer], lambda p: p.out == [0, 1, 2], False, {}),
+    "pipeline, unbounded": (_Unbounded, [_producer, _consumer], lambda p: p.out == [0, 1, 2],
+                            False, {}),
 }
 
 
@@ -259,12 +268,16 @@ def plain_body(setup, workers, invariant) -> Callable[[], None]:
     return body
 
 
-def plain_tools(name: str) -> dict[str, Callable[[], tuple[int, float, float, str]]]:
-    """Each tool explores the program once: (executions, seconds, CPU seconds, outcome)."""
+#: What one exploration did: (executions completed, seconds, CPU seconds, outcome)
+Explored = tuple[int, float, float, str]
+
+
+def plain_tools(name: str) -> dict[str, Callable[[], Explored]]:
+    """Each tool explores the program once."""
     setup, workers, invariant, first, opts = PLAIN[name]
     body = plain_body(setup, workers, invariant)
 
-    def ours() -> tuple[int, float, float, str]:
+    def ours() -> Explored:
         c0, t0 = time.process_time(), time.perf_counter()
         res = explore.check(body, strategy="dpor", stop_on_first=first, shrink=False,
                             progress=False, **opts)
@@ -279,12 +292,12 @@ def plain_tools(name: str) -> dict[str, Callable[[], tuple[int, float, float, st
     except ImportError:
         return tools
 
-    def theirs(exhaustive: bool) -> Callable[[], tuple[int, float, float, str]]:
+    def theirs(exhaustive: bool) -> Callable[[], Explored]:
         kw: dict = {"stop_on_first": first, "reproduce_on_failure": 0}
         if exhaustive:
             kw.update(preemption_bound=None, detect_io=False)
 
-        def run() -> tuple[int, float, float, str]:
+        def run() -> Explored:
             patch_locks()  # what the frontrun CLI does before running a test (undone after)
             try:
                 c0, t0 = time.process_time(), time.perf_counter()
@@ -293,10 +306,11 @@ def plain_tools(name: str) -> dict[str, Callable[[], tuple[int, float, float, st
                 dt, dc = time.perf_counter() - t0, time.process_time() - c0
             finally:
                 unpatch_locks()
-            text = (getattr(r, "explanation", "") or "")
-            what = ("inconclusive" if "inconclusive" in text
-                    else "found" if not r.property_holds else "exhausted")
-            return r.num_explored, dt, dc, what
+            if r.property_holds is None:  # inconclusive: its last execution did not finish
+                why = (getattr(r, "inconclusive_reason", "") or "").lower()
+                return (r.num_explored - 1, dt, dc,
+                        "timed out" if "timed out" in why else "inconclusive")
+            return r.num_explored, dt, dc, "found" if not r.property_holds else "exhausted"
 
         return run
 
@@ -305,15 +319,17 @@ def plain_tools(name: str) -> dict[str, Callable[[], tuple[int, float, float, st
     return tools
 
 
-def _turn(run: Callable[[], tuple[int, float, float, str]],
-          budget: float) -> tuple[int, int, float, float, str]:
+_STUCK = ("timed out", "inconclusive")
+
+
+def _turn(run: Callable[[], Explored], budget: float) -> tuple[int, int, float, float, str]:
     """Explore the program again and again for about ``budget`` seconds (at least once):
     (explorations, executions, seconds, CPU seconds, outcome). A turn of one exploration of
     a few milliseconds would measure the machine's other load more than the tool."""
     k = n = 0
     dt = dc = 0.0
     what = ""
-    while k == 0 or (dt < budget and what != "inconclusive"):
+    while k == 0 or (dt < budget and what not in _STUCK):
         runs, t, c, what = run()
         # what one exploration left for the garbage collector (an abandoned execution's
         # locks) is collected before the next one, not inside its traced threads
@@ -322,10 +338,11 @@ def _turn(run: Callable[[], tuple[int, float, float, str]],
     return k, n, dt, dc, what
 
 
-def memory_cost() -> tuple[float, int]:
-    """Microseconds of CPU time memory=True adds per traced operation: two threads, each
-    updating its own object and dict (no conflicts, so one execution), with and without
-    tracing."""
+def memory_cost() -> tuple[float, float, int]:
+    """Microseconds of CPU time memory=True adds per traced operation: with a scheduling
+    point at each (two threads, each updating its own object and dict: no conflicts, so one
+    execution), and without one (one thread's work in the body's own task: the tracing
+    alone)."""
 
     class Box:
         def __init__(self) -> None:
@@ -338,68 +355,94 @@ def memory_cost() -> tuple[float, int]:
             b.v = b.v + 1
             d["k"] += 1
 
-    def body() -> None:
-        ts = [threading.Thread(target=work) for _ in range(2)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+    def body(n: int) -> Callable[[], None]:
+        def run() -> None:
+            if n == 0:  # the body's own task alone: no access is a scheduling point
+                work()
+                return
+            ts = [threading.Thread(target=work) for _ in range(n)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
 
-    def timed(memory: bool) -> tuple[float, int]:
+        return run
+
+    def timed(n: int, memory: bool) -> tuple[float, int]:
         best = float("inf")
-        steps = 0
         for _ in range(5):
             t0 = time.process_time()  # (CPU time: the machine's other load does not count)
-            res = explore.check(body, memory=memory, progress=False)
+            res = explore.check(body(n), memory=memory, progress=False)
             best = min(best, time.process_time() - t0)
             assert res.ok and res.runs == 1
-            steps = res.steps
-        return best, steps
+        return best, res.steps
 
-    plain, base = timed(False)
-    traced, steps = timed(True)
-    return (traced - plain) / (steps - base) * 1e6, steps - base
+    plain, base = timed(2, False)
+    traced, steps = timed(2, True)
+    ops = steps - base  # (each a step of its own)
+    alone = timed(0, True)[0] - timed(0, False)[0]
+    return (traced - plain) / ops * 1e6, alone / (ops // 2) * 1e6, ops
+
+
+def _ratio(ours: list[float], theirs: list[float]) -> str:
+    """The median of the per-round ratios, and their range."""
+    ratios = [a / b for a, b in zip(ours, theirs, strict=True) if b > 0]
+    if not ratios:
+        return "-"
+    return f"{statistics.median(ratios):,.1f}x ({min(ratios):,.1f}-{max(ratios):,.1f})"
 
 
 def plain_main(rounds: int = 5, budget: float = 0.4) -> None:
-    print("\nunmodified threading programs (the same code for both tools; "
-          "lost update with memory=True, philosophers to the first failure)")
-    print(f"{'program':<13} {'explorer':<28} {'executions':>10} {'exec/s':>9} "
-          f"{'outcome':>12} {'speedup (range)':>17} {'CPU speedup':>12}")
+    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print("\nunmodified threading programs (the same code for both tools; lost update with "
+          "memory=True, philosophers to the first failure)")
+    print(f"{'program':<20} {'explorer':<27} {'executions':>10} {'exec/s':>7} {'exec/CPU s':>10} "
+          f"{'outcome':>14} {'speedup (range)':>17} {'CPU speedup (range)':>20}")
     for name in PLAIN:
         tools = plain_tools(name)
-        for run in tools.values():  # untimed warm-up
-            run()
+        stuck: dict[str, tuple[int, float, float, str]] = {}
+        for tool, run in tools.items():  # untimed warm-up (and a tool that cannot finish the
+            n, dt, dc, what = run()      # program's executions is not asked again)
             gc.collect()
+            if what in _STUCK:
+                stuck[tool] = (n, dt, dc, what)
         out: dict[str, tuple[int, str]] = {}
         rates: dict[str, list[float]] = {t: [] for t in tools}
         cpu: dict[str, list[float]] = {t: [] for t in tools}
         for _ in range(rounds):
             for tool, run in tools.items():
-                k, n, dt, dc, what = _turn(run, budget)
+                if tool in stuck:
+                    n, dt, dc, what = stuck[tool]
+                    k = 1
+                else:
+                    k, n, dt, dc, what = _turn(run, budget)
                 out[tool] = (n // k, what)
                 rates[tool].append(n / dt)
                 cpu[tool].append(n / dc if dc > 0 else float("nan"))
-        ours, ours_cpu = rates["kvmlock dpor"], cpu["kvmlock dpor"]
         for tool in tools:
             n, what = out[tool]
             speed = cspeed = ""
-            if what == "inconclusive":
-                speed = "no result"
-            elif tool != "kvmlock dpor":
-                ratios = [a / b for a, b in zip(ours, rates[tool], strict=True)]
-                speed = (f"{statistics.median(ratios):,.1f}x ({min(ratios):,.1f}-"
-                         f"{max(ratios):,.1f})")
-                cspeed = f"{statistics.median(ours_cpu) / statistics.median(cpu[tool]):,.1f}x"
-            print(f"{name:<13} {tool:<28} {n:>10} {statistics.median(rates[tool]):>9,.0f} "
-                  f"{what:>12} {speed:>17} {cspeed:>12}")
+            if tool != "kvmlock dpor":
+                speed = _ratio(rates["kvmlock dpor"], rates[tool])
+                cspeed = _ratio(cpu["kvmlock dpor"], cpu[tool])
+            if tool in stuck:
+                n0, dt0, _dc, what = stuck[tool]
+                what = f"{what} ({dt0:.0f}s)"
+                speed = cspeed = "no execution ends"
+            print(f"{name:<20} {tool:<27} {n:>10} {statistics.median(rates[tool]):>7,.0f} "
+                  f"{statistics.median(cpu[tool]):>10,.0f} {what:>14} {speed:>17} {cspeed:>20}")
+    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nmedians over {rounds} rounds; in each round every tool takes one turn of about "
-          f"{budget}s, exploring the program again and again (speedup: the median of the "
-          f"ratios of exec/s within a round; CPU speedup: the ratio of executions per CPU "
-          f"second, which the machine's other load does not distort)")
-    us, ops = memory_cost()
-    print(f"memory=True costs {us:.1f} us of CPU time per traced operation ({ops} operations, "
-          f"two threads)")
+          f"{budget}s, exploring the program again and again (speedup: kvmlock's exec/s over "
+          f"the tool's, per round, median and range; CPU speedup: the same for executions per "
+          f"CPU second of the whole process, which the machine's other load distorts less). "
+          f"executions: per exploration, completed ones only (a frontrun exploration whose "
+          f"execution timed out is inconclusive; it is run once). load average {load0:.1f} "
+          f"at the start, {load1:.1f} at the end, on {os.cpu_count()} CPUs")
+    us, alone, ops = memory_cost()
+    print(f"memory=True costs {us:.1f} us of CPU time per traced operation that is a scheduling "
+          f"point ({ops} operations, two threads), {alone:.1f} us per traced operation without "
+          f"one (one thread's work run by the body itself: the tracing alone)")
 
 
 if __name__ == "__main__":

@@ -196,36 +196,47 @@ class Tracer:
         self._fns: dict[int, Any] = {}  # id(code) -> its frames' trace function
         ts = self._ts = _tstate()
         self._tsp = ctypes.addressof(ts)
-        self._parked: set[Any] = set()  # greenlets stopped inside the trace function
-        self._user: set[Any] = set()  # task greenlets running the task's own code
-        self._machine: set[Any] = set()  # task greenlets (known to be)
-        self._hub = getcurrent()
+        #: greenlet -> 1 while it runs (or stopped) "inside a trace function", untraced: the
+        #: hub, a task's greenlet outside the task's function, a task stopped at an operation;
+        #: 0 while it runs traced code (see _switched; a greenlet not yet seen: _outside)
+        self._level: dict[Any, int] = {}
+        self._hub = hub = getcurrent()
+        self._level[hub] = 1
         self._prev = sys.gettrace()
         self._prev_switch = greenlet.gettrace()
         self._stop = rt.stop
         self._untraced_stops(rt)
         greenlet.settrace(self._switched)
-        sys.settrace(self._call)
+        # Nothing is traced while one task runs alone (none of its accesses could be
+        # interleaved with another's): tracing starts when a second task does.
+        self._on = False
+        sys.settrace(None)
         # The explorer's own code (this greenlet, the hub, and each task's greenlet outside
         # the task's function) runs as if inside a trace function: no call of its is traced.
         _ENTER_TRACING(self._tsp)
 
-    def task(self, fn: Any) -> Any:
+    def task(self, fn: Any, spawner: Any = None) -> Any:
         """``fn`` as an explored task's function: traced while it runs, and only then (the
-        explorer's code around it, which starts and ends the task, is not)."""
+        explorer's code around it, which starts and ends the task, is not). ``spawner``: the
+        frame that started the task (tracing starts with the second task, for both)."""
         if not callable(fn):
             return fn  # (for the runtime to refuse)
-        user, tsp = self._user, self._tsp
+        level, tsp, live = self._level, self._tsp, self.rt.live
 
         def task(*args: Any) -> Any:  # (named as fn, for the runtime to name the task)
             me = getcurrent()
-            user.add(me)
+            if not self._on and len(live) > 1:
+                self._trace_on(spawner)
+            level[me] = 0
             _LEAVE_TRACING(tsp)
             try:
                 return fn(*args)
             finally:
                 _ENTER_TRACING(tsp)
-                user.discard(me)
+                level[me] = 1
+                if self._on and len(live) <= 2:  # one task goes on alone (this one ends)
+                    self._on = False
+                    sys.settrace(None)
 
         task.__name__ = getattr(fn, "__name__", "")
         return task
@@ -239,48 +250,53 @@ class Tracer:
         instead, as at a data access (see _switched); a task started or an interrupt injected
         runs its function traced (see task)."""
         ts = self._ts
-        parked = self._parked
+        level = self._level
         enter, leave, tsp = _ENTER_TRACING, _LEAVE_TRACING, self._tsp
-        stop, spawn, inject, task = rt.stop, rt.spawn, rt.inject, self.task
+        stop, spawn, inject, task, live = rt.stop, rt.spawn, rt.inject, self.task, rt.live
 
         def untraced_stop(t: Any, op: Any, pred: Any, wq: Any) -> None:
             if ts.tracing:  # inside the trace function already (a data access)
                 stop(t, op, pred, wq)
                 return
             me = getcurrent()
-            parked.add(me)
+            level[me] = 1
             enter(tsp)
             try:
                 stop(t, op, pred, wq)
             finally:
-                parked.discard(me)
+                level[me] = 0
+                leave(tsp)
+
+        def started(make: Any, fn: Any, *rest: Any) -> Any:
+            """Start a task (``make``: the runtime's spawn or inject); a second live task
+            turns tracing on for the spawner too (the new task's own code turns it on when
+            it starts, which an interrupt's does only when it fires)."""
+            spawner = sys._getframe(2)
+            fn = task(fn, spawner)
+            if ts.tracing:
+                h = make(fn, *rest)
+                if not self._on and len(live) > 1:
+                    self._trace_on(spawner)
+                return h
+            me = getcurrent()
+            level[me] = 1
+            enter(tsp)
+            try:
+                h = make(fn, *rest)
+                if not self._on and len(live) > 1:
+                    self._trace_on(spawner)
+                return h
+            finally:
+                level[me] = 0
                 leave(tsp)
 
         def untraced_spawn(fn: Any, args: tuple = (), name: str | None = None) -> Any:
-            if ts.tracing:
-                return spawn(task(fn), args, name)
-            me = getcurrent()
-            parked.add(me)
-            enter(tsp)
-            try:
-                return spawn(task(fn), args, name)
-            finally:
-                parked.discard(me)
-                leave(tsp)
+            return started(spawn, fn, args, name)
 
         def untraced_inject(fn: Any, args: tuple, victim: Any, name: str | None,
                             soft: bool = False) -> Any:
             name = name or f"irq {getattr(fn, '__name__', 'handler')}"
-            if ts.tracing:
-                return inject(task(fn), args, victim, name, soft)
-            me = getcurrent()
-            parked.add(me)
-            enter(tsp)
-            try:
-                return inject(task(fn), args, victim, name, soft)
-            finally:
-                parked.discard(me)
-                leave(tsp)
+            return started(inject, fn, args, victim, name, soft)
 
         rt.stop = untraced_stop  # type: ignore[method-assign]
         rt.spawn = untraced_spawn  # type: ignore[method-assign]
@@ -296,32 +312,28 @@ class Tracer:
         """A greenlet was switched to: the thread's tracing state becomes the one it left.
 
         One thread state serves every greenlet. The hub, a task's greenlet outside the task's
-        function (starting, ending, pooled) and a task stopped inside the trace function (at a
-        data access) or at an operation run "inside a trace function", which keeps the
-        explorer's code untraced; a task running its own code (or a greenlet that code made)
-        runs traced.
+        function (starting, ending, pooled) and a task stopped at an operation (a data access,
+        inside the trace function, or any other) run "inside a trace function", which keeps
+        the explorer's code untraced; a task running its own code (or a greenlet that code
+        made) runs traced.
         """
         origin, target = args
+        level = self._level
+        into = level.get(target)
+        out = level.get(origin)
         # greenlet calls this hook as a trace function: "inside" it by some count, which it
         # takes back (and recomputes whether to trace) when the hook returns
-        ts = self._ts
-        ts.tracing = ts.tracing - self._outside(origin) + self._outside(target)
+        self._ts.tracing += (self._outside(target) if into is None else into) - (
+            self._outside(origin) if out is None else out)
         prev = self._prev_switch
         if prev is not None:
             prev(event, args)
 
     def _outside(self, g: Any) -> int:
-        """1 if greenlet ``g`` runs (or stopped) outside traced code, else 0."""
-        if g in self._parked:
-            return 1
-        if g in self._user:
-            return 0
-        if g in self._machine:
-            return 1
-        if g is self._hub or g.parent is self._hub:  # a task's greenlet, seen first
-            self._machine.add(g)  # (a pooled one that retires gets another parent)
-            return 1
-        return 0  # a greenlet the program made
+        """The level of a greenlet seen first: a task's greenlet (pooled, its parent the hub)
+        starts outside the task's function; one the program made runs its code traced."""
+        lv = self._level[g] = 1 if g.parent is self._hub else 0
+        return lv
 
     # ------------------------------------------------------------------ trace functions
     def _call(self, frame: Any, event: str, arg: Any) -> Any:
@@ -339,6 +351,24 @@ class Tracer:
         frame.f_trace_lines = False
         frame.f_trace_opcodes = True
         return fn
+
+    def _trace_on(self, frame: Any) -> None:
+        """A second task starts: trace every new frame from now on, and the frames of the
+        user's code its spawner is inside already (from ``frame`` outwards)."""
+        self._on = True
+        sys.settrace(self._call)
+        fns = self._fns
+        while frame is not None:
+            code = frame.f_code
+            if _code_ops.get(id(code), _MISS) is not None:
+                fn = fns.get(id(code))
+                if fn is None:
+                    fn = fns[id(code)] = self._frame_tracer(code)
+                if fn is not None:
+                    frame.f_trace = fn
+                    frame.f_trace_lines = False
+                    frame.f_trace_opcodes = True
+            frame = frame.f_back
 
     def _frame_tracer(self, code: Any) -> Any:
         """The trace function of ``code``'s frames: its instruction table bound in, so an
@@ -468,12 +498,12 @@ class Tracer:
             op = made[t.tid] = pending(t.tid, loc[0], "store" if write else "load", write,
                                        loc[1], ACQ_NONE, False)
         me = getcurrent()
-        parked = self._parked
-        parked.add(me)  # see _switched
+        level = self._level
+        level[me] = 1  # see _switched
         try:
             self._stop(t, op, None, None)
         finally:
-            parked.discard(me)
+            level[me] = 0
 
 
 _MISS = object()
