@@ -178,3 +178,80 @@ def test_tracing_resumes_after_a_lock_operation_and_the_scheduler_is_not_traced(
     assert "inc" in called
     ok = explore.check(body(True), memory=True, stop_on_first=False)
     assert ok.ok and ok.exhausted and ok.runs == 2
+
+
+def _race_after_running_alone(locked: bool):
+    """The body runs alone, then in a function entered while alone starts a second thread and
+    races with it: tracing, off while one task ran, must cover that function's frame too."""
+
+    def body():
+        d = {"n": 0}
+        lock = threading.Lock()
+
+        def inc():
+            if locked:
+                lock.acquire()
+            d["n"] += 1
+            if locked:
+                lock.release()
+
+        first = threading.Thread(target=lambda: None)
+        first.start()
+        first.join()  # alone again
+
+        def race():
+            t = threading.Thread(target=inc)
+            t.start()
+            if locked:
+                lock.acquire()
+            d["n"] += 1  # (in this frame, entered before tracing started)
+            if locked:
+                lock.release()
+            t.join()
+
+        race()
+        assert d["n"] == 2, d
+
+    return body
+
+
+def test_a_race_after_a_phase_alone_is_found_and_its_locked_version_is_clean():
+    res = explore.check(_race_after_running_alone(False), memory=True)
+    assert res.failure is not None and res.failure.kind == "assertion"
+    assert "store dict[]" in res.failure.trace_table()
+    ok = explore.check(_race_after_running_alone(True), memory=True, stop_on_first=False)
+    assert ok.ok and ok.exhausted and ok.runs == 2  # the two orders of the critical sections
+
+
+def _read_beside_an_interrupt(seen: set[int], after: bool):
+    """An interrupt injected on a task that has ended fires at a moment the exploration
+    chooses; the body, which ran alone just before, reads what the handler writes."""
+    from kvmlock import irq, spawn
+
+    def body():
+        box = {"n": 0}
+
+        def handler():
+            box["n"] += 1
+
+        t = spawn(lambda: None)
+        t.join()  # alone again until the interrupt is made
+        if not after:
+            seen.add(box["n"])
+        h = irq.inject(handler, cpu=t)
+        if after:
+            seen.add(box["n"])  # before or after the handler ran: both are explored
+        h.join()
+
+    return body
+
+
+def test_a_read_racing_an_interrupt_is_explored_both_ways_and_one_before_it_once():
+    seen: set[int] = set()
+    res = explore.check(_read_beside_an_interrupt(seen, after=True), memory=True,
+                        stop_on_first=False)
+    assert res.ok and res.exhausted and seen == {0, 1}
+    seen.clear()
+    res = explore.check(_read_beside_an_interrupt(seen, after=False), memory=True,
+                        stop_on_first=False)
+    assert res.ok and res.exhausted and seen == {0}
