@@ -47,6 +47,8 @@ class Mutant:
     pending: str = ""
 
 
+_PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # .../src, holding kvmlock/
+
 #: every declared mutant by name, in declaration order
 CATALOGUE: dict[str, Mutant] = {}
 
@@ -60,9 +62,11 @@ def mutant(name: str, *, removes: str, breaks: str, pending: str = "") -> Mutant
     if name in CATALOGUE:
         raise ValueError(f"mutant {name!r} is declared twice")
     frame = sys._getframe(1)  # noqa: SLF001 - the declaring module is the mutant's address
-    path = Path(frame.f_code.co_filename)
-    parts = path.parts
-    rel = "/".join(parts[parts.index("kvmlock"):]) if "kvmlock" in parts else path.name
+    path = Path(frame.f_code.co_filename).resolve()
+    try:  # relative to the package's parent, whatever the checkout's own directory is called
+        rel = path.relative_to(_PACKAGE_PARENT).as_posix()
+    except ValueError:
+        rel = path.name
     m = Mutant(name, removes, breaks, f"{rel}:{frame.f_lineno}", pending)
     CATALOGUE[name] = m
     return m
