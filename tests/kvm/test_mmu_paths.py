@@ -259,3 +259,30 @@ def test_turning_logging_off_frees_the_bitmap_and_on_again_gets_a_fresh_one():
     assert get_dirty_log(vm, 0) == [1]
     vm.set_memory_region(0, npages=0)
     assert again.freed
+
+
+def test_aging_flushes_only_when_it_takes_w_away():
+    """Clearing Accessed flushes nothing (a cached translation makes the page look old, which
+    the kernel tolerates); taking W from an A/D-disabled SPTE flushes, and without that flush
+    a write after a harvest is lost to the dirty log."""
+    vm, v = logged_vm()
+    guest_write(v, 0, 1)
+    flushes = vm.stats["tlb_flushes"]
+    assert vm.host.age(0), "written since the SPTE was made: young"
+    assert vm.stats["tlb_flushes"] == flushes and 0 in v.tlb, "Accessed cleared, no flush"
+    guest_read(v, 0)  # through the cached translation: Accessed stays clear
+    assert not vm.host.age(0), "the tolerated false negative: the CPU did not walk the SPTE"
+
+    for broken in (False, True):
+        vm, v = logged_vm(ad_disabled=True, hazards={"age_no_flush": broken})
+        mig = MigrationCopy(vm, 0)
+        guest_write(v, 0, 1)
+        flushes = vm.stats["tlb_flushes"]
+        assert vm.host.age(0)
+        spte = vm.mmu.sptep(0).peek()
+        assert not S.is_writable(spte) and S.is_mmu_writable(spte), S.describe(spte)
+        assert (vm.stats["tlb_flushes"] == flushes) == broken
+        mig.round()  # the SPTE is read-only already: this write-protection flushes nothing
+        guest_write(v, 0, 2)
+        mig.round()
+        assert bool(mig.mismatches()) == broken, mig.mismatches()

@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 
 __all__ = ["KvmMmuNotifier"]
 
-Handler = Callable[["VM", "Memslot", int, int], bool]
+#: a range handler returns (its verdict, whether TLBs must be flushed for what it did)
+Handler = Callable[["VM", "Memslot", int, int], tuple[bool, bool]]
 
 NOTIFIER_TAKES_SLOTS_LOCK = mutant(
     "notifier_takes_slots_lock", removes="(adds) kvm->slots_lock taken by the MMU notifier",
@@ -54,8 +55,8 @@ NOTIFIER_NO_ZAP = mutant(
     "notifier_no_zap", removes="the zap of SPTEs in invalidate_range_start",
     breaks="KVM drops its mappings of a host page before the host frees it")
 NOTIFIER_NO_FLUSH = mutant(
-    "notifier_no_flush", removes="the TLB flush after the notifier zapped or aged SPTEs",
-    breaks="clear_flush_young / invalidate: no vCPU keeps a translation the SPTE no longer has")
+    "notifier_no_flush", removes="the TLB flush after invalidate_range_start zapped SPTEs",
+    breaks="invalidate: no vCPU keeps a translation to a page the host is about to free")
 NOTIFIER_READ_LOCK = mutant(
     "notifier_read_lock", removes="write mode of mmu_lock in the MMU notifier (read instead)",
     breaks="invalidation state (mmu_invalidate_in_progress) and zaps change under mmu_lock "
@@ -102,7 +103,6 @@ class KvmMmuNotifier:
         end: int,
         on_lock: Callable[[], None] | None,
         handler: Handler | None,
-        flush: bool,
     ) -> tuple[Memslots, bool]:
         """``kvm_handle_hva_range``: returns the memslots seen and the handlers' verdict."""
         vm = self.vm
@@ -110,7 +110,7 @@ class KvmMmuNotifier:
         try:
             slots: Memslots = vm.memslots.srcu_dereference(vm.srcu)
             locked = False
-            ret = False
+            ret = flush = False
             try:
                 read = NOTIFIER_READ_LOCK in vm.hazards
                 for slot, gstart, gend in slots.overlapping(start, end):
@@ -123,8 +123,10 @@ class KvmMmuNotifier:
                         if on_lock is not None:
                             on_lock()
                     if handler is not None:
-                        ret |= handler(vm, slot, gstart, gend)
-                if flush and ret and NOTIFIER_NO_FLUSH not in vm.hazards:
+                        r, f = handler(vm, slot, gstart, gend)
+                        ret |= r
+                        flush |= f
+                if flush:
                     flush_remote_tlbs(vm)
             finally:
                 if locked and read:
@@ -168,7 +170,7 @@ class KvmMmuNotifier:
                 vm.mmu_invalidate_range_end = max(vm.mmu_invalidate_range_end, end)
 
         zap = None if NOTIFIER_NO_ZAP in vm.hazards else _unmap
-        slots, _ = self._handle_range(start, end, begin, zap, flush=True)
+        slots, _ = self._handle_range(start, end, begin, zap)
         vm.stats["invalidations"] += 1
         return slots
 
@@ -182,7 +184,7 @@ class KvmMmuNotifier:
                 "mmu_invalidate_in_progress went negative: an invalidate_range_end found a "
                 "memslot its _start did not")
 
-        slots, _ = self._handle_range(start, end, finish, None, flush=False)
+        slots, _ = self._handle_range(start, end, finish, None)
         with vm.invalidate_wq:
             vm.invalidate_wq.notify_all()
         assert slots is token, (
@@ -200,7 +202,10 @@ class KvmMmuNotifier:
     # ------------------------------------------------------------ aging
 
     def clear_flush_young(self, start: int, end: int) -> bool:
-        _, young = self._handle_range(start, end, None, _age, flush=True)
+        """Age the range's SPTEs; flush only if aging took W away (see
+        :func:`~kvmlock.kvm.mmu.access_track.age_gfn_range`: clearing Accessed alone needs
+        no flush, and x86 KVM elides this notifier's flush altogether)."""
+        _, young = self._handle_range(start, end, None, _age)
         return young
 
 
@@ -209,9 +214,10 @@ def _context(blockable: bool) -> Any:
     return contextlib.nullcontext() if blockable else irq.nonblocking()
 
 
-def _unmap(vm: VM, slot: Memslot, gstart: int, gend: int) -> bool:
-    return unmap_gfn_range(vm, gstart, gend)
+def _unmap(vm: VM, slot: Memslot, gstart: int, gend: int) -> tuple[bool, bool]:
+    zapped = unmap_gfn_range(vm, gstart, gend)
+    return zapped, zapped and NOTIFIER_NO_FLUSH not in vm.hazards
 
 
-def _age(vm: VM, slot: Memslot, gstart: int, gend: int) -> bool:
+def _age(vm: VM, slot: Memslot, gstart: int, gend: int) -> tuple[bool, bool]:
     return age_gfn_range(vm, gstart, gend)

@@ -162,7 +162,7 @@ def _two_invalidations(hazard: str | None) -> None:
           invariant="every present SPTE maps the host's current frame; no access to a freed "
                     "frame; the write survives swap-out",
           catches=("no_invalidate_retry", "no_in_progress_check", "seq_after_fault_in",
-                   "no_seq_bump"), **_BOUND)
+                   "no_seq_bump", "notifier_no_flush"), **_BOUND)
 def fault_vs_invalidate() -> None:
     vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2)
     vm.host.gup_fast = True  # the page can be found while it is being unmapped

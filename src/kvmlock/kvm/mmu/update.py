@@ -76,8 +76,12 @@ def spte_update(vm: VM, sptep: Atomic64, new: int) -> bool:
     """``mmu_spte_update``: replace a present SPTE; True when TLBs must be flushed.
 
     A flush is needed when the W bit goes away from an SPTE that was MMU-writable (the fast
-    path may have made it writable, and a CPU may have cached that), and when Accessed or Dirty
-    is cleared (a CPU would not set it again through a cached translation).
+    path may have made it writable, and a CPU may have cached that), and when Dirty is cleared
+    (a CPU would not set it again through a cached translation, and dirty logging by Dirty
+    bits needs it set again). Clearing Accessed asks for no flush: access tracking tolerates a
+    page that looks old while a CPU still caches its translation (the kernel's
+    ``leaf_spte_change_needs_tlb_flush`` says so, and x86 KVM elides the flush of
+    ``clear_flush_young`` for the same reason); Accessed still reaches the page here.
     """
     old = spte_update_no_track(vm, sptep, new)
     if not S.is_present(old):
@@ -88,7 +92,6 @@ def spte_update(vm: VM, sptep: Atomic64, new: int) -> bool:
         flush = True
     pfn = S.pfn_of(old)
     if S.is_accessed(old) and not S.is_accessed(new):
-        flush = True
         vm.host.set_page_accessed(pfn)
     if S.is_dirty(old) and not S.is_dirty(new):
         flush = flush or DIRTY_CLEAR_NO_FLUSH not in vm.hazards
