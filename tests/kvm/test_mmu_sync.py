@@ -115,3 +115,26 @@ def test_the_protect_flush_and_order_matter_only_for_a_store_racing_the_sync(mut
     with applied(mutant):
         out = verify.run_scenario(SCENARIOS["shadow.sync_vs_store.correct"])
     assert out.failure is not None and "reads 11" in str(out.failure.message)
+
+
+def test_an_rmap_entry_for_a_dropped_or_remapped_spte_is_reported():
+    """The rmap's other half: each entry names a present SPTE of its gfn. A correct drop
+    leaves none behind; an entry whose removal was lost (as two read-mode syncs lose one) or
+    that names an SPTE now mapping another gfn is reported."""
+    vm, (v0, v1) = shadow_vm()
+    set_gpte(vm, 0, 1)
+    set_gpte(vm, 1, 1)
+    guest_read(v0, 0)
+    guest_read(v1, 1)
+    sp = vm.mmu.pages[0]
+    assert vm.mmu.rmap[1] == {(sp, 0), (sp, 1)}
+    with vm.mmu_lock.write():
+        vm.mmu.drop_spte(sp, 0)
+    vm.check()  # near miss: dropped and removed
+    vm.mmu.rmap[1] = vm.mmu.rmap[1] | {(sp, 0)}  # the removal lost
+    with pytest.raises(AssertionError, match="which is not present"):
+        vm.check()
+    vm.mmu.rmap[1] = frozenset({(sp, 1)})
+    vm.mmu.rmap[2] = frozenset({(sp, 1)})  # an entry under a gfn the SPTE does not map
+    with pytest.raises(AssertionError, match="which maps gfn 1"):
+        vm.check()

@@ -274,6 +274,54 @@ def sync_vs_store() -> None:
     vm.check()
 
 
+def _two_syncs(broken: bool) -> None:
+    # Pages 0 and 1 both map gfn 1, so its rmap holds both SPTEs. The guest re-points both
+    # entries in its unsync table (gfn 2 and gfn 3), then both vCPUs load CR3 at once: the
+    # two syncs each find the page unsync and drop the SPTEs that no longer match. Serialised
+    # by mmu_lock held for write, the first drops both and the second finds the page in sync;
+    # sharing it for read, one can drop page 0's SPTE while the other drops page 1's, and
+    # each writes back gfn 1's rmap without the other's removal.
+    vm = VM(nr_vcpus=2, nr_pages=4, host_pages=4, tdp=False,
+            hazards={"sync_read_lock": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0)
+    v0, v1 = vm.vcpus
+    set_gpte(vm, 0, 1)
+    set_gpte(vm, 1, 1)
+    guest_write(v0, 0, 11)
+    assert guest_read(v1, 1) == 11
+    write_gpte(v0, 0, 2)  # exits once: the page goes unsync, its table writable
+    write_gpte(v0, 1, 3)
+    _run(("vcpu0_loads_cr3", lambda: load_cr3(v0)),
+         ("vcpu1_loads_cr3", lambda: load_cr3(v1)))
+    vm.check()
+    vm.host.swap_out(1)
+    got = guest_read(v0, 0), guest_read(v1, 1)
+    assert got == (0, 0), (f"pages 0 and 1 now map gfns 2 and 3 (holding 0), but the guests "
+                           f"read {got}")
+    vm.check()
+
+
+_TWO_SYNCS_INV = ("every rmap entry names a present SPTE of its gfn, and every present SPTE is "
+                  "in its gfn's rmap; reads see what the guest's table names")
+
+
+@scenario("shadow.two_syncs.correct",
+          rule="two vCPUs' CR3 loads sync the same unsync page one after the other: the sync "
+               "holds mmu_lock for write",
+          variant="correct", expect="pass", invariant=_TWO_SYNCS_INV,
+          catches=("sync_read_lock",), **_BOUND)
+def two_syncs_correct() -> None:
+    _two_syncs(False)
+
+
+@scenario("shadow.two_syncs.broken",
+          rule="the sync holds mmu_lock only for read: two syncs drop SPTEs of one gfn at once "
+               "and one removal from its rmap is lost",
+          variant="broken", expect="assertion", invariant=_TWO_SYNCS_INV, **_BOUND)
+def two_syncs_broken() -> None:
+    _two_syncs(True)
+
+
 # --------------------------------------------------------------------------- write tracking
 
 _WRPROT_INV = ("no vCPU writes a shadowed guest page table through a writable translation once "

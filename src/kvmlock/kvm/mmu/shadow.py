@@ -273,7 +273,8 @@ class MMU:
 
         Every present SPTE maps the frame the host maps *now* for the gfn it stands for (and,
         with shadow paging, that gfn is the one the guest's page table names); a writable SPTE
-        is on a writable memslot and in the rmap of its gfn, so the next zap finds it; no SPTE
+        is on a writable memslot and in the rmap of its gfn, so the next zap finds it, and
+        every rmap entry names a present SPTE of that gfn; no SPTE
         of a write-tracked gfn has W or MMU-writable; the unsync count matches the pages marked
         unsync. Only an *unsync* page may still map what the guest's table named before the
         guest changed it (the guest has not flushed that change yet).
@@ -309,11 +310,33 @@ class MMU:
                 if v & (S.W | S.MMU_WRITABLE) and slot.arch.peek_write_track(gfn):
                     bad.append(f"{what}: writable or MMU-writable, but gfn {gfn} holds a "
                                "shadowed guest page table")
+        if not self.tdp:
+            bad += self._stale_rmap_entries()
         unsync = sum(1 for p in self.pages if p is not None and p.unsync)
         if unsync != peek(self, "unsync_count"):
             bad.append(f"unsync_count is {peek(self, 'unsync_count')} but {unsync} page(s) "
                        "are unsync")
         assert not bad, "mapping invariant broken: " + "; ".join(bad)
+
+    def _stale_rmap_entries(self) -> list[str]:
+        """The rmap's other half: every entry names a present SPTE that maps that gfn.
+
+        The kernel treats an entry for a dropped SPTE as corruption (an rmap walk expects only
+        present SPTEs, and removing an entry that is not there is a BUG); it is what two
+        unserialised removals from one gfn's rmap leave behind.
+        """
+        bad = []
+        for gfn, entries in self.rmap.items():
+            for sp, i in sorted(entries, key=lambda e: (e[0].index, e[1])):
+                v = sp.sptes[i].peek()
+                va = sp.index * SP_ENTRIES + i
+                if not S.is_present(v):
+                    bad.append(f"gfn {gfn}'s rmap names the SPTE of guest page {va}, which "
+                               "is not present (its removal from the rmap was lost)")
+                elif sp.gfn_at(i) != gfn:
+                    bad.append(f"gfn {gfn}'s rmap names the SPTE of guest page {va}, which "
+                               f"maps gfn {sp.gfn_at(i)}")
+        return bad
 
     def mark_unsync(self, sp: ShadowPage) -> None:
         """The guest changed the table ``sp`` shadows: it is out of date (needs ``mmu_lock``)."""

@@ -62,6 +62,13 @@ SYNC_WITHOUT_MMU_LOCK = mutant(
     breaks="the shadow MMU changes rmaps and shadow pages only with mmu_lock held for write, "
            "so a fault adding an SPTE to a gfn's rmap does not lose it to the sync's removal")
 
+SYNC_READ_LOCK = mutant(
+    "sync_read_lock", removes="write mode of mmu_lock in the sync of unsync pages (held for "
+    "read instead)",
+    breaks="the shadow MMU changes rmaps and shadow pages only with mmu_lock held for write: "
+           "two vCPUs syncing at once would each drop SPTEs from one gfn's rmap and lose the "
+           "other's removal")
+
 
 def _sync_spte(vm: VM, sp: ShadowPage, i: int) -> bool:
     """``sync_spte``: drop entry ``i`` of ``sp`` if the guest PTE now names another gfn;
@@ -103,7 +110,8 @@ def sync_roots(vcpu: VCPU) -> None:
     mmu.load()
     h = vm.hazards
     late = SYNC_READS_BEFORE_WRPROT in h
-    with vm.srcu.read(), unless(SYNC_WITHOUT_MMU_LOCK, h, vm.mmu_lock.write()):
+    mode = vm.mmu_lock.read() if SYNC_READ_LOCK in h else vm.mmu_lock.write()
+    with vm.srcu.read(), unless(SYNC_WITHOUT_MMU_LOCK, h, mode):
         pages = [sp for sp in mmu.pages if sp is not None and sp.unsync]
         if not late:
             _write_protect_tables(vm, pages)
