@@ -21,6 +21,7 @@ from kvmlock.scenarios.registry import scenario
 __all__: list[str] = []
 
 _BOUND = {"strategy": "dpor", "max_runs": 20000}
+_AGED_INV = "the dirty log is complete: the copy equals the guest after a final harvest"
 
 
 def _access_track(broken: bool) -> None:
@@ -165,6 +166,38 @@ def dirty_vs_age() -> None:
     _race_then_swap(vm, vcpu0_writes, host_ages, 7)
 
 
+@scenario("access_track.write_after_harvest_vs_age.correct",
+          rule="a fast-path fix that makes an SPTE writable logs its gfn, also when the same "
+               "fix restores the SPTE from access tracking",
+          variant="correct", expect="pass", invariant=_AGED_INV,
+          catches=("fast_pf_restore_no_mark_dirty", "fast_pf_no_mark_dirty"), **_BOUND)
+def write_after_harvest_vs_age() -> None:
+    # A/D bits off, dirty logging on: the harvest leaves gfn 0 read-only but MMU-writable.
+    # The host ages the page while the guest writes it: if aging comes first, the write
+    # faults on an access-tracked SPTE and one fast-path fix restores it and sets W.
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2, ad_disabled=True)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0, flags=LOG_DIRTY_PAGES)
+    (v0,) = vm.vcpus
+    mig = MigrationCopy(vm, 0)
+    guest_write(v0, 0, 1)
+    mig.round()
+
+    def host_ages() -> None:
+        vm.host.age(0)
+
+    def vcpu0_writes() -> None:
+        guest_write(v0, 0, 2)
+
+    tasks = [kvmlock.spawn(host_ages, name="host_ages"),
+             kvmlock.spawn(vcpu0_writes, name="vcpu0_writes")]
+    for t in tasks:
+        t.join()
+    mig.round()
+    bad = mig.mismatches()
+    assert not bad, (f"after the final harvest the copy differs from the guest at (gfn, "
+                     f"source, copy) {bad}: the write after the harvest was never logged")
+
+
 @scenario("aging.young.correct",
           rule="aging reports a used page young, and a dropped SPTE passes Accessed to the page",
           variant="correct", expect="pass",
@@ -213,9 +246,6 @@ def _aged_write_logged(broken: bool) -> None:
     bad = mig.mismatches()
     assert not bad, (f"after the final harvest the copy differs from the guest at (gfn, "
                      f"source, copy) {bad}: a write after aging never reached the dirty log")
-
-
-_AGED_INV = "the dirty log is complete: the copy equals the guest after a final harvest"
 
 
 @scenario("access_track.aged_write_logged.correct",

@@ -55,6 +55,12 @@ LOCKLESS_WALK_ONE_FLAG = mutant(
 FAST_PF_NO_MARK_DIRTY = mutant(
     "fast_pf_no_mark_dirty", removes="the fast path's mark_page_dirty after setting W",
     breaks="dirty logging: the first write after write-protection is logged")
+FAST_PF_RESTORE_NO_MARK_DIRTY = mutant(
+    "fast_pf_restore_no_mark_dirty", removes="the fast path's mark_page_dirty when the same "
+    "fix restores an access-tracked SPTE and sets W (only a plain write-protected SPTE's fix "
+    "is logged)",
+    breaks="dirty logging: the first write after write-protection is logged, even if the SPTE "
+           "was aged in between (any fix that makes an SPTE writable logs its gfn)")
 
 
 def fast_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
@@ -109,7 +115,8 @@ def _fast_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
             vm.stats["fast_pf_wrong_gfn"] += 1
             vm.audit.append(f"fast page fault fixed the SPTE of guest page {va} for gfn {gfn}, "
                             f"but when the cmpxchg landed it mapped gfn {mapped}")
-        if S.is_writable(new) and not S.is_writable(old) and \
+        restored = S.is_access_track(old) and FAST_PF_RESTORE_NO_MARK_DIRTY in vm.hazards
+        if S.is_writable(new) and not S.is_writable(old) and not restored and \
                 FAST_PF_NO_MARK_DIRTY not in vm.hazards:
             slot = slots.lookup(gfn)
             if slot is not None:
