@@ -18,6 +18,11 @@ generation with different offsets. The kernel makes it indivisible with ``tsc_wr
 Those fields are declared guarded by the lock, so ``locked=False`` -- the broken variant
 without it -- is reported by lockdep at the first unguarded access, whether or not the
 schedule went on to split a generation.
+
+Interrupts are off while the lock is held, as in the kernel, but nothing here depends on it:
+no interrupt handler takes ``tsc_write_lock`` or reads what it guards (the kernel's users are
+all in process context; the pvclock seqcount's readers run there or in the scheduler's preempt
+notifier, which is why the lock is raw). So the irqs-off half has no mutant; the raw kind has.
 """
 
 from __future__ import annotations
