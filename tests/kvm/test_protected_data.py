@@ -140,7 +140,7 @@ DECLARATION_MUTANTS: dict[str, set[tuple[str, str]]] = {
     "msr_filter_update_without_kvm_lock": {(UNG, "kvm->arch.msr_filter")},
     "hv_msr_without_hv_lock": {(UNG, "HyperV.partition")},
     "hv_msr_read_without_hv_lock": {(UNG, "HyperV.partition")},
-    "create_vcpu_without_kvm_lock": {(UNG, "VM.created_vcpus")},
+    "create_vcpu_without_kvm_lock": {(UNG, "VM.created_vcpus"), (UNG, "VM.vcpu_defaults")},
     "hv_eventfd_without_hv_lock": {(UNG, "HyperV.eventfds")},
     "xen_attr_without_xen_lock": {(UNG, "Xen.attrs")},
     "xen_vcpu_attr_without_xen_lock": {(UNG, "Xen.vcpu_attrs")},

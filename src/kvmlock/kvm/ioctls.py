@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from kvmlock import lockdep
+from kvmlock import lockdep, runtime
 from kvmlock.kvm.iobus import Doorbell, io_bus_register_dev, io_bus_unregister_dev
 from kvmlock.kvm.memslots import MsrFilter, active_memslots, retire
 from kvmlock.kvm.mutants import mutant, unless
@@ -92,6 +92,11 @@ IRQCHIP_EEXIST_CHECK_UNLOCKED = mutant(
     "(EEXIST) under kvm->lock: it is tested before the lock is taken",
     breaks="kvm->lock serialises KVM_CREATE_IRQCHIP: the check that no irqchip exists and its "
            "creation are one step, so a second creator gets EEXIST, not a second PIC")
+VM_IOCTL_READS_VCPUS_UNLOCKED = mutant(
+    "vm_ioctl_reads_vcpus_unlocked", removes="kvm->lock around a VM-wide vCPU ioctl's read "
+    "of the vCPU array (read before the lock is taken)",
+    breaks="kvm->lock protects the VM-wide configuration VM ioctls change: a vCPU created "
+           "meanwhile is either in the array the ioctl walks or starts with its setting")
 VCPU_IOCTL_WITHOUT_VCPU_MUTEX = mutant(
     "vcpu_ioctl_without_vcpu_mutex", removes="vcpu->mutex around a vCPU ioctl's change to the "
     "vCPU's state", breaks="vcpu->mutex protects one vCPU's state against concurrent ioctls")
@@ -119,9 +124,22 @@ APIC_ACCESS_SLOT = 509
 
 
 def set_vcpus_config(vm: VM, key: str, value: int) -> None:
-    """A VM ioctl that sets ``key`` on every vCPU while none runs (``kvm_lock_all_vcpus``)."""
+    """A VM ioctl that sets ``key`` on every vCPU while none runs (``kvm_lock_all_vcpus``),
+    and as the VM-wide setting a vCPU created later starts with.
+
+    The vCPU array is read under ``kvm->lock``, which KVM_CREATE_VCPU holds to publish: every
+    vCPU is either in the array read here or created after this ioctl, with the new setting.
+    """
+    rt = runtime.active()
+    early = VM_IOCTL_READS_VCPUS_UNLOCKED in vm.hazards
+    if early:
+        rt.point(vm.vcpus, "read vcpu_array", False)
+        vcpus = list(vm.vcpus)  # broken: a vCPU created before the lock is taken is missed
     with vm.lock:
-        vcpus = list(vm.vcpus)
+        if not early:
+            rt.point(vm.vcpus, "read vcpu_array", False)
+            vcpus = list(vm.vcpus)
+        vm.vcpu_defaults = {**vm.vcpu_defaults, key: value}
         for vcpu in vcpus:
             vcpu.mutex.lock_nest(vm.lock)
         try:

@@ -72,6 +72,21 @@ MEMSLOT_COMMIT_LOCKS_VCPUS = mutant(
     "memslot_commit_locks_vcpus", removes="(adds) every vcpu->mutex taken under "
     "slots_arch_lock by a memslot create",
     breaks="vcpu->mutex is taken outside kvm->slots_arch_lock")
+MOVE_KEEPS_OLD_SPTES = mutant(
+    "move_keeps_old_sptes", removes="the zap of a moved memslot's old gfns (only a deletion "
+    "zaps)",
+    breaks="no SPTE maps a gfn no memslot backs: moving a slot drops the mappings of its old "
+           "gfns, as deleting it does (kvm_arch_flush_shadow_memslot)")
+MOVED_SLOT_WITHOUT_RMAPS = mutant(
+    "moved_slot_without_rmaps", removes="the rmaps of a moved memslot once a shadow root "
+    "exists (only a created slot gets them)",
+    breaks="once a shadow root exists every memslot has its rmaps: a moved slot's metadata is "
+           "new, indexed by its new gfns (kvm_alloc_memslot_metadata for CREATE and MOVE)")
+BITMAP_FREED_BEFORE_SWAP = mutant(
+    "bitmap_freed_before_swap", removes="freeing a dirty bitmap the new memslot does not keep "
+    "only after the swap and its grace period (freed before the swap)",
+    breaks="kvm->srcu: a vCPU that looked the slot up inside its read side may still mark a "
+           "page dirty in the old bitmap until the grace period ends")
 MEMSLOT_UPDATE_WITHOUT_SLOTS_LOCK = mutant(
     "memslot_update_without_slots_lock", removes="kvm->slots_lock around a memslot update",
     breaks="kvm->slots_lock protects memslot updates (the update side of kvm->memslots)")
@@ -119,7 +134,7 @@ class Memslot:
         if self.dirty_bitmap is None or not self.flags & LOG_DIRTY_PAGES:
             return
         rel = gfn - self.base_gfn
-        self.dirty_bitmap.check_live()  # inside kvm->srcu: freed only after a grace period
+        self.dirty_bitmap.live()  # inside kvm->srcu: freed only after a grace period
         word = self.dirty_bitmap[rel // 64]
         if MARK_DIRTY_NONATOMIC in hazards:
             word.store(word.load() | 1 << (rel % 64))
@@ -421,11 +436,14 @@ def set_memory_region(
             for vcpu in vm.vcpus:  # broken: vcpu->mutex is ordered outside slots_lock
                 with vcpu.mutex:
                     pass
+        dropped = old is not None and old.dirty_bitmap is not None and \
+            (new is None or new.dirty_bitmap is not old.dirty_bitmap)
+        if dropped and BITMAP_FREED_BEFORE_SWAP in vm.hazards:
+            old.dirty_bitmap.free()  # broken: vCPUs may still reach it through the old array
         _set_memslot(vm, old, new, change)
         # kvm_commit_memory_region / kvm_free_memslot: a bitmap the new slot does not carry
         # goes, after the grace period the swap waited for
-        if old is not None and old.dirty_bitmap is not None and \
-                (new is None or new.dirty_bitmap is not old.dirty_bitmap):
+        if dropped and BITMAP_FREED_BEFORE_SWAP not in vm.hazards:
             old.dirty_bitmap.free()
     return change
 
@@ -449,12 +467,14 @@ def _set_memslot(vm: VM, old: Memslot | None, new: Memslot | None, change: str) 
         _swap_active_memslots(vm, cur.with_slot(replace(old, invalid=True)))
         vm.slots_arch_lock.lock()
         cur = active_memslots(vm)
-        if DELETE_ZAPS_BEFORE_SYNC not in vm.hazards:
+        if DELETE_ZAPS_BEFORE_SYNC not in vm.hazards and \
+                not (change == MOVE and MOVE_KEEPS_OLD_SPTES in vm.hazards):
             zap_gfn_range(vm, old.base_gfn, old.base_gfn + old.npages)
     # kvm_arch_prepare_memory_region: a created or moved slot gets fresh metadata (a moved
     # slot's rmaps are indexed by its new gfns), so once a shadow root exists it needs its
     # rmaps before it is published; slots_arch_lock keeps the first root's allocation out
-    if new is not None and change in (CREATE, MOVE) and vm.shadow_root_allocated.load():
+    fresh = (CREATE,) if MOVED_SLOT_WITHOUT_RMAPS in vm.hazards else (CREATE, MOVE)
+    if new is not None and change in fresh and vm.shadow_root_allocated.load():
         new.arch.alloc_rmaps()
     final = cur.with_slot(new, drop=old.id if old is not None else None)
     _swap_active_memslots(vm, final)

@@ -71,6 +71,12 @@ RANGE_NOT_WIDENED = mutant(
     "range_not_widened", removes="widening the invalidated range to cover every active "
     "invalidation (a nested one keeps only the first's range)",
     breaks="a fault on any page of an active invalidation retries, however many are active")
+NOTIFIER_SRCU_AROUND_LOOKUP_ONLY = mutant(
+    "notifier_srcu_around_lookup_only", removes="the kvm->srcu read side across the MMU "
+    "notifier's memslot walk and its handlers (held only around loading the memslots pointer)",
+    breaks="kvm->srcu: what a reader dereferenced is used only inside its read side -- aging "
+           "has no mn_active_invalidate_count fence, so only SRCU keeps a memslot update from "
+           "freeing the array it walks")
 NO_SEQ_BUMP = mutant(
     "no_seq_bump", removes="the mmu_invalidate_seq increment in invalidate_range_end",
     breaks="a fault that began before an invalidation sees the sequence move and retries")
@@ -106,14 +112,18 @@ class KvmMmuNotifier:
     ) -> tuple[Memslots, bool]:
         """``kvm_handle_hva_range``: returns the memslots seen and the handlers' verdict."""
         vm = self.vm
-        idx = vm.srcu.read_lock()
+        idx: int | None = vm.srcu.read_lock()
         try:
             slots: Memslots = vm.memslots.srcu_dereference(vm.srcu)
+            if NOTIFIER_SRCU_AROUND_LOOKUP_ONLY in vm.hazards:
+                vm.srcu.read_unlock(idx)  # broken: the walk below still uses the array
+                idx = None
             locked = False
             ret = flush = False
             try:
                 read = NOTIFIER_READ_LOCK in vm.hazards
                 for slot, gstart, gend in slots.overlapping(start, end):
+                    slots.live()  # each step of the walk reads the array's hva tree
                     if not locked:
                         if read:
                             vm.mmu_lock.read_lock()
@@ -135,7 +145,8 @@ class KvmMmuNotifier:
                     vm.mmu_lock.write_unlock()
             return slots, ret
         finally:
-            vm.srcu.read_unlock(idx)
+            if idx is not None:
+                vm.srcu.read_unlock(idx)
 
     # ------------------------------------------------------------ invalidate
 

@@ -64,7 +64,7 @@ class VCPU:
     #: vCPU state set by ioctls (the model's stand-in for registers and CPUID)
     config = guarded_by("mutex")
 
-    def __init__(self, vm: VM, vcpu_id: int) -> None:
+    def __init__(self, vm: VM, vcpu_id: int, config: dict[str, int] | None = None) -> None:
         if not isinstance(vcpu_id, int) or vcpu_id < 0:
             raise ValueError(f"vCPU id must be a non-negative integer, got {vcpu_id!r}")
         self.vm = vm
@@ -73,7 +73,8 @@ class VCPU:
         self.mutex = Mutex("vcpu->mutex")
         #: guest page -> cached translation. Read only in guest mode, emptied only outside it.
         self.tlb: dict[int, TlbEntry] = {}
-        self.config: dict[str, int] = {}  # guarded: see the class attribute
+        #: what it starts with: the VM-wide settings at its creation (guarded: see the class)
+        self.config: dict[str, int] = dict(config or {})
         #: the index of the vCPU's kvm->srcu read side while it runs (KVM_RUN), else None
         self.srcu_idx: int | None = None
         self.in_guest = False

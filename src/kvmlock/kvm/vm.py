@@ -37,6 +37,13 @@ if TYPE_CHECKING:
 
 __all__ = ["Hazards", "VM"]
 
+VCPU_PUBLISHED_AFTER_UNLOCK = mutant(
+    "vcpu_published_after_unlock", removes="publishing the new vCPU in the vCPU array (its "
+    "index read from the online count, then the slot filled) under kvm->lock (done after the "
+    "unlock)",
+    breaks="kvm->lock protects the VM-wide configuration VM ioctls change: a VM ioctl holding "
+           "it sees every vCPU that was created with the old settings, and two creations "
+           "never claim one index")
 CREATE_VCPU_WITHOUT_KVM_LOCK = mutant(
     "create_vcpu_without_kvm_lock", removes="kvm->lock around KVM_CREATE_VCPU's count and "
     "publication of the new vCPU",
@@ -90,8 +97,10 @@ class VM:
     irq_ack_notifiers = guarded_by("irq_lock")
     #: how many times the Hyper-V clock notifier rewrote the reference TSC page
     hv_tsc_page_updates = guarded_by("tsc_write_lock")
-    #: how many vCPUs KVM_CREATE_VCPU made: the next one's id and its place in ``vcpus``
+    #: how many vCPUs KVM_CREATE_VCPU made: the next one's id
     created_vcpus = guarded_by("lock")
+    #: the VM-wide vCPU settings (a VM ioctl sets them on every vCPU): what a new vCPU starts with
+    vcpu_defaults = guarded_by("lock")
 
     def __init__(
         self,
@@ -186,17 +195,35 @@ class VM:
         #: invariant violations the model itself noticed (see mmu/fast_pf.py)
         self.audit: list[str] = []
 
+        #: the vCPU array (``kvm->vcpu_array``; its length is ``online_vcpus``)
         self.vcpus: list[VCPU] = [VCPU(self, i) for i in range(nr_vcpus)]
         self.created_vcpus = nr_vcpus  # guarded: see the class attribute
+        self.vcpu_defaults: dict[str, int] = {}  # guarded: see the class attribute
 
     def create_vcpu(self) -> VCPU:
-        """``KVM_CREATE_VCPU``: a new vCPU, published under ``kvm->lock`` as the kernel does."""
+        """``KVM_CREATE_VCPU``: a new vCPU with the VM-wide settings, published under
+        ``kvm->lock`` as the kernel does (the index read from the online count, the array slot
+        filled, the count raised: visible steps, so two unserialised publications collide)."""
+        late = VCPU_PUBLISHED_AFTER_UNLOCK in self.hazards
         with unless(CREATE_VCPU_WITHOUT_KVM_LOCK, self.hazards, self.lock):
             vcpu_id = self.created_vcpus
             self.created_vcpus = vcpu_id + 1
-            vcpu = VCPU(self, vcpu_id)
-            self.vcpus.append(vcpu)
+            vcpu = VCPU(self, vcpu_id, self.vcpu_defaults)
+            if not late:
+                self._publish(vcpu)
+        if late:
+            self._publish(vcpu)  # broken: kvm->lock already released
         return vcpu
+
+    def _publish(self, vcpu: VCPU) -> None:
+        rt = runtime.active()
+        rt.point(self.vcpus, "read online_vcpus", False)
+        idx = len(self.vcpus)
+        rt.point(self.vcpus, "xa_insert vcpu_array", True)
+        assert idx == len(self.vcpus), (
+            f"KVM_CREATE_VCPU of vcpu{vcpu.id}: slot {idx} of the vCPU array is already taken "
+            "(xa_insert fails): two creations read the same online_vcpus")
+        self.vcpus.append(vcpu)
 
     def set_memory_region(self, slot_id: int, **kw: int) -> str:
         """``KVM_SET_USER_MEMORY_REGION`` (see :func:`kvmlock.kvm.memslots.set_memory_region`)."""

@@ -339,6 +339,25 @@ def logging_disable_vs_harvest() -> None:
     vm.check()
 
 
+@scenario("dirty_log.disable_vs_write.correct",
+          rule="turning dirty logging off frees the slot's dirty bitmap only after the new "
+               "memslots are in and a grace period has passed: a vCPU that found the slot "
+               "inside kvm->srcu may still mark a page dirty in it",
+          variant="correct", expect="pass",
+          invariant="no vCPU marks a page dirty in a bitmap after it was freed; the write lands",
+          catches=("bitmap_freed_before_swap",), **_BOUND)
+def logging_disable_vs_write() -> None:
+    vm = VM(nr_vcpus=1, nr_pages=1, host_pages=1)
+    vm.set_memory_region(0, base_gfn=0, npages=1, hva=0, flags=LOG_DIRTY_PAGES)
+    (v0,) = vm.vcpus
+    guest_read(v0, 0)  # read-only for logging: the write faults and logs
+    together(lambda: guest_write(v0, 0, 5),
+             lambda: vm.set_memory_region(0, base_gfn=0, npages=1, hva=0),
+             names=["vcpu0 writes", "KVM_SET_USER_MEMORY_REGION (no log)"])
+    vm.check()
+    assert guest_read(v0, 0) == 5
+
+
 @scenario("fast_pf.zap_all_race.correct",
           rule="two vCPUs fast-fault one SPTE while its shadow page is zapped and freed "
                "(the lockless walk holds off the free)",

@@ -17,12 +17,13 @@ inside KVM_RUN's read side.
 from __future__ import annotations
 
 import kvmlock
-from kvmlock.kvm.guest import GuestFault, guest_read, guest_write
+from kvmlock.kvm.guest import GuestFault, guest_read, guest_write, set_gpte
 from kvmlock.kvm.iobus import mmio_write
 from kvmlock.kvm.ioctls import assign_ioeventfd, deassign_ioeventfd, msr_exit, set_msr_filter
 from kvmlock.kvm.memslots import READONLY
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.page_track import shadow_guest_table
+from kvmlock.kvm.mmu.shadow import check_rmaps
 from kvmlock.kvm.vm import VM
 from kvmlock.scenarios.orders import together
 from kvmlock.scenarios.registry import scenario
@@ -118,6 +119,38 @@ def shadowed_table_vs_update(change: str) -> None:
     for t in tasks:
         t.join()
     vm.check()
+
+
+@scenario("memslots.move.correct",
+          rule="moving a memslot zaps the SPTEs of its old gfns and, once a shadow root "
+               "exists, gives the moved slot its rmaps before it is published; a vCPU reads "
+               "the slot meanwhile",
+          variant="correct", expect="pass",
+          invariant="every present SPTE maps a gfn of a live memslot; every memslot has its "
+                    "rmaps once a shadow root exists; the guest reads its data at the new gfn",
+          catches=("move_keeps_old_sptes", "moved_slot_without_rmaps"), **_BOUND)
+def move() -> None:
+    # Shadow paging: page 0 -> gfn 0 and page 1 -> gfn 2. The slot (gfns 0-1, hvas 0-1)
+    # moves to gfns 2-3: page 0's SPTE must go, and page 1 then reaches hva 0's data.
+    vm = VM(nr_vcpus=1, nr_pages=4, host_pages=4, tdp=False)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    (v0,) = vm.vcpus
+    set_gpte(vm, 0, 0)
+    set_gpte(vm, 1, 2)
+    guest_write(v0, 0, 7)
+
+    def vcpu0_reads() -> None:
+        try:
+            guest_read(v0, 0)
+        except GuestFault:
+            pass  # gfn 0 is no longer backed: an MMIO exit
+
+    together(vcpu0_reads, lambda: vm.set_memory_region(0, base_gfn=2, npages=2, hva=0),
+             names=["vcpu0 reads page 0", "move slot 0 to gfn 2"])
+    vm.check()
+    check_rmaps(vm)
+    got = guest_read(v0, 1)
+    assert got == 7, f"page 1 maps gfn 2, now hva 0 (holding 7), but the guest reads {got}"
 
 
 @scenario("memslots.shadowed_table_delete.correct",

@@ -155,6 +155,32 @@ def _two_invalidations(hazard: str | None) -> None:
     assert (guest_read(v0, 0), guest_read(v0, 1)) == (1, 2), "swap-out lost guest data"
 
 
+@scenario("mmu_notifier.age_vs_memslot_update.correct",
+          rule="aging (clear_flush_young) walks the memslots inside kvm->srcu's read side: it "
+               "takes no mn_active_invalidate_count, so a memslot update does not wait for it "
+               "and frees the old array after a grace period",
+          variant="correct", expect="pass",
+          invariant="no memslots array is used after it was freed; every present SPTE maps "
+                    "the host's frame in a live memslot",
+          catches=("notifier_srcu_around_lookup_only",), **_BOUND)
+def age_vs_memslot_update() -> None:
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    guest_read(vm.vcpus[0], 0)
+
+    def host_ages() -> None:
+        vm.host.age(0)  # young or not, by the order: either answer is the kernel's too
+
+    def memslot_deleter() -> None:
+        vm.set_memory_region(0, npages=0)
+
+    tasks = [kvmlock.spawn(host_ages, name="host_ages"),
+             kvmlock.spawn(memslot_deleter, name="memslot_deleter")]
+    for t in tasks:
+        t.join()
+    vm.check()
+
+
 @scenario("page_fault.vs_invalidate.correct",
           rule="a slow fault racing swap-out of its page retries (mmu_invalidate_seq / "
                "in_progress), sampling the sequence before looking the page up",

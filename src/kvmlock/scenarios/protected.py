@@ -182,9 +182,23 @@ def reference_tsc_page_correct() -> None:
           rule="kvm->lock protects vCPU creation: two KVM_CREATE_VCPU calls at once",
           variant="correct", expect="pass",
           invariant="each new vCPU got its own id, and the VM counts both",
-          catches=("create_vcpu_without_kvm_lock",), **_BOUND)
+          catches=("create_vcpu_without_kvm_lock", "vcpu_published_after_unlock"), **_BOUND)
 def vcpu_creation_correct() -> None:
     vm = VM(None, nr_vcpus=1)
     _race(create_vcpu_a=vm.create_vcpu, create_vcpu_b=vm.create_vcpu)
     assert sorted(v.id for v in vm.vcpus) == [0, 1, 2]
     assert peek(vm, "created_vcpus") == 3
+
+
+@scenario("protected.vm_config_vs_create.correct",
+          rule="kvm->lock protects the VM-wide vCPU configuration: a VM ioctl that sets every "
+               "vCPU races KVM_CREATE_VCPU, which publishes the new vCPU under kvm->lock",
+          variant="correct", expect="pass",
+          invariant="every vCPU, the new one too, has the VM-wide setting",
+          catches=("vm_ioctl_reads_vcpus_unlocked", "vcpu_published_after_unlock"), **_BOUND)
+def vm_config_vs_create() -> None:
+    vm = VM(None, nr_vcpus=1)
+    _race(vm_ioctl=lambda: ioctls.set_vcpus_config(vm, "tsc_khz", 1),
+          create_vcpu=vm.create_vcpu)
+    assert len(vm.vcpus) == 2
+    ioctls.check_vcpus_config(vm, "tsc_khz")
