@@ -103,3 +103,28 @@ def test_correct_notifier_design_is_not_reported():
     assert ("kvm->slots_lock", "mmu_notifier_invalidate_range_start") in edges
     assert not any(dst in ("kvm->slots_lock", "kvm->slots_arch_lock")
                    for src, dst in edges if src == "mmu_notifier_invalidate_range_start")
+
+
+def _shadow_vm_with_root():
+    vm = VM(nr_vcpus=1, nr_pages=1, host_pages=1, tdp=False)
+    vm.set_memory_region(0, base_gfn=0, npages=1, hva=0)
+    vm.mmu.gpt[0].store(1)
+    guest_write(vm.vcpus[0], 0, 1)  # the first shadow root: the slot gets its rmaps
+    return vm
+
+
+def test_notifier_zaps_through_the_slots_own_rmaps():
+    # the handlers use slot->arch.rmap once a shadow root exists: freed arch data under a
+    # slot the array still publishes (an invalid copy being deleted) is a use after free
+    vm = _shadow_vm_with_root()
+    (slot,) = vm.memslots.access_pointer().slots
+    slot.arch.free()
+    with pytest.raises(AssertionError, match="arch data .* used after it was freed"):
+        vm.host.swap_out(0)
+
+
+def test_notifier_zap_with_live_rmaps_drops_the_spte():
+    vm = _shadow_vm_with_root()
+    assert vm.host.swap_out(0)
+    assert vm.mmu.sptep(0) is None or not S.is_present(vm.mmu.sptep(0).peek())
+    vm.check()

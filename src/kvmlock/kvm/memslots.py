@@ -87,6 +87,12 @@ BITMAP_FREED_BEFORE_SWAP = mutant(
     "only after the swap and its grace period (freed before the swap)",
     breaks="kvm->srcu: a vCPU that looked the slot up inside its read side may still mark a "
            "page dirty in the old bitmap until the grace period ends")
+ARCH_FREE_BEFORE_FINAL_SWAP = mutant(
+    "arch_free_before_final_swap", removes="freeing a deleted or moved memslot's arch data "
+    "(rmaps, write tracking) only after the final swap and its grace period (freed as soon "
+    "as the invalid copy is published and the slot zapped)",
+    breaks="kvm->srcu: the invalid copy shares the slot's arch data, and an MMU notifier "
+           "walking it zaps through its rmaps until the final array is in and it has left")
 MEMSLOT_UPDATE_WITHOUT_SLOTS_LOCK = mutant(
     "memslot_update_without_slots_lock", removes="kvm->slots_lock around a memslot update",
     breaks="kvm->slots_lock protects memslot updates (the update side of kvm->memslots)")
@@ -477,8 +483,12 @@ def _set_memslot(vm: VM, old: Memslot | None, new: Memslot | None, change: str) 
     if new is not None and change in fresh and vm.shadow_root_allocated.load():
         new.arch.alloc_rmaps()
     final = cur.with_slot(new, drop=old.id if old is not None else None)
+    early = change in (DELETE, MOVE) and ARCH_FREE_BEFORE_FINAL_SWAP in vm.hazards
+    if early:
+        assert old is not None
+        old.arch.free()  # broken: the published invalid copy still carries it
     _swap_active_memslots(vm, final)
-    if change in (DELETE, MOVE):
+    if change in (DELETE, MOVE) and not early:
         assert old is not None
         old.arch.free()  # kvm_arch_free_memslot: after the grace period the swap waited for
     # commit: turning dirty logging on write-protects the slot so the next write is seen

@@ -225,10 +225,20 @@ def _context(blockable: bool) -> Any:
     return contextlib.nullcontext() if blockable else irq.nonblocking()
 
 
+def _slot_rmaps(vm: VM, slot: Memslot) -> None:
+    """``kvm_memslots_have_rmaps``: once a shadow root exists, the handlers walk the slot's
+    own rmaps (``slot->arch.rmap``) -- of an invalid slot being deleted too -- so its arch
+    data must still be live (a visible read: its free races this walk)."""
+    if vm.shadow_root_allocated.load():
+        slot.arch.rmaps  # noqa: B018 - the read is the use
+
+
 def _unmap(vm: VM, slot: Memslot, gstart: int, gend: int) -> tuple[bool, bool]:
+    _slot_rmaps(vm, slot)
     zapped = unmap_gfn_range(vm, gstart, gend)
     return zapped, zapped and NOTIFIER_NO_FLUSH not in vm.hazards
 
 
 def _age(vm: VM, slot: Memslot, gstart: int, gend: int) -> tuple[bool, bool]:
+    _slot_rmaps(vm, slot)
     return age_gfn_range(vm, gstart, gend)

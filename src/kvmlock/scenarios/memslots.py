@@ -106,6 +106,25 @@ def delete_vs_reclaim() -> None:
     vm.check()
 
 
+@scenario("memslots.delete_vs_reclaim_shadow.correct",
+          rule="a deleted memslot's arch data (its rmaps) is freed only after the final swap "
+               "and its grace period: the published invalid copy shares it, and a swap-out's "
+               "invalidation zaps through its rmaps meanwhile",
+          variant="correct", expect="pass",
+          invariant="no memslot's arch data is used after it was freed; no vCPU reaches a "
+                    "freed frame",
+          catches=("arch_free_before_final_swap",), **_BOUND)
+def delete_vs_reclaim_shadow() -> None:
+    vm = VM(nr_vcpus=1, nr_pages=1, host_pages=1, tdp=False)
+    vm.set_memory_region(0, base_gfn=0, npages=1, hva=0)
+    vm.mmu.gpt[0].store(1)  # guest page 0 -> gfn 0
+    (v0,) = vm.vcpus
+    guest_write(v0, 0, 1)  # the first shadow root: slot 0 gets its rmaps
+    together(lambda: vm.set_memory_region(0, npages=0), lambda: vm.host.swap_out(0),
+             names=["delete slot 0", "host swaps out hva 0"])
+    vm.check()
+
+
 def shadowed_table_vs_update(change: str) -> None:
     """vcpu0 shadows the guest page table at gfn 1 (the first shadow root, then the count)
     while userspace deletes or moves gfn 1's memslot."""
