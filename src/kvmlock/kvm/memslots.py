@@ -188,13 +188,17 @@ class SlotArch(Retired):
     the final swap is over.
     """
 
-    __slots__ = ("_rmaps", "_write_track")
+    __slots__ = ("slot_id", "_rmaps", "_write_track")
     what = "memslot arch data (rmaps, write tracking)"
 
-    def __init__(self) -> None:
+    def __init__(self, slot_id: int | None = None) -> None:
         super().__init__()
+        self.slot_id = slot_id
         self._rmaps = False
         self._write_track: dict[int, int] = {}
+
+    def __repr__(self) -> str:
+        return f"<slot {self.slot_id}'s arch data>"
 
     @property
     def rmaps(self) -> bool:
@@ -434,7 +438,7 @@ def set_memory_region(
                 bitmap = old.dirty_bitmap if old is not None else None
                 if bitmap is None:
                     bitmap = DirtyBitmap(slot_id, npages)
-            arch = old.arch if change == FLAGS_ONLY and old is not None else SlotArch()
+            arch = old.arch if change == FLAGS_ONLY and old is not None else SlotArch(slot_id)
             new = Memslot(slot_id, base_gfn, npages, hva, flags, False, bitmap, arch)
         if vm.host is not None:
             vm.host.might_reclaim()  # the new array is allocated with slots_lock held
