@@ -247,3 +247,63 @@ def test_a_plain_test_calling_asyncio_run_is_explored_too():
     assert ok.ok and ok.exhausted and ok.runs == 4
     assert asyncio.run is real_run and asyncio.runners.run is real_run
     asyncio.run(p.check_then_act_locked())  # a real loop again outside
+
+
+def _inversion_keeping_coroutines(coros: list):
+    """lock_order_inversion, recording every coroutine its tasks run."""
+
+    async def body() -> None:
+        a, b = asyncio.Lock(), asyncio.Lock()
+
+        async def take(first, second) -> None:
+            coros.append(asyncio.current_task().get_coro())
+            async with first:
+                await asyncio.sleep(0)
+                async with second:
+                    pass
+
+        coros.append(asyncio.current_task().get_coro())
+        await asyncio.gather(take(a, b), take(b, a))
+
+    return body
+
+
+def test_an_execution_that_ends_in_a_deadlock_leaves_no_coroutine_suspended():
+    coros: list = []
+    res = explore.check(_inversion_keeping_coroutines(coros), "dfs", lockdep=False,
+                        stop_on_first=False, shrink=False)
+    assert res.kinds() == {"deadlock"} and res.runs == 6
+    assert len(coros) == 18
+    # each was run to its end, or closed (its lock exits run) before its execution was over
+    assert all(c.cr_frame is None for c in coros)
+
+
+def test_an_ended_execution_collected_inside_a_later_one_changes_nothing_there():
+    import gc
+
+    from kvmlock import spawn
+    from kvmlock.sync import Mutex
+
+    def body() -> None:
+        m = Mutex("later.m")
+
+        def other() -> None:
+            with m:
+                pass
+
+        t = spawn(other)
+        with m:
+            gc.collect()  # frees whatever earlier explorations left, here and now
+        t.join()
+
+    was = gc.isenabled()
+    gc.disable()  # so that what the deadlocked executions left is still there
+    try:
+        dead = explore.check(p.lock_order_inversion, "dfs", lockdep=False, stop_on_first=False)
+        assert dead.kinds() == {"deadlock"}
+        del dead
+        res = explore.check(body, stop_on_first=False)
+    finally:
+        if was:
+            gc.enable()
+    assert res.ok and res.exhausted and res.runs == 2, res.failures[0].message

@@ -287,25 +287,34 @@ class ExploredLoop(asyncio.BaseEventLoop):
 
         first = True
         spin = self._spin
-        while True:
-            kind, label, holder = self._awaits(atask, first)
-            box.waiting_on = f"{kind} {label}{holder}"
-            first = False
-            # a wait (ACQ_WAIT): partial-order reduction tracks what enables it
-            rt.visible(me, self._key, kind, True, ready, label, ACQ_WAIT, box)
-            h = q.popleft()
-            self._busy = True
-            self._nstep += 1
-            try:
-                h._run()  # type: ignore[attr-defined]
-                if rt.spin_detect:
-                    self._polls(atask, me)
-                self._settle()
-            finally:
-                self._busy = False
-            if atask.done():
-                spin.pop(atask, None)
-                break
+        try:
+            while True:
+                kind, label, holder = self._awaits(atask, first)
+                box.waiting_on = f"{kind} {label}{holder}"
+                first = False
+                # a wait (ACQ_WAIT): partial-order reduction tracks what enables it
+                rt.visible(me, self._key, kind, True, ready, label, ACQ_WAIT, box)
+                h = q.popleft()
+                self._busy = True
+                self._nstep += 1
+                try:
+                    h._run()  # type: ignore[attr-defined]
+                    if rt.spin_detect:
+                        self._polls(atask, me)
+                    self._settle()
+                finally:
+                    self._busy = False
+                if atask.done():
+                    spin.pop(atask, None)
+                    break
+        except GreenletExit:
+            # The execution ended with this task suspended (a failure, a deadlock): its
+            # coroutine's ``finally`` blocks and lock exits run now, in this execution's world
+            # and as this task. Left suspended, the coroutine would run them whenever the
+            # collector finds it -- inside some later execution, whose lockdep state would
+            # then see a release by a task it never had.
+            atask.get_coro().close()
+            raise
         del self._queues[atask]
 
     def _polls(self, atask: asyncio.Task, me: Task) -> None:
