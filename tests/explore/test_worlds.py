@@ -7,6 +7,7 @@ explorations run in threads at once without seeing each other.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 
@@ -169,3 +170,53 @@ def test_the_runtime_inside_an_exploration_is_the_explorers_and_outside_it_is_no
     explore.check(body)
     assert all(isinstance(rt, explore.SimRuntime) for rt in inside) and len(inside) == 2
     assert runtime.RT is runtime.THREADS
+
+
+_CV: contextvars.ContextVar[str] = contextvars.ContextVar("kvmlock_test_cv", default="unset")
+
+
+def test_a_context_variable_set_by_a_task_is_not_seen_by_later_tasks():
+    # Tasks run on pooled greenlets: the one the setter ran on is reused by the next task of
+    # the execution, and by the tasks of the next executions.
+    seen: list[tuple[str, str]] = []
+
+    def setter() -> None:
+        seen.append(("setter", _CV.get()))
+        _CV.set("set by setter")
+
+    def reader() -> None:
+        seen.append(("reader", _CV.get()))
+
+    def body() -> None:
+        seen.append(("main", _CV.get()))
+        spawn(setter).join()
+        spawn(reader).join()
+        _CV.set("set by main")
+
+    res = explore.check(body, max_runs=3)
+    assert res.ok and res.runs == 1
+    explore.check(body, max_runs=3)  # a second exploration reuses the same greenlets
+    assert len(seen) == 6 and set(seen) == {("main", "unset"), ("setter", "unset"),
+                                            ("reader", "unset")}
+
+
+def test_a_task_keeps_its_own_context_variables_across_its_steps():
+    seen: list[str] = []
+
+    def body() -> None:
+        m = Mutex("cv.m")
+
+        def worker(name: str) -> None:
+            _CV.set(name)
+            for _ in range(2):
+                with m:  # other tasks run in between
+                    seen.append(f"{name}={_CV.get()}")
+
+        ts = [spawn(worker, n) for n in ("a", "b")]
+        for t in ts:
+            t.join()
+        seen.append(f"main={_CV.get()}")
+
+    res = explore.check(body)
+    assert res.ok and res.exhausted and res.runs > 1
+    assert set(seen) == {"a=a", "b=b", "main=unset"}

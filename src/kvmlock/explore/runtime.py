@@ -22,6 +22,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextvars import Context
 from typing import Any
 
 from greenlet import GreenletExit, getcurrent, greenlet
@@ -777,11 +778,14 @@ def _worker_main(creator: Any) -> Any:
     rt, t = creator.switch()
     creator = None
     while True:
-        _rt.enter(rt.world)  # each greenlet has its own context: enter the task's world
+        # Each task starts in a context of its own, as a new thread does: the context
+        # variables an earlier task set on this greenlet stay with that task.
+        me.gr_context = Context()
+        _rt.enter(rt.world)
         pool = rt.pool
         target, value = rt._task_main(t)
         rt = t = None  # type: ignore[assignment]  # keep nothing of a finished execution alive
-        _rt.enter(_rt.THREADS_WORLD)  # nor its world, through this greenlet's context
+        me.gr_context = None  # nor its world and variables, through this greenlet's context
         if len(pool) >= _POOL_MAX:
             me.parent = target  # retire: a finished greenlet resumes its parent
             return value
