@@ -9,6 +9,7 @@ from typing import Any
 
 from kvmlock import lockdep as _lockdep
 from kvmlock import runtime as _runtime
+from kvmlock.explore import gcpace as _gcpace
 from kvmlock.explore import guard as _guard
 from kvmlock.explore import memtrace as _memtrace
 from kvmlock.explore import parallel as _parallel
@@ -197,30 +198,35 @@ def execute(body: Callable[[], Any], strategy: Strategy, max_steps: int,
     rt = SimRuntime(strategy, plan, max_steps, tracing)
     rt.spin_detect = spin
     ex = Execution(rt)
-    world = _lockdep.new_world(rt, memo=memo)
-    token = _runtime.enter(world)
-    bound = _pythreads.Binding(rt, lockdep_on)
-    tracer = None
+    _gcpace.hold()
     try:
-        if memory:
-            tracer = _memtrace.Tracer(rt)
-        rt.run(body if tracer is None else tracer.task(body), world)
-        ex.reports = list(world.lockdep.reports)
-        _describe(ex, lockdep_on, max_steps)
+        world = _lockdep.new_world(rt, memo=memo)
+        token = _runtime.enter(world)
+        bound = _pythreads.Binding(rt, lockdep_on)
+        tracer = None
+        try:
+            if memory:
+                tracer = _memtrace.Tracer(rt)
+            rt.run(body if tracer is None else tracer.task(body), world)
+            ex.reports = list(world.lockdep.reports)
+            _describe(ex, lockdep_on, max_steps)
+        finally:
+            # After a failure the parked tasks are unwound here; any other way out (an error
+            # or Ctrl-C in the engine itself) must not leave tasks inside pooled greenlets.
+            rt.kill()
+            if tracer is not None:
+                tracer.close()
+            bound.close()
+            _runtime.leave(token)
+        if rt.outcome == "interrupt":
+            raise rt.exc  # type: ignore[misc]
+        rt.finish()
+        if rt.outcome == "error":
+            raise ValueError(str(rt.exc)) from None
+        rt.detach()
+        return ex
     finally:
-        # After a failure the parked tasks are unwound here; any other way out (an error
-        # or Ctrl-C in the engine itself) must not leave tasks inside pooled greenlets.
-        rt.kill()
-        if tracer is not None:
-            tracer.close()
-        bound.close()
-        _runtime.leave(token)
-    if rt.outcome == "interrupt":
-        raise rt.exc  # type: ignore[misc]
-    rt.finish()
-    if rt.outcome == "error":
-        raise ValueError(str(rt.exc)) from None
-    return ex
+        _gcpace.release()  # (after detach: the body's objects are garbage by now)
 
 
 def _make(strategy: str, seed: int, preemption_bound: int | None, depth: int) -> Strategy:

@@ -710,6 +710,19 @@ class SimRuntime:
         self.current = t0
         t0.g.switch(self, t0)
 
+    def detach(self) -> None:
+        """The execution is over and described: let go of everything the body built (its
+        primitives' owners and cells, the tasks' functions, conditions, waits and lockdep
+        stacks, the world), so that it is garbage now and the collector frees it in one pass
+        (see gcpace.py). What the execution is read for afterwards stays: the schedule, the
+        outcome and its exception, the tasks' names and pending operations, the trace."""
+        self._owners = []
+        self.keys = {}
+        self.cells = []
+        self.world = None
+        for t in self.tasks:
+            t.fn = t.args = t.p_pred = t.p_wq = t.lockdep = t.g = None
+
     def kill(self) -> None:
         """Unwind every unfinished task so its ``finally`` blocks do not linger."""
         if not any(t.active for t in self.tasks):

@@ -1,0 +1,52 @@
+"""The cyclic garbage collector's pace during an execution: once, at its end.
+
+Every execution builds its own world -- a runtime, tasks, and the whole model the body makes
+(a KVM scenario: a VM with its pages, locks and wait queues) -- and nearly all of it is made of
+reference cycles (a primitive's wait queue names its owner, a cell its runtime, a vCPU its
+VM), so it dies only when the collector finds it. At the default pace (a first-generation
+pass every 700 net allocations) the collector traverses the live model again and again while
+the execution runs, promotes it to the older generations, and frees it there in full passes
+over the whole heap: a fifth of ``kvmlock verify``'s CPU time went to that. While an
+execution runs the first-generation threshold is therefore raised (:data:`THRESHOLD`
+allocations, so a long execution is still collected as it goes); the default comes back at
+its end, when what the collector then finds is that execution's garbage, which it frees in one
+pass. Nothing else changes: which objects are collected, and that finalizers run, is the
+same; only when.
+
+The setting is the process's, so concurrent explorations (threads) share it: the first one in
+raises it, the last one out puts back what it found.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+#: The first generation's threshold while an execution runs.
+THRESHOLD = 100_000
+
+_lock = threading.Lock()
+_depth = 0
+_saved: tuple[int, ...] = ()
+
+
+def hold() -> None:
+    """An execution starts: collect at its end rather than while it runs (pair with
+    :func:`release`)."""
+    global _depth, _saved
+    with _lock:
+        if not _depth:
+            _saved = gc.get_threshold()
+            if _saved[0] and _saved[0] < THRESHOLD:  # (0: the program switched it off)
+                gc.set_threshold(THRESHOLD, *_saved[1:])
+        _depth += 1
+
+
+def release() -> None:
+    """The execution ended: the collector's own pace again (its next pass frees the
+    execution's garbage)."""
+    global _depth
+    with _lock:
+        _depth -= 1
+        if not _depth:
+            gc.set_threshold(*_saved)

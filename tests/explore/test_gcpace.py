@@ -1,0 +1,113 @@
+"""The collector's pace during executions: raised while one runs, the program's own after, and
+what the body built is garbage once its execution is over (see explore/gcpace.py)."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import weakref
+
+from kvmlock import explore, spawn
+from kvmlock.explore import gcpace
+from kvmlock.explore.engine import execute
+from kvmlock.explore.strategies.dpor import DPOR
+from kvmlock.sync import Mutex
+
+
+class Node:
+    """Part of a model: it names its lock, and the lock's owner is itself (a cycle)."""
+
+    def __init__(self) -> None:
+        self.lock = Mutex("gcpace_node")
+        self.me = self
+
+
+def test_threshold_raised_during_an_execution_and_restored_after() -> None:
+    before = gc.get_threshold()
+    seen = []
+
+    def body() -> None:
+        seen.append(gc.get_threshold()[0])
+        m = Mutex("gcpace_lock")
+        t = spawn(lambda: m.lock() or m.unlock())
+        with m:
+            pass
+        t.join()
+
+    res = explore.check(body, shrink=False)
+    assert res.ok and res.exhausted
+    assert seen and all(s == gcpace.THRESHOLD for s in seen)
+    assert gc.get_threshold() == before
+
+
+def test_a_program_that_set_its_own_pace_gets_it_back() -> None:
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(500_000, 5, 5)  # higher than ours: left as it is
+        seen = []
+        explore.check(lambda: seen.append(gc.get_threshold()), shrink=False)
+        assert seen == [(500_000, 5, 5)]
+        assert gc.get_threshold() == (500_000, 5, 5)
+        gc.set_threshold(0)  # the program switched automatic collection off: so it stays
+        explore.check(lambda: seen.append(gc.get_threshold()[0]), shrink=False)
+        assert seen[-1] == 0 and gc.get_threshold()[0] == 0
+    finally:
+        gc.set_threshold(*before)
+
+
+def test_concurrent_explorations_restore_the_pace_once_all_are_done() -> None:
+    before = gc.get_threshold()
+    go = threading.Barrier(3)
+    seen: list[int] = []
+
+    def body() -> None:
+        seen.append(gc.get_threshold()[0])
+        m = Mutex("gcpace_concurrent")
+        ts = [spawn(lambda: m.lock() or m.unlock()) for _ in range(3)]
+        for t in ts:
+            t.join()
+
+    def explore_in_thread() -> None:
+        go.wait()
+        assert explore.check(body, shrink=False).runs == 6
+
+    ths = [threading.Thread(target=explore_in_thread) for _ in range(3)]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    assert len(seen) == 18 and set(seen) == {gcpace.THRESHOLD}
+    assert gc.get_threshold() == before
+
+
+def test_the_body_objects_are_garbage_once_the_execution_is_over() -> None:
+    refs: list[weakref.ref] = []
+
+    def body() -> None:
+        n = Node()
+        refs.append(weakref.ref(n))
+
+        def worker() -> None:
+            with n.lock:
+                pass
+
+        t = spawn(worker)
+        with n.lock:
+            pass
+        t.join()
+
+    ex = execute(body, DPOR(), 1000)
+    assert ex is not None and ex.kind is None and ex.steps > 0
+    gc.collect()
+    assert refs and refs[0]() is None  # the Execution kept nothing of the model alive
+    assert [t.name for t in ex.rt.tasks] == ["main", "worker"]  # what it is read for stays
+
+
+def test_a_failing_execution_keeps_its_exception() -> None:
+    def body() -> None:
+        n = Node()
+        assert n.me is None, "the invariant"
+
+    ex = execute(body, DPOR(), 1000)
+    assert ex is not None and ex.kind == "assertion"
+    assert "the invariant" in str(ex.exc)
