@@ -209,3 +209,59 @@ def test_collect_graph_refuses_a_correct_body_that_hangs_or_fails(temp_scenarios
     with pytest.raises(RuntimeError, match="zz.bad.correct failed on real threads: "
                                            "AssertionError: invariant broken"):
         verify.collect_graph(workload_seconds=0)
+
+
+def _slow_counter():
+    """Three tasks take one mutex twice each (90 orders), and every execution costs 5 ms."""
+    import time
+
+    import kvmlock
+
+    m = Mutex("test.slow")
+    t_end = time.perf_counter() + 0.005
+    while time.perf_counter() < t_end:
+        pass
+
+    def worker():
+        for _ in range(2):
+            with m:
+                pass
+
+    tasks = [kvmlock.spawn(worker, name=f"w{i}") for i in range(3)]
+    for t in tasks:
+        t.join()
+
+
+def test_a_pass_cut_short_by_the_time_limit_is_an_incomplete_verdict(temp_scenarios, capsys):
+    temp_scenarios("zz.slow.correct", _slow_counter, variant="correct", expect="pass",
+                   strategy="dfs", options={"max_runs": 40})
+    out = verify.run_scenario(SCENARIOS["zz.slow.correct"], timeout=0.05)
+    assert out.met and not out.complete and out.result == "pass (time limit)"
+    assert out.bound.startswith("timeout=")
+    assert verify.main(["zz.slow.correct", "--timeout", "0.05"]) == 2
+    text = capsys.readouterr().out
+    assert "1/1 expectations met" in text and "incomplete: 1 passing row" in text
+    assert "zz.slow.correct" in text.split("incomplete:")[1]
+    # near miss: the same row stopped by its own bound of executions is a complete verdict
+    out = verify.run_scenario(SCENARIOS["zz.slow.correct"])
+    assert out.met and out.complete and out.result == "pass (bounded)"
+    assert out.bound == "max_runs=40"
+    assert verify.main(["zz.slow.correct"]) == 0
+    assert "incomplete" not in capsys.readouterr().out
+
+
+def test_a_caught_row_is_complete_even_under_a_time_limit(temp_scenarios):
+    sc = temp_scenarios("zz.inv3.broken", _inversion, variant="broken", expect="lockdep",
+                        lockdep_kind="circular")
+    out = verify.run_scenario(sc, timeout=30)
+    assert out.met and out.complete
+
+
+def test_no_scenario_is_bounded_by_the_clock():
+    from kvmlock.scenarios.registry import scenario
+
+    assert all("timeout" not in sc.options for sc in SCENARIOS.values())
+    with pytest.raises(ValueError, match="not timeout"):
+        scenario("zz.clock.correct", rule="r", variant="correct", expect="pass",
+                 timeout=5.0)(lambda: None)
+    assert "zz.clock.correct" not in SCENARIOS

@@ -222,7 +222,7 @@ def tsc_broken() -> None:
           rule="two VM lifetimes racing two CPUs going offline and back (kvm_lock design)",
           invariant=_HW_INVARIANT + "; the usage count returns to zero",
           catches=("callback_without_kvm_lock", "usage_without_lock"),
-          preemption_bound=2, max_runs=10000, timeout=120.0)
+          preemption_bound=2, max_runs=10000)
 def many_vms_two_hotplugs() -> None:
     m = Machine(3)
     together(lambda: m.destroy_vm(m.create_vm(name="a")),
@@ -239,7 +239,7 @@ def many_vms_two_hotplugs() -> None:
           rule="two vCPUs halted on one CPU's wakeup list; interrupts posted to both",
           invariant="each halted vCPU is woken and gets exactly its own vector",
           catches=("pi_list_without_lock", "pi_handler_without_lock"),
-          max_runs=3000, timeout=60.0)
+          max_runs=3000)
 def posted_two_vcpus() -> None:
     m = Machine(2)
     vm = VM(m, nr_vcpus=2)

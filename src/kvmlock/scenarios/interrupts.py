@@ -80,7 +80,7 @@ def _wakeup(machine: Machine, *, migrate: bool = False, crossed: bool = False) -
           rule="a vCPU woken from one CPU's wakeup list resumes on another and leaves the first "
                "list under that CPU's lock, irqs off; the handler runs in hard-IRQ context",
           invariant="every halted vCPU is woken with its own vector; no list keeps a vCPU",
-          max_runs=3000, timeout=60.0,
+          max_runs=3000,
           catches=("wakeup_lock_spinlock_t", "wakeup_lock_mutex", "pi_list_irqs_on",
                    "pi_load_nests_wakeup_locks"))
 def wakeup_migrate() -> None:
@@ -101,7 +101,7 @@ def wakeup_nested_locks() -> None:
           rule="the same nesting, lockdep off, with two vCPUs moving between CPUs 0 and 1 in "
                "opposite directions",
           invariant="all tasks blocked: each vCPU holds one CPU's wakeup lock and spins on the "
-                    "other's", lockdep=False, max_runs=3000, timeout=60.0)
+                    "other's", lockdep=False, max_runs=3000)
 def wakeup_nested_locks_deadlock() -> None:
     _wakeup(Machine(2, hazards={"pi_load_nests_wakeup_locks"}), migrate=True, crossed=True)
 
@@ -186,7 +186,7 @@ def _oom_reap(mutex: bool) -> None:
           rule="a non-blockable invalidation (the OOM reaper) racing a memslot update: nothing "
                "on the notifier path sleeps",
           invariant="the invalidation ends and the update waits for it; nothing slept",
-          max_runs=5000, timeout=60.0,
+          max_runs=5000,
           catches=("mn_invalidate_lock_mutex", "mmu_lock_rwsem"))
 def oom_reap_correct() -> None:
     _oom_reap(False)
@@ -221,7 +221,7 @@ def _clocks(lock_in_notifier: bool) -> None:
           rule="the timekeeping notifier runs in the timer tick and defers its kvm_lock walk "
                "to a work item; the cpufreq notifier walks vm_list in process context",
           invariant="nothing sleeps in the tick; the new frequency reaches its CPU",
-          max_runs=5000, timeout=60.0,
+          max_runs=5000,
           catches=("gtod_notifier_takes_kvm_lock", "tk_core_lock_mutex", "tk_core_lock_spinlock_t"))
 def clocks_correct() -> None:
     _clocks(False)

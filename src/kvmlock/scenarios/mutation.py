@@ -91,14 +91,20 @@ def hunt(m: Mutant, *, timeout: float | None = None) -> Verdict:
         return Verdict(m, "pending", how=m.pending)
     t0 = time.perf_counter()
     tried = 0
+    cut: list[str] = []
     with applied(m):
         for sc in _candidates(m):
             tried += 1
             out = run_scenario(sc, timeout=timeout)
             if out.failure is not None:
                 return Verdict(m, "caught", sc.name, _how(out), tried, time.perf_counter() - t0)
-    return Verdict(m, "MISSED", how="every correct scenario still passes", tried=tried,
-                   seconds=time.perf_counter() - t0)
+            if not out.complete:
+                cut.append(sc.name)
+    how = "every correct scenario still passes"
+    if cut:
+        more = "..." if len(cut) > 3 else ""
+        how += f" ({len(cut)} cut short by --timeout: {', '.join(cut[:3])}{more})"
+    return Verdict(m, "MISSED", how=how, tried=tried, seconds=time.perf_counter() - t0)
 
 
 def hunt_all(mutants: Sequence[Mutant], *, timeout: float | None = None) -> list[Verdict]:

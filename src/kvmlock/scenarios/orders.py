@@ -525,7 +525,7 @@ def _four_paths(hold_kvm_lock: bool, hotplug: bool = False) -> None:
           rule="kvm_lock must not take kvm->slots_lock: walkers of vm_list take a reference "
                "and drop kvm_lock before taking a VM's slots_lock",
           invariant="no cycle through kvm_lock; the run conforms to the model's document",
-          catches=("nx_walk_holds_kvm_lock",), max_runs=3000, timeout=60.0)
+          catches=("nx_walk_holds_kvm_lock",), max_runs=3000)
 def kvm_lock_walk_correct() -> None:
     _four_paths(hold_kvm_lock=False)
     check_graph()
@@ -545,7 +545,7 @@ def kvm_lock_walk_broken() -> None:
           rule="the same four paths plus a CPU going offline, lockdep off: the explorer finds "
                "the five-task hang itself",
           invariant="all tasks blocked: the cycle lockdep reports is a real deadlock",
-          lockdep=False, max_runs=5000, timeout=60.0)
+          lockdep=False, max_runs=5000)
 def kvm_lock_walk_deadlock() -> None:
     _four_paths(hold_kvm_lock=True, hotplug=True)
 

@@ -57,7 +57,15 @@ def scenario(
     catches: tuple[str, ...] = (),
     **options: Any,
 ) -> Callable[[Callable[[], None]], Callable[[], None]]:
-    """Register the decorated body as a scenario; ``options`` go to ``explore.check``."""
+    """Register the decorated body as a scenario; ``options`` go to ``explore.check``.
+
+    A scenario is bounded by executions and steps only: a wall-clock bound would make its
+    verdict depend on the machine's load (a correct row exhausts on a quiet machine and stops
+    short on a busy one; a broken row is caught on one and missed on the other).
+    """
+    if "timeout" in options:
+        raise ValueError(f"scenario {name!r}: bound it by max_runs/max_steps, not timeout "
+                         "(a verdict must not depend on the machine's speed)")
 
     def register(body: Callable[[], None]) -> Callable[[], None]:
         if name in SCENARIOS:

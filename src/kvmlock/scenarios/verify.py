@@ -34,7 +34,10 @@ from kvmlock.scenarios.registry import SCENARIOS, Scenario
 __all__ = ["Outcome", "collect_graph", "main", "run_scenario", "select"]
 
 #: bounds applied when a scenario does not set its own (keeps `kvmlock verify` to minutes).
-DEFAULT_OPTIONS: dict[str, Any] = {"max_runs": 1000, "max_steps": 5000, "timeout": 60.0}
+#: They count executions and steps, never seconds: a verdict must not depend on how loaded the
+#: machine is. A time limit is only the user's (``--timeout``), and a row it cuts short is
+#: reported incomplete.
+DEFAULT_OPTIONS: dict[str, Any] = {"max_runs": 1000, "max_steps": 5000}
 
 
 @dataclass
@@ -52,10 +55,17 @@ class Outcome:
     failures: list[Any] = field(default_factory=list)
     error: str = ""
     strategy: str = ""
+    timed_out: bool = False  # stopped by the wall-clock limit before its own bound
 
     @property
     def name(self) -> str:
         return self.scenario.name
+
+    @property
+    def complete(self) -> bool:
+        """Whether the verdict reached the row's own bound: a pass cut short by the clock is
+        not evidence of the same weight on a loaded machine and a quiet one."""
+        return not (self.met and self.timed_out and self.failure is None)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain record for tools (``kvmlock verify --json``)."""
@@ -65,7 +75,7 @@ class Outcome:
             "name": sc.name, "rule": sc.rule, "variant": sc.variant, "expect": sc.expect,
             "lockdep_kind": sc.lockdep_kind, "invariant": sc.invariant,
             "strategy": self.strategy or sc.strategy, "met": self.met, "result": self.result,
-            "executions": self.runs, "exhausted": self.exhausted,
+            "executions": self.runs, "exhausted": self.exhausted, "complete": self.complete,
             "seconds": round(self.seconds, 4), "bound": self.bound, "error": self.error,
             "failure": None if f is None else {
                 "kind": getattr(f, "kind", None), "schedule": getattr(f, "schedule", None),
@@ -163,13 +173,14 @@ def _judge(sc: Scenario, res: Any, opts: dict[str, Any], secs: float) -> Outcome
     runs = int(getattr(res, "runs", 0))
     exhausted = bool(getattr(res, "exhausted", False))
     bound = _bound(opts, res)
+    timed_out = not exhausted and getattr(res, "stopped", "") == "timeout"
     if sc.expect == "pass":
         if failures:
             f = failures[0]
             return Outcome(sc, False, f"FAILED: {_describe(f)}", runs, exhausted, secs, bound,
                            f, failures)
-        return Outcome(sc, True, "pass" if exhausted else "pass (bounded)", runs, exhausted,
-                       secs, bound)
+        verdict = "pass" if exhausted else "pass (time limit)" if timed_out else "pass (bounded)"
+        return Outcome(sc, True, verdict, runs, exhausted, secs, bound, timed_out=timed_out)
     hit = next((f for f in failures if _matches(sc, f)), None)
     if hit is not None:
         return Outcome(sc, True, f"caught: {_describe(hit)}", runs, exhausted, secs, bound,
@@ -178,7 +189,8 @@ def _judge(sc: Scenario, res: Any, opts: dict[str, Any], secs: float) -> Outcome
     if failures:
         return Outcome(sc, False, f"WRONG FAILURE: {_describe(failures[0])} (expected {wanted})",
                        runs, exhausted, secs, bound, failures[0], failures)
-    return Outcome(sc, False, f"MISSED: no {wanted} found", runs, exhausted, secs, bound)
+    return Outcome(sc, False, f"MISSED: no {wanted} found", runs, exhausted, secs, bound,
+                   timed_out=timed_out)
 
 
 def select(names: Iterable[str]) -> list[Scenario]:
@@ -312,7 +324,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kvmlock verify",
         description="Explore every scenario of the KVM locking model: correct variants must "
-                    "explore clean, broken variants must be caught for the right reason.")
+                    "explore clean, broken variants must be caught for the right reason.",
+        epilog="exit status: 0 every expectation met; 1 some expectation not met (or a mutant "
+               "missed); 2 bad input, or a verdict left incomplete by --timeout")
     p.add_argument("names", nargs="*", metavar="NAME",
                    help="scenario names, dotted prefixes (srcu, order.leaves) or globs")
     p.add_argument("--trace", action="store_true",
@@ -321,7 +335,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="also check the model's lock graph against a locking.rst-style DOC")
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
     p.add_argument("--timeout", type=_seconds, default=None,
-                   help="seconds allowed per scenario (default: the scenario's own bound)")
+                   help="seconds allowed per scenario (default: none, each scenario stops at "
+                        "its own bound of executions; a passing row cut short by the time "
+                        "limit makes the verdict incomplete)")
     p.add_argument("--strategy", choices=("dpor", "dfs", "pct", "random"), default=None,
                    help="explore every chosen scenario with this strategy instead of its own")
     p.add_argument("--json", action="store_true",
@@ -409,9 +425,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         outcomes.append(run_scenario(sc, timeout=args.timeout, strategy=args.strategy,
                                      workers=workers, backend=backend))
     bad = [o for o in outcomes if not o.met]
+    cut = [o for o in outcomes if not o.complete]
+    status = 1 if bad else 2 if cut else 0
     if args.json:
         print(json.dumps([o.to_dict() for o in outcomes], indent=2))
-        return 0 if not bad else 1
+        return status
     console.print(_table(outcomes, console.width))
     for o in bad:
         if o.error:
@@ -420,9 +438,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for o in outcomes:
             if o.failure is not None:
                 _trace(o, console)
-    status = 0 if not bad else 1
     console.print(f"{len(outcomes) - len(bad)}/{len(outcomes)} expectations met in "
                   f"{time.perf_counter() - t0:.1f}s", highlight=False)
+    if cut:
+        console.print(f"incomplete: {len(cut)} passing row(s) stopped at --timeout before their "
+                      f"own bound ({', '.join(o.name for o in cut)}); re-run without --timeout "
+                      "for a complete verdict", highlight=False, markup=False)
     if args.spec:
         try:
             from kvmlock.spec import conformance
