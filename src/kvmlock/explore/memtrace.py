@@ -26,9 +26,9 @@ The operands sit on the interpreter's value stack, which Python does not expose;
 from the frame's memory with ``ctypes`` at the layout of CPython 3.11 to 3.13 (the stack pointer
 is stored in the frame while a trace function runs). A self-test at first use checks the layout
 on a probe function; where it does not hold, ``memory=True`` refuses with a clear error instead
-of guessing. Switching tasks from inside the trace function needs the thread's "inside a trace
-function" counter put back as it was outside it, so the task switched to is traced too; that
-counter is adjusted the same way, and checked by the same self-test.
+of guessing. The explorer's own code runs "inside a trace function" (the thread's tracing
+count raised, which the same self-test checks), and every task switch happens there, so the
+count a task resumes with is the one it stopped with.
 """
 
 from __future__ import annotations
@@ -40,9 +40,6 @@ import sys
 import sysconfig
 from collections import deque
 from typing import Any
-
-import greenlet
-from greenlet import getcurrent
 
 from kvmlock.explore.records import ACQ_NONE, pending
 from kvmlock.explore.runtime import SimRuntime
@@ -196,17 +193,9 @@ class Tracer:
         self._fns: dict[int, Any] = {}  # id(code) -> its frames' trace function
         ts = self._ts = _tstate()
         self._tsp = ctypes.addressof(ts)
-        #: greenlet -> 1 while it runs (or stopped) "inside a trace function", untraced: the
-        #: hub, a task's greenlet outside the task's function, a task stopped at an operation;
-        #: 0 while it runs traced code (see _switched; a greenlet not yet seen: _outside)
-        self._level: dict[Any, int] = {}
-        self._hub = hub = getcurrent()
-        self._level[hub] = 1
         self._prev = sys.gettrace()
-        self._prev_switch = greenlet.gettrace()
         self._stop = rt.stop
         self._untraced_stops(rt)
-        greenlet.settrace(self._switched)
         # Nothing is traced while one task runs alone (none of its accesses could be
         # interleaved with another's): tracing starts when a second task does.
         self._on = False
@@ -221,19 +210,16 @@ class Tracer:
         frame that started the task (tracing starts with the second task, for both)."""
         if not callable(fn):
             return fn  # (for the runtime to refuse)
-        level, tsp, live = self._level, self._tsp, self.rt.live
+        tsp, live = self._tsp, self.rt.live
 
         def task(*args: Any) -> Any:  # (named as fn, for the runtime to name the task)
-            me = getcurrent()
             if not self._on and len(live) > 1:
                 self._trace_on(spawner)
-            level[me] = 0
             _LEAVE_TRACING(tsp)
             try:
                 return fn(*args)
             finally:
                 _ENTER_TRACING(tsp)
-                level[me] = 1
                 if self._on and len(live) <= 2:  # one task goes on alone (this one ends)
                     self._on = False
                     sys.settrace(None)
@@ -247,10 +233,15 @@ class Tracer:
         A thread start, a join or a lock operation reaches the scheduler from traced code;
         there the interpreter would trace every call of the scheduler's (to find it is not the
         user's) and run its code unspecialised. The task is parked for the length of its stop
-        instead, as at a data access (see _switched); a task started or an interrupt injected
-        runs its function traced (see task)."""
+        instead, as at a data access; a task started or an interrupt injected runs its
+        function traced (see task).
+
+        So every switch between the explorer's greenlets (at a stop, at a task's start or end,
+        to or from the hub) happens inside a trace function, where the thread's "tracing"
+        count is the same on both sides: the count belongs to the thread, not to a greenlet,
+        and a greenlet resumes with the count it was switched away with. No switch hook has to
+        put anything back."""
         ts = self._ts
-        level = self._level
         enter, leave, tsp = _ENTER_TRACING, _LEAVE_TRACING, self._tsp
         stop, spawn, inject, task, live = rt.stop, rt.spawn, rt.inject, self.task, rt.live
 
@@ -258,13 +249,10 @@ class Tracer:
             if ts.tracing:  # inside the trace function already (a data access)
                 stop(t, op, pred, wq)
                 return
-            me = getcurrent()
-            level[me] = 1
             enter(tsp)
             try:
                 stop(t, op, pred, wq)
             finally:
-                level[me] = 0
                 leave(tsp)
 
         def started(make: Any, fn: Any, *rest: Any) -> Any:
@@ -278,8 +266,6 @@ class Tracer:
                 if not self._on and len(live) > 1:
                     self._trace_on(spawner)
                 return h
-            me = getcurrent()
-            level[me] = 1
             enter(tsp)
             try:
                 h = make(fn, *rest)
@@ -287,7 +273,6 @@ class Tracer:
                     self._trace_on(spawner)
                 return h
             finally:
-                level[me] = 0
                 leave(tsp)
 
         def untraced_spawn(fn: Any, args: tuple = (), name: str | None = None) -> Any:
@@ -303,37 +288,9 @@ class Tracer:
         rt.inject = untraced_inject  # type: ignore[method-assign]
 
     def close(self) -> None:
-        greenlet.settrace(self._prev_switch)
         ts = self._ts
         ts.tracing = 0  # (the hub runs outside any trace function)
         sys.settrace(self._prev)
-
-    def _switched(self, event: str, args: tuple) -> None:
-        """A greenlet was switched to: the thread's tracing state becomes the one it left.
-
-        One thread state serves every greenlet. The hub, a task's greenlet outside the task's
-        function (starting, ending, pooled) and a task stopped at an operation (a data access,
-        inside the trace function, or any other) run "inside a trace function", which keeps
-        the explorer's code untraced; a task running its own code (or a greenlet that code
-        made) runs traced.
-        """
-        origin, target = args
-        level = self._level
-        into = level.get(target)
-        out = level.get(origin)
-        # greenlet calls this hook as a trace function: "inside" it by some count, which it
-        # takes back (and recomputes whether to trace) when the hook returns
-        self._ts.tracing += (self._outside(target) if into is None else into) - (
-            self._outside(origin) if out is None else out)
-        prev = self._prev_switch
-        if prev is not None:
-            prev(event, args)
-
-    def _outside(self, g: Any) -> int:
-        """The level of a greenlet seen first: a task's greenlet (pooled, its parent the hub)
-        starts outside the task's function; one the program made runs its code traced."""
-        lv = self._level[g] = 1 if g.parent is self._hub else 0
-        return lv
 
     # ------------------------------------------------------------------ trace functions
     def _call(self, frame: Any, event: str, arg: Any) -> Any:
@@ -497,13 +454,7 @@ class Tracer:
         if op is None:
             op = made[t.tid] = pending(t.tid, loc[0], "store" if write else "load", write,
                                        loc[1], ACQ_NONE, False)
-        me = getcurrent()
-        level = self._level
-        level[me] = 1  # see _switched
-        try:
-            self._stop(t, op, None, None)
-        finally:
-            level[me] = 0
+        self._stop(t, op, None, None)
 
 
 _MISS = object()

@@ -44,6 +44,8 @@ from kvmlock.explore.strategies.wakeup import (
     source_branch,
 )
 
+_new_state = State.__new__
+
 
 class DPOR(Strategy):
     name = "dpor"
@@ -215,8 +217,14 @@ class DPOR(Strategy):
             pre = 0
         if n == self.root and self.root and self.root_sleep:
             sleep = self.root_sleep
-        node = State(enabled, waits, cur_tid, pre, sleep,
-                     (dict(blocker), dict(enabler)) if blocker or enabler else _EMPTY)
+        # (the fields set one by one: a call of State's __init__ costs more, at every step)
+        node = _new_state(State)
+        node.enabled = enabled
+        node.waits = waits
+        node.cur = cur_tid
+        node.pre = pre
+        node.sleep = sleep
+        node.snap = (dict(blocker), dict(enabler)) if blocker or enabler else _EMPTY
         cand = [op for op in enabled if op[0] not in sleep] if sleep else enabled
         if self.bound is not None and cur_tid >= 0 and pre >= self.bound:
             cand = [op for op in cand if op[0] == cur_tid]
@@ -239,6 +247,8 @@ class DPOR(Strategy):
             wut = []
         if pick is None:
             if not cand:
+                node.choice = -1
+                node.ops = {}
                 node.done = set()
                 node.wut = wut
                 return None
@@ -249,7 +259,7 @@ class DPOR(Strategy):
         else:
             tid = pick[0]
             op = (pick[1], pick[2])
-        node.ops[tid] = op
+        node.ops = {tid: op}
         node.choice = tid
         node.done = {tid}
         node.wut = wut

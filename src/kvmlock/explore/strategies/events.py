@@ -43,6 +43,10 @@ Op = tuple
 Event = tuple
 
 
+#: (clocks are merged entry by entry with ``map(max, ...)``: every clock has the same length)
+_map = map
+
+
 def independent(a: Op, b: Op) -> bool:
     """Two operations commute: different objects, no object at all (spawn, join), or reads."""
     return a[0] is None or b[0] is None or a[0] != b[0] or (not a[1] and not b[1])
@@ -183,8 +187,7 @@ class Events:
                 if (q != tid and (generic or (not write and analyze)) and j not in races
                         and j != en):
                     races.append(j)
-                new = [a if a > b else b
-                       for a, b in zip(clock if new is None else new, ev_clock[j], strict=True)]
+                new = list(_map(max, clock if new is None else new, ev_clock[j]))
             b = self.blocker.pop(tid, None) if self.blocker else None
             if analyze and b is not None and b not in races:
                 q = ev_tid[b]
@@ -209,7 +212,7 @@ class Events:
             more = (obj, acquired, child, clock, lw, rs, la)
         else:
             if kind == "join" and (other := self.task_clock.get(target)) is not None:
-                new = [a if a > b else b for a, b in zip(clock, other, strict=True)]
+                new = list(_map(max, clock, other))
             more = (None, acquired, child, clock, None, None, None)
         if new is None:
             new = clock[:]
