@@ -146,6 +146,7 @@ DECLARATION_MUTANTS: dict[str, set[tuple[str, str]]] = {
     "xen_vcpu_attr_without_xen_lock": {(UNG, "Xen.vcpu_attrs")},
     "routing_without_irq_lock": {(UNG, "VM.irq_routing")},
     "ack_notifier_without_irq_lock": {(UNG, "VM.irq_ack_notifiers")},
+    "pit_without_kvm_lock": {(UNG, "VM.vpit")},
     "vcpu_ioctl_without_vcpu_mutex": {(UNG, "VCPU.config")},
     "tdp_link_without_pages_lock": {(UNG, "MMU.page_list")},
     "unsync_without_lock": {(UNG, "MMU.unsync_count")},

@@ -57,6 +57,7 @@ class Doorbell:
 
     def free(self) -> None:
         runtime.active().point(self, "free device", True)
+        assert not self.freed, f"{self.name} at {self.addr:#x} was freed twice"
         self.freed = True
 
     def __repr__(self) -> str:
@@ -98,13 +99,13 @@ def io_bus_register_dev(vm: VM, dev: Doorbell) -> None:
 
 
 def io_bus_unregister_dev(vm: VM, dev: Doorbell) -> None:
-    """``kvm_io_bus_unregister_dev``: the caller holds ``kvm->slots_lock``; once the grace
-    period is over, the device is freed."""
+    """``kvm_io_bus_unregister_dev``: the caller holds ``kvm->slots_lock``, and frees the
+    device once this returns (the grace period is over). A device not on the bus is left
+    alone, as the kernel does: the caller's lookup under the same lock is what says it is."""
     bus = _get_bus(vm)
     if dev not in bus.devs:
-        raise ValueError(f"io_bus_unregister_dev: {dev!r} is not registered")
+        return
     _replace_bus(vm, bus, IoBus(tuple(d for d in bus.devs if d is not dev)))
-    dev.free()
 
 
 def _replace_bus(vm: VM, old: IoBus, new: IoBus, *, wait: bool = True) -> None:

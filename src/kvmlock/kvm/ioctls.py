@@ -97,6 +97,16 @@ VM_IOCTL_READS_VCPUS_UNLOCKED = mutant(
     "of the vCPU array (read before the lock is taken)",
     breaks="kvm->lock protects the VM-wide configuration VM ioctls change: a vCPU created "
            "meanwhile is either in the array the ioctl walks or starts with its setting")
+PIT_WITHOUT_KVM_LOCK = mutant(
+    "pit_without_kvm_lock", removes="kvm->lock around KVM_CREATE_PIT2 (its EEXIST check and "
+    "the PIT's creation)",
+    breaks="kvm->lock serialises KVM_CREATE_PIT2: the check that no PIT exists and its "
+           "creation are one step, so a second creator gets EEXIST, not a second PIT")
+DEASSIGN_LOOKUP_APART = mutant(
+    "deassign_lookup_apart", removes="KVM_IOEVENTFD deassign finding the ioeventfd and "
+    "unregistering it in one kvm->slots_lock section (the lock dropped and taken again between)",
+    breaks="kvm->slots_lock protects the ioeventfds and kvm->buses: two deassigns of one "
+           "ioeventfd cannot both find it, so it is unregistered and freed once")
 VCPU_IOCTL_WITHOUT_VCPU_MUTEX = mutant(
     "vcpu_ioctl_without_vcpu_mutex", removes="vcpu->mutex around a vCPU ioctl's change to the "
     "vCPU's state", breaks="vcpu->mutex protects one vCPU's state against concurrent ioctls")
@@ -214,7 +224,11 @@ def deassign_ioeventfd(vm: VM, addr: int) -> None:
         dev = bus.find(addr)
         if dev is None:
             raise ValueError(f"KVM_IOEVENTFD deassign: nothing at {addr:#x} (ENOENT)")
+        if DEASSIGN_LOOKUP_APART in vm.hazards:  # broken: another deassign may find it too
+            vm.slots_lock.unlock()
+            vm.slots_lock.lock()
         io_bus_unregister_dev(vm, dev)
+        dev.free()  # ioeventfd_release: the grace period the unregistration waited is over
 
 
 def create_irqchip(vm: VM) -> None:
@@ -263,8 +277,11 @@ def irq_line(vm: VM, level: int) -> list[str]:
 
 
 def create_pit(vm: VM) -> None:
-    """``KVM_CREATE_PIT2``: the PIT's I/O device, and its ack notifier registered with it."""
-    with vm.lock:
+    """``KVM_CREATE_PIT2``: the PIT's I/O device, and its ack notifier registered with it;
+    ``EEXIST`` (a ValueError) if the VM has one, checked under the same ``kvm->lock``."""
+    with unless(PIT_WITHOUT_KVM_LOCK, vm.hazards, vm.lock):
+        if vm.vpit:
+            raise ValueError("KVM_CREATE_PIT2: the VM already has a PIT (EEXIST)")
         if vm.hazards.pit_slots_lock_inside_irq_lock:
             with vm.irq_lock, vm.slots_lock:  # broken: slots_lock is outside irq_lock
                 pass
@@ -272,6 +289,7 @@ def create_pit(vm: VM) -> None:
             _io_bus_register(vm, PIT, "pit")
             with unless(ACK_NOTIFIER_WITHOUT_IRQ_LOCK, vm.hazards, vm.irq_lock):
                 vm.irq_ack_notifiers.append("pit")
+        vm.vpit = True
 
 
 def bus_devices(vm: VM) -> list[str]:

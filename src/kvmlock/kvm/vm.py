@@ -99,6 +99,8 @@ class VM:
     hv_tsc_page_updates = guarded_by("tsc_write_lock")
     #: how many vCPUs KVM_CREATE_VCPU made: the next one's id
     created_vcpus = guarded_by("lock")
+    #: whether KVM_CREATE_PIT2 made the PIT (``kvm->arch.vpit``): created once, then EEXIST
+    vpit = guarded_by("lock")
     #: the VM-wide vCPU settings (a VM ioctl sets them on every vCPU): what a new vCPU starts with
     vcpu_defaults = guarded_by("lock")
 
@@ -167,6 +169,7 @@ class VM:
         #: irqchip_in_kernel(): set last by KVM_CREATE_IRQCHIP (under kvm->lock), read unlocked
         self.irqchip = Atomic64(0, name="kvm->arch.irqchip_mode")
         self.irq_ack_notifiers: list[str] = []  # guarded: see the class attribute
+        self.vpit = False  # guarded: see the class attribute
         #: set once the first shadow root allocated every memslot's rmaps (slots_arch_lock)
         self.shadow_root_allocated = Atomic64(0, name="kvm->arch.shadow_root_allocated")
         self.hv_tsc_page_updates = 0  # guarded: see the class attribute

@@ -19,7 +19,13 @@ from __future__ import annotations
 import kvmlock
 from kvmlock.kvm.guest import GuestFault, guest_read, guest_write, set_gpte
 from kvmlock.kvm.iobus import mmio_write
-from kvmlock.kvm.ioctls import assign_ioeventfd, deassign_ioeventfd, msr_exit, set_msr_filter
+from kvmlock.kvm.ioctls import (
+    assign_ioeventfd,
+    bus_devices,
+    deassign_ioeventfd,
+    msr_exit,
+    set_msr_filter,
+)
 from kvmlock.kvm.memslots import READONLY
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.page_track import shadow_guest_table
@@ -262,6 +268,34 @@ def iobus_unregister_correct() -> None:
           catches=("bus_register_no_grace_period",), **_BOUND)
 def iobus_register_correct() -> None:
     _bus_update_vs_mmio("assign")
+
+
+def _try_deassign(vm: VM, addr: int) -> bool:
+    try:
+        deassign_ioeventfd(vm, addr)
+    except ValueError:
+        return False  # ENOENT: the other deassign took it
+    return True
+
+
+@scenario("iobus.two_deassigns.correct",
+          rule="KVM_IOEVENTFD deassign finds the ioeventfd and unregisters it in one "
+               "kvm->slots_lock section: two deassigns of it race",
+          variant="correct", expect="pass",
+          invariant="one deassign succeeds and the other gets ENOENT; the device leaves the "
+                    "bus and is freed once",
+          catches=("deassign_lookup_apart",), **_BOUND)
+def iobus_two_deassigns_correct() -> None:
+    vm = VM(nr_vcpus=1, nr_pages=1, host_pages=1)
+    assign_ioeventfd(vm, 0x1000, "doorbell")
+    (bell,) = vm.buses.access_pointer().devs
+    done: list[bool] = []
+    tasks = [kvmlock.spawn(lambda: done.append(_try_deassign(vm, 0x1000)), name=name)
+             for name in ("KVM_IOEVENTFD deassign a", "KVM_IOEVENTFD deassign b")]
+    for t in tasks:
+        t.join()
+    assert sorted(done) == [False, True], f"two deassigns of one ioeventfd returned {done}"
+    assert bell.freed and not bus_devices(vm), "the ioeventfd is still on the bus"
 
 
 @scenario("msr_filter.update.correct",

@@ -104,6 +104,31 @@ def irq_routing_correct() -> None:
     assert peek(vm, "irq_ack_notifiers") == ["pit"]
 
 
+def _try_create_pit(vm: VM) -> bool:
+    try:
+        ioctls.create_pit(vm)
+    except ValueError:
+        return False  # EEXIST: the other creator made it
+    return True
+
+
+@scenario("protected.pit_creation.correct",
+          rule="kvm->lock serialises KVM_CREATE_PIT2: two creators race",
+          variant="correct", expect="pass",
+          invariant="one creator makes the PIT and the other gets EEXIST: one PIT device, one "
+                    "ack notifier",
+          catches=("pit_without_kvm_lock",), **_BOUND)
+def pit_creation_correct() -> None:
+    vm = VM(None, nr_vcpus=1)
+    ioctls.create_irqchip(vm)
+    made: list[bool] = []
+    _race(KVM_CREATE_PIT2_a=lambda: made.append(_try_create_pit(vm)),
+          KVM_CREATE_PIT2_b=lambda: made.append(_try_create_pit(vm)))
+    assert sorted(made) == [False, True], f"two KVM_CREATE_PIT2 returned {made}"
+    assert ioctls.bus_devices(vm).count("pit") == 1
+    assert peek(vm, "irq_ack_notifiers") == ["pit"]
+
+
 @scenario("protected.irqchip_publish.correct",
           rule="KVM_CREATE_IRQCHIP sets irqchip_mode last (kvm->lock held): KVM_SET_GSI_ROUTING "
                "and KVM_IRQ_LINE, which test it without kvm->lock, race it",
