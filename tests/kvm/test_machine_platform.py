@@ -7,10 +7,13 @@ import pytest
 from kvmlock import lockdep
 from kvmlock.kvm.hyperv import HyperV
 from kvmlock.kvm.machine import Machine
+from kvmlock.kvm.mutants import applied
 from kvmlock.kvm.posted_intr import PostedVcpu, post_interrupt, wakeup_handler
 from kvmlock.kvm.tsc import TscSync
 from kvmlock.kvm.vm import VM
 from kvmlock.kvm.xen import Xen
+from kvmlock.scenarios import verify
+from kvmlock.scenarios.registry import SCENARIOS
 from kvmlock.sync import peek
 
 
@@ -132,6 +135,41 @@ def test_set_clock_asks_hyperv_before_the_pvclock_update_and_moves_the_clock_ins
     assert ("kvm->arch.tsc_write_lock", "kvm->arch.hyperv.hv_lock") not in edges()
     with pytest.raises(ValueError, match="KVM_SET_CLOCK needs integers"):
         tsc.set_clock(1, -1)
+
+
+def test_clock_update_rewrites_the_tsc_page_only_if_marked_changed():
+    vm = VM(None, nr_vcpus=1)
+    hv, tsc, v = HyperV(vm), TscSync(vm), vm.vcpus[0]
+    with v.mutex:
+        hv.set_msr(v, "HV_X64_MSR_REFERENCE_TSC", 1)
+        tsc.serve_clock_requests(v, hv)  # master-clock update, then the page written
+    hv.check_tsc_page(0)
+    tsc.set_clock(9_000, 2_000, hv=hv)
+    with pytest.raises(AssertionError, match="status 'host changed'"):
+        hv.check_tsc_page(7_000)  # marked, not rewritten yet: the vCPU has not entered
+    with v.mutex:
+        tsc.serve_clock_requests(v, hv)
+    hv.check_tsc_page(7_000)
+    with pytest.raises(AssertionError, match="written from clock offset 7000"):
+        hv.check_tsc_page(6_000)
+    # near miss: with the mark after the requests, a vCPU that serves them only after
+    # KVM_SET_CLOCK returned still rewrites the page
+    vm = VM(None, nr_vcpus=1, hazards={"hv_tsc_page_marked_after_clock_update"})
+    hv, tsc, v = HyperV(vm), TscSync(vm), vm.vcpus[0]
+    with v.mutex:
+        hv.set_msr(v, "HV_X64_MSR_REFERENCE_TSC", 1)
+        tsc.serve_clock_requests(v, hv)
+    tsc.set_clock(9_000, 2_000, hv=hv)
+    with v.mutex:
+        tsc.serve_clock_requests(v, hv)
+    hv.check_tsc_page(7_000)
+    # the race the scenario explores is what catches it: the request served before the mark
+    sc = SCENARIOS["kvmclock.set_clock_vs_tsc_page.correct"]
+    assert verify.run_scenario(sc).met
+    with applied("hv_tsc_page_marked_after_clock_update"):
+        out = verify.run_scenario(sc)
+    assert out.failure is not None and "status 'host changed'" in str(out.failure.message)
+    assert "reference TSC page is stale" in str(out.failure.message)
 
 
 def test_hyperv_tsc_mutants_nest_a_lock_inside_a_leaf():

@@ -14,7 +14,7 @@ from typing import Any
 
 from kvmlock import irq
 from kvmlock.kvm.mutants import mutant, unless
-from kvmlock.sync import guarded_by
+from kvmlock.sync import guarded_by, peek
 
 __all__ = ["PARTITION_MSRS", "HyperV"]
 
@@ -46,6 +46,8 @@ HV_REF_TSC_UPDATE_UNDER_HV_LOCK = mutant(
 TSC_PAGE_STATUS = "tsc_page_status"
 TSC_PAGE_UNSET, TSC_PAGE_GUEST_CHANGED, TSC_PAGE_SET, TSC_PAGE_HOST_CHANGED = (
     "unset", "guest changed", "set", "host changed")
+#: what the reference TSC page tells the guest: the VM clock offset it was last written from
+TSC_PAGE_CLOCK = "tsc_page_clock"
 
 #: Partition-wide Hyper-V MSRs (names as in the TLFS); everything else is per vCPU here.
 PARTITION_MSRS = frozenset({
@@ -110,6 +112,28 @@ class HyperV:
         with self.lock:
             if self.partition.get(TSC_PAGE_STATUS) == TSC_PAGE_SET:
                 self.partition[TSC_PAGE_STATUS] = TSC_PAGE_HOST_CHANGED
+
+    def setup_tsc_page(self, clock_offset: int) -> None:
+        """``kvm_hv_setup_tsc_page``, from a vCPU's clock update: the page is rewritten from
+        the VM's clock (``clock_offset``) only if the guest or the host marked it changed --
+        a page marked 'set' is taken to be current and left alone."""
+        with self.lock:
+            if self.partition.get(TSC_PAGE_STATUS) in (TSC_PAGE_GUEST_CHANGED,
+                                                       TSC_PAGE_HOST_CHANGED):
+                self.partition[TSC_PAGE_CLOCK] = clock_offset
+                self.partition[TSC_PAGE_STATUS] = TSC_PAGE_SET
+
+    def check_tsc_page(self, clock_offset: int) -> None:
+        """Invariant, once every vCPU has served its clock requests: an enabled reference TSC
+        page is current ('set') and shows the VM's clock, ``clock_offset``."""
+        part = peek(self, "partition")
+        status = part.get(TSC_PAGE_STATUS, TSC_PAGE_UNSET)
+        if status == TSC_PAGE_UNSET:
+            return
+        assert status == TSC_PAGE_SET and part.get(TSC_PAGE_CLOCK) == clock_offset, (
+            f"the guest's reference TSC page is stale: status {status!r}, written from clock "
+            f"offset {part.get(TSC_PAGE_CLOCK)!r}, but the VM's clock offset is {clock_offset} "
+            "and no vCPU has a clock update left to serve")
 
     def eventfd_assign(self, conn_id: int) -> None:
         """``KVM_HYPERV_EVENTFD``: a VM ioctl binding a connection id, under ``hv_lock``."""

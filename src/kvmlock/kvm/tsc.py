@@ -38,6 +38,7 @@ from kvmlock.sync import Atomic64, guarded_by
 __all__ = ["KvmClock", "TscSync", "VcpuTsc"]
 
 NSEC_PER_SEC = 1_000_000_000
+_U64 = (1 << 64) - 1
 
 TSC_WRITE_WALKS_VM_LIST = mutant(
     "tsc_write_walks_vm_list", removes="(adds) kvm_lock taken under the raw tsc_write_lock by "
@@ -56,6 +57,15 @@ SET_CLOCK_HV_REQUEST_UNDER_TSC_LOCK = mutant(
     "tsc_write_lock with interrupts off, instead of before it",
     breaks="kvm->arch.tsc_write_lock is a leaf, raw and held with interrupts off: nothing that "
            "sleeps is taken inside it")
+
+HV_TSC_PAGE_MARKED_AFTER_CLOCK_UPDATE = mutant(
+    "hv_tsc_page_marked_after_clock_update", removes="the order of a clock change's request "
+    "for a Hyper-V TSC page rewrite (kvm_hv_request_tsc_page_update): made after the pvclock "
+    "update ended, when the vCPUs were already asked for a clock update, instead of before "
+    "it began",
+    breaks="the reference TSC page is marked host-changed before the clock-update request "
+           "that rewrites it is raised: a vCPU serving the request first finds the page "
+           "'set', skips it, and the guest keeps reading the old clock")
 
 
 @dataclass
@@ -91,6 +101,8 @@ class TscSync:
         self.cur_offset = 0
         self.kvmclock_offset = 0
         self.vcpus: dict[int, VcpuTsc] = {}
+        #: KVM_REQ_CLOCK_UPDATE, one bit per vCPU id
+        self.clock_update = Atomic64(0, name="KVM_REQ_CLOCK_UPDATE")
 
     def _ticks(self, ns: int) -> int:
         return ns * self.tsc_khz // 1_000_000
@@ -116,20 +128,55 @@ class TscSync:
         As ``kvm_vm_ioctl_set_clock`` does it: first ask Hyper-V (``hv``, if the VM has it) to
         rewrite its reference TSC page (under ``hv_lock``, a mutex), then begin the pvclock
         update -- ``tsc_write_lock`` with interrupts off, which also stops guest entries --
-        and move the clock inside it.
+        move the clock inside it, and end it by asking every vCPU for a clock update.
         """
         if not isinstance(clock_ns, int) or not isinstance(now_ns, int) or now_ns < 0:
             raise ValueError(f"KVM_SET_CLOCK needs integers, got clock_ns={clock_ns!r} "
                              f"now_ns={now_ns!r}")
+        self._pvclock_update(hv, clock_ns - now_ns)
+
+    def update_masterclock(self, hv: Any = None) -> None:
+        """``kvm_update_masterclock`` (a vCPU serving KVM_REQ_MASTERCLOCK_UPDATE): the same
+        update as KVM_SET_CLOCK's, the clock left where it is."""
+        self._pvclock_update(hv, None)
+
+    def _pvclock_update(self, hv: Any, offset: int | None) -> None:
+        # The Hyper-V page is marked host-changed *before* the update: the clock-update
+        # requests raised at its end are what rewrites the page, and the vCPU serving one
+        # rewrites it only if it is marked by then (kvm_hv_setup_tsc_page).
         late = SET_CLOCK_HV_REQUEST_UNDER_TSC_LOCK in self.vm.hazards
-        if hv is not None and not late:
+        after = HV_TSC_PAGE_MARKED_AFTER_CLOCK_UPDATE in self.vm.hazards
+        if hv is not None and not late and not after:
             hv.request_tsc_page_update()
         locked = self.locked and TSC_WITHOUT_LOCK not in self.vm.hazards
         with irq.local_irq_save(), self.lock if locked else contextlib.nullcontext():
             # (that is __kvm_start_pvclock_update)
             if hv is not None and late:
                 hv.request_tsc_page_update()  # broken: a mutex under a raw lock, irqs off
-            self.kvmclock_offset = clock_ns - now_ns
+            if offset is not None:
+                self.kvmclock_offset = offset
+        # kvm_end_pvclock_update: KVM_REQ_CLOCK_UPDATE to every vCPU (an atomic bit each)
+        for vcpu in getattr(self.vm, "vcpus", ()):
+            self.clock_update.fetch_or(1 << vcpu.id)
+        if hv is not None and after:
+            hv.request_tsc_page_update()  # broken: a vCPU may have served the request already
+
+    def serve_clock_requests(self, vcpu: Any, hv: Any = None) -> None:
+        """The clock requests ``vcpu`` serves on its way into the guest (``vcpu_enter_guest``,
+        vcpu->mutex held): a master-clock update first (it raises clock updates), then its
+        own clock update (``kvm_guest_time_update``), which rewrites the Hyper-V reference TSC
+        page from the VM's clock if the page is marked changed."""
+        vcpu.mutex.assert_held()
+        if hv is not None and vcpu.id in hv.masterclock_requests:  # only vcpu itself sets it
+            hv.masterclock_requests.discard(vcpu.id)
+            self.update_masterclock(hv)
+        bit = 1 << vcpu.id
+        if not self.clock_update.fetch_and(_U64 ^ bit) & bit:
+            return
+        with irq.local_irq_save(), self.lock:  # the pvclock seqcount's read side, in effect
+            offset = self.kvmclock_offset
+        if hv is not None:
+            hv.setup_tsc_page(offset)
 
     def _synchronize(self, vcpu_id: int, data: int, now_ns: int) -> VcpuTsc:
         # Read everything, then write everything: the two halves are one step only under the

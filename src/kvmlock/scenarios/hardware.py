@@ -13,10 +13,13 @@
 * TSC synchronisation: the read-decide-write of the per-VM TSC generation is one step under
   ``tsc_write_lock``; without it two vCPUs written together end up in one generation with two
   different offsets.
+* The Hyper-V reference TSC page after KVM_SET_CLOCK: the vCPU's clock update rewrites it only
+  if it is marked changed, so the clock change marks it before raising that update.
 """
 
 from __future__ import annotations
 
+from kvmlock.kvm.hyperv import HyperV
 from kvmlock.kvm.machine import HardwareEnableError, Machine
 from kvmlock.kvm.posted_intr import PostedVcpu, post_interrupt
 from kvmlock.kvm.tsc import TscSync
@@ -209,6 +212,30 @@ def _tsc(locked: bool) -> None:
           invariant="vCPUs of one TSC generation share one offset", max_runs=500)
 def tsc_correct() -> None:
     _tsc(True)
+
+
+@scenario("kvmclock.set_clock_vs_tsc_page.correct", variant="correct", expect="pass",
+          catches=("hv_tsc_page_marked_after_clock_update",),
+          rule="a clock change marks the Hyper-V reference TSC page host-changed (under "
+               "hv_lock) before the pvclock update whose clock-update requests rewrite it",
+          invariant="once vcpu0 has served its clock requests, the guest's reference TSC page "
+                    "is current and shows the clock KVM_SET_CLOCK set", max_runs=500)
+def set_clock_vs_tsc_page() -> None:
+    vm = VM(None, nr_vcpus=1)
+    tsc, hv, v0 = TscSync(vm), HyperV(vm), vm.vcpus[0]
+
+    def enter_guest() -> None:  # KVM_RUN: the requests served before the guest runs
+        with v0.mutex:
+            tsc.serve_clock_requests(v0, hv)
+
+    with v0.mutex:  # the guest enables its reference TSC page; KVM writes it on entry
+        hv.set_msr(v0, "HV_X64_MSR_REFERENCE_TSC", 1)
+    enter_guest()
+    hv.check_tsc_page(0)
+    together(lambda: tsc.set_clock(9_000, 2_000, hv=hv), enter_guest,
+             names=["KVM_SET_CLOCK", "vcpu0 KVM_RUN"])
+    enter_guest()  # the next entry serves whatever is left
+    hv.check_tsc_page(peek(tsc, "kvmclock_offset"))
 
 
 @scenario("tsc.synchronize.broken", variant="broken", expect="lockdep",
