@@ -138,3 +138,19 @@ def test_an_rmap_entry_for_a_dropped_or_remapped_spte_is_reported():
     vm.mmu.rmap[2] = frozenset({(sp, 1)})  # an entry under a gfn the SPTE does not map
     with pytest.raises(AssertionError, match="which maps gfn 1"):
         vm.check()
+
+
+def test_a_cr3_load_with_no_page_unsync_skips_the_sync_without_mmu_lock():
+    vm, (v0, v1) = shadow_vm()
+    set_gpte(vm, 0, 1)
+    load_cr3(v0)
+    assert vm.stats["mmu_syncs"] == 0, "nothing unsync: the lockless look returns early"
+    write_gpte(v0, 3, 3)
+    load_cr3(v1)
+    assert vm.stats["mmu_syncs"] == 1, "near miss: an unsync page is synced"
+    # the early-out is why the fault marks the page unsync before the table is writable
+    sc = SCENARIOS["shadow.unsync_vs_lockless_sync.correct"]
+    assert verify.run_scenario(sc).met
+    with applied("unsync_marked_after_table_writable"):
+        out = verify.run_scenario(sc)
+    assert out.failure is not None and "reads 11" in str(out.failure.message)

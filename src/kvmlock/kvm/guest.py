@@ -43,6 +43,13 @@ SYNC_TAKES_UNSYNC_LOCK_FIRST = mutant(
     "sync_takes_unsync_lock_first", removes="(adds) the INVLPG sync takes "
     "mmu_unsync_pages_lock before mmu_lock, to read the page's unsync state first",
     breaks="kvm->mmu_lock is taken outside kvm->arch.mmu_unsync_pages_lock")
+UNSYNC_MARKED_AFTER_TABLE_WRITABLE = mutant(
+    "unsync_marked_after_table_writable", removes="the order of the write-protection fault "
+    "on a guest table (mmu_try_to_unsync_pages): the table made writable before its shadow "
+    "page is marked unsync",
+    breaks="shadow paging: a page is marked unsync before the guest can store to its table "
+           "without an exit, because a CR3 load's sync skips, without mmu_lock, a page not "
+           "marked")
 
 _FAULT = object()
 MAX_FAULTS = 10_000
@@ -202,6 +209,7 @@ def write_gpte(vcpu: VCPU, va: int, gfn: int | None) -> None:
     vm = vcpu.vm
     sp = _gpte_target(vm, va, gfn, "write_gpte")
     rt = runtime.active()
+    late_unsync = UNSYNC_MARKED_AFTER_TABLE_WRITABLE in vm.hazards
     while True:
         vcpu.enter_guest()
         try:
@@ -212,9 +220,14 @@ def write_gpte(vcpu: VCPU, va: int, gfn: int | None) -> None:
         finally:
             vcpu.exit_guest()
         with vm.srcu.read(), vm.mmu_lock.write():  # the write-protection fault on the table
-            vm.mmu.mark_unsync(sp)
+            # marked first: a CR3 load on another vCPU reads the flag without mmu_lock
+            # (sync_roots), after its guest may already have stored through the table
+            if not late_unsync:
+                vm.mmu.mark_unsync(sp)
             rt.point(sp, "map guest table writable", True)
             sp.gpt_writable = True
+            if late_unsync:
+                vm.mmu.mark_unsync(sp)  # broken: the table was writable before the mark
 
 
 def load_cr3(vcpu: VCPU) -> None:

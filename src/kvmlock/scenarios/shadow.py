@@ -274,6 +274,40 @@ def sync_vs_store() -> None:
     vm.check()
 
 
+@scenario("shadow.unsync_vs_lockless_sync.correct",
+          rule="the write-protection fault marks the shadow page unsync before it makes the "
+               "guest table writable: a CR3 load's sync looks at the unsync flags without "
+               "mmu_lock and skips a page that is not marked",
+          variant="correct", expect="pass",
+          invariant="a vCPU that stored a new guest PTE through the writable table and then "
+                    "loaded CR3 reads the page its table names",
+          catches=("unsync_marked_after_table_writable",), **_BOUND)
+def unsync_vs_lockless_sync() -> None:
+    # Page 0 -> gfn 1 (holding 11), page 1 -> gfn 2 (holding 22), the page in sync. vcpu0's
+    # guest changes page 3's entry (it exits: the page goes unsync, the table writable) while
+    # vcpu1's guest re-points page 0 at gfn 2 -- a plain store if the table is writable by
+    # then -- loads CR3 and reads page 0.
+    vm = _shadow_vm()
+    v0, v1 = vm.vcpus
+    set_gpte(vm, 0, 1)
+    set_gpte(vm, 1, 2)
+    guest_write(v0, 0, 11)
+    guest_write(v0, 1, 22)
+    got: list[int] = []
+
+    def vcpu1() -> None:
+        write_gpte(v1, 0, 2)
+        load_cr3(v1)
+        got.append(guest_read(v1, 0))
+
+    _run(("vcpu0_changes_page3", lambda: write_gpte(v0, 3, 3)),
+         ("vcpu1_repoints_page0_loads_cr3_reads", vcpu1))
+    assert got == [22], (f"vcpu1 pointed page 0 at gfn 2 (holding 22) and loaded CR3, but "
+                         f"reads {got[0]}: its sync found no page unsync and kept the stale "
+                         "SPTE")
+    vm.check()
+
+
 def _two_syncs(broken: bool) -> None:
     # Pages 0 and 1 both map gfn 1, so its rmap holds both SPTEs. The guest re-points both
     # entries in its unsync table (gfn 2 and gfn 3), then both vCPUs load CR3 at once: the

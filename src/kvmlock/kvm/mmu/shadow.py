@@ -343,6 +343,7 @@ class MMU:
         vm = self.vm
         vm.mmu_lock.assert_held()
         with unless(UNSYNC_WITHOUT_LOCK, vm.hazards, vm.mmu_unsync_pages_lock):
+            runtime.active().point(sp, "mark unsync", True)  # read locklessly by sync_roots
             if not sp.unsync:
                 sp.unsync = True
                 self._count_unsync(+1)
@@ -352,6 +353,7 @@ class MMU:
         vm = self.vm
         vm.mmu_lock.assert_held()
         with unless(UNSYNC_WITHOUT_LOCK, vm.hazards, vm.mmu_unsync_pages_lock):
+            runtime.active().point(sp, "mark synced", True)
             if sp.unsync:
                 sp.unsync = False
                 self._count_unsync(-1)

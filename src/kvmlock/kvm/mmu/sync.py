@@ -17,6 +17,13 @@ and ``kvm_sync_page``, in our own code), all with ``mmu_lock`` held for write:
 
 The order of 1 and 2 matters as much as each step: a table read before it is protected may be
 changed after the read, and nothing would mark the page unsync again.
+
+Before any of that, the sync looks at the pages' unsync flags *without* ``mmu_lock`` and
+returns at once if none is set (``is_unsync_root``, read after the CPU's own walk of the guest
+table). That early-out is sound only because the fault that lets a page go unsync marks it
+before it makes the guest's table writable (``mmu_try_to_unsync_pages``, then the SPTE gets W):
+a guest store that reached the table through the writable mapping, followed by a CR3 load on
+any vCPU, then finds the flag set.
 """
 
 from __future__ import annotations
@@ -98,6 +105,18 @@ def _write_protect_tables(vm: VM, pages: list[ShadowPage]) -> None:
         flush_remote_tlbs(vm)
 
 
+def _any_unsync(pages: list[ShadowPage | None]) -> bool:
+    """``is_unsync_root``: the lockless look at the unsync flags (no ``mmu_lock``)."""
+    rt = runtime.active()
+    for sp in pages:
+        if sp is None:
+            continue
+        rt.point(sp, "read unsync (lockless)", False)
+        if sp.unsync:
+            return True
+    return False
+
+
 def sync_roots(vcpu: VCPU) -> None:
     """``kvm_mmu_sync_roots``: bring every unsync shadow page in line with the guest's tables.
 
@@ -109,6 +128,9 @@ def sync_roots(vcpu: VCPU) -> None:
         return
     mmu.load()
     h = vm.hazards
+    with vm.srcu.read():
+        if not _any_unsync(mmu.pages):
+            return  # nothing to sync: mmu_lock not taken, nothing flushed
     late = SYNC_READS_BEFORE_WRPROT in h
     mode = vm.mmu_lock.read() if SYNC_READ_LOCK in h else vm.mmu_lock.write()
     with vm.srcu.read(), unless(SYNC_WITHOUT_MMU_LOCK, h, mode):
