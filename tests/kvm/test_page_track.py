@@ -6,11 +6,11 @@ import dataclasses
 import pytest
 
 from kvmlock import lockdep
-from kvmlock.kvm.guest import guest_read, guest_write, set_gpte
+from kvmlock.kvm.guest import GuestFault, guest_read, guest_write, set_gpte
 from kvmlock.kvm.memslots import LOG_DIRTY_PAGES
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.page_fault import page_fault
-from kvmlock.kvm.mmu.page_track import account_shadowed, shadow_guest_table
+from kvmlock.kvm.mmu.page_track import account_shadowed, emulate_write, shadow_guest_table
 from kvmlock.kvm.mutants import applied
 from kvmlock.kvm.vm import VM
 from kvmlock.scenarios import verify
@@ -214,3 +214,22 @@ def test_shadowing_without_kvm_run_s_read_side_uses_freed_memslots(change):
     assert "suspicious RCU usage" in seen.failure.message
     assert bad.failure is not None and bad.failure.kind == "assertion", bad.headline()
     assert "memslots array used after it was freed" in bad.failure.message
+
+
+def test_an_emulated_write_whose_slot_went_away_is_mmio_and_logs_inside_srcu():
+    vm, v0 = logged_vm()
+    shadow_guest_table(vm.vcpus[1], 1)
+    guest_write(v0, 1, 5)  # emulated and logged
+    assert vm.stats["emulated_writes"] == 1 and vm.host.contents(1) == 5
+    assert emulate_write(v0, 1, 6) and vm.host.contents(1) == 6
+    vm.set_memory_region(0, npages=0)
+    assert emulate_write(v0, 1, 7) is False, "no memslot: the write is MMIO, not an error"
+    with pytest.raises(GuestFault, match="not backed by memory"):
+        guest_write(v0, 1, 7)
+    # logging after the read side ends uses a bitmap a deletion may have freed
+    sc = SCENARIOS["shadow.emulated_write_vs_delete.correct"]
+    assert verify.run_scenario(sc).met
+    with applied("emulated_write_logged_after_srcu"):
+        out = verify.run_scenario(sc)
+    assert out.failure is not None and "dirty bitmap used after it was freed" in str(
+        out.failure.message)

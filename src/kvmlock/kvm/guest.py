@@ -124,9 +124,11 @@ def _access(vcpu: VCPU, va: int, write: bool, value: int = 0) -> int | None:
         if res == EMULATE:
             gfn = vcpu.vm.mmu.guest_translate(va)
             if gfn is not None:  # else the guest unmapped it meanwhile: fault again
-                emulate_write(vcpu, gfn, value)
-                vcpu.stats["writes"] += 1
-                return None
+                if not emulate_write(vcpu, gfn, value):
+                    res = MMIO  # its memslot went away since the fault
+                else:
+                    vcpu.stats["writes"] += 1
+                    return None
         if res in (MMIO, GUEST_FAULT):
             raise GuestFault(f"{vcpu!r}: {'write' if write else 'read'} of guest page {va} "
                              f"is not backed by memory ({res})")

@@ -394,6 +394,33 @@ def wrprot_race() -> None:
     assert get_dirty_log(vm, 0) == [1], "the emulated write of gfn 1 is missing from the log"
 
 
+@scenario("shadow.emulated_write_vs_delete.correct",
+          rule="KVM's emulated write of a write-tracked gfn logs it inside kvm->srcu: the "
+               "memslot's deletion frees the slot and its dirty bitmap only after the grace "
+               "period",
+          variant="correct", expect="pass",
+          invariant="no memslot or dirty bitmap is used after it was freed; the write either "
+                    "completed before the deletion or found no memslot",
+          catches=("emulated_write_logged_after_srcu",), **_BOUND)
+def emulated_write_vs_delete() -> None:
+    # TDP with dirty logging on; gfn 1 holds a guest page table KVM shadows (vcpu1's nested
+    # guest), so vcpu0's write to it faults and is emulated, while userspace deletes the slot.
+    vm = VM(nr_vcpus=2, nr_pages=2, host_pages=2)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0, flags=LOG_DIRTY_PAGES)
+    v0, v1 = vm.vcpus
+    shadow_guest_table(v1, 1)
+
+    def vcpu0_writes() -> None:
+        try:
+            guest_write(v0, 1, 5)
+        except GuestFault:
+            pass  # the slot was gone first: the write is an MMIO exit
+
+    _run(("vcpu0_writes_gfn1", vcpu0_writes),
+         ("KVM_SET_USER_MEMORY_REGION_delete", lambda: vm.set_memory_region(0, npages=0)))
+    vm.check()
+
+
 def _wrprot_dirty(broken: bool) -> None:
     # TDP: the guest writes gfn 1 (its SPTE is writable and Dirty; the page itself is not yet
     # marked dirty), then gfn 1 becomes a shadowed guest page table: W and MMU-writable go, D

@@ -64,6 +64,11 @@ EMULATED_WRITE_NOT_LOGGED = mutant(
 EMULATED_WRITE_WITHOUT_SRCU = mutant(
     "emulated_write_without_srcu", removes="the emulated write's kvm->srcu read side",
     breaks="memslots are used inside kvm->srcu, so a memslot update waits for the write")
+EMULATED_WRITE_LOGGED_AFTER_SRCU = mutant(
+    "emulated_write_logged_after_srcu", removes="the emulated write's logging inside its "
+    "kvm->srcu read side (the gfn marked in the slot's dirty bitmap after srcu_read_unlock)",
+    breaks="a memslot and its dirty bitmap are used only inside kvm->srcu: a deleted slot's "
+           "bitmap is freed once the grace period ends")
 SHADOW_TABLE_WITHOUT_SRCU = mutant(
     "shadow_table_without_srcu", removes="KVM_RUN's kvm->srcu read side around building the "
     "first shadow root and accounting a shadowed guest page table",
@@ -143,27 +148,33 @@ def shadow_guest_table(vcpu: VCPU, gfn: int) -> bool:
         return account_shadowed(vm, gfn)
 
 
-def emulate_write(vcpu: VCPU, gfn: int, value: int) -> None:
+def emulate_write(vcpu: VCPU, gfn: int, value: int) -> bool:
     """The write fault on a tracked gfn is emulated: KVM writes guest memory itself
     (``kvm_vcpu_write_guest``, inside ``kvm->srcu``, through the host mapping, which marks the
     host page dirty), logs it, and updates its shadow pages
     (``kvm_mmu_track_write``; the model counts it, as its guest tables hold no entries here).
+    False if no writable memslot backs ``gfn`` (deleted since the fault, say): the write is
+    then MMIO, for userspace.
     """
     vm = vcpu.vm
     with unless(EMULATED_WRITE_WITHOUT_SRCU, vm.hazards, vm.srcu.read()):
         slots = vm.memslots.srcu_dereference(vm.srcu)
         slot = slots.lookup(gfn)
         if slot is None or slot.invalid or slot.readonly:
-            raise ValueError(f"emulated write to gfn {gfn}, which no writable memslot backs")
+            return False
         with vm.host.pinned(slot.gfn_to_hva(gfn)) as page:
             page.data.store(value)
             # the write goes through the host's own mapping, whose dirty bit gets the page
             # written back on swap-out (no SPTE says so)
             vm.host.set_page_dirty(page.pfn)
         slots.live()  # the slot and its dirty bitmap are used until here
-        if EMULATED_WRITE_NOT_LOGGED not in vm.hazards:
+        late_log = EMULATED_WRITE_LOGGED_AFTER_SRCU in vm.hazards
+        if EMULATED_WRITE_NOT_LOGGED not in vm.hazards and not late_log:
             slot.mark_dirty(gfn, vm.hazards)
+    if late_log:
+        slot.mark_dirty(gfn, vm.hazards)  # broken: the slot may be freed by now
     vm.stats["emulated_writes"] += 1
+    return True
 
 
 def check_hw_write(vcpu: VCPU, va: int, gfn: int | None) -> None:
