@@ -5,6 +5,7 @@ import dataclasses
 
 import pytest
 
+from kvmlock import lockdep
 from kvmlock.kvm.guest import guest_read, guest_write, load_cr3, set_gpte, write_gpte
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mutants import applied
@@ -154,3 +155,18 @@ def test_a_cr3_load_with_no_page_unsync_skips_the_sync_without_mmu_lock():
     with applied("unsync_marked_after_table_writable"):
         out = verify.run_scenario(sc)
     assert out.failure is not None and "reads 11" in str(out.failure.message)
+
+
+def test_the_sync_finds_the_dropped_sptes_rmap_through_the_memslots_inside_srcu():
+    vm, (v0, v1) = shadow_vm()
+    set_gpte(vm, 0, 1)
+    guest_write(v0, 0, 11)
+    write_gpte(v0, 0, 2)
+    load_cr3(v0)  # drops page 0's SPTE: its rmap found through gfn 1's memslot
+    assert lockdep.reports() == []
+    vm, (v0, v1) = shadow_vm(hazards={"sync_without_srcu"})
+    set_gpte(vm, 0, 1)
+    guest_write(v0, 0, 11)
+    write_gpte(v0, 0, 2)
+    load_cr3(v0)
+    assert [r.kind for r in lockdep.reports()] == ["suspicious_rcu"]

@@ -28,6 +28,7 @@ any vCPU, then finds the flag set.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 from kvmlock import runtime
@@ -76,6 +77,11 @@ SYNC_READ_LOCK = mutant(
            "two vCPUs syncing at once would each drop SPTEs from one gfn's rmap and lose the "
            "other's removal")
 
+SYNC_WITHOUT_SRCU = mutant(
+    "sync_without_srcu", removes="the kvm->srcu read side around the sync of unsync pages",
+    breaks="kvm->srcu protects kvm->memslots: the sync drops SPTEs from rmaps that live in the "
+           "gfns' memslots, which a memslot deletion frees after the grace period")
+
 
 def _sync_spte(vm: VM, sp: ShadowPage, i: int) -> bool:
     """``sync_spte``: drop entry ``i`` of ``sp`` if the guest PTE now names another gfn;
@@ -86,6 +92,12 @@ def _sync_spte(vm: VM, sp: ShadowPage, i: int) -> bool:
     va = sp.index * len(sp.sptes) + i
     if mmu.guest_translate(va) == sp.gfn_at(i):
         return False
+    # rmap_remove finds the gfn's rmap in its memslot (slot->arch.rmap), looked up in the
+    # memslots array kvm->srcu protects: a deletion frees the slot's arch data after the
+    # grace period, and only a reader inside the read side delays that
+    slot = vm.memslots.srcu_dereference(vm.srcu).lookup(sp.gfn_at(i))
+    if slot is not None and vm.shadow_root_allocated.load():
+        slot.arch.rmaps  # noqa: B018 - the read is the use
     return mmu.drop_spte(sp, i)
 
 
@@ -133,7 +145,8 @@ def sync_roots(vcpu: VCPU) -> None:
             return  # nothing to sync: mmu_lock not taken, nothing flushed
     late = SYNC_READS_BEFORE_WRPROT in h
     mode = vm.mmu_lock.read() if SYNC_READ_LOCK in h else vm.mmu_lock.write()
-    with vm.srcu.read(), unless(SYNC_WITHOUT_MMU_LOCK, h, mode):
+    srcu = contextlib.nullcontext() if SYNC_WITHOUT_SRCU in h else vm.srcu.read()
+    with srcu, unless(SYNC_WITHOUT_MMU_LOCK, h, mode):
         pages = [sp for sp in mmu.pages if sp is not None and sp.unsync]
         if not late:
             _write_protect_tables(vm, pages)
