@@ -216,6 +216,16 @@ def test_shadowing_without_kvm_run_s_read_side_uses_freed_memslots(change):
     assert "memslots array used after it was freed" in bad.failure.message
 
 
+def _caught_by(scenario: str, mutant: str) -> str:
+    """The scenario passes on the correct model and fails with ``mutant``: its message."""
+    sc = SCENARIOS[scenario]
+    assert verify.run_scenario(sc).met
+    with applied(mutant):
+        out = verify.run_scenario(sc)
+    assert out.failure is not None
+    return str(out.failure.message)
+
+
 def test_an_emulated_write_whose_slot_went_away_is_mmio_and_logs_inside_srcu():
     vm, v0 = logged_vm()
     shadow_guest_table(vm.vcpus[1], 1)
@@ -227,9 +237,20 @@ def test_an_emulated_write_whose_slot_went_away_is_mmio_and_logs_inside_srcu():
     with pytest.raises(GuestFault, match="not backed by memory"):
         guest_write(v0, 1, 7)
     # logging after the read side ends uses a bitmap a deletion may have freed
-    sc = SCENARIOS["shadow.emulated_write_vs_delete.correct"]
-    assert verify.run_scenario(sc).met
-    with applied("emulated_write_logged_after_srcu"):
-        out = verify.run_scenario(sc)
-    assert out.failure is not None and "dirty bitmap used after it was freed" in str(
-        out.failure.message)
+    msg = _caught_by("shadow.emulated_write_vs_delete.correct", "emulated_write_logged_after_srcu")
+    assert "dirty bitmap used after it was freed" in msg
+
+
+def test_a_second_shadower_owes_no_flush_so_the_first_flushes_under_mmu_lock():
+    vm = VM(nr_vcpus=3, nr_pages=4, host_pages=4)
+    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0)
+    v0, v1, v2 = vm.vcpus
+    guest_write(v0, 2, 1)
+    flushes = vm.stats["tlb_flushes"]
+    assert shadow_guest_table(v1, 2) and vm.stats["tlb_flushes"] == flushes + 1
+    assert shadow_guest_table(v2, 2) and vm.stats["tlb_flushes"] == flushes + 1, (
+        "near miss: the SPTE is read-only already, so the second shadower flushes nothing")
+    guest_write(v0, 2, 5)  # emulated: the stale writable translation is gone
+    assert vm.host.contents(2) == 5 and vm.stats["emulated_writes"] == 1
+    msg = _caught_by("shadow.wrprot_two_shadowers.correct", "shadowed_wrprot_flush_after_unlock")
+    assert "through a writable translation" in msg

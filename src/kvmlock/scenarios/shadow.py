@@ -422,6 +422,27 @@ def emulated_write_vs_delete() -> None:
     vm.check()
 
 
+@scenario("shadow.wrprot_two_shadowers.correct",
+          rule="write-protecting a newly shadowed guest table flushes TLBs before mmu_lock is "
+               "released: a second vCPU shadowing the same table finds it read-only, owes no "
+               "flush and relies on the protection",
+          variant="correct", expect="pass", invariant=_WRPROT_INV,
+          catches=("shadowed_wrprot_flush_after_unlock",), **_BOUND)
+def wrprot_two_shadowers() -> None:
+    # vcpu0 has written gfn 2 (its TLB caches it writable) and writes it again while vcpu1
+    # and vcpu2 both start shadowing the guest page table at gfn 2.
+    vm = VM(nr_vcpus=3, nr_pages=4, host_pages=4)
+    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0)
+    v0, v1, v2 = vm.vcpus
+    guest_write(v0, 2, 1)
+    _run(("vcpu1_shadows_gfn2", lambda: shadow_guest_table(v1, 2)),
+         ("vcpu2_shadows_gfn2", lambda: shadow_guest_table(v2, 2)),
+         ("vcpu0_writes_gfn2", lambda: guest_write(v0, 2, 5)))
+    vm.check()
+    got = vm.host.contents(2)
+    assert got == 5, f"the guest wrote 5 to gfn 2, memory holds {got}"
+
+
 def _wrprot_dirty(broken: bool) -> None:
     # TDP: the guest writes gfn 1 (its SPTE is writable and Dirty; the page itself is not yet
     # marked dirty), then gfn 1 becomes a shadowed guest page table: W and MMU-writable go, D

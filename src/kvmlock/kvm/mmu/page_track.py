@@ -47,6 +47,12 @@ WRPROT_SHADOWED_NO_FLUSH = mutant(
     removes="the TLB flush after write-protecting a newly shadowed guest page table",
     breaks="shadow paging: once a guest page table is shadowed no vCPU writes it through a "
            "translation it cached before")
+WRPROT_SHADOWED_FLUSH_AFTER_UNLOCK = mutant(
+    "shadowed_wrprot_flush_after_unlock",
+    removes="the TLB flush after write-protecting a newly shadowed guest page table made "
+            "before mmu_lock is released (made after it instead)",
+    breaks="a TLB flush owed for an SPTE that lost W is made before mmu_lock is released: "
+           "another path that finds the SPTE read-only owes none and relies on it at once")
 WRPROT_SHADOWED_WITHOUT_MMU_LOCK = mutant(
     "shadowed_wrprot_without_mmu_lock",
     removes="mmu_lock (write) around tracking and write-protecting a shadowed gfn",
@@ -125,9 +131,14 @@ def account_shadowed(vm: VM, gfn: int) -> bool:
             return False
         slot.arch.set_write_track(gfn, slot.arch.write_track(gfn) + 1)
         flush = write_protect_shadowed(vm, gfn)  # kvm_mmu_slot_gfn_write_protect(slot)
-        if flush and WRPROT_SHADOWED_NO_FLUSH not in vm.hazards:
+        # flushed before mmu_lock is dropped: a second shadower finds the SPTE read-only
+        # already, owes no flush, and relies on the protection at once
+        late = WRPROT_SHADOWED_FLUSH_AFTER_UNLOCK in vm.hazards
+        if flush and WRPROT_SHADOWED_NO_FLUSH not in vm.hazards and not late:
             flush_remote_tlbs(vm)
         mmu.wrprot_relied.add(gfn)  # from here on the protection is relied on (audit only)
+    if flush and late:
+        flush_remote_tlbs(vm)  # broken: after write_unlock(&kvm->mmu_lock)
     return True
 
 
