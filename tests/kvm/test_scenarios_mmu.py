@@ -50,3 +50,22 @@ def test_bounded_dfs_agrees_with_dpor(name):
     assert ok.ok and ok.exhausted, ok.failure
     bad = explore.check(broken.body, strategy="dfs", preemption_bound=2, max_runs=20000)
     assert not bad.ok and bad.failure.kind == broken.expect
+
+
+def test_a_flush_that_reads_the_vcpu_mode_first_loses_a_write_only_when_entry_races_it():
+    from kvmlock.kvm.guest import guest_write
+    from kvmlock.kvm.mutants import applied
+    from kvmlock.kvm.vm import VM
+
+    # near miss: a vCPU that stays outside guest mode is flushed all the same
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2, hazards={"flush_reads_mode_first"})
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    guest_write(vm.vcpus[0], 0, 1)
+    assert vm.vcpus[0].tlb
+    vm.vcpus[0].flush_tlb()
+    assert not vm.vcpus[0].tlb
+    sc = SCENARIOS["fast_pf.tlb_flush.correct"]
+    assert run_scenario(sc).met
+    with applied("flush_reads_mode_first"):
+        out = run_scenario(sc)
+    assert out.failure is not None and "dirty log lost a write" in str(out.failure.message)

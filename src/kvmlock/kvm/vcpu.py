@@ -30,6 +30,13 @@ __all__ = ["VCPU", "TlbEntry"]
 FLUSH_NO_WAIT = mutant(
     "flush_no_wait", removes="the remote flush's wait for each vCPU to leave guest mode",
     breaks="kvm_flush_remote_tlbs returns only when no vCPU can use an old translation")
+FLUSH_READS_MODE_FIRST = mutant(
+    "flush_reads_mode_first", removes="the order of a remote flush against VM entry: the "
+    "vCPU's mode read first, and a vCPU seen outside guest mode flushed with no wait, as a "
+    "step of its own (the request published after the mode was read)",
+    breaks="kvm_make_all_cpus_request publishes the request before it reads vcpu->mode, and "
+           "VM entry sets IN_GUEST_MODE before it checks requests: a vCPU entering between "
+           "the two is never left with an old translation")
 
 
 class TlbEntry:
@@ -136,6 +143,15 @@ class VCPU:
     def flush_tlb(self) -> None:
         """Remote flush of this vCPU: wait for it to leave guest mode, then drop its TLB."""
         cpu = self._cpu
+        if FLUSH_READS_MODE_FIRST in self.vm.hazards:
+            with cpu:
+                cpu.point("read vcpu->mode", False)
+                outside = not self.in_guest
+            if outside:  # broken: the vCPU may enter, and use its TLB, before the flush
+                with cpu:
+                    cpu.point("tlb_flush")
+                    self.tlb.clear()
+                return
         with cpu:
             if FLUSH_NO_WAIT in self.vm.hazards:
                 cpu.point("tlb_flush")
