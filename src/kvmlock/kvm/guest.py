@@ -51,6 +51,14 @@ UNSYNC_MARKED_AFTER_TABLE_WRITABLE = mutant(
            "without an exit, because a CR3 load's sync skips, without mmu_lock, a page not "
            "marked")
 
+TABLE_WRITABLE_AFTER_UNLOCK = mutant(
+    "table_writable_after_unlock", removes="the write-protection fault on a guest table in one "
+    "mmu_lock section: the shadow page marked unsync under mmu_lock, the table made writable "
+    "after write_unlock",
+    breaks="shadow paging: a CR3 load's sync that runs between the two re-protects the table "
+           "and marks the page in sync; the late step makes the table writable again, and the "
+           "guest then changes a sync page's table without an exit")
+
 _FAULT = object()
 MAX_FAULTS = 10_000
 
@@ -212,6 +220,7 @@ def write_gpte(vcpu: VCPU, va: int, gfn: int | None) -> None:
     sp = _gpte_target(vm, va, gfn, "write_gpte")
     rt = runtime.active()
     late_unsync = UNSYNC_MARKED_AFTER_TABLE_WRITABLE in vm.hazards
+    apart = TABLE_WRITABLE_AFTER_UNLOCK in vm.hazards
     while True:
         vcpu.enter_guest()
         try:
@@ -226,10 +235,14 @@ def write_gpte(vcpu: VCPU, va: int, gfn: int | None) -> None:
             # (sync_roots), after its guest may already have stored through the table
             if not late_unsync:
                 vm.mmu.mark_unsync(sp)
-            rt.point(sp, "map guest table writable", True)
-            sp.gpt_writable = True
+            if not apart:
+                rt.point(sp, "map guest table writable", True)
+                sp.gpt_writable = True
             if late_unsync:
                 vm.mmu.mark_unsync(sp)  # broken: the table was writable before the mark
+        if apart:  # broken: a sync may re-protect the page between the unlock and this
+            rt.point(sp, "map guest table writable", True)
+            sp.gpt_writable = True
 
 
 def load_cr3(vcpu: VCPU) -> None:

@@ -309,6 +309,26 @@ def unsync_vs_lockless_sync() -> None:
     vm.check()
 
 
+@scenario("shadow.first_store_vs_sync.correct",
+          rule="the write-protection fault on a guest table marks its shadow page unsync and "
+               "makes the table writable in one mmu_lock section, so a CR3 load's sync sees "
+               "both or neither",
+          variant="correct", expect="pass",
+          invariant="a shadow page in sync maps what the guest's table names",
+          catches=("table_writable_after_unlock",), **_BOUND)
+def first_store_vs_sync() -> None:
+    # vcpu0's guest re-points page 0 (gfn 0 -> gfn 2): its first store to the table exits,
+    # while vcpu1's guest loads CR3 and syncs every unsync page. Whichever comes first, the
+    # page ends either unsync (the SPTE may lag) or in sync with the guest's table.
+    vm = _shadow_vm()
+    v0, v1 = vm.vcpus
+    set_gpte(vm, 0, 0)
+    guest_read(v0, 0)
+    _run(("vcpu0_first_store_to_table", lambda: write_gpte(v0, 0, 2)),
+         ("vcpu1_loads_cr3", lambda: load_cr3(v1)))
+    vm.check()
+
+
 def _two_syncs(broken: bool) -> None:
     # Pages 0 and 1 both map gfn 1, so its rmap holds both SPTEs. The guest re-points both
     # entries in its unsync table (gfn 2 and gfn 3), then both vCPUs load CR3 at once: the
