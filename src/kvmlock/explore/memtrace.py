@@ -38,6 +38,7 @@ import dis
 import os
 import sys
 import sysconfig
+import threading
 from collections import deque
 from typing import Any
 
@@ -191,10 +192,10 @@ class Tracer:
         self.locs: dict[tuple[int, Any], list[Any]] = {}
         self.ops = 0
         self._fns: dict[int, Any] = {}  # id(code) -> its frames' trace function
-        ts = self._ts = _tstate()
-        self._tsp = ctypes.addressof(ts)
+        self._ts = _tstate()
+        self._tsp = _this_thread.addr
         self._prev = sys.gettrace()
-        self._stop = rt.stop
+        self._stop = rt.stop  # (the runtime's own: data accesses are inside the trace function)
         self._untraced_stops(rt)
         # Nothing is traced while one task runs alone (none of its accesses could be
         # interleaved with another's): tracing starts when a second task does.
@@ -241,51 +242,52 @@ class Tracer:
         count is the same on both sides: the count belongs to the thread, not to a greenlet,
         and a greenlet resumes with the count it was switched away with. No switch hook has to
         put anything back."""
-        ts = self._ts
-        enter, leave, tsp = _ENTER_TRACING, _LEAVE_TRACING, self._tsp
-        stop, spawn, inject, task, live = rt.stop, rt.spawn, rt.inject, self.task, rt.live
+        # (bound methods, not closures made per execution: making five closures cost more
+        # than everything else a tracer's set-up does)
+        rt.stop = self._untraced_stop  # type: ignore[method-assign]
+        rt.spawn = self._untraced_spawn  # type: ignore[method-assign]
+        rt.inject = self._untraced_inject  # type: ignore[method-assign]
 
-        def untraced_stop(t: Any, op: Any, pred: Any, wq: Any) -> None:
-            if ts.tracing:  # inside the trace function already (a data access)
-                stop(t, op, pred, wq)
-                return
-            enter(tsp)
-            try:
-                stop(t, op, pred, wq)
-            finally:
-                leave(tsp)
+    def _untraced_stop(self, t: Any, op: Any, pred: Any, wq: Any) -> None:
+        if self._ts.tracing:  # inside the trace function already (a data access)
+            _SIM_STOP(self.rt, t, op, pred, wq)
+            return
+        tsp = self._tsp
+        _ENTER_TRACING(tsp)
+        try:
+            _SIM_STOP(self.rt, t, op, pred, wq)
+        finally:
+            _LEAVE_TRACING(tsp)
 
-        def started(make: Any, fn: Any, *rest: Any) -> Any:
-            """Start a task (``make``: the runtime's spawn or inject); a second live task
-            turns tracing on for the spawner too (the new task's own code turns it on when
-            it starts, which an interrupt's does only when it fires)."""
-            spawner = sys._getframe(2)
-            fn = task(fn, spawner)
-            if ts.tracing:
-                h = make(fn, *rest)
-                if not self._on and len(live) > 1:
-                    self._trace_on(spawner)
-                return h
-            enter(tsp)
-            try:
-                h = make(fn, *rest)
-                if not self._on and len(live) > 1:
-                    self._trace_on(spawner)
-                return h
-            finally:
-                leave(tsp)
+    def _started(self, make: Any, fn: Any, *rest: Any) -> Any:
+        """Start a task (``make``: the runtime's spawn or inject); a second live task turns
+        tracing on for the spawner too (the new task's own code turns it on when it starts,
+        which an interrupt's does only when it fires)."""
+        spawner = sys._getframe(2)
+        fn = self.task(fn, spawner)
+        live = self.rt.live
+        if self._ts.tracing:
+            h = make(self.rt, fn, *rest)
+            if not self._on and len(live) > 1:
+                self._trace_on(spawner)
+            return h
+        tsp = self._tsp
+        _ENTER_TRACING(tsp)
+        try:
+            h = make(self.rt, fn, *rest)
+            if not self._on and len(live) > 1:
+                self._trace_on(spawner)
+            return h
+        finally:
+            _LEAVE_TRACING(tsp)
 
-        def untraced_spawn(fn: Any, args: tuple = (), name: str | None = None) -> Any:
-            return started(spawn, fn, args, name)
+    def _untraced_spawn(self, fn: Any, args: tuple = (), name: str | None = None) -> Any:
+        return self._started(_SIM_SPAWN, fn, args, name)
 
-        def untraced_inject(fn: Any, args: tuple, victim: Any, name: str | None,
-                            soft: bool = False) -> Any:
-            name = name or f"irq {getattr(fn, '__name__', 'handler')}"
-            return started(inject, fn, args, victim, name, soft)
-
-        rt.stop = untraced_stop  # type: ignore[method-assign]
-        rt.spawn = untraced_spawn  # type: ignore[method-assign]
-        rt.inject = untraced_inject  # type: ignore[method-assign]
+    def _untraced_inject(self, fn: Any, args: tuple, victim: Any, name: str | None,
+                         soft: bool = False) -> Any:
+        name = name or f"irq {getattr(fn, '__name__', 'handler')}"
+        return self._started(_SIM_INJECT, fn, args, victim, name, soft)
 
     def close(self) -> None:
         ts = self._ts
@@ -458,6 +460,7 @@ class Tracer:
 
 
 _MISS = object()
+_SIM_STOP, _SIM_SPAWN, _SIM_INJECT = SimRuntime.stop, SimRuntime.spawn, SimRuntime.inject
 
 
 class _CFrame(ctypes.Structure):
@@ -483,13 +486,21 @@ _THREAD_STATE.restype = ctypes.c_void_p
 _tstates: dict[int, _TState] = {}
 
 
+_this_thread = threading.local()  # its state's view and address, once looked up
+
+
 def _tstate() -> _TState:
     """This thread's state (one view per state's address; an exploration makes a tracer
-    per execution)."""
-    addr = _THREAD_STATE()
-    ts = _tstates.get(addr)
+    per execution, and asking ctypes for the state each time cost more than the rest of
+    setting one up)."""
+    ts = getattr(_this_thread, "ts", None)
     if ts is None:
-        ts = _tstates[addr] = _TState.from_address(addr)
+        addr = _THREAD_STATE()
+        ts = _tstates.get(addr)
+        if ts is None:
+            ts = _tstates[addr] = _TState.from_address(addr)
+        _this_thread.ts = ts
+        _this_thread.addr = addr
     return ts
 
 
