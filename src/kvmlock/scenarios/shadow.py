@@ -463,6 +463,26 @@ def wrprot_two_shadowers() -> None:
     assert got == 5, f"the guest wrote 5 to gfn 2, memory holds {got}"
 
 
+@scenario("shadow.wrprot_vs_harvest.correct",
+          rule="an SPTE update flushes when it takes W from an MMU-writable SPTE, judged on "
+               "MMU-writable, not W: a dirty-log harvest may have cleared W and still owe its "
+               "flush when a vCPU write-protects the gfn to shadow it",
+          variant="correct", expect="pass", invariant=_WRPROT_INV,
+          catches=("flush_judged_on_w",), **_BOUND)
+def wrprot_vs_harvest() -> None:
+    # Dirty logging on (TDP): vcpu0 has written gfn 1 (its TLB caches it writable). A harvest
+    # write-protects gfn 1 and flushes once it is done, while vcpu1 starts shadowing the guest
+    # page table at gfn 1 and vcpu0 writes it again.
+    vm = VM(nr_vcpus=2, nr_pages=4, host_pages=4)
+    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0, flags=LOG_DIRTY_PAGES)
+    v0, v1 = vm.vcpus
+    guest_write(v0, 1, 5)
+    _run(("KVM_GET_DIRTY_LOG", lambda: get_dirty_log(vm, 0)),
+         ("vcpu1_shadows_gfn1", lambda: shadow_guest_table(v1, 1)),
+         ("vcpu0_writes_gfn1", lambda: guest_write(v0, 1, 7)))
+    vm.check()
+
+
 def _wrprot_dirty(broken: bool) -> None:
     # TDP: the guest writes gfn 1 (its SPTE is writable and Dirty; the page itself is not yet
     # marked dirty), then gfn 1 becomes a shadowed guest page table: W and MMU-writable go, D

@@ -32,6 +32,11 @@ ACCESS_TRACK_NOT_VOLATILE = mutant(
 SKIP_TLB_FLUSH_ON_WRPROT = mutant(
     "skip_tlb_flush_on_wrprot", removes="the TLB flush when W leaves an MMU-writable SPTE",
     breaks="fast page fault, TLB flush: write-protection is complete only after a flush")
+FLUSH_JUDGED_ON_W = mutant(
+    "flush_judged_on_w", removes="the flush decision of an SPTE update taken from W instead "
+    "of MMU-writable (the SPTE's W may already be gone, its flush still owed by someone else)",
+    breaks="TLB flush: a write-protect that finds W clear but MMU-writable set must flush, "
+           "since the path that cleared W without mmu_lock for write may not have flushed yet")
 WRPROT_DROPS_DIRTY = mutant(
     "wrprot_drops_dirty", removes="marking the page dirty when an update clears its SPTE's "
     "dirty state (W of an A/D-disabled SPTE)",
@@ -87,8 +92,8 @@ def spte_update(vm: VM, sptep: Atomic64, new: int) -> bool:
     if not S.is_present(old):
         return False
     flush = False
-    if S.is_mmu_writable(old) and not S.is_writable(new) and \
-            SKIP_TLB_FLUSH_ON_WRPROT not in vm.hazards:
+    was = S.is_writable(old) if FLUSH_JUDGED_ON_W in vm.hazards else S.is_mmu_writable(old)
+    if was and not S.is_writable(new) and SKIP_TLB_FLUSH_ON_WRPROT not in vm.hazards:
         flush = True
     pfn = S.pfn_of(old)
     if S.is_accessed(old) and not S.is_accessed(new):
