@@ -319,9 +319,14 @@ class Machine:
         try:
             with self._hotplug_read():
                 self.hotplug_callbacks_installed = True
-                self._enable_online_cpus()
+                try:
+                    self._enable_online_cpus()
+                except HardwareEnableError:
+                    # rolled back inside the same cpus_read_lock section, as cpuhp_setup_state
+                    # does: a CPU coming online right after must not find the callbacks
+                    self.hotplug_callbacks_installed = False
+                    raise
         except HardwareEnableError:
-            self.hotplug_callbacks_installed = False
             self._set_usage(self._usage() - 1)
             raise
 
