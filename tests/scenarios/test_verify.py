@@ -250,6 +250,21 @@ def test_a_pass_cut_short_by_the_time_limit_is_an_incomplete_verdict(temp_scenar
     assert "incomplete" not in capsys.readouterr().out
 
 
+def test_the_summary_names_passes_stopped_by_their_own_run_limit(temp_scenarios, capsys):
+    temp_scenarios("zz.slow.correct", _slow_counter, variant="correct", expect="pass",
+                   strategy="dfs", options={"max_runs": 40})
+    temp_scenarios("zz.fine.correct", _fine, variant="correct", expect="pass")
+    # a declared bound is part of the expectation: exit 0, but the summary says so
+    assert verify.main(["zz.slow.correct", "zz.fine.correct"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("2/2 expectations met")
+    assert "1 passing row(s) bounded by their own run limit" in last
+    assert "zz.slow.correct (max_runs=40)" in last and "zz.fine.correct" not in last
+    # near miss: an exhausted row alone is not called bounded
+    assert verify.main(["zz.fine.correct"]) == 0
+    assert "bounded" not in capsys.readouterr().out.strip().splitlines()[-1]
+
+
 def test_a_caught_row_is_complete_even_under_a_time_limit(temp_scenarios):
     sc = temp_scenarios("zz.inv3.broken", _inversion, variant="broken", expect="lockdep",
                         lockdep_kind="circular")
