@@ -170,3 +170,17 @@ def test_the_sync_finds_the_dropped_sptes_rmap_through_the_memslots_inside_srcu(
     write_gpte(v0, 0, 2)
     load_cr3(v0)
     assert [r.kind for r in lockdep.reports()] == ["suspicious_rcu"]
+
+
+def test_a_sync_without_srcu_uses_a_freed_memslots_array_even_with_lockdep_off():
+    from kvmlock import explore
+
+    sc = SCENARIOS["shadow.sync_vs_slot_update.correct"]
+    # near miss: inside the read side the update's grace period waits for the sync
+    res = explore.check(sc.body, strategy="dpor", max_runs=2000, lockdep=False)
+    assert res.failure is None and res.exhausted
+    with applied("sync_without_srcu"):
+        res = explore.check(sc.body, strategy="dpor", max_runs=2000, lockdep=False)
+    f = res.failure
+    assert f is not None and f.kind == "assertion", f
+    assert "memslots array used after it was freed" in str(f.message)

@@ -79,8 +79,9 @@ SYNC_READ_LOCK = mutant(
 
 SYNC_WITHOUT_SRCU = mutant(
     "sync_without_srcu", removes="the kvm->srcu read side around the sync of unsync pages",
-    breaks="kvm->srcu protects kvm->memslots: the sync drops SPTEs from rmaps that live in the "
-           "gfns' memslots, which a memslot deletion frees after the grace period")
+    breaks="kvm->srcu protects kvm->memslots: the sync finds each dropped SPTE's rmap "
+           "through the memslots array, which a memslot update frees (reuses) after its grace "
+           "period")
 
 
 def _sync_spte(vm: VM, sp: ShadowPage, i: int) -> bool:
@@ -95,7 +96,11 @@ def _sync_spte(vm: VM, sp: ShadowPage, i: int) -> bool:
     # rmap_remove finds the gfn's rmap in its memslot (slot->arch.rmap), looked up in the
     # memslots array kvm->srcu protects: a deletion frees the slot's arch data after the
     # grace period, and only a reader inside the read side delays that
-    slot = vm.memslots.srcu_dereference(vm.srcu).lookup(sp.gfn_at(i))
+    slots = vm.memslots.srcu_dereference(vm.srcu)
+    # __gfn_to_memslot walks the array it loaded: a visible read, so an update that swaps the
+    # array and frees (reuses) it without waiting for this walk is seen as a use-after-free
+    slots.live()
+    slot = slots.lookup(sp.gfn_at(i))
     if slot is not None and vm.shadow_root_allocated.load():
         slot.arch.rmaps  # noqa: B018 - the read is the use
     return mmu.drop_spte(sp, i)
