@@ -23,6 +23,7 @@ from kvmlock.kvm.hyperv import HyperV
 from kvmlock.kvm.machine import HardwareEnableError, Machine
 from kvmlock.kvm.posted_intr import PostedVcpu, post_interrupt
 from kvmlock.kvm.tsc import TscSync
+from kvmlock.kvm.vcpu import VCPU
 from kvmlock.kvm.vm import VM
 from kvmlock.scenarios.orders import together
 from kvmlock.scenarios.registry import scenario
@@ -221,20 +222,30 @@ def tsc_correct() -> None:
           invariant="once vcpu0 has served its clock requests, the guest's reference TSC page "
                     "is current and shows the clock KVM_SET_CLOCK set", max_runs=500)
 def set_clock_vs_tsc_page() -> None:
-    vm = VM(None, nr_vcpus=1)
-    tsc, hv, v0 = TscSync(vm), HyperV(vm), vm.vcpus[0]
+    # Two vCPUs, each entering the guest while KVM_SET_CLOCK runs: either may serve the clock
+    # update the change raises (both rewrite the page under hv_lock; the first marks it 'set'),
+    # or enter before it and serve nothing. Both have served every earlier request first: a
+    # request still pending from before the change could be served between the change's
+    # marking and its pvclock update, from the old clock, and mark the page 'set' for good --
+    # a window kvm_vm_ioctl_set_clock has too (its vCPUs are normally stopped), outside this
+    # rule.
+    vm = VM(None, nr_vcpus=2)
+    tsc, hv = TscSync(vm), HyperV(vm)
+    v0, v1 = vm.vcpus
 
-    def enter_guest() -> None:  # KVM_RUN: the requests served before the guest runs
-        with v0.mutex:
-            tsc.serve_clock_requests(v0, hv)
+    def enter_guest(v: VCPU) -> None:  # KVM_RUN: the requests served before the guest runs
+        with v.mutex:
+            tsc.serve_clock_requests(v, hv)
 
     with v0.mutex:  # the guest enables its reference TSC page; KVM writes it on entry
         hv.set_msr(v0, "HV_X64_MSR_REFERENCE_TSC", 1)
-    enter_guest()
+    enter_guest(v0)
+    enter_guest(v1)  # the master-clock update asked vcpu1 for a clock update too
     hv.check_tsc_page(0)
-    together(lambda: tsc.set_clock(9_000, 2_000, hv=hv), enter_guest,
-             names=["KVM_SET_CLOCK", "vcpu0 KVM_RUN"])
-    enter_guest()  # the next entry serves whatever is left
+    together(lambda: tsc.set_clock(9_000, 2_000, hv=hv), lambda: enter_guest(v0),
+             lambda: enter_guest(v1), names=["KVM_SET_CLOCK", "vcpu0 KVM_RUN", "vcpu1 KVM_RUN"])
+    enter_guest(v0)  # the next entries serve whatever is left
+    enter_guest(v1)
     hv.check_tsc_page(peek(tsc, "kvmclock_offset"))
 
 
