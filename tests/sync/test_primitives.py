@@ -194,6 +194,33 @@ def test_srcu_synchronize_waits_for_earlier_readers_only():
     s.read_unlock(late)
 
 
+def _second_grace_period_returned_early(srcu: SRCU) -> bool:
+    """A reader older than two overlapping grace periods: does the second one end first?"""
+    idx = srcu.read_lock()
+    first, second = threading.Event(), threading.Event()
+    a = kvmlock.spawn(lambda: (srcu.synchronize(), first.set()))
+    assert eventually(lambda: srcu._epoch == idx + 1)
+    b = kvmlock.spawn(lambda: (srcu.synchronize(), second.set()))
+    assert eventually(lambda: srcu._epoch == idx + 2)
+    early = second.wait(SHORT)
+    srcu.read_unlock(idx)
+    a.join()
+    b.join()
+    assert first.is_set() and second.is_set()
+    return early
+
+
+def test_srcu_overlapping_grace_periods_both_wait_for_an_older_reader():
+    assert not _second_grace_period_returned_early(SRCU("s"))
+
+
+def test_srcu_waiting_for_one_epoch_only_is_seen_failing():
+    # The kvm->srcu of mutant ``srcu_waits_one_epoch``: what the test above must tell apart.
+    from kvmlock.kvm.vm import _OneEpochSRCU
+
+    assert _second_grace_period_returned_early(_OneEpochSRCU("s"))
+
+
 def test_srcu_nested_read_sides_and_context_manager():
     s = SRCU("s")
     with s.read():

@@ -33,7 +33,7 @@ from typing import Any
 
 from kvmlock import irq, runtime
 from kvmlock.kvm.mutants import mutant
-from kvmlock.sync import Atomic64, guarded_by
+from kvmlock.sync import Atomic64, guarded_by, peek
 
 __all__ = ["KvmClock", "TscSync", "VcpuTsc"]
 
@@ -66,6 +66,14 @@ HV_TSC_PAGE_MARKED_AFTER_CLOCK_UPDATE = mutant(
     breaks="the reference TSC page is marked host-changed before the clock-update request "
            "that rewrites it is raised: a vCPU serving the request first finds the page "
            "'set', skips it, and the guest keeps reading the old clock")
+
+CLOCK_REQUEST_CLEARED_AFTER_SERVICE = mutant(
+    "clock_request_cleared_after_service", removes="the clearing of a vCPU's "
+    "KVM_REQ_CLOCK_UPDATE before it is served (kvm_check_request's test-and-clear): it is "
+    "tested, served, and cleared afterwards",
+    breaks="a clock update raised while the vCPU serves an earlier one is kept: the request "
+           "is consumed before the clock is read, so a later KVM_SET_CLOCK always leaves one "
+           "behind")
 
 
 @dataclass
@@ -101,6 +109,9 @@ class TscSync:
         self.cur_offset = 0
         self.kvmclock_offset = 0
         self.vcpus: dict[int, VcpuTsc] = {}
+        #: the clock offset each vCPU's pvclock page was last written from (by its own
+        #: kvm_guest_time_update, under its vcpu->mutex)
+        self.pvclock: dict[int, int] = {}
         #: KVM_REQ_CLOCK_UPDATE, one bit per vCPU id
         self.clock_update = Atomic64(0, name="KVM_REQ_CLOCK_UPDATE")
 
@@ -171,12 +182,20 @@ class TscSync:
             hv.masterclock_requests.discard(vcpu.id)
             self.update_masterclock(hv)
         bit = 1 << vcpu.id
-        if not self.clock_update.fetch_and(_U64 ^ bit) & bit:
+        late = CLOCK_REQUEST_CLEARED_AFTER_SERVICE in self.vm.hazards
+        if late:
+            pending = self.clock_update.load() & bit
+        else:
+            pending = self.clock_update.fetch_and(_U64 ^ bit) & bit
+        if not pending:
             return
         with irq.local_irq_save(), self.lock:  # the pvclock seqcount's read side, in effect
             offset = self.kvmclock_offset
+        self.pvclock[vcpu.id] = offset
         if hv is not None:
             hv.setup_tsc_page(offset)
+        if late:
+            self.clock_update.fetch_and(_U64 ^ bit)  # broken: also erases one raised meanwhile
 
     def _synchronize(self, vcpu_id: int, data: int, now_ns: int) -> VcpuTsc:
         # Read everything, then write everything: the two halves are one step only under the
@@ -199,6 +218,16 @@ class TscSync:
         state.offset = offset
         state.generation = gen
         return state
+
+    def check_pvclocks(self) -> None:
+        """Invariant, once every vCPU has served its clock requests: each vCPU's pvclock page
+        was written from the VM's current clock."""
+        pending = self.clock_update.load()
+        offset = peek(self, "kvmclock_offset")
+        stale = {v.id: self.pvclock.get(v.id) for v in self.vm.vcpus
+                 if self.pvclock.get(v.id) != offset}
+        assert not stale, (f"vCPU pvclock page(s) written from a stale clock: {stale}, the VM's "
+                           f"clock offset is {offset}, pending clock updates {pending:#x}")
 
     def check(self) -> None:
         """Invariant: vCPUs of one generation share one offset (their TSCs tick together)."""

@@ -49,6 +49,22 @@ CREATE_VCPU_WITHOUT_KVM_LOCK = mutant(
     "publication of the new vCPU",
     breaks="kvm->lock protects the VM-wide configuration VM ioctls change (vCPU creation)")
 
+SRCU_WAITS_ONE_EPOCH = mutant(
+    "srcu_waits_one_epoch", removes="synchronize_srcu waiting out the readers of every earlier "
+    "epoch: it waits only for those of the epoch its own flip closed",
+    breaks="a grace period ends only after every reader that entered before it left, however "
+           "many other grace periods run at the same time")
+
+
+class _OneEpochSRCU(SRCU):
+    """``srcu_waits_one_epoch``: a reader older than the last flip is forgotten."""
+
+    __slots__ = ()
+
+    def _waited_out(self, old: int) -> bool:
+        return old not in self._readers
+
+
 VM_LOCK_SPINLOCK = mutant(
     "vm_lock_spinlock", removes="the sleeping kind of kvm->lock (made a spinlock_t)",
     breaks="kvm->lock is a mutex: vcpu->mutex, slots_lock and synchronize_srcu nest inside it")
@@ -135,7 +151,7 @@ class VM:
             "kvm->slots_lock")
         self.slots_arch_lock = Mutex("kvm->slots_arch_lock")
         self.irq_lock = Mutex("kvm->irq_lock")
-        self.srcu = SRCU("kvm->srcu")
+        self.srcu = lock_kind(hz, SRCU, (SRCU_WAITS_ONE_EPOCH, _OneEpochSRCU))("kvm->srcu")
         self.mmu_lock = lock_kind(hz, RWLock, (MMU_LOCK_RWSEM, RWSemaphore))("kvm->mmu_lock")
         self.tdp_mmu_pages_lock = lock_kind(hz, SpinLock, (TDP_PAGES_LOCK_MUTEX, Mutex))(
             "kvm->arch.tdp_mmu_pages_lock")

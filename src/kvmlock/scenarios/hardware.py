@@ -26,7 +26,7 @@ from kvmlock.kvm.tsc import TscSync
 from kvmlock.kvm.vcpu import VCPU
 from kvmlock.kvm.vm import VM
 from kvmlock.scenarios.orders import together
-from kvmlock.scenarios.registry import scenario
+from kvmlock.scenarios.registry import pair, scenario
 from kvmlock.sync import peek
 
 __all__: list[str] = []
@@ -247,6 +247,30 @@ def set_clock_vs_tsc_page() -> None:
     enter_guest(v0)  # the next entries serve whatever is left
     enter_guest(v1)
     hv.check_tsc_page(peek(tsc, "kvmclock_offset"))
+
+
+@pair("kvmclock.set_clock_vs_pending_update",
+      rule="a vCPU consumes its KVM_REQ_CLOCK_UPDATE before reading the clock, so a clock "
+           "change made while it serves an older request leaves a new one behind",
+      broken_rule="KVM_REQ_CLOCK_UPDATE cleared after the clock update was served: a request "
+                  "KVM_SET_CLOCK raised meanwhile is erased with it",
+      broken_expect="assertion", catches=("clock_request_cleared_after_service",),
+      invariant="once vcpu0 has served its clock requests, its pvclock page shows the clock "
+                "the last KVM_SET_CLOCK set", max_runs=500)
+def set_clock_vs_pending_update(broken: bool) -> None:
+    vm = VM(None, nr_vcpus=1, hazards={"clock_request_cleared_after_service": broken})
+    tsc = TscSync(vm)
+    (v0,) = vm.vcpus
+
+    def enter_guest() -> None:  # KVM_RUN: the requests served before the guest runs
+        with v0.mutex:
+            tsc.serve_clock_requests(v0)
+
+    tsc.set_clock(5_000, 1_000)  # an earlier change: vcpu0 has not entered since
+    together(lambda: tsc.set_clock(9_000, 2_000), enter_guest,
+             names=["KVM_SET_CLOCK", "vcpu0 KVM_RUN"])
+    enter_guest()  # the next entry serves whatever is left
+    tsc.check_pvclocks()
 
 
 @scenario("tsc.synchronize.broken", variant="broken", expect="lockdep",

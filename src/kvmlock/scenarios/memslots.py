@@ -16,6 +16,8 @@ inside KVM_RUN's read side.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import kvmlock
 from kvmlock.kvm.guest import GuestFault, guest_read, guest_write, set_gpte
 from kvmlock.kvm.iobus import mmio_write
@@ -32,7 +34,7 @@ from kvmlock.kvm.mmu.page_track import shadow_guest_table
 from kvmlock.kvm.mmu.shadow import check_rmaps
 from kvmlock.kvm.vm import VM
 from kvmlock.scenarios.orders import together
-from kvmlock.scenarios.registry import scenario
+from kvmlock.scenarios.registry import pair, scenario
 
 __all__: list[str] = []
 
@@ -306,13 +308,28 @@ def iobus_two_deassigns_correct() -> None:
           invariant="no exit reads a freed filter; an exit sees the old filter or the new one",
           catches=("msr_exit_without_srcu", "msr_filter_update_without_kvm_lock"), **_BOUND)
 def msr_filter_update_correct() -> None:
-    vm = VM(nr_vcpus=1, nr_pages=1, host_pages=1)
+    _msr_exit_vs_filter_update(VM(nr_vcpus=1, nr_pages=1, host_pages=1))
+
+
+def _msr_exit_vs_filter_update(vm: VM, *others: tuple[str, Callable[[], object]]) -> None:
     (v0,) = vm.vcpus
     allowed: list[bool] = []
-    tasks = [kvmlock.spawn(lambda: allowed.append(msr_exit(v0, "MSR_IA32_TSC")),
-                           name="vcpu0_rdmsr"),
-             kvmlock.spawn(lambda: set_msr_filter(vm, frozenset({"MSR_IA32_TSC"})),
-                           name="KVM_X86_SET_MSR_FILTER")]
-    for t in tasks:
-        t.join()
+    together(lambda: allowed.append(msr_exit(v0, "MSR_IA32_TSC")),
+             lambda: set_msr_filter(vm, frozenset({"MSR_IA32_TSC"})), *(fn for _, fn in others),
+             names=["vcpu0_rdmsr", "KVM_X86_SET_MSR_FILTER", *(name for name, _ in others)])
     assert len(allowed) == 1 and vm.msr_filter.access_pointer().denied == {"MSR_IA32_TSC"}
+
+
+@pair("srcu.two_grace_periods",
+      rule="kvm->srcu: a grace period waits for every reader that entered before it, even "
+           "while another updater's grace period (a memslot update under slots_lock) runs "
+           "beside it (KVM_X86_SET_MSR_FILTER under kvm->lock)",
+      broken_rule="kvm->srcu: synchronize_srcu waits only for the readers of the epoch its own "
+                  "flip closed, so the second of two overlapping grace periods forgets a "
+                  "reader older than both",
+      broken_expect="assertion", catches=("srcu_waits_one_epoch",),
+      invariant="no MSR exit reads a freed filter, whichever grace period ends first", **_BOUND)
+def srcu_two_grace_periods(broken: bool) -> None:
+    vm = VM(nr_vcpus=1, nr_pages=1, host_pages=1, hazards={"srcu_waits_one_epoch": broken})
+    _msr_exit_vs_filter_update(vm, ("KVM_SET_USER_MEMORY_REGION", lambda: vm.set_memory_region(
+        0, base_gfn=0, npages=1, hva=0)))

@@ -8,6 +8,7 @@ builds its own model objects, spawns tasks and checks its invariant with plain `
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +75,36 @@ def scenario(
             name, rule, variant, expect, body, invariant, strategy, dict(options),
             lockdep_kind, tags, tuple(catches),
         )
+        return body
+
+    return register
+
+
+def pair(
+    name: str,
+    *,
+    rule: str,
+    broken_rule: str,
+    broken_expect: str,
+    invariant: str = "",
+    catches: tuple[str, ...] = (),
+    lockdep_kind: str | None = None,
+    **options: Any,
+) -> Callable[[Callable[[bool], None]], Callable[[bool], None]]:
+    """Register ``body(broken)`` as ``name.correct`` (``body(False)``, must pass) and
+    ``name.broken`` (``body(True)``, must end with ``broken_expect``).
+
+    Most rules are one body run twice, once as designed and once with the protection
+    switched off; declaring both rows in one place keeps their invariant and bounds equal.
+    """
+
+    def register(body: Callable[[bool], None]) -> Callable[[bool], None]:
+        scenario(f"{name}.correct", rule=rule, variant="correct", expect="pass",
+                 invariant=invariant, catches=catches, **options)(
+            functools.partial(body, False))
+        scenario(f"{name}.broken", rule=broken_rule, variant="broken", expect=broken_expect,
+                 invariant=invariant, lockdep_kind=lockdep_kind, **options)(
+            functools.partial(body, True))
         return body
 
     return register

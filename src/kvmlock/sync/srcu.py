@@ -72,12 +72,17 @@ class SRCU:
             old = self._epoch
             self._epoch = old + 1
         with wq:
-            wq.wait_for(lambda: not self._readers or min(self._readers) > old,
-                        "synchronize_srcu:wait")
+            wq.wait_for(lambda: self._waited_out(old), "synchronize_srcu:wait")
             due = [cb for e, cb in self._callbacks if e <= old]
             self._callbacks = [(e, cb) for e, cb in self._callbacks if e > old]
         for cb in due:
             cb()
+
+    def _waited_out(self, old: int) -> bool:
+        # Every epoch up to ``old``, not only ``old`` itself: with two updaters, the later
+        # one's flip closes an epoch whose predecessor may still hold a reader that entered
+        # before both grace periods began.
+        return not self._readers or min(self._readers) > old
 
     def call_srcu(self, fn: Callable[[], object]) -> None:
         """Run ``fn`` after a grace period: at the end of a later synchronize or at barrier()."""
