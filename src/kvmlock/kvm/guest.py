@@ -39,6 +39,13 @@ UNSYNC_BEFORE_MMU_LOCK = mutant(
     "unsync_before_mmu_lock", removes="mmu_lock around marking the changed table's shadow "
     "page unsync (marked before the lock is taken)",
     breaks="kvm->arch.mmu_unsync_pages_lock is only ever taken with kvm->mmu_lock held")
+UNSYNC_SAMPLED_BEFORE_MMU_LOCK = mutant(
+    "unsync_sampled_before_mmu_lock", removes="reading whether the changed table's shadow "
+    "page was unsync already under mmu_lock: the INVLPG path samples it before taking the "
+    "lock",
+    breaks="shadow paging: a page's unsync state is only meaningful under mmu_lock -- a page "
+           "a vCPU's first store made unsync (its table writable) in between is marked in "
+           "sync while the guest can still change the table without an exit")
 SYNC_TAKES_UNSYNC_LOCK_FIRST = mutant(
     "sync_takes_unsync_lock_first", removes="(adds) the INVLPG sync takes "
     "mmu_unsync_pages_lock before mmu_lock, to read the page's unsync state first",
@@ -182,13 +189,17 @@ def set_gpte(vm: VM, va: int, gfn: int | None) -> None:
     i = va % len(sp.sptes)
     inverted = SYNC_TAKES_UNSYNC_LOCK_FIRST in vm.hazards
     early = UNSYNC_BEFORE_MMU_LOCK in vm.hazards
+    sampled = UNSYNC_SAMPLED_BEFORE_MMU_LOCK in vm.hazards
+    if early or sampled:
+        runtime.active().point(sp, "read unsync", False)
+        was_unsync = sp.unsync  # broken: mmu_lock is not held yet
     if early:
-        was_unsync = sp.unsync
         mmu.mark_unsync(sp)  # broken: mmu_lock is not held yet
     with vm.mmu_lock.write():
         mmu.gpt[va].store(0 if gfn is None else gfn + 1)
         if not early:
-            was_unsync = sp.unsync
+            if not sampled:
+                was_unsync = sp.unsync
             mmu.mark_unsync(sp)
         if not inverted:
             _sync_gpte(vm, sp, i)

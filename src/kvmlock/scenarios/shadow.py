@@ -328,6 +328,29 @@ def first_store_vs_sync() -> None:
     vm.check()
 
 
+@scenario("shadow.invlpg_vs_first_store.correct",
+          rule="the INVLPG path reads whether the shadow page was unsync already under "
+               "mmu_lock, so a first store to the table that makes it unsync meanwhile keeps "
+               "it unsync",
+          variant="correct", expect="pass",
+          invariant="a shadow page is in sync only while the guest's table is write-protected, "
+                    "and an in-sync page maps what the table names",
+          catches=("unsync_sampled_before_mmu_lock",), **_BOUND)
+def invlpg_vs_first_store() -> None:
+    # Pages 0 and 3 mapped and read (the page in sync, its table write-protected). The guest
+    # on vcpu0 re-points page 0 and flushes it (INVLPG) while vcpu1's guest stores a new
+    # entry for page 3: its first store exits, marks the page unsync and opens the table.
+    vm = _shadow_vm()
+    v0, v1 = vm.vcpus
+    set_gpte(vm, 0, 0)
+    set_gpte(vm, 3, 3)
+    guest_read(v0, 0)
+    guest_read(v1, 3)
+    _run(("vcpu0_invlpg_page0", lambda: set_gpte(vm, 0, 1)),
+         ("vcpu1_first_store_page3", lambda: write_gpte(v1, 3, 2)))
+    vm.check()
+
+
 def _two_syncs(broken: bool) -> None:
     # Pages 0 and 1 both map gfn 1, so its rmap holds both SPTEs. The guest re-points both
     # entries in its unsync table (gfn 2 and gfn 3), then both vCPUs load CR3 at once: the

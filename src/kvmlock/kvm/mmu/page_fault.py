@@ -74,6 +74,12 @@ TDP_FAULT_DROPS_AD = mutant(
     "replaces a present SPTE of the same page",
     breaks="Dirty bit: a Dirty bit set by a guest write through an SPTE reaches the page "
            "before the SPTE stops saying so, or swap-out skips the write-back")
+TDP_FAULT_REBUILDS_GOOD_SPTE = mutant(
+    "tdp_fault_rebuilds_good_spte", removes="the TDP fault's spurious-fault test: a fault "
+    "that finds the present SPTE already allowing its access rebuilds it anyway (a read fault "
+    "with dirty logging on rebuilds a writable SPTE without W, and flushes nothing)",
+    breaks="TLB: a translation never allows more than its SPTE -- a vCPU that cached the "
+           "writable one keeps writing through it, and those writes miss the dirty log")
 READONLY_SLOT_WRITABLE = mutant(
     "readonly_slot_writable", removes="the read-only memslot test of a write fault",
     breaks="a read-only memslot is never mapped writable (Host-writable clear)")
@@ -163,7 +169,7 @@ def _tdp_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int, p
         if S.is_present(old):
             if S.pfn_of(old) != pfn:
                 return RETRY  # only an invalidation changes the pfn, and it zaps first
-            if S.hw_allows(old, write):
+            if S.hw_allows(old, write) and TDP_FAULT_REBUILDS_GOOD_SPTE not in vm.hazards:
                 return FIXED  # fixed by someone else meanwhile
             # A replaced SPTE's Dirty bit is the only record of writes made through it (the
             # page is marked dirty when the SPTE is dropped): keep it, e.g. when a write-tracked

@@ -220,6 +220,11 @@ class MMU:
                            "one of them is unreachable and its SPTEs are never zapped")
         lost = [sp for sp in built if self.pages[sp.index] is not sp]
         assert not lost, f"linked shadow pages no longer reachable: {lost}"
+        open_tables = [sp.index for sp in self.pages
+                       if sp is not None and sp.gpt_writable and not sp.unsync]
+        assert not open_tables, (
+            f"shadow page(s) for region {open_tables} are marked in sync while the guest's "
+            "table is writable: the guest changes it with no exit and no sync ever follows")
 
     def zap_all(self) -> int:
         """``kvm_mmu_zap_all`` (TDP): drop every SPTE and free every shadow page.
