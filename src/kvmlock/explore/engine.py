@@ -192,6 +192,8 @@ def execute(body: Callable[[], Any], strategy: Strategy, max_steps: int,
             memo: _lockdep.Memo | None = None) -> Execution | None:
     """Run one execution of ``body`` chosen by ``strategy``; None when it has no more.
     ``memo``: lockdep's chain memory of the exploration (one per exploration and process)."""
+    if _guard.stopping():  # (its stop was lost where it landed: see guard.stopping)
+        raise _guard.Interrupted("stopped")
     plan = strategy.begin()
     if plan is None:
         return None

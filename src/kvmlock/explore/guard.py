@@ -16,6 +16,13 @@ stay warm), and the watcher samples it.
   operation (a busy loop over plain data, say): it is interrupted by an asynchronous exception.
 * ``timeout`` is honoured either way: the check returns at most about ``timeout`` seconds (plus
   one sampling period) after it began, with what it covered.
+
+A watcher and its worker stay paired whatever the interleaving. A job carries its own
+completion signal, so no watcher can take another job's; a worker is handed a new job only
+after its watcher saw the last one end, and any other end of a watch (an error in the watcher,
+Ctrl-C, a stop) stops and abandons it; the asynchronous stop may land anywhere in the worker,
+its own bookkeeping included, and the worker still gives the job's completion; and a stop
+that is lost (dropped by a finalizer it landed in) still ends the job at its next execution.
 """
 
 from __future__ import annotations
@@ -65,24 +72,47 @@ class Blocked(Exception):
         self.what = what  # the call, with its source line
 
 
+class _Job:
+    """One job handed to a worker, with a completion signal of its own.
+
+    The watcher waits on the job it handed over, never on a lock the worker shares between
+    jobs: a completion can then only be taken by the watcher of that job, whatever happened
+    to an earlier one (a watch that ended early, a stop that landed after the job), and it is
+    given at most once (only the worker gives it, and only while nobody has taken it).
+    """
+
+    __slots__ = ("fn", "done", "result")
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn: Callable[[], Any] | None = fn
+        self.done = _allocate()
+        self.done.acquire()
+        self.result: tuple[bool, Any] = (False, None)
+
+    def finish(self) -> None:
+        """The job is over (its worker's side; may be called again, see _Worker._loop)."""
+        self.fn = None  # its closure, and the exploration it holds, is garbage now
+        if self.done.locked():  # (only the worker releases, so nothing comes in between)
+            self.done.release()
+
+
 class _Worker:
-    __slots__ = ("thread", "go", "done", "sent", "job", "result", "abandoned", "interrupting")
+    __slots__ = ("thread", "go", "sent", "job", "current", "abandoned", "interrupting")
 
     def __init__(self) -> None:
         self.go = _allocate()
         self.go.acquire()
-        self.done = _allocate()
-        self.done.acquire()
         self.sent = _allocate()
         self.sent.acquire()
-        self.job: Callable[[], Any] | None = None
-        self.result: tuple[bool, Any] = (False, None)
+        self.job: _Job | None = None  # the job handed over, until the worker takes it
+        self.current: _Job | None = None  # the job taken, until it is over
         self.abandoned = False
         self.interrupting = False
         self.thread = threading.Thread(target=self._loop, name="kvmlock-explore", daemon=True)
         self.thread.start()
 
     def _loop(self) -> None:
+        _serving.w = self
         try:
             self._serve()
             if self.interrupting:
@@ -94,25 +124,46 @@ class _Worker:
                     pass
         except Interrupted:
             pass
+        finally:
+            # A stop may land anywhere in the worker, its own bookkeeping included (after the
+            # job returned, before its completion was given): whatever it skipped is done
+            # here. At most one stop is ever sent to a worker, and it has been taken by now
+            # (above, or where it landed), so nothing can interrupt this.
+            _pythreads.unbind_thread()
+            if self.current is not None:
+                self.current.finish()
 
     def _serve(self) -> None:
         while not self.abandoned:
             self.go.acquire()
             if self.abandoned:
                 return
-            job = self.job
+            job = self.current = self.job
             self.job = None
+            assert job is not None and job.fn is not None
             try:
-                self.result = (True, job())  # type: ignore[misc]
+                job.result = (True, job.fn())
             except BaseException as exc:  # handed to the caller
-                self.result = (False, exc)
+                job.result = (False, exc)
             finally:
-                job = None
                 _pythreads.unbind_thread()  # whatever an interrupted execution left behind
-                self.done.release()
+                job.finish()
+            self.current = job = None
 
 
-_workers = threading.local()
+_workers = threading.local()  # each calling thread's worker
+_serving = threading.local()  # in a worker thread: its worker
+
+
+def stopping() -> bool:
+    """Whether the calling thread is a worker its watcher has stopped. The stop is sent as an
+    asynchronous exception, and one can be lost: landing in a collector callback or a
+    finalizer, it is printed and dropped (a WeakSet's, say, now that the collector runs at the
+    end of each execution), and the job would run on. The explorer asks here before each
+    execution, so a stopped job ends at the latest there (its current execution unwinds at
+    its next visible operation: the stop aborts it too)."""
+    w = getattr(_serving, "w", None)
+    return w is not None and w.interrupting
 
 
 def _cpu(ident: int) -> float | None:
@@ -122,13 +173,37 @@ def _cpu(ident: int) -> float | None:
         return None
 
 
+def _line(frame: Any) -> int:
+    """The frame's line. An instruction the compiler gave none (in 3.11 the jump back at the
+    end of many loops: in a loop without calls, the one place where other threads get to run,
+    so where the watcher finds a busy loop) counts as the line it jumps to, the loop's own;
+    any other as the last line before it."""
+    line = frame.f_lineno
+    if line is not None:
+        return line
+    import dis
+
+    code, at = frame.f_code, frame.f_lasti
+    for ins in dis.get_instructions(code):
+        if ins.offset == at:
+            if ins.opcode in dis.hasjrel or ins.opcode in dis.hasjabs:
+                at = ins.argval
+            break
+    line = code.co_firstlineno
+    for start, _end, ln in code.co_lines():
+        if start <= at and ln is not None:
+            line = ln
+    return line
+
+
 def _describe(frame: Any) -> tuple[str, str]:
     """("what it is doing", "file:line") for the worker's innermost frame."""
     if frame is None:
         return "a call", "?"
     code = frame.f_code
-    here = f"{os.path.basename(code.co_filename)}:{frame.f_lineno}"
-    text = linecache.getline(code.co_filename, frame.f_lineno).strip()
+    line = _line(frame)
+    here = f"{os.path.basename(code.co_filename)}:{line}"
+    text = linecache.getline(code.co_filename, line).strip()
     what = f"`{text}` in {code.co_name}() at {here}"
     uf = frame
     while uf is not None and not _user_file(uf.f_code.co_filename):
@@ -136,8 +211,9 @@ def _describe(frame: Any) -> tuple[str, str]:
     where = here
     if uf is not None and uf is not frame:
         ucode = uf.f_code
-        where = f"{os.path.basename(ucode.co_filename)}:{uf.f_lineno}"
-        utext = linecache.getline(ucode.co_filename, uf.f_lineno).strip()
+        uline = _line(uf)
+        where = f"{os.path.basename(ucode.co_filename)}:{uline}"
+        utext = linecache.getline(ucode.co_filename, uline).strip()
         what += f", called from `{utext}` at {where}"
     return what, where
 
@@ -179,7 +255,7 @@ def run(job: Callable[[], Any], *, timeout: float | None, stall: float | None) -
     w: _Worker | None = getattr(_workers, "w", None)
     if w is None or w.abandoned or not w.thread.is_alive():
         w = _workers.w = _Worker()
-    w.job = job
+    j = w.job = _Job(job)
     t0 = time.monotonic()
     w.go.release()
     ident = w.thread.ident
@@ -191,8 +267,9 @@ def run(job: Callable[[], Any], *, timeout: float | None, stall: float | None) -
     cpu_since = _cpu(ident)
     why: tuple[str, str, str] | None = None
     interrupted_at = 0.0
+    blocked: tuple[Any, Any] | None = None
     try:
-        while not w.done.acquire(timeout=_POLL):
+        while not j.done.acquire(timeout=_POLL):
             now = time.monotonic()
             rt = _pythreads.running(ident)
             frame = sys._current_frames().get(ident)
@@ -207,7 +284,8 @@ def run(job: Callable[[], Any], *, timeout: float | None, stall: float | None) -
                 if now - interrupted_at > _GRACE:  # it did not come back: blocked after all
                     _abandon(w, rt, blocked=True)
                     _take_pending_stop()
-                    raise Blocked(*_blocked(frame, rt))
+                    blocked = frame, rt
+                    break
                 continue
             late = timeout is not None and now - t0 > timeout
             quiet = stall is not None and now - since > stall
@@ -218,27 +296,47 @@ def run(job: Callable[[], Any], *, timeout: float | None, stall: float | None) -
             idle = cpu is None or cpu_since is None or cpu - cpu_since < 0.02 * (now - since)
             if not moved and idle and now - since >= 2 * _POLL:
                 _abandon(w, rt, blocked=True)
-                raise Blocked(*_blocked(frame, rt))
+                blocked = frame, rt
+                break
             what, where = _describe(frame)
             why = ("timeout" if late else "stall", what, where, _schedule(rt))
-            # The stop may land after the job has ended, so this worker serves no other job:
-            # it ends once this one is over, and the next check gets a fresh one.
-            _abandon(w, None)
-            w.interrupting = True
-            _interrupt(ident)
-            w.sent.release()
-            w.go.release()  # if it is already waiting for a next job: wake it to take the stop
+            _stop(w, ident)
             interrupted_at = now
-    except KeyboardInterrupt:
-        _abandon(w, _pythreads.running(ident))
+    except BaseException:
+        # The watch ended before the job did (Ctrl-C, or an error in the watcher itself): the
+        # job must not run on unwatched in a worker still on offer. Kept on, the next check's
+        # job would queue behind this one, its watcher would take this job's completion for
+        # its own and return before its job ran, every later check would be judged one job
+        # late, and a second such exit would have the worker signal twice. So it is stopped
+        # (a worker blocked in a call takes its stop if it ever comes back) and abandoned.
+        if why is None and not w.abandoned:
+            _stop(w, ident)
         raise
-    ok, value = w.result
-    w.result = (False, None)
+    if blocked is not None:
+        raise Blocked(*_blocked(*blocked))
+    ok, value = j.result
+    j.result = (False, None)
     if why is not None:
         raise Interrupted(*why)
     if ok:
         return value
     raise value
+
+
+def _stop(w: _Worker, ident: int) -> None:
+    """Stop the worker's job with an asynchronous :class:`Interrupted`, and abandon it.
+
+    The stop may land after the job has ended, so this worker serves no other job: it ends
+    once this one is over, and the next check gets a fresh one. It is told it will be stopped
+    before it is told it is abandoned: a worker that sees the one sees the other, so it never
+    ends without taking its stop (which would leave the stop pending, or send it to whichever
+    thread gets that ident next)."""
+    w.interrupting = True
+    _abandon(w, _pythreads.running(ident))
+    if w.thread.is_alive():
+        _interrupt(ident)
+    w.sent.release()
+    w.go.release()  # if it is already waiting for a next job: wake it to take the stop
 
 
 def _schedule(rt: Any) -> str:
@@ -326,4 +424,4 @@ def _park_abandoned() -> None:
 atexit.register(_park_abandoned)
 
 
-__all__ = ["Blocked", "Interrupted", "run"]
+__all__ = ["Blocked", "Interrupted", "run", "stopping"]
