@@ -32,3 +32,36 @@ def test_main_prints_the_summary_and_exits_zero(capsys):
     assert workload.main(["--vcpus", "1", "--seconds", "0.3", "--no-hotplug"]) == 0
     out = capsys.readouterr().out
     assert "fast-path faults" in out and "result: OK" in out
+
+
+def test_a_vcpu_in_guest_mode_outlived_by_the_memslots_array_it_looked_at(monkeypatch):
+    """On real threads a vCPU in guest mode (no kvm->srcu: the CPU does not read memslots)
+    can be preempted between the model's look at the memslots array and its lookup, while
+    an update publishes a new array and, with no SRCU reader to wait for, frees the old one.
+    That is the model's own bookkeeping (which hva a translation stands for), not a kernel
+    read: not a use-after-free. (Seen as a rare failure of the workload under load.)"""
+    from kvmlock.kvm import VM, guest
+    from kvmlock.kvm.memslots import Memslots
+
+    vm = VM(nr_vcpus=1, nr_pages=4, host_pages=4)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    vcpu = vm.vcpus[0]
+    guest.guest_write(vcpu, 0, 1)  # mapped: the next access walks the SPTE, not the fault path
+    vcpu.tlb.clear()
+    ptr = type(vm.memslots)
+    real = ptr.access_pointer
+    seen: list[Memslots] = []
+
+    def preempted_here(self):
+        old = real(self)
+        if self is vm.memslots and vcpu.in_guest and not seen:
+            seen.append(old)
+            vm.set_memory_region(1, base_gfn=2, npages=2, hva=2)  # the updater runs meanwhile
+        return old
+
+    monkeypatch.setattr(ptr, "access_pointer", preempted_here)
+    assert guest.guest_read(vcpu, 0) == 1
+    assert seen and seen[0].freed  # the interleaving happened: the array was freed meanwhile
+    # the real use-after-free check stays: a kernel path reading a freed array still fails
+    with pytest.raises(AssertionError, match="used after it was freed"):
+        seen[0].lookup(0)

@@ -99,7 +99,12 @@ def _hw_access(vcpu: VCPU, va: int, write: bool, value: int) -> object:
             if seen == cur or sptep.cmpxchg(cur, seen) == cur:
                 break
         gfn = sp.gfn_at(i)
-        slot = vm.memslots.access_pointer().lookup(gfn)
+        # The CPU reads no memslots: the model looks, to note which hva this translation
+        # stands for (checked below). It is outside kvm->srcu, as the vCPU in guest mode is,
+        # so on real threads the array may be replaced and freed meanwhile (no SRCU reader to
+        # wait for): not a kernel use-after-free. An update that changes what this gfn maps
+        # zaps its SPTEs and flushes, and the flush waits for this vCPU to leave guest mode.
+        slot = vm.memslots.access_pointer().find(gfn)
         hva = slot.gfn_to_hva(gfn) if slot is not None else None
         e = vcpu.tlb[va] = TlbEntry(S.pfn_of(cur), S.is_writable(cur), hva, gfn,
                                     S.is_dirty(seen))
