@@ -128,3 +128,31 @@ def test_notifier_zap_with_live_rmaps_drops_the_spte():
     assert vm.host.swap_out(0)
     assert vm.mmu.sptep(0) is None or not S.is_present(vm.mmu.sptep(0).peek())
     vm.check()
+
+
+def test_a_discarded_page_is_freed_poisoned_and_faults_back_in_zeroed():
+    from kvmlock.kvm.guest import guest_read
+    from kvmlock.kvm.host import POISON
+
+    vm = vm_with_page()
+    pfn = vm.host.pfn_of(1)
+    assert vm.host.discard(1) is True
+    assert vm.host.pages[pfn].data.peek() == POISON and vm.host.pfn_of(1) is None
+    assert not S.is_present(vm.mmu.sptep(1).peek()), "the notifier zapped the SPTE"
+    assert vm.host.discard(1) is False, "nothing left to discard"
+    assert guest_read(vm.vcpus[0], 1) == 0, "MADV_DONTNEED: the next touch sees a zeroed page"
+    vm.check()
+
+
+def test_the_notifier_flushes_before_a_second_invalidation_can_free_the_frame():
+    from kvmlock.kvm.mutants import applied
+    from kvmlock.scenarios import verify
+    from kvmlock.scenarios.registry import SCENARIOS
+
+    sc = SCENARIOS["mmu_notifier.flush_under_mmu_lock.correct"]
+    assert verify.run_scenario(sc).met  # near miss: the flush under mmu_lock
+    with applied("notifier_flush_after_unlock"):
+        out = verify.run_scenario(sc)
+    assert out.failure is not None and out.failure.kind == "assertion"
+    assert "which the host has freed" in str(out.failure.message)
+    assert verify.run_scenario(SCENARIOS["mmu_notifier.flush_under_mmu_lock.broken"]).met

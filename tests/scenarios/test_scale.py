@@ -25,6 +25,11 @@ SCALE = [
     # two invalidations racing a memslot update: the swap re-checks the count after each wake
     ("mmu_notifier.two_invalidations_vs_update.correct", "swap_recheck_once",
      ("mmu_notifier.memslot_update.correct",)),
+    # two discards of one page and a vCPU reading it: the second invalidation must not find
+    # the SPTE gone before the first one's flush
+    ("mmu_notifier.flush_under_mmu_lock.correct", "notifier_flush_after_unlock",
+     ("page_fault.vs_invalidate.correct", "mmu_notifier.memslot_update.correct",
+      "memslots.delete_vs_reclaim.correct")),
 ]
 
 

@@ -22,6 +22,7 @@ from kvmlock.kvm.mutants import mutant
 from kvmlock.kvm.vcpu import TlbEntry
 
 if TYPE_CHECKING:
+    from kvmlock.kvm.host import HostPage
     from kvmlock.kvm.mmu.shadow import ShadowPage
     from kvmlock.kvm.vcpu import VCPU
     from kvmlock.kvm.vm import VM
@@ -113,18 +114,26 @@ def _hw_access(vcpu: VCPU, va: int, write: bool, value: int) -> object:
             # each exit, and the harvest kicks every vCPU out first: in the model, at once)
             slot.mark_dirty(gfn, vm.hazards)
     page = vm.host.pages[e.pfn]
-    # Consequences, checked where the hardware acts: the frame must still be the one the host
-    # maps for the page this translation was made for, not freed (poisoned) or reused.
+    if write:
+        check_hw_write(vcpu, va, e.gfn)
+        page.data.store(value)
+        _check_frame(vcpu, va, e, page, write)
+        return None
+    got = page.data.load()
+    _check_frame(vcpu, va, e, page, write)
+    return got
+
+
+def _check_frame(vcpu: VCPU, va: int, e: TlbEntry, page: HostPage, write: bool) -> None:
+    """The consequence, checked in the same step as the access (after the page's data was
+    touched, which the host's free of the frame also writes): the frame must still be the one
+    the host maps for the page this translation was made for, not freed (poisoned) or
+    reused."""
     assert e.hva is None or page.hva == e.hva, (
         f"{vcpu!r} {'wrote' if write else 'read'} guest page {va} through a translation to "
         f"frame {e.pfn}, which the host has " + (
             "freed" if page.hva is None else f"reused for hva {page.hva}") +
         f" (it was hva {e.hva}'s): a stale mapping outlived the page")
-    if write:
-        check_hw_write(vcpu, va, e.gfn)
-        page.data.store(value)
-        return None
-    return page.data.load()
 
 
 def _access(vcpu: VCPU, va: int, write: bool, value: int = 0) -> int | None:

@@ -53,8 +53,10 @@ class HostPage:
         return f"<HostPage pfn={self.pfn} hva={self.hva} data={self.data.peek()}>"
 
     def poison(self) -> None:
-        """The frame was freed: its old contents are gone (no visible step: the host's own)."""
-        self.data._v = POISON  # noqa: SLF001 - the page owns its word
+        """The frame was freed: its old contents are gone. A visible write of the page's word,
+        so that a stale access through a cached translation is ordered against the free (and
+        an exploration may put it after)."""
+        self.data.store(POISON)
 
 
 class Host:
@@ -84,7 +86,7 @@ class Host:
         #: the kernel's lockdep map held around every invalidate_range_start callback, and
         #: taken (as might_lock) by any allocation that could reclaim memory.
         self.mn_map = lockdep.LockMap("mmu_notifier_invalidate_range_start", "pseudo")
-        self.stats = {"swap_out": 0, "swap_in": 0, "writeback": 0}
+        self.stats = {"swap_out": 0, "swap_in": 0, "writeback": 0, "discard": 0}
         #: swap-out under memory pressure reclaims one more page inside its invalidation
         self.reclaim_nested = True
         #: the lockless lookup (GUP-fast) may return a page that is being unmapped; off by
@@ -231,6 +233,38 @@ class Host:
             self.stats["swap_out"] += 1
             mm.notify_all()
         return True
+
+    def discard(self, hva: int) -> bool:
+        """``MADV_DONTNEED`` (``zap_page_range``): drop ``hva``'s page and free its frame; the
+        next touch faults in a zeroed page. False if nothing was mapped.
+
+        Unlike :meth:`swap_out` it does not lock the page first: two discards of one page (two
+        threads, each under ``mmap_lock`` held for read) run their notifiers at the same time,
+        and whichever then clears the host PTE frees the frame at once -- possibly while the
+        other's invalidate_range_start is still running.
+        """
+        self._check_hva(hva)
+        mm = self._mm
+        with mm:  # a page being swapped or pinned is left to that path to finish first
+            mm.wait_for(lambda: hva not in self._busy, "zap_page_range")
+        tokens = []
+        for n in self.notifiers:
+            with self.mn_map:
+                tokens.append(n.invalidate_range_start(hva, hva + 1))
+        with mm:
+            mm.wait_for(lambda: hva not in self._busy, "zap_pte_range")
+            pfn = self._ptes.pop(hva, None)
+            self._backing.pop(hva, None)
+            if pfn is not None:
+                page = self.pages[pfn]
+                page.hva = None
+                page.poison()
+                self._free.append(pfn)
+                self.stats["discard"] += 1
+                mm.notify_all()
+        for n, token in zip(self.notifiers, tokens, strict=True):
+            n.invalidate_range_end(hva, hva + 1, token)
+        return pfn is not None
 
     def age(self, hva: int) -> bool:
         """``page_referenced``: was ``hva`` used since last asked? The page's own referenced

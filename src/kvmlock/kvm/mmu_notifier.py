@@ -57,6 +57,12 @@ NOTIFIER_NO_ZAP = mutant(
 NOTIFIER_NO_FLUSH = mutant(
     "notifier_no_flush", removes="the TLB flush after invalidate_range_start zapped SPTEs",
     breaks="invalidate: no vCPU keeps a translation to a page the host is about to free")
+NOTIFIER_FLUSH_AFTER_UNLOCK = mutant(
+    "notifier_flush_after_unlock", removes="the MMU notifier's TLB flush before mmu_lock is "
+    "released (kvm_handle_hva_range flushing after write_unlock instead)",
+    breaks="once mmu_lock is dropped with the SPTE gone, a concurrent invalidation of the "
+           "same page finds nothing to zap or flush, and the host frees the frame a vCPU's "
+           "TLB still maps")
 NOTIFIER_READ_LOCK = mutant(
     "notifier_read_lock", removes="write mode of mmu_lock in the MMU notifier (read instead)",
     breaks="invalidation state (mmu_invalidate_in_progress) and zaps change under mmu_lock "
@@ -120,6 +126,7 @@ class KvmMmuNotifier:
                 idx = None
             locked = False
             ret = flush = False
+            late = NOTIFIER_FLUSH_AFTER_UNLOCK in vm.hazards
             try:
                 read = NOTIFIER_READ_LOCK in vm.hazards
                 for slot, gstart, gend in slots.overlapping(start, end):
@@ -136,13 +143,15 @@ class KvmMmuNotifier:
                         r, f = handler(vm, slot, gstart, gend)
                         ret |= r
                         flush |= f
-                if flush:
+                if flush and not late:
                     flush_remote_tlbs(vm)
             finally:
                 if locked and read:
                     vm.mmu_lock.read_unlock()
                 elif locked:
                     vm.mmu_lock.write_unlock()
+            if flush and late:
+                flush_remote_tlbs(vm)  # broken: the SPTE is gone, the translation is not yet
             return slots, ret
         finally:
             if idx is not None:

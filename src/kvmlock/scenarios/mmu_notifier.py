@@ -18,6 +18,10 @@ and ``slots_arch_lock``, sleeps until no invalidation is active.
   swap-outs race the update. The updater sleeps until a wake-up, not until the count is zero:
   woken when the first invalidation ends, it must re-read the count under the lock, because
   the second may have started meanwhile (its ``while`` made an ``if`` swaps under it).
+* ``mmu_notifier.flush_under_mmu_lock.correct`` / ``.broken`` -- two threads discard one page
+  (``MADV_DONTNEED``, no page lock) while a vCPU reads it through its TLB. The first
+  invalidation zaps the SPTE and must flush before it drops ``mmu_lock``: the second finds
+  nothing to zap, so nothing to flush, and frees the frame as soon as it has cleared the PTE.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import kvmlock
 from kvmlock.kvm.guest import guest_read, guest_write
 from kvmlock.kvm.memslots import LOG_DIRTY_PAGES
 from kvmlock.kvm.vm import VM
+from kvmlock.scenarios.orders import together
 from kvmlock.scenarios.registry import scenario
 
 __all__: list[str] = []
@@ -228,3 +233,45 @@ def fault_vs_two_invalidations() -> None:
     vm.check()
     got = (guest_read(v0, 0), guest_read(v0, 1))
     assert got == (1, 5), f"the guest wrote (1, 5) but reads {got} after the swap-outs"
+
+
+def _flush_vs_discards(hazard: str | None) -> None:
+    # Page 0 (gfn 0 -> hva 0) was written, so vcpu0's TLB caches it writable. vcpu0 reads it
+    # again while two threads discard hva 0: whichever clears the host PTE frees the frame.
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2, hazards={hazard} if hazard else None)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    (v0,) = vm.vcpus
+    guest_write(v0, 0, 5)
+    got: list[int] = []
+    together(lambda: got.append(guest_read(v0, 0)), lambda: vm.host.discard(0),
+             lambda: vm.host.discard(0),
+             names=["vcpu0 reads page 0", "MADV_DONTNEED thread 1", "MADV_DONTNEED thread 2"])
+    vm.check()
+    assert got[0] in (5, 0), f"vcpu0 read {got[0]} from page 0: neither 5 nor a fresh page"
+
+
+_FLUSH_INV = ("no vCPU reads a frame the host freed: an invalidation that zapped an SPTE "
+              "flushes TLBs before another one can see the SPTE gone")
+#: every schedule with up to two preemptions is 769 executions; the first 300 hold the
+#: late flush's window (the first invalidation preempted between its unlock and its flush,
+#: the second run to the free, then the vCPU)
+_FLUSH_BOUND = {"strategy": "dpor", "preemption_bound": 2, "max_runs": 300}
+
+
+@scenario("mmu_notifier.flush_under_mmu_lock.correct",
+          rule="the MMU notifier flushes TLBs for what it zapped before it releases mmu_lock, "
+               "so a concurrent invalidation that finds the SPTE gone may free the frame",
+          variant="correct", expect="pass", invariant=_FLUSH_INV,
+          catches=("notifier_flush_after_unlock", "notifier_no_flush", "notifier_no_zap"),
+          **_FLUSH_BOUND)
+def flush_under_mmu_lock() -> None:
+    _flush_vs_discards(None)
+
+
+@scenario("mmu_notifier.flush_under_mmu_lock.broken",
+          rule="the MMU notifier flushes after releasing mmu_lock: in between, a second "
+               "invalidation of the page finds no SPTE, flushes nothing and frees the frame, "
+               "and the vCPU reads it through the translation its TLB still holds",
+          variant="broken", expect="assertion", invariant=_FLUSH_INV, **_FLUSH_BOUND)
+def flush_after_unlock() -> None:
+    _flush_vs_discards("notifier_flush_after_unlock")
