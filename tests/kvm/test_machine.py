@@ -186,3 +186,41 @@ def test_static_key_update_takes_the_hotplug_lock_for_read():
     with vm.srcu.read():
         m.static_key_update()
     assert ("kvm->srcu", "cpu_hotplug_lock") in edges()
+
+
+def test_a_destroyed_vm_is_freed_and_the_hyperv_notifier_only_reaches_live_ones():
+    from kvmlock.kvm.mutants import applied
+    from kvmlock.scenarios import verify
+    from kvmlock.scenarios.registry import SCENARIOS
+
+    m = Machine(1)
+    a, b = m.create_vm(name="a"), m.create_vm(name="b")
+    m.destroy_vm(a)
+    assert a.freed and not b.freed
+    assert m.hyperv_tsc_notifier() == 1
+    assert peek(a, "hv_tsc_page_updates") == 0 and peek(b, "hv_tsc_page_updates") == 1
+    with pytest.raises(AssertionError, match="which kvm_destroy_vm has freed"):
+        m._rewrite_tsc_page(a)
+    # the walk under kvm_lock never meets a freed VM; the walk of a copy without it does
+    sc = SCENARIOS["kvmclock.hyperv_notifier_vs_destroy.correct"]
+    assert verify.run_scenario(sc).met
+    with applied("hv_tsc_notifier_walks_unlocked"):
+        out = verify.run_scenario(sc)
+    assert out.failure is not None and "which kvm_destroy_vm has freed" in str(
+        out.failure.message)
+
+
+def test_the_last_vm_disables_in_one_hotplug_section_with_a_cpu_coming_online():
+    from kvmlock.kvm.mutants import applied
+    from kvmlock.scenarios import verify
+    from kvmlock.scenarios.registry import SCENARIOS
+
+    sc = SCENARIOS["hardware.last_destroy_vs_online.correct"]
+    assert verify.run_scenario(sc).met
+    with applied("disable_without_hotplug_lock"):
+        out = verify.run_scenario(sc)
+    # the online callback read the callbacks installed, the disabling walk found the CPU not
+    # yet enabled, and the callback enabled it after the count had reached 0
+    assert out.failure is not None and out.failure.kind == "assertion"
+    assert "kvm_usage_count=0: cpu1: online=True enabled=True" in str(out.failure.message)
+    assert verify.run_scenario(SCENARIOS["hardware.last_destroy_vs_online.broken"]).met

@@ -56,6 +56,13 @@ ENABLE_WITHOUT_HOTPLUG_LOCK = mutant(
     "enable_without_hotplug_lock", removes="cpus_read_lock around enabling/disabling hardware",
     breaks="hardware enable/disable walks the online CPUs with CPU hotplug disabled")
 
+DISABLE_WITHOUT_HOTPLUG_LOCK = mutant(
+    "disable_without_hotplug_lock", removes="cpus_read_lock around the last VM's hardware "
+    "disabling (hardware_disable_all: the online CPUs walked, and in the kvm_usage_lock design "
+    "the hotplug callbacks removed, with CPU hotplug allowed)",
+    breaks="hardware disable is one step against CPU hotplug: a CPU coming online while the "
+           "last VM goes must not be left with virtualization on and kvm_usage_count 0")
+
 
 NX_WALK_HOLDS_KVM_LOCK = mutant(
     "nx_walk_holds_kvm_lock", removes="dropping kvm_lock before the NX-huge-pages write locks "
@@ -83,6 +90,12 @@ CPUFREQ_HOTPLUG_INSIDE_KVM_LOCK = mutant(
     breaks="cpus_read_lock is taken outside kvm_lock")
 
 
+HV_TSC_NOTIFIER_WALKS_UNLOCKED = mutant(
+    "hv_tsc_notifier_walks_unlocked", removes="kvm_lock across the Hyper-V clock notifier's "
+    "walk (vm_list copied under it, each VM's page rewritten after it is dropped, with no "
+    "reference taken on the VMs)",
+    breaks="kvm_lock protects vm_list: a VM reached through it is not freed while the walk "
+           "uses it (kvm_destroy_vm unpublishes it under kvm_lock first)")
 HV_TSC_PAGE_WITHOUT_TSC_WRITE_LOCK = mutant(
     "hv_tsc_page_without_tsc_write_lock", removes="tsc_write_lock around the Hyper-V clock "
     "notifier's rewrite of a VM's reference TSC page",
@@ -105,6 +118,13 @@ TK_CORE_LOCK_SPINLOCK_T = mutant(
     "tk_core_lock_spinlock_t", removes="the raw kind of tk_core.lock (made a spinlock_t, "
     "which sleeps on PREEMPT_RT)",
     breaks="tk_core.lock is a raw spinlock: the timer tick, a hard interrupt, holds it")
+
+
+class _CallbackState:
+    """The hotplug core's record of whether KVM's online/offline callbacks are installed: the
+    owner of the visible steps that read and change it."""
+
+    name = "cpuhp state (KVM callbacks)"
 
 
 class HardwareEnableError(RuntimeError):
@@ -196,6 +216,7 @@ class Machine:
         self.kvm_usage_count = 0
         #: newer design: KVM's hotplug callbacks are registered only while VMs exist.
         self.hotplug_callbacks_installed = not usage_lock
+        self._callback_state = _CallbackState()
         wakeup = lock_kind(self.hazards, RawSpinLock, (WAKEUP_LOCK_SPINLOCK_T, SpinLock),
                            (WAKEUP_LOCK_MUTEX, Mutex))
         self.cpus = [PerCpu(c, online=c not in offline,
@@ -275,9 +296,26 @@ class Machine:
         self._rt.point(self, "write kvm_usage_count", True)
         self.kvm_usage_count = n
 
+    def _callbacks(self) -> bool:
+        """Whether KVM's hotplug callbacks are installed (a visible read: the hotplug core
+        looks them up as it brings a CPU up or down)."""
+        self._rt.point(self._callback_state, "read KVM callbacks", False)
+        return self.hotplug_callbacks_installed
+
+    def _set_callbacks(self, installed: bool) -> None:
+        """``cpuhp_setup_state`` / ``cpuhp_remove_state`` (a visible write)."""
+        self._rt.point(self._callback_state, "set KVM callbacks", True)
+        self.hotplug_callbacks_installed = installed
+
     def _hotplug_read(self) -> AbstractContextManager[object]:
         """``cpus_read_lock`` around enabling -- or nothing, in the broken variant."""
         return self.cpu_hotplug_lock.read() if self.enable_blocks_hotplug else nullcontext()
+
+    def _hotplug_read_disable(self) -> AbstractContextManager[object]:
+        """``cpus_read_lock`` around the last VM's disabling -- or nothing (two mutants)."""
+        if DISABLE_WITHOUT_HOTPLUG_LOCK in self.hazards:
+            return nullcontext()
+        return self._hotplug_read()
 
     def hardware_enable_all(self) -> None:
         """Count one more VM; the first one turns virtualization on, on every online CPU.
@@ -318,13 +356,13 @@ class Machine:
         """New design: the first VM installs the hotplug callbacks and enables every CPU."""
         try:
             with self._hotplug_read():
-                self.hotplug_callbacks_installed = True
+                self._set_callbacks(True)
                 try:
                     self._enable_online_cpus()
                 except HardwareEnableError:
                     # rolled back inside the same cpus_read_lock section, as cpuhp_setup_state
                     # does: a CPU coming online right after must not find the callbacks
-                    self.hotplug_callbacks_installed = False
+                    self._set_callbacks(False)
                     raise
         except HardwareEnableError:
             self._set_usage(self._usage() - 1)
@@ -358,13 +396,13 @@ class Machine:
                     with self._hotplug_read():
                         self._disable_all_cpus()
                     with self._hotplug_read():
-                        self.hotplug_callbacks_installed = False
+                        self._set_callbacks(False)
                 elif n == 0:
-                    with self._hotplug_read():
-                        self.hotplug_callbacks_installed = False
+                    with self._hotplug_read_disable():
+                        self._set_callbacks(False)
                         self._disable_all_cpus()
             return
-        with self._hotplug_read(), locked:
+        with self._hotplug_read_disable(), locked:
             n = self._check_count() - 1
             self._set_usage(n)
             if n == 0:
@@ -384,13 +422,13 @@ class Machine:
         if self.kvm_usage_lock is not None:
             # Installed only while VMs exist, and (un)installing takes cpus_read_lock, which
             # our caller's write hold excludes: the flag is stable here without a KVM lock.
-            return self._enable_cpu(cpu) if self.hotplug_callbacks_installed else True
+            return self._enable_cpu(cpu) if self._callbacks() else True
         with unless(CALLBACK_WITHOUT_KVM_LOCK, self.hazards, self.kvm_lock):
             return self._enable_cpu(cpu) if self._usage() else True
 
     def _offline_callback(self, cpu: int) -> None:
         if self.kvm_usage_lock is not None:
-            if self.hotplug_callbacks_installed:
+            if self._callbacks():
                 self._disable_cpu(cpu)
             return
         with unless(CALLBACK_WITHOUT_KVM_LOCK, self.hazards, self.kvm_lock):
@@ -447,15 +485,28 @@ class Machine:
         rewritten -- so ``kvm_lock`` is *not* a leaf: ``tsc_write_lock`` nests inside it, and
         nothing nests inside that. Returns how many VMs were updated.
         """
+        if HV_TSC_NOTIFIER_WALKS_UNLOCKED in self.hazards:
+            with self.kvm_lock:
+                vms = list(self.vm_list)  # broken: no kvm_get_kvm(), and kvm_lock dropped
+            for vm in vms:
+                self._rewrite_tsc_page(vm)
+            return len(vms)
         with self.kvm_lock:
             for vm in self.vm_list:
-                # __kvm_start_pvclock_update: raw_spin_lock_irq, interrupts off (guest entries
-                # stopped) before the lock is taken
-                with irq.local_irq_save(), unless(HV_TSC_PAGE_WITHOUT_TSC_WRITE_LOCK,
-                                                  vm.hazards, vm.tsc_write_lock):
-                    self._rt.point(vm, "update reference TSC page", True)
-                    vm.hv_tsc_page_updates += 1
+                self._rewrite_tsc_page(vm)
             return len(self.vm_list)
+
+    def _rewrite_tsc_page(self, vm: VM) -> None:
+        # __kvm_start_pvclock_update: raw_spin_lock_irq, interrupts off (guest entries
+        # stopped) before the lock is taken
+        with irq.local_irq_save(), unless(HV_TSC_PAGE_WITHOUT_TSC_WRITE_LOCK, vm.hazards,
+                                          vm.tsc_write_lock):
+            self._rt.point(vm, "update reference TSC page", True)
+            assert not vm.freed, (
+                f"the Hyper-V clock notifier rewrote the reference TSC page of {vm.name}, "
+                "which kvm_destroy_vm has freed: it reached the VM through vm_list without "
+                "kvm_lock or a reference")
+            vm.hv_tsc_page_updates += 1
 
     def static_key_update(self) -> None:
         """Patch a static key (e.g. a vCPU changing its local APIC base during KVM_RUN).
@@ -513,6 +564,9 @@ class Machine:
                 raise ValueError(f"destroy_vm: {vm!r} is not on this machine's vm_list "
                                  f"(already destroyed, or created elsewhere)") from None
         self.hardware_disable_all()
+        # kvm_arch_free_vm: a visible write of the VM, so a walker still using it is seen
+        self._rt.point(vm, "free kvm", True)
+        vm.freed = True
 
     # ------------------------------------------------------------------ invariant
 

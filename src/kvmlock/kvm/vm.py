@@ -189,6 +189,8 @@ class VM:
         #: set once the first shadow root allocated every memslot's rmaps (slots_arch_lock)
         self.shadow_root_allocated = Atomic64(0, name="kvm->arch.shadow_root_allocated")
         self.hv_tsc_page_updates = 0  # guarded: see the class attribute
+        #: set by Machine.destroy_vm once the VM is unpublished and gone (kvm_arch_free_vm)
+        self.freed = False
 
         # -- memory: host, memslots (swapped under the protocol in memslots.py), MMU
         if host is None:

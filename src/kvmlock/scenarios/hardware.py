@@ -87,9 +87,24 @@ def usage_lock_design() -> None:
 @scenario("hardware.last_destroy_vs_online.correct", variant="correct", expect="pass",
           rule="kvm_usage_lock design: the last VM disables every CPU and removes the hotplug "
                "callbacks in one cpus_read_lock section, racing a CPU coming online",
-          invariant=_HW_INVARIANT, catches=("callbacks_removed_apart",), max_runs=200)
+          invariant=_HW_INVARIANT,
+          catches=("callbacks_removed_apart", "disable_without_hotplug_lock"), max_runs=200)
 def last_destroy_vs_online() -> None:
-    m = Machine(2, usage_lock=True, offline=(1,))
+    _last_destroy_vs_online(None)
+
+
+@scenario("hardware.last_destroy_vs_online.broken", variant="broken", expect="assertion",
+          rule="kvm_usage_lock design, but the last VM disables the CPUs and removes the "
+               "hotplug callbacks without cpus_read_lock: a CPU coming online reads the "
+               "callbacks installed, the walk finds it not yet enabled, and the callback "
+               "enables it after the count reached 0",
+          invariant=_HW_INVARIANT, max_runs=200)
+def last_destroy_vs_online_broken() -> None:
+    _last_destroy_vs_online("disable_without_hotplug_lock")
+
+
+def _last_destroy_vs_online(hazard: str | None) -> None:
+    m = Machine(2, usage_lock=True, offline=(1,), hazards={hazard} if hazard else None)
     vm = m.create_vm()
     together(lambda: m.destroy_vm(vm), lambda: m.cpu_up(1),
              names=["last VM destroyed", "cpu online"])
@@ -271,6 +286,38 @@ def set_clock_vs_pending_update(broken: bool) -> None:
              names=["KVM_SET_CLOCK", "vcpu0 KVM_RUN"])
     enter_guest()  # the next entry serves whatever is left
     tsc.check_pvclocks()
+
+
+def _hyperv_notifier_vs_destroy(hazard: str | None) -> None:
+    # The host's TSC page changed while a VM is being destroyed: the notifier must rewrite the
+    # VM's reference TSC page either before kvm_destroy_vm unpublishes it or not at all.
+    m = Machine(1, hazards={hazard} if hazard else None)
+    a, b = m.create_vm(name="a"), m.create_vm(name="b")
+    told: list[int] = []
+    together(lambda: told.append(m.hyperv_tsc_notifier()), lambda: m.destroy_vm(a),
+             names=["hyperv clock notifier", "VM a destroyed"])
+    assert told[0] in (1, 2) and peek(b, "hv_tsc_page_updates") == 1, (
+        f"the notifier told {told[0]} VM(s) and rewrote VM b's page "
+        f"{peek(b, 'hv_tsc_page_updates')} time(s): every live VM is rewritten once")
+
+
+@scenario("kvmclock.hyperv_notifier_vs_destroy.correct", variant="correct", expect="pass",
+          rule="the Hyper-V clock notifier walks vm_list under kvm_lock, so a VM it rewrites "
+               "cannot be freed under it",
+          invariant="no VM's reference TSC page is rewritten after the VM was freed",
+          catches=("hv_tsc_notifier_walks_unlocked",), max_runs=500)
+def hyperv_notifier_vs_destroy() -> None:
+    _hyperv_notifier_vs_destroy(None)
+
+
+@scenario("kvmclock.hyperv_notifier_vs_destroy.broken", variant="broken", expect="assertion",
+          rule="the Hyper-V clock notifier copies vm_list under kvm_lock and rewrites the "
+               "pages after dropping it, with no reference: a VM destroyed in between is "
+               "freed while the notifier still uses it",
+          invariant="no VM's reference TSC page is rewritten after the VM was freed",
+          max_runs=500)
+def hyperv_notifier_vs_destroy_broken() -> None:
+    _hyperv_notifier_vs_destroy("hv_tsc_notifier_walks_unlocked")
 
 
 @scenario("tsc.synchronize.broken", variant="broken", expect="lockdep",
