@@ -242,8 +242,7 @@ def set_clock_vs_tsc_page() -> None:
     # or enter before it and serve nothing. Both have served every earlier request first: a
     # request still pending from before the change could be served between the change's
     # marking and its pvclock update, from the old clock, and mark the page 'set' for good --
-    # a window kvm_vm_ioctl_set_clock has too (its vCPUs are normally stopped), outside this
-    # rule.
+    # a window outside this rule (userspace normally sets the clock with its vCPUs stopped).
     vm = VM(None, nr_vcpus=2)
     tsc, hv = TscSync(vm), HyperV(vm)
     v0, v1 = vm.vcpus
