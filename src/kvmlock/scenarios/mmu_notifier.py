@@ -252,10 +252,9 @@ def _flush_vs_discards(hazard: str | None) -> None:
 
 _FLUSH_INV = ("no vCPU reads a frame the host freed: an invalidation that zapped an SPTE "
               "flushes TLBs before another one can see the SPTE gone")
-#: every schedule with up to two preemptions is 769 executions; the first 300 hold the
-#: late flush's window (the first invalidation preempted between its unlock and its flush,
-#: the second run to the free, then the vCPU)
-_FLUSH_BOUND = {"strategy": "dpor", "preemption_bound": 2, "max_runs": 300}
+#: one preemption is enough for the late flush's window: the first invalidation preempted
+#: between its unlock and its flush, the second run to the free, then the vCPU (59 executions)
+_FLUSH_BOUND = {"strategy": "dpor", "preemption_bound": 1}
 
 
 @scenario("mmu_notifier.flush_under_mmu_lock.correct",
