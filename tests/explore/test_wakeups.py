@@ -321,3 +321,50 @@ def test_threads_open_coded_rcuwait_loop_under_contention():
         t.join(30)
     assert not any(t.is_alive() for t in ts), "a wake-up was lost: a thread still sleeps"
     assert bad == []
+
+
+# --------------------------------------------------------------------- a condition's own reads
+
+
+class _Kicked:
+    """A sleeper waits for ``kicks``, a plain field; the waker changes it as a visible step."""
+
+    def __init__(self) -> None:
+        self.kicks = 0
+        self.w = RCUWait("kicked")
+
+
+def _late_kick(*, declared: bool, wake_first: bool):
+    def body() -> None:
+        s = _Kicked()
+
+        def sleeper() -> None:
+            s.w.wait(lambda: s.kicks > 0, reads=s if declared else None)
+
+        def waker() -> None:
+            if wake_first:
+                s.w.wake_up()  # broken: the sleeper may re-check before the kick
+            runtime.active().point(s, "kick", True)
+            s.kicks += 1
+            if not wake_first:
+                s.w.wake_up()
+
+        ts = [spawn(sleeper, name="sleeper"), spawn(waker, name="waker")]
+        for t in ts:
+            t.join()
+
+    return body
+
+
+def test_a_declared_condition_read_lets_dpor_find_a_wake_up_before_the_change():
+    res = explore.check(_late_kick(declared=True, wake_first=True), strategy="dpor")
+    assert res.failure is not None and res.failure.kind == "deadlock", res.headline()
+    assert explore.check(_late_kick(declared=True, wake_first=False), strategy="dpor").ok
+
+
+def test_an_undeclared_condition_read_is_invisible_to_dpor_but_not_to_dfs():
+    # why ``reads=`` exists: the check's read of the plain field is no visible step, so DPOR
+    # takes the kick as independent of it and never moves the check in between
+    assert explore.check(_late_kick(declared=False, wake_first=True), strategy="dpor").ok
+    res = explore.check(_late_kick(declared=False, wake_first=True), strategy="dfs")
+    assert res.failure is not None and res.failure.kind == "deadlock"

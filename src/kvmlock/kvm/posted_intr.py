@@ -65,6 +65,12 @@ PI_HANDLER_NO_WAKE = mutant(
     "pi_handler_no_wake", removes="the wake-up of a listed vCPU with ON set by the wakeup "
     "handler (kvm_vcpu_wake_up)",
     breaks="a posted interrupt always wakes the halted vCPU")
+PI_HANDLER_WAKES_BEFORE_KICK = mutant(
+    "pi_handler_wakes_before_kick", removes="the order of the wakeup handler's two steps: "
+    "the vCPU is woken before the state its wait tests is changed (the change comes after "
+    "rcuwait_wake_up)",
+    breaks="a waker changes what the sleeper tests first and wakes it second: woken early, "
+           "the vCPU re-tests, finds nothing and sleeps with no wake-up left to come")
 PI_LIST_WITHOUT_LOCK = mutant(
     "pi_list_without_lock", removes="wakeup_vcpus_on_cpu_lock around the per-CPU wakeup list",
     breaks="wakeup_vcpus_on_cpu is changed and walked only under wakeup_vcpus_on_cpu_lock")
@@ -147,7 +153,8 @@ class PostedVcpu:
         on = (early if early is not None else new) & PI_ON
         if on and PI_NO_ON_RECHECK not in hz:
             send_wakeup_vector(self.machine, self.cpu)  # the self-IPI
-        self.wait.wait(lambda: self.kicks > kicks)  # schedule(): until the handler wakes us
+        # schedule(): until the handler wakes us
+        self.wait.wait(lambda: self.kicks > kicks, reads=self)
         # vmx_vcpu_pi_load, wherever the vCPU runs next: off the list of the CPU it blocked on
         moved = resume_on is not None and resume_on != self.cpu
         nested = (self.machine.cpus[resume_on].wakeup_lock
@@ -191,8 +198,12 @@ def wakeup_handler(machine: Machine, cpu: int) -> int:
         runtime.active().point(pc, "read wakeup list", False)
         for pv in list(pc.wakeup_vcpus_on_cpu):
             if pv.control.load() & PI_ON:
+                late = PI_HANDLER_WAKES_BEFORE_KICK in machine.hazards
+                if late and PI_HANDLER_NO_WAKE not in machine.hazards:
+                    pv.wait.wake_up()  # broken: the vCPU may re-check before the kick lands
+                runtime.active().point(pv, "kick", True)
                 pv.kicks += 1
-                if PI_HANDLER_NO_WAKE not in machine.hazards:
+                if not late and PI_HANDLER_NO_WAKE not in machine.hazards:
                     pv.wait.wake_up()
                 woken += 1
     return woken

@@ -153,7 +153,7 @@ def _posted(hazard: str | None) -> None:
           rule="switching to the wakeup vector re-checks ON in the exchanged value (self-IPI)",
           invariant="a posted interrupt always wakes the halted vCPU and is delivered",
           catches=("pi_no_on_recheck", "pi_on_read_apart", "pi_vector_plain_store",
-                   "pi_handler_no_wake"),
+                   "pi_handler_no_wake", "pi_handler_wakes_before_kick"),
           max_runs=2000)
 def posted_wakeup_correct() -> None:
     _posted(None)

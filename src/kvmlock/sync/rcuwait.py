@@ -36,11 +36,19 @@ class RCUWait:
         self._wq = runtime.active().waitq(self)
         self._waiting = False
 
-    def wait(self, condition: Callable[[], bool]) -> None:
-        """``rcuwait_wait_event``: return once ``condition()`` is true, sleeping between wakes."""
+    def wait(self, condition: Callable[[], bool], *, reads: object = None) -> None:
+        """``rcuwait_wait_event``: return once ``condition()`` is true, sleeping between wakes.
+
+        ``reads`` names the object whose plain fields the condition reads: each check is
+        then also a visible read of it, so an explorer that reorders only dependent steps
+        still puts a waker's late change of that state after a check (the lost wake-up).
+        """
         lockdep.might_sleep("rcuwait_wait_event")
         wq = self._wq
+        rt = runtime.active() if reads is not None else None
         while True:
+            if rt is not None:
+                rt.point(reads, "rcuwait condition", False)
             with wq:
                 wq.point("rcuwait_wait_event")
                 state = wq.ticket()  # set_current_state before the check: no wake-up is lost
