@@ -64,6 +64,13 @@ DISABLE_WITHOUT_HOTPLUG_LOCK = mutant(
            "last VM goes must not be left with virtualization on and kvm_usage_count 0")
 
 
+CPUS_DISABLED_AFTER_HOTPLUG_UNLOCK = mutant(
+    "cpus_disabled_after_hotplug_unlock", removes="disabling the CPUs in the same "
+    "cpus_read_lock section that removes the hotplug callbacks (kvm_usage_lock design): the "
+    "callbacks are removed under it, the CPUs disabled after cpus_read_unlock",
+    breaks="cpu_hotplug_lock holds the online mask still while the last VM's disable walks it: "
+           "a CPU going offline in between is disabled by neither the removed callback nor "
+           "the walk")
 NX_WALK_HOLDS_KVM_LOCK = mutant(
     "nx_walk_holds_kvm_lock", removes="dropping kvm_lock before the NX-huge-pages write locks "
     "each VM's slots_lock (it zaps every VM with kvm_lock held)",
@@ -397,6 +404,10 @@ class Machine:
                         self._disable_all_cpus()
                     with self._hotplug_read():
                         self._set_callbacks(False)
+                elif n == 0 and CPUS_DISABLED_AFTER_HOTPLUG_UNLOCK in self.hazards:
+                    with self._hotplug_read_disable():
+                        self._set_callbacks(False)
+                    self._disable_all_cpus()  # broken: the online mask may change first
                 elif n == 0:
                     with self._hotplug_read_disable():
                         self._set_callbacks(False)

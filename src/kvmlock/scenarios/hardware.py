@@ -111,6 +111,23 @@ def _last_destroy_vs_online(hazard: str | None) -> None:
     m.check_hardware()
 
 
+@pair("hardware.last_destroy_vs_offline",
+      rule="kvm_usage_lock design: the last VM removes the hotplug callbacks and disables "
+           "every online CPU in one cpus_read_lock section, racing a CPU going offline",
+      broken_rule="kvm_usage_lock design, but the CPUs are disabled after cpus_read_unlock: a "
+                  "CPU going offline in between has no callback left to disable it, and the "
+                  "walk no longer sees it online",
+      broken_expect="assertion", invariant=_HW_INVARIANT,
+      catches=("cpus_disabled_after_hotplug_unlock",), max_runs=200)
+def last_destroy_vs_offline(broken: bool) -> None:
+    m = Machine(2, usage_lock=True,
+                hazards={"cpus_disabled_after_hotplug_unlock": broken})
+    vm = m.create_vm()
+    together(lambda: m.destroy_vm(vm), lambda: m.cpu_down(1),
+             names=["last VM destroyed", "cpu offline"])
+    m.check_hardware()
+
+
 @scenario("hardware.enable_failure.correct", variant="correct", expect="pass",
           rule="a CPU that cannot enable virtualization: VM creation or CPU online fails cleanly",
           invariant="either the VM exists and the bad CPU stayed offline, or creation failed "
