@@ -97,6 +97,17 @@ def test_pending_mutant_is_listed_never_applied_never_caught(temp_mutant):
     assert "1 pending" in mutation.summary([v], 0.0)
 
 
+def test_cli_a_pending_mutant_makes_the_verdict_incomplete(temp_mutant, capsys):
+    temp_mutant("test_only_pending", pending="waits for something")
+    assert verify.main(["--mutants", "test_only_pending"]) == 2
+    out = capsys.readouterr().out
+    assert "incomplete: 1 protection(s) declared but not shown necessary" in out
+    assert "test_only_pending" in out
+    # the near-miss: a caught mutant alone is a complete verdict
+    assert verify.main(["--mutants", "tdp_plain_store"]) == 0
+    assert "incomplete" not in capsys.readouterr().out
+
+
 def test_cli_exit_status_missed_and_caught(temp_mutant, capsys):
     temp_mutant("test_only_unused")  # weakens nothing: every scenario still passes
     assert verify.main(["--mutants", "test_only_unused", "--timeout", "5"]) == 1

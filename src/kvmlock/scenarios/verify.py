@@ -390,7 +390,8 @@ def _jobs(text: str) -> int:
 
 
 def _mutants_main(args: argparse.Namespace, console: Any) -> int:
-    """``--mutants``: the catalogue's table; 1 when a mutant is missed by every scenario."""
+    """``--mutants``: the catalogue's table; 1 when a mutant is missed by every scenario, 2
+    when none is but a pending one could not be applied (its protection is not shown needed)."""
     from kvmlock.scenarios import mutation
 
     try:
@@ -411,7 +412,11 @@ def _mutants_main(args: argparse.Namespace, console: Any) -> int:
     else:
         console.print(mutation.table(verdicts, console.width))
         console.print(mutation.summary(verdicts, time.perf_counter() - t0), highlight=False)
-    return 1 if missed else 0
+    pending = [v.mutant.name for v in verdicts if v.status == "pending"]
+    if pending and not missed and not args.json:
+        console.print(f"incomplete: {len(pending)} protection(s) declared but not shown "
+                      f"necessary (pending): {', '.join(pending)}", highlight=False)
+    return 1 if missed else 2 if pending else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

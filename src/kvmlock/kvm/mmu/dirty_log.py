@@ -57,6 +57,14 @@ HARVEST_FLUSH_LAST_GFN = mutant(
 HARVEST_WITHOUT_MMU_LOCK = mutant(
     "harvest_without_mmu_lock", removes="mmu_lock around the harvest's write-protection",
     breaks="SPTEs are write-protected with mmu_lock held")
+HARVEST_READ_LOCK = mutant(
+    "harvest_read_lock", removes="write mode of mmu_lock around the harvest's "
+    "write-protection (held for read)",
+    breaks="the harvest rewrites SPTEs that cannot change under it with plain stores, which "
+           "only write mode makes safe",
+    pending="no path of the model changes a present, writable SPTE under read-mode mmu_lock "
+            "(the kernel's NX huge-page recovery and eager page splitting do), so nothing can "
+            "race a read-mode harvest yet")
 HARVEST_FLUSH_BEFORE_PROTECT = mutant(
     "harvest_flush_before_protect", removes="the order of the harvest's flush (done before "
     "the SPTEs of the harvested gfns lose Dirty or W, not after)",
@@ -141,7 +149,8 @@ def get_dirty_log(vm: VM, slot_id: int) -> list[int]:
         early = HARVEST_FLUSH_BEFORE_PROTECT in vm.hazards
         bitmap = slot.dirty_bitmap
         assert bitmap is not None  # slot.logging
-        with unless(HARVEST_WITHOUT_MMU_LOCK, vm.hazards, vm.mmu_lock.write()):
+        mode = vm.mmu_lock.read() if HARVEST_READ_LOCK in vm.hazards else vm.mmu_lock.write()
+        with unless(HARVEST_WITHOUT_MMU_LOCK, vm.hazards, mode):
             bitmap.live()
             for w, word in enumerate(bitmap):
                 bitmap.check_live()
