@@ -19,19 +19,27 @@ def _two(fn):
     threadprogs.run_all(fn, fn)
 
 
+def _dict_counter(locked: bool):
+    """A dict counter, its lock, and a thread function adding one to the counter (under the
+    lock when ``locked``); made inside the explored body, where ``threading.Lock`` is
+    explored."""
+    d = {"n": 0}
+    lock = threading.Lock()
+
+    def inc():
+        if locked:
+            lock.acquire()
+        d["n"] += 1
+        if locked:
+            lock.release()
+
+    return d, lock, inc
+
+
 def test_lost_update_on_a_dict_item_is_found_and_the_locked_one_is_clean():
     def body(locked):
         def run():
-            d = {"n": 0}
-            lock = threading.Lock()
-
-            def inc():
-                if locked:
-                    lock.acquire()
-                d["n"] += 1
-                if locked:
-                    lock.release()
-
+            d, _lock, inc = _dict_counter(locked)
             _two(inc)
             assert d["n"] == 2
 
@@ -185,16 +193,7 @@ def _race_after_running_alone(locked: bool):
     races with it: tracing, off while one task ran, must cover that function's frame too."""
 
     def body():
-        d = {"n": 0}
-        lock = threading.Lock()
-
-        def inc():
-            if locked:
-                lock.acquire()
-            d["n"] += 1
-            if locked:
-                lock.release()
-
+        d, lock, inc = _dict_counter(locked)
         first = threading.Thread(target=lambda: None)
         first.start()
         first.join()  # alone again
