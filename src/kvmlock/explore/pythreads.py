@@ -320,6 +320,106 @@ def _make_allocate(prev: Callable[[], Any]) -> Callable[[], Any]:
 
 
 # --------------------------------------------------------------------------- threads
+class _StartFlag:
+    """A thread's ``_started`` event, without the Condition and lock an Event is built of.
+
+    An explored start sets it with no visible operation and nothing explored waits on it, so
+    every execution's threads would build those for nothing. Should the thread be started
+    for real after all (made inside an exploration, started after it), whoever waits on the
+    flag gets a real Event then: the flag is set before that event is looked at, and the
+    event is made before the flag is re-read, so a waiter never misses the start."""
+
+    __slots__ = ("_flag", "_event")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._event: threading.Event | None = None
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    isSet = is_set
+
+    def set(self) -> None:
+        self._flag = True
+        ev = self._event
+        if ev is not None:
+            ev.set()
+
+    def clear(self) -> None:
+        self._flag = False
+        ev = self._event
+        if ev is not None:
+            ev.clear()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._flag:
+            return True
+        ev = self._event
+        if ev is None:
+            ev = self._event = threading.Event()
+        if self._flag:
+            return True
+        return ev.wait(timeout)
+
+
+def _invoke_excepthook(thread: threading.Thread) -> None:
+    """``threading``'s hook for an exception in a thread, made only if one is ever needed
+    (an explored thread's exception is the execution's failure instead)."""
+    threading._make_invoke_excepthook()(thread)  # type: ignore[attr-defined]
+
+
+def _make_thread_init(prev: Callable[..., None]) -> Callable[..., None]:
+    def __init__(self: threading.Thread, group: None = None, target: Any = None,  # noqa: N807
+                 name: Any = None, args: Any = (), kwargs: Any = None, *,
+                 daemon: bool | None = None) -> None:
+        rt = getattr(_bound, "rt", None)
+        if rt is None:
+            return prev(self, group, target, name, args, kwargs, daemon=daemon)
+        _explored_init(self, rt, group, target, name, args, kwargs, daemon)
+        return None
+
+    __init__.__doc__ = prev.__doc__
+    return __init__
+
+
+def _explored_init(self: threading.Thread, rt: SimRuntime, group: None, target: Any,
+                   name: Any, args: Any, kwargs: Any, daemon: bool | None) -> None:
+    """``Thread.__init__`` inside an exploration: the same attributes, at a fraction of the
+    cost (every execution makes its threads again). What the real one builds for a thread
+    the OS runs is left out or made on demand: the start event's Condition (see
+    :class:`_StartFlag`), the exception hook's closure, and the registry of dangling
+    threads, which only real threads can be."""
+    assert group is None, "group argument must be None for now"
+    st = _states(rt)
+    if name:
+        name = str(name)
+    else:
+        # counted per execution, so names agree between a failure and its replay
+        name = f"Thread-{next(st['names'])}"
+        if target is not None:
+            try:
+                name += f" ({target.__name__})"
+            except AttributeError:
+                pass
+    self._target = target  # type: ignore[attr-defined]
+    self._name = name  # type: ignore[attr-defined]
+    self._args = args  # type: ignore[attr-defined]
+    self._kwargs = {} if kwargs is None else kwargs  # type: ignore[attr-defined]
+    if daemon is None:
+        cur = st["threads"].get(id(rt.current))
+        daemon = cur._daemonic if cur is not None else False  # type: ignore[attr-defined]
+    self._daemonic = daemon  # type: ignore[attr-defined]
+    self._ident = None  # type: ignore[attr-defined]
+    self._native_id = None  # type: ignore[attr-defined]
+    self._tstate_lock = None  # type: ignore[attr-defined]
+    self._started = _StartFlag()  # type: ignore[attr-defined,assignment]
+    self._is_stopped = False  # type: ignore[attr-defined]
+    self._initialized = True  # type: ignore[attr-defined]
+    self._stderr = sys.stderr  # type: ignore[attr-defined]
+    self._invoke_excepthook = _invoke_excepthook  # type: ignore[attr-defined]
+
+
 def _thread_start(self: threading.Thread) -> None:
     rt = getattr(_bound, "rt", None)
     if rt is None or getattr(self, "_kvmlock_rt", rt) is not rt:
@@ -526,14 +626,28 @@ _made: dict[tuple[int, str], tuple[Any, Any]] = {}  # (id(namespace), name) -> (
 _install_lock = threading.Lock()
 
 
-def _targets() -> list[tuple[Any, str, Callable[[Any], Any]]]:
+_target_lists: dict[bool, list[tuple[Any, str, Callable[[Any], Any], bool]]] = {}
+
+
+def _targets() -> list[tuple[Any, str, Callable[[Any], Any], bool]]:
+    """(namespace, attribute, maker(previous value) -> replacement, namespace is a class);
+    made once (with asyncio's, once something imported it), as every check installs them."""
+    aio = "asyncio" in sys.modules
+    got = _target_lists.get(aio)
+    if got is None:
+        got = _target_lists[aio] = [(ns, name, make, isinstance(ns, type))
+                                    for ns, name, make in _make_targets(aio)]
+    return got
+
+
+def _make_targets(aio: bool) -> list[tuple[Any, str, Callable[[Any], Any]]]:
     """(namespace, attribute, maker(previous value) -> replacement)."""
     import concurrent.futures.thread as cft
 
-    aio = None
-    if "asyncio" in sys.modules:  # asyncio's too, once something imported it
-        from kvmlock.explore import asyncio_loop as aio
-    return (aio.targets() if aio is not None else []) + [
+    mod = None
+    if aio:
+        from kvmlock.explore import asyncio_loop as mod
+    return (mod.targets() if mod is not None else []) + [
         (threading, "Lock", _make_lock),
         (threading, "RLock", _make_rlock),
         (threading, "_allocate_lock", _make_allocate),
@@ -547,6 +661,7 @@ def _targets() -> list[tuple[Any, str, Callable[[Any], Any]]]:
         (threading, "_newname", _make_newname),
         (queue, "SimpleQueue", lambda prev: queue._PySimpleQueue),  # type: ignore[attr-defined]
         (cft, "_global_shutdown_lock", lambda prev: _SharedLock(prev)),
+        (threading.Thread, "__init__", _make_thread_init),
         (threading.Thread, "start", lambda prev: _thread_start),
         (threading.Thread, "join", lambda prev: _thread_join),
         (threading.Thread, "is_alive", lambda prev: _thread_is_alive),
@@ -590,13 +705,56 @@ class _SharedLock:
         self._prev._at_fork_reinit()
 
 
+_by_id: dict[int, Any] = {}  # id(a replaced callable) -> its replacement, while installed
+#: What the last install put in: (namespace, name, before, ours, namespace is a class). The
+#: next install reuses it while every ``before`` is still what is there (checks install and
+#: take out the replacements every time: finding and making them again cost more than a
+#: small check's executions).
+_plan: list[tuple[Any, str, Any, Any, bool]] = []
+_plan_aio = False
+
+
 def _rebinds(module_globals: dict[str, Any] | None) -> list[tuple[str, Any]]:
     """Names in the body's module bound to a replaced object (``from threading import Lock``)."""
     if not module_globals:
         return []
-    table = {id(before): ours for (_ns, _n, before, ours) in _saved if callable(before)}
+    table = _by_id
+    if table.keys().isdisjoint(map(id, module_globals.values())):
+        return []  # (the usual case, found without a Python loop over the module)
     return [(name, table[id(v)]) for name, v in list(module_globals.items())
             if id(v) in table and v is not table[id(v)]]
+
+
+def _new_plan() -> list[tuple[Any, str, Any, Any, bool]]:
+    plan = []
+    for ns, name, make, cls in _targets():
+        before = ns.__dict__[name] if cls else getattr(ns, name)
+        # a replacement made for the same previous object is made once: making them
+        # (classes, closures) cost more than a small check's executions
+        made = _made.get((id(ns), name))
+        if made is not None and made[0] is before:
+            ours = made[1]
+        else:
+            ours = make(before)
+            _made[(id(ns), name)] = (before, ours)
+        plan.append((ns, name, before, ours, cls))
+    return plan
+
+
+def _install() -> None:
+    global _plan, _plan_aio
+    aio = "asyncio" in sys.modules
+    plan = _plan
+    if aio != _plan_aio or not plan or any(
+            (ns.__dict__.get(name) if cls else getattr(ns, name)) is not before
+            for ns, name, before, _ours, cls in plan):
+        plan = _plan = _new_plan()
+        _plan_aio = aio
+    for ns, name, before, ours, _cls in plan:
+        _saved.append((ns, name, before, ours))
+        setattr(ns, name, ours)
+        if callable(before):
+            _by_id[id(before)] = ours
 
 
 class Substitution:
@@ -606,18 +764,7 @@ class Substitution:
         global _depth
         with _install_lock:
             if _depth == 0:
-                for ns, name, make in _targets():
-                    before = ns.__dict__[name] if isinstance(ns, type) else getattr(ns, name)
-                    # a replacement made for the same previous object is made once: making
-                    # them (classes, closures) cost more than a small check's executions
-                    made = _made.get((id(ns), name))
-                    if made is not None and made[0] is before:
-                        ours = made[1]
-                    else:
-                        ours = make(before)
-                        _made[(id(ns), name)] = (before, ours)
-                    _saved.append((ns, name, before, ours))
-                    setattr(ns, name, ours)
+                _install()
             _depth += 1
         self._open = True
         g = getattr(body, "__globals__", None)
@@ -643,6 +790,7 @@ class Substitution:
                     if now is ours:  # else someone replaced it since: theirs stays
                         setattr(ns, name, before)
                 _saved.clear()
+                _by_id.clear()
 
     def __enter__(self) -> Substitution:
         return self
