@@ -163,6 +163,30 @@ def _slot(frame: Any, i: int) -> Any:
     return _value((iframe >> 3) + _LOCALSPLUS_WORD + i)
 
 
+#: id(code) -> the trace function of its frames (kept, and cleared, with ``_code_ops``'s
+#: entry): made once per code object, not once per execution.
+_code_fns: dict[int, Any] = {}
+
+
+def _frame_tracer(code: Any) -> Any:
+    """The trace function of ``code``'s frames: its instruction table bound in, so an
+    instruction that touches no data costs one lookup (returning None keeps a frame's trace
+    function). A data access goes to the tracer of the thread it runs in."""
+    table = _ops(code)
+    if table is None:
+        return None
+    get = table.get
+    here = _this_thread
+
+    def opcode(frame: Any, event: str, arg: Any) -> None:
+        op = get(frame.f_lasti)
+        if op is not None and event == "opcode":
+            here.tracer._on_op(frame, op)
+
+    _code_fns[id(code)] = opcode
+    return opcode
+
+
 class _Loc:
     """A traced location: what the trace table names and the explorer keys it by."""
 
@@ -187,12 +211,14 @@ class Tracer:
         if len(_codes) > _CODES_MAX:  # (between executions: no frame is traced now)
             _codes.clear()
             _code_ops.clear()
+            _code_fns.clear()
         self.rt = rt
         #: (id(object), name) -> [location key, label, {tid: load record}, {tid: store record}]
         self.locs: dict[tuple[int, Any], list[Any]] = {}
         self.ops = 0
-        self._fns: dict[int, Any] = {}  # id(code) -> its frames' trace function
         self._ts = _tstate()
+        self._outer = getattr(_this_thread, "tracer", None)
+        _this_thread.tracer = self  # (the one the per-code trace functions report to)
         self._tsp = _this_thread.addr
         self._prev = sys.gettrace()
         self._stop = rt.stop  # (the runtime's own: data accesses are inside the trace function)
@@ -259,40 +285,46 @@ class Tracer:
         finally:
             _LEAVE_TRACING(tsp)
 
-    def _started(self, make: Any, fn: Any, *rest: Any) -> Any:
-        """Start a task (``make``: the runtime's spawn or inject); a second live task turns
-        tracing on for the spawner too (the new task's own code turns it on when it starts,
-        which an interrupt's does only when it fires)."""
-        spawner = sys._getframe(2)
+    def _started(self, spawner: Any, make: Any, fn: Any, *rest: Any) -> Any:
+        """Start a task (``make``: the runtime's spawn or inject; ``spawner``: the frame that
+        asked); a second live task turns tracing on for the spawner too (the new task's own
+        code turns it on when it starts, which an interrupt's does only when it fires)."""
         fn = self.task(fn, spawner)
-        live = self.rt.live
+        h = make(self.rt, fn, *rest)
+        if not self._on and len(self.rt.live) > 1:
+            self._trace_on(spawner)
+        return h
+
+    def _untraced_spawn(self, fn: Any, args: tuple = (), name: str | None = None) -> Any:
+        # (tracing is entered before anything else is called: from traced code, every call
+        # made before that would be a trace event)
         if self._ts.tracing:
-            h = make(self.rt, fn, *rest)
-            if not self._on and len(live) > 1:
-                self._trace_on(spawner)
-            return h
+            return self._started(sys._getframe(1), _SIM_SPAWN, fn, args, name)
         tsp = self._tsp
         _ENTER_TRACING(tsp)
         try:
-            h = make(self.rt, fn, *rest)
-            if not self._on and len(live) > 1:
-                self._trace_on(spawner)
-            return h
+            return self._started(sys._getframe(1), _SIM_SPAWN, fn, args, name)
         finally:
             _LEAVE_TRACING(tsp)
 
-    def _untraced_spawn(self, fn: Any, args: tuple = (), name: str | None = None) -> Any:
-        return self._started(_SIM_SPAWN, fn, args, name)
-
     def _untraced_inject(self, fn: Any, args: tuple, victim: Any, name: str | None,
                          soft: bool = False) -> Any:
-        name = name or f"irq {getattr(fn, '__name__', 'handler')}"
-        return self._started(_SIM_INJECT, fn, args, victim, name, soft)
+        if self._ts.tracing:
+            return self._started(sys._getframe(1), _SIM_INJECT, fn, args, victim,
+                                 name or f"irq {getattr(fn, '__name__', 'handler')}", soft)
+        tsp = self._tsp
+        _ENTER_TRACING(tsp)
+        try:
+            return self._started(sys._getframe(1), _SIM_INJECT, fn, args, victim,
+                                 name or f"irq {getattr(fn, '__name__', 'handler')}", soft)
+        finally:
+            _LEAVE_TRACING(tsp)
 
     def close(self) -> None:
         ts = self._ts
         ts.tracing = 0  # (the hub runs outside any trace function)
         sys.settrace(self._prev)
+        _this_thread.tracer = self._outer
 
     # ------------------------------------------------------------------ trace functions
     def _call(self, frame: Any, event: str, arg: Any) -> Any:
@@ -302,11 +334,9 @@ class Tracer:
         code = frame.f_code
         if _code_ops.get(id(code), _MISS) is None:
             return None  # (most calls: code known not to be the user's)
-        fn = self._fns.get(id(code))
+        fn = _code_fns.get(id(code)) or _frame_tracer(code)
         if fn is None:
-            fn = self._fns[id(code)] = self._frame_tracer(code)
-            if fn is None:
-                return None
+            return None
         frame.f_trace_lines = False
         frame.f_trace_opcodes = True
         return fn
@@ -316,35 +346,15 @@ class Tracer:
         user's code its spawner is inside already (from ``frame`` outwards)."""
         self._on = True
         sys.settrace(self._call)
-        fns = self._fns
         while frame is not None:
             code = frame.f_code
             if _code_ops.get(id(code), _MISS) is not None:
-                fn = fns.get(id(code))
-                if fn is None:
-                    fn = fns[id(code)] = self._frame_tracer(code)
+                fn = _code_fns.get(id(code)) or _frame_tracer(code)
                 if fn is not None:
                     frame.f_trace = fn
                     frame.f_trace_lines = False
                     frame.f_trace_opcodes = True
             frame = frame.f_back
-
-    def _frame_tracer(self, code: Any) -> Any:
-        """The trace function of ``code``'s frames: its instruction table bound in, so an
-        instruction that touches no data costs one lookup (returning None keeps a frame's
-        trace function)."""
-        table = _ops(code)
-        if table is None:
-            return None
-        get = table.get
-        on_op = self._on_op
-
-        def opcode(frame: Any, event: str, arg: Any) -> None:
-            op = get(frame.f_lasti)
-            if op is not None and event == "opcode":
-                on_op(frame, op)
-
-        return opcode
 
     def _on_op(self, frame: Any, op: tuple[int, Any]) -> None:
         kind, a = op

@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from kvmlock.explore.records import _made as _records
+from kvmlock.explore.records import _record
 from kvmlock.explore.runtime import ACQ_NONE, ACQ_TRY, SimCell, SimRuntime, Task
 from kvmlock.lockdep import core as _core
 from kvmlock.lockdep import threading_instr as _instr
@@ -434,8 +436,12 @@ def _thread_start(self: threading.Thread) -> None:
     self._native_id = ident  # type: ignore[attr-defined]
     self._started._flag = True  # type: ignore[attr-defined]  # no visible operation for it
 
+    # (what runs here and in ``run`` may be traced, with memory=True: every Python call it
+    # makes before the scheduler's is a trace event, so they are kept few)
+    threads = (getattr(rt, "_pythreads", None) or _states(rt))["threads"]
+
     def run() -> None:
-        _states(rt)["threads"][id(rt.current)] = self
+        threads[id(rt.current)] = self
         try:
             self.run()
         finally:
@@ -445,7 +451,7 @@ def _thread_start(self: threading.Thread) -> None:
             except AttributeError:
                 pass
 
-    h = rt.spawn(run, (), self.name)
+    h = rt.spawn(run, (), self._name)  # type: ignore[attr-defined]
     self._kvmlock_task = h.task  # type: ignore[attr-defined]
 
 
@@ -454,13 +460,16 @@ def _thread_join(self: threading.Thread, timeout: float | None = None) -> None:
     task = getattr(self, "_kvmlock_task", None)
     if rt is None or task is None or self._kvmlock_rt is not rt:  # type: ignore[attr-defined]
         return _ORIG_THREAD["join"](self, timeout)
-    if task is rt.current:
+    cur = rt.current
+    if task is cur:
         raise RuntimeError("cannot join current thread")
+    # (the record made here, not by ``rt.visible``: under memory=True a call is a trace event)
     if timeout is None:
-        rt.visible(rt.current, None, "join", False, lambda: task.done, task.name, ACQ_NONE,
-                   task)
+        key = (cur.tid, None, False, "join", task.name, ACQ_NONE, True, task.tid)
+        rt.stop(cur, _records.get(key) or _record(key), lambda: task.done, task)
     else:  # may return before the thread ends; both outcomes are explored
-        rt.visible(rt.current, None, "join", False, None, task.name, ACQ_NONE, None)
+        key = (cur.tid, None, False, "join", task.name, ACQ_NONE, False, -1)
+        rt.stop(cur, _records.get(key) or _record(key), None, None)
 
 
 def _thread_is_alive(self: threading.Thread) -> bool:
