@@ -325,6 +325,11 @@ class Tracer:
         ts.tracing = 0  # (the hub runs outside any trace function)
         sys.settrace(self._prev)
         _this_thread.tracer = self._outer
+        # The runtime's own methods again: its wrappers are this tracer's bound methods, a
+        # reference cycle that would leave the execution to the cyclic collector.
+        d = self.rt.__dict__
+        for name in ("stop", "spawn", "inject"):
+            d.pop(name, None)
 
     # ------------------------------------------------------------------ trace functions
     def _call(self, frame: Any, event: str, arg: Any) -> Any:

@@ -837,6 +837,9 @@ class Binding:
 
     def close(self) -> None:
         _bound.rt = self._prev
+        # what the replacements kept for the execution: its threads name the runtime, so
+        # kept on it they are a reference cycle, which only the cyclic collector frees
+        self._rt.__dict__.pop("_pythreads", None)
         # ThreadPoolExecutor lists its threads for the interpreter's exit; explored ones are
         # over with their execution and must not be woken then.
         cft = sys.modules.get("concurrent.futures.thread")

@@ -720,6 +720,9 @@ class SimRuntime:
         self.keys = {}
         self.cells = []
         self.world = None
+        # nor the strategy: a failure kept for its report would keep the whole exploration's
+        # search state alive with it (through its exception's frames, in a cycle)
+        self.strategy = self.choose = self.tell = None
         for t in self.tasks:
             t.fn = t.args = t.p_pred = t.p_wq = t.lockdep = t.g = None
 
