@@ -361,20 +361,38 @@ class SimRuntime:
             self._owners.append(owner)
         return k
 
+    # (key() inlined in the three below: a model builds hundreds of primitives per execution,
+    # and an atomic's every operation asks)
     def lock_cell(self, owner: object, label: str) -> SimCell:
-        c = SimCell(self, self.key(owner), label or _label_of(owner))
+        k = self.keys.get(id(owner))
+        if k is None:
+            k = self.keys[id(owner)] = len(self._owners)
+            self._owners.append(owner)
+        c = SimCell(self, k, label or _label_of(owner))
         self.cells.append(c)
         return c
 
     def waitq(self, owner: object) -> SimWaitQueue:
-        return SimWaitQueue(self, self.key(owner), _label_of(owner), owner)
+        k = self.keys.get(id(owner))
+        if k is None:
+            k = self.keys[id(owner)] = len(self._owners)
+            self._owners.append(owner)
+        name = getattr(owner, "name", None)  # (_label_of, inlined)
+        return SimWaitQueue(self, k, name if isinstance(name, str) and name
+                            else type(owner).__name__, owner)
 
     def current_task(self) -> Any:
         return self.current
 
     def point(self, owner: object, kind: str, write: bool = True) -> None:
         t = self.current
-        key = (t.tid, self.key(owner), write, kind, _label_of(owner), ACQ_NONE, False, -1)
+        k = self.keys.get(id(owner))
+        if k is None:
+            k = self.keys[id(owner)] = len(self._owners)
+            self._owners.append(owner)
+        name = getattr(owner, "name", None)
+        key = (t.tid, k, write, kind, name if isinstance(name, str) and name
+               else type(owner).__name__, ACQ_NONE, False, -1)
         self.stop(t, _made.get(key) or _record(key), None, None)
 
     def spawn(self, fn: Callable[..., Any], args: tuple = (), name: str | None = None) -> SimHandle:
@@ -610,12 +628,12 @@ class SimRuntime:
         reads all came back unchanged runs only when nothing else can; no task at all that
         can run is a deadlock."""
         enabled = []
-        blocked: tuple[Pending, ...] = ()
+        blocked: list[Pending] | tuple[Pending, ...] = []
         spinners = None
         for t in self.live:
             p = t.p_pred
             if p is not None and not p():
-                blocked += (t.op,)  # type: ignore[assignment]
+                blocked.append(t.op)  # type: ignore[union-attr,arg-type]
                 continue
             if t.spinning and self._stuck(t):  # (the condition just evaluated may set it)
                 if spinners is None:
@@ -627,10 +645,10 @@ class SimRuntime:
         if not enabled:
             if spinners is None:
                 self._abort("deadlock")
-            return tuple(spinners), blocked  # type: ignore[arg-type]
+            return tuple(spinners), tuple(blocked)  # type: ignore[arg-type]
         if spinners is not None:
-            blocked += tuple(spinners)  # type: ignore[arg-type]
-        return tuple(enabled), blocked  # type: ignore[arg-type]
+            blocked += spinners  # type: ignore[operator]
+        return tuple(enabled), tuple(blocked) if blocked else ()  # type: ignore[arg-type]
 
     def _report(self) -> None:
         t = self.last

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from kvmlock.explore.records import ACQ_WAIT, Finished, Pending, Plan, ReplayMismatch
 from kvmlock.explore.strategies.base import Strategy
-from kvmlock.explore.strategies.events import Events, Op, independent
+from kvmlock.explore.strategies.events import Events, Op
 from kvmlock.explore.strategies.wakeup import (
     _EMPTY,
     NO_SLEEP,
@@ -201,15 +201,19 @@ class DPOR(Strategy):
             pdone = parent.done
             if psleep or len(pdone) > 1:  # else: nothing to carry over (done holds pc alone)
                 pops = parent.ops
-                last = pops[pc]
+                lo, lw = pops[pc]
                 sleep = {}
+                # (independent(op, (lo, lw)), inlined: this runs for every sleeper at every
+                # step below a branch)
                 for q, op in psleep.items():
-                    if q != pc and independent(op, last):
+                    if q != pc and (lo is None or (o := op[0]) is None or o != lo
+                                    or not (op[1] or lw)):
                         sleep[q] = op
                 for q in pdone:
                     if q != pc and q not in sleep and q in pops:
                         op = pops[q]
-                        if independent(op, last):
+                        if (lo is None or (o := op[0]) is None or o != lo
+                                or not (op[1] or lw)):
                             sleep[q] = op
                 if not sleep:
                     sleep = NO_SLEEP
@@ -252,7 +256,7 @@ class DPOR(Strategy):
                 node.done = set()
                 node.wut = wut
                 return None
-            pick = current if cur_on and current in cand else cand[0]
+            pick = current if cur_on and (cand is enabled or current in cand) else cand[0]
             tid = pick[0]
             op = (pick[1], pick[2])
             wut.append([tid, op, []])
