@@ -203,17 +203,17 @@ def set_gpte(vm: VM, va: int, gfn: int | None) -> None:
     i = va % len(sp.sptes)
     inverted = SYNC_TAKES_UNSYNC_LOCK_FIRST in vm.hazards
     early = UNSYNC_BEFORE_MMU_LOCK in vm.hazards
-    sampled = UNSYNC_SAMPLED_BEFORE_MMU_LOCK in vm.hazards
-    if early or sampled:
+    sampled = early or UNSYNC_SAMPLED_BEFORE_MMU_LOCK in vm.hazards
+    if sampled:
         runtime.active().point(sp, "read unsync", False)
         was_unsync = sp.unsync  # broken: mmu_lock is not held yet
     if early:
         mmu.mark_unsync(sp)  # broken: mmu_lock is not held yet
     with vm.mmu_lock.write():
         mmu.gpt[va].store(0 if gfn is None else gfn + 1)
+        if not sampled:
+            was_unsync = sp.unsync
         if not early:
-            if not sampled:
-                was_unsync = sp.unsync
             mmu.mark_unsync(sp)
         if not inverted:
             _sync_gpte(vm, sp, i)

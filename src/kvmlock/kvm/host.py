@@ -203,10 +203,7 @@ class Host:
             if pfn is None:
                 return False
             self._busy.add(hva)
-        tokens = []
-        for n in self.notifiers:
-            with self.mn_map:
-                tokens.append(n.invalidate_range_start(hva, hva + 1, blockable))
+        tokens = self._invalidate_start(hva, blockable)
         with mm:
             mm.point("ptep_clear_flush")
             del self._ptes[hva]
@@ -219,16 +216,13 @@ class Host:
         page = self.pages[pfn]
         flags = page.flags.xchg(0)
         data = page.data.load() if flags & PG_DIRTY else None
-        for n, token in zip(self.notifiers, tokens, strict=True):
-            n.invalidate_range_end(hva, hva + 1, token, blockable)
+        self._invalidate_end(hva, tokens, blockable)
         with mm:
             mm.point("free_page")
             if data is not None:
                 self._backing[hva] = data
                 self.stats["writeback"] += 1
-            page.hva = None
-            page.poison()
-            self._free.append(pfn)
+            self._free_frame(page)
             self._busy.discard(hva)
             self.stats["swap_out"] += 1
             mm.notify_all()
@@ -247,24 +241,36 @@ class Host:
         mm = self._mm
         with mm:  # a page being swapped or pinned is left to that path to finish first
             mm.wait_for(lambda: hva not in self._busy, "zap_page_range")
-        tokens = []
-        for n in self.notifiers:
-            with self.mn_map:
-                tokens.append(n.invalidate_range_start(hva, hva + 1))
+        tokens = self._invalidate_start(hva)
         with mm:
             mm.wait_for(lambda: hva not in self._busy, "zap_pte_range")
             pfn = self._ptes.pop(hva, None)
             self._backing.pop(hva, None)
             if pfn is not None:
-                page = self.pages[pfn]
-                page.hva = None
-                page.poison()
-                self._free.append(pfn)
+                self._free_frame(self.pages[pfn])
                 self.stats["discard"] += 1
                 mm.notify_all()
-        for n, token in zip(self.notifiers, tokens, strict=True):
-            n.invalidate_range_end(hva, hva + 1, token)
+        self._invalidate_end(hva, tokens)
         return pfn is not None
+
+    def _invalidate_start(self, hva: int, blockable: bool = True) -> list[Any]:
+        """Every notifier's invalidate_range_start for ``hva``, each inside the lockdep map
+        the kernel holds around it; the tokens their _end calls take back."""
+        tokens = []
+        for n in self.notifiers:
+            with self.mn_map:
+                tokens.append(n.invalidate_range_start(hva, hva + 1, blockable))
+        return tokens
+
+    def _invalidate_end(self, hva: int, tokens: list[Any], blockable: bool = True) -> None:
+        for n, token in zip(self.notifiers, tokens, strict=True):
+            n.invalidate_range_end(hva, hva + 1, token, blockable)
+
+    def _free_frame(self, page: HostPage) -> None:
+        """The host PTE is gone: the frame is unmapped, poisoned and free for reuse."""
+        page.hva = None
+        page.poison()
+        self._free.append(page.pfn)
 
     def age(self, hva: int) -> bool:
         """``page_referenced``: was ``hva`` used since last asked? The page's own referenced

@@ -404,14 +404,14 @@ class Machine:
                         self._disable_all_cpus()
                     with self._hotplug_read():
                         self._set_callbacks(False)
-                elif n == 0 and CPUS_DISABLED_AFTER_HOTPLUG_UNLOCK in self.hazards:
-                    with self._hotplug_read_disable():
-                        self._set_callbacks(False)
-                    self._disable_all_cpus()  # broken: the online mask may change first
                 elif n == 0:
+                    apart = CPUS_DISABLED_AFTER_HOTPLUG_UNLOCK in self.hazards
                     with self._hotplug_read_disable():
                         self._set_callbacks(False)
-                        self._disable_all_cpus()
+                        if not apart:
+                            self._disable_all_cpus()
+                    if apart:
+                        self._disable_all_cpus()  # broken: the online mask may change first
             return
         with self._hotplug_read_disable(), locked:
             n = self._check_count() - 1

@@ -224,8 +224,7 @@ class TscSync:
         was written from the VM's current clock."""
         pending = self.clock_update.load()
         offset = peek(self, "kvmclock_offset")
-        stale = {v.id: self.pvclock.get(v.id) for v in self.vm.vcpus
-                 if self.pvclock.get(v.id) != offset}
+        stale = {v.id: got for v in self.vm.vcpus if (got := self.pvclock.get(v.id)) != offset}
         assert not stale, (f"vCPU pvclock page(s) written from a stale clock: {stale}, the VM's "
                            f"clock offset is {offset}, pending clock updates {pending:#x}")
 
