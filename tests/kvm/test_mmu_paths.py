@@ -1,4 +1,5 @@
-"""Fault paths, SPTE updates, dirty logging and access tracking on real threads."""
+"""Fault paths, SPTE updates, dirty logging, access tracking and NX huge-page recovery on real
+threads."""
 
 import pytest
 
@@ -8,8 +9,12 @@ from kvmlock.kvm.host import PG_DIRTY
 from kvmlock.kvm.memslots import LOG_DIRTY_PAGES
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.dirty_log import MigrationCopy, get_dirty_log
+from kvmlock.kvm.mmu.nx_recovery import recover_nx_huge_page
 from kvmlock.kvm.mmu.update import spte_clear_track_bits, spte_update
+from kvmlock.kvm.mutants import applied
 from kvmlock.kvm.vm import VM
+from kvmlock.scenarios import verify
+from kvmlock.scenarios.registry import SCENARIOS
 
 
 def logged_vm(**kw):
@@ -286,3 +291,66 @@ def test_aging_flushes_only_when_it_takes_w_away():
         guest_write(v, 0, 2)
         mig.round()
         assert bool(mig.mismatches()) == broken, mig.mismatches()
+
+
+
+def test_recovery_frees_the_table_passes_dirty_on_and_the_next_fault_rebuilds_it():
+    vm, v = logged_vm()
+    guest_write(v, 1, 7)
+    sp = vm.mmu.walk(1)[0]
+    pfn = S.pfn_of(sp.sptes[1].peek())
+    vm.host.pages[pfn].flags.store(0)  # forget what the fault said: recovery must say it
+    assert recover_nx_huge_page(vm, 1)
+    assert sp.freed and vm.mmu.walk(1) is None
+    assert all(s.peek() == S.FROZEN for s in sp.sptes), "every SPTE of the table frozen"
+    assert vm.host.pages[pfn].flags.peek() & PG_DIRTY, "the SPTE's Dirty reached the page"
+    assert not recover_nx_huge_page(vm, 1), "nothing left to recover"
+    assert guest_read(v, 1) == 7 and vm.mmu.walk(1)[0] is not sp, "a fresh table"
+    vm.check()
+    assert lockdep.reports() == []
+
+
+def test_harvest_after_recovery_still_logs_the_next_write():
+    vm, v = logged_vm()
+    guest_write(v, 0, 1)
+    recover_nx_huge_page(vm, 0)
+    assert get_dirty_log(vm, 0) == [0]
+    guest_write(v, 0, 2)
+    assert get_dirty_log(vm, 0) == [0]
+
+
+def test_a_write_mode_writer_that_finds_a_frozen_spte_says_so():
+    vm, v = logged_vm()
+    guest_write(v, 0, 1)
+    sptep = vm.mmu.sptep(0)
+    live = sptep.peek()
+    with vm.mmu_lock.write():
+        assert spte_update(vm, sptep, live & ~S.W)  # near miss: a present SPTE is fine
+        sptep.store(S.FROZEN)
+        with pytest.raises(AssertionError, match="frozen under a writer"):
+            spte_update(vm, sptep, live & ~S.W)
+    assert S.describe(S.FROZEN) == "frozen" and not S.is_present(S.FROZEN)
+
+
+@pytest.mark.parametrize("mutant", ["harvest_read_lock", "recover_freeze_plain_store",
+                                    "recover_no_flush", "recover_free_no_grace_period"])
+def test_each_weakened_protection_fails_by_its_consequence(mutant):
+    """Not a lockdep report: a freed table touched, a write lost, a freed frame written."""
+    name = ("dirty_log.harvest_vs_nx_recovery.correct" if mutant == "harvest_read_lock"
+            else "nx_recovery.vs_write.correct")
+    sc = SCENARIOS[name]
+    assert verify.run_scenario(sc, timeout=120).failure is None
+    with applied(mutant):
+        out = verify.run_scenario(sc, timeout=120)
+    assert out.failure is not None and out.failure.kind == "assertion", out.result
+    assert any(w in out.failure.message for w in ("freed", "lost a write", "reads 0x0")), \
+        out.failure.message
+
+
+def test_nx_recovery_bad_inputs_are_clear_errors():
+    vm = VM(nr_vcpus=1, nr_pages=4, tdp=False)
+    with pytest.raises(ValueError, match="TDP MMU tables only"):
+        recover_nx_huge_page(vm, 0)
+    vm, _ = logged_vm()
+    with pytest.raises(ValueError, match="outside the guest address space"):
+        recover_nx_huge_page(vm, 99)

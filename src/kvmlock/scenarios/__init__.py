@@ -16,6 +16,7 @@ from kvmlock.scenarios import (  # noqa: F401  (imported to register their scena
     irqchip,
     memslots,
     mmu_notifier,
+    nx_recovery,
     orders,
     pml,
     protected,

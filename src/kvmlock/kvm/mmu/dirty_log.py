@@ -32,6 +32,7 @@ from kvmlock.kvm.mutants import mutant, unless
 
 if TYPE_CHECKING:
     from kvmlock.kvm.memslots import Memslot
+    from kvmlock.kvm.mmu.shadow import ShadowPage
     from kvmlock.kvm.vm import VM
 
 __all__ = ["MigrationCopy", "clear_dirty_gfn", "get_dirty_log", "slot_remove_write_access",
@@ -60,11 +61,9 @@ HARVEST_WITHOUT_MMU_LOCK = mutant(
 HARVEST_READ_LOCK = mutant(
     "harvest_read_lock", removes="write mode of mmu_lock around the harvest's "
     "write-protection (held for read)",
-    breaks="the harvest rewrites SPTEs that cannot change under it with plain stores, which "
-           "only write mode makes safe",
-    pending="no path of the model changes a present, writable SPTE under read-mode mmu_lock "
-            "(the kernel's NX huge-page recovery and eager page splitting do), so nothing can "
-            "race a read-mode harvest yet")
+    breaks="the harvest walks tables and rewrites SPTEs with plain stores, which only write "
+           "mode makes safe: it keeps read-mode writers (NX huge-page recovery removing a "
+           "table, freezing its SPTEs and freeing it) out")
 HARVEST_FLUSH_BEFORE_PROTECT = mutant(
     "harvest_flush_before_protect", removes="the order of the harvest's flush (done before "
     "the SPTEs of the harvested gfns lose Dirty or W, not after)",
@@ -91,10 +90,20 @@ def _update_gfn_sptes(vm: VM, gfn: int, change: Callable[[int], int | None]) -> 
     for sp, i in vm.mmu.gfn_sptes(gfn):
         sptep = sp.sptes[i]
         cur = sptep.load()
+        _check_not_freed(sp, "read")
         new = change(cur) if S.is_present(cur) else None
         if new is not None:
             flush |= spte_update(vm, sptep, new)
+            _check_not_freed(sp, "wrote")
     return flush
+
+
+def _check_not_freed(sp: ShadowPage, did: str) -> None:
+    # the model's KASAN, with the access: a write-mode walker holds no RCU read side, since
+    # no table it reached can be removed while it holds mmu_lock for write
+    assert not sp.freed, (
+        f"the harvest {did} an SPTE of shadow page {sp.index} after it was freed: a table it "
+        "walked was removed and freed under it")
 
 
 def write_protect_gfn(vm: VM, gfn: int) -> bool:

@@ -166,6 +166,8 @@ def _tdp_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int, p
         new = tracked_spte(vm, slot, gfn, new)
         sptep = sp.sptes[i]
         old = sptep.load()
+        if old == S.FROZEN:
+            return RETRY  # its table is being removed under read-mode mmu_lock
         if S.is_present(old):
             if S.pfn_of(old) != pfn:
                 return RETRY  # only an invalidation changes the pfn, and it zaps first

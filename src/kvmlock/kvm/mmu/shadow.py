@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from kvmlock.kvm.vm import VM
 
 __all__ = ["MMU", "SP_ENTRIES", "ShadowPage", "check_rmaps", "first_shadow_root_alloc",
-           "unmap_gfn_range", "zap_gfn_range"]
+           "grace_period", "unmap_gfn_range", "zap_gfn_range"]
 
 SP_ENTRIES = 8
 
@@ -257,14 +257,23 @@ class MMU:
             if gone and ZAP_ALL_NO_FLUSH not in vm.hazards:
                 flush_remote_tlbs(vm)
         if gone and FREE_PAGES_NO_GRACE_PERIOD not in vm.hazards:
-            for vcpu in vm.vcpus:  # call_rcu: the free runs after a grace period
-                vcpu.wait_lockless_walk()
+            grace_period(vm)  # call_rcu: the free runs after a grace period
         for sp in gone:
             with irq.softirq():  # the RCU callback that frees the page
                 if late:
                     self.unlink_page(sp)  # broken: mmu_lock is long dropped
                 sp.freed = True
         return len(gone)
+
+    def clear_parent(self, sp: ShadowPage) -> bool:
+        """``tdp_mmu_set_spte_atomic`` on the entry that points at ``sp`` (the model's one
+        upper level): replace it with nothing if it still points at ``sp``; one visible step.
+        The page itself is still reachable by walkers that read the entry before."""
+        runtime.active().point(self.pages, "cmpxchg parent SPTE", True)
+        if self.pages[sp.index] is not sp:
+            return False
+        self.pages[sp.index] = None
+        return True
 
     def unlink_page(self, sp: ShadowPage) -> None:
         """Take a zapped page off the VM's list (needs ``mmu_lock``, as :meth:`link_page`)."""
@@ -443,6 +452,13 @@ class MMU:
             self.rmap_remove(sp, i)
             return True
         return False
+
+
+def grace_period(vm: VM) -> None:
+    """``synchronize_rcu`` as the lockless walkers see it: every vCPU out of the walk it may be
+    in, so none still uses a shadow page unlinked before this call."""
+    for vcpu in vm.vcpus:
+        vcpu.wait_lockless_walk()
 
 
 def first_shadow_root_alloc(vm: VM) -> None:

@@ -42,6 +42,11 @@ HOST_WRITABLE = 1 << 57
 MMU_WRITABLE = 1 << 58
 #: bits cleared when an A/D-disabled SPTE is marked for access tracking
 ACC_TRACK_MASK = RWX
+#: the *frozen* value (the kernel's REMOVED_SPTE / FROZEN_SPTE): not present, and written
+#: only by a read-mode writer that owns the SPTE until it writes it again -- every SPTE of a
+#: table removed under read-mode ``mmu_lock`` stays frozen until the table is freed. Other
+#: read-mode writers seeing it retry; a write-mode writer never sees one.
+FROZEN = 1 << 59
 
 _NAMES = [
     (R, "R"), (W, "W"), (X, "X"), (ACCESSED, "A"), (DIRTY, "D"), (MMU_PRESENT, "P"),
@@ -180,6 +185,8 @@ def describe(spte: int) -> str:
     """Human-readable form used in traces and failure messages: ``pfn=3 R|W|A|D|P|HW|MW``."""
     if spte == 0:
         return "0 (not present)"
+    if spte == FROZEN:
+        return "frozen"
     bits = "|".join(n for m, n in _NAMES if spte & m)
     extra = ""
     if not ad_enabled(spte):

@@ -18,7 +18,8 @@ from kvmlock.sync import Atomic64
 if TYPE_CHECKING:
     from kvmlock.kvm.vm import VM
 
-__all__ = ["spte_clear_track_bits", "spte_set", "spte_update", "spte_update_no_track"]
+__all__ = ["propagate_ad", "spte_clear_track_bits", "spte_set", "spte_update",
+           "spte_update_no_track"]
 
 
 NONATOMIC_VOLATILE_CLEAR = mutant(
@@ -69,8 +70,16 @@ def spte_set(sptep: Atomic64, new: int) -> None:
 
 
 def spte_update_no_track(vm: VM, sptep: Atomic64, new: int) -> int:
-    """Replace the SPTE; returns the value really replaced."""
+    """Replace the SPTE; returns the value really replaced.
+
+    The callers hold ``mmu_lock`` for write, so no read-mode writer is between its freeze of
+    this SPTE and its next write of it (the kernel WARNs on a frozen SPTE here): finding one
+    means a read-mode writer ran under us.
+    """
     old = sptep.load()
+    assert old != S.FROZEN, (
+        f"{sptep.name} is frozen under a writer that relies on mmu_lock held for write: a "
+        "read-mode writer (one that freezes SPTEs) is changing it at the same time")
     if not S.is_present(old) or not _volatile(vm, old):
         sptep.store(new)
         return old
@@ -111,11 +120,17 @@ def spte_clear_track_bits(vm: VM, sptep: Atomic64) -> int:
     Returns the value dropped. The caller flushes TLBs before the page may be reused.
     """
     old = spte_update_no_track(vm, sptep, 0)
+    propagate_ad(vm, old)
+    return old
+
+
+def propagate_ad(vm: VM, old: int) -> None:
+    """An SPTE that held ``old`` is gone: its Accessed and Dirty bits reach the page
+    (``kvm_set_pfn_accessed/dirty``), the only record left of the accesses made through it."""
     if not S.is_present(old) or NO_AD_PROPAGATION in vm.hazards:
-        return old
+        return
     pfn = S.pfn_of(old)
     if S.is_accessed(old):
         vm.host.set_page_accessed(pfn)
     if S.is_dirty(old):
         vm.host.set_page_dirty(pfn)
-    return old
