@@ -10,6 +10,12 @@ on both sides or the comparison is void; then the ratio of the medians. ``--time
 per-scenario bound passed to verify: high by default so that no scenario is cut short by the
 clock on a loaded machine. Without ``--baseline`` only this tree is measured.
 
+Two versions far apart have different scenario lists, and a scenario of both may explore a
+different number of executions in each (the model changed under it). With ``--baseline`` a
+first, untimed turn on each side lists every scenario's executions, and the timed turns run
+only the scenarios both sides have and explore identically (same name, same executions); the
+scenarios left out are named.
+
     python benchmarks/bench_verify.py [--baseline /tmp/base/src] [--rounds N] [--cpu K] [NAME ...]
 """
 
@@ -38,11 +44,15 @@ gc.callbacks.append(cb)
 out = io.StringIO()
 c0 = time.process_time()
 with contextlib.redirect_stdout(out):
-    main(["verify", "--json", *sys.argv[1:]])
+    try:
+        main(["verify", "--json", *sys.argv[1:]])
+    except SystemExit:  # (an older verify may exit with its verdict)
+        pass
 cpu = time.process_time() - c0
 records = json.loads(out.getvalue())
 print(json.dumps({"cpu": cpu, "gc": in_gc[0], "executions": sum(r["executions"] for r in records),
-                  "met": all(r["met"] for r in records)}))
+                  "met": all(r["met"] for r in records),
+                  "per": {r["name"]: r["executions"] for r in records}}))
 """
 
 
@@ -55,6 +65,28 @@ def turn(src: str, names: list[str], timeout: float, cpu: int) -> dict:
     if p.returncode != 0:
         raise SystemExit(f"bench_verify: the run from {src} failed:\n{p.stderr[-2000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def common(sides: list[tuple[str, str]], names: list[str], timeout: float,
+           cpu: int) -> tuple[list[str], list[tuple[str, str]]]:
+    """The scenarios (of ``names``, or all) that both sides have and explore with the same
+    executions, from one untimed turn each; and the others, with why each is left out."""
+    (_, base_src), (_, here_src) = sides
+    base = turn(base_src, names, timeout, cpu)["per"]
+    here = turn(here_src, names, timeout, cpu)["per"]
+    same, left_out = [], []
+    for name in sorted(set(base) | set(here)):
+        if name not in base:
+            left_out.append((name, "only in this tree"))
+        elif name not in here:
+            left_out.append((name, "only in the baseline"))
+        elif base[name] != here[name]:
+            left_out.append((name, f"executions {base[name]} in the baseline, {here[name]} here"))
+        else:
+            same.append(name)
+    if not same:
+        raise SystemExit("bench_verify: no scenario is explored identically by both versions")
+    return same, left_out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,16 +102,31 @@ def main(argv: list[str] | None = None) -> int:
         if not os.path.isdir(os.path.join(args.baseline, "kvmlock")):
             raise SystemExit(f"bench_verify: no kvmlock package in {args.baseline}")
         sides.insert(0, ("baseline", os.path.abspath(args.baseline)))
+    names = list(args.names)
+    if len(sides) == 2:
+        names, left_out = common(sides, names, args.timeout, args.cpu)
+        print(f"compared: {len(names)} scenarios that both versions have and explore "
+              f"identically (same executions); left out: {len(left_out)}")
+        print("  compared: " + " ".join(names))
+        only = {where: sum(why == f"only in {where}" for _, why in left_out)
+                for where in ("the baseline", "this tree")}
+        print(f"  left out: {only['the baseline']} only in the baseline, {only['this tree']} "
+              f"only in this tree, and these explored differently:")
+        for name, why in left_out:
+            if not why.startswith("only in"):
+                print(f"    {name} ({why})")
     runs: dict[str, list[dict]] = {label: [] for label, _ in sides}
     for _ in range(args.rounds):
         for label, src in sides:
-            runs[label].append(turn(src, args.names, args.timeout, args.cpu))
+            runs[label].append(turn(src, names, args.timeout, args.cpu))
     try:
         load = " (load average {:.1f} {:.1f} {:.1f})".format(*os.getloadavg())
     except OSError:
         load = ""
     execs = {r["executions"] for rs in runs.values() for r in rs}
-    print(f"kvmlock verify {' '.join(args.names) or '(every scenario)'}: on CPU {args.cpu}, "
+    what = ("(the compared scenarios)" if len(sides) == 2
+            else " ".join(args.names) or "(every scenario)")
+    print(f"kvmlock verify {what}: on CPU {args.cpu}, "
           f"{args.rounds} rounds{load}")
     print(f"executions per turn: {', '.join(str(e) for e in sorted(execs))}"
           + ("" if len(execs) == 1 else " (DIFFERENT: comparison void)"))
