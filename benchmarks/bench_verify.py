@@ -139,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         turns = " ".join(f"{r['cpu']:.2f}" for r in rs)
         print(f"{label:<10} {med[label]:>15.2f} {in_gc:>17.2f}  {turns}")
     if len(sides) == 2:
-        print(f"ratio: {med['baseline'] / med['this tree']:.2f}x less CPU time than the "
-              f"baseline")
+        r = med["baseline"] / med["this tree"]
+        print(f"ratio: {r:.2f}x less CPU time than the baseline" if r >= 1 else
+              f"ratio: {1 / r:.2f}x MORE CPU time than the baseline")
     return 0
 
 
