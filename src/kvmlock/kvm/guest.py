@@ -23,11 +23,13 @@ from kvmlock.kvm.vcpu import TlbEntry
 
 if TYPE_CHECKING:
     from kvmlock.kvm.host import HostPage
+    from kvmlock.kvm.memslots import Memslots
     from kvmlock.kvm.mmu.shadow import ShadowPage
     from kvmlock.kvm.vcpu import VCPU
     from kvmlock.kvm.vm import VM
 
-__all__ = ["GuestFault", "guest_read", "guest_write", "load_cr3", "set_gpte", "write_gpte"]
+__all__ = ["GuestFault", "flush_pml_buffer", "guest_read", "guest_write", "load_cr3", "set_gpte",
+           "write_gpte"]
 
 GPTE_NO_FLUSH = mutant(
     "gpte_no_flush", removes="the TLB flush after syncing a changed guest page table",
@@ -66,6 +68,12 @@ TABLE_WRITABLE_AFTER_UNLOCK = mutant(
     breaks="shadow paging: a CR3 load's sync that runs between the two re-protects the table "
            "and marks the page in sync; the late step makes the table writable again, and the "
            "guest then changes a sync page's table without an exit")
+
+PML_FLUSH_WITHOUT_SRCU = mutant(
+    "pml_flush_without_srcu", removes="the kvm->srcu read side around draining the PML "
+    "buffer into the dirty bitmap after a VM exit",
+    breaks="memslots are used inside kvm->srcu: a memslot deleted while the vCPU drains its "
+           "buffer frees the dirty bitmap the drain writes")
 
 _FAULT = object()
 MAX_FAULTS = 10_000
@@ -109,10 +117,10 @@ def _hw_access(vcpu: VCPU, va: int, write: bool, value: int) -> object:
         hva = slot.gfn_to_hva(gfn) if slot is not None else None
         e = vcpu.tlb[va] = TlbEntry(S.pfn_of(cur), S.is_writable(cur), hva, gfn,
                                     S.is_dirty(seen))
-        if vm.mmu.pml and slot is not None and seen & ~cur & S.DIRTY:
-            # PML: setting Dirty logs the page (the CPU's buffer, drained into the bitmap at
-            # each exit, and the harvest kicks every vCPU out first: in the model, at once)
-            slot.mark_dirty(gfn, vm.hazards)
+        if vm.mmu.pml and seen & ~cur & S.DIRTY:
+            # PML: setting Dirty logs the gfn in the vCPU's own buffer; KVM drains it into the
+            # dirty bitmap after the exit (flush_pml_buffer)
+            vcpu.pml_buffer.append(gfn)
     page = vm.host.pages[e.pfn]
     if write:
         check_hw_write(vcpu, va, e.gfn)
@@ -136,6 +144,30 @@ def _check_frame(vcpu: VCPU, va: int, e: TlbEntry, page: HostPage, write: bool) 
         f" (it was hva {e.hva}'s): a stale mapping outlived the page")
 
 
+def flush_pml_buffer(vcpu: VCPU) -> None:
+    """``vmx_flush_pml_buffer``, run after a VM exit inside the vCPU's ``kvm->srcu`` read side:
+    each gfn the CPU logged is marked dirty in the memslot it belongs to *now*
+    (``kvm_vcpu_mark_page_dirty``). A memslot deleted meanwhile has taken its bitmap with it, but
+    only after a grace period, which waits for this read side."""
+    if not vcpu.pml_buffer:
+        return
+    vm = vcpu.vm
+    gfns, vcpu.pml_buffer = vcpu.pml_buffer, []
+    if PML_FLUSH_WITHOUT_SRCU in vm.hazards:
+        slots = vm.memslots.access_pointer()  # broken: nothing keeps the array or slot alive
+        _mark_logged(vm, slots, gfns)
+        return
+    with vm.srcu.read():
+        _mark_logged(vm, vm.memslots.srcu_dereference(vm.srcu), gfns)
+
+
+def _mark_logged(vm: VM, slots: Memslots, gfns: list[int]) -> None:
+    for gfn in gfns:
+        slot = slots.lookup(gfn)
+        if slot is not None:
+            slot.mark_dirty(gfn, vm.hazards)
+
+
 def _access(vcpu: VCPU, va: int, write: bool, value: int = 0) -> int | None:
     vcpu.vm.mmu.check_va(va)
     if write and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
@@ -146,6 +178,7 @@ def _access(vcpu: VCPU, va: int, write: bool, value: int = 0) -> int | None:
             r = _hw_access(vcpu, va, write, value)
         finally:
             vcpu.exit_guest()
+            flush_pml_buffer(vcpu)
         if r is not _FAULT:
             vcpu.stats["writes" if write else "reads"] += 1
             return r  # type: ignore[return-value]

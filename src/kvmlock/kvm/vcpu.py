@@ -87,6 +87,8 @@ class VCPU:
         self.in_guest = False
         #: inside a lockless walk of shadow pages (the TDP MMU's RCU read side)
         self.reading_spt = False
+        #: PML: the gfns the CPU logged in guest mode, drained into the dirty bitmap at exit
+        self.pml_buffer: list[int] = []
         self._cpu = runtime.active().waitq(self)
         #: counters for the workload's throughput report.
         self.stats: dict[str, int] = {
