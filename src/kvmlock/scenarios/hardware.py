@@ -259,7 +259,9 @@ def set_clock_vs_tsc_page() -> None:
     # or enter before it and serve nothing. Both have served every earlier request first: a
     # request still pending from before the change could be served between the change's
     # marking and its pvclock update, from the old clock, and mark the page 'set' for good --
-    # a window outside this rule (userspace normally sets the clock with its vCPUs stopped).
+    # a window the kernel has too (kvm_start_pvclock_update waits only for vCPUs in guest
+    # mode; see docs/kvm.md), outside this rule: userspace normally sets the clock with its
+    # vCPUs stopped.
     vm = VM(None, nr_vcpus=2)
     tsc, hv = TscSync(vm), HyperV(vm)
     v0, v1 = vm.vcpus
