@@ -23,7 +23,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +30,52 @@ __all__ = ["CATALOGUE", "Hazards", "Mutant", "applied", "hazards_of", "lock_kind
            "unless"]
 
 
-@dataclass(frozen=True)
-class Mutant:
+class Mutant(str):
     """One weakened protection.
 
     ``removes`` says what the mutant takes away, ``breaks`` the locking.rst rule or hazard that
     protection stands for; ``where`` (file:line of the declaration) is filled in by
     :func:`mutant`. ``pending``, when not empty, is why the mutant cannot be applied yet.
+
+    A mutant is its name (a ``str``) with those fields: the model asks ``X in vm.hazards`` at
+    every protected spot, millions of times in ``kvmlock verify``, and a set of names answers
+    that for a string without a Python call. Its fields cannot be changed.
     """
 
-    name: str
-    removes: str
-    breaks: str
-    where: str = ""
-    pending: str = ""
+    _FIELDS = ("removes", "breaks", "where", "pending")
+
+    def __new__(cls, name: str, removes: str, breaks: str, where: str = "",
+                pending: str = "") -> Mutant:
+        self = super().__new__(cls, name)
+        self.__dict__["_fields"] = (removes, breaks, where, pending)
+        return self
+
+    @property
+    def name(self) -> str:
+        return str.__str__(self)
+
+    @property
+    def removes(self) -> str:
+        return self._fields[0]  # type: ignore[attr-defined]
+
+    @property
+    def breaks(self) -> str:
+        return self._fields[1]  # type: ignore[attr-defined]
+
+    @property
+    def where(self) -> str:
+        return self._fields[2]  # type: ignore[attr-defined]
+
+    @property
+    def pending(self) -> str:
+        return self._fields[3]  # type: ignore[attr-defined]
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"mutant {self.name!r} cannot be changed")
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in zip(self._FIELDS, self._fields, strict=True))  # type: ignore[attr-defined]
+        return f"Mutant(name={self.name!r}, {fields})"
 
 
 _PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # .../src, holding kvmlock/
@@ -75,12 +106,12 @@ def mutant(name: str, *, removes: str, breaks: str, pending: str = "") -> Mutant
 class Hazards(frozenset):
     """The mutants one model object was built with (a frozenset of names).
 
-    ``X in hazards`` takes a :class:`Mutant` or its name; ``hazards.name`` is the same test by
-    attribute, so ``vm.hazards.fast_pf_indirect`` reads as a switch.
+    ``X in hazards`` takes a :class:`Mutant` or its name (a mutant is its name, so the set's
+    own test answers); ``hazards.name`` is the same test by attribute, so
+    ``vm.hazards.fast_pf_indirect`` reads as a switch.
     """
 
-    def __contains__(self, item: object) -> bool:
-        return frozenset.__contains__(self, getattr(item, "name", item))
+    __slots__ = ()
 
     def __getattr__(self, name: str) -> bool:
         if name in CATALOGUE:
