@@ -21,8 +21,9 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import Context
+from types import MappingProxyType
 from typing import Any
 
 from greenlet import GreenletExit, getcurrent, greenlet
@@ -129,6 +130,10 @@ class Task:
 
 _cell_ops: dict[tuple[int, int, str], tuple[Pending, Pending, Pending]] = {}
 
+#: The empty map a cell's operations and a queue's sleepers start as (read-only: the first
+#: entry gives the primitive a dict of its own).
+_NOBODY: Mapping[Any, Any] = MappingProxyType({})
+
 
 class SimCell:
     """A binary lock whose every call is a visible operation; contention parks the task."""
@@ -140,7 +145,8 @@ class SimCell:
         self.key = key
         self.label = label
         self.holder: Task | None = None
-        self.ops: dict[int, tuple[Pending, Pending, Pending]] = {}  # task -> its operations
+        #: task -> its operations (a dict of its own from the first operation)
+        self.ops: Mapping[int, tuple[Pending, Pending, Pending]] = _NOBODY
 
     def _free(self) -> bool:
         return self.holder is None
@@ -156,7 +162,9 @@ class SimCell:
                 pending(tid, k, "lock", True, lb, ACQ_LOCK, True),
                 pending(tid, k, "trylock", True, lb, ACQ_TRY, False),
                 pending(tid, k, "unlock", True, lb, ACQ_RELEASE, False))
-        self.ops[tid] = o
+        if self.ops is _NOBODY:
+            self.ops = {}
+        self.ops[tid] = o  # type: ignore[index]
         return o
 
     def acquire(self, blocking: bool = True) -> bool:
@@ -206,7 +214,9 @@ class SimWaitQueue:
         self.label = label
         self.owner = owner
         self.wakes = 0  # wake-ups so far; a ticket is the count its sleeper saw
-        self.sleepers: dict[Task, int] = {}  # task asleep here -> its ticket
+        #: task asleep here -> its ticket (a dict of its own from the first sleep: most
+        #: queues never have a sleeper, and a model builds dozens per execution)
+        self.sleepers: Mapping[Task, int] = _NOBODY
 
     def __enter__(self) -> SimWaitQueue:
         return self
@@ -248,9 +258,11 @@ class SimWaitQueue:
         def woken() -> bool:
             return self.wakes != ticket
 
-        self.sleepers[t] = ticket
+        if self.sleepers is _NOBODY:
+            self.sleepers = {}
+        self.sleepers[t] = ticket  # type: ignore[index]
         rt.visible(t, self.key, kind, True, woken, self.label, ACQ_WAIT, self)
-        del self.sleepers[t]
+        del self.sleepers[t]  # type: ignore[attr-defined]
 
     def wake_up(self) -> None:
         self._atomic_with_own_write("wake_up")

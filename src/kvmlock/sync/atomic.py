@@ -23,7 +23,9 @@ class Atomic64:
 
     def __init__(self, value: int = 0, *, name: str = "atomic64") -> None:
         self.name = name
-        self._v = _u64(value, "__init__")
+        # (_u64's test inlined for the plain int every caller passes: a model builds many)
+        self._v = value if type(value) is int and 0 <= value <= MASK64 else _u64(value,
+                                                                                  "__init__")
         self._wq = runtime.active().waitq(self)
 
     def load(self) -> int:
@@ -35,7 +37,8 @@ class Atomic64:
     read = load
 
     def store(self, value: int) -> None:
-        value = _u64(value, "store")
+        if type(value) is not int or not 0 <= value <= MASK64:
+            value = _u64(value, "store")
         wq = self._wq
         with wq:
             wq.point("store")
@@ -45,7 +48,8 @@ class Atomic64:
 
     def cmpxchg(self, old: int, new: int) -> int:
         """Store ``new`` if the value is ``old``; returns the value found (== old on success)."""
-        new = _u64(new, "cmpxchg")
+        if type(new) is not int or not 0 <= new <= MASK64:
+            new = _u64(new, "cmpxchg")
         wq = self._wq
         with wq:
             wq.point("cmpxchg")
@@ -55,7 +59,8 @@ class Atomic64:
             return cur
 
     def xchg(self, value: int) -> int:
-        value = _u64(value, "xchg")
+        if type(value) is not int or not 0 <= value <= MASK64:
+            value = _u64(value, "xchg")
         wq = self._wq
         with wq:
             wq.point("xchg")
@@ -63,7 +68,8 @@ class Atomic64:
             return cur
 
     def fetch_or(self, mask: int) -> int:
-        mask = _u64(mask, "fetch_or")
+        if type(mask) is not int or not 0 <= mask <= MASK64:
+            mask = _u64(mask, "fetch_or")
         wq = self._wq
         with wq:
             wq.point("fetch_or")
@@ -72,7 +78,8 @@ class Atomic64:
             return cur
 
     def fetch_and(self, mask: int) -> int:
-        mask = _u64(mask, "fetch_and")
+        if type(mask) is not int or not 0 <= mask <= MASK64:
+            mask = _u64(mask, "fetch_and")
         wq = self._wq
         with wq:
             wq.point("fetch_and")
