@@ -857,8 +857,9 @@ def _user_frames(frame: Any) -> Iterator[Any]:
 
 
 def _point(frame: Any) -> Any:
-    """The user's program point (code object, line) that led to this operation (every read
-    asks: a plain loop, not the generator)."""
+    """The user's program point (code object, instruction offset: the call that led to this
+    operation) -- every read asks, so a plain loop, not the generator, and no line number,
+    which CPython finds by walking the code's line table from its start."""
     f = frame
     cache = _CODE_INTERNAL
     while f is not None:
@@ -867,7 +868,7 @@ def _point(frame: Any) -> Any:
         if internal is None:
             internal = cache[code] = code.co_filename.startswith(_INTERNAL)
         if not internal:
-            return (code, f.f_lineno)
+            return (code, f.f_lasti)
         f = f.f_back
     return None
 
