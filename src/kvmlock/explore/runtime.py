@@ -499,7 +499,11 @@ class SimRuntime:
             self.current = p
             p.g.switch()  # type: ignore[union-attr]
         else:
-            nxt = self._pick(t)
+            # (a step of the plan's prefix with nothing to tell the strategy goes straight to
+            # the replay path: most steps are such)
+            n = self.nsteps
+            nxt = (self._replayed(t, self.prefix[n]) if n < self.nprefix and self.last is None
+                   else self._pick(t))
             if nxt is not t:
                 self.current = nxt
                 nxt.g.switch()
