@@ -107,11 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         names, left_out = common(sides, names, args.timeout, args.cpu)
         print(f"compared: {len(names)} scenarios that both versions have and explore "
               f"identically (same executions); left out: {len(left_out)}")
-        print("  compared: " + " ".join(names))
+        if left_out:
+            print("  compared: " + " ".join(names))
         only = {where: sum(why == f"only in {where}" for _, why in left_out)
                 for where in ("the baseline", "this tree")}
-        print(f"  left out: {only['the baseline']} only in the baseline, {only['this tree']} "
-              f"only in this tree, and these explored differently:")
+        if left_out:
+            print(f"  left out: {only['the baseline']} only in the baseline, "
+                  f"{only['this tree']} only in this tree, and these explored differently:")
         for name, why in left_out:
             if not why.startswith("only in"):
                 print(f"    {name} ({why})")
