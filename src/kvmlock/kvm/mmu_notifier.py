@@ -63,6 +63,11 @@ NOTIFIER_FLUSH_AFTER_UNLOCK = mutant(
     breaks="once mmu_lock is dropped with the SPTE gone, a concurrent invalidation of the "
            "same page finds nothing to zap or flush, and the host frees the frame a vCPU's "
            "TLB still maps")
+NOTIFIER_FLUSH_LAST_SLOT = mutant(
+    "notifier_flush_last_slot", removes="the MMU notifier's flush decision gathered over "
+    "every memslot the range meets (only the last one's counts)",
+    breaks="invalidate: two memslots may alias one hva; a zap in any of them flushes TLBs "
+           "before the host frees the page")
 NOTIFIER_READ_LOCK = mutant(
     "notifier_read_lock", removes="write mode of mmu_lock in the MMU notifier (read instead)",
     breaks="invalidation state (mmu_invalidate_in_progress) and zaps change under mmu_lock "
@@ -127,6 +132,7 @@ class KvmMmuNotifier:
             locked = False
             ret = flush = False
             late = NOTIFIER_FLUSH_AFTER_UNLOCK in vm.hazards
+            last_slot_only = NOTIFIER_FLUSH_LAST_SLOT in vm.hazards
             try:
                 read = NOTIFIER_READ_LOCK in vm.hazards
                 for slot, gstart, gend in slots.overlapping(start, end):
@@ -142,7 +148,7 @@ class KvmMmuNotifier:
                     if handler is not None:
                         r, f = handler(vm, slot, gstart, gend)
                         ret |= r
-                        flush |= f
+                        flush = f if last_slot_only else flush or f
                 if flush and not late:
                     flush_remote_tlbs(vm)
             finally:

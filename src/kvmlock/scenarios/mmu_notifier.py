@@ -22,6 +22,11 @@ and ``slots_arch_lock``, sleeps until no invalidation is active.
   (``MADV_DONTNEED``, no page lock) while a vCPU reads it through its TLB. The first
   invalidation zaps the SPTE and must flush before it drops ``mmu_lock``: the second finds
   nothing to zap, so nothing to flush, and frees the frame as soon as it has cleared the PTE.
+* ``mmu_notifier.aliased_slots`` -- two memslots map one hva; swap-out zaps the SPTE in the
+  first and finds nothing in the second. The flush is owed for any slot's zap, not the last's.
+* ``page_fault.vs_ended_invalidation`` -- the swap-out of the faulting vCPU's page ends, and
+  one of another page begins, before the fault takes ``mmu_lock``: only the sequence says the
+  fault's frame is gone, so it is compared whatever invalidation is in progress.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from kvmlock.kvm.guest import guest_read, guest_write
 from kvmlock.kvm.memslots import LOG_DIRTY_PAGES
 from kvmlock.kvm.vm import VM
 from kvmlock.scenarios.orders import together
-from kvmlock.scenarios.registry import scenario
+from kvmlock.scenarios.registry import pair, scenario
 
 __all__: list[str] = []
 
@@ -235,6 +240,36 @@ def fault_vs_two_invalidations() -> None:
     assert got == (1, 5), f"the guest wrote (1, 5) but reads {got} after the swap-outs"
 
 
+@pair("page_fault.vs_ended_invalidation",
+      rule="a slow fault compares mmu_invalidate_seq even while an invalidation of another "
+           "page is in progress: its own page's invalidation may have ended already",
+      broken_rule="while any invalidation is in progress only its range decides: the fault "
+                  "whose page was swapped out meanwhile installs the frame the host freed",
+      broken_expect="assertion", catches=("seq_unchecked_in_progress",),
+      invariant="every present SPTE maps the host's current frame; no access to a freed "
+                "frame; the write survives the swap-outs",
+      strategy="dpor", max_runs=20000, preemption_bound=2)
+def fault_vs_ended_invalidation(broken: bool) -> None:
+    # The vCPU found page 1's frame; swap-out of page 1 then runs to its end (the sequence
+    # moves) and swap-out of page 0 begins before the fault takes mmu_lock.
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=3,
+            hazards={"seq_unchecked_in_progress": broken})
+    vm.host.reclaim_nested = False
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    (v0,) = vm.vcpus
+    guest_write(v0, 0, 1)
+    vm.host.fault_in(1)  # mapped by the host, not yet by KVM: the vCPU takes the slow path
+
+    def reclaim() -> None:
+        vm.host.swap_out(1)
+        vm.host.swap_out(0)
+
+    together(lambda: guest_write(v0, 1, 5), reclaim, names=["vcpu0_writes", "reclaim"])
+    vm.check()
+    got = (guest_read(v0, 0), guest_read(v0, 1))
+    assert got == (1, 5), f"the guest wrote (1, 5) but reads {got} after the swap-outs"
+
+
 def _flush_vs_discards(hazard: str | None) -> None:
     # Page 0 (gfn 0 -> hva 0) was written, so vcpu0's TLB caches it writable. vcpu0 reads it
     # again while two threads discard hva 0: whichever clears the host PTE frees the frame.
@@ -274,3 +309,27 @@ def flush_under_mmu_lock() -> None:
           variant="broken", expect="assertion", invariant=_FLUSH_INV, **_FLUSH_BOUND)
 def flush_after_unlock() -> None:
     _flush_vs_discards("notifier_flush_after_unlock")
+
+
+@pair("mmu_notifier.aliased_slots",
+      rule="an invalidation flushes TLBs if it zapped an SPTE in any memslot its range meets: "
+           "two memslots may map one hva",
+      broken_rule="the flush decided by the last memslot the range meets: the zap in the "
+                  "first aliasing slot is not flushed, and the host frees a frame a vCPU's "
+                  "TLB still maps",
+      broken_expect="assertion", catches=("notifier_flush_last_slot",),
+      invariant="no vCPU reads a frame the host freed", strategy="dpor")
+def aliased_slots(broken: bool) -> None:
+    # Slots 0 and 1 both map hva 0 (at gfns 0 and 2). The vCPU cached gfn 0's translation;
+    # swap-out of hva 0 zaps it in slot 0 and finds nothing mapped in slot 1.
+    vm = VM(nr_vcpus=1, nr_pages=4, host_pages=2,
+            hazards={"notifier_flush_last_slot": broken})
+    vm.host.reclaim_nested = False
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    vm.set_memory_region(1, base_gfn=2, npages=2, hva=0)
+    (v0,) = vm.vcpus
+    guest_write(v0, 0, 5)
+    vm.host.swap_out(0)
+    got = guest_read(v0, 0)
+    vm.check()
+    assert got == 5, f"the guest wrote 5 to page 0 but reads {got:#x} after swap-out"

@@ -38,6 +38,11 @@ NO_INVALIDATE_RETRY = mutant(
 NO_IN_PROGRESS_CHECK = mutant(
     "no_in_progress_check", removes="the retry check's mmu_invalidate_in_progress test",
     breaks="a fault that found the page between invalidate_range_start and _end must retry")
+SEQ_UNCHECKED_IN_PROGRESS = mutant(
+    "seq_unchecked_in_progress", removes="the retry check's sequence comparison while some "
+    "invalidation is in progress (only that invalidation's range decides then)",
+    breaks="a fault whose page was invalidated and freed after it sampled mmu_invalidate_seq "
+           "retries, even while an invalidation of another page is in progress")
 SEQ_AFTER_FAULT_IN = mutant(
     "seq_after_fault_in", removes="reading mmu_invalidate_seq before looking up the page",
     breaks="mmu_invalidate_seq is sampled before hva_to_pfn, or a whole invalidation between "
@@ -90,9 +95,10 @@ def invalidate_retry(vm: VM, mmu_seq: int, hva: int) -> bool:
     vm.mmu_lock.assert_held()
     if NO_INVALIDATE_RETRY in vm.hazards:
         return False
-    if vm.mmu_invalidate_in_progress and NO_IN_PROGRESS_CHECK not in vm.hazards and \
-            vm.mmu_invalidate_range_start <= hva < vm.mmu_invalidate_range_end:
-        return True
+    if vm.mmu_invalidate_in_progress and NO_IN_PROGRESS_CHECK not in vm.hazards:
+        in_range = vm.mmu_invalidate_range_start <= hva < vm.mmu_invalidate_range_end
+        if in_range or SEQ_UNCHECKED_IN_PROGRESS in vm.hazards:
+            return in_range  # broken when not in range: the sequence is never compared
     return vm.mmu_invalidate_seq.load() != mmu_seq
 
 
