@@ -35,6 +35,11 @@ HV_EVENTFD_WITHOUT_HV_LOCK = mutant(
     "hv_eventfd_without_hv_lock", removes="hv_lock around KVM_HYPERV_EVENTFD's binding",
     breaks="kvm->arch.hyperv.hv_lock protects the eventfd bindings")
 
+HV_TSC_PAGE_TESTED_APART = mutant(
+    "hv_tsc_page_tested_apart", removes="kvm_hv_setup_tsc_page's test of the page's status and "
+    "address and its rewrite in one hv_lock section (the lock dropped and taken again between)",
+    breaks="kvm->arch.hyperv.hv_lock protects the reference TSC page: a guest moving its page "
+           "in between leaves KVM writing guest memory at the address the guest gave up")
 HV_REF_TSC_UPDATE_UNDER_HV_LOCK = mutant(
     "hv_ref_tsc_update_under_hv_lock", removes="(adds) the reference-TSC MSR write rewriting "
     "the TSC page itself, under hv_lock (the pvclock update's tsc_write_lock inside it), "
@@ -117,11 +122,29 @@ class HyperV:
         """``kvm_hv_setup_tsc_page``, from a vCPU's clock update: the page is rewritten from
         the VM's clock (``clock_offset``) only if the guest or the host marked it changed --
         a page marked 'set' is taken to be current and left alone."""
+        apart = HV_TSC_PAGE_TESTED_APART in self.vm.hazards
         with self.lock:
-            if self.partition.get(TSC_PAGE_STATUS) in (TSC_PAGE_GUEST_CHANGED,
-                                                       TSC_PAGE_HOST_CHANGED):
-                self.partition[TSC_PAGE_CLOCK] = clock_offset
-                self.partition[TSC_PAGE_STATUS] = TSC_PAGE_SET
+            changed = self.partition.get(TSC_PAGE_STATUS) in (TSC_PAGE_GUEST_CHANGED,
+                                                              TSC_PAGE_HOST_CHANGED)
+            at = self.partition.get("HV_X64_MSR_REFERENCE_TSC", 0)
+            if changed and not apart:
+                self._write_tsc_page(at, clock_offset)
+        if changed and apart:
+            with self.lock:  # broken: the guest may have moved the page meanwhile
+                self._write_tsc_page(at, clock_offset)
+
+    def _write_tsc_page(self, at: int, clock_offset: int) -> None:
+        """Write the page (``hv_lock`` held) at ``at``, the MSR value its status was read with.
+
+        The page is guest memory, at the address the MSR names: written at an address the
+        guest has since given up (moved the page, or disabled it), it is a stray write into
+        memory the guest may have reused -- checked here, where the write happens."""
+        now = self.partition.get("HV_X64_MSR_REFERENCE_TSC", 0)
+        assert at == now, (
+            f"KVM wrote the reference TSC page for MSR value {at:#x}, but the guest has set "
+            f"{now:#x} since: a write into guest memory the guest no longer gave for the page")
+        self.partition[TSC_PAGE_CLOCK] = clock_offset
+        self.partition[TSC_PAGE_STATUS] = TSC_PAGE_SET
 
     def check_tsc_page(self, clock_offset: int) -> None:
         """Invariant, once every vCPU has served its clock requests: an enabled reference TSC

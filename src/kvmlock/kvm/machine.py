@@ -84,6 +84,13 @@ USAGE_LOCK_INSIDE_HOTPLUG = mutant(
     "usage_lock_inside_hotplug",
     removes="(adds) kvm_usage_lock taken inside cpus_read_lock when enabling",
     breaks="kvm_usage_lock is taken outside cpus_read_lock")
+FAILED_ENABLE_UNINSTALLS_APART = mutant(
+    "failed_enable_uninstalls_apart", removes="rolling back a failed first enable in the "
+    "cpus_read_lock section that installed the hotplug callbacks (kvm_usage_lock design: "
+    "they are removed after cpus_read_unlock)",
+    breaks="a failed VM creation leaves nothing enabled: a CPU coming online between the "
+           "enabling's section and the late removal finds the callbacks installed, is enabled "
+           "by them, and stays enabled with kvm_usage_count 0")
 CALLBACKS_REMOVED_APART = mutant(
     "callbacks_removed_apart", removes="removing the hotplug callbacks in the same "
     "cpus_read_lock section that disables the online CPUs (the last VM disables them in one "
@@ -361,6 +368,7 @@ class Machine:
 
     def _first_enable(self) -> None:
         """New design: the first VM installs the hotplug callbacks and enables every CPU."""
+        apart = FAILED_ENABLE_UNINSTALLS_APART in self.hazards
         try:
             with self._hotplug_read():
                 self._set_callbacks(True)
@@ -369,9 +377,12 @@ class Machine:
                 except HardwareEnableError:
                     # rolled back inside the same cpus_read_lock section, as cpuhp_setup_state
                     # does: a CPU coming online right after must not find the callbacks
-                    self._set_callbacks(False)
+                    if not apart:
+                        self._set_callbacks(False)
                     raise
         except HardwareEnableError:
+            if apart:
+                self._set_callbacks(False)  # broken: CPU hotplug was allowed in between
             self._set_usage(self._usage() - 1)
             raise
 

@@ -4,7 +4,8 @@
   comes online later is enabled by KVM's hotplug callback, one that goes offline is disabled by
   it. Walking the online mask and bumping ``kvm_usage_count`` must be one step against hotplug,
   which is why it runs under ``cpus_read_lock``: without it a CPU can be enabled by the walk
-  right after its offline callback ran, and go offline with virtualization still on.
+  right after its offline callback ran, and go offline with virtualization still on. A first
+  enable that fails removes the callbacks it installed in that same section.
 * Posted-interrupt wakeups: a blocking vCPU that found no interrupt pending joins its CPU's
   wakeup list and switches to the wakeup vector; that switch re-checks ON in the value it
   exchanged and sends itself the wakeup vector if set, or an interrupt posted in between is
@@ -14,7 +15,9 @@
   ``tsc_write_lock``; without it two vCPUs written together end up in one generation with two
   different offsets.
 * The Hyper-V reference TSC page after KVM_SET_CLOCK: the vCPU's clock update rewrites it only
-  if it is marked changed, so the clock change marks it before raising that update.
+  if it is marked changed, so the clock change marks it before raising that update; it tests
+  the page and rewrites it in one ``hv_lock`` section, so it never writes an address the guest
+  has moved the page away from.
 """
 
 from __future__ import annotations
@@ -154,6 +157,32 @@ def enable_failure() -> None:
             "failed creation left state behind"
 
 
+@pair("hardware.enable_failure_vs_online",
+      rule="kvm_usage_lock design: a first enable that fails on one CPU removes the hotplug "
+           "callbacks in the cpus_read_lock section that installed them, racing another CPU "
+           "coming online",
+      broken_rule="kvm_usage_lock design, but the failed enable removes the callbacks after "
+                  "cpus_read_unlock: a CPU coming online in between is enabled by them and "
+                  "stays enabled once the creation has failed",
+      broken_expect="assertion", invariant=_HW_INVARIANT,
+      catches=("failed_enable_uninstalls_apart",), max_runs=500)
+def enable_failure_vs_online(broken: bool) -> None:
+    # CPU 1 refuses virtualization, so the creation fails; CPU 2 comes online meanwhile.
+    m = Machine(3, usage_lock=True, fail_enable_on=(1,), offline=(2,),
+                hazards={"failed_enable_uninstalls_apart": broken})
+    failed: list[bool] = []
+
+    def create() -> None:
+        try:
+            m.create_vm()
+        except HardwareEnableError:
+            failed.append(True)
+
+    together(create, lambda: m.cpu_up(2), names=["KVM_CREATE_VM", "cpu online"])
+    assert failed, "the creation succeeded although CPU 1 cannot enable virtualization"
+    m.check_hardware()
+
+
 # ---------------------------------------------------------------------- posted interrupts
 
 def _posted(hazard: str | None) -> None:
@@ -279,6 +308,37 @@ def set_clock_vs_tsc_page() -> None:
              lambda: enter_guest(v1), names=["KVM_SET_CLOCK", "vcpu0 KVM_RUN", "vcpu1 KVM_RUN"])
     enter_guest(v0)  # the next entries serve whatever is left
     enter_guest(v1)
+    hv.check_tsc_page(peek(tsc, "kvmclock_offset"))
+
+
+@pair("kvmclock.tsc_page_vs_guest_move",
+      rule="a vCPU's clock update tests the reference TSC page's status and address and "
+           "rewrites it in one hv_lock section, so a guest moving its page meanwhile is "
+           "either seen or waits",
+      broken_rule="the status and address tested in one hv_lock section, the page written in "
+                  "another: the guest moves its page in between, and KVM writes the old "
+                  "address",
+      broken_expect="assertion", catches=("hv_tsc_page_tested_apart",),
+      invariant="KVM writes the reference TSC page only at the address the guest's MSR names "
+                "now; once every request is served the page is current", max_runs=500)
+def tsc_page_vs_guest_move(broken: bool) -> None:
+    vm = VM(None, nr_vcpus=2, hazards={"hv_tsc_page_tested_apart": broken})
+    tsc, hv = TscSync(vm), HyperV(vm)
+    v0, v1 = vm.vcpus
+
+    def enter_guest(v: VCPU) -> None:  # KVM_RUN: the requests served before the guest runs
+        with v.mutex:
+            tsc.serve_clock_requests(v, hv)
+
+    def move_page() -> None:  # the guest on vcpu1 moves its page (a WRMSR exit)
+        with v1.mutex:
+            hv.set_msr(v1, "HV_X64_MSR_REFERENCE_TSC", 3)
+
+    with v0.mutex:  # the guest enables its reference TSC page; KVM writes it on entry
+        hv.set_msr(v0, "HV_X64_MSR_REFERENCE_TSC", 1)
+    together(lambda: enter_guest(v0), move_page, names=["vcpu0 KVM_RUN", "vcpu1 WRMSR"])
+    for v in (v1, v0, v1):  # the next entries serve whatever is left
+        enter_guest(v)
     hv.check_tsc_page(peek(tsc, "kvmclock_offset"))
 
 
