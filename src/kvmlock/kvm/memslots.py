@@ -82,6 +82,12 @@ MOVED_SLOT_WITHOUT_RMAPS = mutant(
     "exists (only a created slot gets them)",
     breaks="once a shadow root exists every memslot has its rmaps: a moved slot's metadata is "
            "new, indexed by its new gfns (kvm_alloc_memslot_metadata for CREATE and MOVE)")
+FLAGS_CHANGE_NEW_ARCH = mutant(
+    "flags_change_new_arch", removes="the arch data a flags-only memslot change keeps (it "
+    "gets fresh metadata, as a created slot does)",
+    breaks="a flags-only change (dirty logging on or off) keeps the slot's rmaps and "
+           "write-track counts: a slot without rmaps after the first shadow root is a NULL "
+           "rmap walk, and a shadowed guest table that loses its count is mapped writable")
 BITMAP_FREED_BEFORE_SWAP = mutant(
     "bitmap_freed_before_swap", removes="freeing a dirty bitmap the new memslot does not keep "
     "only after the swap and its grace period (freed before the swap)",
@@ -443,7 +449,8 @@ def set_memory_region(
                 bitmap = old.dirty_bitmap if old is not None else None
                 if bitmap is None:
                     bitmap = DirtyBitmap(slot_id, npages)
-            arch = old.arch if change == FLAGS_ONLY and old is not None else SlotArch(slot_id)
+            keep = change == FLAGS_ONLY and FLAGS_CHANGE_NEW_ARCH not in vm.hazards
+            arch = old.arch if keep and old is not None else SlotArch(slot_id)
             new = Memslot(slot_id, base_gfn, npages, hva, flags, False, bitmap, arch)
         if vm.host is not None:
             vm.host.might_reclaim()  # the new array is allocated with slots_lock held

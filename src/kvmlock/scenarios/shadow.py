@@ -10,6 +10,11 @@ write; a fault re-checks the guest PTE it walked before installing).
 * ``shadow.unsync_repoint`` -- the guest re-points a PTE of an unsync page (no exit) and writes
   through it; the fault installs the new page over the old SPTE and flushes, while the host
   swaps the old page out and another vCPU reads through what it had cached.
+* ``shadow.emulated_write_vs_harvest`` -- KVM's emulated write of a shadowed table races a
+  migration's harvest: the page is written before its gfn is logged, so no harvest can take
+  the bit and copy the old contents.
+* ``shadow.flags_change_keeps_arch`` -- turning dirty logging on is a flags-only change: the
+  slot keeps its rmaps (the first shadow root allocated them) and write-track counts.
 
 The invariant is the consequence: every present SPTE maps the frame the host maps for the gfn
 the guest's page table names now, and is in that gfn's rmap (:meth:`VM.check`).
@@ -30,13 +35,13 @@ from kvmlock.kvm.guest import (
     write_gpte,
 )
 from kvmlock.kvm.memslots import LOG_DIRTY_PAGES
-from kvmlock.kvm.mmu.dirty_log import get_dirty_log
+from kvmlock.kvm.mmu.dirty_log import MigrationCopy, get_dirty_log
 from kvmlock.kvm.mmu.page_track import shadow_guest_table
 from kvmlock.kvm.mmu.shadow import check_rmaps
 from kvmlock.kvm.vcpu import VCPU
 from kvmlock.kvm.vm import VM
 from kvmlock.scenarios.orders import together
-from kvmlock.scenarios.registry import scenario
+from kvmlock.scenarios.registry import pair, scenario
 
 __all__: list[str] = []
 
@@ -464,6 +469,35 @@ def emulated_write_vs_delete() -> None:
     vm.check()
 
 
+@pair("shadow.emulated_write_vs_harvest",
+      rule="KVM's emulated write of a write-tracked gfn writes the page first and logs the "
+           "gfn after, so a harvest racing it either sees the bit and copies the new "
+           "contents, or leaves the bit for the next harvest",
+      broken_rule="the emulated write logs the gfn before writing the page: a harvest in "
+                  "between copies the old contents and clears the bit, and the final copy "
+                  "misses the write",
+      broken_expect="assertion", catches=("emulated_write_logged_first",),
+      invariant="a migration copy made from the dirty log equals guest memory after a final "
+                "harvest", **_BOUND)
+def emulated_write_vs_harvest(broken: bool) -> None:
+    # TDP with dirty logging on; gfn 1 holds a guest page table KVM shadows (vcpu1's nested
+    # guest), so vcpu0's write to it is emulated, while the migration harvests the log.
+    vm = VM(nr_vcpus=2, nr_pages=2, host_pages=2,
+            hazards={"emulated_write_logged_first": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0, flags=LOG_DIRTY_PAGES)
+    v0, v1 = vm.vcpus
+    shadow_guest_table(v1, 1)
+    copy = MigrationCopy(vm, 0)
+    copy.round()  # the first pass: everything so far
+    _run(("vcpu0_writes_gfn1", lambda: guest_write(v0, 1, 5)),
+         ("migration_round", copy.round))
+    copy.round()  # the guest is stopped: the final pass
+    vm.check()
+    assert not copy.mismatches(), (
+        f"the migrated copy differs from guest memory (gfn, source, copy): "
+        f"{copy.mismatches()}: the dirty log lost the emulated write")
+
+
 @scenario("shadow.wrprot_two_shadowers.correct",
           rule="write-protecting a newly shadowed guest table flushes TLBs before mmu_lock is "
                "released: a second vCPU shadowing the same table finds it read-only, owes no "
@@ -607,6 +641,30 @@ def first_root_vs_create() -> None:
              lambda: vm.set_memory_region(1, base_gfn=2, npages=1, hva=2),
              names=["vcpu0 KVM_RUN", "vcpu1 KVM_RUN", "KVM_SET_USER_MEMORY_REGION"])
     check_rmaps(vm)
+    vm.check()
+
+
+@pair("shadow.flags_change_keeps_arch",
+      rule="a flags-only memslot change (dirty logging turned on) keeps the slot's arch "
+           "data: its rmaps and the write-track count of a shadowed guest table",
+      broken_rule="the flags-only change gives the slot fresh arch data, as a created slot "
+                  "gets: no rmaps although a shadow root exists, and the shadowed table's "
+                  "gfn no longer tracked",
+      broken_expect="assertion", catches=("flags_change_new_arch",),
+      invariant="every memslot has rmaps once a shadow root exists, after a flags-only "
+                "change too", strategy="dpor")
+def flags_change_keeps_arch(broken: bool) -> None:
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2, tdp=False,
+            hazards={"flags_change_new_arch": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    for va in (0, 1):
+        vm.mmu.gpt[va].store(va + 1)
+    (v0,) = vm.vcpus
+    guest_read(v0, 0)  # the first shadow root: every memslot gets its rmaps
+    assert shadow_guest_table(v0, 1), "gfn 1 is backed by slot 0"
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0, flags=LOG_DIRTY_PAGES)
+    check_rmaps(vm)
+    guest_write(v0, 1, 7)  # to the shadowed table: emulated, never through a writable SPTE
     vm.check()
 
 

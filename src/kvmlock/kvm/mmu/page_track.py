@@ -67,6 +67,11 @@ WRPROT_KEEPS_MMU_WRITABLE = mutant(
 EMULATED_WRITE_NOT_LOGGED = mutant(
     "emulated_write_not_logged", removes="marking the gfn dirty when KVM emulates a guest write",
     breaks="dirty logging: every guest write reaches the log, the ones KVM performs too")
+EMULATED_WRITE_LOGGED_FIRST = mutant(
+    "emulated_write_logged_first", removes="the order of the emulated write's two steps (the "
+    "gfn logged before the page is written, not after)",
+    breaks="dirty logging: a gfn is logged after the write it stands for, or a harvest in "
+           "between copies the old contents and clears the bit the write still needed")
 EMULATED_WRITE_WITHOUT_SRCU = mutant(
     "emulated_write_without_srcu", removes="the emulated write's kvm->srcu read side",
     breaks="memslots are used inside kvm->srcu, so a memslot update waits for the write")
@@ -173,6 +178,9 @@ def emulate_write(vcpu: VCPU, gfn: int, value: int) -> bool:
         slot = slots.lookup(gfn)
         if slot is None or slot.invalid or slot.readonly:
             return False
+        first = EMULATED_WRITE_LOGGED_FIRST in vm.hazards
+        if first:
+            slot.mark_dirty(gfn, vm.hazards)  # broken: a harvest may take the bit right now
         with vm.host.pinned(slot.gfn_to_hva(gfn)) as page:
             page.data.store(value)
             # the write goes through the host's own mapping, whose dirty bit gets the page
@@ -180,7 +188,7 @@ def emulate_write(vcpu: VCPU, gfn: int, value: int) -> bool:
             vm.host.set_page_dirty(page.pfn)
         slots.live()  # the slot and its dirty bitmap are used until here
         late_log = EMULATED_WRITE_LOGGED_AFTER_SRCU in vm.hazards
-        if EMULATED_WRITE_NOT_LOGGED not in vm.hazards and not late_log:
+        if EMULATED_WRITE_NOT_LOGGED not in vm.hazards and not late_log and not first:
             slot.mark_dirty(gfn, vm.hazards)
     if late_log:
         slot.mark_dirty(gfn, vm.hazards)  # broken: the slot may be freed by now
