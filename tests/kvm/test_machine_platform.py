@@ -199,3 +199,23 @@ def test_xen_vm_attr_takes_only_xen_lock_vcpu_attr_nests_it_in_vcpu_mutex():
     with pytest.raises(ValueError, match="unknown Xen attribute 'runstate'"):
         xen.hvm_set_attr("runstate", 1)
     assert lockdep.reports() == []
+
+
+def test_tsc_page_written_only_where_the_guest_has_it_now():
+    # The page's rewrite checks, as it writes, that the MSR still names the address (and the
+    # enable bit) its status was read with: a page the guest moved or disabled is not written.
+    vm = VM(None, nr_vcpus=1)
+    hv, tsc, v = HyperV(vm), TscSync(vm), vm.vcpus[0]
+    with v.mutex:
+        hv.set_msr(v, "HV_X64_MSR_REFERENCE_TSC", 1)
+    with hv.lock:
+        hv._write_tsc_page(1, 0)  # the address the MSR names: written
+    hv.check_tsc_page(0)
+    for later in (3, 0):  # moved, then disabled, after the status was read
+        with v.mutex:
+            hv.set_msr(v, "HV_X64_MSR_REFERENCE_TSC", later)
+        with hv.lock, pytest.raises(AssertionError, match="no longer gives for the page"):
+            hv._write_tsc_page(1, 0)
+    with v.mutex:  # the clock update itself tests and writes in one section: nothing to write
+        tsc.serve_clock_requests(v, hv)
+    hv.check_tsc_page(0)

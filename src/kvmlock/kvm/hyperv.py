@@ -136,13 +136,14 @@ class HyperV:
     def _write_tsc_page(self, at: int, clock_offset: int) -> None:
         """Write the page (``hv_lock`` held) at ``at``, the MSR value its status was read with.
 
-        The page is guest memory, at the address the MSR names: written at an address the
-        guest has since given up (moved the page, or disabled it), it is a stray write into
-        memory the guest may have reused -- checked here, where the write happens."""
+        The page is guest memory, at the address the MSR names while its enable bit is set:
+        written at an address the guest has since given up (moved the page, or disabled it),
+        it is a stray write into memory the guest may have reused -- checked here, where the
+        write happens."""
         now = self.partition.get("HV_X64_MSR_REFERENCE_TSC", 0)
-        assert at == now, (
-            f"KVM wrote the reference TSC page for MSR value {at:#x}, but the guest has set "
-            f"{now:#x} since: a write into guest memory the guest no longer gave for the page")
+        assert at == now and now & 1, (
+            f"KVM wrote the reference TSC page for MSR value {at:#x}, but the guest's MSR is "
+            f"{now:#x} now: a write into guest memory the guest no longer gives for the page")
         self.partition[TSC_PAGE_CLOCK] = clock_offset
         self.partition[TSC_PAGE_STATUS] = TSC_PAGE_SET
 

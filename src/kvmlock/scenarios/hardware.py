@@ -313,11 +313,11 @@ def set_clock_vs_tsc_page() -> None:
 
 @pair("kvmclock.tsc_page_vs_guest_move",
       rule="a vCPU's clock update tests the reference TSC page's status and address and "
-           "rewrites it in one hv_lock section, so a guest moving its page meanwhile is "
-           "either seen or waits",
+           "rewrites it in one hv_lock section, so a guest moving or disabling its page "
+           "meanwhile is either seen or waits",
       broken_rule="the status and address tested in one hv_lock section, the page written in "
-                  "another: the guest moves its page in between, and KVM writes the old "
-                  "address",
+                  "another: the guest moves or disables its page in between, and KVM writes "
+                  "memory the guest gave up",
       broken_expect="assertion", catches=("hv_tsc_page_tested_apart",),
       invariant="KVM writes the reference TSC page only at the address the guest's MSR names "
                 "now; once every request is served the page is current", max_runs=500)
@@ -330,13 +330,15 @@ def tsc_page_vs_guest_move(broken: bool) -> None:
         with v.mutex:
             tsc.serve_clock_requests(v, hv)
 
-    def move_page() -> None:  # the guest on vcpu1 moves its page (a WRMSR exit)
+    def move_page() -> None:  # the guest on vcpu1 moves its page, then disables it (WRMSRs)
         with v1.mutex:
             hv.set_msr(v1, "HV_X64_MSR_REFERENCE_TSC", 3)
+        with v1.mutex:
+            hv.set_msr(v1, "HV_X64_MSR_REFERENCE_TSC", 0)
 
     with v0.mutex:  # the guest enables its reference TSC page; KVM writes it on entry
         hv.set_msr(v0, "HV_X64_MSR_REFERENCE_TSC", 1)
-    together(lambda: enter_guest(v0), move_page, names=["vcpu0 KVM_RUN", "vcpu1 WRMSR"])
+    together(lambda: enter_guest(v0), move_page, names=["vcpu0 KVM_RUN", "vcpu1 WRMSRs"])
     for v in (v1, v0, v1):  # the next entries serve whatever is left
         enter_guest(v)
     hv.check_tsc_page(peek(tsc, "kvmclock_offset"))
