@@ -69,7 +69,9 @@ def test_lost_update_under_a_lock_is_clean_with_memory():
 
 def test_queue_pipeline_is_clean_and_the_polling_consumer_is_caught():
     res = explore.check(threadprogs.pipeline(), strategy="dpor")
-    assert res.ok and res.exhausted and res.runs > 1
+    # one producer, one consumer: their puts and gets commute but for the item handed over
+    # (and the room made), so this is one trace (see test_queues.py)
+    assert res.ok and res.exhausted and res.runs == 1
     res = explore.check(threadprogs.pipeline(broken=True), strategy="dpor")
     assert res.failure is not None and res.failure.kind == "assertion"
 
@@ -95,7 +97,11 @@ def _originals():
     return (threading.Lock, threading.RLock, threading._allocate_lock, threading.get_ident,
             threading.current_thread, threading.local, threading.Thread.start,
             threading.Thread.join, threading.Thread.is_alive, time.sleep, queue.SimpleQueue,
-            threading._time, queue.time, threading._newname)
+            threading._time, queue.time, threading._newname,
+            *[vars(queue.Queue)[m] for m in ("__init__", "put", "get", "qsize", "empty", "full",
+                                             "task_done", "join")],
+            *[vars(queue._PySimpleQueue)[m] for m in ("__init__", "put", "get", "qsize",
+                                                      "empty")])
 
 
 def test_threading_is_restored_after_every_way_out():

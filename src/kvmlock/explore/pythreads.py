@@ -3,10 +3,11 @@
 While an exploration runs, the names a threading program reaches for are replaced by explored
 equivalents: ``threading.Lock``/``RLock`` (and the lock ``Condition`` makes its waiters of),
 ``Thread.start``/``join``/``is_alive``, ``current_thread``/``get_ident``, ``local``,
-``time.sleep``, ``queue.SimpleQueue`` and the lock ``ThreadPoolExecutor`` shares between pools.
-``Condition``, ``Semaphore``, ``BoundedSemaphore``, ``Event``, ``Barrier``, ``Timer``, the
-``queue`` classes and ``concurrent.futures`` are written in Python on top of those, so they
-follow without being replaced themselves.
+``time.sleep``, the ``queue`` classes' operations (``pyqueue.py``: each one visible operation
+with the dependence its semantics allows) and the lock ``ThreadPoolExecutor`` shares between
+pools. ``Condition``, ``Semaphore``, ``BoundedSemaphore``, ``Event``, ``Barrier``, ``Timer`` and
+``concurrent.futures`` are written in Python on top of those, so they follow without being
+replaced themselves.
 
 The replacements are process-wide attributes, so each one first asks whether the calling OS
 thread is exploring; any other thread gets what was there before (the real lock, or lockdep's
@@ -225,11 +226,12 @@ _THREAD_INIT = threading.Thread.__init__.__code__
 _sites: dict[tuple, Any] = {}  # (code, instruction) of the creating call -> its lockdep site
 
 
-def _site() -> Any:
+def _site(depth: int = 0) -> Any:
     """lockdep's creation site of the lock being made (as ``kvmlock lockdep`` names it), or
     None when kvmlock itself makes it; remembered per calling instruction, since working out
-    a call's column is costly and every execution makes its locks again."""
-    f = sys._getframe(2)
+    a call's column is costly and every execution makes its locks again. (``depth``: frames
+    more between the caller and the maker it reports for.)"""
+    f = sys._getframe(2 + depth)
     while f is not None and f.f_code.co_filename == _THREADING_FILE:
         f = f.f_back
     if f is None:
@@ -653,10 +655,12 @@ def _make_targets(aio: bool) -> list[tuple[Any, str, Callable[[Any], Any]]]:
     """(namespace, attribute, maker(previous value) -> replacement)."""
     import concurrent.futures.thread as cft
 
+    from kvmlock.explore import pyqueue
+
     mod = None
     if aio:
         from kvmlock.explore import asyncio_loop as mod
-    return (mod.targets() if mod is not None else []) + [
+    return (mod.targets() if mod is not None else []) + pyqueue.targets() + [
         (threading, "Lock", _make_lock),
         (threading, "RLock", _make_rlock),
         (threading, "_allocate_lock", _make_allocate),
@@ -668,7 +672,6 @@ def _make_targets(aio: bool) -> list[tuple[Any, str, Callable[[Any], Any]]]:
         (threading, "_time", _make_clock),
         (queue, "time", _make_clock),
         (threading, "_newname", _make_newname),
-        (queue, "SimpleQueue", lambda prev: queue._PySimpleQueue),  # type: ignore[attr-defined]
         (cft, "_global_shutdown_lock", lambda prev: _SharedLock(prev)),
         (threading.Thread, "__init__", _make_thread_init),
         (threading.Thread, "start", lambda prev: _thread_start),

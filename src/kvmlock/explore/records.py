@@ -27,7 +27,9 @@ class Pending(NamedTuple):
     """The visible operation a task stopped at, to execute when it is scheduled."""
 
     tid: int  #: the task
-    obj: int | None  #: a small key of the object it touches (None: spawn, join, interrupt)
+    #: a small key of the object it touches (None: spawn, join, interrupt), or a tuple of
+    #: ``(key, writes?)`` pairs: a compound operation (see ``strategies/events.conflict``)
+    obj: int | tuple | None
     write: bool  #: it may change the object (two operations that do not write commute)
     kind: str  #: "lock", "unlock", "trylock", "load", "spawn", "join", "irq", ...
     label: str  #: the object's name, for traces

@@ -481,7 +481,7 @@ class SimRuntime:
         point = snap = None
         if not write and obj is not None and self.spin_detect:
             point = (op[3], _point(sys._getframe(1)))
-            seen = t.spin.get(obj)
+            seen = t.spin.get(obj if type(obj) is not tuple else obj[0][0])
             if seen is not None and seen[1] == point and self._unchanged(t.spin):
                 # Back at the same read with nothing it read changed since. A spin-wait
                 # iteration that cannot make progress only if the task's own state came back
@@ -513,10 +513,18 @@ class SimRuntime:
             if write:
                 if obj in wc:
                     wc[obj] += 1
+                elif type(obj) is tuple:  # compound: each key it writes
+                    for k, w in obj:
+                        if w and k in wc:
+                            wc[k] += 1
                 if t.spin:
                     t.spin.clear()
             elif point is not None:
-                t.spin[obj] = (wc.setdefault(obj, 0), point, snap)
+                if type(obj) is tuple:
+                    for k, _w in obj:
+                        t.spin[k] = (wc.setdefault(k, 0), point, snap)
+                else:
+                    t.spin[obj] = (wc.setdefault(obj, 0), point, snap)
                 t.spinning = False
 
     def _unchanged(self, seen: dict[int, tuple[int, Any, Any]]) -> bool:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from kvmlock.explore.records import ACQ_WAIT, Finished, Pending, Plan, ReplayMismatch
 from kvmlock.explore.strategies.base import Strategy
-from kvmlock.explore.strategies.events import Events, Op
+from kvmlock.explore.strategies.events import Events, Op, conflict
 from kvmlock.explore.strategies.wakeup import (
     _EMPTY,
     NO_SLEEP,
@@ -187,7 +187,10 @@ class DPOR(Strategy):
                 if tid != pc and op in before:
                     blocker[tid] = n - 1  # ... or disabled it
                 elif tid not in blocker:
-                    lw = ev.last_write.get(op[1])  # type: ignore[arg-type]
+                    o = op[1]
+                    if type(o) is tuple:  # a compound wait: its first key disables it
+                        o = o[0][0]
+                    lw = ev.last_write.get(o)  # type: ignore[arg-type]
                     if lw is not None:
                         blocker[tid] = lw
 
@@ -203,8 +206,17 @@ class DPOR(Strategy):
                 pops = parent.ops
                 lo, lw = pops[pc]
                 sleep = {}
+                if type(lo) is tuple:  # compound (see events.conflict)
+                    for q, op in psleep.items():
+                        if q != pc and not conflict(op[0], lo):
+                            sleep[q] = op
+                    for q in pdone:
+                        if (q != pc and q not in sleep and q in pops
+                                and not conflict(pops[q][0], lo)):
+                            sleep[q] = pops[q]
+                    psleep, pdone = NO_SLEEP, ()  # (nothing is left for the loops below)
                 # (independent(op, (lo, lw)), inlined: this runs for every sleeper at every
-                # step below a branch)
+                # step below a branch; a compound op's tuple never equals a plain key)
                 for q, op in psleep.items():
                     if q != pc and (lo is None or (o := op[0]) is None or o != lo
                                     or not (op[1] or lw)):

@@ -53,7 +53,42 @@ _NO_RACES: list[int] = []
 
 def independent(a: Op, b: Op) -> bool:
     """Two operations commute: different objects, no object at all (spawn, join), or reads."""
+    if type(a[0]) is tuple or type(b[0]) is tuple:
+        return not conflict(a[0], b[0])
     return a[0] is None or b[0] is None or a[0] != b[0] or (not a[1] and not b[1])
+
+
+# A *compound* operation touches several keys at once: its object is a tuple of
+# ``(key, writes?)`` pairs (each key once), its ``write`` says whether any pair writes;
+# ``writes?`` None is a read that only orders: the operation is enabled only after the last
+# write of that key (a blocking get, after the put of the item it takes), so that write
+# happens before it but is never a race (the two cannot be reversed; as a lock acquire does
+# not race with the release that let it in). A queue's
+# operations are such (a put writes the tail and its item's slot; a get writes the head and
+# reads that slot; ``qsize()`` reads head and tail), so that a put and a get of a non-empty
+# queue commute while two puts do not. A key is touched either only by compound operations or
+# only by plain ones, never both: code that compares a plain key with a compound one (they are
+# never equal) is right without looking inside.
+def conflict(a: object, b: object) -> bool:
+    """Two compound objects (or a compound one and anything) share a key one of them writes."""
+    if type(a) is not tuple or type(b) is not tuple:
+        return False  # a plain key is never one of a compound operation's keys
+    for k, w in a:
+        for k2, w2 in b:
+            if k == k2 and (w or w2):
+                return True
+    return False
+
+
+def _wrote(more: tuple, write: bool, key: int) -> bool:
+    """Whether an event (its ``more`` record and ``write`` flag) wrote ``key``."""
+    o = more[0]
+    if type(o) is not tuple:
+        return write
+    for k, w in o:
+        if k == key:
+            return w
+    return False
 
 
 class Events:
@@ -99,7 +134,19 @@ class Events:
             if ch >= 0:
                 del task_clock[ch]
             task_clock[ev_tid[i]] = back
-            if o is not None:
+            if type(o) is tuple:
+                for (k, w), (lwk, rsk) in zip(reversed(o), reversed(lw), strict=True):
+                    hist[k].pop()
+                    if w:
+                        if lwk is None:
+                            del last_write[k]
+                        else:
+                            last_write[k] = lwk
+                        if rsk:
+                            reads[k] = rsk
+                    else:
+                        reads[k].pop()
+            elif o is not None:
                 hist[o].pop()
                 if acquired:
                     if la is None:
@@ -162,6 +209,8 @@ class Events:
         task ``child``, else -1) and return the earlier events it races with (none unless
         ``analyze``: the events of a replayed prefix had theirs looked at already)."""
         tid, obj, write, kind, _label, acq, blocking, target = op
+        if type(obj) is tuple:
+            return self._record_compound(op, acquired, child, analyze)
         ev_tid = self.tid
         i = len(ev_tid)
         clock = self.task_clock[tid]
@@ -261,6 +310,85 @@ class Events:
             elif ev_write[j]:
                 break
 
+    def _record_compound(self, op: Pending, acquired: bool, child: int,
+                         analyze: bool) -> list[int]:
+        """:meth:`record` of a compound operation (see :func:`conflict`): each of its keys is
+        an access of its own, and the event races with what any of them conflicts with. (No
+        lock is compound: the acquire rules do not apply.)"""
+        tid, objs, _write, _kind, _label, acq, blocking, _target = op
+        ev_tid, ev_local, ev_clock = self.tid, self.local, self.clock
+        i = len(ev_tid)
+        clock = self.task_clock[tid]
+        local = clock[tid] + 1
+        races: list[int] = []
+        new = clock
+        en = self.enabler.pop(tid, -1) if (blocking and self.enabler) else -1
+        b = self.blocker.pop(tid, None) if self.blocker else None
+        undo = []
+        last_write, reads, hists = self.last_write, self.reads, self.hist
+        for key, w in objs:
+            lw = last_write.get(key)
+            rs = reads.get(key)
+            for j in (rs if (w and rs) else ((lw,) if lw is not None else ())):
+                q = ev_tid[j]
+                if clock[q] >= ev_local[j]:
+                    continue
+                if analyze and w is not None and q != tid and j != en and j not in races:
+                    races.append(j)
+                new = [x if x > y else y for x, y in zip(new, ev_clock[j], strict=True)]
+            hist = hists.get(key)
+            if hist is None:
+                hist = hists[key] = []
+            if analyze and blocking and w is not None:
+                self._earlier_compound(hist, key, tid, w, clock, races, en)
+            hist.append(i)
+            if w:
+                last_write[key] = i
+                if rs:
+                    reads[key] = []
+            elif rs is None:
+                reads[key] = [i]
+            else:
+                rs.append(i)
+            undo.append((lw, rs))
+        if analyze and b is not None and b not in races:
+            q = ev_tid[b]
+            if q != tid and clock[q] < ev_local[b]:
+                races.append(b)
+        new = new[:] if new is clock else new
+        new[tid] = local
+        self.task_clock[tid] = new
+        ev_tid.append(tid)
+        self.write.append(_write)
+        ev_local.append(local)
+        ev_clock.append(new)
+        self.more.append((objs, acquired, child, clock, undo, None, None))
+        if child >= 0:
+            if child >= self.width:
+                self.grow(child)
+            self.task_clock[child] = new[:]
+        return races or _NO_RACES
+
+    def _earlier_compound(self, hist: list[int], key: int, tid: int, write: bool,
+                          clock: list[int], races: list[int], skip: int) -> None:
+        """:meth:`_earlier_writes` over one key of compound events, each event's access of
+        that key being a write or a read of its own."""
+        ev_tid, ev_local, ev_write, ev_more = self.tid, self.local, self.write, self.more
+        for j in reversed(hist):
+            q = ev_tid[j]
+            wj = _wrote(ev_more[j], ev_write[j], key)
+            if q == tid:
+                if wj:
+                    break
+                continue
+            if not write and not wj:
+                continue
+            if clock[q] < ev_local[j]:
+                if j not in races and j != skip:
+                    races.append(j)
+            elif wj:
+                break
+
     def pending_races(self, t: Pending) -> list[int]:
         """The races the operation ``t`` would make if it executed now (it never ran: the
         execution was cut short before it), found as :meth:`record` would."""
@@ -271,6 +399,12 @@ class Events:
         ev_tid, ev_local = self.tid, self.local
         obj, write, acq = t.obj, t.write, t.flavour
         races: list[int] = []
+        if type(obj) is tuple:
+            for key, w in obj:
+                if w is not None:
+                    self._earlier_compound(self.hist.get(key, []), key, tid, w, clock,
+                                           races, -1)
+            obj = None
         if acq in (ACQ_LOCK, ACQ_TRY):
             la = self.last_acq.get(obj)  # type: ignore[arg-type]
             if la is not None and ev_tid[la] != tid and clock[ev_tid[la]] < ev_local[la]:

@@ -23,7 +23,7 @@ depends on no order between a state's branches, so subtrees explored at once sta
 from __future__ import annotations
 
 from kvmlock.explore.records import Pending
-from kvmlock.explore.strategies.events import Event, Events, Op
+from kvmlock.explore.strategies.events import Event, Events, Op, conflict
 
 #: One branch of a wakeup tree: ``[task, op, children]`` (a list: the tree is cut as it is
 #: explored, and handed between processes as it is).
@@ -87,6 +87,8 @@ def weak_initial(ev: Events, q: int, op: Op, seq: list[int]) -> bool:
     if obj is None:
         return True  # spawn, join: independent of everything
     ev_more, ev_write = ev.more, ev.write
+    if type(obj) is tuple:  # compound (see events.conflict)
+        return not any(conflict(obj, ev_more[x][0]) for x in seq)
     for x in reversed(seq):  # independent(), inlined; the racing event is last, so a
         if ev_more[x][0] == obj and (write or ev_write[x]):  # conflict shows up early
             return False
