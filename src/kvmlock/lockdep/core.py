@@ -114,6 +114,10 @@ def irq_changed(old: int, new: int) -> None:
     held.append((IRQ_MARK, node, old))
 
 
+#: (name, kind, key) of the maps made so far -> their class (see LockMap.__init__)
+_MADE: dict[tuple[str, str, object], LockClass] = {}
+
+
 class LockMap:
     """The validator's view of one lock instance; its name (or key) names its class.
 
@@ -124,6 +128,22 @@ class LockMap:
     __slots__ = ("name", "kind", "key", "_cls", "_hid", "_subs", "_off", "__weakref__")
 
     def __init__(self, name: str, kind: str, key: object | None = None) -> None:
+        # A model builds dozens of maps per execution, nearly all of a (name, kind, key) seen
+        # before: those were checked then, and their class is found in one lookup.
+        k = name if key is None else key
+        try:
+            cls = _MADE[name, kind, k]
+        except (KeyError, TypeError):  # (TypeError: an unhashable key, reported below)
+            pass
+        else:
+            self.name = name
+            self.kind = kind
+            self.key = k
+            self._cls = cls
+            self._hid = cls.hid
+            self._subs = None
+            self._off = None
+            return
         if not isinstance(name, str):
             raise TypeError(f"LockMap name must be a str, got {type(name).__name__}")
         if not name:
@@ -141,6 +161,8 @@ class LockMap:
                 f"{type(key).__name__}") from None
         self._cls = _klass(self.key, name, kind, 0)
         self._hid = self._cls.hid
+        if len(_MADE) < 1 << 16:
+            _MADE[name, kind, self.key] = self._cls
         self._subs: list[LockClass | None] | None = None
         self._off: object = None  # the state's off-token when last taken with validation off
 
