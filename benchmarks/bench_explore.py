@@ -342,23 +342,23 @@ def _turn(run: Callable[[], Explored], budget: float) -> tuple[int, int, float, 
 
 def memory_cost() -> tuple[float, int]:
     """Microseconds of CPU time memory=True adds per traced operation: two threads, each
-    updating its own object and dict (no conflicts, so one execution; every access is a
-    scheduling point), with and without tracing. (While one task runs alone nothing is
-    traced, so such accesses cost nothing.)"""
+    updating an object and a dict of its own that the body made and handed to it (no
+    conflicts, so one execution; every access is a scheduling point, since the body could
+    reach them too), with and without tracing. (While one task runs alone nothing is traced,
+    and an object only the accessing frame refers to is no scheduling point: such accesses
+    cost less.)"""
 
     class Box:
         def __init__(self) -> None:
             self.v = 0
 
-    def work() -> None:
-        b = Box()
-        d = {"k": 0}
+    def work(b: Box, d: dict) -> None:
         for _ in range(1000):
             b.v = b.v + 1
             d["k"] += 1
 
     def body() -> None:
-        ts = [threading.Thread(target=work) for _ in range(2)]
+        ts = [threading.Thread(target=work, args=(Box(), {"k": 0})) for _ in range(2)]
         for t in ts:
             t.start()
         for t in ts:

@@ -254,3 +254,153 @@ def test_a_read_racing_an_interrupt_is_explored_both_ways_and_one_before_it_once
     res = explore.check(_read_beside_an_interrupt(seen, after=False), memory=True,
                         stop_on_first=False)
     assert res.ok and res.exhausted and seen == {0}
+
+
+# ---------------------------------------------------------------------------- private objects
+class Box:
+    def __init__(self, v: int = 0) -> None:
+        self.v = v
+
+
+def _outcomes(body_of, memory=True):
+    """The set of outcomes under dpor and under exhaustive dfs (they must agree)."""
+    got = {}
+    for strategy in ("dpor", "dfs"):
+        seen: set = set()
+        res = explore.check(body_of(seen), strategy=strategy, memory=memory,
+                            stop_on_first=False, shrink=False, lockdep=False)
+        assert res.exhausted, res
+        got[strategy] = seen
+    return got
+
+
+def test_an_object_another_task_reached_and_dropped_is_not_private():
+    """The worker publishes a box, writes it, and drops its reference; the reader takes it out
+    of the list, so its own frame holds the only reference: its read still races with the
+    worker's write, which came before it in one order and after it in the other."""
+
+    def body_of(seen):
+        def body():
+            slot: list = []
+            got = []
+
+            def worker():
+                o = Box(0)
+                slot.append(o)
+                o.v = 1
+                del o
+
+            def reader():
+                o = slot.pop() if slot else None
+                if o is not None:
+                    got.append(o.v)
+
+            threadprogs.run_all(worker, reader)
+            seen.add(tuple(got))
+
+        return body
+
+    got = _outcomes(body_of)
+    assert got["dpor"] == got["dfs"] and {(0,), (1,)} <= got["dpor"]
+
+
+def test_an_object_reachable_through_a_weak_reference_is_not_private():
+    import weakref
+
+    def body_of(seen):
+        def body():
+            refs: dict = {}
+            got = []
+
+            def worker():
+                o = Box(0)
+                refs["o"] = weakref.ref(o)
+                o.v = 1  # only this frame refers to it, but a weak reference reaches it
+                refs["keep"] = o
+
+            def reader():
+                r = refs.get("o")
+                o = r() if r is not None else None
+                if o is not None:
+                    got.append(o.v)
+
+            threadprogs.run_all(worker, reader)
+            seen.add(tuple(got))
+
+        return body
+
+    got = _outcomes(body_of)
+    assert got["dpor"] == got["dfs"] and {(0,), (1,)} <= got["dpor"]
+
+
+class Scratch:
+    """A plain object made without an ``__init__`` (while its constructor runs, an object is
+    also referred to from the interpreter's own call, so stores there stay visible)."""
+
+
+def test_a_task_s_own_scratch_objects_are_no_scheduling_points():
+    """Each worker counts in an object, a dict and a list of its own, then adds to a shared
+    counter under a lock: the scratch accesses cannot race (only the worker's frame refers to
+    them), so they add no step and no execution; the shared counter's accesses still do."""
+
+    def body():
+        d, _lock, inc = _dict_counter(True)
+
+        def worker():
+            b = Scratch()
+            b.v = 0
+            scratch = {"n": 0}
+            items = []
+            for _ in range(3):
+                b.v += 1
+                scratch["n"] += b.v
+                items.append(b.v)
+            if items and "n" in scratch:
+                inc()
+
+        threadprogs.run_all(worker, worker)
+        assert d["n"] == 2
+
+    def plain():
+        d, _lock, inc = _dict_counter(True)
+        threadprogs.run_all(inc, inc)
+        assert d["n"] == 2
+
+    res = explore.check(body, memory=True, stop_on_first=False)
+    ref = explore.check(plain, memory=True, stop_on_first=False)
+    assert res.ok and res.exhausted and ref.ok
+    assert (res.runs, res.steps) == (ref.runs, ref.steps)
+
+
+def test_an_object_another_task_holds_in_a_local_is_not_private():
+    """The reader takes the box out of the list and then waits for a lock, holding the box in
+    one local only; the writer's frame is the only other holder: its write is not private."""
+
+    def body_of(seen):
+        def body():
+            slot: list = []
+            lock = threading.Lock()
+            got = []
+
+            def writer():
+                o = Scratch()
+                o.v = 0
+                slot.append(o)
+                lock.acquire()
+                o.v = 1
+                lock.release()
+
+            def reader():
+                o = slot.pop() if slot else None
+                with lock:
+                    pass
+                if o is not None:
+                    got.append(o.v)
+
+            threadprogs.run_all(writer, reader)
+            seen.add(tuple(got))
+
+        return body
+
+    got = _outcomes(body_of)
+    assert got["dpor"] == got["dfs"] and {(0,), (1,)} <= got["dpor"]

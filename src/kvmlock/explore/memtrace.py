@@ -12,7 +12,7 @@ instruction                                  location, access
 ``LOAD_ATTR``/``STORE_ATTR``/``DELETE_ATTR``  (object, attribute name), read/write
 ``BINARY_SUBSCR``/``STORE_SUBSCR``/...       the container, read/write
 ``LOAD_METHOD`` on a list/dict/set/deque     the container: write for mutating methods
-``CONTAINS_OP``                              the container, read
+``CONTAINS_OP``, a container's truth value   the container, read
 ``LOAD_GLOBAL``/``STORE_GLOBAL``             (module globals, name), read/write
 ``LOAD_DEREF``/``STORE_DEREF``               the closure cell, read/write
 ===========================================  ===============================================
@@ -39,6 +39,7 @@ import os
 import sys
 import sysconfig
 import threading
+import weakref as _weakref
 from collections import deque
 from typing import Any
 
@@ -80,6 +81,10 @@ _KINDS = {
     "LOAD_DEREF": _C_LOAD, "STORE_DEREF": _C_STORE, "DELETE_DEREF": _C_STORE,
     "LOAD_CLASSDEREF": _C_LOAD,
     "GET_ITER": _READ1, "UNPACK_SEQUENCE": _READ1, "FORMAT_VALUE": _READ1,
+    # a container's truth (``if items:``, ``not items``) reads whether it is empty
+    "POP_JUMP_FORWARD_IF_FALSE": _READ1, "POP_JUMP_BACKWARD_IF_FALSE": _READ1,
+    "POP_JUMP_FORWARD_IF_TRUE": _READ1, "POP_JUMP_BACKWARD_IF_TRUE": _READ1,
+    "JUMP_IF_FALSE_OR_POP": _READ1, "JUMP_IF_TRUE_OR_POP": _READ1, "UNARY_NOT": _READ1,
     "COMPARE_OP": _READ2, "BINARY_OP": _BINOP, "CALL": _CALL,
 }
 #: Builtins that only read the containers they are given; any other call into code that is
@@ -188,12 +193,12 @@ def _frame_tracer(code: Any) -> Any:
 
 
 class _Loc:
-    """A traced location: what the trace table names and the explorer keys it by."""
+    """A traced location: what the explorer keys it by (its object is kept alive by the
+    tracer's ``seen`` table, so its id is not reused within the execution)."""
 
-    __slots__ = ("obj", "name")
+    __slots__ = ("name",)
 
-    def __init__(self, obj: object, name: str) -> None:
-        self.obj = obj  # kept alive so its id is not reused within the execution
+    def __init__(self, name: str) -> None:
         self.name = name
 
 
@@ -215,6 +220,9 @@ class Tracer:
         self.rt = rt
         #: (id(object), name) -> [location key, label, {tid: load record}, {tid: store record}]
         self.locs: dict[tuple[int, Any], list[Any]] = {}
+        #: id(object) -> [the object, the one task that accessed it so far, or -1]: every
+        #: object accessed, kept alive so its id stays its own (see :func:`_private`)
+        self.seen: dict[int, list[Any]] = {}
         self.ops = 0
         self._ts = _tstate()
         self._outer = getattr(_this_thread, "tracer", None)
@@ -380,34 +388,35 @@ class Tracer:
                 return  # a method, a class attribute, a property: code
             if isinstance(v, _CODEISH) or callable(v):
                 return
-            access(obj, a, False, _L_ATTR, a)
+            access(obj, a, False, _L_ATTR, a, base, top)
         elif kind == _A_STORE or kind == _A_DEL:
             obj = _OBJ[top - 1]
             if isinstance(obj, _CODEISH):
                 return
-            access(obj, a, True, _L_ATTR, a)
+            access(obj, a, True, _L_ATTR, a, base, top)
         elif kind == _S_LOAD or kind == _S_STORE:
-            access(_OBJ[top - 2], None, kind == _S_STORE, _L_ITEM, None)
+            obj = _OBJ[top - 2]
+            access(obj, None, kind == _S_STORE, _L_ITEM, None, base, top)
         elif kind == _METHOD:
-            c = _OBJ[top - 1]
-            if isinstance(c, _CONTAINERS):
-                access(c, None, a in _MUTATING, _L_METHOD, a)
+            obj = _OBJ[top - 1]
+            if isinstance(obj, _CONTAINERS):
+                access(obj, None, a in _MUTATING, _L_METHOD, a, base, top)
         elif kind == _CONTAINS:
-            c = _OBJ[top - 1]
-            if isinstance(c, _CONTAINERS):
-                access(c, None, False, _L_IN, None)
+            obj = _OBJ[top - 1]
+            if isinstance(obj, _CONTAINERS):
+                access(obj, None, False, _L_IN, None, base, top)
         elif kind == _READ1:
-            c = _OBJ[top - 1]
-            if isinstance(c, _CONTAINERS):
-                access(c, None, False, _L_CONTENTS, None)
+            obj = _OBJ[top - 1]
+            if isinstance(obj, _CONTAINERS):
+                access(obj, None, False, _L_CONTENTS, None, base, top)
         elif kind == _READ2 or kind == _BINOP:
             x, y = _OBJ[top - 2], _OBJ[top - 1]
-            if isinstance(x, _CONTAINERS):
+            if isinstance(x, _CONTAINERS):  # (two references here: no private test)
                 access(x, None, kind == _BINOP and a, _L_CONTENTS, None)
             if isinstance(y, _CONTAINERS) and y is not x:
                 access(y, None, False, _L_CONTENTS, None)
         elif kind == _CALL:
-            self._call_args(top, a)
+            self._call_args(base, top, a)
         elif kind == _G_LOAD:
             g = frame.f_globals
             v = g.get(a, g)
@@ -428,7 +437,7 @@ class Tracer:
                     return
             access(cell, None, kind == _C_STORE, _L_NAME, name)
 
-    def _call_args(self, top: int, argc: int) -> None:
+    def _call_args(self, base: int, top: int, argc: int) -> None:
         """Containers handed to code that is not traced: read by a known reader, else
         possibly written. (The stack holds a method and its self, or NULL and a callable,
         then the arguments; ``top`` is the index just above them.)"""
@@ -450,22 +459,34 @@ class Tracer:
             return  # user code: its own accesses are traced
         write = id(fn) not in _READERS
         name = getattr(fn, "__name__", "call")
-        for c in conts:
-            self._access(c, None, write, _L_CALL, name)
+        for c in conts:  # (``c`` and ``conts`` are two references of ours more)
+            self._access(c, None, write, _L_CALL, name, base, top, 6)
 
-    def _access(self, obj: object, name: Any, write: bool, fmt: str, arg: Any) -> None:
+    def _access(self, obj: object, name: Any, write: bool, fmt: str, arg: Any,
+                base: int = 0, top: int = -1, ours: int = 5) -> None:
+        """An access of ``obj`` (at ``name``) by the running task; ``base``/``top``: the
+        accessing frame's slots (``_OBJ`` indices) when it may be private, ``ours`` the
+        references the tracer holds to it meanwhile (see :func:`_private`)."""
         rt = self.rt
         t = rt.current
         if t is None or rt.aborting:
             return
-        k = (id(obj), name)
-        loc = self.locs.get(k)
-        if loc is None:
-            loc = self.locs[k] = [rt.key(_Loc(obj, name)), fmt.format(type(obj).__name__, arg),
-                                  {}, {}]
         self.ops += 1
+        oid = id(obj)
+        seen = self.seen.get(oid)
+        if seen is None:
+            seen = self.seen[oid] = [obj, t.tid]
+        elif seen[1] != t.tid:
+            seen[1] = -1
         if len(rt.live) < 2:
             return  # no other task could run in between: not a scheduling point
+        if top >= 0 and seen[1] == t.tid and _private(obj, oid, base, top, ours):
+            return  # no other task can reach it, nor ever did: no race is possible
+        k = (oid, name)
+        loc = self.locs.get(k)
+        if loc is None:
+            loc = self.locs[k] = [rt.key(_Loc(name)), fmt.format(type(obj).__name__, arg),
+                                  {}, {}]
         made = loc[3 if write else 2]
         op = made.get(t.tid)
         if op is None:
@@ -474,6 +495,31 @@ class Tracer:
         self._stop(t, op, None, None)
 
 
+def _private(obj: object, oid: int, base: int, top: int, ours: int) -> bool:
+    """Whether only the accessing frame can reach ``obj`` (its references are the frame's
+    own slots, locals and value stack, ``_OBJ[base:top]``, and no weak reference exists).
+
+    An object that only the running task has accessed so far, and that nothing but this
+    frame refers to, cannot take part in a race: no other task's access came before this
+    one, and any later one must first get a reference, which this task has to publish
+    (store it somewhere reachable, hand it to a thread or a queue); that publication is a
+    visible operation after this access, so the other task's access happens after this one.
+    Such an access need not be a scheduling point (the body's loop over a list of its own
+    threads, a worker's scratch object). ``ours``: the references the tracer holds besides
+    the frame's (its ``seen`` entry, its callers' locals, this argument and ``getrefcount``'s:
+    5 from ``_on_op``, 6 from ``_call_args``)."""
+    n = _refcount(obj) - ours
+    if n > top - base or _weakrefs(obj):
+        return False
+    words = _WORD
+    for i in range(base, top):
+        if words[i] == oid:
+            n -= 1
+    return n == 0
+
+
+_refcount = sys.getrefcount
+_weakrefs = _weakref.getweakrefcount
 _MISS = object()
 _SIM_STOP, _SIM_SPAWN, _SIM_INJECT = SimRuntime.stop, SimRuntime.spawn, SimRuntime.inject
 

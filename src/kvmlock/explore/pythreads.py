@@ -222,6 +222,7 @@ class ExploredRLock:
 
 
 _THREADING_FILE = threading.__file__
+_THREAD_RUN = threading.Thread.run
 _THREAD_INIT = threading.Thread.__init__.__code__
 _sites: dict[tuple, Any] = {}  # (code, instruction) of the creating call -> its lockdep site
 
@@ -445,7 +446,15 @@ def _thread_start(self: threading.Thread) -> None:
     def run() -> None:
         threads[id(rt.current)] = self
         try:
-            self.run()
+            if type(self).run is _THREAD_RUN and "run" not in self.__dict__:
+                # Thread.run's own body, without its frame (under memory=True a call from
+                # the explorer into the standard library is a trace event, and so is the one
+                # into the target)
+                target = self._target  # type: ignore[attr-defined]
+                if target is not None:
+                    target(*self._args, **self._kwargs)  # type: ignore[attr-defined]
+            else:
+                self.run()
         finally:
             self._is_stopped = True  # type: ignore[attr-defined]
             try:
