@@ -40,6 +40,12 @@ HV_TSC_PAGE_TESTED_APART = mutant(
     "address and its rewrite in one hv_lock section (the lock dropped and taken again between)",
     breaks="kvm->arch.hyperv.hv_lock protects the reference TSC page: a guest moving its page "
            "in between leaves KVM writing guest memory at the address the guest gave up")
+HV_TSC_PAGE_MARKED_APART = mutant(
+    "hv_tsc_page_marked_apart", removes="kvm_hv_request_tsc_page_update's test of the page's "
+    "status and its mark 'host changed' in one hv_lock section (the lock dropped and taken "
+    "again between)",
+    breaks="kvm->arch.hyperv.hv_lock protects the reference TSC page: a guest disabling its "
+           "page in between gets it marked for a rewrite into memory it gave up")
 HV_REF_TSC_UPDATE_UNDER_HV_LOCK = mutant(
     "hv_ref_tsc_update_under_hv_lock", removes="(adds) the reference-TSC MSR write rewriting "
     "the TSC page itself, under hv_lock (the pvclock update's tsc_write_lock inside it), "
@@ -114,6 +120,13 @@ class HyperV:
         a page the guest set up must be rewritten; under ``hv_lock``, before the pvclock
         update begins (that one holds the raw ``tsc_write_lock``, where a mutex may not be
         taken)."""
+        if HV_TSC_PAGE_MARKED_APART in self.vm.hazards:
+            with self.lock:
+                is_set = self.partition.get(TSC_PAGE_STATUS) == TSC_PAGE_SET
+            if is_set:
+                with self.lock:  # broken: the guest may have disabled the page meanwhile
+                    self.partition[TSC_PAGE_STATUS] = TSC_PAGE_HOST_CHANGED
+            return
         with self.lock:
             if self.partition.get(TSC_PAGE_STATUS) == TSC_PAGE_SET:
                 self.partition[TSC_PAGE_STATUS] = TSC_PAGE_HOST_CHANGED

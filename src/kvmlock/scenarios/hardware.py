@@ -344,6 +344,38 @@ def tsc_page_vs_guest_move(broken: bool) -> None:
     hv.check_tsc_page(peek(tsc, "kvmclock_offset"))
 
 
+@pair("kvmclock.set_clock_vs_tsc_page_disable",
+      rule="a clock change tests the reference TSC page's status and marks it host-changed "
+           "in one hv_lock section, so a guest disabling its page meanwhile is either seen "
+           "or undoes the mark",
+      broken_rule="the status tested in one hv_lock section, the page marked host-changed in "
+                  "another: the guest disables its page in between, and the next clock update "
+                  "writes memory the guest gave up",
+      broken_expect="assertion", catches=("hv_tsc_page_marked_apart",),
+      invariant="KVM writes the reference TSC page only at the address the guest's MSR names "
+                "now; once every request is served the page is current", max_runs=500)
+def set_clock_vs_tsc_page_disable(broken: bool) -> None:
+    vm = VM(None, nr_vcpus=1, hazards={"hv_tsc_page_marked_apart": broken})
+    tsc, hv = TscSync(vm), HyperV(vm)
+    (v0,) = vm.vcpus
+
+    def enter_guest() -> None:  # KVM_RUN: the requests served before the guest runs
+        with v0.mutex:
+            tsc.serve_clock_requests(v0, hv)
+
+    def disable_page() -> None:  # the guest turns its reference TSC page off (a WRMSR)
+        with v0.mutex:
+            hv.set_msr(v0, "HV_X64_MSR_REFERENCE_TSC", 0)
+
+    with v0.mutex:  # the guest enables its reference TSC page; KVM writes it on entry
+        hv.set_msr(v0, "HV_X64_MSR_REFERENCE_TSC", 1)
+    enter_guest()
+    together(lambda: tsc.set_clock(9_000, 2_000, hv=hv), disable_page,
+             names=["KVM_SET_CLOCK", "vcpu0 WRMSR"])
+    enter_guest()  # the next entry serves whatever is left
+    hv.check_tsc_page(peek(tsc, "kvmclock_offset"))
+
+
 @pair("kvmclock.set_clock_vs_pending_update",
       rule="a vCPU consumes its KVM_REQ_CLOCK_UPDATE before reading the clock, so a clock "
            "change made while it serves an older request leaves a new one behind",
