@@ -8,6 +8,10 @@ it runs beside (see :mod:`kvmlock.kvm.mmu.nx_recovery`).
   before dropping ``mmu_lock`` (or the vCPU keeps a translation no SPTE stands for, into the
   frame swap-out frees), and free the table only after a grace period (the fast path may still
   be walking it).
+* ``nx_recovery.vs_slow_fault`` -- a vCPU's first write to a page of a table that exists
+  takes the slow TDP path while recovery removes that table. The fault may already hold the
+  table (from its walk) when recovery clears the parent and freezes the SPTEs: it must see the
+  frozen SPTE and retry, because only the thread that froze an SPTE may write it.
 * ``dirty_log.harvest_vs_nx_recovery`` -- ``KVM_GET_DIRTY_LOG`` write-protects a written
   page while recovery removes its table. Write mode keeps recovery out while the harvest walks
   and rewrites SPTEs with plain stores; with read mode the two overlap, and the harvest walks a
@@ -64,6 +68,30 @@ def vs_write() -> None:
     assert got == 5, (f"the guest wrote 5 but reads {got:#x} after swap-out: a Dirty bit "
                       "was lost when recovery removed the SPTE, so the page was not written "
                       "back")
+
+
+@pair("nx_recovery.vs_slow_fault",
+      rule="a TDP fault under read-mode mmu_lock retries when the SPTE it would install into "
+           "is frozen: NX huge-page recovery is removing that table",
+      broken_rule="the TDP fault cmpxchg's over a frozen SPTE: it installs into a table "
+                  "recovery has unlinked and is about to free",
+      broken_expect="assertion", invariant=_INV, catches=("tdp_fault_overwrites_frozen",),
+      **_BOUND)
+def vs_slow_fault(broken: bool) -> None:
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=3,
+            hazards={"tdp_fault_overwrites_frozen": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    (v0,) = vm.vcpus
+    guest_read(v0, 1)  # builds the table of gfns 0-1; gfn 0 has no SPTE yet
+
+    def vcpu0_writes() -> None:
+        guest_write(v0, 0, 5)  # no SPTE: the slow TDP path, walking into that table
+
+    together(vcpu0_writes, lambda: recover_nx_huge_page(vm, 0),
+             names=["vcpu0 writes 5", "NX recovery"])
+    vm.check()
+    got = guest_read(v0, 0)
+    assert got == 5, f"the guest wrote 5 but reads {got:#x}"
 
 
 @pair("dirty_log.harvest_vs_nx_recovery",

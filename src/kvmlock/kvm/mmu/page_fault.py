@@ -85,6 +85,11 @@ TDP_FAULT_REBUILDS_GOOD_SPTE = mutant(
     "with dirty logging on rebuilds a writable SPTE without W, and flushes nothing)",
     breaks="TLB: a translation never allows more than its SPTE -- a vCPU that cached the "
            "writable one keeps writing through it, and those writes miss the dirty log")
+TDP_FAULT_OVERWRITES_FROZEN = mutant(
+    "tdp_fault_overwrites_frozen", removes="the TDP fault's retry on a frozen SPTE (its "
+    "cmpxchg installs over the frozen value)",
+    breaks="under read-mode mmu_lock only the thread that froze an SPTE writes it: a fault "
+           "that reached a table NX recovery is removing must not install into it")
 READONLY_SLOT_WRITABLE = mutant(
     "readonly_slot_writable", removes="the read-only memslot test of a write fault",
     breaks="a read-only memslot is never mapped writable (Host-writable clear)")
@@ -172,7 +177,7 @@ def _tdp_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int, p
         new = tracked_spte(vm, slot, gfn, new)
         sptep = sp.sptes[i]
         old = sptep.load()
-        if old == S.FROZEN:
+        if old == S.FROZEN and TDP_FAULT_OVERWRITES_FROZEN not in vm.hazards:
             return RETRY  # its table is being removed under read-mode mmu_lock
         if S.is_present(old):
             if S.pfn_of(old) != pfn:
