@@ -91,6 +91,13 @@ FAILED_ENABLE_UNINSTALLS_APART = mutant(
     breaks="a failed VM creation leaves nothing enabled: a CPU coming online between the "
            "enabling's section and the late removal finds the callbacks installed, is enabled "
            "by them, and stays enabled with kvm_usage_count 0")
+FAILED_ENABLE_ROLLED_BACK_APART = mutant(
+    "failed_enable_rolled_back_apart", removes="rolling kvm_usage_count back after a failed "
+    "first enable in the kvm_lock section that raised it (kvm_lock design: the count is "
+    "lowered in a second kvm_lock section)",
+    breaks="kvm_lock protects kvm_usage_count and hardware enabling as one step: a second VM "
+           "created between the sections sees the count non-zero, skips enabling, and runs "
+           "with virtualization off")
 CALLBACKS_REMOVED_APART = mutant(
     "callbacks_removed_apart", removes="removing the hotplug callbacks in the same "
     "cpus_read_lock section that disables the online CPUs (the last VM disables them in one "
@@ -339,6 +346,18 @@ class Machine:
         ``cpus_read_lock`` (installing the hotplug callbacks is what takes it).
         """
         locked = unless(USAGE_WITHOUT_LOCK, self.hazards, self.usage_lock)
+        if self.kvm_usage_lock is None and FAILED_ENABLE_ROLLED_BACK_APART in self.hazards:
+            try:
+                with self._hotplug_read(), locked:
+                    n = self._usage() + 1
+                    self._set_usage(n)
+                    if n == 1:
+                        self._enable_online_cpus()
+            except HardwareEnableError:
+                with locked:  # broken: another creator may have counted itself meanwhile
+                    self._set_usage(self._usage() - 1)
+                raise
+            return
         if self.kvm_usage_lock is not None:
             if self.hazards.usage_lock_inside_hotplug:
                 with self.cpu_hotplug_lock.read(), self.kvm_usage_lock:  # broken order

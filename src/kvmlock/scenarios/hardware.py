@@ -157,6 +157,30 @@ def enable_failure() -> None:
             "failed creation left state behind"
 
 
+@pair("hardware.enable_failure_two_creators",
+      rule="kvm_lock design: the first VM's count, its enabling and the count's rollback when "
+           "enabling fails on one CPU are one kvm_lock section, racing a second VM creation",
+      broken_rule="kvm_lock design, but the count is rolled back in a second kvm_lock "
+                  "section: a VM created in between sees the count non-zero, skips enabling "
+                  "and runs with virtualization off",
+      broken_expect="assertion", invariant=_HW_INVARIANT,
+      catches=("failed_enable_rolled_back_apart",), max_runs=500)
+def enable_failure_two_creators(broken: bool) -> None:
+    # CPU 1 refuses virtualization, so every creation must fail.
+    m = Machine(2, fail_enable_on=(1,), hazards={"failed_enable_rolled_back_apart": broken})
+    created: list[object] = []
+
+    def create() -> None:
+        try:
+            created.append(m.create_vm())
+        except HardwareEnableError:
+            pass
+
+    together(create, create, names=["KVM_CREATE_VM a", "KVM_CREATE_VM b"])
+    m.check_hardware()
+    assert not created, "a VM was created although CPU 1 cannot enable virtualization"
+
+
 @pair("hardware.enable_failure_vs_online",
       rule="kvm_usage_lock design: a first enable that fails on one CPU removes the hotplug "
            "callbacks in the cpus_read_lock section that installed them, racing another CPU "
