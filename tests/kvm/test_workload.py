@@ -11,7 +11,7 @@ def test_short_run_is_clean_and_exercises_every_path():
     c = r.counters
     assert c["writes"] > 0 and c["reads"] > 0
     assert c["slow_pf"] > 0 and c["swap_out"] > 0 and c["harvests"] > 0
-    assert c["memslot_updates"] > 1 and c["hotplug"] > 0
+    assert c["memslot_updates"] > 1 and c["hotplug"] > 0 and c["nx_recovered"] > 0
     assert {"kvm->mmu_lock", "kvm->srcu", "kvm->slots_lock", "vcpu->mutex",
             "mmu_notifier_invalidate_range_start", "kvm_lock"} <= set(r.lock_classes)
     assert "OK -- every invariant held" in r.render()

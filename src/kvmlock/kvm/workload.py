@@ -9,7 +9,9 @@ Threads, all sharing one VM on one host machine:
 * a swapper that unmaps host pages through the MMU notifier and reuses the frames, and ages
   pages (clear_flush_young);
 * a memslot updater creating, moving and deleting a second memslot;
-* a CPU-hotplug thread taking a CPU down and up again (needs :mod:`kvmlock.kvm.machine`).
+* a CPU-hotplug thread taking a CPU down and up again (needs :mod:`kvmlock.kvm.machine`);
+* an NX huge-page recovery thread removing TDP page tables under read-mode ``mmu_lock``
+  beside the faulting vCPUs (TDP MMU only).
 
 At the end it stops the guest and checks the invariants: every vCPU reads back what it last
 wrote (no write lost to a dropped Dirty bit or a stale translation), a final harvest makes the
@@ -34,6 +36,7 @@ from kvmlock.kvm.guest import GuestFault, guest_read, guest_write
 from kvmlock.kvm.hyperv import HyperV
 from kvmlock.kvm.memslots import LOG_DIRTY_PAGES
 from kvmlock.kvm.mmu.dirty_log import MigrationCopy
+from kvmlock.kvm.mmu.nx_recovery import recover_nx_huge_page
 from kvmlock.kvm.tsc import TscSync
 from kvmlock.kvm.vm import VM
 
@@ -76,6 +79,8 @@ class WorkloadResult:
             f"  swap-outs        {c.get('swap_out', 0):>8}  ({c.get('writeback', 0)} written "
             f"back, {c.get('aged', 0)} pages aged)",
             f"  memslot updates  {c.get('memslot_updates', 0):>8}",
+            f"  NX recoveries    {c.get('nx_recovered', 0):>8}  (page tables removed under "
+            "read-mode mmu_lock)",
             f"  vCPU ioctls      {c.get('ioctls', 0):>8}  (TSC writes, Hyper-V MSRs)",
             f"  CPU hotplug      {c.get('hotplug', 0):>8}",
             f"  TLB flushes      {c.get('tlb_flushes', 0):>8}",
@@ -214,6 +219,13 @@ def run_workload(
             time.sleep(0.005)
 
     @guard
+    def nx_recoverer() -> None:
+        rng = random.Random(seed + 13)
+        while not stop.is_set():
+            recover_nx_huge_page(vm, rng.randrange(pages))
+            time.sleep(0.003)
+
+    @guard
     def hotplug_thread() -> None:
         assert machine is not None
         while not stop.is_set():
@@ -228,6 +240,8 @@ def run_workload(
     threads += [kvmlock.spawn(harvester, name="harvester"),
                 kvmlock.spawn(swapper, name="swapper"),
                 kvmlock.spawn(memslot_updater, name="memslot_updater")]
+    if vm.mmu.tdp:
+        threads.append(kvmlock.spawn(nx_recoverer, name="nx_recovery"))
     if machine is not None:
         threads.append(kvmlock.spawn(hotplug_thread, name="cpu_hotplug"))
     t0 = time.perf_counter()
@@ -287,8 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="kvmlock run",
         description="Boot the KVM model on real threads (vCPUs, dirty-log harvester, swapper, "
-                    "memslot updater, CPU hotplug) under lockdep; check its invariants at the "
-                    "end. Exit status 0 when every invariant held and lockdep reported nothing.")
+                    "memslot updater, NX huge-page recovery, CPU hotplug) under lockdep; check "
+                    "its invariants at the end. Exit status 0 when every invariant held and "
+                    "lockdep reported nothing.")
     p.add_argument("--vcpus", type=int, default=2, help="vCPU threads (default 2)")
     p.add_argument("--seconds", type=float, default=2.0, help="how long to run (default 2)")
     p.add_argument("--pages", type=int, default=32, help="guest pages in the logged memslot")
