@@ -367,3 +367,33 @@ def test_a_removed_table_written_after_its_freeze_is_caught_at_the_free():
     sp.sptes[3].store(S.make(1, writable=False))  # a plain store that ignored the freeze
     with pytest.raises(AssertionError, match=r"written after its SPTEs were frozen \(spte\[3\]"):
         _check_still_frozen(sp)
+
+
+def test_a_table_removed_or_freed_twice_is_a_bug_report():
+    """The model's KASAN for page tables: one remover, one free, whoever tries second."""
+    from kvmlock.kvm.mmu.shadow import ShadowPage
+
+    sp = ShadowPage(0, direct=True)
+    sp.mark_removed("first remover")  # near miss: one removal, then one free
+    sp.free("its RCU callback")
+    with pytest.raises(AssertionError, match=r"BUG: shadow page 0 freed twice \(second"):
+        sp.free("second")
+    other = ShadowPage(1, direct=True)
+    other.mark_removed("first remover")
+    with pytest.raises(AssertionError, match=r"BUG: shadow page 1 removed twice \(second "
+                                             r"remover found it already removed\)"):
+        other.mark_removed("second remover")
+    with pytest.raises(AssertionError, match="found it already freed"):
+        sp.mark_removed("late remover")
+
+
+def test_recovery_and_zap_all_each_remove_and_free_a_table_once():
+    vm, v = logged_vm()
+    guest_write(v, 1, 7)
+    sp = vm.mmu.walk(1)[0]
+    assert recover_nx_huge_page(vm, 1)
+    assert sp.removed and sp.freed
+    guest_read(v, 1)
+    again = vm.mmu.walk(1)[0]
+    assert vm.mmu.zap_all() == 1
+    assert again.removed and again.freed

@@ -84,7 +84,7 @@ def recover_nx_huge_page(vm: VM, va: int) -> bool:
         grace_period(vm)
     with irq.softirq():  # tdp_mmu_free_sp_rcu_callback
         _check_still_frozen(table)
-        table.freed = True
+        table.free("NX huge-page recovery")
     vm.stats["nx_recovered"] += 1
     return True
 
@@ -92,6 +92,7 @@ def recover_nx_huge_page(vm: VM, va: int) -> bool:
 def _remove_table(vm: VM, sp: ShadowPage) -> None:
     """``handle_removed_pt`` with ``shared``: take the table off the page list, freeze every
     SPTE in it and pass on what each one held."""
+    sp.mark_removed("NX huge-page recovery")
     vm.mmu.unlink_page(sp)
     plain = RECOVER_FREEZE_PLAIN_STORE in vm.hazards
     for sptep in sp.sptes:

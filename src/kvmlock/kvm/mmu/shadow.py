@@ -90,7 +90,8 @@ ZAP_ALL_NO_FLUSH = mutant(
 class ShadowPage:
     """One leaf page table of SPTEs; ``direct`` pages map fixed gfns."""
 
-    __slots__ = ("index", "direct", "sptes", "gfns", "unsync", "gpt_writable", "freed")
+    __slots__ = ("index", "direct", "sptes", "gfns", "unsync", "gpt_writable", "removed",
+                 "freed")
 
     def __init__(self, index: int, direct: bool) -> None:
         self.index = index
@@ -104,8 +105,33 @@ class ShadowPage:
         #: its own mapping of that table writable when the page went unsync (the model's guest
         #: table has no gfn, so this flag stands for that mapping; see guest.write_gpte)
         self.gpt_writable = False
+        #: set once a remover took the page out of the paging structure and owns its teardown
+        #: (the kernel's ``handle_removed_pt``); exactly one remover may ever do that
+        self.removed = False
         #: set once the page is freed (the model's KASAN: a use after that is a bug)
         self.freed = False
+
+    def mark_removed(self, by: str) -> None:
+        """The remover that unlinked this page from its parent entry takes over its teardown.
+
+        Only the thread whose atomic change of the parent entry took the page out may do that;
+        a second one means two removers both believed they cleared the entry -- in the kernel
+        a second ``handle_removed_pt`` on one table, which spins for ever on its frozen SPTEs
+        or frees it twice. The model reports it as the bug it is.
+        """
+        assert not self.removed and not self.freed, (
+            f"BUG: shadow page {self.index} removed twice ({by} found it already "
+            f"{'freed' if self.freed else 'removed'}): two removers both cleared the entry "
+            "pointing at it -- a non-atomic change of a non-leaf entry under read-mode "
+            "mmu_lock")
+        self.removed = True
+
+    def free(self, by: str) -> None:
+        """Free the page (the RCU callback): the model's KASAN for a double free."""
+        assert not self.freed, (
+            f"BUG: shadow page {self.index} freed twice ({by}): two removers each scheduled "
+            "its free")
+        self.freed = True
 
     def gfn_at(self, i: int) -> int:
         """``kvm_mmu_page_get_gfn``: fixed for direct pages, recorded at install otherwise."""
@@ -249,6 +275,7 @@ class MMU:
                     self.drop_spte(sp, i)
                 runtime.active().point(self.pages, "unlink shadow page", True)
                 self.pages[idx] = None
+                sp.mark_removed("kvm_mmu_zap_all")
                 if inverted:
                     self.page_list = [p for p in self.page_list if p is not sp]
                 elif not late:
@@ -262,7 +289,7 @@ class MMU:
             with irq.softirq():  # the RCU callback that frees the page
                 if late:
                     self.unlink_page(sp)  # broken: mmu_lock is long dropped
-                sp.freed = True
+                sp.free("kvm_mmu_zap_all")
         return len(gone)
 
     def clear_parent(self, sp: ShadowPage) -> bool:
