@@ -357,16 +357,16 @@ def test_nx_recovery_bad_inputs_are_clear_errors():
 
 
 def test_a_removed_table_written_after_its_freeze_is_caught_at_the_free():
-    from kvmlock.kvm.mmu.nx_recovery import _check_still_frozen
     from kvmlock.kvm.mmu.shadow import ShadowPage
+    from kvmlock.kvm.mmu.tdp_mmu import check_still_frozen
 
     sp = ShadowPage(0, direct=True)
     for sptep in sp.sptes:
         sptep.store(S.FROZEN)
-    _check_still_frozen(sp)  # near miss: every SPTE still frozen
+    check_still_frozen(sp, "NX huge-page recovery")  # near miss: every SPTE still frozen
     sp.sptes[3].store(S.make(1, writable=False))  # a plain store that ignored the freeze
     with pytest.raises(AssertionError, match=r"written after its SPTEs were frozen \(spte\[3\]"):
-        _check_still_frozen(sp)
+        check_still_frozen(sp, "NX huge-page recovery")
 
 
 def test_a_table_removed_or_freed_twice_is_a_bug_report():

@@ -17,6 +17,16 @@ def test_short_run_is_clean_and_exercises_every_path():
     assert "OK -- every invariant held" in r.render()
 
 
+def test_memslot_updates_fast_zap_beside_nx_recovery_on_real_threads(capsys):
+    assert workload.main(["--vcpus", "2", "--seconds", "0.5", "--no-hotplug",
+                          "--slot-zap-all"]) == 0
+    out = capsys.readouterr().out
+    zaps = [line for line in out.splitlines() if line.strip().startswith("fast zaps")]
+    assert zaps and int(zaps[0].split()[2]) > 0 and "result: OK" in out, out
+    assert workload.main(["--vcpus", "1", "--seconds", "0.2", "--no-hotplug"]) == 0
+    assert "fast zaps" not in capsys.readouterr().out, "only a VM with the quirk fast-zaps"
+
+
 def test_bad_arguments_are_clear_errors(capsys):
     with pytest.raises(ValueError, match="vcpus must be"):
         workload.run_workload(vcpus=0, seconds=1)

@@ -17,6 +17,7 @@ from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.page_fault import EMULATE, GUEST_FAULT, MMIO, page_fault
 from kvmlock.kvm.mmu.page_track import check_hw_write, emulate_write
 from kvmlock.kvm.mmu.sync import sync_roots
+from kvmlock.kvm.mmu.tdp_mmu import kvm_mmu_reload
 from kvmlock.kvm.mmu.tlb import flush_remote_tlbs
 from kvmlock.kvm.mutants import mutant
 from kvmlock.kvm.vcpu import TlbEntry
@@ -91,7 +92,7 @@ def _hw_access(vcpu: VCPU, va: int, write: bool, value: int) -> object:
     if e is not None and (not write or (e.writable and e.dirty)):
         vcpu.stats["tlb_hits"] += 1
     else:
-        loc = vm.mmu.walk(va)
+        loc = vm.mmu.walk(va, vcpu.root)
         if loc is None:
             return _FAULT
         sp, i = loc
@@ -172,8 +173,13 @@ def _access(vcpu: VCPU, va: int, write: bool, value: int = 0) -> int | None:
     vcpu.vm.mmu.check_va(va)
     if write and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
         raise ValueError(f"guest_write: value must be a non-negative integer, got {value!r}")
+    mmu = vcpu.vm.mmu
     for _ in range(MAX_FAULTS):
-        vcpu.enter_guest()
+        if vcpu.root is None and mmu.tdp:
+            kvm_mmu_reload(vcpu)
+        if not vcpu.enter_guest():
+            kvm_mmu_reload(vcpu)  # a request was pending: serve it, then enter again
+            continue
         try:
             r = _hw_access(vcpu, va, write, value)
         finally:

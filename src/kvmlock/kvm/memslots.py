@@ -472,7 +472,7 @@ def set_memory_region(
 
 def _set_memslot(vm: VM, old: Memslot | None, new: Memslot | None, change: str) -> None:
     from kvmlock.kvm.mmu.dirty_log import slot_remove_write_access
-    from kvmlock.kvm.mmu.shadow import zap_gfn_range
+    from kvmlock.kvm.mmu.tdp_mmu import flush_shadow_memslot
 
     vm.slots_arch_lock.lock()
     cur = active_memslots(vm)
@@ -485,13 +485,13 @@ def _set_memslot(vm: VM, old: Memslot | None, new: Memslot | None, change: str) 
         assert old is not None
         if DELETE_ZAPS_BEFORE_SYNC in vm.hazards:
             # broken: a fault that loaded the old array can still install an SPTE after this
-            zap_gfn_range(vm, old.base_gfn, old.base_gfn + old.npages)
+            flush_shadow_memslot(vm, old)
         _swap_active_memslots(vm, cur.with_slot(replace(old, invalid=True)))
         vm.slots_arch_lock.lock()
         cur = active_memslots(vm)
         if DELETE_ZAPS_BEFORE_SYNC not in vm.hazards and \
                 not (change == MOVE and MOVE_KEEPS_OLD_SPTES in vm.hazards):
-            zap_gfn_range(vm, old.base_gfn, old.base_gfn + old.npages)
+            flush_shadow_memslot(vm, old)
     # kvm_arch_prepare_memory_region: a created or moved slot gets fresh metadata (a moved
     # slot's rmaps are indexed by its new gfns), so once a shadow root exists it needs its
     # rmaps before it is published; slots_arch_lock keeps the first root's allocation out

@@ -37,6 +37,12 @@ FLUSH_READS_MODE_FIRST = mutant(
     breaks="kvm_make_all_cpus_request publishes the request before it reads vcpu->mode, and "
            "VM entry sets IN_GUEST_MODE before it checks requests: a vCPU entering between "
            "the two is never left with an old translation")
+ENTRY_CHECKS_REQUESTS_FIRST = mutant(
+    "entry_checks_requests_first", removes="the order of VM entry against requests: the vCPU "
+    "checks for pending requests before it marks itself in guest mode, as a step of its own",
+    breaks="vcpu_enter_guest sets IN_GUEST_MODE before it checks requests, so a request made "
+           "meanwhile either sees the vCPU in guest mode and waits for it, or cancels the "
+           "entry (the fast zap relies on it: no vCPU enters with an invalidated root)")
 
 
 class TlbEntry:
@@ -89,6 +95,14 @@ class VCPU:
         self.reading_spt = False
         #: PML: the gfns the CPU logged in guest mode, drained into the dirty bitmap at exit
         self.pml_buffer: list[int] = []
+        #: pending requests (``vcpu->requests``), checked by VM entry in its own step
+        self.requests: set[str] = set()
+        #: the TDP root it walks (``vcpu->arch.mmu->root``): a reference to the VM's root taken
+        #: at creation (see :mod:`kvmlock.kvm.mmu.tdp_mmu`); None with shadow paging
+        mmu = getattr(vm, "mmu", None)
+        self.root = mmu.root if mmu is not None else None
+        if self.root is not None:
+            self.root.refcount += 1
         self._cpu = runtime.active().waitq(self)
         #: counters for the workload's throughput report.
         self.stats: dict[str, int] = {
@@ -98,12 +112,57 @@ class VCPU:
 
     # -------------------------------------------------------------- guest mode
 
-    def enter_guest(self) -> None:
-        """VM entry: from here until :meth:`exit_guest` the vCPU may use its TLB."""
+    def enter_guest(self) -> bool:
+        """VM entry: from here until :meth:`exit_guest` the vCPU may use its TLB.
+
+        The vCPU marks itself in guest mode and checks its requests in one step; with one
+        pending the entry is cancelled (False) and the caller serves it first."""
         cpu = self._cpu
+        if ENTRY_CHECKS_REQUESTS_FIRST in self.vm.hazards:
+            with cpu:
+                cpu.point("kvm_request_pending", False)
+                pending = bool(self.requests)
+            if pending:
+                return False
+            with cpu:  # broken: a request made in between finds the vCPU outside guest mode
+                cpu.point("vm_entry")
+                self.in_guest = True
+            return True
         with cpu:
             cpu.point("vm_entry")
+            if self.requests:
+                return False
             self.in_guest = True
+        return True
+
+    def make_request(self, req: str, wait: bool = True) -> None:
+        """``kvm_make_request`` with a kick (``KVM_REQUEST_WAIT``): post ``req`` once the vCPU
+        is out of guest mode -- it cannot re-enter without seeing it. ``wait=False`` posts it
+        at once (the kick not waited for)."""
+        cpu = self._cpu
+        with cpu:
+            if wait:
+                cpu.wait_for(self._outside_guest, f"kvm_make_request {req}")
+            else:
+                cpu.point(f"kvm_make_request {req}")
+            self.requests.add(req)
+
+    def take_request(self, req: str) -> bool:
+        """``kvm_check_request``: test and clear ``req``, outside guest mode."""
+        if req not in self.requests:  # only this vCPU clears its requests
+            return False
+        cpu = self._cpu
+        with cpu:
+            cpu.point(f"kvm_check_request {req}")
+            self.requests.discard(req)
+        return True
+
+    def flush_tlb_current(self) -> None:
+        """The vCPU flushes its own TLB, outside guest mode (``kvm_mmu_load``)."""
+        cpu = self._cpu
+        with cpu:
+            cpu.point("flush_tlb_current")
+            self.tlb.clear()
 
     def exit_guest(self) -> None:
         """VM exit: acknowledges any pending flush."""

@@ -15,6 +15,7 @@ from kvmlock.kvm.host import Host
 from kvmlock.kvm.iobus import IoBus
 from kvmlock.kvm.memslots import Memslots, MsrFilter, set_memory_region
 from kvmlock.kvm.mmu.shadow import MMU
+from kvmlock.kvm.mmu.tdp_mmu import check_roots
 from kvmlock.kvm.mmu_notifier import KvmMmuNotifier
 from kvmlock.kvm.mutants import Hazards, hazards_of, lock_kind, mutant, unless
 from kvmlock.kvm.vcpu import VCPU
@@ -133,6 +134,7 @@ class VM:
         tdp: bool = True,
         ad_disabled: bool = False,
         pml: bool = False,
+        slot_zap_all: bool = False,
         **options: Any,
     ) -> None:
         if not isinstance(nr_vcpus, int) or isinstance(nr_vcpus, bool) or nr_vcpus < 0:
@@ -141,6 +143,9 @@ class VM:
             raise ValueError(f"VM name must be a non-empty string, got {name!r}")
         self.machine = machine
         self.name = name
+        #: KVM_X86_QUIRK_SLOT_ZAP_ALL: deleting or moving a memslot fast-zaps every TDP root
+        #: (the kernel's default) instead of zapping the slot's SPTEs (the model's default)
+        self.slot_zap_all = bool(slot_zap_all)
         self.hazards = hazards_of(hazards)
         self.options = dict(options)
 
@@ -212,6 +217,7 @@ class VM:
         self.stats: dict[str, int] = {
             "tlb_flushes": 0, "harvests": 0, "invalidations": 0, "memslot_updates": 0,
             "fast_pf_wrong_gfn": 0, "emulated_writes": 0, "mmu_syncs": 0, "nx_recovered": 0,
+            "fast_zaps": 0,
         }
         #: invariant violations the model itself noticed (see mmu/fast_pf.py)
         self.audit: list[str] = []
@@ -261,6 +267,7 @@ class VM:
         """
         assert not self.audit, self.audit[0]
         self.mmu.check_pages()
+        check_roots(self)
         self.mmu.check_mappings()
         assert self.mmu_invalidate_in_progress == 0, (
             f"mmu_invalidate_in_progress is {self.mmu_invalidate_in_progress} with no "

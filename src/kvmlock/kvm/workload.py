@@ -81,6 +81,8 @@ class WorkloadResult:
             f"  memslot updates  {c.get('memslot_updates', 0):>8}",
             f"  NX recoveries    {c.get('nx_recovered', 0):>8}  (page tables removed under "
             "read-mode mmu_lock)",
+            *([f"  fast zaps        {c['fast_zaps']:>8}  (every TDP root invalidated, then "
+               "zapped under read-mode mmu_lock)"] if c.get("fast_zaps") else []),
             f"  vCPU ioctls      {c.get('ioctls', 0):>8}  (TSC writes, Hyper-V MSRs)",
             f"  CPU hotplug      {c.get('hotplug', 0):>8}",
             f"  TLB flushes      {c.get('tlb_flushes', 0):>8}",
@@ -117,12 +119,15 @@ def run_workload(
     hotplug: bool = True,
     quiet: bool = False,
     hazards: dict[str, bool] | None = None,
+    slot_zap_all: bool = False,
 ) -> WorkloadResult:
     """Run the threads for ``seconds``, stop them, check invariants; never hangs the caller.
 
     ``host_pages`` defaults to three quarters of the guest's pages so the swapper and direct
     reclaim really recycle frames. Runs in the caller's lockdep state (wrap it in
-    ``lockdep.isolated()`` for a private one).
+    ``lockdep.isolated()`` for a private one). ``slot_zap_all``: the memslot updater's
+    deletions and moves fast-zap every TDP root (``VM(slot_zap_all=True)``), a second remover
+    of page tables under read-mode ``mmu_lock`` beside NX recovery.
     """
     _check_args(vcpus, seconds, pages)
     nr_va = pages + 2 * _EXTRA_PAGES
@@ -133,7 +138,7 @@ def run_workload(
 
         machine = Machine(nr_cpus=2)
     opts: dict[str, Any] = dict(nr_vcpus=vcpus, nr_pages=nr_va, host_pages=frames,
-                                hazards=hazards)
+                                hazards=hazards, slot_zap_all=slot_zap_all)
     vm = machine.create_vm(**opts) if machine is not None else VM(**opts)
     before = len(lockdep.reports())
     vm.set_memory_region(0, base_gfn=0, npages=pages, hva=0, flags=LOG_DIRTY_PAGES)
@@ -312,10 +317,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-hotplug", action="store_true", help="no Machine / CPU hotplug thread")
     p.add_argument("--classes", action="store_true", help="list the lock classes seen")
+    p.add_argument("--slot-zap-all", action="store_true",
+                   help="memslot deletions and moves fast-zap every TDP root "
+                        "(KVM_X86_QUIRK_SLOT_ZAP_ALL, the kernel's default)")
     a = p.parse_args(list(argv) if argv is not None else None)
     try:
         res = run_workload(a.vcpus, a.seconds, pages=a.pages, host_pages=a.host_pages,
-                           seed=a.seed, hotplug=not a.no_hotplug, quiet=True)
+                           seed=a.seed, hotplug=not a.no_hotplug, quiet=True,
+                           slot_zap_all=a.slot_zap_all)
     except ValueError as exc:
         p.error(str(exc))
     print(res.render())

@@ -11,6 +11,7 @@ from __future__ import annotations
 from kvmlock.scenarios import (  # noqa: F401  (imported to register their scenarios)
     access_track,
     fast_pf,
+    fast_zap,
     hardware,
     interrupts,
     irqchip,

@@ -77,7 +77,7 @@ def fast_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
 
 def _fast_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
     vm = vcpu.vm
-    loc = vm.mmu.walk(va)
+    loc = vm.mmu.walk(va, vcpu.root)
     if loc is None:
         return GO_SLOW
     sp, i = loc

@@ -8,8 +8,12 @@ huge pages, so after recovery the next fault simply builds the table again; what
 the protocol that lets the removal run under read mode (facts from arch/x86/kvm/mmu/mmu.c and
 tdp_mmu.c, in the model's own code):
 
+* the table is taken from the page list under ``tdp_mmu_pages_lock`` (the kernel's list of
+  possible NX huge pages), whichever root it hangs in;
 * the entry pointing at the table is cleared with a cmpxchg (``tdp_mmu_set_spte_atomic``), and
-  only if it still points at that table;
+  only if it still points at that table: the fast zap of invalidated roots
+  (:mod:`kvmlock.kvm.mmu.tdp_mmu`) clears such entries under read mode too, and exactly one of
+  the two may remove the table;
 * every SPTE of the removed table is then *frozen* with an exchange (``handle_removed_pt``):
   until the table's entry is cleared and TLBs flushed, the CPU may still set Dirty in an SPTE,
   the fast path may still make one writable and a fault that walked in before may still
@@ -35,11 +39,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kvmlock import irq
-from kvmlock.kvm.mmu import spte as S
-from kvmlock.kvm.mmu.shadow import grace_period
+from kvmlock.kvm.mmu.shadow import SP_ENTRIES, grace_period
+from kvmlock.kvm.mmu.tdp_mmu import free_tables, handle_removed_table
 from kvmlock.kvm.mmu.tlb import flush_remote_tlbs
-from kvmlock.kvm.mmu.update import propagate_ad
 from kvmlock.kvm.mutants import mutant
 
 if TYPE_CHECKING:
@@ -48,6 +50,12 @@ if TYPE_CHECKING:
 
 __all__ = ["recover_nx_huge_page"]
 
+RECOVER_PARENT_LOAD_STORE = mutant(
+    "recover_parent_load_store", removes="the cmpxchg with which NX huge-page recovery clears "
+    "the entry pointing at the table it removes (load, compare, then store)",
+    breaks="under read-mode mmu_lock a non-leaf entry changes only atomically: exactly one "
+           "remover -- NX huge-page recovery or the fast zap of invalidated roots -- takes a "
+           "table out and tears it down")
 RECOVER_FREEZE_PLAIN_STORE = mutant(
     "recover_freeze_plain_store", removes="the exchange that freezes each SPTE of a table NX "
     "huge-page recovery removes (load, then store of the frozen value)",
@@ -72,46 +80,25 @@ def recover_nx_huge_page(vm: VM, va: int) -> bool:
         raise ValueError("recover_nx_huge_page: the shadow MMU recovers under write-mode "
                          "mmu_lock; the model recovers TDP MMU tables only")
     mmu.check_va(va)
+    plain = RECOVER_PARENT_LOAD_STORE in vm.hazards
     with vm.mmu_lock.read():
-        sp = mmu.walk(va)
-        if sp is None or not mmu.clear_parent(sp[0]):
+        table = _possible_nx_huge_page(vm, va)
+        if table is None or not mmu.clear_parent(table, plain=plain):
             return False
-        table = sp[0]
-        _remove_table(vm, table)
+        handle_removed_table(vm, table, "NX huge-page recovery",
+                             plain_freeze=RECOVER_FREEZE_PLAIN_STORE in vm.hazards)
         if RECOVER_NO_FLUSH not in vm.hazards:
             flush_remote_tlbs(vm)
     if RECOVER_FREE_NO_GRACE_PERIOD not in vm.hazards:
         grace_period(vm)
-    with irq.softirq():  # tdp_mmu_free_sp_rcu_callback
-        _check_still_frozen(table)
-        table.free("NX huge-page recovery")
+    free_tables([table], "NX huge-page recovery")
     vm.stats["nx_recovered"] += 1
     return True
 
 
-def _remove_table(vm: VM, sp: ShadowPage) -> None:
-    """``handle_removed_pt`` with ``shared``: take the table off the page list, freeze every
-    SPTE in it and pass on what each one held."""
-    sp.mark_removed("NX huge-page recovery")
-    vm.mmu.unlink_page(sp)
-    plain = RECOVER_FREEZE_PLAIN_STORE in vm.hazards
-    for sptep in sp.sptes:
-        # (the kernel retries while the SPTE is already frozen by a fault that will write it
-        # again; the model's faults never freeze, so one exchange is enough)
-        if plain:
-            old = sptep.load()
-            sptep.store(S.FROZEN)  # broken: what lands in between is overwritten
-        else:
-            old = sptep.xchg(S.FROZEN)
-        propagate_ad(vm, old)
-
-
-def _check_still_frozen(sp: ShadowPage) -> None:
-    """The table is about to be freed: no one may have written it since it was frozen (only
-    a writer that did not exclude the recovery could have)."""
-    changed = [f"{sptep.name} = {S.describe(v)}" for sptep in sp.sptes
-               if (v := sptep.peek()) != S.FROZEN]
-    assert not changed, (
-        f"shadow page {sp.index}, removed by NX huge-page recovery, was written after its "
-        f"SPTEs were frozen ({'; '.join(changed)}): a writer that relies on mmu_lock held for "
-        "write ran beside the read-mode recovery")
+def _possible_nx_huge_page(vm: VM, va: int) -> ShadowPage | None:
+    """The oldest table on the page list that maps ``va`` (in any root), read under
+    ``tdp_mmu_pages_lock`` as the kernel walks its list of possible NX huge pages."""
+    with vm.tdp_mmu_pages_lock:
+        idx = va // SP_ENTRIES
+        return next((sp for sp in vm.mmu.page_list if sp.index == idx), None)

@@ -21,6 +21,7 @@ from kvmlock.kvm.mutants import mutant
 
 if TYPE_CHECKING:
     from kvmlock.kvm.memslots import Memslot, Memslots
+    from kvmlock.kvm.mmu.shadow import TdpRoot
     from kvmlock.kvm.vcpu import VCPU
     from kvmlock.kvm.vm import VM
 
@@ -158,22 +159,25 @@ def _slow_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
                  dirty=writable, ad_disabled=mmu.ad_disabled)
     slots.live()  # the fault keeps using what it looked up (slot, its bitmap and arch data)
     if mmu.tdp:
-        return _tdp_map(vm, va, gfn, slot, hva, mmu_seq, pfn, write, new)
+        return _tdp_map(vm, va, gfn, slot, hva, mmu_seq, pfn, write, new, vcpu.root)
     return _shadow_map(vm, va, gfn, slot, hva, mmu_seq, pfn, write, new)
 
 
 def _tdp_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int, pfn: int,
-             write: bool, new: int) -> str:
+             write: bool, new: int, root: TdpRoot | None = None) -> str:
     """The TDP MMU: ``mmu_lock`` for read, the SPTE installed with a cmpxchg.
 
     Faults on different (or the same) pages run in parallel; one that loses the cmpxchg to
-    another fault, the fast path or the CPU simply retries, as RET_PF_RETRY does.
+    another fault, the fast path or the CPU simply retries, as RET_PF_RETRY does. So does a
+    fault on a root a fast zap invalidated (``is_page_fault_stale``): the vCPU reloads first.
     """
     mmu = vm.mmu
     with vm.mmu_lock.read():
         if invalidate_retry(vm, mmu_seq, hva):
             return RETRY
-        sp, i = mmu.ensure_page(va)
+        if root is not None and root.invalid:
+            return RETRY
+        sp, i = mmu.ensure_page(va, root)
         new = tracked_spte(vm, slot, gfn, new)
         sptep = sp.sptes[i]
         old = sptep.load()

@@ -33,8 +33,8 @@ from kvmlock.sync import Atomic64, guarded_by, peek
 if TYPE_CHECKING:
     from kvmlock.kvm.vm import VM
 
-__all__ = ["MMU", "SP_ENTRIES", "ShadowPage", "check_rmaps", "first_shadow_root_alloc",
-           "grace_period", "unmap_gfn_range", "zap_gfn_range"]
+__all__ = ["MMU", "SP_ENTRIES", "ShadowPage", "TdpRoot", "check_rmaps",
+           "first_shadow_root_alloc", "grace_period", "unmap_gfn_range", "zap_gfn_range"]
 
 SP_ENTRIES = 8
 
@@ -91,11 +91,13 @@ class ShadowPage:
     """One leaf page table of SPTEs; ``direct`` pages map fixed gfns."""
 
     __slots__ = ("index", "direct", "sptes", "gfns", "unsync", "gpt_writable", "removed",
-                 "freed")
+                 "freed", "parent")
 
-    def __init__(self, index: int, direct: bool) -> None:
+    def __init__(self, index: int, direct: bool, parent: TdpRoot | None = None) -> None:
         self.index = index
         self.direct = direct
+        #: TDP MMU: the root whose entry ``index`` points at this table (``sp->ptep``)
+        self.parent = parent
         base = index * SP_ENTRIES
         self.sptes = [Atomic64(0, name=f"spte[{base + i}]") for i in range(SP_ENTRIES)]
         #: indirect pages: the gfn each SPTE was installed for (-1: none); under mmu_lock
@@ -141,6 +143,36 @@ class ShadowPage:
         return f"<SP {'direct' if self.direct else 'indirect'} #{self.index}>"
 
 
+class TdpRoot:
+    """A TDP MMU root: the model's one upper level, an entry per region pointing at a table.
+
+    ``refcount`` is ``tdp_mmu_root_count``: one reference for the MMU itself while the root is
+    valid (handed to the zap of invalidated roots, which puts it), one per vCPU that loaded it.
+    ``invalid`` is ``role.invalid`` (set under write-mode ``mmu_lock``); ``scheduled`` is
+    ``tdp_mmu_scheduled_root_to_zap``. The root is freed after a grace period once the last
+    reference is put; a use after that is the model's KASAN report.
+    """
+
+    __slots__ = ("gen", "pages", "invalid", "scheduled", "refcount", "freed")
+
+    def __init__(self, pages: list[ShadowPage | None], gen: int, refcount: int) -> None:
+        self.gen = gen
+        self.pages = pages
+        self.invalid = False
+        self.scheduled = False
+        self.refcount = refcount
+        self.freed = False
+
+    def check_live(self, who: str) -> None:
+        assert not self.freed, (
+            f"BUG: {who} used TDP root {self.gen} after it was freed: the root was freed while "
+            "a reference to it was still held, or before a grace period")
+
+    def __repr__(self) -> str:
+        return (f"<TdpRoot {self.gen}{' invalid' if self.invalid else ''} "
+                f"refs={self.refcount}>")
+
+
 class MMU:
     """The VM's shadow page tables for a guest address space of ``nr_va`` pages."""
 
@@ -171,6 +203,15 @@ class MMU:
         self.loaded = False
         #: gfns whose write-protection is complete and relied on (the model's audit, no lock)
         self.wrprot_relied: set[int] = set()
+        #: TDP MMU: every root not yet freed (``tdp_mmu_roots``; changed under
+        #: tdp_mmu_pages_lock) and the valid one (None after a fast zap, until a vCPU loads
+        #: a new one). The first root is made with the VM, the MMU's own reference on it.
+        self.roots: list[TdpRoot] = []
+        self.root: TdpRoot | None = None
+        self.root_gen = 0
+        if tdp:
+            self.root = TdpRoot(self.pages, 0, refcount=1)
+            self.roots.append(self.root)
 
     # ----------------------------------------------------------- construction
 
@@ -197,43 +238,53 @@ class MMU:
         with vm.tdp_mmu_pages_lock:
             self.page_list.append(sp)
 
-    def ensure_page(self, va: int) -> tuple[ShadowPage, int]:
+    def ensure_page(self, va: int, root: TdpRoot | None = None) -> tuple[ShadowPage, int]:
         """The leaf page for ``va``, built if missing. ``mmu_lock`` is held -- for *read* by a
         TDP fault, so two faults may race to build it: ``tdp_mmu_pages_lock`` decides."""
         vm = self.vm
         vm.mmu_lock.assert_held()
         idx = va // SP_ENTRIES
+        root = root or self.root
+        pages = self.pages if root is None else root.pages
         if TDP_LINK_WITHOUT_PAGES_LOCK in vm.hazards:
-            return self._link_unlocked(idx), va % SP_ENTRIES
+            return self._link_unlocked(idx, pages, root), va % SP_ENTRIES
         rt = runtime.active()
         if self.tdp:  # mmu_lock held for read: another fault may link the page meanwhile
-            rt.point(self.pages, "check tdp_mmu_pages", False)
-        sp = self.pages[idx]
+            rt.point(pages, "check tdp_mmu_pages", False)
+        sp = pages[idx]
         if sp is None:
             with vm.tdp_mmu_pages_lock:
-                sp = None if TDP_LINK_NO_RECHECK in vm.hazards else self.pages[idx]
+                sp = None if TDP_LINK_NO_RECHECK in vm.hazards else pages[idx]
                 if sp is None:
-                    sp = ShadowPage(idx, direct=self.tdp)
-                    rt.point(self.pages, "link tdp_mmu_pages", True)
+                    sp = ShadowPage(idx, direct=self.tdp, parent=root)
+                    rt.point(pages, "link tdp_mmu_pages", True)
                     self.page_list.append(sp)
-                    self.pages[idx] = sp
+                    pages[idx] = sp
         return sp, va % SP_ENTRIES
 
-    def _link_unlocked(self, idx: int) -> ShadowPage:
+    def _link_unlocked(self, idx: int, pages: list[ShadowPage | None],
+                       root: TdpRoot | None) -> ShadowPage:
         """The broken variant: check and link with only the read-mode ``mmu_lock`` held.
 
         The check and the link are separate steps (as a list_add racing another is), so two
         faults can both find the slot empty and both link a page.
         """
         rt = runtime.active()
-        rt.point(self.pages, "check tdp_mmu_pages", False)
-        sp = self.pages[idx]
+        rt.point(pages, "check tdp_mmu_pages", False)
+        sp = pages[idx]
         if sp is None:
-            sp = ShadowPage(idx, direct=self.tdp)
-            rt.point(self.pages, "link tdp_mmu_pages", True)
+            sp = ShadowPage(idx, direct=self.tdp, parent=root)
+            rt.point(pages, "link tdp_mmu_pages", True)
             self.page_list.append(sp)
-            self.pages[idx] = sp
+            pages[idx] = sp
         return sp
+
+    def tables(self) -> list[ShadowPage]:
+        """Every table reachable from an entry: of the shadow MMU's one array, or of every
+        TDP root not yet freed (an invalid one is reachable until its zap has cleared it)."""
+        if not self.tdp:
+            return [sp for sp in self.pages if sp is not None]
+        return [sp for root in self.roots for sp in root.pages if sp is not None]
 
     def check_pages(self) -> None:
         """Assert the page accounting: every built page linked once, and still reachable."""
@@ -244,8 +295,11 @@ class MMU:
         twice = sorted(i for i, n in seen.items() if n > 1)
         assert not twice, (f"shadow page(s) for region {twice} were built and linked twice: "
                            "one of them is unreachable and its SPTEs are never zapped")
-        lost = [sp for sp in built if self.pages[sp.index] is not sp]
+        lost = [sp for sp in built
+                if (self.pages if sp.parent is None else sp.parent.pages)[sp.index] is not sp]
         assert not lost, f"linked shadow pages no longer reachable: {lost}"
+        gone = [sp for sp in self.tables() if sp.removed or sp.freed]
+        assert not gone, f"removed or freed shadow pages still reachable: {gone}"
         open_tables = [sp.index for sp in self.pages
                        if sp is not None and sp.gpt_writable and not sp.unsync]
         assert not open_tables, (
@@ -268,13 +322,12 @@ class MMU:
         late = UNLINK_PAGE_AT_FREE in vm.hazards
         with vm.tdp_mmu_pages_lock if inverted else nullcontext(), vm.mmu_lock.write():
             gone = []
-            for idx, sp in enumerate(self.pages):
-                if sp is None:
-                    continue
+            for root, idx, sp in [(r, idx, sp) for r in self.roots
+                                  for idx, sp in enumerate(r.pages) if sp is not None]:
                 for i in range(SP_ENTRIES):
                     self.drop_spte(sp, i)
-                runtime.active().point(self.pages, "unlink shadow page", True)
-                self.pages[idx] = None
+                runtime.active().point(root.pages, "unlink shadow page", True)
+                root.pages[idx] = None
                 sp.mark_removed("kvm_mmu_zap_all")
                 if inverted:
                     self.page_list = [p for p in self.page_list if p is not sp]
@@ -292,14 +345,24 @@ class MMU:
                 sp.free("kvm_mmu_zap_all")
         return len(gone)
 
-    def clear_parent(self, sp: ShadowPage) -> bool:
-        """``tdp_mmu_set_spte_atomic`` on the entry that points at ``sp`` (the model's one
-        upper level): replace it with nothing if it still points at ``sp``; one visible step.
-        The page itself is still reachable by walkers that read the entry before."""
-        runtime.active().point(self.pages, "cmpxchg parent SPTE", True)
-        if self.pages[sp.index] is not sp:
-            return False
-        self.pages[sp.index] = None
+    def clear_parent(self, sp: ShadowPage, plain: bool = False) -> bool:
+        """``tdp_mmu_set_spte_atomic`` on the entry that points at ``sp`` (its root's entry,
+        the model's one upper level): replace it with nothing if it still points at ``sp``;
+        one visible step. The page itself is still reachable by walkers that read the entry
+        before. ``plain``: the broken load, compare, then store (two steps)."""
+        assert sp.parent is not None, f"{sp!r} is no TDP MMU table"
+        entries = sp.parent.pages
+        rt = runtime.active()
+        if plain:
+            rt.point(entries, "load parent SPTE", False)
+            if entries[sp.index] is not sp:
+                return False
+            rt.point(entries, "store parent SPTE", True)  # broken: it may have changed
+        else:
+            rt.point(entries, "cmpxchg parent SPTE", True)
+            if entries[sp.index] is not sp:
+                return False
+        entries[sp.index] = None
         return True
 
     def unlink_page(self, sp: ShadowPage) -> None:
@@ -323,7 +386,7 @@ class MMU:
         vm = self.vm
         slots = vm.memslots.access_pointer()
         bad: list[str] = []
-        for sp in (p for p in self.pages if p is not None):
+        for sp in self.tables():
             for i, sptep in enumerate(sp.sptes):
                 v = sptep.peek()
                 if not S.is_present(v):
@@ -415,9 +478,20 @@ class MMU:
                              f"[0, {self.nr_va})")
         return va
 
-    def walk(self, va: int) -> tuple[ShadowPage, int] | None:
-        """The lockless shadow walk: the leaf shadow page and index for ``va``, if built."""
-        sp = self.pages[va // SP_ENTRIES]
+    def walk(self, va: int, root: TdpRoot | None = None) -> tuple[ShadowPage, int] | None:
+        """The lockless shadow walk: the leaf shadow page and index for ``va``, if built --
+        from ``root`` (a vCPU's own), else from the valid root (none after a fast zap until a
+        vCPU loads one) or the shadow MMU's array."""
+        if root is not None:
+            root.check_live("a walk")
+            pages = root.pages
+        elif self.tdp:
+            if self.root is None:
+                return None
+            pages = self.root.pages
+        else:
+            pages = self.pages
+        sp = pages[va // SP_ENTRIES]
         if sp is None:
             return None
         return sp, va % SP_ENTRIES
@@ -437,11 +511,11 @@ class MMU:
 
     def gfn_sptes(self, gfn: int) -> list[tuple[ShadowPage, int]]:
         """Every SPTE that may map ``gfn``: the one fixed slot with TDP, the rmap otherwise."""
-        if self.tdp:
+        if self.tdp:  # every root, an invalid one too (it is zapped only after this lock)
             if not 0 <= gfn < self.nr_va:
                 return []
-            sp = self.pages[gfn // SP_ENTRIES]
-            return [] if sp is None else [(sp, gfn % SP_ENTRIES)]
+            idx, i = gfn // SP_ENTRIES, gfn % SP_ENTRIES
+            return [(sp, i) for root in self.roots if (sp := root.pages[idx]) is not None]
         return list(self.rmap.get(gfn, ()))
 
     def rmap_add(self, gfn: int, sp: ShadowPage, i: int) -> None:

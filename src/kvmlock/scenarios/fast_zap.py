@@ -1,0 +1,111 @@
+"""The fast zap of TDP roots (a memslot deletion with ``KVM_X86_QUIRK_SLOT_ZAP_ALL``), the
+second read-mode writer of non-leaf entries, against the paths it races
+(see :mod:`kvmlock.kvm.mmu.tdp_mmu`).
+
+* ``nx_recovery.vs_fast_zap`` -- a memslot is deleted (every root invalidated under write-mode
+  ``mmu_lock``, then zapped under read mode) while NX huge-page recovery removes the table
+  that maps both slots' pages, also under read mode. Both clear the same root entry; the
+  cmpxchg lets exactly one of them remove the table. With either side's cmpxchg made a load
+  and a store, both remove it, and the model reports the table removed twice.
+* ``memslots.fast_zap_vs_vcpu`` -- a vCPU reads the page of a memslot that is deleted with a
+  fast zap, after which userspace discards the page (``MADV_DONTNEED``: its frame is freed and
+  reused). The zap flushes no TLB: the vCPU must be out of guest mode when the roots are
+  invalidated, must not re-enter without serving its request, must flush its TLB when it
+  loads the new root, and must still hold its old root (its reference) when it serves the
+  request; otherwise it reads the freed frame through a cached translation, or puts a root
+  that was freed.
+
+Both end with the VM's invariants (every present SPTE maps the host's frame, every table
+reachable once, every root's count equal to its holders).
+"""
+
+from __future__ import annotations
+
+from kvmlock.kvm.guest import GuestFault, guest_read, guest_write
+from kvmlock.kvm.mmu.nx_recovery import recover_nx_huge_page
+from kvmlock.kvm.mmu.tdp_mmu import zap_all_fast
+from kvmlock.kvm.vm import VM
+from kvmlock.scenarios.orders import together
+from kvmlock.scenarios.registry import pair
+
+__all__: list[str] = []
+
+_BOUND = {"strategy": "dpor", "max_runs": 20000}
+
+
+def _two_slot_vm(hazards: dict[str, bool] | None = None) -> VM:
+    """gfn 0 in slot 0 and gfn 1 in slot 1 (both in one table), deleted with a fast zap."""
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=3, slot_zap_all=True, hazards=hazards)
+    vm.set_memory_region(0, base_gfn=0, npages=1, hva=0)
+    vm.set_memory_region(1, base_gfn=1, npages=1, hva=1)
+    return vm
+
+
+def recovery_vs_fast_zap(hazards: dict[str, bool] | None = None, shared: bool = True) -> None:
+    """The body of ``nx_recovery.vs_fast_zap``; ``shared=False`` zaps the invalidated roots
+    under write-mode ``mmu_lock`` (a near miss that must pass as well)."""
+    vm = _two_slot_vm(hazards)
+    (v0,) = vm.vcpus
+    guest_write(v0, 0, 5)
+    guest_read(v0, 1)  # the table of gfns 0-1 holds two present SPTEs
+
+    def delete_slot1() -> None:
+        if shared:
+            vm.set_memory_region(1, npages=0)
+        else:
+            with vm.slots_lock:
+                zap_all_fast(vm, shared=False)
+
+    together(delete_slot1, lambda: recover_nx_huge_page(vm, 0),
+             names=["delete slot 1 (fast zap)", "NX recovery"])
+    vm.check()
+    got = guest_read(v0, 0)  # vcpu0 reloads: its old root is gone
+    assert got == 5, f"the guest wrote 5 but reads {got:#x}"
+    vm.check()
+
+
+@pair("nx_recovery.vs_fast_zap",
+      rule="NX huge-page recovery and the fast zap of invalidated roots both clear non-leaf "
+           "entries under read-mode mmu_lock, each with a cmpxchg: exactly one removes the "
+           "table",
+      broken_rule="NX huge-page recovery clears the entry pointing at its table with a load "
+                  "and a store: the zap removed the table meanwhile, and it is removed (and "
+                  "freed) twice",
+      broken_expect="assertion",
+      invariant="a table is removed and freed once; the guest reads back what it wrote",
+      catches=("recover_parent_load_store", "fast_zap_plain_store"), **_BOUND)
+def vs_fast_zap(broken: bool) -> None:
+    recovery_vs_fast_zap({"recover_parent_load_store": broken})
+
+
+@pair("memslots.fast_zap_vs_vcpu",
+      rule="a fast zap invalidates the roots and kicks every vCPU out of guest mode in one "
+           "write-mode mmu_lock section; a vCPU serves the request before it enters again, "
+           "puts its own reference to the old root and flushes its TLB when it loads the new "
+           "one -- the zap itself flushes nothing",
+      broken_rule="the vCPU loads the new root without flushing its TLB: it reads the page of "
+                  "the deleted memslot through its old translation after the frame was freed",
+      broken_expect="assertion",
+      invariant="no access touches a freed frame; every root's count equals its holders",
+      catches=("root_load_no_flush", "obsolete_roots_request_no_wait",
+               "entry_checks_requests_first", "zapped_root_freed_with_refs"), **_BOUND)
+def fast_zap_vs_vcpu(broken: bool) -> None:
+    vm = _two_slot_vm({"root_load_no_flush": broken})
+    (v0,) = vm.vcpus
+    guest_write(v0, 1, 7)  # vcpu0's TLB caches gfn 1's translation
+
+    def vcpu0_reads() -> None:
+        try:
+            got = guest_read(v0, 1)
+        except GuestFault:
+            return  # the slot is gone: the read exits to userspace
+        assert got == 7, f"vcpu0 wrote 7 to gfn 1 but reads {got:#x}"
+
+    def delete_and_discard() -> None:
+        vm.set_memory_region(1, npages=0)
+        vm.host.discard(1)  # userspace drops the memory it no longer gives the guest
+
+    together(vcpu0_reads, delete_and_discard, names=["vcpu0 reads gfn 1", "delete slot 1"])
+    vm.check()
+    assert guest_read(v0, 0) == 0
+    vm.check()

@@ -1,0 +1,103 @@
+"""The fast zap of TDP roots: roots, their references, the vCPU's reload, and the near misses."""
+
+import pytest
+
+from kvmlock import explore, lockdep
+from kvmlock.kvm.guest import GuestFault, guest_read, guest_write
+from kvmlock.kvm.mmu import spte as S
+from kvmlock.kvm.mmu.nx_recovery import recover_nx_huge_page
+from kvmlock.kvm.mmu.tdp_mmu import check_roots, zap_all_fast
+from kvmlock.kvm.vm import VM
+from kvmlock.scenarios.fast_zap import recovery_vs_fast_zap
+from kvmlock.sync import peek
+
+
+def two_slot_vm(**kw):
+    vm = VM(nr_vcpus=2, nr_pages=2, host_pages=3, slot_zap_all=True, **kw)
+    vm.set_memory_region(0, base_gfn=0, npages=1, hva=0)
+    vm.set_memory_region(1, base_gfn=1, npages=1, hva=1)
+    return vm
+
+
+def test_deleting_a_slot_fast_zaps_every_root_and_each_vcpu_reloads():
+    vm = two_slot_vm()
+    v0, v1 = vm.vcpus
+    guest_write(v0, 0, 5)
+    guest_write(v1, 1, 6)
+    old = vm.mmu.root
+    table = vm.mmu.walk(0)[0]
+    assert old.refcount == 3, "the MMU's reference and one per vCPU"
+    vm.set_memory_region(1, npages=0)
+    assert old.invalid and not old.scheduled and vm.mmu.root is None
+    assert all(sp is None for sp in old.pages), "the zap cleared every entry of the old root"
+    assert table.removed and table.freed and peek(vm.mmu, "page_list") == []
+    assert old.refcount == 2 and not old.freed, "each vCPU still holds it, until it reloads"
+    assert all(v.requests for v in vm.vcpus)
+    vm.check()
+    assert guest_read(v0, 0) == 5  # vcpu0 serves its request: puts the old root, loads a new
+    new = vm.mmu.root
+    assert new is not old and v0.root is new and new.refcount == 2 and old.refcount == 1
+    with pytest.raises(GuestFault):
+        guest_read(v1, 1)  # vcpu1 reloads too; its slot is gone
+    assert old.freed and old not in vm.mmu.roots and v1.root is new and new.refcount == 3
+    vm.check()
+    assert lockdep.reports() == []
+
+
+def test_the_default_vm_zaps_only_the_deleted_slot():
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=3)
+    vm.set_memory_region(0, base_gfn=0, npages=1, hva=0)
+    vm.set_memory_region(1, base_gfn=1, npages=1, hva=1)
+    v = vm.vcpus[0]
+    guest_write(v, 0, 5)
+    guest_write(v, 1, 6)
+    root = vm.mmu.root
+    vm.set_memory_region(1, npages=0)
+    assert vm.mmu.root is root and not root.invalid and not v.requests
+    assert S.is_present(vm.mmu.sptep(0).peek()) and not S.is_present(vm.mmu.sptep(1).peek())
+
+
+def test_recovery_that_lost_the_entry_to_the_zap_leaves_the_table_alone():
+    vm = two_slot_vm()
+    guest_write(vm.vcpus[0], 0, 5)
+    table = vm.mmu.walk(0)[0]
+    assert vm.mmu.clear_parent(table), "the zap's cmpxchg won (its handling comes next)"
+    assert not recover_nx_huge_page(vm, 0), "recovery's cmpxchg finds the entry changed"
+    assert not table.removed and not table.freed
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_zapping_invalidated_roots_under_either_mode_races_recovery_cleanly(shared):
+    """The near miss: under write mode the zap excludes recovery, under read mode the cmpxchg
+    decides; both are correct and the exploration proves it for every interleaving."""
+    res = explore.check(lambda: recovery_vs_fast_zap(shared=shared), max_runs=5000)
+    assert res.ok and res.exhausted, res.failure
+
+
+@pytest.mark.parametrize("mutant", ["recover_parent_load_store", "fast_zap_plain_store"])
+def test_a_non_atomic_clear_of_the_parent_removes_the_table_twice(mutant):
+    res = explore.check(lambda: recovery_vs_fast_zap({mutant: True}), max_runs=5000)
+    assert not res.ok and res.failure.kind == "assertion"
+    assert "removed twice" in res.failure.message or "freed twice" in res.failure.message
+
+
+def test_check_roots_sees_a_lost_reference_and_a_table_left_behind():
+    vm = two_slot_vm()
+    guest_write(vm.vcpus[0], 0, 5)
+    check_roots(vm)  # near miss: the MMU's reference and the two vCPUs'
+    vm.mmu.root.refcount -= 1
+    with pytest.raises(AssertionError, match=r"TDP root 0 has 2 reference\(s\), 3 held"):
+        check_roots(vm)
+    vm.mmu.root.refcount += 1
+    vm.mmu.root.invalid = True  # invalidated, its zap done, yet a table still hangs in it
+    with pytest.raises(AssertionError, match="still points at a table after its zap"):
+        check_roots(vm)
+
+
+def test_fast_zap_needs_the_tdp_mmu_and_slots_lock():
+    with pytest.raises(ValueError, match="TDP MMU"):
+        zap_all_fast(VM(nr_vcpus=1, nr_pages=2, tdp=False))
+    vm = two_slot_vm()
+    with lockdep.isolated():
+        zap_all_fast(vm)
+        assert [r.kind for r in lockdep.reports()] == ["not_held"]
