@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import _thread
 import itertools
+import operator
 import queue
 import sys
 import threading
@@ -641,7 +642,6 @@ _ORIG_THREAD: dict[str, Any] = {
     "is_alive": threading.Thread.is_alive,
 }
 _depth = 0
-_saved: list[tuple[Any, str, Any, Any]] = []  # (namespace, name, before, ours)
 _made: dict[tuple[int, str], tuple[Any, Any]] = {}  # (id(namespace), name) -> (before, ours)
 _install_lock = threading.Lock()
 
@@ -727,12 +727,40 @@ class _SharedLock:
 
 
 _by_id: dict[int, Any] = {}  # id(a replaced callable) -> its replacement, while installed
-#: What the last install put in: (namespace, name, before, ours, namespace is a class). The
-#: next install reuses it while every ``before`` is still what is there (checks install and
-#: take out the replacements every time: finding and making them again cost more than a
-#: small check's executions).
-_plan: list[tuple[Any, str, Any, Any, bool]] = []
+
+
+class _Plan:
+    """What an install puts in, as parallel columns (namespace, name, what was there, ours),
+    so installing, checking and taking out are C loops over them (``map``) instead of a Python
+    loop per replacement: checks install and take out the replacements every time, and a small
+    check's executions cost less than thirty rounds of a Python loop. ``lookups`` are the
+    namespaces' own dictionaries' ``get`` (a class's ``__dict__`` view is live), so a check
+    reads what the namespace itself holds, as a class's own entry, not an inherited one."""
+
+    __slots__ = ("nss", "names", "before", "ours", "lookups", "by_id")
+
+    def __init__(self, rows: list[tuple[Any, str, Any, Any]]) -> None:
+        self.nss = [ns for ns, _n, _b, _o in rows]
+        self.names = [n for _ns, n, _b, _o in rows]
+        self.before = [b for _ns, _n, b, _o in rows]
+        self.ours = [o for _ns, _n, _b, o in rows]
+        self.lookups = [ns.__dict__.get for ns in self.nss]
+        self.by_id = {id(b): o for _ns, _n, b, o in rows if callable(b)}
+
+    def holds(self, values: list[Any]) -> bool:
+        """Whether every namespace holds its entry of ``values`` (by identity) right now."""
+        return all(map(operator.is_, map(operator.call, self.lookups, self.names), values))
+
+    def put(self, values: list[Any]) -> None:
+        any(map(setattr, self.nss, self.names, values))  # (setattr returns None: all run)
+
+
+#: What the last install put in. The next install reuses it while every ``before`` is still
+#: what is there (finding and making the replacements again cost more than a small check's
+#: executions).
+_plan: _Plan | None = None
 _plan_aio = False
+_installed: _Plan | None = None  # the plan in force, for taking it out
 
 
 def _rebinds(module_globals: dict[str, Any] | None) -> list[tuple[str, Any]]:
@@ -746,8 +774,8 @@ def _rebinds(module_globals: dict[str, Any] | None) -> list[tuple[str, Any]]:
             if id(v) in table and v is not table[id(v)]]
 
 
-def _new_plan() -> list[tuple[Any, str, Any, Any, bool]]:
-    plan = []
+def _new_plan() -> _Plan:
+    rows = []
     for ns, name, make, cls in _targets():
         before = ns.__dict__[name] if cls else getattr(ns, name)
         # a replacement made for the same previous object is made once: making them
@@ -758,24 +786,36 @@ def _new_plan() -> list[tuple[Any, str, Any, Any, bool]]:
         else:
             ours = make(before)
             _made[(id(ns), name)] = (before, ours)
-        plan.append((ns, name, before, ours, cls))
-    return plan
+        rows.append((ns, name, before, ours))
+    return _Plan(rows)
 
 
 def _install() -> None:
-    global _plan, _plan_aio
+    global _plan, _plan_aio, _installed
     aio = "asyncio" in sys.modules
     plan = _plan
-    if aio != _plan_aio or not plan or any(
-            (ns.__dict__.get(name) if cls else getattr(ns, name)) is not before
-            for ns, name, before, _ours, cls in plan):
+    if aio != _plan_aio or plan is None or not plan.holds(plan.before):
         plan = _plan = _new_plan()
         _plan_aio = aio
-    for ns, name, before, ours, _cls in plan:
-        _saved.append((ns, name, before, ours))
-        setattr(ns, name, ours)
-        if callable(before):
-            _by_id[id(before)] = ours
+    _installed = plan
+    plan.put(plan.ours)
+    _by_id.update(plan.by_id)
+
+
+def _uninstall() -> None:
+    global _installed
+    plan = _installed
+    _installed = None
+    _by_id.clear()
+    if plan is None:
+        return
+    if plan.holds(plan.ours):
+        plan.put(plan.before)
+        return
+    for ns, name, get, before, ours in zip(plan.nss, plan.names, plan.lookups, plan.before,
+                                           plan.ours, strict=True):
+        if get(name) is ours:  # else someone replaced it since: theirs stays
+            setattr(ns, name, before)
 
 
 class Substitution:
@@ -806,12 +846,7 @@ class Substitution:
         with _install_lock:
             _depth -= 1
             if _depth == 0:
-                for ns, name, before, ours in reversed(_saved):
-                    now = ns.__dict__.get(name) if isinstance(ns, type) else getattr(ns, name)
-                    if now is ours:  # else someone replaced it since: theirs stays
-                        setattr(ns, name, before)
-                _saved.clear()
-                _by_id.clear()
+                _uninstall()
 
     def __enter__(self) -> Substitution:
         return self
