@@ -696,3 +696,31 @@ def _sync_vs_slot_update() -> None:
           catches=("sync_without_srcu",), **_BOUND)
 def sync_vs_slot_update() -> None:
     _sync_vs_slot_update()
+
+
+@pair("shadow.wrprot_vs_dirty",
+      rule="write-protecting a shadowed gfn replaces a volatile SPTE (read-only but "
+           "MMU-writable) with an exchange, judged on the value it replaces: the fast path's "
+           "W and the CPU's Dirty bit set meanwhile are passed to the page",
+      broken_rule="the volatility test made on the value written (read-only, no longer "
+                  "MMU-writable: not volatile), so the write-protection is a plain store and "
+                  "the Dirty bit the CPU set meanwhile is lost: swap-out skips the write-back",
+      broken_expect="assertion", catches=("volatile_judged_on_new",),
+      invariant="Dirty bit propagated to the page before the SPTE stops saying so: a page the "
+                "guest wrote is written back when the host swaps it out", **_BOUND)
+def wrprot_vs_dirty(broken: bool) -> None:
+    # TDP with dirty logging on: vcpu0's read maps gfn 1 read-only but MMU-writable (the fast
+    # path may set W). vcpu0 writes gfn 1 -- the fast path sets W, the CPU sets Dirty -- while
+    # vcpu1 starts shadowing the guest page table at gfn 1, which clears W and MMU-writable.
+    # Then the host swaps gfn 1 out and reads it back.
+    vm = VM(nr_vcpus=2, nr_pages=2, host_pages=2, hazards={"volatile_judged_on_new": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0, flags=LOG_DIRTY_PAGES)
+    v0, v1 = vm.vcpus
+    guest_read(v0, 1)
+    _run(("vcpu0_writes_gfn1", lambda: guest_write(v0, 1, 5)),
+         ("vcpu1_shadows_gfn1", lambda: shadow_guest_table(v1, 1)))
+    vm.host.swap_out(1)
+    got = vm.host.read(1)
+    assert got == 5, (f"the guest wrote 5 to gfn 1 but the host reads {got} after swapping it "
+                      "out: the Dirty bit was lost when gfn 1 was write-protected")
+    vm.check()

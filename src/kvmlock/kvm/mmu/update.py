@@ -51,6 +51,12 @@ CLEAN_SPTE_PLAIN_STORE = mutant(
     "(replaced with a plain store, as if the CPU could not set Dirty meanwhile)",
     breaks="a volatile SPTE is replaced atomically: a Dirty bit the CPU sets while mmu_lock is "
            "held is passed on, not overwritten")
+VOLATILE_JUDGED_ON_NEW = mutant(
+    "volatile_judged_on_new", removes="the volatility test of an SPTE update made on the "
+    "value being written instead of the one being replaced (a drop to 0 is never volatile, "
+    "so it becomes a plain store)",
+    breaks="a volatile SPTE is replaced atomically: whether a lockless agent may change it "
+           "meanwhile is a property of the SPTE as it is, not of what replaces it")
 NO_AD_PROPAGATION = mutant(
     "no_ad_propagation", removes="passing Accessed/Dirty to the page when an SPTE is dropped",
     breaks="Accessed and Dirty reach the page (kvm_set_pfn_accessed/dirty) before the SPTE goes")
@@ -80,7 +86,8 @@ def spte_update_no_track(vm: VM, sptep: Atomic64, new: int) -> int:
     assert old != S.FROZEN, (
         f"{sptep.name} is frozen under a writer that relies on mmu_lock held for write: a "
         "read-mode writer (one that freezes SPTEs) is changing it at the same time")
-    if not S.is_present(old) or not _volatile(vm, old):
+    judged = new if VOLATILE_JUDGED_ON_NEW in vm.hazards else old
+    if not S.is_present(old) or not _volatile(vm, judged):
         sptep.store(new)
         return old
     return sptep.xchg(new)
