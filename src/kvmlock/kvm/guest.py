@@ -99,6 +99,9 @@ def _hw_access(vcpu: VCPU, va: int, write: bool, value: int) -> object:
         sptep = sp.sptes[i]
         while True:
             cur = sptep.load()
+            # the CPU walks the page it found: it must not have been freed under it (the
+            # remote flush before a free waits for this vCPU to leave guest mode)
+            vm.mmu.check_live(sp, f"{vcpu!r}'s page walk")
             if not S.hw_allows(cur, write):
                 vcpu.tlb.pop(va, None)
                 return _FAULT
@@ -225,7 +228,9 @@ def _gpte_target(vm: VM, va: int, gfn: int | None, who: str) -> ShadowPage:
         raise ValueError(f"{who}: gfn must be a non-negative integer or None, got {gfn!r}")
     mmu.load()
     loc = mmu.walk(va)
-    assert loc is not None
+    if loc is None:  # a zap freed the page: shadow the table again
+        with vm.mmu_lock.write():
+            return mmu.shadow_page_for(va)[0]
     return loc[0]
 
 
@@ -249,6 +254,8 @@ def set_gpte(vm: VM, va: int, gfn: int | None) -> None:
     if early:
         mmu.mark_unsync(sp)  # broken: mmu_lock is not held yet
     with vm.mmu_lock.write():
+        if not sampled:
+            sp = mmu.shadow_page_for(va)[0]  # the page found above may have been zapped
         mmu.gpt[va].store(0 if gfn is None else gfn + 1)
         if not sampled:
             was_unsync = sp.unsync
@@ -289,12 +296,15 @@ def write_gpte(vcpu: VCPU, va: int, gfn: int | None) -> None:
         vcpu.enter_guest()
         try:
             rt.point(sp, "read guest table mapping", False)
-            if sp.gpt_writable:
+            # the table as it is mapped now: unshadowed (the page zapped) is writable too
+            cur = vm.mmu.walk(va)
+            if cur is None or cur[0].gpt_writable:
                 vm.mmu.gpt[va].store(0 if gfn is None else gfn + 1)
                 return
         finally:
             vcpu.exit_guest()
         with vm.srcu.read(), vm.mmu_lock.write():  # the write-protection fault on the table
+            sp = vm.mmu.shadow_page_for(va)[0]  # the page seen in guest mode may be zapped
             # marked first: a CR3 load on another vCPU reads the flag without mmu_lock
             # (sync_roots), after its guest may already have stored through the table
             if not late_unsync:

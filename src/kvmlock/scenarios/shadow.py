@@ -15,6 +15,11 @@ write; a fault re-checks the guest PTE it walked before installing).
   the bit and copy the old contents.
 * ``shadow.flags_change_keeps_arch`` -- turning dirty logging on is a flags-only change: the
   slot keeps its rmaps (the first shadow root allocated them) and write-track counts.
+* ``shadow.zap_vs_walk``, ``shadow.sync_vs_zap``, ``shadow.zap_dirty`` -- the shadow MMU
+  zaps and frees its pages (prepare under ``mmu_lock``, then flush, then free): a vCPU's walk,
+  a CR3 load's sync and a guest write race the zap; no freed page is used, no Dirty bit lost.
+* ``shadow.wrprot_vs_dirty`` -- write-protecting a shadowed gfn replaces a volatile SPTE with
+  an exchange, judged on the value it replaces.
 
 The invariant is the consequence: every present SPTE maps the frame the host maps for the gfn
 the guest's page table names now, and is in that gfn's rmap (:meth:`VM.check`).
@@ -723,4 +728,89 @@ def wrprot_vs_dirty(broken: bool) -> None:
     got = vm.host.read(1)
     assert got == 5, (f"the guest wrote 5 to gfn 1 but the host reads {got} after swapping it "
                       "out: the Dirty bit was lost when gfn 1 was write-protected")
+    vm.check()
+
+
+# --------------------------------------------------------------------------- zap and free
+
+
+@pair("shadow.zap_vs_walk",
+      rule="the shadow MMU's zap flushes remote TLBs before it frees the zapped pages: the "
+           "flush waits for every vCPU still walking a page it found before the zap",
+      broken_rule="the zapped pages freed before the flush: a vCPU in guest mode that found "
+                  "the page before the zap walks it after the free",
+      broken_expect="assertion", catches=("commit_zap_frees_before_flush",),
+      invariant="no vCPU walks a shadow page after it was freed; every present SPTE maps what "
+                "the guest's table names, and reads see it", **_BOUND)
+def zap_vs_walk(broken: bool) -> None:
+    # Shadow paging: page 0 -> gfn 1 (holding 11), mapped. vcpu1 reads page 0 while all
+    # shadow pages are zapped (what a memslot deletion does with the zap-all behaviour).
+    vm = VM(nr_vcpus=2, nr_pages=4, host_pages=4, tdp=False,
+            hazards={"commit_zap_frees_before_flush": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0)
+    v0, v1 = vm.vcpus
+    set_gpte(vm, 0, 1)
+    guest_write(v0, 0, 11)
+    got: list[int] = []
+    _run(("vcpu1_reads_page0", lambda: got.append(guest_read(v1, 0))),
+         ("kvm_mmu_zap_all", vm.mmu.zap_all))
+    vm.check()
+    assert got == [11] and guest_read(v0, 0) == 11, (
+        f"page 0 maps gfn 1, which holds 11, but the guests read {got} and "
+        f"{guest_read(v0, 0)}")
+
+
+@pair("shadow.sync_vs_zap",
+      rule="a CR3 load's sync gathers the unsync pages and syncs them in one mmu_lock "
+           "section: a zap, also under mmu_lock, frees none of them in between",
+      broken_rule="the sync gathers the unsync pages before taking mmu_lock: a zap in between "
+                  "frees a page the sync then write-protects and syncs",
+      broken_expect="assertion",
+      catches=("sync_gathers_without_mmu_lock", "zap_keeps_unsync_accounted"),
+      invariant="no shadow page is used after it was freed; after the CR3 load every SPTE "
+                "maps what the guest's table names", **_BOUND)
+def sync_vs_zap(broken: bool) -> None:
+    # Page 0 -> gfn 1 (holding 11); the guest re-points it at gfn 2 in its unsync table
+    # (the first store exits). vcpu0 loads CR3 while the shadow pages are zapped.
+    vm = VM(nr_vcpus=1, nr_pages=4, host_pages=4, tdp=False,
+            hazards={"sync_gathers_without_mmu_lock": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0)
+    (v0,) = vm.vcpus
+    set_gpte(vm, 0, 1)
+    guest_write(v0, 0, 11)
+    write_gpte(v0, 3, 3)
+    write_gpte(v0, 0, 2)
+    _run(("vcpu0_loads_cr3", lambda: load_cr3(v0)),
+         ("kvm_mmu_zap_all", vm.mmu.zap_all))
+    vm.check()
+    got = guest_read(v0, 0)
+    assert got == 0, (f"the guest pointed page 0 at gfn 2 (never written) and loaded CR3, but "
+                      f"reads {got}")
+
+
+@pair("shadow.zap_dirty",
+      rule="zapping a shadow page drops each SPTE through the rmap-tracked drop, which passes "
+           "its Dirty bit to the page",
+      broken_rule="the zap clears the SPTEs with plain stores: the Dirty bit of the guest's "
+                  "write is lost, and swap-out skips the write-back",
+      broken_expect="assertion", catches=("zap_page_drops_ad",),
+      invariant="Dirty bit propagated to the page before the SPTE is dropped: a page the "
+                "guest wrote is written back when the host swaps it out", **_BOUND)
+def zap_dirty(broken: bool) -> None:
+    # vcpu0 writes page 0 -> gfn 1 (its SPTE gets Dirty; the page itself is marked dirty only
+    # when the SPTE is dropped) while every shadow page is zapped; then gfn 1 is swapped out
+    # and read back.
+    vm = VM(nr_vcpus=1, nr_pages=4, host_pages=4, tdp=False,
+            hazards={"zap_page_drops_ad": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0)
+    (v0,) = vm.vcpus
+    set_gpte(vm, 0, 1)
+    guest_read(v0, 0)
+    _run(("vcpu0_writes_page0", lambda: guest_write(v0, 0, 5)),
+         ("kvm_mmu_zap_all", vm.mmu.zap_all))
+    vm.mmu.zap_all()
+    vm.host.swap_out(1)
+    got = vm.host.read(1)
+    assert got == 5, (f"the guest wrote 5 to gfn 1 but the host reads {got} after the zap and "
+                      "swap-out: the zapped SPTE's Dirty bit never reached the page")
     vm.check()

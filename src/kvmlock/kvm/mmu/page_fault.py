@@ -207,16 +207,14 @@ def _shadow_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int
     """The shadow MMU: ``mmu_lock`` for write; the rmap and indirect pages change here."""
     mmu = vm.mmu
     mmu.load()
-    loc = mmu.walk(va)
-    assert loc is not None
-    sp, i = loc
-    sptep = sp.sptes[i]
     mode = vm.mmu_lock.read() if SHADOW_FAULT_READ_LOCK in vm.hazards else vm.mmu_lock.write()
     with mode:
         if invalidate_retry(vm, mmu_seq, hva):
             return RETRY
         if mmu.guest_translate(va) != gfn and NO_GPTE_RECHECK not in vm.hazards:
             return RETRY  # the guest re-pointed its page table meanwhile
+        sp, i = mmu.shadow_page_for(va)  # built again if a zap freed it
+        sptep = sp.sptes[i]
         new = tracked_spte(vm, slot, gfn, new)
         old = sptep.load()
         flush = False

@@ -13,8 +13,21 @@ faults that hold ``mmu_lock`` only for read, so linking a page on the VM's list 
 table) is serialised by ``tdp_mmu_pages_lock``; marking a page unsync takes
 ``mmu_unsync_pages_lock``. Both of
 those locks may only be taken with ``mmu_lock`` held, which :meth:`MMU.link_page` and
-:meth:`MMU.mark_unsync` assert (a lockdep "not held" report otherwise). Shadow pages are never
-freed, so the lockless walk may read the page list without a lock.
+:meth:`MMU.mark_unsync` assert (a lockdep "not held" report otherwise).
+
+Pages are freed in both MMUs, each the kernel's way. The TDP MMU frees after an RCU grace
+period (:meth:`MMU.zap_all`), which its lockless walkers' read sides hold off. The shadow MMU
+zaps in two steps (facts from arch/x86/kvm/mmu/mmu.c ``__kvm_mmu_prepare_zap_page`` and
+``kvm_mmu_commit_zap_page``, in our own code): under ``mmu_lock`` held for write,
+:meth:`MMU.prepare_zap` drops the page's SPTEs through the rmap-tracked drop (Accessed/Dirty
+reach the page), takes it out of its parent entry and the unsync accounting and off the
+page list, onto an invalid list; :meth:`MMU.commit_zap` then flushes remote TLBs and only
+then frees the pages. That flush *is* the shadow MMU's grace period: it waits for every vCPU
+to leave guest mode (the CPU's own walk of the page) and, in the kernel, for every vCPU out of
+a lockless walk (``walk_shadow_page_lockless_begin`` disables interrupts and sets
+``READING_SHADOW_PAGE_TABLES``, so the flush's IPI is not acknowledged until the walk ends).
+A freed page is poisoned (its SPTEs stored to, visibly) and flagged: any later use of it by
+a walker or by a path that found it without ``mmu_lock`` fails as a use after free.
 """
 
 from __future__ import annotations
@@ -81,6 +94,21 @@ ZAP_FLUSH_AFTER_UNLOCK = mutant(
     "mmu_lock (the flush moved after write_unlock)",
     breaks="once mmu_lock is dropped with the SPTE gone, a notifier finds nothing to flush and "
            "the host frees the frame a vCPU's TLB still maps")
+COMMIT_ZAP_FREES_BEFORE_FLUSH = mutant(
+    "commit_zap_frees_before_flush", removes="the order of kvm_mmu_commit_zap_page: the "
+    "zapped shadow pages freed first, the remote TLB flush after",
+    breaks="a shadow page is freed only once no vCPU can still be walking it: the remote "
+           "flush waits for every vCPU in guest mode or in a lockless walk")
+ZAP_PAGE_DROPS_AD = mutant(
+    "zap_page_drops_ad", removes="the rmap-tracked drop of a zapped shadow page's SPTEs "
+    "(cleared with a plain store and taken off the rmap, as mmu_spte_clear_no_track does)",
+    breaks="Accessed and Dirty reach the page before the SPTE goes: a zapped page's Dirty bit "
+           "is the only record of the guest's writes through it")
+ZAP_KEEPS_UNSYNC_ACCOUNTED = mutant(
+    "zap_keeps_unsync_accounted", removes="taking a zapped unsync page out of the unsync "
+    "accounting (kvm_unlink_unsync_page)",
+    breaks="kvm->arch.mmu_unsync_pages_lock's count says how many live pages are unsync: a "
+           "freed page must not stay counted")
 ZAP_ALL_NO_FLUSH = mutant(
     "zap_all_no_flush", removes="the remote TLB flush after kvm_mmu_zap_all drops every SPTE",
     breaks="once no SPTE maps a frame, no vCPU's TLB does (a later notifier finds nothing "
@@ -306,7 +334,102 @@ class MMU:
             f"shadow page(s) for region {open_tables} are marked in sync while the guest's "
             "table is writable: the guest changes it with no exit and no sync ever follows")
 
+    def shadow_page_for(self, va: int) -> tuple[ShadowPage, int]:
+        """The shadow page for ``va`` and the index in it, built if a zap freed it
+        (``kvm_mmu_get_child_sp``, shadow paging; ``mmu_lock`` held for write).
+
+        A page built again shadows a guest table that was left unshadowed, hence writable to
+        the guest, since the zap: it is write-protected again and TLBs flushed before the page
+        is used (``account_shadowed``), so no vCPU is still storing to the table unseen.
+        """
+        vm = self.vm
+        vm.mmu_lock.assert_held()
+        idx = va // SP_ENTRIES
+        sp = self.pages[idx]
+        if sp is None:
+            sp = ShadowPage(idx, direct=False)
+            self.link_page(sp)
+            runtime.active().point(self.pages, "link shadow page", True)
+            self.pages[idx] = sp
+            flush_remote_tlbs(vm)
+        return sp, va % SP_ENTRIES
+
+    def check_live(self, sp: ShadowPage, who: str) -> None:
+        """The model's KASAN for shadow pages: ``who`` is about to use ``sp``."""
+        assert not sp.freed, (
+            f"{who} used shadow page {sp.index} after it was zapped and freed: it found the "
+            "page without holding what keeps it alive (mmu_lock, guest mode or a lockless "
+            "walk the free waits for)")
+
+    def prepare_zap(self, sp: ShadowPage) -> ShadowPage:
+        """``kvm_mmu_prepare_zap_page`` (shadow paging, ``mmu_lock`` held for write): the page
+        leaves the MMU and goes on the invalid list the caller passes to :meth:`commit_zap`.
+
+        Its SPTEs are dropped first (each through the rmap-tracked drop, which passes Accessed
+        and Dirty to the page), then the parent entry pointing at it is cleared, the page
+        leaves the unsync accounting and the page list. Walkers that found it before are
+        still using it: it is freed only by the commit.
+        """
+        vm = self.vm
+        vm.mmu_lock.assert_held()
+        for i in range(SP_ENTRIES):
+            if ZAP_PAGE_DROPS_AD in vm.hazards:  # broken: the Dirty bit goes with the SPTE
+                if S.is_present(sp.sptes[i].load()):
+                    sp.sptes[i].store(0)
+                    self.rmap_remove(sp, i)
+            else:
+                self.drop_spte(sp, i)
+        runtime.active().point(self.pages, "unlink shadow page", True)
+        if self.pages[sp.index] is sp:
+            self.pages[sp.index] = None
+        if ZAP_KEEPS_UNSYNC_ACCOUNTED not in vm.hazards:
+            self.mark_synced(sp)  # kvm_unlink_unsync_page, if it was unsync
+        self.unlink_page(sp)
+        return sp
+
+    def commit_zap(self, invalid: list[ShadowPage]) -> None:
+        """``kvm_mmu_commit_zap_page``: flush remote TLBs, then free the pages zapped.
+
+        The flush returns only once every vCPU has left guest mode (or, in the kernel, a
+        lockless walk): from then on nobody can reach the pages, and they are freed.
+        """
+        if not invalid:
+            return
+        vm = self.vm
+        late = COMMIT_ZAP_FREES_BEFORE_FLUSH in vm.hazards
+        if not late:
+            flush_remote_tlbs(vm)
+        for sp in invalid:
+            self._free(sp)
+        if late:
+            flush_remote_tlbs(vm)  # broken: a vCPU may still be walking what was freed
+
+    @staticmethod
+    def _free(sp: ShadowPage) -> None:
+        """Free (poison) a shadow page: its SPTEs are written, a visible step each, so a
+        walker's read of them is ordered against the free and finds the page flagged."""
+        for i, sptep in enumerate(sp.sptes):
+            sptep.store(0)
+            if i == 0:
+                sp.freed = True
+
     def zap_all(self) -> int:
+        """``kvm_mmu_zap_all``: drop every SPTE and free every shadow page; returns how many.
+
+        Shadow paging: every page is zapped under ``mmu_lock`` held for write and the batch
+        committed before the lock is released (what a memslot deletion does with the zap-all
+        behaviour, ``kvm_mmu_zap_all_fast``, to the pages below the roots; the model's one
+        upper level stands for the root, which stays).
+        """
+        if not self.tdp:
+            vm = self.vm
+            with vm.mmu_lock.write():
+                invalid = [self.prepare_zap(sp) for sp in self.pages if sp is not None]
+                self.commit_zap(invalid)
+            return len(invalid)
+        return self._zap_all_tdp()
+
+    def _zap_all_tdp(self) -> int:
         """``kvm_mmu_zap_all`` (TDP): drop every SPTE and free every shadow page.
 
         The pages are unlinked under ``mmu_lock`` and TLBs flushed; they are freed only after a
@@ -314,8 +437,6 @@ class MMU:
         page fault that found a page before it was unlinked is done with it by then. Returns
         how many pages were freed.
         """
-        if not self.tdp:
-            raise ValueError("zap_all: this model frees shadow pages of the TDP MMU only")
         vm = self.vm
         # broken: the page list's lock held from before mmu_lock (faults nest it inside)
         inverted = PAGES_LOCK_OUTSIDE_MMU_LOCK in vm.hazards

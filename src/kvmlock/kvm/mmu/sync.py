@@ -77,6 +77,12 @@ SYNC_READ_LOCK = mutant(
            "two vCPUs syncing at once would each drop SPTEs from one gfn's rmap and lose the "
            "other's removal")
 
+SYNC_GATHERS_WITHOUT_MMU_LOCK = mutant(
+    "sync_gathers_without_mmu_lock", removes="mmu_lock around gathering the unsync pages "
+    "to sync (mmu_unsync_walk done before write_lock, the sync itself under it)",
+    breaks="a shadow page found without mmu_lock may be zapped and freed before it is used: "
+           "the sync gathers and syncs its pages in one mmu_lock section")
+
 SYNC_WITHOUT_SRCU = mutant(
     "sync_without_srcu", removes="the kvm->srcu read side around the sync of unsync pages",
     breaks="kvm->srcu protects kvm->memslots: the sync finds each dropped SPTE's rmap "
@@ -116,6 +122,7 @@ def _write_protect_tables(vm: VM, pages: list[ShadowPage]) -> None:
     protected = False
     for sp in pages:
         rt.point(sp, "write-protect guest table", True)
+        vm.mmu.check_live(sp, "the sync of unsync pages")
         protected |= sp.gpt_writable
         sp.gpt_writable = False
     if protected and SYNC_WRPROT_NO_FLUSH not in vm.hazards:
@@ -132,6 +139,11 @@ def _any_unsync(pages: list[ShadowPage | None]) -> bool:
         if sp.unsync:
             return True
     return False
+
+
+def _unsync_pages(pages: list[ShadowPage | None]) -> list[ShadowPage]:
+    """``mmu_unsync_walk``: the unsync pages below the root, as found now."""
+    return [sp for sp in pages if sp is not None and sp.unsync]
 
 
 def sync_roots(vcpu: VCPU) -> None:
@@ -151,12 +163,18 @@ def sync_roots(vcpu: VCPU) -> None:
     late = SYNC_READS_BEFORE_WRPROT in h
     mode = vm.mmu_lock.read() if SYNC_READ_LOCK in h else vm.mmu_lock.write()
     srcu = contextlib.nullcontext() if SYNC_WITHOUT_SRCU in h else vm.srcu.read()
+    early = SYNC_GATHERS_WITHOUT_MMU_LOCK in h
+    if early:  # broken: a zap may free what this finds before mmu_lock is taken
+        runtime.active().point(mmu.pages, "gather unsync pages", False)
+        pages = _unsync_pages(mmu.pages)
     with srcu, unless(SYNC_WITHOUT_MMU_LOCK, h, mode):
-        pages = [sp for sp in mmu.pages if sp is not None and sp.unsync]
+        if not early:
+            pages = _unsync_pages(mmu.pages)  # mmu_unsync_walk, under mmu_lock
         if not late:
             _write_protect_tables(vm, pages)
         flush = False
         for sp in pages:
+            mmu.check_live(sp, f"{vcpu!r}'s sync of unsync pages")
             mmu.mark_synced(sp)
             for i in range(len(sp.sptes)):
                 flush |= _sync_spte(vm, sp, i)

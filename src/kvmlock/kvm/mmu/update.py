@@ -53,8 +53,8 @@ CLEAN_SPTE_PLAIN_STORE = mutant(
            "held is passed on, not overwritten")
 VOLATILE_JUDGED_ON_NEW = mutant(
     "volatile_judged_on_new", removes="the volatility test of an SPTE update made on the "
-    "value being written instead of the one being replaced (a drop to 0 is never volatile, "
-    "so it becomes a plain store)",
+    "value being written instead of the one being replaced (an update to a value no "
+    "lockless agent may change is a plain store, whatever it replaces)",
     breaks="a volatile SPTE is replaced atomically: whether a lockless agent may change it "
            "meanwhile is a property of the SPTE as it is, not of what replaces it")
 NO_AD_PROPAGATION = mutant(
