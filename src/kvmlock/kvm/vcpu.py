@@ -93,6 +93,9 @@ class VCPU:
         self.in_guest = False
         #: inside a lockless walk of shadow pages (the TDP MMU's RCU read side)
         self.reading_spt = False
+        #: ``vcpu->mode == READING_SHADOW_PAGE_TABLES``: a lockless walk of the shadow MMU's
+        #: pages, interrupts off, which a remote flush waits for as it waits for guest mode
+        self.reading_shadow = False
         #: PML: the gfns the CPU logged in guest mode, drained into the dirty bitmap at exit
         self.pml_buffer: list[int] = []
         #: pending requests (``vcpu->requests``), checked by VM entry in its own step
@@ -173,7 +176,7 @@ class VCPU:
             cpu.notify_all()
 
     def _outside_guest(self) -> bool:
-        return not self.in_guest
+        return not self.in_guest and not self.reading_shadow
 
     def _not_walking(self) -> bool:
         return not self.reading_spt
@@ -195,6 +198,24 @@ class VCPU:
                 self.reading_spt = False
                 cpu.notify_all()
 
+    @contextmanager
+    def shadow_lockless_walk(self) -> Iterator[None]:
+        """``walk_shadow_page_lockless_begin/end`` on the shadow MMU: interrupts off and the
+        mode set to ``READING_SHADOW_PAGE_TABLES``. The shadow MMU frees a zapped page only
+        after a remote flush, whose IPI this vCPU acknowledges only once the walk is over
+        (:meth:`flush_tlb` waits for it as for guest mode): no grace period of its own."""
+        cpu = self._cpu
+        with cpu:
+            cpu.point("walk_shadow_page_lockless_begin")
+            self.reading_shadow = True
+        try:
+            yield
+        finally:
+            with cpu:
+                cpu.point("walk_shadow_page_lockless_end")
+                self.reading_shadow = False
+                cpu.notify_all()
+
     def wait_lockless_walk(self) -> None:
         """The grace period, as this vCPU sees it: wait until it is in no lockless walk."""
         cpu = self._cpu
@@ -207,7 +228,7 @@ class VCPU:
         if FLUSH_READS_MODE_FIRST in self.vm.hazards:
             with cpu:
                 cpu.point("read vcpu->mode", False)
-                outside = not self.in_guest
+                outside = self._outside_guest()
             if outside:  # broken: the vCPU may enter, and use its TLB, before the flush
                 with cpu:
                     cpu.point("tlb_flush")

@@ -101,9 +101,13 @@ class VM:
     ``nr_pages`` -- size of the guest address space in pages; ``host`` -- the
     :class:`~kvmlock.kvm.host.Host` whose memory backs the guest (default: a host with
     ``host_pages`` frames, ``nr_pages`` of address space); ``tdp`` -- two-dimensional paging
-    (direct shadow pages) or shadow paging (indirect ones); ``ad_disabled`` -- SPTEs without
-    Accessed/Dirty bits, aged by access tracking; ``pml`` -- dirty logging by the CPU's
-    Dirty bits (Page Modification Logging) instead of write-protection (needs A/D bits).
+    (direct shadow pages) or shadow paging (indirect ones); ``tdp_mmu`` -- with ``tdp``, the
+    TDP MMU (faults under read-mode ``mmu_lock``, pages freed after an RCU grace period) or,
+    when False, the shadow MMU managing the direct pages (``tdp_mmu=N``: faults and zaps under
+    write-mode ``mmu_lock``, its lockless walks fenced by the remote flush); ``ad_disabled``
+    -- SPTEs without Accessed/Dirty bits, aged by access tracking; ``pml`` -- dirty logging
+    by the CPU's Dirty bits (Page Modification Logging) instead of write-protection (needs
+    A/D bits).
     """
 
     #: invalidations in flight that began on the current memslots; a memslot update waits for 0
@@ -132,6 +136,7 @@ class VM:
         host: Host | None = None,
         host_pages: int | None = None,
         tdp: bool = True,
+        tdp_mmu: bool = True,
         ad_disabled: bool = False,
         pml: bool = False,
         slot_zap_all: bool = False,
@@ -210,7 +215,8 @@ class VM:
         if pml and ad_disabled:
             raise ValueError("pml=True needs Accessed/Dirty bits: the CPU logs a page when it "
                              "sets Dirty, and ad_disabled SPTEs have none")
-        self.mmu = MMU(self, nr_pages, tdp=bool(tdp), ad_disabled=bool(ad_disabled),
+        self.mmu = MMU(self, nr_pages, tdp=bool(tdp), tdp_mmu=bool(tdp_mmu),
+                       ad_disabled=bool(ad_disabled),
                        pml=bool(pml))
         self.notifier = KvmMmuNotifier(self)
         host.register(self.notifier)

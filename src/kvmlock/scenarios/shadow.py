@@ -18,6 +18,8 @@ write; a fault re-checks the guest PTE it walked before installing).
 * ``shadow.zap_vs_walk``, ``shadow.sync_vs_zap``, ``shadow.zap_dirty`` -- the shadow MMU
   zaps and frees its pages (prepare under ``mmu_lock``, then flush, then free): a vCPU's walk,
   a CR3 load's sync and a guest write race the zap; no freed page is used, no Dirty bit lost.
+* ``shadow.direct_fast_pf_vs_zap`` -- with the TDP MMU off, the fast page fault's lockless
+  walk of the shadow MMU's direct pages races a zap, whose remote flush waits for it.
 * ``shadow.wrprot_vs_dirty`` -- write-protecting a shadowed gfn replaces a volatile SPTE with
   an exchange, judged on the value it replaces.
 
@@ -814,3 +816,30 @@ def zap_dirty(broken: bool) -> None:
     assert got == 5, (f"the guest wrote 5 to gfn 1 but the host reads {got} after the zap and "
                       "swap-out: the zapped SPTE's Dirty bit never reached the page")
     vm.check()
+
+
+@pair("shadow.direct_fast_pf_vs_zap",
+      rule="with the TDP MMU off the shadow MMU manages the direct pages: its fast page fault "
+           "walks them between walk_shadow_page_lockless_begin and _end (interrupts off, "
+           "vcpu->mode READING_SHADOW_PAGE_TABLES), and a zap frees them only after a remote "
+           "flush, which waits for that walk",
+      broken_rule="the fast page fault walks the shadow MMU's pages without the begin/end "
+                  "protection: the zap's flush does not wait for it, and it reads the page "
+                  "after the free",
+      broken_expect="assertion", catches=("shadow_lockless_walk_unprotected",),
+      invariant="no lockless walker reads a shadow page after it was freed; the guest's write "
+                "is in memory and in the dirty log", **_BOUND)
+def direct_fast_pf_vs_zap(broken: bool) -> None:
+    # TDP with the TDP MMU off, dirty logging on: vcpu0's read maps gfn 0 read-only but
+    # MMU-writable, so its write takes the fast path, while every shadow page is zapped.
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2, tdp_mmu=False,
+            hazards={"shadow_lockless_walk_unprotected": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0, flags=LOG_DIRTY_PAGES)
+    (v0,) = vm.vcpus
+    guest_read(v0, 0)
+    _run(("vcpu0_writes_gfn0", lambda: guest_write(v0, 0, 5)),
+         ("kvm_mmu_zap_all", vm.mmu.zap_all))
+    vm.check()
+    assert get_dirty_log(vm, 0) == [0], "the guest wrote gfn 0: the log must say so"
+    got = guest_read(v0, 0)
+    assert got == 5, f"the guest wrote 5 to gfn 0 but reads {got}"

@@ -47,6 +47,12 @@ LOCKLESS_WALK_UNPROTECTED = mutant(
     "lockless_walk_unprotected",
     removes="the lockless walk's RCU read side (kvm_tdp_mmu_walk_lockless_begin/end)",
     breaks="a shadow page is freed only after every lockless walker that may use it is done")
+SHADOW_LOCKLESS_WALK_UNPROTECTED = mutant(
+    "shadow_lockless_walk_unprotected", removes="the shadow MMU's lockless-walk protection "
+    "(walk_shadow_page_lockless_begin/end: interrupts off, vcpu->mode set to "
+    "READING_SHADOW_PAGE_TABLES) around the fast page fault",
+    breaks="a shadow page is freed only after a remote flush that waits for every vCPU in a "
+           "lockless walk: one the flush does not wait for reads the freed page")
 LOCKLESS_WALK_ONE_FLAG = mutant(
     "lockless_walk_one_flag", removes="the per-vCPU record of a lockless walk (every vCPU "
     "records its walk in one VM-wide flag, the first vCPU's)",
@@ -66,8 +72,18 @@ FAST_PF_RESTORE_NO_MARK_DIRTY = mutant(
 def fast_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
     """Try to fix the fault on ``va`` locklessly; ``GO_SLOW`` hands it to the slow path."""
     # The TDP MMU frees its pages after an RCU grace period, and its lockless walk is an RCU
-    # read side; the model frees no page of the shadow MMU, so only TDP walks need one.
-    if not vcpu.vm.mmu.tdp or LOCKLESS_WALK_UNPROTECTED in vcpu.vm.hazards:
+    # read side. The shadow MMU (its direct pages, with the TDP MMU off) frees them after a
+    # remote flush, which waits for a vCPU whose mode says it is walking. (The fast path on
+    # indirect pages is itself a mutant, and runs with neither.)
+    mmu, hazards = vcpu.vm.mmu, vcpu.vm.hazards
+    if not mmu.tdp:
+        return _fast_page_fault(vcpu, va, write, slots)
+    if not mmu.tdp_mmu:
+        if SHADOW_LOCKLESS_WALK_UNPROTECTED in hazards:
+            return _fast_page_fault(vcpu, va, write, slots)
+        with vcpu.shadow_lockless_walk():
+            return _fast_page_fault(vcpu, va, write, slots)
+    if LOCKLESS_WALK_UNPROTECTED in hazards:
         return _fast_page_fault(vcpu, va, write, slots)
     # broken: one flag for the VM, so the first walker to finish clears it for all
     walker = vcpu.vm.vcpus[0] if LOCKLESS_WALK_ONE_FLAG in vcpu.vm.hazards else vcpu

@@ -76,7 +76,7 @@ def recover_nx_huge_page(vm: VM, va: int) -> bool:
     """Zap the TDP page table that maps guest page ``va``, under read-mode ``mmu_lock``; True
     if one was removed (and freed)."""
     mmu = vm.mmu
-    if not mmu.tdp:
+    if not mmu.tdp_mmu:
         raise ValueError("recover_nx_huge_page: the shadow MMU recovers under write-mode "
                          "mmu_lock; the model recovers TDP MMU tables only")
     mmu.check_va(va)

@@ -158,7 +158,7 @@ def _slow_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
     new = S.make(pfn, writable=writable, host_writable=host_writable, accessed=True,
                  dirty=writable, ad_disabled=mmu.ad_disabled)
     slots.live()  # the fault keeps using what it looked up (slot, its bitmap and arch data)
-    if mmu.tdp:
+    if mmu.tdp_mmu:
         return _tdp_map(vm, va, gfn, slot, hva, mmu_seq, pfn, write, new, vcpu.root)
     return _shadow_map(vm, va, gfn, slot, hva, mmu_seq, pfn, write, new)
 
@@ -204,7 +204,8 @@ def _tdp_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int, p
 
 def _shadow_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int, pfn: int,
                 write: bool, new: int) -> str:
-    """The shadow MMU: ``mmu_lock`` for write; the rmap and indirect pages change here."""
+    """The shadow MMU: ``mmu_lock`` for write; the rmap and its pages change here (indirect
+    pages with shadow paging, direct ones with TDP when the TDP MMU is off)."""
     mmu = vm.mmu
     mmu.load()
     mode = vm.mmu_lock.read() if SHADOW_FAULT_READ_LOCK in vm.hazards else vm.mmu_lock.write()

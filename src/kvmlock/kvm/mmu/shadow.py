@@ -209,13 +209,15 @@ class MMU:
     #: every shadow page built, in order (``kvm->arch.tdp_mmu_pages_lock`` protects the list)
     page_list = guarded_by("vm.tdp_mmu_pages_lock")
 
-    def __init__(self, vm: VM, nr_va: int, *, tdp: bool = True, ad_disabled: bool = False,
-                 pml: bool = False):
+    def __init__(self, vm: VM, nr_va: int, *, tdp: bool = True, tdp_mmu: bool = True,
+                 ad_disabled: bool = False, pml: bool = False):
         if not isinstance(nr_va, int) or nr_va < 1:
             raise ValueError(f"the guest address space needs at least one page, got {nr_va!r}")
         self.vm = vm
         self.nr_va = nr_va
         self.tdp = tdp
+        #: direct pages managed by the TDP MMU (else, with ``tdp``, by the shadow MMU)
+        self.tdp_mmu = tdp and tdp_mmu
         self.ad_disabled = ad_disabled
         #: dirty logging clears Dirty (not W) and the CPU logs each page it sets Dirty on
         self.pml = pml
@@ -244,9 +246,10 @@ class MMU:
     # ----------------------------------------------------------- construction
 
     def load(self) -> None:
-        """``kvm_mmu_load``. Shadow paging builds its pages here, under ``mmu_lock`` for write;
-        the TDP MMU builds them on demand in faults (:meth:`ensure_page`)."""
-        if self.loaded or self.tdp:
+        """``kvm_mmu_load``. The shadow MMU builds its pages here, under ``mmu_lock`` for write
+        (and again after a zap, :meth:`shadow_page_for`); the TDP MMU builds them on demand in
+        faults (:meth:`ensure_page`)."""
+        if self.loaded or self.tdp_mmu:
             self.loaded = True
             return
         vm = self.vm
@@ -254,7 +257,7 @@ class MMU:
         with vm.mmu_lock.write():
             if not self.loaded:
                 for idx in range(len(self.pages)):
-                    sp = ShadowPage(idx, direct=False)
+                    sp = ShadowPage(idx, direct=self.tdp)
                     self.link_page(sp)
                     self.pages[idx] = sp
                 self.loaded = True
@@ -347,7 +350,7 @@ class MMU:
         idx = va // SP_ENTRIES
         sp = self.pages[idx]
         if sp is None:
-            sp = ShadowPage(idx, direct=False)
+            sp = ShadowPage(idx, direct=self.tdp)
             self.link_page(sp)
             runtime.active().point(self.pages, "link shadow page", True)
             self.pages[idx] = sp
@@ -421,7 +424,7 @@ class MMU:
         behaviour, ``kvm_mmu_zap_all_fast``, to the pages below the roots; the model's one
         upper level stands for the root, which stays).
         """
-        if not self.tdp:
+        if not self.tdp_mmu:
             vm = self.vm
             with vm.mmu_lock.write():
                 invalid = [self.prepare_zap(sp) for sp in self.pages if sp is not None]

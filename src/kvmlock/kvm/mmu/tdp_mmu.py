@@ -220,7 +220,7 @@ def zap_all_fast(vm: VM, shared: bool = True) -> int:
     ``shared=False`` zaps the invalidated roots with ``mmu_lock`` held for write, as the kernel
     does when the VM is destroyed: slower for vCPUs, as correct.
     """
-    if not vm.mmu.tdp:
+    if not vm.mmu.tdp_mmu:
         raise ValueError("zap_all_fast: the model's fast zap is the TDP MMU's (roots)")
     vm.slots_lock.assert_held()
     wait = OBSOLETE_ROOTS_REQUEST_NO_WAIT not in vm.hazards
@@ -289,9 +289,10 @@ def flush_shadow_memslot(vm: VM, slot: Memslot) -> None:
 
     With ``KVM_X86_QUIRK_SLOT_ZAP_ALL`` (``VM(slot_zap_all=True)``; the kernel's default) a
     TDP VM fast-zaps everything; without it, only the slot's SPTEs go (``kvm_zap_gfn_range``),
-    the model's default path.
+    the model's default path. The model's fast zap is the TDP MMU's: a VM whose direct pages
+    the shadow MMU manages (``tdp_mmu=False``) zaps the slot's SPTEs too.
     """
-    if vm.mmu.tdp and vm.slot_zap_all:
+    if vm.mmu.tdp_mmu and vm.slot_zap_all:
         zap_all_fast(vm)
     else:
         zap_gfn_range(vm, slot.base_gfn, slot.base_gfn + slot.npages)
