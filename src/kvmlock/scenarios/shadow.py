@@ -736,6 +736,19 @@ def wrprot_vs_dirty(broken: bool) -> None:
 # --------------------------------------------------------------------------- zap and free
 
 
+def _zapped_vm(nr_vcpus: int, hazard: str, broken: bool) -> VM:
+    """Shadow paging, four pages, page 0 -> gfn 1; ``hazard`` applied when ``broken``."""
+    vm = VM(nr_vcpus=nr_vcpus, nr_pages=4, host_pages=4, tdp=False, hazards={hazard: broken})
+    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0)
+    set_gpte(vm, 0, 1)
+    return vm
+
+
+def _race_zap_all(vm: VM, name: str, fn: Callable[[], object]) -> None:
+    """``fn`` against ``kvm_mmu_zap_all``, which frees every shadow page."""
+    _run((name, fn), ("kvm_mmu_zap_all", vm.mmu.zap_all))
+
+
 @pair("shadow.zap_vs_walk",
       rule="the shadow MMU's zap flushes remote TLBs before it frees the zapped pages: the "
            "flush waits for every vCPU still walking a page it found before the zap",
@@ -747,15 +760,11 @@ def wrprot_vs_dirty(broken: bool) -> None:
 def zap_vs_walk(broken: bool) -> None:
     # Shadow paging: page 0 -> gfn 1 (holding 11), mapped. vcpu1 reads page 0 while all
     # shadow pages are zapped (what a memslot deletion does with the zap-all behaviour).
-    vm = VM(nr_vcpus=2, nr_pages=4, host_pages=4, tdp=False,
-            hazards={"commit_zap_frees_before_flush": broken})
-    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0)
+    vm = _zapped_vm(2, "commit_zap_frees_before_flush", broken)
     v0, v1 = vm.vcpus
-    set_gpte(vm, 0, 1)
     guest_write(v0, 0, 11)
     got: list[int] = []
-    _run(("vcpu1_reads_page0", lambda: got.append(guest_read(v1, 0))),
-         ("kvm_mmu_zap_all", vm.mmu.zap_all))
+    _race_zap_all(vm, "vcpu1_reads_page0", lambda: got.append(guest_read(v1, 0)))
     vm.check()
     assert got == [11] and guest_read(v0, 0) == 11, (
         f"page 0 maps gfn 1, which holds 11, but the guests read {got} and "
@@ -774,16 +783,12 @@ def zap_vs_walk(broken: bool) -> None:
 def sync_vs_zap(broken: bool) -> None:
     # Page 0 -> gfn 1 (holding 11); the guest re-points it at gfn 2 in its unsync table
     # (the first store exits). vcpu0 loads CR3 while the shadow pages are zapped.
-    vm = VM(nr_vcpus=1, nr_pages=4, host_pages=4, tdp=False,
-            hazards={"sync_gathers_without_mmu_lock": broken})
-    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0)
+    vm = _zapped_vm(1, "sync_gathers_without_mmu_lock", broken)
     (v0,) = vm.vcpus
-    set_gpte(vm, 0, 1)
     guest_write(v0, 0, 11)
     write_gpte(v0, 3, 3)
     write_gpte(v0, 0, 2)
-    _run(("vcpu0_loads_cr3", lambda: load_cr3(v0)),
-         ("kvm_mmu_zap_all", vm.mmu.zap_all))
+    _race_zap_all(vm, "vcpu0_loads_cr3", lambda: load_cr3(v0))
     vm.check()
     got = guest_read(v0, 0)
     assert got == 0, (f"the guest pointed page 0 at gfn 2 (never written) and loaded CR3, but "
@@ -800,16 +805,12 @@ def sync_vs_zap(broken: bool) -> None:
                 "guest wrote is written back when the host swaps it out", **_BOUND)
 def zap_dirty(broken: bool) -> None:
     # vcpu0 writes page 0 -> gfn 1 (its SPTE gets Dirty; the page itself is marked dirty only
-    # when the SPTE is dropped) while every shadow page is zapped; then gfn 1 is swapped out
-    # and read back.
-    vm = VM(nr_vcpus=1, nr_pages=4, host_pages=4, tdp=False,
-            hazards={"zap_page_drops_ad": broken})
-    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0)
+    # when the SPTE is dropped) while every shadow page is zapped; a second zap drops the SPTE
+    # the write may have built after the first. Then gfn 1 is swapped out and read back.
+    vm = _zapped_vm(1, "zap_page_drops_ad", broken)
     (v0,) = vm.vcpus
-    set_gpte(vm, 0, 1)
     guest_read(v0, 0)
-    _run(("vcpu0_writes_page0", lambda: guest_write(v0, 0, 5)),
-         ("kvm_mmu_zap_all", vm.mmu.zap_all))
+    _race_zap_all(vm, "vcpu0_writes_page0", lambda: guest_write(v0, 0, 5))
     vm.mmu.zap_all()
     vm.host.swap_out(1)
     got = vm.host.read(1)
@@ -837,8 +838,7 @@ def direct_fast_pf_vs_zap(broken: bool) -> None:
     vm.set_memory_region(0, base_gfn=0, npages=2, hva=0, flags=LOG_DIRTY_PAGES)
     (v0,) = vm.vcpus
     guest_read(v0, 0)
-    _run(("vcpu0_writes_gfn0", lambda: guest_write(v0, 0, 5)),
-         ("kvm_mmu_zap_all", vm.mmu.zap_all))
+    _race_zap_all(vm, "vcpu0_writes_gfn0", lambda: guest_write(v0, 0, 5))
     vm.check()
     assert get_dirty_log(vm, 0) == [0], "the guest wrote gfn 0: the log must say so"
     got = guest_read(v0, 0)
