@@ -130,7 +130,12 @@ def _write_protect_tables(vm: VM, pages: list[ShadowPage]) -> None:
 
 
 def _any_unsync(pages: list[ShadowPage | None]) -> bool:
-    """``is_unsync_root``: the lockless look at the unsync flags (no ``mmu_lock``)."""
+    """``is_unsync_root``: the lockless look at the unsync flags (no ``mmu_lock``).
+
+    The kernel reads the root's own count of unsync children there, and the root cannot be
+    freed under the vCPU that loaded it; the model reads the flags of the pages below it,
+    which a zap clears before it frees a page. Nothing here uses a page beyond that flag:
+    the pages to sync are gathered again under ``mmu_lock``."""
     rt = runtime.active()
     for sp in pages:
         if sp is None:
