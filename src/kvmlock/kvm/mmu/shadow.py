@@ -385,6 +385,7 @@ class MMU:
         runtime.active().point(self.pages, "unlink shadow page", True)
         if self.pages[sp.index] is sp:
             self.pages[sp.index] = None
+        sp.mark_removed("kvm_mmu_prepare_zap_page")
         if ZAP_KEEPS_UNSYNC_ACCOUNTED not in vm.hazards:
             self.mark_synced(sp)  # kvm_unlink_unsync_page, if it was unsync
         self.unlink_page(sp)
@@ -414,7 +415,7 @@ class MMU:
         for i, sptep in enumerate(sp.sptes):
             sptep.store(0)
             if i == 0:
-                sp.freed = True
+                sp.free("kvm_mmu_commit_zap_page")
 
     def zap_all(self) -> int:
         """``kvm_mmu_zap_all``: drop every SPTE and free every shadow page; returns how many.
