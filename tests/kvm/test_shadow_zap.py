@@ -100,3 +100,11 @@ def test_tdp_with_the_shadow_mmu_takes_the_fast_path_and_zaps_the_shadow_way():
     assert vm.mmu.zap_all() == 1 and sp.freed
     assert guest_read(v0, 0) == 5
     vm.check()
+
+
+@pytest.mark.parametrize("kw", [{"tdp": 0}, {"tdp_mmu": "no"}, {"tdp_mmu": None}])
+def test_mmu_flags_are_booleans(kw):
+    """``VM(tdp_mmu="no")`` would silently build the TDP MMU (a non-empty string is true):
+    a flag that picks the MMU is refused unless it is a bool."""
+    with pytest.raises(ValueError, match="must be True or False"):
+        VM(nr_vcpus=1, nr_pages=2, **kw)

@@ -146,6 +146,9 @@ class VM:
             raise ValueError(f"nr_vcpus must be a non-negative integer, got {nr_vcpus!r}")
         if not isinstance(name, str) or not name:
             raise ValueError(f"VM name must be a non-empty string, got {name!r}")
+        for flag, value in (("tdp", tdp), ("tdp_mmu", tdp_mmu)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{flag} must be True or False, got {value!r}")
         self.machine = machine
         self.name = name
         #: KVM_X86_QUIRK_SLOT_ZAP_ALL: deleting or moving a memslot fast-zaps every TDP root
