@@ -380,3 +380,42 @@ def test_a_queue_kept_after_its_execution_is_a_real_queue_with_its_items():
     assert [s.get(), s.get(timeout=1)] == [2, 3] and s.empty()
     with pytest.raises(queue.Empty):
         s.get(timeout=0)
+
+
+def test_a_kept_queue_s_conditions_work_across_real_threads():
+    kept = []
+
+    def body():
+        kept.append(queue.Queue(1))
+
+    assert explore.check(body, **OPTS).ok
+    (q,) = kept
+    got = []
+    t = threading.Thread(target=lambda: got.extend([q.get(), q.get()]))
+    t.start()  # waits on the queue's not_empty condition, then its put waits on not_full
+    q.put(1)
+    q.put(2)
+    t.join(5)
+    q.task_done()
+    q.task_done()
+    q.join()
+    assert got == [1, 2] and not t.is_alive()
+
+
+def test_conditions_made_without_their_init_are_what_the_constructor_makes(monkeypatch):
+    import _thread
+
+    from kvmlock.explore import pyqueue
+
+    lock = _thread.allocate_lock()
+    made = pyqueue._Condition(lock)
+    assert type(made) is threading.Condition
+    assert vars(made) == vars(threading.Condition(lock))
+
+    class Richer(threading.Condition):  # a Python whose Condition keeps more
+        def __init__(self, lock=None):
+            super().__init__(lock)
+            self.extra = 1
+
+    monkeypatch.setattr(threading, "Condition", Richer)
+    assert pyqueue._condition_maker() is Richer  # then the real constructor is used

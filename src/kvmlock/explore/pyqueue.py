@@ -42,6 +42,7 @@ from __future__ import annotations
 import _thread
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -175,7 +176,28 @@ def _advance(st: _QState, timeout: float | None) -> None:
 
 
 _bound = _pt._bound
-_Condition = threading.Condition
+
+
+def _condition_maker() -> Callable[[Any], threading.Condition]:
+    """``threading.Condition(lock)`` for a plain lock, made without its ``__init__``, which
+    tries three attributes a plain lock lacks, an exception each: 20,000 instructions a
+    condition, and an explored queue makes three (its own lock's, never used by the replaced
+    methods, kept real so the queue works after the exploration) in every execution. Used only
+    if, on this Python, it gives the same attributes as the real constructor; else that."""
+    cls = threading.Condition
+    new = cls.__new__
+
+    def make(lock: Any) -> threading.Condition:
+        c = new(cls)
+        c.__dict__.update(_lock=lock, acquire=lock.acquire, release=lock.release,
+                          _waiters=deque())
+        return c
+
+    probe = _thread.allocate_lock()
+    return make if vars(make(probe)) == vars(cls(probe)) else cls
+
+
+_Condition = _condition_maker()
 
 
 def _label(what: str) -> str:
@@ -331,8 +353,6 @@ def _make_simple_init(prev: Callable[..., None]) -> Callable[..., None]:
     _ORIG["SimpleQueue.__init__"] = prev
 
     def __init__(self: Any) -> None:  # noqa: N807
-        from collections import deque
-
         rt = getattr(_bound, "rt", None)
         if rt is None:
             prev(self)
