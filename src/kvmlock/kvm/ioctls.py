@@ -76,6 +76,11 @@ MSR_EXIT_WITHOUT_SRCU = mutant(
 MSR_FILTER_WITHOUT_KVM_LOCK = mutant(
     "msr_filter_update_without_kvm_lock", removes="kvm->lock around KVM_X86_SET_MSR_FILTER's "
     "publication of a new filter", breaks="kvm->lock protects kvm->arch.msr_filter updates")
+GSI_ROUTING_WITHOUT_IRQCHIP = mutant(
+    "gsi_routing_without_irqchip", removes="KVM_SET_GSI_ROUTING's refusal before the VM has "
+    "an in-kernel irqchip (kvm_arch_can_set_irq_routing)",
+    breaks="routes userspace sets are final: accepted before KVM_CREATE_IRQCHIP, they would be "
+           "replaced by its default routes (and could name devices that do not exist yet)")
 ROUTING_WITHOUT_IRQ_LOCK = mutant(
     "routing_without_irq_lock", removes="kvm->irq_lock around replacing the interrupt routing "
     "table", breaks="kvm->irq_lock protects the interrupt routing")
@@ -202,7 +207,7 @@ def _set_irq_routing(vm: VM, routes: tuple[str, ...], *, from_ioctl: bool = Fals
 def set_gsi_routing(vm: VM, routes: tuple[str, ...]) -> None:
     """``KVM_SET_GSI_ROUTING``: userspace replaces the routes (``kvm->irq_lock`` only); refused
     with ``EINVAL`` (a ValueError) before the VM has an in-kernel irqchip."""
-    if not vm.irqchip.load():
+    if not vm.irqchip.load() and GSI_ROUTING_WITHOUT_IRQCHIP not in vm.hazards:
         raise ValueError("KVM_SET_GSI_ROUTING: the VM has no in-kernel irqchip (EINVAL)")
     _set_irq_routing(vm, tuple(routes), from_ioctl=True)
 

@@ -91,6 +91,14 @@ FAILED_ENABLE_UNINSTALLS_APART = mutant(
     breaks="a failed VM creation leaves nothing enabled: a CPU coming online between the "
            "enabling's section and the late removal finds the callbacks installed, is enabled "
            "by them, and stays enabled with kvm_usage_count 0")
+CALLBACKS_INSTALLED_APART = mutant(
+    "callbacks_installed_apart", removes="installing the hotplug callbacks in the same "
+    "cpus_read_lock section that enables the online CPUs (kvm_usage_lock design: the first VM "
+    "enables them in one section and installs the callbacks in a second)",
+    breaks="kvm_usage_lock design: the first VM's enabling is one step against CPU hotplug "
+           "(cpuhp_setup_state installs and calls the online callback under one "
+           "cpus_read_lock); a CPU coming online between two sections is missed by the walk "
+           "and by the callback, and runs with virtualization off while VMs exist")
 FAILED_ENABLE_ROLLED_BACK_APART = mutant(
     "failed_enable_rolled_back_apart", removes="rolling kvm_usage_count back after a failed "
     "first enable in the kvm_lock section that raised it (kvm_lock design: the count is "
@@ -388,9 +396,11 @@ class Machine:
     def _first_enable(self) -> None:
         """New design: the first VM installs the hotplug callbacks and enables every CPU."""
         apart = FAILED_ENABLE_UNINSTALLS_APART in self.hazards
+        late = CALLBACKS_INSTALLED_APART in self.hazards
         try:
             with self._hotplug_read():
-                self._set_callbacks(True)
+                if not late:
+                    self._set_callbacks(True)
                 try:
                     self._enable_online_cpus()
                 except HardwareEnableError:
@@ -399,6 +409,9 @@ class Machine:
                     if not apart:
                         self._set_callbacks(False)
                     raise
+            if late:
+                with self._hotplug_read():  # broken: a CPU may have come online meanwhile
+                    self._set_callbacks(True)
         except HardwareEnableError:
             if apart:
                 self._set_callbacks(False)  # broken: CPU hotplug was allowed in between

@@ -99,6 +99,25 @@ ARCH_FREE_BEFORE_FINAL_SWAP = mutant(
     "as the invalid copy is published and the slot zapped)",
     breaks="kvm->srcu: the invalid copy shares the slot's arch data, and an MMU notifier "
            "walking it zaps through its rmaps until the final array is in and it has left")
+MEMSLOTS_PUBLISHED_AFTER_UNLOCK = mutant(
+    "memslots_published_after_unlock", removes="publishing the new memslots array with "
+    "mn_invalidate_lock still held (assigned after the unlock that follows the wait)",
+    breaks="the array is swapped in the same mn_invalidate_lock section that saw no "
+           "invalidation active: one that counts itself later walks the new array at its start "
+           "and at its end")
+LOGGING_WRPROT_BEFORE_SWAP = mutant(
+    "logging_wrprot_before_swap", removes="write-protecting a slot for dirty logging once "
+    "the memslots that turn logging on are published (done before the swap, when the "
+    "update is prepared)",
+    breaks="dirty logging: a fault that still finds the slot without logging installs a "
+           "writable SPTE and logs nothing, so the write-protection for logging comes after "
+           "every fault sees logging on")
+ROOTS_SAMPLED_BEFORE_SLOTS_ARCH_LOCK = mutant(
+    "roots_sampled_before_slots_arch_lock", removes="testing whether a shadow root exists "
+    "(the new slot needs rmaps) under slots_arch_lock (tested before the lock is taken)",
+    breaks="slots_arch_lock orders the rmap allocation with a memslot being created: the "
+           "first shadow root's allocation either sees the slot or the slot's update sees the "
+           "root")
 MEMSLOT_UPDATE_WITHOUT_SLOTS_LOCK = mutant(
     "memslot_update_without_slots_lock", removes="kvm->slots_lock around a memslot update",
     breaks="kvm->slots_lock protects memslot updates (the update side of kvm->memslots)")
@@ -377,8 +396,12 @@ def _swap_active_memslots(vm: VM, new: Memslots) -> None:
             if SWAP_RECHECK_ONCE in vm.hazards:
                 break  # broken: woken, it goes on without looking at the count again
         w.finish()
-        vm.memslots.assign(new)
-        lock.unlock()
+        if MEMSLOTS_PUBLISHED_AFTER_UNLOCK in vm.hazards:
+            lock.unlock()
+            vm.memslots.assign(new)  # broken: an invalidation may count itself in between
+        else:
+            vm.memslots.assign(new)
+            lock.unlock()
     if SLOTS_ARCH_LOCK_ACROSS_SYNC in vm.hazards:
         vm.srcu.synchronize()  # broken: a reader taking slots_arch_lock waits for us, we for it
         vm.slots_arch_lock.unlock()
@@ -474,6 +497,15 @@ def _set_memslot(vm: VM, old: Memslot | None, new: Memslot | None, change: str) 
     from kvmlock.kvm.mmu.dirty_log import slot_remove_write_access
     from kvmlock.kvm.mmu.tdp_mmu import flush_shadow_memslot
 
+    logging_on = new is not None and new.logging and not (
+        old is not None and old.logging and change == FLAGS_ONLY)
+    wrprot_early = logging_on and LOGGING_WRPROT_BEFORE_SWAP in vm.hazards
+    if wrprot_early:
+        assert new is not None
+        slot_remove_write_access(vm, new)  # broken: faults still see the slot unlogged
+    # broken when sampled here: the first shadow root may allocate rmaps before the lock
+    early_root = vm.shadow_root_allocated.load() \
+        if ROOTS_SAMPLED_BEFORE_SLOTS_ARCH_LOCK in vm.hazards else None
     vm.slots_arch_lock.lock()
     cur = active_memslots(vm)
     if new is not None and change == CREATE:
@@ -496,7 +528,8 @@ def _set_memslot(vm: VM, old: Memslot | None, new: Memslot | None, change: str) 
     # slot's rmaps are indexed by its new gfns), so once a shadow root exists it needs its
     # rmaps before it is published; slots_arch_lock keeps the first root's allocation out
     fresh = (CREATE,) if MOVED_SLOT_WITHOUT_RMAPS in vm.hazards else (CREATE, MOVE)
-    if new is not None and change in fresh and vm.shadow_root_allocated.load():
+    rooted = vm.shadow_root_allocated.load() if early_root is None else early_root
+    if new is not None and change in fresh and rooted:
         new.arch.alloc_rmaps()
     final = cur.with_slot(new, drop=old.id if old is not None else None)
     early = change in (DELETE, MOVE) and ARCH_FREE_BEFORE_FINAL_SWAP in vm.hazards
@@ -507,7 +540,8 @@ def _set_memslot(vm: VM, old: Memslot | None, new: Memslot | None, change: str) 
     if change in (DELETE, MOVE) and not early:
         assert old is not None
         old.arch.free()  # kvm_arch_free_memslot: after the grace period the swap waited for
-    # commit: turning dirty logging on write-protects the slot so the next write is seen
-    if new is not None and new.logging and not (old is not None and old.logging
-                                                 and change == FLAGS_ONLY):
+    # commit: turning dirty logging on write-protects the slot so the next write is seen;
+    # only now does every fault find logging on (kvm_mmu_slot_apply_flags)
+    if logging_on and not wrprot_early:
+        assert new is not None
         slot_remove_write_access(vm, new)

@@ -88,6 +88,11 @@ NOTIFIER_SRCU_AROUND_LOOKUP_ONLY = mutant(
     breaks="kvm->srcu: what a reader dereferenced is used only inside its read side -- aging "
            "has no mn_active_invalidate_count fence, so only SRCU keeps a memslot update from "
            "freeing the array it walks")
+END_UNCOUNTS_BEFORE_WALK = mutant(
+    "end_uncounts_before_walk", removes="invalidate_range_end's memslot walk inside the "
+    "active count (the count dropped, and the updater woken, before the walk)",
+    breaks="mn_active_invalidate_count covers an invalidation from the start of its first "
+           "memslot walk to the end of its second, so both see the same memslots")
 NO_SEQ_BUMP = mutant(
     "no_seq_bump", removes="the mmu_invalidate_seq increment in invalidate_range_end",
     breaks="a fault that began before an invalidation sees the sequence move and retries")
@@ -210,12 +215,21 @@ class KvmMmuNotifier:
                 "mmu_invalidate_in_progress went negative: an invalidate_range_end found a "
                 "memslot its _start did not")
 
+        early = END_UNCOUNTS_BEFORE_WALK in vm.hazards
+        if early:
+            self._uncount()  # broken: a memslot update may swap before the walk below
         slots, _ = self._handle_range(start, end, finish, None)
         with vm.invalidate_wq:
             vm.invalidate_wq.notify_all()
         assert slots is token, (
             f"invalidate_range_start saw {token!r} but invalidate_range_end saw {slots!r}: the "
             "memslots changed in the middle of an invalidation")
+        if not early:
+            self._uncount()
+
+    def _uncount(self) -> None:
+        """This invalidation is no longer active: the last one out wakes the memslot updater."""
+        vm = self.vm
         if NOTIFIER_USES_RWSEM in vm.hazards:
             _notifier_rwsem(vm).up_read()
             return

@@ -61,6 +61,16 @@ PI_PIR_BEFORE_ON = mutant(
     "pi_pir_before_on", removes="clearing ON before the vCPU takes the PIR (the PIR taken "
     "first, ON cleared after)",
     breaks="an interrupt posted while the vCPU takes the PIR leaves ON set, so it is noticed")
+PI_LIST_AFTER_VECTOR = mutant(
+    "pi_list_after_vector", removes="the order of a blocking vCPU's two steps: it switches to "
+    "the wakeup vector first and joins the CPU's wakeup list after",
+    breaks="an interrupt posted once the wakeup vector is selected finds the vCPU on the "
+           "list its handler walks: the vCPU joins the list before it switches the vector")
+PI_ON_BEFORE_PIR = mutant(
+    "pi_on_before_pir", removes="the order of a posting's two steps: ON set before the "
+    "vector's PIR bit",
+    breaks="a vCPU that finds ON set finds the vector in the PIR: the vector is posted "
+           "first, then ON, so the vCPU's clear-ON-then-take-PIR cannot strand it")
 PI_HANDLER_NO_WAKE = mutant(
     "pi_handler_no_wake", removes="the wake-up of a listed vCPU with ON set by the wakeup "
     "handler (kvm_vcpu_wake_up)",
@@ -146,11 +156,14 @@ class PostedVcpu:
             return
         # vmx_vcpu_pi_put (pi_enable_wakeup_handler): join the wakeup list, switch to the
         # wakeup vector, re-check ON in the value the switch exchanged
-        with self._irqs_off(), unless(PI_LIST_WITHOUT_LOCK, hz, pc.wakeup_lock):
-            _list_update(pc, lambda lst: [*lst, self])
+        late = PI_LIST_AFTER_VECTOR in hz
+        if not late:
+            self._join_list(pc)
         early = self.control.load() if PI_ON_READ_APART in hz else None
         new = self._set_vector(True)
         on = (early if early is not None else new) & PI_ON
+        if late:
+            self._join_list(pc)  # broken: a wakeup vector sent meanwhile found no vCPU
         if on and PI_NO_ON_RECHECK not in hz:
             send_wakeup_vector(self.machine, self.cpu)  # the self-IPI
         # schedule(): until the handler wakes us
@@ -165,6 +178,11 @@ class PostedVcpu:
             self.cpu = resume_on
         self._set_vector(False)
         self._deliver()
+
+    def _join_list(self, pc: PerCpu) -> None:
+        """Put this vCPU on ``pc``'s wakeup list, where the wakeup handler looks for it."""
+        with self._irqs_off(), unless(PI_LIST_WITHOUT_LOCK, self.machine.hazards, pc.wakeup_lock):
+            _list_update(pc, lambda lst: [*lst, self])
 
     def _irqs_off(self) -> Any:
         """raw_spin_lock_irqsave's first half: interrupts off on this CPU."""
@@ -215,8 +233,12 @@ def post_interrupt(pv: PostedVcpu, vector: int, *, running: Any = None) -> runti
     an interrupt of that task, is returned)."""
     if not isinstance(vector, int) or not 0 <= vector < 64:
         raise ValueError(f"posted vector must be in 0..63 in this model, got {vector!r}")
-    pv.pir.fetch_or(1 << vector)
-    old = pv.control.fetch_or(PI_ON)
+    if PI_ON_BEFORE_PIR in pv.machine.hazards:
+        old = pv.control.fetch_or(PI_ON)
+        pv.pir.fetch_or(1 << vector)  # broken: the vCPU may have consumed ON in between
+    else:
+        pv.pir.fetch_or(1 << vector)
+        old = pv.control.fetch_or(PI_ON)
     if old & (PI_ON | PI_SN):
         return None  # a notification is already on its way, or notifications are suppressed
     if old & PI_NV_WAKEUP:

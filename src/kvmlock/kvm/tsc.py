@@ -67,6 +67,12 @@ HV_TSC_PAGE_MARKED_AFTER_CLOCK_UPDATE = mutant(
            "that rewrites it is raised: a vCPU serving the request first finds the page "
            "'set', skips it, and the guest keeps reading the old clock")
 
+CLOCK_REQUEST_BEFORE_UPDATE = mutant(
+    "clock_request_before_update", removes="the order of a pvclock update's end: "
+    "KVM_REQ_CLOCK_UPDATE raised on every vCPU before the clock is changed, not after",
+    breaks="a clock update request is raised only once the new clock can be read: a vCPU "
+           "serving one raised earlier reads the old clock, consumes the request and keeps "
+           "a stale pvclock page")
 CLOCK_REQUEST_CLEARED_AFTER_SERVICE = mutant(
     "clock_request_cleared_after_service", removes="the clearing of a vCPU's "
     "KVM_REQ_CLOCK_UPDATE before it is served (kvm_check_request's test-and-clear): it is "
@@ -160,17 +166,24 @@ class TscSync:
         if hv is not None and not late and not after:
             hv.request_tsc_page_update()
         locked = self.locked and TSC_WITHOUT_LOCK not in self.vm.hazards
+        early = CLOCK_REQUEST_BEFORE_UPDATE in self.vm.hazards
+        if early:
+            self._request_clock_updates()  # broken: served now, they read the old clock
         with irq.local_irq_save(), self.lock if locked else contextlib.nullcontext():
             # (that is __kvm_start_pvclock_update)
             if hv is not None and late:
                 hv.request_tsc_page_update()  # broken: a mutex under a raw lock, irqs off
             if offset is not None:
                 self.kvmclock_offset = offset
-        # kvm_end_pvclock_update: KVM_REQ_CLOCK_UPDATE to every vCPU (an atomic bit each)
-        for vcpu in getattr(self.vm, "vcpus", ()):
-            self.clock_update.fetch_or(1 << vcpu.id)
+        if not early:
+            self._request_clock_updates()
         if hv is not None and after:
             hv.request_tsc_page_update()  # broken: a vCPU may have served the request already
+
+    def _request_clock_updates(self) -> None:
+        """``kvm_end_pvclock_update``: KVM_REQ_CLOCK_UPDATE to every vCPU (an atomic bit each)."""
+        for vcpu in getattr(self.vm, "vcpus", ()):
+            self.clock_update.fetch_or(1 << vcpu.id)
 
     def serve_clock_requests(self, vcpu: Any, hv: Any = None) -> None:
         """The clock requests ``vcpu`` serves on its way into the guest (``vcpu_enter_guest``,

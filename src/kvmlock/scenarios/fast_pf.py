@@ -241,7 +241,8 @@ def zap_race_correct() -> None:
           rule="KVM_GET_DIRTY_LOG (xchg of each word, write-protect, flush) racing two writers",
           variant="correct", expect="pass",
           invariant="dirty log complete: every guest write reaches the migrated copy",
-          catches=("harvest_load_store", "mark_dirty_nonatomic"), **_BOUND)
+          catches=("harvest_load_store", "mark_dirty_nonatomic", "harvest_protects_before_xchg",
+                   "fast_pf_marks_dirty_first"), **_BOUND)
 def harvest_two_writers() -> None:
     vm = VM(nr_vcpus=2, nr_pages=2, host_pages=2)
     vm.set_memory_region(0, base_gfn=0, npages=2, hva=0, flags=LOG_DIRTY_PAGES)
@@ -305,7 +306,8 @@ def tdp_install_race() -> None:
           rule="turning dirty logging on write-protects the slot and flushes, racing a writer",
           variant="correct", expect="pass",
           invariant="dirty log complete from the moment logging is on (full copy, then rounds)",
-          catches=("logging_no_wrprot", "logging_wrprot_no_flush"), **_BOUND)
+          catches=("logging_no_wrprot", "logging_wrprot_no_flush", "logging_wrprot_before_swap"),
+          **_BOUND)
 def logging_enable() -> None:
     vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2)
     vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)

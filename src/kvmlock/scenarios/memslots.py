@@ -77,7 +77,8 @@ def _delete_vs_fault(broken: bool) -> None:
           rule="memslot delete: invalidate, SRCU grace period, then zap", variant="correct",
           expect="pass", invariant="a deleted memslot leaves no SPTE behind",
           catches=("delete_zaps_before_sync", "zap_no_flush", "free_before_grace_period",
-                   "page_fault_no_srcu", "memslot_update_without_slots_lock"), **_BOUND)
+                   "page_fault_no_srcu", "memslot_update_without_slots_lock",
+                   "fault_maps_invalid_slot"), **_BOUND)
 def delete_correct() -> None:
     _delete_vs_fault(False)
 

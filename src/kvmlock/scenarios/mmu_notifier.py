@@ -74,7 +74,8 @@ _INV = "invalidate start and end see the same memslots; updates wait for active 
           rule="memslot update waits for active invalidations (count + rcuwait)",
           variant="correct", expect="pass", invariant=_INV,
           catches=("swap_without_waiting", "notifier_uses_rwsem", "notifier_takes_slots_lock",
-                   "notifier_no_wakeup"), **_BOUND)
+                   "notifier_no_wakeup", "end_uncounts_before_walk",
+                   "memslots_published_after_unlock"), **_BOUND)
 def notifier_correct() -> None:
     _notifier_vs_update(None, nested=True)
 
@@ -198,7 +199,8 @@ def age_vs_memslot_update() -> None:
           invariant="every present SPTE maps the host's current frame; no access to a freed "
                     "frame; the write survives swap-out",
           catches=("no_invalidate_retry", "no_in_progress_check", "seq_after_fault_in",
-                   "no_seq_bump", "notifier_no_flush"), **_BOUND)
+                   "no_seq_bump", "notifier_no_flush", "tdp_fault_stale_check_unlocked"),
+          **_BOUND)
 def fault_vs_invalidate() -> None:
     vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2)
     vm.host.gup_fast = True  # the page can be found while it is being unmapped

@@ -625,7 +625,8 @@ def first_root() -> None:
           variant="correct", expect="pass",
           invariant="every memslot has rmaps once a root exists, the new one too; a fault "
                     "that finds the root built finds its slot's rmaps",
-          catches=("root_flag_before_rmaps", "root_alloc_without_slots_arch_lock"),
+          catches=("root_flag_before_rmaps", "root_alloc_without_slots_arch_lock",
+                   "roots_sampled_before_slots_arch_lock"),
           strategy="dpor", max_runs=300)
 def first_root_vs_create() -> None:
     # three actors, bounded: exhaustive DPOR needs about 7,500 executions, and both mutants

@@ -69,6 +69,13 @@ HARVEST_FLUSH_BEFORE_PROTECT = mutant(
     "the SPTEs of the harvested gfns lose Dirty or W, not after)",
     breaks="KVM_GET_DIRTY_LOG flushes after protecting: a translation cached between a flush "
            "and the clear would outlive the harvest")
+HARVEST_PROTECTS_BEFORE_XCHG = mutant(
+    "harvest_protects_before_xchg", removes="the order of the harvest's two steps on a "
+    "bitmap word: the gfns it names are write-protected first and the word taken with xchg "
+    "after, instead of xchg first",
+    breaks="dirty logging: a write that faults between the protection and the xchg makes its "
+           "SPTE writable again and sets a bit the xchg then takes, so the gfn is reported "
+           "with a writable SPTE and the writes after the copy are never logged")
 WRPROT_KEEPS_W = mutant(
     "wrprot_keeps_w", removes="the write-protection of harvested gfns",
     breaks="dirty logging: after a harvest the next write to the gfn faults and is logged")
@@ -167,6 +174,15 @@ def get_dirty_log(vm: VM, slot_id: int) -> list[int]:
                     continue
                 if early:
                     flush_remote_tlbs(vm)  # broken: before the SPTEs are protected
+                if HARVEST_PROTECTS_BEFORE_XCHG in vm.hazards:
+                    seen = word.load()
+                    for bit in range(64):
+                        if seen >> bit & 1:
+                            flush |= _protect_gfn(vm, slot.base_gfn + w * 64 + bit)
+                    # broken: a bit the protection's fault re-set is taken with the rest
+                    mask = word.xchg(0)
+                    dirty += [slot.base_gfn + w * 64 + bit for bit in range(64) if mask >> bit & 1]
+                    continue
                 if HARVEST_LOAD_STORE in vm.hazards:
                     mask = word.load()
                     word.store(0)

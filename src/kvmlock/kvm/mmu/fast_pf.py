@@ -67,6 +67,12 @@ FAST_PF_RESTORE_NO_MARK_DIRTY = mutant(
     "is logged)",
     breaks="dirty logging: the first write after write-protection is logged, even if the SPTE "
            "was aged in between (any fix that makes an SPTE writable logs its gfn)")
+FAST_PF_MARKS_DIRTY_FIRST = mutant(
+    "fast_pf_marks_dirty_first", removes="the order of the fast path's fix and its "
+    "mark_page_dirty (the gfn logged before the cmpxchg that makes the SPTE writable)",
+    breaks="dirty logging: a gfn is logged after its SPTE became writable, or a harvest in "
+           "between takes the bit, finds the SPTE read-only and protects nothing, and the "
+           "writes through the SPTE the cmpxchg then opens are never logged")
 
 
 def fast_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
@@ -118,6 +124,9 @@ def _fast_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
         if new == old or not S.hw_allows(new, write):
             return GO_SLOW
         gfn = sp.gfn_at(i)  # read before the cmpxchg: the ABA window for indirect pages
+        first = FAST_PF_MARKS_DIRTY_FIRST in vm.hazards
+        if first and S.is_writable(new) and not S.is_writable(old):
+            _mark_dirty(slots, gfn, vm.hazards)  # broken: a harvest may take the bit now
         if FAST_PF_PLAIN_STORE in vm.hazards:
             if sptep.load() != old:
                 continue
@@ -133,9 +142,14 @@ def _fast_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
                             f"but when the cmpxchg landed it mapped gfn {mapped}")
         restored = S.is_access_track(old) and FAST_PF_RESTORE_NO_MARK_DIRTY in vm.hazards
         if S.is_writable(new) and not S.is_writable(old) and not restored and \
-                FAST_PF_NO_MARK_DIRTY not in vm.hazards:
-            slot = slots.lookup(gfn)
-            if slot is not None:
-                slot.mark_dirty(gfn, vm.hazards)
+                FAST_PF_NO_MARK_DIRTY not in vm.hazards and not first:
+            _mark_dirty(slots, gfn, vm.hazards)
         return FIXED
     return GO_SLOW
+
+
+def _mark_dirty(slots: Memslots, gfn: int, hazards: frozenset[str]) -> None:
+    """``mark_page_dirty_in_slot`` in the memslot the fault looked up (inside kvm->srcu)."""
+    slot = slots.lookup(gfn)
+    if slot is not None:
+        slot.mark_dirty(gfn, hazards)

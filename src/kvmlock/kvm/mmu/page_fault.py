@@ -91,6 +91,17 @@ TDP_FAULT_OVERWRITES_FROZEN = mutant(
     "cmpxchg installs over the frozen value)",
     breaks="under read-mode mmu_lock only the thread that froze an SPTE writes it: a fault "
            "that reached a table NX recovery is removing must not install into it")
+FAULT_MAPS_INVALID_SLOT = mutant(
+    "fault_maps_invalid_slot", removes="the slow path's test of KVM_MEMSLOT_INVALID (a fault "
+    "on a memslot being deleted or moved maps it like any other)",
+    breaks="a deleted or moved memslot's SPTEs are zapped once, after no fault can install "
+           "one: a fault that finds the slot marked invalid retries instead")
+TDP_FAULT_STALE_CHECK_UNLOCKED = mutant(
+    "tdp_fault_stale_check_unlocked", removes="the TDP fault's invalidation check under "
+    "mmu_lock (only the lockless pre-check, made before read_lock, is left)",
+    breaks="mmu_invalidate_seq and mmu_invalidate_in_progress change under mmu_lock held for "
+           "write: only a check made under mmu_lock excludes an invalidation that zaps between "
+           "the check and the install")
 READONLY_SLOT_WRITABLE = mutant(
     "readonly_slot_writable", removes="the read-only memslot test of a write fault",
     breaks="a read-only memslot is never mapped writable (Host-writable clear)")
@@ -105,6 +116,14 @@ def invalidate_retry(vm: VM, mmu_seq: int, hva: int) -> bool:
         in_range = vm.mmu_invalidate_range_start <= hva < vm.mmu_invalidate_range_end
         if in_range or SEQ_UNCHECKED_IN_PROGRESS in vm.hazards:
             return in_range  # broken when not in range: the sequence is never compared
+    return vm.mmu_invalidate_seq.load() != mmu_seq
+
+
+def _stale_unlocked(vm: VM, mmu_seq: int, hva: int) -> bool:
+    """``mmu_invalidate_retry_gfn_unsafe``: the same test without ``mmu_lock``, a hint only."""
+    if vm.mmu_invalidate_in_progress and \
+            vm.mmu_invalidate_range_start <= hva < vm.mmu_invalidate_range_end:
+        return True
     return vm.mmu_invalidate_seq.load() != mmu_seq
 
 
@@ -140,7 +159,7 @@ def _slow_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
     if gfn is None:
         return GUEST_FAULT
     slot = slots.lookup(gfn)
-    if slot is None or slot.invalid:
+    if slot is None or (slot.invalid and FAULT_MAPS_INVALID_SLOT not in vm.hazards):
         return MMIO
     host_writable = not slot.readonly or READONLY_SLOT_WRITABLE in vm.hazards
     if write and not host_writable:
@@ -172,8 +191,11 @@ def _tdp_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int, p
     fault on a root a fast zap invalidated (``is_page_fault_stale``): the vCPU reloads first.
     """
     mmu = vm.mmu
+    unlocked = TDP_FAULT_STALE_CHECK_UNLOCKED in vm.hazards
+    if unlocked and _stale_unlocked(vm, mmu_seq, hva):
+        return RETRY
     with vm.mmu_lock.read():
-        if invalidate_retry(vm, mmu_seq, hva):
+        if not unlocked and invalidate_retry(vm, mmu_seq, hva):
             return RETRY
         if root is not None and root.invalid:
             return RETRY
