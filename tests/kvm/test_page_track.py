@@ -10,7 +10,12 @@ from kvmlock.kvm.guest import GuestFault, guest_read, guest_write, set_gpte
 from kvmlock.kvm.memslots import LOG_DIRTY_PAGES
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.page_fault import page_fault
-from kvmlock.kvm.mmu.page_track import account_shadowed, emulate_write, shadow_guest_table
+from kvmlock.kvm.mmu.page_track import (
+    WRITE_FLOODING_LIMIT,
+    account_shadowed,
+    emulate_write,
+    shadow_guest_table,
+)
 from kvmlock.kvm.mutants import applied
 from kvmlock.kvm.vm import VM
 from kvmlock.scenarios import verify
@@ -254,3 +259,61 @@ def test_a_second_shadower_owes_no_flush_so_the_first_flushes_under_mmu_lock():
     assert vm.host.contents(2) == 5 and vm.stats["emulated_writes"] == 1
     msg = _caught_by("shadow.wrprot_two_shadowers.correct", "shadowed_wrprot_flush_after_unlock")
     assert "through a writable translation" in msg
+
+
+def flooded_vm(**kw):
+    vm = VM(nr_vcpus=2, nr_pages=2, host_pages=2, **kw)
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    shadow_guest_table(vm.vcpus[1], 1)
+    return vm, vm.vcpus[0]
+
+
+def test_write_flooding_zaps_the_tables_shadow_page_after_three_emulated_writes():
+    vm, v = flooded_vm()
+    sp = vm.mmu.shadowed[1]
+    for n in range(1, WRITE_FLOODING_LIMIT):
+        guest_write(v, 1, n)
+    assert vm.mmu.shadowed[1] is sp and vm.stats["mmu_flooded"] == 0
+    flushes = vm.stats["tlb_flushes"]
+    guest_write(v, 1, 9)
+    assert vm.stats["emulated_writes"] == WRITE_FLOODING_LIMIT
+    assert vm.stats["mmu_flooded"] == 1 and 1 not in vm.mmu.shadowed
+    assert sp.removed and sp.freed, "prepared, then committed"
+    assert vm.stats["tlb_flushes"] == flushes + 1, "the commit flushes before it frees"
+    assert vm.host.contents(1) == 9
+    guest_write(v, 1, 10)  # still tracked (the model never untracks): emulated, no page
+    assert vm.stats["mmu_flooded"] == 1
+    shadow_guest_table(vm.vcpus[1], 1)  # a fault shadows the table again: a new page
+    assert vm.mmu.shadowed[1] is not sp and not vm.mmu.shadowed[1].freed
+    vm.check()
+    assert lockdep.reports() == []
+
+
+def test_a_fault_using_the_page_resets_the_flooding_count():
+    # near miss: as many writes, but the table is used in between, so it is no flood
+    vm, v = flooded_vm()
+    sp = vm.mmu.shadowed[1]
+    for n in range(2 * WRITE_FLOODING_LIMIT):
+        guest_write(v, 1, n)
+        if n % 2:
+            shadow_guest_table(vm.vcpus[1], 1)
+    assert vm.mmu.shadowed[1] is sp and vm.stats["mmu_flooded"] == 0 and not sp.freed
+    vm.check()
+
+
+def test_a_zapped_table_page_still_reachable_is_reported():
+    vm, v = flooded_vm()
+    vm.mmu.shadowed[1].mark_removed("test")
+    with pytest.raises(AssertionError, match="removed or freed shadow pages still reachable"):
+        vm.check()
+
+
+def test_two_flooding_writes_without_mmu_lock_zap_the_page_twice():
+    # the consequence, with lockdep off too: both writes find the page flooded and remove it
+    assert "removed twice" in _caught_by("shadow.write_flooding.correct",
+                                         "track_write_without_mmu_lock")
+    sc = SCENARIOS["shadow.write_flooding.correct"]
+    quiet = dataclasses.replace(sc, options={**sc.options, "lockdep": False})
+    with applied("track_write_without_mmu_lock"):
+        out = verify.run_scenario(quiet)
+    assert out.failure is not None and "removed twice" in str(out.failure.message)

@@ -226,7 +226,7 @@ class VM:
         self.stats: dict[str, int] = {
             "tlb_flushes": 0, "harvests": 0, "invalidations": 0, "memslot_updates": 0,
             "fast_pf_wrong_gfn": 0, "emulated_writes": 0, "mmu_syncs": 0, "nx_recovered": 0,
-            "fast_zaps": 0,
+            "fast_zaps": 0, "mmu_flooded": 0,
         }
         #: invariant violations the model itself noticed (see mmu/fast_pf.py)
         self.audit: list[str] = []

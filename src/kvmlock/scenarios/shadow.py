@@ -20,6 +20,8 @@ write; a fault re-checks the guest PTE it walked before installing).
   a CR3 load's sync and a guest write race the zap; no freed page is used, no Dirty bit lost.
 * ``shadow.direct_fast_pf_vs_zap`` -- with the TDP MMU off, the fast page fault's lockless
   walk of the shadow MMU's direct pages races a zap, whose remote flush waits for it.
+* ``shadow.write_flooding`` -- two vCPUs' emulated writes to a shadowed guest table race;
+  the one that finds it flooded zaps its shadow page, under ``mmu_lock``, and only that one.
 * ``shadow.wrprot_vs_dirty`` -- write-protecting a shadowed gfn replaces a volatile SPTE with
   an exchange, judged on the value it replaces.
 
@@ -844,3 +846,31 @@ def direct_fast_pf_vs_zap(broken: bool) -> None:
     assert get_dirty_log(vm, 0) == [0], "the guest wrote gfn 0: the log must say so"
     got = guest_read(v0, 0)
     assert got == 5, f"the guest wrote 5 to gfn 0 but reads {got}"
+
+
+@pair("shadow.write_flooding",
+      rule="an emulated write to a shadowed guest table looks up the table's shadow page, "
+           "counts the write and zaps a flooded page under mmu_lock held for write: of two "
+           "writes racing to one table exactly one zaps it",
+      broken_rule="the emulated write's look-up, flooding test and zap done without mmu_lock: "
+                  "two writes both find the page flooded and both take it out",
+      broken_expect="assertion", catches=("track_write_without_mmu_lock",),
+      invariant="a shadow page is removed and freed once; the guest's last write is in memory",
+      **_BOUND)
+def write_flooding(broken: bool) -> None:
+    # TDP; gfn 1 holds a guest page table KVM shadows (vcpu2's nested guest). vcpu0's first
+    # write to it is emulated (flooding count 1); then vcpu0 and vcpu1 write it at once: the
+    # third emulated write floods the table and zaps its shadow page.
+    vm = VM(nr_vcpus=3, nr_pages=2, host_pages=2,
+            hazards={"track_write_without_mmu_lock": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    v0, v1, v2 = vm.vcpus
+    shadow_guest_table(v2, 1)
+    guest_write(v0, 1, 1)
+    _run(("vcpu0_writes_gfn1", lambda: guest_write(v0, 1, 2)),
+         ("vcpu1_writes_gfn1", lambda: guest_write(v1, 1, 3)))
+    vm.check()
+    assert vm.stats["mmu_flooded"] == 1 and 1 not in vm.mmu.shadowed, (
+        f"three emulated writes flood the table once: {vm.stats['mmu_flooded']} zap(s)")
+    got = vm.host.contents(1)
+    assert got in (2, 3), f"the guests wrote 2 and 3 to gfn 1, memory holds {got}"

@@ -17,6 +17,16 @@ arch/x86/kvm/mmu/mmu.c ``account_shadowed`` and page_track.c, in our own code):
 * the lockless fast page fault may set W only on an MMU-writable SPTE, which is why clearing
   MMU-writable (not just W, as dirty logging does) is what keeps it out.
 
+A table KVM keeps being asked to emulate writes to is probably no page table any more (the
+guest reused the page): after ``WRITE_FLOODING_LIMIT`` emulated writes with no fault using
+its shadow page in between, the write zaps that page (facts from ``kvm_mmu_track_write`` and
+``detect_write_flooding``, in our own code; :func:`track_write`). The count is an atomic, but
+the look-up, the test and the zap are all done under ``mmu_lock`` held for write: two
+emulated writes to one gfn cannot both find the page flooded and both zap it. The kernel
+skips the test for leaf tables (they go unsync instead of being emulated), so it is the
+write-tracked upper-level tables here; their zap drops no SPTE in the model (it keeps no
+entries in them) but goes through the shadow MMU's commit: remote flush, then free.
+
 A guest write that reaches a tracked gfn through a writable translation bypasses all of this:
 the shadow pages go stale without KVM knowing. The guest side checks it on every write
 (:func:`check_hw_write`). The model keeps tracked gfns tracked (they never go unsync, unlike
@@ -28,8 +38,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kvmlock import lockdep
+from kvmlock import lockdep, runtime
 from kvmlock.kvm.mmu import spte as S
+from kvmlock.kvm.mmu.shadow import ShadowPage
 from kvmlock.kvm.mmu.tlb import flush_remote_tlbs
 from kvmlock.kvm.mmu.update import spte_update
 from kvmlock.kvm.mutants import mutant, unless
@@ -39,8 +50,12 @@ if TYPE_CHECKING:
     from kvmlock.kvm.vcpu import VCPU
     from kvmlock.kvm.vm import VM
 
-__all__ = ["account_shadowed", "check_hw_write", "emulate_write", "is_write_tracked",
-           "shadow_guest_table", "tracked_spte", "write_protect_shadowed"]
+__all__ = ["WRITE_FLOODING_LIMIT", "account_shadowed", "check_hw_write", "emulate_write",
+           "is_write_tracked", "shadow_guest_table", "track_write", "tracked_spte",
+           "write_protect_shadowed"]
+
+#: emulated writes without a use that make a shadowed table count as flooded (the kernel's 3)
+WRITE_FLOODING_LIMIT = 3
 
 WRPROT_SHADOWED_NO_FLUSH = mutant(
     "shadowed_wrprot_no_flush",
@@ -85,6 +100,12 @@ SHADOW_TABLE_WITHOUT_SRCU = mutant(
     "first shadow root and accounting a shadowed guest page table",
     breaks="kvm->srcu protects kvm->memslots: the memslot whose write-track count is raised "
            "is freed (deleted or moved) only after its readers left")
+TRACK_WRITE_WITHOUT_MMU_LOCK = mutant(
+    "track_write_without_mmu_lock", removes="mmu_lock (write) around the emulated write's "
+    "look at the written table's shadow page, its flooding test and its zap",
+    breaks="a shadow page is zapped under mmu_lock held for write, so exactly one zapper "
+           "takes it out and frees it: two emulated writes that both find it flooded would "
+           "both zap it")
 TRACKED_GFN_MAPPED_WRITABLE = mutant(
     "tracked_gfn_mapped_writable",
     removes="the slow path's write-tracking test (mmu_try_to_unsync_pages)",
@@ -135,6 +156,11 @@ def account_shadowed(vm: VM, gfn: int) -> bool:
         if slot is None or slot.invalid:
             return False
         slot.arch.set_write_track(gfn, slot.arch.write_track(gfn) + 1)
+        sp = mmu.shadowed.get(gfn)
+        if sp is None:  # the table's shadow page, built (again, after a flooding zap)
+            mmu.shadowed[gfn] = ShadowPage(gfn, direct=False)
+        else:  # a fault used the page: the guest still treats the gfn as a page table
+            sp.write_flooding_count.store(0)
         flush = write_protect_shadowed(vm, gfn)  # kvm_mmu_slot_gfn_write_protect(slot)
         # flushed before mmu_lock is dropped: a second shadower finds the SPTE read-only
         # already, owes no flush, and relies on the protection at once
@@ -144,6 +170,33 @@ def account_shadowed(vm: VM, gfn: int) -> bool:
         mmu.wrprot_relied.add(gfn)  # from here on the protection is relied on (audit only)
     if flush and late:
         flush_remote_tlbs(vm)  # broken: after write_unlock(&kvm->mmu_lock)
+    return True
+
+
+def track_write(vm: VM, gfn: int) -> bool:
+    """``kvm_mmu_track_write`` after KVM emulated a write to ``gfn``: zap the shadow page of
+    the guest table there if the write floods it; True if it did.
+
+    Under ``mmu_lock`` held for write the page is looked up, its flooding count raised and
+    tested, and a flooded page prepared for the zap and committed (remote flush, then free)
+    before the lock is released. A later fault that shadows the table builds a new page.
+    """
+    mmu = vm.mmu
+    with unless(TRACK_WRITE_WITHOUT_MMU_LOCK, vm.hazards, vm.mmu_lock.write()):
+        rt = runtime.active()
+        rt.point(mmu.shadowed, "find the written table's shadow page", False)
+        sp = mmu.shadowed.get(gfn)
+        if sp is None:
+            return False
+        sp.write_flooding_count.fetch_add(1)  # detect_write_flooding: atomic_inc, then read
+        if sp.write_flooding_count.load() < WRITE_FLOODING_LIMIT:
+            return False
+        rt.point(mmu.shadowed, "unlink flooded shadow page", True)
+        if mmu.shadowed.get(gfn) is sp:
+            del mmu.shadowed[gfn]
+        sp.mark_removed("kvm_mmu_track_write")  # kvm_mmu_prepare_zap_page
+        vm.stats["mmu_flooded"] += 1
+        mmu.commit_zap([sp])  # kvm_mmu_remote_flush_or_zap
     return True
 
 
@@ -190,6 +243,7 @@ def emulate_write(vcpu: VCPU, gfn: int, value: int) -> bool:
         late_log = EMULATED_WRITE_LOGGED_AFTER_SRCU in vm.hazards
         if EMULATED_WRITE_NOT_LOGGED not in vm.hazards and not late_log and not first:
             slot.mark_dirty(gfn, vm.hazards)
+        track_write(vm, gfn)  # kvm_page_track_write, once the page is written
     if late_log:
         slot.mark_dirty(gfn, vm.hazards)  # broken: the slot may be freed by now
     vm.stats["emulated_writes"] += 1

@@ -119,7 +119,7 @@ class ShadowPage:
     """One leaf page table of SPTEs; ``direct`` pages map fixed gfns."""
 
     __slots__ = ("index", "direct", "sptes", "gfns", "unsync", "gpt_writable", "removed",
-                 "freed", "parent")
+                 "freed", "parent", "write_flooding_count")
 
     def __init__(self, index: int, direct: bool, parent: TdpRoot | None = None) -> None:
         self.index = index
@@ -140,6 +140,9 @@ class ShadowPage:
         self.removed = False
         #: set once the page is freed (the model's KASAN: a use after that is a bug)
         self.freed = False
+        #: emulated writes to the guest table this page shadows since a fault last used it
+        #: (an atomic, as in the kernel; see page_track.track_write)
+        self.write_flooding_count = Atomic64(0, name=f"write_flooding_count[{index}]")
 
     def mark_removed(self, by: str) -> None:
         """The remover that unlinked this page from its parent entry takes over its teardown.
@@ -226,6 +229,9 @@ class MMU:
         self.pages: list[ShadowPage | None] = [None] * nsp
         self.page_list: list[ShadowPage] = []
         self.unsync_count = 0  # under mmu_unsync_pages_lock
+        #: gfn -> the shadow page of the upper-level guest table there (write-tracked, never
+        #: unsync; see page_track.account_shadowed); changed under mmu_lock held for write
+        self.shadowed: dict[int, ShadowPage] = {}
         #: gfn -> {(sp, i)}: which SPTEs map it; under mmu_lock held for write
         self.rmap: dict[int, frozenset[tuple[ShadowPage, int]]] = {}
         #: shadow paging only: the guest's page table, va -> gfn + 1 (0: not present)
@@ -329,7 +335,7 @@ class MMU:
         lost = [sp for sp in built
                 if (self.pages if sp.parent is None else sp.parent.pages)[sp.index] is not sp]
         assert not lost, f"linked shadow pages no longer reachable: {lost}"
-        gone = [sp for sp in self.tables() if sp.removed or sp.freed]
+        gone = [sp for sp in [*self.tables(), *self.shadowed.values()] if sp.removed or sp.freed]
         assert not gone, f"removed or freed shadow pages still reachable: {gone}"
         open_tables = [sp.index for sp in self.pages
                        if sp is not None and sp.gpt_writable and not sp.unsync]
