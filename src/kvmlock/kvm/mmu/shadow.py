@@ -155,8 +155,8 @@ class ShadowPage:
         assert not self.removed and not self.freed, (
             f"BUG: shadow page {self.index} removed twice ({by} found it already "
             f"{'freed' if self.freed else 'removed'}): two removers both cleared the entry "
-            "pointing at it -- a non-atomic change of a non-leaf entry under read-mode "
-            "mmu_lock")
+            "pointing at it -- a change of that entry not serialised with another (made "
+            "non-atomically under read-mode mmu_lock, or without mmu_lock)")
         self.removed = True
 
     def free(self, by: str) -> None:
