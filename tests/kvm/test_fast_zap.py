@@ -6,7 +6,7 @@ from kvmlock import explore, lockdep
 from kvmlock.kvm.guest import GuestFault, guest_read, guest_write
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.nx_recovery import recover_nx_huge_page
-from kvmlock.kvm.mmu.tdp_mmu import check_roots, zap_all_fast
+from kvmlock.kvm.mmu.tdp_mmu import check_roots, update_nx_huge_pages, zap_all_fast
 from kvmlock.kvm.vm import VM
 from kvmlock.scenarios.fast_zap import recovery_vs_fast_zap
 from kvmlock.sync import peek
@@ -101,3 +101,26 @@ def test_fast_zap_needs_the_tdp_mmu_and_slots_lock():
     with lockdep.isolated():
         zap_all_fast(vm)
         assert [r.kind for r in lockdep.reports()] == ["not_held"]
+
+
+def test_check_roots_sees_a_table_that_outlived_its_root():
+    vm = two_slot_vm()
+    guest_write(vm.vcpus[0], 0, 5)
+    table = vm.mmu.walk(0)[0]
+    check_roots(vm)  # near miss: the table hangs in the listed root
+    for v in vm.vcpus:
+        v.root = None  # (so only the leak is left to report)
+    vm.mmu.roots.remove(table.parent)
+    with pytest.raises(AssertionError, match="shadow page 0 hangs in TDP root 0, which was "
+                                             "taken off the list.*a leaked table"):
+        check_roots(vm)
+
+
+def test_changing_nx_huge_pages_fast_zaps_the_vm():
+    vm = two_slot_vm()
+    guest_write(vm.vcpus[0], 0, 5)
+    old = vm.mmu.root
+    update_nx_huge_pages(vm)
+    assert old.invalid and vm.stats["fast_zaps"] == 1
+    assert guest_read(vm.vcpus[0], 0) == 5 and vm.vcpus[0].root is vm.mmu.root is not old
+    vm.check()

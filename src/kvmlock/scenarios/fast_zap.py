@@ -15,7 +15,13 @@ second read-mode writer of non-leaf entries, against the paths it races
   request; otherwise it reads the freed frame through a cached translation, or puts a root
   that was freed.
 
-Both end with the VM's invariants (every present SPTE maps the host's frame, every table
+* ``tdp_mmu.fast_zap_vs_fault`` -- a vCPU's first read of a page (a slow TDP fault) races a
+  fast zap (the ``nx_huge_pages`` parameter changed: ``kvm_update_nx_huge_pages``). A fault
+  that runs after the roots were invalidated must retry (the vCPU reloads first): installing
+  into the old root, whose zap may already have cleared that entry, links a table no later
+  zap can reach.
+
+All end with the VM's invariants (every present SPTE maps the host's frame, every table
 reachable once, every root's count equal to its holders).
 """
 
@@ -23,7 +29,7 @@ from __future__ import annotations
 
 from kvmlock.kvm.guest import GuestFault, guest_read, guest_write
 from kvmlock.kvm.mmu.nx_recovery import recover_nx_huge_page
-from kvmlock.kvm.mmu.tdp_mmu import zap_all_fast
+from kvmlock.kvm.mmu.tdp_mmu import update_nx_huge_pages, zap_all_fast
 from kvmlock.kvm.vm import VM
 from kvmlock.scenarios.orders import together
 from kvmlock.scenarios.registry import pair
@@ -109,3 +115,22 @@ def fast_zap_vs_vcpu(broken: bool) -> None:
     vm.check()
     assert guest_read(v0, 0) == 0
     vm.check()
+
+
+@pair("tdp_mmu.fast_zap_vs_fault",
+      rule="a TDP fault on a root that a fast zap invalidated retries (is_page_fault_stale): "
+           "the vCPU reloads, and no table is linked into the old root",
+      broken_rule="the fault installs into the invalidated root after its zap cleared the "
+                  "entry: the new table outlives the root, out of reach of every zap",
+      broken_expect="assertion",
+      invariant="every table hangs in a live root; the guest reads back what it wrote",
+      catches=("stale_root_fault_not_retried",), **_BOUND)
+def fast_zap_vs_fault(broken: bool) -> None:
+    vm = _two_slot_vm({"stale_root_fault_not_retried": broken})
+    (v0,) = vm.vcpus
+    guest_write(v0, 1, 7)  # the table exists; gfn 0 has no SPTE yet
+
+    together(lambda: guest_read(v0, 0), lambda: update_nx_huge_pages(vm),
+             names=["vcpu0 reads gfn 0", "nx_huge_pages changed"])
+    vm.check()
+    assert guest_read(v0, 1) == 7

@@ -102,6 +102,11 @@ TDP_FAULT_STALE_CHECK_UNLOCKED = mutant(
     breaks="mmu_invalidate_seq and mmu_invalidate_in_progress change under mmu_lock held for "
            "write: only a check made under mmu_lock excludes an invalidation that zaps between "
            "the check and the install")
+STALE_ROOT_FAULT_NOT_RETRIED = mutant(
+    "stale_root_fault_not_retried", removes="the TDP fault's retry on a root a fast zap "
+    "invalidated (is_page_fault_stale): it links its table and installs into the old root",
+    breaks="no table is linked into an invalidated root: its zap may have passed that entry "
+           "already, and the table outlives the root, out of reach of every later zap")
 READONLY_SLOT_WRITABLE = mutant(
     "readonly_slot_writable", removes="the read-only memslot test of a write fault",
     breaks="a read-only memslot is never mapped writable (Host-writable clear)")
@@ -197,7 +202,7 @@ def _tdp_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int, p
     with vm.mmu_lock.read():
         if not unlocked and invalidate_retry(vm, mmu_seq, hva):
             return RETRY
-        if root is not None and root.invalid:
+        if root is not None and root.invalid and STALE_ROOT_FAULT_NOT_RETRIED not in vm.hazards:
             return RETRY
         sp, i = mmu.ensure_page(va, root)
         new = tracked_spte(vm, slot, gfn, new)

@@ -7,9 +7,9 @@ recovery also runs under read mode), in the model's own code:
 * A root is reference-counted (``tdp_mmu_root_count``): the MMU holds one reference while the
   root is valid, and each vCPU that loaded it holds one. The last put takes the root off
   ``tdp_mmu_roots`` under ``tdp_mmu_pages_lock`` and frees it after an RCU grace period.
-* ``kvm_mmu_zap_all_fast`` (called with ``slots_lock`` held; for the TDP MMU it is what a
-  memslot deletion or move does when ``KVM_X86_QUIRK_SLOT_ZAP_ALL`` is on, the kernel's
-  default) invalidates every root and makes every vCPU request
+* ``kvm_mmu_zap_all_fast`` (called with ``slots_lock`` held: by a memslot deletion or move
+  when ``KVM_X86_QUIRK_SLOT_ZAP_ALL`` is on, the kernel's default, and when the
+  ``nx_huge_pages`` parameter changes) invalidates every root and makes every vCPU request
   ``KVM_REQ_MMU_FREE_OBSOLETE_ROOTS``, both in one critical section with ``mmu_lock`` held for
   *write*. The request kicks each vCPU out of guest mode and waits for it; a vCPU checks its
   requests after it has marked itself in guest mode, so none enters with an invalid root.
@@ -42,6 +42,7 @@ from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.shadow import TdpRoot, grace_period, zap_gfn_range
 from kvmlock.kvm.mmu.update import propagate_ad
 from kvmlock.kvm.mutants import mutant
+from kvmlock.sync import peek
 
 if TYPE_CHECKING:
     from kvmlock.kvm.memslots import Memslot
@@ -50,7 +51,8 @@ if TYPE_CHECKING:
     from kvmlock.kvm.vm import VM
 
 __all__ = ["FREE_OBSOLETE_ROOTS", "check_roots", "check_still_frozen", "flush_shadow_memslot",
-           "handle_removed_table", "kvm_mmu_reload", "zap_all_fast", "zap_invalidated_roots"]
+           "handle_removed_table", "kvm_mmu_reload", "update_nx_huge_pages", "zap_all_fast",
+           "zap_invalidated_roots"]
 
 #: ``KVM_REQ_MMU_FREE_OBSOLETE_ROOTS``
 FREE_OBSOLETE_ROOTS = "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS"
@@ -298,6 +300,14 @@ def flush_shadow_memslot(vm: VM, slot: Memslot) -> None:
         zap_gfn_range(vm, slot.base_gfn, slot.base_gfn + slot.npages)
 
 
+def update_nx_huge_pages(vm: VM) -> None:
+    """``kvm_update_nx_huge_pages``: the ``nx_huge_pages`` module parameter changed, so each
+    VM's mappings are rebuilt under the new rule -- ``slots_lock``, then a fast zap. (The
+    kernel walks ``vm_list`` under ``kvm_lock`` to do this for every VM; the model does one.)"""
+    with vm.slots_lock:
+        zap_all_fast(vm)
+
+
 # ------------------------------------------------------------------ invariant
 
 def check_roots(vm: VM) -> None:
@@ -319,4 +329,9 @@ def check_roots(vm: VM) -> None:
             bad.append(f"TDP root {root.gen} has {root.refcount} reference(s), {want} held")
         if root.invalid and not root.scheduled and any(sp is not None for sp in root.pages):
             bad.append(f"invalid TDP root {root.gen} still points at a table after its zap")
+    for sp in peek(mmu, "page_list"):
+        if sp.parent is not None and sp.parent not in mmu.roots:
+            bad.append(f"shadow page {sp.index} hangs in TDP root {sp.parent.gen}, which was "
+                       f"{'freed' if sp.parent.freed else 'taken off the list'}: its SPTEs are "
+                       "out of reach of every zap (a leaked table)")
     assert not bad, "TDP roots: " + "; ".join(bad)
