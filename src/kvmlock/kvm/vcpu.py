@@ -151,12 +151,15 @@ class VCPU:
             self.requests.add(req)
 
     def take_request(self, req: str) -> bool:
-        """``kvm_check_request``: test and clear ``req``, outside guest mode."""
-        if req not in self.requests:  # only this vCPU clears its requests
-            return False
+        """``kvm_check_request``: test and clear ``req``, outside guest mode.
+
+        The test is part of the visible step: other tasks post requests, so what the vCPU
+        decides from this read depends on their order against it."""
         cpu = self._cpu
         with cpu:
             cpu.point(f"kvm_check_request {req}")
+            if req not in self.requests:
+                return False
             self.requests.discard(req)
         return True
 

@@ -14,7 +14,12 @@ second read-mode writer of non-leaf entries, against the paths it races
   loads the new root, and must still hold its old root (its reference) when it serves the
   request; otherwise it reads the freed frame through a cached translation, or puts a root
   that was freed.
-
+* ``memslots.fast_zap_vs_running_vcpu`` -- a vCPU reads a page twice through its cached
+  translation while a fast zap runs, then the host swaps the page out: with no SPTE left the
+  swap-out flushes nothing, so the vCPU must have served its request with its root already
+  invalid, and flushed its TLB loading the new one. With the request made before the
+  invalidation, the vCPU can serve it while its root is still valid and keep reading the
+  freed frame.
 * ``tdp_mmu.fast_zap_vs_fault`` -- a vCPU's first read of a page (a slow TDP fault) races a
   fast zap (the ``nx_huge_pages`` parameter changed: ``kvm_update_nx_huge_pages``). A fault
   that runs after the roots were invalidated must retry (the vCPU reloads first): installing
@@ -134,3 +139,34 @@ def fast_zap_vs_fault(broken: bool) -> None:
              names=["vcpu0 reads gfn 0", "nx_huge_pages changed"])
     vm.check()
     assert guest_read(v0, 1) == 7
+
+
+@pair("memslots.fast_zap_vs_running_vcpu",
+      rule="the fast zap makes KVM_REQ_MMU_FREE_OBSOLETE_ROOTS in the write-mode mmu_lock "
+           "section that invalidates the roots: a vCPU serving it finds its root invalid, "
+           "puts it and flushes its TLB as it loads the new one",
+      broken_rule="the request is made before the roots are invalidated: the vCPU serves it "
+                  "while its root is still valid, keeps root and TLB, and reads the page "
+                  "through the old translation after the host swapped it out",
+      broken_expect="assertion",
+      invariant="no access touches a freed frame; every root's count equals its holders",
+      catches=("obsolete_roots_request_first",), **_BOUND)
+def fast_zap_vs_running_vcpu(broken: bool) -> None:
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=3,
+            hazards={"obsolete_roots_request_first": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=1, hva=0)
+    (v0,) = vm.vcpus
+    guest_write(v0, 0, 1)  # vcpu0's TLB caches gfn 0's translation
+
+    def vcpu0_reads() -> None:
+        for _ in range(2):
+            got = guest_read(v0, 0)
+            assert got == 1, f"vcpu0 wrote 1 to gfn 0 but reads {got:#x}"
+
+    def fast_zap_then_swap_out() -> None:
+        with vm.slots_lock:
+            zap_all_fast(vm)
+        vm.host.swap_out(0)  # no SPTE is left: nothing to zap, nothing to flush
+
+    together(vcpu0_reads, fast_zap_then_swap_out, names=["vcpu0 reads gfn 0 twice", "fast zap"])
+    vm.check()

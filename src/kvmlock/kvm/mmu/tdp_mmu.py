@@ -73,6 +73,12 @@ ROOT_LOAD_NO_FLUSH = mutant(
     "(kvm_mmu_load)",
     breaks="the zap of invalidated roots flushes no TLB: a vCPU drops the translations of its "
            "old root when it loads the new one")
+OBSOLETE_ROOTS_REQUEST_FIRST = mutant(
+    "obsolete_roots_request_first", removes="the fast zap's request to free obsolete roots "
+    "made in the write-mode mmu_lock section that invalidates the roots (made before it)",
+    breaks="a vCPU that serves KVM_REQ_MMU_FREE_OBSOLETE_ROOTS must find its root already "
+           "invalid: served earlier, it keeps the root and its TLB, which the zap of "
+           "invalidated roots never flushes")
 ZAPPED_ROOT_FREED_WITH_REFS = mutant(
     "zapped_root_freed_with_refs", removes="the put of the MMU's reference after the zap of "
     "an invalidated root (the root is freed once zapped, whoever still holds it)",
@@ -185,9 +191,13 @@ def _load_root(vcpu: VCPU) -> None:
 def _free_obsolete_root(vcpu: VCPU) -> None:
     """``kvm_mmu_free_obsolete_roots``: put the vCPU's reference to an invalidated root."""
     root = vcpu.root
-    if root is None or not root.invalid:
+    if root is None:
         return
     vm = vcpu.vm
+    # role.invalid is written by the fast zap: reading it is a step that depends on its order
+    runtime.active().point(vm.mmu.roots, "read role.invalid", False)
+    if not root.invalid:
+        return
     with vm.mmu_lock.read():
         last = put_root(vm, root)
     vcpu.root = None
@@ -226,12 +236,18 @@ def zap_all_fast(vm: VM, shared: bool = True) -> int:
         raise ValueError("zap_all_fast: the model's fast zap is the TDP MMU's (roots)")
     vm.slots_lock.assert_held()
     wait = OBSOLETE_ROOTS_REQUEST_NO_WAIT not in vm.hazards
-    with vm.mmu_lock.write():
-        # invalidating the roots and making the request in one critical section: no vCPU
-        # can load a root between the two and keep it
-        _invalidate_all_roots(vm)
-        for vcpu in vm.vcpus:
+    if OBSOLETE_ROOTS_REQUEST_FIRST in vm.hazards:
+        for vcpu in vm.vcpus:  # broken: served before the roots are invalid, it changes nothing
             vcpu.make_request(FREE_OBSOLETE_ROOTS, wait=wait)
+        with vm.mmu_lock.write():
+            _invalidate_all_roots(vm)
+    else:
+        with vm.mmu_lock.write():
+            # invalidating the roots and making the request in one critical section: no vCPU
+            # can load a root between the two and keep it
+            _invalidate_all_roots(vm)
+            for vcpu in vm.vcpus:
+                vcpu.make_request(FREE_OBSOLETE_ROOTS, wait=wait)
     vm.stats["fast_zaps"] += 1
     return zap_invalidated_roots(vm, shared)
 
