@@ -99,6 +99,11 @@ CALLBACKS_INSTALLED_APART = mutant(
            "(cpuhp_setup_state installs and calls the online callback under one "
            "cpus_read_lock); a CPU coming online between two sections is missed by the walk "
            "and by the callback, and runs with virtualization off while VMs exist")
+ONLINE_ENABLE_FAILURE_IGNORED = mutant(
+    "online_enable_failure_ignored", removes="the CPU-online callback's report of a failed "
+    "virtualization enable (kvm_usage_lock design: the CPU comes online anyway)",
+    breaks="while a VM exists, a CPU is online only with virtualization on: its vCPUs may be "
+           "scheduled there, and VMLAUNCH/VMRUN faults on a CPU with it off")
 FAILED_ENABLE_ROLLED_BACK_APART = mutant(
     "failed_enable_rolled_back_apart", removes="rolling kvm_usage_count back after a failed "
     "first enable in the kvm_lock section that raised it (kvm_lock design: the count is "
@@ -476,6 +481,9 @@ class Machine:
         if self.kvm_usage_lock is not None:
             # Installed only while VMs exist, and (un)installing takes cpus_read_lock, which
             # our caller's write hold excludes: the flag is stable here without a KVM lock.
+            if ONLINE_ENABLE_FAILURE_IGNORED in self.hazards and self._callbacks():
+                self._enable_cpu(cpu)  # broken: the CPU comes online with virtualization off
+                return True
             return self._enable_cpu(cpu) if self._callbacks() else True
         with unless(CALLBACK_WITHOUT_KVM_LOCK, self.hazards, self.kvm_lock):
             return self._enable_cpu(cpu) if self._usage() else True

@@ -208,7 +208,27 @@ def enable_failure_vs_online(broken: bool) -> None:
     m.check_hardware()
 
 
-# ---------------------------------------------------------------------- posted interrupts
+@pair("hardware.online_enable_failure",
+      rule="kvm_usage_lock design: a CPU whose virtualization enable fails while a VM exists "
+           "is refused by KVM's online callback and stays offline; a vCPU pinned to it runs "
+           "elsewhere",
+      broken_rule="the online callback ignores the failed enable: the CPU comes online with "
+                  "virtualization off and a vCPU enters guest mode there",
+      broken_expect="assertion", invariant=_HW_INVARIANT,
+      catches=("online_enable_failure_ignored",), max_runs=500)
+def online_enable_failure(broken: bool) -> None:
+    # A VM exists; CPU 2, which refuses virtualization, comes online while a vCPU is about to
+    # enter guest mode on it.
+    m = Machine(3, usage_lock=True, fail_enable_on=(2,), offline=(2,),
+                hazards={"online_enable_failure_ignored": broken})
+    vm = m.create_vm()
+    up: list[bool] = []
+    together(lambda: up.append(m.cpu_up(2)), lambda: m.run_vcpu_on(2),
+             names=["cpu online", "vCPU on cpu2"])
+    assert up == [False], "CPU 2 came online although it cannot enable virtualization"
+    m.check_hardware()
+    m.destroy_vm(vm)
+    m.check_hardware()
 
 def _posted(hazard: str | None) -> None:
     m = Machine(2, hazards={hazard} if hazard else None)
