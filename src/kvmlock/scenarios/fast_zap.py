@@ -25,6 +25,14 @@ second read-mode writer of non-leaf entries, against the paths it races
   that runs after the roots were invalidated must retry (the vCPU reloads first): installing
   into the old root, whose zap may already have cleared that entry, links a table no later
   zap can reach.
+* ``memslots.fast_zap_vs_fast_pf`` -- a vCPU's fast page fault walks, without ``mmu_lock``,
+  a table of the root a fast zap is tearing down (the table exists: another page of it is
+  mapped). The zap frees the tables it removed only after a grace period; freed at once, the
+  walk reads a freed table.
+* ``memslots.two_fast_zaps`` -- two fast zaps before the vCPU serves its request, the second
+  racing the vCPU's reload. Each zap picks only the roots it invalidated itself; picking every
+  invalid root, the second zaps the first's root again and puts the MMU's reference a second
+  time, freeing the root the vCPU still holds.
 
 All end with the VM's invariants (every present SPTE maps the host's frame, every table
 reachable once, every root's count equal to its holders).
@@ -170,3 +178,49 @@ def fast_zap_vs_running_vcpu(broken: bool) -> None:
 
     together(vcpu0_reads, fast_zap_then_swap_out, names=["vcpu0 reads gfn 0 twice", "fast zap"])
     vm.check()
+
+
+def _fast_zap(vm: VM) -> None:
+    with vm.slots_lock:
+        zap_all_fast(vm)
+
+
+@pair("memslots.fast_zap_vs_fast_pf",
+      rule="the zap of invalidated roots frees the tables it removed only after an RCU grace "
+           "period: a fast page fault may be walking one of them without mmu_lock",
+      broken_rule="the removed tables are freed at once when no root is freed with them: the "
+                  "fast page fault reads an SPTE of a freed table",
+      broken_expect="assertion",
+      invariant="no lockless walk reads a freed table; every root's count equals its holders",
+      catches=("zapped_tables_freed_at_once",), **_BOUND)
+def fast_zap_vs_fast_pf(broken: bool) -> None:
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=3,
+            hazards={"zapped_tables_freed_at_once": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    (v0,) = vm.vcpus
+    guest_write(v0, 1, 7)  # the table of gfns 0-1 exists; gfn 0's SPTE is not present
+    together(lambda: guest_write(v0, 0, 1), lambda: _fast_zap(vm),
+             names=["vcpu0 writes gfn 0", "fast zap"])
+    vm.check()
+
+
+@pair("memslots.two_fast_zaps",
+      rule="the zap of invalidated roots takes only the roots its own fast zap scheduled: a "
+           "root an earlier zap already zapped, whose MMU reference it put, is left alone",
+      broken_rule="the zap takes every invalid root: the second fast zap puts the first "
+                  "root's MMU reference again and frees it while vcpu0 still holds it",
+      broken_expect="assertion",
+      invariant="a root is freed only when its last reference is put; every root's count "
+                "equals its holders",
+      catches=("zap_selects_invalid_roots",), **_BOUND)
+def two_fast_zaps(broken: bool) -> None:
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=3,
+            hazards={"zap_selects_invalid_roots": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    (v0,) = vm.vcpus
+    guest_write(v0, 0, 7)
+    _fast_zap(vm)  # vcpu0 still holds the invalidated root 0
+    together(lambda: guest_read(v0, 0), lambda: _fast_zap(vm),
+             names=["vcpu0 reads gfn 0 (reloads)", "second fast zap"])
+    vm.check()
+    assert guest_read(v0, 0) == 7
