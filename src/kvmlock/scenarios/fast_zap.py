@@ -33,6 +33,11 @@ second read-mode writer of non-leaf entries, against the paths it races
   racing the vCPU's reload. Each zap picks only the roots it invalidated itself; picking every
   invalid root, the second zaps the first's root again and puts the MMU's reference a second
   time, freeing the root the vCPU still holds.
+* ``memslots.load_root_vs_fast_zap`` -- vcpu0 serves its request and loads the valid root
+  (made by vcpu1) while a second fast zap invalidates that root and vcpu1 puts its reference
+  to it. The look-up and the get are under ``mmu_lock``; made before it, vcpu0 finds the root,
+  the zap and vcpu1 free it, and vcpu0's get is on a freed root. (Bounded to two preemptions:
+  the tasks' reloads take many steps.)
 
 All end with the VM's invariants (every present SPTE maps the host's frame, every table
 reachable once, every root's count equal to its holders).
@@ -224,3 +229,29 @@ def two_fast_zaps(broken: bool) -> None:
              names=["vcpu0 reads gfn 0 (reloads)", "second fast zap"])
     vm.check()
     assert guest_read(v0, 0) == 7
+
+
+@pair("memslots.load_root_vs_fast_zap",
+      rule="a vCPU looks up the valid root and takes its reference under mmu_lock, which the "
+           "fast zap holds for write while it invalidates the roots",
+      broken_rule="the look-up and the get are made before mmu_lock: the zap invalidates the "
+                  "root found, vcpu1 puts the last reference and frees it, and vcpu0 gets it",
+      broken_expect="assertion",
+      invariant="no root is used after it was freed; every root's count equals its holders",
+      catches=("root_looked_up_unlocked",), strategy="dpor", max_runs=2000,
+      preemption_bound=2)
+def load_root_vs_fast_zap(broken: bool) -> None:
+    vm = VM(nr_vcpus=2, nr_pages=2, host_pages=3,
+            hazards={"root_looked_up_unlocked": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    v0, v1 = vm.vcpus
+    _fast_zap(vm)
+    guest_read(v1, 0)  # vcpu1 serves its request and makes root 1; vcpu0 still holds root 0
+
+    def zap_then_vcpu1_reloads() -> None:
+        _fast_zap(vm)
+        guest_read(v1, 0)  # puts root 1's last reference but vcpu0's
+
+    together(lambda: guest_read(v0, 0), zap_then_vcpu1_reloads,
+             names=["vcpu0 reloads", "second fast zap, vcpu1 reloads"])
+    vm.check()

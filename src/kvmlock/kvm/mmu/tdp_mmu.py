@@ -46,7 +46,7 @@ from kvmlock.sync import peek
 
 if TYPE_CHECKING:
     from kvmlock.kvm.memslots import Memslot
-    from kvmlock.kvm.mmu.shadow import ShadowPage
+    from kvmlock.kvm.mmu.shadow import MMU, ShadowPage
     from kvmlock.kvm.vcpu import VCPU
     from kvmlock.kvm.vm import VM
 
@@ -89,6 +89,12 @@ ZAPPED_TABLES_FREED_AT_ONCE = mutant(
     "roots frees the tables it removed (waited for only when a root itself is freed)",
     breaks="a lockless walker (the fast page fault) may still be inside a removed table: it "
            "is freed only after an RCU grace period")
+ROOT_LOOKED_UP_UNLOCKED = mutant(
+    "root_looked_up_unlocked", removes="mmu_lock around a vCPU's look-up of the valid root and "
+    "the reference it takes to it (kvm_mmu_load)",
+    breaks="a fast zap invalidates the roots under write-mode mmu_lock and then puts the MMU's "
+           "reference: a root found without the lock may be invalidated and freed before the "
+           "vCPU's get")
 ZAPPED_ROOT_FREED_WITH_REFS = mutant(
     "zapped_root_freed_with_refs", removes="the put of the MMU's reference after the zap of "
     "an invalidated root (the root is freed once zapped, whoever still holds it)",
@@ -169,6 +175,15 @@ def _free_root(root: TdpRoot) -> None:
         root.freed = True
 
 
+def _get_valid_root(mmu: MMU) -> TdpRoot | None:
+    """Find the valid root and take a reference to it (the caller holds ``mmu_lock``)."""
+    runtime.active().point(mmu.roots, "look for a valid root", False)
+    root = mmu.root
+    if root is not None:
+        _get_root(root)
+    return root
+
+
 def _load_root(vcpu: VCPU) -> None:
     """``kvm_mmu_load`` for the TDP MMU: take a reference to the valid root, or make one
     (``kvm_tdp_mmu_alloc_root``: looked for under read-mode ``mmu_lock``, looked for again
@@ -176,12 +191,12 @@ def _load_root(vcpu: VCPU) -> None:
     vm = vcpu.vm
     mmu = vm.mmu
     rt = runtime.active()
+    unlocked = ROOT_LOOKED_UP_UNLOCKED in vm.hazards
+    root = _get_valid_root(mmu) if unlocked else None  # broken: freed before the get
     with vm.mmu_lock.read():
-        rt.point(mmu.roots, "look for a valid root", False)
-        root = mmu.root
-        if root is not None:
-            _get_root(root)
-        else:
+        if not unlocked:
+            root = _get_valid_root(mmu)
+        if root is None:
             with vm.tdp_mmu_pages_lock:
                 rt.point(mmu.roots, "list_add_rcu tdp_mmu_roots", True)
                 root = mmu.root
