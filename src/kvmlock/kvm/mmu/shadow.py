@@ -622,6 +622,9 @@ class MMU:
             pages = self.root.pages
         else:
             pages = self.pages
+        if self.tdp_mmu:
+            # the parent entry: read-mode removers (the fast zap, NX recovery) clear it
+            runtime.active().point(pages, "read parent SPTE (lockless)", False)
         sp = pages[va // SP_ENTRIES]
         if sp is None:
             return None
