@@ -265,6 +265,20 @@ def test_the_summary_names_passes_stopped_by_their_own_run_limit(temp_scenarios,
     assert "bounded" not in capsys.readouterr().out.strip().splitlines()[-1]
 
 
+def test_the_summary_counts_passes_exhaustive_only_up_to_a_preemption_bound(temp_scenarios,
+                                                                            capsys):
+    temp_scenarios("zz.pb.correct", _slow_counter, variant="correct", expect="pass",
+                   strategy="dpor", options={"preemption_bound": 1})
+    temp_scenarios("zz.fine.correct", _fine, variant="correct", expect="pass")
+    assert verify.main(["zz.pb.correct", "zz.fine.correct"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    last = text[text.rindex("2/2 expectations met"):]
+    assert "1 passing row(s) exhaustive only up to a preemption bound" in last
+    # near miss: a row explored without a preemption bound is not counted
+    assert verify.main(["zz.fine.correct"]) == 0
+    assert "preemption bound" not in capsys.readouterr().out.strip().splitlines()[-1]
+
+
 def test_a_caught_row_is_complete_even_under_a_time_limit(temp_scenarios):
     sc = temp_scenarios("zz.inv3.broken", _inversion, variant="broken", expect="lockdep",
                         lockdep_kind="circular")
