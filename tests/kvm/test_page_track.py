@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from kvmlock import lockdep
-from kvmlock.kvm.guest import GuestFault, guest_read, guest_write, set_gpte
+from kvmlock.kvm.guest import GuestFault, guest_read, guest_write, nested_guest_walk, set_gpte
 from kvmlock.kvm.memslots import LOG_DIRTY_PAGES
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.page_fault import page_fault
@@ -317,3 +317,36 @@ def test_two_flooding_writes_without_mmu_lock_zap_the_page_twice():
     with applied("track_write_without_mmu_lock"):
         out = verify.run_scenario(quiet)
     assert out.failure is not None and "removed twice" in str(out.failure.message)
+
+
+def test_a_nested_walk_caches_the_upper_level_page_and_a_flush_drops_it():
+    vm, v = flooded_vm()
+    v1 = vm.vcpus[1]
+    sp = vm.mmu.shadowed[1]
+    nested_guest_walk(v1, 1)
+    assert v1.walk_cache == {1: sp}
+    for n in range(WRITE_FLOODING_LIMIT):
+        guest_write(v, 1, n)
+    assert sp.freed and not v1.walk_cache, "the commit's flush emptied the cache first"
+    nested_guest_walk(v1, 1)  # the entry above names no page: fault, shadow again, walk
+    assert vm.mmu.shadowed[1] is not sp and v1.walk_cache == {1: vm.mmu.shadowed[1]}
+    vm.check()
+
+
+def test_a_flooded_page_freed_without_the_flush_is_walked_after_the_free():
+    msg = _caught_by("shadow.flooding_vs_nested_walk.correct", "flooded_page_freed_without_flush")
+    assert "nested page walk used shadow page 1 after it was zapped and freed" in msg
+
+
+def test_a_flooded_page_nobody_cached_may_go_without_a_walk_failing():
+    # near miss: the mutant frees at once, but no vCPU ever walked through the page, so no
+    # walk can reach it; the next walk finds the entry above empty and shadows the table again
+    with applied("flooded_page_freed_without_flush"):
+        vm, v = flooded_vm()
+        sp = vm.mmu.shadowed[1]
+        for n in range(WRITE_FLOODING_LIMIT):
+            guest_write(v, 1, n)
+        assert sp.freed
+        nested_guest_walk(vm.vcpus[1], 1)
+    assert vm.mmu.shadowed[1] is not sp
+    vm.check()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from kvmlock import runtime
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.page_fault import EMULATE, GUEST_FAULT, MMIO, page_fault
-from kvmlock.kvm.mmu.page_track import check_hw_write, emulate_write
+from kvmlock.kvm.mmu.page_track import check_hw_write, emulate_write, shadow_guest_table
 from kvmlock.kvm.mmu.sync import sync_roots
 from kvmlock.kvm.mmu.tdp_mmu import kvm_mmu_reload
 from kvmlock.kvm.mmu.tlb import flush_remote_tlbs
@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from kvmlock.kvm.vcpu import VCPU
     from kvmlock.kvm.vm import VM
 
-__all__ = ["GuestFault", "flush_pml_buffer", "guest_read", "guest_write", "load_cr3", "set_gpte",
-           "write_gpte"]
+__all__ = ["GuestFault", "flush_pml_buffer", "guest_read", "guest_write", "load_cr3",
+           "nested_guest_walk", "set_gpte", "write_gpte"]
 
 GPTE_NO_FLUSH = mutant(
     "gpte_no_flush", removes="the TLB flush after syncing a changed guest page table",
@@ -216,6 +216,46 @@ def guest_read(vcpu: VCPU, va: int) -> int:
 def guest_write(vcpu: VCPU, va: int, value: int) -> None:
     """The guest on ``vcpu`` writes ``value`` to guest page ``va``."""
     _access(vcpu, va, True, value)
+
+
+def nested_guest_walk(vcpu: VCPU, gfn: int) -> None:
+    """The nested guest on ``vcpu`` makes an access whose walk passes through the shadow of
+    its hypervisor's page table at ``gfn`` (an upper level of the shadow hierarchy).
+
+    In guest mode the CPU reads the entry above, which points at the upper-level shadow page
+    (``mmu.shadowed``), then reads an entry of that page. It keeps the page in its
+    paging-structure cache (:attr:`~kvmlock.kvm.vcpu.VCPU.walk_cache`), so later walks start
+    there without reading the entry above, until a TLB flush drops it; that is why a zapped
+    upper-level page may be freed only after the remote flush, even when it mapped no leaf.
+    If the entry above names no page (a flooding zap took it), the walk exits with a fault
+    and KVM shadows the table again (:func:`shadow_guest_table`) before the walk is retried.
+    Where the walk goes below that page is left out of the model.
+    """
+    vm = vcpu.vm
+    mmu = vm.mmu
+    mmu.check_va(gfn)
+    rt = runtime.active()
+    for _ in range(MAX_FAULTS):
+        if not vcpu.enter_guest():
+            kvm_mmu_reload(vcpu)
+            continue
+        try:
+            sp = vcpu.walk_cache.get(gfn)
+            if sp is None:
+                rt.point(mmu.shadowed, "walk: read the entry above the table's shadow", False)
+                sp = mmu.shadowed.get(gfn)
+            if sp is not None:
+                sp.sptes[gfn % len(sp.sptes)].load()  # the walk reads the upper-level page
+                mmu.check_live(sp, f"{vcpu!r}'s nested page walk")
+                vcpu.walk_cache[gfn] = sp
+                return
+        finally:
+            vcpu.exit_guest()
+        if not shadow_guest_table(vcpu, gfn):
+            raise GuestFault(f"{vcpu!r}: the nested guest's page table at gfn {gfn} is not "
+                             "backed by memory")
+    raise GuestFault(f"{vcpu!r}: the walk through gfn {gfn} still faults after {MAX_FAULTS} "
+                     "attempts")
 
 
 def _gpte_target(vm: VM, va: int, gfn: int | None, who: str) -> ShadowPage:

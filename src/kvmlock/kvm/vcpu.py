@@ -22,6 +22,7 @@ from kvmlock.kvm.mutants import mutant
 from kvmlock.sync import Mutex, guarded_by
 
 if TYPE_CHECKING:
+    from kvmlock.kvm.mmu.shadow import ShadowPage
     from kvmlock.kvm.vm import VM
 
 __all__ = ["VCPU", "TlbEntry"]
@@ -86,6 +87,10 @@ class VCPU:
         self.mutex = Mutex("vcpu->mutex")
         #: guest page -> cached translation. Read only in guest mode, emptied only outside it.
         self.tlb: dict[int, TlbEntry] = {}
+        #: the CPU's paging-structure cache: gfn of a guest page table -> the upper-level shadow
+        #: page that shadows it, as a walk found it. Later walks start from it without reading
+        #: the entry above; like the TLB it is emptied only by a flush, outside guest mode.
+        self.walk_cache: dict[int, ShadowPage] = {}
         #: what it starts with: the VM-wide settings at its creation (guarded: see the class)
         self.config: dict[str, int] = dict(config or {})
         #: the index of the vCPU's kvm->srcu read side while it runs (KVM_RUN), else None
@@ -168,7 +173,12 @@ class VCPU:
         cpu = self._cpu
         with cpu:
             cpu.point("flush_tlb_current")
-            self.tlb.clear()
+            self.drop_translations()
+
+    def drop_translations(self) -> None:
+        """Empty the TLB and the paging-structure cache (the caller is outside guest mode)."""
+        self.tlb.clear()
+        self.walk_cache.clear()
 
     def exit_guest(self) -> None:
         """VM exit: acknowledges any pending flush."""
@@ -235,14 +245,14 @@ class VCPU:
             if outside:  # broken: the vCPU may enter, and use its TLB, before the flush
                 with cpu:
                     cpu.point("tlb_flush")
-                    self.tlb.clear()
+                    self.drop_translations()
                 return
         with cpu:
             if FLUSH_NO_WAIT in self.vm.hazards:
                 cpu.point("tlb_flush")
             else:
                 cpu.wait_for(self._outside_guest, "tlb_flush")
-            self.tlb.clear()
+            self.drop_translations()
 
     def __repr__(self) -> str:
         return f"<VCPU {self.vm.name}/{self.id}>"

@@ -22,6 +22,9 @@ write; a fault re-checks the guest PTE it walked before installing).
   walk of the shadow MMU's direct pages races a zap, whose remote flush waits for it.
 * ``shadow.write_flooding`` -- two vCPUs' emulated writes to a shadowed guest table race;
   the one that finds it flooded zaps its shadow page, under ``mmu_lock``, and only that one.
+* ``shadow.flooding_vs_nested_walk`` -- the flooding zap of a guest table's upper-level
+  shadow page races a nested guest whose walks pass through that page (and whose
+  paging-structure cache keeps it): the page is freed only after the remote flush.
 * ``shadow.wrprot_vs_dirty`` -- write-protecting a shadowed gfn replaces a volatile SPTE with
   an exchange, judged on the value it replaces.
 
@@ -40,6 +43,7 @@ from kvmlock.kvm.guest import (
     guest_read,
     guest_write,
     load_cr3,
+    nested_guest_walk,
     set_gpte,
     write_gpte,
 )
@@ -874,3 +878,37 @@ def write_flooding(broken: bool) -> None:
         f"three emulated writes flood the table once: {vm.stats['mmu_flooded']} zap(s)")
     got = vm.host.contents(1)
     assert got in (2, 3), f"the guests wrote 2 and 3 to gfn 1, memory holds {got}"
+
+
+@pair("shadow.flooding_vs_nested_walk",
+      rule="the write-flooding zap of a guest table's upper-level shadow page goes through "
+           "kvm_mmu_commit_zap_page: the remote flush, which waits for every vCPU in guest "
+           "mode and empties its paging-structure cache, comes before the free, even though "
+           "no leaf SPTE was dropped",
+      broken_rule="the flooded page is freed at once (it mapped no leaf): the nested guest's "
+                  "next walk starts from the page its paging-structure cache still holds, "
+                  "and reads it after the free",
+      broken_expect="assertion",
+      catches=("flooded_page_freed_without_flush", "commit_zap_frees_before_flush"),
+      invariant="no walk passes through a shadow page after it was freed; a walk after the "
+                "zap finds the table shadowed again", **_BOUND)
+def flooding_vs_nested_walk(broken: bool) -> None:
+    # TDP; gfn 1 holds the page table of vcpu1's nested guest, shadowed by an upper-level
+    # shadow page that vcpu1's walk has cached. Two emulated writes by vcpu0 are counted;
+    # its third floods the table and zaps the page while vcpu1's nested guest walks again.
+    vm = VM(nr_vcpus=2, nr_pages=2, host_pages=2,
+            hazards={"flooded_page_freed_without_flush": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    v0, v1 = vm.vcpus
+    nested_guest_walk(v1, 1)  # shadows the table, walks through its page, caches it
+    first = vm.mmu.shadowed[1]
+    guest_write(v0, 1, 1)
+    guest_write(v0, 1, 2)
+    _run(("vcpu0_writes_gfn1", lambda: guest_write(v0, 1, 3)),
+         ("vcpu1_nested_walk", lambda: nested_guest_walk(v1, 1)))
+    nested_guest_walk(v1, 1)
+    vm.check()
+    assert vm.stats["mmu_flooded"] == 1 and first.freed, (
+        f"the third emulated write floods the table once: {vm.stats['mmu_flooded']} zap(s)")
+    assert vm.mmu.shadowed.get(1) not in (None, first), (
+        "after the zap, vcpu1's walk shadows the table again with a new page")

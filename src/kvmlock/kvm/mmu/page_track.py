@@ -24,8 +24,11 @@ its shadow page in between, the write zaps that page (facts from ``kvm_mmu_track
 the look-up, the test and the zap are all done under ``mmu_lock`` held for write: two
 emulated writes to one gfn cannot both find the page flooded and both zap it. The kernel
 skips the test for leaf tables (they go unsync instead of being emulated), so it is the
-write-tracked upper-level tables here; their zap drops no SPTE in the model (it keeps no
-entries in them) but goes through the shadow MMU's commit: remote flush, then free.
+write-tracked upper-level tables here. Their zap drops no leaf SPTE (the model keeps no
+child links in them), but it still goes through the shadow MMU's commit, remote flush first,
+then free: the CPU's walk of a nested guest passes through the upper-level page (see
+:func:`kvmlock.kvm.guest.nested_guest_walk`), and the paging-structure cache may keep it
+between walks, until a flush drops it.
 
 A guest write that reaches a tracked gfn through a writable translation bypasses all of this:
 the shadow pages go stale without KVM knowing. The guest side checks it on every write
@@ -106,6 +109,12 @@ TRACK_WRITE_WITHOUT_MMU_LOCK = mutant(
     breaks="a shadow page is zapped under mmu_lock held for write, so exactly one zapper "
            "takes it out and frees it: two emulated writes that both find it flooded would "
            "both zap it")
+FLOODED_PAGE_FREED_WITHOUT_FLUSH = mutant(
+    "flooded_page_freed_without_flush", removes="the remote TLB flush of "
+    "kvm_mmu_commit_zap_page when the write-flooding zap frees the shadow page of a guest "
+    "table (freed at once, as no leaf SPTE was dropped)",
+    breaks="a shadow page is freed only once no vCPU can still be walking it: a vCPU's "
+           "paging-structure cache may hold the upper-level page, and only the flush drops it")
 TRACKED_GFN_MAPPED_WRITABLE = mutant(
     "tracked_gfn_mapped_writable",
     removes="the slow path's write-tracking test (mmu_try_to_unsync_pages)",
@@ -196,7 +205,10 @@ def track_write(vm: VM, gfn: int) -> bool:
             del mmu.shadowed[gfn]
         sp.mark_removed("kvm_mmu_track_write")  # kvm_mmu_prepare_zap_page
         vm.stats["mmu_flooded"] += 1
-        mmu.commit_zap([sp])  # kvm_mmu_remote_flush_or_zap
+        if FLOODED_PAGE_FREED_WITHOUT_FLUSH in vm.hazards:
+            mmu.free_page(sp)  # broken: a vCPU's walk may still pass through it
+        else:
+            mmu.commit_zap([sp])  # kvm_mmu_remote_flush_or_zap
     return True
 
 

@@ -368,7 +368,7 @@ class MMU:
         assert not sp.freed, (
             f"{who} used shadow page {sp.index} after it was zapped and freed: it found the "
             "page without holding what keeps it alive (mmu_lock, guest mode or a lockless "
-            "walk the free waits for)")
+            "walk the free waits for, or a paging-structure cache the flush empties)")
 
     def prepare_zap(self, sp: ShadowPage) -> ShadowPage:
         """``kvm_mmu_prepare_zap_page`` (shadow paging, ``mmu_lock`` held for write): the page
@@ -410,12 +410,12 @@ class MMU:
         if not late:
             flush_remote_tlbs(vm)
         for sp in invalid:
-            self._free(sp)
+            self.free_page(sp)
         if late:
             flush_remote_tlbs(vm)  # broken: a vCPU may still be walking what was freed
 
     @staticmethod
-    def _free(sp: ShadowPage) -> None:
+    def free_page(sp: ShadowPage) -> None:
         """Free (poison) a shadow page: its SPTEs are written, a visible step each, so a
         walker's read of them is ordered against the free and finds the page flagged."""
         for i, sptep in enumerate(sp.sptes):
