@@ -189,9 +189,12 @@ def _describe(ex: Execution, lockdep_on: bool, max_steps: int) -> None:
 def execute(body: Callable[[], Any], strategy: Strategy, max_steps: int,
             lockdep_on: bool = True, tracing: bool = False,
             spin: bool = True, memory: bool = False,
-            memo: _lockdep.Memo | None = None) -> Execution | None:
+            memo: _lockdep.Memo | None = None,
+            tracer: Callable[[SimRuntime], _memtrace.Tracer] | None = None) -> Execution | None:
     """Run one execution of ``body`` chosen by ``strategy``; None when it has no more.
-    ``memo``: lockdep's chain memory of the exploration (one per exploration and process)."""
+    ``memo``: lockdep's chain memory of the exploration (one per exploration and process).
+    ``tracer``: makes the execution's data-access tracer instead of ``memory=True``'s (the race
+    audit's, which records accesses instead of scheduling at them)."""
     if _guard.stopping():  # (its stop was lost where it landed: see guard.stopping)
         raise _guard.Interrupted("stopped")
     plan = strategy.begin()
@@ -205,19 +208,21 @@ def execute(body: Callable[[], Any], strategy: Strategy, max_steps: int,
         world = _lockdep.new_world(rt, memo=memo)
         token = _runtime.enter(world)
         bound = _pythreads.Binding(rt, lockdep_on)
-        tracer = None
+        made = None
         try:
-            if memory:
-                tracer = _memtrace.Tracer(rt)
-            rt.run(body if tracer is None else tracer.task(body), world)
+            if tracer is not None:
+                made = tracer(rt)
+            elif memory:
+                made = _memtrace.Tracer(rt)
+            rt.run(body if made is None else made.task(body), world)
             ex.reports = list(world.lockdep.reports)
             _describe(ex, lockdep_on, max_steps)
         finally:
             # After a failure the parked tasks are unwound here; any other way out (an error
             # or Ctrl-C in the engine itself) must not leave tasks inside pooled greenlets.
             rt.kill()
-            if tracer is not None:
-                tracer.close()
+            if made is not None:
+                made.close()
             bound.close()
             _runtime.leave(token)
         if rt.outcome == "interrupt":

@@ -95,30 +95,75 @@ _READERS = frozenset(
                     isinstance, hash, id, type, bytes, next))
 _INPLACE = frozenset(i for i, (name, _sym) in enumerate(getattr(dis, "_nb_ops", ()))
                      if name.startswith("NB_INPLACE"))
-#: id(code) -> {instruction offset: (kind, argument)}, or None for code that is not traced.
-#: Keyed by id (a code object's hash is recomputed from its fields at every lookup); the code
-#: objects are kept in ``_codes`` so an id is not reused while it is a key.
-_code_ops: dict[int, dict[int, tuple[int, Any]] | None] = {}
-_codes: list[Any] = []
 _CODES_MAX = 1 << 16  # (code made afresh by every execution, e.g. by exec, is not kept forever)
-_user_cache: dict[str, bool] = {}
+
+
+def _default_user(fn: str) -> bool:
+    return not (fn.startswith("<frozen") or os.path.abspath(fn).startswith(_SKIP)
+                or "greenlet" in os.path.basename(os.path.dirname(fn)))
+
+
+class Scope:
+    """Which code a tracer traces, with the tables made for it once per code object.
+
+    ``memory=True`` traces the user's code: everything outside the standard library,
+    installed packages and kvmlock (:data:`USER`). The race audit (``audit.py``) traces a
+    chosen package instead, kvmlock's own model among them. ``user(filename)`` says whether a
+    file's code is traced; ``quiet(filename)``, whether a call into a function of that file
+    hands it containers without counting as an access of them (traced code's own accesses are
+    traced; by default, exactly the traced files)."""
+
+    def __init__(self, user: Any, quiet: Any = None) -> None:
+        self.user = user
+        self.quiet = quiet
+        self.cache: dict[str, bool] = {}
+        self.quiet_cache: dict[str, bool] = {}
+        #: id(code) -> {instruction offset: (kind, argument)}, or None for code that is not
+        #: traced. Keyed by id (a code object's hash is recomputed from its fields at every
+        #: lookup); the code objects are kept in ``codes`` so an id is not reused while it
+        #: is a key.
+        self.code_ops: dict[int, dict[int, tuple[int, Any]] | None] = {}
+        self.codes: list[Any] = []
+        #: id(code) -> the trace function of its frames (kept, and cleared, with
+        #: ``code_ops``'s entry): made once per code object, not once per execution.
+        self.code_fns: dict[int, Any] = {}
+
+    def traced(self, fn: str) -> bool:
+        hit = self.cache.get(fn)
+        if hit is None:
+            hit = self.cache[fn] = bool(self.user(fn))
+        return hit
+
+    def quiet_callee(self, fn: str) -> bool:
+        if self.quiet is None:
+            return self.traced(fn)
+        hit = self.quiet_cache.get(fn)
+        if hit is None:
+            hit = self.quiet_cache[fn] = self.traced(fn) or bool(self.quiet(fn))
+        return hit
+
+    def trim(self) -> None:
+        """Forget the tables when too many code objects were seen (between executions: no
+        frame is traced now)."""
+        if len(self.codes) > _CODES_MAX:
+            self.codes.clear()
+            self.code_ops.clear()
+            self.code_fns.clear()
+
+
+USER = Scope(_default_user)
 
 
 def _user_file(fn: str) -> bool:
-    hit = _user_cache.get(fn)
-    if hit is None:
-        hit = _user_cache[fn] = not (
-            fn.startswith("<frozen") or os.path.abspath(fn).startswith(_SKIP)
-            or "greenlet" in os.path.basename(os.path.dirname(fn)))
-    return hit
+    return USER.traced(fn)
 
 
-def _ops(code: Any) -> dict[int, tuple[int, Any]] | None:
-    ops = _code_ops.get(id(code), False)
+def _ops(code: Any, scope: Scope = USER) -> dict[int, tuple[int, Any]] | None:
+    ops = scope.code_ops.get(id(code), False)
     if ops is not False:
         return ops  # type: ignore[return-value]
     table: dict[int, tuple[int, Any]] = {}
-    if _user_file(code.co_filename):
+    if scope.traced(code.co_filename):
         for ins in dis.get_instructions(code):
             k = _KINDS.get(ins.opname)
             if k is None:
@@ -129,8 +174,8 @@ def _ops(code: Any) -> dict[int, tuple[int, Any]] | None:
                 table[ins.offset] = (k, (ins.arg, ins.argval))
             else:
                 table[ins.offset] = (k, ins.argval)
-    _codes.append(code)
-    ops = _code_ops[id(code)] = table or None
+    scope.codes.append(code)
+    ops = scope.code_ops[id(code)] = table or None
     return ops
 
 
@@ -168,16 +213,11 @@ def _slot(frame: Any, i: int) -> Any:
     return _value((iframe >> 3) + _LOCALSPLUS_WORD + i)
 
 
-#: id(code) -> the trace function of its frames (kept, and cleared, with ``_code_ops``'s
-#: entry): made once per code object, not once per execution.
-_code_fns: dict[int, Any] = {}
-
-
-def _frame_tracer(code: Any) -> Any:
+def _frame_tracer(code: Any, scope: Scope = USER) -> Any:
     """The trace function of ``code``'s frames: its instruction table bound in, so an
     instruction that touches no data costs one lookup (returning None keeps a frame's trace
     function). A data access goes to the tracer of the thread it runs in."""
-    table = _ops(code)
+    table = _ops(code, scope)
     if table is None:
         return None
     get = table.get
@@ -188,7 +228,7 @@ def _frame_tracer(code: Any) -> Any:
         if op is not None and event == "opcode":
             here.tracer._on_op(frame, op)
 
-    _code_fns[id(code)] = opcode
+    scope.code_fns[id(code)] = opcode
     return opcode
 
 
@@ -211,12 +251,15 @@ _L_ATTR, _L_ITEM, _L_METHOD, _L_IN, _L_CONTENTS, _L_CALL, _L_NAME = (
 class Tracer:
     """Per-opcode tracing of one execution; ``close()`` puts the previous trace function back."""
 
+    #: the code traced (a subclass traces another)
+    scope = USER
+
     def __init__(self, rt: SimRuntime) -> None:
         selftest()
-        if len(_codes) > _CODES_MAX:  # (between executions: no frame is traced now)
-            _codes.clear()
-            _code_ops.clear()
-            _code_fns.clear()
+        scope = self.scope
+        scope.trim()
+        self._code_ops = scope.code_ops
+        self._code_fns = scope.code_fns
         self.rt = rt
         #: (id(object), name) -> [location key, label, {tid: load record}, {tid: store record}]
         self.locs: dict[tuple[int, Any], list[Any]] = {}
@@ -284,14 +327,19 @@ class Tracer:
 
     def _untraced_stop(self, t: Any, op: Any, pred: Any, wq: Any) -> None:
         if self._ts.tracing:  # inside the trace function already (a data access)
-            _SIM_STOP(self.rt, t, op, pred, wq)
+            self._sim_stop(t, op, pred, wq)
             return
         tsp = self._tsp
         _ENTER_TRACING(tsp)
         try:
-            _SIM_STOP(self.rt, t, op, pred, wq)
+            self._sim_stop(t, op, pred, wq)
         finally:
             _LEAVE_TRACING(tsp)
+
+    def _sim_stop(self, t: Any, op: Any, pred: Any, wq: Any) -> None:
+        """Stop ``t`` at ``op`` (untraced); returns when the operation executes. (A subclass
+        learns here of every visible operation executed.)"""
+        _SIM_STOP(self.rt, t, op, pred, wq)
 
     def _started(self, spawner: Any, make: Any, fn: Any, *rest: Any) -> Any:
         """Start a task (``make``: the runtime's spawn or inject; ``spawner``: the frame that
@@ -345,9 +393,9 @@ class Tracer:
         events and no line events; any other code (the standard library, installed packages,
         kvmlock) is not traced at all."""
         code = frame.f_code
-        if _code_ops.get(id(code), _MISS) is None:
+        if self._code_ops.get(id(code), _MISS) is None:
             return None  # (most calls: code known not to be the user's)
-        fn = _code_fns.get(id(code)) or _frame_tracer(code)
+        fn = self._code_fns.get(id(code)) or _frame_tracer(code, self.scope)
         if fn is None:
             return None
         frame.f_trace_lines = False
@@ -361,8 +409,8 @@ class Tracer:
         sys.settrace(self._call)
         while frame is not None:
             code = frame.f_code
-            if _code_ops.get(id(code), _MISS) is not None:
-                fn = _code_fns.get(id(code)) or _frame_tracer(code)
+            if self._code_ops.get(id(code), _MISS) is not None:
+                fn = self._code_fns.get(id(code)) or _frame_tracer(code, self.scope)
                 if fn is not None:
                     frame.f_trace = fn
                     frame.f_trace_lines = False
@@ -455,8 +503,8 @@ class Tracer:
             return
         fn = _value(top - argc - 1) if meth is None else meth
         code = getattr(fn, "__code__", None)
-        if code is not None and _user_file(code.co_filename):
-            return  # user code: its own accesses are traced
+        if code is not None and self.scope.quiet_callee(code.co_filename):
+            return  # traced code: its own accesses are traced
         write = id(fn) not in _READERS
         name = getattr(fn, "__name__", "call")
         for c in conts:  # (``c`` and ``conts`` are two references of ours more)
@@ -612,16 +660,16 @@ def _probe() -> str:
             return local
         return None
 
-    _user_cache[probe.__code__.co_filename] = True
+    USER.cache[probe.__code__.co_filename] = True
     old = sys.gettrace()
     sys.settrace(call)
     try:
         probe(box)
     finally:
         sys.settrace(old)
-        _user_cache.pop(probe.__code__.co_filename, None)
-        if _code_ops.pop(id(probe.__code__), False) is not False:
-            _codes.remove(probe.__code__)
+        USER.cache.pop(probe.__code__.co_filename, None)
+        if USER.code_ops.pop(id(probe.__code__), False) is not False:
+            USER.codes.remove(probe.__code__)
     if seen != [(box, 7, 1)]:
         return "reading the value stack gave unexpected values"
     return ""

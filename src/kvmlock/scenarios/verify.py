@@ -31,13 +31,20 @@ from kvmlock import lockdep
 from kvmlock.lockdep import state as _ld_state
 from kvmlock.scenarios.registry import SCENARIOS, Scenario
 
-__all__ = ["Outcome", "collect_graph", "main", "run_scenario", "select"]
+__all__ = ["AuditOutcome", "Outcome", "audit_scenarios", "audit_selection", "collect_graph",
+           "main", "run_scenario", "select"]
 
 #: bounds applied when a scenario does not set its own (keeps `kvmlock verify` to minutes).
 #: They count executions and steps, never seconds: a verdict must not depend on how loaded the
 #: machine is. A time limit is only the user's (``--timeout``), and a row it cuts short is
 #: reported incomplete.
 DEFAULT_OPTIONS: dict[str, Any] = {"max_runs": 1000, "max_steps": 5000}
+
+_PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: the code ``--audit`` traces: the model and its scenarios
+AUDIT_PATHS: tuple[str, ...] = (os.path.join(_PKG, "kvm"), os.path.join(_PKG, "scenarios"))
+#: executions audited per scenario (the first ones of its DPOR search)
+AUDIT_RUNS = 20
 
 
 @dataclass
@@ -302,6 +309,102 @@ def collect_graph(*, workload_seconds: float = 0.5, limit: float = 30.0) -> lock
 
 # ---------------------------------------------------------------------- output
 
+@dataclass
+class AuditOutcome:
+    """The race audit of one scenario (see ``kvmlock.explore.audit``)."""
+
+    scenario: Scenario
+    audit: Any  # explore.audit.Audit
+    seconds: float = 0.0
+    error: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scenario": self.scenario.name, "runs": self.audit.runs,
+                "accesses": self.audit.accesses, "seconds": round(self.seconds, 3),
+                "findings": [f.to_dict() for f in self.audit.findings],
+                "excused": [{"location": k[0], "why": k[1], "accesses": n}
+                            for k, n in sorted(self.audit.excused.items())],
+                "error": self.error}
+
+
+def audit_selection(names: Iterable[str]) -> list[Scenario]:
+    """The correct scenarios among ``names`` (all of them when none is named): a broken
+    variant is expected to fail, so whether its search could be exhaustive does not matter."""
+    chosen = [s for s in select(names) if s.expect == "pass"]
+    if not chosen:
+        raise ValueError("no correct scenario in that selection: the audit checks the rows "
+                         "whose pass rests on an exhausted search")
+    return chosen
+
+
+def audit_scenarios(chosen: Sequence[Scenario], runs: int = AUDIT_RUNS) -> list[AuditOutcome]:
+    """Audit each scenario's first ``runs`` DPOR executions for plain accesses of shared
+    data that no visible operation orders (the model's and the scenarios' code traced)."""
+    from kvmlock.explore.audit import Audit, audit
+
+    outs = []
+    for sc in chosen:
+        t0 = time.perf_counter()
+        try:
+            with _wait_types():
+                res = audit(sc.body, AUDIT_PATHS, runs=runs,
+                            max_steps=sc.options.get("max_steps", DEFAULT_OPTIONS["max_steps"]))
+        except Exception as exc:  # a crash on this body leaves its audit undone: said so
+            outs.append(AuditOutcome(sc, Audit(), time.perf_counter() - t0,
+                                     f"{type(exc).__name__}: {exc}"))
+            continue
+        outs.append(AuditOutcome(sc, res, time.perf_counter() - t0))
+    return outs
+
+
+def _audit_main(args: argparse.Namespace, console: Any) -> int:
+    """``--audit``: 1 when some scenario has an unordered conflicting pair of plain accesses,
+    2 when none has but some audit could not run."""
+    try:
+        chosen = audit_selection(args.names)
+    except ValueError as exc:
+        console.print(f"kvmlock verify: {exc}", highlight=False, markup=False)
+        return 2
+    t0 = time.perf_counter()
+    outs = audit_scenarios(chosen, args.audit_runs)
+    found = [o for o in outs if o.audit.findings]
+    broken = [o for o in outs if o.error]
+    if args.json:
+        print(json.dumps([o.to_dict() for o in outs], indent=2))
+        return 1 if found else 2 if broken else 0
+    distinct: set[tuple] = set()
+    excused: dict[tuple[str, str], int] = {}
+    for o in outs:
+        if o.error:
+            console.print(f"{o.scenario.name}: audit ERROR: {o.error}", highlight=False,
+                          markup=False)
+        if o.audit.findings:
+            console.print(f"{o.scenario.name}: {len(o.audit.findings)} unordered pair(s) of "
+                          f"plain accesses", highlight=False, markup=False)
+            for f in o.audit.findings:
+                console.print(f"  {f}", highlight=False, markup=False, soft_wrap=True)
+                distinct.add(f.key())
+        for k, n in o.audit.excused.items():
+            excused[k] = excused.get(k, 0) + n
+    if args.verbose_audit and excused:
+        console.print("excused (declared benign where the data is):", highlight=False,
+                      markup=False)
+        for (loc, why), n in sorted(excused.items()):
+            console.print(f"  {loc}: {n} access(es): {why}", highlight=False, markup=False,
+                          soft_wrap=True)
+    runs = sum(o.audit.runs for o in outs)
+    accesses = sum(o.audit.accesses for o in outs)
+    console.print(f"audit: {len(outs)} correct scenario(s), {runs} executions, {accesses} plain "
+                  f"accesses traced, {len(found)} scenario(s) with findings ({len(distinct)} "
+                  f"distinct), {sum(excused.values())} access(es) to {len(excused)} declared "
+                  f"benign location(s) excused, in {time.perf_counter() - t0:.1f}s",
+                  highlight=False, markup=False)
+    if broken:
+        console.print(f"incomplete: {len(broken)} audit(s) could not run", highlight=False,
+                      markup=False)
+    return 1 if found else 2 if broken else 0
+
+
 def _table(outcomes: Sequence[Outcome], width: int = 150) -> Any:
     from rich import box
     from rich.table import Table
@@ -386,10 +489,25 @@ def _parser() -> argparse.ArgumentParser:
                    help="run the workers as actors of the Ray cluster at ADDRESS ('auto': the "
                         "one started on this node; none given: a local instance); -j sets "
                         "how many (default: the cluster's CPUs)")
+    p.add_argument("--audit", action="store_true",
+                   help="race audit instead of verification: run each correct scenario a few "
+                        "times tracing the model's plain data accesses, and report conflicting "
+                        "pairs that no visible operation orders (the search cannot reorder "
+                        "them, so its 'exhausted' would not be a proof); NAMEs select scenarios")
+    p.add_argument("--audit-runs", type=_runs, default=AUDIT_RUNS, metavar="N",
+                   help=f"executions audited per scenario (default {AUDIT_RUNS})")
+    p.add_argument("--verbose-audit", action="store_true",
+                   help="with --audit, also list the accesses excused as declared benign")
     p.add_argument("--mutants", action="store_true",
                    help="apply each mutant of the model (one weakened protection) in turn and "
                         "require a correct scenario to fail; NAMEs then select mutants")
     return p
+
+
+def _runs(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"--audit-runs wants a positive number, got {text!r}")
+    return int(text)
 
 
 def _jobs(text: str) -> int:
@@ -442,6 +560,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         console = Console(width=max(console.width, 150))  # logs and CI: do not squeeze
     if args.mutants:
         return _mutants_main(args, console)
+    if args.audit:
+        return _audit_main(args, console)
     if args.list:
         for s in SCENARIOS.values():
             print(f"{s.name:55} {s.variant:8} expect={s.expect:10} {s.rule}")

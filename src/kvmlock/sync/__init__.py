@@ -11,7 +11,7 @@ protection.
 """
 
 from kvmlock.sync.atomic import Atomic64
-from kvmlock.sync.guarded import Guarded, guarded_by, peek
+from kvmlock.sync.guarded import Guarded, data_racy, guarded_by, peek
 from kvmlock.sync.mutex import Mutex, RawSpinLock, SpinLock
 from kvmlock.sync.rcu import RcuPointer, rcu_read_lock, rcu_read_unlock
 from kvmlock.sync.rcuwait import RCUWait
@@ -31,6 +31,7 @@ __all__ = [
     "SRCU",
     "RcuPointer",
     "SpinLock",
+    "data_racy",
     "guarded_by",
     "peek",
     "rcu_read_lock",

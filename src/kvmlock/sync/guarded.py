@@ -38,9 +38,23 @@ from kvmlock.lockdep.protect import (
 from kvmlock.lockdep.where import user_site
 from kvmlock.runtime import world as _world
 
-__all__ = ["Guarded", "guarded_by", "peek"]
+__all__ = ["Guarded", "data_racy", "guarded_by", "peek"]
 
 T = TypeVar("T")
+
+
+class data_racy:  # noqa: N801 - reads as the annotation it is: ``x = data_racy("why")``
+    """A field whose accesses may race on purpose, as the kernel's ``data_race()`` says: a
+    statistic, a hint re-checked under a lock. The race audit (``kvmlock verify --audit``)
+    excuses unordered accesses of the field, counting them under ``why``; nothing else changes
+    (the value lives in the instance, the class attribute only names the reason)."""
+
+    __slots__ = ("racy_why",)
+
+    def __init__(self, why: str) -> None:
+        if not isinstance(why, str) or not why.strip():
+            raise TypeError("data_racy: say why the race is benign, as a non-empty string")
+        self.racy_why = why
 
 
 class _Seen:
