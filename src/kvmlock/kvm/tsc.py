@@ -80,6 +80,12 @@ CLOCK_REQUEST_CLEARED_AFTER_SERVICE = mutant(
     breaks="a clock update raised while the vCPU serves an earlier one is kept: the request "
            "is consumed before the clock is read, so a later KVM_SET_CLOCK always leaves one "
            "behind")
+CLOCK_REQUEST_LOAD_STORE = mutant(
+    "clock_request_load_store", removes="the atomic set_bit raising KVM_REQ_CLOCK_UPDATE "
+    "(kvm_make_request): the request word is loaded, the bit or-ed in, and the word stored",
+    breaks="a vCPU's request word is changed only by atomic bit operations: another pvclock "
+           "update's request, or the vCPU's own test-and-clear, landing between the load and "
+           "the store is erased, and the vCPU keeps a stale pvclock page")
 
 
 @dataclass
@@ -182,6 +188,10 @@ class TscSync:
 
     def _request_clock_updates(self) -> None:
         """``kvm_end_pvclock_update``: KVM_REQ_CLOCK_UPDATE to every vCPU (an atomic bit each)."""
+        if CLOCK_REQUEST_LOAD_STORE in self.vm.hazards:
+            for vcpu in getattr(self.vm, "vcpus", ()):  # broken: not one atomic step
+                self.clock_update.store(self.clock_update.load() | 1 << vcpu.id)
+            return
         for vcpu in getattr(self.vm, "vcpus", ()):
             self.clock_update.fetch_or(1 << vcpu.id)
 

@@ -447,6 +447,35 @@ def set_clock_vs_pending_update(broken: bool) -> None:
     tsc.check_pvclocks()
 
 
+@pair("kvmclock.set_clock_vs_masterclock",
+      rule="every pvclock update raises KVM_REQ_CLOCK_UPDATE with an atomic bit operation, so "
+           "two updates at once (KVM_SET_CLOCK, and vcpu1 serving a master-clock update) and "
+           "vcpu0 consuming its request between them leave the last update's request behind",
+      broken_rule="the request bit set with a load and a store: vcpu0 consumes the first "
+                  "update's request, the second update sets vcpu0's bit, and the first "
+                  "update's store for vcpu1 writes back the word it loaded before that",
+      broken_expect="assertion", catches=("clock_request_load_store",),
+      invariant="once every vCPU has served its clock requests, each one's pvclock page "
+                "shows the clock the last pvclock update left", max_runs=3000)
+def set_clock_vs_masterclock(broken: bool) -> None:
+    vm = VM(None, nr_vcpus=2, hazards={"clock_request_load_store": broken})
+    tsc = TscSync(vm)
+    v0, v1 = vm.vcpus
+
+    def enter_guest(v: VCPU, masterclock: bool = False) -> None:  # KVM_RUN's requests
+        with v.mutex:
+            if masterclock:  # KVM_REQ_MASTERCLOCK_UPDATE, raised earlier on this vCPU
+                tsc.update_masterclock()
+            tsc.serve_clock_requests(v)
+
+    together(lambda: tsc.set_clock(9_000, 2_000), lambda: enter_guest(v0),
+             lambda: enter_guest(v1, masterclock=True),
+             names=["KVM_SET_CLOCK", "vcpu0 KVM_RUN", "vcpu1 KVM_RUN"])
+    enter_guest(v0)  # the next entries serve whatever is left
+    enter_guest(v1)
+    tsc.check_pvclocks()
+
+
 def _hyperv_notifier_vs_destroy(hazard: str | None) -> None:
     # The host's TSC page changed while a VM is being destroyed: the notifier must rewrite the
     # VM's reference TSC page either before kvm_destroy_vm unpublishes it or not at all.
