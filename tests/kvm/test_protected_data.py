@@ -184,3 +184,49 @@ def test_each_declaration_catches_its_lock_removed(name, expected):
         assert out.failure is not None and out.failure.kind == "lockdep", (sc.name, out.result)
         got = {(r.kind, r.data) for r in out.failure.lockdep_reports}
         assert expected <= got, (sc.name, got)
+
+
+# ------------------------------------------------ a consequence, not only the annotation
+
+def _vm_default_row():
+    import kvmlock.scenarios  # noqa: F401 - registers the scenarios
+    from kvmlock.scenarios.registry import SCENARIOS
+
+    return SCENARIOS["protected.vm_default_vs_create.correct"]
+
+
+def test_vcpu_default_updated_after_unlock_leaves_a_new_vcpu_without_it():
+    from kvmlock.kvm.mutants import applied
+    from kvmlock.scenarios import verify
+
+    sc = _vm_default_row()
+    ok = verify.run_scenario(sc)
+    assert ok.met and ok.exhausted, (ok.runs, ok.failure)
+    with applied("vcpu_default_after_unlock"):
+        out = verify.run_scenario(sc)
+    # the row sets lockdep aside: what fails is the new vCPU missing the setting
+    assert out.failure is not None and out.failure.kind == "assertion", out.result
+    assert "vCPU(s) [1] never got 'tsc_khz'" in str(out.failure.message)
+
+
+def test_vcpu_default_updated_after_unlock_harms_no_vcpu_created_after_the_ioctl():
+    # The near miss: the late update is harmless when no creation falls between the unlock
+    # and the store -- the vCPU made afterwards copies the new setting.
+    from kvmlock.kvm import ioctls
+
+    vm = VM(None, nr_vcpus=1, hazards={"vcpu_default_after_unlock"})
+    ioctls.set_vcpus_config(vm, "tsc_khz", 1)
+    vm.create_vcpu()
+    ioctls.check_vcpus_config(vm, "tsc_khz")
+
+
+def test_the_late_store_is_found_only_because_the_setting_is_a_visible_step(monkeypatch):
+    """With its accesses invisible, the store after the unlock runs glued to the unlock and
+    the copy glued to KVM_CREATE_VCPU's lock: no schedule puts the creation between them."""
+    from kvmlock.kvm.mutants import applied
+    from kvmlock.scenarios import verify
+
+    monkeypatch.setattr(VM.__dict__["vcpu_defaults"], "visible", False)
+    with applied("vcpu_default_after_unlock"):
+        out = verify.run_scenario(_vm_default_row())
+    assert out.failure is None and out.exhausted, out.result

@@ -439,6 +439,46 @@ def test_explorer_unguarded_and_clean():
     assert good.ok and good.exhausted
 
 
+def _visible_counter_program(locked: bool, visible: bool):
+    def body() -> None:
+        class Box:
+            n = guarded_by("lock", visible=visible)
+
+            def __init__(self) -> None:
+                self.lock = Mutex("box.lock")
+                self.n = 0
+
+        b = Box()
+
+        def inc() -> None:
+            if locked:
+                with b.lock:
+                    b.n += 1
+            else:
+                b.n += 1
+
+        a, c = spawn(inc, name="a"), spawn(inc, name="b")
+        a.join()
+        c.join()
+        assert b.__dict__["n"] == 2, "an increment was lost"
+
+    return body
+
+
+def test_visible_guarded_field_makes_its_lost_update_a_schedule():
+    # lockdep set aside: the consequence itself, an increment lost between a read and a write
+    bad = explore.check(_visible_counter_program(False, True), strategy="dpor", lockdep=False)
+    assert bad.failure is not None and bad.failure.kind == "assertion"
+    assert "an increment was lost" in str(bad.failure.message)
+    # near misses: the same accesses under the lock, and an invisible field, whose read and
+    # write run as one step of the task (so no schedule splits them)
+    good = explore.check(_visible_counter_program(True, True), strategy="dpor", lockdep=False)
+    assert good.ok and good.exhausted
+    plain = explore.check(_visible_counter_program(False, False), strategy="dpor",
+                          lockdep=False)
+    assert plain.ok and plain.exhausted
+
+
 # ------------------------------------------------------------------------- kvmlock lockdep
 
 PROGRAM = """

@@ -102,6 +102,12 @@ VM_IOCTL_READS_VCPUS_UNLOCKED = mutant(
     "of the vCPU array (read before the lock is taken)",
     breaks="kvm->lock protects the VM-wide configuration VM ioctls change: a vCPU created "
            "meanwhile is either in the array the ioctl walks or starts with its setting")
+VCPU_DEFAULT_AFTER_UNLOCK = mutant(
+    "vcpu_default_after_unlock", removes="kvm->lock around a VM-wide vCPU ioctl's update of "
+    "the setting new vCPUs start with (updated after the lock is dropped)",
+    breaks="kvm->lock protects the VM-wide configuration VM ioctls change: KVM_CREATE_VCPU "
+           "copies it under the lock, so a vCPU created meanwhile is either in the array the "
+           "ioctl walks or starts with its setting")
 PIT_WITHOUT_KVM_LOCK = mutant(
     "pit_without_kvm_lock", removes="kvm->lock around KVM_CREATE_PIT2 (its EEXIST check and "
     "the PIT's creation)",
@@ -147,6 +153,7 @@ def set_vcpus_config(vm: VM, key: str, value: int) -> None:
     """
     rt = runtime.active()
     early = VM_IOCTL_READS_VCPUS_UNLOCKED in vm.hazards
+    late = VCPU_DEFAULT_AFTER_UNLOCK in vm.hazards
     if early:
         rt.point(vm.vcpus, "read vcpu_array", False)
         vcpus = list(vm.vcpus)  # broken: a vCPU created before the lock is taken is missed
@@ -154,7 +161,8 @@ def set_vcpus_config(vm: VM, key: str, value: int) -> None:
         if not early:
             rt.point(vm.vcpus, "read vcpu_array", False)
             vcpus = list(vm.vcpus)
-        vm.vcpu_defaults = {**vm.vcpu_defaults, key: value}
+        if not late:
+            vm.vcpu_defaults = {**vm.vcpu_defaults, key: value}
         for vcpu in vcpus:
             vcpu.mutex.lock_nest(vm.lock)
         try:
@@ -163,6 +171,8 @@ def set_vcpus_config(vm: VM, key: str, value: int) -> None:
         finally:
             for vcpu in reversed(vcpus):
                 vcpu.mutex.unlock()
+    if late:  # broken: a vCPU created since the unlock copied the old setting
+        vm.vcpu_defaults = {**vm.vcpu_defaults, key: value}
 
 
 def vcpu_set_config(vcpu: VCPU, key: str, value: int) -> None:

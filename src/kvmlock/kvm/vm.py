@@ -122,8 +122,9 @@ class VM:
     created_vcpus = guarded_by("lock")
     #: whether KVM_CREATE_PIT2 made the PIT (``kvm->arch.vpit``): created once, then EEXIST
     vpit = guarded_by("lock")
-    #: the VM-wide vCPU settings (a VM ioctl sets them on every vCPU): what a new vCPU starts with
-    vcpu_defaults = guarded_by("lock")
+    #: the VM-wide vCPU settings (a VM ioctl sets them on every vCPU): what a new vCPU starts
+    #: with; each access is a step, so a write made outside kvm->lock can race a creation
+    vcpu_defaults = guarded_by("lock", visible=True)
 
     def __init__(
         self,

@@ -104,12 +104,17 @@ class guarded_by(_Seen):  # noqa: N801 - reads as the annotation it is: ``x = gu
     ``lock`` and ``read_side`` are attribute paths (``"vm.slots_lock"`` follows ``self.vm``);
     ``read_side`` may also be ``"rcu_read_lock"``. The value lives in the instance's
     ``__dict__`` under the field's name, so the class needs one.
+
+    ``visible=True`` makes every read and every write after the first a visible operation of
+    the explorer (on the owning object): for a field whose race is the point, such as one a
+    broken variant writes after dropping the lock, the access must be a step of its own or no
+    schedule can put another task between the unlock and it.
     """
 
-    __slots__ = ("lock", "read_side", "writes_only", "field", "_lock", "_side")
+    __slots__ = ("lock", "read_side", "writes_only", "visible", "field", "_lock", "_side")
 
     def __init__(self, lock: str, *, read_side: str | None = None,
-                 writes_only: bool = False) -> None:
+                 writes_only: bool = False, visible: bool = False) -> None:
         if not isinstance(lock, str) or not lock:
             raise TypeError(f"guarded_by: name the lock attribute as a string, got {lock!r}")
         if read_side is not None and (not isinstance(read_side, str) or not read_side):
@@ -121,6 +126,7 @@ class guarded_by(_Seen):  # noqa: N801 - reads as the annotation it is: ``x = gu
         self.lock = lock
         self.read_side = read_side
         self.writes_only = bool(writes_only)
+        self.visible = bool(visible)
         self.field = ""
         self._lock = attrgetter(lock)
         self._side = None if read_side is None or read_side == "rcu_read_lock" else \
@@ -154,6 +160,8 @@ class guarded_by(_Seen):  # noqa: N801 - reads as the annotation it is: ``x = gu
     def __get__(self, obj: object, owner: type | None = None) -> Any:
         if obj is None:
             return self
+        if self.visible:
+            _world().rt.point(obj, f"read {self.field}", False)
         try:
             value = obj.__dict__[self.field]
         except KeyError:
@@ -166,6 +174,8 @@ class guarded_by(_Seen):  # noqa: N801 - reads as the annotation it is: ``x = gu
     def __set__(self, obj: object, value: Any) -> None:
         d = obj.__dict__
         if self.field in d:
+            if self.visible:
+                _world().rt.point(obj, f"write {self.field}", True)
             self._guard(obj, True)
         d[self.field] = value
 
