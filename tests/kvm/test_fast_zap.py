@@ -124,3 +124,72 @@ def test_changing_nx_huge_pages_fast_zaps_the_vm():
     assert old.invalid and vm.stats["fast_zaps"] == 1
     assert guest_read(vm.vcpus[0], 0) == 5 and vm.vcpus[0].root is vm.mmu.root is not old
     vm.check()
+
+
+# ------------------------------------------- a notifier in the window before the zap of roots
+
+def _in_the_window(hazards=None):
+    """gfn 0 written (a Dirty SPTE in root 0), the roots invalidated as the fast zap's write-mode
+    section leaves them, and the page swapped out before the zap of invalidated roots."""
+    from kvmlock.kvm.mmu.tdp_mmu import (
+        FREE_OBSOLETE_ROOTS,
+        _invalidate_all_roots,
+        zap_invalidated_roots,
+    )
+
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=3, hazards=hazards)
+    vm.set_memory_region(0, base_gfn=0, npages=1, hva=0)
+    (v0,) = vm.vcpus
+    guest_write(v0, 0, 7)
+    root = vm.mmu.root
+    table = root.pages[0]
+    with vm.slots_lock, vm.mmu_lock.write():  # zap_all_fast's write-mode section
+        _invalidate_all_roots(vm)
+        v0.make_request(FREE_OBSOLETE_ROOTS)
+        found = vm.mmu.gfn_sptes(0)
+    vm.host.swap_out(0)
+    zap_invalidated_roots(vm)
+    return vm, v0, (root, table), found
+
+
+def test_the_notifier_drops_the_spte_an_invalidated_root_still_holds():
+    vm, v0, (root, table), found = _in_the_window()
+    assert root.invalid and found == [(table, 0)]
+    assert vm.host.stats["writeback"] == 1, "the Dirty bit reached the page before the free"
+    assert guest_read(v0, 0) == 7
+    vm.check()
+
+
+def test_walking_only_the_valid_root_loses_the_write_at_swap_out():
+    vm, v0, _, found = _in_the_window({"gfn_sptes_valid_root_only"})
+    assert found == [], "the invalidated root is skipped"
+    assert vm.host.stats["writeback"] == 0, "the page was freed clean"
+    assert guest_read(v0, 0) == 0, "the write through the invalidated root's SPTE is lost"
+
+
+def test_walking_only_the_valid_root_is_harmless_once_the_roots_are_zapped():
+    # The near miss: the swap-out after the whole fast zap. The zap passed the Dirty bit on
+    # when it removed the table, so the swap-out writes the page back; no invalid root holds
+    # an SPTE by then.
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=3, hazards={"gfn_sptes_valid_root_only"})
+    vm.set_memory_region(0, base_gfn=0, npages=1, hva=0)
+    (v0,) = vm.vcpus
+    guest_write(v0, 0, 7)
+    update_nx_huge_pages(vm)
+    vm.host.swap_out(0)
+    assert guest_read(v0, 0) == 7
+    vm.check()
+
+
+def test_the_fast_zap_racing_a_swap_out_is_explored_into_the_window():
+    from kvmlock.kvm.mutants import applied
+    from kvmlock.scenarios import verify
+    from kvmlock.scenarios.registry import SCENARIOS
+
+    sc = SCENARIOS["memslots.fast_zap_vs_swap_out.correct"]
+    ok = verify.run_scenario(sc)
+    assert ok.met and ok.exhausted, (ok.runs, ok.failure)
+    with applied("gfn_sptes_valid_root_only"):
+        out = verify.run_scenario(sc)
+    assert out.failure is not None and out.failure.kind == "assertion"
+    assert "wrote 7 to gfn 0 but reads 0x0 after the swap-out" in str(out.failure.message)

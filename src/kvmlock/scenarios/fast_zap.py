@@ -33,6 +33,11 @@ second read-mode writer of non-leaf entries, against the paths it races
   racing the vCPU's reload. Each zap picks only the roots it invalidated itself; picking every
   invalid root, the second zaps the first's root again and puts the MMU's reference a second
   time, freeing the root the vCPU still holds.
+* ``memslots.fast_zap_vs_swap_out`` -- the host swaps out a page the guest wrote while a fast
+  zap runs. Between the write-mode section that invalidates the roots and the zap of those
+  roots, the invalidated root still holds the page's Dirty SPTE: the notifier's unmap must
+  drop it (and pass its Dirty bit on) like any other. Walking the valid root only, the
+  swap-out finds the page clean and frees it unwritten; the guest's write is lost.
 * ``memslots.load_root_vs_fast_zap`` -- vcpu0 serves its request and loads the valid root
   (made by vcpu1) while a second fast zap invalidates that root and vcpu1 puts its reference
   to it. The look-up and the get are under ``mmu_lock``; made before it, vcpu0 finds the root,
@@ -228,6 +233,28 @@ def two_fast_zaps(broken: bool) -> None:
              names=["vcpu0 reads gfn 0 (reloads)", "second fast zap"])
     vm.check()
     assert guest_read(v0, 0) == 7
+
+
+@pair("memslots.fast_zap_vs_swap_out",
+      rule="until the zap of invalidated roots clears an invalidated root, the MMU notifier's "
+           "unmap walks it too: a page swapped out between the fast zap's write-mode section "
+           "and that zap has its SPTE there dropped, and its Dirty bit passed on, first",
+      broken_rule="the notifier's unmap walks the valid root only: the invalidated root still "
+                  "maps the page, so the swap-out finds it clean, frees it without writing it "
+                  "back, and the zap passes the Dirty bit on too late",
+      broken_expect="assertion",
+      invariant="the guest reads back what it wrote; every present SPTE maps the host's frame",
+      catches=("gfn_sptes_valid_root_only",), **_BOUND)
+def fast_zap_vs_swap_out(broken: bool) -> None:
+    vm = _one_slot_vm("gfn_sptes_valid_root_only", broken, npages=1)
+    (v0,) = vm.vcpus
+    guest_write(v0, 0, 7)  # gfn 0's SPTE in root 0 is writable and Dirty; vcpu0 holds root 0
+    together(lambda: update_nx_huge_pages(vm), lambda: vm.host.swap_out(0),
+             names=["nx_huge_pages changed", "swap-out of gfn 0"])
+    vm.check()
+    got = guest_read(v0, 0)  # vcpu0 serves its request, reloads, faults the page back in
+    assert got == 7, f"vcpu0 wrote 7 to gfn 0 but reads {got:#x} after the swap-out"
+    vm.check()
 
 
 @pair("memslots.load_root_vs_fast_zap",

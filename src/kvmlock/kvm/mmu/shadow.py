@@ -58,6 +58,13 @@ TDP_LINK_NO_RECHECK = mutant(
     "tdp_link_no_recheck", removes="the re-check of the slot under tdp_mmu_pages_lock (a fault "
     "that found it empty links a page even if another fault linked one meanwhile)",
     breaks="TDP faults under read-mode mmu_lock link shadow pages under tdp_mmu_pages_lock")
+GFN_SPTES_VALID_ROOT_ONLY = mutant(
+    "gfn_sptes_valid_root_only", removes="the invalidated TDP roots in the walk of a gfn's "
+    "SPTEs (the notifier's unmap, aging, write-protection and the dirty-log harvest look at "
+    "valid roots only)",
+    breaks="an invalidated root keeps its SPTEs until the zap of invalidated roots clears "
+           "them: until then a notifier unmapping a page must drop them too, or the page's "
+           "Dirty bit reaches it only after the host wrote it back and freed it")
 UNSYNC_WITHOUT_LOCK = mutant(
     "unsync_without_lock", removes="mmu_unsync_pages_lock around the unsync accounting",
     breaks="kvm->arch.mmu_unsync_pages_lock serialises marking shadow pages unsync")
@@ -645,12 +652,21 @@ class MMU:
 
     def gfn_sptes(self, gfn: int) -> list[tuple[ShadowPage, int]]:
         """Every SPTE that may map ``gfn``: the one fixed slot with TDP, the rmap otherwise."""
+        if self.tdp and GFN_SPTES_VALID_ROOT_ONLY in self.vm.hazards:
+            return self._valid_root_sptes(gfn)  # broken: an invalid root still maps gfn
         if self.tdp:  # every root, an invalid one too (it is zapped only after this lock)
             if not 0 <= gfn < self.nr_va:
                 return []
             idx, i = gfn // SP_ENTRIES, gfn % SP_ENTRIES
             return [(sp, i) for root in self.roots if (sp := root.pages[idx]) is not None]
         return list(self.rmap.get(gfn, ()))
+
+    def _valid_root_sptes(self, gfn: int) -> list[tuple[ShadowPage, int]]:
+        if not 0 <= gfn < self.nr_va:
+            return []
+        idx, i = gfn // SP_ENTRIES, gfn % SP_ENTRIES
+        return [(sp, i) for root in self.roots
+                if not root.invalid and (sp := root.pages[idx]) is not None]
 
     def rmap_add(self, gfn: int, sp: ShadowPage, i: int) -> None:
         """Indirect pages only (mmu_lock held for write); direct ones need no reverse map."""
