@@ -217,12 +217,14 @@ class Host:
         flags = page.flags.xchg(0)
         data = page.data.load() if flags & PG_DIRTY else None
         self._invalidate_end(hva, tokens, blockable)
+        page.hva = None
+        page.poison()
         with mm:
             mm.point("free_page")
             if data is not None:
                 self._backing[hva] = data
                 self.stats["writeback"] += 1
-            self._free_frame(page)
+            self._free.append(pfn)
             self._busy.discard(hva)
             self.stats["swap_out"] += 1
             mm.notify_all()
@@ -247,7 +249,12 @@ class Host:
             pfn = self._ptes.pop(hva, None)
             self._backing.pop(hva, None)
             if pfn is not None:
-                self._free_frame(self.pages[pfn])
+                self.pages[pfn].hva = None
+        if pfn is not None:
+            self.pages[pfn].poison()
+            with mm:
+                mm.point("free_page")
+                self._free.append(pfn)
                 self.stats["discard"] += 1
                 mm.notify_all()
         self._invalidate_end(hva, tokens)
@@ -265,12 +272,6 @@ class Host:
     def _invalidate_end(self, hva: int, tokens: list[Any], blockable: bool = True) -> None:
         for n, token in zip(self.notifiers, tokens, strict=True):
             n.invalidate_range_end(hva, hva + 1, token, blockable)
-
-    def _free_frame(self, page: HostPage) -> None:
-        """The host PTE is gone: the frame is unmapped, poisoned and free for reuse."""
-        page.hva = None
-        page.poison()
-        self._free.append(page.pfn)
 
     def age(self, hva: int) -> bool:
         """``page_referenced``: was ``hva`` used since last asked? The page's own referenced
