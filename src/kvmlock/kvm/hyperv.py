@@ -10,6 +10,7 @@ vCPU: ``hv_lock`` serialises them. That is the documented order ``vcpu->mutex`` 
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any
 
 from kvmlock import irq
@@ -84,8 +85,10 @@ class HyperV:
         self.partition: dict[str, int] = {}
         self.per_vcpu: dict[tuple[int, str], int] = {}
         self.eventfds: set[int] = set()
-        #: vCPUs asked for a master-clock update (KVM_REQ_MASTERCLOCK_UPDATE)
-        self.masterclock_requests: set[int] = set()
+        #: vCPU id -> a master-clock update asked of it (KVM_REQ_MASTERCLOCK_UPDATE, a bit
+        #: of that vCPU's own requests): only the vCPU itself sets its entry (a WRMSR) and
+        #: serves it, each under its vcpu->mutex, so one vCPU's entry never races another's
+        self.masterclock_requests: defaultdict[int, bool] = defaultdict(bool)
 
     def set_msr(self, vcpu: Any, msr: str, value: int) -> None:
         """WRMSR from ``vcpu`` (its mutex held). Partition-wide MSRs go under ``hv_lock``."""
@@ -113,7 +116,7 @@ class HyperV:
                 self.vm.hv_tsc_page_updates += 1
             self.partition[TSC_PAGE_STATUS] = TSC_PAGE_SET
             return
-        self.masterclock_requests.add(vcpu.id)  # kvm_make_request(): an atomic bit
+        self.masterclock_requests[vcpu.id] = True  # kvm_make_request() to the vCPU itself
 
     def request_tsc_page_update(self) -> None:
         """``kvm_hv_request_tsc_page_update``: the host clock changed (``KVM_SET_CLOCK``), so

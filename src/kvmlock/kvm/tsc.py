@@ -201,8 +201,8 @@ class TscSync:
         own clock update (``kvm_guest_time_update``), which rewrites the Hyper-V reference TSC
         page from the VM's clock if the page is marked changed."""
         vcpu.mutex.assert_held()
-        if hv is not None and vcpu.id in hv.masterclock_requests:  # only vcpu itself sets it
-            hv.masterclock_requests.discard(vcpu.id)
+        if hv is not None and hv.masterclock_requests[vcpu.id]:  # only vcpu itself sets it
+            hv.masterclock_requests[vcpu.id] = False
             self.update_masterclock(hv)
         bit = 1 << vcpu.id
         late = CLOCK_REQUEST_CLEARED_AFTER_SERVICE in self.vm.hazards
