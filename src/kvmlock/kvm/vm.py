@@ -29,6 +29,7 @@ from kvmlock.sync import (
     RWLock,
     RWSemaphore,
     SpinLock,
+    data_racy,
     guarded_by,
     peek,
 )
@@ -125,6 +126,12 @@ class VM:
     #: the VM-wide vCPU settings (a VM ioctl sets them on every vCPU): what a new vCPU starts
     #: with; each access is a step, so a write made outside kvm->lock can race a creation
     vcpu_defaults = guarded_by("lock", visible=True)
+    #: event counters (``kvm->stat``)
+    stats = data_racy(
+        "event counters, as kvm->stat's plain u64 fields: bumped by whichever path counts "
+        "(a remote TLB flush under read-mode mmu_lock or none, a memslot update, a sync), "
+        "never read by the model to decide anything; checks read them after every task "
+        "is joined")
 
     def __init__(
         self,
