@@ -16,6 +16,7 @@ from kvmlock import runtime
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.page_fault import EMULATE, GUEST_FAULT, MMIO, page_fault
 from kvmlock.kvm.mmu.page_track import check_hw_write, emulate_write, shadow_guest_table
+from kvmlock.kvm.mmu.shadow import GPTE_READONLY
 from kvmlock.kvm.mmu.sync import sync_roots
 from kvmlock.kvm.mmu.tdp_mmu import kvm_mmu_reload
 from kvmlock.kvm.mmu.tlb import flush_remote_tlbs
@@ -264,8 +265,10 @@ def _gpte_target(vm: VM, va: int, gfn: int | None, who: str) -> ShadowPage:
     if mmu.tdp:
         raise ValueError(f"{who}: the VM uses TDP; guest page tables are not shadowed")
     mmu.check_va(va)
-    if gfn is not None and (not isinstance(gfn, int) or isinstance(gfn, bool) or gfn < 0):
-        raise ValueError(f"{who}: gfn must be a non-negative integer or None, got {gfn!r}")
+    if gfn is not None and (not isinstance(gfn, int) or isinstance(gfn, bool) or
+                            not 0 <= gfn < GPTE_READONLY - 1):
+        raise ValueError(f"{who}: gfn must be a non-negative integer below 2**40, or None, "
+                         f"got {gfn!r}")
     mmu.load()
     loc = mmu.walk(va)
     if loc is None:  # a zap freed the page: shadow the table again
@@ -274,8 +277,14 @@ def _gpte_target(vm: VM, va: int, gfn: int | None, who: str) -> ShadowPage:
     return loc[0]
 
 
-def set_gpte(vm: VM, va: int, gfn: int | None) -> None:
-    """Shadow paging: the guest points ``va`` at ``gfn`` (None: unmaps it) and flushes it.
+def _gpte(gfn: int | None, writable: bool) -> int:
+    """The guest PTE's value in the model's guest table."""
+    return 0 if gfn is None else (gfn + 1) | (0 if writable else GPTE_READONLY)
+
+
+def set_gpte(vm: VM, va: int, gfn: int | None, *, writable: bool = True) -> None:
+    """Shadow paging: the guest points ``va`` at ``gfn`` (None: unmaps it; ``writable=False``:
+    maps it read-only) and flushes it.
 
     The write leaves the shadow page out of date (*unsync*, recorded under
     ``mmu_unsync_pages_lock``); the guest's INVLPG that follows makes KVM sync it -- here by
@@ -296,7 +305,7 @@ def set_gpte(vm: VM, va: int, gfn: int | None) -> None:
     with vm.mmu_lock.write():
         if not sampled:
             sp = mmu.shadow_page_for(va)[0]  # the page found above may have been zapped
-        mmu.gpt[va].store(0 if gfn is None else gfn + 1)
+        mmu.gpt[va].store(_gpte(gfn, writable))
         if not sampled:
             was_unsync = sp.unsync
         if not early:
@@ -314,9 +323,9 @@ def set_gpte(vm: VM, va: int, gfn: int | None) -> None:
                 mmu._count_unsync(-1)  # noqa: SLF001 - mark_synced, its lock already held
 
 
-def write_gpte(vcpu: VCPU, va: int, gfn: int | None) -> None:
-    """Shadow paging: the guest on ``vcpu`` stores a new entry for ``va`` in its page table,
-    and flushes nothing yet.
+def write_gpte(vcpu: VCPU, va: int, gfn: int | None, *, writable: bool = True) -> None:
+    """Shadow paging: the guest on ``vcpu`` stores a new entry for ``va`` in its page table
+    (``writable=False``: a read-only one), and flushes nothing yet.
 
     While its shadow page is in sync the table is write-protected, so the store exits; KVM
     lets the page go *unsync* (``mmu_try_to_unsync_pages``: ``mmu_lock`` for write, the page
@@ -339,7 +348,7 @@ def write_gpte(vcpu: VCPU, va: int, gfn: int | None) -> None:
             # the table as it is mapped now: unshadowed (the page zapped) is writable too
             cur = vm.mmu.walk(va)
             if cur is None or cur[0].gpt_writable:
-                vm.mmu.gpt[va].store(0 if gfn is None else gfn + 1)
+                vm.mmu.gpt[va].store(_gpte(gfn, writable))
                 return
         finally:
             vcpu.exit_guest()

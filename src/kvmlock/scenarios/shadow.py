@@ -25,6 +25,10 @@ write; a fault re-checks the guest PTE it walked before installing).
 * ``shadow.flooding_vs_nested_walk`` -- the flooding zap of a guest table's upper-level
   shadow page races a nested guest whose walks pass through that page (and whose
   paging-structure cache keeps it): the page is freed only after the remote flush.
+* ``shadow.readonly_rebuild_vs_logging_on`` -- turning dirty logging on flushes only after
+  dropping ``mmu_lock``; meanwhile a fault rebuilds an access-tracked SPTE read-only (the
+  guest made its PTE read-only) and must flush itself, or a vCPU shadowing the gfn finds
+  nothing to flush and a stale writable translation writes the shadowed table.
 * ``shadow.wrprot_vs_dirty`` -- write-protecting a shadowed gfn replaces a volatile SPTE with
   an exchange, judged on the value it replaces.
 
@@ -912,3 +916,58 @@ def flooding_vs_nested_walk(broken: bool) -> None:
         f"the third emulated write floods the table once: {vm.stats['mmu_flooded']} zap(s)")
     assert vm.mmu.shadowed.get(1) not in (None, first), (
         "after the zap, vcpu1's walk shadows the table again with a new page")
+
+
+def _readonly_rebuild_vs_logging_on(broken: bool, readonly: bool = True) -> None:
+    # Shadow paging, A/D bits off. vcpu1 has written page 0 -> gfn 1: its SPTE is writable
+    # and MMU-writable, and vcpu1's TLB caches it writable. The guest already changed another
+    # entry of the table, so the shadow page is unsync and the table writable to the guest.
+    # Userspace turns dirty logging on (W leaves the SPTE, MMU-writable stays, and the flush
+    # comes only after mmu_lock is dropped) while, on the guest's side: the host ages gfn 1
+    # (the SPTE is access-tracked: no R, still MMU-writable); the guest makes page 0
+    # read-only with a plain store; vcpu0 reads page 0 and faults, and the fault rebuilds the
+    # SPTE read-only and not MMU-writable; vcpu2 starts shadowing the guest table at gfn 1,
+    # finds no MMU-writable SPTE and relies on the protection at once; vcpu1 writes page 0.
+    # (``readonly=False``: the guest keeps page 0 writable, so the rebuilt SPTE stays
+    # MMU-writable and the shadowing vCPU's write-protection flushes for itself.)
+    vm = VM(nr_vcpus=3, nr_pages=4, host_pages=4, tdp=False, ad_disabled=True,
+            hazards={"shadow_fault_wrprot_no_flush": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0)
+    v0, v1, v2 = vm.vcpus
+    set_gpte(vm, 0, 1)
+    guest_write(v1, 0, 5)
+    write_gpte(v0, 3, 3)  # exits once: the page goes unsync, its table writable
+    assert v1.tlb[0].writable
+
+    def guest_side() -> None:
+        vm.host.age(1)
+        write_gpte(v0, 0, 1, writable=not readonly)
+        assert guest_read(v0, 0) == 5
+        assert shadow_guest_table(v2, 1)
+        try:
+            guest_write(v1, 0, 7)
+        except GuestFault:
+            pass  # page 0 is read-only to the guest now: its write faults into the guest
+
+    _run(("KVM_SET_USER_MEMORY_REGION_log_dirty",
+          lambda: vm.set_memory_region(0, base_gfn=0, npages=4, hva=0, flags=LOG_DIRTY_PAGES)),
+         ("guest_ages_protects_reads_shadows_writes", guest_side))
+    vm.check()
+
+
+_RO_REBUILD_INV = ("no guest write reaches a shadowed guest page table through a writable "
+                   "translation; every SPTE of a synced page allows no more than the guest's "
+                   "PTE")
+
+
+@pair("shadow.readonly_rebuild_vs_logging_on",
+      rule="a shadow fault that rebuilds an MMU-writable SPTE without W flushes (the flush "
+           "mmu_spte_update asks for): turning dirty logging on cleared W and flushes only "
+           "after dropping mmu_lock, so a vCPU may still cache the SPTE writable",
+      broken_rule="the fault ignores that flush: the SPTE is read-only and not MMU-writable, "
+                  "so the vCPU that shadows the gfn flushes nothing and relies on it, and the "
+                  "stale writable translation writes the shadowed table",
+      broken_expect="assertion", catches=("shadow_fault_wrprot_no_flush",),
+      invariant=_RO_REBUILD_INV, **_BOUND)
+def readonly_rebuild_vs_logging_on(broken: bool) -> None:
+    _readonly_rebuild_vs_logging_on(broken)

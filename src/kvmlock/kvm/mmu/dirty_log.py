@@ -137,16 +137,23 @@ def _protect_gfn(vm: VM, gfn: int) -> bool:
 
 
 def slot_remove_write_access(vm: VM, slot: Memslot) -> None:
-    """Logging was turned on: write-protect the whole slot (PML: clear Dirty), then flush if
-    needed."""
+    """Logging was turned on: write-protect the whole slot (PML: clear Dirty) under
+    ``mmu_lock``, then flush if needed -- after dropping the lock, as
+    ``kvm_mmu_slot_apply_flags`` does: the slot must be fully protected only before the
+    memslot update returns to userspace, which then reads the log.
+
+    So between the unlock and the flush an SPTE may be read-only while a vCPU still caches it
+    writable. Whoever takes mmu_lock meanwhile and relies on a read-only SPTE must not trust
+    W: it judges on MMU-writable, which this protection leaves set, and flushes itself when
+    it takes that away (see :func:`~kvmlock.kvm.mmu.update.spte_update`)."""
     if LOGGING_NO_WRPROT in vm.hazards:
         return
     with vm.mmu_lock.write():
         flush = False
         for gfn in range(slot.base_gfn, slot.base_gfn + slot.npages):
             flush |= _protect_gfn(vm, gfn)
-        if flush and LOGGING_WRPROT_NO_FLUSH not in vm.hazards:
-            flush_remote_tlbs(vm)
+    if flush and LOGGING_WRPROT_NO_FLUSH not in vm.hazards:
+        flush_remote_tlbs(vm)
 
 
 def get_dirty_log(vm: VM, slot_id: int) -> list[int]:

@@ -72,6 +72,13 @@ SHADOW_REMAP_DROPS_AD = mutant(
     "drop_spte's clear_track_bits)",
     breaks="Dirty bit: a guest write through an SPTE reaches the page before the SPTE is "
            "dropped, or the old page's swap-out skips the write-back")
+SHADOW_FAULT_WRPROT_NO_FLUSH = mutant(
+    "shadow_fault_wrprot_no_flush", removes="the remote TLB flush a shadow fault owes when it "
+    "rebuilds a present MMU-writable SPTE without W (the flush mmu_spte_update asks for)",
+    breaks="TLB: an SPTE that was MMU-writable may still be cached writable (turning dirty "
+           "logging on flushes only after dropping mmu_lock): whoever makes it read-only and "
+           "not MMU-writable flushes, or a later write-protection finds nothing to flush and "
+           "relies on it while a vCPU still writes through the cached translation")
 PAGE_FAULT_NO_SRCU = mutant(
     "page_fault_no_srcu", removes="the page fault's kvm->srcu read side",
     breaks="memslots are used inside kvm->srcu, so a memslot update waits for the fault")
@@ -160,9 +167,9 @@ def page_fault(vcpu: VCPU, va: int, write: bool) -> str:
 def _slow_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
     vm = vcpu.vm
     mmu = vm.mmu
-    gfn = mmu.guest_translate(va)
-    if gfn is None:
-        return GUEST_FAULT
+    gfn, guest_writable = mmu.guest_pte(va)
+    if gfn is None or (write and not guest_writable):
+        return GUEST_FAULT  # the guest's own page fault, for the guest to handle
     slot = slots.lookup(gfn)
     if slot is None or (slot.invalid and FAULT_MAPS_INVALID_SLOT not in vm.hazards):
         return MMIO
@@ -178,13 +185,16 @@ def _slow_page_fault(vcpu: VCPU, va: int, write: bool, slots: Memslots) -> str:
     # with dirty logging on, only a write fault gets a writable SPTE: a read fault leaves the
     # page write-protected so that its first write is seen (by the fast path). With PML the
     # CPU sees writes itself: every writable SPTE is built with Dirty set and logged at once.
-    writable = host_writable and (write or not slot.logging or mmu.pml)
-    new = S.make(pfn, writable=writable, host_writable=host_writable, accessed=True,
-                 dirty=writable, ad_disabled=mmu.ad_disabled)
+    writable = host_writable and guest_writable and (write or not slot.logging or mmu.pml)
+    # a page the guest maps read-only is not MMU-writable either (make_spte sets MMU-writable
+    # only with write access): nothing may make its SPTE writable without a fault
+    new = S.make(pfn, writable=writable, host_writable=host_writable,
+                 mmu_writable=guest_writable, accessed=True, dirty=writable,
+                 ad_disabled=mmu.ad_disabled)
     slots.live()  # the fault keeps using what it looked up (slot, its bitmap and arch data)
     if mmu.tdp_mmu:
         return _tdp_map(vm, va, gfn, slot, hva, mmu_seq, pfn, write, new, vcpu.root)
-    return _shadow_map(vm, va, gfn, slot, hva, mmu_seq, pfn, write, new)
+    return _shadow_map(vm, va, (gfn, guest_writable), slot, hva, mmu_seq, pfn, write, new)
 
 
 def _tdp_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int, pfn: int,
@@ -229,18 +239,20 @@ def _tdp_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int, p
     return EMULATE if write and not S.is_writable(new) else FIXED
 
 
-def _shadow_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int, pfn: int,
-                write: bool, new: int) -> str:
+def _shadow_map(vm: VM, va: int, gpte: tuple[int, bool], slot: Memslot, hva: int,
+                mmu_seq: int, pfn: int, write: bool, new: int) -> str:
     """The shadow MMU: ``mmu_lock`` for write; the rmap and its pages change here (indirect
-    pages with shadow paging, direct ones with TDP when the TDP MMU is off)."""
+    pages with shadow paging, direct ones with TDP when the TDP MMU is off). ``gpte`` is the
+    guest PTE the fault walked: the gfn and whether the guest allows writes."""
     mmu = vm.mmu
+    gfn = gpte[0]
     mmu.load()
     mode = vm.mmu_lock.read() if SHADOW_FAULT_READ_LOCK in vm.hazards else vm.mmu_lock.write()
     with mode:
         if invalidate_retry(vm, mmu_seq, hva):
             return RETRY
-        if mmu.guest_translate(va) != gfn and NO_GPTE_RECHECK not in vm.hazards:
-            return RETRY  # the guest re-pointed its page table meanwhile
+        if mmu.guest_pte(va) != gpte and NO_GPTE_RECHECK not in vm.hazards:
+            return RETRY  # the guest changed its page table entry meanwhile
         sp, i = mmu.shadow_page_for(va)  # built again if a zap freed it
         sptep = sp.sptes[i]
         new = tracked_spte(vm, slot, gfn, new)
@@ -258,7 +270,11 @@ def _shadow_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int
                 flush = SHADOW_REMAP_NO_FLUSH not in vm.hazards
                 spte_set(sptep, new)
             elif not S.hw_allows(old, write):
+                # an MMU-writable SPTE rebuilt without W asks for a flush (mmu_set_spte): the
+                # W it had may be cached still, its flush deferred by whoever cleared it
                 flush = spte_update(vm, sptep, new | (old & (S.ACCESSED | S.DIRTY)))
+                if SHADOW_FAULT_WRPROT_NO_FLUSH in vm.hazards:
+                    flush = False  # broken: a translation cached writable survives
         else:
             spte_set(sptep, new)
         assert slot.arch.rmaps, (f"memslot {slot.id} has no rmaps: the rmap walk of a "

@@ -46,10 +46,14 @@ from kvmlock.sync import Atomic64, guarded_by, peek
 if TYPE_CHECKING:
     from kvmlock.kvm.vm import VM
 
-__all__ = ["MMU", "SP_ENTRIES", "ShadowPage", "TdpRoot", "check_rmaps",
+__all__ = ["GPTE_READONLY", "MMU", "SP_ENTRIES", "ShadowPage", "TdpRoot", "check_rmaps",
            "first_shadow_root_alloc", "grace_period", "unmap_gfn_range", "zap_gfn_range"]
 
 SP_ENTRIES = 8
+
+#: a guest PTE's read-only flag (the guest cleared its W bit): gpt values are gfn + 1, or'ed
+#: with this; a shadow SPTE of such a PTE is neither writable nor MMU-writable
+GPTE_READONLY = 1 << 40
 
 TDP_LINK_WITHOUT_PAGES_LOCK = mutant(
     "tdp_link_without_pages_lock", removes="tdp_mmu_pages_lock around linking a new shadow page",
@@ -241,7 +245,8 @@ class MMU:
         self.shadowed: dict[int, ShadowPage] = {}
         #: gfn -> {(sp, i)}: which SPTEs map it; under mmu_lock held for write
         self.rmap: dict[int, frozenset[tuple[ShadowPage, int]]] = {}
-        #: shadow paging only: the guest's page table, va -> gfn + 1 (0: not present)
+        #: shadow paging only: the guest's page table, va -> gfn + 1 (0: not present), with
+        #: ``GPTE_READONLY`` when the guest maps the page read-only
         self.gpt = [] if tdp else [Atomic64(0, name=f"gpte[{v}]") for v in range(nr_va)]
         self.loaded = False
         #: gfns whose write-protection is complete and relied on (the model's audit, no lock)
@@ -533,9 +538,13 @@ class MMU:
                 what = f"SPTE of guest page {va} ({S.describe(v)}, gfn {gfn})"
                 if not self.tdp:
                     g = self.gpt[va].peek()
-                    if g - 1 != gfn and not sp.unsync:
+                    named = (g & ~GPTE_READONLY) - 1
+                    if named != gfn and not sp.unsync:
                         bad.append(f"{what}: the guest maps that page to "
-                                   f"{'nothing' if not g else f'gfn {g - 1}'}")
+                                   f"{'nothing' if not g else f'gfn {named}'}")
+                    elif g & GPTE_READONLY and v & (S.W | S.MMU_WRITABLE) and not sp.unsync:
+                        bad.append(f"{what}: writable or MMU-writable, but the guest maps "
+                                   "that page read-only")
                     if (sp, i) not in self.rmap.get(gfn, ()):
                         bad.append(f"{what}: missing from gfn {gfn}'s rmap (a zap cannot "
                                    "find it)")
@@ -643,10 +652,17 @@ class MMU:
 
     def guest_translate(self, va: int) -> int | None:
         """The guest's own translation of ``va`` to a gfn (identity with TDP)."""
+        return self.guest_pte(va)[0]
+
+    def guest_pte(self, va: int) -> tuple[int | None, bool]:
+        """The guest's PTE for ``va``, read once: the gfn it names (None: not present) and
+        whether the guest lets it be written (always, with TDP)."""
         if self.tdp:
-            return va
+            return va, True
         g = self.gpt[va].load()
-        return g - 1 if g else None
+        if not g:
+            return None, False
+        return (g & ~GPTE_READONLY) - 1, not g & GPTE_READONLY
 
     # ----------------------------------------------------------- gfn -> SPTEs (mmu_lock held)
 

@@ -91,13 +91,15 @@ SYNC_WITHOUT_SRCU = mutant(
 
 
 def _sync_spte(vm: VM, sp: ShadowPage, i: int) -> bool:
-    """``sync_spte``: drop entry ``i`` of ``sp`` if the guest PTE now names another gfn;
-    True if an SPTE was dropped."""
+    """``sync_spte``: drop entry ``i`` of ``sp`` if the guest PTE now names another gfn, or
+    made the page read-only under an SPTE that may be written; True if an SPTE was dropped."""
     mmu = vm.mmu
-    if not S.is_present(sp.sptes[i].load()):
+    cur = sp.sptes[i].load()
+    if not S.is_present(cur):
         return False
     va = sp.index * len(sp.sptes) + i
-    if mmu.guest_translate(va) == sp.gfn_at(i):
+    gfn, writable = mmu.guest_pte(va)
+    if gfn == sp.gfn_at(i) and (writable or not cur & (S.W | S.MMU_WRITABLE)):
         return False
     # rmap_remove finds the gfn's rmap in its memslot (slot->arch.rmap), looked up in the
     # memslots array kvm->srcu protects: a deletion frees the slot's arch data after the
