@@ -7,6 +7,7 @@ import pytest
 
 import kvmlock
 from kvmlock.sync import (
+    RCU,
     SRCU,
     Atomic64,
     CpuHotplugLock,
@@ -178,8 +179,9 @@ def test_cpu_hotplug_lock_is_a_non_recursive_rwsem():
         assert not h.cpus_read_trylock()
 
 
-def test_srcu_synchronize_waits_for_earlier_readers_only():
-    s = SRCU("s")
+@pytest.mark.parametrize("kind", [SRCU, RCU])
+def test_srcu_synchronize_waits_for_earlier_readers_only(kind):
+    s = kind("s")
     idx = s.read_lock()
     done = threading.Event()
     t = kvmlock.spawn(lambda: (s.synchronize(), done.set()))
@@ -210,8 +212,9 @@ def _second_grace_period_returned_early(srcu: SRCU) -> bool:
     return early
 
 
-def test_srcu_overlapping_grace_periods_both_wait_for_an_older_reader():
-    assert not _second_grace_period_returned_early(SRCU("s"))
+@pytest.mark.parametrize("kind", [SRCU, RCU])
+def test_srcu_overlapping_grace_periods_both_wait_for_an_older_reader(kind):
+    assert not _second_grace_period_returned_early(kind("s"))
 
 
 def test_srcu_waiting_for_one_epoch_only_is_seen_failing():

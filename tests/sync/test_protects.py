@@ -17,6 +17,7 @@ import pytest
 
 from kvmlock import explore, lockdep, spawn
 from kvmlock.sync import (
+    RCU,
     SRCU,
     Guarded,
     Mutex,
@@ -89,6 +90,20 @@ def test_update_side_lock_allows_srcu_dereference_check():
     assert r.kind == "suspicious_rcu"
     assert [h.name for h in r.held_locks] == ["t.other"]
     assert "1 lock held by" in str(r) and "(t.other)" in str(r)
+
+
+def test_an_rcu_instances_read_side_is_rcu_read_lock():
+    """An ``RCU`` reader holds what ``rcu_read_lock()`` does (and a near miss: after leaving,
+    the same read is suspicious again)."""
+    rcu, p = RCU("t.rcu"), RcuPointer("v", name="t->gp")
+    with rcu.read():
+        assert lockdep.rcu_read_lock_held()
+        assert p.rcu_dereference() == "v"
+    assert lockdep.reports() == []
+    assert not lockdep.rcu_read_lock_held()
+    p.rcu_dereference()
+    (r,) = lockdep.reports()
+    assert r.kind == "suspicious_rcu"
 
 
 def test_rcu_dereference_needs_rcu_read_lock():

@@ -19,7 +19,8 @@ second read-mode writer of non-leaf entries, against the paths it races
   swap-out flushes nothing, so the vCPU must have served its request with its root already
   invalid, and flushed its TLB loading the new one. With the request made before the
   invalidation, the vCPU can serve it while its root is still valid and keep reading the
-  freed frame.
+  freed frame. (Bounded to three preemptions: the zap's walk of the roots takes and puts
+  references the vCPU's put is ordered against.)
 * ``tdp_mmu.fast_zap_vs_fault`` -- a vCPU's first read of a page (a slow TDP fault) races a
   fast zap (the ``nx_huge_pages`` parameter changed: ``kvm_update_nx_huge_pages``). A fault
   that runs after the roots were invalidated must retry (the vCPU reloads first): installing
@@ -38,6 +39,11 @@ second read-mode writer of non-leaf entries, against the paths it races
   roots, the invalidated root still holds the page's Dirty SPTE: the notifier's unmap must
   drop it (and pass its Dirty bit on) like any other. Walking the valid root only, the
   swap-out finds the page clean and frees it unwritten; the guest's write is lost.
+* ``tdp_mmu.root_free_vs_root_walk`` -- vcpu0 serves its request after a fast zap: it puts
+  the last reference to its old root, which leaves ``tdp_mmu_roots``, and frees it; a second
+  fast zap meanwhile walks the list (``tdp_mmu_next_root``: under the RCU read side, the next
+  root, then a reference to it if its count is not zero). The free waits for an RCU grace
+  period; freed at once, the walk reads the count of a freed root.
 * ``memslots.load_root_vs_fast_zap`` -- vcpu0 serves its request and loads the valid root
   (made by vcpu1) while a second fast zap invalidates that root and vcpu1 puts its reference
   to it. The look-up and the get are under ``mmu_lock``; made before it, vcpu0 finds the root,
@@ -52,7 +58,7 @@ from __future__ import annotations
 
 from kvmlock.kvm.guest import GuestFault, guest_read, guest_write
 from kvmlock.kvm.mmu.nx_recovery import recover_nx_huge_page
-from kvmlock.kvm.mmu.tdp_mmu import update_nx_huge_pages, zap_all_fast
+from kvmlock.kvm.mmu.tdp_mmu import kvm_mmu_reload, update_nx_huge_pages, zap_all_fast
 from kvmlock.kvm.vm import VM
 from kvmlock.scenarios.orders import together
 from kvmlock.scenarios.registry import pair
@@ -180,7 +186,8 @@ def fast_zap_vs_fault(broken: bool) -> None:
                   "through the old translation after the host swapped it out",
       broken_expect="assertion",
       invariant="no access touches a freed frame; every root's count equals its holders",
-      catches=("obsolete_roots_request_first",), **_BOUND)
+      catches=("obsolete_roots_request_first",), strategy="dpor", max_runs=20000,
+      preemption_bound=3)
 def fast_zap_vs_running_vcpu(broken: bool) -> None:
     vm = _one_slot_vm("obsolete_roots_request_first", broken, npages=1)
     (v0,) = vm.vcpus
@@ -254,6 +261,36 @@ def fast_zap_vs_swap_out(broken: bool) -> None:
     vm.check()
     got = guest_read(v0, 0)  # vcpu0 serves its request, reloads, faults the page back in
     assert got == 7, f"vcpu0 wrote 7 to gfn 0 but reads {got:#x} after the swap-out"
+
+
+@pair("tdp_mmu.root_free_vs_root_walk",
+      rule="a TDP root whose last reference is put leaves tdp_mmu_roots with list_del_rcu and "
+           "is freed after an RCU grace period: a walk of the list that reached it just "
+           "before still reads it, inside its read side, and takes no reference to a root "
+           "whose count is zero",
+      broken_rule="the vCPU that puts the last reference frees the root at once: the second "
+                  "fast zap's walk of tdp_mmu_roots reads the count of a freed root",
+      broken_expect="assertion",
+      invariant="no root is used after it was freed; every root's count equals its holders",
+      catches=("root_freed_at_once", "root_get_not_inc_not_zero"), **_BOUND)
+def root_free_vs_root_walk(broken: bool) -> None:
+    root_put_vs_zap_walk({"root_freed_at_once": broken})
+
+
+def root_put_vs_zap_walk(hazards: dict[str, bool] | None = None, shared: bool = True) -> None:
+    """The body of ``tdp_mmu.root_free_vs_root_walk``; ``shared=False`` walks the roots with
+    ``mmu_lock`` held for write, which no put can run beside (a near miss)."""
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=3, hazards=hazards)
+    vm.set_memory_region(0, base_gfn=0, npages=1, hva=0)
+    (v0,) = vm.vcpus
+    _fast_zap(vm)  # vcpu0 holds the invalidated root 0 alone: its put will be the last
+
+    def second_fast_zap() -> None:
+        with vm.slots_lock:
+            zap_all_fast(vm, shared=shared)
+
+    together(lambda: kvm_mmu_reload(v0), second_fast_zap,
+             names=["vcpu0 serves its request", "second fast zap"])
     vm.check()
 
 

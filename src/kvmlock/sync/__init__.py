@@ -13,7 +13,7 @@ protection.
 from kvmlock.sync.atomic import Atomic64
 from kvmlock.sync.guarded import Guarded, data_racy, guarded_by, peek
 from kvmlock.sync.mutex import Mutex, RawSpinLock, SpinLock
-from kvmlock.sync.rcu import RcuPointer, rcu_read_lock, rcu_read_unlock
+from kvmlock.sync.rcu import RCU, RcuPointer, rcu_read_lock, rcu_read_unlock
 from kvmlock.sync.rcuwait import RCUWait
 from kvmlock.sync.rwlock import RWLock
 from kvmlock.sync.rwsem import CpuHotplugLock, RWSemaphore
@@ -24,6 +24,7 @@ __all__ = [
     "CpuHotplugLock",
     "Guarded",
     "Mutex",
+    "RCU",
     "RCUWait",
     "RWLock",
     "RWSemaphore",

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from kvmlock import runtime
+from kvmlock import lockdep, runtime
 from kvmlock.lockdep.protect import (
     RCU_READ_LOCK,
     check_lock,
@@ -34,8 +34,9 @@ from kvmlock.lockdep.protect import (
     unguarded,
 )
 from kvmlock.runtime import world as _world
+from kvmlock.sync.srcu import SRCU
 
-__all__ = ["RcuPointer", "rcu_read_lock", "rcu_read_unlock"]
+__all__ = ["RCU", "RcuPointer", "rcu_read_lock", "rcu_read_unlock"]
 
 Cond = bool | Callable[[], object]
 
@@ -167,3 +168,35 @@ class RcuPointer:
 
     def __repr__(self) -> str:
         return f"<RcuPointer {self.name} -> {self._v!r}>"
+
+
+class RCU(SRCU):
+    """The RCU read side with grace periods a program can wait for: SRCU's epochs, with the
+    read side taken as ``rcu_read_lock`` (the one pseudo-lock every RCU reader holds, so
+    :func:`~kvmlock.lockdep.rcu_read_lock_held` and :meth:`RcuPointer.rcu_dereference` see
+    it) instead of a lock class of its own.
+
+    The kernel has one RCU; a program keeps its readers on its own instance, so that two
+    explorations (or two models) never wait for each other's readers. Entering and leaving
+    the read side are visible steps under the explorer, as is the start of a grace period,
+    so the explorer orders a reader's steps against an updater's unlink and free.
+
+    Unlike ``synchronize_srcu``, ``synchronize`` validates no acquire against the locks held:
+    the kernel's RCU takes no part in lockdep's dependencies (a task waiting for a grace
+    period inside its own read side never returns: the explorer reports the hang).
+    """
+
+    KIND = "rcu"
+
+    __slots__ = ()
+
+    def _lock_map(self, name: str, key: object | None) -> Any:
+        return RCU_READ_LOCK
+
+    def synchronize(self) -> None:
+        """``synchronize_rcu``: wait until every reader that entered before this call has
+        left."""
+        lockdep.might_sleep("synchronize_rcu")
+        self._grace_period()
+
+    call_rcu = SRCU.call_srcu

@@ -25,18 +25,22 @@ class SRCU:
 
     def __init__(self, name: str, *, key: object | None = None) -> None:
         self.name = check_name(name, type(self).__name__)
-        self._map = lockdep.LockMap(name, self.KIND, key)
+        self._map = self._lock_map(name, key)
         self._wq = runtime.active().waitq(self)
         self._epoch = 0
         self._readers: dict[int, int] = {}  # epoch -> readers still inside
         self._callbacks: list[tuple[int, Callable[[], object]]] = []
+
+    def _lock_map(self, name: str, key: object | None) -> lockdep.LockMap:
+        """The read side's lock class: each SRCU its own, named by its name (or key)."""
+        return lockdep.LockMap(name, self.KIND, key)
 
     def read_lock(self) -> int:
         """Enter a read-side critical section; pass the returned index to :meth:`read_unlock`."""
         self._map.acquire(0, 2)
         wq = self._wq
         with wq:
-            wq.point("srcu_read_lock", False)
+            wq.point(f"{self.KIND}_read_lock", False)
             idx = self._epoch
             self._readers[idx] = self._readers.get(idx, 0) + 1
         return idx
@@ -44,13 +48,13 @@ class SRCU:
     def read_unlock(self, idx: int) -> None:
         if not isinstance(idx, int) or not self._readers.get(idx):
             raise ValueError(
-                f"srcu_read_unlock({self.name}, {idx!r}): no reader is inside with that index "
-                f"(pass the value srcu_read_lock returned)"
+                f"{self.KIND}_read_unlock({self.name}, {idx!r}): no reader is inside with that "
+                f"index (pass the value {self.KIND}_read_lock returned)"
             )
         self._map.release()
         wq = self._wq
         with wq:
-            wq.point("srcu_read_unlock", False)
+            wq.point(f"{self.KIND}_read_unlock", False)
             left = self._readers[idx] - 1
             if left:
                 self._readers[idx] = left
@@ -66,13 +70,18 @@ class SRCU:
         """Wait until every reader that entered before this call has left."""
         lockdep.might_sleep("synchronize_srcu")
         self._map.sync()
+        self._grace_period()
+
+    def _grace_period(self) -> None:
+        """Open a new epoch, wait out every reader of an older one, run the callbacks due."""
         wq = self._wq
+        sync = f"synchronize_{self.KIND}"
         with wq:
-            wq.point("synchronize_srcu")
+            wq.point(sync)
             old = self._epoch
             self._epoch = old + 1
         with wq:
-            wq.wait_for(lambda: self._waited_out(old), "synchronize_srcu:wait")
+            wq.wait_for(lambda: self._waited_out(old), f"{sync}:wait")
             due = [cb for e, cb in self._callbacks if e <= old]
             self._callbacks = [(e, cb) for e, cb in self._callbacks if e > old]
         for cb in due:
@@ -87,10 +96,10 @@ class SRCU:
     def call_srcu(self, fn: Callable[[], object]) -> None:
         """Run ``fn`` after a grace period: at the end of a later synchronize or at barrier()."""
         if not callable(fn):
-            raise TypeError(f"call_srcu({self.name}): {fn!r} is not callable")
+            raise TypeError(f"call_{self.KIND}({self.name}): {fn!r} is not callable")
         wq = self._wq
         with wq:
-            wq.point("call_srcu")
+            wq.point(f"call_{self.KIND}")
             self._callbacks.append((self._epoch, fn))
 
     def barrier(self) -> None:
@@ -99,4 +108,5 @@ class SRCU:
             self.synchronize()
 
     def __repr__(self) -> str:
-        return f"<SRCU {self.name} epoch={self._epoch} readers={dict(self._readers)}>"
+        return (f"<{type(self).__name__} {self.name} epoch={self._epoch} "
+                f"readers={dict(self._readers)}>")

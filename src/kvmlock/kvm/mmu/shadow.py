@@ -41,7 +41,7 @@ from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.tlb import flush_remote_tlbs
 from kvmlock.kvm.mmu.update import spte_clear_track_bits
 from kvmlock.kvm.mutants import mutant, unless
-from kvmlock.sync import Atomic64, guarded_by, peek
+from kvmlock.sync import RCU, Atomic64, guarded_by, peek
 
 if TYPE_CHECKING:
     from kvmlock.kvm.vm import VM
@@ -255,6 +255,10 @@ class MMU:
         #: tdp_mmu_pages_lock) and the valid one (None after a fast zap, until a vCPU loads
         #: a new one). The first root is made with the VM, the MMU's own reference on it.
         self.roots: list[TdpRoot] = []
+        #: the RCU read side of the tasks that walk ``roots`` (the fast zap's zap of invalidated
+        #: roots, NX huge-page recovery); a grace period waits for them and for every vCPU's
+        #: lockless walk (:func:`grace_period`)
+        self.rcu = RCU("rcu")
         self.root: TdpRoot | None = None
         self.root_gen = 0
         if tdp:
@@ -722,10 +726,14 @@ class MMU:
 
 
 def grace_period(vm: VM) -> None:
-    """``synchronize_rcu`` as the lockless walkers see it: every vCPU out of the walk it may be
-    in, so none still uses a shadow page unlinked before this call."""
+    """The wait before an RCU callback (``call_rcu``) frees what was unlinked: every vCPU out
+    of the lockless walk it may be in, and every reader of the TDP MMU's roots that entered
+    its read side before this call out of it -- so none still uses a shadow page or a root
+    unlinked before this call."""
     for vcpu in vm.vcpus:
         vcpu.wait_lockless_walk()
+    if vm.mmu.tdp_mmu:
+        vm.mmu.rcu.synchronize()
 
 
 def first_shadow_root_alloc(vm: VM) -> None:

@@ -35,6 +35,7 @@ for its first KVM_RUN), without a visible step; later roots it loads with the ke
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from kvmlock import irq, runtime
@@ -51,8 +52,8 @@ if TYPE_CHECKING:
     from kvmlock.kvm.vm import VM
 
 __all__ = ["FREE_OBSOLETE_ROOTS", "check_roots", "check_still_frozen", "flush_shadow_memslot",
-           "handle_removed_table", "kvm_mmu_reload", "update_nx_huge_pages", "zap_all_fast",
-           "zap_invalidated_roots"]
+           "handle_removed_table", "kvm_mmu_reload", "walk_roots", "update_nx_huge_pages",
+           "zap_all_fast", "zap_invalidated_roots"]
 
 #: ``KVM_REQ_MMU_FREE_OBSOLETE_ROOTS``
 FREE_OBSOLETE_ROOTS = "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS"
@@ -95,6 +96,17 @@ ROOT_LOOKED_UP_UNLOCKED = mutant(
     breaks="a fast zap invalidates the roots under write-mode mmu_lock and then puts the MMU's "
            "reference: a root found without the lock may be invalidated and freed before the "
            "vCPU's get")
+ROOT_FREED_AT_ONCE = mutant(
+    "root_freed_at_once", removes="the RCU grace period before a TDP root whose last reference "
+    "was put is freed (freed at once, not by call_rcu)",
+    breaks="a root leaves tdp_mmu_roots with list_del_rcu: a walker of the list may have "
+           "reached it just before and still reads it (its role, its count) inside its RCU "
+           "read side")
+ROOT_GET_NOT_INC_NOT_ZERO = mutant(
+    "root_get_not_inc_not_zero", removes="the inc-not-zero of the reference a walker of "
+    "tdp_mmu_roots takes (a plain increment, whatever the count)",
+    breaks="a root whose count reached zero is on its way out: the walker that increments it "
+           "anyway holds a root that is freed under it")
 ZAPPED_ROOT_FREED_WITH_REFS = mutant(
     "zapped_root_freed_with_refs", removes="the put of the MMU's reference after the zap of "
     "an invalidated root (the root is freed once zapped, whoever still holds it)",
@@ -149,6 +161,55 @@ def _get_root(root: TdpRoot) -> None:
     root.refcount += 1
 
 
+def _try_get_root(vm: VM, root: TdpRoot, only_valid: bool) -> bool:
+    """``kvm_tdp_mmu_get_root`` on a root found in the list (``refcount_inc_not_zero``), after
+    the test of ``role.invalid`` when only valid roots are wanted; the caller is inside the
+    RCU read side, which is all that keeps the root's memory."""
+    runtime.active().point(root, "refcount_inc_not_zero tdp_mmu_root_count", True)
+    root.check_live("a walk of tdp_mmu_roots")
+    if only_valid and root.invalid:
+        return False
+    if root.refcount == 0 and ROOT_GET_NOT_INC_NOT_ZERO not in vm.hazards:
+        return False  # the last reference is gone: the root is being unlisted and freed
+    root.refcount += 1  # (broken: from zero, a reference to a root already on its way out)
+    return True
+
+
+def walk_roots(vm: VM, freed: list[TdpRoot], only_valid: bool = False) -> Iterator[TdpRoot]:
+    """``for_each_tdp_mmu_root_yield_safe`` (``mmu_lock`` held): each root of
+    ``tdp_mmu_roots`` a reference could be taken to, with that reference held while the caller
+    uses it. Each step is ``tdp_mmu_next_root``: inside the RCU read side, follow the list to
+    the next root and take a reference to it (not-zero); after leaving the read side, put the
+    reference to the root before. A root whose last reference that put was goes on ``freed``,
+    for the caller to free after a grace period once it drops ``mmu_lock``. The walk must be
+    run to its end (it holds a reference until then).
+
+    Each step through the list and each get is a visible step: a root is unlinked by its last
+    put under read-mode ``mmu_lock``, so the list changes under the walk, and only the grace
+    period before its free keeps a root the walk just reached alive."""
+    mmu = vm.mmu
+    rt = runtime.active()
+    roots = mmu.roots
+    prev: TdpRoot | None = None
+    at = 0  # where the next root sits in the list as the walk last saw it
+    while True:
+        with mmu.rcu.read():
+            while True:
+                rt.point(roots, "list_next_or_null_rcu tdp_mmu_roots", False)
+                root = roots[at] if at < len(roots) else None
+                if root is None or _try_get_root(vm, root, only_valid):
+                    break
+                # an unlinked root still points at what followed it: that now sits at ``at``
+                at = roots.index(root) + 1 if root in roots else at
+        if prev is not None and put_root(vm, prev):
+            freed.append(prev)
+        if root is None:
+            return
+        yield root
+        prev = root
+        at = roots.index(root) + 1 if root in roots else at
+
+
 def put_root(vm: VM, root: TdpRoot) -> bool:
     """``kvm_tdp_mmu_put_root`` (``mmu_lock`` held): True if that was the last reference and
     the root left ``tdp_mmu_roots``; the caller frees it after a grace period."""
@@ -166,6 +227,10 @@ def put_root(vm: VM, root: TdpRoot) -> bool:
 def _unlist_root(vm: VM, root: TdpRoot) -> None:
     with vm.tdp_mmu_pages_lock:
         runtime.active().point(vm.mmu.roots, "list_del_rcu tdp_mmu_roots", True)
+        assert root in vm.mmu.roots, (
+            f"BUG: TDP root {root.gen} taken off tdp_mmu_roots twice (list corruption): its "
+            "last reference was put twice -- a reference was taken after the count reached "
+            "zero")
         vm.mmu.roots.remove(root)
 
 
@@ -227,7 +292,8 @@ def _free_obsolete_root(vcpu: VCPU) -> None:
         last = put_root(vm, root)
     vcpu.root = None
     if last:
-        grace_period(vm)
+        if ROOT_FREED_AT_ONCE not in vm.hazards:
+            grace_period(vm)  # call_rcu (broken: a walker of the list may still read it)
         _free_root(root)
 
 
@@ -280,11 +346,11 @@ def zap_all_fast(vm: VM, shared: bool = True) -> int:
 def zap_invalidated_roots(vm: VM, shared: bool = True) -> int:
     """``kvm_tdp_mmu_zap_invalidated_roots``: remove every table of every root the last fast
     zap invalidated, then put the reference that kept the root; returns how many tables."""
-    mmu = vm.mmu
     gone: list[ShadowPage] = []
     freed: list[TdpRoot] = []
     with vm.mmu_lock.read() if shared else vm.mmu_lock.write():
-        for root in list(mmu.roots):
+        for root in walk_roots(vm, freed):  # a reference held to the root it is at
+            # role.invalid and the scheduled mark are read under mmu_lock, with a reference
             picked = root.invalid if ZAP_SELECTS_INVALID_ROOTS in vm.hazards else root.scheduled
             if not picked:  # (broken: a root an earlier zap zapped and put is taken again)
                 continue
@@ -294,12 +360,17 @@ def zap_invalidated_roots(vm: VM, shared: bool = True) -> int:
                 _unlist_root(vm, root)  # broken: vCPUs may still hold it
                 freed.append(root)
             elif put_root(vm, root):  # after the zap: notifiers reach the root until then
-                freed.append(root)
-    if freed or (gone and ZAPPED_TABLES_FREED_AT_ONCE not in vm.hazards):
+                freed.append(root)  # (not while the walk holds it: never the last put)
+    at_once = ROOT_FREED_AT_ONCE in vm.hazards
+    if at_once:
+        for root in freed:
+            _free_root(root)  # broken: a walker of the list may still read it
+    if (freed and not at_once) or (gone and ZAPPED_TABLES_FREED_AT_ONCE not in vm.hazards):
         grace_period(vm)  # call_rcu
     free_tables(gone, "the zap of invalidated roots")
-    for root in freed:
-        _free_root(root)
+    if not at_once:
+        for root in freed:
+            _free_root(root)
     return len(gone)
 
 
