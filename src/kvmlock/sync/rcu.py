@@ -34,7 +34,7 @@ from kvmlock.lockdep.protect import (
     unguarded,
 )
 from kvmlock.runtime import world as _world
-from kvmlock.sync.srcu import SRCU
+from kvmlock.sync.srcu import GracePeriods
 
 __all__ = ["RCU", "RcuPointer", "rcu_read_lock", "rcu_read_unlock"]
 
@@ -170,7 +170,7 @@ class RcuPointer:
         return f"<RcuPointer {self.name} -> {self._v!r}>"
 
 
-class RCU(SRCU):
+class RCU(GracePeriods):
     """The RCU read side with grace periods a program can wait for: SRCU's epochs, with the
     read side taken as ``rcu_read_lock`` (the one pseudo-lock every RCU reader holds, so
     :func:`~kvmlock.lockdep.rcu_read_lock_held` and :meth:`RcuPointer.rcu_dereference` see
@@ -199,4 +199,4 @@ class RCU(SRCU):
         lockdep.might_sleep("synchronize_rcu")
         self._grace_period()
 
-    call_rcu = SRCU.call_srcu
+    call_rcu = GracePeriods.call_srcu

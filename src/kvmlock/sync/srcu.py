@@ -18,8 +18,12 @@ from kvmlock import lockdep, runtime
 from kvmlock.sync._common import Section, check_name
 
 
-class SRCU:
-    KIND = "srcu"
+class GracePeriods:
+    """Readers counted by the epoch they entered in, and grace periods that wait them out: what
+    SRCU and RCU (:class:`kvmlock.sync.RCU`) share. A subclass names its ``KIND``, the lockdep
+    map its read side holds (:meth:`_lock_map`) and what ``synchronize`` checks first."""
+
+    KIND: str
 
     __slots__ = ("name", "_map", "_wq", "_epoch", "_readers", "_callbacks", "__weakref__")
 
@@ -32,8 +36,7 @@ class SRCU:
         self._callbacks: list[tuple[int, Callable[[], object]]] = []
 
     def _lock_map(self, name: str, key: object | None) -> lockdep.LockMap:
-        """The read side's lock class: each SRCU its own, named by its name (or key)."""
-        return lockdep.LockMap(name, self.KIND, key)
+        raise NotImplementedError
 
     def read_lock(self) -> int:
         """Enter a read-side critical section; pass the returned index to :meth:`read_unlock`."""
@@ -67,10 +70,7 @@ class SRCU:
         return Section(lambda: box.append(self.read_lock()), lambda: self.read_unlock(box.pop()))
 
     def synchronize(self) -> None:
-        """Wait until every reader that entered before this call has left."""
-        lockdep.might_sleep("synchronize_srcu")
-        self._map.sync()
-        self._grace_period()
+        raise NotImplementedError
 
     def _grace_period(self) -> None:
         """Open a new epoch, wait out every reader of an older one, run the callbacks due."""
@@ -110,3 +110,19 @@ class SRCU:
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} {self.name} epoch={self._epoch} "
                 f"readers={dict(self._readers)}>")
+
+
+class SRCU(GracePeriods):
+    KIND = "srcu"
+
+    __slots__ = ()
+
+    def _lock_map(self, name: str, key: object | None) -> lockdep.LockMap:
+        """The read side's lock class: each SRCU its own, named by its name (or key)."""
+        return lockdep.LockMap(name, self.KIND, key)
+
+    def synchronize(self) -> None:
+        """Wait until every reader that entered before this call has left."""
+        lockdep.might_sleep("synchronize_srcu")
+        self._map.sync()
+        self._grace_period()
