@@ -15,7 +15,7 @@ from spec_helpers import rules_doc
 
 from kvmlock import lockdep, spawn, spec
 from kvmlock.spec.graphview import snapshot
-from kvmlock.sync import SRCU, Mutex, RWLock, SpinLock
+from kvmlock.sync import SRCU, Mutex, RWLock, SpinLock, rcu_read_lock
 
 DOC = spec.parse(rules_doc(
     "kvm->lock is taken outside vcpu->mutex",
@@ -311,6 +311,19 @@ def test_undocumented_locks_are_listed() -> None:
 
     conf = spec.check(DOC, run(body))
     assert ("driver->private_lock", "mutex") in conf.undocumented
+
+
+def test_the_rcu_read_side_is_no_undocumented_lock() -> None:
+    """rcu_read_lock is every RCU reader's pseudo-lock, not the program's: taken under a
+    documented lock it is not listed, while a lock of the program's taken beside it is."""
+    def body(k: Locks) -> None:
+        private = Mutex("driver->private_lock")
+        with k.kvm_lock_, rcu_read_lock():
+            with private:
+                pass
+
+    conf = spec.check(DOC, run(body))
+    assert [n for n, _ in conf.undocumented] == ["driver->private_lock"]
 
 
 def test_empty_run_exercises_nothing_and_cannot_pass_what_it_cannot_check() -> None:
