@@ -119,7 +119,9 @@ def test_request_test_as_plain_read_is_flagged(monkeypatch: pytest.MonkeyPatch) 
 def test_role_invalid_as_plain_read_is_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not _at(_audit(FAST_ZAP, runs=100), "TdpRoot.invalid")
     monkeypatch.setattr(tdp_mmu, "_free_obsolete_root", _free_obsolete_root_plain)
-    hits = _at(_audit(FAST_ZAP, runs=100), "TdpRoot.invalid")
+    # (DPOR's first 300 executions reach a run where the read is unordered: the zap's walk of
+    # the roots list puts its own steps after the invalidation, which DPOR permutes first)
+    hits = _at(_audit(FAST_ZAP, runs=400), "TdpRoot.invalid")
     assert hits, "the plain read of role.invalid was not flagged"
     assert {f.first.function for f in hits} | {f.second.function for f in hits} >= {
         "_free_obsolete_root_plain", "_invalidate_all_roots"}
