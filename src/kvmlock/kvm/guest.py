@@ -71,6 +71,12 @@ TABLE_WRITABLE_AFTER_UNLOCK = mutant(
            "and marks the page in sync; the late step makes the table writable again, and the "
            "guest then changes a sync page's table without an exit")
 
+GPTE_FAULT_READ_LOCK = mutant(
+    "gpte_fault_read_lock", removes="mmu_lock held for write by the write-protection fault "
+    "on a guest table (taken for read)",
+    breaks="shadow paging: the fault may build and link the table's shadow page again after "
+           "a zap, which only write-mode mmu_lock keeps to one builder")
+
 PML_FLUSH_WITHOUT_SRCU = mutant(
     "pml_flush_without_srcu", removes="the kvm->srcu read side around draining the PML "
     "buffer into the dirty bitmap after a VM exit",
@@ -345,14 +351,17 @@ def write_gpte(vcpu: VCPU, va: int, gfn: int | None, *, writable: bool = True) -
         vcpu.enter_guest()
         try:
             rt.point(sp, "read guest table mapping", False)
-            # the table as it is mapped now: unshadowed (the page zapped) is writable too
+            # the table as it is mapped now: unshadowed (the page zapped) is writable too; a
+            # visible read, ordered against a zap's unlink and a fault's rebuild of the page
+            rt.point(vm.mmu.pages, "read guest table's shadow page", False)
             cur = vm.mmu.walk(va)
             if cur is None or cur[0].gpt_writable:
                 vm.mmu.gpt[va].store(_gpte(gfn, writable))
                 return
         finally:
             vcpu.exit_guest()
-        with vm.srcu.read(), vm.mmu_lock.write():  # the write-protection fault on the table
+        mode = vm.mmu_lock.read() if GPTE_FAULT_READ_LOCK in vm.hazards else vm.mmu_lock.write()
+        with vm.srcu.read(), mode:  # the write-protection fault on the table
             sp = vm.mmu.shadow_page_for(va)[0]  # the page seen in guest mode may be zapped
             # marked first: a CR3 load on another vCPU reads the flag without mmu_lock
             # (sync_roots), after its guest may already have stored through the table

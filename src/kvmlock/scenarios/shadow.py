@@ -29,6 +29,11 @@ write; a fault re-checks the guest PTE it walked before installing).
   dropping ``mmu_lock``; meanwhile a fault rebuilds an access-tracked SPTE read-only (the
   guest made its PTE read-only) and must flush itself, or a vCPU shadowing the gfn finds
   nothing to flush and a stale writable translation writes the shadowed table.
+* ``shadow.zap_all_flush`` -- the shadow MMU's ``zap_all`` commits (flush, then free) before
+  dropping ``mmu_lock``: a swap-out right after finds no SPTE and flushes nothing.
+* ``shadow.rebuild_vs_store``, ``shadow.first_stores_vs_zap`` -- a page built again after a
+  zap write-protects its table and flushes before the fault re-checks the guest PTE; the
+  write-protection fault that may rebuild it holds ``mmu_lock`` for write.
 * ``shadow.wrprot_vs_dirty`` -- write-protecting a shadowed gfn replaces a volatile SPTE with
   an exchange, judged on the value it replaces.
 
@@ -971,3 +976,77 @@ _RO_REBUILD_INV = ("no guest write reaches a shadowed guest page table through a
       invariant=_RO_REBUILD_INV, **_BOUND)
 def readonly_rebuild_vs_logging_on(broken: bool) -> None:
     _readonly_rebuild_vs_logging_on(broken)
+
+
+@pair("shadow.zap_all_flush",
+      rule="the shadow MMU's kvm_mmu_zap_all commits (remote flush, then free) before it "
+           "drops mmu_lock: a swap-out that takes the lock next finds no SPTE, so nothing "
+           "else would flush",
+      broken_rule="the commit runs after write_unlock: a swap-out in between finds no SPTE, "
+                  "flushes nothing and frees the frame while the vCPU's TLB still maps it",
+      broken_expect="assertion", catches=("shadow_zap_all_commit_after_unlock",),
+      invariant="no vCPU reaches a freed frame through a cached translation; the guest's "
+                "write survives the zap and the swap-out", **_BOUND)
+def zap_all_flush(broken: bool) -> None:
+    # TDP with the TDP MMU off (the shadow MMU's direct pages): vcpu0 has written gfn 0 and
+    # caches the translation; it reads again while every shadow page is zapped and the host
+    # swaps gfn 0's page out.
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2, tdp_mmu=False,
+            hazards={"shadow_zap_all_commit_after_unlock": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    (v0,) = vm.vcpus
+    guest_write(v0, 0, 1)
+    got: list[int] = []
+    _run(("vcpu0_reads_gfn0", lambda: got.append(guest_read(v0, 0))),
+         ("kvm_mmu_zap_all", vm.mmu.zap_all), ("swap_out_gfn0", lambda: vm.host.swap_out(0)))
+    vm.check()
+    assert got == [1] and guest_read(v0, 0) == 1, (
+        f"the guest wrote 1 to gfn 0 but reads {got} and {guest_read(v0, 0)}")
+
+
+@pair("shadow.first_stores_vs_zap",
+      rule="the write-protection fault on a guest table holds mmu_lock for write: after a "
+           "zap, of two vCPUs whose first stores to the table exit at once, one builds and "
+           "links its shadow page again and the other finds it",
+      broken_rule="the fault holds mmu_lock for read: both find the page missing and both "
+                  "build and link one",
+      broken_expect="assertion", catches=("gpte_fault_read_lock",),
+      invariant="every shadow page is built and linked once and stays reachable; a page in "
+                "sync maps what the guest's table names", **_BOUND)
+def first_stores_vs_zap(broken: bool) -> None:
+    # Page 0 -> gfn 1, read (its shadow page in sync, the table write-protected). vcpu0 and
+    # vcpu1 store new entries for pages 0 and 1 of that table (both exit) while every
+    # shadow page is zapped.
+    vm = _zapped_vm(2, "gpte_fault_read_lock", broken)
+    v0, v1 = vm.vcpus
+    guest_read(v0, 0)
+    _run(("vcpu0_first_store_page0", lambda: write_gpte(v0, 0, 2)),
+         ("vcpu1_first_store_page1", lambda: write_gpte(v1, 1, 3)),
+         ("kvm_mmu_zap_all", vm.mmu.zap_all))
+    vm.check()
+
+
+@pair("shadow.rebuild_vs_store",
+      rule="a shadow page built again after a zap write-protects its guest table and flushes "
+           "remote TLBs (account_shadowed) before it is used: the flush waits for a vCPU "
+           "still storing to the table through the mapping it had while unshadowed",
+      broken_rule="the rebuild skips the flush: the store lands after the fault installed "
+                  "the old entry's translation in a page that is in sync",
+      broken_expect="assertion",
+      catches=("shadow_rebuild_no_flush", "gpte_recheck_before_rebuild"),
+      invariant="a shadow page in sync maps what the guest's table names", **_BOUND)
+def rebuild_vs_store(broken: bool) -> None:
+    # Page 0 -> gfn 1, read. vcpu0's guest stores a new entry for page 0 (-> gfn 2): the
+    # table is write-protected when it starts, unshadowed (writable) once vcpu1 has zapped
+    # every shadow page; vcpu1 then reads page 0, and its fault builds the page again.
+    vm = _zapped_vm(2, "shadow_rebuild_no_flush", broken)
+    v0, v1 = vm.vcpus
+    guest_read(v0, 0)
+
+    def zap_then_read() -> None:
+        vm.mmu.zap_all()
+        guest_read(v1, 0)
+
+    _run(("vcpu0_stores_page0", lambda: write_gpte(v0, 0, 2)),
+         ("vcpu1_zaps_then_reads_page0", zap_then_read))
+    vm.check()

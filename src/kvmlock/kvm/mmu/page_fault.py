@@ -58,6 +58,13 @@ SLOW_PF_NO_MARK_DIRTY = mutant(
 NO_GPTE_RECHECK = mutant(
     "no_gpte_recheck", removes="the shadow fault's re-check of the guest PTE under mmu_lock",
     breaks="shadow paging: a guest page-table change between walk and install is retried")
+GPTE_RECHECK_BEFORE_REBUILD = mutant(
+    "gpte_recheck_before_rebuild", removes="the order of the shadow fault: the guest PTE "
+    "re-checked before the table's shadow page is built again (and the table write-protected "
+    "and flushed), not after",
+    breaks="shadow paging: a guest store through the mapping a vCPU had while the table was "
+           "unshadowed lands between the re-check and the write-protection, and the fault "
+           "installs the old entry in a page that is in sync")
 SHADOW_FAULT_READ_LOCK = mutant(
     "shadow_fault_read_lock", removes="write mode of mmu_lock in the shadow MMU fault",
     breaks="the shadow MMU changes rmaps and indirect pages only with mmu_lock held for write")
@@ -251,9 +258,14 @@ def _shadow_map(vm: VM, va: int, gpte: tuple[int, bool], slot: Memslot, hva: int
     with mode:
         if invalidate_retry(vm, mmu_seq, hva):
             return RETRY
-        if mmu.guest_pte(va) != gpte and NO_GPTE_RECHECK not in vm.hazards:
+        early = GPTE_RECHECK_BEFORE_REBUILD in vm.hazards
+        if early and mmu.guest_pte(va) != gpte:
+            return RETRY  # broken: the table may still be writable to another vCPU
+        # built again if a zap freed it: then the table is write-protected and flushed, so
+        # the guest entry is re-checked after, as FNAME(fetch) does after each child page
+        sp, i = mmu.shadow_page_for(va)
+        if not early and mmu.guest_pte(va) != gpte and NO_GPTE_RECHECK not in vm.hazards:
             return RETRY  # the guest changed its page table entry meanwhile
-        sp, i = mmu.shadow_page_for(va)  # built again if a zap freed it
         sptep = sp.sptes[i]
         new = tracked_spte(vm, slot, gfn, new)
         old = sptep.load()

@@ -120,6 +120,17 @@ ZAP_KEEPS_UNSYNC_ACCOUNTED = mutant(
     "accounting (kvm_unlink_unsync_page)",
     breaks="kvm->arch.mmu_unsync_pages_lock's count says how many live pages are unsync: a "
            "freed page must not stay counted")
+SHADOW_REBUILD_NO_FLUSH = mutant(
+    "shadow_rebuild_no_flush", removes="the remote TLB flush when a zapped shadow page is "
+    "built again for its guest table (account_shadowed's kvm_flush_remote_tlbs_gfn)",
+    breaks="shadow paging: a guest table is write-protected again, and no vCPU still stores "
+           "to it through the mapping it had while unshadowed, before its page is used")
+SHADOW_ZAP_ALL_COMMIT_AFTER_UNLOCK = mutant(
+    "shadow_zap_all_commit_after_unlock", removes="committing the shadow MMU's zap_all "
+    "(remote flush, then free) before mmu_lock is dropped (the commit moved after "
+    "write_unlock)",
+    breaks="once mmu_lock is dropped with the SPTEs gone, a notifier finds nothing to flush "
+           "and the host frees the frame a vCPU's TLB still maps")
 ZAP_ALL_NO_FLUSH = mutant(
     "zap_all_no_flush", removes="the remote TLB flush after kvm_mmu_zap_all drops every SPTE",
     breaks="once no SPTE maps a frame, no vCPU's TLB does (a later notifier finds nothing "
@@ -370,13 +381,16 @@ class MMU:
         vm = self.vm
         vm.mmu_lock.assert_held()
         idx = va // SP_ENTRIES
+        # a visible read: a fault holding mmu_lock for read (a broken one) could race another
+        runtime.active().point(self.pages, "check shadow page", False)
         sp = self.pages[idx]
         if sp is None:
             sp = ShadowPage(idx, direct=self.tdp)
             self.link_page(sp)
             runtime.active().point(self.pages, "link shadow page", True)
             self.pages[idx] = sp
-            flush_remote_tlbs(vm)
+            if SHADOW_REBUILD_NO_FLUSH not in vm.hazards:
+                flush_remote_tlbs(vm)
         return sp, va % SP_ENTRIES
 
     def check_live(self, sp: ShadowPage, who: str) -> None:
@@ -449,9 +463,13 @@ class MMU:
         """
         if not self.tdp_mmu:
             vm = self.vm
+            late = SHADOW_ZAP_ALL_COMMIT_AFTER_UNLOCK in vm.hazards
             with vm.mmu_lock.write():
                 invalid = [self.prepare_zap(sp) for sp in self.pages if sp is not None]
-                self.commit_zap(invalid)
+                if not late:
+                    self.commit_zap(invalid)
+            if late:
+                self.commit_zap(invalid)  # broken: a notifier in between flushes nothing
             return len(invalid)
         return self._zap_all_tdp()
 
