@@ -101,8 +101,13 @@ class TscSync:
     last_tsc_nsec = guarded_by("lock")
     cur_generation = guarded_by("lock")
     cur_offset = guarded_by("lock")
-    #: kvmclock_offset: the VM's clock minus the host's (written inside a pvclock update)
-    kvmclock_offset = guarded_by("lock")
+    #: kvmclock_offset: the VM's clock minus the host's. Written only inside a pvclock update
+    #: (tsc_write_lock held, the pvclock seqcount's write side open); read with no lock by a
+    #: vCPU's clock update, as kvm_guest_time_update does (after its seqcount loop, which
+    #: covers only the master-clock snapshot). The reader needs no lock because the update
+    #: raises KVM_REQ_CLOCK_UPDATE on every vCPU *after* the write: a vCPU that read the old
+    #: value has a request again and reads once more before it enters the guest.
+    kvmclock_offset = guarded_by("lock", writes_only=True)
 
     def __init__(self, vm: Any, *, tsc_khz: int = 1_000_000, locked: bool = True) -> None:
         lock = getattr(vm, "tsc_write_lock", None)
