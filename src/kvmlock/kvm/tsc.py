@@ -106,7 +106,9 @@ class TscSync:
     #: vCPU's clock update, as kvm_guest_time_update does (after its seqcount loop, which
     #: covers only the master-clock snapshot). The reader needs no lock because the update
     #: raises KVM_REQ_CLOCK_UPDATE on every vCPU *after* the write: a vCPU that read the old
-    #: value has a request again and reads once more before it enters the guest.
+    #: value has a request again and reads once more before it enters the guest. The read
+    #: races the write on purpose, so both are visible steps (points made where they are
+    #: accessed, so the race audit sees each access as its step's payload).
     kvmclock_offset = guarded_by("lock", writes_only=True)
 
     def __init__(self, vm: Any, *, tsc_khz: int = 1_000_000, locked: bool = True) -> None:
@@ -185,6 +187,7 @@ class TscSync:
             if hv is not None and late:
                 hv.request_tsc_page_update()  # broken: a mutex under a raw lock, irqs off
             if offset is not None:
+                self._rt.point(self, "write kvmclock_offset", True)
                 self.kvmclock_offset = offset
         if not early:
             self._request_clock_updates()
@@ -217,8 +220,8 @@ class TscSync:
             pending = self.clock_update.fetch_and(_U64 ^ bit) & bit
         if not pending:
             return
-        with irq.local_irq_save(), self.lock:  # the pvclock seqcount's read side, in effect
-            offset = self.kvmclock_offset
+        self._rt.point(self, "read kvmclock_offset", False)
+        offset = self.kvmclock_offset  # no lock, as kvm_guest_time_update (see the field)
         self.pvclock[vcpu.id] = offset
         if hv is not None:
             hv.setup_tsc_page(offset)
