@@ -350,11 +350,12 @@ def write_gpte(vcpu: VCPU, va: int, gfn: int | None, *, writable: bool = True) -
     while True:
         vcpu.enter_guest()
         try:
-            rt.point(sp, "read guest table mapping", False)
-            # the table as it is mapped now: unshadowed (the page zapped) is writable too; a
-            # visible read, ordered against a zap's unlink and a fault's rebuild of the page
-            rt.point(vm.mmu.pages, "read guest table's shadow page", False)
+            # the table as it is mapped now: unshadowed (the page zapped) is writable too; the
+            # walk's read of the entry is a visible read, ordered against a zap's unlink and a
+            # fault's rebuild of the page, and the flag is read at a read of the page found
             cur = vm.mmu.walk(va)
+            if cur is not None:
+                rt.point(cur[0], "read guest table mapping", False)
             if cur is None or cur[0].gpt_writable:
                 vm.mmu.gpt[va].store(_gpte(gfn, writable))
                 return

@@ -281,9 +281,18 @@ class MMU:
     def load(self) -> None:
         """``kvm_mmu_load``. The shadow MMU builds its pages here, under ``mmu_lock`` for write
         (and again after a zap, :meth:`shadow_page_for`); the TDP MMU builds them on demand in
-        faults (:meth:`ensure_page`)."""
-        if self.loaded or self.tdp_mmu:
-            self.loaded = True
+        faults (:meth:`ensure_page`).
+
+        The test without ``mmu_lock`` is a visible read, as the store of the flag under it is
+        a visible write: another vCPU may be building the pages meanwhile, and one that finds
+        them built walks them at once, with no lock ordering it after their publication.
+        Each page is published with a visible store of its entry, as a lockless walk reads it
+        (:meth:`walk`)."""
+        if self.tdp_mmu:
+            return
+        rt = runtime.active()
+        rt.point(self, "read loaded (lockless)", False)
+        if self.loaded:
             return
         vm = self.vm
         first_shadow_root_alloc(vm)
@@ -292,7 +301,9 @@ class MMU:
                 for idx in range(len(self.pages)):
                     sp = ShadowPage(idx, direct=self.tdp)
                     self.link_page(sp)
+                    rt.point(self.pages, "link shadow page", True)
                     self.pages[idx] = sp
+                rt.point(self, "set loaded", True)
                 self.loaded = True
 
     def link_page(self, sp: ShadowPage) -> None:
@@ -660,9 +671,10 @@ class MMU:
             pages = self.root.pages
         else:
             pages = self.pages
-        if self.tdp_mmu:
-            # the parent entry: read-mode removers (the fast zap, NX recovery) clear it
-            runtime.active().point(pages, "read parent SPTE (lockless)", False)
+        # the parent entry, read without mmu_lock (READ_ONCE): a zap clears it, a fault or a
+        # load links a page there, and with the TDP MMU read-mode removers (the fast zap, NX
+        # recovery) clear it too
+        runtime.active().point(pages, "read parent SPTE (lockless)", False)
         sp = pages[va // SP_ENTRIES]
         if sp is None:
             return None

@@ -139,6 +139,7 @@ def _any_unsync(pages: list[ShadowPage | None]) -> bool:
     which a zap clears before it frees a page. Nothing here uses a page beyond that flag:
     the pages to sync are gathered again under ``mmu_lock``."""
     rt = runtime.active()
+    rt.point(pages, "read root entries (lockless)", False)  # a zap clears them meanwhile
     for sp in pages:
         if sp is None:
             continue
