@@ -4,6 +4,7 @@ put back, and is quiet on the model as it is (every finding fixed or declared be
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from kvmlock.kvm.vm import VM
 from kvmlock.scenarios import verify
 from kvmlock.scenarios.orders import together
 from kvmlock.scenarios.registry import SCENARIOS
-from kvmlock.sync import data_racy
+from kvmlock.sync import RCUWait, data_racy
 
 _ROOT = os.path.dirname(kvmlock.__file__)
 #: the model, its scenarios, and this file (the reverted fixes below are model code too)
@@ -150,6 +151,42 @@ def test_verify_audit_command_reports_and_fails(monkeypatch: pytest.MonkeyPatch,
 def test_verify_audit_bad_pattern_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert verify.main(["--audit", "no.such.scenario"]) == 2
     assert "no scenario named" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- a wait's condition
+
+class _Kicked:
+    """A sleeper waits for ``kicks``, a plain field; the waker changes it as a visible step."""
+
+    def __init__(self) -> None:
+        self.kicks = 0
+        self.w = RCUWait("kicked")
+
+
+def _kick_while_waiting(declared: bool) -> Callable[[], None]:
+    def body() -> None:
+        s = _Kicked()
+
+        def kick() -> None:
+            runtime.active().point(s, "kick", True)
+            s.kicks += 1
+            s.w.wake_up()
+
+        together(lambda: s.w.wait(lambda: s.kicks > 0, reads=s if declared else None), kick,
+                 names=["sleeper", "waker"])
+
+    return body
+
+
+def test_a_condition_checked_at_its_declared_read_is_ordered_and_an_undeclared_one_is_not(
+) -> None:
+    # RCUWait.wait evaluates the condition (traced code) right after its visible read of
+    # ``reads``: that read is the check, as DPOR orders it against the waker's kick
+    assert not _at(audit(_kick_while_waiting(True), PATHS, runs=10), "_Kicked.kicks")
+    hits = _at(audit(_kick_while_waiting(False), PATHS, runs=10), "_Kicked.kicks")
+    assert hits, "a condition read with no visible read of its own was not flagged"
+    assert {f.first.function for f in hits} | {f.second.function for f in hits} >= {
+        "<lambda>", "kick"}
 
 
 # ----------------------------------------------------------------------------- declared benign

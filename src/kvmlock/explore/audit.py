@@ -27,7 +27,10 @@ or a function it calls, is ordered as that operation is (its interval ends at ``
 payload of ``with q: q.point(...); ...`` is that block, not whatever the caller does next.
 Operations of a primitive (a lock's acquire and release, an atomic, SRCU, RCU: code outside
 the traced package) carry their own payload; the traced code after them is a separate access,
-so a store just after an unlock is not ordered by the unlock.
+so a store just after an unlock is not ordered by the unlock. Traced code that a primitive
+itself calls right after an operation of its own -- the condition ``RCUWait.wait`` checks at
+its visible read of ``reads``, an SRCU callback run at its grace period's end -- is that
+operation's payload, as a callee of the frame that made it.
 
 What is a location: an attribute of an object; an item of a container by key (a whole-container
 operation, ``append``, ``len``, iteration, conflicts with every item); a module global; a
@@ -177,7 +180,11 @@ class _Recorder(_mt.Tracer):
             while f is not None and (f.f_code.co_filename.startswith(_EXPLORE)
                                      or f.f_code.co_filename == _RUNTIME):
                 f = f.f_back
-            if f is not None and self.scope.traced(f.f_code.co_filename):
+            # traced code's own step, or a primitive's that calls back into traced code (the
+            # condition RCUWait.wait checks at its read of ``reads``, an SRCU callback run at
+            # its grace period's end): what that frame's callees do next is the payload
+            if f is not None and (self.scope.traced(f.f_code.co_filename)
+                                  or f.f_code.co_filename.startswith(_PKG)):
                 glue = f
         super()._sim_stop(t, op, pred, wq)
         # the operation executes now

@@ -47,11 +47,11 @@ class RCUWait:
         wq = self._wq
         rt = runtime.active() if reads is not None else None
         while True:
-            if rt is not None:
-                rt.point(reads, "rcuwait condition", False)
             with wq:
                 wq.point("rcuwait_wait_event")
                 state = wq.ticket()  # set_current_state before the check: no wake-up is lost
+                if rt is not None:  # the check is this read: nothing runs between the two
+                    rt.point(reads, "rcuwait condition", False)
                 if condition():
                     self._waiting = False
                     return
