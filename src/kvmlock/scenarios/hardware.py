@@ -169,15 +169,14 @@ def enable_failure() -> None:
 def enable_failure_two_creators(broken: bool) -> None:
     # CPU 1 refuses virtualization, so every creation must fail.
     m = Machine(2, fail_enable_on=(1,), hazards={"failed_enable_rolled_back_apart": broken})
-    created: list[object] = []
-
-    def create() -> None:
+    def create() -> object:
         try:
-            created.append(m.create_vm())
+            return m.create_vm()
         except HardwareEnableError:
-            pass
+            return None
 
-    together(create, create, names=["KVM_CREATE_VM a", "KVM_CREATE_VM b"])
+    created = [vm for vm in together(create, create, names=["KVM_CREATE_VM a", "KVM_CREATE_VM b"])
+               if vm is not None]
     m.check_hardware()
     assert not created, "a VM was created although CPU 1 cannot enable virtualization"
 
@@ -557,14 +556,14 @@ def usage_lock_design_broken() -> None:
 
 def _two_creators(usage_lock: bool) -> None:
     m = Machine(2, usage_lock=usage_lock)
-    vms: list[VM] = []
-
-    def create_and_run(name: str) -> None:
-        vms.append(m.create_vm(name=name))
+    def create_and_run(name: str) -> VM:
+        vm = m.create_vm(name=name)
         m.run_vcpu_on(0)  # KVM_RUN right after KVM_CREATE_VM returned
+        return vm
 
-    together(lambda: create_and_run("a"), lambda: create_and_run("b"),
-             lambda: m.cpu_down(1), names=["KVM_CREATE_VM a", "KVM_CREATE_VM b", "cpu offline"])
+    vms = together(lambda: create_and_run("a"), lambda: create_and_run("b"),
+                   lambda: m.cpu_down(1),
+                   names=["KVM_CREATE_VM a", "KVM_CREATE_VM b", "cpu offline"])
     m.check_hardware()
     assert peek(m, "kvm_usage_count") == 2, (
         f"two VMs exist but kvm_usage_count is {peek(m, 'kvm_usage_count')}: an update was lost")

@@ -18,17 +18,15 @@ __all__: list[str] = []
           catches=("irqchip_eexist_check_unlocked",), max_runs=500)
 def two_creators() -> None:
     vm = VM(nr_vcpus=0)
-    results: list[str] = []
-
-    def create() -> None:
+    def create() -> str:
         try:
             ioctls.create_irqchip(vm)
-            results.append("ok")
         except ValueError as e:
             assert "EEXIST" in str(e), e
-            results.append("EEXIST")
+            return "EEXIST"
+        return "ok"
 
-    together(create, create, names=["KVM_CREATE_IRQCHIP a", "KVM_CREATE_IRQCHIP b"])
+    results = together(create, create, names=["KVM_CREATE_IRQCHIP a", "KVM_CREATE_IRQCHIP b"])
     assert sorted(results) == ["EEXIST", "ok"], (
         f"two KVM_CREATE_IRQCHIP calls gave {results}: both passed the EEXIST check")
     devs = ioctls.bus_devices(vm)

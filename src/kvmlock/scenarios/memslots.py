@@ -292,11 +292,8 @@ def iobus_two_deassigns_correct() -> None:
     vm = VM(nr_vcpus=1, nr_pages=1, host_pages=1)
     assign_ioeventfd(vm, 0x1000, "doorbell")
     (bell,) = vm.buses.access_pointer().devs
-    done: list[bool] = []
-    tasks = [kvmlock.spawn(lambda: done.append(_try_deassign(vm, 0x1000)), name=name)
-             for name in ("KVM_IOEVENTFD deassign a", "KVM_IOEVENTFD deassign b")]
-    for t in tasks:
-        t.join()
+    done = together(lambda: _try_deassign(vm, 0x1000), lambda: _try_deassign(vm, 0x1000),
+                    names=["KVM_IOEVENTFD deassign a", "KVM_IOEVENTFD deassign b"])
     assert sorted(done) == [False, True], f"two deassigns of one ioeventfd returned {done}"
     assert bell.freed and not bus_devices(vm), "the ioeventfd is still on the bus"
 

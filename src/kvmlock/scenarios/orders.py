@@ -85,12 +85,24 @@ def _key(rule: Any) -> tuple[str, str, str]:
     return (rule.kind, rule.outer, rule.inner)
 
 
-def together(*tasks: Callable[[], object], names: Iterable[str] | None = None) -> None:
-    """Run ``tasks`` concurrently (threads or explored tasks) and wait for all of them."""
+def together(*tasks: Callable[[], object], names: Iterable[str] | None = None) -> list[object]:
+    """Run ``tasks`` concurrently (threads or explored tasks), wait for all of them, and
+    return what each returned, in the order given. Each task stores its result in a slot of
+    its own, so collecting them orders nothing between the tasks (a shared list they all
+    append to would: its order is one the search does not vary)."""
     names = list(names) if names is not None else [f"CPU{i}" for i in range(len(tasks))]
-    handles = [kvmlock.spawn(fn, name=n) for fn, n in zip(tasks, names, strict=True)]
+    results: list[object] = [None] * len(tasks)
+
+    def slot(i: int, fn: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            results[i] = fn()
+        return run
+
+    handles = [kvmlock.spawn(slot(i, fn), name=n)
+               for i, (fn, n) in enumerate(zip(tasks, names, strict=True))]
     for h in handles:
         h.join()
+    return results
 
 
 # ---------------------------------------------------------------------- the real paths per order

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import kvmlock
 from kvmlock.kvm import ioctls
 from kvmlock.kvm.hyperv import HyperV
 from kvmlock.kvm.machine import Machine
 from kvmlock.kvm.tsc import TscSync
 from kvmlock.kvm.vm import VM
 from kvmlock.kvm.xen import Xen
-from kvmlock.scenarios.orders import try_gsi_routing
+from kvmlock.scenarios.orders import together, try_gsi_routing
 from kvmlock.scenarios.registry import pair, scenario
 from kvmlock.sync import peek
 
@@ -30,10 +29,8 @@ __all__: list[str] = []
 _BOUND = {"strategy": "dpor", "max_runs": 20000}
 
 
-def _race(**tasks: Callable[[], object]) -> None:
-    started = [kvmlock.spawn(fn, name=name) for name, fn in tasks.items()]
-    for t in started:
-        t.join()
+def _race(**tasks: Callable[[], object]) -> list[object]:
+    return together(*tasks.values(), names=tasks)
 
 
 @scenario("protected.hyperv_partition.correct",
@@ -121,9 +118,8 @@ def _try_create_pit(vm: VM) -> bool:
 def pit_creation_correct() -> None:
     vm = VM(None, nr_vcpus=1)
     ioctls.create_irqchip(vm)
-    made: list[bool] = []
-    _race(KVM_CREATE_PIT2_a=lambda: made.append(_try_create_pit(vm)),
-          KVM_CREATE_PIT2_b=lambda: made.append(_try_create_pit(vm)))
+    made = _race(KVM_CREATE_PIT2_a=lambda: _try_create_pit(vm),
+                 KVM_CREATE_PIT2_b=lambda: _try_create_pit(vm))
     assert sorted(made) == [False, True], f"two KVM_CREATE_PIT2 returned {made}"
     assert ioctls.bus_devices(vm).count("pit") == 1
     assert peek(vm, "irq_ack_notifiers") == ["pit"]
