@@ -189,6 +189,28 @@ def test_a_condition_checked_at_its_declared_read_is_ordered_and_an_undeclared_o
         "<lambda>", "kick"}
 
 
+# ----------------------------------------------------------------------------- container reads
+
+class _Table:
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+
+
+def _lookup_while(change: bool) -> Callable[[], None]:
+    def body() -> None:
+        t = _Table()
+        other = (lambda: t.counts.setdefault(1, 1)) if change else (lambda: t.counts.get(1, 0))
+        together(lambda: t.counts.get(1, 0), other, names=["a", "b"])
+
+    return body
+
+
+def test_a_containers_own_non_mutating_method_reads_it() -> None:
+    # dict.get hands the dict to untraced code, which is a read, not a possible write
+    assert not audit(_lookup_while(False), PATHS, runs=4).findings
+    assert _at(audit(_lookup_while(True), PATHS, runs=4), "_Table.counts[]")
+
+
 # ----------------------------------------------------------------------------- declared benign
 
 class _Counter:

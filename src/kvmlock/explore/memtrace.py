@@ -505,8 +505,11 @@ class Tracer:
         code = getattr(fn, "__code__", None)
         if code is not None and self.scope.quiet_callee(code.co_filename):
             return  # traced code: its own accesses are traced
-        write = id(fn) not in _READERS
         name = getattr(fn, "__name__", "call")
+        # a container's own method that changes nothing (``dict.get``, ``list.index``) only
+        # reads what it is given, as its _METHOD access already said of its container
+        write = id(fn) not in _READERS and not (
+            getattr(fn, "__objclass__", None) in _CONTAINERS and name not in _MUTATING)
         for c in conts:  # (``c`` and ``conts`` are two references of ours more)
             self._access(c, None, write, _L_CALL, name, base, top, 6)
 
