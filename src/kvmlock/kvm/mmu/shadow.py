@@ -247,6 +247,9 @@ class MMU:
         #: dirty logging clears Dirty (not W) and the CPU logs each page it sets Dirty on
         self.pml = pml
         nsp = (nr_va + SP_ENTRIES - 1) // SP_ENTRIES
+        #: how many entries the one upper level (a root) has: fixed, so reading it orders
+        #: nothing, where the length of an entry array read as a container would
+        self.nr_regions = nsp
         #: region -> shadow page; filled by load() under mmu_lock, read locklessly afterwards
         self.pages: list[ShadowPage | None] = [None] * nsp
         self.page_list: list[ShadowPage] = []

@@ -381,7 +381,7 @@ def _zap_root(vm: VM, root: TdpRoot) -> list[ShadowPage]:
     plain = FAST_ZAP_PLAIN_STORE in vm.hazards
     entries = root.pages
     gone = []
-    for idx in range(len(entries)):
+    for idx in range(vm.mmu.nr_regions):
         if plain:
             rt.point(entries, "load parent SPTE", False)
             sp = entries[idx]
