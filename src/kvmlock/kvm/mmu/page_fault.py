@@ -280,6 +280,7 @@ def _shadow_map(vm: VM, va: int, gpte: tuple[int, bool], slot: Memslot, hva: int
                 else:
                     mmu.drop_spte(sp, i)
                 flush = SHADOW_REMAP_NO_FLUSH not in vm.hazards
+                mmu.note_gfn(sp, i, gfn)
                 spte_set(sptep, new)
             elif not S.hw_allows(old, write):
                 # an MMU-writable SPTE rebuilt without W asks for a flush (mmu_set_spte): the
@@ -288,6 +289,7 @@ def _shadow_map(vm: VM, va: int, gpte: tuple[int, bool], slot: Memslot, hva: int
                 if SHADOW_FAULT_WRPROT_NO_FLUSH in vm.hazards:
                     flush = False  # broken: a translation cached writable survives
         else:
+            mmu.note_gfn(sp, i, gfn)
             spte_set(sptep, new)
         assert slot.arch.rmaps, (f"memslot {slot.id} has no rmaps: the rmap walk of a "
                                         "shadow root dereferences NULL")

@@ -150,7 +150,9 @@ class ShadowPage:
         self.parent = parent
         base = index * SP_ENTRIES
         self.sptes = [Atomic64(0, name=f"spte[{base + i}]") for i in range(SP_ENTRIES)]
-        #: indirect pages: the gfn each SPTE was installed for (-1: none); under mmu_lock
+        #: indirect pages: the gfn each SPTE was last installed for (-1: none yet), meaningful
+        #: while it is present (as the kernel's shadowed_translation, not cleared by a drop);
+        #: written under mmu_lock before the SPTE is stored (:meth:`MMU.note_gfn`)
         self.gfns = [base + i if direct else -1 for i in range(SP_ENTRIES)]
         self.unsync = False
         #: the guest may store to the page table this page shadows without an exit: KVM made
@@ -726,7 +728,13 @@ class MMU:
         if sp.direct:
             return
         self._rmap_update(gfn, lambda e: e | {(sp, i)})
-        sp.gfns[i] = gfn
+
+    @staticmethod
+    def note_gfn(sp: ShadowPage, i: int, gfn: int) -> None:
+        """``kvm_mmu_page_set_translation``, made before the SPTE is stored (mmu_lock held
+        for write): a vCPU that loads the new SPTE reads which gfn it stands for."""
+        if not sp.direct:
+            sp.gfns[i] = gfn
 
     def _rmap_update(self, gfn: int, change: Callable[[frozenset], frozenset]) -> None:
         """Read one gfn's rmap, then store its new value: two visible steps, as the kernel's
@@ -747,7 +755,6 @@ class MMU:
         if gfn < 0:
             return
         self._rmap_update(gfn, lambda e: e - {(sp, i)})
-        sp.gfns[i] = -1
 
     def drop_spte(self, sp: ShadowPage, i: int) -> bool:
         """Zap one SPTE (mmu_lock held for write); True if something was mapped."""
