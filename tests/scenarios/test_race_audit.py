@@ -244,9 +244,30 @@ def test_a_declared_benign_race_is_excused_and_an_undeclared_one_is_not() -> Non
 CLEAN = ("access_track", "srcu", "tsc", "vendor", "msr_filter", "aging")
 
 
+def _dirty(outcomes: list[Any]) -> dict[str, Any]:
+    return {o.scenario.name: o.error or [str(f) for f in o.audit.findings]
+            for o in outcomes if o.audit.findings or o.error}
+
+
 def test_clean_families_stay_clean() -> None:
     outcomes = verify.audit_scenarios(verify.audit_selection(list(CLEAN)))
     assert len(outcomes) >= len(CLEAN)
-    dirty = {o.scenario.name: o.error or [str(f) for f in o.audit.findings]
-             for o in outcomes if o.audit.findings or o.error}
-    assert not dirty, dirty
+    assert not _dirty(outcomes), _dirty(outcomes)
+
+
+#: executions audited per row by the whole-model check below (``kvmlock verify --audit`` runs
+#: twenty): the suite's budget, about 5 s of CPU for every correct row
+SUITE_RUNS = 5
+
+
+def test_every_correct_row_audits_clean() -> None:
+    outcomes = verify.audit_scenarios(verify.audit_selection([]), runs=SUITE_RUNS)
+    assert len(outcomes) == sum(1 for s in SCENARIOS.values() if s.expect == "pass")
+    assert not _dirty(outcomes), _dirty(outcomes)
+
+
+def test_the_whole_model_check_sees_a_reverted_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ioctls, "set_vcpus_config", _set_vcpus_config_after_unlock)
+    monkeypatch.setattr(verify, "AUDIT_PATHS", (*verify.AUDIT_PATHS, __file__))
+    dirty = _dirty(verify.audit_scenarios(verify.audit_selection([CONFIG]), runs=SUITE_RUNS))
+    assert CONFIG in dirty and "VM.vcpu_defaults" in str(dirty[CONFIG]), dirty
