@@ -110,3 +110,30 @@ def harvest_vs_nx_recovery(broken: bool) -> None:
     vm.check()
     guest_write(v0, 0, 2)
     _assert_log_complete(mig)
+
+
+@pair("nx_recovery.flush_vs_swap_out",
+      rule="NX huge-page recovery flushes TLBs before it drops mmu_lock: an invalidation that "
+           "takes the lock next finds the recovered gfn's SPTE gone and flushes nothing",
+      broken_rule="recovery flushes after read_unlock: in between, swap-out's invalidation "
+                  "finds no SPTE, flushes nothing and frees the frame, and the vCPU reads it "
+                  "through the translation its TLB still holds",
+      broken_expect="assertion", catches=("recover_flush_after_unlock",),
+      invariant="no vCPU reads a frame the host freed; the guest reads back what it wrote "
+                "after swap-out", **_BOUND)
+def flush_vs_swap_out(broken: bool) -> None:
+    # vcpu0 wrote gfn 0, so its TLB caches the translation; it reads the gfn again while
+    # recovery removes the table and the host swaps the page out.
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2,
+            hazards={"recover_flush_after_unlock": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
+    (v0,) = vm.vcpus
+    guest_write(v0, 0, 5)
+    got: list[int] = []
+    together(lambda: got.append(guest_read(v0, 0)), lambda: recover_nx_huge_page(vm, 0),
+             lambda: vm.host.swap_out(0),
+             names=["vcpu0 reads page 0", "NX recovery", "swap-out of page 0"])
+    vm.check()
+    assert got == [5], f"vcpu0 read {got[0]:#x} from page 0 while it was swapped out, not 5"
+    after = guest_read(v0, 0)
+    assert after == 5, f"the guest wrote 5 but reads {after:#x} after swap-out"

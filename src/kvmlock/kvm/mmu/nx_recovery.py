@@ -66,6 +66,12 @@ RECOVER_NO_FLUSH = mutant(
     breaks="a removed table's translations are flushed before anything may rely on their "
            "absence: a later zap finds no SPTE and flushes nothing, and the host frees a "
            "frame a vCPU's TLB still maps")
+RECOVER_FLUSH_AFTER_UNLOCK = mutant(
+    "recover_flush_after_unlock", removes="NX huge-page recovery's TLB flush before it drops "
+    "mmu_lock (the flush done after read_unlock instead)",
+    breaks="once mmu_lock is dropped with the table unlinked, an invalidation of one of its "
+           "gfns finds no SPTE, flushes nothing and lets the host free a frame a vCPU's TLB "
+           "still maps")
 RECOVER_FREE_NO_GRACE_PERIOD = mutant(
     "recover_free_no_grace_period", removes="the RCU grace period before a table NX "
     "huge-page recovery removed is freed (freed at once, not by call_rcu)",
@@ -81,14 +87,18 @@ def recover_nx_huge_page(vm: VM, va: int) -> bool:
                          "mmu_lock; the model recovers TDP MMU tables only")
     mmu.check_va(va)
     plain = RECOVER_PARENT_LOAD_STORE in vm.hazards
+    flush = RECOVER_NO_FLUSH not in vm.hazards
+    late = RECOVER_FLUSH_AFTER_UNLOCK in vm.hazards
     with vm.mmu_lock.read():
         table = _possible_nx_huge_page(vm, va)
         if table is None or not mmu.clear_parent(table, plain=plain):
             return False
         handle_removed_table(vm, table, "NX huge-page recovery",
                              plain_freeze=RECOVER_FREEZE_PLAIN_STORE in vm.hazards)
-        if RECOVER_NO_FLUSH not in vm.hazards:
+        if flush and not late:
             flush_remote_tlbs(vm)
+    if flush and late:
+        flush_remote_tlbs(vm)
     if RECOVER_FREE_NO_GRACE_PERIOD not in vm.hazards:
         grace_period(vm)
     free_tables([table], "NX huge-page recovery")
