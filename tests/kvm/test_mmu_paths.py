@@ -397,3 +397,27 @@ def test_recovery_and_zap_all_each_remove_and_free_a_table_once():
     again = vm.mmu.walk(1)[0]
     assert vm.mmu.zap_all() == 1
     assert again.removed and again.freed
+
+
+def test_recovery_flushing_after_its_unlock_lets_swap_out_free_a_frame_a_tlb_maps():
+    """Must-catch: the late flush fails the row by its consequence -- the vCPU reads a freed
+    frame -- not by a lock report. Near miss: the correct row explores clean, exhaustively."""
+    sc = SCENARIOS["nx_recovery.flush_vs_swap_out.correct"]
+    ok = verify.run_scenario(sc, timeout=120)
+    assert ok.failure is None and ok.met and ok.exhausted, ok.result
+    with applied("recover_flush_after_unlock"):
+        out = verify.run_scenario(sc, timeout=120)
+    assert out.failure is not None and out.failure.kind == "assertion", out.result
+    assert "which the host has freed" in out.failure.message, out.failure.message
+
+
+def test_recovery_flushing_after_its_unlock_is_harmless_without_a_racing_invalidation():
+    """Near miss: run one after the other, the late flush still empties the TLB before the
+    swap-out, so the guest reads back what it wrote."""
+    with applied("recover_flush_after_unlock"):
+        vm, v = logged_vm()
+    guest_write(v, 0, 5)
+    assert recover_nx_huge_page(vm, 0)
+    vm.host.swap_out(0)
+    assert guest_read(v, 0) == 5
+    vm.check()

@@ -12,6 +12,11 @@ it runs beside (see :mod:`kvmlock.kvm.mmu.nx_recovery`).
   takes the slow TDP path while recovery removes that table. The fault may already hold the
   table (from its walk) when recovery clears the parent and freezes the SPTEs: it must see the
   frozen SPTE and retry, because only the thread that froze an SPTE may write it.
+* ``nx_recovery.flush_vs_swap_out`` -- a vCPU reads a page its TLB caches while recovery
+  removes the table and the host swaps the page out. Recovery must flush before it drops
+  ``mmu_lock``: the swap-out's invalidation may take the lock next, find no SPTE, flush
+  nothing and free the frame while the vCPU still holds the translation (in ``vs_write`` the
+  swap-out comes after recovery has returned, so a late flush is still in time there).
 * ``dirty_log.harvest_vs_nx_recovery`` -- ``KVM_GET_DIRTY_LOG`` write-protects a written
   page while recovery removes its table. Write mode keeps recovery out while the harvest walks
   and rewrites SPTEs with plain stores; with read mode the two overlap, and the harvest walks a
