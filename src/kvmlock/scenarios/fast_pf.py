@@ -29,7 +29,7 @@ from kvmlock.kvm.memslots import LOG_DIRTY_PAGES
 from kvmlock.kvm.mmu.dirty_log import MigrationCopy, get_dirty_log
 from kvmlock.kvm.vm import VM
 from kvmlock.scenarios.orders import together
-from kvmlock.scenarios.registry import scenario
+from kvmlock.scenarios.registry import pair, scenario
 
 __all__: list[str] = []
 
@@ -254,6 +254,45 @@ def harvest_two_writers() -> None:
              names=["vcpu0 writes", "vcpu1 writes", "KVM_GET_DIRTY_LOG"])
     vm.check()
     _assert_log_complete(mig)
+
+
+def _first_write_vs_harvest(pml: bool, broken: bool) -> None:
+    # gfn 0 is not mapped: the write takes the slow path, which installs a writable SPTE and
+    # logs the gfn; the copying harvest races it, and a final harvest closes the migration
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2, pml=pml,
+            hazards={"slow_pf_marks_dirty_before_lock": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=2, hva=0, flags=LOG_DIRTY_PAGES)
+    (v0,) = vm.vcpus
+    mig = MigrationCopy(vm, 0)
+    together(lambda: guest_write(v0, 0, 3), mig.round,
+             names=["vcpu0 writes (first touch)", "KVM_GET_DIRTY_LOG"])
+    vm.check()
+    _assert_log_complete(mig)
+
+
+_FIRST_WRITE_BROKEN = ("the slow fault logs the gfn before taking mmu_lock: a harvest in "
+                       "between takes the bit and finds no SPTE, and the writable SPTE "
+                       "installed afterwards is never logged")
+
+
+@pair("dirty_log.first_write_vs_harvest",
+      rule="a first-touch write fault logs its gfn inside the mmu_lock section that installs "
+           "the writable SPTE, which the write-protecting harvest excludes",
+      broken_rule=_FIRST_WRITE_BROKEN, broken_expect="assertion",
+      invariant="dirty log complete: every guest write reaches the migrated copy",
+      catches=("slow_pf_marks_dirty_before_lock",), **_BOUND)
+def first_write_vs_harvest(broken: bool) -> None:
+    _first_write_vs_harvest(False, broken)
+
+
+@pair("dirty_log.pml_first_write_vs_harvest",
+      rule="with PML the first-touch fault installs a writable, Dirty SPTE (the CPU will not "
+           "log it) and logs its gfn under mmu_lock, which the Dirty-clearing harvest excludes",
+      broken_rule=_FIRST_WRITE_BROKEN, broken_expect="assertion",
+      invariant="dirty log complete: every guest write reaches the migrated copy",
+      catches=("slow_pf_marks_dirty_before_lock",), **_BOUND)
+def pml_first_write_vs_harvest(broken: bool) -> None:
+    _first_write_vs_harvest(True, broken)
 
 
 @scenario("dirty_log.harvest_flush_any.correct",

@@ -55,6 +55,12 @@ TDP_PLAIN_STORE = mutant(
 SLOW_PF_NO_MARK_DIRTY = mutant(
     "slow_pf_no_mark_dirty", removes="mark_page_dirty when the slow path maps a page writable",
     breaks="dirty logging: a writable SPTE is only installed together with its dirty bit")
+SLOW_PF_MARKS_DIRTY_BEFORE_LOCK = mutant(
+    "slow_pf_marks_dirty_before_lock", removes="the place of the TDP fault's mark_page_dirty "
+    "(make_spte logs the gfn inside the mmu_lock section that installs the writable SPTE; "
+    "the mutant logs it before taking mmu_lock)",
+    breaks="dirty logging: a harvest between the mark and the install takes the bit, finds "
+           "no SPTE to protect, and the writable SPTE installed afterwards is never logged")
 NO_GPTE_RECHECK = mutant(
     "no_gpte_recheck", removes="the shadow fault's re-check of the guest PTE under mmu_lock",
     breaks="shadow paging: a guest page-table change between walk and install is retried")
@@ -216,6 +222,11 @@ def _tdp_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int, p
     unlocked = TDP_FAULT_STALE_CHECK_UNLOCKED in vm.hazards
     if unlocked and _stale_unlocked(vm, mmu_seq, hva):
         return RETRY
+    # the gfn is logged where the writable SPTE is installed, under mmu_lock, which the
+    # harvest takes for write: a harvest sees both the bit and the SPTE, or neither
+    early = SLOW_PF_MARKS_DIRTY_BEFORE_LOCK in vm.hazards
+    if early and S.is_writable(new) and SLOW_PF_NO_MARK_DIRTY not in vm.hazards:
+        slot.mark_dirty(gfn, vm.hazards)
     with vm.mmu_lock.read():
         if not unlocked and invalidate_retry(vm, mmu_seq, hva):
             return RETRY
@@ -241,7 +252,7 @@ def _tdp_map(vm: VM, va: int, gfn: int, slot: Memslot, hva: int, mmu_seq: int, p
             sptep.store(new)
         elif sptep.cmpxchg(old, new) != old:
             return RETRY
-        if S.is_writable(new) and SLOW_PF_NO_MARK_DIRTY not in vm.hazards:
+        if not early and S.is_writable(new) and SLOW_PF_NO_MARK_DIRTY not in vm.hazards:
             slot.mark_dirty(gfn, vm.hazards)
     return EMULATE if write and not S.is_writable(new) else FIXED
 
