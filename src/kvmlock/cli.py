@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -46,6 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kvmlock: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``kvmlock verify --list | head``): stop quietly, as a shell
+        # tool killed by SIGPIPE would, instead of a traceback and a second error at exit
+        # when Python flushes the dead pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":
