@@ -422,39 +422,7 @@ def test_explorer_clean_when_the_fault_is_inside_the_read_side():
     assert res.ok and res.exhausted and res.runs > 1
 
 
-def _counter_program(locked: bool):
-    def body() -> None:
-        class Box:
-            n = guarded_by("lock")
-
-            def __init__(self) -> None:
-                self.lock = Mutex("box.lock")
-                self.n = 0
-
-        b = Box()
-
-        def inc() -> None:
-            if locked:
-                with b.lock:
-                    b.n += 1
-            else:
-                b.n += 1
-
-        spawn(inc, name="a")
-        spawn(inc, name="b")
-
-    return body
-
-
-def test_explorer_unguarded_and_clean():
-    bad = explore.check(_counter_program(False), strategy="dpor")
-    assert bad.failure is not None and bad.failure.kind == "lockdep"
-    assert {r.kind for r in bad.failure.lockdep_reports} == {"unguarded"}
-    good = explore.check(_counter_program(True), strategy="dpor")
-    assert good.ok and good.exhausted
-
-
-def _visible_counter_program(locked: bool, visible: bool):
+def _counter_program(locked: bool, visible: bool = False):
     def body() -> None:
         class Box:
             n = guarded_by("lock", visible=visible)
@@ -480,16 +448,24 @@ def _visible_counter_program(locked: bool, visible: bool):
     return body
 
 
+def test_explorer_unguarded_and_clean():
+    bad = explore.check(_counter_program(False), strategy="dpor")
+    assert bad.failure is not None and bad.failure.kind == "lockdep"
+    assert {r.kind for r in bad.failure.lockdep_reports} == {"unguarded"}
+    good = explore.check(_counter_program(True), strategy="dpor")
+    assert good.ok and good.exhausted
+
+
 def test_visible_guarded_field_makes_its_lost_update_a_schedule():
     # lockdep set aside: the consequence itself, an increment lost between a read and a write
-    bad = explore.check(_visible_counter_program(False, True), strategy="dpor", lockdep=False)
+    bad = explore.check(_counter_program(False, True), strategy="dpor", lockdep=False)
     assert bad.failure is not None and bad.failure.kind == "assertion"
     assert "an increment was lost" in str(bad.failure.message)
     # near misses: the same accesses under the lock, and an invisible field, whose read and
     # write run as one step of the task (so no schedule splits them)
-    good = explore.check(_visible_counter_program(True, True), strategy="dpor", lockdep=False)
+    good = explore.check(_counter_program(True, True), strategy="dpor", lockdep=False)
     assert good.ok and good.exhausted
-    plain = explore.check(_visible_counter_program(False, False), strategy="dpor",
+    plain = explore.check(_counter_program(False, False), strategy="dpor",
                           lockdep=False)
     assert plain.ok and plain.exhausted
 
