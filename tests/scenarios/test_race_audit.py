@@ -3,6 +3,7 @@ put back, and is quiet on the model as it is (every finding fixed or declared be
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -271,3 +272,26 @@ def test_the_whole_model_check_sees_a_reverted_fix(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(verify, "AUDIT_PATHS", (*verify.AUDIT_PATHS, __file__))
     dirty = _dirty(verify.audit_scenarios(verify.audit_selection([CONFIG]), runs=SUITE_RUNS))
     assert CONFIG in dirty and "VM.vcpu_defaults" in str(dirty[CONFIG]), dirty
+
+
+# ----------------------------------------------------------------------------- the verdict's words
+
+def test_a_clean_audit_says_it_covered_a_sample_not_every_execution(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert verify.main(["--audit", "--audit-runs", "2", CONFIG]) == 0
+    out = capsys.readouterr().out
+    verdict = out.strip().splitlines()[-1]
+    assert "sample" in verdict and "not a proof" in verdict, out
+    assert verify.main(["--audit", "--audit-runs", "2", "--json", CONFIG]) == 0
+    (rec,) = json.loads(capsys.readouterr().out)
+    assert rec["verdict"] == "clean in sample" and rec["proof"] is False, rec
+    assert "sample" in rec["coverage"] and "2" in rec["coverage"], rec
+
+
+def test_an_audit_with_a_finding_says_so_in_its_verdict(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(ioctls, "set_vcpus_config", _set_vcpus_config_after_unlock)
+    monkeypatch.setattr(verify, "AUDIT_PATHS", (*verify.AUDIT_PATHS, __file__))
+    assert verify.main(["--audit", "--json", CONFIG]) == 1
+    (rec,) = json.loads(capsys.readouterr().out)
+    assert rec["verdict"] == "findings" and rec["findings"] and rec["proof"] is False, rec

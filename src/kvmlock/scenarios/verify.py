@@ -318,8 +318,17 @@ class AuditOutcome:
     seconds: float = 0.0
     error: str = ""
 
+    @property
+    def verdict(self) -> str:
+        """What the audit came to; "clean in sample" only ever covers the executions it ran."""
+        return "error" if self.error else "findings" if self.audit.findings else \
+            "clean in sample"
+
     def to_dict(self) -> dict[str, Any]:
-        return {"scenario": self.scenario.name, "runs": self.audit.runs,
+        return {"scenario": self.scenario.name, "verdict": self.verdict,
+                "coverage": f"a sample of {self.audit.runs} execution(s), the first of the "
+                            f"row's DPOR search: not every execution",
+                "proof": False, "runs": self.audit.runs,
                 "accesses": self.audit.accesses, "seconds": round(self.seconds, 3),
                 "findings": [f.to_dict() for f in self.audit.findings],
                 "excused": [{"location": k[0], "why": k[1], "accesses": n}
@@ -394,7 +403,8 @@ def _audit_main(args: argparse.Namespace, console: Any) -> int:
                           soft_wrap=True)
     runs = sum(o.audit.runs for o in outs)
     accesses = sum(o.audit.accesses for o in outs)
-    console.print(f"audit: {len(outs)} correct scenario(s), {runs} executions, {accesses} plain "
+    console.print(f"audit: {len(outs)} correct scenario(s), {runs} executions (the first "
+                  f"{args.audit_runs} of each row's DPOR search at most), {accesses} plain "
                   f"accesses traced, {len(found)} scenario(s) with findings ({len(distinct)} "
                   f"distinct), {sum(excused.values())} access(es) to {len(excused)} declared "
                   f"benign location(s) excused, in {time.perf_counter() - t0:.1f}s",
@@ -402,6 +412,15 @@ def _audit_main(args: argparse.Namespace, console: Any) -> int:
     if broken:
         console.print(f"incomplete: {len(broken)} audit(s) could not run", highlight=False,
                       markup=False)
+    # a race that only an execution left unrun shows is missed: never worded as a proof
+    if found:
+        console.print(f"verdict: {len(distinct)} unordered pair(s) found in a sample of "
+                      f"{runs} executions; a sample, so more may hide in executions not run",
+                      highlight=False, markup=False)
+    else:
+        console.print(f"verdict: no unordered pair in a sample of {runs} executions"
+                      f"{' (some audits did not run)' if broken else ''}: a sample of "
+                      f"executions, not a proof", highlight=False, markup=False)
     return 1 if found else 2 if broken else 0
 
 
@@ -493,7 +512,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="race audit instead of verification: run each correct scenario a few "
                         "times tracing the model's plain data accesses, and report conflicting "
                         "pairs that no visible operation orders (the search cannot reorder "
-                        "them, so its 'exhausted' would not be a proof); NAMEs select scenarios")
+                        "them, so its 'exhausted' would not be a proof); a sample of executions, "
+                        "not a proof itself; NAMEs select scenarios")
     p.add_argument("--audit-runs", type=_runs, default=AUDIT_RUNS, metavar="N",
                    help=f"executions audited per scenario (default {AUDIT_RUNS})")
     p.add_argument("--verbose-audit", action="store_true",
