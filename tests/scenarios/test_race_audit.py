@@ -20,7 +20,7 @@ from kvmlock.kvm.vm import VM
 from kvmlock.scenarios import verify
 from kvmlock.scenarios.orders import together
 from kvmlock.scenarios.registry import SCENARIOS
-from kvmlock.sync import RCUWait, data_racy
+from kvmlock.sync import Mutex, RCUWait, data_racy, guarded_by
 
 _ROOT = os.path.dirname(kvmlock.__file__)
 #: the model, its scenarios, and this file (the reverted fixes below are model code too)
@@ -100,6 +100,20 @@ FAST_ZAP = "memslots.fast_zap_vs_running_vcpu.broken"  # (where DPOR missed the 
 CONFIG = "protected.vm_config_vs_create.correct"
 
 
+def _plain_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``VM.vcpu_defaults`` as a guarded field whose accesses are plain: the model makes each
+    access a visible step, which the search orders every way (nothing for the audit to find)."""
+    plain = guarded_by("lock")
+    plain.__set_name__(VM, "vcpu_defaults")
+    monkeypatch.setattr(VM, "vcpu_defaults", plain)
+
+
+def _store_after_unlock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The VM-wide vCPU setting stored just after kvm->lock is dropped, as a plain write."""
+    _plain_defaults(monkeypatch)
+    monkeypatch.setattr(ioctls, "set_vcpus_config", _set_vcpus_config_after_unlock)
+
+
 def _post_and_check_request() -> None:
     """A vCPU checks for a request while another task posts it."""
     vm = VM(None, nr_vcpus=1)
@@ -131,6 +145,11 @@ def test_role_invalid_as_plain_read_is_flagged(monkeypatch: pytest.MonkeyPatch) 
 
 def test_store_after_unlock_is_flagged_and_under_lock_is_not(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    # the model's field is visible: its store after the unlock is a step the search moves
+    # around the vCPU creation's read (verify catches that mutant), not a finding here
+    monkeypatch.setattr(ioctls, "set_vcpus_config", _set_vcpus_config_after_unlock)
+    assert not _at(_audit(CONFIG), "VM.vcpu_defaults")
+    _plain_defaults(monkeypatch)
     monkeypatch.setattr(ioctls, "set_vcpus_config", _set_vcpus_config_under_lock)
     assert not _at(_audit(CONFIG), "VM.vcpu_defaults")
     monkeypatch.setattr(ioctls, "set_vcpus_config", _set_vcpus_config_after_unlock)
@@ -142,7 +161,7 @@ def test_store_after_unlock_is_flagged_and_under_lock_is_not(
 
 def test_verify_audit_command_reports_and_fails(monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(ioctls, "set_vcpus_config", _set_vcpus_config_after_unlock)
+    _store_after_unlock(monkeypatch)
     monkeypatch.setattr(verify, "AUDIT_PATHS", (*verify.AUDIT_PATHS, __file__))
     assert verify.main(["--audit", CONFIG]) == 1
     out = capsys.readouterr().out
@@ -268,13 +287,13 @@ def test_every_correct_row_audits_clean() -> None:
 
 
 def test_the_whole_model_check_sees_a_reverted_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ioctls, "set_vcpus_config", _set_vcpus_config_after_unlock)
+    _store_after_unlock(monkeypatch)
     monkeypatch.setattr(verify, "AUDIT_PATHS", (*verify.AUDIT_PATHS, __file__))
     dirty = _dirty(verify.audit_scenarios(verify.audit_selection([CONFIG]), runs=SUITE_RUNS))
     assert CONFIG in dirty and "VM.vcpu_defaults" in str(dirty[CONFIG]), dirty
 
 
-# ----------------------------------------------------------------------------- the verdict's words
+# ----------------------------------------------------------------------------- the verdict
 
 def test_a_clean_audit_says_it_covered_a_sample_not_every_execution(
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -290,8 +309,49 @@ def test_a_clean_audit_says_it_covered_a_sample_not_every_execution(
 
 def test_an_audit_with_a_finding_says_so_in_its_verdict(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(ioctls, "set_vcpus_config", _set_vcpus_config_after_unlock)
+    _store_after_unlock(monkeypatch)
     monkeypatch.setattr(verify, "AUDIT_PATHS", (*verify.AUDIT_PATHS, __file__))
     assert verify.main(["--audit", "--json", CONFIG]) == 1
     (rec,) = json.loads(capsys.readouterr().out)
     assert rec["verdict"] == "findings" and rec["findings"] and rec["proof"] is False, rec
+
+
+# ------------------------------------------------------------------------ visible guarded fields
+
+class _Published:
+    """A field whose every access after the first is a visible step of the explorer."""
+
+    value = guarded_by("lock", visible=True)
+
+    def __init__(self) -> None:
+        self.lock = Mutex("published.lock")
+        self.value = 0
+
+
+def _reader_and(writer: Callable[[_Published], None]) -> Callable[[], None]:
+    def body() -> None:
+        p = _Published()
+        together(lambda: p.value, lambda: writer(p), names=["reader", "writer"])
+
+    return body
+
+
+def _store(p: _Published) -> None:
+    p.value = 1  # a visible write (the field is set already)
+
+
+def _drop_and_store(p: _Published) -> None:
+    del p.value  # no visible step: a plain write of the field
+    p.value = 1  # a first assignment again, a plain write too
+
+
+def test_a_visible_fields_access_is_its_own_step_and_a_plain_one_is_flagged() -> None:
+    # each access is a step DPOR orders both ways: nothing for the audit to find
+    res = audit(_reader_and(_store), PATHS, runs=10)
+    assert res.runs == 2 and not res.failures, res  # (both orders of the two steps)
+    assert not _at(res, "_Published.value")
+    res = audit(_reader_and(_drop_and_store), PATHS, runs=10)
+    assert not res.failures, res
+    hits = _at(res, "_Published.value")
+    assert hits, "a write of a visible field made with no visible step was not flagged"
+    assert any("_drop_and_store" in (f.first.function, f.second.function) for f in hits)

@@ -25,6 +25,10 @@ visible operation that the traced code itself made (``rt.point``, a wait queue's
 or a function it calls, is ordered as that operation is (its interval ends at ``e_k``, not
 ``e_k+1``). Once that function has returned, its caller's accesses are separate again: the
 payload of ``with q: q.point(...); ...`` is that block, not whatever the caller does next.
+A field whose class attribute says an access is a visible operation of its own
+(``visible_access(obj, kind)``, as ``guarded_by(visible=True)`` does) is credited to that
+operation: the access is ordered as the operation is, both as the earlier and as the later of a
+pair, since the search orders the operation against the other task's every way.
 Operations of a primitive (a lock's acquire and release, an atomic, SRCU, RCU: code outside
 the traced package) carry their own payload; the traced code after them is a separate access,
 so a store just after an unlock is not ordered by the unlock. Traced code that a primitive
@@ -167,6 +171,11 @@ class _Recorder(_mt.Tracer):
         self.owner: dict[int, tuple[str, str | None]] = {}
         self.keep: dict[int, Any] = {}  # every object keyed by id, kept alive for the run
         self.why: dict[tuple[type, str], str | None] = {}
+        #: (class, attribute) -> the field's ``visible_access`` (None: it has none)
+        self.steps: dict[tuple[type, str], Any] = {}
+        #: tid -> an access its next visible operation makes (label, keys, write, site)
+        self.stepped: dict[int, tuple[str, list[tuple], bool, Site]] = {}
+        self.kind = -1  # the instruction kind of the access being recorded
         self.into, self.run, self.found = into, run, seen
         self.frame: Any = None
         self.key_of: Any = None
@@ -190,6 +199,11 @@ class _Recorder(_mt.Tracer):
         # the operation executes now
         self.ev.record(op, False, len(self.rt.tasks) if op[3] == "spawn" else -1, False)
         self.glued[t.tid] = glue
+        made = self.stepped.pop(t.tid, None)
+        if made is not None and not self.rt.aborting:
+            # the access that announced this operation (a visible field's) is the operation
+            clock = self.ev.task_clock[t.tid]
+            self._record(t, made[0], made[1], made[2], clock, clock[t.tid], made[3])
 
     def task(self, fn: Any, spawner: Any = None) -> Any:
         if not callable(fn):
@@ -214,6 +228,7 @@ class _Recorder(_mt.Tracer):
     def _on_op(self, frame: Any, op: tuple[int, Any]) -> None:
         self.frame = frame
         kind, a = op
+        self.kind = kind
         if kind == _mt._S_LOAD or kind == _mt._S_STORE:
             self.key_of = _mt._stack(frame, 1)
         elif kind == _mt._A_LOAD:
@@ -239,6 +254,27 @@ class _Recorder(_mt.Tracer):
         self.why[k] = why
         return why
 
+    def _step(self, obj: object, name: str) -> bool:
+        """Whether this access of attribute ``name`` is made by a visible operation of its
+        own: the field's class attribute says so (``visible_access``, as a visible
+        ``guarded_by`` field does), for this object and this kind of access."""
+        cls = type(obj)
+        k = (cls, name)
+        step = self.steps.get(k, False)
+        if step is False:
+            step = None
+            for c in cls.__mro__:
+                v = c.__dict__.get(name)
+                if v is not None:
+                    step = getattr(v, "visible_access", None)
+                    break
+            self.steps[k] = step
+        if step is None:
+            return False
+        kind = self.kind
+        return bool(step(obj, "delete" if kind == _mt._A_DEL else
+                         "write" if kind == _mt._A_STORE else "read"))
+
     def _site(self) -> Site:
         f = self.frame
         fn = os.path.abspath(f.f_code.co_filename)
@@ -255,10 +291,11 @@ class _Recorder(_mt.Tracer):
         if t is None or rt.aborting or self.frame is None:
             return
         oid = id(obj)
-        whole = False
+        whole = step = False
         if fmt is _mt._L_ATTR:
             why = self._why(type(obj), name)
             label = f"{type(obj).__name__}.{name}"
+            step = why is None and self._step(obj, name)
         elif fmt is _mt._L_NAME:
             why, label = None, f"{arg}"
             name = ("name", arg)  # (a global's or a closure cell's)
@@ -286,6 +323,16 @@ class _Recorder(_mt.Tracer):
         self.into.accesses += 1
         if oid not in self.keep:
             self.keep[oid] = obj
+        keys = [(oid, name)]
+        if whole:
+            keys += [(oid, n) for n in self.items.get(oid, ())]
+        elif type(name) is tuple and name and name[0] == "[]":
+            keys.append((oid, None))
+        if step:
+            # the instruction runs the field's own visible operation next: the access is
+            # that operation, ordered (both ways) as it is, not by the step before it
+            self.stepped[t.tid] = (label, keys, write, self._site())
+            return
         tid = t.tid
         clock = self.ev.task_clock[tid]
         here = clock[tid] + 1
@@ -296,12 +343,15 @@ class _Recorder(_mt.Tracer):
                 f = f.f_back
             if f is not None:
                 here -= 1  # the payload of the visible operation its own frame made
-        site = None
-        keys = [(oid, name)]
-        if whole:
-            keys += [(oid, n) for n in self.items.get(oid, ())]
-        elif type(name) is tuple and name and name[0] == "[]":
-            keys.append((oid, None))
+        self._record(t, label, keys, write, clock, here, None)
+
+    def _record(self, t: Any, label: str, keys: list[tuple], write: bool, clock: Any,
+                here: int, site: Site | None) -> None:
+        """Check an access of task ``t`` (whose clock is ``clock``, its interval ending at
+        its visible operation number ``here``) against every other task's last ones at
+        ``keys``, then remember it at ``keys[0]``."""
+        rt = self.rt
+        tid = t.tid
         for key in keys:
             st = self.hist.get(key)
             if not st:

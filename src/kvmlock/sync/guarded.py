@@ -140,6 +140,15 @@ class guarded_by(_Seen):  # noqa: N801 - reads as the annotation it is: ``x = gu
         self.field = name
         self.data = f"{owner.__name__}.{name}"
 
+    def visible_access(self, obj: object, kind: str) -> bool:
+        """Whether an access of this field (``kind``: "read", "write" or "delete") about to be
+        made on ``obj`` is a visible operation of the explorer: with ``visible=True``, every
+        read, and every write but the first; a delete never is. The race audit credits such
+        an access to its own step rather than to the step before it."""
+        if not self.visible or kind == "delete":
+            return False
+        return kind == "read" or self.field in getattr(obj, "__dict__", ())
+
     def _read_side(self, src: object) -> object:
         if self.read_side is None:
             return None
