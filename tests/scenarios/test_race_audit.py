@@ -355,3 +355,93 @@ def test_a_visible_fields_access_is_its_own_step_and_a_plain_one_is_flagged() ->
     hits = _at(res, "_Published.value")
     assert hits, "a write of a visible field made with no visible step was not flagged"
     assert any("_drop_and_store" in (f.first.function, f.second.function) for f in hits)
+
+
+# ----------------------------------------------------------------------------- a container's length
+
+class _Rows:
+    def __init__(self) -> None:
+        self.items: list[int] = [0, 0]
+        self.index: dict[str, int] = {"a": 0}
+
+
+def _length_while(change: Callable[[_Rows], None],
+                  read: Callable[[_Rows], object] = lambda r: len(r.items)) -> Callable[[], None]:
+    def body() -> None:
+        r = _Rows()
+        together(lambda: read(r), lambda: change(r), names=["reader", "changer"])
+
+    return body
+
+
+def _set_item(r: _Rows) -> None:
+    r.items[1] = 7  # the length stays
+
+
+def _append(r: _Rows) -> None:
+    r.items.append(7)
+
+
+def _pop(r: _Rows) -> None:
+    r.items.pop()
+
+
+def _del_item(r: _Rows) -> None:
+    del r.items[0]
+
+
+def _set_known_key(r: _Rows) -> None:
+    r.index["a"] = 1  # a key the dict has: its length stays
+
+
+def _add_key(r: _Rows) -> None:
+    r.index["b"] = 1
+
+
+def _truth(r: _Rows) -> object:
+    return 1 if r.items else 0  # whether it is empty: its length
+
+
+def _dict_len(r: _Rows) -> object:
+    return len(r.index)
+
+
+def _found_at(body: Callable[[], None], location: str) -> list[Any]:
+    res = audit(body, PATHS, runs=4)
+    assert res.runs >= 1 and not res.failures, res
+    return _at(res, location)
+
+
+@pytest.mark.parametrize("read", [lambda r: len(r.items), _truth], ids=["len", "truth"])
+def test_a_length_read_conflicts_with_what_changes_the_length_only(
+        read: Callable[[_Rows], object]) -> None:
+    assert not _found_at(_length_while(_set_item, read), "_Rows.items[]")
+    for change in (_append, _pop, _del_item):
+        assert _found_at(_length_while(change, read), "_Rows.items[]"), change.__name__
+
+
+def test_a_dicts_length_changes_with_a_new_key_not_with_a_known_one() -> None:
+    assert not _found_at(_length_while(_set_known_key, _dict_len), "_Rows.index[]")
+    assert _found_at(_length_while(_add_key, _dict_len), "_Rows.index[]")
+
+
+def test_reading_every_item_still_conflicts_with_a_store_of_one() -> None:
+    # (the near miss of the length read: iteration reads the items themselves)
+    assert _found_at(_length_while(_set_item, lambda r: sum(r.items)), "_Rows.items[]")
+    assert _found_at(_length_while(_set_item, lambda r: list(r.items)), "_Rows.items[]")
+
+
+def _add_other_key(r: _Rows) -> None:
+    r.index["c"] = 2
+
+
+def test_two_new_keys_change_the_length_without_a_conflict_and_one_key_twice_has_one() -> None:
+    # (the length grows by one either way round: only a read of it sees the order)
+    def adding(second: Callable[[_Rows], None]) -> Callable[[], None]:
+        def body() -> None:
+            r = _Rows()
+            together(lambda: _add_key(r), lambda: second(r), names=["a", "b"])
+        return body
+
+    assert not _found_at(adding(_add_other_key), "_Rows.index[]")
+    assert _found_at(adding(_add_key), "_Rows.index[]")

@@ -37,8 +37,10 @@ its visible read of ``reads``, an SRCU callback run at its grace period's end --
 operation's payload, as a callee of the frame that made it.
 
 What is a location: an attribute of an object; an item of a container by key (a whole-container
-operation, ``append``, ``len``, iteration, conflicts with every item); a module global; a
-closure cell. A finding is named by the object's type and attribute (a container by the
+operation, ``append``, ``pop``, iteration, conflicts with every item); a container's length
+(read by ``len`` and a truth test, written by a whole-container write, a store of a new key, a
+``del`` or a slice store; a store of an existing item leaves it); a module global; a closure
+cell. A finding is named by the object's type and attribute (a container by the
 attribute it was loaded from) and the two code sites. A race that is benign on purpose is
 declared where the data is: a class attribute of the field's name whose ``racy_why`` says why
 (``kvmlock.sync.data_racy("...")``); its accesses are counted as excused with that reason,
@@ -51,8 +53,10 @@ untraced. It is a check on a model's fidelity to its own proof, not a proof.
 
 from __future__ import annotations
 
+import dis
 import os
 import sys
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +73,15 @@ _EXPLORE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _RUNTIME = os.path.join(os.path.dirname(os.path.dirname(_EXPLORE)), "runtime.py")
 _PKG = os.path.dirname(os.path.dirname(_EXPLORE)) + os.sep  # kvmlock/
 _HASHABLE = (int, str, bytes, float, bool, type(None))
+#: a container's length as a location of its own: read by ``len`` and a truth test, written by
+#: what adds or removes an item (a whole-container write, a new key, a ``del``, a slice store)
+_LEN = ("len",)
+#: instructions that test a value's truth (for a container: whether it is empty, its length)
+_TRUTH = frozenset(dis.opmap[n] for n in (
+    "POP_JUMP_FORWARD_IF_FALSE", "POP_JUMP_BACKWARD_IF_FALSE", "POP_JUMP_FORWARD_IF_TRUE",
+    "POP_JUMP_BACKWARD_IF_TRUE", "JUMP_IF_FALSE_OR_POP", "JUMP_IF_TRUE_OR_POP", "UNARY_NOT",
+    "POP_JUMP_IF_FALSE", "POP_JUMP_IF_TRUE") if n in dis.opmap)
+_DELETE_SUBSCR = dis.opmap["DELETE_SUBSCR"]
 _scopes: dict[tuple[str, ...], _mt.Scope] = {}
 
 
@@ -174,7 +187,7 @@ class _Recorder(_mt.Tracer):
         #: (class, attribute) -> the field's ``visible_access`` (None: it has none)
         self.steps: dict[tuple[type, str], Any] = {}
         #: tid -> an access its next visible operation makes (label, keys, write, site)
-        self.stepped: dict[int, tuple[str, list[tuple], bool, Site]] = {}
+        self.stepped: dict[int, tuple[str, list[tuple], bool, Site, int]] = {}
         self.kind = -1  # the instruction kind of the access being recorded
         self.into, self.run, self.found = into, run, seen
         self.frame: Any = None
@@ -203,7 +216,7 @@ class _Recorder(_mt.Tracer):
         if made is not None and not self.rt.aborting:
             # the access that announced this operation (a visible field's) is the operation
             clock = self.ev.task_clock[t.tid]
-            self._record(t, made[0], made[1], made[2], clock, clock[t.tid], made[3])
+            self._record(t, made[0], made[1], made[2], clock, clock[t.tid], made[3], made[4])
 
     def task(self, fn: Any, spawner: Any = None) -> Any:
         if not callable(fn):
@@ -229,8 +242,11 @@ class _Recorder(_mt.Tracer):
         self.frame = frame
         kind, a = op
         self.kind = kind
+        self.resizes = False
         if kind == _mt._S_LOAD or kind == _mt._S_STORE:
-            self.key_of = _mt._stack(frame, 1)
+            self.key_of = k = _mt._stack(frame, 1)
+            if kind == _mt._S_STORE:
+                self.resizes = self._resizes(frame, _mt._stack(frame, 2), k)
         elif kind == _mt._A_LOAD:
             obj = _mt._stack(frame, 1)
             d = getattr(obj, "__dict__", None)
@@ -240,6 +256,18 @@ class _Recorder(_mt.Tracer):
                     self.owner[id(v)] = (f"{type(obj).__name__}.{a}", self._why(type(obj), a))
                     self.keep[id(v)] = v
         super()._on_op(frame, op)
+
+    @staticmethod
+    def _resizes(frame: Any, obj: Any, key: Any) -> bool:
+        """Whether a store or delete of ``obj[key]`` (about to run) changes ``len(obj)``."""
+        if frame.f_code.co_code[frame.f_lasti] == _DELETE_SUBSCR or isinstance(key, slice):
+            return True
+        if isinstance(obj, (list, deque, bytearray)):
+            return False  # an index store replaces an item
+        try:
+            return key not in obj  # a mapping's new key
+        except TypeError:
+            return True  # (the store itself will fail)
 
     def _why(self, cls: type, name: str) -> str | None:
         k = (cls, name)
@@ -291,7 +319,7 @@ class _Recorder(_mt.Tracer):
         if t is None or rt.aborting or self.frame is None:
             return
         oid = id(obj)
-        whole = step = False
+        whole = step = resizes = False
         if fmt is _mt._L_ATTR:
             why = self._why(type(obj), name)
             label = f"{type(obj).__name__}.{name}"
@@ -313,6 +341,12 @@ class _Recorder(_mt.Tracer):
                         k = ("id", id(k))
                 name = ("[]", k)
                 self.items.setdefault(oid, set()).add(name)
+                resizes = write and self.resizes
+            elif not write and (fmt is _mt._L_CALL and arg == "len" or (
+                    self.kind == _mt._READ1
+                    and self.frame.f_code.co_code[self.frame.f_lasti] in _TRUTH)):
+                name = _LEN  # ``len(x)``, ``if x:``: how many items, not which
+                self.items.setdefault(oid, set()).add(name)
             else:
                 name = None
                 whole = True
@@ -324,14 +358,21 @@ class _Recorder(_mt.Tracer):
         if oid not in self.keep:
             self.keep[oid] = obj
         keys = [(oid, name)]
+        marks = 1
         if whole:
             keys += [(oid, n) for n in self.items.get(oid, ())]
+        elif name is _LEN:
+            keys.append((oid, None))  # what adds or removes an item as a whole
         elif type(name) is tuple and name and name[0] == "[]":
+            if resizes:  # a store or delete of an item that changes the length too
+                keys.append((oid, _LEN))
+                self.items[oid].add(_LEN)
+                marks = 2
             keys.append((oid, None))
         if step:
             # the instruction runs the field's own visible operation next: the access is
             # that operation, ordered (both ways) as it is, not by the step before it
-            self.stepped[t.tid] = (label, keys, write, self._site())
+            self.stepped[t.tid] = (label, keys, write, self._site(), marks)
             return
         tid = t.tid
         clock = self.ev.task_clock[tid]
@@ -343,37 +384,43 @@ class _Recorder(_mt.Tracer):
                 f = f.f_back
             if f is not None:
                 here -= 1  # the payload of the visible operation its own frame made
-        self._record(t, label, keys, write, clock, here, None)
+        self._record(t, label, keys, write, clock, here, None, marks)
 
     def _record(self, t: Any, label: str, keys: list[tuple], write: bool, clock: Any,
-                here: int, site: Site | None) -> None:
+                here: int, site: Site | None, marks: int = 1) -> None:
         """Check an access of task ``t`` (whose clock is ``clock``, its interval ending at
         its visible operation number ``here``) against every other task's last ones at
-        ``keys``, then remember it at ``keys[0]``."""
+        ``keys``, then remember it at the first ``marks`` of them."""
         rt = self.rt
         tid = t.tid
         for key in keys:
             st = self.hist.get(key)
             if not st:
                 continue
+            # two changes of a length commute (an item added, another removed): only a read
+            # of it conflicts with one (their items, when the same, conflict as items)
+            counted = key[1] is _LEN
             for p, rw in st.items():
                 if p == tid:
                     continue
                 seen_p = clock[p] if p < len(clock) else 0
                 for prior, prior_write in ((rw[1], True), (rw[0], False)):
-                    if prior is None or not (write or prior_write) or seen_p >= prior[0]:
+                    if prior is None or not (write or prior_write) or seen_p >= prior[0] or (
+                            counted and write and prior_write):
                         continue
                     if site is None:
                         site = self._site()
                     self._found(label, prior[1], site, prior_write, write,
                                 (rt.tasks[p].name, t.name))
-        st = self.hist.get(keys[0])
-        if st is None:
-            st = self.hist[keys[0]] = {}
-        rw = st.get(tid)
-        if rw is None:
-            rw = st[tid] = [None, None]
-        rw[1 if write else 0] = (here, site or self._site())
+        mark = (here, site or self._site())
+        for key in keys[:marks]:
+            st = self.hist.get(key)
+            if st is None:
+                st = self.hist[key] = {}
+            rw = st.get(tid)
+            if rw is None:
+                rw = st[tid] = [None, None]
+            rw[1 if write else 0] = mark
 
     def _found(self, label: str, first: Site, second: Site, w1: bool, w2: bool,
                tasks: tuple[str, str]) -> None:
