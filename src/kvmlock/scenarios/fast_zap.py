@@ -120,7 +120,8 @@ def recovery_vs_fast_zap(hazards: dict[str, bool] | None = None, shared: bool = 
                   "freed) twice",
       broken_expect="assertion",
       invariant="a table is removed and freed once; the guest reads back what it wrote",
-      catches=("recover_parent_load_store", "fast_zap_plain_store"), **_BOUND)
+      catches=("recover_parent_load_store", "fast_zap_plain_store", "recover_without_rcu"),
+      **_BOUND)
 def vs_fast_zap(broken: bool) -> None:
     recovery_vs_fast_zap({"recover_parent_load_store": broken})
 

@@ -19,7 +19,12 @@ tdp_mmu.c, in the model's own code):
   the fast path may still make one writable and a fault that walked in before may still
   install one -- the exchange returns whatever is there, and its Accessed/Dirty reach the page;
 * TLBs are flushed before the lock is dropped, and the table is freed only after an RCU grace
-  period (``call_rcu``), when no lockless walker can still be inside it.
+  period (``call_rcu``), when no lockless walker can still be inside it;
+* all of it, from taking the table off the list to the flush, runs inside an RCU read side of
+  its own, taken just after ``mmu_lock``: read-mode ``mmu_lock`` does not keep out the other
+  read-mode remover, the fast zap of invalidated roots, which may take the same table out and
+  free it after a grace period -- only the read side makes that grace period wait until
+  recovery no longer reads the table (the entry above it, its SPTEs).
 
 Read-mode writers change SPTEs only atomically. Writers that hold ``mmu_lock`` for write may use
 plain stores on SPTEs only the CPU and the fast path could change, and walk tables without an
@@ -37,6 +42,7 @@ does not test it.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 from kvmlock.kvm.mmu.shadow import SP_ENTRIES, grace_period
@@ -78,6 +84,14 @@ RECOVER_FREE_NO_GRACE_PERIOD = mutant(
     breaks="a shadow page is freed only after every lockless walker that may use it is done")
 
 
+RECOVER_WITHOUT_RCU = mutant(
+    "recover_without_rcu", removes="the RCU read side NX huge-page recovery holds from taking "
+    "a table off the list until it has removed it and flushed (read-mode mmu_lock only)",
+    breaks="TDP MMU tables are freed after an RCU grace period, and read-mode mmu_lock does not "
+           "keep out the fast zap of invalidated roots: it removes and frees the table "
+           "recovery found, which then reads a freed table")
+
+
 def recover_nx_huge_page(vm: VM, va: int) -> bool:
     """Zap the TDP page table that maps guest page ``va``, under read-mode ``mmu_lock``; True
     if one was removed (and freed)."""
@@ -89,7 +103,9 @@ def recover_nx_huge_page(vm: VM, va: int) -> bool:
     plain = RECOVER_PARENT_LOAD_STORE in vm.hazards
     flush = RECOVER_NO_FLUSH not in vm.hazards
     late = RECOVER_FLUSH_AFTER_UNLOCK in vm.hazards
-    with vm.mmu_lock.read():
+    # (broken without it: a fast zap may free the table found while recovery still reads it)
+    reader = nullcontext() if RECOVER_WITHOUT_RCU in vm.hazards else mmu.rcu.read()
+    with vm.mmu_lock.read(), reader:
         table = _possible_nx_huge_page(vm, va)
         if table is None or not mmu.clear_parent(table, plain=plain):
             return False

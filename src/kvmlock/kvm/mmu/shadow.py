@@ -534,6 +534,10 @@ class MMU:
         assert sp.parent is not None, f"{sp!r} is no TDP MMU table"
         entries = sp.parent.pages
         rt = runtime.active()
+        # what locates the entry is the table's own (sp->ptep, sp->spt): read before the
+        # change, as a step the free of the table (free_tables) is ordered against
+        rt.point(sp, "read sp->ptep", False)
+        self.check_live(sp, "NX huge-page recovery's change of the entry above it")
         if plain:
             rt.point(entries, "load parent SPTE", False)
             if entries[sp.index] is not sp:

@@ -147,9 +147,11 @@ def check_still_frozen(sp: ShadowPage, by: str) -> None:
 def free_tables(tables: list[ShadowPage], by: str) -> None:
     """The RCU callbacks of removed tables (``tdp_mmu_free_sp_rcu_callback``); the caller
     waited for the grace period."""
+    rt = runtime.active()
     for sp in tables:
         with irq.softirq():
             check_still_frozen(sp, by)
+            rt.point(sp, "free shadow page (RCU callback)", True)  # (a reader of it is ordered)
             sp.free(by)
 
 
