@@ -851,18 +851,21 @@ def _worker_main(creator: Any) -> Any:
         rt, t = target.switch(value)
 
 
-_CODE_INTERNAL: dict[Any, bool] = {}
+#: file name -> whether it is one of kvmlock's own layers. Keyed by the file name, not the
+#: code object: a str caches its hash, while hashing a code object hashes its constants (and
+#: the code objects among them) again on every lookup, several times a read's cost.
+_FILE_INTERNAL: dict[str, bool] = {}
 
 
 def _user_frames(frame: Any) -> Iterator[Any]:
     """The frames outside kvmlock's own layers, innermost first."""
     f = frame
-    cache = _CODE_INTERNAL
+    cache = _FILE_INTERNAL
     while f is not None:
-        code = f.f_code
-        internal = cache.get(code)
+        fn = f.f_code.co_filename
+        internal = cache.get(fn)
         if internal is None:
-            internal = cache[code] = code.co_filename.startswith(_INTERNAL)
+            internal = cache[fn] = fn.startswith(_INTERNAL)
         if not internal:
             yield f
         f = f.f_back
@@ -873,12 +876,13 @@ def _point(frame: Any) -> Any:
     operation) -- every read asks, so a plain loop, not the generator, and no line number,
     which CPython finds by walking the code's line table from its start."""
     f = frame
-    cache = _CODE_INTERNAL
+    cache = _FILE_INTERNAL
     while f is not None:
         code = f.f_code
-        internal = cache.get(code)
+        fn = code.co_filename
+        internal = cache.get(fn)
         if internal is None:
-            internal = cache[code] = code.co_filename.startswith(_INTERNAL)
+            internal = cache[fn] = fn.startswith(_INTERNAL)
         if not internal:
             return (code, f.f_lasti)
         f = f.f_back
