@@ -239,7 +239,8 @@ def graph() -> DepGraph:
                 for (sr, dr), where in list(link.sites.items()):
                     g.edges.append(Edge(c.name, link.dst.name, sr, max(dr, 0), where, dr < 0))
         g.refused = list(S.refused.values())
-        g.protected = [replace(p, violations=list(p.violations), updates=list(p.updates))
+        g.protected = [replace(p, where=str(p.where), violations=list(p.violations),
+                               updates=[(h, str(w)) for h, w in p.updates])
                        for p in S.protected.values()]
     g.chains = [tuple(h.name for h in chain) for chain in chains()]
     return g

@@ -18,7 +18,7 @@ from kvmlock import runtime as _rt
 from kvmlock.lockdep import core
 from kvmlock.lockdep.report import ProtectedData, Report
 from kvmlock.lockdep.state import _INFO, _held_locks, _info, _lock_entries, _report, _task_name
-from kvmlock.lockdep.where import user_site
+from kvmlock.lockdep.where import site, user_site
 
 #: The RCU read side (``rcu_read_lock``): a recursive read of one pseudo-lock, as in the kernel,
 #: so it shows among a task's held locks in every report.
@@ -111,13 +111,14 @@ def record(kind: str, name: str, lock: str, read_side: str = "") -> ProtectedDat
 
     Guarded data is one datum per (name, lock); an RCU pointer one per name, ``lock`` being
     the read side its readers use. Callers keep the record until the state changes, so a
-    checked access pays for this once per run, not once per access.
+    checked access pays for this once per run, not once per access. Its ``where`` is kept as
+    a :class:`~kvmlock.lockdep.where.Site`, made text by the graph snapshot that shows it.
     """
     key = (kind, name, "" if kind == "rcu" else lock)
     table = _world().lockdep.protected
     p = table.get(key)
     if p is None:
-        p = table.setdefault(key, ProtectedData(name, kind, lock, read_side, user_site()))
+        p = table.setdefault(key, ProtectedData(name, kind, lock, read_side, site(2)))
     elif not p.lock and lock:
         p.lock = lock
     return p
@@ -129,7 +130,7 @@ def published(name: str) -> None:
     names = tuple(sorted({_info(e)[0].name for e in _lock_entries(held)}))
     p = record("rcu", name, "")
     if all(h != names for h, _w in p.updates):
-        p.updates.append((names, user_site()))
+        p.updates.append((names, site(2)))  # (text in the graph snapshot, as ``where``)
 
 
 def _violated(p: ProtectedData, where: str) -> None:

@@ -66,19 +66,52 @@ def short_path(filename: str) -> str:
     return hit
 
 
+#: id(code) -> (code, its line at each instruction offset), for :func:`line_at`; the code
+#: object is kept so that its id cannot be another's while the entry lives.
+_LINES: dict[int, tuple[Any, dict[int, int]]] = {}
+
+
+def line_at(code: Any, lasti: int) -> int:
+    """The line a frame running ``code`` at instruction offset ``lasti`` is at: what its
+    ``f_lineno`` says (-1 for an instruction with no line). Found when a place is shown,
+    not when it is captured: ``f_lineno`` walks the code's line table from its start at
+    every call, while this reads a table made once per code object."""
+    if lasti < 0:
+        return code.co_firstlineno
+    hit = _LINES.get(id(code))
+    if hit is None or hit[0] is not code:
+        if len(_LINES) >= 1 << 14:
+            _LINES.clear()
+        table = {}
+        for start, end, ln in code.co_lines():
+            for off in range(start, end, 2):
+                table[off] = -1 if ln is None else ln
+        hit = _LINES[id(code)] = (code, table)
+    return hit[1].get(lasti, -1)
+
+
 class Site:
-    """A user code line as captured on a chain-cache miss: the file and line only. It becomes
-    ``file:line`` (relative to the working directory) when a report, a held-lock list or a
-    graph snapshot needs the text, so a miss makes no system call and formats nothing."""
+    """A user code line as captured on a chain-cache miss: the code and instruction only. It
+    becomes ``file:line`` (relative to the working directory) when a report, a held-lock list
+    or a graph snapshot needs the text, so a miss makes no system call, looks up no line and
+    formats nothing."""
 
-    __slots__ = ("file", "line")
+    __slots__ = ("code", "lasti")
 
-    def __init__(self, file: str, line: int) -> None:
-        self.file = file
-        self.line = line
+    def __init__(self, code: Any, lasti: int) -> None:
+        self.code = code
+        self.lasti = lasti
+
+    @property
+    def file(self) -> str:
+        return self.code.co_filename
+
+    @property
+    def line(self) -> int:
+        return line_at(self.code, self.lasti)
 
     def __str__(self) -> str:
-        return f"{short_path(self.file)}:{self.line}"
+        return f"{short_path(self.code.co_filename)}:{line_at(self.code, self.lasti)}"
 
     __repr__ = __str__
 
@@ -98,12 +131,13 @@ def site(skip: int = 1) -> Site | str:
     f = sys._getframe(skip)
     cache = _internal_cache
     while f is not None:
-        fn = f.f_code.co_filename
+        code = f.f_code
+        fn = code.co_filename
         hit = cache.get(fn)
         if hit is None:
             hit = _internal(fn)
         if not hit:
-            return Site(fn, f.f_lineno)
+            return Site(code, f.f_lasti)
         f = f.f_back
     return UNKNOWN
 
@@ -159,16 +193,17 @@ def taken_at(code: Any, lasti: int) -> str | None:
 
 
 class Stack:
-    """User frames as captured (file, line, function), innermost first; iterating gives the
-    ``file:line in function`` texts, formatted then (see :class:`Site`)."""
+    """User frames as captured (code, instruction offset), innermost first; iterating gives
+    the ``file:line in function`` texts, looked up and formatted then (see :class:`Site`)."""
 
     __slots__ = ("frames",)
 
-    def __init__(self, frames: tuple[tuple[str, int, str], ...]) -> None:
+    def __init__(self, frames: tuple[tuple[Any, int], ...]) -> None:
         self.frames = frames
 
     def __iter__(self):  # type: ignore[no-untyped-def]
-        return (f"{short_path(fn)}:{line} in {name}" for fn, line, name in self.frames)
+        return (f"{short_path(code.co_filename)}:{line_at(code, lasti)} in {code.co_name}"
+                for code, lasti in self.frames)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -186,19 +221,30 @@ class Stack:
 def user_stack(skip: int = 1, limit: int = 4) -> Stack:
     """The innermost ``limit`` user frames, innermost first: the call path that made a
     dependency, as the kernel's stack under each chain entry (text when iterated)."""
-    out: list[tuple[str, int, str]] = []
+    out: list[tuple[Any, int]] = []
     f = sys._getframe(skip)
-    cache = _internal_cache
+    cache = _stack_cache
     while f is not None and len(out) < limit:
         code = f.f_code
         fn = code.co_filename
-        if fn in _BOTTOM or fn.endswith(_PYTEST_CALL):
+        what = cache.get(fn)
+        if what is None:
+            what = cache[fn] = _frame_kind(fn)
+        if what is _USER:
+            out.append((code, f.f_lasti))
+        elif what is _BELOW:
             break  # an event loop running a task, runpy running the program, pytest calling a
             # test: nothing above is the user's
-        hit = cache.get(fn)
-        if hit is None:
-            hit = _internal(fn)
-        if not hit:
-            out.append((fn, f.f_lineno, code.co_name))
         f = f.f_back
     return Stack(tuple(out))
+
+
+#: What a frame of a file is to :func:`user_stack`, decided once per file name.
+_USER, _SKIPPED, _BELOW = "user", "skipped", "below"
+_stack_cache: dict[str, str] = {}
+
+
+def _frame_kind(fn: str) -> str:
+    if fn in _BOTTOM or fn.endswith(_PYTEST_CALL):
+        return _BELOW
+    return _SKIPPED if _internal(fn) else _USER
