@@ -111,3 +111,72 @@ def test_a_failing_execution_keeps_its_exception() -> None:
     ex = execute(body, DPOR(), 1000)
     assert ex is not None and ex.kind == "assertion"
     assert "the invariant" in str(ex.exc)
+
+
+def test_settled_leaves_what_lives_out_of_passes_and_takes_it_back() -> None:
+    class Old:
+        pass
+
+    old = Old()
+    old.me = old  # a cycle alive before the block
+    dead = Old()
+    dead.me = dead
+    dead_ref = weakref.ref(dead)
+    del dead  # garbage before the block: collected first, not kept frozen
+    assert gc.get_freeze_count() == 0
+    with gcpace.settled():
+        assert dead_ref() is None
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        assert not any(o is old for o in gc.get_objects())  # out of every generation
+        young = Old()
+        young.me = young
+        assert any(o is young for o in gc.get_objects())  # made inside: collected as usual
+    assert gc.get_freeze_count() == 0
+    assert any(o is old for o in gc.get_objects())  # back in the oldest generation
+
+
+def test_settled_leaves_a_program_s_own_freeze_and_a_switched_off_collector_alone() -> None:
+    gc.freeze()
+    try:
+        mine = gc.get_freeze_count()
+        with gcpace.settled():
+            assert gc.get_freeze_count() == mine
+        assert gc.get_freeze_count() == mine  # not thawed by us
+    finally:
+        gc.unfreeze()
+    gc.disable()
+    try:
+        with gcpace.settled():
+            assert gc.get_freeze_count() == 0
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_verify_runs_settled_and_thaws_after() -> None:
+    from kvmlock.scenarios import verify
+
+    seen = []
+    real = gcpace.settled
+
+    def spy():  # type: ignore[no-untyped-def]
+        cm = real()
+
+        class Watch:
+            def __enter__(self) -> None:
+                cm.__enter__()
+                seen.append(gc.get_freeze_count())
+
+            def __exit__(self, *exc: object) -> None:
+                cm.__exit__(*exc)
+
+        return Watch()
+
+    gcpace.settled = spy
+    try:
+        assert verify.main(["--list"]) == 0
+    finally:
+        gcpace.settled = real
+    assert seen and seen[0] > 0
+    assert gc.get_freeze_count() == 0

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvmlock import lockdep
+from kvmlock.explore import gcpace
 from kvmlock.lockdep import state as _ld_state
 from kvmlock.scenarios.registry import SCENARIOS, Scenario
 
@@ -578,6 +579,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(width=max(console.width, 150))  # logs and CI: do not squeeze
+    with gcpace.settled():
+        return _main(args, console)
+
+
+def _main(args: argparse.Namespace, console: Any) -> int:
     if args.mutants:
         return _mutants_main(args, console)
     if args.audit:
