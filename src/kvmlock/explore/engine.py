@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable
+from inspect import CO_COROUTINE
+from types import FunctionType
 from typing import Any
 
 from kvmlock import lockdep as _lockdep
@@ -63,7 +65,10 @@ class Execution:
     @property
     def irqs(self) -> bool:
         """An interrupt was injected (no dependency between operations expresses when)."""
-        return any(t.victim is not None for t in self.rt.tasks)
+        for t in self.rt.tasks:  # (a loop, not any() over a generator: asked every execution)
+            if t.victim is not None:
+                return True
+        return False
 
     def signature(self) -> tuple:
         """What makes two failures "the same" for shrinking."""
@@ -263,6 +268,8 @@ def _check_seconds(name: str, v: object) -> None:
 
 def _async(body: Any) -> Any:
     """An async function runs on the explorer's event loop (see asyncio_loop.py)."""
+    if type(body) is FunctionType and not body.__code__.co_flags & CO_COROUTINE:
+        return body  # (a plain function, said without inspect's unwrapping: every check asks)
     if inspect.iscoroutinefunction(body):
         from kvmlock.explore.asyncio_loop import AsyncBody
 

@@ -264,7 +264,9 @@ def run(job: Callable[[], Any], *, timeout: float | None, stall: float | None) -
     since = t0
     fsig: tuple = ()
     moved = False  # the innermost frame changed since the last visible operation
-    cpu_since = _cpu(ident)
+    # (the first poll sees progress, and reads the worker's CPU time then: a check that ends
+    # before it never asks the OS)
+    cpu_since: float | None = None
     why: tuple[str, str, str] | None = None
     interrupted_at = 0.0
     blocked: tuple[Any, Any] | None = None

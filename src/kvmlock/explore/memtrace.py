@@ -255,9 +255,11 @@ class Tracer:
     scope = USER
 
     def __init__(self, rt: SimRuntime) -> None:
-        selftest()
+        if _checked != "":  # (the layout checked once; a tracer is made every execution)
+            selftest()
         scope = self.scope
-        scope.trim()
+        if len(scope.codes) > _CODES_MAX:
+            scope.trim()
         self._code_ops = scope.code_ops
         self._code_fns = scope.code_fns
         self.rt = rt
@@ -266,7 +268,6 @@ class Tracer:
         #: id(object) -> [the object, the one task that accessed it so far, or -1]: every
         #: object accessed, kept alive so its id stays its own (see :func:`_private`)
         self.seen: dict[int, list[Any]] = {}
-        self.ops = 0
         self._ts = _tstate()
         self._outer = getattr(_this_thread, "tracer", None)
         _this_thread.tracer = self  # (the one the per-code trace functions report to)
@@ -522,7 +523,6 @@ class Tracer:
         t = rt.current
         if t is None or rt.aborting:
             return
-        self.ops += 1
         oid = id(obj)
         seen = self.seen.get(oid)
         if seen is None:
