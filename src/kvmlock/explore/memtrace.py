@@ -326,16 +326,27 @@ class Tracer:
         rt.spawn = self._untraced_spawn  # type: ignore[method-assign]
         rt.inject = self._untraced_inject  # type: ignore[method-assign]
 
+    #: a subclass learns of every visible operation in its own ``_sim_stop`` (set for each
+    #: subclass; the base goes to the runtime's stop without that frame between)
+    _told = False
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        cls._told = cls._sim_stop is not Tracer._sim_stop
+
     def _untraced_stop(self, t: Any, op: Any, pred: Any, wq: Any) -> None:
-        if self._ts.tracing:  # inside the trace function already (a data access)
-            self._sim_stop(t, op, pred, wq)
-            return
-        tsp = self._tsp
-        _ENTER_TRACING(tsp)
+        # (0 inside the trace function already, at a data access: nothing to enter)
+        tsp = 0 if self._ts.tracing else self._tsp
+        if tsp:
+            _ENTER_TRACING(tsp)
         try:
-            self._sim_stop(t, op, pred, wq)
+            if self._told:
+                self._sim_stop(t, op, pred, wq)
+            else:
+                _SIM_STOP(self.rt, t, op, pred, wq)
         finally:
-            _LEAVE_TRACING(tsp)
+            if tsp:
+                _LEAVE_TRACING(tsp)
 
     def _sim_stop(self, t: Any, op: Any, pred: Any, wq: Any) -> None:
         """Stop ``t`` at ``op`` (untraced); returns when the operation executes. (A subclass
@@ -346,36 +357,39 @@ class Tracer:
         """Start a task (``make``: the runtime's spawn or inject; ``spawner``: the frame that
         asked); a second live task turns tracing on for the spawner too (the new task's own
         code turns it on when it starts, which an interrupt's does only when it fires)."""
-        fn = self.task(fn, spawner)
-        h = make(self.rt, fn, *rest)
+        h = make(self.rt, self.task(fn, spawner), *rest)
         if not self._on and len(self.rt.live) > 1:
             self._trace_on(spawner)
         return h
 
     def _untraced_spawn(self, fn: Any, args: tuple = (), name: str | None = None) -> Any:
         # (tracing is entered before anything else is called: from traced code, every call
-        # made before that would be a trace event)
-        if self._ts.tracing:
-            return self._started(sys._getframe(1), _SIM_SPAWN, fn, args, name)
-        tsp = self._tsp
-        _ENTER_TRACING(tsp)
+        # made before that would be a trace event; and a thread start is common enough for
+        # _started's frame to be spelled out here)
+        tsp = 0 if self._ts.tracing else self._tsp
+        if tsp:
+            _ENTER_TRACING(tsp)
         try:
-            return self._started(sys._getframe(1), _SIM_SPAWN, fn, args, name)
+            spawner = sys._getframe(1)
+            h = _SIM_SPAWN(self.rt, self.task(fn, spawner), args, name)
+            if not self._on and len(self.rt.live) > 1:
+                self._trace_on(spawner)
+            return h
         finally:
-            _LEAVE_TRACING(tsp)
+            if tsp:
+                _LEAVE_TRACING(tsp)
 
     def _untraced_inject(self, fn: Any, args: tuple, victim: Any, name: str | None,
                          soft: bool = False) -> Any:
-        if self._ts.tracing:
-            return self._started(sys._getframe(1), _SIM_INJECT, fn, args, victim,
-                                 name or f"irq {getattr(fn, '__name__', 'handler')}", soft)
-        tsp = self._tsp
-        _ENTER_TRACING(tsp)
+        tsp = 0 if self._ts.tracing else self._tsp
+        if tsp:
+            _ENTER_TRACING(tsp)
         try:
             return self._started(sys._getframe(1), _SIM_INJECT, fn, args, victim,
                                  name or f"irq {getattr(fn, '__name__', 'handler')}", soft)
         finally:
-            _LEAVE_TRACING(tsp)
+            if tsp:
+                _LEAVE_TRACING(tsp)
 
     def close(self) -> None:
         ts = self._ts
