@@ -144,3 +144,56 @@ def test_strategy_objects_are_checked_for_settings_they_do_not_take():
         explore.check(_trylock_body, _Highest(), preemption_bound=1)
     with pytest.raises(ValueError, match="or pass a kvmlock.explore.Strategy"):
         explore.check(_trylock_body, "bfs")
+
+
+class _Recorder(Strategy):
+    """Runs the tasks in order and keeps every pending record it is shown."""
+
+    name = "recorder"
+    exhaustive = False
+
+    def __init__(self, runs: int) -> None:
+        self.runs = runs
+        self.seen: list[list[Pending]] = []
+
+    def begin(self):
+        if self.runs == 0:
+            return None
+        self.runs -= 1
+        self.seen.append([])
+        return Plan()
+
+    def choose(self, step, current, enabled, blocked):
+        self.seen[-1].extend(enabled + blocked)
+        return enabled[0].tid
+
+
+def test_a_wait_queue_s_records_are_those_of_its_fields_and_shared_between_executions():
+    from kvmlock import runtime
+    from kvmlock.explore.records import ACQ_NONE, ACQ_WAIT, pending
+
+    def body():
+        a = Atomic64(0, name="shared word")
+        wq = runtime.active().waitq(a)
+
+        def reader():
+            wq.point("peek", 1)  # a write given as 1: the record of True, as pending() has it
+            wq.point("peek", False)
+            wq.wait_for(lambda: True, "peek", False)
+
+        t = spawn(reader)
+        a.store(a.load() + 1)
+        wq.point("peek", False)
+        t.join()
+
+    rec = _Recorder(2)
+    explore.check(body, rec, max_runs=2)
+    first, second = rec.seen
+    assert first == second and all(x is y for x, y in zip(first, second, strict=True))
+    peeks = list(dict.fromkeys(p for p in first if p.kind == "peek"))
+    k = peeks[0].obj
+    assert sorted(peeks) == sorted([
+        pending(1, k, "peek", True, "shared word", ACQ_NONE, False),
+        pending(1, k, "peek", False, "shared word", ACQ_NONE, False),
+        pending(1, k, "peek", False, "shared word", ACQ_WAIT, True),
+        pending(0, k, "peek", False, "shared word", ACQ_NONE, False)])

@@ -130,6 +130,13 @@ class Task:
 
 _cell_ops: dict[tuple[int, int, str], tuple[Pending, Pending, Pending]] = {}
 
+#: (queue key, label) -> the records of its points and of its waits, each write? -> kind ->
+#: task id -> record (the same records :func:`records.pending` makes: a write of 1 finds
+#: True's, as there). The queue of an owner made in the same order in the next execution has
+#: the same key and label, so a point finds its record with lookups of a bool, a str and an
+#: int instead of hashing the record's eight fields.
+_QUEUE_RECORDS: dict[tuple[int, str], tuple[dict, dict]] = {}
+
 #: The empty map a cell's operations and a queue's sleepers start as (read-only: the first
 #: entry gives the primitive a dict of its own).
 _NOBODY: Mapping[Any, Any] = MappingProxyType({})
@@ -206,7 +213,7 @@ class SimWaitQueue:
     key, so partial-order reduction orders every wake-up against every sleeper's ticket.
     """
 
-    __slots__ = ("rt", "key", "label", "owner", "wakes", "sleepers")
+    __slots__ = ("rt", "key", "label", "owner", "wakes", "sleepers", "recs")
 
     def __init__(self, rt: SimRuntime, key: int, label: str, owner: object) -> None:
         self.rt = rt
@@ -217,6 +224,13 @@ class SimWaitQueue:
         #: task asleep here -> its ticket (a dict of its own from the first sleep: most
         #: queues never have a sleeper, and a model builds dozens per execution)
         self.sleepers: Mapping[Task, int] = _NOBODY
+        r = _QUEUE_RECORDS.get((key, label))
+        if r is None:
+            if len(_QUEUE_RECORDS) >= 1 << 14:
+                _QUEUE_RECORDS.clear()
+            r = _QUEUE_RECORDS[key, label] = ({}, {})
+        #: its point and wait records, found without hashing their fields (_QUEUE_RECORDS)
+        self.recs = r
 
     def __enter__(self) -> SimWaitQueue:
         return self
@@ -227,14 +241,29 @@ class SimWaitQueue:
     def wait_for(self, pred: Callable[[], bool], kind: str, write: bool = True) -> None:
         rt = self.rt
         t = rt.current
-        key = (t.tid, self.key, write, kind, self.label, ACQ_WAIT, True, -1)
-        rt.stop(t, _made.get(key) or _record(key), pred, self)
+        try:
+            rec = self.recs[1][write][kind][t.tid]
+        except (KeyError, TypeError):
+            rec = self._rec(t.tid, kind, write, ACQ_WAIT)
+        rt.stop(t, rec, pred, self)
 
     def point(self, kind: str, write: bool = True) -> None:
         rt = self.rt
         t = rt.current
-        key = (t.tid, self.key, write, kind, self.label, ACQ_NONE, False, -1)
-        rt.stop(t, _made.get(key) or _record(key), None, self)
+        try:
+            rec = self.recs[0][write][kind][t.tid]
+        except (KeyError, TypeError):
+            rec = self._rec(t.tid, kind, write, ACQ_NONE)
+        rt.stop(t, rec, None, self)
+
+    def _rec(self, tid: int, kind: str, write: bool, acq: int) -> Pending:
+        """The record of a point (``acq`` ACQ_NONE) or wait (ACQ_WAIT) here, kept for the
+        queues with this key and label in later executions."""
+        blocking = acq == ACQ_WAIT
+        key = (tid, self.key, write, kind, self.label, acq, blocking, -1)
+        rec = _made.get(key) or _record(key)
+        self.recs[blocking].setdefault(write, {}).setdefault(kind, {})[tid] = rec
+        return rec
 
     def notify_all(self) -> None:
         return None  # polling waits look at their condition at every step anyway
