@@ -4,8 +4,9 @@ import threading
 
 import pytest
 
-from kvmlock import lockdep
-from kvmlock.kvm.machine import HardwareEnableError, Machine
+from kvmlock import explore, lockdep
+from kvmlock.kvm.machine import HardwareEnableError, Machine, checked_at_end
+from kvmlock.scenarios.orders import together
 from kvmlock.sync import peek
 
 
@@ -224,3 +225,55 @@ def test_the_last_vm_disables_in_one_hotplug_section_with_a_cpu_coming_online():
     assert out.failure is not None and out.failure.kind == "assertion"
     assert "kvm_usage_count=0: cpu1: online=True enabled=True" in str(out.failure.message)
     assert verify.run_scenario(SCENARIOS["hardware.last_destroy_vs_online.broken"]).met
+
+
+def _last_destroy_vs_create(usage_lock, hazards=None):
+    """A body that checks nothing itself: only the end-of-body check can judge it."""
+    m = Machine(2, usage_lock=usage_lock, hazards=hazards)
+    a = m.create_vm(name="a")
+    together(lambda: m.destroy_vm(a), lambda: m.create_vm(name="b"),
+             names=["last VM destroyed", "KVM_CREATE_VM"])
+
+
+@pytest.mark.parametrize(("usage_lock", "mutant", "lock"), [
+    (False, "disable_after_kvm_lock_unlock", "kvm_lock"),
+    (True, "teardown_after_usage_unlock", "kvm_usage_lock")])
+def test_the_end_of_a_body_sees_a_late_teardown_undo_the_next_vms_enable(usage_lock, mutant,
+                                                                          lock):
+    res = explore.check(checked_at_end(lambda: _last_destroy_vs_create(usage_lock)),
+                        max_runs=500)
+    assert res.ok and res.exhausted, res.failure  # near miss: the teardown under the lock
+    res = explore.check(checked_at_end(lambda: _last_destroy_vs_create(usage_lock, {mutant})),
+                        max_runs=500)
+    assert not res.ok and res.failure.kind == "assertion"
+    msg = res.failure.message
+    assert "A VM exists but an online CPU has virtualization off" in msg, msg
+    assert "teardown ran after a new VM had counted itself" in msg, msg
+    assert f"must be one {lock} section" in msg, msg
+
+
+def test_check_hardware_sees_the_hotplug_callbacks_disagree_with_the_count():
+    m = Machine(2, usage_lock=True)
+    vm = m.create_vm()
+    m.check_hardware()  # near miss: callbacks installed while the VM exists
+    m.hotplug_callbacks_installed = False  # what a late teardown of the previous VM leaves
+    with pytest.raises(AssertionError, match="hotplug callbacks are not installed"):
+        m.check_hardware()
+    m.hotplug_callbacks_installed = True
+    m.destroy_vm(vm)
+    m.check_hardware()  # near miss: removed with the last VM
+    m.hotplug_callbacks_installed = True
+    with pytest.raises(AssertionError, match="callbacks are still installed"):
+        m.check_hardware()
+
+
+def test_a_cpu_coming_online_checks_the_whole_state_under_kvm_lock():
+    m = Machine(3)
+    m.create_vm()
+    m.cpu_down(1)
+    assert m.cpu_up(1) is True  # near miss: every online CPU enabled, nothing raised
+    m.cpu_down(1)
+    m.cpus[2].hardware_enabled = False  # a disable that ran after the count went back up
+    with pytest.raises(AssertionError, match="as cpu1 came online, .* kvm_usage_count=1: "
+                                             "cpu2: online=True enabled=False"):
+        m.cpu_up(1)

@@ -16,9 +16,14 @@ One :class:`Machine` is one host kernel with KVM loaded. It owns what is global 
   posted-interrupt wakeup (see :mod:`kvmlock.kvm.posted_intr`).
 
 Hardware invariant (checked by :meth:`Machine.check_hardware`): whenever the machine is quiet,
-a CPU has virtualization enabled exactly when it is online and at least one VM exists. Creating
-a VM must not race with a CPU going down in a way that leaves an offline CPU enabled, nor with
-one coming up in a way that leaves an online CPU disabled.
+a CPU has virtualization enabled exactly when it is online and at least one VM exists
+(``kvm_usage_count > 0``), and in the ``kvm_usage_lock`` design KVM's hotplug callbacks are
+installed exactly when a VM exists. Creating a VM must not race with a CPU going down in a way
+that leaves an offline CPU enabled, nor with one coming up in a way that leaves an online CPU
+disabled, nor with the last VM's teardown in a way that turns virtualization off under the new
+VM. It is checked at the end of every scenario that builds a machine (:func:`checked_at_end`),
+when a vCPU enters guest mode, and when a CPU comes online with ``kvm_lock`` held (the older
+design, where that lock makes the whole state stable).
 
 The plain per-CPU state (online bit, enabled bit) is shared between tasks, so each read and
 write of it is a visible operation for the explorer (``runtime.point``), as an IPI or a hotplug
@@ -27,7 +32,10 @@ step would be on real hardware.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +46,7 @@ from kvmlock.sync import CpuHotplugLock, Mutex, RawSpinLock, SpinLock, guarded_b
 if TYPE_CHECKING:
     from kvmlock.kvm.vm import VM
 
-__all__ = ["HardwareEnableError", "Machine", "PerCpu"]
+__all__ = ["HardwareEnableError", "Machine", "PerCpu", "checked_at_end"]
 
 
 USAGE_WITHOUT_LOCK = mutant(
@@ -118,6 +126,20 @@ CALLBACKS_REMOVED_APART = mutant(
     breaks="kvm_usage_lock design: the last VM's teardown is one step against CPU hotplug; a "
            "CPU coming online between the two sections is enabled by the still-installed "
            "callback and stays enabled with kvm_usage_count 0")
+DISABLE_AFTER_KVM_LOCK_UNLOCK = mutant(
+    "disable_after_kvm_lock_unlock", removes="holding kvm_lock across the last VM's hardware "
+    "disabling (kvm_lock design: kvm_usage_count drops to 0 under it, every CPU is disabled "
+    "after it is dropped)",
+    breaks="kvm_lock makes the count's drop to 0 and the disabling one step: a VM created in "
+           "between counts 0 -> 1 and enables every CPU, and the late disable turns "
+           "virtualization off under that VM")
+TEARDOWN_AFTER_USAGE_UNLOCK = mutant(
+    "teardown_after_usage_unlock", removes="holding kvm_usage_lock across the last VM's "
+    "teardown (kvm_usage_lock design: kvm_usage_count drops to 0 under it; the hotplug "
+    "callbacks are removed and every CPU disabled after it is dropped)",
+    breaks="kvm_usage_lock makes the count's drop to 0 and the teardown one step: a VM "
+           "created in between installs the callbacks and enables every CPU, and the late "
+           "teardown removes and disables them under that VM")
 CPUFREQ_HOTPLUG_INSIDE_KVM_LOCK = mutant(
     "cpufreq_hotplug_inside_kvm_lock",
     removes="(adds) cpus_read_lock taken inside kvm_lock by the cpufreq notifier",
@@ -152,6 +174,33 @@ TK_CORE_LOCK_SPINLOCK_T = mutant(
     "tk_core_lock_spinlock_t", removes="the raw kind of tk_core.lock (made a spinlock_t, "
     "which sleeps on PREEMPT_RT)",
     breaks="tk_core.lock is a raw spinlock: the timer tick, a hard interrupt, holds it")
+
+
+#: the machines built by the running scenario body, checked once it returns (checked_at_end)
+_BUILT: ContextVar[list[Machine] | None] = ContextVar("kvmlock_machines_built", default=None)
+
+
+def checked_at_end(body: Callable[[], None]) -> Callable[[], None]:
+    """``body``, followed by :meth:`Machine.check_hardware` on every machine it built.
+
+    The end of a scenario body (every task joined) is the one moment every machine is quiet,
+    so the hardware invariant holds there whatever the body was written to check. A state
+    that only a transient race produces and a later step repairs is not seen here: the
+    checks at vCPU entry and CPU online are for those.
+    """
+
+    @functools.wraps(body)
+    def run() -> None:
+        built: list[Machine] = []
+        token = _BUILT.set(built)
+        try:
+            body()
+        finally:
+            _BUILT.reset(token)
+        for m in built:
+            m.check_hardware()
+
+    return run
 
 
 class _CallbackState:
@@ -259,6 +308,12 @@ class Machine:
         #: the loaded vendor module's name (kvm_intel / kvm_amd), see kvmlock.kvm.vendor.
         self.vendor: str | None = None
         self.events: list[str] = []  # a short log for humans: "cpu1 offline", "enable cpu0" ...
+        #: what the last VM's teardown did while kvm_usage_count was above 0 again (a VM
+        #: created since the count reached 0): names the hazard when the invariant breaks
+        self.stale_teardown: list[str] = []
+        built = _BUILT.get()
+        if built is not None:
+            built.append(self)
 
     @property
     def usage_lock(self) -> Mutex:
@@ -298,9 +353,11 @@ class Machine:
         self.events.append(f"enable cpu{cpu}")
         return True
 
-    def _disable_cpu(self, cpu: int) -> None:
+    def _disable_cpu(self, cpu: int, *, last_vm: bool = False) -> None:
         pc = self.cpus[cpu]
         self._rt.point(pc, "hardware_disable", True)
+        if last_vm:
+            self._note_teardown(f"disabled cpu{cpu}")
         if pc.hardware_enabled:
             pc.hardware_enabled = False
             self.events.append(f"disable cpu{cpu}")
@@ -315,8 +372,16 @@ class Machine:
                 f"enabling virtualization failed on CPU(s) {failed}; no CPU was left enabled")
 
     def _disable_all_cpus(self) -> None:
+        """The last VM's ``on_each_cpu(hardware_disable)``."""
         for cpu in self.online_cpus():
-            self._disable_cpu(cpu)
+            self._disable_cpu(cpu, last_vm=True)
+
+    def _note_teardown(self, what: str) -> None:
+        """Record a teardown step taken while a VM counts again (a diagnosis, not a check:
+        the invariant judges the state it leaves)."""
+        count = peek(self, "kvm_usage_count")
+        if count > 0:
+            self.stale_teardown.append(f"{what} with kvm_usage_count={count}")
 
     # ------------------------------------------------------------------ usage count
 
@@ -328,6 +393,7 @@ class Machine:
     def _set_usage(self, n: int) -> None:
         """Write it back: a separate step, so two updaters without the lock lose one."""
         self._rt.point(self, "write kvm_usage_count", True)
+        self.events.append(f"kvm_usage_count {self.kvm_usage_count}->{n}")
         self.kvm_usage_count = n
 
     def _callbacks(self) -> bool:
@@ -336,9 +402,12 @@ class Machine:
         self._rt.point(self._callback_state, "read KVM callbacks", False)
         return self.hotplug_callbacks_installed
 
-    def _set_callbacks(self, installed: bool) -> None:
+    def _set_callbacks(self, installed: bool, *, last_vm: bool = False) -> None:
         """``cpuhp_setup_state`` / ``cpuhp_remove_state`` (a visible write)."""
         self._rt.point(self._callback_state, "set KVM callbacks", True)
+        if last_vm:
+            self._note_teardown("removed the hotplug callbacks")
+        self.events.append("callbacks installed" if installed else "callbacks removed")
         self.hotplug_callbacks_installed = installed
 
     def _hotplug_read(self) -> AbstractContextManager[object]:
@@ -435,37 +504,60 @@ class Machine:
             if not pc.online:
                 return False
             assert pc.hardware_enabled, (
-                f"a vCPU entered guest mode on cpu{cpu} with virtualization off: its VM's "
-                f"creation returned before the hardware was enabled (events: "
-                f"{', '.join(self.events) or 'none'})")
+                f"a vCPU entered guest mode on cpu{cpu} with virtualization off "
+                f"(kvm_usage_count={peek(self, 'kvm_usage_count')}): "
+                f"{self._why_off()} (events: {', '.join(self.events) or 'none'})")
             return True
+
+    def _why_off(self) -> str:
+        """The hazard behind an online CPU found with virtualization off while a VM exists."""
+        if self.stale_teardown:
+            lock = "kvm_lock" if self.kvm_usage_lock is None else "kvm_usage_lock"
+            return (f"the last VM's teardown ran after a new VM had counted itself and "
+                    f"enabled the hardware ({'; '.join(self.stale_teardown)}): the count's "
+                    f"drop to 0 and the teardown must be one {lock} section")
+        return ("the hardware was never enabled for the VM that counts: a creation returned, "
+                "or a CPU came online, without enabling it")
 
     def hardware_disable_all(self) -> None:
         """Count one VM less; the last one turns virtualization off everywhere."""
         locked = unless(USAGE_WITHOUT_LOCK, self.hazards, self.usage_lock)
         if self.kvm_usage_lock is not None:
+            late = TEARDOWN_AFTER_USAGE_UNLOCK in self.hazards
             with locked:
                 n = self._check_count() - 1
                 self._set_usage(n)
-                if n == 0 and CALLBACKS_REMOVED_APART in self.hazards:
-                    with self._hotplug_read():
-                        self._disable_all_cpus()
-                    with self._hotplug_read():
-                        self._set_callbacks(False)
-                elif n == 0:
-                    apart = CPUS_DISABLED_AFTER_HOTPLUG_UNLOCK in self.hazards
-                    with self._hotplug_read_disable():
-                        self._set_callbacks(False)
-                        if not apart:
-                            self._disable_all_cpus()
-                    if apart:
-                        self._disable_all_cpus()  # broken: the online mask may change first
+                if n == 0 and not late:
+                    self._last_teardown()
+            if n == 0 and late:
+                self._last_teardown()  # broken: the next VM may have set everything up again
             return
-        with self._hotplug_read_disable(), locked:
-            n = self._check_count() - 1
-            self._set_usage(n)
-            if n == 0:
+        late = DISABLE_AFTER_KVM_LOCK_UNLOCK in self.hazards
+        with self._hotplug_read_disable():
+            with locked:
+                n = self._check_count() - 1
+                self._set_usage(n)
+                if n == 0 and not late:
+                    self._disable_all_cpus()
+            if n == 0 and late:
+                self._disable_all_cpus()  # broken: the next VM may have enabled them again
+
+    def _last_teardown(self) -> None:
+        """New design: the last VM removes the hotplug callbacks and disables every CPU, in one
+        ``cpus_read_lock`` section (``cpuhp_remove_state`` calls the offline callback)."""
+        if CALLBACKS_REMOVED_APART in self.hazards:
+            with self._hotplug_read():
                 self._disable_all_cpus()
+            with self._hotplug_read():
+                self._set_callbacks(False, last_vm=True)
+            return
+        apart = CPUS_DISABLED_AFTER_HOTPLUG_UNLOCK in self.hazards
+        with self._hotplug_read_disable():
+            self._set_callbacks(False, last_vm=True)
+            if not apart:
+                self._disable_all_cpus()
+        if apart:
+            self._disable_all_cpus()  # broken: the online mask may change first
 
     def _check_count(self) -> int:
         n = self._usage()
@@ -486,7 +578,10 @@ class Machine:
                 return True
             return self._enable_cpu(cpu) if self._callbacks() else True
         with unless(CALLBACK_WITHOUT_KVM_LOCK, self.hazards, self.kvm_lock):
-            return self._enable_cpu(cpu) if self._usage() else True
+            ok = self._enable_cpu(cpu) if self._usage() else True
+            if ok:  # hotplug and kvm_lock held: nothing can be half-way, check it all
+                self.check_hardware(f"as cpu{cpu} came online")
+            return ok
 
     def _offline_callback(self, cpu: int) -> None:
         if self.kvm_usage_lock is not None:
@@ -632,20 +727,47 @@ class Machine:
 
     # ------------------------------------------------------------------ invariant
 
-    def check_hardware(self) -> None:
-        """Assert the hardware invariant; call it when no enable/disable/hotplug is in flight."""
+    def check_hardware(self, when: str = "once quiet") -> None:
+        """Assert the hardware invariant; call it when no enable/disable/hotplug is in flight.
+
+        A CPU is enabled exactly when it is online and ``kvm_usage_count > 0``; in the
+        ``kvm_usage_lock`` design the hotplug callbacks are installed exactly when the count
+        is above 0. The message names the hazard each disagreement stands for.
+        """
         count = peek(self, "kvm_usage_count")
+        assert count >= 0, f"kvm_usage_count went negative ({count}) {when}"
         want_on = count > 0
         wrong = [
             f"cpu{pc.cpu}: online={pc.online} enabled={pc.hardware_enabled}"
             for pc in self.cpus
             if pc.hardware_enabled != (pc.online and want_on)
         ]
+        hazards = []
+        if any(pc.hardware_enabled and not pc.online for pc in self.cpus):
+            hazards.append("a CPU went offline with virtualization on: an enable reached it "
+                           "after its offline callback ran, or a disable walk missed it")
+        if want_on and any(pc.online and not pc.hardware_enabled for pc in self.cpus):
+            hazards.append("a VM exists but an online CPU has virtualization off, so its vCPUs "
+                           "fault on entry there: " + self._why_off())
+        if not want_on and any(pc.online and pc.hardware_enabled for pc in self.cpus):
+            hazards.append("no VM exists but virtualization is still on: an enable ran after "
+                           "the last VM's disable")
+        if self.kvm_usage_lock is not None:
+            installed = self.hotplug_callbacks_installed
+            if installed != want_on:
+                wrong.append(f"hotplug callbacks installed={installed}")
+                hazards.append(
+                    "a VM exists but KVM's hotplug callbacks are not installed, so a CPU "
+                    "coming online is not enabled for it" + (
+                        f": {self._why_off()}" if self.stale_teardown else "")
+                    if want_on else
+                    "no VM exists but KVM's hotplug callbacks are still installed, so a CPU "
+                    "coming online is enabled for nobody")
         assert not wrong, (
-            f"hardware virtualization state disagrees with kvm_usage_count={count}"
-            f": {'; '.join(wrong)} (events: {', '.join(self.events)})"
+            f"{when}, hardware virtualization state disagrees with kvm_usage_count={count}"
+            f": {'; '.join(wrong)}. {' '.join(h[0].upper() + h[1:] + '.' for h in hazards)} "
+            f"(events: {', '.join(self.events)})"
         )
-        assert count >= 0, "kvm_usage_count went negative"
 
     def __repr__(self) -> str:
         design = "kvm_usage_lock" if self.kvm_usage_lock is not None else "kvm_lock"

@@ -132,6 +132,55 @@ def last_destroy_vs_offline(broken: bool) -> None:
     m.check_hardware()
 
 
+def _last_destroy_vs_create(usage_lock: bool, hazard: str | None) -> None:
+    # VM a is the only VM; it is destroyed while VM b is created and runs a vCPU on each CPU.
+    # In the kvm_usage_lock design CPU 1 comes online meanwhile too: whether it is enabled
+    # for b depends on the hotplug callbacks b's creation installed.
+    m = Machine(2, usage_lock=usage_lock, offline=(1,) if usage_lock else (),
+                hazards={hazard} if hazard else None)
+    a = m.create_vm(name="a")
+
+    def create_and_run() -> None:
+        m.create_vm(name="b")
+        for cpu in range(m.nr_cpus):  # KVM_RUN on each CPU (an offline one is skipped)
+            m.run_vcpu_on(cpu)
+
+    tasks = [lambda: m.destroy_vm(a), create_and_run]
+    names = ["last VM a destroyed", "KVM_CREATE_VM b + KVM_RUN"]
+    if usage_lock:
+        tasks.append(lambda: m.cpu_up(1))
+        names.append("cpu online")
+    together(*tasks, names=names)
+    assert peek(m, "kvm_usage_count") == 1, "VM b exists: kvm_usage_count must be 1"
+
+
+@pair("hardware.last_destroy_vs_create.kvm_lock",
+      rule="kvm_lock design: the last VM's drop of kvm_usage_count to 0 and its disabling of "
+           "every CPU are one kvm_lock section, racing the next VM's creation",
+      broken_rule="kvm_lock design, but the last VM disables the CPUs after dropping "
+                  "kvm_lock: a VM created in between counts 0 -> 1 and enables them, and the "
+                  "late disable turns virtualization off under it",
+      broken_expect="assertion", invariant=_HW_INVARIANT,
+      catches=("disable_after_kvm_lock_unlock",), max_runs=500)
+def last_destroy_vs_create_kvm_lock(broken: bool) -> None:
+    _last_destroy_vs_create(False, "disable_after_kvm_lock_unlock" if broken else None)
+
+
+@pair("hardware.last_destroy_vs_create.usage_lock",
+      rule="kvm_usage_lock design: the last VM's drop of kvm_usage_count to 0 and its teardown "
+           "(hotplug callbacks removed, every CPU disabled) are one kvm_usage_lock section, "
+           "racing the next VM's creation and a CPU coming online",
+      broken_rule="kvm_usage_lock design, but the last VM's teardown runs after "
+                  "kvm_usage_lock is dropped: a VM created in between installs the callbacks "
+                  "and enables the CPUs, and the late teardown removes and disables them under "
+                  "it",
+      broken_expect="assertion", invariant=_HW_INVARIANT + "; the hotplug callbacks are "
+                                                           "installed exactly while a VM exists",
+      catches=("teardown_after_usage_unlock",), max_runs=2000)
+def last_destroy_vs_create_usage_lock(broken: bool) -> None:
+    _last_destroy_vs_create(True, "teardown_after_usage_unlock" if broken else None)
+
+
 @scenario("hardware.enable_failure.correct", variant="correct", expect="pass",
           rule="a CPU that cannot enable virtualization: VM creation or CPU online fails cleanly",
           invariant="either the VM exists and the bad CPU stayed offline, or creation failed "

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvmlock.kvm.machine import checked_at_end
+
 VARIANTS = ("correct", "broken")
 #: What a run of the scenario must end with: "pass" (no failure, space explored as bounded) or
 #: the kind of failure the explorer must report.
@@ -63,6 +65,10 @@ def scenario(
     A scenario is bounded by executions and steps only: a wall-clock bound would make its
     verdict depend on the machine's load (a correct row exhausts on a quiet machine and stops
     short on a busy one; a broken row is caught on one and missed on the other).
+
+    Every :class:`~kvmlock.kvm.machine.Machine` the body builds is checked once it returns
+    (the hardware invariant, :func:`~kvmlock.kvm.machine.checked_at_end`), whatever else the
+    body checks.
     """
     if "timeout" in options:
         raise ValueError(f"scenario {name!r}: bound it by max_runs/max_steps, not timeout "
@@ -72,7 +78,7 @@ def scenario(
         if name in SCENARIOS:
             raise ValueError(f"scenario {name!r} is registered twice")
         SCENARIOS[name] = Scenario(
-            name, rule, variant, expect, body, invariant, strategy, dict(options),
+            name, rule, variant, expect, checked_at_end(body), invariant, strategy, dict(options),
             lockdep_kind, tags, tuple(catches),
         )
         return body
