@@ -41,7 +41,15 @@ from typing import TYPE_CHECKING, Any
 
 from kvmlock import irq, runtime
 from kvmlock.kvm.mutants import Hazards, hazards_of, lock_kind, mutant, unless
-from kvmlock.sync import CpuHotplugLock, Mutex, RawSpinLock, SpinLock, guarded_by, peek
+from kvmlock.sync import (
+    CpuHotplugLock,
+    Mutex,
+    RawSpinLock,
+    SpinLock,
+    data_racy,
+    guarded_by,
+    peek,
+)
 
 if TYPE_CHECKING:
     from kvmlock.kvm.vm import VM
@@ -255,6 +263,11 @@ class Machine:
     vm_list = guarded_by("kvm_lock")
     #: VMs using hardware virtualization; guarded by whichever lock the design gives it
     kvm_usage_count = guarded_by("usage_lock")
+    #: a log for humans, in the order the steps ran
+    events = data_racy(
+        "a log for failure messages: appended by whichever path acts (a count change under "
+        "the usage lock, a hotplug step under the hotplug lock), never read by the model to "
+        "decide anything; its order is the interleaving's, which is what a reader wants")
 
     def __init__(
         self,
