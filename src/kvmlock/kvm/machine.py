@@ -189,10 +189,10 @@ _BUILT: ContextVar[list[Machine] | None] = ContextVar("kvmlock_machines_built", 
 
 
 def checked_at_end(body: Callable[[], None]) -> Callable[[], None]:
-    """``body``, followed by :meth:`Machine.check_hardware` on every machine it built.
+    """``body``, followed by :meth:`Machine.check_quiet` on every machine it built.
 
     The end of a scenario body (every task joined) is the one moment every machine is quiet,
-    so the hardware invariant holds there whatever the body was written to check. A state
+    so its invariants hold there whatever the body was written to check. A state
     that only a transient race produces and a later step repairs is not seen here: the
     checks at vCPU entry and CPU online are for those.
     """
@@ -206,7 +206,7 @@ def checked_at_end(body: Callable[[], None]) -> Callable[[], None]:
         finally:
             _BUILT.reset(token)
         for m in built:
-            m.check_hardware()
+            m.check_quiet()
 
     return run
 
@@ -324,6 +324,9 @@ class Machine:
         #: what the last VM's teardown did while kvm_usage_count was above 0 again (a VM
         #: created since the count reached 0): names the hazard when the invariant breaks
         self.stale_teardown: list[str] = []
+        #: what else must hold once the machine is quiet, registered by what lives on it
+        #: (a posted-interrupt descriptor: every vector posted is delivered or pending)
+        self.quiet_checks: list[Callable[[], None]] = []
         built = _BUILT.get()
         if built is not None:
             built.append(self)
@@ -739,6 +742,12 @@ class Machine:
         vm.freed = True
 
     # ------------------------------------------------------------------ invariant
+
+    def check_quiet(self) -> None:
+        """Every invariant of a quiet machine: the hardware's, then each registered check."""
+        self.check_hardware()
+        for check in self.quiet_checks:
+            check()
 
     def check_hardware(self, when: str = "once quiet") -> None:
         """Assert the hardware invariant; call it when no enable/disable/hotplug is in flight.

@@ -94,6 +94,17 @@ PI_LOAD_NESTS_WAKEUP_LOCKS = mutant(
     "while a vCPU that moved takes itself off the old CPU's list (to move the entry in one go)",
     breaks="wakeup_vcpus_on_cpu_lock is a leaf: two vCPUs moving between two CPUs in opposite "
            "directions would each hold one CPU's lock and spin on the other's")
+PI_PIR_LOAD_STORE = mutant(
+    "pi_pir_load_store", removes="the atomic exchange that takes the PIR (a load, then a "
+    "store of 0)",
+    breaks="posters set PIR bits at any time without a lock: the vCPU takes the PIR with "
+           "one exchange, or a bit set between its load and its clear is erased")
+PI_ON_LOAD_STORE = mutant(
+    "pi_on_load_store", removes="the atomic test-and-set of ON in a posting (a load of the "
+    "control word, then a store of it with ON set)",
+    breaks="the blocking vCPU switches the notification vector in the same word with a "
+           "cmpxchg: a posting sets ON with one atomic step, or its store puts back the old "
+           "vector and the wake-up is sent nowhere")
 PI_HANDLER_WITHOUT_LOCK = mutant(
     "pi_handler_without_lock", removes="wakeup_vcpus_on_cpu_lock in the wakeup handler",
     breaks="wakeup_vcpus_on_cpu is walked only under wakeup_vcpus_on_cpu_lock")
@@ -109,8 +120,31 @@ def _list_update(pc: PerCpu, change: Any) -> None:
     pc.wakeup_vcpus_on_cpu = new
 
 
+class _VcpuWait(RCUWait):
+    """The halted vCPU's ``vcpu->wait``: a report of a sleeper nobody woke says which posted
+    vectors it slept through (its repr is what the explorer prints for the sleeper)."""
+
+    __slots__ = ("_pv",)
+
+    def __init__(self, pv: PostedVcpu) -> None:
+        super().__init__("vcpu->wait")
+        self._pv = pv
+
+    def __repr__(self) -> str:
+        pending = self._pv.undelivered(pending_ok=False)
+        if pending and self.has_sleeper() and not self._pv.control.peek() & PI_NV_WAKEUP:
+            pending.append("the descriptor names the posted-interrupt vector although the "
+                           "vCPU sleeps: its switch to the wakeup vector was undone")
+        return super().__repr__() + (f" ({'; '.join(pending)})" if pending else "")
+
+
 class PostedVcpu:
-    """A vCPU's posted-interrupt side: its descriptor, its CPU and its sleep."""
+    """A vCPU's posted-interrupt side: its descriptor, its CPU and its sleep.
+
+    End-of-run invariant (:meth:`check_delivered`, registered with the machine so every
+    scenario checks it once its tasks have joined): every vector posted to the vCPU was
+    delivered, or is still pending in the PIR with ON set, so the vCPU's next entry takes it.
+    """
 
     def __init__(self, machine: Machine, vcpu: Any, cpu: int = 0) -> None:
         if not isinstance(machine, Machine):
@@ -121,9 +155,13 @@ class PostedVcpu:
         self.cpu = cpu
         self.control = Atomic64(0, name="pi_desc.control")
         self.pir = Atomic64(0, name="pi_desc.pir")
-        self.wait = RCUWait("vcpu->wait")
+        self.wait: RCUWait = _VcpuWait(self)
         self.kicks = 0  # wakeups delivered by the handler
+        #: the vectors taken from the PIR into the virtual APIC (the IRR)
         self.delivered: set[int] = set()
+        #: the vectors posted to this vCPU (by the posters; read once every task has joined)
+        self.posted: set[int] = set()
+        machine.quiet_checks.append(self.check_delivered)
 
     def __repr__(self) -> str:
         return f"<PostedVcpu {getattr(self.vcpu, 'id', self.vcpu)} cpu{self.cpu}>"
@@ -184,6 +222,36 @@ class PostedVcpu:
         with self._irqs_off(), unless(PI_LIST_WITHOUT_LOCK, self.machine.hazards, pc.wakeup_lock):
             _list_update(pc, lambda lst: [*lst, self])
 
+    def enter_guest(self) -> None:
+        """VM entry of a vCPU that runs rather than halts (``vmx_sync_pir_to_irr``): with ON
+        set, clear it and take the PIR; with ON clear no posting is outstanding."""
+        if self.control.load() & PI_ON:
+            self._deliver()
+
+    def undelivered(self, *, pending_ok: bool = True) -> list[str]:
+        """The posted vectors the vCPU has not got, each with what became of it. A vector
+        pending in the PIR with ON set is on its way (the next entry takes it) and is left out
+        when ``pending_ok``."""
+        pir, on = self.pir.peek(), self.control.peek() & PI_ON
+        name = f"vcpu{getattr(self.vcpu, 'id', self.vcpu)}"
+        out = []
+        for v in sorted(self.posted - self.delivered):
+            if not pir >> v & 1:
+                out.append(f"vector {v} posted to {name} is lost: neither delivered nor "
+                           f"pending in its PIR (a PIR bit was erased after it was set)")
+            elif not on:
+                out.append(f"vector {v} posted to {name} is stranded in its PIR with ON "
+                           f"clear: no notification is on its way and no entry looks")
+            elif not pending_ok:
+                out.append(f"vector {v} posted to {name} is pending in its PIR with ON set, "
+                           f"but the wake-up the posting owed the halted vCPU never came")
+        return out
+
+    def check_delivered(self) -> None:
+        """Assert the end-of-run invariant: no posted vector lost or stranded."""
+        lost = self.undelivered()
+        assert not lost, "; ".join(lost)
+
     def _irqs_off(self) -> Any:
         """raw_spin_lock_irqsave's first half: interrupts off on this CPU."""
         if PI_LIST_IRQS_ON in self.machine.hazards:
@@ -199,12 +267,20 @@ class PostedVcpu:
         set in between finds ON still set, sends nothing, and is stranded when ON is cleared:
         pending in the PIR with nothing pointing at it."""
         if PI_PIR_BEFORE_ON in self.machine.hazards:
-            bits = self.pir.xchg(0)
+            bits = self._take_pir()
             self.control.fetch_and(~PI_ON & ((1 << 64) - 1))
         else:
             self.control.fetch_and(~PI_ON & ((1 << 64) - 1))
-            bits = self.pir.xchg(0)
+            bits = self._take_pir()
         self.delivered |= {v for v in range(64) if bits >> v & 1}
+
+    def _take_pir(self) -> int:
+        """Take every pending vector out of the PIR (``xchg``; pi_harvest_pir)."""
+        if PI_PIR_LOAD_STORE in self.machine.hazards:
+            bits = self.pir.load()
+            self.pir.store(0)  # broken: a bit posted since the load is erased
+            return bits
+        return self.pir.xchg(0)
 
 
 def wakeup_handler(machine: Machine, cpu: int) -> int:
@@ -233,12 +309,13 @@ def post_interrupt(pv: PostedVcpu, vector: int, *, running: Any = None) -> runti
     an interrupt of that task, is returned)."""
     if not isinstance(vector, int) or not 0 <= vector < 64:
         raise ValueError(f"posted vector must be in 0..63 in this model, got {vector!r}")
+    pv.posted.add(vector)
     if PI_ON_BEFORE_PIR in pv.machine.hazards:
         old = pv.control.fetch_or(PI_ON)
         pv.pir.fetch_or(1 << vector)  # broken: the vCPU may have consumed ON in between
     else:
         pv.pir.fetch_or(1 << vector)
-        old = pv.control.fetch_or(PI_ON)
+        old = _set_on(pv)
     if old & (PI_ON | PI_SN):
         return None  # a notification is already on its way, or notifications are suppressed
     if old & PI_NV_WAKEUP:
@@ -248,6 +325,15 @@ def post_interrupt(pv: PostedVcpu, vector: int, *, running: Any = None) -> runti
     # else: the posted-interrupt vector reaches a CPU where the vCPU is not running: the
     # interrupt stays in the PIR, to be found by the vCPU's own check for pending work.
     return None
+
+
+def _set_on(pv: PostedVcpu) -> int:
+    """``pi_test_and_set_on``: set ON in one atomic step; the control word as it was."""
+    if PI_ON_LOAD_STORE in pv.machine.hazards:
+        old = pv.control.load()
+        pv.control.store(old | PI_ON)  # broken: a vector switch since the load is undone
+        return old
+    return pv.control.fetch_or(PI_ON)
 
 
 def send_wakeup_vector(machine: Machine, cpu: int, *, running: Any = None) -> Any:

@@ -293,7 +293,7 @@ def _posted(hazard: str | None) -> None:
           invariant="a posted interrupt always wakes the halted vCPU and is delivered",
           catches=("pi_no_on_recheck", "pi_on_read_apart", "pi_vector_plain_store",
                    "pi_handler_no_wake", "pi_handler_wakes_before_kick", "pi_list_after_vector",
-                   "pi_on_before_pir"),
+                   "pi_on_before_pir", "pi_on_load_store"),
           max_runs=2000)
 def posted_wakeup_correct() -> None:
     _posted(None)
@@ -342,6 +342,25 @@ def posted_sync_pir_correct() -> None:
           max_runs=2000)
 def posted_sync_pir_broken() -> None:
     _posted_twice("pi_pir_before_on")
+
+
+@pair("posted_intr.running_vcpu",
+      rule="a running vCPU takes the PIR at VM entry with one atomic exchange, while the "
+           "IOMMU posts two vectors",
+      broken_rule="the PIR taken with a load and a store of 0: a vector posted between the "
+                  "two is erased, and a vCPU that never halts does not hang on it",
+      broken_expect="assertion",
+      invariant="every vector posted is delivered, or pending in the PIR with ON set",
+      catches=("pi_pir_load_store",), max_runs=500)
+def posted_running_vcpu(broken: bool) -> None:
+    # The body checks nothing itself: the posted-interrupt descriptor's end-of-run check (run
+    # on every machine a scenario builds) is what sees a lost vector.
+    m = Machine(2, hazards={"pi_pir_load_store": broken})
+    vm = VM(m, nr_vcpus=1)
+    pv = PostedVcpu(m, vm.vcpus[0], cpu=1)
+    together(lambda: (pv.enter_guest(), pv.enter_guest()),
+             lambda: (post_interrupt(pv, 3), post_interrupt(pv, 7)),
+             names=["vcpu0 (running)", "IOMMU"])
 
 
 # ---------------------------------------------------------------------- TSC
