@@ -6,6 +6,7 @@ from kvmlock import explore, lockdep
 from kvmlock.kvm.guest import GuestFault, guest_read, guest_write
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.nx_recovery import recover_nx_huge_page
+from kvmlock.kvm.mmu.shadow import ShadowPage, TdpRoot
 from kvmlock.kvm.mmu.tdp_mmu import check_roots, update_nx_huge_pages, zap_all_fast
 from kvmlock.kvm.vm import VM
 from kvmlock.scenarios.fast_zap import recovery_vs_fast_zap
@@ -193,3 +194,45 @@ def test_the_fast_zap_racing_a_swap_out_is_explored_into_the_window():
         out = verify.run_scenario(sc)
     assert out.failure is not None and out.failure.kind == "assertion"
     assert "wrote 7 to gfn 0 but reads 0x0 after the swap-out" in str(out.failure.message)
+
+
+def _second_valid_root(vm, vcpu):
+    """What two vCPUs leave when both found no valid root and the second did not look again
+    under tdp_mmu_pages_lock: a second valid root of the same role, on tdp_mmu_roots."""
+    mmu = vm.mmu
+    mmu.root_gen += 1
+    root = TdpRoot([None] * len(mmu.pages), mmu.root_gen, refcount=2)
+    mmu.roots.append(root)
+    mmu.root, mmu.pages = root, root.pages
+    vcpu.root = root
+    return root
+
+
+def test_a_second_valid_root_is_wasteful_not_wrong_and_every_zap_reaches_it():
+    vm = two_slot_vm()
+    v0, v1 = vm.vcpus
+    guest_write(v0, 0, 5)
+    first = v0.root
+    v1.root.refcount -= 1  # vcpu1 let go of the first root before loading its own
+    second = _second_valid_root(vm, v1)
+    guest_write(v1, 0, 6)  # a table for region 0 in each root
+    assert first.pages[0] is not None and second.pages[0] is not None
+    vm.check()  # near miss: two roots, each table linked once in its own root, all reachable
+    assert guest_read(v0, 0) == 6
+    assert all(S.is_present(r.pages[0].sptes[0].peek()) for r in (first, second))
+    vm.host.swap_out(0)  # the notifier's zap walks every root: neither keeps the old frame
+    assert not any(S.is_present(r.pages[0].sptes[0].peek()) for r in (first, second))
+    vm.check()
+    assert guest_read(v0, 0) == 6 and guest_read(v1, 0) == 6
+
+
+def test_check_pages_sees_two_tables_linked_for_one_region_of_one_root():
+    vm = two_slot_vm()
+    guest_write(vm.vcpus[0], 0, 5)
+    vm.mmu.check_pages()  # near miss: one table per region of the root
+    table = vm.mmu.walk(0)[0]
+    with lockdep.isolated():
+        vm.mmu.page_list.append(ShadowPage(table.index, direct=True, parent=table.parent))
+    with pytest.raises(AssertionError, match=r"region \[0\] were built and linked twice in "
+                                             "one root"):
+        vm.mmu.check_pages()

@@ -367,14 +367,22 @@ class MMU:
         return [sp for root in self.roots for sp in root.pages if sp is not None]
 
     def check_pages(self) -> None:
-        """Assert the page accounting: every built page linked once, and still reachable."""
-        seen: dict[int, int] = {}
+        """Assert the page accounting: every built page linked once, and still reachable.
+
+        Once per root: two valid TDP roots of one role (two vCPUs that each found none and
+        each made one) each have their own table for a region, both on ``tdp_mmu_roots``,
+        where every zap and notifier walk finds them -- wasteful, not wrong, as in the kernel.
+        Two tables for one region of one root are: only one is linked there.
+        """
+        seen: dict[tuple[int, int], int] = {}
         built = peek(self, "page_list")
         for sp in built:
-            seen[sp.index] = seen.get(sp.index, 0) + 1
-        twice = sorted(i for i, n in seen.items() if n > 1)
-        assert not twice, (f"shadow page(s) for region {twice} were built and linked twice: "
-                           "one of them is unreachable and its SPTEs are never zapped")
+            key = (id(sp.parent), sp.index)
+            seen[key] = seen.get(key, 0) + 1
+        twice = sorted(i for (_, i), n in seen.items() if n > 1)
+        assert not twice, (f"shadow page(s) for region {twice} were built and linked twice in "
+                           "one root: one of them is unreachable and its SPTEs are never "
+                           "zapped")
         lost = [sp for sp in built
                 if (self.pages if sp.parent is None else sp.parent.pages)[sp.index] is not sp]
         assert not lost, f"linked shadow pages no longer reachable: {lost}"
