@@ -277,3 +277,22 @@ def test_a_cpu_coming_online_checks_the_whole_state_under_kvm_lock():
     with pytest.raises(AssertionError, match="as cpu1 came online, .* kvm_usage_count=1: "
                                              "cpu2: online=True enabled=False"):
         m.cpu_up(1)
+
+
+def test_an_async_body_is_run_and_its_machines_checked_once_it_has_finished():
+    ran = []
+
+    async def body():
+        m = Machine(2)
+        m.create_vm()
+        ran.append(m)
+
+    async def broken():
+        await body()
+        ran[-1].cpus[1].hardware_enabled = False  # a VM exists, cpu1 turned off under it
+
+    res = explore.check(checked_at_end(body), max_runs=5)
+    assert res.ok and ran, res.failure  # near miss: the body ran, its machine is consistent
+    res = explore.check(checked_at_end(broken), max_runs=5)
+    assert not res.ok and res.failure.kind == "assertion"
+    assert "cpu1: online=True enabled=False" in res.failure.message, res.failure.message

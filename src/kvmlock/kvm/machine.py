@@ -33,6 +33,7 @@ step would be on real hardware.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
@@ -196,6 +197,20 @@ def checked_at_end(body: Callable[[], None]) -> Callable[[], None]:
     that only a transient race produces and a later step repairs is not seen here: the
     checks at vCPU entry and CPU online are for those.
     """
+
+    if inspect.iscoroutinefunction(body):  # an async body: checked once it has finished
+        @functools.wraps(body)
+        async def arun() -> None:
+            built: list[Machine] = []
+            token = _BUILT.set(built)
+            try:
+                await body()
+            finally:
+                _BUILT.reset(token)
+            for m in built:
+                m.check_quiet()
+
+        return arun  # type: ignore[return-value]
 
     @functools.wraps(body)
     def run() -> None:
