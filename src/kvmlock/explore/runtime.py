@@ -344,7 +344,7 @@ class SimRuntime:
         "strategy", "choose", "tell", "prefix", "check", "report_from", "nprefix", "max_steps",
         "tracing", "tasks", "live", "current", "nsteps", "choices", "preempt_steps", "trace",
         "keys", "_owners", "cells", "outcome", "failed_task", "exc", "exc_where", "aborting",
-        "spin_detect", "wcount", "hub", "pool", "world", "last", "last_op",
+        "spin_detect", "wcount", "hub", "pool", "world", "last", "last_op", "quick",
         "__dict__", "__weakref__",
     )
 
@@ -365,6 +365,9 @@ class SimRuntime:
         self.nprefix = min(len(plan.prefix), max_steps)  # (a step past max_steps ends it)
         self.max_steps = max_steps
         self.tracing = tracing
+        #: the steps before this one are prefix steps that report nothing and draw no trace
+        #: (see ``stop``)
+        self.quick = 0 if tracing else min(self.nprefix, self.report_from)
         self.tasks: list[Task] = []
         self.live: list[Task] = []
         self.current: Task | None = None
@@ -528,14 +531,28 @@ class SimRuntime:
             self.current = p
             p.g.switch()  # type: ignore[union-attr]
         else:
-            # (a step of the plan's prefix with nothing to tell the strategy goes straight to
-            # the replay path: most steps are such)
             n = self.nsteps
-            nxt = (self._replayed(t, self.prefix[n]) if n < self.nprefix and self.last is None
-                   else self._pick(t))
-            if nxt is not t:
-                self.current = nxt
-                nxt.g.switch()
+            if n < self.quick:
+                # A step of the plan's prefix with nothing to tell the strategy and no trace
+                # to draw (most steps are such). When it is this task's again, and the task
+                # can go on (its condition holds, it is no parked spinner), it goes on at
+                # once: no task is switched away, so there is no preemption to count, and
+                # the replay path would find just that. Any other step takes that path.
+                want = self.prefix[n]
+                if want == t.tid and (pred is None or pred()) and not t.spinning:
+                    self.nsteps = n + 1
+                    self.choices.append(want)
+                else:
+                    nxt = self._replayed(t, want)
+                    if nxt is not t:
+                        self.current = nxt
+                        nxt.g.switch()
+            else:
+                nxt = (self._replayed(t, self.prefix[n]) if n < self.nprefix and self.last is None
+                       else self._pick(t))
+                if nxt is not t:
+                    self.current = nxt
+                    nxt.g.switch()
         # the operation executes now
         if obj is not None:
             wc = self.wcount

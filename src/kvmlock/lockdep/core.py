@@ -219,8 +219,15 @@ class LockMap:
         held = (_world().rt.current or _TLS).lockdep
         try:
             node = held[-1][1][self._hid]
-        except (KeyError, TypeError):  # a chain not seen yet, or no stack yet
+        except KeyError:  # a chain not seen yet
             node = None
+        except TypeError:  # the task's first lock: its stack starts here, and the chain
+            S = _world().lockdep  # may be cached already (another task of this world's)
+            if not S.on:
+                self.acquire()
+                return
+            held = _stack(S)
+            node = held[-1][1].get(self._hid)
         if node is None:
             self.acquire()
             return
