@@ -510,8 +510,9 @@ class SimRuntime:
             t.p_where = w() if w is not None else where_of(sys._getframe(1))
         obj = op[1]
         write = op[2]
-        point = snap = None
+        point = None
         if not write and obj is not None and self.spin_detect:
+            snap = None
             point = (op[3], _point(sys._getframe(1)))
             seen = t.spin.get(obj if type(obj) is not tuple else obj[0][0])
             if seen is not None and seen[1] == point and self._unchanged(t.spin):
@@ -554,24 +555,25 @@ class SimRuntime:
                     self.current = nxt
                     nxt.g.switch()
         # the operation executes now
-        if obj is not None:
+        if point is not None:  # a read of an object, watched for spinning
             wc = self.wcount
-            if write:
+            if type(obj) is tuple:
+                for k, _w in obj:  # type: ignore[union-attr]
+                    t.spin[k] = (wc.setdefault(k, 0), point, snap)
+            else:
+                t.spin[obj] = (wc.setdefault(obj, 0), point, snap)  # type: ignore[index]
+            t.spinning = False
+        elif write and obj is not None:
+            wc = self.wcount
+            if wc:  # (empty until some task reads with spin detection on)
                 if obj in wc:
                     wc[obj] += 1
                 elif type(obj) is tuple:  # compound: each key it writes
                     for k, w in obj:
                         if w and k in wc:
                             wc[k] += 1
-                if t.spin:
-                    t.spin.clear()
-            elif point is not None:
-                if type(obj) is tuple:
-                    for k, _w in obj:
-                        t.spin[k] = (wc.setdefault(k, 0), point, snap)
-                else:
-                    t.spin[obj] = (wc.setdefault(obj, 0), point, snap)
-                t.spinning = False
+            if t.spin:
+                t.spin.clear()
 
     def _unchanged(self, seen: dict[int, tuple[int, Any, Any]]) -> bool:
         wc = self.wcount
