@@ -313,8 +313,11 @@ class SimHandle:
 
     def join(self, timeout: float | None = None) -> None:
         rt = self.rt
-        rt.visible(rt.current, None, "join", False, self._ended, self.task.name, ACQ_NONE,
-                   self.task)
+        t = rt.current
+        task = self.task
+        # (SimRuntime.visible's record, inlined: every join of every execution makes one)
+        key = (t.tid, None, False, "join", task.name, ACQ_NONE, True, task.tid)
+        rt.stop(t, _made.get(key) or _record(key), self._ended, task)
 
 
 def _label_of(owner: object) -> str:
@@ -445,7 +448,8 @@ class SimRuntime:
         parent = self.current
         tid = len(self.tasks)
         tname = name or getattr(fn, "__name__", None) or f"task{tid}"
-        self.visible(parent, None, "spawn", False, None, tname, ACQ_NONE, None)
+        key = (parent.tid, None, False, "spawn", tname, ACQ_NONE, False, -1)  # (visible's)
+        self.stop(parent, _made.get(key) or _record(key), None, None)
         t = self._new_task(fn, tuple(args), tname, parent)
         # Run the child up to its first visible operation, then come back here.
         self.current = t
