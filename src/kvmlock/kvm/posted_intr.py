@@ -105,6 +105,12 @@ PI_ON_LOAD_STORE = mutant(
     breaks="the blocking vCPU switches the notification vector in the same word with a "
            "cmpxchg: a posting sets ON with one atomic step, or its store puts back the old "
            "vector and the wake-up is sent nowhere")
+PI_PIR_SET_LOAD_STORE = mutant(
+    "pi_pir_set_load_store", removes="the atomic test-and-set of a posted vector's PIR bit "
+    "(a load of the PIR, then a store of it with the bit set)",
+    breaks="several posters (the IOMMU, other vCPUs' IPIs) set bits of one PIR without a "
+           "lock: each sets its bit with one atomic step, or a bit another poster set between "
+           "its load and its store is erased and that vector is lost")
 PI_HANDLER_WITHOUT_LOCK = mutant(
     "pi_handler_without_lock", removes="wakeup_vcpus_on_cpu_lock in the wakeup handler",
     breaks="wakeup_vcpus_on_cpu is walked only under wakeup_vcpus_on_cpu_lock")
@@ -314,7 +320,7 @@ def post_interrupt(pv: PostedVcpu, vector: int, *, running: Any = None) -> runti
         old = pv.control.fetch_or(PI_ON)
         pv.pir.fetch_or(1 << vector)  # broken: the vCPU may have consumed ON in between
     else:
-        pv.pir.fetch_or(1 << vector)
+        _set_pir(pv, vector)
         old = _set_on(pv)
     if old & (PI_ON | PI_SN):
         return None  # a notification is already on its way, or notifications are suppressed
@@ -325,6 +331,15 @@ def post_interrupt(pv: PostedVcpu, vector: int, *, running: Any = None) -> runti
     # else: the posted-interrupt vector reaches a CPU where the vCPU is not running: the
     # interrupt stays in the PIR, to be found by the vCPU's own check for pending work.
     return None
+
+
+def _set_pir(pv: PostedVcpu, vector: int) -> None:
+    """``pi_test_and_set_pir``: set the vector's bit in one atomic step."""
+    if PI_PIR_SET_LOAD_STORE in pv.machine.hazards:
+        pir = pv.pir.load()
+        pv.pir.store(pir | 1 << vector)  # broken: a bit set since the load is erased
+        return
+    pv.pir.fetch_or(1 << vector)
 
 
 def _set_on(pv: PostedVcpu) -> int:

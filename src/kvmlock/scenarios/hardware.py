@@ -363,6 +363,23 @@ def posted_running_vcpu(broken: bool) -> None:
              names=["vcpu0 (running)", "IOMMU"])
 
 
+@pair("posted_intr.two_posters",
+      rule="two posters (the IOMMU and another vCPU's IPI) set their vectors' PIR bits in one "
+           "vCPU's descriptor at once, each with one atomic test-and-set",
+      broken_rule="a poster sets its PIR bit with a load and a store: the other poster's bit, "
+                  "set in between, is erased",
+      broken_expect="assertion",
+      invariant="every vector posted is delivered, or pending in the PIR with ON set",
+      catches=("pi_pir_set_load_store",), max_runs=500)
+def posted_two_posters(broken: bool) -> None:
+    # As in posted_intr.running_vcpu, the descriptor's end-of-run check judges the vectors.
+    m = Machine(2, hazards={"pi_pir_set_load_store": broken})
+    vm = VM(m, nr_vcpus=2)
+    pv = PostedVcpu(m, vm.vcpus[0], cpu=1)
+    together(pv.enter_guest, lambda: post_interrupt(pv, 3), lambda: post_interrupt(pv, 7),
+             names=["vcpu0 (running)", "IOMMU", "vcpu1 (IPI)"])
+
+
 # ---------------------------------------------------------------------- TSC
 
 def _tsc(locked: bool) -> None:
