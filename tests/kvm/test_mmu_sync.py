@@ -6,7 +6,14 @@ import dataclasses
 import pytest
 
 from kvmlock import lockdep
-from kvmlock.kvm.guest import guest_read, guest_write, load_cr3, set_gpte, write_gpte
+from kvmlock.kvm.guest import (
+    GuestFault,
+    guest_read,
+    guest_write,
+    load_cr3,
+    set_gpte,
+    write_gpte,
+)
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mutants import applied
 from kvmlock.kvm.vm import VM
@@ -184,3 +191,26 @@ def test_a_sync_without_srcu_uses_a_freed_memslots_array_even_with_lockdep_off()
     f = res.failure
     assert f is not None and f.kind == "assertion", f
     assert "memslots array used after it was freed" in str(f.message)
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_a_write_the_guest_revoked_in_an_unsync_page_is_gone_after_the_sync(broken):
+    vm, (v0, _) = shadow_vm(hazards={"sync_keeps_revoked_write": broken})
+    set_gpte(vm, 0, 1)
+    set_gpte(vm, 1, 2)
+    guest_write(v0, 0, 7)  # page 0's SPTE writable
+    guest_write(v0, 1, 8)  # near miss: page 1 stays writable in the guest, and its SPTE too
+    write_gpte(v0, 0, 1, writable=False)  # same gfn, read-only; the page goes unsync
+    load_cr3(v0)
+    assert S.is_writable(vm.mmu.sptep(1).peek()), "a PTE still writable keeps its SPTE"
+    if not broken:
+        vm.check()
+        assert not vm.mmu.sptep(0).peek() & (S.W | S.MMU_WRITABLE)
+        with pytest.raises(GuestFault):
+            guest_write(v0, 0, 5)
+        return
+    with pytest.raises(AssertionError, match="writable or MMU-writable, but the guest maps "
+                                             "that page read-only"):
+        vm.check()
+    guest_write(v0, 0, 5)  # the consequence: the guest writes a page it maps read-only
+    assert guest_read(v0, 0) == 5

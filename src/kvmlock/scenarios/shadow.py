@@ -10,6 +10,9 @@ write; a fault re-checks the guest PTE it walked before installing).
 * ``shadow.unsync_repoint`` -- the guest re-points a PTE of an unsync page (no exit) and writes
   through it; the fault installs the new page over the old SPTE and flushes, while the host
   swaps the old page out and another vCPU reads through what it had cached.
+* ``shadow.sync_write_revoke`` -- the guest makes a PTE of an unsync page read-only, then a
+  CR3 load syncs the page while another vCPU writes through it: the sync must not keep the
+  writable SPTE.
 * ``shadow.emulated_write_vs_harvest`` -- KVM's emulated write of a shadowed table races a
   migration's harvest: the page is written before its gfn is logged, so no harvest can take
   the bit and copy the old contents.
@@ -43,6 +46,7 @@ the guest's page table names now, and is in that gfn's rmap (:meth:`VM.check`).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import kvmlock
@@ -424,6 +428,44 @@ def two_syncs_correct() -> None:
           variant="broken", expect="assertion", invariant=_TWO_SYNCS_INV, **_BOUND)
 def two_syncs_broken() -> None:
     _two_syncs(True)
+
+
+@pair("shadow.sync_write_revoke",
+      rule="the sync of an unsync page at a CR3 load drops (the kernel rebuilds) an SPTE "
+           "whose guest PTE was made read-only, under mmu_lock held for write",
+      broken_rule="the sync drops an SPTE only when the guest PTE names another gfn: the "
+                  "SPTE of a PTE the guest made read-only stays writable",
+      broken_expect="assertion",
+      invariant="after a CR3 load no SPTE is writable or MMU-writable where the guest maps the "
+                "page read-only, and a vCPU that loaded CR3 cannot write that page",
+      catches=("sync_keeps_revoked_write",), **_BOUND)
+def sync_write_revoke(broken: bool) -> None:
+    # Page 0 -> gfn 1, written by vcpu0 (its SPTE writable). The guest makes page 0 read-only
+    # with a plain store (the page goes unsync), then vcpu0 loads CR3 while vcpu1's guest
+    # writes page 0 -- through the old SPTE before the sync, or faulting after it.
+    vm = VM(nr_vcpus=2, nr_pages=4, host_pages=4, tdp=False,
+            hazards={"sync_keeps_revoked_write": broken})
+    vm.set_memory_region(0, base_gfn=0, npages=4, hva=0)
+    v0, v1 = vm.vcpus
+    set_gpte(vm, 0, 1)
+    guest_write(v0, 0, 7)
+    write_gpte(v0, 0, 1, writable=False)
+    assert vm.mmu.pages[0].unsync
+
+    def vcpu1_writes() -> None:
+        with contextlib.suppress(GuestFault):  # the sync came first: the write faults
+            guest_write(v1, 0, 9)
+
+    _run(("vcpu0_loads_cr3", lambda: load_cr3(v0)), ("vcpu1_writes_page0", vcpu1_writes))
+    vm.check()
+    load_cr3(v1)
+    try:
+        guest_write(v1, 0, 5)
+    except GuestFault:
+        pass
+    else:
+        raise AssertionError("vcpu1 wrote guest page 0, which the guest maps read-only, after "
+                             "loading CR3: the sync kept a writable SPTE")
 
 
 # --------------------------------------------------------------------------- write tracking

@@ -89,6 +89,14 @@ SYNC_WITHOUT_SRCU = mutant(
            "through the memslots array, which a memslot update frees (reuses) after its grace "
            "period")
 
+SYNC_KEEPS_REVOKED_WRITE = mutant(
+    "sync_keeps_revoked_write", removes="the sync's check of the guest PTE's write permission "
+    "(an SPTE is dropped only when the guest PTE names another gfn)",
+    breaks="shadow paging: after a sync every SPTE allows no more than the guest PTE it "
+           "shadows; a PTE the guest made read-only in an unsync page loses its writable SPTE "
+           "(the kernel rebuilds it with the reduced access), or the guest writes a page it "
+           "maps read-only")
+
 
 def _sync_spte(vm: VM, sp: ShadowPage, i: int) -> bool:
     """``sync_spte``: drop entry ``i`` of ``sp`` if the guest PTE now names another gfn, or
@@ -99,7 +107,8 @@ def _sync_spte(vm: VM, sp: ShadowPage, i: int) -> bool:
         return False
     va = sp.index * len(sp.sptes) + i
     gfn, writable = mmu.guest_pte(va)
-    if gfn == sp.gfn_at(i) and (writable or not cur & (S.W | S.MMU_WRITABLE)):
+    keeps_write = writable or SYNC_KEEPS_REVOKED_WRITE in vm.hazards
+    if gfn == sp.gfn_at(i) and (keeps_write or not cur & (S.W | S.MMU_WRITABLE)):
         return False
     # rmap_remove finds the gfn's rmap in its memslot (slot->arch.rmap), looked up in the
     # memslots array kvm->srcu protects: a deletion frees the slot's arch data after the
