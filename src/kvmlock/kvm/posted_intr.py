@@ -36,7 +36,7 @@ from typing import Any
 from kvmlock import irq, runtime
 from kvmlock.kvm.machine import Machine, PerCpu
 from kvmlock.kvm.mutants import mutant, unless
-from kvmlock.sync import Atomic64, RCUWait
+from kvmlock.sync import Atomic64, RCUWait, data_racy
 
 __all__ = ["PostedVcpu", "post_interrupt", "send_wakeup_vector", "wakeup_handler"]
 
@@ -152,6 +152,12 @@ class PostedVcpu:
     delivered, or is still pending in the PIR with ON set, so the vCPU's next entry takes it.
     """
 
+    #: the vectors posted to this vCPU (by the posters; read once every task has joined)
+    posted = data_racy(
+        "the model's own record of what was posted, no kernel field: every poster adds to it "
+        "without a lock (two posters may at once), and only the end-of-run check reads it, "
+        "after every task has joined")
+
     def __init__(self, machine: Machine, vcpu: Any, cpu: int = 0) -> None:
         if not isinstance(machine, Machine):
             raise TypeError(f"PostedVcpu needs a Machine, got {type(machine).__name__}")
@@ -165,7 +171,6 @@ class PostedVcpu:
         self.kicks = 0  # wakeups delivered by the handler
         #: the vectors taken from the PIR into the virtual APIC (the IRR)
         self.delivered: set[int] = set()
-        #: the vectors posted to this vCPU (by the posters; read once every task has joined)
         self.posted: set[int] = set()
         machine.quiet_checks.append(self.check_delivered)
 
