@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -201,29 +201,30 @@ def checked_at_end(body: Callable[[], None]) -> Callable[[], None]:
     if inspect.iscoroutinefunction(body):  # an async body: checked once it has finished
         @functools.wraps(body)
         async def arun() -> None:
-            built: list[Machine] = []
-            token = _BUILT.set(built)
-            try:
+            with _checking_built():
                 await body()
-            finally:
-                _BUILT.reset(token)
-            for m in built:
-                m.check_quiet()
 
         return arun  # type: ignore[return-value]
 
     @functools.wraps(body)
     def run() -> None:
-        built: list[Machine] = []
-        token = _BUILT.set(built)
-        try:
+        with _checking_built():
             body()
-        finally:
-            _BUILT.reset(token)
-        for m in built:
-            m.check_quiet()
 
     return run
+
+
+@contextmanager
+def _checking_built() -> Iterator[None]:
+    """Collect the machines built inside, and check each once the block returns normally."""
+    built: list[Machine] = []
+    token = _BUILT.set(built)
+    try:
+        yield
+    finally:
+        _BUILT.reset(token)
+    for m in built:
+        m.check_quiet()
 
 
 class _CallbackState:
@@ -553,25 +554,23 @@ class Machine:
     def hardware_disable_all(self) -> None:
         """Count one VM less; the last one turns virtualization off everywhere."""
         locked = unless(USAGE_WITHOUT_LOCK, self.hazards, self.usage_lock)
+        outer: AbstractContextManager[object]
         if self.kvm_usage_lock is not None:
+            # the teardown takes cpus_read_lock itself, inside kvm_usage_lock
+            outer, teardown = nullcontext(), self._last_teardown
             late = TEARDOWN_AFTER_USAGE_UNLOCK in self.hazards
+        else:
+            # the old design takes cpus_read_lock outside kvm_lock
+            outer, teardown = self._hotplug_read_disable(), self._disable_all_cpus
+            late = DISABLE_AFTER_KVM_LOCK_UNLOCK in self.hazards
+        with outer:
             with locked:
                 n = self._check_count() - 1
                 self._set_usage(n)
                 if n == 0 and not late:
-                    self._last_teardown()
+                    teardown()
             if n == 0 and late:
-                self._last_teardown()  # broken: the next VM may have set everything up again
-            return
-        late = DISABLE_AFTER_KVM_LOCK_UNLOCK in self.hazards
-        with self._hotplug_read_disable():
-            with locked:
-                n = self._check_count() - 1
-                self._set_usage(n)
-                if n == 0 and not late:
-                    self._disable_all_cpus()
-            if n == 0 and late:
-                self._disable_all_cpus()  # broken: the next VM may have enabled them again
+                teardown()  # broken: the next VM may have set everything up again
 
     def _last_teardown(self) -> None:
         """New design: the last VM removes the hotplug callbacks and disables every CPU, in one
