@@ -340,20 +340,22 @@ def post_interrupt(pv: PostedVcpu, vector: int, *, running: Any = None) -> runti
 
 def _set_pir(pv: PostedVcpu, vector: int) -> None:
     """``pi_test_and_set_pir``: set the vector's bit in one atomic step."""
-    if PI_PIR_SET_LOAD_STORE in pv.machine.hazards:
-        pir = pv.pir.load()
-        pv.pir.store(pir | 1 << vector)  # broken: a bit set since the load is erased
-        return
-    pv.pir.fetch_or(1 << vector)
+    _fetch_or(pv.pir, 1 << vector, PI_PIR_SET_LOAD_STORE in pv.machine.hazards)
 
 
 def _set_on(pv: PostedVcpu) -> int:
     """``pi_test_and_set_on``: set ON in one atomic step; the control word as it was."""
-    if PI_ON_LOAD_STORE in pv.machine.hazards:
-        old = pv.control.load()
-        pv.control.store(old | PI_ON)  # broken: a vector switch since the load is undone
+    return _fetch_or(pv.control, PI_ON, PI_ON_LOAD_STORE in pv.machine.hazards)
+
+
+def _fetch_or(word: Atomic64, bits: int, split: bool) -> int:
+    """One atomic OR into a descriptor word, or (``split``, a mutant) a load and a store,
+    between which another writer's change to the word is undone."""
+    if split:
+        old = word.load()
+        word.store(old | bits)  # broken: a change made since the load is undone
         return old
-    return pv.control.fetch_or(PI_ON)
+    return word.fetch_or(bits)
 
 
 def send_wakeup_vector(machine: Machine, cpu: int, *, running: Any = None) -> Any:
