@@ -129,9 +129,10 @@ def test_changing_nx_huge_pages_fast_zaps_the_vm():
 
 # ------------------------------------------- a notifier in the window before the zap of roots
 
-def _in_the_window(hazards=None):
+def _in_the_window(hazards=None, between=lambda host: host.swap_out(0)):
     """gfn 0 written (a Dirty SPTE in root 0), the roots invalidated as the fast zap's write-mode
-    section leaves them, and the page swapped out before the zap of invalidated roots."""
+    section leaves them, and ``between`` (the page swapped out) before the zap of invalidated
+    roots."""
     from kvmlock.kvm.mmu.tdp_mmu import (
         FREE_OBSOLETE_ROOTS,
         _invalidate_all_roots,
@@ -148,7 +149,7 @@ def _in_the_window(hazards=None):
         _invalidate_all_roots(vm)
         v0.make_request(FREE_OBSOLETE_ROOTS)
         found = vm.mmu.gfn_sptes(0)
-    vm.host.swap_out(0)
+    between(vm.host)
     zap_invalidated_roots(vm)
     return vm, v0, (root, table), found
 
@@ -162,10 +163,15 @@ def test_the_notifier_drops_the_spte_an_invalidated_root_still_holds():
 
 
 def test_walking_only_the_valid_root_loses_the_write_at_swap_out():
-    vm, v0, _, found = _in_the_window({"gfn_sptes_valid_root_only"})
-    assert found == [], "the invalidated root is skipped"
-    assert vm.host.stats["writeback"] == 0, "the page was freed clean"
-    assert guest_read(v0, 0) == 0, "the write through the invalidated root's SPTE is lost"
+    def swap_out(host):
+        host.swap_out(0)
+        assert host.stats["writeback"] == 0, "the page was freed clean"
+        assert host.contents(0) == 0, "the write through the invalidated root's SPTE is lost"
+
+    # and the zap of the invalidated root then passes the SPTE's bits to the freed frame
+    with pytest.raises(AssertionError, match="Accessed passed to frame 0, which the host has "
+                                             "freed"):
+        _in_the_window({"gfn_sptes_valid_root_only"}, between=swap_out)
 
 
 def test_walking_only_the_valid_root_is_harmless_once_the_roots_are_zapped():
@@ -193,7 +199,46 @@ def test_the_fast_zap_racing_a_swap_out_is_explored_into_the_window():
     with applied("gfn_sptes_valid_root_only"):
         out = verify.run_scenario(sc)
     assert out.failure is not None and out.failure.kind == "assertion"
-    assert "wrote 7 to gfn 0 but reads 0x0 after the swap-out" in str(out.failure.message)
+    assert "Accessed passed to frame 0, which the host has freed" in str(out.failure.message)
+
+
+def test_the_release_in_the_window_zaps_the_invalidated_root_before_the_host_frees():
+    vm, _, (root, table), _ = _in_the_window(between=lambda host: host.exit_mmap())
+    assert root.invalid and table.removed and all(sp is None for sp in root.pages)
+    assert vm.host.notifiers == [] and vm.host.pfn_of(0) is None
+    assert vm.host.pages[0].flags.peek() == 0, "nothing reached the frame after its free"
+    vm.check()
+
+
+def test_a_release_that_skips_invalid_roots_leaves_an_spte_to_a_freed_frame():
+    with pytest.raises(AssertionError, match="Accessed passed to frame 0, which the host has "
+                                             "freed"):
+        _in_the_window({"zap_all_skips_invalid_roots"}, between=lambda host: host.exit_mmap())
+
+
+def test_skipping_invalid_roots_is_harmless_once_the_roots_are_zapped():
+    # The near miss: the VMM exits after the whole fast zap, which already dropped the
+    # invalidated root's SPTE; the release finds nothing left in an invalid root.
+    vm = VM(nr_vcpus=1, nr_pages=2, host_pages=3, hazards={"zap_all_skips_invalid_roots"})
+    vm.set_memory_region(0, base_gfn=0, npages=1, hva=0)
+    guest_write(vm.vcpus[0], 0, 7)
+    update_nx_huge_pages(vm)
+    assert vm.host.exit_mmap() == 1
+    vm.check()
+
+
+def test_the_release_racing_a_fast_zap_is_explored_into_the_window():
+    from kvmlock.kvm.mutants import applied
+    from kvmlock.scenarios import verify
+    from kvmlock.scenarios.registry import SCENARIOS
+
+    sc = SCENARIOS["tdp_mmu.release_vs_fast_zap.correct"]
+    ok = verify.run_scenario(sc)
+    assert ok.met and ok.exhausted, (ok.runs, ok.failure)
+    with applied("zap_all_skips_invalid_roots"):
+        out = verify.run_scenario(sc)
+    assert out.failure is not None and out.failure.kind == "assertion"
+    assert "which the host has freed" in str(out.failure.message)
 
 
 def _second_valid_root(vm, vcpu):

@@ -247,6 +247,33 @@ def test_host_refuses_bad_addresses_and_sizes():
         VM(host=object())
 
 
+def test_the_host_frees_every_page_at_exit_and_flags_a_freed_frame_as_a_bug():
+    from kvmlock.kvm.host import PG_DIRTY, Host
+
+    class Notifier:
+        released = 0
+
+        def release(self):
+            assert h.pfn_of(0) is not None, "release runs before the pages go"
+            self.released += 1
+
+    h = Host(nr_pages=2)
+    n = Notifier()
+    h.register(n)  # type: ignore[arg-type]
+    pfn = h.fault_in(0)
+    h.set_page_dirty(pfn)  # a mapped page: fine
+    assert h.pages[pfn].flags.peek() & PG_DIRTY
+    assert h.exit_mmap() == 1 and n.released == 1 and h.notifiers == []
+    assert h.pfn_of(0) is None and h.pages[pfn].flags.peek() == 0
+    with pytest.raises(AssertionError, match=f"Dirty passed to frame {pfn}, which the host has "
+                                             "freed"):
+        h.set_page_dirty(pfn)
+    with pytest.raises(AssertionError, match="Accessed passed to frame"):
+        h.set_page_accessed(pfn)
+    assert h.exit_mmap() == 0, "nothing left to free, nobody left to tell"
+    assert n.released == 1
+
+
 def test_turning_logging_off_frees_the_bitmap_and_on_again_gets_a_fresh_one():
     vm = VM(nr_vcpus=1, nr_pages=2, host_pages=2)
     vm.set_memory_region(0, base_gfn=0, npages=2, hva=0, flags=LOG_DIRTY_PAGES)

@@ -36,6 +36,7 @@ class MmuNotifierOps(Protocol):
     def invalidate_range_end(self, start: int, end: int, token: Any,
                              blockable: bool = True) -> None: ...
     def clear_flush_young(self, start: int, end: int) -> bool: ...
+    def release(self) -> None: ...
 
 
 class HostPage:
@@ -260,6 +261,35 @@ class Host:
         self._invalidate_end(hva, tokens)
         return pfn is not None
 
+    def exit_mmap(self) -> int:
+        """The address space is torn down (its last user exits): returns how many frames
+        were freed.
+
+        Every notifier's release runs first (``mmu_notifier_release``) and the notifiers are
+        then dropped: the unmapping that follows tells nobody, so a notifier must have let go
+        of every mapping of these pages by the time its release returns. Each page is then
+        unmapped and its frame freed, unwritten (nobody is left to read it back).
+        """
+        notifiers, self.notifiers = self.notifiers, []
+        for n in notifiers:
+            n.release()
+        mm = self._mm
+        with mm:
+            mm.wait_for(lambda: not self._busy, "exit_mmap")
+            freed = [self._ptes.pop(hva) for hva in sorted(self._ptes)]
+            self._backing.clear()
+            for pfn in freed:
+                self.pages[pfn].hva = None
+        for pfn in freed:
+            page = self.pages[pfn]
+            page.flags.store(0)  # the allocator clears a freed page's flags
+            page.poison()
+        with mm:
+            mm.point("free_page")
+            self._free.extend(freed)
+            mm.notify_all()
+        return len(freed)
+
     def _invalidate_start(self, hva: int, blockable: bool = True) -> list[Any]:
         """Every notifier's invalidate_range_start for ``hva``, each inside the lockdep map
         the kernel holds around it; the tokens their _end calls take back."""
@@ -292,10 +322,21 @@ class Host:
 
     def set_page_dirty(self, pfn: int) -> None:
         """``kvm_set_pfn_dirty``: the page must be written back before its frame is reused."""
-        self.pages[pfn].flags.fetch_or(PG_DIRTY)
+        self._set_flag(pfn, PG_DIRTY, "Dirty")
 
     def set_page_accessed(self, pfn: int) -> None:
-        self.pages[pfn].flags.fetch_or(PG_ACCESSED)
+        """``kvm_set_pfn_accessed``: the page was used, so reclaim keeps it longer."""
+        self._set_flag(pfn, PG_ACCESSED, "Accessed")
+
+    def _set_flag(self, pfn: int, flag: int, what: str) -> None:
+        """Set ``flag`` on the page in frame ``pfn``, which must still be a mapped page: the
+        check is made in the same step as the change of the flags, which the free of a frame
+        also writes, so the two are ordered."""
+        page = self.pages[pfn]
+        page.flags.fetch_or(flag)
+        assert page.hva is not None, (
+            f"{what} passed to frame {pfn}, which the host has freed: a mapping of the page "
+            "outlived it, and the page it marks is no longer the guest's")
 
     def contents(self, hva: int) -> int:
         """The current value at ``hva`` wherever it is (no visible operation: for checks)."""

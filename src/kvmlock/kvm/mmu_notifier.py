@@ -239,6 +239,16 @@ class KvmMmuNotifier:
         if left == 0 and NOTIFIER_NO_WAKEUP not in vm.hazards:
             vm.mn_memslots_update_rcuwait.wake_up()
 
+    # ------------------------------------------------------------ release
+
+    def release(self) -> None:
+        """``kvm_mmu_notifier_release``: the host's address space is going away and this is
+        the last the notifier hears of it, so every SPTE goes now (``kvm_flush_shadow_all``,
+        inside ``kvm->srcu``'s read side): the host frees the pages right after, unannounced."""
+        vm = self.vm
+        with vm.srcu.read():
+            vm.mmu.zap_all()
+
     # ------------------------------------------------------------ aging
 
     def clear_flush_young(self, start: int, end: int) -> bool:

@@ -50,6 +50,13 @@ second read-mode writer of non-leaf entries, against the paths it races
   the zap and vcpu1 free it, and vcpu0's get is on a freed root. (Bounded to two preemptions:
   the tasks' reloads take many steps.)
 
+* ``tdp_mmu.release_vs_fast_zap`` -- the VMM exits while a fast zap runs (the
+  ``nx_huge_pages`` parameter changed): the MMU notifier's release zaps everything, and the
+  host then frees every page without telling KVM again. Between the fast zap's write-mode
+  section and its zap of the invalidated roots, the invalidated root still maps the page the
+  guest wrote: the release must zap it too. Zapping the valid roots only, it leaves that SPTE
+  to the fast zap, which passes its Accessed and Dirty bits to a frame the host has freed.
+
 All end with the VM's invariants (every present SPTE maps the host's frame, every table
 reachable once, every root's count equal to its holders).
 """
@@ -316,4 +323,25 @@ def load_root_vs_fast_zap(broken: bool) -> None:
 
     together(lambda: guest_read(v0, 0), zap_then_vcpu1_reloads,
              names=["vcpu0 reloads", "second fast zap, vcpu1 reloads"])
+    vm.check()
+
+
+@pair("tdp_mmu.release_vs_fast_zap",
+      rule="kvm_mmu_zap_all, the MMU notifier's release, zaps every TDP root, an invalid one "
+           "too: a fast zap between its write-mode section and the zap of the roots it "
+           "invalidated leaves their SPTEs in place, and the host frees every page once the "
+           "release returns",
+      broken_rule="kvm_mmu_zap_all zaps the valid roots only: the invalidated root still maps "
+                  "the guest's page when the host frees it, and the fast zap's later zap "
+                  "passes the SPTE's Accessed and Dirty bits to the freed frame",
+      broken_expect="assertion",
+      invariant="no SPTE outlives the release of the address space: nothing reaches a frame "
+                "the host freed",
+      catches=("zap_all_skips_invalid_roots",), **_BOUND)
+def release_vs_fast_zap(broken: bool) -> None:
+    vm = _one_slot_vm("zap_all_skips_invalid_roots", broken, npages=1)
+    (v0,) = vm.vcpus
+    guest_write(v0, 0, 7)  # gfn 0's SPTE in root 0 is Accessed and Dirty
+    together(lambda: update_nx_huge_pages(vm), vm.host.exit_mmap,
+             names=["nx_huge_pages changed", "the VMM exits (mm teardown)"])
     vm.check()

@@ -135,6 +135,11 @@ ZAP_ALL_NO_FLUSH = mutant(
     "zap_all_no_flush", removes="the remote TLB flush after kvm_mmu_zap_all drops every SPTE",
     breaks="once no SPTE maps a frame, no vCPU's TLB does (a later notifier finds nothing "
            "to flush)")
+ZAP_ALL_SKIPS_INVALID_ROOTS = mutant(
+    "zap_all_skips_invalid_roots", removes="the zap of invalid TDP roots by kvm_mmu_zap_all "
+    "(only valid roots walked)",
+    breaks="kvm_mmu_zap_all drops every SPTE before it returns: the MMU notifier's release "
+           "calls it, and the host then frees every page without telling KVM again")
 
 
 class ShadowPage:
@@ -504,14 +509,20 @@ class MMU:
         grace period (every vCPU out of its lockless walk, the TDP MMU's RCU read side): a fast
         page fault that found a page before it was unlinked is done with it by then. Returns
         how many pages were freed.
+
+        Every root is walked, an invalid one too (``kvm_tdp_mmu_zap_all``): a fast zap may
+        have invalidated it and not yet zapped it, and the MMU notifier's release, which calls
+        this, tells the host that no SPTE is left -- the host then frees every page unseen.
         """
         vm = self.vm
         # broken: the page list's lock held from before mmu_lock (faults nest it inside)
         inverted = PAGES_LOCK_OUTSIDE_MMU_LOCK in vm.hazards
         late = UNLINK_PAGE_AT_FREE in vm.hazards
+        valid_only = ZAP_ALL_SKIPS_INVALID_ROOTS in vm.hazards
         with vm.tdp_mmu_pages_lock if inverted else nullcontext(), vm.mmu_lock.write():
             gone = []
             for root, idx, sp in [(r, idx, sp) for r in self.roots
+                                  if not (valid_only and r.invalid)  # (broken)
                                   for idx, sp in enumerate(r.pages) if sp is not None]:
                 for i in range(SP_ENTRIES):
                     self.drop_spte(sp, i)
