@@ -15,6 +15,10 @@ Start and end must see the same memslots array, or the in-progress count would b
 unbalanced; the model checks that for every pair. The notifier never takes ``slots_lock`` or
 ``slots_arch_lock``: the memslot updater holds them while it waits for this path to finish.
 
+``release`` is the last call the notifier gets: the host's address space is torn down and
+its pages freed with no invalidation, so every SPTE -- of an invalidated TDP root too -- is
+gone (``kvm_mmu_zap_all``) before it returns.
+
 An invalidation may be *non-blockable* (``blockable=False``: the OOM reaper unmapping a dying
 task's memory must not wait for anything that could need memory): then both halves run in a
 ``kvmlock.irq.nonblocking()`` section, where sleeping is a bug. That is why every lock on this
