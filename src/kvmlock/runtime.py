@@ -23,9 +23,11 @@ hidden behind the small interface below, so model code runs unchanged in both:
     owner (the explorer's partial-order reduction uses it).
 
     ``wait_for`` is a wait that *polls*: the task goes on as soon as ``pred()`` holds, woken or
-    not (lock acquisition, a grace period, a spin on a flag). A primitive that really sleeps on
-    a queue until someone wakes it (rcuwait, a wait queue, a completion) uses the kernel's
-    protocol instead::
+    not (lock acquisition, a grace period, a spin on a flag). ``sleeps=True`` says the wait
+    sleeps until the releaser's ``notify_all`` (an rw_semaphore's): the explorer then fails a
+    task that finds ``pred()`` true with no ``notify_all`` since it started waiting. A
+    primitive that really sleeps on a queue until someone wakes it (rcuwait, a wait queue, a
+    completion) uses the kernel's protocol instead::
 
         with wq:
             wq.point("prepare_to_wait")   # visible op on the queue...
@@ -77,7 +79,8 @@ class LockCell(Protocol):
 class WaitQueue(Protocol):
     def __enter__(self) -> Any: ...
     def __exit__(self, *exc: object) -> None: ...
-    def wait_for(self, pred: Callable[[], bool], kind: str, write: bool = True) -> None: ...
+    def wait_for(self, pred: Callable[[], bool], kind: str, write: bool = True,
+                 sleeps: bool = False) -> None: ...
     def point(self, kind: str, write: bool = True) -> None: ...
     def notify_all(self) -> None: ...
     def ticket(self) -> int: ...
@@ -138,7 +141,9 @@ class _ThreadWaitQueue:
         """Whether a waiting task could go on now (one arriving should queue behind it)."""
         return bool(self._queue) and self._older_can_go()
 
-    def wait_for(self, pred: Callable[[], bool], kind: str, write: bool = True) -> None:
+    def wait_for(self, pred: Callable[[], bool], kind: str, write: bool = True,
+                 sleeps: bool = False) -> None:
+        # (``sleeps`` changes nothing here: a real waiter that nobody notifies hangs already)
         if pred() and not (self._queue and self._older_can_go()):
             return
         entry = [pred]

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from kvmlock import explore, runtime, spawn
-from kvmlock.sync import Atomic64, Mutex, RCUWait
+from kvmlock.sync import Atomic64, Mutex, RCUWait, RWLock, RWSemaphore
 
 from .programs import assert_dpor_agrees_with_dfs
 
@@ -119,6 +119,152 @@ def test_polling_wait_needs_no_wake_up():
 
     res = explore.check(body, strategy="dpor")
     assert res.ok and res.exhausted
+
+
+# ------------------------------------------------------------ sleeping polls (rw_semaphore)
+
+
+def _notified_poll(*, notify: bool, sleeps: bool = True):
+    """A sleeping poll of the flag, and a bump that notifies the queue or forgets to."""
+    def body():
+        f = _Flag()
+
+        def poller():
+            with f.wq:
+                f.wq.wait_for(lambda: f.value > 0, "poll", True, sleeps)
+
+        t = spawn(poller, name="poller")
+        with f.wq:
+            f.wq.point("bump")
+            f.value += 1
+            if notify:
+                f.wq.notify_all()
+        t.join()
+
+    return body
+
+
+def test_sleeping_poll_needs_the_notify():
+    assert explore.check(_notified_poll(notify=True), strategy="dfs").ok
+    res = explore.check(_notified_poll(notify=False), strategy="dfs")
+    assert res.failure is not None and res.failure.kind == "deadlock"
+    assert "task 1 (poller) went on from a sleeping wait" in res.failure.message
+    assert "lost wake-up" in res.failure.message
+    # a plain poll of the same program needs none
+    assert explore.check(_notified_poll(notify=False, sleeps=False), strategy="dfs").ok
+
+
+class _Forgetful:
+    """An rw_semaphore's queue that drops the ``notify_all`` of the release named ``drop``
+    (the release's first step names it), as ``up_read`` without ``rwsem_wake`` would."""
+
+    def __init__(self, wq, drop: str | None) -> None:
+        self.wq, self.drop, self.last = wq, drop, None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def point(self, kind: str, write: bool = True) -> None:
+        self.wq.point(kind, write)
+        self.last = kind  # (once it executes: what follows up to the next step is atomic)
+
+    def wait_for(self, *args, **kw) -> None:
+        self.wq.wait_for(*args, **kw)
+        self.last = None
+
+    def notify_all(self) -> None:
+        if self.last != self.drop:
+            self.wq.notify_all()
+
+
+def _rwsem_users(drop: str | None, *, cls=RWSemaphore, writers: int = 1, readers: int = 1):
+    """Readers and writers of one lock, each taking it once."""
+    def body():
+        sem = cls("sem")
+        sem._wq = _Forgetful(sem._wq, drop)
+
+        def reader():
+            sem.read_lock()
+            sem.read_unlock()
+
+        def writer():
+            sem.write_lock()
+            sem.write_unlock()
+
+        ts = [spawn(reader, name=f"reader{i}") for i in range(readers)]
+        ts += [spawn(writer, name=f"writer{i}") for i in range(writers)]
+        for t in ts:
+            t.join()
+
+    return body
+
+
+@pytest.mark.parametrize("strategy", ["dpor", "dfs"])
+def test_rwsem_up_read_without_wake_up_is_a_lost_wake_up(strategy):
+    res = explore.check(_rwsem_users("up_read"), strategy=strategy)
+    assert res.failure is not None and res.failure.kind == "deadlock", res.failure
+    msg = res.failure.message
+    assert "(writer0) went on from a sleeping wait" in msg and "lost wake-up" in msg
+    assert "sleeps in: down_write:wait sem (<RWSemaphore sem" in msg
+
+
+def _behind_a_writer(drop: str | None, waiter: str):
+    """A writer holds the lock while it starts a task that wants it too, then lets go."""
+    def body():
+        sem = RWSemaphore("sem")
+        sem._wq = _Forgetful(sem._wq, drop)
+
+        def waiting():
+            if waiter == "reader":
+                sem.read_lock()
+                sem.read_unlock()
+            else:
+                sem.write_lock()
+                sem.write_unlock()
+
+        sem.write_lock()
+        t = spawn(waiting, name=waiter)
+        sem.write_unlock()
+        t.join()
+
+    return body
+
+
+@pytest.mark.parametrize("strategy", ["dpor", "dfs"])
+@pytest.mark.parametrize("waiter", ["reader", "writer"])
+def test_rwsem_up_write_without_wake_up_is_a_lost_wake_up(strategy, waiter):
+    assert explore.check(_behind_a_writer(None, waiter), strategy=strategy).ok
+    res = explore.check(_behind_a_writer("up_write", waiter), strategy=strategy)
+    assert res.failure is not None and res.failure.kind == "deadlock", res.failure
+    msg = res.failure.message
+    assert f"({waiter}) went on from a sleeping wait" in msg and "lost wake-up" in msg
+    assert f"sleeps in: down_{'read' if waiter == 'reader' else 'write:wait'} sem" in msg
+
+
+class _PollingRWSemaphore(RWSemaphore):
+    """The same lock with waits that poll: what the explorer explored before sleeping polls."""
+
+    SLEEPS = False
+    __slots__ = ()
+
+
+@pytest.mark.parametrize("strategy", ["dpor", "dfs"])
+def test_rwsem_that_wakes_passes_with_the_same_schedules(strategy):
+    for users in ({"readers": 2}, {"readers": 1, "writers": 2}):
+        res = explore.check(_rwsem_users(None, **users), strategy=strategy)
+        assert res.ok and res.exhausted, res.failure
+        polling = explore.check(_rwsem_users(None, cls=_PollingRWSemaphore, **users),
+                                strategy=strategy)
+        assert (res.runs, res.steps) == (polling.runs, polling.steps)
+
+
+def test_rwlock_t_spins_and_needs_no_wake_up():
+    """rwlock_t waiters spin: a release that notifies nobody leaves no sleeper behind."""
+    for drop in ("read_unlock", "write_unlock"):
+        assert explore.check(_rwsem_users(drop, cls=RWLock), strategy="dfs").ok
 
 
 # --------------------------------------------------------------------- rcuwait, open-coded

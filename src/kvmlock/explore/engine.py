@@ -76,6 +76,8 @@ class Execution:
             return (self.kind, type(self.exc).__name__)
         if self.kind == "lockdep":
             return (self.kind, getattr(self.reports[0], "kind", ""))
+        if self.kind == "deadlock":
+            return (self.kind, self.rt.lost is None)
         return (self.kind,)
 
 
@@ -157,7 +159,7 @@ def _describe(ex: Execution, lockdep_on: bool, max_steps: int) -> None:
                 what, note = "spins on", "spins: "
             elif isinstance(t.p_wq, SimWaitQueue) and t in t.p_wq.sleepers:
                 what, note = "sleeps in", "asleep: "
-            elif out == "deadlock" or spun:
+            elif (out == "deadlock" and rt.lost is None) or spun:
                 what, note = "waits for", "blocked: "
             else:
                 what, note = "next", "next: "
@@ -165,7 +167,12 @@ def _describe(ex: Execution, lockdep_on: bool, max_steps: int) -> None:
             src = f"\n  {t.p_where[1]}  [{t.p_where[0]}]" if t.p_where[0] else ""
             ex.final.append((t.tid, note + f"{_kind(t)} {_label(t)}{src}"))
         ex.kind = out
-        if out == "deadlock":
+        if rt.lost is not None:
+            t = rt.lost
+            ex.message = (f"task {t.tid} ({t.name}) went on from a sleeping wait that no "
+                          f"wake-up came after: it sleeps for ever (a lost wake-up: a sleeper "
+                          f"nobody will wake):\n" + "\n".join(lines))
+        elif out == "deadlock":
             asleep = any(isinstance(t.p_wq, SimWaitQueue) and t in t.p_wq.sleepers
                          for t in rt.live if not t.spinning)
             lost = " (a lost wake-up: a sleeper nobody will wake)" if asleep else ""

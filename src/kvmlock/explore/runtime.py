@@ -204,7 +204,16 @@ class SimCell:
 class SimWaitQueue:
     """A monitor whose ``with`` is free: a task cannot be preempted between visible steps.
 
-    ``wait_for`` polls: its task is enabled whenever its condition holds. ``sleep`` is the
+    ``wait_for`` polls: its task is enabled whenever its condition holds. A *sleeping* poll
+    (``sleeps=True``: a primitive that sleeps until its release wakes it, as an rw_semaphore
+    does) also needs a wake-up: the task could have checked its condition, found it false and
+    gone to sleep right after its previous step, so if it finds the condition true with no
+    ``notify_all`` of this queue since then, that sleep would last for ever, and the execution
+    fails as a lost wake-up. Both looks are taken in the waiting task's own steps, so a
+    replay sees the same, and schedules are what they are without the check. The check is as
+    good as the state at the wait's start: a condition made false between the waiter's previous
+    step and its wait, by a step independent of the former, is seen false only in schedules
+    that put that step first, which partial-order reduction need not explore. ``sleep`` is the
     kernel's sleep on a wait queue: its task is enabled only once a ``wake_up`` of this queue
     came after its ticket, whatever the condition says then, and a wake-up with nobody
     asleep is lost -- so a forgotten wake-up leaves the sleeper blocked (reported as a lost
@@ -213,7 +222,7 @@ class SimWaitQueue:
     key, so partial-order reduction orders every wake-up against every sleeper's ticket.
     """
 
-    __slots__ = ("rt", "key", "label", "owner", "wakes", "sleepers", "recs")
+    __slots__ = ("rt", "key", "label", "owner", "wakes", "notifies", "sleepers", "recs")
 
     def __init__(self, rt: SimRuntime, key: int, label: str, owner: object) -> None:
         self.rt = rt
@@ -221,6 +230,7 @@ class SimWaitQueue:
         self.label = label
         self.owner = owner
         self.wakes = 0  # wake-ups so far; a ticket is the count its sleeper saw
+        self.notifies = 0  # notify_all() calls so far (what a sleeping wait_for needs)
         #: task asleep here -> its ticket (a dict of its own from the first sleep: most
         #: queues never have a sleeper, and a model builds dozens per execution)
         self.sleepers: Mapping[Task, int] = _NOBODY
@@ -238,14 +248,30 @@ class SimWaitQueue:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def wait_for(self, pred: Callable[[], bool], kind: str, write: bool = True) -> None:
+    def wait_for(self, pred: Callable[[], bool], kind: str, write: bool = True,
+                 sleeps: bool = False) -> None:
         rt = self.rt
         t = rt.current
         try:
             rec = self.recs[1][write][kind][t.tid]
         except (KeyError, TypeError):
             rec = self._rec(t.tid, kind, write, ACQ_WAIT)
+        if sleeps and not pred():
+            seen = self.notifies
+            rt.stop(t, rec, pred, self)
+            if self.notifies == seen:
+                self._lost(t)
+            return
         rt.stop(t, rec, pred, self)
+
+    def _lost(self, t: Task) -> None:
+        """``t`` went on from a sleeping wait no ``notify_all`` came after: it would sleep
+        for ever. Ends the execution as a deadlock, with ``t`` described as a sleeper."""
+        if self.sleepers is _NOBODY:
+            self.sleepers = {}
+        self.sleepers[t] = self.wakes  # type: ignore[index]
+        self.rt.lost = t
+        self.rt._abort("deadlock")
 
     def point(self, kind: str, write: bool = True) -> None:
         rt = self.rt
@@ -266,7 +292,9 @@ class SimWaitQueue:
         return rec
 
     def notify_all(self) -> None:
-        return None  # polling waits look at their condition at every step anyway
+        # polling waits look at their condition at every step anyway; a sleeping one asks
+        # whether any came after it started waiting
+        self.notifies += 1
 
     def _atomic_with_own_write(self, kind: str) -> None:
         """Unless the running task's last visible operation wrote this queue (then what
@@ -347,7 +375,7 @@ class SimRuntime:
         "strategy", "choose", "tell", "prefix", "check", "report_from", "nprefix", "max_steps",
         "tracing", "tasks", "live", "current", "nsteps", "choices", "preempt_steps", "trace",
         "keys", "_owners", "cells", "outcome", "failed_task", "exc", "exc_where", "aborting",
-        "spin_detect", "wcount", "hub", "pool", "world", "last", "last_op", "quick",
+        "spin_detect", "wcount", "hub", "pool", "world", "last", "last_op", "quick", "lost",
         "__dict__", "__weakref__",
     )
 
@@ -388,6 +416,8 @@ class SimRuntime:
         self.exc: BaseException | None = None
         self.exc_where: tuple[str, str] = ("", "")
         self.aborting = False
+        #: the task whose sleeping wait went on with no wake-up (a "deadlock" outcome)
+        self.lost: Task | None = None
         self.spin_detect = True
         #: object key -> writes executed on it since a spin-wait first read it (only such
         #: reads compare counts, and only with later counts of the same object)

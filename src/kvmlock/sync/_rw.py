@@ -3,6 +3,8 @@
 Both count readers, admit one writer, and queue writers that must wait. They differ in three
 facts, which subclasses state as data: whether a queued writer holds new readers back (it makes
 readers non-recursive), whether the lock may sleep, and the operation names traces show.
+A lock that sleeps also needs its releases to wake the waiters: its waits say so
+(``sleeps``), and the explorer fails a waiter that goes on with no wake-up since it began.
 """
 
 from __future__ import annotations
@@ -54,9 +56,10 @@ class ReadWriteLock:
         with wq:
             if self._fair:
                 ahead = self._wqueued
-                wq.wait_for(lambda: not self._writer and self._wgone >= ahead, self.OPS[0], False)
+                wq.wait_for(lambda: not self._writer and self._wgone >= ahead, self.OPS[0], False,
+                            self.SLEEPS)
             else:
-                wq.wait_for(self._may_read, self.OPS[0], False)
+                wq.wait_for(self._may_read, self.OPS[0], False, self.SLEEPS)
             self._readers += 1
 
     def read_unlock(self) -> None:
@@ -76,7 +79,7 @@ class ReadWriteLock:
         if not self.queued:
             # Nobody looks at queued writers: one visible step, as few interleavings as can be.
             with wq:
-                wq.wait_for(self._free, self.OPS[2])
+                wq.wait_for(self._free, self.OPS[2], True, self.SLEEPS)
                 self._writer = True
             return
         with wq:
@@ -87,7 +90,7 @@ class ReadWriteLock:
             self._waiting += 1  # from here on new readers queue behind us
             self._wqueued += 1
         with wq:
-            wq.wait_for(self._free, self.OPS[2] + ":wait")
+            wq.wait_for(self._free, self.OPS[2] + ":wait", True, self.SLEEPS)
             self._waiting -= 1
             self._wgone += 1
             self._writer = True
