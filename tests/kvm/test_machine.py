@@ -1,13 +1,18 @@
 """The machine's global side on real threads: usage count, hardware enabling, CPU hotplug."""
 
+import sys
 import threading
 
 import pytest
 
 from kvmlock import explore, lockdep
+from kvmlock.explore.runtime import SimWaitQueue
 from kvmlock.kvm.machine import HardwareEnableError, Machine, checked_at_end
+from kvmlock.scenarios import verify
 from kvmlock.scenarios.orders import together
+from kvmlock.scenarios.registry import SCENARIOS
 from kvmlock.sync import peek
+from kvmlock.sync._rw import ReadWriteLock
 
 
 def edges() -> set[tuple[str, str]]:
@@ -296,3 +301,23 @@ def test_an_async_body_is_run_and_its_machines_checked_once_it_has_finished():
     res = explore.check(checked_at_end(broken), max_runs=5)
     assert not res.ok and res.failure.kind == "assertion"
     assert "cpu1: online=True enabled=False" in res.failure.message, res.failure.message
+
+
+def test_a_hotplug_writer_waits_for_a_reader_whose_up_read_must_wake_it(monkeypatch):
+    """CPU offline's cpus_write_lock waits for VM creation's cpus_read_lock section: the last
+    up_read must wake it. With up_read of a sleeping lock waking nobody, the writer would sleep
+    for ever, and the correct scenario fails as a lost wake-up."""
+    sc = SCENARIOS["hardware.enable_vs_hotplug.correct"]
+    assert verify.run_scenario(sc).met
+    notify, up = SimWaitQueue.notify_all, ReadWriteLock.read_unlock.__code__
+
+    def notify_all(wq: SimWaitQueue) -> None:
+        if not (sys._getframe(1).f_code is up and wq.owner.SLEEPS):
+            notify(wq)
+
+    monkeypatch.setattr(SimWaitQueue, "notify_all", notify_all)
+    out = verify.run_scenario(sc)
+    assert out.failure is not None and out.failure.kind == "deadlock", out.failure
+    msg = out.failure.message
+    assert "(cpu hotplug) went on from a sleeping wait" in msg and "lost wake-up" in msg
+    assert "sleeps in: down_write:wait cpu_hotplug_lock" in msg
