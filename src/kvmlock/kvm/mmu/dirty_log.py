@@ -87,6 +87,10 @@ LOGGING_NO_WRPROT = mutant(
 LOGGING_WRPROT_NO_FLUSH = mutant(
     "logging_wrprot_no_flush", removes="the TLB flush after write-protecting a slot for logging",
     breaks="dirty logging: no vCPU keeps a writable translation once logging is on")
+LOGGING_WRPROT_SHORT = mutant(
+    "logging_wrprot_short", removes="the slot's last page from the write-protection when "
+    "dirty logging is turned on (the range ends one page early)",
+    breaks="dirty logging: from the moment it is on, every first write to a page faults")
 
 
 def _update_gfn_sptes(vm: VM, gfn: int, change: Callable[[int], int | None]) -> bool:
@@ -150,7 +154,8 @@ def slot_remove_write_access(vm: VM, slot: Memslot) -> None:
         return
     with vm.mmu_lock.write():
         flush = False
-        for gfn in range(slot.base_gfn, slot.base_gfn + slot.npages):
+        end = slot.base_gfn + slot.npages - (LOGGING_WRPROT_SHORT in vm.hazards)
+        for gfn in range(slot.base_gfn, end):
             flush |= _protect_gfn(vm, gfn)
     if flush and LOGGING_WRPROT_NO_FLUSH not in vm.hazards:
         flush_remote_tlbs(vm)
