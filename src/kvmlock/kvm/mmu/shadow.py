@@ -240,6 +240,9 @@ class MMU:
     unsync_count = guarded_by("vm.mmu_unsync_pages_lock")
     #: every shadow page built, in order (``kvm->arch.tdp_mmu_pages_lock`` protects the list)
     page_list = guarded_by("vm.tdp_mmu_pages_lock")
+    #: the TDP roots not yet freed (``tdp_mmu_roots``): changed under
+    #: ``kvm->arch.tdp_mmu_pages_lock``, read under RCU or mmu_lock without it
+    roots = guarded_by("vm.tdp_mmu_pages_lock", writes_only=True)
 
     def __init__(self, vm: VM, nr_va: int, *, tdp: bool = True, tdp_mmu: bool = True,
                  ad_disabled: bool = False, pml: bool = False):

@@ -42,7 +42,7 @@ from kvmlock import irq, runtime
 from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.shadow import TdpRoot, grace_period, zap_gfn_range
 from kvmlock.kvm.mmu.update import propagate_ad
-from kvmlock.kvm.mutants import mutant
+from kvmlock.kvm.mutants import mutant, unless
 from kvmlock.sync import peek
 
 if TYPE_CHECKING:
@@ -102,6 +102,11 @@ ROOT_FREED_AT_ONCE = mutant(
     breaks="a root leaves tdp_mmu_roots with list_del_rcu: a walker of the list may have "
            "reached it just before and still reads it (its role, its count) inside its RCU "
            "read side")
+ROOT_UNLISTED_UNLOCKED = mutant(
+    "root_unlisted_unlocked", removes="tdp_mmu_pages_lock around taking a root whose last "
+    "reference was put off tdp_mmu_roots (list_del_rcu)",
+    breaks="tdp_mmu_roots is changed only under tdp_mmu_pages_lock: puts of two roots, or a put "
+           "and a vCPU adding a new root, run under read-mode mmu_lock at the same time")
 ROOT_GET_NOT_INC_NOT_ZERO = mutant(
     "root_get_not_inc_not_zero", removes="the inc-not-zero of the reference a walker of "
     "tdp_mmu_roots takes (a plain increment, whatever the count)",
@@ -227,13 +232,17 @@ def put_root(vm: VM, root: TdpRoot) -> bool:
 
 
 def _unlist_root(vm: VM, root: TdpRoot) -> None:
-    with vm.tdp_mmu_pages_lock:
+    with unless(ROOT_UNLISTED_UNLOCKED, vm.hazards, vm.tdp_mmu_pages_lock):
         runtime.active().point(vm.mmu.roots, "list_del_rcu tdp_mmu_roots", True)
         assert root in vm.mmu.roots, (
             f"BUG: TDP root {root.gen} taken off tdp_mmu_roots twice (list corruption): its "
             "last reference was put twice -- a reference was taken after the count reached "
             "zero")
-        vm.mmu.roots.remove(root)
+        roots = vm.mmu.roots
+        roots.remove(root)
+        # (the same list, changed in place for the walkers reading it, is stored back: the
+        # store is the write its guard checks against tdp_mmu_pages_lock)
+        vm.mmu.roots = roots
 
 
 def _free_root(root: TdpRoot) -> None:
@@ -272,7 +281,9 @@ def _load_root(vcpu: VCPU) -> None:
                 else:
                     mmu.root_gen += 1
                     root = TdpRoot([None] * len(mmu.pages), mmu.root_gen, refcount=2)
-                    mmu.roots.append(root)
+                    roots = mmu.roots
+                    roots.append(root)
+                    mmu.roots = roots  # (the checked write, as in _unlist_root)
                     mmu.root = root
                     mmu.pages = root.pages
     vcpu.root = root
