@@ -23,6 +23,7 @@ from kvmlock.sync import (
     Mutex,
     RcuPointer,
     RWLock,
+    changed_in_place,
     guarded_by,
     rcu_read_lock,
     rcu_read_unlock,
@@ -324,6 +325,24 @@ def test_write_needs_the_lock_exclusively():
     (r,) = lockdep.reports()
     assert r.what == "write" and r.held_read == 2
     assert "only for read" in str(r)
+
+
+def test_a_change_in_place_is_checked_as_a_write():
+    a = Account()
+    with a.lock:
+        a.limit = [1]
+    a.limit.append(2)  # a read of the field: free (writes_only)
+    with a.rw.write():  # another lock does not guard it
+        changed_in_place(a, "limit")
+    (r,) = lockdep.reports()
+    assert (r.data, r.what, r.lock) == ("Account.limit", "write", "acct.lock")
+    with a.lock:
+        a.limit.append(3)
+        changed_in_place(a, "limit")
+    assert len(lockdep.reports()) == 1
+    assert a.limit == [1, 2, 3]  # nothing was stored
+    with pytest.raises(TypeError, match="changed_in_place: Account.lock is not a guarded_by"):
+        changed_in_place(a, "lock")
 
 
 def test_guarded_cell():

@@ -11,7 +11,7 @@ protection.
 """
 
 from kvmlock.sync.atomic import Atomic64
-from kvmlock.sync.guarded import Guarded, data_racy, guarded_by, peek
+from kvmlock.sync.guarded import Guarded, changed_in_place, data_racy, guarded_by, peek
 from kvmlock.sync.mutex import Mutex, RawSpinLock, SpinLock
 from kvmlock.sync.rcu import RCU, RcuPointer, rcu_read_lock, rcu_read_unlock
 from kvmlock.sync.rcuwait import RCUWait
@@ -32,6 +32,7 @@ __all__ = [
     "SRCU",
     "RcuPointer",
     "SpinLock",
+    "changed_in_place",
     "data_racy",
     "guarded_by",
     "peek",

@@ -38,7 +38,7 @@ from kvmlock.lockdep.protect import (
 from kvmlock.lockdep.where import user_site
 from kvmlock.runtime import world as _world
 
-__all__ = ["Guarded", "data_racy", "guarded_by", "peek"]
+__all__ = ["Guarded", "changed_in_place", "data_racy", "guarded_by", "peek"]
 
 T = TypeVar("T")
 
@@ -199,6 +199,13 @@ class guarded_by(_Seen):  # noqa: N801 - reads as the annotation it is: ``x = gu
         return f"<guarded_by {self.lock} for {self.data or '?'}>"
 
 
+def _field(obj: object, field: str, who: str) -> guarded_by:
+    desc = getattr(type(obj), field, None)
+    if not isinstance(desc, guarded_by):
+        raise TypeError(f"{who}: {type(obj).__name__}.{field} is not a guarded_by field")
+    return desc
+
+
 def peek(obj: object, field: str) -> Any:
     """A guarded field's value read without the check.
 
@@ -206,10 +213,16 @@ def peek(obj: object, field: str) -> Any:
     finished, or a wait condition the scheduler evaluates as the wake-up that the waiter then
     re-checks under the lock. Program code reads through the attribute.
     """
-    desc = getattr(type(obj), field, None)
-    if not isinstance(desc, guarded_by):
-        raise TypeError(f"peek: {type(obj).__name__}.{field} is not a guarded_by field")
+    _field(obj, field, "peek")
     return obj.__dict__[field]
+
+
+def changed_in_place(obj: object, field: str) -> None:
+    """The container a guarded field holds was changed in place (an item added or removed):
+    checked as the write it is. The field's readers keep using the same container, so
+    nothing is stored; storing it back would also look, to the race audit, like a new
+    value published to every lockless reader of the field."""
+    _field(obj, field, "changed_in_place")._guard(obj, True)
 
 
 class Guarded(_Seen, Generic[T]):

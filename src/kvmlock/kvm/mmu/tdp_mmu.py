@@ -43,7 +43,7 @@ from kvmlock.kvm.mmu import spte as S
 from kvmlock.kvm.mmu.shadow import TdpRoot, grace_period, zap_gfn_range
 from kvmlock.kvm.mmu.update import propagate_ad
 from kvmlock.kvm.mutants import mutant, unless
-from kvmlock.sync import peek
+from kvmlock.sync import changed_in_place, peek
 
 if TYPE_CHECKING:
     from kvmlock.kvm.memslots import Memslot
@@ -238,11 +238,8 @@ def _unlist_root(vm: VM, root: TdpRoot) -> None:
             f"BUG: TDP root {root.gen} taken off tdp_mmu_roots twice (list corruption): its "
             "last reference was put twice -- a reference was taken after the count reached "
             "zero")
-        roots = vm.mmu.roots
-        roots.remove(root)
-        # (the same list, changed in place for the walkers reading it, is stored back: the
-        # store is the write its guard checks against tdp_mmu_pages_lock)
-        vm.mmu.roots = roots
+        vm.mmu.roots.remove(root)
+        changed_in_place(vm.mmu, "roots")
 
 
 def _free_root(root: TdpRoot) -> None:
@@ -281,9 +278,8 @@ def _load_root(vcpu: VCPU) -> None:
                 else:
                     mmu.root_gen += 1
                     root = TdpRoot([None] * len(mmu.pages), mmu.root_gen, refcount=2)
-                    roots = mmu.roots
-                    roots.append(root)
-                    mmu.roots = roots  # (the checked write, as in _unlist_root)
+                    mmu.roots.append(root)
+                    changed_in_place(mmu, "roots")
                     mmu.root = root
                     mmu.pages = root.pages
     vcpu.root = root
