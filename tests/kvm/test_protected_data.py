@@ -149,6 +149,7 @@ DECLARATION_MUTANTS: dict[str, set[tuple[str, str]]] = {
     "pit_without_kvm_lock": {(UNG, "VM.vpit")},
     "vcpu_ioctl_without_vcpu_mutex": {(UNG, "VCPU.config")},
     "tdp_link_without_pages_lock": {(UNG, "MMU.page_list")},
+    "root_unlisted_unlocked": {(UNG, "MMU.roots")},
     "unsync_without_lock": {(UNG, "MMU.unsync_count")},
     "hv_tsc_page_without_tsc_write_lock": {(UNG, "VM.hv_tsc_page_updates")},
 }
