@@ -155,12 +155,10 @@ def has_volatile_bits(spte: int, *, old_rule: bool = False) -> bool:
         return True
     if is_access_track(spte):
         return True
-    if ad_enabled(spte):
-        if not (spte & ACCESSED):
-            return True
-        if is_writable(spte) and not (spte & DIRTY):
-            return True
-    return False
+    # The CPU sets Accessed too, but a clobbered Accessed bit is tolerated: aging already
+    # misses accesses made through translations it does not flush, so an SPTE is not
+    # volatile for Accessed alone (the kernel's rule since 6.14)
+    return ad_enabled(spte) and is_writable(spte) and not (spte & DIRTY)
 
 
 def mark_for_access_track(spte: int) -> int:
