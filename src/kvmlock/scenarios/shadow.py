@@ -62,7 +62,7 @@ from kvmlock.kvm.guest import (
 )
 from kvmlock.kvm.memslots import LOG_DIRTY_PAGES
 from kvmlock.kvm.mmu.dirty_log import MigrationCopy, get_dirty_log
-from kvmlock.kvm.mmu.page_track import shadow_guest_table
+from kvmlock.kvm.mmu.page_track import WRITE_FLOODING_LIMIT, shadow_guest_table
 from kvmlock.kvm.mmu.shadow import check_rmaps
 from kvmlock.kvm.vcpu import VCPU
 from kvmlock.kvm.vm import VM
@@ -909,24 +909,28 @@ def direct_fast_pf_vs_zap(broken: bool) -> None:
            "writes racing to one table exactly one zaps it",
       broken_rule="the emulated write's look-up, flooding test and zap done without mmu_lock: "
                   "two writes both find the page flooded and both take it out",
-      broken_expect="assertion", catches=("track_write_without_mmu_lock",),
+      broken_expect="assertion",
+      catches=("track_write_without_mmu_lock", "flood_zap_after_unlock"),
       invariant="a shadow page is removed and freed once; the guest's last write is in memory",
       **_BOUND)
 def write_flooding(broken: bool) -> None:
     # TDP; gfn 1 holds a guest page table KVM shadows (vcpu2's nested guest). vcpu0's first
-    # write to it is emulated (flooding count 1); then vcpu0 and vcpu1 write it at once: the
-    # third emulated write floods the table and zaps its shadow page.
+    # two writes to it are emulated (flooding count 2, one short of the limit); then vcpu0
+    # and vcpu1 write it at once: each write would flood the table, and the first to take
+    # mmu_lock zaps its shadow page -- the other finds no page (the zap unlinked it inside
+    # the same mmu_lock section as the flooding test).
     vm = VM(nr_vcpus=3, nr_pages=2, host_pages=2,
             hazards={"track_write_without_mmu_lock": broken})
     vm.set_memory_region(0, base_gfn=0, npages=2, hva=0)
     v0, v1, v2 = vm.vcpus
     shadow_guest_table(v2, 1)
-    guest_write(v0, 1, 1)
+    for value in range(1, WRITE_FLOODING_LIMIT):
+        guest_write(v0, 1, value)
     _run(("vcpu0_writes_gfn1", lambda: guest_write(v0, 1, 2)),
          ("vcpu1_writes_gfn1", lambda: guest_write(v1, 1, 3)))
     vm.check()
     assert vm.stats["mmu_flooded"] == 1 and 1 not in vm.mmu.shadowed, (
-        f"three emulated writes flood the table once: {vm.stats['mmu_flooded']} zap(s)")
+        f"the emulated writes flood the table once: {vm.stats['mmu_flooded']} zap(s)")
     got = vm.host.contents(1)
     assert got in (2, 3), f"the guests wrote 2 and 3 to gfn 1, memory holds {got}"
 

@@ -109,6 +109,12 @@ TRACK_WRITE_WITHOUT_MMU_LOCK = mutant(
     breaks="a shadow page is zapped under mmu_lock held for write, so exactly one zapper "
            "takes it out and frees it: two emulated writes that both find it flooded would "
            "both zap it")
+FLOOD_ZAP_AFTER_UNLOCK = mutant(
+    "flood_zap_after_unlock", removes="mmu_lock around the zap of a flooded shadow page (the "
+    "look-up and flooding test stay under it; the unlink and zap follow the unlock)",
+    breaks="a shadow page is zapped under mmu_lock held for write, in the section that found "
+           "it flooded: a second emulated write that takes the lock before the zap finds the "
+           "page still linked, floods it too, and both zap it")
 FLOODED_PAGE_FREED_WITHOUT_FLUSH = mutant(
     "flooded_page_freed_without_flush", removes="the remote TLB flush of "
     "kvm_mmu_commit_zap_page when the write-flooding zap frees the shadow page of a guest "
@@ -191,6 +197,7 @@ def track_write(vm: VM, gfn: int) -> bool:
     before the lock is released. A later fault that shadows the table builds a new page.
     """
     mmu = vm.mmu
+    late = FLOOD_ZAP_AFTER_UNLOCK in vm.hazards
     with unless(TRACK_WRITE_WITHOUT_MMU_LOCK, vm.hazards, vm.mmu_lock.write()):
         rt = runtime.active()
         rt.point(mmu.shadowed, "find the written table's shadow page", False)
@@ -200,16 +207,24 @@ def track_write(vm: VM, gfn: int) -> bool:
         sp.write_flooding_count.fetch_add(1)  # detect_write_flooding: atomic_inc, then read
         if sp.write_flooding_count.load() < WRITE_FLOODING_LIMIT:
             return False
-        rt.point(mmu.shadowed, "unlink flooded shadow page", True)
-        if mmu.shadowed.get(gfn) is sp:
-            del mmu.shadowed[gfn]
-        sp.mark_removed("kvm_mmu_track_write")  # kvm_mmu_prepare_zap_page
-        vm.stats["mmu_flooded"] += 1
-        if FLOODED_PAGE_FREED_WITHOUT_FLUSH in vm.hazards:
-            mmu.free_page(sp)  # broken: a vCPU's walk may still pass through it
-        else:
-            mmu.commit_zap([sp])  # kvm_mmu_remote_flush_or_zap
+        if not late:
+            _zap_flooded(vm, gfn, sp)
+    if late:
+        _zap_flooded(vm, gfn, sp)  # broken: another emulated write can find the page meanwhile
     return True
+
+
+def _zap_flooded(vm: VM, gfn: int, sp: ShadowPage) -> None:
+    mmu = vm.mmu
+    runtime.active().point(mmu.shadowed, "unlink flooded shadow page", True)
+    if mmu.shadowed.get(gfn) is sp:
+        del mmu.shadowed[gfn]
+    sp.mark_removed("kvm_mmu_track_write")  # kvm_mmu_prepare_zap_page
+    vm.stats["mmu_flooded"] += 1
+    if FLOODED_PAGE_FREED_WITHOUT_FLUSH in vm.hazards:
+        mmu.free_page(sp)  # broken: a vCPU's walk may still pass through it
+    else:
+        mmu.commit_zap([sp])  # kvm_mmu_remote_flush_or_zap
 
 
 def shadow_guest_table(vcpu: VCPU, gfn: int) -> bool:
