@@ -21,8 +21,8 @@ with ON read apart from the exchange, the vCPU sleeps for ever with an interrupt
 The lock is a leaf and a raw spinlock: the handler runs in hard interrupt context on the CPU the
 vector was sent to (:func:`send_wakeup_vector`; given the task running there, as an interrupt
 of that task), so everybody else takes it with interrupts off
-(``raw_spin_lock_irqsave``; in this model ``with irq.local_irq_save(), lock:``, which is what
-that macro does) -- or the handler could interrupt a holder on its own CPU and spin forever.
+(``raw_spin_lock_irqsave``; in this model ``with lock.irqsave():``, the lock's own form) --
+or the handler could interrupt a holder on its own CPU and spin forever.
 It is per CPU because a vCPU is listed on the CPU it blocked on, and may wake up and run on
 another: it then takes itself off the *old* CPU's list (``vmx_vcpu_pi_load``), and blocks later
 on the new one's (``block(resume_on=...)``).
@@ -31,6 +31,7 @@ on the new one's (``block(resume_on=...)``).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from kvmlock import irq, runtime
@@ -219,10 +220,12 @@ class PostedVcpu:
         self.wait.wait(lambda: self.kicks > kicks, reads=self)
         # vmx_vcpu_pi_load, wherever the vCPU runs next: off the list of the CPU it blocked on
         moved = resume_on is not None and resume_on != self.cpu
-        nested = (self.machine.cpus[resume_on].wakeup_lock
-                  if moved and PI_LOAD_NESTS_WAKEUP_LOCKS in hz else contextlib.nullcontext())
-        with self._irqs_off(), nested, unless(PI_LIST_WITHOUT_LOCK, hz, pc.wakeup_lock):
-            _list_update(pc, lambda lst: [v for v in lst if v is not self])
+        if moved and PI_LOAD_NESTS_WAKEUP_LOCKS in hz:  # broken: the new CPU's lock too
+            with self._irqs_off(), self.machine.cpus[resume_on].wakeup_lock, pc.wakeup_lock:
+                _list_update(pc, lambda lst: [v for v in lst if v is not self])
+        else:
+            with self._list_locked(pc):
+                _list_update(pc, lambda lst: [v for v in lst if v is not self])
         if resume_on is not None:
             self.cpu = resume_on
         self._set_vector(False)
@@ -230,7 +233,7 @@ class PostedVcpu:
 
     def _join_list(self, pc: PerCpu) -> None:
         """Put this vCPU on ``pc``'s wakeup list, where the wakeup handler looks for it."""
-        with self._irqs_off(), unless(PI_LIST_WITHOUT_LOCK, self.machine.hazards, pc.wakeup_lock):
+        with self._list_locked(pc):
             _list_update(pc, lambda lst: [*lst, self])
 
     def enter_guest(self) -> None:
@@ -269,6 +272,19 @@ class PostedVcpu:
             return contextlib.nullcontext()
         return irq.local_irq_save()
 
+    def _list_locked(self, pc: PerCpu) -> Any:
+        """``raw_spin_lock_irqsave(&wakeup_vcpus_on_cpu_lock)`` through the lock's own form,
+        whose unlock lets interrupts back on only once the lock is released."""
+        hz = self.machine.hazards
+        if PI_LIST_WITHOUT_LOCK in hz:
+            return self._irqs_off()
+        if PI_LIST_IRQS_ON in hz:
+            return pc.wakeup_lock
+        lock = pc.wakeup_lock
+        if not hasattr(lock, "irqsave"):  # a lock kind without the form (a mutex)
+            return _both(self._irqs_off(), lock)
+        return lock.irqsave()
+
     def _deliver(self) -> None:
         """Back in the guest: the CPU clears ON, then takes the PIR into the virtual APIC.
 
@@ -292,6 +308,12 @@ class PostedVcpu:
             self.pir.store(0)  # broken: a bit posted since the load is erased
             return bits
         return self.pir.xchg(0)
+
+
+@contextlib.contextmanager
+def _both(first: Any, second: Any) -> Iterator[None]:
+    with first, second:
+        yield
 
 
 def wakeup_handler(machine: Machine, cpu: int) -> int:
