@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from kvmlock import irq
+from kvmlock import irq, lockdep
 from kvmlock.kvm.mutants import mutant, unless
 from kvmlock.sync import guarded_by, peek
 
@@ -156,6 +156,8 @@ class HyperV:
         written at an address the guest has since given up (moved the page, or disabled it),
         it is a stray write into memory the guest may have reused -- checked here, where the
         write happens."""
+        # kvm_write_guest: a copy to user memory, which may fault the page in and sleep
+        lockdep.might_sleep("kvm_write_guest")
         now = self.partition.get("HV_X64_MSR_REFERENCE_TSC", 0)
         assert at == now and now & 1, (
             f"KVM wrote the reference TSC page for MSR value {at:#x}, but the guest's MSR is "

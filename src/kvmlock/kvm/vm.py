@@ -89,6 +89,10 @@ TSC_WRITE_LOCK_SPINLOCK_T = mutant(
     "tsc_write_lock_spinlock_t",
     removes="the raw kind of tsc_write_lock (made a spinlock_t, which sleeps on PREEMPT_RT)",
     breaks="tsc_write_lock is a raw spinlock, taken with interrupts off")
+HV_LOCK_SPINLOCK = mutant(
+    "hv_lock_spinlock", removes="the sleeping kind of hv_lock (made a spinlock_t)",
+    breaks="hv_lock is a mutex: the reference TSC page is written into guest memory under it, "
+           "a copy that may fault and sleep")
 TSC_WRITE_LOCK_MUTEX = mutant(
     "tsc_write_lock_mutex", removes="the spinning kind of tsc_write_lock (made a mutex)",
     breaks="tsc_write_lock is a raw spinlock, taken with interrupts off")
@@ -183,7 +187,8 @@ class VM:
         self.tsc_write_lock = lock_kind(hz, RawSpinLock, (TSC_WRITE_LOCK_SPINLOCK_T, SpinLock),
                                         (TSC_WRITE_LOCK_MUTEX, Mutex))(
             "kvm->arch.tsc_write_lock")
-        self.hv_lock = Mutex("kvm->arch.hyperv.hv_lock")
+        self.hv_lock = lock_kind(hz, Mutex, (HV_LOCK_SPINLOCK, SpinLock))(
+            "kvm->arch.hyperv.hv_lock")
         self.xen_lock = Mutex("kvm->arch.xen.xen_lock")
 
         # -- memslot update vs MMU notifier (guarded by mn_invalidate_lock)
