@@ -188,18 +188,26 @@ def test_walking_only_the_valid_root_is_harmless_once_the_roots_are_zapped():
     vm.check()
 
 
-def test_the_fast_zap_racing_a_swap_out_is_explored_into_the_window():
+def _exhausted_then_caught(scenario: str, mutant: str) -> str:
+    """The correct row explores clean to exhaustion, and fails an assertion with ``mutant``
+    applied: that failure's message."""
     from kvmlock.kvm.mutants import applied
     from kvmlock.scenarios import verify
     from kvmlock.scenarios.registry import SCENARIOS
 
-    sc = SCENARIOS["memslots.fast_zap_vs_swap_out.correct"]
+    sc = SCENARIOS[scenario]
     ok = verify.run_scenario(sc)
     assert ok.met and ok.exhausted, (ok.runs, ok.failure)
-    with applied("gfn_sptes_valid_root_only"):
+    with applied(mutant):
         out = verify.run_scenario(sc)
     assert out.failure is not None and out.failure.kind == "assertion"
-    assert "Accessed passed to frame 0, which the host has freed" in str(out.failure.message)
+    return str(out.failure.message)
+
+
+def test_the_fast_zap_racing_a_swap_out_is_explored_into_the_window():
+    msg = _exhausted_then_caught("memslots.fast_zap_vs_swap_out.correct",
+                                 "gfn_sptes_valid_root_only")
+    assert "Accessed passed to frame 0, which the host has freed" in msg
 
 
 def test_the_release_in_the_window_zaps_the_invalidated_root_before_the_host_frees():
@@ -228,17 +236,9 @@ def test_skipping_invalid_roots_is_harmless_once_the_roots_are_zapped():
 
 
 def test_the_release_racing_a_fast_zap_is_explored_into_the_window():
-    from kvmlock.kvm.mutants import applied
-    from kvmlock.scenarios import verify
-    from kvmlock.scenarios.registry import SCENARIOS
-
-    sc = SCENARIOS["tdp_mmu.release_vs_fast_zap.correct"]
-    ok = verify.run_scenario(sc)
-    assert ok.met and ok.exhausted, (ok.runs, ok.failure)
-    with applied("zap_all_skips_invalid_roots"):
-        out = verify.run_scenario(sc)
-    assert out.failure is not None and out.failure.kind == "assertion"
-    assert "which the host has freed" in str(out.failure.message)
+    msg = _exhausted_then_caught("tdp_mmu.release_vs_fast_zap.correct",
+                                 "zap_all_skips_invalid_roots")
+    assert "which the host has freed" in msg
 
 
 def _second_valid_root(vm, vcpu):

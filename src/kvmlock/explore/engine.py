@@ -128,6 +128,10 @@ def _waiting_on(t: Task) -> str:
     return f"{_kind(t)} {_label(t)}"
 
 
+#: how a report names a sleeper that no wake-up will reach
+_LOST_WAKEUP = "a lost wake-up: a sleeper nobody will wake"
+
+
 def _describe(ex: Execution, lockdep_on: bool, max_steps: int) -> None:
     rt = ex.rt
     out = rt.outcome
@@ -170,12 +174,12 @@ def _describe(ex: Execution, lockdep_on: bool, max_steps: int) -> None:
         if rt.lost is not None:
             t = rt.lost
             ex.message = (f"task {t.tid} ({t.name}) went on from a sleeping wait that no "
-                          f"wake-up came after: it sleeps for ever (a lost wake-up: a sleeper "
-                          f"nobody will wake):\n" + "\n".join(lines))
+                          f"wake-up came after: it sleeps for ever ({_LOST_WAKEUP}):\n"
+                          + "\n".join(lines))
         elif out == "deadlock":
             asleep = any(isinstance(t.p_wq, SimWaitQueue) and t in t.p_wq.sleepers
                          for t in rt.live if not t.spinning)
-            lost = " (a lost wake-up: a sleeper nobody will wake)" if asleep else ""
+            lost = f" ({_LOST_WAKEUP})" if asleep else ""
             ex.message = f"every live task is blocked{lost}:\n" + "\n".join(lines)
         elif spun:
             ex.message = (f"no end after max_steps={max_steps} visible operations: tasks "
