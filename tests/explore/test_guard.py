@@ -7,8 +7,10 @@ job runs, a stop that lands in the worker's own bookkeeping.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import linecache
+import os
 import sys
 import threading
 
@@ -162,3 +164,76 @@ def test_a_stop_lost_where_it_landed_still_ends_the_job(monkeypatch, thread_erro
     assert res.failure is not None and res.failure.kind == "hang", res.failure
     assert flags["go"]
     assert thread_errors == []
+
+
+
+_steered = pytest.mark.skipif(
+    guard._getcpu is None or (os.cpu_count() or 1) < 2,
+    reason="the worker is woken where the caller is only on Linux, with two CPUs or more")
+
+
+def _affinities(caller: int, seen: list) -> None:
+    seen.append((os.sched_getaffinity(0), os.sched_getaffinity(caller)))
+
+
+def _in_thread_on(cpus: set[int], fn) -> list:
+    """``fn`` run in a new thread of the program that has ``cpus`` (a thread's CPUs are its
+    own: whatever an earlier check did to this one's cannot hide a mask not given back)."""
+    out: list = []
+
+    def caller() -> None:
+        try:
+            os.sched_setaffinity(0, cpus)
+        except OSError:
+            out.append(None)
+            return
+        fn(out)
+
+    t = threading.Thread(target=caller)
+    t.start()
+    t.join()
+    if out == [None]:
+        pytest.skip(f"this process may not run on CPUs {sorted(cpus)}")
+    return out
+
+
+@_steered
+def test_the_caller_waits_on_its_cpu_and_the_body_and_caller_keep_their_own_cpus():
+    two = {0, 1}
+
+    def checks(out: list) -> None:
+        seen: list = []
+        res = explore.check(functools.partial(_affinities, threading.get_native_id(), seen))
+        out.append((res.ok, *seen[0], os.sched_getaffinity(0)))
+
+    [(ok, body_cpus, caller_cpus, after)] = _in_thread_on(two, checks)
+    assert ok
+    assert body_cpus == two  # the worker got its CPUs back before the job
+    assert len(caller_cpus) == 1 and caller_cpus <= two  # the caller waits where it was
+    assert after == two  # and has its own again
+
+
+@_steered
+def test_the_caller_gets_its_cpus_back_on_every_way_out():
+    """Checks that end with a failure, stopped at their timeout, and blocked in a call the
+    explorer does not control; and a caller with a single CPU keeps it."""
+    two, one = {0, 1}, {1}
+    held = threading.Lock()
+    held.acquire()  # (made outside the check: a real lock nobody will release)
+
+    def checks(out: list) -> None:
+        bad = explore.check(lambda: 1 / 0)
+        out.append((bad.failure is not None, os.sched_getaffinity(0)))
+        late = explore.check(_spinning_body, timeout=0.3, stall=None)
+        out.append((late.stopped == "timeout", os.sched_getaffinity(0)))
+        stuck = explore.check(held.acquire, stall=0.3)
+        out.append((stuck.stopped == "blocked", os.sched_getaffinity(0)))
+
+    assert _in_thread_on(two, checks) == [(True, two)] * 3
+
+    def single(out: list) -> None:
+        seen: list = []
+        res = explore.check(functools.partial(_affinities, threading.get_native_id(), seen))
+        out.append((res.ok, seen[0][0], os.sched_getaffinity(0)))
+
+    assert _in_thread_on(one, single) == [(True, one, one)]
