@@ -438,6 +438,50 @@ def plain_main(rounds: int = 5, budget: float = 0.4) -> None:
     us, ops = memory_cost()
     print(f"memory=True costs {us:.1f} us of CPU time per traced operation ({ops} operations, "
           f"two threads, each access a scheduling point)")
+    handover_main()
+
+
+def handover_main(rounds: int = 7, per_turn: int = 200) -> None:
+    """What waking the watched worker on its caller's CPU saves (see kvmlock/explore/guard.py):
+    CPU time per check, with the worker and its caller steered onto one CPU for the hand-over
+    and without (the OS wakes each where it likes), taking turns, with a full collection
+    between checks as above; medians over rounds."""
+    from kvmlock.explore import guard
+
+    getcpu = guard._getcpu
+    if getcpu is None:
+        print("\nhand-over: this OS does not let the worker be woken on its caller's CPU")
+        return
+
+    def nothing() -> None:
+        pass
+
+    programs = {"empty body": (nothing, {}),
+                "lost update": (plain_body(*PLAIN["lost update"][:3]), {"memory": True}),
+                "pipeline, unbounded": (plain_body(*PLAIN["pipeline, unbounded"][:3]), {})}
+    cost: dict[tuple[str, bool], list[float]] = {}
+    try:
+        for _ in range(rounds):
+            for name, (body, opts) in programs.items():
+                for steer in (True, False):
+                    guard._getcpu = getcpu if steer else None
+                    cpu = 0.0
+                    for _ in range(per_turn):
+                        c0 = time.process_time()
+                        explore.check(body, strategy="dpor", stop_on_first=False, shrink=False,
+                                      progress=False, **opts)
+                        cpu += time.process_time() - c0
+                        gc.collect()
+                    cost.setdefault((name, steer), []).append(cpu / per_turn * 1e6)
+    finally:
+        guard._getcpu = getcpu
+    print(f"\nthe watched worker's hand-over, CPU time per check (median of {rounds} rounds of "
+          f"{per_turn} checks each way, taking turns; a full collection between checks):")
+    for name in programs:
+        on = statistics.median(cost[(name, True)])
+        off = statistics.median(cost[(name, False)])
+        print(f"  {name:<20} woken on the caller's CPU {on:6.0f} us, where the OS likes "
+              f"{off:6.0f} us: {off / on:.2f}x")
 
 
 if __name__ == "__main__":
