@@ -524,7 +524,8 @@ def _check_parallel(body: Callable[[], Any], strategy: str, workers: int, backen
                  backend=backend)
     opts = _parallel.Options(strategy, max_steps, lockdep, spin,
                              budget=0.5 if backend == "ray" else 0.1,
-                             preemption_bound=preemption_bound, memory=memory, stall=stall)
+                             preemption_bound=preemption_bound, memory=memory, stall=stall,
+                             lockdep_settings=_lockdep.settings())
     prog = Progress(f"explore[{strategy} x{workers}]", progress)
     t0 = time.perf_counter()
     try:

@@ -61,6 +61,9 @@ class Options:
     memory: bool = False  # data loads and stores as visible operations
     stall: float | None = 10.0  # seconds without a visible operation before a worker's
     # execution counts as stuck (see guard.py)
+    #: the calling process's lockdep settings (``lockdep.settings()``), for workers that
+    #: did not inherit them (Ray's)
+    lockdep_settings: dict[str, Any] | None = None
 
 
 @dataclass
@@ -84,11 +87,25 @@ class Worker:
     """Explores the subtrees it is given, a step (a time budget) at a time."""
 
     def __init__(self, body: Callable[[], Any], opts: Options) -> None:
+        self.reset(body, opts)
+
+    def reset(self, body: Callable[[], Any], opts: Options) -> None:
+        """A new exploration (a Ray actor kept for the next one; see ray_backend)."""
         self.body = body
         self.opts = opts
+        if opts.lockdep_settings is not None:
+            from kvmlock import lockdep
+
+            lockdep.use_settings(opts.lockdep_settings)
         self.strat: DFS | DPOR | None = None
         self.seen: set[tuple] = set()
         self.memo: Any = None  # lockdep's chain memory, for every subtree this worker explores
+        self.halted = False
+
+    def halt(self) -> None:
+        """End the step under way after its current execution: the exploration stopped (a
+        Ray actor kept for the next one answers this while it explores; see ray_backend)."""
+        self.halted = True
 
     def step(self, item: tuple | None, donate: bool) -> Reply:
         from kvmlock.explore import guard
@@ -161,7 +178,8 @@ class Worker:
                     if key not in self.seen:
                         self.seen.add(key)
                         out.failures.append((key, list(ex.choices)))
-            if donate or time.perf_counter() > deadline:
+            # (a new failure is answered at once: the coordinator may be waiting for the first)
+            if donate or out.failures or time.perf_counter() > deadline or self.halted:
                 break
         if strat is None:
             out.idle = True
@@ -283,7 +301,7 @@ class _Processes:
         raise WorkerCrashed(f"explore: worker {i} (pid {p.pid}) died (exit code "
                             f"{p.exitcode}); the exploration is incomplete")
 
-    def close(self) -> None:
+    def close(self, clean: bool = False) -> None:
         for c in self.conns:
             try:
                 c.send(None)
@@ -329,7 +347,7 @@ class _Inline:
         i, item = self.pending.popleft()
         return [(i, self.workers[i].step(item, True))]
 
-    def close(self) -> None:
+    def close(self, clean: bool = False) -> None:
         return None
 
 
@@ -341,6 +359,7 @@ class _Ray:
 
         self.ray, self.actors = ray_backend.start(n, body, opts)
         self.pending: dict[Any, int] = {}
+        self.budget = opts.budget
 
     def send(self, i: int, item: tuple | None, donate: bool) -> None:
         self.pending[self.actors[i].step.remote(item, donate)] = i
@@ -358,12 +377,10 @@ class _Ray:
                                     f"the exploration is incomplete") from None
         return out
 
-    def close(self) -> None:
-        for a in self.actors:
-            try:
-                self.ray.kill(a)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
+    def close(self, clean: bool = False) -> None:
+        from kvmlock.explore import ray_backend
+
+        ray_backend.release(self.actors, self.pending, clean, self.budget)
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -399,6 +416,7 @@ def explore(body: Callable[[], Any], strategy: str, workers: int, backend: str,
     seen: set[tuple] = set()
     busy: set[int] = set()
     idle = list(range(workers))
+    clean = False  # the workers ended well: kept Ray actors may serve the next exploration
     try:
         while True:
             while idle and coord.queue:
@@ -452,6 +470,7 @@ def explore(body: Callable[[], Any], strategy: str, workers: int, backend: str,
             if timeout is not None and time.perf_counter() - t0 > timeout:
                 out.stopped = "timeout"
                 break
+        clean = True
     finally:
-        pool.close()
+        pool.close(clean)
     return out

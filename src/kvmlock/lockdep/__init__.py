@@ -27,8 +27,10 @@ from kvmlock.lockdep.api import (
     reports,
     reset,
     set_mode,
+    settings,
     stats,
     task_exit,
+    use_settings,
 )
 from kvmlock.lockdep.core import LockMap
 from kvmlock.lockdep.core import irq_changed as irq_state_changed
@@ -45,7 +47,7 @@ __all__ = [
     "graph", "held_locks",
     "instrument_threading", "irq_state_changed", "is_held", "isolated", "might_sleep",
     "new_world", "prove_raw_nesting", "rcu_read_lock_held", "reports", "reset", "set_mode",
-    "stats", "task_exit", "threading_instrumented",
+    "settings", "stats", "task_exit", "threading_instrumented", "use_settings",
 ]
 
 if task_exit not in _rt.task_exit_hooks:

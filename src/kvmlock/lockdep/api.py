@@ -222,6 +222,19 @@ def configure(**limits: int) -> dict[str, int]:
     return LIMITS.as_dict()
 
 
+def settings() -> dict[str, Any]:
+    """The process-wide validation settings (:func:`prove_raw_nesting`, :func:`configure`'s
+    limits), for a worker in another process to validate as this one does: a process Ray
+    starts does not inherit them, as a forked one does."""
+    return {"options": dict(OPTIONS), "limits": LIMITS.as_dict()}
+
+
+def use_settings(got: dict[str, Any]) -> None:
+    """Validate with the settings :func:`settings` read in another process."""
+    prove_raw_nesting(got["options"]["raw_nesting"])
+    configure(**got["limits"])
+
+
 def stats() -> dict[str, Any]:
     """Sizes of the tables: how much validation work a run created."""
     S = core._state()

@@ -610,9 +610,14 @@ def _main(args: argparse.Namespace, console: Any) -> int:
         workers, backend = args.jobs or int(ray.cluster_resources().get("CPU", 1)), "ray"
     t0 = time.perf_counter()
     outcomes = []
-    for sc in chosen:
-        outcomes.append(run_scenario(sc, timeout=args.timeout, strategy=args.strategy,
-                                     workers=workers, backend=backend))
+    with contextlib.ExitStack() as keep:
+        if backend == "ray":  # (one set of actors for all the scenarios: see ray_backend)
+            from kvmlock.explore import ray_backend
+
+            keep.enter_context(ray_backend.reuse_actors())
+        for sc in chosen:
+            outcomes.append(run_scenario(sc, timeout=args.timeout, strategy=args.strategy,
+                                         workers=workers, backend=backend))
     bad = [o for o in outcomes if not o.met]
     cut = [o for o in outcomes if not o.complete]
     status = 1 if bad else 2 if cut else 0
