@@ -143,3 +143,52 @@ def test_interrupts_make_a_parallel_dpor_a_parallel_dfs_as_sequentially():
     par = explore.check(_dev(True), workers=2, **OPTS)
     assert seq.strategy == par.strategy == "dfs" and "interrupts" in par.headline()
     assert par.exhausted and par.runs == seq.runs and keys(par) == keys(seq)
+
+
+def test_a_worker_holding_all_the_work_answers_early_while_others_wait(monkeypatch):
+    """The first subtree is the whole tree: its worker answers after FIRST_BUDGET, not the
+    whole budget, so the idle workers get a share soon; every later step has the full one."""
+    from kvmlock.explore import parallel
+
+    sent: list[tuple[bool, float | None]] = []
+    real = parallel._Inline.send
+
+    def send(self, i, item, donate, budget=None):
+        sent.append((donate, budget))
+        return real(self, i, item, donate, budget)
+
+    monkeypatch.setattr(parallel._Inline, "send", send)
+    res = explore.check(counter(3, 2), workers=2, backend="inline")
+    assert res.exhausted and res.runs == 90
+    assert sent[0] == (False, parallel.FIRST_BUDGET)
+    assert all(b is None for _d, b in sent[1:])
+
+
+def test_a_worker_answers_at_once_when_it_finds_a_new_failure():
+    """The coordinator may be waiting for the first failure (stop_on_first): a worker does
+    not explore on to the end of its budget first."""
+    from kvmlock.explore import parallel
+
+    big = counter(3, 3)
+
+    def body() -> None:
+        abba()()  # lockdep reports the inversion in the first execution
+        big()
+
+    opts = parallel.Options("dpor", 10_000, True, True, budget=30.0)
+    reply = parallel.Worker(body, opts).step(("dpor", (), {}, None, ({}, {})), False)
+    assert reply.runs == 1 and [k[0][0] for k, _c in reply.failures] == ["lockdep"]
+
+
+def test_a_halted_worker_ends_its_step_after_the_execution_under_way():
+    """(How a Ray actor kept for the next exploration is stopped mid-step; ``reset`` for the
+    next exploration clears it.)"""
+    from kvmlock.explore import parallel
+
+    root = ("dpor", (), {}, None, ({}, {}))
+    w = parallel.Worker(counter(3, 3), parallel.Options("dpor", 10_000, True, True, budget=30.0))
+    w.halt()
+    assert w.step(root, False).runs == 1
+    w.reset(counter(2, 2), w.opts)
+    reply = w.step(root, False)
+    assert reply.idle and reply.runs == 6

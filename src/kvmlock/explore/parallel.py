@@ -41,6 +41,8 @@ from kvmlock.explore.strategies.wakeup import source_branch
 
 #: "inline" runs the workers in turn in the calling process, for testing the scheme
 BACKENDS = ("process", "ray", "inline")
+#: seconds of exploring before a worker holding all the work answers while others wait for it
+FIRST_BUDGET = 0.01
 
 
 class WorkerCrashed(RuntimeError):
@@ -107,7 +109,7 @@ class Worker:
         Ray actor kept for the next one answers this while it explores; see ray_backend)."""
         self.halted = True
 
-    def step(self, item: tuple | None, donate: bool) -> Reply:
+    def step(self, item: tuple | None, donate: bool, budget: float | None = None) -> Reply:
         from kvmlock.explore import guard
 
         t0 = time.process_time()  # CPU time: what other processes take is not the work's
@@ -118,7 +120,7 @@ class Worker:
             # (threading is replaced here, outside the watched job: a job abandoned
             # stuck must not leave it replaced)
             with Substitution(self.body):  # plain threading code runs explored here too
-                out = guard.run(lambda: self._step(item, donate), timeout=None,
+                out = guard.run(lambda: self._step(item, donate, budget), timeout=None,
                                 stall=self.opts.stall)
         except guard.Blocked as b:
             self.strat = None
@@ -131,7 +133,7 @@ class Worker:
         out.busy = time.process_time() - t0
         return out
 
-    def _step(self, item: tuple | None, donate: bool) -> Reply:
+    def _step(self, item: tuple | None, donate: bool, budget: float | None) -> Reply:
         from kvmlock.explore.engine import execute
 
         o = self.opts
@@ -142,7 +144,7 @@ class Worker:
             else:
                 self.strat = DPOR().subtree(item[1], item[2], item[3], item[4])
         strat = self.strat
-        deadline = time.perf_counter() + o.budget
+        deadline = time.perf_counter() + (o.budget if budget is None else budget)
         return self._explore(strat, o, out, deadline, donate, execute)
 
     def _explore(self, strat: Any, o: Options, out: Reply, deadline: float, donate: bool,
@@ -278,9 +280,10 @@ class _Processes:
             self.conns.append(a)
             self.procs.append(p)
 
-    def send(self, i: int, item: tuple | None, donate: bool) -> None:
+    def send(self, i: int, item: tuple | None, donate: bool,
+             budget: float | None = None) -> None:
         try:
-            self.conns[i].send((item, donate))
+            self.conns[i].send((item, donate, budget))
         except (BrokenPipeError, ConnectionResetError, EOFError):
             self._dead(i)
 
@@ -340,7 +343,8 @@ class _Inline:
         self.workers = [Worker(body, opts) for _ in range(n)]
         self.pending: collections.deque[tuple[int, tuple | None]] = collections.deque()
 
-    def send(self, i: int, item: tuple | None, donate: bool) -> None:
+    def send(self, i: int, item: tuple | None, donate: bool,
+             budget: float | None = None) -> None:
         self.pending.append((i, item))
 
     def recv_any(self, timeout: float | None = None) -> list[tuple[int, Reply]]:
@@ -361,8 +365,9 @@ class _Ray:
         self.pending: dict[Any, int] = {}
         self.budget = opts.budget
 
-    def send(self, i: int, item: tuple | None, donate: bool) -> None:
-        self.pending[self.actors[i].step.remote(item, donate)] = i
+    def send(self, i: int, item: tuple | None, donate: bool,
+             budget: float | None = None) -> None:
+        self.pending[self.actors[i].step.remote(item, donate, budget)] = i
 
     def recv_any(self, timeout: float | None = None) -> list[tuple[int, Reply]]:
         ray = self.ray
@@ -421,7 +426,13 @@ def explore(body: Callable[[], Any], strategy: str, workers: int, backend: str,
         while True:
             while idle and coord.queue:
                 i = idle.pop(0)
-                pool.send(i, coord.next_item(), False)
+                item = coord.next_item()
+                # Others still idle and nothing else queued: this worker answers early, so
+                # that it gives work away soon (at its next step) unless it is done by then,
+                # as most small explorations are; waiting the whole budget before the first
+                # split left the other workers idle that long.
+                early = bool(idle) and not coord.queue
+                pool.send(i, item, False, min(FIRST_BUDGET, opts.budget) if early else None)
                 out.handed += 1
                 busy.add(i)
             if not busy:
