@@ -237,3 +237,20 @@ def test_the_caller_gets_its_cpus_back_on_every_way_out():
         out.append((res.ok, seen[0][0], os.sched_getaffinity(0)))
 
     assert _in_thread_on(one, single) == [(True, one, one)]
+
+
+@_steered
+def test_where_the_os_refuses_to_place_threads_a_check_runs_as_before(monkeypatch,
+                                                                     thread_errors):
+    """A sandbox may forbid setting (or reading) a thread's CPUs: the hand-over is then left
+    to the OS, and the check's answer is the same."""
+    def refused(*_a):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setaffinity", refused)
+    res = explore.check(functools.partial(_affinities, threading.get_native_id(), []))
+    assert res.ok and res.exhausted
+    monkeypatch.setattr(os, "sched_getaffinity", refused)
+    monkeypatch.setattr(guard, "_workers", threading.local())  # a new worker reads its CPUs
+    res = explore.check(lambda: None)
+    assert res.ok and res.exhausted and thread_errors == []

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import _thread
 import atexit
+import contextlib
 import ctypes
 import linecache
 import os
@@ -133,7 +134,12 @@ class _Worker:
         self.interrupting = False
         #: the worker's own CPUs (a new thread gets its creator's), and whether it was last
         #: woken pinned to one of them (see the module's docstring)
-        self.cpus: set[int] | None = os.sched_getaffinity(0) if _getcpu is not None else None
+        self.cpus: set[int] | None = None
+        if _getcpu is not None:
+            try:
+                self.cpus = os.sched_getaffinity(0)
+            except OSError:  # (not allowed here: it is woken where the OS likes)
+                pass
         self.steered = False
         self.thread = threading.Thread(target=self._loop, name="kvmlock-explore", daemon=True)
         self.thread.start()
@@ -165,7 +171,8 @@ class _Worker:
             self.go.acquire()
             if self.steered:
                 self.steered = False
-                os.sched_setaffinity(0, self.cpus)  # type: ignore[arg-type]
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(0, self.cpus)  # type: ignore[arg-type]
             if self.abandoned:
                 return
             job = self.current = self.job
@@ -291,7 +298,8 @@ def run(job: Callable[[], Any], *, timeout: float | None, stall: float | None) -
         return _watch(w, j, timeout, stall)
     finally:
         if mine is not None:
-            os.sched_setaffinity(0, mine)
+            with contextlib.suppress(OSError):  # (a CPU of its own went offline meanwhile)
+                os.sched_setaffinity(0, mine)
 
 
 def _watch(w: _Worker, j: _Job, timeout: float | None, stall: float | None) -> Any:
