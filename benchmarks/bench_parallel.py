@@ -140,19 +140,21 @@ def model(body: Callable[[], None]) -> None:
           f"{wall / (out.busy / 2):.2f}x (the cores are shared with the coordinator and the "
           f"machine's other processes)")
     # T(N) = start-up (workers are started one after the other) + ramp-up (work spreads by
-    # stealing, at most doubling the busy workers every budget seconds) + the inflated work
+    # stealing, at most doubling the busy workers every FIRST_BUDGET seconds: a worker
+    # handed work while others wait answers then, and gives some away) + the inflated work
     # shared by N, slowed by the coordinator if its replies (one per worker per budget
     # seconds, served one at a time) keep its core busy.
     start_per_worker = out.started / 2
     print(f"Projection for this program, one core per worker, f, start-up and the per-reply "
-          f"cost as measured, budget {opts.budget}s:")
+          f"cost as measured, budget {opts.budget}s ({parallel.FIRST_BUDGET}s while workers "
+          f"wait for a share):")
     for n in (8, 32, 64):
         work = seq_s * inflation / n
-        ramp = opts.budget * math.ceil(math.log2(n))
+        ramp = parallel.FIRST_BUDGET * math.ceil(math.log2(n))
         coord_load = n / opts.budget * per_msg  # fraction of the coordinator's core
         t = start_per_worker * n + ramp + work / max(1.0 - coord_load, 0.01)
         print(f"  {n:3} cores: ~{seq_s / t:5.1f}x  (work {work:.2f}s + start-up "
-              f"{start_per_worker * n:.2f}s + ramp-up {ramp:.1f}s; coordinator busy "
+              f"{start_per_worker * n:.2f}s + ramp-up {ramp:.2f}s; coordinator busy "
               f"{coord_load:.0%}); larger explorations amortize the start-up and ramp-up")
 
 

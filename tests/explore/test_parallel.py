@@ -146,8 +146,9 @@ def test_interrupts_make_a_parallel_dpor_a_parallel_dfs_as_sequentially():
 
 
 def test_a_worker_holding_all_the_work_answers_early_while_others_wait(monkeypatch):
-    """The first subtree is the whole tree: its worker answers after FIRST_BUDGET, not the
-    whole budget, so the idle workers get a share soon; every later step has the full one."""
+    """The first subtree is the whole tree, handed while the other worker waits: its worker
+    answers after FIRST_BUDGET, not the whole budget, so the other gets a share soon; with
+    two workers every later step has the full one."""
     from kvmlock.explore import parallel
 
     sent: list[tuple[bool, float | None]] = []

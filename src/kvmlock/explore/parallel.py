@@ -41,7 +41,7 @@ from kvmlock.explore.strategies.wakeup import source_branch
 
 #: "inline" runs the workers in turn in the calling process, for testing the scheme
 BACKENDS = ("process", "ray", "inline")
-#: seconds of exploring before a worker holding all the work answers while others wait for it
+#: seconds of exploring before a worker just handed work answers while others wait for some
 FIRST_BUDGET = 0.01
 
 
@@ -424,15 +424,16 @@ def explore(body: Callable[[], Any], strategy: str, workers: int, backend: str,
     clean = False  # the workers ended well: kept Ray actors may serve the next exploration
     try:
         while True:
+            handed = []
             while idle and coord.queue:
-                i = idle.pop(0)
-                item = coord.next_item()
-                # Others still idle and nothing else queued: this worker answers early, so
-                # that it gives work away soon (at its next step) unless it is done by then,
-                # as most small explorations are; waiting the whole budget before the first
-                # split left the other workers idle that long.
-                early = bool(idle) and not coord.queue
-                pool.send(i, item, False, min(FIRST_BUDGET, opts.budget) if early else None)
+                handed.append((idle.pop(0), coord.next_item()))
+            # Workers left waiting for a share: those just handed work answer early, so that
+            # they give some away soon (at their next step) unless done by then, as most
+            # small explorations are; waiting the whole budget before each split left the
+            # others idle that long.
+            early = min(FIRST_BUDGET, opts.budget) if idle else None
+            for i, item in handed:
+                pool.send(i, item, False, early)
                 out.handed += 1
                 busy.add(i)
             if not busy:
