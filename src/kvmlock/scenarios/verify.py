@@ -612,8 +612,6 @@ def _main(args: argparse.Namespace, console: Any) -> int:
     outcomes = []
     with contextlib.ExitStack() as keep:
         if backend == "ray":  # (one set of actors for all the scenarios: see ray_backend)
-            from kvmlock.explore import ray_backend
-
             keep.enter_context(ray_backend.reuse_actors())
         for sc in chosen:
             outcomes.append(run_scenario(sc, timeout=args.timeout, strategy=args.strategy,
