@@ -170,9 +170,13 @@ PLANTED = {
 SUITES = [
     ("cachetools", "8.0.2", ["tests"]),
     ("fasteners", "0.20", ["tests", "--ignore=tests/test_eventlet.py"]),
+    # (its 16 tests marked time_intensive assert wall-clock run times, which the machine's
+    # load moves with or without lockdep: one failed once in the lockdep run of a CI and
+    # passed when run again; they measure the machine, not the locking)
     ("dogpile.cache", "1.5.0", ["tests/test_lock.py", "tests/test_utils.py", "tests/util",
                                 "tests/cache/test_region.py", "tests/cache/test_decorator.py",
-                                "tests/cache/test_memory_backend.py"]),
+                                "tests/cache/test_memory_backend.py",
+                                "-m", "not time_intensive"]),
     # (janus's own addopts ask for pytest-cov)
     ("janus", "2.0.0", ["tests", "--ignore=tests/test_benchmarks.py", "-o", "addopts="]),
 ]
