@@ -111,8 +111,7 @@ def release(actors: list[Any], pending: dict[Any, int], clean: bool, budget: flo
         _done, waiting = ray.wait(refs, num_returns=len(refs), timeout=budget + 5.0)
         late = {pending[r] for r in waiting}
         _kill(ray, [actors[i] for i in late])
-    kept.idle.extend(a for i, a in enumerate(actors) if i not in late)
-    kept.job = ray.get_runtime_context().get_job_id()
+    kept.idle.extend(a for i, a in enumerate(actors) if i not in late)  # (of kept.job: see start)
 
 
 def _kill(ray: Any, actors: list[Any]) -> None:
