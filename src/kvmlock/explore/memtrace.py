@@ -23,9 +23,10 @@ than needed, never missing a conflict. Two reads of one location commute, so par
 reduction does not multiply executions for data that is only read.
 
 The operands sit on the interpreter's value stack, which Python does not expose; they are read
-from the frame's memory with ``ctypes`` at the layout of CPython 3.11 to 3.13 (the stack pointer
-is stored in the frame while a trace function runs). A self-test at first use checks the layout
-on a probe function; where it does not hold, ``memory=True`` refuses with a clear error instead
+from the frame's memory with ``ctypes`` at CPython 3.11's layout (3.11 stores the stack pointer
+in the frame while a trace function runs; 3.12 and 3.13 leave it at -1 during a
+``sys.monitoring`` instruction event). A self-test at first use checks the layout on a probe
+function; where it does not hold, ``memory=True`` refuses with a clear error instead
 of guessing. The explorer's own code runs "inside a trace function" (the thread's tracing
 count raised, which the same self-test checks), and every task switch happens there, so the
 count a task resumes with is the one it stopped with.
