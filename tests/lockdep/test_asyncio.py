@@ -297,6 +297,33 @@ def test_bounded_or_first_completed_waits_add_no_dependency():
     assert run(main) == []
 
 
+async def leaves_held(lock):
+    await lock.acquire()
+
+
+def test_a_coroutine_wait_for_runs_with_a_timeout_is_a_task_ending_with_its_lock_held():
+    """wait_for(coroutine, timeout) runs it in a task of its own (CPython 3.11) or in the
+    caller's task (3.12 on): either way it is validated as a task of its own."""
+    async def main():
+        lock = asyncio.Lock()
+        await asyncio.wait_for(leaves_held(lock), 5)
+        lock.release()
+
+    assert run(main) == ["held_at_exit"]
+    assert "(leaves_held)" in lockdep.reports()[0].task
+
+
+def test_a_coroutine_wait_for_runs_with_a_timeout_waits_for_the_callers_lock_with_a_bound():
+    """The caller's locks are not the coroutine's own: it waits for them, bounded."""
+    async def main():
+        lock = asyncio.Lock()
+        async with lock:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(takes(lock), 0.01)
+
+    assert run(main) == []
+
+
 def make_event():
     return asyncio.Event()  # one creation site: one class, as for locks
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.locks
+import inspect
 import os
 import sys
 import weakref
@@ -49,6 +50,7 @@ _ORIG = {"Lock": asyncio.Lock, "Semaphore": asyncio.Semaphore, "Event": asyncio.
 _ORIG_CREATE_TASK = asyncio.BaseEventLoop.create_task
 _ORIG_GATHERING = asyncio.tasks._GatheringFuture  # type: ignore[attr-defined]
 _ORIG_WAIT = asyncio.tasks.wait
+_ORIG_WAIT_FOR = asyncio.tasks.wait_for
 _ORIG_TG_EXIT = asyncio.TaskGroup.__aexit__
 _ORIG_TIMEOUT = (asyncio.timeouts.Timeout.__aenter__, asyncio.timeouts.Timeout.__aexit__)
 
@@ -57,10 +59,11 @@ class _TaskState:
     """lockdep's per-task scratch space for one asyncio task (what a runtime's task is)."""
 
     __slots__ = ("lockdep", "name", "irq", "task_map", "rt", "watched", "under", "took",
-                 "timeouts", "__weakref__")
+                 "timeouts", "inner", "__weakref__")
 
-    def __init__(self, task: asyncio.Task) -> None:
-        coro = task.get_coro()
+    def __init__(self, task: asyncio.Task, coro: Any = None) -> None:
+        """``coro``: what the task runs, unless its own coroutine (see :func:`_wait_for`)."""
+        coro = task.get_coro() if coro is None else coro
         qual = getattr(coro, "__qualname__", None) or type(coro).__qualname__
         self.lockdep: Any = None
         self.irq = 0
@@ -73,6 +76,7 @@ class _TaskState:
         self.under: list[tuple] = []
         self.took: dict[int, tuple] = {}  # id(lock) -> (ref, where, call path)
         self.timeouts: list[Any] = []  # the asyncio.timeout() blocks it is in
+        self.inner: list[_TaskState] = []  # wait_for() bodies it runs as tasks (_wait_for)
 
 
 class _TaskRuntime:
@@ -106,7 +110,10 @@ def _current() -> _TaskState | None:
         task = asyncio.current_task()
     except RuntimeError:  # no running loop: plain synchronous code
         return None
-    return None if task is None else _state_for(task)
+    if task is None:
+        return None
+    st = _state_for(task)
+    return st.inner[-1] if st.inner else st
 
 
 def _enter(st: _TaskState | None) -> Any:
@@ -126,7 +133,13 @@ def _leave(token: Any) -> None:
 
 def _task_done(task: asyncio.Task) -> None:
     st = _STATES.get(task)
-    if st is None or st.lockdep is None:
+    if st is not None:
+        _ended(st)
+
+
+def _ended(st: _TaskState) -> None:
+    """A task's end: its own class is dropped and any lock still held is ``held_at_exit``."""
+    if st.lockdep is None:
         return
     token = _rt.enter(_rt.World(st.rt, _rt.world().lockdep))
     try:
@@ -321,6 +334,38 @@ async def _wait(fs: Any, *, timeout: Any = None,
 _wait.__doc__ = _ORIG_WAIT.__doc__
 _wait.__name__ = _wait.__qualname__ = "wait"
 
+# CPython 3.12 rewrote wait_for() on asyncio.timeout(): an awaitable that is not a future,
+# given a positive timeout, is now awaited in the caller's own task inside that timeout block,
+# where 3.11 wrapped it in a task of its own (ensure_future) and waited for that with a bound.
+# lockdep keeps 3.11's view on both: the awaitable runs as a task of its own -- its own class,
+# held-lock stack and timeouts, so its awaits are not bounded by the caller's timeout and the
+# caller's locks are not its own -- which the caller waits for with a bound (adding nothing).
+_WAIT_FOR_INLINE = sys.version_info >= (3, 12)
+
+
+async def _wait_for(fut: Any, timeout: Any) -> Any:
+    """``asyncio.wait_for()``: a coroutine it runs is a task of its own, as on CPython 3.11."""
+    if (_WAIT_FOR_INLINE and timeout is not None and not asyncio.isfuture(fut)
+            and inspect.isawaitable(fut) and timeout > 0):
+        task = asyncio.current_task()
+        if task is not None and type(_state_for(task)) is _TaskState:  # (not an explored one)
+            fut = _as_own_task(fut, task)
+    return await _ORIG_WAIT_FOR(fut, timeout)
+
+
+_wait_for.__doc__ = _ORIG_WAIT_FOR.__doc__
+_wait_for.__name__ = _wait_for.__qualname__ = "wait_for"
+
+
+async def _as_own_task(aw: Any, task: asyncio.Task) -> Any:
+    base, st = _state_for(task), _TaskState(task, aw)
+    base.inner.append(st)
+    try:
+        return await aw
+    finally:
+        base.inner.remove(st)
+        _ended(st)
+
 
 class _WatchedTask(asyncio.Task):
     """A task whose awaiting is a wait-for dependency (see the module docstring)."""
@@ -419,6 +464,7 @@ def patch() -> None:
     asyncio.BaseEventLoop.create_task = _create_task  # type: ignore[method-assign]
     asyncio.tasks._GatheringFuture = _WatchedGathering  # type: ignore[attr-defined]
     asyncio.wait = asyncio.tasks.wait = _wait  # type: ignore[assignment]
+    asyncio.wait_for = asyncio.tasks.wait_for = _wait_for  # type: ignore[assignment]
     asyncio.TaskGroup.__aexit__ = _taskgroup_exit  # type: ignore[method-assign]
     asyncio.timeouts.Timeout.__aenter__ = _timeout_enter  # type: ignore[method-assign]
     asyncio.timeouts.Timeout.__aexit__ = _timeout_exit  # type: ignore[method-assign]
@@ -431,6 +477,7 @@ def unpatch() -> None:
     asyncio.BaseEventLoop.create_task = _ORIG_CREATE_TASK  # type: ignore[method-assign]
     asyncio.tasks._GatheringFuture = _ORIG_GATHERING  # type: ignore[attr-defined]
     asyncio.wait = asyncio.tasks.wait = _ORIG_WAIT  # type: ignore[assignment]
+    asyncio.wait_for = asyncio.tasks.wait_for = _ORIG_WAIT_FOR  # type: ignore[assignment]
     asyncio.TaskGroup.__aexit__ = _ORIG_TG_EXIT  # type: ignore[method-assign]
     asyncio.timeouts.Timeout.__aenter__ = _ORIG_TIMEOUT[0]  # type: ignore[method-assign]
     asyncio.timeouts.Timeout.__aexit__ = _ORIG_TIMEOUT[1]  # type: ignore[method-assign]
