@@ -17,7 +17,9 @@ A lock held while a task is awaited and a lock that task takes first are ordered
 instance (:mod:`.instances`): tasks of one coroutine taking locks of one class, as a recursive
 tree walk does, are fine in one consistent order, and the very lock held while awaiting the
 task that takes it is reported. A wait with a timeout (an ``asyncio.timeout()`` block with a
-deadline too), or for the first of several, adds nothing: it cannot hang on one task.
+deadline too), or for the first of several, adds nothing: it cannot hang on one task. A
+coroutine that ``wait_for()`` runs with a timeout is validated as a task of its own, as CPython
+3.11 made it one (3.12 runs it in the caller's task).
 
 Waiting for an ``asyncio.Event`` is one too: a task waiting for it while holding a lock records
 ``lock -> event``, and a task setting it while holding a lock records ``event -> lock`` (the
@@ -337,15 +339,16 @@ _wait.__name__ = _wait.__qualname__ = "wait"
 # CPython 3.12 rewrote wait_for() on asyncio.timeout(): an awaitable that is not a future,
 # given a positive timeout, is now awaited in the caller's own task inside that timeout block,
 # where 3.11 wrapped it in a task of its own (ensure_future) and waited for that with a bound.
-# lockdep keeps 3.11's view on both: the awaitable runs as a task of its own -- its own class,
-# held-lock stack and timeouts, so its awaits are not bounded by the caller's timeout and the
-# caller's locks are not its own -- which the caller waits for with a bound (adding nothing).
+# There lockdep keeps 3.11's view (and only there is wait_for() replaced): the awaitable runs as
+# a task of its own -- its own class, held-lock stack and timeouts, so its awaits are not bounded
+# by the caller's timeout and the caller's locks are not its own -- which the caller waits for
+# with a bound (adding nothing).
 _WAIT_FOR_INLINE = sys.version_info >= (3, 12)
 
 
 async def _wait_for(fut: Any, timeout: Any) -> Any:
     """``asyncio.wait_for()``: a coroutine it runs is a task of its own, as on CPython 3.11."""
-    if (_WAIT_FOR_INLINE and timeout is not None and not asyncio.isfuture(fut)
+    if (timeout is not None and not asyncio.isfuture(fut)
             and inspect.isawaitable(fut) and timeout > 0):
         task = asyncio.current_task()
         if task is not None and type(_state_for(task)) is _TaskState:  # (not an explored one)
@@ -464,7 +467,8 @@ def patch() -> None:
     asyncio.BaseEventLoop.create_task = _create_task  # type: ignore[method-assign]
     asyncio.tasks._GatheringFuture = _WatchedGathering  # type: ignore[attr-defined]
     asyncio.wait = asyncio.tasks.wait = _wait  # type: ignore[assignment]
-    asyncio.wait_for = asyncio.tasks.wait_for = _wait_for  # type: ignore[assignment]
+    if _WAIT_FOR_INLINE:
+        asyncio.wait_for = asyncio.tasks.wait_for = _wait_for  # type: ignore[assignment]
     asyncio.TaskGroup.__aexit__ = _taskgroup_exit  # type: ignore[method-assign]
     asyncio.timeouts.Timeout.__aenter__ = _timeout_enter  # type: ignore[method-assign]
     asyncio.timeouts.Timeout.__aexit__ = _timeout_exit  # type: ignore[method-assign]
