@@ -725,3 +725,57 @@ def test_an_event_already_set_when_waited_under_a_lock_its_setter_needs_is_repor
             await ev.wait()  # already set: no wait today
 
     assert run(main) == ["circular"]
+
+
+def _needs_your_lock(factory):
+    """The lock held while awaiting a task that takes it, with ``factory`` making the tasks."""
+    async def main():
+        asyncio.get_running_loop().set_task_factory(factory)
+        lock = asyncio.Lock()
+
+        async def needs_lock():
+            async with lock:
+                pass
+
+        await lock.acquire()
+        t = asyncio.create_task(needs_lock())
+        with pytest.raises(lockdep.LockdepError):
+            await t
+        lock.release()
+
+    return main
+
+
+@pytest.mark.skipif(not hasattr(asyncio, "eager_task_factory"), reason="CPython 3.12 on")
+def test_tasks_of_the_eager_task_factory_are_watched_too():
+    lockdep.set_mode("raise")
+    assert run(_needs_your_lock(asyncio.eager_task_factory)) == ["circular"]
+
+
+def test_a_task_factory_of_the_program_s_own_is_said_to_leave_awaits_unvalidated():
+    def factory(loop, coro, **kw):
+        return asyncio.Task(coro, loop=loop, **kw)
+
+    async def main():
+        asyncio.get_running_loop().set_task_factory(factory)
+        lock = asyncio.Lock()
+        async with lock:
+            await asyncio.create_task(asyncio.sleep(0))
+            await asyncio.create_task(asyncio.sleep(0))  # (said once per loop)
+
+    with pytest.warns(RuntimeWarning, match="awaiting those tasks is not validated") as seen:
+        assert run(main) == []
+    assert len([w for w in seen if "task factory" in str(w.message)]) == 1
+
+
+def test_no_task_factory_no_warning():
+    async def main():
+        lock = asyncio.Lock()
+        async with lock:
+            await asyncio.create_task(asyncio.sleep(0))
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert run(main) == []

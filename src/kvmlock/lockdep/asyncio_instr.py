@@ -19,7 +19,10 @@ tree walk does, are fine in one consistent order, and the very lock held while a
 task that takes it is reported. A wait with a timeout (an ``asyncio.timeout()`` block with a
 deadline too), or for the first of several, adds nothing: it cannot hang on one task. A
 coroutine that ``wait_for()`` runs with a timeout is validated as a task of its own, as CPython
-3.11 made it one (3.12 runs it in the caller's task).
+3.11 made it one (3.12 runs it in the caller's task). Awaits are seen through the task's
+class, so lockdep makes every loop's tasks, eager ones included (``eager_task_factory``); a
+loop with a task factory of its own keeps it, and a ``RuntimeWarning`` says its awaits are not
+validated.
 
 Waiting for an ``asyncio.Event`` is one too: a task waiting for it while holding a lock records
 ``lock -> event``, and a task setting it while holding a lock records ``event -> lock`` (the
@@ -37,6 +40,7 @@ import asyncio.locks
 import inspect
 import os
 import sys
+import warnings
 import weakref
 from typing import Any
 
@@ -450,7 +454,13 @@ def _by_instance(check: Any, held: list, st: _TaskState, *more: Any) -> None:
 
 def _create_task(self: asyncio.AbstractEventLoop, coro: Any, *, name: Any = None,
                  context: Any = None) -> asyncio.Task:
-    if getattr(self, "_task_factory", None) is not None:
+    factory = getattr(self, "_task_factory", None)
+    if factory is not None:
+        if factory is _EAGER:  # the same eager start, of a watched task
+            task = _EAGER_WATCHED(self, coro, name=name, context=context)
+            _state_for(task)
+            return task
+        _unwatched(self, factory)
         return _ORIG_CREATE_TASK(self, coro, name=name, context=context)  # type: ignore
     self._check_closed()  # type: ignore[attr-defined]
     task = _WatchedTask(coro, loop=self, name=name, context=context)
@@ -458,6 +468,29 @@ def _create_task(self: asyncio.AbstractEventLoop, coro: Any, *, name: Any = None
     if task._source_traceback:  # type: ignore[attr-defined]
         del task._source_traceback[-1]  # type: ignore[attr-defined]
     return task
+
+
+#: asyncio's eager task factory (3.12 on): a task runs from its creation to its first
+#: suspension inside ``create_task``. Made over the watched task class, its tasks' awaits are
+#: validated as other tasks' are.
+_EAGER = getattr(asyncio, "eager_task_factory", None)
+_EAGER_WATCHED = (asyncio.create_eager_task_factory(_WatchedTask)  # type: ignore[attr-defined]
+                  if _EAGER is not None else None)
+_WARNED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _unwatched(loop: Any, factory: Any) -> None:
+    """A loop whose tasks a factory of its own makes: their awaiting cannot be watched (a
+    task's await is seen through its class), which is said once per loop rather than left
+    to look validated."""
+    if loop in _WARNED:
+        return
+    _WARNED.add(loop)
+    warnings.warn(
+        f"kvmlock lockdep: this event loop makes its tasks with its own task factory "
+        f"({factory!r}); awaiting those tasks is not validated, so a lock cycle through an "
+        f"awaited task is not reported (asyncio's eager_task_factory is; locks themselves "
+        f"are validated as always)", RuntimeWarning, stacklevel=3)
 
 
 def patch() -> None:
