@@ -123,7 +123,7 @@ def test_settled_leaves_what_lives_out_of_passes_and_takes_it_back() -> None:
     dead.me = dead
     dead_ref = weakref.ref(dead)
     del dead  # garbage before the block: collected first, not kept frozen
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() <= gcpace._FROZEN_AT_START  # (3.12 starts with some)
     with gcpace.settled():
         assert dead_ref() is None
         frozen = gc.get_freeze_count()
@@ -148,7 +148,7 @@ def test_settled_leaves_a_program_s_own_freeze_and_a_switched_off_collector_alon
     gc.disable()
     try:
         with gcpace.settled():
-            assert gc.get_freeze_count() == 0
+            assert gc.get_freeze_count() <= gcpace._FROZEN_AT_START
         assert not gc.isenabled()
     finally:
         gc.enable()
@@ -179,4 +179,20 @@ def test_verify_runs_settled_and_thaws_after() -> None:
     finally:
         gcpace.settled = real
     assert seen and seen[0] > 0
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() <= gcpace._FROZEN_AT_START  # (3.12: its immortal objects)
+
+
+def test_objects_frozen_when_the_interpreter_started_do_not_stop_the_block(monkeypatch) -> None:
+    """CPython 3.12 keeps some of its own objects in the permanent generation: as many as
+    were counted at import are not a program's own freeze, so the block still freezes and
+    thaws (seen failing with the count compared against zero)."""
+    gc.freeze()  # (as the interpreter did before kvmlock was imported)
+    try:
+        at_start = gc.get_freeze_count()
+        assert at_start > 0
+        monkeypatch.setattr(gcpace, "_FROZEN_AT_START", at_start)
+        with gcpace.settled():
+            assert gc.get_freeze_count() > at_start  # the block froze what lives now
+        assert gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()

@@ -30,6 +30,10 @@ THRESHOLD = 100_000
 _lock = threading.Lock()
 _depth = 0
 _saved: tuple[int, ...] = ()
+#: What the permanent generation held when this module was imported: none on 3.11 and 3.13; on
+#: 3.12 a few hundred of the interpreter's immortal objects, which every full collection puts
+#: there again (so the count alone does not say whether the program froze objects itself).
+_FROZEN_AT_START = gc.get_freeze_count()
 
 
 def hold() -> None:
@@ -63,8 +67,11 @@ def settled() -> Iterator[None]:
     executions, traverses what the explorations made instead of all of that again (it was
     nearly all such a pass cost). Garbage is collected first, so none is held meanwhile; at
     the end the objects join the oldest generation again. Nothing is done when the program
-    froze objects itself, or switched the collector off."""
-    if gc.get_freeze_count() or not gc.isenabled():
+    froze objects itself, or switched the collector off. (A count no higher than at import is
+    not the program's: on 3.12 it is the interpreter's immortal objects, which the block thaws
+    with its own and the next full collection puts back. A program that froze fewer objects
+    than that is taken for the interpreter: only the collector's pace differs.)"""
+    if gc.get_freeze_count() > _FROZEN_AT_START or not gc.isenabled():
         yield
         return
     gc.collect()
