@@ -21,3 +21,31 @@ def raw_nesting():
     lockdep.prove_raw_nesting(True)
     yield
     lockdep.prove_raw_nesting(False)
+
+
+def _memory_tracing_refused() -> str | None:
+    """Why ``explore(memory=True)`` refuses on this interpreter (it reads CPython 3.11's
+    frames), or None where it works."""
+    from kvmlock.explore import memtrace
+
+    try:
+        memtrace.selftest()
+    except memtrace.MemoryTracingUnsupported as e:
+        return str(e)
+    return None
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "memory_tracing: needs explore(memory=True); skipped, with its refusal as "
+        "the reason, on an interpreter where memory tracing refuses to run")
+
+
+def pytest_collection_modifyitems(config, items):
+    marked = [item for item in items if "memory_tracing" in item.keywords]
+    if not marked:
+        return
+    why = _memory_tracing_refused()
+    if why is not None:
+        for item in marked:
+            item.add_marker(pytest.mark.skip(reason=why))

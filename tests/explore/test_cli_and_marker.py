@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from kvmlock.explore import cli
 
 pytest_plugins = ["pytester"]
@@ -52,6 +54,7 @@ def test_locked():
 '''
 
 
+@pytest.mark.memory_tracing
 def test_cli_finds_the_race_prints_the_replay_command_and_replays_it(tmp_path, capsys):
     f = tmp_path / "test_bank.py"
     f.write_text(PROGRAM)
@@ -89,6 +92,7 @@ def test_cli_a_function_that_needs_arguments_is_bad_input_not_a_finding(tmp_path
     assert cli.main([f"{f}::test_plain"]) == 0  # defaults only: it runs
 
 
+@pytest.mark.memory_tracing
 def test_marker_fails_the_racy_test_with_the_trace_and_passes_the_locked_one(pytester):
     pytester.makepyfile(test_user=PROGRAM)
     res = pytester.runpytest("-p", "no:cacheprovider")

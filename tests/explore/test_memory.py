@@ -36,6 +36,7 @@ def _dict_counter(locked: bool):
     return d, lock, inc
 
 
+@pytest.mark.memory_tracing
 def test_lost_update_on_a_dict_item_is_found_and_the_locked_one_is_clean():
     def body(locked):
         def run():
@@ -52,6 +53,7 @@ def test_lost_update_on_a_dict_item_is_found_and_the_locked_one_is_clean():
     assert res.ok and res.exhausted
 
 
+@pytest.mark.memory_tracing
 def test_lost_update_on_a_global_and_on_a_closure_variable():
     def on_global():
         global TOTAL
@@ -79,6 +81,7 @@ def test_lost_update_on_a_global_and_on_a_closure_variable():
         assert res.failure is not None and res.failure.kind == "assertion", body
 
 
+@pytest.mark.memory_tracing
 def test_check_then_act_on_a_list_is_found():
     def body():
         seen: list[int] = []
@@ -94,6 +97,7 @@ def test_check_then_act_on_a_list_is_found():
     assert res.failure is not None and res.failure.kind == "assertion"
 
 
+@pytest.mark.memory_tracing
 def test_reads_commute_so_a_read_mostly_program_stays_one_trace():
     """Three threads reading shared data many times, writing only their own slot: no two of
     their operations conflict, so DPOR runs one execution, not the interleavings."""
@@ -121,6 +125,7 @@ def test_reads_commute_so_a_read_mostly_program_stays_one_trace():
     assert res.runs <= 6 and res.steps > 30
 
 
+@pytest.mark.memory_tracing
 def test_a_value_handed_to_untraced_code_counts_as_written():
     def body():
         items = [3, 1, 2]
@@ -138,6 +143,7 @@ def test_a_value_handed_to_untraced_code_counts_as_written():
     assert res.ok and res.runs >= 2  # the sort and the reads were ordered both ways
 
 
+@pytest.mark.memory_tracing
 def test_tracing_is_removed_after_the_exploration():
     before = sys.gettrace()
     explore.check(threadprogs.lost_update(), memory=True)
@@ -150,6 +156,7 @@ def test_an_unsupported_interpreter_is_refused_with_a_clear_error(monkeypatch):
         explore.check(threadprogs.lost_update(), memory=True)
 
 
+@pytest.mark.memory_tracing
 def test_tracing_resumes_after_a_lock_operation_and_the_scheduler_is_not_traced(monkeypatch):
     """The scheduler runs untraced at every visible operation (a lock, a start, a join), and
     the task's own code is traced again once it goes on: an unlocked update right after a
@@ -214,6 +221,7 @@ def _race_after_running_alone(locked: bool):
     return body
 
 
+@pytest.mark.memory_tracing
 def test_a_race_after_a_phase_alone_is_found_and_its_locked_version_is_clean():
     res = explore.check(_race_after_running_alone(False), memory=True)
     assert res.failure is not None and res.failure.kind == "assertion"
@@ -245,6 +253,7 @@ def _read_beside_an_interrupt(seen: set[int], after: bool):
     return body
 
 
+@pytest.mark.memory_tracing
 def test_a_read_racing_an_interrupt_is_explored_both_ways_and_one_before_it_once():
     seen: set[int] = set()
     res = explore.check(_read_beside_an_interrupt(seen, after=True), memory=True,
@@ -274,6 +283,7 @@ def _outcomes(body_of, memory=True):
     return got
 
 
+@pytest.mark.memory_tracing
 def test_an_object_another_task_reached_and_dropped_is_not_private():
     """The worker publishes a box, writes it, and drops its reference; the reader takes it out
     of the list, so its own frame holds the only reference: its read still races with the
@@ -304,6 +314,7 @@ def test_an_object_another_task_reached_and_dropped_is_not_private():
     assert got["dpor"] == got["dfs"] and {(0,), (1,)} <= got["dpor"]
 
 
+@pytest.mark.memory_tracing
 def test_an_object_reachable_through_a_weak_reference_is_not_private():
     import weakref
 
@@ -338,6 +349,7 @@ class Scratch:
     also referred to from the interpreter's own call, so stores there stay visible)."""
 
 
+@pytest.mark.memory_tracing
 def test_a_task_s_own_scratch_objects_are_no_scheduling_points():
     """Each worker counts in an object, a dict and a list of its own, then adds to a shared
     counter under a lock: the scratch accesses cannot race (only the worker's frame refers to
@@ -372,6 +384,7 @@ def test_a_task_s_own_scratch_objects_are_no_scheduling_points():
     assert (res.runs, res.steps) == (ref.runs, ref.steps)
 
 
+@pytest.mark.memory_tracing
 def test_an_object_another_task_holds_in_a_local_is_not_private():
     """The reader takes the box out of the list and then waits for a lock, holding the box in
     one local only; the writer's frame is the only other holder: its write is not private."""

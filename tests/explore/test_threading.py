@@ -54,6 +54,7 @@ def test_a_lock_class_bound_before_the_exploration_is_explored_too():
     assert threadprogs.ImportedLock is _thread.allocate_lock
 
 
+@pytest.mark.memory_tracing
 def test_lost_update_on_plain_attributes_needs_memory_and_is_then_found():
     assert explore.check(threadprogs.lost_update(), memory=False).ok  # invisible without it
     res = explore.check(threadprogs.lost_update(), memory=True)
@@ -62,6 +63,7 @@ def test_lost_update_on_plain_attributes_needs_memory_and_is_then_found():
     assert "store Account.balance" in table and "load Account.balance" in table
 
 
+@pytest.mark.memory_tracing
 def test_lost_update_under_a_lock_is_clean_with_memory():
     res = explore.check(threadprogs.lost_update(locked=True), memory=True)
     assert res.ok and res.exhausted
@@ -277,6 +279,7 @@ def _event_body(broken: bool):
     return body
 
 
+@pytest.mark.memory_tracing
 def test_event_publishes_after_set_and_set_before_publishing_is_caught():
     assert explore.check(_event_body(False), memory=True).ok
     res = explore.check(_event_body(True), memory=True)
@@ -380,6 +383,7 @@ def test_queue_get_with_timeout_runs_on_a_virtual_clock():
     assert res.ok and time.monotonic() - t0 < 5
 
 
+@pytest.mark.memory_tracing
 def test_thread_pool_executor_runs_explored():
     def fine():
         counter = {"n": 0}
@@ -442,6 +446,7 @@ def test_sleep_polling_loop_yields_instead_of_spinning():
     assert res.ok and res.exhausted
 
 
+@pytest.mark.memory_tracing
 def test_parallel_workers_explore_plain_threading_too():
     res = explore.check(threadprogs.locked_counter(2, 2), workers=2, stop_on_first=False)
     assert res.ok and res.exhausted and res.runs == 6

@@ -127,6 +127,7 @@ def test_timeout_is_honoured_when_an_execution_never_reaches_a_visible_operation
     assert res.stopped == "timeout" and not res.exhausted
 
 
+@pytest.mark.memory_tracing
 def test_a_loop_without_visible_operations_is_a_hang_and_with_memory_it_is_explored():
     res = explore.check(_busy(False), stall=0.5)
     assert res.failure is not None and res.failure.kind == "hang"
@@ -148,6 +149,7 @@ def test_timeout_with_a_long_search_stops_it_and_says_so():
     assert res.ok and res.exhausted
 
 
+@pytest.mark.memory_tracing
 def test_an_interrupted_check_leaves_no_stop_pending_for_later_ones():
     """Stopping a worker that never yields must not leave the interpreter's pending-stop flag
     set: later checks, per-opcode tracing included, run as before."""

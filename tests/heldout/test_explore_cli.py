@@ -89,6 +89,7 @@ def runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.memory_tracing
 def test_cli_finds_lost_update_and_replays_it(runs):
     proc = runs["racy"]
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -101,6 +102,7 @@ def test_cli_finds_lost_update_and_replays_it(runs):
     assert "AssertionError" in again.stdout
 
 
+@pytest.mark.memory_tracing
 def test_cli_locked_clean_and_exhausted(runs):
     proc = runs["locked"]
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -113,6 +115,7 @@ def test_cli_bad_target_one_line(runs):
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
 
 
+@pytest.mark.memory_tracing
 def test_pytest_marker(runs):
     proc = runs["pytest"]
     # unmarked, the racy test passes on real threads; marked, the explorer finds its race

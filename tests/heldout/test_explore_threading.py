@@ -170,6 +170,7 @@ def test_locked_counter_dfs_sees_every_order():
     assert set(seen) == all_orders(2, 2)
 
 
+@pytest.mark.memory_tracing
 def test_locked_counter_memory_true_same_count():
     # every access to box.v is inside the lock, so the data accesses follow the lock order
     seen: list = []
@@ -234,6 +235,7 @@ def lost_update_dict(results):
 
 
 @pytest.mark.parametrize("make", [lost_update_attr, lost_update_dict])
+@pytest.mark.memory_tracing
 def test_lost_update_found_with_memory(make):
     results: list = []
     res = explore.check(make(results), strategy="dpor", memory=True)
@@ -244,6 +246,7 @@ def test_lost_update_found_with_memory(make):
 
 
 @pytest.mark.parametrize("make", [lost_update_attr, lost_update_dict])
+@pytest.mark.memory_tracing
 def test_lost_update_all_traces(make):
     # R1 W1 / R2 W2 on one location: 6 interleavings, R1 R2 commute, so 4 traces; the two
     # where both reads precede both writes lose an update.
@@ -256,6 +259,7 @@ def test_lost_update_all_traces(make):
     assert sorted(results) == [1, 1, 2, 2]
 
 
+@pytest.mark.memory_tracing
 def test_lost_update_near_miss_locked():
     def body():
         box = Box()
@@ -274,6 +278,7 @@ def test_lost_update_near_miss_locked():
     assert res.runs == 2
 
 
+@pytest.mark.memory_tracing
 def test_read_mostly_does_not_multiply():
     def readers_only():
         cfg = {"x": 1}
@@ -293,6 +298,7 @@ def test_read_mostly_does_not_multiply():
     assert res.runs == 1
 
 
+@pytest.mark.memory_tracing
 def test_one_writer_three_reads():
     # the single write can fall before, between or after the reader's three reads: 4 traces
     def body():
@@ -779,6 +785,7 @@ def bump_global():
     hits += 1
 
 
+@pytest.mark.memory_tracing
 def test_lost_update_on_a_global():
     def body():
         global hits
@@ -790,6 +797,7 @@ def test_lost_update_on_a_global():
     assert set(res.kinds()) == {"assertion"}
 
 
+@pytest.mark.memory_tracing
 def test_lost_update_on_a_closure_variable():
     def body():
         n = 0
@@ -824,11 +832,13 @@ def membership(locked):
     return body
 
 
+@pytest.mark.memory_tracing
 def test_check_then_append_on_a_list_found():
     res = explore.check(membership(False), strategy="dpor", memory=True)
     assert set(res.kinds()) == {"assertion"}
 
 
+@pytest.mark.memory_tracing
 def test_check_then_append_under_lock_clean():
     res = explore.check(membership(True), strategy="dpor", memory=True)
     assert res.ok and res.exhausted
@@ -1111,11 +1121,13 @@ def subclass_body(locked):
     return body
 
 
+@pytest.mark.memory_tracing
 def test_thread_subclass_lost_update():
     res = explore.check(subclass_body(False), strategy="dpor", memory=True)
     assert set(res.kinds()) == {"assertion"}
 
 
+@pytest.mark.memory_tracing
 def test_thread_subclass_locked():
     res = explore.check(subclass_body(True), strategy="dpor", memory=True)
     assert res.ok and res.exhausted and res.runs == 2

@@ -112,6 +112,7 @@ def test_dfs_two_workers_same_schedule_count():
     assert par.runs == seq.runs
 
 
+@pytest.mark.memory_tracing
 def test_parallel_lost_update_found_and_replays():
     par = explore.check(lost_update, strategy="dpor", workers=2, memory=True)
     assert set(par.kinds()) == {"assertion"}
@@ -119,6 +120,7 @@ def test_parallel_lost_update_found_and_replays():
     assert set(rep.kinds()) == {"assertion"}
 
 
+@pytest.mark.memory_tracing
 def test_parallel_lost_update_all_traces():
     par = explore.check(lost_update, strategy="dpor", workers=2, memory=True,
                         stop_on_first=False)

@@ -22,6 +22,9 @@ from kvmlock.scenarios.orders import together
 from kvmlock.scenarios.registry import SCENARIOS
 from kvmlock.sync import Mutex, RCUWait, data_racy, guarded_by
 
+#: the race audit traces with memory=True's tracer (CPython 3.11 only)
+pytestmark = pytest.mark.memory_tracing
+
 _ROOT = os.path.dirname(kvmlock.__file__)
 #: the model, its scenarios, and this file (the reverted fixes below are model code too)
 PATHS = [os.path.join(_ROOT, "kvm"), os.path.join(_ROOT, "scenarios"), __file__]
