@@ -402,6 +402,28 @@ def test_a_kept_queue_s_conditions_work_across_real_threads():
     assert got == [1, 2] and not t.is_alive()
 
 
+@pytest.mark.skipif(not hasattr(queue.Queue, "shutdown"), reason="Queue.shutdown: 3.13 on")
+def test_shutdown_inside_an_exploration_is_refused_by_name_and_works_on_a_kept_queue():
+    kept = []
+
+    def body():
+        q = queue.Queue()
+        kept.append(q)
+        q.put(1)
+        q.shutdown()
+
+    res = explore.check(body, **OPTS)
+    assert res.failure is not None and res.failure.kind == "exception"
+    assert "Queue.shutdown() under the explorer" in res.failure.message
+    q = kept[-1]  # after the exploration: the real shutdown, as 3.13 defines it
+    q.shutdown()
+    assert q.get() == 1
+    with pytest.raises(queue.ShutDown):
+        q.get()
+    with pytest.raises(queue.ShutDown):
+        q.put(2)
+
+
 def test_conditions_made_without_their_init_are_what_the_constructor_makes(monkeypatch):
     import _thread
 

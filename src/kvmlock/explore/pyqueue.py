@@ -7,7 +7,9 @@ exploration the methods of ``Queue`` (hence ``LifoQueue``, ``PriorityQueue`` and
 and of ``SimpleQueue`` are replaced: ``put``, ``get``, ``qsize``, ``empty``, ``full``,
 ``task_done`` and ``join`` each stop once, at an operation whose dependence is exactly what its
 semantics allows, and then act on the queue's storage (``_put``/``_get``, so a subclass's own
-storage is used) with the real methods' results and exceptions.
+storage is used) with the real methods' results and exceptions. ``Queue.shutdown()`` (CPython
+3.13 on) is refused inside an exploration with an error naming it: the replaced methods do not
+model a shut-down queue, and exploring on as if it were open would explore another program.
 
 A FIFO queue's operations are *compound* (several keys each, see
 ``strategies/events.conflict``): with ``k`` the number of earlier puts (gets, task_dones),
@@ -235,6 +237,10 @@ def _make_init(prev: Callable[..., None]) -> Callable[..., None]:
         self.not_full = _Condition(mutex)
         self.all_tasks_done = _Condition(mutex)
         self.unfinished_tasks = 0
+        if _HAS_SHUTDOWN:
+            # CPython 3.13 added Queue.shutdown(); its __init__ sets this flag, which the real
+            # get/put read (a kept queue must work after the exploration)
+            self.is_shutdown = False
         label = _label(type(self).__name__)
         _queues(rt)[id(self)] = _QState(
             rt, self, label, _is_fifo(self), maxsize, self._qsize,
@@ -242,6 +248,22 @@ def _make_init(prev: Callable[..., None]) -> Callable[..., None]:
 
     __init__.__doc__ = prev.__doc__
     return __init__
+
+
+#: CPython 3.13 added ``Queue.shutdown()`` (and the ``is_shutdown`` flag ``__init__`` sets).
+_HAS_SHUTDOWN = hasattr(queue.Queue, "shutdown")
+
+
+def _q_shutdown(self: queue.Queue, immediate: bool = False) -> None:
+    """Refused on an explored queue: the replaced get/put/join do not model a shut-down
+    queue (``ShutDown`` raised by later calls, waiters woken), so exploring past it would
+    explore a queue that does not behave as the real one."""
+    if _state(self) is None:
+        return _ORIG["Queue.shutdown"](self, immediate)
+    raise RuntimeError(
+        f"{type(self).__name__}.shutdown() under the explorer: shutting down a queue is not "
+        f"explored (its ShutDown exceptions and woken waiters are not modelled); end the "
+        f"consumers with a sentinel item instead")
 
 
 def _check_timeout(block: bool, timeout: float | None) -> bool:
@@ -440,6 +462,8 @@ def targets() -> list[tuple[Any, str, Callable[[Any], Any]]]:
         (queue.Queue, "full", _keep("Queue.full", _q_full)),
         (queue.Queue, "task_done", _keep("Queue.task_done", _q_task_done)),
         (queue.Queue, "join", _keep("Queue.join", _q_join)),
+    ] + ([(queue.Queue, "shutdown", _keep("Queue.shutdown", _q_shutdown))]
+         if _HAS_SHUTDOWN else []) + [
         (_PY_SIMPLE, "__init__", _make_simple_init),
         (_PY_SIMPLE, "put", _keep("SimpleQueue.put", _s_put)),
         (_PY_SIMPLE, "get", _keep("SimpleQueue.get", _s_get)),
