@@ -105,7 +105,9 @@ class CheckedLock:
 
     __slots__ = ("_lock", "_map", "_owner", "__weakref__")
 
-    def __new__(cls, *args: object, **kwargs: object) -> CheckedLock:
+    def __new__(cls, *args: object, **kwargs: object) -> Any:
+        if _LOCK_IS_CLASS:
+            return _make_lock(args, kwargs, 3)  # type(threading.Lock())() is a new Lock
         raise _cannot_create(type(_ORIG_LOCK()))  # as type(threading.Lock())() does
 
     @classmethod
@@ -301,10 +303,7 @@ class _LockClass(type):
     programs may test against."""
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        site = _site()
-        if site is None or args or kwargs:
-            return _ORIG_LOCK(*args, **kwargs)
-        return CheckedLock._make(_new_map("Lock", site))
+        return _make_lock(args, kwargs, 3)
 
     def __instancecheck__(cls, obj: object) -> bool:
         return isinstance(obj, (CheckedLock, _thread.LockType))
@@ -319,6 +318,18 @@ class _lock_factory(metaclass=_LockClass):  # noqa: N801 - stands in for threadi
 
 def _rlock_factory(*args: Any, **kwargs: Any) -> Any:
     return _make_rlock(args, kwargs, 3)
+
+
+#: CPython 3.13 made ``threading.Lock`` the class ``_thread.lock``, which can be instantiated
+#: (``type(lock)()`` is a new lock); up to 3.12 it is a function and the type refuses.
+_LOCK_IS_CLASS = isinstance(_ORIG_LOCK, type)
+
+
+def _make_lock(args: tuple, kwargs: dict, depth: int) -> Any:
+    site = _site(depth)
+    if site is None or args or kwargs:
+        return _ORIG_LOCK(*args, **kwargs)  # (bad arguments raise what they raise there)
+    return CheckedLock._make(_new_map("Lock", site))
 
 
 def _make_rlock(args: tuple, kwargs: dict, depth: int) -> Any:
