@@ -192,13 +192,17 @@ res = explore.check(lambda: a.recv(1), stall=0.3)
 print(res.failure.kind, flush=True)
 if sys.argv[1] == "close":
     b.close()  # the abandoned worker's recv returns as the interpreter goes down
-else:
-    del a, b  # freed while the interpreter finalizes: the same, a little later
+elif sys.argv[1] == "del":
+    del a, b  # freed at once: the same
+elif sys.argv[1] == "finalize":
+    sys.kvmlock_peer = b  # freed while the interpreter finalizes, after the exit's handlers
+    del b
+# "keep": the worker is still blocked when the process ends
 sys.exit(3)
 '''
 
 
-@pytest.mark.parametrize("how", ["close", "del"])
+@pytest.mark.parametrize("how", ["close", "del", "finalize", "keep"])
 def test_an_abandoned_worker_woken_at_interpreter_exit_does_not_crash_it(tmp_path, how):
     script = tmp_path / "exits.py"
     script.write_text(EXIT_SCRIPT)
@@ -206,3 +210,52 @@ def test_an_abandoned_worker_woken_at_interpreter_exit_does_not_crash_it(tmp_pat
         p = subprocess.run([sys.executable, str(script), how], capture_output=True, text=True,
                            timeout=60)
         assert (p.returncode, p.stdout) == (3, "blocked\n"), p.stderr[-2000:]
+
+
+UNWINDING_SCRIPT = '''
+import socket, sys, time
+from kvmlock import explore
+a, b = socket.socketpair()
+def body():
+    try:
+        a.recv(1)
+        t = time.monotonic()
+        while time.monotonic() - t < 0.5:  # running Python code as the process exits
+            pass
+    finally:
+        with open(sys.argv[1], "a") as f:
+            f.write("unwound ")
+res = explore.check(body, stall=0.3)
+print(res.failure.kind, flush=True)
+b.close()
+sys.exit(3)
+'''
+
+
+def test_an_abandoned_worker_whose_call_returned_before_exit_is_waited_for_not_parked(tmp_path):
+    """Parked while it ran or waited for the GIL, the worker could hold its turn at the GIL
+    for ever and the process would hang at exit (seen on a loaded machine); parked, it would
+    also never finish its clean-ups. It is waited for and ends its execution."""
+    script = tmp_path / "unwinds.py"
+    script.write_text(UNWINDING_SCRIPT)
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True,
+                       timeout=60)
+    assert (p.returncode, p.stdout) == (3, "blocked\n"), p.stderr[-2000:]
+    assert out.read_text() == "unwound "
+
+
+def test_an_abandoned_worker_whose_call_returns_does_not_explore_on():
+    a, b = socket.socketpair()
+    runs = []
+
+    def body():
+        runs.append(1)
+        threadprogs.run_all(lambda: a.recv(1), lambda: time.sleep(0))
+
+    res = explore.check(body, strategy="random", max_runs=1000, stall=0.3)
+    assert res.failure is not None and res.failure.kind == "blocked" and len(runs) == 1
+    b.close()  # every later execution's recv would return at once
+    time.sleep(0.5)
+    assert len(runs) == 1
+    a.close()

@@ -53,6 +53,8 @@ from kvmlock.explore.memtrace import _user_file
 
 _allocate = _thread.allocate_lock
 _POLL = 0.05
+#: how long the exit waits for abandoned workers that are unwinding, all together
+_EXIT_WAIT = 2.0
 
 
 def _cpu_getter() -> Callable[[], int] | None:
@@ -123,7 +125,7 @@ class _Job:
 
 class _Worker:
     __slots__ = ("thread", "go", "sent", "job", "current", "abandoned", "interrupting", "cpus",
-                 "steered")
+                 "steered", "stuck_in")
 
     def __init__(self) -> None:
         self.go = _allocate()
@@ -134,6 +136,8 @@ class _Worker:
         self.current: _Job | None = None  # the job taken, until it is over
         self.abandoned = False
         self.interrupting = False
+        #: where it was left blocked: the kernel's line for the system call it waited in
+        self.stuck_in: str | None = None
         #: the worker's own CPUs (a new thread gets its creator's), and whether it was last
         #: woken pinned to one of them (see the module's docstring)
         self.cpus: set[int] | None = None
@@ -195,14 +199,16 @@ _serving = threading.local()  # in a worker thread: its worker
 
 
 def stopping() -> bool:
-    """Whether the calling thread is a worker its watcher has stopped. The stop is sent as an
+    """Whether the calling thread is a worker its watcher has stopped or given up on. The stop is sent as an
     asynchronous exception, and one can be lost: landing in a collector callback or a
     finalizer, it is printed and dropped (a WeakSet's, say, now that the collector runs at the
     end of each execution), and the job would run on. The explorer asks here before each
     execution, so a stopped job ends at the latest there (its current execution unwinds at
     its next visible operation: the stop aborts it too)."""
     w = getattr(_serving, "w", None)
-    return w is not None and w.interrupting
+    # (an abandoned worker whose blocking call returned has nobody waiting for its result:
+    # it ends there too, instead of exploring on unwatched)
+    return w is not None and (w.interrupting or w.abandoned)
 
 
 def _cpu(ident: int) -> float | None:
@@ -431,7 +437,19 @@ def _abandon(w: _Worker, rt: Any, blocked: bool = False) -> None:
         rt.aborting = True  # its next visible operation unwinds the execution
     _workers.w = None
     if blocked:  # (one that was stopped runs Python code and ends by itself)
+        w.stuck_in = _syscall(w)
         _ABANDONED[:] = [x for x in _ABANDONED if x.thread.is_alive()] + [w]
+
+
+def _syscall(w: _Worker) -> str | None:
+    """The system call the worker's thread waits in, as Linux shows it (number, arguments,
+    stack and instruction pointers), or None where it is running or the OS does not say."""
+    try:
+        with open(f"/proc/self/task/{w.thread.native_id}/syscall") as f:
+            line = f.read().strip()
+    except (OSError, ValueError):
+        return None
+    return line if line[:1].isdigit() else None  # ("running", or "-1 ...": in no call)
 
 
 # ----------------------------------------------------------------------- at interpreter exit
@@ -477,7 +495,14 @@ def _park_abandoned() -> None:
     interpreter finalizes exit on the spot, unwinding its C stack; the worker's stack holds
     greenlet frames whose clean-ups then free objects without the GIL, racing the
     finalizing thread (a crash at exit). A worker parked in a signal handler never comes
-    back, and the process ends around it."""
+    back, and the process ends around it.
+
+    Only a worker seen still inside the very system call it was left in is parked. One whose
+    call has returned runs Python code, or waits for the GIL to run it: parked there, it
+    could keep its turn at the GIL asked for, and the interpreter would wait for it to take
+    the GIL, for ever (a hang at exit). Such a worker is unwinding (its execution aborts at
+    its next visible operation), so it is waited for instead, up to a bound; one that blocks
+    again meanwhile, in any call, is parked there."""
     stuck = [w for w in _ABANDONED if w.thread.is_alive() and w.thread.ident is not None]
     if not stuck:
         return
@@ -486,11 +511,28 @@ def _park_abandoned() -> None:
     sig = _parking_signal()
     if sig is None:
         return
+    deadline = time.monotonic() + _EXIT_WAIT
     for w in stuck:
-        try:
-            signal.pthread_kill(w.thread.ident, sig)  # type: ignore[arg-type]
-        except (OSError, ValueError):
-            pass  # it ended meanwhile
+        seen: tuple[str | None, float | None] = (None, None)
+        while w.thread.is_alive():
+            # The read and the signal follow each other while this thread holds the GIL, so a
+            # call that returns in between leaves the worker waiting for the GIL far shorter
+            # than the switch interval it waits before asking for its turn.
+            now = _syscall(w)
+            if now is not None and now == w.stuck_in:
+                try:
+                    signal.pthread_kill(w.thread.ident, sig)  # type: ignore[arg-type]
+                except (OSError, ValueError):
+                    pass  # it ended meanwhile
+                break
+            if time.monotonic() > deadline:
+                break  # running on: left to the interpreter, as any daemon thread
+            w.thread.join(_POLL)
+            # Blocked again elsewhere: in the same call at two looks, using no CPU.
+            look = (_syscall(w), _cpu(w.thread.ident))  # type: ignore[arg-type]
+            if look[0] is not None and look == seen:
+                w.stuck_in = look[0]
+            seen = look
 
 
 atexit.register(_park_abandoned)
