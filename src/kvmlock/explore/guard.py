@@ -199,12 +199,12 @@ _serving = threading.local()  # in a worker thread: its worker
 
 
 def stopping() -> bool:
-    """Whether the calling thread is a worker its watcher has stopped or given up on. The stop is sent as an
-    asynchronous exception, and one can be lost: landing in a collector callback or a
+    """Whether the calling thread is a worker its watcher has stopped or given up on. The stop is
+    sent as an asynchronous exception, and one can be lost: landing in a collector callback or a
     finalizer, it is printed and dropped (a WeakSet's, say, now that the collector runs at the
     end of each execution), and the job would run on. The explorer asks here before each
-    execution, so a stopped job ends at the latest there (its current execution unwinds at
-    its next visible operation: the stop aborts it too)."""
+    execution, so a stopped job ends at the latest there (its current execution unwinds at its
+    next visible operation: the stop aborts it too)."""
     w = getattr(_serving, "w", None)
     # (an abandoned worker whose blocking call returned has nobody waiting for its result:
     # it ends there too, instead of exploring on unwatched)
