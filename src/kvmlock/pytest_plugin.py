@@ -94,6 +94,7 @@ class _LockdepChecker:
         self.nedges = 0
         self.parts: list[tuple[str, dict]] = []  # workers' graphs (xdist controller)
         self.late: list[str] = []  # session-level findings, as text
+        self.gaps: list[str] = []  # what lockdep could not validate (lockdep.gaps())
 
     def _check(self, item: pytest.Item, phase: str) -> None:
         """Fail the test when lockdep reported something not seen by an earlier check."""
@@ -143,6 +144,7 @@ class _LockdepChecker:
             label = str(out.get("workerid", getattr(node, "gateway", None) and node.gateway.id))
             self.parts.append((label, part))
             self.late.extend(f"[{label}] {text}" for text in part["late"])
+            self.gaps.extend(f"[{label}] {text}" for text in part.get("gaps", ()))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -154,19 +156,26 @@ class _LockdepChecker:
         worker = getattr(self.config, "workeroutput", None)
         if worker is not None:  # an xdist worker: the controller reports for it
             worker[_XDIST_KEY] = json.dumps({**merge.export(core._state(), self.origins),
-                                             "late": late})
+                                             "late": late, "gaps": lockdep.gaps()})
             return
         self.late.extend(late)
+        self.gaps[:0] = lockdep.gaps()
         if self.parts:
             self.parts.sort(key=lambda p: p[0])
             self.late.extend(str(r) for r in merge.merge(self.parts))
-        if self.late and session.exitstatus == pytest.ExitCode.OK:
+        if (self.late or self.gaps) and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        tr = terminalreporter
+        if self.gaps:
+            tr.section("lockdep: not validated", sep="=", red=True)
+            tr.write_line("the run may have missed a problem here, so its verdict is "
+                          "incomplete:")
+            for text in self.gaps:
+                tr.write_line(f"  {text}")
         if not self.late:
             return
-        tr = terminalreporter
         tr.section("lockdep: found outside any test", sep="=", red=True)
         tr.write_line(f"{len(self.late)} problem(s) no single test answers for "
                       "(made between tests, at the session's end, or across xdist workers):")

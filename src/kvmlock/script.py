@@ -158,26 +158,43 @@ class _Journal:
     def add(self, report: lockdep.Report) -> None:
         d = report.to_dict()
         d["pid"] = os.getpid()
+        self._append(d)
+        self.write_json()
+
+    def add_gap(self, what: str) -> None:
+        self._append({"gap": what, "pid": os.getpid()})
+
+    def _append(self, d: dict[str, Any]) -> None:
         line = (json.dumps(d) + "\n").encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         try:
             os.write(fd, line)
         finally:
             os.close(fd)
-        self.write_json()
 
-    def entries(self) -> list[dict[str, Any]]:
-        out, seen = [], set()
+    def gaps(self) -> list[str]:
+        """What this process or a child could not validate, each once, in order."""
+        return list(dict.fromkeys(d["gap"] for d in self._lines() if "gap" in d))
+
+    def _lines(self) -> list[dict[str, Any]]:
         try:
             with open(self.path) as fh:
                 lines = fh.read().splitlines()
         except OSError:
-            return out
+            return []
+        out = []
         for line in lines:
             try:
-                d = json.loads(line)
+                out.append(json.loads(line))
             except ValueError:
                 continue  # a line cut short by a process killed mid-write
+        return out
+
+    def entries(self) -> list[dict[str, Any]]:
+        out, seen = [], set()
+        for d in self._lines():
+            if "gap" in d:
+                continue
             key = json.dumps({k: v for k, v in d.items() if k not in ("pid", "task")},
                              sort_keys=True)
             if key not in seen:
@@ -300,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lockdep.set_mode("collect" if opts.quiet else "warn")
     journal = _Journal(opts.json)
     _ld_state.REPORT_HOOKS.append(journal.add)
+    _ld_state.GAP_HOOKS.append(journal.add_gap)
     try:
         with lockdep.instrument_threading():
             if module:  # found with instrumentation on: a parent package's locks count
@@ -312,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _summary(journal, opts.quiet, status)
     finally:
         _ld_state.REPORT_HOOKS.remove(journal.add)
+        _ld_state.GAP_HOOKS.remove(journal.add_gap)
         journal.close()
 
 
@@ -333,11 +352,14 @@ def _summary(journal: _Journal, quiet: bool, status: int) -> int:
         for d in children:
             print(f"child process {d['pid']}: {d['title']} ({d.get('lock')}) in {d.get('task')}",
                   file=sys.stderr)
-    incomplete = not st.get("enabled", True)
-    if incomplete:
-        why = _ld_state_overflow()
-        print(f"kvmlock lockdep: validation was switched off during the run ({why}); "
-              "the verdict is incomplete", file=sys.stderr)
+    gaps = journal.gaps()
+    off = "validation was switched off"
+    if not st.get("enabled", True) and not any(g.startswith(off) for g in gaps):
+        # (an overflow notes its own gap; lockdep.disable() does not)
+        gaps.insert(0, f"{off} ({_ld_state_overflow()})")
+    for what in gaps:
+        print(f"kvmlock lockdep: {what}; the verdict is incomplete", file=sys.stderr)
+    incomplete = bool(gaps)
     journal.write_json()
     if status:
         return status

@@ -275,3 +275,68 @@ def test_a_dependency_call_path_stops_at_the_test(run):
     out = result.stdout.str()
     assert " in test_takes_a_then_b" in out and " in test_takes_b_then_a" in out
     assert "pluggy/" not in out and "pytest_pyfunc_call" not in out  # pytest's own frames
+
+
+FACTORY_TESTS = """
+import asyncio
+
+
+def factory(loop, coro, **kw):
+    return asyncio.Task(coro, loop=loop, **kw)
+
+
+def test_awaits_a_task():
+    async def main():
+        {setup}
+        lock = asyncio.Lock()
+        async with lock:
+            await asyncio.create_task(asyncio.sleep(0))
+
+    asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("xdist", [False, True])
+def test_what_lockdep_could_not_validate_makes_the_session_incomplete(pytester, xdist):
+    """Every test passes and nothing is reported, but a loop's own task factory hid its tasks'
+    awaits: the session says so and does not end OK (from an xdist worker too)."""
+    args = ["--lockdep"]
+    if xdist:
+        pytest.importorskip("xdist")
+        args += ["-n", "2"]
+    setup = "asyncio.get_running_loop().set_task_factory(factory)"
+    pytester.makepyfile(test_user=FACTORY_TESTS.format(setup=setup))
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=1, warnings=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines([
+        "*lockdep: not validated*",
+        "*awaiting tasks made by an event loop's own task factory "
+        "(test_user.factory) was not validated*",
+    ])
+    # the near-miss: the loop's own tasks are validated, and the session is OK
+    pytester.makepyfile(test_user=FACTORY_TESTS.format(setup="pass"))
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.OK and "not validated" not in result.stdout.str()
+
+
+def test_validation_switched_off_by_a_table_limit_makes_the_session_incomplete(pytester):
+    pytester.makepyfile(test_user="""
+import threading
+from kvmlock import lockdep
+
+
+def test_deep():
+    lockdep.configure(max_depth=4)
+    locks = [threading.Lock() for _ in range(8)]
+    for lk in locks:
+        lk.acquire()
+    for lk in reversed(locks):
+        lk.release()
+""")
+    result = pytester.runpytest_subprocess("--lockdep")
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*lockdep: not validated*",
+                                 "*validation was switched off: too many*"])

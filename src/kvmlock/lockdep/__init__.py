@@ -17,6 +17,7 @@ from kvmlock.lockdep.api import (
     disable,
     enable,
     enabled,
+    gaps,
     get_mode,
     graph,
     held_locks,
@@ -43,7 +44,7 @@ from kvmlock.lockdep.threading_instr import instrument_threading, threading_inst
 
 __all__ = [
     "KINDS", "LIMITS", "DepGraph", "Edge", "HeldLock", "LockMap", "LockdepError", "Memo", "Report",
-    "chains", "check_live_threads", "configure", "disable", "enable", "enabled", "get_mode",
+    "chains", "check_live_threads", "configure", "disable", "enable", "enabled", "gaps", "get_mode",
     "graph", "held_locks",
     "instrument_threading", "irq_state_changed", "is_held", "isolated", "might_sleep",
     "new_world", "prove_raw_nesting", "rcu_read_lock_held", "reports", "reset", "set_mode",

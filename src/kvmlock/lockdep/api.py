@@ -11,6 +11,7 @@ from typing import Any
 
 from kvmlock import runtime as _rt
 from kvmlock.lockdep import core
+from kvmlock.lockdep import state as _state_mod
 from kvmlock.lockdep.graph import DepGraph
 from kvmlock.lockdep.memo import Memo
 from kvmlock.lockdep.report import Edge, HeldLock, Report
@@ -159,6 +160,7 @@ def reset() -> None:
     w = _rt.world()
     old = w.lockdep
     w.lockdep = State(old.mode)
+    _state_mod.GAPS.clear()
     with _GraphLock(old):
         _wipe(old.root)
 
@@ -233,6 +235,12 @@ def use_settings(got: dict[str, Any]) -> None:
     """Validate with the settings :func:`settings` read in another process."""
     prove_raw_nesting(got["options"]["raw_nesting"])
     configure(**got["limits"])
+
+
+def gaps() -> list[str]:
+    """What this process's lockdep could not validate since the last :func:`reset`: a run
+    with gaps may have missed a problem, so a clean report from it is incomplete."""
+    return list(_state_mod.GAPS)
 
 
 def stats() -> dict[str, Any]:

@@ -45,7 +45,7 @@ import weakref
 from typing import Any
 
 from kvmlock import runtime as _rt
-from kvmlock.lockdep import api, core, instances, validate
+from kvmlock.lockdep import api, core, instances, state, validate
 from kvmlock.lockdep.graph import TASK_KEY, is_task_class
 from kvmlock.lockdep.naming import class_name, site_key, site_of
 from kvmlock.lockdep.state import IRQ_MARK, _emit, _GraphLock, _reentered
@@ -486,6 +486,9 @@ def _unwatched(loop: Any, factory: Any) -> None:
     if loop in _WARNED:
         return
     _WARNED.add(loop)
+    name = getattr(factory, "__qualname__", None) or type(factory).__qualname__
+    state.note_gap(f"awaiting tasks made by an event loop's own task factory "
+                   f"({getattr(factory, '__module__', '?')}.{name}) was not validated")
     warnings.warn(
         f"kvmlock lockdep: this event loop makes its tasks with its own task factory "
         f"({factory!r}); awaiting those tasks is not validated, so a lock cycle through an "

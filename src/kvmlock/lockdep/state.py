@@ -288,6 +288,8 @@ def _overflow(S: State, what: str, param: str) -> None:
             f" is now OFF for the rest of this run. Raise the limit with"
             f" kvmlock.lockdep.configure({param}=...).\n"
         )
+        note_gap(f"validation was switched off: too many {what} (limit "
+                 f"{getattr(LIMITS, param)})")
 
 
 def _note(S: State, key: tuple, report: Report, found: list[Report]) -> None:
@@ -307,6 +309,26 @@ def _note(S: State, key: tuple, report: Report, found: list[Report]) -> None:
                 hook(report)
             except Exception:  # noqa: BLE001 - a sink failing must not break the program
                 pass
+
+
+#: What lockdep could not validate in this process, each said once. A run with any is not a
+#: clean run: ``kvmlock lockdep`` and ``pytest --lockdep`` call their verdict incomplete.
+GAPS: list[str] = []
+#: Called with every new gap as it is noted (``kvmlock lockdep`` journals them, so a forked
+#: child's gaps reach the summary too).
+GAP_HOOKS: list = []
+
+
+def note_gap(what: str) -> None:
+    """Record that something the program did was not validated (``what`` says what)."""
+    if what in GAPS:
+        return
+    GAPS.append(what)
+    for hook in GAP_HOOKS:
+        try:
+            hook(what)
+        except Exception:  # noqa: BLE001 - a sink failing must not break the program
+            pass
 
 
 #: Called with every new report as it is recorded (``kvmlock lockdep`` journals them there,
