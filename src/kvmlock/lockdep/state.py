@@ -304,11 +304,7 @@ def _note(S: State, key: tuple, report: Report, found: list[Report]) -> None:
         annotate(S, report)
         S.reports.append(report)
         found.append(report)
-        for hook in REPORT_HOOKS:
-            try:
-                hook(report)
-            except Exception:  # noqa: BLE001 - a sink failing must not break the program
-                pass
+        _tell(REPORT_HOOKS, report)
 
 
 #: What lockdep could not validate in this process, each said once. A run with any is not a
@@ -324,7 +320,11 @@ def note_gap(what: str) -> None:
     if what in GAPS:
         return
     GAPS.append(what)
-    for hook in GAP_HOOKS:
+    _tell(GAP_HOOKS, what)
+
+
+def _tell(hooks: list, what: Any) -> None:
+    for hook in hooks:
         try:
             hook(what)
         except Exception:  # noqa: BLE001 - a sink failing must not break the program
