@@ -515,9 +515,10 @@ def _park_abandoned() -> None:
     for w in stuck:
         seen: tuple[str | None, float | None] = (None, None)
         while w.thread.is_alive():
-            # The read and the signal follow each other while this thread holds the GIL, so a
-            # call that returns in between leaves the worker waiting for the GIL far shorter
-            # than the switch interval it waits before asking for its turn.
+            # The read and the signal come microseconds apart. A call that returns in between
+            # leaves the worker waiting for the GIL far less than the switch interval (5 ms)
+            # it waits before asking for its turn, and the signal's handler runs before any
+            # more of its code: parked there, it has asked for nothing.
             now = _syscall(w)
             if now is not None and now == w.stuck_in:
                 try:
