@@ -213,14 +213,15 @@ def test_an_abandoned_worker_woken_at_interpreter_exit_does_not_crash_it(tmp_pat
 
 
 UNWINDING_SCRIPT = '''
-import socket, sys, time
+import os, socket, sys, time
 from kvmlock import explore
 a, b = socket.socketpair()
+back = sys.argv[1] + ".back"
 def body():
     try:
         a.recv(1)
-        t = time.monotonic()
-        while time.monotonic() - t < 0.5:  # running Python code as the process exits
+        open(back, "w").close()
+        for _ in range(3_000_000):  # running Python code as the process exits
             pass
     finally:
         with open(sys.argv[1], "a") as f:
@@ -228,6 +229,9 @@ def body():
 res = explore.check(body, stall=0.3)
 print(res.failure.kind, flush=True)
 b.close()
+t0 = time.monotonic()
+while not os.path.exists(back) and time.monotonic() - t0 < 30:
+    time.sleep(0.01)  # (woken is not yet running: on a loaded machine it may still look blocked)
 sys.exit(3)
 '''
 
@@ -242,7 +246,7 @@ def test_an_abandoned_worker_whose_call_returned_before_exit_is_waited_for_not_p
     p = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True,
                        timeout=60)
     assert (p.returncode, p.stdout) == (3, "blocked\n"), p.stderr[-2000:]
-    assert out.read_text() == "unwound "
+    assert out.exists() and out.read_text() == "unwound ", p.stderr[-2000:]
 
 
 def test_an_abandoned_worker_whose_call_returns_does_not_explore_on():

@@ -518,7 +518,8 @@ def _park_abandoned() -> None:
             # The read and the signal come microseconds apart. A call that returns in between
             # leaves the worker waiting for the GIL far less than the switch interval (5 ms)
             # it waits before asking for its turn, and the signal's handler runs before any
-            # more of its code: parked there, it has asked for nothing.
+            # more of its code: parked there, it has asked for nothing. (So does one whose
+            # call has ended but that the OS has not run since: it still shows the call.)
             now = _syscall(w)
             if now is not None and now == w.stuck_in:
                 try:
